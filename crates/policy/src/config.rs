@@ -1,0 +1,210 @@
+//! Operator configuration of the policy: the tier table, list limits and
+//! extra always-denied ranges.
+//!
+//! The table of BRIEF section 1 is the default: tiers 1 and 2 restricted to
+//! essential services, tiers 3 and 4 open by default and free to set lists;
+//! at most 5 `networkAllowList` and 50 `domainAllowList` entries.
+
+use crate::error::{ErrorCode, PolicyError};
+use crate::ranges::{NamedRange, Ranges};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The default limit on `networkAllowList` entries (the reference's number).
+pub const DEFAULT_NETWORK_ALLOW_LIST_MAX: usize = 5;
+/// The default limit on `domainAllowList` entries.
+pub const DEFAULT_DOMAIN_ALLOW_LIST_MAX: usize = 50;
+
+/// A billing tier number, as set by the operator's billing system.
+pub type Tier = u8;
+
+/// What a tier lets its organizations do with the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierNetwork {
+    /// Essential services only; sandbox lists are refused (403).
+    Restricted,
+    /// Open by default; sandboxes may set lists, which make them `allowlist`.
+    Configurable,
+}
+
+/// The rules of one tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TierRule {
+    /// What the tier allows.
+    pub network: TierNetwork,
+    /// The most `networkAllowList` entries a request may set.
+    pub network_allow_list_max: usize,
+    /// The most `domainAllowList` entries a request may set.
+    pub domain_allow_list_max: usize,
+}
+
+/// The policy part of the operator configuration, resolved and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    tiers: BTreeMap<Tier, TierRule>,
+    ranges: Ranges,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig::from_repr(PolicyConfigRepr::default())
+            .unwrap_or_else(|e| unreachable!("the default policy config is valid: {e}"))
+    }
+}
+
+/// The `[policy]` section of the operator configuration file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfigRepr {
+    /// Default limit on `networkAllowList` entries for every tier.
+    #[serde(default)]
+    pub network_allow_list_max: Option<usize>,
+    /// Default limit on `domainAllowList` entries for every tier.
+    #[serde(default)]
+    pub domain_allow_list_max: Option<usize>,
+    /// The tier table; when given it replaces the default table whole.
+    #[serde(default)]
+    pub tiers: Option<BTreeMap<String, TierRepr>>,
+    /// Ranges denied to every sandbox besides the built-in ones: the host's
+    /// addresses, the sandbox subnets.
+    #[serde(default)]
+    pub extra_always_denied: Vec<DeniedRepr>,
+}
+
+/// One row of the tier table, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierRepr {
+    /// `restricted` or `configurable`.
+    pub network: TierNetwork,
+    /// This tier's limit on `networkAllowList` entries.
+    #[serde(default)]
+    pub network_allow_list_max: Option<usize>,
+    /// This tier's limit on `domainAllowList` entries.
+    #[serde(default)]
+    pub domain_allow_list_max: Option<usize>,
+}
+
+/// One extra always-denied range, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeniedRepr {
+    /// The range, in canonical CIDR form.
+    pub cidr: String,
+    /// What it is ("sandbox subnet", "host address").
+    pub label: String,
+}
+
+fn config_error(message: String) -> PolicyError {
+    PolicyError::new(ErrorCode::InvalidConfig, message)
+}
+
+impl PolicyConfig {
+    /// Parses a TOML document whose top level holds the keys of the
+    /// `[policy]` table.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let repr: PolicyConfigRepr = toml::from_str(text)
+            .map_err(|e| config_error(format!("the policy configuration is invalid: {e}")))?;
+        PolicyConfig::from_repr(repr)
+    }
+
+    /// Validates a configuration as written.
+    pub fn from_repr(repr: PolicyConfigRepr) -> Result<Self, PolicyError> {
+        let net_max = repr
+            .network_allow_list_max
+            .unwrap_or(DEFAULT_NETWORK_ALLOW_LIST_MAX);
+        let dom_max = repr
+            .domain_allow_list_max
+            .unwrap_or(DEFAULT_DOMAIN_ALLOW_LIST_MAX);
+        let rule = |network, n: Option<usize>, d: Option<usize>| TierRule {
+            network,
+            network_allow_list_max: n.unwrap_or(net_max),
+            domain_allow_list_max: d.unwrap_or(dom_max),
+        };
+        let tiers: BTreeMap<Tier, TierRule> = match repr.tiers {
+            None => [
+                (1, TierNetwork::Restricted),
+                (2, TierNetwork::Restricted),
+                (3, TierNetwork::Configurable),
+                (4, TierNetwork::Configurable),
+            ]
+            .into_iter()
+            .map(|(t, n)| (t, rule(n, None, None)))
+            .collect(),
+            Some(table) => {
+                let mut tiers = BTreeMap::new();
+                for (key, row) in table {
+                    let tier: Tier = key
+                        .parse()
+                        .ok()
+                        .filter(|t: &Tier| key == t.to_string())
+                        .ok_or_else(|| {
+                            config_error(format!(
+                                "policy.tiers has key \"{key}\"; tiers are numbers from 0 to 255"
+                            ))
+                        })?;
+                    tiers.insert(
+                        tier,
+                        rule(
+                            row.network,
+                            row.network_allow_list_max,
+                            row.domain_allow_list_max,
+                        ),
+                    );
+                }
+                if tiers.is_empty() {
+                    return Err(config_error("policy.tiers is empty".into()));
+                }
+                tiers
+            }
+        };
+        let mut extra = Vec::new();
+        for d in repr.extra_always_denied {
+            let net: IpNet = d.cidr.parse().map_err(|_| {
+                config_error(format!(
+                    "policy.extra_always_denied has \"{}\", which is not a CIDR",
+                    d.cidr
+                ))
+            })?;
+            if net.trunc() != net {
+                return Err(config_error(format!(
+                    "policy.extra_always_denied has \"{}\" with host bits set; write {}",
+                    d.cidr,
+                    net.trunc()
+                )));
+            }
+            extra.push(NamedRange::new(net, d.label));
+        }
+        Ok(PolicyConfig {
+            tiers,
+            ranges: Ranges::with_extra_denied(extra),
+        })
+    }
+
+    /// The rules of `tier`, or `invalid_tier` when the table lacks it.
+    pub fn tier(&self, tier: Tier) -> Result<&TierRule, PolicyError> {
+        self.tiers.get(&tier).ok_or_else(|| {
+            let known: Vec<String> = self.tiers.keys().map(|t| t.to_string()).collect();
+            PolicyError::new(
+                ErrorCode::InvalidTier,
+                format!(
+                    "tier {tier} is not in the tier table; the tiers are {}",
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// The tier table.
+    pub fn tiers(&self) -> &BTreeMap<Tier, TierRule> {
+        &self.tiers
+    }
+
+    /// The always-denied and private ranges.
+    pub fn ranges(&self) -> &Ranges {
+        &self.ranges
+    }
+}

@@ -1,0 +1,356 @@
+//! `explain`: whether a destination is allowed for a policy, and by which
+//! rule, without sending anything.
+//!
+//! The same rules the dataplane and the DNS service enforce, in the same
+//! order: `blocked`; the always-denied ranges; port 53, which the dataplane
+//! sends to sandgate's DNS service whatever the address; the sandbox's lists
+//! and the catalog; then the mode's default.
+
+use crate::catalog::Catalog;
+use crate::config::PolicyConfig;
+use crate::domain::{DomainName, DomainPattern};
+use crate::error::{ErrorCode, PolicyError};
+use crate::matcher::NameMatcher;
+use crate::ranges::Ranges;
+use crate::resolve::{EffectivePolicy, Mode};
+use crate::Rule;
+use ipnet::IpNet;
+use serde::{Serialize, Serializer};
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// The DNS port, which the dataplane redirects to sandgate's DNS service.
+pub const DNS_PORT: u16 = 53;
+
+/// An address or a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An IPv4 or IPv6 address.
+    Address(IpAddr),
+    /// A DNS name.
+    Name(DomainName),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Address(a) => write!(f, "{a}"),
+            Target::Name(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A destination: an address or a name, and an optional port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// Where.
+    pub target: Target,
+    /// Which port, if any.
+    pub port: Option<u16>,
+}
+
+impl FromStr for Destination {
+    type Err = PolicyError;
+
+    /// Parses `ADDRESS_OR_NAME[:PORT]`; an IPv6 address with a port is
+    /// written in brackets, `[2001:db8::1]:443`.
+    fn from_str(text: &str) -> Result<Self, PolicyError> {
+        let bad = |why: &str| {
+            PolicyError::new(
+                ErrorCode::InvalidDestination,
+                format!("destination \"{text}\" {why}; write an address or a name, optionally with :PORT (IPv6 as [2001:db8::1]:443)"),
+            )
+        };
+        let text = text.trim();
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            return Ok(Destination {
+                target: Target::Address(addr),
+                port: None,
+            });
+        }
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("has '[' without ']'"))?;
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("has text after ']' that is not :PORT"))?,
+                    ),
+                ),
+            }
+        } else {
+            match text.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (text, None),
+            }
+        };
+        let port = match port {
+            None => None,
+            Some(p) => {
+                let port: u16 = p
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0 && p.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| bad(&format!("has port \"{p}\", not a number from 1 to 65535")))?;
+                Some(port)
+            }
+        };
+        let target = match host.parse::<IpAddr>() {
+            Ok(addr) => Target::Address(addr),
+            Err(_) if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
+                return Err(bad("is not a valid IPv4 address"));
+            }
+            Err(_) => Target::Name(DomainName::parse(host).map_err(|why| bad(&why))?),
+        };
+        Ok(Destination { target, port })
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.target, self.port) {
+            (Target::Address(IpAddr::V6(a)), Some(p)) => write!(f, "[{a}]:{p}"),
+            (t, Some(p)) => write!(f, "{t}:{p}"),
+            (t, None) => write!(f, "{t}"),
+        }
+    }
+}
+
+/// Why a destination is allowed or denied. Its [`Reason::code`] is the
+/// reason code of deny events and of `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// `networkBlockAll`.
+    Blocked,
+    /// In an always-denied range.
+    AlwaysDenied(IpNet),
+    /// Port 53: answered by sandgate's DNS service.
+    DnsService,
+    /// In a private range the sandbox's list does not name.
+    PrivateRange(IpNet),
+    /// In an entry of `networkAllowList`.
+    AllowList(IpNet),
+    /// Matches an entry of `domainAllowList`.
+    DomainAllowList(DomainPattern),
+    /// An essential service of this catalog category id.
+    EssentialService(String),
+    /// `allowlist` mode, and no list entry or catalog name matches.
+    NotInAllowList,
+    /// `restricted` mode, and not an essential service.
+    RestrictedByTier,
+    /// `open` mode.
+    Open,
+}
+
+impl Reason {
+    /// The reason code: `blocked`, `always_denied:<range>`, `dns_service`,
+    /// `private_range`, `allow_list:<cidr>`, `domain_allow_list:<pattern>`,
+    /// `essential_service:<category>`, `not_in_allow_list`,
+    /// `restricted_by_tier` or `open`.
+    pub fn code(&self) -> String {
+        match self {
+            Reason::Blocked => "blocked".into(),
+            Reason::AlwaysDenied(net) => format!("always_denied:{net}"),
+            Reason::DnsService => "dns_service".into(),
+            Reason::PrivateRange(_) => "private_range".into(),
+            Reason::AllowList(net) => format!("allow_list:{net}"),
+            Reason::DomainAllowList(p) => format!("domain_allow_list:{p}"),
+            Reason::EssentialService(id) => format!("essential_service:{id}"),
+            Reason::NotInAllowList => "not_in_allow_list".into(),
+            Reason::RestrictedByTier => "restricted_by_tier".into(),
+            Reason::Open => "open".into(),
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.code())
+    }
+}
+
+/// The answer of `explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Whether a connection would pass.
+    pub allowed: bool,
+    /// The reason code.
+    pub reason: Reason,
+    /// The rule, in words.
+    pub rule: String,
+}
+
+/// An effective policy compiled for lookups: its names (catalog plus
+/// `domainAllowList`) in one trie, with the ranges of the configuration.
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy<'a> {
+    policy: EffectivePolicy,
+    catalog: &'a Catalog,
+    ranges: &'a Ranges,
+    matcher: NameMatcher<Rule>,
+}
+
+impl<'a> CompiledPolicy<'a> {
+    /// Compiles `policy` against a catalog and a configuration.
+    pub fn new(policy: EffectivePolicy, catalog: &'a Catalog, config: &'a PolicyConfig) -> Self {
+        let mut matcher = match policy.mode {
+            Mode::Restricted | Mode::Allowlist => catalog.matcher().clone(),
+            Mode::Open | Mode::Blocked => NameMatcher::new(),
+        };
+        for (index, pattern) in policy.domain_allow_list.patterns().iter().enumerate() {
+            matcher.insert(pattern, Rule::DomainAllowList(index));
+        }
+        CompiledPolicy {
+            policy,
+            catalog,
+            ranges: config.ranges(),
+            matcher,
+        }
+    }
+
+    /// The effective policy.
+    pub fn policy(&self) -> &EffectivePolicy {
+        &self.policy
+    }
+
+    /// The rule that allows queries for `name`, if any: an essential service
+    /// or a `domainAllowList` entry. Only meaningful in `restricted` and
+    /// `allowlist` modes; `open` allows every name and `blocked` none.
+    pub fn name_rule(&self, name: &str) -> Option<Reason> {
+        let found = self.matcher.find(name)?;
+        Some(match found.value {
+            Rule::Essential(index) => {
+                Reason::EssentialService(self.catalog.categories()[index].id.clone())
+            }
+            Rule::DomainAllowList(index) => Reason::DomainAllowList(
+                self.policy.domain_allow_list.patterns()[index].clone(),
+            ),
+        })
+    }
+
+    /// Whether `destination` is allowed, and by which rule.
+    pub fn explain(&self, destination: &Destination) -> Verdict {
+        let p = &self.policy;
+        let verdict = |allowed, reason, rule: String| Verdict {
+            allowed,
+            reason,
+            rule,
+        };
+        if p.mode == Mode::Blocked {
+            return verdict(
+                false,
+                Reason::Blocked,
+                "networkBlockAll is set: no egress at all, not even DNS or essential services".into(),
+            );
+        }
+        match &destination.target {
+            Target::Address(addr) => self.explain_address(*addr, destination.port),
+            Target::Name(name) => {
+                if p.mode == Mode::Open {
+                    return verdict(
+                        true,
+                        Reason::Open,
+                        format!("open mode allows every name; the addresses {name} resolves to are checked like any address (always-denied and private ranges stay closed)"),
+                    );
+                }
+                match self.matcher.find(name.as_str()).map(|m| m.value) {
+                    Some(Rule::Essential(index)) => {
+                        let category = &self.catalog.categories()[index];
+                        verdict(
+                            true,
+                            Reason::EssentialService(category.id.clone()),
+                            format!("{name} is an essential service ({}); the addresses its DNS answer gives are admitted for this sandbox", category.title),
+                        )
+                    }
+                    Some(Rule::DomainAllowList(index)) => {
+                        let pattern = &p.domain_allow_list.patterns()[index];
+                        verdict(
+                            true,
+                            Reason::DomainAllowList(pattern.clone()),
+                            format!("{name} matches domainAllowList entry {pattern}; the addresses its DNS answer gives are admitted for this sandbox"),
+                        )
+                    }
+                    None if p.mode == Mode::Restricted => verdict(
+                        false,
+                        Reason::RestrictedByTier,
+                        format!("tier {} is restricted to essential services, and {name} is not one; its DNS query is refused", p.tier),
+                    ),
+                    None => verdict(
+                        false,
+                        Reason::NotInAllowList,
+                        format!("{name} matches neither domainAllowList nor the essential services; its DNS query is refused"),
+                    ),
+                }
+            }
+        }
+    }
+
+    fn explain_address(&self, addr: IpAddr, port: Option<u16>) -> Verdict {
+        let p = &self.policy;
+        if let Some(range) = self.ranges.always_denied(addr) {
+            return Verdict {
+                allowed: false,
+                reason: Reason::AlwaysDenied(range.net),
+                rule: format!(
+                    "{addr} is in {} ({}), which is always denied",
+                    range.net, range.label
+                ),
+            };
+        }
+        if port == Some(DNS_PORT) {
+            return Verdict {
+                allowed: true,
+                reason: Reason::DnsService,
+                rule: "DNS to any address on port 53 is answered by sandgate's DNS service on the gateway, which applies this sandbox's name policy".into(),
+            };
+        }
+        if let Some(net) = p.network_allow_list.entry_containing(addr) {
+            return Verdict {
+                allowed: true,
+                reason: Reason::AllowList(net),
+                rule: format!("{addr} is in networkAllowList entry {net}"),
+            };
+        }
+        if p.mode == Mode::Allowlist {
+            let list = if p.network_allow_list.is_empty() {
+                "networkAllowList is empty".to_string()
+            } else {
+                format!("networkAllowList is {}", p.network_allow_list)
+            };
+            return Verdict {
+                allowed: false,
+                reason: Reason::NotInAllowList,
+                rule: format!("{addr} is in no entry of networkAllowList ({list}); essential services are reachable only by name"),
+            };
+        }
+        if let Some(range) = self.ranges.private(addr) {
+            return Verdict {
+                allowed: false,
+                reason: Reason::PrivateRange(range.net),
+                rule: format!(
+                    "{addr} is in {} ({}), which only a sandbox's own networkAllowList can open",
+                    range.net, range.label
+                ),
+            };
+        }
+        if p.mode == Mode::Restricted {
+            return Verdict {
+                allowed: false,
+                reason: Reason::RestrictedByTier,
+                rule: format!("tier {} is restricted to essential services, which are reachable only by name through the sandbox's DNS service", p.tier),
+            };
+        }
+        Verdict {
+            allowed: true,
+            reason: Reason::Open,
+            rule: "open mode allows every address outside the always-denied and private ranges"
+                .into(),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! sandgate's egress policy engine.
+//!
+//! Pure: no I/O, no async, no clock. Everything of BRIEF section 1 that does
+//! not touch the network lives here, so that the API, the dataplane, the DNS
+//! service and the operator's dry-run commands all apply one set of rules:
+//!
+//! - [`NetworkAllowList`] and [`DomainAllowList`]: strict parsing with error
+//!   codes and messages that name the bad entry and the fix;
+//! - [`PolicyConfig`]: the tier table and list limits of the operator;
+//! - [`PolicyConfig::resolve`]: (tier, stored settings) to an
+//!   [`EffectivePolicy`] with its [`Mode`] and inactive settings;
+//! - [`Ranges`]: the always-denied and private ranges;
+//! - [`Catalog`]: the essential-services catalog in reverse-label notation;
+//! - [`NameMatcher`]: exact and `*.` names in one trie on reversed labels;
+//! - [`CompiledPolicy::explain`]: whether a destination is allowed, and why.
+//!
+//! ```
+//! use sandgate_policy::{Catalog, CompiledPolicy, Destination, PolicyConfig, SettingsRequest};
+//!
+//! let config = PolicyConfig::default();
+//! let catalog = Catalog::builtin();
+//! let settings = config.settings_for_create(3, &SettingsRequest {
+//!     network_allow_list: Some("192.0.2.0/24, 2001:db8::/32"),
+//!     ..Default::default()
+//! })?;
+//! let policy = config.resolve(3, &settings)?;
+//! assert_eq!(policy.mode.as_str(), "allowlist");
+//!
+//! let compiled = CompiledPolicy::new(policy, &catalog, &config);
+//! let verdict = compiled.explain(&"192.0.2.7:443".parse()?);
+//! assert!(verdict.allowed);
+//! assert_eq!(verdict.reason.code(), "allow_list:192.0.2.0/24");
+//! let verdict = compiled.explain(&"169.254.169.254".parse::<Destination>()?);
+//! assert_eq!(verdict.reason.code(), "always_denied:169.254.0.0/16");
+//! # Ok::<(), sandgate_policy::PolicyError>(())
+//! ```
+
+mod catalog;
+mod config;
+mod domain;
+mod error;
+mod explain;
+mod matcher;
+mod network;
+mod ranges;
+mod resolve;
+
+pub use catalog::{Catalog, Category, MergeMode, BUILTIN_CATALOG};
+pub use config::{
+    DeniedRepr, PolicyConfig, PolicyConfigRepr, Tier, TierNetwork, TierRepr, TierRule,
+    DEFAULT_DOMAIN_ALLOW_LIST_MAX, DEFAULT_NETWORK_ALLOW_LIST_MAX,
+};
+pub use domain::{DomainAllowList, DomainName, DomainPattern};
+pub use error::{ErrorCode, PolicyError, Problem};
+pub use explain::{CompiledPolicy, Destination, Reason, Target, Verdict, DNS_PORT};
+pub use matcher::{Match, NameMatcher};
+pub use network::NetworkAllowList;
+pub use ranges::{NamedRange, Ranges};
+pub use resolve::{EffectivePolicy, InactiveSetting, Mode, NetworkSettings, SettingsRequest};
+
+/// What a name rule of a [`CompiledPolicy`] points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// The catalog category with this index.
+    Essential(usize),
+    /// The `domainAllowList` entry with this index.
+    DomainAllowList(usize),
+}
+
+/// The entries of a comma-separated list with their 1-based positions,
+/// trimmed. A list that is empty or only white space has no entries; an
+/// empty entry (`a,,b`, a trailing comma) is yielded as `""`.
+fn split_list(input: &str) -> impl Iterator<Item = (usize, &str)> {
+    let entries = if input.trim().is_empty() {
+        None
+    } else {
+        Some(input.split(',').map(str::trim).enumerate())
+    };
+    entries.into_iter().flatten().map(|(i, e)| (i + 1, e))
+}
+
+/// The problem of an empty entry in the list `field`.
+fn empty_entry(field: &str, position: usize) -> Problem {
+    Problem {
+        entry: String::new(),
+        position,
+        message: format!(
+            "{field} has an empty entry at position {position} (two commas in a row, or a comma at the start or end); remove it"
+        ),
+        suggestion: None,
+    }
+}

@@ -1,0 +1,262 @@
+//! Resolution of (organization tier, sandbox settings) into an effective
+//! policy, and validation of the requests that change settings (BRIEF
+//! section 1, "Effective network mode of a sandbox").
+
+use crate::config::{PolicyConfig, Tier, TierNetwork};
+use crate::domain::{self, DomainAllowList};
+use crate::error::{ErrorCode, PolicyError};
+use crate::network::{self, NetworkAllowList};
+use serde::Serialize;
+use std::fmt;
+
+/// The effective network mode of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Everything except the always-denied and private ranges.
+    Open,
+    /// The sandbox's lists plus essential services.
+    Allowlist,
+    /// Essential services only (the tier forbids more).
+    Restricted,
+    /// No egress at all, not even DNS.
+    Blocked,
+}
+
+impl Mode {
+    /// The mode as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Open => "open",
+            Mode::Allowlist => "allowlist",
+            Mode::Restricted => "restricted",
+            Mode::Blocked => "blocked",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The network settings a sandbox stores, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSettings {
+    /// `networkBlockAll`.
+    pub network_block_all: bool,
+    /// `networkAllowList`.
+    pub network_allow_list: NetworkAllowList,
+    /// `domainAllowList`.
+    pub domain_allow_list: DomainAllowList,
+}
+
+/// The network fields of a create or update request, as sent. A field left
+/// out is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SettingsRequest<'a> {
+    /// `networkBlockAll`.
+    pub network_block_all: Option<bool>,
+    /// `networkAllowList`, unparsed.
+    pub network_allow_list: Option<&'a str>,
+    /// `domainAllowList`, unparsed.
+    pub domain_allow_list: Option<&'a str>,
+}
+
+impl SettingsRequest<'_> {
+    fn is_empty(&self) -> bool {
+        self.network_block_all.is_none()
+            && self.network_allow_list.is_none()
+            && self.domain_allow_list.is_none()
+    }
+}
+
+/// A stored setting that the tier or `networkBlockAll` makes inactive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InactiveSetting {
+    /// The setting's API name (`networkAllowList`, `domainAllowList`).
+    pub setting: &'static str,
+    /// Its stored value, canonical.
+    pub value: String,
+    /// A reason code: `blocked` or `restricted_by_tier`.
+    pub reason: &'static str,
+    /// Why, for a person.
+    pub message: String,
+}
+
+/// What a sandbox may reach, resolved from its tier and its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectivePolicy {
+    /// The organization's tier at resolution time.
+    pub tier: Tier,
+    /// The effective mode.
+    pub mode: Mode,
+    /// The active CIDRs (empty unless `allowlist`).
+    pub network_allow_list: NetworkAllowList,
+    /// The active domain patterns (empty unless `allowlist`).
+    pub domain_allow_list: DomainAllowList,
+    /// Whether the essential services are reachable.
+    pub essential_services: bool,
+    /// Stored settings that have no effect, and why.
+    pub inactive: Vec<InactiveSetting>,
+}
+
+impl PolicyConfig {
+    /// Validates the network fields of a create request for an organization
+    /// of `tier` and returns the settings to store.
+    pub fn settings_for_create(
+        &self,
+        tier: Tier,
+        request: &SettingsRequest<'_>,
+    ) -> Result<NetworkSettings, PolicyError> {
+        self.merge(tier, &NetworkSettings::default(), request)
+    }
+
+    /// Validates an update (`POST .../network-settings`): a field sent
+    /// replaces the stored value, a field left out is kept; sending none is
+    /// an error.
+    pub fn settings_for_update(
+        &self,
+        tier: Tier,
+        stored: &NetworkSettings,
+        request: &SettingsRequest<'_>,
+    ) -> Result<NetworkSettings, PolicyError> {
+        if request.is_empty() {
+            return Err(PolicyError::new(
+                ErrorCode::InvalidNetworkSettings,
+                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList",
+            ));
+        }
+        self.merge(tier, stored, request)
+    }
+
+    fn merge(
+        &self,
+        tier: Tier,
+        stored: &NetworkSettings,
+        request: &SettingsRequest<'_>,
+    ) -> Result<NetworkSettings, PolicyError> {
+        let rule = self.tier(tier)?;
+        if rule.network == TierNetwork::Restricted {
+            let sent: Vec<&'static str> = [
+                (network::FIELD, request.network_allow_list),
+                (domain::FIELD, request.domain_allow_list),
+            ]
+            .into_iter()
+            .filter(|(_, v)| v.is_some_and(|s| !s.trim().is_empty()))
+            .map(|(f, _)| f)
+            .collect();
+            if !sent.is_empty() {
+                return Err(self.restricted_error(tier, &sent));
+            }
+        }
+        let network_allow_list = match request.network_allow_list {
+            Some(s) => NetworkAllowList::parse(s, rule.network_allow_list_max, self.ranges())?,
+            None => stored.network_allow_list.clone(),
+        };
+        let domain_allow_list = match request.domain_allow_list {
+            Some(s) => DomainAllowList::parse(s, rule.domain_allow_list_max)?,
+            None => stored.domain_allow_list.clone(),
+        };
+        Ok(NetworkSettings {
+            network_block_all: request
+                .network_block_all
+                .unwrap_or(stored.network_block_all),
+            network_allow_list,
+            domain_allow_list,
+        })
+    }
+
+    fn restricted_error(&self, tier: Tier, fields: &[&'static str]) -> PolicyError {
+        let lift = self
+            .tiers()
+            .iter()
+            .find(|(t, r)| **t > tier && r.network == TierNetwork::Configurable)
+            .or_else(|| {
+                self.tiers()
+                    .iter()
+                    .find(|(_, r)| r.network == TierNetwork::Configurable)
+            })
+            .map(|(t, _)| format!("; tier {t} lifts this restriction"))
+            .unwrap_or_default();
+        PolicyError {
+            field: fields.first().copied(),
+            ..PolicyError::new(
+                ErrorCode::NetworkRestrictedByTier,
+                format!(
+                    "{} cannot be set: organizations of tier {tier} are restricted to essential services{lift}",
+                    fields.join(" and ")
+                ),
+            )
+        }
+    }
+
+    /// Resolves stored settings for an organization of `tier`, in the order
+    /// of BRIEF section 1. Never refuses: settings the tier makes inactive
+    /// are kept and listed in [`EffectivePolicy::inactive`].
+    pub fn resolve(
+        &self,
+        tier: Tier,
+        settings: &NetworkSettings,
+    ) -> Result<EffectivePolicy, PolicyError> {
+        let rule = self.tier(tier)?;
+        let lists = [
+            (network::FIELD, settings.network_allow_list.to_string()),
+            (domain::FIELD, settings.domain_allow_list.to_string()),
+        ];
+        let stored_lists = || lists.iter().filter(|(_, v)| !v.is_empty());
+        let has_lists = stored_lists().next().is_some();
+        let (mode, inactive_reason) = if settings.network_block_all {
+            (
+                Mode::Blocked,
+                Some((
+                    "blocked",
+                    "networkBlockAll is true, which takes precedence over every list".to_string(),
+                )),
+            )
+        } else if rule.network == TierNetwork::Restricted {
+            (
+                Mode::Restricted,
+                Some((
+                    "restricted_by_tier",
+                    format!("organizations of tier {tier} are restricted to essential services"),
+                )),
+            )
+        } else if has_lists {
+            (Mode::Allowlist, None)
+        } else {
+            (Mode::Open, None)
+        };
+        let inactive = match inactive_reason {
+            None => Vec::new(),
+            Some((reason, message)) => stored_lists()
+                .map(|(setting, value)| InactiveSetting {
+                    setting,
+                    value: value.clone(),
+                    reason,
+                    message: message.clone(),
+                })
+                .collect(),
+        };
+        let active = mode == Mode::Allowlist;
+        Ok(EffectivePolicy {
+            tier,
+            mode,
+            network_allow_list: if active {
+                settings.network_allow_list.clone()
+            } else {
+                NetworkAllowList::default()
+            },
+            domain_allow_list: if active {
+                settings.domain_allow_list.clone()
+            } else {
+                DomainAllowList::default()
+            },
+            essential_services: mode != Mode::Blocked,
+            inactive,
+        })
+    }
+}

@@ -1,0 +1,56 @@
+//! `sandgate`: one binary for the operator's commands and, as the project
+//! grows, the server and the API client.
+//!
+//! Exit status: 0 on success, 2 for input the user can fix (bad lists, an
+//! unknown tier, a bad destination, a bad configuration file), 1 for
+//! anything else. With `--json`, errors are printed on standard output as
+//! `{"error": {"code", "message", ...}}`, the shape the API uses.
+
+mod config;
+mod demo;
+mod output;
+mod policy_cmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// sandgate: sandboxes whose network egress is enforced in the kernel.
+#[derive(Debug, Parser)]
+#[command(name = "sandgate", version, about)]
+struct Cli {
+    /// Operator configuration file (TOML).
+    #[arg(long, global = true, env = "SANDGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Print machine-readable JSON instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Dry-run the egress policy: resolve settings, explain destinations,
+    /// show the essential-services catalog. Sends nothing.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+    /// Run the main job: the policy examples of the reference, checked
+    /// against what the brief expects, as a matrix.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = output::Output::new(cli.json);
+    let config = match config::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return out.error(&e),
+    };
+    match cli.command {
+        Command::Policy(cmd) => policy_cmd::run(cmd, &config, &out),
+        Command::Demo => demo::run(&config, &out),
+    }
+}

@@ -1,0 +1,193 @@
+//! `sandgate policy ...`: the operator's dry-run commands.
+//!
+//! They run the same code as the API will (the policy crate), so they are
+//! also how the policy is tested from outside.
+
+use crate::config::Config;
+use crate::output::Output;
+use clap::{Args, Subcommand};
+use sandgate_policy::{
+    CompiledPolicy, Destination, DomainAllowList, EffectivePolicy, NetworkAllowList,
+    NetworkSettings, PolicyError, SettingsRequest, Tier,
+};
+use serde::Serialize;
+use std::process::ExitCode;
+
+/// The policy subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Resolve a tier and sandbox settings into the effective policy.
+    Resolve(SettingsArgs),
+    /// Whether a destination would be allowed, and by which rule.
+    Explain {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// ADDRESS_OR_NAME[:PORT]; IPv6 with a port as [2001:db8::1]:443.
+        #[arg(long, value_name = "DEST")]
+        dest: String,
+    },
+    /// Show the essential-services catalog in effect (usual dotted names).
+    Catalog,
+}
+
+/// A tier and the sandbox's network settings.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// The organization's billing tier.
+    #[arg(long)]
+    tier: Tier,
+    /// `networkAllowList`: comma-separated CIDRs or addresses.
+    #[arg(long, value_name = "LIST")]
+    network_allow_list: Option<String>,
+    /// `domainAllowList`: comma-separated names or `*.` wildcards.
+    #[arg(long, value_name = "LIST")]
+    domain_allow_list: Option<String>,
+    /// `networkBlockAll`: no egress at all.
+    #[arg(long)]
+    network_block_all: bool,
+    /// Treat the lists as settings already stored (as after a tier change):
+    /// no tier refusal and no entry limit, so inactive settings show.
+    #[arg(long)]
+    stored: bool,
+}
+
+impl SettingsArgs {
+    fn resolve(&self, config: &Config) -> Result<EffectivePolicy, PolicyError> {
+        let policy = &config.policy;
+        let settings = if self.stored {
+            // Stored settings were valid when set; limits apply to requests.
+            NetworkSettings {
+                network_block_all: self.network_block_all,
+                network_allow_list: NetworkAllowList::parse(
+                    self.network_allow_list.as_deref().unwrap_or_default(),
+                    usize::MAX,
+                    policy.ranges(),
+                )?,
+                domain_allow_list: DomainAllowList::parse(
+                    self.domain_allow_list.as_deref().unwrap_or_default(),
+                    usize::MAX,
+                )?,
+            }
+        } else {
+            policy.settings_for_create(
+                self.tier,
+                &SettingsRequest {
+                    network_block_all: Some(self.network_block_all),
+                    network_allow_list: self.network_allow_list.as_deref(),
+                    domain_allow_list: self.domain_allow_list.as_deref(),
+                },
+            )?
+        };
+        policy.resolve(self.tier, &settings)
+    }
+}
+
+/// Runs a policy subcommand.
+pub fn run(cmd: PolicyCommand, config: &Config, out: &Output) -> ExitCode {
+    let result = match cmd {
+        PolicyCommand::Resolve(args) => args.resolve(config).map(|p| print_policy(&p, out)),
+        PolicyCommand::Explain { settings, dest } => {
+            explain(&settings, &dest, config).map(|e| print_explanation(&e, out))
+        }
+        PolicyCommand::Catalog => {
+            print_catalog(config, out);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => out.error(&e),
+    }
+}
+
+/// The answer of `explain`, with what was asked.
+#[derive(Debug, Serialize)]
+struct Explanation {
+    allowed: bool,
+    reason: String,
+    rule: String,
+    destination: String,
+    mode: &'static str,
+}
+
+fn explain(args: &SettingsArgs, dest: &str, config: &Config) -> Result<Explanation, PolicyError> {
+    let policy = args.resolve(config)?;
+    let destination: Destination = dest.parse()?;
+    let mode = policy.mode.as_str();
+    let compiled = CompiledPolicy::new(policy, &config.catalog, &config.policy);
+    let verdict = compiled.explain(&destination);
+    Ok(Explanation {
+        allowed: verdict.allowed,
+        reason: verdict.reason.code(),
+        rule: verdict.rule,
+        destination: destination.to_string(),
+        mode,
+    })
+}
+
+fn print_policy(policy: &EffectivePolicy, out: &Output) {
+    if out.json {
+        return out.print_json(policy);
+    }
+    let or_none = |s: String| if s.is_empty() { "(none)".into() } else { s };
+    println!("mode:               {} (tier {})", policy.mode, policy.tier);
+    println!(
+        "networkAllowList:   {}",
+        or_none(policy.network_allow_list.to_string())
+    );
+    println!(
+        "domainAllowList:    {}",
+        or_none(policy.domain_allow_list.to_string())
+    );
+    println!(
+        "essential services: {}",
+        if policy.essential_services {
+            "reachable"
+        } else {
+            "not reachable"
+        }
+    );
+    for i in &policy.inactive {
+        println!(
+            "inactive:           {} = {} ({}: {})",
+            i.setting, i.value, i.reason, i.message
+        );
+    }
+}
+
+fn print_explanation(e: &Explanation, out: &Output) {
+    if out.json {
+        return out.print_json(e);
+    }
+    let word = if e.allowed { "ALLOWED" } else { "DENIED" };
+    println!("{word} {} ({} mode): {}", e.destination, e.mode, e.reason);
+    println!("  {}", e.rule);
+}
+
+fn print_catalog(config: &Config, out: &Output) {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        id: &'a str,
+        title: &'a str,
+        hosts: Vec<String>,
+    }
+    let rows: Vec<Row> = config
+        .catalog
+        .categories()
+        .iter()
+        .map(|c| Row {
+            id: &c.id,
+            title: &c.title,
+            hosts: c.hosts.iter().map(ToString::to_string).collect(),
+        })
+        .collect();
+    if out.json {
+        return out.print_json(&rows);
+    }
+    for row in rows {
+        println!("{} ({}): {} names", row.id, row.title, row.hosts.len());
+        for h in row.hosts {
+            println!("  {h}");
+        }
+    }
+}
