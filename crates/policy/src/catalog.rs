@@ -116,9 +116,8 @@ impl Catalog {
             MergeMode::Extend => {
                 let mut merged = self.categories.clone();
                 for cat in extra {
-                    let present = |p: &DomainPattern, m: &[Category]| {
-                        m.iter().any(|c| c.hosts.contains(p))
-                    };
+                    let present =
+                        |p: &DomainPattern, m: &[Category]| m.iter().any(|c| c.hosts.contains(p));
                     let hosts: Vec<DomainPattern> = cat
                         .hosts
                         .into_iter()
@@ -229,15 +228,15 @@ fn validate(reprs: Vec<CategoryRepr>, origin: &str) -> Result<Vec<Category>, Pol
             );
         }
         if out.iter().any(|c| c.id == repr.id) {
-            problem(&repr.id, format!("category id \"{}\" appears twice", repr.id));
+            problem(
+                &repr.id,
+                format!("category id \"{}\" appears twice", repr.id),
+            );
         }
         let title = match repr.title {
             Some(t) if !t.trim().is_empty() => t,
             _ => {
-                problem(
-                    &repr.id,
-                    format!("category \"{}\" has no title", repr.id),
-                );
+                problem(&repr.id, format!("category \"{}\" has no title", repr.id));
                 String::new()
             }
         };

@@ -124,14 +124,19 @@ impl DomainPattern {
     /// Parses a pattern in the usual dotted order (`*.example.com`).
     pub fn parse(text: &str) -> Result<Self, String> {
         if text == "*" || text == "*." {
-            return Err("is a bare '*'; a wildcard needs a name after it, as in *.example.com".into());
+            return Err(
+                "is a bare '*'; a wildcard needs a name after it, as in *.example.com".into(),
+            );
         }
         let (wildcard, base) = match text.strip_prefix("*.") {
             Some(rest) => (true, rest),
             None => (false, text),
         };
         if base.contains('*') {
-            return Err("has a '*' that is not the whole first label; write a wildcard as *.example.com".into());
+            return Err(
+                "has a '*' that is not the whole first label; write a wildcard as *.example.com"
+                    .into(),
+            );
         }
         let name = DomainName::parse(base)?;
         if wildcard {
@@ -294,7 +299,9 @@ fn parse_entry(entry: &str) -> Result<DomainPattern, (String, Option<String>)> {
     if let Some((_, rest)) = entry.split_once("://") {
         let host = host_of(rest);
         return Err((
-            says(format!("is a URL; write the host name alone: did you mean {host}?")),
+            says(format!(
+                "is a URL; write the host name alone: did you mean {host}?"
+            )),
             Some(host.to_string()),
         ));
     }

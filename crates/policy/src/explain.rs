@@ -97,7 +97,9 @@ impl FromStr for Destination {
                     .parse()
                     .ok()
                     .filter(|n| *n > 0 && p.bytes().all(|b| b.is_ascii_digit()))
-                    .ok_or_else(|| bad(&format!("has port \"{p}\", not a number from 1 to 65535")))?;
+                    .ok_or_else(|| {
+                        bad(&format!("has port \"{p}\", not a number from 1 to 65535"))
+                    })?;
                 Some(port)
             }
         };
@@ -228,9 +230,9 @@ impl<'a> CompiledPolicy<'a> {
             Rule::Essential(index) => {
                 Reason::EssentialService(self.catalog.categories()[index].id.clone())
             }
-            Rule::DomainAllowList(index) => Reason::DomainAllowList(
-                self.policy.domain_allow_list.patterns()[index].clone(),
-            ),
+            Rule::DomainAllowList(index) => {
+                Reason::DomainAllowList(self.policy.domain_allow_list.patterns()[index].clone())
+            }
         })
     }
 
@@ -246,7 +248,8 @@ impl<'a> CompiledPolicy<'a> {
             return verdict(
                 false,
                 Reason::Blocked,
-                "networkBlockAll is set: no egress at all, not even DNS or essential services".into(),
+                "networkBlockAll is set: no egress at all, not even DNS or essential services"
+                    .into(),
             );
         }
         match &destination.target {

@@ -107,7 +107,7 @@ impl<T: Copy> NameMatcher<T> {
         let mut buf = [0u8; 63];
         let mut node = &self.nodes[0];
         let mut best = None;
-        for label in name.rsplit('.') {
+        for label in labels_reversed(name) {
             if label.is_empty() || label.len() > buf.len() {
                 return None;
             }
@@ -133,6 +133,23 @@ impl<T: Copy> NameMatcher<T> {
             None => best,
         }
     }
+}
+
+/// The labels of a dotted name from the last to the first. (A plain
+/// backwards scan: labels are short, and `rsplit` costs a `memrchr` call for
+/// each.)
+fn labels_reversed(name: &str) -> impl Iterator<Item = &str> {
+    let mut end = Some(name.len());
+    std::iter::from_fn(move || {
+        let stop = end?;
+        let start = name.as_bytes()[..stop]
+            .iter()
+            .rposition(|&b| b == b'.')
+            .map_or(0, |dot| dot + 1);
+        end = start.checked_sub(1);
+        // Splitting at ASCII dots keeps UTF-8 boundaries.
+        name.get(start..stop)
+    })
 }
 
 /// `label` in lowercase, borrowing it when it is lowercase already.

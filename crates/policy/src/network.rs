@@ -180,7 +180,9 @@ fn parse_address(entry: &str, text: &str) -> Result<IpAddr, EntryError> {
         if text.starts_with('[') || text.ends_with(']') {
             let bare = text.trim_start_matches('[').trim_end_matches(']');
             return Err((
-                format!("{FIELD} entry \"{entry}\" has brackets; write the IPv6 address without them"),
+                format!(
+                    "{FIELD} entry \"{entry}\" has brackets; write the IPv6 address without them"
+                ),
                 Some(entry.replacen(text, bare, 1)),
             ));
         }
@@ -191,9 +193,7 @@ fn parse_address(entry: &str, text: &str) -> Result<IpAddr, EntryError> {
             ));
         }
         return text.parse::<Ipv6Addr>().map(IpAddr::V6).map_err(|_| {
-            let hint = if text.bytes().filter(|&b| b == b':').count() == 1
-                && text.contains('.')
-            {
+            let hint = if text.bytes().filter(|&b| b == b':').count() == 1 && text.contains('.') {
                 "; ports are not part of an allow list"
             } else {
                 ""

@@ -44,7 +44,7 @@ const ALWAYS_DENIED: &[(&str, &str)] = &[
     ("240.0.0.0/4", "reserved"),
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
-    ("::ffff:0:0/96", "IPv4-mapped IPv6"),
+    ("::ffff:0.0.0.0/96", "IPv4-mapped IPv6"),
     ("fe80::/10", "link-local"),
     ("ff00::/8", "multicast"),
 ];
@@ -139,20 +139,28 @@ mod tests {
     fn metadata_and_loopback_are_denied_and_private_is_private() {
         let r = Ranges::default();
         let meta: IpAddr = "169.254.169.254".parse().unwrap();
-        assert_eq!(r.always_denied(meta).unwrap().net.to_string(), "169.254.0.0/16");
+        assert_eq!(
+            r.always_denied(meta).unwrap().net.to_string(),
+            "169.254.0.0/16"
+        );
         assert_eq!(
             r.always_denied("::1".parse().unwrap()).unwrap().label,
             "loopback"
         );
         assert!(r.always_denied("192.0.2.1".parse().unwrap()).is_none());
         assert_eq!(
-            r.private("172.31.255.255".parse().unwrap()).unwrap().net.to_string(),
+            r.private("172.31.255.255".parse().unwrap())
+                .unwrap()
+                .net
+                .to_string(),
             "172.16.0.0/12"
         );
         assert!(r.private("172.32.0.0".parse().unwrap()).is_none());
         // Broadcast is reported as broadcast, not as the wider reserved range.
         assert_eq!(
-            r.always_denied("255.255.255.255".parse().unwrap()).unwrap().label,
+            r.always_denied("255.255.255.255".parse().unwrap())
+                .unwrap()
+                .label,
             "broadcast"
         );
     }

@@ -125,10 +125,7 @@ fn scenarios(config: &Config) -> Vec<Scenario> {
             sandbox: "tier3-block-all-and-list",
             tier: 3,
             request: req(Some(SPEC_ALLOW_LIST), None, Some(true)),
-            checks: vec![
-                (e("208.80.154.232:443"), false),
-                (essential, false),
-            ],
+            checks: vec![(e("208.80.154.232:443"), false), (essential, false)],
         },
     ]
 }

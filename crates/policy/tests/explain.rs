@@ -1,0 +1,317 @@
+//! `explain`: the verdict and reason code for addresses and names in every
+//! mode.
+
+#![allow(clippy::unwrap_used)]
+
+use sandgate_policy::{
+    Catalog, CompiledPolicy, Destination, ErrorCode, PolicyConfig, SettingsRequest, Target,
+};
+
+struct Fixture {
+    config: PolicyConfig,
+    catalog: Catalog,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let config = PolicyConfig::from_toml(
+            r#"extra_always_denied = [
+                { cidr = "198.18.0.0/15", label = "sandbox subnet" },
+                { cidr = "2001:db8:5a00::/40", label = "sandbox subnet" },
+            ]"#,
+        )
+        .unwrap();
+        Fixture {
+            config,
+            catalog: Catalog::builtin(),
+        }
+    }
+
+    /// (allowed, reason code) for `dest` under a sandbox of `tier` with
+    /// these settings.
+    fn explain(&self, tier: u8, request: SettingsRequest<'_>, dest: &str) -> (bool, String) {
+        let settings = self.config.settings_for_create(tier, &request).unwrap();
+        let policy = self.config.resolve(tier, &settings).unwrap();
+        let compiled = CompiledPolicy::new(policy, &self.catalog, &self.config);
+        let verdict = compiled.explain(&dest.parse().unwrap());
+        assert!(!verdict.rule.is_empty());
+        (verdict.allowed, verdict.reason.code())
+    }
+
+    fn essential(&self, category: &str) -> String {
+        self.catalog.category_by_id(category).unwrap().hosts[0]
+            .base()
+            .to_string()
+    }
+}
+
+fn open() -> SettingsRequest<'static> {
+    SettingsRequest::default()
+}
+
+fn allow(nal: &'static str, dal: &'static str) -> SettingsRequest<'static> {
+    SettingsRequest {
+        network_allow_list: Some(nal),
+        domain_allow_list: Some(dal),
+        ..Default::default()
+    }
+}
+
+fn blocked() -> SettingsRequest<'static> {
+    SettingsRequest {
+        network_block_all: Some(true),
+        ..Default::default()
+    }
+}
+
+fn is(allowed: bool, code: &str) -> (bool, String) {
+    (allowed, code.to_string())
+}
+
+#[test]
+fn always_denied_wins_in_every_mode_even_over_a_wide_list() {
+    let f = Fixture::new();
+    let wide = allow("0.0.0.0/0,::/0", "");
+    for (req, tier) in [(open(), 3), (wide, 3), (open(), 1)] {
+        assert_eq!(
+            f.explain(tier, req, "169.254.169.254:80"),
+            is(false, "always_denied:169.254.0.0/16")
+        );
+        assert_eq!(
+            f.explain(tier, req, "127.0.0.1"),
+            is(false, "always_denied:127.0.0.0/8")
+        );
+        assert_eq!(
+            f.explain(tier, req, "0.1.2.3"),
+            is(false, "always_denied:0.0.0.0/8")
+        );
+        assert_eq!(
+            f.explain(tier, req, "224.0.0.251"),
+            is(false, "always_denied:224.0.0.0/4")
+        );
+        assert_eq!(
+            f.explain(tier, req, "255.255.255.255"),
+            is(false, "always_denied:255.255.255.255/32")
+        );
+        assert_eq!(
+            f.explain(tier, req, "[fe80::1]:22"),
+            is(false, "always_denied:fe80::/10")
+        );
+        assert_eq!(
+            f.explain(tier, req, "ff02::1"),
+            is(false, "always_denied:ff00::/8")
+        );
+        assert_eq!(
+            f.explain(tier, req, "::1"),
+            is(false, "always_denied:::1/128")
+        );
+        // Other sandboxes, through the operator's extra ranges.
+        assert_eq!(
+            f.explain(tier, req, "198.18.0.9:22"),
+            is(false, "always_denied:198.18.0.0/15")
+        );
+        assert_eq!(
+            f.explain(tier, req, "2001:db8:5a00::9"),
+            is(false, "always_denied:2001:db8:5a00::/40")
+        );
+    }
+}
+
+#[test]
+fn open_mode_allows_public_and_denies_private() {
+    let f = Fixture::new();
+    assert_eq!(f.explain(4, open(), "192.0.2.10:443"), is(true, "open"));
+    assert_eq!(f.explain(4, open(), "[2001:db8::10]:443"), is(true, "open"));
+    assert_eq!(
+        f.explain(4, open(), "www.example.com:443"),
+        is(true, "open")
+    );
+    for private in [
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "fd00::1",
+    ] {
+        assert_eq!(
+            f.explain(4, open(), private),
+            is(false, "private_range"),
+            "{private}"
+        );
+    }
+}
+
+#[test]
+fn restricted_mode_reaches_the_catalog_by_name_only() {
+    let f = Fixture::new();
+    for category in ["npm", "python", "ubuntu-debian", "docker", "ai-ml"] {
+        let name = f.essential(category);
+        assert_eq!(
+            f.explain(1, open(), &format!("{name}:443")),
+            is(true, &format!("essential_service:{category}"))
+        );
+        assert_eq!(
+            f.explain(2, open(), &format!("sub.{name}")),
+            is(false, "restricted_by_tier")
+        );
+    }
+    assert_eq!(
+        f.explain(1, open(), "www.example.com"),
+        is(false, "restricted_by_tier")
+    );
+    assert_eq!(
+        f.explain(1, open(), "192.0.2.10:443"),
+        is(false, "restricted_by_tier")
+    );
+    assert_eq!(f.explain(1, open(), "10.0.0.1"), is(false, "private_range"));
+}
+
+#[test]
+fn allowlist_mode_allows_its_lists_and_the_catalog() {
+    let f = Fixture::new();
+    let req = allow(
+        "192.0.2.0/24,10.0.0.0/8,2001:db8:1::/48",
+        "*.example.com,example.net",
+    );
+    assert_eq!(
+        f.explain(3, req, "192.0.2.99:8443"),
+        is(true, "allow_list:192.0.2.0/24")
+    );
+    assert_eq!(
+        f.explain(3, req, "10.9.9.9"),
+        is(true, "allow_list:10.0.0.0/8")
+    );
+    assert_eq!(
+        f.explain(3, req, "[2001:db8:1::5]:443"),
+        is(true, "allow_list:2001:db8:1::/48")
+    );
+    assert_eq!(
+        f.explain(3, req, "198.51.100.1"),
+        is(false, "not_in_allow_list")
+    );
+    // IPv6 outside the list is denied: no way around an IPv4 list.
+    assert_eq!(
+        f.explain(3, req, "2001:db8:2::1"),
+        is(false, "not_in_allow_list")
+    );
+    assert_eq!(
+        f.explain(3, req, "192.168.1.1"),
+        is(false, "not_in_allow_list")
+    );
+    assert_eq!(
+        f.explain(3, req, "a.example.com"),
+        is(true, "domain_allow_list:*.example.com")
+    );
+    assert_eq!(
+        f.explain(3, req, "A.B.Example.Com."),
+        is(true, "domain_allow_list:*.example.com")
+    );
+    assert_eq!(
+        f.explain(3, req, "example.com"),
+        is(false, "not_in_allow_list")
+    );
+    assert_eq!(
+        f.explain(3, req, "example.net:443"),
+        is(true, "domain_allow_list:example.net")
+    );
+    assert_eq!(
+        f.explain(3, req, "www.example.net"),
+        is(false, "not_in_allow_list")
+    );
+    let name = f.essential("git");
+    assert_eq!(f.explain(3, req, &name), is(true, "essential_service:git"));
+    // The most specific list entry is reported.
+    let nested = allow("10.0.0.0/8,10.1.0.0/16", "");
+    assert_eq!(
+        f.explain(3, nested, "10.1.2.3"),
+        is(true, "allow_list:10.1.0.0/16")
+    );
+}
+
+#[test]
+fn blocked_mode_denies_everything_even_dns_and_the_catalog() {
+    let f = Fixture::new();
+    let name = f.essential("python");
+    for dest in [
+        name.as_str(),
+        "192.0.2.1:443",
+        "192.0.2.1:53",
+        "[2001:db8::1]:53",
+        "www.example.com",
+    ] {
+        assert_eq!(
+            f.explain(3, blocked(), dest),
+            is(false, "blocked"),
+            "{dest}"
+        );
+    }
+}
+
+#[test]
+fn port_53_goes_to_the_dns_service_in_every_mode_but_blocked() {
+    let f = Fixture::new();
+    assert_eq!(
+        f.explain(1, open(), "198.51.100.53:53"),
+        is(true, "dns_service")
+    );
+    assert_eq!(
+        f.explain(3, allow("192.0.2.0/24", ""), "203.0.113.53:53"),
+        is(true, "dns_service")
+    );
+    assert_eq!(
+        f.explain(3, open(), "[2001:db8::53]:53"),
+        is(true, "dns_service")
+    );
+    // A hard-coded resolver in a private range is still the DNS service.
+    assert_eq!(
+        f.explain(3, open(), "10.0.0.53:53"),
+        is(true, "dns_service")
+    );
+    // But always-denied ranges stay denied.
+    assert_eq!(
+        f.explain(3, open(), "169.254.169.254:53"),
+        is(false, "always_denied:169.254.0.0/16")
+    );
+}
+
+#[test]
+fn destinations_parse_strictly() {
+    let ok = [
+        ("192.0.2.1", "192.0.2.1"),
+        ("192.0.2.1:443", "192.0.2.1:443"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("[2001:DB8::1]:443", "[2001:db8::1]:443"),
+        ("Example.COM.", "example.com"),
+        ("example.com:8080", "example.com:8080"),
+    ];
+    for (text, shown) in ok {
+        let d: Destination = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(d.to_string(), shown);
+    }
+    assert!(matches!(
+        "192.0.2.1".parse::<Destination>().unwrap().target,
+        Target::Address(_)
+    ));
+    for bad in [
+        "",
+        "192.0.2.1:0",
+        "192.0.2.1:65536",
+        "192.0.2.1:http",
+        "[2001:db8::1",
+        "[2001:db8::1]443",
+        "a..b",
+        "256.1.1.1",
+        "1.2.3",
+        "exa mple.com",
+        "example.com:",
+    ] {
+        let err = bad.parse::<Destination>().unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidDestination, "{bad}");
+        assert!(
+            err.message.contains(&format!("\"{bad}\"")),
+            "{}",
+            err.message
+        );
+    }
+}

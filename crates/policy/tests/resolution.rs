@@ -1,0 +1,293 @@
+//! Every row of the resolution order of BRIEF section 1, the tier refusal,
+//! update semantics and the operator's tier table.
+
+#![allow(clippy::unwrap_used)]
+
+use sandgate_policy::{
+    ErrorCode, Mode, NetworkSettings, PolicyConfig, SettingsRequest, TierNetwork,
+};
+
+const LIST: &str = "192.0.2.0/24";
+const DOMAINS: &str = "*.example.com";
+
+fn request(
+    block: Option<bool>,
+    nal: Option<&'static str>,
+    dal: Option<&'static str>,
+) -> SettingsRequest<'static> {
+    SettingsRequest {
+        network_block_all: block,
+        network_allow_list: nal,
+        domain_allow_list: dal,
+    }
+}
+
+fn create(
+    tier: u8,
+    r: SettingsRequest<'_>,
+) -> Result<sandgate_policy::EffectivePolicy, sandgate_policy::PolicyError> {
+    let config = PolicyConfig::default();
+    let settings = config.settings_for_create(tier, &r)?;
+    config.resolve(tier, &settings)
+}
+
+#[test]
+fn block_all_wins_for_every_tier_and_over_lists() {
+    for tier in 1..=4 {
+        let p = create(tier, request(Some(true), None, None)).unwrap();
+        assert_eq!(p.mode, Mode::Blocked, "tier {tier}");
+        assert!(!p.essential_services);
+        assert!(p.network_allow_list.is_empty() && p.domain_allow_list.is_empty());
+    }
+    for tier in 3..=4 {
+        let p = create(tier, request(Some(true), Some(LIST), Some(DOMAINS))).unwrap();
+        assert_eq!(p.mode, Mode::Blocked);
+        assert!(
+            p.network_allow_list.is_empty(),
+            "a blocked policy carries no active list"
+        );
+        let inactive: Vec<_> = p
+            .inactive
+            .iter()
+            .map(|i| (i.setting, i.reason, i.value.as_str()))
+            .collect();
+        assert_eq!(
+            inactive,
+            vec![
+                ("networkAllowList", "blocked", LIST),
+                ("domainAllowList", "blocked", DOMAINS)
+            ]
+        );
+    }
+}
+
+#[test]
+fn tiers_one_and_two_are_restricted_and_refuse_lists_with_403() {
+    for tier in 1..=2 {
+        let p = create(tier, request(None, None, None)).unwrap();
+        assert_eq!(p.mode, Mode::Restricted);
+        assert!(p.essential_services);
+        assert!(p.inactive.is_empty());
+        // An explicit empty list is no list, and is not refused.
+        assert_eq!(
+            create(tier, request(Some(false), Some(""), Some(" ")))
+                .unwrap()
+                .mode,
+            Mode::Restricted
+        );
+        for (nal, dal, field) in [
+            (Some(LIST), None, "networkAllowList"),
+            (None, Some(DOMAINS), "domainAllowList"),
+            (
+                Some(LIST),
+                Some(DOMAINS),
+                "networkAllowList and domainAllowList",
+            ),
+        ] {
+            let err = create(tier, request(None, nal, dal)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::NetworkRestrictedByTier);
+            assert_eq!(err.http_status(), 403);
+            assert!(err.message.contains(field), "{}", err.message);
+            assert!(
+                err.message.contains(&format!("tier {tier}")),
+                "{}",
+                err.message
+            );
+            assert!(err.message.contains("tier 3 lifts"), "{}", err.message);
+        }
+        // Block-all with a list: the list could never apply; refused too.
+        let err = create(tier, request(Some(true), Some(LIST), None)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NetworkRestrictedByTier);
+    }
+}
+
+#[test]
+fn the_tier_refusal_comes_before_syntax_errors() {
+    let err = create(1, request(None, Some("not-an-address"), None)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::NetworkRestrictedByTier);
+}
+
+#[test]
+fn tiers_three_and_four_with_a_list_are_allowlist() {
+    for tier in 3..=4 {
+        for (nal, dal) in [
+            (Some(LIST), None),
+            (None, Some(DOMAINS)),
+            (Some(LIST), Some(DOMAINS)),
+        ] {
+            let p = create(tier, request(Some(false), nal, dal)).unwrap();
+            assert_eq!(p.mode, Mode::Allowlist);
+            assert!(
+                p.essential_services,
+                "essential services stay reachable with an allow list"
+            );
+            assert_eq!(p.network_allow_list.to_string(), nal.unwrap_or(""));
+            assert_eq!(p.domain_allow_list.to_string(), dal.unwrap_or(""));
+            assert!(p.inactive.is_empty());
+        }
+    }
+}
+
+#[test]
+fn tiers_three_and_four_otherwise_are_open() {
+    for tier in 3..=4 {
+        for r in [
+            request(None, None, None),
+            request(Some(false), Some(""), Some("")),
+        ] {
+            let p = create(tier, r).unwrap();
+            assert_eq!(p.mode, Mode::Open);
+            assert!(p.essential_services);
+        }
+    }
+}
+
+#[test]
+fn a_tier_change_keeps_stored_lists_inactive_with_the_reason() {
+    let config = PolicyConfig::default();
+    let stored = config
+        .settings_for_create(3, &request(None, Some(LIST), Some(DOMAINS)))
+        .unwrap();
+    assert_eq!(config.resolve(3, &stored).unwrap().mode, Mode::Allowlist);
+    let downgraded = config.resolve(1, &stored).unwrap();
+    assert_eq!(downgraded.mode, Mode::Restricted);
+    assert!(downgraded.network_allow_list.is_empty());
+    let reasons: Vec<_> = downgraded
+        .inactive
+        .iter()
+        .map(|i| (i.setting, i.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("networkAllowList", "restricted_by_tier"),
+            ("domainAllowList", "restricted_by_tier")
+        ]
+    );
+    // Back up: the lists take effect again.
+    assert_eq!(config.resolve(4, &stored).unwrap().mode, Mode::Allowlist);
+}
+
+#[test]
+fn an_update_replaces_what_it_sends_and_keeps_the_rest() {
+    let config = PolicyConfig::default();
+    let stored = config
+        .settings_for_create(3, &request(None, Some(LIST), Some(DOMAINS)))
+        .unwrap();
+    let updated = config
+        .settings_for_update(3, &stored, &request(None, Some("198.51.100.0/24"), None))
+        .unwrap();
+    assert_eq!(updated.network_allow_list.to_string(), "198.51.100.0/24");
+    assert_eq!(updated.domain_allow_list.to_string(), DOMAINS);
+    assert!(!updated.network_block_all);
+    let blocked = config
+        .settings_for_update(3, &updated, &request(Some(true), None, None))
+        .unwrap();
+    assert!(blocked.network_block_all);
+    assert_eq!(blocked.network_allow_list, updated.network_allow_list);
+    let cleared = config
+        .settings_for_update(3, &blocked, &request(Some(false), Some(""), Some("")))
+        .unwrap();
+    assert_eq!(cleared, NetworkSettings::default());
+    assert_eq!(config.resolve(3, &cleared).unwrap().mode, Mode::Open);
+}
+
+#[test]
+fn an_update_that_sets_nothing_is_refused_and_a_bad_one_changes_nothing() {
+    let config = PolicyConfig::default();
+    let stored = NetworkSettings::default();
+    let err = config
+        .settings_for_update(3, &stored, &SettingsRequest::default())
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidNetworkSettings);
+    assert_eq!(err.http_status(), 400);
+    // A tier-1 organization may still block or unblock.
+    let r = config
+        .settings_for_update(1, &stored, &request(Some(true), None, None))
+        .unwrap();
+    assert_eq!(config.resolve(1, &r).unwrap().mode, Mode::Blocked);
+}
+
+#[test]
+fn an_unknown_tier_is_refused() {
+    let err = create(9, request(None, None, None)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidTier);
+    assert!(
+        err.message.contains("tier 9") && err.message.contains("1, 2, 3, 4"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn the_operator_can_change_the_tier_table() {
+    let config = PolicyConfig::from_toml(
+        r#"
+        network_allow_list_max = 2
+        [tiers."1"]
+        network = "restricted"
+        [tiers."2"]
+        network = "configurable"
+        network_allow_list_max = 3
+        [tiers."7"]
+        network = "configurable"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.tier(2).unwrap().network, TierNetwork::Configurable);
+    assert_eq!(config.tier(2).unwrap().network_allow_list_max, 3);
+    assert_eq!(config.tier(7).unwrap().network_allow_list_max, 2);
+    assert_eq!(config.tier(3).unwrap_err().code, ErrorCode::InvalidTier);
+    let three = request(None, Some("192.0.2.1,192.0.2.2,192.0.2.3"), None);
+    assert_eq!(
+        config
+            .resolve(2, &config.settings_for_create(2, &three).unwrap())
+            .unwrap()
+            .mode,
+        Mode::Allowlist
+    );
+    assert_eq!(
+        config.settings_for_create(7, &three).unwrap_err().code,
+        ErrorCode::InvalidNetworkAllowList
+    );
+    let err = config.settings_for_create(1, &three).unwrap_err();
+    assert!(err.message.contains("tier 2 lifts"), "{}", err.message);
+}
+
+#[test]
+fn bad_operator_configuration_is_refused_with_a_clear_message() {
+    for (text, needle) in [
+        (
+            r#"[tiers."x"]
+            network = "restricted""#,
+            "\"x\"",
+        ),
+        (
+            r#"[tiers."01"]
+            network = "restricted""#,
+            "\"01\"",
+        ),
+        (
+            r#"[tiers."1"]
+            network = "wide-open""#,
+            "wide-open",
+        ),
+        ("tiers = {}", "empty"),
+        (
+            "network_allow_list_maximum = 3",
+            "network_allow_list_maximum",
+        ),
+        (
+            r#"extra_always_denied = [{ cidr = "198.18.0.1/15", label = "sandboxes" }]"#,
+            "198.18.0.0/15",
+        ),
+        (
+            r#"extra_always_denied = [{ cidr = "sandboxes", label = "x" }]"#,
+            "sandboxes",
+        ),
+    ] {
+        let err = PolicyConfig::from_toml(text).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidConfig, "{text}");
+        assert!(err.message.contains(needle), "{text}: {}", err.message);
+    }
+}

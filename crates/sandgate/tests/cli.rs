@@ -1,0 +1,306 @@
+//! The operator's dry-run commands, run as a user runs them: the real
+//! binary, its output and its exit status.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn sandgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(args)
+        .env_remove("SANDGATE_CONFIG")
+        .output()
+        .expect("run sandgate")
+}
+
+/// Runs with `--json`; returns (exit code, parsed standard output).
+fn json(args: &[&str]) -> (i32, Value) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = sandgate(&all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), value)
+}
+
+#[test]
+fn resolve_prints_the_effective_policy() {
+    let (code, v) = json(&[
+        "policy",
+        "resolve",
+        "--tier",
+        "3",
+        "--network-allow-list",
+        " 192.0.2.1 ,2001:DB8::/32,192.0.2.1/32",
+        "--domain-allow-list",
+        "*.Example.com.",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(v["mode"], "allowlist");
+    assert_eq!(
+        v["networkAllowList"],
+        serde_json::json!(["192.0.2.1/32", "2001:db8::/32"])
+    );
+    assert_eq!(v["domainAllowList"], serde_json::json!(["*.example.com"]));
+    assert_eq!(v["essentialServices"], true);
+    assert_eq!(v["inactive"], serde_json::json!([]));
+
+    let (code, v) = json(&["policy", "resolve", "--tier", "4"]);
+    assert_eq!((code, v["mode"].as_str()), (0, Some("open")));
+    let (code, v) = json(&["policy", "resolve", "--tier", "2"]);
+    assert_eq!((code, v["mode"].as_str()), (0, Some("restricted")));
+    let (code, v) = json(&[
+        "policy",
+        "resolve",
+        "--tier",
+        "3",
+        "--network-block-all",
+        "--network-allow-list",
+        "198.51.100.0/24",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(v["mode"], "blocked");
+    assert_eq!(v["essentialServices"], false);
+    assert_eq!(v["inactive"][0]["setting"], "networkAllowList");
+    assert_eq!(v["inactive"][0]["reason"], "blocked");
+}
+
+#[test]
+fn stored_settings_show_what_a_tier_makes_inactive() {
+    let (code, v) = json(&[
+        "policy",
+        "resolve",
+        "--tier",
+        "1",
+        "--stored",
+        "--domain-allow-list",
+        "*.example.com",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(v["mode"], "restricted");
+    assert_eq!(v["inactive"][0]["setting"], "domainAllowList");
+    assert_eq!(v["inactive"][0]["value"], "*.example.com");
+    assert_eq!(v["inactive"][0]["reason"], "restricted_by_tier");
+}
+
+#[test]
+fn invalid_input_exits_2_with_the_api_error_shape() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["--network-allow-list", "203.0.113.9/24"],
+            "invalid_network_allow_list",
+            "203.0.113.0/24",
+        ),
+        (
+            &["--network-allow-list", "203.0.113.0/24,,"],
+            "invalid_network_allow_list",
+            "empty entry",
+        ),
+        (
+            &["--domain-allow-list", "*"],
+            "invalid_domain_allow_list",
+            "\"*\"",
+        ),
+        (
+            &["--domain-allow-list", "203.0.113.9"],
+            "invalid_domain_allow_list",
+            "203.0.113.9",
+        ),
+    ];
+    for (extra, code, needle) in cases {
+        let mut args = vec!["policy", "resolve", "--tier", "3"];
+        args.extend_from_slice(extra);
+        let (exit, v) = json(&args);
+        assert_eq!(exit, 2, "{args:?}");
+        assert_eq!(v["error"]["code"], *code, "{args:?}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{args:?}: {message}");
+    }
+    let (exit, v) = json(&[
+        "policy",
+        "resolve",
+        "--tier",
+        "1",
+        "--network-allow-list",
+        "203.0.113.0/24",
+    ]);
+    assert_eq!(exit, 2);
+    assert_eq!(v["error"]["code"], "network_restricted_by_tier");
+    assert!(v["error"]["message"].as_str().unwrap().contains("tier 3"));
+    let (exit, v) = json(&[
+        "policy",
+        "explain",
+        "--tier",
+        "3",
+        "--dest",
+        "203.0.113.9:99999",
+    ]);
+    assert_eq!(exit, 2);
+    assert_eq!(v["error"]["code"], "invalid_destination");
+    let (exit, v) = json(&["policy", "resolve", "--tier", "5"]);
+    assert_eq!(exit, 2);
+    assert_eq!(v["error"]["code"], "invalid_tier");
+}
+
+#[test]
+fn explain_prints_the_verdict() {
+    let (code, v) = json(&[
+        "policy",
+        "explain",
+        "--tier",
+        "3",
+        "--network-allow-list",
+        "203.0.113.0/24",
+        "--dest",
+        "203.0.113.80:443",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["reason"], "allow_list:203.0.113.0/24");
+    assert!(v["rule"].as_str().unwrap().contains("203.0.113.0/24"));
+
+    let (code, v) = json(&[
+        "policy",
+        "explain",
+        "--tier",
+        "3",
+        "--dest",
+        "169.254.169.254",
+    ]);
+    assert_eq!(code, 0, "a denial is an answer, not an error");
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["reason"], "always_denied:169.254.0.0/16");
+
+    let (_, v) = json(&[
+        "policy",
+        "explain",
+        "--tier",
+        "2",
+        "--dest",
+        "www.example.org",
+    ]);
+    assert_eq!(v["reason"], "restricted_by_tier");
+}
+
+#[test]
+fn text_output_is_for_people() {
+    let out = sandgate(&["policy", "explain", "--tier", "3", "--dest", "10.0.0.1:22"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("DENIED 10.0.0.1:22 (open mode): private_range"),
+        "{text}"
+    );
+
+    let out = sandgate(&[
+        "policy",
+        "resolve",
+        "--tier",
+        "3",
+        "--network-allow-list",
+        "192.0.2.1/24",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error [invalid_network_allow_list]")
+            && err.contains("did you mean 192.0.2.0/24?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_operator_config_changes_tiers_and_catalog() {
+    let dir = std::env::temp_dir().join(format!("sandgate-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sandgate.toml"),
+        "[policy]\n[policy.tiers.\"1\"]\nnetwork = \"configurable\"\n[catalog]\nfile = \"catalog.toml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("catalog.toml"),
+        "version = 1\n[[category]]\nid = \"platform\"\nhosts = [\"test.sandgate.api\"]\n",
+    )
+    .unwrap();
+    let config = dir.join("sandgate.toml");
+    let config = config.to_str().unwrap();
+    let (code, v) = json(&[
+        "--config",
+        config,
+        "policy",
+        "resolve",
+        "--tier",
+        "1",
+        "--network-allow-list",
+        "192.0.2.0/24",
+    ]);
+    assert_eq!((code, v["mode"].as_str()), (0, Some("allowlist")));
+    let (_, v) = json(&[
+        "--config",
+        config,
+        "policy",
+        "explain",
+        "--tier",
+        "1",
+        "--domain-allow-list",
+        "x.example.com",
+        "--dest",
+        "api.sandgate.test",
+    ]);
+    assert_eq!(v["reason"], "essential_service:platform");
+    let (_, v) = json(&["--config", config, "policy", "catalog"]);
+    let platform = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "platform")
+        .unwrap();
+    assert_eq!(platform["hosts"], serde_json::json!(["api.sandgate.test"]));
+
+    std::fs::write(
+        dir.join("catalog.toml"),
+        "version = 1\n[[category]]\nid = \"x\"\nhosts = [\"Bad..Name\"]\n",
+    )
+    .unwrap();
+    let (code, v) = json(&["--config", config, "policy", "resolve", "--tier", "3"]);
+    assert_eq!(code, 2);
+    assert_eq!(v["error"]["code"], "invalid_catalog");
+    let (code, v) = json(&[
+        "--config",
+        dir.join("missing.toml").to_str().unwrap(),
+        "policy",
+        "resolve",
+        "--tier",
+        "3",
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(v["error"]["code"], "invalid_config");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_demo_matrix_is_all_ok() {
+    let (code, v) = json(&["demo"]);
+    assert_eq!(code, 0);
+    let rows = v.as_array().unwrap();
+    assert!(rows.len() >= 25);
+    for row in rows {
+        for key in ["sandbox", "mode", "target", "expected", "observed", "ok"] {
+            assert!(row.get(key).is_some(), "{row}");
+        }
+        assert_eq!(row["ok"], true, "{row}");
+    }
+    let modes: std::collections::BTreeSet<_> =
+        rows.iter().filter_map(|r| r["mode"].as_str()).collect();
+    for mode in ["open", "allowlist", "restricted", "blocked"] {
+        assert!(modes.contains(mode), "{modes:?}");
+    }
+}
