@@ -9,7 +9,7 @@
 //! addresses are data. Exit status 0 only if every row is ok.
 
 use crate::config::Config;
-use crate::output::Output;
+use crate::output::{say, Output};
 use sandgate_policy::{CompiledPolicy, Destination, PolicyError, SettingsRequest, Tier};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -164,28 +164,46 @@ pub fn run(config: &Config, out: &Output) -> ExitCode {
     if out.json {
         out.print_json(&rows);
     } else {
-        println!(
-            "{:<26} {:<10} {:<22} {:<9} {:<9} ok",
-            "sandbox", "mode", "target", "expected", "observed"
-        );
-        for r in &rows {
-            println!(
-                "{:<26} {:<10} {:<22} {:<9} {:<9} {}",
-                r.sandbox,
-                r.mode,
-                r.target,
-                r.expected,
-                r.observed,
-                if r.ok { "ok" } else { "MISMATCH" }
-            );
-        }
+        print_table(&rows);
         let bad = rows.iter().filter(|r| !r.ok).count();
-        println!("{} rows, {} mismatches", rows.len(), bad);
+        say!("{} rows, {} mismatches", rows.len(), bad);
     }
     if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Prints the rows as a table sized to its contents.
+fn print_table(rows: &[Row]) {
+    let header = ["sandbox", "mode", "target", "expected", "observed", "ok"];
+    let cells: Vec<[&str; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.sandbox,
+                r.mode.as_str(),
+                r.target.as_str(),
+                r.expected,
+                r.observed,
+                if r.ok { "ok" } else { "MISMATCH" },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&cells) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        say!("{}", line.join("  ").trim_end());
     }
 }
 

@@ -2,7 +2,32 @@
 
 use sandgate_policy::PolicyError;
 use serde::Serialize;
+use std::fmt::Arguments;
+use std::io::{ErrorKind, Write};
 use std::process::ExitCode;
+
+/// Prints a line on standard output, like `println!`, except that a reader
+/// that went away (`sandgate ... | head`) ends the program quietly (status 141, as SIGPIPE would) instead
+/// of with a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+/// The function behind [`say!`].
+pub fn line(args: Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{args}") {
+        if e.kind() == ErrorKind::BrokenPipe {
+            // The status a shell reports for a process ended by SIGPIPE.
+            std::process::exit(141);
+        }
+        eprintln!("cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// The exit status for input the user can fix.
 pub const EXIT_USAGE: u8 = 2;
@@ -23,7 +48,7 @@ impl Output {
     /// Prints `value` as pretty JSON on standard output.
     pub fn print_json<T: Serialize>(&self, value: &T) {
         match serde_json::to_string_pretty(value) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => say!("{text}"),
             // Our own types always serialize; say so loudly if one does not.
             Err(e) => eprintln!("internal error: cannot print JSON: {e}"),
         }

@@ -4,7 +4,7 @@
 //! also how the policy is tested from outside.
 
 use crate::config::Config;
-use crate::output::Output;
+use crate::output::{say, Output};
 use clap::{Args, Subcommand};
 use sandgate_policy::{
     CompiledPolicy, Destination, DomainAllowList, EffectivePolicy, NetworkAllowList,
@@ -22,7 +22,7 @@ pub enum PolicyCommand {
     Explain {
         #[command(flatten)]
         settings: SettingsArgs,
-        /// ADDRESS_OR_NAME[:PORT]; IPv6 with a port as [2001:db8::1]:443.
+        /// `ADDRESS_OR_NAME[:PORT]`; IPv6 with a port as `[2001:db8::1]:443`.
         #[arg(long, value_name = "DEST")]
         dest: String,
     },
@@ -130,16 +130,16 @@ fn print_policy(policy: &EffectivePolicy, out: &Output) {
         return out.print_json(policy);
     }
     let or_none = |s: String| if s.is_empty() { "(none)".into() } else { s };
-    println!("mode:               {} (tier {})", policy.mode, policy.tier);
-    println!(
+    say!("mode:               {} (tier {})", policy.mode, policy.tier);
+    say!(
         "networkAllowList:   {}",
         or_none(policy.network_allow_list.to_string())
     );
-    println!(
+    say!(
         "domainAllowList:    {}",
         or_none(policy.domain_allow_list.to_string())
     );
-    println!(
+    say!(
         "essential services: {}",
         if policy.essential_services {
             "reachable"
@@ -148,9 +148,12 @@ fn print_policy(policy: &EffectivePolicy, out: &Output) {
         }
     );
     for i in &policy.inactive {
-        println!(
+        say!(
             "inactive:           {} = {} ({}: {})",
-            i.setting, i.value, i.reason, i.message
+            i.setting,
+            i.value,
+            i.reason,
+            i.message
         );
     }
 }
@@ -160,8 +163,8 @@ fn print_explanation(e: &Explanation, out: &Output) {
         return out.print_json(e);
     }
     let word = if e.allowed { "ALLOWED" } else { "DENIED" };
-    println!("{word} {} ({} mode): {}", e.destination, e.mode, e.reason);
-    println!("  {}", e.rule);
+    say!("{word} {} ({} mode): {}", e.destination, e.mode, e.reason);
+    say!("  {}", e.rule);
 }
 
 fn print_catalog(config: &Config, out: &Output) {
@@ -185,9 +188,9 @@ fn print_catalog(config: &Config, out: &Output) {
         return out.print_json(&rows);
     }
     for row in rows {
-        println!("{} ({}): {} names", row.id, row.title, row.hosts.len());
+        say!("{} ({}): {} names", row.id, row.title, row.hosts.len());
         for h in row.hosts {
-            println!("  {h}");
+            say!("  {h}");
         }
     }
 }
