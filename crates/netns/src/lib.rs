@@ -1,0 +1,15 @@
+//! Network namespaces and links, through the kernel's own interfaces.
+//!
+//! - [`Netns`]: named network namespaces under `/run/netns` (what `ip netns`
+//!   makes), created by unsharing on a thread of our own and pinned with a
+//!   bind mount; [`Netns::run`] runs code inside one.
+//! - [`Rtnl`]: a blocking rtnetlink client for links (veth pairs), addresses
+//!   and routes, in the namespace of the thread that opens it.
+//!
+//! No `ip` program is run. No `unsafe` here: `nix` wraps the system calls.
+
+mod ns;
+mod rtnl;
+
+pub use ns::{set_sysctl, Netns, NETNS_DIR};
+pub use rtnl::{Link, Rtnl};
