@@ -96,18 +96,11 @@ impl Catalog {
     pub fn with_operator_file(&self, text: &str, origin: &str) -> Result<Catalog, PolicyError> {
         let repr = parse_file(text, origin)?;
         let mode = repr.mode.unwrap_or_default();
-        let known = |id: &str| self.categories.iter().any(|c| c.id == id);
         let mut extra = repr.category;
         if mode == MergeMode::Extend {
             // An extension may name an existing category without a title.
-            for c in &mut extra {
-                if c.title.is_none() && known(&c.id) {
-                    c.title = self
-                        .categories
-                        .iter()
-                        .find(|k| k.id == c.id)
-                        .map(|k| k.title.clone());
-                }
+            for c in extra.iter_mut().filter(|c| c.title.is_none()) {
+                c.title = self.category_by_id(&c.id).map(|k| k.title.clone());
             }
         }
         let extra = validate(extra, origin)?;

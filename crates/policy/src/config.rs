@@ -15,6 +15,10 @@ use std::collections::BTreeMap;
 pub const DEFAULT_NETWORK_ALLOW_LIST_MAX: usize = 5;
 /// The default limit on `domainAllowList` entries.
 pub const DEFAULT_DOMAIN_ALLOW_LIST_MAX: usize = 50;
+/// The default sandbox subnets: the benchmarking range for IPv4, a
+/// documentation prefix for IPv6. Sandboxes are numbered from them, and
+/// they are always denied as destinations ("other sandboxes").
+pub const DEFAULT_SANDBOX_SUBNETS: [&str; 2] = ["198.18.0.0/15", "2001:db8:5a00::/48"];
 
 /// A billing tier number, as set by the operator's billing system.
 pub type Tier = u8;
@@ -45,6 +49,7 @@ pub struct TierRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     tiers: BTreeMap<Tier, TierRule>,
+    sandbox_subnets: Vec<IpNet>,
     ranges: Ranges,
 }
 
@@ -68,8 +73,12 @@ pub struct PolicyConfigRepr {
     /// The tier table; when given it replaces the default table whole.
     #[serde(default)]
     pub tiers: Option<BTreeMap<String, TierRepr>>,
-    /// Ranges denied to every sandbox besides the built-in ones: the host's
-    /// addresses, the sandbox subnets.
+    /// The subnets sandboxes are numbered from, one IPv4 and one IPv6
+    /// (default [`DEFAULT_SANDBOX_SUBNETS`]); always denied as destinations.
+    #[serde(default)]
+    pub sandbox_subnets: Option<Vec<String>>,
+    /// Ranges denied to every sandbox besides the built-in ones and the
+    /// sandbox subnets (the host's public addresses, a management network).
     #[serde(default)]
     pub extra_always_denied: Vec<DeniedRepr>,
 }
@@ -100,6 +109,20 @@ pub struct DeniedRepr {
 
 fn config_error(message: String) -> PolicyError {
     PolicyError::new(ErrorCode::InvalidConfig, message)
+}
+
+/// A CIDR in canonical form (no host bits), for the key `key`.
+fn parse_cidr(key: &str, text: &str) -> Result<IpNet, PolicyError> {
+    let net: IpNet = text
+        .parse()
+        .map_err(|_| config_error(format!("{key} has \"{text}\", which is not a CIDR")))?;
+    if net.trunc() != net {
+        return Err(config_error(format!(
+            "{key} has \"{text}\" with host bits set; write {}",
+            net.trunc()
+        )));
+    }
+    Ok(net)
 }
 
 impl PolicyConfig {
@@ -161,26 +184,34 @@ impl PolicyConfig {
                 tiers
             }
         };
-        let mut extra = Vec::new();
+        let subnets: Vec<String> = repr
+            .sandbox_subnets
+            .unwrap_or_else(|| DEFAULT_SANDBOX_SUBNETS.map(String::from).to_vec());
+        let mut sandbox_subnets = Vec::new();
+        for text in &subnets {
+            sandbox_subnets.push(parse_cidr("policy.sandbox_subnets", text)?);
+        }
+        if !sandbox_subnets.iter().any(|n| matches!(n, IpNet::V4(_)))
+            || !sandbox_subnets.iter().any(|n| matches!(n, IpNet::V6(_)))
+        {
+            return Err(config_error(
+                "policy.sandbox_subnets needs one IPv4 and one IPv6 subnet".into(),
+            ));
+        }
+        let mut denied: Vec<NamedRange> = sandbox_subnets
+            .iter()
+            .map(|n| NamedRange::new(*n, "sandbox subnet (other sandboxes)"))
+            .collect();
         for d in repr.extra_always_denied {
-            let net: IpNet = d.cidr.parse().map_err(|_| {
-                config_error(format!(
-                    "policy.extra_always_denied has \"{}\", which is not a CIDR",
-                    d.cidr
-                ))
-            })?;
-            if net.trunc() != net {
-                return Err(config_error(format!(
-                    "policy.extra_always_denied has \"{}\" with host bits set; write {}",
-                    d.cidr,
-                    net.trunc()
-                )));
-            }
-            extra.push(NamedRange::new(net, d.label));
+            denied.push(NamedRange::new(
+                parse_cidr("policy.extra_always_denied", &d.cidr)?,
+                d.label,
+            ));
         }
         Ok(PolicyConfig {
             tiers,
-            ranges: Ranges::with_extra_denied(extra),
+            sandbox_subnets,
+            ranges: Ranges::with_configured(denied),
         })
     }
 
@@ -206,5 +237,17 @@ impl PolicyConfig {
     /// The always-denied and private ranges.
     pub fn ranges(&self) -> &Ranges {
         &self.ranges
+    }
+
+    /// The subnets sandboxes are numbered from.
+    pub fn sandbox_subnets(&self) -> &[IpNet] {
+        &self.sandbox_subnets
+    }
+
+    /// This configuration with more always-denied ranges: the host's own
+    /// addresses, which only the running host knows.
+    pub fn with_denied(mut self, extra: impl IntoIterator<Item = NamedRange>) -> Self {
+        self.ranges.configured.extend(extra);
+        self
     }
 }

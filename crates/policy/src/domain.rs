@@ -5,7 +5,8 @@
 //! (`com.example.www`, `com.example.*`). Both parse to the same
 //! [`DomainPattern`].
 
-use crate::error::{ErrorCode, PolicyError, Problem};
+use crate::error::{ErrorCode, PolicyError};
+use crate::list::{parse_list, EntryError, ListSpec};
 use serde::{Serialize, Serializer};
 use std::fmt;
 use std::net::IpAddr;
@@ -217,48 +218,14 @@ impl DomainAllowList {
     /// Parses a list as the API receives it. `max_entries` counts distinct
     /// entries after normalization.
     pub fn parse(input: &str, max_entries: usize) -> Result<Self, PolicyError> {
-        let mut patterns: Vec<DomainPattern> = Vec::new();
-        let mut problems = Vec::new();
-        for (position, entry) in crate::split_list(input) {
-            if entry.is_empty() {
-                problems.push(crate::empty_entry(FIELD, position));
-                continue;
-            }
-            match parse_entry(entry) {
-                Ok(p) => {
-                    if !patterns.contains(&p) {
-                        patterns.push(p);
-                    }
-                }
-                Err((message, suggestion)) => problems.push(Problem {
-                    entry: entry.to_string(),
-                    position,
-                    message,
-                    suggestion,
-                }),
-            }
-        }
-        if problems.is_empty() && patterns.len() > max_entries {
-            problems.push(Problem {
-                entry: input.trim().to_string(),
-                position: 0,
-                message: format!(
-                    "{FIELD} has {} entries; at most {max_entries} are allowed \
-                     (use a *. wildcard to cover several names, or ask the operator to raise the limit)",
-                    patterns.len()
-                ),
-                suggestion: None,
-            });
-        }
-        if problems.is_empty() {
-            Ok(DomainAllowList(patterns))
-        } else {
-            Err(PolicyError::from_problems(
-                ErrorCode::InvalidDomainAllowList,
-                FIELD,
-                problems,
-            ))
-        }
+        let spec = ListSpec {
+            field: FIELD,
+            code: ErrorCode::InvalidDomainAllowList,
+            max: max_entries,
+            limit_hint:
+                "use a *. wildcard to cover several names, or ask the operator to raise the limit",
+        };
+        parse_list(input, &spec, parse_entry).map(DomainAllowList)
     }
 
     /// The canonical patterns.
@@ -275,13 +242,7 @@ impl DomainAllowList {
 impl fmt::Display for DomainAllowList {
     /// The canonical comma-separated form, which parses back to the same list.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{p}")?;
-        }
-        Ok(())
+        crate::list::write_joined(f, &self.0)
     }
 }
 
@@ -291,46 +252,36 @@ impl Serialize for DomainAllowList {
     }
 }
 
-fn parse_entry(entry: &str) -> Result<DomainPattern, (String, Option<String>)> {
-    let says = |what: String| format!("{FIELD} entry \"{entry}\" {what}");
+fn parse_entry(entry: &str) -> Result<DomainPattern, EntryError> {
     if entry.chars().any(char::is_whitespace) {
-        return Err((says("contains white space".into()), None));
+        return Err(EntryError::new("contains white space"));
     }
     if let Some((_, rest)) = entry.split_once("://") {
-        let host = host_of(rest);
-        return Err((
-            says(format!(
-                "is a URL; write the host name alone: did you mean {host}?"
-            )),
-            Some(host.to_string()),
+        return Err(EntryError::with_fix(
+            "is a URL; write the host name alone",
+            host_of(rest),
         ));
     }
     if looks_like_ip(entry) {
-        return Err((
-            says("is an IP address or CIDR; put addresses in networkAllowList".into()),
-            None,
+        return Err(EntryError::new(
+            "is an IP address or CIDR; put addresses in networkAllowList",
         ));
     }
     if entry.contains('/') || entry.contains('@') {
-        let host = host_of(entry);
-        return Err((
-            says(format!(
-                "has a path or user part; write the host name alone: did you mean {host}?"
-            )),
-            Some(host.to_string()),
+        return Err(EntryError::with_fix(
+            "has a path or user part; write the host name alone",
+            host_of(entry),
         ));
     }
     if let Some((host, port)) = entry.rsplit_once(':') {
         if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
-            return Err((
-                says(format!(
-                    "has a port; {FIELD} takes names without ports: did you mean {host}?"
-                )),
-                Some(host.to_string()),
+            return Err(EntryError::with_fix(
+                format!("has a port; {FIELD} takes names without ports"),
+                host,
             ));
         }
     }
-    DomainPattern::parse(entry).map_err(|why| (says(why), None))
+    DomainPattern::parse(entry).map_err(EntryError::new)
 }
 
 /// Whether `text` is an IP address or CIDR in any common spelling.

@@ -8,8 +8,7 @@ use serde::Serialize;
 use std::fmt;
 
 /// A stable, machine-readable error code. Clients match on these strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// `networkAllowList` is malformed or too long.
     InvalidNetworkAllowList,
@@ -58,6 +57,12 @@ impl ErrorCode {
             ErrorCode::NetworkRestrictedByTier => 403,
             ErrorCode::InvalidCatalog | ErrorCode::InvalidConfig => 500,
         }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -63,6 +63,9 @@ impl FromStr for Destination {
             )
         };
         let text = text.trim();
+        if text.is_empty() {
+            return Err(bad("is empty"));
+        }
         if let Ok(addr) = text.parse::<IpAddr>() {
             return Ok(Destination {
                 target: Target::Address(addr),
@@ -104,7 +107,15 @@ impl FromStr for Destination {
             }
         };
         let target = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(_)) if text.starts_with('[') => {
+                return Err(bad(
+                    "puts an IPv4 address in brackets; brackets are for IPv6",
+                ));
+            }
             Ok(addr) => Target::Address(addr),
+            Err(_) if text.starts_with('[') => {
+                return Err(bad("puts a name in brackets; brackets are for IPv6"));
+            }
             Err(_) if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') => {
                 return Err(bad("is not a valid IPv4 address"));
             }
@@ -188,31 +199,29 @@ pub struct Verdict {
     pub rule: String,
 }
 
-/// An effective policy compiled for lookups: its names (catalog plus
-/// `domainAllowList`) in one trie, with the ranges of the configuration.
+/// An effective policy compiled for lookups: the catalog's names (shared,
+/// not copied) and the sandbox's `domainAllowList` (its own small trie),
+/// walked together, with the ranges of the configuration.
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy<'a> {
     policy: EffectivePolicy,
     catalog: &'a Catalog,
     ranges: &'a Ranges,
-    matcher: NameMatcher<Rule>,
+    own: NameMatcher<Rule>,
 }
 
 impl<'a> CompiledPolicy<'a> {
     /// Compiles `policy` against a catalog and a configuration.
     pub fn new(policy: EffectivePolicy, catalog: &'a Catalog, config: &'a PolicyConfig) -> Self {
-        let mut matcher = match policy.mode {
-            Mode::Restricted | Mode::Allowlist => catalog.matcher().clone(),
-            Mode::Open | Mode::Blocked => NameMatcher::new(),
-        };
+        let mut own = NameMatcher::new();
         for (index, pattern) in policy.domain_allow_list.patterns().iter().enumerate() {
-            matcher.insert(pattern, Rule::DomainAllowList(index));
+            own.insert(pattern, Rule::DomainAllowList(index));
         }
         CompiledPolicy {
             policy,
             catalog,
             ranges: config.ranges(),
-            matcher,
+            own,
         }
     }
 
@@ -221,12 +230,12 @@ impl<'a> CompiledPolicy<'a> {
         &self.policy
     }
 
-    /// The rule that allows queries for `name`, if any: an essential service
-    /// or a `domainAllowList` entry. Only meaningful in `restricted` and
-    /// `allowlist` modes; `open` allows every name and `blocked` none.
+    /// The rule that allows DNS queries for `name`, if any: an essential
+    /// service or a `domainAllowList` entry. `None` in `open` mode (every
+    /// name is allowed there, by no particular rule) and in `blocked` mode
+    /// (none is).
     pub fn name_rule(&self, name: &str) -> Option<Reason> {
-        let found = self.matcher.find(name)?;
-        Some(match found.value {
+        self.find_name(name).map(|rule| match rule {
             Rule::Essential(index) => {
                 Reason::EssentialService(self.catalog.categories()[index].id.clone())
             }
@@ -236,124 +245,142 @@ impl<'a> CompiledPolicy<'a> {
         })
     }
 
+    fn find_name(&self, name: &str) -> Option<Rule> {
+        if !matches!(self.policy.mode, Mode::Restricted | Mode::Allowlist) {
+            return None;
+        }
+        NameMatcher::find_in([self.catalog.matcher(), &self.own], name).map(|m| m.value)
+    }
+
     /// Whether `destination` is allowed, and by which rule.
     pub fn explain(&self, destination: &Destination) -> Verdict {
+        if self.policy.mode == Mode::Blocked {
+            return Verdict {
+                allowed: false,
+                reason: Reason::Blocked,
+                rule:
+                    "networkBlockAll is set: no egress at all, not even DNS or essential services"
+                        .into(),
+            };
+        }
+        match &destination.target {
+            Target::Address(addr) => self.explain_address(*addr, destination.port),
+            Target::Name(name) => self.explain_name(name),
+        }
+    }
+
+    fn explain_name(&self, name: &DomainName) -> Verdict {
         let p = &self.policy;
         let verdict = |allowed, reason, rule: String| Verdict {
             allowed,
             reason,
             rule,
         };
-        if p.mode == Mode::Blocked {
+        if p.mode == Mode::Open {
             return verdict(
-                false,
-                Reason::Blocked,
-                "networkBlockAll is set: no egress at all, not even DNS or essential services"
-                    .into(),
+                true,
+                Reason::Open,
+                format!("open mode allows every name; the addresses {name} resolves to are checked like any address (always-denied and private ranges stay closed)"),
             );
         }
-        match &destination.target {
-            Target::Address(addr) => self.explain_address(*addr, destination.port),
-            Target::Name(name) => {
-                if p.mode == Mode::Open {
-                    return verdict(
-                        true,
-                        Reason::Open,
-                        format!("open mode allows every name; the addresses {name} resolves to are checked like any address (always-denied and private ranges stay closed)"),
-                    );
-                }
-                match self.matcher.find(name.as_str()).map(|m| m.value) {
-                    Some(Rule::Essential(index)) => {
-                        let category = &self.catalog.categories()[index];
-                        verdict(
-                            true,
-                            Reason::EssentialService(category.id.clone()),
-                            format!("{name} is an essential service ({}); the addresses its DNS answer gives are admitted for this sandbox", category.title),
-                        )
-                    }
-                    Some(Rule::DomainAllowList(index)) => {
-                        let pattern = &p.domain_allow_list.patterns()[index];
-                        verdict(
-                            true,
-                            Reason::DomainAllowList(pattern.clone()),
-                            format!("{name} matches domainAllowList entry {pattern}; the addresses its DNS answer gives are admitted for this sandbox"),
-                        )
-                    }
-                    None if p.mode == Mode::Restricted => verdict(
-                        false,
-                        Reason::RestrictedByTier,
-                        format!("tier {} is restricted to essential services, and {name} is not one; its DNS query is refused", p.tier),
-                    ),
-                    None => verdict(
-                        false,
-                        Reason::NotInAllowList,
-                        format!("{name} matches neither domainAllowList nor the essential services; its DNS query is refused"),
-                    ),
-                }
+        match self.find_name(name.as_str()) {
+            Some(Rule::Essential(index)) => {
+                let category = &self.catalog.categories()[index];
+                verdict(
+                    true,
+                    Reason::EssentialService(category.id.clone()),
+                    format!("{name} is an essential service ({}); the addresses its DNS answer gives are admitted for this sandbox", category.title),
+                )
             }
+            Some(Rule::DomainAllowList(index)) => {
+                let pattern = &p.domain_allow_list.patterns()[index];
+                verdict(
+                    true,
+                    Reason::DomainAllowList(pattern.clone()),
+                    format!("{name} matches domainAllowList entry {pattern}; the addresses its DNS answer gives are admitted for this sandbox"),
+                )
+            }
+            None if p.mode == Mode::Restricted => verdict(
+                false,
+                Reason::RestrictedByTier,
+                format!("tier {} is restricted to essential services, and {name} is not one; its DNS query is refused", p.tier),
+            ),
+            None => verdict(
+                false,
+                Reason::NotInAllowList,
+                format!("{name} matches neither domainAllowList nor the essential services; its DNS query is refused"),
+            ),
         }
     }
 
     fn explain_address(&self, addr: IpAddr, port: Option<u16>) -> Verdict {
         let p = &self.policy;
+        let verdict = |allowed, reason, rule: String| Verdict {
+            allowed,
+            reason,
+            rule,
+        };
+        if port == Some(DNS_PORT) && self.ranges.dns_redirected(addr) {
+            return verdict(
+                true,
+                Reason::DnsService,
+                "DNS to any address on port 53 is answered by sandgate's DNS service on the gateway, which applies this sandbox's name policy".into(),
+            );
+        }
         if let Some(range) = self.ranges.always_denied(addr) {
-            return Verdict {
-                allowed: false,
-                reason: Reason::AlwaysDenied(range.net),
-                rule: format!(
+            return verdict(
+                false,
+                Reason::AlwaysDenied(range.net),
+                format!(
                     "{addr} is in {} ({}), which is always denied",
                     range.net, range.label
                 ),
-            };
+            );
         }
-        if port == Some(DNS_PORT) {
-            return Verdict {
-                allowed: true,
-                reason: Reason::DnsService,
-                rule: "DNS to any address on port 53 is answered by sandgate's DNS service on the gateway, which applies this sandbox's name policy".into(),
-            };
+        // A private range opens only to list entries inside it: 0.0.0.0/0
+        // means "the internet", not "the operator's private networks".
+        let private = self.ranges.private(addr);
+        let opens = |net: &IpNet| private.is_none_or(|r| r.net.contains(net));
+        if let Some(net) = p.network_allow_list.entry_containing(addr, opens) {
+            return verdict(
+                true,
+                Reason::AllowList(net),
+                format!("{addr} is in networkAllowList entry {net}"),
+            );
         }
-        if let Some(net) = p.network_allow_list.entry_containing(addr) {
-            return Verdict {
-                allowed: true,
-                reason: Reason::AllowList(net),
-                rule: format!("{addr} is in networkAllowList entry {net}"),
-            };
-        }
-        if p.mode == Mode::Allowlist {
-            let list = if p.network_allow_list.is_empty() {
-                "networkAllowList is empty".to_string()
-            } else {
-                format!("networkAllowList is {}", p.network_allow_list)
-            };
-            return Verdict {
-                allowed: false,
-                reason: Reason::NotInAllowList,
-                rule: format!("{addr} is in no entry of networkAllowList ({list}); essential services are reachable only by name"),
-            };
-        }
-        if let Some(range) = self.ranges.private(addr) {
-            return Verdict {
-                allowed: false,
-                reason: Reason::PrivateRange(range.net),
-                rule: format!(
-                    "{addr} is in {} ({}), which only a sandbox's own networkAllowList can open",
-                    range.net, range.label
+        if let Some(range) = private {
+            let how = match p.mode {
+                Mode::Restricted => format!(
+                    "organizations of tier {} cannot set a networkAllowList to open it",
+                    p.tier
+                ),
+                _ => format!(
+                    "only a networkAllowList entry inside {} opens it",
+                    range.net
                 ),
             };
+            return verdict(
+                false,
+                Reason::PrivateRange(range.net),
+                format!("{addr} is in {} ({}); {how}", range.net, range.label),
+            );
         }
-        if p.mode == Mode::Restricted {
-            return Verdict {
-                allowed: false,
-                reason: Reason::RestrictedByTier,
-                rule: format!("tier {} is restricted to essential services, which are reachable only by name through the sandbox's DNS service", p.tier),
-            };
-        }
-        Verdict {
-            allowed: true,
-            reason: Reason::Open,
-            rule: "open mode allows every address outside the always-denied and private ranges"
-                .into(),
+        match p.mode {
+            Mode::Allowlist => verdict(
+                false,
+                Reason::NotInAllowList,
+                format!("{addr} is in no entry of networkAllowList ({}); essential services and domainAllowList names are reachable through their DNS answers", p.network_allow_list),
+            ),
+            Mode::Restricted => verdict(
+                false,
+                Reason::RestrictedByTier,
+                format!("tier {} is restricted to essential services, which are reachable only by name through the sandbox's DNS service", p.tier),
+            ),
+            _ => verdict(
+                true,
+                Reason::Open,
+                "open mode allows every address outside the always-denied and private ranges".into(),
+            ),
         }
     }
 }

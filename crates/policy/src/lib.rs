@@ -40,6 +40,7 @@ mod config;
 mod domain;
 mod error;
 mod explain;
+mod list;
 mod matcher;
 mod network;
 mod ranges;
@@ -65,28 +66,4 @@ pub enum Rule {
     Essential(usize),
     /// The `domainAllowList` entry with this index.
     DomainAllowList(usize),
-}
-
-/// The entries of a comma-separated list with their 1-based positions,
-/// trimmed. A list that is empty or only white space has no entries; an
-/// empty entry (`a,,b`, a trailing comma) is yielded as `""`.
-fn split_list(input: &str) -> impl Iterator<Item = (usize, &str)> {
-    let entries = if input.trim().is_empty() {
-        None
-    } else {
-        Some(input.split(',').map(str::trim).enumerate())
-    };
-    entries.into_iter().flatten().map(|(i, e)| (i + 1, e))
-}
-
-/// The problem of an empty entry in the list `field`.
-fn empty_entry(field: &str, position: usize) -> Problem {
-    Problem {
-        entry: String::new(),
-        position,
-        message: format!(
-            "{field} has an empty entry at position {position} (two commas in a row, or a comma at the start or end); remove it"
-        ),
-        suggestion: None,
-    }
 }

@@ -18,11 +18,21 @@ pub struct Match<T> {
     pub wildcard: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Node<T> {
     children: FxHashMap<Box<str>, u32>,
     exact: Option<T>,
     wildcard: Option<T>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Node {
+            children: FxHashMap::default(),
+            exact: None,
+            wildcard: None,
+        }
+    }
 }
 
 /// A set of exact and wildcard name rules, each carrying a value.
@@ -42,11 +52,7 @@ impl<T: Copy> NameMatcher<T> {
     /// An empty matcher.
     pub fn new() -> Self {
         NameMatcher {
-            nodes: vec![Node {
-                children: FxHashMap::default(),
-                exact: None,
-                wildcard: None,
-            }],
+            nodes: vec![Node::default()],
             rules: 0,
         }
     }
@@ -60,11 +66,7 @@ impl<T: Copy> NameMatcher<T> {
                 Some(&child) => child as usize,
                 None => {
                     let child = self.nodes.len();
-                    self.nodes.push(Node {
-                        children: FxHashMap::default(),
-                        exact: None,
-                        wildcard: None,
-                    });
+                    self.nodes.push(Node::default());
                     // A trie with more than u32::MAX nodes would not fit in
                     // memory long before; the cast cannot truncate.
                     self.nodes[node].children.insert(label.into(), child as u32);
@@ -100,32 +102,51 @@ impl<T: Copy> NameMatcher<T> {
     ///
     /// A name with an empty or over-long label matches nothing.
     pub fn find(&self, name: &str) -> Option<Match<T>> {
+        NameMatcher::find_in([self], name)
+    }
+
+    /// The best rule for `name` over several matchers at once, as if they
+    /// were one (so a large shared trie, like the catalog's, need not be
+    /// copied into each sandbox's): one walk over the labels moves a cursor
+    /// in each. Exact beats wildcard, a deeper wildcard beats a shallower
+    /// one, and at equal rank the earlier matcher wins.
+    pub fn find_in<const N: usize>(layers: [&NameMatcher<T>; N], name: &str) -> Option<Match<T>> {
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.is_empty() {
             return None;
         }
         let mut buf = [0u8; 63];
-        let mut node = &self.nodes[0];
+        let mut cursors: [Option<&Node<T>>; N] = layers.map(|m| Some(&m.nodes[0]));
         let mut best = None;
-        for label in labels_reversed(name) {
+        let mut labels = labels_reversed(name);
+        while let Some(label) = labels.next() {
             if label.is_empty() || label.len() > buf.len() {
                 return None;
             }
-            // The name has this label below `node`, so a wildcard at `node`
-            // covers it.
-            if let Some(value) = node.wildcard {
+            // The name has this label below each cursor, so a wildcard
+            // there covers it.
+            if let Some(value) = cursors.iter().flatten().find_map(|n| n.wildcard) {
                 best = Some(Match {
                     value,
                     wildcard: true,
                 });
             }
             let key = lowercase(label, &mut buf);
-            match node.children.get(key) {
-                Some(&child) => node = &self.nodes[child as usize],
-                None => return best,
+            let mut any = false;
+            for (cursor, layer) in cursors.iter_mut().zip(layers) {
+                *cursor = cursor
+                    .and_then(|n| n.children.get(key))
+                    .map(|&child| &layer.nodes[child as usize]);
+                any |= cursor.is_some();
+            }
+            if !any {
+                // Nothing deeper can match; the rest of the name must still
+                // be a valid name for `best` to apply.
+                let valid = labels.all(|l| !l.is_empty() && l.len() <= buf.len());
+                return if valid { best } else { None };
             }
         }
-        match node.exact {
+        match cursors.iter().flatten().find_map(|n| n.exact) {
             Some(value) => Some(Match {
                 value,
                 wildcard: false,
@@ -185,6 +206,28 @@ mod tests {
         assert_eq!(m.find("example.com"), None);
         assert_eq!(m.find("example.org"), None);
         assert_eq!(m.find("a..example.com"), None);
+    }
+
+    #[test]
+    fn layers_behave_as_one_matcher() {
+        let mut shared = NameMatcher::new();
+        shared.insert(&p("*.example.com"), 1);
+        shared.insert(&p("a.example.org"), 2);
+        let mut own = NameMatcher::new();
+        own.insert(&p("*.deep.example.com"), 10);
+        own.insert(&p("*.example.com"), 11);
+        own.insert(&p("b.example.org"), 12);
+        let find = |n: &str| NameMatcher::find_in([&shared, &own], n).map(|m| m.value);
+        assert_eq!(
+            find("x.example.com"),
+            Some(1),
+            "equal rank: the first layer"
+        );
+        assert_eq!(find("x.deep.example.com"), Some(10), "deeper wildcard wins");
+        assert_eq!(find("a.example.org"), Some(2));
+        assert_eq!(find("B.example.org."), Some(12));
+        assert_eq!(find("c.example.org"), None);
+        assert_eq!(find("example.com"), None);
     }
 
     #[test]

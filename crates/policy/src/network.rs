@@ -7,7 +7,8 @@
 //! leading zeros that some tools read as octal, prefixes like `/08`) are
 //! refused.
 
-use crate::error::{ErrorCode, PolicyError, Problem};
+use crate::error::{ErrorCode, PolicyError};
+use crate::list::{parse_list, EntryError, ListSpec};
 use crate::ranges::Ranges;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Serialize, Serializer};
@@ -29,48 +30,13 @@ impl NetworkAllowList {
     /// is used to refuse entries that lie wholly inside an always-denied
     /// range, which no allow list can open.
     pub fn parse(input: &str, max_entries: usize, ranges: &Ranges) -> Result<Self, PolicyError> {
-        let mut nets: Vec<IpNet> = Vec::new();
-        let mut problems = Vec::new();
-        for (position, entry) in crate::split_list(input) {
-            if entry.is_empty() {
-                problems.push(crate::empty_entry(FIELD, position));
-                continue;
-            }
-            match parse_entry(entry, ranges) {
-                Ok(net) => {
-                    if !nets.contains(&net) {
-                        nets.push(net);
-                    }
-                }
-                Err((message, suggestion)) => problems.push(Problem {
-                    entry: entry.to_string(),
-                    position,
-                    message,
-                    suggestion,
-                }),
-            }
-        }
-        if problems.is_empty() && nets.len() > max_entries {
-            problems.push(Problem {
-                entry: input.trim().to_string(),
-                position: 0,
-                message: format!(
-                    "{FIELD} has {} entries; at most {max_entries} are allowed \
-                     (merge neighbouring ranges into a wider CIDR, or ask the operator to raise the limit)",
-                    nets.len()
-                ),
-                suggestion: None,
-            });
-        }
-        if problems.is_empty() {
-            Ok(NetworkAllowList(nets))
-        } else {
-            Err(PolicyError::from_problems(
-                ErrorCode::InvalidNetworkAllowList,
-                FIELD,
-                problems,
-            ))
-        }
+        let spec = ListSpec {
+            field: FIELD,
+            code: ErrorCode::InvalidNetworkAllowList,
+            max: max_entries,
+            limit_hint: "merge neighbouring ranges into a wider CIDR, or ask the operator to raise the limit",
+        };
+        parse_list(input, &spec, |entry| parse_entry(entry, ranges)).map(NetworkAllowList)
     }
 
     /// The canonical CIDRs.
@@ -83,11 +49,11 @@ impl NetworkAllowList {
         self.0.is_empty()
     }
 
-    /// The most specific entry that contains `addr`.
-    pub fn entry_containing(&self, addr: IpAddr) -> Option<IpNet> {
+    /// The most specific entry that contains `addr` and satisfies `accept`.
+    pub fn entry_containing(&self, addr: IpAddr, accept: impl Fn(&IpNet) -> bool) -> Option<IpNet> {
         self.0
             .iter()
-            .filter(|n| n.contains(&addr))
+            .filter(|n| n.contains(&addr) && accept(n))
             .max_by_key(|n| n.prefix_len())
             .copied()
     }
@@ -96,13 +62,7 @@ impl NetworkAllowList {
 impl fmt::Display for NetworkAllowList {
     /// The canonical comma-separated form, which parses back to the same list.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, net) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{net}")?;
-        }
-        Ok(())
+        crate::list::write_joined(f, &self.0)
     }
 }
 
@@ -112,30 +72,21 @@ impl Serialize for NetworkAllowList {
     }
 }
 
-type EntryError = (String, Option<String>);
-
 fn parse_entry(entry: &str, ranges: &Ranges) -> Result<IpNet, EntryError> {
     if entry.chars().any(char::is_whitespace) {
         let joined: String = entry.chars().filter(|c| !c.is_whitespace()).collect();
-        return Err((
-            format!("{FIELD} entry \"{entry}\" contains white space; write it without spaces, as \"{joined}\""),
-            Some(joined),
-        ));
+        return Err(EntryError::with_fix("contains white space", joined));
     }
     let mut parts = entry.split('/');
     let addr_part = parts.next().unwrap_or_default();
     let prefix_part = parts.next();
     if parts.next().is_some() {
-        return Err((
-            format!("{FIELD} entry \"{entry}\" has more than one '/'; write an address, or an address, '/' and a prefix length"),
-            None,
+        return Err(EntryError::new(
+            "has more than one '/'; write an address, or an address, '/' and a prefix length",
         ));
     }
     if addr_part.is_empty() {
-        return Err((
-            format!("{FIELD} entry \"{entry}\" has no address before the '/'"),
-            None,
-        ));
+        return Err(EntryError::new("has no address before the '/'"));
     }
     let addr = parse_address(entry, addr_part)?;
     let max = match addr {
@@ -144,33 +95,25 @@ fn parse_entry(entry: &str, ranges: &Ranges) -> Result<IpNet, EntryError> {
     };
     let prefix = match prefix_part {
         None => max,
-        Some(p) => parse_prefix(entry, addr_part, p, max)?,
+        Some(p) => parse_prefix(addr_part, p, max)?,
     };
     let net = match addr {
         IpAddr::V4(a) => Ipv4Net::new(a, prefix).map(IpNet::V4),
         IpAddr::V6(a) => Ipv6Net::new(a, prefix).map(IpNet::V6),
     }
-    .map_err(|_| {
-        (
-            format!("{FIELD} entry \"{entry}\" has an out-of-range prefix"),
-            None,
-        )
-    })?;
+    .map_err(|_| EntryError::new("has an out-of-range prefix"))?;
     let network = net.trunc();
     if network != net {
-        return Err((
-            format!("{FIELD} entry \"{entry}\" has host bits set: did you mean {network}?"),
-            Some(network.to_string()),
+        return Err(EntryError::with_fix(
+            "has host bits set",
+            network.to_string(),
         ));
     }
     if let Some(range) = ranges.always_denied_covering(&net) {
-        return Err((
-            format!(
-                "{FIELD} entry \"{entry}\" lies inside {} ({}), which is always denied; no allow list can open it",
-                range.net, range.label
-            ),
-            None,
-        ));
+        return Err(EntryError::new(format!(
+            "lies inside {} ({}), which is always denied; no allow list can open it",
+            range.net, range.label
+        )));
     }
     Ok(net)
 }
@@ -179,125 +122,110 @@ fn parse_address(entry: &str, text: &str) -> Result<IpAddr, EntryError> {
     if text.contains(':') {
         if text.starts_with('[') || text.ends_with(']') {
             let bare = text.trim_start_matches('[').trim_end_matches(']');
-            return Err((
-                format!(
-                    "{FIELD} entry \"{entry}\" has brackets; write the IPv6 address without them"
-                ),
-                Some(entry.replacen(text, bare, 1)),
+            return Err(EntryError::with_fix(
+                "has brackets; write the IPv6 address without them",
+                entry.replacen(text, bare, 1),
             ));
         }
         if text.contains('%') {
-            return Err((
-                format!("{FIELD} entry \"{entry}\" has a zone index ('%'); zone indexes are not allowed"),
-                None,
+            return Err(EntryError::new(
+                "has a zone index ('%'); zone indexes are not allowed",
             ));
         }
-        return text.parse::<Ipv6Addr>().map(IpAddr::V6).map_err(|_| {
-            let hint = if text.bytes().filter(|&b| b == b':').count() == 1 && text.contains('.') {
-                "; ports are not part of an allow list"
-            } else {
-                ""
-            };
-            (
-                format!("{FIELD} entry \"{entry}\" is not a valid IPv6 address{hint}"),
-                None,
-            )
-        });
+        if let Some((host, port)) = text.split_once(':') {
+            if host.parse::<Ipv4Addr>().is_ok() && !port.contains(':') {
+                return Err(EntryError::with_fix(
+                    "has a port; an allow list names addresses, not ports",
+                    host,
+                ));
+            }
+        }
+        return text
+            .parse::<Ipv6Addr>()
+            .map(IpAddr::V6)
+            .map_err(|_| EntryError::new("is not a valid IPv6 address"));
     }
     if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return parse_ipv4(entry, text).map(IpAddr::V4);
     }
-    if text.bytes().any(|b| b.is_ascii_alphabetic()) && text.contains('.') {
-        return Err((
-            format!("{FIELD} entry \"{entry}\" looks like a domain name; {FIELD} takes IP addresses and CIDRs, put names in domainAllowList"),
-            None,
+    let numeric = |part: &str| {
+        let hex = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X"));
+        match hex {
+            Some(h) => !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()),
+        }
+    };
+    if text.contains('.') && text.split('.').all(numeric) {
+        return Err(EntryError::new(
+            "is not a dotted-decimal IPv4 address (hexadecimal octets are not accepted)",
         ));
     }
-    Err((
-        format!("{FIELD} entry \"{entry}\" is not an IPv4 or IPv6 address or CIDR"),
-        None,
-    ))
+    if text.bytes().any(|b| b.is_ascii_alphabetic()) && text.contains('.') {
+        return Err(EntryError::new(format!(
+            "looks like a domain name; {FIELD} takes IP addresses and CIDRs, put names in domainAllowList"
+        )));
+    }
+    Err(EntryError::new("is not an IPv4 or IPv6 address or CIDR"))
 }
 
 /// Strict dotted-quad: four plain decimal octets, no leading zeros.
 fn parse_ipv4(entry: &str, text: &str) -> Result<Ipv4Addr, EntryError> {
     let octets: Vec<&str> = text.split('.').collect();
     if octets.len() != 4 {
-        return Err((
-            format!(
-                "{FIELD} entry \"{entry}\" has {} dot-separated parts; an IPv4 address has exactly four",
-                octets.len()
-            ),
-            None,
-        ));
+        return Err(EntryError::new(format!(
+            "has {} dot-separated parts; an IPv4 address has exactly four",
+            octets.len()
+        )));
     }
     let mut out = [0u8; 4];
     for (i, octet) in octets.iter().enumerate() {
         if octet.is_empty() {
-            return Err((
-                format!("{FIELD} entry \"{entry}\" has an empty octet"),
-                None,
-            ));
+            return Err(EntryError::new("has an empty octet"));
         }
         if octet.len() > 1 && octet.starts_with('0') {
-            let fixed: Vec<String> = octets
+            let fixed: Vec<&str> = octets
                 .iter()
-                .map(|o| {
-                    let t = o.trim_start_matches('0');
-                    if t.is_empty() { "0" } else { t }.to_string()
+                .map(|o| match o.trim_start_matches('0') {
+                    "" => "0",
+                    t => t,
                 })
                 .collect();
-            let fixed_addr = fixed.join(".");
-            let suggestion = entry.replacen(text, &fixed_addr, 1);
-            return Err((
-                format!(
-                    "{FIELD} entry \"{entry}\" has an octet with a leading zero (\"{octet}\"), which some tools read as octal; did you mean {suggestion}?"
-                ),
-                Some(suggestion),
+            return Err(EntryError::with_fix(
+                format!("has an octet with a leading zero (\"{octet}\"), which some tools read as octal"),
+                entry.replacen(text, &fixed.join("."), 1),
             ));
         }
-        out[i] = octet.parse::<u8>().map_err(|_| {
-            (
-                format!("{FIELD} entry \"{entry}\" has octet {octet}, greater than 255"),
-                None,
-            )
-        })?;
+        out[i] = octet
+            .parse::<u8>()
+            .map_err(|_| EntryError::new(format!("has octet {octet}, greater than 255")))?;
     }
     Ok(Ipv4Addr::from(out))
 }
 
-fn parse_prefix(entry: &str, addr_part: &str, text: &str, max: u8) -> Result<u8, EntryError> {
+fn parse_prefix(addr_part: &str, text: &str, max: u8) -> Result<u8, EntryError> {
     let family = if max == 32 { "IPv4" } else { "IPv6" };
     if text.is_empty() {
-        return Err((
-            format!("{FIELD} entry \"{entry}\" has an empty prefix length after the '/'; write e.g. {addr_part}/{max}"),
-            Some(format!("{addr_part}/{max}")),
+        return Err(EntryError::with_fix(
+            "has an empty prefix length after the '/'",
+            format!("{addr_part}/{max}"),
         ));
     }
     if !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err((
-            format!("{FIELD} entry \"{entry}\" has prefix length \"{text}\", which is not a plain decimal number (0-{max} for {family})"),
-            None,
-        ));
+        return Err(EntryError::new(format!(
+            "has prefix length \"{text}\", which is not a plain decimal number (0-{max} for {family})"
+        )));
     }
     let value: u32 = text.parse().unwrap_or(u32::MAX);
     if value > u32::from(max) {
-        return Err((
-            format!("{FIELD} entry \"{entry}\" has prefix length /{text}, out of range for {family} (0-{max})"),
-            None,
-        ));
+        return Err(EntryError::new(format!(
+            "has prefix length /{text}, out of range for {family} (0-{max})"
+        )));
     }
     if text.len() > 1 && text.starts_with('0') {
-        let fixed = format!("{addr_part}/{value}");
-        return Err((
-            format!("{FIELD} entry \"{entry}\" has a prefix length with a leading zero; did you mean {fixed}?"),
-            Some(fixed),
+        return Err(EntryError::with_fix(
+            "has a prefix length with a leading zero",
+            format!("{addr_part}/{value}"),
         ));
     }
-    u8::try_from(value).map_err(|_| {
-        (
-            format!("{FIELD} entry \"{entry}\" has an out-of-range prefix"),
-            None,
-        )
-    })
+    u8::try_from(value).map_err(|_| EntryError::new("has an out-of-range prefix"))
 }

@@ -10,8 +10,7 @@ use serde::Serialize;
 use std::fmt;
 
 /// The effective network mode of a sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// Everything except the always-denied and private ranges.
     Open,
@@ -32,6 +31,12 @@ impl Mode {
             Mode::Restricted => "restricted",
             Mode::Blocked => "blocked",
         }
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

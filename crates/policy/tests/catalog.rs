@@ -49,7 +49,13 @@ fn reference_document() -> Option<String> {
 #[test]
 fn the_shipped_names_are_the_reference_names_when_the_reference_is_beside_us() {
     let Some(text) = reference_document() else {
-        eprintln!("the reference document is not beside this checkout; the counts test stands in");
+        // CI and every session lay shared/ beside the clone; elsewhere the
+        // check can be waived explicitly, never silently.
+        assert!(
+            std::env::var_os("SANDGATE_NO_REFERENCE").is_some(),
+            "shared/spec/network-egress-limiting.md is not beside this checkout; \
+             set SANDGATE_NO_REFERENCE=1 to run without it"
+        );
         return;
     };
     // Lines "**Title**: `a.b`, `c.d`" of the essential-services section.

@@ -14,11 +14,10 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        // The default sandbox subnets, plus the host's public address as a
+        // running host would add it.
         let config = PolicyConfig::from_toml(
-            r#"extra_always_denied = [
-                { cidr = "198.18.0.0/15", label = "sandbox subnet" },
-                { cidr = "2001:db8:5a00::/40", label = "sandbox subnet" },
-            ]"#,
+            r#"extra_always_denied = [{ cidr = "203.0.113.7/32", label = "host address" }]"#,
         )
         .unwrap();
         Fixture {
@@ -105,14 +104,32 @@ fn always_denied_wins_in_every_mode_even_over_a_wide_list() {
             f.explain(tier, req, "::1"),
             is(false, "always_denied:::1/128")
         );
-        // Other sandboxes, through the operator's extra ranges.
+        // IPv6 spellings of IPv4 destinations.
+        assert_eq!(
+            f.explain(tier, req, "::ffff:169.254.169.254"),
+            is(false, "always_denied:::ffff:0.0.0.0/96")
+        );
+        assert_eq!(
+            f.explain(tier, req, "::a9fe:a9fe"),
+            is(false, "always_denied:::/96")
+        );
+        assert_eq!(
+            f.explain(tier, req, "64:ff9b::a00:1"),
+            is(false, "always_denied:64:ff9b::/96")
+        );
+        // The host, as the running host adds it.
+        assert_eq!(
+            f.explain(tier, req, "203.0.113.7:443"),
+            is(false, "always_denied:203.0.113.7/32")
+        );
+        // Other sandboxes: the default sandbox subnets.
         assert_eq!(
             f.explain(tier, req, "198.18.0.9:22"),
             is(false, "always_denied:198.18.0.0/15")
         );
         assert_eq!(
             f.explain(tier, req, "2001:db8:5a00::9"),
-            is(false, "always_denied:2001:db8:5a00::/40")
+            is(false, "always_denied:2001:db8:5a00::/48")
         );
     }
 }
@@ -194,10 +211,7 @@ fn allowlist_mode_allows_its_lists_and_the_catalog() {
         f.explain(3, req, "2001:db8:2::1"),
         is(false, "not_in_allow_list")
     );
-    assert_eq!(
-        f.explain(3, req, "192.168.1.1"),
-        is(false, "not_in_allow_list")
-    );
+    assert_eq!(f.explain(3, req, "192.168.1.1"), is(false, "private_range"));
     assert_eq!(
         f.explain(3, req, "a.example.com"),
         is(true, "domain_allow_list:*.example.com")
@@ -226,6 +240,76 @@ fn allowlist_mode_allows_its_lists_and_the_catalog() {
         f.explain(3, nested, "10.1.2.3"),
         is(true, "allow_list:10.1.0.0/16")
     );
+}
+
+#[test]
+fn a_wide_entry_does_not_open_private_ranges_but_an_entry_inside_does() {
+    let f = Fixture::new();
+    let wide = allow("0.0.0.0/0,::/0", "");
+    assert_eq!(
+        f.explain(3, wide, "192.0.2.1"),
+        is(true, "allow_list:0.0.0.0/0")
+    );
+    assert_eq!(
+        f.explain(3, wide, "2001:db8::1"),
+        is(true, "allow_list:::/0")
+    );
+    for private in [
+        "10.0.0.1",
+        "172.16.5.5",
+        "192.168.1.1",
+        "100.64.0.1",
+        "fd00::1",
+    ] {
+        assert_eq!(
+            f.explain(3, wide, private),
+            is(false, "private_range"),
+            "{private}"
+        );
+    }
+    // A range that straddles a private range opens only its public part.
+    let straddle = allow("10.0.0.0/7", "");
+    assert_eq!(
+        f.explain(3, straddle, "11.0.0.1"),
+        is(true, "allow_list:10.0.0.0/7")
+    );
+    assert_eq!(
+        f.explain(3, straddle, "10.0.0.1"),
+        is(false, "private_range")
+    );
+    // Entries inside a private range open it, the whole range or a part.
+    let inside = allow("0.0.0.0/0,192.168.1.0/24,10.0.0.0/8", "");
+    assert_eq!(
+        f.explain(3, inside, "192.168.1.7"),
+        is(true, "allow_list:192.168.1.0/24")
+    );
+    assert_eq!(
+        f.explain(3, inside, "192.168.2.7"),
+        is(false, "private_range")
+    );
+    assert_eq!(
+        f.explain(3, inside, "10.200.0.1"),
+        is(true, "allow_list:10.0.0.0/8")
+    );
+}
+
+#[test]
+fn the_default_configuration_denies_other_sandboxes() {
+    let config = PolicyConfig::default();
+    let catalog = Catalog::builtin();
+    let policy = config.resolve(3, &Default::default()).unwrap();
+    let compiled = CompiledPolicy::new(policy, &catalog, &config);
+    for other in ["198.18.0.1", "198.19.255.254", "2001:db8:5a00::2"] {
+        let v = compiled.explain(&other.parse().unwrap());
+        assert!(!v.allowed, "{other}: {}", v.rule);
+        assert!(v.reason.code().starts_with("always_denied:"), "{other}");
+    }
+    // And no allow list can name them.
+    let err = config
+        .settings_for_create(3, &allow("198.18.0.0/16", ""))
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidNetworkAllowList);
+    assert!(err.message.contains("198.18.0.0/15"), "{}", err.message);
 }
 
 #[test]
@@ -267,10 +351,33 @@ fn port_53_goes_to_the_dns_service_in_every_mode_but_blocked() {
         f.explain(3, open(), "10.0.0.53:53"),
         is(true, "dns_service")
     );
-    // But always-denied ranges stay denied.
+    // So is the metadata address, another sandbox and the gateway: the
+    // redirect happens before any filter.
     assert_eq!(
         f.explain(3, open(), "169.254.169.254:53"),
-        is(false, "always_denied:169.254.0.0/16")
+        is(true, "dns_service")
+    );
+    assert_eq!(
+        f.explain(1, open(), "198.18.0.0:53"),
+        is(true, "dns_service")
+    );
+    assert_eq!(
+        f.explain(3, open(), "[fe80::1]:53"),
+        is(true, "dns_service")
+    );
+    // Loopback stays inside the sandbox; multicast and broadcast are not
+    // unicast: no redirect, always denied.
+    assert_eq!(
+        f.explain(3, open(), "127.0.0.53:53"),
+        is(false, "always_denied:127.0.0.0/8")
+    );
+    assert_eq!(
+        f.explain(3, open(), "224.0.0.251:53"),
+        is(false, "always_denied:224.0.0.0/4")
+    );
+    assert_eq!(
+        f.explain(3, open(), "255.255.255.255:53"),
+        is(false, "always_denied:255.255.255.255/32")
     );
 }
 
@@ -295,6 +402,9 @@ fn destinations_parse_strictly() {
     ));
     for bad in [
         "",
+        " ",
+        "[192.0.2.1]:443",
+        "[example.com]:443",
         "192.0.2.1:0",
         "192.0.2.1:65536",
         "192.0.2.1:http",

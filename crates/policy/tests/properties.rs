@@ -143,6 +143,55 @@ proptest! {
     }
 }
 
+/// A name as a resolver might hand it over: the labels of a small name in
+/// any case, maybe a trailing dot, maybe an empty or over-long label.
+fn raw_name() -> impl Strategy<Value = String> {
+    (small_name(), any::<bool>(), 0u8..8, any::<u64>()).prop_map(|(name, dot, flaw, case_bits)| {
+        let mut text: String = name
+            .as_str()
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if case_bits >> (i % 64) & 1 == 1 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        match flaw {
+            0 => text.insert(0, '.'),
+            1 => text = text.replacen('.', "..", 1),
+            2 => text = format!("{}.{text}", "a".repeat(64)),
+            _ => {}
+        }
+        if dot {
+            text.push('.');
+        }
+        text
+    })
+}
+
+proptest! {
+    #[test]
+    fn the_trie_agrees_with_the_reference_on_raw_names(
+        patterns in prop::collection::vec(small_pattern(), 0..30),
+        names in prop::collection::vec(raw_name(), 1..30),
+    ) {
+        let mut matcher = NameMatcher::new();
+        for (i, p) in patterns.iter().enumerate() {
+            matcher.insert(p, i);
+        }
+        for raw in &names {
+            // What the reference says of the name, once validated; a name
+            // that does not validate (empty or long label) matches nothing.
+            let expected = DomainName::parse(raw).ok().and_then(|n| naive(&patterns, &n));
+            let found = matcher.find(raw).map(|m| m.value);
+            prop_assert_eq!(found.map(|i| &patterns[i]), expected.map(|i| &patterns[i]), "name {}", raw);
+        }
+    }
+}
+
 /// Labels from a small alphabet, so that names and patterns collide often.
 fn small_labels() -> impl Strategy<Value = Vec<&'static str>> {
     prop::collection::vec(

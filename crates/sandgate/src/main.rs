@@ -12,6 +12,7 @@ mod output;
 mod policy_cmd;
 
 use clap::{Parser, Subcommand};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,7 +44,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return output::argument_error(e),
+    };
     let out = output::Output::new(cli.json);
     let config = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,

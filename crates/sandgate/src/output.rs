@@ -70,3 +70,33 @@ impl Output {
         ExitCode::from(EXIT_USAGE)
     }
 }
+
+/// Reports a command-line error. With `--json` among the arguments it is
+/// printed in the API's error shape with the code `invalid_arguments`;
+/// otherwise clap prints it for people. Help and version requests are
+/// printed as asked and succeed.
+pub fn argument_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    if !std::env::args().any(|a| a == "--json") {
+        let _ = error.print();
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let message = error.render().to_string();
+    let message = message
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    Output::new(true).print_json(&serde_json::json!({
+        "error": { "code": "invalid_arguments", "message": message }
+    }));
+    ExitCode::from(EXIT_USAGE)
+}

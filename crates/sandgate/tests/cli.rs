@@ -267,12 +267,17 @@ fn the_operator_config_changes_tiers_and_catalog() {
 
     std::fs::write(
         dir.join("catalog.toml"),
-        "version = 1\n[[category]]\nid = \"x\"\nhosts = [\"Bad..Name\"]\n",
+        "version = 1\n[[category]]\nid = \"x\"\ntitle = \"X\"\nhosts = [\"Bad..Name\"]\n",
     )
     .unwrap();
     let (code, v) = json(&["--config", config, "policy", "resolve", "--tier", "3"]);
     assert_eq!(code, 2);
     assert_eq!(v["error"]["code"], "invalid_catalog");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Bad..Name") && message.contains("empty label"),
+        "{message}"
+    );
     let (code, v) = json(&[
         "--config",
         dir.join("missing.toml").to_str().unwrap(),
@@ -284,6 +289,26 @@ fn the_operator_config_changes_tiers_and_catalog() {
     assert_eq!(code, 2);
     assert_eq!(v["error"]["code"], "invalid_config");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn argument_errors_are_json_errors_too() {
+    for args in [
+        &["policy", "explain", "--tier", "3"][..],
+        &["policy", "resolve", "--tier", "256"],
+        &["policy", "resolve", "--tier", "3", "--no-such-flag"],
+    ] {
+        let (code, v) = json(args);
+        assert_eq!(code, 2, "{args:?}");
+        assert_eq!(v["error"]["code"], "invalid_arguments", "{args:?}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    // Without --json, clap's own message for people, on standard error.
+    let out = sandgate(&["policy", "resolve"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tier"));
+    // Help is not an error.
+    assert!(sandgate(&["policy", "--help"]).status.success());
 }
 
 #[test]
