@@ -128,7 +128,8 @@ impl Netns {
                 f()
             })
             .join()
-            .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+            // A panic inside `f` is the caller's panic, message and all.
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 

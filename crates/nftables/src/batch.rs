@@ -1,0 +1,295 @@
+//! Element transactions: one nfnetlink batch, all or nothing.
+
+use crate::key::Key;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_netfilter::nftables::{
+    DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
+    SetElementMessage, Verdict, VerdictAttribute,
+};
+use netlink_packet_netfilter::{
+    none::ControlMessage, NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
+};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use std::io;
+use std::time::Duration;
+
+/// The nfnetlink subsystem of nf_tables (`NFNL_SUBSYS_NFTABLES`), which a
+/// batch names as its resource.
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+
+/// What a map element maps its key to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElementData {
+    /// `jump CHAIN` (a verdict map).
+    Jump(String),
+    /// A value, laid out like a key (a mark, an address).
+    Value(Key),
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    add: bool,
+    set: String,
+    key: Key,
+    key_end: Option<Key>,
+    data: Option<ElementData>,
+    timeout: Option<Duration>,
+}
+
+/// Element changes to one table, applied by the kernel in one batch: every
+/// change or none. An addition of an element that exists, or a deletion of
+/// one that does not, fails the whole batch.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    table: String,
+    ops: Vec<Op>,
+}
+
+impl Transaction {
+    /// A transaction on the `inet` table `table`.
+    pub fn new(table: &str) -> Self {
+        Transaction {
+            table: table.to_string(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The number of changes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    fn push(
+        &mut self,
+        add: bool,
+        set: &str,
+        key: Key,
+        key_end: Option<Key>,
+        data: Option<ElementData>,
+        timeout: Option<Duration>,
+    ) -> &mut Self {
+        self.ops.push(Op {
+            add,
+            set: set.to_string(),
+            key,
+            key_end,
+            data,
+            timeout,
+        });
+        self
+    }
+
+    /// Adds `key` to a set.
+    pub fn add(&mut self, set: &str, key: Key) -> &mut Self {
+        self.push(true, set, key, None, None, None)
+    }
+
+    /// Adds the interval `start..=end` to an interval set.
+    pub fn add_interval(&mut self, set: &str, start: Key, end: Key) -> &mut Self {
+        self.push(true, set, start, Some(end), None, None)
+    }
+
+    /// Adds `key` to a set with timeouts; it expires after `timeout`.
+    pub fn add_with_timeout(&mut self, set: &str, key: Key, timeout: Duration) -> &mut Self {
+        self.push(true, set, key, None, None, Some(timeout))
+    }
+
+    /// Adds `key -> data` to a map.
+    pub fn add_mapping(&mut self, map: &str, key: Key, data: ElementData) -> &mut Self {
+        self.push(true, map, key, None, Some(data), None)
+    }
+
+    /// Deletes `key` from a set or map.
+    pub fn delete(&mut self, set: &str, key: Key) -> &mut Self {
+        self.push(false, set, key, None, None, None)
+    }
+
+    /// Deletes the interval `start..=end` from an interval set.
+    pub fn delete_interval(&mut self, set: &str, start: Key, end: Key) -> &mut Self {
+        self.push(false, set, start, Some(end), None, None)
+    }
+
+    fn message(&self, op: &Op) -> NfTablesMessage {
+        let mut element = vec![SetElementAttribute::Key(DataAttribute::Value(
+            op.key.bytes().to_vec(),
+        ))];
+        if let Some(end) = &op.key_end {
+            element.push(SetElementAttribute::KeyEnd(vec![
+                netlink_packet_core::DefaultNla::new(1, end.bytes().to_vec()),
+            ]));
+        }
+        match &op.data {
+            Some(ElementData::Jump(chain)) => {
+                element.push(SetElementAttribute::Data(DataAttribute::Verdict(vec![
+                    VerdictAttribute::Code(Verdict::Jump),
+                    VerdictAttribute::Chain(chain.clone()),
+                ])))
+            }
+            Some(ElementData::Value(v)) => element.push(SetElementAttribute::Data(
+                DataAttribute::Value(v.bytes().to_vec()),
+            )),
+            None => {}
+        }
+        if let Some(t) = op.timeout {
+            let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+            element.push(SetElementAttribute::Timeout(ms));
+        }
+        let body = SetElementMessage {
+            attributes: vec![
+                SetElementList::Table(self.table.clone()),
+                SetElementList::Set(op.set.clone()),
+                SetElementList::Elements(vec![ListAttribute::Element(element)]),
+            ],
+        };
+        if op.add {
+            NfTablesMessage::NewSetElement(body)
+        } else {
+            NfTablesMessage::DeleteSetElement(body)
+        }
+    }
+}
+
+/// A netlink socket for nf_tables in the calling thread's namespace.
+#[derive(Debug)]
+pub struct NftSocket {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl NftSocket {
+    /// Opens the socket.
+    pub fn open() -> io::Result<NftSocket> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // A kernel that never answers must not hang the daemon.
+        set_recv_timeout(&socket, Duration::from_secs(5))?;
+        Ok(NftSocket {
+            socket,
+            seq: 0,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn frame(&mut self, flags: u16, message: NetfilterMessage, out: &mut Vec<u8>) -> u32 {
+        let seq = self.next_seq();
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+        packet.finalize();
+        let start = out.len();
+        out.resize(start + packet.buffer_len(), 0);
+        packet.serialize(&mut out[start..]);
+        seq
+    }
+
+    /// Applies a transaction: all its changes, or, on any error, none.
+    pub fn commit(&mut self, tx: &Transaction) -> io::Result<()> {
+        if tx.is_empty() {
+            return Ok(());
+        }
+        let control = |m: ControlMessage| {
+            NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, NFNL_SUBSYS_NFTABLES),
+                m,
+            )
+        };
+        let mut out = Vec::with_capacity(256 * tx.len());
+        self.frame(NLM_F_REQUEST, control(ControlMessage::BatchBegin), &mut out);
+        let mut pending = Vec::with_capacity(tx.len());
+        for op in &tx.ops {
+            let flags = if op.add {
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+            } else {
+                NLM_F_REQUEST | NLM_F_ACK
+            };
+            let message = NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
+                tx.message(op),
+            );
+            pending.push(self.frame(flags, message, &mut out));
+        }
+        self.frame(NLM_F_REQUEST, control(ControlMessage::BatchEnd), &mut out);
+        self.socket.send(&out, 0)?;
+        self.collect(tx, &pending)
+    }
+
+    /// Reads one answer per change: acknowledgements, or the first error.
+    fn collect(&mut self, tx: &Transaction, pending: &[u32]) -> io::Result<()> {
+        let (first, last) = match (pending.first(), pending.last()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => return Ok(()),
+        };
+        let mut answered = 0usize;
+        let mut failure: Option<io::Error> = None;
+        while answered < pending.len() {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                // After an error the kernel may skip the acknowledgements
+                // of the rest of an aborted batch.
+                Err(e) if failure.is_some() && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(failure.unwrap_or(e)),
+            };
+            let mut offset = 0;
+            while offset < n {
+                let reply =
+                    NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[offset..n])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+                let seq = reply.header.sequence_number;
+                if !(first..=last).contains(&seq) {
+                    continue;
+                }
+                if let NetlinkPayload::Error(e) = reply.payload {
+                    answered += 1;
+                    if e.code.is_some() && failure.is_none() {
+                        let index = pending.iter().position(|s| *s == seq).unwrap_or(0);
+                        let op = &tx.ops[index];
+                        let io = e.to_io();
+                        failure = Some(io::Error::new(
+                            io.kind(),
+                            format!(
+                                "nf_tables refused to {} an element of set {}: {io}",
+                                if op.add { "add" } else { "delete" },
+                                op.set
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    use nix::sys::time::TimeVal;
+    let tv = TimeVal::new(
+        i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        i64::from(timeout.subsec_micros()),
+    );
+    setsockopt(socket, ReceiveTimeout, &tv).map_err(io::Error::from)
+}
