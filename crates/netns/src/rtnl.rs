@@ -11,6 +11,9 @@ use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessa
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -20,13 +23,15 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// A link: its index and name.
+/// A link: its index, name and hardware address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     /// The interface index.
     pub index: u32,
     /// The interface name.
     pub name: String,
+    /// The hardware (MAC) address, where the link has one.
+    pub mac: Vec<u8>,
 }
 
 /// A blocking rtnetlink connection in the calling thread's namespace.
@@ -128,14 +133,28 @@ impl Rtnl {
                         LinkAttribute::IfName(n) => Some(n.clone()),
                         _ => None,
                     })?;
+                    let mac = l
+                        .attributes
+                        .iter()
+                        .find_map(|a| match a {
+                            LinkAttribute::Address(m) => Some(m.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
                     Some(Link {
                         index: l.header.index,
                         name,
+                        mac,
                     })
                 }
                 _ => None,
             })
             .collect())
+    }
+
+    /// The link named `name`, if there is one.
+    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
     }
 
     /// The index of the link named `name`, if there is one.
@@ -206,6 +225,28 @@ impl Rtnl {
         }
         self.ack(
             RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Adds a permanent neighbour entry: `addr` is at `mac` on link `index`.
+    /// With both ends of a veth pinned this way, no ARP or neighbour
+    /// discovery stands between a new slot and its first packet.
+    pub fn add_neighbour(&mut self, index: u32, addr: IpAddr, mac: &[u8]) -> io::Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family(addr);
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match addr {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.ack(
+            RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }

@@ -2,8 +2,8 @@
 
 use crate::key::Key;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLA_F_NESTED, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
@@ -29,9 +29,23 @@ pub enum ElementData {
     Value(Key),
 }
 
+/// What a change does to its element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Add,
+    Delete,
+    /// Delete if present (`NFT_MSG_DESTROYSETELEM`, Linux 6.3 and later).
+    Destroy,
+    /// Delete every element of the set.
+    Flush,
+}
+
+/// `NFT_MSG_DESTROYSETELEM`.
+const NFT_MSG_DESTROYSETELEM: u8 = 30;
+
 #[derive(Debug, Clone)]
 struct Op {
-    add: bool,
+    verb: Verb,
     set: String,
     key: Key,
     key_end: Option<Key>,
@@ -69,7 +83,7 @@ impl Transaction {
 
     fn push(
         &mut self,
-        add: bool,
+        verb: Verb,
         set: &str,
         key: Key,
         key_end: Option<Key>,
@@ -77,7 +91,7 @@ impl Transaction {
         timeout: Option<Duration>,
     ) -> &mut Self {
         self.ops.push(Op {
-            add,
+            verb,
             set: set.to_string(),
             key,
             key_end,
@@ -89,32 +103,48 @@ impl Transaction {
 
     /// Adds `key` to a set.
     pub fn add(&mut self, set: &str, key: Key) -> &mut Self {
-        self.push(true, set, key, None, None, None)
+        self.push(Verb::Add, set, key, None, None, None)
     }
 
     /// Adds the interval `start..=end` to an interval set.
     pub fn add_interval(&mut self, set: &str, start: Key, end: Key) -> &mut Self {
-        self.push(true, set, start, Some(end), None, None)
+        self.push(Verb::Add, set, start, Some(end), None, None)
     }
 
     /// Adds `key` to a set with timeouts; it expires after `timeout`.
     pub fn add_with_timeout(&mut self, set: &str, key: Key, timeout: Duration) -> &mut Self {
-        self.push(true, set, key, None, None, Some(timeout))
+        self.push(Verb::Add, set, key, None, None, Some(timeout))
     }
 
     /// Adds `key -> data` to a map.
     pub fn add_mapping(&mut self, map: &str, key: Key, data: ElementData) -> &mut Self {
-        self.push(true, map, key, None, Some(data), None)
+        self.push(Verb::Add, map, key, None, Some(data), None)
     }
 
     /// Deletes `key` from a set or map.
     pub fn delete(&mut self, set: &str, key: Key) -> &mut Self {
-        self.push(false, set, key, None, None, None)
+        self.push(Verb::Delete, set, key, None, None, None)
     }
 
     /// Deletes the interval `start..=end` from an interval set.
     pub fn delete_interval(&mut self, set: &str, start: Key, end: Key) -> &mut Self {
-        self.push(false, set, start, Some(end), None, None)
+        self.push(Verb::Delete, set, start, Some(end), None, None)
+    }
+
+    /// Deletes `key` from a set or map if it is there (an element with a
+    /// timeout may have expired); never fails for a missing element.
+    pub fn destroy(&mut self, set: &str, key: Key) -> &mut Self {
+        self.push(Verb::Destroy, set, key, None, None, None)
+    }
+
+    /// Deletes the interval `start..=end` if it is there.
+    pub fn destroy_interval(&mut self, set: &str, start: Key, end: Key) -> &mut Self {
+        self.push(Verb::Destroy, set, start, Some(end), None, None)
+    }
+
+    /// Deletes every element of a set or map.
+    pub fn flush(&mut self, set: &str) -> &mut Self {
+        self.push(Verb::Flush, set, Key::new(), None, None, None)
     }
 
     fn message(&self, op: &Op) -> NfTablesMessage {
@@ -122,9 +152,10 @@ impl Transaction {
             op.key.bytes().to_vec(),
         ))];
         if let Some(end) = &op.key_end {
-            element.push(SetElementAttribute::KeyEnd(vec![
-                netlink_packet_core::DefaultNla::new(1, end.bytes().to_vec()),
-            ]));
+            element.push(SetElementAttribute::KeyEnd(vec![DefaultNla::new(
+                1,
+                end.bytes().to_vec(),
+            )]));
         }
         match &op.data {
             Some(ElementData::Jump(chain)) => {
@@ -142,17 +173,32 @@ impl Transaction {
             let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
             element.push(SetElementAttribute::Timeout(ms));
         }
-        let body = SetElementMessage {
-            attributes: vec![
-                SetElementList::Table(self.table.clone()),
-                SetElementList::Set(op.set.clone()),
-                SetElementList::Elements(vec![ListAttribute::Element(element)]),
-            ],
-        };
-        if op.add {
-            NfTablesMessage::NewSetElement(body)
-        } else {
-            NfTablesMessage::DeleteSetElement(body)
+        let mut attributes = vec![
+            SetElementList::Table(self.table.clone()),
+            SetElementList::Set(op.set.clone()),
+        ];
+        if op.verb != Verb::Flush {
+            attributes.push(SetElementList::Elements(vec![ListAttribute::Element(
+                element,
+            )]));
+        }
+        match op.verb {
+            Verb::Add => NfTablesMessage::NewSetElement(SetElementMessage { attributes }),
+            Verb::Delete | Verb::Flush => {
+                NfTablesMessage::DeleteSetElement(SetElementMessage { attributes })
+            }
+            Verb::Destroy => NfTablesMessage::Other {
+                message_type: NFT_MSG_DESTROYSETELEM,
+                attributes: attributes
+                    .iter()
+                    .map(|a| {
+                        let mut value = vec![0; a.value_len()];
+                        a.emit_value(&mut value);
+                        let nested = if a.is_nested() { NLA_F_NESTED } else { 0 };
+                        DefaultNla::new(a.kind() | nested, value)
+                    })
+                    .collect(),
+            },
         }
     }
 }
@@ -213,10 +259,9 @@ impl NftSocket {
         self.frame(NLM_F_REQUEST, control(ControlMessage::BatchBegin), &mut out);
         let mut pending = Vec::with_capacity(tx.len());
         for op in &tx.ops {
-            let flags = if op.add {
-                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-            } else {
-                NLM_F_REQUEST | NLM_F_ACK
+            let flags = match op.verb {
+                Verb::Add => NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                _ => NLM_F_REQUEST | NLM_F_ACK,
             };
             let message = NetfilterMessage::new(
                 NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
@@ -269,7 +314,11 @@ impl NftSocket {
                             io.kind(),
                             format!(
                                 "nf_tables refused to {} an element of set {}: {io}",
-                                if op.add { "add" } else { "delete" },
+                                match op.verb {
+                                    Verb::Add => "add",
+                                    Verb::Delete | Verb::Destroy => "delete",
+                                    Verb::Flush => "flush",
+                                },
                                 op.set
                             ),
                         ));

@@ -198,3 +198,37 @@ fn elements_with_a_timeout_expire() {
         })
         .unwrap();
 }
+
+#[test]
+fn destroy_ignores_missing_elements_and_flush_empties_a_set() {
+    let s = Scratch::new("destroy");
+    s.ns()
+        .run(|| {
+            load_ruleset(RULESET)?;
+            let mut sock = NftSocket::open()?;
+            let k = |d| Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, d));
+            let mut tx = Transaction::new("t");
+            tx.add("src4", k(1)).add("src4", k(2)).add("src4", k(3));
+            sock.commit(&tx)?;
+            // Destroy of a present and an absent element, and a refresh
+            // (destroy then add) of a timed element, in one batch.
+            let mut tx = Transaction::new("t");
+            tx.destroy("src4", k(1))
+                .destroy("src4", k(9))
+                .destroy("admit4", k(5))
+                .add_with_timeout("admit4", k(5), Duration::from_secs(30));
+            sock.commit(&tx)?;
+            assert_eq!(values("src4").len(), 2);
+            let mut tx = Transaction::new("t");
+            tx.destroy("admit4", k(5))
+                .add_with_timeout("admit4", k(5), Duration::from_secs(90));
+            sock.commit(&tx)?;
+            assert!(list_set("t", "admit4")?.unwrap()[0].expires_ms.unwrap() > 60_000);
+            let mut tx = Transaction::new("t");
+            tx.flush("src4");
+            sock.commit(&tx)?;
+            assert!(values("src4").is_empty());
+            Ok(())
+        })
+        .unwrap();
+}

@@ -81,6 +81,11 @@ pub struct PolicyConfigRepr {
     /// sandbox subnets (the host's public addresses, a management network).
     #[serde(default)]
     pub extra_always_denied: Vec<DeniedRepr>,
+    /// Ranges treated like the private ranges (denied in `open` and
+    /// `restricted`, opened only by list entries inside them): an
+    /// operator's internal networks that use public addresses.
+    #[serde(default)]
+    pub extra_private: Vec<DeniedRepr>,
 }
 
 /// One row of the tier table, as written.
@@ -97,7 +102,7 @@ pub struct TierRepr {
     pub domain_allow_list_max: Option<usize>,
 }
 
-/// One extra always-denied range, as written.
+/// One extra range (always-denied or private), as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeniedRepr {
@@ -208,10 +213,17 @@ impl PolicyConfig {
                 d.label,
             ));
         }
+        let mut ranges = Ranges::with_configured(denied);
+        for p in repr.extra_private {
+            ranges.private.push(NamedRange::new(
+                parse_cidr("policy.extra_private", &p.cidr)?,
+                p.label,
+            ));
+        }
         Ok(PolicyConfig {
             tiers,
             sandbox_subnets,
-            ranges: Ranges::with_configured(denied),
+            ranges,
         })
     }
 

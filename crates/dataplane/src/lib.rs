@@ -1,0 +1,506 @@
+//! sandgate's dataplane: where a sandbox's egress policy is enforced.
+//!
+//! Each sandbox gets a *slot*: its own network namespace, a veth pair whose
+//! host end (`sgh<index>`) is the key of all its enforcement state, a /31
+//! and a /64 from the sandbox subnets, default routes via the host end.
+//! Enforcement lives in the host's namespace, out of the sandbox's reach,
+//! as one constant nftables ruleset ([`ruleset`]) whose per-slot state is
+//! set and map elements ([`elements`]); creating, changing or deleting a
+//! slot's policy is one netlink transaction.
+//!
+//! Fail closed: traffic from a slot interface with no policy is dropped, a
+//! slot is handed out only after its policy is in the kernel, and on start
+//! [`Dataplane::start`] reconciles the kernel with the state file, removing
+//! what belongs to no slot and putting back the policy of every slot before
+//! anything else happens.
+
+pub mod config;
+pub mod elements;
+pub mod events;
+pub mod probe;
+pub mod ruleset;
+pub mod state;
+
+pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
+pub use elements::{Generations, SlotPolicy};
+pub use events::{DenyEvent, EventCounters, Events};
+
+use elements::{admission_key, change, revokes, whole, Edit};
+use sandgate_netns::{set_sysctl, Netns, Rtnl};
+use sandgate_nftables::{list_set, load_ruleset, NftSocket, Transaction};
+use sandgate_policy::{EffectivePolicy, PolicyConfig};
+use state::{Phase, SlotRecord, State};
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// What [`Dataplane::start`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartReport {
+    /// Active slots whose policy was put back.
+    pub restored: Vec<u32>,
+    /// Slots removed: half made, half deleted, or whose namespace or link
+    /// was gone (a reboot), with their owners where they had one.
+    pub removed: Vec<(u32, Option<String>)>,
+    /// Namespaces and links that belonged to no slot, removed.
+    pub strays: Vec<String>,
+}
+
+/// The dataplane of one host.
+#[derive(Debug)]
+pub struct Dataplane {
+    cfg: DataplaneConfig,
+    policy: PolicyConfig,
+    host: Option<Netns>,
+    rtnl: Rtnl,
+    nft: NftSocket,
+    state: State,
+    admissions: HashMap<u32, BTreeSet<IpAddr>>,
+}
+
+fn other(what: String) -> io::Error {
+    io::Error::other(what)
+}
+
+impl Dataplane {
+    /// Starts the dataplane: sets up forwarding, reconciles the kernel with
+    /// the state file (see [`StartReport`]), loads the ruleset with every
+    /// known slot's policy, and prepares the warm pool.
+    pub fn start(
+        cfg: DataplaneConfig,
+        policy: PolicyConfig,
+    ) -> io::Result<(Dataplane, StartReport)> {
+        let host = match &cfg.host_netns {
+            Some(name) => Some(Netns::open(name)?),
+            None => None,
+        };
+        let open = || -> io::Result<(Rtnl, NftSocket)> {
+            set_sysctl("net/ipv4/ip_forward", "1")?;
+            set_sysctl("net/ipv6/conf/all/forwarding", "1")?;
+            Ok((Rtnl::open()?, NftSocket::open()?))
+        };
+        let (rtnl, nft) = match &host {
+            Some(ns) => ns.run(open)?,
+            None => open()?,
+        };
+        let state = State::load(&cfg.state_file)?;
+        let mut dp = Dataplane {
+            cfg,
+            policy,
+            host,
+            rtnl,
+            nft,
+            state,
+            admissions: HashMap::new(),
+        };
+        let report = dp.reconcile()?;
+        dp.fill_pool()?;
+        Ok((dp, report))
+    }
+
+    /// Runs `f` in the host namespace (for child processes such as `nft`).
+    fn in_host<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        match &self.host {
+            Some(ns) => ns.run(f),
+            None => f(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.cfg
+    }
+
+    fn save(&self) -> io::Result<()> {
+        self.state.save(&self.cfg.state_file)
+    }
+
+    fn reconcile(&mut self) -> io::Result<StartReport> {
+        let mut report = StartReport::default();
+        let prefix = format!("{}-s", self.cfg.instance);
+        let namespaces: BTreeSet<u32> = Netns::list(&prefix)?
+            .iter()
+            .filter_map(|n| self.cfg.index_of_netns(n))
+            .collect();
+        let links: BTreeSet<u32> = self
+            .rtnl
+            .links()?
+            .into_iter()
+            .filter_map(|l| l.name.strip_prefix(SLOT_IF_PREFIX)?.parse().ok())
+            .collect();
+        // Records whose objects are whole and whose phase is stable stay.
+        let records: Vec<(u32, SlotRecord)> = self
+            .state
+            .slots
+            .iter()
+            .map(|(i, r)| (*i, r.clone()))
+            .collect();
+        for (index, record) in records {
+            let whole = namespaces.contains(&index) && links.contains(&index);
+            let stable = matches!(record.phase, Phase::Pool | Phase::Active);
+            if !(whole && stable) {
+                self.remove_objects(index)?;
+                self.state.slots.remove(&index);
+                report.removed.push((index, record.owner));
+            }
+        }
+        for index in namespaces.union(&links) {
+            if !self.state.slots.contains_key(index) {
+                self.remove_objects(*index)?;
+                report.strays.push(self.cfg.slot(*index).netns);
+            }
+        }
+        // Admissions with time left survive the reload.
+        let table = self.cfg.table.clone();
+        let mut kept_admissions = Vec::new();
+        for set in ["admit4", "admit6"] {
+            let elems = self.in_host(|| list_set(&table, set))?.unwrap_or_default();
+            for e in elems {
+                let (Some(iface), Some(addr)) = (e.value[0].as_str(), e.value[1].as_str()) else {
+                    continue;
+                };
+                let (Some(index), Ok(addr)) = (
+                    iface
+                        .strip_prefix(SLOT_IF_PREFIX)
+                        .and_then(|i| i.parse::<u32>().ok()),
+                    addr.parse::<IpAddr>(),
+                ) else {
+                    continue;
+                };
+                if let Some(ms) = e.expires_ms.filter(|ms| *ms > 0) {
+                    kept_admissions.push((index, addr, Duration::from_millis(ms)));
+                }
+            }
+        }
+        let text = ruleset::ruleset(&self.cfg, self.policy.ranges());
+        self.in_host(|| load_ruleset(&text))?;
+        let mut tx = Transaction::new(&self.cfg.table);
+        for (index, record) in &self.state.slots {
+            if let (Phase::Active, Some(p)) = (record.phase, &record.policy) {
+                whole(&mut tx, &self.cfg.slot(*index), p, record.gens, Edit::Add);
+                report.restored.push(*index);
+            }
+        }
+        for (index, addr, left) in kept_admissions {
+            let admits = self
+                .state
+                .slots
+                .get(&index)
+                .and_then(|r| r.policy.as_ref())
+                .is_some_and(|p| p.admits());
+            if admits {
+                let (set, key) = admission_key(&self.cfg.slot(index), addr);
+                tx.add_with_timeout(set, key, left);
+                self.admissions.entry(index).or_default().insert(addr);
+            }
+        }
+        self.nft.commit(&tx)?;
+        self.save()?;
+        Ok(report)
+    }
+
+    /// Removes a slot's link and namespace, whichever exist.
+    fn remove_objects(&mut self, index: u32) -> io::Result<()> {
+        let slot = self.cfg.slot(index);
+        if let Some(link) = self.rtnl.link_index(&slot.host_if)? {
+            match self.rtnl.delete_link(link) {
+                Err(e) if e.raw_os_error() != Some(nix::libc::ENODEV) => return Err(e),
+                _ => {}
+            }
+        }
+        Netns::delete_name(&slot.netns)
+    }
+
+    /// Makes a slot (namespace, veth, addresses, routes) and records it in
+    /// the pool. It has no policy yet: its traffic is dropped.
+    fn make_slot(&mut self) -> io::Result<u32> {
+        let index = self
+            .state
+            .free_index(self.cfg.max_slots())
+            .ok_or_else(|| other("no free slot: the sandbox subnets are exhausted".into()))?;
+        self.state.slots.insert(
+            index,
+            SlotRecord {
+                phase: Phase::Creating,
+                owner: None,
+                policy: None,
+                gens: Generations::default(),
+            },
+        );
+        self.save()?;
+        let slot = self.cfg.slot(index);
+        let made = self.wire_slot(&slot);
+        if let Err(e) = made {
+            let _ = self.remove_objects(index);
+            self.state.slots.remove(&index);
+            self.save()?;
+            return Err(e);
+        }
+        if let Some(r) = self.state.slots.get_mut(&index) {
+            r.phase = Phase::Pool;
+        }
+        self.save()?;
+        Ok(index)
+    }
+
+    fn wire_slot(&mut self, slot: &SlotAddrs) -> io::Result<()> {
+        let ns = Netns::create(&slot.netns)?;
+        self.rtnl
+            .add_veth(&slot.host_if, SANDBOX_IF, Some(ns.fd()))?;
+        let host_if = self
+            .rtnl
+            .link_index(&slot.host_if)?
+            .ok_or_else(|| other(format!("{} vanished", slot.host_if)))?;
+        self.rtnl.add_address(host_if, slot.gateway4_net())?;
+        self.rtnl.add_address(host_if, slot.gateway6_net())?;
+        self.rtnl.set_up(host_if)?;
+        let host_mac = self
+            .rtnl
+            .link(&slot.host_if)?
+            .map(|l| l.mac)
+            .ok_or_else(|| other(format!("{} vanished", slot.host_if)))?;
+        let (gw4, gw6) = (slot.gateway4, slot.gateway6);
+        let (a4, a6) = (slot.sandbox4_net(), slot.sandbox6_net());
+        let sandbox_mac = ns.run(|| {
+            // Static addressing: no router advertisements are taken.
+            set_sysctl("net/ipv6/conf/all/accept_ra", "0")?;
+            set_sysctl("net/ipv6/conf/default/accept_ra", "0")?;
+            let mut rt = Rtnl::open()?;
+            let lo = rt.link_index("lo")?.ok_or_else(|| other("no lo".into()))?;
+            rt.set_up(lo)?;
+            let eth = rt
+                .link_index(SANDBOX_IF)?
+                .ok_or_else(|| other(format!("no {SANDBOX_IF} in the slot")))?;
+            rt.add_address(eth, a4)?;
+            rt.add_address(eth, a6)?;
+            rt.set_up(eth)?;
+            // The gateway's hardware address is known: no neighbour
+            // discovery delays the first packet.
+            rt.add_neighbour(eth, IpAddr::V4(gw4), &host_mac)?;
+            rt.add_neighbour(eth, IpAddr::V6(gw6), &host_mac)?;
+            rt.add_route(
+                "0.0.0.0/0".parse().map_err(|_| other("route".into()))?,
+                Some(IpAddr::V4(gw4)),
+                eth,
+            )?;
+            rt.add_route(
+                "::/0".parse().map_err(|_| other("route".into()))?,
+                Some(IpAddr::V6(gw6)),
+                eth,
+            )?;
+            Ok(rt.link(SANDBOX_IF)?.map(|l| l.mac).unwrap_or_default())
+        })?;
+        self.rtnl
+            .add_neighbour(host_if, IpAddr::V4(slot.sandbox4), &sandbox_mac)?;
+        self.rtnl
+            .add_neighbour(host_if, IpAddr::V6(slot.sandbox6), &sandbox_mac)
+    }
+
+    /// Prepares slots until the warm pool holds `warm_pool` of them.
+    pub fn fill_pool(&mut self) -> io::Result<usize> {
+        let mut made = 0;
+        while self.pool_size() < self.cfg.warm_pool {
+            self.make_slot()?;
+            made += 1;
+        }
+        Ok(made)
+    }
+
+    /// The number of prepared slots.
+    pub fn pool_size(&self) -> usize {
+        self.state
+            .slots
+            .values()
+            .filter(|r| r.phase == Phase::Pool)
+            .count()
+    }
+
+    /// Hands a slot to sandbox `owner` with `policy` in force. The policy
+    /// is in the kernel before this returns; a failure leaves no slot in use.
+    pub fn create(&mut self, owner: &str, policy: &EffectivePolicy) -> io::Result<SlotAddrs> {
+        let pooled = self
+            .state
+            .slots
+            .iter()
+            .find(|(_, r)| r.phase == Phase::Pool)
+            .map(|(i, _)| *i);
+        let index = match pooled {
+            Some(i) => i,
+            None => self.make_slot()?,
+        };
+        let slot_policy = SlotPolicy::from_policy(policy, self.policy.ranges());
+        let gens = Generations {
+            net: self.state.next_gen(),
+            dns: self.state.next_gen(),
+        };
+        let record = SlotRecord {
+            phase: Phase::Active,
+            owner: Some(owner.to_string()),
+            policy: Some(slot_policy.clone()),
+            gens,
+        };
+        self.state.slots.insert(index, record);
+        self.save()?;
+        let slot = self.cfg.slot(index);
+        let mut tx = Transaction::new(&self.cfg.table);
+        whole(&mut tx, &slot, &slot_policy, gens, Edit::Add);
+        if let Err(e) = self.nft.commit(&tx) {
+            if let Some(r) = self.state.slots.get_mut(&index) {
+                *r = SlotRecord {
+                    phase: Phase::Pool,
+                    owner: None,
+                    policy: None,
+                    gens: Generations::default(),
+                };
+            }
+            self.save()?;
+            return Err(e);
+        }
+        Ok(slot)
+    }
+
+    fn active(&self, index: u32) -> io::Result<(SlotPolicy, Generations)> {
+        match self.state.slots.get(&index) {
+            Some(SlotRecord {
+                phase: Phase::Active,
+                policy: Some(p),
+                gens,
+                ..
+            }) => Ok((p.clone(), *gens)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("slot {index} is not in use"),
+            )),
+        }
+    }
+
+    /// Applies a new policy to a slot in one transaction. Connections the
+    /// new policy denies stop at their next packet; those it allows run on.
+    pub fn update(&mut self, index: u32, policy: &EffectivePolicy) -> io::Result<()> {
+        let (old, old_gens) = self.active(index)?;
+        let new = SlotPolicy::from_policy(policy, self.policy.ranges());
+        let (net, dns) = revokes(&old, &new);
+        let gens = Generations {
+            net: if net {
+                self.state.next_gen()
+            } else {
+                old_gens.net
+            },
+            dns: if dns {
+                self.state.next_gen()
+            } else {
+                old_gens.dns
+            },
+        };
+        let slot = self.cfg.slot(index);
+        let mut tx = Transaction::new(&self.cfg.table);
+        change(&mut tx, &slot, (&old, old_gens), (&new, gens));
+        // A mode without admissions keeps none.
+        let dropped = if new.admits() {
+            BTreeSet::new()
+        } else {
+            self.admissions.remove(&index).unwrap_or_default()
+        };
+        for addr in &dropped {
+            let (set, key) = admission_key(&slot, *addr);
+            tx.destroy(set, key);
+        }
+        let previous = self.state.slots.get(&index).cloned();
+        if let Some(r) = self.state.slots.get_mut(&index) {
+            r.policy = Some(new);
+            r.gens = gens;
+        }
+        self.save()?;
+        if let Err(e) = self.nft.commit(&tx) {
+            if let Some(prev) = previous {
+                self.state.slots.insert(index, prev);
+            }
+            if !dropped.is_empty() {
+                self.admissions.insert(index, dropped);
+            }
+            self.save()?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Lets slot `index` connect to `addr` for `lifetime` (a DNS answer's
+    /// address). Refused for slots that take no admissions (`open`,
+    /// `blocked`) and for addresses that no admission may open (always
+    /// denied, private).
+    pub fn admit(&mut self, index: u32, addr: IpAddr, lifetime: Duration) -> io::Result<()> {
+        let (p, _) = self.active(index)?;
+        if !p.admits() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "slot {index} is in {} mode, which takes no admissions",
+                    p.mode
+                ),
+            ));
+        }
+        let ranges = self.policy.ranges();
+        if let Some(r) = ranges.always_denied(addr).or_else(|| ranges.private(addr)) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{addr} is in {} ({}), which no DNS answer may open",
+                    r.net, r.label
+                ),
+            ));
+        }
+        let (set, key) = admission_key(&self.cfg.slot(index), addr);
+        let mut tx = Transaction::new(&self.cfg.table);
+        // Destroy-then-add renews the lifetime of an admission still there.
+        tx.destroy(set, key.clone()).add_with_timeout(
+            set,
+            key,
+            lifetime.max(Duration::from_millis(1)),
+        );
+        self.nft.commit(&tx)?;
+        self.admissions.entry(index).or_default().insert(addr);
+        Ok(())
+    }
+
+    /// Removes a slot and everything it made: its elements, admissions,
+    /// link and namespace.
+    pub fn delete(&mut self, index: u32) -> io::Result<()> {
+        let record =
+            self.state.slots.get_mut(&index).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("no slot {index}"))
+            })?;
+        let policy = record.policy.clone();
+        let gens = record.gens;
+        record.phase = Phase::Deleting;
+        self.save()?;
+        let slot = self.cfg.slot(index);
+        let mut tx = Transaction::new(&self.cfg.table);
+        if let Some(p) = &policy {
+            whole(&mut tx, &slot, p, gens, Edit::Destroy);
+        }
+        for addr in self.admissions.remove(&index).unwrap_or_default() {
+            let (set, key) = admission_key(&slot, addr);
+            tx.destroy(set, key);
+        }
+        self.nft.commit(&tx)?;
+        self.remove_objects(index)?;
+        self.state.slots.remove(&index);
+        self.save()
+    }
+
+    /// The slots in use: index, owner.
+    pub fn active_slots(&self) -> Vec<(u32, String)> {
+        self.state
+            .slots
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Active)
+            .map(|(i, r)| (*i, r.owner.clone().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The addresses and names of slot `index`.
+    pub fn slot(&self, index: u32) -> SlotAddrs {
+        self.cfg.slot(index)
+    }
+}

@@ -1,0 +1,273 @@
+//! The one constant nftables ruleset.
+//!
+//! Every per-sandbox fact is an element of a set or map keyed by the host
+//! end of the sandbox's veth (`sgh<index>`), an interface the sandbox cannot
+//! rename, forge or reach. A packet costs the same few hash lookups whatever
+//! the number of sandboxes or list entries; a policy change is an element
+//! transaction, never a new ruleset.
+//!
+//! Paths of a packet from a sandbox:
+//!
+//! 1. `prerouting` (raw): an interface that is not a known slot is dropped;
+//!    a source address that is not the slot's own is dropped (neighbour
+//!    discovery from link-local addresses excepted).
+//! 2. `prerouting` (nat): TCP and UDP to port 53, any address, go to the DNS
+//!    service on the gateway.
+//! 3. `input`: to the host itself, only that DNS service (not for `blocked`
+//!    slots), neighbour discovery and replies pass.
+//! 4. `forward`: a connection whose mark is the slot's current generation
+//!    passes at once; anything else is evaluated: always-denied ranges, then
+//!    the slot's mode chain (`open`, `allowlist`, `restricted`, `blocked`).
+//!    What passes is marked with the generation that allowed it: `net`
+//!    (addresses and `open`) or `dns` (admissions by the DNS service).
+//!
+//! Replies to a sandbox pass while their mark is current; after a policy
+//! change they are evaluated again against the original destination, so a
+//! connection the new policy denies stops in both directions and one it
+//! allows runs on. Nothing opens a connection into a sandbox.
+//!
+//! Denials of new connections are logged to NFLOG, at most `log_rate` a
+//! second per slot, with a prefix naming the reason class.
+
+use crate::config::{DataplaneConfig, SLOT_IF_PREFIX};
+use ipnet::IpNet;
+use sandgate_policy::Ranges;
+use std::fmt::Write;
+
+/// NFLOG prefixes, one per reason class; the event reader maps them back.
+pub mod prefix {
+    /// An always-denied range.
+    pub const DENIED: &str = "sg:denied";
+    /// A private range not opened by the slot's list.
+    pub const PRIVATE: &str = "sg:private";
+    /// `allowlist` mode, not listed or admitted.
+    pub const UNLISTED: &str = "sg:unlisted";
+    /// `restricted` mode, not admitted.
+    pub const RESTRICTED: &str = "sg:restricted";
+    /// `blocked` mode.
+    pub const BLOCKED: &str = "sg:blocked";
+    /// To the host itself, other than DNS.
+    pub const HOST: &str = "sg:host";
+    /// A source address that is not the slot's.
+    pub const SPOOF: &str = "sg:spoof";
+}
+
+/// The mode chains, by mode name, and the direction they evaluate.
+pub fn mode_chain(mode: &str, reply: bool) -> String {
+    if reply {
+        format!("back_{mode}")
+    } else {
+        format!("out_{mode}")
+    }
+}
+
+/// The mark bit of connections admitted through DNS.
+pub const DNS_MARK_BIT: u32 = 0x8000_0000;
+
+fn elements(nets: impl Iterator<Item = IpNet>) -> String {
+    let mut v: Vec<String> = nets.map(|n| n.to_string()).collect();
+    v.sort();
+    v.dedup();
+    v.join(", ")
+}
+
+fn set_of(out: &mut String, name: &str, ty: &str, nets: &[IpNet]) {
+    let list = elements(nets.iter().copied());
+    let _ = write!(
+        out,
+        "  set {name} {{ type {ty}; flags interval; auto-merge;"
+    );
+    if !list.is_empty() {
+        let _ = write!(out, " elements = {{ {list} }};");
+    }
+    out.push_str(" }\n");
+}
+
+/// The text of the whole table, for `nft -f`. It replaces the table
+/// atomically (what was there goes, in the same transaction).
+pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
+    let table = &cfg.table;
+    let denied: Vec<IpNet> = ranges
+        .builtin
+        .iter()
+        .chain(&ranges.configured)
+        .map(|r| r.net)
+        .collect();
+    let private: Vec<IpNet> = ranges.private.iter().map(|r| r.net).collect();
+    let v4 = |n: &&IpNet| matches!(n, IpNet::V4(_));
+    let v6 = |n: &&IpNet| matches!(n, IpNet::V6(_));
+    let split = |nets: &[IpNet], f: &dyn Fn(&&IpNet) -> bool| -> Vec<IpNet> {
+        nets.iter().filter(|n| f(n)).copied().collect()
+    };
+
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{"
+    );
+    r.push_str(
+        "  set slots { type ifname; }\n\
+         \x20 set dns_slots { type ifname; }\n\
+         \x20 set src4 { type ifname . ipv4_addr; }\n\
+         \x20 set src6 { type ifname . ipv6_addr; }\n\
+         \x20 map mode { type ifname : verdict; }\n\
+         \x20 map back_mode { type ifname : verdict; }\n\
+         \x20 map netgen { type ifname : mark; }\n\
+         \x20 map dnsgen { type ifname : mark; }\n\
+         \x20 set valid { type ifname . mark; }\n\
+         \x20 set allow4 { type ifname . ipv4_addr; flags interval; }\n\
+         \x20 set allow6 { type ifname . ipv6_addr; flags interval; }\n\
+         \x20 set allowpriv4 { type ifname . ipv4_addr; flags interval; }\n\
+         \x20 set allowpriv6 { type ifname . ipv6_addr; flags interval; }\n\
+         \x20 set admit4 { type ifname . ipv4_addr; flags timeout; }\n\
+         \x20 set admit6 { type ifname . ipv6_addr; flags timeout; }\n\
+         \x20 set log_meter { type ifname; flags dynamic,timeout; timeout 1m; }\n",
+    );
+    set_of(&mut r, "denied4", "ipv4_addr", &split(&denied, &v4));
+    set_of(&mut r, "denied6", "ipv6_addr", &split(&denied, &v6));
+    set_of(&mut r, "private4", "ipv4_addr", &split(&private, &v4));
+    set_of(&mut r, "private6", "ipv6_addr", &split(&private, &v6));
+
+    let slots = format!("\"{SLOT_IF_PREFIX}*\"");
+    let dns = cfg.dns_port;
+    let group = cfg.nflog_group;
+    let rate = cfg.log_rate.max(1);
+    let nd = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }";
+
+    // Ingress: unknown interfaces and forged sources never get further.
+    let _ = write!(
+        r,
+        "  chain ingress_hook {{ type filter hook prerouting priority raw; policy accept;\n\
+         \x20   iifname {slots} jump slot_ingress\n  }}\n\
+         \x20 chain slot_ingress {{\n\
+         \x20   iifname != @slots drop\n\
+         \x20   meta nfproto ipv4 iifname . ip saddr @src4 return\n\
+         \x20   meta nfproto ipv6 iifname . ip6 saddr @src6 return\n\
+         \x20   ip6 saddr fe80::/10 {nd} return\n\
+         \x20   ip6 saddr :: icmpv6 type nd-neighbor-solicit return\n\
+         \x20   update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{spoof}\"\n\
+         \x20   drop\n  }}\n",
+        spoof = prefix::SPOOF,
+    );
+    // DNS, wherever it was sent, goes to sandgate's DNS service.
+    let _ = write!(
+        r,
+        "  chain dns_hook {{ type nat hook prerouting priority dstnat; policy accept;\n\
+         \x20   iifname {slots} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}\n  }}\n\
+         \x20 chain nat_hook {{ type nat hook postrouting priority srcnat; policy accept;\n\
+         \x20   iifname {slots} oifname != {slots} masquerade\n  }}\n",
+    );
+    // The host itself: only DNS.
+    let _ = write!(
+        r,
+        "  chain input_hook {{ type filter hook input priority filter; policy accept;\n\
+         \x20   iifname {slots} jump slot_input\n  }}\n\
+         \x20 chain slot_input {{\n\
+         \x20   iifname != @slots drop\n\
+         \x20   ct state established,related accept\n\
+         \x20   {nd} accept\n\
+         \x20   iifname @dns_slots meta l4proto {{ tcp, udp }} th dport {dns} accept\n\
+         \x20   ct state new update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{host}\"\n\
+         \x20   drop\n  }}\n",
+        host = prefix::HOST,
+    );
+    let _ = write!(
+        r,
+        "  chain forward_hook {{ type filter hook forward priority filter; policy accept;\n\
+         \x20   iifname {slots} jump from_slot\n\
+         \x20   oifname {slots} jump to_slot\n  }}\n\
+         \x20 chain from_slot {{\n\
+         \x20   iifname != @slots drop\n\
+         \x20   ct state invalid drop\n\
+         \x20   iifname . ct mark @valid accept\n\
+         \x20   ip daddr @denied4 goto deny_denied\n\
+         \x20   ip6 daddr @denied6 goto deny_denied\n\
+         \x20   iifname vmap @mode\n\
+         \x20   drop\n  }}\n\
+         \x20 chain to_slot {{\n\
+         \x20   oifname != @slots drop\n\
+         \x20   ct direction original drop\n\
+         \x20   ct state invalid drop\n\
+         \x20   oifname . ct mark @valid accept\n\
+         \x20   ct original ip daddr @denied4 drop\n\
+         \x20   ct original ip6 daddr @denied6 drop\n\
+         \x20   oifname vmap @back_mode\n\
+         \x20   drop\n  }}\n",
+    );
+    for reply in [false, true] {
+        eval_chains(&mut r, reply);
+    }
+    for (chain, p) in [
+        ("deny_denied", prefix::DENIED),
+        ("deny_private", prefix::PRIVATE),
+        ("deny_unlisted", prefix::UNLISTED),
+        ("deny_restricted", prefix::RESTRICTED),
+        ("deny_blocked", prefix::BLOCKED),
+    ] {
+        let _ = write!(
+            r,
+            "  chain {chain} {{\n\
+             \x20   ct state new update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{p}\"\n\
+             \x20   drop\n  }}\n"
+        );
+    }
+    r.push_str("}\n");
+    r
+}
+
+/// The mode chains of one direction. From a sandbox the interface is
+/// `iifname` and the destination `ip daddr`; for replies to it they are
+/// `oifname` and the connection's original destination.
+fn eval_chains(r: &mut String, reply: bool) {
+    let (dir, iface, d4, d6) = if reply {
+        (
+            "back",
+            "oifname",
+            "ct original ip daddr",
+            "ct original ip6 daddr",
+        )
+    } else {
+        ("out", "iifname", "ip daddr", "ip6 daddr")
+    };
+    // Replies are not logged: the attempt was the sandbox's, logged then.
+    let deny = |what: &str| {
+        if reply {
+            "drop".to_string()
+        } else {
+            format!("goto deny_{what}")
+        }
+    };
+    let (private, unlisted, restricted, blocked) = (
+        deny("private"),
+        deny("unlisted"),
+        deny("restricted"),
+        deny("blocked"),
+    );
+    let _ = write!(
+        r,
+        "  chain {dir}_pass_net {{ ct mark set {iface} map @netgen accept; drop; }}\n\
+         \x20 chain {dir}_pass_dns {{ ct mark set {iface} map @dnsgen accept; drop; }}\n\
+         \x20 chain {dir}_open {{\n\
+         \x20   {d4} @private4 {private}\n\
+         \x20   {d6} @private6 {private}\n\
+         \x20   goto {dir}_pass_net\n  }}\n\
+         \x20 chain {dir}_allowlist {{\n\
+         \x20   {d4} @private4 {iface} . {d4} @allowpriv4 goto {dir}_pass_net\n\
+         \x20   {d6} @private6 {iface} . {d6} @allowpriv6 goto {dir}_pass_net\n\
+         \x20   {d4} @private4 {private}\n\
+         \x20   {d6} @private6 {private}\n\
+         \x20   {iface} . {d4} @allow4 goto {dir}_pass_net\n\
+         \x20   {iface} . {d6} @allow6 goto {dir}_pass_net\n\
+         \x20   {iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+         \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
+         \x20   {unlisted}\n  }}\n\
+         \x20 chain {dir}_restricted {{\n\
+         \x20   {d4} @private4 {private}\n\
+         \x20   {d6} @private6 {private}\n\
+         \x20   {iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+         \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
+         \x20   {restricted}\n  }}\n\
+         \x20 chain {dir}_blocked {{\n\
+         \x20   {blocked}\n  }}\n",
+    );
+}

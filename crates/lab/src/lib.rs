@@ -1,0 +1,222 @@
+//! The lab (BRIEF section 4): the only place tests, benchmarks and the demo
+//! send packets.
+//!
+//! Two network namespaces, made fresh for each lab:
+//!
+//! - `host`: where the daemon under test runs, its rules and its slots. Its
+//!   only links are `lo`, the uplink to `world`, and the slots' veths; its
+//!   only routes lead to `world`. It has no device that touches this
+//!   machine's real interfaces, so nothing can leave.
+//! - `world`: plays the internet. Servers listen on TEST-NET and
+//!   2001:db8::/32 addresses ([`addrs`]): TCP echo, a TCP stream source, UDP
+//!   echo.
+//!
+//! [`Lab`] removes itself on drop, also when a test panics; labs left by a
+//! killed process are swept by the next [`Lab::up`].
+
+pub mod addrs;
+mod servers;
+
+use addrs::*;
+use sandgate_netns::{set_sysctl, Netns, Rtnl};
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// The prefix of every lab namespace name: `sgl-<pid>-<n>-...`.
+pub const LAB_PREFIX: &str = "sgl-";
+
+/// A running lab.
+#[derive(Debug)]
+pub struct Lab {
+    tag: String,
+    host: Option<Netns>,
+    world: Option<Netns>,
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// The name of the host end of the uplink, in `host`.
+pub const UPLINK: &str = "uplink";
+/// The name of the world end of the uplink, in `world`.
+pub const WAN: &str = "wan";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Lab {
+    /// Builds a lab: namespaces, link, addresses, routes, servers.
+    pub fn up() -> io::Result<Lab> {
+        Lab::sweep_stale()?;
+        let tag = format!(
+            "{LAB_PREFIX}{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut lab = Lab {
+            host: Some(Netns::create(&format!("{tag}-host"))?),
+            world: None,
+            tag: tag.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+        };
+        // From here on, dropping `lab` removes whatever was made.
+        lab.world = Some(Netns::create(&format!("{tag}-world"))?);
+        lab.wire()?;
+        lab.servers = servers::start(lab.world(), &lab.stop)?;
+        lab.assert_isolated()?;
+        Ok(lab)
+    }
+
+    /// A tag unique to this lab, for names of things made in it.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The namespace of the daemon under test.
+    pub fn host(&self) -> &Netns {
+        self.host
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a lab always has a host"))
+    }
+
+    /// The namespace that plays the internet.
+    pub fn world(&self) -> &Netns {
+        self.world
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a lab always has a world"))
+    }
+
+    fn wire(&self) -> io::Result<()> {
+        let world_fd = self.world().fd();
+        self.host().run(|| {
+            let mut rt = Rtnl::open()?;
+            let lo = index(&mut rt, "lo")?;
+            rt.set_up(lo)?;
+            rt.add_veth(UPLINK, WAN, Some(world_fd))?;
+            let up = index(&mut rt, UPLINK)?;
+            rt.add_address(up, HOST_LINK4)?;
+            rt.add_address(up, HOST_LINK6)?;
+            rt.set_up(up)?;
+            rt.add_route(
+                "0.0.0.0/0".parse().map_err(invalid)?,
+                Some(WORLD_LINK4.addr()),
+                up,
+            )?;
+            rt.add_route(
+                "::/0".parse().map_err(invalid)?,
+                Some(WORLD_LINK6.addr()),
+                up,
+            )?;
+            set_sysctl("net/ipv4/ip_forward", "1")?;
+            set_sysctl("net/ipv6/conf/all/forwarding", "1")
+        })?;
+        let mac = |ns: &Netns, name: &str| {
+            ns.run(|| {
+                Rtnl::open()?
+                    .link(name)?
+                    .map(|l| l.mac)
+                    .ok_or_else(|| io::Error::other(format!("no link {name}")))
+            })
+        };
+        let (uplink_mac, wan_mac) = (mac(self.host(), UPLINK)?, mac(self.world(), WAN)?);
+        // Both ends of the uplink know each other: no neighbour discovery
+        // delays the first packet of a test.
+        self.host().run(|| {
+            let mut rt = Rtnl::open()?;
+            let up = index(&mut rt, UPLINK)?;
+            rt.add_neighbour(up, WORLD_LINK4.addr(), &wan_mac)?;
+            rt.add_neighbour(up, WORLD_LINK6.addr(), &wan_mac)
+        })?;
+        self.world().run(|| {
+            let mut rt = Rtnl::open()?;
+            let lo = index(&mut rt, "lo")?;
+            rt.set_up(lo)?;
+            for net in WORLD_ADDRESSES {
+                rt.add_address(lo, net.parse().map_err(invalid)?)?;
+            }
+            let wan = index(&mut rt, WAN)?;
+            rt.add_address(wan, WORLD_LINK4)?;
+            rt.add_address(wan, WORLD_LINK6)?;
+            rt.set_up(wan)?;
+            rt.add_neighbour(wan, HOST_LINK4.addr(), &uplink_mac)?;
+            rt.add_neighbour(wan, HOST_LINK6.addr(), &uplink_mac)
+        })
+    }
+
+    /// Checks the lab's one network rule in the kernel: the host namespace
+    /// has no link but `lo`, the uplink and slot veths (`slot_prefix`), so
+    /// it cannot reach this machine's real interfaces; the world has only
+    /// `lo` and its end of the uplink.
+    pub fn assert_isolated(&self) -> io::Result<()> {
+        self.assert_isolated_with("sgh")
+    }
+
+    /// [`Lab::assert_isolated`] with the slot interface prefix in use.
+    pub fn assert_isolated_with(&self, slot_prefix: &str) -> io::Result<()> {
+        let host_links = self.host().run(|| Rtnl::open()?.links())?;
+        for link in host_links {
+            if link.name != "lo" && link.name != UPLINK && !link.name.starts_with(slot_prefix) {
+                return Err(io::Error::other(format!(
+                    "lab host namespace has an unexpected link {}",
+                    link.name
+                )));
+            }
+        }
+        let world_links = self.world().run(|| Rtnl::open()?.links())?;
+        for link in world_links {
+            if link.name != "lo" && link.name != WAN {
+                return Err(io::Error::other(format!(
+                    "lab world namespace has an unexpected link {}",
+                    link.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes namespaces of labs whose process is gone (a test killed
+    /// before its lab's drop ran).
+    pub fn sweep_stale() -> io::Result<()> {
+        for name in Netns::list(LAB_PREFIX)? {
+            let pid = name[LAB_PREFIX.len()..]
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+            });
+            if !alive {
+                Netns::delete_name(&name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.servers.drain(..) {
+            let _ = t.join();
+        }
+        // Everything named after this lab goes: its two namespaces and the
+        // slots a dataplane made in it.
+        if let Ok(names) = Netns::list(&format!("{}-", self.tag)) {
+            for name in names {
+                let _ = Netns::delete_name(&name);
+            }
+        }
+        self.host = None;
+        self.world = None;
+    }
+}
+
+fn index(rt: &mut Rtnl, name: &str) -> io::Result<u32> {
+    rt.link_index(name)?
+        .ok_or_else(|| io::Error::other(format!("no link {name}")))
+}
+
+fn invalid<E: std::fmt::Display>(e: E) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+}
