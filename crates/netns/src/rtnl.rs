@@ -229,6 +229,18 @@ impl Rtnl {
         )
     }
 
+    /// Removes `addr/prefix` from a link.
+    pub fn delete_address(&mut self, index: u32, net: IpNet) -> io::Result<()> {
+        let addr = net.addr();
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(addr);
+        msg.header.prefix_len = net.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        self.ack(RouteNetlinkMessage::DelAddress(msg), 0)
+    }
+
     /// Adds a permanent neighbour entry: `addr` is at `mac` on link `index`.
     /// With both ends of a veth pinned this way, no ARP or neighbour
     /// discovery stands between a new slot and its first packet.

@@ -1,0 +1,346 @@
+//! Escapes from inside a slot, as root in its namespace. Each attempt must
+//! fail, and each test first shows that the same attempt would succeed
+//! without the protection it tests (a listener that answers, a path that
+//! works for the slot's own address), so that a missing protection makes
+//! the test fail.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use sandgate_dataplane::probe::Proto;
+use sandgate_lab::addrs::*;
+use sandgate_netns::{Netns, Rtnl};
+use sandgate_nftables::list_set;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+/// Sends a datagram from `ns` with the source address `source`: a forged
+/// source needs no answer to carry data out, so what counts is whether it
+/// arrives.
+fn send_from(ns: &Netns, source: IpAddr, dest: SocketAddr, payload: &[u8]) {
+    ns.run(|| {
+        let domain = if dest.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None)?;
+        s.bind(&SocketAddr::new(source, 0).into())?;
+        s.send_to(payload, &dest.into()).map(drop)
+    })
+    .unwrap()
+}
+
+/// A UDP listener in the world on `addr`; returns what arrived in 500 ms.
+struct Sink(UdpSocket);
+
+impl Sink {
+    fn new(rig: &Rig, addr: SocketAddr) -> Sink {
+        Sink(
+            rig.lab
+                .world()
+                .run(|| {
+                    let u = UdpSocket::bind(addr)?;
+                    u.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    Ok(u)
+                })
+                .unwrap(),
+        )
+    }
+
+    fn received(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = self.0.recv(&mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+}
+
+#[test]
+fn a_forged_source_address_carries_nothing_out() {
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (slot, ns) = rig.sandbox("spoofer", &policy);
+    // Root in the slot adds addresses that are not its own: one of another
+    // sandbox, and one from nowhere.
+    ns.run(|| {
+        let mut rt = Rtnl::open()?;
+        let eth = rt.link_index("eth0")?.unwrap();
+        rt.add_address(eth, "198.18.200.7/32".parse().unwrap())?;
+        rt.add_address(eth, "2001:db8:5a00:77::2/128".parse().unwrap())
+    })
+    .unwrap();
+    for (own, forged, server) in [
+        (IpAddr::V4(slot.sandbox4), "198.18.200.7", SERVER4),
+        (IpAddr::V6(slot.sandbox6), "2001:db8:5a00:77::2", SERVER6),
+    ] {
+        let sink = Sink::new(&rig, SocketAddr::new(server, 9999));
+        let dest = SocketAddr::new(server, 9999);
+        send_from(&ns, own, dest, b"from my own address");
+        send_from(&ns, forged.parse().unwrap(), dest, b"from a forged address");
+        assert_eq!(
+            sink.received(),
+            vec![b"from my own address".to_vec()],
+            "{server}"
+        );
+    }
+}
+
+#[test]
+fn changing_its_own_address_and_routes_cuts_the_slot_off() {
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (slot, ns) = rig.sandbox("renamer", &policy);
+    let sink = Sink::new(&rig, SocketAddr::new(SERVER4, 9999));
+    send_from(
+        &ns,
+        IpAddr::V4(slot.sandbox4),
+        SocketAddr::new(SERVER4, 9999),
+        b"before",
+    );
+    // Root in the slot drops its address, takes another, and routes to the
+    // gateway by hand.
+    let new: IpAddr = "198.18.123.45".parse().unwrap();
+    ns.run(|| {
+        let mut rt = Rtnl::open()?;
+        let eth = rt.link_index("eth0")?.unwrap();
+        rt.delete_address(eth, slot.sandbox4_net())?;
+        rt.add_address(eth, ipnet::IpNet::new(new, 32).unwrap())?;
+        rt.add_route(
+            ipnet::IpNet::new(IpAddr::V4(slot.gateway4), 32).unwrap(),
+            None,
+            eth,
+        )?;
+        rt.add_route(
+            "0.0.0.0/0".parse().unwrap(),
+            Some(IpAddr::V4(slot.gateway4)),
+            eth,
+        )
+    })
+    .unwrap();
+    send_from(&ns, new, SocketAddr::new(SERVER4, 9999), b"after");
+    assert_eq!(sink.received(), vec![b"before".to_vec()]);
+}
+
+#[test]
+fn the_host_is_closed_to_sandboxes_except_for_dns() {
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (slot, ns) = rig.sandbox("prober", &policy);
+    let blocked_policy = rig.resolve(3, blocked());
+    let (blocked_slot, blocked_ns) = rig.sandbox("quiet", &blocked_policy);
+    let dns_port = rig.cfg.dns_port;
+    // A TCP service and the DNS port, listening on every host address.
+    let (tcp, dns) = rig
+        .lab
+        .host()
+        .run(|| {
+            let t = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 2222))?;
+            let u = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, dns_port))?;
+            u.set_read_timeout(Some(Duration::from_millis(500)))?;
+            Ok((t, u))
+        })
+        .unwrap();
+    // The service answers on the host (the listener is real).
+    rig.lab
+        .host()
+        .run(|| {
+            TcpStream::connect_timeout(&SocketAddr::new(IpAddr::V4(slot.gateway4), 2222), WAIT)
+                .map(drop)
+        })
+        .unwrap();
+    // From the sandbox: not on its gateway, not on the host's uplink.
+    for addr in [
+        IpAddr::V4(slot.gateway4),
+        IpAddr::V6(slot.gateway6),
+        HOST_LINK4.addr(),
+        HOST_LINK6.addr(),
+    ] {
+        assert!(!probe_any(&ns, Proto::Tcp, addr, 2222), "{addr}");
+        assert!(!probe_any(&ns, Proto::Icmp, addr, 0), "{addr}");
+    }
+    // DNS to the gateway, and to a hard-coded resolver in the world, both
+    // reach the host's DNS port, and nothing reaches the world's resolver.
+    let world_dns = rig
+        .lab
+        .world()
+        .run(|| {
+            let u = UdpSocket::bind(SocketAddr::new(DNS4, 53))?;
+            u.set_read_timeout(Some(Duration::from_millis(500)))?;
+            Ok(u)
+        })
+        .unwrap();
+    for resolver in [IpAddr::V4(slot.gateway4), DNS4] {
+        send_udp(&ns, SocketAddr::new(resolver, 53), b"query");
+        let mut buf = [0u8; 16];
+        let (n, from) = dns.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"query", "{resolver}");
+        assert_eq!(
+            from.ip().to_canonical(),
+            IpAddr::V4(slot.sandbox4),
+            "{resolver}"
+        );
+    }
+    assert!(
+        world_dns.recv_from(&mut [0u8; 16]).is_err(),
+        "a query reached the world's resolver"
+    );
+    // A blocked slot does not even reach the DNS service.
+    send_udp(
+        &blocked_ns,
+        SocketAddr::new(IpAddr::V4(blocked_slot.gateway4), 53),
+        b"query",
+    );
+    assert!(
+        dns.recv_from(&mut [0u8; 16]).is_err(),
+        "a blocked slot reached the DNS service"
+    );
+    drop(tcp);
+}
+
+fn probe_any(ns: &Netns, proto: Proto, dest: IpAddr, port: u16) -> bool {
+    sandgate_dataplane::probe::reachable(ns, proto, dest, port, WAIT).unwrap()
+}
+
+fn send_udp(ns: &Netns, dest: SocketAddr, payload: &[u8]) {
+    ns.run(|| {
+        let bind = if dest.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let u = UdpSocket::bind(bind)?;
+        u.send_to(payload, dest).map(drop)
+    })
+    .unwrap();
+}
+
+#[test]
+fn another_sandbox_is_out_of_reach() {
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, allow("0.0.0.0/0, ::/0"));
+    let (_a, ns_a) = rig.sandbox("a", &policy);
+    let (b, ns_b) = rig.sandbox("b", &policy);
+    let listener = ns_b
+        .run(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, 7777)))
+        .unwrap();
+    // B's service answers from the host (through B's veth).
+    rig.lab
+        .host()
+        .run(|| {
+            let mut c =
+                TcpStream::connect_timeout(&SocketAddr::new(IpAddr::V4(b.sandbox4), 7777), WAIT)?;
+            let (mut s, _) = listener.accept()?;
+            s.write_all(b"hi")?;
+            let mut buf = [0u8; 2];
+            c.read_exact(&mut buf)
+        })
+        .unwrap();
+    // Not from A, over either family, even with a list that names everything.
+    assert!(!probe_any(&ns_a, Proto::Tcp, IpAddr::V4(b.sandbox4), 7777));
+    assert!(!probe_any(&ns_a, Proto::Tcp, IpAddr::V6(b.sandbox6), 7777));
+    assert!(!probe_any(&ns_a, Proto::Icmp, IpAddr::V4(b.sandbox4), 0));
+}
+
+#[test]
+fn ipv6_does_not_get_around_an_ipv4_list_nor_a_wide_list_around_denied_ranges() {
+    let mut rig = Rig::new();
+    let v4_only = rig.resolve(3, allow("192.0.2.10/32"));
+    let (_s, ns) = rig.sandbox("v4only", &v4_only);
+    assert!(probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    // The same world host over IPv6: denied.
+    for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp] {
+        assert!(!probe(&ns, proto, SERVER6, 7), "{proto:?}");
+    }
+    let everything = rig.resolve(3, allow("0.0.0.0/0, ::/0"));
+    let (_w, wide) = rig.sandbox("wide", &everything);
+    assert!(probe(&wide, Proto::Tcp, SERVER6_B, TCP_ECHO));
+    for addr in [
+        DENIED_SERVER4,
+        DENIED_SERVER6,
+        PRIVATE_SERVER4,
+        PRIVATE_SERVER6,
+    ] {
+        assert!(!probe(&wide, Proto::Tcp, addr, TCP_ECHO), "{addr}");
+    }
+    // The built-in ranges, which the lab never sends to, are in the
+    // kernel's always-denied and private sets.
+    let denied = rig
+        .lab
+        .host()
+        .run(|| {
+            let mut all = String::new();
+            for set in ["denied4", "denied6", "private4", "private6"] {
+                for e in list_set("sandgate", set)?.unwrap() {
+                    all.push_str(&e.value.to_string());
+                }
+            }
+            Ok(all)
+        })
+        .unwrap();
+    for net in [
+        "169.254.0.0",
+        "127.0.0.0",
+        "224.0.0.0",
+        "fe80::",
+        "::ffff:0.0.0.0",
+        "64:ff9b::",
+        "198.18.0.0",
+        "10.0.0.0",
+        "172.16.0.0",
+        "192.168.0.0",
+        "100.64.0.0",
+        "fc00::",
+    ] {
+        assert!(
+            denied.contains(&format!("\"{net}\"")),
+            "{net} missing from {denied}"
+        );
+    }
+}
+
+#[test]
+fn an_interface_the_dataplane_does_not_know_is_dropped() {
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (_s, _ns) = rig.sandbox("known", &policy);
+    // A veth that looks like a slot's, made behind the dataplane's back.
+    let rogue = Netns::create(&format!("{}-rogue", rig.lab.tag())).unwrap();
+    let fd = rogue.fd();
+    rig.lab
+        .host()
+        .run(|| {
+            let mut rt = Rtnl::open()?;
+            rt.add_veth("sgh4242", "eth0", Some(fd))?;
+            let i = rt.link_index("sgh4242")?.unwrap();
+            rt.add_address(i, "198.18.250.0/31".parse().unwrap())?;
+            rt.set_up(i)
+        })
+        .unwrap();
+    rogue
+        .run(|| {
+            let mut rt = Rtnl::open()?;
+            let i = rt.link_index("eth0")?.unwrap();
+            rt.add_address(i, "198.18.250.1/31".parse().unwrap())?;
+            rt.set_up(i)?;
+            rt.add_route(
+                "0.0.0.0/0".parse().unwrap(),
+                Some("198.18.250.0".parse().unwrap()),
+                i,
+            )
+        })
+        .unwrap();
+    // Its gateway answers on the link (the link works) ...
+    rig.lab
+        .host()
+        .run(|| UdpSocket::bind("198.18.250.0:5555").map(drop))
+        .unwrap();
+    // ... but nothing from it is forwarded.
+    assert!(!probe(&rogue, Proto::Tcp, SERVER4, TCP_ECHO));
+    assert!(!probe(&rogue, Proto::Udp, SERVER4, UDP_ECHO));
+}
