@@ -16,6 +16,9 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use std::io;
 use std::time::Duration;
 
+/// The smallest socket buffer a transaction socket keeps, in bytes.
+const MIN_BUFFER: usize = 4 << 20;
+
 /// The nfnetlink subsystem of nf_tables (`NFNL_SUBSYS_NFTABLES`), which a
 /// batch names as its resource.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -209,6 +212,8 @@ pub struct NftSocket {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// The socket buffer size set so far, in bytes.
+    buffers: usize,
 }
 
 impl NftSocket {
@@ -219,10 +224,14 @@ impl NftSocket {
         socket.connect(&SocketAddr::new(0, 0))?;
         // A kernel that never answers must not hang the daemon.
         set_recv_timeout(&socket, Duration::from_secs(5))?;
+        // Acknowledgements without a copy of the request: a transaction of
+        // thousands of elements gets thousands of small answers.
+        socket.set_cap_ack(true)?;
         Ok(NftSocket {
             socket,
             seq: 0,
             buf: vec![0; 1 << 16],
+            buffers: 0,
         })
     }
 
@@ -270,6 +279,21 @@ impl NftSocket {
             pending.push(self.frame(flags, message, &mut out));
         }
         self.frame(NLM_F_REQUEST, control(ControlMessage::BatchEnd), &mut out);
+        // A batch goes in one message, and all its answers must fit in the
+        // receive queue: grow both buffers to the batch (as root, past the
+        // system's default limits, as the nft program does).
+        // Each answer costs a socket buffer of about a kilobyte, whatever
+        // its size; never go below a few megabytes.
+        let need = (out.len() * 2 + tx.len() * 1024).max(MIN_BUFFER);
+        if need > self.buffers {
+            use nix::sys::socket::{
+                setsockopt,
+                sockopt::{RcvBufForce, SndBufForce},
+            };
+            setsockopt(&self.socket, SndBufForce, &need).map_err(io::Error::from)?;
+            setsockopt(&self.socket, RcvBufForce, &need).map_err(io::Error::from)?;
+            self.buffers = need;
+        }
         self.socket.send(&out, 0)?;
         self.collect(tx, &pending)
     }

@@ -1,0 +1,143 @@
+//! Live updates: a new policy applies to connections already open. One it
+//! denies stops passing packets within a second; one it still allows runs
+//! on; one admitted through DNS outlives its admission while the policy
+//! that allowed it stands.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use sandgate_dataplane::probe::Proto;
+use sandgate_lab::addrs::*;
+use sandgate_netns::Netns;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// A running download from the world's stream service, counting bytes.
+struct Transfer {
+    bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Transfer {
+    fn start(ns: &Netns, server: IpAddr) -> Transfer {
+        let mut conn = ns
+            .run(|| TcpStream::connect_timeout(&SocketAddr::new(server, TCP_STREAM), WAIT))
+            .unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, s) = (bytes.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            let mut buf = [0u8; 64 * 1024];
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    b.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            }
+        });
+        Transfer {
+            bytes,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Bytes received during `window`, starting now.
+    fn progress(&self, window: Duration) -> u64 {
+        let before = self.bytes.load(Ordering::SeqCst);
+        thread::sleep(window);
+        self.bytes.load(Ordering::SeqCst) - before
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn an_update_to_blocked_cuts_a_running_transfer_within_a_second() {
+    let mut rig = Rig::new();
+    let listed = rig.resolve(3, allow("192.0.2.10/32, 2001:db8:1::10/128"));
+    let (slot, ns) = rig.sandbox("downloader", &listed);
+    for server in [SERVER4, SERVER6] {
+        let t = Transfer::start(&ns, server);
+        assert!(
+            t.progress(Duration::from_millis(300)) > 0,
+            "{server}: the transfer runs"
+        );
+        let blocked_policy = rig.resolve(3, blocked());
+        let start = Instant::now();
+        rig.dp().update(slot.index, &blocked_policy).unwrap();
+        let applied = start.elapsed();
+        // Whatever was in flight has arrived after a second; then nothing.
+        thread::sleep(Duration::from_secs(1).saturating_sub(applied));
+        assert_eq!(
+            t.progress(Duration::from_secs(1)),
+            0,
+            "{server}: bytes after the cut"
+        );
+        // And back, for the next family.
+        rig.dp().update(slot.index, &listed).unwrap();
+    }
+}
+
+#[test]
+fn an_update_that_keeps_the_destination_leaves_the_transfer_running() {
+    let mut rig = Rig::new();
+    let listed = rig.resolve(3, allow("192.0.2.10/32"));
+    let (slot, ns) = rig.sandbox("downloader", &listed);
+    let t = Transfer::start(&ns, SERVER4);
+    assert!(t.progress(Duration::from_millis(300)) > 0);
+    // More entries, and a narrower list that still holds SERVER4.
+    for list in [
+        "192.0.2.10/32, 198.51.100.0/24",
+        "192.0.2.0/24",
+        "192.0.2.10/32",
+    ] {
+        let p = rig.resolve(3, allow(list));
+        rig.dp().update(slot.index, &p).unwrap();
+        assert!(
+            t.progress(Duration::from_millis(500)) > 0,
+            "stalled after update to {list}"
+        );
+    }
+    // Removing it stops it.
+    let p = rig.resolve(3, allow("198.51.100.0/24"));
+    rig.dp().update(slot.index, &p).unwrap();
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(t.progress(Duration::from_secs(1)), 0);
+    assert!(!probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    assert!(probe(&ns, Proto::Tcp, SERVER4_B, TCP_ECHO));
+}
+
+#[test]
+fn an_admitted_connection_outlives_its_admission_while_the_policy_stands() {
+    let mut rig = Rig::new();
+    let restricted = rig.resolve(1, open());
+    let (slot, ns) = rig.sandbox("resolver-user", &restricted);
+    rig.dp()
+        .admit(slot.index, SERVER4, Duration::from_secs(1))
+        .unwrap();
+    let t = Transfer::start(&ns, SERVER4);
+    thread::sleep(Duration::from_millis(2500));
+    // The admission is over: no new connection ...
+    assert!(!probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    // ... but the one it allowed still runs.
+    assert!(t.progress(Duration::from_millis(500)) > 0);
+}
