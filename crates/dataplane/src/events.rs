@@ -12,7 +12,7 @@ use crate::ruleset::prefix;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nflog::{
-    config_request, ConfigCmd, ConfigMode, ConfigNla, PacketNla, ULogMessage,
+    config_request, ConfigCmd, ConfigMode, ConfigNla, PacketNla, Timeout, ULogMessage,
 };
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
@@ -83,6 +83,9 @@ impl Events {
                 vec![
                     ConfigNla::Cmd(ConfigCmd::Bind),
                     ConfigNla::Mode(ConfigMode::new_packet(128)),
+                    // Each message at once, not batched for up to a second.
+                    ConfigNla::QThresh(1),
+                    ConfigNla::Timeout(Timeout::new(1)),
                 ],
             );
             bind.header.sequence_number = 1;

@@ -145,6 +145,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   meta nfproto ipv6 iifname . ip6 saddr @src6 return\n\
          \x20   ip6 saddr fe80::/10 {nd} return\n\
          \x20   ip6 saddr :: icmpv6 type nd-neighbor-solicit return\n\
+         \x20   ip6 saddr {{ ::, fe80::/10 }} ip6 daddr ff02::/16 drop\n\
          \x20   update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{spoof}\"\n\
          \x20   drop\n  }}\n",
         spoof = prefix::SPOOF,
