@@ -8,6 +8,7 @@
 
 mod config;
 mod demo;
+mod lab_cmd;
 mod output;
 mod policy_cmd;
 
@@ -38,6 +39,9 @@ enum Command {
     /// show the essential-services catalog. Sends nothing.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// The lab of network namespaces that tests and the demo run in.
+    #[command(subcommand)]
+    Lab(lab_cmd::LabCommand),
     /// Run the main job: the policy examples of the reference, checked
     /// against what the brief expects, as a matrix.
     Demo,
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd, &config, &out),
+        Command::Lab(cmd) => lab_cmd::run(cmd, &out),
         Command::Demo => demo::run(&config, &out),
     }
 }
