@@ -2,26 +2,47 @@
 //! install, change and remove it.
 
 use crate::config::SlotAddrs;
-use crate::ruleset::{mode_chain, DNS_MARK_BIT};
+use crate::ruleset::{allow_set, mode_chain, DNS_MARK_BIT};
 use ipnet::IpNet;
-use sandgate_nftables::{ElementData, Key, Transaction};
-use sandgate_policy::{EffectivePolicy, Mode, Ranges};
+use sandgate_nftables::{ElementData, Key, Transaction, Verb};
+use sandgate_policy::{EffectivePolicy, Mode, Ranges, Reason};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
-/// What the kernel holds for one slot's policy: its mode, its allow-list
-/// entries split by whether they open a private range, and the names it
-/// allows (only to know, on a change, whether names were removed).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The rule key of admissions made for any essential service.
+pub const ESSENTIAL: &str = "essential_service";
+
+/// What the kernel holds for one slot's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotPolicy {
-    /// `open`, `allowlist`, `restricted` or `blocked`.
-    pub mode: String,
+    /// The mode.
+    pub mode: Mode,
     /// Entries outside the private ranges (or wider than them).
     pub allow: Vec<IpNet>,
     /// Entries inside a private range: they open it.
     pub allow_private: Vec<IpNet>,
-    /// The domain patterns and whether essential services apply.
-    pub names: Vec<String>,
+    /// The name rules that may admit addresses: [`ESSENTIAL`] and
+    /// `domain_allow_list:<pattern>` keys (see [`rule_key`]).
+    pub rules: Vec<String>,
+}
+
+/// Drops entries that another entry of the list contains: the kernel's
+/// interval sets refuse overlaps, and coverage is all that matters there.
+fn outermost(nets: &[IpNet]) -> Vec<IpNet> {
+    nets.iter()
+        .filter(|n| !nets.iter().any(|m| m != *n && m.contains(*n)))
+        .copied()
+        .collect()
+}
+
+/// The key under which an admission allowed by `rule` is kept; `None` for
+/// reasons that admit nothing.
+pub fn rule_key(rule: &Reason) -> Option<String> {
+    match rule {
+        Reason::EssentialService(_) => Some(ESSENTIAL.to_string()),
+        Reason::DomainAllowList(p) => Some(format!("domain_allow_list:{p}")),
+        _ => None,
+    }
 }
 
 impl SlotPolicy {
@@ -30,44 +51,45 @@ impl SlotPolicy {
         let mut allow = Vec::new();
         let mut allow_private = Vec::new();
         for net in policy.network_allow_list.nets() {
-            let inside_private = ranges.private.iter().any(|r| r.net.contains(net));
-            if inside_private {
+            if ranges.private.iter().any(|r| r.net.contains(net)) {
                 allow_private.push(*net);
             } else {
                 allow.push(*net);
             }
         }
-        let mut names: Vec<String> = policy
+        let mut rules: Vec<String> = policy
             .domain_allow_list
             .patterns()
             .iter()
-            .map(|p| p.to_string())
+            .filter_map(|p| rule_key(&Reason::DomainAllowList(p.clone())))
             .collect();
         if policy.essential_services {
-            names.push("(essential services)".into());
+            rules.push(ESSENTIAL.to_string());
         }
+        let admits = matches!(policy.mode, Mode::Allowlist | Mode::Restricted);
         SlotPolicy {
-            mode: policy.mode.as_str().to_string(),
-            allow,
-            allow_private,
-            names,
+            mode: policy.mode,
+            allow: outermost(&allow),
+            allow_private: outermost(&allow_private),
+            rules: if admits { rules } else { Vec::new() },
         }
     }
 
     /// Whether the DNS service answers this slot at all.
     pub fn uses_dns(&self) -> bool {
-        self.mode != Mode::Blocked.as_str()
+        self.mode != Mode::Blocked
     }
 
     /// Whether the slot may hold DNS admissions.
     pub fn admits(&self) -> bool {
-        self.mode == Mode::Allowlist.as_str() || self.mode == Mode::Restricted.as_str()
+        matches!(self.mode, Mode::Allowlist | Mode::Restricted)
     }
 }
 
 /// A slot's connection generations: connections marked with a current one
 /// pass without evaluation; a change that could revoke something moves the
-/// generation on.
+/// generation on. 0 is the quarantine value: connections marked 0 are
+/// evaluated at every packet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generations {
     /// For connections allowed by address (list entries, `open`).
@@ -81,43 +103,19 @@ impl Generations {
         self.net & !DNS_MARK_BIT
     }
     fn dns_mark(self) -> u32 {
-        self.dns | DNS_MARK_BIT
+        if self.dns == 0 {
+            0
+        } else {
+            self.dns | DNS_MARK_BIT
+        }
     }
-}
-
-/// What a helper below does with its elements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Edit {
-    /// Add them; fails if one is there.
-    Add,
-    /// Delete them; fails if one is missing (a change, which must find the
-    /// kernel as recorded).
-    Delete,
-    /// Delete those that are there (a removal, which must succeed whatever
-    /// a crash left).
-    Destroy,
-}
-
-fn put(tx: &mut Transaction, edit: Edit, set: &str, key: Key) {
-    match edit {
-        Edit::Add => tx.add(set, key),
-        Edit::Delete => tx.delete(set, key),
-        Edit::Destroy => tx.destroy(set, key),
-    };
-}
-
-fn put_mapping(tx: &mut Transaction, edit: Edit, map: &str, key: Key, data: ElementData) {
-    match edit {
-        Edit::Add => tx.add_mapping(map, key, data),
-        Edit::Delete => tx.delete(map, key),
-        Edit::Destroy => tx.destroy(map, key),
-    };
 }
 
 fn if_key(slot: &SlotAddrs) -> Key {
     Key::new().ifname(&slot.host_if)
 }
 
+/// The key (and end) of an allow-list entry.
 fn interval(slot: &SlotAddrs, net: &IpNet) -> (Key, Key) {
     let k = if_key(slot);
     match net {
@@ -126,16 +124,7 @@ fn interval(slot: &SlotAddrs, net: &IpNet) -> (Key, Key) {
     }
 }
 
-fn allow_set(net: &IpNet, private: bool) -> &'static str {
-    match (net, private) {
-        (IpNet::V4(_), false) => "allow4",
-        (IpNet::V6(_), false) => "allow6",
-        (IpNet::V4(_), true) => "allowpriv4",
-        (IpNet::V6(_), true) => "allowpriv6",
-    }
-}
-
-/// The key of an admission.
+/// The set and key of an admission.
 pub fn admission_key(slot: &SlotAddrs, addr: IpAddr) -> (&'static str, Key) {
     match addr {
         IpAddr::V4(a) => ("admit4", if_key(slot).ipv4(a)),
@@ -143,87 +132,84 @@ pub fn admission_key(slot: &SlotAddrs, addr: IpAddr) -> (&'static str, Key) {
     }
 }
 
-fn generations(tx: &mut Transaction, slot: &SlotAddrs, g: Generations, edit: Edit) {
-    let k = if_key(slot);
-    put_mapping(
-        tx,
-        edit,
-        "netgen",
-        k.clone(),
-        ElementData::Value(Key::new().mark(g.net_mark())),
-    );
-    put_mapping(
-        tx,
-        edit,
-        "dnsgen",
-        k.clone(),
-        ElementData::Value(Key::new().mark(g.dns_mark())),
-    );
-    put(tx, edit, "valid", k.clone().mark(g.net_mark()));
-    put(tx, edit, "valid", k.mark(g.dns_mark()));
+fn mark(v: u32) -> ElementData {
+    ElementData::Value(Key::new().mark(v))
 }
 
-fn mode(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, edit: Edit) {
+/// The generation maps and `valid` entries for `g`. A quarantined
+/// generation (0) has its map entry but no `valid` entry.
+fn generations(tx: &mut Transaction, slot: &SlotAddrs, g: Generations, verb: Verb) {
     let k = if_key(slot);
-    put_mapping(
-        tx,
-        edit,
-        "mode",
-        k.clone(),
-        ElementData::Jump(mode_chain(&p.mode, false)),
-    );
-    put_mapping(
-        tx,
-        edit,
-        "back_mode",
-        k.clone(),
-        ElementData::Jump(mode_chain(&p.mode, true)),
-    );
-    if p.uses_dns() {
-        put(tx, edit, "dns_slots", k);
+    for (map, m) in [("netgen", g.net_mark()), ("dnsgen", g.dns_mark())] {
+        tx.element(verb, map, k.clone(), None, Some(mark(m)));
+        if m != 0 {
+            tx.element(verb, "valid", k.clone().mark(m), None, None);
+        }
     }
 }
 
-fn lists(tx: &mut Transaction, slot: &SlotAddrs, nets: &[IpNet], private: bool, edit: Edit) {
+fn mode(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, verb: Verb) {
+    let k = if_key(slot);
+    let jump = |reply| {
+        Some(ElementData::Jump(mode_chain(
+            p.mode.as_str(),
+            reply,
+            slot.index,
+        )))
+    };
+    tx.element(verb, "mode", k.clone(), None, jump(false));
+    tx.element(verb, "back_mode", k.clone(), None, jump(true));
+    if p.uses_dns() {
+        tx.element(verb, "dns_slots", k, None, None);
+    }
+}
+
+fn lists(tx: &mut Transaction, slot: &SlotAddrs, nets: &[IpNet], private: bool, verb: Verb) {
     for net in nets {
         let (start, end) = interval(slot, net);
-        let set = allow_set(net, private);
-        match edit {
-            Edit::Add => tx.add_interval(set, start, end),
-            Edit::Delete => tx.delete_interval(set, start, end),
-            Edit::Destroy => tx.destroy_interval(set, start, end),
-        };
+        let set = allow_set(matches!(net, IpNet::V4(_)), private, slot.index);
+        tx.element(verb, &set, start, Some(end), None);
     }
 }
 
-/// Everything a slot needs in the kernel for policy `p`, added, deleted or
-/// destroyed. (Admissions are not in it: see [`admission_key`].)
-pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generations, edit: Edit) {
+/// Everything a slot needs in the kernel for policy `p` with generations
+/// `g`, added, deleted or destroyed. (Admissions are not in it: see
+/// [`admission_key`].)
+pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generations, verb: Verb) {
     let k = if_key(slot);
-    put(tx, edit, "slots", k.clone());
-    put(tx, edit, "src4", k.clone().ipv4(slot.sandbox4));
-    put(tx, edit, "src6", k.ipv6(slot.sandbox6));
-    mode(tx, slot, p, edit);
-    generations(tx, slot, g, edit);
-    lists(tx, slot, &p.allow, false, edit);
-    lists(tx, slot, &p.allow_private, true, edit);
+    tx.element(verb, "slots", k.clone(), None, None);
+    tx.element(verb, "src4", k.clone().ipv4(slot.sandbox4), None, None);
+    tx.element(verb, "src6", k.ipv6(slot.sandbox6), None, None);
+    mode(tx, slot, p, verb);
+    generations(tx, slot, g, verb);
+    lists(tx, slot, &p.allow, false, verb);
+    lists(tx, slot, &p.allow_private, true, verb);
 }
 
 /// Which generations a change from `old` to `new` must move on: only
 /// changes that can revoke something (a new mode, a removed entry, a
-/// removed name) do, so that connections the new policy still allows are
-/// not even looked at again.
+/// removed name rule) do, so that connections the new policy still allows
+/// are not even looked at again.
 pub fn revokes(old: &SlotPolicy, new: &SlotPolicy) -> (bool, bool) {
     if old.mode != new.mode {
         return (true, true);
     }
     let removed = |a: &[IpNet], b: &[IpNet]| a.iter().any(|n| !b.contains(n));
     let net = removed(&old.allow, &new.allow) || removed(&old.allow_private, &new.allow_private);
-    let dns = old.names.iter().any(|n| !new.names.contains(n));
+    let dns = old.rules.iter().any(|n| !new.rules.contains(n));
     (net, dns)
 }
 
-/// The transaction from `old` to `new` for one slot.
+/// The first transaction of a change from `old` to `new`: mode and lists
+/// changed, and the generations that move put in quarantine (`to`, with 0
+/// for each one that moves).
+///
+/// The kernel makes hash set changes visible at the commit's generation
+/// flip but swaps in a changed interval set a moment later; a connection
+/// evaluated in between against the old lists must not be marked with a
+/// generation that stays valid. So the new generations come in a second
+/// transaction, [`release`], once the lists are in place; connections
+/// evaluated meanwhile are marked 0 and evaluated again.
 pub fn change(
     tx: &mut Transaction,
     slot: &SlotAddrs,
@@ -232,30 +218,37 @@ pub fn change(
 ) {
     let ((op, og), (np, ng)) = (old, new);
     if op.mode != np.mode {
-        mode(tx, slot, op, Edit::Delete);
-        mode(tx, slot, np, Edit::Add);
+        mode(tx, slot, op, Verb::Delete);
+        mode(tx, slot, np, Verb::Add);
     }
     if og != ng {
-        generations(tx, slot, og, Edit::Delete);
-        generations(tx, slot, ng, Edit::Add);
+        generations(tx, slot, og, Verb::Delete);
+        generations(tx, slot, ng, Verb::Add);
     }
     let gone = |a: &[IpNet], b: &[IpNet]| -> Vec<IpNet> {
         a.iter().filter(|n| !b.contains(n)).copied().collect()
     };
-    lists(tx, slot, &gone(&op.allow, &np.allow), false, Edit::Delete);
+    lists(tx, slot, &gone(&op.allow, &np.allow), false, Verb::Delete);
     lists(
         tx,
         slot,
         &gone(&op.allow_private, &np.allow_private),
         true,
-        Edit::Delete,
+        Verb::Delete,
     );
-    lists(tx, slot, &gone(&np.allow, &op.allow), false, Edit::Add);
+    lists(tx, slot, &gone(&np.allow, &op.allow), false, Verb::Add);
     lists(
         tx,
         slot,
         &gone(&np.allow_private, &op.allow_private),
         true,
-        Edit::Add,
+        Verb::Add,
     );
+}
+
+/// The second transaction of a change: the quarantined generations `from`
+/// replaced by their new values `to`.
+pub fn release(tx: &mut Transaction, slot: &SlotAddrs, from: Generations, to: Generations) {
+    generations(tx, slot, from, Verb::Delete);
+    generations(tx, slot, to, Verb::Add);
 }

@@ -25,15 +25,15 @@ pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
 pub use elements::{Generations, SlotPolicy};
 pub use events::{DenyEvent, EventCounters, Events};
 
-use elements::{admission_key, change, revokes, whole, Edit};
+use elements::{admission_key, change, release, revokes, rule_key, whole};
 use sandgate_netns::{set_sysctl, Netns, Rtnl};
-use sandgate_nftables::{list_set, load_ruleset, NftSocket, Transaction};
-use sandgate_policy::{EffectivePolicy, PolicyConfig};
-use state::{Phase, SlotRecord, State};
-use std::collections::{BTreeSet, HashMap};
+use sandgate_nftables::{list_set, load_ruleset, Key, NftSocket, Transaction, Verb};
+use sandgate_policy::{EffectivePolicy, PolicyConfig, Reason};
+use state::{Phase, SlotRecord, State, Store};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What [`Dataplane::start`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,8 +56,17 @@ pub struct Dataplane {
     rtnl: Rtnl,
     nft: NftSocket,
     state: State,
-    admissions: HashMap<u32, BTreeSet<IpAddr>>,
+    store: Store,
+    admissions: HashMap<u32, Admissions>,
 }
+
+/// One slot's admissions: address -> the rules that admitted it, each with
+/// its expiry. The rule `*` stands for admissions found in the kernel at
+/// start, whose rules are not known.
+type Admissions = BTreeMap<IpAddr, BTreeMap<String, Instant>>;
+
+/// The rule key of admissions whose rule is not known.
+const UNKNOWN_RULE: &str = "*";
 
 fn other(what: String) -> io::Error {
     io::Error::other(what)
@@ -75,16 +84,12 @@ impl Dataplane {
             Some(name) => Some(Netns::open(name)?),
             None => None,
         };
-        let open = || -> io::Result<(Rtnl, NftSocket)> {
-            set_sysctl("net/ipv4/ip_forward", "1")?;
-            set_sysctl("net/ipv6/conf/all/forwarding", "1")?;
-            Ok((Rtnl::open()?, NftSocket::open()?))
-        };
+        let open = || -> io::Result<(Rtnl, NftSocket)> { Ok((Rtnl::open()?, NftSocket::open()?)) };
         let (rtnl, nft) = match &host {
             Some(ns) => ns.run(open)?,
             None => open()?,
         };
-        let state = State::load(&cfg.state_file)?;
+        let (store, state) = Store::open(&cfg.state_file)?;
         let mut dp = Dataplane {
             cfg,
             policy,
@@ -92,9 +97,15 @@ impl Dataplane {
             rtnl,
             nft,
             state,
+            store,
             admissions: HashMap::new(),
         };
         let report = dp.reconcile()?;
+        // Forwarding only once the ruleset is in place.
+        dp.in_host(|| {
+            set_sysctl("net/ipv4/ip_forward", "1")?;
+            set_sysctl("net/ipv6/conf/all/forwarding", "1")
+        })?;
         dp.fill_pool()?;
         Ok((dp, report))
     }
@@ -112,8 +123,9 @@ impl Dataplane {
         &self.cfg
     }
 
-    fn save(&self) -> io::Result<()> {
-        self.state.save(&self.cfg.state_file)
+    /// Records slot `index` as it now stands.
+    fn persist(&mut self, index: u32) -> io::Result<()> {
+        self.store.record(&self.state, index)
     }
 
     fn reconcile(&mut self) -> io::Result<StartReport> {
@@ -175,11 +187,29 @@ impl Dataplane {
         }
         let text = ruleset::ruleset(&self.cfg, self.policy.ranges());
         self.in_host(|| load_ruleset(&text))?;
+        // Fresh generations: every connection is checked again against the
+        // rules as they are now (ranges or catalog may have changed).
+        self.seed_generations();
+        let active: Vec<u32> = self
+            .state
+            .slots
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Active && r.policy.is_some())
+            .map(|(i, _)| *i)
+            .collect();
         let mut tx = Transaction::new(&self.cfg.table);
-        for (index, record) in &self.state.slots {
-            if let (Phase::Active, Some(p)) = (record.phase, &record.policy) {
-                whole(&mut tx, &self.cfg.slot(*index), p, record.gens, Edit::Add);
-                report.restored.push(*index);
+        for index in active {
+            let gens = Generations {
+                net: self.state.next_gen(),
+                dns: self.state.next_gen(),
+            };
+            let Some(record) = self.state.slots.get_mut(&index) else {
+                continue;
+            };
+            record.gens = gens;
+            if let Some(p) = &record.policy {
+                whole(&mut tx, &self.cfg.slot(index), p, gens, Verb::Add);
+                report.restored.push(index);
             }
         }
         for (index, addr, left) in kept_admissions {
@@ -192,17 +222,56 @@ impl Dataplane {
             if admits {
                 let (set, key) = admission_key(&self.cfg.slot(index), addr);
                 tx.add_with_timeout(set, key, left);
-                self.admissions.entry(index).or_default().insert(addr);
+                self.admissions
+                    .entry(index)
+                    .or_default()
+                    .entry(addr)
+                    .or_default()
+                    .insert(UNKNOWN_RULE.to_string(), Instant::now() + left);
             }
         }
         self.nft.commit(&tx)?;
-        self.save()?;
+        self.store.snapshot(&self.state)?;
         Ok(report)
     }
 
-    /// Removes a slot's link and namespace, whichever exist.
+    /// Makes generations start above anything a lost state file may have
+    /// handed out: a clock-based floor.
+    fn seed_generations(&mut self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // Seconds since the epoch, 128 generations a second, in 31 bits.
+        let floor = u32::try_from((now << 7) & u64::from(!ruleset::DNS_MARK_BIT)).unwrap_or(1);
+        if floor > self.state.last_gen {
+            self.state.last_gen = floor;
+        }
+    }
+
+    /// Forgets the connections of a slot's addresses (conntrack), so that
+    /// the next sandbox in the slot inherits none of them.
+    fn forget_connections(&self, slot: &SlotAddrs) -> io::Result<()> {
+        let addrs = [IpAddr::V4(slot.sandbox4), IpAddr::V6(slot.sandbox6)];
+        self.in_host(|| {
+            for addr in addrs {
+                let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
+                // Exit status 1 means "none matched".
+                let _ = std::process::Command::new("conntrack")
+                    .args(["-D", "-f", family, "-s", &addr.to_string()])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes a slot's link and namespace, whichever exist, and its
+    /// connections.
     fn remove_objects(&mut self, index: u32) -> io::Result<()> {
         let slot = self.cfg.slot(index);
+        self.forget_connections(&slot)?;
         if let Some(link) = self.rtnl.link_index(&slot.host_if)? {
             match self.rtnl.delete_link(link) {
                 Err(e) if e.raw_os_error() != Some(nix::libc::ENODEV) => return Err(e),
@@ -228,19 +297,19 @@ impl Dataplane {
                 gens: Generations::default(),
             },
         );
-        self.save()?;
+        self.persist(index)?;
         let slot = self.cfg.slot(index);
         let made = self.wire_slot(&slot);
         if let Err(e) = made {
             let _ = self.remove_objects(index);
             self.state.slots.remove(&index);
-            self.save()?;
+            self.persist(index)?;
             return Err(e);
         }
         if let Some(r) = self.state.slots.get_mut(&index) {
             r.phase = Phase::Pool;
         }
-        self.save()?;
+        self.persist(index)?;
         Ok(index)
     }
 
@@ -341,10 +410,10 @@ impl Dataplane {
             gens,
         };
         self.state.slots.insert(index, record);
-        self.save()?;
+        self.persist(index)?;
         let slot = self.cfg.slot(index);
         let mut tx = Transaction::new(&self.cfg.table);
-        whole(&mut tx, &slot, &slot_policy, gens, Edit::Add);
+        whole(&mut tx, &slot, &slot_policy, gens, Verb::Add);
         if let Err(e) = self.nft.commit(&tx) {
             if let Some(r) = self.state.slots.get_mut(&index) {
                 *r = SlotRecord {
@@ -354,7 +423,7 @@ impl Dataplane {
                     gens: Generations::default(),
                 };
             }
-            self.save()?;
+            self.persist(index)?;
             return Err(e);
         }
         Ok(slot)
@@ -375,8 +444,9 @@ impl Dataplane {
         }
     }
 
-    /// Applies a new policy to a slot in one transaction. Connections the
-    /// new policy denies stop at their next packet; those it allows run on.
+    /// Applies a new policy to a slot. Connections the new policy denies
+    /// stop at their next packet; those it allows run on; admissions made
+    /// for rules the new policy no longer has are withdrawn.
     pub fn update(&mut self, index: u32, policy: &EffectivePolicy) -> io::Result<()> {
         let (old, old_gens) = self.active(index)?;
         let new = SlotPolicy::from_policy(policy, self.policy.ranges());
@@ -393,73 +463,128 @@ impl Dataplane {
                 old_gens.dns
             },
         };
-        let slot = self.cfg.slot(index);
-        let mut tx = Transaction::new(&self.cfg.table);
-        change(&mut tx, &slot, (&old, old_gens), (&new, gens));
-        // A mode without admissions keeps none.
-        let dropped = if new.admits() {
-            BTreeSet::new()
-        } else {
-            self.admissions.remove(&index).unwrap_or_default()
+        let quarantine = Generations {
+            net: if net { 0 } else { old_gens.net },
+            dns: if dns { 0 } else { old_gens.dns },
         };
-        for addr in &dropped {
+        let slot = self.cfg.slot(index);
+        let withdrawn = self.withdrawable(index, &new);
+        let mut first = Transaction::new(&self.cfg.table);
+        change(&mut first, &slot, (&old, old_gens), (&new, quarantine));
+        for addr in &withdrawn {
             let (set, key) = admission_key(&slot, *addr);
-            tx.destroy(set, key);
+            first.destroy(set, key);
         }
         let previous = self.state.slots.get(&index).cloned();
         if let Some(r) = self.state.slots.get_mut(&index) {
-            r.policy = Some(new);
+            r.policy = Some(new.clone());
             r.gens = gens;
         }
-        self.save()?;
-        if let Err(e) = self.nft.commit(&tx) {
-            if let Some(prev) = previous {
-                self.state.slots.insert(index, prev);
+        self.persist(index)?;
+        if let Err(e) = self.nft.commit(&first) {
+            // The kernel is not as recorded: rebuild the slot whole.
+            let mut rebuild = Transaction::new(&self.cfg.table);
+            whole(&mut rebuild, &slot, &old, old_gens, Verb::Destroy);
+            for addr in &withdrawn {
+                let (set, key) = admission_key(&slot, *addr);
+                rebuild.destroy(set, key);
             }
-            if !dropped.is_empty() {
-                self.admissions.insert(index, dropped);
+            whole(&mut rebuild, &slot, &new, quarantine, Verb::Add);
+            if self.nft.commit(&rebuild).is_err() {
+                // Cut the slot off rather than leave it as it was.
+                let mut cut = Transaction::new(&self.cfg.table);
+                cut.destroy("slots", Key::new().ifname(&slot.host_if));
+                let _ = self.nft.commit(&cut);
+                if let Some(prev) = previous {
+                    self.state.slots.insert(index, prev);
+                }
+                self.persist(index)?;
+                return Err(e);
             }
-            self.save()?;
-            return Err(e);
+        }
+        if let Some(slot_admissions) = self.admissions.get_mut(&index) {
+            for addr in &withdrawn {
+                slot_admissions.remove(addr);
+            }
+        }
+        if quarantine != gens {
+            let mut second = Transaction::new(&self.cfg.table);
+            release(&mut second, &slot, quarantine, gens);
+            self.nft.commit(&second)?;
         }
         Ok(())
     }
 
-    /// Lets slot `index` connect to `addr` for `lifetime` (a DNS answer's
-    /// address). Refused for slots that take no admissions (`open`,
-    /// `blocked`) and for addresses that no admission may open (always
-    /// denied, private).
-    pub fn admit(&mut self, index: u32, addr: IpAddr, lifetime: Duration) -> io::Result<()> {
+    /// The addresses of slot `index` whose every admitting rule is gone
+    /// from `new` (all of them when `new` takes no admissions). Expired
+    /// admissions are forgotten on the way.
+    fn withdrawable(&mut self, index: u32, new: &SlotPolicy) -> Vec<IpAddr> {
+        let now = Instant::now();
+        let Some(slot_admissions) = self.admissions.get_mut(&index) else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        slot_admissions.retain(|addr, rules| {
+            rules.retain(|_, expiry| *expiry > now);
+            if rules.is_empty() {
+                return false;
+            }
+            let kept = new.admits()
+                && !rules.contains_key(UNKNOWN_RULE)
+                && rules.keys().any(|r| new.rules.contains(r));
+            if !kept {
+                gone.push(*addr);
+            }
+            true
+        });
+        gone
+    }
+
+    /// Lets slot `index` connect to `addr` for `lifetime`, because a DNS
+    /// answer for a name allowed by `rule` (an essential service or a
+    /// `domainAllowList` entry of the slot's policy) gave it. Refused for
+    /// slots that take no admissions (`open`, `blocked`), for a rule the
+    /// slot's policy does not have, and for addresses that no admission may
+    /// open (always denied, private).
+    pub fn admit(
+        &mut self,
+        index: u32,
+        addr: IpAddr,
+        rule: &Reason,
+        lifetime: Duration,
+    ) -> io::Result<()> {
+        let denied = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
         let (p, _) = self.active(index)?;
         if !p.admits() {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "slot {index} is in {} mode, which takes no admissions",
-                    p.mode
-                ),
-            ));
+            return Err(denied(format!(
+                "slot {index} is in {} mode, which takes no admissions",
+                p.mode
+            )));
         }
+        let key = rule_key(rule)
+            .filter(|k| p.rules.contains(k))
+            .ok_or_else(|| denied(format!("slot {index}'s policy has no rule {}", rule.code())))?;
         let ranges = self.policy.ranges();
         if let Some(r) = ranges.always_denied(addr).or_else(|| ranges.private(addr)) {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{addr} is in {} ({}), which no DNS answer may open",
-                    r.net, r.label
-                ),
-            ));
+            return Err(denied(format!(
+                "{addr} is in {} ({}), which no DNS answer may open",
+                r.net, r.label
+            )));
         }
-        let (set, key) = admission_key(&self.cfg.slot(index), addr);
+        let (set, element) = admission_key(&self.cfg.slot(index), addr);
+        let lifetime = lifetime.max(Duration::from_millis(1));
         let mut tx = Transaction::new(&self.cfg.table);
         // Destroy-then-add renews the lifetime of an admission still there.
-        tx.destroy(set, key.clone()).add_with_timeout(
-            set,
-            key,
-            lifetime.max(Duration::from_millis(1)),
-        );
+        tx.destroy(set, element.clone())
+            .add_with_timeout(set, element, lifetime);
         self.nft.commit(&tx)?;
-        self.admissions.entry(index).or_default().insert(addr);
+        let rules = self
+            .admissions
+            .entry(index)
+            .or_default()
+            .entry(addr)
+            .or_default();
+        rules.insert(key, Instant::now() + lifetime);
         Ok(())
     }
 
@@ -473,20 +598,25 @@ impl Dataplane {
         let policy = record.policy.clone();
         let gens = record.gens;
         record.phase = Phase::Deleting;
-        self.save()?;
+        self.persist(index)?;
         let slot = self.cfg.slot(index);
         let mut tx = Transaction::new(&self.cfg.table);
         if let Some(p) = &policy {
-            whole(&mut tx, &slot, p, gens, Edit::Destroy);
+            whole(&mut tx, &slot, p, gens, Verb::Destroy);
         }
-        for addr in self.admissions.remove(&index).unwrap_or_default() {
+        for addr in self
+            .admissions
+            .remove(&index)
+            .unwrap_or_default()
+            .into_keys()
+        {
             let (set, key) = admission_key(&slot, addr);
             tx.destroy(set, key);
         }
         self.nft.commit(&tx)?;
         self.remove_objects(index)?;
         self.state.slots.remove(&index);
-        self.save()
+        self.persist(index)
     }
 
     /// The slots in use: index, owner.

@@ -13,8 +13,9 @@
 //!    discovery from link-local addresses excepted).
 //! 2. `prerouting` (nat): TCP and UDP to port 53, any address, go to the DNS
 //!    service on the gateway.
-//! 3. `input`: to the host itself, only that DNS service (not for `blocked`
-//!    slots), neighbour discovery and replies pass.
+//! 3. `input`: to the host itself, only that DNS service reached through
+//!    the redirect (not for `blocked` slots), neighbour discovery, and
+//!    replies to connections the host opened pass.
 //! 4. `forward`: a connection whose mark is the slot's current generation
 //!    passes at once; anything else is evaluated: always-denied ranges, then
 //!    the slot's mode chain (`open`, `allowlist`, `restricted`, `blocked`).
@@ -52,13 +53,38 @@ pub mod prefix {
     pub const SPOOF: &str = "sg:spoof";
 }
 
-/// The mode chains, by mode name, and the direction they evaluate.
-pub fn mode_chain(mode: &str, reply: bool) -> String {
-    if reply {
-        format!("back_{mode}")
+/// The allow-list sets are split into this many shards, by slot index.
+///
+/// The kernel keeps concatenated interval sets (`ifname . ipv4_addr` with
+/// intervals) in a structure whose every change costs time in proportion
+/// to the set's size (about 7 us per element here); with shards, a policy
+/// update touches a set of `slots / SHARDS` slots' entries. Lookups cost
+/// the same either way: a slot's mode map entry jumps straight to its
+/// shard's chain.
+pub const SHARDS: u32 = 64;
+
+/// The shard of slot `index`.
+pub fn shard(index: u32) -> u32 {
+    index % SHARDS
+}
+
+/// The mode chain of a slot: its mode, the direction evaluated, and for
+/// `allowlist` its shard.
+pub fn mode_chain(mode: &str, reply: bool, index: u32) -> String {
+    let dir = if reply { "back" } else { "out" };
+    if mode == "allowlist" {
+        format!("{dir}_allowlist_{}", shard(index))
     } else {
-        format!("out_{mode}")
+        format!("{dir}_{mode}")
     }
+}
+
+/// The allow-list set of a slot for an entry of this family, opening a
+/// private range or not.
+pub fn allow_set(v4: bool, private: bool, index: u32) -> String {
+    let family = if v4 { "4" } else { "6" };
+    let kind = if private { "allowpriv" } else { "allow" };
+    format!("{kind}{family}_{}", shard(index))
 }
 
 /// The mark bit of connections admitted through DNS.
@@ -115,14 +141,18 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20 map netgen { type ifname : mark; }\n\
          \x20 map dnsgen { type ifname : mark; }\n\
          \x20 set valid { type ifname . mark; }\n\
-         \x20 set allow4 { type ifname . ipv4_addr; flags interval; }\n\
-         \x20 set allow6 { type ifname . ipv6_addr; flags interval; }\n\
-         \x20 set allowpriv4 { type ifname . ipv4_addr; flags interval; }\n\
-         \x20 set allowpriv6 { type ifname . ipv6_addr; flags interval; }\n\
          \x20 set admit4 { type ifname . ipv4_addr; flags timeout; }\n\
          \x20 set admit6 { type ifname . ipv6_addr; flags timeout; }\n\
          \x20 set log_meter { type ifname; flags dynamic,timeout; timeout 1m; }\n",
     );
+    for k in 0..SHARDS {
+        for (v4, ty) in [(true, "ipv4_addr"), (false, "ipv6_addr")] {
+            for private in [false, true] {
+                let name = allow_set(v4, private, k);
+                let _ = writeln!(r, "  set {name} {{ type ifname . {ty}; flags interval; }}");
+            }
+        }
+    }
     set_of(&mut r, "denied4", "ipv4_addr", &split(&denied, &v4));
     set_of(&mut r, "denied6", "ipv6_addr", &split(&denied, &v6));
     set_of(&mut r, "private4", "ipv4_addr", &split(&private, &v4));
@@ -138,11 +168,11 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
     let _ = write!(
         r,
         "  chain ingress_hook {{ type filter hook prerouting priority raw; policy accept;\n\
+         \x20   iifname . ip saddr @src4 accept\n\
+         \x20   iifname . ip6 saddr @src6 accept\n\
          \x20   iifname {slots} jump slot_ingress\n  }}\n\
          \x20 chain slot_ingress {{\n\
          \x20   iifname != @slots drop\n\
-         \x20   meta nfproto ipv4 iifname . ip saddr @src4 return\n\
-         \x20   meta nfproto ipv6 iifname . ip6 saddr @src6 return\n\
          \x20   ip6 saddr fe80::/10 {nd} return\n\
          \x20   ip6 saddr :: icmpv6 type nd-neighbor-solicit return\n\
          \x20   ip6 saddr {{ ::, fe80::/10 }} ip6 daddr ff02::/16 drop\n\
@@ -165,9 +195,9 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   iifname {slots} jump slot_input\n  }}\n\
          \x20 chain slot_input {{\n\
          \x20   iifname != @slots drop\n\
-         \x20   ct state established,related accept\n\
+         \x20   ct direction reply ct state established,related accept\n\
          \x20   {nd} accept\n\
-         \x20   iifname @dns_slots meta l4proto {{ tcp, udp }} th dport {dns} accept\n\
+         \x20   iifname @dns_slots ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} accept\n\
          \x20   ct state new update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{host}\"\n\
          \x20   drop\n  }}\n",
         host = prefix::HOST,
@@ -175,21 +205,23 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
     let _ = write!(
         r,
         "  chain forward_hook {{ type filter hook forward priority filter; policy accept;\n\
+         \x20   iifname {slots} ct status expected drop\n\
+         \x20   oifname {slots} ct status expected drop\n\
+         \x20   iifname . ct mark @valid accept\n\
+         \x20   oifname . ct mark @valid accept\n\
          \x20   iifname {slots} jump from_slot\n\
          \x20   oifname {slots} jump to_slot\n  }}\n\
          \x20 chain from_slot {{\n\
          \x20   iifname != @slots drop\n\
-         \x20   ct state invalid drop\n\
-         \x20   iifname . ct mark @valid accept\n\
+         \x20   ct state invalid,untracked drop\n\
          \x20   ip daddr @denied4 goto deny_denied\n\
          \x20   ip6 daddr @denied6 goto deny_denied\n\
          \x20   iifname vmap @mode\n\
          \x20   drop\n  }}\n\
          \x20 chain to_slot {{\n\
          \x20   oifname != @slots drop\n\
+         \x20   ct state invalid,untracked drop\n\
          \x20   ct direction original drop\n\
-         \x20   ct state invalid drop\n\
-         \x20   oifname . ct mark @valid accept\n\
          \x20   ct original ip daddr @denied4 drop\n\
          \x20   ct original ip6 daddr @denied6 drop\n\
          \x20   oifname vmap @back_mode\n\
@@ -252,16 +284,6 @@ fn eval_chains(r: &mut String, reply: bool) {
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\
          \x20   goto {dir}_pass_net\n  }}\n\
-         \x20 chain {dir}_allowlist {{\n\
-         \x20   {d4} @private4 {iface} . {d4} @allowpriv4 goto {dir}_pass_net\n\
-         \x20   {d6} @private6 {iface} . {d6} @allowpriv6 goto {dir}_pass_net\n\
-         \x20   {d4} @private4 {private}\n\
-         \x20   {d6} @private6 {private}\n\
-         \x20   {iface} . {d4} @allow4 goto {dir}_pass_net\n\
-         \x20   {iface} . {d6} @allow6 goto {dir}_pass_net\n\
-         \x20   {iface} . {d4} @admit4 goto {dir}_pass_dns\n\
-         \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
-         \x20   {unlisted}\n  }}\n\
          \x20 chain {dir}_restricted {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\
@@ -271,4 +293,21 @@ fn eval_chains(r: &mut String, reply: bool) {
          \x20 chain {dir}_blocked {{\n\
          \x20   {blocked}\n  }}\n",
     );
+    for k in 0..SHARDS {
+        let (a4, a6) = (allow_set(true, false, k), allow_set(false, false, k));
+        let (p4, p6) = (allow_set(true, true, k), allow_set(false, true, k));
+        let _ = write!(
+            r,
+            "  chain {dir}_allowlist_{k} {{\n\
+             \x20   {d4} @private4 {iface} . {d4} @{p4} goto {dir}_pass_net\n\
+             \x20   {d6} @private6 {iface} . {d6} @{p6} goto {dir}_pass_net\n\
+             \x20   {d4} @private4 {private}\n\
+             \x20   {d6} @private6 {private}\n\
+             \x20   {iface} . {d4} @{a4} goto {dir}_pass_net\n\
+             \x20   {iface} . {d6} @{a6} goto {dir}_pass_net\n\
+             \x20   {iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+             \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
+             \x20   {unlisted}\n  }}\n",
+        );
+    }
 }

@@ -1,12 +1,27 @@
-//! The dataplane's own record of its slots, kept in a file across restarts
-//! and crashes: which indexes are taken, in which phase, with which policy.
+//! The dataplane's own record of its slots, kept across restarts and
+//! crashes: which indexes are taken, in which phase, with which policy.
+//!
+//! On disk it is a snapshot (`<file>`) and a journal (`<file>.log`) of the
+//! changes since, one JSON line each, appended before the change is made in
+//! the kernel. Appending a line costs microseconds, where rewriting and
+//! renaming a whole file costs milliseconds (the file system flushes data
+//! replaced by a rename); the journal is folded into a new snapshot every
+//! [`COMPACT_AFTER`] lines. A line cut short by a crash is ignored.
+//!
+//! Nothing is synced to disk: what the records describe (namespaces, links,
+//! nftables elements) lives in memory and dies with the machine, while the
+//! page cache survives any crash of the daemon. After a reboot the
+//! reconciliation finds none of it and removes every record.
 
 use crate::elements::{Generations, SlotPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::{self, Write};
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// How many journal lines are kept before they are folded into a snapshot.
+pub const COMPACT_AFTER: usize = 4096;
 
 /// Where a slot is in its life. Every step that makes or removes kernel
 /// objects is recorded before it starts, so that a crash in the middle
@@ -49,32 +64,52 @@ pub struct State {
     pub slots: BTreeMap<u32, SlotRecord>,
 }
 
+/// One journal line: slot `index` now has `record` (or none).
+#[derive(Debug, Serialize, Deserialize)]
+struct Change {
+    index: u32,
+    record: Option<SlotRecord>,
+    last_gen: u32,
+}
+
+fn log_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
 impl State {
-    /// Reads the state file; a missing file is an empty state.
+    /// Reads the snapshot and replays the journal; missing files are an
+    /// empty state.
     pub fn load(path: &Path) -> io::Result<State> {
-        match fs::read(path) {
+        let mut state = match fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{} is not a dataplane state file: {e}", path.display()),
                 )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
-            Err(e) => Err(e),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(e),
+        };
+        match File::open(log_path(path)) {
+            Ok(file) => {
+                for line in BufReader::new(file).lines() {
+                    // A line cut short by a crash ends the journal.
+                    let Ok(change) = serde_json::from_str::<Change>(&line?) else {
+                        break;
+                    };
+                    state.last_gen = change.last_gen;
+                    match change.record {
+                        Some(r) => state.slots.insert(change.index, r),
+                        None => state.slots.remove(&change.index),
+                    };
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-    }
-
-    /// Writes the state file atomically: a new file, synced, renamed over
-    /// the old one. A crash leaves the old state or the new, never half.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+        Ok(state)
     }
 
     /// A fresh generation (never 0).
@@ -89,5 +124,103 @@ impl State {
     /// The lowest free index from 1 to `max`.
     pub fn free_index(&self, max: u32) -> Option<u32> {
         (1..=max).find(|i| !self.slots.contains_key(i))
+    }
+}
+
+/// The files of a [`State`].
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    log: File,
+    lines: usize,
+}
+
+impl Store {
+    /// Opens the store at `path` and returns it with the state it holds,
+    /// folded into a fresh snapshot.
+    pub fn open(path: &Path) -> io::Result<(Store, State)> {
+        let state = State::load(path)?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let mut store = Store {
+            path: path.to_path_buf(),
+            log: OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path(path))?,
+            lines: 0,
+        };
+        store.snapshot(&state)?;
+        Ok((store, state))
+    }
+
+    /// Records slot `index` as `state` has it now.
+    pub fn record(&mut self, state: &State, index: u32) -> io::Result<()> {
+        if self.lines >= COMPACT_AFTER {
+            return self.snapshot(state);
+        }
+        let change = Change {
+            index,
+            record: state.slots.get(&index).cloned(),
+            last_gen: state.last_gen,
+        };
+        let mut line = serde_json::to_vec(&change).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.log.write_all(&line)?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Writes the whole state as the snapshot and empties the journal.
+    pub fn snapshot(&mut self, state: &State) -> io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_vec(state).map_err(io::Error::other)?)?;
+        fs::rename(&tmp, &self.path)?;
+        self.log.set_len(0)?;
+        self.lines = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(phase: Phase) -> SlotRecord {
+        SlotRecord {
+            phase,
+            owner: None,
+            policy: None,
+            gens: Generations::default(),
+        }
+    }
+
+    #[test]
+    fn the_journal_replays_and_a_torn_line_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("sandgate-state-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("state.json");
+        let (mut store, mut state) = Store::open(&path).unwrap();
+        state.slots.insert(1, record(Phase::Pool));
+        store.record(&state, 1).unwrap();
+        state.slots.insert(2, record(Phase::Active));
+        state.next_gen();
+        store.record(&state, 2).unwrap();
+        state.slots.remove(&1);
+        store.record(&state, 1).unwrap();
+        assert_eq!(State::load(&path).unwrap(), state);
+        // A crash in the middle of a line.
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(log_path(&path))
+            .unwrap();
+        log.write_all(b"{\"index\":3,\"rec").unwrap();
+        assert_eq!(State::load(&path).unwrap(), state);
+        // Reopening folds everything into the snapshot.
+        let (_, reopened) = Store::open(&path).unwrap();
+        assert_eq!(reopened, state);
+        assert_eq!(fs::metadata(log_path(&path)).unwrap().len(), 0);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

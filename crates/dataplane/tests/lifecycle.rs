@@ -9,33 +9,44 @@ mod common;
 
 use common::*;
 use sandgate_dataplane::probe::Proto;
+use sandgate_dataplane::ruleset::{allow_set, mode_chain, SHARDS};
 use sandgate_dataplane::state::{Phase, State};
 use sandgate_dataplane::{Dataplane, DataplaneConfig};
 use sandgate_lab::addrs::*;
 use sandgate_netns::{Netns, Rtnl};
 use sandgate_nftables::list_set;
+use sandgate_policy::Mode;
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 /// Every per-slot set and map of the ruleset.
-const PER_SLOT: [&str; 15] = [
-    "slots",
-    "dns_slots",
-    "src4",
-    "src6",
-    "mode",
-    "back_mode",
-    "netgen",
-    "dnsgen",
-    "valid",
-    "allow4",
-    "allow6",
-    "allowpriv4",
-    "allowpriv6",
-    "admit4",
-    "admit6",
-];
+fn per_slot_sets() -> Vec<String> {
+    let mut sets: Vec<String> = [
+        "slots",
+        "dns_slots",
+        "src4",
+        "src6",
+        "mode",
+        "back_mode",
+        "netgen",
+        "dnsgen",
+        "valid",
+        "admit4",
+        "admit6",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for k in 0..SHARDS {
+        for v4 in [true, false] {
+            for private in [true, false] {
+                sets.push(allow_set(v4, private, k));
+            }
+        }
+    }
+    sets
+}
 
 fn iface_of(value: &serde_json::Value) -> Option<u32> {
     let name = match value {
@@ -47,15 +58,13 @@ fn iface_of(value: &serde_json::Value) -> Option<u32> {
 }
 
 /// The slot indexes each per-slot set holds elements for.
-fn kernel_slots(host: &Netns, table: &str) -> Vec<(&'static str, BTreeSet<u32>)> {
+fn kernel_slots(host: &Netns, table: &str) -> Vec<(String, BTreeSet<u32>)> {
     host.run(|| {
         let mut out = Vec::new();
-        for set in PER_SLOT {
-            let elems = list_set(table, set)?.unwrap_or_default();
-            out.push((
-                set,
-                elems.iter().filter_map(|e| iface_of(&e.value)).collect(),
-            ));
+        for set in per_slot_sets() {
+            let elems = list_set(table, &set)?.unwrap_or_default();
+            let slots = elems.iter().filter_map(|e| iface_of(&e.value)).collect();
+            out.push((set, slots));
         }
         Ok(out)
     })
@@ -94,8 +103,23 @@ fn assert_consistent(host: &Netns, cfg: &DataplaneConfig) {
         .filter_map(|l| l.name.strip_prefix("sgh")?.parse().ok())
         .collect();
     assert_eq!(links, recorded, "links");
+    // Each active slot's mode in the kernel is its recorded mode.
+    let modes = host
+        .run(|| list_set(&cfg.table, "mode"))
+        .unwrap()
+        .unwrap_or_default();
+    for e in modes {
+        let index = iface_of(&e.value).unwrap();
+        let target = e.value[1]["jump"]["target"].as_str().unwrap().to_string();
+        let recorded = state.slots[&index].policy.as_ref().unwrap().mode;
+        assert_eq!(
+            target,
+            mode_chain(recorded.as_str(), false, index),
+            "slot {index}"
+        );
+    }
     for (set, slots) in kernel_slots(host, &cfg.table) {
-        match set {
+        match &*set {
             "slots" | "src4" | "src6" | "mode" | "back_mode" | "netgen" | "dnsgen" | "valid" => {
                 assert_eq!(slots, active, "set {set}")
             }
@@ -126,7 +150,7 @@ fn a_thousand_create_delete_cycles_leave_nothing_behind() {
         let slot = rig.dp().create(&format!("cycle-{i}"), p).unwrap();
         if p.mode.as_str() == "restricted" {
             rig.dp()
-                .admit(slot.index, SERVER4, Duration::from_secs(60))
+                .admit(slot.index, SERVER4, &essential(), Duration::from_secs(60))
                 .unwrap();
         }
         rig.dp().delete(slot.index).unwrap();
@@ -166,7 +190,7 @@ fn a_restart_puts_policies_back_and_removes_strays() {
     let (a, ns_a) = rig.sandbox("a", &listed);
     let (b, ns_b) = rig.sandbox("b", &restricted);
     rig.dp()
-        .admit(b.index, SERVER4_B, Duration::from_secs(300))
+        .admit(b.index, SERVER4_B, &essential(), Duration::from_secs(300))
         .unwrap();
     // Leftovers of no slot: a namespace and a link.
     let stray_ns = Netns::create(&format!("{}-s77", rig.lab.tag())).unwrap();
@@ -323,7 +347,7 @@ fn kill_9_at_any_moment_leaves_every_slot_intended_or_removed() {
             let ns = Netns::open(&dp.slot(*i).netns).unwrap();
             assert_eq!(
                 probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO),
-                p.mode == "allowlist",
+                p.mode == Mode::Allowlist,
                 "slot {i} in {}",
                 p.mode
             );

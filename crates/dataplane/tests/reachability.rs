@@ -98,10 +98,10 @@ fn dns_admissions_open_an_address_for_their_slot_only() {
     let (_b, ns_b) = rig.sandbox("b", &restricted);
     assert!(!probe(&ns_a, Proto::Tcp, SERVER4_B, TCP_ECHO));
     rig.dp()
-        .admit(a.index, SERVER4_B, Duration::from_secs(60))
+        .admit(a.index, SERVER4_B, &essential(), Duration::from_secs(60))
         .unwrap();
     rig.dp()
-        .admit(a.index, SERVER6, Duration::from_secs(60))
+        .admit(a.index, SERVER6, &essential(), Duration::from_secs(60))
         .unwrap();
     assert!(probe(&ns_a, Proto::Tcp, SERVER4_B, TCP_ECHO));
     assert!(probe(&ns_a, Proto::Udp, SERVER6, UDP_ECHO));
@@ -112,7 +112,7 @@ fn dns_admissions_open_an_address_for_their_slot_only() {
     for addr in [PRIVATE_SERVER4, DENIED_SERVER6] {
         let err = rig
             .dp()
-            .admit(a.index, addr, Duration::from_secs(60))
+            .admit(a.index, addr, &essential(), Duration::from_secs(60))
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{addr}");
     }
@@ -122,6 +122,6 @@ fn dns_admissions_open_an_address_for_their_slot_only() {
     let (o, _) = rig.sandbox("o", &open_policy);
     assert!(rig
         .dp()
-        .admit(o.index, SERVER4, Duration::from_secs(60))
+        .admit(o.index, SERVER4, &essential(), Duration::from_secs(60))
         .is_err());
 }

@@ -132,7 +132,7 @@ fn an_admitted_connection_outlives_its_admission_while_the_policy_stands() {
     let restricted = rig.resolve(1, open());
     let (slot, ns) = rig.sandbox("resolver-user", &restricted);
     rig.dp()
-        .admit(slot.index, SERVER4, Duration::from_secs(1))
+        .admit(slot.index, SERVER4, &essential(), Duration::from_secs(1))
         .unwrap();
     let t = Transfer::start(&ns, SERVER4);
     thread::sleep(Duration::from_millis(2500));

@@ -34,8 +34,10 @@ pub enum ElementData {
 
 /// What a change does to its element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verb {
+pub enum Verb {
+    /// Add; fails if the element is there.
     Add,
+    /// Delete; fails if the element is missing.
     Delete,
     /// Delete if present (`NFT_MSG_DESTROYSETELEM`, Linux 6.3 and later).
     Destroy,
@@ -132,6 +134,21 @@ impl Transaction {
     /// Deletes the interval `start..=end` from an interval set.
     pub fn delete_interval(&mut self, set: &str, start: Key, end: Key) -> &mut Self {
         self.push(Verb::Delete, set, start, Some(end), None, None)
+    }
+
+    /// Adds, deletes or destroys one element: `key` (to `end`, for an
+    /// interval), mapped to `data` in a map. The general form of the
+    /// methods above and below.
+    pub fn element(
+        &mut self,
+        verb: Verb,
+        set: &str,
+        key: Key,
+        end: Option<Key>,
+        data: Option<ElementData>,
+    ) -> &mut Self {
+        let data = if verb == Verb::Add { data } else { None };
+        self.push(verb, set, key, end, data, None)
     }
 
     /// Deletes `key` from a set or map if it is there (an element with a

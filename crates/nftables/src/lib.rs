@@ -19,6 +19,6 @@ mod batch;
 mod key;
 mod program;
 
-pub use batch::{ElementData, NftSocket, Transaction};
+pub use batch::{ElementData, NftSocket, Transaction, Verb};
 pub use key::Key;
 pub use program::{list_set, load_ruleset, SetElement};

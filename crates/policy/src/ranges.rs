@@ -47,6 +47,8 @@ const ALWAYS_DENIED: &[(&str, &str)] = &[
     ("::/96", "IPv4-compatible IPv6"),
     ("::ffff:0.0.0.0/96", "IPv4-mapped IPv6"),
     ("64:ff9b::/96", "NAT64"),
+    ("64:ff9b:1::/48", "NAT64 (local use)"),
+    ("2002::/16", "6to4 (embeds IPv4)"),
     ("fe80::/10", "link-local"),
     ("ff00::/8", "multicast"),
 ];

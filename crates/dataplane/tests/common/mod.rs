@@ -130,3 +130,8 @@ pub fn blocked() -> SettingsRequest<'static> {
         ..Default::default()
     }
 }
+
+/// The rule of an admission for an essential service.
+pub fn essential() -> sandgate_policy::Reason {
+    sandgate_policy::Reason::EssentialService("python".into())
+}

@@ -1,0 +1,376 @@
+//! Dataplane benchmarks, each against its baseline in the same run, in
+//! the lab (nothing leaves the machine):
+//!
+//! 1. forwarding: 64-byte UDP from a slot through the host namespace to
+//!    the world, packets/s with 1, 100 and 1,000 live slots, against no
+//!    rules at all and against a linear chain of one rule per sandbox (the
+//!    reference platform's layout);
+//! 2. slot creation, cold and from the warm pool, p50/p99, against making
+//!    a namespace and a veth pair with the `ip` program;
+//! 3. policy update and DNS admission latency, p50/p99, against one
+//!    `nft add element` by the `nft` program.
+//!
+//! `cargo bench -p sandgate-dataplane --bench dataplane` (as root).
+//! `SANDGATE_BENCH_SECONDS` sets the length of each forwarding run (2 s).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use sandgate_dataplane::{Dataplane, DataplaneConfig};
+use sandgate_lab::addrs::*;
+use sandgate_lab::Lab;
+use sandgate_netns::Netns;
+use sandgate_nftables::load_ruleset;
+use sandgate_policy::{EffectivePolicy, PolicyConfig, SettingsRequest};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SINK_PORT: u16 = 9;
+
+fn policy(p: &PolicyConfig, tier: u8, list: Option<&str>) -> EffectivePolicy {
+    let req = SettingsRequest {
+        network_allow_list: list,
+        ..Default::default()
+    };
+    p.resolve(tier, &p.settings_for_create(tier, &req).unwrap())
+        .unwrap()
+}
+
+fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i]
+}
+
+fn stats(name: &str, v: &[Duration], base: Option<&[Duration]>) {
+    let (p50, p99) = (percentile(v.to_vec(), 0.5), percentile(v.to_vec(), 0.99));
+    let ratio = base
+        .map(|b| {
+            format!(
+                "  {:.3}x of the baseline's p50",
+                p50.as_secs_f64() / percentile(b.to_vec(), 0.5).as_secs_f64()
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "  {name:<44} p50 {:>10.3} ms  p99 {:>10.3} ms{ratio}",
+        ms(p50),
+        ms(p99)
+    );
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A counter of UDP packets to the sink port, in the world, in the kernel.
+fn sink(lab: &Lab) {
+    lab.world()
+        .run(|| {
+            load_ruleset(&format!(
+                "table inet sink {{}}\ndelete table inet sink\n\
+                 table inet sink {{\n  counter pkts {{ }}\n\
+                 \x20 chain input {{ type filter hook input priority 0;\n    udp dport {SINK_PORT} counter name pkts drop\n  }}\n}}\n"
+            ))
+        })
+        .unwrap();
+}
+
+fn sink_count(lab: &Lab) -> u64 {
+    let out = lab
+        .world()
+        .run(|| {
+            Command::new("nft")
+                .args(["-j", "list", "counter", "inet", "sink", "pkts"])
+                .output()
+        })
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|i| i["counter"]["packets"].as_u64())
+        .unwrap()
+}
+
+/// Packets/s the world receives while a slot sends as fast as it can.
+fn forwarding_rate(lab: &Lab, ns: &Netns, seconds: f64) -> f64 {
+    let sock = ns
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(SocketAddr::new(SERVER4, SINK_PORT))?;
+            Ok(s)
+        })
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    // 18 bytes of payload: a 64-byte Ethernet frame.
+    let sender = std::thread::spawn(move || {
+        let payload = [0u8; 18];
+        while !s2.load(Ordering::Relaxed) {
+            let _ = sock.send(&payload);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (c0, t0) = (sink_count(lab), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let (c1, t1) = (sink_count(lab), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+/// The reference layout: one rule per sandbox keyed on its source address,
+/// the sender's rule last (the worst case, as for most sandboxes).
+fn linear_chain(lab: &Lab, dp: &Dataplane, slots: &[u32], sender: u32) {
+    let mut rules = String::new();
+    for &i in slots
+        .iter()
+        .filter(|i| **i != sender)
+        .chain(std::iter::once(&sender))
+    {
+        let s = dp.slot(i);
+        rules.push_str(&format!(
+            "    ip saddr {} ip daddr {{ 192.0.2.10, 198.51.100.0/24, 203.0.113.128/26 }} accept\n",
+            s.sandbox4
+        ));
+    }
+    let text = format!(
+        "table inet sandgate {{}}\ndelete table inet sandgate\n\
+         table inet linear {{}}\ndelete table inet linear\n\
+         table inet linear {{ chain forward {{ type filter hook forward priority 0; policy accept;\n\
+         iifname != \"sgh*\" accept\n{rules}    drop\n  }} }}\n"
+    );
+    lab.host().run(|| load_ruleset(&text)).unwrap();
+}
+
+fn no_rules(lab: &Lab) {
+    lab.host()
+        .run(|| {
+            load_ruleset(
+                "table inet sandgate {}\ndelete table inet sandgate\ntable inet linear {}\ndelete table inet linear\n",
+            )
+        })
+        .unwrap();
+}
+
+/// A dataplane with a fresh state in the lab.
+fn fresh(lab: &Lab, policy: &PolicyConfig) -> (Dataplane, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sandgate-bench-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    (restart(lab, policy, &dir, 0), dir)
+}
+
+/// The dataplane again on the state in `dir`, as after a restart, with a
+/// warm pool of `pool`.
+fn restart(lab: &Lab, policy: &PolicyConfig, dir: &Path, pool: usize) -> Dataplane {
+    let mut cfg = DataplaneConfig::new(policy, lab.tag(), dir.join("state.json")).unwrap();
+    cfg.host_netns = Some(lab.host().name().to_string());
+    cfg.warm_pool = pool;
+    Dataplane::start(cfg, policy.clone()).unwrap().0
+}
+
+fn forwarding(seconds: f64) {
+    println!("\nforwarding: 64-byte UDP, slot -> host namespace -> world, {seconds} s per run");
+    let lab = Lab::up().unwrap();
+    let pc = PolicyConfig::default();
+    sink(&lab);
+    let (mut dp, dir) = fresh(&lab, &pc);
+    let listed = policy(
+        &pc,
+        3,
+        Some("192.0.2.10/32, 198.51.100.0/24, 2001:db8:2::/48"),
+    );
+    let sender = dp.create("sender", &listed).unwrap();
+    let ns = Netns::open(&sender.netns).unwrap();
+    let mut slots = vec![sender.index];
+
+    no_rules(&lab);
+    let base = forwarding_rate(&lab, &ns, seconds);
+    println!("  {:<44} {:>10.0} packets/s  1.00x", "no rules", base);
+    for target in [1usize, 100, 1000] {
+        while slots.len() < target {
+            slots.push(
+                dp.create(&format!("s{}", slots.len()), &listed)
+                    .unwrap()
+                    .index,
+            );
+        }
+        // The sandgate ruleset with every live slot's policy.
+        drop(dp);
+        dp = restart(&lab, &pc, &dir, 0);
+        let ours = forwarding_rate(&lab, &ns, seconds);
+        println!(
+            "  {:<44} {:>10.0} packets/s  {:.2}x",
+            format!("sandgate, {target} live slots"),
+            ours,
+            ours / base
+        );
+        linear_chain(&lab, &dp, &slots, sender.index);
+        let linear = forwarding_rate(&lab, &ns, seconds);
+        println!(
+            "  {:<44} {:>10.0} packets/s  {:.2}x",
+            format!("linear chain, {target} rules"),
+            linear,
+            linear / base
+        );
+    }
+    no_rules(&lab);
+    let again = forwarding_rate(&lab, &ns, seconds);
+    println!(
+        "  {:<44} {:>10.0} packets/s  {:.2}x (drift check)",
+        "no rules, again",
+        again,
+        again / base
+    );
+    // Put the ruleset back so that the slots can be removed cleanly.
+    drop(dp);
+    let mut dp = restart(&lab, &pc, &dir, 0);
+    for (i, _) in dp.active_slots() {
+        dp.delete(i).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip").args(args).status().unwrap().success();
+    assert!(ok, "ip {args:?}");
+}
+
+fn creation_and_updates() {
+    println!("\nslot creation (create() returns with the policy in the kernel)");
+    let lab = Lab::up().unwrap();
+    let pc = PolicyConfig::default();
+    let listed = policy(&pc, 3, Some("192.0.2.10/32"));
+    let n = 200;
+    // Baseline: a namespace and a veth pair by the ip program.
+    let mut base = Vec::new();
+    for i in 0..50 {
+        let name = format!("{}-ipbase{i}", lab.tag());
+        let t = Instant::now();
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "-n",
+            lab.host().name(),
+            "link",
+            "add",
+            &format!("ipb{i}"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &name,
+        ]);
+        base.push(t.elapsed());
+    }
+    stats("baseline: ip netns add + ip link add veth", &base, None);
+    let (mut dp, dir) = fresh(&lab, &pc);
+    let mut cold = Vec::new();
+    let mut made = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        made.push(dp.create(&format!("c{i}"), &listed).unwrap().index);
+        cold.push(t.elapsed());
+    }
+    stats("sandgate create, cold", &cold, Some(&base));
+    for i in made.drain(..) {
+        dp.delete(i).unwrap();
+    }
+    drop(dp);
+    let mut dp = restart(&lab, &pc, &dir, 4);
+    let mut warm = Vec::new();
+    for i in 0..n {
+        dp.fill_pool().unwrap();
+        let t = Instant::now();
+        made.push(dp.create(&format!("p{i}"), &listed).unwrap().index);
+        warm.push(t.elapsed());
+    }
+    stats("sandgate create, from the warm pool", &warm, Some(&base));
+
+    println!("\npolicy update and DNS admission (one netlink transaction each)");
+    let mut nft_base = Vec::new();
+    for i in 0..50u32 {
+        let t = Instant::now();
+        let ok = lab
+            .host()
+            .run(|| {
+                Command::new("nft")
+                    .args([
+                        "add",
+                        "element",
+                        "inet",
+                        "sandgate",
+                        "admit4",
+                        &format!("{{ \"sgh1\" . 192.0.2.{} timeout 60s }}", i % 250),
+                    ])
+                    .status()
+            })
+            .unwrap()
+            .success();
+        assert!(ok);
+        nft_base.push(t.elapsed());
+    }
+    stats(
+        "baseline: nft add element (the nft program)",
+        &nft_base,
+        None,
+    );
+    let a = policy(&pc, 3, Some("192.0.2.10/32"));
+    let b = policy(
+        &pc,
+        3,
+        Some("192.0.2.10/32, 198.51.100.0/24, 2001:db8:2::/48"),
+    );
+    let slot = made[0];
+    let mut updates = Vec::new();
+    for i in 0..1000 {
+        let p = if i % 2 == 0 { &b } else { &a };
+        let t = Instant::now();
+        dp.update(slot, p).unwrap();
+        updates.push(t.elapsed());
+    }
+    stats(
+        "sandgate update (add or remove two entries)",
+        &updates,
+        Some(&nft_base),
+    );
+    let restricted = policy(&pc, 1, None);
+    let r = dp.create("restricted", &restricted).unwrap();
+    let mut admits = Vec::new();
+    for i in 0..1000u32 {
+        let addr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, (i % 250) as u8 + 1));
+        let t = Instant::now();
+        dp.admit(
+            r.index,
+            addr,
+            &sandgate_policy::Reason::EssentialService("python".into()),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        admits.push(t.elapsed());
+    }
+    stats("sandgate admit (DNS admission)", &admits, Some(&nft_base));
+    for (i, _) in dp.active_slots() {
+        dp.delete(i).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        // `cargo test --benches` asks benches to list or test themselves.
+        return;
+    }
+    let seconds: f64 = std::env::var("SANDGATE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2.0);
+    creation_and_updates();
+    forwarding(seconds);
+}
