@@ -190,6 +190,23 @@ fn the_host_is_closed_to_sandboxes_except_for_dns() {
         world_dns.recv_from(&mut [0u8; 16]).is_err(),
         "a query reached the world's resolver"
     );
+    // The DNS service's own port is not open to direct queries, on the
+    // gateway or on any other host address: only the redirect leads there.
+    for target in [IpAddr::V4(slot.gateway4), HOST_LINK4.addr()] {
+        send_udp(&ns, SocketAddr::new(target, dns_port), b"direct");
+        assert!(
+            dns.recv_from(&mut [0u8; 16]).is_err(),
+            "{target}:{dns_port} answered directly"
+        );
+    }
+    // IPv6 resolvers are redirected too.
+    send_udp(&ns, SocketAddr::new(DNS6, 53), b"query6");
+    let mut buf = [0u8; 16];
+    let (n, from) = dns.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"query6"[..], IpAddr::V6(slot.sandbox6))
+    );
     // A blocked slot does not even reach the DNS service.
     send_udp(
         &blocked_ns,
@@ -343,4 +360,64 @@ fn an_interface_the_dataplane_does_not_know_is_dropped() {
     // ... but nothing from it is forwarded.
     assert!(!probe(&rogue, Proto::Tcp, SERVER4, TCP_ECHO));
     assert!(!probe(&rogue, Proto::Udp, SERVER4, UDP_ECHO));
+}
+
+#[test]
+fn untracked_icmpv6_does_not_open_a_way_in() {
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (slot, ns) = rig.sandbox("target", &policy);
+    // The world learns a route to the sandboxes (an attacker next door).
+    rig.lab
+        .world()
+        .run(|| {
+            let mut rt = Rtnl::open()?;
+            let wan = rt.link_index("wan")?.unwrap();
+            rt.add_route(
+                "2001:db8:5a00::/48".parse().unwrap(),
+                Some(HOST_LINK6.addr()),
+                wan,
+            )
+        })
+        .unwrap();
+    let listener = ns
+        .run(|| {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV6,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::ICMPV6),
+            )?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            Ok(UdpSocket::from(s))
+        })
+        .unwrap();
+    // Neighbour solicitations, which conntrack does not track, carrying a
+    // payload, and an echo request, from the world to the sandbox.
+    rig.lab
+        .world()
+        .run(|| {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV6,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::ICMPV6),
+            )?;
+            let to = SocketAddr::new(IpAddr::V6(slot.sandbox6), 0);
+            let mut ns_msg = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
+            ns_msg.extend_from_slice(&slot.sandbox6.octets());
+            ns_msg.extend_from_slice(b"smuggled payload");
+            for _ in 0..3 {
+                s.send_to(&ns_msg, &to.into())?;
+                s.send_to(&[128, 0, 0, 0, 0, 1, 0, 1], &to.into())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    while let Ok((n, from)) = listener.recv_from(&mut buf) {
+        assert!(
+            !(from.ip() == WORLD_LINK6.addr() || buf[..n].windows(8).any(|w| w == b"smuggled")),
+            "an ICMPv6 type {} from {from} reached the sandbox",
+            buf[0]
+        );
+    }
 }

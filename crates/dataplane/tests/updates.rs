@@ -141,3 +141,83 @@ fn an_admitted_connection_outlives_its_admission_while_the_policy_stands() {
     // ... but the one it allowed still runs.
     assert!(t.progress(Duration::from_millis(500)) > 0);
 }
+
+#[test]
+fn removing_a_domain_withdraws_its_admissions_and_cuts_their_connections() {
+    let mut rig = Rig::new();
+    let both = rig.resolve(3, allow_domains("*.example.com, example.net"));
+    let (slot, ns) = rig.sandbox("names", &both);
+    let example_com = sandgate_policy::Reason::DomainAllowList(
+        sandgate_policy::DomainPattern::parse("*.example.com").unwrap(),
+    );
+    let example_net = sandgate_policy::Reason::DomainAllowList(
+        sandgate_policy::DomainPattern::parse("example.net").unwrap(),
+    );
+    rig.dp()
+        .admit(slot.index, SERVER4, &example_com, Duration::from_secs(300))
+        .unwrap();
+    rig.dp()
+        .admit(
+            slot.index,
+            SERVER4_B,
+            &example_net,
+            Duration::from_secs(300),
+        )
+        .unwrap();
+    // A rule the policy does not have admits nothing.
+    let other = sandgate_policy::Reason::DomainAllowList(
+        sandgate_policy::DomainPattern::parse("*.example.org").unwrap(),
+    );
+    assert!(rig
+        .dp()
+        .admit(slot.index, SERVER6, &other, Duration::from_secs(300))
+        .is_err());
+    let t = Transfer::start(&ns, SERVER4);
+    assert!(t.progress(Duration::from_millis(300)) > 0);
+    // example.com goes; example.net stays.
+    let one = rig.resolve(3, allow_domains("example.net"));
+    rig.dp().update(slot.index, &one).unwrap();
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        t.progress(Duration::from_secs(1)),
+        0,
+        "the transfer admitted for example.com runs on"
+    );
+    assert!(!probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    assert!(probe(&ns, Proto::Tcp, SERVER4_B, TCP_ECHO));
+    // A tier downgrade to restricted keeps only essential-service admissions.
+    rig.dp()
+        .admit(slot.index, SERVER6, &essential(), Duration::from_secs(300))
+        .unwrap();
+    let restricted = rig.resolve(1, open());
+    rig.dp().update(slot.index, &restricted).unwrap();
+    assert!(!probe(&ns, Proto::Tcp, SERVER4_B, TCP_ECHO));
+    assert!(probe(&ns, Proto::Tcp, SERVER6, TCP_ECHO));
+}
+
+#[test]
+fn overlapping_entries_and_a_restart_after_updates_keep_working() {
+    let mut rig = Rig::new();
+    // A /32 inside a /24, given in both orders, at create and by update.
+    let nested = rig.resolve(3, allow("192.0.2.0/24, 192.0.2.10"));
+    let (a, ns_a) = rig.sandbox("nested", &nested);
+    let single = rig.resolve(3, allow("192.0.2.10"));
+    let (b, ns_b) = rig.sandbox("single", &single);
+    let widened = rig.resolve(3, allow("192.0.2.10, 192.0.2.0/24, 198.51.100.0/24"));
+    rig.dp().update(b.index, &widened).unwrap();
+    assert!(probe(&ns_a, Proto::Tcp, SERVER4, TCP_ECHO));
+    assert!(probe(&ns_b, Proto::Tcp, SERVER4_B, TCP_ECHO));
+    // Restart: both slots come back as they were.
+    rig.dp = None;
+    let (dp, report) =
+        sandgate_dataplane::Dataplane::start(rig.cfg.clone(), rig.policy.clone()).unwrap();
+    rig.dp = Some(dp);
+    assert_eq!(report.restored, vec![a.index, b.index]);
+    assert!(probe(&ns_a, Proto::Tcp, SERVER4, TCP_ECHO));
+    assert!(!probe(&ns_a, Proto::Tcp, SERVER4_B, TCP_ECHO));
+    assert!(probe(&ns_b, Proto::Tcp, SERVER4_B, TCP_ECHO));
+    // And updates after the restart work from what was restored.
+    rig.dp().update(b.index, &single).unwrap();
+    assert!(!probe(&ns_b, Proto::Tcp, SERVER4_B, TCP_ECHO));
+    assert!(probe(&ns_b, Proto::Tcp, SERVER4, TCP_ECHO));
+}

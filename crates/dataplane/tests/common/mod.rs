@@ -135,3 +135,10 @@ pub fn blocked() -> SettingsRequest<'static> {
 pub fn essential() -> sandgate_policy::Reason {
     sandgate_policy::Reason::EssentialService("python".into())
 }
+
+pub fn allow_domains(list: &'static str) -> SettingsRequest<'static> {
+    SettingsRequest {
+        domain_allow_list: Some(list),
+        ..Default::default()
+    }
+}
