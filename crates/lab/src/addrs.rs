@@ -73,6 +73,10 @@ pub const TCP_ECHO: u16 = 7;
 pub const UDP_ECHO: u16 = 7;
 /// TCP: sends a stream of bytes until the peer closes.
 pub const TCP_STREAM: u16 = 19;
+/// HTTP.
+pub const HTTP: u16 = 80;
+/// HTTPS, with a certificate of the lab's CA.
+pub const HTTPS: u16 = 443;
 
 /// Whether `addr` is one the lab may send to: TEST-NET-1/2/3, the
 /// benchmarking range of the sandbox subnets, 2001:db8::/32, or loopback.

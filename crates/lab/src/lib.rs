@@ -9,18 +9,23 @@
 //!   machine's real interfaces, so nothing can leave.
 //! - `world`: plays the internet. Servers listen on TEST-NET and
 //!   2001:db8::/32 addresses ([`addrs`]): TCP echo, a TCP stream source, UDP
-//!   echo.
+//!   echo, HTTP, HTTPS with a certificate of the lab's own CA
+//!   ([`Lab::ca_pem`]), and an authoritative DNS server ([`dns::Zone`]) for
+//!   the catalog's names and the test domains, which counts its queries.
 //!
 //! [`Lab`] removes itself on drop, also when a test panics; labs left by a
 //! killed process are swept by the next [`Lab::up`].
 
 pub mod addrs;
+pub mod dns;
+mod http;
 mod servers;
+pub mod tls;
 
 use addrs::*;
 use sandgate_netns::{set_sysctl, Netns, Rtnl};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -28,13 +33,22 @@ use std::thread::JoinHandle;
 pub const LAB_PREFIX: &str = "sgl-";
 
 /// A running lab.
-#[derive(Debug)]
 pub struct Lab {
     tag: String,
     host: Option<Netns>,
     world: Option<Netns>,
     stop: Arc<AtomicBool>,
     servers: Vec<JoinHandle<()>>,
+    dns_queries: Arc<AtomicU64>,
+    ca_pem: String,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("tag", &self.tag)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The name of the host end of the uplink, in `host`.
@@ -53,17 +67,26 @@ impl Lab {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        let zone = Arc::new(dns::Zone::lab(&sandgate_policy::Catalog::builtin()));
+        let tls = tls::LabTls::new(&zone.names())?;
         let mut lab = Lab {
             host: Some(Netns::create(&format!("{tag}-host"))?),
             world: None,
             tag: tag.clone(),
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
+            dns_queries: Arc::new(AtomicU64::new(0)),
+            ca_pem: tls.ca_pem.clone(),
         };
         // From here on, dropping `lab` removes whatever was made.
         lab.world = Some(Netns::create(&format!("{tag}-world"))?);
         lab.wire()?;
-        lab.servers = servers::start(lab.world(), &lab.stop)?;
+        let world = servers::World {
+            zone,
+            dns_queries: lab.dns_queries.clone(),
+            tls: tls.server,
+        };
+        lab.servers = servers::start(lab.world(), &world, &lab.stop)?;
         lab.assert_isolated()?;
         Ok(lab)
     }
@@ -71,6 +94,17 @@ impl Lab {
     /// A tag unique to this lab, for names of things made in it.
     pub fn tag(&self) -> &str {
         &self.tag
+    }
+
+    /// How many DNS queries the world's DNS server has received.
+    pub fn dns_queries(&self) -> u64 {
+        self.dns_queries.load(Ordering::SeqCst)
+    }
+
+    /// The lab CA's certificate (PEM), which signed the world's HTTPS
+    /// certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// The namespace of the daemon under test.

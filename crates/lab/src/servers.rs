@@ -1,11 +1,14 @@
 //! The world's servers: plain sockets on threads, bound in the world
 //! namespace on every address (dual-stack), stopped by a flag.
 
-use crate::addrs::{TCP_ECHO, TCP_STREAM, UDP_ECHO, WORLD_ADDRESSES};
+use crate::addrs::{DNS4, DNS6, HTTP, HTTPS, TCP_ECHO, TCP_STREAM, UDP_ECHO, WORLD_ADDRESSES};
+use crate::dns::Zone;
+use crate::http;
 use sandgate_netns::Netns;
 use socket2::{Domain, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -26,13 +29,31 @@ fn dual_stack(ty: Type, port: u16) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Starts the servers in `world`; they stop when `stop` is set.
-pub fn start(world: &Netns, stop: &Arc<AtomicBool>) -> io::Result<Vec<JoinHandle<()>>> {
-    let (echo, stream, udp) = world.run(|| {
-        let echo = dual_stack(Type::STREAM, TCP_ECHO)?;
-        echo.listen(128)?;
-        let stream = dual_stack(Type::STREAM, TCP_STREAM)?;
-        stream.listen(128)?;
+/// What the world serves: its DNS zone, query counter and TLS setup.
+pub struct World {
+    /// The authoritative zone.
+    pub zone: Arc<Zone>,
+    /// DNS queries received, over UDP and TCP.
+    pub dns_queries: Arc<AtomicU64>,
+    /// The HTTPS server's configuration.
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+type Handler = Arc<dyn Fn(TcpStream, &AtomicBool) + Send + Sync>;
+
+/// Starts the servers in `world_ns`; they stop when `stop` is set.
+pub fn start(
+    world_ns: &Netns,
+    world: &World,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let (tcp, udp, dns_udp, dns_tcp) = world_ns.run(|| {
+        let mut tcp = Vec::new();
+        for port in [TCP_ECHO, TCP_STREAM, HTTP, HTTPS] {
+            let s = dual_stack(Type::STREAM, port)?;
+            s.listen(128)?;
+            tcp.push(TcpListener::from(s));
+        }
         // One UDP socket per address, so that each answer comes from the
         // address that was asked.
         let mut udp = Vec::new();
@@ -44,23 +65,98 @@ pub fn start(world: &Netns, stop: &Arc<AtomicBool>) -> io::Result<Vec<JoinHandle
                 .ok_or_else(|| io::Error::other(format!("bad lab address {net}")))?;
             udp.push(UdpSocket::bind(SocketAddr::new(addr, UDP_ECHO))?);
         }
-        Ok((TcpListener::from(echo), TcpListener::from(stream), udp))
+        let mut dns_udp = Vec::new();
+        let mut dns_tcp = Vec::new();
+        for addr in [DNS4, DNS6] {
+            dns_udp.push(UdpSocket::bind(SocketAddr::new(addr, 53))?);
+            let l = TcpListener::bind(SocketAddr::new(addr, 53))?;
+            dns_tcp.push(l);
+        }
+        Ok((tcp, udp, dns_udp, dns_tcp))
     })?;
-    let mut threads = vec![
-        tcp_server(echo, stop.clone(), echo_conn),
-        tcp_server(stream, stop.clone(), stream_conn),
+    let tls = world.tls.clone();
+    let handlers: [Handler; 4] = [
+        Arc::new(echo_conn),
+        Arc::new(stream_conn),
+        Arc::new(|mut c: TcpStream, _: &AtomicBool| {
+            let _ = http::serve(&mut c);
+        }),
+        Arc::new(move |c: TcpStream, _: &AtomicBool| {
+            if let Ok(conn) = rustls::ServerConnection::new(tls.clone()) {
+                let mut stream = rustls::StreamOwned::new(conn, c);
+                let _ = http::serve(&mut stream);
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            }
+        }),
     ];
+    let mut threads = Vec::new();
+    for (listener, handler) in tcp.into_iter().zip(handlers) {
+        threads.push(tcp_server(listener, stop.clone(), handler));
+    }
     for sock in udp {
         threads.push(udp_echo(sock, stop.clone())?);
+    }
+    for sock in dns_udp {
+        threads.push(dns_udp_server(
+            sock,
+            world.zone.clone(),
+            world.dns_queries.clone(),
+            stop.clone(),
+        )?);
+    }
+    for listener in dns_tcp {
+        let (zone, count) = (world.zone.clone(), world.dns_queries.clone());
+        let handler: Handler = Arc::new(move |c, _| dns_tcp_conn(c, &zone, &count));
+        threads.push(tcp_server(listener, stop.clone(), handler));
     }
     Ok(threads)
 }
 
-fn tcp_server(
-    listener: TcpListener,
+fn dns_udp_server(
+    sock: UdpSocket,
+    zone: Arc<Zone>,
+    count: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    handle: fn(TcpStream, Arc<AtomicBool>),
-) -> JoinHandle<()> {
+) -> io::Result<JoinHandle<()>> {
+    sock.set_read_timeout(Some(POLL))?;
+    Ok(thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if let Some(answer) = zone.answer(&buf[..n], &count) {
+                    let _ = sock.send_to(&answer, from);
+                }
+            }
+        }
+    }))
+}
+
+/// DNS over TCP: two-byte length, message; as many as the client sends.
+fn dns_tcp_conn(mut conn: TcpStream, zone: &Zone, count: &AtomicU64) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    loop {
+        let mut len = [0u8; 2];
+        if conn.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if conn.read_exact(&mut msg).is_err() {
+            return;
+        }
+        let Some(answer) = zone.answer(&msg, count) else {
+            return;
+        };
+        let Ok(n) = u16::try_from(answer.len()) else {
+            return;
+        };
+        if conn.write_all(&n.to_be_bytes()).is_err() || conn.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+fn tcp_server(listener: TcpListener, stop: Arc<AtomicBool>, handle: Handler) -> JoinHandle<()> {
     thread::spawn(move || {
         if listener.set_nonblocking(true).is_err() {
             return;
@@ -70,14 +166,14 @@ fn tcp_server(
             match listener.accept() {
                 Ok((conn, _)) => {
                     let stop = stop.clone();
+                    let handle = handle.clone();
                     conns.push(thread::spawn(move || {
                         let _ = conn.set_nonblocking(false);
                         let _ = conn.set_read_timeout(Some(POLL));
                         let _ = conn.set_write_timeout(Some(POLL));
-                        handle(conn, stop)
+                        handle(conn, &stop)
                     }));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL),
                 Err(_) => thread::sleep(POLL),
             }
         }
@@ -95,7 +191,7 @@ fn retryable(e: &io::Error) -> bool {
 }
 
 /// Echoes until the peer closes.
-fn echo_conn(mut conn: TcpStream, stop: Arc<AtomicBool>) {
+fn echo_conn(mut conn: TcpStream, stop: &AtomicBool) {
     let mut buf = [0u8; 16 * 1024];
     while !stop.load(Ordering::SeqCst) {
         match conn.read(&mut buf) {
@@ -112,7 +208,7 @@ fn echo_conn(mut conn: TcpStream, stop: Arc<AtomicBool>) {
 }
 
 /// Sends bytes until the peer closes or stops reading for good.
-fn stream_conn(mut conn: TcpStream, stop: Arc<AtomicBool>) {
+fn stream_conn(mut conn: TcpStream, stop: &AtomicBool) {
     let chunk = [b'x'; 4096];
     while !stop.load(Ordering::SeqCst) {
         match conn.write(&chunk) {

@@ -1,0 +1,61 @@
+//! The world's HTTP service, in the clear and over TLS: answers every
+//! request with 200 and a line naming the request, so a client can check
+//! what it reached.
+
+use std::io::{self, Read, Write};
+
+/// Reads one request head from `conn` and answers it.
+pub fn serve(conn: &mut impl ReadWrite) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        if buf.len() > 16 * 1024 {
+            return answer(conn, 431, "request head too large\n");
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(&buf[..head_end]) {
+        Ok(httparse::Status::Complete(_)) => {
+            let host = request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("host"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                .unwrap_or_default();
+            let body = format!(
+                "sandgate lab: {} {} host={host}\n",
+                request.method.unwrap_or("?"),
+                request.path.unwrap_or("?")
+            );
+            answer(conn, 200, &body)
+        }
+        _ => answer(conn, 400, "bad request\n"),
+    }
+}
+
+fn answer(conn: &mut impl ReadWrite, status: u16, body: &str) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        _ => "Request Header Fields Too Large",
+    };
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(response.as_bytes())?;
+    conn.flush()
+}
+
+/// A stream to read a request from and write the answer to.
+pub trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
