@@ -11,5 +11,5 @@
 mod ns;
 mod rtnl;
 
-pub use ns::{set_sysctl, Netns, NETNS_DIR};
+pub use ns::{set_sysctl, Netns, TempNetns, NETNS_DIR};
 pub use rtnl::{Link, Rtnl};

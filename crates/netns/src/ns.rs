@@ -179,3 +179,36 @@ pub fn set_sysctl(key: &str, value: &str) -> io::Result<()> {
     fs::write(&path, value)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
+
+/// A namespace that is deleted when dropped, also when a test panics: for
+/// tests and tools that need a scratch namespace.
+#[derive(Debug)]
+pub struct TempNetns(Option<Netns>);
+
+impl TempNetns {
+    /// A new namespace named `<prefix>-<pid>`, replacing a leftover of
+    /// that name.
+    pub fn new(prefix: &str) -> io::Result<TempNetns> {
+        let name = format!("{prefix}-{}", std::process::id());
+        Netns::delete_name(&name)?;
+        Ok(TempNetns(Some(Netns::create(&name)?)))
+    }
+}
+
+impl std::ops::Deref for TempNetns {
+    type Target = Netns;
+
+    fn deref(&self) -> &Netns {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for TempNetns {
+    fn drop(&mut self) {
+        if let Some(ns) = self.0.take() {
+            let _ = ns.delete();
+        }
+    }
+}

@@ -49,6 +49,18 @@ fn family(addr: IpAddr) -> AddressFamily {
     }
 }
 
+/// The message naming `net` on link `index`.
+fn address_message(index: u32, net: IpNet) -> AddressMessage {
+    let addr = net.addr();
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(addr);
+    msg.header.prefix_len = net.prefix_len();
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr));
+    msg.attributes.push(AddressAttribute::Address(addr));
+    msg
+}
+
 impl Rtnl {
     /// Opens a connection in the calling thread's network namespace.
     pub fn open() -> io::Result<Rtnl> {
@@ -212,14 +224,8 @@ impl Rtnl {
     /// detection (the link is a private point-to-point pair), so they are
     /// usable at once.
     pub fn add_address(&mut self, index: u32, net: IpNet) -> io::Result<()> {
-        let addr = net.addr();
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(addr);
-        msg.header.prefix_len = net.prefix_len();
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr));
-        msg.attributes.push(AddressAttribute::Address(addr));
-        if addr.is_ipv6() {
+        let mut msg = address_message(index, net);
+        if net.addr().is_ipv6() {
             msg.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
@@ -231,14 +237,10 @@ impl Rtnl {
 
     /// Removes `addr/prefix` from a link.
     pub fn delete_address(&mut self, index: u32, net: IpNet) -> io::Result<()> {
-        let addr = net.addr();
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(addr);
-        msg.header.prefix_len = net.prefix_len();
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr));
-        msg.attributes.push(AddressAttribute::Address(addr));
-        self.ack(RouteNetlinkMessage::DelAddress(msg), 0)
+        self.ack(
+            RouteNetlinkMessage::DelAddress(address_message(index, net)),
+            0,
+        )
     }
 
     /// Adds a permanent neighbour entry: `addr` is at `mac` on link `index`.

@@ -2,73 +2,53 @@
 
 #![allow(clippy::unwrap_used)]
 
-use sandgate_netns::{Netns, Rtnl};
+use sandgate_netns::{Netns, Rtnl, TempNetns};
 use std::net::{IpAddr, UdpSocket};
 use std::time::Duration;
 
-/// A namespace that is deleted when dropped, also when a test panics.
-struct Scratch(Option<Netns>);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let name = format!("sgt-{tag}-{}", std::process::id());
-        let _ = Netns::delete_name(&name);
-        Scratch(Some(Netns::create(&name).unwrap()))
-    }
-    fn ns(&self) -> &Netns {
-        self.0.as_ref().unwrap()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(ns) = self.0.take() {
-            ns.delete().unwrap();
-        }
-    }
+fn scratch(tag: &str) -> TempNetns {
+    TempNetns::new(&format!("sgt-{tag}")).unwrap()
 }
 
 #[test]
 fn a_veth_pair_between_two_namespaces_carries_udp_both_ways() {
-    let a = Scratch::new("a");
-    let b = Scratch::new("b");
-    let b_fd = b.ns().fd();
+    let a = scratch("a");
+    let b = scratch("b");
+    let b_fd = b.fd();
     // Made from inside A, with the peer created directly in B.
-    a.ns()
-        .run(|| {
-            let mut rt = Rtnl::open()?;
-            rt.add_veth("sgt-a", "sgt-b", Some(b_fd))?;
-            let idx = rt.link_index("sgt-a")?.unwrap();
-            rt.add_address(idx, "192.0.2.1/31".parse().unwrap())?;
-            rt.add_address(idx, "2001:db8:77::1/64".parse().unwrap())?;
-            rt.set_up(idx)?;
-            let lo = rt.link_index("lo")?.unwrap();
-            rt.set_up(lo)
-        })
-        .unwrap();
-    b.ns()
-        .run(|| {
-            let mut rt = Rtnl::open()?;
-            assert!(rt.link_index("sgt-a")?.is_none(), "the host end stays in A");
-            let idx = rt.link_index("sgt-b")?.unwrap();
-            rt.add_address(idx, "192.0.2.0/31".parse().unwrap())?;
-            rt.add_address(idx, "2001:db8:77::2/64".parse().unwrap())?;
-            rt.set_up(idx)?;
-            rt.add_route(
-                "0.0.0.0/0".parse().unwrap(),
-                Some("192.0.2.1".parse().unwrap()),
-                idx,
-            )
-        })
-        .unwrap();
+    a.run(|| {
+        let mut rt = Rtnl::open()?;
+        rt.add_veth("sgt-a", "sgt-b", Some(b_fd))?;
+        let idx = rt.link_index("sgt-a")?.unwrap();
+        rt.add_address(idx, "192.0.2.1/31".parse().unwrap())?;
+        rt.add_address(idx, "2001:db8:77::1/64".parse().unwrap())?;
+        rt.set_up(idx)?;
+        let lo = rt.link_index("lo")?.unwrap();
+        rt.set_up(lo)
+    })
+    .unwrap();
+    b.run(|| {
+        let mut rt = Rtnl::open()?;
+        assert!(rt.link_index("sgt-a")?.is_none(), "the host end stays in A");
+        let idx = rt.link_index("sgt-b")?.unwrap();
+        rt.add_address(idx, "192.0.2.0/31".parse().unwrap())?;
+        rt.add_address(idx, "2001:db8:77::2/64".parse().unwrap())?;
+        rt.set_up(idx)?;
+        rt.add_route(
+            "0.0.0.0/0".parse().unwrap(),
+            Some("192.0.2.1".parse().unwrap()),
+            idx,
+        )
+    })
+    .unwrap();
     // A server in A, a client in B, over IPv4 and IPv6.
     for (server, client) in [
         ("192.0.2.1:7001", "192.0.2.0:0"),
         ("[2001:db8:77::1]:7001", "[2001:db8:77::2]:0"),
     ] {
-        let srv = a.ns().run(|| UdpSocket::bind(server)).unwrap();
+        let srv = a.run(|| UdpSocket::bind(server)).unwrap();
         srv.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let cli = b.ns().run(|| UdpSocket::bind(client)).unwrap();
+        let cli = b.run(|| UdpSocket::bind(client)).unwrap();
         cli.send_to(b"ping", server).unwrap();
         let mut buf = [0u8; 16];
         let (n, from) = srv.recv_from(&mut buf).unwrap();
@@ -107,8 +87,8 @@ fn deleting_a_namespace_removes_its_name_and_devices() {
 
 #[test]
 fn creating_a_namespace_twice_fails_and_keeps_the_first() {
-    let first = Scratch::new("dup");
-    let err = Netns::create(first.ns().name()).unwrap_err();
+    let first = scratch("dup");
+    let err = Netns::create(first.name()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
-    assert!(Netns::open(first.ns().name()).is_ok());
+    assert!(Netns::open(first.name()).is_ok());
 }

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use sandgate_netns::Netns;
+use sandgate_netns::TempNetns;
 use sandgate_nftables::{list_set, load_ruleset, ElementData, Key, NftSocket, Transaction};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
@@ -21,27 +21,6 @@ table inet t {
 }
 "#;
 
-struct Scratch(Option<Netns>);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let name = format!("sgt-nft-{tag}-{}", std::process::id());
-        let _ = Netns::delete_name(&name);
-        Scratch(Some(Netns::create(&name).unwrap()))
-    }
-    fn ns(&self) -> &Netns {
-        self.0.as_ref().unwrap()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(ns) = self.0.take() {
-            ns.delete().unwrap();
-        }
-    }
-}
-
 fn values(set: &str) -> Vec<String> {
     let mut v: Vec<String> = list_set("t", set)
         .unwrap()
@@ -53,182 +32,182 @@ fn values(set: &str) -> Vec<String> {
     v
 }
 
+fn scratch(tag: &str) -> TempNetns {
+    TempNetns::new(&format!("sgt-nft-{tag}")).unwrap()
+}
+
 #[test]
 fn a_transaction_adds_and_deletes_elements_of_every_kind() {
-    let s = Scratch::new("kinds");
-    s.ns()
-        .run(|| {
-            load_ruleset(RULESET)?;
-            let mut sock = NftSocket::open()?;
-            let a = Ipv4Addr::new(192, 0, 2, 7);
-            let mut tx = Transaction::new("t");
-            tx.add("src4", Key::new().ifname("sgh1").ipv4(a))
-                .add_interval(
-                    "allow4",
-                    Key::new()
-                        .ifname("sgh1")
-                        .ipv4(Ipv4Addr::new(198, 51, 100, 0)),
-                    Key::new()
-                        .ifname("sgh1")
-                        .ipv4(Ipv4Addr::new(198, 51, 100, 255)),
-                )
-                .add_interval(
-                    "allow6",
-                    Key::new()
-                        .ifname("sgh1")
-                        .ipv6("2001:db8::".parse::<Ipv6Addr>().unwrap()),
-                    Key::new()
-                        .ifname("sgh1")
-                        .ipv6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()),
-                )
-                .add_with_timeout(
-                    "admit4",
-                    Key::new().ifname("sgh1").ipv4(a),
-                    Duration::from_secs(60),
-                )
-                .add("valid", Key::new().ifname("sgh1").mark(42))
-                .add_mapping(
-                    "mode",
-                    Key::new().ifname("sgh1"),
-                    ElementData::Jump("open".into()),
-                )
-                .add_mapping(
-                    "gen",
-                    Key::new().ifname("sgh1"),
-                    ElementData::Value(Key::new().mark(42)),
-                );
-            sock.commit(&tx)?;
-            assert_eq!(values("src4"), vec![r#"["sgh1","192.0.2.7"]"#]);
-            assert_eq!(
-                values("allow4"),
-                vec![r#"["sgh1",{"prefix":{"addr":"198.51.100.0","len":24}}]"#]
+    let s = scratch("kinds");
+    s.run(|| {
+        load_ruleset(RULESET)?;
+        let mut sock = NftSocket::open()?;
+        let a = Ipv4Addr::new(192, 0, 2, 7);
+        let mut tx = Transaction::new("t");
+        tx.add("src4", Key::new().ifname("sgh1").ipv4(a))
+            .add_interval(
+                "allow4",
+                Key::new()
+                    .ifname("sgh1")
+                    .ipv4(Ipv4Addr::new(198, 51, 100, 0)),
+                Key::new()
+                    .ifname("sgh1")
+                    .ipv4(Ipv4Addr::new(198, 51, 100, 255)),
+            )
+            .add_interval(
+                "allow6",
+                Key::new()
+                    .ifname("sgh1")
+                    .ipv6("2001:db8::".parse::<Ipv6Addr>().unwrap()),
+                Key::new()
+                    .ifname("sgh1")
+                    .ipv6("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()),
+            )
+            .add_with_timeout(
+                "admit4",
+                Key::new().ifname("sgh1").ipv4(a),
+                Duration::from_secs(60),
+            )
+            .add("valid", Key::new().ifname("sgh1").mark(42))
+            .add_mapping(
+                "mode",
+                Key::new().ifname("sgh1"),
+                ElementData::Jump("open".into()),
+            )
+            .add_mapping(
+                "gen",
+                Key::new().ifname("sgh1"),
+                ElementData::Value(Key::new().mark(42)),
             );
-            assert_eq!(
-                values("allow6"),
-                vec![r#"["sgh1",{"prefix":{"addr":"2001:db8::","len":32}}]"#]
-            );
-            assert_eq!(values("valid"), vec![r#"["sgh1",42]"#]);
-            let admitted = list_set("t", "admit4")?.unwrap();
-            assert!(admitted[0].expires_ms.unwrap() > 50_000);
-            // And away again, in one transaction.
-            let mut tx = Transaction::new("t");
-            tx.delete("src4", Key::new().ifname("sgh1").ipv4(a))
-                .delete_interval(
-                    "allow4",
-                    Key::new()
-                        .ifname("sgh1")
-                        .ipv4(Ipv4Addr::new(198, 51, 100, 0)),
-                    Key::new()
-                        .ifname("sgh1")
-                        .ipv4(Ipv4Addr::new(198, 51, 100, 255)),
-                )
-                .delete("mode", Key::new().ifname("sgh1"))
-                .delete("gen", Key::new().ifname("sgh1"));
-            sock.commit(&tx)?;
-            assert!(values("src4").is_empty());
-            assert!(values("allow4").is_empty());
-            assert!(values("mode").is_empty());
-            Ok(())
-        })
-        .unwrap();
+        sock.commit(&tx)?;
+        assert_eq!(values("src4"), vec![r#"["sgh1","192.0.2.7"]"#]);
+        assert_eq!(
+            values("allow4"),
+            vec![r#"["sgh1",{"prefix":{"addr":"198.51.100.0","len":24}}]"#]
+        );
+        assert_eq!(
+            values("allow6"),
+            vec![r#"["sgh1",{"prefix":{"addr":"2001:db8::","len":32}}]"#]
+        );
+        assert_eq!(values("valid"), vec![r#"["sgh1",42]"#]);
+        let admitted = list_set("t", "admit4")?.unwrap();
+        assert!(admitted[0].expires_ms.unwrap() > 50_000);
+        // And away again, in one transaction.
+        let mut tx = Transaction::new("t");
+        tx.delete("src4", Key::new().ifname("sgh1").ipv4(a))
+            .delete_interval(
+                "allow4",
+                Key::new()
+                    .ifname("sgh1")
+                    .ipv4(Ipv4Addr::new(198, 51, 100, 0)),
+                Key::new()
+                    .ifname("sgh1")
+                    .ipv4(Ipv4Addr::new(198, 51, 100, 255)),
+            )
+            .delete("mode", Key::new().ifname("sgh1"))
+            .delete("gen", Key::new().ifname("sgh1"));
+        sock.commit(&tx)?;
+        assert!(values("src4").is_empty());
+        assert!(values("allow4").is_empty());
+        assert!(values("mode").is_empty());
+        Ok(())
+    })
+    .unwrap();
 }
 
 #[test]
 fn a_failing_change_leaves_the_whole_transaction_undone() {
-    let s = Scratch::new("atomic");
-    s.ns()
-        .run(|| {
-            load_ruleset(RULESET)?;
-            let mut sock = NftSocket::open()?;
-            let mut tx = Transaction::new("t");
-            tx.add(
-                "src4",
-                Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, 1)),
-            )
-            // Not there: the kernel refuses, and the addition above with it.
-            .delete(
-                "src4",
-                Key::new().ifname("sgh9").ipv4(Ipv4Addr::new(192, 0, 2, 9)),
-            );
-            let err = sock.commit(&tx).unwrap_err();
-            assert!(
-                err.to_string().contains("delete an element of set src4"),
-                "{err}"
-            );
-            assert!(values("src4").is_empty());
-            // Adding an element twice fails too (no silent success).
-            let mut tx = Transaction::new("t");
-            tx.add(
-                "src4",
-                Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, 1)),
-            );
-            sock.commit(&tx)?;
-            assert!(sock.commit(&tx).is_err());
-            // The socket is still usable after errors.
-            let mut tx = Transaction::new("t");
-            tx.add(
-                "src4",
-                Key::new().ifname("sgh2").ipv4(Ipv4Addr::new(192, 0, 2, 2)),
-            );
-            sock.commit(&tx)?;
-            assert_eq!(values("src4").len(), 2);
-            Ok(())
-        })
-        .unwrap();
+    let s = scratch("atomic");
+    s.run(|| {
+        load_ruleset(RULESET)?;
+        let mut sock = NftSocket::open()?;
+        let mut tx = Transaction::new("t");
+        tx.add(
+            "src4",
+            Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, 1)),
+        )
+        // Not there: the kernel refuses, and the addition above with it.
+        .delete(
+            "src4",
+            Key::new().ifname("sgh9").ipv4(Ipv4Addr::new(192, 0, 2, 9)),
+        );
+        let err = sock.commit(&tx).unwrap_err();
+        assert!(
+            err.to_string().contains("delete an element of set src4"),
+            "{err}"
+        );
+        assert!(values("src4").is_empty());
+        // Adding an element twice fails too (no silent success).
+        let mut tx = Transaction::new("t");
+        tx.add(
+            "src4",
+            Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, 1)),
+        );
+        sock.commit(&tx)?;
+        assert!(sock.commit(&tx).is_err());
+        // The socket is still usable after errors.
+        let mut tx = Transaction::new("t");
+        tx.add(
+            "src4",
+            Key::new().ifname("sgh2").ipv4(Ipv4Addr::new(192, 0, 2, 2)),
+        );
+        sock.commit(&tx)?;
+        assert_eq!(values("src4").len(), 2);
+        Ok(())
+    })
+    .unwrap();
 }
 
 #[test]
 fn elements_with_a_timeout_expire() {
-    let s = Scratch::new("timeout");
-    s.ns()
-        .run(|| {
-            load_ruleset(RULESET)?;
-            let mut sock = NftSocket::open()?;
-            let mut tx = Transaction::new("t");
-            tx.add_with_timeout(
-                "admit4",
-                Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, 3)),
-                Duration::from_millis(300),
-            );
-            sock.commit(&tx)?;
-            assert_eq!(list_set("t", "admit4")?.unwrap().len(), 1);
-            std::thread::sleep(Duration::from_millis(1500));
-            assert_eq!(list_set("t", "admit4")?.unwrap().len(), 0);
-            Ok(())
-        })
-        .unwrap();
+    let s = scratch("timeout");
+    s.run(|| {
+        load_ruleset(RULESET)?;
+        let mut sock = NftSocket::open()?;
+        let mut tx = Transaction::new("t");
+        tx.add_with_timeout(
+            "admit4",
+            Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, 3)),
+            Duration::from_millis(300),
+        );
+        sock.commit(&tx)?;
+        assert_eq!(list_set("t", "admit4")?.unwrap().len(), 1);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(list_set("t", "admit4")?.unwrap().len(), 0);
+        Ok(())
+    })
+    .unwrap();
 }
 
 #[test]
 fn destroy_ignores_missing_elements_and_flush_empties_a_set() {
-    let s = Scratch::new("destroy");
-    s.ns()
-        .run(|| {
-            load_ruleset(RULESET)?;
-            let mut sock = NftSocket::open()?;
-            let k = |d| Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, d));
-            let mut tx = Transaction::new("t");
-            tx.add("src4", k(1)).add("src4", k(2)).add("src4", k(3));
-            sock.commit(&tx)?;
-            // Destroy of a present and an absent element, and a refresh
-            // (destroy then add) of a timed element, in one batch.
-            let mut tx = Transaction::new("t");
-            tx.destroy("src4", k(1))
-                .destroy("src4", k(9))
-                .destroy("admit4", k(5))
-                .add_with_timeout("admit4", k(5), Duration::from_secs(30));
-            sock.commit(&tx)?;
-            assert_eq!(values("src4").len(), 2);
-            let mut tx = Transaction::new("t");
-            tx.destroy("admit4", k(5))
-                .add_with_timeout("admit4", k(5), Duration::from_secs(90));
-            sock.commit(&tx)?;
-            assert!(list_set("t", "admit4")?.unwrap()[0].expires_ms.unwrap() > 60_000);
-            let mut tx = Transaction::new("t");
-            tx.flush("src4");
-            sock.commit(&tx)?;
-            assert!(values("src4").is_empty());
-            Ok(())
-        })
-        .unwrap();
+    let s = scratch("destroy");
+    s.run(|| {
+        load_ruleset(RULESET)?;
+        let mut sock = NftSocket::open()?;
+        let k = |d| Key::new().ifname("sgh1").ipv4(Ipv4Addr::new(192, 0, 2, d));
+        let mut tx = Transaction::new("t");
+        tx.add("src4", k(1)).add("src4", k(2)).add("src4", k(3));
+        sock.commit(&tx)?;
+        // Destroy of a present and an absent element, and a refresh
+        // (destroy then add) of a timed element, in one batch.
+        let mut tx = Transaction::new("t");
+        tx.destroy("src4", k(1))
+            .destroy("src4", k(9))
+            .destroy("admit4", k(5))
+            .add_with_timeout("admit4", k(5), Duration::from_secs(30));
+        sock.commit(&tx)?;
+        assert_eq!(values("src4").len(), 2);
+        let mut tx = Transaction::new("t");
+        tx.destroy("admit4", k(5))
+            .add_with_timeout("admit4", k(5), Duration::from_secs(90));
+        sock.commit(&tx)?;
+        assert!(list_set("t", "admit4")?.unwrap()[0].expires_ms.unwrap() > 60_000);
+        let mut tx = Transaction::new("t");
+        tx.flush("src4");
+        sock.commit(&tx)?;
+        assert!(values("src4").is_empty());
+        Ok(())
+    })
+    .unwrap();
 }
