@@ -75,11 +75,6 @@ impl SlotPolicy {
         }
     }
 
-    /// Whether the DNS service answers this slot at all.
-    pub fn uses_dns(&self) -> bool {
-        self.mode != Mode::Blocked
-    }
-
     /// Whether the slot may hold DNS admissions.
     pub fn admits(&self) -> bool {
         matches!(self.mode, Mode::Allowlist | Mode::Restricted)
@@ -158,10 +153,7 @@ fn mode(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, verb: Verb) {
         )))
     };
     tx.element(verb, "mode", k.clone(), None, jump(false));
-    tx.element(verb, "back_mode", k.clone(), None, jump(true));
-    if p.uses_dns() {
-        tx.element(verb, "dns_slots", k, None, None);
-    }
+    tx.element(verb, "back_mode", k, None, jump(true));
 }
 
 fn lists(tx: &mut Transaction, slot: &SlotAddrs, nets: &[IpNet], private: bool, verb: Verb) {

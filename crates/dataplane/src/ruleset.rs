@@ -14,8 +14,8 @@
 //! 2. `prerouting` (nat): TCP and UDP to port 53, any address, go to the DNS
 //!    service on the gateway.
 //! 3. `input`: to the host itself, only that DNS service reached through
-//!    the redirect (not for `blocked` slots), neighbour discovery, and
-//!    replies to connections the host opened pass.
+//!    the redirect (which refuses every query of a `blocked` slot),
+//!    neighbour discovery, and replies to connections the host opened pass.
 //! 4. `forward`: a connection whose mark is the slot's current generation
 //!    passes at once; anything else is evaluated: always-denied ranges, then
 //!    the slot's mode chain (`open`, `allowlist`, `restricted`, `blocked`).
@@ -133,7 +133,6 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
     );
     r.push_str(
         "  set slots { type ifname; }\n\
-         \x20 set dns_slots { type ifname; }\n\
          \x20 set src4 { type ifname . ipv4_addr; }\n\
          \x20 set src6 { type ifname . ipv6_addr; }\n\
          \x20 map mode { type ifname : verdict; }\n\
@@ -197,7 +196,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   iifname != @slots drop\n\
          \x20   ct direction reply ct state established,related accept\n\
          \x20   {nd} accept\n\
-         \x20   iifname @dns_slots ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} accept\n\
+         \x20   ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} accept\n\
          \x20   ct state new update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{host}\"\n\
          \x20   drop\n  }}\n",
         host = prefix::HOST,

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 fn per_slot_sets() -> Vec<String> {
     let mut sets: Vec<String> = [
         "slots",
-        "dns_slots",
         "src4",
         "src6",
         "mode",
