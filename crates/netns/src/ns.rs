@@ -133,6 +133,36 @@ impl Netns {
         })
     }
 
+    /// Starts a thread that enters this namespace and runs `f`. Every
+    /// socket the thread opens, for as long as it lives, belongs to the
+    /// namespace, and so do the threads it starts: for servers whose
+    /// workers open sockets of their own. `f` never runs if the thread
+    /// cannot enter the namespace; the error is returned here.
+    pub fn spawn(
+        &self,
+        name: &str,
+        f: impl FnOnce() + Send + 'static,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        let file = self.file.try_clone()?;
+        let ns_name = self.name.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let entered = setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| errno(&format!("entering namespace {ns_name}"), e));
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    f();
+                }
+            })?;
+        ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("namespace thread vanished")))?;
+        Ok(handle)
+    }
+
     /// Removes the namespace's name. The namespace itself goes away with the
     /// last process or descriptor in it (its devices with it).
     pub fn delete(self) -> io::Result<()> {

@@ -1,0 +1,221 @@
+//! The DNS service in the lab: a dataplane, the service on the lab host,
+//! the world's DNS server upstream, and sandboxes that ask through their
+//! gateway like any resolver library would.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
+use sandgate_dataplane::probe::{reachable, Proto};
+use sandgate_dataplane::{Dataplane, DataplaneConfig, SlotAddrs};
+use sandgate_dns::{Directory, DnsConfig, DnsService, Upstream};
+use sandgate_lab::addrs::*;
+use sandgate_lab::Lab;
+use sandgate_netns::Netns;
+use sandgate_policy::{Catalog, EffectivePolicy, PolicyConfig, Reason, SettingsRequest};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const WAIT: Duration = Duration::from_millis(400);
+
+/// The sandboxes of the rig and the dataplane that admits for them.
+pub struct LabDirectory {
+    pub dp: Mutex<Dataplane>,
+    pub sandboxes: Mutex<HashMap<IpAddr, (u32, EffectivePolicy)>>,
+}
+
+impl Directory for LabDirectory {
+    fn sandbox(&self, source: IpAddr) -> Option<(u32, EffectivePolicy)> {
+        self.sandboxes.lock().unwrap().get(&source).cloned()
+    }
+
+    fn admit(&self, slot: u32, addr: IpAddr, rule: &Reason, lifetime: Duration) -> io::Result<()> {
+        self.dp.lock().unwrap().admit(slot, addr, rule, lifetime)
+    }
+}
+
+pub struct Rig {
+    pub service: Option<DnsService>,
+    pub directory: Arc<LabDirectory>,
+    pub policy: Arc<PolicyConfig>,
+    dir: PathBuf,
+    pub lab: Lab,
+}
+
+pub fn lab_policy() -> PolicyConfig {
+    PolicyConfig::from_toml(&format!(
+        r#"
+        extra_private = [
+            {{ cidr = "{LAB_PRIVATE4}", label = "lab private" }},
+            {{ cidr = "{LAB_PRIVATE6}", label = "lab private" }},
+        ]
+        extra_always_denied = [
+            {{ cidr = "{LAB_DENIED4}", label = "lab metadata stand-in" }},
+            {{ cidr = "{LAB_DENIED6}", label = "lab metadata stand-in" }},
+        ]
+        "#
+    ))
+    .unwrap()
+}
+
+impl Rig {
+    pub fn new() -> Rig {
+        Rig::with_floor(Duration::from_secs(60))
+    }
+
+    pub fn with_floor(floor: Duration) -> Rig {
+        let lab = Lab::up().unwrap();
+        let policy = Arc::new(lab_policy());
+        let dir = std::env::temp_dir().join(format!("sandgate-dns-test-{}", lab.tag()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = DataplaneConfig::new(&policy, lab.tag(), dir.join("dataplane.json")).unwrap();
+        cfg.host_netns = Some(lab.host().name().to_string());
+        let port = cfg.dns_port;
+        let (dp, _) = Dataplane::start(cfg, (*policy).clone()).unwrap();
+        let directory = Arc::new(LabDirectory {
+            dp: Mutex::new(dp),
+            sandboxes: Mutex::new(HashMap::new()),
+        });
+        let mut dns = DnsConfig::new(
+            port,
+            Upstream {
+                servers: vec![SocketAddr::new(DNS4, 53), SocketAddr::new(DNS6, 53)],
+                timeout: Duration::from_secs(1),
+            },
+        );
+        dns.lifetime_floor = floor;
+        let host = Netns::open(lab.host().name()).unwrap();
+        let service = DnsService::start(
+            Some(&host),
+            dns,
+            directory.clone(),
+            Arc::new(Catalog::builtin()),
+            policy.clone(),
+        )
+        .unwrap();
+        Rig {
+            service: Some(service),
+            directory,
+            policy,
+            dir,
+            lab,
+        }
+    }
+
+    pub fn service(&self) -> &DnsService {
+        self.service.as_ref().unwrap()
+    }
+
+    pub fn resolve_policy(&self, tier: u8, request: SettingsRequest<'_>) -> EffectivePolicy {
+        let settings = self.policy.settings_for_create(tier, &request).unwrap();
+        self.policy.resolve(tier, &settings).unwrap()
+    }
+
+    /// A sandbox of `tier` with these settings: its slot and namespace.
+    pub fn sandbox(
+        &self,
+        name: &str,
+        tier: u8,
+        request: SettingsRequest<'_>,
+    ) -> (SlotAddrs, Netns) {
+        let policy = self.resolve_policy(tier, request);
+        let slot = self
+            .directory
+            .dp
+            .lock()
+            .unwrap()
+            .create(name, &policy)
+            .unwrap();
+        let mut s = self.directory.sandboxes.lock().unwrap();
+        s.insert(IpAddr::V4(slot.sandbox4), (slot.index, policy.clone()));
+        s.insert(IpAddr::V6(slot.sandbox6), (slot.index, policy));
+        let ns = Netns::open(&slot.netns).unwrap();
+        (slot, ns)
+    }
+
+    /// Applies a new policy to a sandbox, in the dataplane and for the
+    /// DNS service.
+    pub fn update(&self, slot: &SlotAddrs, tier: u8, request: SettingsRequest<'_>) {
+        let policy = self.resolve_policy(tier, request);
+        self.directory
+            .dp
+            .lock()
+            .unwrap()
+            .update(slot.index, &policy)
+            .unwrap();
+        let mut s = self.directory.sandboxes.lock().unwrap();
+        s.insert(IpAddr::V4(slot.sandbox4), (slot.index, policy.clone()));
+        s.insert(IpAddr::V6(slot.sandbox6), (slot.index, policy));
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.service = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = 0x5a5a;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    m.to_vec().unwrap()
+}
+
+/// Asks `server` (port 53) from inside `ns`, over UDP or TCP.
+pub fn ask(ns: &Netns, server: IpAddr, name: &str, qtype: RecordType, tcp: bool) -> Message {
+    let q = query(name, qtype);
+    ns.run(|| {
+        let to = SocketAddr::new(server, 53);
+        let bytes = if tcp {
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            c.set_read_timeout(Some(Duration::from_secs(3)))?;
+            c.write_all(&(q.len() as u16).to_be_bytes())?;
+            c.write_all(&q)?;
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len)?;
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            c.read_exact(&mut buf)?;
+            buf
+        } else {
+            let bind = if server.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let u = UdpSocket::bind(bind)?;
+            u.set_read_timeout(Some(Duration::from_secs(3)))?;
+            u.send_to(&q, to)?;
+            let mut buf = [0u8; 4096];
+            let n = u.recv(&mut buf)?;
+            buf[..n].to_vec()
+        };
+        Ok(Message::from_vec(&bytes).unwrap())
+    })
+    .unwrap()
+}
+
+pub fn probe(ns: &Netns, dest: IpAddr, port: u16) -> bool {
+    assert!(is_lab_address(dest));
+    reachable(ns, Proto::Tcp, dest, port, WAIT).unwrap()
+}
+
+pub fn allow_domains(list: &'static str) -> SettingsRequest<'static> {
+    SettingsRequest {
+        domain_allow_list: Some(list),
+        ..Default::default()
+    }
+}
+
+/// A name of the catalog, taken from it.
+pub fn catalog_name() -> String {
+    let catalog = Catalog::builtin();
+    let name = catalog.names().find(|(_, p)| !p.is_wildcard()).unwrap().1;
+    name.base().to_string()
+}

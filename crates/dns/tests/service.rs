@@ -1,0 +1,273 @@
+//! The DNS service in the lab, end to end: sandboxes ask through their
+//! gateway (or any address: the dataplane redirects port 53), the service
+//! answers by their policy, admits what it answered for them alone, and
+//! refuses the rest with an Extended DNS Error, forwarding nothing.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+use sandgate_dns::protocol::{extended_error, EDE_BLOCKED};
+use sandgate_lab::addrs::*;
+use sandgate_policy::SettingsRequest;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+fn addrs(m: &hickory_proto::op::Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_refused(m: &hickory_proto::op::Message, name: &str) {
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{name}");
+    let (code, text) = extended_error(m).unwrap_or_else(|| panic!("{name}: no extended error"));
+    assert_eq!(code, EDE_BLOCKED);
+    assert!(
+        text.contains("egress policy") || text.contains("networkBlockAll"),
+        "{text}"
+    );
+    assert!(m.answers.is_empty());
+}
+
+#[test]
+fn an_allowlist_sandbox_resolves_and_reaches_only_what_its_policy_names() {
+    let rig = Rig::new();
+    let (a, ns_a) = rig.sandbox("a", 3, allow_domains("*.example.com"));
+    let (_b, ns_b) = rig.sandbox("b", 3, allow_domains("*.example.com"));
+    let gateway = IpAddr::V4(a.gateway4);
+    // Not admitted yet.
+    assert!(!probe(&ns_a, SERVER4, TCP_ECHO));
+    assert!(!probe(&ns_a, SERVER4_B, TCP_ECHO));
+    // A catalog name, over UDP, and a name of its list, over TCP.
+    let essential = ask(&ns_a, gateway, &catalog_name(), RecordType::A, false);
+    assert_eq!(addrs(&essential), vec![SERVER4]);
+    let listed = ask(&ns_a, gateway, "www.example.com", RecordType::AAAA, true);
+    assert_eq!(addrs(&listed), vec![SERVER6_B]);
+    let deep = ask(
+        &ns_a,
+        IpAddr::V6(a.gateway6),
+        "a.b.example.com",
+        RecordType::A,
+        false,
+    );
+    assert_eq!(addrs(&deep), vec![SERVER4_B]);
+    // Admitted for a, before the answer came back.
+    assert!(probe(&ns_a, SERVER4, TCP_ECHO));
+    assert!(probe(&ns_a, SERVER6_B, TCP_ECHO));
+    assert!(probe(&ns_a, SERVER4_B, TCP_ECHO));
+    // Only for a: b did not ask.
+    assert!(!probe(&ns_b, SERVER4_B, TCP_ECHO));
+    assert!(!probe(&ns_b, SERVER4, TCP_ECHO));
+    // Names outside the policy: refused, with the reason.
+    for name in ["example.com", "www.example.net", "evil.example.org"] {
+        assert_refused(&ask(&ns_a, gateway, name, RecordType::A, false), name);
+    }
+    let events: Vec<_> = rig.service().events().try_iter().collect();
+    assert!(events.iter().any(|e| e.name == "evil.example.org"
+        && e.reason == "dns_not_allowed"
+        && e.slot == a.index));
+}
+
+#[test]
+fn a_tunnel_through_refused_names_never_reaches_the_world() {
+    let rig = Rig::new();
+    let (a, ns) = rig.sandbox("tunneller", 3, allow_domains("*.example.com"));
+    let before = rig.lab.dns_queries();
+    let resolvers = [
+        (IpAddr::V4(a.gateway4), false),
+        (IpAddr::V4(a.gateway4), true),
+        (DNS4, false),
+        (DNS6, true),
+        (SERVER4_B, false),
+    ];
+    for i in 0..60 {
+        let (server, tcp) = resolvers[i % resolvers.len()];
+        let name = format!(
+            "c2VjcmV0LWRhdGEt{i:04}.x{}.exfil.example.org",
+            i * 7919 % 1000
+        );
+        for qtype in [RecordType::TXT, RecordType::A, RecordType::NULL] {
+            let answer = ask(&ns, server, &name, qtype, tcp);
+            assert_refused(&answer, &name);
+        }
+    }
+    assert_eq!(
+        rig.lab.dns_queries(),
+        before,
+        "a refused query reached the world's DNS server"
+    );
+    assert!(
+        rig.service()
+            .counters()
+            .forwarded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+    );
+}
+
+#[test]
+fn an_admission_ends_but_a_connection_it_allowed_runs_on() {
+    let rig = Rig::with_floor(Duration::from_secs(1));
+    let (a, ns) = rig.sandbox("short", 3, allow_domains("short.example.com"));
+    // TTL 1 s, floor 1 s.
+    let answer = ask(
+        &ns,
+        IpAddr::V4(a.gateway4),
+        "short.example.com",
+        RecordType::A,
+        false,
+    );
+    assert_eq!(addrs(&answer), vec![SERVER4_B]);
+    let mut stream = ns
+        .run(|| TcpStream::connect_timeout(&SocketAddr::new(SERVER4_B, TCP_STREAM), WAIT))
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    // Over: no new connection ...
+    assert!(!probe(&ns, SERVER4_B, TCP_ECHO));
+    // ... but the one it allowed still carries data.
+    let mut buf = [0u8; 65536];
+    let mut got = 0;
+    for _ in 0..20 {
+        got += stream.read(&mut buf).unwrap_or(0);
+    }
+    assert!(got > 0);
+}
+
+#[test]
+fn open_forwards_everything_blocked_refuses_everything_restricted_reaches_the_catalog() {
+    let rig = Rig::new();
+    let (o, ns_o) = rig.sandbox("open", 3, SettingsRequest::default());
+    let world_before = rig.lab.dns_queries();
+    let nx = ask(
+        &ns_o,
+        IpAddr::V4(o.gateway4),
+        "nothing.example.org",
+        RecordType::A,
+        false,
+    );
+    assert_eq!(
+        nx.metadata.response_code,
+        ResponseCode::NXDomain,
+        "forwarded, answered upstream"
+    );
+    let www = ask(&ns_o, DNS4, "www.example.net", RecordType::A, true);
+    assert_eq!(addrs(&www), vec![SERVER4_B]);
+    // Both went to the lab's world, and nowhere else: its server counted
+    // exactly the queries the service forwarded.
+    let forwarded = rig
+        .service()
+        .counters()
+        .forwarded
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(forwarded, 2);
+    assert_eq!(rig.lab.dns_queries() - world_before, forwarded);
+
+    let block = SettingsRequest {
+        network_block_all: Some(true),
+        ..Default::default()
+    };
+    let (b, ns_b) = rig.sandbox("blocked", 3, block);
+    for name in [catalog_name(), "www.example.com".to_string()] {
+        assert_refused(
+            &ask(&ns_b, IpAddr::V4(b.gateway4), &name, RecordType::A, false),
+            &name,
+        );
+    }
+
+    let (r, ns_r) = rig.sandbox("tier1", 1, SettingsRequest::default());
+    let essential = ask(
+        &ns_r,
+        IpAddr::V4(r.gateway4),
+        &catalog_name(),
+        RecordType::A,
+        false,
+    );
+    assert_eq!(addrs(&essential), vec![SERVER4]);
+    assert!(probe(&ns_r, SERVER4, TCP_ECHO));
+    assert_refused(
+        &ask(
+            &ns_r,
+            IpAddr::V4(r.gateway4),
+            "www.example.com",
+            RecordType::A,
+            false,
+        ),
+        "www.example.com",
+    );
+    assert!(!probe(&ns_r, SERVER4_B, TCP_ECHO));
+}
+
+#[test]
+fn a_rebinding_answer_admits_nothing() {
+    let rig = Rig::new();
+    let (a, ns) = rig.sandbox("rebind", 3, allow_domains("*.example.com"));
+    let answer = ask(
+        &ns,
+        IpAddr::V4(a.gateway4),
+        "rebind.example.com",
+        RecordType::A,
+        false,
+    );
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(
+        addrs(&answer).is_empty(),
+        "the private address was not removed: {:?}",
+        addrs(&answer)
+    );
+    let answer = ask(
+        &ns,
+        IpAddr::V4(a.gateway4),
+        "rebind.example.com",
+        RecordType::AAAA,
+        false,
+    );
+    assert!(addrs(&answer).is_empty());
+    assert!(!probe(&ns, PRIVATE_SERVER4, TCP_ECHO));
+    let events: Vec<_> = rig.service().events().try_iter().collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "dns_rebinding" && e.removed == vec![PRIVATE_SERVER4]),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_policy_change_withdraws_what_the_removed_name_admitted() {
+    let rig = Rig::new();
+    let (a, ns) = rig.sandbox("changing", 3, allow_domains("*.example.com"));
+    let gateway = IpAddr::V4(a.gateway4);
+    assert_eq!(
+        addrs(&ask(&ns, gateway, "www.example.com", RecordType::A, false)),
+        vec![SERVER4_B]
+    );
+    assert!(probe(&ns, SERVER4_B, TCP_ECHO));
+    rig.update(&a, 3, allow_domains("example.net"));
+    assert!(
+        !probe(&ns, SERVER4_B, TCP_ECHO),
+        "the admission outlived its rule"
+    );
+    assert_refused(
+        &ask(&ns, gateway, "www.example.com", RecordType::A, false),
+        "www.example.com",
+    );
+    // The cache does not leak a name across the change either.
+    assert_eq!(
+        addrs(&ask(&ns, gateway, "example.net", RecordType::A, false)),
+        vec![SERVER4_B]
+    );
+    assert!(probe(&ns, SERVER4_B, TCP_ECHO));
+}
