@@ -16,6 +16,32 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The resolvers of `resolv.conf` text (its `nameserver` lines), the
+    /// host's own resolver configuration: the default upstream.
+    pub fn from_resolv_conf(text: &str, timeout: Duration) -> Upstream {
+        let servers = text
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                match (words.next(), words.next()) {
+                    (Some("nameserver"), Some(addr)) => {
+                        // A zone index (fe80::1%eth0) does not survive here.
+                        addr.parse::<std::net::IpAddr>().ok()
+                    }
+                    _ => None,
+                }
+            })
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect();
+        Upstream { servers, timeout }
+    }
+
+    /// The host's resolvers, from `/etc/resolv.conf`.
+    pub fn system(timeout: Duration) -> io::Result<Upstream> {
+        let text = std::fs::read_to_string("/etc/resolv.conf")?;
+        Ok(Upstream::from_resolv_conf(&text, timeout))
+    }
+
     /// Sends `query` (wire format) and returns the answer, or the last error.
     pub fn resolve(&self, query: &[u8], id: u16) -> io::Result<Message> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no upstream resolver configured");
@@ -74,5 +100,23 @@ impl Upstream {
             ));
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_nameservers_are_the_upstreams() {
+        let text = "# comment\nsearch lab.example\nnameserver 192.0.2.53\nnameserver 2001:db8::53\nnameserver fe80::1%eth0\noptions ndots:1\n";
+        let u = Upstream::from_resolv_conf(text, Duration::from_secs(1));
+        assert_eq!(
+            u.servers,
+            vec![
+                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::53]:53".parse().unwrap()
+            ]
+        );
     }
 }

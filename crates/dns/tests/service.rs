@@ -271,3 +271,46 @@ fn a_policy_change_withdraws_what_the_removed_name_admitted() {
     );
     assert!(probe(&ns, SERVER4_B, TCP_ECHO));
 }
+
+#[test]
+fn cname_chains_and_cache_hits_admit_for_the_asking_sandbox() {
+    let rig = Rig::new();
+    let (a, ns_a) = rig.sandbox("first", 3, allow_domains("*.example.com"));
+    let (b, ns_b) = rig.sandbox("second", 3, allow_domains("*.example.com"));
+    // cname.example.com -> www.example.com -> 198.51.100.10: the address at
+    // the end of the chain is admitted.
+    let chained = ask(
+        &ns_a,
+        IpAddr::V4(a.gateway4),
+        "cname.example.com",
+        RecordType::A,
+        false,
+    );
+    assert_eq!(addrs(&chained), vec![SERVER4_B]);
+    assert!(probe(&ns_a, SERVER4_B, TCP_ECHO));
+    let forwarded = rig
+        .service()
+        .counters()
+        .forwarded
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // The same question from b: answered from the cache, and admitted for b.
+    assert!(!probe(&ns_b, SERVER4_B, TCP_ECHO));
+    let cached = ask(
+        &ns_b,
+        IpAddr::V4(b.gateway4),
+        "cname.example.com",
+        RecordType::A,
+        false,
+    );
+    assert_eq!(addrs(&cached), vec![SERVER4_B]);
+    assert_eq!(cached.metadata.id, 0x5a5a);
+    assert_eq!(
+        rig.service()
+            .counters()
+            .forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        forwarded,
+        "the second answer came from upstream"
+    );
+    assert!(probe(&ns_b, SERVER4_B, TCP_ECHO));
+}

@@ -68,6 +68,11 @@ impl Rig {
     }
 
     pub fn with_floor(floor: Duration) -> Rig {
+        Rig::with(floor, 10_000)
+    }
+
+    /// A rig with the given admission floor and cache size.
+    pub fn with(floor: Duration, cache_entries: usize) -> Rig {
         let lab = Lab::up().unwrap();
         let policy = Arc::new(lab_policy());
         let dir = std::env::temp_dir().join(format!("sandgate-dns-test-{}", lab.tag()));
@@ -88,6 +93,7 @@ impl Rig {
             },
         );
         dns.lifetime_floor = floor;
+        dns.cache_entries = cache_entries;
         let host = Netns::open(lab.host().name()).unwrap();
         let service = DnsService::start(
             Some(&host),
