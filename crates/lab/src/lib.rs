@@ -29,6 +29,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// The policy configuration of a lab: its TEST-NET stand-ins declared
+/// private ([`LAB_PRIVATE4`], [`LAB_PRIVATE6`]) and always denied
+/// ([`LAB_DENIED4`], [`LAB_DENIED6`]), since the lab never sends to the
+/// built-in private and always-denied ranges.
+pub fn lab_policy() -> sandgate_policy::PolicyConfig {
+    let range = |net: ipnet::IpNet, label: &str| sandgate_policy::DeniedRepr {
+        cidr: net.to_string(),
+        label: label.to_string(),
+    };
+    sandgate_policy::PolicyConfig::from_repr(sandgate_policy::PolicyConfigRepr {
+        extra_private: vec![
+            range(LAB_PRIVATE4, "lab private"),
+            range(LAB_PRIVATE6, "lab private"),
+        ],
+        extra_always_denied: vec![
+            range(LAB_DENIED4, "lab metadata stand-in"),
+            range(LAB_DENIED6, "lab metadata stand-in"),
+        ],
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| unreachable!("the lab's policy configuration is valid: {e}"))
+}
+
 /// The prefix of every lab namespace name: `sgl-<pid>-<n>-...`.
 pub const LAB_PREFIX: &str = "sgl-";
 

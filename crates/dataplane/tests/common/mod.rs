@@ -29,23 +29,7 @@ pub struct Rig {
     pub lab: Lab,
 }
 
-/// The lab's policy configuration: its private and always-denied ranges
-/// stand in for the built-in ones, which the lab never sends to.
-pub fn lab_policy() -> PolicyConfig {
-    PolicyConfig::from_toml(&format!(
-        r#"
-        extra_private = [
-            {{ cidr = "{LAB_PRIVATE4}", label = "lab private" }},
-            {{ cidr = "{LAB_PRIVATE6}", label = "lab private" }},
-        ]
-        extra_always_denied = [
-            {{ cidr = "{LAB_DENIED4}", label = "lab metadata stand-in" }},
-            {{ cidr = "{LAB_DENIED6}", label = "lab metadata stand-in" }},
-        ]
-        "#
-    ))
-    .unwrap()
-}
+pub use sandgate_lab::lab_policy;
 
 impl Rig {
     pub fn new() -> Rig {
