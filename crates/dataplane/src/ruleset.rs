@@ -13,7 +13,9 @@
 //!    discovery from link-local addresses excepted).
 //! 2. `prerouting` (nat): TCP and UDP to port 53, any address, go to the DNS
 //!    service on the gateway.
-//! 3. `input`: to the host itself, only that DNS service reached through
+//! 3. `input`: the DNS service's port is closed to everything but slots
+//!    (it trusts a query's source, which only a slot's checked interface
+//!    vouches for); to the host itself, only that DNS service reached through
 //!    the redirect (which refuses every query of a `blocked` slot),
 //!    neighbour discovery, and replies to connections the host opened pass.
 //! 4. `forward`: a connection whose mark is the slot's current generation
@@ -191,6 +193,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
     let _ = write!(
         r,
         "  chain input_hook {{ type filter hook input priority filter; policy accept;\n\
+         \x20   iifname != {slots} meta l4proto {{ tcp, udp }} th dport {dns} drop\n\
          \x20   iifname {slots} jump slot_input\n  }}\n\
          \x20 chain slot_input {{\n\
          \x20   iifname != @slots drop\n\

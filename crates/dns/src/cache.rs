@@ -72,5 +72,11 @@ impl Cache {
         {
             self.order.push_back(key);
         }
+        // Keys that expired and came back leave stale places in the order;
+        // keep it no longer than twice the cache.
+        if self.order.len() > 2 * self.capacity {
+            let entries = &self.entries;
+            self.order.retain(|k| entries.contains_key(k));
+        }
     }
 }

@@ -28,8 +28,10 @@ pub mod upstream;
 
 use cache::Cache;
 use hickory_proto::op::Message;
-use hickory_proto::rr::RecordType;
-use protocol::{addresses, parse_query, refused, servfail, strip, Question};
+use hickory_proto::op::ResponseCode;
+use protocol::{
+    addresses, failure, parse_query, refused, strip, upstream_query, Question, Unserved,
+};
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, CompiledPolicy, EffectivePolicy, Mode, PolicyConfig, Reason};
 use std::collections::HashMap;
@@ -266,16 +268,33 @@ fn serve_tcp(listener: TcpListener, core: Arc<Core>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((conn, from)) if open.load(Ordering::SeqCst) < MAX_TCP => {
-                open.fetch_add(1, Ordering::SeqCst);
-                let (core, open) = (core.clone(), open.clone());
+                let guard = Slot::take(&open);
+                let core = core.clone();
                 std::thread::spawn(move || {
+                    let _guard = guard;
                     tcp_conn(conn, from.ip(), &core);
-                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             Ok(_) => {}
             Err(_) => std::thread::sleep(POLL),
         }
+    }
+}
+
+/// One of the TCP connection slots, given back when dropped (also when its
+/// thread panics).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Ordering::SeqCst);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -309,6 +328,17 @@ impl Core {
     /// (not a query at all).
     fn handle(&self, source: IpAddr, bytes: &[u8]) -> Option<Vec<u8>> {
         let (request, question) = parse_query(bytes)?;
+        let question = match question {
+            Ok(q) => q,
+            Err(Unserved::NotImplemented) => return Some(failure(&request, ResponseCode::NotImp)),
+            Err(Unserved::BadName) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return Some(refused(
+                    &request,
+                    "sandgate: refused by this sandbox's egress policy: the name has a label with bytes other than letters, digits, '-' and '_'",
+                ));
+            }
+        };
         let source = source.to_canonical();
         let Some((slot, policy)) = self.directory.sandbox(source) else {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -327,7 +357,7 @@ impl Core {
                 ))
             }
             Mode::Open => {
-                let answer = self.lookup(&request, &question, bytes)?;
+                let answer = self.lookup(&request, &question)?;
                 Some(reply(answer, &request))
             }
             Mode::Restricted | Mode::Allowlist => {
@@ -347,7 +377,7 @@ impl Core {
                         ),
                     ));
                 };
-                let mut answer = self.lookup(&request, &question, bytes)?;
+                let mut answer = self.lookup(&request, &question)?;
                 let ranges = self.policy.ranges();
                 let removed = strip(&mut answer, |a| {
                     ranges.always_denied(a).is_some() || ranges.private(a).is_some()
@@ -358,12 +388,15 @@ impl Core {
                         .fetch_add(removed.len() as u64, Ordering::Relaxed);
                     self.event(slot, &question, "dns_rebinding", removed);
                 }
-                for (addr, ttl) in addresses(&answer) {
-                    let lifetime = Duration::from_secs(u64::from(ttl)).max(self.cfg.lifetime_floor);
+                for (addr, ttl) in addresses(&answer, &question) {
+                    let lifetime = Duration::from_secs(u64::from(ttl)).clamp(
+                        self.cfg.lifetime_floor,
+                        MAX_LIFETIME.max(self.cfg.lifetime_floor),
+                    );
                     // No admission, no answer: the sandbox must not be told
                     // an address it cannot reach.
                     if self.directory.admit(slot, addr, &rule, lifetime).is_err() {
-                        return Some(servfail(&request));
+                        return Some(failure(&request, ResponseCode::ServFail));
                     }
                     self.counters.admitted.fetch_add(1, Ordering::Relaxed);
                 }
@@ -372,22 +405,27 @@ impl Core {
         }
     }
 
-    /// The upstream answer to `question`, from the cache or the upstream.
-    fn lookup(&self, request: &Message, question: &Question, bytes: &[u8]) -> Option<Message> {
+    /// The upstream answer to `question`, from the cache or the upstream
+    /// (asked with a query of the service's own making); SERVFAIL when no
+    /// upstream answers.
+    fn lookup(&self, request: &Message, question: &Question) -> Option<Message> {
         let key = (question.name.clone(), u16::from(question.qtype));
         if let Some(hit) = self.cache.lock().ok().and_then(|mut c| c.get(&key)) {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Some(hit);
         }
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-        match self.cfg.upstream.resolve(bytes, request.metadata.id) {
-            Ok(answer) => {
+        let id = random_id();
+        let answer = upstream_query(question, id)
+            .and_then(|q| self.cfg.upstream.resolve(&q, id, question).ok());
+        match answer {
+            Some(answer) => {
                 if let Ok(mut c) = self.cache.lock() {
                     c.put(key, &answer);
                 }
                 Some(answer)
             }
-            Err(_) => Message::from_vec(&servfail(request)).ok(),
+            None => Message::from_vec(&failure(request, ResponseCode::ServFail)).ok(),
         }
     }
 
@@ -409,7 +447,7 @@ impl Core {
             time: SystemTime::now(),
             slot,
             name: q.name.clone(),
-            qtype: record_type(q.qtype),
+            qtype: q.qtype.to_string(),
             reason: reason.to_string(),
             removed,
         };
@@ -419,8 +457,18 @@ impl Core {
     }
 }
 
-fn record_type(t: RecordType) -> String {
-    t.to_string()
+/// The longest admission, whatever the TTL (a TTL of years is a way to
+/// keep an address open long after its name is gone).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// An unpredictable query id for upstream queries.
+fn random_id() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    (h.finish() & 0xffff) as u16
 }
 
 /// `answer` as the reply to `request` (its id).

@@ -1,9 +1,9 @@
 //! DNS messages, without transport: the answers the service builds and the
 //! checks it makes on upstream answers. Message types are hickory's.
 
-use hickory_proto::op::{Edns, Message, MessageType, Metadata, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use std::net::IpAddr;
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
@@ -20,36 +20,97 @@ pub struct Question {
     pub qtype: RecordType,
 }
 
-/// Parses a query; `None` for anything that is not a well-formed query
-/// with exactly one question.
-pub fn parse_query(bytes: &[u8]) -> Option<(Message, Question)> {
+/// Why a query is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unserved {
+    /// Not a standard query of class IN for one ordinary type.
+    NotImplemented,
+    /// A name with a byte outside letters, digits, `-` and `_` in a label
+    /// (an escaped dot, a space, a control byte): refused rather than
+    /// matched against names it does not mean.
+    BadName,
+}
+
+/// Parses a query. `None` for bytes that are no DNS query at all (no
+/// answer is owed); `Err` for a query the service will not serve.
+pub fn parse_query(bytes: &[u8]) -> Option<(Message, Result<Question, Unserved>)> {
     let message = Message::from_vec(bytes).ok()?;
-    if message.metadata.message_type != MessageType::Query || message.queries.len() != 1 {
+    if message.metadata.message_type != MessageType::Query {
         return None;
     }
+    if message.metadata.op_code != OpCode::Query || message.queries.len() != 1 {
+        return Some((message, Err(Unserved::NotImplemented)));
+    }
     let q = &message.queries[0];
-    let mut name = q.name().to_lowercase().to_ascii();
-    if name.ends_with('.') {
-        name.pop();
+    let qtype = q.query_type();
+    if q.query_class() != DNSClass::IN
+        || matches!(
+            qtype,
+            RecordType::ANY | RecordType::AXFR | RecordType::IXFR | RecordType::OPT
+        )
+    {
+        return Some((message, Err(Unserved::NotImplemented)));
+    }
+    let mut labels = Vec::new();
+    for label in q.name().iter() {
+        let ok = !label.is_empty()
+            && label
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+        if !ok {
+            return Some((message, Err(Unserved::BadName)));
+        }
+        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
     }
     let question = Question {
-        name,
-        qtype: q.query_type(),
+        name: labels.join("."),
+        qtype,
     };
-    Some((message, question))
+    Some((message, Ok(question)))
+}
+
+/// The query the service sends upstream for `question`: built afresh, with
+/// its own id, recursion desired and a 1232-byte EDNS size, so that nothing
+/// of the sandbox's own message (flags, options, extra records) travels on
+/// or shapes what is cached for every sandbox.
+pub fn upstream_query(question: &Question, id: u16) -> Option<Vec<u8>> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    let name = Name::from_ascii(format!("{}.", question.name)).ok()?;
+    m.add_query(Query::query(name, question.qtype));
+    let mut edns = Edns::new();
+    edns.set_max_payload(1232);
+    m.edns = Some(edns);
+    m.to_vec().ok()
+}
+
+/// Whether `answer` answers `question` (QR set, the same question).
+pub fn answers(answer: &Message, question: &Question) -> bool {
+    answer.metadata.message_type == MessageType::Response
+        && answer.queries.len() == 1
+        && answer.queries[0].query_type() == question.qtype
+        && answer.queries[0]
+            .name()
+            .to_lowercase()
+            .to_ascii()
+            .trim_end_matches('.')
+            == question.name
+}
+
+/// An empty answer to `request` with `code`.
+fn response(request: &Message, code: ResponseCode) -> Message {
+    let mut response = Message::query();
+    response.metadata = Metadata::response_from_request(&request.metadata);
+    response.metadata.response_code = code;
+    response.add_queries(request.queries.iter().cloned());
+    response
 }
 
 /// A REFUSED answer to `request` carrying an Extended DNS Error "Blocked"
 /// whose text says why.
 pub fn refused(request: &Message, why: &str) -> Vec<u8> {
-    let mut response = Message::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    response.metadata = Metadata::response_from_request(&request.metadata);
-    response.metadata.response_code = ResponseCode::Refused;
-    response.add_queries(request.queries.iter().cloned());
+    let mut response = response(request, ResponseCode::Refused);
     let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
     data.extend_from_slice(why.as_bytes());
     let mut edns = Edns::new();
@@ -60,17 +121,9 @@ pub fn refused(request: &Message, why: &str) -> Vec<u8> {
     response.to_vec().unwrap_or_default()
 }
 
-/// A SERVFAIL answer to `request` (upstream unreachable).
-pub fn servfail(request: &Message) -> Vec<u8> {
-    let mut response = Message::new(
-        request.metadata.id,
-        MessageType::Response,
-        request.metadata.op_code,
-    );
-    response.metadata = Metadata::response_from_request(&request.metadata);
-    response.metadata.response_code = ResponseCode::ServFail;
-    response.add_queries(request.queries.iter().cloned());
-    response.to_vec().unwrap_or_default()
+/// An answer to `request` that only carries `code` (SERVFAIL, NOTIMP).
+pub fn failure(request: &Message, code: ResponseCode) -> Vec<u8> {
+    response(request, code).to_vec().unwrap_or_default()
 }
 
 /// The Extended DNS Error of a message, if it has one: INFO-CODE and text.
@@ -85,11 +138,45 @@ pub fn extended_error(message: &Message) -> Option<(u16, String)> {
     })
 }
 
-/// The A and AAAA addresses of an answer section, each with its TTL.
-pub fn addresses(message: &Message) -> Vec<(IpAddr, u32)> {
+/// The A and AAAA addresses that answer `question`: those of the answer
+/// section on the chain of CNAMEs that starts at the question's name, each
+/// with its TTL. Records about other names are not addresses of this
+/// question, whatever section they came in.
+pub fn addresses(message: &Message, question: &Question) -> Vec<(IpAddr, u32)> {
+    let owner = |r: &hickory_proto::rr::Record| {
+        r.name
+            .to_lowercase()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_string()
+    };
+    let mut chain = vec![question.name.clone()];
+    // Follow CNAMEs (bounded: a loop ends when nothing new is added).
+    for _ in 0..16 {
+        let next: Vec<String> = message
+            .answers
+            .iter()
+            .filter(|r| chain.contains(&owner(r)))
+            .filter_map(|r| match &r.data {
+                RData::CNAME(c) => Some(
+                    c.0.to_lowercase()
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_string(),
+                ),
+                _ => None,
+            })
+            .filter(|t| !chain.contains(t))
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        chain.extend(next);
+    }
     message
         .answers
         .iter()
+        .filter(|r| chain.contains(&owner(r)))
         .filter_map(|r| match &r.data {
             RData::A(a) => Some((IpAddr::V4(a.0), r.ttl)),
             RData::AAAA(a) => Some((IpAddr::V6(a.0), r.ttl)),
@@ -99,8 +186,12 @@ pub fn addresses(message: &Message) -> Vec<(IpAddr, u32)> {
 }
 
 /// Removes from the answer section every A/AAAA record whose address
-/// `reject` refuses, and returns those addresses.
+/// `reject` refuses, and returns those addresses; drops the authority and
+/// additional sections, which a sandbox in `restricted` or `allowlist`
+/// mode is not given (addresses there are admitted never).
 pub fn strip(message: &mut Message, reject: impl Fn(IpAddr) -> bool) -> Vec<IpAddr> {
+    message.authorities.clear();
+    message.additionals.clear();
     let mut removed = Vec::new();
     message.answers.retain(|r| {
         let addr = match &r.data {

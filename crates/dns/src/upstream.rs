@@ -1,6 +1,7 @@
 //! Forwarding to upstream resolvers: UDP first, TCP when the answer was
 //! truncated, the next resolver when one does not answer in time.
 
+use crate::protocol::{answers, Question};
 use hickory_proto::op::Message;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -42,15 +43,19 @@ impl Upstream {
         Ok(Upstream::from_resolv_conf(&text, timeout))
     }
 
-    /// Sends `query` (wire format) and returns the answer, or the last error.
-    pub fn resolve(&self, query: &[u8], id: u16) -> io::Result<Message> {
+    /// Sends `query` (wire format, with id `id`, asking `question`) and
+    /// returns the first answer to it, or the last error. Each resolver
+    /// gets `timeout` in all.
+    pub fn resolve(&self, query: &[u8], id: u16, question: &Question) -> io::Result<Message> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no upstream resolver configured");
         for server in &self.servers {
-            match self.udp(*server, query, id) {
-                Ok(answer) if answer.metadata.truncation => match self.tcp(*server, query, id) {
-                    Ok(a) => return Ok(a),
-                    Err(e) => last = e,
-                },
+            match self.udp(*server, query, id, question) {
+                Ok(answer) if answer.metadata.truncation => {
+                    match self.tcp(*server, query, id, question) {
+                        Ok(a) => return Ok(a),
+                        Err(e) => last = e,
+                    }
+                }
                 Ok(answer) => return Ok(answer),
                 Err(e) => last = e,
             }
@@ -58,7 +63,13 @@ impl Upstream {
         Err(last)
     }
 
-    fn udp(&self, server: SocketAddr, query: &[u8], id: u16) -> io::Result<Message> {
+    fn udp(
+        &self,
+        server: SocketAddr,
+        query: &[u8],
+        id: u16,
+        question: &Question,
+    ) -> io::Result<Message> {
         let bind: SocketAddr = if server.is_ipv4() {
             SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
@@ -68,20 +79,34 @@ impl Upstream {
         // server's answers.
         let sock = UdpSocket::bind(bind)?;
         sock.connect(server)?;
-        sock.set_read_timeout(Some(self.timeout))?;
         sock.send(query)?;
-        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut buf = vec![0u8; 65535];
         loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "upstream did not answer",
+                ));
+            }
+            sock.set_read_timeout(Some(left))?;
             let n = sock.recv(&mut buf)?;
             if let Ok(m) = Message::from_vec(&buf[..n]) {
-                if m.metadata.id == id {
+                if m.metadata.id == id && answers(&m, question) {
                     return Ok(m);
                 }
             }
         }
     }
 
-    fn tcp(&self, server: SocketAddr, query: &[u8], id: u16) -> io::Result<Message> {
+    fn tcp(
+        &self,
+        server: SocketAddr,
+        query: &[u8],
+        id: u16,
+        question: &Question,
+    ) -> io::Result<Message> {
         let mut conn = TcpStream::connect_timeout(&server, self.timeout)?;
         conn.set_read_timeout(Some(self.timeout))?;
         let len = u16::try_from(query.len()).map_err(|_| io::Error::other("query too long"))?;
@@ -93,7 +118,7 @@ impl Upstream {
         conn.read_exact(&mut buf)?;
         let m = Message::from_vec(&buf)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        if m.metadata.id != id {
+        if m.metadata.id != id || !answers(&m, question) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "answer to another query",

@@ -152,9 +152,12 @@ impl Drop for Rig {
     }
 }
 
+/// A query with an id of its own (distinct ids catch an answer that does
+/// not carry the question's id).
 pub fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
     let mut m = Message::query();
-    m.metadata.id = 0x5a5a;
+    m.metadata.id = NEXT.fetch_add(7919, std::sync::atomic::Ordering::Relaxed);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
     m.to_vec().unwrap()
@@ -188,7 +191,13 @@ pub fn ask(ns: &Netns, server: IpAddr, name: &str, qtype: RecordType, tcp: bool)
             let n = u.recv(&mut buf)?;
             buf[..n].to_vec()
         };
-        Ok(Message::from_vec(&bytes).unwrap())
+        let answer = Message::from_vec(&bytes).unwrap();
+        let asked = Message::from_vec(&q).unwrap();
+        assert_eq!(
+            answer.metadata.id, asked.metadata.id,
+            "the answer carries another id"
+        );
+        Ok(answer)
     })
     .unwrap()
 }
