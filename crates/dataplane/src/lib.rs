@@ -20,6 +20,7 @@ pub mod events;
 pub mod probe;
 pub mod ruleset;
 pub mod state;
+pub mod watchdog;
 
 pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
 pub use elements::{Generations, SlotPolicy};
@@ -58,6 +59,7 @@ pub struct Dataplane {
     state: State,
     store: Store,
     admissions: HashMap<u32, Admissions>,
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 /// One slot's admissions: address -> the rules that admitted it, each with
@@ -99,6 +101,7 @@ impl Dataplane {
             state,
             store,
             admissions: HashMap::new(),
+            watchdog: None,
         };
         let report = dp.reconcile()?;
         // Forwarding only once the ruleset is in place.
@@ -107,6 +110,11 @@ impl Dataplane {
             set_sysctl("net/ipv6/conf/all/forwarding", "1")
         })?;
         dp.fill_pool()?;
+        dp.watchdog = Some(watchdog::Watchdog::start(
+            dp.host.as_ref(),
+            &dp.cfg.table,
+            Duration::from_millis(200),
+        )?);
         Ok((dp, report))
     }
 
@@ -231,6 +239,14 @@ impl Dataplane {
             }
         }
         self.nft.commit(&tx)?;
+        // Interfaces a watchdog set down come up again, now that the
+        // ruleset and every policy are back.
+        for index in self.state.slots.keys() {
+            let name = self.cfg.slot(*index).host_if;
+            if let Some(link) = self.rtnl.link_index(&name)? {
+                self.rtnl.set_up(link)?;
+            }
+        }
         self.store.snapshot(&self.state)?;
         Ok(report)
     }
@@ -627,6 +643,12 @@ impl Dataplane {
             .filter(|(_, r)| r.phase == Phase::Active)
             .map(|(i, r)| (*i, r.owner.clone().unwrap_or_default()))
             .collect()
+    }
+
+    /// Whether the ruleset went missing since the start (every slot was
+    /// then cut off; a restart restores them).
+    pub fn watchdog_tripped(&self) -> bool {
+        self.watchdog.as_ref().is_some_and(|w| w.tripped())
     }
 
     /// The addresses and names of slot `index`.

@@ -415,3 +415,46 @@ fn untracked_icmpv6_does_not_open_a_way_in() {
         );
     }
 }
+
+#[test]
+fn a_flushed_ruleset_cuts_every_slot_off_until_the_restart_puts_it_back() {
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, allow("192.0.2.10/32"));
+    let (slot, ns) = rig.sandbox("flushed", &policy);
+    assert!(probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    // Someone else's firewall reload.
+    let status = rig
+        .lab
+        .host()
+        .run(|| {
+            std::process::Command::new("nft")
+                .args(["flush", "ruleset"])
+                .status()
+        })
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(600));
+    // No enforcement, and no way out either: the slot's link is down.
+    // (A datagram needs no answer to carry data out: the world counts what
+    // arrives.)
+    let sink = Sink::new(&rig, SocketAddr::new(SERVER4_B, 9999));
+    send_from(
+        &ns,
+        IpAddr::V4(slot.sandbox4),
+        SocketAddr::new(SERVER4_B, 9999),
+        b"out",
+    );
+    assert!(
+        sink.received().is_empty(),
+        "data left a slot with no ruleset"
+    );
+    assert!(!probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    assert!(rig.dp().watchdog_tripped());
+    // A restart puts the ruleset, the policy and the link back.
+    rig.dp = None;
+    let (dp, _) =
+        sandgate_dataplane::Dataplane::start(rig.cfg.clone(), rig.policy.clone()).unwrap();
+    rig.dp = Some(dp);
+    assert!(probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    assert!(!probe(&ns, Proto::Tcp, SERVER4_B, TCP_ECHO));
+}

@@ -213,6 +213,14 @@ impl Rtnl {
         self.ack(RouteNetlinkMessage::SetLink(msg), 0)
     }
 
+    /// Sets a link down.
+    pub fn set_down(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.change_mask = LinkFlags::Up;
+        self.ack(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
     /// Deletes a link (for a veth, both ends).
     pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
         let mut msg = LinkMessage::default();

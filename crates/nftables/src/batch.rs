@@ -7,7 +7,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
-    SetElementMessage, Verdict, VerdictAttribute,
+    SetElementMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::{
     none::ControlMessage, NetfilterHeader, NetfilterMessage, NetfilterProtoFamily,
@@ -268,6 +268,47 @@ impl NftSocket {
         out.resize(start + packet.buffer_len(), 0);
         packet.serialize(&mut out[start..]);
         seq
+    }
+
+    /// Whether the `inet` table `table` exists.
+    pub fn table_exists(&mut self, table: &str) -> io::Result<bool> {
+        let message = NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
+            NfTablesMessage::GetTable(TableMessage {
+                attributes: vec![TableAttribute::Name(table.to_string())],
+            }),
+        );
+        let mut out = Vec::new();
+        let seq = self.frame(NLM_F_REQUEST | NLM_F_ACK, message, &mut out);
+        self.socket.send(&out, 0)?;
+        let mut found = None;
+        while found.is_none() {
+            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            let mut offset = 0;
+            while offset < n {
+                let reply =
+                    NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[offset..n])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+                if reply.header.sequence_number != seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Error(e) => match e.code {
+                        None => found = Some(found.unwrap_or(true)),
+                        Some(code) if code.get() == -nix::libc::ENOENT => found = Some(false),
+                        Some(_) => return Err(e.to_io()),
+                    },
+                    NetlinkPayload::InnerMessage(_) => found = Some(true),
+                    _ => {}
+                }
+            }
+        }
+        Ok(found.unwrap_or(false))
     }
 
     /// Applies a transaction: all its changes, or, on any error, none.
