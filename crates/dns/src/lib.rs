@@ -72,6 +72,9 @@ pub struct DnsConfig {
     pub event_rate: u32,
     /// Worker threads answering UDP queries.
     pub workers: usize,
+    /// Queries of one sandbox waiting on upstream at once, at most; more
+    /// get SERVFAIL at once, so that one sandbox cannot hold every worker.
+    pub per_sandbox: usize,
 }
 
 impl DnsConfig {
@@ -83,7 +86,8 @@ impl DnsConfig {
             lifetime_floor: Duration::from_secs(60),
             cache_entries: 10_000,
             event_rate: 20,
-            workers: 4,
+            workers: 16,
+            per_sandbox: 4,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Counters {
     pub rebinding: AtomicU64,
     /// Events dropped by the per-sandbox limit or a full queue.
     pub events_dropped: AtomicU64,
+    /// Queries turned away because their sandbox had too many waiting.
+    pub busy: AtomicU64,
 }
 
 struct Core {
@@ -130,6 +136,7 @@ struct Core {
     cache: Mutex<Cache>,
     events: SyncSender<DnsEvent>,
     limiter: Mutex<HashMap<u32, (Instant, u32)>>,
+    in_flight: Mutex<HashMap<u32, usize>>,
     counters: Arc<Counters>,
 }
 
@@ -184,6 +191,7 @@ impl DnsService {
             policy,
             events: events_tx,
             limiter: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             counters: counters.clone(),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -281,6 +289,34 @@ fn serve_tcp(listener: TcpListener, core: Arc<Core>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// A sandbox's turn at the upstream, given back when dropped.
+struct InFlight<'a> {
+    map: &'a Mutex<HashMap<u32, usize>>,
+    slot: u32,
+}
+
+impl<'a> InFlight<'a> {
+    fn take(map: &'a Mutex<HashMap<u32, usize>>, slot: u32, max: usize) -> Option<Self> {
+        let mut m = map.lock().ok()?;
+        let n = m.entry(slot).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight { map, slot })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            if let Some(n) = m.get_mut(&self.slot) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
 /// One of the TCP connection slots, given back when dropped (also when its
 /// thread panics).
 struct Slot(Arc<AtomicUsize>);
@@ -357,7 +393,7 @@ impl Core {
                 ))
             }
             Mode::Open => {
-                let answer = self.lookup(&request, &question)?;
+                let answer = self.lookup(slot, &request, &question)?;
                 Some(reply(answer, &request))
             }
             Mode::Restricted | Mode::Allowlist => {
@@ -377,7 +413,7 @@ impl Core {
                         ),
                     ));
                 };
-                let mut answer = self.lookup(&request, &question)?;
+                let mut answer = self.lookup(slot, &request, &question)?;
                 let ranges = self.policy.ranges();
                 let removed = strip(&mut answer, |a| {
                     ranges.always_denied(a).is_some() || ranges.private(a).is_some()
@@ -408,12 +444,16 @@ impl Core {
     /// The upstream answer to `question`, from the cache or the upstream
     /// (asked with a query of the service's own making); SERVFAIL when no
     /// upstream answers.
-    fn lookup(&self, request: &Message, question: &Question) -> Option<Message> {
+    fn lookup(&self, slot: u32, request: &Message, question: &Question) -> Option<Message> {
         let key = (question.name.clone(), u16::from(question.qtype));
         if let Some(hit) = self.cache.lock().ok().and_then(|mut c| c.get(&key)) {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Some(hit);
         }
+        let Some(_turn) = InFlight::take(&self.in_flight, slot, self.cfg.per_sandbox) else {
+            self.counters.busy.fetch_add(1, Ordering::Relaxed);
+            return Message::from_vec(&failure(request, ResponseCode::ServFail)).ok();
+        };
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
         let id = random_id();
         let answer = upstream_query(question, id)

@@ -412,3 +412,84 @@ fn odd_queries_are_refused_or_not_implemented_and_never_forwarded() {
         "a query from outside reached the service"
     );
 }
+
+#[test]
+fn a_sandbox_asking_a_silent_upstream_cannot_hold_every_worker() {
+    // An upstream that never answers: a socket in the world that reads
+    // nothing.
+    let silent = SocketAddr::new(SERVER4_B, 5353);
+    let upstream = sandgate_dns::Upstream {
+        servers: vec![silent],
+        timeout: Duration::from_secs(2),
+    };
+    let rig = Rig::with_upstream(Duration::from_secs(60), 0, Some(upstream));
+    let _hole = rig
+        .lab
+        .world()
+        .run(|| std::net::UdpSocket::bind(silent))
+        .unwrap();
+    let (a, ns_a) = rig.sandbox("greedy", 3, SettingsRequest::default());
+    let (b, ns_b) = rig.sandbox("patient", 3, SettingsRequest::default());
+    let busy = || {
+        rig.service()
+            .counters()
+            .busy
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Twelve questions from a at once: four wait on the upstream, the rest
+    // are turned away at once.
+    let started = std::time::Instant::now();
+    let quick = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let ns = &ns_a;
+                s.spawn(move || {
+                    let t = std::time::Instant::now();
+                    let m = ask(
+                        ns,
+                        IpAddr::V4(a.gateway4),
+                        &format!("q{i}.example.net"),
+                        RecordType::A,
+                        false,
+                    );
+                    (m.metadata.response_code, t.elapsed())
+                })
+            })
+            .collect();
+        // Meanwhile b still gets its turn at the upstream.
+        let forwarded_before = rig
+            .service()
+            .counters()
+            .forwarded
+            .load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(300));
+        let m = ask(
+            &ns_b,
+            IpAddr::V4(b.gateway4),
+            "b.example.net",
+            RecordType::A,
+            false,
+        );
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        let forwarded_after = rig
+            .service()
+            .counters()
+            .forwarded
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            forwarded_after > forwarded_before,
+            "b's query was not forwarded"
+        );
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|(code, t)| *code == ResponseCode::ServFail && *t < Duration::from_millis(500))
+            .count()
+    });
+    assert_eq!(
+        quick, 8,
+        "the queries beyond a's four were not turned away at once"
+    );
+    assert_eq!(busy(), 8);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

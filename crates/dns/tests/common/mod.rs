@@ -59,6 +59,11 @@ impl Rig {
 
     /// A rig with the given admission floor and cache size.
     pub fn with(floor: Duration, cache_entries: usize) -> Rig {
+        Rig::with_upstream(floor, cache_entries, None)
+    }
+
+    /// A rig whose service asks `upstream` (default: the world's server).
+    pub fn with_upstream(floor: Duration, cache_entries: usize, upstream: Option<Upstream>) -> Rig {
         let lab = Lab::up().unwrap();
         let policy = Arc::new(lab_policy());
         let dir = std::env::temp_dir().join(format!("sandgate-dns-test-{}", lab.tag()));
@@ -73,10 +78,10 @@ impl Rig {
         });
         let mut dns = DnsConfig::new(
             port,
-            Upstream {
+            upstream.unwrap_or(Upstream {
                 servers: vec![SocketAddr::new(DNS4, 53), SocketAddr::new(DNS6, 53)],
                 timeout: Duration::from_secs(1),
-            },
+            }),
         );
         dns.lifetime_floor = floor;
         dns.cache_entries = cache_entries;
