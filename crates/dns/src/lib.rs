@@ -30,12 +30,13 @@ use cache::Cache;
 use hickory_proto::op::Message;
 use hickory_proto::op::ResponseCode;
 use protocol::{
-    addresses, failure, parse_query, refused, strip, upstream_query, Question, Unserved,
+    addresses, failure, parse_query, read_framed, refused, strip, upstream_query, write_framed,
+    Question, Unserved,
 };
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, CompiledPolicy, EffectivePolicy, Mode, PolicyConfig, Reason};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -334,26 +335,15 @@ impl Drop for Slot {
     }
 }
 
-/// DNS over TCP: two-byte length, message; as many as the client sends.
+/// DNS over TCP: as many messages as the client sends.
 fn tcp_conn(mut conn: TcpStream, from: IpAddr, core: &Core) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    loop {
-        let mut len = [0u8; 2];
-        if conn.read_exact(&mut len).is_err() {
-            return;
-        }
-        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        if conn.read_exact(&mut query).is_err() {
-            return;
-        }
+    while let Ok(query) = read_framed(&mut conn) {
         let Some(answer) = core.handle(from, &query) else {
             return;
         };
-        let Ok(n) = u16::try_from(answer.len()) else {
-            return;
-        };
-        if conn.write_all(&n.to_be_bytes()).is_err() || conn.write_all(&answer).is_err() {
+        if write_framed(&mut conn, &answer).is_err() {
             return;
         }
     }

@@ -208,3 +208,21 @@ pub fn strip(message: &mut Message, reject: impl Fn(IpAddr) -> bool) -> Vec<IpAd
     });
     removed
 }
+
+/// Reads one message of DNS over TCP (RFC 1035, 4.2.2: a two-byte length,
+/// then the message).
+pub fn read_framed(conn: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len)?;
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut message)?;
+    Ok(message)
+}
+
+/// Writes one message of DNS over TCP.
+pub fn write_framed(conn: &mut impl std::io::Write, message: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(message.len())
+        .map_err(|_| std::io::Error::other("a DNS message longer than 65535 bytes"))?;
+    conn.write_all(&len.to_be_bytes())?;
+    conn.write_all(message)
+}

@@ -1,9 +1,9 @@
 //! Forwarding to upstream resolvers: UDP first, TCP when the answer was
 //! truncated, the next resolver when one does not answer in time.
 
-use crate::protocol::{answers, Question};
+use crate::protocol::{answers, read_framed, write_framed, Question};
 use hickory_proto::op::Message;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -109,14 +109,8 @@ impl Upstream {
     ) -> io::Result<Message> {
         let mut conn = TcpStream::connect_timeout(&server, self.timeout)?;
         conn.set_read_timeout(Some(self.timeout))?;
-        let len = u16::try_from(query.len()).map_err(|_| io::Error::other("query too long"))?;
-        conn.write_all(&len.to_be_bytes())?;
-        conn.write_all(query)?;
-        let mut len = [0u8; 2];
-        conn.read_exact(&mut len)?;
-        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        conn.read_exact(&mut buf)?;
-        let m = Message::from_vec(&buf)
+        write_framed(&mut conn, query)?;
+        let m = Message::from_vec(&read_framed(&mut conn)?)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         if m.metadata.id != id || !answers(&m, question) {
             return Err(io::Error::new(

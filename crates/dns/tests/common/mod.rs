@@ -8,13 +8,14 @@ use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use sandgate_dataplane::probe::{reachable, Proto};
 use sandgate_dataplane::{Dataplane, DataplaneConfig, SlotAddrs};
+use sandgate_dns::protocol::{read_framed, write_framed};
 use sandgate_dns::{Directory, DnsConfig, DnsService, Upstream};
 use sandgate_lab::addrs::*;
 use sandgate_lab::Lab;
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, EffectivePolicy, PolicyConfig, Reason, SettingsRequest};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -176,13 +177,8 @@ pub fn ask(ns: &Netns, server: IpAddr, name: &str, qtype: RecordType, tcp: bool)
         let bytes = if tcp {
             let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
             c.set_read_timeout(Some(Duration::from_secs(3)))?;
-            c.write_all(&(q.len() as u16).to_be_bytes())?;
-            c.write_all(&q)?;
-            let mut len = [0u8; 2];
-            c.read_exact(&mut len)?;
-            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            c.read_exact(&mut buf)?;
-            buf
+            write_framed(&mut c, &q)?;
+            read_framed(&mut c)?
         } else {
             let bind = if server.is_ipv4() {
                 "0.0.0.0:0"
