@@ -142,7 +142,7 @@ fn host_tables(lab: &Lab, chains: &str) {
 /// The reference layout: one rule per sandbox keyed on its source address,
 /// the sender's rule last (the worst case, as for most sandboxes), with the
 /// same NAT as sandgate's.
-fn linear_chain(lab: &Lab, dp: &Dataplane, slots: &[u32], sender: u32) {
+fn linear_chain(lab: &Lab, cfg: &DataplaneConfig, slots: &[u32], sender: u32) {
     let mut chain = String::from(
         "  chain linear_forward {\n    type filter hook forward priority 0; policy accept;\n    iifname != \"sgh*\" accept\n",
     );
@@ -153,7 +153,7 @@ fn linear_chain(lab: &Lab, dp: &Dataplane, slots: &[u32], sender: u32) {
     {
         chain.push_str(&format!(
             "    ip saddr {} ip daddr {{ 192.0.2.10, 198.51.100.0/24, 203.0.113.128/26 }} accept\n",
-            dp.slot(i).sandbox4
+            cfg.slot(i).sandbox4
         ));
     }
     chain.push_str("    drop\n  }\n");
@@ -190,6 +190,7 @@ fn forwarding(seconds: f64) {
     let pc = PolicyConfig::default();
     sink(&lab);
     let (mut dp, dir) = fresh(&lab, &pc);
+    let cfg = dp.config().clone();
     let listed = policy(
         &pc,
         3,
@@ -198,13 +199,14 @@ fn forwarding(seconds: f64) {
     let sender = dp.create("sender", &listed).unwrap();
     let ns = Netns::open(&sender.netns).unwrap();
     let mut slots = vec![sender.index];
-
+    // The baselines swap the host's tables: no dataplane (and so no
+    // watchdog, which would cut the slots off) runs meanwhile.
+    drop(dp);
     host_tables(&lab, NAT);
     let base = forwarding_rate(&lab, &ns, seconds);
     for target in [1usize, 100, 1000] {
         // The sandgate ruleset back, with every live slot's policy.
-        drop(dp);
-        dp = restart(&lab, &pc, &dir, 0);
+        let mut dp = restart(&lab, &pc, &dir, 0);
         while slots.len() < target {
             slots.push(
                 dp.create(&format!("s{}", slots.len()), &listed)
@@ -213,7 +215,8 @@ fn forwarding(seconds: f64) {
             );
         }
         let ours = forwarding_rate(&lab, &ns, seconds);
-        linear_chain(&lab, &dp, &slots, sender.index);
+        drop(dp);
+        linear_chain(&lab, &cfg, &slots, sender.index);
         let linear = forwarding_rate(&lab, &ns, seconds);
         // The same host (its slots' links and routes) with no filtering.
         host_tables(&lab, "");
@@ -236,7 +239,6 @@ fn forwarding(seconds: f64) {
         forwarding_rate(&lab, &ns, seconds)
     );
     // Put the ruleset back so that the slots can be removed cleanly.
-    drop(dp);
     let mut dp = restart(&lab, &pc, &dir, 0);
     for (i, _) in dp.active_slots() {
         dp.delete(i).unwrap();

@@ -207,10 +207,10 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
     let _ = write!(
         r,
         "  chain forward_hook {{ type filter hook forward priority filter; policy accept;\n\
+         \x20   iifname . ct mark @valid ct status ! expected accept\n\
+         \x20   oifname . ct mark @valid ct status ! expected accept\n\
          \x20   iifname {slots} ct status expected drop\n\
          \x20   oifname {slots} ct status expected drop\n\
-         \x20   iifname . ct mark @valid accept\n\
-         \x20   oifname . ct mark @valid accept\n\
          \x20   iifname {slots} jump from_slot\n\
          \x20   oifname {slots} jump to_slot\n  }}\n\
          \x20 chain from_slot {{\n\
