@@ -1,0 +1,193 @@
+//! The OCI bundle of a sandbox: `config.json` for runc (or another OCI
+//! runtime), that of a default container plus sandgate's choices.
+//!
+//! - namespaces: the slot's network namespace, joined by path; new mount,
+//!   PID, IPC and UTS namespaces; the hostname is the sandbox id;
+//! - the capabilities of a default container (no `CAP_SYS_ADMIN`, no
+//!   `CAP_NET_ADMIN`, no `CAP_NET_RAW`); `noNewPrivileges`;
+//! - a seccomp filter that refuses the system calls a default container
+//!   profile refuses to a process without `CAP_SYS_ADMIN` (mounting,
+//!   namespaces, modules, keyrings, tracing, BPF, clocks, reboot, ...), so
+//!   that they fail with `EPERM` even where a capability check would not
+//!   catch them;
+//! - masked and read-only `/proc` paths, `/sys` read-only;
+//! - limits: processes always; memory and CPU where given.
+
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::Path;
+
+/// The capabilities of a default container (Docker's and containerd's
+/// list), without `CAP_NET_RAW`: a sandbox needs no raw sockets to reach
+/// the network.
+pub const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// System calls refused with `EPERM`: those a default container profile
+/// allows only with `CAP_SYS_ADMIN` or other capabilities a sandbox does
+/// not have, or never.
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "syslog",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vhangup",
+];
+
+/// What a bundle needs.
+#[derive(Debug, Clone)]
+pub struct BundleSpec<'a> {
+    /// The sandbox id: the hostname.
+    pub id: &'a str,
+    /// The root filesystem (the overlay's merged directory).
+    pub rootfs: &'a Path,
+    /// The network namespace to join.
+    pub netns: &'a Path,
+    /// The file to bind on `/etc/resolv.conf` (naming the gateway).
+    pub resolv_conf: &'a Path,
+    /// The most processes.
+    pub pids_limit: i64,
+    /// The most memory, in bytes, if limited.
+    pub memory_limit: Option<i64>,
+    /// CPU shares, if limited.
+    pub cpu_shares: Option<u64>,
+}
+
+/// The `resolv.conf` of a sandbox whose gateway is `gateway`.
+pub fn resolv_conf(gateway: IpAddr) -> String {
+    format!("# sandgate: the DNS service on this sandbox's gateway\nnameserver {gateway}\noptions ndots:0\n")
+}
+
+/// The `config.json` of a sandbox.
+pub fn config(spec: &BundleSpec<'_>) -> Value {
+    let caps: Vec<&str> = CAPABILITIES.to_vec();
+    let mut resources = json!({
+        "devices": [{ "allow": false, "access": "rwm" }],
+        "pids": { "limit": spec.pids_limit },
+    });
+    if let Some(m) = spec.memory_limit {
+        resources["memory"] = json!({ "limit": m, "swap": m });
+    }
+    if let Some(c) = spec.cpu_shares {
+        resources["cpu"] = json!({ "shares": c });
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "hostname": spec.id,
+        "root": { "path": spec.rootfs, "readonly": false },
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            // The sandbox's first process only waits, and reaps the
+            // orphans the kernel hands it (a zombie still counts against
+            // the pids limit); work comes by exec.
+            "args": ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
+            "noNewPrivileges": true,
+        },
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+              "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+              "options": ["nosuid", "noexec", "nodev", "ro"] },
+            { "destination": "/etc/resolv.conf", "type": "bind", "source": spec.resolv_conf,
+              "options": ["rbind", "ro"] },
+        ],
+        "linux": {
+            "resources": resources,
+            "namespaces": [
+                { "type": "pid" },
+                { "type": "network", "path": spec.netns },
+                { "type": "ipc" },
+                { "type": "uts" },
+                { "type": "mount" },
+            ],
+            "seccomp": {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
+                "syscalls": [{ "names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }],
+            },
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+                "/sys/firmware", "/sys/devices/virtual/powercap",
+            ],
+            "readonlyPaths": [
+                "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+            ],
+        },
+    })
+}
