@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -44,23 +45,43 @@ pub struct ExecResult {
     pub truncated: bool,
 }
 
-/// Reads all of `r`, keeping at most `cap` bytes; says whether it dropped
-/// any.
-fn capped(mut r: impl Read, cap: usize) -> (Vec<u8>, bool) {
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 8192];
-    let mut dropped = false;
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = cap.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-                dropped |= n > room;
-            }
+/// Output read so far: at most the cap, and whether bytes were dropped.
+type Captured = Arc<Mutex<(Vec<u8>, bool)>>;
+
+/// How long the output may stay open once the command is over: what a
+/// process that left the command's group (`setsid`) still writes after
+/// that is not waited for.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Reads `r` on a thread of its own until end of file, keeping at most
+/// `cap` bytes in what it returns.
+fn capture(mut r: impl Read + Send + 'static, cap: usize) -> (Captured, thread::JoinHandle<()>) {
+    let captured: Captured = Arc::default();
+    let sink = captured.clone();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n @ 1..) = r.read(&mut buf) {
+            let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
+            let (kept, dropped) = &mut *guard;
+            let room = cap.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+            *dropped |= n > room;
         }
+    });
+    (captured, reader)
+}
+
+/// What `captured` holds once its reader is done, or [`DRAIN`] from now.
+fn collect(captured: Option<(Captured, thread::JoinHandle<()>)>) -> (Vec<u8>, bool) {
+    let Some((captured, reader)) = captured else {
+        return Default::default();
+    };
+    let deadline = Instant::now() + DRAIN;
+    while !reader.is_finished() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(2));
     }
-    (kept, dropped)
+    let guard = captured.lock().unwrap_or_else(|e| e.into_inner());
+    guard.clone()
 }
 
 /// The state letter and process group of host process `pid`, from the
@@ -122,14 +143,8 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
-    let out = child
-        .stdout
-        .take()
-        .map(|o| thread::spawn(move || capped(o, cap)));
-    let err = child
-        .stderr
-        .take()
-        .map(|e| thread::spawn(move || capped(e, cap)));
+    let out = child.stdout.take().map(|o| capture(o, cap));
+    let err = child.stderr.take().map(|e| capture(e, cap));
     let started = Instant::now();
     let mut timed_out = false;
     // The command's process group, in the host's numbering: the pid the
@@ -171,8 +186,8 @@ pub fn run(
         kill_group(runc, id, pgid);
     }
     let _ = std::fs::remove_file(&pid_file);
-    let (stdout, t1) = out.and_then(|h| h.join().ok()).unwrap_or_default();
-    let (stderr, t2) = err.and_then(|h| h.join().ok()).unwrap_or_default();
+    let (stdout, t1) = collect(out);
+    let (stderr, t2) = collect(err);
     use std::os::unix::process::ExitStatusExt;
     let exit_code = match (status.code(), status.signal()) {
         (Some(c), _) => c,

@@ -123,6 +123,26 @@ fn exec_returns_exit_codes_output_env_cwd_and_obeys_timeouts_and_caps() {
         "children survived the timeout:\n{}",
         ps.stdout
     );
+    // A process that leaves the group and keeps the output open does not
+    // hold the exec past its timeout.
+    let started = Instant::now();
+    let r =
+        f.rt.exec(
+            &id,
+            &ExecRequest {
+                command: "setsid sleep 303 & echo kept; sleep 304".into(),
+                timeout: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(r.timed_out);
+    assert_eq!(r.stdout, "kept\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
