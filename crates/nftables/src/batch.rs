@@ -284,16 +284,8 @@ impl NftSocket {
         let mut found = None;
         while found.is_none() {
             let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
-            let mut offset = 0;
-            while offset < n {
-                let reply =
-                    NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[offset..n])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += len;
+            for reply in replies(&self.buf[..n]) {
+                let reply = reply?;
                 if reply.header.sequence_number != seq {
                     continue;
                 }
@@ -372,16 +364,8 @@ impl NftSocket {
                 Err(e) if failure.is_some() && e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(failure.unwrap_or(e)),
             };
-            let mut offset = 0;
-            while offset < n {
-                let reply =
-                    NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[offset..n])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = reply.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += len;
+            for reply in replies(&self.buf[..n]) {
+                let reply = reply?;
                 let seq = reply.header.sequence_number;
                 if !(first..=last).contains(&seq) {
                     continue;
@@ -413,6 +397,34 @@ impl NftSocket {
             None => Ok(()),
         }
     }
+}
+
+/// The netlink messages of one received datagram, in order; an
+/// unparsable one ends the walk with an error.
+fn replies(buf: &[u8]) -> impl Iterator<Item = io::Result<NetlinkMessage<NetfilterMessage>>> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset >= buf.len() {
+            return None;
+        }
+        let reply = match NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..]) {
+            Ok(reply) => reply,
+            Err(e) => {
+                offset = buf.len();
+                return Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    e.to_string(),
+                )));
+            }
+        };
+        match reply.header.length as usize {
+            0 => None,
+            len => {
+                offset += len;
+                Some(Ok(reply))
+            }
+        }
+    })
 }
 
 fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
