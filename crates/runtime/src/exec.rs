@@ -98,10 +98,9 @@ fn stat(pid: i32) -> Option<(char, i32)> {
 /// `pgid`. Only the sandbox's own processes (its runtime lists them) are
 /// looked at, so a recycled group number can never reach the host's.
 fn kill_group(runc: &dyn Fn() -> Command, id: &str, pgid: i32) {
-    let Ok(out) = runc().args(["ps", "--format", "json", id]).output() else {
+    let Ok(pids) = crate::ps(runc(), id) else {
         return;
     };
-    let pids: Vec<i32> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     for pid in pids {
         if stat(pid).is_some_and(|(_, pgrp)| pgrp == pgid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

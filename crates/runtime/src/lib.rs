@@ -88,6 +88,20 @@ fn check_name(kind: &str, name: &str) -> io::Result<()> {
     }
 }
 
+/// The host pids of sandbox `id`'s processes, as the OCI runtime `runc`
+/// lists them.
+fn ps(mut runc: Command, id: &str) -> io::Result<Vec<i32>> {
+    let program = runc.get_program().to_string_lossy().into_owned();
+    let out = runc.args(["ps", "--format", "json", id]).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "{program} ps {id}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    serde_json::from_slice(&out.stdout).map_err(io::Error::other)
+}
+
 impl Runtime {
     /// A runtime with `cfg`.
     pub fn new(cfg: RuntimeConfig) -> io::Result<Runtime> {
@@ -306,15 +320,7 @@ impl Runtime {
     /// The host pids of the processes of sandbox `id` (its cgroup's).
     pub fn processes(&self, id: &str) -> io::Result<Vec<i32>> {
         check_name("sandbox", id)?;
-        let out = self.runc().args(["ps", "--format", "json", id]).output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "{} ps {id}: {}",
-                self.cfg.oci_runtime.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        serde_json::from_slice(&out.stdout).map_err(io::Error::other)
+        ps(self.runc(), id)
     }
 
     /// Stops and removes sandbox `id`: its processes, the runtime's state,
