@@ -17,6 +17,7 @@
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig};
 use sandgate_lab::addrs::*;
+use sandgate_lab::bench::stats;
 use sandgate_lab::Lab;
 use sandgate_netns::Netns;
 use sandgate_nftables::load_ruleset;
@@ -37,33 +38,6 @@ fn policy(p: &PolicyConfig, tier: u8, list: Option<&str>) -> EffectivePolicy {
     };
     p.resolve(tier, &p.settings_for_create(tier, &req).unwrap())
         .unwrap()
-}
-
-fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v[i]
-}
-
-fn stats(name: &str, v: &[Duration], base: Option<&[Duration]>) {
-    let (p50, p99) = (percentile(v.to_vec(), 0.5), percentile(v.to_vec(), 0.99));
-    let ratio = base
-        .map(|b| {
-            format!(
-                "  {:.3}x of the baseline's p50",
-                p50.as_secs_f64() / percentile(b.to_vec(), 0.5).as_secs_f64()
-            )
-        })
-        .unwrap_or_default();
-    println!(
-        "  {name:<44} p50 {:>10.3} ms  p99 {:>10.3} ms{ratio}",
-        ms(p50),
-        ms(p99)
-    );
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// A counter of UDP packets to the sink port, in the world, in the kernel.

@@ -17,6 +17,7 @@
 //! killed process are swept by the next [`Lab::up`].
 
 pub mod addrs;
+pub mod bench;
 pub mod dns;
 mod http;
 mod servers;

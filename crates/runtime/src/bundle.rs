@@ -110,8 +110,8 @@ pub struct BundleSpec<'a> {
     pub pids_limit: i64,
     /// The most memory, in bytes, if limited.
     pub memory_limit: Option<i64>,
-    /// CPU shares, if limited.
-    pub cpu_shares: Option<u64>,
+    /// The most CPU time, in cores, if limited.
+    pub cpu: Option<f64>,
 }
 
 /// The `resolv.conf` of a sandbox whose gateway is `gateway`.
@@ -129,8 +129,11 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
     if let Some(m) = spec.memory_limit {
         resources["memory"] = json!({ "limit": m, "swap": m });
     }
-    if let Some(c) = spec.cpu_shares {
-        resources["cpu"] = json!({ "shares": c });
+    if let Some(cores) = spec.cpu {
+        // CFS bandwidth: `cores` periods of CPU time per period.
+        const PERIOD: u64 = 100_000;
+        resources["cpu"] =
+            json!({ "quota": (cores * PERIOD as f64).round() as i64, "period": PERIOD });
     }
     json!({
         "ociVersion": "1.0.2",

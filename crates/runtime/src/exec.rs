@@ -1,16 +1,20 @@
 //! Exec: a command in a running sandbox, through `/bin/sh -c`.
 //!
 //! runc starts the command as the leader of a process group of its own
-//! (the test suite checks it), so on timeout, or when the shell ends, the
-//! rest of the group (children and grandchildren) is killed too. stdout and stderr are read apart, each up to a cap;
-//! `result` is the two together, for the reference API.
+//! (the test suite checks it). Before the command runs, a one-line preamble
+//! writes that shell's pid (the group's id, in the sandbox's numbering) as
+//! the first line of stdout and then `exec`s the command in the same
+//! process, so the group is known before any of the command's processes
+//! exist. On timeout, or when the shell ends, the rest of the group
+//! (children and grandchildren) is killed. stdout and stderr are read apart,
+//! each up to a cap; `result` is the two together, for the reference API.
 
 use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
-use std::io::{self, Read};
-use std::path::Path;
+use std::io::{self, BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,6 +49,10 @@ pub struct ExecResult {
     pub truncated: bool,
 }
 
+/// The preamble: print the shell's pid, then become the command (same
+/// process, so the same group). `$1` is the command.
+const PREAMBLE: &str = "echo $$; exec /bin/sh -c \"$1\"";
+
 /// Output read so far: at most the cap, and whether bytes were dropped.
 type Captured = Arc<Mutex<(Vec<u8>, bool)>>;
 
@@ -53,12 +61,32 @@ type Captured = Arc<Mutex<(Vec<u8>, bool)>>;
 /// that is not waited for.
 const DRAIN: Duration = Duration::from_millis(500);
 
+/// How often the command's leader and the timeout are looked at.
+const POLL: Duration = Duration::from_millis(5);
+
 /// Reads `r` on a thread of its own until end of file, keeping at most
-/// `cap` bytes in what it returns.
-fn capture(mut r: impl Read + Send + 'static, cap: usize) -> (Captured, thread::JoinHandle<()>) {
+/// `cap` bytes in what it returns. With `header`, the first line is not
+/// output but the command's process group, sent there (`None` if the
+/// stream ends or the line is not a number).
+fn capture(
+    r: impl Read + Send + 'static,
+    cap: usize,
+    header: Option<mpsc::Sender<Option<i32>>>,
+) -> (Captured, thread::JoinHandle<()>) {
     let captured: Captured = Arc::default();
     let sink = captured.clone();
     let reader = thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        if let Some(header) = header {
+            let mut line = Vec::new();
+            let pgid = match (&mut r).take(16).read_until(b'\n', &mut line) {
+                Ok(_) => std::str::from_utf8(&line)
+                    .ok()
+                    .and_then(|l| l.trim().parse().ok()),
+                Err(_) => None,
+            };
+            let _ = header.send(pgid);
+        }
         let mut buf = [0u8; 8192];
         while let Ok(n @ 1..) = r.read(&mut buf) {
             let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
@@ -84,45 +112,67 @@ fn collect(captured: Option<(Captured, thread::JoinHandle<()>)>) -> (Vec<u8>, bo
     guard.clone()
 }
 
-/// The state letter and process group of host process `pid`, from the
-/// fields after the command's closing parenthesis in `/proc/<pid>/stat`.
-fn stat(pid: i32) -> Option<(char, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let pgrp = fields.nth(1)?.parse().ok()?;
-    Some((state, pgrp))
+/// The last (innermost namespace's) number of field `field` (`NSpid`,
+/// `NSpgid`) of host process `pid`'s `/proc/<pid>/status`.
+fn ns_number(pid: i32, field: &str) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
-/// Kills, with `SIGKILL`, the processes of sandbox `id` in process group
-/// `pgid`. Only the sandbox's own processes (its runtime lists them) are
-/// looked at, so a recycled group number can never reach the host's.
-fn kill_group(runc: &dyn Fn() -> Command, id: &str, pgid: i32) {
-    let Ok(pids) = crate::ps(runc(), id) else {
+/// Whether host process `pid` is gone or a zombie.
+fn ended(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    state.is_none_or(|s| s == 'Z')
+}
+
+/// Kills, with `SIGKILL`, the processes of the sandbox (`ps` lists them)
+/// in its process group `pgid` (the sandbox's numbering). Only the
+/// sandbox's own processes are looked at, so the host's can never be
+/// reached.
+fn kill_group(ps: &dyn Fn() -> io::Result<Vec<i32>>, pgid: i32) {
+    let Ok(pids) = ps() else {
         return;
     };
     for pid in pids {
-        if stat(pid).is_some_and(|(_, pgrp)| pgrp == pgid) {
+        if ns_number(pid, "NSpgid") == Some(pgid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
 
-/// Runs `request` in sandbox `id` with the OCI runtime commands `runc`
-/// makes. When the shell ends, or the timeout, what is left of its process
-/// group is killed: a command's background processes do not outlive it,
-/// and an exec never hangs on them holding its output open.
+/// The host pid of the process numbered `pid` in the sandbox (`ps` lists
+/// its processes), if alive.
+fn host_pid(ps: &dyn Fn() -> io::Result<Vec<i32>>, pid: i32) -> Option<i32> {
+    ps().ok()?
+        .into_iter()
+        .find(|&p| ns_number(p, "NSpid") == Some(pid))
+}
+
+/// Runs `request` in sandbox `id` with `runc`, an OCI runtime command
+/// (with its global options); `ps` lists the host pids of the sandbox's
+/// processes. When the shell ends, or the timeout, what is left of its
+/// process group is killed: a command's background processes do not
+/// outlive it, and an exec never hangs on them holding its output open.
 pub fn run(
-    runc: &dyn Fn() -> Command,
+    mut runc: Command,
+    ps: &dyn Fn() -> io::Result<Vec<i32>>,
     id: &str,
     request: &ExecRequest,
     cap: usize,
-    dir: &Path,
 ) -> io::Result<ExecResult> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let pid_file = dir.join(format!("exec-{}.pid", NEXT.fetch_add(1, Ordering::Relaxed)));
-    let mut cmd = runc();
-    cmd.arg("exec").arg("--pid-file").arg(&pid_file);
+    let cmd = &mut runc;
+    cmd.arg("exec");
     if let Some(cwd) = &request.cwd {
         cmd.arg("--cwd").arg(cwd);
     }
@@ -136,55 +186,67 @@ pub fn run(
         cmd.arg("--env").arg(format!("{k}={v}"));
     }
     cmd.arg(id)
-        .args(["/bin/sh", "-c"])
+        .args(["/bin/sh", "-c", PREAMBLE, "sandgate"])
         .arg(&request.command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
-    let out = child.stdout.take().map(|o| capture(o, cap));
-    let err = child.stderr.take().map(|e| capture(e, cap));
+    let (header_tx, header) = mpsc::channel();
+    let out = child
+        .stdout
+        .take()
+        .map(|o| capture(o, cap, Some(header_tx)));
+    let err = child.stderr.take().map(|e| capture(e, cap, None));
+    // The runtime's end is waited for on a thread, so it is seen at once;
+    // the loop below wakes for it or every POLL. The thread does not reap
+    // (`WNOWAIT`): only `child` does, so its pid stays the runtime's until
+    // then and `child.kill` cannot reach another process.
+    let (exit_tx, exit) = mpsc::channel();
+    let runtime_pid = Pid::from_raw(child.id() as i32);
+    thread::spawn(move || {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        let _ = exit_tx.send(waitid(Id::Pid(runtime_pid), flags));
+    });
     let started = Instant::now();
     let mut timed_out = false;
-    // The command's process group, in the host's numbering: the pid the
-    // runtime wrote, a group leader.
-    // runc removes the file when the command ends, so it is read while
-    // the command runs: a command that ends within the first poll leaves
-    // its background processes alone (see docs/RUNTIME.md).
-    let read_pgid = || {
-        std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-    };
+    // The group (sandbox numbering), once the preamble's line is in, and
+    // whether its leader (host pid, watched through /proc) still runs.
     let mut pgid = None;
+    let mut leader = None;
     let status = loop {
         if pgid.is_none() {
-            pgid = read_pgid();
+            if let Ok(Some(g)) = header.try_recv() {
+                pgid = Some(g);
+                leader = Some(host_pid(ps, g));
+            }
         }
-        if let Some(s) = child.try_wait()? {
-            break s;
+        if exit.recv_timeout(POLL).is_ok() {
+            break child.wait()?;
         }
         // The runtime waits for every process the command left, so the
-        // shell's end is seen here: its pid is gone (or a zombie).
-        if let Some(leader) = pgid {
-            if stat(leader).is_none_or(|(state, _)| state == 'Z') {
-                kill_group(runc, id, leader);
+        // shell's end is seen here: its pid is gone (or a zombie). The
+        // rest of the group is killed once.
+        if let (Some(g), Some(l)) = (pgid, leader) {
+            if l.is_none_or(ended) {
+                kill_group(ps, g);
+                leader = None;
             }
         }
         if request.timeout.is_some_and(|t| started.elapsed() >= t) {
             timed_out = true;
-            if let Some(pgid) = pgid {
-                kill_group(runc, id, pgid);
+            if let Some(g) = pgid {
+                kill_group(ps, g);
             }
             let _ = child.kill();
             break child.wait()?;
         }
-        thread::sleep(Duration::from_millis(5));
     };
-    if let Some(pgid) = pgid {
-        kill_group(runc, id, pgid);
+    // The preamble's line is written before the command starts, so it is
+    // in the pipe by now even when the command was quicker than a poll.
+    if let Some(g) = pgid.or_else(|| header.recv_timeout(DRAIN).ok().flatten()) {
+        kill_group(ps, g);
     }
-    let _ = std::fs::remove_file(&pid_file);
     let (stdout, t1) = collect(out);
     let (stderr, t2) = collect(err);
     use std::os::unix::process::ExitStatusExt;

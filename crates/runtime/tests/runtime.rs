@@ -215,6 +215,18 @@ fn a_sandbox_sees_nothing_of_the_host_and_cannot_change_its_kernel_state() {
     let r = f.sh(&id, "sleep 60 & echo started; sleep 0.2");
     assert_eq!(r.stdout, "started\n", "{r:?}");
     assert_eq!(f.rt.processes(&id).unwrap().len(), 2);
+    // Even those of a command that ends at once, before any poll.
+    for _ in 0..5 {
+        let started = Instant::now();
+        let r = f.sh(&id, "sleep 61 &");
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(f.rt.processes(&id).unwrap().len(), 2);
+    }
 }
 
 #[test]
@@ -244,4 +256,247 @@ fn a_snapshot_in_use_cannot_be_deleted() {
     let err = f.rt.delete_snapshot("busybox").unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy);
     assert_eq!(f.rt.snapshots().unwrap(), vec!["busybox".to_string()]);
+}
+
+#[test]
+fn stop_start_and_adoption_after_a_restart_keep_files_and_clean_the_dead() {
+    let mut f = Fixture::new("life", |_| {});
+    let id = f.sandbox("life");
+    assert_eq!(f.sh(&id, "echo kept > /root/file").exit_code, 0);
+    let rootfs = f.dir.join("sandboxes").join(&id).join("rootfs");
+    let mounted = |p: &std::path::Path| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(p.to_str().unwrap())
+    };
+
+    // Stop: no process, no mount, exec refused; start: the file is back.
+    f.rt.stop(&id).unwrap();
+    assert!(!f.rt.running(&id).unwrap());
+    assert!(!mounted(&rootfs));
+    let refused = f.rt.exec(&id, &ExecRequest::default()).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ResourceBusy);
+    f.rt.stop(&id).unwrap();
+    f.rt.start(&id).unwrap();
+    f.rt.start(&id).unwrap();
+    assert_eq!(f.sh(&id, "cat /root/file").stdout, "kept\n");
+
+    // A restart of the driving process: a new runtime on the same data
+    // takes the running sandbox back.
+    let cfg = RuntimeConfig::new(f.dir.clone());
+    let again = Runtime::new(cfg.clone()).unwrap();
+    assert_eq!(
+        again.adopt().unwrap(),
+        vec![(id.clone(), sandgate_runtime::Adopted::Running)]
+    );
+    assert_eq!(f.sh(&id, "cat /root/file").stdout, "kept\n");
+
+    // Its processes die while nobody watches: adoption marks it, cleans
+    // the runtime state and the mount, and it can start again.
+    for pid in f.rt.processes(&id).unwrap() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.rt.running(&id).unwrap() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = Runtime::new(cfg.clone()).unwrap();
+    assert_eq!(
+        again.adopt().unwrap(),
+        vec![(id.clone(), sandgate_runtime::Adopted::Died)]
+    );
+    let info = again.info(&id).unwrap();
+    assert!(info.died && info.state == sandgate_runtime::State::Stopped);
+    assert!(!mounted(&rootfs));
+    assert!(!f.dir.join("runc").join(&id).exists());
+    again.start(&id).unwrap();
+    assert!(!again.info(&id).unwrap().died);
+    assert_eq!(f.sh(&id, "cat /root/file").stdout, "kept\n");
+
+    // A stopped sandbox stays stopped.
+    again.stop(&id).unwrap();
+    assert_eq!(
+        Runtime::new(cfg.clone()).unwrap().adopt().unwrap(),
+        vec![(id.clone(), sandgate_runtime::Adopted::Stopped)]
+    );
+
+    // A creation cut short (the process died before the last write of the
+    // record, with the container already running) is removed whole.
+    let cut = f.sandbox("cut");
+    let record = f.dir.join("sandboxes").join(&cut).join("sandbox.json");
+    let text = std::fs::read_to_string(&record).unwrap();
+    std::fs::write(&record, text.replace("\"running\"", "\"creating\"")).unwrap();
+    let adopted = Runtime::new(cfg).unwrap().adopt().unwrap();
+    assert!(adopted.contains(&(cut.clone(), sandgate_runtime::Adopted::Removed)));
+    assert!(!f.dir.join("sandboxes").join(&cut).exists());
+    assert!(!f.dir.join("runc").join(&cut).exists());
+    assert!(!f.rt.running(&cut).unwrap());
+}
+
+#[test]
+fn memory_and_cpu_limits_are_enforced_where_the_host_has_the_controllers() {
+    let mut f = Fixture::new("lim", |c| {
+        c.memory_limit = Some(64 << 20);
+        c.cpu_limit = Some(0.5);
+    });
+    // This machine has both controllers (see the env notes); a host
+    // without them would report them unavailable instead.
+    assert_eq!(
+        f.rt.limits().memory,
+        sandgate_runtime::Limit::Enforced(64 << 20)
+    );
+    assert_eq!(f.rt.limits().cpu, sandgate_runtime::Limit::Enforced(0.5));
+    let id = f.sandbox("lim");
+    // 16 MiB fits; 256 MiB gets the process killed, not the sandbox.
+    let small = f.sh(&id, "dd if=/dev/zero of=/dev/null bs=16M count=1");
+    assert_eq!(small.exit_code, 0, "{small:?}");
+    let big = f.sh(&id, "dd if=/dev/zero of=/dev/null bs=256M count=1");
+    assert_eq!(big.exit_code, 137, "{big:?}");
+    assert_eq!(f.sh(&id, "echo alive").stdout, "alive\n");
+    // The CPU quota the kernel holds for the sandbox's cgroup.
+    let init = f.rt.processes(&id).unwrap()[0];
+    let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let quota = match cgroups.lines().find_map(|l| l.strip_prefix("0::")) {
+        Some(path) if unified => {
+            std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.max")).unwrap()
+        }
+        _ => {
+            let path = cgroups
+                .lines()
+                .find_map(|l| {
+                    let (_, rest) = l.split_once(':')?;
+                    let (ctrl, path) = rest.split_once(':')?;
+                    ctrl.split(',').any(|c| c == "cpu").then_some(path)
+                })
+                .unwrap();
+            std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{path}/cpu.cfs_quota_us")).unwrap()
+        }
+    };
+    assert!(quota.trim().starts_with("50000"), "{quota}");
+}
+
+/// A tar archive of `entries`: (path as written in the header, kind,
+/// content or link target), with no checks on the paths (hostile archives
+/// are the point).
+fn raw_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, data) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o755);
+        if kind.is_symlink() {
+            h.as_old_mut().linkname[..data.len()].copy_from_slice(data.as_bytes());
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        } else {
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append(&h, data.as_bytes()).unwrap();
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn snapshots_import_from_docker_export_tarballs_and_hostile_archives_change_nothing() {
+    let mut f = Fixture::new("imp", |_| {});
+    // A `docker export`-style archive (entries without a leading "./") of
+    // a root filesystem with one file more, plain and gzip-compressed.
+    let root = f.dir.join("snapshots/busybox/rootfs");
+    std::fs::write(root.join("etc/imported"), "from a tarball\n").unwrap();
+    let names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let tarball = f.dir.join("export.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .args(&names)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let gz = std::process::Command::new("gzip")
+        .args(["-k", "-f"])
+        .arg(&tarball)
+        .status()
+        .unwrap();
+    assert!(gz.success());
+    f.rt.import_snapshot("plain", std::fs::File::open(&tarball).unwrap())
+        .unwrap();
+    f.rt.import_snapshot(
+        "zipped",
+        std::fs::File::open(tarball.with_extension("tar.gz")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        f.rt.snapshots().unwrap(),
+        vec!["busybox", "plain", "zipped"]
+    );
+    for snapshot in ["plain", "zipped"] {
+        let id = format!("{snapshot}-{}", std::process::id());
+        f.rt.create(&id, snapshot, &f.ns.path(), "192.0.2.1".parse().unwrap())
+            .unwrap();
+        f.ids.push(id.clone());
+        assert_eq!(f.sh(&id, "cat /etc/imported").stdout, "from a tarball\n");
+    }
+    // A snapshot in use is not replaced.
+    let busy =
+        f.rt.import_snapshot("plain", std::fs::File::open(&tarball).unwrap())
+            .unwrap_err();
+    assert_eq!(busy.kind(), std::io::ErrorKind::ResourceBusy);
+
+    // Hostile or broken archives: refused, with nothing written outside
+    // and no snapshot made.
+    let outside = std::env::temp_dir().join(format!("sandgate-outside-{}", std::process::id()));
+    std::fs::create_dir_all(&outside).unwrap();
+    let sh = ("bin/sh", tar::EntryType::Regular, "#!/bin/true\n");
+    let link_out = outside.to_str().unwrap();
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "dot-dot",
+            raw_tar(&[sh, ("../../../escaped", tar::EntryType::Regular, "x")]),
+        ),
+        (
+            "through a symlink",
+            raw_tar(&[
+                sh,
+                ("out", tar::EntryType::Symlink, link_out),
+                ("out/pwned", tar::EntryType::Regular, "x"),
+            ]),
+        ),
+        (
+            "hard link out",
+            raw_tar(&[sh, ("passwd", tar::EntryType::Link, "/etc/passwd")]),
+        ),
+        (
+            "no shell",
+            raw_tar(&[("etc/hosts", tar::EntryType::Regular, "")]),
+        ),
+        ("not an archive", b"hello, this is not tar".repeat(40)),
+        ("empty", Vec::new()),
+    ];
+    for (what, bytes) in hostile {
+        let err = f.rt.import_snapshot("evil", &bytes[..]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{what}: {err}");
+        assert!(!err.to_string().is_empty());
+        assert_eq!(
+            f.rt.snapshots().unwrap(),
+            vec!["busybox", "plain", "zipped"],
+            "{what}"
+        );
+    }
+    assert!(!outside.join("pwned").exists());
+    assert!(!f.dir.join("escaped").exists() && !std::path::Path::new("/escaped").exists());
+    assert!(!f.dir.join("snapshots/evil.building").exists());
+    let _ = std::fs::remove_dir_all(&outside);
 }
