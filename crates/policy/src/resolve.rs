@@ -156,6 +156,29 @@ impl PolicyConfig {
         self.merge(tier, stored, request)
     }
 
+    /// Reads back settings kept in a store: the canonical text of lists
+    /// that [`settings_for_create`](Self::settings_for_create) or
+    /// [`settings_for_update`](Self::settings_for_update) validated. They
+    /// are parsed again without the tier's limits, which held when they
+    /// were stored and may have changed since (a stored list of an
+    /// organization moved to a restricted tier stays stored, inactive).
+    pub fn stored_settings(
+        &self,
+        network_block_all: bool,
+        network_allow_list: &str,
+        domain_allow_list: &str,
+    ) -> Result<NetworkSettings, PolicyError> {
+        Ok(NetworkSettings {
+            network_block_all,
+            network_allow_list: NetworkAllowList::parse(
+                network_allow_list,
+                usize::MAX,
+                self.ranges(),
+            )?,
+            domain_allow_list: DomainAllowList::parse(domain_allow_list, usize::MAX)?,
+        })
+    }
+
     fn merge(
         &self,
         tier: Tier,

@@ -1,0 +1,354 @@
+//! The runner: the sandboxes of one host.
+//!
+//! A sandbox here is a dataplane slot (namespace, links, its policy in the
+//! kernel), the DNS service's view of it (its addresses and policy, for
+//! answers and admissions), and a runtime sandbox in the slot's namespace.
+//! [`Runner`] makes, changes and removes the three as one step: a create
+//! puts the policy in the kernel before the sandbox's first process runs,
+//! and any failure undoes what was done.
+//!
+//! This is the narrow interface the server drives (BRIEF section 3): ids,
+//! effective policies, exec requests in; addresses, results and reports
+//! out. It keeps nothing the server does not also keep, so that after a
+//! restart [`Runner::restore`] rebuilds it from the server's records.
+
+use sandgate_dataplane::{Dataplane, DataplaneConfig, SlotAddrs};
+use sandgate_dns::{Directory, DnsConfig, DnsService, Upstream};
+use sandgate_netns::Netns;
+use sandgate_policy::{Catalog, EffectivePolicy, PolicyConfig, Reason};
+use sandgate_runtime::{Adopted, ExecRequest, ExecResult, Runtime, RuntimeConfig};
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How the runner runs.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The dataplane's state file and the runtime's data live here.
+    pub data_dir: PathBuf,
+    /// The dataplane instance (prefix of the slots' namespace names).
+    pub instance: String,
+    /// The namespace the dataplane and the DNS service work in (the lab's
+    /// `host`); `None` for the process's own.
+    pub host_netns: Option<String>,
+    /// Where the DNS service sends allowed queries.
+    pub upstream: Upstream,
+    /// Prepared slots kept ready.
+    pub warm_pool: usize,
+    /// The runtime's settings (its `data_dir` is set under `data_dir`).
+    pub runtime: RuntimeConfig,
+}
+
+impl RunnerConfig {
+    /// Defaults under `data_dir`, with the host's resolvers upstream.
+    pub fn new(data_dir: PathBuf, instance: &str, upstream: Upstream) -> RunnerConfig {
+        RunnerConfig {
+            runtime: RuntimeConfig::new(data_dir.join("runtime")),
+            data_dir,
+            instance: instance.to_string(),
+            host_netns: None,
+            upstream,
+            warm_pool: 4,
+        }
+    }
+}
+
+/// Where a sandbox is on the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Its slot.
+    pub slot: SlotAddrs,
+}
+
+/// What the DNS service asks of the runner: which sandbox an address is
+/// and its policy, and admissions in the dataplane.
+#[derive(Debug)]
+struct Sandboxes {
+    dp: Mutex<Dataplane>,
+    by_addr: Mutex<HashMap<IpAddr, (u32, EffectivePolicy)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Directory for Sandboxes {
+    fn sandbox(&self, source: IpAddr) -> Option<(u32, EffectivePolicy)> {
+        lock(&self.by_addr).get(&source).cloned()
+    }
+
+    fn admit(&self, slot: u32, addr: IpAddr, rule: &Reason, lifetime: Duration) -> io::Result<()> {
+        lock(&self.dp).admit(slot, addr, rule, lifetime)
+    }
+}
+
+impl Sandboxes {
+    fn know(&self, slot: &SlotAddrs, policy: &EffectivePolicy) {
+        let mut by_addr = lock(&self.by_addr);
+        for addr in [IpAddr::V4(slot.sandbox4), IpAddr::V6(slot.sandbox6)] {
+            by_addr.insert(addr, (slot.index, policy.clone()));
+        }
+    }
+
+    fn forget(&self, slot: &SlotAddrs) {
+        let mut by_addr = lock(&self.by_addr);
+        by_addr.remove(&IpAddr::V4(slot.sandbox4));
+        by_addr.remove(&IpAddr::V6(slot.sandbox6));
+    }
+}
+
+/// The DNS service's counts (see `sandgate_dns::Counters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsCounts {
+    /// Queries forwarded upstream.
+    pub forwarded: u64,
+    /// Queries answered from the cache.
+    pub cache_hits: u64,
+    /// Queries refused.
+    pub refused: u64,
+    /// Addresses admitted.
+    pub admitted: u64,
+    /// Answers stripped of private addresses.
+    pub rebinding: u64,
+}
+
+/// What [`Runner::restore`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Sandboxes running again with their policy re-applied.
+    pub running: Vec<String>,
+    /// Sandboxes expected but lost (no slot or no runtime sandbox left,
+    /// as after a reboot): whatever was left of them is removed.
+    pub lost: Vec<String>,
+    /// Slots and runtime sandboxes nobody expected (a create cut short),
+    /// removed.
+    pub removed: Vec<String>,
+}
+
+/// The sandboxes of one host.
+pub struct Runner {
+    sandboxes: Arc<Sandboxes>,
+    runtime: Runtime,
+    // Behind a lock only because its event receiver is not `Sync`.
+    dns: Mutex<DnsService>,
+    host: Option<Netns>,
+    slots: Mutex<HashMap<String, SlotAddrs>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// Starts the dataplane (its ruleset before anything else), the DNS
+    /// service and the runtime, and builds the `busybox` snapshot if there
+    /// is none. Call [`Runner::restore`] next.
+    pub fn start(
+        cfg: RunnerConfig,
+        policy: Arc<PolicyConfig>,
+        catalog: Arc<Catalog>,
+    ) -> io::Result<Runner> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let mut dp_cfg =
+            DataplaneConfig::new(&policy, &cfg.instance, cfg.data_dir.join("dataplane.json"))?;
+        dp_cfg.host_netns = cfg.host_netns.clone();
+        dp_cfg.warm_pool = cfg.warm_pool;
+        let dns_port = dp_cfg.dns_port;
+        let (dp, _) = Dataplane::start(dp_cfg, (*policy).clone())?;
+        let sandboxes = Arc::new(Sandboxes {
+            dp: Mutex::new(dp),
+            by_addr: Mutex::new(HashMap::new()),
+        });
+        let host = match &cfg.host_netns {
+            Some(name) => Some(Netns::open(name)?),
+            None => None,
+        };
+        let dns = DnsService::start(
+            host.as_ref(),
+            DnsConfig::new(dns_port, cfg.upstream.clone()),
+            sandboxes.clone(),
+            catalog,
+            policy,
+        )?;
+        let runtime = Runtime::new(cfg.runtime.clone())?;
+        if !runtime.snapshots()?.iter().any(|s| s == "busybox") {
+            runtime.build_busybox("busybox")?;
+        }
+        Ok(Runner {
+            sandboxes,
+            runtime,
+            dns: Mutex::new(dns),
+            host,
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The runtime (snapshots, limits).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// What the DNS service has done so far.
+    pub fn dns_counts(&self) -> DnsCounts {
+        let dns = lock(&self.dns);
+        let c = dns.counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        DnsCounts {
+            forwarded: get(&c.forwarded),
+            cache_hits: get(&c.cache_hits),
+            refused: get(&c.refused),
+            admitted: get(&c.admitted),
+            rebinding: get(&c.rebinding),
+        }
+    }
+
+    /// Makes sandbox `id` from `snapshot` with `policy` in force: a slot
+    /// with the policy in the kernel, the DNS service told, then the
+    /// runtime sandbox in the slot. On failure nothing of it is left.
+    pub fn create(
+        &self,
+        id: &str,
+        snapshot: &str,
+        policy: &EffectivePolicy,
+    ) -> io::Result<Placement> {
+        if lock(&self.slots).contains_key(id) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("sandbox {id} exists"),
+            ));
+        }
+        let slot = lock(&self.sandboxes.dp).create(id, policy)?;
+        self.sandboxes.know(&slot, policy);
+        let netns = Netns::path_of(&slot.netns);
+        if let Err(e) = self
+            .runtime
+            .create(id, snapshot, &netns, IpAddr::V4(slot.gateway4))
+        {
+            self.sandboxes.forget(&slot);
+            let _ = lock(&self.sandboxes.dp).delete(slot.index);
+            return Err(e);
+        }
+        lock(&self.slots).insert(id.to_string(), slot.clone());
+        Ok(Placement { slot })
+    }
+
+    fn slot(&self, id: &str) -> io::Result<SlotAddrs> {
+        lock(&self.slots).get(id).cloned().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no sandbox {id} on this runner"),
+            )
+        })
+    }
+
+    /// Puts `policy` in force for sandbox `id`: in the kernel (connections
+    /// it denies stop at their next packet) and for the DNS service.
+    pub fn update(&self, id: &str, policy: &EffectivePolicy) -> io::Result<()> {
+        let slot = self.slot(id)?;
+        lock(&self.sandboxes.dp).update(slot.index, policy)?;
+        self.sandboxes.know(&slot, policy);
+        Ok(())
+    }
+
+    /// Removes sandbox `id`: its processes and files, then its slot.
+    pub fn delete(&self, id: &str) -> io::Result<()> {
+        self.runtime.delete(id)?;
+        let slot = lock(&self.slots).remove(id);
+        if let Some(slot) = slot {
+            self.sandboxes.forget(&slot);
+            lock(&self.sandboxes.dp).delete(slot.index)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a command in sandbox `id`.
+    pub fn exec(&self, id: &str, request: &ExecRequest) -> io::Result<ExecResult> {
+        self.slot(id)?;
+        self.runtime.exec(id, request)
+    }
+
+    /// Rebuilds the runner after a restart from the sandboxes the server
+    /// knows (`expected`: id and policy): each one's slot and runtime
+    /// sandbox are taken back and its policy re-applied (the server's
+    /// record wins over the kernel's); anything nobody expects is removed;
+    /// an expected sandbox missing its slot or its runtime sandbox is
+    /// removed and reported lost.
+    pub fn restore(&self, expected: &[(String, EffectivePolicy)]) -> io::Result<RestoreReport> {
+        let mut report = RestoreReport::default();
+        let adopted: HashMap<String, Adopted> = self.runtime.adopt()?.into_iter().collect();
+        let active: HashMap<String, u32> = lock(&self.sandboxes.dp)
+            .active_slots()
+            .into_iter()
+            .map(|(index, owner)| (owner, index))
+            .collect();
+        let wanted: HashMap<&str, &EffectivePolicy> =
+            expected.iter().map(|(id, p)| (id.as_str(), p)).collect();
+        for (id, policy) in expected {
+            let index = active.get(id).copied();
+            let alive = match (index, adopted.get(id)) {
+                (Some(_), Some(Adopted::Running)) => true,
+                (Some(_), Some(Adopted::Stopped | Adopted::Died)) => self.runtime.start(id).is_ok(),
+                _ => false,
+            };
+            let Some(index) = index.filter(|_| alive) else {
+                let _ = self.runtime.delete(id);
+                if let Some(index) = index {
+                    lock(&self.sandboxes.dp).delete(index)?;
+                }
+                report.lost.push(id.clone());
+                continue;
+            };
+            let slot = {
+                let mut dp = lock(&self.sandboxes.dp);
+                dp.update(index, policy)?;
+                dp.slot(index)
+            };
+            self.sandboxes.know(&slot, policy);
+            lock(&self.slots).insert(id.clone(), slot);
+            report.running.push(id.clone());
+        }
+        for (owner, index) in &active {
+            if !wanted.contains_key(owner.as_str()) {
+                lock(&self.sandboxes.dp).delete(*index)?;
+                report.removed.push(owner.clone());
+            }
+        }
+        for id in adopted.keys() {
+            if !wanted.contains_key(id.as_str()) {
+                self.runtime.delete(id)?;
+                if !report.removed.contains(id) {
+                    report.removed.push(id.clone());
+                }
+            }
+        }
+        report.removed.sort();
+        Ok(report)
+    }
+
+    /// Runs `f` in the namespace of sandbox `id`'s slot (for probes made
+    /// from the sandbox's point of view without tools inside it).
+    pub fn in_sandbox_netns<T: Send>(
+        &self,
+        id: &str,
+        f: impl FnOnce() -> io::Result<T> + Send,
+    ) -> io::Result<T> {
+        let slot = self.slot(id)?;
+        Netns::open(&slot.netns)?.run(f)
+    }
+
+    /// Whether the dataplane's ruleset went missing since the start (every
+    /// slot is then cut off until a restart puts it back).
+    pub fn ruleset_lost(&self) -> bool {
+        lock(&self.sandboxes.dp).watchdog_tripped()
+    }
+
+    /// The namespace the dataplane works in, if not the process's.
+    pub fn host_netns(&self) -> Option<&Netns> {
+        self.host.as_ref()
+    }
+}

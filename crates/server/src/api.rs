@@ -1,0 +1,857 @@
+//! The routes of BRIEF section 3 and their request and response types.
+//!
+//! Handlers validate, resolve and then drive the runner (blocking work on
+//! tokio's blocking pool) and the store. Create, update and delete are one
+//! transaction each, serialized by one write lock: a row is written in
+//! state `creating` (or `deleting`) before the runner acts and settled
+//! after, so that a crash in between leaves a row that the next start
+//! recognizes and cleans (see `Server::start`).
+
+use crate::auth::{bearer, hash_key, random_id, same};
+use crate::error::ApiError;
+use crate::store::{now, Organization, SandboxRow};
+use crate::AppState;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sandgate_policy::{CompiledPolicy, Destination, EffectivePolicy, SettingsRequest};
+use sandgate_runtime::ExecRequest;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+
+type St = State<Arc<AppState>>;
+
+/// A JSON body whose rejections are API errors (`invalid_json`,
+/// `invalid_request`, `unsupported_media_type`, `payload_too_large`).
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    Json<T>: FromRequest<S, Rejection = axum::extract::rejection::JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Body(v))
+            .map_err(ApiError::from)
+    }
+}
+
+/// The body of an error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// An error: a stable code and a message for a person; list errors also
+/// carry `field` and `problems`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The stable code, e.g. `invalid_network_allow_list`.
+    pub code: String,
+    /// What is wrong and the fix.
+    pub message: String,
+}
+
+// ---------------------------------------------------------------- auth --
+
+/// The organization of the request's API key: 401 without a live key, 403
+/// for the operator token (it has no organization).
+async fn organization(st: &AppState, headers: &HeaderMap) -> Result<Organization, ApiError> {
+    let token = bearer(headers)?;
+    if st.admin_token.as_deref().is_some_and(|t| same(t, token)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the operator token has no organization: use an organization's API key",
+        ));
+    }
+    st.store
+        .organization_by_key(&hash_key(token))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown or revoked API key",
+            )
+        })
+}
+
+/// Admin routes: the operator token only; 403 for an organization's key.
+async fn admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = bearer(headers)?;
+    if st.admin_token.as_deref().is_some_and(|t| same(t, token)) {
+        return Ok(());
+    }
+    if st
+        .store
+        .organization_by_key(&hash_key(token))
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin routes need the operator token, not an organization's key",
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "unknown token",
+    ))
+}
+
+/// Runs blocking runner work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+// ------------------------------------------------------- organizations --
+
+/// An organization.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganizationView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its billing tier.
+    pub tier: u8,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+}
+
+impl From<Organization> for OrganizationView {
+    fn from(o: Organization) -> Self {
+        OrganizationView {
+            id: o.id,
+            name: o.name,
+            tier: o.tier,
+            created_at: o.created_at,
+        }
+    }
+}
+
+/// The caller's organization.
+#[utoipa::path(get, path = "/api/organization", tag = "organization",
+    responses((status = 200, body = OrganizationView), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_organization(
+    State(st): St,
+    headers: HeaderMap,
+) -> Result<Json<OrganizationView>, ApiError> {
+    Ok(Json(organization(&st, &headers).await?.into()))
+}
+
+/// A new organization.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrganization {
+    /// Its name, unique: letters, digits, `-`, `_`, `.`, at most 64.
+    pub name: String,
+    /// Its tier, one of the operator's tier table.
+    pub tier: u8,
+}
+
+/// A tier change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetTier {
+    /// The new tier.
+    pub tier: u8,
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            format!("{what} {name:?}: use letters, digits, '-', '_' and '.', at most 64, not starting with '.'"),
+        ))
+    }
+}
+
+fn check_tier(st: &AppState, tier: u8) -> Result<(), ApiError> {
+    st.policy.tier(tier).map(|_| ()).map_err(ApiError::from)
+}
+
+/// Makes an organization (admin).
+#[utoipa::path(post, path = "/api/admin/organizations", tag = "admin", request_body = CreateOrganization,
+    responses((status = 201, body = OrganizationView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_organization(
+    State(st): St,
+    headers: HeaderMap,
+    Body(body): Body<CreateOrganization>,
+) -> Result<(StatusCode, Json<OrganizationView>), ApiError> {
+    admin(&st, &headers).await?;
+    check_name("organization name", &body.name)?;
+    check_tier(&st, body.tier)?;
+    let _w = st.writes.lock().await;
+    if st
+        .store
+        .organizations()
+        .await?
+        .iter()
+        .any(|o| o.name == body.name)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "name_taken",
+            format!("an organization named {:?} exists", body.name),
+        ));
+    }
+    let org = Organization {
+        id: random_id("org-", 8)?,
+        name: body.name,
+        tier: body.tier,
+        created_at: now(),
+    };
+    st.store.add_organization(&org).await?;
+    Ok((StatusCode::CREATED, Json(org.into())))
+}
+
+/// Every organization (admin).
+#[utoipa::path(get, path = "/api/admin/organizations", tag = "admin",
+    responses((status = 200, body = [OrganizationView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_organizations(
+    State(st): St,
+    headers: HeaderMap,
+) -> Result<Json<Vec<OrganizationView>>, ApiError> {
+    admin(&st, &headers).await?;
+    Ok(Json(
+        st.store
+            .organizations()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    ))
+}
+
+async fn org_by_id(st: &AppState, id: &str) -> Result<Organization, ApiError> {
+    st.store
+        .organization(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no organization {id}")))
+}
+
+/// A tier change and what it did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TierChanged {
+    /// The organization, with its new tier.
+    pub organization: OrganizationView,
+    /// Running sandboxes whose policy was re-resolved and re-applied.
+    pub reapplied: usize,
+}
+
+/// Changes an organization's tier (admin). Every running sandbox of the
+/// organization has its policy re-resolved and applied before the answer.
+#[utoipa::path(put, path = "/api/admin/organizations/{id}/tier", tag = "admin", request_body = SetTier,
+    params(("id" = String, Path, description = "organization id")),
+    responses((status = 200, body = TierChanged), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_tier(
+    State(st): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Body(body): Body<SetTier>,
+) -> Result<Json<TierChanged>, ApiError> {
+    admin(&st, &headers).await?;
+    check_tier(&st, body.tier)?;
+    let _w = st.writes.lock().await;
+    let mut org = org_by_id(&st, &id).await?;
+    // The store first: should applying fail half-way, a restart applies
+    // the stored tier to every sandbox.
+    st.store.set_tier(&org.id, body.tier).await?;
+    org.tier = body.tier;
+    let mut reapplied = 0;
+    for row in st.store.sandboxes(Some(&org.id)).await? {
+        if row.state != "running" {
+            continue;
+        }
+        let effective = effective(&st, org.tier, &row)?;
+        let runner = st.runner.clone();
+        blocking(move || runner.update(&row.id, &effective)).await?;
+        reapplied += 1;
+    }
+    Ok(Json(TierChanged {
+        organization: org.into(),
+        reapplied,
+    }))
+}
+
+/// A new API key, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewKey {
+    /// The key's id (to revoke it).
+    pub id: String,
+    /// Its organization.
+    pub organization_id: String,
+    /// The key itself; only its hash is kept, so it is shown this once.
+    pub key: String,
+}
+
+/// Issues an API key for an organization (admin).
+#[utoipa::path(post, path = "/api/admin/organizations/{id}/keys", tag = "admin",
+    params(("id" = String, Path, description = "organization id")),
+    responses((status = 201, body = NewKey), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_key(
+    State(st): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<NewKey>), ApiError> {
+    admin(&st, &headers).await?;
+    let org = org_by_id(&st, &id).await?;
+    let key = random_id("sg_", 32)?;
+    let key_id = random_id("key-", 8)?;
+    st.store.add_key(&key_id, &org.id, &hash_key(&key)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NewKey {
+            id: key_id,
+            organization_id: org.id,
+            key,
+        }),
+    ))
+}
+
+/// Revokes an API key (admin).
+#[utoipa::path(delete, path = "/api/admin/organizations/{id}/keys/{key_id}", tag = "admin",
+    params(("id" = String, Path, description = "organization id"), ("key_id" = String, Path, description = "key id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke_key(
+    State(st): St,
+    headers: HeaderMap,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    admin(&st, &headers).await?;
+    if st.store.revoke_key(&id, &key_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no live key {key_id} in organization {id}"
+        )))
+    }
+}
+
+// ----------------------------------------------------------- sandboxes --
+
+/// A sandbox.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxView {
+    /// Its id.
+    pub id: String,
+    /// Its name, unique in its organization.
+    pub name: String,
+    /// Its organization.
+    pub organization_id: String,
+    /// Its snapshot.
+    pub snapshot: String,
+    /// `creating`, `running` or `deleting`.
+    pub state: String,
+    /// Environment variables of every exec.
+    pub env: BTreeMap<String, String>,
+    /// Stored `networkBlockAll`.
+    pub network_block_all: bool,
+    /// Stored `networkAllowList`, canonical; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_allow_list: Option<String>,
+    /// Stored `domainAllowList`, canonical; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain_allow_list: Option<String>,
+    /// What the sandbox may reach now: mode, active lists, essential
+    /// services, and stored settings that are inactive with why.
+    #[schema(value_type = Object)]
+    pub effective_network: Value,
+    /// When it was made.
+    pub created_at: String,
+    /// When its settings last changed.
+    pub updated_at: String,
+}
+
+/// The effective policy of a stored sandbox of an organization of `tier`.
+pub(crate) fn effective(
+    st: &AppState,
+    tier: u8,
+    row: &SandboxRow,
+) -> Result<EffectivePolicy, ApiError> {
+    let settings = st.policy.stored_settings(
+        row.network_block_all,
+        &row.network_allow_list,
+        &row.domain_allow_list,
+    )?;
+    Ok(st.policy.resolve(tier, &settings)?)
+}
+
+fn view(st: &AppState, tier: u8, row: SandboxRow) -> Result<SandboxView, ApiError> {
+    let effective = serde_json::to_value(effective(st, tier, &row)?).map_err(ApiError::internal)?;
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    Ok(SandboxView {
+        env: serde_json::from_str(&row.env).unwrap_or_default(),
+        id: row.id,
+        name: row.name,
+        organization_id: row.organization_id,
+        snapshot: row.snapshot,
+        state: row.state,
+        network_block_all: row.network_block_all,
+        network_allow_list: non_empty(row.network_allow_list),
+        domain_allow_list: non_empty(row.domain_allow_list),
+        effective_network: effective,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+async fn sandbox(st: &AppState, org: &Organization, key: &str) -> Result<SandboxRow, ApiError> {
+    st.store
+        .sandbox(&org.id, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no sandbox {key}")))
+}
+
+/// A new sandbox.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateSandbox {
+    /// Its name, unique in the organization (default: its id).
+    pub name: Option<String>,
+    /// The snapshot to start from (default `busybox`).
+    pub snapshot: Option<String>,
+    /// Environment variables of every exec.
+    pub env: Option<BTreeMap<String, String>>,
+    /// Comma-separated CIDRs the sandbox may reach (BRIEF section 1).
+    pub network_allow_list: Option<String>,
+    /// Block all egress; wins over every list.
+    pub network_block_all: Option<bool>,
+    /// Comma-separated domain names and `*.` wildcards.
+    pub domain_allow_list: Option<String>,
+}
+
+/// New network settings: a field sent replaces the stored value, a field
+/// left out is kept; at least one is needed.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateSettings {
+    /// `networkAllowList` (`""` removes it).
+    pub network_allow_list: Option<String>,
+    /// `networkBlockAll`.
+    pub network_block_all: Option<bool>,
+    /// `domainAllowList` (`""` removes it).
+    pub domain_allow_list: Option<String>,
+}
+
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if env.len() > 256 {
+        return Err(ApiError::invalid("env: at most 256 variables"));
+    }
+    for (k, v) in env {
+        let name_ok = !k.is_empty()
+            && k.len() <= 256
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !k.as_bytes()[0].is_ascii_digit();
+        if !name_ok {
+            return Err(ApiError::invalid(format!(
+                "env: {k:?} is not a variable name (letters, digits and '_', not starting with a digit)"
+            )));
+        }
+        if v.contains('\0') || v.len() > 32 * 1024 {
+            return Err(ApiError::invalid(format!(
+                "env: the value of {k} has a NUL byte or is over 32 KiB"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates a sandbox: validated, resolved, its policy in the kernel before
+/// its first process runs. Any failure leaves nothing.
+#[utoipa::path(post, path = "/api/sandbox", tag = "sandbox", request_body = CreateSandbox,
+    responses((status = 201, body = SandboxView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_sandbox(
+    State(st): St,
+    headers: HeaderMap,
+    Body(body): Body<CreateSandbox>,
+) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
+    let org = organization(&st, &headers).await?;
+    if let Some(name) = &body.name {
+        check_name("sandbox name", name)?;
+        if name.starts_with("sb-") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_name",
+                format!("sandbox name {name:?}: 'sb-' starts sandbox ids; choose another name"),
+            ));
+        }
+    }
+    let snapshot = body.snapshot.clone().unwrap_or_else(|| "busybox".into());
+    check_name("snapshot", &snapshot)?;
+    let env = body.env.clone().unwrap_or_default();
+    check_env(&env)?;
+    let request = SettingsRequest {
+        network_block_all: body.network_block_all,
+        network_allow_list: body.network_allow_list.as_deref(),
+        domain_allow_list: body.domain_allow_list.as_deref(),
+    };
+    let settings = st.policy.settings_for_create(org.tier, &request)?;
+    let effective = st.policy.resolve(org.tier, &settings)?;
+    let runner = st.runner.clone();
+    let known = blocking(move || runner.runtime().snapshots()).await?;
+    if !known.contains(&snapshot) {
+        return Err(ApiError::not_found(format!(
+            "no snapshot {snapshot}; there are: {}",
+            known.join(", ")
+        )));
+    }
+
+    let _w = st.writes.lock().await;
+    let id = random_id("sb-", 8)?;
+    let name = body.name.clone().unwrap_or_else(|| id.clone());
+    if st.store.sandbox(&org.id, &name).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "name_taken",
+            format!("a sandbox named {name:?} exists in this organization"),
+        ));
+    }
+    let stamp = now();
+    let mut row = SandboxRow {
+        id: id.clone(),
+        organization_id: org.id.clone(),
+        name,
+        snapshot: snapshot.clone(),
+        state: "creating".into(),
+        network_block_all: settings.network_block_all,
+        network_allow_list: settings.network_allow_list.to_string(),
+        domain_allow_list: settings.domain_allow_list.to_string(),
+        env: serde_json::to_string(&env).map_err(ApiError::internal)?,
+        created_at: stamp.clone(),
+        updated_at: stamp,
+    };
+    st.store.add_sandbox(&row).await?;
+    let runner = st.runner.clone();
+    let made = {
+        let id = id.clone();
+        blocking(move || runner.create(&id, &snapshot, &effective)).await
+    };
+    if let Err(e) = made {
+        st.store.remove_sandbox(&id).await?;
+        return Err(e);
+    }
+    st.store.set_state(&id, "running").await?;
+    row.state = "running".into();
+    st.metrics.created();
+    Ok((StatusCode::CREATED, Json(view(&st, org.tier, row)?)))
+}
+
+/// The organization's sandboxes.
+#[utoipa::path(get, path = "/api/sandbox", tag = "sandbox",
+    responses((status = 200, body = [SandboxView]), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_sandboxes(
+    State(st): St,
+    headers: HeaderMap,
+) -> Result<Json<Vec<SandboxView>>, ApiError> {
+    let org = organization(&st, &headers).await?;
+    let rows = st.store.sandboxes(Some(&org.id)).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| view(&st, org.tier, r))
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+/// One sandbox, by id or name.
+#[utoipa::path(get, path = "/api/sandbox/{id_or_name}", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name")),
+    responses((status = 200, body = SandboxView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_sandbox(
+    State(st): St,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<SandboxView>, ApiError> {
+    let org = organization(&st, &headers).await?;
+    let row = sandbox(&st, &org, &key).await?;
+    Ok(Json(view(&st, org.tier, row)?))
+}
+
+/// Deletes a sandbox: its processes, files, slot and record.
+#[utoipa::path(delete, path = "/api/sandbox/{id_or_name}", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_sandbox(
+    State(st): St,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let org = organization(&st, &headers).await?;
+    let _w = st.writes.lock().await;
+    let row = sandbox(&st, &org, &key).await?;
+    st.store.set_state(&row.id, "deleting").await?;
+    let runner = st.runner.clone();
+    let id = row.id.clone();
+    blocking(move || runner.delete(&id)).await?;
+    st.store.remove_sandbox(&row.id).await?;
+    st.metrics.deleted();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes a sandbox's network settings (BRIEF section 1, "Updates"):
+/// applied in the kernel before the answer; connections the new policy
+/// denies stop at their next packet.
+#[utoipa::path(post, path = "/api/sandbox/{id_or_name}/network-settings", tag = "sandbox", request_body = UpdateSettings,
+    params(("id_or_name" = String, Path, description = "sandbox id or name")),
+    responses((status = 200, body = SandboxView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_settings(
+    State(st): St,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Body(body): Body<UpdateSettings>,
+) -> Result<Json<SandboxView>, ApiError> {
+    let org = organization(&st, &headers).await?;
+    let _w = st.writes.lock().await;
+    let mut row = sandbox(&st, &org, &key).await?;
+    let stored = st.policy.stored_settings(
+        row.network_block_all,
+        &row.network_allow_list,
+        &row.domain_allow_list,
+    )?;
+    let request = SettingsRequest {
+        network_block_all: body.network_block_all,
+        network_allow_list: body.network_allow_list.as_deref(),
+        domain_allow_list: body.domain_allow_list.as_deref(),
+    };
+    let settings = st.policy.settings_for_update(org.tier, &stored, &request)?;
+    let old = effective(&st, org.tier, &row)?;
+    let new = st.policy.resolve(org.tier, &settings)?;
+    let runner = st.runner.clone();
+    let id = row.id.clone();
+    blocking(move || runner.update(&id, &new)).await?;
+    row.network_block_all = settings.network_block_all;
+    row.network_allow_list = settings.network_allow_list.to_string();
+    row.domain_allow_list = settings.domain_allow_list.to_string();
+    row.updated_at = now();
+    if let Err(e) = st.store.set_settings(&row).await {
+        // Put the stored policy back in force: the answer is an error.
+        let runner = st.runner.clone();
+        let id = row.id.clone();
+        blocking(move || runner.update(&id, &old)).await?;
+        return Err(e.into());
+    }
+    Ok(Json(view(&st, org.tier, row)?))
+}
+
+/// A command to run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Execute {
+    /// Run by `/bin/sh -c`.
+    pub command: String,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// More environment variables (over the sandbox's).
+    pub env: Option<BTreeMap<String, String>>,
+    /// Seconds before the command's whole process group is killed.
+    pub timeout: Option<f64>,
+}
+
+/// What a command did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Executed {
+    /// Exit code (128 + signal when killed; 137 on timeout).
+    pub exit_code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// stdout then stderr, as the reference API's `result`.
+    pub result: String,
+    /// Whether the timeout killed it.
+    pub timed_out: bool,
+    /// Whether output over the cap was dropped.
+    pub truncated: bool,
+}
+
+/// Runs a command in a sandbox (works in every network mode).
+#[utoipa::path(post, path = "/api/sandbox/{id_or_name}/process/execute", tag = "sandbox", request_body = Execute,
+    params(("id_or_name" = String, Path, description = "sandbox id or name")),
+    responses((status = 200, body = Executed), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn execute(
+    State(st): St,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Body(body): Body<Execute>,
+) -> Result<Json<Executed>, ApiError> {
+    let org = organization(&st, &headers).await?;
+    let row = sandbox(&st, &org, &key).await?;
+    if row.state != "running" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("sandbox {} is {}", row.id, row.state),
+        ));
+    }
+    if body.command.is_empty() || body.command.len() > 256 * 1024 || body.command.contains('\0') {
+        return Err(ApiError::invalid(
+            "command: give a non-empty shell command of at most 256 KiB, without NUL bytes",
+        ));
+    }
+    let max = st.exec_timeout_max.as_secs_f64();
+    let timeout = match body.timeout {
+        None => st.exec_timeout_default,
+        Some(t) if t.is_finite() && t > 0.0 && t <= max => Duration::from_secs_f64(t),
+        Some(t) => {
+            return Err(ApiError::invalid(format!(
+                "timeout: {t} is not a number of seconds above 0 and at most {max}"
+            )))
+        }
+    };
+    let mut env: BTreeMap<String, String> = serde_json::from_str(&row.env).unwrap_or_default();
+    if let Some(more) = &body.env {
+        check_env(more)?;
+        env.extend(more.clone());
+    }
+    if let Some(cwd) = &body.cwd {
+        if !cwd.starts_with('/') || cwd.contains('\0') {
+            return Err(ApiError::invalid(format!(
+                "cwd: {cwd:?} is not an absolute path"
+            )));
+        }
+    }
+    let request = ExecRequest {
+        command: body.command,
+        cwd: body.cwd,
+        env: env.into_iter().collect(),
+        timeout: Some(timeout),
+    };
+    let runner = st.runner.clone();
+    let id = row.id.clone();
+    let r = blocking(move || runner.exec(&id, &request)).await?;
+    Ok(Json(Executed {
+        exit_code: r.exit_code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        result: r.result,
+        timed_out: r.timed_out,
+        truncated: r.truncated,
+    }))
+}
+
+/// The destination to explain.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ExplainQuery {
+    /// An address, a name, or either with `:port` (`[v6]:port`).
+    pub dest: Option<String>,
+}
+
+/// Whether a sandbox may reach a destination, and why.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    /// The destination, as understood.
+    pub destination: String,
+    /// Whether a connection would pass.
+    pub allowed: bool,
+    /// The reason code.
+    pub reason: String,
+    /// The rule, in words.
+    pub rule: String,
+    /// The sandbox's effective mode.
+    pub mode: String,
+}
+
+/// Explains what the sandbox's policy does with a destination, without
+/// sending anything.
+#[utoipa::path(get, path = "/api/sandbox/{id_or_name}/network/explain", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name"), ExplainQuery),
+    responses((status = 200, body = Explanation), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn explain(
+    State(st): St,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(q): Query<ExplainQuery>,
+) -> Result<Json<Explanation>, ApiError> {
+    let org = organization(&st, &headers).await?;
+    let row = sandbox(&st, &org, &key).await?;
+    let dest = q.dest.ok_or_else(|| {
+        ApiError::invalid("give the destination as ?dest=<address or name>[:port]")
+    })?;
+    let destination: Destination = dest.parse()?;
+    let policy = effective(&st, org.tier, &row)?;
+    let mode = policy.mode.as_str().to_string();
+    let verdict = CompiledPolicy::new(policy, &st.catalog, &st.policy).explain(&destination);
+    Ok(Json(Explanation {
+        destination: destination.to_string(),
+        allowed: verdict.allowed,
+        reason: verdict.reason.code(),
+        rule: verdict.rule,
+        mode,
+    }))
+}
+
+// -------------------------------------------------------------- system --
+
+/// Liveness: the store answers and the dataplane's ruleset is in place.
+#[utoipa::path(get, path = "/health", tag = "system",
+    responses((status = 200, description = "healthy"), (status = 503, body = ErrorBody)))]
+pub async fn health(State(st): St) -> Response {
+    let store = st.store.organizations().await.is_ok();
+    let ruleset = !st.runner.ruleset_lost();
+    if store && ruleset {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
+    } else {
+        let what = if store {
+            "the dataplane's ruleset went missing"
+        } else {
+            "the store does not answer"
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what).into_response()
+    }
+}

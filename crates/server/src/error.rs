@@ -1,0 +1,124 @@
+//! API errors: `{"error": {"code", "message", ...}}` with the status that
+//! fits, for everything a client can cause; internal failures are 500
+//! with `internal` and the cause.
+
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sandgate_policy::PolicyError;
+use serde_json::{json, Value};
+use std::io;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The stable code.
+    pub code: &'static str,
+    /// A sentence for a person: what is wrong and the fix.
+    pub message: String,
+    /// More, merged into the error object (`field`, `problems`).
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    /// An error with a status, a code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// 500 `internal`.
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error: {cause}"),
+        )
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> ApiError {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut details = json!({});
+        if let Some(field) = e.field {
+            details["field"] = json!(field);
+        }
+        if !e.problems.is_empty() {
+            details["problems"] = json!(e.problems);
+        }
+        ApiError {
+            status,
+            code: e.code.as_str(),
+            message: e.message,
+            details: Some(details),
+        }
+    }
+}
+
+impl From<io::Error> for ApiError {
+    fn from(e: io::Error) -> ApiError {
+        let (status, code) = match e.kind() {
+            io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            io::ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "conflict"),
+            io::ErrorKind::ResourceBusy => (StatusCode::CONFLICT, "conflict"),
+            io::ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_request"),
+            io::ErrorKind::InvalidData => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            _ => return ApiError::internal(e),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        ApiError::internal(format!("store: {e}"))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        let (status, code) = match &r {
+            JsonRejection::MissingJsonContentType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            JsonRejection::JsonDataError(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+            }
+            _ if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+        };
+        ApiError::new(status, code, r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(Value::Object(more)) = self.details {
+            for (k, v) in more {
+                error[k] = v;
+            }
+        }
+        (self.status, axum::Json(json!({ "error": error }))).into_response()
+    }
+}

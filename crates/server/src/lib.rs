@@ -1,0 +1,322 @@
+//! sandgate's control plane: the HTTP API of BRIEF section 3 over the
+//! runner and the store.
+//!
+//! - [`api`]: the routes, their request and response types (with their
+//!   OpenAPI schemas) and the orchestration of each call;
+//! - [`store`]: organizations, hashed API keys and sandboxes in SQLite;
+//! - [`auth`]: the operator token and organizations' keys;
+//! - [`error`]: `{"error": {"code", "message"}}` answers;
+//! - [`metrics`]: the Prometheus text at `/metrics`.
+//!
+//! [`Server::start`] opens the store, starts the runner (ruleset first),
+//! and restores every sandbox the store knows before it serves: after a
+//! crash, each one is enforced and manageable again, and whatever a request
+//! cut short had made is removed.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod store;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+use error::ApiError;
+use sandgate_policy::{Catalog, PolicyConfig};
+use sandgate_runner::{RestoreReport, Runner, RunnerConfig};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+use utoipa::OpenApi;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The store lives here (`sandgate.db`).
+    pub data_dir: PathBuf,
+    /// The operator's token for the admin routes; without one they answer
+    /// 401 to everyone.
+    pub admin_token: Option<String>,
+    /// The runner of this host.
+    pub runner: RunnerConfig,
+    /// The policy rules (tiers, ranges).
+    pub policy: PolicyConfig,
+    /// The essential-services catalog.
+    pub catalog: Catalog,
+    /// The largest request body, bytes.
+    pub body_limit: usize,
+    /// An exec's timeout when the request gives none.
+    pub exec_timeout_default: Duration,
+    /// The longest timeout an exec may ask for.
+    pub exec_timeout_max: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults: 1 MiB bodies, exec timeouts of 60 s by default and 1 h at
+    /// most.
+    pub fn new(
+        data_dir: PathBuf,
+        runner: RunnerConfig,
+        policy: PolicyConfig,
+        catalog: Catalog,
+    ) -> Self {
+        ServerConfig {
+            data_dir,
+            admin_token: None,
+            runner,
+            policy,
+            catalog,
+            body_limit: 1 << 20,
+            exec_timeout_default: Duration::from_secs(60),
+            exec_timeout_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// The runner.
+    pub runner: Arc<Runner>,
+    /// The policy rules.
+    pub policy: Arc<PolicyConfig>,
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// The operator token.
+    pub admin_token: Option<String>,
+    /// Held by every create, update, delete and tier change.
+    pub writes: tokio::sync::Mutex<()>,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
+    /// See [`ServerConfig::exec_timeout_default`].
+    pub exec_timeout_default: Duration,
+    /// See [`ServerConfig::exec_timeout_max`].
+    pub exec_timeout_max: Duration,
+}
+
+/// A started server.
+#[derive(Debug, Clone)]
+pub struct Server {
+    state: Arc<AppState>,
+    body_limit: usize,
+}
+
+/// The OpenAPI document, generated from the handlers and types.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "sandgate", description = "Sandboxes whose network egress is enforced in the kernel."),
+    paths(
+        api::get_organization,
+        api::create_organization,
+        api::list_organizations,
+        api::set_tier,
+        api::create_key,
+        api::revoke_key,
+        api::create_sandbox,
+        api::list_sandboxes,
+        api::get_sandbox,
+        api::delete_sandbox,
+        api::update_settings,
+        api::execute,
+        api::explain,
+        api::health,
+        metrics::metrics,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "sandbox", description = "Sandboxes of the caller's organization"),
+        (name = "organization", description = "The caller's organization"),
+        (name = "admin", description = "Operator routes (the operator token)"),
+        (name = "system", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /api/openapi.json",
+    )
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /api/openapi.json",
+    )
+}
+
+impl Server {
+    /// Opens the store, starts the runner and restores every stored
+    /// sandbox: running ones get their stored policy re-applied; rows of
+    /// requests cut short (`creating`, `deleting`) are removed with
+    /// whatever they had made; sandboxes whose slot or files are gone (a
+    /// reboot) are marked `lost`.
+    pub async fn start(cfg: ServerConfig) -> io::Result<(Server, RestoreReport)> {
+        let store = Store::open(&cfg.data_dir).await.map_err(io::Error::other)?;
+        let policy = Arc::new(cfg.policy);
+        let catalog = Arc::new(cfg.catalog);
+        let runner = {
+            let (rc, p, c) = (cfg.runner.clone(), policy.clone(), catalog.clone());
+            tokio::task::spawn_blocking(move || Runner::start(rc, p, c))
+                .await
+                .map_err(io::Error::other)??
+        };
+        let runner = Arc::new(runner);
+        let state = Arc::new(AppState {
+            store,
+            runner,
+            policy,
+            catalog,
+            admin_token: cfg.admin_token,
+            writes: tokio::sync::Mutex::new(()),
+            metrics: metrics::Metrics::default(),
+            exec_timeout_default: cfg.exec_timeout_default,
+            exec_timeout_max: cfg.exec_timeout_max,
+        });
+        let report = restore(&state).await?;
+        Ok((
+            Server {
+                state,
+                body_limit: cfg.body_limit,
+            },
+            report,
+        ))
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        let api = Router::new()
+            .route("/openapi.json", get(openapi))
+            .route("/organization", get(api::get_organization))
+            .route(
+                "/admin/organizations",
+                post(api::create_organization).get(api::list_organizations),
+            )
+            .route("/admin/organizations/{id}/tier", put(api::set_tier))
+            .route("/admin/organizations/{id}/keys", post(api::create_key))
+            .route(
+                "/admin/organizations/{id}/keys/{key_id}",
+                delete(api::revoke_key),
+            )
+            .route(
+                "/sandbox",
+                post(api::create_sandbox).get(api::list_sandboxes),
+            )
+            .route(
+                "/sandbox/{id_or_name}",
+                get(api::get_sandbox).delete(api::delete_sandbox),
+            )
+            .route(
+                "/sandbox/{id_or_name}/network-settings",
+                post(api::update_settings),
+            )
+            .route("/sandbox/{id_or_name}/process/execute", post(api::execute))
+            .route("/sandbox/{id_or_name}/network/explain", get(api::explain));
+        Router::new()
+            .nest("/api", api)
+            .route("/health", get(api::health))
+            .route("/metrics", get(metrics::metrics))
+            .fallback(no_route)
+            .method_not_allowed_fallback(wrong_method)
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                metrics::track,
+            ))
+            .layer(DefaultBodyLimit::max(self.body_limit))
+            .with_state(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then finishes the
+    /// requests in flight.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// See [`Server::start`].
+async fn restore(st: &AppState) -> io::Result<RestoreReport> {
+    let rows = st.store.sandboxes(None).await.map_err(io::Error::other)?;
+    let mut expected = Vec::new();
+    let mut tiers = std::collections::HashMap::new();
+    for row in &rows {
+        match row.state.as_str() {
+            "running" => {
+                if !tiers.contains_key(&row.organization_id) {
+                    let org = st
+                        .store
+                        .organization(&row.organization_id)
+                        .await
+                        .map_err(io::Error::other)?;
+                    tiers.insert(row.organization_id.clone(), org.map(|o| o.tier));
+                }
+                let tier = tiers.get(&row.organization_id).copied().flatten();
+                let effective = tier
+                    .ok_or_else(|| {
+                        io::Error::other(format!("sandbox {} has no organization", row.id))
+                    })
+                    .and_then(|t| {
+                        api::effective(st, t, row).map_err(|e| io::Error::other(e.message))
+                    });
+                expected.push((row.id.clone(), effective?));
+            }
+            // Cut short, or lost before: not expected, so the runner
+            // removes what is left of them.
+            "creating" | "deleting" => {
+                st.store
+                    .remove_sandbox(&row.id)
+                    .await
+                    .map_err(io::Error::other)?;
+            }
+            _ => {}
+        }
+    }
+    let runner = st.runner.clone();
+    let report = tokio::task::spawn_blocking(move || runner.restore(&expected))
+        .await
+        .map_err(io::Error::other)??;
+    for id in &report.lost {
+        st.store
+            .set_state(id, "lost")
+            .await
+            .map_err(io::Error::other)?;
+    }
+    Ok(report)
+}

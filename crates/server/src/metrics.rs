@@ -1,0 +1,226 @@
+//! `/metrics` in the Prometheus text format: sandboxes by state and mode,
+//! creates and deletes, the DNS service's answers and admissions, and
+//! request latencies per route.
+
+use crate::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Upper bounds of the latency histogram's buckets, seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// One route's latency histogram.
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    created: AtomicU64,
+    deleted: AtomicU64,
+    /// (method, route, status) -> requests; (method, route) -> latencies.
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+}
+
+impl Metrics {
+    /// A sandbox was created.
+    pub fn created(&self) {
+        self.created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sandbox was deleted.
+    pub fn deleted(&self) {
+        self.deleted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let key = (method.to_string(), route.to_string());
+        if let Ok(mut r) = self.requests.lock() {
+            *r.entry((key.0.clone(), key.1.clone(), status)).or_default() += 1;
+        }
+        if let Ok(mut l) = self.latency.lock() {
+            let h = l.entry(key).or_default();
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                if seconds <= *bound {
+                    h.counts[i] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += seconds;
+        }
+    }
+}
+
+/// Middleware: counts every request and its latency, by route template
+/// (never by raw path, so ids do not multiply the series).
+pub async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    st.metrics.observe(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics.
+#[utoipa::path(get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut out = String::new();
+    let mut by_state_mode: BTreeMap<(String, String), u64> = BTreeMap::new();
+    if let Ok(rows) = st.store.sandboxes(None).await {
+        let tiers: BTreeMap<String, u8> = st
+            .store
+            .organizations()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| (o.id, o.tier))
+            .collect();
+        for row in rows {
+            let mode = tiers
+                .get(&row.organization_id)
+                .and_then(|t| crate::api::effective(&st, *t, &row).ok())
+                .map(|p| p.mode.as_str().to_string())
+                .unwrap_or_else(|| "unknown".into());
+            *by_state_mode.entry((row.state, mode)).or_default() += 1;
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sandgate_sandboxes Sandboxes by state and network mode."
+    );
+    let _ = writeln!(out, "# TYPE sandgate_sandboxes gauge");
+    for ((state, mode), n) in &by_state_mode {
+        let _ = writeln!(
+            out,
+            "sandgate_sandboxes{{state=\"{state}\",mode=\"{mode}\"}} {n}"
+        );
+    }
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    counter(
+        &mut out,
+        "sandgate_sandboxes_created_total",
+        "Sandboxes created.",
+        st.metrics.created.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "sandgate_sandboxes_deleted_total",
+        "Sandboxes deleted.",
+        st.metrics.deleted.load(Ordering::Relaxed),
+    );
+    let dns = st.runner.dns_counts();
+    for (name, help, v) in [
+        (
+            "sandgate_dns_forwarded_total",
+            "DNS queries allowed and forwarded upstream.",
+            dns.forwarded,
+        ),
+        (
+            "sandgate_dns_cache_hits_total",
+            "DNS queries answered from the cache.",
+            dns.cache_hits,
+        ),
+        (
+            "sandgate_dns_refused_total",
+            "DNS queries refused by policy.",
+            dns.refused,
+        ),
+        (
+            "sandgate_dns_admitted_total",
+            "Addresses admitted from DNS answers.",
+            dns.admitted,
+        ),
+        (
+            "sandgate_dns_rebinding_total",
+            "Private addresses stripped from answers.",
+            dns.rebinding,
+        ),
+    ] {
+        counter(&mut out, name, help, v);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sandgate_http_requests_total HTTP requests by route and status."
+    );
+    let _ = writeln!(out, "# TYPE sandgate_http_requests_total counter");
+    if let Ok(r) = st.metrics.requests.lock() {
+        for ((method, route, status), n) in r.iter() {
+            let _ = writeln!(
+                out,
+                "sandgate_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
+                escape(route)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sandgate_http_request_duration_seconds HTTP request latency by route."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE sandgate_http_request_duration_seconds histogram"
+    );
+    if let Ok(l) = st.metrics.latency.lock() {
+        for ((method, route), h) in l.iter() {
+            let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
+            for (bound, n) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    out,
+                    "sandgate_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sandgate_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "sandgate_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "sandgate_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+        }
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

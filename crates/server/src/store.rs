@@ -1,0 +1,332 @@
+//! The store: organizations, API keys (hashed) and sandboxes, in SQLite
+//! through sqlx, with embedded migrations. Every statement is portable to
+//! PostgreSQL (`$n` placeholders, TEXT and INTEGER columns, timestamps as
+//! RFC 3339 text).
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+
+/// An organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    /// Its id.
+    pub id: String,
+    /// Its name, unique.
+    pub name: String,
+    /// Its tier.
+    pub tier: u8,
+    /// When it was made.
+    pub created_at: String,
+}
+
+/// A sandbox as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRow {
+    /// Its id.
+    pub id: String,
+    /// Its organization.
+    pub organization_id: String,
+    /// Its name, unique in the organization.
+    pub name: String,
+    /// Its snapshot.
+    pub snapshot: String,
+    /// `creating`, `running` or `deleting`.
+    pub state: String,
+    /// `networkBlockAll`.
+    pub network_block_all: bool,
+    /// `networkAllowList`, canonical.
+    pub network_allow_list: String,
+    /// `domainAllowList`, canonical.
+    pub domain_allow_list: String,
+    /// Environment of every exec, a JSON object.
+    pub env: String,
+    /// When it was made.
+    pub created_at: String,
+    /// When its settings last changed.
+    pub updated_at: String,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// The current time, RFC 3339 (UTC, seconds).
+pub fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
+    Ok(SandboxRow {
+        id: r.try_get("id")?,
+        organization_id: r.try_get("organization_id")?,
+        name: r.try_get("name")?,
+        snapshot: r.try_get("snapshot")?,
+        state: r.try_get("state")?,
+        network_block_all: r.try_get::<i64, _>("network_block_all")? != 0,
+        network_allow_list: r.try_get("network_allow_list")?,
+        domain_allow_list: r.try_get("domain_allow_list")?,
+        env: r.try_get("env")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn organization(r: &sqlx::sqlite::SqliteRow) -> Result<Organization, sqlx::Error> {
+    Ok(Organization {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        tier: u8::try_from(r.try_get::<i64, _>("tier")?).unwrap_or(0),
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, network_block_all, \
+     network_allow_list, domain_allow_list, env, created_at, updated_at";
+
+impl Store {
+    /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
+    /// migrations.
+    pub async fn open(dir: &Path) -> Result<Store, sqlx::Error> {
+        std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+        let url = format!("sqlite://{}", dir.join("sandgate.db").display());
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Adds an organization.
+    pub async fn add_organization(&self, org: &Organization) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO organizations (id, name, tier, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&org.id)
+        .bind(&org.name)
+        .bind(i64::from(org.tier))
+        .bind(&org.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The organization `id`.
+    pub async fn organization(&self, id: &str) -> Result<Option<Organization>, sqlx::Error> {
+        sqlx::query("SELECT id, name, tier, created_at FROM organizations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(organization)
+            .transpose()
+    }
+
+    /// Every organization, by name.
+    pub async fn organizations(&self) -> Result<Vec<Organization>, sqlx::Error> {
+        sqlx::query("SELECT id, name, tier, created_at FROM organizations ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(organization)
+            .collect()
+    }
+
+    /// Sets an organization's tier.
+    pub async fn set_tier(&self, id: &str, tier: u8) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE organizations SET tier = $1 WHERE id = $2")
+            .bind(i64::from(tier))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds an API key of `organization_id`, by its hash.
+    pub async fn add_key(
+        &self,
+        id: &str,
+        organization_id: &str,
+        hash: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, organization_id, hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(organization_id)
+        .bind(hash)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Revokes key `id` of `organization_id`; whether there was one.
+    pub async fn revoke_key(&self, organization_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 \
+             WHERE id = $2 AND organization_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now())
+        .bind(id)
+        .bind(organization_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The organization whose live key has hash `hash`.
+    pub async fn organization_by_key(
+        &self,
+        hash: &str,
+    ) -> Result<Option<Organization>, sqlx::Error> {
+        sqlx::query(
+            "SELECT o.id, o.name, o.tier, o.created_at FROM organizations o \
+             JOIN api_keys k ON k.organization_id = o.id \
+             WHERE k.hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(organization)
+        .transpose()
+    }
+
+    /// Adds a sandbox row.
+    pub async fn add_sandbox(&self, s: &SandboxRow) -> Result<(), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .bind(&s.id)
+        .bind(&s.organization_id)
+        .bind(&s.name)
+        .bind(&s.snapshot)
+        .bind(&s.state)
+        .bind(i64::from(s.network_block_all))
+        .bind(&s.network_allow_list)
+        .bind(&s.domain_allow_list)
+        .bind(&s.env)
+        .bind(&s.created_at)
+        .bind(&s.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets a sandbox's state.
+    pub async fn set_state(&self, id: &str, state: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET state = $1 WHERE id = $2")
+            .bind(state)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets a sandbox's network settings.
+    pub async fn set_settings(&self, s: &SandboxRow) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE sandboxes SET network_block_all = $1, network_allow_list = $2, \
+             domain_allow_list = $3, updated_at = $4 WHERE id = $5",
+        )
+        .bind(i64::from(s.network_block_all))
+        .bind(&s.network_allow_list)
+        .bind(&s.domain_allow_list)
+        .bind(&s.updated_at)
+        .bind(&s.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a sandbox row.
+    pub async fn remove_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM sandboxes WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The sandbox of `organization_id` whose id or name is `key`.
+    pub async fn sandbox(
+        &self,
+        organization_id: &str,
+        key: &str,
+    ) -> Result<Option<SandboxRow>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes \
+             WHERE organization_id = $1 AND (id = $2 OR name = $2) ORDER BY id"
+        ))
+        .bind(organization_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(sandbox_row)
+        .transpose()
+    }
+
+    /// The sandboxes of `organization_id` (every one for `None`), by
+    /// creation.
+    pub async fn sandboxes(
+        &self,
+        organization_id: Option<&str>,
+    ) -> Result<Vec<SandboxRow>, sqlx::Error> {
+        let rows = match organization_id {
+            Some(org) => {
+                sqlx::query(&format!(
+                    "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE organization_id = $1 \
+                     ORDER BY created_at, id"
+                ))
+                .bind(org)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {SANDBOX_COLUMNS} FROM sandboxes ORDER BY created_at, id"
+                ))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(sandbox_row).collect()
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

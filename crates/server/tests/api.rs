@@ -1,0 +1,720 @@
+//! The API through HTTP, with a real runner in the lab: BRIEF section 1's
+//! rules as a client sees them (what the API answers and what the sandbox
+//! then reaches), auth, malformed requests, the OpenAPI document. Needs
+//! root, runc and busybox-static.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Api, Send, ADMIN};
+use serde_json::{json, Value};
+
+/// Method, path, key, body, expected status, expected code.
+type Case<'a> = (&'a str, String, Option<&'a str>, Send<'a>, u16, &'a str);
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
+    let api = Api::start();
+    let (org3, k3) = api.organization("acme", 3);
+    let (_org1, k1) = api.organization("small", 1);
+
+    // Tier 3, allow list of one server: that server and nothing else.
+    let listed = api.sandbox(
+        &k3,
+        json!({"name": "listed", "networkAllowList": " 192.0.2.10 "}),
+    );
+    assert_eq!(listed["effectiveNetwork"]["mode"], "allowlist", "{listed}");
+    // The stored list comes back canonical.
+    assert_eq!(listed["networkAllowList"], "192.0.2.10/32");
+    assert!(api.echoes(&k3, "listed", "192.0.2.10"));
+    assert!(!api.echoes(&k3, "listed", "198.51.100.10"));
+    assert!(!api.echoes(&k3, "listed", "2001:db8:1::10"));
+
+    // Open: everything but the always-denied and private ranges.
+    let open = api.sandbox(&k3, json!({"name": "open"}));
+    assert_eq!(open["effectiveNetwork"]["mode"], "open");
+    assert!(api.echoes(&k3, "open", "198.51.100.10"));
+    assert!(!api.echoes(&k3, "open", "203.0.113.200"));
+
+    // Block all wins over a list; exec still works.
+    let both = api.sandbox(
+        &k3,
+        json!({"name": "both", "networkBlockAll": true, "networkAllowList": "192.0.2.10/32"}),
+    );
+    assert_eq!(both["effectiveNetwork"]["mode"], "blocked");
+    assert_eq!(
+        both["effectiveNetwork"]["inactive"][0]["setting"],
+        "networkAllowList"
+    );
+    assert_eq!(api.exec(&k3, "both", "echo ran")["stdout"], "ran\n");
+    assert!(!api.echoes(&k3, "both", "192.0.2.10"));
+
+    // A domain allow list: the name resolves through the sandbox's DNS
+    // service and only then is its address reachable.
+    api.sandbox(
+        &k3,
+        json!({"name": "named", "domainAllowList": "example.com"}),
+    );
+    assert!(
+        !api.echoes(&k3, "named", "198.51.100.10"),
+        "reached before any DNS answer"
+    );
+    assert!(api.echoes(&k3, "named", "example.com"));
+    let r = api.exec(&k3, "named", "nslookup example.net 2>&1; echo rc=$?");
+    assert!(
+        !r["stdout"].as_str().unwrap().contains("198.51.100.10"),
+        "{r}"
+    );
+
+    // Tier 1: lists refused with 403 and the code; restricted otherwise.
+    let (s, e) = api.post(
+        "/api/sandbox",
+        &k1,
+        json!({"networkAllowList": "192.0.2.10/32"}),
+    );
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("network_restricted_by_tier")),
+        "{e}"
+    );
+    let small = api.sandbox(&k1, json!({"name": "small"}));
+    assert_eq!(small["effectiveNetwork"]["mode"], "restricted");
+    assert!(!api.echoes(&k1, "small", "198.51.100.10"));
+
+    // An update replaces what it sends and keeps the rest; it is in the
+    // kernel before the answer.
+    let (s, u) = api.post(
+        "/api/sandbox/listed/network-settings",
+        &k3,
+        json!({"networkAllowList": "198.51.100.0/24"}),
+    );
+    assert_eq!(s, 200, "{u}");
+    assert_eq!(u["networkAllowList"], "198.51.100.0/24");
+    assert!(api.echoes(&k3, "listed", "198.51.100.10"));
+    assert!(!api.echoes(&k3, "listed", "192.0.2.10"));
+    let (s, u) = api.post(
+        "/api/sandbox/listed/network-settings",
+        &k3,
+        json!({"networkBlockAll": true}),
+    );
+    assert_eq!(s, 200, "{u}");
+    assert_eq!(
+        (
+            u["networkAllowList"].as_str(),
+            u["effectiveNetwork"]["mode"].as_str()
+        ),
+        (Some("198.51.100.0/24"), Some("blocked"))
+    );
+    assert!(!api.echoes(&k3, "listed", "198.51.100.10"));
+    let (s, _) = api.post(
+        "/api/sandbox/listed/network-settings",
+        &k3,
+        json!({"networkBlockAll": false}),
+    );
+    assert_eq!(s, 200);
+    assert!(api.echoes(&k3, "listed", "198.51.100.10"));
+
+    // Explain, without sending anything.
+    let (s, x) = api.get(
+        "/api/sandbox/listed/network/explain?dest=198.51.100.7:443",
+        &k3,
+    );
+    assert_eq!((s, x["allowed"].as_bool()), (200, Some(true)), "{x}");
+    let (s, x) = api.get("/api/sandbox/listed/network/explain?dest=192.0.2.10", &k3);
+    assert_eq!(
+        (s, x["allowed"].as_bool(), x["reason"].as_str()),
+        (200, Some(false), Some("not_in_allow_list")),
+        "{x}"
+    );
+
+    // A tier change re-applies every running sandbox before it answers:
+    // down to 2, the list goes inactive; back to 3, it works again.
+    let (s, t) = api.call(
+        "PUT",
+        &format!("/api/admin/organizations/{org3}/tier"),
+        Some(ADMIN),
+        Send::Json(json!({"tier": 2})),
+    );
+    assert_eq!((s, t["reapplied"].as_u64()), (200, Some(4)), "{t}");
+    assert!(!api.echoes(&k3, "listed", "198.51.100.10"));
+    assert!(!api.echoes(&k3, "open", "198.51.100.10"));
+    let (_, g) = api.get("/api/sandbox/listed", &k3);
+    assert_eq!(g["effectiveNetwork"]["mode"], "restricted");
+    assert_eq!(
+        g["effectiveNetwork"]["inactive"][0]["reason"], "restricted_by_tier",
+        "{g}"
+    );
+    let (s, _) = api.call(
+        "PUT",
+        &format!("/api/admin/organizations/{org3}/tier"),
+        Some(ADMIN),
+        Send::Json(json!({"tier": 3})),
+    );
+    assert_eq!(s, 200);
+    assert!(api.echoes(&k3, "listed", "198.51.100.10"));
+
+    // Auth: no key, a bad key, another organization's sandbox, admin
+    // routes with an organization's key, a tier change by an organization.
+    assert_eq!(api.call("GET", "/api/sandbox", None, Send::Nothing).0, 401);
+    assert_eq!(api.get("/api/sandbox", "sg_not-a-key").0, 401);
+    assert_eq!(
+        api.get(&format!("/api/sandbox/{}", id(&listed)), &k1).0,
+        404
+    );
+    assert_eq!(api.get("/api/sandbox/listed", &k1).0, 404);
+    assert_eq!(
+        api.call("DELETE", "/api/sandbox/listed", Some(&k1), Send::Nothing)
+            .0,
+        404
+    );
+    assert_eq!(api.get("/api/admin/organizations", &k3).0, 403);
+    let (s, _) = api.call(
+        "PUT",
+        &format!("/api/admin/organizations/{org3}/tier"),
+        Some(&k3),
+        Send::Json(json!({"tier": 4})),
+    );
+    assert_eq!(s, 403);
+    assert_eq!(api.get("/api/organization", &k3).1["tier"], 3);
+    // The organization sees its own sandboxes only.
+    let (_, list) = api.get("/api/sandbox", &k1);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // A revoked key stops working.
+    let (s, key) = api.call(
+        "POST",
+        &format!("/api/admin/organizations/{org3}/keys"),
+        Some(ADMIN),
+        Send::Nothing,
+    );
+    assert_eq!(s, 201);
+    let (k, kid) = (key["key"].as_str().unwrap(), key["id"].as_str().unwrap());
+    assert_eq!(api.get("/api/sandbox", k).0, 200);
+    let (s, _) = api.call(
+        "DELETE",
+        &format!("/api/admin/organizations/{org3}/keys/{kid}"),
+        Some(ADMIN),
+        Send::Nothing,
+    );
+    assert_eq!(s, 204);
+    assert_eq!(api.get("/api/sandbox", k).0, 401);
+
+    // Delete: gone from the API and from the host.
+    for name in ["listed", "open", "both", "named"] {
+        assert_eq!(
+            api.call(
+                "DELETE",
+                &format!("/api/sandbox/{name}"),
+                Some(&k3),
+                Send::Nothing
+            )
+            .0,
+            204
+        );
+        assert_eq!(api.get(&format!("/api/sandbox/{name}"), &k3).0, 404);
+    }
+    assert_eq!(
+        api.call("DELETE", "/api/sandbox/small", Some(&k1), Send::Nothing)
+            .0,
+        204
+    );
+    let runtime = api.dir.join("runner/runtime/sandboxes");
+    assert_eq!(std::fs::read_dir(runtime).unwrap().count(), 0);
+}
+
+#[test]
+fn malformed_requests_get_their_status_and_code_and_store_nothing() {
+    let api = Api::start();
+    let (org, k) = api.organization("acme", 3);
+    let (_, k1) = api.organization("small", 1);
+    let existing = api.sandbox(&k, json!({"name": "existing"}));
+    let ex = id(&existing);
+    let json_body = |v: Value| Send::Json(v);
+    let raw = |ctype: &'static str, body: &str| Send::Raw(ctype, body.as_bytes().to_vec());
+    let big = "x".repeat(2 << 20);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            raw("application/json", "{"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            raw("application/json", "{\"name\": }"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            raw("text/plain", "{}"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!([])),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"networkAllowlist": "192.0.2.10/32"})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"networkBlockAll": "yes"})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"networkAllowList": 5})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"networkAllowList": "192.0.2.300/32"})),
+            400,
+            "invalid_network_allow_list",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"networkAllowList": "192.0.2.10/33"})),
+            400,
+            "invalid_network_allow_list",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"networkAllowList": "example.com"})),
+            400,
+            "invalid_network_allow_list",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(
+                json!({"networkAllowList": "1.1.1.1/32,2.2.2.2/32,3.3.3.3/32,4.4.4.4/32,5.5.5.5/32,6.6.6.6/32,7.7.7.7/32,8.8.8.8/32,9.9.9.9/32,11.1.1.1/32,12.1.1.1/32"}),
+            ),
+            400,
+            "invalid_network_allow_list",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"domainAllowList": "exa mple.com"})),
+            400,
+            "invalid_domain_allow_list",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"domainAllowList": "*.*.example.com"})),
+            400,
+            "invalid_domain_allow_list",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"domainAllowList": "192.0.2.10"})),
+            400,
+            "invalid_domain_allow_list",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k1),
+            json_body(json!({"domainAllowList": "example.com"})),
+            403,
+            "network_restricted_by_tier",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"name": "bad name"})),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"name": "sb-123"})),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"name": "existing"})),
+            409,
+            "name_taken",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"snapshot": "nope"})),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"snapshot": "../busybox"})),
+            400,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"env": {"1BAD": "x"}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"env": {"A": 1}})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            raw("application/json", &format!("{{\"name\":\"{big}\"}}")),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            None,
+            json_body(json!({})),
+            401,
+            "unauthorized",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(ADMIN),
+            json_body(json!({})),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            format!("/api/sandbox/{ex}/network-settings"),
+            Some(&k),
+            json_body(json!({})),
+            400,
+            "invalid_network_settings",
+        ),
+        (
+            "POST",
+            format!("/api/sandbox/{ex}/network-settings"),
+            Some(&k),
+            json_body(json!({"networkAllowList": "10.0.0.0/8/8"})),
+            400,
+            "invalid_network_allow_list",
+        ),
+        (
+            "POST",
+            format!("/api/sandbox/{ex}/network-settings"),
+            Some(&k1),
+            json_body(json!({"networkBlockAll": true})),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/sandbox/missing/network-settings".into(),
+            Some(&k),
+            json_body(json!({"networkBlockAll": true})),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            format!("/api/sandbox/{ex}/process/execute"),
+            Some(&k),
+            json_body(json!({"command": ""})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            format!("/api/sandbox/{ex}/process/execute"),
+            Some(&k),
+            json_body(json!({"command": "true", "timeout": -1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            format!("/api/sandbox/{ex}/process/execute"),
+            Some(&k),
+            json_body(json!({"command": "true", "timeout": 1e9})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            format!("/api/sandbox/{ex}/process/execute"),
+            Some(&k),
+            json_body(json!({"command": "true", "cwd": "tmp"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            format!("/api/sandbox/{ex}/process/execute"),
+            Some(&k),
+            json_body(json!({"cmd": "true"})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            format!("/api/sandbox/{ex}/network/explain"),
+            Some(&k),
+            Send::Nothing,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            format!("/api/sandbox/{ex}/network/explain?dest=not%20a%20host"),
+            Some(&k),
+            Send::Nothing,
+            400,
+            "invalid_destination",
+        ),
+        (
+            "POST",
+            "/api/admin/organizations".into(),
+            Some(ADMIN),
+            json_body(json!({"name": "acme", "tier": 3})),
+            409,
+            "name_taken",
+        ),
+        (
+            "POST",
+            "/api/admin/organizations".into(),
+            Some(ADMIN),
+            json_body(json!({"name": "new", "tier": 9})),
+            400,
+            "invalid_tier",
+        ),
+        (
+            "POST",
+            "/api/admin/organizations".into(),
+            Some(ADMIN),
+            json_body(json!({"name": "new", "tier": 300})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            format!("/api/admin/organizations/{org}/tier"),
+            Some(ADMIN),
+            json_body(json!({"tier": 0})),
+            400,
+            "invalid_tier",
+        ),
+        (
+            "PUT",
+            "/api/admin/organizations/org-missing/tier".into(),
+            Some(ADMIN),
+            json_body(json!({"tier": 2})),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/api/admin/organizations/org-missing/keys".into(),
+            Some(ADMIN),
+            Send::Nothing,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/api/nothing-here".into(),
+            Some(&k),
+            Send::Nothing,
+            404,
+            "not_found",
+        ),
+        (
+            "PATCH",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({})),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    assert!(cases.len() >= 30);
+    let n = cases.len();
+    for (method, path, key, body, status, code) in cases {
+        let (s, v) = api.call(method, &path, key, body);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+    // Nothing stored, nothing changed.
+    let (_, list) = api.get("/api/sandbox", &k);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let (_, g) = api.get("/api/sandbox/existing", &k);
+    assert_eq!(
+        (
+            g["networkBlockAll"].as_bool(),
+            g["effectiveNetwork"]["mode"].as_str()
+        ),
+        (Some(false), Some("open"))
+    );
+    let (_, orgs) = api.get("/api/admin/organizations", ADMIN);
+    assert_eq!(orgs.as_array().unwrap().len(), 2);
+    assert_eq!(api.get("/api/organization", &k).1["tier"], 3);
+    assert_eq!(
+        std::fs::read_dir(api.dir.join("runner/runtime/sandboxes"))
+            .unwrap()
+            .count(),
+        1
+    );
+    println!("{n} malformed requests refused");
+}
+
+#[test]
+fn the_openapi_document_lists_every_route_and_its_references_resolve() {
+    let api = Api::start();
+    let (s, doc) = api.call("GET", "/api/openapi.json", None, Send::Nothing);
+    assert_eq!(s, 200);
+    // It reads back as an OpenAPI document.
+    let parsed: utoipa::openapi::OpenApi = serde_json::from_value(doc.clone()).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    for (path, method) in [
+        ("/api/organization", "get"),
+        ("/api/admin/organizations", "post"),
+        ("/api/admin/organizations", "get"),
+        ("/api/admin/organizations/{id}/tier", "put"),
+        ("/api/admin/organizations/{id}/keys", "post"),
+        ("/api/admin/organizations/{id}/keys/{key_id}", "delete"),
+        ("/api/sandbox", "post"),
+        ("/api/sandbox", "get"),
+        ("/api/sandbox/{id_or_name}", "get"),
+        ("/api/sandbox/{id_or_name}", "delete"),
+        ("/api/sandbox/{id_or_name}/network-settings", "post"),
+        ("/api/sandbox/{id_or_name}/process/execute", "post"),
+        ("/api/sandbox/{id_or_name}/network/explain", "get"),
+        ("/health", "get"),
+        ("/metrics", "get"),
+    ] {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} missing from {paths:?}");
+        assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()));
+    }
+    // Every $ref points at a schema the document has.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "$ref" {
+                        out.push(x.as_str().unwrap().to_string());
+                    }
+                    refs(x, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap();
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{r} does not resolve"
+        );
+    }
+    assert!(parsed
+        .components
+        .unwrap()
+        .security_schemes
+        .contains_key("bearer"));
+
+    // Health and metrics.
+    let (s, h) = api.call("GET", "/health", None, Send::Nothing);
+    assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
+    let (_, k) = api.organization("acme", 3);
+    api.sandbox(&k, json!({"name": "m", "networkBlockAll": true}));
+    let url = format!("{}/metrics", api.base);
+    let text = ureq::get(&url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        text.contains("sandgate_sandboxes{state=\"running\",mode=\"blocked\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("sandgate_sandboxes_created_total 1"));
+    assert!(
+        text.contains("route=\"/api/sandbox\",status=\"201\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "sandgate_http_request_duration_seconds_count{method=\"POST\",route=\"/api/sandbox\"} 1"
+    ));
+}

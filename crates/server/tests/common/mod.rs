@@ -1,0 +1,215 @@
+//! A sandgate server in a lab of its own, driven through HTTP on loopback
+//! (BRIEF section 4: the runner and its DNS service work in the lab's
+//! `host` namespace; only loopback and the lab's addresses are reached).
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use sandgate_dns::Upstream;
+use sandgate_lab::addrs::*;
+use sandgate_lab::{lab_policy, Lab};
+use sandgate_policy::Catalog;
+use sandgate_runner::RunnerConfig;
+use sandgate_server::{Server, ServerConfig};
+use serde_json::{json, Value};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const ADMIN: &str = "operator-token-for-tests";
+
+/// What a request sends.
+pub enum Send<'a> {
+    Nothing,
+    Json(Value),
+    Raw(&'a str, Vec<u8>),
+}
+
+pub struct Api {
+    pub base: String,
+    pub dir: PathBuf,
+    rt: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    agent: ureq::Agent,
+    pub lab: Lab,
+}
+
+pub fn config(lab: &Lab, dir: &std::path::Path) -> ServerConfig {
+    let mut runner = RunnerConfig::new(
+        dir.join("runner"),
+        lab.tag(),
+        Upstream {
+            servers: vec![SocketAddr::new(DNS4, 53), SocketAddr::new(DNS6, 53)],
+            timeout: Duration::from_secs(1),
+        },
+    );
+    runner.host_netns = Some(lab.host().name().to_string());
+    runner.warm_pool = 1;
+    let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
+    cfg.admin_token = Some(ADMIN.into());
+    cfg
+}
+
+impl Api {
+    pub fn start() -> Api {
+        let lab = Lab::up().unwrap();
+        let dir = std::env::temp_dir().join(format!("sandgate-api-{}", lab.tag()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (server, _) = rt.block_on(Server::start(config(&lab, &dir))).unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(async move {
+            let _ = server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Api {
+            base,
+            dir,
+            rt: Some(rt),
+            stop: Some(stop),
+            agent,
+            lab,
+        }
+    }
+
+    /// A request: status and JSON body (`null` when empty or not JSON).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Send<'_>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let with_auth = |b: ureq::RequestBuilder<ureq::typestate::WithBody>| match &auth {
+            Some(a) => b.header("Authorization", a),
+            None => b,
+        };
+        let without = |b: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &auth {
+            Some(a) => b.header("Authorization", a),
+            None => b,
+        };
+        let response = match (method, body) {
+            ("GET", _) => without(self.agent.get(&url)).call(),
+            ("DELETE", _) => without(self.agent.delete(&url)).call(),
+            (m, body) => {
+                let b = match m {
+                    "POST" => self.agent.post(&url),
+                    "PUT" => self.agent.put(&url),
+                    "PATCH" => self.agent.patch(&url),
+                    other => panic!("method {other}"),
+                };
+                let b = with_auth(b);
+                match body {
+                    Send::Nothing => b.send_empty(),
+                    Send::Json(v) => b.send_json(&v),
+                    Send::Raw(ctype, bytes) => b.header("Content-Type", ctype).send(&bytes[..]),
+                }
+            }
+        };
+        let mut response = response.unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> (u16, Value) {
+        self.call("GET", path, Some(key), Send::Nothing)
+    }
+
+    pub fn post(&self, path: &str, key: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(key), Send::Json(body))
+    }
+
+    /// A new organization of `tier` and a key of it.
+    pub fn organization(&self, name: &str, tier: u8) -> (String, String) {
+        let (s, org) = self.post(
+            "/api/admin/organizations",
+            ADMIN,
+            json!({"name": name, "tier": tier}),
+        );
+        assert_eq!(s, 201, "{org}");
+        let id = org["id"].as_str().unwrap().to_string();
+        let (s, key) = self.call(
+            "POST",
+            &format!("/api/admin/organizations/{id}/keys"),
+            Some(ADMIN),
+            Send::Nothing,
+        );
+        assert_eq!(s, 201, "{key}");
+        (id, key["key"].as_str().unwrap().to_string())
+    }
+
+    /// Creates a sandbox; panics unless 201.
+    pub fn sandbox(&self, key: &str, body: Value) -> Value {
+        let (s, v) = self.post("/api/sandbox", key, body);
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    /// Runs `command` in sandbox `id`.
+    pub fn exec(&self, key: &str, id: &str, command: &str) -> Value {
+        let (s, v) = self.post(
+            &format!("/api/sandbox/{id}/process/execute"),
+            key,
+            json!({"command": command, "timeout": 10}),
+        );
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Whether the lab's TCP echo at `dest` answers sandbox `id`, asked
+    /// from inside it.
+    pub fn echoes(&self, key: &str, id: &str, dest: &str) -> bool {
+        if let Ok(ip) = dest.parse::<IpAddr>() {
+            assert!(is_lab_address(ip), "{dest} is not a lab address");
+        }
+        let r = self.exec(
+            key,
+            id,
+            &format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}"),
+        );
+        r["stdout"] == "sandgate\n"
+    }
+
+    /// Stops serving and drops the server (its runner and store).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Api {
+    /// Stops the server and removes every runtime sandbox it left (the
+    /// lab's drop then removes the slots' namespaces).
+    fn drop(&mut self) {
+        self.stop();
+        let cfg = sandgate_runtime::RuntimeConfig::new(self.dir.join("runner/runtime"));
+        if let Ok(rt) = sandgate_runtime::Runtime::new(cfg) {
+            for id in rt.sandboxes().unwrap_or_default() {
+                let _ = rt.delete(&id);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
