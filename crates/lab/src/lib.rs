@@ -30,6 +30,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+/// The destinations a `network/test` probes in the lab (`host:port`, TCP
+/// echo): each kind of lab server (public v4 twice, v6, the private and
+/// always-denied stand-ins), a test name, and a catalog name (the lab's
+/// DNS answers it with [`SERVER4`]). Never an address outside the lab.
+pub fn probe_targets(catalog: &sandgate_policy::Catalog) -> Vec<String> {
+    let mut targets: Vec<String> = [SERVER4, SERVER4_B, SERVER6, PRIVATE_SERVER4, DENIED_SERVER4]
+        .iter()
+        .map(|a| std::net::SocketAddr::new(*a, TCP_ECHO).to_string())
+        .collect();
+    targets.push(format!("example.com:{TCP_ECHO}"));
+    if let Some(name) = catalog.names().map(|(_, p)| p).find(|p| !p.is_wildcard()) {
+        targets.push(format!("{}:{TCP_ECHO}", name.base()));
+    }
+    targets
+}
+
 /// The policy configuration of a lab: its TEST-NET stand-ins declared
 /// private ([`LAB_PRIVATE4`], [`LAB_PRIVATE6`]) and always denied
 /// ([`LAB_DENIED4`], [`LAB_DENIED6`]), since the lab never sends to the

@@ -12,6 +12,10 @@
 //! out. It keeps nothing the server does not also keep, so that after a
 //! restart [`Runner::restore`] rebuilds it from the server's records.
 
+pub mod probe;
+
+pub use probe::{Observed, ProbeTarget};
+
 use sandgate_dataplane::{Dataplane, DataplaneConfig, SlotAddrs};
 use sandgate_dns::{Directory, DnsConfig, DnsService, Upstream};
 use sandgate_netns::Netns;
@@ -330,15 +334,33 @@ impl Runner {
         Ok(report)
     }
 
-    /// Runs `f` in the namespace of sandbox `id`'s slot (for probes made
-    /// from the sandbox's point of view without tools inside it).
-    pub fn in_sandbox_netns<T: Send>(
-        &self,
-        id: &str,
-        f: impl FnOnce() -> io::Result<T> + Send,
-    ) -> io::Result<T> {
+    /// Probes `targets` from sandbox `id`'s point of view (see [`probe`]),
+    /// all at once, each bounded by [`probe::PROBE_TIMEOUT`] (twice for a
+    /// name: its DNS answer, then the connection).
+    pub fn probe(&self, id: &str, targets: &[ProbeTarget]) -> io::Result<Vec<Observed>> {
         let slot = self.slot(id)?;
-        Netns::open(&slot.netns)?.run(f)
+        let gateway = IpAddr::V4(slot.gateway4);
+        // Threads started inside the namespace are in it too.
+        Netns::open(&slot.netns)?.run(|| {
+            Ok(std::thread::scope(|s| {
+                let probes: Vec<_> = targets
+                    .iter()
+                    .map(|t| s.spawn(move || probe::probe(gateway, t)))
+                    .collect();
+                probes
+                    .into_iter()
+                    .zip(targets)
+                    .map(|(p, t)| {
+                        p.join().unwrap_or_else(|_| Observed {
+                            target: t.clone(),
+                            addresses: Vec::new(),
+                            reachable: false,
+                            detail: "the probe failed".into(),
+                        })
+                    })
+                    .collect()
+            }))
+        })
     }
 
     /// Whether the dataplane's ruleset went missing since the start (every

@@ -836,6 +836,122 @@ pub async fn explain(
     }))
 }
 
+/// What to probe; without targets, the server's configured ones.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkTest {
+    /// `host:port` or `[IPv6]:port`, at most 32.
+    pub targets: Option<Vec<String>>,
+}
+
+/// One probed destination: what the policy says and what happened.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestRow {
+    /// The destination.
+    pub target: String,
+    /// Whether `explain` allows it.
+    pub expected: bool,
+    /// `explain`'s reason code.
+    pub reason: String,
+    /// Whether a connection got through from the sandbox's namespace.
+    pub observed: bool,
+    /// What the probe saw.
+    pub detail: String,
+    /// The addresses the destination resolved to.
+    pub addresses: Vec<String>,
+    /// `expected == observed`.
+    pub ok: bool,
+}
+
+/// The result of a network test.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkTestResult {
+    /// The sandbox.
+    pub sandbox: String,
+    /// Its effective mode.
+    pub mode: String,
+    /// One row per target.
+    pub results: Vec<TestRow>,
+    /// Whether every row is ok.
+    pub ok: bool,
+}
+
+/// Probes destinations (TCP) from inside the sandbox's network namespace,
+/// without any tool in the sandbox, and sets each beside what the policy
+/// expects. A name is resolved by the sandbox's own DNS service.
+#[utoipa::path(post, path = "/api/sandbox/{id_or_name}/network/test", tag = "sandbox", request_body = NetworkTest,
+    params(("id_or_name" = String, Path, description = "sandbox id or name")),
+    responses((status = 200, body = NetworkTestResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn network_test(
+    State(st): St,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    raw: axum::body::Bytes,
+) -> Result<Json<NetworkTestResult>, ApiError> {
+    // The body is optional: none asks for the configured targets.
+    let body: NetworkTest = if raw.iter().all(u8::is_ascii_whitespace) {
+        NetworkTest::default()
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| {
+            let code = if e.is_syntax() || e.is_eof() { "invalid_json" } else { "invalid_request" };
+            let status = if code == "invalid_json" { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+            ApiError::new(status, code, format!("the body: {e}"))
+        })?
+    };
+    let org = organization(&st, &headers).await?;
+    let row = sandbox(&st, &org, &key).await?;
+    if row.state != "running" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("sandbox {} is {}", row.id, row.state),
+        ));
+    }
+    let asked = body.targets.unwrap_or_else(|| st.probe_targets.clone());
+    if asked.is_empty() || asked.len() > 32 {
+        return Err(ApiError::invalid("targets: give 1 to 32 destinations"));
+    }
+    let targets = asked
+        .iter()
+        .map(|t| t.parse::<sandgate_runner::ProbeTarget>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::invalid(format!("targets: {e}")))?;
+    let policy = effective(&st, org.tier, &row)?;
+    let mode = policy.mode.as_str().to_string();
+    let compiled = CompiledPolicy::new(policy, &st.catalog, &st.policy);
+    let mut expected = Vec::new();
+    for t in &targets {
+        let dest: Destination = t.to_string().parse()?;
+        expected.push(compiled.explain(&dest));
+    }
+    let runner = st.runner.clone();
+    let id = row.id.clone();
+    let observed = blocking(move || runner.probe(&id, &targets)).await?;
+    let results: Vec<TestRow> = observed
+        .into_iter()
+        .zip(expected)
+        .map(|(o, e)| TestRow {
+            target: o.target.to_string(),
+            expected: e.allowed,
+            reason: e.reason.code(),
+            observed: o.reachable,
+            detail: o.detail,
+            addresses: o.addresses.iter().map(ToString::to_string).collect(),
+            ok: e.allowed == o.reachable,
+        })
+        .collect();
+    Ok(Json(NetworkTestResult {
+        sandbox: row.id,
+        mode,
+        ok: results.iter().all(|r| r.ok),
+        results,
+    }))
+}
+
 // -------------------------------------------------------------- system --
 
 /// Liveness: the store answers and the dataplane's ruleset is in place.

@@ -53,6 +53,25 @@ pub struct ServerConfig {
     pub exec_timeout_default: Duration,
     /// The longest timeout an exec may ask for.
     pub exec_timeout_max: Duration,
+    /// What `network/test` probes when the request names nothing
+    /// (`host:port`).
+    pub probe_targets: Vec<String>,
+}
+
+/// The default targets of `network/test`: those of the reference's
+/// "Testing Network Access" (an address on 443; the Debian archive, the
+/// npm registry and PyPI, named by the catalog) on 443.
+pub fn default_probe_targets(catalog: &Catalog) -> Vec<String> {
+    let mut targets = vec!["208.80.154.232:443".to_string()];
+    for category in ["ubuntu-debian", "npm", "python"] {
+        let name = catalog
+            .category_by_id(category)
+            .and_then(|c| c.hosts.iter().find(|h| !h.is_wildcard()));
+        if let Some(name) = name {
+            targets.push(format!("{}:443", name.base()));
+        }
+    }
+    targets
 }
 
 impl ServerConfig {
@@ -69,6 +88,7 @@ impl ServerConfig {
             admin_token: None,
             runner,
             policy,
+            probe_targets: default_probe_targets(&catalog),
             catalog,
             body_limit: 1 << 20,
             exec_timeout_default: Duration::from_secs(60),
@@ -98,6 +118,8 @@ pub struct AppState {
     pub exec_timeout_default: Duration,
     /// See [`ServerConfig::exec_timeout_max`].
     pub exec_timeout_max: Duration,
+    /// See [`ServerConfig::probe_targets`].
+    pub probe_targets: Vec<String>,
 }
 
 /// A started server.
@@ -125,6 +147,7 @@ pub struct Server {
         api::update_settings,
         api::execute,
         api::explain,
+        api::network_test,
         api::health,
         metrics::metrics,
     ),
@@ -199,6 +222,7 @@ impl Server {
             metrics: metrics::Metrics::default(),
             exec_timeout_default: cfg.exec_timeout_default,
             exec_timeout_max: cfg.exec_timeout_max,
+            probe_targets: cfg.probe_targets,
         });
         let report = restore(&state).await?;
         Ok((
@@ -243,7 +267,8 @@ impl Server {
                 post(api::update_settings),
             )
             .route("/sandbox/{id_or_name}/process/execute", post(api::execute))
-            .route("/sandbox/{id_or_name}/network/explain", get(api::explain));
+            .route("/sandbox/{id_or_name}/network/explain", get(api::explain))
+            .route("/sandbox/{id_or_name}/network/test", post(api::network_test));
         Router::new()
             .nest("/api", api)
             .route("/health", get(api::health))

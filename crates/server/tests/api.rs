@@ -35,6 +35,23 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
     assert!(!api.echoes(&k3, "listed", "198.51.100.10"));
     assert!(!api.echoes(&k3, "listed", "2001:db8:1::10"));
 
+    // The network test probes the lab's servers from the sandbox's
+    // namespace and sets each beside what explain expects. (Its catalog
+    // name resolves to 192.0.2.10 in the lab, which the answer then admits
+    // for the sandbox as an essential service: hence a sandbox of its own.)
+    api.sandbox(&k3, json!({"name": "probed", "networkAllowList": "192.0.2.10/32"}));
+    let (s, t) = api.call("POST", "/api/sandbox/probed/network/test", Some(&k3), Send::Nothing);
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["ok"], true, "{t}");
+    let rows = t["results"].as_array().unwrap();
+    assert!(rows.len() >= 7);
+    let row = |target: &str| rows.iter().find(|r| r["target"] == target).unwrap().clone();
+    assert_eq!((row("192.0.2.10:7")["expected"].as_bool(), row("192.0.2.10:7")["observed"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(row("198.51.100.10:7")["observed"], false);
+    assert_eq!(row("example.com:7")["reason"], "not_in_allow_list");
+    assert_eq!(row("203.0.113.200:7")["expected"], false);
+    assert!(rows.iter().any(|r| r["reason"].as_str().unwrap().starts_with("essential_service:") && r["observed"] == true), "{t}");
+
     // Open: everything but the always-denied and private ranges.
     let open = api.sandbox(&k3, json!({"name": "open"}));
     assert_eq!(open["effectiveNetwork"]["mode"], "open");
@@ -140,7 +157,7 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
         Some(ADMIN),
         Send::Json(json!({"tier": 2})),
     );
-    assert_eq!((s, t["reapplied"].as_u64()), (200, Some(4)), "{t}");
+    assert_eq!((s, t["reapplied"].as_u64()), (200, Some(5)), "{t}");
     assert!(!api.echoes(&k3, "listed", "198.51.100.10"));
     assert!(!api.echoes(&k3, "open", "198.51.100.10"));
     let (_, g) = api.get("/api/sandbox/listed", &k3);
@@ -205,7 +222,7 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
     assert_eq!(api.get("/api/sandbox", k).0, 401);
 
     // Delete: gone from the API and from the host.
-    for name in ["listed", "open", "both", "named"] {
+    for name in ["listed", "probed", "open", "both", "named"] {
         assert_eq!(
             api.call(
                 "DELETE",
@@ -655,6 +672,7 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         ("/api/sandbox/{id_or_name}/network-settings", "post"),
         ("/api/sandbox/{id_or_name}/process/execute", "post"),
         ("/api/sandbox/{id_or_name}/network/explain", "get"),
+        ("/api/sandbox/{id_or_name}/network/test", "post"),
         ("/health", "get"),
         ("/metrics", "get"),
     ] {

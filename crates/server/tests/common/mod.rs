@@ -46,6 +46,7 @@ pub fn config(lab: &Lab, dir: &std::path::Path) -> ServerConfig {
     runner.warm_pool = 1;
     let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
     cfg.admin_token = Some(ADMIN.into());
+    cfg.probe_targets = sandgate_lab::probe_targets(&cfg.catalog);
     cfg
 }
 
