@@ -132,6 +132,17 @@ pub struct RestoreReport {
     pub removed: Vec<String>,
 }
 
+/// Removes every runtime sandbox (processes, mounts, files) under the
+/// runtime data of `cfg`, with no runner running: for a lab that is being
+/// torn down after a failure (its slots go with its namespaces).
+pub fn purge_runtime(cfg: &RunnerConfig) -> io::Result<()> {
+    let runtime = Runtime::new(cfg.runtime.clone())?;
+    for id in runtime.sandboxes()? {
+        runtime.delete(&id)?;
+    }
+    Ok(())
+}
+
 /// The sandboxes of one host.
 pub struct Runner {
     sandboxes: Arc<Sandboxes>,
@@ -238,6 +249,11 @@ impl Runner {
             return Err(e);
         }
         lock(&self.slots).insert(id.to_string(), slot.clone());
+        // The warm pool is refilled off the request's path.
+        let sandboxes = self.sandboxes.clone();
+        std::thread::spawn(move || {
+            let _ = lock(&sandboxes.dp).fill_pool();
+        });
         Ok(Placement { slot })
     }
 
@@ -335,32 +351,45 @@ impl Runner {
     }
 
     /// Probes `targets` from sandbox `id`'s point of view (see [`probe`]),
-    /// all at once, each bounded by [`probe::PROBE_TIMEOUT`] (twice for a
-    /// name: its DNS answer, then the connection).
+    /// each bounded by [`probe::PROBE_TIMEOUT`] (twice for a name: its DNS
+    /// answer, then the connection). Addresses are probed first, all at
+    /// once, then names, all at once: an answer for a name admits its
+    /// addresses for the sandbox, and must not change what an address's
+    /// row says about the sandbox before any DNS.
     pub fn probe(&self, id: &str, targets: &[ProbeTarget]) -> io::Result<Vec<Observed>> {
         let slot = self.slot(id)?;
         let gateway = IpAddr::V4(slot.gateway4);
+        let is_address = |t: &ProbeTarget| t.host.parse::<IpAddr>().is_ok();
         // Threads started inside the namespace are in it too.
+        let mut seen: Vec<Option<Observed>> = vec![None; targets.len()];
         Netns::open(&slot.netns)?.run(|| {
-            Ok(std::thread::scope(|s| {
-                let probes: Vec<_> = targets
-                    .iter()
-                    .map(|t| s.spawn(move || probe::probe(gateway, t)))
-                    .collect();
-                probes
-                    .into_iter()
-                    .zip(targets)
-                    .map(|(p, t)| {
-                        p.join().unwrap_or_else(|_| Observed {
-                            target: t.clone(),
-                            addresses: Vec::new(),
-                            reachable: false,
-                            detail: "the probe failed".into(),
-                        })
-                    })
-                    .collect()
-            }))
-        })
+            for phase in [true, false] {
+                std::thread::scope(|s| {
+                    let probes: Vec<_> = targets
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, t)| is_address(t) == phase)
+                        .map(|(i, t)| (i, s.spawn(move || probe::probe(gateway, t))))
+                        .collect();
+                    for (i, p) in probes {
+                        seen[i] = p.join().ok();
+                    }
+                });
+            }
+            Ok(())
+        })?;
+        Ok(seen
+            .into_iter()
+            .zip(targets)
+            .map(|(o, t)| {
+                o.unwrap_or_else(|| Observed {
+                    target: t.clone(),
+                    addresses: Vec::new(),
+                    reachable: false,
+                    detail: "the probe failed".into(),
+                })
+            })
+            .collect())
     }
 
     /// Whether the dataplane's ruleset went missing since the start (every

@@ -84,8 +84,13 @@ fn resolve(gateway: IpAddr, name: &str) -> Result<Vec<IpAddr>, String> {
         };
         static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
         let id = NEXT.fetch_add(40_503, std::sync::atomic::Ordering::Relaxed);
-        let query = upstream_query(&question, id).ok_or_else(|| format!("{name:?} is not a DNS name"))?;
-        let bind = if gateway.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let query =
+            upstream_query(&question, id).ok_or_else(|| format!("{name:?} is not a DNS name"))?;
+        let bind = if gateway.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
         let sock = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
         sock.set_read_timeout(Some(PROBE_TIMEOUT))
             .map_err(|e| e.to_string())?;
@@ -103,11 +108,16 @@ fn resolve(gateway: IpAddr, name: &str) -> Result<Vec<IpAddr>, String> {
             ResponseCode::NoError => {}
             ResponseCode::Refused => {
                 let why = extended_error(&answer).map(|(_, t)| t).unwrap_or_default();
-                return Err(format!("DNS refused: {why}").trim_end_matches(": ").to_string());
+                return Err(format!("DNS refused: {why}")
+                    .trim_end_matches(": ")
+                    .to_string());
             }
             code => return Err(format!("DNS: {code}")),
         }
-        let found: Vec<IpAddr> = addresses(&answer, &question).into_iter().map(|(a, _)| a).collect();
+        let found: Vec<IpAddr> = addresses(&answer, &question)
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
         if !found.is_empty() {
             return Ok(found);
         }

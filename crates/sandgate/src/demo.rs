@@ -1,38 +1,42 @@
 //! `sandgate demo`: the main job of the README.
 //!
-//! Until the lab exists, the demo runs the reference's policy examples
-//! through the policy engine: sandboxes of organizations of tiers 1 to 4 in
-//! every mode (the reference's three-entry allow list, block-all, and both
-//! together among them), each with destinations whose expected outcome
-//! BRIEF section 1 fixes, and prints the matrix of expected against what
-//! `explain` answers. Nothing is sent anywhere: the reference's example
-//! addresses are data. Exit status 0 only if every row is ok.
+//! Builds a lab (BRIEF section 4), starts a sandgate server in it (API on
+//! loopback inside the lab's `host` namespace; runner and DNS service
+//! there too), and through the HTTP API: creates organizations of tiers 1
+//! to 4 and sandboxes in every mode (the reference's three-entry allow
+//! list, block-all, and both together among them), runs the network test
+//! of each (TCP probes from the sandbox's namespace to the lab's servers),
+//! updates one sandbox live and tests it again. Each row sets what BRIEF
+//! section 1 says against what was observed; a row is ok when they agree
+//! and the server's own `explain` agrees too. The reference's example
+//! addresses are data to create and explain, never probed. Then everything
+//! is removed. Exit status 0 only if every row is ok.
 
+use crate::client::Client;
 use crate::config::Config;
-use crate::output::{say, Output};
-use sandgate_policy::{CompiledPolicy, Destination, PolicyError, SettingsRequest, Tier};
+use crate::output::{say, table, Output};
+use sandgate_dns::Upstream;
+use sandgate_lab::addrs::{DNS4, DNS6};
+use sandgate_lab::Lab;
+use sandgate_runner::RunnerConfig;
+use sandgate_server::{Server, ServerConfig};
 use serde::Serialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// The reference's own allow-list example (data only, never probed).
 const SPEC_ALLOW_LIST: &str = "208.80.154.232/32,199.16.156.103/32,192.168.1.0/24";
 
-struct Scenario {
-    sandbox: &'static str,
-    tier: Tier,
-    request: SettingsRequest<'static>,
-    /// Destinations and whether BRIEF section 1 says they are reachable.
-    checks: Vec<(String, bool)>,
-}
-
 /// One row of the matrix.
 #[derive(Debug, Serialize)]
 struct Row {
-    sandbox: &'static str,
+    sandbox: String,
     mode: String,
     target: String,
-    expected: &'static str,
-    observed: &'static str,
+    expected: String,
+    observed: String,
     ok: bool,
 }
 
@@ -44,186 +48,377 @@ fn word(allowed: bool) -> &'static str {
     }
 }
 
-fn scenarios(config: &Config) -> Vec<Scenario> {
-    // Catalog names come from the catalog itself, never spelled here.
-    let essential = config
-        .catalog
-        .names()
-        .find(|(_, p)| !p.is_wildcard())
-        .map(|(_, p)| p.base().to_string())
-        .unwrap_or_else(|| "essential-service.example".into());
-    let e = |s: &str| s.to_string();
-    let req = |nal, dal, block| SettingsRequest {
-        network_block_all: block,
-        network_allow_list: nal,
-        domain_allow_list: dal,
-    };
+/// What BRIEF section 1 says of the lab's probe targets
+/// (`sandgate_lab::probe_targets`: public v4, public v4 B, public v6,
+/// private, always denied, a test name, a catalog name), by mode.
+fn brief_expects(mode: &str) -> [bool; 7] {
+    match mode {
+        "open" => [true, true, true, false, false, true, true],
+        "restricted" | "allowlist" => [false, false, false, false, false, false, true],
+        _ => [false; 7],
+    }
+}
+
+type Failure = String;
+
+fn api_err(what: &str) -> impl Fn(crate::client::ApiFailure) -> Failure + '_ {
+    move |f| format!("{what}: [{}] {}", f.code, f.message)
+}
+
+/// The demo's sandboxes: organization tier, name, create body.
+fn sandboxes() -> Vec<(u8, &'static str, Value)> {
     vec![
-        Scenario {
-            sandbox: "tier1-default",
-            tier: 1,
-            request: req(None, None, None),
-            checks: vec![
-                (essential.clone(), true),
-                (e("www.example.com"), false),
-                (e("192.0.2.10:443"), false),
-                (e("169.254.169.254:80"), false),
-            ],
-        },
-        Scenario {
-            sandbox: "tier3-open",
-            tier: 3,
-            request: req(None, None, None),
-            checks: vec![
-                (e("192.0.2.10:443"), true),
-                (e("[2001:db8::10]:443"), true),
-                (e("www.example.com"), true),
-                (e("10.0.0.1:22"), false),
-                (e("169.254.169.254:80"), false),
-                (e("127.0.0.1:8080"), false),
-            ],
-        },
-        Scenario {
-            sandbox: "tier3-spec-allow-list",
-            tier: 3,
-            request: req(Some(SPEC_ALLOW_LIST), None, None),
-            checks: vec![
-                (e("208.80.154.232:443"), true),
-                (e("199.16.156.103:443"), true),
-                (e("192.168.1.77:80"), true),
-                (e("192.168.2.1:80"), false),
-                (e("192.0.2.10:443"), false),
-                (essential.clone(), true),
-                (e("www.example.com"), false),
-                (e("198.51.100.9:53"), true),
-            ],
-        },
-        Scenario {
-            sandbox: "tier4-domains",
-            tier: 4,
-            request: req(None, Some("*.example.com, example.net"), None),
-            checks: vec![
-                (e("api.example.com"), true),
-                (e("a.b.example.com"), true),
-                (e("example.com"), false),
-                (e("example.net"), true),
-                (e("www.example.net"), false),
-                (essential.clone(), true),
-            ],
-        },
-        Scenario {
-            sandbox: "tier3-block-all",
-            tier: 3,
-            request: req(None, None, Some(true)),
-            checks: vec![
-                (essential.clone(), false),
-                (e("192.0.2.10:443"), false),
-                (e("198.51.100.9:53"), false),
-            ],
-        },
-        Scenario {
-            sandbox: "tier3-block-all-and-list",
-            tier: 3,
-            request: req(Some(SPEC_ALLOW_LIST), None, Some(true)),
-            checks: vec![(e("208.80.154.232:443"), false), (essential, false)],
-        },
+        (1, "tier1-default", json!({})),
+        (2, "tier2-default", json!({})),
+        (
+            3,
+            "tier3-spec-allow-list",
+            json!({"networkAllowList": SPEC_ALLOW_LIST}),
+        ),
+        (3, "tier3-block-all", json!({"networkBlockAll": true})),
+        (
+            3,
+            "tier3-block-all-and-list",
+            json!({"networkBlockAll": true, "networkAllowList": SPEC_ALLOW_LIST}),
+        ),
+        (4, "tier4-open", json!({})),
+        (
+            4,
+            "tier4-lab-list",
+            json!({"networkAllowList": "192.0.2.10/32", "domainAllowList": "example.com"}),
+        ),
     ]
+}
+
+/// Runs the network test of `sandbox` on `targets` (the server's lab list
+/// for `None`) and makes rows against `expected`.
+fn test_rows(
+    c: &Client,
+    sandbox: &str,
+    label: &str,
+    targets: Option<&[&str]>,
+    expected: &[bool],
+) -> Result<Vec<Row>, Failure> {
+    let body = match targets {
+        Some(t) => json!({ "targets": t }),
+        None => json!({}),
+    };
+    let t = c
+        .call(
+            "POST",
+            &format!("/api/sandbox/{sandbox}/network/test"),
+            Some(&body),
+        )
+        .map_err(api_err("network test"))?;
+    let mode = t["mode"].as_str().unwrap_or("?").to_string();
+    let results = t["results"].as_array().cloned().unwrap_or_default();
+    if results.len() != expected.len() {
+        return Err(format!(
+            "network test of {sandbox}: {} rows for {} expectations",
+            results.len(),
+            expected.len()
+        ));
+    }
+    Ok(results
+        .iter()
+        .zip(expected)
+        .map(|(r, want)| {
+            let observed = r["observed"] == true;
+            let server_says = r["expected"] == true;
+            Row {
+                sandbox: label.to_string(),
+                mode: mode.clone(),
+                target: r["target"].as_str().unwrap_or("?").to_string(),
+                expected: word(*want).to_string(),
+                observed: word(observed).to_string(),
+                ok: observed == *want && server_says == *want,
+            }
+        })
+        .collect())
+}
+
+/// Explains `dest` for `sandbox` (nothing sent) against `want`.
+fn explain_row(c: &Client, sandbox: &str, dest: &str, want: bool) -> Result<Row, Failure> {
+    let v = c
+        .call(
+            "GET",
+            &format!("/api/sandbox/{sandbox}/network/explain?dest={dest}"),
+            None,
+        )
+        .map_err(api_err("explain"))?;
+    let allowed = v["allowed"] == true;
+    Ok(Row {
+        sandbox: sandbox.to_string(),
+        mode: v["mode"].as_str().unwrap_or("?").to_string(),
+        target: format!("{dest} (explained, never probed)"),
+        expected: word(want).to_string(),
+        observed: word(allowed).to_string(),
+        ok: allowed == want,
+    })
+}
+
+/// The demo's requests, made from inside the lab's host namespace.
+fn scenario(admin: &Client, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, Failure> {
+    let mut rows = Vec::new();
+    let mut keys = std::collections::BTreeMap::new();
+    for tier in 1..=4u8 {
+        let org = admin
+            .call(
+                "POST",
+                "/api/admin/organizations",
+                Some(&json!({"name": format!("tier{tier}-org"), "tier": tier})),
+            )
+            .map_err(api_err("create organization"))?;
+        let id = org["id"].as_str().unwrap_or_default().to_string();
+        let key = admin
+            .call("POST", &format!("/api/admin/organizations/{id}/keys"), None)
+            .map_err(api_err("issue key"))?;
+        keys.insert(
+            tier,
+            admin.with_key(key["key"].as_str().unwrap_or_default()),
+        );
+    }
+    let key = |tier: u8| {
+        keys.get(&tier)
+            .ok_or_else(|| format!("no key for tier {tier}"))
+    };
+
+    // The reference's refusal: a tier-2 organization may not set a list.
+    let refused = key(2)?.call(
+        "POST",
+        "/api/sandbox",
+        Some(&json!({"name": "tier2-asks-for-list", "networkAllowList": SPEC_ALLOW_LIST})),
+    );
+    let code = match &refused {
+        Err(f) => f.code.clone(),
+        Ok(_) => "created".into(),
+    };
+    rows.push(Row {
+        sandbox: "tier2-asks-for-list".into(),
+        mode: "refused".into(),
+        target: "create with networkAllowList".into(),
+        expected: "network_restricted_by_tier".into(),
+        observed: code.clone(),
+        ok: code == "network_restricted_by_tier",
+    });
+
+    for (tier, name, mut body) in sandboxes() {
+        progress(&format!("creating {name} (tier {tier})"));
+        body["name"] = json!(name);
+        let c = key(tier)?;
+        let made = c
+            .call("POST", "/api/sandbox", Some(&body))
+            .map_err(api_err("create sandbox"))?;
+        let mode = made["effectiveNetwork"]["mode"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        if name == "tier4-lab-list" {
+            let targets = ["192.0.2.10:7", "198.51.100.10:7", "example.com:7"];
+            rows.extend(test_rows(
+                c,
+                name,
+                name,
+                Some(&targets),
+                &[true, false, true],
+            )?);
+            progress("updating tier4-lab-list live");
+            c.call(
+                "POST",
+                &format!("/api/sandbox/{name}/network-settings"),
+                Some(&json!({"networkAllowList": "198.51.100.0/24", "domainAllowList": ""})),
+            )
+            .map_err(api_err("update"))?;
+            let label = format!("{name} (after update)");
+            rows.extend(test_rows(
+                c,
+                name,
+                &label,
+                Some(&targets),
+                &[false, true, false],
+            )?);
+            continue;
+        }
+        rows.extend(test_rows(c, name, name, None, &brief_expects(&mode))?);
+        if name.contains("spec-allow-list") || name.contains("and-list") {
+            let allowed = mode == "allowlist";
+            rows.push(explain_row(c, name, "208.80.154.232:443", allowed)?);
+            rows.push(explain_row(c, name, "192.168.1.77:80", allowed)?);
+            rows.push(explain_row(c, name, "192.168.2.1:80", false)?);
+        }
+        if mode == "blocked" {
+            let r = c
+                .call(
+                    "POST",
+                    &format!("/api/sandbox/{name}/process/execute"),
+                    Some(&json!({"command": "echo exec works without network"})),
+                )
+                .map_err(api_err("exec"))?;
+            let out = r["stdout"].as_str().unwrap_or_default().trim().to_string();
+            rows.push(Row {
+                sandbox: name.into(),
+                mode: mode.clone(),
+                target: "exec".into(),
+                expected: "exec works without network".into(),
+                ok: out == "exec works without network",
+                observed: out,
+            });
+        }
+    }
+
+    progress("deleting the sandboxes");
+    for (tier, name, _) in sandboxes() {
+        key(tier)?
+            .call("DELETE", &format!("/api/sandbox/{name}"), None)
+            .map_err(api_err("delete"))?;
+    }
+    let mut left = 0;
+    for tier in 1..=4 {
+        let list = key(tier)?
+            .call("GET", "/api/sandbox", None)
+            .map_err(api_err("list"))?;
+        left += list.as_array().map_or(0, Vec::len);
+    }
+    rows.push(Row {
+        sandbox: "all".into(),
+        mode: "-".into(),
+        target: "sandboxes left after delete".into(),
+        expected: "0".into(),
+        observed: left.to_string(),
+        ok: left == 0,
+    });
+    Ok(rows)
 }
 
 /// Runs the demo and prints the matrix.
 pub fn run(config: &Config, out: &Output) -> ExitCode {
-    let mut rows = Vec::new();
-    for s in scenarios(config) {
-        match run_scenario(&s, config) {
-            Ok(mut r) => rows.append(&mut r),
-            Err(e) => return out.error(&e),
+    let quiet = out.json;
+    let progress = move |m: &str| {
+        if !quiet {
+            eprintln!("demo: {m}");
         }
-    }
-    // The reference's refusal: a tier-2 organization may not set a list.
-    let refused = config.policy.settings_for_create(
-        2,
-        &SettingsRequest {
-            network_allow_list: Some(SPEC_ALLOW_LIST),
-            ..Default::default()
-        },
-    );
-    let refusal_ok = matches!(&refused, Err(e) if e.http_status() == 403);
-    rows.push(Row {
-        sandbox: "tier2-asks-for-list",
-        mode: "refused".into(),
-        target: "create with networkAllowList".into(),
-        expected: "network_restricted_by_tier",
-        observed: match &refused {
-            Err(e) if e.http_status() == 403 => "network_restricted_by_tier",
-            Err(_) => "other error",
-            Ok(_) => "accepted",
-        },
-        ok: refusal_ok,
-    });
-    let all_ok = rows.iter().all(|r| r.ok);
-    if out.json {
-        out.print_json(&rows);
-    } else {
-        print_table(&rows);
-        let bad = rows.iter().filter(|r| !r.ok).count();
-        say!("{} rows, {} mismatches", rows.len(), bad);
-    }
-    if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    };
+    match demo(config, &progress) {
+        Ok(rows) => {
+            let all_ok = rows.iter().all(|r| r.ok);
+            if out.json {
+                out.print_json(&rows);
+            } else {
+                print_table(&rows);
+                let bad = rows.iter().filter(|r| !r.ok).count();
+                say!("{} rows, {} mismatches", rows.len(), bad);
+            }
+            if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            if out.json {
+                out.print_json(&json!({"error": {"code": "demo_failed", "message": e}}));
+            } else {
+                eprintln!("demo failed: {e}");
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 
-/// Prints the rows as a table sized to its contents.
+fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, Failure> {
+    progress("building the lab");
+    let lab = Lab::up().map_err(|e| format!("lab: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("sandgate-demo-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut runner = RunnerConfig::new(
+        dir.join("runner"),
+        lab.tag(),
+        Upstream {
+            servers: vec![SocketAddr::new(DNS4, 53), SocketAddr::new(DNS6, 53)],
+            timeout: Duration::from_secs(1),
+        },
+    );
+    runner.host_netns = Some(lab.host().name().to_string());
+    runner.warm_pool = 2;
+    let runner_cfg = runner.clone();
+    // The lab's policy: the defaults, with the lab's TEST-NET stand-ins
+    // for the private and always-denied ranges declared as such (the lab
+    // never sends to the real ones).
+    let mut cfg = ServerConfig::new(
+        dir.join("store"),
+        runner,
+        sandgate_lab::lab_policy(),
+        config.catalog.clone(),
+    );
+    let token = format!("demo-{}-{}", std::process::id(), lab.tag());
+    cfg.admin_token = Some(token.clone());
+    cfg.probe_targets = sandgate_lab::probe_targets(&config.catalog);
+    let result = (|| {
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        progress("starting the server in the lab's host namespace");
+        let (server, _) = rt
+            .block_on(Server::start(cfg))
+            .map_err(|e| format!("server: {e}"))?;
+        // The API listens on loopback inside the lab's host namespace.
+        let std_listener = lab
+            .host()
+            .run(|| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })
+            .map_err(|e| format!("listen: {e}"))?;
+        let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = {
+            let _guard = rt.enter();
+            let listener =
+                tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
+            rt.spawn(async move {
+                server
+                    .serve(listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            })
+        };
+        let admin = Client::new(&format!("http://{addr}"), Some(&token));
+        let rows = lab
+            .host()
+            .run(|| Ok(scenario(&admin, progress)))
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let _ = stop.send(());
+        let _ = rt.block_on(serving);
+        rt.shutdown_timeout(Duration::from_secs(5));
+        rows
+    })();
+    // Whatever a failure left: the runtime's sandboxes (the lab's drop
+    // removes the slots' namespaces).
+    let _ = sandgate_runner::purge_runtime(&runner_cfg);
+    let _ = std::fs::remove_dir_all(&dir);
+    progress("removing the lab");
+    drop(lab);
+    result
+}
+
+/// Prints the rows as a table.
 fn print_table(rows: &[Row]) {
-    let header = ["sandbox", "mode", "target", "expected", "observed", "ok"];
-    let cells: Vec<[&str; 6]> = rows
+    let cells = rows
         .iter()
         .map(|r| {
-            [
-                r.sandbox,
-                r.mode.as_str(),
-                r.target.as_str(),
-                r.expected,
-                r.observed,
-                if r.ok { "ok" } else { "MISMATCH" },
+            vec![
+                r.sandbox.clone(),
+                r.mode.clone(),
+                r.target.clone(),
+                r.expected.clone(),
+                r.observed.clone(),
+                if r.ok { "ok" } else { "MISMATCH" }.to_string(),
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(&cells) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        say!("{}", line.join("  ").trim_end());
-    }
-}
-
-fn run_scenario(s: &Scenario, config: &Config) -> Result<Vec<Row>, PolicyError> {
-    let settings = config.policy.settings_for_create(s.tier, &s.request)?;
-    let policy = config.policy.resolve(s.tier, &settings)?;
-    let mode = policy.mode.to_string();
-    let compiled = CompiledPolicy::new(policy, &config.catalog, &config.policy);
-    let mut rows = Vec::new();
-    for (target, expected) in &s.checks {
-        let dest: Destination = target.parse()?;
-        let verdict = compiled.explain(&dest);
-        rows.push(Row {
-            sandbox: s.sandbox,
-            mode: mode.clone(),
-            target: target.clone(),
-            expected: word(*expected),
-            observed: word(verdict.allowed),
-            ok: verdict.allowed == *expected,
-        });
-    }
-    Ok(rows)
+    table(
+        &["sandbox", "mode", "target", "expected", "observed", "ok"],
+        cells,
+    );
 }

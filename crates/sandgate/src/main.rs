@@ -1,16 +1,19 @@
-//! `sandgate`: one binary for the operator's commands and, as the project
-//! grows, the server and the API client.
+//! `sandgate`: one binary for the server, the API client and the
+//! operator's commands.
 //!
 //! Exit status: 0 on success, 2 for input the user can fix (bad lists, an
 //! unknown tier, a bad destination, a bad configuration file), 1 for
 //! anything else. With `--json`, errors are printed on standard output as
 //! `{"error": {"code", "message", ...}}`, the shape the API uses.
 
+mod api_cmd;
+mod client;
 mod config;
 mod demo;
 mod lab_cmd;
 mod output;
 mod policy_cmd;
+mod server_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -42,8 +45,15 @@ enum Command {
     /// The lab of network namespaces that tests and the demo run in.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
-    /// Run the main job: the policy examples of the reference, checked
-    /// against what the brief expects, as a matrix.
+    /// Run the API, the runner and the DNS service on this host.
+    Server(server_cmd::ServerArgs),
+    /// Sandboxes of an organization, through the API.
+    Sandbox(api_cmd::SandboxCli),
+    /// Organizations, tiers and keys, through the API (operator token).
+    Admin(api_cmd::AdminCli),
+    /// Run the main job: a lab, a server in it, organizations of every
+    /// tier and sandboxes in every mode, probed; prints expected against
+    /// observed.
     Demo,
 }
 
@@ -60,6 +70,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd, &config, &out),
         Command::Lab(cmd) => lab_cmd::run(cmd, &out),
+        Command::Server(args) => server_cmd::run(args, &config, &out),
+        Command::Sandbox(cli) => api_cmd::sandbox(cli, &out),
+        Command::Admin(cli) => api_cmd::admin(cli, &out),
         Command::Demo => demo::run(&config, &out),
     }
 }

@@ -29,6 +29,30 @@ pub fn line(args: Arguments<'_>) {
     }
 }
 
+/// Prints rows as aligned columns.
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    say!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        say!("{}", line(r));
+    }
+}
+
 /// The exit status for input the user can fix.
 pub const EXIT_USAGE: u8 = 2;
 

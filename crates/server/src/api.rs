@@ -897,8 +897,16 @@ pub async fn network_test(
         NetworkTest::default()
     } else {
         serde_json::from_slice(&raw).map_err(|e| {
-            let code = if e.is_syntax() || e.is_eof() { "invalid_json" } else { "invalid_request" };
-            let status = if code == "invalid_json" { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+            let code = if e.is_syntax() || e.is_eof() {
+                "invalid_json"
+            } else {
+                "invalid_request"
+            };
+            let status = if code == "invalid_json" {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
             ApiError::new(status, code, format!("the body: {e}"))
         })?
     };

@@ -268,7 +268,10 @@ impl Server {
             )
             .route("/sandbox/{id_or_name}/process/execute", post(api::execute))
             .route("/sandbox/{id_or_name}/network/explain", get(api::explain))
-            .route("/sandbox/{id_or_name}/network/test", post(api::network_test));
+            .route(
+                "/sandbox/{id_or_name}/network/test",
+                post(api::network_test),
+            );
         Router::new()
             .nest("/api", api)
             .route("/health", get(api::health))

@@ -39,18 +39,39 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
     // namespace and sets each beside what explain expects. (Its catalog
     // name resolves to 192.0.2.10 in the lab, which the answer then admits
     // for the sandbox as an essential service: hence a sandbox of its own.)
-    api.sandbox(&k3, json!({"name": "probed", "networkAllowList": "192.0.2.10/32"}));
-    let (s, t) = api.call("POST", "/api/sandbox/probed/network/test", Some(&k3), Send::Nothing);
+    api.sandbox(
+        &k3,
+        json!({"name": "probed", "networkAllowList": "192.0.2.10/32"}),
+    );
+    let (s, t) = api.call(
+        "POST",
+        "/api/sandbox/probed/network/test",
+        Some(&k3),
+        Send::Nothing,
+    );
     assert_eq!(s, 200, "{t}");
     assert_eq!(t["ok"], true, "{t}");
     let rows = t["results"].as_array().unwrap();
     assert!(rows.len() >= 7);
     let row = |target: &str| rows.iter().find(|r| r["target"] == target).unwrap().clone();
-    assert_eq!((row("192.0.2.10:7")["expected"].as_bool(), row("192.0.2.10:7")["observed"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(
+        (
+            row("192.0.2.10:7")["expected"].as_bool(),
+            row("192.0.2.10:7")["observed"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
     assert_eq!(row("198.51.100.10:7")["observed"], false);
     assert_eq!(row("example.com:7")["reason"], "not_in_allow_list");
     assert_eq!(row("203.0.113.200:7")["expected"], false);
-    assert!(rows.iter().any(|r| r["reason"].as_str().unwrap().starts_with("essential_service:") && r["observed"] == true), "{t}");
+    assert!(
+        rows.iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("essential_service:")
+            && r["observed"] == true),
+        "{t}"
+    );
 
     // Open: everything but the always-denied and private ranges.
     let open = api.sandbox(&k3, json!({"name": "open"}));

@@ -205,12 +205,7 @@ impl Drop for Api {
     /// lab's drop then removes the slots' namespaces).
     fn drop(&mut self) {
         self.stop();
-        let cfg = sandgate_runtime::RuntimeConfig::new(self.dir.join("runner/runtime"));
-        if let Ok(rt) = sandgate_runtime::Runtime::new(cfg) {
-            for id in rt.sandboxes().unwrap_or_default() {
-                let _ = rt.delete(&id);
-            }
-        }
+        let _ = sandgate_runner::purge_runtime(&config(&self.lab, &self.dir).runner);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

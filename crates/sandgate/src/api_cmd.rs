@@ -1,0 +1,595 @@
+//! `sandgate sandbox ...` and `sandgate admin ...`: a client of the API.
+//!
+//! The server and key come from `--api-url`/`--api-key` or
+//! `SANDGATE_API_URL`/`SANDGATE_API_KEY`. `--json` prints the API's answers
+//! as they are; otherwise tables and summaries for people. Exit status: 0,
+//! 2 for an error the caller can fix (a 4xx), 1 for the rest; `sandbox
+//! exec` exits with the command's own status.
+
+use crate::client::{ApiFailure, Client};
+use crate::output::{say, table, Output, EXIT_USAGE};
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+use std::process::ExitCode;
+
+/// Where the API is.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "SANDGATE_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api_url: String,
+    /// An organization's API key (or, for `admin`, the operator token).
+    #[arg(long, env = "SANDGATE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// Sandboxes of the key's organization.
+#[derive(Debug, Args)]
+pub struct SandboxCli {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: SandboxCommand,
+}
+
+/// The network settings a create or an update sends.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// Comma-separated CIDRs the sandbox may reach.
+    #[arg(long)]
+    network_allow_list: Option<String>,
+    /// Comma-separated domain names and `*.` wildcards.
+    #[arg(long)]
+    domain_allow_list: Option<String>,
+    /// Block all egress (wins over every list).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    network_block_all: Option<bool>,
+}
+
+impl SettingsArgs {
+    fn into_json(self, into: &mut Map<String, Value>) {
+        if let Some(v) = self.network_allow_list {
+            into.insert("networkAllowList".into(), json!(v));
+        }
+        if let Some(v) = self.domain_allow_list {
+            into.insert("domainAllowList".into(), json!(v));
+        }
+        if let Some(v) = self.network_block_all {
+            into.insert("networkBlockAll".into(), json!(v));
+        }
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: give NAME=value"))
+}
+
+/// What to do with sandboxes.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Create a sandbox; it is running, its policy enforced, when this
+    /// returns.
+    Create {
+        /// Its name (default: its id).
+        #[arg(long)]
+        name: Option<String>,
+        /// The snapshot (default `busybox`).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// An environment variable of every exec (repeatable).
+        #[arg(long, value_parser = parse_env, value_name = "NAME=VALUE")]
+        env: Vec<(String, String)>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// List the organization's sandboxes.
+    List,
+    /// Show one sandbox, its settings and its effective network.
+    Get {
+        /// Id or name.
+        sandbox: String,
+    },
+    /// Delete a sandbox.
+    Delete {
+        /// Id or name.
+        sandbox: String,
+    },
+    /// Run a command in a sandbox; exits with the command's status.
+    Exec {
+        /// Id or name.
+        sandbox: String,
+        /// Working directory.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// An environment variable (repeatable).
+        #[arg(long, value_parser = parse_env, value_name = "NAME=VALUE")]
+        env: Vec<(String, String)>,
+        /// Seconds before the command and its children are killed.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// The command, run by /bin/sh -c.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Network settings, tests and explanations.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+}
+
+/// A sandbox's network.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Change the network settings: what is given replaces, the rest is
+    /// kept; in force when this returns.
+    Update {
+        /// Id or name.
+        sandbox: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Probe destinations from inside the sandbox's network namespace and
+    /// compare with what the policy expects.
+    Test {
+        /// Id or name.
+        sandbox: String,
+        /// `host:port` (repeatable; default: the server's list).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
+    /// Whether the sandbox may reach a destination, and by which rule
+    /// (nothing is sent).
+    Explain {
+        /// Id or name.
+        sandbox: String,
+        /// An address or a name, optionally with `:port`.
+        destination: String,
+    },
+}
+
+/// Operator commands (the operator token as the key).
+#[derive(Debug, Args)]
+pub struct AdminCli {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+/// What the operator manages.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Organizations, their tiers and keys.
+    #[command(subcommand)]
+    Org(OrgCommand),
+}
+
+/// Organizations.
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organization.
+    Create {
+        /// Its name.
+        name: String,
+        /// Its tier.
+        #[arg(long)]
+        tier: u8,
+    },
+    /// List organizations.
+    List,
+    /// Change an organization's tier; its running sandboxes follow before
+    /// this returns.
+    Tier {
+        /// Organization id.
+        organization: String,
+        /// The new tier.
+        tier: u8,
+    },
+    /// Issue an API key (shown once).
+    Key {
+        /// Organization id.
+        organization: String,
+    },
+    /// Revoke an API key.
+    Revoke {
+        /// Organization id.
+        organization: String,
+        /// Key id.
+        key: String,
+    },
+}
+
+fn failure(out: &Output, f: &ApiFailure) -> ExitCode {
+    if out.json {
+        let body = if f.body.is_null() {
+            json!({"error": {"code": f.code, "message": f.message}})
+        } else {
+            f.body.clone()
+        };
+        out.print_json(&body);
+    } else {
+        eprintln!("error [{}]: {}", f.code, f.message);
+        if let Some(problems) = f.body["error"]["problems"].as_array() {
+            for p in problems.iter().skip(1) {
+                eprintln!("  - {}", p["message"].as_str().unwrap_or_default());
+            }
+        }
+    }
+    if (400..500).contains(&f.status) {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+/// A sandbox for people.
+fn print_sandbox(v: &Value) {
+    let e = &v["effectiveNetwork"];
+    say!("sandbox   {} ({})", s(&v["name"]), s(&v["id"]));
+    say!("state     {}", s(&v["state"]));
+    say!("mode      {} (tier {})", s(&e["mode"]), e["tier"]);
+    say!(
+        "settings  networkBlockAll={} networkAllowList={} domainAllowList={}",
+        v["networkBlockAll"],
+        v["networkAllowList"].as_str().unwrap_or("(none)"),
+        v["domainAllowList"].as_str().unwrap_or("(none)")
+    );
+    say!(
+        "essential services {}",
+        if e["essentialServices"] == true {
+            "reachable"
+        } else {
+            "not reachable"
+        }
+    );
+    for i in e["inactive"].as_array().into_iter().flatten() {
+        say!(
+            "inactive  {} = {}: {}",
+            s(&i["setting"]),
+            s(&i["value"]),
+            s(&i["message"])
+        );
+    }
+}
+
+fn client(api: &ApiArgs) -> Client {
+    Client::new(&api.api_url, api.api_key.as_deref())
+}
+
+fn path_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs `sandgate sandbox ...`.
+pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
+    let c = client(&cli.api);
+    let result = match cli.command {
+        SandboxCommand::Create {
+            name,
+            snapshot,
+            env,
+            settings,
+        } => {
+            let mut body = Map::new();
+            if let Some(n) = name {
+                body.insert("name".into(), json!(n));
+            }
+            if let Some(s) = snapshot {
+                body.insert("snapshot".into(), json!(s));
+            }
+            if !env.is_empty() {
+                body.insert(
+                    "env".into(),
+                    json!(env
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<String, String>>()),
+                );
+            }
+            settings.into_json(&mut body);
+            if !out.json {
+                eprintln!("creating sandbox...");
+            }
+            c.call("POST", "/api/sandbox", Some(&Value::Object(body)))
+                .map(|v| {
+                    if out.json {
+                        out.print_json(&v)
+                    } else {
+                        print_sandbox(&v)
+                    }
+                    ExitCode::SUCCESS
+                })
+        }
+        SandboxCommand::List => c.call("GET", "/api/sandbox", None).map(|v| {
+            if out.json {
+                out.print_json(&v);
+            } else {
+                let rows = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| {
+                        vec![
+                            s(&x["id"]).to_string(),
+                            s(&x["name"]).to_string(),
+                            s(&x["state"]).to_string(),
+                            s(&x["effectiveNetwork"]["mode"]).to_string(),
+                            s(&x["createdAt"]).to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "STATE", "MODE", "CREATED"], rows);
+            }
+            ExitCode::SUCCESS
+        }),
+        SandboxCommand::Get { sandbox } => c
+            .call(
+                "GET",
+                &format!("/api/sandbox/{}", path_part(&sandbox)),
+                None,
+            )
+            .map(|v| {
+                if out.json {
+                    out.print_json(&v)
+                } else {
+                    print_sandbox(&v)
+                }
+                ExitCode::SUCCESS
+            }),
+        SandboxCommand::Delete { sandbox } => c
+            .call(
+                "DELETE",
+                &format!("/api/sandbox/{}", path_part(&sandbox)),
+                None,
+            )
+            .map(|_| {
+                if out.json {
+                    out.print_json(&json!({"deleted": sandbox}))
+                } else {
+                    say!("deleted {sandbox}")
+                }
+                ExitCode::SUCCESS
+            }),
+        SandboxCommand::Exec {
+            sandbox,
+            cwd,
+            env,
+            timeout,
+            command,
+        } => {
+            let mut body = json!({"command": command.join(" ")});
+            if let Some(cwd) = cwd {
+                body["cwd"] = json!(cwd);
+            }
+            if !env.is_empty() {
+                body["env"] = json!(env
+                    .into_iter()
+                    .collect::<std::collections::BTreeMap<String, String>>());
+            }
+            if let Some(t) = timeout {
+                body["timeout"] = json!(t);
+            }
+            c.call(
+                "POST",
+                &format!("/api/sandbox/{}/process/execute", path_part(&sandbox)),
+                Some(&body),
+            )
+            .map(|v| {
+                if out.json {
+                    out.print_json(&v);
+                } else {
+                    print!("{}", v["stdout"].as_str().unwrap_or_default());
+                    eprint!("{}", v["stderr"].as_str().unwrap_or_default());
+                    if v["timedOut"] == true {
+                        eprintln!("sandgate: the command timed out and was killed");
+                    }
+                }
+                let code = v["exitCode"].as_i64().unwrap_or(1);
+                ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+            })
+        }
+        SandboxCommand::Network(n) => network(&c, n, out),
+    };
+    result.unwrap_or_else(|f| failure(out, &f))
+}
+
+fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, ApiFailure> {
+    match cmd {
+        NetworkCommand::Update { sandbox, settings } => {
+            let mut body = Map::new();
+            settings.into_json(&mut body);
+            let v = c.call(
+                "POST",
+                &format!("/api/sandbox/{}/network-settings", path_part(&sandbox)),
+                Some(&Value::Object(body)),
+            )?;
+            if out.json {
+                out.print_json(&v)
+            } else {
+                print_sandbox(&v)
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NetworkCommand::Test { sandbox, targets } => {
+            let body = if targets.is_empty() {
+                json!({})
+            } else {
+                json!({"targets": targets})
+            };
+            let v = c.call(
+                "POST",
+                &format!("/api/sandbox/{}/network/test", path_part(&sandbox)),
+                Some(&body),
+            )?;
+            if out.json {
+                out.print_json(&v);
+            } else {
+                let word = |b: &Value| if *b == true { "allowed" } else { "denied" };
+                let rows = v["results"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            s(&r["target"]).to_string(),
+                            word(&r["expected"]).to_string(),
+                            word(&r["observed"]).to_string(),
+                            if r["ok"] == true { "ok" } else { "MISMATCH" }.to_string(),
+                            s(&r["reason"]).to_string(),
+                            s(&r["detail"]).to_string(),
+                        ]
+                    })
+                    .collect();
+                say!("sandbox {} ({} mode)", s(&v["sandbox"]), s(&v["mode"]));
+                table(
+                    &["TARGET", "EXPECTED", "OBSERVED", "", "REASON", "DETAIL"],
+                    rows,
+                );
+            }
+            Ok(if v["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        NetworkCommand::Explain {
+            sandbox,
+            destination,
+        } => {
+            let v = c.call(
+                "GET",
+                &format!(
+                    "/api/sandbox/{}/network/explain?dest={}",
+                    path_part(&sandbox),
+                    path_part(&destination)
+                ),
+                None,
+            )?;
+            if out.json {
+                out.print_json(&v);
+            } else {
+                let verdict = if v["allowed"] == true {
+                    "allowed"
+                } else {
+                    "denied"
+                };
+                say!(
+                    "{} -> {verdict} [{}]: {}",
+                    s(&v["destination"]),
+                    s(&v["reason"]),
+                    s(&v["rule"])
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs `sandgate admin ...`.
+pub fn admin(cli: AdminCli, out: &Output) -> ExitCode {
+    let c = client(&cli.api);
+    let AdminCommand::Org(cmd) = cli.command;
+    let org_line = |v: &Value| say!("{}  {}  tier {}", s(&v["id"]), s(&v["name"]), v["tier"]);
+    let result = match cmd {
+        OrgCommand::Create { name, tier } => c
+            .call(
+                "POST",
+                "/api/admin/organizations",
+                Some(&json!({"name": name, "tier": tier})),
+            )
+            .map(|v| {
+                if out.json {
+                    out.print_json(&v)
+                } else {
+                    org_line(&v)
+                }
+            }),
+        OrgCommand::List => c.call("GET", "/api/admin/organizations", None).map(|v| {
+            if out.json {
+                out.print_json(&v);
+            } else {
+                let rows = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|o| {
+                        vec![
+                            s(&o["id"]).to_string(),
+                            s(&o["name"]).to_string(),
+                            o["tier"].to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "TIER"], rows);
+            }
+        }),
+        OrgCommand::Tier { organization, tier } => c
+            .call(
+                "PUT",
+                &format!("/api/admin/organizations/{}/tier", path_part(&organization)),
+                Some(&json!({"tier": tier})),
+            )
+            .map(|v| {
+                if out.json {
+                    out.print_json(&v)
+                } else {
+                    org_line(&v["organization"]);
+                    say!("{} running sandboxes re-applied", v["reapplied"]);
+                }
+            }),
+        OrgCommand::Key { organization } => c
+            .call(
+                "POST",
+                &format!("/api/admin/organizations/{}/keys", path_part(&organization)),
+                None,
+            )
+            .map(|v| {
+                if out.json {
+                    out.print_json(&v)
+                } else {
+                    say!("{}", s(&v["key"]));
+                    eprintln!(
+                        "key {} of {}: shown once, keep it now",
+                        s(&v["id"]),
+                        s(&v["organizationId"])
+                    );
+                }
+            }),
+        OrgCommand::Revoke { organization, key } => c
+            .call(
+                "DELETE",
+                &format!(
+                    "/api/admin/organizations/{}/keys/{}",
+                    path_part(&organization),
+                    path_part(&key)
+                ),
+                None,
+            )
+            .map(|_| {
+                if out.json {
+                    out.print_json(&json!({"revoked": key}))
+                } else {
+                    say!("revoked {key}")
+                }
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => failure(out, &f),
+    }
+}

@@ -1,0 +1,112 @@
+//! A small client of sandgate's HTTP API, for the CLI and the demo.
+
+use serde_json::Value;
+use std::time::Duration;
+
+/// A failed call: the API's error (status, code, message), or no answer
+/// at all (status 0, code `unreachable`).
+#[derive(Debug, Clone)]
+pub struct ApiFailure {
+    /// The HTTP status (0: no answer).
+    pub status: u16,
+    /// The API's error code.
+    pub code: String,
+    /// The API's message.
+    pub message: String,
+    /// The whole error body, when there is one.
+    pub body: Value,
+}
+
+/// A client of one server, with one key.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    key: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client of the server at `base` (`http://host:port`) using `key`.
+    pub fn new(base: &str, key: Option<&str>) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(3700)))
+            .build()
+            .into();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            key: key.map(str::to_string),
+            agent,
+        }
+    }
+
+    /// The same server with another key.
+    pub fn with_key(&self, key: &str) -> Client {
+        Client {
+            key: Some(key.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// `method path` with an optional JSON body: the JSON answer (`null`
+    /// for none), or the failure.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiFailure> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.key.as_ref().map(|k| format!("Bearer {k}"));
+        let result = match method {
+            "GET" | "DELETE" => {
+                let mut r = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = match method {
+                    "PUT" => self.agent.put(&url),
+                    _ => self.agent.post(&url),
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                match body {
+                    Some(b) => r.send_json(b),
+                    None => r.send_empty(),
+                }
+            }
+        };
+        let mut response = result.map_err(|e| ApiFailure {
+            status: 0,
+            code: "unreachable".into(),
+            message: format!("no answer from {}: {e}", self.base),
+            body: Value::Null,
+        })?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        Err(ApiFailure {
+            status,
+            code: value["error"]["code"]
+                .as_str()
+                .unwrap_or("http_error")
+                .to_string(),
+            message: value["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}: {text}")),
+            body: value,
+        })
+    }
+}

@@ -1,0 +1,125 @@
+//! `sandgate server`: the API, the runner and the DNS service in one
+//! process, on the embedded SQLite store.
+
+use crate::config::Config;
+use crate::output::{say, Output};
+use sandgate_dns::Upstream;
+use sandgate_runner::RunnerConfig;
+use sandgate_server::{Server, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How to run the server.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address the API listens on.
+    #[arg(long, env = "SANDGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The store, the runtime's snapshots and sandboxes, the dataplane's
+    /// state.
+    #[arg(long, env = "SANDGATE_DATA_DIR", default_value = "/var/lib/sandgate")]
+    pub data_dir: PathBuf,
+    /// The operator's token for the admin routes.
+    #[arg(long, env = "SANDGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Prefix of the slots' namespace names (one per server on a host).
+    #[arg(long, default_value = "sg")]
+    pub instance: String,
+    /// The network namespace the dataplane and the DNS service work in
+    /// (default: the server's own).
+    #[arg(long)]
+    pub host_netns: Option<String>,
+    /// Upstream DNS resolvers (default: those of /etc/resolv.conf).
+    #[arg(long = "upstream", value_name = "ADDR:PORT")]
+    pub upstream: Vec<SocketAddr>,
+    /// Prepared network slots kept ready.
+    #[arg(long, default_value_t = 4)]
+    pub warm_pool: usize,
+    /// What `network test` probes when asked for nothing (`host:port`,
+    /// repeatable; default: the reference's checks).
+    #[arg(long = "probe-target", value_name = "HOST:PORT")]
+    pub probe_targets: Vec<String>,
+}
+
+/// The server's configuration from the arguments and the operator's file.
+pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<ServerConfig> {
+    let timeout = Duration::from_secs(2);
+    let upstream = if args.upstream.is_empty() {
+        Upstream::system(timeout)?
+    } else {
+        Upstream {
+            servers: args.upstream.clone(),
+            timeout,
+        }
+    };
+    let mut runner = RunnerConfig::new(args.data_dir.join("runner"), &args.instance, upstream);
+    runner.host_netns = args.host_netns.clone();
+    runner.warm_pool = args.warm_pool;
+    let mut cfg = ServerConfig::new(
+        args.data_dir.join("store"),
+        runner,
+        config.policy.clone(),
+        config.catalog.clone(),
+    );
+    cfg.admin_token = args.admin_token.clone();
+    if !args.probe_targets.is_empty() {
+        cfg.probe_targets = args.probe_targets.clone();
+    }
+    Ok(cfg)
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("sandgate server: {what}: {e}");
+        ExitCode::FAILURE
+    };
+    let cfg = match server_config(&args, config) {
+        Ok(c) => c,
+        Err(e) => return failed("configuration", &e),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return failed("runtime", &e),
+    };
+    let result = rt.block_on(async {
+        let (server, report) = Server::start(cfg).await?;
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let addr = listener.local_addr()?;
+        if out.json {
+            out.print_json(&serde_json::json!({
+                "listening": addr.to_string(),
+                "restored": { "running": report.running, "lost": report.lost, "removed": report.removed },
+            }));
+        } else {
+            say!(
+                "sandgate server listening on http://{addr} ({} sandboxes running again, {} lost, {} left-overs removed)",
+                report.running.len(),
+                report.lost.len(),
+                report.removed.len()
+            );
+        }
+        server.serve(listener, shutdown()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed("stopped", &e),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}

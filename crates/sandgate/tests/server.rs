@@ -1,0 +1,309 @@
+//! `sandgate server` and the API client commands, as an operator and a
+//! user run them: the real binary in a lab (needs root, runc and
+//! busybox-static), driven by `sandgate admin` and `sandgate sandbox`;
+//! then `kill -9` of the server with sandboxes running, and a restart.
+
+#![allow(clippy::unwrap_used)]
+
+use sandgate_lab::addrs::*;
+use sandgate_lab::Lab;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+const TOKEN: &str = "operator-token-of-the-cli-test";
+
+/// A `sandgate server` process in the lab.
+struct ServerProcess {
+    child: Child,
+    url: String,
+}
+
+fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandgate"));
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--admin-token", TOKEN])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--instance", lab.tag(), "--host-netns", lab.host().name()])
+        .args(["--upstream", &format!("{DNS4}:53"), "--warm-pool", "1"])
+        .env_remove("SANDGATE_CONFIG")
+        .stdout(Stdio::piped());
+    for t in sandgate_lab::probe_targets(&sandgate_policy::Catalog::builtin()) {
+        cmd.args(["--probe-target", &t]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    ServerProcess { child, url }
+}
+
+/// Runs `sandgate <args> --json` against `url` with `key`: exit code and
+/// JSON output.
+fn cli(url: &str, key: &str, args: &[&str]) -> (i32, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .arg("--json")
+        .args(args)
+        .env("SANDGATE_API_URL", url)
+        .env("SANDGATE_API_KEY", key)
+        .env_remove("SANDGATE_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Whether the lab's TCP echo at `dest` answers from inside `sandbox`.
+fn echoes(url: &str, key: &str, sandbox: &str, dest: std::net::IpAddr) -> bool {
+    assert!(is_lab_address(dest));
+    let command = format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}");
+    let (_, v) = cli(url, key, &["sandbox", "exec", sandbox, "--", &command]);
+    v["stdout"] == "sandgate\n"
+}
+
+struct Cleanup {
+    dir: PathBuf,
+    server: Option<ServerProcess>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+        let runner = sandgate_runner::RunnerConfig::new(
+            self.dir.join("runner"),
+            "unused",
+            sandgate_dns::Upstream {
+                servers: Vec::new(),
+                timeout: std::time::Duration::from_secs(1),
+            },
+        );
+        let _ = sandgate_runner::purge_runtime(&runner);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforced() {
+    let lab = Lab::up().unwrap();
+    let dir = std::env::temp_dir().join(format!("sandgate-cli-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut guard = Cleanup {
+        dir: dir.clone(),
+        server: Some(start_server(&lab, &dir)),
+    };
+    let url = guard.server.as_ref().unwrap().url.clone();
+
+    // The operator makes an organization and a key.
+    let (code, org) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "create", "acme", "--tier", "3"],
+    );
+    assert_eq!(code, 0, "{org}");
+    let org_id = org["id"].as_str().unwrap().to_string();
+    let (code, key) = cli(&url, TOKEN, &["admin", "org", "key", &org_id]);
+    assert_eq!(code, 0);
+    let key = key["key"].as_str().unwrap().to_string();
+    // An organization's key cannot do the operator's work.
+    let (code, e) = cli(&url, &key, &["admin", "org", "tier", &org_id, "4"]);
+    assert_eq!((code, e["error"]["code"].as_str()), (2, Some("forbidden")));
+
+    // The user makes sandboxes in three modes.
+    let (code, v) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "listed",
+            "--network-allow-list",
+            "192.0.2.10/32",
+        ],
+    );
+    assert_eq!(
+        (code, v["effectiveNetwork"]["mode"].as_str()),
+        (0, Some("allowlist")),
+        "{v}"
+    );
+    let (code, _) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "blocked",
+            "--network-block-all",
+        ],
+    );
+    assert_eq!(code, 0);
+    let (code, _) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "open",
+            "--env",
+            "GREETING=hello",
+        ],
+    );
+    assert_eq!(code, 0);
+    let (code, e) = cli(
+        &url,
+        &key,
+        &["sandbox", "create", "--network-allow-list", "192.0.2.300"],
+    );
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("invalid_network_allow_list")),
+        "{e}"
+    );
+
+    let check = |url: &str| {
+        assert!(echoes(url, &key, "listed", SERVER4));
+        assert!(!echoes(url, &key, "listed", SERVER4_B));
+        assert!(!echoes(url, &key, "blocked", SERVER4));
+        assert!(echoes(url, &key, "open", SERVER4_B));
+        let (_, v) = cli(
+            url,
+            &key,
+            &["sandbox", "exec", "open", "--", "echo $GREETING"],
+        );
+        assert_eq!(v["stdout"], "hello\n");
+        // (Not the catalog's names: in the lab they resolve to 192.0.2.10,
+        // and an answer for one would admit it for the sandbox.)
+        let (code, t) = cli(
+            url,
+            &key,
+            &[
+                "sandbox",
+                "network",
+                "test",
+                "listed",
+                "--target",
+                "192.0.2.10:7",
+                "--target",
+                "198.51.100.10:7",
+            ],
+        );
+        assert_eq!((code, t["ok"].as_bool()), (0, Some(true)), "{t}");
+        let (_, x) = cli(
+            url,
+            &key,
+            &["sandbox", "network", "explain", "listed", "198.51.100.10:7"],
+        );
+        assert_eq!(x["reason"], "not_in_allow_list");
+    };
+    check(&url);
+    // exec exits with the command's status.
+    let (code, v) = cli(&url, &key, &["sandbox", "exec", "blocked", "--", "exit 3"]);
+    assert_eq!((code, v["exitCode"].as_i64()), (3, Some(3)));
+
+    // kill -9 of the server: the sandboxes stay enforced while it is
+    // down (the rules are in the kernel, not in the process)...
+    let mut s = guard.server.take().unwrap();
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    // Of the slots (three sandboxes and the prepared one, unless its
+    // refill was cut), only the open sandbox's reaches 198.51.100.10 with
+    // no server running.
+    let slots = sandgate_netns::Netns::list(&format!("{}-s", lab.tag())).unwrap();
+    assert!((3..=4).contains(&slots.len()), "{slots:?}");
+    let reaching =
+        slots
+            .iter()
+            .filter(|name| {
+                sandgate_netns::Netns::open(name)
+                    .unwrap()
+                    .run(|| {
+                        let to = std::net::SocketAddr::new(SERVER4_B, TCP_ECHO);
+                        Ok(std::net::TcpStream::connect_timeout(
+                            &to,
+                            std::time::Duration::from_secs(1),
+                        )
+                        .is_ok())
+                    })
+                    .unwrap()
+            })
+            .count();
+    assert_eq!(reaching, 1);
+    // ...and after a restart every sandbox is listed, enforced and
+    // manageable again.
+    guard.server = Some(start_server(&lab, &dir));
+    let url = guard.server.as_ref().unwrap().url.clone();
+    let (code, list) = cli(&url, &key, &["sandbox", "list"]);
+    assert_eq!(code, 0);
+    let mut names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["blocked", "listed", "open"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "running"),
+        "{list}"
+    );
+    check(&url);
+    let (code, _) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "network",
+            "update",
+            "listed",
+            "--network-allow-list",
+            "198.51.100.0/24",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(echoes(&url, &key, "listed", SERVER4_B));
+    assert!(!echoes(&url, &key, "listed", SERVER4));
+
+    // Delete everything; the host keeps nothing of them.
+    for name in ["listed", "blocked", "open"] {
+        let (code, _) = cli(&url, &key, &["sandbox", "delete", name]);
+        assert_eq!(code, 0);
+    }
+    let (code, e) = cli(&url, &key, &["sandbox", "get", "listed"]);
+    assert_eq!((code, e["error"]["code"].as_str()), (2, Some("not_found")));
+    assert_eq!(
+        std::fs::read_dir(dir.join("runner/runtime/sandboxes"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // SIGTERM: a graceful stop.
+    let mut s = guard.server.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(s.child.wait().unwrap().success());
+}
