@@ -12,8 +12,10 @@
 //! out. It keeps nothing the server does not also keep, so that after a
 //! restart [`Runner::restore`] rebuilds it from the server's records.
 
+pub mod events;
 pub mod probe;
 
+pub use events::NetworkEvent;
 pub use probe::{Observed, ProbeTarget};
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig, SlotAddrs};
@@ -25,7 +27,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How the runner runs.
@@ -148,9 +152,70 @@ pub struct Runner {
     sandboxes: Arc<Sandboxes>,
     runtime: Runtime,
     // Behind a lock only because its event receiver is not `Sync`.
-    dns: Mutex<DnsService>,
+    dns: Arc<Mutex<DnsService>>,
     host: Option<Netns>,
-    slots: Mutex<HashMap<String, SlotAddrs>>,
+    slots: Arc<Mutex<HashMap<String, SlotAddrs>>>,
+    events: Arc<events::EventHub>,
+    stop: Arc<AtomicBool>,
+    pump: Option<JoinHandle<()>>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(p) = self.pump.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+/// Moves events from the dataplane's NFLOG reader and the DNS service to
+/// the hub, naming each sandbox by id, until `stop`.
+fn pump(
+    deny: sandgate_dataplane::Events,
+    dns: Arc<Mutex<DnsService>>,
+    slots: Arc<Mutex<HashMap<String, SlotAddrs>>>,
+    hub: Arc<events::EventHub>,
+    stop: Arc<AtomicBool>,
+) {
+    let owner = |slot: u32| {
+        lock(&slots)
+            .iter()
+            .find(|(_, s)| s.index == slot)
+            .map(|(id, _)| id.clone())
+    };
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(e) = deny.receiver().recv_timeout(Duration::from_millis(100)) {
+            if let Some(sandbox) = owner(e.slot) {
+                hub.publish(NetworkEvent {
+                    time_ms: events::millis(e.time),
+                    sandbox,
+                    kind: "connection",
+                    protocol: e.protocol,
+                    destination: Some(e.destination.to_string()),
+                    port: e.port,
+                    domain: None,
+                    reason: e.reason,
+                });
+            }
+        }
+        let queued: Vec<sandgate_dns::DnsEvent> = lock(&dns).events().try_iter().collect();
+        for e in queued {
+            if let Some(sandbox) = owner(e.slot) {
+                let removed: Vec<String> = e.removed.iter().map(ToString::to_string).collect();
+                hub.publish(NetworkEvent {
+                    time_ms: events::millis(e.time),
+                    sandbox,
+                    kind: "dns",
+                    protocol: e.qtype,
+                    destination: (!removed.is_empty()).then(|| removed.join(",")),
+                    port: Some(53),
+                    domain: Some(e.name),
+                    reason: e.reason,
+                });
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Runner {
@@ -174,6 +239,7 @@ impl Runner {
         dp_cfg.host_netns = cfg.host_netns.clone();
         dp_cfg.warm_pool = cfg.warm_pool;
         let dns_port = dp_cfg.dns_port;
+        let nflog_group = dp_cfg.nflog_group;
         let (dp, _) = Dataplane::start(dp_cfg, (*policy).clone())?;
         let sandboxes = Arc::new(Sandboxes {
             dp: Mutex::new(dp),
@@ -183,13 +249,24 @@ impl Runner {
             Some(name) => Some(Netns::open(name)?),
             None => None,
         };
-        let dns = DnsService::start(
+        let deny =
+            sandgate_dataplane::Events::start(host.as_ref(), nflog_group, policy.ranges().clone())?;
+        let dns = Arc::new(Mutex::new(DnsService::start(
             host.as_ref(),
             DnsConfig::new(dns_port, cfg.upstream.clone()),
             sandboxes.clone(),
             catalog,
             policy,
-        )?;
+        )?));
+        let slots = Arc::new(Mutex::new(HashMap::new()));
+        let hub = Arc::new(events::EventHub::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let pump = {
+            let (dns, slots, hub, stop) = (dns.clone(), slots.clone(), hub.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sandgate-events".into())
+                .spawn(move || pump(deny, dns, slots, hub, stop))?
+        };
         let runtime = Runtime::new(cfg.runtime.clone())?;
         if !runtime.snapshots()?.iter().any(|s| s == "busybox") {
             runtime.build_busybox("busybox")?;
@@ -197,9 +274,12 @@ impl Runner {
         Ok(Runner {
             sandboxes,
             runtime,
-            dns: Mutex::new(dns),
+            dns,
             host,
-            slots: Mutex::new(HashMap::new()),
+            slots,
+            events: hub,
+            stop,
+            pump: Some(pump),
         })
     }
 
@@ -279,6 +359,7 @@ impl Runner {
     pub fn delete(&self, id: &str) -> io::Result<()> {
         self.runtime.delete(id)?;
         let slot = lock(&self.slots).remove(id);
+        self.events.forget(id);
         if let Some(slot) = slot {
             self.sandboxes.forget(&slot);
             lock(&self.sandboxes.dp).delete(slot.index)?;
@@ -390,6 +471,21 @@ impl Runner {
                 })
             })
             .collect())
+    }
+
+    /// Sandbox `id`'s recent network events and a receiver of its next
+    /// ones (see [`events`]).
+    pub fn subscribe(
+        &self,
+        id: &str,
+    ) -> io::Result<(Vec<NetworkEvent>, std::sync::mpsc::Receiver<NetworkEvent>)> {
+        self.slot(id)?;
+        Ok(self.events.subscribe(id))
+    }
+
+    /// Network events so far, by kind (`connection`, `dns`) and reason.
+    pub fn event_counts(&self) -> std::collections::BTreeMap<(&'static str, String), u64> {
+        self.events.counts()
     }
 
     /// Whether the dataplane's ruleset went missing since the start (every

@@ -142,6 +142,15 @@ pub enum NetworkCommand {
         #[arg(long = "target")]
         targets: Vec<String>,
     },
+    /// The sandbox's recent network events (denied connections, refused
+    /// DNS queries); with `--follow`, then new ones as they happen.
+    Events {
+        /// Id or name.
+        sandbox: String,
+        /// Keep printing new events until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Whether the sandbox may reach a destination, and by which rule
     /// (nothing is sent).
     Explain {
@@ -466,6 +475,36 @@ fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, Ap
             } else {
                 ExitCode::FAILURE
             })
+        }
+        NetworkCommand::Events { sandbox, follow } => {
+            let path = format!(
+                "/api/sandbox/{}/network/events?follow={follow}",
+                path_part(&sandbox)
+            );
+            c.events(&path, |e| {
+                if out.json {
+                    // One event per line, as it comes.
+                    say!("{e}");
+                } else {
+                    let to = match (e["destination"].as_str(), e["port"].as_u64()) {
+                        (Some(d), Some(p)) if d.contains(':') => format!("[{d}]:{p}"),
+                        (Some(d), Some(p)) => format!("{d}:{p}"),
+                        (Some(d), None) => d.to_string(),
+                        _ => String::new(),
+                    };
+                    say!(
+                        "{}  {:<10}  {:<5}  {:<28}  {} {}",
+                        e["timeMs"],
+                        s(&e["kind"]),
+                        s(&e["protocol"]),
+                        s(&e["reason"]),
+                        to,
+                        e["domain"].as_str().unwrap_or_default()
+                    );
+                }
+                true
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         NetworkCommand::Explain {
             sandbox,

@@ -48,6 +48,56 @@ impl Client {
         }
     }
 
+    /// Reads the server-sent events at `path` (GET), handing each event's
+    /// JSON data to `each` until it returns `false` or the stream ends.
+    pub fn events(
+        &self,
+        path: &str,
+        mut each: impl FnMut(Value) -> bool,
+    ) -> Result<(), ApiFailure> {
+        use std::io::BufRead;
+        let url = format!("{}{path}", self.base);
+        let mut r = self.agent.get(&url).header("Accept", "text/event-stream");
+        if let Some(k) = &self.key {
+            r = r.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut response = r.call().map_err(|e| ApiFailure {
+            status: 0,
+            code: "unreachable".into(),
+            message: format!("no answer from {}: {e}", self.base),
+            body: Value::Null,
+        })?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(ApiFailure {
+                status,
+                code: value["error"]["code"]
+                    .as_str()
+                    .unwrap_or("http_error")
+                    .to_string(),
+                message: value["error"]["message"]
+                    .as_str()
+                    .unwrap_or(&text)
+                    .to_string(),
+                body: value,
+            });
+        }
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data:") {
+                if let Ok(v) = serde_json::from_str(data.trim()) {
+                    if !each(v) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `method path` with an optional JSON body: the JSON answer (`null`
     /// for none), or the failure.
     pub fn call(

@@ -214,6 +214,24 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
         assert_eq!(x["reason"], "not_in_allow_list");
     };
     check(&url);
+    // The denials are events, one JSON object per line with --json.
+    let out = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["--json", "sandbox", "network", "events", "listed"])
+        .env("SANDGATE_API_URL", &url)
+        .env("SANDGATE_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["destination"] == "198.51.100.10" && e["reason"] == "not_in_allow_list"),
+        "{events:?}"
+    );
     // exec exits with the command's status.
     let (code, v) = cli(&url, &key, &["sandbox", "exec", "blocked", "--", "exit 3"]);
     assert_eq!((code, v["exitCode"].as_i64()), (3, Some(3)));

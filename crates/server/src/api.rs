@@ -11,7 +11,8 @@ use crate::auth::{bearer, hash_key, random_id, same};
 use crate::error::ApiError;
 use crate::store::{now, Organization, SandboxRow};
 use crate::AppState;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -113,6 +114,31 @@ async fn admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
+/// The organization of the request's key, checked before the body is read
+/// (a request without a valid key is 401 whatever its body).
+#[derive(Debug)]
+pub struct Caller(pub Organization);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
+        organization(st, &parts.headers).await.map(Caller)
+    }
+}
+
+/// The operator (the admin token), checked before the body is read.
+#[derive(Debug)]
+pub struct Operator;
+
+impl FromRequestParts<Arc<AppState>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
+        admin(st, &parts.headers).await.map(|()| Operator)
+    }
+}
+
 /// Runs blocking runner work off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -154,11 +180,8 @@ impl From<Organization> for OrganizationView {
 #[utoipa::path(get, path = "/api/organization", tag = "organization",
     responses((status = 200, body = OrganizationView), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_organization(
-    State(st): St,
-    headers: HeaderMap,
-) -> Result<Json<OrganizationView>, ApiError> {
-    Ok(Json(organization(&st, &headers).await?.into()))
+pub async fn get_organization(Caller(org): Caller) -> Result<Json<OrganizationView>, ApiError> {
+    Ok(Json(org.into()))
 }
 
 /// A new organization.
@@ -208,10 +231,9 @@ fn check_tier(st: &AppState, tier: u8) -> Result<(), ApiError> {
     security(("bearer" = [])))]
 pub async fn create_organization(
     State(st): St,
-    headers: HeaderMap,
+    _: Operator,
     Body(body): Body<CreateOrganization>,
 ) -> Result<(StatusCode, Json<OrganizationView>), ApiError> {
-    admin(&st, &headers).await?;
     check_name("organization name", &body.name)?;
     check_tier(&st, body.tier)?;
     let _w = st.writes.lock().await;
@@ -244,9 +266,8 @@ pub async fn create_organization(
     security(("bearer" = [])))]
 pub async fn list_organizations(
     State(st): St,
-    headers: HeaderMap,
+    _: Operator,
 ) -> Result<Json<Vec<OrganizationView>>, ApiError> {
-    admin(&st, &headers).await?;
     Ok(Json(
         st.store
             .organizations()
@@ -283,11 +304,10 @@ pub struct TierChanged {
     security(("bearer" = [])))]
 pub async fn set_tier(
     State(st): St,
-    headers: HeaderMap,
+    _: Operator,
     Path(id): Path<String>,
     Body(body): Body<SetTier>,
 ) -> Result<Json<TierChanged>, ApiError> {
-    admin(&st, &headers).await?;
     check_tier(&st, body.tier)?;
     let _w = st.writes.lock().await;
     let mut org = org_by_id(&st, &id).await?;
@@ -331,10 +351,9 @@ pub struct NewKey {
     security(("bearer" = [])))]
 pub async fn create_key(
     State(st): St,
-    headers: HeaderMap,
+    _: Operator,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
-    admin(&st, &headers).await?;
     let org = org_by_id(&st, &id).await?;
     let key = random_id("sg_", 32)?;
     let key_id = random_id("key-", 8)?;
@@ -356,10 +375,9 @@ pub async fn create_key(
     security(("bearer" = [])))]
 pub async fn revoke_key(
     State(st): St,
-    headers: HeaderMap,
+    _: Operator,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&st, &headers).await?;
     if st.store.revoke_key(&id, &key_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -508,10 +526,9 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     security(("bearer" = [])))]
 pub async fn create_sandbox(
     State(st): St,
-    headers: HeaderMap,
+    Caller(org): Caller,
     Body(body): Body<CreateSandbox>,
 ) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
-    let org = organization(&st, &headers).await?;
     if let Some(name) = &body.name {
         check_name("sandbox name", name)?;
         if name.starts_with("sb-") {
@@ -588,9 +605,8 @@ pub async fn create_sandbox(
     security(("bearer" = [])))]
 pub async fn list_sandboxes(
     State(st): St,
-    headers: HeaderMap,
+    Caller(org): Caller,
 ) -> Result<Json<Vec<SandboxView>>, ApiError> {
-    let org = organization(&st, &headers).await?;
     let rows = st.store.sandboxes(Some(&org.id)).await?;
     Ok(Json(
         rows.into_iter()
@@ -606,10 +622,9 @@ pub async fn list_sandboxes(
     security(("bearer" = [])))]
 pub async fn get_sandbox(
     State(st): St,
-    headers: HeaderMap,
+    Caller(org): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<SandboxView>, ApiError> {
-    let org = organization(&st, &headers).await?;
     let row = sandbox(&st, &org, &key).await?;
     Ok(Json(view(&st, org.tier, row)?))
 }
@@ -621,10 +636,9 @@ pub async fn get_sandbox(
     security(("bearer" = [])))]
 pub async fn delete_sandbox(
     State(st): St,
-    headers: HeaderMap,
+    Caller(org): Caller,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let org = organization(&st, &headers).await?;
     let _w = st.writes.lock().await;
     let row = sandbox(&st, &org, &key).await?;
     st.store.set_state(&row.id, "deleting").await?;
@@ -646,11 +660,10 @@ pub async fn delete_sandbox(
     security(("bearer" = [])))]
 pub async fn update_settings(
     State(st): St,
-    headers: HeaderMap,
+    Caller(org): Caller,
     Path(key): Path<String>,
     Body(body): Body<UpdateSettings>,
 ) -> Result<Json<SandboxView>, ApiError> {
-    let org = organization(&st, &headers).await?;
     let _w = st.writes.lock().await;
     let mut row = sandbox(&st, &org, &key).await?;
     let stored = st.policy.stored_settings(
@@ -723,11 +736,10 @@ pub struct Executed {
     security(("bearer" = [])))]
 pub async fn execute(
     State(st): St,
-    headers: HeaderMap,
+    Caller(org): Caller,
     Path(key): Path<String>,
     Body(body): Body<Execute>,
 ) -> Result<Json<Executed>, ApiError> {
-    let org = organization(&st, &headers).await?;
     let row = sandbox(&st, &org, &key).await?;
     if row.state != "running" {
         return Err(ApiError::new(
@@ -814,11 +826,10 @@ pub struct Explanation {
     security(("bearer" = [])))]
 pub async fn explain(
     State(st): St,
-    headers: HeaderMap,
+    Caller(org): Caller,
     Path(key): Path<String>,
     Query(q): Query<ExplainQuery>,
 ) -> Result<Json<Explanation>, ApiError> {
-    let org = organization(&st, &headers).await?;
     let row = sandbox(&st, &org, &key).await?;
     let dest = q.dest.ok_or_else(|| {
         ApiError::invalid("give the destination as ?dest=<address or name>[:port]")
@@ -888,7 +899,7 @@ pub struct NetworkTestResult {
     security(("bearer" = [])))]
 pub async fn network_test(
     State(st): St,
-    headers: HeaderMap,
+    Caller(org): Caller,
     Path(key): Path<String>,
     raw: axum::body::Bytes,
 ) -> Result<Json<NetworkTestResult>, ApiError> {
@@ -910,7 +921,6 @@ pub async fn network_test(
             ApiError::new(status, code, format!("the body: {e}"))
         })?
     };
-    let org = organization(&st, &headers).await?;
     let row = sandbox(&st, &org, &key).await?;
     if row.state != "running" {
         return Err(ApiError::new(
@@ -958,6 +968,68 @@ pub async fn network_test(
         ok: results.iter().all(|r| r.ok),
         results,
     }))
+}
+
+/// Whether to keep the stream open.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// `false`: send the recent events and close; default `true`: then
+    /// keep sending new ones.
+    pub follow: Option<bool>,
+}
+
+/// The sandbox's network events as server-sent events: first its recent
+/// ones (up to 256), then, with `follow`, each new one as it happens. Each
+/// `data:` line is one JSON event: `timeMs`, `sandbox`, `kind`
+/// (`connection` or `dns`), `protocol`, `destination`, `port`, `domain`,
+/// `reason`.
+#[utoipa::path(get, path = "/api/sandbox/{id_or_name}/network/events", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name"), EventsQuery),
+    responses((status = 200, description = "text/event-stream of network events", content_type = "text/event-stream"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn network_events(
+    State(st): St,
+    Caller(org): Caller,
+    Path(key): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::stream::{self, StreamExt};
+    let row = sandbox(&st, &org, &key).await?;
+    let (recent, live) = st.runner.subscribe(&row.id)?;
+    let to_sse = |e: &sandgate_runner::NetworkEvent| {
+        Ok::<_, std::convert::Infallible>(
+            Event::default()
+                .event(e.kind)
+                .data(serde_json::to_string(e).unwrap_or_default()),
+        )
+    };
+    let first = stream::iter(recent.iter().map(to_sse).collect::<Vec<_>>());
+    if q.follow == Some(false) {
+        return Ok(Sse::new(first).into_response());
+    }
+    // The runner's receiver blocks: a blocking task hands events over
+    // until the client goes away or the sandbox is deleted.
+    let (tx, rx) = tokio::sync::mpsc::channel::<sandgate_runner::NetworkEvent>(256);
+    tokio::task::spawn_blocking(move || loop {
+        match live.recv_timeout(Duration::from_secs(1)) {
+            Ok(e) => {
+                if tx.blocking_send(e).is_err() {
+                    return;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !tx.is_closed() => {}
+            Err(_) => return,
+        }
+    });
+    let next = stream::unfold(rx, move |mut rx| async move {
+        let e = rx.recv().await?;
+        Some((to_sse(&e), rx))
+    });
+    Ok(Sse::new(first.chain(next))
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 // -------------------------------------------------------------- system --

@@ -148,6 +148,7 @@ pub struct Server {
         api::execute,
         api::explain,
         api::network_test,
+        api::network_events,
         api::health,
         metrics::metrics,
     ),
@@ -271,6 +272,10 @@ impl Server {
             .route(
                 "/sandbox/{id_or_name}/network/test",
                 post(api::network_test),
+            )
+            .route(
+                "/sandbox/{id_or_name}/network/events",
+                get(api::network_events),
             );
         Router::new()
             .nest("/api", api)

@@ -35,6 +35,16 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
     assert!(!api.echoes(&k3, "listed", "198.51.100.10"));
     assert!(!api.echoes(&k3, "listed", "2001:db8:1::10"));
 
+    // Every denied attempt is an event, with its reason.
+    let seen = api.events(&k3, "listed", false, |_| true);
+    assert!(
+        seen.iter().any(|e| e["kind"] == "connection"
+            && e["destination"] == "198.51.100.10"
+            && e["port"] == 7
+            && e["reason"] == "not_in_allow_list"),
+        "{seen:?}"
+    );
+
     // The network test probes the lab's servers from the sandbox's
     // namespace and sets each beside what explain expects. (Its catalog
     // name resolves to 192.0.2.10 in the lab, which the answer then admits
@@ -77,7 +87,19 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
     let open = api.sandbox(&k3, json!({"name": "open"}));
     assert_eq!(open["effectiveNetwork"]["mode"], "open");
     assert!(api.echoes(&k3, "open", "198.51.100.10"));
-    assert!(!api.echoes(&k3, "open", "203.0.113.200"));
+    // Followed: a denial shows up on the stream as it happens.
+    let followed = std::thread::scope(|s| {
+        let reader =
+            s.spawn(|| api.events(&k3, "open", true, |e| e["destination"] == "203.0.113.200"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!api.echoes(&k3, "open", "203.0.113.200"));
+        reader.join().unwrap()
+    });
+    assert_eq!(
+        followed.last().unwrap()["reason"],
+        "always_denied:203.0.113.192/26",
+        "{followed:?}"
+    );
 
     // Block all wins over a list; exec still works.
     let both = api.sandbox(
@@ -694,12 +716,29 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         ("/api/sandbox/{id_or_name}/process/execute", "post"),
         ("/api/sandbox/{id_or_name}/network/explain", "get"),
         ("/api/sandbox/{id_or_name}/network/test", "post"),
+        ("/api/sandbox/{id_or_name}/network/events", "get"),
         ("/health", "get"),
         ("/metrics", "get"),
     ] {
         let op = &doc["paths"][path][method];
         assert!(op.is_object(), "{method} {path} missing from {paths:?}");
         assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()));
+    }
+    // Every documented operation is routed: without a key it is refused
+    // (401), never "no such route".
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{id_or_name}", "x")
+                .replace("{id}", "x")
+                .replace("{key_id}", "x");
+            let (s, v) = api.call(&method.to_uppercase(), &concrete, None, Send::Nothing);
+            let open = ["/health", "/metrics"].contains(&path.as_str());
+            assert!(
+                if open { s == 200 } else { s == 401 },
+                "{method} {path}: {s} {v}"
+            );
+        }
     }
     // Every $ref points at a schema the document has.
     fn refs(v: &Value, out: &mut Vec<String>) {
@@ -753,7 +792,10 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         text.contains("route=\"/api/sandbox\",status=\"201\"} 1"),
         "{text}"
     );
-    assert!(text.contains(
-        "sandgate_http_request_duration_seconds_count{method=\"POST\",route=\"/api/sandbox\"} 1"
-    ));
+    // Two: the refused one of the route check above, and the create.
+    assert!(text.contains("sandgate_http_request_duration_seconds_count{method=\"POST\",route=\"/api/sandbox\"} 2"), "{text}");
+    assert!(
+        text.contains("route=\"/api/sandbox\",status=\"401\"} 1"),
+        "{text}"
+    );
 }

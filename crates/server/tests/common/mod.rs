@@ -120,7 +120,7 @@ impl Api {
                 match body {
                     Send::Nothing => b.send_empty(),
                     Send::Json(v) => b.send_json(&v),
-                    Send::Raw(ctype, bytes) => b.header("Content-Type", ctype).send(&bytes[..]),
+                    Send::Raw(ctype, bytes) => return self.raw(m, path, key, ctype, &bytes),
                 }
             }
         };
@@ -128,6 +128,54 @@ impl Api {
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// A request written by hand on its own connection: the body is sent
+    /// from another thread while the answer is read, so that an answer
+    /// given before the whole body was read (413) is still seen.
+    fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        ctype: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://").to_string();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        if let Some(k) = key {
+            head.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut writer = stream.try_clone().unwrap();
+        let body = body.to_vec();
+        let w = std::thread::spawn(move || {
+            let _ = writer.write_all(head.as_bytes());
+            let _ = writer.write_all(&body);
+        });
+        let mut response = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            response.extend_from_slice(&buf[..n]);
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        let _ = w.join();
+        let text = String::from_utf8_lossy(&response);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
     pub fn get(&self, path: &str, key: &str) -> (u16, Value) {
@@ -187,6 +235,43 @@ impl Api {
             &format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}"),
         );
         r["stdout"] == "sandgate\n"
+    }
+
+    /// Reads sandbox `id`'s events as server-sent events: the recent ones
+    /// (`follow` false), or until `until` accepts one.
+    pub fn events(
+        &self,
+        key: &str,
+        id: &str,
+        follow: bool,
+        until: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        use std::io::BufRead;
+        let url = format!(
+            "{}/api/sandbox/{id}/network/events?follow={follow}",
+            self.base
+        );
+        let mut response = self
+            .agent
+            .get(&url)
+            .header("Authorization", format!("Bearer {key}"))
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let mut seen = Vec::new();
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if let Some(data) = line.strip_prefix("data:") {
+                let v: Value = serde_json::from_str(data.trim()).unwrap();
+                let done = follow && until(&v);
+                seen.push(v);
+                if done {
+                    break;
+                }
+            }
+        }
+        seen
     }
 
     /// Stops serving and drops the server (its runner and store).
