@@ -40,9 +40,21 @@ impl Http {
         let auth = format!("Bearer {key}");
         let r = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &auth).call(),
-            (_, Some(b)) => self.agent.post(&url).header("Authorization", &auth).send_json(&b),
-            (_, None) => self.agent.post(&url).header("Authorization", &auth).send_empty(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(&b),
+            (_, None) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
         };
         let mut r = r.unwrap();
         let status = r.status().as_u16();
@@ -77,7 +89,9 @@ fn main() {
     cfg.admin_token = Some(ADMIN.into());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (server, _) = rt.block_on(Server::start(cfg)).unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     rt.spawn(async move { server.serve(listener, std::future::pending()).await });
     let http = Http {
@@ -87,9 +101,19 @@ fn main() {
             .build()
             .into(),
     };
-    let (_, org) = http.call("POST", "/api/admin/organizations", ADMIN, Some(json!({"name": "bench", "tier": 3})));
+    let (_, org) = http.call(
+        "POST",
+        "/api/admin/organizations",
+        ADMIN,
+        Some(json!({"name": "bench", "tier": 3})),
+    );
     let org = org["id"].as_str().unwrap().to_string();
-    let (_, key) = http.call("POST", &format!("/api/admin/organizations/{org}/keys"), ADMIN, None);
+    let (_, key) = http.call(
+        "POST",
+        &format!("/api/admin/organizations/{org}/keys"),
+        ADMIN,
+        None,
+    );
     let key = key["key"].as_str().unwrap().to_string();
 
     println!("\ncreate to ready through the API ({runs} runs each, warm pool of 4 slots)");
@@ -116,7 +140,13 @@ fn main() {
     for i in 0..runs {
         let cid = format!("base{i}");
         let t = Instant::now();
-        runc(&["run", "--detach", "--bundle", bundle.to_str().unwrap(), &cid]);
+        runc(&[
+            "run",
+            "--detach",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &cid,
+        ]);
         base.push(t.elapsed());
         runc(&["delete", "--force", &cid]);
     }
@@ -135,12 +165,19 @@ fn main() {
         creates.push(t.elapsed());
         assert_eq!(s, 201, "{v}");
     }
-    stats("POST /api/sandbox (allowlist), to 201", &creates, Some(&base));
+    stats(
+        "POST /api/sandbox (allowlist), to 201",
+        &creates,
+        Some(&base),
+    );
     for i in 0..runs {
         http.call("DELETE", &format!("/api/sandbox/s{i}"), &key, None);
     }
 
-    println!("\nnetwork-settings update through the API ({} runs each)", runs * 5);
+    println!(
+        "\nnetwork-settings update through the API ({} runs each)",
+        runs * 5
+    );
     let mut base = Vec::new();
     for _ in 0..runs * 5 {
         let t = Instant::now();
@@ -151,7 +188,11 @@ fn main() {
     stats("baseline: GET /api/sandbox/{id}", &base, None);
     let mut updates = Vec::new();
     for i in 0..runs * 5 {
-        let list = if i % 2 == 0 { "192.0.2.10/32" } else { "198.51.100.0/24" };
+        let list = if i % 2 == 0 {
+            "192.0.2.10/32"
+        } else {
+            "198.51.100.0/24"
+        };
         let t = Instant::now();
         let (s, v) = http.call(
             "POST",
