@@ -9,7 +9,8 @@
 //!   profile refuses to a process without `CAP_SYS_ADMIN` (mounting,
 //!   namespaces, modules, keyrings, tracing, BPF, clocks, reboot, ...), so
 //!   that they fail with `EPERM` even where a capability check would not
-//!   catch them;
+//!   catch them; `clone` with a namespace flag (no user namespace, in
+//!   particular); and `clone3` and io_uring as absent (`ENOSYS`);
 //! - masked and read-only `/proc` paths, `/sys` read-only;
 //! - limits: processes always; memory and CPU where given.
 
@@ -95,6 +96,52 @@ pub const DENIED_SYSCALLS: &[&str] = &[
     "vhangup",
 ];
 
+/// The `clone` flags that make new namespaces: a sandbox may not make any
+/// (a user namespace would hand root inside every capability over the
+/// namespaces it then makes, nf_tables included). `unshare` and `setns`
+/// are refused outright; `clone` is refused when one of these bits is set.
+pub const NAMESPACE_FLAGS: &[(&str, u64)] = &[
+    ("CLONE_NEWNS", 0x0002_0000),
+    ("CLONE_NEWCGROUP", 0x0200_0000),
+    ("CLONE_NEWUTS", 0x0400_0000),
+    ("CLONE_NEWIPC", 0x0800_0000),
+    ("CLONE_NEWUSER", 0x1000_0000),
+    ("CLONE_NEWPID", 0x2000_0000),
+    ("CLONE_NEWNET", 0x4000_0000),
+];
+
+/// System calls refused with `ENOSYS`, as if the kernel had none, so that
+/// programs fall back: `clone3`, whose flags are in memory a filter cannot
+/// read (libc then uses `clone`, whose flags it can), and io_uring, which
+/// bypasses system-call filtering altogether.
+pub const ABSENT_SYSCALLS: &[&str] = &[
+    "clone3",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+];
+
+/// The seccomp rules of a sandbox: the denylist, `clone` with a namespace
+/// flag, and the absent calls.
+fn seccomp_rules() -> Vec<Value> {
+    let mut rules = vec![
+        json!({ "names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }),
+        json!({ "names": ABSENT_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 38 }),
+    ];
+    // One rule per flag: the conditions of one rule are all required, and
+    // a masked comparison tests equality, so "any of these bits" is one
+    // rule for each bit.
+    for (_, bit) in NAMESPACE_FLAGS {
+        rules.push(json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": 1,
+            "args": [{ "index": 0, "value": bit, "valueTwo": bit, "op": "SCMP_CMP_MASKED_EQ" }],
+        }));
+    }
+    rules
+}
+
 /// What a bundle needs.
 #[derive(Debug, Clone)]
 pub struct BundleSpec<'a> {
@@ -106,6 +153,9 @@ pub struct BundleSpec<'a> {
     pub netns: &'a Path,
     /// The file to bind on `/etc/resolv.conf` (naming the gateway).
     pub resolv_conf: &'a Path,
+    /// The host's static busybox, bound read-only on [`INIT`]: the
+    /// sandbox's first process, whatever the snapshot holds.
+    pub init: &'a Path,
     /// The most processes.
     pub pids_limit: i64,
     /// The most memory, in bytes, if limited.
@@ -113,6 +163,11 @@ pub struct BundleSpec<'a> {
     /// The most CPU time, in cores, if limited.
     pub cpu: Option<f64>,
 }
+
+/// Where the sandbox's init (the host's static busybox) is bound: the
+/// first process must not depend on the snapshot (an imported Debian root
+/// has no busybox).
+pub const INIT: &str = "/.sandgate/busybox";
 
 /// The `resolv.conf` of a sandbox whose gateway is `gateway`.
 pub fn resolv_conf(gateway: IpAddr) -> String {
@@ -145,7 +200,7 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
             // The sandbox's first process only waits, and reaps the
             // orphans the kernel hands it (a zombie still counts against
             // the pids limit); work comes by exec.
-            "args": ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"],
+            "args": [INIT, "sh", "-c", format!("trap 'exit 0' TERM; while :; do {INIT} sleep 3600 & wait; done")],
             "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
             "cwd": "/",
             "capabilities": {
@@ -168,6 +223,8 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
               "options": ["nosuid", "noexec", "nodev", "ro"] },
             { "destination": "/etc/resolv.conf", "type": "bind", "source": spec.resolv_conf,
               "options": ["rbind", "ro"] },
+            { "destination": INIT, "type": "bind", "source": spec.init,
+              "options": ["bind", "ro", "nosuid", "nodev"] },
         ],
         "linux": {
             "resources": resources,
@@ -181,7 +238,7 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
             "seccomp": {
                 "defaultAction": "SCMP_ACT_ALLOW",
                 "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
-                "syscalls": [{ "names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }],
+                "syscalls": seccomp_rules(),
             },
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",

@@ -42,7 +42,9 @@ pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     /// The OCI runtime program (`runc`).
     pub oci_runtime: PathBuf,
-    /// The busybox binary the built-in snapshot is made from.
+    /// The static busybox the built-in snapshot is made from, and every
+    /// sandbox's init (bound read-only, so that any root filesystem with a
+    /// `/bin/sh` can run).
     pub busybox: PathBuf,
     /// The most processes in a sandbox (a fork bomb stops there).
     pub pids_limit: i64,
@@ -188,6 +190,13 @@ impl Runtime {
             cfg.pids_limit,
             cfg.memory_limit,
             cfg.cpu_limit,
+        )?;
+        // Only root may enter: the sandboxes' files (and what root inside
+        // made of them) are below.
+        fs::create_dir_all(&cfg.data_dir)?;
+        fs::set_permissions(
+            &cfg.data_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
         fs::create_dir_all(cfg.data_dir.join("snapshots"))?;
         fs::create_dir_all(cfg.data_dir.join("sandboxes"))?;
@@ -397,6 +406,7 @@ impl Runtime {
             rootfs: &rootfs,
             netns,
             resolv_conf: &resolv,
+            init: &self.cfg.busybox,
             pids_limit: self.limits.pids,
             memory_limit: self.limits.memory.enforced(),
             cpu: self.limits.cpu.enforced(),
@@ -424,7 +434,9 @@ impl Runtime {
                 Some("overlay"),
                 &rootfs,
                 Some("overlay"),
-                MsFlags::empty(),
+                // Nothing the sandbox writes is ever setuid or a device
+                // on the host side (root inside is root here too).
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 Some(options.as_str()),
             )
             .map_err(|e| io::Error::other(format!("mounting the overlay of {id}: {e}")))?;
@@ -466,12 +478,15 @@ impl Runtime {
     /// unmounts its overlay; its files stay. Tolerates what is missing.
     fn halt(&self, id: &str) -> io::Result<()> {
         let _ = fs::remove_file(self.sandbox_dir(id).join("procs"));
-        let _ = self
-            .runc()
-            .args(["delete", "--force", id])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
+        let out = self.runc().args(["delete", "--force", id]).output()?;
+        // A failure is fine only when there was nothing to delete.
+        if !out.status.success() && self.runc_state(id)?.is_some() {
+            return Err(io::Error::other(format!(
+                "{} delete {id}: {}",
+                self.cfg.oci_runtime.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
         match umount2(&self.sandbox_dir(id).join("rootfs"), MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
             Err(e) => Err(io::Error::other(format!(

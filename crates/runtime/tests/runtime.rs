@@ -449,6 +449,33 @@ fn snapshots_import_from_docker_export_tarballs_and_hostile_archives_change_noth
         f.ids.push(id.clone());
         assert_eq!(f.sh(&id, "cat /etc/imported").stdout, "from a tarball\n");
     }
+    // A root with no busybox at all, only a shell (as in a Debian image):
+    // the init comes from the host, so it runs.
+    let bare = f.dir.join("bare");
+    std::fs::create_dir_all(bare.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", bare.join("bin/sh")).unwrap();
+    let bare_tar = f.dir.join("bare.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&bare)
+        .arg("-cf")
+        .arg(&bare_tar)
+        .arg("bin")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    f.rt.import_snapshot("bare", std::fs::File::open(&bare_tar).unwrap())
+        .unwrap();
+    let id = format!("bare-{}", std::process::id());
+    f.rt.create(&id, "bare", &f.ns.path(), "192.0.2.1".parse().unwrap())
+        .unwrap();
+    f.ids.push(id.clone());
+    let r = f.sh(
+        &id,
+        "echo runs; test -e /bin/busybox || echo no busybox here",
+    );
+    assert_eq!(r.stdout, "runs\nno busybox here\n", "{r:?}");
+
     // A snapshot in use is not replaced.
     let busy =
         f.rt.import_snapshot("plain", std::fs::File::open(&tarball).unwrap())
@@ -491,7 +518,7 @@ fn snapshots_import_from_docker_export_tarballs_and_hostile_archives_change_noth
         assert!(!err.to_string().is_empty());
         assert_eq!(
             f.rt.snapshots().unwrap(),
-            vec!["busybox", "plain", "zipped"],
+            vec!["bare", "busybox", "plain", "zipped"],
             "{what}"
         );
     }
@@ -499,4 +526,29 @@ fn snapshots_import_from_docker_export_tarballs_and_hostile_archives_change_noth
     assert!(!f.dir.join("escaped").exists() && !std::path::Path::new("/escaped").exists());
     assert!(!f.dir.join("snapshots/evil.building").exists());
     let _ = std::fs::remove_dir_all(&outside);
+}
+
+#[test]
+fn no_namespace_can_be_made_from_inside_not_even_a_user_namespace() {
+    let mut f = Fixture::new("userns", |_| {});
+    // A static program that calls clone(2) itself (busybox's unshare uses
+    // unshare(2), which is refused by name): built here, put in the
+    // snapshot before the sandbox is made.
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clonetest.c");
+    let binary = f.dir.join("snapshots/busybox/rootfs/bin/clonetest");
+    let built = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&binary)
+        .arg(source)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let id = f.sandbox("userns");
+    let r = f.sh(&id, "/bin/clonetest");
+    assert_eq!(
+        r.stdout,
+        "clone newuser: errno 1\nclone newnet: errno 1\nclone plain: allowed\n\
+         clone3: errno 38\nio_uring_setup: errno 38\n",
+        "{r:?}"
+    );
 }
