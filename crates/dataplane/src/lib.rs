@@ -382,6 +382,17 @@ impl Dataplane {
             .add_neighbour(host_if, IpAddr::V6(slot.sandbox6), &sandbox_mac)
     }
 
+    /// Prepares one slot if the warm pool holds fewer than `warm_pool`;
+    /// whether it made one. A caller that shares the dataplane refills
+    /// with this, one slot per hold of its lock.
+    pub fn fill_pool_step(&mut self) -> io::Result<bool> {
+        if self.pool_size() >= self.cfg.warm_pool {
+            return Ok(false);
+        }
+        self.make_slot()?;
+        Ok(true)
+    }
+
     /// Prepares slots until the warm pool holds `warm_pool` of them.
     pub fn fill_pool(&mut self) -> io::Result<usize> {
         let mut made = 0;

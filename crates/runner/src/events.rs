@@ -1,20 +1,21 @@
 //! Network events of sandboxes: denied connection attempts (the
 //! dataplane's NFLOG reader) and refused or rebinding DNS queries (the DNS
 //! service), by sandbox id. Each sandbox keeps its last [`RECENT`] events;
-//! subscribers get new ones as they come. Both sources are rate-limited
-//! per sandbox before they get here (in the kernel, in the DNS service),
-//! and a subscriber that falls behind loses events rather than slowing the
-//! others down.
+//! subscribers get new ones as they come, through a broadcast channel (so
+//! an async server waits on them without a thread each). Both sources are
+//! rate-limited per sandbox before they get here (in the kernel, in the
+//! DNS service), and a subscriber that falls behind by [`BACKLOG`] events
+//! is told how many it lost rather than slowing the others down.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
 
 /// Events kept per sandbox.
 pub const RECENT: usize = 256;
 /// Events a subscriber may have waiting.
-const BACKLOG: usize = 1024;
+pub const BACKLOG: usize = 1024;
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -57,51 +58,67 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// One sandbox's events.
+#[derive(Debug)]
+struct Stream {
+    recent: VecDeque<NetworkEvent>,
+    live: broadcast::Sender<NetworkEvent>,
+}
+
 /// Where events go.
 #[derive(Debug, Default)]
 pub struct EventHub {
-    recent: Mutex<HashMap<String, VecDeque<NetworkEvent>>>,
-    subscribers: Mutex<Vec<(String, SyncSender<NetworkEvent>)>>,
+    streams: Mutex<HashMap<String, Stream>>,
     counts: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
 impl EventHub {
-    /// Records `event` and hands it to the sandbox's subscribers.
+    /// Starts keeping sandbox `id`'s events.
+    pub fn open(&self, id: &str) {
+        lock(&self.streams)
+            .entry(id.to_string())
+            .or_insert_with(|| Stream {
+                recent: VecDeque::new(),
+                live: broadcast::channel(BACKLOG).0,
+            });
+    }
+
+    /// Records `event` and hands it to the sandbox's subscribers; an event
+    /// of a sandbox not (or no longer) open is counted and dropped.
     pub fn publish(&self, event: NetworkEvent) {
         *lock(&self.counts)
             .entry((event.kind, event.reason.clone()))
             .or_default() += 1;
-        lock(&self.subscribers).retain(|(id, tx)| {
-            id != &event.sandbox
-                || !matches!(
-                    tx.try_send(event.clone()),
-                    Err(TrySendError::Disconnected(_))
-                )
-        });
-        let mut recent = lock(&self.recent);
-        let queue = recent.entry(event.sandbox.clone()).or_default();
-        if queue.len() == RECENT {
-            queue.pop_front();
+        let mut streams = lock(&self.streams);
+        let Some(stream) = streams.get_mut(&event.sandbox) else {
+            return;
+        };
+        // No subscriber is not an error.
+        let _ = stream.live.send(event.clone());
+        if stream.recent.len() == RECENT {
+            stream.recent.pop_front();
         }
-        queue.push_back(event);
+        stream.recent.push_back(event);
     }
 
-    /// The recent events of sandbox `id`, and a receiver of its next ones.
-    pub fn subscribe(&self, id: &str) -> (Vec<NetworkEvent>, Receiver<NetworkEvent>) {
-        let (tx, rx) = sync_channel(BACKLOG);
-        lock(&self.subscribers).push((id.to_string(), tx));
-        let recent = lock(&self.recent)
-            .get(id)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default();
-        (recent, rx)
+    /// The recent events of sandbox `id`, and a receiver of its next ones
+    /// (closed when the sandbox is forgotten); `None` if it is not open.
+    pub fn subscribe(
+        &self,
+        id: &str,
+    ) -> Option<(Vec<NetworkEvent>, broadcast::Receiver<NetworkEvent>)> {
+        let streams = lock(&self.streams);
+        let stream = streams.get(id)?;
+        Some((
+            stream.recent.iter().cloned().collect(),
+            stream.live.subscribe(),
+        ))
     }
 
     /// Forgets sandbox `id`'s events (it is deleted); its subscribers'
     /// streams end.
     pub fn forget(&self, id: &str) {
-        lock(&self.recent).remove(id);
-        lock(&self.subscribers).retain(|(s, _)| s != id);
+        lock(&self.streams).remove(id);
     }
 
     /// Events so far, by kind and reason.

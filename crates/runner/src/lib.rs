@@ -101,6 +101,12 @@ impl Sandboxes {
         }
     }
 
+    fn policy_of(&self, slot: &SlotAddrs) -> Option<EffectivePolicy> {
+        lock(&self.by_addr)
+            .get(&IpAddr::V4(slot.sandbox4))
+            .map(|(_, p)| p.clone())
+    }
+
     fn forget(&self, slot: &SlotAddrs) {
         let mut by_addr = lock(&self.by_addr);
         by_addr.remove(&IpAddr::V4(slot.sandbox4));
@@ -156,15 +162,39 @@ pub struct Runner {
     host: Option<Netns>,
     slots: Arc<Mutex<HashMap<String, SlotAddrs>>>,
     events: Arc<events::EventHub>,
+    /// When each slot was handed to its current sandbox: events logged
+    /// before that belong to a previous owner and are dropped.
+    assigned: Arc<Mutex<HashMap<u32, std::time::SystemTime>>>,
     stop: Arc<AtomicBool>,
     pump: Option<JoinHandle<()>>,
+    refill: std::sync::mpsc::SyncSender<()>,
+    refiller: Option<JoinHandle<()>>,
 }
 
 impl Drop for Runner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(p) = self.pump.take() {
-            let _ = p.join();
+        // Wakes the refiller, which then sees `stop`.
+        let _ = self.refill.try_send(());
+        for t in [self.pump.take(), self.refiller.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Refills the warm pool when woken, one slot per hold of the dataplane's
+/// lock (so DNS admissions and other calls wait for one slot at most),
+/// until `stop`.
+fn refiller(sandboxes: Arc<Sandboxes>, wake: std::sync::mpsc::Receiver<()>, stop: Arc<AtomicBool>) {
+    while wake.recv().is_ok() && !stop.load(Ordering::SeqCst) {
+        while !stop.load(Ordering::SeqCst) {
+            match lock(&sandboxes.dp).fill_pool_step() {
+                Ok(true) => {}
+                _ => break,
+            }
         }
     }
 }
@@ -175,10 +205,19 @@ fn pump(
     deny: sandgate_dataplane::Events,
     dns: Arc<Mutex<DnsService>>,
     slots: Arc<Mutex<HashMap<String, SlotAddrs>>>,
+    assigned: Arc<Mutex<HashMap<u32, std::time::SystemTime>>>,
     hub: Arc<events::EventHub>,
     stop: Arc<AtomicBool>,
 ) {
-    let owner = |slot: u32| {
+    // The sandbox that had `slot` at `time`: its current owner, unless
+    // the slot was handed over after the event.
+    let owner = |slot: u32, time: std::time::SystemTime| {
+        if lock(&assigned)
+            .get(&slot)
+            .is_some_and(|since| time < *since)
+        {
+            return None;
+        }
         lock(&slots)
             .iter()
             .find(|(_, s)| s.index == slot)
@@ -186,7 +225,7 @@ fn pump(
     };
     while !stop.load(Ordering::SeqCst) {
         if let Ok(e) = deny.receiver().recv_timeout(Duration::from_millis(100)) {
-            if let Some(sandbox) = owner(e.slot) {
+            if let Some(sandbox) = owner(e.slot, e.time) {
                 hub.publish(NetworkEvent {
                     time_ms: events::millis(e.time),
                     sandbox,
@@ -201,7 +240,7 @@ fn pump(
         }
         let queued: Vec<sandgate_dns::DnsEvent> = lock(&dns).events().try_iter().collect();
         for e in queued {
-            if let Some(sandbox) = owner(e.slot) {
+            if let Some(sandbox) = owner(e.slot, e.time) {
                 let removed: Vec<String> = e.removed.iter().map(ToString::to_string).collect();
                 hub.publish(NetworkEvent {
                     time_ms: events::millis(e.time),
@@ -259,13 +298,27 @@ impl Runner {
             policy,
         )?));
         let slots = Arc::new(Mutex::new(HashMap::new()));
+        let assigned = Arc::new(Mutex::new(HashMap::new()));
         let hub = Arc::new(events::EventHub::default());
         let stop = Arc::new(AtomicBool::new(false));
         let pump = {
-            let (dns, slots, hub, stop) = (dns.clone(), slots.clone(), hub.clone(), stop.clone());
+            let (dns, slots, assigned, hub, stop) = (
+                dns.clone(),
+                slots.clone(),
+                assigned.clone(),
+                hub.clone(),
+                stop.clone(),
+            );
             std::thread::Builder::new()
                 .name("sandgate-events".into())
-                .spawn(move || pump(deny, dns, slots, hub, stop))?
+                .spawn(move || pump(deny, dns, slots, assigned, hub, stop))?
+        };
+        let (refill, wake) = std::sync::mpsc::sync_channel(1);
+        let refiller = {
+            let (sandboxes, stop) = (sandboxes.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sandgate-refill".into())
+                .spawn(move || refiller(sandboxes, wake, stop))?
         };
         let runtime = Runtime::new(cfg.runtime.clone())?;
         if !runtime.snapshots()?.iter().any(|s| s == "busybox") {
@@ -278,8 +331,11 @@ impl Runner {
             host,
             slots,
             events: hub,
+            assigned,
             stop,
             pump: Some(pump),
+            refill,
+            refiller: Some(refiller),
         })
     }
 
@@ -318,6 +374,7 @@ impl Runner {
             ));
         }
         let slot = lock(&self.sandboxes.dp).create(id, policy)?;
+        lock(&self.assigned).insert(slot.index, std::time::SystemTime::now());
         self.sandboxes.know(&slot, policy);
         let netns = Netns::path_of(&slot.netns);
         if let Err(e) = self
@@ -328,12 +385,11 @@ impl Runner {
             let _ = lock(&self.sandboxes.dp).delete(slot.index);
             return Err(e);
         }
+        self.events.open(id);
         lock(&self.slots).insert(id.to_string(), slot.clone());
-        // The warm pool is refilled off the request's path.
-        let sandboxes = self.sandboxes.clone();
-        std::thread::spawn(move || {
-            let _ = lock(&sandboxes.dp).fill_pool();
-        });
+        // The warm pool is refilled off the request's path (a wake-up
+        // already pending is enough).
+        let _ = self.refill.try_send(());
         Ok(Placement { slot })
     }
 
@@ -348,22 +404,37 @@ impl Runner {
 
     /// Puts `policy` in force for sandbox `id`: in the kernel (connections
     /// it denies stop at their next packet) and for the DNS service.
+    ///
+    /// The DNS service learns the new policy first, so that no query is
+    /// forwarded under the old one once the kernel has the new one; should
+    /// the kernel refuse the change, the DNS service's view is put back.
     pub fn update(&self, id: &str, policy: &EffectivePolicy) -> io::Result<()> {
         let slot = self.slot(id)?;
-        lock(&self.sandboxes.dp).update(slot.index, policy)?;
+        let old = self.sandboxes.policy_of(&slot);
         self.sandboxes.know(&slot, policy);
+        if let Err(e) = lock(&self.sandboxes.dp).update(slot.index, policy) {
+            match old {
+                Some(old) => self.sandboxes.know(&slot, &old),
+                None => self.sandboxes.forget(&slot),
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
     /// Removes sandbox `id`: its processes and files, then its slot.
+    /// A failure leaves the sandbox known, so that the delete can be
+    /// tried again.
     pub fn delete(&self, id: &str) -> io::Result<()> {
         self.runtime.delete(id)?;
-        let slot = lock(&self.slots).remove(id);
-        self.events.forget(id);
+        let slot = lock(&self.slots).get(id).cloned();
         if let Some(slot) = slot {
             self.sandboxes.forget(&slot);
             lock(&self.sandboxes.dp).delete(slot.index)?;
+            lock(&self.assigned).remove(&slot.index);
         }
+        lock(&self.slots).remove(id);
+        self.events.forget(id);
         Ok(())
     }
 
@@ -404,12 +475,19 @@ impl Runner {
                 report.lost.push(id.clone());
                 continue;
             };
-            let slot = {
-                let mut dp = lock(&self.sandboxes.dp);
-                dp.update(index, policy)?;
-                dp.slot(index)
-            };
+            // One sandbox whose policy cannot be put back is removed and
+            // reported lost; the others are restored all the same.
+            let applied = lock(&self.sandboxes.dp).update(index, policy);
+            if applied.is_err() {
+                let _ = self.runtime.delete(id);
+                let _ = lock(&self.sandboxes.dp).delete(index);
+                report.lost.push(id.clone());
+                continue;
+            }
+            let slot = lock(&self.sandboxes.dp).slot(index);
             self.sandboxes.know(&slot, policy);
+            lock(&self.assigned).insert(slot.index, std::time::SystemTime::now());
+            self.events.open(id);
             lock(&self.slots).insert(id.clone(), slot);
             report.running.push(id.clone());
         }
@@ -441,9 +519,19 @@ impl Runner {
         let slot = self.slot(id)?;
         let gateway = IpAddr::V4(slot.gateway4);
         let is_address = |t: &ProbeTarget| t.host.parse::<IpAddr>().is_ok();
-        // Threads started inside the namespace are in it too.
+        // Threads started inside the namespace are in it too. The
+        // namespace is held open, then the slot checked to be still this
+        // sandbox's (a delete forgets the sandbox before it removes the
+        // namespace, so the one held cannot be another sandbox's).
+        let ns = Netns::open(&slot.netns)?;
+        if lock(&self.slots).get(id).map(|s| s.index) != Some(slot.index) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("sandbox {id} was deleted"),
+            ));
+        }
         let mut seen: Vec<Option<Observed>> = vec![None; targets.len()];
-        Netns::open(&slot.netns)?.run(|| {
+        ns.run(|| {
             for phase in [true, false] {
                 std::thread::scope(|s| {
                     let probes: Vec<_> = targets
@@ -478,9 +566,16 @@ impl Runner {
     pub fn subscribe(
         &self,
         id: &str,
-    ) -> io::Result<(Vec<NetworkEvent>, std::sync::mpsc::Receiver<NetworkEvent>)> {
-        self.slot(id)?;
-        Ok(self.events.subscribe(id))
+    ) -> io::Result<(
+        Vec<NetworkEvent>,
+        tokio::sync::broadcast::Receiver<NetworkEvent>,
+    )> {
+        self.events.subscribe(id).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no sandbox {id} on this runner"),
+            )
+        })
     }
 
     /// Network events so far, by kind (`connection`, `dns`) and reason.

@@ -270,6 +270,29 @@ fn print_sandbox(v: &Value) {
     }
 }
 
+/// The shell command of `sandbox exec`'s words: one word is a command line
+/// as it is (`exec web -- 'ls | wc -l'`); several are quoted one by one, so
+/// that `exec web -- ls "a b"` lists one file named `a b`.
+fn shell_command(words: &[String]) -> String {
+    if let [one] = words {
+        return one.clone();
+    }
+    words
+        .iter()
+        .map(|w| {
+            let plain = !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
+            if plain {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn client(api: &ApiArgs) -> Client {
     Client::new(&api.api_url, api.api_key.as_deref())
 }
@@ -381,7 +404,7 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
             timeout,
             command,
         } => {
-            let mut body = json!({"command": command.join(" ")});
+            let mut body = json!({"command": shell_command(&command)});
             if let Some(cwd) = cwd {
                 body["cwd"] = json!(cwd);
             }
@@ -408,7 +431,11 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
                         eprintln!("sandgate: the command timed out and was killed");
                     }
                 }
-                let code = v["exitCode"].as_i64().unwrap_or(1);
+                // 0 only for a command that said 0.
+                let code = v["exitCode"]
+                    .as_i64()
+                    .filter(|c| (0..=255).contains(c))
+                    .unwrap_or(1);
                 ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
             })
         }

@@ -328,8 +328,19 @@ pub fn run(config: &Config, out: &Output) -> ExitCode {
 fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, Failure> {
     progress("building the lab");
     let lab = Lab::up().map_err(|e| format!("lab: {e}"))?;
-    let dir = std::env::temp_dir().join(format!("sandgate-demo-{}", lab.tag()));
-    let _ = std::fs::remove_dir_all(&dir);
+    // A directory of its own, made here (not one left by someone else),
+    // for root only.
+    let dir = std::env::temp_dir().join(format!(
+        "sandgate-demo-{}-{:x}",
+        lab.tag(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| e.to_string())?;
     let mut runner = RunnerConfig::new(
         dir.join("runner"),
         lab.tag(),

@@ -21,9 +21,11 @@ pub struct ServerArgs {
     /// state.
     #[arg(long, env = "SANDGATE_DATA_DIR", default_value = "/var/lib/sandgate")]
     pub data_dir: PathBuf,
-    /// The operator's token for the admin routes.
-    #[arg(long, env = "SANDGATE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// A file holding the operator's token for the admin routes (or
+    /// `SANDGATE_ADMIN_TOKEN`; never on the command line, where every local
+    /// user could read it). At least 16 characters.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Prefix of the slots' namespace names (one per server on a host).
     #[arg(long, default_value = "sg")]
     pub instance: String,
@@ -63,7 +65,19 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
         config.policy.clone(),
         config.catalog.clone(),
     );
-    cfg.admin_token = args.admin_token.clone();
+    let token = match &args.admin_token_file {
+        Some(file) => Some(std::fs::read_to_string(file)?.trim().to_string()),
+        None => std::env::var("SANDGATE_ADMIN_TOKEN").ok(),
+    };
+    if let Some(t) = &token {
+        if t.len() < 16 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the operator token must be at least 16 characters",
+            ));
+        }
+    }
+    cfg.admin_token = token;
     if !args.probe_targets.is_empty() {
         cfg.probe_targets = args.probe_targets.clone();
     }

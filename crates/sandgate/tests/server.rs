@@ -22,7 +22,8 @@ struct ServerProcess {
 
 fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandgate"));
-    cmd.args(["server", "--listen", "127.0.0.1:0", "--admin-token", TOKEN])
+    cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .env("SANDGATE_ADMIN_TOKEN", TOKEN)
         .arg("--data-dir")
         .arg(dir)
         .args(["--instance", lab.tag(), "--host-netns", lab.host().name()])

@@ -47,6 +47,25 @@ where
     }
 }
 
+/// A query string whose rejections are API errors (400 `invalid_request`).
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Params(v))
+            .map_err(|e| ApiError::invalid(format!("the query string: {}", e.body_text())))
+    }
+}
+
 /// The body of an error answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -147,6 +166,36 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from)
+}
+
+/// Runs `work` under the write lock, to its end even if the client goes
+/// away: a dropped request must not stop a change half-way (a tier stored
+/// but not applied, a policy in the kernel but not in the store). The lock
+/// is taken here and moved into a task of its own, which the handler only
+/// awaits.
+async fn transaction<T, F, Fut>(st: &Arc<AppState>, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<AppState>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    let guard = st.writes.clone().lock_owned().await;
+    let st = st.clone();
+    tokio::spawn(async move {
+        let _held = guard;
+        work(st).await
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// A conflict with the sandbox's state (409).
+fn not_running(row: &SandboxRow) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("sandbox {} is {}, not running", row.id, row.state),
+    )
 }
 
 // ------------------------------------------------------- organizations --
@@ -309,26 +358,59 @@ pub async fn set_tier(
     Body(body): Body<SetTier>,
 ) -> Result<Json<TierChanged>, ApiError> {
     check_tier(&st, body.tier)?;
-    let _w = st.writes.lock().await;
-    let mut org = org_by_id(&st, &id).await?;
-    // The store first: should applying fail half-way, a restart applies
-    // the stored tier to every sandbox.
-    st.store.set_tier(&org.id, body.tier).await?;
-    org.tier = body.tier;
-    let mut reapplied = 0;
-    for row in st.store.sandboxes(Some(&org.id)).await? {
-        if row.state != "running" {
-            continue;
+    transaction(&st, move |st| async move {
+        let mut org = org_by_id(&st, &id).await?;
+        // The store first: should applying fail half-way, a restart
+        // applies the stored tier to every sandbox.
+        st.store.set_tier(&org.id, body.tier).await?;
+        org.tier = body.tier;
+        let mut reapplied = 0;
+        let mut failed = Vec::new();
+        for row in st.store.sandboxes(Some(&org.id)).await? {
+            if row.state != "running" {
+                continue;
+            }
+            let runner = st.runner.clone();
+            let id = row.id.clone();
+            let applied = match effective(&st, org.tier, &row) {
+                Ok(policy) => blocking(move || runner.update(&id, &policy)).await,
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(()) => reapplied += 1,
+                Err(e) => {
+                    // Fail closed: a sandbox whose new policy could not be
+                    // applied is blocked rather than left with the old one.
+                    let blocked = st.policy.resolve(org.tier, &blocked_settings())?;
+                    let runner = st.runner.clone();
+                    let id = row.id.clone();
+                    let _ = blocking(move || runner.update(&id, &blocked)).await;
+                    failed.push(format!("{} ({})", row.id, e.message));
+                }
+            }
         }
-        let effective = effective(&st, org.tier, &row)?;
-        let runner = st.runner.clone();
-        blocking(move || runner.update(&row.id, &effective)).await?;
-        reapplied += 1;
+        if !failed.is_empty() {
+            return Err(ApiError::internal(format!(
+                "tier {} stored; re-applying failed for {} (blocked until a restart or a retry): {}",
+                org.tier,
+                failed.len(),
+                failed.join("; ")
+            )));
+        }
+        Ok(Json(TierChanged {
+            organization: org.into(),
+            reapplied,
+        }))
+    })
+    .await
+}
+
+/// Settings that block everything.
+fn blocked_settings() -> sandgate_policy::NetworkSettings {
+    sandgate_policy::NetworkSettings {
+        network_block_all: true,
+        ..Default::default()
     }
-    Ok(Json(TierChanged {
-        organization: org.into(),
-        reapplied,
-    }))
 }
 
 /// A new API key, shown once.
@@ -514,6 +596,15 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
             )));
         }
     }
+    // The environment and the arguments of a process share one limit in
+    // the kernel (about 2 MiB here); the sandbox's and an exec's together
+    // stay well under it.
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if total > 256 * 1024 {
+        return Err(ApiError::invalid(format!(
+            "env: {total} bytes in all; at most 256 KiB"
+        )));
+    }
     Ok(())
 }
 
@@ -543,13 +634,9 @@ pub async fn create_sandbox(
     check_name("snapshot", &snapshot)?;
     let env = body.env.clone().unwrap_or_default();
     check_env(&env)?;
-    let request = SettingsRequest {
-        network_block_all: body.network_block_all,
-        network_allow_list: body.network_allow_list.as_deref(),
-        domain_allow_list: body.domain_allow_list.as_deref(),
-    };
-    let settings = st.policy.settings_for_create(org.tier, &request)?;
-    let effective = st.policy.resolve(org.tier, &settings)?;
+    // Validated now for a quick answer, and again under the lock with the
+    // tier as it is then (a tier change may have come in between).
+    settings_for_create(&st, org.tier, &body)?;
     let runner = st.runner.clone();
     let known = blocking(move || runner.runtime().snapshots()).await?;
     if !known.contains(&snapshot) {
@@ -558,45 +645,85 @@ pub async fn create_sandbox(
             known.join(", ")
         )));
     }
+    let (row, tier) = transaction(&st, move |st| async move {
+        let org = org_by_id(&st, &org.id).await?;
+        let settings = settings_for_create(&st, org.tier, &body)?;
+        let effective = st.policy.resolve(org.tier, &settings)?;
+        let count = st.store.sandboxes(Some(&org.id)).await?.len();
+        if count >= st.max_sandboxes_per_org {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "quota_exceeded",
+                format!(
+                    "the organization has {count} sandboxes, the most it may have; delete one first"
+                ),
+            ));
+        }
+        let id = random_id("sb-", 8)?;
+        let name = body.name.clone().unwrap_or_else(|| id.clone());
+        if st.store.sandbox(&org.id, &name).await?.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                format!("a sandbox named {name:?} exists in this organization"),
+            ));
+        }
+        let stamp = now();
+        let mut row = SandboxRow {
+            id: id.clone(),
+            organization_id: org.id.clone(),
+            name,
+            snapshot: snapshot.clone(),
+            state: "creating".into(),
+            network_block_all: settings.network_block_all,
+            network_allow_list: settings.network_allow_list.to_string(),
+            domain_allow_list: settings.domain_allow_list.to_string(),
+            env: serde_json::to_string(&env).map_err(ApiError::internal)?,
+            created_at: stamp.clone(),
+            updated_at: stamp,
+        };
+        st.store.add_sandbox(&row).await?;
+        let runner = st.runner.clone();
+        let made = {
+            let id = id.clone();
+            blocking(move || runner.create(&id, &snapshot, &effective)).await
+        };
+        let settled = match made {
+            Ok(_) => st
+                .store
+                .set_state(&id, "running")
+                .await
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = settled {
+            // Nothing half-made: the runner's part (if any) and the row go.
+            let runner = st.runner.clone();
+            let gone = id.clone();
+            let _ = blocking(move || runner.delete(&gone)).await;
+            let _ = st.store.remove_sandbox(&id).await;
+            return Err(e);
+        }
+        row.state = "running".into();
+        st.metrics.created();
+        Ok((row, org.tier))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view(&st, tier, row)?)))
+}
 
-    let _w = st.writes.lock().await;
-    let id = random_id("sb-", 8)?;
-    let name = body.name.clone().unwrap_or_else(|| id.clone());
-    if st.store.sandbox(&org.id, &name).await?.is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "name_taken",
-            format!("a sandbox named {name:?} exists in this organization"),
-        ));
-    }
-    let stamp = now();
-    let mut row = SandboxRow {
-        id: id.clone(),
-        organization_id: org.id.clone(),
-        name,
-        snapshot: snapshot.clone(),
-        state: "creating".into(),
-        network_block_all: settings.network_block_all,
-        network_allow_list: settings.network_allow_list.to_string(),
-        domain_allow_list: settings.domain_allow_list.to_string(),
-        env: serde_json::to_string(&env).map_err(ApiError::internal)?,
-        created_at: stamp.clone(),
-        updated_at: stamp,
+/// The settings a create asks for, validated for an organization of `tier`.
+fn settings_for_create(
+    st: &AppState,
+    tier: u8,
+    body: &CreateSandbox,
+) -> Result<sandgate_policy::NetworkSettings, ApiError> {
+    let request = SettingsRequest {
+        network_block_all: body.network_block_all,
+        network_allow_list: body.network_allow_list.as_deref(),
+        domain_allow_list: body.domain_allow_list.as_deref(),
     };
-    st.store.add_sandbox(&row).await?;
-    let runner = st.runner.clone();
-    let made = {
-        let id = id.clone();
-        blocking(move || runner.create(&id, &snapshot, &effective)).await
-    };
-    if let Err(e) = made {
-        st.store.remove_sandbox(&id).await?;
-        return Err(e);
-    }
-    st.store.set_state(&id, "running").await?;
-    row.state = "running".into();
-    st.metrics.created();
-    Ok((StatusCode::CREATED, Json(view(&st, org.tier, row)?)))
+    Ok(st.policy.settings_for_create(tier, &request)?)
 }
 
 /// The organization's sandboxes.
@@ -639,15 +766,17 @@ pub async fn delete_sandbox(
     Caller(org): Caller,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let _w = st.writes.lock().await;
-    let row = sandbox(&st, &org, &key).await?;
-    st.store.set_state(&row.id, "deleting").await?;
-    let runner = st.runner.clone();
-    let id = row.id.clone();
-    blocking(move || runner.delete(&id)).await?;
-    st.store.remove_sandbox(&row.id).await?;
-    st.metrics.deleted();
-    Ok(StatusCode::NO_CONTENT)
+    transaction(&st, move |st| async move {
+        let row = sandbox(&st, &org, &key).await?;
+        st.store.set_state(&row.id, "deleting").await?;
+        let runner = st.runner.clone();
+        let id = row.id.clone();
+        blocking(move || runner.delete(&id)).await?;
+        st.store.remove_sandbox(&row.id).await?;
+        st.metrics.deleted();
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }
 
 /// Changes a sandbox's network settings (BRIEF section 1, "Updates"):
@@ -664,36 +793,43 @@ pub async fn update_settings(
     Path(key): Path<String>,
     Body(body): Body<UpdateSettings>,
 ) -> Result<Json<SandboxView>, ApiError> {
-    let _w = st.writes.lock().await;
-    let mut row = sandbox(&st, &org, &key).await?;
-    let stored = st.policy.stored_settings(
-        row.network_block_all,
-        &row.network_allow_list,
-        &row.domain_allow_list,
-    )?;
-    let request = SettingsRequest {
-        network_block_all: body.network_block_all,
-        network_allow_list: body.network_allow_list.as_deref(),
-        domain_allow_list: body.domain_allow_list.as_deref(),
-    };
-    let settings = st.policy.settings_for_update(org.tier, &stored, &request)?;
-    let old = effective(&st, org.tier, &row)?;
-    let new = st.policy.resolve(org.tier, &settings)?;
-    let runner = st.runner.clone();
-    let id = row.id.clone();
-    blocking(move || runner.update(&id, &new)).await?;
-    row.network_block_all = settings.network_block_all;
-    row.network_allow_list = settings.network_allow_list.to_string();
-    row.domain_allow_list = settings.domain_allow_list.to_string();
-    row.updated_at = now();
-    if let Err(e) = st.store.set_settings(&row).await {
-        // Put the stored policy back in force: the answer is an error.
+    transaction(&st, move |st| async move {
+        // The tier as it is now, under the lock.
+        let org = org_by_id(&st, &org.id).await?;
+        let mut row = sandbox(&st, &org, &key).await?;
+        if row.state != "running" {
+            return Err(not_running(&row));
+        }
+        let stored = st.policy.stored_settings(
+            row.network_block_all,
+            &row.network_allow_list,
+            &row.domain_allow_list,
+        )?;
+        let request = SettingsRequest {
+            network_block_all: body.network_block_all,
+            network_allow_list: body.network_allow_list.as_deref(),
+            domain_allow_list: body.domain_allow_list.as_deref(),
+        };
+        let settings = st.policy.settings_for_update(org.tier, &stored, &request)?;
+        let old = effective(&st, org.tier, &row)?;
+        let new = st.policy.resolve(org.tier, &settings)?;
         let runner = st.runner.clone();
         let id = row.id.clone();
-        blocking(move || runner.update(&id, &old)).await?;
-        return Err(e.into());
-    }
-    Ok(Json(view(&st, org.tier, row)?))
+        blocking(move || runner.update(&id, &new)).await?;
+        row.network_block_all = settings.network_block_all;
+        row.network_allow_list = settings.network_allow_list.to_string();
+        row.domain_allow_list = settings.domain_allow_list.to_string();
+        row.updated_at = now();
+        if let Err(e) = st.store.set_settings(&row).await {
+            // Put the stored policy back in force: the answer is an error.
+            let runner = st.runner.clone();
+            let id = row.id.clone();
+            blocking(move || runner.update(&id, &old)).await?;
+            return Err(e.into());
+        }
+        Ok(Json(view(&st, org.tier, row)?))
+    })
+    .await
 }
 
 /// A command to run.
@@ -742,15 +878,12 @@ pub async fn execute(
 ) -> Result<Json<Executed>, ApiError> {
     let row = sandbox(&st, &org, &key).await?;
     if row.state != "running" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("sandbox {} is {}", row.id, row.state),
-        ));
+        return Err(not_running(&row));
     }
-    if body.command.is_empty() || body.command.len() > 256 * 1024 || body.command.contains('\0') {
+    // The kernel takes one argument of at most 128 KiB.
+    if body.command.is_empty() || body.command.len() > 100 * 1024 || body.command.contains('\0') {
         return Err(ApiError::invalid(
-            "command: give a non-empty shell command of at most 256 KiB, without NUL bytes",
+            "command: give a non-empty shell command of at most 100 KiB, without NUL bytes",
         ));
     }
     let max = st.exec_timeout_max.as_secs_f64();
@@ -828,7 +961,7 @@ pub async fn explain(
     State(st): St,
     Caller(org): Caller,
     Path(key): Path<String>,
-    Query(q): Query<ExplainQuery>,
+    Params(q): Params<ExplainQuery>,
 ) -> Result<Json<Explanation>, ApiError> {
     let row = sandbox(&st, &org, &key).await?;
     let dest = q.dest.ok_or_else(|| {
@@ -901,8 +1034,16 @@ pub async fn network_test(
     State(st): St,
     Caller(org): Caller,
     Path(key): Path<String>,
-    raw: axum::body::Bytes,
+    raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<NetworkTestResult>, ApiError> {
+    let raw = raw.map_err(|r| {
+        let (status, code) = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        } else {
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        };
+        ApiError::new(status, code, r.body_text())
+    })?;
     // The body is optional: none asks for the configured targets.
     let body: NetworkTest = if raw.iter().all(u8::is_ascii_whitespace) {
         NetworkTest::default()
@@ -923,11 +1064,7 @@ pub async fn network_test(
     };
     let row = sandbox(&st, &org, &key).await?;
     if row.state != "running" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("sandbox {} is {}", row.id, row.state),
-        ));
+        return Err(not_running(&row));
     }
     let asked = body.targets.unwrap_or_else(|| st.probe_targets.clone());
     if asked.is_empty() || asked.len() > 32 {
@@ -992,11 +1129,14 @@ pub async fn network_events(
     State(st): St,
     Caller(org): Caller,
     Path(key): Path<String>,
-    Query(q): Query<EventsQuery>,
+    Params(q): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::stream::{self, StreamExt};
     let row = sandbox(&st, &org, &key).await?;
+    if row.state != "running" {
+        return Err(not_running(&row));
+    }
     let (recent, live) = st.runner.subscribe(&row.id)?;
     let to_sse = |e: &sandgate_runner::NetworkEvent| {
         Ok::<_, std::convert::Infallible>(
@@ -1009,25 +1149,26 @@ pub async fn network_events(
     if q.follow == Some(false) {
         return Ok(Sse::new(first).into_response());
     }
-    // The runner's receiver blocks: a blocking task hands events over
-    // until the client goes away or the sandbox is deleted.
-    let (tx, rx) = tokio::sync::mpsc::channel::<sandgate_runner::NetworkEvent>(256);
-    tokio::task::spawn_blocking(move || loop {
-        match live.recv_timeout(Duration::from_secs(1)) {
-            Ok(e) => {
-                if tx.blocking_send(e).is_err() {
-                    return;
-                }
+    // New events as they come, until the sandbox is deleted, the client
+    // goes away or the server stops. A subscriber that fell behind is told
+    // how many events it lost.
+    let next = stream::unfold(live, move |mut live| async move {
+        match live.recv().await {
+            Ok(e) => Some((to_sse(&e), live)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let lost = Event::default()
+                    .event("lagged")
+                    .data(format!("{{\"lost\":{n}}}"));
+                Some((Ok(lost), live))
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !tx.is_closed() => {}
-            Err(_) => return,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     });
-    let next = stream::unfold(rx, move |mut rx| async move {
-        let e = rx.recv().await?;
-        Some((to_sse(&e), rx))
-    });
-    Ok(Sse::new(first.chain(next))
+    let mut stopping = st.stopping.subscribe();
+    let stop = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    Ok(Sse::new(first.chain(next).take_until(stop))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
@@ -1039,7 +1180,12 @@ pub async fn network_events(
     responses((status = 200, description = "healthy"), (status = 503, body = ErrorBody)))]
 pub async fn health(State(st): St) -> Response {
     let store = st.store.organizations().await.is_ok();
-    let ruleset = !st.runner.ruleset_lost();
+    // The dataplane's lock can be held for a slot's making: not on an
+    // async worker.
+    let runner = st.runner.clone();
+    let ruleset = tokio::task::spawn_blocking(move || !runner.ruleset_lost())
+        .await
+        .unwrap_or(false);
     if store && ruleset {
         (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
     } else {

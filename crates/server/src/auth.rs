@@ -33,9 +33,11 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .ok_or_else(|| unauthorized("no API key: send 'Authorization: Bearer <key>'"))?
         .to_str()
         .map_err(|_| unauthorized("the Authorization header is not text"))?;
+    // The scheme's name is case-insensitive (RFC 9110, 11.1).
     value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <key>'"))
 }

@@ -43,12 +43,21 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
     }
 
-    /// 500 `internal`.
+    /// 500 `internal`. The cause goes to the server's log under an id;
+    /// the answer carries the id, not the cause (which can name host paths
+    /// and programs' messages).
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = format!(
+            "{:x}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        eprintln!("sandgate server: error {id}: {cause}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            format!("internal error: {cause}"),
+            format!("internal error {id}; the server's log has the cause"),
         )
     }
 }

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// What `network/test` probes when the request names nothing
     /// (`host:port`).
     pub probe_targets: Vec<String>,
+    /// The most sandboxes an organization may have at once.
+    pub max_sandboxes_per_org: usize,
 }
 
 /// The default targets of `network/test`: those of the reference's
@@ -93,6 +95,7 @@ impl ServerConfig {
             body_limit: 1 << 20,
             exec_timeout_default: Duration::from_secs(60),
             exec_timeout_max: Duration::from_secs(3600),
+            max_sandboxes_per_org: 100,
         }
     }
 }
@@ -111,7 +114,11 @@ pub struct AppState {
     /// The operator token.
     pub admin_token: Option<String>,
     /// Held by every create, update, delete and tier change.
-    pub writes: tokio::sync::Mutex<()>,
+    pub writes: Arc<tokio::sync::Mutex<()>>,
+    /// Becomes `true` when the server stops: endless streams end then.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// See [`ServerConfig::max_sandboxes_per_org`].
+    pub max_sandboxes_per_org: usize,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
     /// See [`ServerConfig::exec_timeout_default`].
@@ -219,7 +226,9 @@ impl Server {
             policy,
             catalog,
             admin_token: cfg.admin_token,
-            writes: tokio::sync::Mutex::new(()),
+            writes: Arc::new(tokio::sync::Mutex::new(())),
+            stopping: tokio::sync::watch::channel(false).0,
+            max_sandboxes_per_org: cfg.max_sandboxes_per_org,
             metrics: metrics::Metrics::default(),
             exec_timeout_default: cfg.exec_timeout_default,
             exec_timeout_max: cfg.exec_timeout_max,
@@ -298,8 +307,13 @@ impl Server {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
+        let state = self.state.clone();
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                // Followed event streams never end by themselves.
+                state.stopping.send_replace(true);
+            })
             .await
     }
 }
@@ -308,6 +322,7 @@ impl Server {
 async fn restore(st: &AppState) -> io::Result<RestoreReport> {
     let rows = st.store.sandboxes(None).await.map_err(io::Error::other)?;
     let mut expected = Vec::new();
+    let mut unresolved = Vec::new();
     let mut tiers = std::collections::HashMap::new();
     for row in &rows {
         match row.state.as_str() {
@@ -321,14 +336,13 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
                     tiers.insert(row.organization_id.clone(), org.map(|o| o.tier));
                 }
                 let tier = tiers.get(&row.organization_id).copied().flatten();
-                let effective = tier
-                    .ok_or_else(|| {
-                        io::Error::other(format!("sandbox {} has no organization", row.id))
-                    })
-                    .and_then(|t| {
-                        api::effective(st, t, row).map_err(|e| io::Error::other(e.message))
-                    });
-                expected.push((row.id.clone(), effective?));
+                // A sandbox whose policy cannot be resolved any more (its
+                // organization or tier gone from the configuration) is not
+                // expected: the runner removes it, and it is marked lost.
+                match tier.map(|t| api::effective(st, t, row)) {
+                    Some(Ok(policy)) => expected.push((row.id.clone(), policy)),
+                    _ => unresolved.push(row.id.clone()),
+                }
             }
             // Cut short, or lost before: not expected, so the runner
             // removes what is left of them.
@@ -342,9 +356,10 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
         }
     }
     let runner = st.runner.clone();
-    let report = tokio::task::spawn_blocking(move || runner.restore(&expected))
+    let mut report = tokio::task::spawn_blocking(move || runner.restore(&expected))
         .await
         .map_err(io::Error::other)??;
+    report.lost.extend(unresolved);
     for id in &report.lost {
         st.store
             .set_state(id, "lost")

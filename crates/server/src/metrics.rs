@@ -68,7 +68,11 @@ impl Metrics {
 /// Middleware: counts every request and its latency, by route template
 /// (never by raw path, so ids do not multiply the series).
 pub async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    // Known methods only: a made-up one must not add series forever.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
+        _ => "other".to_string(),
+    };
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -173,6 +177,17 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         ),
     ] {
         counter(&mut out, name, help, v);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sandgate_network_events_total Denied connection attempts and refused DNS queries, by kind and reason.\n# TYPE sandgate_network_events_total counter"
+    );
+    for ((kind, reason), n) in st.runner.event_counts() {
+        let _ = writeln!(
+            out,
+            "sandgate_network_events_total{{kind=\"{kind}\",reason=\"{}\"}} {n}",
+            escape(&reason)
+        );
     }
     let _ = writeln!(
         out,

@@ -222,6 +222,22 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
     // routes with an organization's key, a tier change by an organization.
     assert_eq!(api.call("GET", "/api/sandbox", None, Send::Nothing).0, 401);
     assert_eq!(api.get("/api/sandbox", "sg_not-a-key").0, 401);
+    // The scheme's name is case-insensitive.
+    assert_eq!(
+        api.get_authorized("/api/organization", &format!("bearer {k3}")),
+        200
+    );
+    assert_eq!(
+        api.get_authorized("/api/organization", &format!("Basic {k3}")),
+        401
+    );
+    // Names are unique in an organization.
+    let (s, e) = api.post("/api/sandbox", &k3, json!({"name": "open"}));
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("name_taken")),
+        "{e}"
+    );
     assert_eq!(
         api.get(&format!("/api/sandbox/{}", id(&listed)), &k1).0,
         404
@@ -289,7 +305,8 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
 
 #[test]
 fn malformed_requests_get_their_status_and_code_and_store_nothing() {
-    let api = Api::start();
+    // One sandbox per organization at most, to see the quota refuse.
+    let api = Api::start_with(|cfg| cfg.max_sandboxes_per_org = 1);
     let (org, k) = api.organization("acme", 3);
     let (_, k1) = api.organization("small", 1);
     let existing = api.sandbox(&k, json!({"name": "existing"}));
@@ -442,7 +459,15 @@ fn malformed_requests_get_their_status_and_code_and_store_nothing() {
             Some(&k),
             json_body(json!({"name": "existing"})),
             409,
-            "name_taken",
+            "quota_exceeded",
+        ),
+        (
+            "GET",
+            format!("/api/sandbox/{ex}/network/events?follow=perhaps"),
+            Some(&k),
+            Send::Nothing,
+            400,
+            "invalid_request",
         ),
         (
             "POST",

@@ -52,6 +52,11 @@ pub fn config(lab: &Lab, dir: &std::path::Path) -> ServerConfig {
 
 impl Api {
     pub fn start() -> Api {
+        Api::start_with(|_| {})
+    }
+
+    /// A server whose configuration `tweak` changes first.
+    pub fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Api {
         let lab = Lab::up().unwrap();
         let dir = std::env::temp_dir().join(format!("sandgate-api-{}", lab.tag()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -60,7 +65,9 @@ impl Api {
             .enable_all()
             .build()
             .unwrap();
-        let (server, _) = rt.block_on(Server::start(config(&lab, &dir))).unwrap();
+        let mut cfg = config(&lab, &dir);
+        tweak(&mut cfg);
+        let (server, _) = rt.block_on(Server::start(cfg)).unwrap();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -176,6 +183,17 @@ impl Api {
             .map(|(_, b)| b)
             .unwrap_or_default();
         (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    /// A GET with this whole `Authorization` header.
+    pub fn get_authorized(&self, path: &str, authorization: &str) -> u16 {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .agent
+            .get(&url)
+            .header("Authorization", authorization)
+            .call();
+        response.unwrap().status().as_u16()
     }
 
     pub fn get(&self, path: &str, key: &str) -> (u16, Value) {
