@@ -868,7 +868,7 @@ pub struct Executed {
 #[utoipa::path(post, path = "/api/sandbox/{id_or_name}/process/execute", tag = "sandbox", request_body = Execute,
     params(("id_or_name" = String, Path, description = "sandbox id or name")),
     responses((status = 200, body = Executed), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn execute(
     State(st): St,
@@ -914,6 +914,25 @@ pub async fn execute(
         env: env.into_iter().collect(),
         timeout: Some(timeout),
     };
+    // An exec holds a blocking thread for its length: bounded per
+    // organization and in all, so that one tenant cannot starve the
+    // others (or the writes, which need those threads too).
+    let too_many = |what: &str| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("{what} commands are running already; wait for one to end"),
+        )
+    };
+    let _org_slot = st
+        .exec_limit(&org.id)
+        .try_acquire_owned()
+        .map_err(|_| too_many(&format!("{} of this organization's", st.execs_per_org)))?;
+    let _slot = st
+        .execs
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| too_many(&format!("{} (the server's most)", crate::EXECS)))?;
     let runner = st.runner.clone();
     let id = row.id.clone();
     let r = blocking(move || runner.exec(&id, &request)).await?;

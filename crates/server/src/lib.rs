@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub probe_targets: Vec<String>,
     /// The most sandboxes an organization may have at once.
     pub max_sandboxes_per_org: usize,
+    /// The most execs an organization may have running at once.
+    pub execs_per_org: usize,
 }
 
 /// The default targets of `network/test`: those of the reference's
@@ -96,6 +98,7 @@ impl ServerConfig {
             exec_timeout_default: Duration::from_secs(60),
             exec_timeout_max: Duration::from_secs(3600),
             max_sandboxes_per_org: 100,
+            execs_per_org: 32,
         }
     }
 }
@@ -119,6 +122,12 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// See [`ServerConfig::max_sandboxes_per_org`].
     pub max_sandboxes_per_org: usize,
+    /// Execs running in all (at most [`EXECS`]).
+    pub execs: Arc<tokio::sync::Semaphore>,
+    /// See [`ServerConfig::execs_per_org`].
+    pub execs_per_org: usize,
+    /// Execs running per organization.
+    pub org_execs: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
     /// See [`ServerConfig::exec_timeout_default`].
@@ -127,6 +136,19 @@ pub struct AppState {
     pub exec_timeout_max: Duration,
     /// See [`ServerConfig::probe_targets`].
     pub probe_targets: Vec<String>,
+}
+
+/// The most execs running at once on a server: each holds one of tokio's
+/// 512 blocking threads, and the writes need some too.
+pub const EXECS: usize = 256;
+impl AppState {
+    /// The exec semaphore of organization `org`.
+    pub fn exec_limit(&self, org: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut all = self.org_execs.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(org.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.execs_per_org)))
+            .clone()
+    }
 }
 
 /// A started server.
@@ -229,6 +251,9 @@ impl Server {
             writes: Arc::new(tokio::sync::Mutex::new(())),
             stopping: tokio::sync::watch::channel(false).0,
             max_sandboxes_per_org: cfg.max_sandboxes_per_org,
+            execs: Arc::new(tokio::sync::Semaphore::new(EXECS)),
+            execs_per_org: cfg.execs_per_org,
+            org_execs: Default::default(),
             metrics: metrics::Metrics::default(),
             exec_timeout_default: cfg.exec_timeout_default,
             exec_timeout_max: cfg.exec_timeout_max,

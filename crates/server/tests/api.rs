@@ -306,7 +306,10 @@ fn sandboxes_reach_what_the_api_says_and_follow_updates_and_tier_changes() {
 #[test]
 fn malformed_requests_get_their_status_and_code_and_store_nothing() {
     // One sandbox per organization at most, to see the quota refuse.
-    let api = Api::start_with(|cfg| cfg.max_sandboxes_per_org = 1);
+    let api = Api::start_with(|cfg| {
+        cfg.max_sandboxes_per_org = 1;
+        cfg.execs_per_org = 1;
+    });
     let (org, k) = api.organization("acme", 3);
     let (_, k1) = api.organization("small", 1);
     let existing = api.sandbox(&k, json!({"name": "existing"}));
@@ -678,6 +681,24 @@ fn malformed_requests_get_their_status_and_code_and_store_nothing() {
             "method_not_allowed",
         ),
     ];
+    // One exec at a time for this organization: a second while one runs
+    // is 429, and the first is unharmed.
+    std::thread::scope(|s| {
+        let first = s.spawn(|| api.exec(&k, "existing", "sleep 2; echo done"));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let (s2, e) = api.post(
+            &format!("/api/sandbox/{ex}/process/execute"),
+            &k,
+            json!({"command": "true"}),
+        );
+        assert_eq!(
+            (s2, e["error"]["code"].as_str()),
+            (429, Some("too_many_requests")),
+            "{e}"
+        );
+        assert_eq!(first.join().unwrap()["stdout"], "done\n");
+    });
+    assert_eq!(api.exec(&k, "existing", "echo again")["stdout"], "again\n");
     assert!(cases.len() >= 30);
     let n = cases.len();
     for (method, path, key, body, status, code) in cases {
