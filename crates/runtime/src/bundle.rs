@@ -174,9 +174,35 @@ pub fn resolv_conf(gateway: IpAddr) -> String {
     format!("# sandgate: the DNS service on this sandbox's gateway\nnameserver {gateway}\noptions ndots:0\n")
 }
 
+/// The environment every process of a sandbox starts with.
+pub const BASE_ENV: &[&str] = &[
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME=/root",
+];
+
+/// A process of a sandbox as the OCI spec describes it: root, the
+/// capabilities above, no new privileges, the open-files limit. The
+/// sandbox's first process and every exec (given to `runc exec --process`
+/// in a file, so that its command and environment never show in the
+/// host's process list) are made from this.
+pub fn process(args: &[String], env: &[String], cwd: &str) -> Value {
+    let caps: Vec<&str> = CAPABILITIES.to_vec();
+    json!({
+        "terminal": false,
+        "user": { "uid": 0, "gid": 0 },
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": caps, "effective": caps, "permitted": caps,
+        },
+        "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
+        "noNewPrivileges": true,
+    })
+}
+
 /// The `config.json` of a sandbox.
 pub fn config(spec: &BundleSpec<'_>) -> Value {
-    let caps: Vec<&str> = CAPABILITIES.to_vec();
     let mut resources = json!({
         "devices": [{ "allow": false, "access": "rwm" }],
         "pids": { "limit": spec.pids_limit },
@@ -194,21 +220,19 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
         "ociVersion": "1.0.2",
         "hostname": spec.id,
         "root": { "path": spec.rootfs, "readonly": false },
-        "process": {
-            "terminal": false,
-            "user": { "uid": 0, "gid": 0 },
-            // The sandbox's first process only waits, and reaps the
-            // orphans the kernel hands it (a zombie still counts against
-            // the pids limit); work comes by exec.
-            "args": [INIT, "sh", "-c", format!("trap 'exit 0' TERM; while :; do {INIT} sleep 3600 & wait; done")],
-            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
-            "cwd": "/",
-            "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps,
-            },
-            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
-            "noNewPrivileges": true,
-        },
+        // The sandbox's first process only waits, and reaps the orphans
+        // the kernel hands it (a zombie still counts against the pids
+        // limit); work comes by exec.
+        "process": process(
+            &[
+                INIT.to_string(),
+                "sh".into(),
+                "-c".into(),
+                format!("trap 'exit 0' TERM; while :; do {INIT} sleep 3600 & wait; done"),
+            ],
+            &BASE_ENV.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            "/",
+        ),
         "mounts": [
             { "destination": "/proc", "type": "proc", "source": "proc" },
             { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",

@@ -13,7 +13,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -170,24 +172,67 @@ pub fn run(
     id: &str,
     request: &ExecRequest,
     cap: usize,
+    dir: &Path,
 ) -> io::Result<ExecResult> {
-    let cmd = &mut runc;
-    cmd.arg("exec");
-    if let Some(cwd) = &request.cwd {
-        cmd.arg("--cwd").arg(cwd);
-    }
+    let mut env: Vec<String> = crate::bundle::BASE_ENV
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     for (k, v) in &request.env {
-        if k.is_empty() || k.contains('=') {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("bad environment variable name {k:?}"),
+                format!("bad environment variable {k:?}"),
             ));
         }
-        cmd.arg("--env").arg(format!("{k}={v}"));
+        env.retain(|e| !e.starts_with(&format!("{k}=")));
+        env.push(format!("{k}={v}"));
     }
-    cmd.arg(id)
-        .args(["/bin/sh", "-c", PREAMBLE, "sandgate"])
-        .arg(&request.command)
+    let args: Vec<String> = ["/bin/sh", "-c", PREAMBLE, "sandgate", &request.command]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let cwd = request.cwd.as_deref().unwrap_or("/");
+    let process = crate::bundle::process(&args, &env, cwd);
+    // The environment (where secrets tend to be) goes to the runtime in a
+    // file only root can read, never as arguments, which every local user
+    // can read in /proc while the exec runs. (The command itself is the
+    // shell's argument inside the sandbox, visible on the host like any
+    // process's.)
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let spec = dir.join(format!(
+        "exec-{}.json",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&spec)?;
+        f.write_all(&serde_json::to_vec(&process).map_err(io::Error::other)?)?;
+    }
+    let result = run_spec(&mut runc, ps, id, &spec, cap, request.timeout);
+    let _ = std::fs::remove_file(&spec);
+    result
+}
+
+/// Runs the process described in the file `spec` in sandbox `id`.
+fn run_spec(
+    runc: &mut Command,
+    ps: &dyn Fn() -> io::Result<Vec<i32>>,
+    id: &str,
+    spec: &Path,
+    cap: usize,
+    timeout: Option<Duration>,
+) -> io::Result<ExecResult> {
+    let cmd = runc;
+    cmd.arg("exec")
+        .arg("--process")
+        .arg(spec)
+        .arg(id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -233,7 +278,7 @@ pub fn run(
                 leader = None;
             }
         }
-        if request.timeout.is_some_and(|t| started.elapsed() >= t) {
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
             timed_out = true;
             if let Some(g) = pgid {
                 kill_group(ps, g);

@@ -636,6 +636,7 @@ impl Runtime {
             id,
             request,
             self.cfg.output_cap,
+            &self.sandbox_dir(id),
         )
     }
 }

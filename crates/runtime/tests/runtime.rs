@@ -92,6 +92,31 @@ fn exec_returns_exit_codes_output_env_cwd_and_obeys_timeouts_and_caps() {
         )
         .unwrap();
     assert_eq!(r.stdout, "hello sandbox\n/tmp\n");
+    // The environment never shows in the host's process list.
+    let seen_in_ps = std::thread::scope(|s| {
+        let exec = s.spawn(|| {
+            f.rt.exec(
+                &id,
+                &ExecRequest {
+                    command: "sleep 1; echo \"$TOKEN\"".into(),
+                    env: vec![("TOKEN".into(), "marker-8c1f0e".into())],
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let seen = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .any(|c| String::from_utf8_lossy(&c).contains("marker-8c1f0e"));
+        assert_eq!(exec.join().unwrap().stdout, "marker-8c1f0e\n");
+        seen
+    });
+    assert!(
+        !seen_in_ps,
+        "the environment shows in the host's process list"
+    );
     assert_eq!(f.sh(&id, "hostname").stdout.trim(), id);
     assert!(f
         .sh(&id, "cat /etc/resolv.conf")
