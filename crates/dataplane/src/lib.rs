@@ -28,7 +28,7 @@ pub use events::{DenyEvent, EventCounters, Events};
 
 use elements::{admission_key, change, release, revokes, rule_key, whole};
 use sandgate_netns::{set_sysctl, Netns, Rtnl};
-use sandgate_nftables::{list_set, load_ruleset, Key, NftSocket, Transaction, Verb};
+use sandgate_nftables::{list_set, load_ruleset, NftSocket, Transaction, Verb};
 use sandgate_policy::{EffectivePolicy, PolicyConfig, Reason};
 use state::{Phase, SlotRecord, State, Store};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -60,6 +60,9 @@ pub struct Dataplane {
     store: Store,
     admissions: HashMap<u32, Admissions>,
     watchdog: Option<watchdog::Watchdog>,
+    /// Slots cut off by [`Dataplane::cut`]: their next update rebuilds
+    /// them whole.
+    cut: std::collections::HashSet<u32>,
 }
 
 /// One slot's admissions: address -> the rules that admitted it, each with
@@ -102,6 +105,7 @@ impl Dataplane {
             store,
             admissions: HashMap::new(),
             watchdog: None,
+            cut: Default::default(),
         };
         let report = dp.reconcile()?;
         // Forwarding only once the ruleset is in place.
@@ -507,8 +511,22 @@ impl Dataplane {
             r.policy = Some(new.clone());
             r.gens = gens;
         }
-        self.persist(index)?;
-        if let Err(e) = self.nft.commit(&first) {
+        if let Err(e) = self.persist(index) {
+            // Nothing reached the kernel: the record goes back to match it.
+            if let Some(prev) = previous {
+                self.state.slots.insert(index, prev);
+            }
+            return Err(e);
+        }
+        // A slot that was cut off is not as recorded: straight to the
+        // rebuild.
+        let was_cut = self.cut.remove(&index);
+        let applied = if was_cut {
+            Err(io::Error::other(format!("slot {index} was cut off")))
+        } else {
+            self.nft.commit(&first)
+        };
+        if let Err(e) = applied {
             // The kernel is not as recorded: rebuild the slot whole.
             let mut rebuild = Transaction::new(&self.cfg.table);
             whole(&mut rebuild, &slot, &old, old_gens, Verb::Destroy);
@@ -518,10 +536,13 @@ impl Dataplane {
             }
             whole(&mut rebuild, &slot, &new, quarantine, Verb::Add);
             if self.nft.commit(&rebuild).is_err() {
-                // Cut the slot off rather than leave it as it was.
+                // Cut the slot off rather than leave it as it was: neither
+                // policy's elements stay.
                 let mut cut = Transaction::new(&self.cfg.table);
-                cut.destroy("slots", Key::new().ifname(&slot.host_if));
+                whole(&mut cut, &slot, &old, old_gens, Verb::Destroy);
+                whole(&mut cut, &slot, &new, quarantine, Verb::Destroy);
                 let _ = self.nft.commit(&cut);
+                self.cut.insert(index);
                 if let Some(prev) = previous {
                     self.state.slots.insert(index, prev);
                 }
@@ -539,6 +560,23 @@ impl Dataplane {
             release(&mut second, &slot, quarantine, gens);
             self.nft.commit(&second)?;
         }
+        Ok(())
+    }
+
+    /// Cuts slot `index` off: every element of its policy leaves the
+    /// kernel (its interface's entry among the known slots, its sources,
+    /// its connections' generations), so every packet from or to it,
+    /// established connections included, is dropped until its next update
+    /// rebuilds it whole (or a restart). One kernel transaction and nothing
+    /// written to the state file: what to do when a change could not be
+    /// applied and nothing else can be trusted.
+    pub fn cut(&mut self, index: u32) -> io::Result<()> {
+        let (policy, gens) = self.active(index)?;
+        let slot = self.cfg.slot(index);
+        let mut cut = Transaction::new(&self.cfg.table);
+        whole(&mut cut, &slot, &policy, gens, Verb::Destroy);
+        self.nft.commit(&cut)?;
+        self.cut.insert(index);
         Ok(())
     }
 

@@ -221,3 +221,22 @@ fn overlapping_entries_and_a_restart_after_updates_keep_working() {
     assert!(!probe(&ns_b, Proto::Tcp, SERVER4_B, TCP_ECHO));
     assert!(probe(&ns_b, Proto::Tcp, SERVER4, TCP_ECHO));
 }
+
+#[test]
+fn a_cut_slot_passes_nothing_until_its_next_update_rebuilds_it() {
+    let mut rig = Rig::new();
+    let listed = rig.resolve(3, allow("192.0.2.10/32"));
+    let (slot, ns) = rig.sandbox("cut", &listed);
+    assert!(probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    let running = Transfer::start(&ns, SERVER4);
+    assert!(running.progress(Duration::from_millis(300)) > 0);
+    rig.dp().cut(slot.index).unwrap();
+    // Cut: the open connection stops and nothing new passes.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(running.progress(Duration::from_millis(500)), 0);
+    assert!(!probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    // The next update (here: the same policy) puts the slot back whole.
+    rig.dp().update(slot.index, &listed).unwrap();
+    assert!(probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
+    assert!(!probe(&ns, Proto::Tcp, SERVER4_B, TCP_ECHO));
+}

@@ -62,7 +62,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 struct Stream {
     recent: VecDeque<NetworkEvent>,
-    live: broadcast::Sender<NetworkEvent>,
+    /// Made at the first subscription (a channel's slots are allocated up
+    /// front: no cost for sandboxes nobody follows).
+    live: Option<broadcast::Sender<NetworkEvent>>,
 }
 
 /// Where events go.
@@ -79,7 +81,7 @@ impl EventHub {
             .entry(id.to_string())
             .or_insert_with(|| Stream {
                 recent: VecDeque::new(),
-                live: broadcast::channel(BACKLOG).0,
+                live: None,
             });
     }
 
@@ -93,8 +95,10 @@ impl EventHub {
         let Some(stream) = streams.get_mut(&event.sandbox) else {
             return;
         };
-        // No subscriber is not an error.
-        let _ = stream.live.send(event.clone());
+        if let Some(live) = &stream.live {
+            // No subscriber left is not an error.
+            let _ = live.send(event.clone());
+        }
         if stream.recent.len() == RECENT {
             stream.recent.pop_front();
         }
@@ -107,12 +111,13 @@ impl EventHub {
         &self,
         id: &str,
     ) -> Option<(Vec<NetworkEvent>, broadcast::Receiver<NetworkEvent>)> {
-        let streams = lock(&self.streams);
-        let stream = streams.get(id)?;
-        Some((
-            stream.recent.iter().cloned().collect(),
-            stream.live.subscribe(),
-        ))
+        let mut streams = lock(&self.streams);
+        let stream = streams.get_mut(id)?;
+        let live = stream
+            .live
+            .get_or_insert_with(|| broadcast::channel(BACKLOG).0)
+            .subscribe();
+        Some((stream.recent.iter().cloned().collect(), live))
     }
 
     /// Forgets sandbox `id`'s events (it is deleted); its subscribers'

@@ -273,6 +273,15 @@ impl Runner {
         catalog: Arc<Catalog>,
     ) -> io::Result<Runner> {
         std::fs::create_dir_all(&cfg.data_dir)?;
+        std::fs::set_permissions(
+            &cfg.data_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        // The runtime first: its failures leave no thread or socket behind.
+        let runtime = Runtime::new(cfg.runtime.clone())?;
+        if !runtime.snapshots()?.iter().any(|s| s == "busybox") {
+            runtime.build_busybox("busybox")?;
+        }
         let mut dp_cfg =
             DataplaneConfig::new(&policy, &cfg.instance, cfg.data_dir.join("dataplane.json"))?;
         dp_cfg.host_netns = cfg.host_netns.clone();
@@ -320,10 +329,6 @@ impl Runner {
                 .name("sandgate-refill".into())
                 .spawn(move || refiller(sandboxes, wake, stop))?
         };
-        let runtime = Runtime::new(cfg.runtime.clone())?;
-        if !runtime.snapshots()?.iter().any(|s| s == "busybox") {
-            runtime.build_busybox("busybox")?;
-        }
         Ok(Runner {
             sandboxes,
             runtime,
@@ -412,28 +417,58 @@ impl Runner {
         let slot = self.slot(id)?;
         let old = self.sandboxes.policy_of(&slot);
         self.sandboxes.know(&slot, policy);
-        if let Err(e) = lock(&self.sandboxes.dp).update(slot.index, policy) {
-            match old {
-                Some(old) => self.sandboxes.know(&slot, &old),
-                None => self.sandboxes.forget(&slot),
-            }
-            return Err(e);
+        let applied = lock(&self.sandboxes.dp).update(slot.index, policy);
+        let Err(e) = applied else {
+            return Ok(());
+        };
+        // The kernel may hold the old policy, the new one, or neither (the
+        // dataplane cut the slot). Put the old one back whole, which is what
+        // the caller still has on record; if even that fails, cut the
+        // sandbox off.
+        let restored = match &old {
+            Some(old) => lock(&self.sandboxes.dp).update(slot.index, old),
+            None => Err(io::Error::other("no policy to put back")),
+        };
+        match (restored, old) {
+            (Ok(()), Some(old)) => self.sandboxes.know(&slot, &old),
+            _ => self.block(id)?,
         }
-        Ok(())
+        Err(e)
     }
 
-    /// Removes sandbox `id`: its processes and files, then its slot.
-    /// A failure leaves the sandbox known, so that the delete can be
-    /// tried again.
+    /// Cuts sandbox `id` off the network entirely (established connections
+    /// too) and stops answering its DNS queries, until its next successful
+    /// update or a restart: for a policy that could not be applied.
+    pub fn block(&self, id: &str) -> io::Result<()> {
+        let slot = self.slot(id)?;
+        // An unknown source gets no DNS answer.
+        self.sandboxes.forget(&slot);
+        let cut = lock(&self.sandboxes.dp).cut(slot.index);
+        cut
+    }
+
+    /// Removes sandbox `id`: it is cut off first, then its processes and
+    /// files go, then its slot. A failure leaves the sandbox known (and
+    /// cut off), so that the delete can be tried again.
     pub fn delete(&self, id: &str) -> io::Result<()> {
-        self.runtime.delete(id)?;
         let slot = lock(&self.slots).get(id).cloned();
+        if let Some(slot) = &slot {
+            self.sandboxes.forget(slot);
+            let _ = lock(&self.sandboxes.dp).cut(slot.index);
+        }
+        self.runtime.delete(id)?;
         if let Some(slot) = slot {
-            self.sandboxes.forget(&slot);
-            lock(&self.sandboxes.dp).delete(slot.index)?;
+            // Forgotten before its namespace goes, so that a probe that
+            // opened the namespace and then finds the sandbox still here
+            // knows the namespace was this sandbox's.
+            lock(&self.slots).remove(id);
+            let deleted = lock(&self.sandboxes.dp).delete(slot.index);
+            if let Err(e) = deleted {
+                lock(&self.slots).insert(id.to_string(), slot);
+                return Err(e);
+            }
             lock(&self.assigned).remove(&slot.index);
         }
-        lock(&self.slots).remove(id);
         self.events.forget(id);
         Ok(())
     }
@@ -461,27 +496,32 @@ impl Runner {
         let wanted: HashMap<&str, &EffectivePolicy> =
             expected.iter().map(|(id, p)| (id.as_str(), p)).collect();
         for (id, policy) in expected {
-            let index = active.get(id).copied();
-            let alive = match (index, adopted.get(id)) {
-                (Some(_), Some(Adopted::Running)) => true,
-                (Some(_), Some(Adopted::Stopped | Adopted::Died)) => self.runtime.start(id).is_ok(),
-                _ => false,
-            };
-            let Some(index) = index.filter(|_| alive) else {
-                let _ = self.runtime.delete(id);
+            // Each sandbox on its own: one that cannot be taken back is
+            // removed (as far as it can be) and reported lost, and the
+            // others are restored all the same.
+            let lose = |index: Option<u32>, report: &mut RestoreReport| {
                 if let Some(index) = index {
-                    lock(&self.sandboxes.dp).delete(index)?;
+                    let _ = lock(&self.sandboxes.dp).cut(index);
+                    let _ = lock(&self.sandboxes.dp).delete(index);
                 }
+                let _ = self.runtime.delete(id);
                 report.lost.push(id.clone());
+            };
+            let Some(index) = active.get(id).copied() else {
+                lose(None, &mut report);
                 continue;
             };
-            // One sandbox whose policy cannot be put back is removed and
-            // reported lost; the others are restored all the same.
+            // The stored policy goes back into the kernel before any of
+            // the sandbox's processes (re)start.
             let applied = lock(&self.sandboxes.dp).update(index, policy);
-            if applied.is_err() {
-                let _ = self.runtime.delete(id);
-                let _ = lock(&self.sandboxes.dp).delete(index);
-                report.lost.push(id.clone());
+            let alive = applied.is_ok()
+                && match adopted.get(id) {
+                    Some(Adopted::Running) => true,
+                    Some(Adopted::Stopped | Adopted::Died) => self.runtime.start(id).is_ok(),
+                    _ => false,
+                };
+            if !alive {
+                lose(Some(index), &mut report);
                 continue;
             }
             let slot = lock(&self.sandboxes.dp).slot(index);
@@ -491,15 +531,18 @@ impl Runner {
             lock(&self.slots).insert(id.clone(), slot);
             report.running.push(id.clone());
         }
+        // Whatever nobody expects goes; a failure here is reported, and
+        // does not keep the others from being served.
         for (owner, index) in &active {
             if !wanted.contains_key(owner.as_str()) {
-                lock(&self.sandboxes.dp).delete(*index)?;
+                let _ = lock(&self.sandboxes.dp).cut(*index);
+                let _ = lock(&self.sandboxes.dp).delete(*index);
                 report.removed.push(owner.clone());
             }
         }
         for id in adopted.keys() {
             if !wanted.contains_key(id.as_str()) {
-                self.runtime.delete(id)?;
+                let _ = self.runtime.delete(id);
                 if !report.removed.contains(id) {
                     report.removed.push(id.clone());
                 }

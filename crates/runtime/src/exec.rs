@@ -199,9 +199,12 @@ pub fn run(
     // can read in /proc while the exec runs. (The command itself is the
     // shell's argument inside the sandbox, visible on the host like any
     // process's.)
+    // Named by process and call, so that a file a crashed server left can
+    // never collide with a new one (`adopt` and `delete` clean them up).
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let spec = dir.join(format!(
-        "exec-{}.json",
+        "exec-{}-{}.json",
+        std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     {

@@ -542,6 +542,16 @@ impl Runtime {
         }
         let mut found = Vec::new();
         for id in self.sandboxes()? {
+            // Exec files a crashed process left (they hold environments).
+            if let Ok(entries) = fs::read_dir(self.sandbox_dir(&id)) {
+                for e in entries.flatten() {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with("exec-") && name.ends_with(".json") {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+            }
             let adopted = match self.info(&id) {
                 Ok(info) if info.state == State::Stopped => {
                     self.halt(&id)?;

@@ -380,22 +380,33 @@ pub async fn set_tier(
                 Ok(()) => reapplied += 1,
                 Err(e) => {
                     // Fail closed: a sandbox whose new policy could not be
-                    // applied is blocked rather than left with the old one.
-                    let blocked = st.policy.resolve(org.tier, &blocked_settings())?;
+                    // applied is cut off rather than left with the old
+                    // one; if even that fails, its processes are stopped
+                    // and it is marked lost.
                     let runner = st.runner.clone();
                     let id = row.id.clone();
-                    let _ = blocking(move || runner.update(&id, &blocked)).await;
+                    let cut = blocking(move || runner.block(&id)).await;
+                    if cut.is_err() {
+                        let runner = st.runner.clone();
+                        let id = row.id.clone();
+                        let _ = blocking(move || runner.runtime().stop(&id)).await;
+                        let _ = st.store.set_state(&row.id, "lost").await;
+                    }
                     failed.push(format!("{} ({})", row.id, e.message));
                 }
             }
         }
         if !failed.is_empty() {
-            return Err(ApiError::internal(format!(
-                "tier {} stored; re-applying failed for {} (blocked until a restart or a retry): {}",
-                org.tier,
-                failed.len(),
-                failed.join("; ")
-            )));
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "partially_applied",
+                format!(
+                    "tier {} stored and applied to {reapplied} sandboxes; {} could not take it and are cut off until a retry: {}",
+                    org.tier,
+                    failed.len(),
+                    failed.join("; ")
+                ),
+            ));
         }
         Ok(Json(TierChanged {
             organization: org.into(),
@@ -403,14 +414,6 @@ pub async fn set_tier(
         }))
     })
     .await
-}
-
-/// Settings that block everything.
-fn blocked_settings() -> sandgate_policy::NetworkSettings {
-    sandgate_policy::NetworkSettings {
-        network_block_all: true,
-        ..Default::default()
-    }
 }
 
 /// A new API key, shown once.
@@ -700,8 +703,15 @@ pub async fn create_sandbox(
             // Nothing half-made: the runner's part (if any) and the row go.
             let runner = st.runner.clone();
             let gone = id.clone();
-            let _ = blocking(move || runner.delete(&gone)).await;
-            let _ = st.store.remove_sandbox(&id).await;
+            match blocking(move || runner.delete(&gone)).await {
+                Ok(()) => {
+                    let _ = st.store.remove_sandbox(&id).await;
+                }
+                // Left as `deleting`: the next start removes it.
+                Err(_) => {
+                    let _ = st.store.set_state(&id, "deleting").await;
+                }
+            }
             return Err(e);
         }
         row.state = "running".into();
@@ -924,18 +934,24 @@ pub async fn execute(
             format!("{what} commands are running already; wait for one to end"),
         )
     };
-    let _org_slot = st
-        .exec_limit(&org.id)
-        .try_acquire_owned()
-        .map_err(|_| too_many(&format!("{} of this organization's", st.execs_per_org)))?;
-    let _slot = st
-        .execs
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| too_many(&format!("{} (the server's most)", crate::EXECS)))?;
+    let permits = (
+        st.exec_limit(&org.id)
+            .try_acquire_owned()
+            .map_err(|_| too_many(&format!("{} of this organization's", st.execs_per_org)))?,
+        st.execs
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| too_many(&format!("{} (the server's most)", crate::EXECS)))?,
+    );
     let runner = st.runner.clone();
     let id = row.id.clone();
-    let r = blocking(move || runner.exec(&id, &request)).await?;
+    // The permits live as long as the command runs, not as long as the
+    // request: a client that goes away does not free them early.
+    let r = blocking(move || {
+        let _held = permits;
+        runner.exec(&id, &request)
+    })
+    .await?;
     Ok(Json(Executed {
         exit_code: r.exit_code,
         stdout: r.stdout,
@@ -1102,9 +1118,31 @@ pub async fn network_test(
         let dest: Destination = t.to_string().parse()?;
         expected.push(compiled.explain(&dest));
     }
+    // A test holds a blocking thread and a thread per target for up to
+    // 3 s: it counts against the same limits as an exec.
+    let permits = (
+        st.exec_limit(&org.id).try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "this organization has as many commands and tests running as it may",
+            )
+        })?,
+        st.execs.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "the server has as many commands and tests running as it may",
+            )
+        })?,
+    );
     let runner = st.runner.clone();
     let id = row.id.clone();
-    let observed = blocking(move || runner.probe(&id, &targets)).await?;
+    let observed = blocking(move || {
+        let _held = permits;
+        runner.probe(&id, &targets)
+    })
+    .await?;
     let results: Vec<TestRow> = observed
         .into_iter()
         .zip(expected)
