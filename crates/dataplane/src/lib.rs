@@ -563,6 +563,36 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Connections let out since the ruleset was loaded: those a list or
+    /// the mode allowed, and those a DNS admission allowed (the kernel's
+    /// named counters, read with the `nft` program: a metrics scrape can
+    /// afford its 20 ms).
+    pub fn allowed_counts(&self) -> io::Result<(u64, u64)> {
+        let table = self.cfg.table.clone();
+        let out = self.in_host(|| {
+            std::process::Command::new("nft")
+                .args(["-j", "list", "counters", "table", "inet", &table])
+                .output()
+        })?;
+        if !out.status.success() {
+            return Err(other(format!(
+                "nft list counters: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(io::Error::other)?;
+        let count = |name: &str| {
+            v["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|o| o["counter"]["name"] == name)
+                .and_then(|o| o["counter"]["packets"].as_u64())
+                .unwrap_or(0)
+        };
+        Ok((count("allowed_net"), count("allowed_dns")))
+    }
+
     /// Cuts slot `index` off: every element of its policy leaves the
     /// kernel (its interface's entry among the known slots, its sources,
     /// its connections' generations), so every packet from or to it,

@@ -134,7 +134,9 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
         "table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{"
     );
     r.push_str(
-        "  set slots { type ifname; }\n\
+        "  counter allowed_net { }\n\
+         \x20 counter allowed_dns { }\n\
+         \x20 set slots { type ifname; }\n\
          \x20 set src4 { type ifname . ipv4_addr; }\n\
          \x20 set src6 { type ifname . ipv6_addr; }\n\
          \x20 map mode { type ifname : verdict; }\n\
@@ -272,6 +274,13 @@ fn eval_chains(r: &mut String, reply: bool) {
             format!("goto deny_{what}")
         }
     };
+    // New connections let out, counted by what let them (by a list or
+    // the mode, or by a DNS admission); replies are not new attempts.
+    let (count_net, count_dns) = if reply {
+        ("", "")
+    } else {
+        ("counter name allowed_net ", "counter name allowed_dns ")
+    };
     let (private, unlisted, restricted, blocked) = (
         deny("private"),
         deny("unlisted"),
@@ -280,8 +289,8 @@ fn eval_chains(r: &mut String, reply: bool) {
     );
     let _ = write!(
         r,
-        "  chain {dir}_pass_net {{ ct mark set {iface} map @netgen accept; drop; }}\n\
-         \x20 chain {dir}_pass_dns {{ ct mark set {iface} map @dnsgen accept; drop; }}\n\
+        "  chain {dir}_pass_net {{ {count_net}ct mark set {iface} map @netgen accept; drop; }}\n\
+         \x20 chain {dir}_pass_dns {{ {count_dns}ct mark set {iface} map @dnsgen accept; drop; }}\n\
          \x20 chain {dir}_open {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\

@@ -621,6 +621,12 @@ impl Runner {
         })
     }
 
+    /// New connections let out so far: (by a list or the mode, by a DNS
+    /// admission).
+    pub fn allowed_counts(&self) -> io::Result<(u64, u64)> {
+        lock(&self.sandboxes.dp).allowed_counts()
+    }
+
     /// Network events so far, by kind (`connection`, `dns`) and reason.
     pub fn event_counts(&self) -> std::collections::BTreeMap<(&'static str, String), u64> {
         self.events.counts()

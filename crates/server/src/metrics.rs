@@ -148,6 +148,17 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "Sandboxes deleted.",
         st.metrics.deleted.load(Ordering::Relaxed),
     );
+    let runner = st.runner.clone();
+    let allowed = tokio::task::spawn_blocking(move || runner.allowed_counts())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    if let Some((net, dns)) = allowed {
+        let _ = writeln!(
+            out,
+            "# HELP sandgate_connections_allowed_total New connections let out of sandboxes, by what allowed them.\n# TYPE sandgate_connections_allowed_total counter\nsandgate_connections_allowed_total{{by=\"policy\"}} {net}\nsandgate_connections_allowed_total{{by=\"dns_admission\"}} {dns}"
+        );
+    }
     let dns = st.runner.dns_counts();
     for (name, help, v) in [
         (

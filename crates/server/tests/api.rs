@@ -822,24 +822,45 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
     assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
     let (_, k) = api.organization("acme", 3);
     api.sandbox(&k, json!({"name": "m", "networkBlockAll": true}));
+    // Traffic: one connection let out, one denied.
+    api.sandbox(&k, json!({"name": "o"}));
+    assert!(api.echoes(&k, "o", "198.51.100.10"));
+    assert!(!api.echoes(&k, "o", "203.0.113.200"));
     let url = format!("{}/metrics", api.base);
-    let text = ureq::get(&url)
-        .call()
+    let scrape = || {
+        ureq::get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let denied = "sandgate_network_events_total{kind=\"connection\",reason=\"always_denied:203.0.113.192/26\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut text = scrape();
+    while !text.contains(denied) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        text = scrape();
+    }
+    assert!(text.contains(denied), "{text}");
+    let allowed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sandgate_connections_allowed_total{by=\"policy\"} "))
         .unwrap()
-        .body_mut()
-        .read_to_string()
+        .parse()
         .unwrap();
+    assert!(allowed >= 1, "{text}");
     assert!(
         text.contains("sandgate_sandboxes{state=\"running\",mode=\"blocked\"} 1"),
         "{text}"
     );
-    assert!(text.contains("sandgate_sandboxes_created_total 1"));
+    assert!(text.contains("sandgate_sandboxes_created_total 2"));
     assert!(
-        text.contains("route=\"/api/sandbox\",status=\"201\"} 1"),
+        text.contains("route=\"/api/sandbox\",status=\"201\"} 2"),
         "{text}"
     );
-    // Two: the refused one of the route check above, and the create.
-    assert!(text.contains("sandgate_http_request_duration_seconds_count{method=\"POST\",route=\"/api/sandbox\"} 2"), "{text}");
+    // Three: the refused one of the route check above, and the creates.
+    assert!(text.contains("sandgate_http_request_duration_seconds_count{method=\"POST\",route=\"/api/sandbox\"} 3"), "{text}");
     assert!(
         text.contains("route=\"/api/sandbox\",status=\"401\"} 1"),
         "{text}"
