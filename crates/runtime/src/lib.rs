@@ -124,16 +124,21 @@ fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what)
 }
 
-/// Names of snapshots and sandboxes: letters, digits, `-`, `_`, `.`, not
-/// starting with a dot, at most 64 bytes.
-fn check_name(kind: &str, name: &str) -> io::Result<()> {
-    let ok = !name.is_empty()
+/// Whether `name` may name a snapshot or a sandbox: letters, digits, `-`,
+/// `_`, `.`, not starting with a dot, at most 64 bytes (so it is one safe
+/// path component, and a valid runc container id).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Checks a name (see [`is_valid_name`]).
+fn check_name(kind: &str, name: &str) -> io::Result<()> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(invalid(format!(

@@ -293,6 +293,11 @@ fn shell_command(words: &[String]) -> String {
         .join(" ")
 }
 
+/// One table row per element of the JSON array `v`.
+fn rows(v: &Value, cells: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    v.as_array().into_iter().flatten().map(cells).collect()
+}
+
 fn client(api: &ApiArgs) -> Client {
     Client::new(&api.api_url, api.api_key.as_deref())
 }
@@ -351,20 +356,15 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
             if out.json {
                 out.print_json(&v);
             } else {
-                let rows = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|x| {
-                        vec![
-                            s(&x["id"]).to_string(),
-                            s(&x["name"]).to_string(),
-                            s(&x["state"]).to_string(),
-                            s(&x["effectiveNetwork"]["mode"]).to_string(),
-                            s(&x["createdAt"]).to_string(),
-                        ]
-                    })
-                    .collect();
+                let rows = rows(&v, |x| {
+                    vec![
+                        s(&x["id"]).to_string(),
+                        s(&x["name"]).to_string(),
+                        s(&x["state"]).to_string(),
+                        s(&x["effectiveNetwork"]["mode"]).to_string(),
+                        s(&x["createdAt"]).to_string(),
+                    ]
+                });
                 table(&["ID", "NAME", "STATE", "MODE", "CREATED"], rows);
             }
             ExitCode::SUCCESS
@@ -476,21 +476,16 @@ fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, Ap
                 out.print_json(&v);
             } else {
                 let word = |b: &Value| if *b == true { "allowed" } else { "denied" };
-                let rows = v["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        vec![
-                            s(&r["target"]).to_string(),
-                            word(&r["expected"]).to_string(),
-                            word(&r["observed"]).to_string(),
-                            if r["ok"] == true { "ok" } else { "MISMATCH" }.to_string(),
-                            s(&r["reason"]).to_string(),
-                            s(&r["detail"]).to_string(),
-                        ]
-                    })
-                    .collect();
+                let rows = rows(&v["results"], |r| {
+                    vec![
+                        s(&r["target"]).to_string(),
+                        word(&r["expected"]).to_string(),
+                        word(&r["observed"]).to_string(),
+                        if r["ok"] == true { "ok" } else { "MISMATCH" }.to_string(),
+                        s(&r["reason"]).to_string(),
+                        s(&r["detail"]).to_string(),
+                    ]
+                });
                 say!("sandbox {} ({} mode)", s(&v["sandbox"]), s(&v["mode"]));
                 table(
                     &["TARGET", "EXPECTED", "OBSERVED", "", "REASON", "DETAIL"],
@@ -589,18 +584,13 @@ pub fn admin(cli: AdminCli, out: &Output) -> ExitCode {
             if out.json {
                 out.print_json(&v);
             } else {
-                let rows = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|o| {
-                        vec![
-                            s(&o["id"]).to_string(),
-                            s(&o["name"]).to_string(),
-                            o["tier"].to_string(),
-                        ]
-                    })
-                    .collect();
+                let rows = rows(&v, |o| {
+                    vec![
+                        s(&o["id"]).to_string(),
+                        s(&o["name"]).to_string(),
+                        o["tier"].to_string(),
+                    ]
+                });
                 table(&["ID", "NAME", "TIER"], rows);
             }
         }),

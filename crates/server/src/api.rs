@@ -252,12 +252,7 @@ pub struct SetTier {
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let ok = sandgate_runtime::is_valid_name(name);
     if ok {
         Ok(())
     } else {
