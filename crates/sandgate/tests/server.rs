@@ -5,99 +5,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::*;
 use sandgate_lab::addrs::*;
 use sandgate_lab::Lab;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
-const TOKEN: &str = "operator-token-of-the-cli-test";
-
-/// A `sandgate server` process in the lab.
-struct ServerProcess {
-    child: Child,
-    url: String,
-}
-
-fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandgate"));
-    cmd.args(["server", "--listen", "127.0.0.1:0"])
-        .env("SANDGATE_ADMIN_TOKEN", TOKEN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--instance", lab.tag(), "--host-netns", lab.host().name()])
-        .args(["--upstream", &format!("{DNS4}:53"), "--warm-pool", "1"])
-        .env_remove("SANDGATE_CONFIG")
-        .stdout(Stdio::piped());
-    for t in sandgate_lab::probe_targets(&sandgate_policy::Catalog::builtin()) {
-        cmd.args(["--probe-target", &t]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    ServerProcess { child, url }
-}
-
-/// Runs `sandgate <args> --json` against `url` with `key`: exit code and
-/// JSON output.
-fn cli(url: &str, key: &str, args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sandgate"))
-        .arg("--json")
-        .args(args)
-        .env("SANDGATE_API_URL", url)
-        .env("SANDGATE_API_KEY", key)
-        .env_remove("SANDGATE_CONFIG")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
-/// Whether the lab's TCP echo at `dest` answers from inside `sandbox`.
-fn echoes(url: &str, key: &str, sandbox: &str, dest: std::net::IpAddr) -> bool {
-    assert!(is_lab_address(dest));
-    let command = format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}");
-    let (_, v) = cli(url, key, &["sandbox", "exec", sandbox, "--", &command]);
-    v["stdout"] == "sandgate\n"
-}
-
-struct Cleanup {
-    dir: PathBuf,
-    server: Option<ServerProcess>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            let _ = s.child.kill();
-            let _ = s.child.wait();
-        }
-        let runner = sandgate_runner::RunnerConfig::new(
-            self.dir.join("runner"),
-            "unused",
-            sandgate_dns::Upstream {
-                servers: Vec::new(),
-                timeout: std::time::Duration::from_secs(1),
-            },
-        );
-        let _ = sandgate_runner::purge_runtime(&runner);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use std::process::Command;
 
 #[test]
 fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforced() {

@@ -1,0 +1,111 @@
+//! The SDKs' own test suites, each run against a real `sandgate server` in
+//! a lab (needs root, runc, busybox-static, and each SDK's language: see
+//! scripts/packages.txt). The suites get the server, keys of a tier-3 and
+//! a tier-1 organization, and the lab's echo servers in their environment.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use sandgate_lab::addrs::*;
+use sandgate_lab::Lab;
+use std::path::Path;
+use std::process::Command;
+
+/// A lab, a server, two organizations: the environment of an SDK suite.
+struct Setup {
+    _lab: Lab,
+    guard: Cleanup,
+    env: Vec<(String, String)>,
+}
+
+fn setup() -> Setup {
+    let lab = Lab::up().unwrap();
+    let dir = std::env::temp_dir().join(format!("sandgate-sdk-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let guard = Cleanup {
+        server: Some(start_server(&lab, &dir)),
+        dir,
+    };
+    let url = guard.server.as_ref().unwrap().url.clone();
+    let key_of = |name: &str, tier: &str| {
+        let (code, org) = cli(&url, TOKEN, &["admin", "org", "create", name, "--tier", tier]);
+        assert_eq!(code, 0, "{org}");
+        let (code, key) = cli(&url, TOKEN, &["admin", "org", "key", org["id"].as_str().unwrap()]);
+        assert_eq!(code, 0, "{key}");
+        key["key"].as_str().unwrap().to_string()
+    };
+    let env = vec![
+        ("SANDGATE_API_URL".into(), url.clone()),
+        ("SANDGATE_API_KEY".into(), key_of("sdk-tier3", "3")),
+        ("SANDGATE_TEST_TIER1_KEY".into(), key_of("sdk-tier1", "1")),
+        ("SANDGATE_TEST_SERVER".into(), SERVER4.to_string()),
+        ("SANDGATE_TEST_OTHER".into(), SERVER4_B.to_string()),
+        ("SANDGATE_TEST_PORT".into(), TCP_ECHO.to_string()),
+    ];
+    Setup {
+        _lab: lab,
+        guard,
+        env,
+    }
+}
+
+/// Runs `program args` in `dir` with the suite's environment; panics with
+/// its output unless it succeeds. Returns what it printed (both streams).
+fn run_suite(
+    s: &Setup,
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    extra: &[(&str, String)],
+) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .envs(s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (see scripts/packages.txt)"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = &s.guard;
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The number in "Ran N tests" (Python's unittest), so that a suite that
+/// found no tests cannot pass.
+fn ran(output: &str) -> usize {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("Ran ")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sdk_dir(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk").join(name)
+}
+
+#[test]
+fn the_python_sdk_suite_passes_against_a_real_server() {
+    let s = setup();
+    let dir = sdk_dir("python");
+    let src = dir.join("src").display().to_string();
+    let output = run_suite(
+        &s,
+        &dir,
+        "python3",
+        &["-m", "unittest", "discover", "-v", "-s", "tests"],
+        &[("PYTHONPATH", src)],
+    );
+    println!("{output}");
+    assert!(ran(&output) >= 8, "{output}");
+}

@@ -1,0 +1,56 @@
+"""sandgate: sandboxes whose network egress is enforced in the kernel.
+
+>>> from sandgate import Sandgate, CreateSandboxFromSnapshotParams
+>>> sandgate = Sandgate()          # SANDGATE_API_URL, SANDGATE_API_KEY
+>>> sandbox = sandgate.create(CreateSandboxFromSnapshotParams(
+...     network_allow_list="192.0.2.0/24", domain_allow_list="*.example.com"))
+>>> sandbox.process.exec("echo hello").stdout
+'hello\\n'
+"""
+
+from .aio import AsyncSandbox, AsyncSandgate
+from .client import (
+    CreateSandboxBaseParams,
+    CreateSandboxFromSnapshotParams,
+    ExecuteResponse,
+    Explanation,
+    NetworkTestResult,
+    NetworkTestRow,
+    Sandbox,
+    Sandgate,
+)
+from .errors import (
+    APIConnectionError,
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    SandgateError,
+    ServerError,
+    ValidationError,
+)
+
+__all__ = [
+    "APIConnectionError",
+    "AsyncSandbox",
+    "AsyncSandgate",
+    "AuthenticationError",
+    "ConflictError",
+    "CreateSandboxBaseParams",
+    "CreateSandboxFromSnapshotParams",
+    "ExecuteResponse",
+    "Explanation",
+    "NetworkTestResult",
+    "NetworkTestRow",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "Sandbox",
+    "Sandgate",
+    "SandgateError",
+    "ServerError",
+    "ValidationError",
+]

@@ -1,0 +1,129 @@
+"""The asynchronous twin: the same calls as :class:`sandgate.Sandgate`,
+awaitable. Each runs the synchronous client on a worker thread
+(``asyncio.to_thread``), so the two can never disagree."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Dict, List, Optional, Union
+
+from .client import (
+    CreateSandboxBaseParams,
+    ExecuteResponse,
+    Explanation,
+    NetworkTestResult,
+    Sandbox,
+    Sandgate,
+)
+
+
+class AsyncProcess:
+    """Commands in a sandbox, awaitable."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    async def exec(
+        self,
+        command: str,
+        cwd: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> ExecuteResponse:
+        """See :meth:`sandgate.client.Process.exec`."""
+        return await asyncio.to_thread(self._sandbox.process.exec, command, cwd, env, timeout)
+
+
+class AsyncNetwork:
+    """A sandbox's network, awaitable."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    async def test(self, targets: Optional[List[str]] = None) -> NetworkTestResult:
+        """See :meth:`sandgate.client.Network.test`."""
+        return await asyncio.to_thread(self._sandbox.network.test, targets)
+
+    async def explain(self, dest: str) -> Explanation:
+        """See :meth:`sandgate.client.Network.explain`."""
+        return await asyncio.to_thread(self._sandbox.network.explain, dest)
+
+
+class AsyncSandbox:
+    """A sandbox; its attributes are those of :class:`sandgate.Sandbox`."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sync = sandbox
+        self.process = AsyncProcess(sandbox)
+        self.network = AsyncNetwork(sandbox)
+
+    @property
+    def id(self) -> str:
+        """Its id."""
+        return self.sync.id
+
+    @property
+    def name(self) -> str:
+        """Its name."""
+        return self.sync.name
+
+    @property
+    def mode(self) -> str:
+        """Its effective network mode."""
+        return self.sync.mode
+
+    @property
+    def effective_network(self) -> Dict[str, Any]:
+        """Its effective network."""
+        return self.sync.effective_network
+
+    async def update_network_settings(
+        self,
+        network_block_all: Optional[bool] = None,
+        network_allow_list: Optional[str] = None,
+        domain_allow_list: Optional[str] = None,
+    ) -> None:
+        """See :meth:`sandgate.Sandbox.update_network_settings`."""
+        await asyncio.to_thread(
+            self.sync.update_network_settings,
+            network_block_all,
+            network_allow_list,
+            domain_allow_list,
+        )
+
+    async def refresh(self) -> None:
+        """Reloads the sandbox from the server."""
+        await asyncio.to_thread(self.sync.refresh)
+
+    async def delete(self) -> None:
+        """Deletes the sandbox."""
+        await asyncio.to_thread(self.sync.delete)
+
+
+class AsyncSandgate:
+    """The asynchronous client; configured as :class:`sandgate.Sandgate`."""
+
+    def __init__(
+        self,
+        api_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: float = 120.0,
+    ) -> None:
+        self.sync = Sandgate(api_url, api_key, timeout)
+
+    async def create(self, params: Optional[CreateSandboxBaseParams] = None) -> AsyncSandbox:
+        """See :meth:`sandgate.Sandgate.create`."""
+        return AsyncSandbox(await asyncio.to_thread(self.sync.create, params))
+
+    async def get(self, sandbox_id_or_name: str) -> AsyncSandbox:
+        """See :meth:`sandgate.Sandgate.get`."""
+        return AsyncSandbox(await asyncio.to_thread(self.sync.get, sandbox_id_or_name))
+
+    async def list(self) -> List[AsyncSandbox]:
+        """See :meth:`sandgate.Sandgate.list`."""
+        return [AsyncSandbox(s) for s in await asyncio.to_thread(self.sync.list)]
+
+    async def delete(self, sandbox: Union[AsyncSandbox, Sandbox, str]) -> None:
+        """See :meth:`sandgate.Sandgate.delete`."""
+        target: Union[Sandbox, str] = sandbox.sync if isinstance(sandbox, AsyncSandbox) else sandbox
+        await asyncio.to_thread(self.sync.delete, target)

@@ -1,0 +1,352 @@
+"""The synchronous client: :class:`Sandgate`, its parameter classes, and
+:class:`Sandbox` with its ``process`` and ``network`` parts.
+
+Only the standard library: HTTP through ``urllib``, JSON through ``json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Union
+
+from .errors import APIConnectionError, SandgateError, error_for
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+
+@dataclass
+class CreateSandboxBaseParams:
+    """What any new sandbox may be given.
+
+    ``network_allow_list``: comma-separated CIDRs the sandbox may reach.
+    ``domain_allow_list``: comma-separated names and ``*.`` wildcards.
+    ``network_block_all``: no egress at all; wins over both lists.
+    """
+
+    name: Optional[str] = None
+    env: Optional[Dict[str, str]] = None
+    network_allow_list: Optional[str] = None
+    network_block_all: Optional[bool] = None
+    domain_allow_list: Optional[str] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """The API's request body (camelCase; fields left out are absent)."""
+        body: Dict[str, Any] = {}
+        for key, value in (
+            ("name", self.name),
+            ("env", self.env),
+            ("networkAllowList", self.network_allow_list),
+            ("networkBlockAll", self.network_block_all),
+            ("domainAllowList", self.domain_allow_list),
+        ):
+            if value is not None:
+                body[key] = value
+        return body
+
+
+@dataclass
+class CreateSandboxFromSnapshotParams(CreateSandboxBaseParams):
+    """A new sandbox from a snapshot (default ``busybox``)."""
+
+    snapshot: Optional[str] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        body = super().to_json()
+        if self.snapshot is not None:
+            body["snapshot"] = self.snapshot
+        return body
+
+
+@dataclass
+class ExecuteResponse:
+    """What a command did."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    result: str
+    timed_out: bool = False
+    truncated: bool = False
+
+
+@dataclass
+class Explanation:
+    """Whether a sandbox may reach a destination, and by which rule."""
+
+    destination: str
+    allowed: bool
+    reason: str
+    rule: str
+    mode: str
+
+
+@dataclass
+class NetworkTestRow:
+    """One probed destination: what the policy expects, what happened."""
+
+    target: str
+    expected: bool
+    observed: bool
+    ok: bool
+    reason: str
+    detail: str
+    addresses: List[str] = field(default_factory=list)
+
+
+@dataclass
+class NetworkTestResult:
+    """A network test of a sandbox."""
+
+    sandbox: str
+    mode: str
+    ok: bool
+    results: List[NetworkTestRow]
+
+
+class _Http:
+    """Requests to one server with one key."""
+
+    def __init__(self, api_url: str, api_key: str, timeout: float) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[Dict[str, Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.api_url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.api_key}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as e:
+            raw = e.read().decode(errors="replace")
+            try:
+                err = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                err = {"code": "http_error", "message": raw or e.reason}
+            details = {k: v for k, v in err.items() if k not in ("code", "message")}
+            raise error_for(e.code, str(err.get("code")), str(err.get("message")), details) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise APIConnectionError(
+                f"no answer from {self.api_url}: {reason}", code="unreachable"
+            ) from None
+        return json.loads(text) if text else None
+
+
+class Process:
+    """Commands in a sandbox."""
+
+    def __init__(self, sandbox: "Sandbox") -> None:
+        self._sandbox = sandbox
+
+    def exec(
+        self,
+        command: str,
+        cwd: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> ExecuteResponse:
+        """Runs ``command`` with ``/bin/sh -c``; on ``timeout`` (seconds) the
+        command and its children are killed and ``timed_out`` is set."""
+        body: Dict[str, Any] = {"command": command}
+        if cwd is not None:
+            body["cwd"] = cwd
+        if env is not None:
+            body["env"] = env
+        if timeout is not None:
+            body["timeout"] = timeout
+        # The HTTP wait outlasts the command's own timeout.
+        wait = None if timeout is None else timeout + 30
+        r = self._sandbox._http.request(
+            "POST", self._sandbox._path("/process/execute"), body, timeout=wait
+        )
+        return ExecuteResponse(
+            exit_code=r["exitCode"],
+            stdout=r["stdout"],
+            stderr=r["stderr"],
+            result=r["result"],
+            timed_out=r.get("timedOut", False),
+            truncated=r.get("truncated", False),
+        )
+
+
+class Network:
+    """A sandbox's network: tests and explanations."""
+
+    def __init__(self, sandbox: "Sandbox") -> None:
+        self._sandbox = sandbox
+
+    def test(self, targets: Optional[List[str]] = None) -> NetworkTestResult:
+        """Probes ``targets`` (``host:port``; default: the server's list)
+        from inside the sandbox's network namespace."""
+        body: Dict[str, Any] = {} if targets is None else {"targets": targets}
+        r = self._sandbox._http.request("POST", self._sandbox._path("/network/test"), body)
+        return NetworkTestResult(
+            sandbox=r["sandbox"],
+            mode=r["mode"],
+            ok=r["ok"],
+            results=[
+                NetworkTestRow(
+                    target=x["target"],
+                    expected=x["expected"],
+                    observed=x["observed"],
+                    ok=x["ok"],
+                    reason=x["reason"],
+                    detail=x["detail"],
+                    addresses=list(x.get("addresses", [])),
+                )
+                for x in r["results"]
+            ],
+        )
+
+    def explain(self, dest: str) -> Explanation:
+        """Whether the sandbox may reach ``dest`` (an address or a name,
+        optionally with ``:port``) and why; nothing is sent."""
+        query = urllib.parse.urlencode({"dest": dest})
+        r = self._sandbox._http.request("GET", self._sandbox._path(f"/network/explain?{query}"))
+        return Explanation(
+            destination=r["destination"],
+            allowed=r["allowed"],
+            reason=r["reason"],
+            rule=r["rule"],
+            mode=r["mode"],
+        )
+
+
+class Sandbox:
+    """A sandbox, as the server last described it."""
+
+    id: str
+    name: str
+    state: str
+    snapshot: str
+    organization_id: str
+    env: Dict[str, str]
+    network_block_all: bool
+    network_allow_list: Optional[str]
+    domain_allow_list: Optional[str]
+    effective_network: Dict[str, Any]
+    created_at: str
+    updated_at: str
+
+    def __init__(self, http: _Http, data: Dict[str, Any]) -> None:
+        self._http = http
+        self.process = Process(self)
+        self.network = Network(self)
+        self._load(data)
+
+    def _load(self, data: Dict[str, Any]) -> None:
+        self.id = data["id"]
+        self.name = data["name"]
+        self.state = data["state"]
+        self.snapshot = data["snapshot"]
+        self.organization_id = data["organizationId"]
+        self.env = dict(data.get("env", {}))
+        self.network_block_all = bool(data.get("networkBlockAll", False))
+        self.network_allow_list = data.get("networkAllowList")
+        self.domain_allow_list = data.get("domainAllowList")
+        self.effective_network = dict(data.get("effectiveNetwork", {}))
+        self.created_at = data["createdAt"]
+        self.updated_at = data["updatedAt"]
+
+    def _path(self, rest: str = "") -> str:
+        return f"/api/sandbox/{urllib.parse.quote(self.id, safe='')}{rest}"
+
+    @property
+    def mode(self) -> str:
+        """The effective network mode: ``open``, ``allowlist``,
+        ``restricted`` or ``blocked``."""
+        return str(self.effective_network.get("mode", ""))
+
+    def refresh(self) -> None:
+        """Reloads the sandbox from the server."""
+        self._load(self._http.request("GET", self._path()))
+
+    def update_network_settings(
+        self,
+        network_block_all: Optional[bool] = None,
+        network_allow_list: Optional[str] = None,
+        domain_allow_list: Optional[str] = None,
+    ) -> None:
+        """Changes the network settings: what is given replaces the stored
+        value, the rest is kept; in force in the kernel when this returns.
+        Refreshes the sandbox from the answer."""
+        body: Dict[str, Any] = {}
+        if network_block_all is not None:
+            body["networkBlockAll"] = network_block_all
+        if network_allow_list is not None:
+            body["networkAllowList"] = network_allow_list
+        if domain_allow_list is not None:
+            body["domainAllowList"] = domain_allow_list
+        if not body:
+            raise ValueError(
+                "update_network_settings: give network_block_all, network_allow_list "
+                "or domain_allow_list"
+            )
+        self._load(self._http.request("POST", self._path("/network-settings"), body))
+
+    def delete(self) -> None:
+        """Deletes the sandbox."""
+        self._http.request("DELETE", self._path())
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r}, name={self.name!r}, mode={self.mode!r})"
+
+
+class Sandgate:
+    """A client of a sandgate server.
+
+    ``api_url`` and ``api_key`` default to ``SANDGATE_API_URL`` (else
+    ``http://127.0.0.1:8080``) and ``SANDGATE_API_KEY``. ``timeout`` is the
+    seconds an HTTP call may take (an exec with a timeout gets more).
+    """
+
+    def __init__(
+        self,
+        api_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        timeout: float = 120.0,
+    ) -> None:
+        url = api_url or os.environ.get("SANDGATE_API_URL") or DEFAULT_API_URL
+        key = api_key or os.environ.get("SANDGATE_API_KEY")
+        if not key:
+            raise SandgateError(
+                "no API key: pass api_key= or set SANDGATE_API_KEY", code="missing_api_key"
+            )
+        self._http = _Http(url, key, timeout)
+
+    def create(
+        self, params: Optional[CreateSandboxBaseParams] = None, timeout: Optional[float] = None
+    ) -> Sandbox:
+        """Creates a sandbox; it is running, its policy enforced, when this
+        returns."""
+        body = (params or CreateSandboxFromSnapshotParams()).to_json()
+        return Sandbox(self._http, self._http.request("POST", "/api/sandbox", body, timeout))
+
+    def get(self, sandbox_id_or_name: str) -> Sandbox:
+        """One sandbox, by id or name."""
+        path = f"/api/sandbox/{urllib.parse.quote(sandbox_id_or_name, safe='')}"
+        return Sandbox(self._http, self._http.request("GET", path))
+
+    def list(self) -> List[Sandbox]:
+        """The organization's sandboxes."""
+        return [Sandbox(self._http, s) for s in self._http.request("GET", "/api/sandbox")]
+
+    def delete(self, sandbox: Union[Sandbox, str]) -> None:
+        """Deletes a sandbox (given as itself, its id or its name)."""
+        key = sandbox.id if isinstance(sandbox, Sandbox) else sandbox
+        self._http.request("DELETE", f"/api/sandbox/{urllib.parse.quote(key, safe='')}")

@@ -1,0 +1,186 @@
+"""The Python SDK against a real sandgate server in the lab.
+
+Run by ``crates/sandgate/tests/sdk.rs``, which builds the lab, starts the
+server and passes, in the environment: the server (``SANDGATE_API_URL``),
+a tier-3 key (``SANDGATE_API_KEY``), a tier-1 key
+(``SANDGATE_TEST_TIER1_KEY``), and two lab servers with a TCP echo
+(``SANDGATE_TEST_SERVER``, ``SANDGATE_TEST_OTHER``, ``SANDGATE_TEST_PORT``).
+Only lab (TEST-NET) addresses are ever probed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import unittest
+from typing import List
+
+from sandgate import (
+    AsyncSandgate,
+    CreateSandboxFromSnapshotParams,
+    NotFoundError,
+    PermissionDeniedError,
+    Sandbox,
+    Sandgate,
+    SandgateError,
+    ValidationError,
+)
+
+TEST_NETS = [
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+]
+
+
+def lab_address(var: str) -> str:
+    """A lab server's address from the environment, refused unless it is
+    in a TEST-NET range (the lab rule)."""
+    addr = os.environ[var]
+    if not any(ipaddress.ip_address(addr) in net for net in TEST_NETS):
+        raise AssertionError(f"{var}={addr} is not a lab address")
+    return addr
+
+
+SERVER = lab_address("SANDGATE_TEST_SERVER")
+OTHER = lab_address("SANDGATE_TEST_OTHER")
+PORT = int(os.environ.get("SANDGATE_TEST_PORT", "7"))
+
+
+def echoes(sandbox: Sandbox, dest: str) -> bool:
+    """Whether the lab's TCP echo at ``dest`` answers from inside."""
+    r = sandbox.process.exec(f"echo sandgate | nc -w 1 {dest} {PORT}", timeout=10)
+    return r.stdout == "sandgate\n"
+
+
+class SdkTest(unittest.TestCase):
+    made: List[Sandbox]
+
+    def setUp(self) -> None:
+        self.sandgate = Sandgate()
+        self.made = []
+
+    def tearDown(self) -> None:
+        for s in self.made:
+            try:
+                s.delete()
+            except NotFoundError:
+                pass
+
+    def create(self, params: CreateSandboxFromSnapshotParams) -> Sandbox:
+        s = self.sandgate.create(params)
+        self.made.append(s)
+        return s
+
+    def test_open_by_default_and_exec(self) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams())
+        self.assertEqual(s.mode, "open")
+        r = s.process.exec("echo out; echo err >&2; exit 3", env={"A": "b"})
+        self.assertEqual((r.exit_code, r.stdout, r.stderr), (3, "out\n", "err\n"))
+        self.assertEqual(r.result, "out\nerr\n")
+        self.assertEqual(s.process.exec('echo "$A"', env={"A": "b"}).stdout, "b\n")
+        self.assertEqual(s.process.exec("pwd", cwd="/tmp").stdout, "/tmp\n")
+        r = s.process.exec("sleep 30", timeout=1)
+        self.assertTrue(r.timed_out)
+        self.assertTrue(echoes(s, OTHER))
+
+    def test_the_allow_list_sample_reaches_its_entries_only(self) -> None:
+        # The reference's first sample, three entries, with lab addresses.
+        s = self.create(
+            CreateSandboxFromSnapshotParams(
+                network_allow_list=f"{SERVER}/32,192.0.2.77/32,198.51.100.128/25"
+            )
+        )
+        self.assertEqual(s.mode, "allowlist")
+        self.assertEqual(s.network_allow_list, f"{SERVER}/32,192.0.2.77/32,198.51.100.128/25")
+        self.assertTrue(echoes(s, SERVER))
+        self.assertFalse(echoes(s, OTHER))
+        x = s.network.explain(f"{OTHER}:{PORT}")
+        self.assertEqual((x.allowed, x.reason), (False, "not_in_allow_list"))
+        t = s.network.test([f"{SERVER}:{PORT}", f"{OTHER}:{PORT}"])
+        self.assertTrue(t.ok)
+        self.assertEqual([r.observed for r in t.results], [True, False])
+
+    def test_the_block_all_sample_reaches_nothing_and_still_runs_commands(self) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams(network_block_all=True))
+        self.assertEqual(s.mode, "blocked")
+        self.assertFalse(echoes(s, SERVER))
+        self.assertFalse(echoes(s, OTHER))
+        self.assertEqual(s.process.exec("echo ran").stdout, "ran\n")
+
+    def test_block_all_wins_over_an_allow_list(self) -> None:
+        s = self.create(
+            CreateSandboxFromSnapshotParams(
+                network_allow_list=f"{SERVER}/32", network_block_all=True
+            )
+        )
+        self.assertEqual(s.mode, "blocked")
+        inactive = s.effective_network["inactive"]
+        self.assertEqual(inactive[0]["setting"], "networkAllowList")
+        self.assertFalse(echoes(s, SERVER))
+
+    def test_an_update_replaces_what_it_sends_and_keeps_the_rest(self) -> None:
+        s = self.create(
+            CreateSandboxFromSnapshotParams(
+                network_allow_list=f"{SERVER}/32", domain_allow_list="example.com"
+            )
+        )
+        self.assertTrue(echoes(s, SERVER))
+        with self.assertRaises(ValueError):
+            s.update_network_settings()
+        s.update_network_settings(network_allow_list=f"{OTHER}/32")
+        # The sandbox was refreshed from the answer.
+        self.assertEqual(s.network_allow_list, f"{OTHER}/32")
+        self.assertEqual(s.domain_allow_list, "example.com")
+        self.assertTrue(echoes(s, OTHER))
+        self.assertFalse(echoes(s, SERVER))
+        s.update_network_settings(network_block_all=True)
+        self.assertEqual(s.mode, "blocked")
+        self.assertFalse(echoes(s, OTHER))
+
+    def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message(self) -> None:
+        with self.assertRaises(ValidationError) as bad:
+            self.sandgate.create(
+                CreateSandboxFromSnapshotParams(network_allow_list="192.0.2.300/32")
+            )
+        self.assertEqual(bad.exception.code, "invalid_network_allow_list")
+        self.assertEqual(bad.exception.status, 400)
+        self.assertIn("192.0.2.300", bad.exception.message)
+        small = Sandgate(api_key=os.environ["SANDGATE_TEST_TIER1_KEY"])
+        with self.assertRaises(PermissionDeniedError) as refused:
+            small.create(CreateSandboxFromSnapshotParams(network_allow_list=f"{SERVER}/32"))
+        self.assertEqual(refused.exception.code, "network_restricted_by_tier")
+        restricted = small.create(CreateSandboxFromSnapshotParams())
+        self.made.append(restricted)
+        self.assertEqual(restricted.mode, "restricted")
+        self.assertFalse(echoes(restricted, OTHER))
+        with self.assertRaises(SandgateError) as unauthorized:
+            Sandgate(api_key="sg_not-a-key").list()
+        self.assertEqual(unauthorized.exception.status, 401)
+
+    def test_get_list_and_delete(self) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams(name="sdk-named"))
+        self.assertEqual(self.sandgate.get("sdk-named").id, s.id)
+        self.assertIn(s.id, [x.id for x in self.sandgate.list()])
+        self.sandgate.delete(s)
+        with self.assertRaises(NotFoundError):
+            self.sandgate.get(s.id)
+
+    def test_the_async_twin(self) -> None:
+        async def run() -> None:
+            client = AsyncSandgate()
+            s = await client.create(CreateSandboxFromSnapshotParams(network_block_all=True))
+            try:
+                self.assertEqual(s.mode, "blocked")
+                r = await s.process.exec("echo async")
+                self.assertEqual(r.stdout, "async\n")
+                await s.update_network_settings(network_block_all=False)
+                self.assertEqual(s.mode, "open")
+            finally:
+                await client.delete(s)
+
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    unittest.main()
