@@ -109,3 +109,26 @@ fn the_python_sdk_suite_passes_against_a_real_server() {
     println!("{output}");
     assert!(ran(&output) >= 8, "{output}");
 }
+
+/// The counts of node's test runner ("# pass N", "# fail N").
+fn node_counts(output: &str) -> (usize, usize) {
+    let count = |what: &str| {
+        output
+            .lines()
+            .find_map(|l| l.strip_prefix(what)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (count("# pass "), count("# fail "))
+}
+
+#[test]
+fn the_typescript_sdk_suite_passes_against_a_real_server() {
+    let s = setup();
+    let dir = sdk_dir("typescript");
+    // Built here (scripts/setup installed the compiler with `npm ci`).
+    run_suite(&s, &dir, "node", &["node_modules/typescript/bin/tsc", "-p", "."], &[]);
+    let output = run_suite(&s, &dir, "node", &["--test", "dist/test/"], &[]);
+    println!("{output}");
+    let (pass, fail) = node_counts(&output);
+    assert!(pass >= 7 && fail == 0, "{output}");
+}

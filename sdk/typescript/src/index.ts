@@ -1,0 +1,336 @@
+/**
+ * sandgate for TypeScript: sandboxes whose network egress is enforced in
+ * the kernel. No runtime dependencies beyond Node 20 (its global `fetch`).
+ *
+ * ```ts
+ * const sandgate = new Sandgate() // SANDGATE_API_URL, SANDGATE_API_KEY
+ * const sandbox = await sandgate.create({ networkAllowList: '192.0.2.0/24' })
+ * const r = await sandbox.process.exec('echo hello')
+ * ```
+ */
+
+/** The default server. */
+export const DEFAULT_API_URL = 'http://127.0.0.1:8080'
+
+/** An error from sandgate: HTTP status (0: no answer), stable code, message. */
+export class SandgateError extends Error {
+  readonly code: string
+  readonly status: number
+  readonly details: Record<string, unknown>
+
+  constructor(message: string, code = 'error', status = 0, details: Record<string, unknown> = {}) {
+    super(message)
+    this.name = new.target.name
+    this.code = code
+    this.status = status
+    this.details = details
+  }
+}
+
+/** 400 or 422: the request is malformed. */
+export class ValidationError extends SandgateError {}
+/** 401: no key, or an unknown or revoked one. */
+export class AuthenticationError extends SandgateError {}
+/** 403: not allowed (an admin route, or a list the tier refuses). */
+export class PermissionDeniedError extends SandgateError {}
+/** 404: no such sandbox (or not this organization's). */
+export class NotFoundError extends SandgateError {}
+/** 409: a name taken, a quota reached, a sandbox not running. */
+export class ConflictError extends SandgateError {}
+/** 413: the body is over the server's limit. */
+export class PayloadTooLargeError extends SandgateError {}
+/** 429: too many commands running at once. */
+export class RateLimitError extends SandgateError {}
+/** 5xx: the server failed; the message carries an id for its log. */
+export class ServerError extends SandgateError {}
+/** The server did not answer (refused, unreachable, timed out). */
+export class APIConnectionError extends SandgateError {}
+
+function errorFor(status: number, code: string, message: string, details: Record<string, unknown>): SandgateError {
+  const cls =
+    status === 400 || status === 422 ? ValidationError
+    : status === 401 ? AuthenticationError
+    : status === 403 ? PermissionDeniedError
+    : status === 404 ? NotFoundError
+    : status === 409 ? ConflictError
+    : status === 413 ? PayloadTooLargeError
+    : status === 429 ? RateLimitError
+    : status >= 500 ? ServerError
+    : SandgateError
+  return new cls(message, code, status, details)
+}
+
+/** What a new sandbox may be given. */
+export interface CreateSandboxParams {
+  /** Its name, unique in the organization (default: its id). */
+  name?: string
+  /** The snapshot (default `busybox`). */
+  snapshot?: string
+  /** Environment variables of every command. */
+  env?: Record<string, string>
+  /** Comma-separated CIDRs the sandbox may reach. */
+  networkAllowList?: string
+  /** No egress at all; wins over both lists. */
+  networkBlockAll?: boolean
+  /** Comma-separated names and `*.` wildcards. */
+  domainAllowList?: string
+}
+
+/** New network settings: what is given replaces, the rest is kept. */
+export interface NetworkSettings {
+  networkBlockAll?: boolean
+  networkAllowList?: string
+  domainAllowList?: string
+}
+
+/** Options of a command. */
+export interface ExecOptions {
+  cwd?: string
+  env?: Record<string, string>
+  /** Seconds before the command and its children are killed. */
+  timeout?: number
+}
+
+/** What a command did. */
+export interface ExecuteResponse {
+  exitCode: number
+  stdout: string
+  stderr: string
+  /** stdout then stderr. */
+  result: string
+  timedOut: boolean
+  truncated: boolean
+}
+
+/** Whether a sandbox may reach a destination, and by which rule. */
+export interface Explanation {
+  destination: string
+  allowed: boolean
+  reason: string
+  rule: string
+  mode: string
+}
+
+/** One probed destination. */
+export interface NetworkTestRow {
+  target: string
+  expected: boolean
+  observed: boolean
+  ok: boolean
+  reason: string
+  detail: string
+  addresses: string[]
+}
+
+/** A network test of a sandbox. */
+export interface NetworkTestResult {
+  sandbox: string
+  mode: string
+  ok: boolean
+  results: NetworkTestRow[]
+}
+
+/** The effective network of a sandbox (see the API's `effectiveNetwork`). */
+export interface EffectiveNetwork {
+  tier: number
+  mode: 'open' | 'allowlist' | 'restricted' | 'blocked'
+  networkAllowList: string[]
+  domainAllowList: string[]
+  essentialServices: boolean
+  inactive: Array<{ setting: string; value: string; reason: string; message: string }>
+}
+
+interface SandboxData {
+  id: string
+  name: string
+  state: string
+  snapshot: string
+  organizationId: string
+  env?: Record<string, string>
+  networkBlockAll?: boolean
+  networkAllowList?: string
+  domainAllowList?: string
+  effectiveNetwork: EffectiveNetwork
+  createdAt: string
+  updatedAt: string
+}
+
+/** @internal Requests to one server with one key. */
+export class Http {
+  constructor(readonly apiUrl: string, private readonly apiKey: string, readonly timeout: number) {}
+
+  async request<T>(method: string, path: string, body?: unknown, timeoutSeconds?: number): Promise<T> {
+    const headers: Record<string, string> = { Authorization: `Bearer ${this.apiKey}` }
+    if (body !== undefined) headers['Content-Type'] = 'application/json'
+    let response: Response
+    try {
+      response = await fetch(this.apiUrl + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout((timeoutSeconds ?? this.timeout) * 1000),
+      })
+    } catch (e) {
+      throw new APIConnectionError(`no answer from ${this.apiUrl}: ${String(e)}`, 'unreachable')
+    }
+    const text = await response.text()
+    if (!response.ok) {
+      let err: Record<string, unknown> = { code: 'http_error', message: text }
+      try {
+        err = (JSON.parse(text) as { error: Record<string, unknown> }).error
+      } catch {
+        // Not the API's error shape: keep the text.
+      }
+      const { code, message, ...details } = err
+      throw errorFor(response.status, String(code), String(message), details)
+    }
+    return (text ? JSON.parse(text) : undefined) as T
+  }
+}
+
+/** Commands in a sandbox. */
+export class Process {
+  constructor(private readonly sandbox: Sandbox) {}
+
+  /** Runs `command` with `/bin/sh -c`; on `timeout` (seconds) it and its
+   * children are killed and `timedOut` is set. */
+  async exec(command: string, options: ExecOptions = {}): Promise<ExecuteResponse> {
+    const body: Record<string, unknown> = { command, ...options }
+    const wait = options.timeout === undefined ? undefined : options.timeout + 30
+    const r = await this.sandbox.http.request<ExecuteResponse>('POST', this.sandbox.path('/process/execute'), body, wait)
+    return { ...r, timedOut: r.timedOut ?? false, truncated: r.truncated ?? false }
+  }
+}
+
+/** A sandbox's network: tests and explanations. */
+export class Network {
+  constructor(private readonly sandbox: Sandbox) {}
+
+  /** Probes `targets` (`host:port`; default: the server's list) from
+   * inside the sandbox's network namespace. */
+  test(targets?: string[]): Promise<NetworkTestResult> {
+    return this.sandbox.http.request('POST', this.sandbox.path('/network/test'), targets ? { targets } : {})
+  }
+
+  /** Whether the sandbox may reach `dest`, and why; nothing is sent. */
+  explain(dest: string): Promise<Explanation> {
+    return this.sandbox.http.request('GET', this.sandbox.path(`/network/explain?dest=${encodeURIComponent(dest)}`))
+  }
+}
+
+/** A sandbox, as the server last described it. */
+export class Sandbox {
+  id!: string
+  name!: string
+  state!: string
+  snapshot!: string
+  organizationId!: string
+  env!: Record<string, string>
+  networkBlockAll!: boolean
+  networkAllowList?: string
+  domainAllowList?: string
+  effectiveNetwork!: EffectiveNetwork
+  createdAt!: string
+  updatedAt!: string
+  readonly process: Process
+  readonly network: Network
+
+  /** @internal */
+  constructor(readonly http: Http, data: SandboxData) {
+    this.process = new Process(this)
+    this.network = new Network(this)
+    this.load(data)
+  }
+
+  private load(d: SandboxData): void {
+    this.id = d.id
+    this.name = d.name
+    this.state = d.state
+    this.snapshot = d.snapshot
+    this.organizationId = d.organizationId
+    this.env = d.env ?? {}
+    this.networkBlockAll = d.networkBlockAll ?? false
+    this.networkAllowList = d.networkAllowList
+    this.domainAllowList = d.domainAllowList
+    this.effectiveNetwork = d.effectiveNetwork
+    this.createdAt = d.createdAt
+    this.updatedAt = d.updatedAt
+  }
+
+  /** @internal */
+  path(rest = ''): string {
+    return `/api/sandbox/${encodeURIComponent(this.id)}${rest}`
+  }
+
+  /** The effective network mode. */
+  get mode(): EffectiveNetwork['mode'] {
+    return this.effectiveNetwork.mode
+  }
+
+  /** Reloads the sandbox from the server. */
+  async refresh(): Promise<void> {
+    this.load(await this.http.request<SandboxData>('GET', this.path()))
+  }
+
+  /** Changes the network settings (in force in the kernel when this
+   * resolves) and refreshes the sandbox from the answer. */
+  async updateNetworkSettings(settings: NetworkSettings): Promise<void> {
+    const body = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined))
+    if (Object.keys(body).length === 0) {
+      throw new TypeError('updateNetworkSettings: give networkBlockAll, networkAllowList or domainAllowList')
+    }
+    this.load(await this.http.request<SandboxData>('POST', this.path('/network-settings'), body))
+  }
+
+  /** Deletes the sandbox. */
+  async delete(): Promise<void> {
+    await this.http.request('DELETE', this.path())
+  }
+}
+
+/** Configuration of a client; each defaults to the environment. */
+export interface SandgateConfig {
+  /** Default `SANDGATE_API_URL`, else http://127.0.0.1:8080. */
+  apiUrl?: string
+  /** Default `SANDGATE_API_KEY`. */
+  apiKey?: string
+  /** Seconds an HTTP call may take (default 120). */
+  timeout?: number
+}
+
+/** A client of a sandgate server. */
+export class Sandgate {
+  private readonly http: Http
+
+  constructor(config: SandgateConfig = {}) {
+    const apiUrl = config.apiUrl ?? process.env.SANDGATE_API_URL ?? DEFAULT_API_URL
+    const apiKey = config.apiKey ?? process.env.SANDGATE_API_KEY
+    if (!apiKey) {
+      throw new SandgateError('no API key: pass apiKey or set SANDGATE_API_KEY', 'missing_api_key')
+    }
+    this.http = new Http(apiUrl.replace(/\/+$/, ''), apiKey, config.timeout ?? 120)
+  }
+
+  /** Creates a sandbox; it is running, its policy enforced, when this
+   * resolves. */
+  async create(params: CreateSandboxParams = {}): Promise<Sandbox> {
+    return new Sandbox(this.http, await this.http.request<SandboxData>('POST', '/api/sandbox', params))
+  }
+
+  /** One sandbox, by id or name. */
+  async get(idOrName: string): Promise<Sandbox> {
+    return new Sandbox(this.http, await this.http.request<SandboxData>('GET', `/api/sandbox/${encodeURIComponent(idOrName)}`))
+  }
+
+  /** The organization's sandboxes. */
+  async list(): Promise<Sandbox[]> {
+    const all = await this.http.request<SandboxData[]>('GET', '/api/sandbox')
+    return all.map((d) => new Sandbox(this.http, d))
+  }
+
+  /** Deletes a sandbox (itself, its id or its name). */
+  async delete(sandbox: Sandbox | string): Promise<void> {
+    const key = typeof sandbox === 'string' ? sandbox : sandbox.id
+    await this.http.request('DELETE', `/api/sandbox/${encodeURIComponent(key)}`)
+  }
+}

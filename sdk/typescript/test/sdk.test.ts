@@ -1,0 +1,133 @@
+// The TypeScript SDK against a real sandgate server in the lab: run by
+// crates/sandgate/tests/sdk.rs, which builds the lab, starts the server and
+// passes the server, a tier-3 key, a tier-1 key and two lab echo servers
+// in the environment. Only lab (TEST-NET) addresses are ever probed.
+
+import { test, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { isIPv4 } from 'node:net'
+import {
+  NotFoundError,
+  PermissionDeniedError,
+  Sandbox,
+  Sandgate,
+  SandgateError,
+  ValidationError,
+} from '../src/index'
+
+const TEST_NETS = ['192.0.2.', '198.51.100.', '203.0.113.']
+
+function labAddress(name: string): string {
+  const addr = process.env[name] ?? ''
+  if (!isIPv4(addr) || !TEST_NETS.some((p) => addr.startsWith(p))) {
+    throw new Error(`${name}=${addr} is not a lab address`)
+  }
+  return addr
+}
+
+const SERVER = labAddress('SANDGATE_TEST_SERVER')
+const OTHER = labAddress('SANDGATE_TEST_OTHER')
+const PORT = Number(process.env.SANDGATE_TEST_PORT ?? '7')
+
+const sandgate = new Sandgate()
+const made: Sandbox[] = []
+
+async function create(params: Parameters<Sandgate['create']>[0]): Promise<Sandbox> {
+  const s = await sandgate.create(params)
+  made.push(s)
+  return s
+}
+
+async function echoes(s: Sandbox, dest: string): Promise<boolean> {
+  const r = await s.process.exec(`echo sandgate | nc -w 1 ${dest} ${PORT}`, { timeout: 10 })
+  return r.stdout === 'sandgate\n'
+}
+
+after(async () => {
+  for (const s of made) {
+    await s.delete().catch((e: unknown) => {
+      if (!(e instanceof NotFoundError)) throw e
+    })
+  }
+})
+
+test('open by default, and exec', async () => {
+  const s = await create({})
+  assert.equal(s.mode, 'open')
+  const r = await s.process.exec('echo out; echo err >&2; exit 3')
+  assert.deepEqual([r.exitCode, r.stdout, r.stderr, r.result], [3, 'out\n', 'err\n', 'out\nerr\n'])
+  assert.equal((await s.process.exec('echo "$A"; pwd', { env: { A: 'b' }, cwd: '/tmp' })).stdout, 'b\n/tmp\n')
+  assert.equal((await s.process.exec('sleep 30', { timeout: 1 })).timedOut, true)
+  assert.equal(await echoes(s, OTHER), true)
+})
+
+test("the reference's allow-list sample reaches its entries only", async () => {
+  const list = `${SERVER}/32,192.0.2.77/32,198.51.100.128/25`
+  const s = await create({ networkAllowList: list })
+  assert.equal(s.mode, 'allowlist')
+  assert.equal(s.networkAllowList, list)
+  assert.equal(await echoes(s, SERVER), true)
+  assert.equal(await echoes(s, OTHER), false)
+  const x = await s.network.explain(`${OTHER}:${PORT}`)
+  assert.deepEqual([x.allowed, x.reason], [false, 'not_in_allow_list'])
+  const t = await s.network.test([`${SERVER}:${PORT}`, `${OTHER}:${PORT}`])
+  assert.equal(t.ok, true)
+  assert.deepEqual(t.results.map((r) => r.observed), [true, false])
+})
+
+test("the reference's block-all sample reaches nothing and still runs commands", async () => {
+  const s = await create({ networkBlockAll: true })
+  assert.equal(s.mode, 'blocked')
+  assert.equal(await echoes(s, SERVER), false)
+  assert.equal((await s.process.exec('echo ran')).stdout, 'ran\n')
+})
+
+test('block-all wins over an allow list', async () => {
+  const s = await create({ networkAllowList: `${SERVER}/32`, networkBlockAll: true })
+  assert.equal(s.mode, 'blocked')
+  assert.equal(s.effectiveNetwork.inactive[0]?.setting, 'networkAllowList')
+  assert.equal(await echoes(s, SERVER), false)
+})
+
+test('an update replaces what it sends and keeps the rest', async () => {
+  const s = await create({ networkAllowList: `${SERVER}/32`, domainAllowList: 'example.com' })
+  assert.equal(await echoes(s, SERVER), true)
+  await assert.rejects(s.updateNetworkSettings({}), TypeError)
+  await s.updateNetworkSettings({ networkAllowList: `${OTHER}/32` })
+  assert.equal(s.networkAllowList, `${OTHER}/32`)
+  assert.equal(s.domainAllowList, 'example.com')
+  assert.equal(await echoes(s, OTHER), true)
+  assert.equal(await echoes(s, SERVER), false)
+})
+
+test('bad input and tiers reject with typed errors carrying code and message', async () => {
+  await assert.rejects(sandgate.create({ networkAllowList: '192.0.2.300/32' }), (e: unknown) => {
+    assert.ok(e instanceof ValidationError)
+    assert.equal(e.code, 'invalid_network_allow_list')
+    assert.equal(e.status, 400)
+    assert.match(e.message, /192\.0\.2\.300/)
+    return true
+  })
+  const small = new Sandgate({ apiKey: process.env.SANDGATE_TEST_TIER1_KEY })
+  await assert.rejects(small.create({ networkAllowList: `${SERVER}/32` }), (e: unknown) => {
+    assert.ok(e instanceof PermissionDeniedError)
+    assert.equal(e.code, 'network_restricted_by_tier')
+    return true
+  })
+  const restricted = await small.create({})
+  made.push(restricted)
+  assert.equal(restricted.mode, 'restricted')
+  await assert.rejects(new Sandgate({ apiKey: 'sg_not-a-key' }).list(), (e: unknown) => {
+    assert.ok(e instanceof SandgateError)
+    assert.equal(e.status, 401)
+    return true
+  })
+})
+
+test('get, list and delete', async () => {
+  const s = await create({ name: 'ts-named' })
+  assert.equal((await sandgate.get('ts-named')).id, s.id)
+  assert.ok((await sandgate.list()).some((x) => x.id === s.id))
+  await sandgate.delete(s)
+  await assert.rejects(sandgate.get(s.id), NotFoundError)
+})
