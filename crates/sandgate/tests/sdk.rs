@@ -30,9 +30,17 @@ fn setup() -> Setup {
     };
     let url = guard.server.as_ref().unwrap().url.clone();
     let key_of = |name: &str, tier: &str| {
-        let (code, org) = cli(&url, TOKEN, &["admin", "org", "create", name, "--tier", tier]);
+        let (code, org) = cli(
+            &url,
+            TOKEN,
+            &["admin", "org", "create", name, "--tier", tier],
+        );
         assert_eq!(code, 0, "{org}");
-        let (code, key) = cli(&url, TOKEN, &["admin", "org", "key", org["id"].as_str().unwrap()]);
+        let (code, key) = cli(
+            &url,
+            TOKEN,
+            &["admin", "org", "key", org["id"].as_str().unwrap()],
+        );
         assert_eq!(code, 0, "{key}");
         key["key"].as_str().unwrap().to_string()
     };
@@ -86,12 +94,20 @@ fn run_suite(
 fn ran(output: &str) -> usize {
     output
         .lines()
-        .find_map(|l| l.strip_prefix("Ran ")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
 fn sdk_dir(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../sdk")
+        .join(name)
 }
 
 #[test]
@@ -126,9 +142,37 @@ fn the_typescript_sdk_suite_passes_against_a_real_server() {
     let s = setup();
     let dir = sdk_dir("typescript");
     // Built here (scripts/setup installed the compiler with `npm ci`).
-    run_suite(&s, &dir, "node", &["node_modules/typescript/bin/tsc", "-p", "."], &[]);
+    run_suite(
+        &s,
+        &dir,
+        "node",
+        &["node_modules/typescript/bin/tsc", "-p", "."],
+        &[],
+    );
     let output = run_suite(&s, &dir, "node", &["--test", "dist/test/"], &[]);
     println!("{output}");
     let (pass, fail) = node_counts(&output);
     assert!(pass >= 7 && fail == 0, "{output}");
+}
+
+/// The counts of minitest's summary ("N runs, N assertions, N failures,
+/// N errors").
+fn minitest_counts(output: &str) -> (usize, usize) {
+    let line = output.lines().find(|l| l.contains(" runs, ")).unwrap_or("");
+    let number = |what: &str| {
+        line.split(", ")
+            .find_map(|part| part.strip_suffix(what)?.trim().parse().ok())
+            .unwrap_or(usize::MAX)
+    };
+    (number(" runs"), number(" failures") + number(" errors"))
+}
+
+#[test]
+fn the_ruby_sdk_suite_passes_against_a_real_server() {
+    let s = setup();
+    let dir = sdk_dir("ruby");
+    let output = run_suite(&s, &dir, "ruby", &["-Ilib", "test/test_sandgate.rb"], &[]);
+    println!("{output}");
+    let (runs, bad) = minitest_counts(&output);
+    assert!(runs >= 7 && bad == 0, "{output}");
 }

@@ -96,4 +96,3 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-

@@ -1,0 +1,251 @@
+# frozen_string_literal: true
+
+require "json"
+require "net/http"
+require "uri"
+
+module Sandgate
+  DEFAULT_API_URL = "http://127.0.0.1:8080"
+
+  # What any new sandbox may be given. network_allow_list: comma-separated
+  # CIDRs; domain_allow_list: names and "*." wildcards; network_block_all:
+  # no egress at all (wins over both lists).
+  class CreateSandboxBaseParams
+    attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list
+
+    def initialize(name: nil, env: nil, network_allow_list: nil, network_block_all: nil,
+                   domain_allow_list: nil)
+      @name = name
+      @env = env
+      @network_allow_list = network_allow_list
+      @network_block_all = network_block_all
+      @domain_allow_list = domain_allow_list
+    end
+
+    # The API's request body (camelCase; fields left out are absent).
+    def to_h
+      {
+        "name" => name,
+        "env" => env,
+        "networkAllowList" => network_allow_list,
+        "networkBlockAll" => network_block_all,
+        "domainAllowList" => domain_allow_list
+      }.compact
+    end
+  end
+
+  # A new sandbox from a snapshot (default "busybox").
+  class CreateSandboxFromSnapshotParams < CreateSandboxBaseParams
+    attr_accessor :snapshot
+
+    def initialize(snapshot: nil, **rest)
+      super(**rest)
+      @snapshot = snapshot
+    end
+
+    def to_h
+      super.merge({ "snapshot" => snapshot }.compact)
+    end
+  end
+
+  # What a command did.
+  ExecuteResponse = Struct.new(:exit_code, :stdout, :stderr, :result, :timed_out, :truncated,
+                               keyword_init: true)
+  # Whether a sandbox may reach a destination, and by which rule.
+  Explanation = Struct.new(:destination, :allowed, :reason, :rule, :mode, keyword_init: true)
+  # One probed destination.
+  NetworkTestRow = Struct.new(:target, :expected, :observed, :ok, :reason, :detail, :addresses,
+                              keyword_init: true)
+  # A network test of a sandbox.
+  NetworkTestResult = Struct.new(:sandbox, :mode, :ok, :results, keyword_init: true)
+
+  # Requests to one server with one key.
+  class Http
+    def initialize(api_url, api_key, timeout)
+      @uri = URI(api_url.sub(%r{/+\z}, ""))
+      @api_key = api_key
+      @timeout = timeout
+    end
+
+    def request(method, path, body = nil, timeout: nil)
+      uri = URI("#{@uri}#{path}")
+      req = Net::HTTPGenericRequest.new(method, !body.nil?, true, uri.request_uri)
+      req["Authorization"] = "Bearer #{@api_key}"
+      if body
+        req["Content-Type"] = "application/json"
+        req.body = JSON.generate(body)
+      end
+      wait = timeout || @timeout
+      begin
+        res = Net::HTTP.start(uri.host, uri.port, use_ssl: uri.scheme == "https",
+                                                  open_timeout: wait, read_timeout: wait) do |h|
+          h.request(req)
+        end
+      rescue StandardError => e
+        raise APIConnectionError.new("no answer from #{@uri}: #{e.message}", code: "unreachable")
+      end
+      text = res.body.to_s
+      status = res.code.to_i
+      unless (200..299).cover?(status)
+        err = begin
+          JSON.parse(text).fetch("error")
+        rescue StandardError
+          { "code" => "http_error", "message" => text }
+        end
+        details = err.reject { |k, _| %w[code message].include?(k) }
+        raise ::Sandgate.error_class(status).new(err["message"].to_s, code: err["code"].to_s,
+                                                                     status: status, details: details)
+      end
+      text.empty? ? nil : JSON.parse(text)
+    end
+  end
+
+  # Commands in a sandbox.
+  class Process
+    def initialize(sandbox)
+      @sandbox = sandbox
+    end
+
+    # Runs command with /bin/sh -c; on timeout (seconds) it and its children
+    # are killed and timed_out is set.
+    def exec(command, cwd: nil, env: nil, timeout: nil)
+      body = { "command" => command, "cwd" => cwd, "env" => env, "timeout" => timeout }.compact
+      r = @sandbox.http.request("POST", @sandbox.path("/process/execute"), body,
+                                timeout: timeout && (timeout + 30))
+      ExecuteResponse.new(exit_code: r["exitCode"], stdout: r["stdout"], stderr: r["stderr"],
+                          result: r["result"], timed_out: r.fetch("timedOut", false),
+                          truncated: r.fetch("truncated", false))
+    end
+  end
+
+  # A sandbox's network: tests and explanations.
+  class Network
+    def initialize(sandbox)
+      @sandbox = sandbox
+    end
+
+    # Probes targets ("host:port"; default: the server's list) from inside
+    # the sandbox's network namespace.
+    def test(targets = nil)
+      r = @sandbox.http.request("POST", @sandbox.path("/network/test"),
+                                targets ? { "targets" => targets } : {})
+      rows = r["results"].map do |x|
+        NetworkTestRow.new(target: x["target"], expected: x["expected"], observed: x["observed"],
+                           ok: x["ok"], reason: x["reason"], detail: x["detail"],
+                           addresses: x.fetch("addresses", []))
+      end
+      NetworkTestResult.new(sandbox: r["sandbox"], mode: r["mode"], ok: r["ok"], results: rows)
+    end
+
+    # Whether the sandbox may reach dest, and why; nothing is sent.
+    def explain(dest)
+      r = @sandbox.http.request("GET", @sandbox.path("/network/explain?#{URI.encode_www_form(dest: dest)}"))
+      Explanation.new(destination: r["destination"], allowed: r["allowed"], reason: r["reason"],
+                      rule: r["rule"], mode: r["mode"])
+    end
+  end
+
+  # A sandbox, as the server last described it.
+  class Sandbox
+    attr_reader :id, :name, :state, :snapshot, :organization_id, :env, :network_block_all,
+                :network_allow_list, :domain_allow_list, :effective_network, :created_at,
+                :updated_at, :process, :network, :http
+
+    def initialize(http, data)
+      @http = http
+      @process = Process.new(self)
+      @network = Network.new(self)
+      load(data)
+    end
+
+    # The effective network mode: open, allowlist, restricted or blocked.
+    def mode
+      effective_network["mode"]
+    end
+
+    # The API path of this sandbox.
+    def path(rest = "")
+      "/api/sandbox/#{URI.encode_www_form_component(id)}#{rest}"
+    end
+
+    # Reloads the sandbox from the server.
+    def refresh
+      load(http.request("GET", path))
+    end
+
+    # Changes the network settings (what is given replaces, the rest is
+    # kept; in force in the kernel on return) and refreshes from the answer.
+    def update_network_settings(network_block_all: nil, network_allow_list: nil,
+                                domain_allow_list: nil)
+      body = { "networkBlockAll" => network_block_all, "networkAllowList" => network_allow_list,
+               "domainAllowList" => domain_allow_list }.compact
+      if body.empty?
+        raise ArgumentError,
+              "update_network_settings: give network_block_all, network_allow_list or domain_allow_list"
+      end
+
+      load(http.request("POST", path("/network-settings"), body))
+    end
+
+    # Deletes the sandbox.
+    def delete
+      http.request("DELETE", path)
+      nil
+    end
+
+    private
+
+    def load(d)
+      @id = d["id"]
+      @name = d["name"]
+      @state = d["state"]
+      @snapshot = d["snapshot"]
+      @organization_id = d["organizationId"]
+      @env = d.fetch("env", {})
+      @network_block_all = d.fetch("networkBlockAll", false)
+      @network_allow_list = d["networkAllowList"]
+      @domain_allow_list = d["domainAllowList"]
+      @effective_network = d.fetch("effectiveNetwork", {})
+      @created_at = d["createdAt"]
+      @updated_at = d["updatedAt"]
+      self
+    end
+  end
+
+  # A client of a sandgate server. api_url and api_key default to
+  # SANDGATE_API_URL (else http://127.0.0.1:8080) and SANDGATE_API_KEY;
+  # timeout is the seconds an HTTP call may take.
+  class Sandgate
+    def initialize(api_url: nil, api_key: nil, timeout: 120)
+      url = api_url || ENV["SANDGATE_API_URL"] || DEFAULT_API_URL
+      key = api_key || ENV.fetch("SANDGATE_API_KEY", nil)
+      if key.nil? || key.empty?
+        raise Error.new("no API key: pass api_key: or set SANDGATE_API_KEY", code: "missing_api_key")
+      end
+
+      @http = Http.new(url, key, timeout)
+    end
+
+    # Creates a sandbox; it is running, its policy enforced, on return.
+    def create(params = CreateSandboxFromSnapshotParams.new)
+      Sandbox.new(@http, @http.request("POST", "/api/sandbox", params.to_h))
+    end
+
+    # One sandbox, by id or name.
+    def get(id_or_name)
+      Sandbox.new(@http, @http.request("GET", "/api/sandbox/#{URI.encode_www_form_component(id_or_name)}"))
+    end
+
+    # The organization's sandboxes.
+    def list
+      @http.request("GET", "/api/sandbox").map { |d| Sandbox.new(@http, d) }
+    end
+
+    # Deletes a sandbox (itself, its id or its name).
+    def delete(sandbox)
+      key = sandbox.is_a?(Sandbox) ? sandbox.id : sandbox
+      @http.request("DELETE", "/api/sandbox/#{URI.encode_www_form_component(key)}")
+      nil
+    end
+  end
+end

@@ -1,0 +1,14 @@
+# frozen_string_literal: true
+
+Gem::Specification.new do |s|
+  s.name = "sandgate"
+  s.version = "0.1.0"
+  s.summary = "Ruby SDK for sandgate: sandboxes whose network egress is enforced in the kernel."
+  s.description = "Create sandboxes, run commands in them and control where they may connect, " \
+                  "through a sandgate server's API. Standard library only."
+  s.authors = ["sandgate"]
+  s.license = "Apache-2.0"
+  s.files = Dir["lib/**/*.rb"] + ["README.md"]
+  s.require_paths = ["lib"]
+  s.required_ruby_version = ">= 3.0"
+end

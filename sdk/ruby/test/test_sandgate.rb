@@ -1,0 +1,121 @@
+# frozen_string_literal: true
+
+# The Ruby SDK against a real sandgate server in the lab: run by
+# crates/sandgate/tests/sdk.rs, which builds the lab, starts the server and
+# passes the server, a tier-3 key, a tier-1 key and two lab echo servers
+# in the environment. Only lab (TEST-NET) addresses are ever probed.
+
+require "ipaddr"
+require "minitest/autorun"
+require_relative "../lib/sandgate"
+
+TEST_NETS = %w[192.0.2.0/24 198.51.100.0/24 203.0.113.0/24 2001:db8::/32].map { |n| IPAddr.new(n) }
+
+def lab_address(var)
+  addr = ENV.fetch(var)
+  raise "#{var}=#{addr} is not a lab address" unless TEST_NETS.any? { |n| n.include?(IPAddr.new(addr)) }
+
+  addr
+end
+
+SERVER = lab_address("SANDGATE_TEST_SERVER")
+OTHER = lab_address("SANDGATE_TEST_OTHER")
+PORT = Integer(ENV.fetch("SANDGATE_TEST_PORT", "7"))
+
+class SandgateTest < Minitest::Test
+  def setup
+    @sandgate = Sandgate::Sandgate.new
+    @made = []
+  end
+
+  def teardown
+    @made.each do |s|
+      s.delete
+    rescue Sandgate::NotFoundError
+      nil
+    end
+  end
+
+  def create(**kw)
+    s = @sandgate.create(Sandgate::CreateSandboxFromSnapshotParams.new(**kw))
+    @made << s
+    s
+  end
+
+  def echoes(sandbox, dest)
+    sandbox.process.exec("echo sandgate | nc -w 1 #{dest} #{PORT}", timeout: 10).stdout == "sandgate\n"
+  end
+
+  def test_open_by_default_and_exec
+    s = create
+    assert_equal "open", s.mode
+    r = s.process.exec("echo out; echo err >&2; exit 3")
+    assert_equal [3, "out\n", "err\n", "out\nerr\n"], [r.exit_code, r.stdout, r.stderr, r.result]
+    assert_equal "b\n/tmp\n", s.process.exec('echo "$A"; pwd', env: { "A" => "b" }, cwd: "/tmp").stdout
+    assert s.process.exec("sleep 30", timeout: 1).timed_out
+    assert echoes(s, OTHER)
+  end
+
+  def test_the_allow_list_sample_reaches_its_entries_only
+    list = "#{SERVER}/32,192.0.2.77/32,198.51.100.128/25"
+    s = create(network_allow_list: list)
+    assert_equal "allowlist", s.mode
+    assert_equal list, s.network_allow_list
+    assert echoes(s, SERVER)
+    refute echoes(s, OTHER)
+    x = s.network.explain("#{OTHER}:#{PORT}")
+    assert_equal [false, "not_in_allow_list"], [x.allowed, x.reason]
+    t = s.network.test(["#{SERVER}:#{PORT}", "#{OTHER}:#{PORT}"])
+    assert t.ok
+    assert_equal [true, false], t.results.map(&:observed)
+  end
+
+  def test_the_block_all_sample_reaches_nothing_and_still_runs_commands
+    s = create(network_block_all: true)
+    assert_equal "blocked", s.mode
+    refute echoes(s, SERVER)
+    assert_equal "ran\n", s.process.exec("echo ran").stdout
+  end
+
+  def test_block_all_wins_over_an_allow_list
+    s = create(network_allow_list: "#{SERVER}/32", network_block_all: true)
+    assert_equal "blocked", s.mode
+    assert_equal "networkAllowList", s.effective_network["inactive"][0]["setting"]
+    refute echoes(s, SERVER)
+  end
+
+  def test_an_update_replaces_what_it_sends_and_keeps_the_rest
+    s = create(network_allow_list: "#{SERVER}/32", domain_allow_list: "example.com")
+    assert echoes(s, SERVER)
+    assert_raises(ArgumentError) { s.update_network_settings }
+    s.update_network_settings(network_allow_list: "#{OTHER}/32")
+    assert_equal "#{OTHER}/32", s.network_allow_list
+    assert_equal "example.com", s.domain_allow_list
+    assert echoes(s, OTHER)
+    refute echoes(s, SERVER)
+  end
+
+  def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message
+    e = assert_raises(Sandgate::ValidationError) { create(network_allow_list: "192.0.2.300/32") }
+    assert_equal ["invalid_network_allow_list", 400], [e.code, e.status]
+    assert_includes e.message, "192.0.2.300"
+    small = Sandgate::Sandgate.new(api_key: ENV.fetch("SANDGATE_TEST_TIER1_KEY"))
+    e = assert_raises(Sandgate::PermissionDeniedError) do
+      small.create(Sandgate::CreateSandboxFromSnapshotParams.new(network_allow_list: "#{SERVER}/32"))
+    end
+    assert_equal "network_restricted_by_tier", e.code
+    restricted = small.create
+    @made << restricted
+    assert_equal "restricted", restricted.mode
+    e = assert_raises(Sandgate::AuthenticationError) { Sandgate::Sandgate.new(api_key: "sg_not-a-key").list }
+    assert_equal 401, e.status
+  end
+
+  def test_get_list_and_delete
+    s = create(name: "rb-named")
+    assert_equal s.id, @sandgate.get("rb-named").id
+    assert_includes @sandgate.list.map(&:id), s.id
+    @sandgate.delete(s)
+    assert_raises(Sandgate::NotFoundError) { @sandgate.get(s.id) }
+  end
+end
