@@ -8,7 +8,8 @@ Gem::Specification.new do |s|
                   "through a sandgate server's API. Standard library only."
   s.authors = ["sandgate"]
   s.license = "Apache-2.0"
-  s.files = Dir["lib/**/*.rb"] + ["README.md"]
+  # Relative to this file, wherever `gem build` runs.
+  s.files = Dir.chdir(__dir__) { Dir["lib/**/*.rb"] + ["README.md"] }
   s.require_paths = ["lib"]
   s.required_ruby_version = ">= 3.0"
 end

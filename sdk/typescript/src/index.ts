@@ -157,12 +157,18 @@ interface SandboxData {
 
 /** @internal Requests to one server with one key. */
 export class Http {
-  constructor(readonly apiUrl: string, private readonly apiKey: string, readonly timeout: number) {}
+  // A real private field: never shown by console.log or util.inspect.
+  readonly #apiKey: string
+
+  constructor(readonly apiUrl: string, apiKey: string, readonly timeout: number) {
+    this.#apiKey = apiKey
+  }
 
   async request<T>(method: string, path: string, body?: unknown, timeoutSeconds?: number): Promise<T> {
-    const headers: Record<string, string> = { Authorization: `Bearer ${this.apiKey}` }
+    const headers: Record<string, string> = { Authorization: `Bearer ${this.#apiKey}` }
     if (body !== undefined) headers['Content-Type'] = 'application/json'
     let response: Response
+    let text: string
     try {
       response = await fetch(this.apiUrl + path, {
         method,
@@ -170,21 +176,29 @@ export class Http {
         body: body === undefined ? undefined : JSON.stringify(body),
         signal: AbortSignal.timeout((timeoutSeconds ?? this.timeout) * 1000),
       })
+      text = await response.text()
     } catch (e) {
-      throw new APIConnectionError(`no answer from ${this.apiUrl}: ${String(e)}`, 'unreachable')
+      const cause = e instanceof Error && e.cause !== undefined ? ` (${String(e.cause)})` : ''
+      throw new APIConnectionError(`no answer from ${this.apiUrl}: ${String(e)}${cause}`, 'unreachable')
     }
-    const text = await response.text()
     if (!response.ok) {
       let err: Record<string, unknown> = { code: 'http_error', message: text }
       try {
-        err = (JSON.parse(text) as { error: Record<string, unknown> }).error
+        const parsed = (JSON.parse(text) as { error?: unknown }).error
+        if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
+          err = parsed as Record<string, unknown>
+        }
       } catch {
         // Not the API's error shape: keep the text.
       }
       const { code, message, ...details } = err
-      throw errorFor(response.status, String(code), String(message), details)
+      throw errorFor(response.status, String(code ?? 'http_error'), String(message ?? ''), details)
     }
-    return (text ? JSON.parse(text) : undefined) as T
+    try {
+      return (text ? JSON.parse(text) : undefined) as T
+    } catch {
+      throw new SandgateError(`not JSON from ${this.apiUrl}${path}`, 'invalid_response', response.status)
+    }
   }
 }
 
@@ -195,7 +209,8 @@ export class Process {
   /** Runs `command` with `/bin/sh -c`; on `timeout` (seconds) it and its
    * children are killed and `timedOut` is set. */
   async exec(command: string, options: ExecOptions = {}): Promise<ExecuteResponse> {
-    const body: Record<string, unknown> = { command, ...options }
+    // Only the fields the API takes (an options object may carry more).
+    const body: Record<string, unknown> = { command, cwd: options.cwd, env: options.env, timeout: options.timeout }
     const wait = options.timeout === undefined ? undefined : options.timeout + 30
     const r = await this.sandbox.http.request<ExecuteResponse>('POST', this.sandbox.path('/process/execute'), body, wait)
     return { ...r, timedOut: r.timedOut ?? false, truncated: r.truncated ?? false }
@@ -303,8 +318,9 @@ export class Sandgate {
   private readonly http: Http
 
   constructor(config: SandgateConfig = {}) {
-    const apiUrl = config.apiUrl ?? process.env.SANDGATE_API_URL ?? DEFAULT_API_URL
-    const apiKey = config.apiKey ?? process.env.SANDGATE_API_KEY
+    // An empty value is no value.
+    const apiUrl = config.apiUrl || process.env.SANDGATE_API_URL || DEFAULT_API_URL
+    const apiKey = config.apiKey || process.env.SANDGATE_API_KEY
     if (!apiKey) {
       throw new SandgateError('no API key: pass apiKey or set SANDGATE_API_KEY', 'missing_api_key')
     }

@@ -1,6 +1,8 @@
 """The asynchronous twin: the same calls as :class:`sandgate.Sandgate`,
 awaitable. Each runs the synchronous client on a worker thread
-(``asyncio.to_thread``), so the two can never disagree."""
+(``asyncio.to_thread``), so the two can never disagree. A cancelled call
+stops waiting, but the request it made runs to its end on the server; at
+most as many calls run at once as the default executor has threads."""
 
 from __future__ import annotations
 
@@ -77,6 +79,51 @@ class AsyncSandbox:
         """Its effective network."""
         return self.sync.effective_network
 
+    @property
+    def state(self) -> str:
+        """Its state."""
+        return self.sync.state
+
+    @property
+    def snapshot(self) -> str:
+        """Its snapshot."""
+        return self.sync.snapshot
+
+    @property
+    def organization_id(self) -> str:
+        """Its organization."""
+        return self.sync.organization_id
+
+    @property
+    def env(self) -> Dict[str, str]:
+        """The environment of its commands."""
+        return self.sync.env
+
+    @property
+    def network_block_all(self) -> bool:
+        """Stored ``networkBlockAll``."""
+        return self.sync.network_block_all
+
+    @property
+    def network_allow_list(self) -> Optional[str]:
+        """Stored ``networkAllowList``."""
+        return self.sync.network_allow_list
+
+    @property
+    def domain_allow_list(self) -> Optional[str]:
+        """Stored ``domainAllowList``."""
+        return self.sync.domain_allow_list
+
+    @property
+    def created_at(self) -> str:
+        """When it was made."""
+        return self.sync.created_at
+
+    @property
+    def updated_at(self) -> str:
+        """When its settings last changed."""
+        return self.sync.updated_at
+
     async def update_network_settings(
         self,
         network_block_all: Optional[bool] = None,
@@ -111,9 +158,11 @@ class AsyncSandgate:
     ) -> None:
         self.sync = Sandgate(api_url, api_key, timeout)
 
-    async def create(self, params: Optional[CreateSandboxBaseParams] = None) -> AsyncSandbox:
+    async def create(
+        self, params: Optional[CreateSandboxBaseParams] = None, timeout: Optional[float] = None
+    ) -> AsyncSandbox:
         """See :meth:`sandgate.Sandgate.create`."""
-        return AsyncSandbox(await asyncio.to_thread(self.sync.create, params))
+        return AsyncSandbox(await asyncio.to_thread(self.sync.create, params, timeout))
 
     async def get(self, sandbox_id_or_name: str) -> AsyncSandbox:
         """See :meth:`sandgate.Sandgate.get`."""

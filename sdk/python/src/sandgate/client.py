@@ -6,6 +6,7 @@ Only the standard library: HTTP through ``urllib``, JSON through ``json``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -133,18 +134,28 @@ class _Http:
                 text = resp.read().decode()
         except urllib.error.HTTPError as e:
             raw = e.read().decode(errors="replace")
+            err: Any = None
             try:
                 err = json.loads(raw)["error"]
             except (ValueError, KeyError, TypeError):
+                pass
+            if not isinstance(err, dict):
                 err = {"code": "http_error", "message": raw or e.reason}
             details = {k: v for k, v in err.items() if k not in ("code", "message")}
-            raise error_for(e.code, str(err.get("code")), str(err.get("message")), details) from None
-        except (urllib.error.URLError, OSError) as e:
+            code = str(err.get("code") or "http_error")
+            message = str(err.get("message") or "")
+            raise error_for(e.code, code, message, details) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise APIConnectionError(
                 f"no answer from {self.api_url}: {reason}", code="unreachable"
             ) from None
-        return json.loads(text) if text else None
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            raise SandgateError(
+                f"not JSON from {self.api_url}{path}", code="invalid_response"
+            ) from None
 
 
 class Process:
@@ -321,6 +332,7 @@ class Sandgate:
         api_key: Optional[str] = None,
         timeout: float = 120.0,
     ) -> None:
+        # An empty value is no value, as in the other SDKs.
         url = api_url or os.environ.get("SANDGATE_API_URL") or DEFAULT_API_URL
         key = api_key or os.environ.get("SANDGATE_API_KEY")
         if not key:

@@ -17,11 +17,14 @@ class SandgateError(Exception):
         status: int = 0,
         details: Optional[Dict[str, Any]] = None,
     ) -> None:
-        super().__init__(f"[{code}] {message}")
+        super().__init__(message)
         self.message = message
         self.code = code
         self.status = status
         self.details: Dict[str, Any] = details or {}
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ValidationError(SandgateError):

@@ -61,6 +61,16 @@ module Sandgate
 
   # Requests to one server with one key.
   class Http
+    # A path segment, percent-encoded (a space as %20, not +).
+    def self.escape(segment)
+      segment.to_s.b.gsub(/[^A-Za-z0-9\-._~]/) { |c| format("%%%02X", c.ord) }
+    end
+
+    # Never shows the key (irb prints objects it returns).
+    def inspect
+      "#<Sandgate::Http #{@uri}>"
+    end
+
     def initialize(api_url, api_key, timeout)
       @uri = URI(api_url.sub(%r{/+\z}, ""))
       @api_key = api_key
@@ -77,8 +87,11 @@ module Sandgate
       end
       wait = timeout || @timeout
       begin
-        res = Net::HTTP.start(uri.host, uri.port, use_ssl: uri.scheme == "https",
-                                                  open_timeout: wait, read_timeout: wait) do |h|
+        # hostname: an IPv6 address without its brackets; no silent retry
+        # of a GET or DELETE that timed out.
+        res = Net::HTTP.start(uri.hostname, uri.port, use_ssl: uri.scheme == "https",
+                                                      open_timeout: wait, read_timeout: wait,
+                                                      max_retries: 0) do |h|
           h.request(req)
         end
       rescue StandardError => e
@@ -90,8 +103,9 @@ module Sandgate
         err = begin
           JSON.parse(text).fetch("error")
         rescue StandardError
-          { "code" => "http_error", "message" => text }
+          nil
         end
+        err = { "code" => "http_error", "message" => text } unless err.is_a?(Hash)
         details = err.reject { |k, _| %w[code message].include?(k) }
         raise ::Sandgate.error_class(status).new(err["message"].to_s, code: err["code"].to_s,
                                                                      status: status, details: details)
@@ -165,7 +179,7 @@ module Sandgate
 
     # The API path of this sandbox.
     def path(rest = "")
-      "/api/sandbox/#{URI.encode_www_form_component(id)}#{rest}"
+      "/api/sandbox/#{Http.escape(id)}#{rest}"
     end
 
     # Reloads the sandbox from the server.
@@ -185,6 +199,7 @@ module Sandgate
       end
 
       load(http.request("POST", path("/network-settings"), body))
+      nil
     end
 
     # Deletes the sandbox.
@@ -217,8 +232,9 @@ module Sandgate
   # timeout is the seconds an HTTP call may take.
   class Sandgate
     def initialize(api_url: nil, api_key: nil, timeout: 120)
-      url = api_url || ENV["SANDGATE_API_URL"] || DEFAULT_API_URL
-      key = api_key || ENV.fetch("SANDGATE_API_KEY", nil)
+      present = ->(v) { v.nil? || v.empty? ? nil : v }
+      url = present.(api_url) || present.(ENV["SANDGATE_API_URL"]) || DEFAULT_API_URL
+      key = present.(api_key) || present.(ENV.fetch("SANDGATE_API_KEY", nil))
       if key.nil? || key.empty?
         raise Error.new("no API key: pass api_key: or set SANDGATE_API_KEY", code: "missing_api_key")
       end
@@ -233,7 +249,7 @@ module Sandgate
 
     # One sandbox, by id or name.
     def get(id_or_name)
-      Sandbox.new(@http, @http.request("GET", "/api/sandbox/#{URI.encode_www_form_component(id_or_name)}"))
+      Sandbox.new(@http, @http.request("GET", "/api/sandbox/#{Http.escape(id_or_name)}"))
     end
 
     # The organization's sandboxes.
@@ -244,7 +260,7 @@ module Sandgate
     # Deletes a sandbox (itself, its id or its name).
     def delete(sandbox)
       key = sandbox.is_a?(Sandbox) ? sandbox.id : sandbox
-      @http.request("DELETE", "/api/sandbox/#{URI.encode_www_form_component(key)}")
+      @http.request("DELETE", "/api/sandbox/#{Http.escape(key)}")
       nil
     end
   end
