@@ -6,9 +6,14 @@ use libfuzzer_sys::fuzz_target;
 use sandgate_policy::Destination;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(dest) = text.parse::<Destination>() {
-        let again: Destination = dest.to_string().parse().expect("a destination's text parses");
+        let again: Destination = dest
+            .to_string()
+            .parse()
+            .expect("a destination's text parses");
         assert_eq!(again.to_string(), dest.to_string());
     }
 });

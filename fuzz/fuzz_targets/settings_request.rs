@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 use sandgate_policy::{PolicyConfig, SettingsRequest};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(body) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
     let field = |k: &str| body.get(k).and_then(|v| v.as_str());
     let request = SettingsRequest {
         network_block_all: body.get("networkBlockAll").and_then(|v| v.as_bool()),
@@ -17,7 +19,9 @@ fuzz_target!(|data: &[u8]| {
     let config = PolicyConfig::default();
     for tier in 0..=5 {
         if let Ok(settings) = config.settings_for_create(tier, &request) {
-            config.resolve(tier, &settings).expect("accepted settings resolve");
+            config
+                .resolve(tier, &settings)
+                .expect("accepted settings resolve");
             let _ = config.settings_for_update(tier, &settings, &request);
         }
     }
