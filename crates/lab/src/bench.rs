@@ -34,3 +34,11 @@ pub fn stats(name: &str, v: &[Duration], base: Option<&[Duration]>) {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+/// The runs per series: `SANDGATE_BENCH_RUNS`, else `default`.
+pub fn runs(default: usize) -> usize {
+    std::env::var("SANDGATE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -79,7 +79,9 @@ struct Sandboxes {
     by_addr: Mutex<HashMap<IpAddr, (u32, EffectivePolicy)>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Takes a lock, also one whose holder panicked (its data is used as
+/// that holder left it).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

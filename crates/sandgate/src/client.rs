@@ -61,28 +61,12 @@ impl Client {
         if let Some(k) = &self.key {
             r = r.header("Authorization", format!("Bearer {k}"));
         }
-        let mut response = r.call().map_err(|e| ApiFailure {
-            status: 0,
-            code: "unreachable".into(),
-            message: format!("no answer from {}: {e}", self.base),
-            body: Value::Null,
-        })?;
+        let mut response = r.call().map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let text = response.body_mut().read_to_string().unwrap_or_default();
             let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            return Err(ApiFailure {
-                status,
-                code: value["error"]["code"]
-                    .as_str()
-                    .unwrap_or("http_error")
-                    .to_string(),
-                message: value["error"]["message"]
-                    .as_str()
-                    .unwrap_or(&text)
-                    .to_string(),
-                body: value,
-            });
+            return Err(failure(status, &text, value));
         }
         let reader = std::io::BufReader::new(response.body_mut().as_reader());
         for line in reader.lines() {
@@ -134,29 +118,40 @@ impl Client {
                 }
             }
         };
-        let mut response = result.map_err(|e| ApiFailure {
-            status: 0,
-            code: "unreachable".into(),
-            message: format!("no answer from {}: {e}", self.base),
-            body: Value::Null,
-        })?;
+        let mut response = result.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
             return Ok(value);
         }
-        Err(ApiFailure {
-            status,
-            code: value["error"]["code"]
-                .as_str()
-                .unwrap_or("http_error")
-                .to_string(),
-            message: value["error"]["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("HTTP {status}: {text}")),
-            body: value,
-        })
+        Err(failure(status, &text, value))
+    }
+
+    /// The failure of a call the server did not answer.
+    fn unreachable(&self, e: ureq::Error) -> ApiFailure {
+        ApiFailure {
+            status: 0,
+            code: "unreachable".into(),
+            message: format!("no answer from {}: {e}", self.base),
+            body: Value::Null,
+        }
+    }
+}
+
+/// The failure an error answer (`status`, its `text` and its JSON
+/// `value`) stands for: the API's code and message where it gave them.
+fn failure(status: u16, text: &str, value: Value) -> ApiFailure {
+    ApiFailure {
+        status,
+        code: value["error"]["code"]
+            .as_str()
+            .unwrap_or("http_error")
+            .to_string(),
+        message: value["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}: {text}")),
+        body: value,
     }
 }

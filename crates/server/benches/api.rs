@@ -67,10 +67,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs: usize = std::env::var("SANDGATE_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+    let runs = sandgate_lab::bench::runs(40);
     let lab = Lab::up().unwrap();
     let dir = std::env::temp_dir().join(format!("sandgate-bench-api-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -919,25 +919,7 @@ pub async fn execute(
         env: env.into_iter().collect(),
         timeout: Some(timeout),
     };
-    // An exec holds a blocking thread for its length: bounded per
-    // organization and in all, so that one tenant cannot starve the
-    // others (or the writes, which need those threads too).
-    let too_many = |what: &str| {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
-            format!("{what} commands are running already; wait for one to end"),
-        )
-    };
-    let permits = (
-        st.exec_limit(&org.id)
-            .try_acquire_owned()
-            .map_err(|_| too_many(&format!("{} of this organization's", st.execs_per_org)))?,
-        st.execs
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| too_many(&format!("{} (the server's most)", crate::EXECS)))?,
-    );
+    let permits = st.blocking_permits(&org.id)?;
     let runner = st.runner.clone();
     let id = row.id.clone();
     // The permits live as long as the command runs, not as long as the
@@ -1115,22 +1097,7 @@ pub async fn network_test(
     }
     // A test holds a blocking thread and a thread per target for up to
     // 3 s: it counts against the same limits as an exec.
-    let permits = (
-        st.exec_limit(&org.id).try_acquire_owned().map_err(|_| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                "this organization has as many commands and tests running as it may",
-            )
-        })?,
-        st.execs.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                "the server has as many commands and tests running as it may",
-            )
-        })?,
-    );
+    let permits = st.blocking_permits(&org.id)?;
     let runner = st.runner.clone();
     let id = row.id.clone();
     let observed = blocking(move || {

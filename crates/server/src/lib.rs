@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use store::Store;
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::OpenApi;
 
 /// How the server runs.
@@ -142,12 +143,37 @@ pub struct AppState {
 /// 512 blocking threads, and the writes need some too.
 pub const EXECS: usize = 256;
 impl AppState {
-    /// The exec semaphore of organization `org`.
-    pub fn exec_limit(&self, org: &str) -> Arc<tokio::sync::Semaphore> {
-        let mut all = self.org_execs.lock().unwrap_or_else(|e| e.into_inner());
-        all.entry(org.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.execs_per_org)))
-            .clone()
+    /// Permits for one long blocking call (an exec, a network test) of
+    /// organization `org`: one of its own and one of the server's. Such a
+    /// call holds a blocking thread for its length, so both are bounded:
+    /// one tenant cannot starve the others, or the writes, which need
+    /// those threads too. 429 when either is used up. The caller keeps
+    /// them for as long as the call runs.
+    pub fn blocking_permits(
+        &self,
+        org: &str,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), ApiError> {
+        let too_many = |what: String| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("{what} commands and tests are running already; wait for one to end"),
+            )
+        };
+        let own = {
+            let mut all = self.org_execs.lock().unwrap_or_else(|e| e.into_inner());
+            all.entry(org.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.execs_per_org)))
+                .clone()
+        };
+        Ok((
+            own.try_acquire_owned()
+                .map_err(|_| too_many(format!("{} of this organization's", self.execs_per_org)))?,
+            self.execs
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| too_many(format!("{EXECS} (the server's most)")))?,
+        ))
     }
 }
 
