@@ -51,6 +51,12 @@ pub fn probe_targets(catalog: &sandgate_policy::Catalog) -> Vec<String> {
 /// ([`LAB_DENIED4`], [`LAB_DENIED6`]), since the lab never sends to the
 /// built-in private and always-denied ranges.
 pub fn lab_policy() -> sandgate_policy::PolicyConfig {
+    lab_policy_with(None)
+}
+
+/// [`lab_policy`] with other sandbox subnets (inside the lab's
+/// 198.18.0.0/15 and 2001:db8::/32), such as a small one to run out of.
+pub fn lab_policy_with(sandbox_subnets: Option<Vec<String>>) -> sandgate_policy::PolicyConfig {
     let range = |net: ipnet::IpNet, label: &str| sandgate_policy::DeniedRepr {
         cidr: net.to_string(),
         label: label.to_string(),
@@ -64,6 +70,7 @@ pub fn lab_policy() -> sandgate_policy::PolicyConfig {
             range(LAB_DENIED4, "lab metadata stand-in"),
             range(LAB_DENIED6, "lab metadata stand-in"),
         ],
+        sandbox_subnets,
         ..Default::default()
     })
     .unwrap_or_else(|e| unreachable!("the lab's policy configuration is valid: {e}"))

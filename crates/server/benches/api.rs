@@ -15,53 +15,15 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use sandgate_dns::Upstream;
-use sandgate_lab::addrs::*;
 use sandgate_lab::bench::stats;
-use sandgate_lab::{lab_policy, Lab};
-use sandgate_policy::Catalog;
-use sandgate_runner::RunnerConfig;
-use sandgate_server::{Server, ServerConfig};
-use serde_json::{json, Value};
-use std::net::SocketAddr;
+use sandgate_lab::Lab;
+use sandgate_server::Server;
+use sandgate_testkit::Http;
+use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "bench-operator-token";
-
-struct Http {
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Http {
-    fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
-        let auth = format!("Bearer {key}");
-        let r = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            ("DELETE", _) => self
-                .agent
-                .delete(&url)
-                .header("Authorization", &auth)
-                .call(),
-            (_, Some(b)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_json(&b),
-            (_, None) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_empty(),
-        };
-        let mut r = r.unwrap();
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -71,19 +33,8 @@ fn main() {
     let lab = Lab::up().unwrap();
     let dir = std::env::temp_dir().join(format!("sandgate-bench-api-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut runner = RunnerConfig::new(
-        dir.join("runner"),
-        lab.tag(),
-        Upstream {
-            servers: vec![SocketAddr::new(DNS4, 53)],
-            timeout: Duration::from_secs(1),
-        },
-    );
-    runner.host_netns = Some(lab.host().name().to_string());
-    runner.warm_pool = 4;
-    let runner_cfg = runner.clone();
-    let mut cfg = ServerConfig::new(dir.join("store"), runner, lab_policy(), Catalog::builtin());
-    cfg.admin_token = Some(ADMIN.into());
+    let cfg = sandgate_testkit::lab_server_config(&lab, &dir, 4, ADMIN);
+    let cfg_runner = cfg.runner.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (server, _) = rt.block_on(Server::start(cfg)).unwrap();
     let listener = rt
@@ -91,31 +42,11 @@ fn main() {
         .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     rt.spawn(async move { server.serve(listener, std::future::pending()).await });
-    let http = Http {
-        base,
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into(),
-    };
-    let (_, org) = http.call(
-        "POST",
-        "/api/admin/organizations",
-        ADMIN,
-        Some(json!({"name": "bench", "tier": 3})),
-    );
-    let org = org["id"].as_str().unwrap().to_string();
-    let (_, key) = http.call(
-        "POST",
-        &format!("/api/admin/organizations/{org}/keys"),
-        ADMIN,
-        None,
-    );
-    let key = key["key"].as_str().unwrap().to_string();
-
+    let admin = Http::new(&base, ADMIN, Duration::from_secs(60));
+    let http = admin.with_key(&admin.organization("bench", 3));
     println!("\ncreate to ready through the API ({runs} runs each, warm pool of 4 slots)");
     // The baseline: runc itself on the bundle of a sandgate sandbox.
-    let (s, first) = http.call("POST", "/api/sandbox", &key, Some(json!({"name": "first"})));
+    let (s, first) = http.call("POST", "/api/sandbox", Some(json!({"name": "first"})));
     assert_eq!(s, 201);
     let id = first["id"].as_str().unwrap().to_string();
     let bundle = dir.join("runner/runtime/sandboxes").join(&id);
@@ -156,7 +87,6 @@ fn main() {
         let (s, v) = http.call(
             "POST",
             "/api/sandbox",
-            &key,
             Some(json!({"name": format!("s{i}"), "networkAllowList": "192.0.2.10/32"})),
         );
         creates.push(t.elapsed());
@@ -168,7 +98,7 @@ fn main() {
         Some(&base),
     );
     for i in 0..runs {
-        http.call("DELETE", &format!("/api/sandbox/s{i}"), &key, None);
+        http.call("DELETE", &format!("/api/sandbox/s{i}"), None);
     }
 
     println!(
@@ -178,7 +108,7 @@ fn main() {
     let mut base = Vec::new();
     for _ in 0..runs * 5 {
         let t = Instant::now();
-        let (s, _) = http.call("GET", "/api/sandbox/first", &key, None);
+        let (s, _) = http.call("GET", "/api/sandbox/first", None);
         base.push(t.elapsed());
         assert_eq!(s, 200);
     }
@@ -194,7 +124,6 @@ fn main() {
         let (s, v) = http.call(
             "POST",
             "/api/sandbox/first/network-settings",
-            &key,
             Some(json!({"networkAllowList": list})),
         );
         updates.push(t.elapsed());
@@ -202,8 +131,8 @@ fn main() {
     }
     stats("POST .../network-settings, to 200", &updates, Some(&base));
 
-    http.call("DELETE", "/api/sandbox/first", &key, None);
+    http.call("DELETE", "/api/sandbox/first", None);
     drop(rt);
-    let _ = sandgate_runner::purge_runtime(&runner_cfg);
+    let _ = sandgate_runner::purge_runtime(&cfg_runner);
     let _ = std::fs::remove_dir_all(&dir);
 }

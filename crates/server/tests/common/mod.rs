@@ -4,14 +4,11 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use sandgate_dns::Upstream;
 use sandgate_lab::addrs::*;
-use sandgate_lab::{lab_policy, Lab};
-use sandgate_policy::Catalog;
-use sandgate_runner::RunnerConfig;
+use sandgate_lab::Lab;
 use sandgate_server::{Server, ServerConfig};
 use serde_json::{json, Value};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,20 +31,7 @@ pub struct Api {
 }
 
 pub fn config(lab: &Lab, dir: &std::path::Path) -> ServerConfig {
-    let mut runner = RunnerConfig::new(
-        dir.join("runner"),
-        lab.tag(),
-        Upstream {
-            servers: vec![SocketAddr::new(DNS4, 53), SocketAddr::new(DNS6, 53)],
-            timeout: Duration::from_secs(1),
-        },
-    );
-    runner.host_netns = Some(lab.host().name().to_string());
-    runner.warm_pool = 1;
-    let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
-    cfg.admin_token = Some(ADMIN.into());
-    cfg.probe_targets = sandgate_lab::probe_targets(&cfg.catalog);
-    cfg
+    sandgate_testkit::lab_server_config(lab, dir, 1, ADMIN)
 }
 
 impl Api {

@@ -1,0 +1,130 @@
+//! What sandgate's tests and benchmarks share (never the product): the
+//! server configured for a lab, and a small HTTP client of its API.
+//!
+//! Everything here obeys the lab rule (BRIEF section 4): the configuration
+//! points the server's DNS service at the lab's resolver and its network
+//! tests at lab addresses, and the client talks to loopback.
+
+use sandgate_dns::Upstream;
+use sandgate_lab::addrs::{DNS4, DNS6};
+use sandgate_lab::{lab_policy, Lab};
+use sandgate_policy::Catalog;
+use sandgate_runner::RunnerConfig;
+use sandgate_server::ServerConfig;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A server configuration for `lab`: files under `dir` (`server/`,
+/// `runner/`), the runner in the lab's host namespace with a warm pool of
+/// `warm_pool`, the lab's resolver upstream, lab probe targets, and
+/// `admin_token` as the operator's token.
+pub fn lab_server_config(
+    lab: &Lab,
+    dir: &Path,
+    warm_pool: usize,
+    admin_token: &str,
+) -> ServerConfig {
+    let mut runner = RunnerConfig::new(
+        dir.join("runner"),
+        lab.tag(),
+        Upstream {
+            servers: vec![SocketAddr::new(DNS4, 53), SocketAddr::new(DNS6, 53)],
+            timeout: Duration::from_secs(1),
+        },
+    );
+    runner.host_netns = Some(lab.host().name().to_string());
+    runner.warm_pool = warm_pool;
+    let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
+    cfg.admin_token = Some(admin_token.into());
+    cfg.probe_targets = sandgate_lab::probe_targets(&cfg.catalog);
+    cfg
+}
+
+/// An HTTP client of the API at `base` (`http://127.0.0.1:port`) with one
+/// bearer key.
+pub struct Http {
+    base: String,
+    key: String,
+    agent: ureq::Agent,
+}
+
+impl Http {
+    /// A client of `base` sending `key`, waiting at most `timeout` for an
+    /// answer.
+    pub fn new(base: &str, key: &str, timeout: Duration) -> Http {
+        Http {
+            base: base.to_string(),
+            key: key.to_string(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(timeout))
+                .build()
+                .into(),
+        }
+    }
+
+    /// The same server with another key.
+    pub fn with_key(&self, key: &str) -> Http {
+        Http {
+            base: self.base.clone(),
+            key: key.to_string(),
+            agent: self.agent.clone(),
+        }
+    }
+
+    /// A request (`GET`, `DELETE`, or a `POST` with or without a JSON
+    /// body): its status and JSON body (`null` when empty or not JSON);
+    /// `None` when there was no answer (the server went away).
+    pub fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.key);
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(&b),
+            (_, None) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        };
+        let mut response = response.ok()?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().ok()?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// [`Http::try_call`] to a server that must answer.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|| panic!("{method} {path}: no answer from {}", self.base))
+    }
+
+    /// With the operator's key: a new organization of `tier` and a key of
+    /// it.
+    pub fn organization(&self, name: &str, tier: u8) -> String {
+        let (s, org) = self.call(
+            "POST",
+            "/api/admin/organizations",
+            Some(json!({"name": name, "tier": tier})),
+        );
+        assert_eq!(s, 201, "{org}");
+        let path = format!(
+            "/api/admin/organizations/{}/keys",
+            org["id"].as_str().unwrap_or_default()
+        );
+        let (s, key) = self.call("POST", &path, None);
+        assert_eq!(s, 201, "{key}");
+        key["key"].as_str().unwrap_or_default().to_string()
+    }
+}
