@@ -63,7 +63,16 @@ pub struct Dataplane {
     /// Slots cut off by [`Dataplane::cut`]: their next update rebuilds
     /// them whole.
     cut: std::collections::HashSet<u32>,
+    /// When each recently deleted slot's index was given back (see
+    /// [`REUSE_AFTER`]).
+    released: HashMap<u32, Instant>,
 }
+
+/// How long a deleted slot's index rests before a new slot takes it,
+/// unless no other is free: deny events its sandbox caused just before
+/// the delete may still wait in the NFLOG socket, and they are attributed
+/// to whoever holds the index when they are read.
+pub const REUSE_AFTER: Duration = Duration::from_secs(5);
 
 /// One slot's admissions: address -> the rules that admitted it, each with
 /// its expiry. The rule `*` stands for admissions found in the kernel at
@@ -106,6 +115,7 @@ impl Dataplane {
             admissions: HashMap::new(),
             watchdog: None,
             cut: Default::default(),
+            released: HashMap::new(),
         };
         let report = dp.reconcile()?;
         // Forwarding only once the ruleset is in place.
@@ -304,10 +314,21 @@ impl Dataplane {
     /// Makes a slot (namespace, veth, addresses, routes) and records it in
     /// the pool. It has no policy yet: its traffic is dropped.
     fn make_slot(&mut self) -> io::Result<u32> {
+        self.released.retain(|_, at| at.elapsed() < REUSE_AFTER);
         let index = self
             .state
-            .free_index(self.cfg.max_slots())
-            .ok_or_else(|| other("no free slot: the sandbox subnets are exhausted".into()))?;
+            .free_index(self.cfg.max_slots(), |i| self.released.contains_key(&i))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::QuotaExceeded,
+                    format!(
+                        "no free network slot: the sandbox subnets ({}, {}) hold {} sandboxes and all are in use",
+                        self.cfg.subnet4,
+                        self.cfg.subnet6,
+                        self.cfg.max_slots()
+                    ),
+                )
+            })?;
         self.state.slots.insert(
             index,
             SlotRecord {
@@ -711,6 +732,7 @@ impl Dataplane {
         self.nft.commit(&tx)?;
         self.remove_objects(index)?;
         self.state.slots.remove(&index);
+        self.released.insert(index, Instant::now());
         self.persist(index)
     }
 

@@ -121,9 +121,15 @@ impl State {
         self.last_gen
     }
 
-    /// The lowest free index from 1 to `max`.
-    pub fn free_index(&self, max: u32) -> Option<u32> {
-        (1..=max).find(|i| !self.slots.contains_key(i))
+    /// The lowest free index from 1 to `max` that is not `resting`; a
+    /// resting one only when no other is free.
+    pub fn free_index(&self, max: u32, resting: impl Fn(u32) -> bool) -> Option<u32> {
+        let mut free = (1..=max).filter(|i| !self.slots.contains_key(i));
+        let first = free.next()?;
+        if !resting(first) {
+            return Some(first);
+        }
+        free.find(|i| !resting(*i)).or(Some(first))
     }
 }
 
@@ -222,5 +228,19 @@ mod tests {
         assert_eq!(reopened, state);
         assert_eq!(fs::metadata(log_path(&path)).unwrap().len(), 0);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_resting_index_is_taken_only_when_no_other_is_free() {
+        let mut state = State::default();
+        state.slots.insert(1, record(Phase::Active));
+        let resting = |i: u32| i == 2;
+        assert_eq!(state.free_index(4, resting), Some(3));
+        assert_eq!(state.free_index(4, |_| false), Some(2));
+        state.slots.insert(3, record(Phase::Active));
+        state.slots.insert(4, record(Phase::Active));
+        assert_eq!(state.free_index(4, resting), Some(2));
+        state.slots.insert(2, record(Phase::Active));
+        assert_eq!(state.free_index(4, resting), None);
     }
 }

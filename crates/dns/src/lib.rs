@@ -30,8 +30,8 @@ use cache::Cache;
 use hickory_proto::op::Message;
 use hickory_proto::op::ResponseCode;
 use protocol::{
-    addresses, failure, parse_query, read_framed, refused, strip, upstream_query, write_framed,
-    Question, Unserved,
+    addresses, explained, failure, parse_query, read_framed, refused, strip, upstream_query,
+    write_framed, Question, Unserved, EDE_NETWORK_ERROR, EDE_OTHER,
 };
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, CompiledPolicy, EffectivePolicy, Mode, PolicyConfig, Reason};
@@ -104,7 +104,9 @@ pub struct DnsEvent {
     pub name: String,
     /// The record type asked.
     pub qtype: String,
-    /// `dns_not_allowed`, `blocked`, or `dns_rebinding`.
+    /// `dns_not_allowed`, `blocked`, `dns_rebinding`, or
+    /// `upstream_unreachable` (no upstream resolver answered: the sandbox
+    /// got SERVFAIL and nothing was admitted).
     pub reason: String,
     /// For `dns_rebinding`: the addresses removed from the answer.
     pub removed: Vec<IpAddr>,
@@ -127,6 +129,8 @@ pub struct Counters {
     pub events_dropped: AtomicU64,
     /// Queries turned away because their sandbox had too many waiting.
     pub busy: AtomicU64,
+    /// Queries no upstream resolver answered.
+    pub upstream_failures: AtomicU64,
 }
 
 struct Core {
@@ -422,7 +426,12 @@ impl Core {
                     // No admission, no answer: the sandbox must not be told
                     // an address it cannot reach.
                     if self.directory.admit(slot, addr, &rule, lifetime).is_err() {
-                        return Some(failure(&request, ResponseCode::ServFail));
+                        return Some(explained(
+                            &request,
+                            ResponseCode::ServFail,
+                            EDE_OTHER,
+                            "sandgate: the answer's address could not be admitted for this sandbox",
+                        ));
                     }
                     self.counters.admitted.fetch_add(1, Ordering::Relaxed);
                 }
@@ -442,7 +451,13 @@ impl Core {
         }
         let Some(_turn) = InFlight::take(&self.in_flight, slot, self.cfg.per_sandbox) else {
             self.counters.busy.fetch_add(1, Ordering::Relaxed);
-            return Message::from_vec(&failure(request, ResponseCode::ServFail)).ok();
+            return Message::from_vec(&explained(
+                request,
+                ResponseCode::ServFail,
+                EDE_OTHER,
+                "sandgate: this sandbox has too many queries waiting for an upstream answer",
+            ))
+            .ok();
         };
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
         let id = random_id();
@@ -455,7 +470,21 @@ impl Core {
                 }
                 Some(answer)
             }
-            None => Message::from_vec(&failure(request, ResponseCode::ServFail)).ok(),
+            None => {
+                // Nothing is admitted: the sandbox is told why, and its
+                // owner sees it in the events.
+                self.counters
+                    .upstream_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.event(slot, question, "upstream_unreachable", Vec::new());
+                Message::from_vec(&explained(
+                    request,
+                    ResponseCode::ServFail,
+                    EDE_NETWORK_ERROR,
+                    "sandgate: no upstream resolver answered",
+                ))
+                .ok()
+            }
         }
     }
 

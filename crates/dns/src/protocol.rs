@@ -8,8 +8,12 @@ use std::net::IpAddr;
 
 /// The EDNS option code of Extended DNS Errors (RFC 8914).
 pub const EDE_OPTION: u16 = 15;
+/// The Extended DNS Error INFO-CODE "Other" (RFC 8914, 4.1).
+pub const EDE_OTHER: u16 = 0;
 /// The Extended DNS Error INFO-CODE "Blocked" (RFC 8914, 4.16).
 pub const EDE_BLOCKED: u16 = 15;
+/// The Extended DNS Error INFO-CODE "Network Error" (RFC 8914, 4.24).
+pub const EDE_NETWORK_ERROR: u16 = 23;
 
 /// A query as the service sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,8 +114,20 @@ fn response(request: &Message, code: ResponseCode) -> Message {
 /// A REFUSED answer to `request` carrying an Extended DNS Error "Blocked"
 /// whose text says why.
 pub fn refused(request: &Message, why: &str) -> Vec<u8> {
-    let mut response = response(request, ResponseCode::Refused);
-    let mut data = EDE_BLOCKED.to_be_bytes().to_vec();
+    explained(request, ResponseCode::Refused, EDE_BLOCKED, why)
+}
+
+/// An answer to `request` that only carries `code` (NOTIMP).
+pub fn failure(request: &Message, code: ResponseCode) -> Vec<u8> {
+    response(request, code).to_vec().unwrap_or_default()
+}
+
+/// An answer to `request` with `code` and an Extended DNS Error
+/// `info_code` whose text says why, so that a program (and `dig`) shows
+/// the cause, not a bare SERVFAIL.
+pub fn explained(request: &Message, code: ResponseCode, info_code: u16, why: &str) -> Vec<u8> {
+    let mut response = response(request, code);
+    let mut data = info_code.to_be_bytes().to_vec();
     data.extend_from_slice(why.as_bytes());
     let mut edns = Edns::new();
     edns.set_max_payload(1232);
@@ -119,11 +135,6 @@ pub fn refused(request: &Message, why: &str) -> Vec<u8> {
         .insert(EdnsOption::Unknown(EDE_OPTION, data));
     response.edns = Some(edns);
     response.to_vec().unwrap_or_default()
-}
-
-/// An answer to `request` that only carries `code` (SERVFAIL, NOTIMP).
-pub fn failure(request: &Message, code: ResponseCode) -> Vec<u8> {
-    response(request, code).to_vec().unwrap_or_default()
 }
 
 /// The Extended DNS Error of a message, if it has one: INFO-CODE and text.

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
-use sandgate_dns::protocol::{extended_error, EDE_BLOCKED};
+use sandgate_dns::protocol::{extended_error, EDE_BLOCKED, EDE_NETWORK_ERROR};
 use sandgate_lab::addrs::*;
 use sandgate_policy::SettingsRequest;
 use std::io::{Read, Write};
@@ -410,6 +410,53 @@ fn odd_queries_are_refused_or_not_implemented_and_never_forwarded() {
         refused(),
         refused_before,
         "a query from outside reached the service"
+    );
+}
+
+#[test]
+fn a_failing_upstream_is_explained_and_admits_nothing() {
+    // Two upstreams in the world: one that refuses (no socket: port
+    // unreachable) and one that never answers.
+    let refusing = SocketAddr::new(SERVER4_B, 5354);
+    let silent = SocketAddr::new(SERVER4_B, 5353);
+    let upstream = sandgate_dns::Upstream {
+        servers: vec![refusing, silent],
+        timeout: Duration::from_millis(500),
+    };
+    let rig = Rig::with_upstream(Duration::from_secs(60), 0, Some(upstream));
+    let _hole = rig
+        .lab
+        .world()
+        .run(|| std::net::UdpSocket::bind(silent))
+        .unwrap();
+    let (a, ns) = rig.sandbox("cut-off", 3, allow_domains("example.net"));
+    for tcp in [false, true] {
+        let m = ask(
+            &ns,
+            IpAddr::V4(a.gateway4),
+            "example.net",
+            RecordType::A,
+            tcp,
+        );
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        let (code, text) = extended_error(&m).expect("an Extended DNS Error");
+        assert_eq!(code, EDE_NETWORK_ERROR);
+        assert!(text.contains("no upstream resolver answered"), "{text}");
+    }
+    // Nothing was admitted: the name's address stays out of reach.
+    assert!(!probe(&ns, SERVER4_B, TCP_ECHO));
+    let failures = rig
+        .service()
+        .counters()
+        .upstream_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failures, 2);
+    let events: Vec<_> = rig.service().events().try_iter().collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "upstream_unreachable" && e.name == "example.net"),
+        "{events:?}"
     );
 }
 

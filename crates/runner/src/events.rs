@@ -44,7 +44,8 @@ pub struct NetworkEvent {
     pub domain: Option<String>,
     /// The reason code (`blocked`, `not_in_allow_list`,
     /// `restricted_by_tier`, `always_denied:<range>`, `private_range`,
-    /// `spoofed_source`, `dns_not_allowed`, `dns_rebinding`).
+    /// `spoofed_source`, `dns_not_allowed`, `dns_rebinding`,
+    /// `upstream_unreachable`).
     pub reason: String,
 }
 

@@ -129,6 +129,8 @@ pub struct DnsCounts {
     pub admitted: u64,
     /// Answers stripped of private addresses.
     pub rebinding: u64,
+    /// Queries no upstream resolver answered.
+    pub upstream_failures: u64,
 }
 
 /// What [`Runner::restore`] found.
@@ -362,6 +364,7 @@ impl Runner {
             refused: get(&c.refused),
             admitted: get(&c.admitted),
             rebinding: get(&c.rebinding),
+            upstream_failures: get(&c.upstream_failures),
         }
     }
 

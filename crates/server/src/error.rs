@@ -62,6 +62,20 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 507 `storage_full`: the server's disk is full. The request's work is
+    /// undone (or, for a policy that cannot be put back, the sandbox is cut
+    /// off: never widened); the cause goes to the log.
+    pub fn storage_full(cause: impl std::fmt::Display) -> ApiError {
+        eprintln!("sandgate server: disk full: {cause}");
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            "the server's disk is full, so the request was not carried out; free space in the server's data directory and retry (a sandbox whose previous policy could not be put back is cut off from the network until its next update)",
+        )
+    }
+}
+
 impl From<PolicyError> for ApiError {
     fn from(e: PolicyError) -> ApiError {
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -89,6 +103,9 @@ impl From<io::Error> for ApiError {
             io::ErrorKind::ResourceBusy => (StatusCode::CONFLICT, "conflict"),
             io::ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_request"),
             io::ErrorKind::InvalidData => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            // The host's address pool: no free network slot.
+            io::ErrorKind::QuotaExceeded => (StatusCode::SERVICE_UNAVAILABLE, "capacity_exhausted"),
+            io::ErrorKind::StorageFull => return ApiError::storage_full(e),
             _ => return ApiError::internal(e),
         };
         ApiError::new(status, code, e.to_string())
@@ -97,6 +114,15 @@ impl From<io::Error> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
+        let full = match &e {
+            // SQLITE_FULL.
+            sqlx::Error::Database(db) => db.code().as_deref() == Some("13"),
+            sqlx::Error::Io(io) => io.kind() == io::ErrorKind::StorageFull,
+            _ => false,
+        };
+        if full {
+            return ApiError::storage_full(format!("store: {e}"));
+        }
         ApiError::internal(format!("store: {e}"))
     }
 }

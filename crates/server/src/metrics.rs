@@ -186,6 +186,11 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             "Private addresses stripped from answers.",
             dns.rebinding,
         ),
+        (
+            "sandgate_dns_upstream_failures_total",
+            "DNS queries no upstream resolver answered (the sandbox got SERVFAIL).",
+            dns.upstream_failures,
+        ),
     ] {
         counter(&mut out, name, help, v);
     }

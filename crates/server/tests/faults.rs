@@ -1,0 +1,162 @@
+//! Faults a host meets (issue 8): an exhausted address pool and a full
+//! disk under the store. Each is a clear error with a code; nothing is
+//! widened, nothing is left half-made, and the server works again once the
+//! cause is gone. (A failing upstream resolver is in
+//! `crates/dns/tests/service.rs`; `kill -9` of the server in
+//! `crates/sandgate/tests/faults.rs`.)
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Api;
+use sandgate_lab::addrs::*;
+use serde_json::json;
+use std::path::PathBuf;
+
+/// The number of slot namespaces of the server's lab.
+fn slots(api: &Api) -> usize {
+    sandgate_netns::Netns::list(&format!("{}-s", api.lab.tag()))
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn an_exhausted_address_pool_is_a_clear_error_and_widens_nothing() {
+    // A /29 of IPv4 holds three slots.
+    let api = Api::start_with(|cfg| {
+        let subnets = ["198.18.0.0/29", "2001:db8:5a00::/48"].map(String::from);
+        cfg.policy = sandgate_lab::lab_policy_with(Some(subnets.to_vec()));
+    });
+    let (_, key) = api.organization("acme", 3);
+    for name in ["a", "b", "c"] {
+        api.sandbox(
+            &key,
+            json!({"name": name, "networkAllowList": format!("{SERVER4}/32")}),
+        );
+    }
+    let (status, e) = api.post("/api/sandbox", &key, json!({"name": "d"}));
+    assert_eq!(status, 503, "{e}");
+    assert_eq!(e["error"]["code"], "capacity_exhausted");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no free network slot"), "{message}");
+    // Nothing of the refused one stays, and the others keep their policy.
+    let (_, list) = api.get("/api/sandbox", &key);
+    assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
+    assert_eq!(slots(&api), 3);
+    assert!(api.echoes(&key, "a", &SERVER4.to_string()));
+    assert!(!api.echoes(&key, "a", &SERVER4_B.to_string()));
+    // A slot given back is used again.
+    let (status, _) = api.call(
+        "DELETE",
+        "/api/sandbox/b",
+        Some(&key),
+        common::Send::Nothing,
+    );
+    assert_eq!(status, 204);
+    let d = api.sandbox(&key, json!({"name": "d", "networkBlockAll": true}));
+    assert_eq!(d["effectiveNetwork"]["mode"], "blocked");
+    assert!(!api.echoes(&key, "d", &SERVER4.to_string()));
+}
+
+/// A small tmpfs mounted on a directory, unmounted when dropped (after
+/// the server that used it).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("sandgate-test")
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        SmallDisk(dir)
+    }
+
+    /// Fills the disk: a file that grows until the disk is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_loses_nothing() {
+    let mut disk = None;
+    let api = Api::start_with(|cfg| {
+        let dir = cfg.data_dir.parent().unwrap().to_path_buf();
+        disk = Some(SmallDisk::mount(dir, "48m"));
+    });
+    // (`disk` outlives `api`: the server's files go before the disk.)
+    let disk = disk.as_ref().unwrap();
+    let (_, key) = api.organization("acme", 3);
+    api.sandbox(
+        &key,
+        json!({"name": "kept", "networkAllowList": format!("{SERVER4}/32")}),
+    );
+    let before = slots(&api);
+    let filler = disk.fill();
+
+    // A create: refused with its code, and nothing of it is left.
+    let (status, e) = api.post("/api/sandbox", &key, json!({"name": "new"}));
+    assert_eq!(status, 507, "{e}");
+    assert_eq!(e["error"]["code"], "storage_full");
+    let (_, list) = api.get("/api/sandbox", &key);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert!(slots(&api) <= before, "a slot was left");
+    // An update: done, or refused with the old policy still in force (or
+    // the sandbox cut off), never wider.
+    let (status, v) = api.post(
+        "/api/sandbox/kept/network-settings",
+        &key,
+        json!({"networkAllowList": format!("{SERVER4_B}/32")}),
+    );
+    let reach = |dest: std::net::IpAddr| {
+        std::fs::remove_file(&filler).ok();
+        let r = api.echoes(&key, "kept", &dest.to_string());
+        disk.fill();
+        r
+    };
+    let (a, b) = (reach(SERVER4), reach(SERVER4_B));
+    println!("an update on a full disk: {status} {v}; reaches {SERVER4}: {a}, {SERVER4_B}: {b}");
+    match status {
+        200 => assert_eq!((a, b), (false, true)),
+        507 => {
+            assert_eq!(v["error"]["code"], "storage_full");
+            assert!(!b, "a refused update widened the policy");
+        }
+        other => panic!("{other}: {v}"),
+    }
+
+    // Space again: everything works, and nothing was lost.
+    std::fs::remove_file(&filler).unwrap();
+    let (_, got) = api.get("/api/sandbox/kept", &key);
+    assert_eq!(got["state"], "running", "{got}");
+    api.sandbox(&key, json!({"name": "new", "networkBlockAll": true}));
+    let (s, _) = api.post(
+        "/api/sandbox/kept/network-settings",
+        &key,
+        json!({"networkAllowList": format!("{SERVER4}/32")}),
+    );
+    assert_eq!(s, 200);
+    assert!(api.echoes(&key, "kept", &SERVER4.to_string()));
+    assert!(!api.echoes(&key, "new", &SERVER4.to_string()));
+}
