@@ -9,7 +9,7 @@
 //! (children and grandchildren) is killed. stdout and stderr are read apart,
 //! each up to a cap; `result` is the two together, for the reference API.
 
-use nix::sys::signal::{kill, Signal};
+use crate::procfs::{ended, ns_number, Held};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 use std::io::{self, BufRead, BufReader, Read};
@@ -114,30 +114,6 @@ fn collect(captured: Option<(Captured, thread::JoinHandle<()>)>) -> (Vec<u8>, bo
     guard.clone()
 }
 
-/// The last (innermost namespace's) number of field `field` (`NSpid`,
-/// `NSpgid`) of host process `pid`'s `/proc/<pid>/status`.
-fn ns_number(pid: i32, field: &str) -> Option<i32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
-}
-
-/// Whether host process `pid` is gone or a zombie.
-fn ended(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    state.is_none_or(|s| s == 'Z')
-}
-
 /// Kills, with `SIGKILL`, the processes of the sandbox (`ps` lists them)
 /// in its process group `pgid` (the sandbox's numbering). Only the
 /// sandbox's own processes are looked at, so the host's can never be
@@ -146,9 +122,19 @@ fn kill_group(ps: &dyn Fn() -> io::Result<Vec<i32>>, pgid: i32) {
     let Ok(pids) = ps() else {
         return;
     };
-    for pid in pids {
-        if ns_number(pid, "NSpgid") == Some(pgid) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    // Each process is held by a pidfd first; a pid still listed after that
+    // names the held process, so the check and the signal concern the
+    // same process even if a pid is reused in between.
+    let held: Vec<(i32, Held)> = pids
+        .into_iter()
+        .filter_map(|pid| Held::open(pid).map(|h| (pid, h)))
+        .collect();
+    let Ok(listed) = ps() else {
+        return;
+    };
+    for (pid, process) in held {
+        if listed.contains(&pid) && ns_number(pid, "NSpgid") == Some(pgid) {
+            process.kill();
         }
     }
 }
