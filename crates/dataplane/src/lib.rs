@@ -68,6 +68,31 @@ pub struct Dataplane {
     released: HashMap<u32, Instant>,
 }
 
+/// The error (inside an `io::Error`) of a slot asked for when every index
+/// of the sandbox subnets is in use: the host is full, not broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoFreeSlot {
+    /// The sandbox subnets, as configured.
+    pub subnets: String,
+    /// How many slots they hold.
+    pub max: u32,
+}
+
+impl std::fmt::Display for NoFreeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no free network slot: the sandbox subnets ({}) hold {} sandboxes and all are in use",
+            self.subnets, self.max
+        )
+    }
+}
+
+impl std::error::Error for NoFreeSlot {}
+
+/// How long a new slot's links may take to come operationally up.
+const LINK_UP_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a deleted slot's index rests before a new slot takes it,
 /// unless no other is free: deny events its sandbox caused just before
 /// the delete may still wait in the NFLOG socket, and they are attributed
@@ -319,15 +344,10 @@ impl Dataplane {
             .state
             .free_index(self.cfg.max_slots(), |i| self.released.contains_key(&i))
             .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::QuotaExceeded,
-                    format!(
-                        "no free network slot: the sandbox subnets ({}, {}) hold {} sandboxes and all are in use",
-                        self.cfg.subnet4,
-                        self.cfg.subnet6,
-                        self.cfg.max_slots()
-                    ),
-                )
+                io::Error::other(NoFreeSlot {
+                    subnets: format!("{}, {}", self.cfg.subnet4, self.cfg.subnet6),
+                    max: self.cfg.max_slots(),
+                })
             })?;
         self.state.slots.insert(
             index,
@@ -338,13 +358,21 @@ impl Dataplane {
                 gens: Generations::default(),
             },
         );
-        self.persist(index)?;
+        // Every record change below is undone in memory when it cannot be
+        // recorded (a full disk), so that no index is held by a record
+        // the journal does not have.
+        if let Err(e) = self.persist(index) {
+            self.state.slots.remove(&index);
+            return Err(e);
+        }
         let slot = self.cfg.slot(index);
         let made = self.wire_slot(&slot);
         if let Err(e) = made {
             let _ = self.remove_objects(index);
             self.state.slots.remove(&index);
-            self.persist(index)?;
+            // (Unrecorded, the journal's `Creating` is removed whole at the
+            // next start.)
+            let _ = self.persist(index);
             return Err(e);
         }
         if let Some(r) = self.state.slots.get_mut(&index) {
@@ -399,12 +427,18 @@ impl Dataplane {
                 Some(IpAddr::V6(gw6)),
                 eth,
             )?;
+            rt.wait_oper_up(SANDBOX_IF, LINK_UP_WAIT)?;
             Ok(rt.link(SANDBOX_IF)?.map(|l| l.mac).unwrap_or_default())
         })?;
         self.rtnl
             .add_neighbour(host_if, IpAddr::V4(slot.sandbox4), &sandbox_mac)?;
         self.rtnl
-            .add_neighbour(host_if, IpAddr::V6(slot.sandbox6), &sandbox_mac)
+            .add_neighbour(host_if, IpAddr::V6(slot.sandbox6), &sandbox_mac)?;
+        // Until the kernel's link watcher has attached the veth's queues
+        // (asynchronously, once both ends are up), what either end sends
+        // is dropped: a sandbox's first DNS answer or SYN-ACK could be
+        // lost. A slot is ready only when both ends are operationally up.
+        self.rtnl.wait_oper_up(&slot.host_if, LINK_UP_WAIT)
     }
 
     /// Prepares one slot if the warm pool holds fewer than `warm_pool`;
@@ -461,8 +495,13 @@ impl Dataplane {
             policy: Some(slot_policy.clone()),
             gens,
         };
-        self.state.slots.insert(index, record);
-        self.persist(index)?;
+        let pooled_record = self.state.slots.insert(index, record);
+        if let Err(e) = self.persist(index) {
+            if let Some(r) = pooled_record {
+                self.state.slots.insert(index, r);
+            }
+            return Err(e);
+        }
         let slot = self.cfg.slot(index);
         let mut tx = Transaction::new(&self.cfg.table);
         whole(&mut tx, &slot, &slot_policy, gens, Verb::Add);
@@ -475,7 +514,9 @@ impl Dataplane {
                     gens: Generations::default(),
                 };
             }
-            self.persist(index)?;
+            // (Unrecorded, the journal's owner is unknown to the server at
+            // the next start, which removes the slot.)
+            let _ = self.persist(index);
             return Err(e);
         }
         Ok(slot)
@@ -713,8 +754,13 @@ impl Dataplane {
             })?;
         let policy = record.policy.clone();
         let gens = record.gens;
-        record.phase = Phase::Deleting;
-        self.persist(index)?;
+        let phase = std::mem::replace(&mut record.phase, Phase::Deleting);
+        if let Err(e) = self.persist(index) {
+            if let Some(r) = self.state.slots.get_mut(&index) {
+                r.phase = phase;
+            }
+            return Err(e);
+        }
         let slot = self.cfg.slot(index);
         let mut tx = Transaction::new(&self.cfg.table);
         if let Some(p) = &policy {
@@ -733,7 +779,10 @@ impl Dataplane {
         self.remove_objects(index)?;
         self.state.slots.remove(&index);
         self.released.insert(index, Instant::now());
-        self.persist(index)
+        // The slot is gone; a journal that cannot say so keeps `Deleting`,
+        // which the next start finds nothing of and drops.
+        let _ = self.persist(index);
+        Ok(())
     }
 
     /// The slots in use: index, owner.

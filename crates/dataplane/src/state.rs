@@ -173,7 +173,13 @@ impl Store {
         };
         let mut line = serde_json::to_vec(&change).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.log.write_all(&line)?;
+        let before = self.log.metadata()?.len();
+        if let Err(e) = self.log.write_all(&line) {
+            // A line cut short (a full disk) would end the journal for
+            // every line after it: cut it off.
+            let _ = self.log.set_len(before);
+            return Err(e);
+        }
         self.lines += 1;
         Ok(())
     }
@@ -181,8 +187,12 @@ impl Store {
     /// Writes the whole state as the snapshot and empties the journal.
     pub fn snapshot(&mut self, state: &State) -> io::Result<()> {
         let tmp = self.path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec(state).map_err(io::Error::other)?)?;
-        fs::rename(&tmp, &self.path)?;
+        let written = fs::write(&tmp, serde_json::to_vec(state).map_err(io::Error::other)?)
+            .and_then(|()| fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         self.log.set_len(0)?;
         self.lines = 0;
         Ok(())

@@ -292,7 +292,7 @@ fn kill_9_at_any_moment_leaves_every_slot_intended_or_removed() {
     })
     .to_string();
     let host = Netns::open(rig.lab.host().name()).unwrap();
-    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut rng = sandgate_lab::bench::XorShift::new(0x9e3779b97f4a7c15);
     let mut restored_any = false;
     for trial in 0..trials {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -308,12 +308,9 @@ fn kill_9_at_any_moment_leaves_every_slot_intended_or_removed() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
         // Kill it after a random number of operations, while it is busy
         // with the next one.
-        let target = 3 + seed % 40;
+        let target = 3 + rng.below(40);
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut done = 0;
         while done < target {

@@ -1,5 +1,7 @@
-//! Latency figures for the benchmarks: percentiles, and a printed row with
-//! the p50 as a ratio of a baseline measured in the same run.
+//! Figures for the benchmarks and the long-running tests: percentiles, a
+//! printed row with the p50 as a ratio of a baseline measured in the same
+//! run, a process's resident memory, and a small seeded random generator
+//! for runs that must be replayable.
 
 use std::time::Duration;
 
@@ -41,4 +43,39 @@ pub fn runs(default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The resident memory of process `pid` (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no VmRSS for process {pid}")))
+}
+
+/// A xorshift generator: the same seed gives the same numbers, so a run
+/// that printed its seed can be replayed. Not for anything secret.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator from `seed` (0 is taken as 1).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.max(1))
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
 }

@@ -9,7 +9,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -32,6 +32,10 @@ pub struct Link {
     pub name: String,
     /// The hardware (MAC) address, where the link has one.
     pub mac: Vec<u8>,
+    /// Whether it is operationally up (RFC 2863 `up`): for a veth, both
+    /// ends up and the kernel's link watcher done with it, so that its
+    /// queue passes packets rather than dropping them.
+    pub oper_up: bool,
 }
 
 /// A blocking rtnetlink connection in the calling thread's namespace.
@@ -153,10 +157,15 @@ impl Rtnl {
                             _ => None,
                         })
                         .unwrap_or_default();
+                    let oper_up = l
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, LinkAttribute::OperState(State::Up)));
                     Some(Link {
                         index: l.header.index,
                         name,
                         mac,
+                        oper_up,
                     })
                 }
                 _ => None,
@@ -167,6 +176,26 @@ impl Rtnl {
     /// The link named `name`, if there is one.
     pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
         Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Waits until the link named `name` is operationally up, at most
+    /// `timeout`. A link just set up can drop what it is given to send
+    /// until then: the kernel attaches its queue asynchronously (the link
+    /// watcher), once both ends of a veth are up.
+    pub fn wait_oper_up(&mut self, name: &str, timeout: std::time::Duration) -> io::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.link(name)?.is_some_and(|l| l.oper_up) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{name} is not operationally up after {timeout:?}"),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     /// The index of the link named `name`, if there is one.

@@ -17,6 +17,7 @@ pub mod probe;
 
 pub use events::NetworkEvent;
 pub use probe::{Observed, ProbeTarget};
+pub use sandgate_dataplane::NoFreeSlot;
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig, SlotAddrs};
 use sandgate_dns::{Directory, DnsConfig, DnsService, Upstream};
@@ -392,7 +393,14 @@ impl Runner {
             .create(id, snapshot, &netns, IpAddr::V4(slot.gateway4))
         {
             self.sandboxes.forget(&slot);
-            let _ = lock(&self.sandboxes.dp).delete(slot.index);
+            let mut dp = lock(&self.sandboxes.dp);
+            if dp.delete(slot.index).is_err() {
+                // Cut off, and known, so that the caller's delete (or the
+                // next start) can finish it.
+                let _ = dp.cut(slot.index);
+                drop(dp);
+                lock(&self.slots).insert(id.to_string(), slot);
+            }
             return Err(e);
         }
         self.events.open(id);

@@ -483,22 +483,26 @@ impl Runtime {
     /// Kills sandbox `id`'s processes, removes its runtime state and
     /// unmounts its overlay; its files stay. Tolerates what is missing.
     fn halt(&self, id: &str) -> io::Result<()> {
-        let _ = fs::remove_file(self.sandbox_dir(id).join("procs"));
         // `runc delete --force` of a running container sleeps 100 ms after
         // its SIGKILL before it first looks whether the init died. Killing
         // the init ourselves and waiting for its exit (milliseconds; the
         // kernel then kills the rest of its pid namespace) leaves runc a
-        // stopped container, which it deletes at once.
+        // stopped container, which it deletes at once. The init is held
+        // by a pidfd and signalled only if, once held, it is still in the
+        // sandbox's cgroup: a reused pid is never hit.
         if let Some(state) = self.runc_state(id)? {
             let pid = state["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
             let held = pid
                 .filter(|_| state["status"] == "running")
-                .and_then(procfs::Held::open);
-            if let Some(init) = held {
-                let _ = self.runc().args(["kill", id, "KILL"]).output()?;
-                init.wait_exit(std::time::Duration::from_secs(5));
+                .and_then(|pid| Some((pid, procfs::Held::open(pid)?)));
+            if let Some((pid, init)) = held {
+                if self.ps(id).is_ok_and(|procs| procs.contains(&pid)) {
+                    init.kill();
+                    init.wait_exit(std::time::Duration::from_secs(5));
+                }
             }
         }
+        let _ = fs::remove_file(self.sandbox_dir(id).join("procs"));
         let out = self.runc().args(["delete", "--force", id]).output()?;
         // A failure is fine only when there was nothing to delete.
         if !out.status.success() && self.runc_state(id)?.is_some() {

@@ -25,14 +25,12 @@
 mod common;
 
 use common::*;
-use sandgate_dataplane::state::{Phase, State};
 use sandgate_lab::addrs::*;
 use sandgate_lab::Lab;
-use sandgate_testkit::Http;
+use sandgate_testkit::{names_in, runc_containers, slot_links, slot_owners, Http};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// What a sandbox may reach.
@@ -45,6 +43,12 @@ enum Policy {
 
 const POLICIES: [Policy; 3] = [Policy::OnlyA, Policy::OnlyB, Policy::Blocked];
 const TARGETS: [IpAddr; 3] = [SERVER4, SERVER4_B, SERVER6];
+/// A connect that has not completed in this time counts as dropped (a
+/// completed one takes well under a millisecond here)...
+const QUICK: Duration = Duration::from_millis(400);
+/// ...unless a second look, taken before any verdict against the policy,
+/// sees it complete in this time.
+const PATIENT: Duration = Duration::from_secs(2);
 
 impl Policy {
     /// The settings of a create or an update.
@@ -88,22 +92,6 @@ enum Op {
     Delete(String),
 }
 
-/// A small random generator (xorshift), seeded from the clock unless
-/// `SANDGATE_FAULT_SEED` is set; the seed is printed to replay a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// The sandboxes listed, by name.
 fn sandboxes(http: &Http) -> BTreeMap<String, Value> {
     let (status, list) = http.call("GET", "/api/sandbox", None);
@@ -119,7 +107,7 @@ fn sandboxes(http: &Http) -> BTreeMap<String, Value> {
 /// `None` for a name that is not a namespace (yet): one a kill cut short
 /// between making the file and mounting the namespace on it, which has
 /// nothing in it to send from.
-fn reach_of(slots: &[String]) -> BTreeMap<String, Option<[bool; 3]>> {
+fn reach_of(slots: &[String], timeout: Duration) -> BTreeMap<String, Option<[bool; 3]>> {
     let probes: Vec<_> = slots
         .iter()
         .flat_map(|ns| TARGETS.iter().map(move |t| (ns.clone(), *t)))
@@ -128,7 +116,7 @@ fn reach_of(slots: &[String]) -> BTreeMap<String, Option<[bool; 3]>> {
                 let ok = sandgate_netns::Netns::open(&ns).and_then(|n| {
                     n.run(|| {
                         let to = SocketAddr::new(target, TCP_ECHO);
-                        Ok(TcpStream::connect_timeout(&to, Duration::from_millis(400)).is_ok())
+                        Ok(TcpStream::connect_timeout(&to, timeout).is_ok())
                     })
                 });
                 (ns, target, ok.ok())
@@ -148,19 +136,6 @@ fn reach_of(slots: &[String]) -> BTreeMap<String, Option<[bool; 3]>> {
     reach
 }
 
-/// The dataplane's record: slot namespace name to its owner, if active.
-fn slot_owners(dir: &Path, tag: &str) -> BTreeMap<String, Option<String>> {
-    let state = State::load(&dir.join("runner/dataplane.json")).unwrap();
-    state
-        .slots
-        .into_iter()
-        .map(|(index, r)| {
-            let owner = (r.phase == Phase::Active).then(|| r.owner.unwrap());
-            (format!("{tag}-s{index}"), owner)
-        })
-        .collect()
-}
-
 #[test]
 fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone() {
     let trials: usize = std::env::var("SANDGATE_FAULT_TRIALS")
@@ -178,11 +153,13 @@ fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone()
                 | 1
         });
     println!("SANDGATE_FAULT_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = sandgate_lab::bench::XorShift::new(seed);
 
     let lab = Lab::up().unwrap();
     let dir = std::env::temp_dir().join(format!("sandgate-faults-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
+    let runner_dir = dir.join("runner");
+    let runc_root = runner_dir.join("runtime/runc");
     let mut guard = Cleanup {
         dir: dir.clone(),
         server: Some(start_server(&lab, &dir)),
@@ -270,15 +247,15 @@ fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone()
 
         // While the server is down: the kernel holds each slot to its
         // policy.
-        let owners = slot_owners(&dir, lab.tag());
+        let owners = slot_owners(&runner_dir, lab.tag()).unwrap();
         let slots = sandgate_netns::Netns::list(&format!("{}-s", lab.tag())).unwrap();
-        let down = reach_of(&slots);
+        let down = reach_of(&slots, QUICK);
         let ids: BTreeMap<&str, (&str, Policy)> = known
             .iter()
             .map(|(name, (id, p))| (id.as_str(), (name.as_str(), *p)))
             .collect();
         for (ns, reach) in &down {
-            let reach = reach.unwrap_or([false; 3]);
+            let mut reach = reach.unwrap_or([false; 3]);
             let owner = owners.get(ns).cloned().flatten();
             let allowed: Vec<Policy> = match owner.as_deref().map(|o| ids.get(o)) {
                 // A slot with no sandbox (pool, being made or removed).
@@ -294,6 +271,10 @@ fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone()
                     _ => vec![*old],
                 },
             };
+            if !allowed.iter().any(|p| p.reach() == reach) {
+                // A second look, with time to spare, before a verdict.
+                reach = reach_of(std::slice::from_ref(ns), PATIENT)[ns].unwrap_or([false; 3]);
+            }
             assert!(
                 allowed.iter().any(|p| p.reach() == reach),
                 "trial {trial} {op:?} (seed {seed}): while the server was down {ns} (owner {owner:?}) reached {reach:?}, allowed {allowed:?}"
@@ -337,7 +318,7 @@ fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone()
         let ids: BTreeSet<String> = known.values().map(|(id, _)| id.clone()).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         let (owners, slots) = loop {
-            let owners = slot_owners(&dir, lab.tag());
+            let owners = slot_owners(&runner_dir, lab.tag()).unwrap();
             let slots = sandgate_netns::Netns::list(&format!("{}-s", lab.tag())).unwrap();
             let settled = slots.len() == ids.len() + 1
                 && owners.len() == slots.len()
@@ -371,7 +352,7 @@ fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone()
             "trial {trial}: namespaces and records differ"
         );
         assert_eq!(slot_links(&lab), slots.len(), "trial {trial}");
-        assert_eq!(runc_containers(&dir), ids, "trial {trial}");
+        assert_eq!(runc_containers(&runc_root), ids, "trial {trial}");
         assert_eq!(
             names_in(&dir.join("runner/runtime/sandboxes")),
             ids,
@@ -380,8 +361,11 @@ fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone()
         let by_id: BTreeMap<&str, Policy> =
             known.values().map(|(id, p)| (id.as_str(), *p)).collect();
         let active_slots: Vec<String> = active.keys().map(|s| s.to_string()).collect();
-        for (ns, reach) in reach_of(&active_slots) {
+        for (ns, mut reach) in reach_of(&active_slots, QUICK) {
             let p = by_id[active[&ns].as_str()];
+            if reach != Some(p.reach()) {
+                reach = reach_of(std::slice::from_ref(&ns), PATIENT)[&ns];
+            }
             assert_eq!(
                 reach,
                 Some(p.reach()),
@@ -414,6 +398,6 @@ fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone()
     )
     .unwrap();
     assert!(server.child.wait().unwrap().success());
-    assert!(runc_containers(&dir).is_empty());
+    assert!(runc_containers(&runc_root).is_empty());
     assert!(names_in(&dir.join("runner/runtime/sandboxes")).is_empty());
 }

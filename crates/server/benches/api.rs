@@ -20,7 +20,6 @@ use sandgate_lab::Lab;
 use sandgate_server::Server;
 use sandgate_testkit::Http;
 use serde_json::json;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "bench-operator-token";
@@ -51,33 +50,9 @@ fn main() {
     let id = first["id"].as_str().unwrap().to_string();
     let bundle = dir.join("runner/runtime/sandboxes").join(&id);
     let base_root = dir.join("runc-baseline");
-    let runc = |args: &[&str]| {
-        let ok = Command::new("runc")
-            .arg("--root")
-            .arg(&base_root)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "runc {args:?}");
-    };
-    let mut base = Vec::new();
-    for i in 0..runs {
-        let cid = format!("base{i}");
-        let t = Instant::now();
-        runc(&[
-            "run",
-            "--detach",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            &cid,
-        ]);
-        base.push(t.elapsed());
-        runc(&["delete", "--force", &cid]);
-    }
+    let base: Vec<Duration> = (0..runs)
+        .map(|i| sandgate_testkit::runc_run_once(&base_root, &bundle, &format!("base{i}")))
+        .collect();
     stats("baseline: runc run --detach", &base, None);
     let mut creates = Vec::new();
     for i in 0..runs {

@@ -12,7 +12,9 @@
 //!    alive against all of them;
 //! 3. memory: the server's resident set and the host's available memory,
 //!    per sandbox;
-//! 4. enforcement, checked on a sample of the live sandboxes: what the
+//! 4. traffic: a TCP echo round trip from every sandbox's slot, eight at
+//!    a time, against as many from one slot;
+//! 5. enforcement, checked on a sample of the live sandboxes: what the
 //!    policy allows answers, the rest does not; and everything gone after
 //!    the deletes.
 //!
@@ -26,7 +28,6 @@ use sandgate_lab::Lab;
 use sandgate_server::Server;
 use sandgate_testkit::Http;
 use serde_json::json;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,15 +40,6 @@ fn mem_available_kib() -> u64 {
         .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
 }
@@ -66,33 +58,14 @@ fn one_by_one(
         .join("runner/runtime/sandboxes")
         .join(v["id"].as_str().unwrap());
     let root = dir.join("runc-baseline");
-    let runc = |args: &[&str]| {
-        let ok = Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "runc {args:?}");
-    };
     let mut base = Vec::new();
     let mut made = Vec::new();
     for i in 0..runs {
-        let cid = format!("base{i}");
-        let t = Instant::now();
-        runc(&[
-            "run",
-            "--detach",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            &cid,
-        ]);
-        base.push(t.elapsed());
-        runc(&["delete", "--force", &cid]);
+        base.push(sandgate_testkit::runc_run_once(
+            &root,
+            &bundle,
+            &format!("base{i}"),
+        ));
         // Let the warm pool refill, as between real requests.
         std::thread::sleep(Duration::from_millis(30));
         let t = Instant::now();
@@ -152,6 +125,56 @@ fn operations(http: &Http, name: &str, runs: usize) -> [Vec<Duration>; 3] {
     [updates, execs, lookups]
 }
 
+/// A TCP echo round trip (1 KiB) to [`SERVER4`] from each of the slot
+/// namespaces `slots`, by eight threads at once: how long all took and how
+/// many came back whole.
+fn round_trips(slots: &[String]) -> (Duration, usize) {
+    use std::io::{Read, Write};
+    let next = AtomicUsize::new(0);
+    let whole = AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = slots.get(i) else { break };
+                let ok = sandgate_netns::Netns::open(name).and_then(|ns| {
+                    ns.run(|| {
+                        let to = std::net::SocketAddr::new(SERVER4, TCP_ECHO);
+                        let mut c =
+                            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+                        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        let sent = [7u8; 1024];
+                        c.write_all(&sent)?;
+                        let mut got = [0u8; 1024];
+                        c.read_exact(&mut got)?;
+                        Ok(got == sent)
+                    })
+                });
+                if ok.unwrap_or(false) {
+                    whole.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (started.elapsed(), whole.into_inner())
+}
+
+/// The slot namespace of each sandbox the dataplane holds (by its record
+/// in the runner's directory), the one of `probe_id` apart.
+fn sandbox_slots(dir: &std::path::Path, tag: &str, probe_id: &str) -> (String, Vec<String>) {
+    let mut probe = String::new();
+    let mut others = Vec::new();
+    for (name, owner) in sandgate_testkit::slot_owners(&dir.join("runner"), tag).unwrap() {
+        match owner.as_deref() {
+            Some(id) if id == probe_id => probe = name,
+            Some(_) => others.push(name),
+            None => {}
+        }
+    }
+    (probe, others)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -189,7 +212,10 @@ fn main() {
     assert_eq!(s, 201, "{v}");
     let alone = operations(&http, "probe", runs);
     let [runc_alone, create_alone] = one_by_one(&http, &dir, "probe", runs);
-    let (mem0, rss0) = (mem_available_kib(), rss_kib());
+    let (mem0, rss0) = (
+        mem_available_kib(),
+        sandgate_lab::bench::rss_kib(std::process::id()).unwrap(),
+    );
 
     println!("\n{total} sandboxes, made by {CLIENTS} clients at once");
     let next = AtomicUsize::new(0);
@@ -212,7 +238,10 @@ fn main() {
     });
     let made_in = started.elapsed();
     let creates = creates.into_inner().unwrap();
-    let (mem1, rss1) = (mem_available_kib(), rss_kib());
+    let (mem1, rss1) = (
+        mem_available_kib(),
+        sandgate_lab::bench::rss_kib(std::process::id()).unwrap(),
+    );
     println!(
         "all {total} made in {:.1} s ({:.1} a second)",
         made_in.as_secs_f64(),
@@ -263,6 +292,23 @@ fn main() {
         (rss1 as f64 - rss0 as f64) / total as f64,
         (mem0 as f64 - mem1 as f64) / total as f64
     );
+
+    // Traffic through every sandbox's slot at once, against as many round
+    // trips through the probe's slot alone.
+    let (_, v) = http.call("GET", "/api/sandbox/probe", None);
+    let (probe_slot, slots) = sandbox_slots(&dir, lab.tag(), v["id"].as_str().unwrap());
+    let (alone_took, alone_ok) = round_trips(&vec![probe_slot; slots.len()]);
+    let (all_took, all_ok) = round_trips(&slots);
+    println!(
+        "TCP echo round trips: {} from one sandbox's slot in {:.2} s ({alone_ok} whole); \
+         one from each of {} sandboxes' slots in {:.2} s ({all_ok} whole): {:.3}x the time",
+        slots.len(),
+        alone_took.as_secs_f64(),
+        slots.len(),
+        all_took.as_secs_f64(),
+        all_took.as_secs_f64() / alone_took.as_secs_f64()
+    );
+    assert_eq!((alone_ok, all_ok), (slots.len(), slots.len()));
 
     // Enforcement on a sample across the range: the listed server answers,
     // another does not.

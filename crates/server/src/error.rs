@@ -63,15 +63,16 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// 507 `storage_full`: the server's disk is full. The request's work is
-    /// undone (or, for a policy that cannot be put back, the sandbox is cut
-    /// off: never widened); the cause goes to the log.
+    /// 507 `storage_full`: the server's disk is full (or a quota is
+    /// reached). A create is undone; an update's old policy is put back or
+    /// the sandbox cut off (never widened); a delete finishes when retried.
+    /// The cause goes to the log.
     pub fn storage_full(cause: impl std::fmt::Display) -> ApiError {
         eprintln!("sandgate server: disk full: {cause}");
         ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "storage_full",
-            "the server's disk is full, so the request was not carried out; free space in the server's data directory and retry (a sandbox whose previous policy could not be put back is cut off from the network until its next update)",
+            "the server's disk is full, so the request could not be completed; free space in the server's data directory and retry (a sandbox being created is not made; one being updated keeps its previous policy or, if that cannot be recorded, is cut off from the network until its next update; a delete finishes when retried)",
         )
     }
 }
@@ -97,15 +98,24 @@ impl From<PolicyError> for ApiError {
 
 impl From<io::Error> for ApiError {
     fn from(e: io::Error) -> ApiError {
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<sandgate_runner::NoFreeSlot>())
+        {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "capacity_exhausted",
+                format!("{e}; delete a sandbox or retry later"),
+            );
+        }
         let (status, code) = match e.kind() {
             io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             io::ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "conflict"),
             io::ErrorKind::ResourceBusy => (StatusCode::CONFLICT, "conflict"),
             io::ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_request"),
             io::ErrorKind::InvalidData => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-            // The host's address pool: no free network slot.
-            io::ErrorKind::QuotaExceeded => (StatusCode::SERVICE_UNAVAILABLE, "capacity_exhausted"),
-            io::ErrorKind::StorageFull => return ApiError::storage_full(e),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                return ApiError::storage_full(e)
+            }
             _ => return ApiError::internal(e),
         };
         ApiError::new(status, code, e.to_string())

@@ -43,7 +43,7 @@ const DNS: &str = "dnstcp() { h=$(printf \"$2\" | timeout 3 nc \"$1\" 53 | od -A
 /// out: the EUI-64 address of the gateway's hardware address (in the
 /// neighbour table) into `$ll`.
 const GATEWAY_LL: &str = "set -- $(ip neigh | awk '/lladdr/ {print $5; exit}' | tr : ' '); \
-    ll=$(printf 'fe80::%x%s:%sff:fe%s:%s%s' $((0x$1 ^ 2)) $2 $3 $4 $5 $6)";
+    ll=$(printf 'fe80::%x:%x:%x:%x' $((0x$1$2 ^ 0x200)) $((0x${3}ff)) $((0xfe$4)) $((0x$5$6)))";
 
 /// A DNS query message: one question per name, of type `qtype`, class IN;
 /// each name given as its labels (so a label may hold a dot).
@@ -493,9 +493,22 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
     );
     let out = r["stdout"].as_str().unwrap();
     assert_eq!(out.matches("ESCAPED").count(), 5, "{r}");
-    let ll = out.lines().find_map(|l| l.strip_prefix("ll=")).unwrap();
+    let ll: std::net::Ipv6Addr = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ll="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gateways_ll: Vec<std::net::Ipv6Addr> = addrs
+        .lines()
+        .filter(|l| l.contains("scope link"))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "inet6");
+            w.nth(1)?.split('/').next()?.parse().ok()
+        })
+        .collect();
     assert!(
-        addrs.contains(&format!("inet6 {ll}/64 scope link")),
+        gateways_ll.contains(&ll),
         "{ll} is not a gateway's: {addrs}"
     );
 

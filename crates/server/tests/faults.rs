@@ -160,3 +160,54 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     assert!(api.echoes(&key, "kept", &SERVER4.to_string()));
     assert!(!api.echoes(&key, "new", &SERVER4.to_string()));
 }
+
+#[test]
+fn a_full_runner_disk_leaves_no_slot_behind() {
+    // The store has room; the runner's files (slot journal, overlays,
+    // bundles) are on a small disk, in a /29 of three slots, so that a
+    // slot or an index a failed create kept would show at once.
+    let mut disk = None;
+    let api = Api::start_with(|cfg| {
+        let subnets = ["198.18.0.0/29", "2001:db8:5a00::/48"].map(String::from);
+        cfg.policy = sandgate_lab::lab_policy_with(Some(subnets.to_vec()));
+        disk = Some(SmallDisk::mount(cfg.runner.data_dir.clone(), "48m"));
+    });
+    let disk = disk.as_ref().unwrap();
+    let (_, key) = api.organization("acme", 3);
+    api.sandbox(
+        &key,
+        json!({"name": "kept", "networkAllowList": format!("{SERVER4}/32")}),
+    );
+    let filler = disk.fill();
+    // Each create fails somewhere in the runner (the slot's record, the
+    // overlay, the bundle): 507 every time, never a slot kept.
+    for i in 0..8 {
+        let (status, e) = api.post("/api/sandbox", &key, json!({"name": format!("n{i}")}));
+        assert_eq!(
+            (status, e["error"]["code"].as_str()),
+            (507, Some("storage_full")),
+            "{e}"
+        );
+    }
+    let (_, list) = api.get("/api/sandbox", &key);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    std::fs::remove_file(&filler).unwrap();
+    // With room again all three slots are there to use: two more
+    // sandboxes, enforced, and nothing beyond them.
+    for name in ["a", "b"] {
+        api.sandbox(
+            &key,
+            json!({"name": name, "networkAllowList": format!("{SERVER4_B}/32")}),
+        );
+    }
+    assert!(api.echoes(&key, "kept", &SERVER4.to_string()));
+    assert!(api.echoes(&key, "b", &SERVER4_B.to_string()));
+    assert!(!api.echoes(&key, "b", &SERVER4.to_string()));
+    assert_eq!(slots(&api), 3);
+    let (status, e) = api.post("/api/sandbox", &key, json!({"name": "d"}));
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (503, Some("capacity_exhausted")),
+        "{e}"
+    );
+}

@@ -12,9 +12,11 @@ use sandgate_policy::Catalog;
 use sandgate_runner::RunnerConfig;
 use sandgate_server::ServerConfig;
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A server configuration for `lab`: files under `dir` (`server/`,
 /// `runner/`), the runner in the lab's host namespace with a warm pool of
@@ -127,4 +129,102 @@ impl Http {
         assert_eq!(s, 201, "{key}");
         key["key"].as_str().unwrap_or_default().to_string()
     }
+}
+
+/// The names in directory `dir` (none if it is missing).
+pub fn names_in(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The containers `runc` lists in its state directory `root` (a runner's
+/// is `<runner data dir>/runtime/runc`).
+pub fn runc_containers(root: &Path) -> BTreeSet<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["list", "-q"])
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Runs `bundle` detached as container `id` with `runc` of state directory
+/// `root`, then deletes it: how long the run took (the OCI runtime's own
+/// floor, for a baseline).
+pub fn runc_run_once(root: &Path, bundle: &Path, id: &str) -> Duration {
+    let runc = |args: &[&std::ffi::OsStr]| {
+        let ok = Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "runc {args:?}");
+    };
+    let t = Instant::now();
+    runc(&[
+        "run".as_ref(),
+        "--detach".as_ref(),
+        "--bundle".as_ref(),
+        bundle.as_os_str(),
+        id.as_ref(),
+    ]);
+    let took = t.elapsed();
+    runc(&["delete".as_ref(), "--force".as_ref(), id.as_ref()]);
+    took
+}
+
+/// The number of slot links (host side) in the lab's host namespace.
+pub fn slot_links(lab: &Lab) -> usize {
+    let out = Command::new("ip")
+        .args(["-n", lab.host().name(), "-o", "link", "show"])
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .is_some_and(|n| n.starts_with(sandgate_dataplane::SLOT_IF_PREFIX))
+            })
+            .count()
+    })
+    .unwrap_or(0)
+}
+
+/// The dataplane's records, read from a runner's data directory: each
+/// slot's namespace name (instance `tag`) and, for a slot in use, its
+/// sandbox's id.
+pub fn slot_owners(
+    runner_dir: &Path,
+    tag: &str,
+) -> std::io::Result<BTreeMap<String, Option<String>>> {
+    use sandgate_dataplane::state::{Phase, State};
+    let state = State::load(&runner_dir.join("dataplane.json"))?;
+    Ok(state
+        .slots
+        .into_iter()
+        .map(|(index, r)| {
+            let owner = if r.phase == Phase::Active {
+                r.owner
+            } else {
+                None
+            };
+            (format!("{tag}-s{index}"), owner)
+        })
+        .collect())
 }

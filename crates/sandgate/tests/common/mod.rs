@@ -6,9 +6,8 @@
 use sandgate_lab::addrs::*;
 use sandgate_lab::Lab;
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 pub const TOKEN: &str = "operator-token-of-the-cli-test";
@@ -96,45 +95,4 @@ impl Drop for Cleanup {
         let _ = sandgate_runner::purge_runtime(&runner);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The names in directory `dir` (none if it is missing).
-pub fn names_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The runtime's containers, as runc lists them, for a server whose
-/// data directory is `dir`.
-pub fn runc_containers(dir: &Path) -> BTreeSet<String> {
-    let out = std::process::Command::new("runc")
-        .arg("--root")
-        .arg(dir.join("runner/runtime/runc"))
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// The number of slot links on the lab's host side.
-pub fn slot_links(lab: &Lab) -> usize {
-    let out = std::process::Command::new("ip")
-        .args(["-n", lab.host().name(), "-o", "link", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| {
-            l.split(": ")
-                .nth(1)
-                .is_some_and(|n| n.starts_with(sandgate_dataplane::SLOT_IF_PREFIX))
-        })
-        .count()
 }
