@@ -59,12 +59,13 @@ fn an_exhausted_address_pool_is_a_clear_error_and_widens_nothing() {
     assert!(!api.echoes(&key, "d", &SERVER4.to_string()));
 }
 
-/// A small tmpfs mounted on a directory, unmounted when dropped (after
-/// the server that used it).
-struct SmallDisk(PathBuf);
+/// A small tmpfs mounted on a directory; when dropped (after the server
+/// that used it), unmounted and the server's whole directory removed.
+struct SmallDisk(PathBuf, PathBuf);
 
 impl SmallDisk {
-    fn mount(dir: PathBuf, size: &str) -> SmallDisk {
+    /// A tmpfs of `size` on `dir`, inside the server's directory `server_dir`.
+    fn mount(dir: PathBuf, size: &str, server_dir: PathBuf) -> SmallDisk {
         std::fs::create_dir_all(&dir).unwrap();
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
@@ -73,7 +74,7 @@ impl SmallDisk {
             .status()
             .unwrap();
         assert!(status.success());
-        SmallDisk(dir)
+        SmallDisk(dir, server_dir)
     }
 
     /// Fills the disk: a file that grows until the disk is full.
@@ -94,7 +95,7 @@ impl Drop for SmallDisk {
             .arg("--lazy")
             .arg(&self.0)
             .status();
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -103,7 +104,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     let mut disk = None;
     let api = Api::start_with(|cfg| {
         let dir = cfg.data_dir.parent().unwrap().to_path_buf();
-        disk = Some(SmallDisk::mount(dir, "48m"));
+        disk = Some(SmallDisk::mount(dir.clone(), "48m", dir));
     });
     // (`disk` outlives `api`: the server's files go before the disk.)
     let disk = disk.as_ref().unwrap();
@@ -170,7 +171,8 @@ fn a_full_runner_disk_leaves_no_slot_behind() {
     let api = Api::start_with(|cfg| {
         let subnets = ["198.18.0.0/29", "2001:db8:5a00::/48"].map(String::from);
         cfg.policy = sandgate_lab::lab_policy_with(Some(subnets.to_vec()));
-        disk = Some(SmallDisk::mount(cfg.runner.data_dir.clone(), "48m"));
+        let dir = cfg.data_dir.parent().unwrap().to_path_buf();
+        disk = Some(SmallDisk::mount(cfg.runner.data_dir.clone(), "48m", dir));
     });
     let disk = disk.as_ref().unwrap();
     let (_, key) = api.organization("acme", 3);
