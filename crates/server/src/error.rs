@@ -60,9 +60,7 @@ impl ApiError {
             format!("internal error {id}; the server's log has the cause"),
         )
     }
-}
 
-impl ApiError {
     /// 507 `storage_full`: the server's disk is full (or a quota is
     /// reached). A create is undone; an update's old policy is put back or
     /// the sandbox cut off (never widened); a delete finishes when retried.
@@ -127,7 +125,10 @@ impl From<sqlx::Error> for ApiError {
         let full = match &e {
             // SQLITE_FULL.
             sqlx::Error::Database(db) => db.code().as_deref() == Some("13"),
-            sqlx::Error::Io(io) => io.kind() == io::ErrorKind::StorageFull,
+            sqlx::Error::Io(io) => matches!(
+                io.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
             _ => false,
         };
         if full {
