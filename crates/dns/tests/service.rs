@@ -413,22 +413,29 @@ fn odd_queries_are_refused_or_not_implemented_and_never_forwarded() {
     );
 }
 
+/// A rig whose upstreams are `first`, then a socket in the world that
+/// reads nothing (returned: it stays silent while held), each given
+/// `timeout`.
+fn rig_with_silent_upstream(first: &[SocketAddr], timeout: Duration) -> (Rig, std::net::UdpSocket) {
+    let silent = SocketAddr::new(SERVER4_B, 5353);
+    let mut servers = first.to_vec();
+    servers.push(silent);
+    let upstream = sandgate_dns::Upstream { servers, timeout };
+    let rig = Rig::with_upstream(Duration::from_secs(60), 0, Some(upstream));
+    let hole = rig
+        .lab
+        .world()
+        .run(|| std::net::UdpSocket::bind(silent))
+        .unwrap();
+    (rig, hole)
+}
+
 #[test]
 fn a_failing_upstream_is_explained_and_admits_nothing() {
     // Two upstreams in the world: one that refuses (no socket: port
     // unreachable) and one that never answers.
     let refusing = SocketAddr::new(SERVER4_B, 5354);
-    let silent = SocketAddr::new(SERVER4_B, 5353);
-    let upstream = sandgate_dns::Upstream {
-        servers: vec![refusing, silent],
-        timeout: Duration::from_millis(500),
-    };
-    let rig = Rig::with_upstream(Duration::from_secs(60), 0, Some(upstream));
-    let _hole = rig
-        .lab
-        .world()
-        .run(|| std::net::UdpSocket::bind(silent))
-        .unwrap();
+    let (rig, _hole) = rig_with_silent_upstream(&[refusing], Duration::from_millis(500));
     let (a, ns) = rig.sandbox("cut-off", 3, allow_domains("example.net"));
     for tcp in [false, true] {
         let m = ask(
@@ -464,17 +471,7 @@ fn a_failing_upstream_is_explained_and_admits_nothing() {
 fn a_sandbox_asking_a_silent_upstream_cannot_hold_every_worker() {
     // An upstream that never answers: a socket in the world that reads
     // nothing.
-    let silent = SocketAddr::new(SERVER4_B, 5353);
-    let upstream = sandgate_dns::Upstream {
-        servers: vec![silent],
-        timeout: Duration::from_secs(2),
-    };
-    let rig = Rig::with_upstream(Duration::from_secs(60), 0, Some(upstream));
-    let _hole = rig
-        .lab
-        .world()
-        .run(|| std::net::UdpSocket::bind(silent))
-        .unwrap();
+    let (rig, _hole) = rig_with_silent_upstream(&[], Duration::from_secs(2));
     let (a, ns_a) = rig.sandbox("greedy", 3, SettingsRequest::default());
     let (b, ns_b) = rig.sandbox("patient", 3, SettingsRequest::default());
     let busy = || {

@@ -15,16 +15,10 @@
 use crate::client::Client;
 use crate::config::Config;
 use crate::output::{say, table, Output};
-use sandgate_dns::Upstream;
-use sandgate_lab::addrs::{DNS4, DNS6};
 use sandgate_lab::Lab;
-use sandgate_runner::RunnerConfig;
-use sandgate_server::{Server, ServerConfig};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// The reference's own allow-list example (data only, never probed).
 const SPEC_ALLOW_LIST: &str = "208.80.154.232/32,199.16.156.103/32,192.168.1.0/24";
@@ -341,67 +335,26 @@ fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, F
     std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .map_err(|e| e.to_string())?;
-    let mut runner = RunnerConfig::new(
-        dir.join("runner"),
-        lab.tag(),
-        Upstream {
-            servers: vec![SocketAddr::new(DNS4, 53), SocketAddr::new(DNS6, 53)],
-            timeout: Duration::from_secs(1),
-        },
-    );
-    runner.host_netns = Some(lab.host().name().to_string());
-    runner.warm_pool = 2;
-    let runner_cfg = runner.clone();
-    // The lab's policy: the defaults, with the lab's TEST-NET stand-ins
-    // for the private and always-denied ranges declared as such (the lab
-    // never sends to the real ones).
-    let mut cfg = ServerConfig::new(
-        dir.join("store"),
-        runner,
-        sandgate_lab::lab_policy(),
-        config.catalog.clone(),
-    );
+    // The lab's configuration (the lab's resolver, the host namespace, the
+    // lab's stand-ins for the private and always-denied ranges: the lab
+    // never sends to the real ones), with the operator's catalog.
     let token = format!("demo-{}-{}", std::process::id(), lab.tag());
-    cfg.admin_token = Some(token.clone());
+    let mut cfg = sandgate_testkit::lab_server_config(&lab, &dir, 2, &token);
+    cfg.catalog = config.catalog.clone();
     cfg.probe_targets = sandgate_lab::probe_targets(&config.catalog);
+    let runner_cfg = cfg.runner.clone();
     let result = (|| {
-        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         progress("starting the server in the lab's host namespace");
-        let (server, _) = rt
-            .block_on(Server::start(cfg))
-            .map_err(|e| format!("server: {e}"))?;
         // The API listens on loopback inside the lab's host namespace.
-        let std_listener = lab
-            .host()
-            .run(|| {
-                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-                l.set_nonblocking(true)?;
-                Ok(l)
-            })
-            .map_err(|e| format!("listen: {e}"))?;
-        let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = {
-            let _guard = rt.enter();
-            let listener =
-                tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
-            rt.spawn(async move {
-                server
-                    .serve(listener, async {
-                        let _ = stopped.await;
-                    })
-                    .await
-            })
-        };
-        let admin = Client::new(&format!("http://{addr}"), Some(&token));
+        let mut server = sandgate_testkit::InProcess::start(cfg, Some(lab.host()))
+            .map_err(|e| format!("server: {e}"))?;
+        let admin = Client::new(&server.base, Some(&token));
         let rows = lab
             .host()
             .run(|| Ok(scenario(&admin, progress)))
             .map_err(|e| e.to_string())
             .and_then(|r| r);
-        let _ = stop.send(());
-        let _ = rt.block_on(serving);
-        rt.shutdown_timeout(Duration::from_secs(5));
+        server.stop();
         rows
     })();
     // Whatever a failure left: the runtime's sandboxes (the lab's drop

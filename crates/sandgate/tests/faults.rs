@@ -391,13 +391,7 @@ fn kill_9_at_random_points_leaves_every_sandbox_at_its_intended_policy_or_gone()
         let (s, v) = client.call("DELETE", &format!("/api/sandbox/{name}"), None);
         assert_eq!(s, 204, "{v}");
     }
-    let mut server = guard.server.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(server.child.wait().unwrap().success());
+    guard.server.take().unwrap().stop_gracefully();
     assert!(runc_containers(&runc_root).is_empty());
     assert!(names_in(&dir.join("runner/runtime/sandboxes")).is_empty());
 }

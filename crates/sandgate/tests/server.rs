@@ -232,11 +232,5 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     );
 
     // SIGTERM: a graceful stop.
-    let mut s = guard.server.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(s.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(s.child.wait().unwrap().success());
+    guard.server.take().unwrap().stop_gracefully();
 }

@@ -218,11 +218,5 @@ fn sandboxes_cycling_with_traffic_leave_the_server_flat_and_the_host_clean() {
         assert!(Instant::now() < deadline, "left over: {slots:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut server = guard.server.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(server.child.wait().unwrap().success());
+    guard.server.take().unwrap().stop_gracefully();
 }

@@ -17,8 +17,7 @@
 
 use sandgate_lab::bench::stats;
 use sandgate_lab::Lab;
-use sandgate_server::Server;
-use sandgate_testkit::Http;
+use sandgate_testkit::{Http, InProcess};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -34,14 +33,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = sandgate_testkit::lab_server_config(&lab, &dir, 4, ADMIN);
     let cfg_runner = cfg.runner.clone();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (server, _) = rt.block_on(Server::start(cfg)).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(async move { server.serve(listener, std::future::pending()).await });
-    let admin = Http::new(&base, ADMIN, Duration::from_secs(60));
+    let server = InProcess::start(cfg, None).unwrap();
+    let admin = Http::new(&server.base, ADMIN, Duration::from_secs(60));
     let http = admin.with_key(&admin.organization("bench", 3));
     println!("\ncreate to ready through the API ({runs} runs each, warm pool of 4 slots)");
     // The baseline: runc itself on the bundle of a sandgate sandbox.
@@ -107,7 +100,7 @@ fn main() {
     stats("POST .../network-settings, to 200", &updates, Some(&base));
 
     http.call("DELETE", "/api/sandbox/first", None);
-    drop(rt);
+    drop(server);
     let _ = sandgate_runner::purge_runtime(&cfg_runner);
     let _ = std::fs::remove_dir_all(&dir);
 }

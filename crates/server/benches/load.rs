@@ -25,8 +25,7 @@
 use sandgate_lab::addrs::*;
 use sandgate_lab::bench::{ms, stats};
 use sandgate_lab::Lab;
-use sandgate_server::Server;
-use sandgate_testkit::Http;
+use sandgate_testkit::{Http, InProcess};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -125,39 +124,49 @@ fn operations(http: &Http, name: &str, runs: usize) -> [Vec<Duration>; 3] {
     [updates, execs, lookups]
 }
 
+/// Runs `job(i)` for every `i` below `n` on `threads` threads, each taking
+/// the next index when it is done: how long all took.
+fn in_parallel(threads: usize, n: usize, job: impl Fn(usize) + Sync) -> Duration {
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                job(i);
+            });
+        }
+    });
+    started.elapsed()
+}
+
 /// A TCP echo round trip (1 KiB) to [`SERVER4`] from each of the slot
 /// namespaces `slots`, by eight threads at once: how long all took and how
 /// many came back whole.
 fn round_trips(slots: &[String]) -> (Duration, usize) {
     use std::io::{Read, Write};
-    let next = AtomicUsize::new(0);
     let whole = AtomicUsize::new(0);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(name) = slots.get(i) else { break };
-                let ok = sandgate_netns::Netns::open(name).and_then(|ns| {
-                    ns.run(|| {
-                        let to = std::net::SocketAddr::new(SERVER4, TCP_ECHO);
-                        let mut c =
-                            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-                        c.set_read_timeout(Some(Duration::from_secs(2)))?;
-                        let sent = [7u8; 1024];
-                        c.write_all(&sent)?;
-                        let mut got = [0u8; 1024];
-                        c.read_exact(&mut got)?;
-                        Ok(got == sent)
-                    })
-                });
-                if ok.unwrap_or(false) {
-                    whole.fetch_add(1, Ordering::Relaxed);
-                }
-            });
+    let took = in_parallel(8, slots.len(), |i| {
+        let ok = sandgate_netns::Netns::open(&slots[i]).and_then(|ns| {
+            ns.run(|| {
+                let to = std::net::SocketAddr::new(SERVER4, TCP_ECHO);
+                let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let sent = [7u8; 1024];
+                c.write_all(&sent)?;
+                let mut got = [0u8; 1024];
+                c.read_exact(&mut got)?;
+                Ok(got == sent)
+            })
+        });
+        if ok.unwrap_or(false) {
+            whole.fetch_add(1, Ordering::Relaxed);
         }
     });
-    (started.elapsed(), whole.into_inner())
+    (took, whole.into_inner())
 }
 
 /// The slot namespace of each sandbox the dataplane holds (by its record
@@ -190,14 +199,8 @@ fn main() {
     let mut cfg = sandgate_testkit::lab_server_config(&lab, &dir, 4, ADMIN);
     cfg.max_sandboxes_per_org = total + 10;
     let runner_cfg = cfg.runner.clone();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (server, _) = rt.block_on(Server::start(cfg)).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(async move { server.serve(listener, std::future::pending()).await });
-    let admin = Http::new(&base, ADMIN, Duration::from_secs(120));
+    let server = InProcess::start(cfg, None).unwrap();
+    let admin = Http::new(&server.base, ADMIN, Duration::from_secs(120));
     let http = admin.with_key(&admin.organization("load", 3));
     let body = |name: &str| {
         json!({
@@ -218,25 +221,14 @@ fn main() {
     );
 
     println!("\n{total} sandboxes, made by {CLIENTS} clients at once");
-    let next = AtomicUsize::new(0);
     let creates = Mutex::new(vec![Duration::ZERO; total]);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..CLIENTS {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let t = Instant::now();
-                let (st, v) = http.call("POST", "/api/sandbox", Some(body(&format!("l{i}"))));
-                let took = t.elapsed();
-                assert_eq!(st, 201, "sandbox {i}: {v}");
-                creates.lock().unwrap()[i] = took;
-            });
-        }
+    let made_in = in_parallel(CLIENTS, total, |i| {
+        let t = Instant::now();
+        let (st, v) = http.call("POST", "/api/sandbox", Some(body(&format!("l{i}"))));
+        let took = t.elapsed();
+        assert_eq!(st, 201, "sandbox {i}: {v}");
+        creates.lock().unwrap()[i] = took;
     });
-    let made_in = started.elapsed();
     let creates = creates.into_inner().unwrap();
     let (mem1, rss1) = (
         mem_available_kib(),
@@ -331,29 +323,17 @@ fn main() {
         ms(t.elapsed()) / sample.len() as f64
     );
 
-    let next = AtomicUsize::new(0);
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..CLIENTS {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let (st, v) = http.call("DELETE", &format!("/api/sandbox/l{i}"), None);
-                assert_eq!(st, 204, "sandbox {i}: {v}");
-            });
-        }
+    let deleted_in = in_parallel(CLIENTS, total, |i| {
+        let (st, v) = http.call("DELETE", &format!("/api/sandbox/l{i}"), None);
+        assert_eq!(st, 204, "sandbox {i}: {v}");
     });
-    println!(
-        "\nall {total} deleted in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("\nall {total} deleted in {:.1} s", deleted_in.as_secs_f64());
     http.call("DELETE", "/api/sandbox/probe", None);
     let left = sandgate_netns::Netns::list(&format!("{}-s", lab.tag()))
         .unwrap()
         .len();
     println!("slot namespaces left: {left} (the warm pool holds 4)");
+    drop(server);
     let _ = sandgate_runner::purge_runtime(&runner_cfg);
     let _ = std::fs::remove_dir_all(&dir);
 }

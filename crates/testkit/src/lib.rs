@@ -1,5 +1,7 @@
-//! What sandgate's tests and benchmarks share (never the product): the
-//! server configured for a lab, and a small HTTP client of its API.
+//! The server in a lab, as sandgate's tests, benchmarks and demo run it
+//! (never the server itself): its lab configuration, the server run in
+//! this process, a small HTTP client of its API, and looks at what it
+//! left on the host.
 //!
 //! Everything here obeys the lab rule (BRIEF section 4): the configuration
 //! points the server's DNS service at the lab's resolver and its network
@@ -8,9 +10,10 @@
 use sandgate_dns::Upstream;
 use sandgate_lab::addrs::{DNS4, DNS6};
 use sandgate_lab::{lab_policy, Lab};
+use sandgate_netns::Netns;
 use sandgate_policy::Catalog;
 use sandgate_runner::RunnerConfig;
-use sandgate_server::ServerConfig;
+use sandgate_server::{Server, ServerConfig};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -42,6 +45,75 @@ pub fn lab_server_config(
     cfg.admin_token = Some(admin_token.into());
     cfg.probe_targets = sandgate_lab::probe_targets(&cfg.catalog);
     cfg
+}
+
+/// A server running in this process on a Tokio runtime of its own,
+/// listening on an unused port of 127.0.0.1; stopped when dropped.
+pub struct InProcess {
+    /// Its address, `http://127.0.0.1:port`.
+    pub base: String,
+    rt: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Starts a server with `cfg`, listening in `listen_in` (a network
+    /// namespace's loopback) or, when `None`, in this process's own.
+    pub fn start(cfg: ServerConfig, listen_in: Option<&Netns>) -> std::io::Result<InProcess> {
+        let rt = tokio::runtime::Runtime::new()?;
+        let (server, _) = rt.block_on(Server::start(cfg))?;
+        let bind = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        };
+        let listener = match listen_in {
+            Some(ns) => ns.run(bind)?,
+            None => bind()?,
+        };
+        let base = format!("http://{}", listener.local_addr()?);
+        let listener = {
+            let _entered = rt.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = rt.spawn(async move {
+            let _ = server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(InProcess {
+            base,
+            rt: Some(rt),
+            stop: Some(stop),
+            serving: Some(serving),
+        })
+    }
+
+    /// Stops serving gracefully and drops the server (its runner and
+    /// store), waiting up to 5 s for each.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rt) = self.rt.take() {
+            if let Some(serving) = self.serving.take() {
+                let _ = rt.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(5), serving).await
+                });
+            }
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// An HTTP client of the API at `base` (`http://127.0.0.1:port`) with one

@@ -18,6 +18,18 @@ pub struct ServerProcess {
     pub url: String,
 }
 
+impl ServerProcess {
+    /// SIGTERM, and the server must exit successfully (a graceful stop).
+    pub fn stop_gracefully(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
 pub fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandgate"));
     cmd.args(["server", "--listen", "127.0.0.1:0"])

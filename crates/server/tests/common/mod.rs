@@ -6,7 +6,8 @@
 
 use sandgate_lab::addrs::*;
 use sandgate_lab::Lab;
-use sandgate_server::{Server, ServerConfig};
+use sandgate_server::ServerConfig;
+use sandgate_testkit::InProcess;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -24,8 +25,7 @@ pub enum Send<'a> {
 pub struct Api {
     pub base: String,
     pub dir: PathBuf,
-    rt: Option<tokio::runtime::Runtime>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: InProcess,
     agent: ureq::Agent,
     pub lab: Lab,
 }
@@ -44,36 +44,18 @@ impl Api {
         let lab = Lab::up().unwrap();
         let dir = std::env::temp_dir().join(format!("sandgate-api-{}", lab.tag()));
         let _ = std::fs::remove_dir_all(&dir);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let mut cfg = config(&lab, &dir);
         tweak(&mut cfg);
-        let (server, _) = rt.block_on(Server::start(cfg)).unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        rt.spawn(async move {
-            let _ = server
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let server = InProcess::start(cfg, None).unwrap();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
         Api {
-            base,
+            base: server.base.clone(),
             dir,
-            rt: Some(rt),
-            stop: Some(stop),
+            server,
             agent,
             lab,
         }
@@ -278,12 +260,7 @@ impl Api {
 
     /// Stops serving and drops the server (its runner and store).
     pub fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(5));
-        }
+        self.server.stop();
     }
 }
 
