@@ -1,5 +1,6 @@
 //! The dataplane's configuration and the addresses of a slot.
 
+use crate::ruleset::ShareClass;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sandgate_policy::PolicyConfig;
 use std::io;
@@ -38,6 +39,13 @@ pub struct DataplaneConfig {
     pub warm_pool: usize,
     /// The nftables table (`inet`).
     pub table: String,
+    /// The distinct fair shares of the tiers (tracked connections, new
+    /// connections a second): one share chain each.
+    pub share_classes: Vec<ShareClass>,
+    /// Whether the host forwards traffic that is no sandbox's (default:
+    /// no, it is dropped: a sandbox host is not a router for anything
+    /// else).
+    pub forward_other: bool,
 }
 
 impl DataplaneConfig {
@@ -65,14 +73,30 @@ impl DataplaneConfig {
                 "the sandbox subnets are too small (at most /30 for IPv4, /63 for IPv6)",
             ));
         }
+        let mut share_classes: Vec<ShareClass> = policy
+            .tiers()
+            .values()
+            .map(|t| ShareClass::of(&t.fair_shares))
+            .collect();
+        share_classes.sort();
+        share_classes.dedup();
+        // The kernel's meter holds back what no tier would publish anyway.
+        let log_rate = policy
+            .tiers()
+            .values()
+            .map(|t| t.fair_shares.events_per_second)
+            .max()
+            .unwrap_or(20);
         Ok(DataplaneConfig {
+            share_classes,
+            forward_other: false,
             instance: instance.to_string(),
             host_netns: None,
             subnet4,
             subnet6,
             dns_port: 10053,
             nflog_group: 7100,
-            log_rate: 20,
+            log_rate,
             state_file,
             warm_pool: 0,
             table: "sandgate".into(),

@@ -2,7 +2,9 @@
 //! install, change and remove it.
 
 use crate::config::SlotAddrs;
-use crate::ruleset::{allow_set, mode_chain, DNS_MARK_BIT};
+use crate::ruleset::{
+    allow_set, dropped_set, meter_set, mode_chain, ShareClass, DNS_MARK_BIT, LOG_CLASSES,
+};
 use ipnet::IpNet;
 use sandgate_nftables::{ElementData, Key, Transaction, Verb};
 use sandgate_policy::{EffectivePolicy, Mode, Ranges, Reason};
@@ -24,6 +26,21 @@ pub struct SlotPolicy {
     /// The name rules that may admit addresses: [`ESSENTIAL`] and
     /// `domain_allow_list:<pattern>` keys (see [`rule_key`]).
     pub rules: Vec<String>,
+    /// The slot's share chain (its tier's tracked connections and new
+    /// connections a second).
+    #[serde(default = "default_shares")]
+    pub shares: ShareClass,
+    /// The most addresses admitted for the slot at once.
+    #[serde(default = "default_admitted")]
+    pub admitted_max: u32,
+}
+
+fn default_shares() -> ShareClass {
+    ShareClass::of(&sandgate_policy::FairShares::default())
+}
+
+fn default_admitted() -> u32 {
+    sandgate_policy::FairShares::default().admitted_addresses
 }
 
 /// Drops entries that another entry of the list contains: the kernel's
@@ -72,6 +89,8 @@ impl SlotPolicy {
             allow: outermost(&allow),
             allow_private: outermost(&allow_private),
             rules: if admits { rules } else { Vec::new() },
+            shares: ShareClass::of(&policy.fair_shares),
+            admitted_max: policy.fair_shares.admitted_addresses,
         }
     }
 
@@ -156,6 +175,30 @@ fn mode(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, verb: Verb) {
     tx.element(verb, "back_mode", k, None, jump(true));
 }
 
+fn shares(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, verb: Verb) {
+    let k = if_key(slot);
+    let jump = |chain: String| Some(ElementData::Jump(chain));
+    tx.element(verb, "shares", k.clone(), None, jump(p.shares.chain()));
+    tx.element(verb, "dns_shares", k, None, jump(p.shares.dns_chain()));
+}
+
+/// Destroys what the kernel's dynamic sets hold for a slot's interface:
+/// its log meters and held-back counts, and its counts and rates in the
+/// share classes `classes`. A slot given to another sandbox starts from
+/// nothing.
+pub fn forget_dynamic(tx: &mut Transaction, slot: &SlotAddrs, classes: &[ShareClass]) {
+    let k = if_key(slot);
+    for class in LOG_CLASSES {
+        tx.destroy(&meter_set(class), k.clone());
+        tx.destroy(&dropped_set(class), k.clone());
+    }
+    for class in classes {
+        for set in class.sets() {
+            tx.destroy(&set, k.clone());
+        }
+    }
+}
+
 fn lists(tx: &mut Transaction, slot: &SlotAddrs, nets: &[IpNet], private: bool, verb: Verb) {
     for net in nets {
         let (start, end) = interval(slot, net);
@@ -173,6 +216,7 @@ pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generati
     tx.element(verb, "src4", k.clone().ipv4(slot.sandbox4), None, None);
     tx.element(verb, "src6", k.ipv6(slot.sandbox6), None, None);
     mode(tx, slot, p, verb);
+    shares(tx, slot, p, verb);
     generations(tx, slot, g, verb);
     lists(tx, slot, &p.allow, false, verb);
     lists(tx, slot, &p.allow_private, true, verb);
@@ -212,6 +256,15 @@ pub fn change(
     if op.mode != np.mode {
         mode(tx, slot, op, Verb::Delete);
         mode(tx, slot, np, Verb::Add);
+    }
+    if op.shares != np.shares {
+        // Another tier's limits: the count starts again in the new class
+        // (the connections open stay open).
+        shares(tx, slot, op, Verb::Delete);
+        shares(tx, slot, np, Verb::Add);
+        for set in op.shares.sets() {
+            tx.destroy(&set, if_key(slot));
+        }
     }
     if og != ng {
         generations(tx, slot, og, Verb::Delete);

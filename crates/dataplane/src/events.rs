@@ -8,7 +8,7 @@
 //! channel, whose overflow is counted too.
 
 use crate::config::SLOT_IF_PREFIX;
-use crate::ruleset::prefix;
+use crate::ruleset::{log_class, prefix};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::nflog::{
@@ -252,18 +252,13 @@ impl Reader {
             Some(TransportSlice::Icmpv6(_)) => ("icmpv6".to_string(), None),
             _ => (number.to_string(), None),
         };
-        let reason = match class.as_str() {
-            prefix::DENIED => match self.ranges.always_denied(destination) {
-                Some(r) => format!("always_denied:{}", r.net),
-                None => "always_denied".into(),
+        let reason = match log_class(&class) {
+            Some(c) if c.prefix == prefix::DENIED => match self.ranges.always_denied(destination) {
+                Some(r) => r.denied_code(),
+                None => c.reason.to_string(),
             },
-            prefix::HOST => "always_denied:host".into(),
-            prefix::PRIVATE => "private_range".into(),
-            prefix::UNLISTED => "not_in_allow_list".into(),
-            prefix::RESTRICTED => "restricted_by_tier".into(),
-            prefix::BLOCKED => "blocked".into(),
-            prefix::SPOOF => "spoofed_source".into(),
-            other => other.trim_start_matches("sg:").to_string(),
+            Some(c) => c.reason.to_string(),
+            None => class.trim_start_matches("sg:").to_string(),
         };
         Some(DenyEvent {
             time: SystemTime::now(),

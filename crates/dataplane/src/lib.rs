@@ -15,6 +15,7 @@
 //! anything else happens.
 
 pub mod config;
+pub mod counters;
 pub mod elements;
 pub mod events;
 pub mod probe;
@@ -23,10 +24,12 @@ pub mod state;
 pub mod watchdog;
 
 pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
+pub use counters::{KernelCounters, Reading};
 pub use elements::{Generations, SlotPolicy};
 pub use events::{DenyEvent, EventCounters, Events};
 
-use elements::{admission_key, change, release, revokes, rule_key, whole};
+use elements::{admission_key, change, forget_dynamic, release, revokes, rule_key, whole};
+use ruleset::ShareClass;
 use sandgate_netns::{set_sysctl, Netns, Rtnl};
 use sandgate_nftables::{list_set, load_ruleset, NftSocket, Transaction, Verb};
 use sandgate_policy::{EffectivePolicy, PolicyConfig, Reason};
@@ -157,6 +160,30 @@ impl Dataplane {
         Ok((dp, report))
     }
 
+    /// The kernel's form of `policy` for this dataplane: its share class
+    /// one of the ruleset's (see [`Dataplane::known_share`]).
+    fn slot_policy(&self, policy: &EffectivePolicy) -> SlotPolicy {
+        let mut p = SlotPolicy::from_policy(policy, self.policy.ranges());
+        p.shares = self.known_share(p.shares);
+        p
+    }
+
+    /// `class` if the ruleset has its chain; otherwise the strictest class
+    /// it has (a record from before a configuration change, until the
+    /// server's restore applies the policy anew): never a missing chain,
+    /// never wider.
+    fn known_share(&self, class: ShareClass) -> ShareClass {
+        if self.cfg.share_classes.contains(&class) {
+            return class;
+        }
+        self.cfg
+            .share_classes
+            .iter()
+            .min_by_key(|c| (c.connections, c.new_per_second))
+            .copied()
+            .unwrap_or(class)
+    }
+
     /// Runs `f` in the host namespace (for child processes such as `nft`).
     fn in_host<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
         match &self.host {
@@ -250,10 +277,19 @@ impl Dataplane {
                 net: self.state.next_gen(),
                 dns: self.state.next_gen(),
             };
+            let known = self
+                .state
+                .slots
+                .get(&index)
+                .and_then(|r| r.policy.as_ref())
+                .map(|p| self.known_share(p.shares));
             let Some(record) = self.state.slots.get_mut(&index) else {
                 continue;
             };
             record.gens = gens;
+            if let (Some(p), Some(known)) = (record.policy.as_mut(), known) {
+                p.shares = known;
+            }
             if let Some(p) = &record.policy {
                 whole(&mut tx, &self.cfg.slot(index), p, gens, Verb::Add);
                 report.restored.push(index);
@@ -401,9 +437,13 @@ impl Dataplane {
         let (gw4, gw6) = (slot.gateway4, slot.gateway6);
         let (a4, a6) = (slot.sandbox4_net(), slot.sandbox6_net());
         let sandbox_mac = ns.run(|| {
-            // Static addressing: no router advertisements are taken.
-            set_sysctl("net/ipv6/conf/all/accept_ra", "0")?;
-            set_sysctl("net/ipv6/conf/default/accept_ra", "0")?;
+            // Static addressing: no router advertisements are taken. The
+            // sandbox's end was made with the namespace's defaults of the
+            // time (`accept_ra = 1`), so it is set itself, not only the
+            // defaults for interfaces made later.
+            for iface in ["all", "default", SANDBOX_IF] {
+                set_sysctl(&format!("net/ipv6/conf/{iface}/accept_ra"), "0")?;
+            }
             let mut rt = Rtnl::open()?;
             let lo = rt.link_index("lo")?.ok_or_else(|| other("no lo".into()))?;
             rt.set_up(lo)?;
@@ -484,7 +524,7 @@ impl Dataplane {
             Some(i) => i,
             None => self.make_slot()?,
         };
-        let slot_policy = SlotPolicy::from_policy(policy, self.policy.ranges());
+        let slot_policy = self.slot_policy(policy);
         let gens = Generations {
             net: self.state.next_gen(),
             dns: self.state.next_gen(),
@@ -542,7 +582,7 @@ impl Dataplane {
     /// for rules the new policy no longer has are withdrawn.
     pub fn update(&mut self, index: u32, policy: &EffectivePolicy) -> io::Result<()> {
         let (old, old_gens) = self.active(index)?;
-        let new = SlotPolicy::from_policy(policy, self.policy.ranges());
+        let new = self.slot_policy(policy);
         let (net, dns) = revokes(&old, &new);
         let gens = Generations {
             net: if net {
@@ -625,36 +665,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Connections let out since the ruleset was loaded: those a list or
-    /// the mode allowed, and those a DNS admission allowed (the kernel's
-    /// named counters, read with the `nft` program: a metrics scrape can
-    /// afford its 20 ms).
-    pub fn allowed_counts(&self) -> io::Result<(u64, u64)> {
-        let table = self.cfg.table.clone();
-        let out = self.in_host(|| {
-            std::process::Command::new("nft")
-                .args(["-j", "list", "counters", "table", "inet", &table])
-                .output()
-        })?;
-        if !out.status.success() {
-            return Err(other(format!(
-                "nft list counters: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(io::Error::other)?;
-        let count = |name: &str| {
-            v["nftables"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|o| o["counter"]["name"] == name)
-                .and_then(|o| o["counter"]["packets"].as_u64())
-                .unwrap_or(0)
-        };
-        Ok((count("allowed_net"), count("allowed_dns")))
-    }
-
     /// Cuts slot `index` off: every element of its policy leaves the
     /// kernel (its interface's entry among the known slots, its sources,
     /// its connections' generations), so every packet from or to it,
@@ -703,13 +713,17 @@ impl Dataplane {
     /// slots that take no admissions (`open`, `blocked`), for a rule the
     /// slot's policy does not have, and for addresses that no admission may
     /// open (always denied, private).
+    ///
+    /// A slot holds at most its policy's `admitted_max` addresses: beyond,
+    /// the admission that would end first makes room (withdrawn in the
+    /// same transaction), and is returned.
     pub fn admit(
         &mut self,
         index: u32,
         addr: IpAddr,
         rule: &Reason,
         lifetime: Duration,
-    ) -> io::Result<()> {
+    ) -> io::Result<Option<IpAddr>> {
         let denied = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
         let (p, _) = self.active(index)?;
         if !p.admits() {
@@ -728,21 +742,53 @@ impl Dataplane {
                 r.net, r.label
             )));
         }
-        let (set, element) = admission_key(&self.cfg.slot(index), addr);
+        let slot = self.cfg.slot(index);
+        let (set, element) = admission_key(&slot, addr);
         let lifetime = lifetime.max(Duration::from_millis(1));
         let mut tx = Transaction::new(&self.cfg.table);
         // Destroy-then-add renews the lifetime of an admission still there.
         tx.destroy(set, element.clone())
             .add_with_timeout(set, element, lifetime);
+        let now = Instant::now();
+        let slot_admissions = self.admissions.entry(index).or_default();
+        slot_admissions.retain(|_, rules| {
+            rules.retain(|_, expiry| *expiry > now);
+            !rules.is_empty()
+        });
+        let max = usize::try_from(p.admitted_max.max(1)).unwrap_or(usize::MAX);
+        let evicted = if !slot_admissions.contains_key(&addr) && slot_admissions.len() >= max {
+            slot_admissions
+                .iter()
+                .filter_map(|(a, rules)| rules.values().max().map(|end| (*end, *a)))
+                .min()
+                .map(|(_, a)| a)
+        } else {
+            None
+        };
+        if let Some(old) = evicted {
+            let (set, key) = admission_key(&slot, old);
+            tx.destroy(set, key);
+        }
         self.nft.commit(&tx)?;
-        let rules = self
-            .admissions
-            .entry(index)
-            .or_default()
+        let slot_admissions = self.admissions.entry(index).or_default();
+        if let Some(old) = evicted {
+            slot_admissions.remove(&old);
+        }
+        slot_admissions
             .entry(addr)
-            .or_default();
-        rules.insert(key, Instant::now() + lifetime);
-        Ok(())
+            .or_default()
+            .insert(key, now + lifetime);
+        Ok(evicted)
+    }
+
+    /// The addresses slot `index` holds admitted now.
+    pub fn admitted(&self, index: u32) -> usize {
+        let now = Instant::now();
+        self.admissions.get(&index).map_or(0, |a| {
+            a.values()
+                .filter(|rules| rules.values().any(|end| *end > now))
+                .count()
+        })
     }
 
     /// Removes a slot and everything it made: its elements, admissions,
@@ -775,6 +821,7 @@ impl Dataplane {
             let (set, key) = admission_key(&slot, addr);
             tx.destroy(set, key);
         }
+        forget_dynamic(&mut tx, &slot, &self.cfg.share_classes);
         self.nft.commit(&tx)?;
         self.remove_objects(index)?;
         self.state.slots.remove(&index);

@@ -29,8 +29,23 @@
 //! connection the new policy denies stops in both directions and one it
 //! allows runs on. Nothing opens a connection into a sandbox.
 //!
-//! Denials of new connections are logged to NFLOG, at most `log_rate` a
-//! second per slot, with a prefix naming the reason class.
+//! Fair shares: a new connection let out of a slot (and a DNS query
+//! reaching the service) passes its slot's share chain, which refuses it
+//! when the slot already has its most tracked connections, or (for
+//! connections let out) opens more a second than it may. The limits are a
+//! slot's tier's, one chain per distinct pair of values ([`ShareClass`]),
+//! chosen by the slot's entry in the `shares` and `dns_shares` maps.
+//!
+//! Denials of new connections, and the limits reached, are logged to
+//! NFLOG at most `log_rate` a second per slot and per reason class, with a
+//! prefix naming the class; what the meter holds back is counted per slot
+//! and class in the kernel (`ld_<class>` sets, read over netlink by
+//! [`crate::counters`]), so that a flood costs user space nothing and is
+//! still reported.
+//!
+//! The host forwards sandbox traffic only: anything else routed through
+//! it is dropped, unless the operator's configuration says otherwise
+//! (`forward_other`).
 
 use crate::config::{DataplaneConfig, SLOT_IF_PREFIX};
 use ipnet::IpNet;
@@ -39,6 +54,12 @@ use std::fmt::Write;
 
 /// NFLOG prefixes, one per reason class; the event reader maps them back.
 pub mod prefix {
+    /// A slot already has its most tracked connections.
+    pub const CONNECTIONS: &str = "sg:connections";
+    /// A slot opens more connections a second than it may.
+    pub const CONNECTION_RATE: &str = "sg:connrate";
+    /// A slot sends DNS datagrams faster than twice its query rate.
+    pub const DNS_RATE: &str = "sg:dnsrate";
     /// An always-denied range.
     pub const DENIED: &str = "sg:denied";
     /// A private range not opened by the slot's list.
@@ -53,6 +74,171 @@ pub mod prefix {
     pub const HOST: &str = "sg:host";
     /// A source address that is not the slot's.
     pub const SPOOF: &str = "sg:spoof";
+}
+
+/// A reason class of deny events: its NFLOG prefix and the name of its
+/// meter (`lm_<name>`) and drop counter (`ld_<name>`) sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogClass {
+    /// The class's name in set names.
+    pub name: &'static str,
+    /// Its NFLOG prefix.
+    pub prefix: &'static str,
+    /// The reason code of its events (for `denied`, an event names the
+    /// range: `always_denied:<range>`).
+    pub reason: &'static str,
+}
+
+/// Every reason class, each metered and counted apart.
+pub const LOG_CLASSES: &[LogClass] = &[
+    LogClass {
+        name: "denied",
+        prefix: prefix::DENIED,
+        reason: "always_denied",
+    },
+    LogClass {
+        name: "private",
+        prefix: prefix::PRIVATE,
+        reason: "private_range",
+    },
+    LogClass {
+        name: "unlisted",
+        prefix: prefix::UNLISTED,
+        reason: "not_in_allow_list",
+    },
+    LogClass {
+        name: "restricted",
+        prefix: prefix::RESTRICTED,
+        reason: "restricted_by_tier",
+    },
+    LogClass {
+        name: "blocked",
+        prefix: prefix::BLOCKED,
+        reason: "blocked",
+    },
+    LogClass {
+        name: "host",
+        prefix: prefix::HOST,
+        reason: "always_denied:host",
+    },
+    LogClass {
+        name: "spoof",
+        prefix: prefix::SPOOF,
+        reason: "spoofed_source",
+    },
+    LogClass {
+        name: "connections",
+        prefix: prefix::CONNECTIONS,
+        reason: "connection_limit",
+    },
+    LogClass {
+        name: "connrate",
+        prefix: prefix::CONNECTION_RATE,
+        reason: "connection_rate",
+    },
+    LogClass {
+        name: "dnsrate",
+        prefix: prefix::DNS_RATE,
+        reason: "dns_rate_limited",
+    },
+];
+
+/// The class of `prefix`.
+pub fn log_class(prefix: &str) -> Option<&'static LogClass> {
+    LOG_CLASSES.iter().find(|c| c.prefix == prefix)
+}
+
+/// The set that meters a class's log (`lm_<class>`).
+pub fn meter_set(class: &LogClass) -> String {
+    format!("lm_{}", class.name)
+}
+
+/// The set that counts a class's attempts the meter held back
+/// (`ld_<class>`), per slot interface.
+pub fn dropped_set(class: &LogClass) -> String {
+    format!("ld_{}", class.name)
+}
+
+/// The logging and counting of one reason class: under the slot's rate
+/// the attempt is logged, over it counted; either way it ends with
+/// `verdict`. `only` narrows which packets count as attempts (new
+/// connections, in the hooks after connection tracking).
+fn log_or_count(class: &LogClass, only: &str, rate: u32, group: u16, verdict: &str) -> String {
+    format!(
+        "    {only}update @{meter} {{ iifname limit rate {rate}/second }} log group {group} prefix \"{p}\" {verdict}\n\
+         \x20   {only}update @{dropped} {{ iifname }} {verdict}\n",
+        meter = meter_set(class),
+        dropped = dropped_set(class),
+        p = class.prefix,
+    )
+}
+
+/// The limits of one share chain: a tier's tracked connections, new
+/// connections a second, and DNS queries a second.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ShareClass {
+    /// Tracked connections at once, at most.
+    pub connections: u32,
+    /// New connections let out a second (a burst of twice as many).
+    pub new_per_second: u32,
+    /// DNS queries a second: the kernel lets twice as many UDP datagrams
+    /// a second reach the DNS service (a burst of four times as many), so
+    /// that a flood is cut before it fills the service's socket, and the
+    /// service holds the sandbox to the rate itself.
+    #[serde(default = "default_dns_rate")]
+    pub dns_per_second: u32,
+}
+
+fn default_dns_rate() -> u32 {
+    sandgate_policy::FairShares::default().dns_queries_per_second
+}
+
+impl ShareClass {
+    /// The class of a tier's fair shares.
+    pub fn of(shares: &sandgate_policy::FairShares) -> ShareClass {
+        ShareClass {
+            connections: shares.connections,
+            new_per_second: shares.new_connections_per_second,
+            dns_per_second: shares.dns_queries_per_second,
+        }
+    }
+
+    fn suffix(&self) -> String {
+        format!(
+            "{}_{}_{}",
+            self.connections, self.new_per_second, self.dns_per_second
+        )
+    }
+
+    /// The share chain of connections let out.
+    pub fn chain(&self) -> String {
+        format!("share_{}", self.suffix())
+    }
+
+    /// The share chain of DNS reaching the service: tracked connections
+    /// (new ones), and the datagram rate.
+    pub fn dns_chain(&self) -> String {
+        format!("dnsshare_{}", self.suffix())
+    }
+
+    fn conns_set(&self) -> String {
+        format!("conns_{}", self.suffix())
+    }
+
+    fn rate_set(&self) -> String {
+        format!("rate_{}", self.suffix())
+    }
+
+    fn dns_rate_set(&self) -> String {
+        format!("dnsrate_{}", self.suffix())
+    }
+
+    /// The dynamic sets of this class, keyed by slot interface.
+    pub fn sets(&self) -> [String; 3] {
+        [self.conns_set(), self.rate_set(), self.dns_rate_set()]
+    }
 }
 
 /// The allow-list sets are split into this many shards, by slot index.
@@ -146,8 +332,27 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20 set valid { type ifname . mark; }\n\
          \x20 set admit4 { type ifname . ipv4_addr; flags timeout; }\n\
          \x20 set admit6 { type ifname . ipv6_addr; flags timeout; }\n\
-         \x20 set log_meter { type ifname; flags dynamic,timeout; timeout 1m; }\n",
+         \x20 map shares { type ifname : verdict; }\n\
+         \x20 map dns_shares { type ifname : verdict; }\n",
     );
+    for class in LOG_CLASSES {
+        let _ = writeln!(
+            r,
+            "  set {} {{ type ifname; flags dynamic,timeout; timeout 1m; }}\n\
+             \x20 set {} {{ type ifname; flags dynamic; counter; }}",
+            meter_set(class),
+            dropped_set(class)
+        );
+    }
+    for class in &cfg.share_classes {
+        let [conns, rate, dns_rate] = class.sets();
+        let _ = writeln!(
+            r,
+            "  set {conns} {{ type ifname; flags dynamic; }}\n\
+             \x20 set {rate} {{ type ifname; flags dynamic,timeout; timeout 1m; }}\n\
+             \x20 set {dns_rate} {{ type ifname; flags dynamic,timeout; timeout 1m; }}"
+        );
+    }
     for k in 0..SHARDS {
         for (v4, ty) in [(true, "ipv4_addr"), (false, "ipv6_addr")] {
             for private in [false, true] {
@@ -166,6 +371,12 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
     let group = cfg.nflog_group;
     let rate = cfg.log_rate.max(1);
     let nd = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }";
+    let class = |name: &str| {
+        LOG_CLASSES
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| unreachable!("reason class {name}"))
+    };
 
     // Ingress: unknown interfaces and forged sources never get further.
     let _ = write!(
@@ -179,9 +390,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   ip6 saddr fe80::/10 {nd} return\n\
          \x20   ip6 saddr :: icmpv6 type nd-neighbor-solicit return\n\
          \x20   ip6 saddr {{ ::, fe80::/10 }} ip6 daddr ff02::/16 drop\n\
-         \x20   update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{spoof}\"\n\
-         \x20   drop\n  }}\n",
-        spoof = prefix::SPOOF,
+         {spoof}\x20 }}\n",
+        spoof = log_or_count(class("spoof"), "", rate, group, "drop"),
     );
     // DNS, wherever it was sent, goes to sandgate's DNS service.
     let _ = write!(
@@ -201,10 +411,10 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   iifname != @slots drop\n\
          \x20   ct direction reply ct state established,related accept\n\
          \x20   {nd} accept\n\
+         \x20   ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} iifname vmap @dns_shares\n\
          \x20   ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} accept\n\
-         \x20   ct state new update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{host}\"\n\
-         \x20   drop\n  }}\n",
-        host = prefix::HOST,
+         {host}\x20   drop\n  }}\n",
+        host = log_or_count(class("host"), "ct state new ", rate, group, "drop"),
     );
     let _ = write!(
         r,
@@ -214,7 +424,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   iifname {slots} ct status expected drop\n\
          \x20   oifname {slots} ct status expected drop\n\
          \x20   iifname {slots} jump from_slot\n\
-         \x20   oifname {slots} jump to_slot\n  }}\n\
+         \x20   oifname {slots} jump to_slot\n\
+         \x20   {other}\n  }}\n\
          \x20 chain from_slot {{\n\
          \x20   iifname != @slots drop\n\
          \x20   ct state invalid,untracked drop\n\
@@ -230,22 +441,62 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   ct original ip6 daddr @denied6 drop\n\
          \x20   oifname vmap @back_mode\n\
          \x20   drop\n  }}\n",
+        // Traffic that neither comes from nor goes to a slot is not
+        // sandgate's to forward, unless the operator says so.
+        other = if cfg.forward_other { "accept" } else { "drop" },
     );
     for reply in [false, true] {
         eval_chains(&mut r, reply);
     }
-    for (chain, p) in [
-        ("deny_denied", prefix::DENIED),
-        ("deny_private", prefix::PRIVATE),
-        ("deny_unlisted", prefix::UNLISTED),
-        ("deny_restricted", prefix::RESTRICTED),
-        ("deny_blocked", prefix::BLOCKED),
+    for name in ["denied", "private", "unlisted", "restricted", "blocked"] {
+        let _ = write!(
+            r,
+            "  chain deny_{name} {{\n{}\x20   drop\n  }}\n",
+            log_or_count(class(name), "ct state new ", rate, group, "drop")
+        );
+    }
+    // A limit reached: logged or counted (the class's chain returns), then
+    // refused at once (a reset, or an ICMP error), so that the program
+    // sees an error rather than a silent wait.
+    let _ = write!(
+        r,
+        "  chain over_dns_rate {{\n{}  }}\n",
+        log_or_count(class("dnsrate"), "", rate, group, "drop"),
+    );
+    for (name, chain) in [
+        ("connections", "over_connections"),
+        ("connrate", "over_connection_rate"),
     ] {
         let _ = write!(
             r,
+            "  chain log_{name} {{\n{}  }}\n\
+             \x20 chain {chain} {{\n\
+             \x20   jump log_{name}\n\
+             \x20   meta l4proto tcp reject with tcp reset\n\
+             \x20   reject with icmpx admin-prohibited\n  }}\n",
+            log_or_count(class(name), "", rate, group, "return"),
+        );
+    }
+    for c in &cfg.share_classes {
+        let [conns, rate_set, dns_rate_set] = c.sets();
+        let (chain, dns_chain) = (c.chain(), c.dns_chain());
+        let (n, per, burst) = (
+            c.connections,
+            c.new_per_second,
+            c.new_per_second.saturating_mul(2),
+        );
+        let (dns, dns_burst) = (
+            c.dns_per_second.saturating_mul(2),
+            c.dns_per_second.saturating_mul(4),
+        );
+        let _ = write!(
+            r,
             "  chain {chain} {{\n\
-             \x20   ct state new update @log_meter {{ iifname limit rate {rate}/second }} log group {group} prefix \"{p}\"\n\
-             \x20   drop\n  }}\n"
+             \x20   add @{conns} {{ iifname ct count over {n} }} goto over_connections\n\
+             \x20   update @{rate_set} {{ iifname limit rate over {per}/second burst {burst} packets }} goto over_connection_rate\n  }}\n\
+             \x20 chain {dns_chain} {{\n\
+             \x20   ct state new add @{conns} {{ iifname ct count over {n} }} goto over_connections\n\
+             \x20   meta l4proto udp update @{dns_rate_set} {{ iifname limit rate over {dns}/second burst {dns_burst} packets }} goto over_dns_rate\n  }}\n",
         );
     }
     r.push_str("}\n");
@@ -281,6 +532,13 @@ fn eval_chains(r: &mut String, reply: bool) {
     } else {
         ("counter name allowed_net ", "counter name allowed_dns ")
     };
+    // A new connection let out takes its share first (a refusal there is
+    // the end of it, logged as such).
+    let shares = if reply {
+        ""
+    } else {
+        "ct state new iifname vmap @shares; "
+    };
     let (private, unlisted, restricted, blocked) = (
         deny("private"),
         deny("unlisted"),
@@ -289,8 +547,8 @@ fn eval_chains(r: &mut String, reply: bool) {
     );
     let _ = write!(
         r,
-        "  chain {dir}_pass_net {{ {count_net}ct mark set {iface} map @netgen accept; drop; }}\n\
-         \x20 chain {dir}_pass_dns {{ {count_dns}ct mark set {iface} map @dnsgen accept; drop; }}\n\
+        "  chain {dir}_pass_net {{ {shares}{count_net}ct mark set {iface} map @netgen accept; drop; }}\n\
+         \x20 chain {dir}_pass_dns {{ {shares}{count_dns}ct mark set {iface} map @dnsgen accept; drop; }}\n\
          \x20 chain {dir}_open {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\

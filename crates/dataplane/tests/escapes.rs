@@ -461,3 +461,168 @@ fn a_flushed_ruleset_cuts_every_slot_off_until_the_restart_puts_it_back() {
     assert!(probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
     assert!(!probe(&ns, Proto::Tcp, SERVER4_B, TCP_ECHO));
 }
+
+/// The IPv6 addresses of `ns`'s interface `eth0` and whether it has a
+/// default route learnt from a router (one via a link-local address).
+fn slot_ipv6_state(ns: &Netns) -> (Vec<String>, bool) {
+    ns.run(|| {
+        let addrs = std::fs::read_to_string("/proc/thread-self/net/if_inet6")?
+            .lines()
+            .filter(|l| l.ends_with(" eth0"))
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+            .collect();
+        // /proc/net/ipv6_route: destination, prefix length, ..., next hop.
+        let learnt = std::fs::read_to_string("/proc/thread-self/net/ipv6_route")?
+            .lines()
+            .any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 4 && f[0] == "0".repeat(32) && f[1] == "00" && f[4].starts_with("fe80")
+            });
+        Ok((addrs, learnt))
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_router_advertisement_changes_no_slot_address_or_route() {
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (slot, ns) = rig.sandbox("ra", &policy);
+    let before = slot_ipv6_state(&ns);
+    // A router advertisement for a lab prefix, with a default route, sent
+    // from the slot's host end to all nodes: what a rogue router on the
+    // link would send. A slot that took it would gain an address in the
+    // prefix and a route the dataplane did not make.
+    let ifindex = rig
+        .lab
+        .host()
+        .run(|| {
+            let mut rt = Rtnl::open()?;
+            rt.link_index(&slot.host_if)
+        })
+        .unwrap()
+        .unwrap();
+    // The advertisement must come from a link-local address, which the
+    // host end gets once its duplicate address detection is over.
+    let host_if = slot.host_if.clone();
+    let link_local_ready = || {
+        rig.lab
+            .host()
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
+            .unwrap()
+            .lines()
+            .any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() == 6
+                    && f[5] == host_if
+                    && f[0].starts_with("fe80")
+                    && u32::from_str_radix(f[4], 16).is_ok_and(|flags| flags & 0x40 == 0)
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !link_local_ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no link-local address on {host_if}: {}",
+            rig.lab
+                .host()
+                .run(|| std::fs::read_to_string("/proc/thread-self/net/if_inet6"))
+                .unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut ra = vec![
+        134, 0, 0, 0, // type, code, checksum (the kernel's)
+        64, 0, 0x07, 0x08, // hop limit, flags, router lifetime 1800 s
+        0, 0, 0, 0, 0, 0, 0, 0, // reachable time, retransmission timer
+        3, 4, 64, 0xc0, // prefix information: on-link, autonomous
+        0, 1, 0x51, 0x80, 0, 0, 0x38, 0x40, 0, 0, 0, 0, // lifetimes, reserved
+    ];
+    ra.extend_from_slice(&"2001:db8:bad::".parse::<Ipv6Addr>().unwrap().octets());
+    rig.lab
+        .host()
+        .run(|| {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV6,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::ICMPV6),
+            )?;
+            s.set_multicast_hops_v6(255)?;
+            s.set_multicast_if_v6(ifindex)?;
+            let all_nodes = std::net::SocketAddrV6::new("ff02::1".parse().unwrap(), 0, 0, ifindex);
+            for _ in 0..3 {
+                s.send_to(&ra, &SocketAddr::V6(all_nodes).into())?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = slot_ipv6_state(&ns);
+    assert!(
+        !after.0.iter().any(|a| a.starts_with("20010db80bad")),
+        "the slot took an address from the advertisement: {after:?}"
+    );
+    assert!(
+        !after.1,
+        "the slot took a default route from the advertisement"
+    );
+    assert_eq!(before, after);
+    let accept_ra = ns
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv6/conf/eth0/accept_ra"))
+        .unwrap();
+    assert_eq!(accept_ra.trim(), "0");
+}
+
+/// A namespace beside the slots, joined to the lab's host by a link of
+/// its own (not a slot's), routed through the host: other traffic a
+/// sandbox host might be asked to forward. Sends one datagram to the
+/// world; whether it arrived.
+fn forwarded_for_a_neighbour(rig: &Rig, tag: &str) -> bool {
+    let sink = Sink::new(rig, SocketAddr::new(SERVER4, 9999));
+    let neighbour = Netns::create(&format!("{}-{tag}", rig.lab.tag())).unwrap();
+    let fd = neighbour.fd();
+    rig.lab
+        .host()
+        .run(|| {
+            let mut rt = Rtnl::open()?;
+            rt.add_veth("nbh", "eth0", Some(fd))?;
+            let i = rt.link_index("nbh")?.unwrap();
+            rt.add_address(i, "198.51.100.200/31".parse().unwrap())?;
+            rt.set_up(i)
+        })
+        .unwrap();
+    neighbour
+        .run(|| {
+            let mut rt = Rtnl::open()?;
+            let i = rt.link_index("eth0")?.unwrap();
+            rt.add_address(i, "198.51.100.201/31".parse().unwrap())?;
+            rt.set_up(i)?;
+            rt.wait_oper_up("eth0", Duration::from_secs(5))?;
+            rt.add_route(
+                "0.0.0.0/0".parse().unwrap(),
+                Some("198.51.100.200".parse().unwrap()),
+                i,
+            )
+        })
+        .unwrap();
+    for _ in 0..3 {
+        send_udp(&neighbour, SocketAddr::new(SERVER4, 9999), b"neighbour");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = sink.received();
+    let _ = neighbour.delete();
+    !got.is_empty()
+}
+
+#[test]
+fn the_host_forwards_only_sandbox_traffic_unless_told_otherwise() {
+    // By default, what comes in on a link that is no slot's and would be
+    // routed through the host is dropped ...
+    let rig = Rig::new();
+    assert!(!forwarded_for_a_neighbour(&rig, "nb"));
+    drop(rig);
+    // ... and the operator's switch lets it through (the same path works).
+    let rig = Rig::with(|c| c.forward_other = true);
+    assert!(forwarded_for_a_neighbour(&rig, "nb"));
+}

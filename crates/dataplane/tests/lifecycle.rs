@@ -9,7 +9,9 @@ mod common;
 
 use common::*;
 use sandgate_dataplane::probe::Proto;
-use sandgate_dataplane::ruleset::{allow_set, mode_chain, SHARDS};
+use sandgate_dataplane::ruleset::{
+    allow_set, dropped_set, meter_set, mode_chain, LOG_CLASSES, SHARDS,
+};
 use sandgate_dataplane::state::{Phase, State};
 use sandgate_dataplane::{Dataplane, DataplaneConfig};
 use sandgate_lab::addrs::*;
@@ -33,10 +35,24 @@ fn per_slot_sets() -> Vec<String> {
         "valid",
         "admit4",
         "admit6",
+        "shares",
+        "dns_shares",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // What traffic leaves in the dynamic sets: log meters, held-back
+    // counts, connection counts and rates (a deleted slot's go with it).
+    for class in LOG_CLASSES {
+        sets.push(meter_set(class));
+        sets.push(dropped_set(class));
+    }
+    for class in DataplaneConfig::new(&lab_policy(), "x", "x".into())
+        .unwrap()
+        .share_classes
+    {
+        sets.extend(class.sets());
+    }
     for k in 0..SHARDS {
         for v4 in [true, false] {
             for private in [true, false] {
@@ -119,7 +135,8 @@ fn assert_consistent(host: &Netns, cfg: &DataplaneConfig) {
     }
     for (set, slots) in kernel_slots(host, &cfg.table) {
         match &*set {
-            "slots" | "src4" | "src6" | "mode" | "back_mode" | "netgen" | "dnsgen" | "valid" => {
+            "slots" | "src4" | "src6" | "mode" | "back_mode" | "netgen" | "dnsgen" | "valid"
+            | "shares" | "dns_shares" => {
                 assert_eq!(slots, active, "set {set}")
             }
             _ => assert!(
@@ -151,6 +168,13 @@ fn a_thousand_create_delete_cycles_leave_nothing_behind() {
             rig.dp()
                 .admit(slot.index, SERVER4, &essential(), Duration::from_secs(60))
                 .unwrap();
+        }
+        // Now and then, traffic: a connection let out or denied leaves
+        // elements in the dynamic sets (counts, meters), which the delete
+        // must take along.
+        if i % 100 < 4 {
+            let ns = Netns::open(&slot.netns).unwrap();
+            probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO);
         }
         rig.dp().delete(slot.index).unwrap();
         rig.dp().fill_pool().unwrap();

@@ -1,4 +1,4 @@
-//! sandgate's DNS service (BRIEF section 1, "DNS").
+//! sandgate's DNS service (docs/REQUIREMENTS.md, "DNS").
 //!
 //! Every query from a sandbox, to any address, reaches this service: the
 //! dataplane redirects port 53 to it on the sandbox's gateway. The service
@@ -10,51 +10,94 @@
 //!   service, a `domainAllowList` entry) is forwarded, and every A/AAAA
 //!   address of the answer, CNAME chains included, is admitted for that
 //!   sandbox alone, with lifetime max(TTL, floor), **before** the answer is
-//!   sent; addresses in always-denied or private ranges are removed from the
-//!   answer and admitted never (DNS rebinding). Any other name gets REFUSED
-//!   with an Extended DNS Error (RFC 8914, INFO-CODE 15, "Blocked") saying
-//!   why, and nothing is forwarded: no tunnel out through DNS;
+//!   sent; addresses in always-denied or private ranges (the host's own
+//!   included) are removed from the answer and admitted never (DNS
+//!   rebinding). Any other name gets REFUSED with an Extended DNS Error
+//!   (RFC 8914, INFO-CODE 15, "Blocked") saying why, and nothing is
+//!   forwarded: no tunnel out through DNS;
 //! - `blocked`: every query refused the same way.
 //!
-//! Refusals and rebinding answers become events, limited per sandbox.
+//! **Fair shares.** One sandbox cannot stall another's lookups: each has a
+//! query rate (more are answered REFUSED at once), a number of queries
+//! waiting on upstream (more get SERVFAIL at once) and of TCP connections
+//! open (more are closed at once), its tier's (`FairShares`); the service
+//! is asynchronous (tokio), so a slow client holds a task, not a thread,
+//! and TCP connections idle for long are closed. The cache is partitioned
+//! by organization. Events are limited per sandbox and reason; what is
+//! held back is counted and reported ([`DnsService::take_dropped`]).
+//!
+//! **Slots change hands.** A query carries the lease of the sandbox that
+//! asked ([`Asker::lease`]); an admission or an answer for a lease that
+//! no longer holds the slot (the sandbox was deleted while its lookup was
+//! in flight, and the slot given to another) is dropped.
+//!
 //! Transport ([`DnsService`]) is kept apart from message handling
 //! ([`protocol`]), as hickory does; the sandbox directory and the
-//! admissions are the caller's ([`Directory`]): the service holds no
-//! policy of its own.
+//! admissions are the caller's ([`Directory`]).
 
 pub mod cache;
 pub mod protocol;
 pub mod upstream;
 
 use cache::Cache;
-use hickory_proto::op::Message;
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, ResponseCode};
 use protocol::{
-    addresses, explained, failure, parse_query, read_framed, refused, strip, upstream_query,
-    write_framed, Question, Unserved, EDE_NETWORK_ERROR, EDE_OTHER,
+    addresses, explained, failure, parse_query, refused, reply_to, strip, Question, Unserved,
+    EDE_NETWORK_ERROR, EDE_OTHER,
 };
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, CompiledPolicy, EffectivePolicy, Mode, PolicyConfig, Reason};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
-pub use upstream::Upstream;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+pub use upstream::{Pool, Upstream};
+
+/// A sandbox that asked: its slot, who holds the slot, its cache
+/// partition and its policy.
+#[derive(Debug, Clone)]
+pub struct Asker {
+    /// Its slot.
+    pub slot: u32,
+    /// The holder of the slot: a number that changes each time the slot
+    /// is given to a sandbox. What was asked under one lease is never
+    /// admitted or answered under another.
+    pub lease: u64,
+    /// Whose answers it shares: its organization.
+    pub partition: Arc<str>,
+    /// Its policy (with its tier's fair shares).
+    pub policy: EffectivePolicy,
+}
 
 /// Who a query comes from, and what may be done for it: implemented by
 /// whoever holds the sandboxes' policies and the dataplane.
 pub trait Directory: Send + Sync {
-    /// The slot and current policy of the sandbox whose address is
-    /// `source`, if it is one.
-    fn sandbox(&self, source: IpAddr) -> Option<(u32, EffectivePolicy)>;
+    /// The sandbox whose address is `source`, if it is one.
+    fn sandbox(&self, source: IpAddr) -> Option<Asker>;
 
-    /// Admits `addr` for slot `slot` for `lifetime`, because a name allowed
-    /// by `rule` answered it.
-    fn admit(&self, slot: u32, addr: IpAddr, rule: &Reason, lifetime: Duration) -> io::Result<()>;
+    /// Admits `addr` for `asker`'s slot for `lifetime`, because a name
+    /// allowed by `rule` answered it; refused if `asker` no longer holds
+    /// the slot. Returns the address withdrawn to make room, if the slot
+    /// was at its most admissions.
+    fn admit(
+        &self,
+        asker: &Asker,
+        addr: IpAddr,
+        rule: &Reason,
+        lifetime: Duration,
+    ) -> io::Result<Option<IpAddr>>;
+
+    /// Whether `asker` still holds its slot.
+    fn holds(&self, asker: &Asker) -> bool;
+
+    /// The policy configuration now (its ranges include the host's own
+    /// addresses as they are now).
+    fn config(&self) -> Arc<PolicyConfig>;
 }
 
 /// How the service runs.
@@ -65,17 +108,19 @@ pub struct DnsConfig {
     pub port: u16,
     /// Where allowed queries go.
     pub upstream: Upstream,
-    /// The shortest admission, whatever the TTL (BRIEF: 60 s by default).
+    /// The shortest admission, whatever the TTL (60 s by default).
     pub lifetime_floor: Duration,
-    /// The most answers kept in the cache.
+    /// The most answers kept in the cache, in all partitions.
     pub cache_entries: usize,
-    /// Events per sandbox and second, at most.
-    pub event_rate: u32,
-    /// Worker threads answering UDP queries.
+    /// Threads of the service's runtime.
     pub workers: usize,
-    /// Queries of one sandbox waiting on upstream at once, at most; more
-    /// get SERVFAIL at once, so that one sandbox cannot hold every worker.
-    pub per_sandbox: usize,
+    /// Sockets of the upstream pool, per family.
+    pub pool_sockets: usize,
+    /// TCP connections open at once, from all sandboxes.
+    pub tcp_connections: usize,
+    /// How long a TCP connection may wait for its next message (and for
+    /// the rest of one begun).
+    pub tcp_idle: Duration,
 }
 
 impl DnsConfig {
@@ -86,14 +131,15 @@ impl DnsConfig {
             upstream,
             lifetime_floor: Duration::from_secs(60),
             cache_entries: 10_000,
-            event_rate: 20,
-            workers: 16,
-            per_sandbox: 4,
+            workers: 2,
+            pool_sockets: 16,
+            tcp_connections: 1024,
+            tcp_idle: Duration::from_secs(5),
         }
     }
 }
 
-/// A refused query or a rebinding answer.
+/// A refused query, a rebinding answer, a limit reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsEvent {
     /// When.
@@ -104,11 +150,14 @@ pub struct DnsEvent {
     pub name: String,
     /// The record type asked.
     pub qtype: String,
-    /// `dns_not_allowed`, `blocked`, `dns_rebinding`, or
+    /// `dns_not_allowed`, `blocked`, `dns_rebinding`,
     /// `upstream_unreachable` (no upstream resolver answered: the sandbox
-    /// got SERVFAIL and nothing was admitted).
+    /// got SERVFAIL and nothing was admitted), `dns_rate_limited`,
+    /// `dns_in_flight_limit`, `dns_tcp_limit`, or `admission_limit` (an
+    /// older admission made room).
     pub reason: String,
-    /// For `dns_rebinding`: the addresses removed from the answer.
+    /// For `dns_rebinding`: the addresses removed from the answer; for
+    /// `admission_limit`: the address withdrawn.
     pub removed: Vec<IpAddr>,
 }
 
@@ -125,32 +174,112 @@ pub struct Counters {
     pub admitted: AtomicU64,
     /// Addresses removed from answers (rebinding).
     pub rebinding: AtomicU64,
-    /// Events dropped by the per-sandbox limit or a full queue.
+    /// Events held back by the per-sandbox limit or a full queue.
     pub events_dropped: AtomicU64,
     /// Queries turned away because their sandbox had too many waiting.
     pub busy: AtomicU64,
     /// Queries no upstream resolver answered.
     pub upstream_failures: AtomicU64,
+    /// Queries over their sandbox's rate.
+    pub rate_limited: AtomicU64,
+    /// TCP connections closed at once (the sandbox's, or the service's,
+    /// most were open).
+    pub tcp_refused: AtomicU64,
+    /// Answers not sent, or admissions not made, because the slot had
+    /// changed hands while the query was in flight.
+    pub stale: AtomicU64,
+}
+
+/// One sandbox's use of the service, under one lease.
+#[derive(Debug)]
+struct Share {
+    /// Tokens of the query rate, and when they were last counted.
+    tokens: f64,
+    counted: Instant,
+    in_flight: u32,
+    tcp: u32,
+    /// Events published this second, by reason.
+    events: HashMap<&'static str, u32>,
+    events_since: Instant,
+    last_used: Instant,
+}
+
+impl Share {
+    fn new(rate: u32) -> Share {
+        let now = Instant::now();
+        Share {
+            tokens: f64::from(rate) * 2.0,
+            counted: now,
+            in_flight: 0,
+            tcp: 0,
+            events: HashMap::new(),
+            events_since: now,
+            last_used: now,
+        }
+    }
+}
+
+/// Every sandbox's share, by (slot, lease).
+#[derive(Debug, Default)]
+struct Shares {
+    by_lease: HashMap<(u32, u64), Share>,
+    /// Events held back, by slot and reason, not yet taken.
+    dropped: HashMap<(u32, &'static str), u64>,
+}
+
+/// Shares unused this long are forgotten.
+const SHARE_IDLE: Duration = Duration::from_secs(60);
+
+impl Shares {
+    fn get(&mut self, asker: &Asker) -> &mut Share {
+        if self.by_lease.len() > 1024 {
+            self.by_lease
+                .retain(|_, s| s.last_used.elapsed() < SHARE_IDLE || s.in_flight + s.tcp > 0);
+        }
+        let rate = asker.policy.fair_shares.dns_queries_per_second;
+        let share = self
+            .by_lease
+            .entry((asker.slot, asker.lease))
+            .or_insert_with(|| Share::new(rate));
+        share.last_used = Instant::now();
+        share
+    }
+
+    /// Whether `asker` may send one more query now (a token bucket of its
+    /// rate, holding a burst of twice the rate).
+    fn take_query(&mut self, asker: &Asker) -> bool {
+        let rate = f64::from(asker.policy.fair_shares.dns_queries_per_second.max(1));
+        let s = self.get(asker);
+        let now = Instant::now();
+        s.tokens = (s.tokens + now.duration_since(s.counted).as_secs_f64() * rate).min(rate * 2.0);
+        s.counted = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Core {
     cfg: DnsConfig,
     directory: Arc<dyn Directory>,
     catalog: Arc<Catalog>,
-    policy: Arc<PolicyConfig>,
     cache: Mutex<Cache>,
+    pool: Arc<Pool>,
     events: SyncSender<DnsEvent>,
-    limiter: Mutex<HashMap<u32, (Instant, u32)>>,
-    in_flight: Mutex<HashMap<u32, usize>>,
+    shares: Mutex<Shares>,
     counters: Arc<Counters>,
 }
 
-/// The running service: UDP and TCP listeners and their threads.
+/// The running service: UDP and TCP listeners on a runtime of its own.
 pub struct DnsService {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
     events: Receiver<DnsEvent>,
     counters: Arc<Counters>,
+    core: Arc<Core>,
 }
 
 impl std::fmt::Debug for DnsService {
@@ -159,10 +288,10 @@ impl std::fmt::Debug for DnsService {
     }
 }
 
-/// How often a listener looks at the stop flag.
-const POLL: Duration = Duration::from_millis(50);
-/// TCP connections served at once, at most.
-const MAX_TCP: usize = 256;
+/// Takes a lock, also one whose holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl DnsService {
     /// Starts listening on `cfg.port` in `host` (or here, for `None`).
@@ -171,90 +300,98 @@ impl DnsService {
         cfg: DnsConfig,
         directory: Arc<dyn Directory>,
         catalog: Arc<Catalog>,
-        policy: Arc<PolicyConfig>,
     ) -> io::Result<DnsService> {
         let port = cfg.port;
-        let bind = move || -> io::Result<(UdpSocket, TcpListener)> {
-            let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-            Ok((UdpSocket::bind(any)?, TcpListener::bind(any)?))
-        };
-        // [::] takes IPv4 too (as mapped addresses) unless the host says
-        // otherwise; sandboxes reach the service over both families.
-        let (udp, tcp) = match host {
-            Some(ns) => ns.run(bind)?,
-            None => bind()?,
-        };
-        udp.set_read_timeout(Some(POLL))?;
-        tcp.set_nonblocking(true)?;
+        // The listeners, the upstream pool and every socket the runtime's
+        // threads open later live in the host namespace: the runtime is
+        // built on a thread of it, and its threads are that thread's.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<Arc<Core>>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (events_tx, events) = sync_channel(4096);
         let counters = Arc::new(Counters::default());
-        let core = Arc::new(Core {
-            cache: Mutex::new(Cache::new(cfg.cache_entries)),
-            cfg,
-            directory,
-            catalog,
-            policy,
-            events: events_tx,
-            limiter: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashMap::new()),
-            counters: counters.clone(),
-        });
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        // Every thread of the service runs in the host namespace: the
-        // sockets it opens to reach upstream resolvers must be made there,
-        // never in the namespace of the process that started it.
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| -> io::Result<JoinHandle<()>> {
-            match host {
-                Some(ns) => ns.spawn(name, f),
-                None => std::thread::Builder::new().name(name.to_string()).spawn(f),
+        let workers = cfg.workers.max(1);
+        let run = {
+            let counters = counters.clone();
+            move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .thread_name("sandgate-dns")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let setup = async {
+                        let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+                        // [::] takes IPv4 too (as mapped addresses): sandboxes
+                        // reach the service over both families.
+                        let udp = std::net::UdpSocket::bind(any)?;
+                        udp.set_nonblocking(true)?;
+                        // A burst from many sandboxes waits here, not lost.
+                        let _ = nix::sys::socket::setsockopt(
+                            &udp,
+                            nix::sys::socket::sockopt::RcvBuf,
+                            &(4 << 20),
+                        );
+                        let udp = Arc::new(UdpSocket::from_std(udp)?);
+                        let tcp = TcpListener::bind(any).await?;
+                        let pool = Pool::start(cfg.upstream.clone(), cfg.pool_sockets)?;
+                        let core = Arc::new(Core {
+                            cache: Mutex::new(Cache::new(cfg.cache_entries)),
+                            cfg,
+                            directory,
+                            catalog,
+                            pool,
+                            events: events_tx,
+                            shares: Mutex::new(Shares::default()),
+                            counters,
+                        });
+                        Ok::<_, io::Error>((core, udp, tcp))
+                    };
+                    match setup.await {
+                        Ok((core, udp, tcp)) => {
+                            let _ = ready_tx.send(Ok(core.clone()));
+                            let serving = async {
+                                tokio::join!(serve_udp(core.clone(), udp), serve_tcp(core, tcp));
+                            };
+                            tokio::select! {
+                                _ = serving => {}
+                                _ = stop_rx => {}
+                            }
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+                // Tasks still running (a TCP client, a lookup) end here.
+                rt.shutdown_timeout(Duration::from_secs(1));
             }
         };
-        let (jobs_tx, jobs_rx) = sync_channel::<(Vec<u8>, SocketAddr)>(1024);
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-        for _ in 0..core.cfg.workers.max(1) {
-            let (core, jobs, sock) = (core.clone(), jobs_rx.clone(), udp.try_clone()?);
-            threads.push(spawn(
-                "sandgate-dns-worker",
-                Box::new(move || loop {
-                    let job = match jobs.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok((query, from)) = job else { return };
-                    if let Some(answer) = core.handle(from.ip(), &query) {
-                        let _ = sock.send_to(&answer, from);
-                    }
-                }),
-            )?);
-        }
-        let s = stop.clone();
-        threads.push(spawn(
-            "sandgate-dns-udp",
-            Box::new(move || {
-                let mut buf = [0u8; 4096];
-                while !s.load(Ordering::SeqCst) {
-                    if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                        // A full queue drops the query, as a busy resolver does.
-                        let _ = jobs_tx.try_send((buf[..n].to_vec(), from));
-                    }
-                }
-            }),
-        )?);
-        let (s, c) = (stop.clone(), core.clone());
-        threads.push(spawn(
-            "sandgate-dns-tcp",
-            Box::new(move || serve_tcp(tcp, c, s)),
-        )?);
+        let thread = match host {
+            Some(ns) => ns.spawn("sandgate-dns", Box::new(run))?,
+            None => std::thread::Builder::new()
+                .name("sandgate-dns".into())
+                .spawn(run)?,
+        };
+        let core = ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("the DNS service's thread ended before it served"))??;
         Ok(DnsService {
-            stop,
-            threads,
+            stop: Some(stop_tx),
+            thread: Some(thread),
             events,
             counters,
+            core,
         })
     }
 
-    /// Refusals and rebinding answers, in order.
+    /// Refusals, rebinding answers and limits reached, in order.
     pub fn events(&self) -> &Receiver<DnsEvent> {
         &self.events
     }
@@ -263,100 +400,209 @@ impl DnsService {
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
+
+    /// Datagrams the upstream pool received that answered no query.
+    pub fn upstream_unmatched(&self) -> u64 {
+        self.core.pool.counters().unmatched.load(Ordering::Relaxed)
+    }
+
+    /// The events held back since the last call, by slot and reason.
+    pub fn take_dropped(&self) -> Vec<(u32, &'static str, u64)> {
+        lock(&self.core.shares)
+            .dropped
+            .drain()
+            .map(|((slot, reason), n)| (slot, reason, n))
+            .collect()
+    }
 }
 
 impl Drop for DnsService {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Workers end when the reader's sender goes; the reader and the
-        // TCP acceptor look at the flag.
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the DNS service's thread panicked");
+            }
         }
     }
 }
 
-fn serve_tcp(listener: TcpListener, core: Arc<Core>, stop: Arc<AtomicBool>) {
-    let open = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((conn, from)) if open.load(Ordering::SeqCst) < MAX_TCP => {
-                let guard = Slot::take(&open);
-                let core = core.clone();
-                std::thread::spawn(move || {
-                    let _guard = guard;
-                    tcp_conn(conn, from.ip(), &core);
-                });
+/// Reads every UDP query; a query over its sandbox's rate is answered at
+/// once, here, so that a flood costs no task and no upstream query.
+async fn serve_udp(core: Arc<Core>, udp: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = match udp.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS service: receiving a datagram");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             }
-            Ok(_) => {}
-            Err(_) => std::thread::sleep(POLL),
+        };
+        let bytes = buf[..n].to_vec();
+        let source = from.ip().to_canonical();
+        let asker = core.directory.sandbox(source);
+        if let Some(asker) = &asker {
+            if !lock(&core.shares).take_query(asker) {
+                if let Some(answer) = core.rate_limited(asker, &bytes) {
+                    let _ = udp.send_to(&answer, from).await;
+                }
+                continue;
+            }
+        }
+        let (core, udp) = (core.clone(), udp.clone());
+        tokio::spawn(async move {
+            if let Some(answer) = core.handle(asker, &bytes).await {
+                if let Err(e) = udp.send_to(&answer, from).await {
+                    tracing::debug!(error = %e, %from, "DNS service: sending an answer");
+                }
+            }
+        });
+    }
+}
+
+/// Accepts TCP connections, each within its sandbox's and the service's
+/// most connections open.
+async fn serve_tcp(core: Arc<Core>, listener: TcpListener) {
+    let open = Arc::new(tokio::sync::Semaphore::new(core.cfg.tcp_connections.max(1)));
+    loop {
+        let (conn, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS service: accepting a connection");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            core.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let source = from.ip().to_canonical();
+        let asker = core.directory.sandbox(source);
+        let admitted = match &asker {
+            None => true,
+            Some(a) => {
+                let max = a.policy.fair_shares.dns_tcp_connections;
+                let mut shares = lock(&core.shares);
+                let s = shares.get(a);
+                if s.tcp >= max {
+                    false
+                } else {
+                    s.tcp += 1;
+                    true
+                }
+            }
+        };
+        if !admitted {
+            core.counters.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(a) = &asker {
+                core.event_raw(a, "", "", "dns_tcp_limit", Vec::new());
+            }
+            continue;
+        }
+        let core = core.clone();
+        tokio::spawn(async move {
+            tcp_conn(&core, conn, asker.clone()).await;
+            if let Some(a) = &asker {
+                let mut shares = lock(&core.shares);
+                let s = shares.get(a);
+                s.tcp = s.tcp.saturating_sub(1);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// DNS over TCP: as many messages as the client sends, each whole within
+/// the idle time.
+async fn tcp_conn(core: &Core, mut conn: TcpStream, asker: Option<Asker>) {
+    loop {
+        let query =
+            match tokio::time::timeout(core.cfg.tcp_idle, upstream::read_framed(&mut conn)).await {
+                Ok(Ok(q)) => q,
+                _ => return,
+            };
+        if let Some(a) = &asker {
+            if !lock(&core.shares).take_query(a) {
+                match core.rate_limited(a, &query) {
+                    Some(answer) => {
+                        if upstream::write_framed(&mut conn, &answer).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+        }
+        let Some(answer) = core.handle(asker.clone(), &query).await else {
+            return;
+        };
+        let written = tokio::time::timeout(
+            core.cfg.tcp_idle,
+            upstream::write_framed(&mut conn, &answer),
+        )
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            return;
         }
     }
 }
 
 /// A sandbox's turn at the upstream, given back when dropped.
 struct InFlight<'a> {
-    map: &'a Mutex<HashMap<u32, usize>>,
-    slot: u32,
+    shares: &'a Mutex<Shares>,
+    asker: &'a Asker,
 }
 
 impl<'a> InFlight<'a> {
-    fn take(map: &'a Mutex<HashMap<u32, usize>>, slot: u32, max: usize) -> Option<Self> {
-        let mut m = map.lock().ok()?;
-        let n = m.entry(slot).or_insert(0);
-        if *n >= max.max(1) {
+    fn take(shares: &'a Mutex<Shares>, asker: &'a Asker) -> Option<Self> {
+        let max = asker.policy.fair_shares.dns_in_flight.max(1);
+        let mut all = lock(shares);
+        let s = all.get(asker);
+        if s.in_flight >= max {
             return None;
         }
-        *n += 1;
-        Some(InFlight { map, slot })
+        s.in_flight += 1;
+        Some(InFlight { shares, asker })
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.map.lock() {
-            if let Some(n) = m.get_mut(&self.slot) {
-                *n = n.saturating_sub(1);
-            }
-        }
-    }
-}
-
-/// One of the TCP connection slots, given back when dropped (also when its
-/// thread panics).
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Slot {
-        open.fetch_add(1, Ordering::SeqCst);
-        Slot(open.clone())
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// DNS over TCP: as many messages as the client sends.
-fn tcp_conn(mut conn: TcpStream, from: IpAddr, core: &Core) {
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    while let Ok(query) = read_framed(&mut conn) {
-        let Some(answer) = core.handle(from, &query) else {
-            return;
-        };
-        if write_framed(&mut conn, &answer).is_err() {
-            return;
-        }
+        let mut all = lock(self.shares);
+        let s = all.get(self.asker);
+        s.in_flight = s.in_flight.saturating_sub(1);
     }
 }
 
 impl Core {
-    /// The answer to one query from `source`, or `None` to stay silent
-    /// (not a query at all).
-    fn handle(&self, source: IpAddr, bytes: &[u8]) -> Option<Vec<u8>> {
+    /// The answer to a query over its sandbox's rate: REFUSED, saying why.
+    fn rate_limited(&self, asker: &Asker, bytes: &[u8]) -> Option<Vec<u8>> {
+        let (request, question) = parse_query(bytes)?;
+        self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        if let Ok(q) = &question {
+            self.event(asker, q, "dns_rate_limited", Vec::new());
+        }
+        Some(explained(
+            &request,
+            ResponseCode::Refused,
+            EDE_OTHER,
+            &format!(
+                "sandgate: this sandbox sends more than {} queries a second, its share",
+                asker.policy.fair_shares.dns_queries_per_second
+            ),
+        ))
+    }
+
+    /// The answer to one query from `asker` (`None`: an address that is no
+    /// sandbox's), or `None` to stay silent (not a query at all, or the
+    /// slot changed hands meanwhile).
+    async fn handle(&self, asker: Option<Asker>, bytes: &[u8]) -> Option<Vec<u8>> {
         let (request, question) = parse_query(bytes)?;
         let question = match question {
             Ok(q) => q,
@@ -369,88 +615,155 @@ impl Core {
                 ));
             }
         };
-        let source = source.to_canonical();
-        let Some((slot, policy)) = self.directory.sandbox(source) else {
+        let Some(asker) = asker else {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             return Some(refused(
                 &request,
                 "sandgate: this address is not a sandbox of this host",
             ));
         };
-        match policy.mode {
+        let answer = match asker.policy.mode {
             Mode::Blocked => {
-                self.event(slot, &question, "blocked", Vec::new());
+                self.event(&asker, &question, "blocked", Vec::new());
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                Some(refused(
+                refused(
                     &request,
                     "sandgate: networkBlockAll is set; this sandbox has no network, not even DNS",
-                ))
+                )
             }
             Mode::Open => {
-                let answer = self.lookup(slot, &request, &question)?;
-                Some(reply(answer, &request))
+                let answer = self.lookup(&asker, &request, &question).await?;
+                reply_to(answer, &request)
             }
             Mode::Restricted | Mode::Allowlist => {
-                let compiled = CompiledPolicy::new(policy, &self.catalog, &self.policy);
-                let Some(rule) = compiled.name_rule(&question.name) else {
-                    self.event(slot, &question, "dns_not_allowed", Vec::new());
-                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    let why = match compiled.policy().mode {
-                        Mode::Restricted => "its tier is restricted to essential services",
-                        _ => "it matches neither its domainAllowList nor the essential services",
-                    };
-                    return Some(refused(
-                        &request,
-                        &format!(
-                            "sandgate: {} is blocked by this sandbox's egress policy: {why}",
-                            question.name
-                        ),
-                    ));
-                };
-                let mut answer = self.lookup(slot, &request, &question)?;
-                let ranges = self.policy.ranges();
-                let removed = strip(&mut answer, |a| {
-                    ranges.always_denied(a).is_some() || ranges.private(a).is_some()
-                });
-                if !removed.is_empty() {
-                    self.counters
-                        .rebinding
-                        .fetch_add(removed.len() as u64, Ordering::Relaxed);
-                    self.event(slot, &question, "dns_rebinding", removed);
+                self.filtered(&asker, &request, &question).await?
+            }
+        };
+        // Asked under one lease, never answered under another.
+        if !self.directory.holds(&asker) {
+            self.counters.stale.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(answer)
+    }
+
+    /// The answer for a `restricted` or `allowlist` sandbox.
+    async fn filtered(
+        &self,
+        asker: &Asker,
+        request: &Message,
+        question: &Question,
+    ) -> Option<Vec<u8>> {
+        let config = self.directory.config();
+        let compiled = CompiledPolicy::new(asker.policy.clone(), &self.catalog, &config);
+        let Some(rule) = compiled.name_rule(&question.name) else {
+            self.event(asker, question, "dns_not_allowed", Vec::new());
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let why = match compiled.policy().mode {
+                Mode::Restricted => "its tier is restricted to essential services",
+                _ => "it matches neither its domainAllowList nor the essential services",
+            };
+            return Some(refused(
+                request,
+                &format!(
+                    "sandgate: {} is blocked by this sandbox's egress policy: {why}",
+                    question.name
+                ),
+            ));
+        };
+        let mut answer = self.lookup(asker, request, question).await?;
+        let ranges = config.ranges();
+        let removed = strip(&mut answer, |a| {
+            ranges.always_denied(a).is_some() || ranges.private(a).is_some()
+        });
+        if !removed.is_empty() {
+            self.counters
+                .rebinding
+                .fetch_add(removed.len() as u64, Ordering::Relaxed);
+            self.event(asker, question, "dns_rebinding", removed);
+        }
+        let floor = self.cfg.lifetime_floor;
+        let admissions: Vec<(IpAddr, Duration)> = addresses(&answer, question)
+            .into_iter()
+            .map(|(addr, ttl)| {
+                let lifetime =
+                    Duration::from_secs(u64::from(ttl)).clamp(floor, MAX_LIFETIME.max(floor));
+                (addr, lifetime)
+            })
+            .collect();
+        if !admissions.is_empty() {
+            // The dataplane's lock may be held for a slot's making: not on
+            // the runtime's threads.
+            let (directory, who) = (self.directory.clone(), asker.clone());
+            let made = tokio::task::spawn_blocking(move || {
+                let mut evicted = Vec::new();
+                for (addr, lifetime) in admissions {
+                    match directory.admit(&who, addr, &rule, lifetime) {
+                        Ok(Some(old)) => evicted.push(old),
+                        Ok(None) => {}
+                        Err(e) => return Err((e, evicted)),
+                    }
                 }
-                for (addr, ttl) in addresses(&answer, &question) {
-                    let lifetime = Duration::from_secs(u64::from(ttl)).clamp(
-                        self.cfg.lifetime_floor,
-                        MAX_LIFETIME.max(self.cfg.lifetime_floor),
-                    );
+                Ok(evicted)
+            })
+            .await;
+            let evicted = match made {
+                Ok(Ok(evicted)) => evicted,
+                Ok(Err((e, evicted))) => {
+                    self.report_evicted(asker, question, evicted);
+                    tracing::debug!(error = %e, slot = asker.slot, "DNS service: an admission failed");
+                    if !self.directory.holds(asker) {
+                        self.counters.stale.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
                     // No admission, no answer: the sandbox must not be told
                     // an address it cannot reach.
-                    if self.directory.admit(slot, addr, &rule, lifetime).is_err() {
-                        return Some(explained(
-                            &request,
-                            ResponseCode::ServFail,
-                            EDE_OTHER,
-                            "sandgate: the answer's address could not be admitted for this sandbox",
-                        ));
-                    }
-                    self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+                    return Some(explained(
+                        request,
+                        ResponseCode::ServFail,
+                        EDE_OTHER,
+                        "sandgate: the answer's address could not be admitted for this sandbox",
+                    ));
                 }
-                Some(reply(answer, &request))
-            }
+                Err(e) => {
+                    tracing::error!(error = %e, "DNS service: the admission task failed");
+                    return None;
+                }
+            };
+            self.counters
+                .admitted
+                .fetch_add(addresses(&answer, question).len() as u64, Ordering::Relaxed);
+            self.report_evicted(asker, question, evicted);
+        }
+        Some(reply_to(answer, request))
+    }
+
+    fn report_evicted(&self, asker: &Asker, question: &Question, evicted: Vec<IpAddr>) {
+        if !evicted.is_empty() {
+            self.event(asker, question, "admission_limit", evicted);
         }
     }
 
-    /// The upstream answer to `question`, from the cache or the upstream
-    /// (asked with a query of the service's own making); SERVFAIL when no
-    /// upstream answers.
-    fn lookup(&self, slot: u32, request: &Message, question: &Question) -> Option<Message> {
-        let key = (question.name.clone(), u16::from(question.qtype));
-        if let Some(hit) = self.cache.lock().ok().and_then(|mut c| c.get(&key)) {
+    /// The upstream answer to `question`, from the asker's partition of
+    /// the cache or the upstream; SERVFAIL when no upstream answers.
+    async fn lookup(
+        &self,
+        asker: &Asker,
+        request: &Message,
+        question: &Question,
+    ) -> Option<Message> {
+        let key = (
+            asker.partition.clone(),
+            question.name.clone(),
+            u16::from(question.qtype),
+        );
+        if let Some(hit) = lock(&self.cache).get(&key) {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Some(hit);
         }
-        let Some(_turn) = InFlight::take(&self.in_flight, slot, self.cfg.per_sandbox) else {
+        let Some(_turn) = InFlight::take(&self.shares, asker) else {
             self.counters.busy.fetch_add(1, Ordering::Relaxed);
+            self.event(asker, question, "dns_in_flight_limit", Vec::new());
             return Message::from_vec(&explained(
                 request,
                 ResponseCode::ServFail,
@@ -460,23 +773,20 @@ impl Core {
             .ok();
         };
         self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-        let id = random_id();
-        let answer = upstream_query(question, id)
-            .and_then(|q| self.cfg.upstream.resolve(&q, id, question).ok());
-        match answer {
-            Some(answer) => {
-                if let Ok(mut c) = self.cache.lock() {
-                    c.put(key, &answer);
-                }
+        match self.pool.resolve(question).await {
+            Ok(answer) => {
+                let answer = normalized(answer);
+                lock(&self.cache).put(key, &answer);
                 Some(answer)
             }
-            None => {
+            Err(e) => {
                 // Nothing is admitted: the sandbox is told why, and its
                 // owner sees it in the events.
+                tracing::debug!(error = %e, name = %question.name, "DNS service: no upstream answered");
                 self.counters
                     .upstream_failures
                     .fetch_add(1, Ordering::Relaxed);
-                self.event(slot, question, "upstream_unreachable", Vec::new());
+                self.event(asker, question, "upstream_unreachable", Vec::new());
                 Message::from_vec(&explained(
                     request,
                     ResponseCode::ServFail,
@@ -488,50 +798,71 @@ impl Core {
         }
     }
 
-    fn event(&self, slot: u32, q: &Question, reason: &str, removed: Vec<IpAddr>) {
-        let allowed = match self.limiter.lock() {
-            Ok(mut l) => {
-                let now = Instant::now();
-                let (since, count) = l.entry(slot).or_insert((now, 0));
-                if now.duration_since(*since) >= Duration::from_secs(1) {
-                    *since = now;
-                    *count = 0;
-                }
-                *count += 1;
-                *count <= self.cfg.event_rate
+    fn event(&self, asker: &Asker, q: &Question, reason: &'static str, removed: Vec<IpAddr>) {
+        self.event_raw(asker, &q.name, &q.qtype.to_string(), reason, removed);
+    }
+
+    /// Publishes an event, within the sandbox's events a second of this
+    /// reason; what is held back is counted.
+    fn event_raw(
+        &self,
+        asker: &Asker,
+        name: &str,
+        qtype: &str,
+        reason: &'static str,
+        removed: Vec<IpAddr>,
+    ) {
+        let max = asker.policy.fair_shares.events_per_second;
+        let allowed = {
+            let mut shares = lock(&self.shares);
+            let s = shares.get(asker);
+            if s.events_since.elapsed() >= Duration::from_secs(1) {
+                s.events_since = Instant::now();
+                s.events.clear();
             }
-            Err(_) => false,
+            let n = s.events.entry(reason).or_insert(0);
+            *n += 1;
+            let allowed = *n <= max;
+            if !allowed {
+                *shares.dropped.entry((asker.slot, reason)).or_insert(0) += 1;
+            }
+            allowed
         };
         let event = DnsEvent {
             time: SystemTime::now(),
-            slot,
-            name: q.name.clone(),
-            qtype: q.qtype.to_string(),
+            slot: asker.slot,
+            name: name.to_string(),
+            qtype: qtype.to_string(),
             reason: reason.to_string(),
             removed,
         };
-        if !allowed || self.events.try_send(event).is_err() {
+        if !allowed {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+        } else if self.events.try_send(event).is_err() {
+            self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.shares)
+                .dropped
+                .entry((asker.slot, reason))
+                .or_insert(0) += 1;
         }
     }
+}
+
+/// An upstream answer as the cache keeps it: owner names in lowercase
+/// (the query went out in a random case, and every sandbox asks in its
+/// own).
+fn normalized(mut answer: Message) -> Message {
+    for r in answer
+        .answers
+        .iter_mut()
+        .chain(answer.authorities.iter_mut())
+        .chain(answer.additionals.iter_mut())
+    {
+        r.name = r.name.to_lowercase();
+    }
+    answer
 }
 
 /// The longest admission, whatever the TTL (a TTL of years is a way to
 /// keep an address open long after its name is gone).
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-
-/// An unpredictable query id for upstream queries.
-fn random_id() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    (h.finish() & 0xffff) as u16
-}
-
-/// `answer` as the reply to `request` (its id).
-fn reply(mut answer: Message, request: &Message) -> Vec<u8> {
-    answer.metadata.id = request.metadata.id;
-    answer.to_vec().unwrap_or_default()
-}

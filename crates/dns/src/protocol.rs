@@ -73,33 +73,39 @@ pub fn parse_query(bytes: &[u8]) -> Option<(Message, Result<Question, Unserved>)
     Some((message, Ok(question)))
 }
 
-/// The query the service sends upstream for `question`: built afresh, with
-/// its own id, recursion desired and a 1232-byte EDNS size, so that nothing
-/// of the sandbox's own message (flags, options, extra records) travels on
-/// or shapes what is cached for every sandbox.
-pub fn upstream_query(question: &Question, id: u16) -> Option<Vec<u8>> {
+/// The query the service sends upstream for `name` (spelled as it is to
+/// be sent: in a random case) and `qtype`: built afresh, with its own id,
+/// recursion desired and a 1232-byte EDNS size, so that nothing of the
+/// sandbox's own message (flags, options, extra records) travels on or
+/// shapes what is cached.
+pub fn upstream_query(name: &str, qtype: RecordType, id: u16) -> Option<Vec<u8>> {
     let mut m = Message::query();
     m.metadata.id = id;
     m.metadata.recursion_desired = true;
-    let name = Name::from_ascii(format!("{}.", question.name)).ok()?;
-    m.add_query(Query::query(name, question.qtype));
+    let name = Name::from_ascii(format!("{name}.")).ok()?;
+    m.add_query(Query::query(name, qtype));
     let mut edns = Edns::new();
     edns.set_max_payload(1232);
     m.edns = Some(edns);
     m.to_vec().ok()
 }
 
-/// Whether `answer` answers `question` (QR set, the same question).
-pub fn answers(answer: &Message, question: &Question) -> bool {
+/// Whether `answer` is a response to the single question `name` (spelled
+/// exactly as it was sent, letter case included) of type `qtype`.
+pub fn answers(answer: &Message, name: &str, qtype: RecordType) -> bool {
     answer.metadata.message_type == MessageType::Response
         && answer.queries.len() == 1
-        && answer.queries[0].query_type() == question.qtype
-        && answer.queries[0]
-            .name()
-            .to_lowercase()
-            .to_ascii()
-            .trim_end_matches('.')
-            == question.name
+        && answer.queries[0].query_type() == qtype
+        && answer.queries[0].name().to_ascii().trim_end_matches('.') == name
+}
+
+/// `answer` made the reply to `request`: its id, and its question as the
+/// sandbox spelled it (a resolver that randomizes the case of its queries
+/// drops an answer whose question comes back otherwise).
+pub fn reply_to(mut answer: Message, request: &Message) -> Vec<u8> {
+    answer.metadata.id = request.metadata.id;
+    answer.queries = request.queries.clone();
+    answer.to_vec().unwrap_or_default()
 }
 
 /// An empty answer to `request` with `code`.

@@ -288,8 +288,10 @@ fn a_policy_change_withdraws_what_the_removed_name_admitted() {
 #[test]
 fn cname_chains_and_cache_hits_admit_for_the_asking_sandbox() {
     let rig = Rig::new();
-    let (a, ns_a) = rig.sandbox("first", 3, allow_domains("*.example.com"));
-    let (b, ns_b) = rig.sandbox("second", 3, allow_domains("*.example.com"));
+    // Two sandboxes of one organization, one of another.
+    let (a, ns_a) = rig.sandbox_of("first", "acme", 3, allow_domains("*.example.com"));
+    let (b, ns_b) = rig.sandbox_of("second", "acme", 3, allow_domains("*.example.com"));
+    let (c, ns_c) = rig.sandbox_of("third", "other", 3, allow_domains("*.example.com"));
     // cname.example.com -> www.example.com -> 198.51.100.10: the address at
     // the end of the chain is admitted.
     let chained = ask(
@@ -325,6 +327,27 @@ fn cname_chains_and_cache_hits_admit_for_the_asking_sandbox() {
         "the second answer came from upstream"
     );
     assert!(probe(&ns_b, SERVER4_B, TCP_ECHO));
+    // Another organization's sandbox shares no answer: its question goes
+    // upstream (no timing channel, no answer of another tenant), and its
+    // answer is its own.
+    let other = ask(
+        &ns_c,
+        IpAddr::V4(c.gateway4),
+        "CNAME.Example.com",
+        RecordType::A,
+        false,
+    );
+    assert_eq!(addrs(&other), vec![SERVER4_B]);
+    assert_eq!(
+        rig.service()
+            .counters()
+            .forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        forwarded + 1,
+        "another organization's question was answered from the cache"
+    );
+    // The question comes back as it was asked, letter for letter.
+    assert_eq!(other.queries[0].name().to_ascii(), "CNAME.Example.com.");
 }
 
 #[test]
@@ -472,8 +495,11 @@ fn a_sandbox_asking_a_silent_upstream_cannot_hold_every_worker() {
     // An upstream that never answers: a socket in the world that reads
     // nothing.
     let (rig, _hole) = rig_with_silent_upstream(&[], Duration::from_secs(2));
-    let (a, ns_a) = rig.sandbox("greedy", 3, SettingsRequest::default());
-    let (b, ns_b) = rig.sandbox("patient", 3, SettingsRequest::default());
+    // Four queries waiting on the upstream at most (the tier's share).
+    let mut policy = rig.resolve_policy(3, SettingsRequest::default());
+    policy.fair_shares.dns_in_flight = 4;
+    let (a, ns_a) = rig.sandbox_with("greedy", "greedy", &policy);
+    let (b, ns_b) = rig.sandbox_with("patient", "patient", &policy);
     let busy = || {
         rig.service()
             .counters()
@@ -536,4 +562,226 @@ fn a_sandbox_asking_a_silent_upstream_cannot_hold_every_worker() {
     );
     assert_eq!(busy(), 8);
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Sends `count` queries for distinct names below `example.net` from
+/// `ns` to `gateway` as fast as the socket takes them, reading no answer
+/// (a flood: bounded in count, lab addresses only).
+fn flood(ns: &sandgate_netns::Netns, gateway: IpAddr, count: usize) {
+    ns.run(|| {
+        let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for i in 0..count {
+            let q = query(&format!("f{i}.example.net"), RecordType::A);
+            // A full socket buffer drops a datagram: a flood does that.
+            let _ = u.send_to(&q, SocketAddr::new(gateway, 53));
+        }
+        Ok(())
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_flood_from_one_sandbox_leaves_another_organization_answered() {
+    let rig = Rig::new();
+    let (a, ns_a) = rig.sandbox_of("flooder", "noisy", 3, SettingsRequest::default());
+    let (b, ns_b) = rig.sandbox_of("quiet", "calm", 3, allow_domains("*.example.com"));
+    let count = |f: fn(&sandgate_dns::Counters) -> &std::sync::atomic::AtomicU64| {
+        f(rig.service().counters()).load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // 20,000 queries for names nobody asked before, each one the upstream
+    // would have to answer, while b asks its own names one by one.
+    let answered = std::thread::scope(|s| {
+        let flooder = s.spawn(|| flood(&ns_a, IpAddr::V4(a.gateway4), 20_000));
+        let mut answered = 0;
+        for i in 0..40 {
+            let m = ask(
+                &ns_b,
+                IpAddr::V4(b.gateway4),
+                &format!("b{i}.example.com"),
+                RecordType::A,
+                i % 2 == 1,
+            );
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "b{i}");
+            assert_eq!(addrs(&m), vec![SERVER4_B]);
+            answered += 1;
+        }
+        flooder.join().unwrap();
+        answered
+    });
+    assert_eq!(answered, 40);
+    // a was held to its share: the kernel let through about twice its
+    // rate (the rest never reached the service's socket, where it would
+    // have stood before b's queries), the service refused what was over
+    // the rate itself, and little reached the upstream.
+    let held_back = rig
+        .lab
+        .host()
+        .run(|| sandgate_dataplane::KernelCounters::open(None, "sandgate")?.read())
+        .unwrap()
+        .held_back
+        .iter()
+        .filter(|((slot, class), _)| *slot == a.index && class.reason == "dns_rate_limited")
+        .map(|(_, n)| *n)
+        .sum::<u64>();
+    assert!(held_back > 10_000, "held back in the kernel: {held_back}");
+    let forwarded = count(|c| &c.forwarded);
+    assert!(forwarded < 5_000, "forwarded: {forwarded}");
+    // The service's refusals are events, a few, the rest counted.
+    let limited = count(|c| &c.rate_limited);
+    if limited > 40 {
+        let events: Vec<_> = rig.service().events().try_iter().collect();
+        let published = events
+            .iter()
+            .filter(|e| e.slot == a.index && e.reason == "dns_rate_limited")
+            .count();
+        assert!((1..=40).contains(&published), "{published} events");
+        let dropped: u64 = rig
+            .service()
+            .take_dropped()
+            .iter()
+            .filter(|(slot, reason, _)| *slot == a.index && *reason == "dns_rate_limited")
+            .map(|(_, _, n)| n)
+            .sum();
+        assert!(dropped > 0, "nothing held back of {limited}");
+    }
+}
+
+#[test]
+fn a_query_over_the_rate_is_refused_and_says_why() {
+    let rig = Rig::new();
+    // One query a second, a burst of two: of ten asked in a row, the
+    // later ones are refused (unless eight seconds pass in between).
+    let mut policy = rig.resolve_policy(3, SettingsRequest::default());
+    policy.fair_shares.dns_queries_per_second = 1;
+    let (a, ns_a) = rig.sandbox_with("slow-rate", "slow-rate", &policy);
+    let answers: Vec<_> = (0..10)
+        .map(|i| {
+            ask(
+                &ns_a,
+                IpAddr::V4(a.gateway4),
+                &format!("r{i}.example.net"),
+                RecordType::A,
+                i % 2 == 0,
+            )
+        })
+        .collect();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|m| m.metadata.response_code == ResponseCode::Refused)
+        .collect();
+    assert!(!refused.is_empty(), "none of ten was refused");
+    let (_, text) = extended_error(refused[0]).unwrap();
+    assert!(text.contains("more than 1 queries a second"), "{text}");
+    // Nothing refused was forwarded.
+    let forwarded = rig
+        .service()
+        .counters()
+        .forwarded
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(forwarded as usize, 10 - refused.len());
+}
+
+#[test]
+fn tcp_connections_are_capped_per_sandbox_and_idle_ones_closed() {
+    let rig = Rig::new();
+    let mut policy = rig.resolve_policy(3, SettingsRequest::default());
+    policy.fair_shares.dns_tcp_connections = 4;
+    let (a, ns_a) = rig.sandbox_with("holder", "noisy", &policy);
+    let (b, ns_b) = rig.sandbox_of("asker", "calm", 3, allow_domains("*.example.com"));
+    let to = SocketAddr::new(IpAddr::V4(a.gateway4), 53);
+    // Ten connections from a, held open and silent, the first one with
+    // half a message (a slow client).
+    let held: Vec<TcpStream> = ns_a
+        .run(|| {
+            (0..10)
+                .map(|_| {
+                    let c = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+                    c.set_read_timeout(Some(Duration::from_secs(8)))?;
+                    Ok(c)
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .unwrap();
+    (&held[0]).write_all(&[0]).unwrap();
+    // Beyond a's four, each is closed at once.
+    let closed_at_once = held[4..]
+        .iter()
+        .filter(|c| {
+            c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let mut r: &TcpStream = c;
+            matches!(r.read(&mut [0u8; 1]), Ok(0) | Err(_))
+        })
+        .count();
+    assert_eq!(closed_at_once, 6);
+    let refused = rig
+        .service()
+        .counters()
+        .tcp_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 6);
+    // b asks over TCP meanwhile, and is answered.
+    let m = ask(
+        &ns_b,
+        IpAddr::V4(b.gateway4),
+        "tcp.example.com",
+        RecordType::A,
+        true,
+    );
+    assert_eq!(addrs(&m), vec![SERVER4_B]);
+    // a's four, the slow one too, are closed once idle for longer than
+    // the service waits (5 s).
+    let started = std::time::Instant::now();
+    for c in &held[..4] {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r: &TcpStream = c;
+        let n = r.read(&mut [0u8; 1]);
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(9));
+    // And a may connect again.
+    let again = ask(
+        &ns_a,
+        IpAddr::V4(a.gateway4),
+        "again.example.net",
+        RecordType::A,
+        true,
+    );
+    assert_eq!(again.metadata.response_code, ResponseCode::NoError);
+}
+
+#[test]
+fn a_lookup_in_flight_when_the_slot_changes_hands_is_neither_answered_nor_admitted() {
+    let rig = Rig::new();
+    let (a, ns_a) = rig.sandbox_of("leaving", "first", 3, allow_domains("*.example.com"));
+    // slow.example.com is answered by the world after 1.5 s; the slot is
+    // handed to another organization's sandbox (whose list allows the
+    // name too) while the query is in flight.
+    let policy = rig.resolve_policy(3, allow_domains("*.example.com"));
+    let unanswered = std::thread::scope(|s| {
+        let asking = s.spawn(|| {
+            ns_a.run(|| {
+                let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                u.set_read_timeout(Some(Duration::from_secs(4)))?;
+                u.send_to(
+                    &query("slow.example.com", RecordType::A),
+                    SocketAddr::new(IpAddr::V4(a.gateway4), 53),
+                )?;
+                Ok(u.recv(&mut [0u8; 512]).is_err())
+            })
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        rig.know(&a, "second", &policy);
+        asking.join().unwrap()
+    });
+    assert!(unanswered, "the old holder's answer was sent to the slot");
+    assert_eq!(
+        rig.service()
+            .counters()
+            .stale
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Nothing was admitted for the slot's new holder.
+    assert!(!probe(&ns_a, SERVER4_B, TCP_ECHO));
 }

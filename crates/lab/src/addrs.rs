@@ -48,6 +48,12 @@ pub const PRIVATE_SERVER6: IpAddr = v6(0x2001, 0xdb8, 0xcafe, 0x10);
 pub const LAB_DENIED4: IpNet = IpNet::new_assert(v4(203, 0, 113, 192), 26);
 /// A server inside [`LAB_DENIED4`].
 pub const DENIED_SERVER4: IpAddr = v4(203, 0, 113, 200);
+/// A lab address the lab's configuration declares a cloud metadata
+/// service (inside [`LAB_DENIED4`]; the lab never sends to
+/// 169.254.169.254).
+pub const METADATA_SERVER4: IpAddr = v4(203, 0, 113, 254);
+/// The IPv6 metadata stand-in (inside [`LAB_DENIED6`]).
+pub const METADATA_SERVER6: IpAddr = v6(0x2001, 0xdb8, 0xdead, 0x254);
 /// The IPv6 range the lab declares always denied.
 pub const LAB_DENIED6: IpNet = IpNet::new_assert(v6(0x2001, 0xdb8, 0xdead, 0), 48);
 /// A server inside [`LAB_DENIED6`].
@@ -60,11 +66,13 @@ pub const WORLD_ADDRESSES: &[&str] = &[
     "198.51.100.53/32",
     "203.0.113.130/32",
     "203.0.113.200/32",
+    "203.0.113.254/32",
     "2001:db8:1::10/128",
     "2001:db8:2::10/128",
     "2001:db8:1::53/128",
     "2001:db8:cafe::10/128",
     "2001:db8:dead::10/128",
+    "2001:db8:dead::254/128",
 ];
 
 /// TCP: echoes what it receives.
@@ -113,6 +121,8 @@ mod tests {
             PRIVATE_SERVER6,
             DENIED_SERVER4,
             DENIED_SERVER6,
+            METADATA_SERVER4,
+            METADATA_SERVER6,
         ] {
             assert!(is_lab_address(a), "{a}");
             assert!(

@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How long the lab's server takes to answer `slow.example.com`.
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// What a name answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -51,7 +54,8 @@ impl Zone {
     /// and everything below them at [`SERVER4_B`]/[`SERVER6_B`];
     /// `cname.example.com`, a CNAME to `www.example.com`;
     /// `rebind.example.com`, a private and an always-denied lab address;
-    /// `short.example.com`, a TTL of 1 second.
+    /// `short.example.com`, a TTL of 1 second; `slow.example.com`, answered
+    /// after [`SLOW`] (see [`Zone::delay`]).
     pub fn lab(catalog: &Catalog) -> Zone {
         let mut z = Zone::default();
         for (_, pattern) in catalog.names() {
@@ -78,6 +82,16 @@ impl Zone {
         z.exact
             .insert("short.example.com".into(), addrs(SERVER4_B, SERVER6_B, 1));
         z
+    }
+
+    /// How long the server waits before it answers `query` (a query for
+    /// `slow.example.com` waits [`SLOW`]: a lookup still in flight when a
+    /// test changes something), if it waits.
+    pub fn delay(query: &[u8]) -> Option<std::time::Duration> {
+        let request = Message::from_vec(query).ok()?;
+        let q = request.queries.first()?;
+        let name = q.name().to_lowercase().to_ascii();
+        (name.trim_end_matches('.') == "slow.example.com").then_some(SLOW)
     }
 
     /// The names the zone answers exactly (for the lab's certificate).

@@ -18,6 +18,7 @@
 
 pub mod addrs;
 pub mod bench;
+pub mod debian;
 pub mod dns;
 mod http;
 mod servers;
@@ -47,9 +48,10 @@ pub fn probe_targets(catalog: &sandgate_policy::Catalog) -> Vec<String> {
 }
 
 /// The policy configuration of a lab: its TEST-NET stand-ins declared
-/// private ([`LAB_PRIVATE4`], [`LAB_PRIVATE6`]) and always denied
-/// ([`LAB_DENIED4`], [`LAB_DENIED6`]), since the lab never sends to the
-/// built-in private and always-denied ranges.
+/// private ([`LAB_PRIVATE4`], [`LAB_PRIVATE6`]), an operator's internal
+/// network ([`LAB_DENIED4`], [`LAB_DENIED6`]) and metadata services
+/// ([`METADATA_SERVER4`], [`METADATA_SERVER6`]), since the lab never sends
+/// to the built-in private and always-denied ranges.
 pub fn lab_policy() -> sandgate_policy::PolicyConfig {
     lab_policy_with(None)
 }
@@ -57,23 +59,30 @@ pub fn lab_policy() -> sandgate_policy::PolicyConfig {
 /// [`lab_policy`] with other sandbox subnets (inside the lab's
 /// 198.18.0.0/15 and 2001:db8::/32), such as a small one to run out of.
 pub fn lab_policy_with(sandbox_subnets: Option<Vec<String>>) -> sandgate_policy::PolicyConfig {
+    sandgate_policy::PolicyConfig::from_repr(lab_policy_repr(sandbox_subnets))
+        .unwrap_or_else(|e| unreachable!("the lab's policy configuration is valid: {e}"))
+}
+
+/// [`lab_policy_with`] as written, for a test to change more (fair shares,
+/// tiers) before it is validated.
+pub fn lab_policy_repr(sandbox_subnets: Option<Vec<String>>) -> sandgate_policy::PolicyConfigRepr {
     let range = |net: ipnet::IpNet, label: &str| sandgate_policy::DeniedRepr {
         cidr: net.to_string(),
         label: label.to_string(),
     };
-    sandgate_policy::PolicyConfig::from_repr(sandgate_policy::PolicyConfigRepr {
+    sandgate_policy::PolicyConfigRepr {
         extra_private: vec![
             range(LAB_PRIVATE4, "lab private"),
             range(LAB_PRIVATE6, "lab private"),
         ],
         extra_always_denied: vec![
-            range(LAB_DENIED4, "lab metadata stand-in"),
-            range(LAB_DENIED6, "lab metadata stand-in"),
+            range(LAB_DENIED4, "lab internal network"),
+            range(LAB_DENIED6, "lab internal network"),
         ],
+        metadata_services: vec![METADATA_SERVER4.to_string(), METADATA_SERVER6.to_string()],
         sandbox_subnets,
         ..Default::default()
-    })
-    .unwrap_or_else(|e| unreachable!("the lab's policy configuration is valid: {e}"))
+    }
 }
 
 /// The prefix of every lab namespace name: `sgl-<pid>-<n>-...`.

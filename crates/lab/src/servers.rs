@@ -124,8 +124,20 @@ fn dns_udp_server(
         let mut buf = [0u8; 4096];
         while !stop.load(Ordering::SeqCst) {
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                if let Some(answer) = zone.answer(&buf[..n], &count) {
-                    let _ = sock.send_to(&answer, from);
+                let Some(answer) = zone.answer(&buf[..n], &count) else {
+                    continue;
+                };
+                match (Zone::delay(&buf[..n]), sock.try_clone()) {
+                    // A slow name is answered later, by a thread of its own.
+                    (Some(delay), Ok(late)) => {
+                        thread::spawn(move || {
+                            thread::sleep(delay);
+                            let _ = late.send_to(&answer, from);
+                        });
+                    }
+                    _ => {
+                        let _ = sock.send_to(&answer, from);
+                    }
                 }
             }
         }

@@ -4,7 +4,8 @@
 //!   makes), created by unsharing on a thread of our own and pinned with a
 //!   bind mount; [`Netns::run`] runs code inside one.
 //! - [`Rtnl`]: a blocking rtnetlink client for links (veth pairs), addresses
-//!   and routes, in the namespace of the thread that opens it.
+//!   and routes, in the namespace of the thread that opens it;
+//!   [`AddressMonitor`] follows the namespace's address changes.
 //!
 //! No `ip` program is run. No `unsafe` here: `nix` wraps the system calls.
 
@@ -12,4 +13,4 @@ mod ns;
 mod rtnl;
 
 pub use ns::{set_sysctl, Netns, TempNetns, NETNS_DIR};
-pub use rtnl::{Link, Rtnl};
+pub use rtnl::{AddressMonitor, Link, Rtnl};

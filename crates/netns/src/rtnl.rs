@@ -65,6 +65,95 @@ fn address_message(index: u32, net: IpNet) -> AddressMessage {
     msg
 }
 
+/// The address an address message names (its local address, for a
+/// point-to-point link whose `Address` is the peer's).
+fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+    let local = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
+/// The rtnetlink multicast groups of address changes
+/// (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`).
+const ADDRESS_GROUPS: [u32; 2] = [5, 9];
+
+/// A subscription to the address changes of the namespace of the thread
+/// that opened it: [`AddressMonitor::wait`] returns the addresses added or
+/// removed since the last call.
+#[derive(Debug)]
+pub struct AddressMonitor {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl AddressMonitor {
+    /// Subscribes, in the calling thread's network namespace.
+    pub fn open() -> io::Result<AddressMonitor> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        for group in ADDRESS_GROUPS {
+            socket.add_membership(group)?;
+        }
+        socket.set_non_blocking(true)?;
+        Ok(AddressMonitor {
+            socket,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// Waits at most `timeout` for address changes and returns the
+    /// addresses they name (empty when none came). An overrun of the
+    /// socket's buffer (changes were lost) is reported as `Ok(None)`: the
+    /// caller should read every address again.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> io::Result<Option<Vec<IpAddr>>> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(Some(Vec::new())),
+            Err(e) => return Err(e.into()),
+        }
+        let mut changed = Vec::new();
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(changed)),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let mut offset = 0;
+            while offset < n {
+                let Ok(msg) =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
+                else {
+                    // Something this parser does not know: read everything again.
+                    return Ok(None);
+                };
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+                if let NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a),
+                ) = &msg.payload
+                {
+                    changed.extend(address_of(a));
+                }
+            }
+        }
+    }
+}
+
 impl Rtnl {
     /// Opens a connection in the calling thread's network namespace.
     pub fn open() -> io::Result<Rtnl> {
@@ -167,6 +256,23 @@ impl Rtnl {
                         mac,
                         oper_up,
                     })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every address of the namespace, with the index of its link.
+    pub fn addresses(&mut self) -> io::Result<Vec<(u32, IpAddr)>> {
+        let answers = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    address_of(&a).map(|addr| (a.header.index, addr))
                 }
                 _ => None,
             })

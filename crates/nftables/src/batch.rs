@@ -257,7 +257,23 @@ impl NftSocket {
         self.seq
     }
 
-    fn frame(&mut self, flags: u16, message: NetfilterMessage, out: &mut Vec<u8>) -> u32 {
+    /// The netlink socket.
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// Receives one datagram.
+    pub(crate) fn recv(&mut self) -> io::Result<&[u8]> {
+        let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        Ok(&self.buf[..n])
+    }
+
+    pub(crate) fn frame(
+        &mut self,
+        flags: u16,
+        message: NetfilterMessage,
+        out: &mut Vec<u8>,
+    ) -> u32 {
         let seq = self.next_seq();
         let mut header = NetlinkHeader::default();
         header.flags = flags;

@@ -9,7 +9,10 @@
 //!   about 20 ms for a run of the `nft` program);
 //! - [`load_ruleset`] and [`list_set`]: the `nft` program, used only at
 //!   start-up and reconciliation to replace the whole table atomically from
-//!   text and to read back what a set holds.
+//!   text and to read back what a set holds;
+//! - [`NftSocket::counters`] and [`NftSocket::set_counters`]: named
+//!   counters and the counters of a dynamic set's elements, dumped over
+//!   netlink (a metrics scrape never runs a program).
 //!
 //! Keys are built with [`Key`], which lays out concatenations the way the
 //! kernel expects (each part padded to 4 bytes). The socket belongs to the
@@ -18,6 +21,7 @@
 mod batch;
 mod key;
 mod program;
+mod read;
 
 pub use batch::{ElementData, NftSocket, Transaction, Verb};
 pub use key::Key;

@@ -211,3 +211,48 @@ fn destroy_ignores_missing_elements_and_flush_empties_a_set() {
     })
     .unwrap();
 }
+
+#[test]
+fn counters_are_read_back_over_netlink() {
+    let s = scratch("counters");
+    s.run(|| {
+        load_ruleset(
+            r#"
+table inet c {
+  counter first { packets 7 bytes 700 }
+  counter second { }
+  set dropped { type ifname; flags dynamic; counter; }
+  set several { type ifname; flags dynamic; counter; }
+  chain x { update @dropped { iifname } drop; }
+}
+"#,
+        )?;
+        let status = std::process::Command::new("nft")
+            .args([
+                "add element inet c dropped { \"sgh1\" counter packets 3 bytes 90, \"sgh22\" counter packets 5 bytes 150 }",
+            ])
+            .status()?;
+        assert!(status.success());
+        let mut sock = NftSocket::open()?;
+        let mut named = sock.counters("c")?;
+        named.sort();
+        assert_eq!(
+            named,
+            vec![("first".to_string(), 7), ("second".to_string(), 0)]
+        );
+        let mut per_slot = sock.set_counters("c", "dropped")?;
+        per_slot.sort();
+        assert_eq!(
+            per_slot,
+            vec![
+                (Key::new().ifname("sgh1").bytes().to_vec(), 3),
+                (Key::new().ifname("sgh22").bytes().to_vec(), 5),
+            ]
+        );
+        assert!(sock.set_counters("c", "several")?.is_empty());
+        // A set that is not there is an error, not an empty answer.
+        assert!(sock.set_counters("c", "missing").is_err());
+        Ok(())
+    })
+    .unwrap();
+}

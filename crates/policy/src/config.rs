@@ -6,10 +6,13 @@
 //! at most 5 `networkAllowList` and 50 `domainAllowList` entries.
 
 use crate::error::{ErrorCode, PolicyError};
-use crate::ranges::{NamedRange, Ranges};
+use crate::ranges::{NamedRange, RangeKind, Ranges};
+use crate::resources::{TierResources, TierResourcesRepr};
+use crate::shares::{FairShares, FairSharesRepr};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 /// The default limit on `networkAllowList` entries (the reference's number).
 pub const DEFAULT_NETWORK_ALLOW_LIST_MAX: usize = 5;
@@ -43,6 +46,11 @@ pub struct TierRule {
     pub network_allow_list_max: usize,
     /// The most `domainAllowList` entries a request may set.
     pub domain_allow_list_max: usize,
+    /// What each sandbox of the tier may take of the host's shared
+    /// resources.
+    pub fair_shares: FairShares,
+    /// Each sandbox's memory, CPU and disk: defaults and maxima.
+    pub resources: TierResources,
 }
 
 /// The policy part of the operator configuration, resolved and validated.
@@ -78,14 +86,27 @@ pub struct PolicyConfigRepr {
     #[serde(default)]
     pub sandbox_subnets: Option<Vec<String>>,
     /// Ranges denied to every sandbox besides the built-in ones and the
-    /// sandbox subnets (the host's public addresses, a management network).
+    /// sandbox subnets: the operator's internal networks (a management
+    /// network, the control plane's). No allow list opens them.
     #[serde(default)]
     pub extra_always_denied: Vec<DeniedRepr>,
+    /// Cloud metadata services besides the built-in ones
+    /// ([`crate::ranges::METADATA_SERVICES`]), as addresses or CIDRs:
+    /// always denied, with the reason `always_denied:metadata`.
+    #[serde(default)]
+    pub metadata_services: Vec<String>,
     /// Ranges treated like the private ranges (denied in `open` and
     /// `restricted`, opened only by list entries inside them): an
     /// operator's internal networks that use public addresses.
     #[serde(default)]
     pub extra_private: Vec<DeniedRepr>,
+    /// Fair shares of every tier, over the defaults of
+    /// [`FairShares::default`].
+    #[serde(default)]
+    pub fair_shares: FairSharesRepr,
+    /// Resources of every tier, over [`TierResources::default`].
+    #[serde(default)]
+    pub resources: TierResourcesRepr,
 }
 
 /// One row of the tier table, as written.
@@ -100,6 +121,12 @@ pub struct TierRepr {
     /// This tier's limit on `domainAllowList` entries.
     #[serde(default)]
     pub domain_allow_list_max: Option<usize>,
+    /// This tier's fair shares, over those of every tier.
+    #[serde(default)]
+    pub fair_shares: FairSharesRepr,
+    /// This tier's resources, over those of every tier.
+    #[serde(default)]
+    pub resources: TierResourcesRepr,
 }
 
 /// One extra range (always-denied or private), as written.
@@ -147,10 +174,18 @@ impl PolicyConfig {
         let dom_max = repr
             .domain_allow_list_max
             .unwrap_or(DEFAULT_DOMAIN_ALLOW_LIST_MAX);
-        let rule = |network, n: Option<usize>, d: Option<usize>| TierRule {
+        let shares = repr
+            .fair_shares
+            .over(FairShares::default(), "policy.fair_shares")?;
+        let resources = repr
+            .resources
+            .over(TierResources::default(), "policy.resources")?;
+        let rule = |network, n: Option<usize>, d: Option<usize>, fair_shares, resources| TierRule {
             network,
             network_allow_list_max: n.unwrap_or(net_max),
             domain_allow_list_max: d.unwrap_or(dom_max),
+            fair_shares,
+            resources,
         };
         let tiers: BTreeMap<Tier, TierRule> = match repr.tiers {
             None => [
@@ -160,7 +195,7 @@ impl PolicyConfig {
                 (4, TierNetwork::Configurable),
             ]
             .into_iter()
-            .map(|(t, n)| (t, rule(n, None, None)))
+            .map(|(t, n)| (t, rule(n, None, None, shares, resources)))
             .collect(),
             Some(table) => {
                 let mut tiers = BTreeMap::new();
@@ -174,12 +209,20 @@ impl PolicyConfig {
                                 "policy.tiers has key \"{key}\"; tiers are numbers from 0 to 255"
                             ))
                         })?;
+                    let tier_shares = row
+                        .fair_shares
+                        .over(shares, &format!("policy.tiers.{tier}.fair_shares"))?;
+                    let tier_resources = row
+                        .resources
+                        .over(resources, &format!("policy.tiers.{tier}.resources"))?;
                     tiers.insert(
                         tier,
                         rule(
                             row.network,
                             row.network_allow_list_max,
                             row.domain_allow_list_max,
+                            tier_shares,
+                            tier_resources,
                         ),
                     );
                 }
@@ -205,12 +248,31 @@ impl PolicyConfig {
         }
         let mut denied: Vec<NamedRange> = sandbox_subnets
             .iter()
-            .map(|n| NamedRange::new(*n, "sandbox subnet (other sandboxes)"))
+            .map(|n| {
+                NamedRange::new(
+                    *n,
+                    "sandbox subnet (other sandboxes)",
+                    RangeKind::SandboxSubnet,
+                )
+            })
             .collect();
         for d in repr.extra_always_denied {
             denied.push(NamedRange::new(
                 parse_cidr("policy.extra_always_denied", &d.cidr)?,
                 d.label,
+                RangeKind::Operator,
+            ));
+        }
+        for m in &repr.metadata_services {
+            // A bare address is its own /32 or /128.
+            let text = match m.parse::<std::net::IpAddr>() {
+                Ok(a) => IpNet::from(a).to_string(),
+                Err(_) => m.clone(),
+            };
+            denied.push(NamedRange::new(
+                parse_cidr("policy.metadata_services", &text)?,
+                "cloud metadata service",
+                RangeKind::Metadata,
             ));
         }
         let mut ranges = Ranges::with_configured(denied);
@@ -218,6 +280,7 @@ impl PolicyConfig {
             ranges.private.push(NamedRange::new(
                 parse_cidr("policy.extra_private", &p.cidr)?,
                 p.label,
+                RangeKind::Private,
             ));
         }
         Ok(PolicyConfig {
@@ -256,10 +319,14 @@ impl PolicyConfig {
         &self.sandbox_subnets
     }
 
-    /// This configuration with more always-denied ranges: the host's own
-    /// addresses, which only the running host knows.
-    pub fn with_denied(mut self, extra: impl IntoIterator<Item = NamedRange>) -> Self {
-        self.ranges.configured.extend(extra);
-        self
+    /// This configuration with the host's own addresses as they are now
+    /// (see [`Ranges::with_host_addresses`]): only the running host knows
+    /// them, and they change.
+    pub fn with_host_addresses(&self, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        PolicyConfig {
+            tiers: self.tiers.clone(),
+            sandbox_subnets: self.sandbox_subnets.clone(),
+            ranges: self.ranges.with_host_addresses(addrs),
+        }
     }
 }

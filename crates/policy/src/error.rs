@@ -26,6 +26,10 @@ pub enum ErrorCode {
     InvalidCatalog,
     /// The operator configuration is malformed.
     InvalidConfig,
+    /// A create's `resources` hold a value that is no amount.
+    InvalidResources,
+    /// A create's `resources` ask for more than the tier allows.
+    ResourcesExceedTier,
 }
 
 impl ErrorCode {
@@ -40,6 +44,8 @@ impl ErrorCode {
             ErrorCode::InvalidDestination => "invalid_destination",
             ErrorCode::InvalidCatalog => "invalid_catalog",
             ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::InvalidResources => "invalid_resources",
+            ErrorCode::ResourcesExceedTier => "resources_exceed_tier",
         }
     }
 
@@ -53,8 +59,9 @@ impl ErrorCode {
             | ErrorCode::InvalidDomainAllowList
             | ErrorCode::InvalidNetworkSettings
             | ErrorCode::InvalidTier
-            | ErrorCode::InvalidDestination => 400,
-            ErrorCode::NetworkRestrictedByTier => 403,
+            | ErrorCode::InvalidDestination
+            | ErrorCode::InvalidResources => 400,
+            ErrorCode::NetworkRestrictedByTier | ErrorCode::ResourcesExceedTier => 403,
             ErrorCode::InvalidCatalog | ErrorCode::InvalidConfig => 500,
         }
     }

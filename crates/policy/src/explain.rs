@@ -11,7 +11,7 @@ use crate::config::PolicyConfig;
 use crate::domain::{DomainName, DomainPattern};
 use crate::error::{ErrorCode, PolicyError};
 use crate::matcher::NameMatcher;
-use crate::ranges::Ranges;
+use crate::ranges::{NamedRange, RangeKind, Ranges};
 use crate::resolve::{EffectivePolicy, Mode};
 use crate::Rule;
 use ipnet::IpNet;
@@ -141,8 +141,8 @@ impl fmt::Display for Destination {
 pub enum Reason {
     /// `networkBlockAll`.
     Blocked,
-    /// In an always-denied range.
-    AlwaysDenied(IpNet),
+    /// In an always-denied range: the range, and what kind of range it is.
+    AlwaysDenied(IpNet, RangeKind),
     /// Port 53: answered by sandgate's DNS service.
     DnsService,
     /// In a private range the sandbox's list does not name.
@@ -162,14 +162,15 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The reason code: `blocked`, `always_denied:<range>`, `dns_service`,
+    /// The reason code: `blocked`, `always_denied:host`,
+    /// `always_denied:metadata`, `always_denied:<range>`, `dns_service`,
     /// `private_range`, `allow_list:<cidr>`, `domain_allow_list:<pattern>`,
     /// `essential_service:<category>`, `not_in_allow_list`,
     /// `restricted_by_tier` or `open`.
     pub fn code(&self) -> String {
         match self {
             Reason::Blocked => "blocked".into(),
-            Reason::AlwaysDenied(net) => format!("always_denied:{net}"),
+            Reason::AlwaysDenied(net, kind) => NamedRange::new(*net, "", *kind).denied_code(),
             Reason::DnsService => "dns_service".into(),
             Reason::PrivateRange(_) => "private_range".into(),
             Reason::AllowList(net) => format!("allow_list:{net}"),
@@ -330,7 +331,7 @@ impl<'a> CompiledPolicy<'a> {
         if let Some(range) = self.ranges.always_denied(addr) {
             return verdict(
                 false,
-                Reason::AlwaysDenied(range.net),
+                Reason::AlwaysDenied(range.net, range.kind),
                 format!(
                     "{addr} is in {} ({}), which is always denied",
                     range.net, range.label

@@ -31,7 +31,7 @@
 //! assert!(verdict.allowed);
 //! assert_eq!(verdict.reason.code(), "allow_list:192.0.2.0/24");
 //! let verdict = compiled.explain(&"169.254.169.254".parse::<Destination>()?);
-//! assert_eq!(verdict.reason.code(), "always_denied:169.254.0.0/16");
+//! assert_eq!(verdict.reason.code(), "always_denied:metadata");
 //! # Ok::<(), sandgate_policy::PolicyError>(())
 //! ```
 
@@ -45,6 +45,8 @@ mod matcher;
 mod network;
 mod ranges;
 mod resolve;
+mod resources;
+mod shares;
 
 pub use catalog::{Catalog, Category, MergeMode, BUILTIN_CATALOG};
 pub use config::{
@@ -56,8 +58,10 @@ pub use error::{ErrorCode, PolicyError, Problem};
 pub use explain::{CompiledPolicy, Destination, Reason, Target, Verdict, DNS_PORT};
 pub use matcher::{Match, NameMatcher};
 pub use network::NetworkAllowList;
-pub use ranges::{NamedRange, Ranges};
+pub use ranges::{NamedRange, RangeKind, Ranges, METADATA_SERVICES};
 pub use resolve::{EffectivePolicy, InactiveSetting, Mode, NetworkSettings, SettingsRequest};
+pub use resources::{Resources, ResourcesRequest, TierResources, TierResourcesRepr};
+pub use shares::{FairShares, FairSharesRepr};
 
 /// What a name rule of a [`CompiledPolicy`] points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

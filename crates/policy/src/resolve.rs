@@ -6,6 +6,7 @@ use crate::config::{PolicyConfig, Tier, TierNetwork};
 use crate::domain::{self, DomainAllowList};
 use crate::error::{ErrorCode, PolicyError};
 use crate::network::{self, NetworkAllowList};
+use crate::shares::FairShares;
 use serde::Serialize;
 use std::fmt;
 
@@ -125,6 +126,9 @@ pub struct EffectivePolicy {
     pub essential_services: bool,
     /// Stored settings that have no effect, and why.
     pub inactive: Vec<InactiveSetting>,
+    /// What the sandbox may take of the host's shared resources (its
+    /// tier's fair shares).
+    pub fair_shares: FairShares,
 }
 
 impl PolicyConfig {
@@ -303,6 +307,7 @@ impl PolicyConfig {
             },
             essential_services: mode != Mode::Blocked,
             inactive,
+            fair_shares: rule.fair_shares,
         })
     }
 }

@@ -14,12 +14,18 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        // The default sandbox subnets, plus the host's public address as a
-        // running host would add it.
+        // The default sandbox subnets, an operator's internal network and
+        // metadata service, plus the host's public addresses as a running
+        // host adds them.
         let config = PolicyConfig::from_toml(
-            r#"extra_always_denied = [{ cidr = "203.0.113.7/32", label = "host address" }]"#,
+            r#"extra_always_denied = [{ cidr = "203.0.113.64/26", label = "management network" }]
+               metadata_services = ["192.0.2.254", "2001:db8:face::/64"]"#,
         )
-        .unwrap();
+        .unwrap()
+        .with_host_addresses([
+            "203.0.113.7".parse().unwrap(),
+            "2001:db8:ffff::1".parse().unwrap(),
+        ]);
         Fixture {
             config,
             catalog: Catalog::builtin(),
@@ -74,6 +80,21 @@ fn always_denied_wins_in_every_mode_even_over_a_wide_list() {
     for (req, tier) in [(open(), 3), (wide, 3), (open(), 1)] {
         assert_eq!(
             f.explain(tier, req, "169.254.169.254:80"),
+            is(false, "always_denied:metadata")
+        );
+        for meta in [
+            "[fd00:ec2::254]:80",
+            "168.63.129.16:80",
+            "100.100.100.200:80",
+        ] {
+            assert_eq!(
+                f.explain(tier, req, meta),
+                is(false, "always_denied:metadata"),
+                "{meta}"
+            );
+        }
+        assert_eq!(
+            f.explain(tier, req, "169.254.1.1:80"),
             is(false, "always_denied:169.254.0.0/16")
         );
         assert_eq!(
@@ -118,9 +139,31 @@ fn always_denied_wins_in_every_mode_even_over_a_wide_list() {
             is(false, "always_denied:64:ff9b::/96")
         );
         // The host, as the running host adds it.
+        for host in [
+            "203.0.113.7:443",
+            "[2001:db8:ffff::1]:22",
+            "[::ffff:203.0.113.7]:80",
+        ] {
+            let code = if host.contains("ffff:203") {
+                // The IPv4-mapped spelling is denied as such, before the
+                // address it spells.
+                "always_denied:::ffff:0.0.0.0/96"
+            } else {
+                "always_denied:host"
+            };
+            assert_eq!(f.explain(tier, req, host), is(false, code), "{host}");
+        }
+        // The operator's metadata services and internal networks.
+        for meta in ["192.0.2.254:80", "[2001:db8:face::9]:80"] {
+            assert_eq!(
+                f.explain(tier, req, meta),
+                is(false, "always_denied:metadata"),
+                "{meta}"
+            );
+        }
         assert_eq!(
-            f.explain(tier, req, "203.0.113.7:443"),
-            is(false, "always_denied:203.0.113.7/32")
+            f.explain(tier, req, "203.0.113.70:443"),
+            is(false, "always_denied:203.0.113.64/26")
         );
         // Other sandboxes: the default sandbox subnets.
         assert_eq!(

@@ -26,8 +26,10 @@ pub struct NetworkEvent {
     pub time_ms: u64,
     /// The sandbox.
     pub sandbox: String,
-    /// `connection` (a denied packet) or `dns` (a refused query, or an
-    /// answer stripped of private addresses).
+    /// `connection` (a denied packet, a connection limit reached), `dns`
+    /// (a refused query, an answer stripped of private addresses, a DNS
+    /// limit reached) or `dropped` (events held back by the sandbox's rate
+    /// of events, counted).
     pub kind: &'static str,
     /// `tcp`, `udp`, `icmp`, ... for a connection; the record type for a
     /// query.
@@ -44,9 +46,15 @@ pub struct NetworkEvent {
     pub domain: Option<String>,
     /// The reason code (`blocked`, `not_in_allow_list`,
     /// `restricted_by_tier`, `always_denied:<range>`, `private_range`,
-    /// `spoofed_source`, `dns_not_allowed`, `dns_rebinding`,
-    /// `upstream_unreachable`).
+    /// `spoofed_source`, `connection_limit`, `connection_rate`,
+    /// `dns_not_allowed`, `dns_rebinding`, `upstream_unreachable`,
+    /// `dns_rate_limited`, ...). For a `dropped` event: the reason of the
+    /// events held back.
     pub reason: String,
+    /// For a `dropped` event: how many events of `reason` the sandbox's
+    /// rate held back since the last report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// Milliseconds since the epoch of `t`.
@@ -88,7 +96,7 @@ impl EventHub {
     pub fn publish(&self, event: NetworkEvent) {
         *lock(&self.counts)
             .entry((event.kind, event.reason.clone()))
-            .or_default() += 1;
+            .or_default() += event.count.unwrap_or(1);
         let mut streams = lock(&self.streams);
         let Some(stream) = streams.get_mut(&event.sandbox) else {
             return;
@@ -124,7 +132,8 @@ impl EventHub {
         lock(&self.streams).remove(id);
     }
 
-    /// Events so far, by kind and reason.
+    /// Events so far, by kind and reason (for `dropped`, the events held
+    /// back, by their reason).
     pub fn counts(&self) -> BTreeMap<(&'static str, String), u64> {
         lock(&self.counts).clone()
     }

@@ -13,18 +13,22 @@
 //! restart [`Runner::restore`] rebuilds it from the server's records.
 
 pub mod events;
+pub mod host;
 pub mod probe;
 
 pub use events::NetworkEvent;
+pub use host::LivePolicy;
 pub use probe::{Observed, ProbeTarget};
 pub use sandgate_dataplane::NoFreeSlot;
 
-use sandgate_dataplane::{Dataplane, DataplaneConfig, SlotAddrs};
-use sandgate_dns::{Directory, DnsConfig, DnsService, Upstream};
+use sandgate_dataplane::{Dataplane, DataplaneConfig, KernelCounters, Reading, SlotAddrs};
+use sandgate_dns::{Asker, Directory, DnsConfig, DnsService, Upstream};
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, EffectivePolicy, PolicyConfig, Reason};
-use sandgate_runtime::{Adopted, ExecRequest, ExecResult, Runtime, RuntimeConfig};
-use std::collections::HashMap;
+use sandgate_runtime::{
+    Adopted, ExecRequest, ExecResult, InitWatch, Resources, Runtime, RuntimeConfig,
+};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -47,6 +51,9 @@ pub struct RunnerConfig {
     pub upstream: Upstream,
     /// Prepared slots kept ready.
     pub warm_pool: usize,
+    /// Whether the host forwards traffic that is no sandbox's (see
+    /// `DataplaneConfig::forward_other`).
+    pub forward_other: bool,
     /// The runtime's settings (its `data_dir` is set under `data_dir`).
     pub runtime: RuntimeConfig,
 }
@@ -61,6 +68,7 @@ impl RunnerConfig {
             host_netns: None,
             upstream,
             warm_pool: 4,
+            forward_other: false,
         }
     }
 }
@@ -77,7 +85,18 @@ pub struct Placement {
 #[derive(Debug)]
 struct Sandboxes {
     dp: Mutex<Dataplane>,
-    by_addr: Mutex<HashMap<IpAddr, (u32, EffectivePolicy)>>,
+    known: Mutex<Known>,
+    live: Arc<LivePolicy>,
+    /// The last lease handed out (see [`sandgate_dns::Asker::lease`]).
+    leases: std::sync::atomic::AtomicU64,
+}
+/// Who holds each slot, and the slots whose DNS is answered, by address.
+#[derive(Debug, Default)]
+struct Known {
+    /// Each held slot's sandbox: its lease, partition and policy.
+    held: HashMap<u32, Asker>,
+    /// Addresses whose queries are answered (a cut-off sandbox has none).
+    by_addr: HashMap<IpAddr, u32>,
 }
 
 /// Takes a lock, also one whose holder panicked (its data is used as
@@ -86,34 +105,104 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn addrs_of(slot: &SlotAddrs) -> [IpAddr; 2] {
+    [IpAddr::V4(slot.sandbox4), IpAddr::V6(slot.sandbox6)]
+}
+
 impl Directory for Sandboxes {
-    fn sandbox(&self, source: IpAddr) -> Option<(u32, EffectivePolicy)> {
-        lock(&self.by_addr).get(&source).cloned()
+    fn sandbox(&self, source: IpAddr) -> Option<Asker> {
+        let known = lock(&self.known);
+        let slot = known.by_addr.get(&source)?;
+        known.held.get(slot).cloned()
     }
 
-    fn admit(&self, slot: u32, addr: IpAddr, rule: &Reason, lifetime: Duration) -> io::Result<()> {
-        lock(&self.dp).admit(slot, addr, rule, lifetime)
+    fn admit(
+        &self,
+        asker: &Asker,
+        addr: IpAddr,
+        rule: &Reason,
+        lifetime: Duration,
+    ) -> io::Result<Option<IpAddr>> {
+        // Held while admitting: the slot cannot change hands in between
+        // (a delete forgets its sandbox here before it touches the slot).
+        let known = lock(&self.known);
+        if known.held.get(&asker.slot).map(|a| a.lease) != Some(asker.lease) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("slot {} changed hands since the query", asker.slot),
+            ));
+        }
+        let admitted = lock(&self.dp).admit(asker.slot, addr, rule, lifetime);
+        drop(known);
+        admitted
+    }
+
+    fn holds(&self, asker: &Asker) -> bool {
+        lock(&self.known).held.get(&asker.slot).map(|a| a.lease) == Some(asker.lease)
+    }
+
+    fn config(&self) -> Arc<PolicyConfig> {
+        self.live.current()
     }
 }
 
 impl Sandboxes {
-    fn know(&self, slot: &SlotAddrs, policy: &EffectivePolicy) {
-        let mut by_addr = lock(&self.by_addr);
-        for addr in [IpAddr::V4(slot.sandbox4), IpAddr::V6(slot.sandbox6)] {
-            by_addr.insert(addr, (slot.index, policy.clone()));
+    /// The DNS service answers `slot`'s addresses for a new holder,
+    /// `organization`'s sandbox, with `policy`.
+    fn hand_over(&self, slot: &SlotAddrs, organization: &str, policy: &EffectivePolicy) {
+        let lease = self
+            .leases
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let asker = Asker {
+            slot: slot.index,
+            lease,
+            partition: Arc::from(organization),
+            policy: policy.clone(),
+        };
+        let mut known = lock(&self.known);
+        known.held.insert(slot.index, asker);
+        for addr in addrs_of(slot) {
+            known.by_addr.insert(addr, slot.index);
+        }
+    }
+
+    /// The DNS service answers `slot`'s holder by `policy` from now on
+    /// (again, if it was cut off).
+    fn set_policy(&self, slot: &SlotAddrs, policy: &EffectivePolicy) {
+        let mut known = lock(&self.known);
+        if let Some(a) = known.held.get_mut(&slot.index) {
+            a.policy = policy.clone();
+            for addr in addrs_of(slot) {
+                known.by_addr.insert(addr, slot.index);
+            }
         }
     }
 
     fn policy_of(&self, slot: &SlotAddrs) -> Option<EffectivePolicy> {
-        lock(&self.by_addr)
-            .get(&IpAddr::V4(slot.sandbox4))
-            .map(|(_, p)| p.clone())
+        lock(&self.known)
+            .held
+            .get(&slot.index)
+            .map(|a| a.policy.clone())
     }
 
+    /// The DNS service stops answering `slot`'s holder (cut off), which
+    /// keeps the slot.
+    fn silence(&self, slot: &SlotAddrs) {
+        let mut known = lock(&self.known);
+        for addr in addrs_of(slot) {
+            known.by_addr.remove(&addr);
+        }
+    }
+
+    /// The slot's holder is gone: nothing it asked before is admitted or
+    /// answered any more.
     fn forget(&self, slot: &SlotAddrs) {
-        let mut by_addr = lock(&self.by_addr);
-        by_addr.remove(&IpAddr::V4(slot.sandbox4));
-        by_addr.remove(&IpAddr::V6(slot.sandbox6));
+        let mut known = lock(&self.known);
+        for addr in addrs_of(slot) {
+            known.by_addr.remove(&addr);
+        }
+        known.held.remove(&slot.index);
     }
 }
 
@@ -132,6 +221,42 @@ pub struct DnsCounts {
     pub rebinding: u64,
     /// Queries no upstream resolver answered.
     pub upstream_failures: u64,
+    /// Queries turned away: their sandbox had its most waiting upstream.
+    pub busy: u64,
+    /// Queries over their sandbox's rate.
+    pub rate_limited: u64,
+    /// TCP connections closed at once (a sandbox's or the service's most).
+    pub tcp_refused: u64,
+    /// Answers and admissions dropped: the slot changed hands meanwhile.
+    pub stale: u64,
+    /// Datagrams on the upstream pool that answered no query.
+    pub upstream_unmatched: u64,
+}
+
+/// A sandbox to make ([`Runner::create`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    /// Its id.
+    pub id: String,
+    /// Its organization (whose DNS answers it shares).
+    pub organization: String,
+    /// The snapshot it starts from.
+    pub snapshot: String,
+    /// Its policy.
+    pub policy: EffectivePolicy,
+    /// Its memory, CPU and disk.
+    pub resources: Resources,
+}
+
+/// A sandbox the server expects [`Runner::restore`] to take back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// Its id.
+    pub id: String,
+    /// Its organization (whose DNS answers it shares).
+    pub organization: String,
+    /// Its policy, as the server resolves it now.
+    pub policy: EffectivePolicy,
 }
 
 /// What [`Runner::restore`] found.
@@ -139,6 +264,9 @@ pub struct DnsCounts {
 pub struct RestoreReport {
     /// Sandboxes running again with their policy re-applied.
     pub running: Vec<String>,
+    /// Sandboxes whose init died while the runner was away: kept, with
+    /// their files and slot, and not started again.
+    pub died: Vec<String>,
     /// Sandboxes expected but lost (no slot or no runtime sandbox left,
     /// as after a reboot): whatever was left of them is removed.
     pub lost: Vec<String>,
@@ -174,6 +302,15 @@ pub struct Runner {
     pump: Option<JoinHandle<()>>,
     refill: std::sync::mpsc::SyncSender<()>,
     refiller: Option<JoinHandle<()>>,
+    live: Arc<LivePolicy>,
+    _host_watch: host::HostWatch,
+    /// The kernel's counts as last sampled.
+    reading: Arc<Mutex<Option<Reading>>>,
+    /// The inits of running sandboxes, watched for their death.
+    inits: Arc<InitWatch>,
+    watcher: Option<JoinHandle<()>>,
+    /// Sandboxes whose init died, as they die (taken once, by the server).
+    deaths: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Drop for Runner {
@@ -181,11 +318,13 @@ impl Drop for Runner {
         self.stop.store(true, Ordering::SeqCst);
         // Wakes the refiller, which then sees `stop`.
         let _ = self.refill.try_send(());
-        for t in [self.pump.take(), self.refiller.take()]
+        for t in [self.pump.take(), self.refiller.take(), self.watcher.take()]
             .into_iter()
             .flatten()
         {
-            let _ = t.join();
+            if t.join().is_err() {
+                tracing::error!("a thread of the runner panicked");
+            }
         }
     }
 }
@@ -205,15 +344,21 @@ fn refiller(sandboxes: Arc<Sandboxes>, wake: std::sync::mpsc::Receiver<()>, stop
 }
 
 /// Moves events from the dataplane's NFLOG reader and the DNS service to
-/// the hub, naming each sandbox by id, until `stop`.
+/// the hub, naming each sandbox by id, and samples the kernel's counts,
+/// until `stop`.
+#[allow(clippy::too_many_arguments)]
 fn pump(
     deny: sandgate_dataplane::Events,
+    mut kernel: Option<KernelCounters>,
     dns: Arc<Mutex<DnsService>>,
     slots: Arc<Mutex<HashMap<String, SlotAddrs>>>,
     assigned: Arc<Mutex<HashMap<u32, std::time::SystemTime>>>,
     hub: Arc<events::EventHub>,
+    reading: Arc<Mutex<Option<Reading>>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut held_back = BTreeMap::new();
+    let mut last_sample = std::time::Instant::now();
     // The sandbox that had `slot` at `time`: its current owner, unless
     // the slot was handed over after the event.
     let owner = |slot: u32, time: std::time::SystemTime| {
@@ -240,6 +385,7 @@ fn pump(
                     port: e.port,
                     domain: None,
                     reason: e.reason,
+                    count: None,
                 });
             }
         }
@@ -254,11 +400,104 @@ fn pump(
                     protocol: e.qtype,
                     destination: (!removed.is_empty()).then(|| removed.join(",")),
                     port: Some(53),
-                    domain: Some(e.name),
+                    domain: Some((!e.name.is_empty()).then_some(e.name)).flatten(),
                     reason: e.reason,
+                    count: None,
                 });
             }
         }
+        if last_sample.elapsed() >= SAMPLE_EVERY {
+            last_sample = std::time::Instant::now();
+            sample(&mut kernel, &mut held_back, &dns, &owner, &hub, &reading);
+        }
+    }
+}
+
+/// Marks the sandboxes whose init died (their processes and mounts
+/// cleaned, their files kept) and tells the server, until `stop`.
+fn watch_inits(
+    inits: &InitWatch,
+    runtime: &Runtime,
+    died: &tokio::sync::mpsc::UnboundedSender<String>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let ids = match inits.wait(Duration::from_millis(200)) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "watching the sandboxes' inits");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        for id in ids {
+            tracing::warn!(sandbox = %id, "the sandbox's init died; it is kept, not restarted");
+            if let Err(e) = runtime.mark_died(&id) {
+                tracing::warn!(sandbox = %id, error = %e, "recording a dead sandbox");
+            }
+            // No receiver (the server is stopping) is not an error.
+            let _ = died.send(id);
+        }
+    }
+}
+
+/// How often the kernel's counts are read.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the kernel's counts into `reading`, and reports the events held
+/// back since the last sample (the kernel's meters', the DNS service's)
+/// as one `dropped` event per sandbox and reason.
+fn sample(
+    kernel: &mut Option<KernelCounters>,
+    held_back: &mut BTreeMap<(u32, &'static str), u64>,
+    dns: &Mutex<DnsService>,
+    owner: &dyn Fn(u32, std::time::SystemTime) -> Option<String>,
+    hub: &events::EventHub,
+    reading: &Mutex<Option<Reading>>,
+) {
+    let now = std::time::SystemTime::now();
+    let report = |slot: u32, reason: &str, n: u64| {
+        if n == 0 {
+            return;
+        }
+        if let Some(sandbox) = owner(slot, now) {
+            hub.publish(NetworkEvent {
+                time_ms: events::millis(now),
+                sandbox,
+                kind: "dropped",
+                protocol: String::new(),
+                destination: None,
+                port: None,
+                domain: None,
+                reason: reason.to_string(),
+                count: Some(n),
+            });
+        }
+    };
+    if let Some(k) = kernel.as_mut() {
+        match k.read() {
+            Ok(r) => {
+                let mut seen = BTreeMap::new();
+                for ((slot, class), n) in &r.held_back {
+                    let key = (*slot, class.reason);
+                    // A counter smaller than before was made anew (its
+                    // slot deleted and made again).
+                    let before = held_back.get(&key).copied().unwrap_or(0);
+                    report(
+                        *slot,
+                        class.reason,
+                        if *n >= before { n - before } else { *n },
+                    );
+                    seen.insert(key, *n);
+                }
+                *held_back = seen;
+                *lock(reading) = Some(r);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the dataplane's counters"),
+        }
+    }
+    for (slot, reason, n) in lock(dns).take_dropped() {
+        report(slot, reason, n);
     }
 }
 
@@ -291,41 +530,57 @@ impl Runner {
             DataplaneConfig::new(&policy, &cfg.instance, cfg.data_dir.join("dataplane.json"))?;
         dp_cfg.host_netns = cfg.host_netns.clone();
         dp_cfg.warm_pool = cfg.warm_pool;
+        dp_cfg.forward_other = cfg.forward_other;
         let dns_port = dp_cfg.dns_port;
         let nflog_group = dp_cfg.nflog_group;
         let (dp, _) = Dataplane::start(dp_cfg, (*policy).clone())?;
-        let sandboxes = Arc::new(Sandboxes {
-            dp: Mutex::new(dp),
-            by_addr: Mutex::new(HashMap::new()),
-        });
+        let table = dp.config().table.clone();
         let host = match &cfg.host_netns {
             Some(name) => Some(Netns::open(name)?),
             None => None,
         };
+        let live = Arc::new(LivePolicy::new((*policy).clone()));
+        let host_watch = host::HostWatch::start(host.as_ref(), live.clone())?;
+        let sandboxes = Arc::new(Sandboxes {
+            dp: Mutex::new(dp),
+            known: Mutex::new(Known::default()),
+            live: live.clone(),
+            leases: std::sync::atomic::AtomicU64::new(0),
+        });
         let deny =
             sandgate_dataplane::Events::start(host.as_ref(), nflog_group, policy.ranges().clone())?;
+        let kernel = KernelCounters::open(host.as_ref(), &table)?;
         let dns = Arc::new(Mutex::new(DnsService::start(
             host.as_ref(),
             DnsConfig::new(dns_port, cfg.upstream.clone()),
             sandboxes.clone(),
             catalog,
-            policy,
         )?));
+        let reading = Arc::new(Mutex::new(None));
         let slots = Arc::new(Mutex::new(HashMap::new()));
         let assigned = Arc::new(Mutex::new(HashMap::new()));
         let hub = Arc::new(events::EventHub::default());
         let stop = Arc::new(AtomicBool::new(false));
         let pump = {
-            let (dns, slots, assigned, hub, stop) = (
+            let (dns, slots, assigned, hub, reading, stop) = (
                 dns.clone(),
                 slots.clone(),
                 assigned.clone(),
                 hub.clone(),
+                reading.clone(),
                 stop.clone(),
             );
             std::thread::Builder::new()
                 .name("sandgate-events".into())
-                .spawn(move || pump(deny, dns, slots, assigned, hub, stop))?
+                .spawn(move || pump(deny, Some(kernel), dns, slots, assigned, hub, reading, stop))?
+        };
+        let inits = Arc::new(InitWatch::new()?);
+        let (died_tx, deaths) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = {
+            let (inits, runtime, stop) = (inits.clone(), runtime.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sandgate-inits".into())
+                .spawn(move || watch_inits(&inits, &runtime, &died_tx, &stop))?
         };
         let (refill, wake) = std::sync::mpsc::sync_channel(1);
         let refiller = {
@@ -346,7 +601,33 @@ impl Runner {
             pump: Some(pump),
             refill,
             refiller: Some(refiller),
+            live,
+            _host_watch: host_watch,
+            reading,
+            inits,
+            watcher: Some(watcher),
+            deaths: Mutex::new(Some(deaths)),
         })
+    }
+
+    /// Sandboxes whose init died, each once, as they die: the receiver,
+    /// for the one caller that keeps the sandboxes' records (`None` after
+    /// the first call).
+    pub fn take_deaths(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        lock(&self.deaths).take()
+    }
+
+    /// Watches sandbox `id`'s init, if it runs.
+    fn watch_init(&self, id: &str) {
+        if let Err(e) = self.inits.watch(&self.runtime, id) {
+            tracing::warn!(sandbox = id, error = %e, "cannot watch the sandbox's init");
+        }
+    }
+
+    /// The policy configuration as this host makes it now: the operator's,
+    /// with the host's own addresses (always denied) as they are.
+    pub fn policy(&self) -> Arc<PolicyConfig> {
+        self.live.current()
     }
 
     /// The runtime (snapshots, limits).
@@ -366,18 +647,26 @@ impl Runner {
             admitted: get(&c.admitted),
             rebinding: get(&c.rebinding),
             upstream_failures: get(&c.upstream_failures),
+            busy: get(&c.busy),
+            rate_limited: get(&c.rate_limited),
+            tcp_refused: get(&c.tcp_refused),
+            stale: get(&c.stale),
+            upstream_unmatched: dns.upstream_unmatched(),
         }
     }
 
-    /// Makes sandbox `id` from `snapshot` with `policy` in force: a slot
-    /// with the policy in the kernel, the DNS service told, then the
-    /// runtime sandbox in the slot. On failure nothing of it is left.
-    pub fn create(
-        &self,
-        id: &str,
-        snapshot: &str,
-        policy: &EffectivePolicy,
-    ) -> io::Result<Placement> {
+    /// Makes the sandbox `spec` describes: a slot with its policy in the
+    /// kernel, the DNS service told, then the runtime sandbox in the slot,
+    /// whose init is then watched. On failure nothing of it is left.
+    pub fn create(&self, spec: &SandboxSpec) -> io::Result<Placement> {
+        let SandboxSpec {
+            id,
+            organization,
+            snapshot,
+            policy,
+            resources,
+        } = spec;
+        let id = id.as_str();
         if lock(&self.slots).contains_key(id) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -386,11 +675,11 @@ impl Runner {
         }
         let slot = lock(&self.sandboxes.dp).create(id, policy)?;
         lock(&self.assigned).insert(slot.index, std::time::SystemTime::now());
-        self.sandboxes.know(&slot, policy);
+        self.sandboxes.hand_over(&slot, organization, policy);
         let netns = Netns::path_of(&slot.netns);
-        if let Err(e) = self
-            .runtime
-            .create(id, snapshot, &netns, IpAddr::V4(slot.gateway4))
+        if let Err(e) =
+            self.runtime
+                .create(id, snapshot, &netns, IpAddr::V4(slot.gateway4), resources)
         {
             self.sandboxes.forget(&slot);
             let mut dp = lock(&self.sandboxes.dp);
@@ -405,6 +694,7 @@ impl Runner {
         }
         self.events.open(id);
         lock(&self.slots).insert(id.to_string(), slot.clone());
+        self.watch_init(id);
         // The warm pool is refilled off the request's path (a wake-up
         // already pending is enough).
         let _ = self.refill.try_send(());
@@ -429,7 +719,7 @@ impl Runner {
     pub fn update(&self, id: &str, policy: &EffectivePolicy) -> io::Result<()> {
         let slot = self.slot(id)?;
         let old = self.sandboxes.policy_of(&slot);
-        self.sandboxes.know(&slot, policy);
+        self.sandboxes.set_policy(&slot, policy);
         let applied = lock(&self.sandboxes.dp).update(slot.index, policy);
         let Err(e) = applied else {
             return Ok(());
@@ -443,7 +733,7 @@ impl Runner {
             None => Err(io::Error::other("no policy to put back")),
         };
         match (restored, old) {
-            (Ok(()), Some(old)) => self.sandboxes.know(&slot, &old),
+            (Ok(()), Some(old)) => self.sandboxes.set_policy(&slot, &old),
             _ => self.block(id)?,
         }
         Err(e)
@@ -455,7 +745,7 @@ impl Runner {
     pub fn block(&self, id: &str) -> io::Result<()> {
         let slot = self.slot(id)?;
         // An unknown source gets no DNS answer.
-        self.sandboxes.forget(&slot);
+        self.sandboxes.silence(&slot);
         let cut = lock(&self.sandboxes.dp).cut(slot.index);
         cut
     }
@@ -464,6 +754,8 @@ impl Runner {
     /// files go, then its slot. A failure leaves the sandbox known (and
     /// cut off), so that the delete can be tried again.
     pub fn delete(&self, id: &str) -> io::Result<()> {
+        // Its init's exit from here on is no death.
+        self.inits.forget(id);
         let slot = lock(&self.slots).get(id).cloned();
         if let Some(slot) = &slot {
             self.sandboxes.forget(slot);
@@ -493,12 +785,12 @@ impl Runner {
     }
 
     /// Rebuilds the runner after a restart from the sandboxes the server
-    /// knows (`expected`: id and policy): each one's slot and runtime
+    /// knows (`expected`: id, organization and policy): each one's slot and runtime
     /// sandbox are taken back and its policy re-applied (the server's
     /// record wins over the kernel's); anything nobody expects is removed;
     /// an expected sandbox missing its slot or its runtime sandbox is
     /// removed and reported lost.
-    pub fn restore(&self, expected: &[(String, EffectivePolicy)]) -> io::Result<RestoreReport> {
+    pub fn restore(&self, expected: &[Expected]) -> io::Result<RestoreReport> {
         let mut report = RestoreReport::default();
         let adopted: HashMap<String, Adopted> = self.runtime.adopt()?.into_iter().collect();
         let active: HashMap<String, u32> = lock(&self.sandboxes.dp)
@@ -506,9 +798,16 @@ impl Runner {
             .into_iter()
             .map(|(index, owner)| (owner, index))
             .collect();
-        let wanted: HashMap<&str, &EffectivePolicy> =
-            expected.iter().map(|(id, p)| (id.as_str(), p)).collect();
-        for (id, policy) in expected {
+        let wanted: HashMap<&str, &EffectivePolicy> = expected
+            .iter()
+            .map(|e| (e.id.as_str(), &e.policy))
+            .collect();
+        for Expected {
+            id,
+            organization,
+            policy,
+        } in expected
+        {
             // Each sandbox on its own: one that cannot be taken back is
             // removed (as far as it can be) and reported lost, and the
             // others are restored all the same.
@@ -527,10 +826,14 @@ impl Runner {
             // The stored policy goes back into the kernel before any of
             // the sandbox's processes (re)start.
             let applied = lock(&self.sandboxes.dp).update(index, policy);
+            // A sandbox whose init died while nobody watched is not
+            // started again behind its owner's back: it is kept, with its
+            // files, and reported.
+            let died = matches!(adopted.get(id), Some(Adopted::Died));
             let alive = applied.is_ok()
                 && match adopted.get(id) {
-                    Some(Adopted::Running) => true,
-                    Some(Adopted::Stopped | Adopted::Died) => self.runtime.start(id).is_ok(),
+                    Some(Adopted::Running | Adopted::Died) => true,
+                    Some(Adopted::Stopped) => self.runtime.start(id).is_ok(),
                     _ => false,
                 };
             if !alive {
@@ -538,11 +841,16 @@ impl Runner {
                 continue;
             }
             let slot = lock(&self.sandboxes.dp).slot(index);
-            self.sandboxes.know(&slot, policy);
+            self.sandboxes.hand_over(&slot, organization, policy);
             lock(&self.assigned).insert(slot.index, std::time::SystemTime::now());
             self.events.open(id);
             lock(&self.slots).insert(id.clone(), slot);
-            report.running.push(id.clone());
+            if died {
+                report.died.push(id.clone());
+            } else {
+                self.watch_init(id);
+                report.running.push(id.clone());
+            }
         }
         // Whatever nobody expects goes; a failure here is reported, and
         // does not keep the others from being served.
@@ -634,10 +942,12 @@ impl Runner {
         })
     }
 
-    /// New connections let out so far: (by a list or the mode, by a DNS
-    /// admission).
-    pub fn allowed_counts(&self) -> io::Result<(u64, u64)> {
-        lock(&self.sandboxes.dp).allowed_counts()
+    /// New connections let out so far, as last sampled (every second, off
+    /// every request's path): (by a list or the mode, by a DNS admission).
+    pub fn allowed_counts(&self) -> Option<(u64, u64)> {
+        lock(&self.reading)
+            .as_ref()
+            .map(|r| (r.allowed_net, r.allowed_dns))
     }
 
     /// Network events so far, by kind (`connection`, `dns`) and reason.

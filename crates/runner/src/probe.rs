@@ -84,8 +84,8 @@ fn resolve(gateway: IpAddr, name: &str) -> Result<Vec<IpAddr>, String> {
         };
         static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
         let id = NEXT.fetch_add(40_503, std::sync::atomic::Ordering::Relaxed);
-        let query =
-            upstream_query(&question, id).ok_or_else(|| format!("{name:?} is not a DNS name"))?;
+        let query = upstream_query(&question.name, qtype, id)
+            .ok_or_else(|| format!("{name:?} is not a DNS name"))?;
         let bind = if gateway.is_ipv4() {
             "0.0.0.0:0"
         } else {

@@ -68,6 +68,7 @@ fn create_to_first_exec(
             "busybox",
             &Netns::path_of(&slot.netns),
             IpAddr::V4(slot.gateway4),
+            &Default::default(),
         )
         .unwrap();
         let r = rt.exec(&id, &first).unwrap();
@@ -107,6 +108,7 @@ fn main() {
         "busybox",
         &Netns::path_of(&slot.netns),
         IpAddr::V4(slot.gateway4),
+        &Default::default(),
     )
     .unwrap();
     let bundle = dir.join("runtime/sandboxes/bench");

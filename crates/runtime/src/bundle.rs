@@ -5,12 +5,9 @@
 //!   PID, IPC and UTS namespaces; the hostname is the sandbox id;
 //! - the capabilities of a default container (no `CAP_SYS_ADMIN`, no
 //!   `CAP_NET_ADMIN`, no `CAP_NET_RAW`); `noNewPrivileges`;
-//! - a seccomp filter that refuses the system calls a default container
-//!   profile refuses to a process without `CAP_SYS_ADMIN` (mounting,
-//!   namespaces, modules, keyrings, tracing, BPF, clocks, reboot, ...), so
-//!   that they fail with `EPERM` even where a capability check would not
-//!   catch them; `clone` with a namespace flag (no user namespace, in
-//!   particular); and `clone3` and io_uring as absent (`ENOSYS`);
+//! - the seccomp allowlist of [`crate::seccomp`]: system calls a default
+//!   container may make, socket families `AF_UNIX`, `AF_INET`, `AF_INET6`
+//!   and `AF_NETLINK` only, no namespaces, the native architecture only;
 //! - masked and read-only `/proc` paths, `/sys` read-only;
 //! - limits: processes always; memory and CPU where given.
 
@@ -36,113 +33,6 @@ pub const CAPABILITIES: &[&str] = &[
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
-
-/// System calls refused with `EPERM`: those a default container profile
-/// allows only with `CAP_SYS_ADMIN` or other capabilities a sandbox does
-/// not have, or never.
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pidfd_getfd",
-    "pivot_root",
-    "process_madvise",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "quotactl_fd",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vhangup",
-];
-
-/// The `clone` flags that make new namespaces: a sandbox may not make any
-/// (a user namespace would hand root inside every capability over the
-/// namespaces it then makes, nf_tables included). `unshare` and `setns`
-/// are refused outright; `clone` is refused when one of these bits is set.
-pub const NAMESPACE_FLAGS: &[(&str, u64)] = &[
-    ("CLONE_NEWNS", 0x0002_0000),
-    ("CLONE_NEWCGROUP", 0x0200_0000),
-    ("CLONE_NEWUTS", 0x0400_0000),
-    ("CLONE_NEWIPC", 0x0800_0000),
-    ("CLONE_NEWUSER", 0x1000_0000),
-    ("CLONE_NEWPID", 0x2000_0000),
-    ("CLONE_NEWNET", 0x4000_0000),
-];
-
-/// System calls refused with `ENOSYS`, as if the kernel had none, so that
-/// programs fall back: `clone3`, whose flags are in memory a filter cannot
-/// read (libc then uses `clone`, whose flags it can), and io_uring, which
-/// bypasses system-call filtering altogether.
-pub const ABSENT_SYSCALLS: &[&str] = &[
-    "clone3",
-    "io_uring_setup",
-    "io_uring_enter",
-    "io_uring_register",
-];
-
-/// The seccomp rules of a sandbox: the denylist, `clone` with a namespace
-/// flag, and the absent calls.
-fn seccomp_rules() -> Vec<Value> {
-    let mut rules = vec![
-        json!({ "names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }),
-        json!({ "names": ABSENT_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 38 }),
-    ];
-    // One rule per flag: the conditions of one rule are all required, and
-    // a masked comparison tests equality, so "any of these bits" is one
-    // rule for each bit.
-    for (_, bit) in NAMESPACE_FLAGS {
-        rules.push(json!({
-            "names": ["clone"],
-            "action": "SCMP_ACT_ERRNO",
-            "errnoRet": 1,
-            "args": [{ "index": 0, "value": bit, "valueTwo": bit, "op": "SCMP_CMP_MASKED_EQ" }],
-        }));
-    }
-    rules
-}
 
 /// What a bundle needs.
 #[derive(Debug, Clone)]
@@ -261,11 +151,7 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
                 { "type": "uts" },
                 { "type": "mount" },
             ],
-            "seccomp": {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
-                "syscalls": seccomp_rules(),
-            },
+            "seccomp": crate::seccomp::profile(),
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",

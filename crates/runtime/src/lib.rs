@@ -21,12 +21,16 @@
 //! given is the slot the dataplane made and enforces.
 
 pub mod bundle;
+mod disk;
 pub mod exec;
 pub mod import;
+pub mod inits;
 pub mod limits;
 mod procfs;
+pub mod seccomp;
 
 pub use exec::{ExecRequest, ExecResult};
+pub use inits::InitWatch;
 pub use limits::{Limit, Limits};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -55,6 +59,11 @@ pub struct RuntimeConfig {
     /// The most CPU time of a sandbox, in cores, where the host's cgroups
     /// allow a limit.
     pub cpu_limit: Option<f64>,
+    /// The most a sandbox may write over its snapshot, bytes: a disk of
+    /// its own (a sparse image file, formatted ext4, mounted by loop), so
+    /// that a full disk is full for that sandbox only. `None`: its writes
+    /// go to the data directory's file system, unbounded.
+    pub disk_limit: Option<u64>,
     /// The most bytes of stdout and of stderr an exec returns.
     pub output_cap: usize,
 }
@@ -69,6 +78,7 @@ impl RuntimeConfig {
             pids_limit: 512,
             memory_limit: None,
             cpu_limit: None,
+            disk_limit: None,
             output_cap: 1 << 20,
         }
     }
@@ -79,6 +89,21 @@ impl RuntimeConfig {
 pub struct Runtime {
     cfg: RuntimeConfig,
     limits: Limits,
+    controllers: limits::Controllers,
+}
+
+/// What one sandbox gets, over the runtime's defaults
+/// ([`RuntimeConfig::memory_limit`], `cpu_limit`, `disk_limit`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Resources {
+    /// Memory, bytes (swap included): over it, a process of the sandbox is
+    /// killed, in it alone.
+    pub memory: Option<i64>,
+    /// CPU time, cores.
+    pub cpu: Option<f64>,
+    /// What it may write over its snapshot, bytes (see
+    /// [`RuntimeConfig::disk_limit`]).
+    pub disk: Option<u64>,
 }
 
 /// Where a sandbox is in its life, as kept on disk.
@@ -96,15 +121,18 @@ pub enum State {
 }
 
 /// What the runtime keeps of a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxInfo {
     /// Its snapshot.
     pub snapshot: String,
     /// Its state.
     pub state: State,
-    /// It stopped without being asked to (found dead at adoption).
+    /// It stopped without being asked to: its init died.
     #[serde(default)]
     pub died: bool,
+    /// What it was given.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// What [`Runtime::adopt`] found of one sandbox.
@@ -114,8 +142,9 @@ pub enum Adopted {
     Running,
     /// Stopped, as it was left.
     Stopped,
-    /// Meant to run but found dead: its runtime state and mount are
-    /// cleaned, it is marked stopped and `died`, and it can be started.
+    /// Its init died (found dead now, or marked so before): its runtime
+    /// state and mounts are cleaned, it is marked stopped and `died`, its
+    /// files stay, and it can be started (by its owner's choice only).
     Died,
     /// Its creation was cut short: everything of it is removed.
     Removed,
@@ -170,7 +199,7 @@ fn procs_file(pid: i32) -> Option<PathBuf> {
 }
 
 /// Whether `dir` is a mount point (its device differs from its parent's).
-fn is_mount_point(dir: &Path) -> bool {
+pub(crate) fn is_mount_point(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (fs::metadata(dir), dir.parent().map(fs::metadata)) {
         (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
@@ -192,11 +221,8 @@ impl Runtime {
     /// A runtime with `cfg`. Fails if the host cannot limit a sandbox's
     /// processes (see [`limits`]).
     pub fn new(cfg: RuntimeConfig) -> io::Result<Runtime> {
-        let limits = limits::Controllers::detect()?.limits(
-            cfg.pids_limit,
-            cfg.memory_limit,
-            cfg.cpu_limit,
-        )?;
+        let controllers = limits::Controllers::detect()?;
+        let limits = controllers.limits(cfg.pids_limit, cfg.memory_limit, cfg.cpu_limit)?;
         // Only root may enter: the sandboxes' files (and what root inside
         // made of them) are below.
         fs::create_dir_all(&cfg.data_dir)?;
@@ -207,7 +233,11 @@ impl Runtime {
         fs::create_dir_all(cfg.data_dir.join("snapshots"))?;
         fs::create_dir_all(cfg.data_dir.join("sandboxes"))?;
         fs::create_dir_all(cfg.data_dir.join("runc"))?;
-        Ok(Runtime { cfg, limits })
+        Ok(Runtime {
+            cfg,
+            limits,
+            controllers,
+        })
     }
 
     /// The limits each sandbox gets, and which of them the host enforces.
@@ -341,14 +371,16 @@ impl Runtime {
     }
 
     /// Creates and starts sandbox `id` from `snapshot` in the network
-    /// namespace at `netns`, whose DNS resolver is `gateway`. Anything that
-    /// fails undoes what was made.
+    /// namespace at `netns`, whose DNS resolver is `gateway`, with
+    /// `resources` (over the runtime's defaults). Anything that fails
+    /// undoes what was made.
     pub fn create(
         &self,
         id: &str,
         snapshot: &str,
         netns: &Path,
         gateway: IpAddr,
+        resources: &Resources,
     ) -> io::Result<()> {
         check_name("sandbox", id)?;
         check_name("snapshot", snapshot)?;
@@ -368,7 +400,7 @@ impl Runtime {
             }
             other => other?,
         }
-        let made = self.make(id, snapshot, netns, gateway);
+        let made = self.make(id, snapshot, netns, gateway, resources);
         if made.is_err() {
             let _ = self.delete(id);
         }
@@ -393,17 +425,44 @@ impl Runtime {
         })
     }
 
-    fn make(&self, id: &str, snapshot: &str, netns: &Path, gateway: IpAddr) -> io::Result<()> {
+    fn make(
+        &self,
+        id: &str,
+        snapshot: &str,
+        netns: &Path,
+        gateway: IpAddr,
+        asked: &Resources,
+    ) -> io::Result<()> {
         let dir = self.sandbox_dir(id);
-        for d in ["upper", "work", "rootfs"] {
-            fs::create_dir_all(dir.join(d))?;
-        }
+        fs::create_dir_all(dir.join("rootfs"))?;
+        // What the host can enforce: a limit it cannot is reported by
+        // `limits()`, and never applied as if it held.
+        let resources = Resources {
+            memory: asked
+                .memory
+                .or(self.cfg.memory_limit)
+                .filter(|_| self.controllers.memory),
+            cpu: asked
+                .cpu
+                .or(self.cfg.cpu_limit)
+                .filter(|_| self.controllers.cpu),
+            disk: asked.disk.or(self.cfg.disk_limit),
+        };
         let mut info = SandboxInfo {
             snapshot: snapshot.to_string(),
             state: State::Creating,
             died: false,
+            resources,
         };
         self.record(id, &info)?;
+        match resources.disk {
+            Some(bytes) => disk::make(&dir, bytes)?,
+            None => {
+                for d in ["upper", "work"] {
+                    fs::create_dir_all(dir.join(d))?;
+                }
+            }
+        }
         let resolv = dir.join("resolv.conf");
         fs::write(&resolv, bundle::resolv_conf(gateway))?;
         let rootfs = dir.join("rootfs");
@@ -414,8 +473,8 @@ impl Runtime {
             resolv_conf: &resolv,
             init: &self.cfg.busybox,
             pids_limit: self.limits.pids,
-            memory_limit: self.limits.memory.enforced(),
-            cpu: self.limits.cpu.enforced(),
+            memory_limit: resources.memory,
+            cpu: resources.cpu,
         };
         let config = serde_json::to_vec_pretty(&bundle::config(&spec)).map_err(io::Error::other)?;
         fs::write(dir.join("config.json"), config)?;
@@ -430,11 +489,17 @@ impl Runtime {
         let dir = self.sandbox_dir(id);
         let rootfs = dir.join("rootfs");
         if !is_mount_point(&rootfs) {
+            // With a disk of its own, the writable layer is on it.
+            let layers = if disk::has(&dir) {
+                disk::mount(&dir)?
+            } else {
+                dir.clone()
+            };
             let options = format!(
                 "lowerdir={},upperdir={},workdir={}",
                 self.snapshot_dir(snapshot).join("rootfs").display(),
-                dir.join("upper").display(),
-                dir.join("work").display()
+                layers.join("upper").display(),
+                layers.join("work").display()
             );
             mount(
                 Some("overlay"),
@@ -513,11 +578,14 @@ impl Runtime {
             )));
         }
         match umount2(&self.sandbox_dir(id).join("rootfs"), MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
-            Err(e) => Err(io::Error::other(format!(
-                "unmounting the overlay of {id}: {e}"
-            ))),
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "unmounting the overlay of {id}: {e}"
+                )))
+            }
         }
+        disk::unmount(&self.sandbox_dir(id))
     }
 
     /// Stops sandbox `id`: its processes end, its files stay. Stopping a
@@ -553,6 +621,30 @@ impl Runtime {
         self.record(id, &info)
     }
 
+    /// The host pid of sandbox `id`'s init, if it runs: the one runc
+    /// started, still in the sandbox's cgroup (so not a pid reused since).
+    pub fn init_pid(&self, id: &str) -> io::Result<Option<i32>> {
+        check_name("sandbox", id)?;
+        let Ok(text) = fs::read_to_string(self.sandbox_dir(id).join("init.pid")) else {
+            return Ok(None);
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return Ok(None);
+        };
+        Ok(self.ps(id)?.contains(&pid).then_some(pid))
+    }
+
+    /// Records that sandbox `id`'s init died (it was not asked to stop):
+    /// what is left of its processes and mounts is cleaned, its files
+    /// stay, and it is not started again by anyone but its owner.
+    pub fn mark_died(&self, id: &str) -> io::Result<()> {
+        let mut info = self.info(id)?;
+        self.halt(id)?;
+        info.state = State::Stopped;
+        info.died = true;
+        self.record(id, &info)
+    }
+
     /// Takes back the sandboxes of the data directory, after a restart of
     /// the process that drives the runtime (call once, before anything
     /// else): running ones are managed again, dead ones are cleaned and
@@ -578,6 +670,11 @@ impl Runtime {
                 }
             }
             let adopted = match self.info(&id) {
+                // Died before: kept so, not started again.
+                Ok(info) if info.state == State::Stopped && info.died => {
+                    self.halt(&id)?;
+                    Adopted::Died
+                }
                 Ok(info) if info.state == State::Stopped => {
                     self.halt(&id)?;
                     Adopted::Stopped

@@ -8,8 +8,14 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 /// A process held by a pidfd: it stays this process, whatever its pid
-/// number comes to name later.
+/// number comes to name later. The pidfd is readable once it has exited.
 pub(crate) struct Held(OwnedFd);
+
+impl std::os::fd::AsFd for Held {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 impl Held {
     /// Holds process `pid`, if it exists.

@@ -54,6 +54,7 @@ fn a_container_reaches_what_its_policy_allows_and_nothing_else() {
         "busybox",
         &Netns::path_of(&slot.netns),
         IpAddr::V4(slot.gateway4),
+        &Default::default(),
     )
     .unwrap();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -203,6 +203,11 @@ pub enum OrgCommand {
     Key {
         /// Organization id.
         organization: String,
+        /// What the key may do (repeat for several): sandboxes:read,
+        /// sandboxes:write, sandboxes:exec, network:write, secrets:write.
+        /// Without any, every scope.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
     },
     /// Revoke an API key.
     Revoke {
@@ -608,21 +613,33 @@ pub fn admin(cli: AdminCli, out: &Output) -> ExitCode {
                     say!("{} running sandboxes re-applied", v["reapplied"]);
                 }
             }),
-        OrgCommand::Key { organization } => c
+        OrgCommand::Key {
+            organization,
+            scopes,
+        } => c
             .call(
                 "POST",
                 &format!("/api/admin/organizations/{}/keys", path_part(&organization)),
-                None,
+                (!scopes.is_empty())
+                    .then(|| json!({ "scopes": scopes }))
+                    .as_ref(),
             )
             .map(|v| {
                 if out.json {
                     out.print_json(&v)
                 } else {
                     say!("{}", s(&v["key"]));
+                    let scopes: Vec<&str> = v["scopes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str())
+                        .collect();
                     eprintln!(
-                        "key {} of {}: shown once, keep it now",
+                        "key {} of {} ({}): shown once, keep it now",
                         s(&v["id"]),
-                        s(&v["organizationId"])
+                        s(&v["organizationId"]),
+                        scopes.join(", ")
                     );
                 }
             }),

@@ -39,6 +39,11 @@ pub struct ServerArgs {
     /// Prepared network slots kept ready.
     #[arg(long, default_value_t = 4)]
     pub warm_pool: usize,
+    /// Let the host go on forwarding traffic that is no sandbox's (by
+    /// default sandgate's ruleset drops it: a sandbox host is not a router
+    /// for anything else).
+    #[arg(long, env = "SANDGATE_FORWARD_OTHER")]
+    pub forward_other: bool,
     /// What `network test` probes when asked for nothing (`host:port`,
     /// repeatable; default: the reference's checks).
     #[arg(long = "probe-target", value_name = "HOST:PORT")]
@@ -59,6 +64,7 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
     let mut runner = RunnerConfig::new(args.data_dir.join("runner"), &args.instance, upstream);
     runner.host_netns = args.host_netns.clone();
     runner.warm_pool = args.warm_pool;
+    runner.forward_other = args.forward_other;
     let mut cfg = ServerConfig::new(
         args.data_dir.join("store"),
         runner,
@@ -84,8 +90,22 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
     Ok(cfg)
 }
 
+/// Sends the server's logs to standard error, at `SANDGATE_LOG`'s level
+/// (`info` by default; the `tracing` directives, e.g.
+/// `sandgate_dns=debug`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SANDGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Already set (a test that runs the server twice): keep that one.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
+    init_logging();
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("sandgate server: {what}: {e}");
         ExitCode::FAILURE
@@ -105,12 +125,13 @@ pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
         if out.json {
             out.print_json(&serde_json::json!({
                 "listening": addr.to_string(),
-                "restored": { "running": report.running, "lost": report.lost, "removed": report.removed },
+                "restored": { "running": report.running, "died": report.died, "lost": report.lost, "removed": report.removed },
             }));
         } else {
             say!(
-                "sandgate server listening on http://{addr} ({} sandboxes running again, {} lost, {} left-overs removed)",
+                "sandgate server listening on http://{addr} ({} sandboxes running again, {} whose init died, {} lost, {} left-overs removed)",
                 report.running.len(),
+                report.died.len(),
                 report.lost.len(),
                 report.removed.len()
             );

@@ -175,7 +175,7 @@ fn explain_prints_the_verdict() {
     ]);
     assert_eq!(code, 0, "a denial is an answer, not an error");
     assert_eq!(v["allowed"], false);
-    assert_eq!(v["reason"], "always_denied:169.254.0.0/16");
+    assert_eq!(v["reason"], "always_denied:metadata");
 
     let (_, v) = json(&[
         "policy",

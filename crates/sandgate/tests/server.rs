@@ -38,6 +38,43 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     // An organization's key cannot do the operator's work.
     let (code, e) = cli(&url, &key, &["admin", "org", "tier", &org_id, "4"]);
     assert_eq!((code, e["error"]["code"].as_str()), (2, Some("forbidden")));
+    // A key with scopes: it reads, and may not change a network.
+    let (code, scoped) = cli(
+        &url,
+        TOKEN,
+        &[
+            "admin",
+            "org",
+            "key",
+            &org_id,
+            "--scope",
+            "sandboxes:read",
+            "--scope",
+            "sandboxes:exec",
+        ],
+    );
+    assert_eq!(code, 0, "{scoped}");
+    assert_eq!(
+        scoped["scopes"],
+        serde_json::json!(["sandboxes:read", "sandboxes:exec"])
+    );
+    let scoped = scoped["key"].as_str().unwrap().to_string();
+    let (code, e) = cli(&url, &scoped, &["sandbox", "create", "--name", "nope"]);
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("insufficient_scope")),
+        "{e}"
+    );
+    let (code, e) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "key", &org_id, "--scope", "root"],
+    );
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("invalid_scope")),
+        "{e}"
+    );
 
     // The user makes sandboxes in three modes.
     let (code, v) = cli(

@@ -8,7 +8,12 @@
 //! 2. a network-settings update (`POST .../network-settings` until its
 //!    200: validated, resolved, in the kernel, stored); against `GET
 //!    /api/sandbox/{id}` (HTTP, auth and a store read: the floor of any
-//!    call).
+//!    call);
+//! 3. updates and DNS answers (a sandbox's query to its gateway, answered
+//!    from the cache) while `/metrics` is scraped in a loop by another
+//!    client, against the same without the scrapes, with 100 sandboxes
+//!    alive (the scrape reads the store and the runner's last sample of
+//!    the kernel's counters: no program, no lock of the dataplane).
 //!
 //! `cargo bench -p sandgate-server --bench api` (as root).
 //! `SANDGATE_BENCH_RUNS` sets the runs per series (40).
@@ -99,8 +104,146 @@ fn main() {
     }
     stats("POST .../network-settings, to 200", &updates, Some(&base));
 
+    scrapes(&server.base, &http, runs, lab.tag());
+
     http.call("DELETE", "/api/sandbox/first", None);
     drop(server);
     let _ = sandgate_runner::purge_runtime(&cfg_runner);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The namespace of the slot whose sandbox address is `addr`.
+fn slot_of(lab: &str, addr: std::net::IpAddr) -> sandgate_netns::Netns {
+    for name in sandgate_netns::Netns::list(&format!("{lab}-s")).unwrap() {
+        let ns = sandgate_netns::Netns::open(&name).unwrap();
+        let has = ns
+            .run(|| {
+                let mut rt = sandgate_netns::Rtnl::open()?;
+                Ok(rt.addresses()?.iter().any(|(_, a)| *a == addr))
+            })
+            .unwrap();
+        if has {
+            return ns;
+        }
+    }
+    panic!("no slot has {addr}")
+}
+
+/// One DNS query from `ns` to `gateway`, timed.
+fn dns_once(ns: &sandgate_netns::Netns, gateway: std::net::IpAddr, query: &[u8]) -> Duration {
+    ns.run(|| {
+        let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        u.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let t = Instant::now();
+        u.send_to(query, (gateway, 53))?;
+        u.recv(&mut [0u8; 1024])?;
+        Ok(t.elapsed())
+    })
+    .unwrap()
+}
+
+fn scrapes(base: &str, http: &Http, runs: usize, lab: &str) {
+    println!(
+        "
+updates and DNS answers while /metrics is scraped in a loop (100 sandboxes alive, {} runs each)",
+        runs * 5
+    );
+    for i in 0..100 {
+        let (s, v) = http.call(
+            "POST",
+            "/api/sandbox",
+            Some(json!({"name": format!("m{i}")})),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let (_, open) = http.call("POST", "/api/sandbox", Some(json!({"name": "resolver"})));
+    assert!(open["id"].is_string());
+    let r = http.call(
+        "POST",
+        "/api/sandbox/resolver/process/execute",
+        Some(json!({"command": "ip -4 -o addr show eth0"})),
+    );
+    let text = r.1["stdout"].as_str().unwrap().to_string();
+    let addr: std::net::Ipv4Addr = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gateway = std::net::IpAddr::V4(std::net::Ipv4Addr::from(u32::from(addr) - 1));
+    let ns = slot_of(lab, std::net::IpAddr::V4(addr));
+    let mut m = hickory_proto::op::Message::query();
+    m.metadata.id = 4242;
+    m.metadata.recursion_desired = true;
+    m.add_query(hickory_proto::op::Query::query(
+        hickory_proto::rr::Name::from_ascii("example.com.").unwrap(),
+        hickory_proto::rr::RecordType::A,
+    ));
+    let query = m.to_vec().unwrap();
+    dns_once(&ns, gateway, &query);
+    let series = |scraping: bool| -> (Vec<Duration>, Vec<Duration>, usize) {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scraped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let scraper = scraping.then(|| {
+            let (stop, scraped) = (stop.clone(), scraped.clone());
+            let scrape = Http::new(base, ADMIN, Duration::from_secs(60));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (s, _) = scrape.call("GET", "/metrics", None);
+                    assert_eq!(s, 200);
+                    scraped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        });
+        let mut updates = Vec::new();
+        let mut answers = Vec::new();
+        for i in 0..runs * 5 {
+            let list = if i % 2 == 0 {
+                "192.0.2.10/32"
+            } else {
+                "198.51.100.0/24"
+            };
+            let t = Instant::now();
+            let (s, _) = http.call(
+                "POST",
+                "/api/sandbox/first/network-settings",
+                Some(json!({"networkAllowList": list})),
+            );
+            updates.push(t.elapsed());
+            assert_eq!(s, 200);
+            answers.push(dns_once(&ns, gateway, &query));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = scraper {
+            t.join().unwrap();
+        }
+        (
+            updates,
+            answers,
+            scraped.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let (quiet_updates, quiet_answers, _) = series(false);
+    let (busy_updates, busy_answers, scraped) = series(true);
+    stats("update, no scrapes (baseline)", &quiet_updates, None);
+    stats(
+        "update, /metrics scraped in a loop",
+        &busy_updates,
+        Some(&quiet_updates),
+    );
+    stats("DNS answer, no scrapes (baseline)", &quiet_answers, None);
+    stats(
+        "DNS answer, /metrics scraped in a loop",
+        &busy_answers,
+        Some(&quiet_answers),
+    );
+    println!("  ({scraped} scrapes during the second series)");
+    for i in 0..100 {
+        http.call("DELETE", &format!("/api/sandbox/m{i}"), None);
+    }
+    http.call("DELETE", "/api/sandbox/resolver", None);
 }

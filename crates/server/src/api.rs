@@ -9,18 +9,20 @@
 
 use crate::auth::{bearer, hash_key, random_id, same};
 use crate::error::ApiError;
-use crate::store::{now, Organization, SandboxRow};
+use crate::store::{now, Organization, SandboxRow, SandboxState, Scope};
 use crate::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sandgate_policy::{CompiledPolicy, Destination, EffectivePolicy, SettingsRequest};
+use sandgate_policy::{
+    CompiledPolicy, Destination, EffectivePolicy, ResourcesRequest, SettingsRequest,
+};
 use sandgate_runtime::ExecRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
@@ -85,9 +87,13 @@ pub struct ErrorDetail {
 
 // ---------------------------------------------------------------- auth --
 
-/// The organization of the request's API key: 401 without a live key, 403
-/// for the operator token (it has no organization).
-async fn organization(st: &AppState, headers: &HeaderMap) -> Result<Organization, ApiError> {
+/// The organization of the request's API key and the key's scopes: 401
+/// without a live key, 403 for the operator token (it has no
+/// organization).
+async fn organization(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Organization, BTreeSet<Scope>), ApiError> {
     let token = bearer(headers)?;
     if st.admin_token.as_deref().is_some_and(|t| same(t, token)) {
         return Err(ApiError::new(
@@ -133,16 +139,42 @@ async fn admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-/// The organization of the request's key, checked before the body is read
-/// (a request without a valid key is 401 whatever its body).
+/// The organization of the request's key and what the key may do,
+/// checked before the body is read (a request without a valid key is 401
+/// whatever its body).
 #[derive(Debug)]
-pub struct Caller(pub Organization);
+pub struct Caller(pub Organization, pub Scopes);
+
+/// The scopes of the request's key.
+#[derive(Debug, Clone)]
+pub struct Scopes(pub BTreeSet<Scope>);
+
+impl Scopes {
+    /// 403 `insufficient_scope` unless the key has `scope`.
+    pub fn need(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.0.contains(&scope) {
+            return Ok(());
+        }
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!(
+                "this API key lacks the scope {}, which this request needs; the operator issues keys with scopes",
+                scope.as_str()
+            ),
+        );
+        e.details = Some(serde_json::json!({ "scope": scope.as_str() }));
+        Err(e)
+    }
+}
 
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
-        organization(st, &parts.headers).await.map(Caller)
+        organization(st, &parts.headers)
+            .await
+            .map(|(org, scopes)| Caller(org, Scopes(scopes)))
     }
 }
 
@@ -189,13 +221,21 @@ where
     .map_err(ApiError::internal)?
 }
 
-/// A conflict with the sandbox's state (409).
+/// 409 `sandbox_not_running`: the sandbox is not running (being made or
+/// removed, its init died, or it was lost); the error carries its state.
 fn not_running(row: &SandboxRow) -> ApiError {
-    ApiError::new(
+    let why = match row.state {
+        SandboxState::Died => ": its init died (it is kept, with its files, and not restarted); delete it and create another",
+        SandboxState::Lost => ": it was gone from the host at the server's start; delete it",
+        _ => "",
+    };
+    let mut e = ApiError::new(
         StatusCode::CONFLICT,
-        "conflict",
-        format!("sandbox {} is {}, not running", row.id, row.state),
-    )
+        "sandbox_not_running",
+        format!("sandbox {} is {}, not running{why}", row.id, row.state),
+    );
+    e.details = Some(serde_json::json!({ "state": row.state.as_str() }));
+    e
 }
 
 // ------------------------------------------------------- organizations --
@@ -229,7 +269,7 @@ impl From<Organization> for OrganizationView {
 #[utoipa::path(get, path = "/api/organization", tag = "organization",
     responses((status = 200, body = OrganizationView), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get_organization(Caller(org): Caller) -> Result<Json<OrganizationView>, ApiError> {
+pub async fn get_organization(Caller(org, _): Caller) -> Result<Json<OrganizationView>, ApiError> {
     Ok(Json(org.into()))
 }
 
@@ -362,7 +402,7 @@ pub async fn set_tier(
         let mut reapplied = 0;
         let mut failed = Vec::new();
         for row in st.store.sandboxes(Some(&org.id)).await? {
-            if row.state != "running" {
+            if row.state != SandboxState::Running {
                 continue;
             }
             let runner = st.runner.clone();
@@ -385,7 +425,9 @@ pub async fn set_tier(
                         let runner = st.runner.clone();
                         let id = row.id.clone();
                         let _ = blocking(move || runner.runtime().stop(&id)).await;
-                        let _ = st.store.set_state(&row.id, "lost").await;
+                        if let Err(e) = st.store.set_state(&row.id, SandboxState::Lost).await {
+                            tracing::error!(sandbox = %row.id, error = %e, "recording a lost sandbox");
+                        }
                     }
                     failed.push(format!("{} ({})", row.id, e.message));
                 }
@@ -421,31 +463,96 @@ pub struct NewKey {
     pub organization_id: String,
     /// The key itself; only its hash is kept, so it is shown this once.
     pub key: String,
+    /// What it may do.
+    pub scopes: Vec<String>,
 }
 
-/// Issues an API key for an organization (admin).
-#[utoipa::path(post, path = "/api/admin/organizations/{id}/keys", tag = "admin",
+/// What a new key may do.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Its scopes (`sandboxes:read`, `sandboxes:write`, `sandboxes:exec`,
+    /// `network:write`, `secrets:write`); without this field, every scope.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Issues an API key for an organization (admin), with every scope or the
+/// ones the body names.
+#[utoipa::path(post, path = "/api/admin/organizations/{id}/keys", tag = "admin", request_body(content = CreateKey, description = "optional"),
     params(("id" = String, Path, description = "organization id")),
-    responses((status = 201, body = NewKey), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 201, body = NewKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_key(
     State(st): St,
     _: Operator,
     Path(id): Path<String>,
+    raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
+    let body: CreateKey = optional_body(raw)?;
+    let scopes: BTreeSet<Scope> = match &body.scopes {
+        None => Scope::ALL.into_iter().collect(),
+        Some(list) if list.is_empty() => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "scopes: give at least one scope, or leave the field out for every scope",
+            ))
+        }
+        Some(list) => list
+            .iter()
+            .map(|s| {
+                s.parse::<Scope>().map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_scope",
+                        format!("scopes: {e}"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
     let org = org_by_id(&st, &id).await?;
     let key = random_id("sg_", 32)?;
     let key_id = random_id("key-", 8)?;
-    st.store.add_key(&key_id, &org.id, &hash_key(&key)).await?;
+    st.store
+        .add_key(&key_id, &org.id, &hash_key(&key), &scopes)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(NewKey {
             id: key_id,
             organization_id: org.id,
             key,
+            scopes: scopes.iter().map(|s| s.as_str().to_string()).collect(),
         }),
     ))
+}
+
+/// A JSON body that may be left out (empty, or only white space): the
+/// type's default then. Its rejections are API errors, like [`Body`]'s.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    let raw = raw.map_err(|r| {
+        let (status, code) = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        } else {
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        };
+        ApiError::new(status, code, r.body_text())
+    })?;
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&raw).map_err(|e| {
+        let (status, code) = if e.is_syntax() || e.is_eof() {
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        } else {
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+        };
+        ApiError::new(status, code, format!("the body: {e}"))
+    })
 }
 
 /// Revokes an API key (admin).
@@ -501,6 +608,23 @@ pub struct SandboxView {
     pub created_at: String,
     /// When its settings last changed.
     pub updated_at: String,
+    /// Its memory, CPU and disk.
+    pub resources: ResourcesView,
+}
+
+/// A sandbox's resources.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourcesView {
+    /// Memory, MiB (swap included): over it, a process of the sandbox is
+    /// killed, in it alone.
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: u64,
+    /// CPU time, cores.
+    pub cpus: f64,
+    /// What it may write over its snapshot, MiB: a full disk is full for
+    /// it alone.
+    #[serde(rename = "diskMiB")]
+    pub disk_mib: u64,
 }
 
 /// The effective policy of a stored sandbox of an organization of `tier`.
@@ -520,13 +644,26 @@ pub(crate) fn effective(
 fn view(st: &AppState, tier: u8, row: SandboxRow) -> Result<SandboxView, ApiError> {
     let effective = serde_json::to_value(effective(st, tier, &row)?).map_err(ApiError::internal)?;
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    // Rows from before resources were stored got the tier's defaults.
+    let defaults = st.policy.tier(tier)?.resources.default;
+    let or = |v: u64, d: u64| if v == 0 { d } else { v };
+    let resources = ResourcesView {
+        memory_mib: or(row.memory_mib, defaults.memory_mib),
+        cpus: f64::from(if row.cpu_millicores == 0 {
+            defaults.cpu_millicores
+        } else {
+            row.cpu_millicores
+        }) / 1000.0,
+        disk_mib: or(row.disk_mib, defaults.disk_mib),
+    };
     Ok(SandboxView {
+        resources,
         env: serde_json::from_str(&row.env).unwrap_or_default(),
         id: row.id,
         name: row.name,
         organization_id: row.organization_id,
         snapshot: row.snapshot,
-        state: row.state,
+        state: row.state.as_str().to_string(),
         network_block_all: row.network_block_all,
         network_allow_list: non_empty(row.network_allow_list),
         domain_allow_list: non_empty(row.domain_allow_list),
@@ -559,6 +696,10 @@ pub struct CreateSandbox {
     pub network_block_all: Option<bool>,
     /// Comma-separated domain names and `*.` wildcards.
     pub domain_allow_list: Option<String>,
+    /// Memory, CPU and disk, each within the tier's maximum (default: the
+    /// tier's defaults).
+    #[schema(value_type = Option<Object>)]
+    pub resources: Option<ResourcesRequest>,
 }
 
 /// New network settings: a field sent replaces the stored value, a field
@@ -615,9 +756,18 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
     security(("bearer" = [])))]
 pub async fn create_sandbox(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
     Body(body): Body<CreateSandbox>,
 ) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
+    scopes.need(Scope::SandboxesWrite)?;
+    // Network settings at create need the network scope too, unless they
+    // only block everything (which only narrows).
+    let only_blocks = body.network_allow_list.is_none()
+        && body.domain_allow_list.is_none()
+        && body.network_block_all != Some(false);
+    if !only_blocks {
+        scopes.need(Scope::NetworkWrite)?;
+    }
     if let Some(name) = &body.name {
         check_name("sandbox name", name)?;
         if name.starts_with("sb-") {
@@ -635,6 +785,7 @@ pub async fn create_sandbox(
     // Validated now for a quick answer, and again under the lock with the
     // tier as it is then (a tier change may have come in between).
     settings_for_create(&st, org.tier, &body)?;
+    resources_for_create(&st, org.tier, &body)?;
     let runner = st.runner.clone();
     let known = blocking(move || runner.runtime().snapshots()).await?;
     if !known.contains(&snapshot) {
@@ -646,6 +797,7 @@ pub async fn create_sandbox(
     let (row, tier) = transaction(&st, move |st| async move {
         let org = org_by_id(&st, &org.id).await?;
         let settings = settings_for_create(&st, org.tier, &body)?;
+        let resources = resources_for_create(&st, org.tier, &body)?;
         let effective = st.policy.resolve(org.tier, &settings)?;
         let count = st.store.sandboxes(Some(&org.id)).await?.len();
         if count >= st.max_sandboxes_per_org {
@@ -672,24 +824,33 @@ pub async fn create_sandbox(
             organization_id: org.id.clone(),
             name,
             snapshot: snapshot.clone(),
-            state: "creating".into(),
+            state: SandboxState::Creating,
             network_block_all: settings.network_block_all,
             network_allow_list: settings.network_allow_list.to_string(),
             domain_allow_list: settings.domain_allow_list.to_string(),
             env: serde_json::to_string(&env).map_err(ApiError::internal)?,
             created_at: stamp.clone(),
             updated_at: stamp,
+            memory_mib: resources.memory_mib,
+            cpu_millicores: resources.cpu_millicores,
+            disk_mib: resources.disk_mib,
         };
         st.store.add_sandbox(&row).await?;
         let runner = st.runner.clone();
         let made = {
-            let id = id.clone();
-            blocking(move || runner.create(&id, &snapshot, &effective)).await
+            let spec = sandgate_runner::SandboxSpec {
+                id: id.clone(),
+                organization: org.id.clone(),
+                snapshot,
+                policy: effective,
+                resources: runtime_resources(&resources),
+            };
+            blocking(move || runner.create(&spec)).await
         };
         let settled = match made {
             Ok(_) => st
                 .store
-                .set_state(&id, "running")
+                .set_state(&id, SandboxState::Running)
                 .await
                 .map_err(ApiError::from),
             Err(e) => Err(e),
@@ -704,17 +865,42 @@ pub async fn create_sandbox(
                 }
                 // Left as `deleting`: the next start removes it.
                 Err(_) => {
-                    let _ = st.store.set_state(&id, "deleting").await;
+                    if let Err(e) = st.store.set_state(&id, SandboxState::Deleting).await {
+                        tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
+                    }
                 }
             }
             return Err(e);
         }
-        row.state = "running".into();
+        row.state = SandboxState::Running;
         st.metrics.created();
         Ok((row, org.tier))
     })
     .await?;
     Ok((StatusCode::CREATED, Json(view(&st, tier, row)?)))
+}
+
+/// The resources a create asks for, validated for an organization of
+/// `tier`: its defaults where the create asks for nothing.
+fn resources_for_create(
+    st: &AppState,
+    tier: u8,
+    body: &CreateSandbox,
+) -> Result<sandgate_policy::Resources, ApiError> {
+    let rule = st.policy.tier(tier)?;
+    Ok(rule
+        .resources
+        .resolve(tier, &body.resources.unwrap_or_default())?)
+}
+
+/// What the runtime makes of `resources`.
+fn runtime_resources(resources: &sandgate_policy::Resources) -> sandgate_runtime::Resources {
+    const MIB: u64 = 1 << 20;
+    sandgate_runtime::Resources {
+        memory: i64::try_from(resources.memory_mib.saturating_mul(MIB)).ok(),
+        cpu: Some(f64::from(resources.cpu_millicores) / 1000.0),
+        disk: Some(resources.disk_mib.saturating_mul(MIB)),
+    }
 }
 
 /// The settings a create asks for, validated for an organization of `tier`.
@@ -737,8 +923,9 @@ fn settings_for_create(
     security(("bearer" = [])))]
 pub async fn list_sandboxes(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
 ) -> Result<Json<Vec<SandboxView>>, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
     let rows = st.store.sandboxes(Some(&org.id)).await?;
     Ok(Json(
         rows.into_iter()
@@ -754,9 +941,10 @@ pub async fn list_sandboxes(
     security(("bearer" = [])))]
 pub async fn get_sandbox(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
     Path(key): Path<String>,
 ) -> Result<Json<SandboxView>, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
     let row = sandbox(&st, &org, &key).await?;
     Ok(Json(view(&st, org.tier, row)?))
 }
@@ -768,12 +956,13 @@ pub async fn get_sandbox(
     security(("bearer" = [])))]
 pub async fn delete_sandbox(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    scopes.need(Scope::SandboxesWrite)?;
     transaction(&st, move |st| async move {
         let row = sandbox(&st, &org, &key).await?;
-        st.store.set_state(&row.id, "deleting").await?;
+        st.store.set_state(&row.id, SandboxState::Deleting).await?;
         let runner = st.runner.clone();
         let id = row.id.clone();
         blocking(move || runner.delete(&id)).await?;
@@ -794,15 +983,16 @@ pub async fn delete_sandbox(
     security(("bearer" = [])))]
 pub async fn update_settings(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
     Path(key): Path<String>,
     Body(body): Body<UpdateSettings>,
 ) -> Result<Json<SandboxView>, ApiError> {
+    scopes.need(Scope::NetworkWrite)?;
     transaction(&st, move |st| async move {
         // The tier as it is now, under the lock.
         let org = org_by_id(&st, &org.id).await?;
         let mut row = sandbox(&st, &org, &key).await?;
-        if row.state != "running" {
+        if row.state != SandboxState::Running {
             return Err(not_running(&row));
         }
         let stored = st.policy.stored_settings(
@@ -877,12 +1067,13 @@ pub struct Executed {
     security(("bearer" = [])))]
 pub async fn execute(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
     Path(key): Path<String>,
     Body(body): Body<Execute>,
 ) -> Result<Json<Executed>, ApiError> {
+    scopes.need(Scope::SandboxesExec)?;
     let row = sandbox(&st, &org, &key).await?;
-    if row.state != "running" {
+    if row.state != SandboxState::Running {
         return Err(not_running(&row));
     }
     // The kernel takes one argument of at most 128 KiB.
@@ -941,6 +1132,7 @@ pub async fn execute(
 
 /// The destination to explain.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct ExplainQuery {
     /// An address, a name, or either with `:port` (`[v6]:port`).
     pub dest: Option<String>,
@@ -971,10 +1163,11 @@ pub struct Explanation {
     security(("bearer" = [])))]
 pub async fn explain(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
     Path(key): Path<String>,
     Params(q): Params<ExplainQuery>,
 ) -> Result<Json<Explanation>, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
     let row = sandbox(&st, &org, &key).await?;
     let dest = q.dest.ok_or_else(|| {
         ApiError::invalid("give the destination as ?dest=<address or name>[:port]")
@@ -982,7 +1175,9 @@ pub async fn explain(
     let destination: Destination = dest.parse()?;
     let policy = effective(&st, org.tier, &row)?;
     let mode = policy.mode.as_str().to_string();
-    let verdict = CompiledPolicy::new(policy, &st.catalog, &st.policy).explain(&destination);
+    // The host's addresses as they are now (always denied).
+    let ranges = st.runner.policy();
+    let verdict = CompiledPolicy::new(policy, &st.catalog, &ranges).explain(&destination);
     Ok(Json(Explanation {
         destination: destination.to_string(),
         allowed: verdict.allowed,
@@ -1044,38 +1239,15 @@ pub struct NetworkTestResult {
     security(("bearer" = [])))]
 pub async fn network_test(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
     Path(key): Path<String>,
     raw: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<NetworkTestResult>, ApiError> {
-    let raw = raw.map_err(|r| {
-        let (status, code) = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-        } else {
-            (StatusCode::BAD_REQUEST, "invalid_request")
-        };
-        ApiError::new(status, code, r.body_text())
-    })?;
+    scopes.need(Scope::SandboxesExec)?;
     // The body is optional: none asks for the configured targets.
-    let body: NetworkTest = if raw.iter().all(u8::is_ascii_whitespace) {
-        NetworkTest::default()
-    } else {
-        serde_json::from_slice(&raw).map_err(|e| {
-            let code = if e.is_syntax() || e.is_eof() {
-                "invalid_json"
-            } else {
-                "invalid_request"
-            };
-            let status = if code == "invalid_json" {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            ApiError::new(status, code, format!("the body: {e}"))
-        })?
-    };
+    let body: NetworkTest = optional_body(raw)?;
     let row = sandbox(&st, &org, &key).await?;
-    if row.state != "running" {
+    if row.state != SandboxState::Running {
         return Err(not_running(&row));
     }
     let asked = body.targets.unwrap_or_else(|| st.probe_targets.clone());
@@ -1089,7 +1261,8 @@ pub async fn network_test(
         .map_err(|e| ApiError::invalid(format!("targets: {e}")))?;
     let policy = effective(&st, org.tier, &row)?;
     let mode = policy.mode.as_str().to_string();
-    let compiled = CompiledPolicy::new(policy, &st.catalog, &st.policy);
+    let ranges = st.runner.policy();
+    let compiled = CompiledPolicy::new(policy, &st.catalog, &ranges);
     let mut expected = Vec::new();
     for t in &targets {
         let dest: Destination = t.to_string().parse()?;
@@ -1128,6 +1301,7 @@ pub async fn network_test(
 
 /// Whether to keep the stream open.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// `false`: send the recent events and close; default `true`: then
     /// keep sending new ones.
@@ -1146,14 +1320,15 @@ pub struct EventsQuery {
     security(("bearer" = [])))]
 pub async fn network_events(
     State(st): St,
-    Caller(org): Caller,
+    Caller(org, scopes): Caller,
     Path(key): Path<String>,
     Params(q): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::stream::{self, StreamExt};
     let row = sandbox(&st, &org, &key).await?;
-    if row.state != "running" {
+    if row.state != SandboxState::Running {
         return Err(not_running(&row));
     }
     let (recent, live) = st.runner.subscribe(&row.id)?;

@@ -53,7 +53,7 @@ impl ApiError {
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        eprintln!("sandgate server: error {id}: {cause}");
+        tracing::error!(error_id = %id, "internal error: {cause}");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -66,7 +66,7 @@ impl ApiError {
     /// the sandbox cut off (never widened); a delete finishes when retried.
     /// The cause goes to the log.
     pub fn storage_full(cause: impl std::fmt::Display) -> ApiError {
-        eprintln!("sandgate server: disk full: {cause}");
+        tracing::error!("disk full: {cause}");
         ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             "storage_full",

@@ -30,7 +30,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use store::Store;
+use store::{SandboxState, Store};
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::OpenApi;
 
@@ -286,6 +286,9 @@ impl Server {
             probe_targets: cfg.probe_targets,
         });
         let report = restore(&state).await?;
+        if let Some(deaths) = state.runner.take_deaths() {
+            tokio::spawn(record_deaths(state.clone(), deaths));
+        }
         Ok((
             Server {
                 state,
@@ -376,8 +379,10 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
     let mut unresolved = Vec::new();
     let mut tiers = std::collections::HashMap::new();
     for row in &rows {
-        match row.state.as_str() {
-            "running" => {
+        match row.state {
+            // A sandbox whose init died is kept too (with its slot and
+            // files), and not started again.
+            SandboxState::Running | SandboxState::Died => {
                 if !tiers.contains_key(&row.organization_id) {
                     let org = st
                         .store
@@ -391,13 +396,17 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
                 // organization or tier gone from the configuration) is not
                 // expected: the runner removes it, and it is marked lost.
                 match tier.map(|t| api::effective(st, t, row)) {
-                    Some(Ok(policy)) => expected.push((row.id.clone(), policy)),
+                    Some(Ok(policy)) => expected.push(sandgate_runner::Expected {
+                        id: row.id.clone(),
+                        organization: row.organization_id.clone(),
+                        policy,
+                    }),
                     _ => unresolved.push(row.id.clone()),
                 }
             }
             // Cut short, or lost before: not expected, so the runner
             // removes what is left of them.
-            "creating" | "deleting" => {
+            SandboxState::Creating | SandboxState::Deleting => {
                 st.store
                     .remove_sandbox(&row.id)
                     .await
@@ -413,9 +422,36 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
     report.lost.extend(unresolved);
     for id in &report.lost {
         st.store
-            .set_state(id, "lost")
+            .set_state(id, SandboxState::Lost)
+            .await
+            .map_err(io::Error::other)?;
+    }
+    for id in &report.died {
+        st.store
+            .set_state(id, SandboxState::Died)
             .await
             .map_err(io::Error::other)?;
     }
     Ok(report)
+}
+
+/// Records each sandbox whose init dies as `died`, as it dies (the
+/// runner has cleaned what was left of its processes; it is not started
+/// again), until the runner stops.
+async fn record_deaths(
+    st: Arc<AppState>,
+    mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(id) = deaths.recv().await {
+        // Only a running sandbox dies: one being deleted is no death.
+        match st
+            .store
+            .move_state(&id, SandboxState::Running, SandboxState::Died)
+            .await
+        {
+            Ok(true) => tracing::warn!(sandbox = %id, "the sandbox's init died"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(sandbox = %id, error = %e, "recording a dead sandbox"),
+        }
+    }
 }

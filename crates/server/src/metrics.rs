@@ -95,10 +95,15 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The metrics.
+/// The metrics: an operator surface, so the operator token only (a
+/// tenant's key gets 403). Counts come from memory and from the runner's
+/// last sample of the kernel's counters: a scrape runs no program and
+/// takes no lock of the dataplane.
 #[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -> Response {
     let mut out = String::new();
     let mut by_state_mode: BTreeMap<(String, String), u64> = BTreeMap::new();
     if let Ok(rows) = st.store.sandboxes(None).await {
@@ -116,7 +121,9 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
                 .and_then(|t| crate::api::effective(&st, *t, &row).ok())
                 .map(|p| p.mode.as_str().to_string())
                 .unwrap_or_else(|| "unknown".into());
-            *by_state_mode.entry((row.state, mode)).or_default() += 1;
+            *by_state_mode
+                .entry((row.state.as_str().to_string(), mode))
+                .or_default() += 1;
         }
     }
     let _ = writeln!(
@@ -148,12 +155,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "Sandboxes deleted.",
         st.metrics.deleted.load(Ordering::Relaxed),
     );
-    let runner = st.runner.clone();
-    let allowed = tokio::task::spawn_blocking(move || runner.allowed_counts())
-        .await
-        .ok()
-        .and_then(Result::ok);
-    if let Some((net, dns)) = allowed {
+    if let Some((net, dns)) = st.runner.allowed_counts() {
         let _ = writeln!(
             out,
             "# HELP sandgate_connections_allowed_total New connections let out of sandboxes, by what allowed them.\n# TYPE sandgate_connections_allowed_total counter\nsandgate_connections_allowed_total{{by=\"policy\"}} {net}\nsandgate_connections_allowed_total{{by=\"dns_admission\"}} {dns}"
@@ -191,12 +193,37 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             "DNS queries no upstream resolver answered (the sandbox got SERVFAIL).",
             dns.upstream_failures,
         ),
+        (
+            "sandgate_dns_busy_total",
+            "DNS queries turned away: the sandbox had its most waiting on upstream.",
+            dns.busy,
+        ),
+        (
+            "sandgate_dns_rate_limited_total",
+            "DNS queries over their sandbox's rate (answered REFUSED).",
+            dns.rate_limited,
+        ),
+        (
+            "sandgate_dns_tcp_refused_total",
+            "DNS-over-TCP connections closed at once (a sandbox's or the service's most open).",
+            dns.tcp_refused,
+        ),
+        (
+            "sandgate_dns_stale_total",
+            "DNS answers and admissions dropped because the slot changed hands meanwhile.",
+            dns.stale,
+        ),
+        (
+            "sandgate_dns_upstream_unmatched_total",
+            "Datagrams on the upstream sockets that answered no query (late or forged).",
+            dns.upstream_unmatched,
+        ),
     ] {
         counter(&mut out, name, help, v);
     }
     let _ = writeln!(
         out,
-        "# HELP sandgate_network_events_total Denied connection attempts and refused DNS queries, by kind and reason.\n# TYPE sandgate_network_events_total counter"
+        "# HELP sandgate_network_events_total Denied connection attempts, refused DNS queries and limits reached, by kind and reason (kind \"dropped\": those the sandbox's event rate held back, counted, not published).\n# TYPE sandgate_network_events_total counter"
     );
     for ((kind, reason), n) in st.runner.event_counts() {
         let _ = writeln!(

@@ -21,6 +21,135 @@ pub struct Organization {
     pub created_at: String,
 }
 
+/// Where a sandbox is in its life, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxState {
+    /// Being made: a row found so at start belongs to a create cut short,
+    /// and is removed with what it made.
+    Creating,
+    /// Running, its policy in force.
+    Running,
+    /// Being removed: finished at start.
+    Deleting,
+    /// Its init died: kept with its files, not restarted; it may only be
+    /// read and deleted.
+    Died,
+    /// Gone from the host (its slot or files were missing at a start, as
+    /// after a reboot): it may only be read and deleted.
+    Lost,
+}
+
+impl SandboxState {
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Running => "running",
+            SandboxState::Deleting => "deleting",
+            SandboxState::Died => "died",
+            SandboxState::Lost => "lost",
+        }
+    }
+}
+
+impl std::str::FromStr for SandboxState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Deleting,
+            SandboxState::Died,
+            SandboxState::Lost,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+        .ok_or_else(|| format!("a sandbox in the store has the unknown state {s:?}"))
+    }
+}
+
+impl std::fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an API key may do (docs/REQUIREMENTS.md, "Scoped keys").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Read sandboxes, their policy, events; explain.
+    SandboxesRead,
+    /// Create and delete sandboxes.
+    SandboxesWrite,
+    /// Run commands and network tests in sandboxes.
+    SandboxesExec,
+    /// Change a sandbox's network settings (and give network settings at
+    /// create).
+    NetworkWrite,
+    /// Store and remove secrets.
+    SecretsWrite,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 5] = [
+        Scope::SandboxesRead,
+        Scope::SandboxesWrite,
+        Scope::SandboxesExec,
+        Scope::NetworkWrite,
+        Scope::SecretsWrite,
+    ];
+
+    /// The scope as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::SandboxesRead => "sandboxes:read",
+            Scope::SandboxesWrite => "sandboxes:write",
+            Scope::SandboxesExec => "sandboxes:exec",
+            Scope::NetworkWrite => "network:write",
+            Scope::SecretsWrite => "secrets:write",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scope::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Scope::ALL.iter().map(|x| x.as_str()).collect();
+                format!("{s:?} is no scope; the scopes are {}", known.join(", "))
+            })
+    }
+}
+
+/// The scopes of a key, as stored: `*` for every scope, otherwise the
+/// scopes separated by spaces.
+pub fn scopes_text(scopes: &std::collections::BTreeSet<Scope>) -> String {
+    if Scope::ALL.iter().all(|s| scopes.contains(s)) {
+        return "*".into();
+    }
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn parse_scopes(text: &str) -> std::collections::BTreeSet<Scope> {
+    if text.trim() == "*" {
+        return Scope::ALL.into_iter().collect();
+    }
+    // A scope this version does not know gives nothing.
+    text.split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
 /// A sandbox as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxRow {
@@ -32,8 +161,8 @@ pub struct SandboxRow {
     pub name: String,
     /// Its snapshot.
     pub snapshot: String,
-    /// `creating`, `running` or `deleting`.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: SandboxState,
     /// `networkBlockAll`.
     pub network_block_all: bool,
     /// `networkAllowList`, canonical.
@@ -46,6 +175,13 @@ pub struct SandboxRow {
     pub created_at: String,
     /// When its settings last changed.
     pub updated_at: String,
+    /// Its resources (0 on rows from before they were stored: the tier's
+    /// defaults).
+    pub memory_mib: u64,
+    /// See [`sandgate_policy::Resources::cpu_millicores`].
+    pub cpu_millicores: u32,
+    /// See [`sandgate_policy::Resources::disk_mib`].
+    pub disk_mib: u64,
 }
 
 /// The store.
@@ -85,13 +221,19 @@ fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
         organization_id: r.try_get("organization_id")?,
         name: r.try_get("name")?,
         snapshot: r.try_get("snapshot")?,
-        state: r.try_get("state")?,
+        state: r
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
         network_block_all: r.try_get::<i64, _>("network_block_all")? != 0,
         network_allow_list: r.try_get("network_allow_list")?,
         domain_allow_list: r.try_get("domain_allow_list")?,
         env: r.try_get("env")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        memory_mib: u64::try_from(r.try_get::<i64, _>("memory_mib")?).unwrap_or(0),
+        cpu_millicores: u32::try_from(r.try_get::<i64, _>("cpu_millicores")?).unwrap_or(0),
+        disk_mib: u64::try_from(r.try_get::<i64, _>("disk_mib")?).unwrap_or(0),
     })
 }
 
@@ -105,7 +247,8 @@ fn organization(r: &sqlx::sqlite::SqliteRow) -> Result<Organization, sqlx::Error
 }
 
 const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, network_block_all, \
-     network_allow_list, domain_allow_list, env, created_at, updated_at";
+     network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
+     cpu_millicores, disk_mib";
 
 impl Store {
     /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
@@ -171,20 +314,23 @@ impl Store {
         Ok(())
     }
 
-    /// Adds an API key of `organization_id`, by its hash.
+    /// Adds an API key of `organization_id` with `scopes`, by its hash.
     pub async fn add_key(
         &self,
         id: &str,
         organization_id: &str,
         hash: &str,
+        scopes: &std::collections::BTreeSet<Scope>,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO api_keys (id, organization_id, hash, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO api_keys (id, organization_id, hash, created_at, scopes) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(organization_id)
         .bind(hash)
         .bind(now())
+        .bind(scopes_text(scopes))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -204,54 +350,78 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The organization whose live key has hash `hash`.
+    /// The organization whose live key has hash `hash`, and the key's
+    /// scopes.
     pub async fn organization_by_key(
         &self,
         hash: &str,
-    ) -> Result<Option<Organization>, sqlx::Error> {
-        sqlx::query(
-            "SELECT o.id, o.name, o.tier, o.created_at FROM organizations o \
+    ) -> Result<Option<(Organization, std::collections::BTreeSet<Scope>)>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT o.id, o.name, o.tier, o.created_at, k.scopes FROM organizations o \
              JOIN api_keys k ON k.organization_id = o.id \
              WHERE k.hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(organization)
-        .transpose()
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((
+                organization(&r)?,
+                parse_scopes(&r.try_get::<String, _>("scopes")?),
+            ))),
+        }
     }
 
     /// Adds a sandbox row.
     pub async fn add_sandbox(&self, s: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
         .bind(&s.name)
         .bind(&s.snapshot)
-        .bind(&s.state)
+        .bind(s.state.as_str())
         .bind(i64::from(s.network_block_all))
         .bind(&s.network_allow_list)
         .bind(&s.domain_allow_list)
         .bind(&s.env)
         .bind(&s.created_at)
         .bind(&s.updated_at)
+        .bind(i64::try_from(s.memory_mib).unwrap_or(i64::MAX))
+        .bind(i64::from(s.cpu_millicores))
+        .bind(i64::try_from(s.disk_mib).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     /// Sets a sandbox's state.
-    pub async fn set_state(&self, id: &str, state: &str) -> Result<(), sqlx::Error> {
+    pub async fn set_state(&self, id: &str, state: SandboxState) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE sandboxes SET state = $1 WHERE id = $2")
-            .bind(state)
+            .bind(state.as_str())
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Sets a sandbox's state to `to` if it is `from`; whether it was.
+    pub async fn move_state(
+        &self,
+        id: &str,
+        from: SandboxState,
+        to: SandboxState,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("UPDATE sandboxes SET state = $1 WHERE id = $2 AND state = $3")
+            .bind(to.as_str())
+            .bind(id)
+            .bind(from.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Sets a sandbox's network settings.

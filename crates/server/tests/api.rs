@@ -779,7 +779,7 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
                 .replace("{id}", "x")
                 .replace("{key_id}", "x");
             let (s, v) = api.call(&method.to_uppercase(), &concrete, None, Send::Nothing);
-            let open = ["/health", "/metrics"].contains(&path.as_str());
+            let open = path == "/health";
             assert!(
                 if open { s == 200 } else { s == 401 },
                 "{method} {path}: {s} {v}"
@@ -817,24 +817,24 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         .security_schemes
         .contains_key("bearer"));
 
-    // Health and metrics.
+    // Health and metrics; metrics are the operator's, not a tenant's.
     let (s, h) = api.call("GET", "/health", None, Send::Nothing);
     assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
     let (_, k) = api.organization("acme", 3);
+    let (s, e) = api.call("GET", "/metrics", Some(&k), Send::Nothing);
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{e}"
+    );
+    let (s, _) = api.call("GET", "/metrics", None, Send::Nothing);
+    assert_eq!(s, 401);
     api.sandbox(&k, json!({"name": "m", "networkBlockAll": true}));
     // Traffic: one connection let out, one denied.
     api.sandbox(&k, json!({"name": "o"}));
     assert!(api.echoes(&k, "o", "198.51.100.10"));
     assert!(!api.echoes(&k, "o", "203.0.113.200"));
-    let url = format!("{}/metrics", api.base);
-    let scrape = || {
-        ureq::get(&url)
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-    };
+    let scrape = || api.metrics();
     let denied = "sandgate_network_events_total{kind=\"connection\",reason=\"always_denied:203.0.113.192/26\"}";
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     let mut text = scrape();
@@ -864,5 +864,206 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
     assert!(
         text.contains("route=\"/api/sandbox\",status=\"401\"} 1"),
         "{text}"
+    );
+}
+
+/// `explain`'s verdict and reason for `dest` in sandbox `id`.
+fn explained(api: &Api, key: &str, id: &str, dest: &str) -> (bool, String) {
+    let (s, v) = api.get(
+        &format!("/api/sandbox/{id}/network/explain?dest={dest}"),
+        key,
+    );
+    assert_eq!(s, 200, "{v}");
+    (
+        v["allowed"].as_bool().unwrap(),
+        v["reason"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn the_host_metadata_services_and_internal_networks_stay_closed_whatever_the_list() {
+    use sandgate_lab::addrs::*;
+    let api = Api::start();
+    let (_, key) = api.organization("acme", 3);
+    // A list as wide as a list can be (the internet, both families) and an
+    // open sandbox: neither reaches the host, a metadata service or the
+    // operator's internal network (lab stand-ins of each).
+    api.sandbox(
+        &key,
+        json!({"name": "wide", "networkAllowList": "0.0.0.0/0,::/0"}),
+    );
+    api.sandbox(&key, json!({"name": "open"}));
+    let host4 = HOST_LINK4.addr().to_string();
+    let host6 = format!("[{}]", HOST_LINK6.addr());
+    let meta6 = format!("[{METADATA_SERVER6}]");
+    let cases = [
+        (host4.as_str(), "always_denied:host"),
+        (host6.as_str(), "always_denied:host"),
+        ("203.0.113.254", "always_denied:metadata"),
+        (meta6.as_str(), "always_denied:metadata"),
+        ("203.0.113.200", "always_denied:203.0.113.192/26"),
+    ];
+    for id in ["wide", "open"] {
+        for (dest, reason) in cases {
+            assert_eq!(
+                explained(&api, &key, id, &format!("{dest}:7")),
+                (false, reason.to_string()),
+                "{id} {dest}"
+            );
+        }
+        // What explain says is what the kernel does: every row of a
+        // network test agrees, and none is reached.
+        let targets: Vec<String> = cases.iter().map(|(d, _)| format!("{d}:7")).collect();
+        let (s, t) = api.post(
+            &format!("/api/sandbox/{id}/network/test"),
+            &key,
+            json!({ "targets": targets }),
+        );
+        assert_eq!(s, 200, "{t}");
+        assert_eq!(t["ok"], true, "{t}");
+        for row in t["results"].as_array().unwrap() {
+            assert_eq!(row["observed"], false, "{row}");
+        }
+    }
+    // A denied connection to the metadata stand-in is an event naming why.
+    assert!(!api.echoes(&key, "wide", "203.0.113.254"));
+    let seen = api.events(&key, "wide", true, |e| e["destination"] == "203.0.113.254");
+    assert_eq!(seen.last().unwrap()["reason"], "always_denied:metadata");
+
+    // The host's addresses are kept current: one added to the host is
+    // always denied within moments, and no longer once it is gone.
+    let extra: ipnet::IpNet = "192.0.2.77/32".parse().unwrap();
+    let lo = api
+        .lab
+        .host()
+        .run(|| {
+            let mut rt = sandgate_netns::Rtnl::open()?;
+            let lo = rt.link_index("lo")?.unwrap();
+            rt.add_address(lo, extra)?;
+            Ok(lo)
+        })
+        .unwrap();
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let got = explained(&api, &key, "open", "192.0.2.77:7");
+            if got.1 == want || std::time::Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    assert_eq!(
+        wait_for("always_denied:host"),
+        (false, "always_denied:host".into())
+    );
+    api.lab
+        .host()
+        .run(|| sandgate_netns::Rtnl::open()?.delete_address(lo, extra))
+        .unwrap();
+    assert_eq!(wait_for("open"), (true, "open".into()));
+}
+
+#[test]
+fn scoped_keys_do_what_their_scopes_allow_and_nothing_more() {
+    let api = Api::start();
+    let (org, full) = api.organization("acme", 3);
+    api.sandbox(&full, json!({"name": "box"}));
+    let key_with = |scopes: Value| -> String {
+        let (s, v) = api.call(
+            "POST",
+            &format!("/api/admin/organizations/{org}/keys"),
+            Some(ADMIN),
+            Send::Json(json!({ "scopes": scopes })),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["key"].as_str().unwrap().to_string()
+    };
+    // A key for code inside a sandbox: it may read and run, not widen.
+    let inside = key_with(json!(["sandboxes:read", "sandboxes:exec"]));
+    assert_eq!(api.get("/api/sandbox/box", &inside).0, 200);
+    assert_eq!(api.exec(&inside, "box", "echo ran")["stdout"], "ran\n");
+    let refused = |status: u16, e: &Value, scope: &str| {
+        assert_eq!(
+            (
+                status,
+                e["error"]["code"].as_str(),
+                e["error"]["scope"].as_str()
+            ),
+            (403, Some("insufficient_scope"), Some(scope)),
+            "{e}"
+        );
+    };
+    let (s, e) = api.post(
+        "/api/sandbox/box/network-settings",
+        &inside,
+        json!({"networkAllowList": ""}),
+    );
+    refused(s, &e, "network:write");
+    let (s, e) = api.post("/api/sandbox", &inside, json!({"name": "more"}));
+    refused(s, &e, "sandboxes:write");
+    let (s, e) = api.delete("/api/sandbox/box", &inside);
+    refused(s, &e, "sandboxes:write");
+    // A key that may make sandboxes but not set their network: it gets
+    // the tier's default network, or blocks one off, and sets no list.
+    let maker = key_with(json!(["sandboxes:write", "sandboxes:read"]));
+    let (s, e) = api.post(
+        "/api/sandbox",
+        &maker,
+        json!({"name": "listed", "networkAllowList": "192.0.2.10/32"}),
+    );
+    refused(s, &e, "network:write");
+    let (s, v) = api.post("/api/sandbox", &maker, json!({"name": "plain"}));
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = api.post(
+        "/api/sandbox",
+        &maker,
+        json!({"name": "cut-off", "networkBlockAll": true}),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, e) = api.post(
+        "/api/sandbox/cut-off/process/execute",
+        &maker,
+        json!({"command": "true"}),
+    );
+    refused(s, &e, "sandboxes:exec");
+    // The key from before scopes (no field) has them all.
+    assert_eq!(
+        api.post(
+            "/api/sandbox/box/network-settings",
+            &full,
+            json!({"networkBlockAll": true})
+        )
+        .0,
+        200
+    );
+    // Scopes are checked when the key is made.
+    for (body, status, code) in [
+        (json!({"scopes": ["sandboxes:root"]}), 400, "invalid_scope"),
+        (json!({"scopes": []}), 400, "invalid_scope"),
+        (json!({"scope": ["sandboxes:read"]}), 422, "invalid_request"),
+        (json!({"scopes": "sandboxes:read"}), 422, "invalid_request"),
+    ] {
+        let (s, e) = api.call(
+            "POST",
+            &format!("/api/admin/organizations/{org}/keys"),
+            Some(ADMIN),
+            Send::Json(body.clone()),
+        );
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {e}"
+        );
+    }
+    // Unknown query fields are refused too, never ignored.
+    let (s, e) = api.get(
+        "/api/sandbox/box/network/explain?dest=192.0.2.10&verbose=1",
+        &full,
+    );
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{e}"
     );
 }

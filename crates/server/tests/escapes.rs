@@ -145,19 +145,7 @@ const LISTED: &[&str] = &["allowlist", "restricted", "blocked"];
 fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
     let api = Api::start();
     // The probe program, in the snapshot before any sandbox is made.
-    let rootfs = common::config(&api.lab, &api.dir)
-        .runner
-        .runtime
-        .data_dir
-        .join("snapshots/busybox/rootfs");
-    assert!(rootfs.join("bin/busybox").exists(), "{}", rootfs.display());
-    let built = std::process::Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(rootfs.join("bin/netprobe"))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/netprobe.c"))
-        .status()
-        .unwrap();
-    assert!(built.success());
+    api.install("netprobe");
     let (_, k3) = api.organization("acme", 3);
     let (_, k1) = api.organization("small", 1);
     let mut ids = std::collections::BTreeMap::new();

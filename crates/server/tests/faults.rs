@@ -21,6 +21,17 @@ fn slots(api: &Api) -> usize {
         .len()
 }
 
+/// The slots once the warm pool (one slot in these tests) is refilled
+/// after `sandboxes` were made: the refill runs after a create has
+/// answered, so a count taken at once may miss the slot it is making.
+fn settled_slots(api: &Api, sandboxes: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while slots(api) < sandboxes + 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    slots(api)
+}
+
 #[test]
 fn an_exhausted_address_pool_is_a_clear_error_and_widens_nothing() {
     // A /29 of IPv4 holds three slots.
@@ -113,7 +124,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
         &key,
         json!({"name": "kept", "networkAllowList": format!("{SERVER4}/32")}),
     );
-    let before = slots(&api);
+    let before = settled_slots(&api, 1);
     let filler = disk.fill();
 
     // A create: refused with its code, and nothing of it is left.

@@ -9,7 +9,7 @@ use hickory_proto::rr::{Name, RecordType};
 use sandgate_dataplane::probe::{reachable, Proto};
 use sandgate_dataplane::{Dataplane, DataplaneConfig, SlotAddrs};
 use sandgate_dns::protocol::{read_framed, write_framed};
-use sandgate_dns::{Directory, DnsConfig, DnsService, Upstream};
+use sandgate_dns::{Asker, Directory, DnsConfig, DnsService, Upstream};
 use sandgate_lab::addrs::*;
 use sandgate_lab::Lab;
 use sandgate_netns::Netns;
@@ -23,19 +23,54 @@ use std::time::Duration;
 
 pub const WAIT: Duration = Duration::from_millis(400);
 
-/// The sandboxes of the rig and the dataplane that admits for them.
+/// The sandboxes of the rig and the dataplane that admits for them. Each
+/// sandbox is its own organization (its own cache partition) unless made
+/// with [`Rig::sandbox_of`].
 pub struct LabDirectory {
     pub dp: Mutex<Dataplane>,
-    pub sandboxes: Mutex<HashMap<IpAddr, (u32, EffectivePolicy)>>,
+    pub sandboxes: Mutex<HashMap<IpAddr, Asker>>,
+    pub config: Arc<PolicyConfig>,
+    leases: std::sync::atomic::AtomicU64,
 }
 
 impl Directory for LabDirectory {
-    fn sandbox(&self, source: IpAddr) -> Option<(u32, EffectivePolicy)> {
+    fn sandbox(&self, source: IpAddr) -> Option<Asker> {
         self.sandboxes.lock().unwrap().get(&source).cloned()
     }
 
-    fn admit(&self, slot: u32, addr: IpAddr, rule: &Reason, lifetime: Duration) -> io::Result<()> {
-        self.dp.lock().unwrap().admit(slot, addr, rule, lifetime)
+    fn admit(
+        &self,
+        asker: &Asker,
+        addr: IpAddr,
+        rule: &Reason,
+        lifetime: Duration,
+    ) -> io::Result<Option<IpAddr>> {
+        let known = self.sandboxes.lock().unwrap();
+        if !known
+            .values()
+            .any(|a| a.slot == asker.slot && a.lease == asker.lease)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "slot changed hands",
+            ));
+        }
+        self.dp
+            .lock()
+            .unwrap()
+            .admit(asker.slot, addr, rule, lifetime)
+    }
+
+    fn holds(&self, asker: &Asker) -> bool {
+        self.sandboxes
+            .lock()
+            .unwrap()
+            .values()
+            .any(|a| a.slot == asker.slot && a.lease == asker.lease)
+    }
+
+    fn config(&self) -> Arc<PolicyConfig> {
+        self.config.clone()
     }
 }
 
@@ -76,6 +111,8 @@ impl Rig {
         let directory = Arc::new(LabDirectory {
             dp: Mutex::new(dp),
             sandboxes: Mutex::new(HashMap::new()),
+            config: policy.clone(),
+            leases: std::sync::atomic::AtomicU64::new(0),
         });
         let mut dns = DnsConfig::new(
             port,
@@ -92,7 +129,6 @@ impl Rig {
             dns,
             directory.clone(),
             Arc::new(Catalog::builtin()),
-            policy.clone(),
         )
         .unwrap();
         Rig {
@@ -113,26 +149,78 @@ impl Rig {
         self.policy.resolve(tier, &settings).unwrap()
     }
 
-    /// A sandbox of `tier` with these settings: its slot and namespace.
+    /// A sandbox of `tier` with these settings, an organization of its
+    /// own: its slot and namespace.
     pub fn sandbox(
         &self,
         name: &str,
         tier: u8,
         request: SettingsRequest<'_>,
     ) -> (SlotAddrs, Netns) {
+        self.sandbox_of(name, name, tier, request)
+    }
+
+    /// A sandbox of organization `org`.
+    pub fn sandbox_of(
+        &self,
+        name: &str,
+        org: &str,
+        tier: u8,
+        request: SettingsRequest<'_>,
+    ) -> (SlotAddrs, Netns) {
         let policy = self.resolve_policy(tier, request);
+        self.sandbox_with(name, org, &policy)
+    }
+
+    /// A sandbox of organization `org` with `policy`.
+    pub fn sandbox_with(
+        &self,
+        name: &str,
+        org: &str,
+        policy: &EffectivePolicy,
+    ) -> (SlotAddrs, Netns) {
         let slot = self
             .directory
             .dp
             .lock()
             .unwrap()
-            .create(name, &policy)
+            .create(name, policy)
             .unwrap();
-        let mut s = self.directory.sandboxes.lock().unwrap();
-        s.insert(IpAddr::V4(slot.sandbox4), (slot.index, policy.clone()));
-        s.insert(IpAddr::V6(slot.sandbox6), (slot.index, policy));
+        self.know(&slot, org, policy);
         let ns = Netns::open(&slot.netns).unwrap();
         (slot, ns)
+    }
+
+    /// The DNS service answers `slot` for a new holder of `org`.
+    pub fn know(&self, slot: &SlotAddrs, org: &str, policy: &EffectivePolicy) {
+        let lease = self
+            .directory
+            .leases
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let asker = Asker {
+            slot: slot.index,
+            lease,
+            partition: Arc::from(org),
+            policy: policy.clone(),
+        };
+        let mut s = self.directory.sandboxes.lock().unwrap();
+        s.insert(IpAddr::V4(slot.sandbox4), asker.clone());
+        s.insert(IpAddr::V6(slot.sandbox6), asker);
+    }
+
+    /// The DNS service forgets `slot`'s holder, and the dataplane the slot.
+    pub fn delete(&self, slot: &SlotAddrs) {
+        {
+            let mut s = self.directory.sandboxes.lock().unwrap();
+            s.remove(&IpAddr::V4(slot.sandbox4));
+            s.remove(&IpAddr::V6(slot.sandbox6));
+        }
+        self.directory
+            .dp
+            .lock()
+            .unwrap()
+            .delete(slot.index)
+            .unwrap();
     }
 
     /// Applies a new policy to a sandbox, in the dataplane and for the
@@ -146,8 +234,11 @@ impl Rig {
             .update(slot.index, &policy)
             .unwrap();
         let mut s = self.directory.sandboxes.lock().unwrap();
-        s.insert(IpAddr::V4(slot.sandbox4), (slot.index, policy.clone()));
-        s.insert(IpAddr::V6(slot.sandbox6), (slot.index, policy));
+        for addr in [IpAddr::V4(slot.sandbox4), IpAddr::V6(slot.sandbox6)] {
+            if let Some(a) = s.get_mut(&addr) {
+                a.policy = policy.clone();
+            }
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub enum Send<'a> {
 pub struct Api {
     pub base: String,
     pub dir: PathBuf,
+    cfg: ServerConfig,
     server: InProcess,
     agent: ureq::Agent,
     pub lab: Lab,
@@ -46,7 +47,7 @@ impl Api {
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = config(&lab, &dir);
         tweak(&mut cfg);
-        let server = InProcess::start(cfg, None).unwrap();
+        let server = InProcess::start(cfg.clone(), None).unwrap();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -55,6 +56,7 @@ impl Api {
         Api {
             base: server.base.clone(),
             dir,
+            cfg,
             server,
             agent,
             lab,
@@ -170,6 +172,22 @@ impl Api {
         self.call("POST", path, Some(key), Send::Json(body))
     }
 
+    pub fn delete(&self, path: &str, key: &str) -> (u16, Value) {
+        self.call("DELETE", path, Some(key), Send::Nothing)
+    }
+
+    /// `/metrics`, as the operator scrapes it.
+    pub fn metrics(&self) -> String {
+        let mut response = self
+            .agent
+            .get(format!("{}/metrics", self.base))
+            .header("Authorization", format!("Bearer {ADMIN}"))
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.body_mut().read_to_string().unwrap()
+    }
+
     /// A new organization of `tier` and a key of it.
     pub fn organization(&self, name: &str, tier: u8) -> (String, String) {
         let (s, org) = self.post(
@@ -258,9 +276,36 @@ impl Api {
         seen
     }
 
+    /// Builds `tests/<name>.c` static into the built-in snapshot's
+    /// `/bin/<name>`, for the sandboxes made after.
+    pub fn install(&self, name: &str) {
+        let rootfs = self.runtime_dir().join("snapshots/busybox/rootfs");
+        assert!(rootfs.join("bin/busybox").exists(), "{}", rootfs.display());
+        let built = std::process::Command::new("cc")
+            .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+            .arg(rootfs.join("bin").join(name))
+            .arg(format!("{}/tests/{name}.c", env!("CARGO_MANIFEST_DIR")))
+            .status()
+            .unwrap();
+        assert!(built.success(), "cc {name}.c");
+    }
+
     /// Stops serving and drops the server (its runner and store).
     pub fn stop(&mut self) {
         self.server.stop();
+    }
+
+    /// Stops the server and starts it again on the same files (its
+    /// sandboxes run on meanwhile, as after a restart of the daemon).
+    pub fn restart(&mut self) {
+        self.server.stop();
+        self.server = InProcess::start(self.cfg.clone(), None).unwrap();
+        self.base = self.server.base.clone();
+    }
+
+    /// The runtime's data directory (sandboxes' files, runc's state).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.cfg.runner.runtime.data_dir.clone()
     }
 }
 
@@ -269,7 +314,7 @@ impl Drop for Api {
     /// lab's drop then removes the slots' namespaces).
     fn drop(&mut self) {
         self.stop();
-        let _ = sandgate_runner::purge_runtime(&config(&self.lab, &self.dir).runner);
+        let _ = sandgate_runner::purge_runtime(&self.cfg.runner);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
