@@ -318,37 +318,44 @@ fn ipv6_does_not_get_around_an_ipv4_list_nor_a_wide_list_around_denied_ranges() 
     }
 }
 
+/// A namespace `tag` beside the slots, joined to the lab's host by a veth
+/// whose host end is `host_if` with `gateway`/31 (the namespace's end, the
+/// next address, routes everything through it): made behind the
+/// dataplane's back.
+fn beside(rig: &Rig, tag: &str, host_if: &str, gateway: &str) -> Netns {
+    let ns = Netns::create(&format!("{}-{tag}", rig.lab.tag())).unwrap();
+    let gw: std::net::Ipv4Addr = gateway.parse().unwrap();
+    let own = std::net::Ipv4Addr::from(u32::from(gw) + 1);
+    let fd = ns.fd();
+    rig.lab
+        .host()
+        .run(|| {
+            let mut rt = Rtnl::open()?;
+            rt.add_veth(host_if, "eth0", Some(fd))?;
+            let i = rt.link_index(host_if)?.unwrap();
+            rt.add_address(i, format!("{gw}/31").parse().unwrap())?;
+            rt.set_up(i)
+        })
+        .unwrap();
+    ns.run(|| {
+        let mut rt = Rtnl::open()?;
+        let i = rt.link_index("eth0")?.unwrap();
+        rt.add_address(i, format!("{own}/31").parse().unwrap())?;
+        rt.set_up(i)?;
+        rt.wait_oper_up("eth0", Duration::from_secs(5))?;
+        rt.add_route("0.0.0.0/0".parse().unwrap(), Some(IpAddr::V4(gw)), i)
+    })
+    .unwrap();
+    ns
+}
+
 #[test]
 fn an_interface_the_dataplane_does_not_know_is_dropped() {
     let mut rig = Rig::new();
     let policy = rig.resolve(3, open());
     let (_s, _ns) = rig.sandbox("known", &policy);
     // A veth that looks like a slot's, made behind the dataplane's back.
-    let rogue = Netns::create(&format!("{}-rogue", rig.lab.tag())).unwrap();
-    let fd = rogue.fd();
-    rig.lab
-        .host()
-        .run(|| {
-            let mut rt = Rtnl::open()?;
-            rt.add_veth("sgh4242", "eth0", Some(fd))?;
-            let i = rt.link_index("sgh4242")?.unwrap();
-            rt.add_address(i, "198.18.250.0/31".parse().unwrap())?;
-            rt.set_up(i)
-        })
-        .unwrap();
-    rogue
-        .run(|| {
-            let mut rt = Rtnl::open()?;
-            let i = rt.link_index("eth0")?.unwrap();
-            rt.add_address(i, "198.18.250.1/31".parse().unwrap())?;
-            rt.set_up(i)?;
-            rt.add_route(
-                "0.0.0.0/0".parse().unwrap(),
-                Some("198.18.250.0".parse().unwrap()),
-                i,
-            )
-        })
-        .unwrap();
+    let rogue = beside(&rig, "rogue", "sgh4242", "198.18.250.0");
     // Its gateway answers on the link (the link works) ...
     rig.lab
         .host()
@@ -580,32 +587,7 @@ fn a_router_advertisement_changes_no_slot_address_or_route() {
 /// world; whether it arrived.
 fn forwarded_for_a_neighbour(rig: &Rig, tag: &str) -> bool {
     let sink = Sink::new(rig, SocketAddr::new(SERVER4, 9999));
-    let neighbour = Netns::create(&format!("{}-{tag}", rig.lab.tag())).unwrap();
-    let fd = neighbour.fd();
-    rig.lab
-        .host()
-        .run(|| {
-            let mut rt = Rtnl::open()?;
-            rt.add_veth("nbh", "eth0", Some(fd))?;
-            let i = rt.link_index("nbh")?.unwrap();
-            rt.add_address(i, "198.51.100.200/31".parse().unwrap())?;
-            rt.set_up(i)
-        })
-        .unwrap();
-    neighbour
-        .run(|| {
-            let mut rt = Rtnl::open()?;
-            let i = rt.link_index("eth0")?.unwrap();
-            rt.add_address(i, "198.51.100.201/31".parse().unwrap())?;
-            rt.set_up(i)?;
-            rt.wait_oper_up("eth0", Duration::from_secs(5))?;
-            rt.add_route(
-                "0.0.0.0/0".parse().unwrap(),
-                Some("198.51.100.200".parse().unwrap()),
-                i,
-            )
-        })
-        .unwrap();
+    let neighbour = beside(rig, tag, "nbh", "198.51.100.200");
     for _ in 0..3 {
         send_udp(&neighbour, SocketAddr::new(SERVER4, 9999), b"neighbour");
         std::thread::sleep(Duration::from_millis(50));

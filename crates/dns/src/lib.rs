@@ -692,24 +692,25 @@ impl Core {
             })
             .collect();
         if !admissions.is_empty() {
-            // The dataplane's lock may be held for a slot's making: not on
-            // the runtime's threads.
-            let (directory, who) = (self.directory.clone(), asker.clone());
-            let made = tokio::task::spawn_blocking(move || {
+            // The dataplane's lock may be held for a slot's making: the
+            // worker says it blocks, so that the runtime's other tasks move
+            // to another thread meanwhile (a hand-off to the blocking pool
+            // costs more than the admission itself).
+            let directory = &self.directory;
+            let made = tokio::task::block_in_place(|| {
                 let mut evicted = Vec::new();
                 for (addr, lifetime) in admissions {
-                    match directory.admit(&who, addr, &rule, lifetime) {
+                    match directory.admit(asker, addr, &rule, lifetime) {
                         Ok(Some(old)) => evicted.push(old),
                         Ok(None) => {}
                         Err(e) => return Err((e, evicted)),
                     }
                 }
                 Ok(evicted)
-            })
-            .await;
+            });
             let evicted = match made {
-                Ok(Ok(evicted)) => evicted,
-                Ok(Err((e, evicted))) => {
+                Ok(evicted) => evicted,
+                Err((e, evicted)) => {
                     self.report_evicted(asker, question, evicted);
                     tracing::debug!(error = %e, slot = asker.slot, "DNS service: an admission failed");
                     if !self.directory.holds(asker) {
@@ -724,10 +725,6 @@ impl Core {
                         EDE_OTHER,
                         "sandgate: the answer's address could not be admitted for this sandbox",
                     ));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "DNS service: the admission task failed");
-                    return None;
                 }
             };
             self.counters

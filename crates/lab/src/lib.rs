@@ -41,10 +41,20 @@ pub fn probe_targets(catalog: &sandgate_policy::Catalog) -> Vec<String> {
         .map(|a| std::net::SocketAddr::new(*a, TCP_ECHO).to_string())
         .collect();
     targets.push(format!("example.com:{TCP_ECHO}"));
-    if let Some(name) = catalog.names().map(|(_, p)| p).find(|p| !p.is_wildcard()) {
-        targets.push(format!("{}:{TCP_ECHO}", name.base()));
+    if let Some(name) = catalog_name(catalog) {
+        targets.push(format!("{name}:{TCP_ECHO}"));
     }
     targets
+}
+
+/// A name of the catalog (its first that is not a `*.` wildcard), taken
+/// from it at run time: the lab's DNS server answers it with [`SERVER4`].
+pub fn catalog_name(catalog: &sandgate_policy::Catalog) -> Option<String> {
+    catalog
+        .names()
+        .map(|(_, p)| p)
+        .find(|p| !p.is_wildcard())
+        .map(|p| p.base().to_string())
 }
 
 /// The policy configuration of a lab: its TEST-NET stand-ins declared

@@ -148,14 +148,7 @@ fn answers(bytes: &[u8]) -> (ResponseCode, Vec<String>) {
 fn the_world_answers_dns_for_the_catalog_and_the_test_domains() {
     let lab = Lab::up().unwrap();
     // A catalog name, taken from the catalog.
-    let catalog = sandgate_policy::Catalog::builtin();
-    let name = catalog
-        .names()
-        .find(|(_, p)| !p.is_wildcard())
-        .unwrap()
-        .1
-        .base()
-        .to_string();
+    let name = sandgate_lab::catalog_name(&sandgate_policy::Catalog::builtin()).unwrap();
     let before = lab.dns_queries();
     let results = lab
         .host()

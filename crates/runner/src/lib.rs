@@ -54,6 +54,9 @@ pub struct RunnerConfig {
     /// Whether the host forwards traffic that is no sandbox's (see
     /// `DataplaneConfig::forward_other`).
     pub forward_other: bool,
+    /// The disk size most sandboxes get (bytes): `warm_pool` disks of it
+    /// are prepared ahead, so that a create takes one instead of making it.
+    pub warm_disk: Option<u64>,
     /// The runtime's settings (its `data_dir` is set under `data_dir`).
     pub runtime: RuntimeConfig,
 }
@@ -69,6 +72,7 @@ impl RunnerConfig {
             upstream,
             warm_pool: 4,
             forward_other: false,
+            warm_disk: None,
         }
     }
 }
@@ -275,15 +279,15 @@ pub struct RestoreReport {
     pub removed: Vec<String>,
 }
 
-/// Removes every runtime sandbox (processes, mounts, files) under the
-/// runtime data of `cfg`, with no runner running: for a lab that is being
-/// torn down after a failure (its slots go with its namespaces).
+/// Removes every runtime sandbox (processes, mounts, files) and every
+/// prepared disk under the runtime data of `cfg`, with no runner running:
+/// for a lab that is being torn down (its slots go with its namespaces).
 pub fn purge_runtime(cfg: &RunnerConfig) -> io::Result<()> {
     let runtime = Runtime::new(cfg.runtime.clone())?;
     for id in runtime.sandboxes()? {
         runtime.delete(&id)?;
     }
-    Ok(())
+    runtime.clear_disks()
 }
 
 /// The sandboxes of one host.
@@ -332,12 +336,30 @@ impl Drop for Runner {
 /// Refills the warm pool when woken, one slot per hold of the dataplane's
 /// lock (so DNS admissions and other calls wait for one slot at most),
 /// until `stop`.
-fn refiller(sandboxes: Arc<Sandboxes>, wake: std::sync::mpsc::Receiver<()>, stop: Arc<AtomicBool>) {
+fn refiller(
+    sandboxes: Arc<Sandboxes>,
+    disks: Option<(Runtime, u64, usize)>,
+    wake: std::sync::mpsc::Receiver<()>,
+    stop: Arc<AtomicBool>,
+) {
     while wake.recv().is_ok() && !stop.load(Ordering::SeqCst) {
         while !stop.load(Ordering::SeqCst) {
             match lock(&sandboxes.dp).fill_pool_step() {
                 Ok(true) => {}
-                _ => break,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "refilling the warm pool of slots");
+                    break;
+                }
+            }
+        }
+        // Disks of the usual size, likewise (no lock held).
+        if let Some((runtime, bytes, count)) = &disks {
+            while !stop.load(Ordering::SeqCst) && runtime.ready_disks(*bytes) < *count {
+                if let Err(e) = runtime.prepare_disk(*bytes) {
+                    tracing::warn!(error = %e, "preparing a sandbox disk");
+                    break;
+                }
             }
         }
     }
@@ -585,9 +607,12 @@ impl Runner {
         let (refill, wake) = std::sync::mpsc::sync_channel(1);
         let refiller = {
             let (sandboxes, stop) = (sandboxes.clone(), stop.clone());
+            let disks = cfg
+                .warm_disk
+                .map(|bytes| (runtime.clone(), bytes, cfg.warm_pool));
             std::thread::Builder::new()
                 .name("sandgate-refill".into())
-                .spawn(move || refiller(sandboxes, wake, stop))?
+                .spawn(move || refiller(sandboxes, disks, wake, stop))?
         };
         Ok(Runner {
             sandboxes,
@@ -870,6 +895,8 @@ impl Runner {
             }
         }
         report.removed.sort();
+        // The adoption cleared the prepared disks: make them again.
+        let _ = self.refill.try_send(());
         Ok(report)
     }
 

@@ -1,8 +1,16 @@
 //! A sandbox's own disk: what it writes over its snapshot (the overlay's
 //! upper and work directories) lives on a file system of its own, a sparse
-//! image file (`disk.img` in the sandbox's directory) formatted ext4 and
-//! mounted by loop on `disk/`. A sandbox that fills it gets `ENOSPC` and
-//! nobody else notices; its size is the sandbox's disk limit.
+//! image file formatted ext4 and mounted by loop. A sandbox that fills it
+//! gets `ENOSPC` and nobody else notices; its size is the sandbox's disk
+//! limit.
+//!
+//! A disk is a directory: `disk.img` and `mnt/` (the mount), with `upper/`
+//! and `work/` on it. A sandbox's is `<sandbox>/disk`. Formatting and
+//! mounting cost about 20 ms, so disks of the usual size are prepared
+//! ahead, off the request's path, in `<data>/disks/ready-<bytes>-<n>`; a
+//! create takes one by renaming its directory into the sandbox's (the
+//! mount follows its directory). A disk half made is in `making-<n>` and
+//! never taken.
 //!
 //! The image is sparse: it takes on the host only what the sandbox wrote
 //! (and the file system's metadata, a few MiB), so the sum of the limits
@@ -20,12 +28,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A sandbox's disk, in its directory.
+const DIR: &str = "disk";
 const IMAGE: &str = "disk.img";
-const MOUNT: &str = "disk";
+const MOUNT: &str = "mnt";
 
-/// Whether the sandbox in `dir` has a disk of its own.
-pub(crate) fn has(dir: &Path) -> bool {
-    dir.join(IMAGE).exists()
+/// Whether the sandbox in `sandbox` has a disk of its own.
+pub(crate) fn has(sandbox: &Path) -> bool {
+    sandbox.join(DIR).join(IMAGE).exists()
 }
 
 /// The error of a program that failed: `ENOSPC` when it says the host's
@@ -43,9 +53,10 @@ fn failed(what: &str, output: &std::process::Output) -> io::Error {
     io::Error::other(format!("{what}: {}", text.trim()))
 }
 
-/// Makes a disk of `bytes` for the sandbox in `dir`, with empty upper and
+/// Makes a disk of `bytes` in `dir` (made here), with empty upper and
 /// work directories on it, and leaves it mounted.
-pub(crate) fn make(dir: &Path, bytes: u64) -> io::Result<()> {
+fn make_at(dir: &Path, bytes: u64) -> io::Result<()> {
+    fs::create_dir_all(dir.join(MOUNT))?;
     let image = dir.join(IMAGE);
     fs::File::create(&image)?.set_len(bytes)?;
     // No journal (a sandbox's disk lives no longer than the sandbox, and
@@ -68,17 +79,16 @@ pub(crate) fn make(dir: &Path, bytes: u64) -> io::Result<()> {
     if !out.status.success() {
         return Err(failed("mkfs.ext4 of a sandbox disk", &out));
     }
-    fs::create_dir_all(dir.join(MOUNT))?;
-    let layers = mount(dir)?;
+    let layers = mount_at(dir)?;
     for d in ["upper", "work"] {
         fs::create_dir_all(layers.join(d))?;
     }
     Ok(())
 }
 
-/// Mounts the disk of the sandbox in `dir` (if it is not), `nosuid` and
-/// `nodev` like the overlay; returns where its layers are.
-pub(crate) fn mount(dir: &Path) -> io::Result<PathBuf> {
+/// Mounts the disk in `dir` (if it is not), `nosuid` and `nodev` like
+/// the overlay; returns where its layers are.
+fn mount_at(dir: &Path) -> io::Result<PathBuf> {
     let at = dir.join(MOUNT);
     if !crate::is_mount_point(&at) {
         let out = Command::new("mount")
@@ -93,9 +103,8 @@ pub(crate) fn mount(dir: &Path) -> io::Result<PathBuf> {
     Ok(at)
 }
 
-/// Unmounts the disk of the sandbox in `dir`, if mounted; the loop device
-/// goes with it. Tolerates what is missing.
-pub(crate) fn unmount(dir: &Path) -> io::Result<()> {
+/// Unmounts the disk in `dir`, if mounted; the loop device goes with it.
+fn unmount_at(dir: &Path) -> io::Result<()> {
     let at = dir.join(MOUNT);
     if !crate::is_mount_point(&at) {
         return Ok(());
@@ -104,4 +113,93 @@ pub(crate) fn unmount(dir: &Path) -> io::Result<()> {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
         Err(e) => Err(io::Error::other(format!("unmounting a sandbox disk: {e}"))),
     }
+}
+
+/// Gives the sandbox in `sandbox` a disk of `bytes`: a prepared one from
+/// `pool` if there is one of that size, else one made now. It is left
+/// mounted.
+pub(crate) fn give(pool: &Path, sandbox: &Path, bytes: u64) -> io::Result<()> {
+    let prefix = format!("ready-{bytes}-");
+    let ready = fs::read_dir(pool)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        });
+    if let Some(ready) = ready {
+        // Renamed, it is this sandbox's alone (a concurrent taker's rename
+        // of the same one fails, and that one makes its own).
+        if fs::rename(ready.path(), sandbox.join(DIR)).is_ok() {
+            return Ok(());
+        }
+    }
+    make_at(&sandbox.join(DIR), bytes)
+}
+
+/// Mounts the disk of the sandbox in `sandbox` (if it is not); returns
+/// where its layers are.
+pub(crate) fn mount(sandbox: &Path) -> io::Result<PathBuf> {
+    mount_at(&sandbox.join(DIR))
+}
+
+/// Unmounts the disk of the sandbox in `sandbox`, if mounted. Tolerates
+/// what is missing.
+pub(crate) fn unmount(sandbox: &Path) -> io::Result<()> {
+    unmount_at(&sandbox.join(DIR))
+}
+
+/// Prepares one disk of `bytes` in `pool`.
+pub(crate) fn prepare(pool: &Path, bytes: u64) -> io::Result<()> {
+    fs::create_dir_all(pool)?;
+    let n = u64::from_ne_bytes(random8());
+    let making = pool.join(format!("making-{n:016x}"));
+    if let Err(e) = make_at(&making, bytes) {
+        let _ = unmount_at(&making);
+        let _ = fs::remove_dir_all(&making);
+        return Err(e);
+    }
+    fs::rename(&making, pool.join(format!("ready-{bytes}-{n:016x}")))
+}
+
+/// How many disks of `bytes` are ready in `pool`.
+pub(crate) fn ready(pool: &Path, bytes: u64) -> usize {
+    let prefix = format!("ready-{bytes}-");
+    fs::read_dir(pool)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .count()
+}
+
+/// Removes every disk of `pool` (at a start: they are quick to make
+/// again, and one a crash cut short must not be taken).
+pub(crate) fn clear(pool: &Path) -> io::Result<()> {
+    let Ok(entries) = fs::read_dir(pool) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        unmount_at(&e.path())?;
+        fs::remove_dir_all(e.path())?;
+    }
+    Ok(())
+}
+
+fn random8() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = (t as u64).to_ne_bytes();
+    }
+    b
 }

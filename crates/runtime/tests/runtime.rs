@@ -65,6 +65,7 @@ impl Drop for Fixture {
         for id in &self.ids {
             let _ = self.rt.delete(id);
         }
+        let _ = self.rt.clear_disks();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -711,10 +712,17 @@ fn a_debian_userland_runs_under_the_filter() {
 #[test]
 fn a_sandboxs_own_disk_bounds_its_writes_and_goes_with_it() {
     let mut f = Fixture::new("disk", |c| c.disk_limit = Some(32 << 20));
+    // A disk prepared ahead is what a create takes (no formatting on the
+    // request's path); a disk of another size is not.
+    f.rt.prepare_disk(32 << 20).unwrap();
+    f.rt.prepare_disk(48 << 20).unwrap();
+    assert_eq!(f.rt.ready_disks(32 << 20), 1);
     let id = f.sandbox("disk");
+    assert_eq!(f.rt.ready_disks(32 << 20), 0);
+    assert_eq!(f.rt.ready_disks(48 << 20), 1);
     let dir = f.dir.join("sandboxes").join(&id);
     let mounts = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(mounts().contains(dir.join("disk").to_str().unwrap()));
+    assert!(mounts().contains(dir.join("disk/mnt").to_str().unwrap()));
     // A full disk is full for this sandbox: the write stops at about its
     // size, and the file it wrote is all it holds.
     let r = f.sh(
@@ -735,11 +743,11 @@ fn a_sandboxs_own_disk_bounds_its_writes_and_goes_with_it() {
     assert!(size <= 32 << 20, "{size}");
     // The files survive a stop and a start (the disk is mounted again).
     f.rt.stop(&id).unwrap();
-    assert!(!mounts().contains(dir.join("disk").to_str().unwrap()));
+    assert!(!mounts().contains(dir.join("disk/mnt").to_str().unwrap()));
     f.rt.start(&id).unwrap();
     assert_eq!(f.sh(&id, "ls /root").stdout, "big\n");
     // Deleted: no mount, no loop device, no image left.
-    let image = dir.join("disk.img");
+    let image = dir.join("disk/disk.img");
     f.rt.delete(&id).unwrap();
     assert!(!mounts().contains(dir.to_str().unwrap()));
     assert!(!dir.exists());
@@ -749,4 +757,8 @@ fn a_sandboxs_own_disk_bounds_its_writes_and_goes_with_it() {
         .unwrap();
     let loops = String::from_utf8_lossy(&loops.stdout);
     assert!(!loops.contains(image.to_str().unwrap()), "{loops}");
+    // The prepared one left goes too.
+    f.rt.clear_disks().unwrap();
+    assert_eq!(f.rt.ready_disks(48 << 20), 0);
+    assert!(!mounts().contains(f.dir.join("disks").to_str().unwrap()));
 }

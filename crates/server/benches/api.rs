@@ -11,9 +11,11 @@
 //!    call);
 //! 3. updates and DNS answers (a sandbox's query to its gateway, answered
 //!    from the cache) while `/metrics` is scraped in a loop by another
-//!    client, against the same without the scrapes, with 100 sandboxes
-//!    alive (the scrape reads the store and the runner's last sample of
-//!    the kernel's counters: no program, no lock of the dataplane).
+//!    client, against the same without the scrapes, and with a loop of
+//!    `GET /health` (a request that reads the store and no counter: the
+//!    cost of a busy client on two cores), with 100 sandboxes alive (the
+//!    scrape reads the store and the runner's last sample of the kernel's
+//!    counters: no program, no lock of the dataplane).
 //!
 //! `cargo bench -p sandgate-server --bench api` (as root).
 //! `SANDGATE_BENCH_RUNS` sets the runs per series (40).
@@ -37,7 +39,8 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("sandgate-bench-api-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = sandgate_testkit::lab_server_config(&lab, &dir, 4, ADMIN);
-    let cfg_runner = cfg.runner.clone();
+    // Whatever happens (a failed assertion too), the sandboxes go.
+    let _purge = Purge(cfg.runner.clone(), dir.clone());
     let server = InProcess::start(cfg, None).unwrap();
     let admin = Http::new(&server.base, ADMIN, Duration::from_secs(60));
     let http = admin.with_key(&admin.organization("bench", 3));
@@ -86,30 +89,43 @@ fn main() {
         assert_eq!(s, 200);
     }
     stats("baseline: GET /api/sandbox/{id}", &base, None);
-    let mut updates = Vec::new();
-    for i in 0..runs * 5 {
-        let list = if i % 2 == 0 {
-            "192.0.2.10/32"
-        } else {
-            "198.51.100.0/24"
-        };
-        let t = Instant::now();
-        let (s, v) = http.call(
-            "POST",
-            "/api/sandbox/first/network-settings",
-            Some(json!({"networkAllowList": list})),
-        );
-        updates.push(t.elapsed());
-        assert_eq!(s, 200, "{v}");
-    }
+    let updates: Vec<Duration> = (0..runs * 5).map(|i| update(&http, i)).collect();
     stats("POST .../network-settings, to 200", &updates, Some(&base));
 
     scrapes(&server.base, &http, runs, lab.tag());
 
     http.call("DELETE", "/api/sandbox/first", None);
     drop(server);
-    let _ = sandgate_runner::purge_runtime(&cfg_runner);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Removes every sandbox of the runner and the bench's files when dropped
+/// (after the server, which is dropped first).
+struct Purge(sandgate_runner::RunnerConfig, std::path::PathBuf);
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = sandgate_runner::purge_runtime(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+/// One network-settings update of `first` (the `i`th: lists alternate),
+/// timed to its 200.
+fn update(http: &Http, i: usize) -> Duration {
+    let list = if i % 2 == 0 {
+        "192.0.2.10/32"
+    } else {
+        "198.51.100.0/24"
+    };
+    let t = Instant::now();
+    let (s, v) = http.call(
+        "POST",
+        "/api/sandbox/first/network-settings",
+        Some(json!({"networkAllowList": list})),
+    );
+    let took = t.elapsed();
+    assert_eq!(s, 200, "{v}");
+    took
 }
 
 /// The namespace of the slot whose sandbox address is `addr`.
@@ -148,7 +164,8 @@ fn scrapes(base: &str, http: &Http, runs: usize, lab: &str) {
 updates and DNS answers while /metrics is scraped in a loop (100 sandboxes alive, {} runs each)",
         runs * 5
     );
-    for i in 0..100 {
+    // With `first` and `resolver`, the organization's 100 (its most).
+    for i in 0..98 {
         let (s, v) = http.call(
             "POST",
             "/api/sandbox",
@@ -185,15 +202,17 @@ updates and DNS answers while /metrics is scraped in a loop (100 sandboxes alive
     ));
     let query = m.to_vec().unwrap();
     dns_once(&ns, gateway, &query);
-    let series = |scraping: bool| -> (Vec<Duration>, Vec<Duration>, usize) {
+    // A loop of `path` requests beside the updates and queries (`None`: no
+    // loop).
+    let series = |scraping: Option<&'static str>| -> (Vec<Duration>, Vec<Duration>, usize) {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let scraped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let scraper = scraping.then(|| {
+        let scraper = scraping.map(|path| {
             let (stop, scraped) = (stop.clone(), scraped.clone());
             let scrape = Http::new(base, ADMIN, Duration::from_secs(60));
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (s, _) = scrape.call("GET", "/metrics", None);
+                    let (s, _) = scrape.call("GET", path, None);
                     assert_eq!(s, 200);
                     scraped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -202,19 +221,7 @@ updates and DNS answers while /metrics is scraped in a loop (100 sandboxes alive
         let mut updates = Vec::new();
         let mut answers = Vec::new();
         for i in 0..runs * 5 {
-            let list = if i % 2 == 0 {
-                "192.0.2.10/32"
-            } else {
-                "198.51.100.0/24"
-            };
-            let t = Instant::now();
-            let (s, _) = http.call(
-                "POST",
-                "/api/sandbox/first/network-settings",
-                Some(json!({"networkAllowList": list})),
-            );
-            updates.push(t.elapsed());
-            assert_eq!(s, 200);
+            updates.push(update(http, i));
             answers.push(dns_once(&ns, gateway, &query));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -227,22 +234,33 @@ updates and DNS answers while /metrics is scraped in a loop (100 sandboxes alive
             scraped.load(std::sync::atomic::Ordering::Relaxed),
         )
     };
-    let (quiet_updates, quiet_answers, _) = series(false);
-    let (busy_updates, busy_answers, scraped) = series(true);
-    stats("update, no scrapes (baseline)", &quiet_updates, None);
+    let (quiet_updates, quiet_answers, _) = series(None);
+    let (health_updates, health_answers, healths) = series(Some("/health"));
+    let (busy_updates, busy_answers, scraped) = series(Some("/metrics"));
+    stats("update, alone (baseline)", &quiet_updates, None);
+    stats(
+        "update, GET /health in a loop",
+        &health_updates,
+        Some(&quiet_updates),
+    );
     stats(
         "update, /metrics scraped in a loop",
         &busy_updates,
         Some(&quiet_updates),
     );
-    stats("DNS answer, no scrapes (baseline)", &quiet_answers, None);
+    stats("DNS answer, alone (baseline)", &quiet_answers, None);
+    stats(
+        "DNS answer, GET /health in a loop",
+        &health_answers,
+        Some(&quiet_answers),
+    );
     stats(
         "DNS answer, /metrics scraped in a loop",
         &busy_answers,
         Some(&quiet_answers),
     );
-    println!("  ({scraped} scrapes during the second series)");
-    for i in 0..100 {
+    println!("  ({healths} health checks, {scraped} scrapes during their series)");
+    for i in 0..98 {
         http.call("DELETE", &format!("/api/sandbox/m{i}"), None);
     }
     http.call("DELETE", "/api/sandbox/resolver", None);

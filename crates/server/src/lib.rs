@@ -262,7 +262,11 @@ impl Server {
         let policy = Arc::new(cfg.policy);
         let catalog = Arc::new(cfg.catalog);
         let runner = {
-            let (rc, p, c) = (cfg.runner.clone(), policy.clone(), catalog.clone());
+            let (mut rc, p, c) = (cfg.runner.clone(), policy.clone(), catalog.clone());
+            // Disks of the size most tiers give are prepared ahead.
+            if rc.warm_disk.is_none() {
+                rc.warm_disk = usual_disk_mib(&policy).map(|mib| mib << 20);
+            }
             tokio::task::spawn_blocking(move || Runner::start(rc, p, c))
                 .await
                 .map_err(io::Error::other)??
@@ -370,6 +374,18 @@ impl Server {
             })
             .await
     }
+}
+
+/// The default disk size (MiB) most tiers give their sandboxes.
+fn usual_disk_mib(policy: &PolicyConfig) -> Option<u64> {
+    let mut counts: std::collections::BTreeMap<u64, usize> = Default::default();
+    for rule in policy.tiers().values() {
+        *counts.entry(rule.resources.default.disk_mib).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(mib, _)| mib)
 }
 
 /// See [`Server::start`].

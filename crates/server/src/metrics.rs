@@ -34,6 +34,43 @@ pub struct Metrics {
     /// (method, route, status) -> requests; (method, route) -> latencies.
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    /// Sandboxes by (state, mode), as last counted from the store, and
+    /// when: counted again at most once a second, however often scraped.
+    sandboxes: tokio::sync::Mutex<Option<(Instant, Counts)>>,
+}
+
+/// Sandboxes by (state, mode).
+type Counts = BTreeMap<(String, String), u64>;
+
+/// How long a count of the store's sandboxes is served before it is made
+/// again.
+const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sandboxes by (state, mode), from the store.
+async fn count_sandboxes(st: &AppState) -> Counts {
+    let mut by_state_mode = Counts::new();
+    let Ok(rows) = st.store.sandboxes(None).await else {
+        return by_state_mode;
+    };
+    let tiers: BTreeMap<String, u8> = st
+        .store
+        .organizations()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| (o.id, o.tier))
+        .collect();
+    for row in rows {
+        let mode = tiers
+            .get(&row.organization_id)
+            .and_then(|t| crate::api::effective(st, *t, &row).ok())
+            .map(|p| p.mode.as_str().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        *by_state_mode
+            .entry((row.state.as_str().to_string(), mode))
+            .or_default() += 1;
+    }
+    by_state_mode
 }
 
 impl Metrics {
@@ -105,27 +142,17 @@ fn escape(v: &str) -> String {
     security(("bearer" = [])))]
 pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -> Response {
     let mut out = String::new();
-    let mut by_state_mode: BTreeMap<(String, String), u64> = BTreeMap::new();
-    if let Ok(rows) = st.store.sandboxes(None).await {
-        let tiers: BTreeMap<String, u8> = st
-            .store
-            .organizations()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|o| (o.id, o.tier))
-            .collect();
-        for row in rows {
-            let mode = tiers
-                .get(&row.organization_id)
-                .and_then(|t| crate::api::effective(&st, *t, &row).ok())
-                .map(|p| p.mode.as_str().to_string())
-                .unwrap_or_else(|| "unknown".into());
-            *by_state_mode
-                .entry((row.state.as_str().to_string(), mode))
-                .or_default() += 1;
+    let by_state_mode = {
+        let mut counted = st.metrics.sandboxes.lock().await;
+        match &*counted {
+            Some((at, counts)) if at.elapsed() < COUNT_EVERY => counts.clone(),
+            _ => {
+                let counts = count_sandboxes(&st).await;
+                *counted = Some((Instant::now(), counts.clone()));
+                counts
+            }
         }
-    }
+    };
     let _ = writeln!(
         out,
         "# HELP sandgate_sandboxes Sandboxes by state and network mode."

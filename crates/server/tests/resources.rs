@@ -114,7 +114,7 @@ fn a_memory_hog_is_killed_alone_and_a_disk_filler_fills_only_its_disk() {
         .unwrap()
         .to_string();
     use std::os::unix::fs::MetadataExt;
-    let image = std::fs::metadata(sandboxes.join(&hog_id).join("disk.img")).unwrap();
+    let image = std::fs::metadata(sandboxes.join(&hog_id).join("disk/disk.img")).unwrap();
     assert!(
         image.blocks() * 512 <= 64 << 20,
         "{} bytes",

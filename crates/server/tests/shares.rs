@@ -269,14 +269,7 @@ fn admitted_addresses_are_capped_the_oldest_making_room() {
     api.exec(&key, "named", "nslookup example.com");
     assert!(api.echoes(&key, "named", &SERVER4_B.to_string()));
     // A catalog name answers two more: the older two make room.
-    let catalog = sandgate_policy::Catalog::builtin();
-    let name = catalog
-        .names()
-        .find(|(_, p)| !p.is_wildcard())
-        .unwrap()
-        .1
-        .base()
-        .to_string();
+    let name = sandgate_lab::catalog_name(&sandgate_policy::Catalog::builtin()).unwrap();
     api.exec(&key, "named", &format!("nslookup {name}"));
     assert!(api.echoes(&key, "named", &SERVER4.to_string()));
     assert!(

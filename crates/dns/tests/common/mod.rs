@@ -100,8 +100,19 @@ impl Rig {
 
     /// A rig whose service asks `upstream` (default: the world's server).
     pub fn with_upstream(floor: Duration, cache_entries: usize, upstream: Option<Upstream>) -> Rig {
+        Rig::with_policy(lab_policy(), floor, cache_entries, upstream)
+    }
+
+    /// A rig whose policy configuration is `policy` (its fair shares,
+    /// say), with a lab's stand-ins.
+    pub fn with_policy(
+        policy: PolicyConfig,
+        floor: Duration,
+        cache_entries: usize,
+        upstream: Option<Upstream>,
+    ) -> Rig {
         let lab = Lab::up().unwrap();
-        let policy = Arc::new(lab_policy());
+        let policy = Arc::new(policy);
         let dir = std::env::temp_dir().join(format!("sandgate-dns-test-{}", lab.tag()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = DataplaneConfig::new(&policy, lab.tag(), dir.join("dataplane.json")).unwrap();
@@ -308,7 +319,5 @@ pub fn allow_domains(list: &'static str) -> SettingsRequest<'static> {
 
 /// A name of the catalog, taken from it.
 pub fn catalog_name() -> String {
-    let catalog = Catalog::builtin();
-    let name = catalog.names().find(|(_, p)| !p.is_wildcard()).unwrap().1;
-    name.base().to_string()
+    sandgate_lab::catalog_name(&Catalog::builtin()).unwrap()
 }
