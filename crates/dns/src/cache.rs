@@ -6,6 +6,11 @@
 //! never for failures) and served with their TTLs counted down by the time
 //! they spent here. A hit is served only after the asking sandbox's policy
 //! allowed the name, and still admits the addresses for that sandbox.
+//!
+//! The bound is shared fairly: a full cache makes room in its largest
+//! partition (that partition's oldest answer goes), so one organization
+//! asking for ever new names evicts its own answers, never another's
+//! while it holds more than they do.
 
 use hickory_proto::op::{Message, ResponseCode};
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +23,9 @@ const NEGATIVE: Duration = Duration::from_secs(30);
 /// A cache key: partition, name (lowercase), record type.
 pub type Key = (Arc<str>, String, u16);
 
+/// A key within a partition: name (lowercase), record type.
+type Name = (String, u16);
+
 #[derive(Debug)]
 struct Entry {
     answer: Message,
@@ -25,12 +33,31 @@ struct Entry {
     expires: Instant,
 }
 
+/// One organization's answers, oldest first in `order`.
+#[derive(Debug, Default)]
+struct Partition {
+    entries: HashMap<Name, Entry>,
+    /// Insertion order; may hold names since removed (skipped).
+    order: VecDeque<Name>,
+}
+
+impl Partition {
+    /// Removes the oldest answer held.
+    fn evict_oldest(&mut self) {
+        while let Some(old) = self.order.pop_front() {
+            if self.entries.remove(&old).is_some() {
+                return;
+            }
+        }
+    }
+}
+
 /// The cache.
 #[derive(Debug)]
 pub struct Cache {
     capacity: usize,
-    entries: HashMap<Key, Entry>,
-    order: VecDeque<Key>,
+    held: usize,
+    partitions: HashMap<Arc<str>, Partition>,
 }
 
 impl Cache {
@@ -38,8 +65,8 @@ impl Cache {
     pub fn new(capacity: usize) -> Self {
         Cache {
             capacity,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
+            held: 0,
+            partitions: HashMap::new(),
         }
     }
 
@@ -47,27 +74,29 @@ impl Cache {
     /// whole seconds it spent here.
     pub fn get(&mut self, key: &Key) -> Option<Message> {
         let now = Instant::now();
-        match self.entries.get(key) {
-            Some(e) if e.expires > now => {
-                let aged =
-                    u32::try_from(now.duration_since(e.stored).as_secs()).unwrap_or(u32::MAX);
-                let mut answer = e.answer.clone();
-                for r in answer
-                    .answers
-                    .iter_mut()
-                    .chain(answer.authorities.iter_mut())
-                    .chain(answer.additionals.iter_mut())
-                {
-                    r.ttl = r.ttl.saturating_sub(aged);
-                }
-                Some(answer)
+        let (partition, name, rtype) = key;
+        let part = self.partitions.get_mut(partition)?;
+        let name = (name.clone(), *rtype);
+        if part.entries.get(&name)?.expires <= now {
+            part.entries.remove(&name);
+            self.held -= 1;
+            if part.entries.is_empty() {
+                self.partitions.remove(partition);
             }
-            Some(_) => {
-                self.entries.remove(key);
-                None
-            }
-            None => None,
+            return None;
         }
+        let e = part.entries.get(&name)?;
+        let aged = u32::try_from(now.duration_since(e.stored).as_secs()).unwrap_or(u32::MAX);
+        let mut answer = e.answer.clone();
+        for r in answer
+            .answers
+            .iter_mut()
+            .chain(answer.authorities.iter_mut())
+            .chain(answer.additionals.iter_mut())
+        {
+            r.ttl = r.ttl.saturating_sub(aged);
+        }
+        Some(answer)
     }
 
     /// Keeps `answer` for its shortest TTL (negative answers for 30 s;
@@ -88,13 +117,14 @@ impl Cache {
         if ttl.is_zero() {
             return;
         }
-        while self.entries.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
-            }
+        let (partition, name, rtype) = key;
+        let name = (name, rtype);
+        let replaces = self
+            .partitions
+            .get(&partition)
+            .is_some_and(|p| p.entries.contains_key(&name));
+        if !replaces && self.held >= self.capacity {
+            self.evict_from_largest(&partition);
         }
         let now = Instant::now();
         let entry = Entry {
@@ -102,25 +132,50 @@ impl Cache {
             stored: now,
             expires: now + ttl,
         };
-        if self.entries.insert(key.clone(), entry).is_none() {
-            self.order.push_back(key);
+        let part = self.partitions.entry(partition).or_default();
+        if part.entries.insert(name.clone(), entry).is_none() {
+            self.held += 1;
+            part.order.push_back(name);
         }
-        // Keys that expired and came back leave stale places in the order;
-        // keep it no longer than twice the cache.
-        if self.order.len() > 2 * self.capacity {
-            let entries = &self.entries;
-            self.order.retain(|k| entries.contains_key(k));
+        // Names that expired and came back leave stale places in the
+        // order; keep it no longer than twice what the partition holds.
+        if part.order.len() > 2 * part.entries.len() + 16 {
+            let entries = &part.entries;
+            part.order.retain(|k| entries.contains_key(k));
+        }
+    }
+
+    /// Makes room for one answer of `inserting`: the oldest answer of the
+    /// partition holding the most goes (`inserting`'s own on a tie).
+    fn evict_from_largest(&mut self, inserting: &Arc<str>) {
+        let own = self
+            .partitions
+            .get(inserting)
+            .map_or(0, |p| p.entries.len());
+        let largest = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.entries.len() > own)
+            .max_by_key(|(_, p)| p.entries.len())
+            .map_or_else(|| inserting.clone(), |(k, _)| k.clone());
+        if let Some(part) = self.partitions.get_mut(&largest) {
+            let before = part.entries.len();
+            part.evict_oldest();
+            self.held -= before - part.entries.len();
+            if part.entries.is_empty() {
+                self.partitions.remove(&largest);
+            }
         }
     }
 
     /// The answers held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.held
     }
 
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.held == 0
     }
 }
 
@@ -154,7 +209,11 @@ mod tests {
         let got = c.get(&key(&a)).map(|m| m.answers[0].ttl);
         assert!(matches!(got, Some(299..=300)), "{got:?}");
         // An answer stored a while ago is served with less time left.
-        if let Some(e) = c.entries.get_mut(&key(&a)) {
+        if let Some(e) = c
+            .partitions
+            .get_mut(&a)
+            .and_then(|p| p.entries.get_mut(&("example.com".to_string(), 1)))
+        {
             e.stored -= Duration::from_secs(100);
         }
         let got = c.get(&key(&a)).map(|m| m.answers[0].ttl);
@@ -171,5 +230,28 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(c.get(&(p.clone(), "a".to_string(), 1)).is_none());
         assert!(c.get(&(p, "c".to_string(), 1)).is_some());
+    }
+
+    #[test]
+    fn one_partition_asking_for_ever_new_names_evicts_only_its_own() {
+        let mut c = Cache::new(100);
+        let quiet: Arc<str> = Arc::from("org-quiet");
+        let loud: Arc<str> = Arc::from("org-loud");
+        for i in 0..10 {
+            c.put((quiet.clone(), format!("q{i}"), 1), &answer(600));
+        }
+        for i in 0..10_000 {
+            c.put((loud.clone(), format!("l{i}"), 1), &answer(600));
+        }
+        assert_eq!(c.len(), 100);
+        for i in 0..10 {
+            assert!(
+                c.get(&(quiet.clone(), format!("q{i}"), 1)).is_some(),
+                "the quiet organization's answer q{i} was evicted by another's flood"
+            );
+        }
+        // The loud one keeps its newest answers in the rest.
+        assert!(c.get(&(loud.clone(), "l9999".to_string(), 1)).is_some());
+        assert!(c.get(&(loud, "l0".to_string(), 1)).is_none());
     }
 }

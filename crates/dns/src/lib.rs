@@ -153,12 +153,26 @@ pub struct DnsEvent {
     /// `dns_not_allowed`, `blocked`, `dns_rebinding`,
     /// `upstream_unreachable` (no upstream resolver answered: the sandbox
     /// got SERVFAIL and nothing was admitted), `dns_rate_limited`,
-    /// `dns_in_flight_limit`, `dns_tcp_limit`, or `admission_limit` (an
-    /// older admission made room).
+    /// `dns_in_flight_limit`, `dns_tcp_limit`, or `admission_limit` (the
+    /// admission ending soonest made room).
     pub reason: String,
     /// For `dns_rebinding`: the addresses removed from the answer; for
     /// `admission_limit`: the address withdrawn.
     pub removed: Vec<IpAddr>,
+}
+
+/// Events of one reason held back for one holder of a slot (over its
+/// events a second), as [`DnsService::take_dropped`] reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The sandbox's slot.
+    pub slot: u32,
+    /// The reason of the events held back.
+    pub reason: &'static str,
+    /// When the first of them was held back.
+    pub first: SystemTime,
+    /// How many.
+    pub count: u64,
 }
 
 /// What the service has done, in all.
@@ -220,19 +234,33 @@ impl Share {
 }
 
 /// Every sandbox's share, by (slot, lease).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shares {
     by_lease: HashMap<(u32, u64), Share>,
-    /// Events held back, by slot and reason, not yet taken.
-    dropped: HashMap<(u32, &'static str), u64>,
+    /// Events held back, by slot, lease and reason, not yet taken: when
+    /// the first was held back, and how many.
+    dropped: HashMap<(u32, u64, &'static str), (SystemTime, u64)>,
+    /// When idle shares were last forgotten.
+    pruned: Instant,
 }
 
-/// Shares unused this long are forgotten.
+impl Default for Shares {
+    fn default() -> Shares {
+        Shares {
+            by_lease: HashMap::new(),
+            dropped: HashMap::new(),
+            pruned: Instant::now(),
+        }
+    }
+}
+
+/// Shares unused this long are forgotten (looked for once a second).
 const SHARE_IDLE: Duration = Duration::from_secs(60);
 
 impl Shares {
     fn get(&mut self, asker: &Asker) -> &mut Share {
-        if self.by_lease.len() > 1024 {
+        if self.pruned.elapsed() >= Duration::from_secs(1) {
+            self.pruned = Instant::now();
             self.by_lease
                 .retain(|_, s| s.last_used.elapsed() < SHARE_IDLE || s.in_flight + s.tcp > 0);
         }
@@ -243,6 +271,14 @@ impl Shares {
             .or_insert_with(|| Share::new(rate));
         share.last_used = Instant::now();
         share
+    }
+
+    /// Counts an event of `asker` held back.
+    fn hold_back(&mut self, asker: &Asker, reason: &'static str) {
+        self.dropped
+            .entry((asker.slot, asker.lease, reason))
+            .or_insert((SystemTime::now(), 0))
+            .1 += 1;
     }
 
     /// Whether `asker` may send one more query now (a token bucket of its
@@ -406,12 +442,19 @@ impl DnsService {
         self.core.pool.counters().unmatched.load(Ordering::Relaxed)
     }
 
-    /// The events held back since the last call, by slot and reason.
-    pub fn take_dropped(&self) -> Vec<(u32, &'static str, u64)> {
+    /// The events held back since the last call, by slot and reason, for
+    /// each holder of the slot apart: when the first of them was held back
+    /// (so that a holder's counts never reach the slot's next holder).
+    pub fn take_dropped(&self) -> Vec<Dropped> {
         lock(&self.core.shares)
             .dropped
             .drain()
-            .map(|((slot, reason), n)| (slot, reason, n))
+            .map(|((slot, _, reason), (first, count))| Dropped {
+                slot,
+                reason,
+                first,
+                count,
+            })
             .collect()
     }
 }
@@ -821,7 +864,7 @@ impl Core {
             *n += 1;
             let allowed = *n <= max;
             if !allowed {
-                *shares.dropped.entry((asker.slot, reason)).or_insert(0) += 1;
+                shares.hold_back(asker, reason);
             }
             allowed
         };
@@ -837,10 +880,7 @@ impl Core {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         } else if self.events.try_send(event).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
-            *lock(&self.shares)
-                .dropped
-                .entry((asker.slot, reason))
-                .or_insert(0) += 1;
+            lock(&self.shares).hold_back(asker, reason);
         }
     }
 }
@@ -863,3 +903,41 @@ fn normalized(mut answer: Message) -> Message {
 /// The longest admission, whatever the TTL (a TTL of years is a way to
 /// keep an address open long after its name is gone).
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sandgate_policy::{PolicyConfig, SettingsRequest};
+
+    fn asker(slot: u32, lease: u64) -> Asker {
+        let config = PolicyConfig::default();
+        let settings = config
+            .settings_for_create(3, &SettingsRequest::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        Asker {
+            slot,
+            lease,
+            partition: Arc::from("org"),
+            policy: config
+                .resolve(3, &settings)
+                .unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    #[test]
+    fn events_held_back_are_counted_for_each_holder_of_a_slot_apart() {
+        let mut shares = Shares::default();
+        let (old, new) = (asker(7, 1), asker(7, 2));
+        for _ in 0..3 {
+            shares.hold_back(&old, "dns_rate_limited");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        shares.hold_back(&new, "dns_rate_limited");
+        let mut held: Vec<_> = shares.dropped.into_values().collect();
+        held.sort();
+        assert_eq!(held.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [3, 1]);
+        // The old holder's counts started before the new holder's: the
+        // runner gives them to whoever held the slot at that time.
+        assert!(held[0].0 < held[1].0);
+    }
+}

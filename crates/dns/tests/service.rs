@@ -15,7 +15,7 @@ use sandgate_lab::addrs::*;
 use sandgate_policy::SettingsRequest;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn addrs(m: &hickory_proto::op::Message) -> Vec<IpAddr> {
     m.answers
@@ -508,7 +508,7 @@ fn a_sandbox_asking_a_silent_upstream_cannot_hold_every_worker() {
     };
     // Twelve questions from a at once: four wait on the upstream, the rest
     // are turned away at once.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let quick = std::thread::scope(|s| {
         let handles: Vec<_> = (0..12)
             .map(|i| {
@@ -566,16 +566,20 @@ fn a_sandbox_asking_a_silent_upstream_cannot_hold_every_worker() {
 
 /// Sends `count` queries for distinct names below `example.net` from
 /// `ns` to `gateway` as fast as the socket takes them, reading no answer
-/// (a flood: bounded in count, lab addresses only).
-fn flood(ns: &sandgate_netns::Netns, gateway: IpAddr, count: usize) {
+/// (a flood: bounded in count, lab addresses only). Returns how many the
+/// socket took.
+fn flood(ns: &sandgate_netns::Netns, gateway: IpAddr, count: usize) -> u64 {
     ns.run(|| {
         let u = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let mut sent = 0;
         for i in 0..count {
             let q = query(&format!("f{i}.example.net"), RecordType::A);
-            // A full socket buffer drops a datagram: a flood does that.
-            let _ = u.send_to(&q, SocketAddr::new(gateway, 53));
+            // A full socket buffer refuses a datagram: a flood does that.
+            if u.send_to(&q, SocketAddr::new(gateway, 53)).is_ok() {
+                sent += 1;
+            }
         }
-        Ok(())
+        Ok(sent)
     })
     .unwrap()
 }
@@ -588,9 +592,15 @@ fn a_flood_from_one_sandbox_leaves_another_organization_answered() {
     let count = |f: fn(&sandgate_dns::Counters) -> &std::sync::atomic::AtomicU64| {
         f(rig.service().counters()).load(std::sync::atomic::Ordering::Relaxed)
     };
+    let shares = rig
+        .resolve_policy(3, SettingsRequest::default())
+        .fair_shares;
+    let rate = u64::from(shares.dns_queries_per_second);
+    let logged = u64::from(shares.events_per_second);
+    let started = Instant::now();
     // 20,000 queries for names nobody asked before, each one the upstream
     // would have to answer, while b asks its own names one by one.
-    let answered = std::thread::scope(|s| {
+    let (answered, sent) = std::thread::scope(|s| {
         let flooder = s.spawn(|| flood(&ns_a, IpAddr::V4(a.gateway4), 20_000));
         let mut answered = 0;
         for i in 0..40 {
@@ -605,8 +615,7 @@ fn a_flood_from_one_sandbox_leaves_another_organization_answered() {
             assert_eq!(addrs(&m), vec![SERVER4_B]);
             answered += 1;
         }
-        flooder.join().unwrap();
-        answered
+        (answered, flooder.join().unwrap())
     });
     assert_eq!(answered, 40);
     // a was held to its share: the kernel let through about twice its
@@ -623,9 +632,24 @@ fn a_flood_from_one_sandbox_leaves_another_organization_answered() {
         .filter(|((slot, class), _)| *slot == a.index && class.reason == "dns_rate_limited")
         .map(|(_, n)| *n)
         .sum::<u64>();
-    assert!(held_back > 10_000, "held back in the kernel: {held_back}");
+    // The bounds follow from the rates and how long the flood took (a
+    // slow machine sends more slowly, and more of it is within the rate):
+    // the kernel lets through twice the rate a second and a burst of four
+    // times it and logs (rather than counts) a few refusals a second, the
+    // service's bucket the rate and a burst of twice it (b's 40 queries
+    // besides).
+    let secs = started.elapsed().as_secs() + 1;
+    let through = 2 * rate * secs + 4 * rate + logged * secs;
+    assert!(
+        held_back + through >= sent,
+        "held back in the kernel: {held_back} of {sent} sent in {secs} s"
+    );
+    assert!(held_back > 0, "nothing held back in the kernel");
     let forwarded = count(|c| &c.forwarded);
-    assert!(forwarded < 5_000, "forwarded: {forwarded}");
+    assert!(
+        forwarded <= rate * secs + 2 * rate + 40,
+        "forwarded: {forwarded} in {secs} s at {rate} a second"
+    );
     // The service's refusals are events, a few, the rest counted.
     let limited = count(|c| &c.rate_limited);
     if limited > 40 {
@@ -639,8 +663,8 @@ fn a_flood_from_one_sandbox_leaves_another_organization_answered() {
             .service()
             .take_dropped()
             .iter()
-            .filter(|(slot, reason, _)| *slot == a.index && *reason == "dns_rate_limited")
-            .map(|(_, _, n)| n)
+            .filter(|d| d.slot == a.index && d.reason == "dns_rate_limited")
+            .map(|d| d.count)
             .sum();
         assert!(dropped > 0, "nothing held back of {limited}");
     }
@@ -649,27 +673,33 @@ fn a_flood_from_one_sandbox_leaves_another_organization_answered() {
 #[test]
 fn a_query_over_the_rate_is_refused_and_says_why() {
     let rig = Rig::new();
-    // One query a second, a burst of two: of ten asked in a row, the
-    // later ones are refused (unless eight seconds pass in between).
+    // One query a second, a burst of two: of queries asked in a row, one
+    // soon is refused (the third, unless the machine takes near a second
+    // an answer; asked until one is, sixty at most).
     let mut policy = rig.resolve_policy(3, SettingsRequest::default());
     policy.fair_shares.dns_queries_per_second = 1;
     let (a, ns_a) = rig.sandbox_with("slow-rate", "slow-rate", &policy);
-    let answers: Vec<_> = (0..10)
-        .map(|i| {
-            ask(
-                &ns_a,
-                IpAddr::V4(a.gateway4),
-                &format!("r{i}.example.net"),
-                RecordType::A,
-                i % 2 == 0,
-            )
-        })
-        .collect();
+    let mut answers = Vec::new();
+    for i in 0..60 {
+        let m = ask(
+            &ns_a,
+            IpAddr::V4(a.gateway4),
+            &format!("r{i}.example.net"),
+            RecordType::A,
+            i % 2 == 0,
+        );
+        let refused = m.metadata.response_code == ResponseCode::Refused;
+        answers.push(m);
+        if refused {
+            break;
+        }
+    }
     let refused: Vec<_> = answers
         .iter()
         .filter(|m| m.metadata.response_code == ResponseCode::Refused)
         .collect();
-    assert!(!refused.is_empty(), "none of ten was refused");
+    assert!(!refused.is_empty(), "none of sixty was refused");
+    assert!(answers.len() >= 3, "refused within the burst of two");
     let (_, text) = extended_error(refused[0]).unwrap();
     assert!(text.contains("more than 1 queries a second"), "{text}");
     // Nothing refused was forwarded.
@@ -678,7 +708,7 @@ fn a_query_over_the_rate_is_refused_and_says_why() {
         .counters()
         .forwarded
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(forwarded as usize, 10 - refused.len());
+    assert_eq!(forwarded as usize, answers.len() - refused.len());
 }
 
 #[test]
@@ -730,7 +760,7 @@ fn tcp_connections_are_capped_per_sandbox_and_idle_ones_closed() {
     assert_eq!(addrs(&m), vec![SERVER4_B]);
     // a's four, the slow one too, are closed once idle for longer than
     // the service waits (5 s).
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     for c in &held[..4] {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut r: &TcpStream = c;

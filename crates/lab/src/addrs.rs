@@ -87,8 +87,12 @@ pub const HTTP: u16 = 80;
 pub const HTTPS: u16 = 443;
 
 /// Whether `addr` is one the lab may send to: TEST-NET-1/2/3, the
-/// benchmarking range of the sandbox subnets, 2001:db8::/32, or loopback.
+/// benchmarking range of the sandbox subnets, 2001:db8::/32, or loopback
+/// (the unspecified address, which a connection takes for its own host,
+/// included). An IPv4-mapped address is the IPv4 address it spells (a
+/// socket connects to it over IPv4).
 pub fn is_lab_address(addr: IpAddr) -> bool {
+    let addr = addr.to_canonical();
     let ranges: [IpNet; 6] = [
         IpNet::new_assert(v4(192, 0, 2, 0), 24),
         IpNet::new_assert(v4(198, 51, 100, 0), 24),
@@ -97,7 +101,7 @@ pub fn is_lab_address(addr: IpAddr) -> bool {
         IpNet::new_assert(v6(0x2001, 0xdb8, 0, 0), 32),
         IpNet::new_assert(v4(127, 0, 0, 0), 8),
     ];
-    addr.is_loopback() || ranges.iter().any(|r| r.contains(&addr))
+    addr.is_loopback() || addr.is_unspecified() || ranges.iter().any(|r| r.contains(&addr))
 }
 
 #[cfg(test)]

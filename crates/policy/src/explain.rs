@@ -2,7 +2,8 @@
 //! rule, without sending anything.
 //!
 //! The same rules the dataplane and the DNS service enforce, in the same
-//! order: `blocked`; the always-denied ranges; port 53, which the dataplane
+//! order: what never leaves the sandbox (its loopback, its own addresses:
+//! `not_egress`); `blocked`; the always-denied ranges; port 53, which the dataplane
 //! sends to sandgate's DNS service whatever the address; the sandbox's lists
 //! and the catalog; then the mode's default.
 
@@ -139,6 +140,10 @@ impl fmt::Display for Destination {
 /// reason code of deny events and of `explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
+    /// The sandbox's loopback, its own address, or the unspecified
+    /// address (which means its own host): a connection to it never
+    /// leaves the sandbox, and no policy applies.
+    NotEgress,
     /// `networkBlockAll`.
     Blocked,
     /// In an always-denied range: the range, and what kind of range it is.
@@ -162,13 +167,14 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The reason code: `blocked`, `always_denied:host`,
+    /// The reason code: `not_egress`, `blocked`, `always_denied:host`,
     /// `always_denied:metadata`, `always_denied:<range>`, `dns_service`,
     /// `private_range`, `allow_list:<cidr>`, `domain_allow_list:<pattern>`,
     /// `essential_service:<category>`, `not_in_allow_list`,
     /// `restricted_by_tier` or `open`.
     pub fn code(&self) -> String {
         match self {
+            Reason::NotEgress => "not_egress".into(),
             Reason::Blocked => "blocked".into(),
             Reason::AlwaysDenied(net, kind) => NamedRange::new(*net, "", *kind).denied_code(),
             Reason::DnsService => "dns_service".into(),
@@ -209,6 +215,8 @@ pub struct CompiledPolicy<'a> {
     catalog: &'a Catalog,
     ranges: &'a Ranges,
     own: NameMatcher<Rule>,
+    /// The sandbox's own addresses (see [`CompiledPolicy::with_own_addresses`]).
+    own_addresses: Vec<IpAddr>,
 }
 
 impl<'a> CompiledPolicy<'a> {
@@ -223,7 +231,16 @@ impl<'a> CompiledPolicy<'a> {
             catalog,
             ranges: config.ranges(),
             own,
+            own_addresses: Vec::new(),
         }
+    }
+
+    /// The sandbox's own addresses, which are no egress (`not_egress`)
+    /// for it: a probe of one reaches its own network stack.
+    #[must_use]
+    pub fn with_own_addresses(mut self, addresses: &[IpAddr]) -> Self {
+        self.own_addresses = addresses.iter().map(IpAddr::to_canonical).collect();
+        self
     }
 
     /// The effective policy.
@@ -255,6 +272,45 @@ impl<'a> CompiledPolicy<'a> {
 
     /// Whether `destination` is allowed, and by which rule.
     pub fn explain(&self, destination: &Destination) -> Verdict {
+        if let Target::Address(asked) = destination.target {
+            // An IPv4-mapped address (`::ffff:192.0.2.7`) is the IPv4
+            // address it spells: a socket connects to it over IPv4.
+            let addr = asked.to_canonical();
+            let mut verdict = self.explain_canonical(addr, destination.port);
+            if addr != asked {
+                verdict.rule = format!(
+                    "{asked} is the IPv4-mapped spelling of {addr}, which a connection reaches over IPv4: {}",
+                    verdict.rule
+                );
+            }
+            return verdict;
+        }
+        self.explain_policy(destination)
+    }
+
+    fn explain_canonical(&self, addr: IpAddr, port: Option<u16>) -> Verdict {
+        if addr.is_loopback() || addr.is_unspecified() || self.own_addresses.contains(&addr) {
+            let what = if addr.is_loopback() {
+                "the sandbox's loopback"
+            } else if addr.is_unspecified() {
+                "the unspecified address, which a connection takes for the sandbox's own host"
+            } else {
+                "the sandbox's own address"
+            };
+            return Verdict {
+                allowed: true,
+                reason: Reason::NotEgress,
+                rule: format!("{addr} is {what}: a connection to it never leaves the sandbox, and no network policy applies to it"),
+            };
+        }
+        self.explain_policy(&Destination {
+            target: Target::Address(addr),
+            port,
+        })
+    }
+
+    /// The policy's verdict (for what leaves the sandbox).
+    fn explain_policy(&self, destination: &Destination) -> Verdict {
         if self.policy.mode == Mode::Blocked {
             return Verdict {
                 allowed: false,

@@ -14,7 +14,7 @@
 //! Each range has a [`RangeKind`]; the reason code of a denial names the
 //! kind where the kind says more than the range (`always_denied:host`,
 //! `always_denied:metadata`), and the range otherwise
-//! (`always_denied:127.0.0.0/8`).
+//! (`always_denied:169.254.0.0/16`).
 //!
 //! Private ranges are denied in `open` and `restricted` modes and reachable
 //! only through a sandbox's own `networkAllowList` entries inside them.

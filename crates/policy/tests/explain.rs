@@ -98,10 +98,6 @@ fn always_denied_wins_in_every_mode_even_over_a_wide_list() {
             is(false, "always_denied:169.254.0.0/16")
         );
         assert_eq!(
-            f.explain(tier, req, "127.0.0.1"),
-            is(false, "always_denied:127.0.0.0/8")
-        );
-        assert_eq!(
             f.explain(tier, req, "0.1.2.3"),
             is(false, "always_denied:0.0.0.0/8")
         );
@@ -121,14 +117,16 @@ fn always_denied_wins_in_every_mode_even_over_a_wide_list() {
             f.explain(tier, req, "ff02::1"),
             is(false, "always_denied:ff00::/8")
         );
-        assert_eq!(
-            f.explain(tier, req, "::1"),
-            is(false, "always_denied:::1/128")
-        );
-        // IPv6 spellings of IPv4 destinations.
+        // IPv6 spellings of IPv4 destinations: the mapped one is the
+        // IPv4 address (a socket connects to it over IPv4); the others
+        // are IPv6 addresses a translator would carry, always denied.
         assert_eq!(
             f.explain(tier, req, "::ffff:169.254.169.254"),
-            is(false, "always_denied:::ffff:0.0.0.0/96")
+            is(false, "always_denied:metadata")
+        );
+        assert_eq!(
+            f.explain(tier, req, "[::ffff:169.254.1.1]:80"),
+            is(false, "always_denied:169.254.0.0/16")
         );
         assert_eq!(
             f.explain(tier, req, "::a9fe:a9fe"),
@@ -144,14 +142,11 @@ fn always_denied_wins_in_every_mode_even_over_a_wide_list() {
             "[2001:db8:ffff::1]:22",
             "[::ffff:203.0.113.7]:80",
         ] {
-            let code = if host.contains("ffff:203") {
-                // The IPv4-mapped spelling is denied as such, before the
-                // address it spells.
-                "always_denied:::ffff:0.0.0.0/96"
-            } else {
-                "always_denied:host"
-            };
-            assert_eq!(f.explain(tier, req, host), is(false, code), "{host}");
+            assert_eq!(
+                f.explain(tier, req, host),
+                is(false, "always_denied:host"),
+                "{host}"
+            );
         }
         // The operator's metadata services and internal networks.
         for meta in ["192.0.2.254:80", "[2001:db8:face::9]:80"] {
@@ -408,11 +403,11 @@ fn port_53_goes_to_the_dns_service_in_every_mode_but_blocked() {
         f.explain(3, open(), "[fe80::1]:53"),
         is(true, "dns_service")
     );
-    // Loopback stays inside the sandbox; multicast and broadcast are not
-    // unicast: no redirect, always denied.
+    // Loopback stays inside the sandbox (no egress, no redirect);
+    // multicast and broadcast are not unicast: no redirect, always denied.
     assert_eq!(
         f.explain(3, open(), "127.0.0.53:53"),
-        is(false, "always_denied:127.0.0.0/8")
+        is(true, "not_egress")
     );
     assert_eq!(
         f.explain(3, open(), "224.0.0.251:53"),
@@ -465,6 +460,54 @@ fn destinations_parse_strictly() {
             err.message.contains(&format!("\"{bad}\"")),
             "{}",
             err.message
+        );
+    }
+}
+
+#[test]
+fn the_sandboxs_loopback_and_own_addresses_are_no_egress_in_any_mode() {
+    let f = Fixture::new();
+    let own: [std::net::IpAddr; 2] = [
+        "198.18.0.2".parse().unwrap(),
+        "2001:db8:5a00::2".parse().unwrap(),
+    ];
+    for (req, tier) in [
+        (open(), 3),
+        (allow("192.0.2.0/24", ""), 3),
+        (open(), 1),
+        (blocked(), 3),
+    ] {
+        let settings = f.config.settings_for_create(tier, &req).unwrap();
+        let policy = f.config.resolve(tier, &settings).unwrap();
+        let compiled = CompiledPolicy::new(policy, &f.catalog, &f.config).with_own_addresses(&own);
+        for dest in [
+            "127.0.0.1:80",
+            "127.1.2.3",
+            "[::1]:22",
+            "0.0.0.0:7",
+            "[::]:7",
+            "198.18.0.2:80",
+            "[2001:db8:5a00::2]:443",
+            "[::ffff:198.18.0.2]:80",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            let v = compiled.explain(&dest.parse().unwrap());
+            assert_eq!(
+                (v.allowed, v.reason.code()),
+                is(true, "not_egress"),
+                "{dest}: {}",
+                v.rule
+            );
+        }
+        // Another sandbox's address is egress (and denied), and a
+        // mapped spelling says what it spells.
+        let v = compiled.explain(&"198.18.0.6:80".parse().unwrap());
+        assert!(!v.allowed, "{}", v.rule);
+        let v = compiled.explain(&"[::ffff:127.0.0.1]:80".parse().unwrap());
+        assert!(
+            v.rule.contains("IPv4-mapped spelling of 127.0.0.1"),
+            "{}",
+            v.rule
         );
     }
 }

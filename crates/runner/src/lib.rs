@@ -127,18 +127,21 @@ impl Directory for Sandboxes {
         rule: &Reason,
         lifetime: Duration,
     ) -> io::Result<Option<IpAddr>> {
-        // Held while admitting: the slot cannot change hands in between
-        // (a delete forgets its sandbox here before it touches the slot).
-        let known = lock(&self.known);
-        if known.held.get(&asker.slot).map(|a| a.lease) != Some(asker.lease) {
+        // The dataplane's lock first, held while admitting, and the lease
+        // checked under it: a delete forgets its sandbox here before it
+        // takes that lock to touch the slot, so an admission either sees
+        // the lease gone or ends before the slot is cleared. (`known` is
+        // never held across the dataplane's lock: lookups of every
+        // sandbox wait on it, and the dataplane's may be held for a
+        // slot's making.)
+        let mut dp = lock(&self.dp);
+        if !self.holds(asker) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("slot {} changed hands since the query", asker.slot),
             ));
         }
-        let admitted = lock(&self.dp).admit(asker.slot, addr, rule, lifetime);
-        drop(known);
-        admitted
+        dp.admit(asker.slot, addr, rule, lifetime)
     }
 
     fn holds(&self, asker: &Asker) -> bool {
@@ -315,6 +318,7 @@ pub struct Runner {
     watcher: Option<JoinHandle<()>>,
     /// Sandboxes whose init died, as they die (taken once, by the server).
     deaths: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    died: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Drop for Runner {
@@ -381,6 +385,7 @@ fn pump(
 ) {
     let mut held_back = BTreeMap::new();
     let mut last_sample = std::time::Instant::now();
+    let mut last_time = std::time::SystemTime::now();
     // The sandbox that had `slot` at `time`: its current owner, unless
     // the slot was handed over after the event.
     let owner = |slot: u32, time: std::time::SystemTime| {
@@ -430,7 +435,18 @@ fn pump(
         }
         if last_sample.elapsed() >= SAMPLE_EVERY {
             last_sample = std::time::Instant::now();
-            sample(&mut kernel, &mut held_back, &dns, &owner, &hub, &reading);
+            let started = std::time::SystemTime::now();
+            sample(
+                &mut kernel,
+                &mut held_back,
+                last_time,
+                &assigned,
+                &dns,
+                &owner,
+                &hub,
+                &reading,
+            );
+            last_time = started;
         }
     }
 }
@@ -453,13 +469,29 @@ fn watch_inits(
             }
         };
         for id in ids {
-            tracing::warn!(sandbox = %id, "the sandbox's init died; it is kept, not restarted");
-            if let Err(e) = runtime.mark_died(&id) {
-                tracing::warn!(sandbox = %id, error = %e, "recording a dead sandbox");
-            }
-            // No receiver (the server is stopping) is not an error.
-            let _ = died.send(id);
+            report_death(runtime, died, id);
         }
+    }
+}
+
+/// Logs a failed step of an undo or a cleanup, which goes on (what is
+/// left is removed at the next start).
+fn undone(what: &str, sandbox: &str, result: io::Result<()>) {
+    if let Err(e) = result {
+        tracing::warn!(sandbox, error = %e, "{what} the sandbox failed");
+    }
+}
+
+/// Records that sandbox `id`'s init died (its processes and mounts
+/// cleaned, its files kept) and tells the server.
+fn report_death(runtime: &Runtime, died: &tokio::sync::mpsc::UnboundedSender<String>, id: String) {
+    tracing::warn!(sandbox = %id, "the sandbox's init died; it is kept, not restarted");
+    if let Err(e) = runtime.mark_died(&id) {
+        tracing::warn!(sandbox = %id, error = %e, "recording a dead sandbox");
+    }
+    if died.send(id).is_err() {
+        // No receiver: the server is stopping, or none took the deaths.
+        tracing::debug!("a death with nobody to tell");
     }
 }
 
@@ -469,20 +501,25 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Reads the kernel's counts into `reading`, and reports the events held
 /// back since the last sample (the kernel's meters', the DNS service's)
 /// as one `dropped` event per sandbox and reason.
+#[allow(clippy::too_many_arguments)]
 fn sample(
     kernel: &mut Option<KernelCounters>,
     held_back: &mut BTreeMap<(u32, &'static str), u64>,
+    last: std::time::SystemTime,
+    assigned: &Mutex<HashMap<u32, std::time::SystemTime>>,
     dns: &Mutex<DnsService>,
     owner: &dyn Fn(u32, std::time::SystemTime) -> Option<String>,
     hub: &events::EventHub,
     reading: &Mutex<Option<Reading>>,
 ) {
     let now = std::time::SystemTime::now();
-    let report = |slot: u32, reason: &str, n: u64| {
+    // `when`: a time the counted events are known to be the slot's
+    // current holder's (no later than the first of them).
+    let report = |slot: u32, reason: &str, n: u64, when: std::time::SystemTime| {
         if n == 0 {
             return;
         }
-        if let Some(sandbox) = owner(slot, now) {
+        if let Some(sandbox) = owner(slot, when) {
             hub.publish(NetworkEvent {
                 time_ms: events::millis(now),
                 sandbox,
@@ -499,17 +536,22 @@ fn sample(
     if let Some(k) = kernel.as_mut() {
         match k.read() {
             Ok(r) => {
+                // A slot handed over since the last sample has counters
+                // made anew with it (a delete destroys them): they count
+                // from nothing, and all they hold is the new holder's.
+                // (What the old holder's counters gained in its last
+                // second is not reported: it is gone.)
+                let handed = lock(assigned).clone();
                 let mut seen = BTreeMap::new();
                 for ((slot, class), n) in &r.held_back {
                     let key = (*slot, class.reason);
-                    // A counter smaller than before was made anew (its
-                    // slot deleted and made again).
-                    let before = held_back.get(&key).copied().unwrap_or(0);
-                    report(
-                        *slot,
-                        class.reason,
-                        if *n >= before { n - before } else { *n },
-                    );
+                    let anew = handed.get(slot).is_some_and(|since| *since >= last);
+                    let before = if anew {
+                        0
+                    } else {
+                        held_back.get(&key).copied().unwrap_or(0)
+                    };
+                    report(*slot, class.reason, n.saturating_sub(before), now);
                     seen.insert(key, *n);
                 }
                 *held_back = seen;
@@ -518,8 +560,8 @@ fn sample(
             Err(e) => tracing::warn!(error = %e, "reading the dataplane's counters"),
         }
     }
-    for (slot, reason, n) in lock(dns).take_dropped() {
-        report(slot, reason, n);
+    for d in lock(dns).take_dropped() {
+        report(d.slot, d.reason, d.count, d.first);
     }
 }
 
@@ -599,7 +641,12 @@ impl Runner {
         let inits = Arc::new(InitWatch::new()?);
         let (died_tx, deaths) = tokio::sync::mpsc::unbounded_channel();
         let watcher = {
-            let (inits, runtime, stop) = (inits.clone(), runtime.clone(), stop.clone());
+            let (inits, runtime, stop, died_tx) = (
+                inits.clone(),
+                runtime.clone(),
+                stop.clone(),
+                died_tx.clone(),
+            );
             std::thread::Builder::new()
                 .name("sandgate-inits".into())
                 .spawn(move || watch_inits(&inits, &runtime, &died_tx, &stop))?
@@ -632,6 +679,7 @@ impl Runner {
             inits,
             watcher: Some(watcher),
             deaths: Mutex::new(Some(deaths)),
+            died: died_tx,
         })
     }
 
@@ -642,11 +690,22 @@ impl Runner {
         lock(&self.deaths).take()
     }
 
-    /// Watches sandbox `id`'s init, if it runs.
+    /// Watches sandbox `id`'s init; one already gone is a death.
     fn watch_init(&self, id: &str) {
-        if let Err(e) = self.inits.watch(&self.runtime, id) {
-            tracing::warn!(sandbox = id, error = %e, "cannot watch the sandbox's init");
+        match self.inits.watch(&self.runtime, id) {
+            Ok(true) => {}
+            Ok(false) => report_death(&self.runtime, &self.died, id.to_string()),
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "cannot watch the sandbox's init")
+            }
         }
+    }
+
+    /// Stops sandbox `id`'s processes on purpose (no death), keeping its
+    /// slot and files.
+    pub fn stop(&self, id: &str) -> io::Result<()> {
+        self.inits.forget(id);
+        self.runtime.stop(id)
     }
 
     /// The policy configuration as this host makes it now: the operator's,
@@ -711,7 +770,7 @@ impl Runner {
             if dp.delete(slot.index).is_err() {
                 // Cut off, and known, so that the caller's delete (or the
                 // next start) can finish it.
-                let _ = dp.cut(slot.index);
+                undone("cutting off", id, dp.cut(slot.index));
                 drop(dp);
                 lock(&self.slots).insert(id.to_string(), slot);
             }
@@ -724,6 +783,11 @@ impl Runner {
         // already pending is enough).
         let _ = self.refill.try_send(());
         Ok(Placement { slot })
+    }
+
+    /// Sandbox `id`'s own addresses (IPv4, IPv6), if it holds a slot.
+    pub fn addresses(&self, id: &str) -> Option<[IpAddr; 2]> {
+        lock(&self.slots).get(id).map(addrs_of)
     }
 
     fn slot(&self, id: &str) -> io::Result<SlotAddrs> {
@@ -784,7 +848,11 @@ impl Runner {
         let slot = lock(&self.slots).get(id).cloned();
         if let Some(slot) = &slot {
             self.sandboxes.forget(slot);
-            let _ = lock(&self.sandboxes.dp).cut(slot.index);
+            if let Err(e) = lock(&self.sandboxes.dp).cut(slot.index) {
+                // The delete goes on: the slot's removal below takes its
+                // rules with it, or fails and keeps the sandbox known.
+                tracing::warn!(sandbox = id, error = %e, "cutting off a sandbox being deleted");
+            }
         }
         self.runtime.delete(id)?;
         if let Some(slot) = slot {
@@ -838,10 +906,14 @@ impl Runner {
             // others are restored all the same.
             let lose = |index: Option<u32>, report: &mut RestoreReport| {
                 if let Some(index) = index {
-                    let _ = lock(&self.sandboxes.dp).cut(index);
-                    let _ = lock(&self.sandboxes.dp).delete(index);
+                    undone("cutting off", id, lock(&self.sandboxes.dp).cut(index));
+                    undone(
+                        "removing the slot of",
+                        id,
+                        lock(&self.sandboxes.dp).delete(index),
+                    );
                 }
-                let _ = self.runtime.delete(id);
+                undone("removing", id, self.runtime.delete(id));
                 report.lost.push(id.clone());
             };
             let Some(index) = active.get(id).copied() else {
@@ -881,14 +953,18 @@ impl Runner {
         // does not keep the others from being served.
         for (owner, index) in &active {
             if !wanted.contains_key(owner.as_str()) {
-                let _ = lock(&self.sandboxes.dp).cut(*index);
-                let _ = lock(&self.sandboxes.dp).delete(*index);
+                undone("cutting off", owner, lock(&self.sandboxes.dp).cut(*index));
+                undone(
+                    "removing the slot of",
+                    owner,
+                    lock(&self.sandboxes.dp).delete(*index),
+                );
                 report.removed.push(owner.clone());
             }
         }
         for id in adopted.keys() {
             if !wanted.contains_key(id.as_str()) {
-                let _ = self.runtime.delete(id);
+                undone("removing", id, self.runtime.delete(id));
                 if !report.removed.contains(id) {
                     report.removed.push(id.clone());
                 }

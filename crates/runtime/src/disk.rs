@@ -157,8 +157,10 @@ pub(crate) fn prepare(pool: &Path, bytes: u64) -> io::Result<()> {
     let n = u64::from_ne_bytes(random8());
     let making = pool.join(format!("making-{n:016x}"));
     if let Err(e) = make_at(&making, bytes) {
-        let _ = unmount_at(&making);
-        let _ = fs::remove_dir_all(&making);
+        // What is left is removed at the next start (`clear`).
+        if let Err(left) = unmount_at(&making).and_then(|()| fs::remove_dir_all(&making)) {
+            tracing::warn!(disk = %making.display(), error = %left, "removing a disk not made");
+        }
         return Err(e);
     }
     fs::rename(&making, pool.join(format!("ready-{bytes}-{n:016x}")))
@@ -180,16 +182,30 @@ pub(crate) fn ready(pool: &Path, bytes: u64) -> usize {
 }
 
 /// Removes every disk of `pool` (at a start: they are quick to make
-/// again, and one a crash cut short must not be taken).
+/// again, and one a crash cut short must not be taken), and whatever else
+/// is there. Each entry is tried; the first failure is returned after.
 pub(crate) fn clear(pool: &Path) -> io::Result<()> {
     let Ok(entries) = fs::read_dir(pool) else {
         return Ok(());
     };
+    let mut first = Ok(());
     for e in entries.flatten() {
-        unmount_at(&e.path())?;
-        fs::remove_dir_all(e.path())?;
+        let path = e.path();
+        let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            unmount_at(&path).and_then(|()| fs::remove_dir_all(&path))
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(err) = removed {
+            if first.is_ok() {
+                first = Err(io::Error::new(
+                    err.kind(),
+                    format!("removing the prepared disk {}: {err}", path.display()),
+                ));
+            }
+        }
     }
-    Ok(())
+    first
 }
 
 fn random8() -> [u8; 8] {

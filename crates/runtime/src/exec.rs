@@ -204,8 +204,27 @@ pub fn run(
         f.write_all(&serde_json::to_vec(&process).map_err(io::Error::other)?)?;
     }
     let result = run_spec(&mut runc, ps, id, &spec, cap, request.timeout);
+    // A file left behind is removed with the sandbox, or at the next start.
     let _ = std::fs::remove_file(&spec);
     result
+}
+
+/// The error of an exec whose shell the runtime could not start, from
+/// what the runtime wrote: a working directory that is not one in the
+/// sandbox is the caller's fault (said in our words); anything else is the
+/// host's, with the runtime's text for the log.
+fn not_started(runtime_said: &str) -> io::Error {
+    if runtime_said.contains("chdir to cwd") {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cwd: no such directory in the sandbox",
+        )
+    } else {
+        io::Error::other(format!(
+            "the OCI runtime could not start the command: {}",
+            runtime_said.trim()
+        ))
+    }
 }
 
 /// Runs the process described in the file `spec` in sandbox `id`.
@@ -278,11 +297,17 @@ fn run_spec(
     };
     // The preamble's line is written before the command starts, so it is
     // in the pipe by now even when the command was quicker than a poll.
-    if let Some(g) = pgid.or_else(|| header.recv_timeout(DRAIN).ok().flatten()) {
+    let pgid = pgid.or_else(|| header.recv_timeout(DRAIN).ok().flatten());
+    if let Some(g) = pgid {
         kill_group(ps, g);
     }
     let (stdout, t1) = collect(out);
     let (stderr, t2) = collect(err);
+    if pgid.is_none() && !timed_out {
+        // The shell never ran: what the runtime wrote is its own error,
+        // never the command's output.
+        return Err(not_started(&String::from_utf8_lossy(&stderr)));
+    }
     use std::os::unix::process::ExitStatusExt;
     let exit_code = match (status.code(), status.signal()) {
         (Some(c), _) => c,

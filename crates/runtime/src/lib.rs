@@ -673,8 +673,11 @@ impl Runtime {
     /// dropped. Returns what was found of each sandbox.
     pub fn adopt(&self) -> io::Result<Vec<(String, Adopted)>> {
         // Prepared disks are made again (one a crash cut short must not be
-        // taken).
-        disk::clear(&self.disk_pool())?;
+        // taken); one that cannot be removed keeps no sandbox from being
+        // taken back.
+        if let Err(e) = disk::clear(&self.disk_pool()) {
+            tracing::warn!(error = %e, "clearing the prepared disks");
+        }
         for entry in fs::read_dir(self.cfg.data_dir.join("snapshots"))? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "building") {

@@ -24,6 +24,27 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     };
     let url = guard.server.as_ref().unwrap().url.clone();
 
+    // A second server on the same data directory says so, and leaves the
+    // first alone.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .args(["--instance", "second", "--host-netns", lab.host().name()])
+        .args(["--upstream", &format!("{}:53", sandgate_lab::addrs::DNS4)])
+        .env_remove("SANDGATE_CONFIG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{said}");
+    let pid = guard.server.as_ref().unwrap().child.id();
+    assert!(
+        said.contains(&format!(
+            "another sandgate server (process {pid}) is using the data directory"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("Operation not permitted"), "{said}");
+
     // The operator makes an organization and a key.
     let (code, org) = cli(
         &url,

@@ -424,7 +424,9 @@ pub async fn set_tier(
                     if cut.is_err() {
                         let runner = st.runner.clone();
                         let id = row.id.clone();
-                        let _ = blocking(move || runner.runtime().stop(&id)).await;
+                        if let Err(e) = blocking(move || runner.stop(&id)).await {
+                            tracing::error!(sandbox = %row.id, error = %e.message, "stopping a sandbox that could be neither updated nor cut off");
+                        }
                         if let Err(e) = st.store.set_state(&row.id, SandboxState::Lost).await {
                             tracing::error!(sandbox = %row.id, error = %e, "recording a lost sandbox");
                         }
@@ -588,7 +590,8 @@ pub struct SandboxView {
     pub organization_id: String,
     /// Its snapshot.
     pub snapshot: String,
-    /// `creating`, `running` or `deleting`.
+    /// `creating`, `running`, `deleting`, `died` (its init exited: kept,
+    /// not restarted) or `lost` (gone from the host at the server's start).
     pub state: String,
     /// Environment variables of every exec.
     pub env: BTreeMap<String, String>,
@@ -713,6 +716,22 @@ pub struct UpdateSettings {
     pub network_block_all: Option<bool>,
     /// `domainAllowList` (`""` removes it).
     pub domain_allow_list: Option<String>,
+}
+
+/// An exec's working directory: an absolute path of at most 4,096 bytes
+/// (the kernel's `PATH_MAX`), without control characters.
+fn check_cwd(cwd: &str) -> Result<(), ApiError> {
+    if !cwd.starts_with('/') || cwd.len() > 4096 || cwd.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_cwd",
+            format!(
+                "cwd: {:?} is not an absolute path of at most 4,096 bytes without control characters",
+                cwd.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
@@ -847,21 +866,29 @@ pub async fn create_sandbox(
             };
             blocking(move || runner.create(&spec)).await
         };
+        // Running, unless its init already died (and that was recorded:
+        // the sandbox is kept, and shown, as died).
         let settled = match made {
             Ok(_) => st
                 .store
-                .set_state(&id, SandboxState::Running)
+                .move_state(&id, SandboxState::Creating, SandboxState::Running)
                 .await
                 .map_err(ApiError::from),
             Err(e) => Err(e),
         };
-        if let Err(e) = settled {
+        let running = match settled {
+            Ok(running) => running,
+            Err(e) => {
             // Nothing half-made: the runner's part (if any) and the row go.
             let runner = st.runner.clone();
             let gone = id.clone();
             match blocking(move || runner.delete(&gone)).await {
                 Ok(()) => {
-                    let _ = st.store.remove_sandbox(&id).await;
+                    if let Err(e) = st.store.remove_sandbox(&id).await {
+                        // Its row stays as `creating`: the next start
+                        // removes it.
+                        tracing::error!(sandbox = %id, error = %e, "removing a half-made sandbox's row");
+                    }
                 }
                 // Left as `deleting`: the next start removes it.
                 Err(_) => {
@@ -871,8 +898,13 @@ pub async fn create_sandbox(
                 }
             }
             return Err(e);
-        }
-        row.state = SandboxState::Running;
+            }
+        };
+        row.state = if running {
+            SandboxState::Running
+        } else {
+            SandboxState::Died
+        };
         st.metrics.created();
         Ok((row, org.tier))
     })
@@ -1098,11 +1130,7 @@ pub async fn execute(
         env.extend(more.clone());
     }
     if let Some(cwd) = &body.cwd {
-        if !cwd.starts_with('/') || cwd.contains('\0') {
-            return Err(ApiError::invalid(format!(
-                "cwd: {cwd:?} is not an absolute path"
-            )));
-        }
+        check_cwd(cwd)?;
     }
     let request = ExecRequest {
         command: body.command,
@@ -1119,7 +1147,16 @@ pub async fn execute(
         let _held = permits;
         runner.exec(&id, &request)
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        // The runtime could not enter the working directory (it names
+        // none of its own words here).
+        if e.status == StatusCode::BAD_REQUEST && e.message.starts_with("cwd:") {
+            ApiError::new(e.status, "invalid_cwd", e.message)
+        } else {
+            e
+        }
+    })?;
     Ok(Json(Executed {
         exit_code: r.exit_code,
         stdout: r.stdout,
@@ -1177,7 +1214,14 @@ pub async fn explain(
     let mode = policy.mode.as_str().to_string();
     // The host's addresses as they are now (always denied).
     let ranges = st.runner.policy();
-    let verdict = CompiledPolicy::new(policy, &st.catalog, &ranges).explain(&destination);
+    let own: Vec<_> = st
+        .runner
+        .addresses(&row.id)
+        .map(Vec::from)
+        .unwrap_or_default();
+    let verdict = CompiledPolicy::new(policy, &st.catalog, &ranges)
+        .with_own_addresses(&own)
+        .explain(&destination);
     Ok(Json(Explanation {
         destination: destination.to_string(),
         allowed: verdict.allowed,
@@ -1262,7 +1306,12 @@ pub async fn network_test(
     let policy = effective(&st, org.tier, &row)?;
     let mode = policy.mode.as_str().to_string();
     let ranges = st.runner.policy();
-    let compiled = CompiledPolicy::new(policy, &st.catalog, &ranges);
+    let own: Vec<_> = st
+        .runner
+        .addresses(&row.id)
+        .map(Vec::from)
+        .unwrap_or_default();
+    let compiled = CompiledPolicy::new(policy, &st.catalog, &ranges).with_own_addresses(&own);
     let mut expected = Vec::new();
     for t in &targets {
         let dest: Destination = t.to_string().parse()?;

@@ -252,7 +252,7 @@ fn deny_events_are_rate_limited_and_what_is_held_back_is_reported() {
 }
 
 #[test]
-fn admitted_addresses_are_capped_the_oldest_making_room() {
+fn admitted_addresses_are_capped_the_soonest_ending_making_room() {
     let api = server(
         FairSharesRepr {
             admitted_addresses: Some(2),
@@ -268,7 +268,8 @@ fn admitted_addresses_are_capped_the_oldest_making_room() {
     // example.com answers an IPv4 and an IPv6 address: the two admitted.
     api.exec(&key, "named", "nslookup example.com");
     assert!(api.echoes(&key, "named", &SERVER4_B.to_string()));
-    // A catalog name answers two more: the older two make room.
+    // A catalog name answers two more: the two ending first (the older,
+    // of the same TTL) make room.
     let name = sandgate_lab::catalog_name(&sandgate_policy::Catalog::builtin()).unwrap();
     api.exec(&key, "named", &format!("nslookup {name}"));
     assert!(api.echoes(&key, "named", &SERVER4.to_string()));
