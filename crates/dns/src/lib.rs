@@ -274,10 +274,10 @@ impl Shares {
     }
 
     /// Counts an event of `asker` held back.
-    fn hold_back(&mut self, asker: &Asker, reason: &'static str) {
+    fn hold_back(&mut self, asker: &Asker, reason: &'static str, time: SystemTime) {
         self.dropped
             .entry((asker.slot, asker.lease, reason))
-            .or_insert((SystemTime::now(), 0))
+            .or_insert((time, 0))
             .1 += 1;
     }
 
@@ -843,7 +843,9 @@ impl Core {
     }
 
     /// Publishes an event, within the sandbox's events a second of this
-    /// reason; what is held back is counted.
+    /// reason; what is held back is counted. A lookup that outlived its
+    /// lease (the slot given to another since) publishes nothing: its
+    /// name must not reach the slot's next holder.
     fn event_raw(
         &self,
         asker: &Asker,
@@ -852,6 +854,12 @@ impl Core {
         reason: &'static str,
         removed: Vec<IpAddr>,
     ) {
+        // The time first: a slot handed over after it is given to the new
+        // holder later than the event, which is then nobody's.
+        let time = SystemTime::now();
+        if !self.directory.holds(asker) {
+            return;
+        }
         let max = asker.policy.fair_shares.events_per_second;
         let allowed = {
             let mut shares = lock(&self.shares);
@@ -864,12 +872,12 @@ impl Core {
             *n += 1;
             let allowed = *n <= max;
             if !allowed {
-                shares.hold_back(asker, reason);
+                shares.hold_back(asker, reason, time);
             }
             allowed
         };
         let event = DnsEvent {
-            time: SystemTime::now(),
+            time,
             slot: asker.slot,
             name: name.to_string(),
             qtype: qtype.to_string(),
@@ -880,7 +888,7 @@ impl Core {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         } else if self.events.try_send(event).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
-            lock(&self.shares).hold_back(asker, reason);
+            lock(&self.shares).hold_back(asker, reason, time);
         }
     }
 }
@@ -929,10 +937,10 @@ mod tests {
         let mut shares = Shares::default();
         let (old, new) = (asker(7, 1), asker(7, 2));
         for _ in 0..3 {
-            shares.hold_back(&old, "dns_rate_limited");
+            shares.hold_back(&old, "dns_rate_limited", SystemTime::now());
         }
         std::thread::sleep(Duration::from_millis(5));
-        shares.hold_back(&new, "dns_rate_limited");
+        shares.hold_back(&new, "dns_rate_limited", SystemTime::now());
         let mut held: Vec<_> = shares.dropped.into_values().collect();
         held.sort();
         assert_eq!(held.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [3, 1]);

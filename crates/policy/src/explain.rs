@@ -2,10 +2,12 @@
 //! rule, without sending anything.
 //!
 //! The same rules the dataplane and the DNS service enforce, in the same
-//! order: what never leaves the sandbox (its loopback, its own addresses:
-//! `not_egress`); `blocked`; the always-denied ranges; port 53, which the dataplane
-//! sends to sandgate's DNS service whatever the address; the sandbox's lists
-//! and the catalog; then the mode's default.
+//! order: what never leaves the sandbox (its loopback, its own addresses,
+//! the unspecified address: `not_egress`); `blocked`; port 53, which the
+//! dataplane sends to sandgate's DNS service whatever the (unicast)
+//! address; the always-denied ranges; the sandbox's lists and the catalog;
+//! then the mode's default. An IPv4-mapped address is first taken for the
+//! IPv4 address it spells (a socket connects to it over IPv4).
 
 use crate::catalog::Catalog;
 use crate::config::PolicyConfig;

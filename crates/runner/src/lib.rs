@@ -12,10 +12,12 @@
 //! out. It keeps nothing the server does not also keep, so that after a
 //! restart [`Runner::restore`] rebuilds it from the server's records.
 
+mod dirlock;
 pub mod events;
 pub mod host;
 pub mod probe;
 
+pub use dirlock::{DirLock, LOCK_FILE};
 pub use events::NetworkEvent;
 pub use host::LivePolicy;
 pub use probe::{Observed, ProbeTarget};
@@ -319,6 +321,8 @@ pub struct Runner {
     /// Sandboxes whose init died, as they die (taken once, by the server).
     deaths: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     died: tokio::sync::mpsc::UnboundedSender<String>,
+    /// This runner's data directory, held while it lives.
+    _lock: DirLock,
 }
 
 impl Drop for Runner {
@@ -385,7 +389,6 @@ fn pump(
 ) {
     let mut held_back = BTreeMap::new();
     let mut last_sample = std::time::Instant::now();
-    let mut last_time = std::time::SystemTime::now();
     // The sandbox that had `slot` at `time`: its current owner, unless
     // the slot was handed over after the event.
     let owner = |slot: u32, time: std::time::SystemTime| {
@@ -435,18 +438,15 @@ fn pump(
         }
         if last_sample.elapsed() >= SAMPLE_EVERY {
             last_sample = std::time::Instant::now();
-            let started = std::time::SystemTime::now();
             sample(
                 &mut kernel,
                 &mut held_back,
-                last_time,
                 &assigned,
                 &dns,
                 &owner,
                 &hub,
                 &reading,
             );
-            last_time = started;
         }
     }
 }
@@ -501,11 +501,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Reads the kernel's counts into `reading`, and reports the events held
 /// back since the last sample (the kernel's meters', the DNS service's)
 /// as one `dropped` event per sandbox and reason.
-#[allow(clippy::too_many_arguments)]
 fn sample(
     kernel: &mut Option<KernelCounters>,
-    held_back: &mut BTreeMap<(u32, &'static str), u64>,
-    last: std::time::SystemTime,
+    held_back: &mut BTreeMap<(u32, &'static str), (Option<std::time::SystemTime>, u64)>,
     assigned: &Mutex<HashMap<u32, std::time::SystemTime>>,
     dns: &Mutex<DnsService>,
     owner: &dyn Fn(u32, std::time::SystemTime) -> Option<String>,
@@ -536,23 +534,23 @@ fn sample(
     if let Some(k) = kernel.as_mut() {
         match k.read() {
             Ok(r) => {
-                // A slot handed over since the last sample has counters
-                // made anew with it (a delete destroys them): they count
-                // from nothing, and all they hold is the new holder's.
-                // (What the old holder's counters gained in its last
-                // second is not reported: it is gone.)
+                // Each count is kept with the handover of its slot it
+                // belongs to. A slot handed over since has counters made
+                // anew with it (a delete destroys them): they count from
+                // nothing, and all they hold is the new holder's. (What
+                // the old holder's counters gained in its last second is
+                // not reported: it is gone.)
                 let handed = lock(assigned).clone();
                 let mut seen = BTreeMap::new();
                 for ((slot, class), n) in &r.held_back {
                     let key = (*slot, class.reason);
-                    let anew = handed.get(slot).is_some_and(|since| *since >= last);
-                    let before = if anew {
-                        0
-                    } else {
-                        held_back.get(&key).copied().unwrap_or(0)
+                    let since = handed.get(slot).copied();
+                    let before = match held_back.get(&key) {
+                        Some((then, before)) if *then == since => *before,
+                        _ => 0,
                     };
                     report(*slot, class.reason, n.saturating_sub(before), now);
-                    seen.insert(key, *n);
+                    seen.insert(key, (since, *n));
                 }
                 *held_back = seen;
                 *lock(reading) = Some(r);
@@ -580,7 +578,8 @@ impl Runner {
         policy: Arc<PolicyConfig>,
         catalog: Arc<Catalog>,
     ) -> io::Result<Runner> {
-        std::fs::create_dir_all(&cfg.data_dir)?;
+        // Before anything is touched: one runner per data directory.
+        let lock = DirLock::take(&cfg.data_dir)?;
         std::fs::set_permissions(
             &cfg.data_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
@@ -680,6 +679,7 @@ impl Runner {
             watcher: Some(watcher),
             deaths: Mutex::new(Some(deaths)),
             died: died_tx,
+            _lock: lock,
         })
     }
 
@@ -690,13 +690,19 @@ impl Runner {
         lock(&self.deaths).take()
     }
 
-    /// Watches sandbox `id`'s init; one already gone is a death.
-    fn watch_init(&self, id: &str) {
+    /// Watches sandbox `id`'s init; one already gone is a death (`false`).
+    fn watch_init(&self, id: &str) -> bool {
         match self.inits.watch(&self.runtime, id) {
-            Ok(true) => {}
-            Ok(false) => report_death(&self.runtime, &self.died, id.to_string()),
+            Ok(true) => true,
+            Ok(false) => {
+                report_death(&self.runtime, &self.died, id.to_string());
+                false
+            }
             Err(e) => {
-                tracing::warn!(sandbox = id, error = %e, "cannot watch the sandbox's init")
+                // Unwatched, not dead: it is looked at again at the next
+                // start.
+                tracing::warn!(sandbox = id, error = %e, "cannot watch the sandbox's init");
+                true
             }
         }
     }
@@ -778,6 +784,8 @@ impl Runner {
         }
         self.events.open(id);
         lock(&self.slots).insert(id.to_string(), slot.clone());
+        // An init already gone is reported as a death (the server records
+        // it, from `creating` too).
         self.watch_init(id);
         // The warm pool is refilled off the request's path (a wake-up
         // already pending is enough).
@@ -938,14 +946,13 @@ impl Runner {
                 continue;
             }
             let slot = lock(&self.sandboxes.dp).slot(index);
-            self.sandboxes.hand_over(&slot, organization, policy);
             lock(&self.assigned).insert(slot.index, std::time::SystemTime::now());
+            self.sandboxes.hand_over(&slot, organization, policy);
             self.events.open(id);
             lock(&self.slots).insert(id.clone(), slot);
-            if died {
+            if died || !self.watch_init(id) {
                 report.died.push(id.clone());
             } else {
-                self.watch_init(id);
                 report.running.push(id.clone());
             }
         }

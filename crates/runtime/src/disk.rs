@@ -183,13 +183,26 @@ pub(crate) fn ready(pool: &Path, bytes: u64) -> usize {
 
 /// Removes every disk of `pool` (at a start: they are quick to make
 /// again, and one a crash cut short must not be taken), and whatever else
-/// is there. Each entry is tried; the first failure is returned after.
+/// is there. Each entry is tried; the first failure is returned after. (A
+/// `ready-` disk that could not be removed was made whole before its
+/// rename, so it may still be given; a `making-` one never is.)
 pub(crate) fn clear(pool: &Path) -> io::Result<()> {
-    let Ok(entries) = fs::read_dir(pool) else {
-        return Ok(());
+    let entries = match fs::read_dir(pool) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
     };
     let mut first = Ok(());
-    for e in entries.flatten() {
+    for e in entries {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                if first.is_ok() {
+                    first = Err(err);
+                }
+                continue;
+            }
+        };
         let path = e.path();
         let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
             unmount_at(&path).and_then(|()| fs::remove_dir_all(&path))

@@ -303,6 +303,9 @@ fn run_spec(
     }
     let (stdout, t1) = collect(out);
     let (stderr, t2) = collect(err);
+    // Once more now that the output is read (its reader may have been
+    // slow to send the line).
+    let pgid = pgid.or_else(|| header.try_recv().ok().flatten());
     if pgid.is_none() && !timed_out {
         // The shell never ran: what the runtime wrote is its own error,
         // never the command's output.

@@ -45,12 +45,13 @@ impl InitWatch {
     }
 
     /// Watches sandbox `id`'s init; `false` if it does not run (nothing to
-    /// watch).
+    /// watch). A failure to look (out of file descriptors, an unreadable
+    /// process list) is an error, never taken for a death.
     pub fn watch(&self, runtime: &Runtime, id: &str) -> io::Result<bool> {
         let Some(pid) = runtime.init_pid(id)? else {
             return Ok(false);
         };
-        let Some(held) = Held::open(pid) else {
+        let Some(held) = Held::try_open(pid)? else {
             return Ok(false);
         };
         self.forget(id);

@@ -646,12 +646,26 @@ impl Runtime {
     /// started, still in the sandbox's cgroup (so not a pid reused since).
     pub fn init_pid(&self, id: &str) -> io::Result<Option<i32>> {
         check_name("sandbox", id)?;
-        let Ok(text) = fs::read_to_string(self.sandbox_dir(id).join("init.pid")) else {
-            return Ok(None);
+        // No file: never started, or stopped. A file that cannot be read
+        // or holds no pid is an error, not a finding that nothing runs.
+        let path = self.sandbox_dir(id).join("init.pid");
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {}: {e}", path.display()),
+                ))
+            }
         };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            return Ok(None);
-        };
+        let pid = text.trim().parse::<i32>().map_err(|_| {
+            io::Error::other(format!(
+                "{} holds no pid: {:?}",
+                path.display(),
+                text.trim()
+            ))
+        })?;
         Ok(self.ps(id)?.contains(&pid).then_some(pid))
     }
 

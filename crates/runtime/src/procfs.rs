@@ -24,6 +24,20 @@ impl Held {
         pidfd_open(pid, PidfdFlags::empty()).ok().map(Held)
     }
 
+    /// Holds process `pid`: `None` only if it does not exist (`ESRCH`);
+    /// any other failure (out of file descriptors) is an error, never
+    /// taken for the process being gone.
+    pub(crate) fn try_open(pid: i32) -> std::io::Result<Option<Held>> {
+        let Some(p) = Pid::from_raw(pid) else {
+            return Ok(None);
+        };
+        match pidfd_open(p, PidfdFlags::empty()) {
+            Ok(fd) => Ok(Some(Held(fd))),
+            Err(rustix::io::Errno::SRCH) => Ok(None),
+            Err(e) => Err(std::io::Error::other(format!("holding process {pid}: {e}"))),
+        }
+    }
+
     /// Sends it `SIGKILL` (nothing if it has exited).
     pub(crate) fn kill(&self) {
         let _ = pidfd_send_signal(&self.0, Signal::KILL);

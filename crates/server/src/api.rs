@@ -891,7 +891,8 @@ pub async fn create_sandbox(
                     }
                 }
                 // Left as `deleting`: the next start removes it.
-                Err(_) => {
+                Err(undo) => {
+                    tracing::warn!(sandbox = %id, error = %undo.message, "undoing a failed create; the next start finishes it");
                     if let Err(e) = st.store.set_state(&id, SandboxState::Deleting).await {
                         tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
                     }

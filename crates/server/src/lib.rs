@@ -137,9 +137,9 @@ pub struct AppState {
     pub exec_timeout_max: Duration,
     /// See [`ServerConfig::probe_targets`].
     pub probe_targets: Vec<String>,
-    /// The lock on the data directory (see [`lock_data_dir`]), released
-    /// after everything above.
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    /// The lock on the store's directory (the runner holds its own on
+    /// its directory, for as long as it lives).
+    _lock: sandgate_runner::DirLock,
 }
 
 /// The most execs running at once on a server: each holds one of tokio's
@@ -185,59 +185,6 @@ impl AppState {
 pub struct Server {
     state: Arc<AppState>,
     body_limit: usize,
-}
-
-/// The file whose lock a server holds on its data directory.
-const LOCK_FILE: &str = "sandgate.lock";
-
-/// Takes the data directory `dir` for this process: an exclusive lock on
-/// `dir/sandgate.lock` (released by the kernel when the process ends, even
-/// by a crash), with this process's id written in it. Another server
-/// holding it is an error that names it.
-fn lock_data_dir(dir: &std::path::Path) -> io::Result<nix::fcntl::Flock<std::fs::File>> {
-    use std::io::{Read, Seek, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(mut held) => {
-            held.set_len(0)?;
-            held.rewind()?;
-            writeln!(held, "{}", std::process::id())?;
-            Ok(held)
-        }
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            // The holder's pid, if it could be read: only for the message.
-            if file.read_to_string(&mut pid).is_err() {
-                pid.clear();
-            }
-            let holder = match pid.trim() {
-                "" => String::new(),
-                p => format!(" (process {p})"),
-            };
-            Err(io::Error::new(
-                io::ErrorKind::ResourceBusy,
-                format!(
-                    "another sandgate server{holder} is using the data directory {}: it holds {}; stop it, or give this server a data directory of its own",
-                    dir.display(),
-                    path.display()
-                ),
-            ))
-        }
-        Err((_, e)) => Err(io::Error::new(
-            io::Error::from(e).kind(),
-            format!("locking {}: {e}", path.display()),
-        )),
-    }
 }
 
 /// The OpenAPI document, generated from the handlers and types.
@@ -316,7 +263,7 @@ impl Server {
     pub async fn start(cfg: ServerConfig) -> io::Result<(Server, RestoreReport)> {
         // One server per data directory: a second one would fight the
         // first over its sandboxes, slots and ruleset.
-        let lock = lock_data_dir(&cfg.data_dir)?;
+        let lock = sandgate_runner::DirLock::take(&cfg.data_dir)?;
         let store = Store::open(&cfg.data_dir).await.map_err(io::Error::other)?;
         let policy = Arc::new(cfg.policy);
         let catalog = Arc::new(cfg.catalog);
@@ -351,7 +298,7 @@ impl Server {
         });
         let report = restore(&state).await?;
         if let Some(deaths) = state.runner.take_deaths() {
-            tokio::spawn(record_deaths(state.clone(), deaths));
+            tokio::spawn(record_deaths(state.store.clone(), deaths));
         }
         Ok((
             Server {
@@ -513,17 +460,15 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
 
 /// Records each sandbox whose init dies as `died`, as it dies (the
 /// runner has cleaned what was left of its processes; it is not started
-/// again), until the runner stops.
-async fn record_deaths(
-    st: Arc<AppState>,
-    mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+/// again), until the runner stops. It holds the store only: the server's
+/// state (and the runner in it) is not kept alive by it.
+async fn record_deaths(store: Store, mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>) {
     while let Some(id) = deaths.recv().await {
         // Only a running sandbox (or one being made) dies: one being
         // deleted is no death.
         let mut moved = Ok(false);
         for from in [SandboxState::Running, SandboxState::Creating] {
-            moved = st.store.move_state(&id, from, SandboxState::Died).await;
+            moved = store.move_state(&id, from, SandboxState::Died).await;
             if !matches!(moved, Ok(false)) {
                 break;
             }
