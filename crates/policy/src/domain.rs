@@ -252,6 +252,24 @@ impl Serialize for DomainAllowList {
     }
 }
 
+/// Read back from its serialized form (canonical patterns), as a runner
+/// gets a policy the API resolved: each pattern is parsed again, so a
+/// malformed one is refused; no limit of a tier applies.
+impl<'de> serde::Deserialize<'de> for DomainAllowList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        let mut list: Vec<DomainPattern> = Vec::with_capacity(texts.len());
+        for text in texts {
+            let pattern = DomainPattern::parse(&text)
+                .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))?;
+            if !list.contains(&pattern) {
+                list.push(pattern);
+            }
+        }
+        Ok(DomainAllowList(list))
+    }
+}
+
 fn parse_entry(entry: &str) -> Result<DomainPattern, EntryError> {
     if entry.chars().any(char::is_whitespace) {
         return Err(EntryError::new("contains white space"));

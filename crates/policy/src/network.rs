@@ -72,6 +72,22 @@ impl Serialize for NetworkAllowList {
     }
 }
 
+/// Read back from its serialized form (canonical CIDRs), as a runner gets
+/// a policy the API resolved: each CIDR is parsed and made canonical again;
+/// no limit of a tier applies (they held when the API resolved it).
+impl<'de> serde::Deserialize<'de> for NetworkAllowList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let nets = Vec::<IpNet>::deserialize(d)?;
+        let mut list: Vec<IpNet> = Vec::with_capacity(nets.len());
+        for net in nets.into_iter().map(|n| n.trunc()) {
+            if !list.contains(&net) {
+                list.push(net);
+            }
+        }
+        Ok(NetworkAllowList(list))
+    }
+}
+
 fn parse_entry(entry: &str, ranges: &Ranges) -> Result<IpNet, EntryError> {
     if entry.chars().any(char::is_whitespace) {
         let joined: String = entry.chars().filter(|c| !c.is_whitespace()).collect();

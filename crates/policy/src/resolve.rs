@@ -110,8 +110,10 @@ pub struct InactiveSetting {
     pub message: String,
 }
 
-/// What a sandbox may reach, resolved from its tier and its settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What a sandbox may reach, resolved from its tier and its settings. It
+/// reads back from its serialized form (as a runner on another host gets
+/// it) without `inactive`, which only the API shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectivePolicy {
     /// The organization's tier at resolution time.
@@ -125,6 +127,7 @@ pub struct EffectivePolicy {
     /// Whether the essential services are reachable.
     pub essential_services: bool,
     /// Stored settings that have no effect, and why.
+    #[serde(skip_deserializing, default)]
     pub inactive: Vec<InactiveSetting>,
     /// What the sandbox may take of the host's shared resources (its
     /// tier's fair shares).

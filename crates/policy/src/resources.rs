@@ -8,7 +8,7 @@ use crate::error::{ErrorCode, PolicyError};
 use serde::{Deserialize, Serialize};
 
 /// What a sandbox gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
     /// Memory, MiB (swap included): a sandbox over it has a process killed,

@@ -11,7 +11,7 @@ use crate::error::{ErrorCode, PolicyError};
 use serde::{Deserialize, Serialize};
 
 /// The limits of one sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FairShares {
     /// Connections tracked at once (the host's connection-tracking table

@@ -291,3 +291,34 @@ fn bad_operator_configuration_is_refused_with_a_clear_message() {
         assert!(err.message.contains(needle), "{text}: {}", err.message);
     }
 }
+
+#[test]
+fn an_effective_policy_crosses_to_a_runner_whole_but_for_what_only_the_api_shows() {
+    let cases = [
+        (
+            4,
+            request(
+                None,
+                Some("192.0.2.0/24,2001:db8::/48"),
+                Some("*.example.com,example.org"),
+            ),
+        ),
+        (3, request(Some(true), Some(LIST), Some(DOMAINS))),
+        (1, request(None, None, None)),
+        (2, request(None, None, None)),
+    ];
+    for (tier, r) in cases {
+        let p = create(tier, r).unwrap();
+        let text = serde_json::to_string(&p).unwrap();
+        let back: sandgate_policy::EffectivePolicy = serde_json::from_str(&text).unwrap();
+        let mut expected = p.clone();
+        // Which stored settings are inactive, and why, is the API's to say.
+        expected.inactive.clear();
+        assert_eq!(back, expected, "{text}");
+    }
+    // A pattern that is no name is refused, not read as something else.
+    let mut v =
+        serde_json::to_value(create(4, request(None, None, Some(DOMAINS))).unwrap()).unwrap();
+    v["domainAllowList"] = serde_json::json!(["exa mple.com"]);
+    assert!(serde_json::from_value::<sandgate_policy::EffectivePolicy>(v).is_err());
+}

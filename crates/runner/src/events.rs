@@ -8,6 +8,7 @@
 //! is told how many it lost rather than slowing the others down.
 
 use crate::lock;
+pub use sandgate_contract::{EventKind, NetworkEvent};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,45 +18,6 @@ use tokio::sync::broadcast;
 pub const RECENT: usize = 256;
 /// Events a subscriber may have waiting.
 pub const BACKLOG: usize = 1024;
-
-/// One event.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkEvent {
-    /// Milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// The sandbox.
-    pub sandbox: String,
-    /// `connection` (a denied packet, a connection limit reached), `dns`
-    /// (a refused query, an answer stripped of private addresses, a DNS
-    /// limit reached) or `dropped` (events held back by the sandbox's rate
-    /// of events, counted).
-    pub kind: &'static str,
-    /// `tcp`, `udp`, `icmp`, ... for a connection; the record type for a
-    /// query.
-    pub protocol: String,
-    /// The destination address, for a connection; the removed addresses,
-    /// for a rebinding answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub destination: Option<String>,
-    /// The destination port, where there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// The name asked, for DNS.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    /// The reason code (`blocked`, `not_in_allow_list`,
-    /// `restricted_by_tier`, `always_denied:<range>`, `private_range`,
-    /// `spoofed_source`, `connection_limit`, `connection_rate`,
-    /// `dns_not_allowed`, `dns_rebinding`, `upstream_unreachable`,
-    /// `dns_rate_limited`, ...). For a `dropped` event: the reason of the
-    /// events held back.
-    pub reason: String,
-    /// For a `dropped` event: how many events of `reason` the sandbox's
-    /// rate held back since the last report.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
-}
 
 /// Milliseconds since the epoch of `t`.
 pub fn millis(t: SystemTime) -> u64 {
@@ -77,7 +39,7 @@ struct Stream {
 #[derive(Debug, Default)]
 pub struct EventHub {
     streams: Mutex<HashMap<String, Stream>>,
-    counts: Mutex<BTreeMap<(&'static str, String), u64>>,
+    counts: Mutex<BTreeMap<(EventKind, String), u64>>,
 }
 
 impl EventHub {
@@ -134,7 +96,7 @@ impl EventHub {
 
     /// Events so far, by kind and reason (for `dropped`, the events held
     /// back, by their reason).
-    pub fn counts(&self) -> BTreeMap<(&'static str, String), u64> {
+    pub fn counts(&self) -> BTreeMap<(EventKind, String), u64> {
         lock(&self.counts).clone()
     }
 }

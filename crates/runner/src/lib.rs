@@ -18,9 +18,10 @@ pub mod host;
 pub mod probe;
 
 pub use dirlock::{DirLock, LOCK_FILE};
-pub use events::NetworkEvent;
+pub use events::{EventKind, NetworkEvent};
 pub use host::LivePolicy;
 pub use probe::{Observed, ProbeTarget};
+pub use sandgate_contract::{DnsCounts, Expected, RestoreReport, RunnerError, SandboxSpec};
 pub use sandgate_dataplane::NoFreeSlot;
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig, KernelCounters, Reading, SlotAddrs};
@@ -76,6 +77,17 @@ impl RunnerConfig {
             forward_other: false,
             warm_disk: None,
         }
+    }
+}
+
+/// What the runtime makes of a sandbox's resources (MiB and
+/// thousandths of a core, as resolved for its tier).
+fn runtime_resources(resources: &sandgate_policy::Resources) -> Resources {
+    const MIB: u64 = 1 << 20;
+    Resources {
+        memory: i64::try_from(resources.memory_mib.saturating_mul(MIB)).ok(),
+        cpu: Some(f64::from(resources.cpu_millicores) / 1000.0),
+        disk: Some(resources.disk_mib.saturating_mul(MIB)),
     }
 }
 
@@ -215,75 +227,6 @@ impl Sandboxes {
     }
 }
 
-/// The DNS service's counts (see `sandgate_dns::Counters`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DnsCounts {
-    /// Queries forwarded upstream.
-    pub forwarded: u64,
-    /// Queries answered from the cache.
-    pub cache_hits: u64,
-    /// Queries refused.
-    pub refused: u64,
-    /// Addresses admitted.
-    pub admitted: u64,
-    /// Answers stripped of private addresses.
-    pub rebinding: u64,
-    /// Queries no upstream resolver answered.
-    pub upstream_failures: u64,
-    /// Queries turned away: their sandbox had its most waiting upstream.
-    pub busy: u64,
-    /// Queries over their sandbox's rate.
-    pub rate_limited: u64,
-    /// TCP connections closed at once (a sandbox's or the service's most).
-    pub tcp_refused: u64,
-    /// Answers and admissions dropped: the slot changed hands meanwhile.
-    pub stale: u64,
-    /// Datagrams on the upstream pool that answered no query.
-    pub upstream_unmatched: u64,
-}
-
-/// A sandbox to make ([`Runner::create`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SandboxSpec {
-    /// Its id.
-    pub id: String,
-    /// Its organization (whose DNS answers it shares).
-    pub organization: String,
-    /// The snapshot it starts from.
-    pub snapshot: String,
-    /// Its policy.
-    pub policy: EffectivePolicy,
-    /// Its memory, CPU and disk.
-    pub resources: Resources,
-}
-
-/// A sandbox the server expects [`Runner::restore`] to take back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expected {
-    /// Its id.
-    pub id: String,
-    /// Its organization (whose DNS answers it shares).
-    pub organization: String,
-    /// Its policy, as the server resolves it now.
-    pub policy: EffectivePolicy,
-}
-
-/// What [`Runner::restore`] found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RestoreReport {
-    /// Sandboxes running again with their policy re-applied.
-    pub running: Vec<String>,
-    /// Sandboxes whose init died while the runner was away: kept, with
-    /// their files and slot, and not started again.
-    pub died: Vec<String>,
-    /// Sandboxes expected but lost (no slot or no runtime sandbox left,
-    /// as after a reboot): whatever was left of them is removed.
-    pub lost: Vec<String>,
-    /// Slots and runtime sandboxes nobody expected (a create cut short),
-    /// removed.
-    pub removed: Vec<String>,
-}
-
 /// Removes every runtime sandbox (processes, mounts, files) and every
 /// prepared disk under the runtime data of `cfg`, with no runner running:
 /// for a lab that is being torn down (its slots go with its namespaces).
@@ -409,7 +352,7 @@ fn pump(
                 hub.publish(NetworkEvent {
                     time_ms: events::millis(e.time),
                     sandbox,
-                    kind: "connection",
+                    kind: EventKind::Connection,
                     protocol: e.protocol,
                     destination: Some(e.destination.to_string()),
                     port: e.port,
@@ -426,7 +369,7 @@ fn pump(
                 hub.publish(NetworkEvent {
                     time_ms: events::millis(e.time),
                     sandbox,
-                    kind: "dns",
+                    kind: EventKind::Dns,
                     protocol: e.qtype,
                     destination: (!removed.is_empty()).then(|| removed.join(",")),
                     port: Some(53),
@@ -521,7 +464,7 @@ fn sample(
             hub.publish(NetworkEvent {
                 time_ms: events::millis(now),
                 sandbox,
-                kind: "dropped",
+                kind: EventKind::Dropped,
                 protocol: String::new(),
                 destination: None,
                 port: None,
@@ -757,6 +700,7 @@ impl Runner {
             resources,
         } = spec;
         let id = id.as_str();
+        let resources = &runtime_resources(resources);
         if lock(&self.slots).contains_key(id) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -1061,7 +1005,7 @@ impl Runner {
     }
 
     /// Network events so far, by kind (`connection`, `dns`) and reason.
-    pub fn event_counts(&self) -> std::collections::BTreeMap<(&'static str, String), u64> {
+    pub fn event_counts(&self) -> std::collections::BTreeMap<(EventKind, String), u64> {
         self.events.counts()
     }
 
@@ -1075,4 +1019,99 @@ impl Runner {
     pub fn host_netns(&self) -> Option<&Netns> {
         self.host.as_ref()
     }
+}
+
+/// The in-process runner, as the API drives it: its I/O errors become the
+/// contract's typed errors here, at the seam (a full host is
+/// `capacity_exhausted`; an exec's working directory that cannot be
+/// entered is the caller's `invalid_cwd`; every kind the caller cannot
+/// cause is the host's fault).
+impl sandgate_contract::Runner for Runner {
+    fn snapshots(&self) -> Result<Vec<String>, RunnerError> {
+        self.runtime.snapshots().map_err(fault)
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<(), RunnerError> {
+        Runner::create(self, spec).map(drop).map_err(fault)
+    }
+
+    fn update(&self, id: &str, policy: &EffectivePolicy) -> Result<(), RunnerError> {
+        Runner::update(self, id, policy).map_err(fault)
+    }
+
+    fn block(&self, id: &str) -> Result<(), RunnerError> {
+        Runner::block(self, id).map_err(fault)
+    }
+
+    fn stop(&self, id: &str) -> Result<(), RunnerError> {
+        Runner::stop(self, id).map_err(fault)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), RunnerError> {
+        Runner::delete(self, id).map_err(fault)
+    }
+
+    fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, RunnerError> {
+        Runner::exec(self, id, request).map_err(|e| {
+            // The runtime could not enter the working directory (it names
+            // none of its own words then).
+            if e.kind() == io::ErrorKind::InvalidInput && e.to_string().starts_with("cwd:") {
+                RunnerError::Invalid {
+                    code: "invalid_cwd",
+                    message: e.to_string(),
+                }
+            } else {
+                fault(e)
+            }
+        })
+    }
+
+    fn probe(&self, id: &str, targets: &[ProbeTarget]) -> Result<Vec<Observed>, RunnerError> {
+        Runner::probe(self, id, targets).map_err(fault)
+    }
+
+    fn subscribe(&self, id: &str) -> Result<sandgate_contract::Subscription, RunnerError> {
+        Runner::subscribe(self, id).map_err(fault)
+    }
+
+    fn restore(&self, expected: &[Expected]) -> Result<RestoreReport, RunnerError> {
+        Runner::restore(self, expected).map_err(fault)
+    }
+
+    fn take_deaths(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        Runner::take_deaths(self)
+    }
+
+    fn live_policy(&self) -> Arc<PolicyConfig> {
+        self.policy()
+    }
+
+    fn addresses(&self, id: &str) -> Option<[IpAddr; 2]> {
+        Runner::addresses(self, id)
+    }
+
+    fn healthy(&self) -> bool {
+        !self.ruleset_lost()
+    }
+
+    fn allowed_counts(&self) -> Option<(u64, u64)> {
+        Runner::allowed_counts(self)
+    }
+
+    fn dns_counts(&self) -> DnsCounts {
+        Runner::dns_counts(self)
+    }
+
+    fn event_counts(&self) -> BTreeMap<(EventKind, String), u64> {
+        Runner::event_counts(self)
+    }
+}
+
+/// An I/O error of this runner as the contract's error: no free slot is
+/// the host being full; otherwise by its kind.
+fn fault(e: io::Error) -> RunnerError {
+    if e.get_ref().is_some_and(|inner| inner.is::<NoFreeSlot>()) {
+        return RunnerError::Capacity(format!("{e}; delete a sandbox or retry later"));
+    }
+    RunnerError::from(e)
 }

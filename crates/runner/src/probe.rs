@@ -10,6 +10,7 @@
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
+pub use sandgate_contract::{Observed, ProbeTarget};
 use sandgate_dns::protocol::{addresses, extended_error, upstream_query, Question};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -17,62 +18,6 @@ use std::time::Duration;
 
 /// How long a connection or a DNS answer is waited for.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
-
-/// A destination: an address or a name, and a port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeTarget {
-    /// An address or a name.
-    pub host: String,
-    /// The TCP port.
-    pub port: u16,
-}
-
-impl std::str::FromStr for ProbeTarget {
-    type Err = String;
-
-    /// `host:port`, `[v6]:port`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?}: give a target as host:port or [IPv6]:port");
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
-            (h, p)
-        } else {
-            s.rsplit_once(':').ok_or_else(bad)?
-        };
-        let port = port.parse().map_err(|_| bad())?;
-        if host.is_empty() || (host.contains(':') && host.parse::<IpAddr>().is_err()) {
-            return Err(bad());
-        }
-        Ok(ProbeTarget {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for ProbeTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// What a probe saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    /// The target.
-    pub target: ProbeTarget,
-    /// The addresses its name resolved to (the address itself for one).
-    pub addresses: Vec<IpAddr>,
-    /// Whether a connection got through.
-    pub reachable: bool,
-    /// What happened, for a person: `connected`, `refused by the
-    /// destination`, `no answer`, `DNS refused: ...`, ...
-    pub detail: String,
-}
 
 /// Resolves `name` (A, then AAAA if there is no A) through the DNS service
 /// on `gateway`. `Err` carries why there is no address.

@@ -21,35 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// What to run.
-#[derive(Debug, Clone, Default)]
-pub struct ExecRequest {
-    /// The command, run by `/bin/sh -c`.
-    pub command: String,
-    /// The working directory.
-    pub cwd: Option<String>,
-    /// Environment variables, `NAME=value`.
-    pub env: Vec<(String, String)>,
-    /// Kill the command after this long.
-    pub timeout: Option<Duration>,
-}
-
-/// What came of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecResult {
-    /// The exit code (128 + signal for a command killed by a signal).
-    pub exit_code: i32,
-    /// Its standard output, up to the cap.
-    pub stdout: String,
-    /// Its standard error, up to the cap.
-    pub stderr: String,
-    /// stdout then stderr: the reference API's `result`.
-    pub result: String,
-    /// Whether the timeout killed it.
-    pub timed_out: bool,
-    /// Whether output beyond the cap was dropped.
-    pub truncated: bool,
-}
+pub use sandgate_contract::{ExecRequest, ExecResult};
 
 /// The preamble: print the shell's pid, then become the command (same
 /// process, so the same group). `$1` is the command.

@@ -1,25 +1,23 @@
 //! The routes of BRIEF section 3 and their request and response types.
 //!
-//! Handlers validate, resolve and then drive the runner (blocking work on
-//! tokio's blocking pool) and the store. Create, update and delete are one
-//! transaction each, serialized by one write lock: a row is written in
-//! state `creating` (or `deleting`) before the runner acts and settled
-//! after, so that a crash in between leaves a row that the next start
-//! recognizes and cleans (see `Server::start`).
+//! A handler parses its request (a body's unknown fields refused, each
+//! field checked for form), authorizes its caller (the key's organization
+//! and scopes), calls the [`crate::service`], which resolves, drives the
+//! runner and the store and holds the transactions, and presents the
+//! answer.
 
 use crate::auth::{bearer, hash_key, random_id, same};
 use crate::error::ApiError;
-use crate::store::{now, Organization, SandboxRow, SandboxState, Scope};
+use crate::service::{self, NewSandbox, SettingsChange};
+use crate::store::{Organization, SandboxRow, Scope};
 use crate::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sandgate_policy::{
-    CompiledPolicy, Destination, EffectivePolicy, ResourcesRequest, SettingsRequest,
-};
-use sandgate_runtime::ExecRequest;
+use sandgate_contract::{ExecRequest, ProbeTarget};
+use sandgate_policy::{Destination, ResourcesRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -190,54 +188,6 @@ impl FromRequestParts<Arc<AppState>> for Operator {
     }
 }
 
-/// Runs blocking runner work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from)
-}
-
-/// Runs `work` under the write lock, to its end even if the client goes
-/// away: a dropped request must not stop a change half-way (a tier stored
-/// but not applied, a policy in the kernel but not in the store). The lock
-/// is taken here and moved into a task of its own, which the handler only
-/// awaits.
-async fn transaction<T, F, Fut>(st: &Arc<AppState>, work: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(Arc<AppState>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
-{
-    let guard = st.writes.clone().lock_owned().await;
-    let st = st.clone();
-    tokio::spawn(async move {
-        let _held = guard;
-        work(st).await
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
-
-/// 409 `sandbox_not_running`: the sandbox is not running (being made or
-/// removed, its init died, or it was lost); the error carries its state.
-fn not_running(row: &SandboxRow) -> ApiError {
-    let why = match row.state {
-        SandboxState::Died => ": its init died (it is kept, with its files, and not restarted); delete it and create another",
-        SandboxState::Lost => ": it was gone from the host at the server's start; delete it",
-        _ => "",
-    };
-    let mut e = ApiError::new(
-        StatusCode::CONFLICT,
-        "sandbox_not_running",
-        format!("sandbox {} is {}, not running{why}", row.id, row.state),
-    );
-    e.details = Some(serde_json::json!({ "state": row.state.as_str() }));
-    e
-}
-
 // ------------------------------------------------------- organizations --
 
 /// An organization.
@@ -304,10 +254,6 @@ fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_tier(st: &AppState, tier: u8) -> Result<(), ApiError> {
-    st.policy.tier(tier).map(|_| ()).map_err(ApiError::from)
-}
-
 /// Makes an organization (admin).
 #[utoipa::path(post, path = "/api/admin/organizations", tag = "admin", request_body = CreateOrganization,
     responses((status = 201, body = OrganizationView), (status = 400, body = ErrorBody),
@@ -319,28 +265,7 @@ pub async fn create_organization(
     Body(body): Body<CreateOrganization>,
 ) -> Result<(StatusCode, Json<OrganizationView>), ApiError> {
     check_name("organization name", &body.name)?;
-    check_tier(&st, body.tier)?;
-    let _w = st.writes.lock().await;
-    if st
-        .store
-        .organizations()
-        .await?
-        .iter()
-        .any(|o| o.name == body.name)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "name_taken",
-            format!("an organization named {:?} exists", body.name),
-        ));
-    }
-    let org = Organization {
-        id: random_id("org-", 8)?,
-        name: body.name,
-        tier: body.tier,
-        created_at: now(),
-    };
-    st.store.add_organization(&org).await?;
+    let org = service::create_organization(&st, body.name, body.tier).await?;
     Ok((StatusCode::CREATED, Json(org.into())))
 }
 
@@ -360,13 +285,6 @@ pub async fn list_organizations(
             .map(Into::into)
             .collect(),
     ))
-}
-
-async fn org_by_id(st: &AppState, id: &str) -> Result<Organization, ApiError> {
-    st.store
-        .organization(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no organization {id}")))
 }
 
 /// A tier change and what it did.
@@ -392,67 +310,11 @@ pub async fn set_tier(
     Path(id): Path<String>,
     Body(body): Body<SetTier>,
 ) -> Result<Json<TierChanged>, ApiError> {
-    check_tier(&st, body.tier)?;
-    transaction(&st, move |st| async move {
-        let mut org = org_by_id(&st, &id).await?;
-        // The store first: should applying fail half-way, a restart
-        // applies the stored tier to every sandbox.
-        st.store.set_tier(&org.id, body.tier).await?;
-        org.tier = body.tier;
-        let mut reapplied = 0;
-        let mut failed = Vec::new();
-        for row in st.store.sandboxes(Some(&org.id)).await? {
-            if row.state != SandboxState::Running {
-                continue;
-            }
-            let runner = st.runner.clone();
-            let id = row.id.clone();
-            let applied = match effective(&st, org.tier, &row) {
-                Ok(policy) => blocking(move || runner.update(&id, &policy)).await,
-                Err(e) => Err(e),
-            };
-            match applied {
-                Ok(()) => reapplied += 1,
-                Err(e) => {
-                    // Fail closed: a sandbox whose new policy could not be
-                    // applied is cut off rather than left with the old
-                    // one; if even that fails, its processes are stopped
-                    // and it is marked lost.
-                    let runner = st.runner.clone();
-                    let id = row.id.clone();
-                    let cut = blocking(move || runner.block(&id)).await;
-                    if cut.is_err() {
-                        let runner = st.runner.clone();
-                        let id = row.id.clone();
-                        if let Err(e) = blocking(move || runner.stop(&id)).await {
-                            tracing::error!(sandbox = %row.id, error = %e.message, "stopping a sandbox that could be neither updated nor cut off");
-                        }
-                        if let Err(e) = st.store.set_state(&row.id, SandboxState::Lost).await {
-                            tracing::error!(sandbox = %row.id, error = %e, "recording a lost sandbox");
-                        }
-                    }
-                    failed.push(format!("{} ({})", row.id, e.message));
-                }
-            }
-        }
-        if !failed.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "partially_applied",
-                format!(
-                    "tier {} stored and applied to {reapplied} sandboxes; {} could not take it and are cut off until a retry: {}",
-                    org.tier,
-                    failed.len(),
-                    failed.join("; ")
-                ),
-            ));
-        }
-        Ok(Json(TierChanged {
-            organization: org.into(),
-            reapplied,
-        }))
-    })
-    .await
+    let (org, reapplied) = service::set_tier(&st, id, body.tier).await?;
+    Ok(Json(TierChanged {
+        organization: org.into(),
+        reapplied,
+    }))
 }
 
 /// A new API key, shown once.
@@ -514,7 +376,7 @@ pub async fn create_key(
             })
             .collect::<Result<_, _>>()?,
     };
-    let org = org_by_id(&st, &id).await?;
+    let org = service::organization(&st, &id).await?;
     let key = random_id("sg_", 32)?;
     let key_id = random_id("key-", 8)?;
     st.store
@@ -630,22 +492,9 @@ pub struct ResourcesView {
     pub disk_mib: u64,
 }
 
-/// The effective policy of a stored sandbox of an organization of `tier`.
-pub(crate) fn effective(
-    st: &AppState,
-    tier: u8,
-    row: &SandboxRow,
-) -> Result<EffectivePolicy, ApiError> {
-    let settings = st.policy.stored_settings(
-        row.network_block_all,
-        &row.network_allow_list,
-        &row.domain_allow_list,
-    )?;
-    Ok(st.policy.resolve(tier, &settings)?)
-}
-
 fn view(st: &AppState, tier: u8, row: SandboxRow) -> Result<SandboxView, ApiError> {
-    let effective = serde_json::to_value(effective(st, tier, &row)?).map_err(ApiError::internal)?;
+    let effective =
+        serde_json::to_value(service::effective(st, tier, &row)?).map_err(ApiError::internal)?;
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     // Rows from before resources were stored got the tier's defaults.
     let defaults = st.policy.tier(tier)?.resources.default;
@@ -674,13 +523,6 @@ fn view(st: &AppState, tier: u8, row: SandboxRow) -> Result<SandboxView, ApiErro
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
-}
-
-async fn sandbox(st: &AppState, org: &Organization, key: &str) -> Result<SandboxRow, ApiError> {
-    st.store
-        .sandbox(&org.id, key)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no sandbox {key}")))
 }
 
 /// A new sandbox.
@@ -797,157 +639,23 @@ pub async fn create_sandbox(
             ));
         }
     }
-    let snapshot = body.snapshot.clone().unwrap_or_else(|| "busybox".into());
+    let snapshot = body.snapshot.unwrap_or_else(|| "busybox".into());
     check_name("snapshot", &snapshot)?;
-    let env = body.env.clone().unwrap_or_default();
+    let env = body.env.unwrap_or_default();
     check_env(&env)?;
-    // Validated now for a quick answer, and again under the lock with the
-    // tier as it is then (a tier change may have come in between).
-    settings_for_create(&st, org.tier, &body)?;
-    resources_for_create(&st, org.tier, &body)?;
-    let runner = st.runner.clone();
-    let known = blocking(move || runner.runtime().snapshots()).await?;
-    if !known.contains(&snapshot) {
-        return Err(ApiError::not_found(format!(
-            "no snapshot {snapshot}; there are: {}",
-            known.join(", ")
-        )));
-    }
-    let (row, tier) = transaction(&st, move |st| async move {
-        let org = org_by_id(&st, &org.id).await?;
-        let settings = settings_for_create(&st, org.tier, &body)?;
-        let resources = resources_for_create(&st, org.tier, &body)?;
-        let effective = st.policy.resolve(org.tier, &settings)?;
-        let count = st.store.sandboxes(Some(&org.id)).await?.len();
-        if count >= st.max_sandboxes_per_org {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "quota_exceeded",
-                format!(
-                    "the organization has {count} sandboxes, the most it may have; delete one first"
-                ),
-            ));
-        }
-        let id = random_id("sb-", 8)?;
-        let name = body.name.clone().unwrap_or_else(|| id.clone());
-        if st.store.sandbox(&org.id, &name).await?.is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "name_taken",
-                format!("a sandbox named {name:?} exists in this organization"),
-            ));
-        }
-        let stamp = now();
-        let mut row = SandboxRow {
-            id: id.clone(),
-            organization_id: org.id.clone(),
-            name,
-            snapshot: snapshot.clone(),
-            state: SandboxState::Creating,
-            network_block_all: settings.network_block_all,
-            network_allow_list: settings.network_allow_list.to_string(),
-            domain_allow_list: settings.domain_allow_list.to_string(),
-            env: serde_json::to_string(&env).map_err(ApiError::internal)?,
-            created_at: stamp.clone(),
-            updated_at: stamp,
-            memory_mib: resources.memory_mib,
-            cpu_millicores: resources.cpu_millicores,
-            disk_mib: resources.disk_mib,
-        };
-        st.store.add_sandbox(&row).await?;
-        let runner = st.runner.clone();
-        let made = {
-            let spec = sandgate_runner::SandboxSpec {
-                id: id.clone(),
-                organization: org.id.clone(),
-                snapshot,
-                policy: effective,
-                resources: runtime_resources(&resources),
-            };
-            blocking(move || runner.create(&spec)).await
-        };
-        // Running, unless its init already died (and that was recorded:
-        // the sandbox is kept, and shown, as died).
-        let settled = match made {
-            Ok(_) => st
-                .store
-                .move_state(&id, SandboxState::Creating, SandboxState::Running)
-                .await
-                .map_err(ApiError::from),
-            Err(e) => Err(e),
-        };
-        let running = match settled {
-            Ok(running) => running,
-            Err(e) => {
-            // Nothing half-made: the runner's part (if any) and the row go.
-            let runner = st.runner.clone();
-            let gone = id.clone();
-            match blocking(move || runner.delete(&gone)).await {
-                Ok(()) => {
-                    if let Err(e) = st.store.remove_sandbox(&id).await {
-                        // Its row stays as `creating`: the next start
-                        // removes it.
-                        tracing::error!(sandbox = %id, error = %e, "removing a half-made sandbox's row");
-                    }
-                }
-                // Left as `deleting`: the next start removes it.
-                Err(undo) => {
-                    tracing::warn!(sandbox = %id, error = %undo.message, "undoing a failed create; the next start finishes it");
-                    if let Err(e) = st.store.set_state(&id, SandboxState::Deleting).await {
-                        tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
-                    }
-                }
-            }
-            return Err(e);
-            }
-        };
-        row.state = if running {
-            SandboxState::Running
-        } else {
-            SandboxState::Died
-        };
-        st.metrics.created();
-        Ok((row, org.tier))
-    })
-    .await?;
-    Ok((StatusCode::CREATED, Json(view(&st, tier, row)?)))
-}
-
-/// The resources a create asks for, validated for an organization of
-/// `tier`: its defaults where the create asks for nothing.
-fn resources_for_create(
-    st: &AppState,
-    tier: u8,
-    body: &CreateSandbox,
-) -> Result<sandgate_policy::Resources, ApiError> {
-    let rule = st.policy.tier(tier)?;
-    Ok(rule
-        .resources
-        .resolve(tier, &body.resources.unwrap_or_default())?)
-}
-
-/// What the runtime makes of `resources`.
-fn runtime_resources(resources: &sandgate_policy::Resources) -> sandgate_runtime::Resources {
-    const MIB: u64 = 1 << 20;
-    sandgate_runtime::Resources {
-        memory: i64::try_from(resources.memory_mib.saturating_mul(MIB)).ok(),
-        cpu: Some(f64::from(resources.cpu_millicores) / 1000.0),
-        disk: Some(resources.disk_mib.saturating_mul(MIB)),
-    }
-}
-
-/// The settings a create asks for, validated for an organization of `tier`.
-fn settings_for_create(
-    st: &AppState,
-    tier: u8,
-    body: &CreateSandbox,
-) -> Result<sandgate_policy::NetworkSettings, ApiError> {
-    let request = SettingsRequest {
-        network_block_all: body.network_block_all,
-        network_allow_list: body.network_allow_list.as_deref(),
-        domain_allow_list: body.domain_allow_list.as_deref(),
+    let new = NewSandbox {
+        name: body.name,
+        snapshot,
+        env,
+        settings: SettingsChange {
+            network_block_all: body.network_block_all,
+            network_allow_list: body.network_allow_list,
+            domain_allow_list: body.domain_allow_list,
+        },
+        resources: body.resources.unwrap_or_default(),
     };
-    Ok(st.policy.settings_for_create(tier, &request)?)
+    let (row, tier) = service::create_sandbox(&st, &org, new).await?;
+    Ok((StatusCode::CREATED, Json(view(&st, tier, row)?)))
 }
 
 /// The organization's sandboxes.
@@ -978,7 +686,7 @@ pub async fn get_sandbox(
     Path(key): Path<String>,
 ) -> Result<Json<SandboxView>, ApiError> {
     scopes.need(Scope::SandboxesRead)?;
-    let row = sandbox(&st, &org, &key).await?;
+    let row = service::sandbox(&st, &org, &key).await?;
     Ok(Json(view(&st, org.tier, row)?))
 }
 
@@ -993,17 +701,8 @@ pub async fn delete_sandbox(
     Path(key): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     scopes.need(Scope::SandboxesWrite)?;
-    transaction(&st, move |st| async move {
-        let row = sandbox(&st, &org, &key).await?;
-        st.store.set_state(&row.id, SandboxState::Deleting).await?;
-        let runner = st.runner.clone();
-        let id = row.id.clone();
-        blocking(move || runner.delete(&id)).await?;
-        st.store.remove_sandbox(&row.id).await?;
-        st.metrics.deleted();
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
+    service::delete_sandbox(&st, org, key).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Changes a sandbox's network settings (BRIEF section 1, "Updates"):
@@ -1021,43 +720,13 @@ pub async fn update_settings(
     Body(body): Body<UpdateSettings>,
 ) -> Result<Json<SandboxView>, ApiError> {
     scopes.need(Scope::NetworkWrite)?;
-    transaction(&st, move |st| async move {
-        // The tier as it is now, under the lock.
-        let org = org_by_id(&st, &org.id).await?;
-        let mut row = sandbox(&st, &org, &key).await?;
-        if row.state != SandboxState::Running {
-            return Err(not_running(&row));
-        }
-        let stored = st.policy.stored_settings(
-            row.network_block_all,
-            &row.network_allow_list,
-            &row.domain_allow_list,
-        )?;
-        let request = SettingsRequest {
-            network_block_all: body.network_block_all,
-            network_allow_list: body.network_allow_list.as_deref(),
-            domain_allow_list: body.domain_allow_list.as_deref(),
-        };
-        let settings = st.policy.settings_for_update(org.tier, &stored, &request)?;
-        let old = effective(&st, org.tier, &row)?;
-        let new = st.policy.resolve(org.tier, &settings)?;
-        let runner = st.runner.clone();
-        let id = row.id.clone();
-        blocking(move || runner.update(&id, &new)).await?;
-        row.network_block_all = settings.network_block_all;
-        row.network_allow_list = settings.network_allow_list.to_string();
-        row.domain_allow_list = settings.domain_allow_list.to_string();
-        row.updated_at = now();
-        if let Err(e) = st.store.set_settings(&row).await {
-            // Put the stored policy back in force: the answer is an error.
-            let runner = st.runner.clone();
-            let id = row.id.clone();
-            blocking(move || runner.update(&id, &old)).await?;
-            return Err(e.into());
-        }
-        Ok(Json(view(&st, org.tier, row)?))
-    })
-    .await
+    let change = SettingsChange {
+        network_block_all: body.network_block_all,
+        network_allow_list: body.network_allow_list,
+        domain_allow_list: body.domain_allow_list,
+    };
+    let (row, tier) = service::update_settings(&st, org, key, change).await?;
+    Ok(Json(view(&st, tier, row)?))
 }
 
 /// A command to run.
@@ -1105,10 +774,8 @@ pub async fn execute(
     Body(body): Body<Execute>,
 ) -> Result<Json<Executed>, ApiError> {
     scopes.need(Scope::SandboxesExec)?;
-    let row = sandbox(&st, &org, &key).await?;
-    if row.state != SandboxState::Running {
-        return Err(not_running(&row));
-    }
+    let row = service::sandbox(&st, &org, &key).await?;
+    service::running(&row)?;
     // The kernel takes one argument of at most 128 KiB.
     if body.command.is_empty() || body.command.len() > 100 * 1024 || body.command.contains('\0') {
         return Err(ApiError::invalid(
@@ -1139,25 +806,7 @@ pub async fn execute(
         env: env.into_iter().collect(),
         timeout: Some(timeout),
     };
-    let permits = st.blocking_permits(&org.id)?;
-    let runner = st.runner.clone();
-    let id = row.id.clone();
-    // The permits live as long as the command runs, not as long as the
-    // request: a client that goes away does not free them early.
-    let r = blocking(move || {
-        let _held = permits;
-        runner.exec(&id, &request)
-    })
-    .await
-    .map_err(|e| {
-        // The runtime could not enter the working directory (it names
-        // none of its own words here).
-        if e.status == StatusCode::BAD_REQUEST && e.message.starts_with("cwd:") {
-            ApiError::new(e.status, "invalid_cwd", e.message)
-        } else {
-            e
-        }
-    })?;
+    let r = service::execute(&st, &org, &row, request).await?;
     Ok(Json(Executed {
         exit_code: r.exit_code,
         stdout: r.stdout,
@@ -1206,23 +855,12 @@ pub async fn explain(
     Params(q): Params<ExplainQuery>,
 ) -> Result<Json<Explanation>, ApiError> {
     scopes.need(Scope::SandboxesRead)?;
-    let row = sandbox(&st, &org, &key).await?;
+    let row = service::sandbox(&st, &org, &key).await?;
     let dest = q.dest.ok_or_else(|| {
         ApiError::invalid("give the destination as ?dest=<address or name>[:port]")
     })?;
     let destination: Destination = dest.parse()?;
-    let policy = effective(&st, org.tier, &row)?;
-    let mode = policy.mode.as_str().to_string();
-    // The host's addresses as they are now (always denied).
-    let ranges = st.runner.policy();
-    let own: Vec<_> = st
-        .runner
-        .addresses(&row.id)
-        .map(Vec::from)
-        .unwrap_or_default();
-    let verdict = CompiledPolicy::new(policy, &st.catalog, &ranges)
-        .with_own_addresses(&own)
-        .explain(&destination);
+    let (verdict, mode) = service::explain(&st, org.tier, &row, &destination)?;
     Ok(Json(Explanation {
         destination: destination.to_string(),
         allowed: verdict.allowed,
@@ -1291,47 +929,21 @@ pub async fn network_test(
     scopes.need(Scope::SandboxesExec)?;
     // The body is optional: none asks for the configured targets.
     let body: NetworkTest = optional_body(raw)?;
-    let row = sandbox(&st, &org, &key).await?;
-    if row.state != SandboxState::Running {
-        return Err(not_running(&row));
-    }
+    let row = service::sandbox(&st, &org, &key).await?;
+    service::running(&row)?;
     let asked = body.targets.unwrap_or_else(|| st.probe_targets.clone());
     if asked.is_empty() || asked.len() > 32 {
         return Err(ApiError::invalid("targets: give 1 to 32 destinations"));
     }
     let targets = asked
         .iter()
-        .map(|t| t.parse::<sandgate_runner::ProbeTarget>())
+        .map(|t| t.parse::<ProbeTarget>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::invalid(format!("targets: {e}")))?;
-    let policy = effective(&st, org.tier, &row)?;
-    let mode = policy.mode.as_str().to_string();
-    let ranges = st.runner.policy();
-    let own: Vec<_> = st
-        .runner
-        .addresses(&row.id)
-        .map(Vec::from)
-        .unwrap_or_default();
-    let compiled = CompiledPolicy::new(policy, &st.catalog, &ranges).with_own_addresses(&own);
-    let mut expected = Vec::new();
-    for t in &targets {
-        let dest: Destination = t.to_string().parse()?;
-        expected.push(compiled.explain(&dest));
-    }
-    // A test holds a blocking thread and a thread per target for up to
-    // 3 s: it counts against the same limits as an exec.
-    let permits = st.blocking_permits(&org.id)?;
-    let runner = st.runner.clone();
-    let id = row.id.clone();
-    let observed = blocking(move || {
-        let _held = permits;
-        runner.probe(&id, &targets)
-    })
-    .await?;
-    let results: Vec<TestRow> = observed
+    let (rows, mode) = service::network_test(&st, &org, &row, targets).await?;
+    let results: Vec<TestRow> = rows
         .into_iter()
-        .zip(expected)
-        .map(|(o, e)| TestRow {
+        .map(|(e, o)| TestRow {
             target: o.target.to_string(),
             expected: e.allowed,
             reason: e.reason.code(),
@@ -1377,15 +989,12 @@ pub async fn network_events(
     scopes.need(Scope::SandboxesRead)?;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::stream::{self, StreamExt};
-    let row = sandbox(&st, &org, &key).await?;
-    if row.state != SandboxState::Running {
-        return Err(not_running(&row));
-    }
-    let (recent, live) = st.runner.subscribe(&row.id)?;
-    let to_sse = |e: &sandgate_runner::NetworkEvent| {
+    let row = service::sandbox(&st, &org, &key).await?;
+    let (recent, live) = service::subscribe(&st, &row)?;
+    let to_sse = |e: &sandgate_contract::NetworkEvent| {
         Ok::<_, std::convert::Infallible>(
             Event::default()
-                .event(e.kind)
+                .event(e.kind.as_str())
                 .data(serde_json::to_string(e).unwrap_or_default()),
         )
     };
@@ -1423,21 +1032,10 @@ pub async fn network_events(
 #[utoipa::path(get, path = "/health", tag = "system",
     responses((status = 200, description = "healthy"), (status = 503, body = ErrorBody)))]
 pub async fn health(State(st): St) -> Response {
-    let store = st.store.organizations().await.is_ok();
-    // The dataplane's lock can be held for a slot's making: not on an
-    // async worker.
-    let runner = st.runner.clone();
-    let ruleset = tokio::task::spawn_blocking(move || !runner.ruleset_lost())
-        .await
-        .unwrap_or(false);
-    if store && ruleset {
-        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response()
-    } else {
-        let what = if store {
-            "the dataplane's ruleset went missing"
-        } else {
-            "the store does not answer"
-        };
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what).into_response()
+    match service::healthy(&st).await {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response(),
+        Err(what) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what).into_response()
+        }
     }
 }

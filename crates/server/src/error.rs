@@ -5,6 +5,7 @@
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use sandgate_contract::RunnerError;
 use sandgate_policy::PolicyError;
 use serde_json::{json, Value};
 use std::io;
@@ -94,29 +95,28 @@ impl From<PolicyError> for ApiError {
     }
 }
 
+/// A runner's error as an answer: a caller's fault with its status, code
+/// and message; a host's fault as 500 (or 507 for a full disk) with its
+/// cause in the log only.
+impl From<RunnerError> for ApiError {
+    fn from(e: RunnerError) -> ApiError {
+        match e {
+            RunnerError::StorageFull(cause) => ApiError::storage_full(cause),
+            RunnerError::Host(cause) => ApiError::internal(cause),
+            e => {
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+                let code = e.code();
+                ApiError::new(status, code, e.message())
+            }
+        }
+    }
+}
+
+/// The server's own I/O (its data directory, random ids) is judged as a
+/// runner's is: by its kind.
 impl From<io::Error> for ApiError {
     fn from(e: io::Error) -> ApiError {
-        if e.get_ref()
-            .is_some_and(|inner| inner.is::<sandgate_runner::NoFreeSlot>())
-        {
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "capacity_exhausted",
-                format!("{e}; delete a sandbox or retry later"),
-            );
-        }
-        let (status, code) = match e.kind() {
-            io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            io::ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "conflict"),
-            io::ErrorKind::ResourceBusy => (StatusCode::CONFLICT, "conflict"),
-            io::ErrorKind::InvalidInput => (StatusCode::BAD_REQUEST, "invalid_request"),
-            io::ErrorKind::InvalidData => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                return ApiError::storage_full(e)
-            }
-            _ => return ApiError::internal(e),
-        };
-        ApiError::new(status, code, e.to_string())
+        RunnerError::from(e).into()
     }
 }
 

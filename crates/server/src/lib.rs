@@ -1,8 +1,13 @@
 //! sandgate's control plane: the HTTP API of BRIEF section 3 over the
 //! runner and the store.
 //!
-//! - [`api`]: the routes, their request and response types (with their
-//!   OpenAPI schemas) and the orchestration of each call;
+//! - [`api`]: the routes and their request and response types (with
+//!   their OpenAPI schemas): each handler parses and authorizes, then
+//!   calls the service;
+//! - [`service`]: what each call does, over the runner (the contract's
+//!   [`sandgate_contract::Runner`]: in process here, or a double in the
+//!   API's own tests) and the store, with the transactions and their
+//!   undo;
 //! - [`store`]: organizations, hashed API keys and sandboxes in SQLite;
 //! - [`auth`]: the operator token and organizations' keys;
 //! - [`error`]: `{"error": {"code", "message"}}` answers;
@@ -17,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod service;
 pub mod store;
 
 use axum::extract::DefaultBodyLimit;
@@ -24,8 +30,9 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use error::ApiError;
+use sandgate_contract::{Expected, RestoreReport, Runner};
 use sandgate_policy::{Catalog, PolicyConfig};
-use sandgate_runner::{RestoreReport, Runner, RunnerConfig};
+use sandgate_runner::RunnerConfig;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,7 +117,7 @@ pub struct AppState {
     /// The store.
     pub store: Store,
     /// The runner.
-    pub runner: Arc<Runner>,
+    pub runner: Arc<dyn Runner>,
     /// The policy rules.
     pub policy: Arc<PolicyConfig>,
     /// The catalog.
@@ -264,25 +271,42 @@ impl Server {
         // One server per data directory: a second one would fight the
         // first over its sandboxes, slots and ruleset.
         let lock = sandgate_runner::DirLock::take(&cfg.data_dir)?;
-        let store = Store::open(&cfg.data_dir).await.map_err(io::Error::other)?;
-        let policy = Arc::new(cfg.policy);
-        let catalog = Arc::new(cfg.catalog);
         let runner = {
-            let (mut rc, p, c) = (cfg.runner.clone(), policy.clone(), catalog.clone());
+            let mut rc = cfg.runner.clone();
+            let (p, c) = (Arc::new(cfg.policy.clone()), Arc::new(cfg.catalog.clone()));
             // Disks of the size most tiers give are prepared ahead.
             if rc.warm_disk.is_none() {
-                rc.warm_disk = usual_disk_mib(&policy).map(|mib| mib << 20);
+                rc.warm_disk = usual_disk_mib(&p).map(|mib| mib << 20);
             }
-            tokio::task::spawn_blocking(move || Runner::start(rc, p, c))
+            tokio::task::spawn_blocking(move || sandgate_runner::Runner::start(rc, p, c))
                 .await
                 .map_err(io::Error::other)??
         };
-        let runner = Arc::new(runner);
+        Server::assemble(cfg, lock, Arc::new(runner)).await
+    }
+
+    /// A server over `runner` (which restores what the store expects, as
+    /// [`Server::start`] says): the runner double of the API's own tests,
+    /// or a runner started elsewhere. `cfg.runner` is not used.
+    pub async fn with_runner(
+        cfg: ServerConfig,
+        runner: Arc<dyn Runner>,
+    ) -> io::Result<(Server, RestoreReport)> {
+        let lock = sandgate_runner::DirLock::take(&cfg.data_dir)?;
+        Server::assemble(cfg, lock, runner).await
+    }
+
+    async fn assemble(
+        cfg: ServerConfig,
+        lock: sandgate_runner::DirLock,
+        runner: Arc<dyn Runner>,
+    ) -> io::Result<(Server, RestoreReport)> {
+        let store = Store::open(&cfg.data_dir).await.map_err(io::Error::other)?;
         let state = Arc::new(AppState {
             store,
             runner,
-            policy,
-            catalog,
+            policy: Arc::new(cfg.policy),
+            catalog: Arc::new(cfg.catalog),
             admin_token: cfg.admin_token,
             writes: Arc::new(tokio::sync::Mutex::new(())),
             stopping: tokio::sync::watch::channel(false).0,
@@ -418,8 +442,8 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
                 // A sandbox whose policy cannot be resolved any more (its
                 // organization or tier gone from the configuration) is not
                 // expected: the runner removes it, and it is marked lost.
-                match tier.map(|t| api::effective(st, t, row)) {
-                    Some(Ok(policy)) => expected.push(sandgate_runner::Expected {
+                match tier.map(|t| service::effective(st, t, row)) {
+                    Some(Ok(policy)) => expected.push(Expected {
                         id: row.id.clone(),
                         organization: row.organization_id.clone(),
                         policy,
@@ -441,7 +465,8 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
     let runner = st.runner.clone();
     let mut report = tokio::task::spawn_blocking(move || runner.restore(&expected))
         .await
-        .map_err(io::Error::other)??;
+        .map_err(io::Error::other)?
+        .map_err(|e| io::Error::other(format!("restoring the sandboxes: {e}")))?;
     report.lost.extend(unresolved);
     for id in &report.lost {
         st.store

@@ -63,7 +63,7 @@ async fn count_sandboxes(st: &AppState) -> Counts {
     for row in rows {
         let mode = tiers
             .get(&row.organization_id)
-            .and_then(|t| crate::api::effective(st, *t, &row).ok())
+            .and_then(|t| crate::service::effective(st, *t, &row).ok())
             .map(|p| p.mode.as_str().to_string())
             .unwrap_or_else(|| "unknown".into());
         *by_state_mode

@@ -21,59 +21,7 @@ pub struct Organization {
     pub created_at: String,
 }
 
-/// Where a sandbox is in its life, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SandboxState {
-    /// Being made: a row found so at start belongs to a create cut short,
-    /// and is removed with what it made.
-    Creating,
-    /// Running, its policy in force.
-    Running,
-    /// Being removed: finished at start.
-    Deleting,
-    /// Its init died: kept with its files, not restarted; it may only be
-    /// read and deleted.
-    Died,
-    /// Gone from the host (its slot or files were missing at a start, as
-    /// after a reboot): it may only be read and deleted.
-    Lost,
-}
-
-impl SandboxState {
-    /// The state as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SandboxState::Creating => "creating",
-            SandboxState::Running => "running",
-            SandboxState::Deleting => "deleting",
-            SandboxState::Died => "died",
-            SandboxState::Lost => "lost",
-        }
-    }
-}
-
-impl std::str::FromStr for SandboxState {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        [
-            SandboxState::Creating,
-            SandboxState::Running,
-            SandboxState::Deleting,
-            SandboxState::Died,
-            SandboxState::Lost,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-        .ok_or_else(|| format!("a sandbox in the store has the unknown state {s:?}"))
-    }
-}
-
-impl std::fmt::Display for SandboxState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use sandgate_contract::SandboxState;
 
 /// What an API key may do (docs/REQUIREMENTS.md, "Scoped keys").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

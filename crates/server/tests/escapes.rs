@@ -79,7 +79,7 @@ fn tcp_message(bytes: &[u8]) -> String {
 /// `ip -o` lines of the lab's host namespace (`what`: `addr` or `link`).
 fn host_ip(api: &Api, what: &str) -> String {
     let out = std::process::Command::new("ip")
-        .args(["-n", api.lab.host().name(), "-o", what])
+        .args(["-n", api.lab().host().name(), "-o", what])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -223,7 +223,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
         "ff02::fb".parse::<std::net::Ipv6Addr>().unwrap(),
     );
     let (host_udp, host_mdns, host_udp6) = api
-        .lab
+        .lab()
         .host()
         .run(|| {
             let a = std::net::UdpSocket::bind("0.0.0.0:9999")?;
@@ -241,7 +241,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
         })
         .unwrap();
     let (world_udp, world_tcp) = api
-        .lab
+        .lab()
         .world()
         .run(|| {
             Ok((
@@ -326,7 +326,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
     for t in &techniques {
         for mode in t.modes {
             let (key, name) = &ids[mode];
-            let before = api.lab.dns_queries();
+            let before = api.lab().dns_queries();
             let r = api.exec(key, name, &t.command);
             let out = r["stdout"].as_str().unwrap();
             assert!(!out.contains("ESCAPED"), "{} worked in {mode}: {r}", t.name);
@@ -339,7 +339,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
             }
             if t.dns_silent {
                 assert_eq!(
-                    api.lab.dns_queries(),
+                    api.lab().dns_queries(),
                     before,
                     "{} reached the lab's resolver in {mode}: {r}",
                     t.name
@@ -361,7 +361,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
     let got = world_tcp.accept();
     assert!(got.is_err(), "the world's port 53 stand-in got {got:?}");
     // Control: the stand-ins do receive what reaches them.
-    api.lab
+    api.lab()
         .host()
         .run(|| {
             let s = std::net::UdpSocket::bind("[::1]:0")?;
@@ -371,7 +371,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
             s.send_to(b"x", "127.0.0.1:5353")
         })
         .unwrap();
-    api.lab
+    api.lab()
         .world()
         .run(|| {
             let s = std::net::UdpSocket::bind((SERVER4, 0))?;
@@ -388,7 +388,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
     // Tunnelling through labels: a name not allowed is refused, and its
     // query never reaches a resolver outside.
     let (key, name) = &ids["allowlist"];
-    let before = api.lab.dns_queries();
+    let before = api.lab().dns_queries();
     let r = api.exec(
         key,
         name,
@@ -396,7 +396,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
     );
     assert!(!r["stdout"].as_str().unwrap().contains("Address: 1"), "{r}");
     assert_eq!(
-        api.lab.dns_queries(),
+        api.lab().dns_queries(),
         before,
         "a refused name was forwarded"
     );
@@ -435,7 +435,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
     );
     // DNS over TCP, TXT and NULL records work for a name allowed: those
     // refused were refused for the name.
-    let before = api.lab.dns_queries();
+    let before = api.lab().dns_queries();
     let r = api.exec(
         key,
         name,
@@ -451,7 +451,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
         "{r}"
     );
     assert!(!out.contains("REFUSED"), "{r}");
-    assert!(api.lab.dns_queries() >= before + 2, "{r}");
+    assert!(api.lab().dns_queries() >= before + 2, "{r}");
     // Rebinding: the allowed name is answered, without the private and
     // always-denied addresses; the open sandbox gets them (and its connects
     // to them were denied by the ranges).

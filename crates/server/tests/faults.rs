@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 /// The number of slot namespaces of the server's lab.
 fn slots(api: &Api) -> usize {
-    sandgate_netns::Netns::list(&format!("{}-s", api.lab.tag()))
+    sandgate_netns::Netns::list(&format!("{}-s", api.lab().tag()))
         .unwrap()
         .len()
 }

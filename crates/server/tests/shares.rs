@@ -55,7 +55,7 @@ fn address(api: &Api, key: &str, id: &str) -> Ipv4Addr {
 /// Connections the host tracks from `addr`.
 fn tracked(api: &Api, addr: Ipv4Addr) -> usize {
     let out = api
-        .lab
+        .lab()
         .host()
         .run(|| {
             std::process::Command::new("conntrack")

@@ -1,11 +1,14 @@
 //! The server in a lab, as sandgate's tests, benchmarks and demo run it
 //! (never the server itself): its lab configuration, the server run in
-//! this process, a small HTTP client of its API, and looks at what it
-//! left on the host.
+//! this process, a small HTTP client of its API, looks at what it left on
+//! the host, and a runner double ([`double`]) for the API's tests that
+//! need no root.
 //!
 //! Everything here obeys the lab rule (BRIEF section 4): the configuration
 //! points the server's DNS service at the lab's resolver and its network
 //! tests at lab addresses, and the client talks to loopback.
+
+pub mod double;
 
 use sandgate_dns::Upstream;
 use sandgate_lab::addrs::{DNS4, DNS6};
@@ -47,6 +50,25 @@ pub fn lab_server_config(
     cfg
 }
 
+/// A server configuration for a server over a runner double: files under
+/// `dir`, the lab's policy and probe targets, `admin_token` as the
+/// operator's token. Its runner part is never started (the double stands
+/// in for it); it names the lab's resolver all the same.
+pub fn double_server_config(dir: &Path, admin_token: &str) -> ServerConfig {
+    let runner = RunnerConfig::new(
+        dir.join("runner"),
+        "double",
+        Upstream {
+            servers: vec![SocketAddr::new(DNS4, 53)],
+            timeout: Duration::from_secs(1),
+        },
+    );
+    let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
+    cfg.admin_token = Some(admin_token.into());
+    cfg.probe_targets = sandgate_lab::probe_targets(&cfg.catalog);
+    cfg
+}
+
 /// A server running in this process on a Tokio runtime of its own,
 /// listening on an unused port of 127.0.0.1; stopped when dropped.
 pub struct InProcess {
@@ -63,6 +85,25 @@ impl InProcess {
     pub fn start(cfg: ServerConfig, listen_in: Option<&Netns>) -> std::io::Result<InProcess> {
         let rt = tokio::runtime::Runtime::new()?;
         let (server, _) = rt.block_on(Server::start(cfg))?;
+        InProcess::serve(rt, server, listen_in)
+    }
+
+    /// Starts a server with `cfg` over `runner` (a [`double::RunnerDouble`]),
+    /// listening on this process's loopback.
+    pub fn start_with_runner(
+        cfg: ServerConfig,
+        runner: std::sync::Arc<dyn sandgate_contract::Runner>,
+    ) -> std::io::Result<InProcess> {
+        let rt = tokio::runtime::Runtime::new()?;
+        let (server, _) = rt.block_on(Server::with_runner(cfg, runner))?;
+        InProcess::serve(rt, server, None)
+    }
+
+    fn serve(
+        rt: tokio::runtime::Runtime,
+        server: Server,
+        listen_in: Option<&Netns>,
+    ) -> std::io::Result<InProcess> {
         let bind = || {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.set_nonblocking(true)?;

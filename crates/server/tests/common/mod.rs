@@ -7,13 +7,43 @@
 use sandgate_lab::addrs::*;
 use sandgate_lab::Lab;
 use sandgate_server::ServerConfig;
+use sandgate_testkit::double::RunnerDouble;
 use sandgate_testkit::InProcess;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const ADMIN: &str = "operator-token-for-tests";
+
+/// Method, path, key, body, expected status, expected code.
+pub type Case<'a> = (&'a str, String, Option<&'a str>, Send<'a>, u16, &'a str);
+
+/// Sends each case and checks its status and code, a message for a
+/// person, and none of the OCI runtime's own words in the answer.
+pub fn refused(api: &Api, cases: Vec<Case<'_>>) {
+    for (method, path, key, body, status, code) in cases {
+        let (s, v) = api.call(method, &path, key, body);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        for runtime_words in ["config.json", "chdir", "runc"] {
+            assert!(
+                !v.to_string().contains(runtime_words),
+                "{method} {path}: {v}"
+            );
+        }
+    }
+}
 
 /// What a request sends.
 pub enum Send<'a> {
@@ -28,7 +58,8 @@ pub struct Api {
     cfg: ServerConfig,
     server: InProcess,
     agent: ureq::Agent,
-    pub lab: Lab,
+    lab: Option<Lab>,
+    double: Option<Arc<RunnerDouble>>,
 }
 
 pub fn config(lab: &Lab, dir: &std::path::Path) -> ServerConfig {
@@ -48,6 +79,30 @@ impl Api {
         let mut cfg = config(&lab, &dir);
         tweak(&mut cfg);
         let server = InProcess::start(cfg.clone(), None).unwrap();
+        Api::over(server, dir, cfg, Some(lab), None)
+    }
+
+    /// A server over a runner double (no root, no lab), whose
+    /// configuration `tweak` changes first.
+    pub fn with_double(tweak: impl FnOnce(&mut ServerConfig)) -> Api {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sandgate-double-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = sandgate_testkit::double_server_config(&dir, ADMIN);
+        tweak(&mut cfg);
+        let double = Arc::new(RunnerDouble::new(&["busybox"], cfg.policy.clone()));
+        let server = InProcess::start_with_runner(cfg.clone(), double.clone()).unwrap();
+        Api::over(server, dir, cfg, None, Some(double))
+    }
+
+    fn over(
+        server: InProcess,
+        dir: PathBuf,
+        cfg: ServerConfig,
+        lab: Option<Lab>,
+        double: Option<Arc<RunnerDouble>>,
+    ) -> Api {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -60,7 +115,20 @@ impl Api {
             server,
             agent,
             lab,
+            double,
         }
+    }
+
+    /// The lab of a server over the real runner.
+    pub fn lab(&self) -> &Lab {
+        self.lab
+            .as_ref()
+            .expect("a server over the real runner, in a lab")
+    }
+
+    /// The runner double of a server over one.
+    pub fn double(&self) -> &Arc<RunnerDouble> {
+        self.double.as_ref().expect("a server over a runner double")
     }
 
     /// A request: status and JSON body (`null` when empty or not JSON).
@@ -299,8 +367,19 @@ impl Api {
     /// sandboxes run on meanwhile, as after a restart of the daemon).
     pub fn restart(&mut self) {
         self.server.stop();
-        self.server = InProcess::start(self.cfg.clone(), None).unwrap();
+        self.server = match &self.double {
+            Some(double) => InProcess::start_with_runner(self.cfg.clone(), double.clone()),
+            None => InProcess::start(self.cfg.clone(), None),
+        }
+        .unwrap();
         self.base = self.server.base.clone();
+    }
+
+    /// Stops the server and starts it again over `double` in place of its
+    /// runner double (a runner that lost or kept what the test says).
+    pub fn restart_over(&mut self, double: Arc<RunnerDouble>) {
+        self.double = Some(double);
+        self.restart();
     }
 
     /// The runtime's data directory (sandboxes' files, runc's state).
@@ -314,7 +393,9 @@ impl Drop for Api {
     /// lab's drop then removes the slots' namespaces).
     fn drop(&mut self) {
         self.stop();
-        let _ = sandgate_runner::purge_runtime(&self.cfg.runner);
+        if self.lab.is_some() {
+            let _ = sandgate_runner::purge_runtime(&self.cfg.runner);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

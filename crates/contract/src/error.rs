@@ -1,0 +1,227 @@
+//! What went wrong in a runner, typed: each error carries the HTTP status
+//! and the stable code the API answers with, and the caller's faults (a
+//! 4xx: a sandbox that is not there, a working directory that does not
+//! exist) are kept apart from the host's (a 5xx: a missing `runc`, a full
+//! disk), whose causes go to the log and never to the caller.
+
+use std::io;
+
+/// An error of a runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunnerError {
+    /// The runner has no such sandbox: 404 `not_found`.
+    NotFound(String),
+    /// The sandbox exists already, or is busy: 409 `conflict`.
+    Conflict(String),
+    /// A value of the request the runner refused: 400 with `code`
+    /// (`invalid_request`, `invalid_cwd`).
+    Invalid {
+        /// The stable code.
+        code: &'static str,
+        /// What is wrong, for a person.
+        message: String,
+    },
+    /// Data the runner could not take (a malformed archive): 422
+    /// `invalid_request`.
+    Unprocessable(String),
+    /// No room on the host (no free slot): 503 `capacity_exhausted`.
+    Capacity(String),
+    /// The host's disk is full: 507 `storage_full`.
+    StorageFull(String),
+    /// The runner cannot be reached (another host that does not answer):
+    /// 503 `runner_unavailable`.
+    Unavailable(String),
+    /// Anything else is the host's fault: 500 `internal`. The text is
+    /// the cause, for the log only (it can name host paths and programs'
+    /// messages).
+    Host(String),
+}
+
+impl RunnerError {
+    /// The HTTP status the API answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            RunnerError::NotFound(_) => 404,
+            RunnerError::Conflict(_) => 409,
+            RunnerError::Invalid { .. } => 400,
+            RunnerError::Unprocessable(_) => 422,
+            RunnerError::Capacity(_) | RunnerError::Unavailable(_) => 503,
+            RunnerError::StorageFull(_) => 507,
+            RunnerError::Host(_) => 500,
+        }
+    }
+
+    /// The stable code the API answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunnerError::NotFound(_) => "not_found",
+            RunnerError::Conflict(_) => "conflict",
+            RunnerError::Invalid { code, .. } => code,
+            RunnerError::Unprocessable(_) => "invalid_request",
+            RunnerError::Capacity(_) => "capacity_exhausted",
+            RunnerError::StorageFull(_) => "storage_full",
+            RunnerError::Unavailable(_) => "runner_unavailable",
+            RunnerError::Host(_) => "internal",
+        }
+    }
+
+    /// The text: for a person on a caller's fault, for the log on the
+    /// host's.
+    pub fn message(&self) -> &str {
+        match self {
+            RunnerError::NotFound(m)
+            | RunnerError::Conflict(m)
+            | RunnerError::Invalid { message: m, .. }
+            | RunnerError::Unprocessable(m)
+            | RunnerError::Capacity(m)
+            | RunnerError::StorageFull(m)
+            | RunnerError::Unavailable(m)
+            | RunnerError::Host(m) => m,
+        }
+    }
+
+    /// Whether the host is at fault (the answer is a 5xx).
+    pub fn is_host_fault(&self) -> bool {
+        self.status() >= 500
+    }
+
+    /// A fault of the host, with its cause.
+    pub fn host(cause: impl std::fmt::Display) -> RunnerError {
+        RunnerError::Host(cause.to_string())
+    }
+}
+
+impl std::fmt::Display for RunnerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message(), self.code())
+    }
+}
+
+impl std::error::Error for RunnerError {}
+
+/// An error as it crosses between hosts: its status, code and message.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Wire {
+    status: u16,
+    code: String,
+    message: String,
+}
+
+impl serde::Serialize for RunnerError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            status: self.status(),
+            code: self.code().to_string(),
+            message: self.message().to_string(),
+        }
+        .serialize(s)
+    }
+}
+
+/// Read back by its status (and, for a 400, its code); a status this
+/// version does not know is the host's fault.
+impl<'de> serde::Deserialize<'de> for RunnerError {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Wire {
+            status,
+            code,
+            message,
+        } = Wire::deserialize(d)?;
+        Ok(match status {
+            404 => RunnerError::NotFound(message),
+            409 => RunnerError::Conflict(message),
+            400 => RunnerError::Invalid {
+                code: INVALID_CODES
+                    .into_iter()
+                    .find(|c| *c == code)
+                    .unwrap_or("invalid_request"),
+                message,
+            },
+            422 => RunnerError::Unprocessable(message),
+            503 if code == "runner_unavailable" => RunnerError::Unavailable(message),
+            503 => RunnerError::Capacity(message),
+            507 => RunnerError::StorageFull(message),
+            _ => RunnerError::Host(message),
+        })
+    }
+}
+
+/// The codes of [`RunnerError::Invalid`].
+pub const INVALID_CODES: [&str; 2] = ["invalid_request", "invalid_cwd"];
+
+/// What a runner's I/O error means for its caller, by its kind: the kinds
+/// a caller causes (not found, exists, invalid input or data) are theirs,
+/// a full disk is the host's with its own code, and every other kind is
+/// the host's.
+impl From<io::Error> for RunnerError {
+    fn from(e: io::Error) -> RunnerError {
+        let m = e.to_string();
+        match e.kind() {
+            io::ErrorKind::NotFound => RunnerError::NotFound(m),
+            io::ErrorKind::AlreadyExists | io::ErrorKind::ResourceBusy => RunnerError::Conflict(m),
+            io::ErrorKind::InvalidInput => RunnerError::Invalid {
+                code: "invalid_request",
+                message: m,
+            },
+            io::ErrorKind::InvalidData => RunnerError::Unprocessable(m),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                RunnerError::StorageFull(m)
+            }
+            _ => RunnerError::Host(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_the_callers_faults_apart_from_the_hosts() {
+        let of = |kind| RunnerError::from(io::Error::new(kind, "x"));
+        assert_eq!(of(io::ErrorKind::NotFound).status(), 404);
+        assert_eq!(of(io::ErrorKind::AlreadyExists).status(), 409);
+        assert_eq!(of(io::ErrorKind::InvalidInput).code(), "invalid_request");
+        assert_eq!(of(io::ErrorKind::InvalidData).status(), 422);
+        assert_eq!(of(io::ErrorKind::StorageFull).code(), "storage_full");
+        // A missing program, a permission the host lacks: the host's.
+        for kind in [io::ErrorKind::PermissionDenied, io::ErrorKind::Other] {
+            let e = of(kind);
+            assert!(e.is_host_fault(), "{kind:?}");
+            assert_eq!(e.code(), "internal");
+        }
+        assert!(!of(io::ErrorKind::NotFound).is_host_fault());
+    }
+
+    #[test]
+    fn every_error_crosses_between_hosts_as_it_was() {
+        for e in [
+            RunnerError::NotFound("a".into()),
+            RunnerError::Conflict("b".into()),
+            RunnerError::Invalid {
+                code: "invalid_cwd",
+                message: "c".into(),
+            },
+            RunnerError::Invalid {
+                code: "invalid_request",
+                message: "d".into(),
+            },
+            RunnerError::Unprocessable("e".into()),
+            RunnerError::Capacity("f".into()),
+            RunnerError::StorageFull("g".into()),
+            RunnerError::Unavailable("i".into()),
+            RunnerError::Host("h".into()),
+        ] {
+            let text = serde_json::to_string(&e).unwrap();
+            assert_eq!(
+                serde_json::from_str::<RunnerError>(&text).unwrap(),
+                e,
+                "{text}"
+            );
+        }
+        // A status this version does not know: the host's fault.
+        let odd: RunnerError =
+            serde_json::from_str(r#"{"status":418,"code":"teapot","message":"x"}"#).unwrap();
+        assert!(odd.is_host_fault());
+    }
+}

@@ -1,0 +1,32 @@
+//! The contract between sandgate's API and a runner.
+//!
+//! The API decides (who may do what, which policy a sandbox gets, what is
+//! stored); a runner does (slots, the kernel's rules, the DNS service, the
+//! OCI runtime of one host). Everything that passes between the two is
+//! here, and nothing else does:
+//!
+//! - [`Runner`]: the operations the API drives, one trait with an
+//!   implementation per way of reaching a runner (in the API's process;
+//!   across hosts) and a double for the API's own tests;
+//! - the requests and answers ([`SandboxSpec`], [`Expected`],
+//!   [`RestoreReport`], [`ExecRequest`], [`ExecResult`], [`ProbeTarget`],
+//!   [`Observed`], [`NetworkEvent`], [`DnsCounts`]);
+//! - [`SandboxState`]: where a sandbox is in its life, an enum;
+//! - [`RunnerError`]: what went wrong, typed, carrying its HTTP status and
+//!   code, the caller's faults kept apart from the host's.
+//!
+//! The crate does no I/O and holds no state: it is types and one trait.
+
+mod error;
+mod event;
+mod runner;
+mod state;
+mod types;
+
+pub use error::RunnerError;
+pub use event::{EventKind, NetworkEvent};
+pub use runner::{Runner, Subscription};
+pub use state::SandboxState;
+pub use types::{
+    DnsCounts, ExecRequest, ExecResult, Expected, Observed, ProbeTarget, RestoreReport, SandboxSpec,
+};

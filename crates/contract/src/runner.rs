@@ -1,0 +1,95 @@
+//! The operations the API drives on a runner.
+
+use crate::{
+    DnsCounts, EventKind, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget,
+    RestoreReport, RunnerError, SandboxSpec,
+};
+use sandgate_policy::{EffectivePolicy, PolicyConfig};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A sandbox's recent network events and a receiver of its next ones
+/// (closed when the sandbox is deleted).
+pub type Subscription = (
+    Vec<NetworkEvent>,
+    tokio::sync::broadcast::Receiver<NetworkEvent>,
+);
+
+/// A runner: the sandboxes of one host, as the API drives them.
+///
+/// The methods block (a create makes a namespace and starts a container;
+/// an exec lasts as long as its command): an async caller runs them on a
+/// blocking thread. Every one of them either does all it says or leaves
+/// the sandbox as it was (or, where even that failed, cut off from the
+/// network: never with more access than before); its error says which
+/// side was at fault ([`RunnerError::is_host_fault`]).
+///
+/// A runner keeps nothing the API does not also keep: after a restart,
+/// [`Runner::restore`] rebuilds it from the API's records.
+pub trait Runner: Send + Sync + std::fmt::Debug {
+    /// The snapshots sandboxes can start from.
+    fn snapshots(&self) -> Result<Vec<String>, RunnerError>;
+
+    /// Makes the sandbox `spec` describes, its policy in the kernel before
+    /// its first process runs. On failure nothing of it is left.
+    fn create(&self, spec: &SandboxSpec) -> Result<(), RunnerError>;
+
+    /// Puts `policy` in force for sandbox `id` (connections it denies stop
+    /// at their next packet). On failure the old policy is back, or the
+    /// sandbox is cut off.
+    fn update(&self, id: &str, policy: &EffectivePolicy) -> Result<(), RunnerError>;
+
+    /// Cuts sandbox `id` off the network entirely until its next update:
+    /// for a policy that could not be applied.
+    fn block(&self, id: &str) -> Result<(), RunnerError>;
+
+    /// Stops sandbox `id`'s processes on purpose (no death), keeping its
+    /// slot and files.
+    fn stop(&self, id: &str) -> Result<(), RunnerError>;
+
+    /// Removes sandbox `id`, cut off first. A failure leaves it known and
+    /// cut off, so that the delete can be tried again.
+    fn delete(&self, id: &str) -> Result<(), RunnerError>;
+
+    /// Runs a command in sandbox `id`.
+    fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, RunnerError>;
+
+    /// Probes `targets` from sandbox `id`'s point of view.
+    fn probe(&self, id: &str, targets: &[ProbeTarget]) -> Result<Vec<Observed>, RunnerError>;
+
+    /// Sandbox `id`'s recent network events and a receiver of its next
+    /// ones.
+    fn subscribe(&self, id: &str) -> Result<Subscription, RunnerError>;
+
+    /// Takes back the sandboxes the API expects after a restart; removes
+    /// whatever nobody expects.
+    fn restore(&self, expected: &[Expected]) -> Result<RestoreReport, RunnerError>;
+
+    /// Sandboxes whose init died, each once, as they die: the receiver,
+    /// for the one caller that keeps the records (`None` after the first
+    /// call).
+    fn take_deaths(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>>;
+
+    /// The policy configuration as this host makes it now: the
+    /// operator's, with the host's own addresses (always denied) as they
+    /// are.
+    fn live_policy(&self) -> Arc<PolicyConfig>;
+
+    /// Sandbox `id`'s own addresses (IPv4, IPv6), if it holds a slot.
+    fn addresses(&self, id: &str) -> Option<[IpAddr; 2]>;
+
+    /// Whether the runner enforces as it should (its ruleset is in
+    /// place).
+    fn healthy(&self) -> bool;
+
+    /// New connections let out so far, as last sampled: (by a list or the
+    /// mode, by a DNS admission).
+    fn allowed_counts(&self) -> Option<(u64, u64)>;
+
+    /// What the DNS service has done so far.
+    fn dns_counts(&self) -> DnsCounts;
+
+    /// Network events so far, by kind and reason.
+    fn event_counts(&self) -> BTreeMap<(EventKind, String), u64>;
+}

@@ -1,0 +1,197 @@
+//! The requests a runner takes and the answers it gives.
+
+use sandgate_policy::{EffectivePolicy, Resources};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A sandbox to make ([`crate::Runner::create`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Its id.
+    pub id: String,
+    /// Its organization (whose DNS answers it shares).
+    pub organization: String,
+    /// The snapshot it starts from.
+    pub snapshot: String,
+    /// Its policy.
+    pub policy: EffectivePolicy,
+    /// Its memory, CPU and disk, as resolved for its tier.
+    pub resources: Resources,
+}
+
+/// A sandbox the API expects [`crate::Runner::restore`] to take back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expected {
+    /// Its id.
+    pub id: String,
+    /// Its organization (whose DNS answers it shares).
+    pub organization: String,
+    /// Its policy, as the API resolves it now.
+    pub policy: EffectivePolicy,
+}
+
+/// What [`crate::Runner::restore`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreReport {
+    /// Sandboxes running again with their policy re-applied.
+    pub running: Vec<String>,
+    /// Sandboxes whose init died while the runner was away: kept, with
+    /// their files and slot, and not started again.
+    pub died: Vec<String>,
+    /// Sandboxes expected but lost (no slot or no runtime sandbox left,
+    /// as after a reboot): whatever was left of them is removed.
+    pub lost: Vec<String>,
+    /// Slots and runtime sandboxes nobody expected (a create cut short),
+    /// removed.
+    pub removed: Vec<String>,
+}
+
+/// A command to run in a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The command, run by `/bin/sh -c`.
+    pub command: String,
+    /// The working directory.
+    pub cwd: Option<String>,
+    /// Environment variables, `NAME=value`.
+    pub env: Vec<(String, String)>,
+    /// Kill the command after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What came of a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// The exit code (128 + signal for a command killed by a signal).
+    pub exit_code: i32,
+    /// Its standard output, up to the cap.
+    pub stdout: String,
+    /// Its standard error, up to the cap.
+    pub stderr: String,
+    /// stdout then stderr: the reference API's `result`.
+    pub result: String,
+    /// Whether the timeout killed it.
+    pub timed_out: bool,
+    /// Whether output beyond the cap was dropped.
+    pub truncated: bool,
+}
+
+/// A destination to probe: an address or a name, and a TCP port; written
+/// as `host:port` (`[v6]:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    /// An address or a name.
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl std::str::FromStr for ProbeTarget {
+    type Err = String;
+
+    /// `host:port`, `[v6]:port`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?}: give a target as host:port or [IPv6]:port");
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+            (h, p)
+        } else {
+            s.rsplit_once(':').ok_or_else(bad)?
+        };
+        let port = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || (host.contains(':') && host.parse::<IpAddr>().is_err()) {
+            return Err(bad());
+        }
+        Ok(ProbeTarget {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for ProbeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Serialize for ProbeTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProbeTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a probe saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// The target.
+    pub target: ProbeTarget,
+    /// The addresses its name resolved to (the address itself for one).
+    pub addresses: Vec<IpAddr>,
+    /// Whether a connection got through.
+    pub reachable: bool,
+    /// What happened, for a person: `connected`, `refused by the
+    /// destination`, `no answer`, `DNS refused: ...`, ...
+    pub detail: String,
+}
+
+/// What a runner's DNS service has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsCounts {
+    /// Queries forwarded upstream.
+    pub forwarded: u64,
+    /// Queries answered from the cache.
+    pub cache_hits: u64,
+    /// Queries refused.
+    pub refused: u64,
+    /// Addresses admitted.
+    pub admitted: u64,
+    /// Answers stripped of private addresses.
+    pub rebinding: u64,
+    /// Queries no upstream resolver answered.
+    pub upstream_failures: u64,
+    /// Queries turned away: their sandbox had its most waiting upstream.
+    pub busy: u64,
+    /// Queries over their sandbox's rate.
+    pub rate_limited: u64,
+    /// TCP connections closed at once (a sandbox's or the service's most).
+    pub tcp_refused: u64,
+    /// Answers and admissions dropped: the slot changed hands meanwhile.
+    pub stale: u64,
+    /// Datagrams on the upstream pool that answered no query.
+    pub upstream_unmatched: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_targets_read_host_and_port_and_refuse_the_rest() {
+        let t: ProbeTarget = "Example.COM:443".parse().unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("example.com", 443));
+        let t: ProbeTarget = "[2001:db8::1]:80".parse().unwrap();
+        assert_eq!(t.to_string(), "[2001:db8::1]:80");
+        // It crosses between hosts as it is written.
+        assert_eq!(serde_json::to_value(&t).unwrap(), "[2001:db8::1]:80");
+        let back: ProbeTarget =
+            serde_json::from_value(serde_json::json!("[2001:db8::1]:80")).unwrap();
+        assert_eq!(back, t);
+        for bad in ["example.com", ":443", "[2001:db8::1]", "a:99999", "::1"] {
+            assert!(bad.parse::<ProbeTarget>().is_err(), "{bad}");
+        }
+    }
+}

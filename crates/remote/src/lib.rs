@@ -1,0 +1,46 @@
+//! A runner on another host: the contract's [`Runner`] over HTTP.
+//!
+//! - [`service`]: the runner's side, an axum router that serves one
+//!   runner to its API;
+//! - [`RemoteRunner`]: the API's side, a client that implements
+//!   [`Runner`], so that the API drives a runner on another host exactly as
+//!   it drives the one in its process.
+//!
+//! The wire is small and fixed (see [`service`] for the routes): JSON
+//! bodies of the contract's own types; an error answer is
+//! `{"error": {"status", "code", "message"}}`, read back as the same
+//! [`RunnerError`]; the two streams (a sandbox's events, the deaths of
+//! inits) are server-sent events. Every request carries the runner's token
+//! as a bearer token. A runner that does not answer is
+//! [`RunnerError::Unavailable`] (503 `runner_unavailable`): the host's
+//! fault, never the caller's.
+//!
+//! [`Runner`]: sandgate_contract::Runner
+//! [`RunnerError`]: sandgate_contract::RunnerError
+//! [`RunnerError::Unavailable`]: sandgate_contract::RunnerError::Unavailable
+
+mod client;
+pub mod service;
+
+pub use client::RemoteRunner;
+
+/// The status the runner's side reports and the client reads.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Whether the runner enforces as it should.
+    pub healthy: bool,
+    /// The host's own addresses as they are now (always denied).
+    pub host_addresses: Vec<std::net::IpAddr>,
+    /// See [`sandgate_contract::Runner::allowed_counts`].
+    pub allowed_counts: Option<(u64, u64)>,
+    /// See [`sandgate_contract::Runner::dns_counts`].
+    pub dns_counts: sandgate_contract::DnsCounts,
+    /// See [`sandgate_contract::Runner::event_counts`]: kind, reason,
+    /// count.
+    pub event_counts: Vec<(sandgate_contract::EventKind, String, u64)>,
+}
+
+/// The name of the server-sent event that ends a sandbox's recent events
+/// (what follows happened after the subscription).
+pub const LIVE: &str = "live";

@@ -1,0 +1,329 @@
+//! The runner's side: one runner served to its API over HTTP.
+//!
+//! | route | body | answer |
+//! | --- | --- | --- |
+//! | `GET /v1/status` | | [`crate::Status`] |
+//! | `GET /v1/snapshots` | | names |
+//! | `POST /v1/sandboxes` | `SandboxSpec` | 204 |
+//! | `PUT /v1/sandboxes/{id}/policy` | `EffectivePolicy` | 204 |
+//! | `POST /v1/sandboxes/{id}/block`, `.../stop` | | 204 |
+//! | `DELETE /v1/sandboxes/{id}` | | 204 |
+//! | `POST /v1/sandboxes/{id}/exec` | `ExecRequest` | `ExecResult` |
+//! | `POST /v1/sandboxes/{id}/probe` | `[ProbeTarget]` | `[Observed]` |
+//! | `GET /v1/sandboxes/{id}/addresses` | | `[v4, v6]`, or 404 |
+//! | `GET /v1/sandboxes/{id}/events` | | events: the recent ones, an event named [`crate::LIVE`], then new ones |
+//! | `POST /v1/restore` | `[Expected]` | `RestoreReport` |
+//! | `GET /v1/deaths` | | events: ids of sandboxes whose init died (those since the start first) |
+//!
+//! Every request needs the runner's token (`Authorization: Bearer`); the
+//! token is kept as its SHA-256 digest and compared as such. The runner's
+//! blocking calls run on tokio's blocking pool.
+
+use crate::{Status, LIVE};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures_util::stream::{self, StreamExt};
+use sandgate_contract::{
+    ExecRequest, ExecResult, Expected, Observed, ProbeTarget, RestoreReport, Runner, RunnerError,
+    SandboxSpec,
+};
+use sandgate_policy::EffectivePolicy;
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Deaths kept for an API that connects later (it records each one once;
+/// a death it already knows is no change).
+const DEATHS_KEPT: usize = 4096;
+
+/// How often an idle stream sends a comment, so that both ends notice a
+/// peer that went away.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+struct Served {
+    runner: Arc<dyn Runner>,
+    token: [u8; 32],
+    deaths: broadcast::Sender<String>,
+    dead: Mutex<VecDeque<String>>,
+}
+
+/// The router serving `runner` to the holder of `token`. It takes the
+/// runner's deaths (see [`Runner::take_deaths`]) and keeps them for the
+/// API; call it inside a tokio runtime.
+pub fn router(runner: Arc<dyn Runner>, token: &str) -> Router {
+    let (died_tx, _) = broadcast::channel(1024);
+    let served = Arc::new(Served {
+        runner: runner.clone(),
+        token: Sha256::digest(token.as_bytes()).into(),
+        deaths: died_tx,
+        dead: Mutex::new(VecDeque::new()),
+    });
+    if let Some(mut died) = runner.take_deaths() {
+        let served = served.clone();
+        tokio::spawn(async move {
+            while let Some(id) = died.recv().await {
+                {
+                    let mut dead = served.dead.lock().unwrap_or_else(|e| e.into_inner());
+                    if dead.len() == DEATHS_KEPT {
+                        dead.pop_front();
+                    }
+                    dead.push_back(id.clone());
+                }
+                // No API following now is no error: it reads `dead` when
+                // it connects.
+                let _ = served.deaths.send(id);
+            }
+        });
+    }
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/snapshots", get(snapshots))
+        .route("/v1/sandboxes", post(create))
+        .route("/v1/sandboxes/{id}", axum::routing::delete(delete))
+        .route("/v1/sandboxes/{id}/policy", put(update))
+        .route("/v1/sandboxes/{id}/block", post(block))
+        .route("/v1/sandboxes/{id}/stop", post(stop))
+        .route("/v1/sandboxes/{id}/exec", post(exec))
+        .route("/v1/sandboxes/{id}/probe", post(probe))
+        .route("/v1/sandboxes/{id}/addresses", get(addresses))
+        .route("/v1/sandboxes/{id}/events", get(events))
+        .route("/v1/restore", post(restore))
+        .route("/v1/deaths", get(deaths))
+        .layer(axum::middleware::from_fn_with_state(
+            served.clone(),
+            authorize,
+        ))
+        .with_state(served)
+}
+
+type St = State<Arc<Served>>;
+
+/// An error answer: the contract's error, with its status.
+struct Fault(RunnerError);
+
+impl From<RunnerError> for Fault {
+    fn from(e: RunnerError) -> Fault {
+        Fault(e)
+    }
+}
+
+impl IntoResponse for Fault {
+    fn into_response(self) -> Response {
+        if self.0.is_host_fault() {
+            tracing::error!(error = %self.0, "a runner call failed");
+        }
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(serde_json::json!({ "error": self.0 }))).into_response()
+    }
+}
+
+/// A JSON body whose rejection is the contract's 400.
+struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Fault;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Fault> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Body(v))
+            .map_err(|r| {
+                Fault(RunnerError::Invalid {
+                    code: "invalid_request",
+                    message: r.body_text(),
+                })
+            })
+    }
+}
+
+/// 401 unless the request carries the runner's token.
+async fn authorize(State(st): St, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    match token {
+        Some(t) if <[u8; 32]>::from(Sha256::digest(t.as_bytes())) == st.token => {
+            next.run(req).await
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({ "error": {
+                "status": 401,
+                "code": "unauthorized",
+                "message": "this runner answers its API only: send its token as 'Authorization: Bearer <token>'",
+            }})),
+        )
+            .into_response(),
+    }
+}
+
+/// Runs blocking runner work off the async threads.
+async fn blocking<T: Send + 'static>(
+    st: &Served,
+    work: impl FnOnce(&dyn Runner) -> Result<T, RunnerError> + Send + 'static,
+) -> Result<T, Fault> {
+    let runner = st.runner.clone();
+    tokio::task::spawn_blocking(move || work(&*runner))
+        .await
+        .map_err(|e| Fault(RunnerError::host(e)))?
+        .map_err(Fault)
+}
+
+async fn status(State(st): St) -> Result<Json<Status>, Fault> {
+    blocking(&st, |r| {
+        let policy = r.live_policy();
+        Ok(Status {
+            healthy: r.healthy(),
+            host_addresses: policy.ranges().host_addresses().collect(),
+            allowed_counts: r.allowed_counts(),
+            dns_counts: r.dns_counts(),
+            event_counts: r
+                .event_counts()
+                .into_iter()
+                .map(|((kind, reason), n)| (kind, reason, n))
+                .collect(),
+        })
+    })
+    .await
+    .map(Json)
+}
+
+async fn snapshots(State(st): St) -> Result<Json<Vec<String>>, Fault> {
+    blocking(&st, |r| r.snapshots()).await.map(Json)
+}
+
+async fn create(State(st): St, Body(spec): Body<SandboxSpec>) -> Result<StatusCode, Fault> {
+    blocking(&st, move |r| r.create(&spec)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn update(
+    State(st): St,
+    Path(id): Path<String>,
+    Body(policy): Body<EffectivePolicy>,
+) -> Result<StatusCode, Fault> {
+    blocking(&st, move |r| r.update(&id, &policy)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn block(State(st): St, Path(id): Path<String>) -> Result<StatusCode, Fault> {
+    blocking(&st, move |r| r.block(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stop(State(st): St, Path(id): Path<String>) -> Result<StatusCode, Fault> {
+    blocking(&st, move |r| r.stop(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete(State(st): St, Path(id): Path<String>) -> Result<StatusCode, Fault> {
+    blocking(&st, move |r| r.delete(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn exec(
+    State(st): St,
+    Path(id): Path<String>,
+    Body(request): Body<ExecRequest>,
+) -> Result<Json<ExecResult>, Fault> {
+    blocking(&st, move |r| r.exec(&id, &request))
+        .await
+        .map(Json)
+}
+
+async fn probe(
+    State(st): St,
+    Path(id): Path<String>,
+    Body(targets): Body<Vec<ProbeTarget>>,
+) -> Result<Json<Vec<Observed>>, Fault> {
+    blocking(&st, move |r| r.probe(&id, &targets))
+        .await
+        .map(Json)
+}
+
+async fn addresses(
+    State(st): St,
+    Path(id): Path<String>,
+) -> Result<Json<[std::net::IpAddr; 2]>, Fault> {
+    st.runner.addresses(&id).map(Json).ok_or_else(|| {
+        Fault(RunnerError::NotFound(format!(
+            "no sandbox {id} on this runner"
+        )))
+    })
+}
+
+async fn restore(
+    State(st): St,
+    Body(expected): Body<Vec<Expected>>,
+) -> Result<Json<RestoreReport>, Fault> {
+    blocking(&st, move |r| r.restore(&expected)).await.map(Json)
+}
+
+async fn events(State(st): St, Path(id): Path<String>) -> Result<Response, Fault> {
+    let (recent, live) = st.runner.subscribe(&id)?;
+    let event = |e: &sandgate_contract::NetworkEvent| {
+        Event::default()
+            .event(e.kind.as_str())
+            .json_data(e)
+            .unwrap_or_else(|_| Event::default().comment("unserializable event"))
+    };
+    let first: Vec<Result<Event, Infallible>> = recent
+        .iter()
+        .map(event)
+        .chain([Event::default().event(LIVE).data("")])
+        .map(Ok)
+        .collect();
+    // New events until the sandbox is deleted (the channel closes) or the
+    // API goes away; one that fell behind is told how many it lost.
+    let next = stream::unfold(live, move |mut live| async move {
+        let sent = match live.recv().await {
+            Ok(e) => event(&e),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(format!("{n}"))
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(sent), live))
+    });
+    Ok(Sse::new(stream::iter(first).chain(next))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+async fn deaths(State(st): St) -> Response {
+    // Subscribed before the kept ones are read: none is missed between.
+    let live = st.deaths.subscribe();
+    let kept: Vec<Result<Event, Infallible>> = st
+        .dead
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|id| Ok(Event::default().data(id)))
+        .collect();
+    let next = stream::unfold(live, |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(id) => return Some((Ok(Event::default().data(id)), live)),
+                // Those lost are in `dead`: the API reads them again when
+                // it reconnects.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream::iter(kept).chain(next))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}

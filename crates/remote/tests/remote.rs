@@ -1,0 +1,214 @@
+//! A server driving a runner across HTTP, in the lab: the real runner
+//! (slots, kernel rules, DNS service, runc) served by this crate's
+//! service on loopback, and a server over a `RemoteRunner` of it. What a
+//! client sees is what it sees of a server with its runner in process:
+//! policies enforced and updated, events, explain and network tests, exec,
+//! a restart of the API that finds its sandboxes running, a delete that
+//! leaves nothing; and a runner that is away or refuses the token is said
+//! so. Needs root, runc and busybox-static.
+
+#![allow(clippy::unwrap_used)]
+
+use sandgate_contract::{Runner, RunnerError};
+use sandgate_lab::addrs::{DENIED_SERVER4, SERVER4, SERVER4_B, TCP_ECHO};
+use sandgate_lab::Lab;
+use sandgate_remote::{service, RemoteRunner};
+use sandgate_testkit::{Http, InProcess};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ADMIN: &str = "operator-token-for-tests";
+const TOKEN: &str = "the-runners-token-for-tests";
+
+/// The runner of `lab`, served on a loopback port by a runtime of its
+/// own: its URL, the runtime (dropping it stops serving and drops the
+/// runner) and the runner.
+fn serve_runner(
+    cfg: &sandgate_server::ServerConfig,
+) -> (
+    String,
+    tokio::runtime::Runtime,
+    Arc<sandgate_runner::Runner>,
+) {
+    let runner = Arc::new(
+        sandgate_runner::Runner::start(
+            cfg.runner.clone(),
+            Arc::new(cfg.policy.clone()),
+            Arc::new(cfg.catalog.clone()),
+        )
+        .unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served: Arc<dyn Runner> = runner.clone();
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(listener, service::router(served, TOKEN))
+            .await
+            .unwrap();
+    });
+    (url, rt, runner)
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Whether the lab's TCP echo at `dest` answers sandbox `sb`.
+fn echoes(api: &Http, sb: &str, dest: std::net::IpAddr) -> bool {
+    let (s, v) = api.call(
+        "POST",
+        &format!("/api/sandbox/{sb}/process/execute"),
+        Some(
+            json!({"command": format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}"), "timeout": 10}),
+        ),
+    );
+    assert_eq!(s, 200, "{v}");
+    v["stdout"] == "sandgate\n"
+}
+
+/// Sandbox `sb`'s recent events (not followed), as JSON.
+fn recent_events(base: &str, key: &str, sb: &str) -> Vec<Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let text = agent
+        .get(format!(
+            "{base}/api/sandbox/{sb}/network/events?follow=false"
+        ))
+        .header("Authorization", format!("Bearer {key}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
+    let lab = Lab::up().unwrap();
+    let dir = std::env::temp_dir().join(format!("sandgate-remote-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = sandgate_testkit::lab_server_config(&lab, &dir, 1, ADMIN);
+    let (url, runner_rt, runner) = serve_runner(&cfg);
+
+    // A wrong token, and a runner that is not there: said, at connect.
+    let wrong = RemoteRunner::connect(&url, "not-the-token", cfg.policy.clone()).unwrap_err();
+    assert!(
+        wrong.is_host_fault() && wrong.message().contains("token"),
+        "{wrong:?}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let away = RemoteRunner::connect(&nowhere, TOKEN, cfg.policy.clone()).unwrap_err();
+    assert!(matches!(away, RunnerError::Unavailable(_)), "{away:?}");
+    assert_eq!(away.code(), "runner_unavailable");
+
+    let start = || {
+        let remote = RemoteRunner::connect(&url, TOKEN, cfg.policy.clone()).unwrap();
+        InProcess::start_with_runner(cfg.clone(), Arc::new(remote)).unwrap()
+    };
+    let mut server = start();
+    let admin = Http::new(&server.base, ADMIN, Duration::from_secs(60));
+    let key = admin.organization("acme", 3);
+    let api = admin.with_key(&key);
+
+    // Made on the runner, its policy enforced there.
+    let (s, made) = api.call(
+        "POST",
+        "/api/sandbox",
+        Some(json!({"name": "far", "networkAllowList": format!("{SERVER4}/32")})),
+    );
+    assert_eq!(s, 201, "{made}");
+    let sb = id(&made);
+    assert!(runner.addresses(&sb).is_some(), "made on the runner");
+    assert!(echoes(&api, &sb, SERVER4));
+    assert!(!echoes(&api, &sb, SERVER4_B));
+
+    // Its denial is an event that crossed from the runner.
+    let events = recent_events(&server.base, &key, &sb);
+    assert!(
+        events.iter().any(|e| e["kind"] == "connection"
+            && e["destination"] == SERVER4_B.to_string()
+            && e["reason"] == "not_in_allow_list"),
+        "{events:?}"
+    );
+
+    // explain and the network test agree with the kernel there; the
+    // host's own addresses come from the runner.
+    let (s, t) = api.call(
+        "POST",
+        &format!("/api/sandbox/{sb}/network/test"),
+        Some(json!({"targets": [
+            format!("{SERVER4}:{TCP_ECHO}"),
+            format!("{SERVER4_B}:{TCP_ECHO}"),
+            format!("{DENIED_SERVER4}:{TCP_ECHO}"),
+        ]})),
+    );
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["ok"], true, "{t}");
+    let observed: Vec<bool> = t["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["observed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(observed, [true, false, false], "{t}");
+
+    // An update reaches the kernel there before the answer.
+    let (s, v) = api.call(
+        "POST",
+        &format!("/api/sandbox/{sb}/network-settings"),
+        Some(json!({"networkAllowList": format!("{SERVER4_B}/32")})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert!(!echoes(&api, &sb, SERVER4));
+    assert!(echoes(&api, &sb, SERVER4_B));
+
+    // The runner's refusal of a working directory is the caller's fault,
+    // across the wire too.
+    let (s, v) = api.call(
+        "POST",
+        &format!("/api/sandbox/{sb}/process/execute"),
+        Some(json!({"command": "true", "cwd": "/no/such/dir"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_cwd")),
+        "{v}"
+    );
+
+    // The API restarts; the runner runs on: the sandbox is taken back,
+    // with the policy on record.
+    server.stop();
+    let mut server = start();
+    let api = Http::new(&server.base, &key, Duration::from_secs(60));
+    let (_, g) = api.call("GET", &format!("/api/sandbox/{sb}"), None);
+    assert_eq!(g["state"], "running", "{g}");
+    assert!(echoes(&api, &sb, SERVER4_B));
+    assert!(!echoes(&api, &sb, SERVER4));
+
+    // A delete leaves nothing on the runner.
+    assert_eq!(
+        api.call("DELETE", &format!("/api/sandbox/{sb}"), None).0,
+        204
+    );
+    assert!(runner.addresses(&sb).is_none());
+    let (s, v) = api.call("GET", &format!("/api/sandbox/{sb}"), None);
+    assert_eq!(s, 404, "{v}");
+
+    server.stop();
+    drop(runner_rt);
+    drop(runner);
+    let _ = sandgate_runner::purge_runtime(&cfg.runner);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,564 @@
+//! What each API call does, between the handlers and the runner.
+//!
+//! The handlers ([`crate::api`]) parse a request and authorize its caller;
+//! then they call a function here, which resolves the request against the
+//! organization's tier, drives the runner (through the contract's
+//! [`Runner`] trait, on a blocking thread) and the store, and holds the
+//! transactions and their undo:
+//!
+//! - create, update, delete and tier changes are one transaction each,
+//!   serialized by one write lock and run to their end even if the client
+//!   goes away;
+//! - a row is written in state `creating` (or `deleting`) before the
+//!   runner acts and settled after, so that a crash in between leaves a row
+//!   that the next start recognizes and cleans (see
+//!   [`crate::Server::start`]);
+//! - a failure puts back what was there, or cuts the sandbox off: never a
+//!   wider policy than the one on record.
+
+use crate::auth::random_id;
+use crate::error::ApiError;
+use crate::store::{now, Organization, SandboxRow, SandboxState};
+use crate::AppState;
+use axum::http::StatusCode;
+use sandgate_contract::{
+    ExecRequest, ExecResult, Observed, ProbeTarget, Runner, RunnerError, SandboxSpec, Subscription,
+};
+use sandgate_policy::{
+    CompiledPolicy, Destination, EffectivePolicy, NetworkSettings, Resources, ResourcesRequest,
+    SettingsRequest, Verdict,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Runs blocking runner work off the async threads.
+pub(crate) async fn on_runner<T: Send + 'static>(
+    st: &AppState,
+    work: impl FnOnce(&dyn Runner) -> Result<T, RunnerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let runner = st.runner.clone();
+    tokio::task::spawn_blocking(move || work(&*runner))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)
+}
+
+/// Runs `work` under the write lock, to its end even if the client goes
+/// away: a dropped request must not stop a change half-way (a tier stored
+/// but not applied, a policy in the kernel but not in the store). The lock
+/// is taken here and moved into a task of its own, which the handler only
+/// awaits.
+async fn transaction<T, F, Fut>(st: &Arc<AppState>, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<AppState>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    let guard = st.writes.clone().lock_owned().await;
+    let st = st.clone();
+    tokio::spawn(async move {
+        let _held = guard;
+        work(st).await
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// 409 `sandbox_not_running`: the sandbox is not running (being made or
+/// removed, its init died, or it was lost); the error carries its state.
+pub fn not_running(row: &SandboxRow) -> ApiError {
+    let why = match row.state {
+        SandboxState::Died => ": its init died (it is kept, with its files, and not restarted); delete it and create another",
+        SandboxState::Lost => ": it was gone from the host at the server's start; delete it",
+        _ => "",
+    };
+    let mut e = ApiError::new(
+        StatusCode::CONFLICT,
+        "sandbox_not_running",
+        format!("sandbox {} is {}, not running{why}", row.id, row.state),
+    );
+    e.details = Some(serde_json::json!({ "state": row.state.as_str() }));
+    e
+}
+
+/// 409 unless the sandbox is running.
+pub fn running(row: &SandboxRow) -> Result<(), ApiError> {
+    if row.state == SandboxState::Running {
+        Ok(())
+    } else {
+        Err(not_running(row))
+    }
+}
+
+// ------------------------------------------------------- organizations --
+
+/// Organization `id`, or 404.
+pub async fn organization(st: &AppState, id: &str) -> Result<Organization, ApiError> {
+    st.store
+        .organization(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no organization {id}")))
+}
+
+/// Makes an organization named `name` of `tier` (the name is free).
+pub async fn create_organization(
+    st: &AppState,
+    name: String,
+    tier: u8,
+) -> Result<Organization, ApiError> {
+    st.policy.tier(tier)?;
+    let _w = st.writes.lock().await;
+    if st
+        .store
+        .organizations()
+        .await?
+        .iter()
+        .any(|o| o.name == name)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "name_taken",
+            format!("an organization named {name:?} exists"),
+        ));
+    }
+    let org = Organization {
+        id: random_id("org-", 8)?,
+        name,
+        tier,
+        created_at: now(),
+    };
+    st.store.add_organization(&org).await?;
+    Ok(org)
+}
+
+/// Changes organization `id`'s tier and applies it to each of its running
+/// sandboxes before it returns (the organization, and how many took it).
+/// A sandbox that cannot take its new policy is cut off rather than left
+/// with the old one (`partially_applied`).
+pub async fn set_tier(
+    st: &Arc<AppState>,
+    id: String,
+    tier: u8,
+) -> Result<(Organization, usize), ApiError> {
+    st.policy.tier(tier)?;
+    transaction(st, move |st| async move {
+        let mut org = organization(&st, &id).await?;
+        // The store first: should applying fail half-way, a restart
+        // applies the stored tier to every sandbox.
+        st.store.set_tier(&org.id, tier).await?;
+        org.tier = tier;
+        let mut reapplied = 0;
+        let mut failed = Vec::new();
+        for row in st.store.sandboxes(Some(&org.id)).await? {
+            if row.state != SandboxState::Running {
+                continue;
+            }
+            let applied = match effective(&st, org.tier, &row) {
+                Ok(policy) => {
+                    let id = row.id.clone();
+                    on_runner(&st, move |r| r.update(&id, &policy)).await
+                }
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(()) => reapplied += 1,
+                Err(e) => {
+                    cut_off(&st, &row).await;
+                    failed.push(format!("{} ({})", row.id, e.message));
+                }
+            }
+        }
+        if !failed.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "partially_applied",
+                format!(
+                    "tier {} stored and applied to {reapplied} sandboxes; {} could not take it and are cut off until a retry: {}",
+                    org.tier,
+                    failed.len(),
+                    failed.join("; ")
+                ),
+            ));
+        }
+        Ok((org, reapplied))
+    })
+    .await
+}
+
+/// Fails closed for a sandbox whose new policy could not be applied: it
+/// is cut off rather than left with the old one; if even that fails, its
+/// processes are stopped and it is marked lost.
+async fn cut_off(st: &AppState, row: &SandboxRow) {
+    let id = row.id.clone();
+    if on_runner(st, move |r| r.block(&id)).await.is_ok() {
+        return;
+    }
+    let id = row.id.clone();
+    if let Err(e) = on_runner(st, move |r| r.stop(&id)).await {
+        tracing::error!(sandbox = %row.id, error = %e.message, "stopping a sandbox that could be neither updated nor cut off");
+    }
+    if let Err(e) = st.store.set_state(&row.id, SandboxState::Lost).await {
+        tracing::error!(sandbox = %row.id, error = %e, "recording a lost sandbox");
+    }
+}
+
+// ----------------------------------------------------------- sandboxes --
+
+/// The effective policy of a stored sandbox of an organization of `tier`.
+pub fn effective(st: &AppState, tier: u8, row: &SandboxRow) -> Result<EffectivePolicy, ApiError> {
+    let settings = st.policy.stored_settings(
+        row.network_block_all,
+        &row.network_allow_list,
+        &row.domain_allow_list,
+    )?;
+    Ok(st.policy.resolve(tier, &settings)?)
+}
+
+/// Sandbox `key` (id or name) of `org`, or 404.
+pub async fn sandbox(st: &AppState, org: &Organization, key: &str) -> Result<SandboxRow, ApiError> {
+    st.store
+        .sandbox(&org.id, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no sandbox {key}")))
+}
+
+/// Network settings as a request sends them: a field left out is `None`.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsChange {
+    /// `networkBlockAll`.
+    pub network_block_all: Option<bool>,
+    /// `networkAllowList`, unparsed.
+    pub network_allow_list: Option<String>,
+    /// `domainAllowList`, unparsed.
+    pub domain_allow_list: Option<String>,
+}
+
+impl SettingsChange {
+    fn request(&self) -> SettingsRequest<'_> {
+        SettingsRequest {
+            network_block_all: self.network_block_all,
+            network_allow_list: self.network_allow_list.as_deref(),
+            domain_allow_list: self.domain_allow_list.as_deref(),
+        }
+    }
+}
+
+/// A sandbox to make, its fields checked for form (names, environment);
+/// what depends on the tier is checked here.
+#[derive(Debug, Clone, Default)]
+pub struct NewSandbox {
+    /// Its name (default: its id).
+    pub name: Option<String>,
+    /// Its snapshot.
+    pub snapshot: String,
+    /// Environment variables of every exec.
+    pub env: BTreeMap<String, String>,
+    /// Its network settings.
+    pub settings: SettingsChange,
+    /// The resources it asks for.
+    pub resources: ResourcesRequest,
+}
+
+impl NewSandbox {
+    /// The settings it asks for, validated for an organization of `tier`.
+    fn settings(&self, st: &AppState, tier: u8) -> Result<NetworkSettings, ApiError> {
+        Ok(st
+            .policy
+            .settings_for_create(tier, &self.settings.request())?)
+    }
+
+    /// The resources it gets in an organization of `tier`: the tier's
+    /// defaults where it asks for nothing.
+    fn resources(&self, st: &AppState, tier: u8) -> Result<Resources, ApiError> {
+        Ok(st
+            .policy
+            .tier(tier)?
+            .resources
+            .resolve(tier, &self.resources)?)
+    }
+}
+
+/// Makes a sandbox of `org`: resolved against the organization's tier as
+/// it is under the write lock, its row written as `creating`, then made
+/// by the runner (its policy in the kernel before its first process
+/// runs), then `running`. Any failure leaves nothing. The row and the
+/// tier it was resolved for.
+pub async fn create_sandbox(
+    st: &Arc<AppState>,
+    org: &Organization,
+    new: NewSandbox,
+) -> Result<(SandboxRow, u8), ApiError> {
+    // Validated now for a quick answer, and again under the lock with the
+    // tier as it is then (a tier change may have come in between).
+    new.settings(st, org.tier)?;
+    new.resources(st, org.tier)?;
+    let known = on_runner(st, |r| r.snapshots()).await?;
+    if !known.contains(&new.snapshot) {
+        return Err(ApiError::not_found(format!(
+            "no snapshot {}; there are: {}",
+            new.snapshot,
+            known.join(", ")
+        )));
+    }
+    let org_id = org.id.clone();
+    transaction(st, move |st| async move {
+        let org = organization(&st, &org_id).await?;
+        let settings = new.settings(&st, org.tier)?;
+        let resources = new.resources(&st, org.tier)?;
+        let policy = st.policy.resolve(org.tier, &settings)?;
+        let count = st.store.sandboxes(Some(&org.id)).await?.len();
+        if count >= st.max_sandboxes_per_org {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "quota_exceeded",
+                format!(
+                    "the organization has {count} sandboxes, the most it may have; delete one first"
+                ),
+            ));
+        }
+        let id = random_id("sb-", 8)?;
+        let name = new.name.clone().unwrap_or_else(|| id.clone());
+        if st.store.sandbox(&org.id, &name).await?.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                format!("a sandbox named {name:?} exists in this organization"),
+            ));
+        }
+        let stamp = now();
+        let mut row = SandboxRow {
+            id: id.clone(),
+            organization_id: org.id.clone(),
+            name,
+            snapshot: new.snapshot.clone(),
+            state: SandboxState::Creating,
+            network_block_all: settings.network_block_all,
+            network_allow_list: settings.network_allow_list.to_string(),
+            domain_allow_list: settings.domain_allow_list.to_string(),
+            env: serde_json::to_string(&new.env).map_err(ApiError::internal)?,
+            created_at: stamp.clone(),
+            updated_at: stamp,
+            memory_mib: resources.memory_mib,
+            cpu_millicores: resources.cpu_millicores,
+            disk_mib: resources.disk_mib,
+        };
+        st.store.add_sandbox(&row).await?;
+        let spec = SandboxSpec {
+            id: id.clone(),
+            organization: org.id.clone(),
+            snapshot: new.snapshot,
+            policy,
+            resources,
+        };
+        let made = on_runner(&st, move |r| r.create(&spec)).await;
+        // Running, unless its init already died (and that was recorded:
+        // the sandbox is kept, and shown, as died).
+        let settled = match made {
+            Ok(()) => st
+                .store
+                .move_state(&id, SandboxState::Creating, SandboxState::Running)
+                .await
+                .map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        let running = match settled {
+            Ok(running) => running,
+            Err(e) => {
+                undo_create(&st, &id).await;
+                return Err(e);
+            }
+        };
+        row.state = if running {
+            SandboxState::Running
+        } else {
+            SandboxState::Died
+        };
+        st.metrics.created();
+        Ok((row, org.tier))
+    })
+    .await
+}
+
+/// Removes a half-made sandbox: the runner's part (if any), then its row.
+/// What cannot be removed now is left for the next start (a row left as
+/// `creating` or `deleting` is finished then).
+async fn undo_create(st: &AppState, id: &str) {
+    let gone = id.to_string();
+    match on_runner(st, move |r| r.delete(&gone)).await {
+        Ok(()) => {
+            if let Err(e) = st.store.remove_sandbox(id).await {
+                tracing::error!(sandbox = %id, error = %e, "removing a half-made sandbox's row");
+            }
+        }
+        Err(undo) => {
+            tracing::warn!(sandbox = %id, error = %undo.message, "undoing a failed create; the next start finishes it");
+            if let Err(e) = st.store.set_state(id, SandboxState::Deleting).await {
+                tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
+            }
+        }
+    }
+}
+
+/// Deletes sandbox `key` of `org`: its row marked `deleting`, the
+/// runner's part removed, then the row.
+pub async fn delete_sandbox(
+    st: &Arc<AppState>,
+    org: Organization,
+    key: String,
+) -> Result<(), ApiError> {
+    transaction(st, move |st| async move {
+        let row = sandbox(&st, &org, &key).await?;
+        st.store.set_state(&row.id, SandboxState::Deleting).await?;
+        let id = row.id.clone();
+        on_runner(&st, move |r| r.delete(&id)).await?;
+        st.store.remove_sandbox(&row.id).await?;
+        st.metrics.deleted();
+        Ok(())
+    })
+    .await
+}
+
+/// Changes sandbox `key`'s network settings: the fields of `change` that
+/// are set replace the stored ones; the result is resolved against the
+/// tier as it is under the lock, applied in the kernel, then stored (and
+/// the old policy put back should the store refuse). The row and its
+/// tier.
+pub async fn update_settings(
+    st: &Arc<AppState>,
+    org: Organization,
+    key: String,
+    change: SettingsChange,
+) -> Result<(SandboxRow, u8), ApiError> {
+    transaction(st, move |st| async move {
+        let org = organization(&st, &org.id).await?;
+        let mut row = sandbox(&st, &org, &key).await?;
+        running(&row)?;
+        let stored = st.policy.stored_settings(
+            row.network_block_all,
+            &row.network_allow_list,
+            &row.domain_allow_list,
+        )?;
+        let settings = st
+            .policy
+            .settings_for_update(org.tier, &stored, &change.request())?;
+        let old = effective(&st, org.tier, &row)?;
+        let new = st.policy.resolve(org.tier, &settings)?;
+        let id = row.id.clone();
+        on_runner(&st, move |r| r.update(&id, &new)).await?;
+        row.network_block_all = settings.network_block_all;
+        row.network_allow_list = settings.network_allow_list.to_string();
+        row.domain_allow_list = settings.domain_allow_list.to_string();
+        row.updated_at = now();
+        if let Err(e) = st.store.set_settings(&row).await {
+            // Put the stored policy back in force: the answer is an error.
+            let id = row.id.clone();
+            on_runner(&st, move |r| r.update(&id, &old)).await?;
+            return Err(e.into());
+        }
+        Ok((row, org.tier))
+    })
+    .await
+}
+
+/// Runs `request` in running sandbox `row` of organization `org`, within
+/// the organization's and the server's bounds on long calls.
+pub async fn execute(
+    st: &AppState,
+    org: &Organization,
+    row: &SandboxRow,
+    request: ExecRequest,
+) -> Result<ExecResult, ApiError> {
+    running(row)?;
+    let permits = st.blocking_permits(&org.id)?;
+    let id = row.id.clone();
+    // The permits live as long as the command runs, not as long as the
+    // request: a client that goes away does not free them early.
+    on_runner(st, move |r| {
+        let _held = permits;
+        r.exec(&id, &request)
+    })
+    .await
+}
+
+/// `work` on the policy of sandbox `row` compiled as the host enforces
+/// it now: the host's addresses as they are, the sandbox's own addresses
+/// not egress.
+fn with_compiled<T>(
+    st: &AppState,
+    tier: u8,
+    row: &SandboxRow,
+    work: impl FnOnce(&CompiledPolicy) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let policy = effective(st, tier, row)?;
+    let ranges = st.runner.live_policy();
+    let own: Vec<_> = st
+        .runner
+        .addresses(&row.id)
+        .map(Vec::from)
+        .unwrap_or_default();
+    work(&CompiledPolicy::new(policy, &st.catalog, &ranges).with_own_addresses(&own))
+}
+
+/// What sandbox `row`'s policy does with `destination`, without sending
+/// anything: the verdict and the sandbox's mode.
+pub fn explain(
+    st: &AppState,
+    tier: u8,
+    row: &SandboxRow,
+    destination: &Destination,
+) -> Result<(Verdict, String), ApiError> {
+    with_compiled(st, tier, row, |compiled| {
+        Ok((
+            compiled.explain(destination),
+            compiled.policy().mode.as_str().to_string(),
+        ))
+    })
+}
+
+/// Probes `targets` from running sandbox `row`: each one's verdict beside
+/// what the probe saw, and the sandbox's mode.
+pub async fn network_test(
+    st: &AppState,
+    org: &Organization,
+    row: &SandboxRow,
+    targets: Vec<ProbeTarget>,
+) -> Result<(Vec<(Verdict, Observed)>, String), ApiError> {
+    running(row)?;
+    let (expected, mode) = with_compiled(st, org.tier, row, |compiled| {
+        let verdicts = targets
+            .iter()
+            .map(|t| Ok(compiled.explain(&t.to_string().parse::<Destination>()?)))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok((verdicts, compiled.policy().mode.as_str().to_string()))
+    })?;
+    // A test holds a blocking thread and a thread per target for up to
+    // 3 s: it counts against the same limits as an exec.
+    let permits = st.blocking_permits(&org.id)?;
+    let id = row.id.clone();
+    let observed = on_runner(st, move |r| {
+        let _held = permits;
+        r.probe(&id, &targets)
+    })
+    .await?;
+    Ok((expected.into_iter().zip(observed).collect(), mode))
+}
+
+/// Running sandbox `row`'s recent network events and its next ones.
+pub fn subscribe(st: &AppState, row: &SandboxRow) -> Result<Subscription, ApiError> {
+    running(row)?;
+    Ok(st.runner.subscribe(&row.id)?)
+}
+
+/// Whether the store answers and the runner enforces.
+pub async fn healthy(st: &AppState) -> Result<(), &'static str> {
+    if st.store.organizations().await.is_err() {
+        return Err("the store does not answer");
+    }
+    // The runner may take a lock held for a slot's making: not on an
+    // async worker.
+    let ruleset = on_runner(st, |r| Ok(r.healthy())).await.unwrap_or(false);
+    if !ruleset {
+        return Err("the dataplane's ruleset went missing");
+    }
+    Ok(())
+}

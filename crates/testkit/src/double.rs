@@ -1,0 +1,299 @@
+//! A runner double: the contract's [`Runner`] kept in memory, for the
+//! API's own tests (validation, authorization, error answers, the undo of
+//! a failed step), which then need neither root nor a lab. It enforces
+//! nothing: the real runner's tests and the lab suites do that.
+//!
+//! It keeps what the API asked of it (each sandbox's policy, whether it
+//! was cut off or stopped, the commands run), fails an operation on
+//! demand with the error a test chooses, and reports deaths when told.
+
+use sandgate_contract::{
+    DnsCounts, EventKind, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget,
+    RestoreReport, Runner, RunnerError, SandboxSpec, Subscription,
+};
+use sandgate_policy::{EffectivePolicy, PolicyConfig};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, mpsc};
+
+/// An operation of the contract, to fail on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`Runner::snapshots`].
+    Snapshots,
+    /// [`Runner::create`].
+    Create,
+    /// [`Runner::update`].
+    Update,
+    /// [`Runner::block`].
+    Block,
+    /// [`Runner::delete`].
+    Delete,
+    /// [`Runner::exec`].
+    Exec,
+    /// [`Runner::probe`].
+    Probe,
+    /// [`Runner::restore`].
+    Restore,
+}
+
+/// A sandbox as the double keeps it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// Its organization.
+    pub organization: String,
+    /// The policy last put in force.
+    pub policy: EffectivePolicy,
+    /// Whether it was cut off (until its next update).
+    pub blocked: bool,
+    /// Whether its processes were stopped.
+    pub stopped: bool,
+    /// The commands run in it, in order.
+    pub commands: Vec<ExecRequest>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sandboxes: HashMap<String, Held>,
+    failures: HashMap<Op, Vec<RunnerError>>,
+    events: HashMap<String, broadcast::Sender<NetworkEvent>>,
+    healthy: bool,
+}
+
+/// The double.
+#[derive(Debug)]
+pub struct RunnerDouble {
+    snapshots: Vec<String>,
+    policy: Arc<PolicyConfig>,
+    inner: Mutex<Inner>,
+    deaths_tx: mpsc::UnboundedSender<String>,
+    deaths: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+}
+
+impl RunnerDouble {
+    /// A double with the snapshots `snapshots`, under `policy` (the
+    /// always-denied ranges `explain` reads).
+    pub fn new(snapshots: &[&str], policy: PolicyConfig) -> RunnerDouble {
+        let (deaths_tx, deaths) = mpsc::unbounded_channel();
+        RunnerDouble {
+            snapshots: snapshots.iter().map(ToString::to_string).collect(),
+            policy: Arc::new(policy),
+            inner: Mutex::new(Inner {
+                healthy: true,
+                ..Inner::default()
+            }),
+            deaths_tx,
+            deaths: Mutex::new(Some(deaths)),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next call of `op` fails with `error` (calls queued so fail in
+    /// turn).
+    pub fn fail(&self, op: Op, error: RunnerError) {
+        self.inner().failures.entry(op).or_default().push(error);
+    }
+
+    fn failure(&self, op: Op) -> Result<(), RunnerError> {
+        let mut inner = self.inner();
+        match inner.failures.get_mut(&op) {
+            Some(queue) if !queue.is_empty() => Err(queue.remove(0)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sandbox `id` as the double holds it.
+    pub fn held(&self, id: &str) -> Option<Held> {
+        self.inner().sandboxes.get(id).cloned()
+    }
+
+    /// The ids of the sandboxes it holds, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.inner().sandboxes.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Sandbox `id`'s init dies: reported as a death.
+    pub fn kill(&self, id: &str) {
+        // Nobody listening (the server stopped) is no error here.
+        let _ = self.deaths_tx.send(id.to_string());
+    }
+
+    /// Whether [`Runner::healthy`] says so.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.inner().healthy = healthy;
+    }
+
+    /// Hands `event` to sandbox `event.sandbox`'s subscribers.
+    pub fn publish(&self, event: NetworkEvent) {
+        if let Some(tx) = self.inner().events.get(&event.sandbox) {
+            // No subscriber is no error.
+            let _ = tx.send(event);
+        }
+    }
+
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut Held) -> T) -> Result<T, RunnerError> {
+        self.inner()
+            .sandboxes
+            .get_mut(id)
+            .map(f)
+            .ok_or_else(|| RunnerError::NotFound(format!("no sandbox {id} on this runner")))
+    }
+}
+
+impl Runner for RunnerDouble {
+    fn snapshots(&self) -> Result<Vec<String>, RunnerError> {
+        self.failure(Op::Snapshots)?;
+        Ok(self.snapshots.clone())
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<(), RunnerError> {
+        self.failure(Op::Create)?;
+        let mut inner = self.inner();
+        if inner.sandboxes.contains_key(&spec.id) {
+            return Err(RunnerError::Conflict(format!("sandbox {} exists", spec.id)));
+        }
+        inner.sandboxes.insert(
+            spec.id.clone(),
+            Held {
+                organization: spec.organization.clone(),
+                policy: spec.policy.clone(),
+                blocked: false,
+                stopped: false,
+                commands: Vec::new(),
+            },
+        );
+        inner
+            .events
+            .insert(spec.id.clone(), broadcast::channel(64).0);
+        Ok(())
+    }
+
+    fn update(&self, id: &str, policy: &EffectivePolicy) -> Result<(), RunnerError> {
+        self.with(id, |_| ())?;
+        self.failure(Op::Update)?;
+        self.with(id, |h| {
+            h.policy = policy.clone();
+            h.blocked = false;
+        })
+    }
+
+    fn block(&self, id: &str) -> Result<(), RunnerError> {
+        self.failure(Op::Block)?;
+        self.with(id, |h| h.blocked = true)
+    }
+
+    fn stop(&self, id: &str) -> Result<(), RunnerError> {
+        self.with(id, |h| h.stopped = true)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), RunnerError> {
+        self.failure(Op::Delete)?;
+        let mut inner = self.inner();
+        inner.sandboxes.remove(id);
+        inner.events.remove(id);
+        Ok(())
+    }
+
+    fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, RunnerError> {
+        self.with(id, |_| ())?;
+        self.failure(Op::Exec)?;
+        self.with(id, |h| h.commands.push(request.clone()))?;
+        Ok(ExecResult {
+            exit_code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            result: String::new(),
+            timed_out: false,
+            truncated: false,
+        })
+    }
+
+    fn probe(&self, id: &str, targets: &[ProbeTarget]) -> Result<Vec<Observed>, RunnerError> {
+        self.with(id, |_| ())?;
+        self.failure(Op::Probe)?;
+        // Nothing is sent: every target is unreachable.
+        Ok(targets
+            .iter()
+            .map(|t| Observed {
+                target: t.clone(),
+                addresses: Vec::new(),
+                reachable: false,
+                detail: "a runner double sends nothing".into(),
+            })
+            .collect())
+    }
+
+    fn subscribe(&self, id: &str) -> Result<Subscription, RunnerError> {
+        let inner = self.inner();
+        let tx = inner
+            .events
+            .get(id)
+            .ok_or_else(|| RunnerError::NotFound(format!("no sandbox {id} on this runner")))?;
+        Ok((Vec::new(), tx.subscribe()))
+    }
+
+    fn restore(&self, expected: &[Expected]) -> Result<RestoreReport, RunnerError> {
+        self.failure(Op::Restore)?;
+        let mut report = RestoreReport::default();
+        let mut inner = self.inner();
+        let wanted: HashMap<&str, &Expected> =
+            expected.iter().map(|e| (e.id.as_str(), e)).collect();
+        let unknown: Vec<String> = inner
+            .sandboxes
+            .keys()
+            .filter(|id| !wanted.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        for id in unknown {
+            inner.sandboxes.remove(&id);
+            inner.events.remove(&id);
+            report.removed.push(id);
+        }
+        report.removed.sort();
+        for e in expected {
+            match inner.sandboxes.get_mut(&e.id) {
+                Some(held) => {
+                    held.policy = e.policy.clone();
+                    held.blocked = false;
+                    report.running.push(e.id.clone());
+                }
+                None => report.lost.push(e.id.clone()),
+            }
+        }
+        Ok(report)
+    }
+
+    fn take_deaths(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.deaths.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn live_policy(&self) -> Arc<PolicyConfig> {
+        self.policy.clone()
+    }
+
+    fn addresses(&self, _id: &str) -> Option<[IpAddr; 2]> {
+        None
+    }
+
+    fn healthy(&self) -> bool {
+        self.inner().healthy
+    }
+
+    fn allowed_counts(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    fn dns_counts(&self) -> DnsCounts {
+        DnsCounts::default()
+    }
+
+    fn event_counts(&self) -> BTreeMap<(EventKind, String), u64> {
+        BTreeMap::new()
+    }
+}
