@@ -149,25 +149,17 @@ impl<'de> serde::Deserialize<'de> for RunnerError {
 /// The codes of [`RunnerError::Invalid`].
 pub const INVALID_CODES: [&str; 2] = ["invalid_request", "invalid_cwd"];
 
-/// What a runner's I/O error means for its caller, by its kind: the kinds
-/// a caller causes (not found, exists, invalid input or data) are theirs,
-/// a full disk is the host's with its own code, and every other kind is
-/// the host's.
+/// An I/O error that nobody refused on purpose is the host's fault,
+/// whatever its kind (a `NotFound` from spawning a missing program is the
+/// host's, not the caller's); a full disk is said so. A runner that
+/// refuses something on purpose says so with its own variant.
 impl From<io::Error> for RunnerError {
     fn from(e: io::Error) -> RunnerError {
-        let m = e.to_string();
         match e.kind() {
-            io::ErrorKind::NotFound => RunnerError::NotFound(m),
-            io::ErrorKind::AlreadyExists | io::ErrorKind::ResourceBusy => RunnerError::Conflict(m),
-            io::ErrorKind::InvalidInput => RunnerError::Invalid {
-                code: "invalid_request",
-                message: m,
-            },
-            io::ErrorKind::InvalidData => RunnerError::Unprocessable(m),
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                RunnerError::StorageFull(m)
+                RunnerError::StorageFull(e.to_string())
             }
-            _ => RunnerError::Host(m),
+            _ => RunnerError::Host(e.to_string()),
         }
     }
 }
@@ -177,20 +169,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn io_errors_keep_the_callers_faults_apart_from_the_hosts() {
+    fn an_io_error_nobody_refused_is_the_hosts_fault() {
         let of = |kind| RunnerError::from(io::Error::new(kind, "x"));
-        assert_eq!(of(io::ErrorKind::NotFound).status(), 404);
-        assert_eq!(of(io::ErrorKind::AlreadyExists).status(), 409);
-        assert_eq!(of(io::ErrorKind::InvalidInput).code(), "invalid_request");
-        assert_eq!(of(io::ErrorKind::InvalidData).status(), 422);
-        assert_eq!(of(io::ErrorKind::StorageFull).code(), "storage_full");
-        // A missing program, a permission the host lacks: the host's.
-        for kind in [io::ErrorKind::PermissionDenied, io::ErrorKind::Other] {
+        // A missing program, a permission the host lacks, a record it
+        // cannot read: the host's, never a 404 or a 400.
+        for kind in [
+            io::ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied,
+            io::ErrorKind::InvalidData,
+            io::ErrorKind::InvalidInput,
+            io::ErrorKind::Other,
+        ] {
             let e = of(kind);
             assert!(e.is_host_fault(), "{kind:?}");
             assert_eq!(e.code(), "internal");
         }
-        assert!(!of(io::ErrorKind::NotFound).is_host_fault());
+        assert_eq!(of(io::ErrorKind::StorageFull).code(), "storage_full");
+        assert_eq!(of(io::ErrorKind::QuotaExceeded).status(), 507);
     }
 
     #[test]

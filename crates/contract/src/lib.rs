@@ -10,7 +10,7 @@
 //!   across hosts) and a double for the API's own tests;
 //! - the requests and answers ([`SandboxSpec`], [`Expected`],
 //!   [`RestoreReport`], [`ExecRequest`], [`ExecResult`], [`ProbeTarget`],
-//!   [`Observed`], [`NetworkEvent`], [`DnsCounts`]);
+//!   [`Observed`], [`NetworkEvent`], [`Counts`]);
 //! - [`SandboxState`]: where a sandbox is in its life, an enum;
 //! - [`RunnerError`]: what went wrong, typed, carrying its HTTP status and
 //!   code, the caller's faults kept apart from the host's.
@@ -28,5 +28,6 @@ pub use event::{EventKind, NetworkEvent};
 pub use runner::{Runner, Subscription};
 pub use state::SandboxState;
 pub use types::{
-    DnsCounts, ExecRequest, ExecResult, Expected, Observed, ProbeTarget, RestoreReport, SandboxSpec,
+    Counts, DnsCounts, ExecRequest, ExecResult, Expected, Observed, ProbeTarget, RestoreReport,
+    SandboxSpec,
 };

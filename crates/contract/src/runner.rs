@@ -1,11 +1,10 @@
 //! The operations the API drives on a runner.
 
 use crate::{
-    DnsCounts, EventKind, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget,
-    RestoreReport, RunnerError, SandboxSpec,
+    Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
+    RunnerError, SandboxSpec,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -23,7 +22,10 @@ pub type Subscription = (
 /// blocking thread. Every one of them either does all it says or leaves
 /// the sandbox as it was (or, where even that failed, cut off from the
 /// network: never with more access than before); its error says which
-/// side was at fault ([`RunnerError::is_host_fault`]).
+/// side was at fault ([`RunnerError::is_host_fault`]). The one exception
+/// is [`RunnerError::Unavailable`]: a runner that did not answer may or
+/// may not have done it, and the caller assumes the wider of the two (it
+/// cuts the sandbox off).
 ///
 /// A runner keeps nothing the API does not also keep: after a restart,
 /// [`Runner::restore`] rebuilds it from the API's records.
@@ -83,13 +85,6 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
     /// place).
     fn healthy(&self) -> bool;
 
-    /// New connections let out so far, as last sampled: (by a list or the
-    /// mode, by a DNS admission).
-    fn allowed_counts(&self) -> Option<(u64, u64)>;
-
-    /// What the DNS service has done so far.
-    fn dns_counts(&self) -> DnsCounts;
-
-    /// Network events so far, by kind and reason.
-    fn event_counts(&self) -> BTreeMap<(EventKind, String), u64>;
+    /// What the runner has counted so far.
+    fn counts(&self) -> Counts;
 }

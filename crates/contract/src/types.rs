@@ -148,6 +148,20 @@ pub struct Observed {
     pub detail: String,
 }
 
+/// What a runner has counted so far (for the API's metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// New connections let out, as last sampled: (by a list or the mode,
+    /// by a DNS admission); `None` before the first sample.
+    pub allowed: Option<(u64, u64)>,
+    /// What the DNS service has done.
+    pub dns: DnsCounts,
+    /// Network events by kind and reason (for `dropped`, the events held
+    /// back, by their reason).
+    pub events: Vec<(crate::EventKind, String, u64)>,
+}
+
 /// What a runner's DNS service has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsCounts {

@@ -73,13 +73,20 @@ impl Serialize for NetworkAllowList {
 }
 
 /// Read back from its serialized form (canonical CIDRs), as a runner gets
-/// a policy the API resolved: each CIDR is parsed and made canonical again;
-/// no limit of a tier applies (they held when the API resolved it).
+/// a policy the API resolved: a CIDR that is not canonical is refused; the
+/// tier's limits are checked apart ([`crate::PolicyConfig::check_effective`]).
 impl<'de> serde::Deserialize<'de> for NetworkAllowList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let nets = Vec::<IpNet>::deserialize(d)?;
         let mut list: Vec<IpNet> = Vec::with_capacity(nets.len());
-        for net in nets.into_iter().map(|n| n.trunc()) {
+        for net in nets {
+            // Canonical only: host bits set (`192.0.2.5/0`) are refused,
+            // never widened to the network they would name.
+            if net != net.trunc() {
+                return Err(serde::de::Error::custom(format!(
+                    "{net} is not canonical (host bits set)"
+                )));
+            }
             if !list.contains(&net) {
                 list.push(net);
             }

@@ -313,4 +313,48 @@ impl PolicyConfig {
             fair_shares: rule.fair_shares,
         })
     }
+
+    /// Whether `policy` is one this configuration resolves for its tier:
+    /// the tier exists, its fair shares are the tier's, its mode is one the
+    /// tier gives, its lists are active only in `allowlist` and each is
+    /// one a request could set (entries, limits, nothing always denied).
+    /// A runner checks what it is asked to enforce with it, so that a
+    /// policy from another version or a bug is refused, never enforced
+    /// wider than its tier allows.
+    pub fn check_effective(&self, policy: &EffectivePolicy) -> Result<(), String> {
+        let rule = self.tier(policy.tier).map_err(|e| e.message)?;
+        let tier = policy.tier;
+        if policy.fair_shares != rule.fair_shares {
+            return Err(format!("its fair shares are not those of tier {tier} here"));
+        }
+        if policy.essential_services != (policy.mode != Mode::Blocked) {
+            return Err("essential services are on exactly unless it is blocked".into());
+        }
+        let lists = !policy.network_allow_list.is_empty() || !policy.domain_allow_list.is_empty();
+        let allowed = match policy.mode {
+            Mode::Blocked => !lists,
+            Mode::Restricted => !lists && rule.network == TierNetwork::Restricted,
+            Mode::Open => !lists && rule.network == TierNetwork::Configurable,
+            Mode::Allowlist => lists && rule.network == TierNetwork::Configurable,
+        };
+        if !allowed {
+            return Err(format!(
+                "mode {} with{} lists is not one tier {tier} gives",
+                policy.mode,
+                if lists { "" } else { "out" }
+            ));
+        }
+        NetworkAllowList::parse(
+            &policy.network_allow_list.to_string(),
+            rule.network_allow_list_max,
+            self.ranges(),
+        )
+        .map_err(|e| e.message)?;
+        DomainAllowList::parse(
+            &policy.domain_allow_list.to_string(),
+            rule.domain_allow_list_max,
+        )
+        .map_err(|e| e.message)?;
+        Ok(())
+    }
 }

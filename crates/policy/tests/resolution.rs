@@ -322,3 +322,49 @@ fn an_effective_policy_crosses_to_a_runner_whole_but_for_what_only_the_api_shows
     v["domainAllowList"] = serde_json::json!(["exa mple.com"]);
     assert!(serde_json::from_value::<sandgate_policy::EffectivePolicy>(v).is_err());
 }
+
+#[test]
+fn a_runner_takes_only_policies_its_configuration_resolves() {
+    let config = PolicyConfig::default();
+    let mut resolved = Vec::new();
+    for tier in 1..=4 {
+        for r in [
+            request(None, None, None),
+            request(Some(true), None, None),
+            request(None, Some(LIST), None),
+            request(None, None, Some(DOMAINS)),
+        ] {
+            if let Ok(p) = create(tier, r) {
+                assert_eq!(config.check_effective(&p), Ok(()), "{p:?}");
+                resolved.push(p);
+            }
+        }
+    }
+    let open = create(4, request(None, None, None)).unwrap();
+    let listed = create(4, request(None, Some(LIST), None)).unwrap();
+    let restricted = create(1, request(None, None, None)).unwrap();
+    assert_eq!(restricted.mode, Mode::Restricted);
+    let mut wider = open.clone();
+    wider.fair_shares.connections *= 10;
+    let mut open_on_restricted = restricted.clone();
+    open_on_restricted.mode = Mode::Open;
+    let mut lists_in_open = listed.clone();
+    lists_in_open.mode = Mode::Open;
+    let mut no_tier = open.clone();
+    no_tier.tier = 99;
+    let mut blocked_with_essentials = create(4, request(Some(true), None, None)).unwrap();
+    blocked_with_essentials.essential_services = true;
+    for (what, p) in [
+        ("wider fair shares", wider),
+        ("open on a restricted tier", open_on_restricted),
+        ("lists active in open mode", lists_in_open),
+        ("a tier not configured", no_tier),
+        ("essential services while blocked", blocked_with_essentials),
+    ] {
+        assert!(config.check_effective(&p).is_err(), "{what}");
+    }
+    // Host bits on the wire are refused, not read as the wider network.
+    let mut v = serde_json::to_value(&listed).unwrap();
+    v["networkAllowList"] = serde_json::json!(["192.0.2.5/0"]);
+    assert!(serde_json::from_value::<sandgate_policy::EffectivePolicy>(v).is_err());
+}

@@ -1,15 +1,15 @@
 //! The API's side: a runner on another host, driven through the
 //! contract's [`Runner`] trait.
 
+use crate::service::KEEP_ALIVE;
 use crate::{Status, LIVE};
 use sandgate_contract::{
-    DnsCounts, EventKind, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget,
-    RestoreReport, Runner, RunnerError, SandboxSpec, Subscription,
+    Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
+    Runner, RunnerError, SandboxSpec, Subscription,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,22 +19,145 @@ use tokio::sync::{broadcast, mpsc};
 
 /// How long a connection to the runner is waited for.
 const CONNECT: Duration = Duration::from_secs(5);
+/// How long a call may take in all (an exec: its own timeout more).
+const CALL: Duration = Duration::from_secs(120);
+/// How long a stream may stay silent: three keep-alives missed means the
+/// runner went away without closing it.
+const SILENCE: Duration = Duration::from_secs(3 * KEEP_ALIVE.as_secs());
 /// How long a reconnection of the deaths' stream waits after a failure.
 const RETRY: Duration = Duration::from_secs(1);
 /// Events a subscriber may have waiting (as the runner's own hub).
 const BACKLOG: usize = 1024;
 
-/// A runner on another host, at `base` (`http://host:port`), reached with
-/// its token. The policy configuration is the API's own; the host's
-/// addresses come from the runner.
-#[derive(Debug)]
-pub struct RemoteRunner {
+/// How the runner is reached: its URL, its token and an HTTP agent. The
+/// threads that follow its streams hold one each.
+#[derive(Clone)]
+struct Link {
     base: String,
     auth: String,
     agent: ureq::Agent,
+}
+
+impl Link {
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/{path}", self.base)
+    }
+
+    /// A request with an optional JSON body, taking at most `limit`: the
+    /// answer's JSON (`null` for a 204), or the runner's error.
+    fn call<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+        limit: Duration,
+    ) -> Result<T, RunnerError> {
+        let url = self.url(path);
+        let auth = self.auth.as_str();
+        let sent = match (method, body) {
+            ("GET", _) => self
+                .agent
+                .get(&url)
+                .config()
+                .timeout_global(Some(limit))
+                .build()
+                .header("Authorization", auth)
+                .call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .config()
+                .timeout_global(Some(limit))
+                .build()
+                .header("Authorization", auth)
+                .call(),
+            (m, body) => {
+                let b = match m {
+                    "PUT" => self.agent.put(&url),
+                    _ => self.agent.post(&url),
+                }
+                .config()
+                .timeout_global(Some(limit))
+                .build()
+                .header("Authorization", auth);
+                match body {
+                    Some(body) => b.send_json(body),
+                    None => b.send_empty(),
+                }
+            }
+        };
+        let mut response = sent.map_err(|e| self.unavailable(e))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.unavailable(e))?;
+        if (200..300).contains(&status) {
+            let text = if text.is_empty() { "null" } else { &text };
+            return serde_json::from_str(text).map_err(|e| {
+                RunnerError::host(format!("the runner at {} answered {url}: {e}", self.base))
+            });
+        }
+        Err(self.refused(status, &text))
+    }
+
+    /// A stream of server-sent events at `path`, once its status is known
+    /// to be 200; a read that waits longer than [`SILENCE`] ends it.
+    fn stream(&self, path: &str) -> Result<impl BufRead + Send + 'static, RunnerError> {
+        let mut response = self
+            .agent
+            .get(self.url(path))
+            .config()
+            .timeout_per_read(Some(SILENCE))
+            .build()
+            .header("Authorization", &self.auth)
+            .call()
+            .map_err(|e| self.unavailable(e))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            return Err(self.refused(status, &text));
+        }
+        Ok(BufReader::new(response.into_body().into_reader()))
+    }
+
+    /// The runner's error in an answer of `status`.
+    fn refused(&self, status: u16, text: &str) -> RunnerError {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            error: RunnerError,
+        }
+        serde_json::from_str::<Answer>(text)
+            .map(|a| a.error)
+            .unwrap_or_else(|_| {
+                RunnerError::host(format!("the runner at {} answered {status}", self.base))
+            })
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> RunnerError {
+        RunnerError::Unavailable(format!("the runner at {} does not answer: {e}", self.base))
+    }
+}
+
+/// A runner on another host, at `base` (`http://host:port`), reached with
+/// its token. The policy configuration is the API's own; the host's
+/// addresses come from the runner.
+pub struct RemoteRunner {
+    link: Link,
     policy: PolicyConfig,
     deaths: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Set when the runner is dropped: the threads that follow its
+    /// streams stop.
     stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for RemoteRunner {
+    /// The runner's address; never its token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteRunner")
+            .field("base", &self.link.base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteRunner {
@@ -49,145 +172,100 @@ impl RemoteRunner {
         check_base(base)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Straight to the runner: never through a proxy of the
+            // environment, which would see the token and the policies.
+            .proxy(None)
             .timeout_connect(Some(CONNECT))
             .build()
             .into();
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = RemoteRunner {
-            base: base.trim_end_matches('/').to_string(),
-            auth: format!("Bearer {token}"),
-            agent,
+            link: Link {
+                base: base.trim_end_matches('/').to_string(),
+                auth: format!("Bearer {}", token.trim()),
+                agent,
+            },
             policy,
             deaths: Mutex::new(Some(rx)),
             stop: Arc::new(AtomicBool::new(false)),
         };
         runner.status()?;
-        runner.follow_deaths(tx);
+        follow_deaths(runner.link.clone(), runner.stop.clone(), tx);
         Ok(runner)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/v1/{path}", self.base)
-    }
-
-    fn status(&self) -> Result<Status, RunnerError> {
-        self.call("GET", "status", None::<&()>)
-    }
-
-    /// A request with an optional JSON body; the answer's JSON (`null`
-    /// for a 204), or the runner's error.
     fn call<T: DeserializeOwned, B: Serialize>(
         &self,
         method: &str,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, RunnerError> {
-        let url = self.url(path);
-        let auth = self.auth.as_str();
-        let sent = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("Authorization", auth).call(),
-            ("DELETE", _) => self.agent.delete(&url).header("Authorization", auth).call(),
-            (m, body) => {
-                let b = match m {
-                    "PUT" => self.agent.put(&url),
-                    _ => self.agent.post(&url),
-                }
-                .header("Authorization", auth);
-                match body {
-                    Some(body) => b.send_json(body),
-                    None => b.send_empty(),
-                }
-            }
-        };
-        let mut response = sent.map_err(|e| unavailable(&self.base, e))?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| unavailable(&self.base, e))?;
-        if (200..300).contains(&status) {
-            let text = if text.is_empty() { "null" } else { &text };
-            return serde_json::from_str(text).map_err(|e| {
-                RunnerError::host(format!("the runner at {} answered {url}: {e}", self.base))
-            });
-        }
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            error: RunnerError,
-        }
-        Err(serde_json::from_str::<Answer>(&text)
-            .map(|a| a.error)
-            .unwrap_or_else(|_| {
-                RunnerError::host(format!(
-                    "the runner at {} answered {url} with {status}",
-                    self.base
-                ))
-            }))
+        self.link.call(method, path, body, CALL)
     }
 
-    /// A stream of server-sent events at `path`: the response, once its
-    /// status is known to be 200.
-    fn stream(&self, path: &str) -> Result<ureq::http::Response<ureq::Body>, RunnerError> {
-        let response = self
-            .agent
-            .get(self.url(path))
-            .header("Authorization", &self.auth)
-            .call()
-            .map_err(|e| unavailable(&self.base, e))?;
-        if response.status().as_u16() == 200 {
-            return Ok(response);
-        }
-        let status = response.status().as_u16();
-        let mut response = response;
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            error: RunnerError,
-        }
-        Err(serde_json::from_str::<Answer>(&text)
-            .map(|a| a.error)
-            .unwrap_or_else(|_| RunnerError::host(format!("the runner answered {status}"))))
-    }
-
-    /// Follows the runner's deaths into `tx` on a thread of its own,
-    /// connecting again after a failure, until the runner is dropped or
-    /// nobody receives.
-    fn follow_deaths(&self, tx: mpsc::UnboundedSender<String>) {
-        let this = RemoteRunner {
-            base: self.base.clone(),
-            auth: self.auth.clone(),
-            agent: self.agent.clone(),
-            policy: self.policy.clone(),
-            deaths: Mutex::new(None),
-            stop: self.stop.clone(),
-        };
-        std::thread::spawn(move || {
-            while !this.stop.load(Ordering::SeqCst) && !tx.is_closed() {
-                match this.stream("deaths") {
-                    Ok(response) => {
-                        let reader = BufReader::new(response.into_body().into_reader());
-                        let mut events = Events {
-                            lines: reader.lines(),
-                        };
-                        let go_on = || !this.stop.load(Ordering::SeqCst) && !tx.is_closed();
-                        while let Some((_, id)) = events.next(go_on) {
-                            // Nobody receiving ends the loop above.
-                            let _ = tx.send(id);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(runner = %this.base, error = %e, "following the runner's deaths")
-                    }
-                }
-                std::thread::sleep(RETRY);
-            }
-        });
+    fn status(&self) -> Result<Status, RunnerError> {
+        self.call("GET", "status", None::<&()>)
     }
 }
 
 impl Drop for RemoteRunner {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Follows the runner's deaths into `tx` on a thread of its own,
+/// connecting again after a failure or a silence, until `stop` or nobody
+/// receives.
+fn follow_deaths(link: Link, stop: Arc<AtomicBool>, tx: mpsc::UnboundedSender<String>) {
+    std::thread::spawn(move || {
+        let go_on = || !stop.load(Ordering::SeqCst) && !tx.is_closed();
+        while go_on() {
+            match link.stream("deaths") {
+                Ok(reader) => {
+                    let mut events = Events {
+                        lines: reader.lines(),
+                    };
+                    while let Some((_, id)) = events.next(go_on) {
+                        // Nobody receiving ends the loops.
+                        let _ = tx.send(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(runner = %link.base, error = %e, "following the runner's deaths")
+                }
+            }
+            std::thread::sleep(RETRY);
+        }
+    });
+}
+
+/// Server-sent events read from the lines of a stream.
+struct Events<I> {
+    lines: I,
+}
+
+impl<I: Iterator<Item = std::io::Result<String>>> Events<I> {
+    /// The next event (its name, empty if none, and its data), or `None`
+    /// at the end of the stream (or a read that timed out) or once
+    /// `go_on`, asked at every line (keep-alive comments too), says to
+    /// stop.
+    fn next(&mut self, go_on: impl Fn() -> bool) -> Option<(String, String)> {
+        let (mut name, mut data) = (String::new(), String::new());
+        for line in self.lines.by_ref() {
+            let Ok(line) = line else { return None };
+            if !go_on() {
+                return None;
+            }
+            if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data = d.trim().to_string();
+            } else if line.is_empty() && !(name.is_empty() && data.is_empty()) {
+                return Some((name, data));
+            }
+        }
+        None
     }
 }
 
@@ -212,38 +290,6 @@ fn check_base(base: &str) -> Result<(), RunnerError> {
         _ => Err(refuse(
             "plain HTTP goes to a loopback address only (the runner's token and the policies would cross the network in the clear)",
         )),
-    }
-}
-
-fn unavailable(base: &str, e: impl std::fmt::Display) -> RunnerError {
-    RunnerError::Unavailable(format!("the runner at {base} does not answer: {e}"))
-}
-
-/// Server-sent events read from the lines of a stream.
-struct Events<I> {
-    lines: I,
-}
-
-impl<I: Iterator<Item = std::io::Result<String>>> Events<I> {
-    /// The next event (its name, empty if none, and its data), or `None`
-    /// at the end of the stream or once `go_on`, asked at every line
-    /// (keep-alive comments too), says to stop.
-    fn next(&mut self, go_on: impl Fn() -> bool) -> Option<(String, String)> {
-        let (mut name, mut data) = (String::new(), String::new());
-        for line in self.lines.by_ref() {
-            let Ok(line) = line else { return None };
-            if !go_on() {
-                return None;
-            }
-            if let Some(n) = line.strip_prefix("event:") {
-                name = n.trim().to_string();
-            } else if let Some(d) = line.strip_prefix("data:") {
-                data = d.trim().to_string();
-            } else if line.is_empty() && !(name.is_empty() && data.is_empty()) {
-                return Some((name, data));
-            }
-        }
-        None
     }
 }
 
@@ -273,7 +319,13 @@ impl Runner for RemoteRunner {
     }
 
     fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, RunnerError> {
-        self.call("POST", &format!("sandboxes/{id}/exec"), Some(request))
+        let limit = CALL + request.timeout.unwrap_or_default();
+        self.link.call(
+            "POST",
+            &format!("sandboxes/{id}/exec"),
+            Some(request),
+            limit,
+        )
     }
 
     fn probe(&self, id: &str, targets: &[ProbeTarget]) -> Result<Vec<Observed>, RunnerError> {
@@ -281,10 +333,8 @@ impl Runner for RemoteRunner {
     }
 
     fn subscribe(&self, id: &str) -> Result<Subscription, RunnerError> {
-        let response = self.stream(&format!("sandboxes/{id}/events"))?;
-        let (tx, rx) = broadcast::channel(BACKLOG);
+        let reader = self.link.stream(&format!("sandboxes/{id}/events"))?;
         let parse = |data: &str| serde_json::from_str::<NetworkEvent>(data).ok();
-        let reader = BufReader::new(response.into_body().into_reader());
         let mut events = Events {
             lines: reader.lines(),
         };
@@ -296,8 +346,9 @@ impl Runner for RemoteRunner {
             recent.extend(parse(&data));
         }
         // The rest on a thread of its own, until the runner ends the
-        // stream (the sandbox is deleted) or nobody receives (noticed at
-        // the next event or keep-alive at the latest).
+        // stream (the sandbox is deleted), goes silent, or nobody
+        // receives (noticed at the next event or keep-alive).
+        let (tx, rx) = broadcast::channel(BACKLOG);
         let stop = self.stop.clone();
         std::thread::spawn(move || {
             let go_on = || !stop.load(Ordering::SeqCst) && tx.receiver_count() > 0;
@@ -327,7 +378,7 @@ impl Runner for RemoteRunner {
         match self.status() {
             Ok(s) => Arc::new(self.policy.with_host_addresses(s.host_addresses)),
             Err(e) => {
-                tracing::warn!(runner = %self.base, error = %e, "reading the runner's host addresses");
+                tracing::warn!(runner = %self.link.base, error = %e, "reading the runner's host addresses");
                 Arc::new(self.policy.clone())
             }
         }
@@ -342,23 +393,8 @@ impl Runner for RemoteRunner {
         self.status().is_ok_and(|s| s.healthy)
     }
 
-    fn allowed_counts(&self) -> Option<(u64, u64)> {
-        self.status().ok().and_then(|s| s.allowed_counts)
-    }
-
-    fn dns_counts(&self) -> DnsCounts {
-        self.status().map(|s| s.dns_counts).unwrap_or_default()
-    }
-
-    fn event_counts(&self) -> BTreeMap<(EventKind, String), u64> {
-        self.status()
-            .map(|s| {
-                s.event_counts
-                    .into_iter()
-                    .map(|(kind, reason, n)| ((kind, reason), n))
-                    .collect()
-            })
-            .unwrap_or_default()
+    fn counts(&self) -> Counts {
+        self.status().map(|s| s.counts).unwrap_or_default()
     }
 }
 

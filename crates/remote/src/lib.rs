@@ -32,14 +32,12 @@ pub struct Status {
     pub healthy: bool,
     /// The host's own addresses as they are now (always denied).
     pub host_addresses: Vec<std::net::IpAddr>,
-    /// See [`sandgate_contract::Runner::allowed_counts`].
-    pub allowed_counts: Option<(u64, u64)>,
-    /// See [`sandgate_contract::Runner::dns_counts`].
-    pub dns_counts: sandgate_contract::DnsCounts,
-    /// See [`sandgate_contract::Runner::event_counts`]: kind, reason,
-    /// count.
-    pub event_counts: Vec<(sandgate_contract::EventKind, String, u64)>,
+    /// What it has counted.
+    pub counts: sandgate_contract::Counts,
 }
+
+/// The shortest token a runner takes.
+pub const MIN_TOKEN: usize = 16;
 
 /// The name of the server-sent event that ends a sandbox's recent events
 /// (what follows happened after the subscription).

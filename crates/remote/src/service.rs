@@ -55,14 +55,24 @@ struct Served {
     dead: Mutex<VecDeque<String>>,
 }
 
-/// The router serving `runner` to the holder of `token`. It takes the
-/// runner's deaths (see [`Runner::take_deaths`]) and keeps them for the
-/// API; call it inside a tokio runtime.
-pub fn router(runner: Arc<dyn Runner>, token: &str) -> Router {
+/// The router serving `runner` to the holder of `token` (at least
+/// [`crate::MIN_TOKEN`] characters). It takes the runner's deaths (see
+/// [`Runner::take_deaths`]) and keeps them for the API; call it inside a
+/// tokio runtime.
+pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerError> {
+    if token.trim().len() < crate::MIN_TOKEN {
+        return Err(RunnerError::Invalid {
+            code: "invalid_request",
+            message: format!(
+                "the runner's token must be at least {} characters",
+                crate::MIN_TOKEN
+            ),
+        });
+    }
     let (died_tx, _) = broadcast::channel(1024);
     let served = Arc::new(Served {
         runner: runner.clone(),
-        token: Sha256::digest(token.as_bytes()).into(),
+        token: Sha256::digest(token.trim().as_bytes()).into(),
         deaths: died_tx,
         dead: Mutex::new(VecDeque::new()),
     });
@@ -83,7 +93,7 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Router {
             }
         });
     }
-    Router::new()
+    Ok(Router::new()
         .route("/v1/status", get(status))
         .route("/v1/snapshots", get(snapshots))
         .route("/v1/sandboxes", post(create))
@@ -101,7 +111,7 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Router {
             served.clone(),
             authorize,
         ))
-        .with_state(served)
+        .with_state(served))
 }
 
 type St = State<Arc<Served>>;
@@ -126,7 +136,8 @@ impl IntoResponse for Fault {
     }
 }
 
-/// A JSON body whose rejection is the contract's 400.
+/// A JSON body. One the runner cannot read is the API's fault (another
+/// version, a bug), never its caller's: 500 for the log.
 struct Body<T>(T);
 
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
@@ -137,10 +148,10 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
             .await
             .map(|Json(v)| Body(v))
             .map_err(|r| {
-                Fault(RunnerError::Invalid {
-                    code: "invalid_request",
-                    message: r.body_text(),
-                })
+                Fault(RunnerError::host(format!(
+                    "a request body: {}",
+                    r.body_text()
+                )))
             })
     }
 }
@@ -152,7 +163,8 @@ async fn authorize(State(st): St, headers: HeaderMap, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty());
     match token {
         Some(t) if <[u8; 32]>::from(Sha256::digest(t.as_bytes())) == st.token => {
             next.run(req).await
@@ -187,13 +199,7 @@ async fn status(State(st): St) -> Result<Json<Status>, Fault> {
         Ok(Status {
             healthy: r.healthy(),
             host_addresses: policy.ranges().host_addresses().collect(),
-            allowed_counts: r.allowed_counts(),
-            dns_counts: r.dns_counts(),
-            event_counts: r
-                .event_counts()
-                .into_iter()
-                .map(|((kind, reason), n)| (kind, reason, n))
-                .collect(),
+            counts: r.counts(),
         })
     })
     .await
@@ -204,8 +210,37 @@ async fn snapshots(State(st): St) -> Result<Json<Vec<String>>, Fault> {
     blocking(&st, |r| r.snapshots()).await.map(Json)
 }
 
+/// A policy this runner's own configuration gives its tier: anything
+/// else (another version, a bug) is refused as the API's fault, never
+/// enforced.
+fn check(runner: &dyn Runner, policy: &EffectivePolicy) -> Result<(), RunnerError> {
+    runner
+        .live_policy()
+        .check_effective(policy)
+        .map_err(|why| RunnerError::host(format!("a policy this runner does not give: {why}")))
+}
+
 async fn create(State(st): St, Body(spec): Body<SandboxSpec>) -> Result<StatusCode, Fault> {
-    blocking(&st, move |r| r.create(&spec)).await?;
+    blocking(&st, move |r| {
+        check(r, &spec.policy)?;
+        let most = r
+            .live_policy()
+            .tier(spec.policy.tier)
+            .map_err(|e| RunnerError::host(e.message))?
+            .resources
+            .max;
+        let want = spec.resources;
+        if want.memory_mib > most.memory_mib
+            || want.cpu_millicores > most.cpu_millicores
+            || want.disk_mib > most.disk_mib
+        {
+            return Err(RunnerError::host(
+                "resources over the tier's maxima on this runner",
+            ));
+        }
+        r.create(&spec)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -214,7 +249,11 @@ async fn update(
     Path(id): Path<String>,
     Body(policy): Body<EffectivePolicy>,
 ) -> Result<StatusCode, Fault> {
-    blocking(&st, move |r| r.update(&id, &policy)).await?;
+    blocking(&st, move |r| {
+        check(r, &policy)?;
+        r.update(&id, &policy)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -268,7 +307,14 @@ async fn restore(
     State(st): St,
     Body(expected): Body<Vec<Expected>>,
 ) -> Result<Json<RestoreReport>, Fault> {
-    blocking(&st, move |r| r.restore(&expected)).await.map(Json)
+    blocking(&st, move |r| {
+        for e in &expected {
+            check(r, &e.policy)?;
+        }
+        r.restore(&expected)
+    })
+    .await
+    .map(Json)
 }
 
 async fn events(State(st): St, Path(id): Path<String>) -> Result<Response, Fault> {
@@ -312,16 +358,11 @@ async fn deaths(State(st): St) -> Response {
         .iter()
         .map(|id| Ok(Event::default().data(id)))
         .collect();
+    // Those lost by a lag are in `dead`: the stream ends then, and the
+    // API reads them again when it reconnects.
     let next = stream::unfold(live, |mut live| async move {
-        loop {
-            match live.recv().await {
-                Ok(id) => return Some((Ok(Event::default().data(id)), live)),
-                // Those lost are in `dead`: the API reads them again when
-                // it reconnects.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        let id = live.recv().await.ok()?;
+        Some((Ok(Event::default().data(id)), live))
     });
     Sse::new(stream::iter(kept).chain(next))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))

@@ -21,36 +21,47 @@ use std::time::Duration;
 const ADMIN: &str = "operator-token-for-tests";
 const TOKEN: &str = "the-runners-token-for-tests";
 
-/// The runner of `lab`, served on a loopback port by a runtime of its
-/// own: its URL, the runtime (dropping it stops serving and drops the
-/// runner) and the runner.
-fn serve_runner(
-    cfg: &sandgate_server::ServerConfig,
-) -> (
-    String,
-    tokio::runtime::Runtime,
-    Arc<sandgate_runner::Runner>,
-) {
-    let runner = Arc::new(
+/// Serves `runner` on `addr` (loopback) from `rt`, until the task is
+/// aborted: its URL and the task.
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    runner: &Arc<sandgate_runner::Runner>,
+    addr: &str,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served: Arc<dyn Runner> = runner.clone();
+    let task = rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(listener, service::router(served, TOKEN).unwrap())
+            .await
+            .unwrap();
+    });
+    (url, task)
+}
+
+/// The runner of `lab`, as a server would start it.
+fn start_runner(cfg: &sandgate_server::ServerConfig) -> Arc<sandgate_runner::Runner> {
+    Arc::new(
         sandgate_runner::Runner::start(
             cfg.runner.clone(),
             Arc::new(cfg.policy.clone()),
             Arc::new(cfg.catalog.clone()),
         )
         .unwrap(),
-    );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let served: Arc<dyn Runner> = runner.clone();
-    rt.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        axum::serve(listener, service::router(served, TOKEN))
-            .await
-            .unwrap();
-    });
-    (url, rt, runner)
+    )
+}
+
+/// Removes the runner's runtime sandboxes when dropped, even after a
+/// failed assertion (dropped before the lab, which removes the slots).
+struct Purge(sandgate_runner::RunnerConfig, std::path::PathBuf);
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = sandgate_runner::purge_runtime(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
 }
 
 fn id(v: &Value) -> String {
@@ -68,6 +79,34 @@ fn echoes(api: &Http, sb: &str, dest: std::net::IpAddr) -> bool {
     );
     assert_eq!(s, 200, "{v}");
     v["stdout"] == "sandgate\n"
+}
+
+/// The first event of sandbox `sb` about `dest` that a follower of its
+/// events sees (within 30 s).
+fn first_followed(base: &str, key: &str, sb: &str, dest: std::net::IpAddr) -> Value {
+    use std::io::BufRead;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let response = agent
+        .get(format!(
+            "{base}/api/sandbox/{sb}/network/events?follow=true"
+        ))
+        .header("Authorization", format!("Bearer {key}"))
+        .call()
+        .unwrap();
+    let reader = std::io::BufReader::new(response.into_body().into_reader());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(data) = line.strip_prefix("data:") {
+            let v: Value = serde_json::from_str(data.trim()).unwrap();
+            if v["destination"] == dest.to_string() {
+                return v;
+            }
+        }
+    }
+    panic!("the stream ended without an event about {dest}");
 }
 
 /// Sandbox `sb`'s recent events (not followed), as JSON.
@@ -98,7 +137,15 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
     let dir = std::env::temp_dir().join(format!("sandgate-remote-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = sandgate_testkit::lab_server_config(&lab, &dir, 1, ADMIN);
-    let (url, runner_rt, runner) = serve_runner(&cfg);
+    let _purge = Purge(cfg.runner.clone(), dir.clone());
+    let runner = start_runner(&cfg);
+    let runner_rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, serving) = serve(&runner_rt, &runner, "127.0.0.1:0");
+
+    // A runner takes no short token.
+    let served: Arc<dyn Runner> = runner.clone();
+    let short = runner_rt.block_on(async { service::router(served, "short").err() });
+    assert_eq!(short.map(|e| e.status()), Some(400));
 
     // A wrong token, and a runner that is not there: said, at connect.
     let wrong = RemoteRunner::connect(&url, "not-the-token", cfg.policy.clone()).unwrap_err();
@@ -112,6 +159,26 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
     let away = RemoteRunner::connect(&nowhere, TOKEN, cfg.policy.clone()).unwrap_err();
     assert!(matches!(away, RunnerError::Unavailable(_)), "{away:?}");
     assert_eq!(away.code(), "runner_unavailable");
+
+    // A policy the runner's own configuration does not give its tier
+    // (wider shares than the tier's) is refused, and nothing is made.
+    let remote = RemoteRunner::connect(&url, TOKEN, cfg.policy.clone()).unwrap();
+    let mut policy = cfg
+        .policy
+        .resolve(4, &sandgate_policy::NetworkSettings::default())
+        .unwrap();
+    policy.fair_shares.connections *= 100;
+    let spec = sandgate_contract::SandboxSpec {
+        id: "sb-forged".into(),
+        organization: "org-x".into(),
+        snapshot: "busybox".into(),
+        policy,
+        resources: cfg.policy.tier(4).unwrap().resources.default,
+    };
+    let refused = remote.create(&spec).unwrap_err();
+    assert!(refused.is_host_fault(), "{refused:?}");
+    assert!(runner.addresses("sb-forged").is_none());
+    drop(remote);
 
     let start = || {
         let remote = RemoteRunner::connect(&url, TOKEN, cfg.policy.clone()).unwrap();
@@ -134,7 +201,16 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
     assert!(echoes(&api, &sb, SERVER4));
     assert!(!echoes(&api, &sb, SERVER4_B));
 
-    // Its denial is an event that crossed from the runner.
+    // Its denial is an event that crossed from the runner, both as a
+    // recent one and to a follower as it happens.
+    let follower = {
+        let (base, key, sb) = (server.base.clone(), key.clone(), sb.clone());
+        std::thread::spawn(move || first_followed(&base, &key, &sb, SERVER4_B))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!echoes(&api, &sb, SERVER4_B));
+    let followed = follower.join().unwrap();
+    assert_eq!(followed["reason"], "not_in_allow_list", "{followed}");
     let events = recent_events(&server.base, &key, &sb);
     assert!(
         events.iter().any(|e| e["kind"] == "connection"
@@ -197,6 +273,37 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
     assert!(echoes(&api, &sb, SERVER4_B));
     assert!(!echoes(&api, &sb, SERVER4));
 
+    // The runner stops answering: an update is 503 `runner_unavailable`,
+    // with nothing of the runner's address in it, and the kernel there
+    // kept the policy it had (it never got the new one).
+    serving.abort();
+    let _ = runner_rt.block_on(serving);
+    let (s, v) = api.call(
+        "POST",
+        &format!("/api/sandbox/{sb}/network-settings"),
+        Some(json!({"networkAllowList": format!("{SERVER4}/32")})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("runner_unavailable")),
+        "{v}"
+    );
+    assert!(!v.to_string().contains("127.0.0.1"), "{v}");
+    let nc = |dest: std::net::IpAddr| sandgate_contract::ExecRequest {
+        command: format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}"),
+        cwd: None,
+        env: Vec::new(),
+        timeout: Some(Duration::from_secs(10)),
+    };
+    assert_eq!(runner.exec(&sb, &nc(SERVER4)).unwrap().stdout, "");
+    assert_eq!(
+        runner.exec(&sb, &nc(SERVER4_B)).unwrap().stdout,
+        "sandgate\n"
+    );
+    // Back on the same address: served again.
+    let (again, serving) = serve(&runner_rt, &runner, url.trim_start_matches("http://"));
+    assert_eq!(again, url);
+
     // A delete leaves nothing on the runner.
     assert_eq!(
         api.call("DELETE", &format!("/api/sandbox/{sb}"), None).0,
@@ -207,8 +314,7 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
     assert_eq!(s, 404, "{v}");
 
     server.stop();
+    serving.abort();
     drop(runner_rt);
     drop(runner);
-    let _ = sandgate_runner::purge_runtime(&cfg.runner);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -702,10 +702,9 @@ impl Runner {
         let id = id.as_str();
         let resources = &runtime_resources(resources);
         if lock(&self.slots).contains_key(id) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("sandbox {id} exists"),
-            ));
+            return Err(refusal(RunnerError::Conflict(format!(
+                "sandbox {id} exists"
+            ))));
         }
         let slot = lock(&self.sandboxes.dp).create(id, policy)?;
         lock(&self.assigned).insert(slot.index, std::time::SystemTime::now());
@@ -743,12 +742,10 @@ impl Runner {
     }
 
     fn slot(&self, id: &str) -> io::Result<SlotAddrs> {
-        lock(&self.slots).get(id).cloned().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no sandbox {id} on this runner"),
-            )
-        })
+        lock(&self.slots)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| no_sandbox(id))
     }
 
     /// Puts `policy` in force for sandbox `id`: in the kernel (connections
@@ -943,10 +940,9 @@ impl Runner {
         // namespace, so the one held cannot be another sandbox's).
         let ns = Netns::open(&slot.netns)?;
         if lock(&self.slots).get(id).map(|s| s.index) != Some(slot.index) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("sandbox {id} was deleted"),
-            ));
+            return Err(refusal(RunnerError::NotFound(format!(
+                "sandbox {id} was deleted"
+            ))));
         }
         let mut seen: Vec<Option<Observed>> = vec![None; targets.len()];
         ns.run(|| {
@@ -988,12 +984,7 @@ impl Runner {
         Vec<NetworkEvent>,
         tokio::sync::broadcast::Receiver<NetworkEvent>,
     )> {
-        self.events.subscribe(id).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no sandbox {id} on this runner"),
-            )
-        })
+        self.events.subscribe(id).ok_or_else(|| no_sandbox(id))
     }
 
     /// New connections let out so far, as last sampled (every second, off
@@ -1094,24 +1085,49 @@ impl sandgate_contract::Runner for Runner {
         !self.ruleset_lost()
     }
 
-    fn allowed_counts(&self) -> Option<(u64, u64)> {
-        Runner::allowed_counts(self)
-    }
-
-    fn dns_counts(&self) -> DnsCounts {
-        Runner::dns_counts(self)
-    }
-
-    fn event_counts(&self) -> BTreeMap<(EventKind, String), u64> {
-        Runner::event_counts(self)
+    fn counts(&self) -> sandgate_contract::Counts {
+        sandgate_contract::Counts {
+            allowed: self.allowed_counts(),
+            dns: self.dns_counts(),
+            events: self
+                .event_counts()
+                .into_iter()
+                .map(|((kind, reason), n)| (kind, reason, n))
+                .collect(),
+        }
     }
 }
 
-/// An I/O error of this runner as the contract's error: no free slot is
-/// the host being full; otherwise by its kind.
+/// A refusal of this runner's own, for its caller (a sandbox it does not
+/// have, one that exists), carried in an I/O error so that the runner's
+/// own methods keep their type; [`fault`] takes it back out.
+fn refusal(e: RunnerError) -> io::Error {
+    let kind = match e {
+        RunnerError::NotFound(_) => io::ErrorKind::NotFound,
+        RunnerError::Conflict(_) => io::ErrorKind::AlreadyExists,
+        _ => io::ErrorKind::InvalidInput,
+    };
+    io::Error::new(kind, e)
+}
+
+/// "No sandbox `id` on this runner", as a refusal.
+fn no_sandbox(id: &str) -> io::Error {
+    refusal(RunnerError::NotFound(format!(
+        "no sandbox {id} on this runner"
+    )))
+}
+
+/// An I/O error of this runner as the contract's error. Only what the
+/// runner refused on purpose is the caller's fault ([`refusal`]); no free
+/// slot is the host being full, a full disk is said so; everything else
+/// is the host's, whatever its kind (a missing `runc` is a `NotFound` of
+/// the host, never a 404).
 fn fault(e: io::Error) -> RunnerError {
+    if let Some(refused) = e.get_ref().and_then(|i| i.downcast_ref::<RunnerError>()) {
+        return refused.clone();
+    }
     if e.get_ref().is_some_and(|inner| inner.is::<NoFreeSlot>()) {
-        return RunnerError::Capacity(format!("{e}; delete a sandbox or retry later"));
+        return RunnerError::Capacity(e.to_string());
     }
     RunnerError::from(e)
 }

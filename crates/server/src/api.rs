@@ -6,7 +6,7 @@
 //! runner and the store and holds the transactions, and presents the
 //! answer.
 
-use crate::auth::{bearer, hash_key, random_id, same};
+use crate::auth::{bearer, hash_key, same};
 use crate::error::ApiError;
 use crate::service::{self, NewSandbox, SettingsChange};
 use crate::store::{Organization, SandboxRow, Scope};
@@ -376,12 +376,7 @@ pub async fn create_key(
             })
             .collect::<Result<_, _>>()?,
     };
-    let org = service::organization(&st, &id).await?;
-    let key = random_id("sg_", 32)?;
-    let key_id = random_id("key-", 8)?;
-    st.store
-        .add_key(&key_id, &org.id, &hash_key(&key), &scopes)
-        .await?;
+    let (org, key_id, key) = service::create_key(&st, &id, &scopes).await?;
     Ok((
         StatusCode::CREATED,
         Json(NewKey {
@@ -429,13 +424,8 @@ pub async fn revoke_key(
     _: Operator,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    if st.store.revoke_key(&id, &key_id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!(
-            "no live key {key_id} in organization {id}"
-        )))
-    }
+    service::revoke_key(&st, &id, &key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ----------------------------------------------------------- sandboxes --
@@ -860,7 +850,7 @@ pub async fn explain(
         ApiError::invalid("give the destination as ?dest=<address or name>[:port]")
     })?;
     let destination: Destination = dest.parse()?;
-    let (verdict, mode) = service::explain(&st, org.tier, &row, &destination)?;
+    let (verdict, mode) = service::explain(&st, org.tier, &row, &destination).await?;
     Ok(Json(Explanation {
         destination: destination.to_string(),
         allowed: verdict.allowed,
@@ -990,7 +980,7 @@ pub async fn network_events(
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::stream::{self, StreamExt};
     let row = service::sandbox(&st, &org, &key).await?;
-    let (recent, live) = service::subscribe(&st, &row)?;
+    let (recent, live) = service::subscribe(&st, &row).await?;
     let to_sse = |e: &sandgate_contract::NetworkEvent| {
         Ok::<_, std::convert::Infallible>(
             Event::default()

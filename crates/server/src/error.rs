@@ -96,13 +96,31 @@ impl From<PolicyError> for ApiError {
 }
 
 /// A runner's error as an answer: a caller's fault with its status, code
-/// and message; a host's fault as 500 (or 507 for a full disk) with its
-/// cause in the log only.
+/// and message; a host's fault (500, 503, 507) with its code and a
+/// message of ours, its cause in the log only.
 impl From<RunnerError> for ApiError {
     fn from(e: RunnerError) -> ApiError {
         match e {
             RunnerError::StorageFull(cause) => ApiError::storage_full(cause),
             RunnerError::Host(cause) => ApiError::internal(cause),
+            // The host's faults with a code of their own: the cause (the
+            // host's subnets, a runner's address) goes to the log.
+            RunnerError::Capacity(cause) => {
+                tracing::warn!("no room for a sandbox: {cause}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "capacity_exhausted",
+                    "the host has no free network slot for another sandbox; delete a sandbox or retry later",
+                )
+            }
+            RunnerError::Unavailable(cause) => {
+                tracing::error!("a runner does not answer: {cause}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "runner_unavailable",
+                    "the host of this sandbox does not answer; retry later",
+                )
+            }
             e => {
                 let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
                 let code = e.code();

@@ -182,13 +182,18 @@ pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -
         "Sandboxes deleted.",
         st.metrics.deleted.load(Ordering::Relaxed),
     );
-    if let Some((net, dns)) = st.runner.allowed_counts() {
+    // One read of the runner's counts, off the async threads (a runner on
+    // another host is a round trip).
+    let counts = crate::service::on_runner(&st, |r| Ok(r.counts()))
+        .await
+        .unwrap_or_default();
+    if let Some((net, dns)) = counts.allowed {
         let _ = writeln!(
             out,
             "# HELP sandgate_connections_allowed_total New connections let out of sandboxes, by what allowed them.\n# TYPE sandgate_connections_allowed_total counter\nsandgate_connections_allowed_total{{by=\"policy\"}} {net}\nsandgate_connections_allowed_total{{by=\"dns_admission\"}} {dns}"
         );
     }
-    let dns = st.runner.dns_counts();
+    let dns = counts.dns;
     for (name, help, v) in [
         (
             "sandgate_dns_forwarded_total",
@@ -252,7 +257,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -
         out,
         "# HELP sandgate_network_events_total Denied connection attempts, refused DNS queries and limits reached, by kind and reason (kind \"dropped\": those the sandbox's event rate held back, counted, not published).\n# TYPE sandgate_network_events_total counter"
     );
-    for ((kind, reason), n) in st.runner.event_counts() {
+    for (kind, reason, n) in counts.events {
         let _ = writeln!(
             out,
             "sandgate_network_events_total{{kind=\"{kind}\",reason=\"{}\"}} {n}",

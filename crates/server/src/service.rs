@@ -16,9 +16,9 @@
 //! - a failure puts back what was there, or cuts the sandbox off: never a
 //!   wider policy than the one on record.
 
-use crate::auth::random_id;
+use crate::auth::{hash_key, random_id};
 use crate::error::ApiError;
-use crate::store::{now, Organization, SandboxRow, SandboxState};
+use crate::store::{now, Organization, SandboxRow, SandboxState, Scope};
 use crate::AppState;
 use axum::http::StatusCode;
 use sandgate_contract::{
@@ -36,11 +36,18 @@ pub(crate) async fn on_runner<T: Send + 'static>(
     st: &AppState,
     work: impl FnOnce(&dyn Runner) -> Result<T, RunnerError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    runner_call(st, work).await.map_err(ApiError::from)
+}
+
+/// [`on_runner`], its error as the runner's.
+async fn runner_call<T: Send + 'static>(
+    st: &AppState,
+    work: impl FnOnce(&dyn Runner) -> Result<T, RunnerError> + Send + 'static,
+) -> Result<T, RunnerError> {
     let runner = st.runner.clone();
     tokio::task::spawn_blocking(move || work(&*runner))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from)
+        .map_err(RunnerError::host)?
 }
 
 /// Runs `work` under the write lock, to its end even if the client goes
@@ -129,6 +136,33 @@ pub async fn create_organization(
     };
     st.store.add_organization(&org).await?;
     Ok(org)
+}
+
+/// Issues a key of organization `id` with `scopes`: the organization, the
+/// key's id and the key (only its hash is kept).
+pub async fn create_key(
+    st: &AppState,
+    id: &str,
+    scopes: &std::collections::BTreeSet<Scope>,
+) -> Result<(Organization, String, String), ApiError> {
+    let org = organization(st, id).await?;
+    let key = random_id("sg_", 32)?;
+    let key_id = random_id("key-", 8)?;
+    st.store
+        .add_key(&key_id, &org.id, &hash_key(&key), scopes)
+        .await?;
+    Ok((org, key_id, key))
+}
+
+/// Revokes key `key_id` of organization `id`; 404 unless it was live.
+pub async fn revoke_key(st: &AppState, id: &str, key_id: &str) -> Result<(), ApiError> {
+    if st.store.revoke_key(id, key_id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "no live key {key_id} in organization {id}"
+        )))
+    }
 }
 
 /// Changes organization `id`'s tier and applies it to each of its running
@@ -444,15 +478,28 @@ pub async fn update_settings(
         let old = effective(&st, org.tier, &row)?;
         let new = st.policy.resolve(org.tier, &settings)?;
         let id = row.id.clone();
-        on_runner(&st, move |r| r.update(&id, &new)).await?;
+        if let Err(e) = runner_call(&st, move |r| r.update(&id, &new)).await {
+            // A runner that did not answer may or may not have applied
+            // it: the sandbox is cut off (never wider than on record).
+            // Any other failure left the old policy in force, or the
+            // sandbox cut off (the contract's promise).
+            if matches!(e, RunnerError::Unavailable(_)) {
+                cut_off(&st, &row).await;
+            }
+            return Err(e.into());
+        }
         row.network_block_all = settings.network_block_all;
         row.network_allow_list = settings.network_allow_list.to_string();
         row.domain_allow_list = settings.domain_allow_list.to_string();
         row.updated_at = now();
         if let Err(e) = st.store.set_settings(&row).await {
             // Put the stored policy back in force: the answer is an error.
+            // Should that fail too, the sandbox is cut off.
             let id = row.id.clone();
-            on_runner(&st, move |r| r.update(&id, &old)).await?;
+            if let Err(undo) = on_runner(&st, move |r| r.update(&id, &old)).await {
+                tracing::error!(sandbox = %row.id, error = %undo.message, "putting back the stored policy");
+                cut_off(&st, &row).await;
+            }
             return Err(e.into());
         }
         Ok((row, org.tier))
@@ -482,26 +529,26 @@ pub async fn execute(
 
 /// `work` on the policy of sandbox `row` compiled as the host enforces
 /// it now: the host's addresses as they are, the sandbox's own addresses
-/// not egress.
-fn with_compiled<T>(
+/// not egress (both read from the runner, off the async threads).
+async fn with_compiled<T>(
     st: &AppState,
     tier: u8,
     row: &SandboxRow,
     work: impl FnOnce(&CompiledPolicy) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     let policy = effective(st, tier, row)?;
-    let ranges = st.runner.live_policy();
-    let own: Vec<_> = st
-        .runner
-        .addresses(&row.id)
-        .map(Vec::from)
-        .unwrap_or_default();
+    let id = row.id.clone();
+    let (ranges, own) = on_runner(st, move |r| {
+        let own: Vec<_> = r.addresses(&id).map(Vec::from).unwrap_or_default();
+        Ok((r.live_policy(), own))
+    })
+    .await?;
     work(&CompiledPolicy::new(policy, &st.catalog, &ranges).with_own_addresses(&own))
 }
 
 /// What sandbox `row`'s policy does with `destination`, without sending
 /// anything: the verdict and the sandbox's mode.
-pub fn explain(
+pub async fn explain(
     st: &AppState,
     tier: u8,
     row: &SandboxRow,
@@ -513,6 +560,7 @@ pub fn explain(
             compiled.policy().mode.as_str().to_string(),
         ))
     })
+    .await
 }
 
 /// Probes `targets` from running sandbox `row`: each one's verdict beside
@@ -530,7 +578,8 @@ pub async fn network_test(
             .map(|t| Ok(compiled.explain(&t.to_string().parse::<Destination>()?)))
             .collect::<Result<Vec<_>, ApiError>>()?;
         Ok((verdicts, compiled.policy().mode.as_str().to_string()))
-    })?;
+    })
+    .await?;
     // A test holds a blocking thread and a thread per target for up to
     // 3 s: it counts against the same limits as an exec.
     let permits = st.blocking_permits(&org.id)?;
@@ -544,9 +593,10 @@ pub async fn network_test(
 }
 
 /// Running sandbox `row`'s recent network events and its next ones.
-pub fn subscribe(st: &AppState, row: &SandboxRow) -> Result<Subscription, ApiError> {
+pub async fn subscribe(st: &AppState, row: &SandboxRow) -> Result<Subscription, ApiError> {
     running(row)?;
-    Ok(st.runner.subscribe(&row.id)?)
+    let id = row.id.clone();
+    on_runner(st, move |r| r.subscribe(&id)).await
 }
 
 /// Whether the store answers and the runner enforces.

@@ -8,11 +8,11 @@
 //! demand with the error a test chooses, and reports deaths when told.
 
 use sandgate_contract::{
-    DnsCounts, EventKind, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget,
-    RestoreReport, Runner, RunnerError, SandboxSpec, Subscription,
+    Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
+    Runner, RunnerError, SandboxSpec, Subscription,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, mpsc};
@@ -285,15 +285,7 @@ impl Runner for RunnerDouble {
         self.inner().healthy
     }
 
-    fn allowed_counts(&self) -> Option<(u64, u64)> {
-        None
-    }
-
-    fn dns_counts(&self) -> DnsCounts {
-        DnsCounts::default()
-    }
-
-    fn event_counts(&self) -> BTreeMap<(EventKind, String), u64> {
-        BTreeMap::new()
+    fn counts(&self) -> Counts {
+        Counts::default()
     }
 }
