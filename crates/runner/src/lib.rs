@@ -80,6 +80,19 @@ impl RunnerConfig {
     }
 }
 
+/// The disk size (bytes) most tiers give their sandboxes by default: what
+/// the warm pool prepares ahead.
+pub fn usual_disk(policy: &PolicyConfig) -> Option<u64> {
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for rule in policy.tiers().values() {
+        *counts.entry(rule.resources.default.disk_mib).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(mib, _)| mib << 20)
+}
+
 /// What the runtime makes of a sandbox's resources (MiB and
 /// thousandths of a core, as resolved for its tier).
 fn runtime_resources(resources: &sandgate_policy::Resources) -> Resources {

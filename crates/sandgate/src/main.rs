@@ -13,6 +13,7 @@ mod demo;
 mod lab_cmd;
 mod output;
 mod policy_cmd;
+mod runner_cmd;
 mod server_cmd;
 
 use clap::{Parser, Subcommand};
@@ -45,8 +46,12 @@ enum Command {
     /// The lab of network namespaces that tests and the demo run in.
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
-    /// Run the API, the runner and the DNS service on this host.
+    /// Run the API, the runner and the DNS service on this host (or the
+    /// API alone, over a `sandgate runner`).
     Server(server_cmd::ServerArgs),
+    /// Run this host's runner alone, for a `sandgate server --runner-url`
+    /// (the runner needs root; the API then does not).
+    Runner(runner_cmd::RunnerArgs),
     /// Sandboxes of an organization, through the API.
     Sandbox(api_cmd::SandboxCli),
     /// Organizations, tiers and keys, through the API (operator token).
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd, &config, &out),
         Command::Lab(cmd) => lab_cmd::run(cmd, &out),
         Command::Server(args) => server_cmd::run(args, &config, &out),
+        Command::Runner(args) => runner_cmd::run(args, &config, &out),
         Command::Sandbox(cli) => api_cmd::sandbox(cli, &out),
         Command::Admin(cli) => api_cmd::admin(cli, &out),
         Command::Demo => demo::run(&config, &out),

@@ -1,5 +1,6 @@
 //! `sandgate server`: the API, the runner and the DNS service in one
-//! process, on the embedded SQLite store.
+//! process, on the embedded SQLite store; or the API alone, over a
+//! `sandgate runner` of this host (`--runner-url`).
 
 use crate::config::Config;
 use crate::output::{say, Output};
@@ -26,6 +27,27 @@ pub struct ServerArgs {
     /// user could read it). At least 16 characters.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Drive the `sandgate runner` at this URL (`http://` to a loopback
+    /// address) instead of a runner in this process: the API then needs
+    /// no privilege. The runner's flags below are then the runner's.
+    #[arg(long, value_name = "URL", requires = "runner_token_file")]
+    pub runner_url: Option<String>,
+    /// The file holding that runner's token.
+    #[arg(long, value_name = "FILE", requires = "runner_url")]
+    pub runner_token_file: Option<PathBuf>,
+    /// This host's runner.
+    #[command(flatten)]
+    pub host: HostArgs,
+    /// What `network test` probes when asked for nothing (`host:port`,
+    /// repeatable; default: the reference's checks).
+    #[arg(long = "probe-target", value_name = "HOST:PORT")]
+    pub probe_targets: Vec<String>,
+}
+
+/// The runner of this host: where it keeps its state and how it reaches
+/// the network.
+#[derive(Debug, clap::Args)]
+pub struct HostArgs {
     /// Prefix of the slots' namespace names (one per server on a host).
     #[arg(long, default_value = "sg")]
     pub instance: String,
@@ -44,27 +66,51 @@ pub struct ServerArgs {
     /// for anything else).
     #[arg(long, env = "SANDGATE_FORWARD_OTHER")]
     pub forward_other: bool,
-    /// What `network test` probes when asked for nothing (`host:port`,
-    /// repeatable; default: the reference's checks).
-    #[arg(long = "probe-target", value_name = "HOST:PORT")]
-    pub probe_targets: Vec<String>,
+}
+
+impl HostArgs {
+    /// The runner's configuration, its files under `data_dir/runner`.
+    pub fn runner_config(&self, data_dir: &std::path::Path) -> std::io::Result<RunnerConfig> {
+        let timeout = Duration::from_secs(2);
+        let upstream = if self.upstream.is_empty() {
+            Upstream::system(timeout)?
+        } else {
+            Upstream {
+                servers: self.upstream.clone(),
+                timeout,
+            }
+        };
+        let mut runner = RunnerConfig::new(data_dir.join("runner"), &self.instance, upstream);
+        runner.host_netns = self.host_netns.clone();
+        runner.warm_pool = self.warm_pool;
+        runner.forward_other = self.forward_other;
+        Ok(runner)
+    }
+}
+
+/// A secret from `file` (trimmed): at least 16 characters.
+pub fn read_secret(file: &std::path::Path, what: &str) -> std::io::Result<String> {
+    let secret = std::fs::read_to_string(file)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{what} ({}): {e}", file.display())))?
+        .trim()
+        .to_string();
+    check_secret(&secret, what)?;
+    Ok(secret)
+}
+
+fn check_secret(secret: &str, what: &str) -> std::io::Result<()> {
+    if secret.len() < 16 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{what} must be at least 16 characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// The server's configuration from the arguments and the operator's file.
 pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<ServerConfig> {
-    let timeout = Duration::from_secs(2);
-    let upstream = if args.upstream.is_empty() {
-        Upstream::system(timeout)?
-    } else {
-        Upstream {
-            servers: args.upstream.clone(),
-            timeout,
-        }
-    };
-    let mut runner = RunnerConfig::new(args.data_dir.join("runner"), &args.instance, upstream);
-    runner.host_netns = args.host_netns.clone();
-    runner.warm_pool = args.warm_pool;
-    runner.forward_other = args.forward_other;
+    let runner = args.host.runner_config(&args.data_dir)?;
     let mut cfg = ServerConfig::new(
         args.data_dir.join("store"),
         runner,
@@ -72,16 +118,11 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
         config.catalog.clone(),
     );
     let token = match &args.admin_token_file {
-        Some(file) => Some(std::fs::read_to_string(file)?.trim().to_string()),
+        Some(file) => Some(read_secret(file, "the operator token")?),
         None => std::env::var("SANDGATE_ADMIN_TOKEN").ok(),
     };
     if let Some(t) = &token {
-        if t.len() < 16 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the operator token must be at least 16 characters",
-            ));
-        }
+        check_secret(t, "the operator token")?;
     }
     cfg.admin_token = token;
     if !args.probe_targets.is_empty() {
@@ -90,10 +131,9 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
     Ok(cfg)
 }
 
-/// Sends the server's logs to standard error, at `SANDGATE_LOG`'s level
-/// (`info` by default; the `tracing` directives, e.g.
-/// `sandgate_dns=debug`).
-fn init_logging() {
+/// Sends the logs to standard error, at `SANDGATE_LOG`'s level (`info` by
+/// default; the `tracing` directives, e.g. `sandgate_dns=debug`).
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SANDGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Already set (a test that runs the server twice): keep that one.
@@ -118,8 +158,24 @@ pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return failed("runtime", &e),
     };
+    let remote = match (&args.runner_url, &args.runner_token_file) {
+        (Some(url), Some(file)) => {
+            let token = match read_secret(file, "the runner's token") {
+                Ok(t) => t,
+                Err(e) => return failed("configuration", &e),
+            };
+            match sandgate_remote::RemoteRunner::connect(url, &token, cfg.policy.clone()) {
+                Ok(r) => Some(std::sync::Arc::new(r)),
+                Err(e) => return failed("the runner", &e),
+            }
+        }
+        _ => None,
+    };
     let result = rt.block_on(async {
-        let (server, report) = Server::start(cfg).await?;
+        let (server, report) = match remote {
+            Some(runner) => Server::with_runner(cfg, runner).await?,
+            None => Server::start(cfg).await?,
+        };
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         let addr = listener.local_addr()?;
         if out.json {
@@ -145,7 +201,7 @@ pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown() {
+pub async fn shutdown() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -292,3 +292,177 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     // SIGTERM: a graceful stop.
     guard.server.take().unwrap().stop_gracefully();
 }
+
+/// A `sandgate runner` of the lab's host, on a loopback port: the process
+/// and its URL.
+fn start_runner(
+    lab: &Lab,
+    dir: &std::path::Path,
+    token_file: &std::path::Path,
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["runner", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .arg("--token-file")
+        .arg(token_file)
+        .args(["--instance", lab.tag(), "--host-netns", lab.host().name()])
+        .args(["--upstream", &format!("{DNS4}:53"), "--warm-pool", "1"])
+        .env_remove("SANDGATE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+/// A `sandgate server` over the runner at `runner_url`: the process and
+/// its URL.
+fn start_api(
+    dir: &std::path::Path,
+    runner_url: &str,
+    token_file: &std::path::Path,
+) -> ServerProcess {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(["--runner-url", runner_url, "--runner-token-file"])
+        .arg(token_file)
+        .env("SANDGATE_ADMIN_TOKEN", TOKEN)
+        .env_remove("SANDGATE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    ServerProcess { child, url }
+}
+
+#[test]
+fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
+    let lab = Lab::up().unwrap();
+    let dir = std::env::temp_dir().join(format!("sandgate-split-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("runner.token");
+    std::fs::write(&token_file, "a-runner-token-for-the-split-test\n").unwrap();
+    // Dropped in turn: the runner's process, then the API's and the
+    // runtime's files (the guard), then the lab.
+    let mut guard = Cleanup {
+        dir: dir.clone(),
+        server: None,
+    };
+    struct Runner(std::process::Child);
+    impl Drop for Runner {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (runner, runner_url) = start_runner(&lab, &dir, &token_file);
+    let mut runner = Runner(runner);
+    guard.server = Some(start_api(&dir, &runner_url, &token_file));
+
+    // A runner listens on loopback only, and an API with another token is
+    // turned away at its start.
+    let wide = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["runner", "--listen", "0.0.0.0:0", "--token-file"])
+        .arg(&token_file)
+        .env_remove("SANDGATE_CONFIG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&wide.stderr);
+    assert!(
+        !wide.status.success() && said.contains("loopback"),
+        "{said}"
+    );
+    let other = dir.join("other.token");
+    std::fs::write(&other, "not-the-runners-token-at-all").unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("elsewhere"))
+        .args(["--runner-url", &runner_url, "--runner-token-file"])
+        .arg(&other)
+        .env_remove("SANDGATE_CONFIG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("token"),
+        "{said}"
+    );
+
+    let url = guard.server.as_ref().unwrap().url.clone();
+    let (code, org) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "create", "acme", "--tier", "3"],
+    );
+    assert_eq!(code, 0, "{org}");
+    let org_id = org["id"].as_str().unwrap().to_string();
+    let (_, key) = cli(&url, TOKEN, &["admin", "org", "key", &org_id]);
+    let key = key["key"].as_str().unwrap().to_string();
+    let (code, sb) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "split",
+            "--network-allow-list",
+            &format!("{SERVER4}/32"),
+        ],
+    );
+    assert_eq!(code, 0, "{sb}");
+    assert!(echoes(&url, &key, "split", SERVER4));
+    assert!(!echoes(&url, &key, "split", SERVER4_B));
+
+    // The API is killed and comes back: the runner enforced on, and the
+    // sandbox is taken back.
+    let mut api = guard.server.take().unwrap();
+    api.child.kill().unwrap();
+    api.child.wait().unwrap();
+    guard.server = Some(start_api(&dir, &runner_url, &token_file));
+    let url = guard.server.as_ref().unwrap().url.clone();
+    let (_, g) = cli(&url, &key, &["sandbox", "get", "split"]);
+    assert_eq!(g["state"], "running", "{g}");
+    assert!(echoes(&url, &key, "split", SERVER4));
+    assert!(!echoes(&url, &key, "split", SERVER4_B));
+
+    // The runner stops on SIGTERM (the API's streams open), within its
+    // grace, and comes back on the same files: the sandbox runs on.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(runner.0.wait().unwrap().success());
+    let (again, again_url) = start_runner(&lab, &dir, &token_file);
+    runner.0 = again;
+    let mut api = guard.server.take().unwrap();
+    api.child.kill().unwrap();
+    api.child.wait().unwrap();
+    guard.server = Some(start_api(&dir, &again_url, &token_file));
+    let url = guard.server.as_ref().unwrap().url.clone();
+    assert!(echoes(&url, &key, "split", SERVER4));
+    assert!(!echoes(&url, &key, "split", SERVER4_B));
+    let (code, _) = cli(&url, &key, &["sandbox", "delete", "split"]);
+    assert_eq!(code, 0);
+}

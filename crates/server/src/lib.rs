@@ -276,7 +276,7 @@ impl Server {
             let (p, c) = (Arc::new(cfg.policy.clone()), Arc::new(cfg.catalog.clone()));
             // Disks of the size most tiers give are prepared ahead.
             if rc.warm_disk.is_none() {
-                rc.warm_disk = usual_disk_mib(&p).map(|mib| mib << 20);
+                rc.warm_disk = sandgate_runner::usual_disk(&p);
             }
             tokio::task::spawn_blocking(move || sandgate_runner::Runner::start(rc, p, c))
                 .await
@@ -405,18 +405,6 @@ impl Server {
             })
             .await
     }
-}
-
-/// The default disk size (MiB) most tiers give their sandboxes.
-fn usual_disk_mib(policy: &PolicyConfig) -> Option<u64> {
-    let mut counts: std::collections::BTreeMap<u64, usize> = Default::default();
-    for rule in policy.tiers().values() {
-        *counts.entry(rule.resources.default.disk_mib).or_default() += 1;
-    }
-    counts
-        .into_iter()
-        .max_by_key(|(_, n)| *n)
-        .map(|(mib, _)| mib)
 }
 
 /// See [`Server::start`].

@@ -1,0 +1,104 @@
+//! `sandgate runner`: this host's runner (slots, the kernel's rules, the
+//! DNS service, the runtime) alone, served to a `sandgate server
+//! --runner-url` over HTTP on loopback. The runner needs root; the API
+//! then does not.
+
+use crate::config::Config;
+use crate::output::{say, Output};
+use crate::server_cmd::{init_logging, read_secret, shutdown, HostArgs};
+use sandgate_contract::Runner;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// How to run the runner.
+#[derive(Debug, clap::Args)]
+pub struct RunnerArgs {
+    /// Address the runner listens on: a loopback address (its API reaches
+    /// it over plain HTTP).
+    #[arg(long, env = "SANDGATE_RUNNER_LISTEN", default_value = "127.0.0.1:8181")]
+    pub listen: SocketAddr,
+    /// The runtime's snapshots and sandboxes, the dataplane's state (in
+    /// `<data-dir>/runner`).
+    #[arg(long, env = "SANDGATE_DATA_DIR", default_value = "/var/lib/sandgate")]
+    pub data_dir: PathBuf,
+    /// A file holding the token its API sends (at least 16 characters).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// This host's runner.
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Runs the runner until SIGINT or SIGTERM.
+pub fn run(args: RunnerArgs, config: &Config, out: &Output) -> ExitCode {
+    init_logging();
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("sandgate runner: {what}: {e}");
+        ExitCode::FAILURE
+    };
+    if !args.listen.ip().is_loopback() {
+        return failed(
+            "configuration",
+            &format!(
+                "--listen {}: a runner listens on a loopback address only (its token and the policies would cross the network in the clear)",
+                args.listen
+            ),
+        );
+    }
+    let token = match read_secret(&args.token_file, "the runner's token") {
+        Ok(t) => t,
+        Err(e) => return failed("configuration", &e),
+    };
+    let mut runner_cfg = match args.host.runner_config(&args.data_dir) {
+        Ok(c) => c,
+        Err(e) => return failed("configuration", &e),
+    };
+    let policy = Arc::new(config.policy.clone());
+    if runner_cfg.warm_disk.is_none() {
+        runner_cfg.warm_disk = sandgate_runner::usual_disk(&policy);
+    }
+    let runner = match sandgate_runner::Runner::start(
+        runner_cfg,
+        policy,
+        Arc::new(config.catalog.clone()),
+    ) {
+        Ok(r) => Arc::new(r),
+        Err(e) => return failed("starting", &e),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return failed("runtime", &e),
+    };
+    let served: Arc<dyn Runner> = runner;
+    let result = rt.block_on(async {
+        let router = sandgate_remote::service::router(served, &token)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let addr = listener.local_addr()?;
+        if out.json {
+            out.print_json(&serde_json::json!({ "listening": addr.to_string() }));
+        } else {
+            say!("sandgate runner listening on http://{addr}");
+        }
+        // The API's streams (events, deaths) never end by themselves: after
+        // the signal, the requests in flight get 5 s to finish.
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown().await;
+            stop.send_replace(true);
+        });
+        tokio::select! {
+            served = serving => served,
+            _ = async {
+                let _ = stopped.wait_for(|s| *s).await;
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failed("stopped", &e),
+    }
+}
