@@ -340,7 +340,7 @@ pub async fn create_sandbox(
         let settings = new.settings(&st, org.tier)?;
         let resources = new.resources(&st, org.tier)?;
         let policy = st.policy.resolve(org.tier, &settings)?;
-        let count = st.store.sandboxes(Some(&org.id)).await?.len();
+        let count = st.store.sandbox_count(&org.id).await?;
         if count >= st.max_sandboxes_per_org {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -416,6 +416,16 @@ impl Store {
         .transpose()
     }
 
+    /// How many sandboxes `organization_id` has (in any state).
+    pub async fn sandbox_count(&self, organization_id: &str) -> Result<usize, sqlx::Error> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sandboxes WHERE organization_id = $1")
+                .bind(organization_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     /// The sandboxes of `organization_id` (every one for `None`), by
     /// creation.
     pub async fn sandboxes(
