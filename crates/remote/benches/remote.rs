@@ -22,7 +22,7 @@ use sandgate_lab::bench::stats;
 use sandgate_lab::Lab;
 use sandgate_policy::{EffectivePolicy, SettingsRequest};
 use sandgate_remote::{service, RemoteRunner};
-use sandgate_testkit::{Http, InProcess};
+use sandgate_testkit::{Http, InProcess, Purge};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,16 +30,6 @@ use std::time::{Duration, Instant};
 const ADMIN: &str = "bench-operator-token";
 const TOKEN: &str = "bench-runner-token-of-sixteen";
 const LISTS: [&str; 2] = ["192.0.2.10/32", "198.51.100.0/24"];
-
-/// Removes every sandbox of the runner and the bench's files when dropped.
-struct Purge(sandgate_runner::RunnerConfig, std::path::PathBuf);
-
-impl Drop for Purge {
-    fn drop(&mut self) {
-        let _ = sandgate_runner::purge_runtime(&self.0);
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

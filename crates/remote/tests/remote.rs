@@ -13,7 +13,7 @@ use sandgate_contract::{Runner, RunnerError};
 use sandgate_lab::addrs::{DENIED_SERVER4, SERVER4, SERVER4_B, TCP_ECHO};
 use sandgate_lab::Lab;
 use sandgate_remote::{service, RemoteRunner};
-use sandgate_testkit::{Http, InProcess};
+use sandgate_testkit::{Http, InProcess, Purge};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,17 +51,6 @@ fn start_runner(cfg: &sandgate_server::ServerConfig) -> Arc<sandgate_runner::Run
         )
         .unwrap(),
     )
-}
-
-/// Removes the runner's runtime sandboxes when dropped, even after a
-/// failed assertion (dropped before the lab, which removes the slots).
-struct Purge(sandgate_runner::RunnerConfig, std::path::PathBuf);
-
-impl Drop for Purge {
-    fn drop(&mut self) {
-        let _ = sandgate_runner::purge_runtime(&self.0);
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
 }
 
 fn id(v: &Value) -> String {

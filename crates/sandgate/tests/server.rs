@@ -300,28 +300,17 @@ fn start_runner(
     dir: &std::path::Path,
     token_file: &std::path::Path,
 ) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgate"))
-        .args(["runner", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .arg("--token-file")
-        .arg(token_file)
-        .args(["--instance", lab.tag(), "--host-netns", lab.host().name()])
-        .args(["--upstream", &format!("{DNS4}:53"), "--warm-pool", "1"])
-        .env_remove("SANDGATE_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (child, url)
+    spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_sandgate"))
+            .args(["runner", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .arg("--token-file")
+            .arg(token_file)
+            .args(["--instance", lab.tag(), "--host-netns", lab.host().name()])
+            .args(["--upstream", &format!("{DNS4}:53"), "--warm-pool", "1"])
+            .env_remove("SANDGATE_CONFIG")
+            .stdout(std::process::Stdio::piped()),
+    )
 }
 
 /// A `sandgate server` over the runner at `runner_url`: the process and
@@ -331,26 +320,16 @@ fn start_api(
     runner_url: &str,
     token_file: &std::path::Path,
 ) -> ServerProcess {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sandgate"))
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .args(["--runner-url", runner_url, "--runner-token-file"])
-        .arg(token_file)
-        .env("SANDGATE_ADMIN_TOKEN", TOKEN)
-        .env_remove("SANDGATE_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
+    let (child, url) = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_sandgate"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(["--runner-url", runner_url, "--runner-token-file"])
+            .arg(token_file)
+            .env("SANDGATE_ADMIN_TOKEN", TOKEN)
+            .env_remove("SANDGATE_CONFIG")
+            .stdout(std::process::Stdio::piped()),
+    );
     ServerProcess { child, url }
 }
 

@@ -24,7 +24,7 @@
 
 use sandgate_lab::bench::stats;
 use sandgate_lab::Lab;
-use sandgate_testkit::{Http, InProcess};
+use sandgate_testkit::{Http, InProcess, Purge};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -96,17 +96,6 @@ fn main() {
 
     http.call("DELETE", "/api/sandbox/first", None);
     drop(server);
-}
-
-/// Removes every sandbox of the runner and the bench's files when dropped
-/// (after the server, which is dropped first).
-struct Purge(sandgate_runner::RunnerConfig, std::path::PathBuf);
-
-impl Drop for Purge {
-    fn drop(&mut self) {
-        let _ = sandgate_runner::purge_runtime(&self.0);
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
 }
 
 /// One network-settings update of `first` (the `i`th: lists alternate),

@@ -69,6 +69,21 @@ pub fn double_server_config(dir: &Path, admin_token: &str) -> ServerConfig {
     cfg
 }
 
+/// Removes every runtime sandbox of a runner and a directory of files
+/// when dropped, even after a failed assertion: declared after the lab
+/// and before the runner or server, it is dropped after them and before
+/// the lab (which removes the slots).
+pub struct Purge(pub RunnerConfig, pub std::path::PathBuf);
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        // Best effort on the way out: what is left is reported by the
+        // tests that look for left-overs.
+        let _ = sandgate_runner::purge_runtime(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
 /// A server running in this process on a Tokio runtime of its own,
 /// listening on an unused port of 127.0.0.1; stopped when dropped.
 pub struct InProcess {

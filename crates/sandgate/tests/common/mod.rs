@@ -43,6 +43,14 @@ pub fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
     for t in sandgate_lab::probe_targets(&sandgate_policy::Catalog::builtin()) {
         cmd.args(["--probe-target", &t]);
     }
+    let (child, url) = spawn_listening(&mut cmd);
+    ServerProcess { child, url }
+}
+
+/// Spawns `cmd` (a `sandgate server` or `sandgate runner`, its standard
+/// output piped) and reads the URL of its first line, which it prints once
+/// it listens.
+pub fn spawn_listening(cmd: &mut Command) -> (Child, String) {
     let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -53,7 +61,7 @@ pub fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
-    ServerProcess { child, url }
+    (child, url)
 }
 
 /// Runs `sandgate <args> --json` against `url` with `key`: exit code and
