@@ -38,6 +38,10 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// How often the command's leader and the timeout are looked at.
 const POLL: Duration = Duration::from_millis(5);
 
+/// How long the killing of a command's group may take (rounds until none
+/// of it is left alive).
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
 /// Reads `r` on a thread of its own until end of file, keeping at most
 /// `cap` bytes in what it returns. With `header`, the first line is not
 /// output but the command's process group, sent there (`None` if the
@@ -87,12 +91,24 @@ fn collect(captured: Option<(Captured, thread::JoinHandle<()>)>) -> (Vec<u8>, bo
 }
 
 /// Kills, with `SIGKILL`, the processes of the sandbox (`ps` lists them)
-/// in its process group `pgid` (the sandbox's numbering). Only the
+/// in its process group `pgid` (the sandbox's numbering), until none is
+/// left alive or [`KILL_WAIT`] has passed: a member forked while a round
+/// was listing (a fork loop) is caught by the next round, and the call
+/// returns once the group is gone, not merely signalled. Only the
 /// sandbox's own processes are looked at, so the host's can never be
 /// reached.
 fn kill_group(ps: &dyn Fn() -> io::Result<Vec<i32>>, pgid: i32) {
+    let deadline = Instant::now() + KILL_WAIT;
+    while kill_round(ps, pgid) > 0 && Instant::now() < deadline {
+        thread::sleep(POLL);
+    }
+}
+
+/// One round of [`kill_group`]: the members of group `pgid` still alive
+/// (not ended), each sent `SIGKILL`; how many there were.
+fn kill_round(ps: &dyn Fn() -> io::Result<Vec<i32>>, pgid: i32) -> usize {
     let Ok(pids) = ps() else {
-        return;
+        return 0;
     };
     // Each process is held by a pidfd first; a pid still listed after that
     // names the held process, so the check and the signal concern the
@@ -102,13 +118,16 @@ fn kill_group(ps: &dyn Fn() -> io::Result<Vec<i32>>, pgid: i32) {
         .filter_map(|pid| Held::open(pid).map(|h| (pid, h)))
         .collect();
     let Ok(listed) = ps() else {
-        return;
+        return 0;
     };
+    let mut alive = 0;
     for (pid, process) in held {
-        if listed.contains(&pid) && ns_number(pid, "NSpgid") == Some(pgid) {
+        if listed.contains(&pid) && !ended(pid) && ns_number(pid, "NSpgid") == Some(pgid) {
             process.kill();
+            alive += 1;
         }
     }
+    alive
 }
 
 /// The host pid of the process numbered `pid` in the sandbox (`ps` lists
