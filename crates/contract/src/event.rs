@@ -53,14 +53,17 @@ pub struct NetworkEvent {
     /// The destination port, where there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// The name asked, for DNS.
+    /// The name asked, for DNS; the name a connection the gateway reset
+    /// was for, as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// The reason code (`blocked`, `not_in_allow_list`,
     /// `restricted_by_tier`, `always_denied:<range>`, `private_range`,
     /// `spoofed_source`, `connection_limit`, `connection_rate`,
     /// `dns_not_allowed`, `dns_rebinding`, `upstream_unreachable`,
-    /// `dns_rate_limited`, ...). For a `dropped` event: the reason of the
+    /// `dns_rate_limited`, `quic_denied`; from the gateway `name_mismatch`,
+    /// `no_server_name`, `encrypted_client_hello`,
+    /// `unrecognized_protocol`, ...). For a `dropped` event: the reason of the
     /// events held back.
     pub reason: String,
     /// For a `dropped` event: how many events of `reason` the sandbox's

@@ -160,6 +160,24 @@ pub struct Counts {
     /// Network events by kind and reason (for `dropped`, the events held
     /// back, by their reason).
     pub events: Vec<(crate::EventKind, String, u64)>,
+    /// What the name-checking gateway has done.
+    #[serde(default)]
+    pub gateway: GatewayCounts,
+}
+
+/// What a runner's name-checking gateway has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayCounts {
+    /// Connections steered to it.
+    pub accepted: u64,
+    /// Connections it passed on to their destination.
+    pub passed: u64,
+    /// Connections it reset (each with a deny event).
+    pub refused: u64,
+    /// Connections it cut because a policy change no longer allowed them.
+    pub cut: u64,
+    /// Connections open through it now.
+    pub active: u64,
 }
 
 /// What a runner's DNS service has done so far.

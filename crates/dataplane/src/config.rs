@@ -46,7 +46,23 @@ pub struct DataplaneConfig {
     /// no, it is dropped: a sandbox host is not a router for anything
     /// else).
     pub forward_other: bool,
+    /// The port of the name-checking gateway, on every slot's gateway
+    /// address (connections steered to it are redirected there).
+    pub gateway_port: u16,
+    /// The TCP ports on which connections to an address admitted by name
+    /// (and not opened by `networkAllowList`) are steered to the gateway
+    /// (default 80 and 443; empty: none is, and names are not bound to
+    /// connections).
+    pub name_checked_ports: Vec<u16>,
+    /// Whether UDP to port 443 (QUIC) of an address admitted by name is
+    /// refused (`quic_denied`; the default): the gateway cannot read the
+    /// name of a QUIC connection, so without this the name check on 443
+    /// could be walked around over UDP.
+    pub deny_quic_to_names: bool,
 }
+
+/// The name-checked ports by default.
+pub const NAME_CHECKED_PORTS: [u16; 2] = [80, 443];
 
 impl DataplaneConfig {
     /// A configuration with the sandbox subnets of `policy` and defaults
@@ -90,6 +106,9 @@ impl DataplaneConfig {
         Ok(DataplaneConfig {
             share_classes,
             forward_other: false,
+            gateway_port: 10080,
+            name_checked_ports: NAME_CHECKED_PORTS.to_vec(),
+            deny_quic_to_names: true,
             instance: instance.to_string(),
             host_netns: None,
             subnet4,

@@ -3,7 +3,8 @@
 
 use crate::config::SlotAddrs;
 use crate::ruleset::{
-    allow_set, dropped_set, meter_set, mode_chain, ShareClass, DNS_MARK_BIT, LOG_CLASSES,
+    allow_set, dropped_set, meter_set, mode_chain, steer_chain, ShareClass, DNS_MARK_BIT,
+    LOG_CLASSES,
 };
 use ipnet::IpNet;
 use sandgate_nftables::{ElementData, Key, Transaction, Verb};
@@ -214,7 +215,9 @@ pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generati
     let k = if_key(slot);
     tx.element(verb, "slots", k.clone(), None, None);
     tx.element(verb, "src4", k.clone().ipv4(slot.sandbox4), None, None);
-    tx.element(verb, "src6", k.ipv6(slot.sandbox6), None, None);
+    tx.element(verb, "src6", k.clone().ipv6(slot.sandbox6), None, None);
+    let steer = Some(ElementData::Jump(steer_chain(slot.index)));
+    tx.element(verb, "steer", k, None, steer);
     mode(tx, slot, p, verb);
     shares(tx, slot, p, verb);
     generations(tx, slot, g, verb);

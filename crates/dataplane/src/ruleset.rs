@@ -74,6 +74,8 @@ pub mod prefix {
     pub const HOST: &str = "sg:host";
     /// A source address that is not the slot's.
     pub const SPOOF: &str = "sg:spoof";
+    /// UDP to port 443 (QUIC) of an address admitted by name.
+    pub const QUIC: &str = "sg:quic";
 }
 
 /// A reason class of deny events: its NFLOG prefix and the name of its
@@ -125,6 +127,11 @@ pub const LOG_CLASSES: &[LogClass] = &[
         name: "spoof",
         prefix: prefix::SPOOF,
         reason: "spoofed_source",
+    },
+    LogClass {
+        name: "quic",
+        prefix: prefix::QUIC,
+        reason: "quic_denied",
     },
     LogClass {
         name: "connections",
@@ -275,6 +282,12 @@ pub fn allow_set(v4: bool, private: bool, index: u32) -> String {
     format!("{kind}{family}_{}", shard(index))
 }
 
+/// The chain that steers slot `index`'s connections to names to the
+/// gateway (its shard's: the allow-list sets it must look at first).
+pub fn steer_chain(index: u32) -> String {
+    format!("steer_{}", shard(index))
+}
+
 /// The mark bit of connections admitted through DNS.
 pub const DNS_MARK_BIT: u32 = 0x8000_0000;
 
@@ -333,6 +346,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20 set admit4 { type ifname . ipv4_addr; flags timeout; }\n\
          \x20 set admit6 { type ifname . ipv6_addr; flags timeout; }\n\
          \x20 map shares { type ifname : verdict; }\n\
+         \x20 map steer { type ifname : verdict; }\n\
          \x20 map dns_shares { type ifname : verdict; }\n",
     );
     for class in LOG_CLASSES {
@@ -361,6 +375,14 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
             }
         }
     }
+    let mut ports: Vec<String> = cfg.name_checked_ports.iter().map(u16::to_string).collect();
+    ports.sort();
+    ports.dedup();
+    let _ = write!(r, "  set name_ports {{ type inet_service;");
+    if !ports.is_empty() {
+        let _ = write!(r, " elements = {{ {} }};", ports.join(", "));
+    }
+    r.push_str(" }\n");
     set_of(&mut r, "denied4", "ipv4_addr", &split(&denied, &v4));
     set_of(&mut r, "denied6", "ipv6_addr", &split(&denied, &v6));
     set_of(&mut r, "private4", "ipv4_addr", &split(&private, &v4));
@@ -368,6 +390,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
 
     let slots = format!("\"{SLOT_IF_PREFIX}*\"");
     let dns = cfg.dns_port;
+    let gw = cfg.gateway_port;
     let group = cfg.nflog_group;
     let rate = cfg.log_rate.max(1);
     let nd = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }";
@@ -397,7 +420,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
     let _ = write!(
         r,
         "  chain dns_hook {{ type nat hook prerouting priority dstnat; policy accept;\n\
-         \x20   iifname {slots} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}\n  }}\n\
+         \x20   iifname {slots} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}\n\
+         \x20   iifname {slots} meta l4proto tcp th dport @name_ports iifname vmap @steer\n  }}\n\
          \x20 chain nat_hook {{ type nat hook postrouting priority srcnat; policy accept;\n\
          \x20   iifname {slots} oifname != {slots} masquerade\n  }}\n",
     );
@@ -406,6 +430,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
         r,
         "  chain input_hook {{ type filter hook input priority filter; policy accept;\n\
          \x20   iifname != {slots} meta l4proto {{ tcp, udp }} th dport {dns} drop\n\
+         \x20   iifname != {slots} meta l4proto tcp th dport {gw} drop\n\
          \x20   iifname {slots} jump slot_input\n  }}\n\
          \x20 chain slot_input {{\n\
          \x20   iifname != @slots drop\n\
@@ -413,6 +438,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   {nd} accept\n\
          \x20   ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} iifname vmap @dns_shares\n\
          \x20   ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} accept\n\
+         \x20   ct status dnat meta l4proto tcp th dport {gw} ct state new iifname vmap @shares\n\
+         \x20   ct status dnat meta l4proto tcp th dport {gw} accept\n\
          {host}\x20   drop\n  }}\n",
         host = log_or_count(class("host"), "ct state new ", rate, group, "drop"),
     );
@@ -445,10 +472,31 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
         // sandgate's to forward, unless the operator says so.
         other = if cfg.forward_other { "accept" } else { "drop" },
     );
-    for reply in [false, true] {
-        eval_chains(&mut r, reply);
+    // Steering to the gateway (reached from the nat hook, so only a
+    // connection's first packet): an address the slot's allow list opens
+    // is no name's to check; one admitted by name goes to the gateway.
+    for k in 0..SHARDS {
+        let (a4, a6) = (allow_set(true, false, k), allow_set(false, false, k));
+        let _ = write!(
+            r,
+            "  chain steer_{k} {{\n\
+             \x20   iifname . ip daddr @{a4} return\n\
+             \x20   iifname . ip6 daddr @{a6} return\n\
+             \x20   meta l4proto tcp iifname . ip daddr @admit4 redirect to :{gw}\n\
+             \x20   meta l4proto tcp iifname . ip6 daddr @admit6 redirect to :{gw}\n  }}\n",
+        );
     }
-    for name in ["denied", "private", "unlisted", "restricted", "blocked"] {
+    for reply in [false, true] {
+        eval_chains(&mut r, reply, cfg.deny_quic_to_names);
+    }
+    for name in [
+        "denied",
+        "private",
+        "unlisted",
+        "restricted",
+        "blocked",
+        "quic",
+    ] {
         let _ = write!(
             r,
             "  chain deny_{name} {{\n{}\x20   drop\n  }}\n",
@@ -506,7 +554,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
 /// The mode chains of one direction. From a sandbox the interface is
 /// `iifname` and the destination `ip daddr`; for replies to it they are
 /// `oifname` and the connection's original destination.
-fn eval_chains(r: &mut String, reply: bool) {
+fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
     let (dir, iface, d4, d6) = if reply {
         (
             "back",
@@ -539,6 +587,17 @@ fn eval_chains(r: &mut String, reply: bool) {
     } else {
         "ct state new iifname vmap @shares; "
     };
+    // QUIC to an address admitted by name: the gateway cannot read its
+    // name, so it is refused (new attempts only; none was ever let out).
+    let quic = if deny_quic && !reply {
+        format!(
+            "{iface} . {d4} @admit4 udp dport 443 goto deny_quic\n\
+             \x20   {iface} . {d6} @admit6 udp dport 443 goto deny_quic\n\
+             \x20   "
+        )
+    } else {
+        String::new()
+    };
     let (private, unlisted, restricted, blocked) = (
         deny("private"),
         deny("unlisted"),
@@ -556,7 +615,7 @@ fn eval_chains(r: &mut String, reply: bool) {
          \x20 chain {dir}_restricted {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\
-         \x20   {iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+         \x20   {quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
          \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
          \x20   {restricted}\n  }}\n\
          \x20 chain {dir}_blocked {{\n\
@@ -574,7 +633,7 @@ fn eval_chains(r: &mut String, reply: bool) {
              \x20   {d6} @private6 {private}\n\
              \x20   {iface} . {d4} @{a4} goto {dir}_pass_net\n\
              \x20   {iface} . {d6} @{a6} goto {dir}_pass_net\n\
-             \x20   {iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+             \x20   {quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
              \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
              \x20   {unlisted}\n  }}\n",
         );

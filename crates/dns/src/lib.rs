@@ -80,14 +80,15 @@ pub trait Directory: Send + Sync {
     /// The sandbox whose address is `source`, if it is one.
     fn sandbox(&self, source: IpAddr) -> Option<Asker>;
 
-    /// Admits `addr` for `asker`'s slot for `lifetime`, because a name
-    /// allowed by `rule` answered it; refused if `asker` no longer holds
-    /// the slot. Returns the address withdrawn to make room, if the slot
+    /// Admits `addr` for `asker`'s slot for `lifetime`, because `name`
+    /// (lowercase, no trailing dot), allowed by `rule`, resolved to it;
+    /// refused if `asker` no longer holds the slot. Returns the address withdrawn to make room, if the slot
     /// was at its most admissions.
     fn admit(
         &self,
         asker: &Asker,
         addr: IpAddr,
+        name: &str,
         rule: &Reason,
         lifetime: Duration,
     ) -> io::Result<Option<IpAddr>>;
@@ -743,7 +744,7 @@ impl Core {
             let made = tokio::task::block_in_place(|| {
                 let mut evicted = Vec::new();
                 for (addr, lifetime) in admissions {
-                    match directory.admit(asker, addr, &rule, lifetime) {
+                    match directory.admit(asker, addr, &question.name, &rule, lifetime) {
                         Ok(Some(old)) => evicted.push(old),
                         Ok(None) => {}
                         Err(e) => return Err((e, evicted)),

@@ -85,6 +85,8 @@ pub const TCP_STREAM: u16 = 19;
 pub const HTTP: u16 = 80;
 /// HTTPS, with a certificate of the lab's CA.
 pub const HTTPS: u16 = 443;
+/// UDP: QUIC's port; echoes each datagram, as [`UDP_ECHO`] does.
+pub const QUIC: u16 = 443;
 
 /// Whether `addr` is one the lab may send to: TEST-NET-1/2/3, the
 /// benchmarking range of the sandbox subnets, 2001:db8::/32, or loopback

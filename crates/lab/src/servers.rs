@@ -1,7 +1,9 @@
 //! The world's servers: plain sockets on threads, bound in the world
 //! namespace on every address (dual-stack), stopped by a flag.
 
-use crate::addrs::{DNS4, DNS6, HTTP, HTTPS, TCP_ECHO, TCP_STREAM, UDP_ECHO, WORLD_ADDRESSES};
+use crate::addrs::{
+    DNS4, DNS6, HTTP, HTTPS, QUIC, TCP_ECHO, TCP_STREAM, UDP_ECHO, WORLD_ADDRESSES,
+};
 use crate::dns::Zone;
 use crate::http;
 use sandgate_netns::Netns;
@@ -56,6 +58,8 @@ pub fn start(
         }
         // One UDP socket per address, so that each answer comes from the
         // address that was asked.
+        // The echo, and a QUIC-shaped listener on 443 (it echoes too: a
+        // test sees whether a datagram to it got through).
         let mut udp = Vec::new();
         for net in WORLD_ADDRESSES {
             let addr: IpAddr = net
@@ -63,7 +67,9 @@ pub fn start(
                 .next()
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(|| io::Error::other(format!("bad lab address {net}")))?;
-            udp.push(UdpSocket::bind(SocketAddr::new(addr, UDP_ECHO))?);
+            for port in [UDP_ECHO, QUIC] {
+                udp.push(UdpSocket::bind(SocketAddr::new(addr, port))?);
+            }
         }
         let mut dns_udp = Vec::new();
         let mut dns_tcp = Vec::new();

@@ -26,6 +26,8 @@ pub use sandgate_dataplane::NoFreeSlot;
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig, KernelCounters, Reading, SlotAddrs};
 use sandgate_dns::{Asker, Directory, DnsConfig, DnsService, Upstream};
+use sandgate_gateway::bindings::Bindings;
+use sandgate_gateway::{Gateway, GatewayConfig, GatewayEvent, Holder};
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, EffectivePolicy, PolicyConfig, Reason};
 use sandgate_runtime::{
@@ -62,6 +64,12 @@ pub struct RunnerConfig {
     pub warm_disk: Option<u64>,
     /// The runtime's settings (its `data_dir` is set under `data_dir`).
     pub runtime: RuntimeConfig,
+    /// The TCP ports on which connections to addresses admitted by name
+    /// go through the name-checking gateway (see
+    /// `DataplaneConfig::name_checked_ports`).
+    pub name_checked_ports: Vec<u16>,
+    /// Whether QUIC (UDP 443) to addresses admitted by name is refused.
+    pub deny_quic_to_names: bool,
 }
 
 impl RunnerConfig {
@@ -76,6 +84,8 @@ impl RunnerConfig {
             warm_pool: 4,
             forward_other: false,
             warm_disk: None,
+            name_checked_ports: sandgate_dataplane::config::NAME_CHECKED_PORTS.to_vec(),
+            deny_quic_to_names: true,
         }
     }
 }
@@ -111,12 +121,16 @@ pub struct Placement {
     pub slot: SlotAddrs,
 }
 
-/// What the DNS service asks of the runner: which sandbox an address is
-/// and its policy, and admissions in the dataplane.
+/// What the DNS service and the gateway ask of the runner: which sandbox
+/// an address is and its policy, admissions in the dataplane, and which
+/// names resolved to which addresses for whom.
 #[derive(Debug)]
 struct Sandboxes {
     dp: Mutex<Dataplane>,
     known: Mutex<Known>,
+    /// The names the DNS service answered each holder, to the addresses
+    /// it admitted for them (the gateway's check).
+    bindings: Mutex<Bindings>,
     live: Arc<LivePolicy>,
     /// The last lease handed out (see [`sandgate_dns::Asker::lease`]).
     leases: std::sync::atomic::AtomicU64,
@@ -151,6 +165,7 @@ impl Directory for Sandboxes {
         &self,
         asker: &Asker,
         addr: IpAddr,
+        name: &str,
         rule: &Reason,
         lifetime: Duration,
     ) -> io::Result<Option<IpAddr>> {
@@ -168,7 +183,15 @@ impl Directory for Sandboxes {
                 format!("slot {} changed hands since the query", asker.slot),
             ));
         }
-        dp.admit(asker.slot, addr, rule, lifetime)
+        let evicted = dp.admit(asker.slot, addr, rule, lifetime)?;
+        // Bound for as long as admitted; at most twice as many bindings
+        // as admissions (several names may share an address).
+        let cap = usize::try_from(asker.policy.fair_shares.admitted_addresses)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(2);
+        let until = std::time::Instant::now() + lifetime;
+        lock(&self.bindings).bind((asker.slot, asker.lease), name, addr, until, cap);
+        Ok(evicted)
     }
 
     fn holds(&self, asker: &Asker) -> bool {
@@ -180,7 +203,40 @@ impl Directory for Sandboxes {
     }
 }
 
+impl sandgate_gateway::Directory for Sandboxes {
+    fn sandbox(&self, source: IpAddr) -> Option<Holder> {
+        Directory::sandbox(self, source).map(|a| Holder {
+            slot: a.slot,
+            lease: a.lease,
+            policy: a.policy,
+        })
+    }
+
+    fn resolved(&self, holder: &Holder, name: &str, addr: IpAddr) -> bool {
+        lock(&self.bindings).resolved(holder.key(), name, addr)
+    }
+
+    fn config(&self) -> Arc<PolicyConfig> {
+        self.live.current()
+    }
+}
+
 impl Sandboxes {
+    /// The holder of `slot` whose connections may pass: none for a slot
+    /// cut off (its addresses are not answered) or not held.
+    fn passing(&self, slot: &SlotAddrs) -> Option<Holder> {
+        let known = lock(&self.known);
+        let answered = addrs_of(slot)
+            .iter()
+            .all(|a| known.by_addr.get(a) == Some(&slot.index));
+        let asker = known.held.get(&slot.index).filter(|_| answered)?;
+        Some(Holder {
+            slot: asker.slot,
+            lease: asker.lease,
+            policy: asker.policy.clone(),
+        })
+    }
+
     /// The DNS service answers `slot`'s addresses for a new holder,
     /// `organization`'s sandbox, with `policy`.
     fn hand_over(&self, slot: &SlotAddrs, organization: &str, policy: &EffectivePolicy) {
@@ -237,6 +293,8 @@ impl Sandboxes {
             known.by_addr.remove(&addr);
         }
         known.held.remove(&slot.index);
+        drop(known);
+        lock(&self.bindings).forget(slot.index);
     }
 }
 
@@ -257,6 +315,8 @@ pub struct Runner {
     runtime: Runtime,
     // Behind a lock only because its event receiver is not `Sync`.
     dns: Arc<Mutex<DnsService>>,
+    /// The name-checking gateway.
+    gateway: Arc<Gateway>,
     host: Option<Netns>,
     slots: Arc<Mutex<HashMap<String, SlotAddrs>>>,
     events: Arc<events::EventHub>,
@@ -329,20 +389,35 @@ fn refiller(
     }
 }
 
-/// Moves events from the dataplane's NFLOG reader and the DNS service to
+/// Where the pump's events come from.
+struct Sources {
+    /// The dataplane's NFLOG reader.
+    deny: sandgate_dataplane::Events,
+    /// The kernel's counters.
+    kernel: Option<KernelCounters>,
+    /// The DNS service.
+    dns: Arc<Mutex<DnsService>>,
+    /// The connections the gateway reset.
+    refused: std::sync::mpsc::Receiver<GatewayEvent>,
+}
+
+/// Moves events from the dataplane's NFLOG reader, the gateway and the DNS service to
 /// the hub, naming each sandbox by id, and samples the kernel's counts,
 /// until `stop`.
-#[allow(clippy::too_many_arguments)]
 fn pump(
-    deny: sandgate_dataplane::Events,
-    mut kernel: Option<KernelCounters>,
-    dns: Arc<Mutex<DnsService>>,
+    sources: Sources,
     slots: Arc<Mutex<HashMap<String, SlotAddrs>>>,
     assigned: Arc<Mutex<HashMap<u32, std::time::SystemTime>>>,
     hub: Arc<events::EventHub>,
     reading: Arc<Mutex<Option<Reading>>>,
     stop: Arc<AtomicBool>,
 ) {
+    let Sources {
+        deny,
+        mut kernel,
+        dns,
+        refused,
+    } = sources;
     let mut held_back = BTreeMap::new();
     let mut last_sample = std::time::Instant::now();
     // The sandbox that had `slot` at `time`: its current owner, unless
@@ -370,6 +445,21 @@ fn pump(
                     destination: Some(e.destination.to_string()),
                     port: e.port,
                     domain: None,
+                    reason: e.reason,
+                    count: None,
+                });
+            }
+        }
+        for e in refused.try_iter() {
+            if let Some(sandbox) = owner(e.slot, e.time) {
+                hub.publish(NetworkEvent {
+                    time_ms: events::millis(e.time),
+                    sandbox,
+                    kind: EventKind::Connection,
+                    protocol: "tcp".into(),
+                    destination: Some(e.destination.ip().to_string()),
+                    port: Some(e.destination.port()),
+                    domain: e.name,
                     reason: e.reason,
                     count: None,
                 });
@@ -550,7 +640,10 @@ impl Runner {
         dp_cfg.host_netns = cfg.host_netns.clone();
         dp_cfg.warm_pool = cfg.warm_pool;
         dp_cfg.forward_other = cfg.forward_other;
+        dp_cfg.name_checked_ports = cfg.name_checked_ports.clone();
+        dp_cfg.deny_quic_to_names = cfg.deny_quic_to_names;
         let dns_port = dp_cfg.dns_port;
+        let gateway_port = dp_cfg.gateway_port;
         let nflog_group = dp_cfg.nflog_group;
         let (dp, _) = Dataplane::start(dp_cfg, (*policy).clone())?;
         let table = dp.config().table.clone();
@@ -563,6 +656,7 @@ impl Runner {
         let sandboxes = Arc::new(Sandboxes {
             dp: Mutex::new(dp),
             known: Mutex::new(Known::default()),
+            bindings: Mutex::new(Bindings::default()),
             live: live.clone(),
             leases: std::sync::atomic::AtomicU64::new(0),
         });
@@ -573,8 +667,15 @@ impl Runner {
             host.as_ref(),
             DnsConfig::new(dns_port, cfg.upstream.clone()),
             sandboxes.clone(),
-            catalog,
+            catalog.clone(),
         )?));
+        let (gateway, refused) = Gateway::start(
+            host.as_ref(),
+            GatewayConfig::new(gateway_port),
+            sandboxes.clone(),
+            catalog,
+        )?;
+        let gateway = Arc::new(gateway);
         let reading = Arc::new(Mutex::new(None));
         let slots = Arc::new(Mutex::new(HashMap::new()));
         let assigned = Arc::new(Mutex::new(HashMap::new()));
@@ -591,7 +692,15 @@ impl Runner {
             );
             std::thread::Builder::new()
                 .name("sandgate-events".into())
-                .spawn(move || pump(deny, Some(kernel), dns, slots, assigned, hub, reading, stop))?
+                .spawn(move || {
+                    let sources = Sources {
+                        deny,
+                        kernel: Some(kernel),
+                        dns,
+                        refused,
+                    };
+                    pump(sources, slots, assigned, hub, reading, stop)
+                })?
         };
         let inits = Arc::new(InitWatch::new()?);
         let (died_tx, deaths) = tokio::sync::mpsc::unbounded_channel();
@@ -620,6 +729,7 @@ impl Runner {
             sandboxes,
             runtime,
             dns,
+            gateway,
             host,
             slots,
             events: hub,
@@ -701,6 +811,19 @@ impl Runner {
         }
     }
 
+    /// What the name-checking gateway has done so far.
+    pub fn gateway_counts(&self) -> sandgate_contract::GatewayCounts {
+        let c = self.gateway.counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        sandgate_contract::GatewayCounts {
+            accepted: get(&c.accepted),
+            passed: get(&c.passed),
+            refused: get(&c.refused),
+            cut: get(&c.cut),
+            active: get(&c.active),
+        }
+    }
+
     /// Makes the sandbox `spec` describes: a slot with its policy in the
     /// kernel, the DNS service told, then the runtime sandbox in the slot,
     /// whose init is then watched. On failure nothing of it is left.
@@ -767,10 +890,19 @@ impl Runner {
     /// The DNS service learns the new policy first, so that no query is
     /// forwarded under the old one once the kernel has the new one; should
     /// the kernel refuse the change, the DNS service's view is put back.
+    /// Then the gateway cuts the connections whose names the policy in
+    /// force no longer allows.
     pub fn update(&self, id: &str, policy: &EffectivePolicy) -> io::Result<()> {
         let slot = self.slot(id)?;
-        let old = self.sandboxes.policy_of(&slot);
-        self.sandboxes.set_policy(&slot, policy);
+        let updated = self.update_slot(id, &slot, policy);
+        self.gateway
+            .revalidate(slot.index, self.sandboxes.passing(&slot).as_ref());
+        updated
+    }
+
+    fn update_slot(&self, id: &str, slot: &SlotAddrs, policy: &EffectivePolicy) -> io::Result<()> {
+        let old = self.sandboxes.policy_of(slot);
+        self.sandboxes.set_policy(slot, policy);
         let applied = lock(&self.sandboxes.dp).update(slot.index, policy);
         let Err(e) = applied else {
             return Ok(());
@@ -784,7 +916,7 @@ impl Runner {
             None => Err(io::Error::other("no policy to put back")),
         };
         match (restored, old) {
-            (Ok(()), Some(old)) => self.sandboxes.set_policy(&slot, &old),
+            (Ok(()), Some(old)) => self.sandboxes.set_policy(slot, &old),
             _ => self.block(id)?,
         }
         Err(e)
@@ -795,8 +927,10 @@ impl Runner {
     /// update or a restart: for a policy that could not be applied.
     pub fn block(&self, id: &str) -> io::Result<()> {
         let slot = self.slot(id)?;
-        // An unknown source gets no DNS answer.
+        // An unknown source gets no DNS answer, and nothing through the
+        // gateway.
         self.sandboxes.silence(&slot);
+        self.gateway.cut(slot.index);
         let cut = lock(&self.sandboxes.dp).cut(slot.index);
         cut
     }
@@ -810,6 +944,7 @@ impl Runner {
         let slot = lock(&self.slots).get(id).cloned();
         if let Some(slot) = &slot {
             self.sandboxes.forget(slot);
+            self.gateway.cut(slot.index);
             if let Err(e) = lock(&self.sandboxes.dp).cut(slot.index) {
                 // The delete goes on: the slot's removal below takes its
                 // rules with it, or fails and keeps the sandbox known.
@@ -1107,6 +1242,7 @@ impl sandgate_contract::Runner for Runner {
                 .into_iter()
                 .map(|((kind, reason), n)| (kind, reason, n))
                 .collect(),
+            gateway: self.gateway_counts(),
         }
     }
 }

@@ -66,6 +66,35 @@ pub struct HostArgs {
     /// for anything else).
     #[arg(long, env = "SANDGATE_FORWARD_OTHER")]
     pub forward_other: bool,
+    /// The TCP ports on which a sandbox's connections to an address
+    /// admitted by name go through the name-checking gateway (TLS server
+    /// name, HTTP Host), comma-separated, or `none`.
+    #[arg(long, value_name = "PORTS", default_value = "80,443", value_parser = parse_ports)]
+    pub name_checked_ports: PortList,
+    /// Let QUIC (UDP 443) reach addresses admitted by name. Refused by
+    /// default: the gateway cannot read a QUIC connection's name, and
+    /// browsers and HTTP/3 clients fall back to TCP.
+    #[arg(long)]
+    pub allow_quic_to_names: bool,
+}
+
+/// A list of ports (`80,443`), or none (`none`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+fn parse_ports(text: &str) -> Result<PortList, String> {
+    if text.trim() == "none" {
+        return Ok(PortList(Vec::new()));
+    }
+    text.split(',')
+        .map(|p| match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!(
+                "{p:?} is not a port (1-65535); give ports separated by commas, or `none`"
+            )),
+            Ok(n) => Ok(n),
+        })
+        .collect::<Result<Vec<u16>, String>>()
+        .map(PortList)
 }
 
 impl HostArgs {
@@ -84,6 +113,8 @@ impl HostArgs {
         runner.host_netns = self.host_netns.clone();
         runner.warm_pool = self.warm_pool;
         runner.forward_other = self.forward_other;
+        runner.name_checked_ports = self.name_checked_ports.0.clone();
+        runner.deny_quic_to_names = !self.allow_quic_to_names;
         Ok(runner)
     }
 }

@@ -253,6 +253,36 @@ pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -
     ] {
         counter(&mut out, name, help, v);
     }
+    let gw = counts.gateway;
+    for (name, help, v) in [
+        (
+            "sandgate_gateway_accepted_total",
+            "Connections to addresses admitted by name steered to the name-checking gateway.",
+            gw.accepted,
+        ),
+        (
+            "sandgate_gateway_passed_total",
+            "Connections the gateway passed on: their name allowed and resolved to their address for their sandbox.",
+            gw.passed,
+        ),
+        (
+            "sandgate_gateway_refused_total",
+            "Connections the gateway reset (name_mismatch, no_server_name, encrypted_client_hello, ...).",
+            gw.refused,
+        ),
+        (
+            "sandgate_gateway_cut_total",
+            "Gateway connections cut because a policy change no longer allowed their name.",
+            gw.cut,
+        ),
+    ] {
+        counter(&mut out, name, help, v);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sandgate_gateway_connections Connections open through the gateway.\n# TYPE sandgate_gateway_connections gauge\nsandgate_gateway_connections {}",
+        gw.active
+    );
     let _ = writeln!(
         out,
         "# HELP sandgate_network_events_total Denied connection attempts, refused DNS queries and limits reached, by kind and reason (kind \"dropped\": those the sandbox's event rate held back, counted, not published).\n# TYPE sandgate_network_events_total counter"

@@ -42,6 +42,7 @@ impl Directory for LabDirectory {
         &self,
         asker: &Asker,
         addr: IpAddr,
+        _name: &str,
         rule: &Reason,
         lifetime: Duration,
     ) -> io::Result<Option<IpAddr>> {

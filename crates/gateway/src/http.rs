@@ -1,0 +1,283 @@
+//! Plain HTTP through the gateway: every request's name (its `Host`, or
+//! the authority of an absolute target) is checked before the request is
+//! passed on, so that a connection opened for an allowed name cannot ask
+//! the same address for another site on its second request. HTTP/1 is
+//! served and relayed by `hyper`; upgrades (WebSocket) are relayed once
+//! the destination agreed to them.
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// How long a request head may take to arrive.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the relay of a request ended the connection.
+#[derive(Debug)]
+pub enum RelayError {
+    /// The gateway refused the request.
+    Refused(crate::Denial),
+    /// The destination could not be reached.
+    Io(io::Error),
+    /// HTTP failed on either side.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayError::Refused(d) => write!(f, "refused by the gateway: {}", d.code()),
+            RelayError::Io(e) => write!(f, "the destination: {e}"),
+            RelayError::Http(e) => write!(f, "HTTP: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RelayError {}
+
+impl From<io::Error> for RelayError {
+    fn from(e: io::Error) -> Self {
+        RelayError::Io(e)
+    }
+}
+
+impl From<hyper::Error> for RelayError {
+    fn from(e: hyper::Error) -> Self {
+        RelayError::Http(e)
+    }
+}
+
+/// The name a request is for: its `Host` header's and its target's
+/// authority's host, which must agree; `None` if it names none.
+pub fn request_name<B>(req: &Request<B>) -> Result<Option<String>, crate::Denial> {
+    let mut names = Vec::new();
+    if let Some(authority) = req.uri().authority() {
+        names.push(authority.host().to_string());
+    }
+    let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(crate::Denial::NameMismatch),
+        (Some(h), None) => {
+            let h = h.to_str().map_err(|_| crate::Denial::NameMismatch)?;
+            let authority: hyper::http::uri::Authority =
+                h.parse().map_err(|_| crate::Denial::NameMismatch)?;
+            names.push(authority.host().to_string());
+        }
+        _ => {}
+    }
+    names.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    match names.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => Err(crate::Denial::NameMismatch),
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again
+/// first.
+pub struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    /// `inner`, with `prefix` read from it before.
+    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What the HTTP relay asks of the gateway for each request.
+pub trait Check: Send + Sync + 'static {
+    /// Whether a request for `name` (`None`: it names none) may pass;
+    /// a refusal is reported by the callee.
+    fn request(&self, name: Option<&str>) -> Result<(), crate::Denial>;
+}
+
+/// The connection to the destination, opened at the first request passed.
+type Upstream = Arc<tokio::sync::Mutex<Option<SendRequest<Incoming>>>>;
+
+/// Checks one request and passes it on.
+async fn forward(
+    check: Arc<dyn Check>,
+    upstream: Upstream,
+    dest: SocketAddr,
+    connect_timeout: Duration,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, RelayError> {
+    let name = request_name(&req).map_err(RelayError::Refused)?;
+    check
+        .request(name.as_deref())
+        .map_err(RelayError::Refused)?;
+    let mut slot = upstream.lock().await;
+    let sender = match slot.as_mut() {
+        Some(s) if !s.is_closed() => s,
+        _ => slot.insert(open(dest, connect_timeout).await?),
+    };
+    sender.ready().await?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let mut response = sender.send_request(req).await?;
+    if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let theirs = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(ours), Ok(theirs)) = (upgrade.await, theirs.await) {
+                let (mut ours, mut theirs) = (TokioIo::new(ours), TokioIo::new(theirs));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut ours, &mut theirs).await {
+                    tracing::debug!(error = %e, "gateway: an upgraded connection ended");
+                }
+            }
+        });
+    }
+    Ok(response)
+}
+
+/// Serves the sandbox's side `down` (whose first bytes are `first`),
+/// passing each request that `check` lets through to `dest` over one
+/// connection of its own; ends at the first refused request (an error,
+/// after which the caller resets the connection).
+pub async fn serve(
+    down: TcpStream,
+    first: Vec<u8>,
+    dest: SocketAddr,
+    check: Arc<dyn Check>,
+    connect_timeout: Duration,
+) -> Result<(), RelayError> {
+    let upstream: Upstream = Arc::new(tokio::sync::Mutex::new(None));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let fut: Pin<Box<dyn Future<Output = Result<Response<Incoming>, RelayError>> + Send>> =
+            Box::pin(forward(
+                check.clone(),
+                upstream.clone(),
+                dest,
+                connect_timeout,
+                req,
+            ));
+        fut
+    });
+    hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(Prefixed::new(first, down)), service)
+        .with_upgrades()
+        .await?;
+    Ok(())
+}
+
+/// A connection to the destination, for the requests of one sandbox
+/// connection.
+async fn open(
+    dest: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<SendRequest<Incoming>, RelayError> {
+    {
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(dest))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .preserve_header_case(true)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "gateway: a connection to a destination ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Denial;
+
+    fn req(target: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().uri(target);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_requests_name_is_its_host_and_its_targets_authority_which_must_agree() {
+        let name = |t, h: &[&str]| request_name(&req(t, h));
+        assert_eq!(
+            name("/", &["api.example.com"]).unwrap(),
+            Some("api.example.com".into())
+        );
+        assert_eq!(
+            name("/", &["api.example.com:8080"]).unwrap(),
+            Some("api.example.com".into())
+        );
+        assert_eq!(name("/", &[]).unwrap(), None);
+        assert_eq!(
+            name("http://api.example.com/x", &["API.example.com"]).unwrap(),
+            Some("api.example.com".into())
+        );
+        assert!(matches!(
+            name("http://other.example.net/x", &["api.example.com"]),
+            Err(Denial::NameMismatch)
+        ));
+        assert!(matches!(
+            name("/", &["api.example.com", "other.example.net"]),
+            Err(Denial::NameMismatch)
+        ));
+        assert!(matches!(
+            name("/", &["bad host"]),
+            Err(Denial::NameMismatch)
+        ));
+    }
+}

@@ -1,0 +1,817 @@
+//! The name-checking gateway.
+//!
+//! An address is admitted for a sandbox because an allowed name resolved
+//! to it; many unrelated sites share such an address (a CDN's, a cloud
+//! front end's). The dataplane therefore steers a sandbox's TCP
+//! connections to a name-admitted address, on the name-checked ports, to
+//! this gateway (an nftables `redirect` to its port on the slot's
+//! gateway address), and the gateway passes a connection on only if the
+//! name it is for is one the sandbox's policy allows **and** one that
+//! resolved, for this sandbox, to this very address:
+//!
+//! - TLS: the server name of the ClientHello ([`hello`]); a hello with no
+//!   name is `no_server_name`, one with an encrypted name (ECH) is
+//!   `encrypted_client_hello`. A passed connection is relayed with
+//!   `splice(2)` ([`splice`]), the hello included, unchanged.
+//! - Anything else is read as HTTP/1 ([`http`]): every request's `Host`
+//!   (and an absolute target's authority) is checked, not only the
+//!   first's.
+//!
+//! Otherwise the connection is reset and a deny event says why
+//! (`name_mismatch`, `no_server_name`, `encrypted_client_hello`,
+//! `unrecognized_protocol`, `always_denied:<range>`). The gateway connects
+//! only to the connection's original destination (from connection
+//! tracking: `SO_ORIGINAL_DST`), checked again against the always-denied
+//! ranges.
+//!
+//! A policy change reaches connections already passed: [`Gateway::revalidate`]
+//! cuts those whose name the new policy no longer allows, at once (a
+//! reset each way), and [`Gateway::cut`] all of a slot's.
+
+pub mod bindings;
+pub mod hello;
+pub mod http;
+pub mod splice;
+
+use hello::Hello;
+use sandgate_netns::Netns;
+use sandgate_policy::{Catalog, CompiledPolicy, DomainName, EffectivePolicy, Mode, PolicyConfig};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// The holder of a slot, as the gateway needs it.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// Its slot.
+    pub slot: u32,
+    /// The lease under which it holds the slot (see
+    /// [`bindings::HolderKey`]).
+    pub lease: u64,
+    /// Its policy now.
+    pub policy: EffectivePolicy,
+}
+
+impl Holder {
+    /// The key of its bindings.
+    pub fn key(&self) -> bindings::HolderKey {
+        (self.slot, self.lease)
+    }
+}
+
+/// What the gateway asks of whoever holds the sandboxes (the runner).
+pub trait Directory: Send + Sync {
+    /// The sandbox whose address is `source`, if it is one whose traffic
+    /// may pass (a cut-off sandbox is none).
+    fn sandbox(&self, source: IpAddr) -> Option<Holder>;
+
+    /// Whether `name` resolved for `holder` to `addr`, lately (the DNS
+    /// service's answer has not expired).
+    fn resolved(&self, holder: &Holder, name: &str, addr: IpAddr) -> bool;
+
+    /// The policy configuration now.
+    fn config(&self) -> Arc<PolicyConfig>;
+}
+
+/// Why the gateway reset a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Denial {
+    /// The name is not one the sandbox may reach, or did not resolve for
+    /// it to this address (or a request named two).
+    NameMismatch,
+    /// No server name in the ClientHello, no `Host` in the request, or
+    /// nothing sent in time.
+    NoServerName,
+    /// The ClientHello's real server name is encrypted (ECH).
+    EncryptedClientHello,
+    /// Neither a TLS ClientHello nor an HTTP/1 request.
+    UnrecognizedProtocol,
+    /// The sandbox's mode is `blocked`.
+    Blocked,
+    /// The original destination is in an always-denied range: its reason
+    /// code (`always_denied:<range>`).
+    AlwaysDenied(String),
+}
+
+impl Denial {
+    /// The reason code of its deny event.
+    pub fn code(&self) -> String {
+        match self {
+            Denial::NameMismatch => "name_mismatch".into(),
+            Denial::NoServerName => "no_server_name".into(),
+            Denial::EncryptedClientHello => "encrypted_client_hello".into(),
+            Denial::UnrecognizedProtocol => "unrecognized_protocol".into(),
+            Denial::Blocked => "blocked".into(),
+            Denial::AlwaysDenied(code) => code.clone(),
+        }
+    }
+}
+
+/// A connection the gateway reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayEvent {
+    /// The slot of the sandbox.
+    pub slot: u32,
+    /// When.
+    pub time: SystemTime,
+    /// The connection's original destination.
+    pub destination: SocketAddr,
+    /// The name it was for, if it named one.
+    pub name: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// How the gateway runs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The port it listens on, on every address of the host namespace
+    /// (the dataplane redirects steered connections to it).
+    pub port: u16,
+    /// Threads of its runtime.
+    pub workers: usize,
+    /// Connections open at once, from all sandboxes; more are reset.
+    pub max_connections: u64,
+    /// How long a connection may take to say what it is for.
+    pub hello_timeout: Duration,
+    /// How long a connection to a destination may take.
+    pub connect_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults for everything but the port.
+    pub fn new(port: u16) -> GatewayConfig {
+        GatewayConfig {
+            port,
+            workers: 2,
+            max_connections: 65_536,
+            hello_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the gateway has done since it started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections steered to it.
+    pub accepted: AtomicU64,
+    /// Connections passed on to their destination.
+    pub passed: AtomicU64,
+    /// Connections reset for a reason of [`Denial`].
+    pub refused: AtomicU64,
+    /// Connections cut by a policy change.
+    pub cut: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Events lost because nobody read them in time.
+    pub events_lost: AtomicU64,
+}
+
+/// A passed connection, cut by [`Gateway::revalidate`] when its name is
+/// no longer allowed.
+struct Tracked {
+    lease: u64,
+    /// The name it was passed for (for HTTP: its last request's).
+    name: Arc<Mutex<Option<String>>>,
+    cut: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    by_slot: HashMap<u32, HashMap<u64, Tracked>>,
+    /// Moves on at every revalidation of a slot: a connection checked
+    /// under one epoch and registered under another is checked again.
+    epoch: HashMap<u32, u64>,
+}
+
+struct Shared {
+    cfg: GatewayConfig,
+    directory: Arc<dyn Directory>,
+    catalog: Arc<Catalog>,
+    registry: Mutex<Registry>,
+    events: SyncSender<GatewayEvent>,
+    counters: Arc<Counters>,
+}
+
+/// Takes a lock, also one whose holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether `policy` lets a connection for `name` (normalized) run on.
+fn name_allowed(
+    policy: &EffectivePolicy,
+    catalog: &Catalog,
+    config: &PolicyConfig,
+    name: &str,
+) -> bool {
+    match policy.mode {
+        Mode::Open => true,
+        Mode::Blocked => false,
+        Mode::Restricted | Mode::Allowlist => CompiledPolicy::new(policy.clone(), catalog, config)
+            .name_rule(name)
+            .is_some(),
+    }
+}
+
+impl Shared {
+    fn report(
+        &self,
+        holder: &Holder,
+        destination: SocketAddr,
+        name: Option<&str>,
+        denial: &Denial,
+    ) {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        let event = GatewayEvent {
+            slot: holder.slot,
+            time: SystemTime::now(),
+            destination,
+            name: name.map(str::to_string),
+            reason: denial.code(),
+        };
+        if self.events.try_send(event).is_err() {
+            self.counters.events_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Resets `down` for `denial`, reported as an event.
+    fn refuse(
+        &self,
+        holder: &Holder,
+        dest: SocketAddr,
+        down: &TcpStream,
+        name: Option<&str>,
+        denial: Denial,
+    ) {
+        self.report(holder, dest, name, &denial);
+        reset(down);
+    }
+
+    /// The name `raw` as checked, if `holder` may reach it at `dest`.
+    fn check(&self, holder: &Holder, raw: &str, dest: IpAddr) -> Result<String, Denial> {
+        if holder.policy.mode == Mode::Blocked {
+            return Err(Denial::Blocked);
+        }
+        let name = DomainName::parse(raw).map_err(|_| Denial::NameMismatch)?;
+        let name = name.as_str();
+        let config = self.directory.config();
+        if name_allowed(&holder.policy, &self.catalog, &config, name)
+            && (holder.policy.mode == Mode::Open || self.directory.resolved(holder, name, dest))
+        {
+            Ok(name.to_string())
+        } else {
+            Err(Denial::NameMismatch)
+        }
+    }
+
+    fn epoch(&self, slot: u32) -> u64 {
+        lock(&self.registry).epoch.get(&slot).copied().unwrap_or(0)
+    }
+
+    /// Tracks a passed connection of `holder` (whose address is
+    /// `source`); `None` if the slot was revalidated since `epoch` and
+    /// the connection's name is no longer allowed.
+    fn track(
+        self: &Arc<Self>,
+        holder: &Holder,
+        source: IpAddr,
+        name: Arc<Mutex<Option<String>>>,
+        epoch: u64,
+    ) -> Option<(Untrack, oneshot::Receiver<()>)> {
+        let (tx, rx) = oneshot::channel();
+        let mut checked = epoch;
+        let mut reg = lock(&self.registry);
+        loop {
+            let now = reg.epoch.get(&holder.slot).copied().unwrap_or(0);
+            if now == checked {
+                break;
+            }
+            drop(reg);
+            // A policy change came between the check and now: the
+            // connection is checked against its holder as it is now
+            // (again, until no change comes in between).
+            let config = self.directory.config();
+            let current = self
+                .directory
+                .sandbox(source)
+                .filter(|h| h.lease == holder.lease)?;
+            let allowed = lock(&name)
+                .as_deref()
+                .is_none_or(|n| name_allowed(&current.policy, &self.catalog, &config, n));
+            if !allowed {
+                return None;
+            }
+            checked = now;
+            reg = lock(&self.registry);
+        }
+        reg.next += 1;
+        let id = reg.next;
+        reg.by_slot.entry(holder.slot).or_default().insert(
+            id,
+            Tracked {
+                lease: holder.lease,
+                name,
+                cut: Some(tx),
+            },
+        );
+        Some((
+            Untrack {
+                shared: self.clone(),
+                slot: holder.slot,
+                id,
+            },
+            rx,
+        ))
+    }
+}
+
+/// Forgets a tracked connection when it ends.
+struct Untrack {
+    shared: Arc<Shared>,
+    slot: u32,
+    id: u64,
+}
+
+impl Drop for Untrack {
+    fn drop(&mut self) {
+        let mut reg = lock(&self.shared.registry);
+        if let Some(conns) = reg.by_slot.get_mut(&self.slot) {
+            conns.remove(&self.id);
+            if conns.is_empty() {
+                reg.by_slot.remove(&self.slot);
+            }
+        }
+    }
+}
+
+/// The running gateway: its listeners on a runtime of its own.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        // Each family apart: the original destination is read with the
+        // family's own option.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+impl Gateway {
+    /// Starts listening on `cfg.port` in `host` (or here, for `None`);
+    /// the connections it resets are told, in order, on the receiver.
+    pub fn start(
+        host: Option<&Netns>,
+        cfg: GatewayConfig,
+        directory: Arc<dyn Directory>,
+        catalog: Arc<Catalog>,
+    ) -> io::Result<(Gateway, Receiver<GatewayEvent>)> {
+        let (events_tx, events) = sync_channel(4096);
+        let shared = Arc::new(Shared {
+            cfg,
+            directory,
+            catalog,
+            registry: Mutex::new(Registry::default()),
+            events: events_tx,
+            counters: Arc::new(Counters::default()),
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let run = {
+            let shared = shared.clone();
+            move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(shared.cfg.workers.max(1))
+                    .thread_name("sandgate-gateway")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let port = shared.cfg.port;
+                    let bound = (|| {
+                        let v4 = listener(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+                        let v6 = listener(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))?;
+                        Ok::<_, io::Error>((TcpListener::from_std(v4)?, TcpListener::from_std(v6)?))
+                    })();
+                    match bound {
+                        Ok((v4, v6)) => {
+                            let _ = ready_tx.send(Ok(()));
+                            tokio::select! {
+                                _ = async { tokio::join!(serve(shared.clone(), v4), serve(shared.clone(), v6)) } => {}
+                                _ = stop_rx => {}
+                            }
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+                // Connections still open end here (their sockets close).
+                rt.shutdown_timeout(Duration::from_secs(1));
+            }
+        };
+        let thread = match host {
+            Some(ns) => ns.spawn("sandgate-gateway", Box::new(run))?,
+            None => std::thread::Builder::new()
+                .name("sandgate-gateway".into())
+                .spawn(run)?,
+        };
+        ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("the gateway's thread ended before it served"))??;
+        let gateway = Gateway {
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        Ok((gateway, events))
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Cuts the connections of `slot` that its holder's policy no longer
+    /// allows: all of them if `now` is `None` (the slot is cut off or
+    /// deleted) or another holder's, else those whose name `now.policy`
+    /// has no rule for (or every one, for `blocked`).
+    pub fn revalidate(&self, slot: u32, now: Option<&Holder>) {
+        let config = self.shared.directory.config();
+        let mut reg = lock(&self.shared.registry);
+        *reg.epoch.entry(slot).or_insert(0) += 1;
+        let Some(conns) = reg.by_slot.get_mut(&slot) else {
+            return;
+        };
+        let mut cut = 0;
+        for t in conns.values_mut() {
+            let keep = now.is_some_and(|h| {
+                h.lease == t.lease
+                    && lock(&t.name)
+                        .as_deref()
+                        .is_none_or(|n| name_allowed(&h.policy, &self.shared.catalog, &config, n))
+            });
+            if !keep {
+                if let Some(tx) = t.cut.take() {
+                    let _ = tx.send(());
+                    cut += 1;
+                }
+            }
+        }
+        self.shared.counters.cut.fetch_add(cut, Ordering::Relaxed);
+    }
+
+    /// Cuts every connection of `slot`.
+    pub fn cut(&self, slot: u32) {
+        self.revalidate(slot, None);
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the gateway's thread panicked");
+            }
+        }
+    }
+}
+
+async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: the next accept may succeed.
+                tracing::warn!(error = %e, "gateway: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        if shared.counters.active.load(Ordering::Relaxed) >= shared.cfg.max_connections {
+            reset(&conn);
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            shared.counters.active.fetch_add(1, Ordering::Relaxed);
+            handle(shared.clone(), conn, peer).await;
+            shared.counters.active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Makes the socket's close a reset.
+fn reset(conn: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(conn).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(error = %e, "gateway: cannot make a close a reset");
+    }
+}
+
+/// The destination a redirected connection was sent to.
+fn original_destination(conn: &TcpStream) -> io::Result<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    let local = conn.local_addr()?;
+    if local.is_ipv4() {
+        let a = getsockopt(conn, sockopt::OriginalDst).map_err(io::Error::from)?;
+        Ok(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+            u16::from_be(a.sin_port),
+        )))
+    } else {
+        let a = getsockopt(conn, sockopt::Ip6tOriginalDst).map_err(io::Error::from)?;
+        Ok(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(a.sin6_addr.s6_addr),
+            u16::from_be(a.sin6_port),
+            0,
+            0,
+        )))
+    }
+}
+
+/// Reads until the first bytes say what the connection is for (or it
+/// ends, or sends too much without saying).
+async fn first_bytes(conn: &mut TcpStream) -> io::Result<(Vec<u8>, Hello)> {
+    let mut buf = Vec::with_capacity(2048);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((buf, Hello::Incomplete));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match hello::parse(&buf) {
+            Hello::Incomplete => {}
+            other => return Ok((buf, other)),
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
+    let source = peer.ip().to_canonical();
+    let Some(holder) = shared.directory.sandbox(source) else {
+        // Not a sandbox, or one cut off: nothing passes.
+        reset(&down);
+        return;
+    };
+    let dest = match original_destination(&down) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, %peer, "gateway: a connection with no original destination");
+            reset(&down);
+            return;
+        }
+    };
+    if let Some(range) = shared.directory.config().ranges().always_denied(dest.ip()) {
+        return shared.refuse(
+            &holder,
+            dest,
+            &down,
+            None,
+            Denial::AlwaysDenied(range.denied_code()),
+        );
+    }
+    let epoch = shared.epoch(holder.slot);
+    let first = tokio::time::timeout(shared.cfg.hello_timeout, first_bytes(&mut down)).await;
+    let (buf, hello) = match first {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "gateway: a connection ended before it said what for");
+            return reset(&down);
+        }
+        Err(_) => return shared.refuse(&holder, dest, &down, None, Denial::NoServerName),
+    };
+    match hello {
+        Hello::ServerName(raw) => {
+            let name = match shared.check(&holder, &raw, dest.ip()) {
+                Ok(name) => name,
+                Err(denial) => return shared.refuse(&holder, dest, &down, Some(&raw), denial),
+            };
+            let Some((_untrack, cut)) = shared.track(
+                &holder,
+                source,
+                Arc::new(Mutex::new(Some(name.clone()))),
+                epoch,
+            ) else {
+                return shared.refuse(&holder, dest, &down, Some(&name), Denial::NameMismatch);
+            };
+            shared.counters.passed.fetch_add(1, Ordering::Relaxed);
+            // Boxed: the compiler cannot prove the state machine `Send`
+            // when this one is inlined in it (a known limit of its
+            // higher-ranked lifetime inference).
+            let relay: Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(pass_tls(shared.cfg.connect_timeout, down, buf, dest, cut));
+            relay.await;
+        }
+        Hello::NotTls => {
+            let name = Arc::new(Mutex::new(None));
+            let Some((_untrack, cut)) = shared.track(&holder, source, name.clone(), epoch) else {
+                return reset(&down);
+            };
+            let guard = match down.try_clone_fd() {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway: cannot keep a handle on a connection");
+                    return reset(&down);
+                }
+            };
+            let check = Arc::new(HttpCheck {
+                guard,
+                shared: shared.clone(),
+                holder: holder.clone(),
+                source,
+                dest,
+                name,
+                passed: AtomicU64::new(0),
+            });
+            // Boxed for the same reason as the TLS relay.
+            let served: Pin<Box<dyn Future<Output = Result<(), http::RelayError>> + Send>> =
+                Box::pin(http::serve(
+                    down,
+                    buf,
+                    dest,
+                    check.clone(),
+                    shared.cfg.connect_timeout,
+                ));
+            tokio::select! {
+                r = served => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "gateway: an HTTP connection ended");
+                        // Bytes that are no HTTP/1 request are reported
+                        // (hyper answered 400 and closed); a refused
+                        // request was reported by its check, and reset.
+                        if matches!(&e, http::RelayError::Http(h) if h.is_parse() || h.is_parse_too_large()) {
+                            shared.report(&holder, dest, None, &Denial::UnrecognizedProtocol);
+                        }
+                    }
+                }
+                // The connection (`served`, dropped after this branch)
+                // closes with a reset.
+                _ = cut => check.guard.reset(),
+            }
+        }
+        // Closed before a byte was sent (a connect test, a port scan):
+        // nothing was asked, nothing to report.
+        Hello::Incomplete if buf.is_empty() => {}
+        Hello::NoServerName | Hello::Incomplete => {
+            shared.refuse(&holder, dest, &down, None, Denial::NoServerName)
+        }
+        Hello::Encrypted => shared.refuse(&holder, dest, &down, None, Denial::EncryptedClientHello),
+        Hello::Malformed => shared.refuse(&holder, dest, &down, None, Denial::UnrecognizedProtocol),
+    }
+}
+
+/// A second descriptor of a connection handed to `hyper`, with which the
+/// gateway makes its close a reset.
+struct FdGuard(std::os::fd::OwnedFd);
+
+impl FdGuard {
+    /// The connection's close (by whoever closes it last) is a reset.
+    fn reset(&self) {
+        if let Err(e) = socket2::SockRef::from(&self.0).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(error = %e, "gateway: cannot make a close a reset");
+        }
+    }
+}
+
+trait CloneFd {
+    fn try_clone_fd(&self) -> io::Result<FdGuard>;
+}
+
+impl CloneFd for TcpStream {
+    fn try_clone_fd(&self) -> io::Result<FdGuard> {
+        use std::os::fd::AsFd;
+        Ok(FdGuard(self.as_fd().try_clone_to_owned()?))
+    }
+}
+
+/// The check of each request of one HTTP connection.
+struct HttpCheck {
+    /// The sandbox's side, to make its close a reset.
+    guard: FdGuard,
+    shared: Arc<Shared>,
+    holder: Holder,
+    source: IpAddr,
+    dest: SocketAddr,
+    /// The name of the last request passed (what a revalidation checks).
+    name: Arc<Mutex<Option<String>>>,
+    passed: AtomicU64,
+}
+
+impl http::Check for HttpCheck {
+    fn request(&self, name: Option<&str>) -> Result<(), Denial> {
+        let checked = match name {
+            None => Err(Denial::NoServerName),
+            Some(raw) => {
+                // The holder's policy as it is now (an update since the
+                // connection opened counts).
+                let holder = self
+                    .shared
+                    .directory
+                    .sandbox(self.source)
+                    .filter(|h| h.lease == self.holder.lease);
+                match holder {
+                    None => Err(Denial::Blocked),
+                    Some(h) => self.shared.check(&h, raw, self.dest.ip()),
+                }
+            }
+        };
+        match checked {
+            Ok(n) => {
+                *lock(&self.name) = Some(n);
+                if self.passed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    self.shared.counters.passed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(denial) => {
+                self.shared.report(&self.holder, self.dest, name, &denial);
+                // hyper closes the connection when the check fails: that
+                // close is a reset.
+                self.guard.reset();
+                Err(denial)
+            }
+        }
+    }
+}
+
+/// Relays a passed TLS connection: the hello first, then `splice`.
+async fn pass_tls(
+    connect_timeout: Duration,
+    down: TcpStream,
+    hello: Vec<u8>,
+    dest: SocketAddr,
+    cut: oneshot::Receiver<()>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let connected = tokio::time::timeout(connect_timeout, TcpStream::connect(dest)).await;
+    let mut up = match connected {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %dest, "gateway: the destination refused");
+            return reset(&down);
+        }
+        Err(_) => {
+            tracing::debug!(%dest, "gateway: the destination did not answer");
+            return reset(&down);
+        }
+    };
+    if let Err(e) = up.set_nodelay(true).and(down.set_nodelay(true)) {
+        tracing::debug!(error = %e, "gateway: cannot set nodelay");
+    }
+    if let Err(e) = up.write_all(&hello).await {
+        tracing::debug!(error = %e, "gateway: the destination went away");
+        return reset(&down);
+    }
+    tokio::select! {
+        r = splice::relay(&down, &up) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "gateway: a relayed connection ended");
+                reset(&down);
+                reset(&up);
+            }
+        }
+        _ = cut => {
+            reset(&down);
+            reset(&up);
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Names bound to the connections they admit (issue 14, the gateway): a
+//! sandbox allowed one name on an address that many names share (the
+//! lab's `example.com` and `example.net` all answer at one address, with
+//! one certificate: a CDN stand-in) reaches that name and no other, over
+//! TLS (server name) and plain HTTP (Host), over IPv4 and IPv6; a name
+//! that resolved for another sandbox does not count; no name, an
+//! encrypted name and QUIC are refused; an address the allow list opens
+//! never passes the gateway; an update that removes a name cuts its
+//! connection at once. Every connection here is made from the sandbox's
+//! own network namespace, to lab addresses only.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Api;
+use rustls::pki_types::pem::PemObject;
+use sandgate_gateway::hello::craft;
+use sandgate_lab::addrs::{HTTP, HTTPS, QUIC, SERVER4_B, SERVER6_B, TCP_STREAM, UDP_ECHO};
+use sandgate_netns::Netns;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(3);
+
+/// What a request got: the response's text, or how the connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Answer(String),
+    Reset,
+    Other(String),
+}
+
+impl Got {
+    fn answered_for(&self, name: &str) -> bool {
+        matches!(self, Got::Answer(a) if a.starts_with("HTTP/1.1 200") && a.ends_with(&format!("host={name}\n")))
+    }
+}
+
+fn ended(e: &std::io::Error) -> Got {
+    if e.kind() == std::io::ErrorKind::ConnectionReset {
+        Got::Reset
+    } else {
+        Got::Other(e.to_string())
+    }
+}
+
+fn exchange(stream: &mut impl ReadWrite, name: &str) -> Got {
+    let request = format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.flush())
+    {
+        return ended(&e);
+    }
+    let mut out = Vec::new();
+    match stream.read_to_end(&mut out) {
+        Ok(_) if out.is_empty() => Got::Other("closed without an answer".into()),
+        Ok(_) => Got::Answer(String::from_utf8_lossy(&out).into_owned()),
+        Err(e) if !out.is_empty() => Got::Other(format!("{e} after {} bytes", out.len())),
+        Err(e) => ended(&e),
+    }
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn connect(addr: IpAddr, port: u16) -> TcpStream {
+    let s = TcpStream::connect_timeout(&SocketAddr::new(addr, port), T).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s
+}
+
+/// GET / over TLS with server name `name` (verified against the lab CA),
+/// from `ns`.
+fn https(ns: &Netns, ca_pem: &str, addr: IpAddr, name: &str) -> Got {
+    let ca = ca_pem.to_string();
+    let name = name.to_string();
+    ns.run(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let server = rustls::pki_types::ServerName::try_from(name.clone()).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, connect(addr, HTTPS));
+        Ok(exchange(&mut stream, &name))
+    })
+    .unwrap()
+}
+
+/// GET / in the clear with `Host: name`, from `ns`.
+fn http(ns: &Netns, addr: IpAddr, name: &str) -> Got {
+    let name = name.to_string();
+    ns.run(move || Ok(exchange(&mut connect(addr, HTTP), &name)))
+        .unwrap()
+}
+
+/// Sends `hello` (made by hand) to `addr:port` from `ns`: whether the
+/// connection was reset.
+fn hello_reset(ns: &Netns, addr: IpAddr, port: u16, hello: Vec<u8>) -> bool {
+    ns.run(move || {
+        let mut s = connect(addr, port);
+        s.write_all(&hello)?;
+        let mut buf = [0u8; 512];
+        Ok(matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset))
+    })
+    .unwrap()
+}
+
+/// Whether a datagram to `addr:port` from `ns` is echoed.
+fn udp_echoed(ns: &Netns, addr: IpAddr, port: u16) -> bool {
+    ns.run(move || {
+        let any: SocketAddr = if addr.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let s = UdpSocket::bind(any)?;
+        s.set_read_timeout(Some(Duration::from_millis(700)))?;
+        s.send_to(b"quic-shaped", SocketAddr::new(addr, port))?;
+        let mut buf = [0u8; 64];
+        Ok(s.recv_from(&mut buf).is_ok())
+    })
+    .unwrap()
+}
+
+fn resolve(api: &Api, key: &str, id: &str, name: &str) {
+    let r = api.exec(key, id, &format!("nslookup {name} 2>&1"));
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains(&SERVER4_B.to_string()),
+        "{name} did not resolve for {id}: {r}"
+    );
+}
+
+fn reasons(api: &Api, key: &str, id: &str) -> Vec<(String, Option<String>)> {
+    api.events(key, id, false, |_| false)
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["domain"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn metric(api: &Api, name: &str) -> u64 {
+    api.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn a_name_admits_its_own_connections_on_a_shared_address_and_no_other_names() {
+    let api = Api::start();
+    let (_, key) = api.organization("cdn", 3);
+    let ca = api.lab().ca_pem().to_string();
+    let a = api.sandbox(
+        &key,
+        json!({"name": "one-name", "domainAllowList": "api.example.com"}),
+    );
+    let b = api.sandbox(
+        &key,
+        json!({"name": "two-names", "domainAllowList": "api.example.com,www.example.net"}),
+    );
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    resolve(&api, &key, a, "api.example.com");
+    let ns = api.slot_netns(a);
+
+    // The allowed name, over TLS and in the clear, both families.
+    for addr in [SERVER4_B, SERVER6_B] {
+        let got = https(&ns, &ca, addr, "api.example.com");
+        assert!(got.answered_for("api.example.com"), "{addr}: {got:?}");
+        let got = http(&ns, addr, "api.example.com");
+        assert!(got.answered_for("api.example.com"), "{addr}: {got:?}");
+    }
+    // Another site of the same address (the certificate covers it):
+    // reset, for the server name and for the Host.
+    for addr in [SERVER4_B, SERVER6_B] {
+        assert_eq!(
+            https(&ns, &ca, addr, "www.example.net"),
+            Got::Reset,
+            "{addr}"
+        );
+        assert_eq!(http(&ns, addr, "www.example.net"), Got::Reset, "{addr}");
+    }
+    // No name; an encrypted one (ECH) behind an allowed outer name; the
+    // name in a hello cut into many records is still read.
+    let hello = |ext: Vec<(u16, Vec<u8>)>, size| craft::records(&craft::hello_message(&ext), size);
+    assert!(hello_reset(&ns, SERVER4_B, HTTPS, hello(vec![], 16384)));
+    assert!(hello_reset(
+        &ns,
+        SERVER4_B,
+        HTTPS,
+        hello(
+            vec![craft::sni(&["api.example.com"]), (craft::ECH, vec![0; 64])],
+            16384
+        )
+    ));
+    assert!(hello_reset(
+        &ns,
+        SERVER4_B,
+        HTTPS,
+        hello(vec![craft::sni(&["www.example.net"])], 5)
+    ));
+
+    // QUIC to the name's address is refused; the address's other UDP
+    // ports follow the policy as before.
+    assert!(!udp_echoed(&ns, SERVER4_B, QUIC));
+    assert!(udp_echoed(&ns, SERVER4_B, UDP_ECHO));
+
+    // A name that resolved for another sandbox only: `b` may have it, but
+    // has not asked for it.
+    resolve(&api, &key, b, "www.example.net");
+    let ns_b = api.slot_netns(b);
+    assert!(https(&ns_b, &ca, SERVER4_B, "www.example.net").answered_for("www.example.net"));
+    assert_eq!(https(&ns_b, &ca, SERVER4_B, "api.example.com"), Got::Reset);
+    resolve(&api, &key, b, "api.example.com");
+    assert!(https(&ns_b, &ca, SERVER4_B, "api.example.com").answered_for("api.example.com"));
+
+    // Each refusal is an event with its reason (and name).
+    let seen = reasons(&api, &key, a);
+    for (reason, domain) in [
+        ("name_mismatch", Some("www.example.net")),
+        ("no_server_name", None),
+        ("encrypted_client_hello", None),
+        ("quic_denied", None),
+    ] {
+        assert!(
+            seen.iter()
+                .any(|(r, d)| r == reason && (domain.is_none() || d.as_deref() == domain)),
+            "no {reason} event in {seen:?}"
+        );
+    }
+    assert!(reasons(&api, &key, b)
+        .iter()
+        .any(|(r, d)| r == "name_mismatch" && d.as_deref() == Some("api.example.com")));
+    assert!(metric(&api, "sandgate_gateway_passed_total") >= 6);
+    assert!(metric(&api, "sandgate_gateway_refused_total") >= 8);
+}
+
+#[test]
+fn an_address_the_allow_list_opens_never_passes_the_gateway() {
+    let api = Api::start();
+    let (_, key) = api.organization("listed", 3);
+    let ca = api.lab().ca_pem().to_string();
+    let s = api.sandbox(
+        &key,
+        json!({"name": "listed", "networkAllowList": format!("{SERVER4_B}/32"), "domainAllowList": "api.example.com"}),
+    );
+    let id = s["id"].as_str().unwrap();
+    resolve(&api, &key, id, "api.example.com");
+    let ns = api.slot_netns(id);
+    let before = metric(&api, "sandgate_gateway_accepted_total");
+    // Any name: the address is the list's, not the name's.
+    assert!(https(&ns, &ca, SERVER4_B, "www.example.net").answered_for("www.example.net"));
+    assert!(http(&ns, SERVER4_B, "www.example.net").answered_for("www.example.net"));
+    assert!(udp_echoed(&ns, SERVER4_B, QUIC));
+    assert_eq!(metric(&api, "sandgate_gateway_accepted_total"), before);
+    // Its IPv6 address is admitted by name only: that one is checked.
+    assert_eq!(https(&ns, &ca, SERVER6_B, "www.example.net"), Got::Reset);
+    assert!(metric(&api, "sandgate_gateway_accepted_total") > before);
+}
+
+#[test]
+fn an_update_that_removes_a_name_cuts_its_gateway_connection_at_once() {
+    // The lab's byte stream, checked as a name's port: a connection that
+    // runs until something cuts it.
+    let api = Api::start_with(|cfg| cfg.runner.name_checked_ports.push(TCP_STREAM));
+    let (_, key) = api.organization("cut", 3);
+    let s = api.sandbox(
+        &key,
+        json!({"name": "streams", "domainAllowList": "api.example.com,www.example.net"}),
+    );
+    let id = s["id"].as_str().unwrap().to_string();
+    resolve(&api, &key, &id, "api.example.com");
+    resolve(&api, &key, &id, "www.example.net");
+    let ns = api.slot_netns(&id);
+    let open = |name: &'static str| {
+        ns.run(move || {
+            let mut s = connect(SERVER4_B, TCP_STREAM);
+            s.write_all(&craft::records(
+                &craft::hello_message(&[craft::sni(&[name])]),
+                16384,
+            ))?;
+            let mut buf = [0u8; 4096];
+            s.read_exact(&mut buf)?;
+            Ok(s)
+        })
+        .unwrap()
+    };
+    let mut kept = open("www.example.net");
+    let mut removed = open("api.example.com");
+    let (s, v) = api.post(
+        &format!("/api/sandbox/{id}/network-settings"),
+        &key,
+        json!({"domainAllowList": "www.example.net"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let updated = Instant::now();
+    // The removed name's connection ends within a second (reset); the
+    // other runs on.
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        match removed.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(_) if updated.elapsed() > Duration::from_secs(3) => break "still streaming",
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(end, "reset");
+    assert!(
+        updated.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        updated.elapsed()
+    );
+    for _ in 0..10 {
+        assert!(kept.read(&mut buf).unwrap() > 0);
+    }
+    assert_eq!(metric(&api, "sandgate_gateway_cut_total"), 1);
+}
