@@ -176,7 +176,14 @@ fn dns_tcp_conn(mut conn: TcpStream, zone: &Zone, count: &AtomicU64) {
 
 fn tcp_server(listener: TcpListener, stop: Arc<AtomicBool>, handle: Handler) -> JoinHandle<()> {
     thread::spawn(move || {
-        if listener.set_nonblocking(true).is_err() {
+        // `accept` waits at most `POLL` (Linux applies the receive timeout
+        // to it), so a connection is taken at once and the stop flag is
+        // still seen; a sleep between non-blocking tries would add up to
+        // `POLL` to every connection's first answer.
+        if socket2::SockRef::from(&listener)
+            .set_read_timeout(Some(POLL))
+            .is_err()
+        {
             return;
         }
         let mut conns = Vec::new();
@@ -192,6 +199,7 @@ fn tcp_server(listener: TcpListener, stop: Arc<AtomicBool>, handle: Handler) -> 
                         handle(conn, &stop)
                     }));
                 }
+                Err(e) if retryable(&e) => {}
                 Err(_) => thread::sleep(POLL),
             }
         }

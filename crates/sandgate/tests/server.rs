@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use sandgate_gateway::hello::craft;
 use sandgate_lab::addrs::*;
 use sandgate_lab::Lab;
 use serde_json::Value;
@@ -299,6 +300,7 @@ fn start_runner(
     lab: &Lab,
     dir: &std::path::Path,
     token_file: &std::path::Path,
+    extra: &[&str],
 ) -> (std::process::Child, String) {
     spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_sandgate"))
@@ -308,6 +310,7 @@ fn start_runner(
             .arg(token_file)
             .args(["--instance", lab.tag(), "--host-netns", lab.host().name()])
             .args(["--upstream", &format!("{DNS4}:53"), "--warm-pool", "1"])
+            .args(extra)
             .env_remove("SANDGATE_CONFIG")
             .stdout(std::process::Stdio::piped()),
     )
@@ -333,30 +336,33 @@ fn start_api(
     ServerProcess { child, url }
 }
 
-#[test]
-fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
-    let lab = Lab::up().unwrap();
-    let dir = std::env::temp_dir().join(format!("sandgate-split-{}", lab.tag()));
+/// A `sandgate runner` (with `extra` flags) and a `sandgate server` over
+/// it, their files in a directory of their own named after `test`: the
+/// guard (the API's process and the files), the runner's process, the
+/// runner's token file and its URL.
+fn split(
+    lab: &Lab,
+    test: &str,
+    extra: &[&str],
+) -> (Cleanup, KillOnDrop, std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("sandgate-{test}-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("runner.token");
-    std::fs::write(&token_file, "a-runner-token-for-the-split-test\n").unwrap();
+    std::fs::write(&token_file, format!("a-runner-token-for-the-{test}-test\n")).unwrap();
+    let mut guard = Cleanup { dir, server: None };
+    let (runner, runner_url) = start_runner(lab, &guard.dir, &token_file, extra);
+    guard.server = Some(start_api(&guard.dir, &runner_url, &token_file));
+    (guard, KillOnDrop(runner), token_file, runner_url)
+}
+
+#[test]
+fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
+    let lab = Lab::up().unwrap();
     // Dropped in turn: the runner's process, then the API's and the
     // runtime's files (the guard), then the lab.
-    let mut guard = Cleanup {
-        dir: dir.clone(),
-        server: None,
-    };
-    struct Runner(std::process::Child);
-    impl Drop for Runner {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let (runner, runner_url) = start_runner(&lab, &dir, &token_file);
-    let mut runner = Runner(runner);
-    guard.server = Some(start_api(&dir, &runner_url, &token_file));
+    let (mut guard, mut runner, token_file, runner_url) = split(&lab, "split", &[]);
+    let dir = guard.dir.clone();
 
     // A runner listens on loopback only, and an API with another token is
     // turned away at its start.
@@ -433,7 +439,7 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     )
     .unwrap();
     assert!(runner.0.wait().unwrap().success());
-    let (again, again_url) = start_runner(&lab, &dir, &token_file);
+    let (again, again_url) = start_runner(&lab, &dir, &token_file, &[]);
     runner.0 = again;
     let mut api = guard.server.take().unwrap();
     api.child.kill().unwrap();
@@ -444,4 +450,160 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     assert!(!echoes(&url, &key, "split", SERVER4_B));
     let (code, _) = cli(&url, &key, &["sandbox", "delete", "split"]);
     assert_eq!(code, 0);
+}
+
+/// A connection through the name-checking gateway (the lab's byte stream,
+/// checked as a name's port), opened from `ns` under `name`.
+fn through_gateway(ns: &sandgate_netns::Netns, name: &'static str) -> std::net::TcpStream {
+    use std::io::Read;
+    ns.run(move || {
+        let mut s = hello_to_stream(name)?;
+        let mut buf = [0u8; 4096];
+        s.read_exact(&mut buf)?;
+        Ok(s)
+    })
+    .unwrap()
+}
+
+/// A connection to the lab's byte stream at the address `api.example.com`
+/// resolves to, that sent a TLS hello naming `name` (in the caller's
+/// namespace).
+fn hello_to_stream(name: &str) -> std::io::Result<std::net::TcpStream> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::new(SERVER4_B, TCP_STREAM),
+        std::time::Duration::from_secs(3),
+    )?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    s.write_all(&craft::records(
+        &craft::hello_message(&[craft::sni(&[name])]),
+        16384,
+    ))?;
+    Ok(s)
+}
+
+/// How a connection ends: read until it does.
+fn ends(mut s: std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; 64 * 1024];
+    let start = std::time::Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return "closed".into(),
+            Ok(_) if start.elapsed() > std::time::Duration::from_secs(3) => {
+                return "still open".into()
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return "reset".into(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+#[test]
+fn a_runner_killed_takes_its_gateway_connections_with_it_and_widens_nothing() {
+    let lab = Lab::up().unwrap();
+    let ports = format!("80,443,{TCP_STREAM}");
+    let flags = ["--name-checked-ports", ports.as_str()];
+    let (mut guard, mut runner, token_file, _) = split(&lab, "gwkill", &flags);
+    let dir = guard.dir.clone();
+    let url = guard.server.as_ref().unwrap().url.clone();
+    let (_, org) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "create", "gw", "--tier", "3"],
+    );
+    let (_, key) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "key", org["id"].as_str().unwrap()],
+    );
+    let key = key["key"].as_str().unwrap().to_string();
+    let (code, sb) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "named",
+            "--domain-allow-list",
+            "api.example.com",
+        ],
+    );
+    assert_eq!(code, 0, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_string();
+    let resolve = |url: &str| {
+        let (_, r) = cli(
+            url,
+            &key,
+            &["sandbox", "exec", "named", "--", "nslookup api.example.com"],
+        );
+        assert!(
+            r["stdout"]
+                .as_str()
+                .unwrap()
+                .contains(&SERVER4_B.to_string()),
+            "{r}"
+        );
+    };
+    resolve(&url);
+    let owners = sandgate_testkit::slot_owners(&dir.join("runner"), lab.tag()).unwrap();
+    let (ns_name, _) = owners
+        .into_iter()
+        .find(|(_, o)| o.as_deref() == Some(id.as_str()))
+        .unwrap();
+    let ns = sandgate_netns::Netns::open(&ns_name).unwrap();
+    let open = through_gateway(&ns, "api.example.com");
+
+    // kill -9: the connection ends with the process; while no runner
+    // runs, a steered connection finds no gateway and is refused.
+    runner.0.kill().unwrap();
+    runner.0.wait().unwrap();
+    assert_eq!(ends(open), "closed");
+    let refused = ns
+        .run(|| {
+            Ok(std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::new(SERVER4_B, TCP_STREAM),
+                std::time::Duration::from_secs(3),
+            )
+            .map_err(|e| e.kind()))
+        })
+        .unwrap();
+    assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused));
+
+    // Back (the API too, which gives the runner its sandboxes again):
+    // once the sandbox resolved its name again (its binding died with
+    // the process), another name of the address is still reset and the
+    // name passes.
+    let (again, again_url) = start_runner(&lab, &dir, &token_file, &flags);
+    runner.0 = again;
+    let mut api = guard.server.take().unwrap();
+    api.child.kill().unwrap();
+    api.child.wait().unwrap();
+    guard.server = Some(start_api(&dir, &again_url, &token_file));
+    let url = guard.server.as_ref().unwrap().url.clone();
+    resolve(&url);
+    let denied = ns
+        .run(|| {
+            use std::io::Read;
+            let mut s = hello_to_stream("www.example.net")?;
+            let mut buf = [0u8; 16];
+            Ok(s.read(&mut buf).map_err(|e| e.kind()))
+        })
+        .unwrap();
+    assert_eq!(denied.err(), Some(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(ends(through_gateway(&ns, "api.example.com")), "still open");
+    let (code, _) = cli(&url, &key, &["sandbox", "delete", "named"]);
+    assert_eq!(code, 0);
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
