@@ -1,27 +1,52 @@
 //! A create or update body as the API decodes it, then as the policy
-//! validates and resolves it for every tier: never a panic, and an accepted
-//! create resolves.
+//! validates and resolves it for every tier: never a panic; an accepted
+//! create resolves to a policy a runner accepts, and its canonical text,
+//! read back as a store would, is the same settings.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sandgate_policy::{PolicyConfig, SettingsRequest};
+use sandgate_policy::{PolicyConfig, SettingsRequest, StoredSettings};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
     let field = |k: &str| body.get(k).and_then(|v| v.as_str());
+    let flag = |k: &str| body.get(k).and_then(|v| v.as_bool());
     let request = SettingsRequest {
-        network_block_all: body.get("networkBlockAll").and_then(|v| v.as_bool()),
+        network_block_all: flag("networkBlockAll"),
         network_allow_list: field("networkAllowList"),
         domain_allow_list: field("domainAllowList"),
+        network_deny_list: field("networkDenyList"),
+        domain_deny_list: field("domainDenyList"),
+        essential_services: flag("essentialServices"),
     };
     let config = PolicyConfig::default();
     for tier in 0..=5 {
         if let Ok(settings) = config.settings_for_create(tier, &request) {
-            config
+            let policy = config
                 .resolve(tier, &settings)
                 .expect("accepted settings resolve");
+            config
+                .check_effective(&policy)
+                .expect("a resolved policy is one a runner accepts");
+            let texts = [
+                settings.network_allow_list.to_string(),
+                settings.domain_allow_list.to_string(),
+                settings.network_deny_list.to_string(),
+                settings.domain_deny_list.to_string(),
+            ];
+            let stored = config
+                .stored_settings(&StoredSettings {
+                    network_block_all: settings.network_block_all,
+                    network_allow_list: &texts[0],
+                    domain_allow_list: &texts[1],
+                    network_deny_list: &texts[2],
+                    domain_deny_list: &texts[3],
+                    essential_services: settings.essential_services,
+                })
+                .expect("canonical settings read back");
+            assert_eq!(stored, settings);
             let _ = config.settings_for_update(tier, &settings, &request);
         }
     }

@@ -3,8 +3,8 @@
 
 use crate::config::SlotAddrs;
 use crate::ruleset::{
-    allow_set, dropped_set, meter_set, mode_chain, steer_chain, ShareClass, DNS_MARK_BIT,
-    LOG_CLASSES,
+    allow_set, deny_chain, deny_set, dropped_set, meter_set, mode_chain, steer_chain, ShareClass,
+    DNS_MARK_BIT, LOG_CLASSES,
 };
 use ipnet::IpNet;
 use sandgate_nftables::{ElementData, Key, Transaction, Verb};
@@ -34,6 +34,14 @@ pub struct SlotPolicy {
     /// The most addresses admitted for the slot at once.
     #[serde(default = "default_admitted")]
     pub admitted_max: u32,
+    /// `networkDenyList` entries: refused before the mode is looked at.
+    #[serde(default)]
+    pub deny: Vec<IpNet>,
+    /// Whether every new TCP connection to a name-checked port goes to
+    /// the gateway (`open` mode with a `domainDenyList`: the names are
+    /// checked there).
+    #[serde(default)]
+    pub steer_all: bool,
 }
 
 fn default_shares() -> ShareClass {
@@ -92,6 +100,8 @@ impl SlotPolicy {
             rules: if admits { rules } else { Vec::new() },
             shares: ShareClass::of(&policy.fair_shares),
             admitted_max: policy.fair_shares.admitted_addresses,
+            deny: outermost(policy.network_deny_list.nets()),
+            steer_all: policy.mode == Mode::Open && !policy.domain_deny_list.is_empty(),
         }
     }
 
@@ -208,6 +218,28 @@ fn lists(tx: &mut Transaction, slot: &SlotAddrs, nets: &[IpNet], private: bool, 
     }
 }
 
+fn deny_entries(tx: &mut Transaction, slot: &SlotAddrs, nets: &[IpNet], verb: Verb) {
+    for net in nets {
+        let (start, end) = interval(slot, net);
+        let set = deny_set(matches!(net, IpNet::V4(_)), slot.index);
+        tx.element(verb, &set, start, Some(end), None);
+    }
+}
+
+/// The slot's entries in the maps that send it to its deny chains: only a
+/// slot with a deny list has them (the others pay one missed lookup).
+fn deny_jumps(tx: &mut Transaction, slot: &SlotAddrs, verb: Verb) {
+    let k = if_key(slot);
+    for (map, reply) in [("denylist", false), ("back_denylist", true)] {
+        let jump = Some(ElementData::Jump(deny_chain(reply, slot.index)));
+        tx.element(verb, map, k.clone(), None, jump);
+    }
+}
+
+fn steer_all(tx: &mut Transaction, slot: &SlotAddrs, verb: Verb) {
+    tx.element(verb, "steer_all", if_key(slot), None, None);
+}
+
 /// Everything a slot needs in the kernel for policy `p` with generations
 /// `g`, added, deleted or destroyed. (Admissions are not in it: see
 /// [`admission_key`].)
@@ -223,18 +255,28 @@ pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generati
     generations(tx, slot, g, verb);
     lists(tx, slot, &p.allow, false, verb);
     lists(tx, slot, &p.allow_private, true, verb);
+    if !p.deny.is_empty() {
+        deny_jumps(tx, slot, verb);
+        deny_entries(tx, slot, &p.deny, verb);
+    }
+    if p.steer_all {
+        steer_all(tx, slot, verb);
+    }
 }
 
 /// Which generations a change from `old` to `new` must move on: only
 /// changes that can revoke something (a new mode, a removed entry, a
-/// removed name rule) do, so that connections the new policy still allows
-/// are not even looked at again.
+/// removed name rule, a new deny entry, names checked from now on) do, so
+/// that connections the new policy still allows are not even looked at
+/// again.
 pub fn revokes(old: &SlotPolicy, new: &SlotPolicy) -> (bool, bool) {
-    if old.mode != new.mode {
+    if old.mode != new.mode || new.deny.iter().any(|n| !old.deny.contains(n)) {
         return (true, true);
     }
     let removed = |a: &[IpNet], b: &[IpNet]| a.iter().any(|n| !b.contains(n));
-    let net = removed(&old.allow, &new.allow) || removed(&old.allow_private, &new.allow_private);
+    let net = removed(&old.allow, &new.allow)
+        || removed(&old.allow_private, &new.allow_private)
+        || (new.steer_all && !old.steer_all);
     let dns = old.rules.iter().any(|n| !new.rules.contains(n));
     (net, dns)
 }
@@ -292,6 +334,24 @@ pub fn change(
         true,
         Verb::Add,
     );
+    deny_entries(tx, slot, &gone(&op.deny, &np.deny), Verb::Delete);
+    if op.deny.is_empty() != np.deny.is_empty() {
+        let verb = if np.deny.is_empty() {
+            Verb::Delete
+        } else {
+            Verb::Add
+        };
+        deny_jumps(tx, slot, verb);
+    }
+    deny_entries(tx, slot, &gone(&np.deny, &op.deny), Verb::Add);
+    if op.steer_all != np.steer_all {
+        let verb = if np.steer_all {
+            Verb::Add
+        } else {
+            Verb::Delete
+        };
+        steer_all(tx, slot, verb);
+    }
 }
 
 /// The second transaction of a change: the quarantined generations `from`
@@ -299,4 +359,55 @@ pub fn change(
 pub fn release(tx: &mut Transaction, slot: &SlotAddrs, from: Generations, to: Generations) {
     generations(tx, slot, from, Verb::Delete);
     generations(tx, slot, to, Verb::Add);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use sandgate_policy::{PolicyConfig, SettingsRequest};
+
+    fn slot_policy(tier: u8, request: SettingsRequest<'_>) -> SlotPolicy {
+        let config = PolicyConfig::default();
+        let settings = config.settings_for_create(tier, &request).unwrap();
+        let policy = config.resolve(tier, &settings).unwrap();
+        SlotPolicy::from_policy(&policy, config.ranges())
+    }
+
+    #[test]
+    fn a_new_deny_entry_or_a_first_domain_deny_list_revokes_and_their_removal_does_not() {
+        let open = slot_policy(3, SettingsRequest::default());
+        let denied = slot_policy(
+            3,
+            SettingsRequest {
+                network_deny_list: Some("198.51.100.0/24,198.51.100.7"),
+                ..Default::default()
+            },
+        );
+        // Folded into the entry that holds it, as the interval sets need.
+        assert_eq!(denied.deny, vec!["198.51.100.0/24".parse().unwrap()]);
+        assert_eq!(revokes(&open, &denied), (true, true));
+        assert_eq!(revokes(&denied, &open), (false, false));
+        let names = slot_policy(
+            3,
+            SettingsRequest {
+                domain_deny_list: Some("example.org"),
+                ..Default::default()
+            },
+        );
+        assert!(names.steer_all && !open.steer_all);
+        assert_eq!(revokes(&open, &names), (true, false));
+        assert_eq!(revokes(&names, &open), (false, false));
+        // Only open mode steers everything: in allowlist mode the gateway
+        // sees the names it admitted anyway.
+        let listed = slot_policy(
+            3,
+            SettingsRequest {
+                domain_allow_list: Some("example.com"),
+                domain_deny_list: Some("example.org"),
+                ..Default::default()
+            },
+        );
+        assert!(!listed.steer_all);
+    }
 }

@@ -76,6 +76,8 @@ pub mod prefix {
     pub const SPOOF: &str = "sg:spoof";
     /// UDP to port 443 (QUIC) of an address admitted by name.
     pub const QUIC: &str = "sg:quic";
+    /// An entry of the slot's `networkDenyList`.
+    pub const DENY_LIST: &str = "sg:denylist";
 }
 
 /// A reason class of deny events: its NFLOG prefix and the name of its
@@ -132,6 +134,11 @@ pub const LOG_CLASSES: &[LogClass] = &[
         name: "quic",
         prefix: prefix::QUIC,
         reason: "quic_denied",
+    },
+    LogClass {
+        name: "denylist",
+        prefix: prefix::DENY_LIST,
+        reason: "network_deny_list",
     },
     LogClass {
         name: "connections",
@@ -288,6 +295,19 @@ pub fn steer_chain(index: u32) -> String {
     format!("steer_{}", shard(index))
 }
 
+/// The `networkDenyList` set of a slot for an entry of this family.
+pub fn deny_set(v4: bool, index: u32) -> String {
+    let family = if v4 { "4" } else { "6" };
+    format!("deny{family}_{}", shard(index))
+}
+
+/// The chain that applies slot `index`'s `networkDenyList` in one
+/// direction (`reply`: to the slot).
+pub fn deny_chain(reply: bool, index: u32) -> String {
+    let dir = if reply { "back" } else { "out" };
+    format!("{dir}_deny_{}", shard(index))
+}
+
 /// The mark bit of connections admitted through DNS.
 pub const DNS_MARK_BIT: u32 = 0x8000_0000;
 
@@ -347,6 +367,9 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20 set admit6 { type ifname . ipv6_addr; flags timeout; }\n\
          \x20 map shares { type ifname : verdict; }\n\
          \x20 map steer { type ifname : verdict; }\n\
+         \x20 set steer_all { type ifname; }\n\
+         \x20 map denylist { type ifname : verdict; }\n\
+         \x20 map back_denylist { type ifname : verdict; }\n\
          \x20 map dns_shares { type ifname : verdict; }\n",
     );
     for class in LOG_CLASSES {
@@ -373,6 +396,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
                 let name = allow_set(v4, private, k);
                 let _ = writeln!(r, "  set {name} {{ type ifname . {ty}; flags interval; }}");
             }
+            let name = deny_set(v4, k);
+            let _ = writeln!(r, "  set {name} {{ type ifname . {ty}; flags interval; }}");
         }
     }
     let mut ports: Vec<String> = cfg.name_checked_ports.iter().map(u16::to_string).collect();
@@ -458,6 +483,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   ct state invalid,untracked drop\n\
          \x20   ip daddr @denied4 goto deny_denied\n\
          \x20   ip6 daddr @denied6 goto deny_denied\n\
+         \x20   iifname vmap @denylist\n\
          \x20   iifname vmap @mode\n\
          \x20   drop\n  }}\n\
          \x20 chain to_slot {{\n\
@@ -466,6 +492,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   ct direction original drop\n\
          \x20   ct original ip daddr @denied4 drop\n\
          \x20   ct original ip6 daddr @denied6 drop\n\
+         \x20   oifname vmap @back_denylist\n\
          \x20   oifname vmap @back_mode\n\
          \x20   drop\n  }}\n",
         // Traffic that neither comes from nor goes to a slot is not
@@ -473,18 +500,54 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
         other = if cfg.forward_other { "accept" } else { "drop" },
     );
     // Steering to the gateway (reached from the nat hook, so only a
-    // connection's first packet): an address the slot's allow list opens
-    // is no name's to check; one admitted by name goes to the gateway.
+    // connection's first packet): a denied address is not redirected (the
+    // forward hook refuses it, and says why); an address the slot's allow
+    // list opens is no name's to check; one admitted by name goes to the
+    // gateway, and so does every other (public) address of a slot in
+    // `steer_all` (open mode with a domainDenyList).
     for k in 0..SHARDS {
         let (a4, a6) = (allow_set(true, false, k), allow_set(false, false, k));
+        let (n4, n6) = (deny_set(true, k), deny_set(false, k));
         let _ = write!(
             r,
             "  chain steer_{k} {{\n\
+             \x20   iifname . ip daddr @{n4} return\n\
+             \x20   iifname . ip6 daddr @{n6} return\n\
              \x20   iifname . ip daddr @{a4} return\n\
              \x20   iifname . ip6 daddr @{a6} return\n\
              \x20   meta l4proto tcp iifname . ip daddr @admit4 redirect to :{gw}\n\
-             \x20   meta l4proto tcp iifname . ip6 daddr @admit6 redirect to :{gw}\n  }}\n",
+             \x20   meta l4proto tcp iifname . ip6 daddr @admit6 redirect to :{gw}\n\
+             \x20   iifname != @steer_all return\n\
+             \x20   ip daddr @denied4 return\n\
+             \x20   ip6 daddr @denied6 return\n\
+             \x20   ip daddr @private4 return\n\
+             \x20   ip6 daddr @private6 return\n\
+             \x20   meta l4proto tcp redirect to :{gw}\n  }}\n",
         );
+        for reply in [false, true] {
+            let (iface, d4, d6, deny) = if reply {
+                (
+                    "oifname",
+                    "ct original ip daddr",
+                    "ct original ip6 daddr",
+                    "drop".to_string(),
+                )
+            } else {
+                (
+                    "iifname",
+                    "ip daddr",
+                    "ip6 daddr",
+                    "goto deny_denylist".to_string(),
+                )
+            };
+            let _ = write!(
+                r,
+                "  chain {} {{\n\
+                 \x20   {iface} . {d4} @{n4} {deny}\n\
+                 \x20   {iface} . {d6} @{n6} {deny}\n  }}\n",
+                deny_chain(reply, k),
+            );
+        }
     }
     for reply in [false, true] {
         eval_chains(&mut r, reply, cfg.deny_quic_to_names);
@@ -496,6 +559,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
         "restricted",
         "blocked",
         "quic",
+        "denylist",
     ] {
         let _ = write!(
             r,
@@ -604,6 +668,21 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
         deny("restricted"),
         deny("blocked"),
     );
+    // A slot in `steer_all` (open mode with a domainDenyList) has its new
+    // connections to the name-checked ports redirected to the gateway, so
+    // none reaches this hook: what does is a connection from before the
+    // deny list, which the gateway never saw (cut), and QUIC, whose name
+    // the gateway cannot read (refused).
+    let service = if reply { "th sport" } else { "th dport" };
+    let steered = format!(
+        "{iface} @steer_all meta l4proto tcp {service} @name_ports drop\n\
+         \x20   {}",
+        if deny_quic && !reply {
+            format!("{iface} @steer_all udp dport 443 goto deny_quic\n\x20   ")
+        } else {
+            String::new()
+        }
+    );
     let _ = write!(
         r,
         "  chain {dir}_pass_net {{ {shares}{count_net}ct mark set {iface} map @netgen accept; drop; }}\n\
@@ -611,7 +690,7 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
          \x20 chain {dir}_open {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\
-         \x20   goto {dir}_pass_net\n  }}\n\
+         \x20   {steered}goto {dir}_pass_net\n  }}\n\
          \x20 chain {dir}_restricted {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\

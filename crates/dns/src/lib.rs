@@ -666,8 +666,12 @@ impl Core {
                 "sandgate: this address is not a sandbox of this host",
             ));
         };
-        let answer = match asker.policy.mode {
-            Mode::Blocked => {
+        let denied = match asker.policy.mode {
+            Mode::Blocked => None,
+            _ => self.deny_listed(&asker, &question),
+        };
+        let answer = match (asker.policy.mode, denied) {
+            (Mode::Blocked, _) => {
                 self.event(&asker, &question, "blocked", Vec::new());
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 refused(
@@ -675,11 +679,22 @@ impl Core {
                     "sandgate: networkBlockAll is set; this sandbox has no network, not even DNS",
                 )
             }
-            Mode::Open => {
+            (_, Some(entry)) => {
+                self.event(&asker, &question, "domain_deny_list", Vec::new());
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                refused(
+                    &request,
+                    &format!(
+                        "sandgate: {} is blocked by this sandbox's egress policy: it matches domainDenyList entry {entry}",
+                        question.name
+                    ),
+                )
+            }
+            (Mode::Open, None) => {
                 let answer = self.lookup(&asker, &request, &question).await?;
                 reply_to(answer, &request)
             }
-            Mode::Restricted | Mode::Allowlist => {
+            (Mode::Restricted | Mode::Allowlist, None) => {
                 self.filtered(&asker, &request, &question).await?
             }
         };
@@ -689,6 +704,20 @@ impl Core {
             return None;
         }
         Some(answer)
+    }
+
+    /// The `domainDenyList` entry the question's name matches, if any
+    /// (in every mode: a denied name is refused, in `open` mode too).
+    fn deny_listed(&self, asker: &Asker, question: &Question) -> Option<String> {
+        if asker.policy.domain_deny_list.is_empty() {
+            return None;
+        }
+        let config = self.directory.config();
+        let compiled = CompiledPolicy::new(asker.policy.clone(), &self.catalog, &config);
+        match compiled.name_denied(&question.name)? {
+            sandgate_policy::Reason::DomainDenyList(pattern) => Some(pattern.to_string()),
+            other => Some(other.code()),
+        }
     }
 
     /// The answer for a `restricted` or `allowlist` sandbox.

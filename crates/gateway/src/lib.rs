@@ -19,14 +19,20 @@
 //!
 //! Otherwise the connection is reset and a deny event says why
 //! (`name_mismatch`, `no_server_name`, `encrypted_client_hello`,
-//! `unrecognized_protocol`, `always_denied:<range>`). The gateway connects
-//! only to the connection's original destination (from connection
-//! tracking: `SO_ORIGINAL_DST`), checked again against the always-denied
-//! ranges.
+//! `unrecognized_protocol`, or the policy's own code for a destination or
+//! name it denies: `always_denied:<range>`, `network_deny_list`,
+//! `domain_deny_list`, `private_range`, `blocked`). The gateway
+//! connects only to the connection's original destination (from
+//! connection tracking: `SO_ORIGINAL_DST`), checked again against the
+//! policy (the always-denied ranges, the deny lists).
+//!
+//! In `open` mode with a `domainDenyList`, every connection to the
+//! name-checked ports comes here: a denied name is reset, any other
+//! passes (open mode asks no DNS answer of it).
 //!
 //! A policy change reaches connections already passed: [`Gateway::revalidate`]
-//! cuts those whose name the new policy no longer allows, at once (a
-//! reset each way), and [`Gateway::cut`] all of a slot's.
+//! cuts those whose name or destination the new policy no longer allows,
+//! at once (a reset each way), and [`Gateway::cut`] all of a slot's.
 
 pub mod bindings;
 pub mod hello;
@@ -35,7 +41,10 @@ pub mod splice;
 
 use hello::Hello;
 use sandgate_netns::Netns;
-use sandgate_policy::{Catalog, CompiledPolicy, DomainName, EffectivePolicy, Mode, PolicyConfig};
+use sandgate_policy::{
+    Catalog, CompiledPolicy, Destination, DomainName, EffectivePolicy, Mode, PolicyConfig, Reason,
+    Target,
+};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -96,11 +105,12 @@ pub enum Denial {
     EncryptedClientHello,
     /// Neither a TLS ClientHello nor an HTTP/1 request.
     UnrecognizedProtocol,
-    /// The sandbox's mode is `blocked`.
+    /// The sandbox is gone, or was cut off, while its connection was open.
     Blocked,
-    /// The original destination is in an always-denied range: its reason
-    /// code (`always_denied:<range>`).
-    AlwaysDenied(String),
+    /// The policy denies the original destination (an always-denied
+    /// range, a private range, a `networkDenyList` entry, `blocked`) or
+    /// the name (a `domainDenyList` entry): the policy's reason code.
+    Policy(String),
 }
 
 impl Denial {
@@ -112,7 +122,7 @@ impl Denial {
             Denial::EncryptedClientHello => "encrypted_client_hello".into(),
             Denial::UnrecognizedProtocol => "unrecognized_protocol".into(),
             Denial::Blocked => "blocked".into(),
-            Denial::AlwaysDenied(code) => code.clone(),
+            Denial::Policy(code) => code.clone(),
         }
     }
 }
@@ -182,6 +192,8 @@ pub struct Counters {
 /// no longer allowed.
 struct Tracked {
     lease: u64,
+    /// Its original destination.
+    dest: IpAddr,
     /// The name it was passed for (for HTTP: its last request's).
     name: Arc<Mutex<Option<String>>>,
     cut: Option<oneshot::Sender<()>>,
@@ -210,19 +222,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether `policy` lets a connection for `name` (normalized) run on.
-fn name_allowed(
+/// Whether `policy` lets a connection to `dest` run on under `name`
+/// (normalized; `None` before an HTTP connection's first request). The
+/// name's binding to the address is checked apart
+/// ([`Directory::resolved`]).
+fn policy_passes(
     policy: &EffectivePolicy,
     catalog: &Catalog,
     config: &PolicyConfig,
-    name: &str,
-) -> bool {
-    match policy.mode {
+    dest: IpAddr,
+    name: Option<&str>,
+) -> Result<(), Denial> {
+    let compiled = CompiledPolicy::new(policy.clone(), catalog, config);
+    let verdict = compiled.explain(&Destination {
+        target: Target::Address(dest),
+        port: None,
+    });
+    // An address admitted by name is in no list: "not in the allow list"
+    // and "restricted to essential services" are what its name's
+    // admission answers. Every other refusal stands (and a deny list
+    // wins over the admission).
+    if !verdict.allowed
+        && !matches!(
+            verdict.reason,
+            Reason::NotInAllowList | Reason::RestrictedByTier
+        )
+    {
+        return Err(Denial::Policy(verdict.reason.event_code()));
+    }
+    let Some(name) = name else {
+        return Ok(());
+    };
+    if let Some(denied) = compiled.name_denied(name) {
+        return Err(Denial::Policy(denied.event_code()));
+    }
+    let allowed = match policy.mode {
         Mode::Open => true,
         Mode::Blocked => false,
-        Mode::Restricted | Mode::Allowlist => CompiledPolicy::new(policy.clone(), catalog, config)
-            .name_rule(name)
-            .is_some(),
+        Mode::Restricted | Mode::Allowlist => compiled.name_rule(name).is_some(),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Denial::NameMismatch)
     }
 }
 
@@ -262,15 +304,11 @@ impl Shared {
 
     /// The name `raw` as checked, if `holder` may reach it at `dest`.
     fn check(&self, holder: &Holder, raw: &str, dest: IpAddr) -> Result<String, Denial> {
-        if holder.policy.mode == Mode::Blocked {
-            return Err(Denial::Blocked);
-        }
         let name = DomainName::parse(raw).map_err(|_| Denial::NameMismatch)?;
         let name = name.as_str();
         let config = self.directory.config();
-        if name_allowed(&holder.policy, &self.catalog, &config, name)
-            && (holder.policy.mode == Mode::Open || self.directory.resolved(holder, name, dest))
-        {
+        policy_passes(&holder.policy, &self.catalog, &config, dest, Some(name))?;
+        if holder.policy.mode == Mode::Open || self.directory.resolved(holder, name, dest) {
             Ok(name.to_string())
         } else {
             Err(Denial::NameMismatch)
@@ -287,7 +325,7 @@ impl Shared {
     fn track(
         self: &Arc<Self>,
         holder: &Holder,
-        source: IpAddr,
+        (source, dest): (IpAddr, IpAddr),
         name: Arc<Mutex<Option<String>>>,
         epoch: u64,
     ) -> Option<(Untrack, oneshot::Receiver<()>)> {
@@ -308,12 +346,15 @@ impl Shared {
                 .directory
                 .sandbox(source)
                 .filter(|h| h.lease == holder.lease)?;
-            let allowed = lock(&name)
-                .as_deref()
-                .is_none_or(|n| name_allowed(&current.policy, &self.catalog, &config, n));
-            if !allowed {
-                return None;
-            }
+            let name = lock(&name).clone();
+            policy_passes(
+                &current.policy,
+                &self.catalog,
+                &config,
+                dest,
+                name.as_deref(),
+            )
+            .ok()?;
             checked = now;
             reg = lock(&self.registry);
         }
@@ -323,6 +364,7 @@ impl Shared {
             id,
             Tracked {
                 lease: holder.lease,
+                dest,
                 name,
                 cut: Some(tx),
             },
@@ -480,10 +522,16 @@ impl Gateway {
         let mut cut = 0;
         for t in conns.values_mut() {
             let keep = now.is_some_and(|h| {
+                let name = lock(&t.name).clone();
                 h.lease == t.lease
-                    && lock(&t.name)
-                        .as_deref()
-                        .is_none_or(|n| name_allowed(&h.policy, &self.shared.catalog, &config, n))
+                    && policy_passes(
+                        &h.policy,
+                        &self.shared.catalog,
+                        &config,
+                        t.dest,
+                        name.as_deref(),
+                    )
+                    .is_ok()
             });
             if !keep {
                 if let Some(tx) = t.cut.take() {
@@ -600,14 +648,9 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    if let Some(range) = shared.directory.config().ranges().always_denied(dest.ip()) {
-        return shared.refuse(
-            &holder,
-            dest,
-            &down,
-            None,
-            Denial::AlwaysDenied(range.denied_code()),
-        );
+    let config = shared.directory.config();
+    if let Err(denial) = policy_passes(&holder.policy, &shared.catalog, &config, dest.ip(), None) {
+        return shared.refuse(&holder, dest, &down, None, denial);
     }
     let epoch = shared.epoch(holder.slot);
     let first = tokio::time::timeout(shared.cfg.hello_timeout, first_bytes(&mut down)).await;
@@ -627,7 +670,7 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
             };
             let Some((_untrack, cut)) = shared.track(
                 &holder,
-                source,
+                (source, dest.ip()),
                 Arc::new(Mutex::new(Some(name.clone()))),
                 epoch,
             ) else {
@@ -643,7 +686,9 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
         }
         Hello::NotTls => {
             let name = Arc::new(Mutex::new(None));
-            let Some((_untrack, cut)) = shared.track(&holder, source, name.clone(), epoch) else {
+            let Some((_untrack, cut)) =
+                shared.track(&holder, (source, dest.ip()), name.clone(), epoch)
+            else {
                 return reset(&down);
             };
             let guard = match down.try_clone_fd() {

@@ -18,6 +18,10 @@ use std::net::IpAddr;
 pub const DEFAULT_NETWORK_ALLOW_LIST_MAX: usize = 5;
 /// The default limit on `domainAllowList` entries.
 pub const DEFAULT_DOMAIN_ALLOW_LIST_MAX: usize = 50;
+/// The default limit on `networkDenyList` entries.
+pub const DEFAULT_NETWORK_DENY_LIST_MAX: usize = 20;
+/// The default limit on `domainDenyList` entries.
+pub const DEFAULT_DOMAIN_DENY_LIST_MAX: usize = 50;
 /// The default sandbox subnets: the benchmarking range for IPv4, a
 /// documentation prefix for IPv6. Sandboxes are numbered from them, and
 /// they are always denied as destinations ("other sandboxes").
@@ -46,6 +50,10 @@ pub struct TierRule {
     pub network_allow_list_max: usize,
     /// The most `domainAllowList` entries a request may set.
     pub domain_allow_list_max: usize,
+    /// The most `networkDenyList` entries a request may set.
+    pub network_deny_list_max: usize,
+    /// The most `domainDenyList` entries a request may set.
+    pub domain_deny_list_max: usize,
     /// What each sandbox of the tier may take of the host's shared
     /// resources.
     pub fair_shares: FairShares,
@@ -78,6 +86,12 @@ pub struct PolicyConfigRepr {
     /// Default limit on `domainAllowList` entries for every tier.
     #[serde(default)]
     pub domain_allow_list_max: Option<usize>,
+    /// Default limit on `networkDenyList` entries for every tier.
+    #[serde(default)]
+    pub network_deny_list_max: Option<usize>,
+    /// Default limit on `domainDenyList` entries for every tier.
+    #[serde(default)]
+    pub domain_deny_list_max: Option<usize>,
     /// The tier table; when given it replaces the default table whole.
     #[serde(default)]
     pub tiers: Option<BTreeMap<String, TierRepr>>,
@@ -121,6 +135,12 @@ pub struct TierRepr {
     /// This tier's limit on `domainAllowList` entries.
     #[serde(default)]
     pub domain_allow_list_max: Option<usize>,
+    /// This tier's limit on `networkDenyList` entries.
+    #[serde(default)]
+    pub network_deny_list_max: Option<usize>,
+    /// This tier's limit on `domainDenyList` entries.
+    #[serde(default)]
+    pub domain_deny_list_max: Option<usize>,
     /// This tier's fair shares, over those of every tier.
     #[serde(default)]
     pub fair_shares: FairSharesRepr,
@@ -174,16 +194,30 @@ impl PolicyConfig {
         let dom_max = repr
             .domain_allow_list_max
             .unwrap_or(DEFAULT_DOMAIN_ALLOW_LIST_MAX);
+        let net_deny_max = repr
+            .network_deny_list_max
+            .unwrap_or(DEFAULT_NETWORK_DENY_LIST_MAX);
+        let dom_deny_max = repr
+            .domain_deny_list_max
+            .unwrap_or(DEFAULT_DOMAIN_DENY_LIST_MAX);
         let shares = repr
             .fair_shares
             .over(FairShares::default(), "policy.fair_shares")?;
         let resources = repr
             .resources
             .over(TierResources::default(), "policy.resources")?;
-        let rule = |network, n: Option<usize>, d: Option<usize>, fair_shares, resources| TierRule {
+        let rule = |network, row: Option<&TierRepr>, fair_shares, resources| TierRule {
             network,
-            network_allow_list_max: n.unwrap_or(net_max),
-            domain_allow_list_max: d.unwrap_or(dom_max),
+            network_allow_list_max: row
+                .and_then(|r| r.network_allow_list_max)
+                .unwrap_or(net_max),
+            domain_allow_list_max: row.and_then(|r| r.domain_allow_list_max).unwrap_or(dom_max),
+            network_deny_list_max: row
+                .and_then(|r| r.network_deny_list_max)
+                .unwrap_or(net_deny_max),
+            domain_deny_list_max: row
+                .and_then(|r| r.domain_deny_list_max)
+                .unwrap_or(dom_deny_max),
             fair_shares,
             resources,
         };
@@ -195,7 +229,7 @@ impl PolicyConfig {
                 (4, TierNetwork::Configurable),
             ]
             .into_iter()
-            .map(|(t, n)| (t, rule(n, None, None, shares, resources)))
+            .map(|(t, n)| (t, rule(n, None, shares, resources)))
             .collect(),
             Some(table) => {
                 let mut tiers = BTreeMap::new();
@@ -217,13 +251,7 @@ impl PolicyConfig {
                         .over(resources, &format!("policy.tiers.{tier}.resources"))?;
                     tiers.insert(
                         tier,
-                        rule(
-                            row.network,
-                            row.network_allow_list_max,
-                            row.domain_allow_list_max,
-                            tier_shares,
-                            tier_resources,
-                        ),
+                        rule(row.network, Some(&row), tier_shares, tier_resources),
                     );
                 }
                 if tiers.is_empty() {

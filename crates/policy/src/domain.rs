@@ -1,4 +1,5 @@
-//! DNS names, name patterns and `domainAllowList` (BRIEF section 1).
+//! DNS names, name patterns, `domainAllowList` and `domainDenyList`
+//! (docs/REQUIREMENTS.md, "domainAllowList" and "Deny lists").
 //!
 //! Users write names in the usual dotted order (`www.example.com`,
 //! `*.example.com`); the catalog writes them in reverse-label order
@@ -13,6 +14,8 @@ use std::net::IpAddr;
 
 /// The API field name, used in messages.
 pub const FIELD: &str = "domainAllowList";
+/// The deny list's API field name.
+pub const DENY_FIELD: &str = "domainDenyList";
 
 /// The longest DNS name in presentation form, without the trailing dot.
 const MAX_NAME_LEN: usize = 253;
@@ -209,23 +212,47 @@ impl Serialize for DomainPattern {
     }
 }
 
-/// A validated `domainAllowList`: canonical patterns, duplicates merged, in
-/// the order first given.
+/// A validated list of name patterns (`domainAllowList` or
+/// `domainDenyList`): canonical patterns, duplicates merged, in the order
+/// first given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct DomainAllowList(Vec<DomainPattern>);
+pub struct DomainList(Vec<DomainPattern>);
 
-impl DomainAllowList {
-    /// Parses a list as the API receives it. `max_entries` counts distinct
-    /// entries after normalization.
+/// `domainAllowList`, by its API name.
+pub type DomainAllowList = DomainList;
+
+impl DomainList {
+    /// Parses a `domainAllowList` as the API receives it. `max_entries`
+    /// counts distinct entries after normalization.
     pub fn parse(input: &str, max_entries: usize) -> Result<Self, PolicyError> {
+        Self::parse_kind(input, max_entries, FIELD, ErrorCode::InvalidDomainAllowList)
+    }
+
+    /// Parses a `domainDenyList`: the allow list's grammar, its own error
+    /// code (`invalid_domain_deny_list`).
+    pub fn parse_deny(input: &str, max_entries: usize) -> Result<Self, PolicyError> {
+        Self::parse_kind(
+            input,
+            max_entries,
+            DENY_FIELD,
+            ErrorCode::InvalidDomainDenyList,
+        )
+    }
+
+    fn parse_kind(
+        input: &str,
+        max_entries: usize,
+        field: &'static str,
+        code: ErrorCode,
+    ) -> Result<Self, PolicyError> {
         let spec = ListSpec {
-            field: FIELD,
-            code: ErrorCode::InvalidDomainAllowList,
+            field,
+            code,
             max: max_entries,
             limit_hint:
                 "use a *. wildcard to cover several names, or ask the operator to raise the limit",
         };
-        parse_list(input, &spec, parse_entry).map(DomainAllowList)
+        parse_list(input, &spec, |entry| parse_entry(entry, field)).map(DomainList)
     }
 
     /// The canonical patterns.
@@ -239,14 +266,14 @@ impl DomainAllowList {
     }
 }
 
-impl fmt::Display for DomainAllowList {
+impl fmt::Display for DomainList {
     /// The canonical comma-separated form, which parses back to the same list.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         crate::list::write_joined(f, &self.0)
     }
 }
 
-impl Serialize for DomainAllowList {
+impl Serialize for DomainList {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.iter())
     }
@@ -255,7 +282,7 @@ impl Serialize for DomainAllowList {
 /// Read back from its serialized form (canonical patterns), as a runner
 /// gets a policy the API resolved: each pattern is parsed again, so a
 /// malformed one is refused; no limit of a tier applies.
-impl<'de> serde::Deserialize<'de> for DomainAllowList {
+impl<'de> serde::Deserialize<'de> for DomainList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let texts = Vec::<String>::deserialize(d)?;
         let mut list: Vec<DomainPattern> = Vec::with_capacity(texts.len());
@@ -266,11 +293,11 @@ impl<'de> serde::Deserialize<'de> for DomainAllowList {
                 list.push(pattern);
             }
         }
-        Ok(DomainAllowList(list))
+        Ok(DomainList(list))
     }
 }
 
-fn parse_entry(entry: &str) -> Result<DomainPattern, EntryError> {
+fn parse_entry(entry: &str, field: &str) -> Result<DomainPattern, EntryError> {
     if entry.chars().any(char::is_whitespace) {
         return Err(EntryError::new("contains white space"));
     }
@@ -281,9 +308,11 @@ fn parse_entry(entry: &str) -> Result<DomainPattern, EntryError> {
         ));
     }
     if looks_like_ip(entry) {
-        return Err(EntryError::new(
-            "is an IP address or CIDR; put addresses in networkAllowList",
-        ));
+        return Err(EntryError::new(if field == DENY_FIELD {
+            "is an IP address or CIDR; put addresses in networkDenyList"
+        } else {
+            "is an IP address or CIDR; put addresses in networkAllowList"
+        }));
     }
     if entry.contains('/') || entry.contains('@') {
         return Err(EntryError::with_fix(
@@ -294,7 +323,7 @@ fn parse_entry(entry: &str) -> Result<DomainPattern, EntryError> {
     if let Some((host, port)) = entry.rsplit_once(':') {
         if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
             return Err(EntryError::with_fix(
-                format!("has a port; {FIELD} takes names without ports"),
+                format!("has a port; {field} takes names without ports"),
                 host,
             ));
         }

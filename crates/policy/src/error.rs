@@ -14,6 +14,10 @@ pub enum ErrorCode {
     InvalidNetworkAllowList,
     /// `domainAllowList` is malformed or too long.
     InvalidDomainAllowList,
+    /// `networkDenyList` is malformed or too long.
+    InvalidNetworkDenyList,
+    /// `domainDenyList` is malformed or too long.
+    InvalidDomainDenyList,
     /// An update of network settings sets nothing.
     InvalidNetworkSettings,
     /// The organization's tier does not allow sandbox-level network lists.
@@ -38,6 +42,8 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidNetworkAllowList => "invalid_network_allow_list",
             ErrorCode::InvalidDomainAllowList => "invalid_domain_allow_list",
+            ErrorCode::InvalidNetworkDenyList => "invalid_network_deny_list",
+            ErrorCode::InvalidDomainDenyList => "invalid_domain_deny_list",
             ErrorCode::InvalidNetworkSettings => "invalid_network_settings",
             ErrorCode::NetworkRestrictedByTier => "network_restricted_by_tier",
             ErrorCode::InvalidTier => "invalid_tier",
@@ -57,6 +63,8 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidNetworkAllowList
             | ErrorCode::InvalidDomainAllowList
+            | ErrorCode::InvalidNetworkDenyList
+            | ErrorCode::InvalidDomainDenyList
             | ErrorCode::InvalidNetworkSettings
             | ErrorCode::InvalidTier
             | ErrorCode::InvalidDestination

@@ -154,6 +154,10 @@ pub enum Reason {
     DnsService,
     /// In a private range the sandbox's list does not name.
     PrivateRange(IpNet),
+    /// In an entry of `networkDenyList`.
+    NetworkDenyList(IpNet),
+    /// Matches an entry of `domainDenyList`.
+    DomainDenyList(DomainPattern),
     /// In an entry of `networkAllowList`.
     AllowList(IpNet),
     /// Matches an entry of `domainAllowList`.
@@ -171,7 +175,9 @@ pub enum Reason {
 impl Reason {
     /// The reason code: `not_egress`, `blocked`, `always_denied:host`,
     /// `always_denied:metadata`, `always_denied:<range>`, `dns_service`,
-    /// `private_range`, `allow_list:<cidr>`, `domain_allow_list:<pattern>`,
+    /// `private_range`, `network_deny_list:<cidr>`,
+    /// `domain_deny_list:<pattern>`, `allow_list:<cidr>`,
+    /// `domain_allow_list:<pattern>`,
     /// `essential_service:<category>`, `not_in_allow_list`,
     /// `restricted_by_tier` or `open`.
     pub fn code(&self) -> String {
@@ -181,12 +187,28 @@ impl Reason {
             Reason::AlwaysDenied(net, kind) => NamedRange::new(*net, "", *kind).denied_code(),
             Reason::DnsService => "dns_service".into(),
             Reason::PrivateRange(_) => "private_range".into(),
+            Reason::NetworkDenyList(net) => format!("network_deny_list:{net}"),
+            Reason::DomainDenyList(p) => format!("domain_deny_list:{p}"),
             Reason::AllowList(net) => format!("allow_list:{net}"),
             Reason::DomainAllowList(p) => format!("domain_allow_list:{p}"),
             Reason::EssentialService(id) => format!("essential_service:{id}"),
             Reason::NotInAllowList => "not_in_allow_list".into(),
             Reason::RestrictedByTier => "restricted_by_tier".into(),
             Reason::Open => "open".into(),
+        }
+    }
+}
+
+impl Reason {
+    /// The reason code of a deny event: [`Reason::code`] without the deny
+    /// list entry (`network_deny_list`, `domain_deny_list`), as the
+    /// kernel's events give it (they do not know the entry; `explain`
+    /// names it), so that one reason counts under one code.
+    pub fn event_code(&self) -> String {
+        match self {
+            Reason::NetworkDenyList(_) => "network_deny_list".into(),
+            Reason::DomainDenyList(_) => "domain_deny_list".into(),
+            other => other.code(),
         }
     }
 }
@@ -217,6 +239,8 @@ pub struct CompiledPolicy<'a> {
     catalog: &'a Catalog,
     ranges: &'a Ranges,
     own: NameMatcher<Rule>,
+    /// The sandbox's `domainDenyList`, by entry index.
+    denied: NameMatcher<usize>,
     /// The sandbox's own addresses (see [`CompiledPolicy::with_own_addresses`]).
     own_addresses: Vec<IpAddr>,
 }
@@ -228,11 +252,16 @@ impl<'a> CompiledPolicy<'a> {
         for (index, pattern) in policy.domain_allow_list.patterns().iter().enumerate() {
             own.insert(pattern, Rule::DomainAllowList(index));
         }
+        let mut denied = NameMatcher::new();
+        for (index, pattern) in policy.domain_deny_list.patterns().iter().enumerate() {
+            denied.insert(pattern, index);
+        }
         CompiledPolicy {
             policy,
             catalog,
             ranges: config.ranges(),
             own,
+            denied,
             own_addresses: Vec::new(),
         }
     }
@@ -250,10 +279,26 @@ impl<'a> CompiledPolicy<'a> {
         &self.policy
     }
 
+    /// The `domainDenyList` entry that `name` matches, if any (whatever
+    /// the mode: in `open` mode too, a denied name is refused).
+    pub fn name_denied(&self, name: &str) -> Option<Reason> {
+        self.denied.find(name).map(|m| {
+            Reason::DomainDenyList(self.policy.domain_deny_list.patterns()[m.value].clone())
+        })
+    }
+
+    /// The `networkDenyList` entry that holds `addr`, if any.
+    pub fn address_denied(&self, addr: IpAddr) -> Option<Reason> {
+        self.policy
+            .network_deny_list
+            .entry_containing(addr.to_canonical(), |_| true)
+            .map(Reason::NetworkDenyList)
+    }
+
     /// The rule that allows DNS queries for `name`, if any: an essential
-    /// service or a `domainAllowList` entry. `None` in `open` mode (every
-    /// name is allowed there, by no particular rule) and in `blocked` mode
-    /// (none is).
+    /// service or a `domainAllowList` entry, and no `domainDenyList`
+    /// entry. `None` in `open` mode (every name not denied is allowed
+    /// there, by no particular rule) and in `blocked` mode (none is).
     pub fn name_rule(&self, name: &str) -> Option<Reason> {
         self.find_name(name).map(|rule| match rule {
             Rule::Essential(index) => {
@@ -266,10 +311,16 @@ impl<'a> CompiledPolicy<'a> {
     }
 
     fn find_name(&self, name: &str) -> Option<Rule> {
-        if !matches!(self.policy.mode, Mode::Restricted | Mode::Allowlist) {
+        if !matches!(self.policy.mode, Mode::Restricted | Mode::Allowlist)
+            || self.denied.find(name).is_some()
+        {
             return None;
         }
-        NameMatcher::find_in([self.catalog.matcher(), &self.own], name).map(|m| m.value)
+        if self.policy.essential_services {
+            NameMatcher::find_in([self.catalog.matcher(), &self.own], name).map(|m| m.value)
+        } else {
+            self.own.find(name).map(|m| m.value)
+        }
     }
 
     /// Whether `destination` is allowed, and by which rule.
@@ -335,6 +386,13 @@ impl<'a> CompiledPolicy<'a> {
             reason,
             rule,
         };
+        if let Some(reason) = self.name_denied(name.as_str()) {
+            let Reason::DomainDenyList(pattern) = &reason else {
+                unreachable!("name_denied gives domain deny list reasons")
+            };
+            let rule = format!("{name} matches domainDenyList entry {pattern}, which wins over every rule that allows; its DNS query is refused, and a connection that names it is reset by the gateway");
+            return verdict(false, reason, rule);
+        }
         if p.mode == Mode::Open {
             return verdict(
                 true,
@@ -363,6 +421,11 @@ impl<'a> CompiledPolicy<'a> {
                 false,
                 Reason::RestrictedByTier,
                 format!("tier {} is restricted to essential services, and {name} is not one; its DNS query is refused", p.tier),
+            ),
+            None if !p.essential_services => verdict(
+                false,
+                Reason::NotInAllowList,
+                format!("{name} matches no domainAllowList entry (the essential services are off for this sandbox); its DNS query is refused"),
             ),
             None => verdict(
                 false,
@@ -395,6 +458,15 @@ impl<'a> CompiledPolicy<'a> {
                     range.net, range.label
                 ),
             );
+        }
+        if let Some(reason) = self.address_denied(addr) {
+            let Reason::NetworkDenyList(net) = &reason else {
+                unreachable!("address_denied gives network deny list reasons")
+            };
+            let rule = format!(
+                "{addr} is in networkDenyList entry {net}, which wins over every rule that allows"
+            );
+            return verdict(false, reason, rule);
         }
         // A private range opens only to list entries inside it: 0.0.0.0/0
         // means "the internet", not "the operator's private networks".

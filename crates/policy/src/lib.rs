@@ -51,15 +51,18 @@ mod shares;
 pub use catalog::{Catalog, Category, MergeMode, BUILTIN_CATALOG};
 pub use config::{
     DeniedRepr, PolicyConfig, PolicyConfigRepr, Tier, TierNetwork, TierRepr, TierRule,
-    DEFAULT_DOMAIN_ALLOW_LIST_MAX, DEFAULT_NETWORK_ALLOW_LIST_MAX,
+    DEFAULT_DOMAIN_ALLOW_LIST_MAX, DEFAULT_DOMAIN_DENY_LIST_MAX, DEFAULT_NETWORK_ALLOW_LIST_MAX,
+    DEFAULT_NETWORK_DENY_LIST_MAX,
 };
-pub use domain::{DomainAllowList, DomainName, DomainPattern};
+pub use domain::{DomainAllowList, DomainList, DomainName, DomainPattern};
 pub use error::{ErrorCode, PolicyError, Problem};
 pub use explain::{CompiledPolicy, Destination, Reason, Target, Verdict, DNS_PORT};
 pub use matcher::{Match, NameMatcher};
-pub use network::NetworkAllowList;
+pub use network::{NetworkAllowList, NetworkList};
 pub use ranges::{NamedRange, RangeKind, Ranges, METADATA_SERVICES};
-pub use resolve::{EffectivePolicy, InactiveSetting, Mode, NetworkSettings, SettingsRequest};
+pub use resolve::{
+    EffectivePolicy, InactiveSetting, Mode, NetworkSettings, SettingsRequest, StoredSettings,
+};
 pub use resources::{Resources, ResourcesRequest, TierResources, TierResourcesRepr};
 pub use shares::{FairShares, FairSharesRepr};
 

@@ -1,4 +1,5 @@
-//! `networkAllowList`: comma-separated IPv4 and IPv6 CIDRs (BRIEF section 1).
+//! `networkAllowList` and `networkDenyList`: comma-separated IPv4 and IPv6
+//! CIDRs (docs/REQUIREMENTS.md, "networkAllowList" and "Deny lists").
 //!
 //! The grammar is strict on purpose: an entry is exactly `a.b.c.d/n`,
 //! `x::/n` or a bare address, and anything else is refused with a message
@@ -17,26 +18,75 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The API field name, used in messages.
 pub const FIELD: &str = "networkAllowList";
+/// The deny list's API field name.
+pub const DENY_FIELD: &str = "networkDenyList";
 
-/// A validated `networkAllowList`: canonical CIDRs, duplicates merged, in the
-/// order first given.
+/// A validated list of CIDRs (`networkAllowList` or `networkDenyList`):
+/// canonical CIDRs, duplicates merged, in the order first given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct NetworkAllowList(Vec<IpNet>);
+pub struct NetworkList(Vec<IpNet>);
 
-impl NetworkAllowList {
-    /// Parses a list as the API receives it.
+/// `networkAllowList`, by its API name.
+pub type NetworkAllowList = NetworkList;
+
+/// Which list a network entry is parsed for: the field, its error code, the
+/// domain field to point names to, and what an always-denied entry means.
+#[derive(Clone, Copy)]
+struct Kind {
+    field: &'static str,
+    code: ErrorCode,
+    names: &'static str,
+    always_denied: &'static str,
+}
+
+const ALLOW: Kind = Kind {
+    field: FIELD,
+    code: ErrorCode::InvalidNetworkAllowList,
+    names: "domainAllowList",
+    always_denied: "which is always denied; no allow list can open it",
+};
+
+const DENY: Kind = Kind {
+    field: DENY_FIELD,
+    code: ErrorCode::InvalidNetworkDenyList,
+    names: "domainDenyList",
+    always_denied: "which is always denied already; leave it out",
+};
+
+impl NetworkList {
+    /// Parses a `networkAllowList` as the API receives it.
     ///
     /// `max_entries` counts distinct entries after normalization. `ranges`
     /// is used to refuse entries that lie wholly inside an always-denied
     /// range, which no allow list can open.
     pub fn parse(input: &str, max_entries: usize, ranges: &Ranges) -> Result<Self, PolicyError> {
+        Self::parse_kind(input, max_entries, ranges, ALLOW)
+    }
+
+    /// Parses a `networkDenyList`: the allow list's grammar, its own error
+    /// code (`invalid_network_deny_list`); an entry wholly inside an
+    /// always-denied range is refused as pointless.
+    pub fn parse_deny(
+        input: &str,
+        max_entries: usize,
+        ranges: &Ranges,
+    ) -> Result<Self, PolicyError> {
+        Self::parse_kind(input, max_entries, ranges, DENY)
+    }
+
+    fn parse_kind(
+        input: &str,
+        max_entries: usize,
+        ranges: &Ranges,
+        kind: Kind,
+    ) -> Result<Self, PolicyError> {
         let spec = ListSpec {
-            field: FIELD,
-            code: ErrorCode::InvalidNetworkAllowList,
+            field: kind.field,
+            code: kind.code,
             max: max_entries,
             limit_hint: "merge neighbouring ranges into a wider CIDR, or ask the operator to raise the limit",
         };
-        parse_list(input, &spec, |entry| parse_entry(entry, ranges)).map(NetworkAllowList)
+        parse_list(input, &spec, |entry| parse_entry(entry, ranges, kind)).map(NetworkList)
     }
 
     /// The canonical CIDRs.
@@ -59,14 +109,14 @@ impl NetworkAllowList {
     }
 }
 
-impl fmt::Display for NetworkAllowList {
+impl fmt::Display for NetworkList {
     /// The canonical comma-separated form, which parses back to the same list.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         crate::list::write_joined(f, &self.0)
     }
 }
 
-impl Serialize for NetworkAllowList {
+impl Serialize for NetworkList {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.iter().map(|n| n.to_string()))
     }
@@ -75,7 +125,7 @@ impl Serialize for NetworkAllowList {
 /// Read back from its serialized form (canonical CIDRs), as a runner gets
 /// a policy the API resolved: a CIDR that is not canonical is refused; the
 /// tier's limits are checked apart ([`crate::PolicyConfig::check_effective`]).
-impl<'de> serde::Deserialize<'de> for NetworkAllowList {
+impl<'de> serde::Deserialize<'de> for NetworkList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let nets = Vec::<IpNet>::deserialize(d)?;
         let mut list: Vec<IpNet> = Vec::with_capacity(nets.len());
@@ -91,11 +141,11 @@ impl<'de> serde::Deserialize<'de> for NetworkAllowList {
                 list.push(net);
             }
         }
-        Ok(NetworkAllowList(list))
+        Ok(NetworkList(list))
     }
 }
 
-fn parse_entry(entry: &str, ranges: &Ranges) -> Result<IpNet, EntryError> {
+fn parse_entry(entry: &str, ranges: &Ranges, kind: Kind) -> Result<IpNet, EntryError> {
     if entry.chars().any(char::is_whitespace) {
         let joined: String = entry.chars().filter(|c| !c.is_whitespace()).collect();
         return Err(EntryError::with_fix("contains white space", joined));
@@ -111,7 +161,7 @@ fn parse_entry(entry: &str, ranges: &Ranges) -> Result<IpNet, EntryError> {
     if addr_part.is_empty() {
         return Err(EntryError::new("has no address before the '/'"));
     }
-    let addr = parse_address(entry, addr_part)?;
+    let addr = parse_address(entry, addr_part, kind)?;
     let max = match addr {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
@@ -134,14 +184,14 @@ fn parse_entry(entry: &str, ranges: &Ranges) -> Result<IpNet, EntryError> {
     }
     if let Some(range) = ranges.always_denied_covering(&net) {
         return Err(EntryError::new(format!(
-            "lies inside {} ({}), which is always denied; no allow list can open it",
-            range.net, range.label
+            "lies inside {} ({}), {}",
+            range.net, range.label, kind.always_denied
         )));
     }
     Ok(net)
 }
 
-fn parse_address(entry: &str, text: &str) -> Result<IpAddr, EntryError> {
+fn parse_address(entry: &str, text: &str, kind: Kind) -> Result<IpAddr, EntryError> {
     if text.contains(':') {
         if text.starts_with('[') || text.ends_with(']') {
             let bare = text.trim_start_matches('[').trim_end_matches(']');
@@ -158,7 +208,7 @@ fn parse_address(entry: &str, text: &str) -> Result<IpAddr, EntryError> {
         if let Some((host, port)) = text.split_once(':') {
             if host.parse::<Ipv4Addr>().is_ok() && !port.contains(':') {
                 return Err(EntryError::with_fix(
-                    "has a port; an allow list names addresses, not ports",
+                    format!("has a port; {} names addresses, not ports", kind.field),
                     host,
                 ));
             }
@@ -185,7 +235,8 @@ fn parse_address(entry: &str, text: &str) -> Result<IpAddr, EntryError> {
     }
     if text.bytes().any(|b| b.is_ascii_alphabetic()) && text.contains('.') {
         return Err(EntryError::new(format!(
-            "looks like a domain name; {FIELD} takes IP addresses and CIDRs, put names in domainAllowList"
+            "looks like a domain name; {} takes IP addresses and CIDRs, put names in {}",
+            kind.field, kind.names
         )));
     }
     Err(EntryError::new("is not an IPv4 or IPv6 address or CIDR"))

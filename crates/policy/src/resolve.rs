@@ -3,9 +3,9 @@
 //! section 1, "Effective network mode of a sandbox").
 
 use crate::config::{PolicyConfig, Tier, TierNetwork};
-use crate::domain::{self, DomainAllowList};
+use crate::domain::{self, DomainAllowList, DomainList};
 use crate::error::{ErrorCode, PolicyError};
-use crate::network::{self, NetworkAllowList};
+use crate::network::{self, NetworkAllowList, NetworkList};
 use crate::shares::FairShares;
 use serde::Serialize;
 use std::fmt;
@@ -66,7 +66,7 @@ impl fmt::Display for Mode {
 }
 
 /// The network settings a sandbox stores, validated.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkSettings {
     /// `networkBlockAll`.
@@ -75,6 +75,25 @@ pub struct NetworkSettings {
     pub network_allow_list: NetworkAllowList,
     /// `domainAllowList`.
     pub domain_allow_list: DomainAllowList,
+    /// `networkDenyList`.
+    pub network_deny_list: NetworkList,
+    /// `domainDenyList`.
+    pub domain_deny_list: DomainList,
+    /// `essentialServices` (true unless a request turned them off).
+    pub essential_services: bool,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            network_block_all: false,
+            network_allow_list: NetworkList::default(),
+            domain_allow_list: DomainList::default(),
+            network_deny_list: NetworkList::default(),
+            domain_deny_list: DomainList::default(),
+            essential_services: true,
+        }
+    }
 }
 
 /// The network fields of a create or update request, as sent. A field left
@@ -87,6 +106,12 @@ pub struct SettingsRequest<'a> {
     pub network_allow_list: Option<&'a str>,
     /// `domainAllowList`, unparsed.
     pub domain_allow_list: Option<&'a str>,
+    /// `networkDenyList`, unparsed.
+    pub network_deny_list: Option<&'a str>,
+    /// `domainDenyList`, unparsed.
+    pub domain_deny_list: Option<&'a str>,
+    /// `essentialServices`.
+    pub essential_services: Option<bool>,
 }
 
 impl SettingsRequest<'_> {
@@ -94,7 +119,27 @@ impl SettingsRequest<'_> {
         self.network_block_all.is_none()
             && self.network_allow_list.is_none()
             && self.domain_allow_list.is_none()
+            && self.network_deny_list.is_none()
+            && self.domain_deny_list.is_none()
+            && self.essential_services.is_none()
     }
+}
+
+/// A sandbox's network settings as a store keeps them: canonical text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredSettings<'a> {
+    /// `networkBlockAll`.
+    pub network_block_all: bool,
+    /// `networkAllowList`.
+    pub network_allow_list: &'a str,
+    /// `domainAllowList`.
+    pub domain_allow_list: &'a str,
+    /// `networkDenyList`.
+    pub network_deny_list: &'a str,
+    /// `domainDenyList`.
+    pub domain_deny_list: &'a str,
+    /// `essentialServices`.
+    pub essential_services: bool,
 }
 
 /// A stored setting that the tier or `networkBlockAll` makes inactive.
@@ -104,7 +149,8 @@ pub struct InactiveSetting {
     pub setting: &'static str,
     /// Its stored value, canonical.
     pub value: String,
-    /// A reason code: `blocked` or `restricted_by_tier`.
+    /// A reason code: `blocked`, `restricted_by_tier` or `open` (for
+    /// `essentialServices: false`, which open mode does not need).
     pub reason: &'static str,
     /// Why, for a person.
     pub message: String,
@@ -124,7 +170,15 @@ pub struct EffectivePolicy {
     pub network_allow_list: NetworkAllowList,
     /// The active domain patterns (empty unless `allowlist`).
     pub domain_allow_list: DomainAllowList,
-    /// Whether the essential services are reachable.
+    /// The denied CIDRs (empty when `blocked`): they win over every rule
+    /// that allows.
+    #[serde(default)]
+    pub network_deny_list: NetworkList,
+    /// The denied name patterns (empty when `blocked`).
+    #[serde(default)]
+    pub domain_deny_list: DomainList,
+    /// Whether the essential services are reachable (never when
+    /// `blocked`; not when the sandbox turned them off).
     pub essential_services: bool,
     /// Stored settings that have no effect, and why.
     #[serde(skip_deserializing, default)]
@@ -157,7 +211,7 @@ impl PolicyConfig {
         if request.is_empty() {
             return Err(PolicyError::new(
                 ErrorCode::InvalidNetworkSettings,
-                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList",
+                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices",
             ));
         }
         self.merge(tier, stored, request)
@@ -171,18 +225,23 @@ impl PolicyConfig {
     /// organization moved to a restricted tier stays stored, inactive).
     pub fn stored_settings(
         &self,
-        network_block_all: bool,
-        network_allow_list: &str,
-        domain_allow_list: &str,
+        stored: &StoredSettings<'_>,
     ) -> Result<NetworkSettings, PolicyError> {
         Ok(NetworkSettings {
-            network_block_all,
-            network_allow_list: NetworkAllowList::parse(
-                network_allow_list,
+            network_block_all: stored.network_block_all,
+            network_allow_list: NetworkList::parse(
+                stored.network_allow_list,
                 usize::MAX,
                 self.ranges(),
             )?,
-            domain_allow_list: DomainAllowList::parse(domain_allow_list, usize::MAX)?,
+            domain_allow_list: DomainList::parse(stored.domain_allow_list, usize::MAX)?,
+            network_deny_list: NetworkList::parse_deny(
+                stored.network_deny_list,
+                usize::MAX,
+                self.ranges(),
+            )?,
+            domain_deny_list: DomainList::parse_deny(stored.domain_deny_list, usize::MAX)?,
+            essential_services: stored.essential_services,
         })
     }
 
@@ -197,6 +256,8 @@ impl PolicyConfig {
             let sent: Vec<&'static str> = [
                 (network::FIELD, request.network_allow_list),
                 (domain::FIELD, request.domain_allow_list),
+                (network::DENY_FIELD, request.network_deny_list),
+                (domain::DENY_FIELD, request.domain_deny_list),
             ]
             .into_iter()
             .filter(|(_, v)| v.is_some_and(|s| !s.trim().is_empty()))
@@ -214,12 +275,25 @@ impl PolicyConfig {
             Some(s) => DomainAllowList::parse(s, rule.domain_allow_list_max)?,
             None => stored.domain_allow_list.clone(),
         };
+        let network_deny_list = match request.network_deny_list {
+            Some(s) => NetworkList::parse_deny(s, rule.network_deny_list_max, self.ranges())?,
+            None => stored.network_deny_list.clone(),
+        };
+        let domain_deny_list = match request.domain_deny_list {
+            Some(s) => DomainList::parse_deny(s, rule.domain_deny_list_max)?,
+            None => stored.domain_deny_list.clone(),
+        };
         Ok(NetworkSettings {
             network_block_all: request
                 .network_block_all
                 .unwrap_or(stored.network_block_all),
             network_allow_list,
             domain_allow_list,
+            network_deny_list,
+            domain_deny_list,
+            essential_services: request
+                .essential_services
+                .unwrap_or(stored.essential_services),
         })
     }
 
@@ -283,7 +357,7 @@ impl PolicyConfig {
         } else {
             (Mode::Open, None)
         };
-        let inactive = match inactive_reason {
+        let mut inactive: Vec<InactiveSetting> = match inactive_reason {
             None => Vec::new(),
             Some((reason, message)) => stored_lists()
                 .map(|(setting, value)| InactiveSetting {
@@ -294,6 +368,32 @@ impl PolicyConfig {
                 })
                 .collect(),
         };
+        // Deny lists only narrow: they stay in force in every mode but
+        // `blocked` (a tier downgrade keeps them), where nothing passes.
+        let denying = mode != Mode::Blocked;
+        if !denying {
+            let deny_lists = [
+                (network::DENY_FIELD, settings.network_deny_list.to_string()),
+                (domain::DENY_FIELD, settings.domain_deny_list.to_string()),
+            ];
+            inactive.extend(deny_lists.into_iter().filter(|(_, v)| !v.is_empty()).map(
+                |(setting, value)| InactiveSetting {
+                    setting,
+                    value,
+                    reason: "blocked",
+                    message:
+                        "networkBlockAll is true, which takes precedence over every list".into(),
+                },
+            ));
+        }
+        if mode == Mode::Open && !settings.essential_services {
+            inactive.push(InactiveSetting {
+                setting: "essentialServices",
+                value: "false".into(),
+                reason: "open",
+                message: "open mode reaches every name, the essential services among them; essentialServices: false takes effect with an allow list".into(),
+            });
+        }
         let active = mode == Mode::Allowlist;
         Ok(EffectivePolicy {
             tier,
@@ -308,7 +408,17 @@ impl PolicyConfig {
             } else {
                 DomainAllowList::default()
             },
-            essential_services: mode != Mode::Blocked,
+            network_deny_list: if denying {
+                settings.network_deny_list.clone()
+            } else {
+                NetworkList::default()
+            },
+            domain_deny_list: if denying {
+                settings.domain_deny_list.clone()
+            } else {
+                DomainList::default()
+            },
+            essential_services: mode != Mode::Blocked && settings.essential_services,
             inactive,
             fair_shares: rule.fair_shares,
         })
@@ -327,8 +437,13 @@ impl PolicyConfig {
         if policy.fair_shares != rule.fair_shares {
             return Err(format!("its fair shares are not those of tier {tier} here"));
         }
-        if policy.essential_services != (policy.mode != Mode::Blocked) {
-            return Err("essential services are on exactly unless it is blocked".into());
+        if policy.essential_services && policy.mode == Mode::Blocked {
+            return Err("essential services are off when it is blocked".into());
+        }
+        let deny_lists =
+            !policy.network_deny_list.is_empty() || !policy.domain_deny_list.is_empty();
+        if deny_lists && policy.mode == Mode::Blocked {
+            return Err("deny lists are empty when it is blocked".into());
         }
         let lists = !policy.network_allow_list.is_empty() || !policy.domain_allow_list.is_empty();
         let allowed = match policy.mode {
@@ -355,6 +470,16 @@ impl PolicyConfig {
             rule.domain_allow_list_max,
         )
         .map_err(|e| e.message)?;
+        // Deny lists only narrow: their grammar is checked, not the tier's
+        // limits (a downgrade keeps a longer list in force).
+        NetworkList::parse_deny(
+            &policy.network_deny_list.to_string(),
+            usize::MAX,
+            self.ranges(),
+        )
+        .map_err(|e| e.message)?;
+        DomainList::parse_deny(&policy.domain_deny_list.to_string(), usize::MAX)
+            .map_err(|e| e.message)?;
         Ok(())
     }
 }

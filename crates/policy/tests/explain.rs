@@ -511,3 +511,194 @@ fn the_sandboxs_loopback_and_own_addresses_are_no_egress_in_any_mode() {
         );
     }
 }
+
+fn with_deny(
+    base: SettingsRequest<'static>,
+    network: &'static str,
+    domain: &'static str,
+) -> SettingsRequest<'static> {
+    SettingsRequest {
+        network_deny_list: Some(network),
+        domain_deny_list: Some(domain),
+        ..base
+    }
+}
+
+#[test]
+fn deny_lists_win_over_the_allow_lists_and_the_catalog_in_every_mode() {
+    let f = Fixture::new();
+    let git = f.essential("git");
+    let git_pattern: &'static str = Box::leak(git.clone().into_boxed_str());
+    let table: &[(SettingsRequest<'static>, u8, &str, (bool, &str))] = &[
+        // allowlist: the deny list carves out of the allow list and
+        // out of the catalog.
+        (
+            with_deny(
+                allow("192.0.2.0/24", "*.example.com"),
+                "192.0.2.128/25",
+                "bad.example.com",
+            ),
+            3,
+            "192.0.2.200:443",
+            (false, "network_deny_list:192.0.2.128/25"),
+        ),
+        (
+            with_deny(
+                allow("192.0.2.0/24", "*.example.com"),
+                "192.0.2.128/25",
+                "bad.example.com",
+            ),
+            3,
+            "192.0.2.7",
+            (true, "allow_list:192.0.2.0/24"),
+        ),
+        (
+            with_deny(
+                allow("192.0.2.0/24", "*.example.com"),
+                "192.0.2.128/25",
+                "bad.example.com",
+            ),
+            3,
+            "bad.example.com",
+            (false, "domain_deny_list:bad.example.com"),
+        ),
+        (
+            with_deny(
+                allow("192.0.2.0/24", "*.example.com"),
+                "",
+                "*.bad.example.com",
+            ),
+            3,
+            "x.y.bad.example.com:443",
+            (false, "domain_deny_list:*.bad.example.com"),
+        ),
+        (
+            with_deny(
+                allow("192.0.2.0/24", "*.example.com"),
+                "",
+                "*.bad.example.com",
+            ),
+            3,
+            "good.example.com",
+            (true, "domain_allow_list:*.example.com"),
+        ),
+        (
+            with_deny(allow("192.0.2.0/24", ""), "", git_pattern),
+            3,
+            &git,
+            (false, "domain_deny_list:"),
+        ),
+        // open: they subtract from the internet.
+        (
+            with_deny(open(), "198.51.100.0/24,2001:db8:bad::/48", "example.org"),
+            4,
+            "198.51.100.9",
+            (false, "network_deny_list:198.51.100.0/24"),
+        ),
+        (
+            with_deny(open(), "198.51.100.0/24,2001:db8:bad::/48", "example.org"),
+            4,
+            "[2001:db8:bad::1]:443",
+            (false, "network_deny_list:2001:db8:bad::/48"),
+        ),
+        (
+            with_deny(open(), "198.51.100.0/24", ""),
+            4,
+            "::ffff:198.51.100.9",
+            (false, "network_deny_list:198.51.100.0/24"),
+        ),
+        (
+            with_deny(open(), "198.51.100.0/24,2001:db8:bad::/48", "example.org"),
+            4,
+            "example.org",
+            (false, "domain_deny_list:example.org"),
+        ),
+        (
+            with_deny(open(), "198.51.100.0/24,2001:db8:bad::/48", "example.org"),
+            4,
+            "192.0.2.1",
+            (true, "open"),
+        ),
+        // The always-denied ranges still come first; DNS still goes to
+        // the DNS service.
+        (
+            with_deny(open(), "0.0.0.0/0", ""),
+            3,
+            "169.254.169.254",
+            (false, "always_denied:metadata"),
+        ),
+        (
+            with_deny(open(), "0.0.0.0/0", ""),
+            3,
+            "192.0.2.1:53",
+            (true, "dns_service"),
+        ),
+    ];
+    for (request, tier, dest, (allowed, code)) in table {
+        let (a, c) = f.explain(*tier, *request, dest);
+        assert_eq!(a, *allowed, "{dest}: {c}");
+        assert!(c.starts_with(code), "{dest}: {c}, expected {code}");
+    }
+}
+
+#[test]
+fn essential_services_off_leaves_the_allow_list_alone() {
+    let f = Fixture::new();
+    let git = f.essential("git");
+    let off = SettingsRequest {
+        essential_services: Some(false),
+        ..allow("", "example.net")
+    };
+    assert_eq!(f.explain(3, off, &git), is(false, "not_in_allow_list"));
+    assert_eq!(
+        f.explain(3, off, "example.net"),
+        is(true, "domain_allow_list:example.net")
+    );
+    // In a restricted tier nothing is left but the sandbox's own address.
+    let off = SettingsRequest {
+        essential_services: Some(false),
+        ..open()
+    };
+    assert_eq!(f.explain(1, off, &git), is(false, "restricted_by_tier"));
+    // Open mode reaches every name: the setting is kept, and inactive.
+    let settings = f.config.settings_for_create(3, &off).unwrap();
+    let policy = f.config.resolve(3, &settings).unwrap();
+    assert!(policy
+        .inactive
+        .iter()
+        .any(|i| i.setting == "essentialServices" && i.reason == "open"));
+    assert_eq!(f.explain(3, off, &git), is(true, "open"));
+}
+
+#[test]
+fn deny_lists_stay_in_force_after_a_downgrade_and_go_quiet_when_blocked() {
+    let f = Fixture::new();
+    let settings = f
+        .config
+        .settings_for_create(3, &with_deny(open(), "198.51.100.0/24", "example.org"))
+        .unwrap();
+    // Downgraded to a restricted tier: the deny list only narrows, so it
+    // stays in force (an essential service it names stays denied).
+    let restricted = f.config.resolve(1, &settings).unwrap();
+    assert_eq!(restricted.network_deny_list.to_string(), "198.51.100.0/24");
+    assert!(restricted.inactive.is_empty());
+    assert!(f.config.check_effective(&restricted).is_ok());
+    let blocked = f
+        .config
+        .resolve(
+            3,
+            &sandgate_policy::NetworkSettings {
+                network_block_all: true,
+                ..settings
+            },
+        )
+        .unwrap();
+    assert!(blocked.network_deny_list.is_empty() && blocked.domain_deny_list.is_empty());
+    let inactive: Vec<_> = blocked.inactive.iter().map(|i| i.setting).collect();
+    assert_eq!(inactive, ["networkDenyList", "domainDenyList"]);
+    // A runner refuses a blocked policy that carries deny lists, or
+    // essential services (what a resolution never gives).
+    let mut forged = blocked.clone();
+    forged.essential_services = true;
+    assert!(f.config.check_effective(&forged).is_err());
+}

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 use sandgate_policy::{
-    DomainAllowList, ErrorCode, NetworkAllowList, PolicyConfig, Ranges, SettingsRequest,
+    DomainAllowList, DomainList, ErrorCode, NetworkAllowList, NetworkList, PolicyConfig, Ranges,
+    SettingsRequest,
 };
 
 struct Case {
@@ -244,6 +245,81 @@ fn malformed_domain_allow_lists_are_refused_with_the_entry_named() {
         let r = DomainAllowList::parse(c.input, 50).map(|l| l.to_string());
         check("domainAllowList", ErrorCode::InvalidDomainAllowList, c, r);
     }
+}
+
+/// The deny lists take the allow lists' grammar: every malformed case is
+/// refused with the deny list's own code and field, and a message that
+/// points to the other deny list where the allow list's pointed to the
+/// other allow list.
+#[test]
+fn malformed_deny_lists_are_refused_like_allow_lists_with_their_own_codes() {
+    let config = PolicyConfig::default();
+    let ranges = config.ranges();
+    let deny = |c: &Case| Case {
+        why: match c.why {
+            "domainAllowList" => "domainDenyList",
+            "networkAllowList" => "networkDenyList",
+            why => why,
+        },
+        ..*c
+    };
+    for c in NETWORK {
+        let r = NetworkList::parse_deny(c.input, 5, ranges).map(|l| l.to_string());
+        check(
+            "networkDenyList",
+            ErrorCode::InvalidNetworkDenyList,
+            &deny(c),
+            r,
+        );
+    }
+    for c in DOMAIN {
+        let r = DomainList::parse_deny(c.input, 50).map(|l| l.to_string());
+        check(
+            "domainDenyList",
+            ErrorCode::InvalidDomainDenyList,
+            &deny(c),
+            r,
+        );
+    }
+}
+
+#[test]
+fn deny_lists_are_refused_to_restricted_tiers_and_limited_per_tier() {
+    let config = PolicyConfig::from_toml("network_deny_list_max = 2").unwrap();
+    for (network, domain) in [(Some("192.0.2.0/24"), None), (None, Some("example.com"))] {
+        let request = SettingsRequest {
+            network_deny_list: network,
+            domain_deny_list: domain,
+            ..Default::default()
+        };
+        let err = config.settings_for_create(1, &request).unwrap_err();
+        assert_eq!(
+            err.code,
+            ErrorCode::NetworkRestrictedByTier,
+            "{}",
+            err.message
+        );
+        assert_eq!(err.http_status(), 403);
+        assert!(config.settings_for_create(3, &request).is_ok());
+    }
+    // Turning the essential services off only narrows: any tier may.
+    let off = SettingsRequest {
+        essential_services: Some(false),
+        ..Default::default()
+    };
+    assert!(
+        !config
+            .settings_for_create(1, &off)
+            .unwrap()
+            .essential_services
+    );
+    let three = SettingsRequest {
+        network_deny_list: Some("192.0.2.1,192.0.2.2,192.0.2.3"),
+        ..Default::default()
+    };
+    let err = config.settings_for_create(3, &three).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidNetworkDenyList);
+    assert!(err.message.contains("at most 2"), "{}", err.message);
 }
 
 #[test]

@@ -19,6 +19,7 @@ fn request(
         network_block_all: block,
         network_allow_list: nal,
         domain_allow_list: dal,
+        ..Default::default()
     }
 }
 

@@ -48,6 +48,18 @@ pub struct SettingsArgs {
     /// Block all egress (wins over every list).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     network_block_all: Option<bool>,
+    /// Comma-separated CIDRs the sandbox may never reach (wins over every
+    /// list and the essential services).
+    #[arg(long)]
+    network_deny_list: Option<String>,
+    /// Comma-separated names and `*.` wildcards the sandbox may never
+    /// reach.
+    #[arg(long)]
+    domain_deny_list: Option<String>,
+    /// Whether the essential services are reachable (`false` leaves the
+    /// allow lists the only source of truth).
+    #[arg(long, value_name = "BOOL")]
+    essential_services: Option<bool>,
 }
 
 impl SettingsArgs {
@@ -60,6 +72,15 @@ impl SettingsArgs {
         }
         if let Some(v) = self.network_block_all {
             into.insert("networkBlockAll".into(), json!(v));
+        }
+        if let Some(v) = self.network_deny_list {
+            into.insert("networkDenyList".into(), json!(v));
+        }
+        if let Some(v) = self.domain_deny_list {
+            into.insert("domainDenyList".into(), json!(v));
+        }
+        if let Some(v) = self.essential_services {
+            into.insert("essentialServices".into(), json!(v));
         }
     }
 }

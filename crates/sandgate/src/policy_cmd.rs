@@ -7,8 +7,8 @@ use crate::config::Config;
 use crate::output::{say, Output};
 use clap::{Args, Subcommand};
 use sandgate_policy::{
-    CompiledPolicy, Destination, DomainAllowList, EffectivePolicy, NetworkAllowList,
-    NetworkSettings, PolicyError, SettingsRequest, Tier,
+    CompiledPolicy, Destination, EffectivePolicy, PolicyError, SettingsRequest, StoredSettings,
+    Tier,
 };
 use serde::Serialize;
 use std::process::ExitCode;
@@ -45,6 +45,15 @@ pub struct SettingsArgs {
     /// `networkBlockAll`: no egress at all.
     #[arg(long)]
     network_block_all: bool,
+    /// `networkDenyList`: comma-separated CIDRs or addresses.
+    #[arg(long, value_name = "LIST")]
+    network_deny_list: Option<String>,
+    /// `domainDenyList`: comma-separated names or `*.` wildcards.
+    #[arg(long, value_name = "LIST")]
+    domain_deny_list: Option<String>,
+    /// `essentialServices: false`: the catalog off.
+    #[arg(long)]
+    no_essential_services: bool,
     /// Treat the lists as settings already stored (as after a tier change):
     /// no tier refusal and no entry limit, so inactive settings show.
     #[arg(long)]
@@ -56,18 +65,14 @@ impl SettingsArgs {
         let policy = &config.policy;
         let settings = if self.stored {
             // Stored settings were valid when set; limits apply to requests.
-            NetworkSettings {
+            policy.stored_settings(&StoredSettings {
                 network_block_all: self.network_block_all,
-                network_allow_list: NetworkAllowList::parse(
-                    self.network_allow_list.as_deref().unwrap_or_default(),
-                    usize::MAX,
-                    policy.ranges(),
-                )?,
-                domain_allow_list: DomainAllowList::parse(
-                    self.domain_allow_list.as_deref().unwrap_or_default(),
-                    usize::MAX,
-                )?,
-            }
+                network_allow_list: self.network_allow_list.as_deref().unwrap_or_default(),
+                domain_allow_list: self.domain_allow_list.as_deref().unwrap_or_default(),
+                network_deny_list: self.network_deny_list.as_deref().unwrap_or_default(),
+                domain_deny_list: self.domain_deny_list.as_deref().unwrap_or_default(),
+                essential_services: !self.no_essential_services,
+            })?
         } else {
             policy.settings_for_create(
                 self.tier,
@@ -75,6 +80,9 @@ impl SettingsArgs {
                     network_block_all: Some(self.network_block_all),
                     network_allow_list: self.network_allow_list.as_deref(),
                     domain_allow_list: self.domain_allow_list.as_deref(),
+                    network_deny_list: self.network_deny_list.as_deref(),
+                    domain_deny_list: self.domain_deny_list.as_deref(),
+                    essential_services: Some(!self.no_essential_services),
                 },
             )?
         };
@@ -139,6 +147,12 @@ fn print_policy(policy: &EffectivePolicy, out: &Output) {
         "domainAllowList:    {}",
         or_none(policy.domain_allow_list.to_string())
     );
+    if !policy.network_deny_list.is_empty() {
+        say!("networkDenyList:    {}", policy.network_deny_list);
+    }
+    if !policy.domain_deny_list.is_empty() {
+        say!("domainDenyList:     {}", policy.domain_deny_list);
+    }
     say!(
         "essential services: {}",
         if policy.essential_services {

@@ -17,8 +17,10 @@
 //!   the warm pool.
 //!
 //! Policies are three, each told apart by reachability: only
-//! [`SERVER4`], only [`SERVER4_B`], or block-all. [`SERVER6`] is in no
-//! list, so reaching it would be a widened policy too.
+//! [`SERVER4`], only [`SERVER4_B`] (an allow list of both and a deny list
+//! of [`SERVER4`]: a crash that lost the deny list would widen it), or
+//! block-all. [`SERVER6`] is in no list, so reaching it would be a widened
+//! policy too.
 
 #![allow(clippy::unwrap_used)]
 
@@ -56,8 +58,12 @@ impl Policy {
         json!({
             "networkBlockAll": self == Policy::Blocked,
             "networkAllowList": match self {
-                Policy::OnlyB => format!("{SERVER4_B}/32"),
+                Policy::OnlyB => format!("{SERVER4}/32,{SERVER4_B}/32"),
                 _ => format!("{SERVER4}/32"),
+            },
+            "networkDenyList": match self {
+                Policy::OnlyB => format!("{SERVER4}/32"),
+                _ => String::new(),
             },
         })
     }
@@ -75,10 +81,16 @@ impl Policy {
     fn of(view: &Value) -> Policy {
         if view["networkBlockAll"] == true {
             Policy::Blocked
-        } else if view["networkAllowList"] == format!("{SERVER4_B}/32") {
+        } else if view["networkDenyList"] == format!("{SERVER4}/32") {
+            assert_eq!(
+                view["networkAllowList"],
+                format!("{SERVER4}/32,{SERVER4_B}/32"),
+                "{view}"
+            );
             Policy::OnlyB
         } else {
             assert_eq!(view["networkAllowList"], format!("{SERVER4}/32"), "{view}");
+            assert!(view.get("networkDenyList").is_none(), "{view}");
             Policy::OnlyA
         }
     }

@@ -455,6 +455,14 @@ pub struct SandboxView {
     /// Stored `domainAllowList`, canonical; absent when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain_allow_list: Option<String>,
+    /// Stored `networkDenyList`, canonical; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_deny_list: Option<String>,
+    /// Stored `domainDenyList`, canonical; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain_deny_list: Option<String>,
+    /// Stored `essentialServices`.
+    pub essential_services: bool,
     /// What the sandbox may reach now: mode, active lists, essential
     /// services, and stored settings that are inactive with why.
     #[schema(value_type = Object)]
@@ -509,6 +517,9 @@ fn view(st: &AppState, tier: u8, row: SandboxRow) -> Result<SandboxView, ApiErro
         network_block_all: row.network_block_all,
         network_allow_list: non_empty(row.network_allow_list),
         domain_allow_list: non_empty(row.domain_allow_list),
+        network_deny_list: non_empty(row.network_deny_list),
+        domain_deny_list: non_empty(row.domain_deny_list),
+        essential_services: row.essential_services,
         effective_network: effective,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -531,6 +542,14 @@ pub struct CreateSandbox {
     pub network_block_all: Option<bool>,
     /// Comma-separated domain names and `*.` wildcards.
     pub domain_allow_list: Option<String>,
+    /// Comma-separated CIDRs the sandbox may never reach: they win over
+    /// every list and the essential services (tier 3/4).
+    pub network_deny_list: Option<String>,
+    /// Comma-separated names and `*.` wildcards the sandbox may never
+    /// reach (tier 3/4).
+    pub domain_deny_list: Option<String>,
+    /// `false` turns the essential services off (any tier).
+    pub essential_services: Option<bool>,
     /// Memory, CPU and disk, each within the tier's maximum (default: the
     /// tier's defaults).
     #[schema(value_type = Option<Object>)]
@@ -548,6 +567,12 @@ pub struct UpdateSettings {
     pub network_block_all: Option<bool>,
     /// `domainAllowList` (`""` removes it).
     pub domain_allow_list: Option<String>,
+    /// `networkDenyList` (`""` removes it).
+    pub network_deny_list: Option<String>,
+    /// `domainDenyList` (`""` removes it).
+    pub domain_deny_list: Option<String>,
+    /// `essentialServices`.
+    pub essential_services: Option<bool>,
 }
 
 /// An exec's working directory: an absolute path of at most 4,096 bytes
@@ -611,12 +636,17 @@ pub async fn create_sandbox(
     Body(body): Body<CreateSandbox>,
 ) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
     scopes.need(Scope::SandboxesWrite)?;
+    let settings = SettingsChange {
+        network_block_all: body.network_block_all,
+        network_allow_list: body.network_allow_list,
+        domain_allow_list: body.domain_allow_list,
+        network_deny_list: body.network_deny_list,
+        domain_deny_list: body.domain_deny_list,
+        essential_services: body.essential_services,
+    };
     // Network settings at create need the network scope too, unless they
-    // only block everything (which only narrows).
-    let only_blocks = body.network_allow_list.is_none()
-        && body.domain_allow_list.is_none()
-        && body.network_block_all != Some(false);
-    if !only_blocks {
+    // only narrow (block everything, deny, turn the essential services off).
+    if !settings.only_narrows() {
         scopes.need(Scope::NetworkWrite)?;
     }
     if let Some(name) = &body.name {
@@ -637,11 +667,7 @@ pub async fn create_sandbox(
         name: body.name,
         snapshot,
         env,
-        settings: SettingsChange {
-            network_block_all: body.network_block_all,
-            network_allow_list: body.network_allow_list,
-            domain_allow_list: body.domain_allow_list,
-        },
+        settings,
         resources: body.resources.unwrap_or_default(),
     };
     let (row, tier) = service::create_sandbox(&st, &org, new).await?;
@@ -714,6 +740,9 @@ pub async fn update_settings(
         network_block_all: body.network_block_all,
         network_allow_list: body.network_allow_list,
         domain_allow_list: body.domain_allow_list,
+        network_deny_list: body.network_deny_list,
+        domain_deny_list: body.domain_deny_list,
+        essential_services: body.essential_services,
     };
     let (row, tier) = service::update_settings(&st, org, key, change).await?;
     Ok(Json(view(&st, tier, row)?))

@@ -240,11 +240,7 @@ async fn cut_off(st: &AppState, row: &SandboxRow) {
 
 /// The effective policy of a stored sandbox of an organization of `tier`.
 pub fn effective(st: &AppState, tier: u8, row: &SandboxRow) -> Result<EffectivePolicy, ApiError> {
-    let settings = st.policy.stored_settings(
-        row.network_block_all,
-        &row.network_allow_list,
-        &row.domain_allow_list,
-    )?;
+    let settings = st.policy.stored_settings(&row.settings())?;
     Ok(st.policy.resolve(tier, &settings)?)
 }
 
@@ -265,6 +261,12 @@ pub struct SettingsChange {
     pub network_allow_list: Option<String>,
     /// `domainAllowList`, unparsed.
     pub domain_allow_list: Option<String>,
+    /// `networkDenyList`, unparsed.
+    pub network_deny_list: Option<String>,
+    /// `domainDenyList`, unparsed.
+    pub domain_deny_list: Option<String>,
+    /// `essentialServices`.
+    pub essential_services: Option<bool>,
 }
 
 impl SettingsChange {
@@ -273,7 +275,19 @@ impl SettingsChange {
             network_block_all: self.network_block_all,
             network_allow_list: self.network_allow_list.as_deref(),
             domain_allow_list: self.domain_allow_list.as_deref(),
+            network_deny_list: self.network_deny_list.as_deref(),
+            domain_deny_list: self.domain_deny_list.as_deref(),
+            essential_services: self.essential_services,
         }
+    }
+
+    /// Whether, at create, it can only narrow what a sandbox reaches (no
+    /// allow list sent, blocking not turned off; the essential services
+    /// are on by default): the network scope is not needed for it then.
+    pub fn only_narrows(&self) -> bool {
+        self.network_allow_list.is_none()
+            && self.domain_allow_list.is_none()
+            && self.network_block_all != Some(false)
     }
 }
 
@@ -369,6 +383,9 @@ pub async fn create_sandbox(
             network_block_all: settings.network_block_all,
             network_allow_list: settings.network_allow_list.to_string(),
             domain_allow_list: settings.domain_allow_list.to_string(),
+            network_deny_list: settings.network_deny_list.to_string(),
+            domain_deny_list: settings.domain_deny_list.to_string(),
+            essential_services: settings.essential_services,
             env: serde_json::to_string(&new.env).map_err(ApiError::internal)?,
             created_at: stamp.clone(),
             updated_at: stamp,
@@ -467,11 +484,7 @@ pub async fn update_settings(
         let org = organization(&st, &org.id).await?;
         let mut row = sandbox(&st, &org, &key).await?;
         running(&row)?;
-        let stored = st.policy.stored_settings(
-            row.network_block_all,
-            &row.network_allow_list,
-            &row.domain_allow_list,
-        )?;
+        let stored = st.policy.stored_settings(&row.settings())?;
         let settings = st
             .policy
             .settings_for_update(org.tier, &stored, &change.request())?;
@@ -488,9 +501,7 @@ pub async fn update_settings(
             }
             return Err(e.into());
         }
-        row.network_block_all = settings.network_block_all;
-        row.network_allow_list = settings.network_allow_list.to_string();
-        row.domain_allow_list = settings.domain_allow_list.to_string();
+        row.set_settings(&settings);
         row.updated_at = now();
         if let Err(e) = st.store.set_settings(&row).await {
             // Put the stored policy back in force: the answer is an error.

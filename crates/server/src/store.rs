@@ -117,6 +117,12 @@ pub struct SandboxRow {
     pub network_allow_list: String,
     /// `domainAllowList`, canonical.
     pub domain_allow_list: String,
+    /// `networkDenyList`, canonical.
+    pub network_deny_list: String,
+    /// `domainDenyList`, canonical.
+    pub domain_deny_list: String,
+    /// `essentialServices`.
+    pub essential_services: bool,
     /// Environment of every exec, a JSON object.
     pub env: String,
     /// When it was made.
@@ -130,6 +136,30 @@ pub struct SandboxRow {
     pub cpu_millicores: u32,
     /// See [`sandgate_policy::Resources::disk_mib`].
     pub disk_mib: u64,
+}
+
+impl SandboxRow {
+    /// Its network settings as stored.
+    pub fn settings(&self) -> sandgate_policy::StoredSettings<'_> {
+        sandgate_policy::StoredSettings {
+            network_block_all: self.network_block_all,
+            network_allow_list: &self.network_allow_list,
+            domain_allow_list: &self.domain_allow_list,
+            network_deny_list: &self.network_deny_list,
+            domain_deny_list: &self.domain_deny_list,
+            essential_services: self.essential_services,
+        }
+    }
+
+    /// Takes validated network settings, in their canonical text.
+    pub fn set_settings(&mut self, s: &sandgate_policy::NetworkSettings) {
+        self.network_block_all = s.network_block_all;
+        self.network_allow_list = s.network_allow_list.to_string();
+        self.domain_allow_list = s.domain_allow_list.to_string();
+        self.network_deny_list = s.network_deny_list.to_string();
+        self.domain_deny_list = s.domain_deny_list.to_string();
+        self.essential_services = s.essential_services;
+    }
 }
 
 /// The store.
@@ -176,6 +206,9 @@ fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
         network_block_all: r.try_get::<i64, _>("network_block_all")? != 0,
         network_allow_list: r.try_get("network_allow_list")?,
         domain_allow_list: r.try_get("domain_allow_list")?,
+        network_deny_list: r.try_get("network_deny_list")?,
+        domain_deny_list: r.try_get("domain_deny_list")?,
+        essential_services: r.try_get::<i64, _>("essential_services")? != 0,
         env: r.try_get("env")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -196,7 +229,7 @@ fn organization(r: &sqlx::sqlite::SqliteRow) -> Result<Organization, sqlx::Error
 
 const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, network_block_all, \
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
-     cpu_millicores, disk_mib";
+     cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services";
 
 impl Store {
     /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
@@ -325,7 +358,7 @@ impl Store {
     pub async fn add_sandbox(&self, s: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -341,6 +374,9 @@ impl Store {
         .bind(i64::try_from(s.memory_mib).unwrap_or(i64::MAX))
         .bind(i64::from(s.cpu_millicores))
         .bind(i64::try_from(s.disk_mib).unwrap_or(i64::MAX))
+        .bind(&s.network_deny_list)
+        .bind(&s.domain_deny_list)
+        .bind(i64::from(s.essential_services))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -376,12 +412,16 @@ impl Store {
     pub async fn set_settings(&self, s: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE sandboxes SET network_block_all = $1, network_allow_list = $2, \
-             domain_allow_list = $3, updated_at = $4 WHERE id = $5",
+             domain_allow_list = $3, updated_at = $4, network_deny_list = $5, \
+             domain_deny_list = $6, essential_services = $7 WHERE id = $8",
         )
         .bind(i64::from(s.network_block_all))
         .bind(&s.network_allow_list)
         .bind(&s.domain_allow_list)
         .bind(&s.updated_at)
+        .bind(&s.network_deny_list)
+        .bind(&s.domain_deny_list)
+        .bind(i64::from(s.essential_services))
         .bind(&s.id)
         .execute(&self.pool)
         .await?;

@@ -489,19 +489,6 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
     );
 }
 
-/// `explain`'s verdict and reason for `dest` in sandbox `id`.
-fn explained(api: &Api, key: &str, id: &str, dest: &str) -> (bool, String) {
-    let (s, v) = api.get(
-        &format!("/api/sandbox/{id}/network/explain?dest={dest}"),
-        key,
-    );
-    assert_eq!(s, 200, "{v}");
-    (
-        v["allowed"].as_bool().unwrap(),
-        v["reason"].as_str().unwrap().to_string(),
-    )
-}
-
 #[test]
 fn the_sandboxs_own_addresses_are_no_egress_and_a_network_test_of_them_agrees() {
     let api = Api::start();
@@ -537,7 +524,7 @@ fn the_sandboxs_own_addresses_are_no_egress_and_a_network_test_of_them_agrees() 
             .collect();
         for t in &targets {
             assert_eq!(
-                explained(&api, &key, name, t),
+                api.explain(&key, name, t),
                 (true, "not_egress".to_string()),
                 "{name} {t}"
             );
@@ -586,7 +573,7 @@ fn the_host_metadata_services_and_internal_networks_stay_closed_whatever_the_lis
     for id in ["wide", "open"] {
         for (dest, reason) in cases {
             assert_eq!(
-                explained(&api, &key, id, &format!("{dest}:7")),
+                api.explain(&key, id, &format!("{dest}:7")),
                 (false, reason.to_string()),
                 "{id} {dest}"
             );
@@ -626,7 +613,7 @@ fn the_host_metadata_services_and_internal_networks_stay_closed_whatever_the_lis
     let wait_for = |want: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            let got = explained(&api, &key, "open", "192.0.2.77:7");
+            let got = api.explain(&key, "open", "192.0.2.77:7");
             if got.1 == want || std::time::Instant::now() > deadline {
                 return got;
             }

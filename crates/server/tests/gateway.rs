@@ -135,6 +135,23 @@ fn udp_echoed(ns: &Netns, addr: IpAddr, port: u16) -> bool {
     .unwrap()
 }
 
+/// A connection from `ns` to the lab's byte stream at [`SERVER4_B`] (a
+/// name-checked port in the tests that use it) that sent a hello naming
+/// `name` and is streaming.
+fn stream_under(ns: &Netns, name: &'static str) -> TcpStream {
+    ns.run(move || {
+        let mut s = connect(SERVER4_B, TCP_STREAM);
+        s.write_all(&craft::records(
+            &craft::hello_message(&[craft::sni(&[name])]),
+            16384,
+        ))?;
+        let mut buf = [0u8; 4096];
+        s.read_exact(&mut buf)?;
+        Ok(s)
+    })
+    .unwrap()
+}
+
 fn resolve(api: &Api, key: &str, id: &str, name: &str) {
     let r = api.exec(key, id, &format!("nslookup {name} 2>&1"));
     assert!(
@@ -146,16 +163,17 @@ fn resolve(api: &Api, key: &str, id: &str, name: &str) {
     );
 }
 
-fn reasons(api: &Api, key: &str, id: &str) -> Vec<(String, Option<String>)> {
-    api.events(key, id, false, |_| false)
-        .iter()
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or_default().to_string(),
-                e["domain"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
+/// Waits for sandbox `id`'s event of `reason` (and `domain`, where
+/// given): the recent events, then the stream as it comes (an event
+/// crosses the runner's event pump after the connection was reset).
+fn saw(api: &Api, key: &str, id: &str, reason: &str, domain: Option<&str>) {
+    let seen = api.events(key, id, true, |e| {
+        e["reason"] == reason && domain.is_none_or(|d| e["domain"] == d)
+    });
+    assert!(
+        seen.last().is_some_and(|e| e["reason"] == reason),
+        "no {reason} event in {seen:?}"
+    );
 }
 
 fn metric(api: &Api, name: &str) -> u64 {
@@ -235,22 +253,15 @@ fn a_name_admits_its_own_connections_on_a_shared_address_and_no_other_names() {
     assert!(https(&ns_b, &ca, SERVER4_B, "api.example.com").answered_for("api.example.com"));
 
     // Each refusal is an event with its reason (and name).
-    let seen = reasons(&api, &key, a);
     for (reason, domain) in [
         ("name_mismatch", Some("www.example.net")),
         ("no_server_name", None),
         ("encrypted_client_hello", None),
         ("quic_denied", None),
     ] {
-        assert!(
-            seen.iter()
-                .any(|(r, d)| r == reason && (domain.is_none() || d.as_deref() == domain)),
-            "no {reason} event in {seen:?}"
-        );
+        saw(&api, &key, a, reason, domain);
     }
-    assert!(reasons(&api, &key, b)
-        .iter()
-        .any(|(r, d)| r == "name_mismatch" && d.as_deref() == Some("api.example.com")));
+    saw(&api, &key, b, "name_mismatch", Some("api.example.com"));
     assert!(metric(&api, "sandgate_gateway_passed_total") >= 6);
     assert!(metric(&api, "sandgate_gateway_refused_total") >= 8);
 }
@@ -292,19 +303,7 @@ fn an_update_that_removes_a_name_cuts_its_gateway_connection_at_once() {
     resolve(&api, &key, &id, "api.example.com");
     resolve(&api, &key, &id, "www.example.net");
     let ns = api.slot_netns(&id);
-    let open = |name: &'static str| {
-        ns.run(move || {
-            let mut s = connect(SERVER4_B, TCP_STREAM);
-            s.write_all(&craft::records(
-                &craft::hello_message(&[craft::sni(&[name])]),
-                16384,
-            ))?;
-            let mut buf = [0u8; 4096];
-            s.read_exact(&mut buf)?;
-            Ok(s)
-        })
-        .unwrap()
-    };
+    let open = |name: &'static str| stream_under(&ns, name);
     let mut kept = open("www.example.net");
     let mut removed = open("api.example.com");
     let (s, v) = api.post(
@@ -336,4 +335,96 @@ fn an_update_that_removes_a_name_cuts_its_gateway_connection_at_once() {
         assert!(kept.read(&mut buf).unwrap() > 0);
     }
     assert_eq!(metric(&api, "sandgate_gateway_cut_total"), 1);
+}
+
+#[test]
+fn a_denied_name_is_refused_at_dns_and_at_the_gateway_in_open_mode_too() {
+    let api = Api::start();
+    let (_, key) = api.organization("deny-name", 3);
+    let ca = api.lab().ca_pem().to_string();
+    let s = api.sandbox(
+        &key,
+        json!({"name": "open-but", "domainDenyList": "www.example.net"}),
+    );
+    assert_eq!(s["effectiveNetwork"]["mode"], "open");
+    let id = s["id"].as_str().unwrap();
+    let r = api.exec(&key, id, "nslookup www.example.net 2>&1");
+    assert!(
+        !r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains(&SERVER4_B.to_string()),
+        "{r}"
+    );
+    resolve(&api, &key, id, "api.example.com");
+    let ns = api.slot_netns(id);
+    // Open mode asks no DNS answer of a name; the deny list is checked on
+    // every connection to the name-checked ports, both families.
+    for addr in [SERVER4_B, SERVER6_B] {
+        assert!(https(&ns, &ca, addr, "api.example.com").answered_for("api.example.com"));
+        assert!(http(&ns, addr, "example.com").answered_for("example.com"));
+        assert_eq!(
+            https(&ns, &ca, addr, "www.example.net"),
+            Got::Reset,
+            "{addr}"
+        );
+        assert_eq!(http(&ns, addr, "www.example.net"), Got::Reset, "{addr}");
+    }
+    // QUIC would carry the name past the gateway: refused.
+    assert!(!udp_echoed(&ns, SERVER4_B, QUIC));
+    assert!(udp_echoed(&ns, SERVER4_B, UDP_ECHO));
+    saw(&api, &key, id, "domain_deny_list", Some("www.example.net"));
+    saw(&api, &key, id, "quic_denied", None);
+    // explain names the entry.
+    let (status, v) = api.get(
+        &format!("/api/sandbox/{id}/network/explain?dest=www.example.net:443"),
+        &key,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["reason"], "domain_deny_list:www.example.net", "{v}");
+}
+
+#[test]
+fn a_domain_deny_list_cuts_the_connections_of_its_names_old_and_new() {
+    // The lab's byte stream, checked as a name's port.
+    let api = Api::start_with(|cfg| cfg.runner.name_checked_ports.push(TCP_STREAM));
+    let (_, key) = api.organization("deny-cut", 3);
+    let s = api.sandbox(&key, json!({"name": "open-streams"}));
+    let id = s["id"].as_str().unwrap().to_string();
+    let ns = api.slot_netns(&id);
+    let open = |name: &'static str| stream_under(&ns, name);
+    let update = |body: serde_json::Value| {
+        let (s, v) = api.post(&format!("/api/sandbox/{id}/network-settings"), &key, body);
+        assert_eq!(s, 200, "{v}");
+        Instant::now()
+    };
+    // Opened before any deny list: the kernel forwarded it, never the
+    // gateway; the first deny list cuts every such connection of the
+    // name-checked ports (their names were never read).
+    let mut before = open("www.example.net");
+    let accepted = metric(&api, "sandgate_gateway_accepted_total");
+    let updated = update(json!({"domainDenyList": "api.example.com"}));
+    let last = common::streams_until_cut(&mut before, updated);
+    assert!(last < Duration::from_secs(1), "{last:?}");
+    // From now on they go through the gateway, which cuts a name the next
+    // update denies, and keeps the others.
+    let mut kept = open("www.example.net");
+    let mut removed = open("example.com");
+    assert_eq!(
+        metric(&api, "sandgate_gateway_accepted_total"),
+        accepted + 2
+    );
+    let updated = update(json!({"domainDenyList": "example.com,api.example.com"}));
+    let last = common::streams_until_cut(&mut removed, updated);
+    assert!(last < Duration::from_secs(1), "{last:?}");
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..10 {
+        assert!(kept.read(&mut buf).unwrap() > 0);
+    }
+    // A connection the gateway passed is cut when its destination is
+    // denied (the kernel never sees it: the gateway's own connection
+    // leaves from the host).
+    let updated = update(json!({"networkDenyList": format!("{SERVER4_B}/32")}));
+    let last = common::streams_until_cut(&mut kept, updated);
+    assert!(last < Duration::from_secs(1), "{last:?}");
 }

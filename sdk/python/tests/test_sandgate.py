@@ -138,6 +138,38 @@ class SdkTest(unittest.TestCase):
         self.assertEqual(s.mode, "blocked")
         self.assertFalse(echoes(s, OTHER))
 
+    def test_a_deny_list_subtracts_from_open_mode_and_wins_over_an_allow_list(
+        self,
+    ) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams(network_deny_list=f"{SERVER}/32"))
+        self.assertEqual(s.mode, "open")
+        self.assertEqual(s.network_deny_list, f"{SERVER}/32")
+        self.assertFalse(echoes(s, SERVER))
+        self.assertTrue(echoes(s, OTHER))
+        why = s.network.explain(f"{SERVER}:{PORT}")
+        self.assertEqual(
+            (why.allowed, why.reason), (False, f"network_deny_list:{SERVER}/32")
+        )
+        # An allow list that names it does not open it: deny wins.
+        s.update_network_settings(network_allow_list=f"{SERVER}/32,{OTHER}/32")
+        self.assertEqual(s.mode, "allowlist")
+        self.assertFalse(echoes(s, SERVER))
+        self.assertTrue(echoes(s, OTHER))
+        # Removed, it opens at once; the essential services can be off.
+        s.update_network_settings(network_deny_list="", essential_services=False)
+        self.assertIsNone(s.network_deny_list)
+        self.assertFalse(s.essential_services)
+        self.assertFalse(s.effective_network["essentialServices"])
+        self.assertTrue(echoes(s, SERVER))
+        with self.assertRaises(ValidationError) as bad:
+            s.update_network_settings(domain_deny_list="https://example.com/x")
+        self.assertEqual(bad.exception.code, "invalid_domain_deny_list")
+        self.assertIn("example.com", bad.exception.message)
+        small = Sandgate(api_key=os.environ["SANDGATE_TEST_TIER1_KEY"])
+        with self.assertRaises(PermissionDeniedError) as refused:
+            small.create(CreateSandboxFromSnapshotParams(network_deny_list=f"{SERVER}/32"))
+        self.assertEqual(refused.exception.code, "network_restricted_by_tier")
+
     def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message(self) -> None:
         with self.assertRaises(ValidationError) as bad:
             self.sandgate.create(

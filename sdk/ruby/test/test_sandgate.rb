@@ -95,6 +95,18 @@ class SandgateTest < Minitest::Test
     refute echoes(s, SERVER)
   end
 
+  def test_a_deny_list_subtracts_from_open_mode_until_removed
+    s = create(network_deny_list: "#{OTHER}/32")
+    assert_equal "open", s.mode
+    assert_equal "#{OTHER}/32", s.network_deny_list
+    refute echoes(s, OTHER)
+    assert echoes(s, SERVER)
+    s.update_network_settings(network_deny_list: "", essential_services: false)
+    assert_nil s.network_deny_list
+    assert_equal false, s.essential_services
+    assert echoes(s, OTHER)
+  end
+
   def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message
     e = assert_raises(Sandgate::ValidationError) { create(network_allow_list: "192.0.2.300/32") }
     assert_equal ["invalid_network_allow_list", 400], [e.code, e.status]

@@ -74,6 +74,13 @@ export interface CreateSandboxParams {
   networkBlockAll?: boolean
   /** Comma-separated names and `*.` wildcards. */
   domainAllowList?: string
+  /** Comma-separated CIDRs never reached: wins over every list and the
+   * essential services (tier 3/4). */
+  networkDenyList?: string
+  /** Comma-separated names and `*.` wildcards never reached (tier 3/4). */
+  domainDenyList?: string
+  /** `false` turns the essential services off. */
+  essentialServices?: boolean
 }
 
 /** New network settings: what is given replaces, the rest is kept. */
@@ -81,6 +88,9 @@ export interface NetworkSettings {
   networkBlockAll?: boolean
   networkAllowList?: string
   domainAllowList?: string
+  networkDenyList?: string
+  domainDenyList?: string
+  essentialServices?: boolean
 }
 
 /** Options of a command. */
@@ -136,6 +146,8 @@ export interface EffectiveNetwork {
   mode: 'open' | 'allowlist' | 'restricted' | 'blocked'
   networkAllowList: string[]
   domainAllowList: string[]
+  networkDenyList: string[]
+  domainDenyList: string[]
   essentialServices: boolean
   inactive: Array<{ setting: string; value: string; reason: string; message: string }>
 }
@@ -150,6 +162,9 @@ interface SandboxData {
   networkBlockAll?: boolean
   networkAllowList?: string
   domainAllowList?: string
+  networkDenyList?: string
+  domainDenyList?: string
+  essentialServices?: boolean
   effectiveNetwork: EffectiveNetwork
   createdAt: string
   updatedAt: string
@@ -244,6 +259,9 @@ export class Sandbox {
   networkBlockAll!: boolean
   networkAllowList?: string
   domainAllowList?: string
+  networkDenyList?: string
+  domainDenyList?: string
+  essentialServices!: boolean
   effectiveNetwork!: EffectiveNetwork
   createdAt!: string
   updatedAt!: string
@@ -267,6 +285,9 @@ export class Sandbox {
     this.networkBlockAll = d.networkBlockAll ?? false
     this.networkAllowList = d.networkAllowList
     this.domainAllowList = d.domainAllowList
+    this.networkDenyList = d.networkDenyList
+    this.domainDenyList = d.domainDenyList
+    this.essentialServices = d.essentialServices ?? true
     this.effectiveNetwork = d.effectiveNetwork
     this.createdAt = d.createdAt
     this.updatedAt = d.updatedAt
@@ -292,7 +313,9 @@ export class Sandbox {
   async updateNetworkSettings(settings: NetworkSettings): Promise<void> {
     const body = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined))
     if (Object.keys(body).length === 0) {
-      throw new TypeError('updateNetworkSettings: give networkBlockAll, networkAllowList or domainAllowList')
+      throw new TypeError(
+        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList or essentialServices',
+      )
     }
     this.load(await this.http.request<SandboxData>('POST', this.path('/network-settings'), body))
   }

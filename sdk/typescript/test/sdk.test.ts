@@ -100,6 +100,17 @@ test('an update replaces what it sends and keeps the rest', async () => {
   assert.equal(await echoes(s, SERVER), false)
 })
 
+test('a deny list wins over an allow list, and goes with an update', async () => {
+  const s = await create({ networkAllowList: `${SERVER}/32,${OTHER}/32`, networkDenyList: `${SERVER}/32` })
+  assert.equal(s.networkDenyList, `${SERVER}/32`)
+  assert.deepEqual(s.effectiveNetwork.networkDenyList, [`${SERVER}/32`])
+  assert.equal(await echoes(s, SERVER), false)
+  assert.equal(await echoes(s, OTHER), true)
+  await s.updateNetworkSettings({ networkDenyList: '' })
+  assert.equal(s.networkDenyList, undefined)
+  assert.equal(await echoes(s, SERVER), true)
+})
+
 test('bad input and tiers reject with typed errors carrying code and message', async () => {
   await assert.rejects(sandgate.create({ networkAllowList: '192.0.2.300/32' }), (e: unknown) => {
     assert.ok(e instanceof ValidationError)

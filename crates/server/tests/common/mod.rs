@@ -307,6 +307,19 @@ impl Api {
         r["stdout"] == "sandgate\n"
     }
 
+    /// `explain`'s verdict and reason for `dest` in sandbox `id`.
+    pub fn explain(&self, key: &str, id: &str, dest: &str) -> (bool, String) {
+        let (s, v) = self.get(
+            &format!("/api/sandbox/{id}/network/explain?dest={dest}"),
+            key,
+        );
+        assert_eq!(s, 200, "{v}");
+        (
+            v["allowed"].as_bool().unwrap(),
+            v["reason"].as_str().unwrap().to_string(),
+        )
+    }
+
     /// Reads sandbox `id`'s events as server-sent events: the recent ones
     /// (`follow` false), or until `until` accepts one.
     pub fn events(
@@ -409,5 +422,42 @@ impl Drop for Api {
             let _ = sandgate_runner::purge_runtime(&self.cfg.runner);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads a streaming connection until nothing arrives for a second:
+/// how long after `since` its last bytes came (a connection the kernel
+/// cut stops passing packets; one the gateway cut is reset). Panics if it
+/// still streams three seconds on.
+pub fn streams_until_cut(stream: &mut std::net::TcpStream, since: std::time::Instant) -> Duration {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last = since;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return last.saturating_duration_since(since),
+            Ok(_) => {
+                last = std::time::Instant::now();
+                assert!(
+                    last.duration_since(since) < Duration::from_secs(3),
+                    "still streaming 3 s after the change"
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return std::time::Instant::now().saturating_duration_since(since)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return last.saturating_duration_since(since)
+            }
+            Err(e) => panic!("{e}"),
+        }
     }
 }

@@ -115,6 +115,21 @@ class AsyncSandbox:
         return self.sync.domain_allow_list
 
     @property
+    def network_deny_list(self) -> Optional[str]:
+        """Stored ``networkDenyList``."""
+        return self.sync.network_deny_list
+
+    @property
+    def domain_deny_list(self) -> Optional[str]:
+        """Stored ``domainDenyList``."""
+        return self.sync.domain_deny_list
+
+    @property
+    def essential_services(self) -> bool:
+        """Stored ``essentialServices``."""
+        return self.sync.essential_services
+
+    @property
     def created_at(self) -> str:
         """When it was made."""
         return self.sync.created_at
@@ -129,6 +144,9 @@ class AsyncSandbox:
         network_block_all: Optional[bool] = None,
         network_allow_list: Optional[str] = None,
         domain_allow_list: Optional[str] = None,
+        network_deny_list: Optional[str] = None,
+        domain_deny_list: Optional[str] = None,
+        essential_services: Optional[bool] = None,
     ) -> None:
         """See :meth:`sandgate.Sandbox.update_network_settings`."""
         await asyncio.to_thread(
@@ -136,6 +154,9 @@ class AsyncSandbox:
             network_block_all,
             network_allow_list,
             domain_allow_list,
+            network_deny_list,
+            domain_deny_list,
+            essential_services,
         )
 
     async def refresh(self) -> None:

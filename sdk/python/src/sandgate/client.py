@@ -27,6 +27,10 @@ class CreateSandboxBaseParams:
     ``network_allow_list``: comma-separated CIDRs the sandbox may reach.
     ``domain_allow_list``: comma-separated names and ``*.`` wildcards.
     ``network_block_all``: no egress at all; wins over both lists.
+    ``network_deny_list`` and ``domain_deny_list``: CIDRs and names the
+    sandbox may never reach; they win over every list and the essential
+    services (tier 3/4).
+    ``essential_services``: ``False`` turns the essential services off.
     """
 
     name: Optional[str] = None
@@ -34,6 +38,9 @@ class CreateSandboxBaseParams:
     network_allow_list: Optional[str] = None
     network_block_all: Optional[bool] = None
     domain_allow_list: Optional[str] = None
+    network_deny_list: Optional[str] = None
+    domain_deny_list: Optional[str] = None
+    essential_services: Optional[bool] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The API's request body (camelCase; fields left out are absent)."""
@@ -44,6 +51,9 @@ class CreateSandboxBaseParams:
             ("networkAllowList", self.network_allow_list),
             ("networkBlockAll", self.network_block_all),
             ("domainAllowList", self.domain_allow_list),
+            ("networkDenyList", self.network_deny_list),
+            ("domainDenyList", self.domain_deny_list),
+            ("essentialServices", self.essential_services),
         ):
             if value is not None:
                 body[key] = value
@@ -250,6 +260,9 @@ class Sandbox:
     network_block_all: bool
     network_allow_list: Optional[str]
     domain_allow_list: Optional[str]
+    network_deny_list: Optional[str]
+    domain_deny_list: Optional[str]
+    essential_services: bool
     effective_network: Dict[str, Any]
     created_at: str
     updated_at: str
@@ -270,6 +283,9 @@ class Sandbox:
         self.network_block_all = bool(data.get("networkBlockAll", False))
         self.network_allow_list = data.get("networkAllowList")
         self.domain_allow_list = data.get("domainAllowList")
+        self.network_deny_list = data.get("networkDenyList")
+        self.domain_deny_list = data.get("domainDenyList")
+        self.essential_services = bool(data.get("essentialServices", True))
         self.effective_network = dict(data.get("effectiveNetwork", {}))
         self.created_at = data["createdAt"]
         self.updated_at = data["updatedAt"]
@@ -292,21 +308,29 @@ class Sandbox:
         network_block_all: Optional[bool] = None,
         network_allow_list: Optional[str] = None,
         domain_allow_list: Optional[str] = None,
+        network_deny_list: Optional[str] = None,
+        domain_deny_list: Optional[str] = None,
+        essential_services: Optional[bool] = None,
     ) -> None:
         """Changes the network settings: what is given replaces the stored
         value, the rest is kept; in force in the kernel when this returns.
         Refreshes the sandbox from the answer."""
         body: Dict[str, Any] = {}
-        if network_block_all is not None:
-            body["networkBlockAll"] = network_block_all
-        if network_allow_list is not None:
-            body["networkAllowList"] = network_allow_list
-        if domain_allow_list is not None:
-            body["domainAllowList"] = domain_allow_list
+        for key, value in (
+            ("networkBlockAll", network_block_all),
+            ("networkAllowList", network_allow_list),
+            ("domainAllowList", domain_allow_list),
+            ("networkDenyList", network_deny_list),
+            ("domainDenyList", domain_deny_list),
+            ("essentialServices", essential_services),
+        ):
+            if value is not None:
+                body[key] = value
         if not body:
             raise ValueError(
-                "update_network_settings: give network_block_all, network_allow_list "
-                "or domain_allow_list"
+                "update_network_settings: give network_block_all, network_allow_list, "
+                "domain_allow_list, network_deny_list, domain_deny_list or "
+                "essential_services"
             )
         self._load(self._http.request("POST", self._path("/network-settings"), body))
 

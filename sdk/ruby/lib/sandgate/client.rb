@@ -9,17 +9,24 @@ module Sandgate
 
   # What any new sandbox may be given. network_allow_list: comma-separated
   # CIDRs; domain_allow_list: names and "*." wildcards; network_block_all:
-  # no egress at all (wins over both lists).
+  # no egress at all (wins over both lists); network_deny_list and
+  # domain_deny_list: never reached, whatever allows them (tier 3/4);
+  # essential_services: false turns the essential services off.
   class CreateSandboxBaseParams
-    attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list
+    attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list,
+                  :network_deny_list, :domain_deny_list, :essential_services
 
     def initialize(name: nil, env: nil, network_allow_list: nil, network_block_all: nil,
-                   domain_allow_list: nil)
+                   domain_allow_list: nil, network_deny_list: nil, domain_deny_list: nil,
+                   essential_services: nil)
       @name = name
       @env = env
       @network_allow_list = network_allow_list
       @network_block_all = network_block_all
       @domain_allow_list = domain_allow_list
+      @network_deny_list = network_deny_list
+      @domain_deny_list = domain_deny_list
+      @essential_services = essential_services
     end
 
     # The API's request body (camelCase; fields left out are absent).
@@ -29,7 +36,10 @@ module Sandgate
         "env" => env,
         "networkAllowList" => network_allow_list,
         "networkBlockAll" => network_block_all,
-        "domainAllowList" => domain_allow_list
+        "domainAllowList" => domain_allow_list,
+        "networkDenyList" => network_deny_list,
+        "domainDenyList" => domain_deny_list,
+        "essentialServices" => essential_services
       }.compact
     end
   end
@@ -162,8 +172,9 @@ module Sandgate
   # A sandbox, as the server last described it.
   class Sandbox
     attr_reader :id, :name, :state, :snapshot, :organization_id, :env, :network_block_all,
-                :network_allow_list, :domain_allow_list, :effective_network, :created_at,
-                :updated_at, :process, :network, :http
+                :network_allow_list, :domain_allow_list, :network_deny_list, :domain_deny_list,
+                :essential_services, :effective_network, :created_at, :updated_at, :process,
+                :network, :http
 
     def initialize(http, data)
       @http = http
@@ -190,12 +201,16 @@ module Sandgate
     # Changes the network settings (what is given replaces, the rest is
     # kept; in force in the kernel on return) and refreshes from the answer.
     def update_network_settings(network_block_all: nil, network_allow_list: nil,
-                                domain_allow_list: nil)
+                                domain_allow_list: nil, network_deny_list: nil,
+                                domain_deny_list: nil, essential_services: nil)
       body = { "networkBlockAll" => network_block_all, "networkAllowList" => network_allow_list,
-               "domainAllowList" => domain_allow_list }.compact
+               "domainAllowList" => domain_allow_list, "networkDenyList" => network_deny_list,
+               "domainDenyList" => domain_deny_list,
+               "essentialServices" => essential_services }.compact
       if body.empty?
         raise ArgumentError,
-              "update_network_settings: give network_block_all, network_allow_list or domain_allow_list"
+              "update_network_settings: give network_block_all, network_allow_list, " \
+              "domain_allow_list, network_deny_list, domain_deny_list or essential_services"
       end
 
       load(http.request("POST", path("/network-settings"), body))
@@ -220,6 +235,9 @@ module Sandgate
       @network_block_all = d.fetch("networkBlockAll", false)
       @network_allow_list = d["networkAllowList"]
       @domain_allow_list = d["domainAllowList"]
+      @network_deny_list = d["networkDenyList"]
+      @domain_deny_list = d["domainDenyList"]
+      @essential_services = d.fetch("essentialServices", true)
       @effective_network = d.fetch("effectiveNetwork", {})
       @created_at = d["createdAt"]
       @updated_at = d["updatedAt"]
