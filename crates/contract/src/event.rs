@@ -13,6 +13,9 @@ pub enum EventKind {
     Dns,
     /// Events held back by the sandbox's rate of events, counted.
     Dropped,
+    /// A grant added, revoked or ended (`grant_added`, `grant_revoked`,
+    /// `grant_expired`; `protocol` holds the grant's id).
+    Grant,
 }
 
 impl EventKind {
@@ -23,6 +26,7 @@ impl EventKind {
             EventKind::Connection => "connection",
             EventKind::Dns => "dns",
             EventKind::Dropped => "dropped",
+            EventKind::Grant => "grant",
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use crate::config::SlotAddrs;
 use crate::ruleset::{
-    allow_set, deny_chain, deny_set, dropped_set, meter_set, mode_chain, steer_chain, ShareClass,
-    DNS_MARK_BIT, LOG_CLASSES,
+    allow_set, deny_chain, deny_set, dropped_set, grant_set, meter_set, mode_chain, steer_chain,
+    ShareClass, DNS_MARK_BIT, LOG_CLASSES,
 };
 use ipnet::IpNet;
 use sandgate_nftables::{ElementData, Key, Transaction, Verb};
@@ -42,6 +42,29 @@ pub struct SlotPolicy {
     /// checked there).
     #[serde(default)]
     pub steer_all: bool,
+    /// Network grants, each with its end: kernel elements with a timeout.
+    #[serde(default)]
+    pub grants: Vec<GrantNet>,
+}
+
+/// A network grant as the kernel holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantNet {
+    /// What it opens.
+    pub net: IpNet,
+    /// Whether it lies in a private range (which it opens, as a list
+    /// entry inside the range would).
+    pub private: bool,
+    /// When it ends, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn default_shares() -> ShareClass {
@@ -67,6 +90,7 @@ pub fn rule_key(rule: &Reason) -> Option<String> {
     match rule {
         Reason::EssentialService(_) => Some(ESSENTIAL.to_string()),
         Reason::DomainAllowList(p) => Some(format!("domain_allow_list:{p}")),
+        Reason::Grant(id) => Some(format!("grant:{id}")),
         _ => None,
     }
 }
@@ -89,6 +113,19 @@ impl SlotPolicy {
             .iter()
             .filter_map(|p| rule_key(&Reason::DomainAllowList(p.clone())))
             .collect();
+        let mut grants = Vec::new();
+        for g in &policy.grants {
+            match &g.target {
+                sandgate_policy::GrantTarget::Name(_) => {
+                    rules.extend(rule_key(&Reason::Grant(g.id.clone())));
+                }
+                sandgate_policy::GrantTarget::Network(net) => grants.push(GrantNet {
+                    net: *net,
+                    private: ranges.private.iter().any(|r| r.net.contains(net)),
+                    expires_at_ms: g.expires_at_ms,
+                }),
+            }
+        }
         if policy.essential_services {
             rules.push(ESSENTIAL.to_string());
         }
@@ -102,6 +139,11 @@ impl SlotPolicy {
             admitted_max: policy.fair_shares.admitted_addresses,
             deny: outermost(policy.network_deny_list.nets()),
             steer_all: policy.mode == Mode::Open && !policy.domain_deny_list.is_empty(),
+            grants: if policy.mode == Mode::Allowlist {
+                grants
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -236,6 +278,29 @@ fn deny_jumps(tx: &mut Transaction, slot: &SlotAddrs, verb: Verb) {
     }
 }
 
+/// Grants added with what is left of their time (one that ended is not
+/// added), or destroyed (the kernel may have ended them already).
+fn grant_entries(tx: &mut Transaction, slot: &SlotAddrs, grants: &[GrantNet], verb: Verb) {
+    let now = now_ms();
+    for g in grants {
+        let (start, end) = interval(slot, &g.net);
+        let set = grant_set(matches!(g.net, IpNet::V4(_)), g.private, slot.index);
+        if verb == Verb::Add {
+            let left = g.expires_at_ms.saturating_sub(now);
+            if left > 0 {
+                tx.add_interval_with_timeout(
+                    &set,
+                    start,
+                    end,
+                    std::time::Duration::from_millis(left),
+                );
+            }
+        } else {
+            tx.element(Verb::Destroy, &set, start, Some(end), None);
+        }
+    }
+}
+
 fn steer_all(tx: &mut Transaction, slot: &SlotAddrs, verb: Verb) {
     tx.element(verb, "steer_all", if_key(slot), None, None);
 }
@@ -262,6 +327,7 @@ pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generati
     if p.steer_all {
         steer_all(tx, slot, verb);
     }
+    grant_entries(tx, slot, &p.grants, verb);
 }
 
 /// Which generations a change from `old` to `new` must move on: only
@@ -352,6 +418,19 @@ pub fn change(
         };
         steer_all(tx, slot, verb);
     }
+    // A grant's connections are marked 0 (evaluated at every packet), so
+    // a grant that goes needs no generation moved: its next packet finds
+    // no element.
+    let gone_grants = |a: &[GrantNet], b: &[GrantNet]| -> Vec<GrantNet> {
+        a.iter().filter(|g| !b.contains(g)).copied().collect()
+    };
+    grant_entries(
+        tx,
+        slot,
+        &gone_grants(&op.grants, &np.grants),
+        Verb::Destroy,
+    );
+    grant_entries(tx, slot, &gone_grants(&np.grants, &op.grants), Verb::Add);
 }
 
 /// The second transaction of a change: the quarantined generations `from`

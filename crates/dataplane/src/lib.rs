@@ -25,7 +25,7 @@ pub mod watchdog;
 
 pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
 pub use counters::{KernelCounters, Reading};
-pub use elements::{Generations, SlotPolicy};
+pub use elements::{now_ms, Generations, GrantNet, SlotPolicy};
 pub use events::{DenyEvent, EventCounters, Events};
 
 use elements::{admission_key, change, forget_dynamic, release, revokes, rule_key, whole};

@@ -295,6 +295,15 @@ pub fn steer_chain(index: u32) -> String {
     format!("steer_{}", shard(index))
 }
 
+/// The grant set of a slot for a network grant of this family, opening a
+/// private range or not (interval sets with timeouts: the kernel ends a
+/// grant on time whatever the runner does).
+pub fn grant_set(v4: bool, private: bool, index: u32) -> String {
+    let family = if v4 { "4" } else { "6" };
+    let kind = if private { "grantpriv" } else { "grant" };
+    format!("{kind}{family}_{}", shard(index))
+}
+
 /// The `networkDenyList` set of a slot for an entry of this family.
 pub fn deny_set(v4: bool, index: u32) -> String {
     let family = if v4 { "4" } else { "6" };
@@ -398,6 +407,13 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
             }
             let name = deny_set(v4, k);
             let _ = writeln!(r, "  set {name} {{ type ifname . {ty}; flags interval; }}");
+            for private in [false, true] {
+                let name = grant_set(v4, private, k);
+                let _ = writeln!(
+                    r,
+                    "  set {name} {{ type ifname . {ty}; flags interval,timeout; }}"
+                );
+            }
         }
     }
     let mut ports: Vec<String> = cfg.name_checked_ports.iter().map(u16::to_string).collect();
@@ -508,6 +524,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
     for k in 0..SHARDS {
         let (a4, a6) = (allow_set(true, false, k), allow_set(false, false, k));
         let (n4, n6) = (deny_set(true, k), deny_set(false, k));
+        let (g4, g6) = (grant_set(true, false, k), grant_set(false, false, k));
         let _ = write!(
             r,
             "  chain steer_{k} {{\n\
@@ -515,6 +532,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
              \x20   iifname . ip6 daddr @{n6} return\n\
              \x20   iifname . ip daddr @{a4} return\n\
              \x20   iifname . ip6 daddr @{a6} return\n\
+             \x20   iifname . ip daddr @{g4} return\n\
+             \x20   iifname . ip6 daddr @{g6} return\n\
              \x20   meta l4proto tcp iifname . ip daddr @admit4 redirect to :{gw}\n\
              \x20   meta l4proto tcp iifname . ip6 daddr @admit6 redirect to :{gw}\n\
              \x20   iifname != @steer_all return\n\
@@ -687,6 +706,7 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
         r,
         "  chain {dir}_pass_net {{ {shares}{count_net}ct mark set {iface} map @netgen accept; drop; }}\n\
          \x20 chain {dir}_pass_dns {{ {shares}{count_dns}ct mark set {iface} map @dnsgen accept; drop; }}\n\
+         \x20 chain {dir}_pass_grant {{ {shares}{count_net}ct mark set 0 accept; drop; }}\n\
          \x20 chain {dir}_open {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\
@@ -703,15 +723,21 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
     for k in 0..SHARDS {
         let (a4, a6) = (allow_set(true, false, k), allow_set(false, false, k));
         let (p4, p6) = (allow_set(true, true, k), allow_set(false, true, k));
+        let (g4, g6) = (grant_set(true, false, k), grant_set(false, false, k));
+        let (gp4, gp6) = (grant_set(true, true, k), grant_set(false, true, k));
         let _ = write!(
             r,
             "  chain {dir}_allowlist_{k} {{\n\
              \x20   {d4} @private4 {iface} . {d4} @{p4} goto {dir}_pass_net\n\
              \x20   {d6} @private6 {iface} . {d6} @{p6} goto {dir}_pass_net\n\
+             \x20   {d4} @private4 {iface} . {d4} @{gp4} goto {dir}_pass_grant\n\
+             \x20   {d6} @private6 {iface} . {d6} @{gp6} goto {dir}_pass_grant\n\
              \x20   {d4} @private4 {private}\n\
              \x20   {d6} @private6 {private}\n\
              \x20   {iface} . {d4} @{a4} goto {dir}_pass_net\n\
              \x20   {iface} . {d6} @{a6} goto {dir}_pass_net\n\
+             \x20   {iface} . {d4} @{g4} goto {dir}_pass_grant\n\
+             \x20   {iface} . {d6} @{g6} goto {dir}_pass_grant\n\
              \x20   {quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
              \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
              \x20   {unlisted}\n  }}\n",

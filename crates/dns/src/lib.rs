@@ -756,13 +756,30 @@ impl Core {
             self.event(asker, question, "dns_rebinding", removed);
         }
         let floor = self.cfg.lifetime_floor;
+        // A name a grant allows is admitted no longer than the grant lasts.
+        let grant_left = match &rule {
+            sandgate_policy::Reason::Grant(id) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0);
+                asker
+                    .policy
+                    .grants
+                    .iter()
+                    .find(|g| &g.id == id)
+                    .map(|g| Duration::from_millis(g.expires_at_ms.saturating_sub(now)))
+            }
+            _ => None,
+        };
         let admissions: Vec<(IpAddr, Duration)> = addresses(&answer, question)
             .into_iter()
             .map(|(addr, ttl)| {
                 let lifetime =
                     Duration::from_secs(u64::from(ttl)).clamp(floor, MAX_LIFETIME.max(floor));
-                (addr, lifetime)
+                (addr, grant_left.map_or(lifetime, |left| lifetime.min(left)))
             })
+            .filter(|(_, lifetime)| !lifetime.is_zero())
             .collect();
         if !admissions.is_empty() {
             // The dataplane's lock may be held for a slot's making: the

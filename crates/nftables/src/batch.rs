@@ -121,6 +121,18 @@ impl Transaction {
         self.push(Verb::Add, set, key, None, None, Some(timeout))
     }
 
+    /// Adds the interval `start..=end` to an interval set with timeouts;
+    /// it expires after `timeout`.
+    pub fn add_interval_with_timeout(
+        &mut self,
+        set: &str,
+        start: Key,
+        end: Key,
+        timeout: Duration,
+    ) -> &mut Self {
+        self.push(Verb::Add, set, start, Some(end), None, Some(timeout))
+    }
+
     /// Adds `key -> data` to a map.
     pub fn add_mapping(&mut self, map: &str, key: Key, data: ElementData) -> &mut Self {
         self.push(Verb::Add, map, key, None, Some(data), None)

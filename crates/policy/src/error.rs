@@ -18,6 +18,10 @@ pub enum ErrorCode {
     InvalidNetworkDenyList,
     /// `domainDenyList` is malformed or too long.
     InvalidDomainDenyList,
+    /// A grant's target is no CIDR, address or name.
+    InvalidGrantTarget,
+    /// A grant's `ttlSeconds` is out of range.
+    InvalidGrantTtl,
     /// An update of network settings sets nothing.
     InvalidNetworkSettings,
     /// The organization's tier does not allow sandbox-level network lists.
@@ -44,6 +48,8 @@ impl ErrorCode {
             ErrorCode::InvalidDomainAllowList => "invalid_domain_allow_list",
             ErrorCode::InvalidNetworkDenyList => "invalid_network_deny_list",
             ErrorCode::InvalidDomainDenyList => "invalid_domain_deny_list",
+            ErrorCode::InvalidGrantTarget => "invalid_grant_target",
+            ErrorCode::InvalidGrantTtl => "invalid_grant_ttl",
             ErrorCode::InvalidNetworkSettings => "invalid_network_settings",
             ErrorCode::NetworkRestrictedByTier => "network_restricted_by_tier",
             ErrorCode::InvalidTier => "invalid_tier",
@@ -65,6 +71,8 @@ impl ErrorCode {
             | ErrorCode::InvalidDomainAllowList
             | ErrorCode::InvalidNetworkDenyList
             | ErrorCode::InvalidDomainDenyList
+            | ErrorCode::InvalidGrantTarget
+            | ErrorCode::InvalidGrantTtl
             | ErrorCode::InvalidNetworkSettings
             | ErrorCode::InvalidTier
             | ErrorCode::InvalidDestination

@@ -164,6 +164,8 @@ pub enum Reason {
     DomainAllowList(DomainPattern),
     /// An essential service of this catalog category id.
     EssentialService(String),
+    /// A grant in force, by id.
+    Grant(String),
     /// `allowlist` mode, and no list entry or catalog name matches.
     NotInAllowList,
     /// `restricted` mode, and not an essential service.
@@ -178,7 +180,7 @@ impl Reason {
     /// `private_range`, `network_deny_list:<cidr>`,
     /// `domain_deny_list:<pattern>`, `allow_list:<cidr>`,
     /// `domain_allow_list:<pattern>`,
-    /// `essential_service:<category>`, `not_in_allow_list`,
+    /// `essential_service:<category>`, `grant:<id>`, `not_in_allow_list`,
     /// `restricted_by_tier` or `open`.
     pub fn code(&self) -> String {
         match self {
@@ -192,6 +194,7 @@ impl Reason {
             Reason::AllowList(net) => format!("allow_list:{net}"),
             Reason::DomainAllowList(p) => format!("domain_allow_list:{p}"),
             Reason::EssentialService(id) => format!("essential_service:{id}"),
+            Reason::Grant(id) => format!("grant:{id}"),
             Reason::NotInAllowList => "not_in_allow_list".into(),
             Reason::RestrictedByTier => "restricted_by_tier".into(),
             Reason::Open => "open".into(),
@@ -252,6 +255,11 @@ impl<'a> CompiledPolicy<'a> {
         for (index, pattern) in policy.domain_allow_list.patterns().iter().enumerate() {
             own.insert(pattern, Rule::DomainAllowList(index));
         }
+        for (index, grant) in policy.grants.iter().enumerate() {
+            if let crate::grant::GrantTarget::Name(pattern) = &grant.target {
+                own.insert(pattern, Rule::Grant(index));
+            }
+        }
         let mut denied = NameMatcher::new();
         for (index, pattern) in policy.domain_deny_list.patterns().iter().enumerate() {
             denied.insert(pattern, index);
@@ -307,6 +315,7 @@ impl<'a> CompiledPolicy<'a> {
             Rule::DomainAllowList(index) => {
                 Reason::DomainAllowList(self.policy.domain_allow_list.patterns()[index].clone())
             }
+            Rule::Grant(index) => Reason::Grant(self.policy.grants[index].id.clone()),
         })
     }
 
@@ -417,6 +426,14 @@ impl<'a> CompiledPolicy<'a> {
                     format!("{name} matches domainAllowList entry {pattern}; the addresses its DNS answer gives are admitted for this sandbox"),
                 )
             }
+            Some(Rule::Grant(index)) => {
+                let grant = &p.grants[index];
+                verdict(
+                    true,
+                    Reason::Grant(grant.id.clone()),
+                    format!("{name} matches grant {} ({}), in force until its end; the addresses its DNS answer gives are admitted for this sandbox until then", grant.id, grant.target),
+                )
+            }
             None if p.mode == Mode::Restricted => verdict(
                 false,
                 Reason::RestrictedByTier,
@@ -477,6 +494,20 @@ impl<'a> CompiledPolicy<'a> {
                 true,
                 Reason::AllowList(net),
                 format!("{addr} is in networkAllowList entry {net}"),
+            );
+        }
+        let granted = p.grants.iter().find(|g| match &g.target {
+            crate::grant::GrantTarget::Network(net) => net.contains(&addr) && opens(net),
+            crate::grant::GrantTarget::Name(_) => false,
+        });
+        if let Some(grant) = granted {
+            return verdict(
+                true,
+                Reason::Grant(grant.id.clone()),
+                format!(
+                    "{addr} is in grant {} ({}), in force until its end",
+                    grant.id, grant.target
+                ),
             );
         }
         if let Some(range) = private {

@@ -40,6 +40,7 @@ mod config;
 mod domain;
 mod error;
 mod explain;
+mod grant;
 mod list;
 mod matcher;
 mod network;
@@ -57,6 +58,7 @@ pub use config::{
 pub use domain::{DomainAllowList, DomainList, DomainName, DomainPattern};
 pub use error::{ErrorCode, PolicyError, Problem};
 pub use explain::{CompiledPolicy, Destination, Reason, Target, Verdict, DNS_PORT};
+pub use grant::{check_ttl, overlaps, Grant, GrantTarget, GRANT_TTL_MAX, GRANT_TTL_MIN};
 pub use matcher::{Match, NameMatcher};
 pub use network::{NetworkAllowList, NetworkList};
 pub use ranges::{NamedRange, RangeKind, Ranges, METADATA_SERVICES};
@@ -73,4 +75,6 @@ pub enum Rule {
     Essential(usize),
     /// The `domainAllowList` entry with this index.
     DomainAllowList(usize),
+    /// The grant with this index.
+    Grant(usize),
 }

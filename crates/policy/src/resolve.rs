@@ -180,12 +180,45 @@ pub struct EffectivePolicy {
     /// Whether the essential services are reachable (never when
     /// `blocked`; not when the sandbox turned them off).
     pub essential_services: bool,
+    /// The grants in force (`allowlist` mode only; see
+    /// [`EffectivePolicy::with_grants`]).
+    #[serde(default)]
+    pub grants: Vec<crate::grant::Grant>,
     /// Stored settings that have no effect, and why.
     #[serde(skip_deserializing, default)]
     pub inactive: Vec<InactiveSetting>,
     /// What the sandbox may take of the host's shared resources (its
     /// tier's fair shares).
     pub fair_shares: FairShares,
+}
+
+impl EffectivePolicy {
+    /// The policy with the grants of `grants` in force at `now_ms`: in
+    /// `allowlist` mode only (a grant is a temporary list entry; in the
+    /// other modes it has nothing to add, or may not).
+    #[must_use]
+    pub fn with_grants(mut self, grants: &[crate::grant::Grant], now_ms: u64) -> Self {
+        self.grants = if self.mode == Mode::Allowlist {
+            grants
+                .iter()
+                .filter(|g| g.active(now_ms))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
+    /// The policy without the grants that ended by `now_ms`, and whether
+    /// any did.
+    pub fn expire_grants(&mut self, now_ms: u64) -> Vec<crate::grant::Grant> {
+        let (kept, ended) = std::mem::take(&mut self.grants)
+            .into_iter()
+            .partition(|g| g.active(now_ms));
+        self.grants = kept;
+        ended
+    }
 }
 
 impl PolicyConfig {
@@ -419,6 +452,7 @@ impl PolicyConfig {
                 DomainList::default()
             },
             essential_services: mode != Mode::Blocked && settings.essential_services,
+            grants: Vec::new(),
             inactive,
             fair_shares: rule.fair_shares,
         })
@@ -444,6 +478,19 @@ impl PolicyConfig {
             !policy.network_deny_list.is_empty() || !policy.domain_deny_list.is_empty();
         if deny_lists && policy.mode == Mode::Blocked {
             return Err("deny lists are empty when it is blocked".into());
+        }
+        if !policy.grants.is_empty() && policy.mode != Mode::Allowlist {
+            return Err("grants are in force in allowlist mode only".into());
+        }
+        for g in &policy.grants {
+            if let crate::grant::GrantTarget::Network(net) = &g.target {
+                if let Some(range) = self.ranges().always_denied_covering(net) {
+                    return Err(format!(
+                        "grant {} opens {net}, inside {} which is always denied",
+                        g.id, range.net
+                    ));
+                }
+            }
         }
         let lists = !policy.network_allow_list.is_empty() || !policy.domain_allow_list.is_empty();
         let allowed = match policy.mode {

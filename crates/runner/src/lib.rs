@@ -14,6 +14,7 @@
 
 mod dirlock;
 pub mod events;
+mod grants;
 pub mod host;
 pub mod probe;
 
@@ -134,6 +135,10 @@ struct Sandboxes {
     live: Arc<LivePolicy>,
     /// The last lease handed out (see [`sandgate_dns::Asker::lease`]).
     leases: std::sync::atomic::AtomicU64,
+    /// Held from reading a sandbox's policy to putting a changed one in
+    /// force (an update, a grant's end), so that neither puts back what
+    /// the other changed meanwhile.
+    changing: Mutex<()>,
 }
 /// Who holds each slot, and the slots whose DNS is answered, by address.
 #[derive(Debug, Default)]
@@ -334,6 +339,8 @@ pub struct Runner {
     /// The inits of running sandboxes, watched for their death.
     inits: Arc<InitWatch>,
     watcher: Option<JoinHandle<()>>,
+    /// Ends grants on time.
+    expirer: Option<JoinHandle<()>>,
     /// Sandboxes whose init died, as they die (taken once, by the server).
     deaths: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     died: tokio::sync::mpsc::UnboundedSender<String>,
@@ -346,15 +353,65 @@ impl Drop for Runner {
         self.stop.store(true, Ordering::SeqCst);
         // Wakes the refiller, which then sees `stop`.
         let _ = self.refill.try_send(());
-        for t in [self.pump.take(), self.refiller.take(), self.watcher.take()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.pump.take(),
+            self.refiller.take(),
+            self.watcher.take(),
+            self.expirer.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if t.join().is_err() {
                 tracing::error!("a thread of the runner panicked");
             }
         }
     }
+}
+
+/// Puts `policy` in force for the sandbox of `slot` (see
+/// [`Runner::update`]): the DNS service's view, then the kernel; on a
+/// refusal the old policy goes back whole, or the sandbox is cut off.
+/// Then the gateway cuts what the policy in force no longer allows.
+fn apply(
+    sandboxes: &Sandboxes,
+    gateway: &Gateway,
+    slot: &SlotAddrs,
+    policy: &EffectivePolicy,
+) -> io::Result<()> {
+    let old = sandboxes.policy_of(slot);
+    sandboxes.set_policy(slot, policy);
+    let applied = lock(&sandboxes.dp).update(slot.index, policy);
+    let result = match applied {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // The kernel may hold the old policy, the new one, or neither
+            // (the dataplane cut the slot). Put the old one back whole,
+            // which is what the caller still has on record; if even that
+            // fails, cut the sandbox off.
+            let restored = match &old {
+                Some(old) => lock(&sandboxes.dp).update(slot.index, old),
+                None => Err(io::Error::other("no policy to put back")),
+            };
+            match (restored, old) {
+                (Ok(()), Some(old)) => sandboxes.set_policy(slot, &old),
+                _ => block_slot(sandboxes, gateway, slot)?,
+            }
+            Err(e)
+        }
+    };
+    gateway.revalidate(slot.index, sandboxes.passing(slot).as_ref());
+    result
+}
+
+/// Cuts the sandbox of `slot` off (see [`Runner::block`]).
+fn block_slot(sandboxes: &Sandboxes, gateway: &Gateway, slot: &SlotAddrs) -> io::Result<()> {
+    // An unknown source gets no DNS answer, and nothing through the
+    // gateway.
+    sandboxes.silence(slot);
+    gateway.cut(slot.index);
+    let cut = lock(&sandboxes.dp).cut(slot.index);
+    cut
 }
 
 /// Refills the warm pool when woken, one slot per hold of the dataplane's
@@ -659,6 +716,7 @@ impl Runner {
             bindings: Mutex::new(Bindings::default()),
             live: live.clone(),
             leases: std::sync::atomic::AtomicU64::new(0),
+            changing: Mutex::new(()),
         });
         let deny =
             sandgate_dataplane::Events::start(host.as_ref(), nflog_group, policy.ranges().clone())?;
@@ -715,6 +773,18 @@ impl Runner {
                 .name("sandgate-inits".into())
                 .spawn(move || watch_inits(&inits, &runtime, &died_tx, &stop))?
         };
+        let expirer = {
+            let (sandboxes, gateway, slots, hub, stop) = (
+                sandboxes.clone(),
+                gateway.clone(),
+                slots.clone(),
+                hub.clone(),
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name("sandgate-grants".into())
+                .spawn(move || grants::expirer(sandboxes, gateway, slots, hub, stop))?
+        };
         let (refill, wake) = std::sync::mpsc::sync_channel(1);
         let refiller = {
             let (sandboxes, stop) = (sandboxes.clone(), stop.clone());
@@ -743,6 +813,7 @@ impl Runner {
             reading,
             inits,
             watcher: Some(watcher),
+            expirer: Some(expirer),
             deaths: Mutex::new(Some(deaths)),
             died: died_tx,
             _lock: lock,
@@ -894,32 +965,13 @@ impl Runner {
     /// force no longer allows.
     pub fn update(&self, id: &str, policy: &EffectivePolicy) -> io::Result<()> {
         let slot = self.slot(id)?;
-        let updated = self.update_slot(id, &slot, policy);
-        self.gateway
-            .revalidate(slot.index, self.sandboxes.passing(&slot).as_ref());
-        updated
-    }
-
-    fn update_slot(&self, id: &str, slot: &SlotAddrs, policy: &EffectivePolicy) -> io::Result<()> {
-        let old = self.sandboxes.policy_of(slot);
-        self.sandboxes.set_policy(slot, policy);
-        let applied = lock(&self.sandboxes.dp).update(slot.index, policy);
-        let Err(e) = applied else {
-            return Ok(());
-        };
-        // The kernel may hold the old policy, the new one, or neither (the
-        // dataplane cut the slot). Put the old one back whole, which is what
-        // the caller still has on record; if even that fails, cut the
-        // sandbox off.
-        let restored = match &old {
-            Some(old) => lock(&self.sandboxes.dp).update(slot.index, old),
-            None => Err(io::Error::other("no policy to put back")),
-        };
-        match (restored, old) {
-            (Ok(()), Some(old)) => self.sandboxes.set_policy(slot, &old),
-            _ => self.block(id)?,
+        let _changing = lock(&self.sandboxes.changing);
+        let old = self.sandboxes.policy_of(&slot);
+        apply(&self.sandboxes, &self.gateway, &slot, policy)?;
+        for event in grants::changes(id, old.as_ref(), policy, grants::now_ms()) {
+            self.events.publish(event);
         }
-        Err(e)
+        Ok(())
     }
 
     /// Cuts sandbox `id` off the network entirely (established connections
@@ -927,12 +979,7 @@ impl Runner {
     /// update or a restart: for a policy that could not be applied.
     pub fn block(&self, id: &str) -> io::Result<()> {
         let slot = self.slot(id)?;
-        // An unknown source gets no DNS answer, and nothing through the
-        // gateway.
-        self.sandboxes.silence(&slot);
-        self.gateway.cut(slot.index);
-        let cut = lock(&self.sandboxes.dp).cut(slot.index);
-        cut
+        block_slot(&self.sandboxes, &self.gateway, &slot)
     }
 
     /// Removes sandbox `id`: it is cut off first, then its processes and

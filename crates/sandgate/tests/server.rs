@@ -210,14 +210,35 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     let (code, v) = cli(&url, &key, &["sandbox", "exec", "blocked", "--", "exit 3"]);
     assert_eq!((code, v["exitCode"].as_i64()), (3, Some(3)));
 
+    // A grant: the listed sandbox reaches SERVER4_B for ten minutes.
+    let b = SERVER4_B.to_string();
+    let (code, g) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "network",
+            "grant",
+            "listed",
+            &b,
+            "--ttl",
+            "600",
+            "--reason",
+            "a dependency",
+        ],
+    );
+    assert_eq!(code, 0, "{g}");
+    let grant = g["id"].as_str().unwrap().to_string();
+    assert!(echoes(&url, &key, "listed", SERVER4_B));
+
     // kill -9 of the server: the sandboxes stay enforced while it is
     // down (the rules are in the kernel, not in the process)...
     let mut s = guard.server.take().unwrap();
     s.child.kill().unwrap();
     s.child.wait().unwrap();
     // Of the slots (three sandboxes and the prepared one, unless its
-    // refill was cut), only the open sandbox's reaches 198.51.100.10 with
-    // no server running.
+    // refill was cut), only the open sandbox's and the granted one's reach
+    // 198.51.100.10 with no server running.
     let slots = sandgate_netns::Netns::list(&format!("{}-s", lab.tag())).unwrap();
     assert!((3..=4).contains(&slots.len()), "{slots:?}");
     let reaching =
@@ -237,7 +258,7 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
                     .unwrap()
             })
             .count();
-    assert_eq!(reaching, 1);
+    assert_eq!(reaching, 2);
     // ...and after a restart every sandbox is listed, enforced and
     // manageable again.
     guard.server = Some(start_server(&lab, &dir));
@@ -259,6 +280,21 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
             .all(|s| s["state"] == "running"),
         "{list}"
     );
+    // The grant came back with its time, in force; revoked, it is gone.
+    let (code, gs) = cli(&url, &key, &["sandbox", "network", "grants", "listed"]);
+    assert_eq!(
+        (code, gs["grants"][0]["id"].as_str()),
+        (0, Some(grant.as_str())),
+        "{gs}"
+    );
+    assert!(echoes(&url, &key, "listed", SERVER4_B));
+    let (code, _) = cli(
+        &url,
+        &key,
+        &["sandbox", "network", "revoke", "listed", &grant],
+    );
+    assert_eq!(code, 0);
+    assert!(!echoes(&url, &key, "listed", SERVER4_B));
     check(&url);
     let (code, _) = cli(
         &url,

@@ -844,6 +844,119 @@ pub struct ExplainQuery {
     pub dest: Option<String>,
 }
 
+/// A time-bounded grant to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateGrant {
+    /// A CIDR, an address, a name or a `*.` wildcard.
+    pub target: String,
+    /// How long it lasts: 1 second to 7 days.
+    pub ttl_seconds: u64,
+    /// Why, for the people who read the list later.
+    pub reason: Option<String>,
+}
+
+/// A grant in force.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantView {
+    /// `gr-...`.
+    pub id: String,
+    /// What it opens (canonical).
+    pub target: String,
+    /// Why, as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it was given.
+    pub created_at: String,
+    /// When it ends (RFC 3339, UTC).
+    pub expires_at: String,
+    /// When it ends, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// Seconds left, rounded up.
+    pub seconds_left: u64,
+}
+
+impl From<service::StoredGrant> for GrantView {
+    fn from(g: service::StoredGrant) -> Self {
+        let left_ms = g.expires_at_ms.saturating_sub(service::now_ms());
+        GrantView {
+            id: g.id,
+            target: g.target.to_string(),
+            reason: g.reason,
+            created_at: g.created_at,
+            expires_at: crate::store::rfc3339(g.expires_at_ms / 1000),
+            expires_at_ms: g.expires_at_ms,
+            seconds_left: left_ms.div_ceil(1000),
+        }
+    }
+}
+
+/// The grants of a sandbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GrantList {
+    /// Those in force, in the order given.
+    pub grants: Vec<GrantView>,
+}
+
+/// Gives a sandbox time-bounded access to a CIDR, an address or a name,
+/// in force before the answer; it ends by itself.
+#[utoipa::path(post, path = "/api/sandbox/{id_or_name}/network/grants", tag = "sandbox", request_body = CreateGrant,
+    params(("id_or_name" = String, Path, description = "sandbox id or name")),
+    responses((status = 201, body = GrantView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_grant(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path(key): Path<String>,
+    Body(body): Body<CreateGrant>,
+) -> Result<(StatusCode, Json<GrantView>), ApiError> {
+    scopes.need(Scope::NetworkWrite)?;
+    let new = service::NewGrant {
+        target: body.target,
+        ttl_seconds: body.ttl_seconds,
+        reason: body.reason,
+    };
+    let grant = service::add_grant(&st, org, key, new).await?;
+    Ok((StatusCode::CREATED, Json(grant.into())))
+}
+
+/// The grants of a sandbox in force, with the time each has left.
+#[utoipa::path(get, path = "/api/sandbox/{id_or_name}/network/grants", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name")),
+    responses((status = 200, body = GrantList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_grants(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path(key): Path<String>,
+) -> Result<Json<GrantList>, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
+    let row = service::sandbox(&st, &org, &key).await?;
+    let grants = service::stored_grants(&row)?
+        .into_iter()
+        .map(GrantView::from)
+        .collect();
+    Ok(Json(GrantList { grants }))
+}
+
+/// Revokes a grant: its connections stop before the answer.
+#[utoipa::path(delete, path = "/api/sandbox/{id_or_name}/network/grants/{grant_id}", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name"),
+        ("grant_id" = String, Path, description = "grant id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke_grant(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path((key, grant)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    scopes.need(Scope::NetworkWrite)?;
+    service::revoke_grant(&st, org, key, grant).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Whether a sandbox may reach a destination, and why.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -212,6 +212,9 @@ pub struct Server {
         api::update_settings,
         api::execute,
         api::explain,
+        api::create_grant,
+        api::list_grants,
+        api::revoke_grant,
         api::network_test,
         api::network_events,
         api::health,
@@ -367,6 +370,14 @@ impl Server {
             )
             .route("/sandbox/{id_or_name}/process/execute", post(api::execute))
             .route("/sandbox/{id_or_name}/network/explain", get(api::explain))
+            .route(
+                "/sandbox/{id_or_name}/network/grants",
+                post(api::create_grant).get(api::list_grants),
+            )
+            .route(
+                "/sandbox/{id_or_name}/network/grants/{grant_id}",
+                delete(api::revoke_grant),
+            )
             .route(
                 "/sandbox/{id_or_name}/network/test",
                 post(api::network_test),

@@ -25,8 +25,8 @@ use sandgate_contract::{
     ExecRequest, ExecResult, Observed, ProbeTarget, Runner, RunnerError, SandboxSpec, Subscription,
 };
 use sandgate_policy::{
-    CompiledPolicy, Destination, EffectivePolicy, NetworkSettings, Resources, ResourcesRequest,
-    SettingsRequest, Verdict,
+    check_ttl, overlaps, CompiledPolicy, Destination, EffectivePolicy, Grant, GrantTarget, Mode,
+    NetworkSettings, Resources, ResourcesRequest, SettingsRequest, Verdict,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -238,10 +238,238 @@ async fn cut_off(st: &AppState, row: &SandboxRow) {
 
 // ----------------------------------------------------------- sandboxes --
 
-/// The effective policy of a stored sandbox of an organization of `tier`.
+/// The effective policy of a stored sandbox of an organization of `tier`:
+/// its settings resolved, with its grants in force now.
 pub fn effective(st: &AppState, tier: u8, row: &SandboxRow) -> Result<EffectivePolicy, ApiError> {
     let settings = st.policy.stored_settings(&row.settings())?;
-    Ok(st.policy.resolve(tier, &settings)?)
+    resolved(st, tier, &settings, row)
+}
+
+/// `settings` resolved for `tier`, with the grants of `row` in force now.
+fn resolved(
+    st: &AppState,
+    tier: u8,
+    settings: &NetworkSettings,
+    row: &SandboxRow,
+) -> Result<EffectivePolicy, ApiError> {
+    let grants: Vec<Grant> = stored_grants(row)?
+        .into_iter()
+        .map(StoredGrant::grant)
+        .collect();
+    Ok(st
+        .policy
+        .resolve(tier, settings)?
+        .with_grants(&grants, now_ms()))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+// -------------------------------------------------------------- grants --
+
+/// A grant as a sandbox's row keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoredGrant {
+    /// `gr-...`.
+    pub id: String,
+    /// What it opens.
+    pub target: GrantTarget,
+    /// Why, as the caller said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it was given (RFC 3339).
+    pub created_at: String,
+    /// When it ends, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+impl StoredGrant {
+    fn grant(self) -> Grant {
+        Grant {
+            id: self.id,
+            target: self.target,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
+/// The most grants a sandbox holds at once.
+pub const GRANTS_MAX: usize = 20;
+
+/// The grants of `row` in force now (a row that cannot be read is a host
+/// fault: its grants are not guessed).
+pub fn stored_grants(row: &SandboxRow) -> Result<Vec<StoredGrant>, ApiError> {
+    let all: Vec<StoredGrant> = serde_json::from_str(&row.grants).map_err(ApiError::internal)?;
+    let now = now_ms();
+    Ok(all.into_iter().filter(|g| g.expires_at_ms > now).collect())
+}
+
+/// A grant to add.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    /// What it opens, unparsed.
+    pub target: String,
+    /// How long it lasts.
+    pub ttl_seconds: u64,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// Puts `new` in force for sandbox `row` on its runner; one that did not
+/// answer may or may not have applied it, and the sandbox is cut off
+/// (never wider than on record).
+async fn in_force(
+    st: &Arc<AppState>,
+    row: &SandboxRow,
+    new: EffectivePolicy,
+) -> Result<(), ApiError> {
+    let id = row.id.clone();
+    if let Err(e) = runner_call(st, move |r| r.update(&id, &new)).await {
+        // Any other failure left the old policy in force, or the sandbox
+        // cut off (the contract's promise).
+        if matches!(e, RunnerError::Unavailable(_)) {
+            cut_off(st, row).await;
+        }
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Puts `old`, the policy on record, back in force after a store that
+/// refused the change; should that fail too, the sandbox is cut off.
+async fn put_back(st: &Arc<AppState>, row: &SandboxRow, old: EffectivePolicy) {
+    let id = row.id.clone();
+    if let Err(undo) = on_runner(st, move |r| r.update(&id, &old)).await {
+        tracing::error!(sandbox = %row.id, error = %undo.message, "putting back the stored policy");
+        cut_off(st, row).await;
+    }
+}
+
+/// Gives sandbox `key` a grant: refused unless its mode is `allowlist`
+/// (403 for a restricted tier, 409 when blocked or open), checked, put in
+/// force, then stored.
+pub async fn add_grant(
+    st: &Arc<AppState>,
+    org: Organization,
+    key: String,
+    new: NewGrant,
+) -> Result<StoredGrant, ApiError> {
+    transaction(st, move |st| async move {
+        let org = organization(&st, &org.id).await?;
+        let row = sandbox(&st, &org, &key).await?;
+        running(&row)?;
+        let old = effective(&st, org.tier, &row)?;
+        match old.mode {
+            Mode::Allowlist => {}
+            Mode::Restricted => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "network_restricted_by_tier",
+                    format!("organizations of tier {} are restricted to essential services and cannot be granted more; tier 3 lifts this restriction", org.tier),
+                ))
+            }
+            Mode::Blocked => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "network_blocked",
+                    "the sandbox has networkBlockAll set, which no grant opens; unset it first",
+                ))
+            }
+            Mode::Open => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "grant_not_needed",
+                    "the sandbox is in open mode, which reaches every public destination already; grants widen an allow list",
+                ))
+            }
+        }
+        check_ttl(new.ttl_seconds)?;
+        let target = GrantTarget::parse(&new.target, st.policy.ranges())?;
+        if let Some(reason) = &new.reason {
+            if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    "reason: at most 500 characters, without control characters",
+                ));
+            }
+        }
+        let mut grants = stored_grants(&row)?;
+        if let Some(other) = grants.iter().find(|g| overlaps(&g.target, &target)) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "grant_overlaps",
+                format!("{target} overlaps grant {} ({}); revoke it first, or grant a range that does not overlap", other.id, other.target),
+            ));
+        }
+        if grants.len() >= GRANTS_MAX {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_grants",
+                format!("the sandbox holds {GRANTS_MAX} grants, the most it may; revoke one or let one end"),
+            ));
+        }
+        let grant = StoredGrant {
+            id: random_id("gr-", 8)?,
+            target,
+            reason: new.reason,
+            created_at: now(),
+            expires_at_ms: now_ms().saturating_add(new.ttl_seconds.saturating_mul(1000)),
+        };
+        grants.push(grant.clone());
+        store_grants(&st, row, old, grants).await?;
+        Ok(grant)
+    })
+    .await
+}
+
+/// Revokes grant `grant` of sandbox `key` (404 when it has none such, or
+/// it ended).
+pub async fn revoke_grant(
+    st: &Arc<AppState>,
+    org: Organization,
+    key: String,
+    grant: String,
+) -> Result<(), ApiError> {
+    transaction(st, move |st| async move {
+        let org = organization(&st, &org.id).await?;
+        let row = sandbox(&st, &org, &key).await?;
+        running(&row)?;
+        let old = effective(&st, org.tier, &row)?;
+        let mut grants = stored_grants(&row)?;
+        let before = grants.len();
+        grants.retain(|g| g.id != grant);
+        if grants.len() == before {
+            return Err(ApiError::not_found(format!(
+                "sandbox {key} has no grant {grant} in force"
+            )));
+        }
+        store_grants(&st, row, old, grants).await
+    })
+    .await
+}
+
+/// Puts the policy of `row` with `grants` in force, then stores them (the
+/// old policy put back should the store refuse).
+async fn store_grants(
+    st: &Arc<AppState>,
+    mut row: SandboxRow,
+    old: EffectivePolicy,
+    grants: Vec<StoredGrant>,
+) -> Result<(), ApiError> {
+    row.grants = serde_json::to_string(&grants).map_err(ApiError::internal)?;
+    let org = organization(st, &row.organization_id).await?;
+    let new = effective(st, org.tier, &row)?;
+    in_force(st, &row, new).await?;
+    if let Err(e) = st.store.set_grants(&row.id, &row.grants).await {
+        put_back(st, &row, old).await;
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 /// Sandbox `key` (id or name) of `org`, or 404.
@@ -386,6 +614,7 @@ pub async fn create_sandbox(
             network_deny_list: settings.network_deny_list.to_string(),
             domain_deny_list: settings.domain_deny_list.to_string(),
             essential_services: settings.essential_services,
+            grants: "[]".into(),
             env: serde_json::to_string(&new.env).map_err(ApiError::internal)?,
             created_at: stamp.clone(),
             updated_at: stamp,
@@ -489,28 +718,13 @@ pub async fn update_settings(
             .policy
             .settings_for_update(org.tier, &stored, &change.request())?;
         let old = effective(&st, org.tier, &row)?;
-        let new = st.policy.resolve(org.tier, &settings)?;
-        let id = row.id.clone();
-        if let Err(e) = runner_call(&st, move |r| r.update(&id, &new)).await {
-            // A runner that did not answer may or may not have applied
-            // it: the sandbox is cut off (never wider than on record).
-            // Any other failure left the old policy in force, or the
-            // sandbox cut off (the contract's promise).
-            if matches!(e, RunnerError::Unavailable(_)) {
-                cut_off(&st, &row).await;
-            }
-            return Err(e.into());
-        }
+        let new = resolved(&st, org.tier, &settings, &row)?;
+        in_force(&st, &row, new).await?;
         row.set_settings(&settings);
         row.updated_at = now();
         if let Err(e) = st.store.set_settings(&row).await {
-            // Put the stored policy back in force: the answer is an error.
-            // Should that fail too, the sandbox is cut off.
-            let id = row.id.clone();
-            if let Err(undo) = on_runner(&st, move |r| r.update(&id, &old)).await {
-                tracing::error!(sandbox = %row.id, error = %undo.message, "putting back the stored policy");
-                cut_off(&st, &row).await;
-            }
+            // The answer is an error: the stored policy goes back in force.
+            put_back(&st, &row, old).await;
             return Err(e.into());
         }
         Ok((row, org.tier))

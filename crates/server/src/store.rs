@@ -123,6 +123,9 @@ pub struct SandboxRow {
     pub domain_deny_list: String,
     /// `essentialServices`.
     pub essential_services: bool,
+    /// Its grants, a JSON array of [`crate::service::StoredGrant`] (ended
+    /// ones dropped at the next write).
+    pub grants: String,
     /// Environment of every exec, a JSON object.
     pub env: String,
     /// When it was made.
@@ -174,6 +177,11 @@ pub fn now() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    rfc3339(secs)
+}
+
+/// `secs` since the Unix epoch, RFC 3339 (UTC, seconds).
+pub fn rfc3339(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -209,6 +217,7 @@ fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
         network_deny_list: r.try_get("network_deny_list")?,
         domain_deny_list: r.try_get("domain_deny_list")?,
         essential_services: r.try_get::<i64, _>("essential_services")? != 0,
+        grants: r.try_get("grants")?,
         env: r.try_get("env")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -229,7 +238,7 @@ fn organization(r: &sqlx::sqlite::SqliteRow) -> Result<Organization, sqlx::Error
 
 const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, network_block_all, \
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
-     cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services";
+     cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants";
 
 impl Store {
     /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
@@ -358,7 +367,8 @@ impl Store {
     pub async fn add_sandbox(&self, s: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -377,8 +387,19 @@ impl Store {
         .bind(&s.network_deny_list)
         .bind(&s.domain_deny_list)
         .bind(i64::from(s.essential_services))
+        .bind(&s.grants)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Sets a sandbox's grants (a JSON array).
+    pub async fn set_grants(&self, id: &str, grants: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET grants = $1 WHERE id = $2")
+            .bind(grants)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -382,6 +382,12 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         ("/api/sandbox/{id_or_name}/network-settings", "post"),
         ("/api/sandbox/{id_or_name}/process/execute", "post"),
         ("/api/sandbox/{id_or_name}/network/explain", "get"),
+        ("/api/sandbox/{id_or_name}/network/grants", "post"),
+        ("/api/sandbox/{id_or_name}/network/grants", "get"),
+        (
+            "/api/sandbox/{id_or_name}/network/grants/{grant_id}",
+            "delete",
+        ),
         ("/api/sandbox/{id_or_name}/network/test", "post"),
         ("/api/sandbox/{id_or_name}/network/events", "get"),
         ("/health", "get"),
@@ -398,7 +404,8 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
             let concrete = path
                 .replace("{id_or_name}", "x")
                 .replace("{id}", "x")
-                .replace("{key_id}", "x");
+                .replace("{key_id}", "x")
+                .replace("{grant_id}", "x");
             let (s, v) = api.call(&method.to_uppercase(), &concrete, None, Send::Nothing);
             let open = path == "/health";
             assert!(

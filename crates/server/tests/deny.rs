@@ -9,24 +9,11 @@
 
 mod common;
 
-use common::{streams_until_cut, Api};
-use sandgate_lab::addrs::{SERVER4, SERVER4_B, SERVER6, SERVER6_B, TCP_STREAM};
+use common::{stream_from, streams_until_cut, Api};
+use sandgate_lab::addrs::{SERVER4, SERVER4_B, SERVER6, SERVER6_B};
 use serde_json::json;
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-
-fn stream_from(ns: &sandgate_netns::Netns, addr: IpAddr) -> TcpStream {
-    ns.run(move || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::new(addr, TCP_STREAM), Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        let mut buf = [0u8; 4096];
-        s.read_exact(&mut buf)?;
-        Ok(s)
-    })
-    .unwrap()
-}
 
 #[test]
 fn a_network_deny_list_wins_over_every_allow_and_cuts_open_connections() {

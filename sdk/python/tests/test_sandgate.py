@@ -18,6 +18,7 @@ from typing import List
 
 from sandgate import (
     AsyncSandgate,
+    ConflictError,
     CreateSandboxFromSnapshotParams,
     NotFoundError,
     PermissionDeniedError,
@@ -169,6 +170,25 @@ class SdkTest(unittest.TestCase):
         with self.assertRaises(PermissionDeniedError) as refused:
             small.create(CreateSandboxFromSnapshotParams(network_deny_list=f"{SERVER}/32"))
         self.assertEqual(refused.exception.code, "network_restricted_by_tier")
+
+    def test_a_grant_opens_an_address_for_its_time_and_goes_when_revoked(self) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams(network_allow_list=f"{SERVER}/32"))
+        self.assertFalse(echoes(s, OTHER))
+        g = s.network.grant(OTHER, ttl_seconds=600, reason="fetch a dependency")
+        self.assertEqual(g.target, f"{OTHER}/32")
+        self.assertLessEqual(g.seconds_left, 600)
+        self.assertTrue(echoes(s, OTHER))
+        self.assertEqual([x.id for x in s.network.grants()], [g.id])
+        self.assertEqual(s.network.explain(OTHER).reason, f"grant:{g.id}")
+        s.network.revoke(g)
+        self.assertFalse(echoes(s, OTHER))
+        self.assertEqual(s.network.grants(), [])
+        with self.assertRaises(ValidationError) as bad:
+            s.network.grant(OTHER, ttl_seconds=0)
+        self.assertEqual(bad.exception.code, "invalid_grant_ttl")
+        with self.assertRaises(ConflictError) as open_mode:
+            self.create(CreateSandboxFromSnapshotParams()).network.grant(OTHER, ttl_seconds=60)
+        self.assertEqual(open_mode.exception.code, "grant_not_needed")
 
     def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message(self) -> None:
         with self.assertRaises(ValidationError) as bad:

@@ -107,6 +107,17 @@ class SandgateTest < Minitest::Test
     assert echoes(s, OTHER)
   end
 
+  def test_a_grant_opens_an_address_until_revoked
+    s = create(network_allow_list: "#{SERVER}/32")
+    refute echoes(s, OTHER)
+    g = s.network.grant(OTHER, ttl_seconds: 600, reason: "a dependency")
+    assert_equal "#{OTHER}/32", g.target
+    assert echoes(s, OTHER)
+    assert_equal [g.id], s.network.grants.map(&:id)
+    s.network.revoke(g)
+    refute echoes(s, OTHER)
+  end
+
   def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message
     e = assert_raises(Sandgate::ValidationError) { create(network_allow_list: "192.0.2.300/32") }
     assert_equal ["invalid_network_allow_list", 400], [e.code, e.status]

@@ -112,6 +112,17 @@ export interface ExecuteResponse {
   truncated: boolean
 }
 
+/** Time-bounded access of a sandbox to a CIDR, an address or a name. */
+export interface Grant {
+  id: string
+  target: string
+  reason?: string
+  createdAt: string
+  expiresAt: string
+  expiresAtMs: number
+  secondsLeft: number
+}
+
 /** Whether a sandbox may reach a destination, and by which rule. */
 export interface Explanation {
   destination: string
@@ -149,6 +160,8 @@ export interface EffectiveNetwork {
   networkDenyList: string[]
   domainDenyList: string[]
   essentialServices: boolean
+  /** The grants in force. */
+  grants: Array<{ id: string; target: string; expiresAtMs: number }>
   inactive: Array<{ setting: string; value: string; reason: string; message: string }>
 }
 
@@ -245,6 +258,26 @@ export class Network {
   /** Whether the sandbox may reach `dest`, and why; nothing is sent. */
   explain(dest: string): Promise<Explanation> {
     return this.sandbox.http.request('GET', this.sandbox.path(`/network/explain?dest=${encodeURIComponent(dest)}`))
+  }
+
+  /** Gives the sandbox access to `target` (a CIDR, an address, a name or a
+   * `*.` wildcard) for `ttlSeconds` (1 to 604800), in force when this
+   * resolves; it ends by itself. */
+  grant(target: string, ttlSeconds: number, reason?: string): Promise<Grant> {
+    const body = reason === undefined ? { target, ttlSeconds } : { target, ttlSeconds, reason }
+    return this.sandbox.http.request('POST', this.sandbox.path('/network/grants'), body)
+  }
+
+  /** The grants in force, with the time each has left. */
+  async grants(): Promise<Grant[]> {
+    const r = await this.sandbox.http.request<{ grants: Grant[] }>('GET', this.sandbox.path('/network/grants'))
+    return r.grants
+  }
+
+  /** Revokes a grant; its connections stop when this resolves. */
+  async revoke(grant: Grant | string): Promise<void> {
+    const id = typeof grant === 'string' ? grant : grant.id
+    await this.sandbox.http.request('DELETE', this.sandbox.path(`/network/grants/${encodeURIComponent(id)}`))
   }
 }
 

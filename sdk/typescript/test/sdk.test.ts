@@ -111,6 +111,17 @@ test('a deny list wins over an allow list, and goes with an update', async () =>
   assert.equal(await echoes(s, SERVER), true)
 })
 
+test('a grant opens an address until revoked', async () => {
+  const s = await create({ networkAllowList: `${SERVER}/32` })
+  assert.equal(await echoes(s, OTHER), false)
+  const g = await s.network.grant(OTHER, 600, 'a dependency')
+  assert.equal(g.target, `${OTHER}/32`)
+  assert.equal(await echoes(s, OTHER), true)
+  assert.deepEqual((await s.network.grants()).map((x) => x.id), [g.id])
+  await s.network.revoke(g)
+  assert.equal(await echoes(s, OTHER), false)
+})
+
 test('bad input and tiers reject with typed errors carrying code and message', async () => {
   await assert.rejects(sandgate.create({ networkAllowList: '192.0.2.300/32' }), (e: unknown) => {
     assert.ok(e instanceof ValidationError)

@@ -425,6 +425,22 @@ impl Drop for Api {
     }
 }
 
+/// A connection from `ns` to the lab's byte stream at `addr`, streaming.
+pub fn stream_from(ns: &sandgate_netns::Netns, addr: IpAddr) -> std::net::TcpStream {
+    use std::io::Read;
+    ns.run(move || {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(addr, TCP_STREAM),
+            Duration::from_secs(3),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut buf = [0u8; 4096];
+        s.read_exact(&mut buf)?;
+        Ok(s)
+    })
+    .unwrap()
+}
+
 /// Reads a streaming connection until nothing arrives for a second:
 /// how long after `since` its last bytes came (a connection the kernel
 /// cut stops passing packets; one the gateway cut is reset). Panics if it

@@ -13,6 +13,7 @@ from .client import (
     CreateSandboxBaseParams,
     ExecuteResponse,
     Explanation,
+    Grant,
     NetworkTestResult,
     Sandbox,
     Sandgate,
@@ -49,6 +50,18 @@ class AsyncNetwork:
     async def explain(self, dest: str) -> Explanation:
         """See :meth:`sandgate.client.Network.explain`."""
         return await asyncio.to_thread(self._sandbox.network.explain, dest)
+
+    async def grant(self, target: str, ttl_seconds: int, reason: Optional[str] = None) -> Grant:
+        """See :meth:`sandgate.client.Network.grant`."""
+        return await asyncio.to_thread(self._sandbox.network.grant, target, ttl_seconds, reason)
+
+    async def grants(self) -> List[Grant]:
+        """See :meth:`sandgate.client.Network.grants`."""
+        return await asyncio.to_thread(self._sandbox.network.grants)
+
+    async def revoke(self, grant: Union[Grant, str]) -> None:
+        """See :meth:`sandgate.client.Network.revoke`."""
+        await asyncio.to_thread(self._sandbox.network.revoke, grant)
 
 
 class AsyncSandbox:

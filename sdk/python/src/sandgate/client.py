@@ -97,6 +97,31 @@ class Explanation:
 
 
 @dataclass
+class Grant:
+    """Time-bounded access of a sandbox to a CIDR, an address or a name."""
+
+    id: str
+    target: str
+    reason: Optional[str]
+    created_at: str
+    expires_at: str
+    expires_at_ms: int
+    seconds_left: int
+
+    @staticmethod
+    def _from(r: Dict[str, Any]) -> "Grant":
+        return Grant(
+            id=r["id"],
+            target=r["target"],
+            reason=r.get("reason"),
+            created_at=r["createdAt"],
+            expires_at=r["expiresAt"],
+            expires_at_ms=int(r["expiresAtMs"]),
+            seconds_left=int(r["secondsLeft"]),
+        )
+
+
+@dataclass
 class NetworkTestRow:
     """One probed destination: what the policy expects, what happened."""
 
@@ -232,6 +257,29 @@ class Network:
                 )
                 for x in r["results"]
             ],
+        )
+
+    def grant(self, target: str, ttl_seconds: int, reason: Optional[str] = None) -> Grant:
+        """Gives the sandbox access to ``target`` (a CIDR, an address, a
+        name or a ``*.`` wildcard) for ``ttl_seconds`` (1 to 604800), in
+        force when this returns; it ends by itself."""
+        body: Dict[str, Any] = {"target": target, "ttlSeconds": ttl_seconds}
+        if reason is not None:
+            body["reason"] = reason
+        r = self._sandbox._http.request("POST", self._sandbox._path("/network/grants"), body)
+        return Grant._from(r)
+
+    def grants(self) -> List[Grant]:
+        """The grants in force, with the time each has left."""
+        r = self._sandbox._http.request("GET", self._sandbox._path("/network/grants"))
+        return [Grant._from(g) for g in r["grants"]]
+
+    def revoke(self, grant: Union[Grant, str]) -> None:
+        """Revokes a grant; its connections stop when this returns."""
+        grant_id = grant.id if isinstance(grant, Grant) else grant
+        self._sandbox._http.request(
+            "DELETE",
+            self._sandbox._path(f"/network/grants/{urllib.parse.quote(grant_id, safe='')}"),
         )
 
     def explain(self, dest: str) -> Explanation:

@@ -63,6 +63,14 @@ module Sandgate
                                keyword_init: true)
   # Whether a sandbox may reach a destination, and by which rule.
   Explanation = Struct.new(:destination, :allowed, :reason, :rule, :mode, keyword_init: true)
+  # Time-bounded access of a sandbox to a CIDR, an address or a name.
+  Grant = Struct.new(:id, :target, :reason, :created_at, :expires_at, :expires_at_ms,
+                     :seconds_left, keyword_init: true) do
+    def self.from(r)
+      new(id: r["id"], target: r["target"], reason: r["reason"], created_at: r["createdAt"],
+          expires_at: r["expiresAt"], expires_at_ms: r["expiresAtMs"], seconds_left: r["secondsLeft"])
+    end
+  end
   # One probed destination.
   NetworkTestRow = Struct.new(:target, :expected, :observed, :ok, :reason, :detail, :addresses,
                               keyword_init: true)
@@ -166,6 +174,26 @@ module Sandgate
       r = @sandbox.http.request("GET", @sandbox.path("/network/explain?#{URI.encode_www_form(dest: dest)}"))
       Explanation.new(destination: r["destination"], allowed: r["allowed"], reason: r["reason"],
                       rule: r["rule"], mode: r["mode"])
+    end
+
+    # Gives the sandbox access to target (a CIDR, an address, a name or a
+    # "*." wildcard) for ttl_seconds (1 to 604800), in force on return; it
+    # ends by itself.
+    def grant(target, ttl_seconds:, reason: nil)
+      body = { "target" => target, "ttlSeconds" => ttl_seconds, "reason" => reason }.compact
+      Grant.from(@sandbox.http.request("POST", @sandbox.path("/network/grants"), body))
+    end
+
+    # The grants in force, with the time each has left.
+    def grants
+      @sandbox.http.request("GET", @sandbox.path("/network/grants"))["grants"].map { |g| Grant.from(g) }
+    end
+
+    # Revokes a grant (a Grant or its id); its connections stop on return.
+    def revoke(grant)
+      id = grant.is_a?(Grant) ? grant.id : grant
+      @sandbox.http.request("DELETE", @sandbox.path("/network/grants/#{Http.escape(id)}"))
+      nil
     end
   end
 
