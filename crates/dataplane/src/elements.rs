@@ -35,16 +35,27 @@ pub struct SlotPolicy {
     #[serde(default = "default_admitted")]
     pub admitted_max: u32,
     /// `networkDenyList` entries: refused before the mode is looked at.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<IpNet>,
     /// Whether every new TCP connection to a name-checked port goes to
     /// the gateway (`open` mode with a `domainDenyList`: the names are
     /// checked there).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub steer_all: bool,
     /// Network grants, each with its end: kernel elements with a timeout.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<GrantNet>,
+    /// `domainDenyList` entries (canonical): the kernel does not know
+    /// which name admitted an address, so a new entry withdraws every
+    /// admission of the slot (see [`denies_new_names`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_names: Vec<String>,
+}
+
+/// Whether `new` denies a name `old` did not: then every admission of the
+/// slot goes (the programs resolve again, and a denied name is refused).
+pub fn denies_new_names(old: &SlotPolicy, new: &SlotPolicy) -> bool {
+    new.deny_names.iter().any(|n| !old.deny_names.contains(n))
 }
 
 /// A network grant as the kernel holds it.
@@ -144,6 +155,12 @@ impl SlotPolicy {
             } else {
                 Vec::new()
             },
+            deny_names: policy
+                .domain_deny_list
+                .patterns()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 
@@ -343,7 +360,7 @@ pub fn revokes(old: &SlotPolicy, new: &SlotPolicy) -> (bool, bool) {
     let net = removed(&old.allow, &new.allow)
         || removed(&old.allow_private, &new.allow_private)
         || (new.steer_all && !old.steer_all);
-    let dns = old.rules.iter().any(|n| !new.rules.contains(n));
+    let dns = old.rules.iter().any(|n| !new.rules.contains(n)) || denies_new_names(old, new);
     (net, dns)
 }
 
@@ -454,7 +471,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_deny_entry_or_a_first_domain_deny_list_revokes_and_their_removal_does_not() {
+    fn a_new_deny_entry_or_a_newly_denied_name_revokes_and_their_removal_does_not() {
         let open = slot_policy(3, SettingsRequest::default());
         let denied = slot_policy(
             3,
@@ -475,7 +492,10 @@ mod tests {
             },
         );
         assert!(names.steer_all && !open.steer_all);
-        assert_eq!(revokes(&open, &names), (true, false));
+        // `net` for the connections the gateway never saw; `dns` (and
+        // every admission withdrawn) for a name newly denied.
+        assert_eq!(revokes(&open, &names), (true, true));
+        assert!(denies_new_names(&open, &names) && !denies_new_names(&names, &open));
         assert_eq!(revokes(&names, &open), (false, false));
         // Only open mode steers everything: in allowlist mode the gateway
         // sees the names it admitted anyway.

@@ -601,7 +601,7 @@ impl Dataplane {
             dns: if dns { 0 } else { old_gens.dns },
         };
         let slot = self.cfg.slot(index);
-        let withdrawn = self.withdrawable(index, &new);
+        let withdrawn = self.withdrawable(index, &new, elements::denies_new_names(&old, &new));
         let mut first = Transaction::new(&self.cfg.table);
         change(&mut first, &slot, (&old, old_gens), (&new, quarantine));
         for addr in &withdrawn {
@@ -665,6 +665,12 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether slot `index` is cut off (see [`Dataplane::cut`]) until its
+    /// next update.
+    pub fn is_cut(&self, index: u32) -> bool {
+        self.cut.contains(&index)
+    }
+
     /// Cuts slot `index` off: every element of its policy leaves the
     /// kernel (its interface's entry among the known slots, its sources,
     /// its connections' generations), so every packet from or to it,
@@ -683,9 +689,9 @@ impl Dataplane {
     }
 
     /// The addresses of slot `index` whose every admitting rule is gone
-    /// from `new` (all of them when `new` takes no admissions). Expired
-    /// admissions are forgotten on the way.
-    fn withdrawable(&mut self, index: u32, new: &SlotPolicy) -> Vec<IpAddr> {
+    /// from `new` (all of them when `new` takes no admissions, or `all`).
+    /// Expired admissions are forgotten on the way.
+    fn withdrawable(&mut self, index: u32, new: &SlotPolicy, all: bool) -> Vec<IpAddr> {
         let now = Instant::now();
         let Some(slot_admissions) = self.admissions.get_mut(&index) else {
             return Vec::new();
@@ -697,6 +703,7 @@ impl Dataplane {
                 return false;
             }
             let kept = new.admits()
+                && !all
                 && !rules.contains_key(UNKNOWN_RULE)
                 && rules.keys().any(|r| new.rules.contains(r));
             if !kept {

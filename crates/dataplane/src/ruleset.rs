@@ -681,6 +681,17 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
     } else {
         String::new()
     };
+    // TCP to a name-checked port of an admitted address is the gateway's:
+    // a new connection there was redirected to it and never gets here.
+    // What does is a connection some other rule let out (a grant, a list
+    // entry) that no longer does: it was never name-checked, so the
+    // admission does not carry it on.
+    let service_port = if reply { "th sport" } else { "th dport" };
+    let unchecked = format!(
+        "meta l4proto tcp {service_port} @name_ports {iface} . {d4} @admit4 drop\n\
+         \x20   meta l4proto tcp {service_port} @name_ports {iface} . {d6} @admit6 drop\n\
+         \x20   "
+    );
     let (private, unlisted, restricted, blocked) = (
         deny("private"),
         deny("unlisted"),
@@ -692,9 +703,8 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
     // none reaches this hook: what does is a connection from before the
     // deny list, which the gateway never saw (cut), and QUIC, whose name
     // the gateway cannot read (refused).
-    let service = if reply { "th sport" } else { "th dport" };
     let steered = format!(
-        "{iface} @steer_all meta l4proto tcp {service} @name_ports drop\n\
+        "{iface} @steer_all meta l4proto tcp {service_port} @name_ports drop\n\
          \x20   {}",
         if deny_quic && !reply {
             format!("{iface} @steer_all udp dport 443 goto deny_quic\n\x20   ")
@@ -714,7 +724,7 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
          \x20 chain {dir}_restricted {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\
-         \x20   {quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+         \x20   {unchecked}{quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
          \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
          \x20   {restricted}\n  }}\n\
          \x20 chain {dir}_blocked {{\n\
@@ -738,7 +748,7 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
              \x20   {iface} . {d6} @{a6} goto {dir}_pass_net\n\
              \x20   {iface} . {d4} @{g4} goto {dir}_pass_grant\n\
              \x20   {iface} . {d6} @{g6} goto {dir}_pass_grant\n\
-             \x20   {quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+             \x20   {unchecked}{quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
              \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
              \x20   {unlisted}\n  }}\n",
         );

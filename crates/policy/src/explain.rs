@@ -242,6 +242,8 @@ pub struct CompiledPolicy<'a> {
     catalog: &'a Catalog,
     ranges: &'a Ranges,
     own: NameMatcher<Rule>,
+    /// The sandbox's name grants.
+    granted: NameMatcher<Rule>,
     /// The sandbox's `domainDenyList`, by entry index.
     denied: NameMatcher<usize>,
     /// The sandbox's own addresses (see [`CompiledPolicy::with_own_addresses`]).
@@ -255,9 +257,13 @@ impl<'a> CompiledPolicy<'a> {
         for (index, pattern) in policy.domain_allow_list.patterns().iter().enumerate() {
             own.insert(pattern, Rule::DomainAllowList(index));
         }
+        // Grants apart: a name the lists or the catalog allow keeps that
+        // rule (its admissions outlive the grant), however specific the
+        // grant.
+        let mut granted = NameMatcher::new();
         for (index, grant) in policy.grants.iter().enumerate() {
             if let crate::grant::GrantTarget::Name(pattern) = &grant.target {
-                own.insert(pattern, Rule::Grant(index));
+                granted.insert(pattern, Rule::Grant(index));
             }
         }
         let mut denied = NameMatcher::new();
@@ -269,6 +275,7 @@ impl<'a> CompiledPolicy<'a> {
             catalog,
             ranges: config.ranges(),
             own,
+            granted,
             denied,
             own_addresses: Vec::new(),
         }
@@ -325,11 +332,12 @@ impl<'a> CompiledPolicy<'a> {
         {
             return None;
         }
-        if self.policy.essential_services {
-            NameMatcher::find_in([self.catalog.matcher(), &self.own], name).map(|m| m.value)
+        let listed = if self.policy.essential_services {
+            NameMatcher::find_in([self.catalog.matcher(), &self.own], name)
         } else {
-            self.own.find(name).map(|m| m.value)
-        }
+            self.own.find(name)
+        };
+        listed.or_else(|| self.granted.find(name)).map(|m| m.value)
     }
 
     /// Whether `destination` is allowed, and by which rule.

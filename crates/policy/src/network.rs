@@ -36,21 +36,29 @@ struct Kind {
     field: &'static str,
     code: ErrorCode,
     names: &'static str,
-    always_denied: &'static str,
+    /// What an entry inside an always-denied range is told; `None`: it is
+    /// taken (a stored deny list, which only narrows, whatever the
+    /// operator's ranges became since).
+    always_denied: Option<&'static str>,
 }
 
 const ALLOW: Kind = Kind {
     field: FIELD,
     code: ErrorCode::InvalidNetworkAllowList,
     names: "domainAllowList",
-    always_denied: "which is always denied; no allow list can open it",
+    always_denied: Some("which is always denied; no allow list can open it"),
 };
 
 const DENY: Kind = Kind {
     field: DENY_FIELD,
     code: ErrorCode::InvalidNetworkDenyList,
     names: "domainDenyList",
-    always_denied: "which is always denied already; leave it out",
+    always_denied: Some("which is always denied already; leave it out"),
+};
+
+const DENY_STORED: Kind = Kind {
+    always_denied: None,
+    ..DENY
 };
 
 impl NetworkList {
@@ -72,6 +80,13 @@ impl NetworkList {
         ranges: &Ranges,
     ) -> Result<Self, PolicyError> {
         Self::parse_kind(input, max_entries, ranges, DENY)
+    }
+
+    /// Reads back a stored `networkDenyList`: its grammar, but an entry
+    /// that the operator's ranges have since made always denied is kept
+    /// (a deny list only narrows; it must not stop loading).
+    pub fn parse_deny_stored(input: &str, ranges: &Ranges) -> Result<Self, PolicyError> {
+        Self::parse_kind(input, usize::MAX, ranges, DENY_STORED)
     }
 
     fn parse_kind(
@@ -182,10 +197,10 @@ fn parse_entry(entry: &str, ranges: &Ranges, kind: Kind) -> Result<IpNet, EntryE
             network.to_string(),
         ));
     }
-    if let Some(range) = ranges.always_denied_covering(&net) {
+    if let (Some(why), Some(range)) = (kind.always_denied, ranges.always_denied_covering(&net)) {
         return Err(EntryError::new(format!(
-            "lies inside {} ({}), {}",
-            range.net, range.label, kind.always_denied
+            "lies inside {} ({}), {why}",
+            range.net, range.label
         )));
     }
     Ok(net)

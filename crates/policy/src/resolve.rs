@@ -268,9 +268,8 @@ impl PolicyConfig {
                 self.ranges(),
             )?,
             domain_allow_list: DomainList::parse(stored.domain_allow_list, usize::MAX)?,
-            network_deny_list: NetworkList::parse_deny(
+            network_deny_list: NetworkList::parse_deny_stored(
                 stored.network_deny_list,
-                usize::MAX,
                 self.ranges(),
             )?,
             domain_deny_list: DomainList::parse_deny(stored.domain_deny_list, usize::MAX)?,
@@ -519,12 +518,8 @@ impl PolicyConfig {
         .map_err(|e| e.message)?;
         // Deny lists only narrow: their grammar is checked, not the tier's
         // limits (a downgrade keeps a longer list in force).
-        NetworkList::parse_deny(
-            &policy.network_deny_list.to_string(),
-            usize::MAX,
-            self.ranges(),
-        )
-        .map_err(|e| e.message)?;
+        NetworkList::parse_deny_stored(&policy.network_deny_list.to_string(), self.ranges())
+            .map_err(|e| e.message)?;
         DomainList::parse_deny(&policy.domain_deny_list.to_string(), usize::MAX)
             .map_err(|e| e.message)?;
         Ok(())

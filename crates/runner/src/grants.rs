@@ -11,7 +11,7 @@
 //! `grant_expired` says so. The API away, this goes on: a grant never
 //! outlives its end.
 
-use crate::{apply, lock, Sandboxes};
+use crate::{apply, block_slot, lock, Sandboxes};
 use sandgate_contract::{EventKind, NetworkEvent};
 use sandgate_dataplane::SlotAddrs;
 use sandgate_gateway::Gateway;
@@ -94,6 +94,11 @@ pub(crate) fn expirer(
             .collect();
         for (id, slot) in held {
             let _changing = lock(&sandboxes.changing);
+            // A slot cut off stays so until an update rebuilds it: a grant
+            // ending is no reason to put its policy back.
+            if lock(&sandboxes.dp).is_cut(slot.index) {
+                continue;
+            }
             let Some(mut policy) = sandboxes.policy_of(&slot) else {
                 continue;
             };
@@ -103,9 +108,13 @@ pub(crate) fn expirer(
             let old = policy.clone();
             policy.expire_grants(now);
             if let Err(e) = apply(&sandboxes, &gateway, &slot, &policy) {
-                // `apply` put the old policy back or cut the sandbox off;
-                // the kernel ends the grant's addresses by itself.
-                tracing::error!(sandbox = %id, error = %e, "ending a grant");
+                // `apply` put the old policy back, ended grant and all: the
+                // sandbox is cut off instead (never wider than the grant's
+                // end allows), until an update rebuilds it.
+                tracing::error!(sandbox = %id, error = %e, "ending a grant; cutting the sandbox off");
+                if let Err(e) = block_slot(&sandboxes, &gateway, &slot) {
+                    tracing::error!(sandbox = %id, error = %e, "cutting off a sandbox whose grant ended");
+                }
                 continue;
             }
             for e in changes(&id, Some(&old), &policy, now) {

@@ -967,8 +967,12 @@ impl Runner {
         let slot = self.slot(id)?;
         let _changing = lock(&self.sandboxes.changing);
         let old = self.sandboxes.policy_of(&slot);
-        apply(&self.sandboxes, &self.gateway, &slot, policy)?;
-        for event in grants::changes(id, old.as_ref(), policy, grants::now_ms()) {
+        // A grant that ended on the way here is not put in force.
+        let now = grants::now_ms();
+        let mut policy = policy.clone();
+        policy.expire_grants(now);
+        apply(&self.sandboxes, &self.gateway, &slot, &policy)?;
+        for event in grants::changes(id, old.as_ref(), &policy, now) {
             self.events.publish(event);
         }
         Ok(())
@@ -979,6 +983,7 @@ impl Runner {
     /// update or a restart: for a policy that could not be applied.
     pub fn block(&self, id: &str) -> io::Result<()> {
         let slot = self.slot(id)?;
+        let _changing = lock(&self.sandboxes.changing);
         block_slot(&self.sandboxes, &self.gateway, &slot)
     }
 
@@ -990,6 +995,8 @@ impl Runner {
         self.inits.forget(id);
         let slot = lock(&self.slots).get(id).cloned();
         if let Some(slot) = &slot {
+            // Not while a grant's end is being put in force for it.
+            let _changing = lock(&self.sandboxes.changing);
             self.sandboxes.forget(slot);
             self.gateway.cut(slot.index);
             if let Err(e) = lock(&self.sandboxes.dp).cut(slot.index) {

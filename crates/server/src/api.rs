@@ -875,10 +875,14 @@ pub struct GrantView {
     pub expires_at_ms: u64,
     /// Seconds left, rounded up.
     pub seconds_left: u64,
+    /// Whether it is in force: a grant takes effect in `allowlist` mode
+    /// only, and one kept while the sandbox is blocked (or its tier
+    /// restricted, or it open) comes back into force with that mode.
+    pub in_force: bool,
 }
 
-impl From<service::StoredGrant> for GrantView {
-    fn from(g: service::StoredGrant) -> Self {
+impl GrantView {
+    fn of(g: service::StoredGrant, in_force: bool) -> Self {
         let left_ms = g.expires_at_ms.saturating_sub(service::now_ms());
         GrantView {
             id: g.id,
@@ -888,6 +892,7 @@ impl From<service::StoredGrant> for GrantView {
             expires_at: crate::store::rfc3339(g.expires_at_ms / 1000),
             expires_at_ms: g.expires_at_ms,
             seconds_left: left_ms.div_ceil(1000),
+            in_force,
         }
     }
 }
@@ -919,7 +924,7 @@ pub async fn create_grant(
         reason: body.reason,
     };
     let grant = service::add_grant(&st, org, key, new).await?;
-    Ok((StatusCode::CREATED, Json(grant.into())))
+    Ok((StatusCode::CREATED, Json(GrantView::of(grant, true))))
 }
 
 /// The grants of a sandbox in force, with the time each has left.
@@ -934,9 +939,13 @@ pub async fn list_grants(
 ) -> Result<Json<GrantList>, ApiError> {
     scopes.need(Scope::SandboxesRead)?;
     let row = service::sandbox(&st, &org, &key).await?;
+    let policy = service::effective(&st, org.tier, &row)?;
     let grants = service::stored_grants(&row)?
         .into_iter()
-        .map(GrantView::from)
+        .map(|g| {
+            let in_force = policy.grants.iter().any(|p| p.id == g.id);
+            GrantView::of(g, in_force)
+        })
         .collect();
     Ok(Json(GrantList { grants }))
 }

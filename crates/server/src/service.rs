@@ -364,6 +364,16 @@ pub async fn add_grant(
         let org = organization(&st, &org.id).await?;
         let row = sandbox(&st, &org, &key).await?;
         running(&row)?;
+        // The request first (400), then whether the sandbox may have it.
+        check_ttl(new.ttl_seconds)?;
+        let target = GrantTarget::parse(&new.target, st.policy.ranges())?;
+        if let Some(reason) = &new.reason {
+            if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    "reason: at most 500 characters, without control characters",
+                ));
+            }
+        }
         let old = effective(&st, org.tier, &row)?;
         match old.mode {
             Mode::Allowlist => {}
@@ -387,15 +397,6 @@ pub async fn add_grant(
                     "grant_not_needed",
                     "the sandbox is in open mode, which reaches every public destination already; grants widen an allow list",
                 ))
-            }
-        }
-        check_ttl(new.ttl_seconds)?;
-        let target = GrantTarget::parse(&new.target, st.policy.ranges())?;
-        if let Some(reason) = &new.reason {
-            if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
-                return Err(ApiError::invalid(
-                    "reason: at most 500 characters, without control characters",
-                ));
             }
         }
         let mut grants = stored_grants(&row)?;

@@ -141,3 +141,37 @@ fn a_network_deny_list_wins_over_a_name_and_subtracts_from_open_mode() {
         "{v}"
     );
 }
+
+#[test]
+fn a_new_domain_deny_entry_withdraws_what_the_names_admitted_and_cuts_their_connections() {
+    let api = Api::start();
+    let (_, key) = api.organization("deny-admitted", 3);
+    let s = api.sandbox(
+        &key,
+        json!({"name": "named", "domainAllowList": "*.example.com"}),
+    );
+    let id = s["id"].as_str().unwrap().to_string();
+    let resolves = |name: &str| {
+        api.exec(&key, &id, &format!("nslookup {name} 2>&1"))["stdout"]
+            .as_str()
+            .unwrap()
+            .contains(&SERVER4_B.to_string())
+    };
+    assert!(resolves("api.example.com"));
+    // The lab's stream is no name-checked port: the kernel alone passes
+    // it, through the name's admission.
+    let mut open = stream_from(&api.slot_netns(&id), SERVER4_B);
+    let (status, v) = api.post(
+        &format!("/api/sandbox/{id}/network-settings"),
+        &key,
+        json!({"domainDenyList": "api.example.com"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let last = streams_until_cut(&mut open, Instant::now());
+    assert!(last < Duration::from_secs(1), "{last:?}");
+    assert!(!resolves("api.example.com"));
+    // Another name of the list resolves, and its address is admitted
+    // again.
+    assert!(resolves("www.example.com"));
+    assert!(api.echoes(&key, &id, &SERVER4_B.to_string()));
+}

@@ -10,7 +10,7 @@
 mod common;
 
 use common::{stream_from, streams_until_cut, Api};
-use sandgate_lab::addrs::{SERVER4, SERVER4_B, SERVER6_B};
+use sandgate_lab::addrs::{SERVER4, SERVER4_B, SERVER6_B, TCP_STREAM};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -267,6 +267,39 @@ fn a_grant_outlives_a_restart_of_the_server_and_ends_on_time_after_it() {
     let (_, list) = api.get(&format!("/api/sandbox/{id}/network/grants"), &key);
     assert_eq!(list["grants"][0]["id"], g["id"], "{list}");
     assert!(api.echoes(&key, &id, &SERVER4_B.to_string()));
+    let mut open = stream_from(&api.slot_netns(&id), SERVER4_B);
+    let last = streams_until_cut(&mut open, end);
+    assert!(last < Duration::from_secs(1), "{last:?} after the end");
+}
+
+#[test]
+fn a_connection_a_grant_let_past_the_gateway_ends_with_the_grant_though_its_name_is_admitted() {
+    // The lab's stream as a name-checked port: a connection to an address
+    // the grant opens is not steered; once the grant ends, the name's
+    // admission of the same address must not carry it on unchecked.
+    let api = Api::start_with(|cfg| cfg.runner.name_checked_ports.push(TCP_STREAM));
+    let (_, key) = api.organization("grant-names", 3);
+    let s = api.sandbox(
+        &key,
+        json!({"name": "both", "domainAllowList": "api.example.com"}),
+    );
+    let id = s["id"].as_str().unwrap().to_string();
+    let r = api.exec(&key, &id, "nslookup api.example.com 2>&1");
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains(&SERVER4_B.to_string()),
+        "{r}"
+    );
+    let (status, g) = grant(
+        &api,
+        &key,
+        &id,
+        json!({"target": SERVER4_B.to_string(), "ttlSeconds": 3}),
+    );
+    assert_eq!(status, 201, "{g}");
+    let end = ends_at(g["expiresAtMs"].as_u64().unwrap());
     let mut open = stream_from(&api.slot_netns(&id), SERVER4_B);
     let last = streams_until_cut(&mut open, end);
     assert!(last < Duration::from_secs(1), "{last:?} after the end");

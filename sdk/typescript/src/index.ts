@@ -121,6 +121,8 @@ export interface Grant {
   expiresAt: string
   expiresAtMs: number
   secondsLeft: number
+  /** In force (allowlist mode); kept but without effect otherwise. */
+  inForce: boolean
 }
 
 /** Whether a sandbox may reach a destination, and by which rule. */

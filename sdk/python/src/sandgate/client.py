@@ -107,6 +107,7 @@ class Grant:
     expires_at: str
     expires_at_ms: int
     seconds_left: int
+    in_force: bool
 
     @staticmethod
     def _from(r: Dict[str, Any]) -> "Grant":
@@ -118,6 +119,7 @@ class Grant:
             expires_at=r["expiresAt"],
             expires_at_ms=int(r["expiresAtMs"]),
             seconds_left=int(r["secondsLeft"]),
+            in_force=bool(r.get("inForce", True)),
         )
 
 

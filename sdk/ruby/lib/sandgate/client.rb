@@ -65,10 +65,11 @@ module Sandgate
   Explanation = Struct.new(:destination, :allowed, :reason, :rule, :mode, keyword_init: true)
   # Time-bounded access of a sandbox to a CIDR, an address or a name.
   Grant = Struct.new(:id, :target, :reason, :created_at, :expires_at, :expires_at_ms,
-                     :seconds_left, keyword_init: true) do
+                     :seconds_left, :in_force, keyword_init: true) do
     def self.from(r)
       new(id: r["id"], target: r["target"], reason: r["reason"], created_at: r["createdAt"],
-          expires_at: r["expiresAt"], expires_at_ms: r["expiresAtMs"], seconds_left: r["secondsLeft"])
+          expires_at: r["expiresAt"], expires_at_ms: r["expiresAtMs"], seconds_left: r["secondsLeft"],
+          in_force: r.fetch("inForce", true))
     end
   end
   # One probed destination.
