@@ -50,6 +50,10 @@ pub struct SlotPolicy {
     /// admission of the slot (see [`denies_new_names`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_names: Vec<String>,
+    /// Whether an address admitted by name is reached on the name-checked
+    /// ports only (the tier's rule).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub names_only: bool,
 }
 
 /// Whether `new` denies a name `old` did not: then every admission of the
@@ -155,6 +159,7 @@ impl SlotPolicy {
             } else {
                 Vec::new()
             },
+            names_only: policy.name_ports_only,
             deny_names: policy
                 .domain_deny_list
                 .patterns()
@@ -318,8 +323,19 @@ fn grant_entries(tx: &mut Transaction, slot: &SlotAddrs, grants: &[GrantNet], ve
     }
 }
 
-fn steer_all(tx: &mut Transaction, slot: &SlotAddrs, verb: Verb) {
-    tx.element(verb, "steer_all", if_key(slot), None, None);
+/// The slot in or out of a set of interfaces that stands for a flag of
+/// its policy (`steer_all`, `names_only`).
+fn flag(tx: &mut Transaction, slot: &SlotAddrs, set: &str, verb: Verb) {
+    tx.element(verb, set, if_key(slot), None, None);
+}
+
+/// A flag's change from `old` to `new`.
+fn flag_change(tx: &mut Transaction, slot: &SlotAddrs, set: &str, old: bool, new: bool) {
+    match (old, new) {
+        (false, true) => flag(tx, slot, set, Verb::Add),
+        (true, false) => flag(tx, slot, set, Verb::Delete),
+        _ => {}
+    }
 }
 
 /// Everything a slot needs in the kernel for policy `p` with generations
@@ -342,7 +358,10 @@ pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generati
         deny_entries(tx, slot, &p.deny, verb);
     }
     if p.steer_all {
-        steer_all(tx, slot, verb);
+        flag(tx, slot, "steer_all", verb);
+    }
+    if p.names_only {
+        flag(tx, slot, "names_only", verb);
     }
     grant_entries(tx, slot, &p.grants, verb);
 }
@@ -360,7 +379,9 @@ pub fn revokes(old: &SlotPolicy, new: &SlotPolicy) -> (bool, bool) {
     let net = removed(&old.allow, &new.allow)
         || removed(&old.allow_private, &new.allow_private)
         || (new.steer_all && !old.steer_all);
-    let dns = old.rules.iter().any(|n| !new.rules.contains(n)) || denies_new_names(old, new);
+    let dns = old.rules.iter().any(|n| !new.rules.contains(n))
+        || denies_new_names(old, new)
+        || (new.names_only && !old.names_only);
     (net, dns)
 }
 
@@ -427,14 +448,8 @@ pub fn change(
         deny_jumps(tx, slot, verb);
     }
     deny_entries(tx, slot, &gone(&np.deny, &op.deny), Verb::Add);
-    if op.steer_all != np.steer_all {
-        let verb = if np.steer_all {
-            Verb::Add
-        } else {
-            Verb::Delete
-        };
-        steer_all(tx, slot, verb);
-    }
+    flag_change(tx, slot, "steer_all", op.steer_all, np.steer_all);
+    flag_change(tx, slot, "names_only", op.names_only, np.names_only);
     // A grant's connections are marked 0 (evaluated at every packet), so
     // a grant that goes needs no generation moved: its next packet finds
     // no element.

@@ -377,6 +377,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20 map shares { type ifname : verdict; }\n\
          \x20 map steer { type ifname : verdict; }\n\
          \x20 set steer_all { type ifname; }\n\
+         \x20 set names_only { type ifname; }\n\
          \x20 map denylist { type ifname : verdict; }\n\
          \x20 map back_denylist { type ifname : verdict; }\n\
          \x20 map dns_shares { type ifname : verdict; }\n",
@@ -698,6 +699,19 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
         deny("restricted"),
         deny("blocked"),
     );
+    // A slot whose tier reaches name-admitted addresses on the
+    // name-checked ports only: anything else to such an address is refused
+    // (what is for a name-checked port went to the gateway, or was dropped
+    // just above).
+    let names_only = |refusal: &str| {
+        format!(
+            "{iface} @names_only {iface} . {d4} @admit4 {refusal}\n\
+             \x20   {iface} @names_only {iface} . {d6} @admit6 {refusal}\n\
+             \x20   "
+        )
+    };
+    let (names_only_restricted, names_only_unlisted) =
+        (names_only(&restricted), names_only(&unlisted));
     // A slot in `steer_all` (open mode with a domainDenyList) has its new
     // connections to the name-checked ports redirected to the gateway, so
     // none reaches this hook: what does is a connection from before the
@@ -724,7 +738,7 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
          \x20 chain {dir}_restricted {{\n\
          \x20   {d4} @private4 {private}\n\
          \x20   {d6} @private6 {private}\n\
-         \x20   {unchecked}{quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+         \x20   {unchecked}{quic}{names_only_restricted}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
          \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
          \x20   {restricted}\n  }}\n\
          \x20 chain {dir}_blocked {{\n\
@@ -748,7 +762,7 @@ fn eval_chains(r: &mut String, reply: bool, deny_quic: bool) {
              \x20   {iface} . {d6} @{a6} goto {dir}_pass_net\n\
              \x20   {iface} . {d4} @{g4} goto {dir}_pass_grant\n\
              \x20   {iface} . {d6} @{g6} goto {dir}_pass_grant\n\
-             \x20   {unchecked}{quic}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
+             \x20   {unchecked}{quic}{names_only_unlisted}{iface} . {d4} @admit4 goto {dir}_pass_dns\n\
              \x20   {iface} . {d6} @admit6 goto {dir}_pass_dns\n\
              \x20   {unlisted}\n  }}\n",
         );

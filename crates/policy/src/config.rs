@@ -40,6 +40,21 @@ pub enum TierNetwork {
     Configurable,
 }
 
+/// What a sandbox may do with an address admitted because a name resolved
+/// to it, besides the name-checked ports (whose connections the gateway
+/// checks by name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherPorts {
+    /// Every port and protocol, as the policy allows the address (an
+    /// admitted database name on 5432 keeps working).
+    #[default]
+    Allow,
+    /// The name-checked ports only: anything else to the address is
+    /// refused, since no name can be checked there.
+    Deny,
+}
+
 /// The rules of one tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -54,6 +69,8 @@ pub struct TierRule {
     pub network_deny_list_max: usize,
     /// The most `domainDenyList` entries a request may set.
     pub domain_deny_list_max: usize,
+    /// Other ports of a name-admitted address.
+    pub name_admitted_other_ports: OtherPorts,
     /// What each sandbox of the tier may take of the host's shared
     /// resources.
     pub fair_shares: FairShares,
@@ -92,6 +109,10 @@ pub struct PolicyConfigRepr {
     /// Default limit on `domainDenyList` entries for every tier.
     #[serde(default)]
     pub domain_deny_list_max: Option<usize>,
+    /// Other ports of a name-admitted address, for every tier (default
+    /// `allow`).
+    #[serde(default)]
+    pub name_admitted_other_ports: Option<OtherPorts>,
     /// The tier table; when given it replaces the default table whole.
     #[serde(default)]
     pub tiers: Option<BTreeMap<String, TierRepr>>,
@@ -141,6 +162,9 @@ pub struct TierRepr {
     /// This tier's limit on `domainDenyList` entries.
     #[serde(default)]
     pub domain_deny_list_max: Option<usize>,
+    /// This tier's rule for other ports of a name-admitted address.
+    #[serde(default)]
+    pub name_admitted_other_ports: Option<OtherPorts>,
     /// This tier's fair shares, over those of every tier.
     #[serde(default)]
     pub fair_shares: FairSharesRepr,
@@ -218,6 +242,10 @@ impl PolicyConfig {
             domain_deny_list_max: row
                 .and_then(|r| r.domain_deny_list_max)
                 .unwrap_or(dom_deny_max),
+            name_admitted_other_ports: row
+                .and_then(|r| r.name_admitted_other_ports)
+                .or(repr.name_admitted_other_ports)
+                .unwrap_or_default(),
             fair_shares,
             resources,
         };

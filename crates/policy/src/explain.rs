@@ -397,6 +397,16 @@ impl<'a> CompiledPolicy<'a> {
     }
 
     fn explain_name(&self, name: &DomainName) -> Verdict {
+        let mut verdict = self.explain_name_rule(name);
+        if verdict.allowed && self.policy.name_ports_only && self.policy.mode != Mode::Open {
+            verdict.rule.push_str(
+                ", on the name-checked ports only (the tier reaches name-admitted addresses on no other port)",
+            );
+        }
+        verdict
+    }
+
+    fn explain_name_rule(&self, name: &DomainName) -> Verdict {
         let p = &self.policy;
         let verdict = |allowed, reason, rule: String| Verdict {
             allowed,

@@ -51,7 +51,7 @@ mod shares;
 
 pub use catalog::{Catalog, Category, MergeMode, BUILTIN_CATALOG};
 pub use config::{
-    DeniedRepr, PolicyConfig, PolicyConfigRepr, Tier, TierNetwork, TierRepr, TierRule,
+    DeniedRepr, OtherPorts, PolicyConfig, PolicyConfigRepr, Tier, TierNetwork, TierRepr, TierRule,
     DEFAULT_DOMAIN_ALLOW_LIST_MAX, DEFAULT_DOMAIN_DENY_LIST_MAX, DEFAULT_NETWORK_ALLOW_LIST_MAX,
     DEFAULT_NETWORK_DENY_LIST_MAX,
 };

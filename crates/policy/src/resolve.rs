@@ -184,6 +184,11 @@ pub struct EffectivePolicy {
     /// [`EffectivePolicy::with_grants`]).
     #[serde(default)]
     pub grants: Vec<crate::grant::Grant>,
+    /// Whether an address admitted by name is reached on the
+    /// name-checked ports only (the tier's
+    /// [`crate::OtherPorts::Deny`]).
+    #[serde(default)]
+    pub name_ports_only: bool,
     /// Stored settings that have no effect, and why.
     #[serde(skip_deserializing, default)]
     pub inactive: Vec<InactiveSetting>,
@@ -452,6 +457,7 @@ impl PolicyConfig {
             },
             essential_services: mode != Mode::Blocked && settings.essential_services,
             grants: Vec::new(),
+            name_ports_only: rule.name_admitted_other_ports == crate::config::OtherPorts::Deny,
             inactive,
             fair_shares: rule.fair_shares,
         })
@@ -477,6 +483,14 @@ impl PolicyConfig {
             !policy.network_deny_list.is_empty() || !policy.domain_deny_list.is_empty();
         if deny_lists && policy.mode == Mode::Blocked {
             return Err("deny lists are empty when it is blocked".into());
+        }
+        // Narrower than the tier's rule is fine; wider is not.
+        if rule.name_admitted_other_ports == crate::config::OtherPorts::Deny
+            && !policy.name_ports_only
+        {
+            return Err(format!(
+                "tier {tier} reaches name-admitted addresses on the name-checked ports only"
+            ));
         }
         if !policy.grants.is_empty() && policy.mode != Mode::Allowlist {
             return Err("grants are in force in allowlist mode only".into());

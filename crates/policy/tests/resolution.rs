@@ -369,3 +369,31 @@ fn a_runner_takes_only_policies_its_configuration_resolves() {
     v["networkAllowList"] = serde_json::json!(["192.0.2.5/0"]);
     assert!(serde_json::from_value::<sandgate_policy::EffectivePolicy>(v).is_err());
 }
+
+#[test]
+fn a_tier_may_keep_name_admitted_addresses_to_the_name_checked_ports() {
+    let config = PolicyConfig::from_toml(
+        r#"name_admitted_other_ports = "deny"
+           [tiers.3]
+           network = "configurable"
+           [tiers.4]
+           network = "configurable"
+           name_admitted_other_ports = "allow""#,
+    )
+    .unwrap();
+    let settings = config
+        .settings_for_create(3, &request(None, None, Some(DOMAINS)))
+        .unwrap();
+    let three = config.resolve(3, &settings).unwrap();
+    let four = config.resolve(4, &settings).unwrap();
+    assert!(three.name_ports_only && !four.name_ports_only);
+    // A runner refuses a policy wider than its tier's rule, and takes a
+    // narrower one.
+    let mut forged = three.clone();
+    forged.name_ports_only = false;
+    assert!(config.check_effective(&forged).is_err());
+    let mut narrower = four.clone();
+    narrower.name_ports_only = true;
+    assert!(config.check_effective(&narrower).is_ok());
+    assert!(PolicyConfig::from_toml(r#"name_admitted_other_ports = "maybe""#).is_err());
+}

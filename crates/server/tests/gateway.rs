@@ -428,3 +428,40 @@ fn a_domain_deny_list_cuts_the_connections_of_its_names_old_and_new() {
     let last = common::streams_until_cut(&mut kept, updated);
     assert!(last < Duration::from_secs(1), "{last:?}");
 }
+
+#[test]
+fn a_tier_may_keep_name_admitted_addresses_to_the_name_checked_ports() {
+    let api = Api::start_with(|cfg| {
+        let mut repr = sandgate_lab::lab_policy_repr(None);
+        repr.name_admitted_other_ports = Some(sandgate_policy::OtherPorts::Deny);
+        cfg.policy = sandgate_policy::PolicyConfig::from_repr(repr).unwrap();
+    });
+    let (_, key) = api.organization("names-only", 3);
+    let ca = api.lab().ca_pem().to_string();
+    let s = api.sandbox(
+        &key,
+        json!({"name": "named", "domainAllowList": "api.example.com"}),
+    );
+    let id = s["id"].as_str().unwrap();
+    assert_eq!(s["effectiveNetwork"]["namePortsOnly"], true, "{s}");
+    resolve(&api, &key, id, "api.example.com");
+    let ns = api.slot_netns(id);
+    // The name, through the gateway: yes; the same address on another
+    // port or protocol: no, and said so.
+    assert!(https(&ns, &ca, SERVER4_B, "api.example.com").answered_for("api.example.com"));
+    assert!(!api.echoes(&key, id, &SERVER4_B.to_string()));
+    assert!(!udp_echoed(&ns, SERVER4_B, UDP_ECHO));
+    saw(&api, &key, id, "not_in_allow_list", None);
+    let (status, v) = api.get(
+        &format!("/api/sandbox/{id}/network/explain?dest=api.example.com:443"),
+        &key,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["rule"]
+            .as_str()
+            .unwrap()
+            .contains("name-checked ports only"),
+        "{v}"
+    );
+}
