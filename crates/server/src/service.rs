@@ -422,7 +422,7 @@ pub async fn add_grant(
             expires_at_ms: now_ms().saturating_add(new.ttl_seconds.saturating_mul(1000)),
         };
         grants.push(grant.clone());
-        store_grants(&st, row, old, grants).await?;
+        store_grants(&st, row, org.tier, old, grants).await?;
         Ok(grant)
     })
     .await
@@ -449,22 +449,23 @@ pub async fn revoke_grant(
                 "sandbox {key} has no grant {grant} in force"
             )));
         }
-        store_grants(&st, row, old, grants).await
+        store_grants(&st, row, org.tier, old, grants).await
     })
     .await
 }
 
-/// Puts the policy of `row` with `grants` in force, then stores them (the
-/// old policy put back should the store refuse).
+/// Puts the policy of `row` (of an organization of `tier`) with `grants`
+/// in force, then stores them (the old policy put back should the store
+/// refuse).
 async fn store_grants(
     st: &Arc<AppState>,
     mut row: SandboxRow,
+    tier: u8,
     old: EffectivePolicy,
     grants: Vec<StoredGrant>,
 ) -> Result<(), ApiError> {
     row.grants = serde_json::to_string(&grants).map_err(ApiError::internal)?;
-    let org = organization(st, &row.organization_id).await?;
-    let new = effective(st, org.tier, &row)?;
+    let new = effective(st, tier, &row)?;
     in_force(st, &row, new).await?;
     if let Err(e) = st.store.set_grants(&row.id, &row.grants).await {
         put_back(st, &row, old).await;
