@@ -13,6 +13,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let field = |k: &str| body.get(k).and_then(|v| v.as_str());
     let flag = |k: &str| body.get(k).and_then(|v| v.as_bool());
+    // A budget: absent, null (back to the tier's), or a count.
+    let count = |k: &str| match body.get(k) {
+        None => None,
+        Some(serde_json::Value::Null) => Some(None),
+        Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(Some),
+    };
     let request = SettingsRequest {
         network_block_all: flag("networkBlockAll"),
         network_allow_list: field("networkAllowList"),
@@ -20,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
         network_deny_list: field("networkDenyList"),
         domain_deny_list: field("domainDenyList"),
         essential_services: flag("essentialServices"),
+        egress_mbps: count("egressMbps"),
+        max_connections: count("maxConnections"),
+        new_connections_per_second: count("newConnectionsPerSecond"),
     };
     let config = PolicyConfig::default();
     for tier in 0..=5 {
@@ -44,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
                     network_deny_list: &texts[2],
                     domain_deny_list: &texts[3],
                     essential_services: settings.essential_services,
+                    egress_mbps: settings.egress_mbps,
+                    max_connections: settings.max_connections,
+                    new_connections_per_second: settings.new_connections_per_second,
                 })
                 .expect("canonical settings read back");
             assert_eq!(stored, settings);

@@ -16,6 +16,9 @@ pub enum EventKind {
     /// A grant added, revoked or ended (`grant_added`, `grant_revoked`,
     /// `grant_expired`; `protocol` holds the grant's id).
     Grant,
+    /// A budget reached: `egress_mbps` when the sandbox starts sending
+    /// faster than its egress budget (what it sends beyond waits).
+    Budget,
 }
 
 impl EventKind {
@@ -27,6 +30,7 @@ impl EventKind {
             EventKind::Dns => "dns",
             EventKind::Dropped => "dropped",
             EventKind::Grant => "grant",
+            EventKind::Budget => "budget",
         }
     }
 }

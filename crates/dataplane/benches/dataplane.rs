@@ -4,7 +4,9 @@
 //! 1. forwarding: 64-byte UDP from a slot through the host namespace to
 //!    the world, packets/s with 1, 100 and 1,000 live slots, against no
 //!    rules at all and against a linear chain of one rule per sandbox (the
-//!    reference platform's layout);
+//!    reference platform's layout); at 1,000 slots also with a deny list
+//!    of 20 entries on every slot, and with the sender's egress paced by a
+//!    budget it never reaches;
 //! 2. slot creation, cold and from the warm pool, p50/p99, against making
 //!    a namespace and a veth pair with the `ip` program;
 //! 3. policy update and DNS admission latency, p50/p99, against one
@@ -189,6 +191,30 @@ fn forwarding(seconds: f64) {
             );
         }
         let ours = forwarding_rate(&lab, &ns, seconds);
+        // At 1,000 slots: every slot with a deny list of 20 entries, then
+        // the sender paced too, at a budget it never reaches (the pacer
+        // goes again before the baselines, which it would slow too).
+        let narrowed = (target == 1000).then(|| {
+            let deny: Vec<String> = (10..30).map(|k| format!("203.0.113.{k}/32")).collect();
+            let req = SettingsRequest {
+                network_allow_list: Some("192.0.2.10/32, 198.51.100.0/24, 2001:db8:2::/48"),
+                network_deny_list: Some(&deny.join(",")),
+                ..Default::default()
+            };
+            let denying = pc
+                .resolve(3, &pc.settings_for_create(3, &req).unwrap())
+                .unwrap();
+            for i in &slots {
+                dp.update(*i, &denying).unwrap();
+            }
+            let with_deny = forwarding_rate(&lab, &ns, seconds);
+            let mut paced = denying.clone();
+            paced.budgets.egress_mbps = Some(sandgate_policy::EGRESS_MBPS_MAX);
+            dp.update(sender.index, &paced).unwrap();
+            let with_pacer = forwarding_rate(&lab, &ns, seconds);
+            dp.update(sender.index, &denying).unwrap();
+            (with_deny, with_pacer)
+        });
         drop(dp);
         linear_chain(&lab, &cfg, &slots, sender.index);
         let linear = forwarding_rate(&lab, &ns, seconds);
@@ -206,6 +232,20 @@ fn forwarding(seconds: f64) {
             bare_n,
         );
         row("  sandgate", ours, base_n, bare_n);
+        if let Some((with_deny, with_pacer)) = narrowed {
+            row(
+                "  sandgate, deny lists of 20 everywhere",
+                with_deny,
+                base_n,
+                bare_n,
+            );
+            row(
+                "  ... and the sender paced (unreached)",
+                with_pacer,
+                base_n,
+                bare_n,
+            );
+        }
         row("  linear chain + NAT", linear, base_n, bare_n);
     }
     println!(

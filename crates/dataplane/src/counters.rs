@@ -1,7 +1,9 @@
 //! The kernel's counts, read over netlink on a socket of their own: the
 //! new connections let out (the named counters `allowed_net` and
 //! `allowed_dns`), and, per slot and reason class, the denied attempts and
-//! reached limits that the log meter held back (the `ld_<class>` sets).
+//! reached limits that the log meter held back (the `ld_<class>` sets);
+//! and, per slot with an egress budget, what its pacer's token bucket has
+//! done (over rtnetlink).
 //!
 //! A reader holds no lock of the dataplane and runs no program: the
 //! runner samples it off every request's path, and `/metrics` serves the
@@ -9,7 +11,7 @@
 
 use crate::config::SLOT_IF_PREFIX;
 use crate::ruleset::{dropped_set, LogClass, LOG_CLASSES};
-use sandgate_netns::Netns;
+use sandgate_netns::{BucketStats, Netns, Rtnl};
 use sandgate_nftables::NftSocket;
 use std::collections::BTreeMap;
 use std::io;
@@ -25,12 +27,16 @@ pub struct Reading {
     /// Attempts the log meter held back, by slot and reason class, since
     /// the slot's counter was made (a slot's counters go with it).
     pub held_back: BTreeMap<(u32, &'static LogClass), u64>,
+    /// What each paced slot's token bucket has done since its pacer was
+    /// made.
+    pub paced: BTreeMap<u32, BucketStats>,
 }
 
 /// A reader of the dataplane's counters.
 #[derive(Debug)]
 pub struct KernelCounters {
     nft: NftSocket,
+    rtnl: Rtnl,
     table: String,
 }
 
@@ -38,12 +44,13 @@ impl KernelCounters {
     /// Opens a reader in `host` (or the process's namespace) for the
     /// dataplane's table `table`.
     pub fn open(host: Option<&Netns>, table: &str) -> io::Result<KernelCounters> {
-        let nft = match host {
-            Some(ns) => ns.run(NftSocket::open)?,
-            None => NftSocket::open()?,
+        let (nft, rtnl) = match host {
+            Some(ns) => ns.run(|| Ok((NftSocket::open()?, Rtnl::open()?)))?,
+            None => (NftSocket::open()?, Rtnl::open()?),
         };
         Ok(KernelCounters {
             nft,
+            rtnl,
             table: table.to_string(),
         })
     }
@@ -64,6 +71,18 @@ impl KernelCounters {
                     reading.held_back.insert((slot, class), packets);
                 }
             }
+        }
+        // The pacers' figures are not worth the rest of the reading: a
+        // failure to read them leaves them out (and says so).
+        match self.rtnl.token_bucket_stats() {
+            Ok(buckets) => {
+                for (name, stats) in buckets {
+                    if let Some(slot) = name.strip_suffix('p').and_then(|n| slot_of(n.as_bytes())) {
+                        reading.paced.insert(slot, stats);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the pacers' token buckets could not be read"),
         }
         Ok(reading)
     }

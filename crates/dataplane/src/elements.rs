@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use sandgate_nftables::{ElementData, Key, Transaction, Verb};
 use sandgate_policy::{EffectivePolicy, Mode, Ranges, Reason};
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The rule key of admissions made for any essential service.
 pub const ESSENTIAL: &str = "essential_service";
@@ -54,6 +54,17 @@ pub struct SlotPolicy {
     /// ports only (the tier's rule).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub names_only: bool,
+    /// The IPv4 source address its connections leave from (the
+    /// organization's known egress address), instead of the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress4: Option<Ipv4Addr>,
+    /// The IPv6 source address its connections leave from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress6: Option<Ipv6Addr>,
+    /// What it may send, Mbit/s (`egressMbps`): paced on the host side
+    /// (see [`crate::Dataplane`]'s pacer), not by an element.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_mbps: Option<u32>,
 }
 
 /// Whether `new` denies a name `old` did not: then every admission of the
@@ -160,6 +171,9 @@ impl SlotPolicy {
                 Vec::new()
             },
             names_only: policy.name_ports_only,
+            egress4: policy.egress_address.and_then(|e| e.ipv4),
+            egress6: policy.egress_address.and_then(|e| e.ipv6),
+            egress_mbps: policy.budgets.egress_mbps,
             deny_names: policy
                 .domain_deny_list
                 .patterns()
@@ -338,6 +352,25 @@ fn flag_change(tx: &mut Transaction, slot: &SlotAddrs, set: &str, old: bool, new
     }
 }
 
+/// The slot's known egress addresses in or out of the `egress4` and
+/// `egress6` maps.
+fn egress(
+    tx: &mut Transaction,
+    slot: &SlotAddrs,
+    v4: Option<Ipv4Addr>,
+    v6: Option<Ipv6Addr>,
+    verb: Verb,
+) {
+    if let Some(a) = v4 {
+        let data = Some(ElementData::Value(Key::new().ipv4(a)));
+        tx.element(verb, "egress4", if_key(slot), None, data);
+    }
+    if let Some(a) = v6 {
+        let data = Some(ElementData::Value(Key::new().ipv6(a)));
+        tx.element(verb, "egress6", if_key(slot), None, data);
+    }
+}
+
 /// Everything a slot needs in the kernel for policy `p` with generations
 /// `g`, added, deleted or destroyed. (Admissions are not in it: see
 /// [`admission_key`].)
@@ -363,6 +396,7 @@ pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generati
     if p.names_only {
         flag(tx, slot, "names_only", verb);
     }
+    egress(tx, slot, p.egress4, p.egress6, verb);
     grant_entries(tx, slot, &p.grants, verb);
 }
 
@@ -450,6 +484,18 @@ pub fn change(
     deny_entries(tx, slot, &gone(&np.deny, &op.deny), Verb::Add);
     flag_change(tx, slot, "steer_all", op.steer_all, np.steer_all);
     flag_change(tx, slot, "names_only", op.names_only, np.names_only);
+    // A new egress address takes the connections opened from now on
+    // (those open keep the address they left from).
+    let v4 = (op.egress4 != np.egress4).then_some(());
+    let v6 = (op.egress6 != np.egress6).then_some(());
+    egress(
+        tx,
+        slot,
+        v4.and(op.egress4),
+        v6.and(op.egress6),
+        Verb::Delete,
+    );
+    egress(tx, slot, v4.and(np.egress4), v6.and(np.egress6), Verb::Add);
     // A grant's connections are marked 0 (evaluated at every packet), so
     // a grant that goes needs no generation moved: its next packet finds
     // no element.

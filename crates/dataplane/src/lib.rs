@@ -30,7 +30,7 @@ pub use events::{DenyEvent, EventCounters, Events};
 
 use elements::{admission_key, change, forget_dynamic, release, revokes, rule_key, whole};
 use ruleset::ShareClass;
-use sandgate_netns::{set_sysctl, Netns, Rtnl};
+use sandgate_netns::{set_sysctl, Netns, Rtnl, TokenBucket};
 use sandgate_nftables::{list_set, load_ruleset, NftSocket, Transaction, Verb};
 use sandgate_policy::{EffectivePolicy, PolicyConfig, Reason};
 use state::{Phase, SlotRecord, State, Store};
@@ -69,6 +69,11 @@ pub struct Dataplane {
     /// When each recently deleted slot's index was given back (see
     /// [`REUSE_AFTER`]).
     released: HashMap<u32, Instant>,
+    /// The share classes whose chains the kernel has: the configuration's
+    /// tiers', and those of slots' policies narrowed by a sandbox's
+    /// connection budgets (made as a policy needs one, removed when no
+    /// slot uses it).
+    classes: BTreeSet<ShareClass>,
 }
 
 /// The error (inside an `io::Error`) of a slot asked for when every index
@@ -144,6 +149,7 @@ impl Dataplane {
             watchdog: None,
             cut: Default::default(),
             released: HashMap::new(),
+            classes: BTreeSet::new(),
         };
         let report = dp.reconcile()?;
         // Forwarding only once the ruleset is in place.
@@ -160,28 +166,46 @@ impl Dataplane {
         Ok((dp, report))
     }
 
-    /// The kernel's form of `policy` for this dataplane: its share class
-    /// one of the ruleset's (see [`Dataplane::known_share`]).
-    fn slot_policy(&self, policy: &EffectivePolicy) -> SlotPolicy {
-        let mut p = SlotPolicy::from_policy(policy, self.policy.ranges());
-        p.shares = self.known_share(p.shares);
-        p
+    /// The kernel's form of `policy` for this dataplane, its share class's
+    /// chains made if the kernel has none yet.
+    fn slot_policy(&mut self, policy: &EffectivePolicy) -> io::Result<SlotPolicy> {
+        let p = SlotPolicy::from_policy(policy, self.policy.ranges());
+        if !self.classes.contains(&p.shares) {
+            let text = ruleset::add_share_class(&self.cfg.table, &p.shares);
+            self.in_host(|| load_ruleset(&text))?;
+            self.classes.insert(p.shares);
+        }
+        Ok(p)
     }
 
-    /// `class` if the ruleset has its chain; otherwise the strictest class
-    /// it has (a record from before a configuration change, until the
-    /// server's restore applies the policy anew): never a missing chain,
-    /// never wider.
-    fn known_share(&self, class: ShareClass) -> ShareClass {
-        if self.cfg.share_classes.contains(&class) {
-            return class;
+    /// Removes the share classes that neither the configuration nor any
+    /// slot's record uses any more (their chains are jumped to from no
+    /// element). One that cannot be removed stays, and is tried again
+    /// next time.
+    fn prune_classes(&mut self) {
+        let used = self.classes_in_use();
+        let unused: Vec<ShareClass> = self.classes.difference(&used).copied().collect();
+        for class in unused {
+            let text = ruleset::remove_share_class(&self.cfg.table, &class);
+            match self.in_host(|| load_ruleset(&text)) {
+                Ok(()) => {
+                    self.classes.remove(&class);
+                }
+                Err(e) => {
+                    tracing::warn!(class = %class.chain(), error = %e, "a share class no slot uses stays for now")
+                }
+            }
         }
-        self.cfg
-            .share_classes
-            .iter()
-            .min_by_key(|c| (c.connections, c.new_per_second))
-            .copied()
-            .unwrap_or(class)
+    }
+
+    /// The configuration's share classes and those of the slots' records.
+    fn classes_in_use(&self) -> BTreeSet<ShareClass> {
+        self.state
+            .slots
+            .values()
+            .filter_map(|r| r.policy.as_ref().map(|p| p.shares))
+            .chain(self.cfg.share_classes.iter().copied())
+            .collect()
     }
 
     /// Runs `f` in the host namespace (for child processes such as `nft`).
@@ -259,7 +283,12 @@ impl Dataplane {
                 }
             }
         }
-        let text = ruleset::ruleset(&self.cfg, self.policy.ranges());
+        // Every class a record holds is loaded as it was: a record keeps
+        // the limits it had until the server's restore applies the policy
+        // anew.
+        self.classes = self.classes_in_use();
+        let classes: Vec<ShareClass> = self.classes.iter().copied().collect();
+        let text = ruleset::ruleset(&self.cfg, self.policy.ranges(), &classes);
         self.in_host(|| load_ruleset(&text))?;
         // Fresh generations: every connection is checked again against the
         // rules as they are now (ranges or catalog may have changed).
@@ -277,19 +306,10 @@ impl Dataplane {
                 net: self.state.next_gen(),
                 dns: self.state.next_gen(),
             };
-            let known = self
-                .state
-                .slots
-                .get(&index)
-                .and_then(|r| r.policy.as_ref())
-                .map(|p| self.known_share(p.shares));
             let Some(record) = self.state.slots.get_mut(&index) else {
                 continue;
             };
             record.gens = gens;
-            if let (Some(p), Some(known)) = (record.policy.as_mut(), known) {
-                p.shares = known;
-            }
             if let Some(p) = &record.policy {
                 whole(&mut tx, &self.cfg.slot(index), p, gens, Verb::Add);
                 report.restored.push(index);
@@ -314,6 +334,20 @@ impl Dataplane {
             }
         }
         self.nft.commit(&tx)?;
+        // The pacers as the records say, on every slot (kernel state that a
+        // crash may have left half made or half changed).
+        let paced: Vec<(u32, Option<u32>)> = self
+            .state
+            .slots
+            .iter()
+            .map(|(i, r)| {
+                let budget = r.policy.as_ref().and_then(|p| p.egress_mbps);
+                (*i, budget.filter(|_| r.phase == Phase::Active))
+            })
+            .collect();
+        for (index, mbps) in paced {
+            self.pace(&self.cfg.slot(index), None, mbps)?;
+        }
         // Interfaces a watchdog set down come up again, now that the
         // ruleset and every policy are back.
         for index in self.state.slots.keys() {
@@ -363,6 +397,9 @@ impl Dataplane {
     fn remove_objects(&mut self, index: u32) -> io::Result<()> {
         let slot = self.cfg.slot(index);
         self.forget_connections(&slot)?;
+        if let Some(pacer) = self.rtnl.link_index(&pacer_name(&slot))? {
+            self.rtnl.delete_link(pacer)?;
+        }
         if let Some(link) = self.rtnl.link_index(&slot.host_if)? {
             match self.rtnl.delete_link(link) {
                 Err(e) if e.raw_os_error() != Some(nix::libc::ENODEV) => return Err(e),
@@ -524,7 +561,7 @@ impl Dataplane {
             Some(i) => i,
             None => self.make_slot()?,
         };
-        let slot_policy = self.slot_policy(policy);
+        let slot_policy = self.slot_policy(policy)?;
         let gens = Generations {
             net: self.state.next_gen(),
             dns: self.state.next_gen(),
@@ -545,7 +582,16 @@ impl Dataplane {
         let slot = self.cfg.slot(index);
         let mut tx = Transaction::new(&self.cfg.table);
         whole(&mut tx, &slot, &slot_policy, gens, Verb::Add);
-        if let Err(e) = self.nft.commit(&tx) {
+        // Paced before its first packet can pass (a pacer a crash left on
+        // the slot goes when it has no budget).
+        let committed = self.pace(&slot, None, slot_policy.egress_mbps).and_then(|()| {
+            self.nft.commit(&tx).inspect_err(|_| {
+                if let Err(e) = self.pace(&slot, slot_policy.egress_mbps, None) {
+                    tracing::warn!(slot = index, error = %e, "a pacer stays on a slot back in the pool until its next use");
+                }
+            })
+        });
+        if let Err(e) = committed {
             if let Some(r) = self.state.slots.get_mut(&index) {
                 *r = SlotRecord {
                     phase: Phase::Pool,
@@ -557,6 +603,7 @@ impl Dataplane {
             // (Unrecorded, the journal's owner is unknown to the server at
             // the next start, which removes the slot.)
             let _ = self.persist(index);
+            self.prune_classes();
             return Err(e);
         }
         Ok(slot)
@@ -582,7 +629,7 @@ impl Dataplane {
     /// for rules the new policy no longer has are withdrawn.
     pub fn update(&mut self, index: u32, policy: &EffectivePolicy) -> io::Result<()> {
         let (old, old_gens) = self.active(index)?;
-        let new = self.slot_policy(policy);
+        let new = self.slot_policy(policy)?;
         let (net, dns) = revokes(&old, &new);
         let gens = Generations {
             net: if net {
@@ -662,7 +709,40 @@ impl Dataplane {
             release(&mut second, &slot, quarantine, gens);
             self.nft.commit(&second)?;
         }
-        Ok(())
+        if old.shares != new.shares {
+            self.prune_classes();
+        }
+        // A new budget: the caller puts the old policy back should the
+        // pacer refuse it (which paces it as before).
+        if old.egress_mbps == new.egress_mbps {
+            return Ok(());
+        }
+        self.pace(&slot, old.egress_mbps, new.egress_mbps)
+    }
+
+    /// Paces what `slot` sends to `new` Mbit/s (`None`: no budget), from
+    /// `old`, what the kernel has now (`None`: not known, or no pacer): an
+    /// `ifb` device of its own, `sgh<index>p`, and a token bucket (see
+    /// [`sandgate_netns::Rtnl::shape_received`]). Nothing to do when a
+    /// known budget did not change.
+    fn pace(&mut self, slot: &SlotAddrs, old: Option<u32>, new: Option<u32>) -> io::Result<()> {
+        if old.is_some() && old == new {
+            return Ok(());
+        }
+        let pacer = pacer_name(slot);
+        let link = self
+            .rtnl
+            .link_index(&slot.host_if)?
+            .ok_or_else(|| other(format!("no link {}", slot.host_if)))?;
+        match new {
+            Some(mbit) => self
+                .rtnl
+                .shape_received(link, &pacer, TokenBucket::of_mbit(mbit)),
+            None if old.is_some() || self.rtnl.link_index(&pacer)?.is_some() => {
+                self.rtnl.unshape_received(link, &pacer)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Whether slot `index` is cut off (see [`Dataplane::cut`]) until its
@@ -828,10 +908,18 @@ impl Dataplane {
             let (set, key) = admission_key(&slot, addr);
             tx.destroy(set, key);
         }
-        forget_dynamic(&mut tx, &slot, &self.cfg.share_classes);
+        // The slot's counts are in its own class (an update that moved it
+        // forgot those of the one before) or, from before a restart, in
+        // one of the configuration's.
+        let mut classes = self.cfg.share_classes.clone();
+        if let Some(p) = policy.as_ref().filter(|p| !classes.contains(&p.shares)) {
+            classes.push(p.shares);
+        }
+        forget_dynamic(&mut tx, &slot, &classes);
         self.nft.commit(&tx)?;
         self.remove_objects(index)?;
         self.state.slots.remove(&index);
+        self.prune_classes();
         self.released.insert(index, Instant::now());
         // The slot is gone; a journal that cannot say so keeps `Deleting`,
         // which the next start finds nothing of and drops.
@@ -859,4 +947,11 @@ impl Dataplane {
     pub fn slot(&self, index: u32) -> SlotAddrs {
         self.cfg.slot(index)
     }
+}
+
+/// The `ifb` device that paces what `slot` sends: its host interface's
+/// name and `p` (within the slot prefix, so that the lab's isolation
+/// check and the watchdog see it as the slot's).
+fn pacer_name(slot: &SlotAddrs) -> String {
+    format!("{}p", slot.host_if)
 }

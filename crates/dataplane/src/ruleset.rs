@@ -23,6 +23,9 @@
 //!    the slot's mode chain (`open`, `allowlist`, `restricted`, `blocked`).
 //!    What passes is marked with the generation that allowed it: `net`
 //!    (addresses and `open`) or `dns` (admissions by the DNS service).
+//! 5. `postrouting` (nat): connections let out leave from the slot's known
+//!    egress address (`egress4`/`egress6`, the organization's) where it
+//!    has one, from the host's address (masquerade) otherwise.
 //!
 //! Replies to a sandbox pass while their mark is current; after a policy
 //! change they are evaluated again against the original destination, so a
@@ -341,7 +344,7 @@ fn set_of(out: &mut String, name: &str, ty: &str, nets: &[IpNet]) {
 
 /// The text of the whole table, for `nft -f`. It replaces the table
 /// atomically (what was there goes, in the same transaction).
-pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
+pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -> String {
     let table = &cfg.table;
     let denied: Vec<IpNet> = ranges
         .builtin
@@ -380,7 +383,9 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20 set names_only { type ifname; }\n\
          \x20 map denylist { type ifname : verdict; }\n\
          \x20 map back_denylist { type ifname : verdict; }\n\
-         \x20 map dns_shares { type ifname : verdict; }\n",
+         \x20 map dns_shares { type ifname : verdict; }\n\
+         \x20 map egress4 { type ifname : ipv4_addr; }\n\
+         \x20 map egress6 { type ifname : ipv6_addr; }\n",
     );
     for class in LOG_CLASSES {
         let _ = writeln!(
@@ -389,15 +394,6 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
              \x20 set {} {{ type ifname; flags dynamic; counter; }}",
             meter_set(class),
             dropped_set(class)
-        );
-    }
-    for class in &cfg.share_classes {
-        let [conns, rate, dns_rate] = class.sets();
-        let _ = writeln!(
-            r,
-            "  set {conns} {{ type ifname; flags dynamic; }}\n\
-             \x20 set {rate} {{ type ifname; flags dynamic,timeout; timeout 1m; }}\n\
-             \x20 set {dns_rate} {{ type ifname; flags dynamic,timeout; timeout 1m; }}"
         );
     }
     for k in 0..SHARDS {
@@ -465,7 +461,11 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
          \x20   iifname {slots} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}\n\
          \x20   iifname {slots} meta l4proto tcp th dport @name_ports iifname vmap @steer\n  }}\n\
          \x20 chain nat_hook {{ type nat hook postrouting priority srcnat; policy accept;\n\
-         \x20   iifname {slots} oifname != {slots} masquerade\n  }}\n",
+         \x20   iifname {slots} oifname != {slots} jump slot_nat\n  }}\n\
+         \x20 chain slot_nat {{\n\
+         \x20   meta nfproto ipv4 snat ip to iifname map @egress4\n\
+         \x20   meta nfproto ipv6 snat ip6 to iifname map @egress6\n\
+         \x20   masquerade\n  }}\n",
     );
     // The host itself: only DNS.
     let _ = write!(
@@ -609,29 +609,65 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges) -> String {
             log_or_count(class(name), "", rate, group, "return"),
         );
     }
-    for c in &cfg.share_classes {
-        let [conns, rate_set, dns_rate_set] = c.sets();
-        let (chain, dns_chain) = (c.chain(), c.dns_chain());
-        let (n, per, burst) = (
-            c.connections,
-            c.new_per_second,
-            c.new_per_second.saturating_mul(2),
-        );
-        let (dns, dns_burst) = (
-            c.dns_per_second.saturating_mul(2),
-            c.dns_per_second.saturating_mul(4),
-        );
-        let _ = write!(
-            r,
-            "  chain {chain} {{\n\
-             \x20   add @{conns} {{ iifname ct count over {n} }} goto over_connections\n\
-             \x20   update @{rate_set} {{ iifname limit rate over {per}/second burst {burst} packets }} goto over_connection_rate\n  }}\n\
-             \x20 chain {dns_chain} {{\n\
-             \x20   ct state new add @{conns} {{ iifname ct count over {n} }} goto over_connections\n\
-             \x20   meta l4proto udp update @{dns_rate_set} {{ iifname limit rate over {dns}/second burst {dns_burst} packets }} goto over_dns_rate\n  }}\n",
-        );
+    for c in classes {
+        share_class_body(&mut r, c);
     }
     r.push_str("}\n");
+    r
+}
+
+/// The sets and chains of share class `c`, as declarations inside the
+/// table's block.
+fn share_class_body(r: &mut String, c: &ShareClass) {
+    let [conns, rate_set, dns_rate_set] = c.sets();
+    let _ = writeln!(
+        r,
+        "  set {conns} {{ type ifname; flags dynamic; }}\n\
+         \x20 set {rate_set} {{ type ifname; flags dynamic,timeout; timeout 1m; }}\n\
+         \x20 set {dns_rate_set} {{ type ifname; flags dynamic,timeout; timeout 1m; }}"
+    );
+    let (chain, dns_chain) = (c.chain(), c.dns_chain());
+    let (n, per, burst) = (
+        c.connections,
+        c.new_per_second,
+        c.new_per_second.saturating_mul(2),
+    );
+    let (dns, dns_burst) = (
+        c.dns_per_second.saturating_mul(2),
+        c.dns_per_second.saturating_mul(4),
+    );
+    let _ = write!(
+        r,
+        "  chain {chain} {{\n\
+         \x20   add @{conns} {{ iifname ct count over {n} }} goto over_connections\n\
+         \x20   update @{rate_set} {{ iifname limit rate over {per}/second burst {burst} packets }} goto over_connection_rate\n  }}\n\
+         \x20 chain {dns_chain} {{\n\
+         \x20   ct state new add @{conns} {{ iifname ct count over {n} }} goto over_connections\n\
+         \x20   meta l4proto udp update @{dns_rate_set} {{ iifname limit rate over {dns}/second burst {dns_burst} packets }} goto over_dns_rate\n  }}\n",
+    );
+}
+
+/// The text that adds share class `c` to table `table` as it stands, for
+/// `nft -f` (a class a sandbox's connection budgets made, see
+/// [`ShareClass`]).
+pub fn add_share_class(table: &str, c: &ShareClass) -> String {
+    let mut r = format!("table inet {table} {{\n");
+    share_class_body(&mut r, c);
+    r.push_str("}\n");
+    r
+}
+
+/// The text that removes share class `c` from table `table`, for `nft -f`:
+/// once no slot's element jumps to its chains.
+pub fn remove_share_class(table: &str, c: &ShareClass) -> String {
+    let mut r = format!(
+        "delete chain inet {table} {}\ndelete chain inet {table} {}\n",
+        c.chain(),
+        c.dns_chain()
+    );
+    for set in c.sets() {
+        let _ = writeln!(r, "delete set inet {table} {set}");
+    }
     r
 }
 

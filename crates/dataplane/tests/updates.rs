@@ -240,3 +240,196 @@ fn a_cut_slot_passes_nothing_until_its_next_update_rebuilds_it() {
     assert!(probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
     assert!(!probe(&ns, Proto::Tcp, SERVER4_B, TCP_ECHO));
 }
+
+/// The source address the world sees a connection from `ns` come from.
+fn source_seen(ns: &Netns, dest: IpAddr) -> IpAddr {
+    let text = ns
+        .run(|| {
+            let mut c = TcpStream::connect_timeout(&SocketAddr::new(dest, WHOAMI), WAIT)?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut text = String::new();
+            c.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap();
+    text.trim().parse().unwrap()
+}
+
+#[test]
+fn a_known_egress_address_is_where_connections_leave_from_and_an_update_moves_it() {
+    let mut rig = Rig::new();
+    let plain = rig.resolve(3, open());
+    let (IpAddr::V4(e4), IpAddr::V6(e6)) = (EGRESS4, EGRESS6) else {
+        unreachable!()
+    };
+    let both = sandgate_policy::EgressAddress {
+        ipv4: Some(e4),
+        ipv6: Some(e6),
+    };
+    let known = plain.clone().with_egress_address(Some(both));
+    let (a, a_ns) = rig.sandbox("a", &known);
+    let (_, b_ns) = rig.sandbox("b", &plain);
+    let host = (HOST_LINK4.addr(), HOST_LINK6.addr());
+    assert_eq!(source_seen(&a_ns, SERVER4), EGRESS4);
+    assert_eq!(source_seen(&a_ns, SERVER6_B), EGRESS6);
+    // Another organization's sandbox leaves from the host's address.
+    assert_eq!(source_seen(&b_ns, SERVER4), host.0);
+    assert_eq!(source_seen(&b_ns, SERVER6_B), host.1);
+
+    // IPv4 only: IPv6 leaves from the host's address again.
+    let v4_only = sandgate_policy::EgressAddress {
+        ipv4: Some(e4),
+        ipv6: None,
+    };
+    rig.dp()
+        .update(a.index, &plain.clone().with_egress_address(Some(v4_only)))
+        .unwrap();
+    assert_eq!(source_seen(&a_ns, SERVER4_B), EGRESS4);
+    assert_eq!(source_seen(&a_ns, SERVER6), host.1);
+    // Without one, both families leave from the host's addresses.
+    rig.dp().update(a.index, &plain).unwrap();
+    assert_eq!(source_seen(&a_ns, SERVER4), host.0);
+    assert_eq!(source_seen(&a_ns, SERVER6), host.1);
+    // And back, after a restart of the dataplane that rebuilds its state.
+    rig.dp().update(a.index, &known).unwrap();
+    rig.dp = None;
+    let (dp, _) =
+        sandgate_dataplane::Dataplane::start(rig.cfg.clone(), rig.policy.clone()).unwrap();
+    rig.dp = Some(dp);
+    assert_eq!(source_seen(&a_ns, SERVER4), EGRESS4);
+    assert_eq!(source_seen(&a_ns, SERVER6), EGRESS6);
+    assert_eq!(source_seen(&b_ns, SERVER4), host.0);
+}
+
+/// Whether slot `index` has its pacer (`sgh<index>p`) in the host.
+fn paced(rig: &Rig, index: u32) -> bool {
+    let name = format!("{}p", rig.cfg.slot(index).host_if);
+    rig.lab
+        .host()
+        .run(|| sandgate_netns::Rtnl::open()?.link_index(&name))
+        .unwrap()
+        .is_some()
+}
+
+#[test]
+fn an_egress_budget_paces_what_its_slot_sends_and_no_other() {
+    use sandgate_lab::bench::upload_mbit;
+    let mut rig = Rig::new();
+    let free_policy = rig.resolve(3, open());
+    let budget = |mbps: u32| {
+        let mut p = free_policy.clone();
+        p.budgets.egress_mbps = Some(mbps);
+        p
+    };
+    let (a, a_ns) = rig.sandbox("paced", &budget(20));
+    let (b, b_ns) = rig.sandbox("free", &free_policy);
+    assert!(paced(&rig, a.index) && !paced(&rig, b.index));
+    let time = Duration::from_secs(2);
+    // Both at once, each to a server of its own.
+    let other = thread::spawn(move || upload_mbit(&b_ns, SERVER4_B, time).unwrap());
+    let limited = upload_mbit(&a_ns, SERVER4, time).unwrap();
+    let free = other.join().unwrap();
+    println!("20 Mbit/s budget: {limited:.1} Mbit/s; beside it, no budget: {free:.1} Mbit/s");
+    assert!(
+        (limited - 20.0).abs() <= 2.0,
+        "{limited:.2} Mbit/s under a budget of 20"
+    );
+    assert!(
+        free > 60.0,
+        "the sandbox without a budget sent {free:.1} Mbit/s"
+    );
+
+    // An update paces it anew, without a moment unpaced; a restart of the
+    // dataplane keeps it, and mends what a crash or the watchdog left
+    // broken (the pacer set down, the redirect to it gone); no budget
+    // removes the pacer.
+    rig.dp().update(a.index, &budget(50)).unwrap();
+    rig.dp = None;
+    let host_if = rig.cfg.slot(a.index).host_if;
+    let pacer = format!("{host_if}p");
+    for cmd in [
+        vec!["ip", "link", "set", &pacer, "down"],
+        vec!["tc", "qdisc", "del", "dev", &host_if, "ingress"],
+    ] {
+        let status = rig
+            .lab
+            .host()
+            .run(|| std::process::Command::new(cmd[0]).args(&cmd[1..]).status())
+            .unwrap();
+        assert!(status.success(), "{cmd:?}");
+    }
+    let (dp, _) =
+        sandgate_dataplane::Dataplane::start(rig.cfg.clone(), rig.policy.clone()).unwrap();
+    rig.dp = Some(dp);
+    let fifty = upload_mbit(&a_ns, SERVER6, time).unwrap();
+    assert!(
+        (fifty - 50.0).abs() <= 5.0,
+        "{fifty:.2} Mbit/s under a budget of 50"
+    );
+    rig.dp().update(a.index, &free_policy).unwrap();
+    assert!(!paced(&rig, a.index));
+    let unpaced = upload_mbit(&a_ns, SERVER4, Duration::from_secs(1)).unwrap();
+    assert!(unpaced > 100.0, "{unpaced:.1} Mbit/s without a budget");
+    // A deleted slot leaves no pacer behind.
+    rig.dp().update(a.index, &budget(10)).unwrap();
+    assert!(paced(&rig, a.index));
+    rig.dp().delete(a.index).unwrap();
+    assert!(!paced(&rig, a.index));
+}
+
+/// Whether the host's table has chain `chain`.
+fn has_chain(rig: &Rig, chain: &str) -> bool {
+    let table = rig.cfg.table.clone();
+    rig.lab
+        .host()
+        .run(|| {
+            std::process::Command::new("nft")
+                .args(["list", "chain", "inet", &table, chain])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+        })
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn a_connection_budget_gets_a_share_class_that_goes_with_its_last_slot() {
+    use sandgate_dataplane::ruleset::ShareClass;
+    let mut rig = Rig::new();
+    let tier = rig.resolve(3, open());
+    let mut budget = tier.clone();
+    budget.fair_shares = tier.fair_shares.narrowed(Some(3), None);
+    let chain = ShareClass::of(&budget.fair_shares).chain();
+    assert!(!has_chain(&rig, &chain));
+    let (a, a_ns) = rig.sandbox("budgeted", &budget);
+    assert!(has_chain(&rig, &chain));
+    // Three connections at once; the fourth is refused, in the kernel.
+    let connect =
+        || a_ns.run(|| TcpStream::connect_timeout(&SocketAddr::new(SERVER4, TCP_ECHO), WAIT));
+    let held: Vec<TcpStream> = (0..3).map(|_| connect().unwrap()).collect();
+    assert!(connect().is_err(), "a fourth connection passed");
+    drop(held);
+    // A second slot of the same class shares the chain; the class goes
+    // when its last slot leaves it (by an update, then a delete).
+    let (b, _) = rig.sandbox("same", &budget);
+    rig.dp().update(a.index, &tier).unwrap();
+    assert!(has_chain(&rig, &chain));
+    rig.dp().delete(b.index).unwrap();
+    assert!(!has_chain(&rig, &chain));
+    // Back again, kept across a restart, and gone with a delete.
+    rig.dp().update(a.index, &budget).unwrap();
+    rig.dp = None;
+    let (dp, _) =
+        sandgate_dataplane::Dataplane::start(rig.cfg.clone(), rig.policy.clone()).unwrap();
+    rig.dp = Some(dp);
+    assert!(has_chain(&rig, &chain));
+    let held: Vec<TcpStream> = (0..3).map(|_| connect().unwrap()).collect();
+    assert!(
+        connect().is_err(),
+        "a fourth connection passed after a restart"
+    );
+    drop(held);
+    rig.dp().delete(a.index).unwrap();
+    assert!(!has_chain(&rig, &chain));
+}

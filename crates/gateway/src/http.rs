@@ -11,7 +11,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -151,8 +150,7 @@ type Upstream = Arc<tokio::sync::Mutex<Option<SendRequest<Incoming>>>>;
 async fn forward(
     check: Arc<dyn Check>,
     upstream: Upstream,
-    dest: SocketAddr,
-    connect_timeout: Duration,
+    dial: crate::Dial,
     mut req: Request<Incoming>,
 ) -> Result<Response<Incoming>, RelayError> {
     let name = request_name(&req).map_err(RelayError::Refused)?;
@@ -162,7 +160,7 @@ async fn forward(
     let mut slot = upstream.lock().await;
     let sender = match slot.as_mut() {
         Some(s) if !s.is_closed() => s,
-        _ => slot.insert(open(dest, connect_timeout).await?),
+        _ => slot.insert(open(&dial).await?),
     };
     sender.ready().await?;
     let upgrade = hyper::upgrade::on(&mut req);
@@ -182,26 +180,19 @@ async fn forward(
 }
 
 /// Serves the sandbox's side `down` (whose first bytes are `first`),
-/// passing each request that `check` lets through to `dest` over one
-/// connection of its own; ends at the first refused request (an error,
-/// after which the caller resets the connection).
+/// passing each request that `check` lets through to the destination of
+/// `dial` over one connection of its own; ends at the first refused
+/// request (an error, after which the caller resets the connection).
 pub async fn serve(
     down: TcpStream,
     first: Vec<u8>,
-    dest: SocketAddr,
+    dial: crate::Dial,
     check: Arc<dyn Check>,
-    connect_timeout: Duration,
 ) -> Result<(), RelayError> {
     let upstream: Upstream = Arc::new(tokio::sync::Mutex::new(None));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let fut: Pin<Box<dyn Future<Output = Result<Response<Incoming>, RelayError>> + Send>> =
-            Box::pin(forward(
-                check.clone(),
-                upstream.clone(),
-                dest,
-                connect_timeout,
-                req,
-            ));
+            Box::pin(forward(check.clone(), upstream.clone(), dial, req));
         fut
     });
     hyper::server::conn::http1::Builder::new()
@@ -216,14 +207,9 @@ pub async fn serve(
 
 /// A connection to the destination, for the requests of one sandbox
 /// connection.
-async fn open(
-    dest: SocketAddr,
-    connect_timeout: Duration,
-) -> Result<SendRequest<Incoming>, RelayError> {
+async fn open(dial: &crate::Dial) -> Result<SendRequest<Incoming>, RelayError> {
     {
-        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(dest))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let stream = dial.connect().await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .preserve_header_case(true)

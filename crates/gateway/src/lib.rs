@@ -59,6 +59,53 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// How the gateway reaches a passed connection's destination: from the
+/// sandbox's known egress address where its organization has one (as the
+/// kernel's address translation would have sent it), within a time.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial {
+    /// The original destination.
+    pub dest: SocketAddr,
+    /// The source address to bind, if not the host's own.
+    pub from: Option<IpAddr>,
+    /// How long the connect may take.
+    pub timeout: Duration,
+}
+
+impl Dial {
+    /// The dial of `holder`'s connection to `dest`.
+    fn of(holder: &Holder, dest: SocketAddr, timeout: Duration) -> Dial {
+        Dial {
+            dest,
+            from: holder
+                .policy
+                .egress_address
+                .and_then(|e| e.source_for(dest.ip())),
+            timeout,
+        }
+    }
+
+    /// Connects; an egress address this host does not hold fails (never
+    /// a connection from another address).
+    pub async fn connect(&self) -> io::Result<TcpStream> {
+        let connect = async {
+            let Some(from) = self.from else {
+                return TcpStream::connect(self.dest).await;
+            };
+            let socket = if self.dest.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(from, 0))?;
+            socket.connect(self.dest).await
+        };
+        tokio::time::timeout(self.timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
 /// The holder of a slot, as the gateway needs it.
 #[derive(Debug, Clone)]
 pub struct Holder {
@@ -680,8 +727,12 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
             // Boxed: the compiler cannot prove the state machine `Send`
             // when this one is inlined in it (a known limit of its
             // higher-ranked lifetime inference).
-            let relay: Pin<Box<dyn Future<Output = ()> + Send>> =
-                Box::pin(pass_tls(shared.cfg.connect_timeout, down, buf, dest, cut));
+            let relay: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(pass_tls(
+                Dial::of(&holder, dest, shared.cfg.connect_timeout),
+                down,
+                buf,
+                cut,
+            ));
             relay.await;
         }
         Hello::NotTls => {
@@ -712,9 +763,8 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
                 Box::pin(http::serve(
                     down,
                     buf,
-                    dest,
+                    Dial::of(&holder, dest, shared.cfg.connect_timeout),
                     check.clone(),
-                    shared.cfg.connect_timeout,
                 ));
             tokio::select! {
                 r = served => {
@@ -819,23 +869,12 @@ impl http::Check for HttpCheck {
 }
 
 /// Relays a passed TLS connection: the hello first, then `splice`.
-async fn pass_tls(
-    connect_timeout: Duration,
-    down: TcpStream,
-    hello: Vec<u8>,
-    dest: SocketAddr,
-    cut: oneshot::Receiver<()>,
-) {
+async fn pass_tls(dial: Dial, down: TcpStream, hello: Vec<u8>, cut: oneshot::Receiver<()>) {
     use tokio::io::AsyncWriteExt;
-    let connected = tokio::time::timeout(connect_timeout, TcpStream::connect(dest)).await;
-    let mut up = match connected {
-        Ok(Ok(up)) => up,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, %dest, "gateway: the destination refused");
-            return reset(&down);
-        }
-        Err(_) => {
-            tracing::debug!(%dest, "gateway: the destination did not answer");
+    let mut up = match dial.connect().await {
+        Ok(up) => up,
+        Err(e) => {
+            tracing::debug!(error = %e, dest = %dial.dest, "gateway: the destination could not be reached");
             return reset(&down);
         }
     };

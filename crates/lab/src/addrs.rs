@@ -20,6 +20,17 @@ pub const HOST_LINK6: IpNet = IpNet::new_assert(v6(0x2001, 0xdb8, 0xffff, 1), 64
 /// The world end of the uplink, IPv6.
 pub const WORLD_LINK6: IpNet = IpNet::new_assert(v6(0x2001, 0xdb8, 0xffff, 2), 64);
 
+/// A known egress address the host holds (on its uplink) and the world
+/// routes back to it: an organization given it by the operator has its
+/// sandboxes' connections arrive from here.
+pub const EGRESS4: IpAddr = v4(203, 0, 113, 65);
+/// The known egress address, IPv6.
+pub const EGRESS6: IpAddr = v6(0x2001, 0xdb8, 0xeeee, 0x65);
+/// The range the world routes to the host for known egress addresses.
+pub const LAB_EGRESS4: IpNet = IpNet::new_assert(v4(203, 0, 113, 64), 27);
+/// The IPv6 range the world routes to the host for known egress addresses.
+pub const LAB_EGRESS6: IpNet = IpNet::new_assert(v6(0x2001, 0xdb8, 0xeeee, 0), 48);
+
 /// A public server (every world service listens on every world address).
 pub const SERVER4: IpAddr = v4(192, 0, 2, 10);
 /// A second public server, in another TEST-NET.
@@ -81,6 +92,13 @@ pub const TCP_ECHO: u16 = 7;
 pub const UDP_ECHO: u16 = 7;
 /// TCP: sends a stream of bytes until the peer closes.
 pub const TCP_STREAM: u16 = 19;
+/// TCP: reads until the peer shuts its side down, then writes the number
+/// of bytes it read and a newline (what a sender's bandwidth is measured
+/// with: the count arrives once every byte did).
+pub const SINK: u16 = 9;
+/// TCP: writes the address the connection came from (as the world sees
+/// it, after the host's address translation) and a newline, then closes.
+pub const WHOAMI: u16 = 113;
 /// HTTP.
 pub const HTTP: u16 = 80;
 /// HTTPS, with a certificate of the lab's CA.

@@ -79,3 +79,39 @@ impl XorShift {
         self.next_u64() % n
     }
 }
+
+/// What `ns` sends to the lab's [`crate::addrs::SINK`] at `dest` over one
+/// TCP connection for `time`, in megabits a second of payload: the bytes
+/// the sink counted, over the time until its count arrived (so bytes
+/// still queued on the way are waited for, not counted early).
+pub fn upload_mbit(
+    ns: &sandgate_netns::Netns,
+    dest: std::net::IpAddr,
+    time: Duration,
+) -> std::io::Result<f64> {
+    use std::io::{Read, Write};
+    assert!(
+        crate::addrs::is_lab_address(dest),
+        "{dest} is not a lab address"
+    );
+    ns.run(move || {
+        let addr = std::net::SocketAddr::new(dest, crate::addrs::SINK);
+        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let chunk = vec![b's'; 64 * 1024];
+        let start = std::time::Instant::now();
+        while start.elapsed() < time {
+            conn.write_all(&chunk)?;
+        }
+        conn.shutdown(std::net::Shutdown::Write)?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut count = String::new();
+        conn.read_to_string(&mut count)?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let bytes: f64 = count
+            .trim()
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("the sink said {count:?}")))?;
+        Ok(bytes * 8.0 / elapsed / 1e6)
+    })
+}

@@ -1,11 +1,13 @@
 //! The world's HTTP service, in the clear and over TLS: answers every
-//! request with 200 and a line naming the request, so a client can check
-//! what it reached.
+//! request with 200 and a line naming the request and the address it came
+//! from, so a client can check what it reached, and from where.
 
 use std::io::{self, Read, Write};
+use std::net::IpAddr;
 
-/// Reads one request head from `conn` and answers it.
-pub fn serve(conn: &mut impl ReadWrite) -> io::Result<()> {
+/// Reads one request head from `conn`, which came from `peer`, and
+/// answers it.
+pub fn serve(conn: &mut impl ReadWrite, peer: Option<IpAddr>) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let head_end = loop {
@@ -31,8 +33,9 @@ pub fn serve(conn: &mut impl ReadWrite) -> io::Result<()> {
                 .find(|h| h.name.eq_ignore_ascii_case("host"))
                 .map(|h| String::from_utf8_lossy(h.value).into_owned())
                 .unwrap_or_default();
+            let from = peer.map_or_else(|| "?".into(), |p| p.to_canonical().to_string());
             let body = format!(
-                "sandgate lab: {} {} host={host}\n",
+                "sandgate lab: {} {} from={from} host={host}\n",
                 request.method.unwrap_or("?"),
                 request.path.unwrap_or("?")
             );

@@ -193,6 +193,12 @@ impl Lab {
             let mut rt = Rtnl::open()?;
             let lo = index(&mut rt, "lo")?;
             rt.set_up(lo)?;
+            // The known egress addresses an operator can give an
+            // organization: the host's own (on `lo`, so that the host's
+            // own connections never pick them as a source), routed to the
+            // host by the world.
+            rt.add_address(lo, ipnet::IpNet::from(EGRESS4))?;
+            rt.add_address(lo, ipnet::IpNet::from(EGRESS6))?;
             rt.add_veth(UPLINK, WAN, Some(world_fd))?;
             let up = index(&mut rt, UPLINK)?;
             rt.add_address(up, HOST_LINK4)?;
@@ -240,7 +246,9 @@ impl Lab {
             rt.add_address(wan, WORLD_LINK6)?;
             rt.set_up(wan)?;
             rt.add_neighbour(wan, HOST_LINK4.addr(), &uplink_mac)?;
-            rt.add_neighbour(wan, HOST_LINK6.addr(), &uplink_mac)
+            rt.add_neighbour(wan, HOST_LINK6.addr(), &uplink_mac)?;
+            rt.add_route(LAB_EGRESS4, Some(HOST_LINK4.addr()), wan)?;
+            rt.add_route(LAB_EGRESS6, Some(HOST_LINK6.addr()), wan)
         })
     }
 

@@ -2,7 +2,7 @@
 //! namespace on every address (dual-stack), stopped by a flag.
 
 use crate::addrs::{
-    DNS4, DNS6, HTTP, HTTPS, QUIC, TCP_ECHO, TCP_STREAM, UDP_ECHO, WORLD_ADDRESSES,
+    DNS4, DNS6, HTTP, HTTPS, QUIC, SINK, TCP_ECHO, TCP_STREAM, UDP_ECHO, WHOAMI, WORLD_ADDRESSES,
 };
 use crate::dns::Zone;
 use crate::http;
@@ -51,7 +51,7 @@ pub fn start(
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let (tcp, udp, dns_udp, dns_tcp) = world_ns.run(|| {
         let mut tcp = Vec::new();
-        for port in [TCP_ECHO, TCP_STREAM, HTTP, HTTPS] {
+        for port in [TCP_ECHO, TCP_STREAM, HTTP, HTTPS, WHOAMI, SINK] {
             let s = dual_stack(Type::STREAM, port)?;
             s.listen(128)?;
             tcp.push(TcpListener::from(s));
@@ -81,20 +81,24 @@ pub fn start(
         Ok((tcp, udp, dns_udp, dns_tcp))
     })?;
     let tls = world.tls.clone();
-    let handlers: [Handler; 4] = [
+    let handlers: [Handler; 6] = [
         Arc::new(echo_conn),
         Arc::new(stream_conn),
         Arc::new(|mut c: TcpStream, _: &AtomicBool| {
-            let _ = http::serve(&mut c);
+            let peer = c.peer_addr().ok().map(|a| a.ip());
+            let _ = http::serve(&mut c, peer);
         }),
         Arc::new(move |c: TcpStream, _: &AtomicBool| {
             if let Ok(conn) = rustls::ServerConnection::new(tls.clone()) {
+                let peer = c.peer_addr().ok().map(|a| a.ip());
                 let mut stream = rustls::StreamOwned::new(conn, c);
-                let _ = http::serve(&mut stream);
+                let _ = http::serve(&mut stream, peer);
                 stream.conn.send_close_notify();
                 let _ = stream.flush();
             }
         }),
+        Arc::new(whoami_conn),
+        Arc::new(sink_conn),
     ];
     let mut threads = Vec::new();
     for (listener, handler) in tcp.into_iter().zip(handlers) {
@@ -230,6 +234,30 @@ fn echo_conn(mut conn: TcpStream, stop: &AtomicBool) {
             Err(e) if retryable(&e) => {}
             Err(_) => return,
         }
+    }
+}
+
+/// Reads until the peer's end of stream, then writes the count.
+fn sink_conn(mut conn: TcpStream, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total: u64 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        match conn.read(&mut buf) {
+            Ok(0) => {
+                let _ = writeln!(conn, "{total}");
+                return;
+            }
+            Ok(n) => total += n as u64,
+            Err(e) if retryable(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes the peer's address and a newline.
+fn whoami_conn(mut conn: TcpStream, _: &AtomicBool) {
+    if let Ok(peer) = conn.peer_addr() {
+        let _ = writeln!(conn, "{}", peer.ip().to_canonical());
     }
 }
 

@@ -123,7 +123,10 @@ fn the_world_serves_http_and_https_with_the_lab_certificate() {
         .unwrap();
     assert!(plain.starts_with("HTTP/1.1 200 OK"), "{plain}");
     assert!(
-        plain.ends_with("sandgate lab: GET /probe host=plain.example.com\n"),
+        plain.ends_with(&format!(
+            "sandgate lab: GET /probe from={} host=plain.example.com\n",
+            HOST_LINK6.addr()
+        )),
         "{plain}"
     );
     assert!(tls.starts_with("HTTP/1.1 200 OK"), "{tls}");

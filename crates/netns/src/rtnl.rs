@@ -169,7 +169,7 @@ impl Rtnl {
 
     /// Sends one request and collects the messages of its answer until the
     /// acknowledgement (or the end of a dump).
-    fn request(
+    pub(crate) fn request(
         &mut self,
         message: RouteNetlinkMessage,
         flags: u16,
@@ -220,7 +220,7 @@ impl Rtnl {
         }
     }
 
-    fn ack(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    pub(crate) fn ack(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.request(message, NLM_F_ACK | flags).map(drop)
     }
 

@@ -5,6 +5,7 @@
 //! essential services, tiers 3 and 4 open by default and free to set lists;
 //! at most 5 `networkAllowList` and 50 `domainAllowList` entries.
 
+use crate::budget::{TierBudgets, TierBudgetsRepr};
 use crate::error::{ErrorCode, PolicyError};
 use crate::ranges::{NamedRange, RangeKind, Ranges};
 use crate::resources::{TierResources, TierResourcesRepr};
@@ -76,6 +77,8 @@ pub struct TierRule {
     pub fair_shares: FairShares,
     /// Each sandbox's memory, CPU and disk: defaults and maxima.
     pub resources: TierResources,
+    /// Each sandbox's budgets: defaults and maxima.
+    pub budgets: TierBudgets,
 }
 
 /// The policy part of the operator configuration, resolved and validated.
@@ -142,6 +145,9 @@ pub struct PolicyConfigRepr {
     /// Resources of every tier, over [`TierResources::default`].
     #[serde(default)]
     pub resources: TierResourcesRepr,
+    /// Budgets of every tier (none by default).
+    #[serde(default)]
+    pub budgets: TierBudgetsRepr,
 }
 
 /// One row of the tier table, as written.
@@ -171,6 +177,9 @@ pub struct TierRepr {
     /// This tier's resources, over those of every tier.
     #[serde(default)]
     pub resources: TierResourcesRepr,
+    /// This tier's budgets, over those of every tier.
+    #[serde(default)]
+    pub budgets: TierBudgetsRepr,
 }
 
 /// One extra range (always-denied or private), as written.
@@ -230,7 +239,10 @@ impl PolicyConfig {
         let resources = repr
             .resources
             .over(TierResources::default(), "policy.resources")?;
-        let rule = |network, row: Option<&TierRepr>, fair_shares, resources| TierRule {
+        let budgets = repr
+            .budgets
+            .over(TierBudgets::default(), "policy.budgets")?;
+        let rule = |network, row: Option<&TierRepr>, fair_shares, resources, budgets| TierRule {
             network,
             network_allow_list_max: row
                 .and_then(|r| r.network_allow_list_max)
@@ -248,6 +260,7 @@ impl PolicyConfig {
                 .unwrap_or_default(),
             fair_shares,
             resources,
+            budgets,
         };
         let tiers: BTreeMap<Tier, TierRule> = match repr.tiers {
             None => [
@@ -257,7 +270,7 @@ impl PolicyConfig {
                 (4, TierNetwork::Configurable),
             ]
             .into_iter()
-            .map(|(t, n)| (t, rule(n, None, shares, resources)))
+            .map(|(t, n)| (t, rule(n, None, shares, resources, budgets)))
             .collect(),
             Some(table) => {
                 let mut tiers = BTreeMap::new();
@@ -277,9 +290,18 @@ impl PolicyConfig {
                     let tier_resources = row
                         .resources
                         .over(resources, &format!("policy.tiers.{tier}.resources"))?;
+                    let tier_budgets = row
+                        .budgets
+                        .over(budgets, &format!("policy.tiers.{tier}.budgets"))?;
                     tiers.insert(
                         tier,
-                        rule(row.network, Some(&row), tier_shares, tier_resources),
+                        rule(
+                            row.network,
+                            Some(&row),
+                            tier_shares,
+                            tier_resources,
+                            tier_budgets,
+                        ),
                     );
                 }
                 if tiers.is_empty() {

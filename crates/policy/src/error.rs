@@ -22,6 +22,13 @@ pub enum ErrorCode {
     InvalidGrantTarget,
     /// A grant's `ttlSeconds` is out of range.
     InvalidGrantTtl,
+    /// An organization's egress address is not one a connection can
+    /// leave from.
+    InvalidEgressAddress,
+    /// A budget (`egressMbps`) is no amount.
+    InvalidBudget,
+    /// A budget above the tier's maximum.
+    BudgetExceedsTier,
     /// An update of network settings sets nothing.
     InvalidNetworkSettings,
     /// The organization's tier does not allow sandbox-level network lists.
@@ -50,6 +57,9 @@ impl ErrorCode {
             ErrorCode::InvalidDomainDenyList => "invalid_domain_deny_list",
             ErrorCode::InvalidGrantTarget => "invalid_grant_target",
             ErrorCode::InvalidGrantTtl => "invalid_grant_ttl",
+            ErrorCode::InvalidEgressAddress => "invalid_egress_address",
+            ErrorCode::InvalidBudget => "invalid_budget",
+            ErrorCode::BudgetExceedsTier => "budget_exceeds_tier",
             ErrorCode::InvalidNetworkSettings => "invalid_network_settings",
             ErrorCode::NetworkRestrictedByTier => "network_restricted_by_tier",
             ErrorCode::InvalidTier => "invalid_tier",
@@ -73,11 +83,15 @@ impl ErrorCode {
             | ErrorCode::InvalidDomainDenyList
             | ErrorCode::InvalidGrantTarget
             | ErrorCode::InvalidGrantTtl
+            | ErrorCode::InvalidEgressAddress
+            | ErrorCode::InvalidBudget
             | ErrorCode::InvalidNetworkSettings
             | ErrorCode::InvalidTier
             | ErrorCode::InvalidDestination
             | ErrorCode::InvalidResources => 400,
-            ErrorCode::NetworkRestrictedByTier | ErrorCode::ResourcesExceedTier => 403,
+            ErrorCode::NetworkRestrictedByTier
+            | ErrorCode::ResourcesExceedTier
+            | ErrorCode::BudgetExceedsTier => 403,
             ErrorCode::InvalidCatalog | ErrorCode::InvalidConfig => 500,
         }
     }

@@ -35,9 +35,11 @@
 //! # Ok::<(), sandgate_policy::PolicyError>(())
 //! ```
 
+mod budget;
 mod catalog;
 mod config;
 mod domain;
+mod egress;
 mod error;
 mod explain;
 mod grant;
@@ -49,6 +51,7 @@ mod resolve;
 mod resources;
 mod shares;
 
+pub use budget::{check_connection_budget, Budgets, TierBudgets, TierBudgetsRepr, EGRESS_MBPS_MAX};
 pub use catalog::{Catalog, Category, MergeMode, BUILTIN_CATALOG};
 pub use config::{
     DeniedRepr, OtherPorts, PolicyConfig, PolicyConfigRepr, Tier, TierNetwork, TierRepr, TierRule,
@@ -56,6 +59,7 @@ pub use config::{
     DEFAULT_NETWORK_DENY_LIST_MAX,
 };
 pub use domain::{DomainAllowList, DomainList, DomainName, DomainPattern};
+pub use egress::EgressAddress;
 pub use error::{ErrorCode, PolicyError, Problem};
 pub use explain::{CompiledPolicy, Destination, Reason, Target, Verdict, DNS_PORT};
 pub use grant::{check_ttl, overlaps, Grant, GrantTarget, GRANT_TTL_MAX, GRANT_TTL_MIN};

@@ -2,6 +2,7 @@
 //! policy, and validation of the requests that change settings (BRIEF
 //! section 1, "Effective network mode of a sandbox").
 
+use crate::budget::check_connection_budget;
 use crate::config::{PolicyConfig, Tier, TierNetwork};
 use crate::domain::{self, DomainAllowList, DomainList};
 use crate::error::{ErrorCode, PolicyError};
@@ -81,6 +82,14 @@ pub struct NetworkSettings {
     pub domain_deny_list: DomainList,
     /// `essentialServices` (true unless a request turned them off).
     pub essential_services: bool,
+    /// `egressMbps` as the sandbox asked (`None`: the tier's default).
+    pub egress_mbps: Option<u32>,
+    /// `maxConnections` as the sandbox asked (`None`: the tier's fair
+    /// share).
+    pub max_connections: Option<u32>,
+    /// `newConnectionsPerSecond` as the sandbox asked (`None`: the tier's
+    /// fair share).
+    pub new_connections_per_second: Option<u32>,
 }
 
 impl Default for NetworkSettings {
@@ -92,6 +101,9 @@ impl Default for NetworkSettings {
             network_deny_list: NetworkList::default(),
             domain_deny_list: DomainList::default(),
             essential_services: true,
+            egress_mbps: None,
+            max_connections: None,
+            new_connections_per_second: None,
         }
     }
 }
@@ -112,6 +124,13 @@ pub struct SettingsRequest<'a> {
     pub domain_deny_list: Option<&'a str>,
     /// `essentialServices`.
     pub essential_services: Option<bool>,
+    /// `egressMbps`: `Some(None)` (sent as `null`) goes back to the
+    /// tier's default.
+    pub egress_mbps: Option<Option<u32>>,
+    /// `maxConnections`: `Some(None)` goes back to the tier's.
+    pub max_connections: Option<Option<u32>>,
+    /// `newConnectionsPerSecond`: `Some(None)` goes back to the tier's.
+    pub new_connections_per_second: Option<Option<u32>>,
 }
 
 impl SettingsRequest<'_> {
@@ -122,6 +141,9 @@ impl SettingsRequest<'_> {
             && self.network_deny_list.is_none()
             && self.domain_deny_list.is_none()
             && self.essential_services.is_none()
+            && self.egress_mbps.is_none()
+            && self.max_connections.is_none()
+            && self.new_connections_per_second.is_none()
     }
 }
 
@@ -140,6 +162,12 @@ pub struct StoredSettings<'a> {
     pub domain_deny_list: &'a str,
     /// `essentialServices`.
     pub essential_services: bool,
+    /// `egressMbps` as asked.
+    pub egress_mbps: Option<u32>,
+    /// `maxConnections` as asked.
+    pub max_connections: Option<u32>,
+    /// `newConnectionsPerSecond` as asked.
+    pub new_connections_per_second: Option<u32>,
 }
 
 /// A stored setting that the tier or `networkBlockAll` makes inactive.
@@ -189,12 +217,21 @@ pub struct EffectivePolicy {
     /// [`crate::OtherPorts::Deny`]).
     #[serde(default)]
     pub name_ports_only: bool,
+    /// The organization's known egress address, if the operator gave it
+    /// one: where connections leave from (see
+    /// [`EffectivePolicy::with_egress_address`]); never what may leave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_address: Option<crate::egress::EgressAddress>,
     /// Stored settings that have no effect, and why.
     #[serde(skip_deserializing, default)]
     pub inactive: Vec<InactiveSetting>,
     /// What the sandbox may take of the host's shared resources (its
     /// tier's fair shares).
     pub fair_shares: FairShares,
+    /// Its budgets: what it asked for or its tier's defaults, within the
+    /// tier's maxima.
+    #[serde(default, skip_serializing_if = "crate::budget::Budgets::is_empty")]
+    pub budgets: crate::budget::Budgets,
 }
 
 impl EffectivePolicy {
@@ -212,6 +249,14 @@ impl EffectivePolicy {
         } else {
             Vec::new()
         };
+        self
+    }
+
+    /// The policy with connections leaving from `egress` (the
+    /// organization's known egress address) instead of the host's own.
+    #[must_use]
+    pub fn with_egress_address(mut self, egress: Option<crate::egress::EgressAddress>) -> Self {
+        self.egress_address = egress;
         self
     }
 
@@ -249,7 +294,7 @@ impl PolicyConfig {
         if request.is_empty() {
             return Err(PolicyError::new(
                 ErrorCode::InvalidNetworkSettings,
-                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices",
+                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond",
             ));
         }
         self.merge(tier, stored, request)
@@ -279,6 +324,9 @@ impl PolicyConfig {
             )?,
             domain_deny_list: DomainList::parse_deny(stored.domain_deny_list, usize::MAX)?,
             essential_services: stored.essential_services,
+            egress_mbps: stored.egress_mbps,
+            max_connections: stored.max_connections,
+            new_connections_per_second: stored.new_connections_per_second,
         })
     }
 
@@ -320,6 +368,28 @@ impl PolicyConfig {
             Some(s) => DomainList::parse_deny(s, rule.domain_deny_list_max)?,
             None => stored.domain_deny_list.clone(),
         };
+        // Budgets only narrow: any tier may ask for less.
+        if let Some(asked) = request.egress_mbps {
+            rule.budgets.check(tier, asked)?;
+        }
+        let egress_mbps = request.egress_mbps.unwrap_or(stored.egress_mbps);
+        let max_connections = request.max_connections.unwrap_or(stored.max_connections);
+        let new_connections_per_second = request
+            .new_connections_per_second
+            .unwrap_or(stored.new_connections_per_second);
+        // A value kept from before is not checked again: a tier lowered
+        // since keeps it stored, inactive above the new tier's.
+        if let Some(asked) = request.max_connections {
+            check_connection_budget(tier, "maxConnections", asked, rule.fair_shares.connections)?;
+        }
+        if let Some(asked) = request.new_connections_per_second {
+            check_connection_budget(
+                tier,
+                "newConnectionsPerSecond",
+                asked,
+                rule.fair_shares.new_connections_per_second,
+            )?;
+        }
         Ok(NetworkSettings {
             network_block_all: request
                 .network_block_all
@@ -331,6 +401,9 @@ impl PolicyConfig {
             essential_services: request
                 .essential_services
                 .unwrap_or(stored.essential_services),
+            egress_mbps,
+            max_connections,
+            new_connections_per_second,
         })
     }
 
@@ -431,6 +504,37 @@ impl PolicyConfig {
                 message: "open mode reaches every name, the essential services among them; essentialServices: false takes effect with an allow list".into(),
             });
         }
+        if let (Some(asked), Some(max)) = (settings.egress_mbps, rule.budgets.max.egress_mbps) {
+            if asked > max {
+                inactive.push(InactiveSetting {
+                    setting: "egressMbps",
+                    value: asked.to_string(),
+                    reason: "tier_maximum",
+                    message: format!("tier {tier} allows at most {max} Mbit/s, which is in force"),
+                });
+            }
+        }
+        for (setting, asked, share) in [
+            (
+                "maxConnections",
+                settings.max_connections,
+                rule.fair_shares.connections,
+            ),
+            (
+                "newConnectionsPerSecond",
+                settings.new_connections_per_second,
+                rule.fair_shares.new_connections_per_second,
+            ),
+        ] {
+            if let Some(asked) = asked.filter(|a| *a > share) {
+                inactive.push(InactiveSetting {
+                    setting,
+                    value: asked.to_string(),
+                    reason: "tier_maximum",
+                    message: format!("tier {tier} allows at most {share}, which is in force"),
+                });
+            }
+        }
         let active = mode == Mode::Allowlist;
         Ok(EffectivePolicy {
             tier,
@@ -458,13 +562,19 @@ impl PolicyConfig {
             essential_services: mode != Mode::Blocked && settings.essential_services,
             grants: Vec::new(),
             name_ports_only: rule.name_admitted_other_ports == crate::config::OtherPorts::Deny,
+            egress_address: None,
             inactive,
-            fair_shares: rule.fair_shares,
+            fair_shares: rule.fair_shares.narrowed(
+                settings.max_connections,
+                settings.new_connections_per_second,
+            ),
+            budgets: rule.budgets.resolve(settings.egress_mbps),
         })
     }
 
     /// Whether `policy` is one this configuration resolves for its tier:
-    /// the tier exists, its fair shares are the tier's, its mode is one the
+    /// the tier exists, its fair shares are the tier's (or narrower in
+    /// connections, as a sandbox may ask), its mode is one the
     /// tier gives, its lists are active only in `allowlist` and each is
     /// one a request could set (entries, limits, nothing always denied).
     /// A runner checks what it is asked to enforce with it, so that a
@@ -473,8 +583,10 @@ impl PolicyConfig {
     pub fn check_effective(&self, policy: &EffectivePolicy) -> Result<(), String> {
         let rule = self.tier(policy.tier).map_err(|e| e.message)?;
         let tier = policy.tier;
-        if policy.fair_shares != rule.fair_shares {
-            return Err(format!("its fair shares are not those of tier {tier} here"));
+        if !policy.fair_shares.within(&rule.fair_shares) {
+            return Err(format!(
+                "its fair shares are not those of tier {tier} here, nor narrower in connections only"
+            ));
         }
         if policy.essential_services && policy.mode == Mode::Blocked {
             return Err("essential services are off when it is blocked".into());
@@ -535,6 +647,17 @@ impl PolicyConfig {
         NetworkList::parse_deny_stored(&policy.network_deny_list.to_string(), self.ranges())
             .map_err(|e| e.message)?;
         DomainList::parse_deny(&policy.domain_deny_list.to_string(), usize::MAX)
+            .map_err(|e| e.message)?;
+        if let Some(egress) = &policy.egress_address {
+            egress.check(self).map_err(|e| e.message)?;
+        }
+        // A tier with a maximum has no unbudgeted sandbox; the value
+        // itself is checked below.
+        if let (Some(max), None) = (rule.budgets.max.egress_mbps, policy.budgets.egress_mbps) {
+            return Err(format!("tier {tier} sends at most {max} Mbit/s"));
+        }
+        rule.budgets
+            .check(tier, policy.budgets.egress_mbps)
             .map_err(|e| e.message)?;
         Ok(())
     }

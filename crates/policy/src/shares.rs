@@ -50,6 +50,33 @@ impl Default for FairShares {
     }
 }
 
+impl FairShares {
+    /// These shares with the connection budgets a sandbox asked for
+    /// (`maxConnections`, `newConnectionsPerSecond`; `None`: the tier's),
+    /// never above these (a tier lowered since keeps the sandbox within
+    /// the new one) and never below 1.
+    pub fn narrowed(self, connections: Option<u32>, new_per_second: Option<u32>) -> FairShares {
+        let within = |asked: Option<u32>, tier: u32| asked.map_or(tier, |a| a.clamp(1, tier));
+        FairShares {
+            connections: within(connections, self.connections),
+            new_connections_per_second: within(new_per_second, self.new_connections_per_second),
+            ..self
+        }
+    }
+
+    /// Whether these are `tier`'s shares, narrowed at most by a sandbox's
+    /// connection budgets.
+    pub fn within(&self, tier: &FairShares) -> bool {
+        *self
+            == tier.narrowed(
+                Some(self.connections),
+                Some(self.new_connections_per_second),
+            )
+            && self.connections >= 1
+            && self.new_connections_per_second >= 1
+    }
+}
+
 /// Fair shares as written in the configuration: each key optional, over
 /// the defaults (or over the table for every tier).
 #[derive(Debug, Clone, Default, Deserialize)]

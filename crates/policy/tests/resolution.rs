@@ -397,3 +397,170 @@ fn a_tier_may_keep_name_admitted_addresses_to_the_name_checked_ports() {
     assert!(config.check_effective(&narrower).is_ok());
     assert!(PolicyConfig::from_toml(r#"name_admitted_other_ports = "maybe""#).is_err());
 }
+
+#[test]
+fn a_budget_is_asked_within_the_tier_and_a_lower_tier_bounds_what_was_asked() {
+    let config = PolicyConfig::from_toml(
+        r#"budgets = { egress_mbps = 50 }
+           [tiers.1]
+           network = "restricted"
+           [tiers.3]
+           network = "configurable"
+           budgets = { max_egress_mbps = 100 }
+           [tiers.4]
+           network = "configurable"
+           budgets = { max_egress_mbps = 1000 }"#,
+    )
+    .unwrap();
+    let asked = |mbps: Option<Option<u32>>| SettingsRequest {
+        egress_mbps: mbps,
+        ..Default::default()
+    };
+    // The default, or what is asked; any tier may ask for less.
+    let on = |tier: u8, r: SettingsRequest<'_>| {
+        let s = config.settings_for_create(tier, &r)?;
+        config.resolve(tier, &s)
+    };
+    assert_eq!(on(3, asked(None)).unwrap().budgets.egress_mbps, Some(50));
+    assert_eq!(
+        on(1, asked(Some(Some(5)))).unwrap().budgets.egress_mbps,
+        Some(5)
+    );
+    assert_eq!(
+        on(1, asked(Some(Some(500)))).unwrap().budgets.egress_mbps,
+        Some(500)
+    );
+    let err = on(3, asked(Some(Some(101)))).unwrap_err();
+    assert_eq!(err.code, ErrorCode::BudgetExceedsTier);
+    assert_eq!(
+        on(3, asked(Some(Some(0)))).unwrap_err().code,
+        ErrorCode::InvalidBudget
+    );
+    // Asked on tier 4, then moved to tier 3: the lower maximum is in force
+    // and the stored value is reported inactive.
+    let settings = config
+        .settings_for_create(4, &asked(Some(Some(800))))
+        .unwrap();
+    let moved = config.resolve(3, &settings).unwrap();
+    assert_eq!(moved.budgets.egress_mbps, Some(100));
+    assert!(moved
+        .inactive
+        .iter()
+        .any(|i| i.setting == "egressMbps" && i.reason == "tier_maximum"));
+    // An update of another field keeps it, and passes; null goes back to
+    // the default.
+    let kept = config
+        .settings_for_update(3, &settings, &request(None, Some(LIST), None))
+        .unwrap();
+    assert_eq!(kept.egress_mbps, Some(800));
+    let back = config
+        .settings_for_update(3, &kept, &asked(Some(None)))
+        .unwrap();
+    assert_eq!(
+        config.resolve(3, &back).unwrap().budgets.egress_mbps,
+        Some(50)
+    );
+    // A runner refuses a policy above its tier's maximum, or none where
+    // the tier has one.
+    let mut forged = moved.clone();
+    forged.budgets.egress_mbps = Some(101);
+    assert!(config.check_effective(&forged).is_err());
+    forged.budgets.egress_mbps = None;
+    assert!(config.check_effective(&forged).is_err());
+    assert!(config.check_effective(&moved).is_ok());
+}
+
+#[test]
+fn connection_budgets_narrow_the_tiers_fair_shares_and_never_widen_them() {
+    let config = PolicyConfig::from_toml(
+        r#"[tiers.1]
+           network = "restricted"
+           fair_shares = { connections = 64, new_connections_per_second = 50 }
+           [tiers.3]
+           network = "configurable"
+           fair_shares = { connections = 512, new_connections_per_second = 100 }"#,
+    )
+    .unwrap();
+    let asked = |c: Option<Option<u32>>, r: Option<Option<u32>>| SettingsRequest {
+        max_connections: c,
+        new_connections_per_second: r,
+        ..Default::default()
+    };
+    let on = |tier: u8, r: SettingsRequest<'_>| {
+        let s = config.settings_for_create(tier, &r)?;
+        config.resolve(tier, &s)
+    };
+    // Nothing asked: the tier's; less: that, on any tier (it only narrows).
+    let shares = on(3, asked(None, None)).unwrap().fair_shares;
+    assert_eq!(
+        (shares.connections, shares.new_connections_per_second),
+        (512, 100)
+    );
+    let narrow = on(1, asked(Some(Some(10)), Some(Some(5)))).unwrap();
+    assert_eq!(
+        (
+            narrow.fair_shares.connections,
+            narrow.fair_shares.new_connections_per_second
+        ),
+        (10, 5)
+    );
+    // The rest of the shares stay the tier's.
+    assert_eq!(
+        narrow.fair_shares.dns_queries_per_second,
+        on(1, asked(None, None))
+            .unwrap()
+            .fair_shares
+            .dns_queries_per_second
+    );
+    // More than the tier's, or 0, is refused naming the field.
+    for (r, code, field) in [
+        (
+            asked(Some(Some(65)), None),
+            ErrorCode::BudgetExceedsTier,
+            "maxConnections",
+        ),
+        (
+            asked(None, Some(Some(51))),
+            ErrorCode::BudgetExceedsTier,
+            "newConnectionsPerSecond",
+        ),
+        (
+            asked(Some(Some(0)), None),
+            ErrorCode::InvalidBudget,
+            "maxConnections",
+        ),
+    ] {
+        let err = on(1, r).unwrap_err();
+        assert_eq!((err.code, err.field), (code, Some(field)), "{err:?}");
+    }
+    // Asked on tier 3, moved to tier 1: the tier's share is in force and
+    // the stored value inactive; null goes back to the tier's.
+    let settings = config
+        .settings_for_create(3, &asked(Some(Some(300)), None))
+        .unwrap();
+    let moved = config.resolve(1, &settings).unwrap();
+    assert_eq!(moved.fair_shares.connections, 64);
+    assert!(moved
+        .inactive
+        .iter()
+        .any(|i| i.setting == "maxConnections" && i.reason == "tier_maximum"));
+    let back = config
+        .settings_for_update(3, &settings, &asked(Some(None), None))
+        .unwrap();
+    assert_eq!(
+        config.resolve(3, &back).unwrap().fair_shares.connections,
+        512
+    );
+    // A runner takes narrower shares, and refuses wider ones or any other
+    // share changed.
+    assert!(config.check_effective(&narrow).is_ok());
+    let mut forged = narrow.clone();
+    forged.fair_shares.connections = 65;
+    assert!(config.check_effective(&forged).is_err());
+    let mut forged = narrow.clone();
+    forged.fair_shares.dns_in_flight += 1;
+    assert!(config.check_effective(&forged).is_err());
+    let mut forged = narrow;
+    forged.fair_shares.new_connections_per_second = 0;
+    assert!(config.check_effective(&forged).is_err());
+}

@@ -475,7 +475,7 @@ fn pump(
         dns,
         refused,
     } = sources;
-    let mut held_back = BTreeMap::new();
+    let mut sampled = Sampled::default();
     let mut last_sample = std::time::Instant::now();
     // The sandbox that had `slot` at `time`: its current owner, unless
     // the slot was handed over after the event.
@@ -543,7 +543,7 @@ fn pump(
             last_sample = std::time::Instant::now();
             sample(
                 &mut kernel,
-                &mut held_back,
+                &mut sampled,
                 &assigned,
                 &dns,
                 &owner,
@@ -601,12 +601,39 @@ fn report_death(runtime: &Runtime, died: &tokio::sync::mpsc::UnboundedSender<Str
 /// How often the kernel's counts are read.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
+/// The least time between two `budget` events of one sandbox.
+const BUDGET_EVENT_EVERY: Duration = Duration::from_secs(10);
+
+/// What the sampler keeps from one sample to the next.
+#[derive(Default)]
+struct Sampled {
+    /// Events held back, by slot and reason: the handover of the slot the
+    /// count belongs to, and the count.
+    held_back: BTreeMap<(u32, &'static str), (Option<std::time::SystemTime>, u64)>,
+    /// Pacers, by slot.
+    paced: BTreeMap<u32, Pacing>,
+}
+
+/// A slot's pacer as last sampled.
+struct Pacing {
+    /// The handover of the slot its counts belong to.
+    since: Option<std::time::SystemTime>,
+    /// Times a packet waited for tokens.
+    overlimits: u64,
+    /// Whether it held packets back in the last second.
+    holding: bool,
+    /// When a `budget` event last said so.
+    reported: Option<std::time::Instant>,
+}
+
 /// Reads the kernel's counts into `reading`, and reports the events held
 /// back since the last sample (the kernel's meters', the DNS service's)
-/// as one `dropped` event per sandbox and reason.
+/// as one `dropped` event per sandbox and reason, and a sandbox's pacer
+/// starting to hold back what it sends as a `budget` event (at most one
+/// each [`BUDGET_EVENT_EVERY`]).
 fn sample(
     kernel: &mut Option<KernelCounters>,
-    held_back: &mut BTreeMap<(u32, &'static str), (Option<std::time::SystemTime>, u64)>,
+    sampled: &mut Sampled,
     assigned: &Mutex<HashMap<u32, std::time::SystemTime>>,
     dns: &Mutex<DnsService>,
     owner: &dyn Fn(u32, std::time::SystemTime) -> Option<String>,
@@ -648,14 +675,49 @@ fn sample(
                 for ((slot, class), n) in &r.held_back {
                     let key = (*slot, class.reason);
                     let since = handed.get(slot).copied();
-                    let before = match held_back.get(&key) {
+                    let before = match sampled.held_back.get(&key) {
                         Some((then, before)) if *then == since => *before,
                         _ => 0,
                     };
                     report(*slot, class.reason, n.saturating_sub(before), now);
                     seen.insert(key, (since, *n));
                 }
-                *held_back = seen;
+                sampled.held_back = seen;
+                let mut paced = BTreeMap::new();
+                for (slot, stats) in &r.paced {
+                    let since = handed.get(slot).copied();
+                    let last = sampled.paced.remove(slot).filter(|p| p.since == since);
+                    let grew = stats.overlimits > last.as_ref().map_or(0, |p| p.overlimits);
+                    let mut reported = last.as_ref().and_then(|p| p.reported);
+                    let was_holding = last.as_ref().is_some_and(|p| p.holding);
+                    let quiet = reported.is_none_or(|t| t.elapsed() >= BUDGET_EVENT_EVERY);
+                    if grew && !was_holding && quiet {
+                        if let Some(sandbox) = owner(*slot, now) {
+                            hub.publish(NetworkEvent {
+                                time_ms: events::millis(now),
+                                sandbox,
+                                kind: EventKind::Budget,
+                                protocol: String::new(),
+                                destination: None,
+                                port: None,
+                                domain: None,
+                                reason: "egress_mbps".into(),
+                                count: None,
+                            });
+                            reported = Some(std::time::Instant::now());
+                        }
+                    }
+                    paced.insert(
+                        *slot,
+                        Pacing {
+                            since,
+                            overlimits: stats.overlimits,
+                            holding: grew,
+                            reported,
+                        },
+                    );
+                }
+                sampled.paced = paced;
                 *lock(reading) = Some(r);
             }
             Err(e) => tracing::warn!(error = %e, "reading the dataplane's counters"),
@@ -908,6 +970,7 @@ impl Runner {
         } = spec;
         let id = id.as_str();
         let resources = &runtime_resources(resources);
+        self.egress_here(policy)?;
         if lock(&self.slots).contains_key(id) {
             return Err(refusal(RunnerError::Conflict(format!(
                 "sandbox {id} exists"
@@ -943,6 +1006,22 @@ impl Runner {
         Ok(Placement { slot })
     }
 
+    /// Whether this host holds the known egress addresses of `policy`: a
+    /// connection given a source address the host does not have would
+    /// leave with a forged one, and its answers would go elsewhere.
+    fn egress_here(&self, policy: &EffectivePolicy) -> io::Result<()> {
+        let Some(egress) = &policy.egress_address else {
+            return Ok(());
+        };
+        match egress.not_held(self.policy().ranges()) {
+            // The operator's to fix, not the caller's: a host fault.
+            Some((_, addr)) => Err(io::Error::other(format!(
+                "the known egress address {addr} is not an address of this host"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Sandbox `id`'s own addresses (IPv4, IPv6), if it holds a slot.
     pub fn addresses(&self, id: &str) -> Option<[IpAddr; 2]> {
         lock(&self.slots).get(id).map(addrs_of)
@@ -965,6 +1044,7 @@ impl Runner {
     /// force no longer allows.
     pub fn update(&self, id: &str, policy: &EffectivePolicy) -> io::Result<()> {
         let slot = self.slot(id)?;
+        self.egress_here(policy)?;
         let _changing = lock(&self.sandboxes.changing);
         let old = self.sandboxes.policy_of(&slot);
         // A grant that ended on the way here is not put in force.
@@ -1072,7 +1152,12 @@ impl Runner {
                 continue;
             };
             // The stored policy goes back into the kernel before any of
-            // the sandbox's processes (re)start.
+            // the sandbox's processes (re)start; an egress address the
+            // host lost meanwhile stays its source (none other is put in
+            // its place), and the log says so.
+            if let Err(e) = self.egress_here(policy) {
+                tracing::warn!(sandbox = %id, error = %e, "restored with an egress address this host does not hold: its connections get answers only while the upstream routes the address here");
+            }
             let applied = lock(&self.sandboxes.dp).update(index, policy);
             // A sandbox whose init died while nobody watched is not
             // started again behind its owner's back: it is kept, with its

@@ -60,6 +60,45 @@ pub struct SettingsArgs {
     /// allow lists the only source of truth).
     #[arg(long, value_name = "BOOL")]
     essential_services: Option<bool>,
+    /// What the sandbox may send, Mbit/s, within its tier's maximum
+    /// (`default`: the tier's default).
+    #[arg(long, value_name = "MBPS|default", value_parser = parse_budget)]
+    egress_mbps: Option<Budget>,
+    /// Connections the sandbox may have at once, within its tier's fair
+    /// share (`default`: the tier's).
+    #[arg(long, value_name = "N|default", value_parser = parse_budget)]
+    max_connections: Option<Budget>,
+    /// New connections the sandbox may open a second, within its tier's
+    /// fair share (`default`: the tier's).
+    #[arg(long, value_name = "N|default", value_parser = parse_budget)]
+    new_connections_per_second: Option<Budget>,
+}
+
+/// A budget given on the command line.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// The tier's.
+    Default,
+    /// A limit (megabits a second, connections, connections a second).
+    Limit(u32),
+}
+
+impl Budget {
+    fn json(self) -> Value {
+        match self {
+            Budget::Default => Value::Null,
+            Budget::Limit(v) => json!(v),
+        }
+    }
+}
+
+fn parse_budget(s: &str) -> Result<Budget, String> {
+    if s == "default" {
+        return Ok(Budget::Default);
+    }
+    s.parse()
+        .map(Budget::Limit)
+        .map_err(|_| format!("{s:?}: give a whole number or \"default\""))
 }
 
 impl SettingsArgs {
@@ -81,6 +120,15 @@ impl SettingsArgs {
         }
         if let Some(v) = self.essential_services {
             into.insert("essentialServices".into(), json!(v));
+        }
+        for (field, budget) in [
+            ("egressMbps", self.egress_mbps),
+            ("maxConnections", self.max_connections),
+            ("newConnectionsPerSecond", self.new_connections_per_second),
+        ] {
+            if let Some(b) = budget {
+                into.insert(field.into(), b.json());
+            }
         }
     }
 }
@@ -246,6 +294,22 @@ pub enum OrgCommand {
         /// The new tier.
         tier: u8,
     },
+    /// Give an organization a known egress address (an address of the
+    /// host, each family optional): its sandboxes' connections leave from
+    /// it. `--clear` takes it away (the host's own address again).
+    EgressAddress {
+        /// Organization id.
+        organization: String,
+        /// The IPv4 address.
+        #[arg(long, conflicts_with = "clear")]
+        ipv4: Option<String>,
+        /// The IPv6 address.
+        #[arg(long, conflicts_with = "clear")]
+        ipv6: Option<String>,
+        /// Remove it.
+        #[arg(long, required_unless_present_any = ["ipv4", "ipv6"])]
+        clear: bool,
+    },
     /// Issue an API key (shown once).
     Key {
         /// Organization id.
@@ -312,6 +376,22 @@ fn print_sandbox(v: &Value) {
             "not reachable"
         }
     );
+    if let Some(mbps) = e["budgets"]["egressMbps"].as_u64() {
+        say!("egress    at most {mbps} Mbit/s");
+    }
+    if v.get("maxConnections").is_some() || v.get("newConnectionsPerSecond").is_some() {
+        say!(
+            "connections at most {} at once, {} new a second",
+            e["fairShares"]["connections"],
+            e["fairShares"]["newConnectionsPerSecond"]
+        );
+    }
+    for addr in ["ipv4", "ipv6"]
+        .iter()
+        .filter_map(|f| e["egressAddress"][f].as_str())
+    {
+        say!("leaves from {addr}");
+    }
     for i in e["inactive"].as_array().into_iter().flatten() {
         say!(
             "inactive  {} = {}: {}",
@@ -683,7 +763,23 @@ fn grant_line(g: &Value) {
 pub fn admin(cli: AdminCli, out: &Output) -> ExitCode {
     let c = client(&cli.api);
     let AdminCommand::Org(cmd) = cli.command;
-    let org_line = |v: &Value| say!("{}  {}  tier {}", s(&v["id"]), s(&v["name"]), v["tier"]);
+    let org_line = |v: &Value| {
+        let egress: Vec<&str> = ["ipv4", "ipv6"]
+            .iter()
+            .filter_map(|f| v["egressAddress"][f].as_str())
+            .collect();
+        if egress.is_empty() {
+            say!("{}  {}  tier {}", s(&v["id"]), s(&v["name"]), v["tier"]);
+        } else {
+            say!(
+                "{}  {}  tier {}  egress {}",
+                s(&v["id"]),
+                s(&v["name"]),
+                v["tier"],
+                egress.join(" ")
+            );
+        }
+    };
     let result = match cmd {
         OrgCommand::Create { name, tier } => c
             .call(
@@ -726,6 +822,36 @@ pub fn admin(cli: AdminCli, out: &Output) -> ExitCode {
                     say!("{} running sandboxes re-applied", v["reapplied"]);
                 }
             }),
+        OrgCommand::EgressAddress {
+            organization,
+            ipv4,
+            ipv6,
+            clear,
+        } => {
+            let path = format!(
+                "/api/admin/organizations/{}/egress-address",
+                path_part(&organization)
+            );
+            let answer = if clear {
+                c.call("DELETE", &path, None)
+            } else {
+                let mut body = serde_json::Map::new();
+                for (field, value) in [("ipv4", ipv4), ("ipv6", ipv6)] {
+                    if let Some(v) = value {
+                        body.insert(field.into(), json!(v));
+                    }
+                }
+                c.call("PUT", &path, Some(&Value::Object(body)))
+            };
+            answer.map(|v| {
+                if out.json {
+                    out.print_json(&v)
+                } else {
+                    org_line(&v["organization"]);
+                    say!("{} running sandboxes re-applied", v["reapplied"]);
+                }
+            })
+        }
         OrgCommand::Key {
             organization,
             scopes,

@@ -54,6 +54,15 @@ pub struct SettingsArgs {
     /// `essentialServices: false`: the catalog off.
     #[arg(long)]
     no_essential_services: bool,
+    /// `egressMbps`: the egress bandwidth asked for, Mbit/s.
+    #[arg(long, value_name = "MBPS")]
+    egress_mbps: Option<u32>,
+    /// `maxConnections`: connections at once asked for.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+    /// `newConnectionsPerSecond`: new connections a second asked for.
+    #[arg(long, value_name = "N")]
+    new_connections_per_second: Option<u32>,
     /// Treat the lists as settings already stored (as after a tier change):
     /// no tier refusal and no entry limit, so inactive settings show.
     #[arg(long)]
@@ -72,6 +81,9 @@ impl SettingsArgs {
                 network_deny_list: self.network_deny_list.as_deref().unwrap_or_default(),
                 domain_deny_list: self.domain_deny_list.as_deref().unwrap_or_default(),
                 essential_services: !self.no_essential_services,
+                egress_mbps: self.egress_mbps,
+                max_connections: self.max_connections,
+                new_connections_per_second: self.new_connections_per_second,
             })?
         } else {
             policy.settings_for_create(
@@ -83,6 +95,9 @@ impl SettingsArgs {
                     network_deny_list: self.network_deny_list.as_deref(),
                     domain_deny_list: self.domain_deny_list.as_deref(),
                     essential_services: Some(!self.no_essential_services),
+                    egress_mbps: self.egress_mbps.map(Some),
+                    max_connections: self.max_connections.map(Some),
+                    new_connections_per_second: self.new_connections_per_second.map(Some),
                 },
             )?
         };
@@ -160,6 +175,14 @@ fn print_policy(policy: &EffectivePolicy, out: &Output) {
         } else {
             "not reachable"
         }
+    );
+    if let Some(mbps) = policy.budgets.egress_mbps {
+        say!("egress bandwidth:   {mbps} Mbit/s");
+    }
+    say!(
+        "connections:        {} at once, {} new a second",
+        policy.fair_shares.connections,
+        policy.fair_shares.new_connections_per_second
     );
     for i in &policy.inactive {
         say!(

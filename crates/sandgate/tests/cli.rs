@@ -53,6 +53,19 @@ fn resolve_prints_the_effective_policy() {
 
     let (code, v) = json(&["policy", "resolve", "--tier", "4"]);
     assert_eq!((code, v["mode"].as_str()), (0, Some("open")));
+    assert!(v.get("budgets").is_none(), "{v}");
+    let (code, v) = json(&["policy", "resolve", "--tier", "1", "--egress-mbps", "25"]);
+    assert_eq!((code, v["budgets"]["egressMbps"].as_u64()), (0, Some(25)));
+    let (code, v) = json(&["policy", "resolve", "--tier", "1", "--max-connections", "9"]);
+    assert_eq!(
+        (code, v["fairShares"]["connections"].as_u64()),
+        (0, Some(9))
+    );
+    let (code, v) = json(&["policy", "resolve", "--tier", "3", "--egress-mbps", "0"]);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (2, Some("invalid_budget"))
+    );
     let (code, v) = json(&["policy", "resolve", "--tier", "2"]);
     assert_eq!((code, v["mode"].as_str()), (0, Some("restricted")));
     let (code, v) = json(&[

@@ -1,7 +1,9 @@
 //! The SDKs' own test suites, each run against a real `sandgate server` in
 //! a lab (needs root, runc, busybox-static, and each SDK's language: see
 //! scripts/packages.txt). The suites get the server, keys of a tier-3 and
-//! a tier-1 organization, and the lab's echo servers in their environment.
+//! a tier-1 organization and of one given a known egress address (with
+//! the CLI), and the lab's echo and "who am I" servers in their
+//! environment.
 
 #![allow(clippy::unwrap_used)]
 
@@ -29,21 +31,40 @@ fn setup() -> Setup {
         dir,
     };
     let url = guard.server.as_ref().unwrap().url.clone();
-    let key_of = |name: &str, tier: &str| {
+    let org_of = |name: &str, tier: &str| {
         let (code, org) = cli(
             &url,
             TOKEN,
             &["admin", "org", "create", name, "--tier", tier],
         );
         assert_eq!(code, 0, "{org}");
-        let (code, key) = cli(
-            &url,
-            TOKEN,
-            &["admin", "org", "key", org["id"].as_str().unwrap()],
-        );
+        let id = org["id"].as_str().unwrap().to_string();
+        let (code, key) = cli(&url, TOKEN, &["admin", "org", "key", &id]);
         assert_eq!(code, 0, "{key}");
-        key["key"].as_str().unwrap().to_string()
+        (id, key["key"].as_str().unwrap().to_string())
     };
+    let key_of = |name: &str, tier: &str| org_of(name, tier).1;
+    // An organization the operator gives the lab's known egress address.
+    let (egress_org, egress_key) = org_of("sdk-egress", "3");
+    let (code, v) = cli(
+        &url,
+        TOKEN,
+        &[
+            "admin",
+            "org",
+            "egress-address",
+            &egress_org,
+            "--ipv4",
+            &EGRESS4.to_string(),
+            "--ipv6",
+            &EGRESS6.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["organization"]["egressAddress"]["ipv4"],
+        EGRESS4.to_string()
+    );
     let env = vec![
         ("SANDGATE_API_URL".into(), url.clone()),
         ("SANDGATE_API_KEY".into(), key_of("sdk-tier3", "3")),
@@ -51,6 +72,9 @@ fn setup() -> Setup {
         ("SANDGATE_TEST_SERVER".into(), SERVER4.to_string()),
         ("SANDGATE_TEST_OTHER".into(), SERVER4_B.to_string()),
         ("SANDGATE_TEST_PORT".into(), TCP_ECHO.to_string()),
+        ("SANDGATE_TEST_EGRESS_KEY".into(), egress_key),
+        ("SANDGATE_TEST_EGRESS4".into(), EGRESS4.to_string()),
+        ("SANDGATE_TEST_WHOAMI_PORT".into(), WHOAMI.to_string()),
     ];
     Setup {
         _lab: lab,

@@ -152,6 +152,64 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
         "{e}"
     );
 
+    // A budget: asked at create, back to the tier's default by update.
+    let (code, v) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "paced",
+            "--egress-mbps",
+            "30",
+            "--max-connections",
+            "40",
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["effectiveNetwork"]["budgets"]["egressMbps"], 30, "{v}");
+    assert_eq!(
+        v["effectiveNetwork"]["fairShares"]["connections"], 40,
+        "{v}"
+    );
+    let (code, v) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "network",
+            "update",
+            "paced",
+            "--egress-mbps",
+            "default",
+            "--max-connections",
+            "default",
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert!(v["effectiveNetwork"].get("budgets").is_none(), "{v}");
+    assert!(v.get("maxConnections").is_none(), "{v}");
+    let (code, e) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "network",
+            "update",
+            "paced",
+            "--egress-mbps",
+            "0",
+        ],
+    );
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("invalid_budget")),
+        "{e}"
+    );
+    let (code, _) = cli(&url, &key, &["sandbox", "delete", "paced"]);
+    assert_eq!(code, 0);
+
     let check = |url: &str| {
         assert!(echoes(url, &key, "listed", SERVER4));
         assert!(!echoes(url, &key, "listed", SERVER4_B));
@@ -230,25 +288,28 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     assert_eq!(code, 0, "{g}");
     let grant = g["id"].as_str().unwrap().to_string();
     assert!(echoes(&url, &key, "listed", SERVER4_B));
-
-    // kill -9 of the server: the sandboxes stay enforced while it is
-    // down (the rules are in the kernel, not in the process)...
-    let mut s = guard.server.take().unwrap();
-    s.child.kill().unwrap();
-    s.child.wait().unwrap();
+    // And one of four seconds to another address, which ends while the
+    // server is down.
+    let b6 = SERVER6_B.to_string();
+    let (code, short) = cli(
+        &url,
+        &key,
+        &["sandbox", "network", "grant", "listed", &b6, "--ttl", "4"],
+    );
+    assert_eq!(code, 0, "{short}");
+    let short_end = short["expiresAtMs"].as_u64().unwrap();
     // Of the slots (three sandboxes and the prepared one, unless its
-    // refill was cut), only the open sandbox's and the granted one's reach
-    // 198.51.100.10 with no server running.
+    // refill was cut), how many reach `dest`, tried from their namespaces.
     let slots = sandgate_netns::Netns::list(&format!("{}-s", lab.tag())).unwrap();
     assert!((3..=4).contains(&slots.len()), "{slots:?}");
-    let reaching =
+    let reaching = |dest: std::net::IpAddr| {
         slots
             .iter()
             .filter(|name| {
                 sandgate_netns::Netns::open(name)
                     .unwrap()
                     .run(|| {
-                        let to = std::net::SocketAddr::new(SERVER4_B, TCP_ECHO);
+                        let to = std::net::SocketAddr::new(dest, TCP_ECHO);
                         Ok(std::net::TcpStream::connect_timeout(
                             &to,
                             std::time::Duration::from_secs(1),
@@ -257,8 +318,29 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
                     })
                     .unwrap()
             })
-            .count();
-    assert_eq!(reaching, 2);
+            .count()
+    };
+    assert_eq!(reaching(SERVER6_B), 2);
+
+    // kill -9 of the server: the sandboxes stay enforced while it is
+    // down (the rules are in the kernel, not in the process): only the
+    // open sandbox and the granted one reach 198.51.100.10...
+    let mut s = guard.server.take().unwrap();
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    assert_eq!(reaching(SERVER4_B), 2);
+    // ...and a grant ends on time with nobody to end it (the kernel's
+    // element timeout).
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    std::thread::sleep(std::time::Duration::from_millis(
+        (short_end + 1000).saturating_sub(now_ms()),
+    ));
+    assert_eq!(reaching(SERVER6_B), 1, "a grant outlived its end");
     // ...and after a restart every sandbox is listed, enforced and
     // manageable again.
     guard.server = Some(start_server(&lab, &dir));
@@ -280,13 +362,16 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
             .all(|s| s["state"] == "running"),
         "{list}"
     );
-    // The grant came back with its time, in force; revoked, it is gone.
+    // The grant came back with its time, in force (the one that ended
+    // meanwhile did not); revoked, it is gone.
     let (code, gs) = cli(&url, &key, &["sandbox", "network", "grants", "listed"]);
     assert_eq!(
         (code, gs["grants"][0]["id"].as_str()),
         (0, Some(grant.as_str())),
         "{gs}"
     );
+    assert_eq!(gs["grants"].as_array().unwrap().len(), 1, "{gs}");
+    assert_eq!(reaching(SERVER6_B), 1);
     assert!(echoes(&url, &key, "listed", SERVER4_B));
     let (code, _) = cli(
         &url,

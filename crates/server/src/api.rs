@@ -202,6 +202,10 @@ pub struct OrganizationView {
     pub tier: u8,
     /// When it was made (RFC 3339).
     pub created_at: String,
+    /// The known egress address its sandboxes' connections leave from,
+    /// if the operator gave it one (absent: the host's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_address: Option<EgressAddressBody>,
 }
 
 impl From<Organization> for OrganizationView {
@@ -211,6 +215,10 @@ impl From<Organization> for OrganizationView {
             name: o.name,
             tier: o.tier,
             created_at: o.created_at,
+            egress_address: o.egress_address.map(|e| EgressAddressBody {
+                ipv4: e.ipv4.map(|a| a.to_string()),
+                ipv6: e.ipv6.map(|a| a.to_string()),
+            }),
         }
     }
 }
@@ -312,6 +320,103 @@ pub async fn set_tier(
 ) -> Result<Json<TierChanged>, ApiError> {
     let (org, reapplied) = service::set_tier(&st, id, body.tier).await?;
     Ok(Json(TierChanged {
+        organization: org.into(),
+        reapplied,
+    }))
+}
+
+/// A known egress address: the source addresses of an organization's
+/// sandboxes' connections, per family (a family without one leaves from
+/// the host's own address).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressAddressBody {
+    /// An IPv4 address of the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+    /// An IPv6 address of the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+}
+
+impl EgressAddressBody {
+    /// The addresses, each parsed as its family's; 400
+    /// `invalid_egress_address` naming the field otherwise.
+    fn parse(&self) -> Result<sandgate_policy::EgressAddress, ApiError> {
+        fn one<T: std::str::FromStr>(
+            field: &'static str,
+            family: &str,
+            text: &Option<String>,
+        ) -> Result<Option<T>, ApiError> {
+            text.as_deref()
+                .map(|t| {
+                    t.trim().parse().map_err(|_| {
+                        ApiError::from(sandgate_policy::PolicyError {
+                            field: Some(field),
+                            ..sandgate_policy::PolicyError::new(
+                                sandgate_policy::ErrorCode::InvalidEgressAddress,
+                                format!("{field} {t:?} is not an {family} address"),
+                            )
+                        })
+                    })
+                })
+                .transpose()
+        }
+        Ok(sandgate_policy::EgressAddress {
+            ipv4: one("ipv4", "IPv4", &self.ipv4)?,
+            ipv6: one("ipv6", "IPv6", &self.ipv6)?,
+        })
+    }
+}
+
+/// An egress address change and what it did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressAddressChanged {
+    /// The organization, with its egress address as it is now.
+    pub organization: OrganizationView,
+    /// Running sandboxes whose policy was applied again: their new
+    /// connections leave from the new address (open ones keep theirs).
+    pub reapplied: usize,
+}
+
+/// Gives an organization a known egress address (admin): its sandboxes'
+/// connections leave from it, so that its own firewalls can allow-list
+/// it. Each address must be one this host holds.
+#[utoipa::path(put, path = "/api/admin/organizations/{id}/egress-address", tag = "admin", request_body = EgressAddressBody,
+    params(("id" = String, Path, description = "organization id")),
+    responses((status = 200, body = EgressAddressChanged), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_egress_address(
+    State(st): St,
+    _: Operator,
+    Path(id): Path<String>,
+    Body(body): Body<EgressAddressBody>,
+) -> Result<Json<EgressAddressChanged>, ApiError> {
+    let egress = body.parse()?;
+    let (org, reapplied) = service::set_egress_address(&st, id, Some(egress)).await?;
+    Ok(Json(EgressAddressChanged {
+        organization: org.into(),
+        reapplied,
+    }))
+}
+
+/// Takes an organization's known egress address away (admin): its
+/// sandboxes' new connections leave from the host's own address again.
+#[utoipa::path(delete, path = "/api/admin/organizations/{id}/egress-address", tag = "admin",
+    params(("id" = String, Path, description = "organization id")),
+    responses((status = 200, body = EgressAddressChanged),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_egress_address(
+    State(st): St,
+    _: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<EgressAddressChanged>, ApiError> {
+    let (org, reapplied) = service::set_egress_address(&st, id, None).await?;
+    Ok(Json(EgressAddressChanged {
         organization: org.into(),
         reapplied,
     }))
@@ -463,6 +568,18 @@ pub struct SandboxView {
     pub domain_deny_list: Option<String>,
     /// Stored `essentialServices`.
     pub essential_services: bool,
+    /// Stored `egressMbps` as asked; absent: the tier's default
+    /// (`effectiveNetwork.budgets` says what is in force).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_mbps: Option<u32>,
+    /// Stored `maxConnections` as asked; absent: the tier's fair share
+    /// (`effectiveNetwork.fairShares.connections` says what is in force).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Stored `newConnectionsPerSecond` as asked; absent: the tier's fair
+    /// share (`effectiveNetwork.fairShares.newConnectionsPerSecond`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_connections_per_second: Option<u32>,
     /// What the sandbox may reach now: mode, active lists, essential
     /// services, and stored settings that are inactive with why.
     #[schema(value_type = Object)]
@@ -490,12 +607,12 @@ pub struct ResourcesView {
     pub disk_mib: u64,
 }
 
-fn view(st: &AppState, tier: u8, row: SandboxRow) -> Result<SandboxView, ApiError> {
+fn view(st: &AppState, org: &Organization, row: SandboxRow) -> Result<SandboxView, ApiError> {
     let effective =
-        serde_json::to_value(service::effective(st, tier, &row)?).map_err(ApiError::internal)?;
+        serde_json::to_value(service::effective(st, org, &row)?).map_err(ApiError::internal)?;
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     // Rows from before resources were stored got the tier's defaults.
-    let defaults = st.policy.tier(tier)?.resources.default;
+    let defaults = st.policy.tier(org.tier)?.resources.default;
     let or = |v: u64, d: u64| if v == 0 { d } else { v };
     let resources = ResourcesView {
         memory_mib: or(row.memory_mib, defaults.memory_mib),
@@ -520,6 +637,9 @@ fn view(st: &AppState, tier: u8, row: SandboxRow) -> Result<SandboxView, ApiErro
         network_deny_list: non_empty(row.network_deny_list),
         domain_deny_list: non_empty(row.domain_deny_list),
         essential_services: row.essential_services,
+        egress_mbps: row.egress_mbps,
+        max_connections: row.max_connections,
+        new_connections_per_second: row.new_connections_per_second,
         effective_network: effective,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -550,6 +670,15 @@ pub struct CreateSandbox {
     pub domain_deny_list: Option<String>,
     /// `false` turns the essential services off (any tier).
     pub essential_services: Option<bool>,
+    /// Egress bandwidth, Mbit/s, within the tier's maximum (default: the
+    /// tier's default, often none).
+    pub egress_mbps: Option<u32>,
+    /// Connections tracked at once, at most: within the tier's fair share,
+    /// which is also the default.
+    pub max_connections: Option<u32>,
+    /// New connections a second, at most: within the tier's fair share,
+    /// which is also the default.
+    pub new_connections_per_second: Option<u32>,
     /// Memory, CPU and disk, each within the tier's maximum (default: the
     /// tier's defaults).
     #[schema(value_type = Option<Object>)]
@@ -573,6 +702,28 @@ pub struct UpdateSettings {
     pub domain_deny_list: Option<String>,
     /// `essentialServices`.
     pub essential_services: Option<bool>,
+    /// `egressMbps`, Mbit/s (`null`: back to the tier's default).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>, nullable = true)]
+    pub egress_mbps: Option<Option<u32>>,
+    /// `maxConnections` (`null`: back to the tier's fair share).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>, nullable = true)]
+    pub max_connections: Option<Option<u32>>,
+    /// `newConnectionsPerSecond` (`null`: back to the tier's fair share).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>, nullable = true)]
+    pub new_connections_per_second: Option<Option<u32>>,
+}
+
+/// A field that may be left out (`None`), sent as `null` (`Some(None)`)
+/// or sent with a value.
+fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// An exec's working directory: an absolute path of at most 4,096 bytes
@@ -643,6 +794,9 @@ pub async fn create_sandbox(
         network_deny_list: body.network_deny_list,
         domain_deny_list: body.domain_deny_list,
         essential_services: body.essential_services,
+        egress_mbps: body.egress_mbps.map(Some),
+        max_connections: body.max_connections.map(Some),
+        new_connections_per_second: body.new_connections_per_second.map(Some),
     };
     // Network settings at create need the network scope too, unless they
     // only narrow (block everything, deny, turn the essential services off).
@@ -670,8 +824,8 @@ pub async fn create_sandbox(
         settings,
         resources: body.resources.unwrap_or_default(),
     };
-    let (row, tier) = service::create_sandbox(&st, &org, new).await?;
-    Ok((StatusCode::CREATED, Json(view(&st, tier, row)?)))
+    let (row, org) = service::create_sandbox(&st, &org, new).await?;
+    Ok((StatusCode::CREATED, Json(view(&st, &org, row)?)))
 }
 
 /// The organization's sandboxes.
@@ -686,7 +840,7 @@ pub async fn list_sandboxes(
     let rows = st.store.sandboxes(Some(&org.id)).await?;
     Ok(Json(
         rows.into_iter()
-            .map(|r| view(&st, org.tier, r))
+            .map(|r| view(&st, &org, r))
             .collect::<Result<_, _>>()?,
     ))
 }
@@ -703,7 +857,7 @@ pub async fn get_sandbox(
 ) -> Result<Json<SandboxView>, ApiError> {
     scopes.need(Scope::SandboxesRead)?;
     let row = service::sandbox(&st, &org, &key).await?;
-    Ok(Json(view(&st, org.tier, row)?))
+    Ok(Json(view(&st, &org, row)?))
 }
 
 /// Deletes a sandbox: its processes, files, slot and record.
@@ -743,9 +897,12 @@ pub async fn update_settings(
         network_deny_list: body.network_deny_list,
         domain_deny_list: body.domain_deny_list,
         essential_services: body.essential_services,
+        egress_mbps: body.egress_mbps,
+        max_connections: body.max_connections,
+        new_connections_per_second: body.new_connections_per_second,
     };
-    let (row, tier) = service::update_settings(&st, org, key, change).await?;
-    Ok(Json(view(&st, tier, row)?))
+    let (row, org) = service::update_settings(&st, org, key, change).await?;
+    Ok(Json(view(&st, &org, row)?))
 }
 
 /// A command to run.
@@ -939,7 +1096,7 @@ pub async fn list_grants(
 ) -> Result<Json<GrantList>, ApiError> {
     scopes.need(Scope::SandboxesRead)?;
     let row = service::sandbox(&st, &org, &key).await?;
-    let policy = service::effective(&st, org.tier, &row)?;
+    let policy = service::effective(&st, &org, &row)?;
     let grants = service::stored_grants(&row)?
         .into_iter()
         .map(|g| {
@@ -1001,7 +1158,7 @@ pub async fn explain(
         ApiError::invalid("give the destination as ?dest=<address or name>[:port]")
     })?;
     let destination: Destination = dest.parse()?;
-    let (verdict, mode) = service::explain(&st, org.tier, &row, &destination).await?;
+    let (verdict, mode) = service::explain(&st, &org, &row, &destination).await?;
     Ok(Json(Explanation {
         destination: destination.to_string(),
         allowed: verdict.allowed,

@@ -203,6 +203,8 @@ pub struct Server {
         api::create_organization,
         api::list_organizations,
         api::set_tier,
+        api::set_egress_address,
+        api::delete_egress_address,
         api::create_key,
         api::revoke_key,
         api::create_sandbox,
@@ -351,6 +353,10 @@ impl Server {
                 post(api::create_organization).get(api::list_organizations),
             )
             .route("/admin/organizations/{id}/tier", put(api::set_tier))
+            .route(
+                "/admin/organizations/{id}/egress-address",
+                put(api::set_egress_address).delete(api::delete_egress_address),
+            )
             .route("/admin/organizations/{id}/keys", post(api::create_key))
             .route(
                 "/admin/organizations/{id}/keys/{key_id}",
@@ -423,25 +429,25 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
     let rows = st.store.sandboxes(None).await.map_err(io::Error::other)?;
     let mut expected = Vec::new();
     let mut unresolved = Vec::new();
-    let mut tiers = std::collections::HashMap::new();
+    let mut orgs = std::collections::HashMap::new();
     for row in &rows {
         match row.state {
             // A sandbox whose init died is kept too (with its slot and
             // files), and not started again.
             SandboxState::Running | SandboxState::Died => {
-                if !tiers.contains_key(&row.organization_id) {
+                if !orgs.contains_key(&row.organization_id) {
                     let org = st
                         .store
                         .organization(&row.organization_id)
                         .await
                         .map_err(io::Error::other)?;
-                    tiers.insert(row.organization_id.clone(), org.map(|o| o.tier));
+                    orgs.insert(row.organization_id.clone(), org);
                 }
-                let tier = tiers.get(&row.organization_id).copied().flatten();
+                let org = orgs.get(&row.organization_id).and_then(Option::as_ref);
                 // A sandbox whose policy cannot be resolved any more (its
                 // organization or tier gone from the configuration) is not
                 // expected: the runner removes it, and it is marked lost.
-                match tier.map(|t| service::effective(st, t, row)) {
+                match org.map(|o| service::effective(st, o, row)) {
                     Some(Ok(policy)) => expected.push(Expected {
                         id: row.id.clone(),
                         organization: row.organization_id.clone(),

@@ -52,18 +52,18 @@ async fn count_sandboxes(st: &AppState) -> Counts {
     let Ok(rows) = st.store.sandboxes(None).await else {
         return by_state_mode;
     };
-    let tiers: BTreeMap<String, u8> = st
+    let orgs: BTreeMap<String, crate::store::Organization> = st
         .store
         .organizations()
         .await
         .unwrap_or_default()
         .into_iter()
-        .map(|o| (o.id, o.tier))
+        .map(|o| (o.id.clone(), o))
         .collect();
     for row in rows {
-        let mode = tiers
+        let mode = orgs
             .get(&row.organization_id)
-            .and_then(|t| crate::service::effective(st, *t, &row).ok())
+            .and_then(|o| crate::service::effective(st, o, &row).ok())
             .map(|p| p.mode.as_str().to_string())
             .unwrap_or_else(|| "unknown".into());
         *by_state_mode

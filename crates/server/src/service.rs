@@ -25,8 +25,8 @@ use sandgate_contract::{
     ExecRequest, ExecResult, Observed, ProbeTarget, Runner, RunnerError, SandboxSpec, Subscription,
 };
 use sandgate_policy::{
-    check_ttl, overlaps, CompiledPolicy, Destination, EffectivePolicy, Grant, GrantTarget, Mode,
-    NetworkSettings, Resources, ResourcesRequest, SettingsRequest, Verdict,
+    check_ttl, overlaps, CompiledPolicy, Destination, EffectivePolicy, EgressAddress, Grant,
+    GrantTarget, Mode, NetworkSettings, Resources, ResourcesRequest, SettingsRequest, Verdict,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -133,6 +133,7 @@ pub async fn create_organization(
         name,
         tier,
         created_at: now(),
+        egress_address: None,
     };
     st.store.add_organization(&org).await?;
     Ok(org)
@@ -181,42 +182,94 @@ pub async fn set_tier(
         // applies the stored tier to every sandbox.
         st.store.set_tier(&org.id, tier).await?;
         org.tier = tier;
-        let mut reapplied = 0;
-        let mut failed = Vec::new();
-        for row in st.store.sandboxes(Some(&org.id)).await? {
-            if row.state != SandboxState::Running {
-                continue;
-            }
-            let applied = match effective(&st, org.tier, &row) {
-                Ok(policy) => {
-                    let id = row.id.clone();
-                    on_runner(&st, move |r| r.update(&id, &policy)).await
-                }
-                Err(e) => Err(e),
-            };
-            match applied {
-                Ok(()) => reapplied += 1,
-                Err(e) => {
-                    cut_off(&st, &row).await;
-                    failed.push(format!("{} ({})", row.id, e.message));
-                }
-            }
-        }
-        if !failed.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "partially_applied",
-                format!(
-                    "tier {} stored and applied to {reapplied} sandboxes; {} could not take it and are cut off until a retry: {}",
-                    org.tier,
-                    failed.len(),
-                    failed.join("; ")
-                ),
-            ));
-        }
+        let reapplied = reapply(&st, &org, &format!("tier {tier}")).await?;
         Ok((org, reapplied))
     })
     .await
+}
+
+/// Gives organization `id` the known egress address `egress` (or, with
+/// `None`, takes it away): its running sandboxes' new connections leave
+/// from it before the answer. The address must be one of this host's
+/// (409 `egress_address_not_local` otherwise): a connection given a
+/// source the host does not hold would leave with a forged address.
+pub async fn set_egress_address(
+    st: &Arc<AppState>,
+    id: String,
+    egress: Option<EgressAddress>,
+) -> Result<(Organization, usize), ApiError> {
+    if let Some(egress) = &egress {
+        egress.check(&st.policy)?;
+    }
+    transaction(st, move |st| async move {
+        let mut org = organization(&st, &id).await?;
+        if let Some(egress) = &egress {
+            let live = on_runner(&st, |r| Ok(r.live_policy())).await?;
+            if let Some((field, addr)) = egress.not_held(live.ranges()) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "egress_address_not_local",
+                    format!("{field} {addr} is not an address of this host; add it to an interface of the host (and route it to the host upstream) first"),
+                ));
+            }
+        }
+        st.store
+            .set_egress_address(&org.id, egress.as_ref())
+            .await?;
+        org.egress_address = egress;
+        let what = match &egress {
+            Some(e) => format!(
+                "egress address {}",
+                e.addresses()
+                    .map(|(_, a)| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+            None => "the host's own egress address".into(),
+        };
+        let reapplied = reapply(&st, &org, &what).await?;
+        Ok((org, reapplied))
+    })
+    .await
+}
+
+/// Puts the policy of every running sandbox of `org` (as stored now) in
+/// force: how many took it. One that cannot is cut off until a retry, and
+/// the answer is 500 `partially_applied`, naming `what` changed.
+async fn reapply(st: &Arc<AppState>, org: &Organization, what: &str) -> Result<usize, ApiError> {
+    let mut reapplied = 0;
+    let mut failed = Vec::new();
+    for row in st.store.sandboxes(Some(&org.id)).await? {
+        if row.state != SandboxState::Running {
+            continue;
+        }
+        let applied = match effective(st, org, &row) {
+            Ok(policy) => {
+                let id = row.id.clone();
+                on_runner(st, move |r| r.update(&id, &policy)).await
+            }
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(()) => reapplied += 1,
+            Err(e) => {
+                cut_off(st, &row).await;
+                failed.push(format!("{} ({})", row.id, e.message));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "partially_applied",
+            format!(
+                "{what} stored and applied to {reapplied} sandboxes; {} could not take it and are cut off until a retry: {}",
+                failed.len(),
+                failed.join("; ")
+            ),
+        ));
+    }
+    Ok(reapplied)
 }
 
 /// Fails closed for a sandbox whose new policy could not be applied: it
@@ -240,15 +293,19 @@ async fn cut_off(st: &AppState, row: &SandboxRow) {
 
 /// The effective policy of a stored sandbox of an organization of `tier`:
 /// its settings resolved, with its grants in force now.
-pub fn effective(st: &AppState, tier: u8, row: &SandboxRow) -> Result<EffectivePolicy, ApiError> {
+pub fn effective(
+    st: &AppState,
+    org: &Organization,
+    row: &SandboxRow,
+) -> Result<EffectivePolicy, ApiError> {
     let settings = st.policy.stored_settings(&row.settings())?;
-    resolved(st, tier, &settings, row)
+    resolved(st, org, &settings, row)
 }
 
 /// `settings` resolved for `tier`, with the grants of `row` in force now.
 fn resolved(
     st: &AppState,
-    tier: u8,
+    org: &Organization,
     settings: &NetworkSettings,
     row: &SandboxRow,
 ) -> Result<EffectivePolicy, ApiError> {
@@ -258,8 +315,9 @@ fn resolved(
         .collect();
     Ok(st
         .policy
-        .resolve(tier, settings)?
-        .with_grants(&grants, now_ms()))
+        .resolve(org.tier, settings)?
+        .with_grants(&grants, now_ms())
+        .with_egress_address(org.egress_address))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -374,7 +432,7 @@ pub async fn add_grant(
                 ));
             }
         }
-        let old = effective(&st, org.tier, &row)?;
+        let old = effective(&st, &org, &row)?;
         match old.mode {
             Mode::Allowlist => {}
             Mode::Restricted => {
@@ -422,7 +480,7 @@ pub async fn add_grant(
             expires_at_ms: now_ms().saturating_add(new.ttl_seconds.saturating_mul(1000)),
         };
         grants.push(grant.clone());
-        store_grants(&st, row, org.tier, old, grants).await?;
+        store_grants(&st, row, &org, old, grants).await?;
         Ok(grant)
     })
     .await
@@ -440,7 +498,7 @@ pub async fn revoke_grant(
         let org = organization(&st, &org.id).await?;
         let row = sandbox(&st, &org, &key).await?;
         running(&row)?;
-        let old = effective(&st, org.tier, &row)?;
+        let old = effective(&st, &org, &row)?;
         let mut grants = stored_grants(&row)?;
         let before = grants.len();
         grants.retain(|g| g.id != grant);
@@ -449,7 +507,7 @@ pub async fn revoke_grant(
                 "sandbox {key} has no grant {grant} in force"
             )));
         }
-        store_grants(&st, row, org.tier, old, grants).await
+        store_grants(&st, row, &org, old, grants).await
     })
     .await
 }
@@ -460,12 +518,12 @@ pub async fn revoke_grant(
 async fn store_grants(
     st: &Arc<AppState>,
     mut row: SandboxRow,
-    tier: u8,
+    org: &Organization,
     old: EffectivePolicy,
     grants: Vec<StoredGrant>,
 ) -> Result<(), ApiError> {
     row.grants = serde_json::to_string(&grants).map_err(ApiError::internal)?;
-    let new = effective(st, tier, &row)?;
+    let new = effective(st, org, &row)?;
     in_force(st, &row, new).await?;
     if let Err(e) = st.store.set_grants(&row.id, &row.grants).await {
         put_back(st, &row, old).await;
@@ -497,6 +555,13 @@ pub struct SettingsChange {
     pub domain_deny_list: Option<String>,
     /// `essentialServices`.
     pub essential_services: Option<bool>,
+    /// `egressMbps`: `Some(None)` goes back to the tier's default.
+    pub egress_mbps: Option<Option<u32>>,
+    /// `maxConnections`: `Some(None)` goes back to the tier's fair share.
+    pub max_connections: Option<Option<u32>>,
+    /// `newConnectionsPerSecond`: `Some(None)` goes back to the tier's
+    /// fair share.
+    pub new_connections_per_second: Option<Option<u32>>,
 }
 
 impl SettingsChange {
@@ -508,16 +573,22 @@ impl SettingsChange {
             network_deny_list: self.network_deny_list.as_deref(),
             domain_deny_list: self.domain_deny_list.as_deref(),
             essential_services: self.essential_services,
+            egress_mbps: self.egress_mbps,
+            max_connections: self.max_connections,
+            new_connections_per_second: self.new_connections_per_second,
         }
     }
 
     /// Whether, at create, it can only narrow what a sandbox reaches (no
-    /// allow list sent, blocking not turned off; the essential services
-    /// are on by default): the network scope is not needed for it then.
+    /// allow list sent, blocking not turned off, no bandwidth asked that
+    /// could be above the tier's default; the essential services are on
+    /// by default, connection budgets only ever lower the tier's fair
+    /// shares): the network scope is not needed for it then.
     pub fn only_narrows(&self) -> bool {
         self.network_allow_list.is_none()
             && self.domain_allow_list.is_none()
             && self.network_block_all != Some(false)
+            && self.egress_mbps.is_none()
     }
 }
 
@@ -565,7 +636,7 @@ pub async fn create_sandbox(
     st: &Arc<AppState>,
     org: &Organization,
     new: NewSandbox,
-) -> Result<(SandboxRow, u8), ApiError> {
+) -> Result<(SandboxRow, Organization), ApiError> {
     // Validated now for a quick answer, and again under the lock with the
     // tier as it is then (a tier change may have come in between).
     new.settings(st, org.tier)?;
@@ -583,7 +654,10 @@ pub async fn create_sandbox(
         let org = organization(&st, &org_id).await?;
         let settings = new.settings(&st, org.tier)?;
         let resources = new.resources(&st, org.tier)?;
-        let policy = st.policy.resolve(org.tier, &settings)?;
+        let policy = st
+            .policy
+            .resolve(org.tier, &settings)?
+            .with_egress_address(org.egress_address);
         let count = st.store.sandbox_count(&org.id).await?;
         if count >= st.max_sandboxes_per_org {
             return Err(ApiError::new(
@@ -623,6 +697,9 @@ pub async fn create_sandbox(
             memory_mib: resources.memory_mib,
             cpu_millicores: resources.cpu_millicores,
             disk_mib: resources.disk_mib,
+            egress_mbps: settings.egress_mbps,
+            max_connections: settings.max_connections,
+            new_connections_per_second: settings.new_connections_per_second,
         };
         st.store.add_sandbox(&row).await?;
         let spec = SandboxSpec {
@@ -656,7 +733,7 @@ pub async fn create_sandbox(
             SandboxState::Died
         };
         st.metrics.created();
-        Ok((row, org.tier))
+        Ok((row, org))
     })
     .await
 }
@@ -710,7 +787,7 @@ pub async fn update_settings(
     org: Organization,
     key: String,
     change: SettingsChange,
-) -> Result<(SandboxRow, u8), ApiError> {
+) -> Result<(SandboxRow, Organization), ApiError> {
     transaction(st, move |st| async move {
         let org = organization(&st, &org.id).await?;
         let mut row = sandbox(&st, &org, &key).await?;
@@ -719,8 +796,8 @@ pub async fn update_settings(
         let settings = st
             .policy
             .settings_for_update(org.tier, &stored, &change.request())?;
-        let old = effective(&st, org.tier, &row)?;
-        let new = resolved(&st, org.tier, &settings, &row)?;
+        let old = effective(&st, &org, &row)?;
+        let new = resolved(&st, &org, &settings, &row)?;
         in_force(&st, &row, new).await?;
         row.set_settings(&settings);
         row.updated_at = now();
@@ -729,7 +806,7 @@ pub async fn update_settings(
             put_back(&st, &row, old).await;
             return Err(e.into());
         }
-        Ok((row, org.tier))
+        Ok((row, org))
     })
     .await
 }
@@ -759,11 +836,11 @@ pub async fn execute(
 /// not egress (both read from the runner, off the async threads).
 async fn with_compiled<T>(
     st: &AppState,
-    tier: u8,
+    org: &Organization,
     row: &SandboxRow,
     work: impl FnOnce(&CompiledPolicy) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let policy = effective(st, tier, row)?;
+    let policy = effective(st, org, row)?;
     let id = row.id.clone();
     let (ranges, own) = on_runner(st, move |r| {
         let own: Vec<_> = r.addresses(&id).map(Vec::from).unwrap_or_default();
@@ -777,11 +854,11 @@ async fn with_compiled<T>(
 /// anything: the verdict and the sandbox's mode.
 pub async fn explain(
     st: &AppState,
-    tier: u8,
+    org: &Organization,
     row: &SandboxRow,
     destination: &Destination,
 ) -> Result<(Verdict, String), ApiError> {
-    with_compiled(st, tier, row, |compiled| {
+    with_compiled(st, org, row, |compiled| {
         Ok((
             compiled.explain(destination),
             compiled.policy().mode.as_str().to_string(),
@@ -799,7 +876,7 @@ pub async fn network_test(
     targets: Vec<ProbeTarget>,
 ) -> Result<(Vec<(Verdict, Observed)>, String), ApiError> {
     running(row)?;
-    let (expected, mode) = with_compiled(st, org.tier, row, |compiled| {
+    let (expected, mode) = with_compiled(st, org, row, |compiled| {
         let verdicts = targets
             .iter()
             .map(|t| Ok(compiled.explain(&t.to_string().parse::<Destination>()?)))

@@ -19,6 +19,9 @@ pub struct Organization {
     pub tier: u8,
     /// When it was made.
     pub created_at: String,
+    /// Where its sandboxes' connections leave from, if the operator gave
+    /// it a known egress address.
+    pub egress_address: Option<sandgate_policy::EgressAddress>,
 }
 
 pub use sandgate_contract::SandboxState;
@@ -139,6 +142,12 @@ pub struct SandboxRow {
     pub cpu_millicores: u32,
     /// See [`sandgate_policy::Resources::disk_mib`].
     pub disk_mib: u64,
+    /// `egressMbps` as asked (`None`: the tier's default).
+    pub egress_mbps: Option<u32>,
+    /// `maxConnections` as asked (`None`: the tier's fair share).
+    pub max_connections: Option<u32>,
+    /// `newConnectionsPerSecond` as asked (`None`: the tier's fair share).
+    pub new_connections_per_second: Option<u32>,
 }
 
 impl SandboxRow {
@@ -151,6 +160,9 @@ impl SandboxRow {
             network_deny_list: &self.network_deny_list,
             domain_deny_list: &self.domain_deny_list,
             essential_services: self.essential_services,
+            egress_mbps: self.egress_mbps,
+            max_connections: self.max_connections,
+            new_connections_per_second: self.new_connections_per_second,
         }
     }
 
@@ -162,6 +174,9 @@ impl SandboxRow {
         self.network_deny_list = s.network_deny_list.to_string();
         self.domain_deny_list = s.domain_deny_list.to_string();
         self.essential_services = s.essential_services;
+        self.egress_mbps = s.egress_mbps;
+        self.max_connections = s.max_connections;
+        self.new_connections_per_second = s.new_connections_per_second;
     }
 }
 
@@ -224,7 +239,16 @@ fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
         memory_mib: u64::try_from(r.try_get::<i64, _>("memory_mib")?).unwrap_or(0),
         cpu_millicores: u32::try_from(r.try_get::<i64, _>("cpu_millicores")?).unwrap_or(0),
         disk_mib: u64::try_from(r.try_get::<i64, _>("disk_mib")?).unwrap_or(0),
+        egress_mbps: optional_u32(r, "egress_mbps")?,
+        max_connections: optional_u32(r, "max_connections")?,
+        new_connections_per_second: optional_u32(r, "new_connections_per_second")?,
     })
+}
+
+/// A nullable count column.
+fn optional_u32(r: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Option<u32>, sqlx::Error> {
+    Ok(r.try_get::<Option<i64>, _>(column)?
+        .and_then(|v| u32::try_from(v).ok()))
 }
 
 fn organization(r: &sqlx::sqlite::SqliteRow) -> Result<Organization, sqlx::Error> {
@@ -233,12 +257,21 @@ fn organization(r: &sqlx::sqlite::SqliteRow) -> Result<Organization, sqlx::Error
         name: r.try_get("name")?,
         tier: u8::try_from(r.try_get::<i64, _>("tier")?).unwrap_or(0),
         created_at: r.try_get("created_at")?,
+        egress_address: r
+            .try_get::<Option<String>, _>("egress_address")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
     })
 }
 
+/// The columns of an organization.
+const ORG_COLUMNS: &str = "id, name, tier, created_at, egress_address";
+
 const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, network_block_all, \
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
-     cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants";
+     cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants, \
+     egress_mbps, max_connections, new_connections_per_second";
 
 impl Store {
     /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
@@ -275,29 +308,52 @@ impl Store {
 
     /// The organization `id`.
     pub async fn organization(&self, id: &str) -> Result<Option<Organization>, sqlx::Error> {
-        sqlx::query("SELECT id, name, tier, created_at FROM organizations WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(organization)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(organization)
+        .transpose()
     }
 
     /// Every organization, by name.
     pub async fn organizations(&self) -> Result<Vec<Organization>, sqlx::Error> {
-        sqlx::query("SELECT id, name, tier, created_at FROM organizations ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(organization)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS} FROM organizations ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(organization)
+        .collect()
     }
 
     /// Sets an organization's tier.
     pub async fn set_tier(&self, id: &str, tier: u8) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE organizations SET tier = $1 WHERE id = $2")
             .bind(i64::from(tier))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, removes) an organization's known egress
+    /// address.
+    pub async fn set_egress_address(
+        &self,
+        id: &str,
+        egress: Option<&sandgate_policy::EgressAddress>,
+    ) -> Result<(), sqlx::Error> {
+        let text = egress
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query("UPDATE organizations SET egress_address = $1 WHERE id = $2")
+            .bind(text)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -347,7 +403,8 @@ impl Store {
         hash: &str,
     ) -> Result<Option<(Organization, std::collections::BTreeSet<Scope>)>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT o.id, o.name, o.tier, o.created_at, k.scopes FROM organizations o \
+            "SELECT o.id, o.name, o.tier, o.created_at, o.egress_address, k.scopes \
+             FROM organizations o \
              JOIN api_keys k ON k.organization_id = o.id \
              WHERE k.hash = $1 AND k.revoked_at IS NULL",
         )
@@ -368,7 +425,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18)"
+             $18, $19, $20, $21)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -388,6 +445,9 @@ impl Store {
         .bind(&s.domain_deny_list)
         .bind(i64::from(s.essential_services))
         .bind(&s.grants)
+        .bind(s.egress_mbps.map(i64::from))
+        .bind(s.max_connections.map(i64::from))
+        .bind(s.new_connections_per_second.map(i64::from))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -434,7 +494,8 @@ impl Store {
         sqlx::query(
             "UPDATE sandboxes SET network_block_all = $1, network_allow_list = $2, \
              domain_allow_list = $3, updated_at = $4, network_deny_list = $5, \
-             domain_deny_list = $6, essential_services = $7 WHERE id = $8",
+             domain_deny_list = $6, essential_services = $7, egress_mbps = $8, \
+             max_connections = $9, new_connections_per_second = $10 WHERE id = $11",
         )
         .bind(i64::from(s.network_block_all))
         .bind(&s.network_allow_list)
@@ -443,6 +504,9 @@ impl Store {
         .bind(&s.network_deny_list)
         .bind(&s.domain_deny_list)
         .bind(i64::from(s.essential_services))
+        .bind(s.egress_mbps.map(i64::from))
+        .bind(s.max_connections.map(i64::from))
+        .bind(s.new_connections_per_second.map(i64::from))
         .bind(&s.id)
         .execute(&self.pool)
         .await?;

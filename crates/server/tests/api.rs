@@ -373,6 +373,8 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         ("/api/admin/organizations", "post"),
         ("/api/admin/organizations", "get"),
         ("/api/admin/organizations/{id}/tier", "put"),
+        ("/api/admin/organizations/{id}/egress-address", "put"),
+        ("/api/admin/organizations/{id}/egress-address", "delete"),
         ("/api/admin/organizations/{id}/keys", "post"),
         ("/api/admin/organizations/{id}/keys/{key_id}", "delete"),
         ("/api/sandbox", "post"),

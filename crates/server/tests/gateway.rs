@@ -465,3 +465,41 @@ fn a_tier_may_keep_name_admitted_addresses_to_the_name_checked_ports() {
         "{v}"
     );
 }
+
+#[test]
+fn a_connection_the_gateway_passes_leaves_from_the_known_egress_address() {
+    use sandgate_lab::addrs::{EGRESS4, EGRESS6, HOST_LINK4};
+    let api = Api::start();
+    let (known, key) = api.organization("known", 3);
+    let (_, other_key) = api.organization("other", 3);
+    let (s, v) = api.call(
+        "PUT",
+        &format!("/api/admin/organizations/{known}/egress-address"),
+        Some(common::ADMIN),
+        common::Send::Json(json!({"ipv4": EGRESS4.to_string(), "ipv6": EGRESS6.to_string()})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let ca = api.lab().ca_pem().to_string();
+    let named = json!({"name": "named", "domainAllowList": "api.example.com"});
+    let a = api.sandbox(&key, named.clone());
+    let b = api.sandbox(&other_key, named);
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    resolve(&api, &key, a, "api.example.com");
+    resolve(&api, &other_key, b, "api.example.com");
+    let (a_ns, b_ns) = (api.slot_netns(a), api.slot_netns(b));
+    let from = |got: Got, addr: IpAddr| {
+        assert!(got.answered_for("api.example.com"), "{got:?}");
+        let Got::Answer(text) = got else {
+            unreachable!()
+        };
+        assert!(text.contains(&format!("from={addr} ")), "{text}");
+    };
+    // Over TLS (relayed by splice) and in the clear (through hyper).
+    from(https(&a_ns, &ca, SERVER4_B, "api.example.com"), EGRESS4);
+    from(http(&a_ns, SERVER6_B, "api.example.com"), EGRESS6);
+    from(http(&a_ns, SERVER4_B, "api.example.com"), EGRESS4);
+    from(
+        https(&b_ns, &ca, SERVER4_B, "api.example.com"),
+        HOST_LINK4.addr(),
+    );
+}

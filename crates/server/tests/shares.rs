@@ -34,7 +34,10 @@ fn counts(out: &Value) -> (u64, u64, u64) {
     let text = out["stdout"].as_str().unwrap();
     let words: Vec<&str> = text.split_whitespace().collect();
     let n = |label: &str| {
-        let i = words.iter().position(|w| *w == label).unwrap();
+        let i = words
+            .iter()
+            .position(|w| *w == label)
+            .unwrap_or_else(|| panic!("no {label} in {out}"));
         words[i + 1].parse::<u64>().unwrap()
     };
     (n("open"), n("refused"), n("other"))
@@ -334,4 +337,74 @@ fn a_slot_given_to_a_new_sandbox_gets_nothing_of_the_old_ones_lookup() {
         .parse()
         .unwrap();
     assert!(stale >= 1, "{metrics}");
+}
+
+#[test]
+fn a_sandbox_asks_for_fewer_connections_than_its_tier_and_never_more() {
+    let api = server(
+        FairSharesRepr {
+            connections: Some(32),
+            new_connections_per_second: Some(200),
+            ..Default::default()
+        },
+        None,
+    );
+    let (_, key) = api.organization("budgets", 3);
+    let (_, small) = api.organization("small", 1);
+    let hold = |n: u32| format!("flood hold {SERVER4} {TCP_ECHO} {n} 500");
+    let tight = api.sandbox(&key, json!({"name": "tight", "maxConnections": 8}));
+    assert_eq!(tight["maxConnections"], 8, "{tight}");
+    assert_eq!(tight["effectiveNetwork"]["fairShares"]["connections"], 8);
+    // Its own cap, in the kernel: 8 of 20 held at once are let out.
+    assert_eq!(counts(&api.exec(&key, "tight", &hold(20))), (8, 12, 0));
+    let seen = wait_event(&api, &key, "tight", |e| e["reason"] == "connection_limit");
+    assert!(
+        seen.iter().any(|e| e["reason"] == "connection_limit"),
+        "{seen:?}"
+    );
+    // An update moves it, within the tier; null goes back to the tier's.
+    let path = "/api/sandbox/tight/network-settings";
+    let (s, v) = api.post(path, &key, json!({"maxConnections": 12}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(counts(&api.exec(&key, "tight", &hold(20))), (12, 8, 0));
+    for (body, status, code) in [
+        (json!({"maxConnections": 33}), 403, "budget_exceeds_tier"),
+        (json!({"maxConnections": 0}), 400, "invalid_budget"),
+        (
+            json!({"newConnectionsPerSecond": 201}),
+            403,
+            "budget_exceeds_tier",
+        ),
+    ] {
+        let (s, v) = api.post(path, &key, body.clone());
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {v}"
+        );
+    }
+    let (s, v) = api.post(path, &key, json!({"maxConnections": null}));
+    assert_eq!(s, 200, "{v}");
+    assert!(v.get("maxConnections").is_none(), "{v}");
+    assert_eq!(v["effectiveNetwork"]["fairShares"]["connections"], 32);
+    assert_eq!(counts(&api.exec(&key, "tight", &hold(20))), (20, 0, 0));
+
+    // New connections a second: 5 (a burst of 10) of 40 made at once; a
+    // restricted tier may ask too, since it only narrows.
+    let narrow = api.sandbox(
+        &small,
+        json!({"name": "narrow", "newConnectionsPerSecond": 5}),
+    );
+    assert_eq!(
+        narrow["effectiveNetwork"]["fairShares"]["newConnectionsPerSecond"],
+        5
+    );
+    api.sandbox(&key, json!({"name": "slow", "newConnectionsPerSecond": 5}));
+    let (open, refused, _) = counts(&api.exec(&key, "slow", &hold(40)));
+    assert!(
+        (10..=12).contains(&open) && refused >= 28,
+        "{open} let out, {refused} refused"
+    );
+    // The other sandbox, on its tier's rate, is not held to it.
+    assert_eq!(counts(&api.exec(&key, "tight", &hold(30))), (30, 0, 0));
 }

@@ -4,8 +4,11 @@ Run by ``crates/sandgate/tests/sdk.rs``, which builds the lab, starts the
 server and passes, in the environment: the server (``SANDGATE_API_URL``),
 a tier-3 key (``SANDGATE_API_KEY``), a tier-1 key
 (``SANDGATE_TEST_TIER1_KEY``), and two lab servers with a TCP echo
-(``SANDGATE_TEST_SERVER``, ``SANDGATE_TEST_OTHER``, ``SANDGATE_TEST_PORT``).
-Only lab (TEST-NET) addresses are ever probed.
+(``SANDGATE_TEST_SERVER``, ``SANDGATE_TEST_OTHER``, ``SANDGATE_TEST_PORT``);
+a key of an organization the operator gave a known egress address
+(``SANDGATE_TEST_EGRESS_KEY``, ``SANDGATE_TEST_EGRESS4``), and the port of
+the lab's service that answers with the address a connection came from
+(``SANDGATE_TEST_WHOAMI_PORT``). Only lab (TEST-NET) addresses are ever probed.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def lab_address(var: str) -> str:
 SERVER = lab_address("SANDGATE_TEST_SERVER")
 OTHER = lab_address("SANDGATE_TEST_OTHER")
 PORT = int(os.environ.get("SANDGATE_TEST_PORT", "7"))
+EGRESS4 = lab_address("SANDGATE_TEST_EGRESS4")
+WHOAMI_PORT = int(os.environ.get("SANDGATE_TEST_WHOAMI_PORT", "113"))
 
 
 def echoes(sandbox: Sandbox, dest: str) -> bool:
@@ -189,6 +194,50 @@ class SdkTest(unittest.TestCase):
         with self.assertRaises(ConflictError) as open_mode:
             self.create(CreateSandboxFromSnapshotParams()).network.grant(OTHER, ttl_seconds=60)
         self.assertEqual(open_mode.exception.code, "grant_not_needed")
+
+    def test_an_egress_budget_is_asked_at_create_and_changed_by_update(self) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams(egress_mbps=25))
+        self.assertEqual((s.egress_mbps, s.egress_budget_mbps), (25, 25))
+        self.assertTrue(echoes(s, OTHER))
+        s.update_network_settings(egress_mbps=80)
+        self.assertEqual(s.egress_budget_mbps, 80)
+        s.update_network_settings(egress_mbps="default")
+        self.assertIsNone(s.egress_mbps)
+        self.assertIsNone(s.egress_budget_mbps)
+        with self.assertRaises(ValidationError) as bad:
+            s.update_network_settings(egress_mbps=0)
+        self.assertEqual(bad.exception.code, "invalid_budget")
+
+    def test_a_connection_budget_caps_what_the_sandbox_holds_at_once(self) -> None:
+        # Two connections held open for 3 s, then a third tried.
+        third = (
+            f"for i in 1 2; do (sleep 3 | nc {OTHER} {PORT} >/dev/null 2>&1 &); done; "
+            f"sleep 1; echo third | nc -w 1 {OTHER} {PORT}"
+        )
+        s = self.create(CreateSandboxFromSnapshotParams(max_connections=2))
+        self.assertEqual((s.max_connections, s.connection_budget[0]), (2, 2))
+        self.assertNotIn("third", s.process.exec(third, timeout=15).stdout)
+        s.update_network_settings(max_connections="default")
+        self.assertIsNone(s.max_connections)
+        self.assertGreater(s.connection_budget[0], 2)
+        self.assertIn("third", s.process.exec(third, timeout=15).stdout)
+        with self.assertRaises(ValidationError) as bad:
+            s.update_network_settings(new_connections_per_second=0)
+        self.assertEqual(bad.exception.code, "invalid_budget")
+
+    def test_a_known_egress_address_is_where_connections_leave_from(self) -> None:
+        def seen_from(sandbox: Sandbox) -> str:
+            r = sandbox.process.exec(f"nc -w 2 {SERVER} {WHOAMI_PORT} </dev/null", timeout=10)
+            return r.stdout.strip()
+
+        known = Sandgate(api_key=os.environ["SANDGATE_TEST_EGRESS_KEY"])
+        s = known.create(CreateSandboxFromSnapshotParams())
+        self.made.append(s)
+        self.assertEqual((s.egress_address or {}).get("ipv4"), EGRESS4)
+        self.assertEqual(seen_from(s), EGRESS4)
+        other = self.create(CreateSandboxFromSnapshotParams())
+        self.assertIsNone(other.egress_address)
+        self.assertNotEqual(seen_from(other), EGRESS4)
 
     def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message(self) -> None:
         with self.assertRaises(ValidationError) as bad:

@@ -21,6 +21,10 @@ end
 SERVER = lab_address("SANDGATE_TEST_SERVER")
 OTHER = lab_address("SANDGATE_TEST_OTHER")
 PORT = Integer(ENV.fetch("SANDGATE_TEST_PORT", "7"))
+# An organization the operator gave a known egress address, and the lab's
+# service that answers with the address a connection came from.
+EGRESS4 = lab_address("SANDGATE_TEST_EGRESS4")
+WHOAMI_PORT = Integer(ENV.fetch("SANDGATE_TEST_WHOAMI_PORT", "113"))
 
 class SandgateTest < Minitest::Test
   def setup
@@ -116,6 +120,43 @@ class SandgateTest < Minitest::Test
     assert_equal [g.id], s.network.grants.map(&:id)
     s.network.revoke(g)
     refute echoes(s, OTHER)
+  end
+
+  def test_an_egress_budget_is_asked_at_create_and_changed_by_an_update
+    s = create(egress_mbps: 25)
+    assert_equal [25, 25], [s.egress_mbps, s.egress_budget_mbps]
+    assert echoes(s, OTHER)
+    s.update_network_settings(egress_mbps: 80)
+    assert_equal 80, s.egress_budget_mbps
+    s.update_network_settings(egress_mbps: :default)
+    assert_nil s.egress_mbps
+    assert_nil s.egress_budget_mbps
+    e = assert_raises(Sandgate::ValidationError) { s.update_network_settings(egress_mbps: 0) }
+    assert_equal "invalid_budget", e.code
+  end
+
+  def test_connection_budgets_are_asked_at_create_and_changed_by_an_update
+    s = create(max_connections: 3, new_connections_per_second: 7)
+    assert_equal [3, 7], [s.max_connections, s.new_connections_per_second]
+    assert_equal [3, 7], s.connection_budget
+    assert echoes(s, OTHER)
+    s.update_network_settings(new_connections_per_second: :default)
+    assert_nil s.new_connections_per_second
+    assert_operator s.connection_budget[1], :>, 7
+    e = assert_raises(Sandgate::ValidationError) { s.update_network_settings(max_connections: 0) }
+    assert_equal "invalid_budget", e.code
+  end
+
+  def test_a_known_egress_address_is_where_connections_leave_from
+    seen_from = ->(s) { s.process.exec("nc -w 2 #{SERVER} #{WHOAMI_PORT} </dev/null", timeout: 10).stdout.strip }
+    known = Sandgate::Sandgate.new(api_key: ENV.fetch("SANDGATE_TEST_EGRESS_KEY"))
+    s = known.create(Sandgate::CreateSandboxFromSnapshotParams.new)
+    @made << s
+    assert_equal EGRESS4, s.egress_address["ipv4"]
+    assert_equal EGRESS4, seen_from.call(s)
+    other = create
+    assert_nil other.egress_address
+    refute_equal EGRESS4, seen_from.call(other)
   end
 
   def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message

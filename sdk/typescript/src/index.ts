@@ -81,6 +81,15 @@ export interface CreateSandboxParams {
   domainDenyList?: string
   /** `false` turns the essential services off. */
   essentialServices?: boolean
+  /** What the sandbox may send, Mbit/s, within its tier's maximum
+   * (default: the tier's default). */
+  egressMbps?: number
+  /** Connections at once, within the tier's fair share (default: the
+   * tier's). */
+  maxConnections?: number
+  /** New connections a second, within the tier's fair share (default:
+   * the tier's). */
+  newConnectionsPerSecond?: number
 }
 
 /** New network settings: what is given replaces, the rest is kept. */
@@ -91,6 +100,12 @@ export interface NetworkSettings {
   networkDenyList?: string
   domainDenyList?: string
   essentialServices?: boolean
+  /** Mbit/s; `null` goes back to the tier's default. */
+  egressMbps?: number | null
+  /** `null` goes back to the tier's fair share. */
+  maxConnections?: number | null
+  /** `null` goes back to the tier's fair share. */
+  newConnectionsPerSecond?: number | null
 }
 
 /** Options of a command. */
@@ -164,6 +179,22 @@ export interface EffectiveNetwork {
   essentialServices: boolean
   /** The grants in force. */
   grants: Array<{ id: string; target: string; expiresAtMs: number }>
+  /** The known egress address its connections leave from, when the
+   * operator gave its organization one (absent: the host's own). */
+  egressAddress?: { ipv4?: string; ipv6?: string }
+  /** Its budgets in force (absent: no limit of its own). */
+  budgets?: { egressMbps?: number }
+  /** What it may take of what every sandbox of its host shares: its
+   * tier's fair shares, the connection budgets narrowed as it asked. */
+  fairShares: {
+    connections: number
+    newConnectionsPerSecond: number
+    dnsQueriesPerSecond: number
+    dnsInFlight: number
+    dnsTcpConnections: number
+    admittedAddresses: number
+    eventsPerSecond: number
+  }
   inactive: Array<{ setting: string; value: string; reason: string; message: string }>
 }
 
@@ -180,6 +211,9 @@ interface SandboxData {
   networkDenyList?: string
   domainDenyList?: string
   essentialServices?: boolean
+  egressMbps?: number
+  maxConnections?: number
+  newConnectionsPerSecond?: number
   effectiveNetwork: EffectiveNetwork
   createdAt: string
   updatedAt: string
@@ -297,6 +331,12 @@ export class Sandbox {
   networkDenyList?: string
   domainDenyList?: string
   essentialServices!: boolean
+  /** `egressMbps` as asked (absent: the tier's default). */
+  egressMbps?: number
+  /** `maxConnections` as asked (absent: the tier's fair share). */
+  maxConnections?: number
+  /** `newConnectionsPerSecond` as asked (absent: the tier's fair share). */
+  newConnectionsPerSecond?: number
   effectiveNetwork!: EffectiveNetwork
   createdAt!: string
   updatedAt!: string
@@ -323,6 +363,9 @@ export class Sandbox {
     this.networkDenyList = d.networkDenyList
     this.domainDenyList = d.domainDenyList
     this.essentialServices = d.essentialServices ?? true
+    this.egressMbps = d.egressMbps
+    this.maxConnections = d.maxConnections
+    this.newConnectionsPerSecond = d.newConnectionsPerSecond
     this.effectiveNetwork = d.effectiveNetwork
     this.createdAt = d.createdAt
     this.updatedAt = d.updatedAt
@@ -338,6 +381,28 @@ export class Sandbox {
     return this.effectiveNetwork.mode
   }
 
+  /** The egress bandwidth in force, Mbit/s (undefined: no limit of its
+   * own). */
+  get egressBudgetMbps(): number | undefined {
+    return this.effectiveNetwork.budgets?.egressMbps
+  }
+
+  /** The connection budgets in force: connections at once and new
+   * connections a second (what it asked for, or its tier's fair shares,
+   * never above them). */
+  get connectionBudget(): { connections: number; newConnectionsPerSecond: number } {
+    const shares = this.effectiveNetwork.fairShares
+    return {
+      connections: shares.connections,
+      newConnectionsPerSecond: shares.newConnectionsPerSecond,
+    }
+  }
+
+  /** The known egress address its connections leave from, if any. */
+  get egressAddress(): EffectiveNetwork['egressAddress'] {
+    return this.effectiveNetwork.egressAddress
+  }
+
   /** Reloads the sandbox from the server. */
   async refresh(): Promise<void> {
     this.load(await this.http.request<SandboxData>('GET', this.path()))
@@ -349,7 +414,7 @@ export class Sandbox {
     const body = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined))
     if (Object.keys(body).length === 0) {
       throw new TypeError(
-        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList or essentialServices',
+        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections or newConnectionsPerSecond',
       )
     }
     this.load(await this.http.request<SandboxData>('POST', this.path('/network-settings'), body))

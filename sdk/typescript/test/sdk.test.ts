@@ -28,6 +28,10 @@ function labAddress(name: string): string {
 const SERVER = labAddress('SANDGATE_TEST_SERVER')
 const OTHER = labAddress('SANDGATE_TEST_OTHER')
 const PORT = Number(process.env.SANDGATE_TEST_PORT ?? '7')
+// An organization the operator gave a known egress address, and the lab's
+// service that answers with the address a connection came from.
+const EGRESS4 = labAddress('SANDGATE_TEST_EGRESS4')
+const WHOAMI_PORT = Number(process.env.SANDGATE_TEST_WHOAMI_PORT ?? '113')
 
 const sandgate = new Sandgate()
 const made: Sandbox[] = []
@@ -120,6 +124,41 @@ test('a grant opens an address until revoked', async () => {
   assert.deepEqual((await s.network.grants()).map((x) => x.id), [g.id])
   await s.network.revoke(g)
   assert.equal(await echoes(s, OTHER), false)
+})
+
+test('an egress budget is asked at create and changed by an update', async () => {
+  const s = await create({ egressMbps: 25 })
+  assert.deepEqual([s.egressMbps, s.egressBudgetMbps], [25, 25])
+  assert.equal(await echoes(s, OTHER), true)
+  await s.updateNetworkSettings({ egressMbps: 80 })
+  assert.equal(s.egressBudgetMbps, 80)
+  await s.updateNetworkSettings({ egressMbps: null })
+  assert.deepEqual([s.egressMbps, s.egressBudgetMbps], [undefined, undefined])
+  await assert.rejects(s.updateNetworkSettings({ egressMbps: 0 }), (e: unknown) => e instanceof ValidationError && e.code === 'invalid_budget')
+})
+
+test('connection budgets are asked at create and changed by an update', async () => {
+  const s = await create({ maxConnections: 3, newConnectionsPerSecond: 7 })
+  assert.deepEqual([s.maxConnections, s.newConnectionsPerSecond], [3, 7])
+  assert.deepEqual(s.connectionBudget, { connections: 3, newConnectionsPerSecond: 7 })
+  assert.equal(await echoes(s, OTHER), true)
+  await s.updateNetworkSettings({ maxConnections: null })
+  assert.equal(s.maxConnections, undefined)
+  assert.ok(s.connectionBudget.connections > 3)
+  await assert.rejects(s.updateNetworkSettings({ maxConnections: 0 }), (e: unknown) => e instanceof ValidationError && e.code === 'invalid_budget')
+})
+
+test('a known egress address is where connections leave from', async () => {
+  const seenFrom = async (s: Sandbox): Promise<string> =>
+    (await s.process.exec(`nc -w 2 ${SERVER} ${WHOAMI_PORT} </dev/null`, { timeout: 10 })).stdout.trim()
+  const known = new Sandgate({ apiKey: process.env.SANDGATE_TEST_EGRESS_KEY })
+  const s = await known.create({})
+  made.push(s)
+  assert.equal(s.egressAddress?.ipv4, EGRESS4)
+  assert.equal(await seenFrom(s), EGRESS4)
+  const other = await create({})
+  assert.equal(other.egressAddress, undefined)
+  assert.notEqual(await seenFrom(other), EGRESS4)
 })
 
 test('bad input and tiers reject with typed errors carrying code and message', async () => {

@@ -7,7 +7,7 @@ most as many calls run at once as the default executor has threads."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from .client import (
     CreateSandboxBaseParams,
@@ -143,6 +143,31 @@ class AsyncSandbox:
         return self.sync.essential_services
 
     @property
+    def egress_mbps(self) -> Optional[int]:
+        """Stored ``egressMbps``."""
+        return self.sync.egress_mbps
+
+    @property
+    def egress_budget_mbps(self) -> Optional[int]:
+        """See :attr:`sandgate.Sandbox.egress_budget_mbps`."""
+        return self.sync.egress_budget_mbps
+
+    @property
+    def max_connections(self) -> Optional[int]:
+        """Stored ``maxConnections``."""
+        return self.sync.max_connections
+
+    @property
+    def new_connections_per_second(self) -> Optional[int]:
+        """Stored ``newConnectionsPerSecond``."""
+        return self.sync.new_connections_per_second
+
+    @property
+    def connection_budget(self) -> Tuple[int, int]:
+        """See :attr:`sandgate.Sandbox.connection_budget`."""
+        return self.sync.connection_budget
+
+    @property
     def created_at(self) -> str:
         """When it was made."""
         return self.sync.created_at
@@ -160,6 +185,9 @@ class AsyncSandbox:
         network_deny_list: Optional[str] = None,
         domain_deny_list: Optional[str] = None,
         essential_services: Optional[bool] = None,
+        egress_mbps: Union[int, Literal["default"], None] = None,
+        max_connections: Union[int, Literal["default"], None] = None,
+        new_connections_per_second: Union[int, Literal["default"], None] = None,
     ) -> None:
         """See :meth:`sandgate.Sandbox.update_network_settings`."""
         await asyncio.to_thread(
@@ -170,6 +198,9 @@ class AsyncSandbox:
             network_deny_list,
             domain_deny_list,
             essential_services,
+            egress_mbps,
+            max_connections,
+            new_connections_per_second,
         )
 
     async def refresh(self) -> None:

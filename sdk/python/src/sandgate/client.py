@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from .errors import APIConnectionError, SandgateError, error_for
 
@@ -31,6 +31,11 @@ class CreateSandboxBaseParams:
     sandbox may never reach; they win over every list and the essential
     services (tier 3/4).
     ``essential_services``: ``False`` turns the essential services off.
+    ``egress_mbps``: what the sandbox may send, Mbit/s, within its tier's
+    maximum (default: the tier's default).
+    ``max_connections`` and ``new_connections_per_second``: connections at
+    once and new connections a second, within the tier's fair shares
+    (default: the tier's).
     """
 
     name: Optional[str] = None
@@ -41,6 +46,9 @@ class CreateSandboxBaseParams:
     network_deny_list: Optional[str] = None
     domain_deny_list: Optional[str] = None
     essential_services: Optional[bool] = None
+    egress_mbps: Optional[int] = None
+    max_connections: Optional[int] = None
+    new_connections_per_second: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The API's request body (camelCase; fields left out are absent)."""
@@ -54,6 +62,9 @@ class CreateSandboxBaseParams:
             ("networkDenyList", self.network_deny_list),
             ("domainDenyList", self.domain_deny_list),
             ("essentialServices", self.essential_services),
+            ("egressMbps", self.egress_mbps),
+            ("maxConnections", self.max_connections),
+            ("newConnectionsPerSecond", self.new_connections_per_second),
         ):
             if value is not None:
                 body[key] = value
@@ -313,6 +324,9 @@ class Sandbox:
     network_deny_list: Optional[str]
     domain_deny_list: Optional[str]
     essential_services: bool
+    egress_mbps: Optional[int]
+    max_connections: Optional[int]
+    new_connections_per_second: Optional[int]
     effective_network: Dict[str, Any]
     created_at: str
     updated_at: str
@@ -336,6 +350,9 @@ class Sandbox:
         self.network_deny_list = data.get("networkDenyList")
         self.domain_deny_list = data.get("domainDenyList")
         self.essential_services = bool(data.get("essentialServices", True))
+        self.egress_mbps = data.get("egressMbps")
+        self.max_connections = data.get("maxConnections")
+        self.new_connections_per_second = data.get("newConnectionsPerSecond")
         self.effective_network = dict(data.get("effectiveNetwork", {}))
         self.created_at = data["createdAt"]
         self.updated_at = data["updatedAt"]
@@ -349,6 +366,30 @@ class Sandbox:
         ``restricted`` or ``blocked``."""
         return str(self.effective_network.get("mode", ""))
 
+    @property
+    def egress_budget_mbps(self) -> Optional[int]:
+        """The egress bandwidth in force, Mbit/s (what it asked for or its
+        tier's default, within the tier's maximum); ``None``: no limit of
+        its own."""
+        value = self.effective_network.get("budgets", {}).get("egressMbps")
+        return int(value) if value is not None else None
+
+    @property
+    def connection_budget(self) -> Tuple[int, int]:
+        """The connection budgets in force: connections at once and new
+        connections a second (what it asked for, or its tier's fair
+        shares, never above them)."""
+        shares = self.effective_network.get("fairShares", {})
+        return int(shares.get("connections", 0)), int(shares.get("newConnectionsPerSecond", 0))
+
+    @property
+    def egress_address(self) -> Optional[Dict[str, str]]:
+        """The known egress address its connections leave from
+        (``{"ipv4": ..., "ipv6": ...}``, each family optional), when the
+        operator gave its organization one; ``None``: the host's own."""
+        egress = self.effective_network.get("egressAddress")
+        return dict(egress) if egress else None
+
     def refresh(self) -> None:
         """Reloads the sandbox from the server."""
         self._load(self._http.request("GET", self._path()))
@@ -361,11 +402,23 @@ class Sandbox:
         network_deny_list: Optional[str] = None,
         domain_deny_list: Optional[str] = None,
         essential_services: Optional[bool] = None,
+        egress_mbps: Union[int, Literal["default"], None] = None,
+        max_connections: Union[int, Literal["default"], None] = None,
+        new_connections_per_second: Union[int, Literal["default"], None] = None,
     ) -> None:
         """Changes the network settings: what is given replaces the stored
         value, the rest is kept; in force in the kernel when this returns.
+        ``"default"`` for a budget (``egress_mbps``, ``max_connections``,
+        ``new_connections_per_second``) goes back to the tier's.
         Refreshes the sandbox from the answer."""
         body: Dict[str, Any] = {}
+        for key, budget in (
+            ("egressMbps", egress_mbps),
+            ("maxConnections", max_connections),
+            ("newConnectionsPerSecond", new_connections_per_second),
+        ):
+            if budget is not None:
+                body[key] = None if budget == "default" else budget
         for key, value in (
             ("networkBlockAll", network_block_all),
             ("networkAllowList", network_allow_list),
@@ -379,8 +432,9 @@ class Sandbox:
         if not body:
             raise ValueError(
                 "update_network_settings: give network_block_all, network_allow_list, "
-                "domain_allow_list, network_deny_list, domain_deny_list or "
-                "essential_services"
+                "domain_allow_list, network_deny_list, domain_deny_list, "
+                "essential_services, egress_mbps, max_connections or "
+                "new_connections_per_second"
             )
         self._load(self._http.request("POST", self._path("/network-settings"), body))
 

@@ -11,14 +11,19 @@ module Sandgate
   # CIDRs; domain_allow_list: names and "*." wildcards; network_block_all:
   # no egress at all (wins over both lists); network_deny_list and
   # domain_deny_list: never reached, whatever allows them (tier 3/4);
-  # essential_services: false turns the essential services off.
+  # essential_services: false turns the essential services off;
+  # egress_mbps: what the sandbox may send, Mbit/s, within its tier's
+  # maximum; max_connections and new_connections_per_second: connections at
+  # once and new connections a second, within its tier's fair shares.
   class CreateSandboxBaseParams
     attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list,
-                  :network_deny_list, :domain_deny_list, :essential_services
+                  :network_deny_list, :domain_deny_list, :essential_services, :egress_mbps,
+                  :max_connections, :new_connections_per_second
 
     def initialize(name: nil, env: nil, network_allow_list: nil, network_block_all: nil,
                    domain_allow_list: nil, network_deny_list: nil, domain_deny_list: nil,
-                   essential_services: nil)
+                   essential_services: nil, egress_mbps: nil, max_connections: nil,
+                   new_connections_per_second: nil)
       @name = name
       @env = env
       @network_allow_list = network_allow_list
@@ -27,6 +32,9 @@ module Sandgate
       @network_deny_list = network_deny_list
       @domain_deny_list = domain_deny_list
       @essential_services = essential_services
+      @egress_mbps = egress_mbps
+      @max_connections = max_connections
+      @new_connections_per_second = new_connections_per_second
     end
 
     # The API's request body (camelCase; fields left out are absent).
@@ -39,7 +47,10 @@ module Sandgate
         "domainAllowList" => domain_allow_list,
         "networkDenyList" => network_deny_list,
         "domainDenyList" => domain_deny_list,
-        "essentialServices" => essential_services
+        "essentialServices" => essential_services,
+        "egressMbps" => egress_mbps,
+        "maxConnections" => max_connections,
+        "newConnectionsPerSecond" => new_connections_per_second
       }.compact
     end
   end
@@ -202,7 +213,8 @@ module Sandgate
   class Sandbox
     attr_reader :id, :name, :state, :snapshot, :organization_id, :env, :network_block_all,
                 :network_allow_list, :domain_allow_list, :network_deny_list, :domain_deny_list,
-                :essential_services, :effective_network, :created_at, :updated_at, :process,
+                :essential_services, :egress_mbps, :max_connections, :new_connections_per_second,
+                :effective_network, :created_at, :updated_at, :process,
                 :network, :http
 
     def initialize(http, data)
@@ -217,6 +229,26 @@ module Sandgate
       effective_network["mode"]
     end
 
+    # The known egress address its connections leave from ({"ipv4" =>,
+    # "ipv6" =>}, each optional), when the operator gave its organization
+    # one; nil: the host's own.
+    def egress_address
+      effective_network["egressAddress"]
+    end
+
+    # The egress bandwidth in force, Mbit/s; nil: no limit of its own.
+    def egress_budget_mbps
+      effective_network.dig("budgets", "egressMbps")
+    end
+
+    # The connection budgets in force: [connections at once, new
+    # connections a second] (what it asked for, or its tier's fair shares,
+    # never above them).
+    def connection_budget
+      shares = effective_network.fetch("fairShares", {})
+      [shares["connections"], shares["newConnectionsPerSecond"]]
+    end
+
     # The API path of this sandbox.
     def path(rest = "")
       "/api/sandbox/#{Http.escape(id)}#{rest}"
@@ -229,17 +261,25 @@ module Sandgate
 
     # Changes the network settings (what is given replaces, the rest is
     # kept; in force in the kernel on return) and refreshes from the answer.
+    # :default for a budget (egress_mbps, max_connections,
+    # new_connections_per_second) goes back to the tier's.
     def update_network_settings(network_block_all: nil, network_allow_list: nil,
                                 domain_allow_list: nil, network_deny_list: nil,
-                                domain_deny_list: nil, essential_services: nil)
+                                domain_deny_list: nil, essential_services: nil, egress_mbps: nil,
+                                max_connections: nil, new_connections_per_second: nil)
       body = { "networkBlockAll" => network_block_all, "networkAllowList" => network_allow_list,
                "domainAllowList" => domain_allow_list, "networkDenyList" => network_deny_list,
                "domainDenyList" => domain_deny_list,
                "essentialServices" => essential_services }.compact
+      { "egressMbps" => egress_mbps, "maxConnections" => max_connections,
+        "newConnectionsPerSecond" => new_connections_per_second }.each do |key, budget|
+        body[key] = budget == :default ? nil : budget unless budget.nil?
+      end
       if body.empty?
         raise ArgumentError,
               "update_network_settings: give network_block_all, network_allow_list, " \
-              "domain_allow_list, network_deny_list, domain_deny_list or essential_services"
+              "domain_allow_list, network_deny_list, domain_deny_list, essential_services, " \
+              "egress_mbps, max_connections or new_connections_per_second"
       end
 
       load(http.request("POST", path("/network-settings"), body))
@@ -267,6 +307,9 @@ module Sandgate
       @network_deny_list = d["networkDenyList"]
       @domain_deny_list = d["domainDenyList"]
       @essential_services = d.fetch("essentialServices", true)
+      @egress_mbps = d["egressMbps"]
+      @max_connections = d["maxConnections"]
+      @new_connections_per_second = d["newConnectionsPerSecond"]
       @effective_network = d.fetch("effectiveNetwork", {})
       @created_at = d["createdAt"]
       @updated_at = d["updatedAt"]
