@@ -29,6 +29,11 @@ fuzz_target!(|data: &[u8]| {
         egress_mbps: count("egressMbps"),
         max_connections: count("maxConnections"),
         new_connections_per_second: count("newConnectionsPerSecond"),
+        network_approvals: flag("networkApprovals"),
+        approval_hold_seconds: body
+            .get("approvalHoldSeconds")
+            .and_then(|v| v.as_u64())
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     };
     let config = PolicyConfig::default();
     for tier in 0..=5 {
@@ -56,6 +61,8 @@ fuzz_target!(|data: &[u8]| {
                     egress_mbps: settings.egress_mbps,
                     max_connections: settings.max_connections,
                     new_connections_per_second: settings.new_connections_per_second,
+                    network_approvals: settings.network_approvals,
+                    approval_hold_seconds: settings.approval_hold_seconds,
                 })
                 .expect("canonical settings read back");
             assert_eq!(stored, settings);

@@ -203,6 +203,12 @@ pub struct DnsCounts {
     pub tcp_refused: u64,
     /// Answers and admissions dropped: the slot changed hands meanwhile.
     pub stale: u64,
+    /// Refused queries held for an approval.
+    #[serde(default)]
+    pub held: u64,
+    /// Held queries answered because an approval came in time.
+    #[serde(default)]
+    pub held_approved: u64,
     /// Datagrams on the upstream pool that answered no query.
     pub upstream_unmatched: u64,
 }

@@ -96,6 +96,14 @@ pub trait Directory: Send + Sync {
     /// Whether `asker` still holds its slot.
     fn holds(&self, asker: &Asker) -> bool;
 
+    /// `asker`'s sandbox as it is now (its policy may have changed since
+    /// its query came), if it still holds its slot.
+    fn current(&self, asker: &Asker) -> Option<Asker>;
+
+    /// A receiver told of every change of a sandbox's policy, that wakes
+    /// the queries held for an approval.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// The policy configuration now (its ranges include the host's own
     /// addresses as they are now).
     fn config(&self) -> Arc<PolicyConfig>;
@@ -203,6 +211,10 @@ pub struct Counters {
     /// Answers not sent, or admissions not made, because the slot had
     /// changed hands while the query was in flight.
     pub stale: AtomicU64,
+    /// Refused queries held for an approval (`approvalHoldSeconds`).
+    pub held: AtomicU64,
+    /// Held queries answered because an approval came in time.
+    pub held_approved: AtomicU64,
 }
 
 /// One sandbox's use of the service, under one lease.
@@ -729,20 +741,47 @@ impl Core {
     ) -> Option<Vec<u8>> {
         let config = self.directory.config();
         let compiled = CompiledPolicy::new(asker.policy.clone(), &self.catalog, &config);
-        let Some(rule) = compiled.name_rule(&question.name) else {
-            self.event(asker, question, "dns_not_allowed", Vec::new());
-            self.counters.refused.fetch_add(1, Ordering::Relaxed);
-            let why = match compiled.policy().mode {
-                Mode::Restricted => "its tier is restricted to essential services",
-                _ => "it matches neither its domainAllowList nor the essential services",
-            };
-            return Some(refused(
-                request,
-                &format!(
-                    "sandgate: {} is blocked by this sandbox's egress policy: {why}",
-                    question.name
-                ),
-            ));
+        let approved: Asker;
+        let (asker, rule) = match compiled.name_rule(&question.name) {
+            Some(rule) => (asker, rule),
+            None => {
+                // The event opens an access request where the sandbox
+                // has approvals; the query waits for its answer, if the
+                // sandbox asked to.
+                self.event(asker, question, "dns_not_allowed", Vec::new());
+                match self.held(asker, question).await {
+                    Some((now, rule)) => {
+                        approved = now;
+                        (&approved, rule)
+                    }
+                    None => {
+                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        let why = match compiled.policy().mode {
+                            Mode::Restricted => "its tier is restricted to essential services",
+                            _ => {
+                                "it matches neither its domainAllowList nor the essential services"
+                            }
+                        };
+                        let ask = match asker.policy.approvals {
+                            Some(a) if a.hold_seconds > 0 => format!(
+                                "; an access request is open, and was not approved within {} s",
+                                a.hold_seconds
+                            ),
+                            Some(_) => {
+                                "; an access request is open for its owner to approve".into()
+                            }
+                            None => String::new(),
+                        };
+                        return Some(refused(
+                            request,
+                            &format!(
+                                "sandgate: {} is blocked by this sandbox's egress policy: {why}{ask}",
+                                question.name
+                            ),
+                        ));
+                    }
+                }
+            }
         };
         let mut answer = self.lookup(asker, request, question).await?;
         let ranges = config.ranges();
@@ -823,6 +862,40 @@ impl Core {
             self.report_evicted(asker, question, evicted);
         }
         Some(reply_to(answer, request))
+    }
+
+    /// Holds a refused query for `asker`'s `approvalHoldSeconds` (it takes
+    /// one of the sandbox's queries in flight meanwhile), until a change
+    /// of its policy allows the name: then its sandbox as it is now, and
+    /// the rule that allows. `None` when the sandbox holds no queries, is
+    /// at its queries in flight, the hold ended, approvals were turned off
+    /// or the slot changed hands.
+    async fn held(&self, asker: &Asker, question: &Question) -> Option<(Asker, Reason)> {
+        let hold = asker
+            .policy
+            .approvals
+            .map(|a| a.hold_seconds)
+            .filter(|s| *s > 0)?;
+        let _turn = InFlight::take(&self.shares, asker)?;
+        self.counters.held.fetch_add(1, Ordering::Relaxed);
+        // Told of changes from before the first look on, so that none
+        // falls between the look and the wait.
+        let mut changes = self.directory.changes();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(hold));
+        loop {
+            let now = self.directory.current(asker)?;
+            now.policy.approvals?;
+            let config = self.directory.config();
+            let compiled = CompiledPolicy::new(now.policy.clone(), &self.catalog, &config);
+            if let Some(rule) = compiled.name_rule(&question.name) {
+                self.counters.held_approved.fetch_add(1, Ordering::Relaxed);
+                return Some((now, rule));
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
     }
 
     fn report_evicted(&self, asker: &Asker, question: &Question, evicted: Vec<IpAddr>) {

@@ -823,3 +823,56 @@ fn a_lookup_in_flight_when_the_slot_changes_hands_is_neither_answered_nor_admitt
     // Nothing was admitted for the slot's new holder.
     assert!(!probe(&ns_a, SERVER4_B, TCP_ECHO));
 }
+
+#[test]
+fn a_query_held_for_an_approval_is_answered_when_the_policy_allows_its_name() {
+    let rig = Rig::new();
+    let asking = |list: &'static str| SettingsRequest {
+        domain_allow_list: Some(list),
+        network_approvals: Some(true),
+        approval_hold_seconds: Some(2),
+        ..Default::default()
+    };
+    let (a, ns) = rig.sandbox("held", 3, asking("www.example.com"));
+    let gateway = IpAddr::V4(a.gateway4);
+    let counters = rig.service().counters();
+    // The query waits; the owner approves while it does.
+    let answered = std::thread::scope(|s| {
+        let asked = s.spawn(|| ask(&ns, gateway, "example.net", RecordType::A, false));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!asked.is_finished(), "the refused query was not held");
+        assert!(!probe(&ns, SERVER4_B, TCP_ECHO));
+        rig.update(&a, 3, asking("www.example.com,example.net"));
+        asked.join().unwrap()
+    });
+    assert_eq!(addrs(&answered), vec![SERVER4_B]);
+    assert!(probe(&ns, SERVER4_B, TCP_ECHO), "answered but not admitted");
+    assert_eq!(
+        counters
+            .held_approved
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Nobody approves: refused when the hold ends, saying so.
+    let started = Instant::now();
+    let refused = ask(&ns, gateway, "other.example.org", RecordType::A, false);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_refused(&refused, "other.example.org");
+    let (_, text) = extended_error(&refused).unwrap();
+    assert!(text.contains("not approved within 2 s"), "{text}");
+    assert_eq!(counters.held.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Without approvals, a refusal is at once.
+    let (b, ns_b) = rig.sandbox("unheld", 3, allow_domains("www.example.com"));
+    let started = Instant::now();
+    assert_refused(
+        &ask(
+            &ns_b,
+            IpAddr::V4(b.gateway4),
+            "example.net",
+            RecordType::A,
+            false,
+        ),
+        "example.net",
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+}

@@ -82,8 +82,9 @@ impl XorShift {
 
 /// What `ns` sends to the lab's [`crate::addrs::SINK`] at `dest` over one
 /// TCP connection for `time`, in megabits a second of payload: the bytes
-/// the sink counted, over the time until its count arrived (so bytes
-/// still queued on the way are waited for, not counted early).
+/// the sink counted, over the time from the first it received to the last
+/// (bytes still queued on the way when the sender stops are waited for
+/// and counted).
 pub fn upload_mbit(
     ns: &sandgate_netns::Netns,
     dest: std::net::IpAddr,
@@ -107,11 +108,16 @@ pub fn upload_mbit(
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut count = String::new();
         conn.read_to_string(&mut count)?;
-        let elapsed = start.elapsed().as_secs_f64();
-        let bytes: f64 = count
-            .trim()
-            .parse()
-            .map_err(|_| std::io::Error::other(format!("the sink said {count:?}")))?;
-        Ok(bytes * 8.0 / elapsed / 1e6)
+        // "BYTES MICROS": what it received, from its first byte to its
+        // last (the connection's setup and the answer's way back, which
+        // a loaded host may stretch, are not the rate).
+        let said = || std::io::Error::other(format!("the sink said {count:?}"));
+        let mut words = count.split_whitespace();
+        let bytes: f64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(said)?;
+        let micros: f64 = words.next().and_then(|w| w.parse().ok()).ok_or_else(said)?;
+        if micros <= 0.0 {
+            return Err(said());
+        }
+        Ok(bytes * 8.0 / micros)
     })
 }

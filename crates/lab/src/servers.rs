@@ -241,13 +241,23 @@ fn echo_conn(mut conn: TcpStream, stop: &AtomicBool) {
 fn sink_conn(mut conn: TcpStream, stop: &AtomicBool) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total: u64 = 0;
+    // From the first byte to the last: the rate as the sink saw it,
+    // without the connection's setup or the answer's way back.
+    let mut first: Option<std::time::Instant> = None;
+    let mut last = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         match conn.read(&mut buf) {
             Ok(0) => {
-                let _ = writeln!(conn, "{total}");
+                let micros = first.map_or(0, |f| last.duration_since(f).as_micros());
+                let _ = writeln!(conn, "{total} {micros}");
                 return;
             }
-            Ok(n) => total += n as u64,
+            Ok(n) => {
+                let now = std::time::Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                total += n as u64;
+            }
             Err(e) if retryable(&e) => {}
             Err(_) => return,
         }

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     InvalidBudget,
     /// A budget above the tier's maximum.
     BudgetExceedsTier,
+    /// `approvalHoldSeconds` is out of range.
+    InvalidApprovalHold,
     /// An update of network settings sets nothing.
     InvalidNetworkSettings,
     /// The organization's tier does not allow sandbox-level network lists.
@@ -60,6 +62,7 @@ impl ErrorCode {
             ErrorCode::InvalidEgressAddress => "invalid_egress_address",
             ErrorCode::InvalidBudget => "invalid_budget",
             ErrorCode::BudgetExceedsTier => "budget_exceeds_tier",
+            ErrorCode::InvalidApprovalHold => "invalid_approval_hold",
             ErrorCode::InvalidNetworkSettings => "invalid_network_settings",
             ErrorCode::NetworkRestrictedByTier => "network_restricted_by_tier",
             ErrorCode::InvalidTier => "invalid_tier",
@@ -85,6 +88,7 @@ impl ErrorCode {
             | ErrorCode::InvalidGrantTtl
             | ErrorCode::InvalidEgressAddress
             | ErrorCode::InvalidBudget
+            | ErrorCode::InvalidApprovalHold
             | ErrorCode::InvalidNetworkSettings
             | ErrorCode::InvalidTier
             | ErrorCode::InvalidDestination

@@ -35,6 +35,7 @@
 //! # Ok::<(), sandgate_policy::PolicyError>(())
 //! ```
 
+mod approval;
 mod budget;
 mod catalog;
 mod config;
@@ -51,6 +52,7 @@ mod resolve;
 mod resources;
 mod shares;
 
+pub use approval::{check_hold, Approvals, APPROVAL_HOLD_MAX};
 pub use budget::{check_connection_budget, Budgets, TierBudgets, TierBudgetsRepr, EGRESS_MBPS_MAX};
 pub use catalog::{Catalog, Category, MergeMode, BUILTIN_CATALOG};
 pub use config::{

@@ -90,6 +90,10 @@ pub struct NetworkSettings {
     /// `newConnectionsPerSecond` as the sandbox asked (`None`: the tier's
     /// fair share).
     pub new_connections_per_second: Option<u32>,
+    /// `networkApprovals`.
+    pub network_approvals: bool,
+    /// `approvalHoldSeconds` (0 to 60).
+    pub approval_hold_seconds: u8,
 }
 
 impl Default for NetworkSettings {
@@ -104,6 +108,8 @@ impl Default for NetworkSettings {
             egress_mbps: None,
             max_connections: None,
             new_connections_per_second: None,
+            network_approvals: false,
+            approval_hold_seconds: 0,
         }
     }
 }
@@ -131,6 +137,10 @@ pub struct SettingsRequest<'a> {
     pub max_connections: Option<Option<u32>>,
     /// `newConnectionsPerSecond`: `Some(None)` goes back to the tier's.
     pub new_connections_per_second: Option<Option<u32>>,
+    /// `networkApprovals`.
+    pub network_approvals: Option<bool>,
+    /// `approvalHoldSeconds`, unchecked.
+    pub approval_hold_seconds: Option<u32>,
 }
 
 impl SettingsRequest<'_> {
@@ -144,6 +154,8 @@ impl SettingsRequest<'_> {
             && self.egress_mbps.is_none()
             && self.max_connections.is_none()
             && self.new_connections_per_second.is_none()
+            && self.network_approvals.is_none()
+            && self.approval_hold_seconds.is_none()
     }
 }
 
@@ -168,6 +180,10 @@ pub struct StoredSettings<'a> {
     pub max_connections: Option<u32>,
     /// `newConnectionsPerSecond` as asked.
     pub new_connections_per_second: Option<u32>,
+    /// `networkApprovals`.
+    pub network_approvals: bool,
+    /// `approvalHoldSeconds`.
+    pub approval_hold_seconds: u8,
 }
 
 /// A stored setting that the tier or `networkBlockAll` makes inactive.
@@ -232,6 +248,10 @@ pub struct EffectivePolicy {
     /// tier's maxima.
     #[serde(default, skip_serializing_if = "crate::budget::Budgets::is_empty")]
     pub budgets: crate::budget::Budgets,
+    /// Whether what it is refused opens access requests (`allowlist`
+    /// mode only), and how long a refused query waits for an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<crate::approval::Approvals>,
 }
 
 impl EffectivePolicy {
@@ -294,7 +314,7 @@ impl PolicyConfig {
         if request.is_empty() {
             return Err(PolicyError::new(
                 ErrorCode::InvalidNetworkSettings,
-                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond",
+                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond, networkApprovals, approvalHoldSeconds",
             ));
         }
         self.merge(tier, stored, request)
@@ -327,6 +347,8 @@ impl PolicyConfig {
             egress_mbps: stored.egress_mbps,
             max_connections: stored.max_connections,
             new_connections_per_second: stored.new_connections_per_second,
+            network_approvals: stored.network_approvals,
+            approval_hold_seconds: stored.approval_hold_seconds,
         })
     }
 
@@ -347,6 +369,7 @@ impl PolicyConfig {
             .into_iter()
             .filter(|(_, v)| v.is_some_and(|s| !s.trim().is_empty()))
             .map(|(f, _)| f)
+            .chain((request.network_approvals == Some(true)).then_some("networkApprovals"))
             .collect();
             if !sent.is_empty() {
                 return Err(self.restricted_error(tier, &sent));
@@ -390,6 +413,10 @@ impl PolicyConfig {
                 rule.fair_shares.new_connections_per_second,
             )?;
         }
+        let approval_hold_seconds = match request.approval_hold_seconds {
+            Some(s) => crate::approval::check_hold(s)?,
+            None => stored.approval_hold_seconds,
+        };
         Ok(NetworkSettings {
             network_block_all: request
                 .network_block_all
@@ -404,6 +431,10 @@ impl PolicyConfig {
             egress_mbps,
             max_connections,
             new_connections_per_second,
+            network_approvals: request
+                .network_approvals
+                .unwrap_or(stored.network_approvals),
+            approval_hold_seconds,
         })
     }
 
@@ -536,6 +567,19 @@ impl PolicyConfig {
             }
         }
         let active = mode == Mode::Allowlist;
+        if settings.network_approvals && !active {
+            let (reason, message) = match mode {
+                Mode::Open => ("open", "open mode reaches every public destination and has nothing to ask for; approvals take effect with an allow list".to_string()),
+                Mode::Blocked => ("blocked", "networkBlockAll is true, which no approval opens".to_string()),
+                _ => ("restricted_by_tier", format!("organizations of tier {tier} are restricted to essential services")),
+            };
+            inactive.push(InactiveSetting {
+                setting: "networkApprovals",
+                value: "true".into(),
+                reason,
+                message,
+            });
+        }
         Ok(EffectivePolicy {
             tier,
             mode,
@@ -569,6 +613,11 @@ impl PolicyConfig {
                 settings.new_connections_per_second,
             ),
             budgets: rule.budgets.resolve(settings.egress_mbps),
+            approvals: (active && settings.network_approvals).then_some(
+                crate::approval::Approvals {
+                    hold_seconds: settings.approval_hold_seconds,
+                },
+            ),
         })
     }
 
@@ -606,6 +655,12 @@ impl PolicyConfig {
         }
         if !policy.grants.is_empty() && policy.mode != Mode::Allowlist {
             return Err("grants are in force in allowlist mode only".into());
+        }
+        if let Some(a) = &policy.approvals {
+            if policy.mode != Mode::Allowlist {
+                return Err("approvals are in force in allowlist mode only".into());
+            }
+            crate::approval::check_hold(u32::from(a.hold_seconds)).map_err(|e| e.message)?;
         }
         for g in &policy.grants {
             if let crate::grant::GrantTarget::Network(net) = &g.target {

@@ -564,3 +564,53 @@ fn connection_budgets_narrow_the_tiers_fair_shares_and_never_widen_them() {
     forged.fair_shares.new_connections_per_second = 0;
     assert!(config.check_effective(&forged).is_err());
 }
+
+#[test]
+fn approvals_are_in_force_with_an_allow_list_only_and_refused_on_a_restricted_tier() {
+    let asked =
+        |block: Option<bool>, dal: Option<&'static str>, hold: Option<u32>| SettingsRequest {
+            network_block_all: block,
+            domain_allow_list: dal,
+            network_approvals: Some(true),
+            approval_hold_seconds: hold,
+            ..Default::default()
+        };
+    // In allowlist mode: in force, with its hold.
+    let p = create(3, asked(None, Some(DOMAINS), Some(30))).unwrap();
+    assert_eq!(p.approvals.map(|a| a.hold_seconds), Some(30));
+    assert!(p.inactive.is_empty(), "{:?}", p.inactive);
+    PolicyConfig::default().check_effective(&p).unwrap();
+    // Open and blocked: stored, inactive, and why.
+    for (block, dal, reason) in [(None, None, "open"), (Some(true), Some(DOMAINS), "blocked")] {
+        let p = create(4, asked(block, dal, None)).unwrap();
+        assert_eq!(p.approvals, None);
+        let inactive: Vec<_> = p
+            .inactive
+            .iter()
+            .filter(|i| i.setting == "networkApprovals")
+            .collect();
+        assert_eq!(inactive.len(), 1, "{:?}", p.inactive);
+        assert_eq!(inactive[0].reason, reason);
+    }
+    // A restricted tier may not ask; turning them off is no request.
+    for tier in [1, 2] {
+        let e = create(tier, asked(None, None, None)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NetworkRestrictedByTier, "tier {tier}");
+        assert_eq!(e.field, Some("networkApprovals"));
+        let off = SettingsRequest {
+            network_approvals: Some(false),
+            ..Default::default()
+        };
+        assert_eq!(create(tier, off).unwrap().approvals, None);
+    }
+    // A hold is 0 to 60 seconds.
+    let e = create(3, asked(None, Some(DOMAINS), Some(61))).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidApprovalHold);
+    // A runner refuses approvals outside allowlist mode, or a longer hold.
+    let mut p = create(3, asked(None, Some(DOMAINS), Some(5))).unwrap();
+    p.approvals = Some(sandgate_policy::Approvals { hold_seconds: 61 });
+    assert!(PolicyConfig::default().check_effective(&p).is_err());
+    let mut open = create(3, request(None, None, None)).unwrap();
+    open.approvals = Some(sandgate_policy::Approvals { hold_seconds: 0 });
+    assert!(PolicyConfig::default().check_effective(&open).is_err());
+}

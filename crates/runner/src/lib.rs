@@ -139,6 +139,9 @@ struct Sandboxes {
     /// force (an update, a grant's end), so that neither puts back what
     /// the other changed meanwhile.
     changing: Mutex<()>,
+    /// Bumped at every change of a sandbox's policy (or its end): wakes
+    /// the DNS queries held for an approval.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 /// Who holds each slot, and the slots whose DNS is answered, by address.
 #[derive(Debug, Default)]
@@ -201,6 +204,18 @@ impl Directory for Sandboxes {
 
     fn holds(&self, asker: &Asker) -> bool {
         lock(&self.known).held.get(&asker.slot).map(|a| a.lease) == Some(asker.lease)
+    }
+
+    fn current(&self, asker: &Asker) -> Option<Asker> {
+        lock(&self.known)
+            .held
+            .get(&asker.slot)
+            .filter(|a| a.lease == asker.lease)
+            .cloned()
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn config(&self) -> Arc<PolicyConfig> {
@@ -274,6 +289,13 @@ impl Sandboxes {
         }
     }
 
+    /// Wakes the DNS queries held for an approval: a policy changed, in
+    /// the kernel as well (a query woken earlier would admit under a rule
+    /// the kernel does not have yet).
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     fn policy_of(&self, slot: &SlotAddrs) -> Option<EffectivePolicy> {
         lock(&self.known)
             .held
@@ -300,6 +322,7 @@ impl Sandboxes {
         known.held.remove(&slot.index);
         drop(known);
         lock(&self.bindings).forget(slot.index);
+        self.changed();
     }
 }
 
@@ -400,6 +423,7 @@ fn apply(
             Err(e)
         }
     };
+    sandboxes.changed();
     gateway.revalidate(slot.index, sandboxes.passing(slot).as_ref());
     result
 }
@@ -779,6 +803,7 @@ impl Runner {
             live: live.clone(),
             leases: std::sync::atomic::AtomicU64::new(0),
             changing: Mutex::new(()),
+            changes: tokio::sync::watch::Sender::new(0),
         });
         let deny =
             sandgate_dataplane::Events::start(host.as_ref(), nflog_group, policy.ranges().clone())?;
@@ -940,6 +965,8 @@ impl Runner {
             rate_limited: get(&c.rate_limited),
             tcp_refused: get(&c.tcp_refused),
             stale: get(&c.stale),
+            held: get(&c.held),
+            held_approved: get(&c.held_approved),
             upstream_unmatched: dns.upstream_unmatched(),
         }
     }

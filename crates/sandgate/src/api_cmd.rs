@@ -72,6 +72,14 @@ pub struct SettingsArgs {
     /// fair share (`default`: the tier's).
     #[arg(long, value_name = "N|default", value_parser = parse_budget)]
     new_connections_per_second: Option<Budget>,
+    /// Whether what the sandbox is refused opens access requests for its
+    /// owner to approve or deny (tier 3/4).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    network_approvals: Option<bool>,
+    /// How long a refused DNS query waits for an approval, 0 to 60
+    /// seconds.
+    #[arg(long, value_name = "SECONDS")]
+    approval_hold_seconds: Option<u32>,
 }
 
 /// A budget given on the command line.
@@ -120,6 +128,12 @@ impl SettingsArgs {
         }
         if let Some(v) = self.essential_services {
             into.insert("essentialServices".into(), json!(v));
+        }
+        if let Some(v) = self.network_approvals {
+            into.insert("networkApprovals".into(), json!(v));
+        }
+        if let Some(v) = self.approval_hold_seconds {
+            into.insert("approvalHoldSeconds".into(), json!(v));
         }
         for (field, budget) in [
             ("egressMbps", self.egress_mbps),
@@ -253,6 +267,40 @@ pub enum NetworkCommand {
         sandbox: String,
         /// The grant's id (`gr-...`).
         grant: String,
+    },
+    /// The sandbox's access requests (what it was refused, with
+    /// `networkApprovals`); with `--follow`, then each change as it
+    /// happens.
+    Requests {
+        /// Id or name.
+        sandbox: String,
+        /// Keep printing requests as they open, count and are decided.
+        #[arg(long)]
+        follow: bool,
+        /// Only those in this state.
+        #[arg(long, value_parser = ["pending", "approved", "denied"])]
+        state: Option<String>,
+    },
+    /// Approve an access request: a grant for `--ttl` seconds, or without
+    /// it, the target added to the allow list (in force when this
+    /// returns; a DNS query held for it is answered then).
+    Approve {
+        /// Id or name.
+        sandbox: String,
+        /// The request's id (`ar-...`).
+        request: String,
+        /// A grant for this many seconds (1 to 604800) instead of a
+        /// permanent list entry.
+        #[arg(long = "ttl", value_name = "SECONDS")]
+        ttl_seconds: Option<u64>,
+    },
+    /// Deny an access request (it is not asked again; attempts are still
+    /// counted).
+    Deny {
+        /// Id or name.
+        sandbox: String,
+        /// The request's id (`ar-...`).
+        request: String,
     },
 }
 
@@ -714,6 +762,90 @@ fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, Ap
             }
             Ok(ExitCode::SUCCESS)
         }
+        NetworkCommand::Requests {
+            sandbox,
+            follow,
+            state,
+        } => {
+            let mut path = format!("/api/sandbox/{}/network/requests", path_part(&sandbox));
+            let mut query = Vec::new();
+            if let Some(state) = state {
+                query.push(format!("state={state}"));
+            }
+            if follow {
+                query.push("follow=true".into());
+            }
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            let print = |r: &Value| {
+                if out.json {
+                    say!("{r}");
+                } else {
+                    request_line(r);
+                }
+            };
+            if follow {
+                c.events(&path, |r| {
+                    print(&r);
+                    true
+                })?;
+            } else {
+                let v = c.call("GET", &path, None)?;
+                if out.json {
+                    out.print_json(&v);
+                } else {
+                    v["requests"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .for_each(print);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NetworkCommand::Approve {
+            sandbox,
+            request,
+            ttl_seconds,
+        } => {
+            let body = match ttl_seconds {
+                Some(ttl) => json!({"ttlSeconds": ttl}),
+                None => json!({}),
+            };
+            let v = c.call(
+                "POST",
+                &format!(
+                    "/api/sandbox/{}/network/requests/{}/approve",
+                    path_part(&sandbox),
+                    path_part(&request)
+                ),
+                Some(&body),
+            )?;
+            if out.json {
+                out.print_json(&v);
+            } else {
+                request_line(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NetworkCommand::Deny { sandbox, request } => {
+            let v = c.call(
+                "POST",
+                &format!(
+                    "/api/sandbox/{}/network/requests/{}/deny",
+                    path_part(&sandbox),
+                    path_part(&request)
+                ),
+                Some(&json!({})),
+            )?;
+            if out.json {
+                out.print_json(&v);
+            } else {
+                request_line(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         NetworkCommand::Explain {
             sandbox,
             destination,
@@ -745,6 +877,28 @@ fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, Ap
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One access request, for people: id, state, target, attempts and how
+/// it was approved.
+fn request_line(r: &Value) {
+    let how = match (s(&r["state"]), r["grantId"].as_str()) {
+        ("approved", Some(g)) => format!("by grant {g}"),
+        ("approved", None) => "in the allow list".to_string(),
+        _ => String::new(),
+    };
+    let port = r["port"]
+        .as_u64()
+        .map(|p| format!(" port {p}"))
+        .unwrap_or_default();
+    say!(
+        "{}  {:<8}  {:<7}  {:<32}  {} attempt(s){port}  {how}",
+        s(&r["id"]),
+        s(&r["state"]),
+        s(&r["kind"]),
+        s(&r["target"]),
+        r["attempts"]
+    );
 }
 
 /// One grant, for people: id, target, time left, end and reason.

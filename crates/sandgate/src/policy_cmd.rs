@@ -63,6 +63,12 @@ pub struct SettingsArgs {
     /// `newConnectionsPerSecond`: new connections a second asked for.
     #[arg(long, value_name = "N")]
     new_connections_per_second: Option<u32>,
+    /// `networkApprovals`: what is refused opens access requests.
+    #[arg(long)]
+    network_approvals: bool,
+    /// `approvalHoldSeconds`: how long a refused DNS query waits.
+    #[arg(long, value_name = "SECONDS")]
+    approval_hold_seconds: Option<u32>,
     /// Treat the lists as settings already stored (as after a tier change):
     /// no tier refusal and no entry limit, so inactive settings show.
     #[arg(long)]
@@ -84,6 +90,10 @@ impl SettingsArgs {
                 egress_mbps: self.egress_mbps,
                 max_connections: self.max_connections,
                 new_connections_per_second: self.new_connections_per_second,
+                network_approvals: self.network_approvals,
+                approval_hold_seconds: sandgate_policy::check_hold(
+                    self.approval_hold_seconds.unwrap_or(0),
+                )?,
             })?
         } else {
             policy.settings_for_create(
@@ -98,6 +108,8 @@ impl SettingsArgs {
                     egress_mbps: self.egress_mbps.map(Some),
                     max_connections: self.max_connections.map(Some),
                     new_connections_per_second: self.new_connections_per_second.map(Some),
+                    network_approvals: Some(self.network_approvals),
+                    approval_hold_seconds: self.approval_hold_seconds,
                 },
             )?
         };
@@ -184,6 +196,12 @@ fn print_policy(policy: &EffectivePolicy, out: &Output) {
         policy.fair_shares.connections,
         policy.fair_shares.new_connections_per_second
     );
+    if let Some(a) = policy.approvals {
+        say!(
+            "approvals:          refusals open access requests; a refused query waits {} s",
+            a.hold_seconds
+        );
+    }
     for i in &policy.inactive {
         say!(
             "inactive:           {} = {} ({}: {})",

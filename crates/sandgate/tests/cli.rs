@@ -61,6 +61,27 @@ fn resolve_prints_the_effective_policy() {
         (code, v["fairShares"]["connections"].as_u64()),
         (0, Some(9))
     );
+    let (code, v) = json(&[
+        "policy",
+        "resolve",
+        "--tier",
+        "3",
+        "--domain-allow-list",
+        "*.example.com",
+        "--network-approvals",
+        "--approval-hold-seconds",
+        "15",
+    ]);
+    assert_eq!(
+        (code, v["approvals"]["holdSeconds"].as_u64()),
+        (0, Some(15)),
+        "{v}"
+    );
+    let (code, v) = json(&["policy", "resolve", "--tier", "1", "--network-approvals"]);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (2, Some("network_restricted_by_tier"))
+    );
     let (code, v) = json(&["policy", "resolve", "--tier", "3", "--egress-mbps", "0"]);
     assert_eq!(
         (code, v["error"]["code"].as_str()),

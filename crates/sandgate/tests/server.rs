@@ -321,6 +321,61 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
             .count()
     };
     assert_eq!(reaching(SERVER6_B), 2);
+    // Approvals: a name the listed sandbox is refused opens a request,
+    // left pending across the kill.
+    let (code, v) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "network",
+            "update",
+            "listed",
+            "--network-approvals",
+        ],
+    );
+    assert_eq!(
+        (code, v["networkApprovals"].as_bool()),
+        (0, Some(true)),
+        "{v}"
+    );
+    let resolves = |url: &str| {
+        let (_, v) = cli(
+            url,
+            &key,
+            &[
+                "sandbox",
+                "exec",
+                "listed",
+                "--",
+                "nslookup www.example.com",
+            ],
+        );
+        v["stdout"].as_str().unwrap().contains(&b)
+    };
+    assert!(!resolves(&url));
+    let pending = |url: &str| {
+        let (code, v) = cli(
+            url,
+            &key,
+            &[
+                "sandbox", "network", "requests", "listed", "--state", "pending",
+            ],
+        );
+        assert_eq!(code, 0, "{v}");
+        // What it was denied before approvals were on opens nothing.
+        let all = v["requests"].as_array().unwrap();
+        assert!(all.iter().all(|r| r["target"] != b.as_str()), "{v}");
+        all.iter()
+            .filter(|r| r["target"] == "www.example.com")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pending(&url).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no access request");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // kill -9 of the server: the sandboxes stay enforced while it is
     // down (the rules are in the kernel, not in the process): only the
@@ -372,6 +427,29 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     );
     assert_eq!(gs["grants"].as_array().unwrap().len(), 1, "{gs}");
     assert_eq!(reaching(SERVER6_B), 1);
+    // The request is still pending, its name still refused; approved now
+    // for a minute, the name resolves.
+    let open = pending(&url);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["target"], "www.example.com");
+    assert!(!resolves(&url), "a pending request widened the policy");
+    let request = open[0]["id"].as_str().unwrap();
+    let (code, v) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox", "network", "approve", "listed", request, "--ttl", "60",
+        ],
+    );
+    assert_eq!((code, v["state"].as_str()), (0, Some("approved")), "{v}");
+    assert!(resolves(&url));
+    let approval = v["grantId"].as_str().unwrap().to_string();
+    let (code, _) = cli(
+        &url,
+        &key,
+        &["sandbox", "network", "revoke", "listed", &approval],
+    );
+    assert_eq!(code, 0);
     assert!(echoes(&url, &key, "listed", SERVER4_B));
     let (code, _) = cli(
         &url,

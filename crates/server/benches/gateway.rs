@@ -117,13 +117,7 @@ fn main() {
                 .contains(&SERVER4_B.to_string()),
         "{r}"
     );
-    let owners = sandgate_testkit::slot_owners(&runner_dir, &instance).unwrap();
-    let ns_name = owners
-        .into_iter()
-        .find(|(_, o)| o.as_deref() == Some(id.as_str()))
-        .unwrap()
-        .0;
-    let ns = sandgate_netns::Netns::open(&ns_name).unwrap();
+    let ns = sandgate_testkit::slot_netns(&runner_dir, &instance, &id).unwrap();
 
     println!(
         "\nHTTP GET, connect to the answer's last byte, from a sandbox ({runs} each, interleaved)"

@@ -51,13 +51,7 @@ fn main() {
     );
     assert_eq!(s, 201, "{sandbox}");
     let id = sandbox["id"].as_str().unwrap().to_string();
-    let owners = sandgate_testkit::slot_owners(&runner_dir, &instance).unwrap();
-    let ns_name = owners
-        .into_iter()
-        .find(|(_, o)| o.as_deref() == Some(id.as_str()))
-        .unwrap()
-        .0;
-    let ns = sandgate_netns::Netns::open(&ns_name).unwrap();
+    let ns = sandgate_testkit::slot_netns(&runner_dir, &instance, &id).unwrap();
     let connects = || {
         ns.run(|| {
             Ok(TcpStream::connect_timeout(

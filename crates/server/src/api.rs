@@ -14,6 +14,7 @@ use crate::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sandgate_contract::{ExecRequest, ProbeTarget};
@@ -21,6 +22,7 @@ use sandgate_policy::{Destination, ResourcesRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
@@ -580,6 +582,11 @@ pub struct SandboxView {
     /// share (`effectiveNetwork.fairShares.newConnectionsPerSecond`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_connections_per_second: Option<u32>,
+    /// Stored `networkApprovals`: what it is refused opens access
+    /// requests (`effectiveNetwork.approvals` when in force).
+    pub network_approvals: bool,
+    /// Stored `approvalHoldSeconds`.
+    pub approval_hold_seconds: u8,
     /// What the sandbox may reach now: mode, active lists, essential
     /// services, and stored settings that are inactive with why.
     #[schema(value_type = Object)]
@@ -640,6 +647,8 @@ fn view(st: &AppState, org: &Organization, row: SandboxRow) -> Result<SandboxVie
         egress_mbps: row.egress_mbps,
         max_connections: row.max_connections,
         new_connections_per_second: row.new_connections_per_second,
+        network_approvals: row.network_approvals,
+        approval_hold_seconds: row.approval_hold_seconds,
         effective_network: effective,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -679,6 +688,12 @@ pub struct CreateSandbox {
     /// New connections a second, at most: within the tier's fair share,
     /// which is also the default.
     pub new_connections_per_second: Option<u32>,
+    /// What the sandbox is refused opens access requests for its owner to
+    /// approve or deny (tier 3/4; in force in `allowlist` mode).
+    pub network_approvals: Option<bool>,
+    /// How long a refused DNS query waits for an approval: 0 to 60
+    /// seconds (default 0).
+    pub approval_hold_seconds: Option<u32>,
     /// Memory, CPU and disk, each within the tier's maximum (default: the
     /// tier's defaults).
     #[schema(value_type = Option<Object>)]
@@ -714,6 +729,10 @@ pub struct UpdateSettings {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u32>, nullable = true)]
     pub new_connections_per_second: Option<Option<u32>>,
+    /// `networkApprovals`.
+    pub network_approvals: Option<bool>,
+    /// `approvalHoldSeconds`, 0 to 60.
+    pub approval_hold_seconds: Option<u32>,
 }
 
 /// A field that may be left out (`None`), sent as `null` (`Some(None)`)
@@ -797,6 +816,8 @@ pub async fn create_sandbox(
         egress_mbps: body.egress_mbps.map(Some),
         max_connections: body.max_connections.map(Some),
         new_connections_per_second: body.new_connections_per_second.map(Some),
+        network_approvals: body.network_approvals,
+        approval_hold_seconds: body.approval_hold_seconds,
     };
     // Network settings at create need the network scope too, unless they
     // only narrow (block everything, deny, turn the essential services off).
@@ -900,6 +921,8 @@ pub async fn update_settings(
         egress_mbps: body.egress_mbps,
         max_connections: body.max_connections,
         new_connections_per_second: body.new_connections_per_second,
+        network_approvals: body.network_approvals,
+        approval_hold_seconds: body.approval_hold_seconds,
     };
     let (row, org) = service::update_settings(&st, org, key, change).await?;
     Ok(Json(view(&st, &org, row)?))
@@ -1123,6 +1146,202 @@ pub async fn revoke_grant(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ----------------------------------------------------- access requests --
+
+/// An access request: a target the sandbox was refused, for its owner.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRequestView {
+    /// `ar-...`.
+    pub id: String,
+    /// The sandbox's id.
+    pub sandbox: String,
+    /// The name (lowercase) or the address asked for.
+    pub target: String,
+    /// `name` (refused by the DNS service) or `address` (a connection
+    /// denied by the kernel).
+    pub kind: crate::store::TargetKind,
+    /// The last denied connection's protocol (an address only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Its destination port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Attempts seen, the first included.
+    pub attempts: u64,
+    /// `pending`, `approved` or `denied`.
+    pub state: crate::store::RequestState,
+    /// The first attempt (RFC 3339).
+    pub first_seen: String,
+    /// The first attempt, milliseconds since the Unix epoch.
+    pub first_seen_ms: u64,
+    /// The last attempt, milliseconds since the Unix epoch.
+    pub last_seen_ms: u64,
+    /// When it was decided, milliseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_at_ms: Option<u64>,
+    /// The grant that approved it for a time; an approval without one
+    /// added the target to the allow list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+}
+
+impl From<crate::store::AccessRequest> for AccessRequestView {
+    fn from(r: crate::store::AccessRequest) -> Self {
+        AccessRequestView {
+            first_seen: crate::store::rfc3339(r.first_seen_ms / 1000),
+            id: r.id,
+            sandbox: r.sandbox_id,
+            target: r.target,
+            kind: r.kind,
+            protocol: r.protocol,
+            port: r.port,
+            attempts: r.attempts,
+            state: r.state,
+            first_seen_ms: r.first_seen_ms,
+            last_seen_ms: r.last_seen_ms,
+            decided_at_ms: r.decided_at_ms,
+            grant_id: r.grant_id,
+        }
+    }
+}
+
+/// The access requests of a sandbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessRequestList {
+    /// Oldest first.
+    pub requests: Vec<AccessRequestView>,
+}
+
+/// How to list access requests.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsQuery {
+    /// `true`: server-sent events, each request as it stands, then each
+    /// change (opened, counted, decided) as it happens.
+    pub follow: Option<bool>,
+    /// Only requests in this state (`pending`, `approved`, `denied`).
+    pub state: Option<String>,
+}
+
+/// The access requests of a sandbox (JSON), or, with `follow`, a stream of
+/// them (server-sent events named `request`, each `data:` one request).
+#[utoipa::path(get, path = "/api/sandbox/{id_or_name}/network/requests", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name"), RequestsQuery),
+    responses((status = 200, body = AccessRequestList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn access_requests(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path(key): Path<String>,
+    Params(q): Params<RequestsQuery>,
+) -> Result<Response, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
+    let state: Option<crate::store::RequestState> = q
+        .state
+        .as_deref()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                ApiError::invalid(format!("state: {s:?} is none of pending, approved, denied"))
+            })
+        })
+        .transpose()?;
+    let row = service::sandbox(&st, &org, &key).await?;
+    // Subscribed before the list is read: no change falls in between.
+    let live = st.requests.subscribe();
+    let wanted = move |r: &crate::store::AccessRequest| state.is_none_or(|s| r.state == s);
+    let now: Vec<AccessRequestView> = st
+        .store
+        .access_requests(&row.id)
+        .await?
+        .into_iter()
+        .filter(&wanted)
+        .map(AccessRequestView::from)
+        .collect();
+    if q.follow != Some(true) {
+        return Ok(Json(AccessRequestList { requests: now }).into_response());
+    }
+    let to_sse = |r: &AccessRequestView| {
+        Event::default()
+            .event("request")
+            .data(serde_json::to_string(r).unwrap_or_default())
+    };
+    let first = now.iter().map(to_sse).collect();
+    let sandbox = row.id.clone();
+    Ok(followed(&st, first, live, move |r| {
+        (r.sandbox_id == sandbox && wanted(&r)).then(|| to_sse(&AccessRequestView::from(r)))
+    }))
+}
+
+/// An approval.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApproveRequest {
+    /// A grant for this long (1 second to 7 days); left out: the target
+    /// joins the allow list for good.
+    pub ttl_seconds: Option<u64>,
+}
+
+/// Approves an access request: its target granted for `ttlSeconds`, or
+/// added to the sandbox's allow list, in force before the answer (a DNS
+/// query held for it is answered then).
+#[utoipa::path(post, path = "/api/sandbox/{id_or_name}/network/requests/{request_id}/approve", tag = "sandbox",
+    request_body = ApproveRequest,
+    params(("id_or_name" = String, Path, description = "sandbox id or name"),
+        ("request_id" = String, Path, description = "access request id")),
+    responses((status = 200, body = AccessRequestView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn approve_request(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path((key, id)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<AccessRequestView>, ApiError> {
+    scopes.need(Scope::NetworkWrite)?;
+    // No body at all is an approval for good.
+    let body: ApproveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ApproveRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the body: {e}"),
+            ),
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body: {e}"),
+            ),
+        })?
+    };
+    let how = match body.ttl_seconds {
+        Some(ttl) => crate::approvals::Approval::For(ttl),
+        None => crate::approvals::Approval::Permanently,
+    };
+    let request = crate::approvals::approve(&st, org, key, id, how).await?;
+    Ok(Json(request.into()))
+}
+
+/// Denies an access request: it stays closed, later attempts counted.
+#[utoipa::path(post, path = "/api/sandbox/{id_or_name}/network/requests/{request_id}/deny", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name"),
+        ("request_id" = String, Path, description = "access request id")),
+    responses((status = 200, body = AccessRequestView), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn deny_request(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path((key, id)): Path<(String, String)>,
+) -> Result<Json<AccessRequestView>, ApiError> {
+    scopes.need(Scope::NetworkWrite)?;
+    let request = crate::approvals::deny(&st, org, key, id).await?;
+    Ok(Json(request.into()))
+}
+
 /// Whether a sandbox may reach a destination, and why.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -1285,43 +1504,62 @@ pub async fn network_events(
     Params(q): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
     scopes.need(Scope::SandboxesRead)?;
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use futures_util::stream::{self, StreamExt};
     let row = service::sandbox(&st, &org, &key).await?;
     let (recent, live) = service::subscribe(&st, &row).await?;
     let to_sse = |e: &sandgate_contract::NetworkEvent| {
-        Ok::<_, std::convert::Infallible>(
-            Event::default()
-                .event(e.kind.as_str())
-                .data(serde_json::to_string(e).unwrap_or_default()),
-        )
+        Event::default()
+            .event(e.kind.as_str())
+            .data(serde_json::to_string(e).unwrap_or_default())
     };
-    let first = stream::iter(recent.iter().map(to_sse).collect::<Vec<_>>());
+    let first: Vec<Event> = recent.iter().map(to_sse).collect();
     if q.follow == Some(false) {
+        let first = futures_util::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
         return Ok(Sse::new(first).into_response());
     }
-    // New events as they come, until the sandbox is deleted, the client
-    // goes away or the server stops. A subscriber that fell behind is told
-    // how many events it lost.
-    let next = stream::unfold(live, move |mut live| async move {
-        match live.recv().await {
-            Ok(e) => Some((to_sse(&e), live)),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                let lost = Event::default()
-                    .event("lagged")
-                    .data(format!("{{\"lost\":{n}}}"));
-                Some((Ok(lost), live))
+    Ok(followed(&st, first, live, move |e| Some(to_sse(&e))))
+}
+
+/// Server-sent events: `first`, then each item of `live` that `to_sse`
+/// makes an event of, until the channel closes (the sandbox is deleted),
+/// the client goes away or the server stops. A subscriber that fell
+/// behind is told how many items it lost (`event: lagged`).
+fn followed<T: Clone + Send + 'static>(
+    st: &AppState,
+    first: Vec<Event>,
+    live: tokio::sync::broadcast::Receiver<T>,
+    to_sse: impl Fn(T) -> Option<Event> + Clone + Send + Sync + 'static,
+) -> Response {
+    use futures_util::stream::{self, StreamExt};
+    use tokio::sync::broadcast::error::RecvError;
+    let first = stream::iter(first.into_iter().map(Ok::<_, Infallible>));
+    let next = stream::unfold(live, move |mut live| {
+        let to_sse = to_sse.clone();
+        async move {
+            loop {
+                match live.recv().await {
+                    Ok(item) => {
+                        if let Some(e) = to_sse(item) {
+                            return Some((Ok(e), live));
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        let lost = Event::default()
+                            .event("lagged")
+                            .data(format!("{{\"lost\":{n}}}"));
+                        return Some((Ok(lost), live));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     });
     let mut stopping = st.stopping.subscribe();
     let stop = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    Ok(Sse::new(first.chain(next).take_until(stop))
+    Sse::new(first.chain(next).take_until(stop))
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response()
 }
 
 // -------------------------------------------------------------- system --

@@ -19,6 +19,7 @@
 //! cut short had made is removed.
 
 pub mod api;
+pub mod approvals;
 pub mod auth;
 pub mod error;
 pub mod metrics;
@@ -144,9 +145,21 @@ pub struct AppState {
     pub exec_timeout_max: Duration,
     /// See [`ServerConfig::probe_targets`].
     pub probe_targets: Vec<String>,
+    /// Access requests as they open, count and are decided (to those who
+    /// follow them).
+    pub requests: tokio::sync::broadcast::Sender<store::AccessRequest>,
+    /// The tasks watching sandboxes' events for access requests, by
+    /// sandbox.
+    pub watchers: std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// The lock on the store's directory (the runner holds its own on
     /// its directory, for as long as it lives).
     _lock: sandgate_runner::DirLock,
+}
+
+/// Takes a lock, also one whose holder panicked (its data is used as that
+/// holder left it).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The most execs running at once on a server: each holds one of tokio's
@@ -217,6 +230,9 @@ pub struct Server {
         api::create_grant,
         api::list_grants,
         api::revoke_grant,
+        api::access_requests,
+        api::approve_request,
+        api::deny_request,
         api::network_test,
         api::network_events,
         api::health,
@@ -323,9 +339,14 @@ impl Server {
             exec_timeout_default: cfg.exec_timeout_default,
             exec_timeout_max: cfg.exec_timeout_max,
             probe_targets: cfg.probe_targets,
+            requests: tokio::sync::broadcast::channel(1024).0,
+            watchers: Default::default(),
             _lock: lock,
         });
         let report = restore(&state).await?;
+        approvals::watch_all(&state)
+            .await
+            .map_err(io::Error::other)?;
         if let Some(deaths) = state.runner.take_deaths() {
             tokio::spawn(record_deaths(state.store.clone(), deaths));
         }
@@ -383,6 +404,18 @@ impl Server {
             .route(
                 "/sandbox/{id_or_name}/network/grants/{grant_id}",
                 delete(api::revoke_grant),
+            )
+            .route(
+                "/sandbox/{id_or_name}/network/requests",
+                get(api::access_requests),
+            )
+            .route(
+                "/sandbox/{id_or_name}/network/requests/{request_id}/approve",
+                post(api::approve_request),
+            )
+            .route(
+                "/sandbox/{id_or_name}/network/requests/{request_id}/deny",
+                post(api::deny_request),
             )
             .route(
                 "/sandbox/{id_or_name}/network/test",

@@ -37,6 +37,21 @@ pub struct Metrics {
     /// Sandboxes by (state, mode), as last counted from the store, and
     /// when: counted again at most once a second, however often scraped.
     sandboxes: tokio::sync::Mutex<Option<(Instant, Counts)>>,
+    /// Access requests (shared with the tasks that open them).
+    pub approvals: Arc<ApprovalCounts>,
+}
+
+/// What the access requests came to.
+#[derive(Debug, Default)]
+pub struct ApprovalCounts {
+    /// Requests opened.
+    pub opened: AtomicU64,
+    /// Attempts at a new target of a sandbox at its most requests.
+    pub dropped: AtomicU64,
+    /// Requests approved.
+    pub approved: AtomicU64,
+    /// Requests denied.
+    pub denied: AtomicU64,
 }
 
 /// Sandboxes by (state, mode).
@@ -182,6 +197,31 @@ pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -
         "Sandboxes deleted.",
         st.metrics.deleted.load(Ordering::Relaxed),
     );
+    let a = &st.metrics.approvals;
+    for (name, help, v) in [
+        (
+            "sandgate_access_requests_opened_total",
+            "Access requests opened by a refused name or a denied connection.",
+            &a.opened,
+        ),
+        (
+            "sandgate_access_requests_dropped_total",
+            "Attempts at a new target of a sandbox holding its most access requests (no request opened).",
+            &a.dropped,
+        ),
+        (
+            "sandgate_access_requests_approved_total",
+            "Access requests approved.",
+            &a.approved,
+        ),
+        (
+            "sandgate_access_requests_denied_total",
+            "Access requests denied.",
+            &a.denied,
+        ),
+    ] {
+        counter(&mut out, name, help, v.load(Ordering::Relaxed));
+    }
     // One read of the runner's counts, off the async threads (a runner on
     // another host is a round trip).
     let counts = crate::service::on_runner(&st, |r| Ok(r.counts()))
@@ -244,6 +284,16 @@ pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -
             "sandgate_dns_stale_total",
             "DNS answers and admissions dropped because the slot changed hands meanwhile.",
             dns.stale,
+        ),
+        (
+            "sandgate_dns_held_total",
+            "Refused DNS queries held for an approval (approvalHoldSeconds).",
+            dns.held,
+        ),
+        (
+            "sandgate_dns_held_approved_total",
+            "Held DNS queries answered because an approval came in time.",
+            dns.held_approved,
         ),
         (
             "sandgate_dns_upstream_unmatched_total",

@@ -55,7 +55,7 @@ async fn runner_call<T: Send + 'static>(
 /// but not applied, a policy in the kernel but not in the store). The lock
 /// is taken here and moved into a task of its own, which the handler only
 /// awaits.
-async fn transaction<T, F, Fut>(st: &Arc<AppState>, work: F) -> Result<T, ApiError>
+pub(crate) async fn transaction<T, F, Fut>(st: &Arc<AppState>, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(Arc<AppState>) -> Fut + Send + 'static,
@@ -421,6 +421,22 @@ pub async fn add_grant(
     transaction(st, move |st| async move {
         let org = organization(&st, &org.id).await?;
         let row = sandbox(&st, &org, &key).await?;
+        grant_locked(&st, &org, row, new).await
+    })
+    .await
+}
+
+/// [`add_grant`] to `row`, under the write lock its caller holds, `org`
+/// and `row` read under it.
+pub(crate) async fn grant_locked(
+    st: &Arc<AppState>,
+    org: &Organization,
+    row: SandboxRow,
+    new: NewGrant,
+) -> Result<StoredGrant, ApiError> {
+    {
+        let st = st.clone();
+        let org = org.clone();
         running(&row)?;
         // The request first (400), then whether the sandbox may have it.
         check_ttl(new.ttl_seconds)?;
@@ -482,8 +498,7 @@ pub async fn add_grant(
         grants.push(grant.clone());
         store_grants(&st, row, &org, old, grants).await?;
         Ok(grant)
-    })
-    .await
+    }
 }
 
 /// Revokes grant `grant` of sandbox `key` (404 when it has none such, or
@@ -562,6 +577,10 @@ pub struct SettingsChange {
     /// `newConnectionsPerSecond`: `Some(None)` goes back to the tier's
     /// fair share.
     pub new_connections_per_second: Option<Option<u32>>,
+    /// `networkApprovals`.
+    pub network_approvals: Option<bool>,
+    /// `approvalHoldSeconds`.
+    pub approval_hold_seconds: Option<u32>,
 }
 
 impl SettingsChange {
@@ -576,6 +595,8 @@ impl SettingsChange {
             egress_mbps: self.egress_mbps,
             max_connections: self.max_connections,
             new_connections_per_second: self.new_connections_per_second,
+            network_approvals: self.network_approvals,
+            approval_hold_seconds: self.approval_hold_seconds,
         }
     }
 
@@ -650,7 +671,8 @@ pub async fn create_sandbox(
         )));
     }
     let org_id = org.id.clone();
-    transaction(st, move |st| async move {
+    let since = now_ms();
+    let made = transaction(st, move |st| async move {
         let org = organization(&st, &org_id).await?;
         let settings = new.settings(&st, org.tier)?;
         let resources = new.resources(&st, org.tier)?;
@@ -700,6 +722,8 @@ pub async fn create_sandbox(
             egress_mbps: settings.egress_mbps,
             max_connections: settings.max_connections,
             new_connections_per_second: settings.new_connections_per_second,
+            network_approvals: settings.network_approvals,
+            approval_hold_seconds: settings.approval_hold_seconds,
         };
         st.store.add_sandbox(&row).await?;
         let spec = SandboxSpec {
@@ -735,7 +759,9 @@ pub async fn create_sandbox(
         st.metrics.created();
         Ok((row, org))
     })
-    .await
+    .await?;
+    crate::approvals::watch(st, &made.0, since).await;
+    Ok(made)
 }
 
 /// Removes a half-made sandbox: the runner's part (if any), then its row.
@@ -770,6 +796,7 @@ pub async fn delete_sandbox(
         st.store.set_state(&row.id, SandboxState::Deleting).await?;
         let id = row.id.clone();
         on_runner(&st, move |r| r.delete(&id)).await?;
+        crate::approvals::forget(&st, &row.id);
         st.store.remove_sandbox(&row.id).await?;
         st.metrics.deleted();
         Ok(())
@@ -788,27 +815,42 @@ pub async fn update_settings(
     key: String,
     change: SettingsChange,
 ) -> Result<(SandboxRow, Organization), ApiError> {
-    transaction(st, move |st| async move {
-        let org = organization(&st, &org.id).await?;
-        let mut row = sandbox(&st, &org, &key).await?;
-        running(&row)?;
-        let stored = st.policy.stored_settings(&row.settings())?;
-        let settings = st
-            .policy
-            .settings_for_update(org.tier, &stored, &change.request())?;
-        let old = effective(&st, &org, &row)?;
-        let new = resolved(&st, &org, &settings, &row)?;
-        in_force(&st, &row, new).await?;
-        row.set_settings(&settings);
-        row.updated_at = now();
-        if let Err(e) = st.store.set_settings(&row).await {
-            // The answer is an error: the stored policy goes back in force.
-            put_back(&st, &row, old).await;
-            return Err(e.into());
-        }
-        Ok((row, org))
+    let since = now_ms();
+    let updated = transaction(st, move |st| async move {
+        update_locked(&st, &org, &key, |_| Ok(change)).await
     })
-    .await
+    .await?;
+    crate::approvals::watch(st, &updated.0, since).await;
+    Ok(updated)
+}
+
+/// [`update_settings`] under the write lock its caller holds, the change
+/// made from the sandbox's row as it is then.
+pub(crate) async fn update_locked(
+    st: &Arc<AppState>,
+    org: &Organization,
+    key: &str,
+    change: impl FnOnce(&SandboxRow) -> Result<SettingsChange, ApiError>,
+) -> Result<(SandboxRow, Organization), ApiError> {
+    let org = organization(st, &org.id).await?;
+    let mut row = sandbox(st, &org, key).await?;
+    running(&row)?;
+    let change = change(&row)?;
+    let stored = st.policy.stored_settings(&row.settings())?;
+    let settings = st
+        .policy
+        .settings_for_update(org.tier, &stored, &change.request())?;
+    let old = effective(st, &org, &row)?;
+    let new = resolved(st, &org, &settings, &row)?;
+    in_force(st, &row, new).await?;
+    row.set_settings(&settings);
+    row.updated_at = now();
+    if let Err(e) = st.store.set_settings(&row).await {
+        // The answer is an error: the stored policy goes back in force.
+        put_back(st, &row, old).await;
+        return Err(e.into());
+    }
+    Ok((row, org))
 }
 
 /// Runs `request` in running sandbox `row` of organization `org`, within

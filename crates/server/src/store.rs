@@ -148,6 +148,10 @@ pub struct SandboxRow {
     pub max_connections: Option<u32>,
     /// `newConnectionsPerSecond` as asked (`None`: the tier's fair share).
     pub new_connections_per_second: Option<u32>,
+    /// `networkApprovals`.
+    pub network_approvals: bool,
+    /// `approvalHoldSeconds`.
+    pub approval_hold_seconds: u8,
 }
 
 impl SandboxRow {
@@ -163,6 +167,8 @@ impl SandboxRow {
             egress_mbps: self.egress_mbps,
             max_connections: self.max_connections,
             new_connections_per_second: self.new_connections_per_second,
+            network_approvals: self.network_approvals,
+            approval_hold_seconds: self.approval_hold_seconds,
         }
     }
 
@@ -177,7 +183,157 @@ impl SandboxRow {
         self.egress_mbps = s.egress_mbps;
         self.max_connections = s.max_connections;
         self.new_connections_per_second = s.new_connections_per_second;
+        self.network_approvals = s.network_approvals;
+        self.approval_hold_seconds = s.approval_hold_seconds;
     }
+}
+
+/// Where an access request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestState {
+    /// Waiting for its owner.
+    Pending,
+    /// Approved: a grant, or a permanent list entry.
+    Approved,
+    /// Denied: its attempts are counted, it is not asked again.
+    Denied,
+}
+
+impl RequestState {
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Approved => "approved",
+            RequestState::Denied => "denied",
+        }
+    }
+}
+
+impl FromStr for RequestState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(RequestState::Pending),
+            "approved" => Ok(RequestState::Approved),
+            "denied" => Ok(RequestState::Denied),
+            other => Err(format!("unknown access request state {other:?}")),
+        }
+    }
+}
+
+/// What an access request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// A name the DNS service refused.
+    Name,
+    /// An address the kernel denied a connection to.
+    Address,
+}
+
+impl TargetKind {
+    /// The kind as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Name => "name",
+            TargetKind::Address => "address",
+        }
+    }
+}
+
+impl FromStr for TargetKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "name" => Ok(TargetKind::Name),
+            "address" => Ok(TargetKind::Address),
+            other => Err(format!("unknown access request kind {other:?}")),
+        }
+    }
+}
+
+/// An access request as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRequest {
+    /// `ar-...`.
+    pub id: String,
+    /// Its sandbox.
+    pub sandbox_id: String,
+    /// The name (lowercase) or the address asked for.
+    pub target: String,
+    /// Which of the two.
+    pub kind: TargetKind,
+    /// The protocol of the last denied connection (an address only).
+    pub protocol: Option<String>,
+    /// Its destination port, where it had one.
+    pub port: Option<u16>,
+    /// Attempts seen, the first included.
+    pub attempts: u64,
+    /// Where it is.
+    pub state: RequestState,
+    /// The first attempt, milliseconds since the Unix epoch.
+    pub first_seen_ms: u64,
+    /// The last attempt.
+    pub last_seen_ms: u64,
+    /// When it was decided.
+    pub decided_at_ms: Option<u64>,
+    /// The grant that approved it, if it was approved with a TTL.
+    pub grant_id: Option<String>,
+}
+
+/// One attempt at a target: what opens or counts an access request.
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    /// The sandbox.
+    pub sandbox_id: &'a str,
+    /// The name or the address.
+    pub target: &'a str,
+    /// Which of the two.
+    pub kind: TargetKind,
+    /// The connection's protocol (an address only).
+    pub protocol: Option<&'a str>,
+    /// Its destination port.
+    pub port: Option<u16>,
+    /// When.
+    pub at_ms: u64,
+    /// Seen again (the recent events of a sandbox watched anew): counted
+    /// only if later than the request's last attempt.
+    pub replayed: bool,
+}
+
+fn access_request(r: &sqlx::sqlite::SqliteRow) -> Result<AccessRequest, sqlx::Error> {
+    let decode = |e: String| sqlx::Error::Decode(e.into());
+    let count = |column: &str| -> Result<u64, sqlx::Error> {
+        Ok(u64::try_from(r.try_get::<i64, _>(column)?).unwrap_or(0))
+    };
+    Ok(AccessRequest {
+        id: r.try_get("id")?,
+        sandbox_id: r.try_get("sandbox_id")?,
+        target: r.try_get("target")?,
+        kind: r.try_get::<String, _>("kind")?.parse().map_err(decode)?,
+        protocol: r.try_get("protocol")?,
+        port: r
+            .try_get::<Option<i64>, _>("port")?
+            .and_then(|p| u16::try_from(p).ok()),
+        attempts: count("attempts")?,
+        state: r.try_get::<String, _>("state")?.parse().map_err(decode)?,
+        first_seen_ms: count("first_seen_ms")?,
+        last_seen_ms: count("last_seen_ms")?,
+        decided_at_ms: r
+            .try_get::<Option<i64>, _>("decided_at_ms")?
+            .and_then(|v| u64::try_from(v).ok()),
+        grant_id: r.try_get("grant_id")?,
+    })
+}
+
+const REQUEST_COLUMNS: &str = "id, sandbox_id, target, kind, protocol, port, attempts, state, \
+     first_seen_ms, last_seen_ms, decided_at_ms, grant_id";
+
+/// Milliseconds as a column holds them.
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The store.
@@ -242,6 +398,9 @@ fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
         egress_mbps: optional_u32(r, "egress_mbps")?,
         max_connections: optional_u32(r, "max_connections")?,
         new_connections_per_second: optional_u32(r, "new_connections_per_second")?,
+        network_approvals: r.try_get::<i64, _>("network_approvals")? != 0,
+        approval_hold_seconds: u8::try_from(r.try_get::<i64, _>("approval_hold_seconds")?)
+            .unwrap_or(0),
     })
 }
 
@@ -271,7 +430,8 @@ const ORG_COLUMNS: &str = "id, name, tier, created_at, egress_address";
 const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, network_block_all, \
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
      cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants, \
-     egress_mbps, max_connections, new_connections_per_second";
+     egress_mbps, max_connections, new_connections_per_second, network_approvals, \
+     approval_hold_seconds";
 
 impl Store {
     /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
@@ -425,7 +585,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21)"
+             $18, $19, $20, $21, $22, $23)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -448,6 +608,8 @@ impl Store {
         .bind(s.egress_mbps.map(i64::from))
         .bind(s.max_connections.map(i64::from))
         .bind(s.new_connections_per_second.map(i64::from))
+        .bind(i64::from(s.network_approvals))
+        .bind(i64::from(s.approval_hold_seconds))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -495,7 +657,8 @@ impl Store {
             "UPDATE sandboxes SET network_block_all = $1, network_allow_list = $2, \
              domain_allow_list = $3, updated_at = $4, network_deny_list = $5, \
              domain_deny_list = $6, essential_services = $7, egress_mbps = $8, \
-             max_connections = $9, new_connections_per_second = $10 WHERE id = $11",
+             max_connections = $9, new_connections_per_second = $10, \
+             network_approvals = $11, approval_hold_seconds = $12 WHERE id = $13",
         )
         .bind(i64::from(s.network_block_all))
         .bind(&s.network_allow_list)
@@ -507,6 +670,8 @@ impl Store {
         .bind(s.egress_mbps.map(i64::from))
         .bind(s.max_connections.map(i64::from))
         .bind(s.new_connections_per_second.map(i64::from))
+        .bind(i64::from(s.network_approvals))
+        .bind(i64::from(s.approval_hold_seconds))
         .bind(&s.id)
         .execute(&self.pool)
         .await?;
@@ -576,6 +741,141 @@ impl Store {
             }
         };
         rows.iter().map(sandbox_row).collect()
+    }
+
+    /// Counts `attempt`: the access request for its sandbox and target,
+    /// opened (as `id`) if there was none, while the sandbox has fewer
+    /// than `max`; one approved before is pending again (what approved it
+    /// ended), one denied stays denied. `None`: a new target over `max`.
+    pub async fn note_attempt(
+        &self,
+        attempt: &Attempt<'_>,
+        id: &str,
+        max: usize,
+    ) -> Result<Option<AccessRequest>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(&format!(
+            "UPDATE access_requests SET attempts = attempts + 1, last_seen_ms = $1, \
+             protocol = COALESCE($2, protocol), port = COALESCE($3, port), \
+             state = CASE state WHEN 'approved' THEN 'pending' ELSE state END, \
+             decided_at_ms = CASE state WHEN 'approved' THEN NULL ELSE decided_at_ms END, \
+             grant_id = CASE state WHEN 'approved' THEN NULL ELSE grant_id END \
+             WHERE sandbox_id = $4 AND target = $5 AND last_seen_ms < $6 \
+             RETURNING {REQUEST_COLUMNS}"
+        ))
+        .bind(ms(attempt.at_ms))
+        .bind(attempt.protocol)
+        .bind(attempt.port.map(i64::from))
+        .bind(attempt.sandbox_id)
+        .bind(attempt.target)
+        .bind(ms(attempt.at_ms).saturating_add(i64::from(!attempt.replayed)))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let known: Option<i64> =
+            match updated {
+                Some(_) => None,
+                None => sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM access_requests WHERE sandbox_id = $1 AND target = $2",
+                )
+                .bind(attempt.sandbox_id)
+                .bind(attempt.target)
+                .fetch_optional(&mut *tx)
+                .await?,
+            };
+        let request = match updated {
+            Some(row) => Some(access_request(&row)?),
+            // Counted before: a replayed attempt.
+            None if known.unwrap_or(0) > 0 => None,
+            None => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM access_requests WHERE sandbox_id = $1",
+                )
+                .bind(attempt.sandbox_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if usize::try_from(n).unwrap_or(usize::MAX) >= max {
+                    None
+                } else {
+                    let row = sqlx::query(&format!(
+                        "INSERT INTO access_requests ({REQUEST_COLUMNS}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 1, 'pending', $7, $7, NULL, NULL) \
+                         RETURNING {REQUEST_COLUMNS}"
+                    ))
+                    .bind(id)
+                    .bind(attempt.sandbox_id)
+                    .bind(attempt.target)
+                    .bind(attempt.kind.as_str())
+                    .bind(attempt.protocol)
+                    .bind(attempt.port.map(i64::from))
+                    .bind(ms(attempt.at_ms))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Some(access_request(&row)?)
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(request)
+    }
+
+    /// The access requests of sandbox `sandbox_id`, oldest first.
+    pub async fn access_requests(
+        &self,
+        sandbox_id: &str,
+    ) -> Result<Vec<AccessRequest>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM access_requests WHERE sandbox_id = $1 \
+             ORDER BY first_seen_ms, id"
+        ))
+        .bind(sandbox_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(access_request)
+        .collect()
+    }
+
+    /// Access request `id` of sandbox `sandbox_id`.
+    pub async fn access_request(
+        &self,
+        sandbox_id: &str,
+        id: &str,
+    ) -> Result<Option<AccessRequest>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM access_requests WHERE sandbox_id = $1 AND id = $2"
+        ))
+        .bind(sandbox_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(access_request)
+        .transpose()
+    }
+
+    /// Decides access request `id` (`to`, with the grant that approved
+    /// it), if it is pending: the request as it is then, `None` if it was
+    /// not pending.
+    pub async fn decide(
+        &self,
+        id: &str,
+        to: RequestState,
+        grant_id: Option<&str>,
+        at_ms: u64,
+    ) -> Result<Option<AccessRequest>, sqlx::Error> {
+        sqlx::query(&format!(
+            "UPDATE access_requests SET state = $1, grant_id = $2, decided_at_ms = $3 \
+             WHERE id = $4 AND state = 'pending' RETURNING {REQUEST_COLUMNS}"
+        ))
+        .bind(to.as_str())
+        .bind(grant_id)
+        .bind(ms(at_ms))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(access_request)
+        .transpose()
     }
 
     /// Closes the pool.

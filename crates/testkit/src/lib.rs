@@ -334,6 +334,27 @@ pub fn slot_links(lab: &Lab) -> usize {
     .unwrap_or(0)
 }
 
+/// The network namespace of sandbox `id`'s slot, from the records of the
+/// runner in `runner_dir` (instance `tag`): what is sent from it is what
+/// the sandbox sends.
+pub fn slot_netns(
+    runner_dir: &Path,
+    tag: &str,
+    id: &str,
+) -> std::io::Result<sandgate_netns::Netns> {
+    let name = slot_owners(runner_dir, tag)?
+        .into_iter()
+        .find(|(_, o)| o.as_deref() == Some(id))
+        .map(|(name, _)| name)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no slot holds sandbox {id}"),
+            )
+        })?;
+    sandgate_netns::Netns::open(&name)
+}
+
 /// The dataplane's records, read from a runner's data directory: each
 /// slot's namespace name (instance `tag`) and, for a slot in use, its
 /// sandbox's id.

@@ -195,6 +195,38 @@ class SdkTest(unittest.TestCase):
             self.create(CreateSandboxFromSnapshotParams()).network.grant(OTHER, ttl_seconds=60)
         self.assertEqual(open_mode.exception.code, "grant_not_needed")
 
+    def test_a_refused_connection_asks_and_its_owner_approves_or_denies(self) -> None:
+        s = self.create(
+            CreateSandboxFromSnapshotParams(
+                network_allow_list=f"{SERVER}/32", network_approvals=True
+            )
+        )
+        self.assertTrue(s.network_approvals)
+        self.assertEqual(s.effective_network["approvals"], {"holdSeconds": 0})
+        self.assertFalse(echoes(s, OTHER))
+        # The callback style: follow the pending requests, decide each.
+        for request in s.network.requests(follow=True, state="pending"):
+            if request.target == OTHER:
+                self.assertEqual((request.kind, request.port), ("address", PORT))
+                approved = s.network.approve(request, ttl_seconds=600)
+                break
+        self.assertEqual(approved.state, "approved")
+        self.assertTrue(echoes(s, OTHER))
+        self.assertEqual([g.id for g in s.network.grants()], [approved.grant_id])
+        # A refused name: denied, it stays so.
+        s.process.exec("nslookup denied.example.org", timeout=10)
+        # Its request opens as the refusal reaches the server: followed.
+        name = next(r for r in s.network.requests(follow=True) if r.kind == "name")
+        self.assertEqual((name.target, name.pending), ("denied.example.org", True))
+        self.assertEqual(s.network.deny(name.id).state, "denied")
+        with self.assertRaises(ConflictError) as decided:
+            s.network.approve(name)
+        self.assertEqual(decided.exception.code, "request_decided")
+        self.assertEqual([r.state for r in s.network.requests(state="denied")], ["denied"])
+        with self.assertRaises(ValidationError) as bad:
+            s.update_network_settings(approval_hold_seconds=61)
+        self.assertEqual(bad.exception.code, "invalid_approval_hold")
+
     def test_an_egress_budget_is_asked_at_create_and_changed_by_update(self) -> None:
         s = self.create(CreateSandboxFromSnapshotParams(egress_mbps=25))
         self.assertEqual((s.egress_mbps, s.egress_budget_mbps), (25, 25))
@@ -277,6 +309,18 @@ class SdkTest(unittest.TestCase):
                 self.assertEqual(r.stdout, "async\n")
                 await s.update_network_settings(network_block_all=False)
                 self.assertEqual(s.mode, "open")
+                await s.update_network_settings(
+                    network_allow_list=f"{SERVER}/32", network_approvals=True
+                )
+                self.assertTrue(s.network_approvals)
+                await s.process.exec(f"nc -w 1 {OTHER} {PORT} </dev/null")
+                async for request in s.network.requests(follow=True):
+                    if request.target == OTHER:
+                        break
+                self.assertEqual(request.state, "pending")
+                await s.network.approve(request)
+                await s.refresh()
+                self.assertIn(f"{OTHER}/32", s.sync.network_allow_list or "")
             finally:
                 await client.delete(s)
 

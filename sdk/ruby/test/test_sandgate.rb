@@ -122,6 +122,40 @@ class SandgateTest < Minitest::Test
     refute echoes(s, OTHER)
   end
 
+  def test_a_refused_connection_asks_and_its_owner_approves_or_denies
+    s = create(network_allow_list: "#{SERVER}/32", network_approvals: true)
+    assert s.network_approvals
+    assert_equal({ "holdSeconds" => 0 }, s.effective_network["approvals"])
+    refute echoes(s, OTHER)
+    asked = nil
+    s.network.requests(follow: true, state: "pending") do |r|
+      if r.target == OTHER
+        asked = r
+        break
+      end
+    end
+    assert_equal ["address", PORT], [asked.kind, asked.port]
+    approved = s.network.approve(asked, ttl_seconds: 600)
+    assert_equal "approved", approved.state
+    assert echoes(s, OTHER)
+    assert_equal [approved.grant_id], s.network.grants.map(&:id)
+    s.process.exec("nslookup denied.example.org", timeout: 10)
+    # Its request opens as the refusal reaches the server: followed.
+    name = nil
+    s.network.requests(follow: true) do |r|
+      if r.kind == "name"
+        name = r
+        break
+      end
+    end
+    assert_equal "denied.example.org", name.target
+    assert name.pending?
+    assert_equal "denied", s.network.deny(name.id).state
+    e = assert_raises(Sandgate::ConflictError) { s.network.approve(name) }
+    assert_equal "request_decided", e.code
+    assert_equal [name.id], s.network.requests(state: "denied").map(&:id)
+  end
+
   def test_an_egress_budget_is_asked_at_create_and_changed_by_an_update
     s = create(egress_mbps: 25)
     assert_equal [25, 25], [s.egress_mbps, s.egress_budget_mbps]

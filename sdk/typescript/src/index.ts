@@ -90,6 +90,11 @@ export interface CreateSandboxParams {
   /** New connections a second, within the tier's fair share (default:
    * the tier's). */
   newConnectionsPerSecond?: number
+  /** What the sandbox is refused opens access requests for its owner to
+   * approve or deny (tier 3/4). */
+  networkApprovals?: boolean
+  /** How long a refused DNS query waits for an approval, 0 to 60 s. */
+  approvalHoldSeconds?: number
 }
 
 /** New network settings: what is given replaces, the rest is kept. */
@@ -106,6 +111,8 @@ export interface NetworkSettings {
   maxConnections?: number | null
   /** `null` goes back to the tier's fair share. */
   newConnectionsPerSecond?: number | null
+  networkApprovals?: boolean
+  approvalHoldSeconds?: number
 }
 
 /** Options of a command. */
@@ -138,6 +145,30 @@ export interface Grant {
   secondsLeft: number
   /** In force (allowlist mode); kept but without effect otherwise. */
   inForce: boolean
+}
+
+/** A target a sandbox with approvals was refused, for its owner to
+ * approve or deny. */
+export interface AccessRequest {
+  id: string
+  sandbox: string
+  /** The name (lowercase) or the address. */
+  target: string
+  /** `name`: refused by the DNS service; `address`: a connection denied
+   * by the kernel. */
+  kind: 'name' | 'address'
+  /** The last denied connection's protocol and port (an address only). */
+  protocol?: string
+  port?: number
+  attempts: number
+  state: 'pending' | 'approved' | 'denied'
+  firstSeen: string
+  firstSeenMs: number
+  lastSeenMs: number
+  decidedAtMs?: number
+  /** The grant that approved it for a time (absent for an approval for
+   * good, which added the target to the allow list). */
+  grantId?: string
 }
 
 /** Whether a sandbox may reach a destination, and by which rule. */
@@ -184,6 +215,8 @@ export interface EffectiveNetwork {
   egressAddress?: { ipv4?: string; ipv6?: string }
   /** Its budgets in force (absent: no limit of its own). */
   budgets?: { egressMbps?: number }
+  /** Approvals in force (allowlist mode with `networkApprovals`). */
+  approvals?: { holdSeconds: number }
   /** What it may take of what every sandbox of its host shares: its
    * tier's fair shares, the connection budgets narrowed as it asked. */
   fairShares: {
@@ -214,9 +247,26 @@ interface SandboxData {
   egressMbps?: number
   maxConnections?: number
   newConnectionsPerSecond?: number
+  networkApprovals?: boolean
+  approvalHoldSeconds?: number
   effectiveNetwork: EffectiveNetwork
   createdAt: string
   updatedAt: string
+}
+
+/** The error an answer that is not 2xx stands for. */
+function failure(status: number, text: string): SandgateError {
+  let err: Record<string, unknown> = { code: 'http_error', message: text }
+  try {
+    const parsed = (JSON.parse(text) as { error?: unknown }).error
+    if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
+      err = parsed as Record<string, unknown>
+    }
+  } catch {
+    // Not the API's error shape: keep the text.
+  }
+  const { code, message, ...details } = err
+  return errorFor(status, String(code ?? 'http_error'), String(message ?? ''), details)
 }
 
 /** @internal Requests to one server with one key. */
@@ -245,23 +295,58 @@ export class Http {
       const cause = e instanceof Error && e.cause !== undefined ? ` (${String(e.cause)})` : ''
       throw new APIConnectionError(`no answer from ${this.apiUrl}: ${String(e)}${cause}`, 'unreachable')
     }
-    if (!response.ok) {
-      let err: Record<string, unknown> = { code: 'http_error', message: text }
-      try {
-        const parsed = (JSON.parse(text) as { error?: unknown }).error
-        if (parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)) {
-          err = parsed as Record<string, unknown>
-        }
-      } catch {
-        // Not the API's error shape: keep the text.
-      }
-      const { code, message, ...details } = err
-      throw errorFor(response.status, String(code ?? 'http_error'), String(message ?? ''), details)
-    }
+    if (!response.ok) throw failure(response.status, text)
     try {
       return (text ? JSON.parse(text) : undefined) as T
     } catch {
       throw new SandgateError(`not JSON from ${this.apiUrl}${path}`, 'invalid_response', response.status)
+    }
+  }
+
+  /** Server-sent events from `path`, each `data` decoded from JSON, until
+   * the server ends the stream or the caller stops iterating (which
+   * closes it). */
+  async *stream<T>(path: string): AsyncGenerator<{ event: string; data: T }> {
+    let response: Response
+    try {
+      response = await fetch(this.apiUrl + path, {
+        headers: { Authorization: `Bearer ${this.#apiKey}`, Accept: 'text/event-stream' },
+      })
+    } catch (e) {
+      throw new APIConnectionError(`no answer from ${this.apiUrl}: ${String(e)}`, 'unreachable')
+    }
+    if (!response.ok) throw failure(response.status, await response.text())
+    if (response.body === null) return
+    const reader = response.body.getReader()
+    const decoder = new TextDecoder()
+    let buffered = ''
+    let event = 'message'
+    try {
+      for (;;) {
+        const { value, done } = await reader.read()
+        if (done) return
+        buffered += decoder.decode(value, { stream: true })
+        let end: number
+        while ((end = buffered.indexOf('\n')) >= 0) {
+          const line = buffered.slice(0, end).replace(/\r$/, '')
+          buffered = buffered.slice(end + 1)
+          if (line.startsWith('event:')) {
+            event = line.slice(6).trim()
+          } else if (line.startsWith('data:')) {
+            let data: T
+            try {
+              data = JSON.parse(line.slice(5).trim()) as T
+            } catch {
+              continue
+            }
+            yield { event, data }
+          } else if (line === '') {
+            event = 'message'
+          }
+        }
+      }
+    } finally {
+      await reader.cancel().catch(() => undefined)
     }
   }
 }
@@ -315,6 +400,48 @@ export class Network {
     const id = typeof grant === 'string' ? grant : grant.id
     await this.sandbox.http.request('DELETE', this.sandbox.path(`/network/grants/${encodeURIComponent(id)}`))
   }
+
+  /** The access requests of the sandbox (with `networkApprovals`), oldest
+   * first; `state` keeps those in one state. */
+  async requests(options: { state?: AccessRequest['state'] } = {}): Promise<AccessRequest[]> {
+    const query = options.state === undefined ? '' : `?state=${options.state}`
+    const r = await this.sandbox.http.request<{ requests: AccessRequest[] }>(
+      'GET',
+      this.sandbox.path(`/network/requests${query}`),
+    )
+    return r.requests
+  }
+
+  /** The access requests as they stand, then each change (opened,
+   * counted, decided) as it happens: `for await (const r of
+   * sandbox.network.followRequests()) { ... }`; breaking out of the loop
+   * closes the stream. */
+  async *followRequests(options: { state?: AccessRequest['state'] } = {}): AsyncGenerator<AccessRequest> {
+    const state = options.state === undefined ? '' : `&state=${options.state}`
+    const path = this.sandbox.path(`/network/requests?follow=true${state}`)
+    for await (const { event, data } of this.sandbox.http.stream<AccessRequest>(path)) {
+      if (event === 'request') yield data
+    }
+  }
+
+  /** Approves an access request: a grant for `ttlSeconds`, or without it
+   * the target added to the allow list for good; in force when this
+   * resolves (a DNS query held for it is answered then). */
+  approve(request: AccessRequest | string, ttlSeconds?: number): Promise<AccessRequest> {
+    const body = ttlSeconds === undefined ? {} : { ttlSeconds }
+    return this.sandbox.http.request('POST', this.requestPath(request, 'approve'), body)
+  }
+
+  /** Denies an access request: it is not asked again (its attempts are
+   * still counted). */
+  deny(request: AccessRequest | string): Promise<AccessRequest> {
+    return this.sandbox.http.request('POST', this.requestPath(request, 'deny'), {})
+  }
+
+  private requestPath(request: AccessRequest | string, action: string): string {
+    const id = typeof request === 'string' ? request : request.id
+    return this.sandbox.path(`/network/requests/${encodeURIComponent(id)}/${action}`)
+  }
 }
 
 /** A sandbox, as the server last described it. */
@@ -337,6 +464,10 @@ export class Sandbox {
   maxConnections?: number
   /** `newConnectionsPerSecond` as asked (absent: the tier's fair share). */
   newConnectionsPerSecond?: number
+  /** Stored `networkApprovals`. */
+  networkApprovals!: boolean
+  /** Stored `approvalHoldSeconds`. */
+  approvalHoldSeconds!: number
   effectiveNetwork!: EffectiveNetwork
   createdAt!: string
   updatedAt!: string
@@ -366,6 +497,8 @@ export class Sandbox {
     this.egressMbps = d.egressMbps
     this.maxConnections = d.maxConnections
     this.newConnectionsPerSecond = d.newConnectionsPerSecond
+    this.networkApprovals = d.networkApprovals ?? false
+    this.approvalHoldSeconds = d.approvalHoldSeconds ?? 0
     this.effectiveNetwork = d.effectiveNetwork
     this.createdAt = d.createdAt
     this.updatedAt = d.updatedAt
@@ -414,7 +547,7 @@ export class Sandbox {
     const body = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined))
     if (Object.keys(body).length === 0) {
       throw new TypeError(
-        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections or newConnectionsPerSecond',
+        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond, networkApprovals or approvalHoldSeconds',
       )
     }
     this.load(await this.http.request<SandboxData>('POST', this.path('/network-settings'), body))

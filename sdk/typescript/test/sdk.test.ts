@@ -7,6 +7,7 @@ import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { isIPv4 } from 'node:net'
 import {
+  AccessRequest,
   NotFoundError,
   PermissionDeniedError,
   Sandbox,
@@ -124,6 +125,45 @@ test('a grant opens an address until revoked', async () => {
   assert.deepEqual((await s.network.grants()).map((x) => x.id), [g.id])
   await s.network.revoke(g)
   assert.equal(await echoes(s, OTHER), false)
+})
+
+test('a refused connection asks, and its owner approves or denies', async () => {
+  const s = await create({ networkAllowList: `${SERVER}/32`, networkApprovals: true })
+  assert.equal(s.networkApprovals, true)
+  assert.deepEqual(s.effectiveNetwork.approvals, { holdSeconds: 0 })
+  assert.equal(await echoes(s, OTHER), false)
+  let asked: AccessRequest | undefined
+  for await (const r of s.network.followRequests({ state: 'pending' })) {
+    if (r.target === OTHER) {
+      asked = r
+      break
+    }
+  }
+  assert.ok(asked)
+  assert.equal(asked.kind, 'address')
+  assert.equal(asked.port, PORT)
+  // For good: the address joins the allow list.
+  const approved = await s.network.approve(asked)
+  assert.equal(approved.state, 'approved')
+  assert.equal(approved.grantId, undefined)
+  assert.equal(await echoes(s, OTHER), true)
+  await s.refresh()
+  assert.equal(s.networkAllowList, `${SERVER}/32,${OTHER}/32`)
+  // A refused name, denied.
+  await s.process.exec('nslookup denied.example.org', { timeout: 10 })
+  // Its request opens as the refusal reaches the server: followed.
+  let name: AccessRequest | undefined
+  for await (const r of s.network.followRequests()) {
+    if (r.kind === 'name') {
+      name = r
+      break
+    }
+  }
+  assert.ok(name)
+  assert.equal(name.target, 'denied.example.org')
+  assert.equal((await s.network.deny(name)).state, 'denied')
+  await assert.rejects(s.network.approve(name.id, 60), (e: unknown) => e instanceof SandgateError && e.code === 'request_decided')
+  assert.deepEqual((await s.network.requests({ state: 'denied' })).map((r) => r.id), [name.id])
 })
 
 test('an egress budget is asked at create and changed by an update', async () => {

@@ -31,6 +31,7 @@ pub struct LabDirectory {
     pub sandboxes: Mutex<HashMap<IpAddr, Asker>>,
     pub config: Arc<PolicyConfig>,
     leases: std::sync::atomic::AtomicU64,
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Directory for LabDirectory {
@@ -68,6 +69,19 @@ impl Directory for LabDirectory {
             .unwrap()
             .values()
             .any(|a| a.slot == asker.slot && a.lease == asker.lease)
+    }
+
+    fn current(&self, asker: &Asker) -> Option<Asker> {
+        self.sandboxes
+            .lock()
+            .unwrap()
+            .values()
+            .find(|a| a.slot == asker.slot && a.lease == asker.lease)
+            .cloned()
+    }
+
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn config(&self) -> Arc<PolicyConfig> {
@@ -125,6 +139,7 @@ impl Rig {
             sandboxes: Mutex::new(HashMap::new()),
             config: policy.clone(),
             leases: std::sync::atomic::AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
         });
         let mut dns = DnsConfig::new(
             port,
@@ -251,6 +266,8 @@ impl Rig {
                 a.policy = policy.clone();
             }
         }
+        drop(s);
+        self.directory.changes.send_modify(|n| *n += 1);
     }
 }
 

@@ -329,11 +329,18 @@ impl Api {
         follow: bool,
         until: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
+        self.stream(
+            key,
+            &format!("/api/sandbox/{id}/network/events?follow={follow}"),
+            |v| follow && until(v),
+        )
+    }
+
+    /// Reads server-sent events from `path` until `until` accepts one or
+    /// the stream ends; their `data:`, in order.
+    pub fn stream(&self, key: &str, path: &str, until: impl Fn(&Value) -> bool) -> Vec<Value> {
         use std::io::BufRead;
-        let url = format!(
-            "{}/api/sandbox/{id}/network/events?follow={follow}",
-            self.base
-        );
+        let url = format!("{}{path}", self.base);
         let mut response = self
             .agent
             .get(&url)
@@ -347,7 +354,7 @@ impl Api {
             let Ok(line) = line else { break };
             if let Some(data) = line.strip_prefix("data:") {
                 let v: Value = serde_json::from_str(data.trim()).unwrap();
-                let done = follow && until(&v);
+                let done = until(&v);
                 seen.push(v);
                 if done {
                     break;

@@ -10,6 +10,7 @@
 
 from .aio import AsyncSandbox, AsyncSandgate
 from .client import (
+    AccessRequest,
     CreateSandboxBaseParams,
     CreateSandboxFromSnapshotParams,
     ExecuteResponse,
@@ -35,6 +36,7 @@ from .errors import (
 
 __all__ = [
     "APIConnectionError",
+    "AccessRequest",
     "AsyncSandbox",
     "AsyncSandgate",
     "AuthenticationError",

@@ -7,9 +7,10 @@ most as many calls run at once as the default executor has threads."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Dict, List, Literal, Optional, Tuple, Union
 
 from .client import (
+    AccessRequest,
     CreateSandboxBaseParams,
     ExecuteResponse,
     Explanation,
@@ -62,6 +63,32 @@ class AsyncNetwork:
     async def revoke(self, grant: Union[Grant, str]) -> None:
         """See :meth:`sandgate.client.Network.revoke`."""
         await asyncio.to_thread(self._sandbox.network.revoke, grant)
+
+    async def requests(
+        self, follow: bool = False, state: Optional[str] = None
+    ) -> AsyncIterator[AccessRequest]:
+        """See :meth:`sandgate.client.Network.requests`; each request is
+        read on a worker thread (``async for request in ...``)."""
+        it = await asyncio.to_thread(self._sandbox.network.requests, follow, state)
+
+        def step() -> Optional[AccessRequest]:
+            return next(it, None)
+
+        while True:
+            request = await asyncio.to_thread(step)
+            if request is None:
+                return
+            yield request
+
+    async def approve(
+        self, request: Union[AccessRequest, str], ttl_seconds: Optional[int] = None
+    ) -> AccessRequest:
+        """See :meth:`sandgate.client.Network.approve`."""
+        return await asyncio.to_thread(self._sandbox.network.approve, request, ttl_seconds)
+
+    async def deny(self, request: Union[AccessRequest, str]) -> AccessRequest:
+        """See :meth:`sandgate.client.Network.deny`."""
+        return await asyncio.to_thread(self._sandbox.network.deny, request)
 
 
 class AsyncSandbox:
@@ -168,6 +195,16 @@ class AsyncSandbox:
         return self.sync.connection_budget
 
     @property
+    def network_approvals(self) -> bool:
+        """Stored ``networkApprovals``."""
+        return self.sync.network_approvals
+
+    @property
+    def approval_hold_seconds(self) -> int:
+        """Stored ``approvalHoldSeconds``."""
+        return self.sync.approval_hold_seconds
+
+    @property
     def created_at(self) -> str:
         """When it was made."""
         return self.sync.created_at
@@ -188,6 +225,8 @@ class AsyncSandbox:
         egress_mbps: Union[int, Literal["default"], None] = None,
         max_connections: Union[int, Literal["default"], None] = None,
         new_connections_per_second: Union[int, Literal["default"], None] = None,
+        network_approvals: Optional[bool] = None,
+        approval_hold_seconds: Optional[int] = None,
     ) -> None:
         """See :meth:`sandgate.Sandbox.update_network_settings`."""
         await asyncio.to_thread(
@@ -201,6 +240,8 @@ class AsyncSandbox:
             egress_mbps,
             max_connections,
             new_connections_per_second,
+            network_approvals,
+            approval_hold_seconds,
         )
 
     async def refresh(self) -> None:

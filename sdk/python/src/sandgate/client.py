@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union
 
 from .errors import APIConnectionError, SandgateError, error_for
 
@@ -36,6 +36,10 @@ class CreateSandboxBaseParams:
     ``max_connections`` and ``new_connections_per_second``: connections at
     once and new connections a second, within the tier's fair shares
     (default: the tier's).
+    ``network_approvals``: what the sandbox is refused opens access
+    requests for its owner to approve or deny (tier 3/4).
+    ``approval_hold_seconds``: how long a refused DNS query waits for an
+    approval (0 to 60).
     """
 
     name: Optional[str] = None
@@ -49,6 +53,8 @@ class CreateSandboxBaseParams:
     egress_mbps: Optional[int] = None
     max_connections: Optional[int] = None
     new_connections_per_second: Optional[int] = None
+    network_approvals: Optional[bool] = None
+    approval_hold_seconds: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The API's request body (camelCase; fields left out are absent)."""
@@ -65,6 +71,8 @@ class CreateSandboxBaseParams:
             ("egressMbps", self.egress_mbps),
             ("maxConnections", self.max_connections),
             ("newConnectionsPerSecond", self.new_connections_per_second),
+            ("networkApprovals", self.network_approvals),
+            ("approvalHoldSeconds", self.approval_hold_seconds),
         ):
             if value is not None:
                 body[key] = value
@@ -131,6 +139,48 @@ class Grant:
             expires_at_ms=int(r["expiresAtMs"]),
             seconds_left=int(r["secondsLeft"]),
             in_force=bool(r.get("inForce", True)),
+        )
+
+
+@dataclass
+class AccessRequest:
+    """A target a sandbox with approvals was refused: a name (``kind``
+    ``"name"``) or an address (``"address"``), with its attempts, for its
+    owner to approve or deny."""
+
+    id: str
+    sandbox: str
+    target: str
+    kind: str
+    attempts: int
+    state: str
+    first_seen_ms: int
+    last_seen_ms: int
+    protocol: Optional[str] = None
+    port: Optional[int] = None
+    decided_at_ms: Optional[int] = None
+    grant_id: Optional[str] = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether it waits for a decision."""
+        return self.state == "pending"
+
+    @staticmethod
+    def _from(r: Dict[str, Any]) -> "AccessRequest":
+        return AccessRequest(
+            id=r["id"],
+            sandbox=r["sandbox"],
+            target=r["target"],
+            kind=r["kind"],
+            attempts=int(r["attempts"]),
+            state=r["state"],
+            first_seen_ms=int(r["firstSeenMs"]),
+            last_seen_ms=int(r["lastSeenMs"]),
+            protocol=r.get("protocol"),
+            port=r.get("port"),
+            decided_at_ms=r.get("decidedAtMs"),
+            grant_id=r.get("grantId"),
         )
 
 
@@ -204,6 +254,45 @@ class _Http:
             raise SandgateError(
                 f"not JSON from {self.api_url}{path}", code="invalid_response"
             ) from None
+
+    def stream(self, path: str, timeout: Optional[float] = None) -> Iterator[Tuple[str, Any]]:
+        """Server-sent events from ``path``: ``(event, data)`` pairs, each
+        ``data`` decoded from JSON, until the server ends the stream (the
+        server sends a keep-alive at least every 15 seconds)."""
+        req = urllib.request.Request(self.api_url + path, method="GET")
+        req.add_header("Authorization", f"Bearer {self.api_key}")
+        req.add_header("Accept", "text/event-stream")
+        try:
+            resp = urllib.request.urlopen(req, timeout=timeout or max(self.timeout, 60.0))
+        except urllib.error.HTTPError as e:
+            raw = e.read().decode(errors="replace")
+            try:
+                err = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                err = {"code": "http_error", "message": raw or e.reason}
+            details = {k: v for k, v in err.items() if k not in ("code", "message")}
+            raise error_for(
+                e.code, str(err.get("code") or "http_error"), str(err.get("message") or ""), details
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            raise APIConnectionError(
+                f"no answer from {self.api_url}: {reason}", code="unreachable"
+            ) from None
+        with resp:
+            event = "message"
+            for raw_line in resp:
+                line = raw_line.decode(errors="replace").rstrip("\r\n")
+                if line.startswith("event:"):
+                    event = line[len("event:") :].strip()
+                elif line.startswith("data:"):
+                    try:
+                        data = json.loads(line[len("data:") :].strip())
+                    except ValueError:
+                        continue
+                    yield event, data
+                elif not line:
+                    event = "message"
 
 
 class Process:
@@ -295,6 +384,61 @@ class Network:
             self._sandbox._path(f"/network/grants/{urllib.parse.quote(grant_id, safe='')}"),
         )
 
+    def requests(
+        self, follow: bool = False, state: Optional[str] = None
+    ) -> Iterator[AccessRequest]:
+        """The access requests of the sandbox (with ``network_approvals``),
+        oldest first; ``state`` keeps those in one state (``"pending"``,
+        ``"approved"``, ``"denied"``). With ``follow=True``, then each
+        change as it happens, until the server ends the stream::
+
+            for request in sandbox.network.requests(follow=True, state="pending"):
+                if request.target.endswith(".pypi.org"):
+                    sandbox.network.approve(request, ttl_seconds=600)
+                else:
+                    sandbox.network.deny(request)
+        """
+        query: Dict[str, str] = {}
+        if state is not None:
+            query["state"] = state
+        if follow:
+            query["follow"] = "true"
+        path = self._sandbox._path("/network/requests")
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        if not follow:
+            r = self._sandbox._http.request("GET", path)
+            return iter([AccessRequest._from(x) for x in r["requests"]])
+        return (
+            AccessRequest._from(data)
+            for event, data in self._sandbox._http.stream(path)
+            if event == "request"
+        )
+
+    def approve(
+        self, request: Union[AccessRequest, str], ttl_seconds: Optional[int] = None
+    ) -> AccessRequest:
+        """Approves an access request: a grant for ``ttl_seconds``, or,
+        without it, the target added to the allow list for good; in force
+        when this returns (a DNS query held for it is answered then)."""
+        body: Dict[str, Any] = {} if ttl_seconds is None else {"ttlSeconds": ttl_seconds}
+        return AccessRequest._from(
+            self._sandbox._http.request("POST", self._request_path(request, "approve"), body)
+        )
+
+    def deny(self, request: Union[AccessRequest, str]) -> AccessRequest:
+        """Denies an access request: it is not asked again (its attempts
+        are still counted)."""
+        return AccessRequest._from(
+            self._sandbox._http.request("POST", self._request_path(request, "deny"), {})
+        )
+
+    def _request_path(self, request: Union[AccessRequest, str], action: str) -> str:
+        rid = request.id if isinstance(request, AccessRequest) else request
+        return self._sandbox._path(
+            f"/network/requests/{urllib.parse.quote(rid, safe='')}/{action}"
+        )
+
     def explain(self, dest: str) -> Explanation:
         """Whether the sandbox may reach ``dest`` (an address or a name,
         optionally with ``:port``) and why; nothing is sent."""
@@ -327,6 +471,8 @@ class Sandbox:
     egress_mbps: Optional[int]
     max_connections: Optional[int]
     new_connections_per_second: Optional[int]
+    network_approvals: bool
+    approval_hold_seconds: int
     effective_network: Dict[str, Any]
     created_at: str
     updated_at: str
@@ -353,6 +499,8 @@ class Sandbox:
         self.egress_mbps = data.get("egressMbps")
         self.max_connections = data.get("maxConnections")
         self.new_connections_per_second = data.get("newConnectionsPerSecond")
+        self.network_approvals = bool(data.get("networkApprovals", False))
+        self.approval_hold_seconds = int(data.get("approvalHoldSeconds", 0))
         self.effective_network = dict(data.get("effectiveNetwork", {}))
         self.created_at = data["createdAt"]
         self.updated_at = data["updatedAt"]
@@ -405,6 +553,8 @@ class Sandbox:
         egress_mbps: Union[int, Literal["default"], None] = None,
         max_connections: Union[int, Literal["default"], None] = None,
         new_connections_per_second: Union[int, Literal["default"], None] = None,
+        network_approvals: Optional[bool] = None,
+        approval_hold_seconds: Optional[int] = None,
     ) -> None:
         """Changes the network settings: what is given replaces the stored
         value, the rest is kept; in force in the kernel when this returns.
@@ -426,6 +576,8 @@ class Sandbox:
             ("networkDenyList", network_deny_list),
             ("domainDenyList", domain_deny_list),
             ("essentialServices", essential_services),
+            ("networkApprovals", network_approvals),
+            ("approvalHoldSeconds", approval_hold_seconds),
         ):
             if value is not None:
                 body[key] = value
@@ -433,8 +585,8 @@ class Sandbox:
             raise ValueError(
                 "update_network_settings: give network_block_all, network_allow_list, "
                 "domain_allow_list, network_deny_list, domain_deny_list, "
-                "essential_services, egress_mbps, max_connections or "
-                "new_connections_per_second"
+                "essential_services, egress_mbps, max_connections, "
+                "new_connections_per_second, network_approvals or approval_hold_seconds"
             )
         self._load(self._http.request("POST", self._path("/network-settings"), body))
 

@@ -14,16 +14,21 @@ module Sandgate
   # essential_services: false turns the essential services off;
   # egress_mbps: what the sandbox may send, Mbit/s, within its tier's
   # maximum; max_connections and new_connections_per_second: connections at
-  # once and new connections a second, within its tier's fair shares.
+  # once and new connections a second, within its tier's fair shares;
+  # network_approvals: what the sandbox is refused opens access requests
+  # for its owner (tier 3/4); approval_hold_seconds: how long a refused
+  # DNS query waits for an approval (0 to 60).
   class CreateSandboxBaseParams
     attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list,
                   :network_deny_list, :domain_deny_list, :essential_services, :egress_mbps,
-                  :max_connections, :new_connections_per_second
+                  :max_connections, :new_connections_per_second, :network_approvals,
+                  :approval_hold_seconds
 
     def initialize(name: nil, env: nil, network_allow_list: nil, network_block_all: nil,
                    domain_allow_list: nil, network_deny_list: nil, domain_deny_list: nil,
                    essential_services: nil, egress_mbps: nil, max_connections: nil,
-                   new_connections_per_second: nil)
+                   new_connections_per_second: nil, network_approvals: nil,
+                   approval_hold_seconds: nil)
       @name = name
       @env = env
       @network_allow_list = network_allow_list
@@ -35,6 +40,8 @@ module Sandgate
       @egress_mbps = egress_mbps
       @max_connections = max_connections
       @new_connections_per_second = new_connections_per_second
+      @network_approvals = network_approvals
+      @approval_hold_seconds = approval_hold_seconds
     end
 
     # The API's request body (camelCase; fields left out are absent).
@@ -50,7 +57,9 @@ module Sandgate
         "essentialServices" => essential_services,
         "egressMbps" => egress_mbps,
         "maxConnections" => max_connections,
-        "newConnectionsPerSecond" => new_connections_per_second
+        "newConnectionsPerSecond" => new_connections_per_second,
+        "networkApprovals" => network_approvals,
+        "approvalHoldSeconds" => approval_hold_seconds
       }.compact
     end
   end
@@ -81,6 +90,23 @@ module Sandgate
       new(id: r["id"], target: r["target"], reason: r["reason"], created_at: r["createdAt"],
           expires_at: r["expiresAt"], expires_at_ms: r["expiresAtMs"], seconds_left: r["secondsLeft"],
           in_force: r.fetch("inForce", true))
+    end
+  end
+  # A target a sandbox with approvals was refused (kind "name" or
+  # "address"), with its attempts, for its owner to approve or deny.
+  AccessRequest = Struct.new(:id, :sandbox, :target, :kind, :protocol, :port, :attempts, :state,
+                             :first_seen_ms, :last_seen_ms, :decided_at_ms, :grant_id,
+                             keyword_init: true) do
+    def self.from(r)
+      new(id: r["id"], sandbox: r["sandbox"], target: r["target"], kind: r["kind"],
+          protocol: r["protocol"], port: r["port"], attempts: r["attempts"], state: r["state"],
+          first_seen_ms: r["firstSeenMs"], last_seen_ms: r["lastSeenMs"],
+          decided_at_ms: r["decidedAtMs"], grant_id: r["grantId"])
+    end
+
+    # Whether it waits for a decision.
+    def pending?
+      state == "pending"
     end
   end
   # One probed destination.
@@ -129,18 +155,74 @@ module Sandgate
       end
       text = res.body.to_s
       status = res.code.to_i
-      unless (200..299).cover?(status)
-        err = begin
-          JSON.parse(text).fetch("error")
-        rescue StandardError
-          nil
-        end
-        err = { "code" => "http_error", "message" => text } unless err.is_a?(Hash)
-        details = err.reject { |k, _| %w[code message].include?(k) }
-        raise ::Sandgate.error_class(status).new(err["message"].to_s, code: err["code"].to_s,
-                                                                     status: status, details: details)
-      end
+      raise failure(status, text) unless (200..299).cover?(status)
+
       text.empty? ? nil : JSON.parse(text)
+    end
+
+    # Server-sent events from path: yields each event's name and its data
+    # decoded from JSON, until the server ends the stream or the block
+    # breaks out (which closes it).
+    def stream(path)
+      uri = URI("#{@uri}#{path}")
+      req = Net::HTTP::Get.new(uri.request_uri)
+      req["Authorization"] = "Bearer #{@api_key}"
+      req["Accept"] = "text/event-stream"
+      begin
+        Net::HTTP.start(uri.hostname, uri.port, use_ssl: uri.scheme == "https",
+                                                open_timeout: @timeout,
+                                                read_timeout: [@timeout, 60].max,
+                                                max_retries: 0) do |h|
+          h.request(req) do |res|
+            status = res.code.to_i
+            raise failure(status, res.body.to_s) unless (200..299).cover?(status)
+
+            each_event(res) { |event, data| yield event, data }
+          end
+        end
+      rescue Error
+        raise
+      rescue StandardError => e
+        raise APIConnectionError.new("no answer from #{@uri}: #{e.message}", code: "unreachable")
+      end
+      nil
+    end
+
+    private
+
+    def each_event(res)
+      buffered = +""
+      event = "message"
+      res.read_body do |chunk|
+        buffered << chunk
+        while (line = buffered.slice!(/\A[^\n]*\n/))
+          line = line.chomp
+          if line.start_with?("event:")
+            event = line.delete_prefix("event:").strip
+          elsif line.start_with?("data:")
+            data = begin
+              JSON.parse(line.delete_prefix("data:").strip)
+            rescue JSON::ParserError
+              next
+            end
+            yield event, data
+          elsif line.empty?
+            event = "message"
+          end
+        end
+      end
+    end
+
+    def failure(status, text)
+      err = begin
+        JSON.parse(text).fetch("error")
+      rescue StandardError
+        nil
+      end
+      err = { "code" => "http_error", "message" => text } unless err.is_a?(Hash)
+      details = err.reject { |k, _| %w[code message].include?(k) }
+      ::Sandgate.error_class(status).new(err["message"].to_s, code: err["code"].to_s,
+                                                             status: status, details: details)
     end
   end
 
@@ -201,11 +283,54 @@ module Sandgate
       @sandbox.http.request("GET", @sandbox.path("/network/grants"))["grants"].map { |g| Grant.from(g) }
     end
 
+    # The access requests of the sandbox (with network_approvals), oldest
+    # first; state: keeps those in one state ("pending", "approved",
+    # "denied"). With follow: true and a block, yields them as they stand,
+    # then each change as it happens, until the block breaks out:
+    #
+    #   sandbox.network.requests(follow: true, state: "pending") do |request|
+    #     sandbox.network.approve(request, ttl_seconds: 600)
+    #   end
+    def requests(follow: false, state: nil, &block)
+      query = { "state" => state, "follow" => (follow ? "true" : nil) }.compact
+      path = @sandbox.path("/network/requests")
+      path += "?#{URI.encode_www_form(query)}" unless query.empty?
+      unless follow
+        return @sandbox.http.request("GET", path)["requests"].map { |r| AccessRequest.from(r) }
+      end
+      raise ArgumentError, "requests(follow: true) needs a block" unless block
+
+      @sandbox.http.stream(path) do |event, data|
+        block.call(AccessRequest.from(data)) if event == "request"
+      end
+    end
+
+    # Approves an access request (an AccessRequest or its id): a grant for
+    # ttl_seconds, or without it the target added to the allow list for
+    # good; in force on return (a DNS query held for it is answered then).
+    def approve(request, ttl_seconds: nil)
+      body = ttl_seconds.nil? ? {} : { "ttlSeconds" => ttl_seconds }
+      AccessRequest.from(@sandbox.http.request("POST", request_path(request, "approve"), body))
+    end
+
+    # Denies an access request: it is not asked again (its attempts are
+    # still counted).
+    def deny(request)
+      AccessRequest.from(@sandbox.http.request("POST", request_path(request, "deny"), {}))
+    end
+
     # Revokes a grant (a Grant or its id); its connections stop on return.
     def revoke(grant)
       id = grant.is_a?(Grant) ? grant.id : grant
       @sandbox.http.request("DELETE", @sandbox.path("/network/grants/#{Http.escape(id)}"))
       nil
+    end
+
+    private
+
+    def request_path(request, action)
+      id = request.is_a?(AccessRequest) ? request.id : request
+      @sandbox.path("/network/requests/#{Http.escape(id)}/#{action}")
     end
   end
 
@@ -214,7 +339,7 @@ module Sandgate
     attr_reader :id, :name, :state, :snapshot, :organization_id, :env, :network_block_all,
                 :network_allow_list, :domain_allow_list, :network_deny_list, :domain_deny_list,
                 :essential_services, :egress_mbps, :max_connections, :new_connections_per_second,
-                :effective_network, :created_at, :updated_at, :process,
+                :network_approvals, :approval_hold_seconds, :effective_network, :created_at, :updated_at, :process,
                 :network, :http
 
     def initialize(http, data)
@@ -266,11 +391,14 @@ module Sandgate
     def update_network_settings(network_block_all: nil, network_allow_list: nil,
                                 domain_allow_list: nil, network_deny_list: nil,
                                 domain_deny_list: nil, essential_services: nil, egress_mbps: nil,
-                                max_connections: nil, new_connections_per_second: nil)
+                                max_connections: nil, new_connections_per_second: nil,
+                                network_approvals: nil, approval_hold_seconds: nil)
       body = { "networkBlockAll" => network_block_all, "networkAllowList" => network_allow_list,
                "domainAllowList" => domain_allow_list, "networkDenyList" => network_deny_list,
                "domainDenyList" => domain_deny_list,
-               "essentialServices" => essential_services }.compact
+               "essentialServices" => essential_services,
+               "networkApprovals" => network_approvals,
+               "approvalHoldSeconds" => approval_hold_seconds }.compact
       { "egressMbps" => egress_mbps, "maxConnections" => max_connections,
         "newConnectionsPerSecond" => new_connections_per_second }.each do |key, budget|
         body[key] = budget == :default ? nil : budget unless budget.nil?
@@ -279,7 +407,8 @@ module Sandgate
         raise ArgumentError,
               "update_network_settings: give network_block_all, network_allow_list, " \
               "domain_allow_list, network_deny_list, domain_deny_list, essential_services, " \
-              "egress_mbps, max_connections or new_connections_per_second"
+              "egress_mbps, max_connections, new_connections_per_second, network_approvals or " \
+              "approval_hold_seconds"
       end
 
       load(http.request("POST", path("/network-settings"), body))
@@ -310,6 +439,8 @@ module Sandgate
       @egress_mbps = d["egressMbps"]
       @max_connections = d["maxConnections"]
       @new_connections_per_second = d["newConnectionsPerSecond"]
+      @network_approvals = d.fetch("networkApprovals", false)
+      @approval_hold_seconds = d.fetch("approvalHoldSeconds", 0)
       @effective_network = d.fetch("effectiveNetwork", {})
       @created_at = d["createdAt"]
       @updated_at = d["updatedAt"]

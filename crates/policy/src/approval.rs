@@ -1,0 +1,55 @@
+//! Approvals: asking to allow (docs/REQUIREMENTS.md, "Approvals").
+//!
+//! With `networkApprovals`, a name the DNS service refuses or a connection
+//! the kernel denies opens an access request that the sandbox's owner may
+//! approve (a grant, or a permanent list entry) or deny. With
+//! `approvalHoldSeconds`, the DNS query that was refused is held that long
+//! first, so that an approval in time answers it. Approvals take effect in
+//! `allowlist` mode only, as grants do: a restricted tier may not have
+//! them, open mode has nothing to ask for, blocked reaches nothing.
+
+use crate::error::{ErrorCode, PolicyError};
+use serde::{Deserialize, Serialize};
+
+/// The longest a refused query is held for an approval, seconds.
+pub const APPROVAL_HOLD_MAX: u32 = 60;
+
+/// Approvals as a policy in force carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Approvals {
+    /// How long the DNS service holds a refused query for an approval
+    /// (0: it answers at once).
+    pub hold_seconds: u8,
+}
+
+/// `approvalHoldSeconds` as a request sends it: 0 to 60; 400
+/// `invalid_approval_hold` otherwise.
+pub fn check_hold(seconds: u32) -> Result<u8, PolicyError> {
+    match u8::try_from(seconds) {
+        Ok(s) if seconds <= APPROVAL_HOLD_MAX => Ok(s),
+        _ => Err(PolicyError {
+            field: Some("approvalHoldSeconds"),
+            ..PolicyError::new(
+                ErrorCode::InvalidApprovalHold,
+                format!("approvalHoldSeconds is {seconds}; a query is held at most {APPROVAL_HOLD_MAX} seconds"),
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_is_zero_to_sixty_seconds() {
+        assert_eq!(check_hold(0).unwrap(), 0);
+        assert_eq!(check_hold(60).unwrap(), 60);
+        for bad in [61, 256, u32::MAX] {
+            let e = check_hold(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidApprovalHold);
+            assert_eq!(e.code.http_status(), 400);
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Access requests: what a sandbox with `networkApprovals` was refused,
+//! for its owner to approve or deny (docs/REQUIREMENTS.md, "Approvals").
+//!
+//! The server watches the events of each running sandbox that has
+//! approvals on (the runner's stream, as any subscriber gets it): a name
+//! the DNS service refused (`dns_not_allowed`) or a connection the kernel
+//! denied for not being in the allow list (`not_in_allow_list`) counts as
+//! an attempt at its target, which opens an access request, or counts on
+//! the one open (deduplicated by target). What a deny list or an
+//! always-denied range refuses opens none: no approval could open it.
+//!
+//! An approval is a grant (with a TTL) or a permanent list entry (without),
+//! made under the write lock like any other change, and the request is
+//! decided in the same step. The requests are stored: they survive a
+//! restart, and go with their sandbox.
+
+use crate::error::ApiError;
+use crate::service::{self, transaction};
+use crate::store::{AccessRequest, Attempt, Organization, RequestState, SandboxRow, TargetKind};
+use crate::AppState;
+use axum::http::StatusCode;
+use sandgate_contract::{EventKind, NetworkEvent};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+
+/// The most access requests a sandbox holds (decided ones included);
+/// attempts at further targets are counted in the metrics only.
+pub const REQUESTS_MAX: usize = 100;
+
+/// The target an event is an attempt at, if it opens a request.
+fn attempt_of(e: &NetworkEvent) -> Option<(String, TargetKind)> {
+    match (e.kind, e.reason.as_str()) {
+        (EventKind::Dns, "dns_not_allowed") => Some((e.domain.clone()?, TargetKind::Name)),
+        (EventKind::Connection, "not_in_allow_list") => {
+            let addr: std::net::IpAddr = e.destination.as_deref()?.parse().ok()?;
+            Some((addr.to_string(), TargetKind::Address))
+        }
+        _ => None,
+    }
+}
+
+/// Watches sandbox `row`'s events for attempts if it has approvals on
+/// (and is not watched yet), from `since_ms` on (its recent events from
+/// then are counted too); stops watching it if it has them off.
+pub async fn watch(st: &Arc<AppState>, row: &SandboxRow, since_ms: u64) {
+    if !row.network_approvals {
+        forget(st, &row.id);
+        return;
+    }
+    if crate::lock(&st.watchers).contains_key(&row.id) {
+        return;
+    }
+    let id = row.id.clone();
+    let (recent, mut live) = match service::on_runner(st, move |r| r.subscribe(&id)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(sandbox = %row.id, error = %e.message, "watching a sandbox's events for access requests");
+            return;
+        }
+    };
+    let watcher = Watcher {
+        store: st.store.clone(),
+        requests: st.requests.clone(),
+        counts: st.metrics.approvals.clone(),
+        sandbox: row.id.clone(),
+    };
+    let mut stopping = st.stopping.subscribe();
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stop);
+        for e in recent.iter().filter(|e| e.time_ms >= since_ms) {
+            watcher.note(e, true).await;
+        }
+        loop {
+            tokio::select! {
+                next = live.recv() => match next {
+                    Ok(e) => watcher.note(&e, false).await,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(sandbox = %watcher.sandbox, lost = n, "access requests: events lost while busy");
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                () = &mut stop => break,
+            }
+        }
+    });
+    let mut watchers = crate::lock(&st.watchers);
+    // Another call may have started one meanwhile: one watcher each.
+    if watchers.contains_key(&row.id) {
+        task.abort();
+    } else {
+        watchers.insert(row.id.clone(), task.abort_handle());
+    }
+}
+
+/// What a task watching one sandbox's events holds.
+struct Watcher {
+    store: crate::store::Store,
+    requests: tokio::sync::broadcast::Sender<AccessRequest>,
+    counts: Arc<crate::metrics::ApprovalCounts>,
+    sandbox: String,
+}
+
+impl Watcher {
+    /// Counts `e`, if it is an attempt (`replayed`: one of the recent
+    /// events a new watcher is given, perhaps counted before).
+    async fn note(&self, e: &NetworkEvent, replayed: bool) {
+        let Some((target, kind)) = attempt_of(e) else {
+            return;
+        };
+        let attempt = Attempt {
+            sandbox_id: &self.sandbox,
+            target: &target,
+            kind,
+            protocol: (kind == TargetKind::Address).then_some(e.protocol.as_str()),
+            port: e.port,
+            at_ms: e.time_ms,
+            replayed,
+        };
+        let id = match crate::auth::random_id("ar-", 8) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e.message, "an access request's id");
+                return;
+            }
+        };
+        match self.store.note_attempt(&attempt, &id, REQUESTS_MAX).await {
+            Ok(Some(request)) => {
+                if request.attempts == 1 {
+                    self.counts.opened.fetch_add(1, Ordering::Relaxed);
+                }
+                // Nobody following is no fault.
+                let _ = self.requests.send(request);
+            }
+            Ok(None) if !replayed => {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::error!(sandbox = %self.sandbox, error = %err, "recording an access request");
+            }
+        }
+    }
+}
+
+/// Stops watching sandbox `id`.
+pub fn forget(st: &AppState, id: &str) {
+    if let Some(task) = crate::lock(&st.watchers).remove(id) {
+        task.abort();
+    }
+}
+
+/// Access request `id` of `row`, or 404.
+async fn request_of(st: &AppState, row: &SandboxRow, id: &str) -> Result<AccessRequest, ApiError> {
+    st.store.access_request(&row.id, id).await?.ok_or_else(|| {
+        ApiError::not_found(format!("sandbox {} has no access request {id}", row.name))
+    })
+}
+
+/// 409 `request_decided` unless `request` is pending.
+fn pending(request: &AccessRequest) -> Result<(), ApiError> {
+    if request.state == RequestState::Pending {
+        return Ok(());
+    }
+    let mut e = ApiError::new(
+        StatusCode::CONFLICT,
+        "request_decided",
+        format!(
+            "access request {} was {} already; a new attempt at {} after its approval ended opens it again",
+            request.id,
+            request.state.as_str(),
+            request.target
+        ),
+    );
+    e.details = Some(serde_json::json!({ "state": request.state.as_str() }));
+    Err(e)
+}
+
+/// How an approval opens its target.
+#[derive(Debug, Clone, Copy)]
+pub enum Approval {
+    /// A grant for this many seconds.
+    For(u64),
+    /// A permanent entry of the allow list.
+    Permanently,
+}
+
+/// Approves access request `id` of sandbox `key`: its target granted for
+/// a time or added to the allow list, in force before the answer (a DNS
+/// query held for it is answered then).
+pub async fn approve(
+    st: &Arc<AppState>,
+    org: Organization,
+    key: String,
+    id: String,
+    how: Approval,
+) -> Result<AccessRequest, ApiError> {
+    let decided = transaction(st, move |st| async move {
+        // Read under the lock: the tier as it is now.
+        let org = service::organization(&st, &org.id).await?;
+        let row = service::sandbox(&st, &org, &key).await?;
+        let request = request_of(&st, &row, &id).await?;
+        pending(&request)?;
+        let grant = match how {
+            Approval::For(ttl_seconds) => {
+                let new = service::NewGrant {
+                    target: request.target.clone(),
+                    ttl_seconds,
+                    reason: Some(format!("access request {}", request.id)),
+                };
+                Some(service::grant_locked(&st, &org, row, new).await?.id)
+            }
+            Approval::Permanently => {
+                let target = request.target.clone();
+                let kind = request.kind;
+                service::update_locked(&st, &org, &row.id, move |row| {
+                    let (list, field) = match kind {
+                        TargetKind::Name => (&row.domain_allow_list, "domain"),
+                        TargetKind::Address => (&row.network_allow_list, "network"),
+                    };
+                    let joined = if list.is_empty() {
+                        target
+                    } else {
+                        format!("{list},{target}")
+                    };
+                    let mut change = service::SettingsChange::default();
+                    match field {
+                        "domain" => change.domain_allow_list = Some(joined),
+                        _ => change.network_allow_list = Some(joined),
+                    }
+                    Ok(change)
+                })
+                .await?;
+                None
+            }
+        };
+        decide(&st, &request, RequestState::Approved, grant.as_deref()).await
+    })
+    .await?;
+    st.metrics
+        .approvals
+        .approved
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = st.requests.send(decided.clone());
+    Ok(decided)
+}
+
+/// Decides pending `request` (under the write lock, so it is pending
+/// still).
+async fn decide(
+    st: &AppState,
+    request: &AccessRequest,
+    to: RequestState,
+    grant: Option<&str>,
+) -> Result<AccessRequest, ApiError> {
+    st.store
+        .decide(&request.id, to, grant, service::now_ms())
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "access request {} changed under the write lock",
+                request.id
+            ))
+        })
+}
+
+/// Denies access request `id` of sandbox `key`: it stays closed, its
+/// later attempts counted.
+pub async fn deny(
+    st: &Arc<AppState>,
+    org: Organization,
+    key: String,
+    id: String,
+) -> Result<AccessRequest, ApiError> {
+    let decided = transaction(st, move |st| async move {
+        let row = service::sandbox(&st, &org, &key).await?;
+        let request = request_of(&st, &row, &id).await?;
+        pending(&request)?;
+        decide(&st, &request, RequestState::Denied, None).await
+    })
+    .await?;
+    st.metrics.approvals.denied.fetch_add(1, Ordering::Relaxed);
+    let _ = st.requests.send(decided.clone());
+    Ok(decided)
+}
+
+/// Watches every running sandbox with approvals on: at the server's start.
+pub async fn watch_all(st: &Arc<AppState>) -> Result<(), sqlx::Error> {
+    // What a sandbox was refused while no server watched is not counted.
+    let now = service::now_ms();
+    for row in st.store.sandboxes(None).await? {
+        if row.state == crate::store::SandboxState::Running {
+            watch(st, &row, now).await;
+        }
+    }
+    Ok(())
+}
