@@ -184,6 +184,20 @@ pub struct Dropped {
     pub count: u64,
 }
 
+/// Why a refused query was not answered after a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unheld {
+    /// The sandbox has no approvals (or no longer: turned off, the slot
+    /// changed hands).
+    NoApprovals,
+    /// It holds no queries, or is at its queries in flight.
+    NotHeld,
+    /// Its owner denied the name.
+    Declined,
+    /// Nobody approved within the hold, seconds.
+    NotApprovedWithin(u8),
+}
+
 /// What the service has done, in all.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -750,11 +764,11 @@ impl Core {
                 // sandbox asked to.
                 self.event(asker, question, "dns_not_allowed", Vec::new());
                 match self.held(asker, question).await {
-                    Some((now, rule)) => {
+                    Ok((now, rule)) => {
                         approved = now;
                         (&approved, rule)
                     }
-                    None => {
+                    Err(unheld) => {
                         self.counters.refused.fetch_add(1, Ordering::Relaxed);
                         let why = match compiled.policy().mode {
                             Mode::Restricted => "its tier is restricted to essential services",
@@ -762,15 +776,17 @@ impl Core {
                                 "it matches neither its domainAllowList nor the essential services"
                             }
                         };
-                        let ask = match asker.policy.approvals {
-                            Some(a) if a.hold_seconds > 0 => format!(
-                                "; an access request is open, and was not approved within {} s",
-                                a.hold_seconds
+                        let ask = match unheld {
+                            Unheld::Declined => {
+                                "; its owner denied the access request".to_string()
+                            }
+                            Unheld::NotApprovedWithin(seconds) => format!(
+                                "; an access request is open, and was not approved within {seconds} s"
                             ),
-                            Some(_) => {
+                            Unheld::NotHeld => {
                                 "; an access request is open for its owner to approve".into()
                             }
-                            None => String::new(),
+                            Unheld::NoApprovals => String::new(),
                         };
                         return Some(refused(
                             request,
@@ -867,33 +883,44 @@ impl Core {
     /// Holds a refused query for `asker`'s `approvalHoldSeconds` (it takes
     /// one of the sandbox's queries in flight meanwhile), until a change
     /// of its policy allows the name: then its sandbox as it is now, and
-    /// the rule that allows. `None` when the sandbox holds no queries, is
-    /// at its queries in flight, the hold ended, approvals were turned off
-    /// or the slot changed hands.
-    async fn held(&self, asker: &Asker, question: &Question) -> Option<(Asker, Reason)> {
-        let hold = asker
-            .policy
-            .approvals
-            .map(|a| a.hold_seconds)
-            .filter(|s| *s > 0)?;
-        let _turn = InFlight::take(&self.shares, asker)?;
+    /// the rule that allows. Otherwise why it is refused: the owner denied
+    /// the name (at once, or during the hold), the hold ended, the
+    /// sandbox holds no queries (or is at its queries in flight), or it
+    /// has approvals no more (turned off, the slot changed hands).
+    async fn held(&self, asker: &Asker, question: &Question) -> Result<(Asker, Reason), Unheld> {
+        let Some(approvals) = &asker.policy.approvals else {
+            return Err(Unheld::NoApprovals);
+        };
+        if approvals.declined(&question.name) {
+            return Err(Unheld::Declined);
+        }
+        let hold = approvals.hold_seconds;
+        if hold == 0 {
+            return Err(Unheld::NotHeld);
+        }
+        let _turn = InFlight::take(&self.shares, asker).ok_or(Unheld::NotHeld)?;
         self.counters.held.fetch_add(1, Ordering::Relaxed);
         // Told of changes from before the first look on, so that none
         // falls between the look and the wait.
         let mut changes = self.directory.changes();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(hold));
         loop {
-            let now = self.directory.current(asker)?;
-            now.policy.approvals?;
+            let now = self.directory.current(asker).ok_or(Unheld::NoApprovals)?;
+            let Some(approvals) = &now.policy.approvals else {
+                return Err(Unheld::NoApprovals);
+            };
+            if approvals.declined(&question.name) {
+                return Err(Unheld::Declined);
+            }
             let config = self.directory.config();
             let compiled = CompiledPolicy::new(now.policy.clone(), &self.catalog, &config);
             if let Some(rule) = compiled.name_rule(&question.name) {
                 self.counters.held_approved.fetch_add(1, Ordering::Relaxed);
-                return Some((now, rule));
+                return Ok((now, rule));
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return None,
+                Ok(Err(_)) | Err(_) => return Err(Unheld::NotApprovedWithin(hold)),
             }
         }
     }

@@ -861,6 +861,36 @@ fn a_query_held_for_an_approval_is_answered_when_the_policy_allows_its_name() {
     let (_, text) = extended_error(&refused).unwrap();
     assert!(text.contains("not approved within 2 s"), "{text}");
     assert_eq!(counters.held.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Denied while held: refused at once, saying so; and never held again.
+    let allowed = rig.resolve_policy(3, asking("www.example.com,example.net"));
+    let refused = std::thread::scope(|s| {
+        let asked = s.spawn(|| ask(&ns, gateway, "denied.example.org", RecordType::A, false));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!asked.is_finished(), "the refused query was not held");
+        rig.update_policy(
+            &a,
+            &allowed
+                .clone()
+                .with_declined(vec!["denied.example.org".into()]),
+        );
+        let started = Instant::now();
+        let refused = asked.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        refused
+    });
+    assert_refused(&refused, "denied.example.org");
+    let (_, text) = extended_error(&refused).unwrap();
+    assert!(
+        text.contains("its owner denied the access request"),
+        "{text}"
+    );
+    let started = Instant::now();
+    assert_refused(
+        &ask(&ns, gateway, "denied.example.org", RecordType::A, false),
+        "denied.example.org",
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(counters.held.load(std::sync::atomic::Ordering::Relaxed), 3);
     // Without approvals, a refusal is at once.
     let (b, ns_b) = rig.sandbox("unheld", 3, allow_domains("www.example.com"));
     let started = Instant::now();

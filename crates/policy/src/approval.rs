@@ -14,13 +14,48 @@ use serde::{Deserialize, Serialize};
 /// The longest a refused query is held for an approval, seconds.
 pub const APPROVAL_HOLD_MAX: u32 = 60;
 
+/// The most names a sandbox's owner can have denied (a sandbox holds at
+/// most this many access requests).
+pub const DECLINED_MAX: usize = 100;
+
 /// Approvals as a policy in force carries them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Approvals {
     /// How long the DNS service holds a refused query for an approval
     /// (0: it answers at once).
     pub hold_seconds: u8,
+    /// Names whose access request the owner denied (lowercase): a query
+    /// for one is refused at once, never held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declined: Vec<String>,
+}
+
+impl Approvals {
+    /// Whether the owner denied `name` (lowercase, no trailing dot).
+    pub fn declined(&self, name: &str) -> bool {
+        self.declined.iter().any(|d| d == name)
+    }
+
+    /// Whether it is one the API gives: a hold of 0 to 60 s, at most
+    /// [`DECLINED_MAX`] names, each a name.
+    pub fn check(&self) -> Result<(), String> {
+        check_hold(u32::from(self.hold_seconds)).map_err(|e| e.message)?;
+        if self.declined.len() > DECLINED_MAX {
+            return Err(format!("more than {DECLINED_MAX} declined names"));
+        }
+        // As the DNS service reads names: lowercase letters, digits, '-'
+        // and '_' in labels, at most 253 bytes.
+        for name in &self.declined {
+            let plain = name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            if name.is_empty() || name.len() > 253 || !plain {
+                return Err(format!("declined name {name:?} is no name"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `approvalHoldSeconds` as a request sends it: 0 to 60; 400

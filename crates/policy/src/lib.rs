@@ -52,7 +52,7 @@ mod resolve;
 mod resources;
 mod shares;
 
-pub use approval::{check_hold, Approvals, APPROVAL_HOLD_MAX};
+pub use approval::{check_hold, Approvals, APPROVAL_HOLD_MAX, DECLINED_MAX};
 pub use budget::{check_connection_budget, Budgets, TierBudgets, TierBudgetsRepr, EGRESS_MBPS_MAX};
 pub use catalog::{Catalog, Category, MergeMode, BUILTIN_CATALOG};
 pub use config::{

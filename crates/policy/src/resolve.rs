@@ -272,6 +272,16 @@ impl EffectivePolicy {
         self
     }
 
+    /// The policy with the names its owner denied (`declined`), where
+    /// approvals are in force.
+    #[must_use]
+    pub fn with_declined(mut self, declined: Vec<String>) -> Self {
+        if let Some(a) = &mut self.approvals {
+            a.declined = declined;
+        }
+        self
+    }
+
     /// The policy with connections leaving from `egress` (the
     /// organization's known egress address) instead of the host's own.
     #[must_use]
@@ -613,11 +623,10 @@ impl PolicyConfig {
                 settings.new_connections_per_second,
             ),
             budgets: rule.budgets.resolve(settings.egress_mbps),
-            approvals: (active && settings.network_approvals).then_some(
-                crate::approval::Approvals {
-                    hold_seconds: settings.approval_hold_seconds,
-                },
-            ),
+            approvals: (active && settings.network_approvals).then(|| crate::approval::Approvals {
+                hold_seconds: settings.approval_hold_seconds,
+                declined: Vec::new(),
+            }),
         })
     }
 
@@ -660,7 +669,7 @@ impl PolicyConfig {
             if policy.mode != Mode::Allowlist {
                 return Err("approvals are in force in allowlist mode only".into());
             }
-            crate::approval::check_hold(u32::from(a.hold_seconds)).map_err(|e| e.message)?;
+            a.check()?;
         }
         for g in &policy.grants {
             if let crate::grant::GrantTarget::Network(net) = &g.target {

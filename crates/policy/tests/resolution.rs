@@ -577,7 +577,7 @@ fn approvals_are_in_force_with_an_allow_list_only_and_refused_on_a_restricted_ti
         };
     // In allowlist mode: in force, with its hold.
     let p = create(3, asked(None, Some(DOMAINS), Some(30))).unwrap();
-    assert_eq!(p.approvals.map(|a| a.hold_seconds), Some(30));
+    assert_eq!(p.approvals.as_ref().map(|a| a.hold_seconds), Some(30));
     assert!(p.inactive.is_empty(), "{:?}", p.inactive);
     PolicyConfig::default().check_effective(&p).unwrap();
     // Open and blocked: stored, inactive, and why.
@@ -608,9 +608,31 @@ fn approvals_are_in_force_with_an_allow_list_only_and_refused_on_a_restricted_ti
     assert_eq!(e.code, ErrorCode::InvalidApprovalHold);
     // A runner refuses approvals outside allowlist mode, or a longer hold.
     let mut p = create(3, asked(None, Some(DOMAINS), Some(5))).unwrap();
-    p.approvals = Some(sandgate_policy::Approvals { hold_seconds: 61 });
+    p.approvals = Some(sandgate_policy::Approvals {
+        hold_seconds: 61,
+        declined: Vec::new(),
+    });
     assert!(PolicyConfig::default().check_effective(&p).is_err());
     let mut open = create(3, request(None, None, None)).unwrap();
-    open.approvals = Some(sandgate_policy::Approvals { hold_seconds: 0 });
+    open.approvals = Some(sandgate_policy::Approvals {
+        hold_seconds: 0,
+        declined: Vec::new(),
+    });
     assert!(PolicyConfig::default().check_effective(&open).is_err());
+    // Denied names ride with approvals, and are names.
+    let p = create(3, asked(None, Some(DOMAINS), Some(5)))
+        .unwrap()
+        .with_declined(vec!["_dmarc.example.org".into()]);
+    assert!(p.approvals.as_ref().unwrap().declined("_dmarc.example.org"));
+    PolicyConfig::default().check_effective(&p).unwrap();
+    let odd = p.clone().with_declined(vec!["bad name".into()]);
+    assert!(PolicyConfig::default().check_effective(&odd).is_err());
+    let too_many = p.with_declined((0..=100).map(|i| format!("n{i}.example.org")).collect());
+    assert!(PolicyConfig::default().check_effective(&too_many).is_err());
+    // Without approvals in force, there is nothing to carry them.
+    let open = create(3, request(None, None, None)).unwrap();
+    assert_eq!(
+        open.with_declined(vec!["x.example.org".into()]).approvals,
+        None
+    );
 }

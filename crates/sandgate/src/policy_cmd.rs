@@ -196,7 +196,7 @@ fn print_policy(policy: &EffectivePolicy, out: &Output) {
         policy.fair_shares.connections,
         policy.fair_shares.new_connections_per_second
     );
-    if let Some(a) = policy.approvals {
+    if let Some(a) = &policy.approvals {
         say!(
             "approvals:          refusals open access requests; a refused query waits {} s",
             a.hold_seconds

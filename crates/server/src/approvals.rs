@@ -16,10 +16,13 @@
 
 use crate::error::ApiError;
 use crate::service::{self, transaction};
-use crate::store::{AccessRequest, Attempt, Organization, RequestState, SandboxRow, TargetKind};
+use crate::store::{
+    AccessRequest, Attempt, Organization, RequestState, SandboxRow, SandboxState, TargetKind,
+};
 use crate::AppState;
 use axum::http::StatusCode;
 use sandgate_contract::{EventKind, NetworkEvent};
+use sandgate_policy::DECLINED_MAX;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
@@ -268,7 +271,9 @@ async fn decide(
 }
 
 /// Denies access request `id` of sandbox `key`: it stays closed, its
-/// later attempts counted.
+/// later attempts counted. A denied name joins the policy's declined
+/// names (in force before the answer), so that the DNS service refuses
+/// it at once, a query held for it included, instead of holding it.
 pub async fn deny(
     st: &Arc<AppState>,
     org: Organization,
@@ -276,9 +281,26 @@ pub async fn deny(
     id: String,
 ) -> Result<AccessRequest, ApiError> {
     let decided = transaction(st, move |st| async move {
-        let row = service::sandbox(&st, &org, &key).await?;
+        let org = service::organization(&st, &org.id).await?;
+        let mut row = service::sandbox(&st, &org, &key).await?;
         let request = request_of(&st, &row, &id).await?;
         pending(&request)?;
+        if request.kind == TargetKind::Name && row.state == SandboxState::Running {
+            let mut declined: Vec<String> =
+                serde_json::from_str(&row.declined_names).map_err(ApiError::internal)?;
+            if !declined.contains(&request.target) && declined.len() < DECLINED_MAX {
+                declined.push(request.target.clone());
+                let old = service::effective(&st, &org, &row)?;
+                row.declined_names =
+                    serde_json::to_string(&declined).map_err(ApiError::internal)?;
+                let new = service::effective(&st, &org, &row)?;
+                service::in_force(&st, &row, new).await?;
+                if let Err(e) = st.store.set_declined(&row.id, &row.declined_names).await {
+                    service::put_back(&st, &row, old).await;
+                    return Err(e.into());
+                }
+            }
+        }
         decide(&st, &request, RequestState::Denied, None).await
     })
     .await?;
@@ -292,7 +314,7 @@ pub async fn watch_all(st: &Arc<AppState>) -> Result<(), sqlx::Error> {
     // What a sandbox was refused while no server watched is not counted.
     let now = service::now_ms();
     for row in st.store.sandboxes(None).await? {
-        if row.state == crate::store::SandboxState::Running {
+        if row.state == SandboxState::Running {
             watch(st, &row, now).await;
         }
     }

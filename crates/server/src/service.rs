@@ -313,10 +313,13 @@ fn resolved(
         .into_iter()
         .map(StoredGrant::grant)
         .collect();
+    let declined: Vec<String> =
+        serde_json::from_str(&row.declined_names).map_err(ApiError::internal)?;
     Ok(st
         .policy
         .resolve(org.tier, settings)?
         .with_grants(&grants, now_ms())
+        .with_declined(declined)
         .with_egress_address(org.egress_address))
 }
 
@@ -382,7 +385,7 @@ pub struct NewGrant {
 /// Puts `new` in force for sandbox `row` on its runner; one that did not
 /// answer may or may not have applied it, and the sandbox is cut off
 /// (never wider than on record).
-async fn in_force(
+pub(crate) async fn in_force(
     st: &Arc<AppState>,
     row: &SandboxRow,
     new: EffectivePolicy,
@@ -401,7 +404,7 @@ async fn in_force(
 
 /// Puts `old`, the policy on record, back in force after a store that
 /// refused the change; should that fail too, the sandbox is cut off.
-async fn put_back(st: &Arc<AppState>, row: &SandboxRow, old: EffectivePolicy) {
+pub(crate) async fn put_back(st: &Arc<AppState>, row: &SandboxRow, old: EffectivePolicy) {
     let id = row.id.clone();
     if let Err(undo) = on_runner(st, move |r| r.update(&id, &old)).await {
         tracing::error!(sandbox = %row.id, error = %undo.message, "putting back the stored policy");
@@ -724,6 +727,7 @@ pub async fn create_sandbox(
             new_connections_per_second: settings.new_connections_per_second,
             network_approvals: settings.network_approvals,
             approval_hold_seconds: settings.approval_hold_seconds,
+            declined_names: "[]".into(),
         };
         st.store.add_sandbox(&row).await?;
         let spec = SandboxSpec {

@@ -152,6 +152,8 @@ pub struct SandboxRow {
     pub network_approvals: bool,
     /// `approvalHoldSeconds`.
     pub approval_hold_seconds: u8,
+    /// The names whose access request its owner denied, a JSON array.
+    pub declined_names: String,
 }
 
 impl SandboxRow {
@@ -401,6 +403,7 @@ fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
         network_approvals: r.try_get::<i64, _>("network_approvals")? != 0,
         approval_hold_seconds: u8::try_from(r.try_get::<i64, _>("approval_hold_seconds")?)
             .unwrap_or(0),
+        declined_names: r.try_get("declined_names")?,
     })
 }
 
@@ -431,7 +434,7 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, netwo
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
      cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants, \
      egress_mbps, max_connections, new_connections_per_second, network_approvals, \
-     approval_hold_seconds";
+     approval_hold_seconds, declined_names";
 
 impl Store {
     /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
@@ -585,7 +588,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23)"
+             $18, $19, $20, $21, $22, $23, $24)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -610,8 +613,20 @@ impl Store {
         .bind(s.new_connections_per_second.map(i64::from))
         .bind(i64::from(s.network_approvals))
         .bind(i64::from(s.approval_hold_seconds))
+        .bind(&s.declined_names)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Sets the names whose access request a sandbox's owner denied (a
+    /// JSON array).
+    pub async fn set_declined(&self, id: &str, names: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET declined_names = $1 WHERE id = $2")
+            .bind(names)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -212,6 +212,14 @@ fn requests_count_attempts_are_denied_or_approved_for_good_and_survive_a_restart
     );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["state"], "denied");
+    // The policy carries the denied name: its DNS service refuses it at
+    // once, never holding it.
+    let (_, view) = api.get(&format!("/api/sandbox/{id}"), &key);
+    assert_eq!(
+        view["effectiveNetwork"]["approvals"],
+        json!({"holdSeconds": 0, "declined": ["www.example.com"]}),
+        "{view}"
+    );
     assert!(!resolves(&api, &key, &id, "www.example.com", "198.51"));
     let again = request_for(&api, &key, &id, "www.example.com", 3);
     assert_eq!(again["state"], "denied", "{again}");

@@ -216,7 +216,7 @@ export interface EffectiveNetwork {
   /** Its budgets in force (absent: no limit of its own). */
   budgets?: { egressMbps?: number }
   /** Approvals in force (allowlist mode with `networkApprovals`). */
-  approvals?: { holdSeconds: number }
+  approvals?: { holdSeconds: number; declined?: string[] }
   /** What it may take of what every sandbox of its host shares: its
    * tier's fair shares, the connection budgets narrowed as it asked. */
   fairShares: {

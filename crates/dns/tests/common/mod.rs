@@ -254,11 +254,17 @@ impl Rig {
     /// DNS service.
     pub fn update(&self, slot: &SlotAddrs, tier: u8, request: SettingsRequest<'_>) {
         let policy = self.resolve_policy(tier, request);
+        self.update_policy(slot, &policy);
+    }
+
+    /// Applies `policy` to a sandbox, in the dataplane and for the DNS
+    /// service.
+    pub fn update_policy(&self, slot: &SlotAddrs, policy: &EffectivePolicy) {
         self.directory
             .dp
             .lock()
             .unwrap()
-            .update(slot.index, &policy)
+            .update(slot.index, policy)
             .unwrap();
         let mut s = self.directory.sandboxes.lock().unwrap();
         for addr in [IpAddr::V4(slot.sandbox4), IpAddr::V6(slot.sandbox6)] {
