@@ -195,6 +195,16 @@ class SdkTest(unittest.TestCase):
             self.create(CreateSandboxFromSnapshotParams()).network.grant(OTHER, ttl_seconds=60)
         self.assertEqual(open_mode.exception.code, "grant_not_needed")
 
+    def test_network_events_list_and_follow_what_was_denied(self) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams(network_allow_list=f"{SERVER}/32"))
+        self.assertFalse(echoes(s, OTHER))
+        denied = next(
+            e for e in s.network.events(follow=True) if e.destination == OTHER
+        )
+        self.assertEqual((denied.kind, denied.reason), ("connection", "not_in_allow_list"))
+        self.assertEqual((denied.port, denied.sandbox), (PORT, s.id))
+        self.assertIn(denied, list(s.network.events()))
+
     def test_a_refused_connection_asks_and_its_owner_approves_or_denies(self) -> None:
         s = self.create(
             CreateSandboxFromSnapshotParams(

@@ -122,6 +122,21 @@ class SandgateTest < Minitest::Test
     refute echoes(s, OTHER)
   end
 
+  def test_network_events_list_and_follow_what_was_denied
+    s = create(network_allow_list: "#{SERVER}/32")
+    refute echoes(s, OTHER)
+    denied = nil
+    s.network.events(follow: true) do |e|
+      if e.destination == OTHER
+        denied = e
+        break
+      end
+    end
+    assert_equal %w[connection not_in_allow_list], [denied.kind, denied.reason]
+    assert_equal [PORT, s.id], [denied.port, denied.sandbox]
+    assert_includes s.network.events, denied
+  end
+
   def test_a_refused_connection_asks_and_its_owner_approves_or_denies
     s = create(network_allow_list: "#{SERVER}/32", network_approvals: true)
     assert s.network_approvals

@@ -147,6 +147,22 @@ export interface Grant {
   inForce: boolean
 }
 
+/** A network event of a sandbox: a denied connection (`connection`), a
+ * refused or stripped DNS answer (`dns`), a grant added or ended
+ * (`grant`), a budget reached (`budget`), or events its rate held back
+ * (`dropped`, with `count`). */
+export interface NetworkEvent {
+  timeMs: number
+  sandbox: string
+  kind: 'connection' | 'dns' | 'grant' | 'budget' | 'dropped'
+  protocol: string
+  reason: string
+  destination?: string
+  port?: number
+  domain?: string
+  count?: number
+}
+
 /** A target a sandbox with approvals was refused, for its owner to
  * approve or deny. */
 export interface AccessRequest {
@@ -399,6 +415,27 @@ export class Network {
   async revoke(grant: Grant | string): Promise<void> {
     const id = typeof grant === 'string' ? grant : grant.id
     await this.sandbox.http.request('DELETE', this.sandbox.path(`/network/grants/${encodeURIComponent(id)}`))
+  }
+
+  /** The sandbox's recent network events (up to 256), oldest first. */
+  async events(): Promise<NetworkEvent[]> {
+    const all: NetworkEvent[] = []
+    for await (const e of this.eventStream(false)) all.push(e)
+    return all
+  }
+
+  /** The recent network events, then each new one as it happens: `for
+   * await (const e of sandbox.network.followEvents()) { ... }`; breaking
+   * out of the loop closes the stream. */
+  followEvents(): AsyncGenerator<NetworkEvent> {
+    return this.eventStream(true)
+  }
+
+  private async *eventStream(follow: boolean): AsyncGenerator<NetworkEvent> {
+    const path = this.sandbox.path(`/network/events?follow=${follow}`)
+    for await (const { event, data } of this.sandbox.http.stream<NetworkEvent>(path)) {
+      if (event !== 'lagged') yield data
+    }
   }
 
   /** The access requests of the sandbox (with `networkApprovals`), oldest

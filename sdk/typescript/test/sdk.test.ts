@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import { isIPv4 } from 'node:net'
 import {
   AccessRequest,
+  NetworkEvent,
   NotFoundError,
   PermissionDeniedError,
   Sandbox,
@@ -125,6 +126,23 @@ test('a grant opens an address until revoked', async () => {
   assert.deepEqual((await s.network.grants()).map((x) => x.id), [g.id])
   await s.network.revoke(g)
   assert.equal(await echoes(s, OTHER), false)
+})
+
+test('network events list and follow what was denied', async () => {
+  const s = await create({ networkAllowList: `${SERVER}/32` })
+  assert.equal(await echoes(s, OTHER), false)
+  let denied: NetworkEvent | undefined
+  for await (const e of s.network.followEvents()) {
+    if (e.destination === OTHER) {
+      denied = e
+      break
+    }
+  }
+  assert.ok(denied)
+  assert.equal(denied.kind, 'connection')
+  assert.equal(denied.reason, 'not_in_allow_list')
+  assert.equal(denied.port, PORT)
+  assert.ok((await s.network.events()).some((e) => e.destination === OTHER && e.timeMs === denied?.timeMs))
 })
 
 test('a refused connection asks, and its owner approves or denies', async () => {

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Dict, List, Literal, Optional, Tuple, Uni
 from .client import (
     AccessRequest,
     CreateSandboxBaseParams,
+    NetworkEvent,
     ExecuteResponse,
     Explanation,
     Grant,
@@ -63,6 +64,20 @@ class AsyncNetwork:
     async def revoke(self, grant: Union[Grant, str]) -> None:
         """See :meth:`sandgate.client.Network.revoke`."""
         await asyncio.to_thread(self._sandbox.network.revoke, grant)
+
+    async def events(self, follow: bool = False) -> AsyncIterator[NetworkEvent]:
+        """See :meth:`sandgate.client.Network.events`; each event is read
+        on a worker thread (``async for event in ...``)."""
+        it = await asyncio.to_thread(self._sandbox.network.events, follow)
+
+        def step() -> Optional[NetworkEvent]:
+            return next(it, None)
+
+        while True:
+            event = await asyncio.to_thread(step)
+            if event is None:
+                return
+            yield event
 
     async def requests(
         self, follow: bool = False, state: Optional[str] = None

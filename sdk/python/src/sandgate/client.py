@@ -143,6 +143,38 @@ class Grant:
 
 
 @dataclass
+class NetworkEvent:
+    """A network event of a sandbox: a denied connection (``kind``
+    ``"connection"``), a refused or stripped DNS answer (``"dns"``), a
+    grant added or ended (``"grant"``), a budget reached (``"budget"``), or
+    events held back by its rate (``"dropped"``, with ``count``)."""
+
+    time_ms: int
+    sandbox: str
+    kind: str
+    protocol: str
+    reason: str
+    destination: Optional[str] = None
+    port: Optional[int] = None
+    domain: Optional[str] = None
+    count: Optional[int] = None
+
+    @staticmethod
+    def _from(r: Dict[str, Any]) -> "NetworkEvent":
+        return NetworkEvent(
+            time_ms=int(r["timeMs"]),
+            sandbox=r["sandbox"],
+            kind=r["kind"],
+            protocol=r.get("protocol", ""),
+            reason=r["reason"],
+            destination=r.get("destination"),
+            port=r.get("port"),
+            domain=r.get("domain"),
+            count=r.get("count"),
+        )
+
+
+@dataclass
 class AccessRequest:
     """A target a sandbox with approvals was refused: a name (``kind``
     ``"name"``) or an address (``"address"``), with its attempts, for its
@@ -382,6 +414,21 @@ class Network:
         self._sandbox._http.request(
             "DELETE",
             self._sandbox._path(f"/network/grants/{urllib.parse.quote(grant_id, safe='')}"),
+        )
+
+    def events(self, follow: bool = False) -> Iterator[NetworkEvent]:
+        """The sandbox's recent network events (up to 256), oldest first;
+        with ``follow=True``, then each new one as it happens, until the
+        sandbox is deleted or the server stops::
+
+            for event in sandbox.network.events(follow=True):
+                print(event.reason, event.destination or event.domain)
+        """
+        path = self._sandbox._path(f"/network/events?follow={'true' if follow else 'false'}")
+        return (
+            NetworkEvent._from(data)
+            for event, data in self._sandbox._http.stream(path)
+            if event != "lagged"
         )
 
     def requests(

@@ -92,6 +92,18 @@ module Sandgate
           in_force: r.fetch("inForce", true))
     end
   end
+  # A network event of a sandbox: a denied connection (kind "connection"),
+  # a refused or stripped DNS answer ("dns"), a grant added or ended
+  # ("grant"), a budget reached ("budget"), or events its rate held back
+  # ("dropped", with count).
+  NetworkEvent = Struct.new(:time_ms, :sandbox, :kind, :protocol, :reason, :destination, :port,
+                            :domain, :count, keyword_init: true) do
+    def self.from(r)
+      new(time_ms: r["timeMs"], sandbox: r["sandbox"], kind: r["kind"], protocol: r["protocol"],
+          reason: r["reason"], destination: r["destination"], port: r["port"],
+          domain: r["domain"], count: r["count"])
+    end
+  end
   # A target a sandbox with approvals was refused (kind "name" or
   # "address"), with its attempts, for its owner to approve or deny.
   AccessRequest = Struct.new(:id, :sandbox, :target, :kind, :protocol, :port, :attempts, :state,
@@ -281,6 +293,25 @@ module Sandgate
     # The grants in force, with the time each has left.
     def grants
       @sandbox.http.request("GET", @sandbox.path("/network/grants"))["grants"].map { |g| Grant.from(g) }
+    end
+
+    # The sandbox's recent network events (up to 256), oldest first. With
+    # follow: true and a block, yields them, then each new one as it
+    # happens, until the block breaks out:
+    #
+    #   sandbox.network.events(follow: true) { |e| puts e.reason }
+    def events(follow: false, &block)
+      path = @sandbox.path("/network/events?follow=#{follow}")
+      raise ArgumentError, "events(follow: true) needs a block" if follow && block.nil?
+
+      seen = []
+      @sandbox.http.stream(path) do |event, data|
+        next if event == "lagged"
+
+        e = NetworkEvent.from(data)
+        block ? block.call(e) : seen << e
+      end
+      block ? nil : seen
     end
 
     # The access requests of the sandbox (with network_approvals), oldest
