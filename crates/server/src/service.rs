@@ -437,71 +437,69 @@ pub(crate) async fn grant_locked(
     row: SandboxRow,
     new: NewGrant,
 ) -> Result<StoredGrant, ApiError> {
-    {
-        let st = st.clone();
-        let org = org.clone();
-        running(&row)?;
-        // The request first (400), then whether the sandbox may have it.
-        check_ttl(new.ttl_seconds)?;
-        let target = GrantTarget::parse(&new.target, st.policy.ranges())?;
-        if let Some(reason) = &new.reason {
-            if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
-                return Err(ApiError::invalid(
-                    "reason: at most 500 characters, without control characters",
-                ));
-            }
-        }
-        let old = effective(&st, &org, &row)?;
-        match old.mode {
-            Mode::Allowlist => {}
-            Mode::Restricted => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "network_restricted_by_tier",
-                    format!("organizations of tier {} are restricted to essential services and cannot be granted more; tier 3 lifts this restriction", org.tier),
-                ))
-            }
-            Mode::Blocked => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "network_blocked",
-                    "the sandbox has networkBlockAll set, which no grant opens; unset it first",
-                ))
-            }
-            Mode::Open => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "grant_not_needed",
-                    "the sandbox is in open mode, which reaches every public destination already; grants widen an allow list",
-                ))
-            }
-        }
-        let mut grants = stored_grants(&row)?;
-        if let Some(other) = grants.iter().find(|g| overlaps(&g.target, &target)) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "grant_overlaps",
-                format!("{target} overlaps grant {} ({}); revoke it first, or grant a range that does not overlap", other.id, other.target),
+    running(&row)?;
+    // The request first (400), then whether the sandbox may have it.
+    check_ttl(new.ttl_seconds)?;
+    let target = GrantTarget::parse(&new.target, st.policy.ranges())?;
+    if let Some(reason) = &new.reason {
+        if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "reason: at most 500 characters, without control characters",
             ));
         }
-        if grants.len() >= GRANTS_MAX {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "too_many_grants",
-                format!("the sandbox holds {GRANTS_MAX} grants, the most it may; revoke one or let one end"),
-            ));
-        }
-        let grant = StoredGrant {
-            id: random_id("gr-", 8)?,
-            target,
-            reason: new.reason,
-            created_at: now(),
-            expires_at_ms: now_ms().saturating_add(new.ttl_seconds.saturating_mul(1000)),
-        };
-        grants.push(grant.clone());
-        store_grants(&st, row, &org, old, grants).await?;
-        Ok(grant)
     }
+    let old = effective(st, org, &row)?;
+    match old.mode {
+        Mode::Allowlist => {}
+        Mode::Restricted => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "network_restricted_by_tier",
+                format!("organizations of tier {} are restricted to essential services and cannot be granted more; tier 3 lifts this restriction", org.tier),
+            ))
+        }
+        Mode::Blocked => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "network_blocked",
+                "the sandbox has networkBlockAll set, which no grant opens; unset it first",
+            ))
+        }
+        Mode::Open => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "grant_not_needed",
+                "the sandbox is in open mode, which reaches every public destination already; grants widen an allow list",
+            ))
+        }
+    }
+    let mut grants = stored_grants(&row)?;
+    if let Some(other) = grants.iter().find(|g| overlaps(&g.target, &target)) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "grant_overlaps",
+            format!("{target} overlaps grant {} ({}); revoke it first, or grant a range that does not overlap", other.id, other.target),
+        ));
+    }
+    if grants.len() >= GRANTS_MAX {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_grants",
+            format!(
+                "the sandbox holds {GRANTS_MAX} grants, the most it may; revoke one or let one end"
+            ),
+        ));
+    }
+    let grant = StoredGrant {
+        id: random_id("gr-", 8)?,
+        target,
+        reason: new.reason,
+        created_at: now(),
+        expires_at_ms: now_ms().saturating_add(new.ttl_seconds.saturating_mul(1000)),
+    };
+    grants.push(grant.clone());
+    store_grants(st, row, org, old, grants).await?;
+    Ok(grant)
 }
 
 /// Revokes grant `grant` of sandbox `key` (404 when it has none such, or
