@@ -440,7 +440,7 @@ class Network:
         change as it happens, until the server ends the stream::
 
             for request in sandbox.network.requests(follow=True, state="pending"):
-                if request.target.endswith(".pypi.org"):
+                if request.target.endswith(".example.org"):
                     sandbox.network.approve(request, ttl_seconds=600)
                 else:
                     sandbox.network.deny(request)
