@@ -21,8 +21,7 @@
 
 use sandgate_lab::addrs::{DNS4, SERVER4};
 use sandgate_lab::bench::{ms, percentile, stats};
-use sandgate_lab::Lab;
-use sandgate_testkit::{Http, InProcess, Purge};
+use sandgate_testkit::LabServer;
 use serde_json::json;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -47,27 +46,12 @@ fn main() {
         return;
     }
     let runs = sandgate_lab::bench::runs(200);
-    let lab = Lab::up().unwrap();
-    let dir = std::env::temp_dir().join(format!("sandgate-bench-approvals-{}", lab.tag()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let cfg = sandgate_testkit::lab_server_config(&lab, &dir, 1, ADMIN);
-    let _purge = Purge(cfg.runner.clone(), dir.clone());
-    let runner_dir = cfg.runner.data_dir.clone();
-    let instance = cfg.runner.instance.clone();
-    let server = InProcess::start(cfg, None).unwrap();
-    let admin = Http::new(&server.base, ADMIN, Duration::from_secs(60));
-    let http = admin.with_key(&admin.organization("bench", 3));
-    let (s, sandbox) = http.call(
-        "POST",
-        "/api/sandbox",
-        Some(
-            json!({"name": "asking", "networkAllowList": format!("{SERVER4}/32"),
-                    "networkApprovals": true, "approvalHoldSeconds": 30}),
-        ),
+    let lab = LabServer::start("approvals", ADMIN, |_| {});
+    let http = &lab.http;
+    let (id, ns) = lab.sandbox(
+        json!({"name": "asking", "networkAllowList": format!("{SERVER4}/32"),
+               "networkApprovals": true, "approvalHoldSeconds": 30}),
     );
-    assert_eq!(s, 201, "{sandbox}");
-    let id = sandbox["id"].as_str().unwrap().to_string();
-    let ns = sandgate_testkit::slot_netns(&runner_dir, &instance, &id).unwrap();
     // Port 53 of any address reaches the DNS service of the sandbox's
     // host; the lab's resolver address is as good as any (a lab address).
     let socket = ns

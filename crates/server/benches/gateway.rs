@@ -24,8 +24,7 @@
 use sandgate_gateway::hello::craft;
 use sandgate_lab::addrs::{HTTP, SERVER4, SERVER4_B, TCP_ECHO, TCP_STREAM};
 use sandgate_lab::bench::{rss_kib, stats};
-use sandgate_lab::Lab;
-use sandgate_testkit::{Http, InProcess, Purge};
+use sandgate_testkit::LabServer;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -85,25 +84,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let lab = Lab::up().unwrap();
-    let dir = std::env::temp_dir().join(format!("sandgate-bench-gateway-{}", lab.tag()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut cfg = sandgate_testkit::lab_server_config(&lab, &dir, 1, ADMIN);
     // The lab's stream and echo, checked as names' ports, for 2 and 3.
-    cfg.runner.name_checked_ports.extend([TCP_STREAM, TCP_ECHO]);
-    let _purge = Purge(cfg.runner.clone(), dir.clone());
-    let runner_dir = cfg.runner.data_dir.clone();
-    let instance = cfg.runner.instance.clone();
-    let server = InProcess::start(cfg, None).unwrap();
-    let admin = Http::new(&server.base, ADMIN, Duration::from_secs(60));
-    let http = admin.with_key(&admin.organization("bench", 3));
-    let (s, sandbox) = http.call(
-        "POST",
-        "/api/sandbox",
-        Some(json!({"name": "gw", "networkAllowList": format!("{SERVER4}/32"), "domainAllowList": NAME})),
+    let lab = LabServer::start("gateway", ADMIN, |cfg| {
+        cfg.runner.name_checked_ports.extend([TCP_STREAM, TCP_ECHO]);
+    });
+    let http = &lab.http;
+    let (id, ns) = lab.sandbox(
+        json!({"name": "gw", "networkAllowList": format!("{SERVER4}/32"), "domainAllowList": NAME}),
     );
-    assert_eq!(s, 201, "{sandbox}");
-    let id = sandbox["id"].as_str().unwrap().to_string();
     let (s, r) = http.call(
         "POST",
         &format!("/api/sandbox/{id}/process/execute"),
@@ -117,7 +105,6 @@ fn main() {
                 .contains(&SERVER4_B.to_string()),
         "{r}"
     );
-    let ns = sandgate_testkit::slot_netns(&runner_dir, &instance, &id).unwrap();
 
     println!(
         "\nHTTP GET, connect to the answer's last byte, from a sandbox ({runs} each, interleaved)"

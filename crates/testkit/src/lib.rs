@@ -84,6 +84,67 @@ impl Drop for Purge {
     }
 }
 
+/// A lab with a server in it, as the API's benchmarks use them: one
+/// warm slot, files under the temporary directory (removed, with every
+/// sandbox, when dropped), and an organization of tier 3 with its key.
+pub struct LabServer {
+    // Dropped in this order: the server, its sandboxes, the lab.
+    /// The server.
+    pub server: InProcess,
+    _purge: Purge,
+    /// The runner's data directory.
+    pub runner_dir: std::path::PathBuf,
+    /// The runner's instance tag.
+    pub instance: String,
+    /// A client with the organization's key.
+    pub http: Http,
+    /// The lab.
+    pub lab: Lab,
+}
+
+impl LabServer {
+    /// Brings up a lab and a server in it for the benchmark `name`,
+    /// `admin_token` as the operator's token, its configuration changed by
+    /// `tweak` first.
+    pub fn start(
+        name: &str,
+        admin_token: &str,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> LabServer {
+        let lab = Lab::up().expect("the lab");
+        let dir = std::env::temp_dir().join(format!("sandgate-bench-{name}-{}", lab.tag()));
+        // A left-over of an earlier run, if any.
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = lab_server_config(&lab, &dir, 1, admin_token);
+        tweak(&mut cfg);
+        let purge = Purge(cfg.runner.clone(), dir.clone());
+        let runner_dir = cfg.runner.data_dir.clone();
+        let instance = cfg.runner.instance.clone();
+        let server = InProcess::start(cfg, None).expect("the server");
+        let admin = Http::new(&server.base, admin_token, Duration::from_secs(60));
+        let http = admin.with_key(&admin.organization("bench", 3));
+        LabServer {
+            server,
+            _purge: purge,
+            runner_dir,
+            instance,
+            http,
+            lab,
+        }
+    }
+
+    /// Creates a sandbox from `body` (201, or a panic): its id, and the
+    /// network namespace of its slot (what is sent from it is what the
+    /// sandbox sends).
+    pub fn sandbox(&self, body: Value) -> (String, Netns) {
+        let (s, sandbox) = self.http.call("POST", "/api/sandbox", Some(body));
+        assert_eq!(s, 201, "{sandbox}");
+        let id = sandbox["id"].as_str().expect("an id").to_string();
+        let ns = slot_netns(&self.runner_dir, &self.instance, &id).expect("its slot");
+        (id, ns)
+    }
+}
+
 /// A server running in this process on a Tokio runtime of its own,
 /// listening on an unused port of 127.0.0.1; stopped when dropped.
 pub struct InProcess {
