@@ -203,6 +203,13 @@ pub enum RequestState {
 }
 
 impl RequestState {
+    /// Every state.
+    pub const ALL: [RequestState; 3] = [
+        RequestState::Pending,
+        RequestState::Approved,
+        RequestState::Denied,
+    ];
+
     /// The state as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -216,12 +223,10 @@ impl RequestState {
 impl FromStr for RequestState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pending" => Ok(RequestState::Pending),
-            "approved" => Ok(RequestState::Approved),
-            "denied" => Ok(RequestState::Denied),
-            other => Err(format!("unknown access request state {other:?}")),
-        }
+        RequestState::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown access request state {s:?}"))
     }
 }
 
@@ -236,6 +241,9 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
+    /// Every kind.
+    pub const ALL: [TargetKind; 2] = [TargetKind::Name, TargetKind::Address];
+
     /// The kind as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -248,11 +256,10 @@ impl TargetKind {
 impl FromStr for TargetKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "name" => Ok(TargetKind::Name),
-            "address" => Ok(TargetKind::Address),
-            other => Err(format!("unknown access request kind {other:?}")),
-        }
+        TargetKind::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown access request kind {s:?}"))
     }
 }
 
