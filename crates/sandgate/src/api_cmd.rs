@@ -813,38 +813,10 @@ fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, Ap
                 Some(ttl) => json!({"ttlSeconds": ttl}),
                 None => json!({}),
             };
-            let v = c.call(
-                "POST",
-                &format!(
-                    "/api/sandbox/{}/network/requests/{}/approve",
-                    path_part(&sandbox),
-                    path_part(&request)
-                ),
-                Some(&body),
-            )?;
-            if out.json {
-                out.print_json(&v);
-            } else {
-                request_line(&v);
-            }
-            Ok(ExitCode::SUCCESS)
+            decide_request(c, out, &sandbox, &request, "approve", &body)
         }
         NetworkCommand::Deny { sandbox, request } => {
-            let v = c.call(
-                "POST",
-                &format!(
-                    "/api/sandbox/{}/network/requests/{}/deny",
-                    path_part(&sandbox),
-                    path_part(&request)
-                ),
-                Some(&json!({})),
-            )?;
-            if out.json {
-                out.print_json(&v);
-            } else {
-                request_line(&v);
-            }
-            Ok(ExitCode::SUCCESS)
+            decide_request(c, out, &sandbox, &request, "deny", &json!({}))
         }
         NetworkCommand::Explain {
             sandbox,
@@ -877,6 +849,33 @@ fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, Ap
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `POST .../requests/{request}/{action}` (`approve`, `deny`) with
+/// `body`, and the request as decided, printed.
+fn decide_request(
+    c: &Client,
+    out: &Output,
+    sandbox: &str,
+    request: &str,
+    action: &str,
+    body: &Value,
+) -> Result<ExitCode, ApiFailure> {
+    let v = c.call(
+        "POST",
+        &format!(
+            "/api/sandbox/{}/network/requests/{}/{action}",
+            path_part(sandbox),
+            path_part(request)
+        ),
+        Some(body),
+    )?;
+    if out.json {
+        out.print_json(&v);
+    } else {
+        request_line(&v);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One access request, for people: id, state, target, attempts and how
