@@ -293,12 +293,8 @@ pub async fn deny(
                 let old = service::effective(&st, &org, &row)?;
                 row.declined_names =
                     serde_json::to_string(&declined).map_err(ApiError::internal)?;
-                let new = service::effective(&st, &org, &row)?;
-                service::in_force(&st, &row, new).await?;
-                if let Err(e) = st.store.set_declined(&row.id, &row.declined_names).await {
-                    service::put_back(&st, &row, old).await;
-                    return Err(e.into());
-                }
+                let stored = st.store.set_declined(&row.id, &row.declined_names);
+                service::in_force_then_store(&st, &org, &row, old, stored).await?;
             }
         }
         decide(&st, &request, RequestState::Denied, None).await

@@ -385,7 +385,7 @@ pub struct NewGrant {
 /// Puts `new` in force for sandbox `row` on its runner; one that did not
 /// answer may or may not have applied it, and the sandbox is cut off
 /// (never wider than on record).
-pub(crate) async fn in_force(
+async fn in_force(
     st: &Arc<AppState>,
     row: &SandboxRow,
     new: EffectivePolicy,
@@ -404,7 +404,7 @@ pub(crate) async fn in_force(
 
 /// Puts `old`, the policy on record, back in force after a store that
 /// refused the change; should that fail too, the sandbox is cut off.
-pub(crate) async fn put_back(st: &Arc<AppState>, row: &SandboxRow, old: EffectivePolicy) {
+async fn put_back(st: &Arc<AppState>, row: &SandboxRow, old: EffectivePolicy) {
     let id = row.id.clone();
     if let Err(undo) = on_runner(st, move |r| r.update(&id, &old)).await {
         tracing::error!(sandbox = %row.id, error = %undo.message, "putting back the stored policy");
@@ -539,10 +539,30 @@ async fn store_grants(
     grants: Vec<StoredGrant>,
 ) -> Result<(), ApiError> {
     row.grants = serde_json::to_string(&grants).map_err(ApiError::internal)?;
-    let new = effective(st, org, &row)?;
-    in_force(st, &row, new).await?;
-    if let Err(e) = st.store.set_grants(&row.id, &row.grants).await {
-        put_back(st, &row, old).await;
+    in_force_then_store(
+        st,
+        org,
+        &row,
+        old,
+        st.store.set_grants(&row.id, &row.grants),
+    )
+    .await
+}
+
+/// Puts the policy of `row` as it is now (changed from `old`, the policy
+/// on record) in force, then stores the change with `store`; should the
+/// store refuse, `old` goes back in force.
+pub(crate) async fn in_force_then_store(
+    st: &Arc<AppState>,
+    org: &Organization,
+    row: &SandboxRow,
+    old: EffectivePolicy,
+    store: impl std::future::Future<Output = Result<(), sqlx::Error>>,
+) -> Result<(), ApiError> {
+    let new = effective(st, org, row)?;
+    in_force(st, row, new).await?;
+    if let Err(e) = store.await {
+        put_back(st, row, old).await;
         return Err(e.into());
     }
     Ok(())
