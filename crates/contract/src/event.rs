@@ -17,7 +17,10 @@ pub enum EventKind {
     /// `grant_expired`; `protocol` holds the grant's id).
     Grant,
     /// A budget reached: `egress_mbps` when the sandbox starts sending
-    /// faster than its egress budget (what it sends beyond waits).
+    /// faster than its egress budget (what it sends beyond waits);
+    /// `transfer_quota` once a period, when its transfer quota is spent
+    /// (what it sends or receives beyond is dropped, each packet a
+    /// `transfer_quota` denial).
     Budget,
 }
 

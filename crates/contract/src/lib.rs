@@ -29,5 +29,5 @@ pub use runner::{Runner, Subscription};
 pub use state::SandboxState;
 pub use types::{
     Counts, DnsCounts, ExecRequest, ExecResult, Expected, GatewayCounts, Observed, ProbeTarget,
-    RestoreReport, SandboxSpec,
+    RestoreReport, SandboxSpec, TransferUsage,
 };

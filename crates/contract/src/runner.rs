@@ -2,7 +2,7 @@
 
 use crate::{
     Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
-    RunnerError, SandboxSpec,
+    RunnerError, SandboxSpec, TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use std::net::IpAddr;
@@ -87,4 +87,8 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
 
     /// What the runner has counted so far.
     fn counts(&self) -> Counts;
+
+    /// Sandbox `id`'s transfer quota as counted now (`None`: it has
+    /// none).
+    fn transfer_usage(&self, id: &str) -> Result<Option<TransferUsage>, RunnerError>;
 }

@@ -148,6 +148,22 @@ pub struct Observed {
     pub detail: String,
 }
 
+/// A sandbox's transfer quota as its runner's kernel counts it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferUsage {
+    /// Bytes both ways a period.
+    pub quota_bytes: u64,
+    /// Bytes counted this period, at most `quota_bytes`.
+    pub used_bytes: u64,
+    /// Whether the quota is spent: nothing passes until the period ends.
+    pub spent: bool,
+    /// When the period began and ends, milliseconds since the epoch.
+    pub period_start_ms: u64,
+    /// See `period_start_ms`.
+    pub period_end_ms: u64,
+}
+
 /// What a runner has counted so far (for the API's metrics).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

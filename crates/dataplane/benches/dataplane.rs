@@ -5,15 +5,17 @@
 //!    the world, packets/s with 1, 100 and 1,000 live slots, against no
 //!    rules at all and against a linear chain of one rule per sandbox (the
 //!    reference platform's layout); at 1,000 slots also with a deny list
-//!    of 20 entries on every slot, and with the sender's egress paced by a
-//!    budget it never reaches;
+//!    of 20 entries on every slot, with the sender's egress paced by a
+//!    budget it never reaches, and with a transfer quota on every slot
+//!    that none spends;
 //! 2. slot creation, cold and from the warm pool, p50/p99, against making
 //!    a namespace and a veth pair with the `ip` program;
 //! 3. policy update and DNS admission latency, p50/p99, against one
 //!    `nft add element` by the `nft` program.
 //!
 //! `cargo bench -p sandgate-dataplane --bench dataplane` (as root).
-//! `SANDGATE_BENCH_SECONDS` sets the length of each forwarding run (2 s).
+//! `SANDGATE_BENCH_SECONDS` sets the length of each forwarding run (2 s);
+//! `SANDGATE_BENCH_ONLY=forwarding` runs the forwarding rounds alone.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -213,7 +215,15 @@ fn forwarding(seconds: f64) {
             dp.update(sender.index, &paced).unwrap();
             let with_pacer = forwarding_rate(&lab, &ns, seconds);
             dp.update(sender.index, &denying).unwrap();
-            (with_deny, with_pacer)
+            // Every slot with a transfer quota it never spends.
+            let mut metered = denying.clone();
+            metered.budgets.transfer_quota_mib = Some(sandgate_policy::TRANSFER_QUOTA_MIB_MAX);
+            metered.budgets.transfer_period_seconds = Some(31_622_400);
+            for i in &slots {
+                dp.update(*i, &metered).unwrap();
+            }
+            let with_quota = forwarding_rate(&lab, &ns, seconds);
+            (with_deny, with_pacer, with_quota)
         });
         drop(dp);
         linear_chain(&lab, &cfg, &slots, sender.index);
@@ -232,7 +242,7 @@ fn forwarding(seconds: f64) {
             bare_n,
         );
         row("  sandgate", ours, base_n, bare_n);
-        if let Some((with_deny, with_pacer)) = narrowed {
+        if let Some((with_deny, with_pacer, with_quota)) = narrowed {
             row(
                 "  sandgate, deny lists of 20 everywhere",
                 with_deny,
@@ -242,6 +252,12 @@ fn forwarding(seconds: f64) {
             row(
                 "  ... and the sender paced (unreached)",
                 with_pacer,
+                base_n,
+                bare_n,
+            );
+            row(
+                "  deny lists, every slot a transfer quota (unspent)",
+                with_quota,
                 base_n,
                 bare_n,
             );
@@ -395,6 +411,9 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
-    creation_and_updates();
+    // `SANDGATE_BENCH_ONLY=forwarding` runs the forwarding rounds alone.
+    if std::env::var("SANDGATE_BENCH_ONLY").as_deref() != Ok("forwarding") {
+        creation_and_updates();
+    }
     forwarding(seconds);
 }

@@ -10,9 +10,10 @@
 //! last sample.
 
 use crate::config::SLOT_IF_PREFIX;
+use crate::elements::TRANSFER_SET;
 use crate::ruleset::{dropped_set, LogClass, LOG_CLASSES};
 use sandgate_netns::{BucketStats, Netns, Rtnl};
-use sandgate_nftables::NftSocket;
+use sandgate_nftables::{NftSocket, Quota};
 use std::collections::BTreeMap;
 use std::io;
 
@@ -30,6 +31,9 @@ pub struct Reading {
     /// What each paced slot's token bucket has done since its pacer was
     /// made.
     pub paced: BTreeMap<u32, BucketStats>,
+    /// Each slot with a transfer quota: its bytes a period, and what this
+    /// period counted so far (packets refused over it included).
+    pub transfer: BTreeMap<u32, Quota>,
 }
 
 /// A reader of the dataplane's counters.
@@ -65,6 +69,11 @@ impl KernelCounters {
                 _ => {}
             }
         }
+        for (key, quota) in self.nft.set_quotas(&self.table, TRANSFER_SET)? {
+            if let Some(slot) = slot_of(&key) {
+                reading.transfer.insert(slot, quota);
+            }
+        }
         for class in LOG_CLASSES {
             for (key, packets) in self.nft.set_counters(&self.table, &dropped_set(class))? {
                 if let Some(slot) = slot_of(&key) {
@@ -89,7 +98,7 @@ impl KernelCounters {
 }
 
 /// The slot of an interface-name key (`sgh<index>`, zero-padded).
-fn slot_of(key: &[u8]) -> Option<u32> {
+pub(crate) fn slot_of(key: &[u8]) -> Option<u32> {
     let name = key.split(|b| *b == 0).next()?;
     std::str::from_utf8(name)
         .ok()?

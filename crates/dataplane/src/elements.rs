@@ -7,7 +7,7 @@ use crate::ruleset::{
     ShareClass, DNS_MARK_BIT, LOG_CLASSES,
 };
 use ipnet::IpNet;
-use sandgate_nftables::{ElementData, Key, Transaction, Verb};
+use sandgate_nftables::{ElementData, Key, Quota, Transaction, Verb};
 use sandgate_policy::{EffectivePolicy, Mode, Ranges, Reason};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -65,6 +65,43 @@ pub struct SlotPolicy {
     /// (see [`crate::Dataplane`]'s pacer), not by an element.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_mbps: Option<u32>,
+    /// Its transfer quota (`transferQuotaMiB`): an element of the
+    /// `transfer` set with a quota of its own, kept apart from the other
+    /// elements (its count outlives a change of policy; see
+    /// [`crate::Dataplane`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+}
+
+/// A transfer quota: bytes both ways a period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Bytes a period (IP packets, headers included).
+    pub bytes: u64,
+    /// The period, seconds: periods start at its multiples since the Unix
+    /// epoch.
+    pub period_seconds: u32,
+}
+
+impl Transfer {
+    /// The start of the period holding `now_s` (seconds since the epoch).
+    pub fn period_start(&self, now_s: u64) -> u64 {
+        let period = u64::from(self.period_seconds.max(1));
+        now_s - now_s % period
+    }
+}
+
+/// The set whose elements carry the slots' transfer quotas.
+pub const TRANSFER_SET: &str = "transfer";
+
+/// Puts slot `slot`'s transfer quota in the kernel anew (`bytes`, with
+/// `consumed` counted already), or takes it out (`None`).
+pub fn transfer_quota(tx: &mut Transaction, slot: &SlotAddrs, quota: Option<(u64, u64)>) {
+    let k = if_key(slot);
+    tx.destroy(TRANSFER_SET, k.clone());
+    if let Some((bytes, consumed)) = quota {
+        tx.add_with_quota(TRANSFER_SET, k, Quota { bytes, consumed });
+    }
 }
 
 /// Whether `new` denies a name `old` did not: then every admission of the
@@ -174,6 +211,13 @@ impl SlotPolicy {
             egress4: policy.egress_address.and_then(|e| e.ipv4),
             egress6: policy.egress_address.and_then(|e| e.ipv6),
             egress_mbps: policy.budgets.egress_mbps,
+            transfer: policy.budgets.transfer_quota_mib.map(|mib| Transfer {
+                bytes: u64::from(mib) << 20,
+                period_seconds: policy
+                    .budgets
+                    .transfer_period_seconds
+                    .unwrap_or(sandgate_policy::DEFAULT_TRANSFER_PERIOD_SECONDS),
+            }),
             deny_names: policy
                 .domain_deny_list
                 .patterns()

@@ -25,10 +25,12 @@ pub mod watchdog;
 
 pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
 pub use counters::{KernelCounters, Reading};
-pub use elements::{now_ms, Generations, GrantNet, SlotPolicy};
+pub use elements::{now_ms, Generations, GrantNet, SlotPolicy, Transfer, TRANSFER_SET};
 pub use events::{DenyEvent, EventCounters, Events};
 
-use elements::{admission_key, change, forget_dynamic, release, revokes, rule_key, whole};
+use elements::{
+    admission_key, change, forget_dynamic, release, revokes, rule_key, transfer_quota, whole,
+};
 use ruleset::ShareClass;
 use sandgate_netns::{set_sysctl, Netns, Rtnl, TokenBucket};
 use sandgate_nftables::{list_set, load_ruleset, NftSocket, Transaction, Verb};
@@ -283,6 +285,14 @@ impl Dataplane {
                 }
             }
         }
+        // So do the counts of transfer quotas (a table of an older
+        // version, or none, has none to keep).
+        let counted = self.transfer_counted().unwrap_or_else(|e| {
+            if e.raw_os_error() != Some(nix::libc::ENOENT) {
+                tracing::warn!(error = %e, "the transfer quotas' counts could not be read; they start from nothing");
+            }
+            BTreeMap::new()
+        });
         // Every class a record holds is loaded as it was: a record keeps
         // the limits it had until the server's restore applies the policy
         // anew.
@@ -313,6 +323,17 @@ impl Dataplane {
             if let Some(p) = &record.policy {
                 whole(&mut tx, &self.cfg.slot(index), p, gens, Verb::Add);
                 report.restored.push(index);
+            }
+            // A count is kept within its period only: a restart neither
+            // starts a period early nor carries one past its end.
+            if let Some(t) = record.policy.as_ref().and_then(|p| p.transfer) {
+                let start = t.period_start(now_ms() / 1000);
+                let consumed = match record.transfer_since == Some(start) {
+                    true => counted.get(&index).copied().unwrap_or(0),
+                    false => 0,
+                };
+                record.transfer_since = Some(start);
+                transfer_quota(&mut tx, &self.cfg.slot(index), Some((t.bytes, consumed)));
             }
         }
         for (index, addr, left) in kept_admissions {
@@ -429,6 +450,7 @@ impl Dataplane {
                 owner: None,
                 policy: None,
                 gens: Generations::default(),
+                transfer_since: None,
             },
         );
         // Every record change below is undone in memory when it cannot be
@@ -571,6 +593,9 @@ impl Dataplane {
             owner: Some(owner.to_string()),
             policy: Some(slot_policy.clone()),
             gens,
+            transfer_since: slot_policy
+                .transfer
+                .map(|t| t.period_start(now_ms() / 1000)),
         };
         let pooled_record = self.state.slots.insert(index, record);
         if let Err(e) = self.persist(index) {
@@ -582,6 +607,9 @@ impl Dataplane {
         let slot = self.cfg.slot(index);
         let mut tx = Transaction::new(&self.cfg.table);
         whole(&mut tx, &slot, &slot_policy, gens, Verb::Add);
+        if let Some(t) = slot_policy.transfer {
+            transfer_quota(&mut tx, &slot, Some((t.bytes, 0)));
+        }
         // Paced before its first packet can pass (a pacer a crash left on
         // the slot goes when it has no budget).
         let committed = self.pace(&slot, None, slot_policy.egress_mbps).and_then(|()| {
@@ -598,6 +626,7 @@ impl Dataplane {
                     owner: None,
                     policy: None,
                     gens: Generations::default(),
+                    transfer_since: None,
                 };
             }
             // (Unrecorded, the journal's owner is unknown to the server at
@@ -712,12 +741,106 @@ impl Dataplane {
         if old.shares != new.shares {
             self.prune_classes();
         }
+        if old.transfer != new.transfer {
+            self.requota(index, old.transfer, new.transfer)?;
+        }
         // A new budget: the caller puts the old policy back should the
         // pacer refuse it (which paces it as before).
         if old.egress_mbps == new.egress_mbps {
             return Ok(());
         }
         self.pace(&slot, old.egress_mbps, new.egress_mbps)
+    }
+
+    /// Puts slot `index`'s new transfer quota in the kernel in place of
+    /// `old`: what the period counted so far is kept (a quota lowered
+    /// under it is reached at once), and a new period length starts
+    /// counting in its own current period.
+    fn requota(
+        &mut self,
+        index: u32,
+        old: Option<Transfer>,
+        new: Option<Transfer>,
+    ) -> io::Result<()> {
+        let slot = self.cfg.slot(index);
+        let now_s = now_ms() / 1000;
+        let since = self.state.slots.get(&index).and_then(|r| r.transfer_since);
+        let consumed = match old {
+            Some(o) if since == Some(o.period_start(now_s)) => {
+                self.transfer_counted()?.remove(&index).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        let mut tx = Transaction::new(&self.cfg.table);
+        transfer_quota(&mut tx, &slot, new.map(|t| (t.bytes, consumed)));
+        self.nft.commit(&tx)?;
+        if let Some(r) = self.state.slots.get_mut(&index) {
+            r.transfer_since = new.map(|t| t.period_start(now_s));
+        }
+        self.persist(index)
+    }
+
+    /// What the kernel has counted of each slot's transfer quota this
+    /// period, bytes.
+    fn transfer_counted(&mut self) -> io::Result<BTreeMap<u32, u64>> {
+        let table = self.cfg.table.clone();
+        Ok(self
+            .nft
+            .set_quotas(&table, TRANSFER_SET)?
+            .into_iter()
+            .filter_map(|(key, q)| Some((counters::slot_of(&key)?, q.consumed)))
+            .collect())
+    }
+
+    /// Slot `index`'s transfer quota, when its policy has one: the quota,
+    /// the start of its period (seconds since the epoch), and what the
+    /// kernel has counted this period, read now.
+    pub fn transfer_count(&mut self, index: u32) -> io::Result<Option<(Transfer, u64, u64)>> {
+        let (policy, _) = self.active(index)?;
+        let Some(t) = policy.transfer else {
+            return Ok(None);
+        };
+        let since = self
+            .state
+            .slots
+            .get(&index)
+            .and_then(|r| r.transfer_since)
+            .unwrap_or_else(|| t.period_start(now_ms() / 1000));
+        let consumed = self.transfer_counted()?.remove(&index).unwrap_or(0);
+        Ok(Some((t, since, consumed)))
+    }
+
+    /// Starts a new period for every slot whose transfer quota's period
+    /// ended by `now_s` (seconds since the epoch): its count starts from
+    /// nothing. Returns the slots renewed. The runner calls it ten times
+    /// a second (an in-memory look when no period ended); a slot cut off
+    /// is left as it is.
+    pub fn renew_transfer(&mut self, now_s: u64) -> io::Result<Vec<u32>> {
+        let due: Vec<(u32, Transfer)> = self
+            .state
+            .slots
+            .iter()
+            .filter(|(i, r)| r.phase == Phase::Active && !self.cut.contains(i))
+            .filter_map(|(i, r)| {
+                let t = r.policy.as_ref()?.transfer?;
+                (r.transfer_since != Some(t.period_start(now_s))).then_some((*i, t))
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = Transaction::new(&self.cfg.table);
+        for (index, t) in &due {
+            transfer_quota(&mut tx, &self.cfg.slot(*index), Some((t.bytes, 0)));
+        }
+        self.nft.commit(&tx)?;
+        for (index, t) in &due {
+            if let Some(r) = self.state.slots.get_mut(index) {
+                r.transfer_since = Some(t.period_start(now_s));
+            }
+            self.persist(*index)?;
+        }
+        Ok(due.into_iter().map(|(i, _)| i).collect())
     }
 
     /// Paces what `slot` sends to `new` Mbit/s (`None`: no budget), from
@@ -916,6 +1039,7 @@ impl Dataplane {
             classes.push(p.shares);
         }
         forget_dynamic(&mut tx, &slot, &classes);
+        transfer_quota(&mut tx, &slot, None);
         self.nft.commit(&tx)?;
         self.remove_objects(index)?;
         self.state.slots.remove(&index);

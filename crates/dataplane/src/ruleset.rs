@@ -81,6 +81,8 @@ pub mod prefix {
     pub const QUIC: &str = "sg:quic";
     /// An entry of the slot's `networkDenyList`.
     pub const DENY_LIST: &str = "sg:denylist";
+    /// Past the slot's transfer quota for the period.
+    pub const TRANSFER: &str = "sg:transfer";
 }
 
 /// A reason class of deny events: its NFLOG prefix and the name of its
@@ -157,6 +159,11 @@ pub const LOG_CLASSES: &[LogClass] = &[
         name: "dnsrate",
         prefix: prefix::DNS_RATE,
         reason: "dns_rate_limited",
+    },
+    LogClass {
+        name: "transfer",
+        prefix: prefix::TRANSFER,
+        reason: "transfer_quota",
     },
 ];
 
@@ -385,7 +392,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20 map back_denylist { type ifname : verdict; }\n\
          \x20 map dns_shares { type ifname : verdict; }\n\
          \x20 map egress4 { type ifname : ipv4_addr; }\n\
-         \x20 map egress6 { type ifname : ipv6_addr; }\n",
+         \x20 map egress6 { type ifname : ipv6_addr; }\n\
+         \x20 set transfer { type ifname; }\n",
     );
     for class in LOG_CLASSES {
         let _ = writeln!(
@@ -443,6 +451,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
     let _ = write!(
         r,
         "  chain ingress_hook {{ type filter hook prerouting priority raw; policy accept;\n\
+         \x20   iifname @transfer jump over_transfer\n\
          \x20   iifname . ip saddr @src4 accept\n\
          \x20   iifname . ip6 saddr @src6 accept\n\
          \x20   iifname {slots} jump slot_ingress\n  }}\n\
@@ -453,6 +462,18 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20   ip6 saddr {{ ::, fe80::/10 }} ip6 daddr ff02::/16 drop\n\
          {spoof}\x20 }}\n",
         spoof = log_or_count(class("spoof"), "", rate, group, "drop"),
+    );
+    // Transfer quotas: a slot's element in `transfer` counts every packet
+    // from the slot here and every packet to it (forwarded, or from the
+    // host's own DNS service and gateway) on its way out, and the lookup
+    // matches once the period's bytes are spent. Slots without a quota
+    // pay one missed lookup each way.
+    let _ = write!(
+        r,
+        "  chain over_transfer {{\n{over}\x20 }}\n\
+         \x20 chain transfer_hook {{ type filter hook postrouting priority filter; policy accept;\n\
+         \x20   oifname @transfer drop\n  }}\n",
+        over = log_or_count(class("transfer"), "", rate, group, "drop"),
     );
     // DNS, wherever it was sent, goes to sandgate's DNS service.
     let _ = write!(

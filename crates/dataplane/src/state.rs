@@ -53,6 +53,10 @@ pub struct SlotRecord {
     /// Its connection generations.
     #[serde(default)]
     pub gens: Generations,
+    /// The start of the period (seconds since the epoch) that the kernel's
+    /// count of its transfer quota belongs to, when its policy has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_since: Option<u64>,
 }
 
 /// All records, and the generation counter.
@@ -205,6 +209,7 @@ mod tests {
 
     fn record(phase: Phase) -> SlotRecord {
         SlotRecord {
+            transfer_since: None,
             phase,
             owner: None,
             policy: None,

@@ -433,3 +433,89 @@ fn a_connection_budget_gets_a_share_class_that_goes_with_its_last_slot() {
     rig.dp().delete(a.index).unwrap();
     assert!(!has_chain(&rig, &chain));
 }
+
+/// Waits until `t` has received nothing for 300 ms (at most 10 s), and
+/// returns what it received in all.
+fn until_stalled(t: &Transfer) -> u64 {
+    let start = Instant::now();
+    while t.progress(Duration::from_millis(300)) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the transfer never stopped"
+        );
+    }
+    t.bytes.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_transfer_quota_stops_its_slot_for_the_rest_of_its_period_and_no_other() {
+    use sandgate_dataplane::KernelCounters;
+    let mib = 1u64 << 20;
+    let mut rig = Rig::new();
+    let free_policy = rig.resolve(3, open());
+    // The longest period: no period ends during the test.
+    let year = 31_622_400;
+    let quota = |n: u32| {
+        let mut p = free_policy.clone();
+        p.budgets.transfer_quota_mib = Some(n);
+        p.budgets.transfer_period_seconds = Some(year);
+        p
+    };
+    let (a, a_ns) = rig.sandbox("metered", &quota(2));
+    let (_, b_ns) = rig.sandbox("unmetered", &free_policy);
+    // Headers and the other direction count too: a little less than the
+    // quota arrives, then nothing.
+    let first = Transfer::start(&a_ns, SERVER4);
+    let got = until_stalled(&first);
+    assert!(
+        got < 2 * mib && got > 3 * mib / 2,
+        "{got} bytes under a quota of 2 MiB"
+    );
+    let free = Transfer::start(&b_ns, SERVER4_B);
+    assert!(free.progress(Duration::from_millis(300)) > 2 * mib);
+    drop(free);
+    let connect = |ns: &Netns| {
+        ns.run(|| TcpStream::connect_timeout(&SocketAddr::new(SERVER4, TCP_STREAM), WAIT))
+    };
+    assert!(connect(&a_ns).is_err(), "a new connection passed");
+    // The kernel's count, as the runner reads it.
+    let mut counters = KernelCounters::open(Some(rig.lab.host()), &rig.cfg.table).unwrap();
+    let counted = counters.read().unwrap().transfer[&a.index];
+    assert_eq!(counted.bytes, 2 * mib);
+    assert!(counted.consumed >= 2 * mib, "{counted:?}");
+    drop(first);
+
+    // A larger quota keeps what the period counted: 2 MiB more.
+    rig.dp().update(a.index, &quota(4)).unwrap();
+    let more = until_stalled(&Transfer::start(&a_ns, SERVER4));
+    assert!(
+        more < 2 * mib && more > mib,
+        "{more} bytes after the quota went from 2 to 4 MiB"
+    );
+    // A restart of the dataplane keeps the count within its period.
+    rig.dp = None;
+    let (dp, _) =
+        sandgate_dataplane::Dataplane::start(rig.cfg.clone(), rig.policy.clone()).unwrap();
+    rig.dp = Some(dp);
+    assert!(connect(&a_ns).is_err(), "a restart gave the quota back");
+    // The next period starts from nothing.
+    let renewed = rig.dp().renew_transfer(now_s() + u64::from(year)).unwrap();
+    assert_eq!(renewed, vec![a.index]);
+    let again = Transfer::start(&a_ns, SERVER4);
+    assert!(again.progress(Duration::from_millis(300)) > mib);
+    drop(again);
+    // No quota, no limit; a deleted slot leaves no element behind.
+    rig.dp().update(a.index, &free_policy).unwrap();
+    assert!(!counters.read().unwrap().transfer.contains_key(&a.index));
+    let free = Transfer::start(&a_ns, SERVER4);
+    assert!(free.progress(Duration::from_millis(500)) > 4 * mib);
+    drop(free);
+    rig.dp().update(a.index, &quota(1)).unwrap();
+    assert!(counters.read().unwrap().transfer.contains_key(&a.index));
+    rig.dp().delete(a.index).unwrap();
+    assert!(counters.read().unwrap().transfer.is_empty());
+}
+
+fn now_s() -> u64 {
+    sandgate_dataplane::now_ms() / 1000
+}

@@ -2,8 +2,8 @@
 
 use crate::key::Key;
 use netlink_packet_core::{
-    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLA_F_NESTED, NLM_F_ACK,
-    NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    DefaultNla, Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLA_F_NESTED,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
@@ -48,6 +48,55 @@ pub enum Verb {
 /// `NFT_MSG_DESTROYSETELEM`.
 const NFT_MSG_DESTROYSETELEM: u8 = 30;
 
+/// A quota an element carries (`quota over BYTES used CONSUMED`): a
+/// lookup that finds the element matches only once `bytes` have passed
+/// through it, and every lookup that finds it adds its packet's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// The bytes allowed (at most `i64::MAX`).
+    pub bytes: u64,
+    /// The bytes counted so far (at most `bytes`).
+    pub consumed: u64,
+}
+
+// include/uapi/linux/netfilter/nf_tables.h: an element's expression, an
+// expression's name and data, the quota expression's attributes and its
+// `over` flag (`NFT_QUOTA_F_INV`).
+pub(crate) const NFTA_SET_ELEM_EXPR: u16 = 7;
+pub(crate) const NFTA_EXPR_NAME: u16 = 1;
+pub(crate) const NFTA_EXPR_DATA: u16 = 2;
+pub(crate) const NFTA_QUOTA_BYTES: u16 = 1;
+const NFTA_QUOTA_FLAGS: u16 = 2;
+pub(crate) const NFTA_QUOTA_CONSUMED: u16 = 4;
+const NFT_QUOTA_F_INV: u32 = 1;
+
+impl Quota {
+    /// The element's expression attribute (`netlink-packet-netfilter`'s
+    /// typed one holds a single attribute of an expression, not its name
+    /// and data together).
+    fn attribute(&self) -> SetElementAttribute {
+        fn emit(nlas: &[DefaultNla]) -> Vec<u8> {
+            let mut out = vec![0; nlas.buffer_len()];
+            nlas.emit(&mut out);
+            out
+        }
+        let bytes = self.bytes.min(i64::MAX as u64);
+        let data = emit(&[
+            DefaultNla::new(NFTA_QUOTA_BYTES, bytes.to_be_bytes().to_vec()),
+            DefaultNla::new(NFTA_QUOTA_FLAGS, NFT_QUOTA_F_INV.to_be_bytes().to_vec()),
+            DefaultNla::new(
+                NFTA_QUOTA_CONSUMED,
+                self.consumed.min(bytes).to_be_bytes().to_vec(),
+            ),
+        ]);
+        let expr = emit(&[
+            DefaultNla::new(NFTA_EXPR_NAME, b"quota\0".to_vec()),
+            DefaultNla::new(NFTA_EXPR_DATA | NLA_F_NESTED, data),
+        ]);
+        SetElementAttribute::Other(DefaultNla::new(NFTA_SET_ELEM_EXPR | NLA_F_NESTED, expr))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Op {
     verb: Verb,
@@ -56,6 +105,7 @@ struct Op {
     key_end: Option<Key>,
     data: Option<ElementData>,
     timeout: Option<Duration>,
+    quota: Option<Quota>,
 }
 
 /// Element changes to one table, applied by the kernel in one batch: every
@@ -102,7 +152,19 @@ impl Transaction {
             key_end,
             data,
             timeout,
+            quota: None,
         });
+        self
+    }
+
+    /// Adds `key` to a set with a quota of its own (see [`Quota`]): a
+    /// rule that looks the set up matches a packet only once the element
+    /// has counted its bytes.
+    pub fn add_with_quota(&mut self, set: &str, key: Key, quota: Quota) -> &mut Self {
+        self.push(Verb::Add, set, key, None, None, None);
+        if let Some(op) = self.ops.last_mut() {
+            op.quota = Some(quota);
+        }
         self
     }
 
@@ -204,6 +266,9 @@ impl Transaction {
         if let Some(t) = op.timeout {
             let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
             element.push(SetElementAttribute::Timeout(ms));
+        }
+        if let Some(q) = &op.quota {
+            element.push(q.attribute());
         }
         let mut attributes = vec![
             SetElementList::Table(self.table.clone()),

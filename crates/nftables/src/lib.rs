@@ -12,7 +12,9 @@
 //!   text and to read back what a set holds;
 //! - [`NftSocket::counters`] and [`NftSocket::set_counters`]: named
 //!   counters and the counters of a dynamic set's elements, dumped over
-//!   netlink (a metrics scrape never runs a program).
+//!   netlink (a metrics scrape never runs a program), and
+//!   [`NftSocket::set_quotas`], the quotas elements carry ([`Quota`],
+//!   added with [`Transaction::add_with_quota`]).
 //!
 //! Keys are built with [`Key`], which lays out concatenations the way the
 //! kernel expects (each part padded to 4 bytes). The socket belongs to the
@@ -23,6 +25,6 @@ mod key;
 mod program;
 mod read;
 
-pub use batch::{ElementData, NftSocket, Transaction, Verb};
+pub use batch::{ElementData, NftSocket, Quota, Transaction, Verb};
 pub use key::Key;
 pub use program::{list_set, load_ruleset, SetElement};

@@ -7,7 +7,10 @@
 //! the first attribute of an element's expression (its name) and drops the
 //! counter's values.
 
-use crate::batch::NftSocket;
+use crate::batch::{
+    NftSocket, Quota, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_QUOTA_BYTES, NFTA_QUOTA_CONSUMED,
+    NFTA_SET_ELEM_EXPR,
+};
 use netlink_packet_core::{DefaultNla, NlaBuffer, NlasIterator, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_netfilter::nftables::{NfTablesMessage, SetElementList, SetElementMessage};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
@@ -25,11 +28,8 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_EXPR: u16 = 7;
 const NFTA_SET_ELEM_EXPRESSIONS: u16 = 11;
 const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_COUNTER_PACKETS: u16 = 2;
 const NFTA_OBJ_TABLE: u16 = 1;
 const NFTA_OBJ_NAME: u16 = 2;
@@ -65,17 +65,33 @@ fn be_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
-/// The packets of a counter expression (`NFTA_EXPR_NAME` "counter",
-/// `NFTA_EXPR_DATA`), if `expr` is one.
-fn counter_packets(expr: &[u8]) -> Option<u64> {
-    let name = attribute(expr, NFTA_EXPR_NAME)?;
-    if name.split(|b| *b == 0).next() != Some(b"counter".as_slice()) {
+/// The data of expression `expr` if it is a `name` expression
+/// (`NFTA_EXPR_NAME`, `NFTA_EXPR_DATA`).
+fn expression_data<'a>(expr: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let found = attribute(expr, NFTA_EXPR_NAME)?;
+    if found.split(|b| *b == 0).next() != Some(name.as_bytes()) {
         return None;
     }
+    attribute(expr, NFTA_EXPR_DATA)
+}
+
+/// The packets of a counter expression, if `expr` is one.
+fn counter_packets(expr: &[u8]) -> Option<u64> {
     be_u64(attribute(
-        attribute(expr, NFTA_EXPR_DATA)?,
+        expression_data(expr, "counter")?,
         NFTA_COUNTER_PACKETS,
     )?)
+}
+
+/// The bytes and consumption of a quota expression, if `expr` is one.
+fn quota(expr: &[u8]) -> Option<Quota> {
+    let data = expression_data(expr, "quota")?;
+    Some(Quota {
+        bytes: be_u64(attribute(data, NFTA_QUOTA_BYTES)?)?,
+        consumed: attribute(data, NFTA_QUOTA_CONSUMED)
+            .and_then(be_u64)
+            .unwrap_or(0),
+    })
 }
 
 impl NftSocket {
@@ -132,6 +148,24 @@ impl NftSocket {
     /// The elements of set `set` of the `inet` table `table` with the
     /// packets of the counter each carries: (key bytes, packets).
     pub fn set_counters(&mut self, table: &str, set: &str) -> io::Result<Vec<(Vec<u8>, u64)>> {
+        self.set_expressions(table, set, "a counter", counter_packets)
+    }
+
+    /// The elements of set `set` of the `inet` table `table` with the
+    /// quota each carries: (key bytes, quota as counted now).
+    pub fn set_quotas(&mut self, table: &str, set: &str) -> io::Result<Vec<(Vec<u8>, Quota)>> {
+        self.set_expressions(table, set, "a quota", quota)
+    }
+
+    /// The elements of a set with what `read` finds in the expression
+    /// each carries (`what`, for the error of an element without one).
+    fn set_expressions<T>(
+        &mut self,
+        table: &str,
+        set: &str,
+        what: &str,
+        read: fn(&[u8]) -> Option<T>,
+    ) -> io::Result<Vec<(Vec<u8>, T)>> {
         let bodies = self.dump(NfTablesMessage::GetSetElement(SetElementMessage {
             attributes: vec![
                 SetElementList::Table(table.to_string()),
@@ -151,15 +185,15 @@ impl NftSocket {
                     .and_then(|k| attribute(k, NFTA_DATA_VALUE))
                     .ok_or_else(|| invalid("an element without a key"))?;
                 // One expression comes alone, several in a list.
-                let packets = attribute(element, NFTA_SET_ELEM_EXPR)
-                    .and_then(counter_packets)
+                let value = attribute(element, NFTA_SET_ELEM_EXPR)
+                    .and_then(read)
                     .or_else(|| {
                         attributes(attribute(element, NFTA_SET_ELEM_EXPRESSIONS)?)
                             .filter(|(k, _)| *k == NFTA_LIST_ELEM)
-                            .find_map(|(_, e)| counter_packets(e))
+                            .find_map(|(_, e)| read(e))
                     })
-                    .ok_or_else(|| invalid(&format!("an element of {set} without a counter")))?;
-                out.push((key.to_vec(), packets));
+                    .ok_or_else(|| invalid(&format!("an element of {set} without {what}")))?;
+                out.push((key.to_vec(), value));
             }
         }
         Ok(out)

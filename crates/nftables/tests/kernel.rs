@@ -256,3 +256,67 @@ table inet c {
     })
     .unwrap();
 }
+
+#[test]
+fn an_element_quota_lets_its_bytes_pass_then_matches_and_reads_back() {
+    let s = scratch("quota");
+    s.run(|| {
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()?;
+        assert!(status.success());
+        load_ruleset(
+            r#"
+table inet q {
+  set over { type ifname; }
+  chain out { type filter hook output priority 0; policy accept; oifname @over drop; }
+}
+"#,
+        )?;
+        let mut sock = NftSocket::open()?;
+        let lo = Key::new().ifname("lo");
+        let quota = |consumed| sandgate_nftables::Quota {
+            bytes: 1000,
+            consumed,
+        };
+        let mut tx = Transaction::new("q");
+        tx.add_with_quota("over", lo.clone(), quota(0));
+        sock.commit(&tx)?;
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let to = sink.local_addr()?;
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        // 100 bytes of payload: 128 on the wire (IPv4 and UDP headers).
+        let sent = |n: usize| {
+            (0..n)
+                .filter(|_| sender.send_to(&[7; 100], to).is_ok())
+                .count()
+        };
+        // 7 packets make 896 bytes; the 8th reaches 1,024 and matches.
+        assert_eq!(sent(10), 7);
+        let read = sock.set_quotas("q", "over")?;
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].0, lo.bytes().to_vec());
+        assert_eq!(read[0].1.bytes, 1000);
+        assert!(read[0].1.consumed >= 1000, "{:?}", read[0].1);
+        // Put back with what was counted: still over. Put back with
+        // nothing counted: the quota starts again.
+        let mut tx = Transaction::new("q");
+        tx.destroy("over", lo.clone()).add_with_quota(
+            "over",
+            lo.clone(),
+            quota(read[0].1.consumed),
+        );
+        sock.commit(&tx)?;
+        assert_eq!(sent(2), 0);
+        let mut tx = Transaction::new("q");
+        tx.destroy("over", lo.clone())
+            .add_with_quota("over", lo.clone(), quota(640));
+        sock.commit(&tx)?;
+        assert_eq!(sent(5), 2);
+        // A set whose elements carry no quota is an error, not zeros.
+        load_ruleset("table inet q { set plain { type ifname; elements = { \"lo\" }; }; }")?;
+        assert!(sock.set_quotas("q", "plain").is_err());
+        Ok(())
+    })
+    .unwrap();
+}

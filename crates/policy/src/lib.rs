@@ -53,7 +53,10 @@ mod resources;
 mod shares;
 
 pub use approval::{check_hold, Approvals, APPROVAL_HOLD_MAX, DECLINED_MAX};
-pub use budget::{check_connection_budget, Budgets, TierBudgets, TierBudgetsRepr, EGRESS_MBPS_MAX};
+pub use budget::{
+    check_connection_budget, AskedBudgets, Budgets, TierBudgets, TierBudgetsRepr,
+    DEFAULT_TRANSFER_PERIOD_SECONDS, EGRESS_MBPS_MAX, TRANSFER_QUOTA_MIB_MAX,
+};
 pub use catalog::{Catalog, Category, MergeMode, BUILTIN_CATALOG};
 pub use config::{
     DeniedRepr, OtherPorts, PolicyConfig, PolicyConfigRepr, Tier, TierNetwork, TierRepr, TierRule,

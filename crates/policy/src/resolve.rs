@@ -84,6 +84,9 @@ pub struct NetworkSettings {
     pub essential_services: bool,
     /// `egressMbps` as the sandbox asked (`None`: the tier's default).
     pub egress_mbps: Option<u32>,
+    /// `transferQuotaMiB` as the sandbox asked (`None`: the tier's
+    /// default).
+    pub transfer_quota_mib: Option<u32>,
     /// `maxConnections` as the sandbox asked (`None`: the tier's fair
     /// share).
     pub max_connections: Option<u32>,
@@ -106,6 +109,7 @@ impl Default for NetworkSettings {
             domain_deny_list: DomainList::default(),
             essential_services: true,
             egress_mbps: None,
+            transfer_quota_mib: None,
             max_connections: None,
             new_connections_per_second: None,
             network_approvals: false,
@@ -133,6 +137,8 @@ pub struct SettingsRequest<'a> {
     /// `egressMbps`: `Some(None)` (sent as `null`) goes back to the
     /// tier's default.
     pub egress_mbps: Option<Option<u32>>,
+    /// `transferQuotaMiB`: `Some(None)` goes back to the tier's default.
+    pub transfer_quota_mib: Option<Option<u32>>,
     /// `maxConnections`: `Some(None)` goes back to the tier's.
     pub max_connections: Option<Option<u32>>,
     /// `newConnectionsPerSecond`: `Some(None)` goes back to the tier's.
@@ -152,6 +158,7 @@ impl SettingsRequest<'_> {
             && self.domain_deny_list.is_none()
             && self.essential_services.is_none()
             && self.egress_mbps.is_none()
+            && self.transfer_quota_mib.is_none()
             && self.max_connections.is_none()
             && self.new_connections_per_second.is_none()
             && self.network_approvals.is_none()
@@ -176,6 +183,8 @@ pub struct StoredSettings<'a> {
     pub essential_services: bool,
     /// `egressMbps` as asked.
     pub egress_mbps: Option<u32>,
+    /// `transferQuotaMiB` as asked.
+    pub transfer_quota_mib: Option<u32>,
     /// `maxConnections` as asked.
     pub max_connections: Option<u32>,
     /// `newConnectionsPerSecond` as asked.
@@ -355,6 +364,7 @@ impl PolicyConfig {
             domain_deny_list: DomainList::parse_deny(stored.domain_deny_list, usize::MAX)?,
             essential_services: stored.essential_services,
             egress_mbps: stored.egress_mbps,
+            transfer_quota_mib: stored.transfer_quota_mib,
             max_connections: stored.max_connections,
             new_connections_per_second: stored.new_connections_per_second,
             network_approvals: stored.network_approvals,
@@ -402,10 +412,17 @@ impl PolicyConfig {
             None => stored.domain_deny_list.clone(),
         };
         // Budgets only narrow: any tier may ask for less.
-        if let Some(asked) = request.egress_mbps {
-            rule.budgets.check(tier, asked)?;
-        }
+        rule.budgets.check(
+            tier,
+            crate::budget::AskedBudgets {
+                egress_mbps: request.egress_mbps.flatten(),
+                transfer_quota_mib: request.transfer_quota_mib.flatten(),
+            },
+        )?;
         let egress_mbps = request.egress_mbps.unwrap_or(stored.egress_mbps);
+        let transfer_quota_mib = request
+            .transfer_quota_mib
+            .unwrap_or(stored.transfer_quota_mib);
         let max_connections = request.max_connections.unwrap_or(stored.max_connections);
         let new_connections_per_second = request
             .new_connections_per_second
@@ -439,6 +456,7 @@ impl PolicyConfig {
                 .essential_services
                 .unwrap_or(stored.essential_services),
             egress_mbps,
+            transfer_quota_mib,
             max_connections,
             new_connections_per_second,
             network_approvals: request
@@ -545,14 +563,31 @@ impl PolicyConfig {
                 message: "open mode reaches every name, the essential services among them; essentialServices: false takes effect with an allow list".into(),
             });
         }
-        if let (Some(asked), Some(max)) = (settings.egress_mbps, rule.budgets.max.egress_mbps) {
-            if asked > max {
-                inactive.push(InactiveSetting {
-                    setting: "egressMbps",
-                    value: asked.to_string(),
-                    reason: "tier_maximum",
-                    message: format!("tier {tier} allows at most {max} Mbit/s, which is in force"),
-                });
+        for (setting, asked, max, unit) in [
+            (
+                "egressMbps",
+                settings.egress_mbps,
+                rule.budgets.max.egress_mbps,
+                "Mbit/s",
+            ),
+            (
+                "transferQuotaMiB",
+                settings.transfer_quota_mib,
+                rule.budgets.max.transfer_quota_mib,
+                "MiB a period",
+            ),
+        ] {
+            if let (Some(asked), Some(max)) = (asked, max) {
+                if asked > max {
+                    inactive.push(InactiveSetting {
+                        setting,
+                        value: asked.to_string(),
+                        reason: "tier_maximum",
+                        message: format!(
+                            "tier {tier} allows at most {max} {unit}, which is in force"
+                        ),
+                    });
+                }
             }
         }
         for (setting, asked, share) in [
@@ -622,7 +657,10 @@ impl PolicyConfig {
                 settings.max_connections,
                 settings.new_connections_per_second,
             ),
-            budgets: rule.budgets.resolve(settings.egress_mbps),
+            budgets: rule.budgets.resolve(crate::budget::AskedBudgets {
+                egress_mbps: settings.egress_mbps,
+                transfer_quota_mib: settings.transfer_quota_mib,
+            }),
             approvals: (active && settings.network_approvals).then(|| crate::approval::Approvals {
                 hold_seconds: settings.approval_hold_seconds,
                 declined: Vec::new(),
@@ -720,8 +758,28 @@ impl PolicyConfig {
         if let (Some(max), None) = (rule.budgets.max.egress_mbps, policy.budgets.egress_mbps) {
             return Err(format!("tier {tier} sends at most {max} Mbit/s"));
         }
+        if let (Some(max), None) = (
+            rule.budgets.max.transfer_quota_mib,
+            policy.budgets.transfer_quota_mib,
+        ) {
+            return Err(format!("tier {tier} transfers at most {max} MiB a period"));
+        }
+        if policy.budgets.transfer_quota_mib.is_some()
+            && policy.budgets.transfer_period_seconds != Some(rule.budgets.transfer_period_seconds)
+        {
+            return Err(format!(
+                "tier {tier}'s transfer period is {} seconds",
+                rule.budgets.transfer_period_seconds
+            ));
+        }
         rule.budgets
-            .check(tier, policy.budgets.egress_mbps)
+            .check(
+                tier,
+                crate::budget::AskedBudgets {
+                    egress_mbps: policy.budgets.egress_mbps,
+                    transfer_quota_mib: policy.budgets.transfer_quota_mib,
+                },
+            )
             .map_err(|e| e.message)?;
         Ok(())
     }

@@ -471,6 +471,75 @@ fn a_budget_is_asked_within_the_tier_and_a_lower_tier_bounds_what_was_asked() {
 }
 
 #[test]
+fn a_transfer_quota_is_asked_within_the_tier_and_a_runner_refuses_one_forged() {
+    let config = PolicyConfig::from_toml(
+        r#"budgets = { transfer_quota_mib = 1024, transfer_period_seconds = 3600 }
+           [tiers.3]
+           network = "configurable"
+           budgets = { max_transfer_quota_mib = 2048 }
+           [tiers.4]
+           network = "configurable"
+           budgets = { max_transfer_quota_mib = 8192 }"#,
+    )
+    .unwrap();
+    let asked = |mib: Option<Option<u32>>| SettingsRequest {
+        transfer_quota_mib: mib,
+        ..Default::default()
+    };
+    let on = |tier: u8, r: SettingsRequest<'_>| {
+        let s = config.settings_for_create(tier, &r)?;
+        config.resolve(tier, &s)
+    };
+    let default = on(3, asked(None)).unwrap();
+    assert_eq!(
+        (
+            default.budgets.transfer_quota_mib,
+            default.budgets.transfer_period_seconds
+        ),
+        (Some(1024), Some(3600))
+    );
+    assert_eq!(
+        on(3, asked(Some(Some(10))))
+            .unwrap()
+            .budgets
+            .transfer_quota_mib,
+        Some(10)
+    );
+    let err = on(3, asked(Some(Some(2049)))).unwrap_err();
+    assert_eq!(
+        (err.code, err.field),
+        (ErrorCode::BudgetExceedsTier, Some("transferQuotaMiB"))
+    );
+    // Asked on tier 4, moved to tier 3: the lower maximum, the stored
+    // value inactive.
+    let settings = config
+        .settings_for_create(4, &asked(Some(Some(4096))))
+        .unwrap();
+    let moved = config.resolve(3, &settings).unwrap();
+    assert_eq!(moved.budgets.transfer_quota_mib, Some(2048));
+    assert!(moved
+        .inactive
+        .iter()
+        .any(|i| i.setting == "transferQuotaMiB" && i.reason == "tier_maximum"));
+    // A runner refuses a quota above the tier's, none where the tier has a
+    // maximum, and a period that is not the tier's.
+    assert!(config.check_effective(&moved).is_ok());
+    for forge in [
+        |p: &mut sandgate_policy::EffectivePolicy| p.budgets.transfer_quota_mib = Some(2049),
+        |p: &mut sandgate_policy::EffectivePolicy| p.budgets.transfer_quota_mib = None,
+        |p: &mut sandgate_policy::EffectivePolicy| p.budgets.transfer_period_seconds = Some(60),
+    ] {
+        let mut forged = moved.clone();
+        forge(&mut forged);
+        assert!(
+            config.check_effective(&forged).is_err(),
+            "{:?}",
+            forged.budgets
+        );
+    }
+}
+
+#[test]
 fn connection_budgets_narrow_the_tiers_fair_shares_and_never_widen_them() {
     let config = PolicyConfig::from_toml(
         r#"[tiers.1]

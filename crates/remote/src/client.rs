@@ -5,7 +5,7 @@ use crate::service::KEEP_ALIVE;
 use crate::{Status, LIVE};
 use sandgate_contract::{
     Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
-    Runner, RunnerError, SandboxSpec, Subscription,
+    Runner, RunnerError, SandboxSpec, Subscription, TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use serde::de::DeserializeOwned;
@@ -382,6 +382,10 @@ impl Runner for RemoteRunner {
                 Arc::new(self.policy.clone())
             }
         }
+    }
+
+    fn transfer_usage(&self, id: &str) -> Result<Option<TransferUsage>, RunnerError> {
+        self.call("GET", &format!("sandboxes/{id}/transfer"), None::<&()>)
     }
 
     fn addresses(&self, id: &str) -> Option<[IpAddr; 2]> {

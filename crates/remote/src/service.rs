@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use sandgate_contract::{
     ExecRequest, ExecResult, Expected, Observed, ProbeTarget, RestoreReport, Runner, RunnerError,
-    SandboxSpec,
+    SandboxSpec, TransferUsage,
 };
 use sandgate_policy::EffectivePolicy;
 use sha2::{Digest, Sha256};
@@ -104,6 +104,7 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/probe", post(probe))
         .route("/v1/sandboxes/{id}/addresses", get(addresses))
+        .route("/v1/sandboxes/{id}/transfer", get(transfer))
         .route("/v1/sandboxes/{id}/events", get(events))
         .route("/v1/restore", post(restore))
         .route("/v1/deaths", get(deaths))
@@ -288,6 +289,15 @@ async fn probe(
     Body(targets): Body<Vec<ProbeTarget>>,
 ) -> Result<Json<Vec<Observed>>, Fault> {
     blocking(&st, move |r| r.probe(&id, &targets))
+        .await
+        .map(Json)
+}
+
+async fn transfer(
+    State(st): St,
+    Path(id): Path<String>,
+) -> Result<Json<Option<TransferUsage>>, Fault> {
+    blocking(&st, move |r| r.transfer_usage(&id))
         .await
         .map(Json)
 }

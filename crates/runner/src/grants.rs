@@ -77,7 +77,8 @@ pub(crate) fn changes(
 }
 
 /// Puts in force, for every sandbox whose policy holds a grant that
-/// ended, the policy without it, until `stop`.
+/// ended, the policy without it, and starts the new period of transfer
+/// quotas whose period ended, until `stop`.
 pub(crate) fn expirer(
     sandboxes: Arc<Sandboxes>,
     gateway: Arc<Gateway>,
@@ -88,6 +89,14 @@ pub(crate) fn expirer(
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
         let now = now_ms();
+        match lock(&sandboxes.dp).renew_transfer(now / 1000) {
+            Ok(slots) if !slots.is_empty() => {
+                tracing::info!(slots = ?slots, "a new period of transfer quotas")
+            }
+            Ok(_) => {}
+            // Nothing widened: the quotas stay spent until it succeeds.
+            Err(e) => tracing::warn!(error = %e, "starting a new period of transfer quotas"),
+        }
         let held: Vec<(String, SlotAddrs)> = lock(&slots)
             .iter()
             .map(|(id, slot)| (id.clone(), slot.clone()))

@@ -22,7 +22,9 @@ pub use dirlock::{DirLock, LOCK_FILE};
 pub use events::{EventKind, NetworkEvent};
 pub use host::LivePolicy;
 pub use probe::{Observed, ProbeTarget};
-pub use sandgate_contract::{DnsCounts, Expected, RestoreReport, RunnerError, SandboxSpec};
+pub use sandgate_contract::{
+    DnsCounts, Expected, RestoreReport, RunnerError, SandboxSpec, TransferUsage,
+};
 pub use sandgate_dataplane::NoFreeSlot;
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig, KernelCounters, Reading, SlotAddrs};
@@ -636,6 +638,9 @@ struct Sampled {
     held_back: BTreeMap<(u32, &'static str), (Option<std::time::SystemTime>, u64)>,
     /// Pacers, by slot.
     paced: BTreeMap<u32, Pacing>,
+    /// Slots whose transfer quota was reached this period and said so
+    /// (with the handover of the slot it was reached in).
+    spent: BTreeMap<u32, Option<std::time::SystemTime>>,
 }
 
 /// A slot's pacer as last sampled.
@@ -685,6 +690,25 @@ fn sample(
             });
         }
     };
+    // A budget reached, as an event of the slot's sandbox: whether it had
+    // one to tell.
+    let budget = |slot: u32, reason: &str| {
+        let Some(sandbox) = owner(slot, now) else {
+            return false;
+        };
+        hub.publish(NetworkEvent {
+            time_ms: events::millis(now),
+            sandbox,
+            kind: EventKind::Budget,
+            protocol: String::new(),
+            destination: None,
+            port: None,
+            domain: None,
+            reason: reason.to_string(),
+            count: None,
+        });
+        true
+    };
     if let Some(k) = kernel.as_mut() {
         match k.read() {
             Ok(r) => {
@@ -715,21 +739,8 @@ fn sample(
                     let mut reported = last.as_ref().and_then(|p| p.reported);
                     let was_holding = last.as_ref().is_some_and(|p| p.holding);
                     let quiet = reported.is_none_or(|t| t.elapsed() >= BUDGET_EVENT_EVERY);
-                    if grew && !was_holding && quiet {
-                        if let Some(sandbox) = owner(*slot, now) {
-                            hub.publish(NetworkEvent {
-                                time_ms: events::millis(now),
-                                sandbox,
-                                kind: EventKind::Budget,
-                                protocol: String::new(),
-                                destination: None,
-                                port: None,
-                                domain: None,
-                                reason: "egress_mbps".into(),
-                                count: None,
-                            });
-                            reported = Some(std::time::Instant::now());
-                        }
+                    if grew && !was_holding && quiet && budget(*slot, "egress_mbps") {
+                        reported = Some(std::time::Instant::now());
                     }
                     paced.insert(
                         *slot,
@@ -742,6 +753,20 @@ fn sample(
                     );
                 }
                 sampled.paced = paced;
+                // A quota reached says so once a period (a new period's
+                // count starts below it again).
+                let mut spent = BTreeMap::new();
+                for (slot, quota) in &r.transfer {
+                    if quota.consumed < quota.bytes {
+                        continue;
+                    }
+                    let since = handed.get(slot).copied();
+                    if sampled.spent.get(slot) != Some(&since) {
+                        budget(*slot, "transfer_quota");
+                    }
+                    spent.insert(*slot, since);
+                }
+                sampled.spent = spent;
                 *lock(reading) = Some(r);
             }
             Err(e) => tracing::warn!(error = %e, "reading the dataplane's counters"),
@@ -1052,6 +1077,20 @@ impl Runner {
     /// Sandbox `id`'s own addresses (IPv4, IPv6), if it holds a slot.
     pub fn addresses(&self, id: &str) -> Option<[IpAddr; 2]> {
         lock(&self.slots).get(id).map(addrs_of)
+    }
+
+    /// Sandbox `id`'s transfer quota as the kernel counts it now (`None`:
+    /// it has none).
+    pub fn transfer_usage(&self, id: &str) -> io::Result<Option<TransferUsage>> {
+        let slot = self.slot(id)?;
+        let counted = lock(&self.sandboxes.dp).transfer_count(slot.index)?;
+        Ok(counted.map(|(t, since, consumed)| TransferUsage {
+            quota_bytes: t.bytes,
+            used_bytes: consumed.min(t.bytes),
+            spent: consumed >= t.bytes,
+            period_start_ms: since * 1000,
+            period_end_ms: (since + u64::from(t.period_seconds)) * 1000,
+        }))
     }
 
     fn slot(&self, id: &str) -> io::Result<SlotAddrs> {
@@ -1393,6 +1432,10 @@ impl sandgate_contract::Runner for Runner {
 
     fn addresses(&self, id: &str) -> Option<[IpAddr; 2]> {
         Runner::addresses(self, id)
+    }
+
+    fn transfer_usage(&self, id: &str) -> Result<Option<TransferUsage>, RunnerError> {
+        Runner::transfer_usage(self, id).map_err(fault)
     }
 
     fn healthy(&self) -> bool {

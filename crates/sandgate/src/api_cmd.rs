@@ -64,6 +64,11 @@ pub struct SettingsArgs {
     /// (`default`: the tier's default).
     #[arg(long, value_name = "MBPS|default", value_parser = parse_budget)]
     egress_mbps: Option<Budget>,
+    /// What the sandbox may send and receive in all each period, MiB,
+    /// within its tier's maximum (`default`: the tier's default; the
+    /// period is the operator's).
+    #[arg(long = "transfer-quota-mib", value_name = "MIB|default", value_parser = parse_budget)]
+    transfer_quota_mib: Option<Budget>,
     /// Connections the sandbox may have at once, within its tier's fair
     /// share (`default`: the tier's).
     #[arg(long, value_name = "N|default", value_parser = parse_budget)]
@@ -137,6 +142,7 @@ impl SettingsArgs {
         }
         for (field, budget) in [
             ("egressMbps", self.egress_mbps),
+            ("transferQuotaMiB", self.transfer_quota_mib),
             ("maxConnections", self.max_connections),
             ("newConnectionsPerSecond", self.new_connections_per_second),
         ] {
@@ -258,6 +264,11 @@ pub enum NetworkCommand {
     },
     /// The sandbox's grants in force, with the time each has left.
     Grants {
+        /// Id or name.
+        sandbox: String,
+    },
+    /// What the sandbox has used of its transfer quota this period.
+    Usage {
         /// Id or name.
         sandbox: String,
     },
@@ -426,6 +437,12 @@ fn print_sandbox(v: &Value) {
     );
     if let Some(mbps) = e["budgets"]["egressMbps"].as_u64() {
         say!("egress    at most {mbps} Mbit/s");
+    }
+    if let Some(mib) = e["budgets"]["transferQuotaMiB"].as_u64() {
+        say!(
+            "transfer  at most {mib} MiB every {} s",
+            e["budgets"]["transferPeriodSeconds"]
+        );
     }
     if v.get("maxConnections").is_some() || v.get("newConnectionsPerSecond").is_some() {
         say!(
@@ -741,6 +758,29 @@ fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, Ap
             } else {
                 for g in v["grants"].as_array().into_iter().flatten() {
                     grant_line(g);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        NetworkCommand::Usage { sandbox } => {
+            let v = c.call(
+                "GET",
+                &format!("/api/sandbox/{}/network/usage", path_part(&sandbox)),
+                None,
+            )?;
+            if out.json {
+                out.print_json(&v);
+            } else {
+                let t = &v["transfer"];
+                match (t["usedBytes"].as_u64(), t["quotaBytes"].as_u64()) {
+                    (Some(used), Some(quota)) => say!(
+                        "transfer  {:.1} of {:.1} MiB this period{}, until {}",
+                        used as f64 / 1048576.0,
+                        quota as f64 / 1048576.0,
+                        if t["spent"] == true { " (spent)" } else { "" },
+                        s(&t["periodEnd"])
+                    ),
+                    _ => say!("transfer  no quota"),
                 }
             }
             Ok(ExitCode::SUCCESS)

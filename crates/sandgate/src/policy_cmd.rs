@@ -57,6 +57,9 @@ pub struct SettingsArgs {
     /// `egressMbps`: the egress bandwidth asked for, Mbit/s.
     #[arg(long, value_name = "MBPS")]
     egress_mbps: Option<u32>,
+    /// `transferQuotaMiB`: the transfer quota asked for, MiB a period.
+    #[arg(long, value_name = "MIB")]
+    transfer_quota_mib: Option<u32>,
     /// `maxConnections`: connections at once asked for.
     #[arg(long, value_name = "N")]
     max_connections: Option<u32>,
@@ -88,6 +91,7 @@ impl SettingsArgs {
                 domain_deny_list: self.domain_deny_list.as_deref().unwrap_or_default(),
                 essential_services: !self.no_essential_services,
                 egress_mbps: self.egress_mbps,
+                transfer_quota_mib: self.transfer_quota_mib,
                 max_connections: self.max_connections,
                 new_connections_per_second: self.new_connections_per_second,
                 network_approvals: self.network_approvals,
@@ -106,6 +110,7 @@ impl SettingsArgs {
                     domain_deny_list: self.domain_deny_list.as_deref(),
                     essential_services: Some(!self.no_essential_services),
                     egress_mbps: self.egress_mbps.map(Some),
+                    transfer_quota_mib: self.transfer_quota_mib.map(Some),
                     max_connections: self.max_connections.map(Some),
                     new_connections_per_second: self.new_connections_per_second.map(Some),
                     network_approvals: Some(self.network_approvals),
@@ -190,6 +195,12 @@ fn print_policy(policy: &EffectivePolicy, out: &Output) {
     );
     if let Some(mbps) = policy.budgets.egress_mbps {
         say!("egress bandwidth:   {mbps} Mbit/s");
+    }
+    if let (Some(mib), Some(period)) = (
+        policy.budgets.transfer_quota_mib,
+        policy.budgets.transfer_period_seconds,
+    ) {
+        say!("transfer quota:     {mib} MiB every {period} s");
     }
     say!(
         "connections:        {} at once, {} new a second",

@@ -298,10 +298,56 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     );
     assert_eq!(code, 0, "{short}");
     let short_end = short["expiresAtMs"].as_u64().unwrap();
-    // Of the slots (three sandboxes and the prepared one, unless its
+    // A transfer quota: an open sandbox that may move 1 MiB a day moves a
+    // little less (headers count), then nothing more, not even a new
+    // connection; the count outlives the kill and the restart below.
+    let (code, v) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "metered",
+            "--transfer-quota-mib",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (
+            v["effectiveNetwork"]["budgets"]["transferQuotaMiB"].as_u64(),
+            v["effectiveNetwork"]["budgets"]["transferPeriodSeconds"].as_u64()
+        ),
+        (Some(1), Some(86_400)),
+        "{v}"
+    );
+    let metered =
+        sandgate_testkit::slot_netns(&dir.join("runner"), lab.tag(), v["id"].as_str().unwrap())
+            .unwrap();
+    let day = || now_s() / 86_400;
+    let spent_on = day();
+    let got = drain(&metered, SERVER4);
+    assert!(
+        got < 1 << 20 && got > 3 << 18,
+        "{got} bytes under a quota of 1 MiB"
+    );
+    let metered_reaches = || {
+        metered
+            .run(|| {
+                let to = std::net::SocketAddr::new(SERVER4_B, TCP_ECHO);
+                Ok(
+                    std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(1))
+                        .is_ok(),
+                )
+            })
+            .unwrap()
+    };
+    assert!(!metered_reaches(), "a spent quota let a connection through");
+    // Of the slots (four sandboxes and the prepared one, unless its
     // refill was cut), how many reach `dest`, tried from their namespaces.
     let slots = sandgate_netns::Netns::list(&format!("{}-s", lab.tag())).unwrap();
-    assert!((3..=4).contains(&slots.len()), "{slots:?}");
+    assert!((4..=5).contains(&slots.len()), "{slots:?}");
     let reaching = |dest: std::net::IpAddr| {
         slots
             .iter()
@@ -409,7 +455,21 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["blocked", "listed", "open"]);
+    assert_eq!(names, ["blocked", "listed", "metered", "open"]);
+    // The spent quota stayed spent (unless a day began meanwhile).
+    if day() == spent_on {
+        assert!(!metered_reaches(), "a restart gave a spent quota back");
+        let (code, u) = cli(&url, &key, &["sandbox", "network", "usage", "metered"]);
+        assert_eq!(
+            (
+                code,
+                u["transfer"]["spent"].as_bool(),
+                u["transfer"]["usedBytes"].as_u64()
+            ),
+            (0, Some(true), Some(1 << 20)),
+            "{u}"
+        );
+    }
     assert!(
         list.as_array()
             .unwrap()
@@ -476,7 +536,7 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     assert!(!echoes(&url, &key, "listed", SERVER4));
 
     // Delete everything; the host keeps nothing of them.
-    for name in ["listed", "blocked", "open"] {
+    for name in ["listed", "blocked", "open", "metered"] {
         let (code, _) = cli(&url, &key, &["sandbox", "delete", name]);
         assert_eq!(code, 0);
     }
@@ -805,4 +865,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Reads the lab's byte stream at `addr` from `ns` until nothing comes
+/// for 300 ms (at most 10 s): the bytes received.
+fn drain(ns: &sandgate_netns::Netns, addr: std::net::IpAddr) -> u64 {
+    use std::io::Read;
+    ns.run(move || {
+        let to = std::net::SocketAddr::new(addr, TCP_STREAM);
+        let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(3))?;
+        s.set_read_timeout(Some(std::time::Duration::from_millis(300)))?;
+        let start = std::time::Instant::now();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(got),
+                Ok(n) => got += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(got)
+                }
+                Err(e) => return Err(e),
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "the stream never stopped"
+            );
+        }
+    })
+    .unwrap()
 }

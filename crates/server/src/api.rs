@@ -574,6 +574,10 @@ pub struct SandboxView {
     /// (`effectiveNetwork.budgets` says what is in force).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_mbps: Option<u32>,
+    /// Stored `transferQuotaMiB` as asked; absent: the tier's default
+    /// (`effectiveNetwork.budgets` says what is in force, with its period).
+    #[serde(rename = "transferQuotaMiB", skip_serializing_if = "Option::is_none")]
+    pub transfer_quota_mib: Option<u32>,
     /// Stored `maxConnections` as asked; absent: the tier's fair share
     /// (`effectiveNetwork.fairShares.connections` says what is in force).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -645,6 +649,7 @@ fn view(st: &AppState, org: &Organization, row: SandboxRow) -> Result<SandboxVie
         domain_deny_list: non_empty(row.domain_deny_list),
         essential_services: row.essential_services,
         egress_mbps: row.egress_mbps,
+        transfer_quota_mib: row.transfer_quota_mib,
         max_connections: row.max_connections,
         new_connections_per_second: row.new_connections_per_second,
         network_approvals: row.network_approvals,
@@ -682,6 +687,10 @@ pub struct CreateSandbox {
     /// Egress bandwidth, Mbit/s, within the tier's maximum (default: the
     /// tier's default, often none).
     pub egress_mbps: Option<u32>,
+    /// Bytes both ways a period, MiB, within the tier's maximum (default:
+    /// the tier's default, often none); the period is the operator's.
+    #[serde(rename = "transferQuotaMiB")]
+    pub transfer_quota_mib: Option<u32>,
     /// Connections tracked at once, at most: within the tier's fair share,
     /// which is also the default.
     pub max_connections: Option<u32>,
@@ -721,6 +730,11 @@ pub struct UpdateSettings {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u32>, nullable = true)]
     pub egress_mbps: Option<Option<u32>>,
+    /// `transferQuotaMiB`, MiB a period (`null`: back to the tier's
+    /// default).
+    #[serde(rename = "transferQuotaMiB", default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u32>, nullable = true)]
+    pub transfer_quota_mib: Option<Option<u32>>,
     /// `maxConnections` (`null`: back to the tier's fair share).
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<u32>, nullable = true)]
@@ -814,6 +828,7 @@ pub async fn create_sandbox(
         domain_deny_list: body.domain_deny_list,
         essential_services: body.essential_services,
         egress_mbps: body.egress_mbps.map(Some),
+        transfer_quota_mib: body.transfer_quota_mib.map(Some),
         max_connections: body.max_connections.map(Some),
         new_connections_per_second: body.new_connections_per_second.map(Some),
         network_approvals: body.network_approvals,
@@ -919,6 +934,7 @@ pub async fn update_settings(
         domain_deny_list: body.domain_deny_list,
         essential_services: body.essential_services,
         egress_mbps: body.egress_mbps,
+        transfer_quota_mib: body.transfer_quota_mib,
         max_connections: body.max_connections,
         new_connections_per_second: body.new_connections_per_second,
         network_approvals: body.network_approvals,
@@ -1427,6 +1443,62 @@ pub struct NetworkTestResult {
     pub results: Vec<TestRow>,
     /// Whether every row is ok.
     pub ok: bool,
+}
+
+/// A sandbox's use of its budgets.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageView {
+    /// Its transfer quota this period; `null`: it has none.
+    pub transfer: Option<TransferView>,
+}
+
+/// A transfer quota as counted now.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferView {
+    /// Bytes both ways a period (IP packets, headers included).
+    pub quota_bytes: u64,
+    /// Bytes counted this period, at most `quotaBytes`.
+    pub used_bytes: u64,
+    /// Whether the quota is spent: nothing passes until the period ends.
+    pub spent: bool,
+    /// When the period began, milliseconds since the epoch.
+    pub period_start_ms: u64,
+    /// When it ends (and the count starts again from nothing).
+    pub period_end_ms: u64,
+    /// `periodStartMs` in RFC 3339.
+    pub period_start: String,
+    /// `periodEndMs` in RFC 3339.
+    pub period_end: String,
+}
+
+/// What the sandbox has used of its budgets: its transfer quota this
+/// period, as the kernel counts it at the call.
+#[utoipa::path(get, path = "/api/sandbox/{id_or_name}/network/usage", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name")),
+    responses((status = 200, body = UsageView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn network_usage(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path(key): Path<String>,
+) -> Result<Json<UsageView>, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
+    let row = service::sandbox(&st, &org, &key).await?;
+    let transfer = service::transfer_usage(&st, &row)
+        .await?
+        .map(|u| TransferView {
+            quota_bytes: u.quota_bytes,
+            used_bytes: u.used_bytes,
+            spent: u.spent,
+            period_start_ms: u.period_start_ms,
+            period_end_ms: u.period_end_ms,
+            period_start: crate::store::rfc3339(u.period_start_ms / 1000),
+            period_end: crate::store::rfc3339(u.period_end_ms / 1000),
+        });
+    Ok(Json(UsageView { transfer }))
 }
 
 /// Probes destinations (TCP) from inside the sandbox's network namespace,

@@ -235,6 +235,7 @@ pub struct Server {
         api::deny_request,
         api::network_test,
         api::network_events,
+        api::network_usage,
         api::health,
         metrics::metrics,
     ),
@@ -424,6 +425,10 @@ impl Server {
             .route(
                 "/sandbox/{id_or_name}/network/events",
                 get(api::network_events),
+            )
+            .route(
+                "/sandbox/{id_or_name}/network/usage",
+                get(api::network_usage),
             );
         Router::new()
             .nest("/api", api)

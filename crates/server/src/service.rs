@@ -593,6 +593,8 @@ pub struct SettingsChange {
     pub essential_services: Option<bool>,
     /// `egressMbps`: `Some(None)` goes back to the tier's default.
     pub egress_mbps: Option<Option<u32>>,
+    /// `transferQuotaMiB`: `Some(None)` goes back to the tier's default.
+    pub transfer_quota_mib: Option<Option<u32>>,
     /// `maxConnections`: `Some(None)` goes back to the tier's fair share.
     pub max_connections: Option<Option<u32>>,
     /// `newConnectionsPerSecond`: `Some(None)` goes back to the tier's
@@ -614,6 +616,7 @@ impl SettingsChange {
             domain_deny_list: self.domain_deny_list.as_deref(),
             essential_services: self.essential_services,
             egress_mbps: self.egress_mbps,
+            transfer_quota_mib: self.transfer_quota_mib,
             max_connections: self.max_connections,
             new_connections_per_second: self.new_connections_per_second,
             network_approvals: self.network_approvals,
@@ -631,6 +634,7 @@ impl SettingsChange {
             && self.domain_allow_list.is_none()
             && self.network_block_all != Some(false)
             && self.egress_mbps.is_none()
+            && self.transfer_quota_mib.is_none()
     }
 }
 
@@ -741,6 +745,7 @@ pub async fn create_sandbox(
             cpu_millicores: resources.cpu_millicores,
             disk_mib: resources.disk_mib,
             egress_mbps: settings.egress_mbps,
+            transfer_quota_mib: settings.transfer_quota_mib,
             max_connections: settings.max_connections,
             new_connections_per_second: settings.new_connections_per_second,
             network_approvals: settings.network_approvals,
@@ -929,6 +934,17 @@ pub async fn explain(
         ))
     })
     .await
+}
+
+/// Sandbox `row`'s transfer quota as its runner counts it now (`None`:
+/// it has none).
+pub async fn transfer_usage(
+    st: &AppState,
+    row: &SandboxRow,
+) -> Result<Option<sandgate_contract::TransferUsage>, ApiError> {
+    running(row)?;
+    let id = row.id.clone();
+    on_runner(st, move |r| r.transfer_usage(&id)).await
 }
 
 /// Probes `targets` from running sandbox `row`: each one's verdict beside

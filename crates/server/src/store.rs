@@ -144,6 +144,8 @@ pub struct SandboxRow {
     pub disk_mib: u64,
     /// `egressMbps` as asked (`None`: the tier's default).
     pub egress_mbps: Option<u32>,
+    /// `transferQuotaMiB` as asked (`None`: the tier's default).
+    pub transfer_quota_mib: Option<u32>,
     /// `maxConnections` as asked (`None`: the tier's fair share).
     pub max_connections: Option<u32>,
     /// `newConnectionsPerSecond` as asked (`None`: the tier's fair share).
@@ -167,6 +169,7 @@ impl SandboxRow {
             domain_deny_list: &self.domain_deny_list,
             essential_services: self.essential_services,
             egress_mbps: self.egress_mbps,
+            transfer_quota_mib: self.transfer_quota_mib,
             max_connections: self.max_connections,
             new_connections_per_second: self.new_connections_per_second,
             network_approvals: self.network_approvals,
@@ -183,6 +186,7 @@ impl SandboxRow {
         self.domain_deny_list = s.domain_deny_list.to_string();
         self.essential_services = s.essential_services;
         self.egress_mbps = s.egress_mbps;
+        self.transfer_quota_mib = s.transfer_quota_mib;
         self.max_connections = s.max_connections;
         self.new_connections_per_second = s.new_connections_per_second;
         self.network_approvals = s.network_approvals;
@@ -405,6 +409,7 @@ fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
         cpu_millicores: u32::try_from(r.try_get::<i64, _>("cpu_millicores")?).unwrap_or(0),
         disk_mib: u64::try_from(r.try_get::<i64, _>("disk_mib")?).unwrap_or(0),
         egress_mbps: optional_u32(r, "egress_mbps")?,
+        transfer_quota_mib: optional_u32(r, "transfer_quota_mib")?,
         max_connections: optional_u32(r, "max_connections")?,
         new_connections_per_second: optional_u32(r, "new_connections_per_second")?,
         network_approvals: r.try_get::<i64, _>("network_approvals")? != 0,
@@ -441,7 +446,7 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, netwo
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
      cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants, \
      egress_mbps, max_connections, new_connections_per_second, network_approvals, \
-     approval_hold_seconds, declined_names";
+     approval_hold_seconds, declined_names, transfer_quota_mib";
 
 impl Store {
     /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
@@ -595,7 +600,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23, $24)"
+             $18, $19, $20, $21, $22, $23, $24, $25)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -621,6 +626,7 @@ impl Store {
         .bind(i64::from(s.network_approvals))
         .bind(i64::from(s.approval_hold_seconds))
         .bind(&s.declined_names)
+        .bind(s.transfer_quota_mib.map(i64::from))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -680,7 +686,8 @@ impl Store {
              domain_allow_list = $3, updated_at = $4, network_deny_list = $5, \
              domain_deny_list = $6, essential_services = $7, egress_mbps = $8, \
              max_connections = $9, new_connections_per_second = $10, \
-             network_approvals = $11, approval_hold_seconds = $12 WHERE id = $13",
+             network_approvals = $11, approval_hold_seconds = $12, \
+             transfer_quota_mib = $13 WHERE id = $14",
         )
         .bind(i64::from(s.network_block_all))
         .bind(&s.network_allow_list)
@@ -694,6 +701,7 @@ impl Store {
         .bind(s.new_connections_per_second.map(i64::from))
         .bind(i64::from(s.network_approvals))
         .bind(i64::from(s.approval_hold_seconds))
+        .bind(s.transfer_quota_mib.map(i64::from))
         .bind(&s.id)
         .execute(&self.pool)
         .await?;

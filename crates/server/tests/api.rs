@@ -392,6 +392,7 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         ),
         ("/api/sandbox/{id_or_name}/network/test", "post"),
         ("/api/sandbox/{id_or_name}/network/events", "get"),
+        ("/api/sandbox/{id_or_name}/network/usage", "get"),
         ("/health", "get"),
         ("/metrics", "get"),
     ] {

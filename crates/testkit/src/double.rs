@@ -9,7 +9,7 @@
 
 use sandgate_contract::{
     Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
-    Runner, RunnerError, SandboxSpec, Subscription,
+    Runner, RunnerError, SandboxSpec, Subscription, TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use std::collections::HashMap;
@@ -279,6 +279,12 @@ impl Runner for RunnerDouble {
 
     fn addresses(&self, _id: &str) -> Option<[IpAddr; 2]> {
         None
+    }
+
+    fn transfer_usage(&self, id: &str) -> Result<Option<TransferUsage>, RunnerError> {
+        // Nothing is counted: no quota is known.
+        self.with(id, |_| ())?;
+        Ok(None)
     }
 
     fn healthy(&self) -> bool {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import time
 import unittest
 from typing import List
 
@@ -248,6 +249,34 @@ class SdkTest(unittest.TestCase):
         self.assertIsNone(s.egress_budget_mbps)
         with self.assertRaises(ValidationError) as bad:
             s.update_network_settings(egress_mbps=0)
+        self.assertEqual(bad.exception.code, "invalid_budget")
+
+    def test_a_transfer_quota_stops_the_sandbox_once_spent(self) -> None:
+        day = 86_400
+        s = self.create(CreateSandboxFromSnapshotParams(transfer_quota_mib=1))
+        self.assertEqual((s.transfer_quota_mib, s.transfer_quota), (1, (1, day)))
+        spent_on = int(time.time()) // day
+        # The lab's byte stream, read until the quota stops it.
+        got = s.process.exec(f"timeout 3 nc {OTHER} 19 | wc -c", timeout=20).stdout
+        self.assertLess(int(got.strip()), 1 << 20)
+        self.assertGreater(int(got.strip()), 1 << 19)
+        if int(time.time()) // day == spent_on:
+            self.assertFalse(echoes(s, OTHER))
+        budget = next(e for e in s.network.events(follow=True) if e.kind == "budget")
+        self.assertEqual(budget.reason, "transfer_quota")
+        usage = s.network.transfer_usage()
+        assert usage is not None
+        self.assertEqual((usage.quota_bytes, usage.used_bytes), (1 << 20, 1 << 20))
+        self.assertEqual(usage.period_end_ms - usage.period_start_ms, day * 1000)
+        if int(time.time()) // day == spent_on:
+            self.assertTrue(usage.spent)
+        # No quota of its own, and none by default: it reaches again.
+        s.update_network_settings(transfer_quota_mib="default")
+        self.assertEqual((s.transfer_quota_mib, s.transfer_quota), (None, None))
+        self.assertIsNone(s.network.transfer_usage())
+        self.assertTrue(echoes(s, OTHER))
+        with self.assertRaises(ValidationError) as bad:
+            s.update_network_settings(transfer_quota_mib=0)
         self.assertEqual(bad.exception.code, "invalid_budget")
 
     def test_a_connection_budget_caps_what_the_sandbox_holds_at_once(self) -> None:

@@ -171,6 +171,23 @@ class SandgateTest < Minitest::Test
     assert_equal [name.id], s.network.requests(state: "denied").map(&:id)
   end
 
+  def test_a_transfer_quota_is_asked_at_create_and_changed_by_an_update
+    s = create(transfer_quota_mib: 64)
+    assert_equal [64, [64, 86_400]], [s.transfer_quota_mib, s.transfer_quota]
+    assert echoes(s, OTHER)
+    s.update_network_settings(transfer_quota_mib: 128)
+    assert_equal [128, 86_400], s.transfer_quota
+    usage = s.network.transfer_usage
+    assert_equal [128 << 20, false], [usage.quota_bytes, usage.spent]
+    assert_equal 86_400_000, usage.period_end_ms - usage.period_start_ms
+    s.update_network_settings(transfer_quota_mib: :default)
+    assert_nil s.transfer_quota_mib
+    assert_nil s.transfer_quota
+    assert_nil s.network.transfer_usage
+    e = assert_raises(Sandgate::ValidationError) { s.update_network_settings(transfer_quota_mib: 0) }
+    assert_equal "invalid_budget", e.code
+  end
+
   def test_an_egress_budget_is_asked_at_create_and_changed_by_an_update
     s = create(egress_mbps: 25)
     assert_equal [25, 25], [s.egress_mbps, s.egress_budget_mbps]

@@ -95,6 +95,10 @@ export interface CreateSandboxParams {
   networkApprovals?: boolean
   /** How long a refused DNS query waits for an approval, 0 to 60 s. */
   approvalHoldSeconds?: number
+  /** What the sandbox may send and receive in all each period, MiB,
+   * within its tier's maximum (default: the tier's default; the period
+   * is the operator's). */
+  transferQuotaMiB?: number
 }
 
 /** New network settings: what is given replaces, the rest is kept. */
@@ -113,6 +117,9 @@ export interface NetworkSettings {
   newConnectionsPerSecond?: number | null
   networkApprovals?: boolean
   approvalHoldSeconds?: number
+  /** MiB a period; `null` goes back to the tier's default (what the
+   * period counted is kept). */
+  transferQuotaMiB?: number | null
 }
 
 /** Options of a command. */
@@ -132,6 +139,19 @@ export interface ExecuteResponse {
   result: string
   timedOut: boolean
   truncated: boolean
+}
+
+/** A sandbox's transfer quota this period, as the kernel counts it at
+ * the call: bytes both ways (IP packets, headers included). */
+export interface TransferUsage {
+  quotaBytes: number
+  usedBytes: number
+  /** Nothing passes until the period ends. */
+  spent: boolean
+  periodStart: string
+  periodEnd: string
+  periodStartMs: number
+  periodEndMs: number
 }
 
 /** Time-bounded access of a sandbox to a CIDR, an address or a name. */
@@ -230,7 +250,7 @@ export interface EffectiveNetwork {
    * operator gave its organization one (absent: the host's own). */
   egressAddress?: { ipv4?: string; ipv6?: string }
   /** Its budgets in force (absent: no limit of its own). */
-  budgets?: { egressMbps?: number }
+  budgets?: { egressMbps?: number; transferQuotaMiB?: number; transferPeriodSeconds?: number }
   /** Approvals in force (allowlist mode with `networkApprovals`). */
   approvals?: { holdSeconds: number; declined?: string[] }
   /** What it may take of what every sandbox of its host shares: its
@@ -261,6 +281,7 @@ interface SandboxData {
   domainDenyList?: string
   essentialServices?: boolean
   egressMbps?: number
+  transferQuotaMiB?: number
   maxConnections?: number
   newConnectionsPerSecond?: number
   networkApprovals?: boolean
@@ -411,6 +432,13 @@ export class Network {
     return r.grants
   }
 
+  /** What the sandbox has used of its transfer quota this period;
+   * undefined: it has no quota. */
+  async transferUsage(): Promise<TransferUsage | undefined> {
+    const r = await this.sandbox.http.request<{ transfer: TransferUsage | null }>('GET', this.sandbox.path('/network/usage'))
+    return r.transfer ?? undefined
+  }
+
   /** Revokes a grant; its connections stop when this resolves. */
   async revoke(grant: Grant | string): Promise<void> {
     const id = typeof grant === 'string' ? grant : grant.id
@@ -497,6 +525,8 @@ export class Sandbox {
   essentialServices!: boolean
   /** `egressMbps` as asked (absent: the tier's default). */
   egressMbps?: number
+  /** `transferQuotaMiB` as asked (absent: the tier's default). */
+  transferQuotaMiB?: number
   /** `maxConnections` as asked (absent: the tier's fair share). */
   maxConnections?: number
   /** `newConnectionsPerSecond` as asked (absent: the tier's fair share). */
@@ -532,6 +562,7 @@ export class Sandbox {
     this.domainDenyList = d.domainDenyList
     this.essentialServices = d.essentialServices ?? true
     this.egressMbps = d.egressMbps
+    this.transferQuotaMiB = d.transferQuotaMiB
     this.maxConnections = d.maxConnections
     this.newConnectionsPerSecond = d.newConnectionsPerSecond
     this.networkApprovals = d.networkApprovals ?? false
@@ -555,6 +586,16 @@ export class Sandbox {
    * own). */
   get egressBudgetMbps(): number | undefined {
     return this.effectiveNetwork.budgets?.egressMbps
+  }
+
+  /** The transfer quota in force: MiB both ways a period and the period
+   * in seconds (periods start at its multiples since the Unix epoch);
+   * undefined: no quota. Past it nothing passes until the next period
+   * (a `budget` event with reason `transfer_quota` says so). */
+  get transferQuota(): { mib: number; periodSeconds: number } | undefined {
+    const b = this.effectiveNetwork.budgets
+    if (b?.transferQuotaMiB === undefined) return undefined
+    return { mib: b.transferQuotaMiB, periodSeconds: b.transferPeriodSeconds ?? 0 }
   }
 
   /** The connection budgets in force: connections at once and new
@@ -584,7 +625,7 @@ export class Sandbox {
     const body = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined))
     if (Object.keys(body).length === 0) {
       throw new TypeError(
-        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond, networkApprovals or approvalHoldSeconds',
+        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond, networkApprovals, approvalHoldSeconds or transferQuotaMiB',
       )
     }
     this.load(await this.http.request<SandboxData>('POST', this.path('/network-settings'), body))

@@ -195,6 +195,22 @@ test('an egress budget is asked at create and changed by an update', async () =>
   await assert.rejects(s.updateNetworkSettings({ egressMbps: 0 }), (e: unknown) => e instanceof ValidationError && e.code === 'invalid_budget')
 })
 
+test('a transfer quota is asked at create and changed by an update', async () => {
+  const s = await create({ transferQuotaMiB: 64 })
+  assert.deepEqual([s.transferQuotaMiB, s.transferQuota], [64, { mib: 64, periodSeconds: 86400 }])
+  assert.equal(await echoes(s, OTHER), true)
+  await s.updateNetworkSettings({ transferQuotaMiB: 128 })
+  assert.deepEqual(s.transferQuota, { mib: 128, periodSeconds: 86400 })
+  const usage = await s.network.transferUsage()
+  assert.equal(usage?.quotaBytes, 128 * 1048576)
+  assert.equal(usage?.spent, false)
+  assert.equal(usage!.periodEndMs - usage!.periodStartMs, 86400 * 1000)
+  await s.updateNetworkSettings({ transferQuotaMiB: null })
+  assert.deepEqual([s.transferQuotaMiB, s.transferQuota], [undefined, undefined])
+  assert.equal(await s.network.transferUsage(), undefined)
+  await assert.rejects(s.updateNetworkSettings({ transferQuotaMiB: 0 }), (e: unknown) => e instanceof ValidationError && e.code === 'invalid_budget')
+})
+
 test('connection budgets are asked at create and changed by an update', async () => {
   const s = await create({ maxConnections: 3, newConnectionsPerSecond: 7 })
   assert.deepEqual([s.maxConnections, s.newConnectionsPerSecond], [3, 7])

@@ -411,12 +411,7 @@ impl Api {
     /// it is what the sandbox sends (its interface, its addresses).
     pub fn slot_netns(&self, id: &str) -> sandgate_netns::Netns {
         let runner = &self.cfg.runner;
-        let owners = sandgate_testkit::slot_owners(&runner.data_dir, &runner.instance).unwrap();
-        let (name, _) = owners
-            .into_iter()
-            .find(|(_, owner)| owner.as_deref() == Some(id))
-            .unwrap_or_else(|| panic!("no slot holds {id}"));
-        sandgate_netns::Netns::open(&name).unwrap()
+        sandgate_testkit::slot_netns(&runner.data_dir, &runner.instance, id).unwrap()
     }
 }
 

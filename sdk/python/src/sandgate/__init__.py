@@ -21,6 +21,7 @@ from .client import (
     NetworkTestRow,
     Sandbox,
     Sandgate,
+    TransferUsage,
 )
 from .errors import (
     APIConnectionError,
@@ -58,5 +59,6 @@ __all__ = [
     "Sandgate",
     "SandgateError",
     "ServerError",
+    "TransferUsage",
     "ValidationError",
 ]

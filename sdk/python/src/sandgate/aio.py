@@ -19,6 +19,7 @@ from .client import (
     NetworkTestResult,
     Sandbox,
     Sandgate,
+    TransferUsage,
 )
 
 
@@ -60,6 +61,10 @@ class AsyncNetwork:
     async def grants(self) -> List[Grant]:
         """See :meth:`sandgate.client.Network.grants`."""
         return await asyncio.to_thread(self._sandbox.network.grants)
+
+    async def transfer_usage(self) -> Optional[TransferUsage]:
+        """See :meth:`sandgate.client.Network.transfer_usage`."""
+        return await asyncio.to_thread(self._sandbox.network.transfer_usage)
 
     async def revoke(self, grant: Union[Grant, str]) -> None:
         """See :meth:`sandgate.client.Network.revoke`."""
@@ -210,6 +215,16 @@ class AsyncSandbox:
         return self.sync.connection_budget
 
     @property
+    def transfer_quota_mib(self) -> Optional[int]:
+        """Stored ``transferQuotaMiB``."""
+        return self.sync.transfer_quota_mib
+
+    @property
+    def transfer_quota(self) -> Optional[Tuple[int, int]]:
+        """See :attr:`sandgate.Sandbox.transfer_quota`."""
+        return self.sync.transfer_quota
+
+    @property
     def network_approvals(self) -> bool:
         """Stored ``networkApprovals``."""
         return self.sync.network_approvals
@@ -242,6 +257,7 @@ class AsyncSandbox:
         new_connections_per_second: Union[int, Literal["default"], None] = None,
         network_approvals: Optional[bool] = None,
         approval_hold_seconds: Optional[int] = None,
+        transfer_quota_mib: Union[int, Literal["default"], None] = None,
     ) -> None:
         """See :meth:`sandgate.Sandbox.update_network_settings`."""
         await asyncio.to_thread(
@@ -257,6 +273,7 @@ class AsyncSandbox:
             new_connections_per_second,
             network_approvals,
             approval_hold_seconds,
+            transfer_quota_mib,
         )
 
     async def refresh(self) -> None:

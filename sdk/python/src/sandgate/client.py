@@ -40,6 +40,9 @@ class CreateSandboxBaseParams:
     requests for its owner to approve or deny (tier 3/4).
     ``approval_hold_seconds``: how long a refused DNS query waits for an
     approval (0 to 60).
+    ``transfer_quota_mib``: what the sandbox may send and receive in all
+    each period, MiB, within its tier's maximum (default: the tier's
+    default; the period is the operator's).
     """
 
     name: Optional[str] = None
@@ -55,6 +58,7 @@ class CreateSandboxBaseParams:
     new_connections_per_second: Optional[int] = None
     network_approvals: Optional[bool] = None
     approval_hold_seconds: Optional[int] = None
+    transfer_quota_mib: Optional[int] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The API's request body (camelCase; fields left out are absent)."""
@@ -73,6 +77,7 @@ class CreateSandboxBaseParams:
             ("newConnectionsPerSecond", self.new_connections_per_second),
             ("networkApprovals", self.network_approvals),
             ("approvalHoldSeconds", self.approval_hold_seconds),
+            ("transferQuotaMiB", self.transfer_quota_mib),
         ):
             if value is not None:
                 body[key] = value
@@ -139,6 +144,32 @@ class Grant:
             expires_at_ms=int(r["expiresAtMs"]),
             seconds_left=int(r["secondsLeft"]),
             in_force=bool(r.get("inForce", True)),
+        )
+
+
+@dataclass
+class TransferUsage:
+    """A sandbox's transfer quota this period, as the kernel counts it at
+    the call: bytes both ways (IP packets, headers included)."""
+
+    quota_bytes: int
+    used_bytes: int
+    spent: bool
+    period_start: str
+    period_end: str
+    period_start_ms: int
+    period_end_ms: int
+
+    @staticmethod
+    def _from(r: Dict[str, Any]) -> "TransferUsage":
+        return TransferUsage(
+            quota_bytes=int(r["quotaBytes"]),
+            used_bytes=int(r["usedBytes"]),
+            spent=bool(r["spent"]),
+            period_start=r["periodStart"],
+            period_end=r["periodEnd"],
+            period_start_ms=int(r["periodStartMs"]),
+            period_end_ms=int(r["periodEndMs"]),
         )
 
 
@@ -408,6 +439,13 @@ class Network:
         r = self._sandbox._http.request("GET", self._sandbox._path("/network/grants"))
         return [Grant._from(g) for g in r["grants"]]
 
+    def transfer_usage(self) -> Optional[TransferUsage]:
+        """What the sandbox has used of its transfer quota this period;
+        ``None``: it has no quota."""
+        r = self._sandbox._http.request("GET", self._sandbox._path("/network/usage"))
+        transfer = r.get("transfer")
+        return TransferUsage._from(transfer) if transfer else None
+
     def revoke(self, grant: Union[Grant, str]) -> None:
         """Revokes a grant; its connections stop when this returns."""
         grant_id = grant.id if isinstance(grant, Grant) else grant
@@ -520,6 +558,7 @@ class Sandbox:
     new_connections_per_second: Optional[int]
     network_approvals: bool
     approval_hold_seconds: int
+    transfer_quota_mib: Optional[int]
     effective_network: Dict[str, Any]
     created_at: str
     updated_at: str
@@ -548,6 +587,7 @@ class Sandbox:
         self.new_connections_per_second = data.get("newConnectionsPerSecond")
         self.network_approvals = bool(data.get("networkApprovals", False))
         self.approval_hold_seconds = int(data.get("approvalHoldSeconds", 0))
+        self.transfer_quota_mib = data.get("transferQuotaMiB")
         self.effective_network = dict(data.get("effectiveNetwork", {}))
         self.created_at = data["createdAt"]
         self.updated_at = data["updatedAt"]
@@ -568,6 +608,19 @@ class Sandbox:
         its own."""
         value = self.effective_network.get("budgets", {}).get("egressMbps")
         return int(value) if value is not None else None
+
+    @property
+    def transfer_quota(self) -> Optional[Tuple[int, int]]:
+        """The transfer quota in force: MiB both ways a period, and the
+        period in seconds (periods start at its multiples since the Unix
+        epoch); ``None``: no quota. Past it, nothing passes until the next
+        period (a ``budget`` event with reason ``transfer_quota`` says
+        so)."""
+        budgets = self.effective_network.get("budgets", {})
+        mib = budgets.get("transferQuotaMiB")
+        if mib is None:
+            return None
+        return int(mib), int(budgets.get("transferPeriodSeconds", 0))
 
     @property
     def connection_budget(self) -> Tuple[int, int]:
@@ -602,17 +655,20 @@ class Sandbox:
         new_connections_per_second: Union[int, Literal["default"], None] = None,
         network_approvals: Optional[bool] = None,
         approval_hold_seconds: Optional[int] = None,
+        transfer_quota_mib: Union[int, Literal["default"], None] = None,
     ) -> None:
         """Changes the network settings: what is given replaces the stored
         value, the rest is kept; in force in the kernel when this returns.
         ``"default"`` for a budget (``egress_mbps``, ``max_connections``,
-        ``new_connections_per_second``) goes back to the tier's.
+        ``new_connections_per_second``, ``transfer_quota_mib``) goes back
+        to the tier's (a new quota keeps what the period counted).
         Refreshes the sandbox from the answer."""
         body: Dict[str, Any] = {}
         for key, budget in (
             ("egressMbps", egress_mbps),
             ("maxConnections", max_connections),
             ("newConnectionsPerSecond", new_connections_per_second),
+            ("transferQuotaMiB", transfer_quota_mib),
         ):
             if budget is not None:
                 body[key] = None if budget == "default" else budget
@@ -633,7 +689,8 @@ class Sandbox:
                 "update_network_settings: give network_block_all, network_allow_list, "
                 "domain_allow_list, network_deny_list, domain_deny_list, "
                 "essential_services, egress_mbps, max_connections, "
-                "new_connections_per_second, network_approvals or approval_hold_seconds"
+                "new_connections_per_second, network_approvals, approval_hold_seconds "
+                "or transfer_quota_mib"
             )
         self._load(self._http.request("POST", self._path("/network-settings"), body))
 

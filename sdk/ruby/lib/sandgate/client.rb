@@ -17,18 +17,20 @@ module Sandgate
   # once and new connections a second, within its tier's fair shares;
   # network_approvals: what the sandbox is refused opens access requests
   # for its owner (tier 3/4); approval_hold_seconds: how long a refused
-  # DNS query waits for an approval (0 to 60).
+  # DNS query waits for an approval (0 to 60); transfer_quota_mib: what
+  # the sandbox may send and receive in all each period, MiB, within its
+  # tier's maximum (the period is the operator's).
   class CreateSandboxBaseParams
     attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list,
                   :network_deny_list, :domain_deny_list, :essential_services, :egress_mbps,
                   :max_connections, :new_connections_per_second, :network_approvals,
-                  :approval_hold_seconds
+                  :approval_hold_seconds, :transfer_quota_mib
 
     def initialize(name: nil, env: nil, network_allow_list: nil, network_block_all: nil,
                    domain_allow_list: nil, network_deny_list: nil, domain_deny_list: nil,
                    essential_services: nil, egress_mbps: nil, max_connections: nil,
                    new_connections_per_second: nil, network_approvals: nil,
-                   approval_hold_seconds: nil)
+                   approval_hold_seconds: nil, transfer_quota_mib: nil)
       @name = name
       @env = env
       @network_allow_list = network_allow_list
@@ -42,6 +44,7 @@ module Sandgate
       @new_connections_per_second = new_connections_per_second
       @network_approvals = network_approvals
       @approval_hold_seconds = approval_hold_seconds
+      @transfer_quota_mib = transfer_quota_mib
     end
 
     # The API's request body (camelCase; fields left out are absent).
@@ -59,7 +62,8 @@ module Sandgate
         "maxConnections" => max_connections,
         "newConnectionsPerSecond" => new_connections_per_second,
         "networkApprovals" => network_approvals,
-        "approvalHoldSeconds" => approval_hold_seconds
+        "approvalHoldSeconds" => approval_hold_seconds,
+        "transferQuotaMiB" => transfer_quota_mib
       }.compact
     end
   end
@@ -90,6 +94,16 @@ module Sandgate
       new(id: r["id"], target: r["target"], reason: r["reason"], created_at: r["createdAt"],
           expires_at: r["expiresAt"], expires_at_ms: r["expiresAtMs"], seconds_left: r["secondsLeft"],
           in_force: r.fetch("inForce", true))
+    end
+  end
+  # A sandbox's transfer quota this period, as the kernel counts it at the
+  # call: bytes both ways (IP packets, headers included).
+  TransferUsage = Struct.new(:quota_bytes, :used_bytes, :spent, :period_start, :period_end,
+                             :period_start_ms, :period_end_ms, keyword_init: true) do
+    def self.from(r)
+      new(quota_bytes: r["quotaBytes"], used_bytes: r["usedBytes"], spent: r["spent"],
+          period_start: r["periodStart"], period_end: r["periodEnd"],
+          period_start_ms: r["periodStartMs"], period_end_ms: r["periodEndMs"])
     end
   end
   # A network event of a sandbox: a denied connection (kind "connection"),
@@ -295,6 +309,13 @@ module Sandgate
       @sandbox.http.request("GET", @sandbox.path("/network/grants"))["grants"].map { |g| Grant.from(g) }
     end
 
+    # What the sandbox has used of its transfer quota this period; nil: it
+    # has no quota.
+    def transfer_usage
+      transfer = @sandbox.http.request("GET", @sandbox.path("/network/usage"))["transfer"]
+      transfer && TransferUsage.from(transfer)
+    end
+
     # The sandbox's recent network events (up to 256), oldest first. With
     # follow: true and a block, yields them, then each new one as it
     # happens, until the block breaks out:
@@ -370,7 +391,8 @@ module Sandgate
     attr_reader :id, :name, :state, :snapshot, :organization_id, :env, :network_block_all,
                 :network_allow_list, :domain_allow_list, :network_deny_list, :domain_deny_list,
                 :essential_services, :egress_mbps, :max_connections, :new_connections_per_second,
-                :network_approvals, :approval_hold_seconds, :effective_network, :created_at, :updated_at, :process,
+                :network_approvals, :approval_hold_seconds, :transfer_quota_mib, :effective_network,
+                :created_at, :updated_at, :process,
                 :network, :http
 
     def initialize(http, data)
@@ -397,6 +419,16 @@ module Sandgate
       effective_network.dig("budgets", "egressMbps")
     end
 
+    # The transfer quota in force: [MiB both ways a period, the period in
+    # seconds] (periods start at its multiples since the Unix epoch); nil:
+    # no quota. Past it nothing passes until the next period (a budget
+    # event with reason transfer_quota says so).
+    def transfer_quota
+      budgets = effective_network.fetch("budgets", {})
+      mib = budgets["transferQuotaMiB"]
+      mib && [mib, budgets["transferPeriodSeconds"]]
+    end
+
     # The connection budgets in force: [connections at once, new
     # connections a second] (what it asked for, or its tier's fair shares,
     # never above them).
@@ -418,12 +450,14 @@ module Sandgate
     # Changes the network settings (what is given replaces, the rest is
     # kept; in force in the kernel on return) and refreshes from the answer.
     # :default for a budget (egress_mbps, max_connections,
-    # new_connections_per_second) goes back to the tier's.
+    # new_connections_per_second, transfer_quota_mib) goes back to the
+    # tier's (a new quota keeps what the period counted).
     def update_network_settings(network_block_all: nil, network_allow_list: nil,
                                 domain_allow_list: nil, network_deny_list: nil,
                                 domain_deny_list: nil, essential_services: nil, egress_mbps: nil,
                                 max_connections: nil, new_connections_per_second: nil,
-                                network_approvals: nil, approval_hold_seconds: nil)
+                                network_approvals: nil, approval_hold_seconds: nil,
+                                transfer_quota_mib: nil)
       body = { "networkBlockAll" => network_block_all, "networkAllowList" => network_allow_list,
                "domainAllowList" => domain_allow_list, "networkDenyList" => network_deny_list,
                "domainDenyList" => domain_deny_list,
@@ -431,15 +465,16 @@ module Sandgate
                "networkApprovals" => network_approvals,
                "approvalHoldSeconds" => approval_hold_seconds }.compact
       { "egressMbps" => egress_mbps, "maxConnections" => max_connections,
-        "newConnectionsPerSecond" => new_connections_per_second }.each do |key, budget|
+        "newConnectionsPerSecond" => new_connections_per_second,
+        "transferQuotaMiB" => transfer_quota_mib }.each do |key, budget|
         body[key] = budget == :default ? nil : budget unless budget.nil?
       end
       if body.empty?
         raise ArgumentError,
               "update_network_settings: give network_block_all, network_allow_list, " \
               "domain_allow_list, network_deny_list, domain_deny_list, essential_services, " \
-              "egress_mbps, max_connections, new_connections_per_second, network_approvals or " \
-              "approval_hold_seconds"
+              "egress_mbps, max_connections, new_connections_per_second, network_approvals, " \
+              "approval_hold_seconds or transfer_quota_mib"
       end
 
       load(http.request("POST", path("/network-settings"), body))
@@ -472,6 +507,7 @@ module Sandgate
       @new_connections_per_second = d["newConnectionsPerSecond"]
       @network_approvals = d.fetch("networkApprovals", false)
       @approval_hold_seconds = d.fetch("approvalHoldSeconds", 0)
+      @transfer_quota_mib = d["transferQuotaMiB"]
       @effective_network = d.fetch("effectiveNetwork", {})
       @created_at = d["createdAt"]
       @updated_at = d["updatedAt"]
