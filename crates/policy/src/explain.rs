@@ -172,6 +172,9 @@ pub enum Reason {
     RestrictedByTier,
     /// `open` mode.
     Open,
+    /// The sandbox's transfer quota for the period is spent (state, not
+    /// policy: see [`Verdict::with_quota_spent`]).
+    TransferQuota,
 }
 
 impl Reason {
@@ -181,7 +184,7 @@ impl Reason {
     /// `domain_deny_list:<pattern>`, `allow_list:<cidr>`,
     /// `domain_allow_list:<pattern>`,
     /// `essential_service:<category>`, `grant:<id>`, `not_in_allow_list`,
-    /// `restricted_by_tier` or `open`.
+    /// `restricted_by_tier`, `open` or `transfer_quota`.
     pub fn code(&self) -> String {
         match self {
             Reason::NotEgress => "not_egress".into(),
@@ -198,6 +201,7 @@ impl Reason {
             Reason::NotInAllowList => "not_in_allow_list".into(),
             Reason::RestrictedByTier => "restricted_by_tier".into(),
             Reason::Open => "open".into(),
+            Reason::TransferQuota => "transfer_quota".into(),
         }
     }
 }
@@ -231,6 +235,24 @@ pub struct Verdict {
     pub reason: Reason,
     /// The rule, in words.
     pub rule: String,
+}
+
+impl Verdict {
+    /// The verdict once the sandbox's transfer quota for the period is
+    /// spent: what would pass (a DNS query included) is refused until the
+    /// period ends; a refusal keeps its own reason, and what never leaves
+    /// the sandbox is untouched.
+    pub fn with_quota_spent(self) -> Verdict {
+        if !self.allowed || self.reason == Reason::NotEgress {
+            return self;
+        }
+        Verdict {
+            allowed: false,
+            reason: Reason::TransferQuota,
+            rule: "the sandbox's transfer quota for this period is spent: nothing passes until the period ends"
+                .into(),
+        }
+    }
 }
 
 /// An effective policy compiled for lookups: the catalog's names (shared,

@@ -903,20 +903,37 @@ pub async fn execute(
 /// `work` on the policy of sandbox `row` compiled as the host enforces
 /// it now: the host's addresses as they are, the sandbox's own addresses
 /// not egress (both read from the runner, off the async threads).
+///
+/// `work` also learns whether the sandbox's transfer quota for the period
+/// is spent (read from the runner when it has one): then nothing passes,
+/// whatever the policy says.
 async fn with_compiled<T>(
     st: &AppState,
     org: &Organization,
     row: &SandboxRow,
-    work: impl FnOnce(&CompiledPolicy) -> Result<T, ApiError>,
+    work: impl FnOnce(&CompiledPolicy, bool) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     let policy = effective(st, org, row)?;
     let id = row.id.clone();
-    let (ranges, own) = on_runner(st, move |r| {
+    let metered = policy.budgets.transfer_quota_mib.is_some() && row.state == SandboxState::Running;
+    let (ranges, own, spent) = on_runner(st, move |r| {
         let own: Vec<_> = r.addresses(&id).map(Vec::from).unwrap_or_default();
-        Ok((r.live_policy(), own))
+        let spent = metered && r.transfer_usage(&id)?.is_some_and(|u| u.spent);
+        Ok((r.live_policy(), own, spent))
     })
     .await?;
-    work(&CompiledPolicy::new(policy, &st.catalog, &ranges).with_own_addresses(&own))
+    work(
+        &CompiledPolicy::new(policy, &st.catalog, &ranges).with_own_addresses(&own),
+        spent,
+    )
+}
+
+/// `verdict`, refused when the transfer quota is `spent`.
+fn in_quota(verdict: Verdict, spent: bool) -> Verdict {
+    match spent {
+        true => verdict.with_quota_spent(),
+        false => verdict,
+    }
 }
 
 /// What sandbox `row`'s policy does with `destination`, without sending
@@ -927,9 +944,9 @@ pub async fn explain(
     row: &SandboxRow,
     destination: &Destination,
 ) -> Result<(Verdict, String), ApiError> {
-    with_compiled(st, org, row, |compiled| {
+    with_compiled(st, org, row, |compiled, spent| {
         Ok((
-            compiled.explain(destination),
+            in_quota(compiled.explain(destination), spent),
             compiled.policy().mode.as_str().to_string(),
         ))
     })
@@ -956,10 +973,13 @@ pub async fn network_test(
     targets: Vec<ProbeTarget>,
 ) -> Result<(Vec<(Verdict, Observed)>, String), ApiError> {
     running(row)?;
-    let (expected, mode) = with_compiled(st, org, row, |compiled| {
+    let (expected, mode) = with_compiled(st, org, row, |compiled, spent| {
         let verdicts = targets
             .iter()
-            .map(|t| Ok(compiled.explain(&t.to_string().parse::<Destination>()?)))
+            .map(|t| {
+                let verdict = compiled.explain(&t.to_string().parse::<Destination>()?);
+                Ok(in_quota(verdict, spent))
+            })
             .collect::<Result<Vec<_>, ApiError>>()?;
         Ok((verdicts, compiled.policy().mode.as_str().to_string()))
     })

@@ -230,6 +230,12 @@ fn a_transfer_quota_stops_a_sandbox_for_the_rest_of_its_period() {
         })
         .unwrap_or(0);
     assert!(metric >= 1, "no budget event counted");
+    // explain says why nothing passes now.
+    let dest = format!("{SERVER4_B}:7");
+    assert_eq!(
+        api.explain(&key, &id(&metered), &dest),
+        (false, "transfer_quota".to_string())
+    );
     // What it used, as the kernel counts it at the call.
     let (s, usage) = api.get(
         &format!("/api/sandbox/{}/network/usage", id(&metered)),
@@ -289,4 +295,8 @@ fn a_transfer_quota_stops_a_sandbox_for_the_rest_of_its_period() {
         "{usage}"
     );
     assert!(t["usedBytes"].as_u64().unwrap() >= 8 * mib, "{usage}");
+    assert_eq!(
+        api.explain(&key, &id(&metered), &dest),
+        (true, "open".to_string())
+    );
 }
