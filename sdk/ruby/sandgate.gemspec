@@ -1,8 +1,10 @@
 # frozen_string_literal: true
 
+require_relative "lib/sandgate/version"
+
 Gem::Specification.new do |s|
   s.name = "sandgate"
-  s.version = "0.1.0"
+  s.version = Sandgate::VERSION
   s.summary = "Ruby SDK for sandgate: sandboxes whose network egress is enforced in the kernel."
   s.description = "Create sandboxes, run commands in them and control where they may connect, " \
                   "through a sandgate server's API. Standard library only."

@@ -1,7 +1,9 @@
 //! `sandgate sandbox ...` and `sandgate admin ...`: a client of the API.
 //!
-//! The server and key come from `--api-url`/`--api-key` or
-//! `SANDGATE_API_URL`/`SANDGATE_API_KEY`. `--json` prints the API's answers
+//! The server comes from `--api-url` or `SANDGATE_API_URL`; the key from
+//! `SANDGATE_API_KEY` or a file (`--api-key-file`), never from an
+//! argument of its own (the process list shows arguments to every user of
+//! the host). `--json` prints the API's answers
 //! as they are; otherwise tables and summaries for people. Exit status: 0,
 //! 2 for an error the caller can fix (a 4xx), 1 for the rest; `sandbox
 //! exec` exits with the command's own status.
@@ -18,13 +20,21 @@ pub struct ApiArgs {
     /// The server's URL.
     #[arg(
         long,
+        global = true,
         env = "SANDGATE_API_URL",
         default_value = "http://127.0.0.1:8080"
     )]
     pub api_url: String,
-    /// An organization's API key (or, for `admin`, the operator token).
-    #[arg(long, env = "SANDGATE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    /// A file holding the API key (an organization's, or for `admin` the
+    /// operator token); without it, `SANDGATE_API_KEY`. The key itself is
+    /// never an argument: the process list shows arguments to every user.
+    #[arg(
+        long,
+        global = true,
+        env = "SANDGATE_API_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub api_key_file: Option<std::path::PathBuf>,
 }
 
 /// Sandboxes of the key's organization.
@@ -495,8 +505,25 @@ fn rows(v: &Value, cells: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
     v.as_array().into_iter().flatten().map(cells).collect()
 }
 
-fn client(api: &ApiArgs) -> Client {
-    Client::new(&api.api_url, api.api_key.as_deref())
+/// The client of `api`: its key read from `--api-key-file`, else from
+/// `SANDGATE_API_KEY` (a file that cannot be read is the caller's to fix).
+fn client(api: &ApiArgs) -> Result<Client, ApiFailure> {
+    let key = match &api.api_key_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| ApiFailure {
+                status: 400,
+                code: "invalid_api_key_file".into(),
+                message: format!("the API key file {}: {e}", file.display()),
+                body: Value::Null,
+            })?;
+            Some(text.trim().to_string())
+        }
+        None => std::env::var("SANDGATE_API_KEY").ok(),
+    };
+    Ok(Client::new(
+        &api.api_url,
+        key.as_deref().filter(|k| !k.is_empty()),
+    ))
 }
 
 fn path_part(s: &str) -> String {
@@ -512,7 +539,10 @@ fn path_part(s: &str) -> String {
 
 /// Runs `sandgate sandbox ...`.
 pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
-    let c = client(&cli.api);
+    let c = match client(&cli.api) {
+        Ok(c) => c,
+        Err(f) => return failure(out, &f),
+    };
     let result = match cli.command {
         SandboxCommand::Create {
             name,
@@ -954,7 +984,10 @@ fn grant_line(g: &Value) {
 
 /// Runs `sandgate admin ...`.
 pub fn admin(cli: AdminCli, out: &Output) -> ExitCode {
-    let c = client(&cli.api);
+    let c = match client(&cli.api) {
+        Ok(c) => c,
+        Err(f) => return failure(out, &f),
+    };
     let AdminCommand::Org(cmd) = cli.command;
     let org_line = |v: &Value| {
         let egress: Vec<&str> = ["ipv4", "ipv6"]

@@ -16,7 +16,7 @@ mod policy_cmd;
 mod runner_cmd;
 mod server_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +60,33 @@ enum Command {
     /// tier and sandboxes in every mode, probed; prints expected against
     /// observed.
     Demo,
+    /// Print the completion script of a shell for sandgate (e.g. `sandgate
+    /// completions bash > /etc/bash_completion.d/sandgate`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write sandgate's manual pages (one per command, section 1) into a
+    /// directory, or print the main page (roff, for `man -l -`).
+    Man {
+        /// The directory to write `sandgate.1`, `sandgate-sandbox.1`, ...
+        /// into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// Writes what `write` produces to standard output or `out_dir`; an I/O
+/// error is the host's (1).
+fn emit(write: impl FnOnce() -> std::io::Result<()>, what: &str) -> ExitCode {
+    match write() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -67,6 +94,32 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return output::argument_error(e),
     };
+    // Generated from the command line's own definition; no configuration.
+    match &cli.command {
+        Command::Completions { shell } => {
+            return emit(
+                || {
+                    let mut out = std::io::stdout();
+                    clap_complete::generate(*shell, &mut Cli::command(), "sandgate", &mut out);
+                    std::io::Write::flush(&mut out)
+                },
+                "the completion script",
+            )
+        }
+        Command::Man { out_dir } => {
+            return emit(
+                || match out_dir {
+                    Some(dir) => {
+                        std::fs::create_dir_all(dir)?;
+                        clap_mangen::generate_to(Cli::command(), dir)
+                    }
+                    None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+                },
+                "the manual pages",
+            )
+        }
+        _ => {}
+    }
     let out = output::Output::new(cli.json);
     let config = match config::Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -80,5 +133,8 @@ fn main() -> ExitCode {
         Command::Sandbox(cli) => api_cmd::sandbox(cli, &out),
         Command::Admin(cli) => api_cmd::admin(cli, &out),
         Command::Demo => demo::run(&config, &out),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("answered above, before the configuration is read")
+        }
     }
 }

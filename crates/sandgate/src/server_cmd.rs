@@ -42,6 +42,11 @@ pub struct ServerArgs {
     /// repeatable; default: the reference's checks).
     #[arg(long = "probe-target", value_name = "HOST:PORT")]
     pub probe_targets: Vec<String>,
+    /// Commands and network tests one organization may run at once (each
+    /// holds a thread for its length); one more is answered 429 with
+    /// `Retry-After`.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub execs_per_org: u16,
 }
 
 /// The runner of this host: where it keeps its state and how it reaches
@@ -156,6 +161,7 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
         check_secret(t, "the operator token")?;
     }
     cfg.admin_token = token;
+    cfg.execs_per_org = usize::from(args.execs_per_org);
     if !args.probe_targets.is_empty() {
         cfg.probe_targets = args.probe_targets.clone();
     }

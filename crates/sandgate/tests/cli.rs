@@ -363,3 +363,71 @@ fn the_demo_matrix_is_all_ok() {
         assert!(modes.contains(mode), "{modes:?}");
     }
 }
+
+#[test]
+fn completions_are_generated_for_each_shell_and_bash_reads_its_script() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = sandgate(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        // Every command, down to the network subcommands, is completed.
+        for word in ["sandbox", "network", "approve", "transfer-quota-mib"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    // Bash parses the script and, sourced, completes `sandgate sa<TAB>`.
+    let script = String::from_utf8_lossy(&sandgate(&["completions", "bash"]).stdout).into_owned();
+    let probe = format!(
+        "{script}\nCOMP_WORDS=(sandgate sa); COMP_CWORD=1; COMP_LINE='sandgate sa'; COMP_POINT=11\n\
+         _sandgate sandgate sa sandgate; printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+    );
+    let out = Command::new("bash").args(["-c", &probe]).output().unwrap();
+    let offered = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        offered.lines().any(|l| l == "sandbox"),
+        "{offered}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!sandgate(&["completions", "tcsh"]).status.success());
+}
+
+#[test]
+fn manual_pages_are_written_for_every_command() {
+    let main = sandgate(&["man"]);
+    assert!(main.status.success());
+    let page = String::from_utf8_lossy(&main.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH sandgate 1"),
+        "{page}"
+    );
+    let dir = std::env::temp_dir().join(format!("sandgate-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = sandgate(&["man", "--out-dir", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "sandgate.1",
+        "sandgate-sandbox.1",
+        "sandgate-sandbox-network.1",
+        "sandgate-sandbox-network-usage.1",
+        "sandgate-admin.1",
+        "sandgate-server.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".SH NAME"), "{page}");
+    }
+    // man(1) renders the server's page, its options described.
+    let shown = Command::new("man")
+        .args(["-l", "-P", "cat"])
+        .arg(dir.join("sandgate-server.1"))
+        .env("MANWIDTH", "100")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("--execs-per-org"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,6 +15,10 @@ use sandgate_lab::Lab;
 use std::path::Path;
 use std::process::Command;
 
+/// The commands one organization may run at once on the suites' server
+/// (a suite fills them to see a 429 and its `Retry-After`).
+const EXECS_PER_ORG: &str = "4";
+
 /// A lab, a server, two organizations: the environment of an SDK suite.
 struct Setup {
     _lab: Lab,
@@ -27,7 +31,11 @@ fn setup() -> Setup {
     let dir = std::env::temp_dir().join(format!("sandgate-sdk-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
     let guard = Cleanup {
-        server: Some(start_server(&lab, &dir)),
+        server: Some(start_server_with(
+            &lab,
+            &dir,
+            &["--execs-per-org", EXECS_PER_ORG],
+        )),
         dir,
     };
     let url = guard.server.as_ref().unwrap().url.clone();
@@ -75,6 +83,7 @@ fn setup() -> Setup {
         ("SANDGATE_TEST_EGRESS_KEY".into(), egress_key),
         ("SANDGATE_TEST_EGRESS4".into(), EGRESS4.to_string()),
         ("SANDGATE_TEST_WHOAMI_PORT".into(), WHOAMI.to_string()),
+        ("SANDGATE_TEST_EXECS_PER_ORG".into(), EXECS_PER_ORG.into()),
     ];
     Setup {
         _lab: lab,
@@ -92,19 +101,12 @@ fn run_suite(
     args: &[&str],
     extra: &[(&str, String)],
 ) -> String {
-    let out = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .current_dir(dir)
         .envs(s.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e} (see scripts/packages.txt)"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
+    let out = succeeded(cmd);
     let _ = &s.guard;
     format!(
         "{}{}",
@@ -177,6 +179,96 @@ fn the_typescript_sdk_suite_passes_against_a_real_server() {
     println!("{output}");
     let (pass, fail) = node_counts(&output);
     assert!(pass >= 7 && fail == 0, "{output}");
+}
+
+/// Runs `cmd`; panics with its output unless it succeeds.
+fn succeeded(mut cmd: Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (see scripts/packages.txt)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `program args` in `dir`; panics with its output unless it
+/// succeeds. Returns its standard output.
+fn run(dir: &Path, program: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir);
+    String::from_utf8_lossy(&succeeded(cmd).stdout).into_owned()
+}
+
+#[test]
+fn the_typescript_package_loads_as_commonjs_and_as_an_es_module() {
+    // The package as `npm pack` makes it (its `prepare` builds both forms),
+    // unpacked where a project's `node_modules` would hold it: `require`
+    // and `import` find it through its `exports` map and see the same API.
+    let dir = sdk_dir("typescript");
+    let project = std::env::temp_dir().join(format!("sandgate-ts-package-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&project);
+    std::fs::create_dir_all(project.join("node_modules")).unwrap();
+    let packed = run(
+        &dir,
+        "npm",
+        &[
+            "pack",
+            "--silent",
+            "--pack-destination",
+            project.to_str().unwrap(),
+        ],
+    );
+    let tarball = project.join(packed.trim().lines().last().unwrap());
+    run(
+        &project.join("node_modules"),
+        "tar",
+        &["-xzf", tarball.to_str().unwrap()],
+    );
+    std::fs::rename(
+        project.join("node_modules/package"),
+        project.join("node_modules/sandgate"),
+    )
+    .unwrap();
+    let names = "Object.keys(m).sort().join(',') + ' ' + typeof m.Sandgate";
+    let cjs = run(
+        &project,
+        "node",
+        &[
+            "-e",
+            &format!("const m = require('sandgate'); console.log({names})"),
+        ],
+    );
+    let esm = run(
+        &project,
+        "node",
+        &[
+            "--input-type=module",
+            "-e",
+            &format!("import * as m from 'sandgate'; console.log({names})"),
+        ],
+    );
+    assert!(
+        cjs.contains("Sandgate,") && cjs.trim().ends_with(" function"),
+        "{cjs}"
+    );
+    assert_eq!(cjs, esm, "CommonJS and ES module exports differ");
+    // What the package holds: both builds and their declarations, no tests.
+    let listed = run(&project, "tar", &["-tzf", tarball.to_str().unwrap()]);
+    for file in [
+        "package/dist/cjs/index.js",
+        "package/dist/cjs/index.d.ts",
+        "package/dist/esm/index.js",
+        "package/dist/esm/index.d.ts",
+        "package/dist/esm/package.json",
+    ] {
+        assert!(listed.lines().any(|l| l == file), "{file} not in {listed}");
+    }
+    assert!(!listed.contains("test"), "{listed}");
+    let _ = std::fs::remove_dir_all(&project);
 }
 
 /// The counts of minitest's summary ("N runs, N assertions, N failures,

@@ -57,6 +57,46 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     let (code, key) = cli(&url, TOKEN, &["admin", "org", "key", &org_id]);
     assert_eq!(code, 0);
     let key = key["key"].as_str().unwrap().to_string();
+    // The key comes from the environment or a file, never an argument
+    // (the process list would show it).
+    let key_file = dir.with_extension("key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let bare = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+            .arg("--json")
+            .args(args)
+            .env("SANDGATE_API_URL", &url)
+            .env_remove("SANDGATE_API_KEY")
+            .env_remove("SANDGATE_CONFIG")
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), v)
+    };
+    let from_file = bare(&[
+        "sandbox",
+        "list",
+        "--api-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (from_file.0, from_file.1.is_array()),
+        (0, true),
+        "{from_file:?}"
+    );
+    let (code, e) = bare(&["sandbox", "list", "--api-key", &key]);
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("invalid_arguments")),
+        "{e}"
+    );
+    let (code, e) = bare(&["sandbox", "list", "--api-key-file", "/nonexistent/key"]);
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("invalid_api_key_file")),
+        "{e}"
+    );
+    let _ = std::fs::remove_file(&key_file);
     // An organization's key cannot do the operator's work.
     let (code, e) = cli(&url, &key, &["admin", "org", "tier", &org_id, "4"]);
     assert_eq!((code, e["error"]["code"].as_str()), (2, Some("forbidden")));

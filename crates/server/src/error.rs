@@ -21,6 +21,11 @@ pub struct ApiError {
     pub message: String,
     /// More, merged into the error object (`field`, `problems`).
     pub details: Option<Value>,
+    /// Seconds after which the same request may succeed (`Retry-After`):
+    /// set on answers to requests that did nothing (429, and the 503s of
+    /// a full or unanswering host), so that a client may send them again
+    /// as they were.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -31,7 +36,14 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the client to retry after `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 400 `invalid_request`.
@@ -91,9 +103,22 @@ impl From<PolicyError> for ApiError {
             code: e.code.as_str(),
             message: e.message,
             details: Some(details),
+            retry_after: None,
         }
     }
 }
+
+/// `Retry-After` of a 503 `capacity_exhausted`: a slot frees when a
+/// sandbox is deleted, which a client cannot know.
+pub const CAPACITY_RETRY_SECONDS: u64 = 10;
+
+/// `Retry-After` of a 503 `runner_unavailable`: about two of a runner's
+/// heartbeats.
+pub const UNAVAILABLE_RETRY_SECONDS: u64 = 5;
+
+/// `Retry-After` of a 429 `too_many_requests`: an exec or a network test
+/// usually ends within a second.
+pub const BUSY_RETRY_SECONDS: u64 = 1;
 
 /// A runner's error as an answer: a caller's fault with its status, code
 /// and message; a host's fault (500, 503, 507) with its code and a
@@ -112,6 +137,7 @@ impl From<RunnerError> for ApiError {
                     "capacity_exhausted",
                     "the host has no free network slot for another sandbox; delete a sandbox or retry later",
                 )
+                .retry_after(CAPACITY_RETRY_SECONDS)
             }
             RunnerError::Unavailable(cause) => {
                 tracing::error!("a runner does not answer: {cause}");
@@ -120,6 +146,7 @@ impl From<RunnerError> for ApiError {
                     "runner_unavailable",
                     "the host of this sandbox does not answer; retry later",
                 )
+                .retry_after(UNAVAILABLE_RETRY_SECONDS)
             }
             e => {
                 let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
@@ -183,6 +210,13 @@ impl IntoResponse for ApiError {
                 error[k] = v;
             }
         }
-        (self.status, axum::Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }

@@ -182,6 +182,7 @@ impl AppState {
                 "too_many_requests",
                 format!("{what} commands and tests are running already; wait for one to end"),
             )
+            .retry_after(error::BUSY_RETRY_SECONDS)
         };
         let own = {
             let mut all = self.org_execs.lock().unwrap_or_else(|e| e.into_inner());

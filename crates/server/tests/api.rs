@@ -336,14 +336,15 @@ fn the_runtimes_refusals_are_said_in_sandgates_words_and_execs_are_bounded() {
     std::thread::scope(|s| {
         let first = s.spawn(|| api.exec(&k, "existing", "sleep 2; echo done"));
         std::thread::sleep(std::time::Duration::from_millis(700));
-        let (s2, e) = api.post(
+        let (s2, e, retry) = api.answer(
+            "POST",
             &format!("/api/sandbox/{ex}/process/execute"),
-            &k,
-            json!({"command": "true"}),
+            Some(&k),
+            Send::Json(json!({"command": "true"})),
         );
         assert_eq!(
-            (s2, e["error"]["code"].as_str()),
-            (429, Some("too_many_requests")),
+            (s2, e["error"]["code"].as_str(), retry.as_deref()),
+            (429, Some("too_many_requests"), Some("1")),
             "{e}"
         );
         assert_eq!(first.join().unwrap()["stdout"], "done\n");

@@ -571,10 +571,33 @@ fn a_runner_that_is_full_or_failing_leaves_nothing_and_says_whose_fault() {
     let (_, k) = api.organization("acme", 3);
     let double = api.double().clone();
 
-    // No room on the host: the caller may retry later.
-    double.fail(Op::Create, RunnerError::Capacity("no free slot".into()));
-    let (s, v) = api.post("/api/sandbox", &k, json!({"name": "a"}));
-    assert_eq!((s, code(&v)), (503, "capacity_exhausted"), "{v}");
+    // No room on the host, or a host that does not answer: the caller
+    // may retry later, and is told when.
+    for (error, want, after) in [
+        (
+            RunnerError::Capacity("no free slot".into()),
+            "capacity_exhausted",
+            "10",
+        ),
+        (
+            RunnerError::Unavailable("no answer".into()),
+            "runner_unavailable",
+            "5",
+        ),
+    ] {
+        double.fail(Op::Create, error);
+        let (s, v, retry) = api.answer(
+            "POST",
+            "/api/sandbox",
+            Some(&k),
+            Send::Json(json!({"name": "a"})),
+        );
+        assert_eq!(
+            (s, code(&v), retry.as_deref()),
+            (503, want, Some(after)),
+            "{v}"
+        );
+    }
 
     // The host's fault: 500, its cause in the log, not in the answer.
     let cause = "runc: exec: \"runc\": executable file not found in $PATH";

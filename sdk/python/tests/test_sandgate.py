@@ -18,6 +18,7 @@ import ipaddress
 import os
 import time
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
 from sandgate import (
@@ -26,6 +27,7 @@ from sandgate import (
     CreateSandboxFromSnapshotParams,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitError,
     Sandbox,
     Sandgate,
     SandgateError,
@@ -250,6 +252,22 @@ class SdkTest(unittest.TestCase):
         with self.assertRaises(ValidationError) as bad:
             s.update_network_settings(egress_mbps=0)
         self.assertEqual(bad.exception.code, "invalid_budget")
+
+    def test_a_busy_server_is_asked_again_after_the_wait_it_says(self) -> None:
+        # The organization's every exec permit held by a sleep: one more is
+        # 429 with Retry-After; a client that retries gets through once a
+        # sleep ends, one that does not is told how long to wait.
+        n = int(os.environ["SANDGATE_TEST_EXECS_PER_ORG"])
+        s = self.create(CreateSandboxFromSnapshotParams())
+        with ThreadPoolExecutor(n) as pool:
+            busy = [pool.submit(s.process.exec, "sleep 3", timeout=30) for _ in range(n)]
+            time.sleep(1)
+            with self.assertRaises(RateLimitError) as refused:
+                Sandgate(max_retries=0).get(s.id).process.exec("true")
+            self.assertEqual(refused.exception.retry_after, 1)
+            patient = Sandgate(max_retries=20).get(s.id)
+            self.assertEqual(patient.process.exec("echo through").stdout, "through\n")
+            self.assertTrue(all(b.result().exit_code == 0 for b in busy))
 
     def test_a_transfer_quota_stops_the_sandbox_once_spent(self) -> None:
         day = 86_400

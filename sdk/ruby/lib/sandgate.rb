@@ -10,5 +10,6 @@
 module Sandgate
 end
 
+require_relative "sandgate/version"
 require_relative "sandgate/errors"
 require_relative "sandgate/client"

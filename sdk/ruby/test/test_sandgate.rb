@@ -171,6 +171,28 @@ class SandgateTest < Minitest::Test
     assert_equal [name.id], s.network.requests(state: "denied").map(&:id)
   end
 
+  def test_the_gem_is_built_from_its_version_file
+    spec = Gem::Specification.load(File.expand_path("../sandgate.gemspec", __dir__))
+    assert_equal Sandgate::VERSION, spec.version.to_s
+    assert_includes spec.files, "lib/sandgate/version.rb"
+  end
+
+  def test_a_busy_server_is_asked_again_after_the_wait_it_says
+    # Every exec permit of the organization held by a sleep: one more is
+    # 429 with Retry-After; a client that retries gets through once a
+    # sleep ends.
+    n = Integer(ENV.fetch("SANDGATE_TEST_EXECS_PER_ORG"))
+    s = create
+    busy = Array.new(n) { Thread.new { s.process.exec("sleep 3", timeout: 30) } }
+    sleep 1
+    impatient = Sandgate::Sandgate.new(max_retries: 0).get(s.id)
+    e = assert_raises(Sandgate::RateLimitError) { impatient.process.exec("true") }
+    assert_equal 1, e.retry_after
+    patient = Sandgate::Sandgate.new(max_retries: 20).get(s.id)
+    assert_equal "through\n", patient.process.exec("echo through").stdout
+    assert(busy.map(&:value).all? { |r| r.exit_code.zero? })
+  end
+
   def test_a_transfer_quota_is_asked_at_create_and_changed_by_an_update
     s = create(transfer_quota_mib: 64)
     assert_equal [64, [64, 86_400]], [s.transfer_quota_mib, s.transfer_quota]

@@ -17,6 +17,9 @@ export class SandgateError extends Error {
   readonly code: string
   readonly status: number
   readonly details: Record<string, unknown>
+  /** Seconds the server asked to wait before sending the same request
+   * again (`Retry-After`, on a 429 or a 503 that did nothing). */
+  retryAfter?: number
 
   constructor(message: string, code = 'error', status = 0, details: Record<string, unknown> = {}) {
     super(message)
@@ -306,16 +309,47 @@ function failure(status: number, text: string): SandgateError {
   return errorFor(status, String(code ?? 'http_error'), String(message ?? ''), details)
 }
 
+/** The longest a client waits on one `Retry-After` before it retries. */
+const MAX_RETRY_WAIT = 60
+
+/** The seconds of a 429's or a 503's `Retry-After` (a count of seconds,
+ * as sandgate sends it), if it has one. */
+function retryAfter(response: Response): number | undefined {
+  if (response.status !== 429 && response.status !== 503) return undefined
+  const value = response.headers.get('retry-after')
+  if (value === null || !/^\d+$/.test(value.trim())) return undefined
+  return Number(value.trim())
+}
+
 /** @internal Requests to one server with one key. */
 export class Http {
   // A real private field: never shown by console.log or util.inspect.
   readonly #apiKey: string
 
-  constructor(readonly apiUrl: string, apiKey: string, readonly timeout: number) {
+  constructor(
+    readonly apiUrl: string,
+    apiKey: string,
+    readonly timeout: number,
+    readonly maxRetries = 2,
+  ) {
     this.#apiKey = apiKey
   }
 
+  /** Sends a request; a 429 or a 503 that says `Retry-After` (the server
+   * did nothing) is sent again after that wait, up to `maxRetries` times. */
   async request<T>(method: string, path: string, body?: unknown, timeoutSeconds?: number): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.requestOnce<T>(method, path, body, timeoutSeconds)
+      } catch (e) {
+        if (!(e instanceof SandgateError) || e.retryAfter === undefined || attempt >= this.maxRetries) throw e
+        const wait = Math.min(e.retryAfter, MAX_RETRY_WAIT)
+        await new Promise((resolve) => setTimeout(resolve, wait * 1000))
+      }
+    }
+  }
+
+  private async requestOnce<T>(method: string, path: string, body?: unknown, timeoutSeconds?: number): Promise<T> {
     const headers: Record<string, string> = { Authorization: `Bearer ${this.#apiKey}` }
     if (body !== undefined) headers['Content-Type'] = 'application/json'
     let response: Response
@@ -332,7 +366,11 @@ export class Http {
       const cause = e instanceof Error && e.cause !== undefined ? ` (${String(e.cause)})` : ''
       throw new APIConnectionError(`no answer from ${this.apiUrl}: ${String(e)}${cause}`, 'unreachable')
     }
-    if (!response.ok) throw failure(response.status, text)
+    if (!response.ok) {
+      const error = failure(response.status, text)
+      error.retryAfter = retryAfter(response)
+      throw error
+    }
     try {
       return (text ? JSON.parse(text) : undefined) as T
     } catch {
@@ -645,6 +683,11 @@ export interface SandgateConfig {
   apiKey?: string
   /** Seconds an HTTP call may take (default 120). */
   timeout?: number
+  /** How many times a request answered 429 or 503 with `Retry-After`
+   * (the server did nothing) is sent again after the wait it asks for,
+   * at most 60 s each (default 2); the last answer's error is thrown,
+   * with its `retryAfter`. */
+  maxRetries?: number
 }
 
 /** A client of a sandgate server. */
@@ -658,7 +701,7 @@ export class Sandgate {
     if (!apiKey) {
       throw new SandgateError('no API key: pass apiKey or set SANDGATE_API_KEY', 'missing_api_key')
     }
-    this.http = new Http(apiUrl.replace(/\/+$/, ''), apiKey, config.timeout ?? 120)
+    this.http = new Http(apiUrl.replace(/\/+$/, ''), apiKey, config.timeout ?? 120, config.maxRetries ?? 2)
   }
 
   /** Creates a sandbox; it is running, its policy enforced, when this

@@ -11,6 +11,7 @@ import {
   NetworkEvent,
   NotFoundError,
   PermissionDeniedError,
+  RateLimitError,
   Sandbox,
   Sandgate,
   SandgateError,
@@ -193,6 +194,20 @@ test('an egress budget is asked at create and changed by an update', async () =>
   await s.updateNetworkSettings({ egressMbps: null })
   assert.deepEqual([s.egressMbps, s.egressBudgetMbps], [undefined, undefined])
   await assert.rejects(s.updateNetworkSettings({ egressMbps: 0 }), (e: unknown) => e instanceof ValidationError && e.code === 'invalid_budget')
+})
+
+test('a busy server is asked again after the wait it says', async () => {
+  // Every exec permit of the organization held by a sleep: one more is 429
+  // with Retry-After; a client that retries gets through once a sleep ends.
+  const n = Number(process.env.SANDGATE_TEST_EXECS_PER_ORG)
+  const s = await create({})
+  const busy = Array.from({ length: n }, () => s.process.exec('sleep 3', { timeout: 30 }))
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  const impatient = await new Sandgate({ maxRetries: 0 }).get(s.id)
+  await assert.rejects(impatient.process.exec('true'), (e: unknown) => e instanceof RateLimitError && e.retryAfter === 1)
+  const patient = await new Sandgate({ maxRetries: 20 }).get(s.id)
+  assert.equal((await patient.process.exec('echo through')).stdout, 'through\n')
+  for (const r of await Promise.all(busy)) assert.equal(r.exitCode, 0)
 })
 
 test('a transfer quota is asked at create and changed by an update', async () => {

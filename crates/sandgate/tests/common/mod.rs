@@ -31,6 +31,11 @@ impl ServerProcess {
 }
 
 pub fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
+    start_server_with(lab, dir, &[])
+}
+
+/// [`start_server`] with more of `sandgate server`'s arguments.
+pub fn start_server_with(lab: &Lab, dir: &std::path::Path, more: &[&str]) -> ServerProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandgate"));
     cmd.args(["server", "--listen", "127.0.0.1:0"])
         .env("SANDGATE_ADMIN_TOKEN", TOKEN)
@@ -39,6 +44,7 @@ pub fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
         .args(["--instance", lab.tag(), "--host-netns", lab.host().name()])
         .args(["--upstream", &format!("{DNS4}:53"), "--warm-pool", "1"])
         .env_remove("SANDGATE_CONFIG")
+        .args(more)
         .stdout(Stdio::piped());
     for t in sandgate_lab::probe_targets(&sandgate_policy::Catalog::builtin()) {
         cmd.args(["--probe-target", &t]);

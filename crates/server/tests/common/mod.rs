@@ -139,6 +139,19 @@ impl Api {
         key: Option<&str>,
         body: Send<'_>,
     ) -> (u16, Value) {
+        let (status, v, _) = self.answer(method, path, key, body);
+        (status, v)
+    }
+
+    /// A request: status, JSON body, and the `Retry-After` header if the
+    /// answer has one.
+    pub fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Send<'_>,
+    ) -> (u16, Value, Option<String>) {
         let url = format!("{}{path}", self.base);
         let auth = key.map(|k| format!("Bearer {k}"));
         let with_auth = |b: ureq::RequestBuilder<ureq::typestate::WithBody>| match &auth {
@@ -163,14 +176,26 @@ impl Api {
                 match body {
                     Send::Nothing => b.send_empty(),
                     Send::Json(v) => b.send_json(&v),
-                    Send::Raw(ctype, bytes) => return self.raw(m, path, key, ctype, &bytes),
+                    Send::Raw(ctype, bytes) => {
+                        let (status, v) = self.raw(m, path, key, ctype, &bytes);
+                        return (status, v, None);
+                    }
                 }
             }
         };
         let mut response = response.unwrap();
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            retry_after,
+        )
     }
 
     /// A request written by hand on its own connection: the body is sent

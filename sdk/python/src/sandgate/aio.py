@@ -293,8 +293,9 @@ class AsyncSandgate:
         api_url: Optional[str] = None,
         api_key: Optional[str] = None,
         timeout: float = 120.0,
+        max_retries: int = 2,
     ) -> None:
-        self.sync = Sandgate(api_url, api_key, timeout)
+        self.sync = Sandgate(api_url, api_key, timeout, max_retries)
 
     async def create(
         self, params: Optional[CreateSandboxBaseParams] = None, timeout: Optional[float] = None

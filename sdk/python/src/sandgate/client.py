@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -270,13 +271,30 @@ class NetworkTestResult:
     results: List[NetworkTestRow]
 
 
+# The longest a client waits on one ``Retry-After`` before it retries.
+MAX_RETRY_WAIT = 60
+
+
+def _retry_after(e: urllib.error.HTTPError) -> Optional[int]:
+    """The seconds of a 429's or a 503's ``Retry-After`` (a count of
+    seconds, as sandgate sends it), if it has one."""
+    if e.code not in (429, 503):
+        return None
+    value = e.headers.get("Retry-After") if e.headers else None
+    try:
+        return max(0, int(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 class _Http:
     """Requests to one server with one key."""
 
-    def __init__(self, api_url: str, api_key: str, timeout: float) -> None:
+    def __init__(self, api_url: str, api_key: str, timeout: float, max_retries: int = 2) -> None:
         self.api_url = api_url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self.max_retries = max_retries
 
     def request(
         self,
@@ -284,6 +302,26 @@ class _Http:
         path: str,
         body: Optional[Dict[str, Any]] = None,
         timeout: Optional[float] = None,
+    ) -> Any:
+        """Sends a request; a 429 or a 503 that says ``Retry-After`` (the
+        server did nothing) is sent again after that wait, up to
+        ``max_retries`` times."""
+        attempt = 0
+        while True:
+            try:
+                return self._request_once(method, path, body, timeout)
+            except SandgateError as e:
+                if e.retry_after is None or attempt >= self.max_retries:
+                    raise
+                attempt += 1
+                time.sleep(min(e.retry_after, MAX_RETRY_WAIT))
+
+    def _request_once(
+        self,
+        method: str,
+        path: str,
+        body: Optional[Dict[str, Any]],
+        timeout: Optional[float],
     ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.api_url + path, data=data, method=method)
@@ -305,7 +343,9 @@ class _Http:
             details = {k: v for k, v in err.items() if k not in ("code", "message")}
             code = str(err.get("code") or "http_error")
             message = str(err.get("message") or "")
-            raise error_for(e.code, code, message, details) from None
+            error = error_for(e.code, code, message, details)
+            error.retry_after = _retry_after(e)
+            raise error from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise APIConnectionError(
@@ -708,6 +748,10 @@ class Sandgate:
     ``api_url`` and ``api_key`` default to ``SANDGATE_API_URL`` (else
     ``http://127.0.0.1:8080``) and ``SANDGATE_API_KEY``. ``timeout`` is the
     seconds an HTTP call may take (an exec with a timeout gets more).
+    ``max_retries``: how many times a request answered 429 or 503 with
+    ``Retry-After`` (the server did nothing) is sent again after the wait
+    it asks for (at most 60 s each); the last answer's error is raised,
+    with its ``retry_after``.
     """
 
     def __init__(
@@ -715,6 +759,7 @@ class Sandgate:
         api_url: Optional[str] = None,
         api_key: Optional[str] = None,
         timeout: float = 120.0,
+        max_retries: int = 2,
     ) -> None:
         # An empty value is no value, as in the other SDKs.
         url = api_url or os.environ.get("SANDGATE_API_URL") or DEFAULT_API_URL
@@ -723,7 +768,7 @@ class Sandgate:
             raise SandgateError(
                 "no API key: pass api_key= or set SANDGATE_API_KEY", code="missing_api_key"
             )
-        self._http = _Http(url, key, timeout)
+        self._http = _Http(url, key, timeout, max_retries)
 
     def create(
         self, params: Optional[CreateSandboxBaseParams] = None, timeout: Optional[float] = None

@@ -22,6 +22,9 @@ class SandgateError(Exception):
         self.code = code
         self.status = status
         self.details: Dict[str, Any] = details or {}
+        # Seconds the server asked to wait before sending the same request
+        # again (``Retry-After``, on a 429 or a 503 that did nothing).
+        self.retry_after: Optional[int] = None
 
     def __str__(self) -> str:
         return self.message

@@ -153,37 +153,29 @@ module Sandgate
       "#<Sandgate::Http #{@uri}>"
     end
 
-    def initialize(api_url, api_key, timeout)
+    # The longest a client waits on one Retry-After before it retries.
+    MAX_RETRY_WAIT = 60
+
+    def initialize(api_url, api_key, timeout, max_retries = 2)
       @uri = URI(api_url.sub(%r{/+\z}, ""))
       @api_key = api_key
       @timeout = timeout
+      @max_retries = max_retries
     end
 
+    # Sends a request; a 429 or a 503 that says Retry-After (the server
+    # did nothing) is sent again after that wait, up to max_retries times.
     def request(method, path, body = nil, timeout: nil)
-      uri = URI("#{@uri}#{path}")
-      req = Net::HTTPGenericRequest.new(method, !body.nil?, true, uri.request_uri)
-      req["Authorization"] = "Bearer #{@api_key}"
-      if body
-        req["Content-Type"] = "application/json"
-        req.body = JSON.generate(body)
-      end
-      wait = timeout || @timeout
+      attempt = 0
       begin
-        # hostname: an IPv6 address without its brackets; no silent retry
-        # of a GET or DELETE that timed out.
-        res = Net::HTTP.start(uri.hostname, uri.port, use_ssl: uri.scheme == "https",
-                                                      open_timeout: wait, read_timeout: wait,
-                                                      max_retries: 0) do |h|
-          h.request(req)
-        end
-      rescue StandardError => e
-        raise APIConnectionError.new("no answer from #{@uri}: #{e.message}", code: "unreachable")
-      end
-      text = res.body.to_s
-      status = res.code.to_i
-      raise failure(status, text) unless (200..299).cover?(status)
+        request_once(method, path, body, timeout)
+      rescue Error => e
+        raise if e.retry_after.nil? || attempt >= @max_retries
 
-      text.empty? ? nil : JSON.parse(text)
+        attempt += 1
+        sleep([e.retry_after, MAX_RETRY_WAIT].min)
+        retry
+      end
     end
 
     # Server-sent events from path: yields each event's name and its data
@@ -215,6 +207,45 @@ module Sandgate
     end
 
     private
+
+    def request_once(method, path, body, timeout)
+      uri = URI("#{@uri}#{path}")
+      req = Net::HTTPGenericRequest.new(method, !body.nil?, true, uri.request_uri)
+      req["Authorization"] = "Bearer #{@api_key}"
+      if body
+        req["Content-Type"] = "application/json"
+        req.body = JSON.generate(body)
+      end
+      wait = timeout || @timeout
+      begin
+        # hostname: an IPv6 address without its brackets; no silent retry
+        # of a GET or DELETE that timed out.
+        res = Net::HTTP.start(uri.hostname, uri.port, use_ssl: uri.scheme == "https",
+                                                      open_timeout: wait, read_timeout: wait,
+                                                      max_retries: 0) do |h|
+          h.request(req)
+        end
+      rescue StandardError => e
+        raise APIConnectionError.new("no answer from #{@uri}: #{e.message}", code: "unreachable")
+      end
+      text = res.body.to_s
+      status = res.code.to_i
+      unless (200..299).cover?(status)
+        error = failure(status, text)
+        error.retry_after = retry_after(status, res["Retry-After"])
+        raise error
+      end
+
+      text.empty? ? nil : JSON.parse(text)
+    end
+
+    # The seconds of a 429's or a 503's Retry-After (a count of seconds, as
+    # sandgate sends it), if it has one.
+    def retry_after(status, value)
+      return nil unless [429, 503].include?(status) && value.to_s.strip.match?(/\A\d+\z/)
+
+      value.to_s.strip.to_i
+    end
 
     def each_event(res)
       buffered = +""
@@ -517,9 +548,12 @@ module Sandgate
 
   # A client of a sandgate server. api_url and api_key default to
   # SANDGATE_API_URL (else http://127.0.0.1:8080) and SANDGATE_API_KEY;
-  # timeout is the seconds an HTTP call may take.
+  # timeout is the seconds an HTTP call may take; max_retries, how many
+  # times a request answered 429 or 503 with Retry-After (the server did
+  # nothing) is sent again after the wait it asks for (at most 60 s each;
+  # the last answer's error is raised, with its retry_after).
   class Sandgate
-    def initialize(api_url: nil, api_key: nil, timeout: 120)
+    def initialize(api_url: nil, api_key: nil, timeout: 120, max_retries: 2)
       present = ->(v) { v.nil? || v.empty? ? nil : v }
       url = present.(api_url) || present.(ENV["SANDGATE_API_URL"]) || DEFAULT_API_URL
       key = present.(api_key) || present.(ENV.fetch("SANDGATE_API_KEY", nil))
@@ -527,7 +561,7 @@ module Sandgate
         raise Error.new("no API key: pass api_key: or set SANDGATE_API_KEY", code: "missing_api_key")
       end
 
-      @http = Http.new(url, key, timeout)
+      @http = Http.new(url, key, timeout, max_retries)
     end
 
     # Creates a sandbox; it is running, its policy enforced, on return.

@@ -5,6 +5,9 @@ module Sandgate
   # answer), its stable code and a message for a person.
   class Error < StandardError
     attr_reader :code, :status, :details
+    # Seconds the server asked to wait before sending the same request
+    # again (Retry-After, on a 429 or a 503 that did nothing).
+    attr_accessor :retry_after
 
     def initialize(message, code: "error", status: 0, details: {})
       super(message)
