@@ -28,7 +28,6 @@ pub mod store;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post, put};
 use axum::Router;
 use error::ApiError;
 use sandgate_contract::{Expected, RestoreReport, Runner};
@@ -41,6 +40,7 @@ use std::time::Duration;
 use store::{SandboxState, Store};
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -208,38 +208,11 @@ pub struct Server {
     body_limit: usize,
 }
 
-/// The OpenAPI document, generated from the handlers and types.
+/// The OpenAPI document's frame (title, security, tags); its paths come
+/// from [`routes`], where each route is declared once.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "sandgate", description = "Sandboxes whose network egress is enforced in the kernel."),
-    paths(
-        api::get_organization,
-        api::create_organization,
-        api::list_organizations,
-        api::set_tier,
-        api::set_egress_address,
-        api::delete_egress_address,
-        api::create_key,
-        api::revoke_key,
-        api::create_sandbox,
-        api::list_sandboxes,
-        api::get_sandbox,
-        api::delete_sandbox,
-        api::update_settings,
-        api::execute,
-        api::explain,
-        api::create_grant,
-        api::list_grants,
-        api::revoke_grant,
-        api::access_requests,
-        api::approve_request,
-        api::deny_request,
-        api::network_test,
-        api::network_events,
-        api::network_usage,
-        api::health,
-        metrics::metrics,
-    ),
     modifiers(&BearerAuth),
     tags(
         (name = "sandbox", description = "Sandboxes of the caller's organization"),
@@ -264,9 +237,38 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// Every route of the API with its handler, each declared once: the
+/// router and the OpenAPI document are both made from this (each
+/// handler's `#[utoipa::path]` gives its method and path).
+fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(api::get_organization))
+        .routes(routes!(api::create_organization, api::list_organizations))
+        .routes(routes!(api::set_tier))
+        .routes(routes!(api::set_egress_address, api::delete_egress_address))
+        .routes(routes!(api::create_key))
+        .routes(routes!(api::revoke_key))
+        .routes(routes!(api::create_sandbox, api::list_sandboxes))
+        .routes(routes!(api::get_sandbox, api::delete_sandbox))
+        .routes(routes!(api::update_settings))
+        .routes(routes!(api::execute))
+        .routes(routes!(api::explain))
+        .routes(routes!(api::create_grant, api::list_grants))
+        .routes(routes!(api::revoke_grant))
+        .routes(routes!(api::access_requests))
+        .routes(routes!(api::approve_request))
+        .routes(routes!(api::deny_request))
+        .routes(routes!(api::network_test))
+        .routes(routes!(api::network_events))
+        .routes(routes!(api::network_usage))
+        .routes(routes!(api::health))
+        .routes(routes!(metrics::metrics))
 }
+
+/// Where the OpenAPI document and the API's reference page are served.
+pub const OPENAPI_PATH: &str = "/api/openapi.json";
+/// See [`OPENAPI_PATH`].
+pub const REFERENCE_PATH: &str = "/api/docs";
 
 async fn no_route() -> ApiError {
     ApiError::new(
@@ -368,73 +370,12 @@ impl Server {
 
     /// The routes.
     pub fn router(&self) -> Router {
-        let api = Router::new()
-            .route("/openapi.json", get(openapi))
-            .route("/organization", get(api::get_organization))
-            .route(
-                "/admin/organizations",
-                post(api::create_organization).get(api::list_organizations),
-            )
-            .route("/admin/organizations/{id}/tier", put(api::set_tier))
-            .route(
-                "/admin/organizations/{id}/egress-address",
-                put(api::set_egress_address).delete(api::delete_egress_address),
-            )
-            .route("/admin/organizations/{id}/keys", post(api::create_key))
-            .route(
-                "/admin/organizations/{id}/keys/{key_id}",
-                delete(api::revoke_key),
-            )
-            .route(
-                "/sandbox",
-                post(api::create_sandbox).get(api::list_sandboxes),
-            )
-            .route(
-                "/sandbox/{id_or_name}",
-                get(api::get_sandbox).delete(api::delete_sandbox),
-            )
-            .route(
-                "/sandbox/{id_or_name}/network-settings",
-                post(api::update_settings),
-            )
-            .route("/sandbox/{id_or_name}/process/execute", post(api::execute))
-            .route("/sandbox/{id_or_name}/network/explain", get(api::explain))
-            .route(
-                "/sandbox/{id_or_name}/network/grants",
-                post(api::create_grant).get(api::list_grants),
-            )
-            .route(
-                "/sandbox/{id_or_name}/network/grants/{grant_id}",
-                delete(api::revoke_grant),
-            )
-            .route(
-                "/sandbox/{id_or_name}/network/requests",
-                get(api::access_requests),
-            )
-            .route(
-                "/sandbox/{id_or_name}/network/requests/{request_id}/approve",
-                post(api::approve_request),
-            )
-            .route(
-                "/sandbox/{id_or_name}/network/requests/{request_id}/deny",
-                post(api::deny_request),
-            )
-            .route(
-                "/sandbox/{id_or_name}/network/test",
-                post(api::network_test),
-            )
-            .route(
-                "/sandbox/{id_or_name}/network/events",
-                get(api::network_events),
-            )
-            .route(
-                "/sandbox/{id_or_name}/network/usage",
-                get(api::network_usage),
-            );
-        Router::new()
-            .nest("/api", api)
-            .route("/health", get(api::health))
-            .route("/metrics", get(metrics::metrics))
+        let (routes, doc) = routes().split_for_parts();
+        // The document, and a reference page reading it (Swagger UI, its
+        // files in the binary).
+        let reference = utoipa_swagger_ui::SwaggerUi::new(REFERENCE_PATH).url(OPENAPI_PATH, doc);
+        routes
+            .merge(reference)
             .fallback(no_route)
             .method_not_allowed_fallback(wrong_method)
             .layer(axum::middleware::from_fn_with_state(

@@ -361,6 +361,47 @@ fn the_runtimes_refusals_are_said_in_sandgates_words_and_execs_are_bounded() {
 }
 
 #[test]
+fn the_reference_page_is_served_from_the_binary_and_reads_the_document() {
+    let api = Api::start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let get = |path: &str| {
+        let mut r = agent.get(&format!("{}{path}", api.base)).call().unwrap();
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (
+            status,
+            kind,
+            r.body_mut().read_to_string().unwrap_or_default(),
+        )
+    };
+    let (s, kind, page) = get("/api/docs/");
+    assert_eq!(s, 200, "{page}");
+    assert!(kind.starts_with("text/html"), "{kind}");
+    // Its scripts and styles come from the server itself, never a CDN.
+    assert!(page.contains("./swagger-ui-bundle.js"), "{page}");
+    assert!(
+        !page.contains("https://") && !page.contains("http://"),
+        "{page}"
+    );
+    let (s, kind, bundle) = get("/api/docs/swagger-ui-bundle.js");
+    assert_eq!(s, 200);
+    assert!(kind.contains("javascript"), "{kind}");
+    assert!(bundle.len() > 100_000, "{} bytes", bundle.len());
+    // It is told where the document is.
+    let (s, _, config) = get("/api/docs/swagger-initializer.js");
+    assert_eq!(s, 200);
+    assert!(config.contains("/api/openapi.json"), "{config}");
+}
+
+#[test]
 fn the_openapi_document_lists_every_route_and_its_references_resolve() {
     let api = Api::start();
     let (s, doc) = api.call("GET", "/api/openapi.json", None, Send::Nothing);
