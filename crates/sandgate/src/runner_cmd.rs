@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::output::{say, Output};
-use crate::server_cmd::{init_logging, read_secret, shutdown, HostArgs};
+use crate::server_cmd::{init_logging, read_secret, shutdown, HostArgs, LogArgs};
 use sandgate_contract::Runner;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,11 +29,14 @@ pub struct RunnerArgs {
     /// This host's runner.
     #[command(flatten)]
     pub host: HostArgs,
+    /// Its logs.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Runs the runner until SIGINT or SIGTERM.
 pub fn run(args: RunnerArgs, config: &Config, out: &Output) -> ExitCode {
-    init_logging();
+    init_logging(&args.log);
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("sandgate runner: {what}: {e}");
         ExitCode::FAILURE

@@ -47,6 +47,9 @@ pub struct ServerArgs {
     /// `Retry-After`.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub execs_per_org: u16,
+    /// Its logs.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// The runner of this host: where it keeps its state and how it reaches
@@ -168,21 +171,44 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
     Ok(cfg)
 }
 
-/// Sends the logs to standard error, at `SANDGATE_LOG`'s level (`info` by
-/// default; the `tracing` directives, e.g. `sandgate_dns=debug`).
-pub fn init_logging() {
+/// How a process logs.
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// The form of the log lines on standard error: `human`, or `json`
+    /// (one object a line, with the fields of its spans: a request's
+    /// `id`, `method` and `path`).
+    #[arg(long, env = "SANDGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// See [`LogArgs::log_format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Human,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Sends the logs to standard error in `args`' form, at `SANDGATE_LOG`'s
+/// level (`info` by default; the `tracing` directives, e.g.
+/// `sandgate_dns=debug`).
+pub fn init_logging(args: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SANDGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Already set (a test that runs the server twice): keep that one.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // Already set (a test that runs the server twice): keep that one.
+    let _ = match args.log_format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
-    init_logging();
+    init_logging(&args.log);
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("sandgate server: {what}: {e}");
         ExitCode::FAILURE

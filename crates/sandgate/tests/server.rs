@@ -947,3 +947,92 @@ fn drain(ns: &sandgate_netns::Netns, addr: std::net::IpAddr) -> u64 {
     })
     .unwrap()
 }
+
+#[test]
+fn a_requests_json_log_line_carries_its_id_and_the_answer_says_it() {
+    use std::io::{BufRead, Read, Write};
+    let lab = Lab::up().unwrap();
+    let dir = std::env::temp_dir().join(format!("sandgate-log-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cmd = server_command(&lab, &dir, &["--log-format", "json"]);
+    cmd.stderr(std::process::Stdio::piped());
+    let (mut child, url) = spawn_listening(&mut cmd);
+    let stderr = child.stderr.take().unwrap();
+    let _guard = Cleanup {
+        dir: dir.clone(),
+        server: Some(ServerProcess {
+            child,
+            url: url.clone(),
+        }),
+    };
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // A request by hand: its headers sent and read as they are.
+    let ask = |id: Option<&str>| {
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let id = id
+            .map(|i| format!("x-request-id: {i}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: x\r\n{id}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = ask(Some("probe-42"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("x-request-id: probe-42"),
+        "{answer}"
+    );
+    // Without one, the server makes one (a UUID) and says it.
+    let answer = ask(None).to_lowercase();
+    let made = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(made.trim().len(), 36, "{made}");
+    // The answer's log line: JSON, in the request's span.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            break None;
+        };
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["span"]["id"] == "probe-42" && v["fields"]["message"] == "finished processing request"
+        {
+            break Some(v);
+        }
+        seen.push(line);
+    };
+    let v = found.unwrap_or_else(|| panic!("no log line of request probe-42 in {seen:#?}"));
+    assert_eq!(
+        (
+            &v["span"]["method"],
+            &v["span"]["path"],
+            &v["fields"]["status"]
+        ),
+        (
+            &Value::from("GET"),
+            &Value::from("/health"),
+            &Value::from(200)
+        ),
+        "{v}"
+    );
+}

@@ -39,6 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::{SandboxState, Store};
 use tokio::sync::OwnedSemaphorePermit;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -270,6 +272,16 @@ pub const OPENAPI_PATH: &str = "/api/openapi.json";
 /// See [`OPENAPI_PATH`].
 pub const REFERENCE_PATH: &str = "/api/docs";
 
+/// The span of one API request: its id, method and path.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+}
+
 async fn no_route() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -383,6 +395,18 @@ impl Server {
                 metrics::track,
             ))
             .layer(DefaultBodyLimit::max(self.body_limit))
+            // Each request gets an id (the client's `x-request-id`, or a
+            // new UUID), a span that carries it into every log line the
+            // request causes, one line when it is answered, and the id
+            // back in the answer's `x-request-id`. (The last layer added
+            // is the outermost.)
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+            )
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .with_state(self.state.clone())
     }
 

@@ -36,6 +36,13 @@ pub fn start_server(lab: &Lab, dir: &std::path::Path) -> ServerProcess {
 
 /// [`start_server`] with more of `sandgate server`'s arguments.
 pub fn start_server_with(lab: &Lab, dir: &std::path::Path, more: &[&str]) -> ServerProcess {
+    let (child, url) = spawn_listening(&mut server_command(lab, dir, more));
+    ServerProcess { child, url }
+}
+
+/// The command of a `sandgate server` in `lab` with its data in `dir`
+/// (standard output piped, for [`spawn_listening`]).
+pub fn server_command(lab: &Lab, dir: &std::path::Path, more: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandgate"));
     cmd.args(["server", "--listen", "127.0.0.1:0"])
         .env("SANDGATE_ADMIN_TOKEN", TOKEN)
@@ -49,8 +56,7 @@ pub fn start_server_with(lab: &Lab, dir: &std::path::Path, more: &[&str]) -> Ser
     for t in sandgate_lab::probe_targets(&sandgate_policy::Catalog::builtin()) {
         cmd.args(["--probe-target", &t]);
     }
-    let (child, url) = spawn_listening(&mut cmd);
-    ServerProcess { child, url }
+    cmd
 }
 
 /// Spawns `cmd` (a `sandgate server` or `sandgate runner`, its standard
