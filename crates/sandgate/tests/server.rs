@@ -61,18 +61,7 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     // (the process list would show it).
     let key_file = dir.with_extension("key");
     std::fs::write(&key_file, format!("{key}\n")).unwrap();
-    let bare = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_sandgate"))
-            .arg("--json")
-            .args(args)
-            .env("SANDGATE_API_URL", &url)
-            .env_remove("SANDGATE_API_KEY")
-            .env_remove("SANDGATE_CONFIG")
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (out.status.code().unwrap_or(-1), v)
-    };
+    let bare = |args: &[&str]| cli_keyed(&url, None, args);
     let from_file = bare(&[
         "sandbox",
         "list",
@@ -367,7 +356,7 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
             .unwrap();
     let day = || now_s() / 86_400;
     let spent_on = day();
-    let got = drain(&metered, SERVER4);
+    let got = sandgate_testkit::drain_stream(&metered, SERVER4).unwrap();
     assert!(
         got < 1 << 20 && got > 3 << 18,
         "{got} bytes under a quota of 1 MiB"
@@ -912,40 +901,6 @@ fn now_s() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Reads the lab's byte stream at `addr` from `ns` until nothing comes
-/// for 300 ms (at most 10 s): the bytes received.
-fn drain(ns: &sandgate_netns::Netns, addr: std::net::IpAddr) -> u64 {
-    use std::io::Read;
-    ns.run(move || {
-        let to = std::net::SocketAddr::new(addr, TCP_STREAM);
-        let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(3))?;
-        s.set_read_timeout(Some(std::time::Duration::from_millis(300)))?;
-        let start = std::time::Instant::now();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut got = 0u64;
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => return Ok(got),
-                Ok(n) => got += n as u64,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(got)
-                }
-                Err(e) => return Err(e),
-            }
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(10),
-                "the stream never stopped"
-            );
-        }
-    })
-    .unwrap()
 }
 
 #[test]

@@ -134,28 +134,6 @@ fn refused_at_create<const N: usize>(
     );
 }
 
-/// Reads the lab's byte stream at `addr` from `ns` until nothing comes
-/// for 300 ms (at most 10 s): the bytes received.
-fn drain(ns: &sandgate_netns::Netns, addr: std::net::IpAddr) -> u64 {
-    let mut s = common::stream_from(ns, addr);
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let start = std::time::Instant::now();
-    let mut buf = vec![0u8; 64 * 1024];
-    // `stream_from` read its first 4 KiB.
-    let mut got = 4096u64;
-    loop {
-        match std::io::Read::read(&mut s, &mut buf) {
-            Ok(0) | Err(_) => return got,
-            Ok(n) => got += n as u64,
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the stream never stopped"
-        );
-    }
-}
-
 #[test]
 fn a_transfer_quota_stops_a_sandbox_for_the_rest_of_its_period() {
     // A year's period: none ends during the test.
@@ -192,13 +170,13 @@ fn a_transfer_quota_stops_a_sandbox_for_the_rest_of_its_period() {
     let id = |v: &serde_json::Value| v["id"].as_str().unwrap().to_string();
     let (metered_ns, default_ns) = (api.slot_netns(&id(&metered)), api.slot_netns(&id(&default)));
     let mib = 1u64 << 20;
-    let got = drain(&metered_ns, SERVER4);
+    let got = sandgate_testkit::drain_stream(&metered_ns, SERVER4).unwrap();
     assert!(
         got < mib && got > mib / 2,
         "{got} bytes under a quota of 1 MiB"
     );
     // The other sandbox moves its own quota, the tier's default.
-    let beside = drain(&default_ns, SERVER4_B);
+    let beside = sandgate_testkit::drain_stream(&default_ns, SERVER4_B).unwrap();
     assert!(
         beside < 8 * mib && beside > 7 * mib,
         "{beside} bytes under the default of 8 MiB, beside a spent quota"
@@ -268,7 +246,7 @@ fn a_transfer_quota_stops_a_sandbox_for_the_rest_of_its_period() {
     let (s, v) = api.post(&path, &key, json!({"transferQuotaMiB": 2}));
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["effectiveNetwork"]["budgets"]["transferQuotaMiB"], 2);
-    let more = drain(&metered_ns, SERVER4);
+    let more = sandgate_testkit::drain_stream(&metered_ns, SERVER4).unwrap();
     assert!(more < mib && more > mib / 2, "{more} bytes from 1 to 2 MiB");
     // null: back to the tier's default of 8 MiB.
     let (s, v) = api.call(
@@ -280,7 +258,7 @@ fn a_transfer_quota_stops_a_sandbox_for_the_rest_of_its_period() {
     assert_eq!(s, 200, "{v}");
     assert!(v.get("transferQuotaMiB").is_none(), "{v}");
     assert_eq!(v["effectiveNetwork"]["budgets"]["transferQuotaMiB"], 8);
-    assert!(drain(&metered_ns, SERVER4) > 4 * mib);
+    assert!(sandgate_testkit::drain_stream(&metered_ns, SERVER4).unwrap() > 4 * mib);
     // A larger quota still: what the period counted stays counted.
     let (s, v) = api.post(&path, &key, json!({"transferQuotaMiB": 16}));
     assert_eq!(s, 200, "{v}");

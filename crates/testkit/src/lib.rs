@@ -395,6 +395,35 @@ pub fn slot_links(lab: &Lab) -> usize {
     .unwrap_or(0)
 }
 
+/// Reads the lab's byte stream (`TCP_STREAM`) at `addr` from `ns` until
+/// nothing comes for 300 ms: the bytes received (a transfer quota stops
+/// it). Panics if it still streams after 10 s.
+pub fn drain_stream(ns: &Netns, addr: std::net::IpAddr) -> std::io::Result<u64> {
+    use std::io::{ErrorKind, Read};
+    ns.run(move || {
+        let to = SocketAddr::new(addr, sandgate_lab::addrs::TCP_STREAM);
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        let start = Instant::now();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(got),
+                Ok(n) => got += n as u64,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok(got)
+                }
+                Err(e) => return Err(e),
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the stream never stopped"
+            );
+        }
+    })
+}
+
 /// The network namespace of sandbox `id`'s slot, from the records of the
 /// runner in `runner_dir` (instance `tag`): what is sent from it is what
 /// the sandbox sends.

@@ -294,8 +294,10 @@ interface SandboxData {
   updatedAt: string
 }
 
-/** The error an answer that is not 2xx stands for. */
-function failure(status: number, text: string): SandgateError {
+/** The error of an answer that is not a success (its body `text`): the
+ * API's code, message and details, and its `Retry-After`. */
+function failure(response: Response, text: string): SandgateError {
+  const status = response.status
   let err: Record<string, unknown> = { code: 'http_error', message: text }
   try {
     const parsed = (JSON.parse(text) as { error?: unknown }).error
@@ -306,7 +308,9 @@ function failure(status: number, text: string): SandgateError {
     // Not the API's error shape: keep the text.
   }
   const { code, message, ...details } = err
-  return errorFor(status, String(code ?? 'http_error'), String(message ?? ''), details)
+  const error = errorFor(status, String(code ?? 'http_error'), String(message ?? ''), details)
+  error.retryAfter = retryAfter(response)
+  return error
 }
 
 /** The longest a client waits on one `Retry-After` before it retries. */
@@ -366,11 +370,7 @@ export class Http {
       const cause = e instanceof Error && e.cause !== undefined ? ` (${String(e.cause)})` : ''
       throw new APIConnectionError(`no answer from ${this.apiUrl}: ${String(e)}${cause}`, 'unreachable')
     }
-    if (!response.ok) {
-      const error = failure(response.status, text)
-      error.retryAfter = retryAfter(response)
-      throw error
-    }
+    if (!response.ok) throw failure(response, text)
     try {
       return (text ? JSON.parse(text) : undefined) as T
     } catch {
@@ -390,7 +390,7 @@ export class Http {
     } catch (e) {
       throw new APIConnectionError(`no answer from ${this.apiUrl}: ${String(e)}`, 'unreachable')
     }
-    if (!response.ok) throw failure(response.status, await response.text())
+    if (!response.ok) throw failure(response, await response.text())
     if (response.body === null) return
     const reader = response.body.getReader()
     const decoder = new TextDecoder()

@@ -79,14 +79,21 @@ pub fn spawn_listening(cmd: &mut Command) -> (Child, String) {
 /// Runs `sandgate <args> --json` against `url` with `key`: exit code and
 /// JSON output.
 pub fn cli(url: &str, key: &str, args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sandgate"))
-        .arg("--json")
+    cli_keyed(url, Some(key), args)
+}
+
+/// [`cli`] with `key` in `SANDGATE_API_KEY`, or none there at all.
+pub fn cli_keyed(url: &str, key: Option<&str>, args: &[&str]) -> (i32, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandgate"));
+    cmd.arg("--json")
         .args(args)
         .env("SANDGATE_API_URL", url)
-        .env("SANDGATE_API_KEY", key)
-        .env_remove("SANDGATE_CONFIG")
-        .output()
-        .unwrap();
+        .env_remove("SANDGATE_CONFIG");
+    match key {
+        Some(k) => cmd.env("SANDGATE_API_KEY", k),
+        None => cmd.env_remove("SANDGATE_API_KEY"),
+    };
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(

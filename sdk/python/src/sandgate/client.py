@@ -287,6 +287,25 @@ def _retry_after(e: urllib.error.HTTPError) -> Optional[int]:
         return None
 
 
+def _http_error(e: urllib.error.HTTPError) -> SandgateError:
+    """The error of an answer that is not a success: the API's code,
+    message and details (or the body as it came), and its
+    ``Retry-After``."""
+    raw = e.read().decode(errors="replace")
+    err: Any = None
+    try:
+        err = json.loads(raw)["error"]
+    except (ValueError, KeyError, TypeError):
+        pass
+    if not isinstance(err, dict):
+        err = {"code": "http_error", "message": raw or e.reason}
+    details = {k: v for k, v in err.items() if k not in ("code", "message")}
+    code = str(err.get("code") or "http_error")
+    error = error_for(e.code, code, str(err.get("message") or ""), details)
+    error.retry_after = _retry_after(e)
+    return error
+
+
 class _Http:
     """Requests to one server with one key."""
 
@@ -332,20 +351,7 @@ class _Http:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 text = resp.read().decode()
         except urllib.error.HTTPError as e:
-            raw = e.read().decode(errors="replace")
-            err: Any = None
-            try:
-                err = json.loads(raw)["error"]
-            except (ValueError, KeyError, TypeError):
-                pass
-            if not isinstance(err, dict):
-                err = {"code": "http_error", "message": raw or e.reason}
-            details = {k: v for k, v in err.items() if k not in ("code", "message")}
-            code = str(err.get("code") or "http_error")
-            message = str(err.get("message") or "")
-            error = error_for(e.code, code, message, details)
-            error.retry_after = _retry_after(e)
-            raise error from None
+            raise _http_error(e) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise APIConnectionError(
@@ -368,15 +374,7 @@ class _Http:
         try:
             resp = urllib.request.urlopen(req, timeout=timeout or max(self.timeout, 60.0))
         except urllib.error.HTTPError as e:
-            raw = e.read().decode(errors="replace")
-            try:
-                err = json.loads(raw)["error"]
-            except (ValueError, KeyError, TypeError):
-                err = {"code": "http_error", "message": raw or e.reason}
-            details = {k: v for k, v in err.items() if k not in ("code", "message")}
-            raise error_for(
-                e.code, str(err.get("code") or "http_error"), str(err.get("message") or ""), details
-            ) from None
+            raise _http_error(e) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
             raise APIConnectionError(

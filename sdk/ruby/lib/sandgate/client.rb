@@ -193,7 +193,7 @@ module Sandgate
                                                 max_retries: 0) do |h|
           h.request(req) do |res|
             status = res.code.to_i
-            raise failure(status, res.body.to_s) unless (200..299).cover?(status)
+            raise failure(res, res.body.to_s) unless (200..299).cover?(status)
 
             each_event(res) { |event, data| yield event, data }
           end
@@ -230,11 +230,7 @@ module Sandgate
       end
       text = res.body.to_s
       status = res.code.to_i
-      unless (200..299).cover?(status)
-        error = failure(status, text)
-        error.retry_after = retry_after(status, res["Retry-After"])
-        raise error
-      end
+      raise failure(res, text) unless (200..299).cover?(status)
 
       text.empty? ? nil : JSON.parse(text)
     end
@@ -270,7 +266,10 @@ module Sandgate
       end
     end
 
-    def failure(status, text)
+    # The error of an answer (res, its body text) that is not a success:
+    # the API's code, message and details, and its Retry-After.
+    def failure(res, text)
+      status = res.code.to_i
       err = begin
         JSON.parse(text).fetch("error")
       rescue StandardError
@@ -278,8 +277,10 @@ module Sandgate
       end
       err = { "code" => "http_error", "message" => text } unless err.is_a?(Hash)
       details = err.reject { |k, _| %w[code message].include?(k) }
-      ::Sandgate.error_class(status).new(err["message"].to_s, code: err["code"].to_s,
-                                                             status: status, details: details)
+      error = ::Sandgate.error_class(status).new(err["message"].to_s, code: err["code"].to_s,
+                                                                     status: status, details: details)
+      error.retry_after = retry_after(status, res["Retry-After"])
+      error
     end
   end
 
