@@ -201,7 +201,7 @@ fn the_host_is_closed_to_sandboxes_except_for_dns() {
         (&b"query6"[..], IpAddr::V6(slot.sandbox6))
     );
     // A blocked slot reaches the DNS service too (which refuses every one
-    // of its queries: BRIEF section 1, "blocked: every query is refused"),
+    // of its queries: REQUIREMENTS.md section 1, "blocked: every query is refused"),
     // and nothing else: not the world's resolver.
     send_udp(&blocked_ns, SocketAddr::new(DNS4, 53), b"blocked");
     let (n, from) = dns.recv_from(&mut buf).unwrap();

@@ -1,4 +1,4 @@
-//! The lab (BRIEF section 4): the only place tests, benchmarks and the demo
+//! The lab (REQUIREMENTS.md section 5): the only place tests, benchmarks and the demo
 //! send packets.
 //!
 //! Two network namespaces, made fresh for each lab:

@@ -1,4 +1,4 @@
-//! The essential-services catalog (BRIEF section 1, "Essential services").
+//! The essential-services catalog (REQUIREMENTS.md section 1, "Essential services").
 //!
 //! A data file in reverse-label notation, shipped with the binary and
 //! validated when loaded; an operator file of the same format extends it or

@@ -1,7 +1,7 @@
 //! Operator configuration of the policy: the tier table, list limits and
 //! extra always-denied ranges.
 //!
-//! The table of BRIEF section 1 is the default: tiers 1 and 2 restricted to
+//! The table of REQUIREMENTS.md section 1 is the default: tiers 1 and 2 restricted to
 //! essential services, tiers 3 and 4 open by default and free to set lists;
 //! at most 5 `networkAllowList` and 50 `domainAllowList` entries.
 

@@ -1,6 +1,6 @@
 //! sandgate's egress policy engine.
 //!
-//! Pure: no I/O, no async, no clock. Everything of BRIEF section 1 that does
+//! Pure: no I/O, no async, no clock. Everything of REQUIREMENTS.md section 1 that does
 //! not touch the network lives here, so that the API, the dataplane, the DNS
 //! service and the operator's dry-run commands all apply one set of rules:
 //!

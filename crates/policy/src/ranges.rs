@@ -1,4 +1,4 @@
-//! The always-denied and private address ranges (BRIEF section 1).
+//! The always-denied and private address ranges (REQUIREMENTS.md section 1).
 //!
 //! Always denied, whatever the mode: loopback, link-local, multicast,
 //! broadcast and the rest of the reserved 240.0.0.0/4, 0.0.0.0/8, the IPv6

@@ -1,5 +1,5 @@
 //! Resolution of (organization tier, sandbox settings) into an effective
-//! policy, and validation of the requests that change settings (BRIEF
+//! policy, and validation of the requests that change settings (REQUIREMENTS.md
 //! section 1, "Effective network mode of a sandbox").
 
 use crate::budget::check_connection_budget;
@@ -491,7 +491,7 @@ impl PolicyConfig {
     }
 
     /// Resolves stored settings for an organization of `tier`, in the order
-    /// of BRIEF section 1. Never refuses: settings the tier makes inactive
+    /// of REQUIREMENTS.md section 1. Never refuses: settings the tier makes inactive
     /// are kept and listed in [`EffectivePolicy::inactive`].
     pub fn resolve(
         &self,

@@ -1,5 +1,5 @@
 //! Fair shares: what one sandbox may take of what every sandbox of a host
-//! shares (BRIEF section 6, "Fair shares, not shared fate").
+//! shares (REQUIREMENTS.md section 3, "Fair shares").
 //!
 //! Each limit has a default here, the operator sets them for every tier
 //! (`[policy.fair_shares]`) and for one tier (`[policy.tiers.N]

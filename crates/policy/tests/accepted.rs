@@ -1,4 +1,4 @@
-//! The accepted forms of BRIEF section 1 and their canonical echo.
+//! The accepted forms of REQUIREMENTS.md section 1 and their canonical echo.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,4 +1,4 @@
-//! Every row of the resolution order of BRIEF section 1, the tier refusal,
+//! Every row of the resolution order of REQUIREMENTS.md section 1, the tier refusal,
 //! update semantics and the operator's tier table.
 
 #![allow(clippy::unwrap_used)]

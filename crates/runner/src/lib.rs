@@ -7,7 +7,7 @@
 //! puts the policy in the kernel before the sandbox's first process runs,
 //! and any failure undoes what was done.
 //!
-//! This is the narrow interface the server drives (BRIEF section 3): ids,
+//! This is the narrow interface the server drives (docs/API.md): ids,
 //! effective policies, exec requests in; addresses, results and reports
 //! out. It keeps nothing the server does not also keep, so that after a
 //! restart [`Runner::restore`] rebuilds it from the server's records.

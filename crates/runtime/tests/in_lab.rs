@@ -1,4 +1,4 @@
-//! A runc sandbox in a dataplane slot of the lab (BRIEF section 4): what a
+//! A runc sandbox in a dataplane slot of the lab (REQUIREMENTS.md section 5): what a
 //! program inside the container reaches is what its policy allows, and
 //! root inside cannot take more. Needs root, runc and busybox-static.
 

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Found through `--config PATH` or `SANDGATE_CONFIG`; without either, the
-//! defaults of BRIEF section 1 apply.
+//! defaults of REQUIREMENTS.md section 1 apply.
 
 use sandgate_policy::{Catalog, ErrorCode, PolicyConfig, PolicyConfigRepr, PolicyError};
 use serde::Deserialize;

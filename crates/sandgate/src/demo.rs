@@ -1,12 +1,12 @@
 //! `sandgate demo`: the main job of the README.
 //!
-//! Builds a lab (BRIEF section 4), starts a sandgate server in it (API on
+//! Builds a lab (REQUIREMENTS.md section 5), starts a sandgate server in it (API on
 //! loopback inside the lab's `host` namespace; runner and DNS service
 //! there too), and through the HTTP API: creates organizations of tiers 1
 //! to 4 and sandboxes in every mode (the reference's three-entry allow
 //! list, block-all, and both together among them), runs the network test
 //! of each (TCP probes from the sandbox's namespace to the lab's servers),
-//! updates one sandbox live and tests it again. Each row sets what BRIEF
+//! updates one sandbox live and tests it again. Each row sets what REQUIREMENTS.md
 //! section 1 says against what was observed; a row is ok when they agree
 //! and the server's own `explain` agrees too. The reference's example
 //! addresses are data to create and explain, never probed. Then everything
@@ -42,7 +42,7 @@ fn word(allowed: bool) -> &'static str {
     }
 }
 
-/// What BRIEF section 1 says of the lab's probe targets
+/// What REQUIREMENTS.md section 1 says of the lab's probe targets
 /// (`sandgate_lab::probe_targets`: public v4, public v4 B, public v6,
 /// private, always denied, a test name, a catalog name), by mode.
 fn brief_expects(mode: &str) -> [bool; 7] {

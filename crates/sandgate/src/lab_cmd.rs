@@ -1,4 +1,4 @@
-//! `sandgate lab up|down`: the lab of BRIEF section 4, by hand.
+//! `sandgate lab up|down`: the lab of REQUIREMENTS.md section 5, by hand.
 
 use crate::output::{say, Output};
 use clap::Subcommand;

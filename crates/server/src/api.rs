@@ -1,4 +1,4 @@
-//! The routes of BRIEF section 3 and their request and response types.
+//! The routes of docs/API.md and their request and response types.
 //!
 //! A handler parses its request (a body's unknown fields refused, each
 //! field checked for form), authorizes its caller (the key's organization
@@ -670,7 +670,7 @@ pub struct CreateSandbox {
     pub snapshot: Option<String>,
     /// Environment variables of every exec.
     pub env: Option<BTreeMap<String, String>>,
-    /// Comma-separated CIDRs the sandbox may reach (BRIEF section 1).
+    /// Comma-separated CIDRs the sandbox may reach (REQUIREMENTS.md section 1).
     pub network_allow_list: Option<String>,
     /// Block all egress; wins over every list.
     pub network_block_all: Option<bool>,
@@ -911,7 +911,7 @@ pub async fn delete_sandbox(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Changes a sandbox's network settings (BRIEF section 1, "Updates"):
+/// Changes a sandbox's network settings (REQUIREMENTS.md section 1, "Updates"):
 /// applied in the kernel before the answer; connections the new policy
 /// denies stop at their next packet.
 #[utoipa::path(post, path = "/api/sandbox/{id_or_name}/network-settings", tag = "sandbox", request_body = UpdateSettings,

@@ -1,4 +1,4 @@
-//! sandgate's control plane: the HTTP API of BRIEF section 3 over the
+//! sandgate's control plane: the HTTP API of docs/API.md over the
 //! runner and the store.
 //!
 //! - [`api`]: the routes and their request and response types (with

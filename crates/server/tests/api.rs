@@ -1,4 +1,4 @@
-//! The API through HTTP, with a real runner in the lab: BRIEF section 1's
+//! The API through HTTP, with a real runner in the lab: REQUIREMENTS.md section 1's
 //! rules as a client sees them (what the API answers and what the sandbox
 //! then reaches), auth, what only the real runtime refuses, the OpenAPI
 //! document (the API's own validation runs over a runner double in

@@ -504,7 +504,7 @@ fn root_inside_a_sandbox_gets_nothing_out_past_its_policy() {
     // uses for it (a CDN-style shared address serves example.net too);
     // admission is per address, not per name (docs/SECURITY.md).
 
-    // A policy update mid-transfer (BRIEF section 1, "Updates";
+    // A policy update mid-transfer (REQUIREMENTS.md section 1, "Updates";
     // DATAPLANE.md, "Generations"): two streams, one allowed by the list
     // (SERVER4), one by an admission (SERVER4_B, example.com's answer).
     // Removing the list entry stops the first within a second and leaves

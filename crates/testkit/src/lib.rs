@@ -4,7 +4,7 @@
 //! the host, and a runner double ([`double`]) for the API's tests that
 //! need no root.
 //!
-//! Everything here obeys the lab rule (BRIEF section 4): the configuration
+//! Everything here obeys the lab rule (REQUIREMENTS.md section 5): the configuration
 //! points the server's DNS service at the lab's resolver and its network
 //! tests at lab addresses, and the client talks to loopback.
 

@@ -1,5 +1,5 @@
 //! A sandgate server in a lab of its own, driven through HTTP on loopback
-//! (BRIEF section 4: the runner and its DNS service work in the lab's
+//! (REQUIREMENTS.md section 5: the runner and its DNS service work in the lab's
 //! `host` namespace; only loopback and the lab's addresses are reached).
 
 #![allow(dead_code, clippy::unwrap_used)]
