@@ -23,7 +23,6 @@ use crate::AppState;
 use axum::http::StatusCode;
 use sandgate_contract::{EventKind, NetworkEvent};
 use sandgate_policy::DECLINED_MAX;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -133,13 +132,13 @@ impl Watcher {
         match self.store.note_attempt(&attempt, &id, REQUESTS_MAX).await {
             Ok(Some(request)) => {
                 if request.attempts == 1 {
-                    self.counts.opened.fetch_add(1, Ordering::Relaxed);
+                    self.counts.opened.inc();
                 }
                 // Nobody following is no fault.
                 let _ = self.requests.send(request);
             }
             Ok(None) if !replayed => {
-                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counts.dropped.inc();
             }
             Ok(None) => {}
             Err(err) => {
@@ -243,10 +242,7 @@ pub async fn approve(
         decide(&st, &request, RequestState::Approved, grant.as_deref()).await
     })
     .await?;
-    st.metrics
-        .approvals
-        .approved
-        .fetch_add(1, Ordering::Relaxed);
+    st.metrics.approvals.approved.inc();
     let _ = st.requests.send(decided.clone());
     Ok(decided)
 }
@@ -300,7 +296,7 @@ pub async fn deny(
         decide(&st, &request, RequestState::Denied, None).await
     })
     .await?;
-    st.metrics.approvals.denied.fetch_add(1, Ordering::Relaxed);
+    st.metrics.approvals.denied.inc();
     let _ = st.requests.send(decided.clone());
     Ok(decided)
 }

@@ -364,7 +364,11 @@ impl Server {
             .await
             .map_err(io::Error::other)?;
         if let Some(deaths) = state.runner.take_deaths() {
-            tokio::spawn(record_deaths(state.store.clone(), deaths));
+            tokio::spawn(record_deaths(
+                state.store.clone(),
+                state.metrics.sandboxes.clone(),
+                deaths,
+            ));
         }
         Ok((
             Server {
@@ -489,14 +493,35 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
             .await
             .map_err(io::Error::other)?;
     }
+    // What `/metrics` counts from now on, kept as the service changes it.
+    for row in st.store.sandboxes(None).await.map_err(io::Error::other)? {
+        if !orgs.contains_key(&row.organization_id) {
+            let org = st
+                .store
+                .organization(&row.organization_id)
+                .await
+                .map_err(io::Error::other)?;
+            orgs.insert(row.organization_id.clone(), org);
+        }
+        let mode = orgs
+            .get(&row.organization_id)
+            .and_then(Option::as_ref)
+            .and_then(|o| service::effective(st, o, &row).ok())
+            .map(|p| p.mode);
+        st.metrics.sandboxes.set(&row.id, row.state, mode);
+    }
     Ok(report)
 }
 
 /// Records each sandbox whose init dies as `died`, as it dies (the
 /// runner has cleaned what was left of its processes; it is not started
-/// again), until the runner stops. It holds the store only: the server's
-/// state (and the runner in it) is not kept alive by it.
-async fn record_deaths(store: Store, mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>) {
+/// again), until the runner stops. It holds the store and the tally only:
+/// the server's state (and the runner in it) is not kept alive by it.
+async fn record_deaths(
+    store: Store,
+    tally: metrics::SandboxTally,
+    mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     while let Some(id) = deaths.recv().await {
         // Only a running sandbox (or one being made) dies: one being
         // deleted is no death.
@@ -508,7 +533,10 @@ async fn record_deaths(store: Store, mut deaths: tokio::sync::mpsc::UnboundedRec
             }
         }
         match moved {
-            Ok(true) => tracing::warn!(sandbox = %id, "the sandbox's init died"),
+            Ok(true) => {
+                tally.set_state(&id, SandboxState::Died);
+                tracing::warn!(sandbox = %id, "the sandbox's init died");
+            }
             Ok(false) => {}
             Err(e) => tracing::error!(sandbox = %id, error = %e, "recording a dead sandbox"),
         }

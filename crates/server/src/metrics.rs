@@ -1,15 +1,24 @@
-//! `/metrics` in the Prometheus text format: sandboxes by state and mode,
-//! creates and deletes, the DNS service's answers and admissions, and
-//! request latencies per route.
+//! `/metrics` in the OpenMetrics text format, through `prometheus-client`:
+//! sandboxes by state and mode, creates and deletes, access requests,
+//! request counts and latencies per route (all kept in memory as they
+//! happen), and what the runner counts (its DNS service, gateway and
+//! events, read from its memory at the scrape). A scrape reads no store.
 
 use crate::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{text, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use sandgate_contract::SandboxState;
+use sandgate_policy::Mode;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,25 +27,38 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// One route's latency histogram.
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// A request's series: its method, its route template and its status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
 }
 
-/// The server's counters.
-#[derive(Debug, Default)]
+/// A route's latency series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: &'static str,
+    route: String,
+}
+
+/// A series of `sandgate_sandboxes`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SandboxLabels {
+    state: &'static str,
+    mode: &'static str,
+}
+
+/// The server's metrics.
+#[derive(Debug)]
 pub struct Metrics {
-    created: AtomicU64,
-    deleted: AtomicU64,
-    /// (method, route, status) -> requests; (method, route) -> latencies.
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<(String, String), Histogram>>,
-    /// Sandboxes by (state, mode), as last counted from the store, and
-    /// when: counted again at most once a second, however often scraped.
-    sandboxes: tokio::sync::Mutex<Option<(Instant, Counts)>>,
+    registry: Registry,
+    created: Counter,
+    deleted: Counter,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Sandboxes by state and mode, kept as the service changes them.
+    pub sandboxes: SandboxTally,
     /// Access requests (shared with the tasks that open them).
     pub approvals: Arc<ApprovalCounts>,
 }
@@ -45,75 +67,146 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct ApprovalCounts {
     /// Requests opened.
-    pub opened: AtomicU64,
+    pub opened: Counter,
     /// Attempts at a new target of a sandbox at its most requests.
-    pub dropped: AtomicU64,
+    pub dropped: Counter,
     /// Requests approved.
-    pub approved: AtomicU64,
+    pub approved: Counter,
     /// Requests denied.
-    pub denied: AtomicU64,
+    pub denied: Counter,
 }
 
-/// Sandboxes by (state, mode).
-type Counts = BTreeMap<(String, String), u64>;
+/// Each sandbox's state and mode as the service last wrote them, and the
+/// gauge they add up to. Cloned into the tasks that change states (a
+/// death is recorded away from the handlers).
+#[derive(Debug, Clone, Default)]
+pub struct SandboxTally {
+    known: Arc<Mutex<HashMap<String, SandboxLabels>>>,
+    gauge: Family<SandboxLabels, Gauge>,
+}
 
-/// How long a count of the store's sandboxes is served before it is made
-/// again.
-const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Sandboxes by (state, mode), from the store.
-async fn count_sandboxes(st: &AppState) -> Counts {
-    let mut by_state_mode = Counts::new();
-    let Ok(rows) = st.store.sandboxes(None).await else {
-        return by_state_mode;
-    };
-    let orgs: BTreeMap<String, crate::store::Organization> = st
-        .store
-        .organizations()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|o| (o.id.clone(), o))
-        .collect();
-    for row in rows {
-        let mode = orgs
-            .get(&row.organization_id)
-            .and_then(|o| crate::service::effective(st, o, &row).ok())
-            .map(|p| p.mode.as_str().to_string())
-            .unwrap_or_else(|| "unknown".into());
-        *by_state_mode
-            .entry((row.state.as_str().to_string(), mode))
-            .or_default() += 1;
+impl SandboxTally {
+    /// Sandbox `id` is in `state`, with `mode` (`None`: as it was, or
+    /// `unknown` if its policy cannot be resolved).
+    pub fn set(&self, id: &str, state: SandboxState, mode: Option<Mode>) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        let old = known.get(id).cloned();
+        let labels = SandboxLabels {
+            state: state.as_str(),
+            mode: mode
+                .map(Mode::as_str)
+                .or(old.as_ref().map(|o| o.mode))
+                .unwrap_or("unknown"),
+        };
+        if old.as_ref() == Some(&labels) {
+            return;
+        }
+        if let Some(old) = old {
+            self.gauge.get_or_create(&old).dec();
+        }
+        self.gauge.get_or_create(&labels).inc();
+        known.insert(id.to_string(), labels);
     }
-    by_state_mode
+
+    /// Sandbox `id` is in `state`, its mode unchanged.
+    pub fn set_state(&self, id: &str, state: SandboxState) {
+        self.set(id, state, None);
+    }
+
+    /// Sandbox `id` is gone.
+    pub fn remove(&self, id: &str) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        if let Some(old) = known.remove(id) {
+            self.gauge.get_or_create(&old).dec();
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let created = Counter::default();
+        registry.register(
+            "sandgate_sandboxes_created",
+            "Sandboxes created",
+            created.clone(),
+        );
+        let deleted = Counter::default();
+        registry.register(
+            "sandgate_sandboxes_deleted",
+            "Sandboxes deleted",
+            deleted.clone(),
+        );
+        let sandboxes = SandboxTally::default();
+        registry.register(
+            "sandgate_sandboxes",
+            "Sandboxes by state and network mode",
+            sandboxes.gauge.clone(),
+        );
+        let approvals = Arc::new(ApprovalCounts::default());
+        for (name, help, counter) in [
+            (
+                "sandgate_access_requests_opened",
+                "Access requests opened by a refused name or a denied connection",
+                &approvals.opened,
+            ),
+            (
+                "sandgate_access_requests_dropped",
+                "Attempts at a new target of a sandbox holding its most access requests (no request opened)",
+                &approvals.dropped,
+            ),
+            (
+                "sandgate_access_requests_approved",
+                "Access requests approved",
+                &approvals.approved,
+            ),
+            (
+                "sandgate_access_requests_denied",
+                "Access requests denied",
+                &approvals.denied,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "sandgate_http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        let latency: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(BUCKETS));
+        registry.register_with_unit(
+            "sandgate_http_request_duration",
+            "HTTP request latency by route",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        Metrics {
+            registry,
+            created,
+            deleted,
+            requests,
+            latency,
+            sandboxes,
+            approvals,
+        }
+    }
 }
 
 impl Metrics {
     /// A sandbox was created.
     pub fn created(&self) {
-        self.created.fetch_add(1, Ordering::Relaxed);
+        self.created.inc();
     }
 
     /// A sandbox was deleted.
     pub fn deleted(&self) {
-        self.deleted.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let key = (method.to_string(), route.to_string());
-        if let Ok(mut r) = self.requests.lock() {
-            *r.entry((key.0.clone(), key.1.clone(), status)).or_default() += 1;
-        }
-        if let Ok(mut l) = self.latency.lock() {
-            let h = l.entry(key).or_default();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if seconds <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += seconds;
-        }
+        self.deleted.inc();
     }
 }
 
@@ -122,8 +215,14 @@ impl Metrics {
 pub async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     // Known methods only: a made-up one must not add series forever.
     let method = match req.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_string(),
-        _ => "other".to_string(),
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
     };
     let route = req
         .extensions()
@@ -132,265 +231,176 @@ pub async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let response = next.run(req).await;
-    st.metrics.observe(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let m = &st.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            method,
+            route: route.clone(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    m.latency
+        .get_or_create(&RouteLabels { method, route })
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The runner's counts as they were read for one scrape.
+#[derive(Debug)]
+struct RunnerCounts(sandgate_contract::Counts);
+
+/// One counter (or gauge) without labels.
+fn one(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: &impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for RunnerCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = &self.0;
+        if let Some((net, dns)) = counts.allowed {
+            let mut family = encoder.encode_descriptor(
+                "sandgate_connections_allowed",
+                "New connections let out of sandboxes, by what allowed them",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (by, n) in [("policy", net), ("dns_admission", dns)] {
+                ConstCounter::new(n).encode(family.encode_family(&[("by", by)])?)?;
+            }
+        }
+        let dns = counts.dns;
+        for (name, help, v) in [
+            (
+                "sandgate_dns_forwarded",
+                "DNS queries allowed and forwarded upstream",
+                dns.forwarded,
+            ),
+            (
+                "sandgate_dns_cache_hits",
+                "DNS queries answered from the cache",
+                dns.cache_hits,
+            ),
+            (
+                "sandgate_dns_refused",
+                "DNS queries refused by policy",
+                dns.refused,
+            ),
+            (
+                "sandgate_dns_admitted",
+                "Addresses admitted from DNS answers",
+                dns.admitted,
+            ),
+            (
+                "sandgate_dns_rebinding",
+                "Private addresses stripped from answers",
+                dns.rebinding,
+            ),
+            (
+                "sandgate_dns_upstream_failures",
+                "DNS queries no upstream resolver answered (the sandbox got SERVFAIL)",
+                dns.upstream_failures,
+            ),
+            (
+                "sandgate_dns_busy",
+                "DNS queries turned away: the sandbox had its most waiting on upstream",
+                dns.busy,
+            ),
+            (
+                "sandgate_dns_rate_limited",
+                "DNS queries over their sandbox's rate (answered REFUSED)",
+                dns.rate_limited,
+            ),
+            (
+                "sandgate_dns_tcp_refused",
+                "DNS-over-TCP connections closed at once (a sandbox's or the service's most open)",
+                dns.tcp_refused,
+            ),
+            (
+                "sandgate_dns_stale",
+                "DNS answers and admissions dropped because the slot changed hands meanwhile",
+                dns.stale,
+            ),
+            (
+                "sandgate_dns_held",
+                "Refused DNS queries held for an approval (approvalHoldSeconds)",
+                dns.held,
+            ),
+            (
+                "sandgate_dns_held_approved",
+                "Held DNS queries answered because an approval came in time",
+                dns.held_approved,
+            ),
+            (
+                "sandgate_dns_upstream_unmatched",
+                "Datagrams on the upstream sockets that answered no query (late or forged)",
+                dns.upstream_unmatched,
+            ),
+        ] {
+            one(&mut encoder, name, help, &ConstCounter::new(v))?;
+        }
+        let gw = counts.gateway;
+        for (name, help, v) in [
+            ("sandgate_gateway_accepted", "Connections to addresses admitted by name steered to the name-checking gateway", gw.accepted),
+            ("sandgate_gateway_passed", "Connections the gateway passed on: their name allowed and resolved to their address for their sandbox", gw.passed),
+            ("sandgate_gateway_refused", "Connections the gateway reset (name_mismatch, no_server_name, encrypted_client_hello, ...)", gw.refused),
+            ("sandgate_gateway_cut", "Gateway connections cut because a policy change no longer allowed their name", gw.cut),
+        ] {
+            one(&mut encoder, name, help, &ConstCounter::new(v))?;
+        }
+        one(
+            &mut encoder,
+            "sandgate_gateway_connections",
+            "Connections open through the gateway",
+            &ConstGauge::new(i64::try_from(gw.active).unwrap_or(i64::MAX)),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "sandgate_network_events",
+            "Denied connection attempts, refused DNS queries and limits reached, by kind and reason (kind \"dropped\": those the sandbox's event rate held back, counted, not published)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (kind, reason, n) in &counts.events {
+            let labels = [("kind", kind.as_str()), ("reason", reason.as_str())];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// The metrics: an operator surface, so the operator token only (a
 /// tenant's key gets 403). Counts come from memory and from the runner's
-/// last sample of the kernel's counters: a scrape runs no program and
-/// takes no lock of the dataplane.
+/// last sample of the kernel's counters: a scrape runs no program, takes
+/// no lock of the dataplane and reads no store.
 #[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+    responses((status = 200, description = "OpenMetrics text format", content_type = "application/openmetrics-text"),
         (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -> Response {
-    let mut out = String::new();
-    let by_state_mode = {
-        let mut counted = st.metrics.sandboxes.lock().await;
-        match &*counted {
-            Some((at, counts)) if at.elapsed() < COUNT_EVERY => counts.clone(),
-            _ => {
-                let counts = count_sandboxes(&st).await;
-                *counted = Some((Instant::now(), counts.clone()));
-                counts
-            }
-        }
-    };
-    let _ = writeln!(
-        out,
-        "# HELP sandgate_sandboxes Sandboxes by state and network mode."
-    );
-    let _ = writeln!(out, "# TYPE sandgate_sandboxes gauge");
-    for ((state, mode), n) in &by_state_mode {
-        let _ = writeln!(
-            out,
-            "sandgate_sandboxes{{state=\"{state}\",mode=\"{mode}\"}} {n}"
-        );
-    }
-    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-        );
-    };
-    counter(
-        &mut out,
-        "sandgate_sandboxes_created_total",
-        "Sandboxes created.",
-        st.metrics.created.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "sandgate_sandboxes_deleted_total",
-        "Sandboxes deleted.",
-        st.metrics.deleted.load(Ordering::Relaxed),
-    );
-    let a = &st.metrics.approvals;
-    for (name, help, v) in [
-        (
-            "sandgate_access_requests_opened_total",
-            "Access requests opened by a refused name or a denied connection.",
-            &a.opened,
-        ),
-        (
-            "sandgate_access_requests_dropped_total",
-            "Attempts at a new target of a sandbox holding its most access requests (no request opened).",
-            &a.dropped,
-        ),
-        (
-            "sandgate_access_requests_approved_total",
-            "Access requests approved.",
-            &a.approved,
-        ),
-        (
-            "sandgate_access_requests_denied_total",
-            "Access requests denied.",
-            &a.denied,
-        ),
-    ] {
-        counter(&mut out, name, help, v.load(Ordering::Relaxed));
-    }
     // One read of the runner's counts, off the async threads (a runner on
     // another host is a round trip).
     let counts = crate::service::on_runner(&st, |r| Ok(r.counts()))
         .await
         .unwrap_or_default();
-    if let Some((net, dns)) = counts.allowed {
-        let _ = writeln!(
-            out,
-            "# HELP sandgate_connections_allowed_total New connections let out of sandboxes, by what allowed them.\n# TYPE sandgate_connections_allowed_total counter\nsandgate_connections_allowed_total{{by=\"policy\"}} {net}\nsandgate_connections_allowed_total{{by=\"dns_admission\"}} {dns}"
-        );
+    let mut runner = Registry::default();
+    runner.register_collector(Box::new(RunnerCounts(counts)));
+    let mut out = String::new();
+    let encoded = text::encode_registry(&mut out, &st.metrics.registry)
+        .and_then(|()| text::encode_registry(&mut out, &runner))
+        .and_then(|()| text::encode_eof(&mut out));
+    if let Err(e) = encoded {
+        return crate::error::ApiError::internal(e).into_response();
     }
-    let dns = counts.dns;
-    for (name, help, v) in [
-        (
-            "sandgate_dns_forwarded_total",
-            "DNS queries allowed and forwarded upstream.",
-            dns.forwarded,
-        ),
-        (
-            "sandgate_dns_cache_hits_total",
-            "DNS queries answered from the cache.",
-            dns.cache_hits,
-        ),
-        (
-            "sandgate_dns_refused_total",
-            "DNS queries refused by policy.",
-            dns.refused,
-        ),
-        (
-            "sandgate_dns_admitted_total",
-            "Addresses admitted from DNS answers.",
-            dns.admitted,
-        ),
-        (
-            "sandgate_dns_rebinding_total",
-            "Private addresses stripped from answers.",
-            dns.rebinding,
-        ),
-        (
-            "sandgate_dns_upstream_failures_total",
-            "DNS queries no upstream resolver answered (the sandbox got SERVFAIL).",
-            dns.upstream_failures,
-        ),
-        (
-            "sandgate_dns_busy_total",
-            "DNS queries turned away: the sandbox had its most waiting on upstream.",
-            dns.busy,
-        ),
-        (
-            "sandgate_dns_rate_limited_total",
-            "DNS queries over their sandbox's rate (answered REFUSED).",
-            dns.rate_limited,
-        ),
-        (
-            "sandgate_dns_tcp_refused_total",
-            "DNS-over-TCP connections closed at once (a sandbox's or the service's most open).",
-            dns.tcp_refused,
-        ),
-        (
-            "sandgate_dns_stale_total",
-            "DNS answers and admissions dropped because the slot changed hands meanwhile.",
-            dns.stale,
-        ),
-        (
-            "sandgate_dns_held_total",
-            "Refused DNS queries held for an approval (approvalHoldSeconds).",
-            dns.held,
-        ),
-        (
-            "sandgate_dns_held_approved_total",
-            "Held DNS queries answered because an approval came in time.",
-            dns.held_approved,
-        ),
-        (
-            "sandgate_dns_upstream_unmatched_total",
-            "Datagrams on the upstream sockets that answered no query (late or forged).",
-            dns.upstream_unmatched,
-        ),
-    ] {
-        counter(&mut out, name, help, v);
-    }
-    let gw = counts.gateway;
-    for (name, help, v) in [
-        (
-            "sandgate_gateway_accepted_total",
-            "Connections to addresses admitted by name steered to the name-checking gateway.",
-            gw.accepted,
-        ),
-        (
-            "sandgate_gateway_passed_total",
-            "Connections the gateway passed on: their name allowed and resolved to their address for their sandbox.",
-            gw.passed,
-        ),
-        (
-            "sandgate_gateway_refused_total",
-            "Connections the gateway reset (name_mismatch, no_server_name, encrypted_client_hello, ...).",
-            gw.refused,
-        ),
-        (
-            "sandgate_gateway_cut_total",
-            "Gateway connections cut because a policy change no longer allowed their name.",
-            gw.cut,
-        ),
-    ] {
-        counter(&mut out, name, help, v);
-    }
-    let _ = writeln!(
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         out,
-        "# HELP sandgate_gateway_connections Connections open through the gateway.\n# TYPE sandgate_gateway_connections gauge\nsandgate_gateway_connections {}",
-        gw.active
-    );
-    let _ = writeln!(
-        out,
-        "# HELP sandgate_network_events_total Denied connection attempts, refused DNS queries and limits reached, by kind and reason (kind \"dropped\": those the sandbox's event rate held back, counted, not published).\n# TYPE sandgate_network_events_total counter"
-    );
-    for (kind, reason, n) in counts.events {
-        let _ = writeln!(
-            out,
-            "sandgate_network_events_total{{kind=\"{kind}\",reason=\"{}\"}} {n}",
-            escape(&reason)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP sandgate_http_requests_total HTTP requests by route and status."
-    );
-    let _ = writeln!(out, "# TYPE sandgate_http_requests_total counter");
-    if let Ok(r) = st.metrics.requests.lock() {
-        for ((method, route, status), n) in r.iter() {
-            let _ = writeln!(
-                out,
-                "sandgate_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
-                escape(route)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP sandgate_http_request_duration_seconds HTTP request latency by route."
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE sandgate_http_request_duration_seconds histogram"
-    );
-    if let Ok(l) = st.metrics.latency.lock() {
-        for ((method, route), h) in l.iter() {
-            let labels = format!("method=\"{method}\",route=\"{}\"", escape(route));
-            for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    out,
-                    "sandgate_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "sandgate_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "sandgate_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "sandgate_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
-        }
-    }
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    )
+        .into_response()
 }

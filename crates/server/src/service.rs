@@ -240,10 +240,13 @@ async fn reapply(st: &Arc<AppState>, org: &Organization, what: &str) -> Result<u
     let mut reapplied = 0;
     let mut failed = Vec::new();
     for row in st.store.sandboxes(Some(&org.id)).await? {
+        let policy = effective(st, org, &row);
+        let mode = policy.as_ref().ok().map(|p| p.mode);
+        st.metrics.sandboxes.set(&row.id, row.state, mode);
         if row.state != SandboxState::Running {
             continue;
         }
-        let applied = match effective(st, org, &row) {
+        let applied = match policy {
             Ok(policy) => {
                 let id = row.id.clone();
                 on_runner(st, move |r| r.update(&id, &policy)).await
@@ -284,8 +287,9 @@ async fn cut_off(st: &AppState, row: &SandboxRow) {
     if let Err(e) = on_runner(st, move |r| r.stop(&id)).await {
         tracing::error!(sandbox = %row.id, error = %e.message, "stopping a sandbox that could be neither updated nor cut off");
     }
-    if let Err(e) = st.store.set_state(&row.id, SandboxState::Lost).await {
-        tracing::error!(sandbox = %row.id, error = %e, "recording a lost sandbox");
+    match st.store.set_state(&row.id, SandboxState::Lost).await {
+        Ok(()) => st.metrics.sandboxes.set_state(&row.id, SandboxState::Lost),
+        Err(e) => tracing::error!(sandbox = %row.id, error = %e, "recording a lost sandbox"),
     }
 }
 
@@ -753,6 +757,9 @@ pub async fn create_sandbox(
             declined_names: "[]".into(),
         };
         st.store.add_sandbox(&row).await?;
+        st.metrics
+            .sandboxes
+            .set(&id, SandboxState::Creating, Some(policy.mode));
         let spec = SandboxSpec {
             id: id.clone(),
             organization: org.id.clone(),
@@ -783,6 +790,7 @@ pub async fn create_sandbox(
         } else {
             SandboxState::Died
         };
+        st.metrics.sandboxes.set_state(&id, row.state);
         st.metrics.created();
         Ok((row, org))
     })
@@ -797,15 +805,19 @@ pub async fn create_sandbox(
 async fn undo_create(st: &AppState, id: &str) {
     let gone = id.to_string();
     match on_runner(st, move |r| r.delete(&gone)).await {
-        Ok(()) => {
-            if let Err(e) = st.store.remove_sandbox(id).await {
+        Ok(()) => match st.store.remove_sandbox(id).await {
+            Ok(()) => st.metrics.sandboxes.remove(id),
+            Err(e) => {
                 tracing::error!(sandbox = %id, error = %e, "removing a half-made sandbox's row");
             }
-        }
+        },
         Err(undo) => {
             tracing::warn!(sandbox = %id, error = %undo.message, "undoing a failed create; the next start finishes it");
-            if let Err(e) = st.store.set_state(id, SandboxState::Deleting).await {
-                tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
+            match st.store.set_state(id, SandboxState::Deleting).await {
+                Ok(()) => st.metrics.sandboxes.set_state(id, SandboxState::Deleting),
+                Err(e) => {
+                    tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
+                }
             }
         }
     }
@@ -821,10 +833,14 @@ pub async fn delete_sandbox(
     transaction(st, move |st| async move {
         let row = sandbox(&st, &org, &key).await?;
         st.store.set_state(&row.id, SandboxState::Deleting).await?;
+        st.metrics
+            .sandboxes
+            .set_state(&row.id, SandboxState::Deleting);
         let id = row.id.clone();
         on_runner(&st, move |r| r.delete(&id)).await?;
         crate::approvals::forget(&st, &row.id);
         st.store.remove_sandbox(&row.id).await?;
+        st.metrics.sandboxes.remove(&row.id);
         st.metrics.deleted();
         Ok(())
     })
@@ -869,6 +885,7 @@ pub(crate) async fn update_locked(
         .settings_for_update(org.tier, &stored, &change.request())?;
     let old = effective(st, &org, &row)?;
     let new = resolved(st, &org, &settings, &row)?;
+    let mode = new.mode;
     in_force(st, &row, new).await?;
     row.set_settings(&settings);
     row.updated_at = now();
@@ -877,6 +894,7 @@ pub(crate) async fn update_locked(
         put_back(st, &row, old).await;
         return Err(e.into());
     }
+    st.metrics.sandboxes.set(&row.id, row.state, Some(mode));
     Ok((row, org))
 }
 

@@ -493,7 +493,7 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
     // Health and metrics; metrics are the operator's, not a tenant's.
     let (s, h) = api.call("GET", "/health", None, Send::Nothing);
     assert_eq!((s, h["status"].as_str()), (200, Some("ok")));
-    let (_, k) = api.organization("acme", 3);
+    let (acme, k) = api.organization("acme", 3);
     let (s, e) = api.call("GET", "/metrics", Some(&k), Send::Nothing);
     assert_eq!(
         (s, e["error"]["code"].as_str()),
@@ -539,6 +539,36 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         text.contains("route=\"/api/sandbox\",status=\"401\"} 1"),
         "{text}"
     );
+    // The sandboxes' gauge follows deletes and tier changes as they
+    // happen (kept in memory, not counted from the store).
+    let mode_of_o = api.get("/api/sandbox/o", &k).1["effectiveNetwork"]["mode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!(
+            "sandgate_sandboxes{{state=\"running\",mode=\"{mode_of_o}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert_eq!(api.delete("/api/sandbox/m", &k).0, 204);
+    let (s, _) = api.call(
+        "PUT",
+        &format!("/api/admin/organizations/{acme}/tier"),
+        Some(ADMIN),
+        Send::Json(json!({"tier": 1})),
+    );
+    assert_eq!(s, 200);
+    let text = api.metrics();
+    for line in [
+        "sandgate_sandboxes{state=\"running\",mode=\"blocked\"} 0".to_string(),
+        format!("sandgate_sandboxes{{state=\"running\",mode=\"{mode_of_o}\"}} 0"),
+        "sandgate_sandboxes{state=\"running\",mode=\"restricted\"} 1".to_string(),
+        "sandgate_sandboxes_deleted_total 1".to_string(),
+    ] {
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
 }
 
 #[test]
