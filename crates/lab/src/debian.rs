@@ -1,5 +1,6 @@
 //! A Debian root file system for tests that need a real userland (apt,
-//! python3, node) in a sandbox: built once with `mmdebstrap` from the
+//! python3, node) in a sandbox, and for the install test of sandgate's
+//! Debian package: built once with `mmdebstrap` from the
 //! Debian mirror this machine's apt sources name, kept as a tarball in a
 //! cache outside the repository, and reused by every later run.
 //!
@@ -11,8 +12,21 @@ use std::io;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The packages the tarball holds, beyond Debian's minimal `apt` variant.
-pub const PACKAGES: &[&str] = &["python3", "nodejs", "ca-certificates"];
+/// The packages the tarball holds, beyond Debian's minimal `apt` variant:
+/// a userland for sandboxes (python3, node), and the dependencies of
+/// sandgate's own Debian package, so that its install test installs it
+/// offline into a copy of this root.
+pub const PACKAGES: &[&str] = &[
+    "python3",
+    "nodejs",
+    "ca-certificates",
+    "nftables",
+    "runc",
+    "busybox-static",
+    "conntrack",
+    "e2fsprogs",
+    "mount",
+];
 
 /// The release it is built from.
 pub const SUITE: &str = "bookworm";

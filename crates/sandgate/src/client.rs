@@ -41,6 +41,7 @@ impl Client {
     }
 
     /// The same server with another key.
+    #[cfg(feature = "lab")]
     pub fn with_key(&self, key: &str) -> Client {
         Client {
             key: Some(key.to_string()),

@@ -9,7 +9,9 @@
 mod api_cmd;
 mod client;
 mod config;
+#[cfg(feature = "lab")]
 mod demo;
+#[cfg(feature = "lab")]
 mod lab_cmd;
 mod output;
 mod policy_cmd;
@@ -44,6 +46,7 @@ enum Command {
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
     /// The lab of network namespaces that tests and the demo run in.
+    #[cfg(feature = "lab")]
     #[command(subcommand)]
     Lab(lab_cmd::LabCommand),
     /// Run the API, the runner and the DNS service on this host (or the
@@ -59,6 +62,7 @@ enum Command {
     /// Run the main job: a lab, a server in it, organizations of every
     /// tier and sandboxes in every mode, probed; prints expected against
     /// observed.
+    #[cfg(feature = "lab")]
     Demo,
     /// Print the completion script of a shell for sandgate (e.g. `sandgate
     /// completions bash > /etc/bash_completion.d/sandgate`).
@@ -127,11 +131,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd, &config, &out),
+        #[cfg(feature = "lab")]
         Command::Lab(cmd) => lab_cmd::run(cmd, &out),
         Command::Server(args) => server_cmd::run(args, &config, &out),
         Command::Runner(args) => runner_cmd::run(args, &config, &out),
         Command::Sandbox(cli) => api_cmd::sandbox(cli, &out),
         Command::Admin(cli) => api_cmd::admin(cli, &out),
+        #[cfg(feature = "lab")]
         Command::Demo => demo::run(&config, &out),
         Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("answered above, before the configuration is read")
