@@ -59,7 +59,8 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     let key = key["key"].as_str().unwrap().to_string();
     // The key comes from the environment or a file, never an argument
     // (the process list would show it).
-    let key_file = dir.with_extension("key");
+    // In the data directory: the guard removes it whatever happens.
+    let key_file = dir.join("api.key");
     std::fs::write(&key_file, format!("{key}\n")).unwrap();
     let bare = |args: &[&str]| cli_keyed(&url, None, args);
     let from_file = bare(&[

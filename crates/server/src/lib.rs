@@ -21,6 +21,7 @@
 pub mod api;
 pub mod approvals;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod service;
@@ -392,6 +393,7 @@ impl Server {
         let reference = utoipa_swagger_ui::SwaggerUi::new(REFERENCE_PATH).url(OPENAPI_PATH, doc);
         routes
             .merge(reference)
+            .merge(dashboard::routes())
             .fallback(no_route)
             .method_not_allowed_fallback(wrong_method)
             .layer(axum::middleware::from_fn_with_state(
