@@ -150,7 +150,9 @@ impl Drop for Events {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if t.join().is_err() {
+                tracing::error!("the kernel event reader's thread panicked");
+            }
         }
     }
 }

@@ -403,11 +403,14 @@ impl Dataplane {
             for addr in addrs {
                 let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
                 // Exit status 1 means "none matched".
-                let _ = std::process::Command::new("conntrack")
+                let status = std::process::Command::new("conntrack")
                     .args(["-D", "-f", family, "-s", &addr.to_string()])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .status()?;
+                if !matches!(status.code(), Some(0 | 1)) {
+                    tracing::warn!(address = %addr, %status, "conntrack could not forget a slot's connections");
+                }
             }
             Ok(())
         })
@@ -463,11 +466,15 @@ impl Dataplane {
         let slot = self.cfg.slot(index);
         let made = self.wire_slot(&slot);
         if let Err(e) = made {
-            let _ = self.remove_objects(index);
+            if let Err(undo) = self.remove_objects(index) {
+                tracing::warn!(slot = index, error = %undo, "removing a half-made slot; the next start removes what is left");
+            }
             self.state.slots.remove(&index);
             // (Unrecorded, the journal's `Creating` is removed whole at the
             // next start.)
-            let _ = self.persist(index);
+            if let Err(undo) = self.persist(index) {
+                tracing::warn!(slot = index, error = %undo, "recording a half-made slot's removal");
+            }
             return Err(e);
         }
         if let Some(r) = self.state.slots.get_mut(&index) {
@@ -631,7 +638,9 @@ impl Dataplane {
             }
             // (Unrecorded, the journal's owner is unknown to the server at
             // the next start, which removes the slot.)
-            let _ = self.persist(index);
+            if let Err(undo) = self.persist(index) {
+                tracing::warn!(slot = index, error = %undo, "recording a slot handed back to the pool");
+            }
             self.prune_classes();
             return Err(e);
         }
@@ -719,7 +728,12 @@ impl Dataplane {
                 let mut cut = Transaction::new(&self.cfg.table);
                 whole(&mut cut, &slot, &old, old_gens, Verb::Destroy);
                 whole(&mut cut, &slot, &new, quarantine, Verb::Destroy);
-                let _ = self.nft.commit(&cut);
+                if let Err(e) = self.nft.commit(&cut) {
+                    // Its interface stays known to the ruleset only through
+                    // the elements left, which the next update or a restart
+                    // replaces; say so loudly.
+                    tracing::error!(slot = index, error = %e, "a slot whose new policy failed could not be cut off either");
+                }
                 self.cut.insert(index);
                 if let Some(prev) = previous {
                     self.state.slots.insert(index, prev);
@@ -1047,7 +1061,9 @@ impl Dataplane {
         self.released.insert(index, Instant::now());
         // The slot is gone; a journal that cannot say so keeps `Deleting`,
         // which the next start finds nothing of and drops.
-        let _ = self.persist(index);
+        if let Err(e) = self.persist(index) {
+            tracing::warn!(slot = index, error = %e, "recording a removed slot; the next start drops it");
+        }
         Ok(())
     }
 

@@ -181,7 +181,9 @@ impl Store {
         if let Err(e) = self.log.write_all(&line) {
             // A line cut short (a full disk) would end the journal for
             // every line after it: cut it off.
-            let _ = self.log.set_len(before);
+            if let Err(cut) = self.log.set_len(before) {
+                tracing::error!(error = %cut, "cutting a torn line off the dataplane's journal");
+            }
             return Err(e);
         }
         self.lines += 1;
@@ -194,7 +196,9 @@ impl Store {
         let written = fs::write(&tmp, serde_json::to_vec(state).map_err(io::Error::other)?)
             .and_then(|()| fs::rename(&tmp, &self.path));
         if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
+            if let Err(gone) = fs::remove_file(&tmp) {
+                tracing::warn!(file = %tmp.display(), error = %gone, "removing a snapshot not written whole");
+            }
             return Err(e);
         }
         self.log.set_len(0)?;

@@ -40,7 +40,9 @@ impl Watchdog {
                     t.store(true, Ordering::SeqCst);
                     if let Ok(links) = rtnl.links() {
                         for link in links.iter().filter(|l| l.name.starts_with(SLOT_IF_PREFIX)) {
-                            let _ = rtnl.set_down(link.index);
+                            if let Err(e) = rtnl.set_down(link.index) {
+                                tracing::error!(link = %link.name, error = %e, "the ruleset is gone and a slot's link could not be put down");
+                            }
                         }
                     }
                 }
@@ -69,7 +71,9 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if t.join().is_err() {
+                tracing::error!("the ruleset watchdog's thread panicked");
+            }
         }
     }
 }

@@ -396,11 +396,13 @@ impl DnsService {
                         let udp = std::net::UdpSocket::bind(any)?;
                         udp.set_nonblocking(true)?;
                         // A burst from many sandboxes waits here, not lost.
-                        let _ = nix::sys::socket::setsockopt(
+                        if let Err(e) = nix::sys::socket::setsockopt(
                             &udp,
                             nix::sys::socket::sockopt::RcvBuf,
                             &(4 << 20),
-                        );
+                        ) {
+                            tracing::warn!(error = %e, "the DNS service's receive buffer stays at the system's default; bursts may be dropped");
+                        }
                         let udp = Arc::new(UdpSocket::from_std(udp)?);
                         let tcp = TcpListener::bind(any).await?;
                         let pool = Pool::start(cfg.upstream.clone(), cfg.pool_sockets)?;
@@ -518,7 +520,9 @@ async fn serve_udp(core: Arc<Core>, udp: Arc<UdpSocket>) {
         if let Some(asker) = &asker {
             if !lock(&core.shares).take_query(asker) {
                 if let Some(answer) = core.rate_limited(asker, &bytes) {
-                    let _ = udp.send_to(&answer, from).await;
+                    if let Err(e) = udp.send_to(&answer, from).await {
+                        tracing::debug!(to = %from, error = %e, "answering a query over its sandbox's rate");
+                    }
                 }
                 continue;
             }

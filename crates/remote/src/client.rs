@@ -334,7 +334,13 @@ impl Runner for RemoteRunner {
 
     fn subscribe(&self, id: &str) -> Result<Subscription, RunnerError> {
         let reader = self.link.stream(&format!("sandboxes/{id}/events"))?;
-        let parse = |data: &str| serde_json::from_str::<NetworkEvent>(data).ok();
+        let parse = |data: &str| match serde_json::from_str::<NetworkEvent>(data) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "an event from the runner that is no event; dropped");
+                None
+            }
+        };
         let mut events = Events {
             lines: reader.lines(),
         };

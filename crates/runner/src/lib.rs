@@ -34,7 +34,7 @@ use sandgate_gateway::{Gateway, GatewayConfig, GatewayEvent, Holder};
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, EffectivePolicy, PolicyConfig, Reason};
 use sandgate_runtime::{
-    Adopted, ExecRequest, ExecResult, InitWatch, Resources, Runtime, RuntimeConfig,
+    Adopted, ExecRequest, ExecResult, InitWatch, Resources, Runtime, RuntimeConfig, RuntimeError,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -336,7 +336,7 @@ pub fn purge_runtime(cfg: &RunnerConfig) -> io::Result<()> {
     for id in runtime.sandboxes()? {
         runtime.delete(&id)?;
     }
-    runtime.clear_disks()
+    Ok(runtime.clear_disks()?)
 }
 
 /// The sandboxes of one host.
@@ -605,7 +605,7 @@ fn watch_inits(
 
 /// Logs a failed step of an undo or a cleanup, which goes on (what is
 /// left is removed at the next start).
-fn undone(what: &str, sandbox: &str, result: io::Result<()>) {
+fn undone<E: std::fmt::Display>(what: &str, sandbox: &str, result: Result<(), E>) {
     if let Err(e) = result {
         tracing::warn!(sandbox, error = %e, "{what} the sandbox failed");
     }
@@ -958,9 +958,10 @@ impl Runner {
 
     /// Stops sandbox `id`'s processes on purpose (no death), keeping its
     /// slot and files.
+    #[tracing::instrument(name = "sandbox", skip_all, fields(id = %id, op = "stop"))]
     pub fn stop(&self, id: &str) -> io::Result<()> {
         self.inits.forget(id);
-        self.runtime.stop(id)
+        Ok(self.runtime.stop(id)?)
     }
 
     /// The policy configuration as this host makes it now: the operator's,
@@ -1012,6 +1013,7 @@ impl Runner {
     /// Makes the sandbox `spec` describes: a slot with its policy in the
     /// kernel, the DNS service told, then the runtime sandbox in the slot,
     /// whose init is then watched. On failure nothing of it is left.
+    #[tracing::instrument(name = "sandbox", skip_all, fields(id = %spec.id, op = "create"))]
     pub fn create(&self, spec: &SandboxSpec) -> io::Result<Placement> {
         let SandboxSpec {
             id,
@@ -1045,7 +1047,7 @@ impl Runner {
                 drop(dp);
                 lock(&self.slots).insert(id.to_string(), slot);
             }
-            return Err(e);
+            return Err(e.into());
         }
         self.events.open(id);
         lock(&self.slots).insert(id.to_string(), slot.clone());
@@ -1055,6 +1057,7 @@ impl Runner {
         // The warm pool is refilled off the request's path (a wake-up
         // already pending is enough).
         let _ = self.refill.try_send(());
+        tracing::info!(slot = slot.index, interface = %slot.host_if, address = %slot.sandbox4, "created");
         Ok(Placement { slot })
     }
 
@@ -1108,6 +1111,7 @@ impl Runner {
     /// the kernel refuse the change, the DNS service's view is put back.
     /// Then the gateway cuts the connections whose names the policy in
     /// force no longer allows.
+    #[tracing::instrument(name = "sandbox", skip_all, fields(id = %id, op = "update"))]
     pub fn update(&self, id: &str, policy: &EffectivePolicy) -> io::Result<()> {
         let slot = self.slot(id)?;
         self.egress_here(policy)?;
@@ -1127,6 +1131,7 @@ impl Runner {
     /// Cuts sandbox `id` off the network entirely (established connections
     /// too) and stops answering its DNS queries, until its next successful
     /// update or a restart: for a policy that could not be applied.
+    #[tracing::instrument(name = "sandbox", skip_all, fields(id = %id, op = "block"))]
     pub fn block(&self, id: &str) -> io::Result<()> {
         let slot = self.slot(id)?;
         let _changing = lock(&self.sandboxes.changing);
@@ -1136,6 +1141,7 @@ impl Runner {
     /// Removes sandbox `id`: it is cut off first, then its processes and
     /// files go, then its slot. A failure leaves the sandbox known (and
     /// cut off), so that the delete can be tried again.
+    #[tracing::instrument(name = "sandbox", skip_all, fields(id = %id, op = "delete"))]
     pub fn delete(&self, id: &str) -> io::Result<()> {
         // Its init's exit from here on is no death.
         self.inits.forget(id);
@@ -1165,13 +1171,15 @@ impl Runner {
             lock(&self.assigned).remove(&slot.index);
         }
         self.events.forget(id);
+        tracing::info!("deleted");
         Ok(())
     }
 
     /// Runs a command in sandbox `id`.
+    #[tracing::instrument(name = "sandbox", skip_all, fields(id = %id, op = "exec"))]
     pub fn exec(&self, id: &str, request: &ExecRequest) -> io::Result<ExecResult> {
         self.slot(id)?;
-        self.runtime.exec(id, request)
+        Ok(self.runtime.exec(id, request)?)
     }
 
     /// Rebuilds the runner after a restart from the sandboxes the server
@@ -1283,6 +1291,7 @@ impl Runner {
     /// once, then names, all at once: an answer for a name admits its
     /// addresses for the sandbox, and must not change what an address's
     /// row says about the sandbox before any DNS.
+    #[tracing::instrument(name = "sandbox", skip_all, fields(id = %id, op = "probe"))]
     pub fn probe(&self, id: &str, targets: &[ProbeTarget]) -> io::Result<Vec<Observed>> {
         let slot = self.slot(id)?;
         let gateway = IpAddr::V4(slot.gateway4);
@@ -1309,6 +1318,9 @@ impl Runner {
                         .collect();
                     for (i, p) in probes {
                         seen[i] = p.join().ok();
+                        if seen[i].is_none() {
+                            tracing::error!(target = %targets[i], "a network test's probe panicked; reported as not reached");
+                        }
                     }
                 });
             }
@@ -1372,7 +1384,7 @@ impl Runner {
 /// cause is the host's fault).
 impl sandgate_contract::Runner for Runner {
     fn snapshots(&self) -> Result<Vec<String>, RunnerError> {
-        self.runtime.snapshots().map_err(fault)
+        self.runtime.snapshots().map_err(|e| fault(e.into()))
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<(), RunnerError> {
@@ -1397,9 +1409,12 @@ impl sandgate_contract::Runner for Runner {
 
     fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, RunnerError> {
         Runner::exec(self, id, request).map_err(|e| {
-            // The runtime could not enter the working directory (it names
-            // none of its own words then).
-            if e.kind() == io::ErrorKind::InvalidInput && e.to_string().starts_with("cwd:") {
+            // The runtime could not enter the working directory.
+            let cwd = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<RuntimeError>())
+                .is_some_and(|r| matches!(r, RuntimeError::NoSuchCwd));
+            if cwd {
                 RunnerError::Invalid {
                     code: "invalid_cwd",
                     message: e.to_string(),

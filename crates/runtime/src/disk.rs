@@ -50,7 +50,11 @@ fn failed(what: &str, output: &std::process::Output) -> io::Error {
     if text.contains("No space left on device") {
         return io::Error::from_raw_os_error(nix::libc::ENOSPC);
     }
-    io::Error::other(format!("{what}: {}", text.trim()))
+    crate::RuntimeError::Program {
+        what: what.to_string(),
+        said: text.trim().to_string(),
+    }
+    .into()
 }
 
 /// Makes a disk of `bytes` in `dir` (made here), with empty upper and
@@ -111,7 +115,11 @@ fn unmount_at(dir: &Path) -> io::Result<()> {
     }
     match umount2(&at, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
-        Err(e) => Err(io::Error::other(format!("unmounting a sandbox disk: {e}"))),
+        Err(cause) => Err(crate::RuntimeError::Mount {
+            what: "unmounting a sandbox disk".into(),
+            cause,
+        }
+        .into()),
     }
 }
 

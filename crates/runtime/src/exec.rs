@@ -192,7 +192,9 @@ pub fn run(
             .create_new(true)
             .mode(0o600)
             .open(&spec)?;
-        f.write_all(&serde_json::to_vec(&process).map_err(io::Error::other)?)?;
+        let bytes = serde_json::to_vec(&process)
+            .map_err(|e| crate::RuntimeError::record(format!("the exec file of {id}"), e))?;
+        f.write_all(&bytes)?;
     }
     let result = run_spec(&mut runc, ps, id, &spec, cap, request.timeout);
     // A file left behind is removed with the sandbox, or at the next start.
@@ -206,15 +208,9 @@ pub fn run(
 /// host's, with the runtime's text for the log.
 fn not_started(runtime_said: &str) -> io::Error {
     if runtime_said.contains("chdir to cwd") {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "cwd: no such directory in the sandbox",
-        )
+        crate::RuntimeError::NoSuchCwd.into()
     } else {
-        io::Error::other(format!(
-            "the OCI runtime could not start the command: {}",
-            runtime_said.trim()
-        ))
+        crate::RuntimeError::NotStarted(runtime_said.trim().to_string()).into()
     }
 }
 

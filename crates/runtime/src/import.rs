@@ -58,5 +58,5 @@ pub fn unpack(reader: impl Read, root: &Path) -> io::Result<()> {
 }
 
 fn bad(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
+    crate::RuntimeError::Archive(what).into()
 }

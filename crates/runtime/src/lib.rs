@@ -22,6 +22,7 @@
 
 pub mod bundle;
 mod disk;
+pub mod error;
 pub mod exec;
 pub mod import;
 pub mod inits;
@@ -29,6 +30,7 @@ pub mod limits;
 mod procfs;
 pub mod seccomp;
 
+pub use error::RuntimeError;
 pub use exec::{ExecRequest, ExecResult};
 pub use inits::InitWatch;
 pub use limits::{Limit, Limits};
@@ -39,6 +41,9 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// The runtime's results.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
 /// How the runtime runs.
 #[derive(Debug, Clone)]
@@ -150,10 +155,6 @@ pub enum Adopted {
     Removed,
 }
 
-fn invalid(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, what)
-}
-
 /// Whether `name` may name a snapshot or a sandbox: letters, digits, `-`,
 /// `_`, `.`, not starting with a dot, at most 64 bytes (so it is one safe
 /// path component, and a valid runc container id).
@@ -167,13 +168,14 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 /// Checks a name (see [`is_valid_name`]).
-fn check_name(kind: &str, name: &str) -> io::Result<()> {
+fn check_name(kind: &'static str, name: &str) -> Result<()> {
     if is_valid_name(name) {
         Ok(())
     } else {
-        Err(invalid(format!(
-            "{kind} name {name:?}: use letters, digits, '-', '_' and '.', at most 64"
-        )))
+        Err(RuntimeError::InvalidName {
+            kind,
+            name: name.to_string(),
+        })
     }
 }
 
@@ -220,7 +222,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 impl Runtime {
     /// A runtime with `cfg`. Fails if the host cannot limit a sandbox's
     /// processes (see [`limits`]).
-    pub fn new(cfg: RuntimeConfig) -> io::Result<Runtime> {
+    pub fn new(cfg: RuntimeConfig) -> Result<Runtime> {
         let controllers = limits::Controllers::detect()?;
         let limits = controllers.limits(cfg.pids_limit, cfg.memory_limit, cfg.cpu_limit)?;
         // Only root may enter: the sandboxes' files (and what root inside
@@ -264,8 +266,8 @@ impl Runtime {
 
     /// Prepares one disk of `bytes` for a create to take (off the
     /// request's path: formatting and mounting cost about 20 ms).
-    pub fn prepare_disk(&self, bytes: u64) -> io::Result<()> {
-        disk::prepare(&self.disk_pool(), bytes)
+    pub fn prepare_disk(&self, bytes: u64) -> Result<()> {
+        Ok(disk::prepare(&self.disk_pool(), bytes)?)
     }
 
     /// How many disks of `bytes` are prepared.
@@ -274,16 +276,16 @@ impl Runtime {
     }
 
     /// Unmounts and removes every prepared disk.
-    pub fn clear_disks(&self) -> io::Result<()> {
-        disk::clear(&self.disk_pool())
+    pub fn clear_disks(&self) -> Result<()> {
+        Ok(disk::clear(&self.disk_pool())?)
     }
 
     /// Makes (or remakes) the `busybox` snapshot: the static busybox, a
     /// link per applet, `/etc/hosts`, `/etc/passwd`, `/etc/group`, `/tmp`.
-    pub fn build_busybox(&self, name: &str) -> io::Result<()> {
+    pub fn build_busybox(&self, name: &str) -> Result<()> {
         check_name("snapshot", name)?;
         let staging = self.snapshot_dir(name).with_extension("building");
-        let _ = fs::remove_dir_all(&staging);
+        remove_staging(&staging);
         let root = staging.join("rootfs");
         for d in [
             "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "root", "var", "tmp",
@@ -297,7 +299,10 @@ impl Runtime {
             .arg("--list-full")
             .output()?;
         if !out.status.success() {
-            return Err(io::Error::other("busybox --list-full failed"));
+            return Err(RuntimeError::Program {
+                what: "busybox --list-full".into(),
+                said: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         for applet in String::from_utf8_lossy(&out.stdout).lines() {
             let link = root.join(applet.trim_start_matches('/'));
@@ -323,15 +328,15 @@ impl Runtime {
     /// gzip; see [`import`]). An existing snapshot of that name is
     /// replaced only once the new one is complete; on error nothing
     /// changes.
-    pub fn import_snapshot(&self, name: &str, archive: impl io::Read) -> io::Result<()> {
+    pub fn import_snapshot(&self, name: &str, archive: impl io::Read) -> Result<()> {
         check_name("snapshot", name)?;
         let dir = self.snapshot_dir(name);
         let staging = dir.with_extension("building");
-        let _ = fs::remove_dir_all(&staging);
+        remove_staging(&staging);
         fs::create_dir_all(staging.join("rootfs"))?;
         if let Err(e) = import::unpack(archive, &staging.join("rootfs")) {
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
+            remove_staging(&staging);
+            return Err(e.into());
         }
         self.replace_snapshot(name, &staging)
     }
@@ -339,19 +344,19 @@ impl Runtime {
     /// Puts the complete snapshot at `staging` in place of snapshot
     /// `name`, refused while a sandbox uses the old one (its overlay's
     /// lower directory must not change under it).
-    fn replace_snapshot(&self, name: &str, staging: &Path) -> io::Result<()> {
+    fn replace_snapshot(&self, name: &str, staging: &Path) -> Result<()> {
         let dir = self.snapshot_dir(name);
         if dir.exists() {
             if let Err(e) = self.delete_snapshot(name) {
-                let _ = fs::remove_dir_all(staging);
+                remove_staging(staging);
                 return Err(e);
             }
         }
-        fs::rename(staging, &dir)
+        Ok(fs::rename(staging, &dir)?)
     }
 
     /// The snapshots' names.
-    pub fn snapshots(&self) -> io::Result<Vec<String>> {
+    pub fn snapshots(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = fs::read_dir(self.cfg.data_dir.join("snapshots"))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -362,21 +367,20 @@ impl Runtime {
     }
 
     /// Deletes a snapshot; refused while a sandbox uses it.
-    pub fn delete_snapshot(&self, name: &str) -> io::Result<()> {
+    pub fn delete_snapshot(&self, name: &str) -> Result<()> {
         check_name("snapshot", name)?;
         for id in self.sandboxes()? {
             if self.info(&id).is_ok_and(|i| i.snapshot == name) {
-                return Err(io::Error::new(
-                    io::ErrorKind::ResourceBusy,
-                    format!("snapshot {name} is in use by sandbox {id}"),
-                ));
+                return Err(RuntimeError::Busy(format!(
+                    "snapshot {name} is in use by sandbox {id}"
+                )));
             }
         }
-        fs::remove_dir_all(self.snapshot_dir(name))
+        Ok(fs::remove_dir_all(self.snapshot_dir(name))?)
     }
 
     /// The sandboxes that have a directory here.
-    pub fn sandboxes(&self) -> io::Result<Vec<String>> {
+    pub fn sandboxes(&self) -> Result<Vec<String>> {
         let mut ids: Vec<String> = fs::read_dir(self.cfg.data_dir.join("sandboxes"))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -402,48 +406,44 @@ impl Runtime {
         netns: &Path,
         gateway: IpAddr,
         resources: &Resources,
-    ) -> io::Result<()> {
+    ) -> Result<()> {
         check_name("sandbox", id)?;
         check_name("snapshot", snapshot)?;
         if !self.snapshot_dir(snapshot).join("rootfs").is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no snapshot {snapshot}"),
-            ));
+            return Err(RuntimeError::NoSnapshot(snapshot.to_string()));
         }
         // Making the directory claims the id.
         match fs::create_dir(self.sandbox_dir(id)) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("sandbox {id} exists"),
-                ))
+                return Err(RuntimeError::Exists(id.to_string()))
             }
             other => other?,
         }
         let made = self.make(id, snapshot, netns, gateway, resources);
         if made.is_err() {
-            let _ = self.delete(id);
+            if let Err(e) = self.delete(id) {
+                tracing::warn!(sandbox = %id, error = %e, "removing a half-made sandbox; the next start removes what is left");
+            }
         }
         made
     }
 
     /// Writes the record of sandbox `id`.
-    fn record(&self, id: &str, info: &SandboxInfo) -> io::Result<()> {
-        let bytes = serde_json::to_vec(info).map_err(io::Error::other)?;
-        write_atomic(&self.sandbox_dir(id).join("sandbox.json"), &bytes)
+    fn record(&self, id: &str, info: &SandboxInfo) -> Result<()> {
+        let bytes = serde_json::to_vec(info)
+            .map_err(|e| RuntimeError::record(format!("the record of sandbox {id}"), e))?;
+        Ok(write_atomic(
+            &self.sandbox_dir(id).join("sandbox.json"),
+            &bytes,
+        )?)
     }
 
     /// What the runtime keeps of sandbox `id`: `NotFound` if it has none.
-    pub fn info(&self, id: &str) -> io::Result<SandboxInfo> {
+    pub fn info(&self, id: &str) -> Result<SandboxInfo> {
         check_name("sandbox", id)?;
         let bytes = fs::read(self.sandbox_dir(id).join("sandbox.json"))?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the record of sandbox {id}: {e}"),
-            )
-        })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| RuntimeError::record(format!("the record of sandbox {id}"), e))
     }
 
     fn make(
@@ -453,7 +453,7 @@ impl Runtime {
         netns: &Path,
         gateway: IpAddr,
         asked: &Resources,
-    ) -> io::Result<()> {
+    ) -> Result<()> {
         let dir = self.sandbox_dir(id);
         fs::create_dir_all(dir.join("rootfs"))?;
         // What the host can enforce: a limit it cannot is reported by
@@ -497,7 +497,8 @@ impl Runtime {
             memory_limit: resources.memory,
             cpu: resources.cpu,
         };
-        let config = serde_json::to_vec_pretty(&bundle::config(&spec)).map_err(io::Error::other)?;
+        let config = serde_json::to_vec_pretty(&bundle::config(&spec))
+            .map_err(|e| RuntimeError::record(format!("the OCI bundle of {id}"), e))?;
         fs::write(dir.join("config.json"), config)?;
         self.run(id, snapshot)?;
         info.state = State::Running;
@@ -506,7 +507,7 @@ impl Runtime {
 
     /// Mounts the overlay of sandbox `id` on `snapshot` (if it is not) and
     /// runs its bundle, detached.
-    fn run(&self, id: &str, snapshot: &str) -> io::Result<()> {
+    fn run(&self, id: &str, snapshot: &str) -> Result<()> {
         let dir = self.sandbox_dir(id);
         let rootfs = dir.join("rootfs");
         if !is_mount_point(&rootfs) {
@@ -531,7 +532,10 @@ impl Runtime {
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 Some(options.as_str()),
             )
-            .map_err(|e| io::Error::other(format!("mounting the overlay of {id}: {e}")))?;
+            .map_err(|cause| RuntimeError::Mount {
+                what: format!("mounting the overlay of {id}"),
+                cause,
+            })?;
         }
         // A detached container inherits the runtime's stdio, so its
         // stderr goes to a file (a pipe would never reach end of file); the
@@ -552,11 +556,7 @@ impl Runtime {
         let message = fs::read_to_string(&log_path).unwrap_or_default();
         let _ = fs::remove_file(&log_path);
         if !status.success() {
-            return Err(io::Error::other(format!(
-                "{} run {id}: {}",
-                self.cfg.oci_runtime.display(),
-                message.trim()
-            )));
+            return Err(self.oci("run", id, &message));
         }
         // Where its processes are listed (see `ps`).
         let init = fs::read_to_string(dir.join("init.pid"))?;
@@ -568,7 +568,7 @@ impl Runtime {
 
     /// Kills sandbox `id`'s processes, removes its runtime state and
     /// unmounts its overlay; its files stay. Tolerates what is missing.
-    fn halt(&self, id: &str) -> io::Result<()> {
+    fn halt(&self, id: &str) -> Result<()> {
         // `runc delete --force` of a running container sleeps 100 ms after
         // its SIGKILL before it first looks whether the init died. Killing
         // the init ourselves and waiting for its exit (milliseconds; the
@@ -592,26 +592,23 @@ impl Runtime {
         let out = self.runc().args(["delete", "--force", id]).output()?;
         // A failure is fine only when there was nothing to delete.
         if !out.status.success() && self.runc_state(id)?.is_some() {
-            return Err(io::Error::other(format!(
-                "{} delete {id}: {}",
-                self.cfg.oci_runtime.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(self.oci("delete", id, &String::from_utf8_lossy(&out.stderr)));
         }
         match umount2(&self.sandbox_dir(id).join("rootfs"), MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
             Err(e) => {
-                return Err(io::Error::other(format!(
-                    "unmounting the overlay of {id}: {e}"
-                )))
+                return Err(RuntimeError::Mount {
+                    what: format!("unmounting the overlay of {id}"),
+                    cause: e,
+                })
             }
         }
-        disk::unmount(&self.sandbox_dir(id))
+        Ok(disk::unmount(&self.sandbox_dir(id))?)
     }
 
     /// Stops sandbox `id`: its processes end, its files stay. Stopping a
     /// stopped sandbox does nothing.
-    pub fn stop(&self, id: &str) -> io::Result<()> {
+    pub fn stop(&self, id: &str) -> Result<()> {
         let mut info = self.info(id)?;
         self.halt(id)?;
         info.state = State::Stopped;
@@ -620,21 +617,20 @@ impl Runtime {
 
     /// Starts stopped sandbox `id` again, with the files it had. Starting
     /// a running sandbox does nothing.
-    pub fn start(&self, id: &str) -> io::Result<()> {
+    pub fn start(&self, id: &str) -> Result<()> {
         let mut info = self.info(id)?;
         match info.state {
             State::Running if self.running(id)? => return Ok(()),
             State::Creating => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ResourceBusy,
-                    format!("sandbox {id} is being created"),
-                ))
+                return Err(RuntimeError::Busy(format!("sandbox {id} is being created")))
             }
             _ => {}
         }
         self.halt(id)?;
         if let Err(e) = self.run(id, &info.snapshot) {
-            let _ = self.halt(id);
+            if let Err(halt) = self.halt(id) {
+                tracing::warn!(sandbox = %id, error = %halt, "stopping a sandbox that failed to start again");
+            }
             return Err(e);
         }
         info.state = State::Running;
@@ -644,7 +640,7 @@ impl Runtime {
 
     /// The host pid of sandbox `id`'s init, if it runs: the one runc
     /// started, still in the sandbox's cgroup (so not a pid reused since).
-    pub fn init_pid(&self, id: &str) -> io::Result<Option<i32>> {
+    pub fn init_pid(&self, id: &str) -> Result<Option<i32>> {
         check_name("sandbox", id)?;
         // No file: never started, or stopped. A file that cannot be read
         // or holds no pid is an error, not a finding that nothing runs.
@@ -652,19 +648,13 @@ impl Runtime {
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("reading {}: {e}", path.display()),
-                ))
-            }
+            Err(e) => return Err(RuntimeError::record(path.display().to_string(), e)),
         };
         let pid = text.trim().parse::<i32>().map_err(|_| {
-            io::Error::other(format!(
-                "{} holds no pid: {:?}",
-                path.display(),
-                text.trim()
-            ))
+            RuntimeError::record(
+                path.display().to_string(),
+                format!("holds no pid: {:?}", text.trim()),
+            )
         })?;
         Ok(self.ps(id)?.contains(&pid).then_some(pid))
     }
@@ -672,7 +662,7 @@ impl Runtime {
     /// Records that sandbox `id`'s init died (it was not asked to stop):
     /// what is left of its processes and mounts is cleaned, its files
     /// stay, and it is not started again by anyone but its owner.
-    pub fn mark_died(&self, id: &str) -> io::Result<()> {
+    pub fn mark_died(&self, id: &str) -> Result<()> {
         let mut info = self.info(id)?;
         self.halt(id)?;
         info.state = State::Stopped;
@@ -685,7 +675,7 @@ impl Runtime {
     /// else): running ones are managed again, dead ones are cleaned and
     /// marked, half-made ones are removed, and half-built snapshots are
     /// dropped. Returns what was found of each sandbox.
-    pub fn adopt(&self) -> io::Result<Vec<(String, Adopted)>> {
+    pub fn adopt(&self) -> Result<Vec<(String, Adopted)>> {
         // Prepared disks are made again (one a crash cut short must not be
         // taken); one that cannot be removed keeps no sandbox from being
         // taken back.
@@ -740,25 +730,25 @@ impl Runtime {
     }
 
     /// Whether sandbox `id` is running (its runtime says so).
-    pub fn running(&self, id: &str) -> io::Result<bool> {
+    pub fn running(&self, id: &str) -> Result<bool> {
         Ok(self
             .runc_state(id)?
             .is_some_and(|v| v["status"] == "running"))
     }
 
     /// What `runc state` says of sandbox `id`, if it knows it.
-    fn runc_state(&self, id: &str) -> io::Result<Option<serde_json::Value>> {
+    fn runc_state(&self, id: &str) -> Result<Option<serde_json::Value>> {
         let out = self.runc().arg("state").arg(id).output()?;
         if !out.status.success() {
             return Ok(None);
         }
         serde_json::from_slice(&out.stdout)
             .map(Some)
-            .map_err(io::Error::other)
+            .map_err(|e| RuntimeError::record(format!("the OCI runtime's state of {id}"), e))
     }
 
     /// The host pids of the processes of sandbox `id` (its cgroup's).
-    pub fn processes(&self, id: &str) -> io::Result<Vec<i32>> {
+    pub fn processes(&self, id: &str) -> Result<Vec<i32>> {
         check_name("sandbox", id)?;
         self.ps(id)
     }
@@ -767,49 +757,64 @@ impl Runtime {
     /// `cgroup.procs`, whose path [`Runtime::run`] keeps in the sandbox's
     /// directory (a file read, where `runc ps` costs a process and about
     /// 10 ms); `runc ps` where there is no such path.
-    fn ps(&self, id: &str) -> io::Result<Vec<i32>> {
+    fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let kept = fs::read_to_string(self.sandbox_dir(id).join("procs"));
         if let Ok(procs) = kept.and_then(|path| fs::read_to_string(path.trim())) {
             return Ok(procs.lines().filter_map(|l| l.parse().ok()).collect());
         }
         let out = self.runc().args(["ps", "--format", "json", id]).output()?;
         if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "{} ps {id}: {}",
-                self.cfg.oci_runtime.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(self.oci("ps", id, &String::from_utf8_lossy(&out.stderr)));
         }
-        serde_json::from_slice(&out.stdout).map_err(io::Error::other)
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| RuntimeError::record(format!("the OCI runtime's processes of {id}"), e))
     }
 
     /// Stops and removes sandbox `id`: its processes, the runtime's state,
     /// the overlay mount and the directory. Tolerates what is missing.
-    pub fn delete(&self, id: &str) -> io::Result<()> {
+    pub fn delete(&self, id: &str) -> Result<()> {
         check_name("sandbox", id)?;
         self.halt(id)?;
         match fs::remove_dir_all(self.sandbox_dir(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
     }
 
     /// Runs a command in sandbox `id` (see [`exec`]).
     /// Refused (`ResourceBusy`) unless the sandbox is running.
-    pub fn exec(&self, id: &str, request: &ExecRequest) -> io::Result<ExecResult> {
+    pub fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult> {
         if self.info(id)?.state != State::Running {
-            return Err(io::Error::new(
-                io::ErrorKind::ResourceBusy,
-                format!("sandbox {id} is not running"),
-            ));
+            return Err(RuntimeError::Busy(format!("sandbox {id} is not running")));
         }
-        exec::run(
+        Ok(exec::run(
             self.runc(),
-            &|| self.ps(id),
+            &|| self.ps(id).map_err(io::Error::from),
             id,
             request,
             self.cfg.output_cap,
             &self.sandbox_dir(id),
-        )
+        )?)
+    }
+
+    /// The OCI runtime's failure to `op` sandbox `id`, in its words.
+    fn oci(&self, op: &'static str, id: &str, said: &str) -> RuntimeError {
+        RuntimeError::Oci {
+            program: self.cfg.oci_runtime.clone(),
+            op,
+            id: id.to_string(),
+            said: said.trim().to_string(),
+        }
+    }
+}
+
+/// Removes a snapshot's staging directory, if any (one left by a build
+/// cut short is removed at the next build or start).
+fn remove_staging(staging: &Path) {
+    match fs::remove_dir_all(staging) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %staging.display(), error = %e, "removing a snapshot's staging directory");
+        }
+        _ => {}
     }
 }

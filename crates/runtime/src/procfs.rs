@@ -34,7 +34,10 @@ impl Held {
         match pidfd_open(p, PidfdFlags::empty()) {
             Ok(fd) => Ok(Some(Held(fd))),
             Err(rustix::io::Errno::SRCH) => Ok(None),
-            Err(e) => Err(std::io::Error::other(format!("holding process {pid}: {e}"))),
+            Err(e) => Err(std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("holding process {pid}: {e}"),
+            )),
         }
     }
 

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use sandgate_netns::TempNetns;
-use sandgate_runtime::{ExecRequest, Runtime, RuntimeConfig};
+use sandgate_runtime::{ExecRequest, Runtime, RuntimeConfig, RuntimeError};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,21 @@ fn exec_returns_exit_codes_output_env_cwd_and_obeys_timeouts_and_caps() {
         )
         .unwrap();
     assert_eq!(r.stdout, "hello sandbox\n/tmp\n");
+    // A working directory the sandbox lacks is the caller's fault, typed.
+    let missing =
+        f.rt.exec(
+            &id,
+            &ExecRequest {
+                command: "true".into(),
+                cwd: Some("/nowhere".into()),
+                ..ExecRequest::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(missing, RuntimeError::NoSuchCwd) && missing.is_callers_fault(),
+        "{missing:?}"
+    );
     // The environment never shows in the host's process list.
     let seen_in_ps = std::thread::scope(|s| {
         let exec = s.spawn(|| {
@@ -281,7 +296,8 @@ fn a_snapshot_in_use_cannot_be_deleted() {
     let mut f = Fixture::new("snap", |_| {});
     let _id = f.sandbox("snap");
     let err = f.rt.delete_snapshot("busybox").unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::ResourceBusy);
+    assert!(matches!(err, RuntimeError::Busy(_)), "{err:?}");
+    assert!(err.is_callers_fault());
     assert_eq!(f.rt.snapshots().unwrap(), vec!["busybox".to_string()]);
 }
 
@@ -302,7 +318,7 @@ fn stop_start_and_adoption_after_a_restart_keep_files_and_clean_the_dead() {
     assert!(!f.rt.running(&id).unwrap());
     assert!(!mounted(&rootfs));
     let refused = f.rt.exec(&id, &ExecRequest::default()).unwrap_err();
-    assert_eq!(refused.kind(), std::io::ErrorKind::ResourceBusy);
+    assert!(matches!(refused, RuntimeError::Busy(_)), "{refused:?}");
     f.rt.stop(&id).unwrap();
     f.rt.start(&id).unwrap();
     f.rt.start(&id).unwrap();
@@ -524,7 +540,7 @@ fn snapshots_import_from_docker_export_tarballs_and_hostile_archives_change_noth
     let busy =
         f.rt.import_snapshot("plain", std::fs::File::open(&tarball).unwrap())
             .unwrap_err();
-    assert_eq!(busy.kind(), std::io::ErrorKind::ResourceBusy);
+    assert!(matches!(busy, RuntimeError::Busy(_)), "{busy:?}");
 
     // Hostile or broken archives: refused, with nothing written outside
     // and no snapshot made.
@@ -558,7 +574,10 @@ fn snapshots_import_from_docker_export_tarballs_and_hostile_archives_change_noth
     ];
     for (what, bytes) in hostile {
         let err = f.rt.import_snapshot("evil", &bytes[..]).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{what}: {err}");
+        assert!(
+            matches!(err, RuntimeError::Archive(_)) && err.is_callers_fault(),
+            "{what}: {err:?}"
+        );
         assert!(!err.to_string().is_empty());
         assert_eq!(
             f.rt.snapshots().unwrap(),

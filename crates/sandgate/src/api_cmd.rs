@@ -184,6 +184,11 @@ pub enum SandboxCommand {
         /// An environment variable of every exec (repeatable).
         #[arg(long, value_parser = parse_env, value_name = "NAME=VALUE")]
         env: Vec<(String, String)>,
+        /// How many to create, one after the other, with the same
+        /// settings (named NAME-1, NAME-2, ... when a name is given);
+        /// progress on standard error; the first refusal stops there.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+        count: u16,
         #[command(flatten)]
         settings: SettingsArgs,
     },
@@ -537,6 +542,63 @@ fn path_part(s: &str) -> String {
         .collect()
 }
 
+/// Creates `count` sandboxes of `body` one after the other, saying how
+/// far it got on standard error; stops at the first refusal (those made
+/// stay, and are said).
+fn create_many(
+    c: &Client,
+    out: &Output,
+    body: Map<String, Value>,
+    name: Option<&str>,
+    count: u16,
+) -> Result<ExitCode, ApiFailure> {
+    let started = std::time::Instant::now();
+    let mut made = Vec::new();
+    for i in 1..=count {
+        let mut one = body.clone();
+        if let Some(n) = name {
+            one.insert("name".into(), json!(format!("{n}-{i}")));
+        }
+        let label = format!("[{i}/{count}] creating");
+        match crate::output::progress(&label, || {
+            c.call("POST", "/api/sandbox", Some(&Value::Object(one)))
+        }) {
+            Ok(v) => {
+                eprintln!("[{i}/{count}] created {} ({})", s(&v["name"]), s(&v["id"]));
+                made.push(v);
+            }
+            Err(f) => {
+                eprintln!(
+                    "stopped after {} of {count} sandboxes (those are kept)",
+                    made.len()
+                );
+                return Err(f);
+            }
+        }
+    }
+    eprintln!(
+        "created {count} sandboxes in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if out.json {
+        out.print_json(&Value::Array(made));
+    } else {
+        let rows = made
+            .iter()
+            .map(|v| {
+                vec![
+                    s(&v["id"]).to_string(),
+                    s(&v["name"]).to_string(),
+                    s(&v["state"]).to_string(),
+                    s(&v["effectiveNetwork"]["mode"]).to_string(),
+                ]
+            })
+            .collect();
+        table(&["ID", "NAME", "STATE", "MODE"], rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs `sandgate sandbox ...`.
 pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
     let c = match client(&cli.api) {
@@ -548,10 +610,11 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
             name,
             snapshot,
             env,
+            count,
             settings,
         } => {
             let mut body = Map::new();
-            if let Some(n) = name {
+            if let Some(n) = &name {
                 body.insert("name".into(), json!(n));
             }
             if let Some(s) = snapshot {
@@ -566,10 +629,10 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
                 );
             }
             settings.into_json(&mut body);
-            if !out.json {
-                eprintln!("creating sandbox...");
-            }
-            c.call("POST", "/api/sandbox", Some(&Value::Object(body)))
+            if count == 1 {
+                crate::output::progress("creating the sandbox", || {
+                    c.call("POST", "/api/sandbox", Some(&Value::Object(body)))
+                })
                 .map(|v| {
                     if out.json {
                         out.print_json(&v)
@@ -578,6 +641,9 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 })
+            } else {
+                create_many(&c, out, body, name.as_deref(), count)
+            }
         }
         SandboxCommand::List => c.call("GET", "/api/sandbox", None).map(|v| {
             if out.json {

@@ -29,6 +29,32 @@ pub fn line(args: Arguments<'_>) {
     }
 }
 
+/// Runs `work` (a long call: a create, a wait), showing on standard error
+/// that it runs: on a terminal, `label` and the seconds so far, redrawn
+/// until it ends; elsewhere (a log, a test), `label...` once.
+pub fn progress<T>(label: &str, work: impl FnOnce() -> T) -> T {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        eprintln!("{label}...");
+        return work();
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                eprint!("\r{label}... {:.1} s", started.elapsed().as_secs_f64());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            // The line is cleared for what comes next.
+            eprint!("\r\x1b[2K");
+        });
+        let result = work();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    })
+}
+
 /// Prints rows as aligned columns.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

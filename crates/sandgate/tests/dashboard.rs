@@ -304,5 +304,17 @@ async fn session(url: &str, key: &str, port: u16, profile: &std::path::Path) {
     )
     .await;
     assert!(echoes(url, key, "web", SERVER4));
+
+    // Approvals on: a refused connection asks, and is approved from the
+    // page; then it passes.
+    type_into(&c, "#edit-form input[name=domainAllowList]", "").await;
+    click(&c, "#edit-form input[name=networkApprovals]").await;
+    click(&c, "#edit-form button[type=submit]").await;
+    text_with(&c, "#edit-ok", "Saved", wait).await;
+    assert!(!echoes(url, key, "web", SERVER6));
+    text_with(&c, "#requests", "pending", wait).await;
+    click(&c, "#requests button").await;
+    text_with(&c, "#requests", "approved", wait).await;
+    assert!(echoes(url, key, "web", SERVER6));
     c.close().await.unwrap();
 }

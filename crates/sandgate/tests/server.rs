@@ -87,6 +87,43 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
         "{e}"
     );
     let _ = std::fs::remove_file(&key_file);
+
+    // Many at once, with progress on standard error; the first refusal
+    // stops the rest and says how far it got.
+    let many = |count: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sandgate"))
+            .args([
+                "--json", "sandbox", "create", "--name", "many", "--count", count,
+            ])
+            .args(["--network-block-all"])
+            .env("SANDGATE_API_URL", &url)
+            .env("SANDGATE_API_KEY", &key)
+            .env_remove("SANDGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let made = many("3");
+    let said = String::from_utf8_lossy(&made.stderr);
+    assert!(made.status.success(), "{said}");
+    let list: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["many-1", "many-2", "many-3"]);
+    assert!(said.contains("[3/3] created many-3 (sb-"), "{said}");
+    assert!(said.contains("created 3 sandboxes in"), "{said}");
+    let again = many("2");
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{said}");
+    assert!(said.contains("stopped after 0 of 2"), "{said}");
+    let answer: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(answer["error"]["code"], "name_taken", "{answer}");
+    for n in names {
+        assert_eq!(cli(&url, &key, &["sandbox", "delete", n]).0, 0);
+    }
     // An organization's key cannot do the operator's work.
     let (code, e) = cli(&url, &key, &["admin", "org", "tier", &org_id, "4"]);
     assert_eq!((code, e["error"]["code"].as_str()), (2, Some("forbidden")));
@@ -991,4 +1028,42 @@ fn a_requests_json_log_line_carries_its_id_and_the_answer_says_it() {
         ),
         "{v}"
     );
+    // What the runner logs of a sandbox is in a span that names it.
+    let (_, org) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "create", "logs", "--tier", "3"],
+    );
+    let (_, key) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "key", org["id"].as_str().unwrap()],
+    );
+    let key = key["key"].as_str().unwrap();
+    let (code, made) = cli(&url, key, &["sandbox", "create", "--name", "logged"]);
+    assert_eq!(code, 0, "{made}");
+    let id = made["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let created = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            break None;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["fields"]["message"] == "created" {
+            break Some(v);
+        }
+        seen.push(line);
+    };
+    let v = created.unwrap_or_else(|| panic!("no line of the create in {seen:#?}"));
+    assert_eq!(
+        (&v["span"]["name"], &v["span"]["id"], &v["span"]["op"]),
+        (
+            &Value::from("sandbox"),
+            &Value::from(id),
+            &Value::from("create")
+        ),
+        "{v}"
+    );
+    assert!(v["fields"]["interface"].is_string(), "{v}");
 }

@@ -220,3 +220,54 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Why a server could not start: each a fault of the host or of its
+/// operator, never of a client.
+#[derive(Debug)]
+pub enum StartError {
+    /// The data directory is another server's, or cannot be locked.
+    Locked(io::Error),
+    /// The store cannot be opened, migrated or read.
+    Store(sqlx::Error),
+    /// The runner (dataplane, DNS service, runtime) cannot start.
+    Runner(io::Error),
+    /// The runner cannot take back the stored sandboxes.
+    Restore(RunnerError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Locked(e) => e.fmt(f),
+            StartError::Store(e) => write!(f, "the store: {e}"),
+            StartError::Runner(e) => write!(f, "starting the runner: {e}"),
+            StartError::Restore(e) => write!(f, "restoring the sandboxes: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Locked(e) | StartError::Runner(e) => Some(e),
+            StartError::Store(e) => Some(e),
+            StartError::Restore(e) => Some(e),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StartError {
+    fn from(e: sqlx::Error) -> StartError {
+        StartError::Store(e)
+    }
+}
+
+impl From<StartError> for io::Error {
+    fn from(e: StartError) -> io::Error {
+        match e {
+            // The lock's own message names the other server.
+            StartError::Locked(e) => e,
+            e => io::Error::other(e),
+        }
+    }
+}

@@ -30,7 +30,7 @@ pub mod store;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::Router;
-use error::ApiError;
+use error::{ApiError, StartError};
 use sandgate_contract::{Expected, RestoreReport, Runner};
 use sandgate_policy::{Catalog, PolicyConfig};
 use sandgate_runner::RunnerConfig;
@@ -305,10 +305,10 @@ impl Server {
     /// requests cut short (`creating`, `deleting`) are removed with
     /// whatever they had made; sandboxes whose slot or files are gone (a
     /// reboot) are marked `lost`.
-    pub async fn start(cfg: ServerConfig) -> io::Result<(Server, RestoreReport)> {
+    pub async fn start(cfg: ServerConfig) -> Result<(Server, RestoreReport), StartError> {
         // One server per data directory: a second one would fight the
         // first over its sandboxes, slots and ruleset.
-        let lock = sandgate_runner::DirLock::take(&cfg.data_dir)?;
+        let lock = sandgate_runner::DirLock::take(&cfg.data_dir).map_err(StartError::Locked)?;
         let runner = {
             let mut rc = cfg.runner.clone();
             let (p, c) = (Arc::new(cfg.policy.clone()), Arc::new(cfg.catalog.clone()));
@@ -318,7 +318,8 @@ impl Server {
             }
             tokio::task::spawn_blocking(move || sandgate_runner::Runner::start(rc, p, c))
                 .await
-                .map_err(io::Error::other)??
+                .map_err(|e| StartError::Runner(io::Error::other(e)))?
+                .map_err(StartError::Runner)?
         };
         Server::assemble(cfg, lock, Arc::new(runner)).await
     }
@@ -329,8 +330,8 @@ impl Server {
     pub async fn with_runner(
         cfg: ServerConfig,
         runner: Arc<dyn Runner>,
-    ) -> io::Result<(Server, RestoreReport)> {
-        let lock = sandgate_runner::DirLock::take(&cfg.data_dir)?;
+    ) -> Result<(Server, RestoreReport), StartError> {
+        let lock = sandgate_runner::DirLock::take(&cfg.data_dir).map_err(StartError::Locked)?;
         Server::assemble(cfg, lock, runner).await
     }
 
@@ -338,8 +339,8 @@ impl Server {
         cfg: ServerConfig,
         lock: sandgate_runner::DirLock,
         runner: Arc<dyn Runner>,
-    ) -> io::Result<(Server, RestoreReport)> {
-        let store = Store::open(&cfg.data_dir).await.map_err(io::Error::other)?;
+    ) -> Result<(Server, RestoreReport), StartError> {
+        let store = Store::open(&cfg.data_dir).await?;
         let state = Arc::new(AppState {
             store,
             runner,
@@ -361,9 +362,7 @@ impl Server {
             _lock: lock,
         });
         let report = restore(&state).await?;
-        approvals::watch_all(&state)
-            .await
-            .map_err(io::Error::other)?;
+        approvals::watch_all(&state).await?;
         if let Some(deaths) = state.runner.take_deaths() {
             tokio::spawn(record_deaths(
                 state.store.clone(),
@@ -435,8 +434,8 @@ impl Server {
 }
 
 /// See [`Server::start`].
-async fn restore(st: &AppState) -> io::Result<RestoreReport> {
-    let rows = st.store.sandboxes(None).await.map_err(io::Error::other)?;
+async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
+    let rows = st.store.sandboxes(None).await?;
     let mut expected = Vec::new();
     let mut unresolved = Vec::new();
     let mut orgs = std::collections::HashMap::new();
@@ -446,11 +445,7 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
             // files), and not started again.
             SandboxState::Running | SandboxState::Died => {
                 if !orgs.contains_key(&row.organization_id) {
-                    let org = st
-                        .store
-                        .organization(&row.organization_id)
-                        .await
-                        .map_err(io::Error::other)?;
+                    let org = st.store.organization(&row.organization_id).await?;
                     orgs.insert(row.organization_id.clone(), org);
                 }
                 let org = orgs.get(&row.organization_id).and_then(Option::as_ref);
@@ -469,10 +464,7 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
             // Cut short, or lost before: not expected, so the runner
             // removes what is left of them.
             SandboxState::Creating | SandboxState::Deleting => {
-                st.store
-                    .remove_sandbox(&row.id)
-                    .await
-                    .map_err(io::Error::other)?;
+                st.store.remove_sandbox(&row.id).await?;
             }
             _ => {}
         }
@@ -480,29 +472,19 @@ async fn restore(st: &AppState) -> io::Result<RestoreReport> {
     let runner = st.runner.clone();
     let mut report = tokio::task::spawn_blocking(move || runner.restore(&expected))
         .await
-        .map_err(io::Error::other)?
-        .map_err(|e| io::Error::other(format!("restoring the sandboxes: {e}")))?;
+        .map_err(|e| StartError::Runner(io::Error::other(e)))?
+        .map_err(StartError::Restore)?;
     report.lost.extend(unresolved);
     for id in &report.lost {
-        st.store
-            .set_state(id, SandboxState::Lost)
-            .await
-            .map_err(io::Error::other)?;
+        st.store.set_state(id, SandboxState::Lost).await?;
     }
     for id in &report.died {
-        st.store
-            .set_state(id, SandboxState::Died)
-            .await
-            .map_err(io::Error::other)?;
+        st.store.set_state(id, SandboxState::Died).await?;
     }
     // What `/metrics` counts from now on, kept as the service changes it.
-    for row in st.store.sandboxes(None).await.map_err(io::Error::other)? {
+    for row in st.store.sandboxes(None).await? {
         if !orgs.contains_key(&row.organization_id) {
-            let org = st
-                .store
-                .organization(&row.organization_id)
-                .await
-                .map_err(io::Error::other)?;
+            let org = st.store.organization(&row.organization_id).await?;
             orgs.insert(row.organization_id.clone(), org);
         }
         let mode = orgs
