@@ -179,18 +179,7 @@ fn a_user_signs_in_creates_sees_a_denial_live_and_edits_the_policy() {
                 server: Some(start_server(&lab, &dir)),
             };
             let url = guard.server.as_ref().unwrap().url.clone();
-            let (code, org) = cli(
-                &url,
-                TOKEN,
-                &["admin", "org", "create", "acme", "--tier", "3"],
-            );
-            assert_eq!(code, 0, "{org}");
-            let (_, key) = cli(
-                &url,
-                TOKEN,
-                &["admin", "org", "key", org["id"].as_str().unwrap()],
-            );
-            let key = key["key"].as_str().unwrap().to_string();
+            let (_, key) = organization(&url, TOKEN, "acme", 3);
             let profile = dir.with_extension("chromium");
             let (driver, port) = driver(&profile);
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -304,18 +304,7 @@ fn the_package_installs_on_a_fresh_debian_root_and_its_unit_runs_the_server() {
     // The operator token of the package works; a sandbox runs, from the
     // built-in snapshot of the package's busybox, under runc, with its
     // policy enforced.
-    let (code, org) = cli(
-        &url,
-        &token,
-        &["admin", "org", "create", "acme", "--tier", "3"],
-    );
-    assert_eq!(code, 0, "{org}");
-    let (_, key) = cli(
-        &url,
-        &token,
-        &["admin", "org", "key", org["id"].as_str().unwrap()],
-    );
-    let key = key["key"].as_str().unwrap().to_string();
+    let (_, key) = organization(&url, &token, "acme", 3);
     let (code, made) = cli(
         &url,
         &key,

@@ -39,18 +39,7 @@ fn setup() -> Setup {
         dir,
     };
     let url = guard.server.as_ref().unwrap().url.clone();
-    let org_of = |name: &str, tier: &str| {
-        let (code, org) = cli(
-            &url,
-            TOKEN,
-            &["admin", "org", "create", name, "--tier", tier],
-        );
-        assert_eq!(code, 0, "{org}");
-        let id = org["id"].as_str().unwrap().to_string();
-        let (code, key) = cli(&url, TOKEN, &["admin", "org", "key", &id]);
-        assert_eq!(code, 0, "{key}");
-        (id, key["key"].as_str().unwrap().to_string())
-    };
+    let org_of = |name: &str, tier: &str| organization(&url, TOKEN, name, tier.parse().unwrap());
     let key_of = |name: &str, tier: &str| org_of(name, tier).1;
     // An organization the operator gives the lab's known egress address.
     let (egress_org, egress_key) = org_of("sdk-egress", "3");

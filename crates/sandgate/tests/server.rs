@@ -720,15 +720,7 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     );
 
     let url = guard.server.as_ref().unwrap().url.clone();
-    let (code, org) = cli(
-        &url,
-        TOKEN,
-        &["admin", "org", "create", "acme", "--tier", "3"],
-    );
-    assert_eq!(code, 0, "{org}");
-    let org_id = org["id"].as_str().unwrap().to_string();
-    let (_, key) = cli(&url, TOKEN, &["admin", "org", "key", &org_id]);
-    let key = key["key"].as_str().unwrap().to_string();
+    let (_, key) = organization(&url, TOKEN, "acme", 3);
     let (code, sb) = cli(
         &url,
         &key,
@@ -834,17 +826,7 @@ fn a_runner_killed_takes_its_gateway_connections_with_it_and_widens_nothing() {
     let (mut guard, mut runner, token_file, _) = split(&lab, "gwkill", &flags);
     let dir = guard.dir.clone();
     let url = guard.server.as_ref().unwrap().url.clone();
-    let (_, org) = cli(
-        &url,
-        TOKEN,
-        &["admin", "org", "create", "gw", "--tier", "3"],
-    );
-    let (_, key) = cli(
-        &url,
-        TOKEN,
-        &["admin", "org", "key", org["id"].as_str().unwrap()],
-    );
-    let key = key["key"].as_str().unwrap().to_string();
+    let (_, key) = organization(&url, TOKEN, "gw", 3);
     let (code, sb) = cli(
         &url,
         &key,
@@ -1029,18 +1011,8 @@ fn a_requests_json_log_line_carries_its_id_and_the_answer_says_it() {
         "{v}"
     );
     // What the runner logs of a sandbox is in a span that names it.
-    let (_, org) = cli(
-        &url,
-        TOKEN,
-        &["admin", "org", "create", "logs", "--tier", "3"],
-    );
-    let (_, key) = cli(
-        &url,
-        TOKEN,
-        &["admin", "org", "key", org["id"].as_str().unwrap()],
-    );
-    let key = key["key"].as_str().unwrap();
-    let (code, made) = cli(&url, key, &["sandbox", "create", "--name", "logged"]);
+    let (_, key) = organization(&url, TOKEN, "logs", 3);
+    let (code, made) = cli(&url, &key, &["sandbox", "create", "--name", "logged"]);
     assert_eq!(code, 0, "{made}");
     let id = made["id"].as_str().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

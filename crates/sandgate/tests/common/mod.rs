@@ -82,6 +82,22 @@ pub fn cli(url: &str, key: &str, args: &[&str]) -> (i32, Value) {
     cli_keyed(url, Some(key), args)
 }
 
+/// A new organization named `name` of `tier`, made with the operator
+/// token `token` through the CLI: its id and a key of it.
+pub fn organization(url: &str, token: &str, name: &str, tier: u8) -> (String, String) {
+    let tier = tier.to_string();
+    let (code, org) = cli(
+        url,
+        token,
+        &["admin", "org", "create", name, "--tier", &tier],
+    );
+    assert_eq!(code, 0, "{org}");
+    let id = org["id"].as_str().unwrap().to_string();
+    let (code, key) = cli(url, token, &["admin", "org", "key", &id]);
+    assert_eq!(code, 0, "{key}");
+    (id, key["key"].as_str().unwrap().to_string())
+}
+
 /// [`cli`] with `key` in `SANDGATE_API_KEY`, or none there at all.
 pub fn cli_keyed(url: &str, key: Option<&str>, args: &[&str]) -> (i32, Value) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sandgate"));
