@@ -1408,21 +1408,7 @@ impl sandgate_contract::Runner for Runner {
     }
 
     fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult, RunnerError> {
-        Runner::exec(self, id, request).map_err(|e| {
-            // The runtime could not enter the working directory.
-            let cwd = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<RuntimeError>())
-                .is_some_and(|r| matches!(r, RuntimeError::NoSuchCwd));
-            if cwd {
-                RunnerError::Invalid {
-                    code: "invalid_cwd",
-                    message: e.to_string(),
-                }
-            } else {
-                fault(e)
-            }
-        })
+        Runner::exec(self, id, request).map_err(fault)
     }
 
     fn probe(&self, id: &str, targets: &[ProbeTarget]) -> Result<Vec<Observed>, RunnerError> {
@@ -1499,8 +1485,71 @@ fn fault(e: io::Error) -> RunnerError {
     if let Some(refused) = e.get_ref().and_then(|i| i.downcast_ref::<RunnerError>()) {
         return refused.clone();
     }
+    // What the runtime says is its caller's fault, by variant.
+    if let Some(runtime) = e.get_ref().and_then(|i| i.downcast_ref::<RuntimeError>()) {
+        let message = runtime.to_string();
+        match runtime {
+            RuntimeError::NoSnapshot(_) => return RunnerError::NotFound(message),
+            RuntimeError::Exists(_) | RuntimeError::Busy(_) => {
+                return RunnerError::Conflict(message)
+            }
+            RuntimeError::NoSuchCwd => {
+                return RunnerError::Invalid {
+                    code: "invalid_cwd",
+                    message,
+                }
+            }
+            RuntimeError::InvalidName { .. } => {
+                return RunnerError::Invalid {
+                    code: "invalid_request",
+                    message,
+                }
+            }
+            RuntimeError::Archive(_) => return RunnerError::Unprocessable(message),
+            _ => {}
+        }
+    }
     if e.get_ref().is_some_and(|inner| inner.is::<NoFreeSlot>()) {
         return RunnerError::Capacity(e.to_string());
     }
     RunnerError::from(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtimes_refusals_are_the_callers_and_the_rest_the_hosts() {
+        let f = |e: RuntimeError| fault(io::Error::from(e));
+        assert!(matches!(
+            f(RuntimeError::NoSnapshot("x".into())),
+            RunnerError::NotFound(_)
+        ));
+        assert!(matches!(
+            f(RuntimeError::Busy("sandbox sb-1 is not running".into())),
+            RunnerError::Conflict(_)
+        ));
+        assert!(matches!(
+            f(RuntimeError::NoSuchCwd),
+            RunnerError::Invalid {
+                code: "invalid_cwd",
+                ..
+            }
+        ));
+        assert!(matches!(
+            f(RuntimeError::Archive("a device".into())),
+            RunnerError::Unprocessable(_)
+        ));
+        // A missing runc, a missing file: the host's, never a 404.
+        let missing = f(RuntimeError::Oci {
+            program: "runc".into(),
+            op: "run",
+            id: "sb-1".into(),
+            said: "exec: \"runc\": executable file not found in $PATH".into(),
+        });
+        assert!(missing.is_host_fault(), "{missing:?}");
+        let gone = f(RuntimeError::Io(io::Error::from(io::ErrorKind::NotFound)));
+        assert!(gone.is_host_fault(), "{gone:?}");
+    }
 }

@@ -185,7 +185,8 @@ pub enum SandboxCommand {
         #[arg(long, value_parser = parse_env, value_name = "NAME=VALUE")]
         env: Vec<(String, String)>,
         /// How many to create, one after the other, with the same
-        /// settings (named NAME-1, NAME-2, ... when a name is given);
+        /// settings (for 2 or more, named NAME-1, NAME-2, ... when a
+        /// name is given);
         /// progress on standard error; the first refusal stops there.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
         count: u16,
@@ -542,6 +543,19 @@ fn path_part(s: &str) -> String {
         .collect()
 }
 
+/// The columns of a list of sandboxes, and a sandbox's row.
+const SANDBOX_COLUMNS: [&str; 5] = ["ID", "NAME", "STATE", "MODE", "CREATED"];
+
+fn sandbox_row(v: &Value) -> Vec<String> {
+    vec![
+        s(&v["id"]).to_string(),
+        s(&v["name"]).to_string(),
+        s(&v["state"]).to_string(),
+        s(&v["effectiveNetwork"]["mode"]).to_string(),
+        s(&v["createdAt"]).to_string(),
+    ]
+}
+
 /// Creates `count` sandboxes of `body` one after the other, saying how
 /// far it got on standard error; stops at the first refusal (those made
 /// stay, and are said).
@@ -583,18 +597,8 @@ fn create_many(
     if out.json {
         out.print_json(&Value::Array(made));
     } else {
-        let rows = made
-            .iter()
-            .map(|v| {
-                vec![
-                    s(&v["id"]).to_string(),
-                    s(&v["name"]).to_string(),
-                    s(&v["state"]).to_string(),
-                    s(&v["effectiveNetwork"]["mode"]).to_string(),
-                ]
-            })
-            .collect();
-        table(&["ID", "NAME", "STATE", "MODE"], rows);
+        let rows = made.iter().map(sandbox_row).collect();
+        table(&SANDBOX_COLUMNS, rows);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -649,16 +653,8 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
             if out.json {
                 out.print_json(&v);
             } else {
-                let rows = rows(&v, |x| {
-                    vec![
-                        s(&x["id"]).to_string(),
-                        s(&x["name"]).to_string(),
-                        s(&x["state"]).to_string(),
-                        s(&x["effectiveNetwork"]["mode"]).to_string(),
-                        s(&x["createdAt"]).to_string(),
-                    ]
-                });
-                table(&["ID", "NAME", "STATE", "MODE", "CREATED"], rows);
+                let rows = rows(&v, sandbox_row);
+                table(&SANDBOX_COLUMNS, rows);
             }
             ExitCode::SUCCESS
         }),

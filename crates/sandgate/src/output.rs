@@ -38,19 +38,21 @@ pub fn progress<T>(label: &str, work: impl FnOnce() -> T) -> T {
         eprintln!("{label}...");
         return work();
     }
-    let done = std::sync::atomic::AtomicBool::new(false);
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        // Dropped when `work` ends, by a return or a panic: the ticker
+        // sees its channel closed at once and stops.
+        let (done, ended) = std::sync::mpsc::channel::<()>();
+        s.spawn(move || {
+            let tick = std::time::Duration::from_millis(100);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ended.recv_timeout(tick) {
                 eprint!("\r{label}... {:.1} s", started.elapsed().as_secs_f64());
-                std::thread::sleep(std::time::Duration::from_millis(100));
             }
             // The line is cleared for what comes next.
             eprint!("\r\x1b[2K");
         });
         let result = work();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(done);
         result
     })
 }

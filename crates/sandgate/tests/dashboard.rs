@@ -180,6 +180,24 @@ fn a_user_signs_in_creates_sees_a_denial_live_and_edits_the_policy() {
             };
             let url = guard.server.as_ref().unwrap().url.clone();
             let (_, key) = organization(&url, TOKEN, "acme", 3);
+            // Its files come with their own security policy.
+            for (file, kind) in [("", "text/html"), ("app.js", "text/javascript")] {
+                let answer = ureq::get(format!("{url}/dashboard/{file}")).call().unwrap();
+                let header = |name: &str| {
+                    answer
+                        .headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                assert_eq!(
+                    header("content-security-policy"),
+                    sandgate_server::dashboard::POLICY
+                );
+                assert!(header("content-type").starts_with(kind));
+                assert_eq!(header("x-content-type-options"), "nosniff");
+            }
             let profile = dir.with_extension("chromium");
             let (driver, port) = driver(&profile);
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -64,10 +64,11 @@ fn the_production_feature_set_links_no_lab_crate() {
     assert!(default.iter().any(|c| c == "sandgate-lab"), "{default:?}");
 }
 
-/// A directory holding a Debian root file system; removed on drop, after
-/// the processes started in it are gone, and only if nothing is mounted
-/// under it in this mount namespace (every mount the test makes is in a
-/// private one of its own).
+/// A directory holding a Debian root file system, removed on drop once
+/// what runs in it is gone: everything started in the root (the server,
+/// its runc sandboxes) lives in a PID namespace of its own that dies with
+/// the `unshare` killed here, and the root's mounts are in a mount
+/// namespace that dies with its last process, never in this one.
 struct Root {
     dir: PathBuf,
     server: Option<std::process::Child>,
@@ -78,12 +79,6 @@ impl Drop for Root {
         if let Some(mut server) = self.server.take() {
             let _ = server.kill();
             let _ = server.wait();
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let prefix = self.dir.to_string_lossy().into_owned();
-        if mounts.lines().any(|l| l.contains(&prefix)) {
-            eprintln!("{prefix} still has mounts; left in place");
-            return;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -106,23 +101,19 @@ mkdir -p .old-root
 pivot_root . .old-root
 exec chroot . sh -c 'umount -l /.old-root && rmdir /.old-root && exec "$@"' sh "$@""#;
 
-/// `argv` run in `root` with exactly `env` (and a `PATH`).
+/// `argv` run in `root` with exactly `env` (and a `PATH`), as the first
+/// process of new mount and PID namespaces (killing the `unshare` kills
+/// every process in them).
 fn in_root(root: &Path, env: &BTreeMap<String, String>, argv: &[String]) -> Command {
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        IN_ROOT,
-        "sh",
-    ])
-    .arg(root)
-    .args(argv)
-    .env_clear()
-    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    .envs(env);
+    cmd.args(["--mount", "--propagation", "private"])
+        .args(["--pid", "--fork", "--kill-child"])
+        .args(["sh", "-c", IN_ROOT, "sh"])
+        .arg(root)
+        .args(argv)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env);
     cmd
 }
 
@@ -326,8 +317,16 @@ fn the_package_installs_on_a_fresh_debian_root_and_its_unit_runs_the_server() {
     // A stop is graceful; a purge takes the package's files and token and
     // leaves the data.
     let mut child = guard.server.take().unwrap();
+    // The server is the first process of the PID namespace, the child of
+    // `unshare`, which waits for it and exits as it does.
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let server: i32 = std::fs::read_to_string(children)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::unistd::Pid::from_raw(server),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();

@@ -107,7 +107,7 @@ async function follow(path, signal, each) {
     if (done) {
       return;
     }
-    buffer += value;
+    buffer += value.replace(/\r\n?/g, "\n");
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, end);
@@ -121,8 +121,15 @@ async function follow(path, signal, each) {
           data += line.slice(5).trim();
         }
       }
-      if (data) {
+      if (!data) {
+        continue;
+      }
+      // One record that cannot be read or shown is skipped, not the end
+      // of the stream.
+      try {
         each(name, JSON.parse(data));
+      } catch (e) {
+        console.warn(`skipped a ${name} record: ${e}`);
       }
     }
   }
@@ -240,7 +247,11 @@ async function list() {
       element("td", String(s.effectiveNetwork.mode ?? "")),
       element("td", s.createdAt),
     );
-    row.addEventListener("click", () => void open(s.id));
+    row.addEventListener("click", () => {
+      open(s.id).catch((e) => {
+        error.textContent = String(e);
+      });
+    });
     body.append(row);
   }
 }
@@ -290,8 +301,11 @@ function show(sandbox) {
 /** @param {NetworkEvent} e */
 function showEvent(e) {
   const where = e.domain ?? `${e.destination ?? ""}${e.port ? `:${e.port}` : ""}`;
-  const time = new Date(e.timeMs).toISOString();
-  const li = element("li", `${time} ${e.kind} ${e.protocol} ${where} ${e.reason}`, e.kind);
+  const when = new Date(e.timeMs);
+  const time = Number.isNaN(when.getTime()) ? "-" : when.toISOString();
+  // The kinds the page styles; anything else gets no class of its own.
+  const cls = ["connection", "dns", "budget", "dropped"].includes(e.kind) ? e.kind : "other";
+  const li = element("li", `${time} ${e.kind} ${e.protocol} ${where} ${e.reason}`, cls);
   byId("events", HTMLUListElement).prepend(li);
 }
 

@@ -23,9 +23,11 @@ const STYLE: &str = include_str!("../dashboard/style.css");
 
 /// Its own files only: no inline script or style, no other origin, no
 /// framing (a page that holds a key is not put in another's frame).
-const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+/// Trusted Types are required: the browser itself refuses any string put
+/// where markup or script would be parsed (the page sets text only).
+pub const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; form-action 'none'; base-uri 'none'; \
-     frame-ancestors 'none'";
+     frame-ancestors 'none'; require-trusted-types-for 'script'";
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
     (

@@ -367,6 +367,7 @@ impl Server {
             tokio::spawn(record_deaths(
                 state.store.clone(),
                 state.metrics.sandboxes.clone(),
+                state.writes.clone(),
                 deaths,
             ));
         }
@@ -492,21 +493,26 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
             .and_then(Option::as_ref)
             .and_then(|o| service::effective(st, o, &row).ok())
             .map(|p| p.mode);
-        st.metrics.sandboxes.set(&row.id, row.state, mode);
+        st.metrics.sandboxes.add(&row.id, row.state, mode);
     }
     Ok(report)
 }
 
 /// Records each sandbox whose init dies as `died`, as it dies (the
 /// runner has cleaned what was left of its processes; it is not started
-/// again), until the runner stops. It holds the store and the tally only:
-/// the server's state (and the runner in it) is not kept alive by it.
+/// again), until the runner stops. It holds the store, the tally and the
+/// write lock only: the server's state (and the runner in it) is not kept
+/// alive by it. Each death is recorded under the write lock, so that a
+/// create or an update in flight never writes back a state from before
+/// it.
 async fn record_deaths(
     store: Store,
     tally: metrics::SandboxTally,
+    writes: Arc<tokio::sync::Mutex<()>>,
     mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     while let Some(id) = deaths.recv().await {
+        let _writing = writes.lock().await;
         // Only a running sandbox (or one being made) dies: one being
         // deleted is no death.
         let mut moved = Ok(false);

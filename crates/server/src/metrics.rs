@@ -86,33 +86,59 @@ pub struct SandboxTally {
 }
 
 impl SandboxTally {
-    /// Sandbox `id` is in `state`, with `mode` (`None`: as it was, or
-    /// `unknown` if its policy cannot be resolved).
-    pub fn set(&self, id: &str, state: SandboxState, mode: Option<Mode>) {
+    /// Sandbox `id` is (newly, or again at a start) in `state` with `mode`
+    /// (`None`: its policy cannot be resolved, `unknown`). Only a create
+    /// and a start add a sandbox; every other change is to one known.
+    pub fn add(&self, id: &str, state: SandboxState, mode: Option<Mode>) {
+        let mode = mode.map(Mode::as_str).unwrap_or("unknown");
+        self.change(id, true, |_| SandboxLabels {
+            state: state.as_str(),
+            mode,
+        });
+    }
+
+    /// Known sandbox `id` is in `state`, its mode unchanged (a sandbox
+    /// deleted meanwhile stays gone: a late death adds nothing).
+    pub fn set_state(&self, id: &str, state: SandboxState) {
+        self.change(id, false, |old| SandboxLabels {
+            state: state.as_str(),
+            mode: old.map_or("unknown", |o| o.mode),
+        });
+    }
+
+    /// Known sandbox `id` has `mode` now, its state unchanged (what the
+    /// store says of its state is not read back here: a death recorded
+    /// meanwhile stands).
+    pub fn set_mode(&self, id: &str, mode: Option<Mode>) {
+        let mode = mode.map(Mode::as_str).unwrap_or("unknown");
+        self.change(id, false, |old| SandboxLabels {
+            state: old.map_or("unknown", |o| o.state),
+            mode,
+        });
+    }
+
+    fn change(
+        &self,
+        id: &str,
+        add: bool,
+        labels: impl FnOnce(Option<&SandboxLabels>) -> SandboxLabels,
+    ) {
         let Ok(mut known) = self.known.lock() else {
             return;
         };
         let old = known.get(id).cloned();
-        let labels = SandboxLabels {
-            state: state.as_str(),
-            mode: mode
-                .map(Mode::as_str)
-                .or(old.as_ref().map(|o| o.mode))
-                .unwrap_or("unknown"),
-        };
-        if old.as_ref() == Some(&labels) {
+        if old.is_none() && !add {
+            return;
+        }
+        let new = labels(old.as_ref());
+        if old.as_ref() == Some(&new) {
             return;
         }
         if let Some(old) = old {
             self.gauge.get_or_create(&old).dec();
         }
-        self.gauge.get_or_create(&labels).inc();
-        known.insert(id.to_string(), labels);
-    }
-
-    /// Sandbox `id` is in `state`, its mode unchanged.
-    pub fn set_state(&self, id: &str, state: SandboxState) {
-        self.set(id, state, None);
+        self.gauge.get_or_create(&new).inc();
+        known.insert(id.to_string(), new);
     }
 
     /// Sandbox `id` is gone.

@@ -242,7 +242,7 @@ async fn reapply(st: &Arc<AppState>, org: &Organization, what: &str) -> Result<u
     for row in st.store.sandboxes(Some(&org.id)).await? {
         let policy = effective(st, org, &row);
         let mode = policy.as_ref().ok().map(|p| p.mode);
-        st.metrics.sandboxes.set(&row.id, row.state, mode);
+        st.metrics.sandboxes.set_mode(&row.id, mode);
         if row.state != SandboxState::Running {
             continue;
         }
@@ -759,7 +759,7 @@ pub async fn create_sandbox(
         st.store.add_sandbox(&row).await?;
         st.metrics
             .sandboxes
-            .set(&id, SandboxState::Creating, Some(policy.mode));
+            .add(&id, SandboxState::Creating, Some(policy.mode));
         let spec = SandboxSpec {
             id: id.clone(),
             organization: org.id.clone(),
@@ -894,7 +894,7 @@ pub(crate) async fn update_locked(
         put_back(st, &row, old).await;
         return Err(e.into());
     }
-    st.metrics.sandboxes.set(&row.id, row.state, Some(mode));
+    st.metrics.sandboxes.set_mode(&row.id, Some(mode));
     Ok((row, org))
 }
 

@@ -191,6 +191,18 @@ fn a_sandbox_whose_init_dies_is_reported_so_and_never_started_again() {
         .unwrap()
         .clone();
     assert_eq!(listed["state"], "died");
+    // The metrics count it so, as the death was recorded.
+    let mode = listed["effectiveNetwork"]["mode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metrics = api.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "sandgate_sandboxes{{state=\"died\",mode=\"{mode}\"}} 1"
+        )),
+        "{metrics}"
+    );
     // The other sandbox is untouched.
     assert_eq!(api.exec(&key, "other", "echo fine")["stdout"], "fine\n");
     // A restart of the server does not start it again on its files.
@@ -206,7 +218,17 @@ fn a_sandbox_whose_init_dies_is_reported_so_and_never_started_again() {
     .unwrap();
     assert!(processes.contains("\"died\":true"), "{processes}");
     assert_eq!(api.exec(&key, "other", "echo fine")["stdout"], "fine\n");
-    // It can still be deleted.
+    // It can still be deleted; the count is taken back from the store at
+    // the restart, and the delete takes it away.
+    let counted = format!("sandgate_sandboxes{{state=\"died\",mode=\"{mode}\"}} 1");
+    assert!(api.metrics().contains(&counted));
     let (s, _) = api.delete("/api/sandbox/doomed", &key);
     assert_eq!(s, 204);
+    let metrics = api.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "sandgate_sandboxes{{state=\"died\",mode=\"{mode}\"}} 0"
+        )) || !metrics.contains("state=\"died\""),
+        "{metrics}"
+    );
 }
