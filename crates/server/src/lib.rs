@@ -341,6 +341,7 @@ impl Server {
         runner: Arc<dyn Runner>,
     ) -> Result<(Server, RestoreReport), StartError> {
         let store = Store::open(&cfg.data_dir).await?;
+        let metrics = metrics::Metrics::new(store.tally().clone());
         let state = Arc::new(AppState {
             store,
             runner,
@@ -353,7 +354,7 @@ impl Server {
             execs: Arc::new(tokio::sync::Semaphore::new(EXECS)),
             execs_per_org: cfg.execs_per_org,
             org_execs: Default::default(),
-            metrics: metrics::Metrics::default(),
+            metrics,
             exec_timeout_default: cfg.exec_timeout_default,
             exec_timeout_max: cfg.exec_timeout_max,
             probe_targets: cfg.probe_targets,
@@ -366,7 +367,6 @@ impl Server {
         if let Some(deaths) = state.runner.take_deaths() {
             tokio::spawn(record_deaths(
                 state.store.clone(),
-                state.metrics.sandboxes.clone(),
                 state.writes.clone(),
                 deaths,
             ));
@@ -441,33 +441,39 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
     let mut unresolved = Vec::new();
     let mut orgs = std::collections::HashMap::new();
     for row in &rows {
-        match row.state {
-            // A sandbox whose init died is kept too (with its slot and
-            // files), and not started again.
-            SandboxState::Running | SandboxState::Died => {
-                if !orgs.contains_key(&row.organization_id) {
-                    let org = st.store.organization(&row.organization_id).await?;
-                    orgs.insert(row.organization_id.clone(), org);
-                }
-                let org = orgs.get(&row.organization_id).and_then(Option::as_ref);
-                // A sandbox whose policy cannot be resolved any more (its
-                // organization or tier gone from the configuration) is not
-                // expected: the runner removes it, and it is marked lost.
-                match org.map(|o| service::effective(st, o, row)) {
-                    Some(Ok(policy)) => expected.push(Expected {
-                        id: row.id.clone(),
-                        organization: row.organization_id.clone(),
-                        policy,
-                    }),
-                    _ => unresolved.push(row.id.clone()),
-                }
+        // Cut short: not expected, so the runner removes what is left of
+        // them.
+        if matches!(row.state, SandboxState::Creating | SandboxState::Deleting) {
+            st.store.remove_sandbox(&row.id).await?;
+            continue;
+        }
+        if !orgs.contains_key(&row.organization_id) {
+            let org = st.store.organization(&row.organization_id).await?;
+            orgs.insert(row.organization_id.clone(), org);
+        }
+        let org = orgs.get(&row.organization_id).and_then(Option::as_ref);
+        let policy = org.map(|o| service::effective(st, o, row));
+        // What `/metrics` counts from now on: the states the store writes
+        // below (lost, died) and later, the modes the service sets.
+        let mode = policy
+            .as_ref()
+            .and_then(|p| p.as_ref().ok())
+            .map(|p| p.mode);
+        st.metrics.sandboxes.add(&row.id, row.state, mode);
+        // A sandbox whose init died is kept too (with its slot and
+        // files), and not started again. One whose policy cannot be
+        // resolved any more (its organization or tier gone from the
+        // configuration) is not expected: the runner removes it, and it
+        // is marked lost. One lost before stays so.
+        if matches!(row.state, SandboxState::Running | SandboxState::Died) {
+            match policy {
+                Some(Ok(policy)) => expected.push(Expected {
+                    id: row.id.clone(),
+                    organization: row.organization_id.clone(),
+                    policy,
+                }),
+                _ => unresolved.push(row.id.clone()),
             }
-            // Cut short, or lost before: not expected, so the runner
-            // removes what is left of them.
-            SandboxState::Creating | SandboxState::Deleting => {
-                st.store.remove_sandbox(&row.id).await?;
-            }
-            _ => {}
         }
     }
     let runner = st.runner.clone();
@@ -482,32 +488,17 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
     for id in &report.died {
         st.store.set_state(id, SandboxState::Died).await?;
     }
-    // What `/metrics` counts from now on, kept as the service changes it.
-    for row in st.store.sandboxes(None).await? {
-        if !orgs.contains_key(&row.organization_id) {
-            let org = st.store.organization(&row.organization_id).await?;
-            orgs.insert(row.organization_id.clone(), org);
-        }
-        let mode = orgs
-            .get(&row.organization_id)
-            .and_then(Option::as_ref)
-            .and_then(|o| service::effective(st, o, &row).ok())
-            .map(|p| p.mode);
-        st.metrics.sandboxes.add(&row.id, row.state, mode);
-    }
     Ok(report)
 }
 
 /// Records each sandbox whose init dies as `died`, as it dies (the
 /// runner has cleaned what was left of its processes; it is not started
-/// again), until the runner stops. It holds the store, the tally and the
-/// write lock only: the server's state (and the runner in it) is not kept
-/// alive by it. Each death is recorded under the write lock, so that a
-/// create or an update in flight never writes back a state from before
-/// it.
+/// again), until the runner stops. It holds the store and the write lock
+/// only: the server's state (and the runner in it) is not kept alive by
+/// it. Each death is recorded under the write lock, so that the store and
+/// its tally see it after, never amid, a create or an update in flight.
 async fn record_deaths(
     store: Store,
-    tally: metrics::SandboxTally,
     writes: Arc<tokio::sync::Mutex<()>>,
     mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
@@ -523,10 +514,7 @@ async fn record_deaths(
             }
         }
         match moved {
-            Ok(true) => {
-                tally.set_state(&id, SandboxState::Died);
-                tracing::warn!(sandbox = %id, "the sandbox's init died");
-            }
+            Ok(true) => tracing::warn!(sandbox = %id, "the sandbox's init died"),
             Ok(false) => {}
             Err(e) => tracing::error!(sandbox = %id, error = %e, "recording a dead sandbox"),
         }

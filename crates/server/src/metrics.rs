@@ -57,7 +57,9 @@ pub struct Metrics {
     deleted: Counter,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    /// Sandboxes by state and mode, kept as the service changes them.
+    /// Sandboxes by state and mode: the store's tally (each state as the
+    /// store writes it; a sandbox's first count and its mode from the
+    /// service, which resolves policies).
     pub sandboxes: SandboxTally,
     /// Access requests (shared with the tasks that open them).
     pub approvals: Arc<ApprovalCounts>,
@@ -76,9 +78,9 @@ pub struct ApprovalCounts {
     pub denied: Counter,
 }
 
-/// Each sandbox's state and mode as the service last wrote them, and the
-/// gauge they add up to. Cloned into the tasks that change states (a
-/// death is recorded away from the handlers).
+/// Each sandbox's state and mode as last written, and the gauge they add
+/// up to. Held by the store, which changes states as it writes them, and
+/// by the metrics, which encode the gauge.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxTally {
     known: Arc<Mutex<HashMap<String, SandboxLabels>>>,
@@ -152,8 +154,9 @@ impl SandboxTally {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The server's metrics, `sandboxes` (the store's tally) among them.
+    pub fn new(sandboxes: SandboxTally) -> Self {
         let mut registry = Registry::default();
         let created = Counter::default();
         registry.register(
@@ -167,7 +170,6 @@ impl Default for Metrics {
             "Sandboxes deleted",
             deleted.clone(),
         );
-        let sandboxes = SandboxTally::default();
         registry.register(
             "sandgate_sandboxes",
             "Sandboxes by state and network mode",

@@ -287,9 +287,8 @@ async fn cut_off(st: &AppState, row: &SandboxRow) {
     if let Err(e) = on_runner(st, move |r| r.stop(&id)).await {
         tracing::error!(sandbox = %row.id, error = %e.message, "stopping a sandbox that could be neither updated nor cut off");
     }
-    match st.store.set_state(&row.id, SandboxState::Lost).await {
-        Ok(()) => st.metrics.sandboxes.set_state(&row.id, SandboxState::Lost),
-        Err(e) => tracing::error!(sandbox = %row.id, error = %e, "recording a lost sandbox"),
+    if let Err(e) = st.store.set_state(&row.id, SandboxState::Lost).await {
+        tracing::error!(sandbox = %row.id, error = %e, "recording a lost sandbox");
     }
 }
 
@@ -790,7 +789,6 @@ pub async fn create_sandbox(
         } else {
             SandboxState::Died
         };
-        st.metrics.sandboxes.set_state(&id, row.state);
         st.metrics.created();
         Ok((row, org))
     })
@@ -805,19 +803,15 @@ pub async fn create_sandbox(
 async fn undo_create(st: &AppState, id: &str) {
     let gone = id.to_string();
     match on_runner(st, move |r| r.delete(&gone)).await {
-        Ok(()) => match st.store.remove_sandbox(id).await {
-            Ok(()) => st.metrics.sandboxes.remove(id),
-            Err(e) => {
+        Ok(()) => {
+            if let Err(e) = st.store.remove_sandbox(id).await {
                 tracing::error!(sandbox = %id, error = %e, "removing a half-made sandbox's row");
             }
-        },
+        }
         Err(undo) => {
             tracing::warn!(sandbox = %id, error = %undo.message, "undoing a failed create; the next start finishes it");
-            match st.store.set_state(id, SandboxState::Deleting).await {
-                Ok(()) => st.metrics.sandboxes.set_state(id, SandboxState::Deleting),
-                Err(e) => {
-                    tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
-                }
+            if let Err(e) = st.store.set_state(id, SandboxState::Deleting).await {
+                tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
             }
         }
     }
@@ -833,14 +827,10 @@ pub async fn delete_sandbox(
     transaction(st, move |st| async move {
         let row = sandbox(&st, &org, &key).await?;
         st.store.set_state(&row.id, SandboxState::Deleting).await?;
-        st.metrics
-            .sandboxes
-            .set_state(&row.id, SandboxState::Deleting);
         let id = row.id.clone();
         on_runner(&st, move |r| r.delete(&id)).await?;
         crate::approvals::forget(&st, &row.id);
         st.store.remove_sandbox(&row.id).await?;
-        st.metrics.sandboxes.remove(&row.id);
         st.metrics.deleted();
         Ok(())
     })

@@ -353,6 +353,10 @@ fn ms(v: u64) -> i64 {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// What `/metrics` counts of the sandboxes: every change of a
+    /// sandbox's state made here is made there too (its mode, and a
+    /// sandbox's first count, come from the service, which knows them).
+    tally: crate::metrics::SandboxTally,
 }
 
 /// The current time, RFC 3339 (UTC, seconds).
@@ -464,7 +468,10 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            tally: crate::metrics::SandboxTally::default(),
+        })
     }
 
     /// Adds an organization.
@@ -653,6 +660,11 @@ impl Store {
         Ok(())
     }
 
+    /// The count of sandboxes this store keeps as it writes them.
+    pub fn tally(&self) -> &crate::metrics::SandboxTally {
+        &self.tally
+    }
+
     /// Sets a sandbox's state.
     pub async fn set_state(&self, id: &str, state: SandboxState) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE sandboxes SET state = $1 WHERE id = $2")
@@ -660,6 +672,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.tally.set_state(id, state);
         Ok(())
     }
 
@@ -676,7 +689,11 @@ impl Store {
             .bind(from.as_str())
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        let moved = done.rows_affected() == 1;
+        if moved {
+            self.tally.set_state(id, to);
+        }
+        Ok(moved)
     }
 
     /// Sets a sandbox's network settings.
@@ -714,6 +731,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.tally.remove(id);
         Ok(())
     }
 
