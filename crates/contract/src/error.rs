@@ -31,6 +31,11 @@ pub enum RunnerError {
     /// The runner cannot be reached (another host that does not answer):
     /// 503 `runner_unavailable`.
     Unavailable(String),
+    /// The change came from an API replica that no longer holds the
+    /// write lock (another has taken it since: this one lost its database
+    /// session): refused whole, 503 `writer_superseded`. The replica's
+    /// fault, never its caller's.
+    Superseded(String),
     /// Anything else is the host's fault: 500 `internal`. The text is
     /// the cause, for the log only (it can name host paths and programs'
     /// messages).
@@ -45,7 +50,9 @@ impl RunnerError {
             RunnerError::Conflict(_) => 409,
             RunnerError::Invalid { .. } => 400,
             RunnerError::Unprocessable(_) => 422,
-            RunnerError::Capacity(_) | RunnerError::Unavailable(_) => 503,
+            RunnerError::Capacity(_) | RunnerError::Unavailable(_) | RunnerError::Superseded(_) => {
+                503
+            }
             RunnerError::StorageFull(_) => 507,
             RunnerError::Host(_) => 500,
         }
@@ -61,6 +68,7 @@ impl RunnerError {
             RunnerError::Capacity(_) => "capacity_exhausted",
             RunnerError::StorageFull(_) => "storage_full",
             RunnerError::Unavailable(_) => "runner_unavailable",
+            RunnerError::Superseded(_) => "writer_superseded",
             RunnerError::Host(_) => "internal",
         }
     }
@@ -76,6 +84,7 @@ impl RunnerError {
             | RunnerError::Capacity(m)
             | RunnerError::StorageFull(m)
             | RunnerError::Unavailable(m)
+            | RunnerError::Superseded(m)
             | RunnerError::Host(m) => m,
         }
     }
@@ -139,6 +148,7 @@ impl<'de> serde::Deserialize<'de> for RunnerError {
             },
             422 => RunnerError::Unprocessable(message),
             503 if code == "runner_unavailable" => RunnerError::Unavailable(message),
+            503 if code == "writer_superseded" => RunnerError::Superseded(message),
             503 => RunnerError::Capacity(message),
             507 => RunnerError::StorageFull(message),
             _ => RunnerError::Host(message),
@@ -193,6 +203,7 @@ mod tests {
         for e in [
             RunnerError::NotFound("a".into()),
             RunnerError::Conflict("b".into()),
+            RunnerError::Superseded("s".into()),
             RunnerError::Invalid {
                 code: "invalid_cwd",
                 message: "c".into(),

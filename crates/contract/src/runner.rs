@@ -30,6 +30,17 @@ pub type Subscription = (
 /// A runner keeps nothing the API does not also keep: after a restart,
 /// [`Runner::restore`] rebuilds it from the API's records.
 pub trait Runner: Send + Sync + std::fmt::Debug {
+    /// The changes this caller sends from now on belong to `generation`
+    /// of the store's write lock (see the server's `writes`): a runner
+    /// that several API replicas drive takes no change of a generation
+    /// older than one it has already taken (`Superseded`), so that a
+    /// replica that lost the lock amid a change cannot land it after
+    /// another replica has restored the sandboxes. The runner in the API's
+    /// own process has one caller and ignores it.
+    fn fence(&self, generation: u64) {
+        let _ = generation;
+    }
+
     /// The snapshots sandboxes can start from.
     fn snapshots(&self) -> Result<Vec<String>, RunnerError>;
 

@@ -5,7 +5,10 @@
 //!    kernel, DNS service told, runc), the baseline; `POST /api/sandbox`
 //!    to its 201 through a server with that runner in its process; the
 //!    same through a server driving it over HTTP on loopback
-//!    (`RemoteRunner`);
+//!    (`RemoteRunner`); the same through a replica whose store is on
+//!    PostgreSQL (a cluster of the bench's own on a Unix socket, Debian's
+//!    package), driving it over HTTP: the write lock is then PostgreSQL's
+//!    advisory lock with its journal;
 //! 2. a policy update: the runner's own `update`, the baseline; `POST
 //!    .../network-settings` to its 200 through each server.
 //!
@@ -51,18 +54,24 @@ fn main() {
         .unwrap(),
     );
 
-    // The runner served on loopback.
+    // The runner served on loopback, twice: a runner serves one store's
+    // APIs (it refuses a change without a write lock's generation after
+    // one with), and two of the servers below have stores of different
+    // kinds.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let served: Arc<dyn Runner> = runner.clone();
-    rt.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        axum::serve(listener, service::router(served, TOKEN).unwrap())
-            .await
-            .unwrap();
-    });
+    let serve = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let served: Arc<dyn Runner> = runner.clone();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let router = service::router(served, TOKEN).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+        url
+    };
+    let (url, pg_url) = (serve(), serve());
 
     // Two servers over it, each with a store of its own: one holds it in
     // its process, one drives it over HTTP.
@@ -80,11 +89,25 @@ fn main() {
     let local = InProcess::start_with_runner(local_cfg, in_process).unwrap();
     let remote_runner = RemoteRunner::connect(&url, TOKEN, cfg.policy.clone()).unwrap();
     let remote = InProcess::start_with_runner(remote_cfg, Arc::new(remote_runner)).unwrap();
+    let pg = sandgate_testkit::postgres::Postgres::start().unwrap();
+    let replica = {
+        let mut c = cfg.clone();
+        c.data_dir = dir.join("replica");
+        c.database = Some(pg.database("bench").unwrap());
+        let r = RemoteRunner::connect(&pg_url, TOKEN, cfg.policy.clone()).unwrap();
+        InProcess::start_with_runner(c, Arc::new(r)).unwrap()
+    };
     let client = |base: &str| {
         let admin = Http::new(base, ADMIN, Duration::from_secs(60));
         admin.with_key(&admin.organization("bench", 3))
     };
-    let (local_http, remote_http) = (client(&local.base), client(&remote.base));
+    // The API's three paths: its label, its client, and the prefix of the
+    // names of its sandboxes.
+    let paths = [
+        ("runner in process", client(&local.base), "l"),
+        ("runner over HTTP", client(&remote.base), "r"),
+        ("over HTTP, on PostgreSQL", client(&replica.base), "p"),
+    ];
 
     let policy = |list: &str| -> EffectivePolicy {
         let request = SettingsRequest {
@@ -108,7 +131,8 @@ fn main() {
     };
 
     println!("\ncreate to ready ({runs} runs each, the series taking turns, warm pool of 4 slots)");
-    let (mut own, mut via_local, mut via_remote) = (Vec::new(), Vec::new(), Vec::new());
+    let mut own = Vec::new();
+    let mut via: [Vec<Duration>; 3] = Default::default();
     for i in 0..runs {
         // Let the pool refill between creates, as between real requests.
         std::thread::sleep(Duration::from_millis(30));
@@ -122,29 +146,23 @@ fn main() {
         let t = Instant::now();
         Runner::create(&*runner, &spec).unwrap();
         own.push(t.elapsed());
-        std::thread::sleep(Duration::from_millis(30));
-        via_local.push(create_via(&local_http, format!("l{i}")));
-        std::thread::sleep(Duration::from_millis(30));
-        via_remote.push(create_via(&remote_http, format!("r{i}")));
+        for ((_, http, prefix), series) in paths.iter().zip(&mut via) {
+            std::thread::sleep(Duration::from_millis(30));
+            series.push(create_via(http, format!("{prefix}{i}")));
+        }
     }
     stats("baseline: the runner's own create", &own, None);
-    stats(
-        "POST /api/sandbox, runner in process",
-        &via_local,
-        Some(&own),
-    );
-    stats(
-        "POST /api/sandbox, runner over HTTP",
-        &via_remote,
-        Some(&own),
-    );
-    added("create", &own, &via_local, &via_remote);
+    for ((label, _, _), series) in paths.iter().zip(&via) {
+        stats(&format!("POST /api/sandbox, {label}"), series, Some(&own));
+    }
+    added("create", &own, &paths, &via);
 
     println!(
         "\npolicy update ({} runs each, the series taking turns)",
         runs * 5
     );
-    let (mut own, mut via_local, mut via_remote) = (Vec::new(), Vec::new(), Vec::new());
+    let mut own = Vec::new();
+    let mut via: [Vec<Duration>; 3] = Default::default();
     let update_via = |http: &Http, name: &str, i: usize| {
         let t = Instant::now();
         let (s, v) = http.call(
@@ -161,38 +179,39 @@ fn main() {
         let t = Instant::now();
         Runner::update(&*runner, "sb-own00000000", &p).unwrap();
         own.push(t.elapsed());
-        via_local.push(update_via(&local_http, "l0", i));
-        via_remote.push(update_via(&remote_http, "r0", i));
+        for ((_, http, prefix), series) in paths.iter().zip(&mut via) {
+            series.push(update_via(http, &format!("{prefix}0"), i));
+        }
     }
     stats("baseline: the runner's own update", &own, None);
-    stats(
-        "network-settings, runner in process",
-        &via_local,
-        Some(&own),
-    );
-    stats(
-        "network-settings, runner over HTTP",
-        &via_remote,
-        Some(&own),
-    );
-    added("update", &own, &via_local, &via_remote);
+    for ((label, _, _), series) in paths.iter().zip(&via) {
+        stats(&format!("network-settings, {label}"), series, Some(&own));
+    }
+    added("update", &own, &paths, &via);
 
     for i in 0..runs {
-        local_http.call("DELETE", &format!("/api/sandbox/l{i}"), None);
-        remote_http.call("DELETE", &format!("/api/sandbox/r{i}"), None);
+        for (_, http, prefix) in &paths {
+            http.call("DELETE", &format!("/api/sandbox/{prefix}{i}"), None);
+        }
         let _ = Runner::delete(&*runner, &format!("sb-own{i:08x}"));
     }
+    drop(replica);
+    drop(pg);
     drop(remote);
     drop(local);
     drop(rt);
 }
 
 /// What each API path adds over the runner's own time, p50.
-fn added(what: &str, own: &[Duration], local: &[Duration], remote: &[Duration]) {
+fn added(what: &str, own: &[Duration], paths: &[(&str, Http, &str)], via: &[Vec<Duration>]) {
     let p50 = |v: &[Duration]| sandgate_lab::bench::percentile(v, 0.5).as_secs_f64() * 1e3;
+    let each: Vec<String> = paths
+        .iter()
+        .zip(via)
+        .map(|((label, _, _), series)| format!("{:.2} ms {label}", p50(series) - p50(own)))
+        .collect();
     println!(
-        "  the API adds to {what}s, p50: {:.2} ms in process, {:.2} ms over HTTP (target: at most 5 ms)",
-        p50(local) - p50(own),
-        p50(remote) - p50(own)
+        "  the API adds to {what}s, p50: {} (target: at most 5 ms)",
+        each.join(", ")
     );
 }

@@ -36,6 +36,9 @@ struct Link {
     base: String,
     auth: String,
     agent: ureq::Agent,
+    /// The write lock's generation the API's changes belong to (0: none
+    /// said), sent with each call as [`crate::FENCE`].
+    fence: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Link {
@@ -54,6 +57,7 @@ impl Link {
     ) -> Result<T, RunnerError> {
         let url = self.url(path);
         let auth = self.auth.as_str();
+        let fence = self.fence.load(Ordering::SeqCst).to_string();
         let sent = match (method, body) {
             ("GET", _) => self
                 .agent
@@ -62,6 +66,7 @@ impl Link {
                 .timeout_global(Some(limit))
                 .build()
                 .header("Authorization", auth)
+                .header(crate::FENCE, &fence)
                 .call(),
             ("DELETE", _) => self
                 .agent
@@ -70,6 +75,7 @@ impl Link {
                 .timeout_global(Some(limit))
                 .build()
                 .header("Authorization", auth)
+                .header(crate::FENCE, &fence)
                 .call(),
             (m, body) => {
                 let b = match m {
@@ -79,7 +85,8 @@ impl Link {
                 .config()
                 .timeout_global(Some(limit))
                 .build()
-                .header("Authorization", auth);
+                .header("Authorization", auth)
+                .header(crate::FENCE, &fence);
                 match body {
                     Some(body) => b.send_json(body),
                     None => b.send_empty(),
@@ -184,6 +191,7 @@ impl RemoteRunner {
                 base: base.trim_end_matches('/').to_string(),
                 auth: format!("Bearer {}", token.trim()),
                 agent,
+                fence: Arc::default(),
             },
             policy,
             deaths: Mutex::new(Some(rx)),
@@ -294,6 +302,10 @@ fn check_base(base: &str) -> Result<(), RunnerError> {
 }
 
 impl Runner for RemoteRunner {
+    fn fence(&self, generation: u64) {
+        self.link.fence.store(generation, Ordering::SeqCst);
+    }
+
     fn snapshots(&self) -> Result<Vec<String>, RunnerError> {
         self.call("GET", "snapshots", None::<&()>)
     }

@@ -36,6 +36,11 @@ pub struct Status {
     pub counts: sandgate_contract::Counts,
 }
 
+/// The header that carries the write lock's generation of an API's
+/// change (see [`sandgate_contract::Runner::fence`]); `0` or none: no
+/// generation said (an API on SQLite, the only one).
+pub const FENCE: &str = "x-sandgate-fence";
+
 /// The shortest token a runner takes.
 pub const MIN_TOKEN: usize = 16;
 

@@ -16,7 +16,10 @@
 //! | `GET /v1/deaths` | | events: ids of sandboxes whose init died (those since the start first) |
 //!
 //! Every request needs the runner's token (`Authorization: Bearer`); the
-//! token is kept as its SHA-256 digest and compared as such. The runner's
+//! token is kept as its SHA-256 digest and compared as such. The changes
+//! (create, policy, block, stop, delete, restore) carry the generation of
+//! the API's write lock ([`crate::FENCE`]); one older than a generation
+//! already taken is refused, 503 `writer_superseded` (see [`fenced`]). The runner's
 //! blocking calls run on tokio's blocking pool.
 
 use crate::{Status, LIVE};
@@ -53,6 +56,9 @@ struct Served {
     token: [u8; 32],
     deaths: broadcast::Sender<String>,
     dead: Mutex<VecDeque<String>>,
+    /// The newest generation of the API's write lock a change came with;
+    /// held for the length of each change (see [`fenced`]).
+    fence: Arc<tokio::sync::Mutex<u64>>,
 }
 
 /// The router serving `runner` to the holder of `token` (at least
@@ -75,6 +81,7 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
         token: Sha256::digest(token.trim().as_bytes()).into(),
         deaths: died_tx,
         dead: Mutex::new(VecDeque::new()),
+        fence: Arc::new(tokio::sync::Mutex::new(0)),
     });
     if let Some(mut died) = runner.take_deaths() {
         let served = served.clone();
@@ -93,20 +100,24 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
             }
         });
     }
-    Ok(Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/snapshots", get(snapshots))
+    // The changes, each checked against the write lock's generation.
+    let changes = Router::new()
         .route("/v1/sandboxes", post(create))
         .route("/v1/sandboxes/{id}", axum::routing::delete(delete))
         .route("/v1/sandboxes/{id}/policy", put(update))
         .route("/v1/sandboxes/{id}/block", post(block))
         .route("/v1/sandboxes/{id}/stop", post(stop))
+        .route("/v1/restore", post(restore))
+        .route_layer(axum::middleware::from_fn_with_state(served.clone(), fenced));
+    Ok(Router::new()
+        .merge(changes)
+        .route("/v1/status", get(status))
+        .route("/v1/snapshots", get(snapshots))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/probe", post(probe))
         .route("/v1/sandboxes/{id}/addresses", get(addresses))
         .route("/v1/sandboxes/{id}/transfer", get(transfer))
         .route("/v1/sandboxes/{id}/events", get(events))
-        .route("/v1/restore", post(restore))
         .route("/v1/deaths", get(deaths))
         .layer(axum::middleware::from_fn_with_state(
             served.clone(),
@@ -180,6 +191,44 @@ async fn authorize(State(st): St, headers: HeaderMap, req: Request, next: Next) 
         )
             .into_response(),
     }
+}
+
+/// A change of an older generation of the API's write lock than one
+/// already taken is refused whole (`writer_superseded`): it comes from a
+/// replica that lost the lock amid a change, and another replica may have
+/// restored the sandboxes since. Changes are taken one at a time (the API
+/// sends them so already), each to its end even if its caller goes away,
+/// so none of an older generation runs beside a newer one.
+async fn fenced(State(st): St, req: Request, next: Next) -> Response {
+    let generation = match req.headers().get(crate::FENCE) {
+        None => 0,
+        Some(v) => match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(g) => g,
+            None => {
+                return Fault(RunnerError::host(format!("an unreadable {}", crate::FENCE)))
+                    .into_response()
+            }
+        },
+    };
+    let mut newest = st.fence.clone().lock_owned().await;
+    if generation < *newest {
+        return Fault(RunnerError::Superseded(format!(
+            "a change of generation {generation} of the write lock, after generation {newest} \
+             was taken: the API replica that sent it no longer holds the lock",
+            newest = *newest
+        )))
+        .into_response();
+    }
+    *newest = generation;
+    // To its end in a task of its own, the lock held, even if the API
+    // goes away meanwhile (a replica killed amid the change): the next
+    // change, a restore by another replica above all, starts after it.
+    tokio::spawn(async move {
+        let _held = newest;
+        next.run(req).await
+    })
+    .await
+    .unwrap_or_else(|e| Fault(RunnerError::host(e)).into_response())
 }
 
 /// Runs blocking runner work off the async threads.

@@ -302,6 +302,43 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
     let (s, v) = api.call("GET", &format!("/api/sandbox/{sb}"), None);
     assert_eq!(s, 404, "{v}");
 
+    // Two API replicas: a change of an older generation of the write lock
+    // than one the runner took is refused whole, before it reaches the
+    // runner (a replica that lost the lock amid a change cannot land it
+    // after another replica took it), and so is one that says none.
+    let newer = RemoteRunner::connect(&url, TOKEN, cfg.policy.clone()).unwrap();
+    let older = RemoteRunner::connect(&url, TOKEN, cfg.policy.clone()).unwrap();
+    newer.fence(7);
+    older.fence(6);
+    assert!(matches!(
+        newer.block("sb-none"),
+        Err(RunnerError::NotFound(_))
+    ));
+    let refused = older.block("sb-none").unwrap_err();
+    assert_eq!(
+        (refused.status(), refused.code()),
+        (503, "writer_superseded"),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        older.delete("sb-none"),
+        Err(RunnerError::Superseded(_))
+    ));
+    older.fence(0);
+    assert!(matches!(
+        older.block("sb-none"),
+        Err(RunnerError::Superseded(_))
+    ));
+    older.fence(8);
+    assert!(matches!(
+        older.block("sb-none"),
+        Err(RunnerError::NotFound(_))
+    ));
+    assert!(matches!(
+        newer.block("sb-none"),
+        Err(RunnerError::Superseded(_))
+    ));
+
     server.stop();
     serving.abort();
     drop(runner_rt);

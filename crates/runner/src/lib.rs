@@ -1218,6 +1218,7 @@ impl Runner {
                         lock(&self.sandboxes.dp).delete(index),
                     );
                 }
+                self.inits.forget(id);
                 undone("removing", id, self.runtime.delete(id));
                 report.lost.push(id.clone());
             };
@@ -1259,9 +1260,21 @@ impl Runner {
             }
         }
         // Whatever nobody expects goes; a failure here is reported, and
-        // does not keep the others from being served.
+        // does not keep the others from being served. A sandbox this
+        // runner serves now (a restore while it runs: an API that
+        // restarted, or one that finishes another replica's change cut
+        // short) goes as a delete takes it, its init's exit no death.
+        let serving: Vec<String> = lock(&self.slots)
+            .keys()
+            .filter(|id| !wanted.contains_key(id.as_str()))
+            .cloned()
+            .collect();
+        for id in serving {
+            undone("removing", &id, self.delete(&id));
+            report.removed.push(id);
+        }
         for (owner, index) in &active {
-            if !wanted.contains_key(owner.as_str()) {
+            if !wanted.contains_key(owner.as_str()) && !report.removed.contains(owner) {
                 undone("cutting off", owner, lock(&self.sandboxes.dp).cut(*index));
                 undone(
                     "removing the slot of",
@@ -1272,11 +1285,10 @@ impl Runner {
             }
         }
         for id in adopted.keys() {
-            if !wanted.contains_key(id.as_str()) {
+            if !wanted.contains_key(id.as_str()) && !report.removed.contains(id) {
+                self.inits.forget(id);
                 undone("removing", id, self.runtime.delete(id));
-                if !report.removed.contains(id) {
-                    report.removed.push(id.clone());
-                }
+                report.removed.push(id.clone());
             }
         }
         report.removed.sort();

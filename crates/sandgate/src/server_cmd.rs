@@ -1,6 +1,7 @@
 //! `sandgate server`: the API, the runner and the DNS service in one
 //! process, on the embedded SQLite store; or the API alone, over a
-//! `sandgate runner` of this host (`--runner-url`).
+//! `sandgate runner` (`--runner-url`), on SQLite or on a PostgreSQL
+//! database that several replicas share (`--database`).
 
 use crate::config::Config;
 use crate::output::{say, Output};
@@ -22,6 +23,13 @@ pub struct ServerArgs {
     /// state.
     #[arg(long, env = "SANDGATE_DATA_DIR", default_value = "/var/lib/sandgate")]
     pub data_dir: PathBuf,
+    /// The store's database: `postgres://USER@/DB?host=/run/postgresql`
+    /// (a Unix socket) or `postgres://USER:PASSWORD@HOST/DB`, which every
+    /// API replica names alike (default: SQLite in the data directory, one
+    /// server). Give a password in `SANDGATE_DATABASE_URL` (an environment
+    /// file), never on the command line.
+    #[arg(long, env = "SANDGATE_DATABASE_URL", value_name = "URL", value_parser = parse_database)]
+    pub database: Option<String>,
     /// A file holding the operator's token for the admin routes (or
     /// `SANDGATE_ADMIN_TOKEN`; never on the command line, where every local
     /// user could read it). At least 16 characters.
@@ -84,6 +92,10 @@ pub struct HostArgs {
     /// browsers and HTTP/3 clients fall back to TCP.
     #[arg(long)]
     pub allow_quic_to_names: bool,
+}
+
+fn parse_database(url: &str) -> Result<String, String> {
+    sandgate_server::store::Backend::of(url).map(|_| url.to_string())
 }
 
 /// A list of ports (`80,443`), or none (`none`).
@@ -164,6 +176,7 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
         check_secret(t, "the operator token")?;
     }
     cfg.admin_token = token;
+    cfg.database = args.database.clone();
     cfg.execs_per_org = usize::from(args.execs_per_org);
     if !args.probe_targets.is_empty() {
         cfg.probe_targets = args.probe_targets.clone();

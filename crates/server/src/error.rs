@@ -148,6 +148,15 @@ impl From<RunnerError> for ApiError {
                 )
                 .retry_after(UNAVAILABLE_RETRY_SECONDS)
             }
+            RunnerError::Superseded(cause) => {
+                tracing::error!("the runner refused a change of this replica: {cause}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "writer_superseded",
+                    "this API replica lost its hold on the store amid the change, which the runner refused whole; retry",
+                )
+                .retry_after(BUSY_RETRY_SECONDS)
+            }
             e => {
                 let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
                 let code = e.code();
@@ -168,8 +177,8 @@ impl From<io::Error> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
         let full = match &e {
-            // SQLITE_FULL.
-            sqlx::Error::Database(db) => db.code().as_deref() == Some("13"),
+            // SQLITE_FULL; PostgreSQL's disk_full.
+            sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("13" | "53100")),
             sqlx::Error::Io(io) => matches!(
                 io.kind(),
                 io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
@@ -259,6 +268,18 @@ impl std::error::Error for StartError {
 impl From<sqlx::Error> for StartError {
     fn from(e: sqlx::Error) -> StartError {
         StartError::Store(e)
+    }
+}
+
+/// A restore in the middle of serving (a change cut short, see
+/// [`crate::writes`]) that fails fails the request that found it.
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> ApiError {
+        match e {
+            StartError::Store(e) => e.into(),
+            StartError::Restore(e) => e.into(),
+            e => ApiError::internal(e),
+        }
     }
 }
 

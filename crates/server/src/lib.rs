@@ -8,7 +8,9 @@
 //!   [`sandgate_contract::Runner`]: in process here, or a double in the
 //!   API's own tests) and the store, with the transactions and their
 //!   undo;
-//! - [`store`]: organizations, hashed API keys and sandboxes in SQLite;
+//! - [`store`]: organizations, hashed API keys and sandboxes in SQLite
+//!   or PostgreSQL;
+//! - [`writes`]: the write lock, across API replicas on PostgreSQL;
 //! - [`auth`]: the operator token and organizations' keys;
 //! - [`error`]: `{"error": {"code", "message"}}` answers;
 //! - [`metrics`]: the Prometheus text at `/metrics`.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod writes;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -48,8 +51,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The store lives here (`sandgate.db`).
+    /// The store lives here (`sandgate.db`) unless [`Self::database`]
+    /// names one.
     pub data_dir: PathBuf,
+    /// The store's database URL: `postgres://...` for a store that API
+    /// replicas share (`None`: SQLite in [`Self::data_dir`]).
+    pub database: Option<String>,
     /// The operator's token for the admin routes; without one they answer
     /// 401 to everyone.
     pub admin_token: Option<String>,
@@ -101,6 +108,7 @@ impl ServerConfig {
     ) -> Self {
         ServerConfig {
             data_dir,
+            database: None,
             admin_token: None,
             runner,
             policy,
@@ -128,8 +136,6 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// The operator token.
     pub admin_token: Option<String>,
-    /// Held by every create, update, delete and tier change.
-    pub writes: Arc<tokio::sync::Mutex<()>>,
     /// Becomes `true` when the server stops: endless streams end then.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// See [`ServerConfig::max_sandboxes_per_org`].
@@ -340,7 +346,7 @@ impl Server {
         lock: sandgate_runner::DirLock,
         runner: Arc<dyn Runner>,
     ) -> Result<(Server, RestoreReport), StartError> {
-        let store = Store::open(&cfg.data_dir).await?;
+        let store = Store::open(&cfg.data_dir, cfg.database.as_deref()).await?;
         let metrics = metrics::Metrics::new(store.tally().clone());
         let state = Arc::new(AppState {
             store,
@@ -348,7 +354,6 @@ impl Server {
             policy: Arc::new(cfg.policy),
             catalog: Arc::new(cfg.catalog),
             admin_token: cfg.admin_token,
-            writes: Arc::new(tokio::sync::Mutex::new(())),
             stopping: tokio::sync::watch::channel(false).0,
             max_sandboxes_per_org: cfg.max_sandboxes_per_org,
             execs: Arc::new(tokio::sync::Semaphore::new(EXECS)),
@@ -362,14 +367,20 @@ impl Server {
             watchers: Default::default(),
             _lock: lock,
         });
-        let report = restore(&state).await?;
+        // Under the write lock: on a store that replicas share, a change
+        // another replica has in flight is not one cut short.
+        let report = {
+            let guard = writing(&state).await?;
+            let report = restore(&state).await?;
+            release(guard).await;
+            report
+        };
         approvals::watch_all(&state).await?;
         if let Some(deaths) = state.runner.take_deaths() {
-            tokio::spawn(record_deaths(
-                state.store.clone(),
-                state.writes.clone(),
-                deaths,
-            ));
+            tokio::spawn(record_deaths(state.store.clone(), deaths));
+        }
+        if state.store.backend() == store::Backend::Postgres {
+            tokio::spawn(sweep(Arc::downgrade(&state)));
         }
         Ok((
             Server {
@@ -491,19 +502,85 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
     Ok(report)
 }
 
+/// Takes the write lock for a change of the runner's: the runner's
+/// changes carry its generation from now on (see [`writes`]).
+pub(crate) async fn writing(st: &AppState) -> Result<writes::WriteGuard, sqlx::Error> {
+    let guard = st.store.writing().await?;
+    st.runner.fence(guard.generation());
+    Ok(guard)
+}
+
+/// Ends a change: logs a journal that could not be closed (the next
+/// holder then restores every sandbox, which is safe, only slower).
+pub(crate) async fn release(guard: writes::WriteGuard) {
+    if let Err(e) = guard.release().await {
+        tracing::error!(error = %e, "closing the write journal; the next change restores every sandbox first");
+    }
+}
+
+/// Finishes a change that a replica cut short (it died holding the write
+/// lock, see [`writes`]): every sandbox restored from the rows, as at a
+/// start. Nothing to do unless the journal was left open.
+pub(crate) async fn recover(
+    st: &AppState,
+    guard: &mut writes::WriteGuard,
+) -> Result<(), StartError> {
+    let Some(left) = guard.left_open().map(str::to_string) else {
+        return Ok(());
+    };
+    tracing::warn!(holder = %left, "a change was cut short; restoring every sandbox from the store");
+    let report = restore(st).await?;
+    tracing::info!(
+        running = report.running.len(),
+        lost = report.lost.len(),
+        died = report.died.len(),
+        "restored after a change cut short"
+    );
+    guard.recovered();
+    Ok(())
+}
+
+/// On a store that replicas share: finishes a change cut short even when
+/// no write comes to find it, every [`writes::SWEEP`], until the server
+/// is gone.
+async fn sweep(state: std::sync::Weak<AppState>) {
+    loop {
+        tokio::time::sleep(writes::SWEEP).await;
+        let Some(st) = state.upgrade() else { return };
+        if *st.stopping.borrow() {
+            return;
+        }
+        let mut guard = match writing(&st).await {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::warn!(error = %e, "taking the write lock to look for a change cut short");
+                continue;
+            }
+        };
+        match recover(&st, &mut guard).await {
+            Ok(()) => release(guard).await,
+            Err(e) => tracing::error!(error = %e, "finishing a change cut short; trying again"),
+        }
+    }
+}
+
 /// Records each sandbox whose init dies as `died`, as it dies (the
 /// runner has cleaned what was left of its processes; it is not started
-/// again), until the runner stops. It holds the store and the write lock
-/// only: the server's state (and the runner in it) is not kept alive by
-/// it. Each death is recorded under the write lock, so that the store and
-/// its tally see it after, never amid, a create or an update in flight.
-async fn record_deaths(
-    store: Store,
-    writes: Arc<tokio::sync::Mutex<()>>,
-    mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+/// again), until the runner stops. It holds the store only: the server's
+/// state (and the runner in it) is not kept alive by it. Each death is
+/// recorded under the write lock, so that the store and its tally see it
+/// after, never amid, a create or an update in flight. (A change cut short
+/// that the lock reveals is left to the next change or sweep, which hold
+/// the runner.)
+async fn record_deaths(store: Store, mut deaths: tokio::sync::mpsc::UnboundedReceiver<String>) {
     while let Some(id) = deaths.recv().await {
-        let _writing = writes.lock().await;
+        let writing = match store.writing().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::error!(sandbox = %id, error = %e, "taking the write lock to record a dead sandbox");
+                continue;
+            }
+        };
         // Only a running sandbox (or one being made) dies: one being
         // deleted is no death.
         let mut moved = Ok(false);
@@ -518,5 +595,6 @@ async fn record_deaths(
             Ok(false) => {}
             Err(e) => tracing::error!(sandbox = %id, error = %e, "recording a dead sandbox"),
         }
+        release(writing).await;
     }
 }

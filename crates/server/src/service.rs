@@ -50,22 +50,24 @@ async fn runner_call<T: Send + 'static>(
         .map_err(RunnerError::host)?
 }
 
-/// Runs `work` under the write lock, to its end even if the client goes
-/// away: a dropped request must not stop a change half-way (a tier stored
-/// but not applied, a policy in the kernel but not in the store). The lock
-/// is taken here and moved into a task of its own, which the handler only
-/// awaits.
+/// Runs `work` under the write lock ([`crate::writes`]), to its end even
+/// if the client goes away: a dropped request must not stop a change
+/// half-way (a tier stored but not applied, a policy in the kernel but not
+/// in the store). The lock is taken, and a change another replica cut
+/// short finished, in a task of its own, which the handler only awaits.
 pub(crate) async fn transaction<T, F, Fut>(st: &Arc<AppState>, work: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(Arc<AppState>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 {
-    let guard = st.writes.clone().lock_owned().await;
     let st = st.clone();
     tokio::spawn(async move {
-        let _held = guard;
-        work(st).await
+        let mut guard = crate::writing(&st).await?;
+        crate::recover(&st, &mut guard).await?;
+        let done = work(st.clone()).await;
+        crate::release(guard).await;
+        done
     })
     .await
     .map_err(ApiError::internal)?
@@ -107,27 +109,15 @@ pub async fn organization(st: &AppState, id: &str) -> Result<Organization, ApiEr
         .ok_or_else(|| ApiError::not_found(format!("no organization {id}")))
 }
 
-/// Makes an organization named `name` of `tier` (the name is free).
+/// Makes an organization named `name` of `tier` (the name is free: the
+/// store's unique constraint decides, so that two replicas cannot both
+/// make one name).
 pub async fn create_organization(
     st: &AppState,
     name: String,
     tier: u8,
 ) -> Result<Organization, ApiError> {
     st.policy.tier(tier)?;
-    let _w = st.writes.lock().await;
-    if st
-        .store
-        .organizations()
-        .await?
-        .iter()
-        .any(|o| o.name == name)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "name_taken",
-            format!("an organization named {name:?} exists"),
-        ));
-    }
     let org = Organization {
         id: random_id("org-", 8)?,
         name,
@@ -135,8 +125,15 @@ pub async fn create_organization(
         created_at: now(),
         egress_address: None,
     };
-    st.store.add_organization(&org).await?;
-    Ok(org)
+    match st.store.add_organization(&org).await {
+        Ok(()) => Ok(org),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "name_taken",
+            format!("an organization named {:?} exists", org.name),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Issues a key of organization `id` with `scopes`: the organization, the

@@ -1,12 +1,43 @@
-//! The store: organizations, API keys (hashed) and sandboxes, in SQLite
-//! through sqlx, with embedded migrations. Every statement is portable to
-//! PostgreSQL (`$n` placeholders, TEXT and INTEGER columns, timestamps as
-//! RFC 3339 text).
+//! The store: organizations, API keys (hashed) and sandboxes, through
+//! sqlx's `Any` driver on SQLite (the default: `sandgate.db` in the data
+//! directory) or PostgreSQL (`--database postgres://...`), with embedded
+//! migrations for each (`migrations/sqlite`, `migrations/postgres`). Every
+//! statement runs on both as it is written: `$n` placeholders, text and
+//! integer columns (64-bit on PostgreSQL), timestamps as RFC 3339 text.
+//!
+//! Writes are serialized by [`Store::writing`] (see [`crate::writes`]):
+//! within a process by a mutex, across API replicas on PostgreSQL by an
+//! advisory lock held for the whole change, with a journal that tells the
+//! next holder when the last one died holding it.
 
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+
+/// Where the store keeps its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sandgate.db` in the data directory: one server.
+    Sqlite,
+    /// A PostgreSQL database: any number of API replicas.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names; an error names the ones known.
+    pub fn of(url: &str) -> Result<Backend, String> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            "sqlite" => Ok(Backend::Sqlite),
+            _ => Err(format!(
+                "the database URL must start with postgres:// (or sqlite://), not {scheme:?}"
+            )),
+        }
+    }
+}
 
 /// An organization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,7 +347,7 @@ pub struct Attempt<'a> {
     pub replayed: bool,
 }
 
-fn access_request(r: &sqlx::sqlite::SqliteRow) -> Result<AccessRequest, sqlx::Error> {
+fn access_request(r: &AnyRow) -> Result<AccessRequest, sqlx::Error> {
     let decode = |e: String| sqlx::Error::Decode(e.into());
     let count = |column: &str| -> Result<u64, sqlx::Error> {
         Ok(u64::try_from(r.try_get::<i64, _>(column)?).unwrap_or(0))
@@ -352,7 +383,13 @@ fn ms(v: u64) -> i64 {
 /// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    /// Which database that is.
+    pub(crate) backend: Backend,
+    /// Held by every write of this process (see [`Store::writing`]).
+    pub(crate) writes: Arc<tokio::sync::Mutex<()>>,
+    /// Who this process is, in the write journal: host and process id.
+    pub(crate) holder: String,
     /// What `/metrics` counts of the sandboxes: every change of a
     /// sandbox's state made here is made there too (its mode, and a
     /// sandbox's first count, come from the service, which knows them).
@@ -389,7 +426,7 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
-fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
+fn sandbox_row(r: &AnyRow) -> Result<SandboxRow, sqlx::Error> {
     Ok(SandboxRow {
         id: r.try_get("id")?,
         organization_id: r.try_get("organization_id")?,
@@ -424,12 +461,12 @@ fn sandbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
 }
 
 /// A nullable count column.
-fn optional_u32(r: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Option<u32>, sqlx::Error> {
+fn optional_u32(r: &AnyRow, column: &str) -> Result<Option<u32>, sqlx::Error> {
     Ok(r.try_get::<Option<i64>, _>(column)?
         .and_then(|v| u32::try_from(v).ok()))
 }
 
-fn organization(r: &sqlx::sqlite::SqliteRow) -> Result<Organization, sqlx::Error> {
+fn organization(r: &AnyRow) -> Result<Organization, sqlx::Error> {
     Ok(Organization {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
@@ -443,6 +480,15 @@ fn organization(r: &sqlx::sqlite::SqliteRow) -> Result<Organization, sqlx::Error
     })
 }
 
+/// Each SQLite connection's settings: foreign keys checked, the
+/// write-ahead log, and waits (not errors) on a lock.
+const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 5000",
+];
+
 /// The columns of an organization.
 const ORG_COLUMNS: &str = "id, name, tier, created_at, egress_address";
 
@@ -453,25 +499,60 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, netwo
      approval_hold_seconds, declined_names, transfer_quota_mib";
 
 impl Store {
-    /// Opens (or makes) the database `sandgate.db` in `dir` and runs the
-    /// migrations.
-    pub async fn open(dir: &Path) -> Result<Store, sqlx::Error> {
-        std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
-        let url = format!("sqlite://{}", dir.join("sandgate.db").display());
-        let options = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .foreign_keys(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+    /// Opens the store: the PostgreSQL database at `url`, or without one
+    /// (or with a `sqlite://` one) `sandgate.db` in `dir` (made if
+    /// missing); then runs the migrations of its engine.
+    pub async fn open(dir: &Path, url: Option<&str>) -> Result<Store, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let backend = match url {
+            Some(url) => Backend::of(url).map_err(|e| sqlx::Error::Configuration(e.into()))?,
+            None => Backend::Sqlite,
+        };
+        let pool = match (backend, url) {
+            (Backend::Postgres, Some(url)) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                pool
+            }
+            _ => {
+                std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+                let url = match url {
+                    Some(url) => url.to_string(),
+                    None => format!("sqlite://{}?mode=rwc", dir.join("sandgate.db").display()),
+                };
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            for pragma in SQLITE_PRAGMAS {
+                                conn.execute(*pragma).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?;
+                sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+                pool
+            }
+        };
         Ok(Store {
             pool,
+            backend,
+            writes: Arc::default(),
+            holder: crate::writes::holder(),
             tally: crate::metrics::SandboxTally::default(),
         })
+    }
+
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Adds an organization.

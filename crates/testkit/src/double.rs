@@ -59,6 +59,8 @@ struct Inner {
     failures: HashMap<Op, Vec<RunnerError>>,
     events: HashMap<String, broadcast::Sender<NetworkEvent>>,
     healthy: bool,
+    update_delay: std::time::Duration,
+    updates: u64,
 }
 
 /// The double.
@@ -124,6 +126,14 @@ impl RunnerDouble {
         let _ = self.deaths_tx.send(id.to_string());
     }
 
+    /// Every other [`Runner::update`] answers `delay` after it put its
+    /// policy in force (a busy host): of two writers not serialized, the
+    /// first to reach the runner would often be the last to reach the
+    /// store.
+    pub fn slow_updates(&self, delay: std::time::Duration) {
+        self.inner().update_delay = delay;
+    }
+
     /// Whether [`Runner::healthy`] says so.
     pub fn set_healthy(&self, healthy: bool) {
         self.inner().healthy = healthy;
@@ -180,7 +190,18 @@ impl Runner for RunnerDouble {
         self.with(id, |h| {
             h.policy = policy.clone();
             h.blocked = false;
-        })
+        })?;
+        let delay = {
+            let mut inner = self.inner();
+            inner.updates += 1;
+            if inner.updates % 2 == 1 {
+                inner.update_delay
+            } else {
+                std::time::Duration::ZERO
+            }
+        };
+        std::thread::sleep(delay);
+        Ok(())
     }
 
     fn block(&self, id: &str) -> Result<(), RunnerError> {

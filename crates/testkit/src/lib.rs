@@ -9,6 +9,7 @@
 //! tests at lab addresses, and the client talks to loopback.
 
 pub mod double;
+pub mod postgres;
 
 use sandgate_dns::Upstream;
 use sandgate_lab::addrs::{DNS4, DNS6};

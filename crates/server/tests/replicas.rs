@@ -1,0 +1,252 @@
+//! Two API replicas on one PostgreSQL store (issue 16, part 3), over one
+//! runner (a double here; the real runner's side is the split tests' of
+//! crates/sandgate/tests/server.rs): what one replica writes the other
+//! reads, names stay unique, racing writes are serialized whole, and a
+//! change that a replica cut short (it died holding the write lock) is
+//! finished by the other one. PostgreSQL is Debian's, a cluster of the
+//! test's own on a Unix socket (`sandgate_testkit::postgres`); it runs as
+//! the `postgres` user, so these tests need root, as the lab's do.
+
+#![allow(clippy::unwrap_used)]
+
+use sandgate_contract::Runner;
+use sandgate_testkit::double::RunnerDouble;
+use sandgate_testkit::postgres::Postgres;
+use sandgate_testkit::{double_server_config, Http, InProcess};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "operator-token-for-replicas";
+
+/// Two replicas, `a` and `b`, on one database and one runner double.
+/// (Fields drop in order: the servers, then their directories, then
+/// PostgreSQL.)
+struct Replicas {
+    a: InProcess,
+    b: InProcess,
+    double: Arc<RunnerDouble>,
+    _dirs: Dirs,
+    pg: Postgres,
+}
+
+struct Dirs(Vec<PathBuf>);
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Replicas {
+    fn start(name: &str) -> Replicas {
+        let pg = Postgres::start().unwrap();
+        let url = pg.database(name).unwrap();
+        let mut dirs = Dirs(Vec::new());
+        let double = Arc::new(RunnerDouble::new(&["busybox"], sandgate_lab::lab_policy()));
+        let mut replica = |n: &str| {
+            let dir = std::env::temp_dir().join(format!(
+                "sandgate-replica-{}-{name}-{n}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            dirs.0.push(dir.clone());
+            let mut cfg = double_server_config(&dir, ADMIN);
+            cfg.database = Some(url.clone());
+            InProcess::start_with_runner(cfg, double.clone()).unwrap()
+        };
+        let a = replica("a");
+        let b = replica("b");
+        Replicas {
+            a,
+            b,
+            double,
+            _dirs: dirs,
+            pg,
+        }
+    }
+
+    fn admin(&self, replica: &InProcess) -> Http {
+        Http::new(&replica.base, ADMIN, Duration::from_secs(60))
+    }
+
+    fn client(&self, replica: &InProcess, key: &str) -> Http {
+        Http::new(&replica.base, key, Duration::from_secs(60))
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn replicas_share_what_either_writes_and_names_stay_unique() {
+    let r = Replicas::start("share");
+    let key = r.admin(&r.a).organization("acme", 3);
+    let (a, b) = (r.client(&r.a, &key), r.client(&r.b, &key));
+    // Made at one, seen, changed and removed at the other.
+    let (s, made) = b.call("POST", "/api/sandbox", Some(json!({"name": "one"})));
+    assert_eq!(s, 201, "{made}");
+    let (s, seen) = a.call("GET", "/api/sandbox/one", None);
+    assert_eq!((s, id(&seen)), (200, id(&made)), "{seen}");
+    let (s, dup) = a.call("POST", "/api/sandbox", Some(json!({"name": "one"})));
+    assert_eq!(
+        (s, dup["error"]["code"].as_str()),
+        (409, Some("name_taken"))
+    );
+    // An organization's name is taken once, whichever replica is asked
+    // first: the store's unique constraint decides.
+    let answers: Vec<u16> = std::thread::scope(|scope| {
+        let asks: Vec<_> = [&r.a, &r.b]
+            .into_iter()
+            .map(|replica| {
+                let admin = r.admin(replica);
+                scope.spawn(move || {
+                    admin
+                        .call(
+                            "POST",
+                            "/api/admin/organizations",
+                            Some(json!({"name": "twice", "tier": 1})),
+                        )
+                        .0
+                })
+            })
+            .collect();
+        asks.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut sorted = answers.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![201, 409], "{answers:?}");
+    let (s, _) = a.call("DELETE", &format!("/api/sandbox/{}", id(&made)), None);
+    assert_eq!(s, 204);
+    let (s, _) = b.call("GET", "/api/sandbox/one", None);
+    assert_eq!(s, 404);
+    assert!(r.double.ids().is_empty());
+}
+
+#[test]
+fn racing_updates_through_two_replicas_are_applied_whole_one_after_the_other() {
+    let r = Replicas::start("race");
+    let key = r.admin(&r.a).organization("acme", 3);
+    let (_, made) =
+        r.client(&r.a, &key)
+            .call("POST", "/api/sandbox", Some(json!({"name": "raced"})));
+    let sb = id(&made);
+    // Each update puts its policy in force for 30 ms before the store
+    // takes it: unserialized, the last to reach the runner and the last
+    // to reach the store would often differ.
+    r.double.slow_updates(Duration::from_millis(30));
+    let bodies = [
+        json!({"networkAllowList": "198.51.100.0/28", "networkDenyList": "198.51.100.8/29"}),
+        json!({"networkAllowList": "203.0.113.0/28", "networkDenyList": "203.0.113.8/29"}),
+    ];
+    std::thread::scope(|scope| {
+        for (replica, body) in [&r.a, &r.b].into_iter().zip(&bodies) {
+            let http = r.client(replica, &key);
+            let path = format!("/api/sandbox/{sb}/network-settings");
+            scope.spawn(move || {
+                for _ in 0..15 {
+                    let (s, v) = http.call("POST", &path, Some(body.clone()));
+                    // Serialized: each one is applied whole, never
+                    // refused for the other's sake.
+                    assert_eq!(s, 200, "{v}");
+                }
+            });
+        }
+    });
+    // What is in force is what either replica reads, and it is one of the
+    // two changes whole.
+    let held = r.double.held(&sb).unwrap().policy;
+    for replica in [&r.a, &r.b] {
+        let (_, row) = r
+            .client(replica, &key)
+            .call("GET", &format!("/api/sandbox/{sb}"), None);
+        let stored = (
+            row["networkAllowList"].as_str().unwrap().to_string(),
+            row["networkDenyList"].as_str().unwrap().to_string(),
+        );
+        assert_eq!(
+            stored,
+            (
+                held.network_allow_list.to_string(),
+                held.network_deny_list.to_string()
+            ),
+            "the runner holds another policy than the store"
+        );
+        assert!(
+            bodies
+                .iter()
+                .any(|b| b["networkAllowList"] == stored.0.as_str()
+                    && b["networkDenyList"] == stored.1.as_str()),
+            "a mixed policy: {stored:?}"
+        );
+    }
+}
+
+#[test]
+fn a_change_a_dead_replica_cut_short_is_finished_by_the_other() {
+    let r = Replicas::start("recover");
+    let key = r.admin(&r.a).organization("acme", 3);
+    let a = r.client(&r.a, &key);
+    let (_, kept) = a.call(
+        "POST",
+        "/api/sandbox",
+        Some(json!({"name": "kept", "networkAllowList": "198.51.100.0/28"})),
+    );
+    let (_, half) = a.call(
+        "POST",
+        "/api/sandbox",
+        Some(json!({"name": "half", "networkAllowList": "198.51.100.0/24"})),
+    );
+    let (kept, half) = (id(&kept), id(&half));
+    let stored = r.double.held(&kept).unwrap().policy;
+    // What a replica killed amid two changes leaves: a create it never
+    // settled, an update whose wider policy reached the runner but not
+    // the store, and the write journal open.
+    r.pg.psql(
+        "recover",
+        &format!("UPDATE sandboxes SET state = 'creating' WHERE id = '{half}'"),
+    )
+    .unwrap();
+    let mut wider = stored.clone();
+    wider.network_allow_list = r.double.held(&half).unwrap().policy.network_allow_list;
+    assert_ne!(wider, stored);
+    r.double.update(&kept, &wider).unwrap();
+    r.pg.psql(
+        "recover",
+        "UPDATE write_journal SET open = 1, holder = 'gone:1', since = 'then' WHERE id = 1",
+    )
+    .unwrap();
+    // No write comes: the sweep finds it within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while r.double.held(&half).is_some() || r.double.held(&kept).unwrap().policy != stored {
+        assert!(
+            Instant::now() < deadline,
+            "the change cut short was not finished"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (s, _) = r
+        .client(&r.b, &key)
+        .call("GET", &format!("/api/sandbox/{half}"), None);
+    assert_eq!(s, 404, "the half-made sandbox's row is gone");
+    let (s, row) = r
+        .client(&r.b, &key)
+        .call("GET", &format!("/api/sandbox/{kept}"), None);
+    assert_eq!((s, row["state"].as_str()), (200, Some("running")));
+    assert_eq!(
+        r.pg.psql("recover", "SELECT open FROM write_journal")
+            .unwrap(),
+        "0"
+    );
+    // The replicas go on serving.
+    let (s, _) = r.client(&r.b, &key).call(
+        "POST",
+        &format!("/api/sandbox/{kept}/network-settings"),
+        Some(json!({"networkAllowList": "203.0.113.0/28"})),
+    );
+    assert_eq!(s, 200);
+}
