@@ -369,6 +369,9 @@ pub struct Runner {
     /// Sandboxes whose init died, as they die (taken once, by the server).
     deaths: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     died: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Set by the first restore: a later one reconciles a live runner
+    /// ([`Runner::restore`]).
+    restored: AtomicBool,
     /// This runner's data directory, held while it lives.
     _lock: DirLock,
 }
@@ -928,6 +931,7 @@ impl Runner {
             expirer: Some(expirer),
             deaths: Mutex::new(Some(deaths)),
             died: died_tx,
+            restored: AtomicBool::new(false),
             _lock: lock,
         })
     }
@@ -1188,7 +1192,14 @@ impl Runner {
     /// record wins over the kernel's); anything nobody expects is removed;
     /// an expected sandbox missing its slot or its runtime sandbox is
     /// removed and reported lost.
+    ///
+    /// A restore while this runner serves (an API that restarted, or a
+    /// replica that finishes another's change cut short) reconciles
+    /// instead ([`Runner::reconcile`]).
     pub fn restore(&self, expected: &[Expected]) -> io::Result<RestoreReport> {
+        if self.restored.swap(true, Ordering::SeqCst) {
+            return Ok(self.reconcile(expected));
+        }
         let mut report = RestoreReport::default();
         let adopted: HashMap<String, Adopted> = self.runtime.adopt()?.into_iter().collect();
         let active: HashMap<String, u32> = lock(&self.sandboxes.dp)
@@ -1260,21 +1271,9 @@ impl Runner {
             }
         }
         // Whatever nobody expects goes; a failure here is reported, and
-        // does not keep the others from being served. A sandbox this
-        // runner serves now (a restore while it runs: an API that
-        // restarted, or one that finishes another replica's change cut
-        // short) goes as a delete takes it, its init's exit no death.
-        let serving: Vec<String> = lock(&self.slots)
-            .keys()
-            .filter(|id| !wanted.contains_key(id.as_str()))
-            .cloned()
-            .collect();
-        for id in serving {
-            undone("removing", &id, self.delete(&id));
-            report.removed.push(id);
-        }
+        // does not keep the others from being served.
         for (owner, index) in &active {
-            if !wanted.contains_key(owner.as_str()) && !report.removed.contains(owner) {
+            if !wanted.contains_key(owner.as_str()) {
                 undone("cutting off", owner, lock(&self.sandboxes.dp).cut(*index));
                 undone(
                     "removing the slot of",
@@ -1285,16 +1284,62 @@ impl Runner {
             }
         }
         for id in adopted.keys() {
-            if !wanted.contains_key(id.as_str()) && !report.removed.contains(id) {
+            if !wanted.contains_key(id.as_str()) {
                 self.inits.forget(id);
                 undone("removing", id, self.runtime.delete(id));
-                report.removed.push(id.clone());
+                if !report.removed.contains(id) {
+                    report.removed.push(id.clone());
+                }
             }
         }
         report.removed.sort();
         // The adoption cleared the prepared disks: make them again.
         let _ = self.refill.try_send(());
         Ok(report)
+    }
+
+    /// A restore on a live runner: the changes of this runner are
+    /// serialized (a restore is one), so what it serves is whole, and
+    /// what is left of a crash was cleared by its first restore. Each
+    /// sandbox it serves that the server expects gets the stored policy
+    /// as an update puts it (the DNS view, the kernel, the gateway's cut
+    /// of what it no longer allows); one it serves that the server does
+    /// not expect goes as a delete takes it (its init's exit no death);
+    /// one expected that it does not serve is reported lost. Exec files,
+    /// prepared disks and snapshots being built are live work here, and
+    /// stay.
+    fn reconcile(&self, expected: &[Expected]) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        let served: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        for Expected { id, policy, .. } in expected {
+            let applied = if served.contains(id) {
+                self.update(id, policy)
+            } else {
+                Err(no_sandbox(id))
+            };
+            if let Err(e) = applied {
+                tracing::warn!(sandbox = %id, error = %e, "the sandbox cannot be restored; removing it");
+                if served.contains(id) {
+                    undone("removing", id, self.delete(id));
+                } else {
+                    self.inits.forget(id);
+                    undone("removing", id, self.runtime.delete(id));
+                }
+                report.lost.push(id.clone());
+            } else if matches!(self.runtime.info(id), Ok(info) if info.died) {
+                report.died.push(id.clone());
+            } else {
+                report.running.push(id.clone());
+            }
+        }
+        for id in &served {
+            if !expected.iter().any(|e| &e.id == id) {
+                undone("removing", id, self.delete(id));
+                report.removed.push(id.clone());
+            }
+        }
+        report.removed.sort();
+        report
     }
 
     /// Probes `targets` from sandbox `id`'s point of view (see [`probe`]),

@@ -744,8 +744,14 @@ fn two_api_replicas_on_postgresql_drive_one_runner_and_either_survives_the_other
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             cli(&url_a, &key, &args).0
         });
+        // The journal names the holder: a's process.
+        let a_holds = format!(":{}", guard.server.as_ref().unwrap().child.id());
+        let holder = || {
+            pg.psql("split", "SELECT holder FROM write_journal WHERE open = 1")
+                .unwrap()
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while journal() != "1" {
+        while !holder().ends_with(&a_holds) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "a never took the lock"

@@ -50,6 +50,10 @@ pub async fn watch(st: &Arc<AppState>, row: &SandboxRow, since_ms: u64) {
         forget(st, &row.id);
         return;
     }
+    // Another replica leads: it watches (see [`lead`]).
+    if !st.leads_approvals.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     if crate::lock(&st.watchers).contains_key(&row.id) {
         return;
     }
@@ -301,14 +305,82 @@ pub async fn deny(
     Ok(decided)
 }
 
-/// Watches every running sandbox with approvals on: at the server's start.
-pub async fn watch_all(st: &Arc<AppState>) -> Result<(), sqlx::Error> {
-    // What a sandbox was refused while no server watched is not counted.
-    let now = service::now_ms();
-    for row in st.store.sandboxes(None).await? {
-        if row.state == SandboxState::Running {
-            watch(st, &row, now).await;
+/// Watches every running sandbox with approvals on from `since_ms` (a
+/// start; a replica taking the lead), and stops watching the others (gone,
+/// or no longer running, or their approvals off through another replica).
+pub async fn watch_all(st: &Arc<AppState>, since_ms: u64) -> Result<(), sqlx::Error> {
+    let rows = st.store.approving().await?;
+    let wanted: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    crate::lock(&st.watchers).retain(|id, task| {
+        let keep = wanted.contains(id.as_str()) && !task.is_finished();
+        if !keep {
+            task.abort();
         }
+        keep
+    });
+    for row in &rows {
+        watch(st, row, since_ms).await;
     }
     Ok(())
 }
+
+/// On a store that replicas share, one of them watches the sandboxes'
+/// events for attempts at a time, so that each attempt is counted once:
+/// the replica holding the lead ([`crate::store::Store::try_lead`]). It
+/// looks again every [`crate::writes::SWEEP`] for sandboxes another
+/// replica made or changed; a replica that takes the lead over counts the
+/// recent events the runner still holds that the last one had not
+/// (those it had are not counted twice: an attempt counts only if newer
+/// than the last one counted for its target). On SQLite the one server
+/// leads from its start.
+pub async fn lead(state: std::sync::Weak<AppState>) {
+    let mut held: Option<crate::writes::Lead> = None;
+    loop {
+        let Some(st) = state.upgrade() else { return };
+        if *st.stopping.borrow() {
+            return;
+        }
+        let alive = match held.as_mut() {
+            Some(lead) => Some(lead.held().await),
+            None => None,
+        };
+        let since = match alive {
+            Some(true) => Some(service::now_ms().saturating_sub(LOOK_BACK_MS)),
+            Some(false) => {
+                tracing::warn!("lost the lead over access requests");
+                held = None;
+                st.leads_approvals
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                for (_, task) in crate::lock(&st.watchers).drain() {
+                    task.abort();
+                }
+                None
+            }
+            None => match st.store.try_lead().await {
+                Ok(Some(lead)) => {
+                    tracing::info!("leading the watch over access requests");
+                    held = Some(lead);
+                    st.leads_approvals
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    Some(service::now_ms().saturating_sub(LOOK_BACK_MS))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking the lead over access requests");
+                    None
+                }
+            },
+        };
+        if let Some(since) = since {
+            if let Err(e) = watch_all(&st, since).await {
+                tracing::warn!(error = %e, "watching the sandboxes for access requests");
+            }
+        }
+        drop(st);
+        tokio::time::sleep(crate::writes::SWEEP).await;
+    }
+}
+
+/// How far back a replica that starts watching a sandbox it did not make
+/// counts its recent events: a few of the lead's looks.
+const LOOK_BACK_MS: u64 = 10_000;

@@ -188,6 +188,17 @@ impl From<sqlx::Error> for ApiError {
         if full {
             return ApiError::storage_full(format!("store: {e}"));
         }
+        // lock_not_available: the write lock waited for too long (another
+        // replica holds it and hangs).
+        if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03")) {
+            tracing::error!("store: {e}");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_busy",
+                "another API replica holds the store's write lock for too long; retry later",
+            )
+            .retry_after(UNAVAILABLE_RETRY_SECONDS);
+        }
         ApiError::internal(format!("store: {e}"))
     }
 }

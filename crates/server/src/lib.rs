@@ -160,6 +160,10 @@ pub struct AppState {
     /// The tasks watching sandboxes' events for access requests, by
     /// sandbox.
     pub watchers: std::sync::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
+    /// Whether this server watches the sandboxes for access requests: on
+    /// SQLite always; on PostgreSQL while it holds the lead
+    /// ([`approvals::lead`]).
+    pub leads_approvals: std::sync::atomic::AtomicBool,
     /// The lock on the store's directory (the runner holds its own on
     /// its directory, for as long as it lives).
     _lock: sandgate_runner::DirLock,
@@ -347,6 +351,8 @@ impl Server {
         runner: Arc<dyn Runner>,
     ) -> Result<(Server, RestoreReport), StartError> {
         let store = Store::open(&cfg.data_dir, cfg.database.as_deref()).await?;
+        // The only server of its store (SQLite), or one of its replicas.
+        let alone = store.backend() == store::Backend::Sqlite;
         let metrics = metrics::Metrics::new(store.tally().clone());
         let state = Arc::new(AppState {
             store,
@@ -365,17 +371,26 @@ impl Server {
             probe_targets: cfg.probe_targets,
             requests: tokio::sync::broadcast::channel(1024).0,
             watchers: Default::default(),
+            leads_approvals: std::sync::atomic::AtomicBool::new(alone),
             _lock: lock,
         });
         // Under the write lock: on a store that replicas share, a change
         // another replica has in flight is not one cut short.
         let report = {
-            let guard = writing(&state).await?;
-            let report = restore(&state).await?;
+            let mut guard = writing(&state).await?;
+            let report = guard.scope().run(restore(&state)).await?;
+            // A change cut short before this start is finished with it.
+            guard.recovered();
             release(guard).await;
             report
         };
-        approvals::watch_all(&state).await?;
+        if state.store.backend() == store::Backend::Postgres {
+            tokio::spawn(approvals::lead(Arc::downgrade(&state)));
+        } else {
+            // What a sandbox was refused while no server watched is not
+            // counted.
+            approvals::watch_all(&state, service::now_ms()).await?;
+        }
         if let Some(deaths) = state.runner.take_deaths() {
             tokio::spawn(record_deaths(state.store.clone(), deaths));
         }
@@ -550,6 +565,15 @@ async fn sweep(state: std::sync::Weak<AppState>) {
         if *st.stopping.borrow() {
             return;
         }
+        // The lock only when there is something to finish.
+        match st.store.left_open().await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the write journal");
+                continue;
+            }
+        }
         let mut guard = match writing(&st).await {
             Ok(guard) => guard,
             Err(e) => {
@@ -557,7 +581,7 @@ async fn sweep(state: std::sync::Weak<AppState>) {
                 continue;
             }
         };
-        match recover(&st, &mut guard).await {
+        match guard.scope().run(recover(&st, &mut guard)).await {
             Ok(()) => release(guard).await,
             Err(e) => tracing::error!(error = %e, "finishing a change cut short; trying again"),
         }
@@ -583,13 +607,19 @@ async fn record_deaths(store: Store, mut deaths: tokio::sync::mpsc::UnboundedRec
         };
         // Only a running sandbox (or one being made) dies: one being
         // deleted is no death.
-        let mut moved = Ok(false);
-        for from in [SandboxState::Running, SandboxState::Creating] {
-            moved = store.move_state(&id, from, SandboxState::Died).await;
-            if !matches!(moved, Ok(false)) {
-                break;
-            }
-        }
+        let moved = writing
+            .scope()
+            .run(async {
+                let mut moved = Ok(false);
+                for from in [SandboxState::Running, SandboxState::Creating] {
+                    moved = store.move_state(&id, from, SandboxState::Died).await;
+                    if !matches!(moved, Ok(false)) {
+                        break;
+                    }
+                }
+                moved
+            })
+            .await;
         match moved {
             Ok(true) => tracing::warn!(sandbox = %id, "the sandbox's init died"),
             Ok(false) => {}

@@ -64,8 +64,20 @@ where
     let st = st.clone();
     tokio::spawn(async move {
         let mut guard = crate::writing(&st).await?;
-        crate::recover(&st, &mut guard).await?;
-        let done = work(st.clone()).await;
+        let done = guard
+            .scope()
+            .run(async {
+                crate::recover(&st, &mut guard).await?;
+                work(st.clone()).await
+            })
+            .await;
+        // An unexpected failure (a 500: the runner or the store failed
+        // amid it) may have left the change half-way: the next holder
+        // restores every sandbox. (The others, such as a full disk or a
+        // runner away, are undone by the change itself.)
+        if matches!(&done, Err(e) if e.status == axum::http::StatusCode::INTERNAL_SERVER_ERROR) {
+            guard.keep_open();
+        }
         crate::release(guard).await;
         done
     })

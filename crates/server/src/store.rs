@@ -26,14 +26,16 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend a database URL names; an error names the ones known.
+    /// The backend a database URL names: PostgreSQL only. (SQLite is the
+    /// store without a URL, `sandgate.db` in the data directory, which
+    /// one server locks: a URL would let two servers share the file with
+    /// no lock between them.)
     pub fn of(url: &str) -> Result<Backend, String> {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
             "postgres" | "postgresql" => Ok(Backend::Postgres),
-            "sqlite" => Ok(Backend::Sqlite),
             _ => Err(format!(
-                "the database URL must start with postgres:// (or sqlite://), not {scheme:?}"
+                "the database URL must start with postgres://, not {scheme:?} (without a URL the store is SQLite in the data directory)"
             )),
         }
     }
@@ -500,30 +502,36 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, netwo
 
 impl Store {
     /// Opens the store: the PostgreSQL database at `url`, or without one
-    /// (or with a `sqlite://` one) `sandgate.db` in `dir` (made if
-    /// missing); then runs the migrations of its engine.
+    /// `sandgate.db` in `dir` (made if missing); then runs the migrations
+    /// of its engine.
     pub async fn open(dir: &Path, url: Option<&str>) -> Result<Store, sqlx::Error> {
         sqlx::any::install_default_drivers();
         let backend = match url {
             Some(url) => Backend::of(url).map_err(|e| sqlx::Error::Configuration(e.into()))?,
             None => Backend::Sqlite,
         };
-        let pool = match (backend, url) {
-            (Backend::Postgres, Some(url)) => {
+        let pool = match url {
+            Some(url) => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(std::time::Duration::from_secs(10))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            // The longest a statement waits for a lock (the
+                            // write lock above all): then 503 `store_busy`.
+                            conn.execute(crate::writes::LOCK_WAIT).await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await?;
                 sqlx::migrate!("./migrations/postgres").run(&pool).await?;
                 pool
             }
-            _ => {
+            None => {
                 std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
-                let url = match url {
-                    Some(url) => url.to_string(),
-                    None => format!("sqlite://{}?mode=rwc", dir.join("sandgate.db").display()),
-                };
+                let url = format!("sqlite://{}?mode=rwc", dir.join("sandgate.db").display());
                 let pool = AnyPoolOptions::new()
                     .max_connections(4)
                     .after_connect(|conn, _| {
@@ -564,7 +572,7 @@ impl Store {
         .bind(&org.name)
         .bind(i64::from(org.tier))
         .bind(&org.created_at)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -575,7 +583,7 @@ impl Store {
             "SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?
         .as_ref()
         .map(organization)
@@ -587,7 +595,7 @@ impl Store {
         sqlx::query(&format!(
             "SELECT {ORG_COLUMNS} FROM organizations ORDER BY name"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?
         .iter()
         .map(organization)
@@ -599,7 +607,7 @@ impl Store {
         sqlx::query("UPDATE organizations SET tier = $1 WHERE id = $2")
             .bind(i64::from(tier))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -618,7 +626,7 @@ impl Store {
         sqlx::query("UPDATE organizations SET egress_address = $1 WHERE id = $2")
             .bind(text)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -640,7 +648,7 @@ impl Store {
         .bind(hash)
         .bind(now())
         .bind(scopes_text(scopes))
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -654,7 +662,7 @@ impl Store {
         .bind(now())
         .bind(id)
         .bind(organization_id)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -672,7 +680,7 @@ impl Store {
              WHERE k.hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         match row {
             None => Ok(None),
@@ -715,7 +723,7 @@ impl Store {
         .bind(i64::from(s.approval_hold_seconds))
         .bind(&s.declined_names)
         .bind(s.transfer_quota_mib.map(i64::from))
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -726,7 +734,7 @@ impl Store {
         sqlx::query("UPDATE sandboxes SET declined_names = $1 WHERE id = $2")
             .bind(names)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -736,7 +744,7 @@ impl Store {
         sqlx::query("UPDATE sandboxes SET grants = $1 WHERE id = $2")
             .bind(grants)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(())
     }
@@ -751,7 +759,7 @@ impl Store {
         sqlx::query("UPDATE sandboxes SET state = $1 WHERE id = $2")
             .bind(state.as_str())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         self.tally.set_state(id, state);
         Ok(())
@@ -768,7 +776,7 @@ impl Store {
             .bind(to.as_str())
             .bind(id)
             .bind(from.as_str())
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         let moved = done.rows_affected() == 1;
         if moved {
@@ -801,7 +809,7 @@ impl Store {
         .bind(i64::from(s.approval_hold_seconds))
         .bind(s.transfer_quota_mib.map(i64::from))
         .bind(&s.id)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
     }
@@ -810,7 +818,7 @@ impl Store {
     pub async fn remove_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM sandboxes WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         self.tally.remove(id);
         Ok(())
@@ -828,7 +836,7 @@ impl Store {
         ))
         .bind(organization_id)
         .bind(key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?
         .as_ref()
         .map(sandbox_row)
@@ -840,7 +848,7 @@ impl Store {
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM sandboxes WHERE organization_id = $1")
                 .bind(organization_id)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.conn().await?)
                 .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
@@ -858,18 +866,33 @@ impl Store {
                      ORDER BY created_at, id"
                 ))
                 .bind(org)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
             }
             None => {
                 sqlx::query(&format!(
                     "SELECT {SANDBOX_COLUMNS} FROM sandboxes ORDER BY created_at, id"
                 ))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
             }
         };
         rows.iter().map(sandbox_row).collect()
+    }
+
+    /// The running sandboxes with approvals on (those whose events are
+    /// watched for access requests).
+    pub async fn approving(&self) -> Result<Vec<SandboxRow>, sqlx::Error> {
+        sqlx::query(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes \
+             WHERE network_approvals = 1 AND state = $1 ORDER BY created_at, id"
+        ))
+        .bind(SandboxState::Running.as_str())
+        .fetch_all(&mut *self.conn().await?)
+        .await?
+        .iter()
+        .map(sandbox_row)
+        .collect()
     }
 
     /// Counts `attempt`: the access request for its sandbox and target,
@@ -882,7 +905,8 @@ impl Store {
         id: &str,
         max: usize,
     ) -> Result<Option<AccessRequest>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.conn().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let updated = sqlx::query(&format!(
             "UPDATE access_requests SET attempts = attempts + 1, last_seen_ms = $1, \
              protocol = COALESCE($2, protocol), port = COALESCE($3, port), \
@@ -957,7 +981,7 @@ impl Store {
              ORDER BY first_seen_ms, id"
         ))
         .bind(sandbox_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?
         .iter()
         .map(access_request)
@@ -975,7 +999,7 @@ impl Store {
         ))
         .bind(sandbox_id)
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?
         .as_ref()
         .map(access_request)
@@ -1000,7 +1024,7 @@ impl Store {
         .bind(grant_id)
         .bind(ms(at_ms))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?
         .as_ref()
         .map(access_request)

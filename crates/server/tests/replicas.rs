@@ -205,19 +205,20 @@ fn a_change_a_dead_replica_cut_short_is_finished_by_the_other() {
     let stored = r.double.held(&kept).unwrap().policy;
     // What a replica killed amid two changes leaves: a create it never
     // settled, an update whose wider policy reached the runner but not
-    // the store, and the write journal open.
-    r.pg.psql(
-        "recover",
-        &format!("UPDATE sandboxes SET state = 'creating' WHERE id = '{half}'"),
-    )
-    .unwrap();
+    // the store, and the write journal open. Written as a replica would,
+    // under the write lock (the replicas' advisory lock, "sandgate").
     let mut wider = stored.clone();
     wider.network_allow_list = r.double.held(&half).unwrap().policy.network_allow_list;
     assert_ne!(wider, stored);
     r.double.update(&kept, &wider).unwrap();
     r.pg.psql(
         "recover",
-        "UPDATE write_journal SET open = 1, holder = 'gone:1', since = 'then' WHERE id = 1",
+        &format!(
+            "SELECT pg_advisory_lock(8314047764612871269); \
+             UPDATE sandboxes SET state = 'creating' WHERE id = '{half}'; \
+             UPDATE write_journal SET open = 1, holder = 'gone:1', since = 'then' WHERE id = 1; \
+             SELECT pg_advisory_unlock(8314047764612871269)"
+        ),
     )
     .unwrap();
     // No write comes: the sweep finds it within a few seconds.
@@ -237,11 +238,17 @@ fn a_change_a_dead_replica_cut_short_is_finished_by_the_other() {
         .client(&r.b, &key)
         .call("GET", &format!("/api/sandbox/{kept}"), None);
     assert_eq!((s, row["state"].as_str()), (200, Some("running")));
-    assert_eq!(
-        r.pg.psql("recover", "SELECT open FROM write_journal")
-            .unwrap(),
-        "0"
-    );
+    // The journal is closed as the restore ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r
+        .pg
+        .psql("recover", "SELECT open FROM write_journal")
+        .unwrap()
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "the write journal stays open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The replicas go on serving.
     let (s, _) = r.client(&r.b, &key).call(
         "POST",
@@ -249,4 +256,81 @@ fn a_change_a_dead_replica_cut_short_is_finished_by_the_other() {
         Some(json!({"networkAllowList": "203.0.113.0/28"})),
     );
     assert_eq!(s, 200);
+}
+
+#[test]
+fn each_refused_attempt_is_counted_once_by_one_replica_and_another_takes_over() {
+    let mut r = Replicas::start("approvals");
+    let key = r.admin(&r.a).organization("acme", 3);
+    let (s, made) = r.client(&r.a, &key).call(
+        "POST",
+        "/api/sandbox",
+        Some(json!({"name": "asks", "networkAllowList": "198.51.100.0/28", "networkApprovals": true})),
+    );
+    assert_eq!(s, 201, "{made}");
+    let sb = id(&made);
+    // A change through each replica: each replica's handler asks to
+    // watch the sandbox, and only the lead does.
+    for replica in [&r.b, &r.a] {
+        let (s, v) = r.client(replica, &key).call(
+            "POST",
+            &format!("/api/sandbox/{sb}/network-settings"),
+            Some(json!({"networkAllowList": "198.51.100.0/28", "networkApprovals": true})),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let refused = |n: u64| sandgate_contract::NetworkEvent {
+        time_ms: 1_000 + n,
+        sandbox: sb.clone(),
+        kind: sandgate_contract::EventKind::Dns,
+        protocol: "A".into(),
+        destination: None,
+        port: Some(53),
+        domain: Some("wanted.example".into()),
+        reason: "dns_not_allowed".into(),
+        count: None,
+    };
+    let (ca, cb) = (r.client(&r.a, &key), r.client(&r.b, &key));
+    let attempts = |http: &Http| -> u64 {
+        let (_, v) = http.call("GET", &format!("/api/sandbox/{sb}/network/requests"), None);
+        v["requests"]
+            .as_array()
+            .and_then(|all| all.first())
+            .and_then(|q| q["attempts"].as_u64())
+            .unwrap_or(0)
+    };
+    // One replica leads (within a look of the lead); until then an event
+    // may find no watcher, so they are sent until one is counted.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sent = 0;
+    while attempts(&cb) == 0 {
+        assert!(Instant::now() < deadline, "no replica counted an attempt");
+        sent += 1;
+        r.double.publish(refused(sent));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Both replicas follow the runner's events; only the lead counts.
+    let before = attempts(&ca);
+    for _ in 0..3 {
+        sent += 1;
+        r.double.publish(refused(sent));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attempts(&ca) < before + 3 {
+        assert!(Instant::now() < deadline, "the attempts were not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(attempts(&cb), before + 3, "an attempt counted twice");
+    // Whichever replica led stops (its session ends); the other takes
+    // the lead over and counts on.
+    r.a.stop();
+    let counted = attempts(&cb);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while attempts(&cb) == counted {
+        assert!(Instant::now() < deadline, "no replica took the lead over");
+        sent += 1;
+        r.double.publish(refused(sent));
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
