@@ -141,8 +141,28 @@ impl Link {
             })
     }
 
-    fn unavailable(&self, e: impl std::fmt::Display) -> RunnerError {
-        RunnerError::Unavailable(format!("the runner at {} does not answer: {e}", self.base))
+    fn unavailable(&self, e: ureq::Error) -> RunnerError {
+        // Its certificate refused (another CA's, another name's, or
+        // expired): said so, not as a runner away. rustls's error comes
+        // inside an I/O error from the handshake.
+        let tls = match &e {
+            ureq::Error::Rustls(t) => Some(t.to_string()),
+            ureq::Error::Io(io) => io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map(ToString::to_string),
+            _ => None,
+        };
+        match tls {
+            Some(why) => RunnerError::Unavailable(format!(
+                "the runner at {} is not trusted: {why} (its certificate must be signed by the runners' CA for its address)",
+                self.base
+            )),
+            None => RunnerError::Unavailable(format!(
+                "the runner at {} does not answer: {e}",
+                self.base
+            )),
+        }
     }
 }
 
@@ -168,23 +188,45 @@ impl std::fmt::Debug for RemoteRunner {
 }
 
 impl RemoteRunner {
-    /// Connects to the runner at `base` with `token` (its status is read
-    /// once, so that a wrong address or token is said at once) and starts
-    /// following the deaths it reports.
+    /// Connects to the runner at `base` (`http://` to a loopback address)
+    /// with `token`: see [`RemoteRunner::connect_with`].
     pub fn connect(
         base: &str,
         token: &str,
         policy: PolicyConfig,
     ) -> Result<RemoteRunner, RunnerError> {
-        check_base(base)?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        RemoteRunner::connect_with(base, token, None, policy)
+    }
+
+    /// Connects to the runner at `base` with `token` (its status is read
+    /// once, so that a wrong address, token or certificate is said at
+    /// once) and starts following the deaths it reports. `base` is
+    /// `https://host:port`, whose certificate must be signed by `ca` (the
+    /// PEM of the operator's CA: the only roots it is checked against,
+    /// never the system's), or `http://` to a loopback address, without
+    /// `ca`.
+    pub fn connect_with(
+        base: &str,
+        token: &str,
+        ca: Option<&[u8]>,
+        policy: PolicyConfig,
+    ) -> Result<RemoteRunner, RunnerError> {
+        check_base(base, ca.is_some())?;
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             // Straight to the runner: never through a proxy of the
             // environment, which would see the token and the policies.
             .proxy(None)
-            .timeout_connect(Some(CONNECT))
-            .build()
-            .into();
+            .timeout_connect(Some(CONNECT));
+        if let Some(ca) = ca {
+            config = config.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::Rustls)
+                    .root_certs(ureq::tls::RootCerts::new_with_certs(&roots(ca)?))
+                    .build(),
+            );
+        }
+        let agent: ureq::Agent = config.build().into();
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = RemoteRunner {
             link: Link {
@@ -277,17 +319,30 @@ impl<I: Iterator<Item = std::io::Result<String>>> Events<I> {
     }
 }
 
-/// A runner's URL: `http://` to a loopback address only. A token and
-/// policies do not cross another network in the clear; TLS to runners on
-/// other hosts comes with their registration.
-fn check_base(base: &str) -> Result<(), RunnerError> {
+/// A runner's URL: `https://` with the operator's CA, or `http://` to a
+/// loopback address only (a token and policies do not cross another
+/// network in the clear).
+fn check_base(base: &str, tls: bool) -> Result<(), RunnerError> {
     let refuse = |why: &str| RunnerError::Invalid {
         code: "invalid_request",
         message: format!("runner URL {base:?}: {why}"),
     };
+    if base.starts_with("https://") {
+        return match tls {
+            true => Ok(()),
+            false => Err(refuse(
+                "an https:// runner is checked against the operator's CA: give its certificate (--runner-ca)",
+            )),
+        };
+    }
     let rest = base
         .strip_prefix("http://")
-        .ok_or_else(|| refuse("give http://<loopback address>:<port>"))?;
+        .ok_or_else(|| refuse("give https://<host>:<port> or http://<loopback address>:<port>"))?;
+    if tls {
+        return Err(refuse(
+            "the CA is for an https:// runner; plain HTTP is for a loopback address",
+        ));
+    }
     let authority = rest.split('/').next().unwrap_or_default();
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
@@ -296,9 +351,29 @@ fn check_base(base: &str) -> Result<(), RunnerError> {
     match host.parse::<IpAddr>() {
         Ok(ip) if ip.is_loopback() => Ok(()),
         _ => Err(refuse(
-            "plain HTTP goes to a loopback address only (the runner's token and the policies would cross the network in the clear)",
+            "plain HTTP goes to a loopback address only (the runner's token and the policies would cross the network in the clear): use https:// with the operator's CA",
         )),
     }
+}
+
+/// The certificates of a CA's PEM: at least one.
+fn roots(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, RunnerError> {
+    let refuse = |why: String| RunnerError::Invalid {
+        code: "invalid_request",
+        message: format!("the runners' CA: {why}"),
+    };
+    let mut roots = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => roots.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(refuse(e.to_string())),
+        }
+    }
+    if roots.is_empty() {
+        return Err(refuse("no certificate in it (PEM)".into()));
+    }
+    Ok(roots)
 }
 
 impl Runner for RemoteRunner {
@@ -425,22 +500,27 @@ mod tests {
     use super::check_base;
 
     #[test]
-    fn plain_http_goes_to_loopback_only() {
+    fn plain_http_goes_to_loopback_only_and_https_needs_the_ca() {
         for ok in [
             "http://127.0.0.1:7000",
             "http://[::1]:7000/",
             "http://127.1.2.3:1",
         ] {
-            assert!(check_base(ok).is_ok(), "{ok}");
+            assert!(check_base(ok, false).is_ok(), "{ok}");
         }
-        for bad in [
-            "https://127.0.0.1:7000",
-            "http://192.0.2.1:7000",
-            "http://runner.example:7000",
-            "http://[2001:db8::1]:7000",
-            "127.0.0.1:7000",
+        for ok in ["https://192.0.2.1:7000", "https://runner.example:7000"] {
+            assert!(check_base(ok, true).is_ok(), "{ok}");
+        }
+        for (bad, tls) in [
+            ("https://127.0.0.1:7000", false),
+            ("http://127.0.0.1:7000", true),
+            ("http://192.0.2.1:7000", false),
+            ("http://runner.example:7000", false),
+            ("http://[2001:db8::1]:7000", false),
+            ("127.0.0.1:7000", false),
+            ("ftp://192.0.2.1:7000", true),
         ] {
-            let e = check_base(bad).unwrap_err();
+            let e = check_base(bad, tls).unwrap_err();
             assert_eq!(e.status(), 400, "{bad}");
         }
     }

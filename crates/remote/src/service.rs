@@ -21,6 +21,10 @@
 //! the API's write lock ([`crate::FENCE`]); one older than a generation
 //! already taken is refused, 503 `writer_superseded` (see [`fenced`]). The runner's
 //! blocking calls run on tokio's blocking pool.
+//!
+//! [`serve`] serves the router over TLS with the runner's certificate
+//! ([`tls_config`]; rustls on ring, through axum-server), or in plain
+//! HTTP, which the runner's command allows on a loopback address only.
 
 use crate::{Status, LIVE};
 use axum::extract::{FromRequest, Path, Request, State};
@@ -127,6 +131,66 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
 }
 
 type St = State<Arc<Served>>;
+
+/// How long the requests in flight get to finish once the runner is
+/// told to stop (the API's streams never end by themselves).
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// The runner's TLS: its certificate chain and its key, in PEM. An error
+/// says which part is wrong.
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the runner's certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("the runner's certificate: no certificate in it (PEM)".into());
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("the runner's key: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| format!("the runner's certificate and key: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// Serves `router` on `listener`, over TLS when `tls` is given, until
+/// `shutdown` completes; the requests in flight then get [`DRAIN`].
+pub async fn serve(
+    router: Router,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(Some(DRAIN));
+    });
+    let app = router.into_make_service();
+    match tls {
+        Some(config) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+            axum_server::tls_rustls::from_tcp_rustls(listener, config)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+        None => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+    }
+}
 
 /// An error answer: the contract's error, with its status.
 struct Fault(RunnerError);

@@ -1,7 +1,8 @@
 //! `sandgate runner`: this host's runner (slots, the kernel's rules, the
 //! DNS service, the runtime) alone, served to a `sandgate server
-//! --runner-url` over HTTP on loopback. The runner needs root; the API
-//! then does not.
+//! --runner-url`: over TLS with its certificate (`--tls-cert`,
+//! `--tls-key`) on any address, or in plain HTTP on a loopback address.
+//! The runner needs root; the API then does not.
 
 use crate::config::Config;
 use crate::output::{say, Output};
@@ -15,10 +16,18 @@ use std::sync::Arc;
 /// How to run the runner.
 #[derive(Debug, clap::Args)]
 pub struct RunnerArgs {
-    /// Address the runner listens on: a loopback address (its API reaches
-    /// it over plain HTTP).
+    /// Address the runner listens on: any with `--tls-cert`, a loopback
+    /// address without (its API then reaches it over plain HTTP).
     #[arg(long, env = "SANDGATE_RUNNER_LISTEN", default_value = "127.0.0.1:8181")]
     pub listen: SocketAddr,
+    /// The runner's certificate chain (PEM), signed by the CA its APIs
+    /// are given (`sandgate server --runner-ca`), for the name or address
+    /// they reach it at: the runner then serves over TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of that certificate (PEM; readable by root only).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// The runtime's snapshots and sandboxes, the dataplane's state (in
     /// `<data-dir>/runner`).
     #[arg(long, env = "SANDGATE_DATA_DIR", default_value = "/var/lib/sandgate")]
@@ -41,11 +50,26 @@ pub fn run(args: RunnerArgs, config: &Config, out: &Output) -> ExitCode {
         eprintln!("sandgate runner: {what}: {e}");
         ExitCode::FAILURE
     };
-    if !args.listen.ip().is_loopback() {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+            };
+            match read(cert)
+                .and_then(|c| Ok((c, read(key)?)))
+                .and_then(|(c, k)| sandgate_remote::service::tls_config(&c, &k))
+            {
+                Ok(tls) => Some(tls),
+                Err(e) => return failed("configuration", &e),
+            }
+        }
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() {
         return failed(
             "configuration",
             &format!(
-                "--listen {}: a runner listens on a loopback address only (its token and the policies would cross the network in the clear)",
+                "--listen {}: without --tls-cert a runner listens on a loopback address only (its token and the policies would cross the network in the clear)",
                 args.listen
             ),
         );
@@ -78,27 +102,17 @@ pub fn run(args: RunnerArgs, config: &Config, out: &Output) -> ExitCode {
     let result = rt.block_on(async {
         let router = sandgate_remote::service::router(served, &token)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let listener = std::net::TcpListener::bind(args.listen)?;
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         if out.json {
-            out.print_json(&serde_json::json!({ "listening": addr.to_string() }));
+            out.print_json(
+                &serde_json::json!({ "listening": addr.to_string(), "tls": tls.is_some() }),
+            );
         } else {
-            say!("sandgate runner listening on http://{addr}");
+            say!("sandgate runner listening on {scheme}://{addr}");
         }
-        // The API's streams (events, deaths) never end by themselves: after
-        // the signal, the requests in flight get 5 s to finish.
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
-            shutdown().await;
-            stop.send_replace(true);
-        });
-        tokio::select! {
-            served = serving => served,
-            _ = async {
-                let _ = stopped.wait_for(|s| *s).await;
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            } => Ok(()),
-        }
+        sandgate_remote::service::serve(router, listener, tls, shutdown()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,14 +35,19 @@ pub struct ServerArgs {
     /// user could read it). At least 16 characters.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
-    /// Drive the `sandgate runner` at this URL (`http://` to a loopback
-    /// address) instead of a runner in this process: the API then needs
-    /// no privilege. The runner's flags below are then the runner's.
+    /// Drive the `sandgate runner` at this URL (`https://` with
+    /// `--runner-ca`, or `http://` to a loopback address) instead of a
+    /// runner in this process: the API then needs no privilege. The
+    /// runner's flags below are then the runner's.
     #[arg(long, value_name = "URL", requires = "runner_token_file")]
     pub runner_url: Option<String>,
     /// The file holding that runner's token.
     #[arg(long, value_name = "FILE", requires = "runner_url")]
     pub runner_token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the runners' certificates: the only roots
+    /// an `https://` runner is checked against.
+    #[arg(long, value_name = "FILE", requires = "runner_url")]
+    pub runner_ca: Option<PathBuf>,
     /// This host's runner.
     #[command(flatten)]
     pub host: HostArgs,
@@ -240,7 +245,16 @@ pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return failed("configuration", &e),
             };
-            match sandgate_remote::RemoteRunner::connect(url, &token, cfg.policy.clone()) {
+            let ca = match args.runner_ca.as_ref().map(std::fs::read).transpose() {
+                Ok(ca) => ca,
+                Err(e) => return failed("configuration", &format!("--runner-ca: {e}")),
+            };
+            match sandgate_remote::RemoteRunner::connect_with(
+                url,
+                &token,
+                ca.as_deref(),
+                cfg.policy.clone(),
+            ) {
                 Ok(r) => Some(std::sync::Arc::new(r)),
                 Err(e) => return failed("the runner", &e),
             }

@@ -672,8 +672,36 @@ fn start_replica(
     if let Some(url) = database {
         cmd.env("SANDGATE_DATABASE_URL", url);
     }
+    // A runner over TLS: its CA, beside the token ([`runner_tls`]).
+    if runner_url.starts_with("https://") {
+        cmd.arg("--runner-ca")
+            .arg(token_file.with_file_name(RUNNERS_CA));
+    }
     let (child, url) = spawn_listening(&mut cmd);
     ServerProcess { child, url }
+}
+
+/// The file of the runners' CA, in a test's directory.
+const RUNNERS_CA: &str = "runners-ca.pem";
+
+/// The runner's TLS flags for a test's directory `dir`: a CA of the
+/// test's own ([`RUNNERS_CA`]) and a certificate it signed for the
+/// runner's loopback address, made once.
+fn runner_tls(dir: &std::path::Path) -> Vec<String> {
+    let (cert, key) = (dir.join("runner.crt"), dir.join("runner.key"));
+    if !cert.exists() {
+        let ca = sandgate_testkit::tls::Ca::new("sandgate runners CA (tests)");
+        let (c, k) = ca.issue(&["127.0.0.1"]);
+        std::fs::write(dir.join(RUNNERS_CA), ca.pem()).unwrap();
+        std::fs::write(&cert, c).unwrap();
+        std::fs::write(&key, k).unwrap();
+    }
+    vec![
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+    ]
 }
 
 #[test]
@@ -683,7 +711,7 @@ fn two_api_replicas_on_postgresql_drive_one_runner_and_either_survives_the_other
     let database = pg.database("split").unwrap();
     // Dropped in turn: replica b, the runner, replica a and the files,
     // PostgreSQL, then the lab.
-    let (mut guard, runner, token_file, runner_url) = split(&lab, "replicas", &[]);
+    let (mut guard, runner, token_file, runner_url) = split(&lab, "replicas", &[], false);
     let dir = guard.dir.clone();
     // Replica a replaces the split's API, on the database.
     if let Some(mut api) = guard.server.take() {
@@ -848,14 +876,20 @@ fn split(
     lab: &Lab,
     test: &str,
     extra: &[&str],
+    tls: bool,
 ) -> (Cleanup, KillOnDrop, std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(format!("sandgate-{test}-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("runner.token");
     std::fs::write(&token_file, format!("a-runner-token-for-the-{test}-test\n")).unwrap();
+    let mut flags: Vec<String> = extra.iter().map(ToString::to_string).collect();
+    if tls {
+        flags.extend(runner_tls(&dir));
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut guard = Cleanup { dir, server: None };
-    let (runner, runner_url) = start_runner(lab, &guard.dir, &token_file, extra);
+    let (runner, runner_url) = start_runner(lab, &guard.dir, &token_file, &flags);
     guard.server = Some(start_api(&guard.dir, &runner_url, &token_file));
     (guard, KillOnDrop(runner), token_file, runner_url)
 }
@@ -865,11 +899,13 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     let lab = Lab::up().unwrap();
     // Dropped in turn: the runner's process, then the API's and the
     // runtime's files (the guard), then the lab.
-    let (mut guard, mut runner, token_file, runner_url) = split(&lab, "split", &[]);
+    // Over TLS, with a CA of the test's own.
+    let (mut guard, mut runner, token_file, runner_url) = split(&lab, "split", &[], true);
     let dir = guard.dir.clone();
+    assert!(runner_url.starts_with("https://"), "{runner_url}");
 
-    // A runner listens on loopback only, and an API with another token is
-    // turned away at its start.
+    // A runner without TLS listens on loopback only; an API with another
+    // token, or that trusts another CA, is turned away at its start.
     let wide = Command::new(env!("CARGO_BIN_EXE_sandgate"))
         .args(["runner", "--listen", "0.0.0.0:0", "--token-file"])
         .arg(&token_file)
@@ -883,19 +919,29 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     );
     let other = dir.join("other.token");
     std::fs::write(&other, "not-the-runners-token-at-all").unwrap();
-    let refused = Command::new(env!("CARGO_BIN_EXE_sandgate"))
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("elsewhere"))
-        .args(["--runner-url", &runner_url, "--runner-token-file"])
-        .arg(&other)
-        .env_remove("SANDGATE_CONFIG")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && said.contains("token"),
-        "{said}"
-    );
+    let other_ca = dir.join("other-ca.pem");
+    std::fs::write(
+        &other_ca,
+        sandgate_testkit::tls::Ca::new("another CA").pem(),
+    )
+    .unwrap();
+    for (token, ca, why) in [
+        (&other, dir.join(RUNNERS_CA), "token"),
+        (&token_file, other_ca, "not trusted"),
+    ] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.join("elsewhere"))
+            .args(["--runner-url", &runner_url, "--runner-token-file"])
+            .arg(token)
+            .arg("--runner-ca")
+            .arg(ca)
+            .env_remove("SANDGATE_CONFIG")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && said.contains(why), "{said}");
+    }
 
     let url = guard.server.as_ref().unwrap().url.clone();
     let (_, key) = organization(&url, TOKEN, "acme", 3);
@@ -935,7 +981,9 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     )
     .unwrap();
     assert!(runner.0.wait().unwrap().success());
-    let (again, again_url) = start_runner(&lab, &dir, &token_file, &[]);
+    let tls = runner_tls(&dir);
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let (again, again_url) = start_runner(&lab, &dir, &token_file, &tls);
     runner.0 = again;
     let mut api = guard.server.take().unwrap();
     api.child.kill().unwrap();
@@ -1001,7 +1049,7 @@ fn a_runner_killed_takes_its_gateway_connections_with_it_and_widens_nothing() {
     let lab = Lab::up().unwrap();
     let ports = format!("80,443,{TCP_STREAM}");
     let flags = ["--name-checked-ports", ports.as_str()];
-    let (mut guard, mut runner, token_file, _) = split(&lab, "gwkill", &flags);
+    let (mut guard, mut runner, token_file, _) = split(&lab, "gwkill", &flags, false);
     let dir = guard.dir.clone();
     let url = guard.server.as_ref().unwrap().url.clone();
     let (_, key) = organization(&url, TOKEN, "gw", 3);

@@ -10,6 +10,7 @@
 
 pub mod double;
 pub mod postgres;
+pub mod tls;
 
 use sandgate_dns::Upstream;
 use sandgate_lab::addrs::{DNS4, DNS6};
