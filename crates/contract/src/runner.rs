@@ -41,6 +41,15 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
         let _ = generation;
     }
 
+    /// An id of the runner's process, new at each of its starts, read
+    /// within a few seconds; `None` for the runner in the API's own
+    /// process, which starts with it. An API that sees it change (the
+    /// runner restarted alone, and serves nothing until it is told what
+    /// to) restores the runner's sandboxes.
+    fn instance(&self) -> Result<Option<String>, RunnerError> {
+        Ok(None)
+    }
+
     /// The snapshots sandboxes can start from.
     fn snapshots(&self) -> Result<Vec<String>, RunnerError>;
 

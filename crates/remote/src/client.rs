@@ -21,6 +21,8 @@ use tokio::sync::{broadcast, mpsc};
 const CONNECT: Duration = Duration::from_secs(5);
 /// How long a call may take in all (an exec: its own timeout more).
 const CALL: Duration = Duration::from_secs(120);
+/// How long a look at the runner's instance may take.
+const LOOK: Duration = Duration::from_secs(5);
 /// How long a stream may stay silent: three keep-alives missed means the
 /// runner went away without closing it.
 const SILENCE: Duration = Duration::from_secs(3 * KEEP_ALIVE.as_secs());
@@ -488,6 +490,11 @@ impl Runner for RemoteRunner {
 
     fn healthy(&self) -> bool {
         self.status().is_ok_and(|s| s.healthy)
+    }
+
+    fn instance(&self) -> Result<Option<String>, RunnerError> {
+        let status: Status = self.link.call("GET", "status", None::<&()>, LOOK)?;
+        Ok(Some(status.instance))
     }
 
     fn counts(&self) -> Counts {

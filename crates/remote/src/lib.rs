@@ -34,6 +34,10 @@ pub struct Status {
     pub host_addresses: Vec<std::net::IpAddr>,
     /// What it has counted.
     pub counts: sandgate_contract::Counts,
+    /// Its process's id, new at each start (see
+    /// [`sandgate_contract::Runner::instance`]).
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// The header that carries the write lock's generation of an API's

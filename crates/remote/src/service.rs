@@ -63,6 +63,8 @@ struct Served {
     /// The newest generation of the API's write lock a change came with;
     /// held for the length of each change (see [`fenced`]).
     fence: Arc<tokio::sync::Mutex<u64>>,
+    /// This serving's id (see [`crate::Status::instance`]).
+    instance: String,
 }
 
 /// The router serving `runner` to the holder of `token` (at least
@@ -86,6 +88,14 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
         deaths: died_tx,
         dead: Mutex::new(VecDeque::new()),
         fence: Arc::new(tokio::sync::Mutex::new(0)),
+        instance: format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ),
     });
     if let Some(mut died) = runner.take_deaths() {
         let served = served.clone();
@@ -308,12 +318,14 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn status(State(st): St) -> Result<Json<Status>, Fault> {
-    blocking(&st, |r| {
+    let instance = st.instance.clone();
+    blocking(&st, move |r| {
         let policy = r.live_policy();
         Ok(Status {
             healthy: r.healthy(),
             host_addresses: policy.ranges().host_addresses().collect(),
             counts: r.counts(),
+            instance,
         })
     })
     .await

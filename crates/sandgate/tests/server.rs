@@ -628,9 +628,17 @@ fn start_runner(
     token_file: &std::path::Path,
     extra: &[&str],
 ) -> (std::process::Child, String) {
+    // A free loopback port, unless `extra` names where.
+    let listen = if extra.contains(&"--listen") {
+        &[][..]
+    } else {
+        &["--listen", "127.0.0.1:0"][..]
+    };
     spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_sandgate"))
-            .args(["runner", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("runner")
+            .args(listen)
+            .arg("--data-dir")
             .arg(dir)
             .arg("--token-file")
             .arg(token_file)
@@ -974,17 +982,31 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     assert!(!echoes(&url, &key, "split", SERVER4_B));
 
     // The runner stops on SIGTERM (the API's streams open), within its
-    // grace, and comes back on the same files: the sandbox runs on.
+    // grace, and comes back alone on the same files: the API that ran on
+    // sees it restarted and gives it its sandboxes back, which run on.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(runner.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     assert!(runner.0.wait().unwrap().success());
-    let tls = runner_tls(&dir);
-    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
-    let (again, again_url) = start_runner(&lab, &dir, &token_file, &tls);
+    // On the same address, as a service manager restarts it.
+    let mut flags = runner_tls(&dir);
+    flags.extend(["--listen".into(), runner_url.replace("https://", "")]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (again, again_url) = start_runner(&lab, &dir, &token_file, &flags);
     runner.0 = again;
+    assert_eq!(again_url, runner_url, "the runner came back elsewhere");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !echoes(&url, &key, "split", SERVER4) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API did not give the restarted runner its sandbox back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(!echoes(&url, &key, "split", SERVER4_B));
+    // And an API that restarts too finds it so.
     let mut api = guard.server.take().unwrap();
     api.child.kill().unwrap();
     api.child.wait().unwrap();

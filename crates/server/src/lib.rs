@@ -375,7 +375,15 @@ impl Server {
             _lock: lock,
         });
         // Under the write lock: on a store that replicas share, a change
-        // another replica has in flight is not one cut short.
+        // another replica has in flight is not one cut short. The
+        // runner's instance is read first: a restart of the runner after
+        // it is one the follower sees.
+        let instance = {
+            let runner = state.runner.clone();
+            tokio::task::spawn_blocking(move || runner.instance())
+                .await
+                .map_err(|e| StartError::Runner(io::Error::other(e)))?
+        };
         let report = {
             let mut guard = writing(&state).await?;
             let report = guard.scope().run(restore(&state)).await?;
@@ -396,6 +404,17 @@ impl Server {
         }
         if state.store.backend() == store::Backend::Postgres {
             tokio::spawn(sweep(Arc::downgrade(&state)));
+        }
+        match instance {
+            Ok(None) => {}
+            Ok(Some(seen)) => {
+                tokio::spawn(follow_runner(Arc::downgrade(&state), seen));
+            }
+            // Not read, yet restored: the first look restores again
+            // (on a live runner, a reconcile).
+            Err(_) => {
+                tokio::spawn(follow_runner(Arc::downgrade(&state), String::new()));
+            }
         }
         Ok((
             Server {
@@ -514,6 +533,13 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
     for id in &report.died {
         st.store.set_state(id, SandboxState::Died).await?;
     }
+    tracing::info!(
+        running = report.running.len(),
+        died = report.died.len(),
+        lost = report.lost.len(),
+        removed = report.removed.len(),
+        "restored the sandboxes from the store"
+    );
     Ok(report)
 }
 
@@ -544,13 +570,7 @@ pub(crate) async fn recover(
         return Ok(());
     };
     tracing::warn!(holder = %left, "a change was cut short; restoring every sandbox from the store");
-    let report = restore(st).await?;
-    tracing::info!(
-        running = report.running.len(),
-        lost = report.lost.len(),
-        died = report.died.len(),
-        "restored after a change cut short"
-    );
+    restore(st).await?;
     guard.recovered();
     Ok(())
 }
@@ -585,6 +605,57 @@ async fn sweep(state: std::sync::Weak<AppState>) {
             Ok(()) => release(guard).await,
             Err(e) => tracing::error!(error = %e, "finishing a change cut short; trying again"),
         }
+    }
+}
+
+/// A runner apart from the API that restarted alone serves nothing until
+/// it is told what to: every [`writes::SWEEP`] its instance is read, and
+/// when it changed, its sandboxes are restored from the store under the
+/// write lock (as at a start), until the server is gone. Until then, a
+/// call about one of its sandboxes may be answered 404 by it.
+async fn follow_runner(state: std::sync::Weak<AppState>, mut seen: String) {
+    loop {
+        tokio::time::sleep(writes::SWEEP).await;
+        let Some(st) = state.upgrade() else { return };
+        if *st.stopping.borrow() {
+            return;
+        }
+        let runner = st.runner.clone();
+        let now = match tokio::task::spawn_blocking(move || runner.instance()).await {
+            Ok(Ok(Some(now))) => now,
+            Ok(Ok(None)) => return,
+            // Away: looked at again (its calls say `runner_unavailable`).
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "looking at the runner");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "looking at the runner");
+                continue;
+            }
+        };
+        if now == seen {
+            continue;
+        }
+        tracing::warn!(was = %seen, now = %now, "the runner restarted; restoring its sandboxes");
+        let mut guard = match writing(&st).await {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::warn!(error = %e, "taking the write lock to restore a runner that restarted");
+                continue;
+            }
+        };
+        match guard.scope().run(restore(&st)).await {
+            Ok(_) => {
+                // A change cut short before is finished with it.
+                guard.recovered();
+                seen = now;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "restoring the sandboxes of a runner that restarted; trying again")
+            }
+        }
+        release(guard).await;
     }
 }
 
