@@ -311,9 +311,20 @@ fn paced(rig: &Rig, index: u32) -> bool {
         .is_some()
 }
 
+/// Whether `measured` (payload, Mbit/s) is what a budget of `budget`
+/// gives: never more than it (10% for the pacer's burst and the
+/// measure's edges), and not far under: the budget counts the wire's
+/// bytes (payload is about 4.5% less), and a host of two cores loaded
+/// by the rest of the suite stretches the sender and the sink (19.3 of
+/// 20 alone; 18.0 seen under load). Unpaced, the same flow sends
+/// hundreds of times more.
+fn within(measured: f64, budget: f64) -> bool {
+    measured <= budget * 1.1 && measured >= budget * 0.75
+}
+
 #[test]
 fn an_egress_budget_paces_what_its_slot_sends_and_no_other() {
-    use sandgate_lab::bench::upload_mbit;
+    use sandgate_lab::bench::{upload_mbit, upload_mbit_at_most};
     let mut rig = Rig::new();
     let free_policy = rig.resolve(3, open());
     let budget = |mbps: u32| {
@@ -325,13 +336,16 @@ fn an_egress_budget_paces_what_its_slot_sends_and_no_other() {
     let (b, b_ns) = rig.sandbox("free", &free_policy);
     assert!(paced(&rig, a.index) && !paced(&rig, b.index));
     let time = Duration::from_secs(2);
-    // Both at once, each to a server of its own.
-    let other = thread::spawn(move || upload_mbit(&b_ns, SERVER4_B, time).unwrap());
+    // Both at once, each to a server of its own; the one without a
+    // budget kept by its sender to 200 Mbit/s (far over the budget, far
+    // under what would take both cores from the paced one's sender and
+    // sink: unbounded, it once starved it to 16 Mbit/s under CI's load).
+    let other = thread::spawn(move || upload_mbit_at_most(&b_ns, SERVER4_B, time, 200.0).unwrap());
     let limited = upload_mbit(&a_ns, SERVER4, time).unwrap();
     let free = other.join().unwrap();
     println!("20 Mbit/s budget: {limited:.1} Mbit/s; beside it, no budget: {free:.1} Mbit/s");
     assert!(
-        (limited - 20.0).abs() <= 2.0,
+        within(limited, 20.0),
         "{limited:.2} Mbit/s under a budget of 20"
     );
     assert!(
@@ -363,7 +377,7 @@ fn an_egress_budget_paces_what_its_slot_sends_and_no_other() {
     rig.dp = Some(dp);
     let fifty = upload_mbit(&a_ns, SERVER6, time).unwrap();
     assert!(
-        (fifty - 50.0).abs() <= 5.0,
+        within(fifty, 50.0),
         "{fifty:.2} Mbit/s under a budget of 50"
     );
     rig.dp().update(a.index, &free_policy).unwrap();

@@ -90,6 +90,18 @@ pub fn upload_mbit(
     dest: std::net::IpAddr,
     time: Duration,
 ) -> std::io::Result<f64> {
+    upload_mbit_at_most(ns, dest, time, f64::INFINITY)
+}
+
+/// [`upload_mbit`], the sender keeping itself at or under `cap` megabits
+/// a second: a neighbour that must not take the host's every cycle from
+/// the flow a test measures beside it (two cores).
+pub fn upload_mbit_at_most(
+    ns: &sandgate_netns::Netns,
+    dest: std::net::IpAddr,
+    time: Duration,
+    cap: f64,
+) -> std::io::Result<f64> {
     use std::io::{Read, Write};
     assert!(
         crate::addrs::is_lab_address(dest),
@@ -101,8 +113,15 @@ pub fn upload_mbit(
         conn.set_write_timeout(Some(Duration::from_secs(5)))?;
         let chunk = vec![b's'; 64 * 1024];
         let start = std::time::Instant::now();
+        let mut sent = 0f64;
         while start.elapsed() < time {
             conn.write_all(&chunk)?;
+            sent += chunk.len() as f64;
+            // Ahead of the cap: wait until the bytes sent are its due.
+            let due = Duration::from_secs_f64((sent * 8.0 / (cap * 1e6)).min(3600.0));
+            if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(ahead);
+            }
         }
         conn.shutdown(std::net::Shutdown::Write)?;
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
