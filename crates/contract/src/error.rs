@@ -31,6 +31,10 @@ pub enum RunnerError {
     /// The runner cannot be reached (another host that does not answer):
     /// 503 `runner_unavailable`.
     Unavailable(String),
+    /// The runner has started again and serves no sandbox until its API
+    /// has told it which to keep ([`crate::Runner::restore`]): 503
+    /// `runner_restoring`, for the few seconds that takes.
+    Restoring(String),
     /// The change came from an API replica that no longer holds the
     /// write lock (another has taken it since: this one lost its database
     /// session): refused whole, 503 `writer_superseded`. The replica's
@@ -50,9 +54,10 @@ impl RunnerError {
             RunnerError::Conflict(_) => 409,
             RunnerError::Invalid { .. } => 400,
             RunnerError::Unprocessable(_) => 422,
-            RunnerError::Capacity(_) | RunnerError::Unavailable(_) | RunnerError::Superseded(_) => {
-                503
-            }
+            RunnerError::Capacity(_)
+            | RunnerError::Unavailable(_)
+            | RunnerError::Restoring(_)
+            | RunnerError::Superseded(_) => 503,
             RunnerError::StorageFull(_) => 507,
             RunnerError::Host(_) => 500,
         }
@@ -68,6 +73,7 @@ impl RunnerError {
             RunnerError::Capacity(_) => "capacity_exhausted",
             RunnerError::StorageFull(_) => "storage_full",
             RunnerError::Unavailable(_) => "runner_unavailable",
+            RunnerError::Restoring(_) => "runner_restoring",
             RunnerError::Superseded(_) => "writer_superseded",
             RunnerError::Host(_) => "internal",
         }
@@ -84,6 +90,7 @@ impl RunnerError {
             | RunnerError::Capacity(m)
             | RunnerError::StorageFull(m)
             | RunnerError::Unavailable(m)
+            | RunnerError::Restoring(m)
             | RunnerError::Superseded(m)
             | RunnerError::Host(m) => m,
         }
@@ -92,6 +99,16 @@ impl RunnerError {
     /// Whether the host is at fault (the answer is a 5xx).
     pub fn is_host_fault(&self) -> bool {
         self.status() >= 500
+    }
+
+    /// Whether the runner is out of reach for now (away, or restarting):
+    /// it keeps what it was last told (or, restarting, serves nothing)
+    /// until its API reaches it again and restores it.
+    pub fn is_out_of_reach(&self) -> bool {
+        matches!(
+            self,
+            RunnerError::Unavailable(_) | RunnerError::Restoring(_)
+        )
     }
 
     /// A fault of the host, with its cause.
@@ -148,6 +165,7 @@ impl<'de> serde::Deserialize<'de> for RunnerError {
             },
             422 => RunnerError::Unprocessable(message),
             503 if code == "runner_unavailable" => RunnerError::Unavailable(message),
+            503 if code == "runner_restoring" => RunnerError::Restoring(message),
             503 if code == "writer_superseded" => RunnerError::Superseded(message),
             503 => RunnerError::Capacity(message),
             507 => RunnerError::StorageFull(message),

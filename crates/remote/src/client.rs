@@ -26,6 +26,9 @@ const LOOK: Duration = Duration::from_secs(5);
 /// How long a stream may stay silent: three keep-alives missed means the
 /// runner went away without closing it.
 const SILENCE: Duration = Duration::from_secs(3 * KEEP_ALIVE.as_secs());
+/// How long an idle connection to the runner is kept for the next call:
+/// a third of the runner's wait for a request head.
+const IDLE: Duration = Duration::from_secs(crate::service::HEAD_WAIT.as_secs() / 3);
 /// How long a reconnection of the deaths' stream waits after a failure.
 const RETRY: Duration = Duration::from_secs(1);
 /// Events a subscriber may have waiting (as the runner's own hub).
@@ -144,25 +147,35 @@ impl Link {
     }
 
     fn unavailable(&self, e: ureq::Error) -> RunnerError {
-        // Its certificate refused (another CA's, another name's, or
-        // expired): said so, not as a runner away. rustls's error comes
-        // inside an I/O error from the handshake.
+        // rustls's error comes alone or inside an I/O error from the
+        // handshake. A certificate refused (another CA's, another
+        // name's, expired) is said as such, not as a runner away; a
+        // handshake that reads no TLS at all is a runner serving plain
+        // HTTP.
         let tls = match &e {
-            ureq::Error::Rustls(t) => Some(t.to_string()),
+            ureq::Error::Rustls(t) => Some(t),
             ureq::Error::Io(io) => io
                 .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .map(ToString::to_string),
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
             _ => None,
         };
+        let base = &self.base;
         match tls {
+            Some(
+                why @ (rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::UnsupportedNameType),
+            ) => RunnerError::Unavailable(format!(
+                "the runner at {base} is not trusted: {why} (its certificate must be signed by the runners' CA for its address)"
+            )),
+            Some(why @ rustls::Error::InvalidMessage(_)) => RunnerError::Unavailable(format!(
+                "the runner at {base} does not speak TLS ({why}): was it started without --tls-cert?"
+            )),
             Some(why) => RunnerError::Unavailable(format!(
-                "the runner at {} is not trusted: {why} (its certificate must be signed by the runners' CA for its address)",
-                self.base
+                "the runner at {base}: the TLS handshake failed: {why}"
             )),
             None => RunnerError::Unavailable(format!(
-                "the runner at {} does not answer: {e}",
-                self.base
+                "the runner at {base} does not answer: {e}"
             )),
         }
     }
@@ -219,11 +232,20 @@ impl RemoteRunner {
             // Straight to the runner: never through a proxy of the
             // environment, which would see the token and the policies.
             .proxy(None)
+            // A runner never redirects: a redirect would carry the token
+            // elsewhere.
+            .max_redirects(0)
+            // Idle connections are dropped well before the runner lets
+            // them go (its wait for a request head), never reused closed.
+            .max_idle_age(IDLE)
             .timeout_connect(Some(CONNECT));
         if let Some(ca) = ca {
             config = config.tls_config(
                 ureq::tls::TlsConfig::builder()
                     .provider(ureq::tls::TlsProvider::Rustls)
+                    .unversioned_rustls_crypto_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
                     .root_certs(ureq::tls::RootCerts::new_with_certs(&roots(ca)?))
                     .build(),
             );
@@ -329,32 +351,42 @@ fn check_base(base: &str, tls: bool) -> Result<(), RunnerError> {
         code: "invalid_request",
         message: format!("runner URL {base:?}: {why}"),
     };
-    if base.starts_with("https://") {
-        return match tls {
-            true => Ok(()),
-            false => Err(refuse(
-                "an https:// runner is checked against the operator's CA: give its certificate (--runner-ca)",
-            )),
-        };
+    let shape = "give https://<host>:<port> or http://<loopback address>:<port>";
+    // Parsed as HTTP parses it, so that the host checked is the host
+    // connected to: no user part (`http://[::1]@runner.example`), no
+    // query, no fragment, no path.
+    if base.contains(['@', '?', '#']) {
+        return Err(refuse(shape));
     }
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| refuse("give https://<host>:<port> or http://<loopback address>:<port>"))?;
-    if tls {
-        return Err(refuse(
-            "the CA is for an https:// runner; plain HTTP is for a loopback address",
-        ));
-    }
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    let uri: ureq::http::Uri = base.parse().map_err(|_| refuse(shape))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(refuse(shape));
     };
-    match host.parse::<IpAddr>() {
-        Ok(ip) if ip.is_loopback() => Ok(()),
-        _ => Err(refuse(
-            "plain HTTP goes to a loopback address only (the runner's token and the policies would cross the network in the clear): use https:// with the operator's CA",
+    if !matches!(uri.path(), "" | "/") {
+        return Err(refuse(shape));
+    }
+    match (scheme, tls) {
+        ("https", true) => Ok(()),
+        ("https", false) => Err(refuse(
+            "an https:// runner is checked against the operator's CA: give its certificate (--runner-ca)",
         )),
+        ("http", true) => Err(refuse(
+            "the CA is for an https:// runner; plain HTTP is for a loopback address",
+        )),
+        ("http", false) => {
+            let host = authority.host();
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            match host.parse::<IpAddr>() {
+                Ok(ip) if ip.is_loopback() => Ok(()),
+                _ => Err(refuse(
+                    "plain HTTP goes to a loopback address only (the runner's token and the policies would cross the network in the clear): use https:// with the operator's CA",
+                )),
+            }
+        }
+        _ => Err(refuse(shape)),
     }
 }
 
@@ -524,6 +556,15 @@ mod tests {
             ("http://192.0.2.1:7000", false),
             ("http://runner.example:7000", false),
             ("http://[2001:db8::1]:7000", false),
+            ("http://[::1]@runner.example:7000", false),
+            ("http://127.0.0.1@192.0.2.1:7000", false),
+            ("http://user:pw@127.0.0.1:7000", false),
+            ("http://127.0.0.1:7000/v1?x=1", false),
+            ("http://127.0.0.1:7000#frag", false),
+            ("http://127.0.0.1:7000/prefix", false),
+            ("http://127.0.0.1.runner.example:7000", false),
+            ("http://[::1", false),
+            ("http://", false),
             ("127.0.0.1:7000", false),
             ("ftp://192.0.2.1:7000", true),
         ] {

@@ -15,6 +15,10 @@
 //! | `POST /v1/restore` | `[Expected]` | `RestoreReport` |
 //! | `GET /v1/deaths` | | events: ids of sandboxes whose init died (those since the start first) |
 //!
+//! Until its first restore the runner answers every call about a sandbox
+//! (those of the table from `POST /v1/sandboxes` to `.../events`) 503
+//! `runner_restoring` (see [`restored_first`]).
+//!
 //! Every request needs the runner's token (`Authorization: Bearer`); the
 //! token is kept as its SHA-256 digest and compared as such. The changes
 //! (create, policy, block, stop, delete, restore) carry the generation of
@@ -65,6 +69,10 @@ struct Served {
     fence: Arc<tokio::sync::Mutex<u64>>,
     /// This serving's id (see [`crate::Status::instance`]).
     instance: String,
+    /// Whether the API has restored the runner since it started: until
+    /// then a call about a sandbox is answered 503 `runner_restoring`
+    /// (see [`restored_first`]).
+    restored: std::sync::atomic::AtomicBool,
 }
 
 /// The router serving `runner` to the holder of `token` (at least
@@ -96,6 +104,7 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
                 .map(|d| d.as_nanos())
                 .unwrap_or_default()
         ),
+        restored: std::sync::atomic::AtomicBool::new(false),
     });
     if let Some(mut died) = runner.take_deaths() {
         let served = served.clone();
@@ -114,24 +123,33 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
             }
         });
     }
-    // The changes, each checked against the write lock's generation.
-    let changes = Router::new()
+    // The calls about sandboxes, once the API has restored the runner;
+    // the changes among them (and the restore), each checked against the
+    // write lock's generation.
+    let sandboxes = Router::new()
         .route("/v1/sandboxes", post(create))
         .route("/v1/sandboxes/{id}", axum::routing::delete(delete))
         .route("/v1/sandboxes/{id}/policy", put(update))
         .route("/v1/sandboxes/{id}/block", post(block))
         .route("/v1/sandboxes/{id}/stop", post(stop))
-        .route("/v1/restore", post(restore))
-        .route_layer(axum::middleware::from_fn_with_state(served.clone(), fenced));
-    Ok(Router::new()
-        .merge(changes)
-        .route("/v1/status", get(status))
-        .route("/v1/snapshots", get(snapshots))
+        .route_layer(axum::middleware::from_fn_with_state(served.clone(), fenced))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/probe", post(probe))
         .route("/v1/sandboxes/{id}/addresses", get(addresses))
         .route("/v1/sandboxes/{id}/transfer", get(transfer))
         .route("/v1/sandboxes/{id}/events", get(events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            served.clone(),
+            restored_first,
+        ));
+    let restores = Router::new()
+        .route("/v1/restore", post(restore))
+        .route_layer(axum::middleware::from_fn_with_state(served.clone(), fenced));
+    Ok(Router::new()
+        .merge(sandboxes)
+        .merge(restores)
+        .route("/v1/status", get(status))
+        .route("/v1/snapshots", get(snapshots))
         .route("/v1/deaths", get(deaths))
         .layer(axum::middleware::from_fn_with_state(
             served.clone(),
@@ -185,22 +203,32 @@ pub async fn serve(
         stopping.graceful_shutdown(Some(DRAIN));
     });
     let app = router.into_make_service();
+    // A peer that connects and says nothing, or sends its request head a
+    // byte at a time, is let go after [`HEAD_WAIT`] (hyper starts the
+    // wait for each request head, an idle kept-alive connection's too:
+    // the client's pool drops its idle connections sooner). The TLS
+    // handshake has axum-server's own bound (10 s).
     match tls {
         Some(config) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            axum_server::tls_rustls::from_tcp_rustls(listener, config)?
-                .handle(handle)
-                .serve(app)
-                .await
+            let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, config)?
+                .first_request_timeout(HEAD_WAIT);
+            server.http_builder().http1().header_read_timeout(HEAD_WAIT);
+            server.handle(handle).serve(app).await
         }
         None => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(app)
-                .await
+            let mut server = axum_server::from_tcp(listener)?.first_request_timeout(HEAD_WAIT);
+            server.http_builder().http1().header_read_timeout(HEAD_WAIT);
+            server.handle(handle).serve(app).await
         }
     }
 }
+
+/// How long a connection may take to send a whole request head (its
+/// first, or the next on a kept-alive connection). Above the client's
+/// idle age for pooled connections (ureq: 15 s), so that the client never
+/// reuses a connection the runner has closed.
+pub const HEAD_WAIT: Duration = Duration::from_secs(30);
 
 /// An error answer: the contract's error, with its status.
 struct Fault(RunnerError);
@@ -265,6 +293,21 @@ async fn authorize(State(st): St, headers: HeaderMap, req: Request, next: Next) 
         )
             .into_response(),
     }
+}
+
+/// A runner that has started again serves no sandbox until its API has
+/// restored it: what it would answer meanwhile (a 404 for each sandbox it
+/// does not know yet) would have the API record them as gone. Answered
+/// 503 `runner_restoring` instead, which the API takes as a runner out of
+/// reach for a moment (it restores it at once).
+async fn restored_first(State(st): St, req: Request, next: Next) -> Response {
+    if st.restored.load(std::sync::atomic::Ordering::SeqCst) {
+        return next.run(req).await;
+    }
+    Fault(RunnerError::Restoring(
+        "the runner has started again and serves no sandbox until its API has restored it; try again in a few seconds".into(),
+    ))
+    .into_response()
 }
 
 /// A change of an older generation of the API's write lock than one
@@ -449,6 +492,7 @@ async fn restore(
         r.restore(&expected)
     })
     .await
+    .inspect(|_| st.restored.store(true, std::sync::atomic::Ordering::SeqCst))
     .map(Json)
 }
 

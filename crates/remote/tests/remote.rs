@@ -152,6 +152,8 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
     // A policy the runner's own configuration does not give its tier
     // (wider shares than the tier's) is refused, and nothing is made.
     let remote = RemoteRunner::connect(&url, TOKEN, cfg.policy.clone()).unwrap();
+    // (Restored first: a runner serves no sandbox until then.)
+    remote.restore(&[]).unwrap();
     let mut policy = cfg
         .policy
         .resolve(4, &sandgate_policy::NetworkSettings::default())
@@ -289,9 +291,38 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
         runner.exec(&sb, &nc(SERVER4_B)).unwrap().stdout,
         "sandgate\n"
     );
-    // Back on the same address: served again.
+    // Neither updated nor cut off, it is not taken for lost: the runner
+    // may well run it on.
+    let (_, g) = api.call("GET", &format!("/api/sandbox/{sb}"), None);
+    assert_eq!(g["state"], "running", "{g}");
+
+    // Back on the same address, served anew (as a runner that started
+    // again): until the API has restored it, a call about the sandbox is
+    // 503 `runner_restoring` (never a 404 that would have the sandbox
+    // recorded as gone); the API restores it at once, and the sandbox
+    // runs on with its policy on record.
     let (again, serving) = serve(&runner_rt, &runner, url.trim_start_matches("http://"));
     assert_eq!(again, url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, v) = api.call(
+            "POST",
+            &format!("/api/sandbox/{sb}/process/execute"),
+            Some(json!({"command": "true"})),
+        );
+        if s == 200 {
+            break;
+        }
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (503, Some("runner_restoring")),
+            "{v}"
+        );
+        assert!(std::time::Instant::now() < deadline, "never restored");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(echoes(&api, &sb, SERVER4_B));
+    assert!(!echoes(&api, &sb, SERVER4));
 
     // A delete leaves nothing on the runner.
     assert_eq!(

@@ -1,8 +1,8 @@
 //! A runner served over TLS with a certificate of the operator's CA, and
 //! the API's client that trusts that CA only: the calls and the streams
 //! cross it; another CA's certificate, a certificate for another
-//! address, plain HTTP to the TLS port and an `https://` URL without a CA
-//! are refused, each said so. The runner behind is the double: this is
+//! address, plain HTTP to the TLS port, TLS to a plain port and an
+//! `https://` URL without a CA are refused, each said so. The runner behind is the double: this is
 //! the link's test (the real runner over HTTP is `remote.rs`'s). Needs
 //! no root.
 
@@ -61,6 +61,13 @@ fn a_runner_over_tls_is_trusted_by_its_ca_only() {
             .unwrap(),
         resources: policy.tier(3).unwrap().resources.default,
     };
+    // A runner serves no sandbox until its API has restored it (it may
+    // have started again): said so, with a code of its own.
+    let early = remote.create(&spec).unwrap_err();
+    assert_eq!((early.status(), early.code()), (503, "runner_restoring"));
+    assert!(early.is_out_of_reach());
+    assert!(double.held("sb-tls").is_none());
+    remote.restore(&[]).unwrap();
     remote.create(&spec).unwrap();
     assert!(double.held("sb-tls").is_some());
     let mut deaths = remote.take_deaths().unwrap();
@@ -91,6 +98,31 @@ fn a_runner_over_tls_is_trusted_by_its_ca_only() {
     let plain = RemoteRunner::connect(&format!("http://127.0.0.1:{port}"), TOKEN, policy.clone())
         .unwrap_err();
     assert!(plain.is_host_fault(), "{plain:?}");
+
+    // https:// to a runner that serves plain HTTP: said so.
+    let plain_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served: Arc<dyn Runner> = double.clone();
+        rt.spawn(async move {
+            let router = service::router(served, TOKEN).unwrap();
+            service::serve(router, listener, None, std::future::pending())
+                .await
+                .unwrap();
+        });
+        port
+    };
+    let untls = RemoteRunner::connect_with(
+        &format!("https://127.0.0.1:{plain_port}"),
+        TOKEN,
+        Some(ca.pem().as_bytes()),
+        policy.clone(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&untls, RunnerError::Unavailable(m) if m.contains("does not speak TLS")),
+        "{untls:?}"
+    );
 
     // An https:// URL needs the CA; a CA file with no certificate is said.
     let no_ca = RemoteRunner::connect_with(&url, TOKEN, None, policy.clone()).unwrap_err();

@@ -1310,7 +1310,9 @@ impl Runner {
     /// stay.
     fn reconcile(&self, expected: &[Expected]) -> RestoreReport {
         let mut report = RestoreReport::default();
-        let served: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        let served: std::collections::HashSet<String> = lock(&self.slots).keys().cloned().collect();
+        let wanted: std::collections::HashSet<&str> =
+            expected.iter().map(|e| e.id.as_str()).collect();
         for Expected { id, policy, .. } in expected {
             let applied = if served.contains(id) {
                 self.update(id, policy)
@@ -1333,7 +1335,7 @@ impl Runner {
             }
         }
         for id in &served {
-            if !expected.iter().any(|e| &e.id == id) {
+            if !wanted.contains(id.as_str()) {
                 undone("removing", id, self.delete(id));
                 report.removed.push(id.clone());
             }

@@ -628,11 +628,13 @@ fn start_runner(
     token_file: &std::path::Path,
     extra: &[&str],
 ) -> (std::process::Child, String) {
-    // A free loopback port, unless `extra` names where.
+    // A loopback port no connection is given while the runner is
+    // stopped (it comes back on it), unless `extra` names where.
+    let steady = format!("127.0.0.1:{}", sandgate_testkit::steady_port());
     let listen = if extra.contains(&"--listen") {
-        &[][..]
+        Vec::new()
     } else {
-        &["--listen", "127.0.0.1:0"][..]
+        vec!["--listen", steady.as_str()]
     };
     spawn_listening(
         Command::new(env!("CARGO_BIN_EXE_sandgate"))

@@ -115,6 +115,9 @@ pub const CAPACITY_RETRY_SECONDS: u64 = 10;
 /// `Retry-After` of a 503 `runner_unavailable`: about two of a runner's
 /// heartbeats.
 pub const UNAVAILABLE_RETRY_SECONDS: u64 = 5;
+/// `Retry-After` of a `runner_restoring` answer: the API restores a
+/// runner that restarted as soon as it sees it.
+pub const RESTORING_RETRY_SECONDS: u64 = 2;
 
 /// `Retry-After` of a 429 `too_many_requests`: an exec or a network test
 /// usually ends within a second.
@@ -147,6 +150,15 @@ impl From<RunnerError> for ApiError {
                     "the host of this sandbox does not answer; retry later",
                 )
                 .retry_after(UNAVAILABLE_RETRY_SECONDS)
+            }
+            RunnerError::Restoring(cause) => {
+                tracing::warn!("the runner is being restored: {cause}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "runner_restoring",
+                    "the host of this sandbox has restarted and is being given its sandboxes back; retry in a few seconds",
+                )
+                .retry_after(RESTORING_RETRY_SECONDS)
             }
             RunnerError::Superseded(cause) => {
                 tracing::error!("the runner refused a change of this replica: {cause}");

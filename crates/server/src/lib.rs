@@ -28,6 +28,7 @@ pub mod error;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod upkeep;
 pub mod writes;
 
 use axum::extract::DefaultBodyLimit;
@@ -164,6 +165,8 @@ pub struct AppState {
     /// SQLite always; on PostgreSQL while it holds the lead
     /// ([`approvals::lead`]).
     pub leads_approvals: std::sync::atomic::AtomicBool,
+    /// What keeps the runner in line with the store ([`upkeep`]).
+    pub upkeep: Arc<upkeep::Upkeep>,
     /// The lock on the store's directory (the runner holds its own on
     /// its directory, for as long as it lives).
     _lock: sandgate_runner::DirLock,
@@ -372,6 +375,7 @@ impl Server {
             requests: tokio::sync::broadcast::channel(1024).0,
             watchers: Default::default(),
             leads_approvals: std::sync::atomic::AtomicBool::new(alone),
+            upkeep: Arc::default(),
             _lock: lock,
         });
         // Under the write lock: on a store that replicas share, a change
@@ -386,7 +390,16 @@ impl Server {
         };
         let report = {
             let mut guard = writing(&state).await?;
-            let report = guard.scope().run(restore(&state)).await?;
+            let report = guard
+                .scope()
+                .run(async {
+                    let report = restore(&state).await?;
+                    if let Ok(Some(instance)) = &instance {
+                        state.store.set_restored_instance(instance).await?;
+                    }
+                    Ok::<_, StartError>(report)
+                })
+                .await?;
             // A change cut short before this start is finished with it.
             guard.recovered();
             release(guard).await;
@@ -402,20 +415,10 @@ impl Server {
         if let Some(deaths) = state.runner.take_deaths() {
             tokio::spawn(record_deaths(state.store.clone(), deaths));
         }
-        if state.store.backend() == store::Backend::Postgres {
-            tokio::spawn(sweep(Arc::downgrade(&state)));
-        }
-        match instance {
-            Ok(None) => {}
-            Ok(Some(seen)) => {
-                tokio::spawn(follow_runner(Arc::downgrade(&state), seen));
-            }
-            // Not read, yet restored: the first look restores again
-            // (on a live runner, a reconcile).
-            Err(_) => {
-                tokio::spawn(follow_runner(Arc::downgrade(&state), String::new()));
-            }
-        }
+        // The runner's instance restored now; one not read (yet
+        // restored) is restored again at the first look (on a live
+        // runner, a reconcile).
+        upkeep::start(&state, instance.unwrap_or_else(|_| Some(String::new())));
         Ok((
             Server {
                 state,
@@ -573,90 +576,6 @@ pub(crate) async fn recover(
     restore(st).await?;
     guard.recovered();
     Ok(())
-}
-
-/// On a store that replicas share: finishes a change cut short even when
-/// no write comes to find it, every [`writes::SWEEP`], until the server
-/// is gone.
-async fn sweep(state: std::sync::Weak<AppState>) {
-    loop {
-        tokio::time::sleep(writes::SWEEP).await;
-        let Some(st) = state.upgrade() else { return };
-        if *st.stopping.borrow() {
-            return;
-        }
-        // The lock only when there is something to finish.
-        match st.store.left_open().await {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the write journal");
-                continue;
-            }
-        }
-        let mut guard = match writing(&st).await {
-            Ok(guard) => guard,
-            Err(e) => {
-                tracing::warn!(error = %e, "taking the write lock to look for a change cut short");
-                continue;
-            }
-        };
-        match guard.scope().run(recover(&st, &mut guard)).await {
-            Ok(()) => release(guard).await,
-            Err(e) => tracing::error!(error = %e, "finishing a change cut short; trying again"),
-        }
-    }
-}
-
-/// A runner apart from the API that restarted alone serves nothing until
-/// it is told what to: every [`writes::SWEEP`] its instance is read, and
-/// when it changed, its sandboxes are restored from the store under the
-/// write lock (as at a start), until the server is gone. Until then, a
-/// call about one of its sandboxes may be answered 404 by it.
-async fn follow_runner(state: std::sync::Weak<AppState>, mut seen: String) {
-    loop {
-        tokio::time::sleep(writes::SWEEP).await;
-        let Some(st) = state.upgrade() else { return };
-        if *st.stopping.borrow() {
-            return;
-        }
-        let runner = st.runner.clone();
-        let now = match tokio::task::spawn_blocking(move || runner.instance()).await {
-            Ok(Ok(Some(now))) => now,
-            Ok(Ok(None)) => return,
-            // Away: looked at again (its calls say `runner_unavailable`).
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "looking at the runner");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "looking at the runner");
-                continue;
-            }
-        };
-        if now == seen {
-            continue;
-        }
-        tracing::warn!(was = %seen, now = %now, "the runner restarted; restoring its sandboxes");
-        let mut guard = match writing(&st).await {
-            Ok(guard) => guard,
-            Err(e) => {
-                tracing::warn!(error = %e, "taking the write lock to restore a runner that restarted");
-                continue;
-            }
-        };
-        match guard.scope().run(restore(&st)).await {
-            Ok(_) => {
-                // A change cut short before is finished with it.
-                guard.recovered();
-                seen = now;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "restoring the sandboxes of a runner that restarted; trying again")
-            }
-        }
-        release(guard).await;
-    }
 }
 
 /// Records each sandbox whose init dies as `died`, as it dies (the

@@ -45,9 +45,15 @@ async fn runner_call<T: Send + 'static>(
     work: impl FnOnce(&dyn Runner) -> Result<T, RunnerError> + Send + 'static,
 ) -> Result<T, RunnerError> {
     let runner = st.runner.clone();
-    tokio::task::spawn_blocking(move || work(&*runner))
+    let done = tokio::task::spawn_blocking(move || work(&*runner))
         .await
-        .map_err(RunnerError::host)?
+        .map_err(RunnerError::host)?;
+    if matches!(&done, Err(e) if e.is_out_of_reach()) {
+        // Away or restarting: looked at now rather than at the next
+        // round (a restarted runner is restored at once).
+        st.upkeep.wake();
+    }
+    done
 }
 
 /// Runs `work` under the write lock ([`crate::writes`]), to its end even
@@ -75,7 +81,11 @@ where
         // amid it) may have left the change half-way: the next holder
         // restores every sandbox. (The others, such as a full disk or a
         // runner away, are undone by the change itself.)
-        if matches!(&done, Err(e) if e.status == axum::http::StatusCode::INTERNAL_SERVER_ERROR) {
+        // So does a change that could not reach the runner to settle a
+        // sandbox ([`crate::upkeep`]).
+        if matches!(&done, Err(e) if e.status == axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+            || st.upkeep.unsettled()
+        {
             guard.keep_open();
         }
         crate::release(guard).await;
@@ -286,11 +296,21 @@ async fn reapply(st: &Arc<AppState>, org: &Organization, what: &str) -> Result<u
 
 /// Fails closed for a sandbox whose new policy could not be applied: it
 /// is cut off rather than left with the old one; if even that fails, its
-/// processes are stopped and it is marked lost.
+/// processes are stopped and it is marked lost. A runner out of reach
+/// (away, or restarting) can be told neither: it keeps what it was last
+/// told (restarting, nothing) until it answers again, and is then given
+/// the stored policy of every sandbox ([`crate::upkeep`]); the sandbox is
+/// not marked lost, which would have its restore remove it.
 async fn cut_off(st: &AppState, row: &SandboxRow) {
     let id = row.id.clone();
-    if on_runner(st, move |r| r.block(&id)).await.is_ok() {
-        return;
+    match runner_call(st, move |r| r.block(&id)).await {
+        Ok(()) => return,
+        Err(e) if e.is_out_of_reach() => {
+            tracing::warn!(sandbox = %row.id, error = %e, "the runner is out of reach: the sandbox gets its stored policy when it answers again");
+            st.upkeep.unsettle();
+            return;
+        }
+        Err(_) => {}
     }
     let id = row.id.clone();
     if let Err(e) = on_runner(st, move |r| r.stop(&id)).await {

@@ -157,6 +157,33 @@ impl Store {
         Ok(open != 0)
     }
 
+    /// The runner's instance whose sandboxes were last restored
+    /// (PostgreSQL; `None` on SQLite, whose one server restores at its
+    /// start only), read within a change.
+    pub async fn restored_instance(&self) -> Result<Option<String>, sqlx::Error> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let instance: String =
+            sqlx::query_scalar("SELECT runner_instance FROM write_journal WHERE id = 1")
+                .fetch_one(&mut *self.conn().await?)
+                .await?;
+        Ok(Some(instance))
+    }
+
+    /// Records that the sandboxes of the runner's `instance` were
+    /// restored (PostgreSQL), within the change that did it.
+    pub async fn set_restored_instance(&self, instance: &str) -> Result<(), sqlx::Error> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        sqlx::query("UPDATE write_journal SET runner_instance = $1 WHERE id = 1")
+            .bind(instance)
+            .execute(&mut *self.conn().await?)
+            .await
+            .map(drop)
+    }
+
     /// Takes the write lock (waiting for it, at most 30 s on PostgreSQL):
     /// this process's, then, on PostgreSQL, every replica's.
     pub async fn writing(&self) -> Result<WriteGuard, sqlx::Error> {

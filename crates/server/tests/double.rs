@@ -705,6 +705,74 @@ fn a_tier_change_a_sandbox_cannot_take_cuts_it_off_and_never_leaves_it_wider() {
 }
 
 #[test]
+fn a_runner_out_of_reach_amid_a_change_keeps_its_sandboxes_and_gets_the_record_back() {
+    let api = Api::with_double(|_| {});
+    let (org, k) = api.organization("acme", 3);
+    let a = id(&api.sandbox(&k, json!({"name": "a"})));
+    let double = api.double();
+    let before = double.held(&a).unwrap().policy;
+    let state = |id: &str| api.get(&format!("/api/sandbox/{id}"), &k).1["state"].clone();
+
+    // A tier change the runner can take neither as an update nor as a
+    // cut-off because it is away (or restarting): the sandbox is not
+    // stopped, nor taken for lost (a lost sandbox's restore removes it:
+    // the runner would delete a sandbox that runs on).
+    for away in [
+        RunnerError::Unavailable("the runner does not answer".into()),
+        RunnerError::Restoring("the runner has started again".into()),
+    ] {
+        double.fail(Op::Update, away.clone());
+        double.fail(Op::Block, away);
+        let (s, v) = api.call(
+            "PUT",
+            &format!("/api/admin/organizations/{org}/tier"),
+            Some(ADMIN),
+            Send::Json(json!({"tier": 2})),
+        );
+        assert_eq!((s, code(&v)), (500, "partially_applied"), "{v}");
+        assert_eq!(state(&a), "running");
+        let held = double.held(&a).unwrap();
+        assert!(!held.stopped, "{held:?}");
+
+        // Once it answers (here at once), it is given every stored policy:
+        // the sandbox runs with its tier's.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while double.held(&a).unwrap().policy == before {
+            assert!(Instant::now() < deadline, "the record never restored");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(state(&a), "running");
+        let (s, v) = api.call(
+            "PUT",
+            &format!("/api/admin/organizations/{org}/tier"),
+            Some(ADMIN),
+            Send::Json(json!({"tier": 3})),
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(double.held(&a).unwrap().policy, before);
+    }
+
+    // An update of the sandbox's own settings that finds the runner away:
+    // 503, the record kept, and the runner given it back once it answers.
+    let restores = double.restores();
+    double.fail(Op::Update, RunnerError::Unavailable("away".into()));
+    double.fail(Op::Block, RunnerError::Unavailable("away".into()));
+    let (s, v) = api.post(
+        &format!("/api/sandbox/{a}/network-settings"),
+        &k,
+        json!({"networkAllowList": "198.51.100.0/24"}),
+    );
+    assert_eq!((s, code(&v)), (503, "runner_unavailable"), "{v}");
+    assert_eq!(state(&a), "running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while double.restores() == restores {
+        assert!(Instant::now() < deadline, "the record never restored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(double.held(&a).unwrap().policy, before);
+}
+
+#[test]
 fn a_dead_init_shows_died_and_refuses_what_needs_a_running_sandbox() {
     let api = Api::with_double(|_| {});
     let (_, k) = api.organization("acme", 3);

@@ -61,6 +61,7 @@ struct Inner {
     healthy: bool,
     update_delay: std::time::Duration,
     updates: u64,
+    restores: u64,
 }
 
 /// The double.
@@ -111,6 +112,11 @@ impl RunnerDouble {
     /// Sandbox `id` as the double holds it.
     pub fn held(&self, id: &str) -> Option<Held> {
         self.inner().sandboxes.get(id).cloned()
+    }
+
+    /// How many restores it has taken.
+    pub fn restores(&self) -> u64 {
+        self.inner().restores
     }
 
     /// The ids of the sandboxes it holds, sorted.
@@ -263,6 +269,7 @@ impl Runner for RunnerDouble {
         self.failure(Op::Restore)?;
         let mut report = RestoreReport::default();
         let mut inner = self.inner();
+        inner.restores += 1;
         let wanted: HashMap<&str, &Expected> =
             expected.iter().map(|e| (e.id.as_str(), e)).collect();
         let unknown: Vec<String> = inner

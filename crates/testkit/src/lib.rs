@@ -469,3 +469,36 @@ pub fn slot_owners(
         })
         .collect())
 }
+
+/// A loopback TCP port for a server that a test stops and starts again
+/// on the same address: below the kernel's ephemeral range (read from
+/// `/proc/sys/net/ipv4/ip_local_port_range`), so that no connection of
+/// the machine is given it meanwhile, free when chosen, and never handed
+/// out twice in this process.
+pub fn steady_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let first_ephemeral: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = first_ephemeral.saturating_sub(LOW).max(1);
+    // Where this process starts: apart from other test processes.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let Ok(port) = u16::try_from(LOW + n % span) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range");
+}
