@@ -28,6 +28,6 @@ pub use event::{EventKind, NetworkEvent};
 pub use runner::{Runner, Subscription};
 pub use state::SandboxState;
 pub use types::{
-    Counts, DnsCounts, ExecRequest, ExecResult, Expected, GatewayCounts, Observed, ProbeTarget,
-    RestoreReport, SandboxSpec, TransferUsage,
+    Capacity, Counts, DnsCounts, ExecRequest, ExecResult, Expected, GatewayCounts, Observed,
+    ProbeTarget, RestoreReport, SandboxSpec, TransferUsage,
 };

@@ -1,8 +1,8 @@
 //! The operations the API drives on a runner.
 
 use crate::{
-    Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
-    RunnerError, SandboxSpec, TransferUsage,
+    Capacity, Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget,
+    RestoreReport, RunnerError, SandboxSpec, TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use std::net::IpAddr;
@@ -107,6 +107,9 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
 
     /// What the runner has counted so far.
     fn counts(&self) -> Counts;
+
+    /// How many sandboxes it can hold, and holds: what placement weighs.
+    fn capacity(&self) -> Result<Capacity, RunnerError>;
 
     /// Sandbox `id`'s transfer quota as counted now (`None`: it has
     /// none).

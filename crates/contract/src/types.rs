@@ -181,6 +181,67 @@ pub struct Counts {
     pub gateway: GatewayCounts,
 }
 
+impl Counts {
+    /// Adds `other`'s counts to these (the counts of several runners as
+    /// one).
+    pub fn add(&mut self, other: &Counts) {
+        self.allowed = match (self.allowed, other.allowed) {
+            (Some((a, b)), Some((c, d))) => Some((a + c, b + d)),
+            (mine, theirs) => mine.or(theirs),
+        };
+        let (d, o) = (&mut self.dns, &other.dns);
+        for (mine, theirs) in [
+            (&mut d.forwarded, o.forwarded),
+            (&mut d.cache_hits, o.cache_hits),
+            (&mut d.refused, o.refused),
+            (&mut d.admitted, o.admitted),
+            (&mut d.rebinding, o.rebinding),
+            (&mut d.upstream_failures, o.upstream_failures),
+            (&mut d.busy, o.busy),
+            (&mut d.rate_limited, o.rate_limited),
+            (&mut d.tcp_refused, o.tcp_refused),
+            (&mut d.stale, o.stale),
+            (&mut d.held, o.held),
+            (&mut d.held_approved, o.held_approved),
+            (&mut d.upstream_unmatched, o.upstream_unmatched),
+        ] {
+            *mine += theirs;
+        }
+        for (kind, reason, n) in &other.events {
+            match self
+                .events
+                .iter_mut()
+                .find(|(k, r, _)| k == kind && r == reason)
+            {
+                Some((_, _, mine)) => *mine += n,
+                None => self.events.push((*kind, reason.clone(), *n)),
+            }
+        }
+        let (g, o) = (&mut self.gateway, &other.gateway);
+        g.accepted += o.accepted;
+        g.passed += o.passed;
+        g.refused += o.refused;
+        g.cut += o.cut;
+        g.active += o.active;
+    }
+}
+
+/// How many sandboxes a runner can hold (its network slots), and holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// The sandboxes it can hold.
+    pub slots: u32,
+    /// The sandboxes it holds now.
+    pub used: u32,
+}
+
+impl Capacity {
+    /// The sandboxes it can still take.
+    pub fn free(&self) -> u32 {
+        self.slots.saturating_sub(self.used)
+    }
+}
+
 /// What a runner's name-checking gateway has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayCounts {

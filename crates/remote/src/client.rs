@@ -532,6 +532,10 @@ impl Runner for RemoteRunner {
     fn counts(&self) -> Counts {
         self.status().map(|s| s.counts).unwrap_or_default()
     }
+
+    fn capacity(&self) -> Result<sandgate_contract::Capacity, RunnerError> {
+        self.status().map(|s| s.capacity)
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct Status {
     /// [`sandgate_contract::Runner::instance`]).
     #[serde(default)]
     pub instance: String,
+    /// How many sandboxes it can hold, and holds.
+    #[serde(default)]
+    pub capacity: sandgate_contract::Capacity,
 }
 
 /// The header that carries the write lock's generation of an API's

@@ -368,6 +368,7 @@ async fn status(State(st): St) -> Result<Json<Status>, Fault> {
             healthy: r.healthy(),
             host_addresses: policy.ranges().host_addresses().collect(),
             counts: r.counts(),
+            capacity: r.capacity()?,
             instance,
         })
     })

@@ -1502,6 +1502,12 @@ impl sandgate_contract::Runner for Runner {
         !self.ruleset_lost()
     }
 
+    fn capacity(&self) -> Result<sandgate_contract::Capacity, RunnerError> {
+        let slots = lock(&self.sandboxes.dp).config().max_slots();
+        let used = u32::try_from(lock(&self.slots).len()).unwrap_or(u32::MAX);
+        Ok(sandgate_contract::Capacity { slots, used })
+    }
+
     fn counts(&self) -> sandgate_contract::Counts {
         sandgate_contract::Counts {
             allowed: self.allowed_counts(),

@@ -346,6 +346,25 @@ pub enum AdminCommand {
     /// Organizations, their tiers and keys.
     #[command(subcommand)]
     Org(OrgCommand),
+    /// The runners behind the API.
+    #[command(subcommand)]
+    Runner(RunnerCommand),
+}
+
+/// Runners.
+#[derive(Debug, Subcommand)]
+pub enum RunnerCommand {
+    /// List the runners: their state, slots and sandboxes.
+    List,
+    /// Drain a runner: no new sandbox is placed there (its own run on).
+    /// `--undo` takes it back into placement.
+    Drain {
+        /// Runner name.
+        name: String,
+        /// End the drain.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 /// Organizations.
@@ -1044,13 +1063,54 @@ fn grant_line(g: &Value) {
     );
 }
 
+/// Runs `sandgate admin runner ...`.
+fn runner_admin(c: &Client, cmd: RunnerCommand, out: &Output) -> Result<(), ApiFailure> {
+    let line = |r: &Value| {
+        let slots = match (r["used"].as_u64(), r["slots"].as_u64()) {
+            (Some(used), Some(slots)) => format!("{used}/{slots}"),
+            _ => "-".into(),
+        };
+        vec![
+            s(&r["name"]).to_string(),
+            s(&r["state"]).to_string(),
+            slots,
+            r["sandboxes"].to_string(),
+        ]
+    };
+    let header = ["NAME", "STATE", "SLOTS USED", "SANDBOXES"];
+    let v = match cmd {
+        RunnerCommand::List => c.call("GET", "/api/admin/runners", None)?,
+        RunnerCommand::Drain { name, undo } => c.call(
+            "PUT",
+            &format!("/api/admin/runners/{}/draining", path_part(&name)),
+            Some(&json!({"draining": !undo})),
+        )?,
+    };
+    if out.json {
+        out.print_json(&v);
+    } else if v.is_array() {
+        table(&header, rows(&v, line));
+    } else {
+        table(&header, vec![line(&v)]);
+    }
+    Ok(())
+}
+
 /// Runs `sandgate admin ...`.
 pub fn admin(cli: AdminCli, out: &Output) -> ExitCode {
     let c = match client(&cli.api) {
         Ok(c) => c,
         Err(f) => return failure(out, &f),
     };
-    let AdminCommand::Org(cmd) = cli.command;
+    let cmd = match cli.command {
+        AdminCommand::Org(cmd) => cmd,
+        AdminCommand::Runner(cmd) => {
+            return match runner_admin(&c, cmd, out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => failure(out, &f),
+            }
+        }
+    };
     let org_line = |v: &Value| {
         let egress: Vec<&str> = ["ipv4", "ipv6"]
             .iter()

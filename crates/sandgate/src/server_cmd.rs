@@ -15,6 +15,7 @@ use std::time::Duration;
 
 /// How to run the server.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("remote").args(["runner_url", "runners"])))]
 pub struct ServerArgs {
     /// Address the API listens on.
     #[arg(long, env = "SANDGATE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -41,12 +42,19 @@ pub struct ServerArgs {
     /// runner's flags below are then the runner's.
     #[arg(long, value_name = "URL", requires = "runner_token_file")]
     pub runner_url: Option<String>,
-    /// The file holding that runner's token.
-    #[arg(long, value_name = "FILE", requires = "runner_url")]
+    /// Drive several `sandgate runner`s, each named (repeat the flag, one
+    /// per runner, in the order placement prefers on a tie): new
+    /// sandboxes go to the one with the most free slots. Each must answer
+    /// at the server's start; one that stops answering later has its
+    /// sandboxes shown `unreachable` until it is back.
+    #[arg(long = "runner", value_name = "NAME=URL", requires = "runner_token_file", value_parser = parse_runner)]
+    pub runners: Vec<(String, String)>,
+    /// The file holding the runners' token.
+    #[arg(long, value_name = "FILE", requires = "remote")]
     pub runner_token_file: Option<PathBuf>,
     /// The CA (PEM) that signed the runners' certificates: the only roots
     /// an `https://` runner is checked against.
-    #[arg(long, value_name = "FILE", requires = "runner_url")]
+    #[arg(long, value_name = "FILE", requires = "remote")]
     pub runner_ca: Option<PathBuf>,
     /// This host's runner.
     #[command(flatten)]
@@ -239,8 +247,13 @@ pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return failed("runtime", &e),
     };
-    let remote = match (&args.runner_url, &args.runner_token_file) {
-        (Some(url), Some(file)) => {
+    // The runners apart from this process: named, or the one.
+    let named: Vec<(String, String)> = match &args.runner_url {
+        Some(url) => vec![(sandgate_server::fleet::MAIN.to_string(), url.clone())],
+        None => args.runners.clone(),
+    };
+    let remote = match &args.runner_token_file {
+        Some(file) if !named.is_empty() => {
             let token = match read_secret(file, "the runner's token") {
                 Ok(t) => t,
                 Err(e) => return failed("configuration", &e),
@@ -249,21 +262,29 @@ pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
                 Ok(ca) => ca,
                 Err(e) => return failed("configuration", &format!("--runner-ca: {e}")),
             };
-            match sandgate_remote::RemoteRunner::connect_with(
-                url,
-                &token,
-                ca.as_deref(),
-                cfg.policy.clone(),
-            ) {
-                Ok(r) => Some(std::sync::Arc::new(r)),
-                Err(e) => return failed("the runner", &e),
+            let mut runners: Vec<(String, std::sync::Arc<dyn sandgate_contract::Runner>)> =
+                Vec::new();
+            for (name, url) in named {
+                match sandgate_remote::RemoteRunner::connect_with(
+                    &url,
+                    &token,
+                    ca.as_deref(),
+                    cfg.policy.clone(),
+                ) {
+                    Ok(r) => runners.push((name, std::sync::Arc::new(r))),
+                    Err(e) => return failed(&format!("the runner {name}"), &e),
+                }
+            }
+            match sandgate_server::fleet::Fleet::new(runners) {
+                Ok(fleet) => Some(fleet),
+                Err(e) => return failed("configuration", &format!("--runner: {e}")),
             }
         }
         _ => None,
     };
     let result = rt.block_on(async {
         let (server, report) = match remote {
-            Some(runner) => Server::with_runner(cfg, runner).await?,
+            Some(fleet) => Server::with_fleet(cfg, fleet).await?,
             None => Server::start(cfg).await?,
         };
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -303,4 +324,13 @@ pub async fn shutdown() {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `NAME=URL` of `--runner`.
+fn parse_runner(v: &str) -> Result<(String, String), String> {
+    let (name, url) = v
+        .split_once('=')
+        .ok_or_else(|| format!("{v:?}: give NAME=URL"))?;
+    sandgate_server::fleet::check_name(name)?;
+    Ok((name.to_string(), url.to_string()))
 }

@@ -1020,6 +1020,137 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     assert_eq!(code, 0);
 }
 
+#[test]
+fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_killed_comes_back_whole() {
+    // Three sandbox hosts: a lab each (its own host and world), a
+    // `sandgate runner` in each, over TLS with one CA; one API over all
+    // three. Dropped in turn: the runners, the files, the labs.
+    let labs: Vec<Lab> = (0..3).map(|_| Lab::up().unwrap()).collect();
+    let names = ["a", "b", "c"];
+    let api_dir = std::env::temp_dir().join(format!("sandgate-fleet-{}", labs[0].tag()));
+    let _ = std::fs::remove_dir_all(&api_dir);
+    std::fs::create_dir_all(&api_dir).unwrap();
+    let token_file = api_dir.join("runner.token");
+    std::fs::write(&token_file, "a-runners-token-for-the-fleet-test\n").unwrap();
+    let tls = runner_tls(&api_dir);
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let mut hosts: Vec<Cleanup> = Vec::new();
+    let mut runners: Vec<KillOnDrop> = Vec::new();
+    let mut urls = Vec::new();
+    for lab in &labs {
+        let dir = api_dir.join(lab.tag());
+        std::fs::create_dir_all(&dir).unwrap();
+        let (child, url) = start_runner(lab, &dir, &token_file, &tls);
+        hosts.push(Cleanup { dir, server: None });
+        runners.push(KillOnDrop(child));
+        urls.push(url);
+    }
+    let mut guard = Cleanup {
+        dir: api_dir.join("api"),
+        server: None,
+    };
+    let flags: Vec<String> = names
+        .iter()
+        .zip(&urls)
+        .flat_map(|(n, u)| ["--runner".to_string(), format!("{n}={u}")])
+        .collect();
+    let (child, url) = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_sandgate"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&guard.dir)
+            .args(&flags)
+            .arg("--runner-token-file")
+            .arg(&token_file)
+            .arg("--runner-ca")
+            .arg(api_dir.join(RUNNERS_CA))
+            .env("SANDGATE_ADMIN_TOKEN", TOKEN)
+            .env_remove("SANDGATE_CONFIG")
+            .env_remove("SANDGATE_DATABASE_URL")
+            .stdout(std::process::Stdio::piped()),
+    );
+    guard.server = Some(ServerProcess { child, url: url.clone() });
+    let (_, key) = organization(&url, TOKEN, "acme", 3);
+    let allow = format!("{SERVER4}/32");
+
+    // Placed on each in turn (equal slots: the most free, then the
+    // operator's order), each enforced by its own host.
+    for (i, name) in names.iter().enumerate() {
+        let sb = format!("s{i}");
+        let (code, v) = cli(
+            &url,
+            &key,
+            &["sandbox", "create", "--name", &sb, "--network-allow-list", &allow],
+        );
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["runner"], *name, "{v}");
+        assert!(echoes(&url, &key, &sb, SERVER4));
+        assert!(!echoes(&url, &key, &sb, SERVER4_B));
+    }
+    let (code, list) = cli(&url, TOKEN, &["admin", "runner", "list"]);
+    assert_eq!(code, 0, "{list}");
+    let used: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["used"].as_u64().unwrap())
+        .collect();
+    assert_eq!(used, [1, 1, 1], "{list}");
+
+    // c is killed: within a look its sandbox is `unreachable`, the others
+    // serve on, and a new sandbox goes elsewhere.
+    let state = |sb: &str| cli(&url, &key, &["sandbox", "get", sb]).1["state"].clone();
+    runners[2].0.kill().unwrap();
+    runners[2].0.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while state("s2") != "unreachable" {
+        assert!(std::time::Instant::now() < deadline, "{}", state("s2"));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(echoes(&url, &key, "s0", SERVER4));
+    assert!(!echoes(&url, &key, "s1", SERVER4_B));
+    let (code, v) = cli(&url, &key, &["sandbox", "create", "--name", "while-away"]);
+    assert_eq!(code, 0, "{v}");
+    assert_ne!(v["runner"], "c", "{v}");
+    let (code, list) = cli(&url, TOKEN, &["admin", "runner", "list"]);
+    assert_eq!((code, list[2]["state"].as_str()), (0, Some("unreachable")), "{list}");
+
+    // c comes back on its address and files: restored from the store,
+    // its sandbox runs on with its policy on record.
+    let c = start_runner(&labs[2], &hosts[2].dir, &token_file, &{
+        let mut f = tls.clone();
+        f.extend(["--listen", urls[2].trim_start_matches("https://")]);
+        f
+    });
+    runners[2] = KillOnDrop(c.0);
+    assert_eq!(c.1, urls[2]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !echoes(&url, &key, "s2", SERVER4) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API did not restore the runner that came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(state("s2"), "running");
+    assert!(!echoes(&url, &key, "s2", SERVER4_B));
+
+    // Everything deleted, from each runner.
+    for sb in ["s0", "s1", "s2", "while-away"] {
+        let (code, v) = cli(&url, &key, &["sandbox", "delete", sb]);
+        assert_eq!(code, 0, "{sb}: {v}");
+    }
+    for host in &hosts {
+        let left = std::fs::read_dir(host.dir.join("runner/runtime/sandboxes"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{}", host.dir.display());
+    }
+    drop(guard);
+    drop(runners);
+    drop(hosts);
+    let _ = std::fs::remove_dir_all(&api_dir);
+}
+
 /// A connection through the name-checking gateway (the lab's byte stream,
 /// checked as a name's port), opened from `ns` under `name`.
 fn through_gateway(ns: &sandgate_netns::Netns, name: &'static str) -> std::net::TcpStream {

@@ -327,6 +327,58 @@ pub async fn set_tier(
     }))
 }
 
+/// A runner behind the API, as an operator sees it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerView {
+    /// Its name (`main` on a server with one).
+    pub name: String,
+    /// `active` (sandboxes are placed there), `draining` (the operator
+    /// drained it: its sandboxes run on, none is placed there) or
+    /// `unreachable` (it does not answer: its sandboxes are shown
+    /// `unreachable` and keep what it was last told).
+    pub state: String,
+    /// The sandboxes it can hold (its network slots); absent when it
+    /// does not answer.
+    pub slots: Option<u32>,
+    /// The sandboxes it holds; absent when it does not answer.
+    pub used: Option<u32>,
+    /// The sandboxes placed on it, by the store.
+    pub sandboxes: usize,
+}
+
+/// Every runner behind the API (admin), in the operator's order.
+#[utoipa::path(get, path = "/api/admin/runners", tag = "admin",
+    responses((status = 200, body = [RunnerView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_runners(State(st): St, _: Operator) -> Result<Json<Vec<RunnerView>>, ApiError> {
+    Ok(Json(service::runners(&st).await?))
+}
+
+/// A drain, or its end.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetDraining {
+    /// `true`: no new sandbox is placed on the runner (its own run on);
+    /// `false`: it takes new ones again.
+    pub draining: bool,
+}
+
+/// Drains a runner, or ends its drain (admin).
+#[utoipa::path(put, path = "/api/admin/runners/{name}/draining", tag = "admin", request_body = SetDraining,
+    params(("name" = String, Path, description = "runner name")),
+    responses((status = 200, body = RunnerView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_draining(
+    State(st): St,
+    _: Operator,
+    Path(name): Path<String>,
+    Body(body): Body<SetDraining>,
+) -> Result<Json<RunnerView>, ApiError> {
+    Ok(Json(service::set_draining(&st, name, body.draining).await?))
+}
+
 /// A known egress address: the source addresses of an organization's
 /// sandboxes' connections, per family (a family without one leaves from
 /// the host's own address).
@@ -550,8 +602,13 @@ pub struct SandboxView {
     /// Its snapshot.
     pub snapshot: String,
     /// `creating`, `running`, `deleting`, `died` (its init exited: kept,
-    /// not restarted) or `lost` (gone from the host at the server's start).
+    /// not restarted), `lost` (gone from the host at the server's start)
+    /// or `unreachable` (running, on a runner that does not answer now:
+    /// it keeps enforcing what it was last told; calls about the sandbox
+    /// are 503 `runner_unavailable` until it answers again).
     pub state: String,
+    /// The runner it was placed on (`main` on a server with one).
+    pub runner: String,
     /// Environment variables of every exec.
     pub env: BTreeMap<String, String>,
     /// Stored `networkBlockAll`.
@@ -641,7 +698,14 @@ fn view(st: &AppState, org: &Organization, row: SandboxRow) -> Result<SandboxVie
         name: row.name,
         organization_id: row.organization_id,
         snapshot: row.snapshot,
-        state: row.state.as_str().to_string(),
+        state: match st.fleet.get(&row.runner) {
+            Ok(m) if row.state == crate::store::SandboxState::Running && !m.reachable() => {
+                "unreachable".into()
+            }
+            Err(_) if row.state == crate::store::SandboxState::Running => "unreachable".into(),
+            _ => row.state.as_str().to_string(),
+        },
+        runner: row.runner.clone(),
         network_block_all: row.network_block_all,
         network_allow_list: non_empty(row.network_allow_list),
         domain_allow_list: non_empty(row.domain_allow_list),

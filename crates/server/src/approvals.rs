@@ -58,7 +58,9 @@ pub async fn watch(st: &Arc<AppState>, row: &SandboxRow, since_ms: u64) {
         return;
     }
     let id = row.id.clone();
-    let (recent, mut live) = match service::on_runner(st, move |r| r.subscribe(&id)).await {
+    let (recent, mut live) = match service::on_runner(st, &row.runner, move |r| r.subscribe(&id))
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(sandbox = %row.id, error = %e.message, "watching a sandbox's events for access requests");

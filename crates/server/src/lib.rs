@@ -25,6 +25,7 @@ pub mod approvals;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod service;
 pub mod store;
@@ -129,8 +130,8 @@ impl ServerConfig {
 pub struct AppState {
     /// The store.
     pub store: Store,
-    /// The runner.
-    pub runner: Arc<dyn Runner>,
+    /// The runners ([`fleet`]).
+    pub fleet: fleet::Fleet,
     /// The policy rules.
     pub policy: Arc<PolicyConfig>,
     /// The catalog.
@@ -261,6 +262,8 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::get_organization))
         .routes(routes!(api::create_organization, api::list_organizations))
         .routes(routes!(api::set_tier))
+        .routes(routes!(api::list_runners))
+        .routes(routes!(api::set_draining))
         .routes(routes!(api::set_egress_address, api::delete_egress_address))
         .routes(routes!(api::create_key))
         .routes(routes!(api::revoke_key))
@@ -334,7 +337,7 @@ impl Server {
                 .map_err(|e| StartError::Runner(io::Error::other(e)))?
                 .map_err(StartError::Runner)?
         };
-        Server::assemble(cfg, lock, Arc::new(runner)).await
+        Server::assemble(cfg, lock, fleet::Fleet::one(Arc::new(runner))).await
     }
 
     /// A server over `runner` (which restores what the store expects, as
@@ -344,14 +347,23 @@ impl Server {
         cfg: ServerConfig,
         runner: Arc<dyn Runner>,
     ) -> Result<(Server, RestoreReport), StartError> {
+        Server::with_fleet(cfg, fleet::Fleet::one(runner)).await
+    }
+
+    /// [`Server::with_runner`] over several runners, each named
+    /// ([`fleet`]).
+    pub async fn with_fleet(
+        cfg: ServerConfig,
+        fleet: fleet::Fleet,
+    ) -> Result<(Server, RestoreReport), StartError> {
         let lock = sandgate_runner::DirLock::take(&cfg.data_dir).map_err(StartError::Locked)?;
-        Server::assemble(cfg, lock, runner).await
+        Server::assemble(cfg, lock, fleet).await
     }
 
     async fn assemble(
         cfg: ServerConfig,
         lock: sandgate_runner::DirLock,
-        runner: Arc<dyn Runner>,
+        fleet: fleet::Fleet,
     ) -> Result<(Server, RestoreReport), StartError> {
         let store = Store::open(&cfg.data_dir, cfg.database.as_deref()).await?;
         // The only server of its store (SQLite), or one of its replicas.
@@ -359,7 +371,7 @@ impl Server {
         let metrics = metrics::Metrics::new(store.tally().clone());
         let state = Arc::new(AppState {
             store,
-            runner,
+            fleet,
             policy: Arc::new(cfg.policy),
             catalog: Arc::new(cfg.catalog),
             admin_token: cfg.admin_token,
@@ -379,23 +391,33 @@ impl Server {
             _lock: lock,
         });
         // Under the write lock: on a store that replicas share, a change
-        // another replica has in flight is not one cut short. The
-        // runner's instance is read first: a restart of the runner after
-        // it is one the follower sees.
-        let instance = {
-            let runner = state.runner.clone();
-            tokio::task::spawn_blocking(move || runner.instance())
+        // another replica has in flight is not one cut short. Each
+        // runner's instance is read first: a restart of a runner after it
+        // is one the upkeep loop sees. A runner out of reach now is
+        // restored when it answers.
+        let mut seen = Vec::new();
+        for member in state.fleet.members() {
+            let runner = member.runner.clone();
+            let instance = tokio::task::spawn_blocking(move || runner.instance())
                 .await
-                .map_err(|e| StartError::Runner(io::Error::other(e)))?
-        };
+                .map_err(|e| StartError::Runner(io::Error::other(e)))?;
+            // Not read (yet restored): restored again at the first look
+            // (on a live runner, a reconcile).
+            seen.push(instance.unwrap_or_else(|_| Some(String::new())));
+        }
         let report = {
             let mut guard = writing(&state).await?;
             let report = guard
                 .scope()
                 .run(async {
                     let report = restore(&state).await?;
-                    if let Ok(Some(instance)) = &instance {
-                        state.store.set_restored_instance(instance).await?;
+                    for (member, instance) in state.fleet.members().iter().zip(&seen) {
+                        if let Some(instance) = instance.as_ref().filter(|i| !i.is_empty()) {
+                            state
+                                .store
+                                .set_restored_instance(&member.name, instance)
+                                .await?;
+                        }
                     }
                     Ok::<_, StartError>(report)
                 })
@@ -412,13 +434,12 @@ impl Server {
             // counted.
             approvals::watch_all(&state, service::now_ms()).await?;
         }
-        if let Some(deaths) = state.runner.take_deaths() {
-            tokio::spawn(record_deaths(state.store.clone(), deaths));
+        for member in state.fleet.members() {
+            if let Some(deaths) = member.runner.take_deaths() {
+                tokio::spawn(record_deaths(state.store.clone(), deaths));
+            }
         }
-        // The runner's instance restored now; one not read (yet
-        // restored) is restored again at the first look (on a live
-        // runner, a reconcile).
-        upkeep::start(&state, instance.unwrap_or_else(|_| Some(String::new())));
+        upkeep::start(&state, seen);
         Ok((
             Server {
                 state,
@@ -482,13 +503,41 @@ impl Server {
     }
 }
 
-/// See [`Server::start`].
+/// Restores every runner's sandboxes from the store (see
+/// [`Server::start`]): their reports together. A runner out of reach is
+/// left to the upkeep loop, which restores it when it answers; any other
+/// failure is the error.
 async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
+    let mut all = RestoreReport::default();
+    for member in st.fleet.members() {
+        match restore_runner(st, member).await {
+            Ok(report) => {
+                all.running.extend(report.running);
+                all.died.extend(report.died);
+                all.lost.extend(report.lost);
+                all.removed.extend(report.removed);
+            }
+            Err(StartError::Restore(e)) if e.is_out_of_reach() && st.fleet.members().len() > 1 => {
+                tracing::warn!(runner = %member.name, error = %e, "a runner out of reach: restored when it answers");
+                member.set_reachable(false);
+                st.upkeep.unsettle(&member.name);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(all)
+}
+
+/// Restores the sandboxes placed on `member` from the store.
+pub(crate) async fn restore_runner(
+    st: &AppState,
+    member: &fleet::Member,
+) -> Result<RestoreReport, StartError> {
     let rows = st.store.sandboxes(None).await?;
     let mut expected = Vec::new();
     let mut unresolved = Vec::new();
     let mut orgs = std::collections::HashMap::new();
-    for row in &rows {
+    for row in rows.iter().filter(|r| r.runner == member.name) {
         // Cut short: not expected, so the runner removes what is left of
         // them.
         if matches!(row.state, SandboxState::Creating | SandboxState::Deleting) {
@@ -524,7 +573,7 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
             }
         }
     }
-    let runner = st.runner.clone();
+    let runner = member.runner.clone();
     let mut report = tokio::task::spawn_blocking(move || runner.restore(&expected))
         .await
         .map_err(|e| StartError::Runner(io::Error::other(e)))?
@@ -537,6 +586,7 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
         st.store.set_state(id, SandboxState::Died).await?;
     }
     tracing::info!(
+        runner = %member.name,
         running = report.running.len(),
         died = report.died.len(),
         lost = report.lost.len(),
@@ -550,7 +600,9 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
 /// changes carry its generation from now on (see [`writes`]).
 pub(crate) async fn writing(st: &AppState) -> Result<writes::WriteGuard, sqlx::Error> {
     let guard = st.store.writing().await?;
-    st.runner.fence(guard.generation());
+    for member in st.fleet.members() {
+        member.runner.fence(guard.generation());
+    }
     Ok(guard)
 }
 

@@ -409,11 +409,16 @@ impl Collector for RunnerCounts {
         (status = 401, body = crate::api::ErrorBody), (status = 403, body = crate::api::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn metrics(State(st): State<Arc<AppState>>, _: crate::api::Operator) -> Response {
-    // One read of the runner's counts, off the async threads (a runner on
-    // another host is a round trip).
-    let counts = crate::service::on_runner(&st, |r| Ok(r.counts()))
-        .await
-        .unwrap_or_default();
+    // One read of each runner's counts, off the async threads (a runner
+    // on another host is a round trip), summed; one that does not answer
+    // counts nothing.
+    let mut counts = sandgate_contract::Counts::default();
+    for member in st.fleet.members() {
+        let read = crate::service::on_runner(&st, &member.name, |r| Ok(r.counts())).await;
+        if let Ok(theirs) = read {
+            counts.add(&theirs);
+        }
+    }
     let mut runner = Registry::default();
     runner.register_collector(Box::new(RunnerCounts(counts)));
     let mut out = String::new();

@@ -31,20 +31,23 @@ use sandgate_policy::{
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Runs blocking runner work off the async threads.
+/// Runs blocking work on runner `runner` ([`crate::fleet`]) off the async
+/// threads.
 pub(crate) async fn on_runner<T: Send + 'static>(
     st: &AppState,
+    runner: &str,
     work: impl FnOnce(&dyn Runner) -> Result<T, RunnerError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    runner_call(st, work).await.map_err(ApiError::from)
+    runner_call(st, runner, work).await.map_err(ApiError::from)
 }
 
 /// [`on_runner`], its error as the runner's.
 async fn runner_call<T: Send + 'static>(
     st: &AppState,
+    runner: &str,
     work: impl FnOnce(&dyn Runner) -> Result<T, RunnerError> + Send + 'static,
 ) -> Result<T, RunnerError> {
-    let runner = st.runner.clone();
+    let runner = st.fleet.get(runner)?.runner.clone();
     let done = tokio::task::spawn_blocking(move || work(&*runner))
         .await
         .map_err(RunnerError::host)?;
@@ -223,13 +226,17 @@ pub async fn set_egress_address(
     transaction(st, move |st| async move {
         let mut org = organization(&st, &id).await?;
         if let Some(egress) = &egress {
-            let live = on_runner(&st, |r| Ok(r.live_policy())).await?;
-            if let Some((field, addr)) = egress.not_held(live.ranges()) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "egress_address_not_local",
-                    format!("{field} {addr} is not an address of this host; add it to an interface of the host (and route it to the host upstream) first"),
-                ));
+            // An address of every runner's host (the organization's
+            // sandboxes may be placed on any).
+            for member in st.fleet.members() {
+                let live = on_runner(&st, &member.name, |r| Ok(r.live_policy())).await?;
+                if let Some((field, addr)) = egress.not_held(live.ranges()) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "egress_address_not_local",
+                        format!("{field} {addr} is not an address of this host; add it to an interface of the host (and route it to the host upstream) first"),
+                    ));
+                }
             }
         }
         st.store
@@ -268,7 +275,7 @@ async fn reapply(st: &Arc<AppState>, org: &Organization, what: &str) -> Result<u
         let applied = match policy {
             Ok(policy) => {
                 let id = row.id.clone();
-                on_runner(st, move |r| r.update(&id, &policy)).await
+                on_runner(st, &row.runner, move |r| r.update(&id, &policy)).await
             }
             Err(e) => Err(e),
         };
@@ -303,17 +310,17 @@ async fn reapply(st: &Arc<AppState>, org: &Organization, what: &str) -> Result<u
 /// not marked lost, which would have its restore remove it.
 async fn cut_off(st: &AppState, row: &SandboxRow) {
     let id = row.id.clone();
-    match runner_call(st, move |r| r.block(&id)).await {
+    match runner_call(st, &row.runner, move |r| r.block(&id)).await {
         Ok(()) => return,
         Err(e) if e.is_out_of_reach() => {
             tracing::warn!(sandbox = %row.id, error = %e, "the runner is out of reach: the sandbox gets its stored policy when it answers again");
-            st.upkeep.unsettle();
+            st.upkeep.unsettle(&row.runner);
             return;
         }
         Err(_) => {}
     }
     let id = row.id.clone();
-    if let Err(e) = on_runner(st, move |r| r.stop(&id)).await {
+    if let Err(e) = on_runner(st, &row.runner, move |r| r.stop(&id)).await {
         tracing::error!(sandbox = %row.id, error = %e.message, "stopping a sandbox that could be neither updated nor cut off");
     }
     if let Err(e) = st.store.set_state(&row.id, SandboxState::Lost).await {
@@ -423,7 +430,7 @@ async fn in_force(
     new: EffectivePolicy,
 ) -> Result<(), ApiError> {
     let id = row.id.clone();
-    if let Err(e) = runner_call(st, move |r| r.update(&id, &new)).await {
+    if let Err(e) = runner_call(st, &row.runner, move |r| r.update(&id, &new)).await {
         // Any other failure left the old policy in force, or the sandbox
         // cut off (the contract's promise).
         if matches!(e, RunnerError::Unavailable(_)) {
@@ -438,7 +445,7 @@ async fn in_force(
 /// refused the change; should that fail too, the sandbox is cut off.
 async fn put_back(st: &Arc<AppState>, row: &SandboxRow, old: EffectivePolicy) {
     let id = row.id.clone();
-    if let Err(undo) = on_runner(st, move |r| r.update(&id, &old)).await {
+    if let Err(undo) = on_runner(st, &row.runner, move |r| r.update(&id, &old)).await {
         tracing::error!(sandbox = %row.id, error = %undo.message, "putting back the stored policy");
         cut_off(st, row).await;
     }
@@ -719,7 +726,8 @@ pub async fn create_sandbox(
     // tier as it is then (a tier change may have come in between).
     new.settings(st, org.tier)?;
     new.resources(st, org.tier)?;
-    let known = on_runner(st, |r| r.snapshots()).await?;
+    // The runners share their snapshots: the first one's are asked.
+    let known = on_runner(st, &st.fleet.first().name, |r| r.snapshots()).await?;
     if !known.contains(&new.snapshot) {
         return Err(ApiError::not_found(format!(
             "no snapshot {}; there are: {}",
@@ -749,6 +757,7 @@ pub async fn create_sandbox(
         }
         let id = random_id("sb-", 8)?;
         let name = new.name.clone().unwrap_or_else(|| id.clone());
+        let runner = place(&st).await?;
         if st.store.sandbox(&org.id, &name).await?.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -783,6 +792,7 @@ pub async fn create_sandbox(
             network_approvals: settings.network_approvals,
             approval_hold_seconds: settings.approval_hold_seconds,
             declined_names: "[]".into(),
+            runner: runner.clone(),
         };
         st.store.add_sandbox(&row).await?;
         st.metrics
@@ -795,7 +805,7 @@ pub async fn create_sandbox(
             policy,
             resources,
         };
-        let made = on_runner(&st, move |r| r.create(&spec)).await;
+        let made = on_runner(&st, &runner, move |r| r.create(&spec)).await;
         // Running, unless its init already died (and that was recorded:
         // the sandbox is kept, and shown, as died).
         let settled = match made {
@@ -809,7 +819,7 @@ pub async fn create_sandbox(
         let running = match settled {
             Ok(running) => running,
             Err(e) => {
-                undo_create(&st, &id).await;
+                undo_create(&st, &runner, &id).await;
                 return Err(e);
             }
         };
@@ -826,12 +836,102 @@ pub async fn create_sandbox(
     Ok(made)
 }
 
+/// Where a new sandbox goes, under the write lock: the runner with the
+/// most free slots among those that answer and that the operator has not
+/// drained (the first in the operator's order on a tie). 503
+/// `capacity_exhausted` when none has room.
+async fn place(st: &AppState) -> Result<String, ApiError> {
+    let fleet = &st.fleet;
+    if fleet.members().len() == 1 {
+        return Ok(fleet.first().name.clone());
+    }
+    let drained = st.store.drained().await?;
+    let mut best: Option<(u32, &str)> = None;
+    for member in fleet.members() {
+        if drained.contains(&member.name) || !member.reachable() {
+            continue;
+        }
+        let free = match runner_call(st, &member.name, |r| r.capacity()).await {
+            Ok(capacity) => capacity.free(),
+            Err(e) => {
+                tracing::warn!(runner = %member.name, error = %e, "reading a runner's capacity; not placing there");
+                continue;
+            }
+        };
+        if free > 0 && best.is_none_or(|(most, _)| free > most) {
+            best = Some((free, &member.name));
+        }
+    }
+    best.map(|(_, name)| name.to_string()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity_exhausted",
+            "no runner that answers and is not drained has a free slot for another sandbox; delete a sandbox or retry later",
+        )
+        .retry_after(crate::error::CAPACITY_RETRY_SECONDS)
+    })
+}
+
+/// Every runner behind the API, as an operator sees it.
+pub async fn runners(st: &AppState) -> Result<Vec<crate::api::RunnerView>, ApiError> {
+    let drained = st.store.drained().await?;
+    let rows = st.store.sandboxes(None).await?;
+    let mut views = Vec::new();
+    for member in st.fleet.members() {
+        let capacity = if member.reachable() {
+            runner_call(st, &member.name, |r| r.capacity()).await.ok()
+        } else {
+            None
+        };
+        let state = if capacity.is_none() {
+            "unreachable"
+        } else if drained.contains(&member.name) {
+            "draining"
+        } else {
+            "active"
+        };
+        views.push(crate::api::RunnerView {
+            name: member.name.clone(),
+            state: state.into(),
+            slots: capacity.map(|c| c.slots),
+            used: capacity.map(|c| c.used),
+            sandboxes: rows.iter().filter(|r| r.runner == member.name).count(),
+        });
+    }
+    Ok(views)
+}
+
+/// Drains runner `name` (no sandbox placed there from now on), or ends
+/// its drain: the runner as it is then. 404 for a runner this server does
+/// not drive.
+pub async fn set_draining(
+    st: &Arc<AppState>,
+    name: String,
+    draining: bool,
+) -> Result<crate::api::RunnerView, ApiError> {
+    if st.fleet.get(&name).is_err() {
+        return Err(ApiError::not_found(format!("no runner {name}")));
+    }
+    let done = name.clone();
+    transaction(st, move |st| async move {
+        st.store.set_draining(&done, draining).await?;
+        tracing::info!(runner = %done, draining, "a runner's drain");
+        Ok(())
+    })
+    .await?;
+    runners(st)
+        .await?
+        .into_iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no runner {name}")))
+}
+
 /// Removes a half-made sandbox: the runner's part (if any), then its row.
 /// What cannot be removed now is left for the next start (a row left as
 /// `creating` or `deleting` is finished then).
-async fn undo_create(st: &AppState, id: &str) {
+async fn undo_create(st: &AppState, runner: &str, id: &str) {
     let gone = id.to_string();
-    match on_runner(st, move |r| r.delete(&gone)).await {
+    match on_runner(st, runner, move |r| r.delete(&gone)).await {
         Ok(()) => {
             if let Err(e) = st.store.remove_sandbox(id).await {
                 tracing::error!(sandbox = %id, error = %e, "removing a half-made sandbox's row");
@@ -857,7 +957,7 @@ pub async fn delete_sandbox(
         let row = sandbox(&st, &org, &key).await?;
         st.store.set_state(&row.id, SandboxState::Deleting).await?;
         let id = row.id.clone();
-        on_runner(&st, move |r| r.delete(&id)).await?;
+        on_runner(&st, &row.runner, move |r| r.delete(&id)).await?;
         crate::approvals::forget(&st, &row.id);
         st.store.remove_sandbox(&row.id).await?;
         st.metrics.deleted();
@@ -930,7 +1030,7 @@ pub async fn execute(
     let id = row.id.clone();
     // The permits live as long as the command runs, not as long as the
     // request: a client that goes away does not free them early.
-    on_runner(st, move |r| {
+    on_runner(st, &row.runner, move |r| {
         let _held = permits;
         r.exec(&id, &request)
     })
@@ -953,7 +1053,7 @@ async fn with_compiled<T>(
     let policy = effective(st, org, row)?;
     let id = row.id.clone();
     let metered = policy.budgets.transfer_quota_mib.is_some() && row.state == SandboxState::Running;
-    let (ranges, own, spent) = on_runner(st, move |r| {
+    let (ranges, own, spent) = on_runner(st, &row.runner, move |r| {
         let own: Vec<_> = r.addresses(&id).map(Vec::from).unwrap_or_default();
         let spent = metered && r.transfer_usage(&id)?.is_some_and(|u| u.spent);
         Ok((r.live_policy(), own, spent))
@@ -998,7 +1098,7 @@ pub async fn transfer_usage(
 ) -> Result<Option<sandgate_contract::TransferUsage>, ApiError> {
     running(row)?;
     let id = row.id.clone();
-    on_runner(st, move |r| r.transfer_usage(&id)).await
+    on_runner(st, &row.runner, move |r| r.transfer_usage(&id)).await
 }
 
 /// Probes `targets` from running sandbox `row`: each one's verdict beside
@@ -1025,7 +1125,7 @@ pub async fn network_test(
     // 3 s: it counts against the same limits as an exec.
     let permits = st.blocking_permits(&org.id)?;
     let id = row.id.clone();
-    let observed = on_runner(st, move |r| {
+    let observed = on_runner(st, &row.runner, move |r| {
         let _held = permits;
         r.probe(&id, &targets)
     })
@@ -1037,7 +1137,7 @@ pub async fn network_test(
 pub async fn subscribe(st: &AppState, row: &SandboxRow) -> Result<Subscription, ApiError> {
     running(row)?;
     let id = row.id.clone();
-    on_runner(st, move |r| r.subscribe(&id)).await
+    on_runner(st, &row.runner, move |r| r.subscribe(&id)).await
 }
 
 /// Whether the store answers and the runner enforces.
@@ -1047,9 +1147,19 @@ pub async fn healthy(st: &AppState) -> Result<(), &'static str> {
     }
     // The runner may take a lock held for a slot's making: not on an
     // async worker.
-    let ruleset = on_runner(st, |r| Ok(r.healthy())).await.unwrap_or(false);
-    if !ruleset {
-        return Err("the dataplane's ruleset went missing");
+    // Every runner that answers enforces (one away is `unreachable`,
+    // said by its sandboxes and `GET /api/admin/runners`), and one at
+    // least answers.
+    let mut answering = 0;
+    for member in st.fleet.members() {
+        match runner_call(st, &member.name, |r| Ok(r.healthy())).await {
+            Ok(true) => answering += 1,
+            Ok(false) => return Err("the dataplane's ruleset went missing"),
+            Err(_) => {}
+        }
+    }
+    if answering == 0 {
+        return Err("no runner answers");
     }
     Ok(())
 }

@@ -189,6 +189,8 @@ pub struct SandboxRow {
     pub approval_hold_seconds: u8,
     /// The names whose access request its owner denied, a JSON array.
     pub declined_names: String,
+    /// The runner it was placed on.
+    pub runner: String,
 }
 
 impl SandboxRow {
@@ -459,6 +461,7 @@ fn sandbox_row(r: &AnyRow) -> Result<SandboxRow, sqlx::Error> {
         approval_hold_seconds: u8::try_from(r.try_get::<i64, _>("approval_hold_seconds")?)
             .unwrap_or(0),
         declined_names: r.try_get("declined_names")?,
+        runner: r.try_get("runner")?,
     })
 }
 
@@ -498,7 +501,7 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, netwo
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
      cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants, \
      egress_mbps, max_connections, new_connections_per_second, network_approvals, \
-     approval_hold_seconds, declined_names, transfer_quota_mib";
+     approval_hold_seconds, declined_names, transfer_quota_mib, runner";
 
 impl Store {
     /// Opens the store: the PostgreSQL database at `url`, or without one
@@ -696,7 +699,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23, $24, $25)"
+             $18, $19, $20, $21, $22, $23, $24, $25, $26)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -723,6 +726,7 @@ impl Store {
         .bind(i64::from(s.approval_hold_seconds))
         .bind(&s.declined_names)
         .bind(s.transfer_quota_mib.map(i64::from))
+        .bind(&s.runner)
         .execute(&mut *self.conn().await?)
         .await?;
         Ok(())

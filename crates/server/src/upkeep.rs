@@ -23,32 +23,43 @@
 //! A call that finds the runner out of reach wakes the loop at once
 //! ([`Upkeep::wake`]) rather than at its next look.
 
-use crate::{release, restore, writes, writing, AppState};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use crate::{release, restore, restore_runner, writes, writing, AppState};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 
 /// What the service tells the loop.
 #[derive(Debug, Default)]
 pub struct Upkeep {
-    unsettled: AtomicBool,
+    /// The runners owed a restore.
+    owed: Mutex<BTreeSet<String>>,
     wake: Notify,
 }
 
 impl Upkeep {
-    /// A sandbox's policy on the runner may not be the store's (a change
-    /// could not reach it): every sandbox is restored once it answers.
-    pub fn unsettle(&self) {
-        self.unsettled.store(true, Ordering::SeqCst);
+    /// A sandbox's policy on runner `runner` may not be the store's (a
+    /// change could not reach it): every sandbox of that runner is
+    /// restored once it answers.
+    pub fn unsettle(&self, runner: &str) {
+        crate::lock(&self.owed).insert(runner.to_string());
         self.wake.notify_one();
     }
 
-    /// Whether a restore is owed since [`Upkeep::unsettle`].
+    /// Whether a restore is owed to some runner since
+    /// [`Upkeep::unsettle`].
     pub fn unsettled(&self) -> bool {
-        self.unsettled.load(Ordering::SeqCst)
+        !crate::lock(&self.owed).is_empty()
     }
 
-    /// The runner was found out of reach: look at it now.
+    fn owes(&self, runner: &str) -> bool {
+        crate::lock(&self.owed).contains(runner)
+    }
+
+    fn settled(&self, runner: &str) {
+        crate::lock(&self.owed).remove(runner);
+    }
+
+    /// A runner was found out of reach: look at it now.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
@@ -73,12 +84,10 @@ impl Owed {
 }
 
 /// The loop (see the module), until the server is gone or stopping.
-/// `seen` is the runner's instance restored at the start: `None` for a
-/// runner without one (in the server's process).
-pub(crate) async fn run(state: Weak<AppState>, mut seen: Option<String>) {
-    // Said once when the runner stops answering, once when it answers
-    // again.
-    let mut away = false;
+/// `seen` holds each runner's instance restored at the start, in the
+/// fleet's order: `None` for a runner without one (in the server's
+/// process).
+pub(crate) async fn run(state: Weak<AppState>, mut seen: Vec<Option<String>>) {
     loop {
         {
             // Nothing of the server held while waiting.
@@ -92,104 +101,145 @@ pub(crate) async fn run(state: Weak<AppState>, mut seen: Option<String>) {
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
-        // The runner's instance, if it has one; the server not held while
-        // the runner is asked.
-        let now = match &seen {
-            None => None,
-            Some(_) => {
-                let Some(runner) = state.upgrade().map(|st| st.runner.clone()) else {
-                    return;
-                };
-                match tokio::task::spawn_blocking(move || runner.instance()).await {
-                    Ok(Ok(now)) => {
-                        if std::mem::take(&mut away) {
-                            tracing::info!("the runner answers again");
-                        }
-                        now
-                    }
-                    Ok(Err(e)) => {
-                        if !std::mem::replace(&mut away, true) {
-                            tracing::warn!(error = %e, "the runner does not answer; it keeps enforcing what it was last told until it does");
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "looking at the runner");
-                        continue;
-                    }
-                }
-            }
-        };
-        let Some(st) = state.upgrade() else { return };
-        if *st.stopping.borrow() {
-            return;
-        }
-        let owed = if now.is_some() && now != seen {
-            Some(Owed::Restarted)
-        } else if st.upkeep.unsettled() {
-            Some(Owed::Unsettled)
-        } else {
-            // The lock only when there is something to finish.
+        // A change a dead replica cut short: every runner restored.
+        let cut_short = {
+            let Some(st) = state.upgrade() else { return };
             match st.store.left_open().await {
-                Ok(true) => Some(Owed::CutShort),
-                Ok(false) => None,
+                Ok(open) => open,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the write journal");
-                    None
+                    false
                 }
             }
         };
-        let Some(owed) = owed else { continue };
-        let mut guard = match writing(&st).await {
-            Ok(guard) => guard,
-            Err(e) => {
-                tracing::warn!(error = %e, why = owed.as_str(), "taking the write lock to restore the sandboxes");
+        if cut_short {
+            let Some(st) = state.upgrade() else { return };
+            let Ok(mut guard) = lock_for(&st, Owed::CutShort).await else {
                 continue;
+            };
+            match guard.scope().run(restore(&st)).await {
+                Ok(_) => guard.recovered(),
+                Err(e) => {
+                    guard.keep_open();
+                    tracing::error!(error = %e, why = Owed::CutShort.as_str(), "restoring the sandboxes; trying again");
+                }
             }
+            release(guard).await;
+        }
+        let count = match state.upgrade() {
+            Some(st) => st.fleet.members().len(),
+            None => return,
         };
-        let done = guard
-            .scope()
-            .run(async {
-                // A restart another replica has restored already: nothing
-                // owed (unless something else is).
-                if owed == Owed::Restarted
-                    && !st.upkeep.unsettled()
-                    && guard.left_open().is_none()
-                    && st.store.restored_instance().await? == now
-                {
-                    return Ok(false);
-                }
-                tracing::warn!(
-                    why = owed.as_str(),
-                    "restoring every sandbox from the store"
-                );
-                restore(&st).await?;
-                if let Some(now) = &now {
-                    st.store.set_restored_instance(now).await?;
-                }
-                Ok::<_, crate::error::StartError>(true)
-            })
-            .await;
-        match done {
-            Ok(_) => {
-                guard.recovered();
-                st.upkeep.unsettled.store(false, Ordering::SeqCst);
-                if now.is_some() {
-                    seen = now;
-                }
-            }
-            Err(e) => {
-                // Left owed: the journal stays open (PostgreSQL) and the
-                // loop tries again.
-                guard.keep_open();
-                tracing::error!(error = %e, why = owed.as_str(), "restoring the sandboxes; trying again");
+        for (i, seen) in seen.iter_mut().enumerate().take(count) {
+            if !keep_one(&state, i, seen).await {
+                return;
             }
         }
-        release(guard).await;
     }
 }
 
+/// One look at the runner `i` of the fleet, restored if owed; `false`
+/// once the server is gone.
+async fn keep_one(state: &Weak<AppState>, i: usize, seen: &mut Option<String>) -> bool {
+    // The runner's instance, if it has one; the server not held while
+    // the runner is asked.
+    let now = match seen {
+        None => None,
+        Some(_) => {
+            let Some(runner) = state
+                .upgrade()
+                .map(|st| st.fleet.members()[i].runner.clone())
+            else {
+                return false;
+            };
+            let looked = tokio::task::spawn_blocking(move || runner.instance()).await;
+            let Some(st) = state.upgrade() else {
+                return false;
+            };
+            let member = &st.fleet.members()[i];
+            match looked {
+                Ok(Ok(now)) => {
+                    if member.set_reachable(true) {
+                        tracing::info!(runner = %member.name, "the runner answers again");
+                    }
+                    now
+                }
+                Ok(Err(e)) => {
+                    if member.set_reachable(false) {
+                        tracing::warn!(runner = %member.name, error = %e, "the runner does not answer; its sandboxes are unreachable, and it keeps enforcing what it was last told");
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(runner = %member.name, error = %e, "looking at the runner");
+                    return true;
+                }
+            }
+        }
+    };
+    let Some(st) = state.upgrade() else {
+        return false;
+    };
+    if *st.stopping.borrow() {
+        return false;
+    }
+    let member = &st.fleet.members()[i];
+    let owed = if now.is_some() && now != *seen {
+        Owed::Restarted
+    } else if st.upkeep.owes(&member.name) {
+        Owed::Unsettled
+    } else {
+        return true;
+    };
+    let Ok(mut guard) = lock_for(&st, owed).await else {
+        return true;
+    };
+    let done = guard
+        .scope()
+        .run(async {
+            // A restart another replica has restored already: nothing
+            // owed (unless something else is).
+            if owed == Owed::Restarted
+                && !st.upkeep.owes(&member.name)
+                && st.store.restored_instance(&member.name).await? == now
+            {
+                return Ok(false);
+            }
+            tracing::warn!(runner = %member.name, why = owed.as_str(), "restoring the runner's sandboxes from the store");
+            restore_runner(&st, member).await?;
+            if let Some(now) = &now {
+                st.store.set_restored_instance(&member.name, now).await?;
+            }
+            Ok::<_, crate::error::StartError>(true)
+        })
+        .await;
+    match done {
+        Ok(_) => {
+            st.upkeep.settled(&member.name);
+            if now.is_some() {
+                *seen = now;
+            }
+        }
+        Err(e) => {
+            // Left owed (tried again at the next round, not at once): on
+            // PostgreSQL the journal stays open too.
+            crate::lock(&st.upkeep.owed).insert(member.name.clone());
+            guard.keep_open();
+            tracing::error!(runner = %member.name, error = %e, why = owed.as_str(), "restoring the runner's sandboxes; trying again");
+        }
+    }
+    release(guard).await;
+    true
+}
+
+/// The write lock, to restore for `why`.
+async fn lock_for(st: &AppState, why: Owed) -> Result<writes::WriteGuard, ()> {
+    writing(st).await.map_err(|e| {
+        tracing::warn!(error = %e, why = why.as_str(), "taking the write lock to restore the sandboxes");
+    })
+}
+
 /// Starts the loop for `state` (see [`run`]).
-pub(crate) fn start(state: &Arc<AppState>, seen: Option<String>) {
+pub(crate) fn start(state: &Arc<AppState>, seen: Vec<Option<String>>) {
     tokio::spawn(run(Arc::downgrade(state), seen));
 }

@@ -157,31 +157,61 @@ impl Store {
         Ok(open != 0)
     }
 
-    /// The runner's instance whose sandboxes were last restored
+    /// Runner `runner`'s instance whose sandboxes were last restored
     /// (PostgreSQL; `None` on SQLite, whose one server restores at its
     /// start only), read within a change.
-    pub async fn restored_instance(&self) -> Result<Option<String>, sqlx::Error> {
+    pub async fn restored_instance(&self, runner: &str) -> Result<Option<String>, sqlx::Error> {
         if self.backend != Backend::Postgres {
             return Ok(None);
         }
-        let instance: String =
-            sqlx::query_scalar("SELECT runner_instance FROM write_journal WHERE id = 1")
-                .fetch_one(&mut *self.conn().await?)
+        let instance: Option<String> =
+            sqlx::query_scalar("SELECT restored_instance FROM runners WHERE name = $1")
+                .bind(runner)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
-        Ok(Some(instance))
+        Ok(Some(instance.unwrap_or_default()))
     }
 
-    /// Records that the sandboxes of the runner's `instance` were
+    /// Records that the sandboxes of runner `runner`'s `instance` were
     /// restored (PostgreSQL), within the change that did it.
-    pub async fn set_restored_instance(&self, instance: &str) -> Result<(), sqlx::Error> {
+    pub async fn set_restored_instance(
+        &self,
+        runner: &str,
+        instance: &str,
+    ) -> Result<(), sqlx::Error> {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
-        sqlx::query("UPDATE write_journal SET runner_instance = $1 WHERE id = 1")
-            .bind(instance)
-            .execute(&mut *self.conn().await?)
-            .await
-            .map(drop)
+        sqlx::query(
+            "INSERT INTO runners (name, restored_instance) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET restored_instance = excluded.restored_instance",
+        )
+        .bind(runner)
+        .bind(instance)
+        .execute(&mut *self.conn().await?)
+        .await
+        .map(drop)
+    }
+
+    /// The runners the operator drained (no sandbox is placed there).
+    pub async fn drained(&self) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM runners WHERE draining <> 0")
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
+        Ok(names.into_iter().collect())
+    }
+
+    /// Drains runner `runner` (or, `false`, takes it back into placement).
+    pub async fn set_draining(&self, runner: &str, draining: bool) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO runners (name, draining) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET draining = excluded.draining",
+        )
+        .bind(runner)
+        .bind(i64::from(draining))
+        .execute(&mut *self.conn().await?)
+        .await
+        .map(drop)
     }
 
     /// Takes the write lock (waiting for it, at most 30 s on PostgreSQL):

@@ -419,6 +419,8 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         ("/api/admin/organizations/{id}/egress-address", "delete"),
         ("/api/admin/organizations/{id}/keys", "post"),
         ("/api/admin/organizations/{id}/keys/{key_id}", "delete"),
+        ("/api/admin/runners", "get"),
+        ("/api/admin/runners/{name}/draining", "put"),
         ("/api/sandbox", "post"),
         ("/api/sandbox", "get"),
         ("/api/sandbox/{id_or_name}", "get"),

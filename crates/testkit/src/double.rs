@@ -62,6 +62,11 @@ struct Inner {
     update_delay: std::time::Duration,
     updates: u64,
     restores: u64,
+    slots: u32,
+    /// Its instance, when it plays a runner apart from the API.
+    instance: Option<String>,
+    /// It plays a runner that does not answer.
+    away: bool,
 }
 
 /// The double.
@@ -84,6 +89,7 @@ impl RunnerDouble {
             policy: Arc::new(policy),
             inner: Mutex::new(Inner {
                 healthy: true,
+                slots: 1000,
                 ..Inner::default()
             }),
             deaths_tx,
@@ -103,6 +109,11 @@ impl RunnerDouble {
 
     fn failure(&self, op: Op) -> Result<(), RunnerError> {
         let mut inner = self.inner();
+        if inner.away {
+            return Err(RunnerError::Unavailable(
+                "the double plays a runner away".into(),
+            ));
+        }
         match inner.failures.get_mut(&op) {
             Some(queue) if !queue.is_empty() => Err(queue.remove(0)),
             _ => Ok(()),
@@ -112,6 +123,24 @@ impl RunnerDouble {
     /// Sandbox `id` as the double holds it.
     pub fn held(&self, id: &str) -> Option<Held> {
         self.inner().sandboxes.get(id).cloned()
+    }
+
+    /// It holds at most `slots` sandboxes (1,000 unless told).
+    pub fn set_slots(&self, slots: u32) {
+        self.inner().slots = slots;
+    }
+
+    /// It plays a runner apart from the API whose process is `instance`
+    /// ([`Runner::instance`]): one the API looks at, and restores when
+    /// its instance changes.
+    pub fn set_instance(&self, instance: &str) {
+        self.inner().instance = Some(instance.to_string());
+    }
+
+    /// It plays a runner that does not answer (every call out of reach),
+    /// or one that answers again.
+    pub fn set_away(&self, away: bool) {
+        self.inner().away = away;
     }
 
     /// How many restores it has taken.
@@ -154,7 +183,13 @@ impl RunnerDouble {
     }
 
     fn with<T>(&self, id: &str, f: impl FnOnce(&mut Held) -> T) -> Result<T, RunnerError> {
-        self.inner()
+        let mut inner = self.inner();
+        if inner.away {
+            return Err(RunnerError::Unavailable(
+                "the double plays a runner away".into(),
+            ));
+        }
+        inner
             .sandboxes
             .get_mut(id)
             .map(f)
@@ -163,6 +198,16 @@ impl RunnerDouble {
 }
 
 impl Runner for RunnerDouble {
+    fn instance(&self) -> Result<Option<String>, RunnerError> {
+        let inner = self.inner();
+        if inner.away {
+            return Err(RunnerError::Unavailable(
+                "the double plays a runner away".into(),
+            ));
+        }
+        Ok(inner.instance.clone())
+    }
+
     fn snapshots(&self) -> Result<Vec<String>, RunnerError> {
         self.failure(Op::Snapshots)?;
         Ok(self.snapshots.clone())
@@ -173,6 +218,9 @@ impl Runner for RunnerDouble {
         let mut inner = self.inner();
         if inner.sandboxes.contains_key(&spec.id) {
             return Err(RunnerError::Conflict(format!("sandbox {} exists", spec.id)));
+        }
+        if inner.sandboxes.len() >= inner.slots as usize {
+            return Err(RunnerError::Capacity("no free slot".into()));
         }
         inner.sandboxes.insert(
             spec.id.clone(),
@@ -258,6 +306,11 @@ impl Runner for RunnerDouble {
 
     fn subscribe(&self, id: &str) -> Result<Subscription, RunnerError> {
         let inner = self.inner();
+        if inner.away {
+            return Err(RunnerError::Unavailable(
+                "the double plays a runner away".into(),
+            ));
+        }
         let tx = inner
             .events
             .get(id)
@@ -321,5 +374,18 @@ impl Runner for RunnerDouble {
 
     fn counts(&self) -> Counts {
         Counts::default()
+    }
+
+    fn capacity(&self) -> Result<sandgate_contract::Capacity, RunnerError> {
+        let inner = self.inner();
+        if inner.away {
+            return Err(RunnerError::Unavailable(
+                "the double plays a runner away".into(),
+            ));
+        }
+        Ok(sandgate_contract::Capacity {
+            slots: inner.slots,
+            used: u32::try_from(inner.sandboxes.len()).unwrap_or(u32::MAX),
+        })
     }
 }

@@ -177,6 +177,17 @@ impl InProcess {
         InProcess::serve(rt, server, None)
     }
 
+    /// [`InProcess::start_with_runner`] over several runners, each named
+    /// (see `sandgate_server::fleet`).
+    pub fn start_with_fleet(
+        cfg: ServerConfig,
+        fleet: sandgate_server::fleet::Fleet,
+    ) -> std::io::Result<InProcess> {
+        let rt = tokio::runtime::Runtime::new()?;
+        let (server, _) = rt.block_on(Server::with_fleet(cfg, fleet))?;
+        InProcess::serve(rt, server, None)
+    }
+
     fn serve(
         rt: tokio::runtime::Runtime,
         server: Server,

@@ -96,6 +96,35 @@ impl Api {
         Api::over(server, dir, cfg, None, Some(double))
     }
 
+    /// A server over several runner doubles, each named (no root, no
+    /// lab): made by `doubles` from each name and the configuration.
+    pub fn with_fleet(
+        names: &[&str],
+        doubles: impl Fn(&str, &ServerConfig) -> RunnerDouble,
+    ) -> (Api, Vec<Arc<RunnerDouble>>) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sandgate-fleet-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = sandgate_testkit::double_server_config(&dir, ADMIN);
+        let made: Vec<Arc<RunnerDouble>> =
+            names.iter().map(|n| Arc::new(doubles(n, &cfg))).collect();
+        let fleet = sandgate_server::fleet::Fleet::new(
+            names
+                .iter()
+                .zip(&made)
+                .map(|(name, d)| {
+                    let runner: Arc<dyn sandgate_contract::Runner> = d.clone();
+                    (name.to_string(), runner)
+                })
+                .collect(),
+        )
+        .unwrap();
+        let server = InProcess::start_with_fleet(cfg.clone(), fleet).unwrap();
+        let first = made[0].clone();
+        (Api::over(server, dir, cfg, None, Some(first)), made)
+    }
+
     fn over(
         server: InProcess,
         dir: PathBuf,
