@@ -227,30 +227,7 @@ impl RemoteRunner {
         policy: PolicyConfig,
     ) -> Result<RemoteRunner, RunnerError> {
         check_base(base, ca.is_some())?;
-        let mut config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            // Straight to the runner: never through a proxy of the
-            // environment, which would see the token and the policies.
-            .proxy(None)
-            // A runner never redirects: a redirect would carry the token
-            // elsewhere.
-            .max_redirects(0)
-            // Idle connections are dropped well before the runner lets
-            // them go (its wait for a request head), never reused closed.
-            .max_idle_age(IDLE)
-            .timeout_connect(Some(CONNECT));
-        if let Some(ca) = ca {
-            config = config.tls_config(
-                ureq::tls::TlsConfig::builder()
-                    .provider(ureq::tls::TlsProvider::Rustls)
-                    .unversioned_rustls_crypto_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .root_certs(ureq::tls::RootCerts::new_with_certs(&roots(ca)?))
-                    .build(),
-            );
-        }
-        let agent: ureq::Agent = config.build().into();
+        let agent = agent(ca)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = RemoteRunner {
             link: Link {
@@ -346,7 +323,7 @@ impl<I: Iterator<Item = std::io::Result<String>>> Events<I> {
 /// A runner's URL: `https://` with the operator's CA, or `http://` to a
 /// loopback address only (a token and policies do not cross another
 /// network in the clear).
-fn check_base(base: &str, tls: bool) -> Result<(), RunnerError> {
+pub(crate) fn check_base(base: &str, tls: bool) -> Result<(), RunnerError> {
     let refuse = |why: &str| RunnerError::Invalid {
         code: "invalid_request",
         message: format!("runner URL {base:?}: {why}"),
@@ -388,6 +365,35 @@ fn check_base(base: &str, tls: bool) -> Result<(), RunnerError> {
         }
         _ => Err(refuse(shape)),
     }
+}
+
+/// An HTTP agent for the link between an API and a runner, either way:
+/// over TLS checked against the operator's CA `ca` only (when given).
+pub(crate) fn agent(ca: Option<&[u8]>) -> Result<ureq::Agent, RunnerError> {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        // Straight to the other end: never through a proxy of the
+        // environment, which would see the token and the policies.
+        .proxy(None)
+        // Neither end redirects: a redirect would carry the token
+        // elsewhere.
+        .max_redirects(0)
+        // Idle connections are dropped well before the other end lets
+        // them go (its wait for a request head), never reused closed.
+        .max_idle_age(IDLE)
+        .timeout_connect(Some(CONNECT));
+    if let Some(ca) = ca {
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .unversioned_rustls_crypto_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&roots(ca)?))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
 }
 
 /// The certificates of a CA's PEM: at least one.

@@ -20,6 +20,7 @@
 //! [`RunnerError::Unavailable`]: sandgate_contract::RunnerError::Unavailable
 
 mod client;
+pub mod heartbeat;
 pub mod service;
 
 pub use client::RemoteRunner;
@@ -50,6 +51,17 @@ pub const FENCE: &str = "x-sandgate-fence";
 
 /// The shortest token a runner takes.
 pub const MIN_TOKEN: usize = 16;
+
+/// The token the API calls a runner that registered with `token`:
+/// derived from it (the same at each of the runner's starts), so that the
+/// token it registers with never goes back to it.
+pub fn call_token(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(format!("sandgate runner call token\n{}", token.trim()).as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// The name of the server-sent event that ends a sandbox's recent events
 /// (what follows happened after the subscription).

@@ -356,6 +356,13 @@ pub enum AdminCommand {
 pub enum RunnerCommand {
     /// List the runners: their state, slots and sandboxes.
     List,
+    /// Issue a runner a token to register with (shown once; another one
+    /// issued under the name replaces it): give it to `sandgate runner
+    /// --api URL --name NAME --token-file F` on the runner's host.
+    Token {
+        /// Runner name: 1 to 63 lowercase letters, digits and dashes.
+        name: String,
+    },
     /// Drain a runner: no new sandbox is placed there (its own run on).
     /// `--undo` takes it back into placement.
     Drain {
@@ -1080,6 +1087,15 @@ fn runner_admin(c: &Client, cmd: RunnerCommand, out: &Output) -> Result<(), ApiF
     let header = ["NAME", "STATE", "SLOTS USED", "SANDBOXES"];
     let v = match cmd {
         RunnerCommand::List => c.call("GET", "/api/admin/runners", None)?,
+        RunnerCommand::Token { name } => {
+            let v = c.call("POST", "/api/admin/runners", Some(&json!({ "name": name })))?;
+            if out.json {
+                out.print_json(&v);
+            } else {
+                say!("{}", s(&v["token"]));
+            }
+            return Ok(());
+        }
         RunnerCommand::Drain { name, undo } => c.call(
             "PUT",
             &format!("/api/admin/runners/{}/draining", path_part(&name)),

@@ -32,9 +32,27 @@ pub struct RunnerArgs {
     /// `<data-dir>/runner`).
     #[arg(long, env = "SANDGATE_DATA_DIR", default_value = "/var/lib/sandgate")]
     pub data_dir: PathBuf,
-    /// A file holding the token its API sends (at least 16 characters).
+    /// A file holding the token its API sends (at least 16 characters);
+    /// with `--api`, the token the operator issued it to register with
+    /// (`sandgate admin runner token NAME`).
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
+    /// Register with the API at this URL (`https://`, or `http://` to a
+    /// loopback address), sending a heartbeat every few seconds: the API
+    /// (started with `--register-runners`) then places sandboxes here.
+    #[arg(long, value_name = "URL", requires = "name")]
+    pub api: Option<String>,
+    /// The name its token was issued under.
+    #[arg(long, value_name = "NAME", requires = "api")]
+    pub name: Option<String>,
+    /// The URL the API reaches this runner at (default: the scheme and
+    /// the address it listens on).
+    #[arg(long, value_name = "URL", requires = "api")]
+    pub advertise: Option<String>,
+    /// The CA (PEM) that signed an `https://` API's certificate: the only
+    /// roots it is checked against.
+    #[arg(long, value_name = "FILE", requires = "api")]
+    pub api_ca: Option<PathBuf>,
     /// This host's runner.
     #[command(flatten)]
     pub host: HostArgs,
@@ -98,13 +116,42 @@ pub fn run(args: RunnerArgs, config: &Config, out: &Output) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return failed("runtime", &e),
     };
+    // Registered, it is called with a token of its own, derived from the
+    // one it registers with (the same at each start).
+    let call_token = match &args.api {
+        Some(_) => sandgate_remote::call_token(&token),
+        None => token.clone(),
+    };
+    let api_ca = match args.api_ca.as_ref().map(std::fs::read).transpose() {
+        Ok(ca) => ca,
+        Err(e) => return failed("configuration", &format!("--api-ca: {e}")),
+    };
     let served: Arc<dyn Runner> = runner;
+    let beating = served.clone();
     let result = rt.block_on(async {
-        let router = sandgate_remote::service::router(served, &token)
+        let router = sandgate_remote::service::router(served, &call_token)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let listener = std::net::TcpListener::bind(args.listen)?;
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        if let (Some(api), Some(name)) = (&args.api, &args.name) {
+            let url = args
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{addr}"));
+            sandgate_remote::heartbeat::start(
+                sandgate_remote::heartbeat::Registration {
+                    api: api.clone(),
+                    api_ca,
+                    token: token.clone(),
+                    name: name.clone(),
+                    url,
+                    call_token: call_token.clone(),
+                },
+                beating,
+            )
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        }
         if out.json {
             out.print_json(
                 &serde_json::json!({ "listening": addr.to_string(), "tls": tls.is_some() }),

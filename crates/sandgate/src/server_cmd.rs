@@ -52,9 +52,15 @@ pub struct ServerArgs {
     /// The file holding the runners' token.
     #[arg(long, value_name = "FILE", requires = "remote")]
     pub runner_token_file: Option<PathBuf>,
+    /// Take runners that register themselves (`sandgate runner --api`,
+    /// with a token of `sandgate admin runner token NAME`). Without
+    /// `--runner` or `--runner-url`, the server has no runner of its own
+    /// (it needs no privilege) until one registers.
+    #[arg(long)]
+    pub register_runners: bool,
     /// The CA (PEM) that signed the runners' certificates: the only roots
     /// an `https://` runner is checked against.
-    #[arg(long, value_name = "FILE", requires = "remote")]
+    #[arg(long, value_name = "FILE")]
     pub runner_ca: Option<PathBuf>,
     /// This host's runner.
     #[command(flatten)]
@@ -282,6 +288,30 @@ pub fn run(args: ServerArgs, config: &Config, out: &Output) -> ExitCode {
         }
         _ => None,
     };
+    let mut cfg = cfg;
+    let mut remote = remote;
+    if args.register_runners {
+        let ca = match args.runner_ca.as_ref().map(std::fs::read).transpose() {
+            Ok(ca) => ca,
+            Err(e) => return failed("configuration", &format!("--runner-ca: {e}")),
+        };
+        let policy = cfg.policy.clone();
+        cfg.connector = Some(sandgate_server::registry::Connector(std::sync::Arc::new(
+            move |url: &str, token: &str| {
+                sandgate_remote::RemoteRunner::connect_with(
+                    url,
+                    token,
+                    ca.as_deref(),
+                    policy.clone(),
+                )
+                .map(|r| std::sync::Arc::new(r) as std::sync::Arc<dyn sandgate_contract::Runner>)
+            },
+        )));
+        // No runner of its own: those that register only.
+        if remote.is_none() {
+            remote = Some(sandgate_server::fleet::Fleet::empty());
+        }
+    }
     let result = rt.block_on(async {
         let (server, report) = match remote {
             Some(fleet) => Server::with_fleet(cfg, fleet).await?,

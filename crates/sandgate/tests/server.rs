@@ -1021,7 +1021,8 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
 }
 
 #[test]
-fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_killed_comes_back_whole() {
+fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_killed_comes_back_whole(
+) {
     // Three sandbox hosts: a lab each (its own host and world), a
     // `sandgate runner` in each, over TLS with one CA; one API over all
     // three. Dropped in turn: the runners, the files, the labs.
@@ -1068,7 +1069,10 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
             .env_remove("SANDGATE_DATABASE_URL")
             .stdout(std::process::Stdio::piped()),
     );
-    guard.server = Some(ServerProcess { child, url: url.clone() });
+    guard.server = Some(ServerProcess {
+        child,
+        url: url.clone(),
+    });
     let (_, key) = organization(&url, TOKEN, "acme", 3);
     let allow = format!("{SERVER4}/32");
 
@@ -1079,7 +1083,14 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
         let (code, v) = cli(
             &url,
             &key,
-            &["sandbox", "create", "--name", &sb, "--network-allow-list", &allow],
+            &[
+                "sandbox",
+                "create",
+                "--name",
+                &sb,
+                "--network-allow-list",
+                &allow,
+            ],
         );
         assert_eq!(code, 0, "{v}");
         assert_eq!(v["runner"], *name, "{v}");
@@ -1112,7 +1123,11 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
     assert_eq!(code, 0, "{v}");
     assert_ne!(v["runner"], "c", "{v}");
     let (code, list) = cli(&url, TOKEN, &["admin", "runner", "list"]);
-    assert_eq!((code, list[2]["state"].as_str()), (0, Some("unreachable")), "{list}");
+    assert_eq!(
+        (code, list[2]["state"].as_str()),
+        (0, Some("unreachable")),
+        "{list}"
+    );
 
     // c comes back on its address and files: restored from the store,
     // its sandbox runs on with its policy on record.
@@ -1149,6 +1164,110 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
     drop(runners);
     drop(hosts);
     let _ = std::fs::remove_dir_all(&api_dir);
+}
+
+#[test]
+fn runners_register_with_the_tokens_the_operator_issued_and_an_api_of_no_runner_places_on_them() {
+    // An API with no runner of its own (no privilege needed) takes the
+    // runners that register: two, each in a lab of its own, over TLS.
+    let labs: Vec<Lab> = (0..2).map(|_| Lab::up().unwrap()).collect();
+    let dir = std::env::temp_dir().join(format!("sandgate-register-{}", labs[0].tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tls = runner_tls(&dir);
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    let mut guard = Cleanup {
+        dir: dir.join("api"),
+        server: None,
+    };
+    let (child, url) = spawn_listening(
+        Command::new(env!("CARGO_BIN_EXE_sandgate"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&guard.dir)
+            .arg("--register-runners")
+            .arg("--runner-ca")
+            .arg(dir.join(RUNNERS_CA))
+            .env("SANDGATE_ADMIN_TOKEN", TOKEN)
+            .env_remove("SANDGATE_CONFIG")
+            .env_remove("SANDGATE_DATABASE_URL")
+            .stdout(std::process::Stdio::piped()),
+    );
+    guard.server = Some(ServerProcess {
+        child,
+        url: url.clone(),
+    });
+    let (_, key) = organization(&url, TOKEN, "acme", 3);
+    let (code, v) = cli(&url, &key, &["sandbox", "create", "--name", "early"]);
+    assert_ne!(code, 0, "no runner yet: {v}");
+
+    let mut hosts = Vec::new();
+    let mut runners = Vec::new();
+    for (i, lab) in labs.iter().enumerate() {
+        let name = format!("r{i}");
+        let (code, issued) = cli(&url, TOKEN, &["admin", "runner", "token", &name]);
+        assert_eq!(code, 0, "{issued}");
+        let token_file = dir.join(format!("{name}.token"));
+        std::fs::write(&token_file, issued["token"].as_str().unwrap()).unwrap();
+        let host_dir = dir.join(lab.tag());
+        std::fs::create_dir_all(&host_dir).unwrap();
+        let mut flags = tls.clone();
+        flags.extend(["--api", url.as_str(), "--name", name.as_str()]);
+        let (child, _) = start_runner(lab, &host_dir, &token_file, &flags);
+        hosts.push(Cleanup {
+            dir: host_dir,
+            server: None,
+        });
+        runners.push(KillOnDrop(child));
+        // It joins at its first heartbeat.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, list) = cli(&url, TOKEN, &["admin", "runner", "list"]);
+            let joined = list.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|r| r["name"] == name && r["state"] == "active")
+            });
+            if joined {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never joined: {list}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+
+    // Placed on each, each enforced by its host.
+    let allow = format!("{SERVER4}/32");
+    let mut on = Vec::new();
+    for sb in ["x", "y"] {
+        let (code, v) = cli(
+            &url,
+            &key,
+            &[
+                "sandbox",
+                "create",
+                "--name",
+                sb,
+                "--network-allow-list",
+                &allow,
+            ],
+        );
+        assert_eq!(code, 0, "{v}");
+        on.push(v["runner"].as_str().unwrap().to_string());
+        assert!(echoes(&url, &key, sb, SERVER4));
+        assert!(!echoes(&url, &key, sb, SERVER4_B));
+    }
+    on.sort();
+    assert_eq!(on, ["r0", "r1"]);
+    for sb in ["x", "y"] {
+        let (code, v) = cli(&url, &key, &["sandbox", "delete", sb]);
+        assert_eq!(code, 0, "{v}");
+    }
+    drop(guard);
+    drop(runners);
+    drop(hosts);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A connection through the name-checking gateway (the lab's byte stream,

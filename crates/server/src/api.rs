@@ -190,6 +190,18 @@ impl FromRequestParts<Arc<AppState>> for Operator {
     }
 }
 
+/// A request's bearer token, whatever it is for (checked by the service):
+/// 401 without one, before the body is read.
+pub struct Bearer(pub String);
+
+impl FromRequestParts<Arc<AppState>> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<AppState>) -> Result<Self, ApiError> {
+        crate::auth::bearer(&parts.headers).map(|t| Bearer(t.to_string()))
+    }
+}
+
 // ------------------------------------------------------- organizations --
 
 /// An organization.
@@ -353,6 +365,58 @@ pub struct RunnerView {
     security(("bearer" = [])))]
 pub async fn list_runners(State(st): St, _: Operator) -> Result<Json<Vec<RunnerView>>, ApiError> {
     Ok(Json(service::runners(&st).await?))
+}
+
+/// A runner to issue a token to.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRunner {
+    /// Its name: 1 to 63 lowercase letters, digits and dashes.
+    pub name: String,
+}
+
+/// A runner's token, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunnerToken {
+    /// The runner's name.
+    pub name: String,
+    /// The token it registers with (`sandgate runner --api URL
+    /// --token-file F`); another one issued under the name replaces it.
+    pub token: String,
+}
+
+/// Issues a runner a token to register with (admin): shown once.
+#[utoipa::path(post, path = "/api/admin/runners", tag = "admin", request_body = NewRunner,
+    responses((status = 201, body = RunnerToken), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn issue_runner_token(
+    State(st): St,
+    _: Operator,
+    Body(body): Body<NewRunner>,
+) -> Result<(StatusCode, Json<RunnerToken>), ApiError> {
+    let token = crate::registry::issue(&st, body.name.clone()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RunnerToken {
+            name: body.name,
+            token,
+        }),
+    ))
+}
+
+/// A runner's heartbeat, with the token issued to it (the runner's
+/// route, not a client's): the runner joins the fleet at its first.
+#[utoipa::path(post, path = "/api/runners/heartbeat", tag = "admin", request_body = crate::registry::Heartbeat,
+    responses((status = 200, body = crate::registry::Registered), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn runner_heartbeat(
+    State(st): St,
+    Bearer(token): Bearer,
+    Body(body): Body<crate::registry::Heartbeat>,
+) -> Result<Json<crate::registry::Registered>, ApiError> {
+    Ok(Json(crate::registry::heartbeat(&st, &token, body).await?))
 }
 
 /// A drain, or its end.

@@ -11,7 +11,7 @@
 
 use sandgate_contract::{Runner, RunnerError};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The name of the runner of a server with one (and of every sandbox
 /// stored before there were several).
@@ -26,80 +26,137 @@ pub struct Member {
     pub runner: Arc<dyn Runner>,
     /// Whether it answered at the last look.
     reachable: AtomicBool,
+    /// Its instance whose sandboxes were restored last: `None` for a
+    /// runner without one (in the server's process, never looked at);
+    /// empty when not known (restored again at the next look).
+    restored: Mutex<Option<String>>,
 }
 
 impl Member {
+    /// A member named `name`, whose instance `restored` was restored.
+    pub fn new(name: String, runner: Arc<dyn Runner>, restored: Option<String>) -> Member {
+        Member {
+            name,
+            runner,
+            reachable: AtomicBool::new(true),
+            restored: Mutex::new(restored),
+        }
+    }
+
     /// Whether it answered at the last look of the upkeep loop.
     pub fn reachable(&self) -> bool {
         self.reachable.load(Ordering::SeqCst)
+    }
+
+    /// Whether it may be placed on: it answered at the last look and its
+    /// sandboxes were restored since it started.
+    pub fn ready(&self) -> bool {
+        self.reachable() && self.restored().is_none_or(|i| !i.is_empty())
     }
 
     /// Records whether it answered; whether that changed.
     pub(crate) fn set_reachable(&self, reachable: bool) -> bool {
         self.reachable.swap(reachable, Ordering::SeqCst) != reachable
     }
+
+    /// Its instance restored last (see [`Member::new`]).
+    pub(crate) fn restored(&self) -> Option<String> {
+        crate::lock(&self.restored).clone()
+    }
+
+    /// Its instance `instance` was restored.
+    pub(crate) fn set_restored(&self, instance: Option<String>) {
+        *crate::lock(&self.restored) = instance;
+    }
 }
 
-/// The runners, in the operator's order.
+/// The runners, in the operator's order (those that registered
+/// themselves after, in the order they did).
 #[derive(Debug)]
 pub struct Fleet {
-    members: Vec<Member>,
+    members: RwLock<Vec<Arc<Member>>>,
 }
 
 impl Fleet {
     /// The one runner of a server, named [`MAIN`].
     pub fn one(runner: Arc<dyn Runner>) -> Fleet {
         Fleet {
-            members: vec![Member {
-                name: MAIN.into(),
+            members: RwLock::new(vec![Arc::new(Member::new(
+                MAIN.into(),
                 runner,
-                reachable: AtomicBool::new(true),
-            }],
+                Some(String::new()),
+            ))]),
         }
     }
 
-    /// Runners by name: at least one, each name of 1 to 63 lowercase
-    /// letters, digits and dashes, none twice.
-    pub fn new(runners: Vec<(String, Arc<dyn Runner>)>) -> Result<Fleet, String> {
-        if runners.is_empty() {
-            return Err("no runner".into());
+    /// No runner yet: those that register themselves join it.
+    pub fn empty() -> Fleet {
+        Fleet {
+            members: RwLock::new(Vec::new()),
         }
-        let mut members: Vec<Member> = Vec::new();
+    }
+
+    /// Runners by name, each name of 1 to 63 lowercase letters, digits
+    /// and dashes, none twice; none for a server whose runners all
+    /// register themselves.
+    pub fn new(runners: Vec<(String, Arc<dyn Runner>)>) -> Result<Fleet, String> {
+        let fleet = Fleet {
+            members: RwLock::new(Vec::new()),
+        };
         for (name, runner) in runners {
             check_name(&name)?;
-            if members.iter().any(|m| m.name == name) {
-                return Err(format!("runner {name:?} named twice"));
-            }
-            members.push(Member {
-                name,
-                runner,
-                reachable: AtomicBool::new(true),
-            });
+            fleet.add(Member::new(name, runner, Some(String::new())))?;
         }
-        Ok(Fleet { members })
+        Ok(fleet)
     }
 
-    /// Every runner, in the operator's order.
-    pub fn members(&self) -> &[Member] {
-        &self.members
+    /// Adds a runner (one that registered itself): refused when its name
+    /// is taken.
+    pub fn add(&self, member: Member) -> Result<Arc<Member>, String> {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        if members.iter().any(|m| m.name == member.name) {
+            return Err(format!("runner {:?} named twice", member.name));
+        }
+        let member = Arc::new(member);
+        members.push(member.clone());
+        Ok(member)
     }
 
-    /// The first runner (the one runner of most servers): where what
-    /// belongs to no sandbox is asked (the host's addresses, the
+    /// Every runner, in order, as they are now.
+    pub fn members(&self) -> Vec<Arc<Member>> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The first runner that may be placed on (the one runner of most
+    /// servers): where what belongs to no sandbox is asked (the
     /// snapshots).
-    pub fn first(&self) -> &Member {
-        &self.members[0]
+    pub fn first_ready(&self) -> Option<Arc<Member>> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|m| m.ready())
+            .cloned()
     }
 
     /// Runner `name`; one this server does not drive (its sandboxes were
-    /// placed there by a server started with other runners) is out of
-    /// reach, and said so.
-    pub fn get(&self, name: &str) -> Result<&Member, RunnerError> {
-        self.members.iter().find(|m| m.name == name).ok_or_else(|| {
-            RunnerError::Unavailable(format!(
-                "runner {name:?} is not one this server drives (see --runner)"
-            ))
-        })
+    /// placed there by a server started with other runners, or it has not
+    /// registered with this one yet) is out of reach, and said so.
+    pub fn get(&self, name: &str) -> Result<Arc<Member>, RunnerError> {
+        self.members
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                RunnerError::Unavailable(format!(
+                    "runner {name:?} is not one this server drives (see --runner), or has not registered yet"
+                ))
+            })
     }
 }
 

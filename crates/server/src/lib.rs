@@ -27,6 +27,7 @@ pub mod dashboard;
 pub mod error;
 pub mod fleet;
 pub mod metrics;
+pub mod registry;
 pub mod service;
 pub mod store;
 pub mod upkeep;
@@ -81,6 +82,9 @@ pub struct ServerConfig {
     pub max_sandboxes_per_org: usize,
     /// The most execs an organization may have running at once.
     pub execs_per_org: usize,
+    /// How a runner that registers itself is reached (`None`: this
+    /// server takes no registration).
+    pub connector: Option<registry::Connector>,
 }
 
 /// The default targets of `network/test`: those of the reference's
@@ -121,6 +125,7 @@ impl ServerConfig {
             exec_timeout_max: Duration::from_secs(3600),
             max_sandboxes_per_org: 100,
             execs_per_org: 32,
+            connector: None,
         }
     }
 }
@@ -168,6 +173,8 @@ pub struct AppState {
     pub leads_approvals: std::sync::atomic::AtomicBool,
     /// What keeps the runner in line with the store ([`upkeep`]).
     pub upkeep: Arc<upkeep::Upkeep>,
+    /// See [`ServerConfig::connector`].
+    pub connector: Option<registry::Connector>,
     /// The lock on the store's directory (the runner holds its own on
     /// its directory, for as long as it lives).
     _lock: sandgate_runner::DirLock,
@@ -262,7 +269,8 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::get_organization))
         .routes(routes!(api::create_organization, api::list_organizations))
         .routes(routes!(api::set_tier))
-        .routes(routes!(api::list_runners))
+        .routes(routes!(api::list_runners, api::issue_runner_token))
+        .routes(routes!(api::runner_heartbeat))
         .routes(routes!(api::set_draining))
         .routes(routes!(api::set_egress_address, api::delete_egress_address))
         .routes(routes!(api::create_key))
@@ -388,6 +396,7 @@ impl Server {
             watchers: Default::default(),
             leads_approvals: std::sync::atomic::AtomicBool::new(alone),
             upkeep: Arc::default(),
+            connector: cfg.connector.clone(),
             _lock: lock,
         });
         // Under the write lock: on a store that replicas share, a change
@@ -395,7 +404,6 @@ impl Server {
         // runner's instance is read first: a restart of a runner after it
         // is one the upkeep loop sees. A runner out of reach now is
         // restored when it answers.
-        let mut seen = Vec::new();
         for member in state.fleet.members() {
             let runner = member.runner.clone();
             let instance = tokio::task::spawn_blocking(move || runner.instance())
@@ -403,7 +411,7 @@ impl Server {
                 .map_err(|e| StartError::Runner(io::Error::other(e)))?;
             // Not read (yet restored): restored again at the first look
             // (on a live runner, a reconcile).
-            seen.push(instance.unwrap_or_else(|_| Some(String::new())));
+            member.set_restored(instance.unwrap_or_else(|_| Some(String::new())));
         }
         let report = {
             let mut guard = writing(&state).await?;
@@ -411,11 +419,11 @@ impl Server {
                 .scope()
                 .run(async {
                     let report = restore(&state).await?;
-                    for (member, instance) in state.fleet.members().iter().zip(&seen) {
-                        if let Some(instance) = instance.as_ref().filter(|i| !i.is_empty()) {
+                    for member in state.fleet.members() {
+                        if let Some(instance) = member.restored().filter(|i| !i.is_empty()) {
                             state
                                 .store
-                                .set_restored_instance(&member.name, instance)
+                                .set_restored_instance(&member.name, &instance)
                                 .await?;
                         }
                     }
@@ -435,11 +443,11 @@ impl Server {
             approvals::watch_all(&state, service::now_ms()).await?;
         }
         for member in state.fleet.members() {
-            if let Some(deaths) = member.runner.take_deaths() {
-                tokio::spawn(record_deaths(state.store.clone(), deaths));
-            }
+            follow_deaths(&state, &member);
         }
-        upkeep::start(&state, seen);
+        // Runners that registered before this start join it now.
+        registry::join_registered(&state).await;
+        upkeep::start(&state);
         Ok((
             Server {
                 state,
@@ -509,7 +517,9 @@ impl Server {
 /// failure is the error.
 async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
     let mut all = RestoreReport::default();
-    for member in st.fleet.members() {
+    let members = st.fleet.members();
+    let several = members.len() > 1;
+    for member in &members {
         match restore_runner(st, member).await {
             Ok(report) => {
                 all.running.extend(report.running);
@@ -517,7 +527,7 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
                 all.lost.extend(report.lost);
                 all.removed.extend(report.removed);
             }
-            Err(StartError::Restore(e)) if e.is_out_of_reach() && st.fleet.members().len() > 1 => {
+            Err(StartError::Restore(e)) if e.is_out_of_reach() && several => {
                 tracing::warn!(runner = %member.name, error = %e, "a runner out of reach: restored when it answers");
                 member.set_reachable(false);
                 st.upkeep.unsettle(&member.name);
@@ -628,6 +638,13 @@ pub(crate) async fn recover(
     restore(st).await?;
     guard.recovered();
     Ok(())
+}
+
+/// Records the deaths `member`'s runner reports (see [`record_deaths`]).
+pub(crate) fn follow_deaths(st: &AppState, member: &fleet::Member) {
+    if let Some(deaths) = member.runner.take_deaths() {
+        tokio::spawn(record_deaths(st.store.clone(), deaths));
+    }
 }
 
 /// Records each sandbox whose init dies as `died`, as it dies (the

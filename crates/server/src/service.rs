@@ -727,7 +727,8 @@ pub async fn create_sandbox(
     new.settings(st, org.tier)?;
     new.resources(st, org.tier)?;
     // The runners share their snapshots: the first one's are asked.
-    let known = on_runner(st, &st.fleet.first().name, |r| r.snapshots()).await?;
+    let first = st.fleet.first_ready().ok_or_else(no_runner)?;
+    let known = on_runner(st, &first.name, |r| r.snapshots()).await?;
     if !known.contains(&new.snapshot) {
         return Err(ApiError::not_found(format!(
             "no snapshot {}; there are: {}",
@@ -841,14 +842,14 @@ pub async fn create_sandbox(
 /// drained (the first in the operator's order on a tie). 503
 /// `capacity_exhausted` when none has room.
 async fn place(st: &AppState) -> Result<String, ApiError> {
-    let fleet = &st.fleet;
-    if fleet.members().len() == 1 {
-        return Ok(fleet.first().name.clone());
+    let members = st.fleet.members();
+    if let [one] = members.as_slice() {
+        return Ok(one.name.clone());
     }
     let drained = st.store.drained().await?;
     let mut best: Option<(u32, &str)> = None;
-    for member in fleet.members() {
-        if drained.contains(&member.name) || !member.reachable() {
+    for member in &members {
+        if drained.contains(&member.name) || !member.ready() {
             continue;
         }
         let free = match runner_call(st, &member.name, |r| r.capacity()).await {
@@ -862,14 +863,17 @@ async fn place(st: &AppState) -> Result<String, ApiError> {
             best = Some((free, &member.name));
         }
     }
-    best.map(|(_, name)| name.to_string()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "capacity_exhausted",
-            "no runner that answers and is not drained has a free slot for another sandbox; delete a sandbox or retry later",
-        )
-        .retry_after(crate::error::CAPACITY_RETRY_SECONDS)
-    })
+    best.map(|(_, name)| name.to_string()).ok_or_else(no_runner)
+}
+
+/// 503 `capacity_exhausted`: no runner to place a sandbox on.
+fn no_runner() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "capacity_exhausted",
+        "no runner that answers and is not drained has a free slot for another sandbox; delete a sandbox or retry later",
+    )
+    .retry_after(crate::error::CAPACITY_RETRY_SECONDS)
 }
 
 /// Every runner behind the API, as an operator sees it.

@@ -23,6 +23,7 @@
 //! A call that finds the runner out of reach wakes the loop at once
 //! ([`Upkeep::wake`]) rather than at its next look.
 
+use crate::fleet::Member;
 use crate::{release, restore, restore_runner, writes, writing, AppState};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -67,10 +68,15 @@ impl Upkeep {
 
 /// Why the loop restores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Owed {
+pub(crate) enum Owed {
+    /// The runner's instance changed, or it joined the fleet.
     Restarted,
+    /// A change could not reach it ([`Upkeep::unsettle`]).
     Unsettled,
+    /// A replica died amid a change (the journal left open).
     CutShort,
+    /// A runner that registered joins the fleet.
+    Joined,
 }
 
 impl Owed {
@@ -79,15 +85,13 @@ impl Owed {
             Owed::Restarted => "the runner restarted",
             Owed::Unsettled => "a change could not reach the runner",
             Owed::CutShort => "a change was cut short",
+            Owed::Joined => "a runner joined",
         }
     }
 }
 
 /// The loop (see the module), until the server is gone or stopping.
-/// `seen` holds each runner's instance restored at the start, in the
-/// fleet's order: `None` for a runner without one (in the server's
-/// process).
-pub(crate) async fn run(state: Weak<AppState>, mut seen: Vec<Option<String>>) {
+pub(crate) async fn run(state: Weak<AppState>) {
     loop {
         {
             // Nothing of the server held while waiting.
@@ -126,38 +130,33 @@ pub(crate) async fn run(state: Weak<AppState>, mut seen: Vec<Option<String>>) {
             }
             release(guard).await;
         }
-        let count = match state.upgrade() {
-            Some(st) => st.fleet.members().len(),
+        // Runners that registered with another replica.
+        if let Some(st) = state.upgrade() {
+            crate::registry::join_registered(&st).await;
+        }
+        let members = match state.upgrade() {
+            Some(st) => st.fleet.members(),
             None => return,
         };
-        for (i, seen) in seen.iter_mut().enumerate().take(count) {
-            if !keep_one(&state, i, seen).await {
+        for member in members {
+            if !keep_one(&state, &member).await {
                 return;
             }
         }
     }
 }
 
-/// One look at the runner `i` of the fleet, restored if owed; `false`
-/// once the server is gone.
-async fn keep_one(state: &Weak<AppState>, i: usize, seen: &mut Option<String>) -> bool {
+/// One look at runner `member`, restored if owed; `false` once the
+/// server is gone.
+async fn keep_one(state: &Weak<AppState>, member: &Arc<Member>) -> bool {
+    let seen = member.restored();
     // The runner's instance, if it has one; the server not held while
     // the runner is asked.
-    let now = match seen {
+    let now = match &seen {
         None => None,
         Some(_) => {
-            let Some(runner) = state
-                .upgrade()
-                .map(|st| st.fleet.members()[i].runner.clone())
-            else {
-                return false;
-            };
-            let looked = tokio::task::spawn_blocking(move || runner.instance()).await;
-            let Some(st) = state.upgrade() else {
-                return false;
-            };
-            let member = &st.fleet.members()[i];
-            match looked {
+            let runner = member.runner.clone();
+            match tokio::task::spawn_blocking(move || runner.instance()).await {
                 Ok(Ok(now)) => {
                     if member.set_reachable(true) {
                         tracing::info!(runner = %member.name, "the runner answers again");
@@ -183,8 +182,7 @@ async fn keep_one(state: &Weak<AppState>, i: usize, seen: &mut Option<String>) -
     if *st.stopping.borrow() {
         return false;
     }
-    let member = &st.fleet.members()[i];
-    let owed = if now.is_some() && now != *seen {
+    let owed = if now.is_some() && now != seen {
         Owed::Restarted
     } else if st.upkeep.owes(&member.name) {
         Owed::Unsettled
@@ -196,28 +194,13 @@ async fn keep_one(state: &Weak<AppState>, i: usize, seen: &mut Option<String>) -
     };
     let done = guard
         .scope()
-        .run(async {
-            // A restart another replica has restored already: nothing
-            // owed (unless something else is).
-            if owed == Owed::Restarted
-                && !st.upkeep.owes(&member.name)
-                && st.store.restored_instance(&member.name).await? == now
-            {
-                return Ok(false);
-            }
-            tracing::warn!(runner = %member.name, why = owed.as_str(), "restoring the runner's sandboxes from the store");
-            restore_runner(&st, member).await?;
-            if let Some(now) = &now {
-                st.store.set_restored_instance(&member.name, now).await?;
-            }
-            Ok::<_, crate::error::StartError>(true)
-        })
+        .run(restore_member(&st, member, owed, now.as_deref()))
         .await;
     match done {
         Ok(_) => {
             st.upkeep.settled(&member.name);
             if now.is_some() {
-                *seen = now;
+                member.set_restored(now);
             }
         }
         Err(e) => {
@@ -232,6 +215,29 @@ async fn keep_one(state: &Weak<AppState>, i: usize, seen: &mut Option<String>) -
     true
 }
 
+/// Restores `member`'s sandboxes for `owed` (its instance `now`), under
+/// the write lock its caller holds: whether it did (a restart another
+/// replica has restored already is not restored again).
+pub(crate) async fn restore_member(
+    st: &AppState,
+    member: &Member,
+    owed: Owed,
+    now: Option<&str>,
+) -> Result<bool, crate::error::StartError> {
+    if owed == Owed::Restarted
+        && !st.upkeep.owes(&member.name)
+        && st.store.restored_instance(&member.name).await?.as_deref() == now
+    {
+        return Ok(false);
+    }
+    tracing::warn!(runner = %member.name, why = owed.as_str(), "restoring the runner's sandboxes from the store");
+    restore_runner(st, member).await?;
+    if let Some(now) = now {
+        st.store.set_restored_instance(&member.name, now).await?;
+    }
+    Ok(true)
+}
+
 /// The write lock, to restore for `why`.
 async fn lock_for(st: &AppState, why: Owed) -> Result<writes::WriteGuard, ()> {
     writing(st).await.map_err(|e| {
@@ -240,6 +246,6 @@ async fn lock_for(st: &AppState, why: Owed) -> Result<writes::WriteGuard, ()> {
 }
 
 /// Starts the loop for `state` (see [`run`]).
-pub(crate) fn start(state: &Arc<AppState>, seen: Vec<Option<String>>) {
-    tokio::spawn(run(Arc::downgrade(state), seen));
+pub(crate) fn start(state: &Arc<AppState>) {
+    tokio::spawn(run(Arc::downgrade(state)));
 }

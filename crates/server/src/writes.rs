@@ -193,6 +193,63 @@ impl Store {
         .map(drop)
     }
 
+    /// Issues runner `runner` a token to register with (its SHA-256
+    /// `hash`): a runner issued one before takes the new one only.
+    pub async fn set_runner_token(&self, runner: &str, hash: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO runners (name, token_hash) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash",
+        )
+        .bind(runner)
+        .bind(hash)
+        .execute(&mut *self.conn().await?)
+        .await
+        .map(drop)
+    }
+
+    /// The SHA-256 of the token runner `runner` registers with, if it was
+    /// issued one.
+    pub async fn runner_token(&self, runner: &str) -> Result<Option<String>, sqlx::Error> {
+        let hash: Option<String> =
+            sqlx::query_scalar("SELECT token_hash FROM runners WHERE name = $1")
+                .bind(runner)
+                .fetch_optional(&mut *self.conn().await?)
+                .await?;
+        Ok(hash.filter(|h| !h.is_empty()))
+    }
+
+    /// Records a heartbeat of runner `runner`: where it is reached and
+    /// with which token, and its slots.
+    pub async fn heartbeat(&self, runner: &str, beat: &RunnerBeat) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE runners SET url = $1, call_token = $2, heartbeat_ms = $3, slots = $4, \
+             used = $5 WHERE name = $6",
+        )
+        .bind(&beat.url)
+        .bind(&beat.call_token)
+        .bind(beat.at_ms)
+        .bind(i64::from(beat.slots))
+        .bind(i64::from(beat.used))
+        .bind(runner)
+        .execute(&mut *self.conn().await?)
+        .await
+        .map(drop)
+    }
+
+    /// The runners that registered themselves: name, URL and the token
+    /// they are called with.
+    pub async fn registered(&self) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT name, url, call_token FROM runners WHERE token_hash <> '' AND url <> '' \
+             ORDER BY name",
+        )
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// The runners the operator drained (no sandbox is placed there).
     pub async fn drained(&self) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
         let names: Vec<String> = sqlx::query_scalar("SELECT name FROM runners WHERE draining <> 0")
@@ -412,4 +469,19 @@ async fn unlock(conn: &mut PoolConnection<Any>) {
             conn.close_on_drop();
         }
     }
+}
+
+/// A runner's heartbeat, as stored.
+#[derive(Debug, Clone)]
+pub struct RunnerBeat {
+    /// Where the API reaches it.
+    pub url: String,
+    /// The token the API calls it with.
+    pub call_token: String,
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The sandboxes it can hold.
+    pub slots: u32,
+    /// The sandboxes it holds.
+    pub used: u32,
 }

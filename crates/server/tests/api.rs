@@ -420,6 +420,8 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
         ("/api/admin/organizations/{id}/keys", "post"),
         ("/api/admin/organizations/{id}/keys/{key_id}", "delete"),
         ("/api/admin/runners", "get"),
+        ("/api/admin/runners", "post"),
+        ("/api/runners/heartbeat", "post"),
         ("/api/admin/runners/{name}/draining", "put"),
         ("/api/sandbox", "post"),
         ("/api/sandbox", "get"),
@@ -452,6 +454,7 @@ fn the_openapi_document_lists_every_route_and_its_references_resolve() {
                 .replace("{id_or_name}", "x")
                 .replace("{id}", "x")
                 .replace("{key_id}", "x")
+                .replace("{name}", "x")
                 .replace("{grant_id}", "x");
             let (s, v) = api.call(&method.to_uppercase(), &concrete, None, Send::Nothing);
             let open = path == "/health";

@@ -261,3 +261,88 @@ fn a_runner_that_stops_answering_shows_its_sandboxes_unreachable_and_reconciles_
     );
     assert_eq!(s, 200, "{v}");
 }
+
+#[test]
+fn a_runner_registers_with_the_token_issued_to_it_and_is_placed_on() {
+    // No runner of its own: those that register only.
+    let (api, doubles) = Api::with_fleet(&[], |_, cfg| {
+        RunnerDouble::new(&["busybox"], cfg.policy.clone())
+    });
+    let joined = &doubles[0];
+    let (_, k) = api.organization("acme", 3);
+    let (s, v) = api.post("/api/sandbox", &k, json!({}));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("capacity_exhausted")),
+        "no runner yet: {v}"
+    );
+
+    // The operator issues a token under a name; the runner's heartbeat
+    // with it makes it a member, restored first, then placed on.
+    let (s, issued) = api.post("/api/admin/runners", ADMIN, json!({"name": "r1"}));
+    assert_eq!(s, 201, "{issued}");
+    let token = issued["token"].as_str().unwrap().to_string();
+    let beat = |token: &str, body: Value| api.post("/api/runners/heartbeat", token, body);
+    let body = |name: &str| {
+        json!({"name": name, "url": "double://0", "callToken": "a-call-token-of-the-double",
+               "slots": 10, "used": 0})
+    };
+    for (token, body, status) in [
+        ("sgr_not-the-token", body("r1"), 401),
+        (token.as_str(), body("r2"), 401),
+        (ADMIN, body("r1"), 401),
+        (k.as_str(), body("r1"), 401),
+    ] {
+        let (s, v) = beat(token, body);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some("unauthorized")),
+            "{v}"
+        );
+    }
+    let (s, v) = beat(
+        &token,
+        json!({"name": "r1", "url": "double://0", "callToken": "x".repeat(16), "slots": 1, "used": 0, "more": 1}),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(joined.restores(), 0);
+    let (s, v) = beat(&token, body("r1"));
+    assert_eq!((s, v["member"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(joined.restores(), 1, "restored before it is placed on");
+    let made = api.sandbox(&k, json!({"name": "on-r1"}));
+    assert_eq!(made["runner"], "r1", "{made}");
+    assert!(joined.held(&id(&made)).is_some());
+    // Its next heartbeats change nothing.
+    let (s, v) = beat(&token, body("r1"));
+    assert_eq!((s, v["member"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(joined.restores(), 1);
+    let (_, runners) = api.get("/api/admin/runners", ADMIN);
+    assert_eq!(runners[0]["name"], "r1", "{runners}");
+    assert_eq!(runners[0]["state"], "active", "{runners}");
+
+    // A new token replaces the old one.
+    let (s, again) = api.post("/api/admin/runners", ADMIN, json!({"name": "r1"}));
+    assert_eq!(s, 201, "{again}");
+    assert_eq!(beat(&token, body("r1")).0, 401);
+    assert_eq!(beat(again["token"].as_str().unwrap(), body("r1")).0, 200);
+    // A name the operator cannot give.
+    let (s, v) = api.post("/api/admin/runners", ADMIN, json!({"name": "Not A Name"}));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_name")),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_runner_the_server_was_started_with_keeps_its_name() {
+    let (api, _) = Api::with_fleet(&["a"], |_, cfg| {
+        RunnerDouble::new(&["busybox"], cfg.policy.clone())
+    });
+    let (s, v) = api.post("/api/admin/runners", ADMIN, json!({"name": "a"}));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("runner_name_taken")),
+        "{v}"
+    );
+}

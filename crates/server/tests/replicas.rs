@@ -3,7 +3,8 @@
 //! crates/sandgate/tests/server.rs): what one replica writes the other
 //! reads, names stay unique, racing writes are serialized whole, and a
 //! change that a replica cut short (it died holding the write lock) is
-//! finished by the other one. PostgreSQL is Debian's, a cluster of the
+//! finished by the other one, and a runner that registers with one is
+//! joined by the other. PostgreSQL is Debian's, a cluster of the
 //! test's own on a Unix socket (`sandgate_testkit::postgres`); it runs as
 //! the `postgres` user, so these tests need root, as the lab's do.
 
@@ -333,4 +334,70 @@ fn each_refused_attempt_is_counted_once_by_one_replica_and_another_takes_over() 
         r.double.publish(refused(sent));
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_runner_that_registers_with_one_replica_is_joined_by_the_other() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.database("register").unwrap();
+    let joined = Arc::new(RunnerDouble::new(&["busybox"], sandgate_lab::lab_policy()));
+    let mut dirs = Dirs(Vec::new());
+    let mut replica = |n: &str| {
+        let dir = std::env::temp_dir().join(format!(
+            "sandgate-replica-{}-register-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dirs.0.push(dir.clone());
+        let mut cfg = double_server_config(&dir, ADMIN);
+        cfg.database = Some(url.clone());
+        let double = joined.clone();
+        cfg.connector = Some(sandgate_server::registry::Connector(Arc::new(
+            move |url: &str, _: &str| {
+                assert_eq!(url, "double://0");
+                let d: Arc<dyn Runner> = double.clone();
+                Ok(d)
+            },
+        )));
+        InProcess::start_with_fleet(cfg, sandgate_server::fleet::Fleet::empty()).unwrap()
+    };
+    let (a, b) = (replica("a"), replica("b"));
+    let admin_a = Http::new(&a.base, ADMIN, Duration::from_secs(60));
+    let admin_b = Http::new(&b.base, ADMIN, Duration::from_secs(60));
+
+    // Registered with a: a joins it at once; b within a look.
+    let (s, issued) = admin_a.call("POST", "/api/admin/runners", Some(json!({"name": "r1"})));
+    assert_eq!(s, 201, "{issued}");
+    let beat = Http::new(
+        &a.base,
+        issued["token"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    let (s, v) = beat.call(
+        "POST",
+        "/api/runners/heartbeat",
+        Some(
+            json!({"name": "r1", "url": "double://0", "callToken": "a-call-token-of-the-double",
+                    "slots": 10, "used": 0}),
+        ),
+    );
+    assert_eq!((s, v["member"].as_bool()), (200, Some(true)), "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, runners) = admin_b.call("GET", "/api/admin/runners", None);
+        if runners[0]["name"] == "r1" && runners[0]["state"] == "active" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never joined r1: {runners}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Either replica places on it.
+    let key = admin_b.organization("acme", 3);
+    let (s, made) =
+        admin_b
+            .with_key(&key)
+            .call("POST", "/api/sandbox", Some(json!({"name": "via-b"})));
+    assert_eq!((s, made["runner"].as_str()), (201, Some("r1")), "{made}");
+    assert!(joined.held(made["id"].as_str().unwrap()).is_some());
+    drop((a, b));
 }

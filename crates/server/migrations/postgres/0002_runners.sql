@@ -8,5 +8,14 @@ ALTER TABLE sandboxes ADD COLUMN runner TEXT NOT NULL DEFAULT 'main';
 CREATE TABLE runners (
     name TEXT PRIMARY KEY,
     draining BIGINT NOT NULL DEFAULT 0,
-    restored_instance TEXT NOT NULL DEFAULT ''
+    restored_instance TEXT NOT NULL DEFAULT '',
+    -- A runner that registers itself: the SHA-256 of the token the
+    -- operator issued it, the URL it is reached at, the token the API
+    -- calls it with, and its last heartbeat (ms) with its slots.
+    token_hash TEXT NOT NULL DEFAULT '',
+    url TEXT NOT NULL DEFAULT '',
+    call_token TEXT NOT NULL DEFAULT '',
+    heartbeat_ms BIGINT NOT NULL DEFAULT 0,
+    slots BIGINT NOT NULL DEFAULT 0,
+    used BIGINT NOT NULL DEFAULT 0
 );

@@ -97,7 +97,9 @@ impl Api {
     }
 
     /// A server over several runner doubles, each named (no root, no
-    /// lab): made by `doubles` from each name and the configuration.
+    /// lab): made by `doubles` from each name and the configuration. Two
+    /// more follow those named, for runners that register themselves: at
+    /// `double://0` and `double://1`.
     pub fn with_fleet(
         names: &[&str],
         doubles: impl Fn(&str, &ServerConfig) -> RunnerDouble,
@@ -106,9 +108,28 @@ impl Api {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("sandgate-fleet-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let cfg = sandgate_testkit::double_server_config(&dir, ADMIN);
+        let mut cfg = sandgate_testkit::double_server_config(&dir, ADMIN);
         let made: Vec<Arc<RunnerDouble>> =
             names.iter().map(|n| Arc::new(doubles(n, &cfg))).collect();
+        // Runners that register are doubles too, by their URL
+        // (`double://N`, N their index among these).
+        let registering: Vec<Arc<RunnerDouble>> = (0..2)
+            .map(|i| Arc::new(doubles(&format!("joined-{i}"), &cfg)))
+            .collect();
+        let joinable = registering.clone();
+        cfg.connector = Some(sandgate_server::registry::Connector(Arc::new(
+            move |url: &str, token: &str| {
+                assert!(token.len() >= 16, "the call token");
+                let i: usize = url
+                    .strip_prefix("double://")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        sandgate_contract::RunnerError::Unavailable(format!("no double at {url}"))
+                    })?;
+                let d: Arc<dyn sandgate_contract::Runner> = joinable[i].clone();
+                Ok(d)
+            },
+        )));
         let fleet = sandgate_server::fleet::Fleet::new(
             names
                 .iter()
@@ -121,8 +142,10 @@ impl Api {
         )
         .unwrap();
         let server = InProcess::start_with_fleet(cfg.clone(), fleet).unwrap();
-        let first = made[0].clone();
-        (Api::over(server, dir, cfg, None, Some(first)), made)
+        let first = made.first().unwrap_or(&registering[0]).clone();
+        let mut all = made;
+        all.extend(registering);
+        (Api::over(server, dir, cfg, None, Some(first)), all)
     }
 
     fn over(
