@@ -1107,6 +1107,25 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
         .collect();
     assert_eq!(used, [1, 1, 1], "{list}");
 
+    // Every mode on each: blocked, then open, one per runner.
+    for (prefix, flags) in [("blocked", &["--network-block-all"][..]), ("open", &[][..])] {
+        for name in names {
+            let sb = format!("{prefix}-{name}");
+            let mut args = vec!["sandbox", "create", "--name", sb.as_str()];
+            args.extend(flags);
+            let (code, v) = cli(&url, &key, &args);
+            assert_eq!((code, v["runner"].as_str()), (0, Some(name)), "{v}");
+        }
+    }
+    for name in names {
+        assert!(!echoes(&url, &key, &format!("blocked-{name}"), SERVER4));
+        assert!(echoes(&url, &key, &format!("open-{name}"), SERVER4_B));
+        for sb in [format!("blocked-{name}"), format!("open-{name}")] {
+            let (code, v) = cli(&url, &key, &["sandbox", "delete", &sb]);
+            assert_eq!(code, 0, "{v}");
+        }
+    }
+
     // c is killed: within a look its sandbox is `unreachable`, the others
     // serve on, and a new sandbox goes elsewhere.
     let state = |sb: &str| cli(&url, &key, &["sandbox", "get", sb]).1["state"].clone();
@@ -1149,8 +1168,142 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
     assert_eq!(state("s2"), "running");
     assert!(!echoes(&url, &key, "s2", SERVER4_B));
 
+    // c killed -9 amid a change, and back each time: what it enforces is
+    // what the store says, whole, never wider; what was cut short is
+    // finished or gone.
+    let c_flags: Vec<&str> = {
+        let mut f = tls.clone();
+        f.extend(["--listen", urls[2].trim_start_matches("https://")]);
+        f
+    };
+    let amid = |runners: &mut Vec<KillOnDrop>, args: &[&str]| {
+        let (u, k) = (url.clone(), key.clone());
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        let call = std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&u, &k, &args)
+        });
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            % 40;
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(jitter)));
+        runners[2].0.kill().unwrap();
+        runners[2].0.wait().unwrap();
+        let _ = call.join().unwrap();
+        let (again, _) = start_runner(&labs[2], &hosts[2].dir, &token_file, &c_flags);
+        runners[2] = KillOnDrop(again);
+        // Back, and restored.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, list) = cli(&url, TOKEN, &["admin", "runner", "list"]);
+            let (_, v) = cli(&url, &key, &["sandbox", "exec", "s0", "--", "true"]);
+            if list[2]["state"] == "active" && v["exitCode"] == 0 {
+                let (_, probe) = cli(&url, &key, &["sandbox", "list"]);
+                let c_running = probe
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s["runner"] == "c")
+                    .all(|s| s["state"] == "running");
+                if c_running {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "c never came back: {list}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    let stored_allows = |sb: &str| {
+        let (_, g) = cli(&url, &key, &["sandbox", "get", sb]);
+        g["networkAllowList"].as_str().map(str::to_string)
+    };
+    let settled = |sb: &str, allowed: std::net::IpAddr, denied: std::net::IpAddr| {
+        // Restored within a few seconds of the runner's return.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !echoes(&url, &key, sb, allowed) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sb} never got {allowed}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        assert!(!echoes(&url, &key, sb, denied), "{sb} wider than on record");
+    };
+
+    // Amid an update: the old list or the new one, as the store says.
+    let to_b = format!("{SERVER4_B}/32");
+    amid(
+        &mut runners,
+        &[
+            "sandbox",
+            "network",
+            "update",
+            "s2",
+            "--network-allow-list",
+            &to_b,
+        ],
+    );
+    match stored_allows("s2").as_deref() {
+        Some(l) if l == to_b => settled("s2", SERVER4_B, SERVER4),
+        Some(l) if l == allow => settled("s2", SERVER4, SERVER4_B),
+        other => panic!("s2 stored {other:?}"),
+    }
+
+    // Amid a create placed on c (a and b drained): made whole, or gone
+    // from the store and from c.
+    for name in ["a", "b"] {
+        let (code, v) = cli(&url, TOKEN, &["admin", "runner", "drain", name]);
+        assert_eq!(code, 0, "{v}");
+    }
+    amid(
+        &mut runners,
+        &[
+            "sandbox",
+            "create",
+            "--name",
+            "mid",
+            "--network-allow-list",
+            &allow,
+        ],
+    );
+    let (code, mid) = cli(&url, &key, &["sandbox", "get", "mid"]);
+    let made = code == 0;
+    if made {
+        assert_eq!(
+            (mid["runner"].as_str(), mid["state"].as_str()),
+            (Some("c"), Some("running")),
+            "{mid}"
+        );
+        settled("mid", SERVER4, SERVER4_B);
+    }
+    for name in ["a", "b"] {
+        let (code, v) = cli(&url, TOKEN, &["admin", "runner", "drain", name, "--undo"]);
+        assert_eq!(code, 0, "{v}");
+    }
+
+    // Amid a delete: gone, from the store and from c.
+    amid(&mut runners, &["sandbox", "delete", "s2"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cli(&url, &key, &["sandbox", "get", "s2"]).0 == 0 {
+        assert!(std::time::Instant::now() < deadline, "s2 never went");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let on_c = std::fs::read_dir(hosts[2].dir.join("runner/runtime/sandboxes"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(on_c, usize::from(made), "c keeps what the store says only");
+
     // Everything deleted, from each runner.
-    for sb in ["s0", "s1", "s2", "while-away"] {
+    let mut left = vec!["s0", "s1", "while-away"];
+    if made {
+        left.push("mid");
+    }
+    for sb in left {
         let (code, v) = cli(&url, &key, &["sandbox", "delete", sb]);
         assert_eq!(code, 0, "{sb}: {v}");
     }
