@@ -8,6 +8,9 @@
 //!
 //! [catalog]
 //! file = "/etc/sandgate/catalog.toml"   # extends or replaces the shipped catalog
+//!
+//! [placement.tiers."4"]         # sandboxes of tier 4 go to runners
+//! labels = { pool = "dedicated" } # registered with these labels only
 //! ```
 //!
 //! Found through `--config PATH` or `SANDGATE_CONFIG`; without either, the
@@ -15,6 +18,7 @@
 
 use sandgate_policy::{Catalog, ErrorCode, PolicyConfig, PolicyConfigRepr, PolicyError};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The whole configuration file, as written.
@@ -25,6 +29,22 @@ struct FileRepr {
     policy: PolicyConfigRepr,
     #[serde(default)]
     catalog: CatalogRepr,
+    #[serde(default)]
+    placement: PlacementRepr,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacementRepr {
+    /// By tier: the labels a runner must carry to take its sandboxes.
+    #[serde(default)]
+    tiers: BTreeMap<String, TierPlacementRepr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierPlacementRepr {
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +61,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The essential-services catalog, with the operator's file applied.
     pub catalog: Catalog,
+    /// By tier, the labels a runner must carry to take its sandboxes.
+    pub placement: BTreeMap<u8, BTreeMap<String, String>>,
 }
 
 fn config_error(message: String) -> PolicyError {
@@ -59,6 +81,7 @@ impl Config {
             return Ok(Config {
                 policy: PolicyConfig::default(),
                 catalog: Catalog::builtin(),
+                placement: BTreeMap::new(),
             });
         };
         let text = read(path)?;
@@ -75,6 +98,29 @@ impl Config {
             let text = read(&file)?;
             catalog = catalog.with_operator_file(&text, &file.display().to_string())?;
         }
-        Ok(Config { policy, catalog })
+        let mut placement = BTreeMap::new();
+        for (tier, row) in repr.placement.tiers {
+            let t: u8 = tier
+                .parse()
+                .ok()
+                .filter(|t: &u8| policy.tier(*t).is_ok())
+                .ok_or_else(|| {
+                    config_error(format!(
+                        "{}: placement.tiers has \"{tier}\", not a tier of the tier table",
+                        path.display()
+                    ))
+                })?;
+            for (k, v) in &row.labels {
+                sandgate_server::fleet::check_label("name", k)
+                    .and_then(|()| sandgate_server::fleet::check_label("value", v))
+                    .map_err(|e| config_error(format!("{}: placement: {e}", path.display())))?;
+            }
+            placement.insert(t, row.labels);
+        }
+        Ok(Config {
+            policy,
+            catalog,
+            placement,
+        })
     }
 }

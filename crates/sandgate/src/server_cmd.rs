@@ -197,6 +197,7 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
     cfg.admin_token = token;
     cfg.database = args.database.clone();
     cfg.execs_per_org = usize::from(args.execs_per_org);
+    cfg.placement = config.placement.clone();
     if !args.probe_targets.is_empty() {
         cfg.probe_targets = args.probe_targets.clone();
     }

@@ -322,6 +322,48 @@ fn the_operator_config_changes_tiers_and_catalog() {
     ]);
     assert_eq!(code, 2);
     assert_eq!(v["error"]["code"], "invalid_config");
+
+    // Placement by tier: a tier of the table, labels that are labels.
+    for (placement, fails) in [
+        (
+            "[placement.tiers.\"4\"]\nlabels = { pool = \"dedicated\" }\n",
+            None,
+        ),
+        (
+            "[placement.tiers.\"9\"]\nlabels = { pool = \"x\" }\n",
+            Some("\"9\""),
+        ),
+        (
+            "[placement.tiers.\"4\"]\nlabels = { pool = \"not one\" }\n",
+            Some("not one"),
+        ),
+        ("[placement.tiers.\"4\"]\nlables = {}\n", Some("lables")),
+    ] {
+        std::fs::write(dir.join("placement.toml"), placement).unwrap();
+        let config = dir.join("placement.toml");
+        let (code, v) = json(&[
+            "--config",
+            config.to_str().unwrap(),
+            "policy",
+            "resolve",
+            "--tier",
+            "3",
+        ]);
+        match fails {
+            None => assert_eq!(code, 0, "{v}"),
+            Some(word) => {
+                assert_eq!(
+                    (code, v["error"]["code"].as_str()),
+                    (2, Some("invalid_config")),
+                    "{v}"
+                );
+                assert!(
+                    v["error"]["message"].as_str().unwrap().contains(word),
+                    "{v}"
+                );
+            }
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

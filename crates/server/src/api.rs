@@ -357,6 +357,8 @@ pub struct RunnerView {
     pub used: Option<u32>,
     /// The sandboxes placed on it, by the store.
     pub sandboxes: usize,
+    /// Its labels (those a runner that registered said).
+    pub labels: crate::fleet::Labels,
 }
 
 /// Every runner behind the API (admin), in the operator's order.

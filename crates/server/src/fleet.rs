@@ -13,6 +13,9 @@ use sandgate_contract::{Runner, RunnerError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+/// A runner's labels: names to values.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
 /// The name of the runner of a server with one (and of every sandbox
 /// stored before there were several).
 pub const MAIN: &str = "main";
@@ -24,6 +27,9 @@ pub struct Member {
     pub name: String,
     /// The runner.
     pub runner: Arc<dyn Runner>,
+    /// Its labels (a runner that registered says them), by which the
+    /// tiers' placement picks ([`crate::ServerConfig::placement`]).
+    pub labels: Labels,
     /// Whether it answered at the last look.
     reachable: AtomicBool,
     /// Its instance whose sandboxes were restored last: `None` for a
@@ -38,9 +44,20 @@ impl Member {
         Member {
             name,
             runner,
+            labels: Labels::new(),
             reachable: AtomicBool::new(true),
             restored: Mutex::new(restored),
         }
+    }
+
+    /// The member with `labels`.
+    pub fn with_labels(self, labels: Labels) -> Member {
+        Member { labels, ..self }
+    }
+
+    /// Whether it carries every label of `wanted`.
+    pub fn carries(&self, wanted: &Labels) -> bool {
+        wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
 
     /// Whether it answered at the last look of the upkeep loop.
@@ -174,6 +191,21 @@ pub fn check_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "runner name {name:?}: 1 to 63 lowercase letters, digits and dashes, not at either end"
+        ))
+    }
+}
+
+/// A label's name or value: 1 to 63 letters, digits, `-`, `_` and `.`.
+pub fn check_label(what: &str, text: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label {what} {text:?}: 1 to 63 letters, digits, '-', '_' and '.'"
         ))
     }
 }

@@ -85,6 +85,9 @@ pub struct ServerConfig {
     /// How a runner that registers itself is reached (`None`: this
     /// server takes no registration).
     pub connector: Option<registry::Connector>,
+    /// The labels a runner must carry to take a sandbox of each tier
+    /// (a tier not named: any runner).
+    pub placement: std::collections::BTreeMap<u8, fleet::Labels>,
 }
 
 /// The default targets of `network/test`: those of the reference's
@@ -126,6 +129,7 @@ impl ServerConfig {
             max_sandboxes_per_org: 100,
             execs_per_org: 32,
             connector: None,
+            placement: Default::default(),
         }
     }
 }
@@ -175,6 +179,8 @@ pub struct AppState {
     pub upkeep: Arc<upkeep::Upkeep>,
     /// See [`ServerConfig::connector`].
     pub connector: Option<registry::Connector>,
+    /// See [`ServerConfig::placement`].
+    pub placement: std::collections::BTreeMap<u8, fleet::Labels>,
     /// The lock on the store's directory (the runner holds its own on
     /// its directory, for as long as it lives).
     _lock: sandgate_runner::DirLock,
@@ -397,6 +403,7 @@ impl Server {
             leads_approvals: std::sync::atomic::AtomicBool::new(alone),
             upkeep: Arc::default(),
             connector: cfg.connector.clone(),
+            placement: cfg.placement.clone(),
             _lock: lock,
         });
         // Under the write lock: on a store that replicas share, a change

@@ -13,7 +13,7 @@
 //! heartbeat is what makes it known, and what the operator sees.
 
 use crate::error::ApiError;
-use crate::fleet::{check_name, Member};
+use crate::fleet::{check_label, check_name, Member};
 use crate::upkeep::{restore_member, Owed};
 use crate::writes::RunnerBeat;
 use crate::{release, writing, AppState};
@@ -49,6 +49,10 @@ pub struct Heartbeat {
     pub slots: u32,
     /// The sandboxes it holds.
     pub used: u32,
+    /// Its labels, by which the tiers' placement picks (taken when it
+    /// joins).
+    #[serde(default)]
+    pub labels: crate::fleet::Labels,
 }
 
 /// The heartbeat of a runner that asked for no change: 200 with its name.
@@ -109,17 +113,23 @@ pub async fn heartbeat(
     if beat.call_token.trim().len() < 16 {
         return Err(ApiError::invalid("callToken: at least 16 characters"));
     }
+    for (k, v) in &beat.labels {
+        check_label("name", k)
+            .and_then(|()| check_label("value", v))
+            .map_err(ApiError::invalid)?;
+    }
     let stored = RunnerBeat {
         url: beat.url.clone(),
         call_token: beat.call_token.clone(),
         at_ms: i64::try_from(crate::service::now_ms()).unwrap_or(i64::MAX),
         slots: beat.slots,
         used: beat.used,
+        labels: beat.labels,
     };
     st.store.heartbeat(&beat.name, &stored).await?;
     let member = match st.fleet.get(&beat.name) {
         Ok(_) => true,
-        Err(_) => match join(st, &beat.name, &beat.url, &beat.call_token).await {
+        Err(_) => match join(st, &beat.name, &stored).await {
             Ok(()) => true,
             Err(why) => {
                 tracing::warn!(runner = %beat.name, url = %beat.url, error = %why, "a runner that registered cannot join yet");
@@ -146,10 +156,10 @@ pub(crate) async fn join_registered(st: &Arc<AppState>) {
             return;
         }
     };
-    for (name, url, call_token) in registered {
+    for (name, beat) in registered {
         if st.fleet.get(&name).is_err() {
             // Tried again at the next round; its own heartbeats say why.
-            if let Err(why) = join(st, &name, &url, &call_token).await {
+            if let Err(why) = join(st, &name, &beat).await {
                 tracing::debug!(runner = %name, error = %why, "a registered runner cannot join yet");
             }
         }
@@ -158,11 +168,12 @@ pub(crate) async fn join_registered(st: &Arc<AppState>) {
 
 /// Connects to runner `name` at `url`, restores it from the store (under
 /// the write lock) and adds it to the fleet.
-async fn join(st: &Arc<AppState>, name: &str, url: &str, call_token: &str) -> Result<(), String> {
+async fn join(st: &Arc<AppState>, name: &str, beat: &RunnerBeat) -> Result<(), String> {
+    let url = beat.url.as_str();
     let Some(connector) = st.connector.clone() else {
         return Err("this server takes no registration (start it with --register-runners)".into());
     };
-    let (u, t) = (url.to_string(), call_token.to_string());
+    let (u, t) = (beat.url.clone(), beat.call_token.clone());
     let runner = tokio::task::spawn_blocking(move || (connector.0)(&u, &t))
         .await
         .map_err(|e| e.to_string())?
@@ -175,7 +186,8 @@ async fn join(st: &Arc<AppState>, name: &str, url: &str, call_token: &str) -> Re
             .and_then(Result::ok)
             .flatten()
     };
-    let member = Member::new(name.to_string(), runner, Some(String::new()));
+    let member =
+        Member::new(name.to_string(), runner, Some(String::new())).with_labels(beat.labels.clone());
     let guard = writing(st).await.map_err(|e| e.to_string())?;
     // Restored before it is placed on (a runner serves nothing before).
     let restored = guard

@@ -758,7 +758,7 @@ pub async fn create_sandbox(
         }
         let id = random_id("sb-", 8)?;
         let name = new.name.clone().unwrap_or_else(|| id.clone());
-        let runner = place(&st).await?;
+        let runner = place(&st, org.tier).await?;
         if st.store.sandbox(&org.id, &name).await?.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -837,19 +837,23 @@ pub async fn create_sandbox(
     Ok(made)
 }
 
-/// Where a new sandbox goes, under the write lock: the runner with the
-/// most free slots among those that answer and that the operator has not
-/// drained (the first in the operator's order on a tie). 503
-/// `capacity_exhausted` when none has room.
-async fn place(st: &AppState) -> Result<String, ApiError> {
+/// Where a new sandbox of `tier` goes, under the write lock: the runner
+/// with the most free slots among those that answer, that the operator
+/// has not drained and that carry the tier's labels
+/// ([`crate::ServerConfig::placement`]; the first in the operator's order
+/// on a tie). 503 `capacity_exhausted` when none has room.
+async fn place(st: &AppState, tier: u8) -> Result<String, ApiError> {
     let members = st.fleet.members();
+    let wanted = st.placement.get(&tier).cloned().unwrap_or_default();
     if let [one] = members.as_slice() {
-        return Ok(one.name.clone());
+        if one.carries(&wanted) {
+            return Ok(one.name.clone());
+        }
     }
     let drained = st.store.drained().await?;
     let mut best: Option<(u32, &str)> = None;
     for member in &members {
-        if drained.contains(&member.name) || !member.ready() {
+        if drained.contains(&member.name) || !member.ready() || !member.carries(&wanted) {
             continue;
         }
         let free = match runner_call(st, &member.name, |r| r.capacity()).await {
@@ -871,7 +875,7 @@ fn no_runner() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "capacity_exhausted",
-        "no runner that answers and is not drained has a free slot for another sandbox; delete a sandbox or retry later",
+        "no runner that answers, is not drained and takes this tier's sandboxes has a free slot for another sandbox; delete a sandbox or retry later",
     )
     .retry_after(crate::error::CAPACITY_RETRY_SECONDS)
 }
@@ -900,6 +904,7 @@ pub async fn runners(st: &AppState) -> Result<Vec<crate::api::RunnerView>, ApiEr
             slots: capacity.map(|c| c.slots),
             used: capacity.map(|c| c.used),
             sandboxes: rows.iter().filter(|r| r.runner == member.name).count(),
+            labels: member.labels.clone(),
         });
     }
     Ok(views)

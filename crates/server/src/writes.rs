@@ -223,30 +223,45 @@ impl Store {
     pub async fn heartbeat(&self, runner: &str, beat: &RunnerBeat) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE runners SET url = $1, call_token = $2, heartbeat_ms = $3, slots = $4, \
-             used = $5 WHERE name = $6",
+             used = $5, labels = $6 WHERE name = $7",
         )
         .bind(&beat.url)
         .bind(&beat.call_token)
         .bind(beat.at_ms)
         .bind(i64::from(beat.slots))
         .bind(i64::from(beat.used))
+        .bind(serde_json::to_string(&beat.labels).unwrap_or_else(|_| "{}".into()))
         .bind(runner)
         .execute(&mut *self.conn().await?)
         .await
         .map(drop)
     }
 
-    /// The runners that registered themselves: name, URL and the token
-    /// they are called with.
-    pub async fn registered(&self) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    /// The runners that registered themselves, as their last heartbeat
+    /// said (its time and slots aside).
+    pub async fn registered(&self) -> Result<Vec<(String, RunnerBeat)>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT name, url, call_token FROM runners WHERE token_hash <> '' AND url <> '' \
-             ORDER BY name",
+            "SELECT name, url, call_token, labels FROM runners \
+             WHERE token_hash <> '' AND url <> '' ORDER BY name",
         )
         .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .map(|r| {
+                let labels: String = r.try_get(3)?;
+                Ok((
+                    r.try_get(0)?,
+                    RunnerBeat {
+                        url: r.try_get(1)?,
+                        call_token: r.try_get(2)?,
+                        at_ms: 0,
+                        slots: 0,
+                        used: 0,
+                        labels: serde_json::from_str(&labels)
+                            .map_err(|e| sqlx::Error::Decode(e.into()))?,
+                    },
+                ))
+            })
             .collect()
     }
 
@@ -484,4 +499,6 @@ pub struct RunnerBeat {
     pub slots: u32,
     /// The sandboxes it holds.
     pub used: u32,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
 }

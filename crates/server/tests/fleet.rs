@@ -346,3 +346,72 @@ fn a_runner_the_server_was_started_with_keeps_its_name() {
         "{v}"
     );
 }
+
+#[test]
+fn a_tiers_sandboxes_go_to_the_runners_with_its_labels_only() {
+    // Tier 4 on runners labelled pool=dedicated; the other tiers anywhere.
+    let (api, doubles) = Api::with_fleet_and(
+        &[],
+        |_, cfg| RunnerDouble::new(&["busybox"], cfg.policy.clone()),
+        |cfg| {
+            cfg.placement
+                .insert(4, [("pool".to_string(), "dedicated".to_string())].into());
+        },
+    );
+    let (dedicated, shared) = (&doubles[0], &doubles[1]);
+    shared.set_slots(100);
+    dedicated.set_slots(2);
+    for (name, url, labels) in [
+        (
+            "dedicated",
+            "double://0",
+            json!({"pool": "dedicated", "zone": "a"}),
+        ),
+        ("shared", "double://1", json!({})),
+    ] {
+        let (_, issued) = api.post("/api/admin/runners", ADMIN, json!({ "name": name }));
+        let (s, v) = api.post(
+            "/api/runners/heartbeat",
+            issued["token"].as_str().unwrap(),
+            json!({"name": name, "url": url, "callToken": "a-call-token-of-the-double",
+                   "slots": 1, "used": 0, "labels": labels}),
+        );
+        assert_eq!(s, 200, "{v}");
+    }
+    let (_, k4) = api.organization("big", 4);
+    let (_, k3) = api.organization("small", 3);
+    // Tier 4: the dedicated runner, though the shared one has more room,
+    // until it is full.
+    for i in 0..2 {
+        let v = api.sandbox(&k4, json!({"name": format!("t4-{i}")}));
+        assert_eq!(v["runner"], "dedicated", "{v}");
+    }
+    let (s, v) = api.post("/api/sandbox", &k4, json!({"name": "t4-more"}));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("capacity_exhausted")),
+        "{v}"
+    );
+    // Tier 3: anywhere; the most free slots win.
+    let v = api.sandbox(&k3, json!({"name": "t3"}));
+    assert_eq!(v["runner"], "shared", "{v}");
+    let (_, runners) = api.get("/api/admin/runners", ADMIN);
+    assert_eq!(
+        runners[0]["labels"],
+        json!({"pool": "dedicated", "zone": "a"}),
+        "{runners}"
+    );
+    // A label that is not one.
+    let (_, issued) = api.post("/api/admin/runners", ADMIN, json!({"name": "odd"}));
+    let (s, v) = api.post(
+        "/api/runners/heartbeat",
+        issued["token"].as_str().unwrap(),
+        json!({"name": "odd", "url": "double://1", "callToken": "a-call-token-of-the-double",
+               "slots": 1, "used": 0, "labels": {"pool": "not a value"}}),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{v}"
+    );
+}

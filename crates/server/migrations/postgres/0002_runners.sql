@@ -17,5 +17,7 @@ CREATE TABLE runners (
     call_token TEXT NOT NULL DEFAULT '',
     heartbeat_ms BIGINT NOT NULL DEFAULT 0,
     slots BIGINT NOT NULL DEFAULT 0,
-    used BIGINT NOT NULL DEFAULT 0
+    used BIGINT NOT NULL DEFAULT 0,
+    -- Its labels, a JSON object (the tiers' placement picks by them).
+    labels TEXT NOT NULL DEFAULT '{}'
 );

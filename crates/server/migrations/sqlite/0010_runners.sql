@@ -15,5 +15,7 @@ CREATE TABLE runners (
     call_token TEXT NOT NULL DEFAULT '',
     heartbeat_ms INTEGER NOT NULL DEFAULT 0,
     slots INTEGER NOT NULL DEFAULT 0,
-    used INTEGER NOT NULL DEFAULT 0
+    used INTEGER NOT NULL DEFAULT 0,
+    -- Its labels, a JSON object (the tiers' placement picks by them).
+    labels TEXT NOT NULL DEFAULT '{}'
 );

@@ -104,11 +104,21 @@ impl Api {
         names: &[&str],
         doubles: impl Fn(&str, &ServerConfig) -> RunnerDouble,
     ) -> (Api, Vec<Arc<RunnerDouble>>) {
+        Api::with_fleet_and(names, doubles, |_| {})
+    }
+
+    /// [`Api::with_fleet`], its configuration changed by `tweak` first.
+    pub fn with_fleet_and(
+        names: &[&str],
+        doubles: impl Fn(&str, &ServerConfig) -> RunnerDouble,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> (Api, Vec<Arc<RunnerDouble>>) {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("sandgate-fleet-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = sandgate_testkit::double_server_config(&dir, ADMIN);
+        tweak(&mut cfg);
         let made: Vec<Arc<RunnerDouble>> =
             names.iter().map(|n| Arc::new(doubles(n, &cfg))).collect();
         // Runners that register are doubles too, by their URL
