@@ -520,12 +520,12 @@ impl Server {
 
 /// Restores every runner's sandboxes from the store (see
 /// [`Server::start`]): their reports together. A runner out of reach is
-/// left to the upkeep loop, which restores it when it answers; any other
-/// failure is the error.
+/// owed a restore, which the upkeep loop pays when it answers (said once);
+/// any other failure is the error.
 async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
     let mut all = RestoreReport::default();
     let members = st.fleet.members();
-    let several = members.len() > 1;
+    let owed = st.store.owed().await?;
     for member in &members {
         match restore_runner(st, member).await {
             Ok(report) => {
@@ -534,10 +534,12 @@ async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
                 all.lost.extend(report.lost);
                 all.removed.extend(report.removed);
             }
-            Err(StartError::Restore(e)) if e.is_out_of_reach() && several => {
-                tracing::warn!(runner = %member.name, error = %e, "a runner out of reach: restored when it answers");
+            Err(StartError::Restore(e)) if e.is_out_of_reach() => {
+                if !owed.contains(&member.name) {
+                    tracing::warn!(runner = %member.name, error = %e, "a runner out of reach: restored when it answers");
+                }
                 member.set_reachable(false);
-                st.upkeep.unsettle(&member.name);
+                upkeep::owe(st, &member.name, false).await;
             }
             Err(e) => return Err(e),
         }

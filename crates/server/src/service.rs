@@ -84,11 +84,7 @@ where
         // amid it) may have left the change half-way: the next holder
         // restores every sandbox. (The others, such as a full disk or a
         // runner away, are undone by the change itself.)
-        // So does a change that could not reach the runner to settle a
-        // sandbox ([`crate::upkeep`]).
-        if matches!(&done, Err(e) if e.status == axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-            || st.upkeep.unsettled()
-        {
+        if matches!(&done, Err(e) if e.status == axum::http::StatusCode::INTERNAL_SERVER_ERROR) {
             guard.keep_open();
         }
         crate::release(guard).await;
@@ -314,7 +310,7 @@ async fn cut_off(st: &AppState, row: &SandboxRow) {
         Ok(()) => return,
         Err(e) if e.is_out_of_reach() => {
             tracing::warn!(sandbox = %row.id, error = %e, "the runner is out of reach: the sandbox gets its stored policy when it answers again");
-            st.upkeep.unsettle(&row.runner);
+            crate::upkeep::owe(st, &row.runner, true).await;
             return;
         }
         Err(_) => {}

@@ -1,4 +1,7 @@
-//! Keeps the runner in line with the store while the server runs.
+//! Keeps each runner in line with the store while the server runs; says
+//! which answer (one that does not has its sandboxes shown
+//! `unreachable`); joins the runners that registered with another
+//! replica ([`crate::registry`]).
 //!
 //! The store is the record; what a runner enforces must never be wider.
 //! Three things can leave the runner apart from the record, and each is
@@ -14,9 +17,9 @@
 //! - a change could not reach the runner to settle a sandbox (its update
 //!   and the cut-off after it both out of reach): the runner keeps what it
 //!   was last told, which may not be the record. Such a sandbox is not
-//!   marked lost (it may well run on); it is restored as soon as the
-//!   runner answers ([`Upkeep::unsettle`]; on PostgreSQL the journal stays
-//!   open too, so another replica does it if this one dies);
+//!   marked lost (it may well run on); its runner is owed a restore
+//!   ([`owe`], recorded in the store, so that any replica pays it), done
+//!   as soon as the runner answers;
 //! - a replica died amid a change (PostgreSQL): the journal it left open
 //!   is found here even when no write comes to find it.
 //!
@@ -32,38 +35,36 @@ use tokio::sync::Notify;
 /// What the service tells the loop.
 #[derive(Debug, Default)]
 pub struct Upkeep {
-    /// The runners owed a restore.
+    /// The runners owed a restore, as this replica knows (the store's
+    /// record is what every replica reads; this one stands in while the
+    /// store does not answer).
     owed: Mutex<BTreeSet<String>>,
     wake: Notify,
 }
 
 impl Upkeep {
-    /// A sandbox's policy on runner `runner` may not be the store's (a
-    /// change could not reach it): every sandbox of that runner is
-    /// restored once it answers.
-    pub fn unsettle(&self, runner: &str) {
-        crate::lock(&self.owed).insert(runner.to_string());
-        self.wake.notify_one();
-    }
-
-    /// Whether a restore is owed to some runner since
-    /// [`Upkeep::unsettle`].
-    pub fn unsettled(&self) -> bool {
-        !crate::lock(&self.owed).is_empty()
-    }
-
-    fn owes(&self, runner: &str) -> bool {
-        crate::lock(&self.owed).contains(runner)
-    }
-
-    fn settled(&self, runner: &str) {
-        crate::lock(&self.owed).remove(runner);
-    }
-
     /// A runner was found out of reach: look at it now.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
+}
+
+/// A sandbox's policy on runner `runner` may not be the store's (a change
+/// could not reach it): every sandbox of that runner is restored once it
+/// answers, by whichever replica sees it first (the store says so).
+pub(crate) async fn owe(st: &AppState, runner: &str, wake: bool) {
+    crate::lock(&st.upkeep.owed).insert(runner.to_string());
+    if let Err(e) = st.store.set_owed(runner, true).await {
+        tracing::error!(runner, error = %e, "recording a restore owed to a runner (this replica still owes it)");
+    }
+    if wake {
+        st.upkeep.wake();
+    }
+}
+
+/// Whether runner `runner` is owed a restore (`owed`: the store's record).
+fn owes(st: &AppState, owed: &BTreeSet<String>, runner: &str) -> bool {
+    owed.contains(runner) || crate::lock(&st.upkeep.owed).contains(runner)
 }
 
 /// Why the loop restores.
@@ -134,12 +135,18 @@ pub(crate) async fn run(state: Weak<AppState>) {
         if let Some(st) = state.upgrade() {
             crate::registry::join_registered(&st).await;
         }
-        let members = match state.upgrade() {
-            Some(st) => st.fleet.members(),
+        let (members, owed) = match state.upgrade() {
+            Some(st) => {
+                let owed = st.store.owed().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "reading the restores owed");
+                    BTreeSet::new()
+                });
+                (st.fleet.members(), owed)
+            }
             None => return,
         };
         for member in members {
-            if !keep_one(&state, &member).await {
+            if !keep_one(&state, &member, &owed).await {
                 return;
             }
         }
@@ -148,7 +155,7 @@ pub(crate) async fn run(state: Weak<AppState>) {
 
 /// One look at runner `member`, restored if owed; `false` once the
 /// server is gone.
-async fn keep_one(state: &Weak<AppState>, member: &Arc<Member>) -> bool {
+async fn keep_one(state: &Weak<AppState>, member: &Arc<Member>, owed: &BTreeSet<String>) -> bool {
     let seen = member.restored();
     // The runner's instance, if it has one; the server not held while
     // the runner is asked.
@@ -184,12 +191,12 @@ async fn keep_one(state: &Weak<AppState>, member: &Arc<Member>) -> bool {
     }
     let owed = if now.is_some() && now != seen {
         Owed::Restarted
-    } else if st.upkeep.owes(&member.name) {
+    } else if owes(&st, owed, &member.name) {
         Owed::Unsettled
     } else {
         return true;
     };
-    let Ok(mut guard) = lock_for(&st, owed).await else {
+    let Ok(guard) = lock_for(&st, owed).await else {
         return true;
     };
     let done = guard
@@ -198,16 +205,13 @@ async fn keep_one(state: &Weak<AppState>, member: &Arc<Member>) -> bool {
         .await;
     match done {
         Ok(_) => {
-            st.upkeep.settled(&member.name);
             if now.is_some() {
                 member.set_restored(now);
             }
         }
         Err(e) => {
-            // Left owed (tried again at the next round, not at once): on
-            // PostgreSQL the journal stays open too.
-            crate::lock(&st.upkeep.owed).insert(member.name.clone());
-            guard.keep_open();
+            // Left owed: tried again at the next round, not at once.
+            owe(&st, &member.name, false).await;
             tracing::error!(runner = %member.name, error = %e, why = owed.as_str(), "restoring the runner's sandboxes; trying again");
         }
     }
@@ -225,7 +229,7 @@ pub(crate) async fn restore_member(
     now: Option<&str>,
 ) -> Result<bool, crate::error::StartError> {
     if owed == Owed::Restarted
-        && !st.upkeep.owes(&member.name)
+        && !owes(st, &st.store.owed().await?, &member.name)
         && st.store.restored_instance(&member.name).await?.as_deref() == now
     {
         return Ok(false);
@@ -235,6 +239,9 @@ pub(crate) async fn restore_member(
     if let Some(now) = now {
         st.store.set_restored_instance(&member.name, now).await?;
     }
+    // What was owed is paid.
+    st.store.set_owed(&member.name, false).await?;
+    crate::lock(&st.upkeep.owed).remove(&member.name);
     Ok(true)
 }
 

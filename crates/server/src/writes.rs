@@ -265,6 +265,28 @@ impl Store {
             .collect()
     }
 
+    /// Records that runner `runner` is owed a restore (a change could not
+    /// reach it), or no longer is.
+    pub async fn set_owed(&self, runner: &str, owed: bool) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO runners (name, owed) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET owed = excluded.owed",
+        )
+        .bind(runner)
+        .bind(i64::from(owed))
+        .execute(&mut *self.conn().await?)
+        .await
+        .map(drop)
+    }
+
+    /// The runners owed a restore.
+    pub async fn owed(&self) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM runners WHERE owed <> 0")
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
+        Ok(names.into_iter().collect())
+    }
+
     /// The runners the operator drained (no sandbox is placed there).
     pub async fn drained(&self) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
         let names: Vec<String> = sqlx::query_scalar("SELECT name FROM runners WHERE draining <> 0")

@@ -401,3 +401,86 @@ fn a_runner_that_registers_with_one_replica_is_joined_by_the_other() {
     assert!(joined.held(made["id"].as_str().unwrap()).is_some());
     drop((a, b));
 }
+
+#[test]
+fn a_restore_one_replica_owes_a_runner_is_paid_by_the_other() {
+    let Replicas {
+        a,
+        b,
+        double,
+        _dirs,
+        pg,
+    } = Replicas::start("owed");
+    let admin = Http::new(&a.base, ADMIN, Duration::from_secs(60));
+    let (s, org) = admin.call(
+        "POST",
+        "/api/admin/organizations",
+        Some(json!({"name": "acme", "tier": 3})),
+    );
+    assert_eq!(s, 201, "{org}");
+    let (_, key) = admin.call(
+        "POST",
+        &format!(
+            "/api/admin/organizations/{}/keys",
+            org["id"].as_str().unwrap()
+        ),
+        None,
+    );
+    let client = Http::new(
+        &a.base,
+        key["key"].as_str().unwrap(),
+        Duration::from_secs(60),
+    );
+    let (s, made) = client.call("POST", "/api/sandbox", Some(json!({"name": "x"})));
+    assert_eq!(s, 201, "{made}");
+    let sb = id(&made);
+    let before = double.held(&sb).unwrap().policy;
+
+    // The runner is away: a's update of the sandbox reaches it neither
+    // as an update nor as a cut-off (503: nothing of it stored, the
+    // journal closed), and no restore reaches it: a owes the runner a
+    // restore, recorded in the store.
+    double.set_away(true);
+    let restores = double.restores();
+    let (s, v) = client.call(
+        "POST",
+        &format!("/api/sandbox/{sb}/network-settings"),
+        Some(json!({"networkAllowList": "198.51.100.0/24"})),
+    );
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("runner_unavailable")),
+        "{v}"
+    );
+    assert_eq!(
+        pg.psql("owed", "SELECT owed FROM runners WHERE name = 'main'")
+            .unwrap(),
+        "1"
+    );
+
+    // a is gone before it pays; the runner answers again: b pays it (the
+    // store says so: nothing in the journal), and nothing is owed any
+    // more.
+    drop(a);
+    double.set_away(false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while double.restores() == restores {
+        assert!(Instant::now() < deadline, "b never paid the restore a owed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        double.held(&sb).unwrap().policy,
+        before,
+        "the stored policy"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pg
+        .psql("owed", "SELECT owed FROM runners WHERE name = 'main'")
+        .unwrap()
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "still owed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(b);
+}

@@ -278,9 +278,9 @@ impl Http {
         }
     }
 
-    /// A request (`GET`, `DELETE`, or a `POST` with or without a JSON
-    /// body): its status and JSON body (`null` when empty or not JSON);
-    /// `None` when there was no answer (the server went away).
+    /// A request (`GET`, `DELETE`, or a `POST` or `PUT` with or without a
+    /// JSON body): its status and JSON body (`null` when empty or not
+    /// JSON); `None` when there was no answer (the server went away).
     pub fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.key);
@@ -291,6 +291,11 @@ impl Http {
                 .delete(&url)
                 .header("Authorization", &auth)
                 .call(),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send_json(&b),
             (_, Some(b)) => self
                 .agent
                 .post(&url)

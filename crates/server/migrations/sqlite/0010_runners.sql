@@ -6,6 +6,9 @@ ALTER TABLE sandboxes ADD COLUMN runner TEXT NOT NULL DEFAULT 'main';
 CREATE TABLE runners (
     name TEXT PRIMARY KEY,
     draining INTEGER NOT NULL DEFAULT 0,
+    -- A change could not reach it: every sandbox of it is restored from
+    -- the store when it answers again (by any replica).
+    owed INTEGER NOT NULL DEFAULT 0,
     restored_instance TEXT NOT NULL DEFAULT '',
     -- A runner that registers itself: the SHA-256 of the token the
     -- operator issued it, the URL it is reached at, the token the API
