@@ -1024,9 +1024,12 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
 fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_killed_comes_back_whole(
 ) {
     // Three sandbox hosts: a lab each (its own host and world), a
-    // `sandgate runner` in each, over TLS with one CA; one API over all
-    // three. Dropped in turn: the runners, the files, the labs.
+    // `sandgate runner` in each, over TLS with one CA; two API replicas on
+    // one PostgreSQL over all three. Dropped in turn: the replicas, the
+    // runners, the files, PostgreSQL, the labs.
     let labs: Vec<Lab> = (0..3).map(|_| Lab::up().unwrap()).collect();
+    let pg = sandgate_testkit::postgres::Postgres::start().unwrap();
+    let database = pg.database("fleet").unwrap();
     let names = ["a", "b", "c"];
     let api_dir = std::env::temp_dir().join(format!("sandgate-fleet-{}", labs[0].tag()));
     let _ = std::fs::remove_dir_all(&api_dir);
@@ -1055,23 +1058,35 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
         .zip(&urls)
         .flat_map(|(n, u)| ["--runner".to_string(), format!("{n}={u}")])
         .collect();
-    let (child, url) = spawn_listening(
-        Command::new(env!("CARGO_BIN_EXE_sandgate"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&guard.dir)
-            .args(&flags)
-            .arg("--runner-token-file")
-            .arg(&token_file)
-            .arg("--runner-ca")
-            .arg(api_dir.join(RUNNERS_CA))
-            .env("SANDGATE_ADMIN_TOKEN", TOKEN)
-            .env_remove("SANDGATE_CONFIG")
-            .env_remove("SANDGATE_DATABASE_URL")
-            .stdout(std::process::Stdio::piped()),
-    );
+    let replica = |dir: &std::path::Path| {
+        spawn_listening(
+            Command::new(env!("CARGO_BIN_EXE_sandgate"))
+                .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(dir)
+                .args(&flags)
+                .arg("--runner-token-file")
+                .arg(&token_file)
+                .arg("--runner-ca")
+                .arg(api_dir.join(RUNNERS_CA))
+                .env("SANDGATE_ADMIN_TOKEN", TOKEN)
+                .env("SANDGATE_DATABASE_URL", &database)
+                .env_remove("SANDGATE_CONFIG")
+                .stdout(std::process::Stdio::piped()),
+        )
+    };
+    let (child, url) = replica(&guard.dir);
     guard.server = Some(ServerProcess {
         child,
         url: url.clone(),
+    });
+    let mut guard_b = Cleanup {
+        dir: api_dir.join("api-b"),
+        server: None,
+    };
+    let (child, url_b) = replica(&guard_b.dir);
+    guard_b.server = Some(ServerProcess {
+        child,
+        url: url_b.clone(),
     });
     let (_, key) = organization(&url, TOKEN, "acme", 3);
     let allow = format!("{SERVER4}/32");
@@ -1138,7 +1153,8 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
     }
     assert!(echoes(&url, &key, "s0", SERVER4));
     assert!(!echoes(&url, &key, "s1", SERVER4_B));
-    let (code, v) = cli(&url, &key, &["sandbox", "create", "--name", "while-away"]);
+    // (Through the other replica, which sees c away too.)
+    let (code, v) = cli(&url_b, &key, &["sandbox", "create", "--name", "while-away"]);
     assert_eq!(code, 0, "{v}");
     assert_ne!(v["runner"], "c", "{v}");
     let (code, list) = cli(&url, TOKEN, &["admin", "runner", "list"]);
@@ -1298,13 +1314,19 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
         .unwrap_or(0);
     assert_eq!(on_c, usize::from(made), "c keeps what the store says only");
 
-    // Everything deleted, from each runner.
+    // Replica a killed -9: b serves on, each sandbox enforced by its
+    // runner; everything deleted through b, from each runner.
+    let mut a = guard.server.take().unwrap();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(echoes(&url_b, &key, "s0", SERVER4));
+    assert!(!echoes(&url_b, &key, "s1", SERVER4_B));
     let mut left = vec!["s0", "s1", "while-away"];
     if made {
         left.push("mid");
     }
     for sb in left {
-        let (code, v) = cli(&url, &key, &["sandbox", "delete", sb]);
+        let (code, v) = cli(&url_b, &key, &["sandbox", "delete", sb]);
         assert_eq!(code, 0, "{sb}: {v}");
     }
     for host in &hosts {
@@ -1313,6 +1335,7 @@ fn three_runners_each_in_a_lab_of_its_own_take_sandboxes_by_free_slots_and_one_k
             .unwrap_or(0);
         assert_eq!(left, 0, "{}", host.dir.display());
     }
+    drop(guard_b);
     drop(guard);
     drop(runners);
     drop(hosts);
