@@ -292,9 +292,13 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
         "sandgate\n"
     );
     // Neither updated nor cut off, it is not taken for lost: the runner
-    // may well run it on.
+    // may well run it on. (Shown `unreachable` once the API has looked
+    // at the runner, at once after the failed call or within 2 s.)
     let (_, g) = api.call("GET", &format!("/api/sandbox/{sb}"), None);
-    assert_eq!(g["state"], "running", "{g}");
+    assert!(
+        matches!(g["state"].as_str(), Some("running" | "unreachable")),
+        "{g}"
+    );
 
     // Back on the same address, served anew (as a runner that started
     // again): until the API has restored it, a call about the sandbox is
