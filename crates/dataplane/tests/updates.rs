@@ -311,17 +311,6 @@ fn paced(rig: &Rig, index: u32) -> bool {
         .is_some()
 }
 
-/// Whether `measured` (payload, Mbit/s) is what a budget of `budget`
-/// gives: never more than it (10% for the pacer's burst and the
-/// measure's edges), and not far under: the budget counts the wire's
-/// bytes (payload is about 4.5% less), and a host of two cores loaded
-/// by the rest of the suite stretches the sender and the sink (19.3 of
-/// 20 alone; 18.0 seen under load). Unpaced, the same flow sends
-/// hundreds of times more.
-fn within(measured: f64, budget: f64) -> bool {
-    measured <= budget * 1.1 && measured >= budget * 0.75
-}
-
 #[test]
 fn an_egress_budget_paces_what_its_slot_sends_and_no_other() {
     use sandgate_lab::bench::{upload_mbit, upload_mbit_at_most};
@@ -345,7 +334,7 @@ fn an_egress_budget_paces_what_its_slot_sends_and_no_other() {
     let free = other.join().unwrap();
     println!("20 Mbit/s budget: {limited:.1} Mbit/s; beside it, no budget: {free:.1} Mbit/s");
     assert!(
-        within(limited, 20.0),
+        sandgate_lab::bench::within_budget(limited, 20.0),
         "{limited:.2} Mbit/s under a budget of 20"
     );
     assert!(
@@ -377,7 +366,7 @@ fn an_egress_budget_paces_what_its_slot_sends_and_no_other() {
     rig.dp = Some(dp);
     let fifty = upload_mbit(&a_ns, SERVER6, time).unwrap();
     assert!(
-        within(fifty, 50.0),
+        sandgate_lab::bench::within_budget(fifty, 50.0),
         "{fifty:.2} Mbit/s under a budget of 50"
     );
     rig.dp().update(a.index, &free_policy).unwrap();

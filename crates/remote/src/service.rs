@@ -226,8 +226,8 @@ pub async fn serve(
 
 /// How long a connection may take to send a whole request head (its
 /// first, or the next on a kept-alive connection). Above the client's
-/// idle age for pooled connections (ureq: 15 s), so that the client never
-/// reuses a connection the runner has closed.
+/// idle age for pooled connections (a third of it), so that the client
+/// never reuses a connection the runner has closed.
 pub const HEAD_WAIT: Duration = Duration::from_secs(30);
 
 /// An error answer: the contract's error, with its status.

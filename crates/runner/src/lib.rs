@@ -1201,7 +1201,17 @@ impl Runner {
             return Ok(self.reconcile(expected));
         }
         let mut report = RestoreReport::default();
-        let adopted: HashMap<String, Adopted> = self.runtime.adopt()?.into_iter().collect();
+        // A first restore that fails (its one fallible step) is a first
+        // restore again when tried again, never a reconcile against the
+        // nothing this runner serves yet (which would remove every
+        // sandbox).
+        let adopted: HashMap<String, Adopted> = match self.runtime.adopt() {
+            Ok(adopted) => adopted.into_iter().collect(),
+            Err(e) => {
+                self.restored.store(false, Ordering::SeqCst);
+                return Err(e.into());
+            }
+        };
         let active: HashMap<String, u32> = lock(&self.sandboxes.dp)
             .active_slots()
             .into_iter()

@@ -36,6 +36,8 @@ pub struct Member {
     /// runner without one (in the server's process, never looked at);
     /// empty when not known (restored again at the next look).
     restored: Mutex<Option<String>>,
+    /// Restores of it that failed in a row, and when to try again.
+    retry: Mutex<(u32, Option<std::time::Instant>)>,
 }
 
 impl Member {
@@ -47,7 +49,31 @@ impl Member {
             labels: Labels::new(),
             reachable: AtomicBool::new(true),
             restored: Mutex::new(restored),
+            retry: Mutex::new((0, None)),
         }
+    }
+
+    /// Whether a restore of it may be tried now: not before the back-off
+    /// after failed ones (2 s doubled at each, at most 32 s) is over.
+    pub(crate) fn may_try(&self) -> bool {
+        crate::lock(&self.retry)
+            .1
+            .is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
+    /// A restore of it was tried and `succeeded`: the failures in a row
+    /// before it (the back-off grows with them).
+    pub(crate) fn tried(&self, succeeded: bool) -> u32 {
+        let mut retry = crate::lock(&self.retry);
+        let before = retry.0;
+        if succeeded {
+            *retry = (0, None);
+        } else {
+            retry.0 = retry.0.saturating_add(1);
+            let wait = std::time::Duration::from_secs((1u64 << retry.0.min(5)).min(60));
+            retry.1 = Some(std::time::Instant::now() + wait);
+        }
+        before
     }
 
     /// The member with `labels`.

@@ -210,5 +210,6 @@ async fn join(st: &Arc<AppState>, name: &str, beat: &RunnerBeat) -> Result<(), S
     let member = joined?;
     crate::follow_deaths(st, &member);
     tracing::info!(runner = %name, url, "a runner joined");
+    crate::upkeep::rewatch(st).await;
     Ok(())
 }

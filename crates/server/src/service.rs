@@ -936,16 +936,21 @@ pub async fn set_draining(
 /// `creating` or `deleting` is finished then).
 async fn undo_create(st: &AppState, runner: &str, id: &str) {
     let gone = id.to_string();
-    match on_runner(st, runner, move |r| r.delete(&gone)).await {
+    match runner_call(st, runner, move |r| r.delete(&gone)).await {
         Ok(()) => {
             if let Err(e) = st.store.remove_sandbox(id).await {
                 tracing::error!(sandbox = %id, error = %e, "removing a half-made sandbox's row");
             }
         }
         Err(undo) => {
-            tracing::warn!(sandbox = %id, error = %undo.message, "undoing a failed create; the next start finishes it");
+            tracing::warn!(sandbox = %id, error = %undo, "undoing a failed create; the next restore finishes it");
             if let Err(e) = st.store.set_state(id, SandboxState::Deleting).await {
-                tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next start");
+                tracing::error!(sandbox = %id, error = %e, "recording a sandbox to remove at the next restore");
+            }
+            // The runner may have made it (the create's answer lost):
+            // its next restore removes it.
+            if undo.is_out_of_reach() {
+                crate::upkeep::owe(st, runner, true).await;
             }
         }
     }
@@ -962,7 +967,14 @@ pub async fn delete_sandbox(
         let row = sandbox(&st, &org, &key).await?;
         st.store.set_state(&row.id, SandboxState::Deleting).await?;
         let id = row.id.clone();
-        on_runner(&st, &row.runner, move |r| r.delete(&id)).await?;
+        if let Err(e) = runner_call(&st, &row.runner, move |r| r.delete(&id)).await {
+            // Out of reach: the row stays `deleting`, and the runner's
+            // next restore removes the sandbox there.
+            if e.is_out_of_reach() {
+                crate::upkeep::owe(&st, &row.runner, true).await;
+            }
+            return Err(e.into());
+        }
         crate::approvals::forget(&st, &row.id);
         st.store.remove_sandbox(&row.id).await?;
         st.metrics.deleted();

@@ -27,7 +27,7 @@
 //! ([`Upkeep::wake`]) rather than at its next look.
 
 use crate::fleet::Member;
-use crate::{release, restore, restore_runner, writes, writing, AppState};
+use crate::{release, restore_runner, writes, writing, AppState};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
@@ -122,8 +122,11 @@ pub(crate) async fn run(state: Weak<AppState>) {
             let Ok(mut guard) = lock_for(&st, Owed::CutShort).await else {
                 continue;
             };
-            match guard.scope().run(restore(&st)).await {
-                Ok(_) => guard.recovered(),
+            // Looked at without the lock, the journal is open for every
+            // change in flight too: only one the lock's holder left open
+            // is finished ([`crate::recover`] looks again under the lock).
+            match guard.scope().run(crate::recover(&st, &mut guard)).await {
+                Ok(()) => {}
                 Err(e) => {
                     guard.keep_open();
                     tracing::error!(error = %e, why = Owed::CutShort.as_str(), "restoring the sandboxes; trying again");
@@ -196,6 +199,9 @@ async fn keep_one(state: &Weak<AppState>, member: &Arc<Member>, owed: &BTreeSet<
     } else {
         return true;
     };
+    if !member.may_try() {
+        return true;
+    }
     let Ok(guard) = lock_for(&st, owed).await else {
         return true;
     };
@@ -203,20 +209,43 @@ async fn keep_one(state: &Weak<AppState>, member: &Arc<Member>, owed: &BTreeSet<
         .scope()
         .run(restore_member(&st, member, owed, now.as_deref()))
         .await;
-    match done {
-        Ok(_) => {
+    let restored = match done {
+        Ok(restored) => {
             if now.is_some() {
                 member.set_restored(now);
             }
+            if member.tried(true) > 0 {
+                tracing::info!(runner = %member.name, "restored the runner's sandboxes at last");
+            }
+            restored
         }
         Err(e) => {
-            // Left owed: tried again at the next round, not at once.
+            // Left owed: tried again later, backing off (said once).
             owe(&st, &member.name, false).await;
-            tracing::error!(runner = %member.name, error = %e, why = owed.as_str(), "restoring the runner's sandboxes; trying again");
+            if member.tried(false) == 0 {
+                tracing::error!(runner = %member.name, error = %e, why = owed.as_str(), "restoring the runner's sandboxes; trying again, less and less often");
+            } else {
+                tracing::debug!(runner = %member.name, error = %e, why = owed.as_str(), "restoring the runner's sandboxes; trying again");
+            }
+            false
         }
-    }
+    };
     release(guard).await;
+    if restored {
+        rewatch(&st).await;
+    }
     true
+}
+
+/// After a restore, the sandboxes' event streams are new: the access
+/// requests are watched again (by the replica that leads them).
+pub(crate) async fn rewatch(st: &Arc<AppState>) {
+    if !st.leads_approvals.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    if let Err(e) = crate::approvals::watch_all(st, crate::service::now_ms()).await {
+        tracing::warn!(error = %e, "watching the sandboxes for access requests again");
+    }
 }
 
 /// Restores `member`'s sandboxes for `owed` (its instance `now`), under

@@ -484,3 +484,32 @@ fn a_restore_one_replica_owes_a_runner_is_paid_by_the_other() {
     }
     drop(b);
 }
+
+#[test]
+fn a_change_in_flight_is_not_taken_for_one_cut_short() {
+    // The journal is open for every change in flight: the replicas'
+    // looks (every 2 s) see it so during a slow update, and must not
+    // restore every sandbox for it (a full reconcile under the write
+    // lock at every look that lands amid a change).
+    let r = Replicas::start("inflight");
+    let key = r.admin(&r.a).organization("acme", 3);
+    let a = r.client(&r.a, &key);
+    let (s, made) = a.call("POST", "/api/sandbox", Some(json!({"name": "x"})));
+    assert_eq!(s, 201, "{made}");
+    let restores = r.double.restores();
+    r.double.slow_updates(Duration::from_secs(5));
+    let (s, v) = a.call(
+        "POST",
+        &format!("/api/sandbox/{}/network-settings", id(&made)),
+        Some(json!({"networkAllowList": "198.51.100.0/24"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    r.double.slow_updates(Duration::ZERO);
+    // Both replicas looked at least twice amid it; a look after it too.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        r.double.restores(),
+        restores,
+        "restored for a change in flight"
+    );
+}
