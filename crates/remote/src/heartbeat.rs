@@ -28,8 +28,6 @@ pub struct Registration {
     pub url: String,
     /// The token the API calls the runner with.
     pub call_token: String,
-    /// Its labels.
-    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Registration {
@@ -66,7 +64,6 @@ pub fn start(reg: Registration, runner: Arc<dyn Runner>) -> Result<(), RunnerErr
                     "callToken": reg.call_token,
                     "slots": capacity.slots,
                     "used": capacity.used,
-                    "labels": reg.labels,
                 }));
             let taken = match sent {
                 Ok(r) if r.status().is_success() => Ok(()),

@@ -362,6 +362,11 @@ pub enum RunnerCommand {
     Token {
         /// Runner name: 1 to 63 lowercase letters, digits and dashes.
         name: String,
+        /// A label of the runner (repeat for several), by which the
+        /// tiers' placement picks it (the operator's configuration:
+        /// `[placement.tiers."4"] labels = {pool = "dedicated"}`).
+        #[arg(long = "label", value_name = "NAME=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Drain a runner: no new sandbox is placed there (its own run on).
     /// `--undo` takes it back into placement.
@@ -1087,8 +1092,13 @@ fn runner_admin(c: &Client, cmd: RunnerCommand, out: &Output) -> Result<(), ApiF
     let header = ["NAME", "STATE", "SLOTS USED", "SANDBOXES"];
     let v = match cmd {
         RunnerCommand::List => c.call("GET", "/api/admin/runners", None)?,
-        RunnerCommand::Token { name } => {
-            let v = c.call("POST", "/api/admin/runners", Some(&json!({ "name": name })))?;
+        RunnerCommand::Token { name, labels } => {
+            let labels: std::collections::BTreeMap<String, String> = labels.into_iter().collect();
+            let v = c.call(
+                "POST",
+                "/api/admin/runners",
+                Some(&json!({ "name": name, "labels": labels })),
+            )?;
             if out.json {
                 out.print_json(&v);
             } else {
@@ -1268,4 +1278,12 @@ pub fn admin(cli: AdminCli, out: &Output) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => failure(out, &f),
     }
+}
+
+/// `NAME=VALUE` of `--label`.
+fn parse_label(v: &str) -> Result<(String, String), String> {
+    let (k, value) = v
+        .split_once('=')
+        .ok_or_else(|| format!("{v:?}: give NAME=VALUE"))?;
+    Ok((k.to_string(), value.to_string()))
 }

@@ -53,11 +53,6 @@ pub struct RunnerArgs {
     /// roots it is checked against.
     #[arg(long, value_name = "FILE", requires = "api")]
     pub api_ca: Option<PathBuf>,
-    /// A label of this runner (repeat for several), by which the API's
-    /// placement picks it for the tiers the operator's configuration
-    /// names (`[placement.tiers."4"] labels = {pool = "dedicated"}`).
-    #[arg(long = "label", value_name = "NAME=VALUE", requires = "api", value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
     /// This host's runner.
     #[command(flatten)]
     pub host: HostArgs,
@@ -148,7 +143,6 @@ pub fn run(args: RunnerArgs, config: &Config, out: &Output) -> ExitCode {
                 sandgate_remote::heartbeat::Registration {
                     api: api.clone(),
                     api_ca,
-                    labels: args.labels.iter().cloned().collect(),
                     token: token.clone(),
                     name: name.clone(),
                     url,
@@ -171,14 +165,4 @@ pub fn run(args: RunnerArgs, config: &Config, out: &Output) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed("stopped", &e),
     }
-}
-
-/// `NAME=VALUE` of `--label`.
-fn parse_label(v: &str) -> Result<(String, String), String> {
-    let (k, value) = v
-        .split_once('=')
-        .ok_or_else(|| format!("{v:?}: give NAME=VALUE"))?;
-    sandgate_server::fleet::check_label("name", k)?;
-    sandgate_server::fleet::check_label("value", value)?;
-    Ok((k.to_string(), value.to_string()))
 }

@@ -1380,7 +1380,12 @@ fn runners_register_with_the_tokens_the_operator_issued_and_an_api_of_no_runner_
     let mut runners = Vec::new();
     for (i, lab) in labs.iter().enumerate() {
         let name = format!("r{i}");
-        let (code, issued) = cli(&url, TOKEN, &["admin", "runner", "token", &name]);
+        let zone = format!("zone=z{i}");
+        let (code, issued) = cli(
+            &url,
+            TOKEN,
+            &["admin", "runner", "token", &name, "--label", &zone],
+        );
         assert_eq!(code, 0, "{issued}");
         let token_file = dir.join(format!("{name}.token"));
         std::fs::write(&token_file, issued["token"].as_str().unwrap()).unwrap();
@@ -1399,8 +1404,11 @@ fn runners_register_with_the_tokens_the_operator_issued_and_an_api_of_no_runner_
         loop {
             let (_, list) = cli(&url, TOKEN, &["admin", "runner", "list"]);
             let joined = list.as_array().is_some_and(|l| {
-                l.iter()
-                    .any(|r| r["name"] == name && r["state"] == "active")
+                l.iter().any(|r| {
+                    r["name"] == name
+                        && r["state"] == "active"
+                        && r["labels"]["zone"] == format!("z{i}")
+                })
             });
             if joined {
                 break;

@@ -375,6 +375,10 @@ pub async fn list_runners(State(st): St, _: Operator) -> Result<Json<Vec<RunnerV
 pub struct NewRunner {
     /// Its name: 1 to 63 lowercase letters, digits and dashes.
     pub name: String,
+    /// Its labels, by which the tiers' placement picks (names and values
+    /// of 1 to 63 letters, digits, `-`, `_` and `.`).
+    #[serde(default)]
+    pub labels: crate::fleet::Labels,
 }
 
 /// A runner's token, shown once.
@@ -397,7 +401,7 @@ pub async fn issue_runner_token(
     _: Operator,
     Body(body): Body<NewRunner>,
 ) -> Result<(StatusCode, Json<RunnerToken>), ApiError> {
-    let token = crate::registry::issue(&st, body.name.clone()).await?;
+    let token = crate::registry::issue(&st, body.name.clone(), body.labels).await?;
     Ok((
         StatusCode::CREATED,
         Json(RunnerToken {

@@ -38,6 +38,10 @@ pub struct Member {
     restored: Mutex<Option<String>>,
     /// Restores of it that failed in a row, and when to try again.
     retry: Mutex<(u32, Option<std::time::Instant>)>,
+    /// For a runner that registered: the URL it is reached at and the
+    /// token it is called with, as its heartbeat said when it joined (a
+    /// heartbeat that says otherwise has it join again).
+    pub link: Option<(String, String)>,
 }
 
 impl Member {
@@ -50,6 +54,16 @@ impl Member {
             reachable: AtomicBool::new(true),
             restored: Mutex::new(restored),
             retry: Mutex::new((0, None)),
+            link: None,
+        }
+    }
+
+    /// The member reached at `url` with `call_token` (one that
+    /// registered).
+    pub fn with_link(self, url: String, call_token: String) -> Member {
+        Member {
+            link: Some((url, call_token)),
+            ..self
         }
     }
 
@@ -118,24 +132,77 @@ impl Member {
 #[derive(Debug)]
 pub struct Fleet {
     members: RwLock<Vec<Arc<Member>>>,
+    /// The names joining now (one join at a time for each).
+    joining: Mutex<std::collections::BTreeSet<String>>,
+    /// The names whose last join failed (said once).
+    failing: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Fleet {
     /// The one runner of a server, named [`MAIN`].
     pub fn one(runner: Arc<dyn Runner>) -> Fleet {
-        Fleet {
-            members: RwLock::new(vec![Arc::new(Member::new(
+        let fleet = Fleet::empty();
+        fleet
+            .members
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(Member::new(
                 MAIN.into(),
                 runner,
                 Some(String::new()),
-            ))]),
-        }
+            )));
+        fleet
     }
 
     /// No runner yet: those that register themselves join it.
     pub fn empty() -> Fleet {
         Fleet {
             members: RwLock::new(Vec::new()),
+            joining: Mutex::default(),
+            failing: Mutex::default(),
+        }
+    }
+
+    /// Puts `member` in the fleet, in place of one of its name that
+    /// registered before (a runner that joins again); refused when the
+    /// name is one the server was started with.
+    pub fn put(&self, member: Member) -> Result<Arc<Member>, String> {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let member = Arc::new(member);
+        match members.iter_mut().find(|m| m.name == member.name) {
+            Some(old) if old.link.is_some() => *old = member.clone(),
+            Some(_) => return Err(format!("runner {:?} named twice", member.name)),
+            None => members.push(member.clone()),
+        }
+        Ok(member)
+    }
+
+    /// Takes runner `name` out of the fleet if it registered (its token
+    /// was replaced, or it registers elsewhere): its sandboxes are
+    /// `unreachable` until it joins again.
+    pub fn remove_registered(&self, name: &str) -> bool {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        let before = members.len();
+        members.retain(|m| m.name != name || m.link.is_none());
+        members.len() != before
+    }
+
+    /// Starts a join of `name`: `false` when one is under way.
+    pub(crate) fn begin_join(&self, name: &str) -> bool {
+        crate::lock(&self.joining).insert(name.to_string())
+    }
+
+    /// Ends a join of `name` begun with [`Fleet::begin_join`], `joined` or
+    /// not: whether to say why not (the first failure since the last
+    /// success).
+    pub(crate) fn end_join(&self, name: &str, joined: bool) -> bool {
+        crate::lock(&self.joining).remove(name);
+        let mut failing = crate::lock(&self.failing);
+        if joined {
+            failing.remove(name);
+            false
+        } else {
+            failing.insert(name.to_string())
         }
     }
 
@@ -143,26 +210,12 @@ impl Fleet {
     /// and dashes, none twice; none for a server whose runners all
     /// register themselves.
     pub fn new(runners: Vec<(String, Arc<dyn Runner>)>) -> Result<Fleet, String> {
-        let fleet = Fleet {
-            members: RwLock::new(Vec::new()),
-        };
+        let fleet = Fleet::empty();
         for (name, runner) in runners {
             check_name(&name)?;
-            fleet.add(Member::new(name, runner, Some(String::new())))?;
+            fleet.put(Member::new(name, runner, Some(String::new())))?;
         }
         Ok(fleet)
-    }
-
-    /// Adds a runner (one that registered itself): refused when its name
-    /// is taken.
-    pub fn add(&self, member: Member) -> Result<Arc<Member>, String> {
-        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
-        if members.iter().any(|m| m.name == member.name) {
-            return Err(format!("runner {:?} named twice", member.name));
-        }
-        let member = Arc::new(member);
-        members.push(member.clone());
-        Ok(member)
     }
 
     /// Every runner, in order, as they are now.

@@ -49,10 +49,6 @@ pub struct Heartbeat {
     pub slots: u32,
     /// The sandboxes it holds.
     pub used: u32,
-    /// Its labels, by which the tiers' placement picks (taken when it
-    /// joins).
-    #[serde(default)]
-    pub labels: crate::fleet::Labels,
 }
 
 /// The heartbeat of a runner that asked for no change: 200 with its name.
@@ -65,12 +61,23 @@ pub struct Registered {
     pub member: bool,
 }
 
-/// Issues runner `name` a token to register with (another one replaces
-/// it): the token, shown once. 409 for the name of a runner the server
-/// was started with.
-pub async fn issue(st: &Arc<AppState>, name: String) -> Result<String, ApiError> {
+/// Issues runner `name` a token to register with, and the labels it
+/// carries (another token replaces it, and cuts off the runner that
+/// registered with the old one: it is out of the fleet until it sends a
+/// heartbeat with the new one): the token, shown once. 409 for the name
+/// of a runner the server was started with.
+pub async fn issue(
+    st: &Arc<AppState>,
+    name: String,
+    labels: crate::fleet::Labels,
+) -> Result<String, ApiError> {
     check_name(&name).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_name", m))?;
-    if st.fleet.get(&name).is_ok() && st.store.runner_token(&name).await?.is_none() {
+    for (k, v) in &labels {
+        check_label("name", k)
+            .and_then(|()| check_label("value", v))
+            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_label", m))?;
+    }
+    if st.fleet.get(&name).is_ok_and(|m| m.link.is_none()) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "runner_name_taken",
@@ -81,17 +88,22 @@ pub async fn issue(st: &Arc<AppState>, name: String) -> Result<String, ApiError>
     let hash = crate::auth::hash_key(&token);
     let named = name.clone();
     crate::service::transaction(st, move |st| async move {
-        st.store.set_runner_token(&named, &hash).await?;
+        st.store.set_runner_token(&named, &hash, &labels).await?;
         Ok(())
     })
     .await?;
+    // The runner of the old token is cut off here at once; the other
+    // replicas see it at their next look.
+    st.fleet.remove_registered(&name);
     tracing::info!(runner = %name, "issued a runner's token");
     Ok(token)
 }
 
 /// Takes runner `beat.name`'s heartbeat, sent with `token`: recorded, and
-/// the runner made a member of the fleet if it is not one yet. 401 for a
-/// token that is not the one issued under that name.
+/// the runner made a member of the fleet (in a task of its own, one at a
+/// time for each name) if it is not one yet, or not at the URL and with
+/// the call token it says now. 401 for a token that is not the one issued
+/// under that name.
 pub async fn heartbeat(
     st: &Arc<AppState>,
     token: &str,
@@ -113,38 +125,39 @@ pub async fn heartbeat(
     if beat.call_token.trim().len() < 16 {
         return Err(ApiError::invalid("callToken: at least 16 characters"));
     }
-    for (k, v) in &beat.labels {
-        check_label("name", k)
-            .and_then(|()| check_label("value", v))
-            .map_err(ApiError::invalid)?;
-    }
     let stored = RunnerBeat {
         url: beat.url.clone(),
         call_token: beat.call_token.clone(),
         at_ms: i64::try_from(crate::service::now_ms()).unwrap_or(i64::MAX),
         slots: beat.slots,
         used: beat.used,
-        labels: beat.labels,
+        labels: crate::fleet::Labels::new(),
     };
     st.store.heartbeat(&beat.name, &stored).await?;
-    let member = match st.fleet.get(&beat.name) {
-        Ok(_) => true,
-        Err(_) => match join(st, &beat.name, &stored).await {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::warn!(runner = %beat.name, url = %beat.url, error = %why, "a runner that registered cannot join yet");
-                false
-            }
-        },
-    };
+    let member = joined_as(st, &beat.name, &stored);
+    if !member {
+        let st = st.clone();
+        let name = beat.name.clone();
+        tokio::spawn(async move { try_join(&st, &name).await });
+    }
     Ok(Registered {
         name: beat.name,
         member,
     })
 }
 
+/// Whether runner `name` is a member reached as `beat` says.
+fn joined_as(st: &AppState, name: &str, beat: &RunnerBeat) -> bool {
+    st.fleet.get(name).is_ok_and(|m| match &m.link {
+        Some((url, call_token)) => *url == beat.url && *call_token == beat.call_token,
+        // One the server was started with: not joined again.
+        None => true,
+    })
+}
+
 /// Makes the runners that registered (with any replica) members of this
-/// replica's fleet.
+/// replica's fleet, as the store has them now; a registered member whose
+/// token was replaced leaves it.
 pub(crate) async fn join_registered(st: &Arc<AppState>) {
     if st.connector.is_none() {
         return;
@@ -156,18 +169,48 @@ pub(crate) async fn join_registered(st: &Arc<AppState>) {
             return;
         }
     };
+    for member in st.fleet.members() {
+        if member.link.is_some() && !registered.iter().any(|(n, _)| *n == member.name) {
+            st.fleet.remove_registered(&member.name);
+            tracing::warn!(runner = %member.name, "a runner's token was replaced: it is cut off until it registers with the new one");
+        }
+    }
     for (name, beat) in registered {
-        if st.fleet.get(&name).is_err() {
-            // Tried again at the next round; its own heartbeats say why.
-            if let Err(why) = join(st, &name, &beat).await {
-                tracing::debug!(runner = %name, error = %why, "a registered runner cannot join yet");
-            }
+        if !joined_as(st, &name, &beat) {
+            try_join(st, &name).await;
         }
     }
 }
 
-/// Connects to runner `name` at `url`, restores it from the store (under
-/// the write lock) and adds it to the fleet.
+/// Joins runner `name` as the store has it, unless a join of it is under
+/// way; a failure is said once (until it joins).
+async fn try_join(st: &Arc<AppState>, name: &str) {
+    if !st.fleet.begin_join(name) {
+        return;
+    }
+    let beat = match st.store.registered().await {
+        Ok(all) => all.into_iter().find(|(n, _)| n == name).map(|(_, b)| b),
+        Err(e) => {
+            tracing::warn!(runner = %name, error = %e, "reading a registered runner");
+            None
+        }
+    };
+    let joined = match beat {
+        // Joined meanwhile (by the join this one waited on).
+        Some(beat) if joined_as(st, name, &beat) => Ok(()),
+        Some(beat) => join(st, name, &beat).await,
+        None => Err("its token was replaced".into()),
+    };
+    if st.fleet.end_join(name, joined.is_ok()) {
+        if let Err(why) = joined {
+            tracing::warn!(runner = %name, error = %why, "a runner that registered cannot join yet");
+        }
+    }
+}
+
+/// Connects to runner `name` as `beat` says, restores it from the store
+/// (under the write lock, its changes fenced as every runner's) and puts
+/// it in the fleet.
 async fn join(st: &Arc<AppState>, name: &str, beat: &RunnerBeat) -> Result<(), String> {
     let url = beat.url.as_str();
     let Some(connector) = st.connector.clone() else {
@@ -180,15 +223,19 @@ async fn join(st: &Arc<AppState>, name: &str, beat: &RunnerBeat) -> Result<(), S
         .map_err(|e| e.to_string())?;
     let instance = {
         let runner = runner.clone();
-        tokio::task::spawn_blocking(move || runner.instance())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
+        match tokio::task::spawn_blocking(move || runner.instance()).await {
+            Ok(Ok(instance)) => instance,
+            // Not read: restored again at the next look, as at a start.
+            _ => Some(String::new()),
+        }
     };
-    let member =
-        Member::new(name.to_string(), runner, Some(String::new())).with_labels(beat.labels.clone());
+    let member = Member::new(name.to_string(), runner, Some(String::new()))
+        .with_labels(beat.labels.clone())
+        .with_link(beat.url.clone(), beat.call_token.clone());
     let guard = writing(st).await.map_err(|e| e.to_string())?;
+    // Its changes carry the lock's generation, as every member's do
+    // (a runner refuses an older one than it took).
+    member.runner.fence(guard.generation());
     // Restored before it is placed on (a runner serves nothing before).
     let restored = guard
         .scope()
@@ -196,13 +243,13 @@ async fn join(st: &Arc<AppState>, name: &str, beat: &RunnerBeat) -> Result<(), S
             st,
             &member,
             Owed::Joined,
-            instance.as_deref(),
+            instance.as_deref().filter(|i| !i.is_empty()),
         ))
         .await;
     let joined = match restored {
         Ok(_) => {
             member.set_restored(instance);
-            st.fleet.add(member)
+            st.fleet.put(member)
         }
         Err(e) => Err(format!("restoring it: {e}")),
     };

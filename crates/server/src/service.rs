@@ -839,19 +839,24 @@ pub async fn create_sandbox(
 /// ([`crate::ServerConfig::placement`]; the first in the operator's order
 /// on a tie). 503 `capacity_exhausted` when none has room.
 async fn place(st: &AppState, tier: u8) -> Result<String, ApiError> {
-    let members = st.fleet.members();
     let wanted = st.placement.get(&tier).cloned().unwrap_or_default();
-    if let [one] = members.as_slice() {
-        if one.carries(&wanted) {
-            return Ok(one.name.clone());
-        }
-    }
     let drained = st.store.drained().await?;
+    let owed = st.store.owed().await?;
+    let candidates: Vec<_> = st
+        .fleet
+        .members()
+        .into_iter()
+        .filter(|m| {
+            !drained.contains(&m.name) && !owed.contains(&m.name) && m.ready() && m.carries(&wanted)
+        })
+        .collect();
+    // One: no need to weigh (a full runner refuses, said as
+    // `capacity_exhausted`).
+    if let [one] = candidates.as_slice() {
+        return Ok(one.name.clone());
+    }
     let mut best: Option<(u32, &str)> = None;
-    for member in &members {
-        if drained.contains(&member.name) || !member.ready() || !member.carries(&wanted) {
-            continue;
-        }
+    for member in &candidates {
         let free = match runner_call(st, &member.name, |r| r.capacity()).await {
             Ok(capacity) => capacity.free(),
             Err(e) => {
@@ -1169,6 +1174,11 @@ pub async fn healthy(st: &AppState) -> Result<(), &'static str> {
     // least answers.
     let mut answering = 0;
     for member in st.fleet.members() {
+        // One the upkeep loop found away is not asked (a runner apart
+        // from the API says unhealthy when it does not answer).
+        if !member.reachable() {
+            continue;
+        }
         match runner_call(st, &member.name, |r| Ok(r.healthy())).await {
             Ok(true) => answering += 1,
             Ok(false) => return Err("the dataplane's ruleset went missing"),

@@ -199,6 +199,11 @@ async fn keep_one(state: &Weak<AppState>, member: &Arc<Member>, owed: &BTreeSet<
     } else {
         return true;
     };
+    if owed == Owed::Restarted {
+        // Served nothing since it started: placed on no more until it is
+        // restored.
+        member.set_restored(Some(String::new()));
+    }
     if !member.may_try() {
         return true;
     }

@@ -194,14 +194,22 @@ impl Store {
     }
 
     /// Issues runner `runner` a token to register with (its SHA-256
-    /// `hash`): a runner issued one before takes the new one only.
-    pub async fn set_runner_token(&self, runner: &str, hash: &str) -> Result<(), sqlx::Error> {
+    /// `hash`) and the labels it carries: a runner issued one before takes
+    /// the new one only, and is reached nowhere until its next heartbeat.
+    pub async fn set_runner_token(
+        &self,
+        runner: &str,
+        hash: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO runners (name, token_hash) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash",
+            "INSERT INTO runners (name, token_hash, labels) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash, \
+             labels = excluded.labels, url = '', call_token = ''",
         )
         .bind(runner)
         .bind(hash)
+        .bind(serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()))
         .execute(&mut *self.conn().await?)
         .await
         .map(drop)
@@ -223,14 +231,13 @@ impl Store {
     pub async fn heartbeat(&self, runner: &str, beat: &RunnerBeat) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE runners SET url = $1, call_token = $2, heartbeat_ms = $3, slots = $4, \
-             used = $5, labels = $6 WHERE name = $7",
+             used = $5 WHERE name = $6",
         )
         .bind(&beat.url)
         .bind(&beat.call_token)
         .bind(beat.at_ms)
         .bind(i64::from(beat.slots))
         .bind(i64::from(beat.used))
-        .bind(serde_json::to_string(&beat.labels).unwrap_or_else(|_| "{}".into()))
         .bind(runner)
         .execute(&mut *self.conn().await?)
         .await
@@ -521,6 +528,6 @@ pub struct RunnerBeat {
     pub slots: u32,
     /// The sandboxes it holds.
     pub used: u32,
-    /// Its labels.
+    /// Its labels (the operator's, given with its token).
     pub labels: std::collections::BTreeMap<String, String>,
 }
