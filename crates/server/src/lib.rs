@@ -525,7 +525,7 @@ impl Server {
 async fn restore(st: &AppState) -> Result<RestoreReport, StartError> {
     let mut all = RestoreReport::default();
     let members = st.fleet.members();
-    let owed = st.store.owed().await?;
+    let owed = st.store.marked(&[writes::RunnerMark::Owed]).await?;
     for member in &members {
         match restore_runner(st, member).await {
             Ok(report) => {

@@ -19,6 +19,7 @@
 use crate::auth::{hash_key, random_id};
 use crate::error::ApiError;
 use crate::store::{now, Organization, SandboxRow, SandboxState, Scope};
+use crate::writes::RunnerMark;
 use crate::AppState;
 use axum::http::StatusCode;
 use sandgate_contract::{
@@ -840,15 +841,15 @@ pub async fn create_sandbox(
 /// on a tie). 503 `capacity_exhausted` when none has room.
 async fn place(st: &AppState, tier: u8) -> Result<String, ApiError> {
     let wanted = st.placement.get(&tier).cloned().unwrap_or_default();
-    let drained = st.store.drained().await?;
-    let owed = st.store.owed().await?;
+    let set_aside = st
+        .store
+        .marked(&[RunnerMark::Draining, RunnerMark::Owed])
+        .await?;
     let candidates: Vec<_> = st
         .fleet
         .members()
         .into_iter()
-        .filter(|m| {
-            !drained.contains(&m.name) && !owed.contains(&m.name) && m.ready() && m.carries(&wanted)
-        })
+        .filter(|m| !set_aside.contains(&m.name) && m.ready() && m.carries(&wanted))
         .collect();
     // One: no need to weigh (a full runner refuses, said as
     // `capacity_exhausted`).
@@ -883,7 +884,7 @@ fn no_runner() -> ApiError {
 
 /// Every runner behind the API, as an operator sees it.
 pub async fn runners(st: &AppState) -> Result<Vec<crate::api::RunnerView>, ApiError> {
-    let drained = st.store.drained().await?;
+    let drained = st.store.marked(&[RunnerMark::Draining]).await?;
     let rows = st.store.sandboxes(None).await?;
     let mut views = Vec::new();
     for member in st.fleet.members() {
@@ -924,7 +925,9 @@ pub async fn set_draining(
     }
     let done = name.clone();
     transaction(st, move |st| async move {
-        st.store.set_draining(&done, draining).await?;
+        st.store
+            .mark_runner(&done, RunnerMark::Draining, draining)
+            .await?;
         tracing::info!(runner = %done, draining, "a runner's drain");
         Ok(())
     })

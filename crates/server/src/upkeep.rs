@@ -27,6 +27,7 @@
 //! ([`Upkeep::wake`]) rather than at its next look.
 
 use crate::fleet::Member;
+use crate::writes::RunnerMark;
 use crate::{release, restore_runner, writes, writing, AppState};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
@@ -54,7 +55,7 @@ impl Upkeep {
 /// answers, by whichever replica sees it first (the store says so).
 pub(crate) async fn owe(st: &AppState, runner: &str, wake: bool) {
     crate::lock(&st.upkeep.owed).insert(runner.to_string());
-    if let Err(e) = st.store.set_owed(runner, true).await {
+    if let Err(e) = st.store.mark_runner(runner, RunnerMark::Owed, true).await {
         tracing::error!(runner, error = %e, "recording a restore owed to a runner (this replica still owes it)");
     }
     if wake {
@@ -140,10 +141,14 @@ pub(crate) async fn run(state: Weak<AppState>) {
         }
         let (members, owed) = match state.upgrade() {
             Some(st) => {
-                let owed = st.store.owed().await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "reading the restores owed");
-                    BTreeSet::new()
-                });
+                let owed = st
+                    .store
+                    .marked(&[RunnerMark::Owed])
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "reading the restores owed");
+                        BTreeSet::new()
+                    });
                 (st.fleet.members(), owed)
             }
             None => return,
@@ -263,7 +268,11 @@ pub(crate) async fn restore_member(
     now: Option<&str>,
 ) -> Result<bool, crate::error::StartError> {
     if owed == Owed::Restarted
-        && !owes(st, &st.store.owed().await?, &member.name)
+        && !owes(
+            st,
+            &st.store.marked(&[RunnerMark::Owed]).await?,
+            &member.name,
+        )
         && st.store.restored_instance(&member.name).await?.as_deref() == now
     {
         return Ok(false);
@@ -274,7 +283,9 @@ pub(crate) async fn restore_member(
         st.store.set_restored_instance(&member.name, now).await?;
     }
     // What was owed is paid.
-    st.store.set_owed(&member.name, false).await?;
+    st.store
+        .mark_runner(&member.name, RunnerMark::Owed, false)
+        .await?;
     crate::lock(&st.upkeep.owed).remove(&member.name);
     Ok(true)
 }

@@ -272,47 +272,44 @@ impl Store {
             .collect()
     }
 
-    /// Records that runner `runner` is owed a restore (a change could not
-    /// reach it), or no longer is.
-    pub async fn set_owed(&self, runner: &str, owed: bool) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO runners (name, owed) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET owed = excluded.owed",
-        )
+    /// Sets `mark` on runner `runner` (`on`), or takes it off.
+    pub async fn mark_runner(
+        &self,
+        runner: &str,
+        mark: RunnerMark,
+        on: bool,
+    ) -> Result<(), sqlx::Error> {
+        let column = mark.column();
+        sqlx::query(&format!(
+            "INSERT INTO runners (name, {column}) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET {column} = excluded.{column}"
+        ))
         .bind(runner)
-        .bind(i64::from(owed))
+        .bind(i64::from(on))
         .execute(&mut *self.conn().await?)
         .await
         .map(drop)
     }
 
-    /// The runners owed a restore.
-    pub async fn owed(&self) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM runners WHERE owed <> 0")
-            .fetch_all(&mut *self.conn().await?)
-            .await?;
+    /// The runners that carry any of `marks` (one statement for all).
+    pub async fn marked(
+        &self,
+        marks: &[RunnerMark],
+    ) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
+        let any: Vec<String> = marks
+            .iter()
+            .map(|m| format!("{} <> 0", m.column()))
+            .collect();
+        if any.is_empty() {
+            return Ok(Default::default());
+        }
+        let names: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT name FROM runners WHERE {}",
+            any.join(" OR ")
+        ))
+        .fetch_all(&mut *self.conn().await?)
+        .await?;
         Ok(names.into_iter().collect())
-    }
-
-    /// The runners the operator drained (no sandbox is placed there).
-    pub async fn drained(&self) -> Result<std::collections::BTreeSet<String>, sqlx::Error> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM runners WHERE draining <> 0")
-            .fetch_all(&mut *self.conn().await?)
-            .await?;
-        Ok(names.into_iter().collect())
-    }
-
-    /// Drains runner `runner` (or, `false`, takes it back into placement).
-    pub async fn set_draining(&self, runner: &str, draining: bool) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO runners (name, draining) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET draining = excluded.draining",
-        )
-        .bind(runner)
-        .bind(i64::from(draining))
-        .execute(&mut *self.conn().await?)
-        .await
-        .map(drop)
     }
 
     /// Takes the write lock (waiting for it, at most 30 s on PostgreSQL):
@@ -530,4 +527,25 @@ pub struct RunnerBeat {
     pub used: u32,
     /// Its labels (the operator's, given with its token).
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A mark the store keeps on a runner, for every replica to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerMark {
+    /// The operator drained it: no sandbox is placed there.
+    Draining,
+    /// A change could not reach it: every sandbox of it is restored from
+    /// the store when it answers again.
+    Owed,
+}
+
+impl RunnerMark {
+    /// Its column in `runners` (a name of this enum's own, never a
+    /// caller's text).
+    fn column(self) -> &'static str {
+        match self {
+            RunnerMark::Draining => "draining",
+            RunnerMark::Owed => "owed",
+        }
+    }
 }
