@@ -25,13 +25,23 @@ fn serve_tls(
     cert: &str,
     key: &str,
 ) -> u16 {
+    let tls = service::tls_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    serve(rt, double, Some(tls))
+}
+
+/// Serves `double` on a loopback port of `rt`, over TLS when `tls` is
+/// given: its port.
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    double: &Arc<RunnerDouble>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let tls = service::tls_config(cert.as_bytes(), key.as_bytes()).unwrap();
     let served: Arc<dyn Runner> = double.clone();
     rt.spawn(async move {
         let router = service::router(served, TOKEN).unwrap();
-        service::serve(router, listener, Some(tls), std::future::pending())
+        service::serve(router, listener, tls, std::future::pending())
             .await
             .unwrap();
     });
@@ -100,18 +110,7 @@ fn a_runner_over_tls_is_trusted_by_its_ca_only() {
     assert!(plain.is_host_fault(), "{plain:?}");
 
     // https:// to a runner that serves plain HTTP: said so.
-    let plain_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let served: Arc<dyn Runner> = double.clone();
-        rt.spawn(async move {
-            let router = service::router(served, TOKEN).unwrap();
-            service::serve(router, listener, None, std::future::pending())
-                .await
-                .unwrap();
-        });
-        port
-    };
+    let plain_port = serve(&rt, &double, None);
     let untls = RemoteRunner::connect_with(
         &format!("https://127.0.0.1:{plain_port}"),
         TOKEN,
