@@ -1,7 +1,7 @@
 //! A create or update body as the API decodes it, then as the policy
 //! validates and resolves it for every tier: never a panic; an accepted
 //! create resolves to a policy a runner accepts, and its canonical text,
-//! read back as a store would, is the same settings.
+//! read back as a store would, is the same settings (HTTP rules included).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,6 +19,15 @@ fuzz_target!(|data: &[u8]| {
         Some(serde_json::Value::Null) => Some(None),
         Some(v) => v.as_u64().and_then(|n| u32::try_from(n).ok()).map(Some),
     };
+    // Rules that are no rules in form are the API's 422; the rest go to
+    // the policy.
+    let http_rules: Option<Vec<sandgate_policy::HttpRuleRequest>> = match body.get("httpRules") {
+        None => None,
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(r) => Some(r),
+            Err(_) => return,
+        },
+    };
     let request = SettingsRequest {
         network_block_all: flag("networkBlockAll"),
         network_allow_list: field("networkAllowList"),
@@ -35,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
             .get("approvalHoldSeconds")
             .and_then(|v| v.as_u64())
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        http_rules: http_rules.as_deref(),
     };
     let config = PolicyConfig::default();
     for tier in 0..=5 {
@@ -50,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
                 settings.domain_allow_list.to_string(),
                 settings.network_deny_list.to_string(),
                 settings.domain_deny_list.to_string(),
+                settings.http_rules.to_stored(),
             ];
             let stored = config
                 .stored_settings(&StoredSettings {
@@ -65,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
                     new_connections_per_second: settings.new_connections_per_second,
                     network_approvals: settings.network_approvals,
                     approval_hold_seconds: settings.approval_hold_seconds,
+                    http_rules: &texts[4],
                 })
                 .expect("canonical settings read back");
             assert_eq!(stored, settings);

@@ -201,7 +201,10 @@ impl SlotPolicy {
             shares: ShareClass::of(&policy.fair_shares),
             admitted_max: policy.fair_shares.admitted_addresses,
             deny: outermost(policy.network_deny_list.nets()),
-            steer_all: policy.mode == Mode::Open && !policy.domain_deny_list.is_empty(),
+            // Open mode admits no name, so the gateway sees nothing unless
+            // it is sent everything: for a denied name, and for HTTP rules.
+            steer_all: policy.mode == Mode::Open
+                && (!policy.domain_deny_list.is_empty() || !policy.http_rules.is_empty()),
             grants: if policy.mode == Mode::Allowlist {
                 grants
             } else {
@@ -613,5 +616,20 @@ mod tests {
             },
         );
         assert!(!listed.steer_all);
+        // HTTP rules in open mode: every request must come to the gateway.
+        let rules = [sandgate_policy::HttpRuleRequest {
+            host: "api.example.com".into(),
+            methods: Some(vec!["GET".into()]),
+            paths: None,
+        }];
+        let ruled = slot_policy(
+            3,
+            SettingsRequest {
+                http_rules: Some(&rules),
+                ..Default::default()
+            },
+        );
+        assert!(ruled.steer_all);
+        assert_eq!(revokes(&open, &ruled), (true, false));
     }
 }

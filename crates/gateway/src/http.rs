@@ -5,7 +5,8 @@
 //! served and relayed by `hyper`; upgrades (WebSocket) are relayed once
 //! the destination agreed to them.
 
-use hyper::body::Incoming;
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -136,11 +137,45 @@ impl AsyncWrite for Prefixed {
     }
 }
 
+/// What a request asks, as the gateway checks it.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// The name it is for (`None`: it names none).
+    pub name: Option<&'a str>,
+    /// Its method.
+    pub method: &'a str,
+    /// Its target's path, as sent (still encoded).
+    pub path: &'a str,
+}
+
 /// What the HTTP relay asks of the gateway for each request.
 pub trait Check: Send + Sync + 'static {
-    /// Whether a request for `name` (`None`: it names none) may pass;
-    /// a refusal is reported by the callee.
-    fn request(&self, name: Option<&str>) -> Result<(), crate::Denial>;
+    /// Whether a request may pass; a refusal is reported by the callee.
+    /// A refusal by HTTP rules ([`crate::Denial::Http`]) is answered 403
+    /// and the connection kept; any other ends the connection.
+    fn request(&self, asked: &Asked<'_>) -> Result<(), crate::Denial>;
+}
+
+/// A response relayed from the destination, or the gateway's own.
+pub type Answer = Response<Either<Incoming, Full<Bytes>>>;
+
+/// The gateway's answer to a request that HTTP rules refused: 403 with
+/// `x-sandgate-deny: <reason>`.
+pub fn forbidden(denial: &crate::Denial) -> Answer {
+    let code = denial.code();
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "sandgate: this request is not allowed by the sandbox's HTTP rules ({code})\n"
+    )))));
+    *response.status_mut() = hyper::StatusCode::FORBIDDEN;
+    let headers = response.headers_mut();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&code) {
+        headers.insert("x-sandgate-deny", v);
+    }
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// The connection to the destination, opened at the first request passed.
@@ -152,11 +187,18 @@ async fn forward(
     upstream: Upstream,
     dial: crate::Dial,
     mut req: Request<Incoming>,
-) -> Result<Response<Incoming>, RelayError> {
+) -> Result<Answer, RelayError> {
     let name = request_name(&req).map_err(RelayError::Refused)?;
-    check
-        .request(name.as_deref())
-        .map_err(RelayError::Refused)?;
+    let asked = Asked {
+        name: name.as_deref(),
+        method: req.method().as_str(),
+        path: req.uri().path(),
+    };
+    match check.request(&asked) {
+        Ok(()) => {}
+        Err(denial @ crate::Denial::Http(_)) => return Ok(forbidden(&denial)),
+        Err(denial) => return Err(RelayError::Refused(denial)),
+    }
     let mut slot = upstream.lock().await;
     let sender = match slot.as_mut() {
         Some(s) if !s.is_closed() => s,
@@ -176,7 +218,7 @@ async fn forward(
             }
         });
     }
-    Ok(response)
+    Ok(response.map(Either::Left))
 }
 
 /// Serves the sandbox's side `down` (whose first bytes are `first`),
@@ -191,7 +233,7 @@ pub async fn serve(
 ) -> Result<(), RelayError> {
     let upstream: Upstream = Arc::new(tokio::sync::Mutex::new(None));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let fut: Pin<Box<dyn Future<Output = Result<Response<Incoming>, RelayError>> + Send>> =
+        let fut: Pin<Box<dyn Future<Output = Result<Answer, RelayError>> + Send>> =
             Box::pin(forward(check.clone(), upstream.clone(), dial, req));
         fut
     });

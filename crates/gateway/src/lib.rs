@@ -154,6 +154,11 @@ pub enum Denial {
     UnrecognizedProtocol,
     /// The sandbox is gone, or was cut off, while its connection was open.
     Blocked,
+    /// The name has HTTP rules, which the gateway cannot check inside a
+    /// TLS connection it does not terminate.
+    HttpRulesNeedTermination,
+    /// HTTP rules refused a request (answered 403, the connection kept).
+    Http(sandgate_policy::HttpRefusal),
     /// The policy denies the original destination (an always-denied
     /// range, a private range, a `networkDenyList` entry, `blocked`) or
     /// the name (a `domainDenyList` entry): the policy's reason code.
@@ -169,6 +174,8 @@ impl Denial {
             Denial::EncryptedClientHello => "encrypted_client_hello".into(),
             Denial::UnrecognizedProtocol => "unrecognized_protocol".into(),
             Denial::Blocked => "blocked".into(),
+            Denial::HttpRulesNeedTermination => "http_rules_need_termination".into(),
+            Denial::Http(refusal) => refusal.code().into(),
             Denial::Policy(code) => code.clone(),
         }
     }
@@ -239,6 +246,8 @@ pub struct Counters {
 /// no longer allowed.
 struct Tracked {
     lease: u64,
+    /// Whether it is TLS relayed as it is (not terminated).
+    tls: bool,
     /// Its original destination.
     dest: IpAddr,
     /// The name it was passed for (for HTTP: its last request's).
@@ -270,14 +279,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether `policy` lets a connection to `dest` run on under `name`
-/// (normalized; `None` before an HTTP connection's first request). The
-/// name's binding to the address is checked apart
-/// ([`Directory::resolved`]).
+/// (normalized; `None` before an HTTP connection's first request), relayed
+/// as TLS it does not see into (`tls`) or as HTTP it reads. The name's
+/// binding to the address is checked apart ([`Directory::resolved`]).
 fn policy_passes(
     policy: &EffectivePolicy,
     catalog: &Catalog,
     config: &PolicyConfig,
-    dest: IpAddr,
+    (dest, tls): (IpAddr, bool),
     name: Option<&str>,
 ) -> Result<(), Denial> {
     let compiled = CompiledPolicy::new(policy.clone(), catalog, config);
@@ -308,10 +317,14 @@ fn policy_passes(
         Mode::Blocked => false,
         Mode::Restricted | Mode::Allowlist => compiled.name_rule(name).is_some(),
     };
-    if allowed {
-        Ok(())
-    } else {
+    if !allowed {
         Err(Denial::NameMismatch)
+    } else if tls && policy.http_rules.covers(name) {
+        // Its requests cannot be checked: refused rather than let
+        // through unchecked.
+        Err(Denial::HttpRulesNeedTermination)
+    } else {
+        Ok(())
     }
 }
 
@@ -349,12 +362,24 @@ impl Shared {
         reset(down);
     }
 
-    /// The name `raw` as checked, if `holder` may reach it at `dest`.
-    fn check(&self, holder: &Holder, raw: &str, dest: IpAddr) -> Result<String, Denial> {
+    /// The name `raw` as checked, if `holder` may reach it at `dest` (by
+    /// TLS relayed as it is, `tls`, or by HTTP).
+    fn check(
+        &self,
+        holder: &Holder,
+        raw: &str,
+        (dest, tls): (IpAddr, bool),
+    ) -> Result<String, Denial> {
         let name = DomainName::parse(raw).map_err(|_| Denial::NameMismatch)?;
         let name = name.as_str();
         let config = self.directory.config();
-        policy_passes(&holder.policy, &self.catalog, &config, dest, Some(name))?;
+        policy_passes(
+            &holder.policy,
+            &self.catalog,
+            &config,
+            (dest, tls),
+            Some(name),
+        )?;
         if holder.policy.mode == Mode::Open || self.directory.resolved(holder, name, dest) {
             Ok(name.to_string())
         } else {
@@ -372,7 +397,7 @@ impl Shared {
     fn track(
         self: &Arc<Self>,
         holder: &Holder,
-        (source, dest): (IpAddr, IpAddr),
+        (source, dest, tls): (IpAddr, IpAddr, bool),
         name: Arc<Mutex<Option<String>>>,
         epoch: u64,
     ) -> Option<(Untrack, oneshot::Receiver<()>)> {
@@ -398,7 +423,7 @@ impl Shared {
                 &current.policy,
                 &self.catalog,
                 &config,
-                dest,
+                (dest, tls),
                 name.as_deref(),
             )
             .ok()?;
@@ -411,6 +436,7 @@ impl Shared {
             id,
             Tracked {
                 lease: holder.lease,
+                tls,
                 dest,
                 name,
                 cut: Some(tx),
@@ -575,7 +601,7 @@ impl Gateway {
                         &h.policy,
                         &self.shared.catalog,
                         &config,
-                        t.dest,
+                        (t.dest, t.tls),
                         name.as_deref(),
                     )
                     .is_ok()
@@ -696,7 +722,13 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
         }
     };
     let config = shared.directory.config();
-    if let Err(denial) = policy_passes(&holder.policy, &shared.catalog, &config, dest.ip(), None) {
+    if let Err(denial) = policy_passes(
+        &holder.policy,
+        &shared.catalog,
+        &config,
+        (dest.ip(), false),
+        None,
+    ) {
         return shared.refuse(&holder, dest, &down, None, denial);
     }
     let epoch = shared.epoch(holder.slot);
@@ -711,13 +743,13 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
     };
     match hello {
         Hello::ServerName(raw) => {
-            let name = match shared.check(&holder, &raw, dest.ip()) {
+            let name = match shared.check(&holder, &raw, (dest.ip(), true)) {
                 Ok(name) => name,
                 Err(denial) => return shared.refuse(&holder, dest, &down, Some(&raw), denial),
             };
             let Some((_untrack, cut)) = shared.track(
                 &holder,
-                (source, dest.ip()),
+                (source, dest.ip(), true),
                 Arc::new(Mutex::new(Some(name.clone()))),
                 epoch,
             ) else {
@@ -738,7 +770,7 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
         Hello::NotTls => {
             let name = Arc::new(Mutex::new(None));
             let Some((_untrack, cut)) =
-                shared.track(&holder, (source, dest.ip()), name.clone(), epoch)
+                shared.track(&holder, (source, dest.ip(), false), name.clone(), epoch)
             else {
                 return reset(&down);
             };
@@ -832,8 +864,8 @@ struct HttpCheck {
 }
 
 impl http::Check for HttpCheck {
-    fn request(&self, name: Option<&str>) -> Result<(), Denial> {
-        let checked = match name {
+    fn request(&self, asked: &http::Asked<'_>) -> Result<(), Denial> {
+        let checked = match asked.name {
             None => Err(Denial::NoServerName),
             Some(raw) => {
                 // The holder's policy as it is now (an update since the
@@ -845,26 +877,40 @@ impl http::Check for HttpCheck {
                     .filter(|h| h.lease == self.holder.lease);
                 match holder {
                     None => Err(Denial::Blocked),
-                    Some(h) => self.shared.check(&h, raw, self.dest.ip()),
+                    Some(h) => self
+                        .shared
+                        .check(&h, raw, (self.dest.ip(), false))
+                        .map(|name| (h, name)),
                 }
             }
         };
-        match checked {
-            Ok(n) => {
-                *lock(&self.name) = Some(n);
-                if self.passed.fetch_add(1, Ordering::Relaxed) == 0 {
-                    self.shared.counters.passed.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            }
+        let (holder, name) = match checked {
+            Ok(passed) => passed,
             Err(denial) => {
-                self.shared.report(&self.holder, self.dest, name, &denial);
+                self.shared
+                    .report(&self.holder, self.dest, asked.name, &denial);
                 // hyper closes the connection when the check fails: that
                 // close is a reset.
                 self.guard.reset();
-                Err(denial)
+                return Err(denial);
             }
+        };
+        *lock(&self.name) = Some(name.clone());
+        if let Err(refusal) = holder
+            .policy
+            .http_rules
+            .check(&name, asked.method, asked.path)
+        {
+            // Answered 403; the connection stays (its name passed).
+            let denial = Denial::Http(refusal);
+            self.shared
+                .report(&self.holder, self.dest, Some(&name), &denial);
+            return Err(denial);
         }
+        if self.passed.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.shared.counters.passed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 

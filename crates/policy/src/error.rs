@@ -31,6 +31,8 @@ pub enum ErrorCode {
     BudgetExceedsTier,
     /// `approvalHoldSeconds` is out of range.
     InvalidApprovalHold,
+    /// `httpRules` holds a rule that is no rule, or too many.
+    InvalidHttpRules,
     /// An update of network settings sets nothing.
     InvalidNetworkSettings,
     /// The organization's tier does not allow sandbox-level network lists.
@@ -63,6 +65,7 @@ impl ErrorCode {
             ErrorCode::InvalidBudget => "invalid_budget",
             ErrorCode::BudgetExceedsTier => "budget_exceeds_tier",
             ErrorCode::InvalidApprovalHold => "invalid_approval_hold",
+            ErrorCode::InvalidHttpRules => "invalid_http_rules",
             ErrorCode::InvalidNetworkSettings => "invalid_network_settings",
             ErrorCode::NetworkRestrictedByTier => "network_restricted_by_tier",
             ErrorCode::InvalidTier => "invalid_tier",
@@ -90,6 +93,7 @@ impl ErrorCode {
             | ErrorCode::InvalidBudget
             | ErrorCode::InvalidApprovalHold
             | ErrorCode::InvalidNetworkSettings
+            | ErrorCode::InvalidHttpRules
             | ErrorCode::InvalidTier
             | ErrorCode::InvalidDestination
             | ErrorCode::InvalidResources => 400,

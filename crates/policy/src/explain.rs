@@ -377,7 +377,15 @@ impl<'a> CompiledPolicy<'a> {
             }
             return verdict;
         }
-        self.explain_policy(destination)
+        let mut verdict = self.explain_policy(destination);
+        if let Target::Name(name) = &destination.target {
+            if verdict.allowed && self.policy.http_rules.covers(name.as_str()) {
+                verdict.rule.push_str(
+                    "; its HTTP requests are limited by httpRules (methods and paths), and TLS to it is refused (http_rules_need_termination) until the gateway terminates TLS",
+                );
+            }
+        }
+        verdict
     }
 
     fn explain_canonical(&self, addr: IpAddr, port: Option<u16>) -> Verdict {

@@ -97,6 +97,8 @@ pub struct NetworkSettings {
     pub network_approvals: bool,
     /// `approvalHoldSeconds` (0 to 60).
     pub approval_hold_seconds: u8,
+    /// `httpRules`.
+    pub http_rules: crate::HttpRules,
 }
 
 impl Default for NetworkSettings {
@@ -114,6 +116,7 @@ impl Default for NetworkSettings {
             new_connections_per_second: None,
             network_approvals: false,
             approval_hold_seconds: 0,
+            http_rules: crate::HttpRules::default(),
         }
     }
 }
@@ -147,6 +150,8 @@ pub struct SettingsRequest<'a> {
     pub network_approvals: Option<bool>,
     /// `approvalHoldSeconds`, unchecked.
     pub approval_hold_seconds: Option<u32>,
+    /// `httpRules`, unchecked (`Some(&[])` removes them).
+    pub http_rules: Option<&'a [crate::HttpRuleRequest]>,
 }
 
 impl SettingsRequest<'_> {
@@ -163,6 +168,7 @@ impl SettingsRequest<'_> {
             && self.new_connections_per_second.is_none()
             && self.network_approvals.is_none()
             && self.approval_hold_seconds.is_none()
+            && self.http_rules.is_none()
     }
 }
 
@@ -193,6 +199,8 @@ pub struct StoredSettings<'a> {
     pub network_approvals: bool,
     /// `approvalHoldSeconds`.
     pub approval_hold_seconds: u8,
+    /// `httpRules`, canonical (`""`: none).
+    pub http_rules: &'a str,
 }
 
 /// A stored setting that the tier or `networkBlockAll` makes inactive.
@@ -233,6 +241,10 @@ pub struct EffectivePolicy {
     /// Whether the essential services are reachable (never when
     /// `blocked`; not when the sandbox turned them off).
     pub essential_services: bool,
+    /// The HTTP rules in force (every mode but `blocked`: they only
+    /// narrow).
+    #[serde(default, skip_serializing_if = "crate::HttpRules::is_empty")]
+    pub http_rules: crate::HttpRules,
     /// The grants in force (`allowlist` mode only; see
     /// [`EffectivePolicy::with_grants`]).
     #[serde(default)]
@@ -333,7 +345,7 @@ impl PolicyConfig {
         if request.is_empty() {
             return Err(PolicyError::new(
                 ErrorCode::InvalidNetworkSettings,
-                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond, networkApprovals, approvalHoldSeconds",
+                "the request sets nothing; send at least one of networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond, networkApprovals, approvalHoldSeconds, httpRules",
             ));
         }
         self.merge(tier, stored, request)
@@ -369,6 +381,7 @@ impl PolicyConfig {
             new_connections_per_second: stored.new_connections_per_second,
             network_approvals: stored.network_approvals,
             approval_hold_seconds: stored.approval_hold_seconds,
+            http_rules: crate::HttpRules::parse_stored(stored.http_rules)?,
         })
     }
 
@@ -390,6 +403,12 @@ impl PolicyConfig {
             .filter(|(_, v)| v.is_some_and(|s| !s.trim().is_empty()))
             .map(|(f, _)| f)
             .chain((request.network_approvals == Some(true)).then_some("networkApprovals"))
+            .chain(
+                request
+                    .http_rules
+                    .is_some_and(|r| !r.is_empty())
+                    .then_some(crate::http_rules::FIELD),
+            )
             .collect();
             if !sent.is_empty() {
                 return Err(self.restricted_error(tier, &sent));
@@ -440,6 +459,10 @@ impl PolicyConfig {
                 rule.fair_shares.new_connections_per_second,
             )?;
         }
+        let http_rules = match request.http_rules {
+            Some(r) => crate::HttpRules::parse(r, crate::HTTP_RULES_MAX)?,
+            None => stored.http_rules.clone(),
+        };
         let approval_hold_seconds = match request.approval_hold_seconds {
             Some(s) => crate::approval::check_hold(s)?,
             None => stored.approval_hold_seconds,
@@ -463,6 +486,7 @@ impl PolicyConfig {
                 .network_approvals
                 .unwrap_or(stored.network_approvals),
             approval_hold_seconds,
+            http_rules,
         })
     }
 
@@ -544,6 +568,7 @@ impl PolicyConfig {
             let deny_lists = [
                 (network::DENY_FIELD, settings.network_deny_list.to_string()),
                 (domain::DENY_FIELD, settings.domain_deny_list.to_string()),
+                (crate::http_rules::FIELD, settings.http_rules.to_stored()),
             ];
             inactive.extend(deny_lists.into_iter().filter(|(_, v)| !v.is_empty()).map(
                 |(setting, value)| InactiveSetting {
@@ -649,6 +674,11 @@ impl PolicyConfig {
                 DomainList::default()
             },
             essential_services: mode != Mode::Blocked && settings.essential_services,
+            http_rules: if denying {
+                settings.http_rules.clone()
+            } else {
+                crate::HttpRules::default()
+            },
             grants: Vec::new(),
             name_ports_only: rule.name_admitted_other_ports == crate::config::OtherPorts::Deny,
             egress_address: None,
@@ -691,6 +721,9 @@ impl PolicyConfig {
             !policy.network_deny_list.is_empty() || !policy.domain_deny_list.is_empty();
         if deny_lists && policy.mode == Mode::Blocked {
             return Err("deny lists are empty when it is blocked".into());
+        }
+        if !policy.http_rules.is_empty() && policy.mode == Mode::Blocked {
+            return Err("HTTP rules are empty when it is blocked".into());
         }
         // Narrower than the tier's rule is fine; wider is not.
         if rule.name_admitted_other_ports == crate::config::OtherPorts::Deny

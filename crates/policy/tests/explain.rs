@@ -702,3 +702,31 @@ fn deny_lists_stay_in_force_after_a_downgrade_and_go_quiet_when_blocked() {
     forged.essential_services = true;
     assert!(f.config.check_effective(&forged).is_err());
 }
+
+#[test]
+fn explain_says_when_a_names_requests_are_limited_by_http_rules() {
+    let f = Fixture::new();
+    let rules = [sandgate_policy::HttpRuleRequest {
+        host: "api.example.com".into(),
+        methods: Some(vec!["GET".into()]),
+        paths: None,
+    }];
+    let request = SettingsRequest {
+        domain_allow_list: Some("*.example.com"),
+        http_rules: Some(&rules),
+        ..Default::default()
+    };
+    let settings = f.config.settings_for_create(3, &request).unwrap();
+    let policy = f.config.resolve(3, &settings).unwrap();
+    let compiled = CompiledPolicy::new(policy, &f.catalog, &f.config);
+    let ruled = compiled.explain(&"api.example.com".parse().unwrap());
+    assert!(ruled.allowed);
+    assert_eq!(ruled.reason.code(), "domain_allow_list:*.example.com");
+    assert!(ruled.rule.contains("httpRules"), "{}", ruled.rule);
+    let free = compiled.explain(&"www.example.com".parse().unwrap());
+    assert!(
+        free.allowed && !free.rule.contains("httpRules"),
+        "{}",
+        free.rule
+    );
+}

@@ -95,6 +95,10 @@ pub struct SettingsArgs {
     /// seconds.
     #[arg(long, value_name = "SECONDS")]
     approval_hold_seconds: Option<u32>,
+    /// Methods and paths per host, as JSON (`[]` removes them), e.g.
+    /// `[{"host":"api.example.com","methods":["GET"],"paths":["/repos/**"]}]`.
+    #[arg(long, value_name = "JSON", value_parser = crate::policy_cmd::parse_http_rules)]
+    http_rules: Option<Vec<sandgate_policy::HttpRuleRequest>>,
 }
 
 /// A budget given on the command line.
@@ -149,6 +153,9 @@ impl SettingsArgs {
         }
         if let Some(v) = self.approval_hold_seconds {
             into.insert("approvalHoldSeconds".into(), json!(v));
+        }
+        if let Some(v) = self.http_rules {
+            into.insert("httpRules".into(), json!(v));
         }
         for (field, budget) in [
             ("egressMbps", self.egress_mbps),

@@ -72,6 +72,9 @@ pub struct SettingsArgs {
     /// `approvalHoldSeconds`: how long a refused DNS query waits.
     #[arg(long, value_name = "SECONDS")]
     approval_hold_seconds: Option<u32>,
+    /// `httpRules`, as JSON: `[{"host", "methods"?, "paths"?}]`.
+    #[arg(long, value_name = "JSON", value_parser = parse_http_rules)]
+    http_rules: Option<Vec<sandgate_policy::HttpRuleRequest>>,
     /// Treat the lists as settings already stored (as after a tier change):
     /// no tier refusal and no entry limit, so inactive settings show.
     #[arg(long)]
@@ -98,6 +101,11 @@ impl SettingsArgs {
                 approval_hold_seconds: sandgate_policy::check_hold(
                     self.approval_hold_seconds.unwrap_or(0),
                 )?,
+                http_rules: &sandgate_policy::HttpRules::parse(
+                    self.http_rules.as_deref().unwrap_or_default(),
+                    usize::MAX,
+                )?
+                .to_stored(),
             })?
         } else {
             policy.settings_for_create(
@@ -115,11 +123,20 @@ impl SettingsArgs {
                     new_connections_per_second: self.new_connections_per_second.map(Some),
                     network_approvals: Some(self.network_approvals),
                     approval_hold_seconds: self.approval_hold_seconds,
+                    http_rules: self.http_rules.as_deref(),
                 },
             )?
         };
         policy.resolve(self.tier, &settings)
     }
+}
+
+/// `--http-rules`: a JSON array of rules, unknown fields refused (the
+/// rules themselves are checked by the policy, with the API's messages).
+pub fn parse_http_rules(s: &str) -> Result<Vec<sandgate_policy::HttpRuleRequest>, String> {
+    serde_json::from_str(s).map_err(|e| {
+        format!("{e}; give a JSON array such as [{{\"host\":\"api.example.com\",\"methods\":[\"GET\"],\"paths\":[\"/repos/**\"]}}]")
+    })
 }
 
 /// Runs a policy subcommand.
@@ -184,6 +201,9 @@ fn print_policy(policy: &EffectivePolicy, out: &Output) {
     }
     if !policy.domain_deny_list.is_empty() {
         say!("domainDenyList:     {}", policy.domain_deny_list);
+    }
+    if !policy.http_rules.is_empty() {
+        say!("httpRules:          {}", policy.http_rules.to_stored());
     }
     say!(
         "essential services: {}",

@@ -718,6 +718,10 @@ pub struct SandboxView {
     pub network_approvals: bool,
     /// Stored `approvalHoldSeconds`.
     pub approval_hold_seconds: u8,
+    /// Stored `httpRules`; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub http_rules: Option<Vec<sandgate_policy::HttpRuleRequest>>,
     /// What the sandbox may reach now: mode, active lists, essential
     /// services, and stored settings that are inactive with why.
     #[schema(value_type = Object)]
@@ -788,6 +792,10 @@ fn view(st: &AppState, org: &Organization, row: SandboxRow) -> Result<SandboxVie
         new_connections_per_second: row.new_connections_per_second,
         network_approvals: row.network_approvals,
         approval_hold_seconds: row.approval_hold_seconds,
+        http_rules: sandgate_policy::HttpRules::parse_stored(&row.http_rules)
+            .ok()
+            .filter(|r| !r.is_empty())
+            .map(|r| r.requests()),
         effective_network: effective,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -837,6 +845,10 @@ pub struct CreateSandbox {
     /// How long a refused DNS query waits for an approval: 0 to 60
     /// seconds (default 0).
     pub approval_hold_seconds: Option<u32>,
+    /// Methods and paths per host, enforced by the gateway on each request
+    /// (tier 3/4): `[{"host", "methods"?, "paths"?}]`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub http_rules: Option<Vec<sandgate_policy::HttpRuleRequest>>,
     /// Memory, CPU and disk, each within the tier's maximum (default: the
     /// tier's defaults).
     #[schema(value_type = Option<Object>)]
@@ -881,6 +893,9 @@ pub struct UpdateSettings {
     pub network_approvals: Option<bool>,
     /// `approvalHoldSeconds`, 0 to 60.
     pub approval_hold_seconds: Option<u32>,
+    /// `httpRules` (`[]` removes them).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub http_rules: Option<Vec<sandgate_policy::HttpRuleRequest>>,
 }
 
 /// A field that may be left out (`None`), sent as `null` (`Some(None)`)
@@ -967,6 +982,7 @@ pub async fn create_sandbox(
         new_connections_per_second: body.new_connections_per_second.map(Some),
         network_approvals: body.network_approvals,
         approval_hold_seconds: body.approval_hold_seconds,
+        http_rules: body.http_rules,
     };
     // Network settings at create need the network scope too, unless they
     // only narrow (block everything, deny, turn the essential services off).
@@ -1073,6 +1089,7 @@ pub async fn update_settings(
         new_connections_per_second: body.new_connections_per_second,
         network_approvals: body.network_approvals,
         approval_hold_seconds: body.approval_hold_seconds,
+        http_rules: body.http_rules,
     };
     let (row, org) = service::update_settings(&st, org, key, change).await?;
     Ok(Json(view(&st, &org, row)?))

@@ -640,6 +640,8 @@ pub struct SettingsChange {
     pub network_approvals: Option<bool>,
     /// `approvalHoldSeconds`.
     pub approval_hold_seconds: Option<u32>,
+    /// `httpRules` (`Some(vec![])` removes them).
+    pub http_rules: Option<Vec<sandgate_policy::HttpRuleRequest>>,
 }
 
 impl SettingsChange {
@@ -657,6 +659,7 @@ impl SettingsChange {
             new_connections_per_second: self.new_connections_per_second,
             network_approvals: self.network_approvals,
             approval_hold_seconds: self.approval_hold_seconds,
+            http_rules: self.http_rules.as_deref(),
         }
     }
 
@@ -789,6 +792,7 @@ pub async fn create_sandbox(
             new_connections_per_second: settings.new_connections_per_second,
             network_approvals: settings.network_approvals,
             approval_hold_seconds: settings.approval_hold_seconds,
+            http_rules: settings.http_rules.to_stored(),
             declined_names: "[]".into(),
             runner: runner.clone(),
         };

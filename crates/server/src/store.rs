@@ -187,6 +187,8 @@ pub struct SandboxRow {
     pub network_approvals: bool,
     /// `approvalHoldSeconds`.
     pub approval_hold_seconds: u8,
+    /// `httpRules`, canonical JSON (`""`: none).
+    pub http_rules: String,
     /// The names whose access request its owner denied, a JSON array.
     pub declined_names: String,
     /// The runner it was placed on.
@@ -209,6 +211,7 @@ impl SandboxRow {
             new_connections_per_second: self.new_connections_per_second,
             network_approvals: self.network_approvals,
             approval_hold_seconds: self.approval_hold_seconds,
+            http_rules: &self.http_rules,
         }
     }
 
@@ -226,6 +229,7 @@ impl SandboxRow {
         self.new_connections_per_second = s.new_connections_per_second;
         self.network_approvals = s.network_approvals;
         self.approval_hold_seconds = s.approval_hold_seconds;
+        self.http_rules = s.http_rules.to_stored();
     }
 }
 
@@ -461,6 +465,7 @@ fn sandbox_row(r: &AnyRow) -> Result<SandboxRow, sqlx::Error> {
         approval_hold_seconds: u8::try_from(r.try_get::<i64, _>("approval_hold_seconds")?)
             .unwrap_or(0),
         declined_names: r.try_get("declined_names")?,
+        http_rules: r.try_get("http_rules")?,
         runner: r.try_get("runner")?,
     })
 }
@@ -501,7 +506,7 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, netwo
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
      cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants, \
      egress_mbps, max_connections, new_connections_per_second, network_approvals, \
-     approval_hold_seconds, declined_names, transfer_quota_mib, runner";
+     approval_hold_seconds, declined_names, transfer_quota_mib, runner, http_rules";
 
 impl Store {
     /// Opens the store: the PostgreSQL database at `url`, or without one
@@ -699,7 +704,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+             $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -727,6 +732,7 @@ impl Store {
         .bind(&s.declined_names)
         .bind(s.transfer_quota_mib.map(i64::from))
         .bind(&s.runner)
+        .bind(&s.http_rules)
         .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
@@ -797,7 +803,7 @@ impl Store {
              domain_deny_list = $6, essential_services = $7, egress_mbps = $8, \
              max_connections = $9, new_connections_per_second = $10, \
              network_approvals = $11, approval_hold_seconds = $12, \
-             transfer_quota_mib = $13 WHERE id = $14",
+             transfer_quota_mib = $13, http_rules = $14 WHERE id = $15",
         )
         .bind(i64::from(s.network_block_all))
         .bind(&s.network_allow_list)
@@ -812,6 +818,7 @@ impl Store {
         .bind(i64::from(s.network_approvals))
         .bind(i64::from(s.approval_hold_seconds))
         .bind(s.transfer_quota_mib.map(i64::from))
+        .bind(&s.http_rules)
         .bind(&s.id)
         .execute(&mut *self.conn().await?)
         .await?;

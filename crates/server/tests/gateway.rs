@@ -503,3 +503,201 @@ fn a_connection_the_gateway_passes_leaves_from_the_known_egress_address() {
         HOST_LINK4.addr(),
     );
 }
+
+/// Sends `requests` ("METHOD PATH") for `name` one after the other on one
+/// plain-HTTP connection from `ns` to `addr`, each after the answer to
+/// the one before; what each got: `200 <what the lab saw>`, `403 <the
+/// x-sandgate-deny reason>`, or how the connection ended.
+fn ask(ns: &Netns, addr: IpAddr, name: &str, requests: &[&str]) -> Vec<String> {
+    let name = name.to_string();
+    let requests: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
+    ns.run(move || {
+        let mut s = connect(addr, HTTP);
+        let mut got = Vec::new();
+        for r in &requests {
+            let request = format!("{r} HTTP/1.1\r\nHost: {name}\r\n\r\n");
+            if let Err(e) = s.write_all(request.as_bytes()) {
+                got.push(format!("{:?}", ended(&e)));
+                break;
+            }
+            match read_response(&mut s) {
+                Ok(answer) => got.push(answer),
+                Err(e) => {
+                    got.push(format!("{:?}", ended(&e)));
+                    break;
+                }
+            }
+        }
+        Ok(got)
+    })
+    .unwrap()
+}
+
+/// One response: its status and, for 200, the lab's line of what it saw
+/// (method and path), for 403 the gateway's reason.
+fn read_response(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let header = |n: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{n}: ")))
+            .map(|v| v.trim().to_string())
+    };
+    let length: usize = header("content-length").unwrap().parse().unwrap();
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body)?;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let status = &head[9..12];
+    Ok(match status {
+        "200" => {
+            // "sandgate lab: GET /path from=... host=..."
+            let seen: Vec<&str> = body.split_whitespace().collect();
+            format!("200 {} {}", seen[2], seen[3])
+        }
+        "403" => format!("403 {}", header("x-sandgate-deny").unwrap_or_default()),
+        other => format!("{other} {body}"),
+    })
+}
+
+#[test]
+fn http_rules_allow_and_refuse_requests_by_method_and_path() {
+    let api = Api::start_with(|cfg| cfg.runner.name_checked_ports.push(TCP_STREAM));
+    let (_, key) = api.organization("rules", 3);
+    let ca = api.lab().ca_pem().to_string();
+    let rules =
+        json!([{"host": "api.example.com", "methods": ["GET", "HEAD"], "paths": ["/repos/**"]}]);
+    let s = api.sandbox(
+        &key,
+        json!({"name": "ruled", "domainAllowList": "api.example.com,www.example.net,static.example.com", "httpRules": rules}),
+    );
+    assert_eq!(s["httpRules"], rules, "{s}");
+    assert_eq!(s["effectiveNetwork"]["httpRules"], rules, "{s}");
+    let id = s["id"].as_str().unwrap().to_string();
+    resolve(&api, &key, &id, "api.example.com");
+    resolve(&api, &key, &id, "www.example.net");
+    resolve(&api, &key, &id, "static.example.com");
+    let ns = api.slot_netns(&id);
+
+    // Allowed and refused requests on one connection: a refused one is
+    // answered 403 with its reason, and the connection carries the next.
+    for addr in [SERVER4_B, SERVER6_B] {
+        assert_eq!(
+            ask(
+                &ns,
+                addr,
+                "api.example.com",
+                &[
+                    "POST /repos/a",
+                    "GET /admin",
+                    "GET /repos/%2e%2e/admin",
+                    "GET /repos/a/b?page=2",
+                ]
+            ),
+            [
+                "403 http_method_not_allowed",
+                "403 http_path_not_allowed",
+                "403 http_path_ambiguous",
+                "200 GET /repos/a/b?page=2",
+            ],
+            "{addr}"
+        );
+    }
+    // A name no rule covers is not restricted.
+    assert_eq!(
+        ask(&ns, SERVER4_B, "www.example.net", &["DELETE /anything"]),
+        ["200 DELETE /anything"]
+    );
+    // TLS to a name with rules cannot be checked (not terminated):
+    // refused; TLS to a name without passes.
+    assert_eq!(https(&ns, &ca, SERVER4_B, "api.example.com"), Got::Reset);
+    assert!(https(&ns, &ca, SERVER4_B, "www.example.net").answered_for("www.example.net"));
+    for reason in [
+        "http_method_not_allowed",
+        "http_path_not_allowed",
+        "http_path_ambiguous",
+        "http_rules_need_termination",
+    ] {
+        saw(&api, &key, &id, reason, Some("api.example.com"));
+    }
+
+    // Rules that come with an update reach the connections open under
+    // their name at once; the other name's runs on.
+    let mut kept = stream_under(&ns, "static.example.com");
+    let mut ruled = stream_under(&ns, "www.example.net");
+    let (status, v) = api.post(
+        &format!("/api/sandbox/{id}/network-settings"),
+        &key,
+        json!({"httpRules": [{"host": "*.example.net", "methods": ["GET"]}]}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let updated = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        match ruled.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(_) if updated.elapsed() > Duration::from_secs(3) => break "still streaming",
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(end, "reset");
+    assert!(updated.elapsed() < Duration::from_secs(1));
+    for _ in 0..10 {
+        assert!(kept.read(&mut buf).unwrap() > 0);
+    }
+    // The rules of api.example.com went with the update.
+    assert_eq!(
+        ask(&ns, SERVER4_B, "api.example.com", &["POST /admin"]),
+        ["200 POST /admin"]
+    );
+    assert_eq!(
+        ask(&ns, SERVER4_B, "www.example.net", &["POST /x", "GET /x"]),
+        ["403 http_method_not_allowed", "200 GET /x"]
+    );
+    // `[]` removes them.
+    let (status, v) = api.post(
+        &format!("/api/sandbox/{id}/network-settings"),
+        &key,
+        json!({"httpRules": []}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(v.get("httpRules").is_none(), "{v}");
+    assert_eq!(
+        ask(&ns, SERVER4_B, "www.example.net", &["POST /x"]),
+        ["200 POST /x"]
+    );
+}
+
+#[test]
+fn http_rules_hold_in_open_mode_where_no_name_is_admitted() {
+    let api = Api::start();
+    let (_, key) = api.organization("open-rules", 3);
+    let s = api.sandbox(
+        &key,
+        json!({"name": "open", "httpRules": [{"host": "api.example.com", "methods": ["GET"]}]}),
+    );
+    assert_eq!(s["effectiveNetwork"]["mode"], "open", "{s}");
+    let id = s["id"].as_str().unwrap();
+    let ns = api.slot_netns(id);
+    // No DNS answer asked for: open mode sends every connection to the
+    // name-checked ports through the gateway once rules exist.
+    assert_eq!(
+        ask(&ns, SERVER4_B, "api.example.com", &["PUT /x", "GET /x"]),
+        ["403 http_method_not_allowed", "200 GET /x"]
+    );
+    assert_eq!(
+        ask(&ns, SERVER6_B, "www.example.net", &["PUT /x"]),
+        ["200 PUT /x"]
+    );
+}
