@@ -10,6 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -154,6 +155,10 @@ pub trait Check: Send + Sync + 'static {
     /// A refusal by HTTP rules ([`crate::Denial::Http`]) is answered 403
     /// and the connection kept; any other ends the connection.
     fn request(&self, asked: &Asked<'_>) -> Result<(), crate::Denial>;
+
+    /// Reports a request refused after its check (its destination's
+    /// certificate is not trusted).
+    fn refused(&self, name: Option<&str>, denial: &crate::Denial);
 }
 
 /// A response relayed from the destination, or the gateway's own.
@@ -162,11 +167,20 @@ pub type Answer = Response<Either<Incoming, Full<Bytes>>>;
 /// The gateway's answer to a request that HTTP rules refused: 403 with
 /// `x-sandgate-deny: <reason>`.
 pub fn forbidden(denial: &crate::Denial) -> Answer {
+    answer(
+        hyper::StatusCode::FORBIDDEN,
+        denial,
+        "this request is not allowed by the sandbox's HTTP rules",
+    )
+}
+
+/// The gateway's own answer, with `x-sandgate-deny: <reason>`.
+fn answer(status: hyper::StatusCode, denial: &crate::Denial, why: &str) -> Answer {
     let code = denial.code();
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!(
-        "sandgate: this request is not allowed by the sandbox's HTTP rules ({code})\n"
+        "sandgate: {why} ({code})\n"
     )))));
-    *response.status_mut() = hyper::StatusCode::FORBIDDEN;
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     if let Ok(v) = hyper::header::HeaderValue::from_str(&code) {
         headers.insert("x-sandgate-deny", v);
@@ -179,13 +193,24 @@ pub fn forbidden(denial: &crate::Denial) -> Answer {
 }
 
 /// The connection to the destination, opened at the first request passed.
-type Upstream = Arc<tokio::sync::Mutex<Option<SendRequest<Incoming>>>>;
+type Sender = Arc<tokio::sync::Mutex<Option<SendRequest<Incoming>>>>;
+
+/// How the gateway reaches the destination of an HTTP connection.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Where, from where.
+    pub dial: crate::Dial,
+    /// In TLS of the gateway's own (a terminated connection), to this
+    /// server name, verified against the host's roots; `None`: in the
+    /// clear.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+}
 
 /// Checks one request and passes it on.
 async fn forward(
     check: Arc<dyn Check>,
+    sender: Sender,
     upstream: Upstream,
-    dial: crate::Dial,
     mut req: Request<Incoming>,
 ) -> Result<Answer, RelayError> {
     let name = request_name(&req).map_err(RelayError::Refused)?;
@@ -199,10 +224,25 @@ async fn forward(
         Err(denial @ crate::Denial::Http(_)) => return Ok(forbidden(&denial)),
         Err(denial) => return Err(RelayError::Refused(denial)),
     }
-    let mut slot = upstream.lock().await;
+    let mut slot = sender.lock().await;
     let sender = match slot.as_mut() {
         Some(s) if !s.is_closed() => s,
-        _ => slot.insert(open(&dial).await?),
+        _ => match open(&upstream).await {
+            Ok(s) => slot.insert(s),
+            Err(RelayError::Io(e)) if upstream.tls.is_some() && is_tls_refusal(&e) => {
+                // The destination's certificate is not one the host's
+                // roots vouch for: said to the sandbox, and reported.
+                let denial = crate::Denial::UpstreamUntrusted;
+                check.refused(name.as_deref(), &denial);
+                tracing::debug!(error = %e, "gateway: a destination's certificate was refused");
+                return Ok(answer(
+                    hyper::StatusCode::BAD_GATEWAY,
+                    &denial,
+                    "the destination's TLS certificate is not trusted by this host",
+                ));
+            }
+            Err(e) => return Err(e),
+        },
     };
     sender.ready().await?;
     let upgrade = hyper::upgrade::on(&mut req);
@@ -221,27 +261,37 @@ async fn forward(
     Ok(response.map(Either::Left))
 }
 
-/// Serves the sandbox's side `down` (whose first bytes are `first`),
-/// passing each request that `check` lets through to the destination of
-/// `dial` over one connection of its own; ends at the first refused
-/// request (an error, after which the caller resets the connection).
-pub async fn serve(
-    down: TcpStream,
-    first: Vec<u8>,
-    dial: crate::Dial,
+/// Whether a failed connect is a TLS refusal (a certificate, a
+/// handshake), as opposed to an unreachable destination.
+fn is_tls_refusal(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// Serves the sandbox's side `down`, passing each request that `check`
+/// lets through to the destination over one connection of its own;
+/// ends at the first request refused by name (an error, after which the
+/// caller resets the connection).
+pub async fn serve<IO>(
+    down: IO,
+    upstream: Upstream,
     check: Arc<dyn Check>,
-) -> Result<(), RelayError> {
-    let upstream: Upstream = Arc::new(tokio::sync::Mutex::new(None));
+) -> Result<(), RelayError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let sender: Sender = Arc::new(tokio::sync::Mutex::new(None));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let fut: Pin<Box<dyn Future<Output = Result<Answer, RelayError>> + Send>> =
-            Box::pin(forward(check.clone(), upstream.clone(), dial, req));
+        let fut: Pin<Box<dyn Future<Output = Result<Answer, RelayError>> + Send>> = Box::pin(
+            forward(check.clone(), sender.clone(), upstream.clone(), req),
+        );
         fut
     });
     hyper::server::conn::http1::Builder::new()
         .preserve_header_case(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(Prefixed::new(first, down)), service)
+        .serve_connection(TokioIo::new(down), service)
         .with_upgrades()
         .await?;
     Ok(())
@@ -249,21 +299,38 @@ pub async fn serve(
 
 /// A connection to the destination, for the requests of one sandbox
 /// connection.
-async fn open(dial: &crate::Dial) -> Result<SendRequest<Incoming>, RelayError> {
-    {
-        let stream = dial.connect().await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .preserve_header_case(true)
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "gateway: a connection to a destination ended");
-            }
-        });
-        Ok(sender)
+async fn open(upstream: &Upstream) -> Result<SendRequest<Incoming>, RelayError> {
+    let stream = upstream.dial.connect().await?;
+    stream.set_nodelay(true)?;
+    match &upstream.tls {
+        None => handshake(stream).await,
+        Some((connector, name)) => {
+            let tls = tokio::time::timeout(
+                upstream.dial.timeout,
+                connector.connect(name.clone(), stream),
+            )
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            handshake(tls).await
+        }
     }
+}
+
+/// HTTP/1 over `io`, its connection driven on a task of its own.
+async fn handshake<IO>(io: IO) -> Result<SendRequest<Incoming>, RelayError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "gateway: a connection to a destination ended");
+        }
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]

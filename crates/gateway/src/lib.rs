@@ -38,6 +38,7 @@ pub mod bindings;
 pub mod hello;
 pub mod http;
 pub mod splice;
+pub mod terminate;
 
 use hello::Hello;
 use sandgate_netns::Netns;
@@ -159,6 +160,13 @@ pub enum Denial {
     HttpRulesNeedTermination,
     /// HTTP rules refused a request (answered 403, the connection kept).
     Http(sandgate_policy::HttpRefusal),
+    /// The sandbox's TLS handshake with the gateway failed, for a name
+    /// the gateway terminates (most often: its trust store lacks the
+    /// gateway's CA).
+    TlsHandshake,
+    /// The destination's certificate is not one the host's roots vouch
+    /// for (answered 502).
+    UpstreamUntrusted,
     /// The policy denies the original destination (an always-denied
     /// range, a private range, a `networkDenyList` entry, `blocked`) or
     /// the name (a `domainDenyList` entry): the policy's reason code.
@@ -176,6 +184,8 @@ impl Denial {
             Denial::Blocked => "blocked".into(),
             Denial::HttpRulesNeedTermination => "http_rules_need_termination".into(),
             Denial::Http(refusal) => refusal.code().into(),
+            Denial::TlsHandshake => "tls_handshake_failed".into(),
+            Denial::UpstreamUntrusted => "upstream_certificate_untrusted".into(),
             Denial::Policy(code) => code.clone(),
         }
     }
@@ -210,6 +220,9 @@ pub struct GatewayConfig {
     pub hello_timeout: Duration,
     /// How long a connection to a destination may take.
     pub connect_timeout: Duration,
+    /// Termination of TLS for the names whose requests the gateway must
+    /// read; without it, TLS to such a name is refused.
+    pub terminator: Option<Arc<terminate::Terminator>>,
 }
 
 impl GatewayConfig {
@@ -221,6 +234,7 @@ impl GatewayConfig {
             max_connections: 65_536,
             hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            terminator: None,
         }
     }
 }
@@ -743,10 +757,43 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
     };
     match hello {
         Hello::ServerName(raw) => {
-            let name = match shared.check(&holder, &raw, (dest.ip(), true)) {
+            // A name whose requests must be read is terminated, where the
+            // gateway can; otherwise relayed as it is.
+            let terminator = shared.cfg.terminator.clone().filter(|_| {
+                DomainName::parse(&raw).is_ok_and(|n| holder.policy.http_rules.covers(n.as_str()))
+            });
+            let name = match shared.check(&holder, &raw, (dest.ip(), terminator.is_none())) {
                 Ok(name) => name,
                 Err(denial) => return shared.refuse(&holder, dest, &down, Some(&raw), denial),
             };
+            if let Some(terminator) = terminator {
+                let guard = match down.try_clone_fd() {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gateway: cannot keep a handle on a connection");
+                        return reset(&down);
+                    }
+                };
+                let accept = terminator.acceptor().accept(http::Prefixed::new(buf, down));
+                match tokio::time::timeout(shared.cfg.hello_timeout, accept).await {
+                    Ok(Ok(tls)) => {
+                        let sni = Some(name);
+                        serve_http(&shared, &holder, (source, dest), tls, guard, sni, epoch).await;
+                    }
+                    Ok(Err(e)) => {
+                        // Most often: the client does not trust the
+                        // gateway's CA (a trust store without it).
+                        tracing::debug!(error = %e, "gateway: a terminated handshake failed");
+                        shared.report(&holder, dest, Some(&name), &Denial::TlsHandshake);
+                        guard.reset();
+                    }
+                    Err(_) => {
+                        shared.report(&holder, dest, Some(&name), &Denial::TlsHandshake);
+                        guard.reset();
+                    }
+                }
+                return;
+            }
             let Some((_untrack, cut)) = shared.track(
                 &holder,
                 (source, dest.ip(), true),
@@ -768,12 +815,6 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
             relay.await;
         }
         Hello::NotTls => {
-            let name = Arc::new(Mutex::new(None));
-            let Some((_untrack, cut)) =
-                shared.track(&holder, (source, dest.ip(), false), name.clone(), epoch)
-            else {
-                return reset(&down);
-            };
             let guard = match down.try_clone_fd() {
                 Ok(g) => g,
                 Err(e) => {
@@ -781,39 +822,8 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
                     return reset(&down);
                 }
             };
-            let check = Arc::new(HttpCheck {
-                guard,
-                shared: shared.clone(),
-                holder: holder.clone(),
-                source,
-                dest,
-                name,
-                passed: AtomicU64::new(0),
-            });
-            // Boxed for the same reason as the TLS relay.
-            let served: Pin<Box<dyn Future<Output = Result<(), http::RelayError>> + Send>> =
-                Box::pin(http::serve(
-                    down,
-                    buf,
-                    Dial::of(&holder, dest, shared.cfg.connect_timeout),
-                    check.clone(),
-                ));
-            tokio::select! {
-                r = served => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "gateway: an HTTP connection ended");
-                        // Bytes that are no HTTP/1 request are reported
-                        // (hyper answered 400 and closed); a refused
-                        // request was reported by its check, and reset.
-                        if matches!(&e, http::RelayError::Http(h) if h.is_parse() || h.is_parse_too_large()) {
-                            shared.report(&holder, dest, None, &Denial::UnrecognizedProtocol);
-                        }
-                    }
-                }
-                // The connection (`served`, dropped after this branch)
-                // closes with a reset.
-                _ = cut => check.guard.reset(),
-            }
+            let io = http::Prefixed::new(buf, down);
+            serve_http(&shared, &holder, (source, dest), io, guard, None, epoch).await;
         }
         // Closed before a byte was sent (a connect test, a port scan):
         // nothing was asked, nothing to report.
@@ -823,6 +833,72 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
         }
         Hello::Encrypted => shared.refuse(&holder, dest, &down, None, Denial::EncryptedClientHello),
         Hello::Malformed => shared.refuse(&holder, dest, &down, None, Denial::UnrecognizedProtocol),
+    }
+}
+
+/// Serves the HTTP requests of `holder`'s connection `io` (in the clear,
+/// or TLS the gateway terminated for `sni`), each one checked, until it
+/// ends or a policy change cuts it; `guard` makes its close a reset.
+async fn serve_http<IO>(
+    shared: &Arc<Shared>,
+    holder: &Holder,
+    (source, dest): (IpAddr, SocketAddr),
+    io: IO,
+    guard: FdGuard,
+    sni: Option<String>,
+    epoch: u64,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let name = Arc::new(Mutex::new(sni.clone()));
+    let Some((_untrack, cut)) =
+        shared.track(holder, (source, dest.ip(), false), name.clone(), epoch)
+    else {
+        return guard.reset();
+    };
+    let tls = match (&sni, &shared.cfg.terminator) {
+        (None, _) => None,
+        (Some(n), Some(t)) => match terminate::Terminator::server_name(n) {
+            Ok(server) => Some((t.connector(), server)),
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway: a terminated name is no server name");
+                return guard.reset();
+            }
+        },
+        (Some(_), None) => return guard.reset(),
+    };
+    let upstream = http::Upstream {
+        dial: Dial::of(holder, dest, shared.cfg.connect_timeout),
+        tls,
+    };
+    let check = Arc::new(HttpCheck {
+        guard,
+        shared: shared.clone(),
+        holder: holder.clone(),
+        source,
+        dest,
+        name,
+        sni,
+        passed: AtomicU64::new(0),
+    });
+    // Boxed for the same reason as the TLS relay.
+    let served: Pin<Box<dyn Future<Output = Result<(), http::RelayError>> + Send>> =
+        Box::pin(http::serve(io, upstream, check.clone()));
+    tokio::select! {
+        r = served => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "gateway: an HTTP connection ended");
+                // Bytes that are no HTTP/1 request are reported (hyper
+                // answered 400 and closed); a refused request was reported
+                // by its check, and reset.
+                if matches!(&e, http::RelayError::Http(h) if h.is_parse() || h.is_parse_too_large()) {
+                    shared.report(holder, dest, None, &Denial::UnrecognizedProtocol);
+                }
+            }
+        }
+        // The connection (`served`, dropped after this branch) closes
+        // with a reset.
+        _ = cut => check.guard.reset(),
     }
 }
 
@@ -860,6 +936,9 @@ struct HttpCheck {
     dest: SocketAddr,
     /// The name of the last request passed (what a revalidation checks).
     name: Arc<Mutex<Option<String>>>,
+    /// The server name of a terminated connection: every request's name
+    /// must be it (the gateway's own TLS went to it).
+    sni: Option<String>,
     passed: AtomicU64,
 }
 
@@ -884,6 +963,12 @@ impl http::Check for HttpCheck {
                 }
             }
         };
+        let checked = checked.and_then(|(h, name)| match &self.sni {
+            // Another site asked of a connection terminated for one
+            // name (domain fronting).
+            Some(sni) if *sni != name => Err(Denial::NameMismatch),
+            _ => Ok((h, name)),
+        });
         let (holder, name) = match checked {
             Ok(passed) => passed,
             Err(denial) => {
@@ -911,6 +996,10 @@ impl http::Check for HttpCheck {
             self.shared.counters.passed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn refused(&self, name: Option<&str>, denial: &Denial) {
+        self.shared.report(&self.holder, self.dest, name, denial);
     }
 }
 

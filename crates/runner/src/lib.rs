@@ -30,6 +30,7 @@ pub use sandgate_dataplane::NoFreeSlot;
 use sandgate_dataplane::{Dataplane, DataplaneConfig, KernelCounters, Reading, SlotAddrs};
 use sandgate_dns::{Asker, Directory, DnsConfig, DnsService, Upstream};
 use sandgate_gateway::bindings::Bindings;
+use sandgate_gateway::terminate::{Terminator, TerminatorConfig};
 use sandgate_gateway::{Gateway, GatewayConfig, GatewayEvent, Holder};
 use sandgate_netns::Netns;
 use sandgate_policy::{Catalog, EffectivePolicy, PolicyConfig, Reason};
@@ -73,6 +74,10 @@ pub struct RunnerConfig {
     pub name_checked_ports: Vec<u16>,
     /// Whether QUIC (UDP 443) to addresses admitted by name is refused.
     pub deny_quic_to_names: bool,
+    /// The CA certificates (PEM) that a destination's certificate must
+    /// chain to when the gateway terminates a sandbox's TLS (names with
+    /// HTTP rules): the host's bundle by default.
+    pub tls_roots: PathBuf,
 }
 
 impl RunnerConfig {
@@ -89,6 +94,7 @@ impl RunnerConfig {
             warm_disk: None,
             name_checked_ports: sandgate_dataplane::config::NAME_CHECKED_PORTS.to_vec(),
             deny_quic_to_names: true,
+            tls_roots: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
         }
     }
 }
@@ -801,8 +807,23 @@ impl Runner {
             &cfg.data_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )?;
+        // The gateway's CA, which every sandbox made from now on trusts.
+        // Without it (no upstream roots, say), TLS to a name whose
+        // requests must be read is refused, and the log says why.
+        let terminator = match Terminator::new(&TerminatorConfig {
+            ca_dir: cfg.data_dir.join("gateway-ca"),
+            upstream_roots: cfg.tls_roots.clone(),
+        }) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "the gateway terminates no TLS: connections over TLS to names with HTTP rules are refused");
+                None
+            }
+        };
+        let mut runtime_cfg = cfg.runtime.clone();
+        runtime_cfg.trusted_ca = terminator.as_ref().map(|t| t.ca_pem().to_string());
         // The runtime first: its failures leave no thread or socket behind.
-        let runtime = Runtime::new(cfg.runtime.clone())?;
+        let runtime = Runtime::new(runtime_cfg)?;
         if !runtime.snapshots()?.iter().any(|s| s == "busybox") {
             runtime.build_busybox("busybox")?;
         }
@@ -842,12 +863,10 @@ impl Runner {
             sandboxes.clone(),
             catalog.clone(),
         )?));
-        let (gateway, refused) = Gateway::start(
-            host.as_ref(),
-            GatewayConfig::new(gateway_port),
-            sandboxes.clone(),
-            catalog,
-        )?;
+        let mut gateway_cfg = GatewayConfig::new(gateway_port);
+        gateway_cfg.terminator = terminator;
+        let (gateway, refused) =
+            Gateway::start(host.as_ref(), gateway_cfg, sandboxes.clone(), catalog)?;
         let gateway = Arc::new(gateway);
         let reading = Arc::new(Mutex::new(None));
         let slots = Arc::new(Mutex::new(HashMap::new()));

@@ -54,6 +54,10 @@ pub struct BundleSpec<'a> {
     pub memory_limit: Option<i64>,
     /// The most CPU time, in cores, if limited.
     pub cpu: Option<f64>,
+    /// The files bound on [`SYSTEM_BUNDLE`] (the snapshot's bundle and the
+    /// gateway's CA) and on [`CA_FILE`] (the CA alone), if the sandbox
+    /// trusts the gateway's CA.
+    pub trust: Option<(&'a Path, &'a Path)>,
 }
 
 /// Where the sandbox's init (the host's static busybox) is bound: the
@@ -71,6 +75,34 @@ pub const BASE_ENV: &[&str] = &[
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME=/root",
 ];
+
+/// The system's CA bundle in a sandbox (Debian's path, which OpenSSL,
+/// curl, Python and most tools read by default): the snapshot's own
+/// bundle and the gateway's CA.
+pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The gateway's CA alone, in a sandbox.
+pub const CA_FILE: &str = "/etc/sandgate/ca.pem";
+
+/// What tells the usual TLS clients where the trusted CAs are, beside the
+/// system bundle: OpenSSL's (`SSL_CERT_FILE`), Python requests', and
+/// Node's (which adds to its own roots).
+pub const TRUST_ENV: &[(&str, &str)] = &[
+    ("SSL_CERT_FILE", SYSTEM_BUNDLE),
+    ("REQUESTS_CA_BUNDLE", SYSTEM_BUNDLE),
+    ("NODE_EXTRA_CA_CERTS", CA_FILE),
+];
+
+/// The environment of a sandbox's processes: [`BASE_ENV`], and
+/// [`TRUST_ENV`] if it trusts the gateway's CA.
+pub fn base_env(trusts: bool) -> Vec<String> {
+    let base = BASE_ENV.iter().map(|e| e.to_string());
+    let trust = TRUST_ENV
+        .iter()
+        .filter(|_| trusts)
+        .map(|(k, v)| format!("{k}={v}"));
+    base.chain(trust).collect()
+}
 
 /// A process of a sandbox as the OCI spec describes it: root, the
 /// capabilities above, no new privileges, the open-files limit. The
@@ -108,6 +140,34 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
         resources["cpu"] =
             json!({ "quota": (cores * PERIOD as f64).round() as i64, "period": PERIOD });
     }
+    let mut mounts = json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+        { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+        { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+        { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+          "options": ["nosuid", "noexec", "nodev"] },
+        { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+          "options": ["nosuid", "noexec", "nodev", "ro"] },
+        { "destination": "/etc/resolv.conf", "type": "bind", "source": spec.resolv_conf,
+          "options": ["rbind", "ro"] },
+        { "destination": INIT, "type": "bind", "source": spec.init,
+          "options": ["bind", "ro", "nosuid", "nodev"] },
+    ]);
+    if let (Some((bundle, ca)), Some(list)) = (spec.trust, mounts.as_array_mut()) {
+        // Read-only: the sandbox cannot trust another CA system-wide
+        // behind its own processes' backs (it may point its own
+        // processes elsewhere).
+        for (source, destination) in [(bundle, SYSTEM_BUNDLE), (ca, CA_FILE)] {
+            list.push(
+                json!({ "destination": destination, "type": "bind", "source": source,
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"] }),
+            );
+        }
+    }
     json!({
         "ociVersion": "1.0.2",
         "hostname": spec.id,
@@ -122,26 +182,10 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
                 "-c".into(),
                 format!("trap 'exit 0' TERM; while :; do {INIT} sleep 3600 & wait; done"),
             ],
-            &BASE_ENV.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            &base_env(spec.trust.is_some()),
             "/",
         ),
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc" },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-              "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
-              "options": ["nosuid", "noexec", "nodev", "ro"] },
-            { "destination": "/etc/resolv.conf", "type": "bind", "source": spec.resolv_conf,
-              "options": ["rbind", "ro"] },
-            { "destination": INIT, "type": "bind", "source": spec.init,
-              "options": ["bind", "ro", "nosuid", "nodev"] },
-        ],
+        "mounts": mounts,
         "linux": {
             "resources": resources,
             "namespaces": [

@@ -151,10 +151,7 @@ pub fn run(
     cap: usize,
     dir: &Path,
 ) -> io::Result<ExecResult> {
-    let mut env: Vec<String> = crate::bundle::BASE_ENV
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
+    let mut env = crate::bundle::base_env(dir.join(crate::TRUSTED_CA).exists());
     for (k, v) in &request.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(io::Error::new(

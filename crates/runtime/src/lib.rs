@@ -71,6 +71,10 @@ pub struct RuntimeConfig {
     pub disk_limit: Option<u64>,
     /// The most bytes of stdout and of stderr an exec returns.
     pub output_cap: usize,
+    /// A CA certificate (PEM) every sandbox made from now on trusts, beside
+    /// its snapshot's: the name-checking gateway's, for the TLS it
+    /// terminates (see [`bundle::TRUST_ENV`]).
+    pub trusted_ca: Option<String>,
 }
 
 impl RuntimeConfig {
@@ -85,6 +89,7 @@ impl RuntimeConfig {
             cpu_limit: None,
             disk_limit: None,
             output_cap: 1 << 20,
+            trusted_ca: None,
         }
     }
 }
@@ -486,6 +491,20 @@ impl Runtime {
         }
         let resolv = dir.join("resolv.conf");
         fs::write(&resolv, bundle::resolv_conf(gateway))?;
+        let (trust_bundle, trusted_ca) = (dir.join(TRUST_BUNDLE), dir.join(TRUSTED_CA));
+        let trust = match &self.cfg.trusted_ca {
+            Some(ca) => {
+                let mut all = snapshot_bundle(&self.snapshot_dir(snapshot).join("rootfs"));
+                if !all.is_empty() && !all.ends_with(b"\n") {
+                    all.push(b'\n');
+                }
+                all.extend_from_slice(ca.as_bytes());
+                fs::write(&trust_bundle, all)?;
+                fs::write(&trusted_ca, ca)?;
+                Some((trust_bundle.as_path(), trusted_ca.as_path()))
+            }
+            None => None,
+        };
         let rootfs = dir.join("rootfs");
         let spec = bundle::BundleSpec {
             id,
@@ -496,6 +515,7 @@ impl Runtime {
             pids_limit: self.limits.pids,
             memory_limit: resources.memory,
             cpu: resources.cpu,
+            trust,
         };
         let config = serde_json::to_vec_pretty(&bundle::config(&spec))
             .map_err(|e| RuntimeError::record(format!("the OCI bundle of {id}"), e))?;
@@ -808,6 +828,51 @@ impl Runtime {
     }
 }
 
+/// The file in a sandbox's directory that holds the CA it trusts beside
+/// its snapshot's (bound on [`bundle::CA_FILE`]); its presence says the
+/// sandbox trusts it.
+pub const TRUSTED_CA: &str = "sandgate-ca.pem";
+
+/// The file in a sandbox's directory bound on [`bundle::SYSTEM_BUNDLE`].
+const TRUST_BUNDLE: &str = "ca-bundle.crt";
+
+/// The most of a snapshot's CA bundle that is read.
+const BUNDLE_MAX: u64 = 4 << 20;
+
+/// The snapshot's own CA bundle at [`bundle::SYSTEM_BUNDLE`] under
+/// `rootfs`, read with every link resolved inside `rootfs` (a snapshot is
+/// not trusted: a link to a host file reads nothing of the host); empty if
+/// it has none.
+fn snapshot_bundle(rootfs: &Path) -> Vec<u8> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    use std::io::Read;
+    let read = || -> io::Result<Vec<u8>> {
+        let root = fs::File::open(rootfs)?;
+        let fd = openat2(
+            &root,
+            bundle::SYSTEM_BUNDLE.trim_start_matches('/'),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+        )?;
+        let file = fs::File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        file.take(BUNDLE_MAX).read_to_end(&mut out)?;
+        Ok(out)
+    };
+    match read() {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            tracing::warn!(rootfs = %rootfs.display(), error = %e, "a snapshot's CA bundle could not be read; its sandboxes trust the gateway's CA alone");
+            Vec::new()
+        }
+    }
+}
+
 /// Removes a snapshot's staging directory, if any (one left by a build
 /// cut short is removed at the next build or start).
 fn remove_staging(staging: &Path) {
@@ -816,5 +881,41 @@ fn remove_staging(staging: &Path) {
             tracing::warn!(dir = %staging.display(), error = %e, "removing a snapshot's staging directory");
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshots_bundle_is_read_inside_its_root_and_never_through_a_link_out() {
+        let root = std::env::temp_dir().join(format!("sandgate-bundle-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let certs = root.join("etc/ssl/certs");
+        fs::create_dir_all(&certs).unwrap();
+        let bundle = certs.join("ca-certificates.crt");
+        assert_eq!(snapshot_bundle(&root), b"");
+        fs::write(&bundle, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        assert_eq!(snapshot_bundle(&root), b"-----BEGIN CERTIFICATE-----\n");
+        // A link to a host file: resolved inside the snapshot's root,
+        // where there is no such file.
+        fs::remove_file(&bundle).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &bundle).unwrap();
+        assert!(Path::new("/etc/hostname").exists());
+        assert_eq!(snapshot_bundle(&root), b"");
+        // The same through a relative link that climbs out, and a link of
+        // a parent directory.
+        fs::remove_file(&bundle).unwrap();
+        std::os::unix::fs::symlink("../../../../../../../etc/hostname", &bundle).unwrap();
+        assert_eq!(snapshot_bundle(&root), b"");
+        fs::remove_dir_all(root.join("etc/ssl")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("etc/ssl")).unwrap();
+        assert_eq!(snapshot_bundle(&root), b"");
+        // Not a file: nothing.
+        fs::remove_file(root.join("etc/ssl")).unwrap();
+        fs::create_dir_all(&bundle).unwrap();
+        assert_eq!(snapshot_bundle(&root), b"");
+        fs::remove_dir_all(&root).unwrap();
     }
 }

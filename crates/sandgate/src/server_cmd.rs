@@ -111,6 +111,15 @@ pub struct HostArgs {
     /// browsers and HTTP/3 clients fall back to TCP.
     #[arg(long)]
     pub allow_quic_to_names: bool,
+    /// The CA certificates (PEM) a destination's certificate must chain
+    /// to when the gateway terminates a sandbox's TLS (names with HTTP
+    /// rules).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/ssl/certs/ca-certificates.crt"
+    )]
+    pub tls_roots: std::path::PathBuf,
 }
 
 fn parse_database(url: &str) -> Result<String, String> {
@@ -154,6 +163,7 @@ impl HostArgs {
         runner.forward_other = self.forward_other;
         runner.name_checked_ports = self.name_checked_ports.0.clone();
         runner.deny_quic_to_names = !self.allow_quic_to_names;
+        runner.tls_roots = self.tls_roots.clone();
         Ok(runner)
     }
 }

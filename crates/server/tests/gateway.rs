@@ -511,31 +511,66 @@ fn a_connection_the_gateway_passes_leaves_from_the_known_egress_address() {
 fn ask(ns: &Netns, addr: IpAddr, name: &str, requests: &[&str]) -> Vec<String> {
     let name = name.to_string();
     let requests: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
+    ns.run(move || Ok(ask_on(&mut connect(addr, HTTP), &name, &requests)))
+        .unwrap()
+}
+
+/// [`ask`] over TLS with server name `sni` (`Host: host`), trusting the
+/// CAs of `roots` (PEM) alone.
+fn ask_tls(
+    ns: &Netns,
+    roots: &[&str],
+    addr: IpAddr,
+    (sni, host): (&str, &str),
+    requests: &[&str],
+) -> Vec<String> {
+    let roots: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
+    let (sni, host) = (sni.to_string(), host.to_string());
+    let requests: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
     ns.run(move || {
-        let mut s = connect(addr, HTTP);
-        let mut got = Vec::new();
-        for r in &requests {
-            let request = format!("{r} HTTP/1.1\r\nHost: {name}\r\n\r\n");
-            if let Err(e) = s.write_all(request.as_bytes()) {
-                got.push(format!("{:?}", ended(&e)));
-                break;
-            }
-            match read_response(&mut s) {
-                Ok(answer) => got.push(answer),
-                Err(e) => {
-                    got.push(format!("{:?}", ended(&e)));
-                    break;
-                }
+        let mut store = rustls::RootCertStore::empty();
+        for pem in &roots {
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                store.add(cert.unwrap()).unwrap();
             }
         }
-        Ok(got)
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+        let server = rustls::pki_types::ServerName::try_from(sni).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, connect(addr, HTTPS));
+        Ok(ask_on(&mut stream, &host, &requests))
     })
     .unwrap()
 }
 
+fn ask_on(s: &mut impl ReadWrite, name: &str, requests: &[String]) -> Vec<String> {
+    let mut got = Vec::new();
+    for r in requests {
+        let request = format!("{r} HTTP/1.1\r\nHost: {name}\r\n\r\n");
+        if let Err(e) = s.write_all(request.as_bytes()) {
+            got.push(format!("{:?}", ended(&e)));
+            break;
+        }
+        match read_response(s) {
+            Ok(answer) => got.push(answer),
+            Err(e) => {
+                got.push(format!("{:?}", ended(&e)));
+                break;
+            }
+        }
+    }
+    got
+}
+
 /// One response: its status and, for 200, the lab's line of what it saw
 /// (method and path), for 403 the gateway's reason.
-fn read_response(s: &mut TcpStream) -> std::io::Result<String> {
+fn read_response(s: &mut impl Read) -> std::io::Result<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -564,7 +599,7 @@ fn read_response(s: &mut TcpStream) -> std::io::Result<String> {
             let seen: Vec<&str> = body.split_whitespace().collect();
             format!("200 {} {}", seen[2], seen[3])
         }
-        "403" => format!("403 {}", header("x-sandgate-deny").unwrap_or_default()),
+        "403" | "502" => format!("{status} {}", header("x-sandgate-deny").unwrap_or_default()),
         other => format!("{other} {body}"),
     })
 }
@@ -617,17 +652,62 @@ fn http_rules_allow_and_refuse_requests_by_method_and_path() {
         ask(&ns, SERVER4_B, "www.example.net", &["DELETE /anything"]),
         ["200 DELETE /anything"]
     );
-    // TLS to a name with rules cannot be checked (not terminated):
-    // refused; TLS to a name without passes.
-    assert_eq!(https(&ns, &ca, SERVER4_B, "api.example.com"), Got::Reset);
+    // TLS to a name with rules is terminated by the gateway, under its
+    // own CA, which the sandbox trusts (in its system bundle, read-only,
+    // and named by the usual variables); its requests are checked as
+    // plain HTTP's are. A client that trusts only the lab's CA cannot
+    // complete the handshake; TLS to a name without rules is relayed as
+    // it is (the lab's certificate).
+    let r = api.exec(
+        &key,
+        &id,
+        "cat /etc/sandgate/ca.pem; echo \"$SSL_CERT_FILE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS\"; \
+         grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt; \
+         echo x >> /etc/ssl/certs/ca-certificates.crt && echo writable",
+    );
+    let out = r["stdout"].as_str().unwrap();
+    let gateway_ca = &out[..out.find("-----END CERTIFICATE-----").unwrap() + 25];
+    assert!(
+        out.contains(
+            "/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt /etc/sandgate/ca.pem\n1\n"
+        ) && !out.contains("writable"),
+        "{r}"
+    );
+    for addr in [SERVER4_B, SERVER6_B] {
+        assert_eq!(
+            ask_tls(
+                &ns,
+                &[gateway_ca],
+                addr,
+                ("api.example.com", "api.example.com"),
+                &["POST /repos/a", "GET /repos/a"]
+            ),
+            ["403 http_method_not_allowed", "200 GET /repos/a"],
+            "{addr}"
+        );
+    }
+    // Another site over a connection terminated for this one (domain
+    // fronting): reset.
+    assert_eq!(
+        ask_tls(
+            &ns,
+            &[gateway_ca],
+            SERVER4_B,
+            ("api.example.com", "www.example.net"),
+            &["GET /repos/a"]
+        ),
+        ["Reset"]
+    );
+    assert!(!https(&ns, &ca, SERVER4_B, "api.example.com").answered_for("api.example.com"));
     assert!(https(&ns, &ca, SERVER4_B, "www.example.net").answered_for("www.example.net"));
-    for reason in [
-        "http_method_not_allowed",
-        "http_path_not_allowed",
-        "http_path_ambiguous",
-        "http_rules_need_termination",
+    for (reason, name) in [
+        ("http_method_not_allowed", "api.example.com"),
+        ("http_path_not_allowed", "api.example.com"),
+        ("http_path_ambiguous", "api.example.com"),
+        ("tls_handshake_failed", "api.example.com"),
+        ("name_mismatch", "www.example.net"),
     ] {
-        saw(&api, &key, &id, reason, Some("api.example.com"));
+        saw(&api, &key, &id, reason, Some(name));
     }
 
     // Rules that come with an update reach the connections open under
@@ -681,7 +761,12 @@ fn http_rules_allow_and_refuse_requests_by_method_and_path() {
 
 #[test]
 fn http_rules_hold_in_open_mode_where_no_name_is_admitted() {
-    let api = Api::start();
+    // The gateway's own TLS to destinations trusts another CA than the
+    // lab's here: a terminated connection's destination is not trusted.
+    let other_ca = sandgate_lab::tls::LabTls::new(&[]).unwrap().ca_pem;
+    let roots = std::env::temp_dir().join(format!("sandgate-other-ca-{}.pem", std::process::id()));
+    std::fs::write(&roots, other_ca).unwrap();
+    let api = Api::start_with(|cfg| cfg.runner.tls_roots = roots.clone());
     let (_, key) = api.organization("open-rules", 3);
     let s = api.sandbox(
         &key,
@@ -700,4 +785,30 @@ fn http_rules_hold_in_open_mode_where_no_name_is_admitted() {
         ask(&ns, SERVER6_B, "www.example.net", &["PUT /x"]),
         ["200 PUT /x"]
     );
+    // Over TLS, terminated: refused by the rules before any connection
+    // out; passed by them, the destination's certificate (the lab's CA)
+    // is not one this host trusts: 502, and an event.
+    let r = api.exec(&key, id, "cat /etc/sandgate/ca.pem");
+    let gateway_ca = r["stdout"].as_str().unwrap().to_string();
+    assert_eq!(
+        ask_tls(
+            &ns,
+            &[&gateway_ca],
+            SERVER4_B,
+            ("api.example.com", "api.example.com"),
+            &["PUT /x", "GET /x"]
+        ),
+        [
+            "403 http_method_not_allowed",
+            "502 upstream_certificate_untrusted"
+        ]
+    );
+    saw(
+        &api,
+        &key,
+        id,
+        "upstream_certificate_untrusted",
+        Some("api.example.com"),
+    );
+    std::fs::remove_file(&roots).unwrap();
 }

@@ -46,10 +46,23 @@ pub fn lab_server_config(
     );
     runner.host_netns = Some(lab.host().name().to_string());
     runner.warm_pool = warm_pool;
+    runner.tls_roots = lab_roots(lab, dir);
     let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
     cfg.admin_token = Some(admin_token.into());
     cfg.probe_targets = sandgate_lab::probe_targets(&cfg.catalog);
     cfg
+}
+
+/// The lab's CA in a file under `dir`: the roots against which the
+/// gateway checks the lab's HTTPS servers when it terminates TLS (the
+/// lab's servers are the only destinations).
+pub fn lab_roots(lab: &Lab, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("lab-ca.pem");
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, lab.ca_pem()))
+    {
+        eprintln!("the lab's CA could not be written ({e}): the gateway will terminate no TLS");
+    }
+    path
 }
 
 /// A server configuration for a server over a runner double: files under
