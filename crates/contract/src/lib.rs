@@ -29,5 +29,5 @@ pub use runner::{Runner, Subscription};
 pub use state::SandboxState;
 pub use types::{
     Capacity, Counts, DnsCounts, ExecRequest, ExecResult, Expected, GatewayCounts, Observed,
-    ProbeTarget, RestoreReport, SandboxSpec, TransferUsage,
+    ProbeTarget, RestoreReport, SandboxSecret, SandboxSpec, TransferUsage,
 };

@@ -18,6 +18,34 @@ pub struct SandboxSpec {
     pub policy: EffectivePolicy,
     /// Its memory, CPU and disk, as resolved for its tier.
     pub resources: Resources,
+    /// Its secrets, with their values: held in the runner's memory only,
+    /// for the gateway to put in their placeholders' place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SandboxSecret>,
+}
+
+/// A secret of a sandbox, as its runner gets it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSecret {
+    /// Its name (the environment variable holding the placeholder).
+    pub name: String,
+    /// The placeholder the sandbox sees.
+    pub placeholder: String,
+    /// The value.
+    pub value: String,
+    /// The hosts it is for: names and `*.` wildcards, canonical.
+    pub hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for SandboxSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the value: specs are logged.
+        f.debug_struct("SandboxSecret")
+            .field("name", &self.name)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A sandbox the API expects [`crate::Runner::restore`] to take back.
@@ -29,6 +57,9 @@ pub struct Expected {
     pub organization: String,
     /// Its policy, as the API resolves it now.
     pub policy: EffectivePolicy,
+    /// Its secrets (see [`SandboxSpec::secrets`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SandboxSecret>,
 }
 
 /// What [`crate::Runner::restore`] found.

@@ -159,6 +159,10 @@ pub trait Check: Send + Sync + 'static {
     /// Reports a request refused after its check (its destination's
     /// certificate is not trusted).
     fn refused(&self, name: Option<&str>, denial: &crate::Denial);
+
+    /// Puts secrets in their placeholders' place in the headers of a
+    /// request for `name` that passed its check.
+    fn rewrite(&self, name: &str, headers: &mut hyper::HeaderMap);
 }
 
 /// A response relayed from the destination, or the gateway's own.
@@ -223,6 +227,9 @@ async fn forward(
         Ok(()) => {}
         Err(denial @ crate::Denial::Http(_)) => return Ok(forbidden(&denial)),
         Err(denial) => return Err(RelayError::Refused(denial)),
+    }
+    if let Some(name) = &name {
+        check.rewrite(name, req.headers_mut());
     }
     let mut slot = sender.lock().await;
     let sender = match slot.as_mut() {

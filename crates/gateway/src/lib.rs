@@ -37,6 +37,7 @@
 pub mod bindings;
 pub mod hello;
 pub mod http;
+pub mod secrets;
 pub mod splice;
 pub mod terminate;
 
@@ -117,6 +118,9 @@ pub struct Holder {
     pub lease: u64,
     /// Its policy now.
     pub policy: EffectivePolicy,
+    /// Its secrets (given at create; never in its policy, which is kept
+    /// on disk).
+    pub secrets: Arc<[secrets::Secret]>,
 }
 
 impl Holder {
@@ -254,6 +258,8 @@ pub struct Counters {
     pub active: AtomicU64,
     /// Events lost because nobody read them in time.
     pub events_lost: AtomicU64,
+    /// Requests in which a secret was put in its placeholder's place.
+    pub secrets_replaced: AtomicU64,
 }
 
 /// A passed connection, cut by [`Gateway::revalidate`] when its name is
@@ -351,12 +357,18 @@ impl Shared {
         denial: &Denial,
     ) {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        self.event(holder, destination, name, denial.code());
+    }
+
+    /// Tells of something on `holder`'s connection to `destination`
+    /// (a refusal, or a secret's placeholder left as it is).
+    fn event(&self, holder: &Holder, destination: SocketAddr, name: Option<&str>, reason: String) {
         let event = GatewayEvent {
             slot: holder.slot,
             time: SystemTime::now(),
             destination,
             name: name.map(str::to_string),
-            reason: denial.code(),
+            reason,
         };
         if self.events.try_send(event).is_err() {
             self.counters.events_lost.fetch_add(1, Ordering::Relaxed);
@@ -760,7 +772,10 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
             // A name whose requests must be read is terminated, where the
             // gateway can; otherwise relayed as it is.
             let terminator = shared.cfg.terminator.clone().filter(|_| {
-                DomainName::parse(&raw).is_ok_and(|n| holder.policy.http_rules.covers(n.as_str()))
+                DomainName::parse(&raw).is_ok_and(|n| {
+                    holder.policy.http_rules.covers(n.as_str())
+                        || holder.secrets.iter().any(|s| s.covers(n.as_str()))
+                })
             });
             let name = match shared.check(&holder, &raw, (dest.ip(), terminator.is_none())) {
                 Ok(name) => name,
@@ -1000,6 +1015,36 @@ impl http::Check for HttpCheck {
 
     fn refused(&self, name: Option<&str>, denial: &Denial) {
         self.shared.report(&self.holder, self.dest, name, denial);
+    }
+
+    fn rewrite(&self, name: &str, headers: &mut hyper::HeaderMap) {
+        let Ok(name) = DomainName::parse(name) else {
+            return;
+        };
+        let done = secrets::rewrite(
+            &self.holder.secrets,
+            name.as_str(),
+            self.sni.is_some(),
+            headers,
+        );
+        let notes = [
+            (!done.unlisted.is_empty(), "secret_to_unlisted_host"),
+            (!done.plain.is_empty(), "secret_over_plain_http"),
+        ];
+        for (_, reason) in notes.iter().filter(|(any, _)| *any) {
+            self.shared.event(
+                &self.holder,
+                self.dest,
+                Some(name.as_str()),
+                (*reason).into(),
+            );
+        }
+        if !done.replaced.is_empty() {
+            self.shared
+                .counters
+                .secrets_replaced
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

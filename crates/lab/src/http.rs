@@ -1,9 +1,15 @@
 //! The world's HTTP service, in the clear and over TLS: answers every
 //! request with 200 and a line naming the request and the address it came
-//! from, so a client can check what it reached, and from where.
+//! from, so a client can check what it reached, and from where. A request
+//! for a path under [`ECHO_HEADERS`] gets, after that line, every header
+//! it came with (`name: value`, one a line), so a client can check what
+//! reached the server (a secret put in its placeholder's place, or not).
 
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
+
+/// Paths under which the answer echoes the request's headers.
+pub const ECHO_HEADERS: &str = "/echo-headers";
 
 /// Reads one request head from `conn`, which came from `peer`, and
 /// answers it.
@@ -34,11 +40,20 @@ pub fn serve(conn: &mut impl ReadWrite, peer: Option<IpAddr>) -> io::Result<()> 
                 .map(|h| String::from_utf8_lossy(h.value).into_owned())
                 .unwrap_or_default();
             let from = peer.map_or_else(|| "?".into(), |p| p.to_canonical().to_string());
-            let body = format!(
-                "sandgate lab: {} {} from={from} host={host}\n",
+            let path = request.path.unwrap_or("?");
+            let mut body = format!(
+                "sandgate lab: {} {path} from={from} host={host}\n",
                 request.method.unwrap_or("?"),
-                request.path.unwrap_or("?")
             );
+            if path.starts_with(ECHO_HEADERS) {
+                for h in request.headers.iter() {
+                    body.push_str(&format!(
+                        "{}: {}\n",
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value)
+                    ));
+                }
+            }
             answer(conn, 200, &body)
         }
         _ => answer(conn, 400, "bad request\n"),

@@ -142,6 +142,7 @@ fn main() {
             snapshot: "busybox".into(),
             policy: policy(LISTS[0]),
             resources,
+            secrets: Vec::new(),
         };
         let t = Instant::now();
         Runner::create(&*runner, &spec).unwrap();

@@ -23,17 +23,18 @@ pub use events::{EventKind, NetworkEvent};
 pub use host::LivePolicy;
 pub use probe::{Observed, ProbeTarget};
 pub use sandgate_contract::{
-    DnsCounts, Expected, RestoreReport, RunnerError, SandboxSpec, TransferUsage,
+    DnsCounts, Expected, RestoreReport, RunnerError, SandboxSecret, SandboxSpec, TransferUsage,
 };
 pub use sandgate_dataplane::NoFreeSlot;
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig, KernelCounters, Reading, SlotAddrs};
 use sandgate_dns::{Asker, Directory, DnsConfig, DnsService, Upstream};
 use sandgate_gateway::bindings::Bindings;
+use sandgate_gateway::secrets::Secret;
 use sandgate_gateway::terminate::{Terminator, TerminatorConfig};
 use sandgate_gateway::{Gateway, GatewayConfig, GatewayEvent, Holder};
 use sandgate_netns::Netns;
-use sandgate_policy::{Catalog, EffectivePolicy, PolicyConfig, Reason};
+use sandgate_policy::{Catalog, DomainPattern, EffectivePolicy, PolicyConfig, Reason};
 use sandgate_runtime::{
     Adopted, ExecRequest, ExecResult, InitWatch, Resources, Runtime, RuntimeConfig, RuntimeError,
 };
@@ -140,6 +141,8 @@ struct Sandboxes {
     /// The names the DNS service answered each holder, to the addresses
     /// it admitted for them (the gateway's check).
     bindings: Mutex<Bindings>,
+    /// Each held slot's secrets, in memory only (never in the journal).
+    secrets: Mutex<HashMap<u32, Arc<[Secret]>>>,
     live: Arc<LivePolicy>,
     /// The last lease handed out (see [`sandgate_dns::Asker::lease`]).
     leases: std::sync::atomic::AtomicU64,
@@ -233,10 +236,12 @@ impl Directory for Sandboxes {
 
 impl sandgate_gateway::Directory for Sandboxes {
     fn sandbox(&self, source: IpAddr) -> Option<Holder> {
-        Directory::sandbox(self, source).map(|a| Holder {
-            slot: a.slot,
-            lease: a.lease,
-            policy: a.policy,
+        let asker = Directory::sandbox(self, source)?;
+        Some(Holder {
+            secrets: self.secrets_of(asker.slot),
+            slot: asker.slot,
+            lease: asker.lease,
+            policy: asker.policy,
         })
     }
 
@@ -259,15 +264,44 @@ impl Sandboxes {
             .all(|a| known.by_addr.get(a) == Some(&slot.index));
         let asker = known.held.get(&slot.index).filter(|_| answered)?;
         Some(Holder {
+            secrets: self.secrets_of(asker.slot),
             slot: asker.slot,
             lease: asker.lease,
             policy: asker.policy.clone(),
         })
     }
 
+    fn secrets_of(&self, slot: u32) -> Arc<[Secret]> {
+        lock(&self.secrets)
+            .get(&slot)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
     /// The DNS service answers `slot`'s addresses for a new holder,
     /// `organization`'s sandbox, with `policy`.
-    fn hand_over(&self, slot: &SlotAddrs, organization: &str, policy: &EffectivePolicy) {
+    fn hand_over(
+        &self,
+        slot: &SlotAddrs,
+        organization: &str,
+        policy: &EffectivePolicy,
+        secrets: &[SandboxSecret],
+    ) {
+        let secrets: Vec<Secret> = secrets
+            .iter()
+            .map(|s| Secret {
+                name: s.name.clone(),
+                placeholder: s.placeholder.clone(),
+                value: s.value.clone(),
+                // Canonical when stored: one that is not is no host.
+                hosts: s
+                    .hosts
+                    .iter()
+                    .filter_map(|h| DomainPattern::parse(h).ok())
+                    .collect(),
+            })
+            .collect();
+        lock(&self.secrets).insert(slot.index, Arc::from(secrets));
         let lease = self
             .leases
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -323,6 +357,7 @@ impl Sandboxes {
     /// The slot's holder is gone: nothing it asked before is admitted or
     /// answered any more.
     fn forget(&self, slot: &SlotAddrs) {
+        lock(&self.secrets).remove(&slot.index);
         let mut known = lock(&self.known);
         for addr in addrs_of(slot) {
             known.by_addr.remove(&addr);
@@ -849,6 +884,7 @@ impl Runner {
             dp: Mutex::new(dp),
             known: Mutex::new(Known::default()),
             bindings: Mutex::new(Bindings::default()),
+            secrets: Mutex::new(HashMap::new()),
             live: live.clone(),
             leases: std::sync::atomic::AtomicU64::new(0),
             changing: Mutex::new(()),
@@ -1044,6 +1080,7 @@ impl Runner {
             snapshot,
             policy,
             resources,
+            secrets,
         } = spec;
         let id = id.as_str();
         let resources = &runtime_resources(resources);
@@ -1055,7 +1092,8 @@ impl Runner {
         }
         let slot = lock(&self.sandboxes.dp).create(id, policy)?;
         lock(&self.assigned).insert(slot.index, std::time::SystemTime::now());
-        self.sandboxes.hand_over(&slot, organization, policy);
+        self.sandboxes
+            .hand_over(&slot, organization, policy, secrets);
         let netns = Netns::path_of(&slot.netns);
         if let Err(e) =
             self.runtime
@@ -1244,6 +1282,7 @@ impl Runner {
             id,
             organization,
             policy,
+            secrets,
         } in expected
         {
             // Each sandbox on its own: one that cannot be taken back is
@@ -1290,7 +1329,8 @@ impl Runner {
             }
             let slot = lock(&self.sandboxes.dp).slot(index);
             lock(&self.assigned).insert(slot.index, std::time::SystemTime::now());
-            self.sandboxes.hand_over(&slot, organization, policy);
+            self.sandboxes
+                .hand_over(&slot, organization, policy, secrets);
             self.events.open(id);
             lock(&self.slots).insert(id.clone(), slot);
             if died || !self.watch_init(id) {

@@ -197,6 +197,11 @@ pub enum SandboxCommand {
         /// progress on standard error; the first refusal stops there.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
         count: u16,
+        /// A secret of the organization it holds (repeatable): its
+        /// environment has the secret's name holding a placeholder, which
+        /// the gateway replaces in requests to the secret's hosts.
+        #[arg(long = "secret", value_name = "NAME")]
+        secrets: Vec<String>,
         #[command(flatten)]
         settings: SettingsArgs,
     },
@@ -653,9 +658,13 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
             snapshot,
             env,
             count,
+            secrets,
             settings,
         } => {
             let mut body = Map::new();
+            if !secrets.is_empty() {
+                body.insert("secrets".into(), json!(secrets));
+            }
             if let Some(n) = &name {
                 body.insert("name".into(), json!(n));
             }
@@ -1293,4 +1302,114 @@ fn parse_label(v: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("{v:?}: give NAME=VALUE"))?;
     Ok((k.to_string(), value.to_string()))
+}
+
+/// Secrets of the key's organization.
+#[derive(Debug, Args)]
+pub struct SecretCli {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: SecretCommand,
+}
+
+/// What to do with secrets.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret: its value is read from standard input (or
+    /// `--value-file`), never from an argument, and never shown again.
+    Create {
+        /// Its name, the environment variable a sandbox holding it sees
+        /// (`A-Z`, `0-9`, `_`).
+        name: String,
+        /// A host it is for: a name or a `*.` wildcard (repeatable).
+        #[arg(long = "host", value_name = "HOST", required = true)]
+        hosts: Vec<String>,
+        /// Read the value from this file instead of standard input.
+        #[arg(long, value_name = "FILE")]
+        value_file: Option<std::path::PathBuf>,
+    },
+    /// List the secrets: names and hosts, never values.
+    List,
+    /// Remove a secret (refused while a sandbox holds it).
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The value of a secret: the file's, or standard input's, without its
+/// final line break.
+fn secret_value(file: Option<&std::path::Path>) -> Result<String, ApiFailure> {
+    use std::io::Read;
+    let mut text = String::new();
+    let read = match file {
+        Some(f) => std::fs::File::open(f).and_then(|mut f| f.read_to_string(&mut text)),
+        None => std::io::stdin().read_to_string(&mut text),
+    };
+    read.map_err(|e| ApiFailure {
+        status: 400,
+        code: "invalid_secret_value".into(),
+        message: format!("reading the secret's value: {e}"),
+        body: Value::Null,
+    })?;
+    let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string())
+}
+
+/// Runs a secret subcommand.
+pub fn secret(cli: SecretCli, out: &Output) -> ExitCode {
+    let c = match client(&cli.api) {
+        Ok(c) => c,
+        Err(f) => return failure(out, &f),
+    };
+    let result = match cli.command {
+        SecretCommand::Create {
+            name,
+            hosts,
+            value_file,
+        } => secret_value(value_file.as_deref()).and_then(|value| {
+            c.call(
+                "POST",
+                "/api/secrets",
+                Some(&json!({"name": name, "value": value, "hosts": hosts})),
+            )
+        }),
+        SecretCommand::List => c.call("GET", "/api/secrets", None),
+        SecretCommand::Delete { name } => c.call(
+            "DELETE",
+            &format!("/api/secrets/{}", path_part(&name)),
+            None,
+        ),
+    };
+    match result {
+        Ok(v) if out.json => {
+            out.print_json(&v);
+            ExitCode::SUCCESS
+        }
+        Ok(v) if v.is_array() => {
+            let cells = |s: &Value| {
+                vec![
+                    s["name"].as_str().unwrap_or_default().to_string(),
+                    s["hosts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    s["createdAt"].as_str().unwrap_or_default().to_string(),
+                ]
+            };
+            table(&["NAME", "HOSTS", "CREATED"], rows(&v, cells));
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            if let Some(name) = v["name"].as_str() {
+                say!("secret {name} stored (its value is not shown again)");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => failure(out, &f),
+    }
 }

@@ -57,6 +57,9 @@ enum Command {
     Runner(runner_cmd::RunnerArgs),
     /// Sandboxes of an organization, through the API.
     Sandbox(api_cmd::SandboxCli),
+    /// Secrets of an organization, through the API: stored sealed, given
+    /// to sandboxes as placeholders.
+    Secret(api_cmd::SecretCli),
     /// Organizations, tiers and keys, through the API (operator token).
     Admin(api_cmd::AdminCli),
     /// Run the main job: a lab, a server in it, organizations of every
@@ -136,6 +139,7 @@ fn main() -> ExitCode {
         Command::Server(args) => server_cmd::run(args, &config, &out),
         Command::Runner(args) => runner_cmd::run(args, &config, &out),
         Command::Sandbox(cli) => api_cmd::sandbox(cli, &out),
+        Command::Secret(cli) => api_cmd::secret(cli, &out),
         Command::Admin(cli) => api_cmd::admin(cli, &out),
         #[cfg(feature = "lab")]
         Command::Demo => demo::run(&config, &out),

@@ -36,6 +36,11 @@ pub struct ServerArgs {
     /// user could read it). At least 16 characters.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// A file holding the key that seals secrets at rest: 64 hexadecimal
+    /// digits (`openssl rand -hex 32 > key; chmod 600 key`). Without it the
+    /// server stores no secrets. Keep it apart from the store's backups.
+    #[arg(long, value_name = "FILE", env = "SANDGATE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// Drive the `sandgate runner` at this URL (`https://` with
     /// `--runner-ca`, or `http://` to a loopback address) instead of a
     /// runner in this process: the API then needs no privilege. The
@@ -205,6 +210,21 @@ pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<Serv
         check_secret(t, "the operator token")?;
     }
     cfg.admin_token = token;
+    if let Some(file) = &args.secrets_key_file {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("the secrets key ({}): {e}", file.display()),
+            )
+        })?;
+        let key = sandgate_server::secrets::SecretsKey::parse(&text).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the secrets key ({}): {e}", file.display()),
+            )
+        })?;
+        cfg.secrets_key = Some(key);
+    }
     cfg.database = args.database.clone();
     cfg.execs_per_org = usize::from(args.execs_per_org);
     cfg.placement = config.placement.clone();

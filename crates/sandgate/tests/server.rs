@@ -1723,3 +1723,78 @@ fn a_requests_json_log_line_carries_its_id_and_the_answer_says_it() {
     );
     assert!(v["fields"]["interface"].is_string(), "{v}");
 }
+
+#[test]
+fn secrets_are_stored_held_and_removed_from_the_command_line() {
+    let lab = Lab::up().unwrap();
+    let dir = std::env::temp_dir().join(format!("sandgate-cli-secrets-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("secrets.key");
+    std::fs::write(&key_file, format!("{}\n", "3c".repeat(32))).unwrap();
+    let value_file = dir.join("value");
+    std::fs::write(&value_file, "tok_from_a_file\n").unwrap();
+    let key_arg = key_file.to_string_lossy().into_owned();
+    let guard = Cleanup {
+        dir: dir.clone(),
+        server: Some(start_server_with(
+            &lab,
+            &dir,
+            &["--secrets-key-file", &key_arg],
+        )),
+    };
+    let url = guard.server.as_ref().unwrap().url.clone();
+    let (_, key) = organization(&url, TOKEN, "vault", 3);
+    let value_arg = value_file.to_string_lossy().into_owned();
+    let (code, v) = cli(
+        &url,
+        &key,
+        &[
+            "secret",
+            "create",
+            "GH_TOKEN",
+            "--host",
+            "api.example.com",
+            "--value-file",
+            &value_arg,
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    let (code, list) = cli(&url, &key, &["secret", "list"]);
+    assert_eq!(code, 0, "{list}");
+    assert_eq!(list[0]["name"], "GH_TOKEN", "{list}");
+    assert!(!list.to_string().contains("tok_from_a_file"), "{list}");
+    let (code, s) = cli(
+        &url,
+        &key,
+        &[
+            "sandbox", "create", "--name", "holder", "--secret", "GH_TOKEN",
+        ],
+    );
+    assert_eq!(code, 0, "{s}");
+    assert!(
+        s["env"]["GH_TOKEN"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("sg_secret_")),
+        "{s}"
+    );
+    let (code, e) = cli(&url, &key, &["secret", "delete", "GH_TOKEN"]);
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("secret_in_use")),
+        "{e}"
+    );
+    assert_eq!(cli(&url, &key, &["sandbox", "delete", "holder"]).0, 0);
+    assert_eq!(cli(&url, &key, &["secret", "delete", "GH_TOKEN"]).0, 0);
+    // A key file that is no key stops the server at its start, saying so.
+    std::fs::write(&key_file, "not a key").unwrap();
+    let out = server_command(&lab, &dir.join("other"), &["--secrets-key-file", &key_arg])
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("64 hexadecimal digits"),
+        "{said}"
+    );
+}

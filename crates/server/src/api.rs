@@ -718,6 +718,10 @@ pub struct SandboxView {
     pub network_approvals: bool,
     /// Stored `approvalHoldSeconds`.
     pub approval_hold_seconds: u8,
+    /// The secrets it holds, by name (absent when none); `env` holds
+    /// their placeholders.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Stored `httpRules`; absent when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
@@ -765,6 +769,10 @@ fn view(st: &AppState, org: &Organization, row: SandboxRow) -> Result<SandboxVie
         }) / 1000.0,
         disk_mib: or(row.disk_mib, defaults.disk_mib),
     };
+    let secrets = crate::secrets::held(&row)
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
     Ok(SandboxView {
         resources,
         env: serde_json::from_str(&row.env).unwrap_or_default(),
@@ -792,6 +800,7 @@ fn view(st: &AppState, org: &Organization, row: SandboxRow) -> Result<SandboxVie
         new_connections_per_second: row.new_connections_per_second,
         network_approvals: row.network_approvals,
         approval_hold_seconds: row.approval_hold_seconds,
+        secrets,
         http_rules: sandgate_policy::HttpRules::parse_stored(&row.http_rules)
             .ok()
             .filter(|r| !r.is_empty())
@@ -849,6 +858,10 @@ pub struct CreateSandbox {
     /// (tier 3/4): `[{"host", "methods"?, "paths"?}]`.
     #[schema(value_type = Option<Vec<Object>>)]
     pub http_rules: Option<Vec<sandgate_policy::HttpRuleRequest>>,
+    /// The organization's secrets it holds, by name: each an environment
+    /// variable holding a placeholder, which the gateway replaces with the
+    /// value in requests to the secret's hosts.
+    pub secrets: Option<Vec<String>>,
     /// Memory, CPU and disk, each within the tier's maximum (default: the
     /// tier's defaults).
     #[schema(value_type = Option<Object>)]
@@ -1009,6 +1022,7 @@ pub async fn create_sandbox(
         env,
         settings,
         resources: body.resources.unwrap_or_default(),
+        secrets: body.secrets.unwrap_or_default(),
     };
     let (row, org) = service::create_sandbox(&st, &org, new).await?;
     Ok((StatusCode::CREATED, Json(view(&st, &org, row)?)))
@@ -1797,4 +1811,51 @@ pub async fn health(State(st): St) -> Response {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what).into_response()
         }
     }
+}
+
+// ------------------------------------------------------------- secrets --
+
+/// Stores a secret of the organization: its value sealed with the
+/// operator's key, never shown again.
+#[utoipa::path(post, path = "/api/secrets", tag = "secrets", request_body = crate::secrets::NewSecret,
+    responses((status = 201, body = crate::secrets::SecretView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_secret(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Body(body): Body<crate::secrets::NewSecret>,
+) -> Result<(StatusCode, Json<crate::secrets::SecretView>), ApiError> {
+    scopes.need(Scope::SecretsWrite)?;
+    let view = service::create_secret(&st, &org, body).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The organization's secrets: names, hosts and dates, never values.
+#[utoipa::path(get, path = "/api/secrets", tag = "secrets",
+    responses((status = 200, body = [crate::secrets::SecretView]), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_secrets(
+    State(st): St,
+    Caller(org, scopes): Caller,
+) -> Result<Json<Vec<crate::secrets::SecretView>>, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
+    Ok(Json(service::secrets(&st, &org).await?))
+}
+
+/// Removes a secret: refused (409 `secret_in_use`) while a sandbox holds
+/// it.
+#[utoipa::path(delete, path = "/api/secrets/{name}", tag = "secrets",
+    params(("name" = String, Path, description = "secret name")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_secret(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    scopes.need(Scope::SecretsWrite)?;
+    service::delete_secret(&st, &org, name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -28,6 +28,7 @@ pub mod error;
 pub mod fleet;
 pub mod metrics;
 pub mod registry;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod upkeep;
@@ -88,6 +89,9 @@ pub struct ServerConfig {
     /// The labels a runner must carry to take a sandbox of each tier
     /// (a tier not named: any runner).
     pub placement: std::collections::BTreeMap<u8, fleet::Labels>,
+    /// The key that seals secrets at rest (`None`: secrets are refused,
+    /// 503 `secrets_not_configured`).
+    pub secrets_key: Option<secrets::SecretsKey>,
 }
 
 /// The default targets of `network/test`: those of the reference's
@@ -130,6 +134,7 @@ impl ServerConfig {
             execs_per_org: 32,
             connector: None,
             placement: Default::default(),
+            secrets_key: None,
         }
     }
 }
@@ -181,6 +186,8 @@ pub struct AppState {
     pub connector: Option<registry::Connector>,
     /// See [`ServerConfig::placement`].
     pub placement: std::collections::BTreeMap<u8, fleet::Labels>,
+    /// The key that seals secrets at rest.
+    pub secrets_key: Option<secrets::SecretsKey>,
     /// The lock on the store's directory (the runner holds its own on
     /// its directory, for as long as it lives).
     _lock: sandgate_runner::DirLock,
@@ -294,6 +301,8 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::network_test))
         .routes(routes!(api::network_events))
         .routes(routes!(api::network_usage))
+        .routes(routes!(api::create_secret, api::list_secrets))
+        .routes(routes!(api::delete_secret))
         .routes(routes!(api::health))
         .routes(routes!(metrics::metrics))
 }
@@ -404,6 +413,7 @@ impl Server {
             upkeep: Arc::default(),
             connector: cfg.connector.clone(),
             placement: cfg.placement.clone(),
+            secrets_key: cfg.secrets_key.clone(),
             _lock: lock,
         });
         // Under the write lock: on a store that replicas share, a change
@@ -587,6 +597,12 @@ pub(crate) async fn restore_runner(
                     id: row.id.clone(),
                     organization: row.organization_id.clone(),
                     policy,
+                    // A secret that cannot be opened (another key) is not
+                    // put in its placeholder's place: that narrows only.
+                    secrets: secrets::for_runner(st, row).await.unwrap_or_else(|e| {
+                        tracing::error!(sandbox = %row.id, error = %e.message, "a sandbox's secrets cannot be handed to its runner; their placeholders stay as they are");
+                        Vec::new()
+                    }),
                 }),
                 _ => unresolved.push(row.id.clone()),
             }

@@ -604,6 +604,161 @@ pub(crate) async fn in_force_then_store(
     Ok(())
 }
 
+/// The secrets `names` of organization `org_id` for a new sandbox: what
+/// it keeps (each with a new placeholder) and what its runner gets (with
+/// the values).
+async fn hold_secrets(
+    st: &AppState,
+    org_id: &str,
+    names: &[String],
+) -> Result<
+    (
+        Vec<crate::secrets::Held>,
+        Vec<sandgate_contract::SandboxSecret>,
+    ),
+    ApiError,
+> {
+    if names.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    if names.len() > crate::secrets::SANDBOX_SECRETS_MAX {
+        return Err(ApiError::invalid(format!(
+            "secrets: at most {} per sandbox",
+            crate::secrets::SANDBOX_SECRETS_MAX
+        )));
+    }
+    let key = crate::secrets::key(st)?;
+    let (mut held, mut given) = (Vec::new(), Vec::new());
+    for name in names {
+        if held.iter().any(|h: &crate::secrets::Held| &h.name == name) {
+            continue;
+        }
+        let stored = st.store.secret(org_id, name).await?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_secret",
+                format!(
+                    "secrets: the organization has no secret {:?}; store it first (POST /api/secrets)",
+                    name.chars().take(80).collect::<String>()
+                ),
+            )
+        })?;
+        let placeholder = crate::secrets::placeholder()?;
+        given.push(sandgate_contract::SandboxSecret {
+            name: name.clone(),
+            placeholder: placeholder.clone(),
+            value: key.open(org_id, name, &stored.sealed)?,
+            hosts: stored.hosts,
+        });
+        held.push(crate::secrets::Held {
+            name: name.clone(),
+            placeholder,
+        });
+    }
+    Ok((held, given))
+}
+
+/// Stores organization `org`'s new secret.
+pub async fn create_secret(
+    st: &AppState,
+    org: &Organization,
+    new: crate::secrets::NewSecret,
+) -> Result<crate::secrets::SecretView, ApiError> {
+    let hosts = crate::secrets::check(&new)?;
+    let key = crate::secrets::key(st)?;
+    if st.store.secrets(&org.id).await?.len() >= crate::secrets::SECRETS_MAX {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "quota_exceeded",
+            format!(
+                "the organization has {} secrets, the most it may have; delete one first",
+                crate::secrets::SECRETS_MAX
+            ),
+        ));
+    }
+    let row = crate::store::SecretRow {
+        sealed: key.seal(&org.id, &new.name, &new.value)?,
+        name: new.name,
+        hosts,
+        created_at: now(),
+    };
+    if !st.store.add_secret(&org.id, &row).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "secret_exists",
+            format!(
+                "the organization has a secret named {}; delete it first to store another value",
+                row.name
+            ),
+        ));
+    }
+    tracing::info!(target: "sandgate::audit", organization = %org.id, secret = %row.name, hosts = ?row.hosts, "secret stored");
+    Ok(secret_view(row))
+}
+
+fn secret_view(row: crate::store::SecretRow) -> crate::secrets::SecretView {
+    crate::secrets::SecretView {
+        name: row.name,
+        hosts: row.hosts,
+        created_at: row.created_at,
+    }
+}
+
+/// Organization `org`'s secrets, never their values.
+pub async fn secrets(
+    st: &AppState,
+    org: &Organization,
+) -> Result<Vec<crate::secrets::SecretView>, ApiError> {
+    Ok(st
+        .store
+        .secrets(&org.id)
+        .await?
+        .into_iter()
+        .map(secret_view)
+        .collect())
+}
+
+/// Removes organization `org`'s secret `name`: refused while a sandbox
+/// holds it (under the write lock, as creates take secrets).
+pub async fn delete_secret(
+    st: &Arc<AppState>,
+    org: &Organization,
+    name: String,
+) -> Result<(), ApiError> {
+    let org_id = org.id.clone();
+    transaction(st, move |st| async move {
+        remove_secret(&st, &org_id, &name).await
+    })
+    .await
+}
+
+async fn remove_secret(st: &AppState, org_id: &str, name: &str) -> Result<(), ApiError> {
+    let holders: Vec<String> = st
+        .store
+        .sandboxes(Some(org_id))
+        .await?
+        .into_iter()
+        .filter(|row| crate::secrets::held(row).iter().any(|h| h.name == name))
+        .map(|row| row.name)
+        .collect();
+    if !holders.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "secret_in_use",
+            format!(
+                "secret {name} is held by sandbox {}; delete {} first",
+                holders.join(", "),
+                if holders.len() == 1 { "it" } else { "them" }
+            ),
+        ));
+    }
+    if !st.store.remove_secret(org_id, name).await? {
+        return Err(ApiError::not_found(format!("no secret {name}")));
+    }
+    tracing::info!(target: "sandgate::audit", organization = %org_id, secret = %name, "secret deleted");
+    Ok(())
+}
+
 /// Sandbox `key` (id or name) of `org`, or 404.
 pub async fn sandbox(st: &AppState, org: &Organization, key: &str) -> Result<SandboxRow, ApiError> {
     st.store
@@ -691,6 +846,8 @@ pub struct NewSandbox {
     pub settings: SettingsChange,
     /// The resources it asks for.
     pub resources: ResourcesRequest,
+    /// The organization's secrets it holds, by name.
+    pub secrets: Vec<String>,
 }
 
 impl NewSandbox {
@@ -746,6 +903,7 @@ pub async fn create_sandbox(
             .policy
             .resolve(org.tier, &settings)?
             .with_egress_address(org.egress_address);
+        let (held, secrets) = hold_secrets(&st, &org.id, &new.secrets).await?;
         let count = st.store.sandbox_count(&org.id).await?;
         if count >= st.max_sandboxes_per_org {
             return Err(ApiError::new(
@@ -766,6 +924,15 @@ pub async fn create_sandbox(
                 format!("a sandbox named {name:?} exists in this organization"),
             ));
         }
+        let mut env = new.env.clone();
+        for h in &held {
+            if env.insert(h.name.clone(), h.placeholder.clone()).is_some() {
+                return Err(ApiError::invalid(format!(
+                    "env: {} is also a secret of this sandbox, whose placeholder it holds; leave it out of env",
+                    h.name
+                )));
+            }
+        }
         let stamp = now();
         let mut row = SandboxRow {
             id: id.clone(),
@@ -780,7 +947,7 @@ pub async fn create_sandbox(
             domain_deny_list: settings.domain_deny_list.to_string(),
             essential_services: settings.essential_services,
             grants: "[]".into(),
-            env: serde_json::to_string(&new.env).map_err(ApiError::internal)?,
+            env: serde_json::to_string(&env).map_err(ApiError::internal)?,
             created_at: stamp.clone(),
             updated_at: stamp,
             memory_mib: resources.memory_mib,
@@ -793,6 +960,11 @@ pub async fn create_sandbox(
             network_approvals: settings.network_approvals,
             approval_hold_seconds: settings.approval_hold_seconds,
             http_rules: settings.http_rules.to_stored(),
+            secrets: if held.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&held).map_err(ApiError::internal)?
+            },
             declined_names: "[]".into(),
             runner: runner.clone(),
         };
@@ -806,6 +978,7 @@ pub async fn create_sandbox(
             snapshot: new.snapshot,
             policy,
             resources,
+            secrets,
         };
         let made = on_runner(&st, &runner, move |r| r.create(&spec)).await;
         // Running, unless its init already died (and that was recorded:

@@ -189,6 +189,9 @@ pub struct SandboxRow {
     pub approval_hold_seconds: u8,
     /// `httpRules`, canonical JSON (`""`: none).
     pub http_rules: String,
+    /// The secrets it holds, a JSON array of
+    /// [`crate::secrets::Held`] (`""`: none).
+    pub secrets: String,
     /// The names whose access request its owner denied, a JSON array.
     pub declined_names: String,
     /// The runner it was placed on.
@@ -466,7 +469,31 @@ fn sandbox_row(r: &AnyRow) -> Result<SandboxRow, sqlx::Error> {
             .unwrap_or(0),
         declined_names: r.try_get("declined_names")?,
         http_rules: r.try_get("http_rules")?,
+        secrets: r.try_get("secrets")?,
         runner: r.try_get("runner")?,
+    })
+}
+
+/// A stored secret: sealed, never its value.
+#[derive(Debug, Clone)]
+pub struct SecretRow {
+    /// Its name.
+    pub name: String,
+    /// The hosts it is for, canonical.
+    pub hosts: Vec<String>,
+    /// The value, sealed with the operator's key.
+    pub sealed: String,
+    /// When it was stored.
+    pub created_at: String,
+}
+
+fn secret_row(r: &AnyRow) -> Result<SecretRow, sqlx::Error> {
+    Ok(SecretRow {
+        name: r.try_get("name")?,
+        hosts: serde_json::from_str(&r.try_get::<String, _>("hosts")?)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        sealed: r.try_get("sealed")?,
+        created_at: r.try_get("created_at")?,
     })
 }
 
@@ -506,7 +533,7 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, netwo
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
      cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants, \
      egress_mbps, max_connections, new_connections_per_second, network_approvals, \
-     approval_hold_seconds, declined_names, transfer_quota_mib, runner, http_rules";
+     approval_hold_seconds, declined_names, transfer_quota_mib, runner, http_rules, secrets";
 
 impl Store {
     /// Opens the store: the PostgreSQL database at `url`, or without one
@@ -704,7 +731,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+             $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -733,9 +760,79 @@ impl Store {
         .bind(s.transfer_quota_mib.map(i64::from))
         .bind(&s.runner)
         .bind(&s.http_rules)
+        .bind(&s.secrets)
         .execute(&mut *self.conn().await?)
         .await?;
         Ok(())
+    }
+
+    /// Stores a secret; `false` if the organization has one of that name.
+    pub async fn add_secret(
+        &self,
+        organization_id: &str,
+        secret: &SecretRow,
+    ) -> Result<bool, sqlx::Error> {
+        let hosts =
+            serde_json::to_string(&secret.hosts).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let done = sqlx::query(
+            "INSERT INTO secrets (organization_id, name, hosts, sealed, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(organization_id)
+        .bind(&secret.name)
+        .bind(hosts)
+        .bind(&secret.sealed)
+        .bind(&secret.created_at)
+        .execute(&mut *self.conn().await?)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// An organization's secrets, by name.
+    pub async fn secrets(&self, organization_id: &str) -> Result<Vec<SecretRow>, sqlx::Error> {
+        sqlx::query(
+            "SELECT name, hosts, sealed, created_at FROM secrets \
+             WHERE organization_id = $1 ORDER BY name",
+        )
+        .bind(organization_id)
+        .fetch_all(&mut *self.conn().await?)
+        .await?
+        .iter()
+        .map(secret_row)
+        .collect()
+    }
+
+    /// An organization's secret `name`.
+    pub async fn secret(
+        &self,
+        organization_id: &str,
+        name: &str,
+    ) -> Result<Option<SecretRow>, sqlx::Error> {
+        sqlx::query(
+            "SELECT name, hosts, sealed, created_at FROM secrets \
+             WHERE organization_id = $1 AND name = $2",
+        )
+        .bind(organization_id)
+        .bind(name)
+        .fetch_optional(&mut *self.conn().await?)
+        .await?
+        .as_ref()
+        .map(secret_row)
+        .transpose()
+    }
+
+    /// Removes an organization's secret; whether there was one.
+    pub async fn remove_secret(
+        &self,
+        organization_id: &str,
+        name: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM secrets WHERE organization_id = $1 AND name = $2")
+            .bind(organization_id)
+            .bind(name)
+            .execute(&mut *self.conn().await?)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Sets the names whose access request a sandbox's owner denied (a

@@ -758,6 +758,14 @@ fn scoped_keys_do_what_their_scopes_allow_and_nothing_more() {
     refused(s, &e, "sandboxes:write");
     let (s, e) = api.delete("/api/sandbox/box", &inside);
     refused(s, &e, "sandboxes:write");
+    // Secrets: stored and removed with `secrets:write` only.
+    let secret = json!({"name": "GH", "value": "v", "hosts": ["api.example.com"]});
+    let (s, e) = api.post("/api/secrets", &inside, secret.clone());
+    refused(s, &e, "secrets:write");
+    assert_eq!(api.post("/api/secrets", &full, secret).0, 201);
+    let (s, e) = api.delete("/api/secrets/GH", &inside);
+    refused(s, &e, "secrets:write");
+    assert_eq!(api.get("/api/secrets", &inside).0, 200);
     // A key that may make sandboxes but not set their network: it gets
     // the tier's default network, or blocks one off, and sets no list.
     let maker = key_with(json!(["sandboxes:write", "sandboxes:read"]));

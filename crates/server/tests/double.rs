@@ -231,6 +231,64 @@ fn malformed_requests_get_their_status_and_code_and_store_nothing() {
         ),
         (
             "POST",
+            "/api/secrets".into(),
+            Some(&k),
+            json_body(json!({"name": "gh-token", "value": "v", "hosts": ["api.example.com"]})),
+            400,
+            "invalid_secret_name",
+        ),
+        (
+            "POST",
+            "/api/secrets".into(),
+            Some(&k),
+            json_body(json!({"name": "GH", "value": "a\nb", "hosts": ["api.example.com"]})),
+            400,
+            "invalid_secret_value",
+        ),
+        (
+            "POST",
+            "/api/secrets".into(),
+            Some(&k),
+            json_body(json!({"name": "GH", "value": "v", "hosts": []})),
+            400,
+            "invalid_secret_hosts",
+        ),
+        (
+            "POST",
+            "/api/secrets".into(),
+            Some(&k),
+            json_body(json!({"name": "GH", "value": "v", "hosts": ["*"]})),
+            400,
+            "invalid_secret_hosts",
+        ),
+        (
+            "POST",
+            "/api/secrets".into(),
+            Some(&k),
+            json_body(
+                json!({"name": "GH", "value": "v", "hosts": ["a.example.com"], "expires": 1}),
+            ),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/api/sandbox".into(),
+            Some(&k),
+            json_body(json!({"secrets": ["NOPE"]})),
+            400,
+            "unknown_secret",
+        ),
+        (
+            "DELETE",
+            "/api/secrets/NOPE".into(),
+            Some(&k),
+            Send::Nothing,
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
             "/api/sandbox".into(),
             Some(&k),
             json_body(json!({"httpRules": [{"host": "api.example.com", "methods": ["get"]}]})),
@@ -898,6 +956,7 @@ fn a_restart_marks_what_the_runner_lost_and_keeps_the_rest() {
                 cpu_millicores: 500,
                 disk_mib: 64,
             },
+            secrets: Vec::new(),
         };
         again.create(&spec).unwrap();
     }
@@ -918,4 +977,31 @@ fn health_says_when_the_runner_does_not_enforce() {
     assert_eq!((s, code(&v)), (503, "unavailable"), "{v}");
     api.double().set_healthy(true);
     assert_eq!(health().0, 200);
+}
+
+#[test]
+fn a_server_without_a_secrets_key_stores_no_secret_and_says_why() {
+    let api = Api::with_double(|cfg| cfg.secrets_key = None);
+    let (_, k) = api.organization("keyless", 3);
+    common::refused(
+        &api,
+        vec![
+            (
+                "POST",
+                "/api/secrets".into(),
+                Some(&k),
+                Send::Json(json!({"name": "GH", "value": "v", "hosts": ["api.example.com"]})),
+                503,
+                "secrets_not_configured",
+            ),
+            (
+                "POST",
+                "/api/sandbox".into(),
+                Some(&k),
+                Send::Json(json!({"secrets": ["GH"]})),
+                503,
+                "secrets_not_configured",
+            ),
+        ],
+    );
 }

@@ -552,7 +552,10 @@ fn ask_tls(
 fn ask_on(s: &mut impl ReadWrite, name: &str, requests: &[String]) -> Vec<String> {
     let mut got = Vec::new();
     for r in requests {
-        let request = format!("{r} HTTP/1.1\r\nHost: {name}\r\n\r\n");
+        // "METHOD PATH", then header lines.
+        let (line, headers) = r.split_once('\n').unwrap_or((r, ""));
+        let headers: String = headers.lines().map(|h| format!("{h}\r\n")).collect();
+        let request = format!("{line} HTTP/1.1\r\nHost: {name}\r\n{headers}\r\n");
         if let Err(e) = s.write_all(request.as_bytes()) {
             got.push(format!("{:?}", ended(&e)));
             break;
@@ -595,9 +598,15 @@ fn read_response(s: &mut impl Read) -> std::io::Result<String> {
     let status = &head[9..12];
     Ok(match status {
         "200" => {
-            // "sandgate lab: GET /path from=... host=..."
+            // "sandgate lab: GET /path from=... host=...", then the
+            // headers the lab echoes (of which `authorization`).
             let seen: Vec<&str> = body.split_whitespace().collect();
-            format!("200 {} {}", seen[2], seen[3])
+            let auth: String = body
+                .lines()
+                .filter(|l| l.starts_with("authorization: "))
+                .map(|l| format!(" | {l}"))
+                .collect();
+            format!("200 {} {}{auth}", seen[2], seen[3])
         }
         "403" | "502" => format!("{status} {}", header("x-sandgate-deny").unwrap_or_default()),
         other => format!("{other} {body}"),
@@ -811,4 +820,165 @@ fn http_rules_hold_in_open_mode_where_no_name_is_admitted() {
         Some("api.example.com"),
     );
     std::fs::remove_file(&roots).unwrap();
+}
+
+#[test]
+fn a_secret_reaches_its_hosts_only_and_never_enters_the_sandbox() {
+    const VALUE: &str = "ghp_the_real_value_1234";
+    let mut api = Api::start();
+    let (_, key) = api.organization("secrets", 3);
+    let (status, v) = api.post(
+        "/api/secrets",
+        &key,
+        json!({"name": "GH_TOKEN", "value": VALUE, "hosts": ["API.example.com"]}),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        v,
+        json!({"name": "GH_TOKEN", "hosts": ["api.example.com"], "createdAt": v["createdAt"]})
+    );
+    let (status, v) = api.get("/api/secrets", &key);
+    assert_eq!(status, 200, "{v}");
+    assert!(!v.to_string().contains(VALUE), "{v}");
+    let (status, v) = api.post(
+        "/api/secrets",
+        &key,
+        json!({"name": "GH_TOKEN", "value": "other", "hosts": ["api.example.com"]}),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("secret_exists"))
+    );
+
+    let s = api.sandbox(
+        &key,
+        json!({"name": "holder", "domainAllowList": "api.example.com,www.example.net", "secrets": ["GH_TOKEN"]}),
+    );
+    assert_eq!(s["secrets"], json!(["GH_TOKEN"]), "{s}");
+    let placeholder = s["env"]["GH_TOKEN"].as_str().unwrap().to_string();
+    assert!(
+        placeholder.starts_with("sg_secret_") && placeholder.len() > 30,
+        "{s}"
+    );
+    assert!(!s.to_string().contains(VALUE));
+    let id = s["id"].as_str().unwrap().to_string();
+    resolve(&api, &key, &id, "api.example.com");
+    resolve(&api, &key, &id, "www.example.net");
+    let ns = api.slot_netns(&id);
+
+    // Inside: the placeholder, never the value (environment of every
+    // process, the file system the sandbox sees).
+    let r = api.exec(
+        &key,
+        &id,
+        &format!("echo \"$GH_TOKEN\"; cat /proc/*/environ | tr '\\0' '\\n' | grep -c {VALUE}; grep -rls {VALUE} /etc /root /tmp /proc/1/environ; echo done"),
+    );
+    let out = r["stdout"].as_str().unwrap();
+    assert_eq!(out, format!("{placeholder}\n0\ndone\n"), "{r}");
+
+    // To its host, over TLS the gateway terminates: the value, in the
+    // header the placeholder was in.
+    let gateway_ca = api.exec(&key, &id, "cat /etc/sandgate/ca.pem")["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let with = format!("GET /echo-headers\nAuthorization: Bearer {placeholder}");
+    for addr in [SERVER4_B, SERVER6_B] {
+        assert_eq!(
+            ask_tls(
+                &ns,
+                &[&gateway_ca],
+                addr,
+                ("api.example.com", "api.example.com"),
+                &[&with]
+            ),
+            [format!(
+                "200 GET /echo-headers | authorization: Bearer {VALUE}"
+            )],
+            "{addr}"
+        );
+    }
+    // Elsewhere, never: in the clear to its own host (the value never
+    // travels unencrypted), in the clear to another host, and over TLS to
+    // another host (relayed as it is: the gateway does not read it).
+    let kept = format!("200 GET /echo-headers | authorization: Bearer {placeholder}");
+    assert_eq!(
+        ask(&ns, SERVER4_B, "api.example.com", &[&with]),
+        std::slice::from_ref(&kept)
+    );
+    assert_eq!(
+        ask(&ns, SERVER4_B, "www.example.net", &[&with]),
+        std::slice::from_ref(&kept)
+    );
+    assert_eq!(
+        ask_tls(
+            &ns,
+            &[api.lab().ca_pem()],
+            SERVER4_B,
+            ("www.example.net", "www.example.net"),
+            &[&with]
+        ),
+        [kept]
+    );
+    saw(
+        &api,
+        &key,
+        &id,
+        "secret_over_plain_http",
+        Some("api.example.com"),
+    );
+    saw(
+        &api,
+        &key,
+        &id,
+        "secret_to_unlisted_host",
+        Some("www.example.net"),
+    );
+
+    // A restart of the server (and its runner) hands the runner the
+    // secret again, from the store, sealed there.
+    api.restart();
+    resolve(&api, &key, &id, "api.example.com");
+    let ns = api.slot_netns(&id);
+    assert_eq!(
+        ask_tls(
+            &ns,
+            &[&gateway_ca],
+            SERVER4_B,
+            ("api.example.com", "api.example.com"),
+            &[&with]
+        ),
+        [format!(
+            "200 GET /echo-headers | authorization: Bearer {VALUE}"
+        )]
+    );
+    // Sealed in the store: not in its files in the clear.
+    let mut files = 0;
+    for entry in std::fs::read_dir(api.dir.join("server")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("sandgate.db") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
+                "the value is in {} in the clear",
+                path.display()
+            );
+            files += 1;
+        }
+    }
+    assert!(files >= 1);
+
+    // A secret held by a sandbox stays until the sandbox goes.
+    let (status, v) = api.delete("/api/secrets/GH_TOKEN", &key);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("secret_in_use")),
+        "{v}"
+    );
+    let (status, _) = api.delete(&format!("/api/sandbox/{id}"), &key);
+    assert_eq!(status, 204);
+    let (status, v) = api.delete("/api/secrets/GH_TOKEN", &key);
+    assert_eq!(status, 204, "{v}");
+    let (status, v) = api.get("/api/secrets", &key);
+    assert_eq!((status, v), (200, json!([])));
 }

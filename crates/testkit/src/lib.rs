@@ -50,7 +50,15 @@ pub fn lab_server_config(
     let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
     cfg.admin_token = Some(admin_token.into());
     cfg.probe_targets = sandgate_lab::probe_targets(&cfg.catalog);
+    cfg.secrets_key = Some(lab_secrets_key());
     cfg
+}
+
+/// The key that seals the secrets of servers in the lab: a fixed one, as
+/// a test's key may be.
+pub fn lab_secrets_key() -> sandgate_server::secrets::SecretsKey {
+    sandgate_server::secrets::SecretsKey::parse(&"5a".repeat(32))
+        .unwrap_or_else(|e| panic!("the lab's secrets key: {e}"))
 }
 
 /// The lab's CA in a file under `dir`: the roots against which the
@@ -80,6 +88,7 @@ pub fn double_server_config(dir: &Path, admin_token: &str) -> ServerConfig {
     );
     let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
     cfg.admin_token = Some(admin_token.into());
+    cfg.secrets_key = Some(lab_secrets_key());
     cfg.probe_targets = sandgate_lab::probe_targets(&cfg.catalog);
     cfg
 }
