@@ -6,7 +6,10 @@
 //! to 4 and sandboxes in every mode (the reference's three-entry allow
 //! list, block-all, and both together among them), runs the network test
 //! of each (TCP probes from the sandbox's namespace to the lab's servers),
-//! updates one sandbox live and tests it again. Each row sets what REQUIREMENTS.md
+//! updates one sandbox live and tests it again; then names bound to
+//! connections (an allowed name and another on one shared address) and a
+//! secret (its value reaches its host, the placeholder another host,
+//! nothing of it is in the sandbox). Each row sets what REQUIREMENTS.md
 //! section 1 says against what was observed; a row is ok when they agree
 //! and the server's own `explain` agrees too. The reference's example
 //! addresses are data to create and explain, never probed. Then everything
@@ -151,8 +154,145 @@ fn explain_row(c: &Client, sandbox: &str, dest: &str, want: bool) -> Result<Row,
     })
 }
 
+/// A secret's value in the demo: stored through the API, seen by the
+/// lab's server only.
+const DEMO_SECRET: &str = "demo-secret-value-42";
+
+/// Names bound to connections, and a secret: an allowed name and another
+/// name on the one address they share (the lab's CDN stand-in), asked
+/// from inside the sandbox (busybox's `nc`), and a secret sent over TLS
+/// from the sandbox's network namespace (what reaches the lab's server,
+/// which echoes the headers it got): the value for its host, the
+/// placeholder for another. The sandbox and the secret are removed after.
+fn gateway_rows(
+    c: &Client,
+    runner: &sandgate_runner::RunnerConfig,
+    lab_ca: &str,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<Row>, Failure> {
+    const NAME: &str = "tier4-names-and-secret";
+    const SHARED: &str = "198.51.100.10";
+    progress("creating tier4-names-and-secret, with a secret for api.example.com");
+    c.call(
+        "POST",
+        "/api/secrets",
+        Some(&json!({"name": "API_TOKEN", "value": DEMO_SECRET, "hosts": ["api.example.com"]})),
+    )
+    .map_err(api_err("store a secret"))?;
+    let made = c
+        .call(
+            "POST",
+            "/api/sandbox",
+            Some(&json!({"name": NAME, "domainAllowList": "api.example.com,www.example.net", "secrets": ["API_TOKEN"]})),
+        )
+        .map_err(api_err("create sandbox"))?;
+    let id = made["id"].as_str().unwrap_or_default().to_string();
+    let placeholder = made["env"]["API_TOKEN"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mode = made["effectiveNetwork"]["mode"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let run = |command: &str| -> Result<String, Failure> {
+        let r = c
+            .call(
+                "POST",
+                &format!("/api/sandbox/{NAME}/process/execute"),
+                Some(&json!({"command": command, "timeout": 20})),
+            )
+            .map_err(api_err("exec"))?;
+        Ok(r["stdout"].as_str().unwrap_or_default().to_string())
+    };
+    let row = |target: &str, expected: &str, observed: &str| Row {
+        sandbox: NAME.into(),
+        mode: mode.clone(),
+        target: target.into(),
+        expected: expected.into(),
+        observed: observed.into(),
+        ok: expected == observed,
+    };
+    let mut rows = Vec::new();
+    // Its DNS answers bind the names to the shared address, for it.
+    run("nslookup api.example.com >/dev/null; nslookup www.example.net >/dev/null")?;
+    for (name, want) in [
+        ("api.example.com", "allowed"),
+        ("other.example.com", "denied"),
+    ] {
+        let got = run(&format!(
+            "(printf 'GET / HTTP/1.1\\r\\nHost: {name}\\r\\nConnection: close\\r\\n\\r\\n'; sleep 2) | nc -w 5 {SHARED} 80 2>&1"
+        ))?;
+        // Another name is reset by the gateway: no answer at all.
+        let said = if got.contains(&format!("host={name}")) {
+            "allowed"
+        } else {
+            "denied"
+        };
+        rows.push(row(
+            &format!("http://{SHARED}/ as {name} (one address)"),
+            want,
+            said,
+        ));
+    }
+    let ns = sandgate_testkit::slot_netns(&runner.data_dir, &runner.instance, &id)
+        .map_err(|e| format!("the sandbox's namespace: {e}"))?;
+    let gateway_ca = run("cat /etc/sandgate/ca.pem")?;
+    let roots = [gateway_ca, lab_ca.to_string()];
+    let sent = |host: &str| -> Result<&'static str, Failure> {
+        let got = sandgate_testkit::https_request(
+            &ns,
+            &roots,
+            SHARED
+                .parse()
+                .map_err(|_| "the shared address".to_string())?,
+            (host, "/echo-headers"),
+            &[format!("Authorization: Bearer {placeholder}")],
+        )
+        .map_err(|e| format!("https to {host}: {e}"))?;
+        Ok(
+            if got.contains(&format!("authorization: Bearer {DEMO_SECRET}")) {
+                "the value"
+            } else if got.contains(&format!("authorization: Bearer {placeholder}")) {
+                "the placeholder"
+            } else {
+                "no answer"
+            },
+        )
+    };
+    rows.push(row(
+        "$API_TOKEN to https://api.example.com (its host): the server got",
+        "the value",
+        sent("api.example.com")?,
+    ));
+    rows.push(row(
+        "$API_TOKEN to https://www.example.net (another): the server got",
+        "the placeholder",
+        sent("www.example.net")?,
+    ));
+    let inside = run("env; cat /proc/*/environ")?;
+    rows.push(row(
+        "the secret's value inside the sandbox (environment)",
+        "absent",
+        if inside.contains(DEMO_SECRET) {
+            "present"
+        } else {
+            "absent"
+        },
+    ));
+    c.call("DELETE", &format!("/api/sandbox/{NAME}"), None)
+        .map_err(api_err("delete"))?;
+    c.call("DELETE", "/api/secrets/API_TOKEN", None)
+        .map_err(api_err("delete the secret"))?;
+    Ok(rows)
+}
+
 /// The demo's requests, made from inside the lab's host namespace.
-fn scenario(admin: &Client, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, Failure> {
+fn scenario(
+    admin: &Client,
+    (runner, lab_ca): (&sandgate_runner::RunnerConfig, &str),
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<Row>, Failure> {
     let mut rows = Vec::new();
     let mut keys = std::collections::BTreeMap::new();
     for tier in 1..=4u8 {
@@ -260,6 +400,8 @@ fn scenario(admin: &Client, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>
         }
     }
 
+    rows.extend(gateway_rows(key(4)?, runner, lab_ca, progress)?);
+
     progress("deleting the sandboxes");
     for (tier, name, _) in sandboxes() {
         key(tier)?
@@ -351,7 +493,7 @@ fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, F
         let admin = Client::new(&server.base, Some(&token));
         let rows = lab
             .host()
-            .run(|| Ok(scenario(&admin, progress)))
+            .run(|| Ok(scenario(&admin, (&runner_cfg, lab.ca_pem()), progress)))
             .map_err(|e| e.to_string())
             .and_then(|r| r);
         server.stop();
