@@ -733,6 +733,11 @@ async fn first_bytes(conn: &mut TcpStream) -> io::Result<(Vec<u8>, Hello)> {
 }
 
 async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
+    // What the gateway writes (a handshake's flights, an answer's head) is
+    // sent at once, not held for the sandbox's next acknowledgement.
+    if let Err(e) = down.set_nodelay(true) {
+        tracing::debug!(error = %e, "gateway: cannot set nodelay");
+    }
     let source = peer.ip().to_canonical();
     let Some(holder) = shared.directory.sandbox(source) else {
         // Not a sandbox, or one cut off: nothing passes.
@@ -1058,7 +1063,7 @@ async fn pass_tls(dial: Dial, down: TcpStream, hello: Vec<u8>, cut: oneshot::Rec
             return reset(&down);
         }
     };
-    if let Err(e) = up.set_nodelay(true).and(down.set_nodelay(true)) {
+    if let Err(e) = up.set_nodelay(true) {
         tracing::debug!(error = %e, "gateway: cannot set nodelay");
     }
     if let Err(e) = up.write_all(&hello).await {

@@ -11,6 +11,13 @@ use std::net::IpAddr;
 /// Paths under which the answer echoes the request's headers.
 pub const ECHO_HEADERS: &str = "/echo-headers";
 
+/// `/bytes/N`: an answer of N bytes (at most [`BYTES_MAX`]), for bulk
+/// transfers over HTTP and HTTPS.
+pub const BYTES: &str = "/bytes/";
+
+/// The most bytes `/bytes/N` answers.
+pub const BYTES_MAX: u64 = 1 << 30;
+
 /// Reads one request head from `conn`, which came from `peer`, and
 /// answers it.
 pub fn serve(conn: &mut impl ReadWrite, peer: Option<IpAddr>) -> io::Result<()> {
@@ -41,6 +48,9 @@ pub fn serve(conn: &mut impl ReadWrite, peer: Option<IpAddr>) -> io::Result<()> 
                 .unwrap_or_default();
             let from = peer.map_or_else(|| "?".into(), |p| p.to_canonical().to_string());
             let path = request.path.unwrap_or("?");
+            if let Some(n) = path.strip_prefix(BYTES).and_then(|n| n.parse::<u64>().ok()) {
+                return bytes(conn, n.min(BYTES_MAX));
+            }
             let mut body = format!(
                 "sandgate lab: {} {path} from={from} host={host}\n",
                 request.method.unwrap_or("?"),
@@ -58,6 +68,24 @@ pub fn serve(conn: &mut impl ReadWrite, peer: Option<IpAddr>) -> io::Result<()> 
         }
         _ => answer(conn, 400, "bad request\n"),
     }
+}
+
+/// An answer of `n` bytes, written as they go.
+fn bytes(conn: &mut impl ReadWrite, n: u64) -> io::Result<()> {
+    conn.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {n}\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let chunk = vec![b'x'; 256 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        conn.write_all(&chunk[..k])?;
+        left -= k as u64;
+    }
+    conn.flush()
 }
 
 fn answer(conn: &mut impl ReadWrite, status: u16, body: &str) -> io::Result<()> {

@@ -9,9 +9,14 @@
 //! 2. a bulk transfer (the lab's byte stream, read as fast as the reader
 //!    can), through the gateway (`splice`) against direct: the ratio of
 //!    bytes a second (target: >= 0.8x);
-//! 3. connections held open through the gateway: the process's resident
+//! 3. (run last) connections held open through the gateway: the process's resident
 //!    memory per connection (an upper bound: the lab's echo server, in
-//!    this process too, holds a thread per connection; target: <= 64 KiB).
+//!    this process too, holds a thread per connection; target: <= 64 KiB);
+//! 4. HTTPS that the gateway terminates (the name has HTTP rules: a
+//!    handshake with the sandbox under the gateway's CA, its own to the
+//!    destination, each request checked) against HTTPS straight to the
+//!    address the allow list opens: a `GET /` from connect to the last
+//!    byte, and a bulk transfer (`GET /bytes/N`; target: >= 0.5x).
 //!
 //! `cargo bench -p sandgate-server --bench gateway` (as root).
 //! `SANDGATE_BENCH_RUNS` sets the requests per series (400),
@@ -21,17 +26,22 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use rustls::pki_types::pem::PemObject;
 use sandgate_gateway::hello::craft;
+use sandgate_lab::addrs::HTTPS;
 use sandgate_lab::addrs::{HTTP, SERVER4, SERVER4_B, TCP_ECHO, TCP_STREAM};
 use sandgate_lab::bench::{rss_kib, stats};
 use sandgate_testkit::LabServer;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "bench-operator-token";
 const NAME: &str = "api.example.com";
+/// A name with HTTP rules: its TLS is terminated by the gateway (4).
+const RULED: &str = "rules.example.com";
 const T: Duration = Duration::from_secs(5);
 
 fn connect(addr: IpAddr, port: u16) -> TcpStream {
@@ -54,6 +64,59 @@ fn get(addr: IpAddr) -> Duration {
         String::from_utf8_lossy(&out)
     );
     start.elapsed()
+}
+
+/// A TLS client that trusts the CAs of `roots` (PEM).
+fn tls_client(roots: &[String]) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            store.add(cert.unwrap()).unwrap();
+        }
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth(),
+    )
+}
+
+/// `GET path` over TLS to `addr` as [`RULED`]: the time from connect to the
+/// answer's last byte, and the bytes of the answer.
+fn https_get(cfg: &Arc<rustls::ClientConfig>, addr: IpAddr, path: &str) -> (Duration, u64) {
+    let start = Instant::now();
+    let conn = rustls::ClientConnection::new(cfg.clone(), RULED.try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, connect(addr, HTTPS));
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {RULED}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    let mut head = Vec::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                if head.len() < 12 {
+                    head.extend_from_slice(&buf[..k.min(12)]);
+                }
+                n += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    (start.elapsed(), n)
 }
 
 fn hello() -> Vec<u8> {
@@ -89,13 +152,16 @@ fn main() {
         cfg.runner.name_checked_ports.extend([TCP_STREAM, TCP_ECHO]);
     });
     let http = &lab.http;
-    let (id, ns) = lab.sandbox(
-        json!({"name": "gw", "networkAllowList": format!("{SERVER4}/32"), "domainAllowList": NAME}),
-    );
+    // HTTP rules on the name: its TLS is terminated by the gateway (4);
+    // its plain HTTP is checked by them as well (1).
+    let (id, ns) = lab.sandbox(json!({
+        "name": "gw", "networkAllowList": format!("{SERVER4}/32"), "domainAllowList": format!("{NAME},{RULED}"),
+        "httpRules": [{"host": RULED, "methods": ["GET"]}],
+    }));
     let (s, r) = http.call(
         "POST",
         &format!("/api/sandbox/{id}/process/execute"),
-        Some(json!({"command": format!("nslookup {NAME}"), "timeout": 10})),
+        Some(json!({"command": format!("nslookup {NAME}; nslookup {RULED}"), "timeout": 10})),
     );
     assert!(
         s == 200
@@ -150,6 +216,63 @@ fn main() {
         );
     }
 
+    let (_, ca) = http.call(
+        "POST",
+        &format!("/api/sandbox/{id}/process/execute"),
+        Some(json!({"command": "cat /etc/sandgate/ca.pem"})),
+    );
+    let cfg = tls_client(&[
+        ca["stdout"].as_str().unwrap().to_string(),
+        lab.lab.ca_pem().to_string(),
+    ]);
+    println!("\nHTTPS GET /, connect to the answer's last byte ({runs} each, interleaved)");
+    let (direct, gateway) = ns
+        .run(|| {
+            let (mut d, mut g) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                d.push(https_get(&cfg, SERVER4, "/").0);
+                g.push(https_get(&cfg, SERVER4_B, "/").0);
+            }
+            Ok((d, g))
+        })
+        .unwrap();
+    stats(
+        "baseline: TLS to an address the allow list opens",
+        &direct,
+        None,
+    );
+    stats(
+        "terminated by the gateway (rules checked)",
+        &gateway,
+        Some(&direct),
+    );
+    println!(
+        "  p50 added by the gateway: {:.3} ms",
+        sandgate_lab::bench::ms(p50(&gateway)) - sandgate_lab::bench::ms(p50(&direct))
+    );
+    println!("\nbulk transfer over HTTPS (GET /bytes/400000000), 3 rounds interleaved");
+    let rounds = ns
+        .run(|| {
+            let rate = |addr| {
+                let (t, n) = https_get(&cfg, addr, "/bytes/400000000");
+                n as f64 / t.as_secs_f64()
+            };
+            Ok((0..3)
+                .map(|_| (rate(SERVER4), rate(SERVER4_B)))
+                .collect::<Vec<_>>())
+        })
+        .unwrap();
+    for (direct, gateway) in rounds {
+        println!(
+            "  direct TLS {:8.1} MB/s   terminated by the gateway {:8.1} MB/s   {:.2}x",
+            direct / 1e6,
+            gateway / 1e6,
+            gateway / direct
+        );
+    }
+
+    // Last: the held connections' tracking outlives them (TIME_WAIT),
+    // within the sandbox's share of tracked connections.
     println!("\n{conns} connections held open through the gateway");
     let before = rss_kib(std::process::id()).unwrap();
     let held = ns
