@@ -59,10 +59,15 @@ impl From<hyper::Error> for RelayError {
 }
 
 /// The name a request is for: its `Host` header's and its target's
-/// authority's host, which must agree; `None` if it names none.
+/// authority's host, which must agree; `None` if it names none. An
+/// authority with a user part (`user@host`, which HTTP forbids) names
+/// nothing the gateway passes: what stands before the `@` would travel on.
 pub fn request_name<B>(req: &Request<B>) -> Result<Option<String>, crate::Denial> {
     let mut names = Vec::new();
     if let Some(authority) = req.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err(crate::Denial::NameMismatch);
+        }
         names.push(authority.host().to_string());
     }
     let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
@@ -72,6 +77,9 @@ pub fn request_name<B>(req: &Request<B>) -> Result<Option<String>, crate::Denial
             let h = h.to_str().map_err(|_| crate::Denial::NameMismatch)?;
             let authority: hyper::http::uri::Authority =
                 h.parse().map_err(|_| crate::Denial::NameMismatch)?;
+            if authority.as_str().contains('@') {
+                return Err(crate::Denial::NameMismatch);
+            }
             names.push(authority.host().to_string());
         }
         _ => {}
@@ -160,9 +168,15 @@ pub trait Check: Send + Sync + 'static {
     /// certificate is not trusted).
     fn refused(&self, name: Option<&str>, denial: &crate::Denial);
 
-    /// Puts secrets in their placeholders' place in the headers of a
-    /// request for `name` that passed its check.
-    fn rewrite(&self, name: &str, headers: &mut hyper::HeaderMap);
+    /// Prepares the headers of a request for `name` that passed its
+    /// check: secrets put in their placeholders' place (the names of
+    /// those put, returned), headers that would change what the rules
+    /// checked taken out.
+    fn rewrite(&self, name: &str, headers: &mut hyper::HeaderMap) -> Vec<String>;
+
+    /// Puts back the placeholders of the secrets `replaced` where their
+    /// values come back in the response's headers.
+    fn unrewrite(&self, replaced: &[String], headers: &mut hyper::HeaderMap);
 }
 
 /// A response relayed from the destination, or the gateway's own.
@@ -213,7 +227,7 @@ pub struct Upstream {
 /// Checks one request and passes it on.
 async fn forward(
     check: Arc<dyn Check>,
-    sender: Sender,
+    (sender, tunnels): (Sender, Tunnels),
     upstream: Upstream,
     mut req: Request<Incoming>,
 ) -> Result<Answer, RelayError> {
@@ -228,9 +242,11 @@ async fn forward(
         Err(denial @ crate::Denial::Http(_)) => return Ok(forbidden(&denial)),
         Err(denial) => return Err(RelayError::Refused(denial)),
     }
-    if let Some(name) = &name {
-        check.rewrite(name, req.headers_mut());
-    }
+    strip_upgrade(req.headers_mut());
+    let replaced = match &name {
+        Some(name) => check.rewrite(name, req.headers_mut()),
+        None => Vec::new(),
+    };
     let mut slot = sender.lock().await;
     let sender = match slot.as_mut() {
         Some(s) if !s.is_closed() => s,
@@ -254,9 +270,15 @@ async fn forward(
     sender.ready().await?;
     let upgrade = hyper::upgrade::on(&mut req);
     let mut response = sender.send_request(req).await?;
+    // A value the destination sends back in a header (a reflected
+    // credential) goes back to the sandbox as the placeholder.
+    check.unrewrite(&replaced, response.headers_mut());
     if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
         let theirs = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
+        // The tunnel lives as long as the connection it came from: it is
+        // awaited by `serve`, and aborted with it when a policy change
+        // cuts it.
+        let task = tokio::spawn(async move {
             if let (Ok(ours), Ok(theirs)) = (upgrade.await, theirs.await) {
                 let (mut ours, mut theirs) = (TokioIo::new(ours), TokioIo::new(theirs));
                 if let Err(e) = tokio::io::copy_bidirectional(&mut ours, &mut theirs).await {
@@ -264,15 +286,96 @@ async fn forward(
                 }
             }
         });
+        tunnels.add(task);
     }
     Ok(response.map(Either::Left))
 }
 
-/// Whether a failed connect is a TLS refusal (a certificate, a
-/// handshake), as opposed to an unreachable destination.
+/// Takes every upgrade but WebSocket's out of a request (its `Upgrade`
+/// and the `Connection` tokens that ask for it): after an upgrade the
+/// gateway sees nothing more, so a tunnel of HTTP/2 (`h2c`) would carry
+/// requests no rule or name check saw. WebSocket carries no requests.
+fn strip_upgrade(headers: &mut hyper::HeaderMap) {
+    use hyper::header::{CONNECTION, UPGRADE};
+    let websocket = headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    if websocket || !headers.contains_key(UPGRADE) {
+        return;
+    }
+    headers.remove(UPGRADE);
+    headers.remove("http2-settings");
+    let kept: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("upgrade")
+                && !t.eq_ignore_ascii_case("http2-settings")
+        })
+        .map(str::to_string)
+        .collect();
+    headers.remove(CONNECTION);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(CONNECTION, v);
+        }
+    }
+}
+
+/// The tunnels (upgraded connections) of one sandbox connection: aborted
+/// when the connection's future is dropped (a cut), awaited when it ends.
+#[derive(Clone, Default)]
+struct Tunnels(Arc<std::sync::Mutex<TunnelTasks>>);
+
+#[derive(Default)]
+struct TunnelTasks {
+    /// To wait for, once the connection handed its bytes to them.
+    joins: Vec<tokio::task::JoinHandle<()>>,
+    /// To abort, whether waited for or not.
+    aborts: Vec<tokio::task::AbortHandle>,
+}
+
+impl Tunnels {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, TunnelTasks> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, task: tokio::task::JoinHandle<()>) {
+        let mut tasks = self.tasks();
+        tasks.aborts.push(task.abort_handle());
+        tasks.joins.push(task);
+    }
+
+    fn take(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        std::mem::take(&mut self.tasks().joins)
+    }
+}
+
+/// Aborts the tunnels it guards when dropped.
+struct AbortTunnels(Tunnels);
+
+impl Drop for AbortTunnels {
+    fn drop(&mut self) {
+        for task in std::mem::take(&mut self.0.tasks().aborts) {
+            task.abort();
+        }
+    }
+}
+
+/// Whether a failed connect is the destination's certificate refused
+/// (not one the host's roots vouch for, or not for the name).
 fn is_tls_refusal(e: &io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    e.get_ref().is_some_and(|inner| {
+        matches!(
+            inner.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        )
+    })
 }
 
 /// Serves the sandbox's side `down`, passing each request that `check`
@@ -288,10 +391,16 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let sender: Sender = Arc::new(tokio::sync::Mutex::new(None));
+    let tunnels = Tunnels::default();
+    let guard = AbortTunnels(tunnels.clone());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let fut: Pin<Box<dyn Future<Output = Result<Answer, RelayError>> + Send>> = Box::pin(
-            forward(check.clone(), sender.clone(), upstream.clone(), req),
-        );
+        let fut: Pin<Box<dyn Future<Output = Result<Answer, RelayError>> + Send>> =
+            Box::pin(forward(
+                check.clone(),
+                (sender.clone(), tunnels.clone()),
+                upstream.clone(),
+                req,
+            ));
         fut
     });
     hyper::server::conn::http1::Builder::new()
@@ -301,6 +410,13 @@ where
         .serve_connection(TokioIo::new(down), service)
         .with_upgrades()
         .await?;
+    // An upgraded connection runs on as its tunnel: the sandbox's
+    // connection (tracked, counted, cut by policy changes) ends with it.
+    for task in guard.0.take() {
+        if let Err(e) = task.await {
+            tracing::debug!(error = %e, "gateway: a tunnel's task ended");
+        }
+    }
     Ok(())
 }
 

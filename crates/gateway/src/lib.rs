@@ -922,6 +922,16 @@ async fn serve_http<IO>(
     }
 }
 
+/// Headers with which servers take another method or path than the
+/// request line's: taken out of requests to names with HTTP rules.
+const OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
 /// A second descriptor of a connection handed to `hyper`, with which the
 /// gateway makes its close a reset.
 struct FdGuard(std::os::fd::OwnedFd);
@@ -1022,10 +1032,17 @@ impl http::Check for HttpCheck {
         self.shared.report(&self.holder, self.dest, name, denial);
     }
 
-    fn rewrite(&self, name: &str, headers: &mut hyper::HeaderMap) {
+    fn rewrite(&self, name: &str, headers: &mut hyper::HeaderMap) -> Vec<String> {
         let Ok(name) = DomainName::parse(name) else {
-            return;
+            return Vec::new();
         };
+        if self.holder.policy.http_rules.covers(name.as_str()) {
+            // Headers with which a server takes another method or path
+            // than the request's, the one the rules checked.
+            for h in OVERRIDE_HEADERS {
+                headers.remove(*h);
+            }
+        }
         let done = secrets::rewrite(
             &self.holder.secrets,
             name.as_str(),
@@ -1035,6 +1052,10 @@ impl http::Check for HttpCheck {
         let notes = [
             (!done.unlisted.is_empty(), "secret_to_unlisted_host"),
             (!done.plain.is_empty(), "secret_over_plain_http"),
+            (
+                !done.elsewhere.is_empty(),
+                "secret_outside_credential_headers",
+            ),
         ];
         for (_, reason) in notes.iter().filter(|(any, _)| *any) {
             self.shared.event(
@@ -1050,6 +1071,11 @@ impl http::Check for HttpCheck {
                 .secrets_replaced
                 .fetch_add(1, Ordering::Relaxed);
         }
+        done.replaced
+    }
+
+    fn unrewrite(&self, replaced: &[String], headers: &mut hyper::HeaderMap) {
+        secrets::unrewrite(&self.holder.secrets, replaced, headers);
     }
 }
 

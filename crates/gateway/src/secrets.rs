@@ -12,6 +12,21 @@ use sandgate_policy::{DomainName, DomainPattern};
 /// What every placeholder starts with.
 pub const PLACEHOLDER_PREFIX: &str = "sg_secret_";
 
+/// The headers in which a placeholder is replaced: those that carry
+/// credentials. A placeholder in any other header (`Host`, `Origin`,
+/// `Referer`, `X-Forwarded-Host`: headers that servers reflect in their
+/// answers) is left as it is and reported.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "private-token",
+    "x-goog-api-key",
+];
+
 /// A secret of one sandbox.
 #[derive(Clone)]
 pub struct Secret {
@@ -52,6 +67,9 @@ pub struct Rewrite {
     /// Names of the secrets whose placeholder went in the clear to a host
     /// it is for (left as it is).
     pub plain: Vec<String>,
+    /// Names of the secrets whose placeholder was in a header that is no
+    /// credential header (left as it is).
+    pub elsewhere: Vec<String>,
 }
 
 /// Puts the values of `secrets` in place of their placeholders in
@@ -67,7 +85,8 @@ pub fn rewrite(
     if secrets.is_empty() {
         return out;
     }
-    for value in headers.values_mut() {
+    for (header, value) in headers.iter_mut() {
+        let credential = CREDENTIAL_HEADERS.contains(&header.as_str());
         let bytes = value.as_bytes();
         if !contains(bytes, PLACEHOLDER_PREFIX.as_bytes()) {
             continue;
@@ -85,6 +104,8 @@ pub fn rewrite(
             };
             if !secret.covers(name) {
                 note(&mut out.unlisted);
+            } else if !credential {
+                note(&mut out.elsewhere);
             } else if !terminated {
                 note(&mut out.plain);
             } else {
@@ -111,6 +132,37 @@ pub fn rewrite(
         }
     }
     out
+}
+
+/// Puts the placeholders of `replaced` (names of `secrets`) back where
+/// their values are in `headers` (of a response).
+pub fn unrewrite(secrets: &[Secret], replaced: &[String], headers: &mut HeaderMap) {
+    let put: Vec<&Secret> = secrets
+        .iter()
+        .filter(|s| replaced.contains(&s.name))
+        .collect();
+    if put.is_empty() {
+        return;
+    }
+    for value in headers.values_mut() {
+        let mut text = value.as_bytes().to_vec();
+        let mut changed = false;
+        for secret in &put {
+            if contains(&text, secret.value.as_bytes()) {
+                text = replace(
+                    &text,
+                    secret.value.as_bytes(),
+                    secret.placeholder.as_bytes(),
+                );
+                changed = true;
+            }
+        }
+        if changed {
+            if let Ok(v) = HeaderValue::from_bytes(&text) {
+                *value = v;
+            }
+        }
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -157,7 +209,10 @@ mod tests {
         let headers = || {
             let mut h = HeaderMap::new();
             h.insert("authorization", "Bearer sg_secret_aaaa".parse().unwrap());
-            h.insert("x-other", "sg_secret_bbbb;sg_secret_bbbb".parse().unwrap());
+            h.insert(
+                "x-api-key",
+                "sg_secret_bbbb;sg_secret_bbbb".parse().unwrap(),
+            );
             h.insert("x-plain", "nothing here".parse().unwrap());
             h
         };
@@ -165,12 +220,12 @@ mod tests {
         let r = rewrite(&secrets, "api.github.example", true, &mut h);
         assert_eq!(h["authorization"], "Bearer ghp_real");
         assert!(h["authorization"].is_sensitive());
-        assert_eq!(h["x-other"], "sg_secret_bbbb;sg_secret_bbbb");
+        assert_eq!(h["x-api-key"], "sg_secret_bbbb;sg_secret_bbbb");
         assert_eq!(r.replaced, ["GH"]);
         assert_eq!(r.unlisted, ["NPM"]);
         let mut h = headers();
         let r = rewrite(&secrets, "registry.npm.example", true, &mut h);
-        assert_eq!(h["x-other"], "npm_real;npm_real");
+        assert_eq!(h["x-api-key"], "npm_real;npm_real");
         assert_eq!(h["authorization"], "Bearer sg_secret_aaaa");
         assert_eq!(
             (r.replaced, r.unlisted),
@@ -182,5 +237,21 @@ mod tests {
         assert_eq!(h["authorization"], "Bearer sg_secret_aaaa");
         assert_eq!(r.plain, ["GH"]);
         assert!(r.replaced.is_empty());
+        // Never in a header that is no credential's (a server may
+        // reflect it), such as Host or Origin.
+        let mut h = HeaderMap::new();
+        h.insert("origin", "https://sg_secret_aaaa.example".parse().unwrap());
+        h.insert("authorization", "Bearer sg_secret_aaaa".parse().unwrap());
+        let r = rewrite(&secrets, "api.github.example", true, &mut h);
+        assert_eq!(h["origin"], "https://sg_secret_aaaa.example");
+        assert_eq!(
+            (r.replaced, r.elsewhere),
+            (vec!["GH".to_string()], vec!["GH".to_string()])
+        );
+        // A value the server sends back goes back as the placeholder.
+        let mut answer = HeaderMap::new();
+        answer.insert("x-echo", "Bearer ghp_real".parse().unwrap());
+        unrewrite(&secrets, &["GH".to_string()], &mut answer);
+        assert_eq!(answer["x-echo"], "Bearer sg_secret_aaaa");
     }
 }

@@ -104,18 +104,22 @@ fn ca_params() -> io::Result<CertificateParams> {
     Ok(params)
 }
 
-/// Writes `bytes` to `path` through a file of its own, renamed into place,
-/// with `mode`.
+/// Writes `bytes` to `path` through a file of its own (`<path>.new`),
+/// renamed into place, with `mode` (set on the file whatever a leftover
+/// one had).
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("new");
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -125,6 +129,15 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 fn load_or_make_ca(dir: &Path) -> io::Result<(Issuer<'static, KeyPair>, String)> {
     let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
     let params = ca_params()?;
+    match (key_path.exists(), cert_path.exists()) {
+        (true, false) | (false, true) => {
+            return Err(io::Error::other(format!(
+                "{} holds one of ca.pem and ca.key: restore the other, or remove it to make a new CA (sandboxes made before then trust the old one)",
+                dir.display()
+            )))
+        }
+        _ => {}
+    }
     if key_path.exists() && cert_path.exists() {
         let key = KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)
             .map_err(tls_error("the gateway CA's key"))?;
@@ -357,6 +370,11 @@ mod tests {
         assert!(verifier
             .verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &other, &[], now)
             .is_err());
+        // One file without the other is refused, never made anew.
+        let key = std::fs::read(dir.join("ca/ca.key")).unwrap();
+        std::fs::remove_file(dir.join("ca/ca.key")).unwrap();
+        assert!(Terminator::new(&cfg).is_err());
+        std::fs::write(dir.join("ca/ca.key"), key).unwrap();
         // A certificate that is not the key's is refused, not used.
         let (_, other_pem) = load_or_make_ca(&dir.join("other")).unwrap();
         std::fs::write(dir.join("ca/ca.pem"), other_pem).unwrap();

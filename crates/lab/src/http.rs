@@ -18,6 +18,10 @@ pub const BYTES: &str = "/bytes/";
 /// The most bytes `/bytes/N` answers.
 pub const BYTES_MAX: u64 = 1 << 30;
 
+/// `/upgrade` with `Upgrade: websocket`: answered 101, then every byte
+/// sent is echoed (a WebSocket stand-in, for tunnels through a proxy).
+pub const UPGRADE: &str = "/upgrade";
+
 /// Reads one request head from `conn`, which came from `peer`, and
 /// answers it.
 pub fn serve(conn: &mut impl ReadWrite, peer: Option<IpAddr>) -> io::Result<()> {
@@ -50,6 +54,37 @@ pub fn serve(conn: &mut impl ReadWrite, peer: Option<IpAddr>) -> io::Result<()> 
             let path = request.path.unwrap_or("?");
             if let Some(n) = path.strip_prefix(BYTES).and_then(|n| n.parse::<u64>().ok()) {
                 return bytes(conn, n.min(BYTES_MAX));
+            }
+            let websocket = request.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("upgrade") && h.value.eq_ignore_ascii_case(b"websocket")
+            });
+            if path == UPGRADE && websocket {
+                conn.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                )?;
+                conn.flush()?;
+                conn.write_all(&buf[head_end..])?;
+                // Until the client closes, or 10 s without a byte (the
+                // connection's reads time out often: the lab's servers
+                // watch their stop flag between them).
+                let mut chunk = [0u8; 16 * 1024];
+                let mut idle = std::time::Instant::now();
+                loop {
+                    match conn.read(&mut chunk) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => {
+                            conn.write_all(&chunk[..n])?;
+                            conn.flush()?;
+                            idle = std::time::Instant::now();
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) && idle.elapsed() < std::time::Duration::from_secs(10) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             let mut body = format!(
                 "sandgate lab: {} {path} from={from} host={host}\n",

@@ -378,7 +378,13 @@ impl HttpRules {
     /// `path` (the request target's path, still encoded) passes.
     pub fn check(&self, name: &str, method: &str, path: &str) -> Result<(), HttpRefusal> {
         let Ok(name) = DomainName::parse(name) else {
-            return Ok(());
+            // No name passes the gateway's check unparsed; fail closed all
+            // the same where there are rules.
+            return if self.0.is_empty() {
+                Ok(())
+            } else {
+                Err(HttpRefusal::Method)
+            };
         };
         let rules: Vec<&HttpRule> = self.0.iter().filter(|r| r.host.matches(&name)).collect();
         if rules.is_empty() {
@@ -404,17 +410,25 @@ impl HttpRules {
 }
 
 /// The segments of an encoded request path, each decoded; `None` if the
-/// path is ambiguous (not absolute, or a segment decodes to a `/`, a `\`,
-/// a NUL, invalid UTF-8, or is `.` or `..` before or after decoding).
+/// path is ambiguous: not absolute; a segment that decodes to a `/`, a
+/// `\`, a NUL, invalid UTF-8, or is `.` or `..`; a segment with a `;`
+/// (path parameters: Java servers read `/..;/` as `..`); an empty segment
+/// but the last (servers that merge slashes read `//a` as `/a`).
 fn decode_path(path: &str) -> Option<Vec<String>> {
     let rest = path.strip_prefix('/')?;
-    rest.split('/')
-        .map(|raw| {
+    let raw: Vec<&str> = rest.split('/').collect();
+    let last = raw.len() - 1;
+    raw.iter()
+        .enumerate()
+        .map(|(i, raw)| {
             let decoded = percent_encoding::percent_decode_str(raw)
                 .decode_utf8()
                 .ok()?
                 .into_owned();
-            let bad = decoded.contains(['/', '\\', '\0']) || decoded == "." || decoded == "..";
+            let bad = decoded.contains(['/', '\\', '\0', ';'])
+                || decoded == "."
+                || decoded == ".."
+                || (decoded.is_empty() && i != last);
             (!bad).then_some(decoded)
         })
         .collect()
@@ -529,6 +543,11 @@ mod tests {
             "/repos/a%5cb",
             "/repos/a%00",
             "/repos/%ff",
+            "/repos/..;/admin",
+            "/repos/%2e%2e;/admin",
+            "/repos/a;jsessionid=1",
+            "/repos//a",
+            "//repos/a",
             "*",
             "",
         ] {

@@ -58,6 +58,9 @@ pub struct BundleSpec<'a> {
     /// gateway's CA) and on [`CA_FILE`] (the CA alone), if the sandbox
     /// trusts the gateway's CA.
     pub trust: Option<(&'a Path, &'a Path)>,
+    /// Whether the snapshot had a bundle of its own (then the variables
+    /// naming the system bundle are set too).
+    pub system_bundle: bool,
 }
 
 /// Where the sandbox's init (the host's static busybox) is bound: the
@@ -94,12 +97,13 @@ pub const TRUST_ENV: &[(&str, &str)] = &[
 ];
 
 /// The environment of a sandbox's processes: [`BASE_ENV`], and
-/// [`TRUST_ENV`] if it trusts the gateway's CA.
-pub fn base_env(trusts: bool) -> Vec<String> {
+/// [`TRUST_ENV`] if it trusts the gateway's CA (those naming the system
+/// bundle only if its snapshot had one: `system_bundle`).
+pub fn base_env(trusts: bool, system_bundle: bool) -> Vec<String> {
     let base = BASE_ENV.iter().map(|e| e.to_string());
     let trust = TRUST_ENV
         .iter()
-        .filter(|_| trusts)
+        .filter(|(_, v)| trusts && (system_bundle || *v != SYSTEM_BUNDLE))
         .map(|(k, v)| format!("{k}={v}"));
     base.chain(trust).collect()
 }
@@ -182,7 +186,7 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
                 "-c".into(),
                 format!("trap 'exit 0' TERM; while :; do {INIT} sleep 3600 & wait; done"),
             ],
-            &base_env(spec.trust.is_some()),
+            &base_env(spec.trust.is_some(), spec.system_bundle),
             "/",
         ),
         "mounts": mounts,

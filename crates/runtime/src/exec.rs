@@ -151,7 +151,10 @@ pub fn run(
     cap: usize,
     dir: &Path,
 ) -> io::Result<ExecResult> {
-    let mut env = crate::bundle::base_env(dir.join(crate::TRUSTED_CA).exists());
+    let mut env = crate::bundle::base_env(
+        dir.join(crate::TRUSTED_CA).exists(),
+        dir.join(crate::OWN_BUNDLE).exists(),
+    );
     for (k, v) in &request.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(io::Error::new(

@@ -495,12 +495,19 @@ impl Runtime {
         let trust = match &self.cfg.trusted_ca {
             Some(ca) => {
                 let mut all = snapshot_bundle(&self.snapshot_dir(snapshot).join("rootfs"));
-                if !all.is_empty() && !all.ends_with(b"\n") {
+                // Without a bundle of its own, the variables naming the
+                // system bundle are not set (they would make every
+                // client trust the gateway's CA alone).
+                let own = !all.is_empty();
+                if own && !all.ends_with(b"\n") {
                     all.push(b'\n');
                 }
                 all.extend_from_slice(ca.as_bytes());
                 fs::write(&trust_bundle, all)?;
                 fs::write(&trusted_ca, ca)?;
+                if own {
+                    fs::write(dir.join(OWN_BUNDLE), b"")?;
+                }
                 Some((trust_bundle.as_path(), trusted_ca.as_path()))
             }
             None => None,
@@ -516,6 +523,7 @@ impl Runtime {
             memory_limit: resources.memory,
             cpu: resources.cpu,
             trust,
+            system_bundle: dir.join(OWN_BUNDLE).exists(),
         };
         let config = serde_json::to_vec_pretty(&bundle::config(&spec))
             .map_err(|e| RuntimeError::record(format!("the OCI bundle of {id}"), e))?;
@@ -835,6 +843,10 @@ pub const TRUSTED_CA: &str = "sandgate-ca.pem";
 
 /// The file in a sandbox's directory bound on [`bundle::SYSTEM_BUNDLE`].
 const TRUST_BUNDLE: &str = "ca-bundle.crt";
+
+/// A file in a sandbox's directory whose presence says its snapshot had a
+/// CA bundle of its own (the variables naming the system bundle are set).
+pub const OWN_BUNDLE: &str = "own-bundle";
 
 /// The most of a snapshot's CA bundle that is read.
 const BUNDLE_MAX: u64 = 4 << 20;

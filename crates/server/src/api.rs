@@ -1002,6 +1002,11 @@ pub async fn create_sandbox(
     if !settings.only_narrows() {
         scopes.need(Scope::NetworkWrite)?;
     }
+    // A secret held is a secret sent to its hosts: only a key that may
+    // manage secrets gives one to a sandbox.
+    if body.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
+        scopes.need(Scope::SecretsWrite)?;
+    }
     if let Some(name) = &body.name {
         check_name("sandbox name", name)?;
         if name.starts_with("sb-") {

@@ -41,7 +41,7 @@ impl SecretsKey {
     /// `openssl rand -hex 32` makes them.
     pub fn parse(text: &str) -> Result<SecretsKey, String> {
         let text = text.trim();
-        if text.len() != 64 {
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
                 "a secrets key is 64 hexadecimal digits (openssl rand -hex 32); this one has {} characters",
                 text.len()
@@ -115,16 +115,26 @@ impl SecretsKey {
 }
 
 /// A new secret, as sent.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSecret {
     /// Its name: an environment variable's (`A-Z`, `0-9`, `_`, not
     /// starting with a digit), at most 64 characters.
     pub name: String,
-    /// Its value: at most 8 KiB, no CR, LF or NUL (it goes in a header).
+    /// Its value: at most 8 KiB, no control character but tab (it goes
+    /// in a header).
     pub value: String,
     /// The hosts it is for: names and `*.` wildcards, 1 to 16.
     pub hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for NewSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSecret")
+            .field("name", &self.name)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A secret as shown: never its value.
@@ -180,12 +190,12 @@ pub fn check(new: &NewSecret) -> Result<Vec<String>, ApiError> {
     if new
         .value
         .bytes()
-        .any(|b| b == b'\r' || b == b'\n' || b == 0)
+        .any(|b| (b.is_ascii_control() && b != b'\t') || b == 0x7f)
     {
         return Err(invalid(
             "invalid_secret_value",
             format!(
-                "the value of secret {} has a line break or NUL; it is put in request headers, which cannot hold them",
+                "the value of secret {} has a line break or another control character; it is put in request headers, which cannot hold them",
                 new.name
             ),
         ));
@@ -268,15 +278,23 @@ pub async fn for_runner(st: &AppState, row: &SandboxRow) -> Result<Vec<SandboxSe
     Ok(out)
 }
 
-/// The secrets sandbox `row` holds.
+/// The secrets sandbox `row` holds (none if its record of them cannot be
+/// read: said in the log).
 pub fn held(row: &SandboxRow) -> Vec<Held> {
-    if row.secrets.is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_str(&row.secrets).unwrap_or_else(|e| {
-        tracing::error!(sandbox = %row.id, error = %e, "a sandbox's stored secrets are not readable");
+    read_held(row).unwrap_or_else(|e| {
+        tracing::error!(sandbox = %row.id, error = %e.message, "a sandbox's stored secrets are not readable");
         Vec::new()
     })
+}
+
+/// The secrets sandbox `row` holds, or why its record of them cannot be
+/// read.
+pub fn read_held(row: &SandboxRow) -> Result<Vec<Held>, ApiError> {
+    if row.secrets.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&row.secrets)
+        .map_err(|e| ApiError::internal(format!("the stored secrets of sandbox {}: {e}", row.id)))
 }
 
 #[cfg(test)]

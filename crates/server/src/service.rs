@@ -733,14 +733,17 @@ pub async fn delete_secret(
 }
 
 async fn remove_secret(st: &AppState, org_id: &str, name: &str) -> Result<(), ApiError> {
-    let holders: Vec<String> = st
-        .store
-        .sandboxes(Some(org_id))
-        .await?
-        .into_iter()
-        .filter(|row| crate::secrets::held(row).iter().any(|h| h.name == name))
-        .map(|row| row.name)
-        .collect();
+    // A sandbox whose record of its secrets cannot be read may hold it:
+    // an error, not a delete.
+    let mut holders = Vec::new();
+    for row in st.store.sandboxes(Some(org_id)).await? {
+        if crate::secrets::read_held(&row)?
+            .iter()
+            .any(|h| h.name == name)
+        {
+            holders.push(row.name);
+        }
+    }
     if !holders.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -777,6 +777,14 @@ fn scoped_keys_do_what_their_scopes_allow_and_nothing_more() {
     refused(s, &e, "network:write");
     let (s, v) = api.post("/api/sandbox", &maker, json!({"name": "plain"}));
     assert_eq!(s, 201, "{v}");
+    // A secret held is a secret sent: a sandbox takes one with
+    // `secrets:write` only.
+    let (s, e) = api.post(
+        "/api/sandbox",
+        &maker,
+        json!({"name": "holding", "secrets": ["GH"]}),
+    );
+    refused(s, &e, "secrets:write");
     let (s, v) = api.post(
         "/api/sandbox",
         &maker,

@@ -603,7 +603,17 @@ fn read_response(s: &mut impl Read) -> std::io::Result<String> {
             let seen: Vec<&str> = body.split_whitespace().collect();
             let auth: String = body
                 .lines()
-                .filter(|l| l.starts_with("authorization: "))
+                .filter(|l| {
+                    [
+                        "authorization",
+                        "origin",
+                        "upgrade",
+                        "http2-settings",
+                        "x-http-method-override",
+                    ]
+                    .iter()
+                    .any(|h| l.starts_with(&format!("{h}: ")))
+                })
                 .map(|l| format!(" | {l}"))
                 .collect();
             format!("200 {} {}{auth}", seen[2], seen[3])
@@ -618,8 +628,7 @@ fn http_rules_allow_and_refuse_requests_by_method_and_path() {
     let api = Api::start_with(|cfg| cfg.runner.name_checked_ports.push(TCP_STREAM));
     let (_, key) = api.organization("rules", 3);
     let ca = api.lab().ca_pem().to_string();
-    let rules =
-        json!([{"host": "api.example.com", "methods": ["GET", "HEAD"], "paths": ["/repos/**"]}]);
+    let rules = json!([{"host": "api.example.com", "methods": ["GET", "HEAD"], "paths": ["/repos/**", "/echo-headers"]}]);
     let s = api.sandbox(
         &key,
         json!({"name": "ruled", "domainAllowList": "api.example.com,www.example.net,static.example.com", "httpRules": rules}),
@@ -661,6 +670,14 @@ fn http_rules_allow_and_refuse_requests_by_method_and_path() {
         ask(&ns, SERVER4_B, "www.example.net", &["DELETE /anything"]),
         ["200 DELETE /anything"]
     );
+    // What would change the request after its check is taken out: an
+    // override of the method, and an upgrade to HTTP/2 in the clear
+    // (its requests would pass unchecked in the tunnel).
+    let sneaky = "GET /echo-headers\nX-HTTP-Method-Override: DELETE\nUpgrade: h2c\nConnection: Upgrade, HTTP2-Settings\nHTTP2-Settings: AAMAAABkAAQAAP__";
+    assert_eq!(
+        ask(&ns, SERVER4_B, "api.example.com", &[sneaky]),
+        ["200 GET /echo-headers"]
+    );
     // TLS to a name with rules is terminated by the gateway, under its
     // own CA, which the sandbox trusts (in its system bundle, read-only,
     // and named by the usual variables); its requests are checked as
@@ -678,7 +695,9 @@ fn http_rules_allow_and_refuse_requests_by_method_and_path() {
     let gateway_ca = &out[..out.find("-----END CERTIFICATE-----").unwrap() + 25];
     assert!(
         out.contains(
-            "/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt /etc/sandgate/ca.pem\n1\n"
+            // The built-in snapshot has no bundle of its own: the
+            // variables naming the system bundle stay unset.
+            "\n  /etc/sandgate/ca.pem\n1\n"
         ) && !out.contains("writable"),
         "{r}"
     );
@@ -898,6 +917,32 @@ fn a_secret_reaches_its_hosts_only_and_never_enters_the_sandbox() {
             "{addr}"
         );
     }
+    // Never in a header a server may reflect, never under a Host with a
+    // user part (`placeholder@host`, which the name check would read as
+    // the host).
+    let origin = format!("GET /echo-headers\nAuthorization: Bearer {placeholder}\nOrigin: https://{placeholder}.example");
+    assert_eq!(
+        ask_tls(&ns, &[&gateway_ca], SERVER4_B, ("api.example.com", "api.example.com"), &[&origin]),
+        [format!("200 GET /echo-headers | authorization: Bearer {VALUE} | origin: https://{placeholder}.example")]
+    );
+    saw(
+        &api,
+        &key,
+        &id,
+        "secret_outside_credential_headers",
+        Some("api.example.com"),
+    );
+    let fronted = ask_tls(
+        &ns,
+        &[&gateway_ca],
+        SERVER4_B,
+        ("api.example.com", &format!("{placeholder}@api.example.com")),
+        &[&with],
+    );
+    assert!(
+        fronted.len() == 1 && !fronted[0].starts_with("200"),
+        "{fronted:?}"
+    );
     // Elsewhere, never: in the clear to its own host (the value never
     // travels unencrypted), in the clear to another host, and over TLS to
     // another host (relayed as it is: the gateway does not read it).
@@ -981,4 +1026,76 @@ fn a_secret_reaches_its_hosts_only_and_never_enters_the_sandbox() {
     assert_eq!(status, 204, "{v}");
     let (status, v) = api.get("/api/secrets", &key);
     assert_eq!((status, v), (200, json!([])));
+}
+
+/// A WebSocket-like tunnel from `ns` through the gateway to the lab's
+/// `/upgrade` at [`SERVER4_B`] for `name`, echoing.
+fn tunnel(ns: &Netns, name: &'static str) -> TcpStream {
+    ns.run(move || {
+        let mut s = connect(SERVER4_B, HTTP);
+        s.write_all(
+            format!("GET /upgrade HTTP/1.1\r\nHost: {name}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte)?;
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        Ok(s)
+    })
+    .unwrap()
+}
+
+fn echoes(s: &mut TcpStream) -> std::io::Result<bool> {
+    s.write_all(b"ping")?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back)?;
+    Ok(&back == b"ping")
+}
+
+#[test]
+fn an_update_cuts_an_upgraded_connection_through_the_gateway() {
+    let api = Api::start();
+    let (_, key) = api.organization("tunnels", 3);
+    let s = api.sandbox(
+        &key,
+        json!({"name": "tunnels", "domainAllowList": "api.example.com,www.example.net"}),
+    );
+    let id = s["id"].as_str().unwrap().to_string();
+    resolve(&api, &key, &id, "api.example.com");
+    resolve(&api, &key, &id, "www.example.net");
+    let ns = api.slot_netns(&id);
+    let mut kept = tunnel(&ns, "api.example.com");
+    let mut removed = tunnel(&ns, "www.example.net");
+    assert!(echoes(&mut kept).unwrap() && echoes(&mut removed).unwrap());
+    let (status, v) = api.post(
+        &format!("/api/sandbox/{id}/network-settings"),
+        &key,
+        json!({"domainAllowList": "api.example.com"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let updated = Instant::now();
+    // The tunnel of the removed name ends (reset or closed) at once; the
+    // other echoes on.
+    let ended = loop {
+        match echoes(&mut removed) {
+            Ok(_) if updated.elapsed() > Duration::from_secs(3) => break false,
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        ended,
+        "the tunnel outlived the update (cut: {})",
+        metric(&api, "sandgate_gateway_cut_total")
+    );
+    assert!(
+        updated.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        updated.elapsed()
+    );
+    assert!(echoes(&mut kept).unwrap());
 }
