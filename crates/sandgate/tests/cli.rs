@@ -423,7 +423,24 @@ fn completions_are_generated_for_each_shell_and_bash_reads_its_script() {
         "{script}\nCOMP_WORDS=(sandgate sa); COMP_CWORD=1; COMP_LINE='sandgate sa'; COMP_POINT=11\n\
          _sandgate sandgate sa sandgate; printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
     );
-    let out = Command::new("bash").args(["-c", &probe]).output().unwrap();
+    // Through standard input: the script is larger than one argument
+    // may be (128 KiB).
+    let mut bash = Command::new("bash")
+        .arg("-s")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        bash.stdin
+            .take()
+            .unwrap()
+            .write_all(probe.as_bytes())
+            .unwrap();
+    }
+    let out = bash.wait_with_output().unwrap();
     let offered = String::from_utf8_lossy(&out.stdout);
     assert!(
         offered.lines().any(|l| l == "sandbox"),

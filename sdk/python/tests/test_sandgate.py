@@ -19,12 +19,14 @@ import os
 import time
 import unittest
 from concurrent.futures import ThreadPoolExecutor
-from typing import List
+from typing import Any, Dict, List, Optional, Tuple
 
 from sandgate import (
+    AsyncSandbox,
     AsyncSandgate,
     ConflictError,
     CreateSandboxFromSnapshotParams,
+    HttpRule,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -33,6 +35,7 @@ from sandgate import (
     SandgateError,
     ValidationError,
 )
+from sandgate.client import _Http
 
 TEST_NETS = [
     ipaddress.ip_network(n)
@@ -60,6 +63,27 @@ def echoes(sandbox: Sandbox, dest: str) -> bool:
     """Whether the lab's TCP echo at ``dest`` answers from inside."""
     r = sandbox.process.exec(f"echo sandgate | nc -w 1 {dest} {PORT}", timeout=10)
     return r.stdout == "sandgate\n"
+
+
+class RecordingHttp(_Http):
+    """No server: every request is kept and answered with ``view`` (a
+    sandbox as the API shows it), so what the SDK sends and what it reads
+    back are seen alone."""
+
+    def __init__(self, view: Dict[str, Any]) -> None:
+        super().__init__("http://sandgate.invalid", "sg_unused", 1.0)
+        self.view = view
+        self.sent: List[Tuple[str, str, Optional[Dict[str, Any]]]] = []
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[Dict[str, Any]] = None,
+        timeout: Optional[float] = None,
+    ) -> Any:
+        self.sent.append((method, path, body))
+        return self.view
 
 
 class SdkTest(unittest.TestCase):
@@ -177,6 +201,89 @@ class SdkTest(unittest.TestCase):
         small = Sandgate(api_key=os.environ["SANDGATE_TEST_TIER1_KEY"])
         with self.assertRaises(PermissionDeniedError) as refused:
             small.create(CreateSandboxFromSnapshotParams(network_deny_list=f"{SERVER}/32"))
+        self.assertEqual(refused.exception.code, "network_restricted_by_tier")
+
+    def test_http_rules_are_sent_without_what_is_left_out_and_read_back(self) -> None:
+        rules = [
+            HttpRule("api.example.com", methods=["GET", "HEAD"], paths=["/repos/**"]),
+            HttpRule("*.example.net", paths=["/x"]),
+            HttpRule("static.example.com"),
+        ]
+        wire: List[Dict[str, Any]] = [
+            {"host": "api.example.com", "methods": ["GET", "HEAD"], "paths": ["/repos/**"]},
+            {"host": "*.example.net", "paths": ["/x"]},
+            {"host": "static.example.com"},
+        ]
+        self.assertEqual([r.to_json() for r in rules], wire)
+        self.assertEqual(
+            CreateSandboxFromSnapshotParams(name="r", http_rules=rules).to_json(),
+            {"name": "r", "httpRules": wire},
+        )
+        self.assertNotIn("httpRules", CreateSandboxFromSnapshotParams().to_json())
+        view: Dict[str, Any] = {
+            "id": "sb-1",
+            "name": "r",
+            "state": "running",
+            "snapshot": "busybox",
+            "organizationId": "org-1",
+            "httpRules": wire,
+            "effectiveNetwork": {"mode": "open", "httpRules": wire},
+            "createdAt": "2024-01-01T00:00:00Z",
+            "updatedAt": "2024-01-01T00:00:00Z",
+        }
+        http = RecordingHttp(view)
+        self.sandgate._http = http
+        s = self.sandgate.create(CreateSandboxFromSnapshotParams(http_rules=rules))
+        self.assertEqual(http.sent, [("POST", "/api/sandbox", {"httpRules": wire})])
+        self.assertEqual(s.http_rules, rules)
+        self.assertEqual(s.effective_network["httpRules"], wire)
+        # `[]` is sent (it removes them); absent in the answer is None.
+        http.view = {k: v for k, v in view.items() if k != "httpRules"}
+        http.view["effectiveNetwork"] = {"mode": "open"}
+        s.update_network_settings(http_rules=[])
+        self.assertEqual(
+            http.sent[-1], ("POST", "/api/sandbox/sb-1/network-settings", {"httpRules": []})
+        )
+        self.assertIsNone(s.http_rules)
+        with self.assertRaises(ValueError) as nothing:
+            s.update_network_settings()
+        self.assertIn("http_rules", str(nothing.exception))
+
+        async def twin() -> None:
+            http.view = view
+            a = AsyncSandbox(s)
+            await a.update_network_settings(http_rules=rules[2:])
+            self.assertEqual(http.sent[-1][2], {"httpRules": [{"host": "static.example.com"}]})
+            self.assertEqual(a.http_rules, rules)
+
+        asyncio.run(twin())
+
+    def test_http_rules_are_kept_canonical_and_removed_by_an_empty_list(self) -> None:
+        rules = [
+            HttpRule("api.example.com", methods=["GET", "HEAD"], paths=["/repos/**"]),
+            HttpRule("*.example.net"),
+        ]
+        s = self.create(CreateSandboxFromSnapshotParams(http_rules=rules))
+        self.assertEqual(s.http_rules, rules)
+        self.assertEqual(s.effective_network["httpRules"], [r.to_json() for r in rules])
+        self.assertEqual(self.sandgate.get(s.id).http_rules, rules)
+        # An update replaces them all; hosts come back in lower case,
+        # methods sorted and without duplicates.
+        s.update_network_settings(
+            http_rules=[HttpRule("API.example.com", methods=["HEAD", "GET", "GET"])]
+        )
+        self.assertEqual(s.http_rules, [HttpRule("api.example.com", methods=["GET", "HEAD"])])
+        s.update_network_settings(http_rules=[])
+        self.assertIsNone(s.http_rules)
+        self.assertNotIn("httpRules", s.effective_network)
+        self.assertIsNone(self.sandgate.get(s.id).http_rules)
+        with self.assertRaises(ValidationError) as bad:
+            s.update_network_settings(http_rules=[HttpRule("api.example.com", methods=["get"])])
+        self.assertEqual((bad.exception.status, bad.exception.code), (400, "invalid_http_rules"))
+        self.assertEqual(bad.exception.details["problems"][0]["entry"], "api.example.com")
+        small = Sandgate(api_key=os.environ["SANDGATE_TEST_TIER1_KEY"])
+        with self.assertRaises(PermissionDeniedError) as refused:
+            small.create(CreateSandboxFromSnapshotParams(http_rules=rules))
         self.assertEqual(refused.exception.code, "network_restricted_by_tier")
 
     def test_a_grant_opens_an_address_for_its_time_and_goes_when_revoked(self) -> None:

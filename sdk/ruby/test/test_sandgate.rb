@@ -26,6 +26,24 @@ PORT = Integer(ENV.fetch("SANDGATE_TEST_PORT", "7"))
 EGRESS4 = lab_address("SANDGATE_TEST_EGRESS4")
 WHOAMI_PORT = Integer(ENV.fetch("SANDGATE_TEST_WHOAMI_PORT", "113"))
 
+# No server: every request is kept and answered with view (a sandbox as
+# the API shows it), so what the SDK sends and what it reads back are seen
+# alone.
+class RecordingHttp
+  attr_accessor :view
+  attr_reader :sent
+
+  def initialize(view)
+    @view = view
+    @sent = []
+  end
+
+  def request(method, path, body = nil, timeout: nil)
+    @sent << [method, path, body && JSON.parse(JSON.generate(body)), timeout]
+    @view
+  end
+end
+
 class SandgateTest < Minitest::Test
   def setup
     @sandgate = Sandgate::Sandgate.new
@@ -109,6 +127,71 @@ class SandgateTest < Minitest::Test
     assert_nil s.network_deny_list
     assert_equal false, s.essential_services
     assert echoes(s, OTHER)
+  end
+
+  def test_http_rules_are_sent_without_what_is_left_out_and_read_back
+    rules = [
+      Sandgate::HttpRule.new(host: "api.example.com", methods: %w[GET HEAD], paths: ["/repos/**"]),
+      Sandgate::HttpRule.new(host: "*.example.net", paths: ["/x"]),
+      { host: "static.example.com" }
+    ]
+    wire = [
+      { "host" => "api.example.com", "methods" => %w[GET HEAD], "paths" => ["/repos/**"] },
+      { "host" => "*.example.net", "paths" => ["/x"] },
+      { "host" => "static.example.com" }
+    ]
+    params = Sandgate::CreateSandboxFromSnapshotParams.new(name: "r", http_rules: rules)
+    assert_equal({ "name" => "r", "httpRules" => wire }, params.to_h)
+    refute_includes Sandgate::CreateSandboxFromSnapshotParams.new.to_h, "httpRules"
+    assert_raises(ArgumentError) { Sandgate::HttpRule.list([{ host: "a.example.com", path: ["/"] }]) }
+    view = {
+      "id" => "sb-1", "name" => "r", "state" => "running", "snapshot" => "busybox",
+      "organizationId" => "org-1", "httpRules" => wire,
+      "effectiveNetwork" => { "mode" => "open", "httpRules" => wire },
+      "createdAt" => "2024-01-01T00:00:00Z", "updatedAt" => "2024-01-01T00:00:00Z"
+    }
+    http = RecordingHttp.new(view)
+    @sandgate.instance_variable_set(:@http, http)
+    s = @sandgate.create(Sandgate::CreateSandboxFromSnapshotParams.new(http_rules: rules))
+    assert_equal [["POST", "/api/sandbox", { "httpRules" => wire }, nil]], http.sent
+    assert_equal Sandgate::HttpRule.new(host: "static.example.com"), s.http_rules[2]
+    assert_equal wire, s.http_rules.map(&:to_h)
+    assert_equal wire, s.effective_network["httpRules"]
+    # [] is sent (it removes them); absent in the answer is nil.
+    http.view = view.reject { |k, _| k == "httpRules" }.merge("effectiveNetwork" => { "mode" => "open" })
+    s.update_network_settings(http_rules: [])
+    assert_equal ["POST", "/api/sandbox/sb-1/network-settings", { "httpRules" => [] }, nil], http.sent[-1]
+    assert_nil s.http_rules
+    e = assert_raises(ArgumentError) { s.update_network_settings }
+    assert_includes e.message, "http_rules"
+  end
+
+  def test_http_rules_are_kept_canonical_and_removed_by_an_empty_list
+    rules = [
+      Sandgate::HttpRule.new(host: "api.example.com", methods: %w[GET HEAD], paths: ["/repos/**"]),
+      Sandgate::HttpRule.new(host: "*.example.net")
+    ]
+    s = create(http_rules: rules)
+    assert_equal rules, s.http_rules
+    assert_equal rules.map(&:to_h), s.effective_network["httpRules"]
+    assert_equal rules, @sandgate.get(s.id).http_rules
+    # An update replaces them all; hosts come back in lower case, methods
+    # sorted and without duplicates.
+    s.update_network_settings(http_rules: [{ host: "API.example.com", methods: %w[HEAD GET GET] }])
+    assert_equal [Sandgate::HttpRule.new(host: "api.example.com", methods: %w[GET HEAD])], s.http_rules
+    s.update_network_settings(http_rules: [])
+    assert_nil s.http_rules
+    refute_includes s.effective_network, "httpRules"
+    assert_nil @sandgate.get(s.id).http_rules
+    lower = Sandgate::HttpRule.new(host: "api.example.com", methods: ["get"])
+    e = assert_raises(Sandgate::ValidationError) { s.update_network_settings(http_rules: [lower]) }
+    assert_equal [400, "invalid_http_rules"], [e.status, e.code]
+    assert_equal "api.example.com", e.details["problems"][0]["entry"]
+    small = Sandgate::Sandgate.new(api_key: ENV.fetch("SANDGATE_TEST_TIER1_KEY"))
+    e = assert_raises(Sandgate::PermissionDeniedError) do
+      small.create(Sandgate::CreateSandboxFromSnapshotParams.new(http_rules: rules))
+    end
+    assert_equal "network_restricted_by_tier", e.code
   end
 
   def test_a_grant_opens_an_address_until_revoked

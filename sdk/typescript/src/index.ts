@@ -63,6 +63,36 @@ function errorFor(status: number, code: string, message: string, details: Record
   return new cls(message, code, status, details)
 }
 
+/** An HTTP rule: the methods and paths a sandbox may ask of a host,
+ * enforced by the gateway on each request (tier 3/4). Rules add up: a
+ * request to a name some rule covers passes only if one of that name's
+ * rules allows its method and its path; a refused one is answered 403
+ * with `x-sandgate-deny: http_method_not_allowed`,
+ * `http_path_not_allowed` or `http_path_ambiguous`. The server keeps
+ * them canonical (hosts in lower case, methods sorted, duplicates
+ * merged) and shows them so. */
+export interface HttpRule {
+  /** A name or a `*.` wildcard, as in `domainAllowList`. */
+  host: string
+  /** HTTP methods, upper case as on the wire (absent: any). */
+  methods?: string[]
+  /** Globs over the request's decoded path, the query left out: `*` is
+   * any run of characters within a segment, `**` a whole segment
+   * standing for any number of them (`/repos/**` matches `/repos` and
+   * all below it). Absent: any path. */
+  paths?: string[]
+}
+
+/** Rules with their own fields only (the API refuses a rule with any
+ * other), those left out absent: as sent, and as read back. */
+function httpRulesOnly(rules: HttpRule[]): HttpRule[] {
+  return rules.map(({ host, methods, paths }) => ({
+    host,
+    ...(methods === undefined ? {} : { methods }),
+    ...(paths === undefined ? {} : { paths }),
+  }))
+}
+
 /** What a new sandbox may be given. */
 export interface CreateSandboxParams {
   /** Its name, unique in the organization (default: its id). */
@@ -102,6 +132,9 @@ export interface CreateSandboxParams {
    * within its tier's maximum (default: the tier's default; the period
    * is the operator's). */
   transferQuotaMiB?: number
+  /** The methods and paths the sandbox may ask of hosts (tier 3/4),
+   * enforced by the gateway. */
+  httpRules?: HttpRule[]
 }
 
 /** New network settings: what is given replaces, the rest is kept. */
@@ -123,6 +156,8 @@ export interface NetworkSettings {
   /** MiB a period; `null` goes back to the tier's default (what the
    * period counted is kept). */
   transferQuotaMiB?: number | null
+  /** Replaces every rule; `[]` removes them. */
+  httpRules?: HttpRule[]
 }
 
 /** Options of a command. */
@@ -247,6 +282,8 @@ export interface EffectiveNetwork {
   networkDenyList: string[]
   domainDenyList: string[]
   essentialServices: boolean
+  /** The HTTP rules in force (absent: none; none when `blocked`). */
+  httpRules?: HttpRule[]
   /** The grants in force. */
   grants: Array<{ id: string; target: string; expiresAtMs: number }>
   /** The known egress address its connections leave from, when the
@@ -289,6 +326,7 @@ interface SandboxData {
   newConnectionsPerSecond?: number
   networkApprovals?: boolean
   approvalHoldSeconds?: number
+  httpRules?: HttpRule[]
   effectiveNetwork: EffectiveNetwork
   createdAt: string
   updatedAt: string
@@ -573,6 +611,8 @@ export class Sandbox {
   networkApprovals!: boolean
   /** Stored `approvalHoldSeconds`. */
   approvalHoldSeconds!: number
+  /** Stored `httpRules` (undefined: none). */
+  httpRules?: HttpRule[]
   effectiveNetwork!: EffectiveNetwork
   createdAt!: string
   updatedAt!: string
@@ -605,6 +645,7 @@ export class Sandbox {
     this.newConnectionsPerSecond = d.newConnectionsPerSecond
     this.networkApprovals = d.networkApprovals ?? false
     this.approvalHoldSeconds = d.approvalHoldSeconds ?? 0
+    this.httpRules = d.httpRules !== undefined && d.httpRules.length > 0 ? httpRulesOnly(d.httpRules) : undefined
     this.effectiveNetwork = d.effectiveNetwork
     this.createdAt = d.createdAt
     this.updatedAt = d.updatedAt
@@ -661,9 +702,10 @@ export class Sandbox {
    * resolves) and refreshes the sandbox from the answer. */
   async updateNetworkSettings(settings: NetworkSettings): Promise<void> {
     const body = Object.fromEntries(Object.entries(settings).filter(([, v]) => v !== undefined))
+    if (Array.isArray(settings.httpRules)) body.httpRules = httpRulesOnly(settings.httpRules)
     if (Object.keys(body).length === 0) {
       throw new TypeError(
-        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond, networkApprovals, approvalHoldSeconds or transferQuotaMiB',
+        'updateNetworkSettings: give networkBlockAll, networkAllowList, domainAllowList, networkDenyList, domainDenyList, essentialServices, egressMbps, maxConnections, newConnectionsPerSecond, networkApprovals, approvalHoldSeconds, transferQuotaMiB or httpRules',
       )
     }
     this.load(await this.http.request<SandboxData>('POST', this.path('/network-settings'), body))
@@ -707,7 +749,8 @@ export class Sandgate {
   /** Creates a sandbox; it is running, its policy enforced, when this
    * resolves. */
   async create(params: CreateSandboxParams = {}): Promise<Sandbox> {
-    return new Sandbox(this.http, await this.http.request<SandboxData>('POST', '/api/sandbox', params))
+    const body = Array.isArray(params.httpRules) ? { ...params, httpRules: httpRulesOnly(params.httpRules) } : params
+    return new Sandbox(this.http, await this.http.request<SandboxData>('POST', '/api/sandbox', body))
   }
 
   /** One sandbox, by id or name. */

@@ -5,9 +5,11 @@
 
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { isIPv4 } from 'node:net'
+import { createServer } from 'node:http'
+import { AddressInfo, isIPv4 } from 'node:net'
 import {
   AccessRequest,
+  HttpRule,
   NetworkEvent,
   NotFoundError,
   PermissionDeniedError,
@@ -116,6 +118,90 @@ test('a deny list wins over an allow list, and goes with an update', async () =>
   await s.updateNetworkSettings({ networkDenyList: '' })
   assert.equal(s.networkDenyList, undefined)
   assert.equal(await echoes(s, SERVER), true)
+})
+
+test('httpRules are sent without what is left out, and read back', async () => {
+  // No server of sandgate: a local one keeps what it is sent and answers
+  // with a sandbox view, so what the SDK sends and reads back is seen alone.
+  const rules: HttpRule[] = [
+    { host: 'api.example.com', methods: ['GET', 'HEAD'], paths: ['/repos/**'] },
+    { host: '*.example.net', methods: undefined, paths: ['/x'] },
+    { host: 'static.example.com', extra: true } as HttpRule,
+  ]
+  const wire = [
+    { host: 'api.example.com', methods: ['GET', 'HEAD'], paths: ['/repos/**'] },
+    { host: '*.example.net', paths: ['/x'] },
+    { host: 'static.example.com' },
+  ]
+  const withRules = {
+    id: 'sb-1',
+    name: 'r',
+    state: 'running',
+    snapshot: 'busybox',
+    organizationId: 'org-1',
+    httpRules: wire,
+    effectiveNetwork: { mode: 'open', httpRules: wire },
+    createdAt: '2024-01-01T00:00:00Z',
+    updatedAt: '2024-01-01T00:00:00Z',
+  }
+  const { httpRules: _, ...withoutRules } = { ...withRules, effectiveNetwork: { mode: 'open' } }
+  let view: object = withRules
+  const sent: Array<[string, string, unknown]> = []
+  const server = createServer((req, res) => {
+    let text = ''
+    req.on('data', (chunk: Buffer) => (text += chunk.toString()))
+    req.on('end', () => {
+      sent.push([req.method ?? '', req.url ?? '', text ? JSON.parse(text) : undefined])
+      res.setHeader('Content-Type', 'application/json')
+      res.end(JSON.stringify(view))
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  try {
+    const { port } = server.address() as AddressInfo
+    const client = new Sandgate({ apiUrl: `http://127.0.0.1:${port}`, apiKey: 'sg_unused' })
+    const s = await client.create({ name: 'r', httpRules: rules })
+    assert.deepEqual(sent, [['POST', '/api/sandbox', { name: 'r', httpRules: wire }]])
+    assert.deepEqual(s.httpRules, wire)
+    assert.deepEqual(s.effectiveNetwork.httpRules, wire)
+    // `[]` is sent (it removes them); absent in the answer is undefined.
+    view = withoutRules
+    await s.updateNetworkSettings({ httpRules: [] })
+    assert.deepEqual(sent[1], ['POST', '/api/sandbox/sb-1/network-settings', { httpRules: [] }])
+    assert.equal(s.httpRules, undefined)
+    assert.equal(s.effectiveNetwork.httpRules, undefined)
+    await assert.rejects(s.updateNetworkSettings({}), /httpRules/)
+  } finally {
+    server.closeAllConnections()
+    server.close()
+  }
+})
+
+test('httpRules are kept canonical and removed by an empty list', async () => {
+  const rules: HttpRule[] = [
+    { host: 'api.example.com', methods: ['GET', 'HEAD'], paths: ['/repos/**'] },
+    { host: '*.example.net' },
+  ]
+  const s = await create({ httpRules: rules })
+  assert.deepEqual(s.httpRules, rules)
+  assert.deepEqual(s.effectiveNetwork.httpRules, rules)
+  assert.deepEqual((await sandgate.get(s.id)).httpRules, rules)
+  // An update replaces them all; hosts come back in lower case, methods
+  // sorted and without duplicates.
+  await s.updateNetworkSettings({ httpRules: [{ host: 'API.example.com', methods: ['HEAD', 'GET', 'GET'] }] })
+  assert.deepEqual(s.httpRules, [{ host: 'api.example.com', methods: ['GET', 'HEAD'] }])
+  await s.updateNetworkSettings({ httpRules: [] })
+  assert.equal(s.httpRules, undefined)
+  assert.equal(s.effectiveNetwork.httpRules, undefined)
+  assert.equal((await sandgate.get(s.id)).httpRules, undefined)
+  await assert.rejects(s.updateNetworkSettings({ httpRules: [{ host: 'api.example.com', methods: ['get'] }] }), (e: unknown) => {
+    assert.ok(e instanceof ValidationError)
+    assert.deepEqual([e.status, e.code], [400, 'invalid_http_rules'])
+    assert.equal((e.details.problems as Array<{ entry: string }>)[0]?.entry, 'api.example.com')
+    return true
+  })
+  const small = new Sandgate({ apiKey: process.env.SANDGATE_TEST_TIER1_KEY })
+  await assert.rejects(small.create({ httpRules: rules }), (e: unknown) => e instanceof PermissionDeniedError && e.code === 'network_restricted_by_tier')
 })
 
 test('a grant opens an address until revoked', async () => {

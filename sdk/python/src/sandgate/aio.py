@@ -16,6 +16,7 @@ from .client import (
     ExecuteResponse,
     Explanation,
     Grant,
+    HttpRule,
     NetworkTestResult,
     Sandbox,
     Sandgate,
@@ -235,6 +236,11 @@ class AsyncSandbox:
         return self.sync.approval_hold_seconds
 
     @property
+    def http_rules(self) -> Optional[List[HttpRule]]:
+        """Stored ``httpRules`` (``None``: none)."""
+        return self.sync.http_rules
+
+    @property
     def created_at(self) -> str:
         """When it was made."""
         return self.sync.created_at
@@ -258,6 +264,7 @@ class AsyncSandbox:
         network_approvals: Optional[bool] = None,
         approval_hold_seconds: Optional[int] = None,
         transfer_quota_mib: Union[int, Literal["default"], None] = None,
+        http_rules: Optional[List[HttpRule]] = None,
     ) -> None:
         """See :meth:`sandgate.Sandbox.update_network_settings`."""
         await asyncio.to_thread(
@@ -274,6 +281,7 @@ class AsyncSandbox:
             network_approvals,
             approval_hold_seconds,
             transfer_quota_mib,
+            http_rules,
         )
 
     async def refresh(self) -> None:

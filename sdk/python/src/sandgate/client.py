@@ -22,6 +22,55 @@ DEFAULT_API_URL = "http://127.0.0.1:8080"
 
 
 @dataclass
+class HttpRule:
+    """An HTTP rule: the methods and paths a sandbox may ask of a host,
+    enforced by the gateway on each request (tier 3/4).
+
+    ``host``: a name or a ``*.`` wildcard, as in ``domain_allow_list``.
+    ``methods``: HTTP methods, upper case as on the wire (``None``: any).
+    ``paths``: globs over the request's decoded path, the query left out:
+    ``*`` is any run of characters within a segment, ``**`` a whole
+    segment standing for any number of them (``/repos/**`` matches
+    ``/repos`` and all below it); ``None``: any path.
+
+    Rules add up: a request to a name some rule covers passes only if one
+    of that name's rules allows its method and its path; a refused one is
+    answered 403 with ``x-sandgate-deny: http_method_not_allowed``,
+    ``http_path_not_allowed`` or ``http_path_ambiguous``. The server keeps
+    them canonical (hosts in lower case, methods sorted, duplicates
+    merged) and shows them so.
+    """
+
+    host: str
+    methods: Optional[List[str]] = None
+    paths: Optional[List[str]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """The API's form (fields left out are absent)."""
+        body: Dict[str, Any] = {"host": self.host}
+        if self.methods is not None:
+            body["methods"] = list(self.methods)
+        if self.paths is not None:
+            body["paths"] = list(self.paths)
+        return body
+
+    @staticmethod
+    def _from(r: Dict[str, Any]) -> "HttpRule":
+        methods = r.get("methods")
+        paths = r.get("paths")
+        return HttpRule(
+            host=r["host"],
+            methods=None if methods is None else list(methods),
+            paths=None if paths is None else list(paths),
+        )
+
+
+def _http_rules(data: Optional[List[Dict[str, Any]]]) -> Optional[List[HttpRule]]:
+    """``httpRules`` as the API shows them; ``None`` when absent or empty."""
+    return [HttpRule._from(r) for r in data] if data else None
+
+
+@dataclass
 class CreateSandboxBaseParams:
     """What any new sandbox may be given.
 
@@ -44,6 +93,8 @@ class CreateSandboxBaseParams:
     ``transfer_quota_mib``: what the sandbox may send and receive in all
     each period, MiB, within its tier's maximum (default: the tier's
     default; the period is the operator's).
+    ``http_rules``: the methods and paths the sandbox may ask of hosts
+    (:class:`HttpRule`; tier 3/4), enforced by the gateway.
     """
 
     name: Optional[str] = None
@@ -60,6 +111,7 @@ class CreateSandboxBaseParams:
     network_approvals: Optional[bool] = None
     approval_hold_seconds: Optional[int] = None
     transfer_quota_mib: Optional[int] = None
+    http_rules: Optional[List[HttpRule]] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The API's request body (camelCase; fields left out are absent)."""
@@ -82,6 +134,8 @@ class CreateSandboxBaseParams:
         ):
             if value is not None:
                 body[key] = value
+        if self.http_rules is not None:
+            body["httpRules"] = [r.to_json() for r in self.http_rules]
         return body
 
 
@@ -597,6 +651,7 @@ class Sandbox:
     network_approvals: bool
     approval_hold_seconds: int
     transfer_quota_mib: Optional[int]
+    http_rules: Optional[List[HttpRule]]
     effective_network: Dict[str, Any]
     created_at: str
     updated_at: str
@@ -626,6 +681,7 @@ class Sandbox:
         self.network_approvals = bool(data.get("networkApprovals", False))
         self.approval_hold_seconds = int(data.get("approvalHoldSeconds", 0))
         self.transfer_quota_mib = data.get("transferQuotaMiB")
+        self.http_rules = _http_rules(data.get("httpRules"))
         self.effective_network = dict(data.get("effectiveNetwork", {}))
         self.created_at = data["createdAt"]
         self.updated_at = data["updatedAt"]
@@ -694,12 +750,14 @@ class Sandbox:
         network_approvals: Optional[bool] = None,
         approval_hold_seconds: Optional[int] = None,
         transfer_quota_mib: Union[int, Literal["default"], None] = None,
+        http_rules: Optional[List[HttpRule]] = None,
     ) -> None:
         """Changes the network settings: what is given replaces the stored
         value, the rest is kept; in force in the kernel when this returns.
         ``"default"`` for a budget (``egress_mbps``, ``max_connections``,
         ``new_connections_per_second``, ``transfer_quota_mib``) goes back
         to the tier's (a new quota keeps what the period counted).
+        ``http_rules`` replaces every rule; ``[]`` removes them.
         Refreshes the sandbox from the answer."""
         body: Dict[str, Any] = {}
         for key, budget in (
@@ -722,13 +780,15 @@ class Sandbox:
         ):
             if value is not None:
                 body[key] = value
+        if http_rules is not None:
+            body["httpRules"] = [r.to_json() for r in http_rules]
         if not body:
             raise ValueError(
                 "update_network_settings: give network_block_all, network_allow_list, "
                 "domain_allow_list, network_deny_list, domain_deny_list, "
                 "essential_services, egress_mbps, max_connections, "
-                "new_connections_per_second, network_approvals, approval_hold_seconds "
-                "or transfer_quota_mib"
+                "new_connections_per_second, network_approvals, approval_hold_seconds, "
+                "transfer_quota_mib or http_rules"
             )
         self._load(self._http.request("POST", self._path("/network-settings"), body))
 

@@ -7,6 +7,39 @@ require "uri"
 module Sandgate
   DEFAULT_API_URL = "http://127.0.0.1:8080"
 
+  # An HTTP rule: the methods and paths a sandbox may ask of a host,
+  # enforced by the gateway on each request (tier 3/4). host: a name or a
+  # "*." wildcard, as in domain_allow_list; methods: HTTP methods, upper
+  # case as on the wire (nil: any); paths: globs over the request's
+  # decoded path, the query left out ("*" any run of characters within a
+  # segment, "**" a whole segment standing for any number of them:
+  # "/repos/**" matches "/repos" and all below it; nil: any path).
+  #
+  # Rules add up: a request to a name some rule covers passes only if one
+  # of that name's rules allows its method and its path; a refused one is
+  # answered 403 with "x-sandgate-deny: http_method_not_allowed",
+  # "http_path_not_allowed" or "http_path_ambiguous". The server keeps
+  # them canonical (hosts in lower case, methods sorted, duplicates
+  # merged) and shows them so.
+  HttpRule = Struct.new(:host, :methods, :paths, keyword_init: true) do
+    def self.from(r)
+      new(host: r["host"], methods: r["methods"], paths: r["paths"])
+    end
+
+    # Rules (HttpRules, or hashes with :host, :methods and :paths) as the
+    # API takes them.
+    def self.list(rules)
+      rules.map do |r|
+        (r.is_a?(Hash) ? new(**r.transform_keys(&:to_sym)) : r).to_h
+      end
+    end
+
+    # The API's form (fields left out are absent).
+    def to_h
+      { "host" => host, "methods" => methods, "paths" => paths }.compact
+    end
+  end
+
   # What any new sandbox may be given. network_allow_list: comma-separated
   # CIDRs; domain_allow_list: names and "*." wildcards; network_block_all:
   # no egress at all (wins over both lists); network_deny_list and
@@ -19,18 +52,19 @@ module Sandgate
   # for its owner (tier 3/4); approval_hold_seconds: how long a refused
   # DNS query waits for an approval (0 to 60); transfer_quota_mib: what
   # the sandbox may send and receive in all each period, MiB, within its
-  # tier's maximum (the period is the operator's).
+  # tier's maximum (the period is the operator's); http_rules: the methods
+  # and paths the sandbox may ask of hosts (HttpRules; tier 3/4).
   class CreateSandboxBaseParams
     attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list,
                   :network_deny_list, :domain_deny_list, :essential_services, :egress_mbps,
                   :max_connections, :new_connections_per_second, :network_approvals,
-                  :approval_hold_seconds, :transfer_quota_mib
+                  :approval_hold_seconds, :transfer_quota_mib, :http_rules
 
     def initialize(name: nil, env: nil, network_allow_list: nil, network_block_all: nil,
                    domain_allow_list: nil, network_deny_list: nil, domain_deny_list: nil,
                    essential_services: nil, egress_mbps: nil, max_connections: nil,
                    new_connections_per_second: nil, network_approvals: nil,
-                   approval_hold_seconds: nil, transfer_quota_mib: nil)
+                   approval_hold_seconds: nil, transfer_quota_mib: nil, http_rules: nil)
       @name = name
       @env = env
       @network_allow_list = network_allow_list
@@ -45,6 +79,7 @@ module Sandgate
       @network_approvals = network_approvals
       @approval_hold_seconds = approval_hold_seconds
       @transfer_quota_mib = transfer_quota_mib
+      @http_rules = http_rules
     end
 
     # The API's request body (camelCase; fields left out are absent).
@@ -63,7 +98,8 @@ module Sandgate
         "newConnectionsPerSecond" => new_connections_per_second,
         "networkApprovals" => network_approvals,
         "approvalHoldSeconds" => approval_hold_seconds,
-        "transferQuotaMiB" => transfer_quota_mib
+        "transferQuotaMiB" => transfer_quota_mib,
+        "httpRules" => http_rules && HttpRule.list(http_rules)
       }.compact
     end
   end
@@ -423,8 +459,8 @@ module Sandgate
     attr_reader :id, :name, :state, :snapshot, :organization_id, :env, :network_block_all,
                 :network_allow_list, :domain_allow_list, :network_deny_list, :domain_deny_list,
                 :essential_services, :egress_mbps, :max_connections, :new_connections_per_second,
-                :network_approvals, :approval_hold_seconds, :transfer_quota_mib, :effective_network,
-                :created_at, :updated_at, :process,
+                :network_approvals, :approval_hold_seconds, :transfer_quota_mib, :http_rules,
+                :effective_network, :created_at, :updated_at, :process,
                 :network, :http
 
     def initialize(http, data)
@@ -483,13 +519,14 @@ module Sandgate
     # kept; in force in the kernel on return) and refreshes from the answer.
     # :default for a budget (egress_mbps, max_connections,
     # new_connections_per_second, transfer_quota_mib) goes back to the
-    # tier's (a new quota keeps what the period counted).
+    # tier's (a new quota keeps what the period counted). http_rules
+    # replaces every rule; [] removes them.
     def update_network_settings(network_block_all: nil, network_allow_list: nil,
                                 domain_allow_list: nil, network_deny_list: nil,
                                 domain_deny_list: nil, essential_services: nil, egress_mbps: nil,
                                 max_connections: nil, new_connections_per_second: nil,
                                 network_approvals: nil, approval_hold_seconds: nil,
-                                transfer_quota_mib: nil)
+                                transfer_quota_mib: nil, http_rules: nil)
       body = { "networkBlockAll" => network_block_all, "networkAllowList" => network_allow_list,
                "domainAllowList" => domain_allow_list, "networkDenyList" => network_deny_list,
                "domainDenyList" => domain_deny_list,
@@ -501,12 +538,13 @@ module Sandgate
         "transferQuotaMiB" => transfer_quota_mib }.each do |key, budget|
         body[key] = budget == :default ? nil : budget unless budget.nil?
       end
+      body["httpRules"] = HttpRule.list(http_rules) unless http_rules.nil?
       if body.empty?
         raise ArgumentError,
               "update_network_settings: give network_block_all, network_allow_list, " \
               "domain_allow_list, network_deny_list, domain_deny_list, essential_services, " \
               "egress_mbps, max_connections, new_connections_per_second, network_approvals, " \
-              "approval_hold_seconds or transfer_quota_mib"
+              "approval_hold_seconds, transfer_quota_mib or http_rules"
       end
 
       load(http.request("POST", path("/network-settings"), body))
@@ -540,6 +578,8 @@ module Sandgate
       @network_approvals = d.fetch("networkApprovals", false)
       @approval_hold_seconds = d.fetch("approvalHoldSeconds", 0)
       @transfer_quota_mib = d["transferQuotaMiB"]
+      rules = d["httpRules"]
+      @http_rules = rules.nil? || rules.empty? ? nil : rules.map { |r| HttpRule.from(r) }
       @effective_network = d.fetch("effectiveNetwork", {})
       @created_at = d["createdAt"]
       @updated_at = d["updatedAt"]
