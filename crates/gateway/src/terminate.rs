@@ -170,26 +170,9 @@ fn load_or_make_ca(dir: &Path) -> io::Result<(Issuer<'static, KeyPair>, String)>
     Ok((Issuer::new(params, key), cert.pem()))
 }
 
-/// The civil date (year, month, day) of `t`.
-fn ymd(t: SystemTime) -> (i32, u8, u8) {
-    let days = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400);
-    // Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        i32::try_from(y).unwrap_or(1970),
-        u8::try_from(m).unwrap_or(1),
-        u8::try_from(d).unwrap_or(1),
-    )
+/// The day of `t` (midnight, UTC): a leaf's validity is given in days.
+fn day_of(t: SystemTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from(t).replace_time(time::Time::MIDNIGHT)
 }
 
 impl Terminator {
@@ -285,10 +268,8 @@ impl Terminator {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let (y, m, d) = ymd(now - Duration::from_secs(86_400));
-        params.not_before = rcgen::date_time_ymd(y, m, d);
-        let (y, m, d) = ymd(now + Duration::from_secs(LEAF_DAYS * 86_400));
-        params.not_after = rcgen::date_time_ymd(y, m, d);
+        params.not_before = day_of(now - Duration::from_secs(86_400));
+        params.not_after = day_of(now + Duration::from_secs(LEAF_DAYS * 86_400));
         let key = KeyPair::generate().map_err(tls_error("a leaf's key"))?;
         let cert = params
             .signed_by(&key, &self.issuer)
@@ -321,11 +302,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates() {
+    fn a_leaf_is_valid_from_the_day_before_to_thirty_days_on() {
         let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        assert_eq!(ymd(at(0)), (1970, 1, 1));
-        assert_eq!(ymd(at(951_782_400)), (2000, 2, 29));
-        assert_eq!(ymd(at(1_796_169_600)), (2026, 12, 2));
+        // 2026-12-02 13:45:00 UTC.
+        let noonish = at(1_796_169_600 + 13 * 3600 + 45 * 60);
+        assert_eq!(day_of(noonish), rcgen::date_time_ymd(2026, 12, 2));
+        assert_eq!(day_of(at(951_782_400)), rcgen::date_time_ymd(2000, 2, 29));
     }
 
     #[test]
