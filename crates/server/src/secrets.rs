@@ -246,6 +246,50 @@ pub fn placeholder() -> Result<String, ApiError> {
     ))
 }
 
+/// The secrets `names` of organization `org_id` for a new sandbox: what
+/// it keeps (each with a new placeholder) and what its runner gets (with
+/// the values). A name the organization lacks is 400 `unknown_secret`.
+pub async fn hold(
+    st: &AppState,
+    org_id: &str,
+    names: &[String],
+) -> Result<(Vec<Held>, Vec<SandboxSecret>), ApiError> {
+    if names.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    if names.len() > SANDBOX_SECRETS_MAX {
+        return Err(ApiError::invalid(format!(
+            "secrets: at most {SANDBOX_SECRETS_MAX} per sandbox"
+        )));
+    }
+    let key = key(st)?;
+    let (mut held, mut given) = (Vec::new(), Vec::new());
+    for name in names {
+        if held.iter().any(|h: &Held| &h.name == name) {
+            continue;
+        }
+        let h = Held {
+            name: name.clone(),
+            placeholder: placeholder()?,
+        };
+        given.push(
+            give(st, key, org_id, h.clone(), || {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_secret",
+                    format!(
+                        "secrets: the organization has no secret {:?}; store it first (POST /api/secrets)",
+                        name.chars().take(80).collect::<String>()
+                    ),
+                )
+            })
+            .await?,
+        );
+        held.push(h);
+    }
+    Ok((held, given))
+}
+
 /// What sandbox `row`'s runner must hold of its secrets: each with its
 /// value, opened now. A secret removed since (it cannot be while in use)
 /// or a value that does not open is an error: the runner is not given a
@@ -258,24 +302,37 @@ pub async fn for_runner(st: &AppState, row: &SandboxRow) -> Result<Vec<SandboxSe
     let key = key(st)?;
     let mut out = Vec::new();
     for h in held {
-        let stored = st
-            .store
-            .secret(&row.organization_id, &h.name)
-            .await?
-            .ok_or_else(|| {
-                ApiError::internal(format!(
-                    "sandbox {} holds secret {}, which is not stored",
-                    row.id, h.name
-                ))
-            })?;
-        out.push(SandboxSecret {
-            value: key.open(&row.organization_id, &h.name, &stored.sealed)?,
-            name: h.name,
-            placeholder: h.placeholder,
-            hosts: stored.hosts,
-        });
+        let missing = || {
+            ApiError::internal(format!(
+                "sandbox {} holds secret {}, which is not stored",
+                row.id, h.name
+            ))
+        };
+        out.push(give(st, key, &row.organization_id, h.clone(), missing).await?);
     }
     Ok(out)
+}
+
+/// Secret `held` of organization `org_id` as a runner gets it: its stored
+/// hosts and its value, opened with `key`; `missing` if it is not stored.
+async fn give(
+    st: &AppState,
+    key: &SecretsKey,
+    org_id: &str,
+    held: Held,
+    missing: impl FnOnce() -> ApiError,
+) -> Result<SandboxSecret, ApiError> {
+    let stored = st
+        .store
+        .secret(org_id, &held.name)
+        .await?
+        .ok_or_else(missing)?;
+    Ok(SandboxSecret {
+        value: key.open(org_id, &held.name, &stored.sealed)?,
+        name: held.name,
+        placeholder: held.placeholder,
+        hosts: stored.hosts,
+    })
 }
 
 /// The secrets sandbox `row` holds (none if its record of them cannot be

@@ -604,60 +604,6 @@ pub(crate) async fn in_force_then_store(
     Ok(())
 }
 
-/// The secrets `names` of organization `org_id` for a new sandbox: what
-/// it keeps (each with a new placeholder) and what its runner gets (with
-/// the values).
-async fn hold_secrets(
-    st: &AppState,
-    org_id: &str,
-    names: &[String],
-) -> Result<
-    (
-        Vec<crate::secrets::Held>,
-        Vec<sandgate_contract::SandboxSecret>,
-    ),
-    ApiError,
-> {
-    if names.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    if names.len() > crate::secrets::SANDBOX_SECRETS_MAX {
-        return Err(ApiError::invalid(format!(
-            "secrets: at most {} per sandbox",
-            crate::secrets::SANDBOX_SECRETS_MAX
-        )));
-    }
-    let key = crate::secrets::key(st)?;
-    let (mut held, mut given) = (Vec::new(), Vec::new());
-    for name in names {
-        if held.iter().any(|h: &crate::secrets::Held| &h.name == name) {
-            continue;
-        }
-        let stored = st.store.secret(org_id, name).await?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_secret",
-                format!(
-                    "secrets: the organization has no secret {:?}; store it first (POST /api/secrets)",
-                    name.chars().take(80).collect::<String>()
-                ),
-            )
-        })?;
-        let placeholder = crate::secrets::placeholder()?;
-        given.push(sandgate_contract::SandboxSecret {
-            name: name.clone(),
-            placeholder: placeholder.clone(),
-            value: key.open(org_id, name, &stored.sealed)?,
-            hosts: stored.hosts,
-        });
-        held.push(crate::secrets::Held {
-            name: name.clone(),
-            placeholder,
-        });
-    }
-    Ok((held, given))
-}
-
 /// Stores organization `org`'s new secret.
 pub async fn create_secret(
     st: &AppState,
@@ -906,7 +852,7 @@ pub async fn create_sandbox(
             .policy
             .resolve(org.tier, &settings)?
             .with_egress_address(org.egress_address);
-        let (held, secrets) = hold_secrets(&st, &org.id, &new.secrets).await?;
+        let (held, secrets) = crate::secrets::hold(&st, &org.id, &new.secrets).await?;
         let count = st.store.sandbox_count(&org.id).await?;
         if count >= st.max_sandboxes_per_org {
             return Err(ApiError::new(
