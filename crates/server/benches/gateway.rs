@@ -26,7 +26,6 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use rustls::pki_types::pem::PemObject;
 use sandgate_gateway::hello::craft;
 use sandgate_lab::addrs::HTTPS;
 use sandgate_lab::addrs::{HTTP, SERVER4, SERVER4_B, TCP_ECHO, TCP_STREAM};
@@ -64,25 +63,6 @@ fn get(addr: IpAddr) -> Duration {
         String::from_utf8_lossy(&out)
     );
     start.elapsed()
-}
-
-/// A TLS client that trusts the CAs of `roots` (PEM).
-fn tls_client(roots: &[String]) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for pem in roots {
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            store.add(cert.unwrap()).unwrap();
-        }
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth(),
-    )
 }
 
 /// `GET path` over TLS to `addr` as [`RULED`]: the time from connect to the
@@ -221,10 +201,11 @@ fn main() {
         &format!("/api/sandbox/{id}/process/execute"),
         Some(json!({"command": "cat /etc/sandgate/ca.pem"})),
     );
-    let cfg = tls_client(&[
+    let cfg = sandgate_testkit::tls_client(&[
         ca["stdout"].as_str().unwrap().to_string(),
         lab.lab.ca_pem().to_string(),
-    ]);
+    ])
+    .unwrap();
     println!("\nHTTPS GET /, connect to the answer's last byte ({runs} each, interleaved)");
     let (direct, gateway) = ns
         .run(|| {

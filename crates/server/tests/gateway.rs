@@ -14,14 +14,13 @@
 mod common;
 
 use common::Api;
-use rustls::pki_types::pem::PemObject;
 use sandgate_gateway::hello::craft;
 use sandgate_lab::addrs::{HTTP, HTTPS, QUIC, SERVER4_B, SERVER6_B, TCP_STREAM, UDP_ECHO};
 use sandgate_netns::Netns;
+use sandgate_testkit::tls_client;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(3);
@@ -80,19 +79,8 @@ fn https(ns: &Netns, ca_pem: &str, addr: IpAddr, name: &str) -> Got {
     let ca = ca_pem.to_string();
     let name = name.to_string();
     ns.run(move || {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
-            .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let server = rustls::pki_types::ServerName::try_from(name.clone()).unwrap();
-        let conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+        let conn = rustls::ClientConnection::new(tls_client(&[ca])?, server).unwrap();
         let mut stream = rustls::StreamOwned::new(conn, connect(addr, HTTPS));
         Ok(exchange(&mut stream, &name))
     })
@@ -150,6 +138,21 @@ fn stream_under(ns: &Netns, name: &'static str) -> TcpStream {
         Ok(s)
     })
     .unwrap()
+}
+
+/// Reads a streaming connection until it ends: how (`reset`, `closed`,
+/// or `still streaming` three seconds after `since`).
+fn streams_until(stream: &mut TcpStream, since: Instant) -> &'static str {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return "closed",
+            Ok(_) if since.elapsed() > Duration::from_secs(3) => return "still streaming",
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return "reset",
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 fn resolve(api: &Api, key: &str, id: &str, name: &str) {
@@ -315,22 +318,13 @@ fn an_update_that_removes_a_name_cuts_its_gateway_connection_at_once() {
     let updated = Instant::now();
     // The removed name's connection ends within a second (reset); the
     // other runs on.
-    let mut buf = vec![0u8; 64 * 1024];
-    let end = loop {
-        match removed.read(&mut buf) {
-            Ok(0) => break "closed",
-            Ok(_) if updated.elapsed() > Duration::from_secs(3) => break "still streaming",
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
-            Err(e) => panic!("{e}"),
-        }
-    };
-    assert_eq!(end, "reset");
+    assert_eq!(streams_until(&mut removed, updated), "reset");
     assert!(
         updated.elapsed() < Duration::from_secs(1),
         "{:?}",
         updated.elapsed()
     );
+    let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..10 {
         assert!(kept.read(&mut buf).unwrap() > 0);
     }
@@ -528,21 +522,8 @@ fn ask_tls(
     let (sni, host) = (sni.to_string(), host.to_string());
     let requests: Vec<String> = requests.iter().map(|r| r.to_string()).collect();
     ns.run(move || {
-        let mut store = rustls::RootCertStore::empty();
-        for pem in &roots {
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                store.add(cert.unwrap()).unwrap();
-            }
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
         let server = rustls::pki_types::ServerName::try_from(sni).unwrap();
-        let conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+        let conn = rustls::ClientConnection::new(tls_client(&roots)?, server).unwrap();
         let mut stream = rustls::StreamOwned::new(conn, connect(addr, HTTPS));
         Ok(ask_on(&mut stream, &host, &requests))
     })
@@ -749,18 +730,9 @@ fn http_rules_allow_and_refuse_requests_by_method_and_path() {
     );
     assert_eq!(status, 200, "{v}");
     let updated = Instant::now();
-    let mut buf = vec![0u8; 64 * 1024];
-    let end = loop {
-        match ruled.read(&mut buf) {
-            Ok(0) => break "closed",
-            Ok(_) if updated.elapsed() > Duration::from_secs(3) => break "still streaming",
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
-            Err(e) => panic!("{e}"),
-        }
-    };
-    assert_eq!(end, "reset");
+    assert_eq!(streams_until(&mut ruled, updated), "reset");
     assert!(updated.elapsed() < Duration::from_secs(1));
+    let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..10 {
         assert!(kept.read(&mut buf).unwrap() > 0);
     }

@@ -541,6 +541,27 @@ pub fn steady_port() -> u16 {
     panic!("no free loopback port below the ephemeral range");
 }
 
+/// A TLS client (ring, the safe default versions) that trusts the CAs of
+/// `roots` (PEM, each maybe a bundle) alone: the lab's, the gateway's.
+pub fn tls_client(roots: &[String]) -> std::io::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            store.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(&e))?
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Sends one HTTP/1.1 request over TLS from `ns` to `addr:443` with server
 /// name `sni` (and `Host: sni`), trusting the CAs of `roots` (PEM) alone,
 /// with `headers` (`name: value` each); the answer as text (status line,
@@ -552,30 +573,13 @@ pub fn https_request(
     (sni, path): (&str, &str),
     headers: &[String],
 ) -> std::io::Result<String> {
-    use rustls::pki_types::pem::PemObject;
     use std::io::{Read, Write};
     let (roots, sni, path) = (roots.to_vec(), sni.to_string(), path.to_string());
     let headers: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     ns.run(move || {
-        let mut store = rustls::RootCertStore::empty();
-        for pem in &roots {
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| std::io::Error::other(e.to_string()))?;
-                store
-                    .add(cert)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-            }
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| std::io::Error::other(e.to_string()))?
-        .with_root_certificates(store)
-        .with_no_client_auth();
         let server = rustls::pki_types::ServerName::try_from(sni.clone())
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server)
+        let conn = rustls::ClientConnection::new(tls_client(&roots)?, server)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let tcp = std::net::TcpStream::connect_timeout(
             &std::net::SocketAddr::new(addr, 443),
