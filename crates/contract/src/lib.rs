@@ -10,7 +10,7 @@
 //!   across hosts) and a double for the API's own tests;
 //! - the requests and answers ([`SandboxSpec`], [`Expected`],
 //!   [`RestoreReport`], [`ExecRequest`], [`ExecResult`], [`ProbeTarget`],
-//!   [`Observed`], [`NetworkEvent`], [`Counts`]);
+//!   [`Observed`], [`NetworkEvent`], [`Flow`], [`Counts`]);
 //! - [`SandboxState`]: where a sandbox is in its life, an enum;
 //! - [`RunnerError`]: what went wrong, typed, carrying its HTTP status and
 //!   code, the caller's faults kept apart from the host's.
@@ -19,12 +19,14 @@
 
 mod error;
 mod event;
+mod flow;
 mod runner;
 mod state;
 mod types;
 
 pub use error::RunnerError;
 pub use event::{EventKind, NetworkEvent};
+pub use flow::{Flow, FlowLog, FlowSubscription, FlowVerdict, FlowVia, NameSource};
 pub use runner::{Runner, Subscription};
 pub use state::SandboxState;
 pub use types::{

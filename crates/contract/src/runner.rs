@@ -1,8 +1,8 @@
 //! The operations the API drives on a runner.
 
 use crate::{
-    Capacity, Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget,
-    RestoreReport, RunnerError, SandboxSpec, TransferUsage,
+    Capacity, Counts, ExecRequest, ExecResult, Expected, FlowSubscription, NetworkEvent, Observed,
+    ProbeTarget, RestoreReport, RunnerError, SandboxSpec, TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use std::net::IpAddr;
@@ -83,6 +83,10 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
     /// Sandbox `id`'s recent network events and a receiver of its next
     /// ones.
     fn subscribe(&self, id: &str) -> Result<Subscription, RunnerError>;
+
+    /// Sandbox `id`'s flow log as it stands and a receiver of its next
+    /// records.
+    fn flows(&self, id: &str) -> Result<FlowSubscription, RunnerError>;
 
     /// Takes back the sandboxes the API expects after a restart; removes
     /// whatever nobody expects.

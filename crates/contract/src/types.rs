@@ -210,6 +210,11 @@ pub struct Counts {
     /// What the name-checking gateway has done.
     #[serde(default)]
     pub gateway: GatewayCounts,
+    /// Records the flow log lost before they were written: the kernel's
+    /// socket overflowed, or the queue of the kernel's or the gateway's
+    /// records was full.
+    #[serde(default)]
+    pub flows_lost: u64,
 }
 
 impl Counts {
@@ -254,6 +259,7 @@ impl Counts {
         g.refused += o.refused;
         g.cut += o.cut;
         g.active += o.active;
+        self.flows_lost += other.flows_lost;
     }
 }
 

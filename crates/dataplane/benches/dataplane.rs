@@ -193,6 +193,15 @@ fn forwarding(seconds: f64) {
             );
         }
         let ours = forwarding_rate(&lab, &ns, seconds);
+        // The flow log's part: the kernel counting each flow's bytes and
+        // telling its new and ended flows to a reader (the runner's).
+        let logged = {
+            let flows = sandgate_dataplane::Flows::start(Some(lab.host()), dp.config()).unwrap();
+            let rate = forwarding_rate(&lab, &ns, seconds);
+            drop(flows);
+            conntrack_acct(&lab, false);
+            rate
+        };
         // At 1,000 slots: every slot with a deny list of 20 entries, then
         // the sender paced too, at a budget it never reaches (the pacer
         // goes again before the baselines, which it would slow too).
@@ -242,6 +251,7 @@ fn forwarding(seconds: f64) {
             bare_n,
         );
         row("  sandgate", ours, base_n, bare_n);
+        row("  sandgate, flow log on", logged, base_n, bare_n);
         if let Some((with_deny, with_pacer, with_quota)) = narrowed {
             row(
                 "  sandgate, deny lists of 20 everywhere",
@@ -274,6 +284,14 @@ fn forwarding(seconds: f64) {
         dp.delete(i).unwrap();
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Turns the kernel's byte counts per flow on or off in the lab's host.
+fn conntrack_acct(lab: &Lab, on: bool) {
+    let value = if on { "1" } else { "0" };
+    lab.host()
+        .run(|| std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", value))
+        .unwrap();
 }
 
 fn ip(args: &[&str]) {

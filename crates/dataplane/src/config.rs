@@ -4,7 +4,7 @@ use crate::ruleset::ShareClass;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sandgate_policy::PolicyConfig;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 /// The prefix of the host end of every slot's veth (`sgh<index>`).
@@ -147,6 +147,24 @@ impl DataplaneConfig {
             gateway6: Ipv6Addr::from(prefix6 | 1),
             sandbox6: Ipv6Addr::from(prefix6 | 2),
         }
+    }
+
+    /// The slot whose sandbox address `addr` is (not its gateway's).
+    pub fn slot_of_sandbox(&self, addr: IpAddr) -> Option<u32> {
+        let index = match addr.to_canonical() {
+            IpAddr::V4(a) => {
+                let offset = u32::from(a).checked_sub(u32::from(self.subnet4.network()))?;
+                (self.subnet4.contains(&a) && offset % 2 == 1).then_some(offset / 2)?
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let host = bits & u128::from(u64::MAX);
+                (self.subnet6.contains(&a) && host == 2).then_some(())?;
+                let offset = (bits - u128::from(self.subnet6.network())) >> 64;
+                u32::try_from(offset).ok()?
+            }
+        };
+        (index > 0 && index <= self.max_slots()).then_some(index)
     }
 
     /// The slot index of a slot namespace name of this instance.

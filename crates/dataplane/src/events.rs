@@ -157,7 +157,28 @@ impl Drop for Events {
     }
 }
 
-fn set_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+/// The netfilter messages in the first `n` bytes of `buf` (as many as
+/// one read from a netlink socket gives), in order; the rest of a read
+/// after one that cannot be parsed is dropped.
+pub(crate) fn messages(buf: &[u8], n: usize) -> impl Iterator<Item = NetfilterMessageInner> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        while offset < n {
+            let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..n]).ok()?;
+            let len = msg.header.length as usize;
+            if len == 0 {
+                return None;
+            }
+            offset += len;
+            if let NetlinkPayload::InnerMessage(m) = msg.payload {
+                return Some(m.inner);
+            }
+        }
+        None
+    })
+}
+
+pub(crate) fn set_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
     use nix::sys::time::TimeVal;
     let tv = TimeVal::new(0, i64::from(timeout.subsec_micros()));
@@ -182,25 +203,15 @@ impl Reader {
                 Ok(n) => n,
                 Err(_) => continue,
             };
-            let mut offset = 0;
-            while offset < n {
-                let Ok(msg) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..n])
-                else {
-                    break;
-                };
-                let len = msg.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                offset += len;
-                if let NetlinkPayload::InnerMessage(NetfilterMessage {
-                    inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
-                    ..
-                }) = msg.payload
-                {
-                    if let Some(event) = self.event(&nlas) {
-                        self.deliver(event);
-                    }
+            let packets: Vec<_> = messages(&buf, n)
+                .filter_map(|m| match m {
+                    NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)) => Some(nlas),
+                    _ => None,
+                })
+                .collect();
+            for nlas in packets {
+                if let Some(event) = self.event(&nlas) {
+                    self.deliver(event);
                 }
             }
         }

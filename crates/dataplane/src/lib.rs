@@ -18,6 +18,7 @@ pub mod config;
 pub mod counters;
 pub mod elements;
 pub mod events;
+pub mod flows;
 pub mod probe;
 pub mod ruleset;
 pub mod state;
@@ -27,6 +28,7 @@ pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
 pub use counters::{KernelCounters, Reading};
 pub use elements::{now_ms, Generations, GrantNet, SlotPolicy, Transfer, TRANSFER_SET};
 pub use events::{DenyEvent, EventCounters, Events};
+pub use flows::{Flows, KernelFlow};
 
 use elements::{
     admission_key, change, forget_dynamic, release, revokes, rule_key, transfer_quota, whole,

@@ -57,6 +57,22 @@ impl Bindings {
             .is_some_and(|until| *until > Instant::now())
     }
 
+    /// The names that resolved for `holder` to `addr` and whose bindings
+    /// have not ended, in order.
+    pub fn names(&self, holder: HolderKey, addr: IpAddr) -> Vec<String> {
+        let now = Instant::now();
+        let mut names: Vec<String> = self
+            .by_holder
+            .get(&holder)
+            .into_iter()
+            .flatten()
+            .filter(|((_, a), until)| *a == addr && **until > now)
+            .map(|((name, _), _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Every binding of slot `slot`, under any lease, goes.
     pub fn forget(&mut self, slot: u32) {
         self.by_holder.retain(|(s, _), _| *s != slot);
@@ -100,6 +116,8 @@ mod tests {
         assert_eq!(b.len((5, 1)), 4);
         assert!(b.resolved((5, 1), "n9.example.com", a));
         assert!(!b.resolved((5, 1), "n0.example.com", a));
+        assert_eq!(b.names((3, 1), a), ["api.example.com"]);
+        assert!(b.names((3, 1), other).is_empty());
         b.forget(3);
         assert!(!b.resolved((3, 1), "api.example.com", a));
         assert!(b.resolved((5, 1), "n9.example.com", a));

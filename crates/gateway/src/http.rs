@@ -94,19 +94,27 @@ pub fn request_name<B>(req: &Request<B>) -> Result<Option<String>, crate::Denial
 
 /// A stream whose first bytes were already read: they are read again
 /// first.
+/// The bytes read from it and written to it are counted in `counts` (the
+/// flow log's).
 pub struct Prefixed {
     prefix: Vec<u8>,
     pos: usize,
     inner: TcpStream,
+    counts: Arc<crate::flows::FlowCounts>,
 }
 
 impl Prefixed {
     /// `inner`, with `prefix` read from it before.
-    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Prefixed {
+    pub fn new(
+        prefix: Vec<u8>,
+        inner: TcpStream,
+        counts: Arc<crate::flows::FlowCounts>,
+    ) -> Prefixed {
         Prefixed {
             prefix,
             pos: 0,
             inner,
+            counts,
         }
     }
 }
@@ -122,9 +130,13 @@ impl AsyncRead for Prefixed {
             let start = self.pos;
             buf.put_slice(&self.prefix[start..start + n]);
             self.pos += n;
+            self.counts.add_up(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.counts.add_up(buf.filled().len() - before);
+        read
     }
 }
 
@@ -134,7 +146,11 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            self.counts.add_down(*n);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

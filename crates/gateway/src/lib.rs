@@ -35,6 +35,7 @@
 //! at once (a reset each way), and [`Gateway::cut`] all of a slot's.
 
 pub mod bindings;
+pub mod flows;
 pub mod hello;
 pub mod http;
 pub mod secrets;
@@ -260,6 +261,8 @@ pub struct Counters {
     pub events_lost: AtomicU64,
     /// Requests in which a secret was put in its placeholder's place.
     pub secrets_replaced: AtomicU64,
+    /// Flow records lost because nobody read them in time.
+    pub flows_lost: AtomicU64,
 }
 
 /// A passed connection, cut by [`Gateway::revalidate`] when its name is
@@ -290,6 +293,7 @@ struct Shared {
     catalog: Arc<Catalog>,
     registry: Mutex<Registry>,
     events: SyncSender<GatewayEvent>,
+    flows: flows::FlowSink,
     counters: Arc<Counters>,
 }
 
@@ -375,15 +379,17 @@ impl Shared {
         }
     }
 
-    /// Resets `down` for `denial`, reported as an event.
+    /// Resets `down` for `denial`, reported as an event and in `flow`'s
+    /// record.
     fn refuse(
         &self,
-        holder: &Holder,
+        (holder, flow): (&Holder, &flows::FlowTrack),
         dest: SocketAddr,
         down: &TcpStream,
         name: Option<&str>,
         denial: Denial,
     ) {
+        flow.refuse(denial.code(), name);
         self.report(holder, dest, name, &denial);
         reset(down);
     }
@@ -511,6 +517,10 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// Flow records that wait for a reader before new ones are counted and
+/// dropped (`Counters::flows_lost`).
+const FLOW_QUEUE: usize = 8192;
+
 fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -528,21 +538,34 @@ fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 impl Gateway {
     /// Starts listening on `cfg.port` in `host` (or here, for `None`);
-    /// the connections it resets are told, in order, on the receiver.
+    /// the connections it resets are told, in order, on the first
+    /// receiver, and the record of each connection (see [`flows`]) on the
+    /// second.
     pub fn start(
         host: Option<&Netns>,
         cfg: GatewayConfig,
         directory: Arc<dyn Directory>,
         catalog: Arc<Catalog>,
-    ) -> io::Result<(Gateway, Receiver<GatewayEvent>)> {
+    ) -> io::Result<(
+        Gateway,
+        Receiver<GatewayEvent>,
+        Receiver<flows::GatewayFlow>,
+    )> {
         let (events_tx, events) = sync_channel(4096);
+        let (flows_tx, flow_records) = sync_channel(FLOW_QUEUE);
+        let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared {
             cfg,
             directory,
             catalog,
             registry: Mutex::new(Registry::default()),
             events: events_tx,
-            counters: Arc::new(Counters::default()),
+            flows: flows::FlowSink {
+                tx: flows_tx,
+                counters: counters.clone(),
+                next: Arc::new(AtomicU64::new(0)),
+            },
+            counters,
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -599,7 +622,7 @@ impl Gateway {
             stop: Some(stop_tx),
             thread: Some(thread),
         };
-        Ok((gateway, events))
+        Ok((gateway, events, flow_records))
     }
 
     /// The counters.
@@ -752,6 +775,13 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    let flow = Arc::new(flows::FlowTrack::new(
+        &shared.flows,
+        holder.slot,
+        peer,
+        dest,
+    ));
+    let me = (&holder, &*flow);
     let config = shared.directory.config();
     if let Err(denial) = policy_passes(
         &holder.policy,
@@ -760,7 +790,7 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
         (dest.ip(), false),
         None,
     ) {
-        return shared.refuse(&holder, dest, &down, None, denial);
+        return shared.refuse(me, dest, &down, None, denial);
     }
     let epoch = shared.epoch(holder.slot);
     let first = tokio::time::timeout(shared.cfg.hello_timeout, first_bytes(&mut down)).await;
@@ -770,10 +800,11 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
             tracing::debug!(error = %e, "gateway: a connection ended before it said what for");
             return reset(&down);
         }
-        Err(_) => return shared.refuse(&holder, dest, &down, None, Denial::NoServerName),
+        Err(_) => return shared.refuse(me, dest, &down, None, Denial::NoServerName),
     };
     match hello {
         Hello::ServerName(raw) => {
+            flow.set_tls();
             // A name whose requests must be read is terminated, where the
             // gateway can; otherwise relayed as it is.
             let terminator = shared.cfg.terminator.clone().filter(|_| {
@@ -784,7 +815,7 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
             });
             let name = match shared.check(&holder, &raw, (dest.ip(), terminator.is_none())) {
                 Ok(name) => name,
-                Err(denial) => return shared.refuse(&holder, dest, &down, Some(&raw), denial),
+                Err(denial) => return shared.refuse(me, dest, &down, Some(&raw), denial),
             };
             if let Some(terminator) = terminator {
                 let guard = match down.try_clone_fd() {
@@ -794,35 +825,38 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
                         return reset(&down);
                     }
                 };
-                let accept = terminator.acceptor().accept(http::Prefixed::new(buf, down));
+                let io = http::Prefixed::new(buf, down, flow.counts.clone());
+                let accept = terminator.acceptor().accept(io);
                 match tokio::time::timeout(shared.cfg.hello_timeout, accept).await {
                     Ok(Ok(tls)) => {
                         let sni = Some(name);
-                        serve_http(&shared, &holder, (source, dest), tls, guard, sni, epoch).await;
+                        let conn = (source, dest, flow);
+                        serve_http(&shared, &holder, conn, tls, guard, sni, epoch).await;
                     }
                     Ok(Err(e)) => {
                         // Most often: the client does not trust the
                         // gateway's CA (a trust store without it).
                         tracing::debug!(error = %e, "gateway: a terminated handshake failed");
+                        flow.refuse(Denial::TlsHandshake.code(), Some(&name));
                         shared.report(&holder, dest, Some(&name), &Denial::TlsHandshake);
                         guard.reset();
                     }
                     Err(_) => {
+                        flow.refuse(Denial::TlsHandshake.code(), Some(&name));
                         shared.report(&holder, dest, Some(&name), &Denial::TlsHandshake);
                         guard.reset();
                     }
                 }
                 return;
             }
-            let Some((_untrack, cut)) = shared.track(
-                &holder,
-                (source, dest.ip(), true),
-                Arc::new(Mutex::new(Some(name.clone()))),
-                epoch,
-            ) else {
-                return shared.refuse(&holder, dest, &down, Some(&name), Denial::NameMismatch);
+            *lock(&flow.name) = Some(name.clone());
+            let Some((_untrack, cut)) =
+                shared.track(&holder, (source, dest.ip(), true), flow.name.clone(), epoch)
+            else {
+                return shared.refuse(me, dest, &down, Some(&name), Denial::NameMismatch);
             };
             shared.counters.passed.fetch_add(1, Ordering::Relaxed);
+            flow.open();
             // Boxed: the compiler cannot prove the state machine `Send`
             // when this one is inlined in it (a known limit of its
             // higher-ranked lifetime inference).
@@ -830,7 +864,7 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
                 Dial::of(&holder, dest, shared.cfg.connect_timeout),
                 down,
                 buf,
-                cut,
+                (cut, flow.counts.clone()),
             ));
             relay.await;
         }
@@ -842,17 +876,18 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
                     return reset(&down);
                 }
             };
-            let io = http::Prefixed::new(buf, down);
-            serve_http(&shared, &holder, (source, dest), io, guard, None, epoch).await;
+            let io = http::Prefixed::new(buf, down, flow.counts.clone());
+            let conn = (source, dest, flow.clone());
+            serve_http(&shared, &holder, conn, io, guard, None, epoch).await;
         }
         // Closed before a byte was sent (a connect test, a port scan):
         // nothing was asked, nothing to report.
         Hello::Incomplete if buf.is_empty() => {}
         Hello::NoServerName | Hello::Incomplete => {
-            shared.refuse(&holder, dest, &down, None, Denial::NoServerName)
+            shared.refuse(me, dest, &down, None, Denial::NoServerName)
         }
-        Hello::Encrypted => shared.refuse(&holder, dest, &down, None, Denial::EncryptedClientHello),
-        Hello::Malformed => shared.refuse(&holder, dest, &down, None, Denial::UnrecognizedProtocol),
+        Hello::Encrypted => shared.refuse(me, dest, &down, None, Denial::EncryptedClientHello),
+        Hello::Malformed => shared.refuse(me, dest, &down, None, Denial::UnrecognizedProtocol),
     }
 }
 
@@ -862,7 +897,7 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
 async fn serve_http<IO>(
     shared: &Arc<Shared>,
     holder: &Holder,
-    (source, dest): (IpAddr, SocketAddr),
+    (source, dest, flow): (IpAddr, SocketAddr, Arc<flows::FlowTrack>),
     io: IO,
     guard: FdGuard,
     sni: Option<String>,
@@ -870,7 +905,8 @@ async fn serve_http<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let name = Arc::new(Mutex::new(sni.clone()));
+    let name = flow.name.clone();
+    *lock(&name) = sni.clone();
     let Some((_untrack, cut)) =
         shared.track(holder, (source, dest.ip(), false), name.clone(), epoch)
     else {
@@ -900,6 +936,7 @@ async fn serve_http<IO>(
         name,
         sni,
         passed: AtomicU64::new(0),
+        flow,
     });
     // Boxed for the same reason as the TLS relay.
     let served: Pin<Box<dyn Future<Output = Result<(), http::RelayError>> + Send>> =
@@ -912,6 +949,7 @@ async fn serve_http<IO>(
                 // answered 400 and closed); a refused request was reported
                 // by its check, and reset.
                 if matches!(&e, http::RelayError::Http(h) if h.is_parse() || h.is_parse_too_large()) {
+                    check.flow.refuse(Denial::UnrecognizedProtocol.code(), None);
                     shared.report(holder, dest, None, &Denial::UnrecognizedProtocol);
                 }
             }
@@ -970,6 +1008,8 @@ struct HttpCheck {
     /// must be it (the gateway's own TLS went to it).
     sni: Option<String>,
     passed: AtomicU64,
+    /// The connection's record in the flow log.
+    flow: Arc<flows::FlowTrack>,
 }
 
 impl http::Check for HttpCheck {
@@ -1002,6 +1042,7 @@ impl http::Check for HttpCheck {
         let (holder, name) = match checked {
             Ok(passed) => passed,
             Err(denial) => {
+                self.flow.refuse(denial.code(), asked.name);
                 self.shared
                     .report(&self.holder, self.dest, asked.name, &denial);
                 // hyper closes the connection when the check fails: that
@@ -1011,6 +1052,9 @@ impl http::Check for HttpCheck {
             }
         };
         *lock(&self.name) = Some(name.clone());
+        // The connection passed for its name (a request the HTTP rules
+        // refuse is an event; the connection stays).
+        self.flow.open();
         if let Err(refusal) = holder
             .policy
             .http_rules
@@ -1080,7 +1124,12 @@ impl http::Check for HttpCheck {
 }
 
 /// Relays a passed TLS connection: the hello first, then `splice`.
-async fn pass_tls(dial: Dial, down: TcpStream, hello: Vec<u8>, cut: oneshot::Receiver<()>) {
+async fn pass_tls(
+    dial: Dial,
+    down: TcpStream,
+    hello: Vec<u8>,
+    (cut, counts): (oneshot::Receiver<()>, Arc<flows::FlowCounts>),
+) {
     use tokio::io::AsyncWriteExt;
     let mut up = match dial.connect().await {
         Ok(up) => up,
@@ -1096,8 +1145,9 @@ async fn pass_tls(dial: Dial, down: TcpStream, hello: Vec<u8>, cut: oneshot::Rec
         tracing::debug!(error = %e, "gateway: the destination went away");
         return reset(&down);
     }
+    counts.add_up(hello.len());
     tokio::select! {
-        r = splice::relay(&down, &up) => {
+        r = splice::relay(&down, &up, &counts) => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "gateway: a relayed connection ended");
                 reset(&down);

@@ -2,9 +2,11 @@
 //! `splice(2)` from one socket into a pipe and from the pipe into the
 //! other socket, so that the bytes never come up to the gateway.
 
+use crate::flows::FlowCounts;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -21,15 +23,17 @@ pub struct Moved {
 }
 
 /// Relays between `a` (the sandbox's side) and `b` until both directions
-/// are closed; an end of one direction is passed on as a half-close.
-pub async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<Moved> {
-    let (up, down) = tokio::try_join!(one_way(a, b), one_way(b, a))?;
+/// are closed; an end of one direction is passed on as a half-close. The
+/// bytes are counted in `counts` as they pass (also those of a relay cut
+/// short).
+pub async fn relay(a: &TcpStream, b: &TcpStream, counts: &FlowCounts) -> io::Result<Moved> {
+    let (up, down) = tokio::try_join!(one_way(a, b, &counts.up), one_way(b, a, &counts.down))?;
     Ok(Moved { up, down })
 }
 
 /// Moves bytes from `from` to `to` until `from` ends; then ends `to`'s
 /// writing side.
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::Result<u64> {
     let flags = PipeFlags::CLOEXEC | PipeFlags::NONBLOCK;
     let (pipe_r, pipe_w): (OwnedFd, OwnedFd) = pipe_with(flags)?;
     let moves = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
@@ -57,7 +61,10 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
             match to.try_io(Interest::WRITABLE, || {
                 splice(&pipe_r, None, to, None, left, moves).map_err(io::Error::from)
             }) {
-                Ok(m) => left -= m,
+                Ok(m) => {
+                    left -= m;
+                    counted.fetch_add(m as u64, Ordering::Relaxed);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }

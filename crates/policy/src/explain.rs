@@ -379,9 +379,20 @@ impl<'a> CompiledPolicy<'a> {
         }
         let mut verdict = self.explain_policy(destination);
         if let Target::Name(name) = &destination.target {
+            // Admitted by name: its connections on the name-checked ports
+            // pass the gateway.
+            let by_name = matches!(
+                verdict.reason,
+                Reason::DomainAllowList(_) | Reason::EssentialService(_) | Reason::Grant(_)
+            );
+            if verdict.allowed && by_name {
+                verdict.rule.push_str(
+                    "; a TCP connection to its addresses on the name-checked ports (80 and 443 unless the operator says otherwise) passes the gateway, which resets it (name_mismatch) unless its TLS server name or HTTP Host is a name allowed for the sandbox that resolved for it to that address",
+                );
+            }
             if verdict.allowed && self.policy.http_rules.covers(name.as_str()) {
                 verdict.rule.push_str(
-                    "; its HTTP requests are limited by httpRules (methods and paths), and TLS to it is refused (http_rules_need_termination) until the gateway terminates TLS",
+                    "; its HTTP requests are limited by httpRules (methods and paths): the gateway terminates TLS to it (the sandbox trusts the deployment's CA) to read them, or refuses it (http_rules_need_termination) where it terminates none",
                 );
             }
         }

@@ -729,4 +729,9 @@ fn explain_says_when_a_names_requests_are_limited_by_http_rules() {
         "{}",
         free.rule
     );
+    // A name allowed by a rule of names passes the gateway on the
+    // name-checked ports, and explain says so.
+    for rule in [&ruled.rule, &free.rule] {
+        assert!(rule.contains("passes the gateway"), "{rule}");
+    }
 }

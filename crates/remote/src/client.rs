@@ -4,8 +4,9 @@
 use crate::service::KEEP_ALIVE;
 use crate::{Status, LIVE};
 use sandgate_contract::{
-    Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
-    Runner, RunnerError, SandboxSpec, Subscription, TransferUsage,
+    Counts, ExecRequest, ExecResult, Expected, Flow, FlowLog, FlowSubscription, NetworkEvent,
+    Observed, ProbeTarget, RestoreReport, Runner, RunnerError, SandboxSpec, Subscription,
+    TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use serde::de::DeserializeOwned;
@@ -33,6 +34,10 @@ const IDLE: Duration = Duration::from_secs(crate::service::HEAD_WAIT.as_secs() /
 const RETRY: Duration = Duration::from_secs(1);
 /// Events a subscriber may have waiting (as the runner's own hub).
 const BACKLOG: usize = 1024;
+
+/// A stream's events before the one named [`LIVE`] (name, data), and a
+/// receiver of the items after it.
+type Followed<T> = (Vec<(String, String)>, broadcast::Receiver<T>);
 
 /// How the runner is reached: its URL, its token and an HTTP agent. The
 /// threads that follow its streams hold one each.
@@ -131,6 +136,40 @@ impl Link {
             return Err(self.refused(status, &text));
         }
         Ok(BufReader::new(response.into_body().into_reader()))
+    }
+
+    /// The events of the stream at `path` before the one named [`LIVE`]
+    /// (name, data), and a receiver of each `T` after it, read on a thread
+    /// of its own until the runner ends the stream (the sandbox is
+    /// deleted), goes silent, or nobody receives (noticed at the next
+    /// event or keep-alive).
+    fn follow<T: DeserializeOwned + Clone + Send + 'static>(
+        &self,
+        path: &str,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Followed<T>, RunnerError> {
+        let reader = self.stream(path)?;
+        let mut events = Events {
+            lines: reader.lines(),
+        };
+        let mut first = Vec::new();
+        while let Some((name, data)) = events.next(|| true) {
+            if name == LIVE {
+                break;
+            }
+            first.push((name, data));
+        }
+        let (tx, rx) = broadcast::channel(BACKLOG);
+        std::thread::spawn(move || {
+            let go_on = || !stop.load(Ordering::SeqCst) && tx.receiver_count() > 0;
+            while let Some((_, data)) = events.next(go_on) {
+                if let Some(item) = parse(&data) {
+                    // No receiver left ends the loop.
+                    let _ = tx.send(item);
+                }
+            }
+        });
+        Ok((first, rx))
     }
 
     /// The runner's error in an answer of `status`.
@@ -289,6 +328,18 @@ fn follow_deaths(link: Link, stop: Arc<AtomicBool>, tx: mpsc::UnboundedSender<St
             std::thread::sleep(RETRY);
         }
     });
+}
+
+/// The item a runner's event holds; one that holds none is logged and
+/// dropped.
+fn parse<T: DeserializeOwned>(data: &str) -> Option<T> {
+    match serde_json::from_str::<T>(data) {
+        Ok(item) => Some(item),
+        Err(e) => {
+            tracing::warn!(error = %e, "an event from the runner that holds no {}; dropped", std::any::type_name::<T>());
+            None
+        }
+    }
 }
 
 /// Server-sent events read from the lines of a stream.
@@ -460,39 +511,23 @@ impl Runner for RemoteRunner {
     }
 
     fn subscribe(&self, id: &str) -> Result<Subscription, RunnerError> {
-        let reader = self.link.stream(&format!("sandboxes/{id}/events"))?;
-        let parse = |data: &str| match serde_json::from_str::<NetworkEvent>(data) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "an event from the runner that is no event; dropped");
-                None
-            }
-        };
-        let mut events = Events {
-            lines: reader.lines(),
-        };
-        let mut recent = Vec::new();
-        while let Some((name, data)) = events.next(|| true) {
-            if name == LIVE {
-                break;
-            }
-            recent.extend(parse(&data));
-        }
-        // The rest on a thread of its own, until the runner ends the
-        // stream (the sandbox is deleted), goes silent, or nobody
-        // receives (noticed at the next event or keep-alive).
-        let (tx, rx) = broadcast::channel(BACKLOG);
-        let stop = self.stop.clone();
-        std::thread::spawn(move || {
-            let go_on = || !stop.load(Ordering::SeqCst) && tx.receiver_count() > 0;
-            while let Some((_, data)) = events.next(go_on) {
-                if let Some(e) = parse(&data) {
-                    // No receiver left ends the loop.
-                    let _ = tx.send(e);
-                }
-            }
-        });
-        Ok((recent, rx))
+        let path = format!("sandboxes/{id}/events");
+        let (first, live) = self.link.follow::<NetworkEvent>(&path, self.stop.clone())?;
+        let recent = first.iter().filter_map(|(_, data)| parse(data)).collect();
+        Ok((recent, live))
+    }
+
+    fn flows(&self, id: &str) -> Result<FlowSubscription, RunnerError> {
+        let path = format!("sandboxes/{id}/flows");
+        let (first, live) = self.link.follow::<Flow>(&path, self.stop.clone())?;
+        let log = first
+            .iter()
+            .find(|(name, _)| name == "log")
+            .and_then(|(_, data)| parse::<FlowLog>(data))
+            .ok_or_else(|| {
+                RunnerError::host(format!("the runner at {} sent no flow log", self.link.base))
+            })?;
+        Ok((log, live))
     }
 
     fn restore(&self, expected: &[Expected]) -> Result<RestoreReport, RunnerError> {

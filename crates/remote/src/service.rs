@@ -12,6 +12,7 @@
 //! | `POST /v1/sandboxes/{id}/probe` | `[ProbeTarget]` | `[Observed]` |
 //! | `GET /v1/sandboxes/{id}/addresses` | | `[v4, v6]`, or 404 |
 //! | `GET /v1/sandboxes/{id}/events` | | events: the recent ones, an event named [`crate::LIVE`], then new ones |
+//! | `GET /v1/sandboxes/{id}/flows` | | events: the flow log as it stands (one event, `log`), [`crate::LIVE`], then each record written (`flow`) |
 //! | `POST /v1/restore` | `[Expected]` | `RestoreReport` |
 //! | `GET /v1/deaths` | | events: ids of sandboxes whose init died (those since the start first) |
 //!
@@ -40,8 +41,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use sandgate_contract::{
-    ExecRequest, ExecResult, Expected, Observed, ProbeTarget, RestoreReport, Runner, RunnerError,
-    SandboxSpec, TransferUsage,
+    ExecRequest, ExecResult, Expected, Flow, Observed, ProbeTarget, RestoreReport, Runner,
+    RunnerError, SandboxSpec, TransferUsage,
 };
 use sandgate_policy::EffectivePolicy;
 use sha2::{Digest, Sha256};
@@ -138,6 +139,7 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
         .route("/v1/sandboxes/{id}/addresses", get(addresses))
         .route("/v1/sandboxes/{id}/transfer", get(transfer))
         .route("/v1/sandboxes/{id}/events", get(events))
+        .route("/v1/sandboxes/{id}/flows", get(flows))
         .route_layer(axum::middleware::from_fn_with_state(
             served.clone(),
             restored_first,
@@ -505,14 +507,38 @@ async fn events(State(st): St, Path(id): Path<String>) -> Result<Response, Fault
             .json_data(e)
             .unwrap_or_else(|_| Event::default().comment("unserializable event"))
     };
-    let first: Vec<Result<Event, Infallible>> = recent
-        .iter()
-        .map(event)
+    Ok(followed(recent.iter().map(event).collect(), live, event))
+}
+
+async fn flows(State(st): St, Path(id): Path<String>) -> Result<Response, Fault> {
+    let (log, live) = st.runner.flows(&id)?;
+    let unserializable = |_| Event::default().comment("unserializable record");
+    let first = vec![Event::default()
+        .event("log")
+        .json_data(&log)
+        .unwrap_or_else(unserializable)];
+    let event = move |f: &Flow| {
+        Event::default()
+            .event("flow")
+            .json_data(f)
+            .unwrap_or_else(unserializable)
+    };
+    Ok(followed(first, live, event))
+}
+
+/// `first`, an event named [`LIVE`], then each item of `live` as `event`
+/// makes it, until the sandbox is deleted (the channel closes) or the API
+/// goes away; one that fell behind is told how many it lost.
+fn followed<T: Clone + Send + 'static>(
+    first: Vec<Event>,
+    live: broadcast::Receiver<T>,
+    event: impl Fn(&T) -> Event + Send + Sync + Copy + 'static,
+) -> Response {
+    let first: Vec<Result<Event, Infallible>> = first
+        .into_iter()
         .chain([Event::default().event(LIVE).data("")])
         .map(Ok)
         .collect();
-    // New events until the sandbox is deleted (the channel closes) or the
-    // API goes away; one that fell behind is told how many it lost.
     let next = stream::unfold(live, move |mut live| async move {
         let sent = match live.recv().await {
             Ok(e) => event(&e),
@@ -523,9 +549,9 @@ async fn events(State(st): St, Path(id): Path<String>) -> Result<Response, Fault
         };
         Some((Ok(sent), live))
     });
-    Ok(Sse::new(stream::iter(first).chain(next))
+    Sse::new(stream::iter(first).chain(next))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+        .into_response()
 }
 
 async fn deaths(State(st): St) -> Response {

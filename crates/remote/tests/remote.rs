@@ -210,6 +210,24 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
             && e["reason"] == "not_in_allow_list"),
         "{events:?}"
     );
+    // So are its flows: the echo the kernel forwarded, the refusal (each
+    // written by the runner's pump, within a moment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, log) = api.call("GET", &format!("/api/sandbox/{sb}/network/flows"), None);
+        assert_eq!(s, 200, "{log}");
+        let flows = log["flows"].as_array().unwrap();
+        let to = |dest: std::net::IpAddr, verdict: &str| {
+            flows
+                .iter()
+                .any(|f| f["destination"] == dest.to_string() && f["verdict"] == verdict)
+        };
+        if to(SERVER4, "allowed") && to(SERVER4_B, "denied") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // explain and the network test agree with the kernel there; the
     // host's own addresses come from the runner.

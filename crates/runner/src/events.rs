@@ -40,11 +40,14 @@ struct Stream {
 pub struct EventHub {
     streams: Mutex<HashMap<String, Stream>>,
     counts: Mutex<BTreeMap<(EventKind, String), u64>>,
+    /// The sandboxes' flow logs, opened and forgotten with their events.
+    pub flows: crate::flows::FlowLogs,
 }
 
 impl EventHub {
-    /// Starts keeping sandbox `id`'s events.
+    /// Starts keeping sandbox `id`'s events and flows.
     pub fn open(&self, id: &str) {
+        self.flows.open(id);
         lock(&self.streams)
             .entry(id.to_string())
             .or_insert_with(|| Stream {
@@ -88,9 +91,10 @@ impl EventHub {
         Some((stream.recent.iter().cloned().collect(), live))
     }
 
-    /// Forgets sandbox `id`'s events (it is deleted); its subscribers'
-    /// streams end.
+    /// Forgets sandbox `id`'s events and flows (it is deleted); its
+    /// subscribers' streams end.
     pub fn forget(&self, id: &str) {
+        self.flows.forget(id);
         lock(&self.streams).remove(id);
     }
 

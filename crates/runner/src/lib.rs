@@ -14,6 +14,7 @@
 
 mod dirlock;
 pub mod events;
+pub mod flows;
 mod grants;
 pub mod host;
 pub mod probe;
@@ -383,6 +384,8 @@ pub fn purge_runtime(cfg: &RunnerConfig) -> io::Result<()> {
 /// The sandboxes of one host.
 pub struct Runner {
     sandboxes: Arc<Sandboxes>,
+    /// Kernel flows the flow log lost (`sandgate_dataplane::Flows::lost`).
+    flows_lost: Arc<std::sync::atomic::AtomicU64>,
     runtime: Runtime,
     // Behind a lock only because its event receiver is not `Sync`.
     dns: Arc<Mutex<DnsService>>,
@@ -526,6 +529,12 @@ struct Sources {
     dns: Arc<Mutex<DnsService>>,
     /// The connections the gateway reset.
     refused: std::sync::mpsc::Receiver<GatewayEvent>,
+    /// The flows the kernel forwarded (none where it cannot tell them).
+    flows: Option<sandgate_dataplane::Flows>,
+    /// The connections the gateway relayed or reset.
+    relayed: std::sync::mpsc::Receiver<sandgate_gateway::flows::GatewayFlow>,
+    /// What writing a flow's record needs.
+    context: flows::Context,
 }
 
 /// Moves events from the dataplane's NFLOG reader, the gateway and the DNS service to
@@ -544,6 +553,9 @@ fn pump(
         mut kernel,
         dns,
         refused,
+        flows,
+        relayed,
+        context,
     } = sources;
     let mut sampled = Sampled::default();
     let mut last_sample = std::time::Instant::now();
@@ -564,6 +576,7 @@ fn pump(
     while !stop.load(Ordering::SeqCst) {
         if let Ok(e) = deny.receiver().recv_timeout(Duration::from_millis(100)) {
             if let Some(sandbox) = owner(e.slot, e.time) {
+                context.denied(&hub.flows, &sandbox, &e);
                 hub.publish(NetworkEvent {
                     time_ms: events::millis(e.time),
                     sandbox,
@@ -575,6 +588,16 @@ fn pump(
                     reason: e.reason,
                     count: None,
                 });
+            }
+        }
+        for f in flows.iter().flat_map(|f| f.receiver().try_iter()) {
+            if let Some(sandbox) = owner(f.slot, f.time) {
+                context.kernel(&hub.flows, &sandbox, f);
+            }
+        }
+        for f in relayed.try_iter() {
+            if let Some(sandbox) = owner(f.slot, f.time) {
+                context.gateway(&hub.flows, &sandbox, f);
             }
         }
         for e in refused.try_iter() {
@@ -771,7 +794,12 @@ fn sample(
                         Some((then, before)) if *then == since => *before,
                         _ => 0,
                     };
-                    report(*slot, class.reason, n.saturating_sub(before), now);
+                    let held = n.saturating_sub(before);
+                    report(*slot, class.reason, held, now);
+                    // Refusals not told are not in the flow log either.
+                    if let Some(sandbox) = owner(*slot, now).filter(|_| held > 0) {
+                        hub.flows.add_dropped(&sandbox, held);
+                    }
                     seen.insert(key, (since, *n));
                 }
                 sampled.held_back = seen;
@@ -878,6 +906,15 @@ impl Runner {
             Some(name) => Some(Netns::open(name)?),
             None => None,
         };
+        // Without the kernel's flows the log holds what the gateway and
+        // the deny events tell; the log says why.
+        let kernel_flows = match sandgate_dataplane::Flows::start(host.as_ref(), dp.config()) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "the flow log holds no flows of the kernel's: reading its connection tracking failed");
+                None
+            }
+        };
         let live = Arc::new(LivePolicy::new((*policy).clone()));
         let host_watch = host::HostWatch::start(host.as_ref(), live.clone())?;
         let sandboxes = Arc::new(Sandboxes {
@@ -901,15 +938,27 @@ impl Runner {
         )?));
         let mut gateway_cfg = GatewayConfig::new(gateway_port);
         gateway_cfg.terminator = terminator;
-        let (gateway, refused) =
-            Gateway::start(host.as_ref(), gateway_cfg, sandboxes.clone(), catalog)?;
+        let (gateway, refused, relayed) = Gateway::start(
+            host.as_ref(),
+            gateway_cfg,
+            sandboxes.clone(),
+            catalog.clone(),
+        )?;
         let gateway = Arc::new(gateway);
         let reading = Arc::new(Mutex::new(None));
         let slots = Arc::new(Mutex::new(HashMap::new()));
         let assigned = Arc::new(Mutex::new(HashMap::new()));
         let hub = Arc::new(events::EventHub::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let flows_lost = kernel_flows
+            .as_ref()
+            .map(sandgate_dataplane::Flows::lost_counter)
+            .unwrap_or_default();
         let pump = {
+            let context = flows::Context {
+                sandboxes: sandboxes.clone(),
+                catalog,
+            };
             let (dns, slots, assigned, hub, reading, stop) = (
                 dns.clone(),
                 slots.clone(),
@@ -926,6 +975,9 @@ impl Runner {
                         kernel: Some(kernel),
                         dns,
                         refused,
+                        flows: kernel_flows,
+                        relayed,
+                        context,
                     };
                     pump(sources, slots, assigned, hub, reading, stop)
                 })?
@@ -976,6 +1028,7 @@ impl Runner {
             assigned,
             stop,
             pump: Some(pump),
+            flows_lost,
             refill,
             refiller: Some(refiller),
             live,
@@ -1480,6 +1533,15 @@ impl Runner {
         self.events.subscribe(id).ok_or_else(|| no_sandbox(id))
     }
 
+    /// Sandbox `id`'s flow log as it stands and a receiver of its next
+    /// records.
+    pub fn flows(&self, id: &str) -> io::Result<sandgate_contract::FlowSubscription> {
+        self.events
+            .flows
+            .subscribe(id)
+            .ok_or_else(|| no_sandbox(id))
+    }
+
     /// New connections let out so far, as last sampled (every second, off
     /// every request's path): (by a list or the mode, by a DNS admission).
     pub fn allowed_counts(&self) -> Option<(u64, u64)> {
@@ -1547,6 +1609,10 @@ impl sandgate_contract::Runner for Runner {
         Runner::subscribe(self, id).map_err(fault)
     }
 
+    fn flows(&self, id: &str) -> Result<sandgate_contract::FlowSubscription, RunnerError> {
+        Runner::flows(self, id).map_err(fault)
+    }
+
     fn restore(&self, expected: &[Expected]) -> Result<RestoreReport, RunnerError> {
         Runner::restore(self, expected).map_err(fault)
     }
@@ -1587,6 +1653,8 @@ impl sandgate_contract::Runner for Runner {
                 .map(|((kind, reason), n)| (kind, reason, n))
                 .collect(),
             gateway: self.gateway_counts(),
+            flows_lost: self.flows_lost.load(Ordering::Relaxed)
+                + self.gateway.counters().flows_lost.load(Ordering::Relaxed),
         }
     }
 }

@@ -268,6 +268,23 @@ pub enum NetworkCommand {
         #[arg(long)]
         follow: bool,
     },
+    /// The sandbox's flow log: each connection, allowed or denied,
+    /// relayed by the kernel or the gateway, with its name and bytes; with
+    /// `--follow`, then each flow as it opens and again as it ends.
+    Flows {
+        /// Id or name.
+        sandbox: String,
+        /// Keep printing new records until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// Only flows still open or ended at or after this time
+        /// (milliseconds since the Unix epoch).
+        #[arg(long, value_name = "MS")]
+        since: Option<u64>,
+        /// At most this many records, the latest (1 to 1000; default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// Whether the sandbox may reach a destination, and by which rule
     /// (nothing is sent).
     Explain {
@@ -864,6 +881,49 @@ fn network(c: &Client, cmd: NetworkCommand, out: &Output) -> Result<ExitCode, Ap
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        NetworkCommand::Flows {
+            sandbox,
+            follow,
+            since,
+            limit,
+        } => {
+            let mut path = format!(
+                "/api/sandbox/{}/network/flows?follow={follow}",
+                path_part(&sandbox)
+            );
+            if let Some(since) = since {
+                path.push_str(&format!("&since={since}"));
+            }
+            if let Some(limit) = limit {
+                path.push_str(&format!("&limit={limit}"));
+            }
+            if follow {
+                c.events(&path, |f| {
+                    if let Some(lost) = f["lost"].as_u64() {
+                        eprintln!("({lost} records missed: this client fell behind)");
+                    } else if out.json {
+                        // One record per line, as it comes.
+                        say!("{f}");
+                    } else {
+                        flow_line(&f);
+                    }
+                    true
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let v = c.call("GET", &path, None)?;
+            if out.json {
+                out.print_json(&v);
+            } else {
+                for f in v["flows"].as_array().into_iter().flatten() {
+                    flow_line(f);
+                }
+                if let Some(n) = v["dropped"].as_u64().filter(|n| *n > 0) {
+                    say!("({n} records dropped: the log is bounded, and a flood of refusals is counted, not logged)");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         NetworkCommand::Grant {
             sandbox,
             target,
@@ -1076,6 +1136,41 @@ fn request_line(r: &Value) {
         s(&r["kind"]),
         s(&r["target"]),
         r["attempts"]
+    );
+}
+
+/// One record of a flow log, on a line: id, start, end (`open` while
+/// open), protocol, verdict, reason, source, destination, name (and from
+/// where), bytes out and in, and who carried it.
+fn flow_line(f: &Value) {
+    let at = |addr: &Value, port: &Value| match (addr.as_str(), port.as_u64()) {
+        (Some(a), Some(p)) if a.contains(':') => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+        _ => String::new(),
+    };
+    let name = match (f["name"].as_str(), f["nameSource"].as_str()) {
+        (Some(n), Some(from)) => format!("{n} ({from})"),
+        (Some(n), None) => n.to_string(),
+        _ => "-".to_string(),
+    };
+    let end = f["endMs"]
+        .as_u64()
+        .map_or_else(|| "open".to_string(), |e| e.to_string());
+    say!(
+        "{:>5}  {}  {:<13}  {:<6}  {:<7}  {:<32}  {} -> {}  {}  out {} in {}  {}",
+        f["id"],
+        f["startMs"],
+        end,
+        s(&f["protocol"]),
+        s(&f["verdict"]),
+        s(&f["reason"]),
+        at(&f["source"], &f["sourcePort"]),
+        at(&f["destination"], &f["port"]),
+        name,
+        f["bytesOut"],
+        f["bytesIn"],
+        s(&f["via"]),
     );
 }
 

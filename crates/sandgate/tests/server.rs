@@ -331,6 +331,33 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
             .any(|e| e["destination"] == "198.51.100.10" && e["reason"] == "not_in_allow_list"),
         "{events:?}"
     );
+    // So are the flows, allowed and denied: JSON with --json, a line each
+    // without.
+    let (code, log) = cli(&url, &key, &["sandbox", "network", "flows", "listed"]);
+    assert_eq!(code, 0, "{log}");
+    let flows = log["flows"].as_array().unwrap();
+    for (dest, verdict) in [("192.0.2.10", "allowed"), ("198.51.100.10", "denied")] {
+        assert!(
+            flows
+                .iter()
+                .any(|f| f["destination"] == dest && f["verdict"] == verdict),
+            "{log:#}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sandgate"))
+        .args(["sandbox", "network", "flows", "listed", "--limit", "1000"])
+        .env("SANDGATE_API_URL", &url)
+        .env("SANDGATE_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.contains(" denied ")
+            && l.contains("not_in_allow_list")
+            && l.contains("-> 198.51.100.10:7")),
+        "{text}"
+    );
     // exec exits with the command's status.
     let (code, v) = cli(&url, &key, &["sandbox", "exec", "blocked", "--", "exit 3"]);
     assert_eq!((code, v["exitCode"].as_i64()), (3, Some(3)));

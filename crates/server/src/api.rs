@@ -1761,6 +1761,92 @@ pub async fn network_events(
     Ok(followed(&st, first, live, move |e| Some(to_sse(&e))))
 }
 
+/// Which records of a flow log, and whether to follow it.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsQuery {
+    /// Milliseconds since the Unix epoch: only flows still open, or ended
+    /// at or after it (default: every record kept).
+    pub since: Option<u64>,
+    /// At most this many records, the latest (default 100, from 1 to
+    /// 1000).
+    pub limit: Option<u32>,
+    /// `true`: server-sent events, the same records first (each an event
+    /// named `flow`), then each record as it is written; default `false`:
+    /// JSON.
+    pub follow: Option<bool>,
+}
+
+/// The records a flow log's listing holds by default, and at most.
+const FLOWS_LIMIT: (u32, u32) = (100, 1000);
+
+/// A sandbox's flow log.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowLogBody {
+    /// The records, in the order of their ids: `id`, `startMs`, `endMs`
+    /// (`null` while open), `protocol`, `source`, `sourcePort`,
+    /// `destination`, `port`, `name`, `nameSource` (`dns`, `sni`,
+    /// `host`), `bytesOut`, `bytesIn`, `verdict` (`allowed`, `denied`),
+    /// `reason`, `rule`, `via` (`kernel`, `gateway`).
+    #[schema(value_type = Vec<Object>)]
+    pub flows: Vec<sandgate_contract::Flow>,
+    /// Records lost since the sandbox was made: pushed out of its bounded
+    /// log, or refusals its rate of events held back.
+    pub dropped: u64,
+}
+
+/// The sandbox's flow log: each connection, allowed or denied, relayed
+/// by the kernel or by the gateway (REQUIREMENTS.md, "The flow log"). JSON,
+/// or with `follow` server-sent events named `flow` (a flow is sent when
+/// it opens and again, with the same id, when it ends) and `lagged`
+/// (`{"lost": n}`) for a follower that fell behind.
+#[utoipa::path(get, path = "/api/sandbox/{id_or_name}/network/flows", tag = "sandbox",
+    params(("id_or_name" = String, Path, description = "sandbox id or name"), FlowsQuery),
+    responses((status = 200, body = FlowLogBody, description = "the flow log (JSON), or with `follow` a text/event-stream of records"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn network_flows(
+    State(st): St,
+    Caller(org, scopes): Caller,
+    Path(key): Path<String>,
+    Params(q): Params<FlowsQuery>,
+) -> Result<Response, ApiError> {
+    scopes.need(Scope::SandboxesRead)?;
+    let (default, most) = FLOWS_LIMIT;
+    let limit = q.limit.unwrap_or(default);
+    if !(1..=most).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: {limit} is not from 1 to {most}"
+        )));
+    }
+    let row = service::sandbox(&st, &org, &key).await?;
+    let (log, live) = service::flows(&st, &row).await?;
+    let since = q.since.unwrap_or(0);
+    let mut flows: Vec<_> = log
+        .flows
+        .into_iter()
+        .filter(|f| f.end_ms.is_none_or(|end| end >= since))
+        .collect();
+    let skip = flows.len().saturating_sub(limit as usize);
+    flows.drain(..skip);
+    if q.follow != Some(true) {
+        let body = FlowLogBody {
+            flows,
+            dropped: log.dropped,
+        };
+        return Ok(Json(body).into_response());
+    }
+    let to_sse = |f: &sandgate_contract::Flow| {
+        Event::default()
+            .event("flow")
+            .data(serde_json::to_string(f).unwrap_or_default())
+    };
+    let first = flows.iter().map(to_sse).collect();
+    Ok(followed(&st, first, live, move |f| Some(to_sse(&f))))
+}
+
 /// Server-sent events: `first`, then each item of `live` that `to_sse`
 /// makes an event of, until the channel closes (the sandbox is deleted),
 /// the client goes away or the server stops. A subscriber that fell

@@ -300,6 +300,7 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::deny_request))
         .routes(routes!(api::network_test))
         .routes(routes!(api::network_events))
+        .routes(routes!(api::network_flows))
         .routes(routes!(api::network_usage))
         .routes(routes!(api::create_secret, api::list_secrets))
         .routes(routes!(api::delete_secret))

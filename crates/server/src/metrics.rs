@@ -382,6 +382,12 @@ impl Collector for RunnerCounts {
         }
         one(
             &mut encoder,
+            "sandgate_flow_records_lost",
+            "Flow log records lost before they were written (the kernel's event socket overflowed, or a queue of records was full)",
+            &ConstCounter::new(counts.flows_lost),
+        )?;
+        one(
+            &mut encoder,
             "sandgate_gateway_connections",
             "Connections open through the gateway",
             &ConstGauge::new(i64::try_from(gw.active).unwrap_or(i64::MAX)),

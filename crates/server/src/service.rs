@@ -23,7 +23,8 @@ use crate::writes::RunnerMark;
 use crate::AppState;
 use axum::http::StatusCode;
 use sandgate_contract::{
-    ExecRequest, ExecResult, Observed, ProbeTarget, Runner, RunnerError, SandboxSpec, Subscription,
+    ExecRequest, ExecResult, FlowSubscription, Observed, ProbeTarget, Runner, RunnerError,
+    SandboxSpec, Subscription,
 };
 use sandgate_policy::{
     check_ttl, overlaps, CompiledPolicy, Destination, EffectivePolicy, EgressAddress, Grant,
@@ -1289,6 +1290,13 @@ pub async fn subscribe(st: &AppState, row: &SandboxRow) -> Result<Subscription, 
     running(row)?;
     let id = row.id.clone();
     on_runner(st, &row.runner, move |r| r.subscribe(&id)).await
+}
+
+/// Running sandbox `row`'s flow log as it stands and its next records.
+pub async fn flows(st: &AppState, row: &SandboxRow) -> Result<FlowSubscription, ApiError> {
+    running(row)?;
+    let id = row.id.clone();
+    on_runner(st, &row.runner, move |r| r.flows(&id)).await
 }
 
 /// Whether the store answers and the runner enforces.

@@ -352,6 +352,46 @@ fn malformed_requests_get_their_status_and_code_and_store_nothing() {
             "invalid_request",
         ),
         (
+            "GET",
+            format!("/api/sandbox/{ex}/network/flows?limit=0"),
+            Some(&k),
+            Send::Nothing,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            format!("/api/sandbox/{ex}/network/flows?limit=1001"),
+            Some(&k),
+            Send::Nothing,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            format!("/api/sandbox/{ex}/network/flows?since=yesterday"),
+            Some(&k),
+            Send::Nothing,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            format!("/api/sandbox/{ex}/network/flows?until=1"),
+            Some(&k),
+            Send::Nothing,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/api/sandbox/nobody/network/flows".into(),
+            Some(&k),
+            Send::Nothing,
+            404,
+            "not_found",
+        ),
+        (
             "POST",
             "/api/sandbox".into(),
             Some(&k),
@@ -1012,4 +1052,76 @@ fn a_server_without_a_secrets_key_stores_no_secret_and_says_why() {
             ),
         ],
     );
+}
+
+#[test]
+fn a_flow_log_is_listed_by_since_and_limit_and_followed_as_written() {
+    use sandgate_contract::{Flow, FlowVerdict, FlowVia};
+    let api = Api::with_double(|_| {});
+    let (_, k) = api.organization("flows", 3);
+    let (status, sb) = api.post("/api/sandbox", &k, json!({"name": "logged"}));
+    assert_eq!(status, 201, "{sb}");
+    let sb = id(&sb);
+    let flow = |id: u64, start: u64, end: Option<u64>| Flow {
+        id,
+        start_ms: start,
+        end_ms: end,
+        protocol: "tcp".into(),
+        source: "10.77.0.3".into(),
+        source_port: Some(40000),
+        destination: "192.0.2.10".into(),
+        port: Some(443),
+        name: None,
+        name_source: None,
+        bytes_out: 1,
+        bytes_in: 2,
+        verdict: FlowVerdict::Allowed,
+        reason: "open".into(),
+        rule: None,
+        via: FlowVia::Kernel,
+    };
+    for (i, end) in [Some(100), Some(200), None, Some(300)]
+        .into_iter()
+        .enumerate()
+    {
+        let i = i as u64 + 1;
+        api.double().record_flow(&sb, flow(i, i * 10, end));
+    }
+    let ids = |query: &str| -> Vec<u64> {
+        let (status, v) = api.get(&format!("/api/sandbox/{sb}/network/flows{query}"), &k);
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["dropped"], 0);
+        v["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(""), [1, 2, 3, 4]);
+    assert_eq!(ids("?limit=2"), [3, 4]);
+    // Open, or ended at or after `since`.
+    assert_eq!(ids("?since=200"), [2, 3, 4]);
+    assert_eq!(ids("?since=301"), [3]);
+    assert_eq!(ids("?since=200&limit=1"), [4]);
+    // Followed: the records as they stand, then each one written.
+    let recorder = {
+        let double = api.double().clone();
+        let sb = sb.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            double.record_flow(&sb, flow(3, 30, Some(400)));
+        })
+    };
+    let seen = api.stream(
+        &k,
+        &format!("/api/sandbox/{sb}/network/flows?follow=true&since=301"),
+        |f| f["endMs"] == 400,
+    );
+    recorder.join().unwrap();
+    let seen: Vec<(u64, Value)> = seen
+        .iter()
+        .map(|f| (f["id"].as_u64().unwrap(), f["endMs"].clone()))
+        .collect();
+    assert_eq!(seen, [(3, Value::Null), (3, json!(400))]);
 }

@@ -15,7 +15,9 @@ mod common;
 
 use common::Api;
 use sandgate_gateway::hello::craft;
-use sandgate_lab::addrs::{HTTP, HTTPS, QUIC, SERVER4_B, SERVER6_B, TCP_STREAM, UDP_ECHO};
+use sandgate_lab::addrs::{
+    HTTP, HTTPS, QUIC, SERVER4, SERVER4_B, SERVER6, SERVER6_B, TCP_ECHO, TCP_STREAM, UDP_ECHO,
+};
 use sandgate_netns::Netns;
 use sandgate_testkit::tls_client;
 use serde_json::json;
@@ -1070,4 +1072,193 @@ fn an_update_cuts_an_upgraded_connection_through_the_gateway() {
         updated.elapsed()
     );
     assert!(echoes(&mut kept).unwrap());
+}
+
+/// Sandbox `id`'s flow log as the API lists it, with `query`.
+fn flows(api: &Api, key: &str, id: &str, query: &str) -> serde_json::Value {
+    let (status, v) = api.get(&format!("/api/sandbox/{id}/network/flows{query}"), key);
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Waits (5 s at most) for a record of sandbox `id`'s flow log that
+/// `wanted` accepts (a record crosses the runner's pump after the fact).
+fn flow_where(
+    api: &Api,
+    key: &str,
+    id: &str,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = flows(api, key, id, "?limit=1000");
+        if let Some(f) = log["flows"].as_array().unwrap().iter().find(|f| wanted(f)) {
+            return f.clone();
+        }
+        assert!(Instant::now() < deadline, "no record of {what} in {log:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn the_flow_log_holds_each_connection_with_its_verdict_name_and_bytes() {
+    let api = Api::start();
+    let (_, key) = api.organization("flows", 3);
+    let ca = api.lab().ca_pem().to_string();
+    let s = api.sandbox(
+        &key,
+        json!({"name": "flows", "networkAllowList": format!("{SERVER4}/32"), "domainAllowList": "api.example.com"}),
+    );
+    let id = s["id"].as_str().unwrap();
+    resolve(&api, &key, id, "api.example.com");
+    let ns = api.slot_netns(id);
+
+    // Through the gateway: the allowed name over TLS and in the clear,
+    // another name of the same address.
+    assert!(https(&ns, &ca, SERVER4_B, "api.example.com").answered_for("api.example.com"));
+    assert!(http(&ns, SERVER4_B, "api.example.com").answered_for("api.example.com"));
+    assert_eq!(https(&ns, &ca, SERVER4_B, "www.example.net"), Got::Reset);
+    // By the kernel: the listed address (1000 bytes echoed, then closed),
+    // an unlisted one (refused), and QUIC to the name's address (refused).
+    let echo_port = ns
+        .run(|| {
+            let mut s = connect(SERVER4, TCP_ECHO);
+            s.write_all(&[7u8; 1000])?;
+            let mut back = [0u8; 1000];
+            s.read_exact(&mut back)?;
+            Ok(s.local_addr()?.port())
+        })
+        .unwrap();
+    let refused = ns
+        .run(|| {
+            let to = SocketAddr::new(SERVER6, TCP_ECHO);
+            Ok(TcpStream::connect_timeout(&to, Duration::from_millis(500)).is_err())
+        })
+        .unwrap();
+    assert!(refused);
+    assert!(!udp_echoed(&ns, SERVER4_B, QUIC));
+
+    let from_gateway = |source: &'static str| {
+        move |f: &serde_json::Value| {
+            f["via"] == "gateway"
+                && f["nameSource"] == source
+                && f["name"] == "api.example.com"
+                && !f["endMs"].is_null()
+        }
+    };
+    for (source, port) in [("sni", HTTPS), ("host", HTTP)] {
+        let f = flow_where(&api, &key, id, source, from_gateway(source));
+        assert_eq!(f["verdict"], "allowed", "{f}");
+        assert_eq!(f["reason"], "domain_allow_list:api.example.com", "{f}");
+        assert_eq!(f["destination"], SERVER4_B.to_string(), "{f}");
+        assert_eq!(f["port"], port, "{f}");
+        assert_eq!(f["protocol"], "tcp", "{f}");
+        // The request went up, the answer came down.
+        assert!(f["bytesOut"].as_u64().unwrap() > 50, "{f}");
+        assert!(f["bytesIn"].as_u64().unwrap() > 50, "{f}");
+        assert!(f["endMs"].as_u64() >= f["startMs"].as_u64(), "{f}");
+    }
+    let mismatch = flow_where(&api, &key, id, "the other name", |f| {
+        f["reason"] == "name_mismatch"
+    });
+    assert_eq!(mismatch["verdict"], "denied");
+    assert_eq!(mismatch["via"], "gateway");
+    assert_eq!(mismatch["name"], "www.example.net");
+    assert_eq!(mismatch["nameSource"], "sni");
+    let echo = flow_where(&api, &key, id, "the echo", |f| {
+        f["via"] == "kernel" && f["sourcePort"] == echo_port
+    });
+    assert_eq!(echo["verdict"], "allowed", "{echo}");
+    assert_eq!(echo["reason"], format!("allow_list:{SERVER4}/32"), "{echo}");
+    assert_eq!(echo["destination"], SERVER4.to_string());
+    assert_eq!(echo["port"], TCP_ECHO);
+    // Closed, but the kernel keeps it (TIME_WAIT) for a while: open.
+    assert!(echo["endMs"].is_null(), "{echo}");
+    // The kernel forgets it (as its timeout would): the record ends, with
+    // the bytes the kernel counted (the IP packets: 1000 bytes of data
+    // each way, and the headers).
+    let source = echo["source"].as_str().unwrap().to_string();
+    let forgot = api
+        .lab()
+        .host()
+        .run(move || {
+            let port = echo_port.to_string();
+            std::process::Command::new("conntrack")
+                .args(["-D", "-p", "tcp", "-s", &source, "--sport", &port])
+                .output()
+        })
+        .unwrap();
+    assert!(forgot.status.success(), "{forgot:?}");
+    let ended = flow_where(&api, &key, id, "the echo's end", |f| {
+        f["id"] == echo["id"] && !f["endMs"].is_null()
+    });
+    for way in ["bytesOut", "bytesIn"] {
+        let n = ended[way].as_u64().unwrap();
+        assert!((1000..2000).contains(&n), "{way}: {ended}");
+    }
+    let unlisted = flow_where(&api, &key, id, "the unlisted address", |f| {
+        f["destination"] == SERVER6.to_string()
+    });
+    assert_eq!(unlisted["verdict"], "denied");
+    assert_eq!(unlisted["reason"], "not_in_allow_list");
+    assert_eq!(unlisted["via"], "kernel");
+    let quic = flow_where(&api, &key, id, "QUIC", |f| f["reason"] == "quic_denied");
+    assert_eq!(quic["protocol"], "udp");
+    assert_eq!(quic["port"], QUIC);
+
+    // Nothing of sandgate's own services: no DNS query, and a connection
+    // the gateway relayed is its record only.
+    let log = flows(&api, &key, id, "?limit=1000");
+    let all = log["flows"].as_array().unwrap();
+    assert!(all.iter().all(|f| f["port"] != 53), "{log:#}");
+    assert!(
+        all.iter().all(|f| !(f["via"] == "kernel"
+            && f["destination"] == SERVER4_B.to_string()
+            && f["protocol"] == "tcp")),
+        "{log:#}"
+    );
+    assert_eq!(log["dropped"], 0);
+    assert_eq!(metric(&api, "sandgate_flow_records_lost_total"), 0);
+    let ids: Vec<u64> = all.iter().map(|f| f["id"].as_u64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // `limit`: the latest; `since`: what is open or ended since.
+    let last = flows(&api, &key, id, "?limit=1");
+    assert_eq!(last["flows"].as_array().unwrap().len(), 1);
+    assert_eq!(last["flows"][0]["id"], *ids.last().unwrap());
+    let later = flows(&api, &key, id, &format!("?since={}", now_ms() + 60_000));
+    assert!(later["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["endMs"].is_null()));
+
+    // Followed: a new flow is told as it opens.
+    let opener = {
+        let ns = api.slot_netns(id);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            ns.run(|| {
+                let mut s = connect(SERVER4, TCP_ECHO);
+                s.write_all(b"x")?;
+                Ok(s.local_addr()?.port())
+            })
+            .unwrap()
+        })
+    };
+    let since = now_ms();
+    let seen = api.stream(
+        &key,
+        &format!("/api/sandbox/{id}/network/flows?follow=true&since={since}"),
+        |f| f["via"] == "kernel" && f["startMs"].as_u64() >= Some(since) && f["port"] == TCP_ECHO,
+    );
+    let port = opener.join().unwrap();
+    assert_eq!(seen.last().unwrap()["sourcePort"], port, "{seen:?}");
 }

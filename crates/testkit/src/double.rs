@@ -8,8 +8,9 @@
 //! demand with the error a test chooses, and reports deaths when told.
 
 use sandgate_contract::{
-    Counts, ExecRequest, ExecResult, Expected, NetworkEvent, Observed, ProbeTarget, RestoreReport,
-    Runner, RunnerError, SandboxSpec, Subscription, TransferUsage,
+    Counts, ExecRequest, ExecResult, Expected, Flow, FlowLog, FlowSubscription, NetworkEvent,
+    Observed, ProbeTarget, RestoreReport, Runner, RunnerError, SandboxSpec, Subscription,
+    TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use std::collections::HashMap;
@@ -58,6 +59,7 @@ struct Inner {
     sandboxes: HashMap<String, Held>,
     failures: HashMap<Op, Vec<RunnerError>>,
     events: HashMap<String, broadcast::Sender<NetworkEvent>>,
+    flows: HashMap<String, (FlowLog, broadcast::Sender<Flow>)>,
     healthy: bool,
     update_delay: std::time::Duration,
     updates: u64,
@@ -174,6 +176,16 @@ impl RunnerDouble {
         self.inner().healthy = healthy;
     }
 
+    /// Writes `flow` to sandbox `sandbox`'s flow log (as given: its id
+    /// too) and hands it to its subscribers.
+    pub fn record_flow(&self, sandbox: &str, flow: Flow) {
+        if let Some((log, tx)) = self.inner().flows.get_mut(sandbox) {
+            log.flows.push(flow.clone());
+            // No subscriber is no error.
+            let _ = tx.send(flow);
+        }
+    }
+
     /// Hands `event` to sandbox `event.sandbox`'s subscribers.
     pub fn publish(&self, event: NetworkEvent) {
         if let Some(tx) = self.inner().events.get(&event.sandbox) {
@@ -235,6 +247,10 @@ impl Runner for RunnerDouble {
         inner
             .events
             .insert(spec.id.clone(), broadcast::channel(64).0);
+        inner.flows.insert(
+            spec.id.clone(),
+            (FlowLog::default(), broadcast::channel(64).0),
+        );
         Ok(())
     }
 
@@ -272,6 +288,7 @@ impl Runner for RunnerDouble {
         let mut inner = self.inner();
         inner.sandboxes.remove(id);
         inner.events.remove(id);
+        inner.flows.remove(id);
         Ok(())
     }
 
@@ -318,6 +335,20 @@ impl Runner for RunnerDouble {
         Ok((Vec::new(), tx.subscribe()))
     }
 
+    fn flows(&self, id: &str) -> Result<FlowSubscription, RunnerError> {
+        let inner = self.inner();
+        if inner.away {
+            return Err(RunnerError::Unavailable(
+                "the double plays a runner away".into(),
+            ));
+        }
+        let (log, tx) = inner
+            .flows
+            .get(id)
+            .ok_or_else(|| RunnerError::NotFound(format!("no sandbox {id} on this runner")))?;
+        Ok((log.clone(), tx.subscribe()))
+    }
+
     fn restore(&self, expected: &[Expected]) -> Result<RestoreReport, RunnerError> {
         self.failure(Op::Restore)?;
         let mut report = RestoreReport::default();
@@ -334,6 +365,7 @@ impl Runner for RunnerDouble {
         for id in unknown {
             inner.sandboxes.remove(&id);
             inner.events.remove(&id);
+            inner.flows.remove(&id);
             report.removed.push(id);
         }
         report.removed.sort();
