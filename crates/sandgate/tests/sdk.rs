@@ -30,11 +30,21 @@ fn setup() -> Setup {
     let lab = Lab::up().unwrap();
     let dir = std::env::temp_dir().join(format!("sandgate-sdk-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
+    // The secrets' key (the lab's: the suites create secrets).
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets_key = dir.join("secrets.key");
+    std::fs::write(&secrets_key, "5a".repeat(32)).unwrap();
+    let secrets_key = secrets_key.to_string_lossy().into_owned();
     let guard = Cleanup {
         server: Some(start_server_with(
             &lab,
             &dir,
-            &["--execs-per-org", EXECS_PER_ORG],
+            &[
+                "--execs-per-org",
+                EXECS_PER_ORG,
+                "--secrets-key-file",
+                &secrets_key,
+            ],
         )),
         dir,
     };

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import time
 import unittest
@@ -26,6 +27,8 @@ from sandgate import (
     AsyncSandgate,
     ConflictError,
     CreateSandboxFromSnapshotParams,
+    Flow,
+    FlowLog,
     HttpRule,
     NotFoundError,
     PermissionDeniedError,
@@ -314,6 +317,182 @@ class SdkTest(unittest.TestCase):
         self.assertEqual((denied.kind, denied.reason), ("connection", "not_in_allow_list"))
         self.assertEqual((denied.port, denied.sandbox), (PORT, s.id))
         self.assertIn(denied, list(s.network.events()))
+
+    def test_the_flow_log_records_allowed_and_denied_connections(self) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams(network_allow_list=f"{SERVER}/32"))
+        self.assertTrue(echoes(s, SERVER))
+        self.assertFalse(echoes(s, OTHER))
+
+        def found(log: FlowLog) -> Tuple[Optional[Flow], Optional[Flow]]:
+            to = {(f.destination, f.port, f.allowed, f.protocol): f for f in log.flows}
+            return to.get((SERVER, PORT, True, "tcp")), to.get((OTHER, PORT, False, "tcp"))
+
+        # The records reach the log as the kernel reports them: polled.
+        deadline = time.monotonic() + 10
+        log = s.network.flows()
+        while None in found(log) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            log = s.network.flows()
+        allowed, denied = found(log)
+        assert allowed is not None and denied is not None, log
+        self.assertIsInstance(log.dropped, int)
+        self.assertEqual(
+            (allowed.verdict, allowed.via, allowed.reason),
+            ("allowed", "kernel", f"allow_list:{SERVER}/32"),
+        )
+        self.assertIsNotNone(allowed.source_port)
+        self.assertEqual(denied.verdict, "denied")
+        self.assertEqual(denied.reason, "not_in_allow_list")
+        ids = [f.id for f in log.flows]
+        self.assertEqual(ids, sorted(ids))
+        # The last `limit` only; none that ended before `since` (a denied
+        # flow ends as it starts).
+        last = s.network.flows(limit=1)
+        self.assertEqual(len(last.flows), 1)
+        self.assertGreaterEqual(last.flows[0].id, max(ids))
+        later = s.network.flows(since=denied.start_ms + 1)
+        self.assertNotIn(denied.id, [f.id for f in later.flows])
+        # Followed: the records first (then each new one).
+        followed = next(f for f in s.network.follow_flows() if f.id == denied.id)
+        self.assertEqual(followed, denied)
+        twin = asyncio.run(AsyncSandbox(s).network.flows())
+        self.assertIn(denied, twin.flows)
+
+    def test_flow_records_and_secrets_are_read_and_sent_as_the_api_writes_them(self) -> None:
+        self.assertEqual(
+            CreateSandboxFromSnapshotParams(secrets=["GH_TOKEN"]).to_json(),
+            {"secrets": ["GH_TOKEN"]},
+        )
+        self.assertNotIn("secrets", CreateSandboxFromSnapshotParams().to_json())
+        view: Dict[str, Any] = {
+            "id": "sb-1",
+            "name": "f",
+            "state": "running",
+            "snapshot": "busybox",
+            "organizationId": "org-1",
+            "env": {"GH_TOKEN": "sg_secret_00"},
+            "secrets": ["GH_TOKEN"],
+            "effectiveNetwork": {"mode": "open"},
+            "createdAt": "2024-01-01T00:00:00Z",
+            "updatedAt": "2024-01-01T00:00:00Z",
+        }
+        http = RecordingHttp(view)
+        s = Sandbox(http, view)
+        self.assertEqual((s.secrets, s.env), (["GH_TOKEN"], {"GH_TOKEN": "sg_secret_00"}))
+        http.view = {
+            "flows": [
+                {
+                    "id": 3,
+                    "startMs": 10,
+                    "endMs": None,
+                    "protocol": "tcp",
+                    "source": "10.77.0.3",
+                    "sourcePort": 40000,
+                    "destination": "192.0.2.10",
+                    "port": 443,
+                    "name": "a.example",
+                    "nameSource": "sni",
+                    "bytesOut": 1,
+                    "bytesIn": 2,
+                    "verdict": "allowed",
+                    "reason": "domain_allow_list:a.example",
+                    "rule": None,
+                    "via": "gateway",
+                },
+                {
+                    "id": 4,
+                    "startMs": 11,
+                    "endMs": 11,
+                    "protocol": "icmp",
+                    "source": "10.77.0.3",
+                    "sourcePort": None,
+                    "destination": "198.51.100.7",
+                    "port": None,
+                    "name": None,
+                    "nameSource": None,
+                    "bytesOut": 0,
+                    "bytesIn": 0,
+                    "verdict": "denied",
+                    "reason": "not_in_allow_list",
+                    "rule": None,
+                    "via": "kernel",
+                },
+            ],
+            "dropped": 5,
+        }
+        log = s.network.flows(since=1000, limit=2)
+        self.assertEqual(
+            http.sent[-1], ("GET", "/api/sandbox/sb-1/network/flows?since=1000&limit=2", None)
+        )
+        self.assertEqual(log.dropped, 5)
+        self.assertEqual(
+            log.flows[0],
+            Flow(
+                id=3,
+                start_ms=10,
+                protocol="tcp",
+                source="10.77.0.3",
+                destination="192.0.2.10",
+                bytes_out=1,
+                bytes_in=2,
+                verdict="allowed",
+                reason="domain_allow_list:a.example",
+                via="gateway",
+                source_port=40000,
+                port=443,
+                name="a.example",
+                name_source="sni",
+            ),
+        )
+        refused = log.flows[1]
+        self.assertEqual((refused.end_ms, refused.port, refused.allowed), (11, None, False))
+        s.network.flows()
+        self.assertEqual(http.sent[-1][1], "/api/sandbox/sb-1/network/flows")
+        self.sandgate._http = http
+        http.view = {}
+        self.sandgate.secrets.delete("GH_TOKEN")
+        self.assertEqual(http.sent[-1], ("DELETE", "/api/secrets/GH_TOKEN", None))
+
+    def test_a_secret_is_held_as_a_placeholder_and_removed_when_no_sandbox_holds_it(
+        self,
+    ) -> None:
+        value = "tok_of_the_python_sdk"
+        secret = self.sandgate.secrets.create("SDK_TOKEN", value, ["api.example.com"])
+        self.assertEqual((secret.name, secret.hosts), ("SDK_TOKEN", ["api.example.com"]))
+        self.assertTrue(secret.created_at)
+        self.assertIn(secret, self.sandgate.secrets.list())
+        self.assertIn(secret, asyncio.run(AsyncSandgate().secrets.list()))
+        # Listed without its value: names, hosts and dates only.
+        raw = self.sandgate._http.request("GET", "/api/secrets")
+        self.assertNotIn(value, json.dumps(raw))
+        self.assertEqual(
+            [sorted(x) for x in raw if x["name"] == "SDK_TOKEN"], [["createdAt", "hosts", "name"]]
+        )
+        with self.assertRaises(ConflictError) as taken:
+            self.sandgate.secrets.create("SDK_TOKEN", "another", ["api.example.com"])
+        self.assertEqual(taken.exception.code, "secret_exists")
+        with self.assertRaises(ValidationError) as bad:
+            self.sandgate.secrets.create("not-a-variable", value, ["api.example.com"])
+        self.assertEqual(bad.exception.code, "invalid_secret_name")
+        # A sandbox holds a placeholder of its own, never the value.
+        s = self.create(CreateSandboxFromSnapshotParams(secrets=["SDK_TOKEN"]))
+        self.assertEqual(s.secrets, ["SDK_TOKEN"])
+        placeholder = s.env["SDK_TOKEN"]
+        self.assertTrue(placeholder.startswith("sg_secret_"), placeholder)
+        self.assertNotIn(value, placeholder)
+        self.assertEqual(s.process.exec('echo "$SDK_TOKEN"').stdout, f"{placeholder}\n")
+        self.assertEqual(self.sandgate.get(s.id).env["SDK_TOKEN"], placeholder)
+        with self.assertRaises(ValidationError) as unknown:
+            self.sandgate.create(CreateSandboxFromSnapshotParams(secrets=["NO_SUCH_SECRET"]))
+        self.assertEqual(unknown.exception.code, "unknown_secret")
+        with self.assertRaises(ConflictError) as held:
+            self.sandgate.secrets.delete(secret)
+        self.assertEqual(held.exception.code, "secret_in_use")
+        s.delete()
+        self.sandgate.secrets.delete("SDK_TOKEN")
+        self.assertNotIn("SDK_TOKEN", [x.name for x in self.sandgate.secrets.list()])
+        with self.assertRaises(NotFoundError):
+            self.sandgate.secrets.delete("SDK_TOKEN")
 
     def test_a_refused_connection_asks_and_its_owner_approves_or_denies(self) -> None:
         s = self.create(

@@ -27,20 +27,27 @@ EGRESS4 = lab_address("SANDGATE_TEST_EGRESS4")
 WHOAMI_PORT = Integer(ENV.fetch("SANDGATE_TEST_WHOAMI_PORT", "113"))
 
 # No server: every request is kept and answered with view (a sandbox as
-# the API shows it), so what the SDK sends and what it reads back are seen
-# alone.
+# the API shows it), and a stream with events ([name, data] pairs), so
+# what the SDK sends and what it reads back are seen alone.
 class RecordingHttp
-  attr_accessor :view
+  attr_accessor :view, :events
   attr_reader :sent
 
   def initialize(view)
     @view = view
+    @events = []
     @sent = []
   end
 
   def request(method, path, body = nil, timeout: nil)
     @sent << [method, path, body && JSON.parse(JSON.generate(body)), timeout]
     @view
+  end
+
+  def stream(path, &block)
+    @sent << ["GET", path, nil, nil]
+    @events.each { |event, data| block.call(event, data) }
+    nil
   end
 end
 
@@ -218,6 +225,132 @@ class SandgateTest < Minitest::Test
     assert_equal %w[connection not_in_allow_list], [denied.kind, denied.reason]
     assert_equal [PORT, s.id], [denied.port, denied.sandbox]
     assert_includes s.network.events, denied
+  end
+
+  def test_the_flow_log_records_allowed_and_denied_connections
+    s = create(network_allow_list: "#{SERVER}/32")
+    assert echoes(s, SERVER)
+    refute echoes(s, OTHER)
+    found = lambda do |log|
+      to = log.flows.to_h { |f| [[f.destination, f.port, f.verdict, f.protocol], f] }
+      [to[[SERVER, PORT, "allowed", "tcp"]], to[[OTHER, PORT, "denied", "tcp"]]]
+    end
+    # The records reach the log as the kernel reports them: polled.
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+    log = s.network.flows
+    while found.call(log).include?(nil) && Process.clock_gettime(Process::CLOCK_MONOTONIC) < deadline
+      sleep 0.5
+      log = s.network.flows
+    end
+    allowed, denied = found.call(log)
+    refute_nil allowed, log.inspect
+    refute_nil denied, log.inspect
+    assert_kind_of Integer, log.dropped
+    assert_equal ["kernel", "allow_list:#{SERVER}/32"], [allowed.via, allowed.reason]
+    assert_kind_of Integer, allowed.source_port
+    assert allowed.allowed?
+    assert_equal "not_in_allow_list", denied.reason
+    ids = log.flows.map(&:id)
+    assert_equal ids.sort, ids
+    # The last limit only; none that ended before since (a denied flow ends
+    # as it starts).
+    last = s.network.flows(limit: 1)
+    assert_equal 1, last.flows.size
+    assert_operator last.flows[0].id, :>=, ids.max
+    refute_includes s.network.flows(since: denied.start_ms + 1).flows.map(&:id), denied.id
+    # Followed: the records first (then each new one).
+    followed = nil
+    s.network.flows(follow: true) do |f|
+      if f.id == denied.id
+        followed = f
+        break
+      end
+    end
+    assert_equal denied, followed
+    assert_raises(ArgumentError) { s.network.flows(follow: true) }
+  end
+
+  def test_flow_records_and_secrets_are_read_and_sent_as_the_api_writes_them
+    params = Sandgate::CreateSandboxFromSnapshotParams.new(secrets: ["GH_TOKEN"])
+    assert_equal({ "secrets" => ["GH_TOKEN"] }, params.to_h)
+    refute_includes Sandgate::CreateSandboxFromSnapshotParams.new.to_h, "secrets"
+    view = {
+      "id" => "sb-1", "name" => "f", "state" => "running", "snapshot" => "busybox",
+      "organizationId" => "org-1", "env" => { "GH_TOKEN" => "sg_secret_00" },
+      "secrets" => ["GH_TOKEN"], "effectiveNetwork" => { "mode" => "open" },
+      "createdAt" => "2024-01-01T00:00:00Z", "updatedAt" => "2024-01-01T00:00:00Z"
+    }
+    http = RecordingHttp.new(view)
+    s = Sandgate::Sandbox.new(http, view)
+    assert_equal [["GH_TOKEN"], { "GH_TOKEN" => "sg_secret_00" }], [s.secrets, s.env]
+    opened = {
+      "id" => 3, "startMs" => 10, "endMs" => nil, "protocol" => "tcp", "source" => "10.77.0.3",
+      "sourcePort" => 40_000, "destination" => "192.0.2.10", "port" => 443, "name" => "a.example",
+      "nameSource" => "sni", "bytesOut" => 1, "bytesIn" => 2, "verdict" => "allowed",
+      "reason" => "domain_allow_list:a.example", "rule" => nil, "via" => "gateway"
+    }
+    refused = {
+      "id" => 4, "startMs" => 11, "endMs" => 11, "protocol" => "icmp", "source" => "10.77.0.3",
+      "destination" => "198.51.100.7", "bytesOut" => 0, "bytesIn" => 0, "verdict" => "denied",
+      "reason" => "not_in_allow_list", "via" => "kernel"
+    }
+    http.view = { "flows" => [opened, refused], "dropped" => 5 }
+    log = s.network.flows(since: 1000, limit: 2)
+    assert_equal ["GET", "/api/sandbox/sb-1/network/flows?since=1000&limit=2", nil, nil], http.sent[-1]
+    assert_equal 5, log.dropped
+    assert_equal Sandgate::Flow.new(id: 3, start_ms: 10, end_ms: nil, protocol: "tcp", source: "10.77.0.3",
+                                    source_port: 40_000, destination: "192.0.2.10", port: 443,
+                                    name: "a.example", name_source: "sni", bytes_out: 1, bytes_in: 2,
+                                    verdict: "allowed", reason: "domain_allow_list:a.example",
+                                    rule: nil, via: "gateway"), log.flows[0]
+    assert_equal [11, nil, false], [log.flows[1].end_ms, log.flows[1].port, log.flows[1].allowed?]
+    s.network.flows
+    assert_equal "/api/sandbox/sb-1/network/flows", http.sent[-1][1]
+    # Followed: the flow events only (a lagged one is skipped).
+    http.events = [["flow", opened], ["lagged", { "lost" => 2 }], ["flow", refused]]
+    followed = []
+    s.network.flows(since: 5, follow: true) { |f| followed << f.id }
+    assert_equal ["GET", "/api/sandbox/sb-1/network/flows?since=5&follow=true", nil, nil], http.sent[-1]
+    assert_equal [3, 4], followed
+    @sandgate.instance_variable_set(:@http, http)
+    @sandgate.secrets.delete("GH_TOKEN")
+    assert_equal ["DELETE", "/api/secrets/GH_TOKEN", nil, nil], http.sent[-1]
+  end
+
+  def test_a_secret_is_held_as_a_placeholder_and_removed_when_no_sandbox_holds_it
+    value = "tok_of_the_ruby_sdk"
+    secret = @sandgate.secrets.create("SDK_TOKEN", value: value, hosts: ["api.example.com"])
+    assert_equal ["SDK_TOKEN", ["api.example.com"]], [secret.name, secret.hosts]
+    assert_kind_of String, secret.created_at
+    assert_includes @sandgate.secrets.list, secret
+    # Listed without its value: names, hosts and dates only.
+    raw = @sandgate.instance_variable_get(:@http).request("GET", "/api/secrets")
+    refute_includes JSON.generate(raw), value
+    assert_equal [%w[createdAt hosts name]], raw.select { |x| x["name"] == "SDK_TOKEN" }.map { |x| x.keys.sort }
+    e = assert_raises(Sandgate::ConflictError) do
+      @sandgate.secrets.create("SDK_TOKEN", value: "another", hosts: ["api.example.com"])
+    end
+    assert_equal "secret_exists", e.code
+    e = assert_raises(Sandgate::ValidationError) do
+      @sandgate.secrets.create("not-a-variable", value: value, hosts: ["api.example.com"])
+    end
+    assert_equal "invalid_secret_name", e.code
+    # A sandbox holds a placeholder of its own, never the value.
+    s = create(secrets: ["SDK_TOKEN"])
+    assert_equal ["SDK_TOKEN"], s.secrets
+    placeholder = s.env["SDK_TOKEN"]
+    assert_match(/\Asg_secret_/, placeholder)
+    refute_includes placeholder, value
+    assert_equal "#{placeholder}\n", s.process.exec('echo "$SDK_TOKEN"').stdout
+    assert_equal placeholder, @sandgate.get(s.id).env["SDK_TOKEN"]
+    e = assert_raises(Sandgate::ValidationError) { create(secrets: ["NO_SUCH_SECRET"]) }
+    assert_equal "unknown_secret", e.code
+    e = assert_raises(Sandgate::ConflictError) { @sandgate.secrets.delete(secret) }
+    assert_equal "secret_in_use", e.code
+    s.delete
+    @sandgate.secrets.delete("SDK_TOKEN")
+    refute_includes @sandgate.secrets.list.map(&:name), "SDK_TOKEN"
+    assert_raises(Sandgate::NotFoundError) { @sandgate.secrets.delete("SDK_TOKEN") }
   end
 
   def test_a_refused_connection_asks_and_its_owner_approves_or_denies

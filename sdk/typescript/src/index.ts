@@ -135,6 +135,12 @@ export interface CreateSandboxParams {
   /** The methods and paths the sandbox may ask of hosts (tier 3/4),
    * enforced by the gateway. */
   httpRules?: HttpRule[]
+  /** Names of the organization's secrets the sandbox holds: each is an
+   * environment variable of its commands whose value is a placeholder of
+   * its own; the gateway puts the value in the placeholder's place in
+   * requests to the secret's hosts (the value never enters the sandbox).
+   * Needs the `secrets:write` scope. */
+  secrets?: string[]
 }
 
 /** New network settings: what is given replaces, the rest is kept. */
@@ -219,6 +225,77 @@ export interface NetworkEvent {
   port?: number
   domain?: string
   count?: number
+}
+
+/** Whether a flow was let through. */
+export type FlowVerdict = 'allowed' | 'denied'
+/** Who carried (or refused) a flow: the kernel, or the gateway (a
+ * connection steered to it for its name). */
+export type FlowVia = 'kernel' | 'gateway'
+/** Where a flow's name came from: a DNS answer sandgate gave the sandbox,
+ * the TLS ClientHello's server name, or the HTTP request's `Host`. */
+export type FlowNameSource = 'dns' | 'sni' | 'host'
+
+/** One connection of a sandbox in its flow log, allowed or denied. */
+export interface Flow {
+  /** Increasing in the order the flows were seen; an open flow is sent
+   * again, with the same id, when it ends. */
+  id: number
+  /** Milliseconds since the Unix epoch: when it opened (or was refused). */
+  startMs: number
+  /** When it ended; null while it is open (a denied flow ends as it
+   * starts). */
+  endMs: number | null
+  /** `tcp`, `udp`, `icmp`, `icmpv6`, or the IP protocol's number. */
+  protocol: string
+  /** The sandbox's address, and its port (TCP and UDP). */
+  source: string
+  sourcePort: number | null
+  /** The destination address, and its port (TCP and UDP). */
+  destination: string
+  port: number | null
+  /** The name it was for, where known, and where that came from. */
+  name: string | null
+  nameSource: FlowNameSource | null
+  /** Bytes both ways (final once it ended). */
+  bytesOut: number
+  bytesIn: number
+  verdict: FlowVerdict
+  /** The reason code, as `explain` writes it (`allow_list:192.0.2.0/24`,
+   * `not_in_allow_list`, ...). */
+  reason: string
+  /** The rule, in words, where known. */
+  rule: string | null
+  via: FlowVia
+}
+
+/** A sandbox's flow log as it stands: its records (each flow once, as it
+ * is now, in increasing `id`) and how many records it could not keep. */
+export interface FlowLog {
+  flows: Flow[]
+  dropped: number
+}
+
+/** A flow as the API writes it, its fields that may be empty null (never
+ * undefined). */
+function flowOf(f: Flow): Flow {
+  return {
+    ...f,
+    endMs: f.endMs ?? null,
+    sourcePort: f.sourcePort ?? null,
+    port: f.port ?? null,
+    name: f.name ?? null,
+    nameSource: f.nameSource ?? null,
+    rule: f.rule ?? null,
+  }
+}
+
+/** A secret of the organization, as shown: never its value. */
+export interface Secret {
+  name: string
+  /** The names and `*.` wildcards it is sent to, canonical. */
+  hosts: string[]
+  createdAt: string
 }
 
 /** A target a sandbox with approvals was refused, for its owner to
@@ -327,6 +404,7 @@ interface SandboxData {
   networkApprovals?: boolean
   approvalHoldSeconds?: number
   httpRules?: HttpRule[]
+  secrets?: string[]
   effectiveNetwork: EffectiveNetwork
   createdAt: string
   updatedAt: string
@@ -464,6 +542,15 @@ export class Http {
   }
 }
 
+/** Which records of a flow log. */
+export interface FlowOptions {
+  /** Milliseconds since the Unix epoch: flows still open or ended at or
+   * after it (default: all). */
+  since?: number
+  /** The last this many (default 100, at most 1000). */
+  limit?: number
+}
+
 /** Commands in a sandbox. */
 export class Process {
   constructor(private readonly sandbox: Sandbox) {}
@@ -542,6 +629,34 @@ export class Network {
     }
   }
 
+  /** The sandbox's flow log: its connections, allowed and denied, in
+   * increasing `id`; the last `limit` (default 100, at most 1000) of those
+   * still open or ended at or after `since` (milliseconds since the Unix
+   * epoch; default: all), and how many records it could not keep. */
+  async flows(options: FlowOptions = {}): Promise<FlowLog> {
+    const r = await this.sandbox.http.request<FlowLog>('GET', this.flowsPath(options, false))
+    return { flows: r.flows.map(flowOf), dropped: r.dropped ?? 0 }
+  }
+
+  /** The records of `flows()`, then each new one as it is written (a flow
+   * is sent when it opens and again, with the same id, when it ends):
+   * `for await (const f of sandbox.network.followFlows()) { ... }`;
+   * breaking out of the loop closes the stream. */
+  async *followFlows(options: FlowOptions = {}): AsyncGenerator<Flow> {
+    for await (const { event, data } of this.sandbox.http.stream<Flow>(this.flowsPath(options, true))) {
+      if (event === 'flow') yield flowOf(data)
+    }
+  }
+
+  private flowsPath(options: FlowOptions, follow: boolean): string {
+    const query = new URLSearchParams()
+    if (options.since !== undefined) query.set('since', String(options.since))
+    if (options.limit !== undefined) query.set('limit', String(options.limit))
+    if (follow) query.set('follow', 'true')
+    const q = query.toString()
+    return this.sandbox.path(q ? `/network/flows?${q}` : '/network/flows')
+  }
+
   /** The access requests of the sandbox (with `networkApprovals`), oldest
    * first; `state` keeps those in one state. */
   async requests(options: { state?: AccessRequest['state'] } = {}): Promise<AccessRequest[]> {
@@ -613,6 +728,8 @@ export class Sandbox {
   approvalHoldSeconds!: number
   /** Stored `httpRules` (undefined: none). */
   httpRules?: HttpRule[]
+  /** The names of the secrets it holds (`env` holds their placeholders). */
+  secrets!: string[]
   effectiveNetwork!: EffectiveNetwork
   createdAt!: string
   updatedAt!: string
@@ -646,6 +763,7 @@ export class Sandbox {
     this.networkApprovals = d.networkApprovals ?? false
     this.approvalHoldSeconds = d.approvalHoldSeconds ?? 0
     this.httpRules = d.httpRules !== undefined && d.httpRules.length > 0 ? httpRulesOnly(d.httpRules) : undefined
+    this.secrets = d.secrets ?? []
     this.effectiveNetwork = d.effectiveNetwork
     this.createdAt = d.createdAt
     this.updatedAt = d.updatedAt
@@ -732,9 +850,40 @@ export interface SandgateConfig {
   maxRetries?: number
 }
 
+/** The organization's secrets: stored sealed on the server, never shown
+ * again; a sandbox created with `secrets: [name, ...]` holds placeholders
+ * for them. Storing and removing them needs the `secrets:write` scope,
+ * and a server given a secrets key (else 503 `secrets_not_configured`). */
+export class Secrets {
+  /** @internal */
+  constructor(private readonly http: Http) {}
+
+  /** Stores a secret: `name` is an environment variable's (`A-Z`, `0-9`,
+   * `_`), `value` 1 byte to 8 KiB without a control character but tab,
+   * `hosts` the 1 to 16 names or `*.` wildcards it is sent to. A taken
+   * name is a `ConflictError` (`secret_exists`). */
+  create(name: string, value: string, hosts: string[]): Promise<Secret> {
+    return this.http.request('POST', '/api/secrets', { name, value, hosts })
+  }
+
+  /** The organization's secrets: names, hosts and dates, never values. */
+  list(): Promise<Secret[]> {
+    return this.http.request('GET', '/api/secrets')
+  }
+
+  /** Removes a secret (itself or its name); a `ConflictError`
+   * (`secret_in_use`) while a sandbox holds it. */
+  async delete(secret: Secret | string): Promise<void> {
+    const name = typeof secret === 'string' ? secret : secret.name
+    await this.http.request('DELETE', `/api/secrets/${encodeURIComponent(name)}`)
+  }
+}
+
 /** A client of a sandgate server. */
 export class Sandgate {
   private readonly http: Http
+  /** The organization's secrets: `create`, `list`, `delete`. */
+  readonly secrets: Secrets
 
   constructor(config: SandgateConfig = {}) {
     // An empty value is no value.
@@ -744,6 +893,7 @@ export class Sandgate {
       throw new SandgateError('no API key: pass apiKey or set SANDGATE_API_KEY', 'missing_api_key')
     }
     this.http = new Http(apiUrl.replace(/\/+$/, ''), apiKey, config.timeout ?? 120, config.maxRetries ?? 2)
+    this.secrets = new Secrets(this.http)
   }
 
   /** Creates a sandbox; it is running, its policy enforced, when this

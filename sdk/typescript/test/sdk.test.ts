@@ -9,6 +9,9 @@ import { createServer } from 'node:http'
 import { AddressInfo, isIPv4 } from 'node:net'
 import {
   AccessRequest,
+  ConflictError,
+  Flow,
+  FlowLog,
   HttpRule,
   NetworkEvent,
   NotFoundError,
@@ -230,6 +233,140 @@ test('network events list and follow what was denied', async () => {
   assert.equal(denied.reason, 'not_in_allow_list')
   assert.equal(denied.port, PORT)
   assert.ok((await s.network.events()).some((e) => e.destination === OTHER && e.timeMs === denied?.timeMs))
+})
+
+test('the flow log records allowed and denied connections', async () => {
+  const s = await create({ networkAllowList: `${SERVER}/32` })
+  assert.equal(await echoes(s, SERVER), true)
+  assert.equal(await echoes(s, OTHER), false)
+  const found = (log: FlowLog): [Flow | undefined, Flow | undefined] => [
+    log.flows.find((f) => f.verdict === 'allowed' && f.protocol === 'tcp' && f.destination === SERVER && f.port === PORT),
+    log.flows.find((f) => f.verdict === 'denied' && f.destination === OTHER && f.port === PORT),
+  ]
+  // The records reach the log as the kernel reports them: polled.
+  const deadline = Date.now() + 10_000
+  let log = await s.network.flows()
+  while (found(log).includes(undefined) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    log = await s.network.flows()
+  }
+  const [allowed, denied] = found(log)
+  assert.ok(allowed && denied, JSON.stringify(log))
+  assert.ok(Number.isInteger(log.dropped))
+  assert.deepEqual([allowed.via, allowed.reason], ['kernel', `allow_list:${SERVER}/32`])
+  assert.equal(typeof allowed.sourcePort, 'number')
+  assert.deepEqual([denied.protocol, denied.reason], ['tcp', 'not_in_allow_list'])
+  const ids = log.flows.map((f) => f.id)
+  assert.deepEqual(ids, [...ids].sort((a, b) => a - b))
+  // The last `limit` only; none that ended before `since` (a denied flow
+  // ends as it starts).
+  const last = await s.network.flows({ limit: 1 })
+  assert.equal(last.flows.length, 1)
+  assert.ok(last.flows[0]!.id >= Math.max(...ids))
+  const later = await s.network.flows({ since: denied.startMs + 1 })
+  assert.ok(!later.flows.some((f) => f.id === denied.id))
+  // Followed: the records first (then each new one).
+  let followed: Flow | undefined
+  for await (const f of s.network.followFlows()) {
+    if (f.id === denied.id) {
+      followed = f
+      break
+    }
+  }
+  assert.deepEqual(followed, denied)
+})
+
+test('flow records and secrets are read and sent as the API writes them', async () => {
+  // A local server stands for sandgate: what the SDK sends is kept, the
+  // answers are the API's shapes (a flow with its empty fields null, or
+  // absent), and the followed log has a `lagged` event to skip.
+  const open = {
+    id: 3, startMs: 10, endMs: null, protocol: 'tcp', source: '10.77.0.3', sourcePort: 40000,
+    destination: '192.0.2.10', port: 443, name: 'a.example', nameSource: 'sni', bytesOut: 1, bytesIn: 2,
+    verdict: 'allowed', reason: 'domain_allow_list:a.example', rule: null, via: 'gateway',
+  }
+  const refused = {
+    id: 4, startMs: 11, endMs: 11, protocol: 'icmp', source: '10.77.0.3', destination: '198.51.100.7',
+    bytesOut: 0, bytesIn: 0, verdict: 'denied', reason: 'not_in_allow_list', via: 'kernel',
+  }
+  const sandboxView = {
+    id: 'sb-1', name: 'f', state: 'running', snapshot: 'busybox', organizationId: 'org-1',
+    env: { GH_TOKEN: 'sg_secret_00' }, secrets: ['GH_TOKEN'], effectiveNetwork: { mode: 'open' },
+    createdAt: '2024-01-01T00:00:00Z', updatedAt: '2024-01-01T00:00:00Z',
+  }
+  const sent: Array<[string, string, unknown]> = []
+  const server = createServer((req, res) => {
+    let text = ''
+    req.on('data', (chunk: Buffer) => (text += chunk.toString()))
+    req.on('end', () => {
+      const url = req.url ?? ''
+      sent.push([req.method ?? '', url, text ? JSON.parse(text) : undefined])
+      if (url.includes('follow=true')) {
+        res.setHeader('Content-Type', 'text/event-stream')
+        res.end(`event: flow\ndata: ${JSON.stringify(open)}\n\nevent: lagged\ndata: {"lost": 2}\n\nevent: flow\ndata: ${JSON.stringify(refused)}\n\n`)
+      } else if (url.includes('/network/flows')) {
+        res.setHeader('Content-Type', 'application/json')
+        res.end(JSON.stringify({ flows: [open, refused], dropped: 5 }))
+      } else if (req.method === 'DELETE') {
+        res.statusCode = 204
+        res.end()
+      } else {
+        res.setHeader('Content-Type', 'application/json')
+        res.end(JSON.stringify(sandboxView))
+      }
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  try {
+    const { port } = server.address() as AddressInfo
+    const client = new Sandgate({ apiUrl: `http://127.0.0.1:${port}`, apiKey: 'sg_unused' })
+    const s = await client.create({ secrets: ['GH_TOKEN'] })
+    assert.deepEqual(sent[0], ['POST', '/api/sandbox', { secrets: ['GH_TOKEN'] }])
+    assert.deepEqual([s.secrets, s.env], [['GH_TOKEN'], { GH_TOKEN: 'sg_secret_00' }])
+    const log = await s.network.flows({ since: 1000, limit: 2 })
+    assert.deepEqual(sent[1], ['GET', '/api/sandbox/sb-1/network/flows?since=1000&limit=2', undefined])
+    const refusedAsRead = { ...refused, sourcePort: null, port: null, name: null, nameSource: null, rule: null }
+    assert.deepEqual(log, { flows: [open, refusedAsRead], dropped: 5 })
+    await s.network.flows()
+    assert.equal(sent[2]?.[1], '/api/sandbox/sb-1/network/flows')
+    const followed: Flow[] = []
+    for await (const f of s.network.followFlows({ since: 5 })) followed.push(f)
+    assert.equal(sent[3]?.[1], '/api/sandbox/sb-1/network/flows?since=5&follow=true')
+    assert.deepEqual(followed, [open, refusedAsRead])
+    await client.secrets.delete('GH_TOKEN')
+    assert.deepEqual(sent[4], ['DELETE', '/api/secrets/GH_TOKEN', undefined])
+  } finally {
+    server.closeAllConnections()
+    server.close()
+  }
+})
+
+test('a secret is held as a placeholder, and removed when no sandbox holds it', async () => {
+  const value = 'tok_of_the_typescript_sdk'
+  const secret = await sandgate.secrets.create('SDK_TOKEN', value, ['api.example.com'])
+  assert.deepEqual([secret.name, secret.hosts], ['SDK_TOKEN', ['api.example.com']])
+  assert.equal(typeof secret.createdAt, 'string')
+  // Listed without its value: names, hosts and dates only.
+  const listed = await sandgate.secrets.list()
+  assert.deepEqual(listed.find((x) => x.name === 'SDK_TOKEN'), secret)
+  assert.deepEqual(Object.keys(secret).sort(), ['createdAt', 'hosts', 'name'])
+  assert.ok(!JSON.stringify(listed).includes(value))
+  await assert.rejects(sandgate.secrets.create('SDK_TOKEN', 'another', ['api.example.com']), (e: unknown) => e instanceof ConflictError && e.code === 'secret_exists')
+  await assert.rejects(sandgate.secrets.create('not-a-variable', value, ['api.example.com']), (e: unknown) => e instanceof ValidationError && e.code === 'invalid_secret_name')
+  // A sandbox holds a placeholder of its own, never the value.
+  const s = await create({ secrets: ['SDK_TOKEN'] })
+  assert.deepEqual(s.secrets, ['SDK_TOKEN'])
+  const placeholder = s.env.SDK_TOKEN ?? ''
+  assert.match(placeholder, /^sg_secret_/)
+  assert.ok(!placeholder.includes(value))
+  assert.equal((await s.process.exec('echo "$SDK_TOKEN"')).stdout, `${placeholder}\n`)
+  assert.equal((await sandgate.get(s.id)).env.SDK_TOKEN, placeholder)
+  await assert.rejects(sandgate.create({ secrets: ['NO_SUCH_SECRET'] }), (e: unknown) => e instanceof ValidationError && e.code === 'unknown_secret')
+  await assert.rejects(sandgate.secrets.delete(secret), (e: unknown) => e instanceof ConflictError && e.code === 'secret_in_use')
+  await s.delete()
+  await sandgate.secrets.delete('SDK_TOKEN')
+  assert.ok(!(await sandgate.secrets.list()).some((x) => x.name === 'SDK_TOKEN'))
+  await assert.rejects(sandgate.secrets.delete('SDK_TOKEN'), NotFoundError)
 })
 
 test('a refused connection asks, and its owner approves or denies', async () => {

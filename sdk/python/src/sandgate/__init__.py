@@ -8,13 +8,15 @@
 'hello\\n'
 """
 
-from .aio import AsyncSandbox, AsyncSandgate
+from .aio import AsyncSandbox, AsyncSandgate, AsyncSecrets
 from .client import (
     AccessRequest,
     CreateSandboxBaseParams,
     CreateSandboxFromSnapshotParams,
     ExecuteResponse,
     Explanation,
+    Flow,
+    FlowLog,
     Grant,
     HttpRule,
     NetworkEvent,
@@ -22,6 +24,8 @@ from .client import (
     NetworkTestRow,
     Sandbox,
     Sandgate,
+    Secret,
+    Secrets,
     TransferUsage,
 )
 from .errors import (
@@ -42,12 +46,15 @@ __all__ = [
     "AccessRequest",
     "AsyncSandbox",
     "AsyncSandgate",
+    "AsyncSecrets",
     "AuthenticationError",
     "ConflictError",
     "CreateSandboxBaseParams",
     "CreateSandboxFromSnapshotParams",
     "ExecuteResponse",
     "Explanation",
+    "Flow",
+    "FlowLog",
     "Grant",
     "HttpRule",
     "NetworkEvent",
@@ -60,6 +67,8 @@ __all__ = [
     "Sandbox",
     "Sandgate",
     "SandgateError",
+    "Secret",
+    "Secrets",
     "ServerError",
     "TransferUsage",
     "ValidationError",

@@ -15,11 +15,15 @@ from .client import (
     NetworkEvent,
     ExecuteResponse,
     Explanation,
+    Flow,
+    FlowLog,
     Grant,
     HttpRule,
     NetworkTestResult,
     Sandbox,
     Sandgate,
+    Secret,
+    Secrets,
     TransferUsage,
 )
 
@@ -84,6 +88,26 @@ class AsyncNetwork:
             if event is None:
                 return
             yield event
+
+    async def flows(self, since: Optional[int] = None, limit: Optional[int] = None) -> FlowLog:
+        """See :meth:`sandgate.client.Network.flows`."""
+        return await asyncio.to_thread(self._sandbox.network.flows, since, limit)
+
+    async def follow_flows(
+        self, since: Optional[int] = None, limit: Optional[int] = None
+    ) -> AsyncIterator[Flow]:
+        """See :meth:`sandgate.client.Network.follow_flows`; each record is
+        read on a worker thread (``async for flow in ...``)."""
+        it = await asyncio.to_thread(self._sandbox.network.follow_flows, since, limit)
+
+        def step() -> Optional[Flow]:
+            return next(it, None)
+
+        while True:
+            flow = await asyncio.to_thread(step)
+            if flow is None:
+                return
+            yield flow
 
     async def requests(
         self, follow: bool = False, state: Optional[str] = None
@@ -241,6 +265,12 @@ class AsyncSandbox:
         return self.sync.http_rules
 
     @property
+    def secrets(self) -> List[str]:
+        """The names of the secrets it holds (``env`` holds their
+        placeholders)."""
+        return self.sync.secrets
+
+    @property
     def created_at(self) -> str:
         """When it was made."""
         return self.sync.created_at
@@ -293,6 +323,25 @@ class AsyncSandbox:
         await asyncio.to_thread(self.sync.delete)
 
 
+class AsyncSecrets:
+    """The organization's secrets, awaitable."""
+
+    def __init__(self, secrets: Secrets) -> None:
+        self._secrets = secrets
+
+    async def create(self, name: str, value: str, hosts: List[str]) -> Secret:
+        """See :meth:`sandgate.client.Secrets.create`."""
+        return await asyncio.to_thread(self._secrets.create, name, value, hosts)
+
+    async def list(self) -> List[Secret]:
+        """See :meth:`sandgate.client.Secrets.list`."""
+        return await asyncio.to_thread(self._secrets.list)
+
+    async def delete(self, secret: Union[Secret, str]) -> None:
+        """See :meth:`sandgate.client.Secrets.delete`."""
+        await asyncio.to_thread(self._secrets.delete, secret)
+
+
 class AsyncSandgate:
     """The asynchronous client; configured as :class:`sandgate.Sandgate`."""
 
@@ -304,6 +353,11 @@ class AsyncSandgate:
         max_retries: int = 2,
     ) -> None:
         self.sync = Sandgate(api_url, api_key, timeout, max_retries)
+
+    @property
+    def secrets(self) -> AsyncSecrets:
+        """The organization's secrets: ``create``, ``list``, ``delete``."""
+        return AsyncSecrets(self.sync.secrets)
 
     async def create(
         self, params: Optional[CreateSandboxBaseParams] = None, timeout: Optional[float] = None

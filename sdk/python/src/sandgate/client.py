@@ -95,6 +95,11 @@ class CreateSandboxBaseParams:
     default; the period is the operator's).
     ``http_rules``: the methods and paths the sandbox may ask of hosts
     (:class:`HttpRule`; tier 3/4), enforced by the gateway.
+    ``secrets``: names of the organization's secrets (:class:`Secret`) the
+    sandbox holds: each is an environment variable of its commands whose
+    value is a placeholder of its own; the gateway puts the value in the
+    placeholder's place in requests to the secret's hosts (the value never
+    enters the sandbox). Needs the ``secrets:write`` scope.
     """
 
     name: Optional[str] = None
@@ -112,6 +117,7 @@ class CreateSandboxBaseParams:
     approval_hold_seconds: Optional[int] = None
     transfer_quota_mib: Optional[int] = None
     http_rules: Optional[List[HttpRule]] = None
+    secrets: Optional[List[str]] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The API's request body (camelCase; fields left out are absent)."""
@@ -136,6 +142,8 @@ class CreateSandboxBaseParams:
                 body[key] = value
         if self.http_rules is not None:
             body["httpRules"] = [r.to_json() for r in self.http_rules]
+        if self.secrets is not None:
+            body["secrets"] = list(self.secrets)
         return body
 
 
@@ -258,6 +266,87 @@ class NetworkEvent:
             domain=r.get("domain"),
             count=r.get("count"),
         )
+
+
+@dataclass
+class Flow:
+    """One connection of a sandbox in its flow log, allowed or denied.
+
+    ``verdict``: ``"allowed"`` or ``"denied"``; ``via``: who carried or
+    refused it, ``"kernel"`` or ``"gateway"``; ``reason``: the reason code
+    as :meth:`Network.explain` writes it (``"allow_list:192.0.2.0/24"``,
+    ``"not_in_allow_list"``, ...). ``protocol``: ``"tcp"``, ``"udp"``,
+    ``"icmp"``, ``"icmpv6"`` or the IP protocol's number. ``end_ms`` is
+    ``None`` while it is open (a denied flow ends as it starts);
+    ``name`` is the name it was for where known, and ``name_source``
+    where that came from (``"dns"``, ``"sni"``, ``"host"``). Bytes are
+    counted both ways (final once it ended)."""
+
+    id: int
+    start_ms: int
+    protocol: str
+    source: str
+    destination: str
+    bytes_out: int
+    bytes_in: int
+    verdict: str
+    reason: str
+    via: str
+    end_ms: Optional[int] = None
+    source_port: Optional[int] = None
+    port: Optional[int] = None
+    name: Optional[str] = None
+    name_source: Optional[str] = None
+    rule: Optional[str] = None
+
+    @property
+    def allowed(self) -> bool:
+        """Whether it was let through."""
+        return self.verdict == "allowed"
+
+    @staticmethod
+    def _from(r: Dict[str, Any]) -> "Flow":
+        return Flow(
+            id=int(r["id"]),
+            start_ms=int(r["startMs"]),
+            protocol=str(r["protocol"]),
+            source=r["source"],
+            destination=r["destination"],
+            bytes_out=int(r.get("bytesOut", 0)),
+            bytes_in=int(r.get("bytesIn", 0)),
+            verdict=r["verdict"],
+            reason=r["reason"],
+            via=r["via"],
+            end_ms=r.get("endMs"),
+            source_port=r.get("sourcePort"),
+            port=r.get("port"),
+            name=r.get("name"),
+            name_source=r.get("nameSource"),
+            rule=r.get("rule"),
+        )
+
+
+@dataclass
+class FlowLog:
+    """A sandbox's flow log as it stands: its records (each flow once, as
+    it is now, in increasing ``id``) and how many records it could not
+    keep since the sandbox was made (``dropped``)."""
+
+    flows: List[Flow]
+    dropped: int
+
+
+@dataclass
+class Secret:
+    """A secret of the organization, as shown: never its value."""
+
+    name: str
+    hosts: List[str]
+    created_at: str
+
+    @staticmethod
+    def _from(r: Dict[str, Any]) -> "Secret":
+        return Secret(name=r["name"], hosts=list(r["hosts"]), created_at=r["createdAt"])
 
 
 @dataclass
@@ -561,6 +650,45 @@ class Network:
             if event != "lagged"
         )
 
+    def flows(self, since: Optional[int] = None, limit: Optional[int] = None) -> FlowLog:
+        """The sandbox's flow log: its connections, allowed and denied, in
+        increasing ``id``; the last ``limit`` (default 100, at most 1000)
+        of those still open or ended at or after ``since`` (milliseconds
+        since the Unix epoch; default: all), and how many records it
+        could not keep (``dropped``)."""
+        r = self._sandbox._http.request("GET", self._flows_path(since, limit, False))
+        return FlowLog(
+            flows=[Flow._from(f) for f in r["flows"]], dropped=int(r.get("dropped", 0))
+        )
+
+    def follow_flows(
+        self, since: Optional[int] = None, limit: Optional[int] = None
+    ) -> Iterator[Flow]:
+        """The records of :meth:`flows`, then each new one as it is written
+        (a flow is sent when it opens and again, with the same ``id``, when
+        it ends), until the sandbox is deleted or the server stops::
+
+            for flow in sandbox.network.follow_flows():
+                print(flow.verdict, flow.destination, flow.port, flow.reason)
+        """
+        path = self._flows_path(since, limit, True)
+        return (
+            Flow._from(data)
+            for event, data in self._sandbox._http.stream(path)
+            if event == "flow"
+        )
+
+    def _flows_path(self, since: Optional[int], limit: Optional[int], follow: bool) -> str:
+        query: Dict[str, str] = {}
+        if since is not None:
+            query["since"] = str(since)
+        if limit is not None:
+            query["limit"] = str(limit)
+        if follow:
+            query["follow"] = "true"
+        path = self._sandbox._path("/network/flows")
+        return path + "?" + urllib.parse.urlencode(query) if query else path
+
     def requests(
         self, follow: bool = False, state: Optional[str] = None
     ) -> Iterator[AccessRequest]:
@@ -652,6 +780,7 @@ class Sandbox:
     approval_hold_seconds: int
     transfer_quota_mib: Optional[int]
     http_rules: Optional[List[HttpRule]]
+    secrets: List[str]
     effective_network: Dict[str, Any]
     created_at: str
     updated_at: str
@@ -682,6 +811,7 @@ class Sandbox:
         self.approval_hold_seconds = int(data.get("approvalHoldSeconds", 0))
         self.transfer_quota_mib = data.get("transferQuotaMiB")
         self.http_rules = _http_rules(data.get("httpRules"))
+        self.secrets = list(data.get("secrets", []))
         self.effective_network = dict(data.get("effectiveNetwork", {}))
         self.created_at = data["createdAt"]
         self.updated_at = data["updatedAt"]
@@ -800,6 +930,38 @@ class Sandbox:
         return f"Sandbox(id={self.id!r}, name={self.name!r}, mode={self.mode!r})"
 
 
+class Secrets:
+    """The organization's secrets: stored sealed on the server, never
+    shown again; a sandbox created with ``secrets=[name, ...]`` holds
+    placeholders for them. Storing and removing them needs the
+    ``secrets:write`` scope, and a server given a secrets key (else 503
+    ``secrets_not_configured``)."""
+
+    def __init__(self, http: _Http) -> None:
+        self._http = http
+
+    def create(self, name: str, value: str, hosts: List[str]) -> Secret:
+        """Stores a secret: ``name`` is an environment variable's (``A-Z``,
+        ``0-9``, ``_``), ``value`` 1 byte to 8 KiB without a control
+        character but tab, ``hosts`` the 1 to 16 names or ``*.`` wildcards
+        it is sent to. A taken name is a :class:`ConflictError`
+        (``secret_exists``)."""
+        body: Dict[str, Any] = {"name": name, "value": value, "hosts": list(hosts)}
+        return Secret._from(self._http.request("POST", "/api/secrets", body))
+
+    def list(self) -> List[Secret]:
+        """The organization's secrets: names, hosts and dates, never
+        values."""
+        return [Secret._from(x) for x in self._http.request("GET", "/api/secrets")]
+
+    def delete(self, secret: Union[Secret, str]) -> None:
+        """Removes a secret (given as itself or its name); a
+        :class:`ConflictError` (``secret_in_use``) while a sandbox holds
+        it."""
+        name = secret.name if isinstance(secret, Secret) else secret
+        self._http.request("DELETE", f"/api/secrets/{urllib.parse.quote(name, safe='')}")
+
+
 class Sandgate:
     """A client of a sandgate server.
 
@@ -827,6 +989,11 @@ class Sandgate:
                 "no API key: pass api_key= or set SANDGATE_API_KEY", code="missing_api_key"
             )
         self._http = _Http(url, key, timeout, max_retries)
+
+    @property
+    def secrets(self) -> Secrets:
+        """The organization's secrets: ``create``, ``list``, ``delete``."""
+        return Secrets(self._http)
 
     def create(
         self, params: Optional[CreateSandboxBaseParams] = None, timeout: Optional[float] = None

@@ -53,18 +53,24 @@ module Sandgate
   # DNS query waits for an approval (0 to 60); transfer_quota_mib: what
   # the sandbox may send and receive in all each period, MiB, within its
   # tier's maximum (the period is the operator's); http_rules: the methods
-  # and paths the sandbox may ask of hosts (HttpRules; tier 3/4).
+  # and paths the sandbox may ask of hosts (HttpRules; tier 3/4); secrets:
+  # names of the organization's secrets the sandbox holds, each an
+  # environment variable of its commands whose value is a placeholder of
+  # its own, which the gateway replaces with the value in requests to the
+  # secret's hosts (the value never enters the sandbox; scope
+  # secrets:write).
   class CreateSandboxBaseParams
     attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list,
                   :network_deny_list, :domain_deny_list, :essential_services, :egress_mbps,
                   :max_connections, :new_connections_per_second, :network_approvals,
-                  :approval_hold_seconds, :transfer_quota_mib, :http_rules
+                  :approval_hold_seconds, :transfer_quota_mib, :http_rules, :secrets
 
     def initialize(name: nil, env: nil, network_allow_list: nil, network_block_all: nil,
                    domain_allow_list: nil, network_deny_list: nil, domain_deny_list: nil,
                    essential_services: nil, egress_mbps: nil, max_connections: nil,
                    new_connections_per_second: nil, network_approvals: nil,
-                   approval_hold_seconds: nil, transfer_quota_mib: nil, http_rules: nil)
+                   approval_hold_seconds: nil, transfer_quota_mib: nil, http_rules: nil,
+                   secrets: nil)
       @name = name
       @env = env
       @network_allow_list = network_allow_list
@@ -80,6 +86,7 @@ module Sandgate
       @approval_hold_seconds = approval_hold_seconds
       @transfer_quota_mib = transfer_quota_mib
       @http_rules = http_rules
+      @secrets = secrets
     end
 
     # The API's request body (camelCase; fields left out are absent).
@@ -99,7 +106,8 @@ module Sandgate
         "networkApprovals" => network_approvals,
         "approvalHoldSeconds" => approval_hold_seconds,
         "transferQuotaMiB" => transfer_quota_mib,
-        "httpRules" => http_rules && HttpRule.list(http_rules)
+        "httpRules" => http_rules && HttpRule.list(http_rules),
+        "secrets" => secrets
       }.compact
     end
   end
@@ -152,6 +160,40 @@ module Sandgate
       new(time_ms: r["timeMs"], sandbox: r["sandbox"], kind: r["kind"], protocol: r["protocol"],
           reason: r["reason"], destination: r["destination"], port: r["port"],
           domain: r["domain"], count: r["count"])
+    end
+  end
+  # One connection of a sandbox in its flow log, allowed or denied.
+  # verdict: "allowed" or "denied"; via: who carried or refused it,
+  # "kernel" or "gateway"; reason: the reason code as explain writes it
+  # ("allow_list:192.0.2.0/24", "not_in_allow_list", ...); protocol:
+  # "tcp", "udp", "icmp", "icmpv6" or the IP protocol's number; end_ms:
+  # nil while it is open (a denied flow ends as it starts); name: the name
+  # it was for where known, name_source where that came from ("dns",
+  # "sni", "host"); bytes both ways, final once it ended. An open flow is
+  # sent again, with the same id, when it ends.
+  Flow = Struct.new(:id, :start_ms, :end_ms, :protocol, :source, :source_port, :destination,
+                    :port, :name, :name_source, :bytes_out, :bytes_in, :verdict, :reason, :rule,
+                    :via, keyword_init: true) do
+    def self.from(r)
+      new(id: r["id"], start_ms: r["startMs"], end_ms: r["endMs"], protocol: r["protocol"],
+          source: r["source"], source_port: r["sourcePort"], destination: r["destination"],
+          port: r["port"], name: r["name"], name_source: r["nameSource"],
+          bytes_out: r.fetch("bytesOut", 0), bytes_in: r.fetch("bytesIn", 0),
+          verdict: r["verdict"], reason: r["reason"], rule: r["rule"], via: r["via"])
+    end
+
+    # Whether it was let through.
+    def allowed?
+      verdict == "allowed"
+    end
+  end
+  # A sandbox's flow log as it stands: its records (Flows, each once, as it
+  # is now, in increasing id) and how many records it could not keep.
+  FlowLog = Struct.new(:flows, :dropped, keyword_init: true)
+  # A secret of the organization, as shown: never its value.
+  Secret = Struct.new(:name, :hosts, :created_at, keyword_init: true) do
+    def self.from(r)
+      new(name: r["name"], hosts: r["hosts"], created_at: r["createdAt"])
     end
   end
   # A target a sandbox with approvals was refused (kind "name" or
@@ -403,6 +445,30 @@ module Sandgate
       block ? nil : seen
     end
 
+    # The sandbox's flow log (a FlowLog): its connections, allowed and
+    # denied, in increasing id; the last limit (default 100, at most 1000)
+    # of those still open or ended at or after since (milliseconds since
+    # the Unix epoch; default: all), and how many records it could not
+    # keep. With follow: true and a block, yields those records, then each
+    # new one as it is written (a flow when it opens, and again when it
+    # ends), until the block breaks out:
+    #
+    #   sandbox.network.flows(follow: true) { |f| puts "#{f.verdict} #{f.destination}" }
+    def flows(since: nil, limit: nil, follow: false, &block)
+      query = { "since" => since, "limit" => limit, "follow" => (follow ? "true" : nil) }.compact
+      path = @sandbox.path("/network/flows")
+      path += "?#{URI.encode_www_form(query)}" unless query.empty?
+      unless follow
+        r = @sandbox.http.request("GET", path)
+        return FlowLog.new(flows: r["flows"].map { |f| Flow.from(f) }, dropped: r.fetch("dropped", 0))
+      end
+      raise ArgumentError, "flows(follow: true) needs a block" unless block
+
+      @sandbox.http.stream(path) do |event, data|
+        block.call(Flow.from(data)) if event == "flow"
+      end
+    end
+
     # The access requests of the sandbox (with network_approvals), oldest
     # first; state: keeps those in one state ("pending", "approved",
     # "denied"). With follow: true and a block, yields them as they stand,
@@ -460,7 +526,7 @@ module Sandgate
                 :network_allow_list, :domain_allow_list, :network_deny_list, :domain_deny_list,
                 :essential_services, :egress_mbps, :max_connections, :new_connections_per_second,
                 :network_approvals, :approval_hold_seconds, :transfer_quota_mib, :http_rules,
-                :effective_network, :created_at, :updated_at, :process,
+                :secrets, :effective_network, :created_at, :updated_at, :process,
                 :network, :http
 
     def initialize(http, data)
@@ -580,10 +646,43 @@ module Sandgate
       @transfer_quota_mib = d["transferQuotaMiB"]
       rules = d["httpRules"]
       @http_rules = rules.nil? || rules.empty? ? nil : rules.map { |r| HttpRule.from(r) }
+      @secrets = d.fetch("secrets", [])
       @effective_network = d.fetch("effectiveNetwork", {})
       @created_at = d["createdAt"]
       @updated_at = d["updatedAt"]
       self
+    end
+  end
+
+  # The organization's secrets: stored sealed on the server, never shown
+  # again; a sandbox created with secrets: [name, ...] holds placeholders
+  # for them. Storing and removing them needs the secrets:write scope, and
+  # a server given a secrets key (else 503 secrets_not_configured).
+  class Secrets
+    def initialize(http)
+      @http = http
+    end
+
+    # Stores a secret (a Secret): name is an environment variable's (A-Z,
+    # 0-9, _), value 1 byte to 8 KiB without a control character but tab,
+    # hosts the 1 to 16 names or "*." wildcards it is sent to. A taken name
+    # is a ConflictError (secret_exists).
+    def create(name, value:, hosts:)
+      body = { "name" => name, "value" => value, "hosts" => hosts }
+      Secret.from(@http.request("POST", "/api/secrets", body))
+    end
+
+    # The organization's secrets: names, hosts and dates, never values.
+    def list
+      @http.request("GET", "/api/secrets").map { |r| Secret.from(r) }
+    end
+
+    # Removes a secret (a Secret or its name); a ConflictError
+    # (secret_in_use) while a sandbox holds it.
+    def delete(secret)
+      name = secret.is_a?(Secret) ? secret.name : secret
+      @http.request("DELETE", "/api/secrets/#{Http.escape(name)}")
+      nil
     end
   end
 
@@ -603,6 +702,11 @@ module Sandgate
       end
 
       @http = Http.new(url, key, timeout, max_retries)
+    end
+
+    # The organization's secrets: create, list, delete.
+    def secrets
+      Secrets.new(@http)
     end
 
     # Creates a sandbox; it is running, its policy enforced, on return.
