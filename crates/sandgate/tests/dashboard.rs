@@ -273,6 +273,11 @@ async fn session(url: &str, key: &str, port: u16, profile: &std::path::Path) {
     assert!(!echoes(url, key, "web", SERVER4));
     let events = text_with(&c, "#events", &SERVER4.to_string(), wait).await;
     assert!(events.contains("connection"), "{events}");
+    // So are its flows, the allowed one and the refused one.
+    let flows = text_with(&c, "#flows", &SERVER4.to_string(), wait).await;
+    assert!(flows.contains("not_in_allow_list"), "{flows}");
+    let flows = text_with(&c, "#flows", &SERVER4_B.to_string(), wait).await;
+    assert!(flows.contains("allowed"), "{flows}");
 
     // Explain says why; the policy is edited; the edit is in force.
     type_into(

@@ -13,6 +13,11 @@
  *   attempts: number, port?: number, protocol?: string}} AccessRequest */
 /** @typedef {{timeMs: number, kind: string, reason: string, protocol: string,
  *   destination?: string, port?: number, domain?: string}} NetworkEvent */
+/** @typedef {{id: number, startMs: number, endMs: number | null, protocol: string,
+ *   source: string, sourcePort: number | null, destination: string,
+ *   port: number | null, name: string | null, nameSource: string | null,
+ *   bytesOut: number, bytesIn: number, verdict: string, reason: string,
+ *   rule: string | null, via: string}} Flow */
 
 const KEY = "sandgate.key";
 
@@ -267,6 +272,7 @@ async function open(id) {
   byId("detail-name", HTMLSpanElement).textContent = sandbox.name;
   show(sandbox);
   byId("events", HTMLUListElement).replaceChildren();
+  byId("flows", HTMLTableSectionElement).replaceChildren();
   byId("requests", HTMLUListElement).replaceChildren();
   byId("test-results", HTMLTableSectionElement).replaceChildren();
   byId("explanation", HTMLParagraphElement).textContent = "";
@@ -274,6 +280,9 @@ async function open(id) {
   const signal = streams.signal;
   follow(`${path}/events?follow=true`, signal, (_name, data) => showEvent(data)).catch(ended);
   follow(`${path}/requests?follow=true`, signal, (_name, data) => showRequest(data)).catch(ended);
+  follow(`${path}/flows?follow=true`, signal, (name, data) => {
+    if (name === "flow") showFlow(data);
+  }).catch(ended);
   await list();
 }
 
@@ -307,6 +316,28 @@ function showEvent(e) {
   const cls = ["connection", "dns", "budget", "dropped"].includes(e.kind) ? e.kind : "other";
   const li = element("li", `${time} ${e.kind} ${e.protocol} ${where} ${e.reason}`, cls);
   byId("events", HTMLUListElement).prepend(li);
+}
+
+/** A record of the flow log: a row of its own, updated in place when
+ * the flow ends (the same id comes again).
+ * @param {Flow} f */
+function showFlow(f) {
+  const body = byId("flows", HTMLTableSectionElement);
+  const found = body.querySelector(`tr[data-id="${f.id}"]`);
+  const row = found instanceof HTMLTableRowElement ? found : document.createElement("tr");
+  if (row !== found) {
+    row.dataset.id = String(f.id);
+    body.prepend(row);
+  }
+  const to = `${f.destination}${f.port ? `:${f.port}` : ""}`;
+  const name = f.name ? `${f.name} (${f.nameSource ?? "?"})` : "";
+  const when = new Date(f.startMs);
+  const time = Number.isNaN(when.getTime()) ? "-" : when.toISOString();
+  row.className = f.verdict === "denied" ? "denied" : "";
+  row.replaceChildren(
+    ...[time, f.endMs === null ? "open" : "ended", f.protocol, to, name, f.verdict, f.reason,
+      `${f.bytesOut} / ${f.bytesIn}`, f.via].map((t) => element("td", t)),
+  );
 }
 
 /** @param {AccessRequest} r */
