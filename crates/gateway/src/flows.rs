@@ -15,16 +15,13 @@ pub enum FlowStage {
     /// Passed on for its name; it is open.
     Opened,
     /// It ended, after it was passed: the TCP payload relayed from the
-    /// sandbox (`up`) and to it (`down`), and the reason code of a
-    /// refusal that ended it, if one did (a later request's name, bytes
-    /// that were no HTTP).
+    /// sandbox (`up`) and to it (`down`). (A later refusal that ended it,
+    /// a request for another name say, is an event of its own.)
     Closed {
         /// Bytes from the sandbox.
         up: u64,
         /// Bytes to the sandbox.
         down: u64,
-        /// Why the gateway ended it, if it did for a reason of its own.
-        refused: Option<String>,
     },
     /// Reset before it was passed on: the reason code.
     Refused(String),
@@ -35,10 +32,15 @@ pub enum FlowStage {
 pub struct GatewayFlow {
     /// The slot of the sandbox.
     pub slot: u32,
+    /// The lease under which the sandbox held the slot: a record of a
+    /// slot's earlier holder is not its next holder's.
+    pub lease: u64,
     /// The gateway's number for the connection (the same in each of its
     /// records).
     pub conn: u64,
-    /// When it opened (for `Opened`, `Refused`) or ended (`Closed`).
+    /// When it was accepted.
+    pub start: SystemTime,
+    /// When it was passed (`Opened`), ended (`Closed`) or refused.
     pub time: SystemTime,
     /// The sandbox's end.
     pub source: SocketAddr,
@@ -85,7 +87,9 @@ pub(crate) struct FlowSink {
 pub(crate) struct FlowTrack {
     sink: FlowSink,
     slot: u32,
+    lease: u64,
     conn: u64,
+    start: SystemTime,
     source: SocketAddr,
     destination: SocketAddr,
     /// The name, as far as known (shared with the connection's check).
@@ -99,7 +103,7 @@ pub(crate) struct FlowTrack {
 impl FlowTrack {
     pub(crate) fn new(
         sink: &FlowSink,
-        slot: u32,
+        (slot, lease): (u32, u64),
         source: SocketAddr,
         destination: SocketAddr,
     ) -> FlowTrack {
@@ -107,6 +111,8 @@ impl FlowTrack {
             conn: sink.next.fetch_add(1, Ordering::Relaxed) + 1,
             sink: sink.clone(),
             slot,
+            lease,
+            start: SystemTime::now(),
             source,
             destination,
             name: Arc::new(Mutex::new(None)),
@@ -139,7 +145,9 @@ impl FlowTrack {
         let name = name.or_else(|| lock(&self.name).clone());
         let flow = GatewayFlow {
             slot: self.slot,
+            lease: self.lease,
             conn: self.conn,
+            start: self.start,
             time,
             source: self.source,
             destination: self.destination,
@@ -161,17 +169,11 @@ impl Drop for FlowTrack {
         let refused = lock(&self.refused).take();
         let now = SystemTime::now();
         if self.opened.load(Ordering::SeqCst) {
-            // Ended by a refusal: the name refused is the record's.
-            let (refused, name) = match refused {
-                Some((code, name)) => (Some(code), name),
-                None => (None, None),
-            };
             let stage = FlowStage::Closed {
                 up: self.counts.up.load(Ordering::Relaxed),
                 down: self.counts.down.load(Ordering::Relaxed),
-                refused,
             };
-            self.send(now, stage, name);
+            self.send(now, stage, None);
         } else if let Some((code, name)) = refused {
             self.send(now, FlowStage::Refused(code), name);
         }

@@ -777,7 +777,7 @@ async fn handle(shared: Arc<Shared>, mut down: TcpStream, peer: SocketAddr) {
     };
     let flow = Arc::new(flows::FlowTrack::new(
         &shared.flows,
-        holder.slot,
+        (holder.slot, holder.lease),
         peer,
         dest,
     ));
@@ -910,6 +910,8 @@ async fn serve_http<IO>(
     let Some((_untrack, cut)) =
         shared.track(holder, (source, dest.ip(), false), name.clone(), epoch)
     else {
+        // A policy change since the check took the name away.
+        flow.refuse(Denial::NameMismatch.code(), sni.as_deref());
         return guard.reset();
     };
     let tls = match (&sni, &shared.cfg.terminator) {
@@ -918,10 +920,14 @@ async fn serve_http<IO>(
             Ok(server) => Some((t.connector(), server)),
             Err(e) => {
                 tracing::warn!(error = %e, "gateway: a terminated name is no server name");
+                flow.refuse(Denial::TlsHandshake.code(), Some(n));
                 return guard.reset();
             }
         },
-        (Some(_), None) => return guard.reset(),
+        (Some(n), None) => {
+            flow.refuse(Denial::TlsHandshake.code(), Some(n));
+            return guard.reset();
+        }
     };
     let upstream = http::Upstream {
         dial: Dial::of(holder, dest, shared.cfg.connect_timeout),

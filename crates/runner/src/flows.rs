@@ -97,7 +97,17 @@ impl FlowLogs {
             log.dropped += 1;
         }
         if let (Some(key), None) = (key, flow.end_ms) {
-            log.open.insert(key, flow.id);
+            // A key told open again (the kernel reuses a flow's id once
+            // it forgot the flow, whose end was lost): the older record
+            // ends where the newer starts.
+            if let Some(older) = log.open.insert(key, flow.id) {
+                let start = flow.start_ms;
+                if let Some(older) = log.find(older) {
+                    older.end_ms = Some(start);
+                    let older = older.clone();
+                    log.send(&older);
+                }
+            }
         }
         log.send(&flow);
         log.records.push_back(flow);
@@ -227,23 +237,31 @@ impl Context {
         }
     }
 
-    /// Writes a flow the kernel told of, for `sandbox`.
+    /// Writes a flow the kernel told of, for `sandbox`. The end of a
+    /// flow whose start this log does not hold (its start was lost, or it
+    /// was a slot's earlier holder's, forgotten after the slot changed
+    /// hands) is left out: it is no flow of `sandbox`'s that it could
+    /// vouch for.
     pub(crate) fn kernel(&self, logs: &FlowLogs, sandbox: &str, f: KernelFlow) {
         let time = millis(f.time);
         if let Some((out, back)) = f.ended {
-            if logs.end(sandbox, Key::Kernel(f.id), (time, out, back), |_| {}) {
-                return;
+            if !logs.end(sandbox, Key::Kernel(f.id), (time, out, back), |_| {}) {
+                tracing::debug!(
+                    sandbox,
+                    id = f.id,
+                    "the end of a flow whose start is not in the log"
+                );
             }
+            return;
         }
         let Some(holder) = self.holder(f.slot) else {
             return;
         };
         let why = self.kernel_why(&holder, f.destination, f.port);
-        let (bytes_out, bytes_in) = f.ended.unwrap_or((0, 0));
         let flow = Flow {
             id: 0,
             start_ms: time,
-            end_ms: f.ended.map(|_| time),
+            end_ms: None,
             protocol: f.protocol,
             source: f.source.to_string(),
             source_port: f.source_port,
@@ -251,8 +269,8 @@ impl Context {
             port: f.port,
             name_source: why.name.as_ref().map(|_| NameSource::Dns),
             name: why.name,
-            bytes_out,
-            bytes_in,
+            bytes_out: 0,
+            bytes_in: 0,
             verdict: FlowVerdict::Allowed,
             reason: why.reason,
             rule: why.rule,
@@ -261,8 +279,14 @@ impl Context {
         logs.record(sandbox, Some(Key::Kernel(f.id)), flow);
     }
 
-    /// Writes a connection the gateway told of, for `sandbox`.
+    /// Writes a connection the gateway told of, for `sandbox`, if the
+    /// sandbox still holds the slot under the lease the connection came
+    /// under (a record of the slot's earlier holder, told after the slot
+    /// changed hands, is left out).
     pub(crate) fn gateway(&self, logs: &FlowLogs, sandbox: &str, f: GatewayFlow) {
+        let Some(holder) = self.holder(f.slot).filter(|h| h.lease == f.lease) else {
+            return;
+        };
         let time = millis(f.time);
         let name_source = f.name.as_ref().map(|_| match f.tls {
             true => NameSource::Sni,
@@ -270,7 +294,7 @@ impl Context {
         });
         let base = |verdict, reason: String| Flow {
             id: 0,
-            start_ms: time,
+            start_ms: millis(f.start),
             end_ms: None,
             protocol: "tcp".into(),
             source: f.source.ip().to_canonical().to_string(),
@@ -288,23 +312,17 @@ impl Context {
         };
         match f.stage {
             FlowStage::Opened => {
-                let Some(holder) = self.holder(f.slot) else {
-                    return;
-                };
                 let reason = self.name_why(&holder, f.name.as_deref());
                 let flow = base(FlowVerdict::Allowed, reason);
                 logs.record(sandbox, Some(Key::Gateway(f.conn)), flow);
             }
-            FlowStage::Closed { up, down, refused } => {
+            FlowStage::Closed { up, down } => {
                 let name = f.name.clone();
                 logs.end(sandbox, Key::Gateway(f.conn), (time, up, down), |flow| {
+                    // An HTTP connection's last request's name.
                     if name.is_some() {
                         flow.name = name;
                         flow.name_source = name_source;
-                    }
-                    if let Some(code) = refused {
-                        flow.verdict = FlowVerdict::Denied;
-                        flow.reason = code;
                     }
                 });
             }
@@ -396,6 +414,16 @@ mod tests {
         assert_eq!(now.flows.len(), KEPT);
         assert_eq!(now.dropped, 3 + 3);
         assert!(!logs.end("sb", Key::Gateway(1), (9, 1, 1), |_| {}));
+        // A key told open again ends the record it named.
+        logs.record("sb", Some(Key::Kernel(9)), flow(22, None));
+        logs.record("sb", Some(Key::Kernel(9)), {
+            let mut f = flow(22, None);
+            f.start_ms = 50;
+            f
+        });
+        let (now, _) = logs.subscribe("sb").unwrap();
+        let last: Vec<Option<u64>> = now.flows.iter().rev().take(2).map(|f| f.end_ms).collect();
+        assert_eq!(last, [None, Some(50)]);
         // A forgotten sandbox keeps nothing.
         logs.forget("sb");
         logs.record("sb", None, flow(80, Some(1)));

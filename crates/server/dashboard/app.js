@@ -328,6 +328,8 @@ function showFlow(f) {
   if (row !== found) {
     row.dataset.id = String(f.id);
     body.prepend(row);
+    // The latest few hundred; the API has the rest.
+    while (body.rows.length > 500) body.deleteRow(-1);
   }
   const to = `${f.destination}${f.port ? `:${f.port}` : ""}`;
   const name = f.name ? `${f.name} (${f.nameSource ?? "?"})` : "";
