@@ -13,31 +13,21 @@ use tokio::net::TcpStream;
 /// The most bytes moved by one call (a pipe's default capacity is 64 KiB).
 const CHUNK: usize = 64 * 1024;
 
-/// Bytes moved each way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Moved {
-    /// From the sandbox to the destination.
-    pub up: u64,
-    /// From the destination to the sandbox.
-    pub down: u64,
-}
-
 /// Relays between `a` (the sandbox's side) and `b` until both directions
 /// are closed; an end of one direction is passed on as a half-close. The
 /// bytes are counted in `counts` as they pass (also those of a relay cut
 /// short).
-pub async fn relay(a: &TcpStream, b: &TcpStream, counts: &FlowCounts) -> io::Result<Moved> {
-    let (up, down) = tokio::try_join!(one_way(a, b, &counts.up), one_way(b, a, &counts.down))?;
-    Ok(Moved { up, down })
+pub async fn relay(a: &TcpStream, b: &TcpStream, counts: &FlowCounts) -> io::Result<()> {
+    tokio::try_join!(one_way(a, b, &counts.up), one_way(b, a, &counts.down))?;
+    Ok(())
 }
 
 /// Moves bytes from `from` to `to` until `from` ends; then ends `to`'s
 /// writing side.
-async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::Result<()> {
     let flags = PipeFlags::CLOEXEC | PipeFlags::NONBLOCK;
     let (pipe_r, pipe_w): (OwnedFd, OwnedFd) = pipe_with(flags)?;
     let moves = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    let mut total = 0u64;
     loop {
         let n = loop {
             from.readable().await?;
@@ -53,7 +43,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::R
             // The sender is done: so is the receiver's reading side,
             // once what it has is read.
             socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
-            return Ok(total);
+            return Ok(());
         }
         let mut left = n;
         while left > 0 {
@@ -69,6 +59,5 @@ async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::R
                 Err(e) => return Err(e),
             }
         }
-        total += n as u64;
     }
 }
