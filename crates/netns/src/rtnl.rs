@@ -230,36 +230,7 @@ impl Rtnl {
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             NLM_F_DUMP,
         )?;
-        Ok(answers
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => {
-                    let name = l.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::IfName(n) => Some(n.clone()),
-                        _ => None,
-                    })?;
-                    let mac = l
-                        .attributes
-                        .iter()
-                        .find_map(|a| match a {
-                            LinkAttribute::Address(m) => Some(m.clone()),
-                            _ => None,
-                        })
-                        .unwrap_or_default();
-                    let oper_up = l
-                        .attributes
-                        .iter()
-                        .any(|a| matches!(a, LinkAttribute::OperState(State::Up)));
-                    Some(Link {
-                        index: l.header.index,
-                        name,
-                        mac,
-                        oper_up,
-                    })
-                }
-                _ => None,
-            })
-            .collect())
+        Ok(answers.into_iter().filter_map(link_of).collect())
     }
 
     /// Every address of the namespace, with the index of its link.
@@ -279,9 +250,19 @@ impl Rtnl {
             .collect())
     }
 
-    /// The link named `name`, if there is one.
+    /// The link named `name`, if there is one: asked for by name, so that
+    /// the cost does not grow with the number of links (a dump of two
+    /// thousand slot links took 25 ms).
     pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
-        Ok(self.links()?.into_iter().find(|l| l.name == name))
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(message), NLM_F_ACK) {
+            Ok(answers) => Ok(answers.into_iter().find_map(link_of)),
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits until the link named `name` is operationally up, at most
@@ -306,11 +287,7 @@ impl Rtnl {
 
     /// The index of the link named `name`, if there is one.
     pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
-        Ok(self
-            .links()?
-            .into_iter()
-            .find(|l| l.name == name)
-            .map(|l| l.index))
+        Ok(self.link(name)?.map(|l| l.index))
     }
 
     /// Creates a veth pair: `name` here, `peer` in the namespace of
@@ -435,4 +412,33 @@ impl Rtnl {
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
+}
+
+/// The link a `NewLink` message describes (one with a name).
+fn link_of(message: RouteNetlinkMessage) -> Option<Link> {
+    let RouteNetlinkMessage::NewLink(l) = message else {
+        return None;
+    };
+    let name = l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })?;
+    let mac = l
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let oper_up = l
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::OperState(State::Up)));
+    Some(Link {
+        index: l.header.index,
+        name,
+        mac,
+        oper_up,
+    })
 }

@@ -31,6 +31,11 @@ fn a_veth_pair_between_two_namespaces_carries_udp_both_ways() {
         let mut rt = Rtnl::open()?;
         assert!(rt.link_index("sgt-a")?.is_none(), "the host end stays in A");
         let idx = rt.link_index("sgt-b")?.unwrap();
+        // Asked for by name, a link is the one a dump lists.
+        let listed = rt.links()?.into_iter().find(|l| l.name == "sgt-b").unwrap();
+        let asked = rt.link("sgt-b")?.unwrap();
+        assert_eq!((asked.index, &asked.mac), (listed.index, &listed.mac));
+        assert_eq!(asked.index, idx);
         rt.add_address(idx, "192.0.2.0/31".parse().unwrap())?;
         rt.add_address(idx, "2001:db8:77::2/64".parse().unwrap())?;
         rt.set_up(idx)?;

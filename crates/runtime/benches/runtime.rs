@@ -13,6 +13,9 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
+use common::runc;
 use sandgate_dataplane::{Dataplane, DataplaneConfig};
 use sandgate_lab::bench::stats;
 use sandgate_lab::{lab_policy, Lab};
@@ -21,21 +24,7 @@ use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use sandgate_runtime::{ExecRequest, Runtime, RuntimeConfig};
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
-
-fn runc(root: &Path, args: &[&str]) {
-    let status = Command::new("runc")
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "runc {args:?}");
-}
 
 /// The dataplane on the state in `dir` (fresh or as after a restart) with
 /// a warm pool of `pool`.

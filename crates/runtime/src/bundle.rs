@@ -211,3 +211,14 @@ pub fn config(spec: &BundleSpec<'_>) -> Value {
         },
     })
 }
+
+/// The network namespace the bundle `config` (a `config.json`) joins, if
+/// it names one by path.
+pub fn netns_of(config: &serde_json::Value) -> Option<&Path> {
+    config["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|ns| ns["type"] == "network")?["path"]
+        .as_str()
+        .map(Path::new)
+}

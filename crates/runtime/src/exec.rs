@@ -139,12 +139,13 @@ fn host_pid(ps: &dyn Fn() -> io::Result<Vec<i32>>, pid: i32) -> Option<i32> {
 }
 
 /// Runs `request` in sandbox `id` with `runc`, an OCI runtime command
-/// (with its global options); `ps` lists the host pids of the sandbox's
+/// (with its global options) that `spawn` starts; `ps` lists the host pids of the sandbox's
 /// processes. When the shell ends, or the timeout, what is left of its
 /// process group is killed: a command's background processes do not
 /// outlive it, and an exec never hangs on them holding its output open.
 pub fn run(
     mut runc: Command,
+    spawn: &dyn Fn(&mut Command) -> io::Result<std::process::Child>,
     ps: &dyn Fn() -> io::Result<Vec<i32>>,
     id: &str,
     request: &ExecRequest,
@@ -196,7 +197,7 @@ pub fn run(
             .map_err(|e| crate::RuntimeError::record(format!("the exec file of {id}"), e))?;
         f.write_all(&bytes)?;
     }
-    let result = run_spec(&mut runc, ps, id, &spec, cap, request.timeout);
+    let result = run_spec(&mut runc, spawn, ps, id, &spec, cap, request.timeout);
     // A file left behind is removed with the sandbox, or at the next start.
     let _ = std::fs::remove_file(&spec);
     result
@@ -217,6 +218,7 @@ fn not_started(runtime_said: &str) -> io::Error {
 /// Runs the process described in the file `spec` in sandbox `id`.
 fn run_spec(
     runc: &mut Command,
+    spawn: &dyn Fn(&mut Command) -> io::Result<std::process::Child>,
     ps: &dyn Fn() -> io::Result<Vec<i32>>,
     id: &str,
     spec: &Path,
@@ -231,7 +233,7 @@ fn run_spec(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
+    let mut child = spawn(cmd)?;
     let (header_tx, header) = mpsc::channel();
     let out = child
         .stdout

@@ -27,6 +27,7 @@ pub mod exec;
 pub mod import;
 pub mod inits;
 pub mod limits;
+mod mountns;
 mod procfs;
 pub mod seccomp;
 
@@ -100,6 +101,8 @@ pub struct Runtime {
     cfg: RuntimeConfig,
     limits: Limits,
     controllers: limits::Controllers,
+    /// The mount namespace the OCI runtime runs in ([`mountns`]).
+    clean: mountns::CleanNs,
 }
 
 /// What one sandbox gets, over the runtime's defaults
@@ -240,10 +243,16 @@ impl Runtime {
         fs::create_dir_all(cfg.data_dir.join("snapshots"))?;
         fs::create_dir_all(cfg.data_dir.join("sandboxes"))?;
         fs::create_dir_all(cfg.data_dir.join("runc"))?;
+        let clean =
+            mountns::CleanNs::make(&cfg.data_dir).map_err(|cause| RuntimeError::Program {
+                what: "making the OCI runtime's mount namespace".into(),
+                said: cause.to_string(),
+            })?;
         Ok(Runtime {
             cfg,
             limits,
             controllers,
+            clean,
         })
     }
 
@@ -394,10 +403,17 @@ impl Runtime {
         Ok(ids)
     }
 
+    /// The OCI runtime, with where it keeps its state; started through
+    /// [`mountns::CleanNs`], never from the host's mount namespace.
     fn runc(&self) -> Command {
         let mut c = Command::new(&self.cfg.oci_runtime);
         c.arg("--root").arg(self.state_dir());
         c
+    }
+
+    /// The output of the OCI runtime's `command`, run in its namespace.
+    fn oci_output(&self, mut command: Command) -> io::Result<std::process::Output> {
+        self.clean.output(&mut command)
     }
 
     /// Creates and starts sandbox `id` from `snapshot` in the network
@@ -570,17 +586,32 @@ impl Runtime {
         // file is read on failure and unlinked either way.
         let log_path = dir.join("run.log");
         let log = fs::File::create(&log_path)?;
-        let status = self
-            .runc()
-            .args(["run", "--detach", "--pid-file"])
+        // The container's mount namespace is copied from one that holds
+        // its own mounts and none of the others' ([`mountns`]).
+        let config = fs::read(dir.join("config.json"))?;
+        let config: serde_json::Value = serde_json::from_slice(&config)
+            .map_err(|e| RuntimeError::record(format!("the OCI bundle of {id}"), e))?;
+        let mut points = vec![rootfs.as_path()];
+        // A pin is a mount of the host's namespace; a path under `/proc`
+        // is seen from anywhere.
+        points.extend(bundle::netns_of(&config).filter(|ns| !ns.starts_with("/proc")));
+        let mut runc = self.runc();
+        runc.args(["run", "--detach", "--pid-file"])
             .arg(dir.join("init.pid"))
             .arg("--bundle")
             .arg(&dir)
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .status()?;
+            .stderr(log);
+        let status = self
+            .clean
+            .spawn_with(&mut runc, &points)
+            .map_err(|e| RuntimeError::Program {
+                what: format!("starting the OCI runtime for {id}"),
+                said: e.to_string(),
+            })?
+            .wait()?;
         let message = fs::read_to_string(&log_path).unwrap_or_default();
         let _ = fs::remove_file(&log_path);
         if !status.success() {
@@ -617,7 +648,11 @@ impl Runtime {
             }
         }
         let _ = fs::remove_file(self.sandbox_dir(id).join("procs"));
-        let out = self.runc().args(["delete", "--force", id]).output()?;
+        let out = self.oci_output({
+            let mut c = self.runc();
+            c.args(["delete", "--force", id]);
+            c
+        })?;
         // A failure is fine only when there was nothing to delete.
         if !out.status.success() && self.runc_state(id)?.is_some() {
             return Err(self.oci("delete", id, &String::from_utf8_lossy(&out.stderr)));
@@ -766,7 +801,11 @@ impl Runtime {
 
     /// What `runc state` says of sandbox `id`, if it knows it.
     fn runc_state(&self, id: &str) -> Result<Option<serde_json::Value>> {
-        let out = self.runc().arg("state").arg(id).output()?;
+        let out = self.oci_output({
+            let mut c = self.runc();
+            c.arg("state").arg(id);
+            c
+        })?;
         if !out.status.success() {
             return Ok(None);
         }
@@ -790,7 +829,11 @@ impl Runtime {
         if let Ok(procs) = kept.and_then(|path| fs::read_to_string(path.trim())) {
             return Ok(procs.lines().filter_map(|l| l.parse().ok()).collect());
         }
-        let out = self.runc().args(["ps", "--format", "json", id]).output()?;
+        let out = self.oci_output({
+            let mut c = self.runc();
+            c.args(["ps", "--format", "json", id]);
+            c
+        })?;
         if !out.status.success() {
             return Err(self.oci("ps", id, &String::from_utf8_lossy(&out.stderr)));
         }
@@ -817,6 +860,7 @@ impl Runtime {
         }
         Ok(exec::run(
             self.runc(),
+            &|c| self.clean.spawn(c),
             &|| self.ps(id).map_err(io::Error::from),
             id,
             request,

@@ -781,3 +781,77 @@ fn a_sandboxs_own_disk_bounds_its_writes_and_goes_with_it() {
     assert_eq!(f.rt.ready_disks(48 << 20), 0);
     assert!(!mounts().contains(f.dir.join("disks").to_str().unwrap()));
 }
+
+/// How many mounts the namespace of each OCI runtime call held, by
+/// operation, as a wrapper of runc wrote them down.
+fn oci_mount_counts(log: &std::path::Path, op: &str) -> Vec<usize> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(o, _)| *o == op)
+        .map(|(_, n)| n.trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_oci_runtime_never_sees_the_mounts_of_other_sandboxes() {
+    // A wrapper of runc writes down how many mounts the namespace it
+    // was started in holds (runc's argument 3 is its operation).
+    let tag = format!("sandgate-rt-oci-wrapper-{}", std::process::id());
+    let wrapper = std::env::temp_dir().join(format!("{tag}.sh"));
+    let log = std::env::temp_dir().join(format!("{tag}.log"));
+    let _ = std::fs::remove_file(&log);
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$3 $(wc -l < /proc/self/mountinfo)\" >> {}\nexec runc \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let host_mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let mut f = Fixture::new("oci-ns", |c| c.oci_runtime = wrapper.clone());
+    let first = f.sandbox("ns0");
+    let before = host_mounts();
+    let mut ids = vec![first];
+    for i in 1..6 {
+        ids.push(f.sandbox(&format!("ns{i}")));
+    }
+    // The host holds an overlay more per sandbox; the runtime's
+    // namespace for each run held the same (its own two mounts over the
+    // base), and so did every exec.
+    assert!(host_mounts() >= before + 5, "{} {}", host_mounts(), before);
+    let runs = oci_mount_counts(&log, "run");
+    assert_eq!(runs.len(), 6, "{runs:?}");
+    assert!(runs.iter().all(|n| *n == runs[0]), "{runs:?}");
+    for id in &ids {
+        assert_eq!(f.sh(id, "echo hi").stdout, "hi\n");
+    }
+    let execs = oci_mount_counts(&log, "exec");
+    assert_eq!(execs.len(), 6, "{execs:?}");
+    assert!(execs.iter().all(|n| *n == execs[0]), "{execs:?}");
+    // And it holds none of the host's sandbox mounts: the base alone.
+    assert_eq!(runs[0], execs[0] + 2, "{runs:?} {execs:?}");
+    // What a container was made with stays its own: each sees its own
+    // files only.
+    f.sh(&ids[0], "echo mine > /tmp/who");
+    assert_eq!(f.sh(&ids[0], "cat /tmp/who").stdout, "mine\n");
+    assert_eq!(
+        f.sh(&ids[1], "cat /tmp/who 2>&1 || echo none")
+            .stdout
+            .lines()
+            .last(),
+        Some("none")
+    );
+    drop(f);
+    let _ = std::fs::remove_file(&wrapper);
+    let _ = std::fs::remove_file(&log);
+}
