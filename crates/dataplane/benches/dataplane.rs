@@ -7,7 +7,8 @@
 //!    reference platform's layout); at 1,000 slots also with a deny list
 //!    of 20 entries on every slot, with the sender's egress paced by a
 //!    budget it never reaches, and with a transfer quota on every slot
-//!    that none spends;
+//!    that none spends; and, at each size, sandgate's ruleset taken apart
+//!    a hook at a time (where its share of the cost goes);
 //! 2. slot creation, cold and from the warm pool, p50/p99, against making
 //!    a namespace and a veth pair with the `ip` program;
 //! 3. policy update and DNS admission latency, p50/p99, against one
@@ -154,9 +155,77 @@ fn restart(lab: &Lab, policy: &PolicyConfig, dir: &Path, pool: usize) -> Datapla
     Dataplane::start(cfg, policy.clone()).unwrap().0
 }
 
+/// Where sandgate's share of the per-packet cost goes: its live ruleset
+/// (every slot's policy in it, no dataplane running), taken apart a piece
+/// at a time, each step measured: the rates after each removal, in
+/// [`SHARE_STEPS`]' order. The established path of a forwarded packet
+/// meets the raw hook (the transfer quota's lookup, the source check),
+/// the forward hook (the generation check) and the postrouting hook (the
+/// transfer quota's lookup on the way out); the NAT hooks see a
+/// connection's first packet only.
+fn share(lab: &Lab, cfg: &DataplaneConfig, ns: &Netns, seconds: f64) -> Vec<f64> {
+    let table = &cfg.table;
+    let nft = |args: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", lab.host().name(), "nft"])
+            .args(args.split(' '))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut rates = Vec::new();
+    for step in SHARE_STEPS {
+        match step.0 {
+            "transfer-out" => {
+                nft(&format!("delete chain inet {table} transfer_hook"));
+            }
+            "transfer-in" => {
+                let listing = nft(&format!("-a list chain inet {table} ingress_hook"));
+                let handle = listing
+                    .lines()
+                    .find(|l| l.contains("@transfer"))
+                    .and_then(|l| l.rsplit("# handle ").next())
+                    .unwrap()
+                    .trim()
+                    .to_string();
+                nft(&format!(
+                    "delete rule inet {table} ingress_hook handle {handle}"
+                ));
+            }
+            "raw" => {
+                nft(&format!("flush chain inet {table} ingress_hook"));
+            }
+            "forward" => {
+                nft(&format!("flush chain inet {table} forward_hook"));
+            }
+            "hooks" => {
+                nft(&format!("delete chain inet {table} ingress_hook"));
+                nft(&format!("delete chain inet {table} forward_hook"));
+            }
+            other => unreachable!("step {other}"),
+        }
+        rates.push(forwarding_rate(lab, ns, seconds));
+    }
+    rates
+}
+
+/// The steps of [`share`], each with what is left after it.
+const SHARE_STEPS: [(&str, &str); 5] = [
+    ("transfer-out", "... less the postrouting transfer hook"),
+    ("transfer-in", "... less the raw hook's transfer lookup"),
+    ("raw", "... less the source check (raw hook empty)"),
+    ("forward", "... less the generation check (forward empty)"),
+    ("hooks", "... less the two empty hooks"),
+];
+
 fn row(name: &str, rate: f64, base: f64, bare: f64) {
     println!(
-        "  {name:<36} {rate:>9.0} packets/s  {:>5.2}x of NAT only  {:>5.2}x of no rules",
+        "  {name:<50} {rate:>9.0} packets/s  {:>5.2}x of NAT only  {:>5.2}x of no rules",
         rate / base,
         rate / bare
     );
@@ -202,6 +271,11 @@ fn forwarding(seconds: f64) {
             conntrack_acct(&lab, false);
             rate
         };
+        // Where the share goes; the dataplane (and its watchdog) is
+        // stopped meanwhile and puts its ruleset back whole after.
+        drop(dp);
+        let parts = share(&lab, &cfg, &ns, seconds);
+        let mut dp = restart(&lab, &pc, &dir, 0);
         // At 1,000 slots: every slot with a deny list of 20 entries, then
         // the sender paced too, at a budget it never reaches (the pacer
         // goes again before the baselines, which it would slow too).
@@ -252,6 +326,9 @@ fn forwarding(seconds: f64) {
         );
         row("  sandgate", ours, base_n, bare_n);
         row("  sandgate, flow log on", logged, base_n, bare_n);
+        for ((_, name), rate) in SHARE_STEPS.iter().zip(&parts) {
+            row(&format!("  {name}"), *rate, base_n, bare_n);
+        }
         if let Some((with_deny, with_pacer, with_quota)) = narrowed {
             row(
                 "  sandgate, deny lists of 20 everywhere",

@@ -411,9 +411,11 @@ impl Runtime {
         c
     }
 
-    /// The output of the OCI runtime's `command`, run in its namespace.
-    fn oci_output(&self, mut command: Command) -> io::Result<std::process::Output> {
-        self.clean.output(&mut command)
+    /// The output of the OCI runtime run with `args`, in its namespace.
+    fn oci_output(&self, args: &[&str]) -> io::Result<std::process::Output> {
+        let mut runc = self.runc();
+        runc.args(args);
+        self.clean.output(&mut runc)
     }
 
     /// Creates and starts sandbox `id` from `snapshot` in the network
@@ -648,11 +650,7 @@ impl Runtime {
             }
         }
         let _ = fs::remove_file(self.sandbox_dir(id).join("procs"));
-        let out = self.oci_output({
-            let mut c = self.runc();
-            c.args(["delete", "--force", id]);
-            c
-        })?;
+        let out = self.oci_output(&["delete", "--force", id])?;
         // A failure is fine only when there was nothing to delete.
         if !out.status.success() && self.runc_state(id)?.is_some() {
             return Err(self.oci("delete", id, &String::from_utf8_lossy(&out.stderr)));
@@ -801,11 +799,7 @@ impl Runtime {
 
     /// What `runc state` says of sandbox `id`, if it knows it.
     fn runc_state(&self, id: &str) -> Result<Option<serde_json::Value>> {
-        let out = self.oci_output({
-            let mut c = self.runc();
-            c.arg("state").arg(id);
-            c
-        })?;
+        let out = self.oci_output(&["state", id])?;
         if !out.status.success() {
             return Ok(None);
         }
@@ -829,11 +823,7 @@ impl Runtime {
         if let Ok(procs) = kept.and_then(|path| fs::read_to_string(path.trim())) {
             return Ok(procs.lines().filter_map(|l| l.parse().ok()).collect());
         }
-        let out = self.oci_output({
-            let mut c = self.runc();
-            c.args(["ps", "--format", "json", id]);
-            c
-        })?;
+        let out = self.oci_output(&["ps", "--format", "json", id])?;
         if !out.status.success() {
             return Err(self.oci("ps", id, &String::from_utf8_lossy(&out.stderr)));
         }

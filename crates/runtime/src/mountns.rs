@@ -6,8 +6,8 @@
 //! table holds thousands of entries. A container's mount namespace is
 //! made by copying the namespace runc runs in, and runc reads that
 //! namespace's mount table several times per run and per exec, so both
-//! grew with the number of sandboxes alive (2.7x for `runc run` and 2x for
-//! an exec at 1,000).
+//! grew with the number of sandboxes alive (3.3x for `runc run` and 2x for
+//! an exec at 1,000; docs/BENCHMARKS.md, "Creation flat at scale").
 //!
 //! So the OCI runtime never runs in the host's namespace. The runtime
 //! keeps a **clean namespace**: a copy of the host's, made once when the
@@ -30,6 +30,12 @@
 //!   them; the clean namespace holds none of them.
 //! - A mount of one sandbox is never attached where another's container
 //!   is made: each `runc run` has a namespace of its own.
+//! - The runtime's process never leaves the host's namespace: only the
+//!   short-lived threads that start runc do, each with a file system
+//!   context of its own.
+//! - A mount made in the host after the runtime started is not seen by
+//!   runc (the clean namespace is a copy taken then): the data directory's
+//!   file system must be mounted before.
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};

@@ -782,22 +782,34 @@ fn a_sandboxs_own_disk_bounds_its_writes_and_goes_with_it() {
     assert!(!mounts().contains(f.dir.join("disks").to_str().unwrap()));
 }
 
-/// How many mounts the namespace of each OCI runtime call held, by
-/// operation, as a wrapper of runc wrote them down.
-fn oci_mount_counts(log: &std::path::Path, op: &str) -> Vec<usize> {
+/// What the namespace of each OCI runtime call of operation `op` held, as
+/// a wrapper of runc wrote it down: the mounts below the runtime's data
+/// directory, and the network namespace pins.
+fn oci_mounts(log: &std::path::Path, op: &str) -> Vec<(usize, usize)> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(o, _)| *o == op)
-        .map(|(_, n)| n.trim().parse().unwrap())
+        .filter_map(|l| {
+            let mut words = l.split(' ');
+            (words.next()? == op).then(|| {
+                let mut n = words.map(|w| w.trim().parse::<usize>().unwrap());
+                (n.next().unwrap(), n.next().unwrap())
+            })
+        })
         .collect()
 }
 
 #[test]
 fn the_oci_runtime_never_sees_the_mounts_of_other_sandboxes() {
-    // A wrapper of runc writes down how many mounts the namespace it
-    // was started in holds (runc's argument 3 is its operation).
+    // The fixture's data directory, as `Fixture::new` names it.
+    let dir = std::env::temp_dir()
+        .join(format!("sandgate-rt-oci-ns-{}", std::process::id()))
+        .to_str()
+        .unwrap()
+        .to_string();
+    // A wrapper of runc writes down, for each call (runc's argument 3 is
+    // its operation), the mounts below this runtime's data directory and
+    // the namespace pins that the namespace it was started in holds.
     let tag = format!("sandgate-rt-oci-wrapper-{}", std::process::id());
     let wrapper = std::env::temp_dir().join(format!("{tag}.sh"));
     let log = std::env::temp_dir().join(format!("{tag}.log"));
@@ -805,41 +817,42 @@ fn the_oci_runtime_never_sees_the_mounts_of_other_sandboxes() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\necho \"$3 $(wc -l < /proc/self/mountinfo)\" >> {}\nexec runc \"$@\"\n",
+            "#!/bin/sh\n\
+             ours=$(awk -v d={dir}/ 'index($5, d) == 1' /proc/self/mountinfo | wc -l)\n\
+             pins=$(grep -c ' - nsfs ' /proc/self/mountinfo)\n\
+             echo \"$3 $ours $pins\" >> {}\n\
+             exec runc \"$@\"\n",
             log.display()
         ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let host_mounts = || {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .count()
-    };
     let mut f = Fixture::new("oci-ns", |c| c.oci_runtime = wrapper.clone());
-    let first = f.sandbox("ns0");
-    let before = host_mounts();
-    let mut ids = vec![first];
-    for i in 1..6 {
+    assert_eq!(f.dir.to_str(), Some(dir.as_str()));
+    let mut ids = Vec::new();
+    for i in 0..6 {
         ids.push(f.sandbox(&format!("ns{i}")));
     }
-    // The host holds an overlay more per sandbox; the runtime's
-    // namespace for each run held the same (its own two mounts over the
-    // base), and so did every exec.
-    assert!(host_mounts() >= before + 5, "{} {}", host_mounts(), before);
-    let runs = oci_mount_counts(&log, "run");
-    assert_eq!(runs.len(), 6, "{runs:?}");
-    assert!(runs.iter().all(|n| *n == runs[0]), "{runs:?}");
+    // The host's namespace holds an overlay per sandbox ...
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let in_host = host
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|p| p.starts_with(&format!("{dir}/")))
+        })
+        .count();
+    assert_eq!(in_host, 6, "{host}");
+    // ... and each run was started with its own overlay and pin alone,
+    // each exec with none (without the clean namespace, the sixth run
+    // saw six overlays).
+    assert_eq!(oci_mounts(&log, "run"), vec![(1, 1); 6]);
     for id in &ids {
         assert_eq!(f.sh(id, "echo hi").stdout, "hi\n");
     }
-    let execs = oci_mount_counts(&log, "exec");
-    assert_eq!(execs.len(), 6, "{execs:?}");
-    assert!(execs.iter().all(|n| *n == execs[0]), "{execs:?}");
-    // And it holds none of the host's sandbox mounts: the base alone.
-    assert_eq!(runs[0], execs[0] + 2, "{runs:?} {execs:?}");
+    assert_eq!(oci_mounts(&log, "exec"), vec![(0, 0); 6]);
     // What a container was made with stays its own: each sees its own
     // files only.
     f.sh(&ids[0], "echo mine > /tmp/who");
