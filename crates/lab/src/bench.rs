@@ -45,6 +45,15 @@ pub fn runs(default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// How many sandboxes a load bench keeps alive: `SANDGATE_LOAD_SANDBOXES`,
+/// or `default`.
+pub fn load_sandboxes(default: usize) -> usize {
+    std::env::var("SANDGATE_LOAD_SANDBOXES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The resident memory of process `pid` (`VmRSS`), in KiB.
 pub fn rss_kib(pid: u32) -> std::io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

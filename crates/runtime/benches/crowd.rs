@@ -80,10 +80,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let total: usize = std::env::var("SANDGATE_LOAD_SANDBOXES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let total = sandgate_lab::bench::load_sandboxes(1000);
     let runs = sandgate_lab::bench::runs(20);
     let dir = std::env::temp_dir().join(format!("sandgate-bench-crowd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
