@@ -230,7 +230,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 impl Runtime {
     /// A runtime with `cfg`. Fails if the host cannot limit a sandbox's
     /// processes (see [`limits`]).
-    pub fn new(cfg: RuntimeConfig) -> Result<Runtime> {
+    pub fn new(mut cfg: RuntimeConfig) -> Result<Runtime> {
         let controllers = limits::Controllers::detect()?;
         let limits = controllers.limits(cfg.pids_limit, cfg.memory_limit, cfg.cpu_limit)?;
         // Only root may enter: the sandboxes' files (and what root inside
@@ -243,6 +243,14 @@ impl Runtime {
         fs::create_dir_all(cfg.data_dir.join("snapshots"))?;
         fs::create_dir_all(cfg.data_dir.join("sandboxes"))?;
         fs::create_dir_all(cfg.data_dir.join("runc"))?;
+        // runc starts from a thread that entered its own mount namespace,
+        // whose working directory is that namespace's root: every path it
+        // is given is absolute (a program named without a slash is looked
+        // up in `PATH`).
+        cfg.data_dir = fs::canonicalize(&cfg.data_dir)?;
+        if cfg.oci_runtime.components().count() > 1 {
+            cfg.oci_runtime = fs::canonicalize(&cfg.oci_runtime)?;
+        }
         let clean =
             mountns::CleanNs::make(&cfg.data_dir).map_err(|cause| RuntimeError::Program {
                 what: "making the OCI runtime's mount namespace".into(),

@@ -59,10 +59,10 @@ pub(crate) struct CleanNs {
 
 impl CleanNs {
     /// Makes the clean namespace of a runtime whose data lives in
-    /// `data_dir`: a private copy of the calling process's mount
+    /// `data_dir` (an absolute path): a private copy of the calling process's mount
     /// namespace without the mounts below `data_dir` and `/run/netns`.
     pub(crate) fn make(data_dir: &Path) -> io::Result<CleanNs> {
-        let data_dir = fs::canonicalize(data_dir)?;
+        let data_dir = data_dir.to_path_buf();
         let ns = on_a_thread(|| {
             unshare(CloneFlags::CLONE_NEWNS)?;
             mount(
@@ -164,11 +164,12 @@ impl CleanNs {
 /// processes it starts, leave the rest of the process where it is.
 fn on_a_thread<T: Send>(work: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
+        std::thread::Builder::new()
+            .name("sandgate-oci-ns".into())
+            .spawn_scoped(scope, || {
                 unshare(CloneFlags::CLONE_FS)?;
                 work()
-            })
+            })?
             .join()
             .map_err(|_| {
                 io::Error::other("a thread entering the OCI runtime's mount namespace panicked")

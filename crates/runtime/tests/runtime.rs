@@ -868,3 +868,47 @@ fn the_oci_runtime_never_sees_the_mounts_of_other_sandboxes() {
     let _ = std::fs::remove_file(&wrapper);
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn a_data_directory_given_relative_to_the_working_directory_works() {
+    // A directory of the build's, named from the working directory by the
+    // way up to their common part and down again (runc starts from `/` in
+    // its own namespace, where that name would lead elsewhere).
+    let cwd = std::env::current_dir().unwrap();
+    let absolute = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sandgate-rt-rel-{}", std::process::id()));
+    let common = cwd
+        .ancestors()
+        .find(|a| absolute.starts_with(a))
+        .unwrap()
+        .to_path_buf();
+    let up = cwd.components().count() - common.components().count();
+    let relative = PathBuf::from("../".repeat(up)).join(absolute.strip_prefix(&common).unwrap());
+    assert!(
+        relative.is_relative() && up < cwd.components().count() - 1,
+        "{relative:?}"
+    );
+    let _ = std::fs::remove_dir_all(&absolute);
+    let rt = Runtime::new(RuntimeConfig::new(relative)).unwrap();
+    rt.build_busybox("busybox").unwrap();
+    let ns = TempNetns::new("sgt-rt-rel").unwrap();
+    let id = format!("rel-{}", std::process::id());
+    rt.create(
+        &id,
+        "busybox",
+        &ns.path(),
+        "192.0.2.1".parse().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let said = rt.exec(
+        &id,
+        &ExecRequest {
+            command: "echo here".into(),
+            ..Default::default()
+        },
+    );
+    rt.delete(&id).unwrap();
+    let _ = std::fs::remove_dir_all(&absolute);
+    assert_eq!(said.unwrap().stdout, "here\n");
+}
