@@ -254,6 +254,11 @@ impl Rtnl {
     /// the cost does not grow with the number of links (a dump of two
     /// thousand slot links took 25 ms).
     pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
+        // No link has a name longer than the kernel's limit (the kernel
+        // refuses to look one up: EINVAL).
+        if name.len() >= nix::libc::IFNAMSIZ {
+            return Ok(None);
+        }
         let mut message = LinkMessage::default();
         message
             .attributes

@@ -27,7 +27,9 @@
 //! Invariants:
 //! - The host's namespace keeps every mount the runtime makes (overlays,
 //!   disks) and the dataplane's pins, as before: the host sees and cleans
-//!   them; the clean namespace holds none of them.
+//!   them; the clean namespace holds none of them, nor another runtime's
+//!   (a second data directory on the same host: its overlays and disks
+//!   are detached too, so that no copy here holds a stopped sandbox's).
 //! - A mount of one sandbox is never attached where another's container
 //!   is made: each `runc run` has a namespace of its own.
 //! - The runtime's process never leaves the host's namespace: only the
@@ -64,7 +66,9 @@ impl CleanNs {
     pub(crate) fn make(data_dir: &Path) -> io::Result<CleanNs> {
         let data_dir = data_dir.to_path_buf();
         let ns = on_a_thread(|| {
-            unshare(CloneFlags::CLONE_NEWNS)?;
+            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| {
+                io::Error::other(format!("copying the OCI runtime's mount namespace: {e}"))
+            })?;
             mount(
                 None::<&str>,
                 "/",
@@ -135,7 +139,9 @@ impl CleanNs {
             self.enter()?;
             // A copy of the clean namespace, this thread's alone; the
             // command's process holds it once this thread ends.
-            unshare(CloneFlags::CLONE_NEWNS)?;
+            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| {
+                io::Error::other(format!("copying the OCI runtime's mount namespace: {e}"))
+            })?;
             for (clone, point) in clones.iter().zip(points) {
                 move_mount(
                     clone,
@@ -155,7 +161,9 @@ impl CleanNs {
     /// Moves the calling thread, which shares its file system context with
     /// no other, into the clean namespace.
     fn enter(&self) -> io::Result<()> {
-        Ok(setns(&*self.ns, CloneFlags::CLONE_NEWNS)?)
+        setns(&*self.ns, CloneFlags::CLONE_NEWNS).map_err(|e| {
+            io::Error::other(format!("entering the OCI runtime's mount namespace: {e}"))
+        })
     }
 }
 
@@ -167,7 +175,11 @@ fn on_a_thread<T: Send>(work: impl FnOnce() -> io::Result<T> + Send) -> io::Resu
         std::thread::Builder::new()
             .name("sandgate-oci-ns".into())
             .spawn_scoped(scope, || {
-                unshare(CloneFlags::CLONE_FS)?;
+                unshare(CloneFlags::CLONE_FS).map_err(|e| {
+                    io::Error::other(format!(
+                        "giving a thread a file system context of its own: {e}"
+                    ))
+                })?;
                 work()
             })?
             .join()
@@ -178,20 +190,41 @@ fn on_a_thread<T: Send>(work: impl FnOnce() -> io::Result<T> + Send) -> io::Resu
 }
 
 /// The mount points of `mountinfo` strictly below `data_dir` or
-/// [`PINS`], shallowest first (detaching one detaches what is below it).
+/// [`PINS`], and the sandbox mounts of other runtimes' data directories
+/// ([`a_sandbox_mount`]), shallowest first (detaching one detaches what is
+/// below it).
 fn crowd(mountinfo: &str, data_dir: &Path) -> Vec<PathBuf> {
     let mut points: Vec<PathBuf> = mountinfo
         .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
-        .filter(|p| {
-            [data_dir, Path::new(PINS)]
+        .filter_map(|line| {
+            let point = PathBuf::from(unescape(line.split(' ').nth(4)?));
+            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
+            let below = [data_dir, Path::new(PINS)]
                 .iter()
-                .any(|root| p != root && p.starts_with(root))
+                .any(|root| point != *root && point.starts_with(root));
+            (below || a_sandbox_mount(&point, fstype)).then_some(point)
         })
         .collect();
     points.sort_by_key(|p| p.components().count());
     points
+}
+
+/// Whether a mount at `point` of file system `fstype` is one a runtime
+/// makes in its data directory, whichever that is: a sandbox's overlay
+/// (`sandboxes/<id>/rootfs`) or a disk (`sandboxes/<id>/disk/mnt`,
+/// `disks/<name>/mnt`). Another runtime on the same host (a second
+/// runner, a test's) has its own data directory; a copy of its mounts
+/// here would hold a stopped sandbox's overlay or disk alive while its
+/// directory stays, so that a start mounted a second overlay on the same
+/// upper directory.
+fn a_sandbox_mount(point: &Path, fstype: &str) -> bool {
+    let names: Vec<&std::ffi::OsStr> = point.iter().rev().take(4).collect();
+    let is = |i: usize, name: &str| names.get(i).is_some_and(|n| *n == name);
+    match fstype {
+        "overlay" => is(0, "rootfs") && is(2, "sandboxes"),
+        "ext4" => is(0, "mnt") && ((is(1, "disk") && is(3, "sandboxes")) || is(2, "disks")),
+        _ => false,
+    }
 }
 
 /// A field of `/proc/*/mountinfo` with its octal escapes (`\040` for a
@@ -225,7 +258,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_crowd_is_what_lies_below_the_data_directory_and_the_pins() {
+    fn the_crowd_is_what_lies_below_the_data_directory_and_the_pins_and_other_runtimes_sandboxes() {
         let table = "\
 27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
 45 27 254:0 /run/netns /run/netns rw,relatime shared:1 - ext4 /dev/vda rw
@@ -235,6 +268,12 @@ mod tests {
 62 60 7:0 / /var/lib/sandgate/sandboxes/a/disk/mnt rw - ext4 /dev/loop0 rw
 63 60 0:52 / /var/lib/sandgate/sandboxes/my\\040box/rootfs rw - overlay overlay rw
 64 27 0:53 / /var/lib/sandgate-other/x rw - tmpfs tmpfs rw
+70 27 0:54 / /tmp/other/sandboxes/b/rootfs rw - overlay overlay rw,upperdir=/tmp/other/sandboxes/b/disk/mnt/upper
+71 27 7:1 / /tmp/other/sandboxes/b/disk/mnt rw - ext4 /dev/loop1 rw
+72 27 7:2 / /tmp/other/disks/ready-1-2/mnt rw - ext4 /dev/loop2 rw
+73 27 0:55 / /srv/rootfs rw - overlay overlay rw
+74 27 7:3 / /srv/images/mnt rw - ext4 /dev/loop3 rw
+75 27 0:56 / /srv/sandboxes/c/rootfs rw - tmpfs tmpfs rw
 ";
         let crowd = crowd(table, Path::new("/var/lib/sandgate"));
         let names: Vec<&str> = crowd.iter().map(|p| p.to_str().unwrap()).collect();
@@ -242,8 +281,11 @@ mod tests {
             names,
             [
                 "/run/netns/sg-slot-1",
+                "/tmp/other/sandboxes/b/rootfs",
+                "/tmp/other/disks/ready-1-2/mnt",
                 "/var/lib/sandgate/sandboxes/a/rootfs",
                 "/var/lib/sandgate/sandboxes/my box/rootfs",
+                "/tmp/other/sandboxes/b/disk/mnt",
                 "/var/lib/sandgate/sandboxes/a/disk/mnt",
             ]
         );

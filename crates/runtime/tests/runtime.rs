@@ -761,25 +761,51 @@ fn a_sandboxs_own_disk_bounds_its_writes_and_goes_with_it() {
         .unwrap();
     assert!(size <= 32 << 20, "{size}");
     // The files survive a stop and a start (the disk is mounted again).
+    // Stopped, the sandbox holds no loop device, even with a second
+    // runtime on the host (whose OCI runtime's namespace was copied from
+    // the host's while the disk was mounted).
+    let image = dir.join("disk/disk.img");
+    let other_dir = std::env::temp_dir().join(format!("sandgate-rt-disk2-{}", std::process::id()));
+    let other = Runtime::new(RuntimeConfig::new(other_dir.clone())).unwrap();
     f.rt.stop(&id).unwrap();
     assert!(!mounts().contains(dir.join("disk/mnt").to_str().unwrap()));
+    assert!(
+        loop_freed(&image),
+        "a stopped sandbox's disk is still attached"
+    );
+    drop(other);
+    let _ = std::fs::remove_dir_all(&other_dir);
     f.rt.start(&id).unwrap();
     assert_eq!(f.sh(&id, "ls /root").stdout, "big\n");
     // Deleted: no mount, no loop device, no image left.
-    let image = dir.join("disk/disk.img");
     f.rt.delete(&id).unwrap();
     assert!(!mounts().contains(dir.to_str().unwrap()));
     assert!(!dir.exists());
-    let loops = std::process::Command::new("losetup")
-        .args(["--list", "--noheadings", "--output", "BACK-FILE"])
-        .output()
-        .unwrap();
-    let loops = String::from_utf8_lossy(&loops.stdout);
-    assert!(!loops.contains(image.to_str().unwrap()), "{loops}");
+    assert!(loop_freed(&image));
     // The prepared one left goes too.
     f.rt.clear_disks().unwrap();
     assert_eq!(f.rt.ready_disks(48 << 20), 0);
     assert!(!mounts().contains(f.dir.join("disks").to_str().unwrap()));
+}
+
+/// Whether no loop device is backed by `image`, once the kernel has
+/// freed the one its last unmount let go (it does so off the unmount's
+/// path; waited for up to five seconds).
+fn loop_freed(image: &std::path::Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let loops = std::process::Command::new("losetup")
+            .args(["--list", "--noheadings", "--output", "BACK-FILE"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&loops.stdout).contains(image.to_str().unwrap()) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// What the namespace of each OCI runtime call of operation `op` held, as
@@ -819,7 +845,7 @@ fn the_oci_runtime_never_sees_the_mounts_of_other_sandboxes() {
         format!(
             "#!/bin/sh\n\
              ours=$(awk -v d={dir}/ 'index($5, d) == 1' /proc/self/mountinfo | wc -l)\n\
-             pins=$(grep -c ' - nsfs ' /proc/self/mountinfo)\n\
+             pins=$(awk 'index($5, \"/run/netns/\") == 1' /proc/self/mountinfo | wc -l)\n\
              echo \"$3 $ours $pins\" >> {}\n\
              exec runc \"$@\"\n",
             log.display()
