@@ -26,6 +26,9 @@ pub enum RunnerError {
     Unprocessable(String),
     /// No room on the host (no free slot): 503 `capacity_exhausted`.
     Capacity(String),
+    /// The host cannot run the runtime class asked for (gVisor is not
+    /// installed there, or fails): 503 `runtime_class_unavailable`.
+    ClassUnavailable(String),
     /// The host's disk is full: 507 `storage_full`.
     StorageFull(String),
     /// The runner cannot be reached (another host that does not answer):
@@ -55,6 +58,7 @@ impl RunnerError {
             RunnerError::Invalid { .. } => 400,
             RunnerError::Unprocessable(_) => 422,
             RunnerError::Capacity(_)
+            | RunnerError::ClassUnavailable(_)
             | RunnerError::Unavailable(_)
             | RunnerError::Restoring(_)
             | RunnerError::Superseded(_) => 503,
@@ -71,6 +75,7 @@ impl RunnerError {
             RunnerError::Invalid { code, .. } => code,
             RunnerError::Unprocessable(_) => "invalid_request",
             RunnerError::Capacity(_) => "capacity_exhausted",
+            RunnerError::ClassUnavailable(_) => "runtime_class_unavailable",
             RunnerError::StorageFull(_) => "storage_full",
             RunnerError::Unavailable(_) => "runner_unavailable",
             RunnerError::Restoring(_) => "runner_restoring",
@@ -88,6 +93,7 @@ impl RunnerError {
             | RunnerError::Invalid { message: m, .. }
             | RunnerError::Unprocessable(m)
             | RunnerError::Capacity(m)
+            | RunnerError::ClassUnavailable(m)
             | RunnerError::StorageFull(m)
             | RunnerError::Unavailable(m)
             | RunnerError::Restoring(m)
@@ -167,6 +173,7 @@ impl<'de> serde::Deserialize<'de> for RunnerError {
             503 if code == "runner_unavailable" => RunnerError::Unavailable(message),
             503 if code == "runner_restoring" => RunnerError::Restoring(message),
             503 if code == "writer_superseded" => RunnerError::Superseded(message),
+            503 if code == "runtime_class_unavailable" => RunnerError::ClassUnavailable(message),
             503 => RunnerError::Capacity(message),
             507 => RunnerError::StorageFull(message),
             _ => RunnerError::Host(message),

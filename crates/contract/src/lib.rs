@@ -28,6 +28,7 @@ pub use error::RunnerError;
 pub use event::{EventKind, NetworkEvent};
 pub use flow::{Flow, FlowLog, FlowSubscription, FlowVerdict, FlowVia, NameSource};
 pub use runner::{Runner, Subscription};
+pub use sandgate_policy::RuntimeClass;
 pub use state::SandboxState;
 pub use types::{
     Capacity, Counts, DnsCounts, ExecRequest, ExecResult, Expected, GatewayCounts, Observed,

@@ -1,6 +1,6 @@
 //! The requests a runner takes and the answers it gives.
 
-use sandgate_policy::{EffectivePolicy, Resources};
+use sandgate_policy::{EffectivePolicy, Resources, RuntimeClass};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -18,6 +18,10 @@ pub struct SandboxSpec {
     pub policy: EffectivePolicy,
     /// Its memory, CPU and disk, as resolved for its tier.
     pub resources: Resources,
+    /// The OCI runtime it runs under, as resolved for its tier (runc from
+    /// an API that does not say).
+    #[serde(default)]
+    pub runtime_class: RuntimeClass,
     /// Its secrets, with their values: held in the runner's memory only,
     /// for the gateway to put in their placeholders' place.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -263,13 +267,32 @@ impl Counts {
     }
 }
 
-/// How many sandboxes a runner can hold (its network slots), and holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How many sandboxes a runner can hold (its network slots), and holds,
+/// and the runtime classes its host can run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     /// The sandboxes it can hold.
     pub slots: u32,
     /// The sandboxes it holds now.
     pub used: u32,
+    /// The runtime classes it can run (runc alone from a runner that
+    /// does not say).
+    #[serde(default = "runc_alone")]
+    pub runtime_classes: Vec<RuntimeClass>,
+}
+
+fn runc_alone() -> Vec<RuntimeClass> {
+    vec![RuntimeClass::Runc]
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            slots: 0,
+            used: 0,
+            runtime_classes: runc_alone(),
+        }
+    }
 }
 
 impl Capacity {

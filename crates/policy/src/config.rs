@@ -9,6 +9,7 @@ use crate::budget::{TierBudgets, TierBudgetsRepr};
 use crate::error::{ErrorCode, PolicyError};
 use crate::ranges::{NamedRange, RangeKind, Ranges};
 use crate::resources::{TierResources, TierResourcesRepr};
+use crate::runtime_class::{RuntimeClass, TierRuntimeClasses};
 use crate::shares::{FairShares, FairSharesRepr};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -79,6 +80,8 @@ pub struct TierRule {
     pub resources: TierResources,
     /// Each sandbox's budgets: defaults and maxima.
     pub budgets: TierBudgets,
+    /// The runtime classes its sandboxes may run under, the default first.
+    pub runtime_classes: TierRuntimeClasses,
 }
 
 /// The policy part of the operator configuration, resolved and validated.
@@ -148,6 +151,10 @@ pub struct PolicyConfigRepr {
     /// Budgets of every tier (none by default).
     #[serde(default)]
     pub budgets: TierBudgetsRepr,
+    /// The runtime classes of every tier, the default first (default
+    /// `["runc"]`).
+    #[serde(default)]
+    pub runtime_classes: Option<Vec<RuntimeClass>>,
 }
 
 /// One row of the tier table, as written.
@@ -180,6 +187,10 @@ pub struct TierRepr {
     /// This tier's budgets, over those of every tier.
     #[serde(default)]
     pub budgets: TierBudgetsRepr,
+    /// This tier's runtime classes, the default first, in place of those
+    /// of every tier.
+    #[serde(default)]
+    pub runtime_classes: Option<Vec<RuntimeClass>>,
 }
 
 /// One extra range (always-denied or private), as written.
@@ -242,7 +253,16 @@ impl PolicyConfig {
         let budgets = repr
             .budgets
             .over(TierBudgets::default(), "policy.budgets")?;
-        let rule = |network, row: Option<&TierRepr>, fair_shares, resources, budgets| TierRule {
+        let classes = match &repr.runtime_classes {
+            Some(list) => TierRuntimeClasses::from_list(list, "policy.runtime_classes")?,
+            None => TierRuntimeClasses::default(),
+        };
+        let rule = |network,
+                    row: Option<&TierRepr>,
+                    fair_shares,
+                    resources,
+                    budgets,
+                    runtime_classes| TierRule {
             network,
             network_allow_list_max: row
                 .and_then(|r| r.network_allow_list_max)
@@ -261,6 +281,7 @@ impl PolicyConfig {
             fair_shares,
             resources,
             budgets,
+            runtime_classes,
         };
         let tiers: BTreeMap<Tier, TierRule> = match repr.tiers {
             None => [
@@ -270,7 +291,7 @@ impl PolicyConfig {
                 (4, TierNetwork::Configurable),
             ]
             .into_iter()
-            .map(|(t, n)| (t, rule(n, None, shares, resources, budgets)))
+            .map(|(t, n)| (t, rule(n, None, shares, resources, budgets, classes)))
             .collect(),
             Some(table) => {
                 let mut tiers = BTreeMap::new();
@@ -293,6 +314,13 @@ impl PolicyConfig {
                     let tier_budgets = row
                         .budgets
                         .over(budgets, &format!("policy.tiers.{tier}.budgets"))?;
+                    let tier_classes = match &row.runtime_classes {
+                        Some(list) => TierRuntimeClasses::from_list(
+                            list,
+                            &format!("policy.tiers.{tier}.runtime_classes"),
+                        )?,
+                        None => classes,
+                    };
                     tiers.insert(
                         tier,
                         rule(
@@ -301,6 +329,7 @@ impl PolicyConfig {
                             tier_shares,
                             tier_resources,
                             tier_budgets,
+                            tier_classes,
                         ),
                     );
                 }

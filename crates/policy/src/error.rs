@@ -49,6 +49,8 @@ pub enum ErrorCode {
     InvalidResources,
     /// A create's `resources` ask for more than the tier allows.
     ResourcesExceedTier,
+    /// A create's `runtimeClass` is one the tier does not allow.
+    RuntimeClassNotAllowed,
 }
 
 impl ErrorCode {
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::InvalidResources => "invalid_resources",
             ErrorCode::ResourcesExceedTier => "resources_exceed_tier",
+            ErrorCode::RuntimeClassNotAllowed => "runtime_class_not_allowed",
         }
     }
 
@@ -99,6 +102,7 @@ impl ErrorCode {
             | ErrorCode::InvalidResources => 400,
             ErrorCode::NetworkRestrictedByTier
             | ErrorCode::ResourcesExceedTier
+            | ErrorCode::RuntimeClassNotAllowed
             | ErrorCode::BudgetExceedsTier => 403,
             ErrorCode::InvalidCatalog | ErrorCode::InvalidConfig => 500,
         }

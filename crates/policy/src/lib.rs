@@ -51,6 +51,7 @@ mod network;
 mod ranges;
 mod resolve;
 mod resources;
+mod runtime_class;
 mod shares;
 
 pub use approval::{check_hold, Approvals, APPROVAL_HOLD_MAX, DECLINED_MAX};
@@ -77,6 +78,7 @@ pub use resolve::{
     EffectivePolicy, InactiveSetting, Mode, NetworkSettings, SettingsRequest, StoredSettings,
 };
 pub use resources::{Resources, ResourcesRequest, TierResources, TierResourcesRepr};
+pub use runtime_class::{RuntimeClass, TierRuntimeClasses};
 pub use shares::{FairShares, FairSharesRepr};
 
 /// What a name rule of a [`CompiledPolicy`] points at.

@@ -705,3 +705,31 @@ fn approvals_are_in_force_with_an_allow_list_only_and_refused_on_a_restricted_ti
         None
     );
 }
+
+#[test]
+fn runtime_classes_are_listed_for_every_tier_or_one_and_the_first_is_the_default() {
+    use sandgate_policy::RuntimeClass::{Runc, Runsc};
+    let config = PolicyConfig::from_toml(
+        r#"runtime_classes = ["runc", "runsc"]
+           [tiers.1]
+           network = "restricted"
+           runtime_classes = ["runsc"]
+           [tiers.3]
+           network = "configurable""#,
+    )
+    .unwrap();
+    let classes = |tier| config.tier(tier).unwrap().runtime_classes;
+    assert_eq!(classes(1).resolve(1, None).unwrap(), Runsc);
+    let refused = classes(1).resolve(1, Some(Runc)).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::RuntimeClassNotAllowed);
+    assert_eq!(classes(3).resolve(3, None).unwrap(), Runc);
+    assert_eq!(classes(3).resolve(3, Some(Runsc)).unwrap(), Runsc);
+    // By default, runc alone.
+    let plain = PolicyConfig::default();
+    assert_eq!(plain.tier(4).unwrap().runtime_classes.allowed(), [Runc]);
+    // A class that does not exist, or none, is the operator's error.
+    for bad in [r#"runtime_classes = ["gvisor"]"#, "runtime_classes = []"] {
+        let e = PolicyConfig::from_toml(bad).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig, "{bad}");
+    }
+}

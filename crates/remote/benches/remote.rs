@@ -142,6 +142,7 @@ fn main() {
             snapshot: "busybox".into(),
             policy: policy(LISTS[0]),
             resources,
+            runtime_class: Default::default(),
             secrets: Vec::new(),
         };
         let t = Instant::now();

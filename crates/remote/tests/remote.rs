@@ -165,6 +165,7 @@ fn a_server_drives_a_runner_on_another_host_as_one_in_its_process() {
         snapshot: "busybox".into(),
         policy,
         resources: cfg.policy.tier(4).unwrap().resources.default,
+        runtime_class: Default::default(),
         secrets: Vec::new(),
     };
     let refused = remote.create(&spec).unwrap_err();

@@ -70,6 +70,7 @@ fn a_runner_over_tls_is_trusted_by_its_ca_only() {
             .resolve(3, &sandgate_policy::NetworkSettings::default())
             .unwrap(),
         resources: policy.tier(3).unwrap().resources.default,
+        runtime_class: Default::default(),
         secrets: Vec::new(),
     };
     // A runner serves no sandbox until its API has restored it (it may

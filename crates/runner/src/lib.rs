@@ -116,12 +116,16 @@ pub fn usual_disk(policy: &PolicyConfig) -> Option<u64> {
 
 /// What the runtime makes of a sandbox's resources (MiB and
 /// thousandths of a core, as resolved for its tier).
-fn runtime_resources(resources: &sandgate_policy::Resources) -> Resources {
+fn runtime_resources(
+    resources: &sandgate_policy::Resources,
+    class: sandgate_contract::RuntimeClass,
+) -> Resources {
     const MIB: u64 = 1 << 20;
     Resources {
         memory: i64::try_from(resources.memory_mib.saturating_mul(MIB)).ok(),
         cpu: Some(f64::from(resources.cpu_millicores) / 1000.0),
         disk: Some(resources.disk_mib.saturating_mul(MIB)),
+        class,
     }
 }
 
@@ -1133,10 +1137,19 @@ impl Runner {
             snapshot,
             policy,
             resources,
+            runtime_class,
             secrets,
         } = spec;
         let id = id.as_str();
-        let resources = &runtime_resources(resources);
+        let resources = &runtime_resources(resources, *runtime_class);
+        // Before a slot is taken: a class this host cannot run is said
+        // so, with the reason in the log.
+        if let Err(e) = self.runtime.usable(*runtime_class) {
+            tracing::warn!(sandbox = %id, error = %e, "refused a create");
+            return Err(refusal(RunnerError::ClassUnavailable(format!(
+                "this runner's host cannot run runtime class {runtime_class}; the operator's log says why"
+            ))));
+        }
         self.egress_here(policy)?;
         if lock(&self.slots).contains_key(id) {
             return Err(refusal(RunnerError::Conflict(format!(
@@ -1640,7 +1653,11 @@ impl sandgate_contract::Runner for Runner {
     fn capacity(&self) -> Result<sandgate_contract::Capacity, RunnerError> {
         let slots = lock(&self.sandboxes.dp).config().max_slots();
         let used = u32::try_from(lock(&self.slots).len()).unwrap_or(u32::MAX);
-        Ok(sandgate_contract::Capacity { slots, used })
+        Ok(sandgate_contract::Capacity {
+            slots,
+            used,
+            runtime_classes: self.runtime.classes(),
+        })
     }
 
     fn counts(&self) -> sandgate_contract::Counts {

@@ -67,6 +67,14 @@ pub enum RuntimeError {
         /// Why.
         cause: String,
     },
+    /// The host cannot run sandboxes of a runtime class (its program is
+    /// missing or fails): the host's condition, not the caller's fault.
+    ClassUnavailable {
+        /// The class.
+        class: sandgate_contract::RuntimeClass,
+        /// Why, for the operator's log.
+        why: String,
+    },
     /// Any other I/O error of the host.
     Io(io::Error),
 }
@@ -98,6 +106,7 @@ impl RuntimeError {
             RuntimeError::Archive(_) | RuntimeError::Record { .. } => io::ErrorKind::InvalidData,
             RuntimeError::Io(e) => e.kind(),
             RuntimeError::Oci { .. }
+            | RuntimeError::ClassUnavailable { .. }
             | RuntimeError::NotStarted(_)
             | RuntimeError::Program { .. }
             | RuntimeError::Mount { .. } => io::ErrorKind::Other,
@@ -134,6 +143,9 @@ impl fmt::Display for RuntimeError {
                 write!(f, "the OCI runtime could not start the command: {said}")
             }
             RuntimeError::Program { what, said } => write!(f, "{what}: {said}"),
+            RuntimeError::ClassUnavailable { class, why } => {
+                write!(f, "this host cannot run runtime class {class}: {why}")
+            }
             RuntimeError::Mount { what, cause } => write!(f, "{what}: {cause}"),
             RuntimeError::Record { what, cause } => write!(f, "{what}: {cause}"),
             RuntimeError::Io(e) => e.fmt(f),

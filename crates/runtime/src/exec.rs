@@ -130,6 +130,42 @@ fn kill_round(ps: &dyn Fn() -> io::Result<Vec<i32>>, pgid: i32) -> usize {
     alive
 }
 
+/// How an exec reaches the processes of its command's group.
+pub(crate) enum Group<'a> {
+    /// They are host processes (runc), which `ps` lists (host pids): the
+    /// leader is watched and the group killed from the host.
+    Host(&'a dyn Fn() -> io::Result<Vec<i32>>),
+    /// The host sees none of them (runsc: gVisor's kernel runs them): the
+    /// runtime's end is the leader's, and the group is killed from
+    /// inside, by the function given (with the group's number).
+    Inside(&'a dyn Fn(i32)),
+}
+
+impl Group<'_> {
+    /// Kills what is left of group `pgid`.
+    fn kill(&self, pgid: i32) {
+        match self {
+            Group::Host(ps) => kill_group(*ps, pgid),
+            Group::Inside(kill) => kill(pgid),
+        }
+    }
+
+    /// The host pid of the group's leader, numbered `pgid` in the
+    /// sandbox, to watch: `None` when it is gone or cannot be watched.
+    fn leader(&self, pgid: i32) -> Option<i32> {
+        match self {
+            Group::Host(ps) => host_pid(*ps, pgid),
+            Group::Inside(_) => None,
+        }
+    }
+
+    /// Whether the leader's end is seen by watching it (else by the
+    /// runtime's end).
+    fn watched(&self) -> bool {
+        matches!(self, Group::Host(_))
+    }
+}
+
 /// The host pid of the process numbered `pid` in the sandbox (`ps` lists
 /// its processes), if alive.
 fn host_pid(ps: &dyn Fn() -> io::Result<Vec<i32>>, pid: i32) -> Option<i32> {
@@ -139,16 +175,19 @@ fn host_pid(ps: &dyn Fn() -> io::Result<Vec<i32>>, pid: i32) -> Option<i32> {
 }
 
 /// Runs `request` in sandbox `id` with `runc`, an OCI runtime command
-/// (with its global options) that `spawn` starts; `ps` lists the host pids of the sandbox's
-/// processes. When the shell ends, or the timeout, what is left of its
-/// process group is killed: a command's background processes do not
-/// outlive it, and an exec never hangs on them holding its output open.
-pub fn run(
+/// (with its global options) that `spawn` starts; `group` reaches the
+/// command's processes; `nproc` is the processes' `RLIMIT_NPROC`, if
+/// any. When the shell ends, or the timeout, what is left of its process
+/// group is killed: a command's background processes do not outlive it,
+/// and an exec never hangs on them holding its output open.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
     mut runc: Command,
     spawn: &dyn Fn(&mut Command) -> io::Result<std::process::Child>,
-    ps: &dyn Fn() -> io::Result<Vec<i32>>,
+    group: &Group<'_>,
     id: &str,
     request: &ExecRequest,
+    nproc: Option<i64>,
     cap: usize,
     dir: &Path,
 ) -> io::Result<ExecResult> {
@@ -171,7 +210,7 @@ pub fn run(
         .map(|a| a.to_string())
         .collect();
     let cwd = request.cwd.as_deref().unwrap_or("/");
-    let process = crate::bundle::process(&args, &env, cwd);
+    let process = crate::bundle::process(&args, &env, cwd, nproc);
     // The environment (where secrets tend to be) goes to the runtime in a
     // file only root can read, never as arguments, which every local user
     // can read in /proc while the exec runs. (The command itself is the
@@ -197,7 +236,7 @@ pub fn run(
             .map_err(|e| crate::RuntimeError::record(format!("the exec file of {id}"), e))?;
         f.write_all(&bytes)?;
     }
-    let result = run_spec(&mut runc, spawn, ps, id, &spec, cap, request.timeout);
+    let result = run_spec(&mut runc, spawn, group, id, &spec, cap, request.timeout);
     // A file left behind is removed with the sandbox, or at the next start.
     let _ = std::fs::remove_file(&spec);
     result
@@ -208,7 +247,10 @@ pub fn run(
 /// sandbox is the caller's fault (said in our words); anything else is the
 /// host's, with the runtime's text for the log.
 fn not_started(runtime_said: &str) -> io::Error {
-    if runtime_said.contains("chdir to cwd") {
+    // runc's words, then runsc's.
+    if runtime_said.contains("chdir to cwd")
+        || runtime_said.contains("failed to find initial working directory")
+    {
         crate::RuntimeError::NoSuchCwd.into()
     } else {
         crate::RuntimeError::NotStarted(runtime_said.trim().to_string()).into()
@@ -219,7 +261,7 @@ fn not_started(runtime_said: &str) -> io::Error {
 fn run_spec(
     runc: &mut Command,
     spawn: &dyn Fn(&mut Command) -> io::Result<std::process::Child>,
-    ps: &dyn Fn() -> io::Result<Vec<i32>>,
+    group: &Group<'_>,
     id: &str,
     spec: &Path,
     cap: usize,
@@ -260,7 +302,7 @@ fn run_spec(
         if pgid.is_none() {
             if let Ok(Some(g)) = header.try_recv() {
                 pgid = Some(g);
-                leader = Some(host_pid(ps, g));
+                leader = group.watched().then(|| group.leader(g));
             }
         }
         if exit.recv_timeout(POLL).is_ok() {
@@ -271,14 +313,14 @@ fn run_spec(
         // rest of the group is killed once.
         if let (Some(g), Some(l)) = (pgid, leader) {
             if l.is_none_or(ended) {
-                kill_group(ps, g);
+                group.kill(g);
                 leader = None;
             }
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             timed_out = true;
             if let Some(g) = pgid {
-                kill_group(ps, g);
+                group.kill(g);
             }
             let _ = child.kill();
             break child.wait()?;
@@ -288,7 +330,7 @@ fn run_spec(
     // in the pipe by now even when the command was quicker than a poll.
     let pgid = pgid.or_else(|| header.recv_timeout(DRAIN).ok().flatten());
     if let Some(g) = pgid {
-        kill_group(ps, g);
+        group.kill(g);
     }
     let (stdout, t1) = collect(out);
     let (stderr, t2) = collect(err);

@@ -35,6 +35,7 @@ pub use error::RuntimeError;
 pub use exec::{ExecRequest, ExecResult};
 pub use inits::InitWatch;
 pub use limits::{Limit, Limits};
+pub use sandgate_contract::RuntimeClass;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs;
@@ -51,8 +52,11 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 pub struct RuntimeConfig {
     /// Snapshots and sandboxes live here.
     pub data_dir: PathBuf,
-    /// The OCI runtime program (`runc`).
+    /// The OCI runtime program of the `runc` class (`runc`).
     pub oci_runtime: PathBuf,
+    /// The OCI runtime program of the `runsc` class (gVisor's `runsc`):
+    /// the host can run that class when it answers `--version`.
+    pub runsc: PathBuf,
     /// The static busybox the built-in snapshot is made from, and every
     /// sandbox's init (bound read-only, so that any root filesystem with a
     /// `/bin/sh` can run).
@@ -84,6 +88,7 @@ impl RuntimeConfig {
         RuntimeConfig {
             data_dir,
             oci_runtime: PathBuf::from("runc"),
+            runsc: PathBuf::from("runsc"),
             busybox: PathBuf::from("/bin/busybox"),
             pids_limit: 512,
             memory_limit: None,
@@ -103,6 +108,8 @@ pub struct Runtime {
     controllers: limits::Controllers,
     /// The mount namespace the OCI runtime runs in ([`mountns`]).
     clean: mountns::CleanNs,
+    /// Whether the host can run the `runsc` class, and why not.
+    runsc: std::result::Result<(), String>,
 }
 
 /// What one sandbox gets, over the runtime's defaults
@@ -117,6 +124,9 @@ pub struct Resources {
     /// What it may write over its snapshot, bytes (see
     /// [`RuntimeConfig::disk_limit`]).
     pub disk: Option<u64>,
+    /// The OCI runtime it runs under.
+    #[serde(default)]
+    pub class: RuntimeClass,
 }
 
 /// Where a sandbox is in its life, as kept on disk.
@@ -208,6 +218,24 @@ fn procs_file(pid: i32) -> Option<PathBuf> {
     file.exists().then_some(file)
 }
 
+/// Whether `program` runs and answers `--version`: what the host needs to
+/// run a runtime class; why not, if not.
+fn answers_version(program: &Path) -> std::result::Result<(), String> {
+    match Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "{} --version failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("{}: {e}", program.display())),
+    }
+}
+
 /// Whether `dir` is a mount point (its device differs from its parent's).
 pub(crate) fn is_mount_point(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -242,7 +270,9 @@ impl Runtime {
         )?;
         fs::create_dir_all(cfg.data_dir.join("snapshots"))?;
         fs::create_dir_all(cfg.data_dir.join("sandboxes"))?;
-        fs::create_dir_all(cfg.data_dir.join("runc"))?;
+        for class in RuntimeClass::ALL {
+            fs::create_dir_all(cfg.data_dir.join(class.as_str()))?;
+        }
         // runc starts from a thread that entered its own mount namespace,
         // whose working directory is that namespace's root: every path it
         // is given is absolute (a program named without a slash is looked
@@ -250,6 +280,17 @@ impl Runtime {
         cfg.data_dir = fs::canonicalize(&cfg.data_dir)?;
         if cfg.oci_runtime.components().count() > 1 {
             cfg.oci_runtime = fs::canonicalize(&cfg.oci_runtime)?;
+        }
+        // runsc is optional: a path that names nothing leaves the class
+        // unusable, said by `classes`.
+        if cfg.runsc.components().count() > 1 {
+            if let Ok(path) = fs::canonicalize(&cfg.runsc) {
+                cfg.runsc = path;
+            }
+        }
+        let runsc = answers_version(&cfg.runsc);
+        if let Err(why) = &runsc {
+            tracing::info!(program = %cfg.runsc.display(), %why, "the runsc runtime class is not available on this host");
         }
         let clean =
             mountns::CleanNs::make(&cfg.data_dir).map_err(|cause| RuntimeError::Program {
@@ -261,7 +302,28 @@ impl Runtime {
             limits,
             controllers,
             clean,
+            runsc,
         })
+    }
+
+    /// The runtime classes this host can run.
+    pub fn classes(&self) -> Vec<RuntimeClass> {
+        RuntimeClass::ALL
+            .into_iter()
+            .filter(|c| self.usable(*c).is_ok())
+            .collect()
+    }
+
+    /// Whether this host can run sandboxes of `class`
+    /// ([`RuntimeError::ClassUnavailable`] says why not).
+    pub fn usable(&self, class: RuntimeClass) -> Result<()> {
+        match (class, &self.runsc) {
+            (RuntimeClass::Runc, _) | (RuntimeClass::Runsc, Ok(())) => Ok(()),
+            (RuntimeClass::Runsc, Err(why)) => Err(RuntimeError::ClassUnavailable {
+                class,
+                why: why.clone(),
+            }),
+        }
     }
 
     /// The limits each sandbox gets, and which of them the host enforces.
@@ -275,10 +337,6 @@ impl Runtime {
 
     fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("sandboxes").join(id)
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.cfg.data_dir.join("runc")
     }
 
     /// Where disks are prepared ahead of the creates that take them.
@@ -411,17 +469,41 @@ impl Runtime {
         Ok(ids)
     }
 
-    /// The OCI runtime, with where it keeps its state; started through
-    /// [`mountns::CleanNs`], never from the host's mount namespace.
-    fn runc(&self) -> Command {
-        let mut c = Command::new(&self.cfg.oci_runtime);
-        c.arg("--root").arg(self.state_dir());
+    /// The OCI runtime program of `class`.
+    fn program(&self, class: RuntimeClass) -> &Path {
+        match class {
+            RuntimeClass::Runc => &self.cfg.oci_runtime,
+            RuntimeClass::Runsc => &self.cfg.runsc,
+        }
+    }
+
+    /// The OCI runtime of `class`, with where it keeps its state (a
+    /// directory per class); started through [`mountns::CleanNs`], never
+    /// from the host's mount namespace. runsc uses the network of the
+    /// namespace it joins, the slot's (`--network=host`: gVisor's own
+    /// network stack would stand between the sandbox and the slot, and
+    /// this runsc refuses to start it on this kernel; docs/RUNTIME.md).
+    fn runc(&self, class: RuntimeClass) -> Command {
+        let mut c = Command::new(self.program(class));
+        c.arg("--root").arg(self.cfg.data_dir.join(class.as_str()));
+        if class == RuntimeClass::Runsc {
+            c.arg("--network=host");
+        }
         c
     }
 
-    /// The output of the OCI runtime run with `args`, in its namespace.
-    fn oci_output(&self, args: &[&str]) -> io::Result<std::process::Output> {
-        let mut runc = self.runc();
+    /// The class of sandbox `id` as recorded (runc for a sandbox without
+    /// a record: one half made before its record was written).
+    fn class_of(&self, id: &str) -> RuntimeClass {
+        self.info(id)
+            .map(|info| info.resources.class)
+            .unwrap_or_default()
+    }
+
+    /// The output of sandbox `id`'s OCI runtime run with `args`, in its
+    /// namespace.
+    fn oci_output(&self, id: &str, args: &[&str]) -> io::Result<std::process::Output> {
+        let mut runc = self.runc(self.class_of(id));
         runc.args(args);
         self.clean.output(&mut runc)
     }
@@ -440,6 +522,7 @@ impl Runtime {
     ) -> Result<()> {
         check_name("sandbox", id)?;
         check_name("snapshot", snapshot)?;
+        self.usable(resources.class)?;
         if !self.snapshot_dir(snapshot).join("rootfs").is_dir() {
             return Err(RuntimeError::NoSnapshot(snapshot.to_string()));
         }
@@ -499,6 +582,7 @@ impl Runtime {
                 .or(self.cfg.cpu_limit)
                 .filter(|_| self.controllers.cpu),
             disk: asked.disk.or(self.cfg.disk_limit),
+            class: asked.class,
         };
         let mut info = SandboxInfo {
             snapshot: snapshot.to_string(),
@@ -550,6 +634,7 @@ impl Runtime {
             cpu: resources.cpu,
             trust,
             system_bundle: dir.join(OWN_BUNDLE).exists(),
+            class: resources.class,
         };
         let config = serde_json::to_vec_pretty(&bundle::config(&spec))
             .map_err(|e| RuntimeError::record(format!("the OCI bundle of {id}"), e))?;
@@ -605,7 +690,7 @@ impl Runtime {
         // A pin is a mount of the host's namespace; a path under `/proc`
         // is seen from anywhere.
         points.extend(bundle::netns_of(&config).filter(|ns| !ns.starts_with("/proc")));
-        let mut runc = self.runc();
+        let mut runc = self.runc(self.class_of(id));
         runc.args(["run", "--detach", "--pid-file"])
             .arg(dir.join("init.pid"))
             .arg("--bundle")
@@ -658,7 +743,7 @@ impl Runtime {
             }
         }
         let _ = fs::remove_file(self.sandbox_dir(id).join("procs"));
-        let out = self.oci_output(&["delete", "--force", id])?;
+        let out = self.oci_output(id, &["delete", "--force", id])?;
         // A failure is fine only when there was nothing to delete.
         if !out.status.success() && self.runc_state(id)?.is_some() {
             return Err(self.oci("delete", id, &String::from_utf8_lossy(&out.stderr)));
@@ -807,7 +892,7 @@ impl Runtime {
 
     /// What `runc state` says of sandbox `id`, if it knows it.
     fn runc_state(&self, id: &str) -> Result<Option<serde_json::Value>> {
-        let out = self.oci_output(&["state", id])?;
+        let out = self.oci_output(id, &["state", id])?;
         if !out.status.success() {
             return Ok(None);
         }
@@ -831,7 +916,7 @@ impl Runtime {
         if let Ok(procs) = kept.and_then(|path| fs::read_to_string(path.trim())) {
             return Ok(procs.lines().filter_map(|l| l.parse().ok()).collect());
         }
-        let out = self.oci_output(&["ps", "--format", "json", id])?;
+        let out = self.oci_output(id, &["ps", "--format", "json", id])?;
         if !out.status.success() {
             return Err(self.oci("ps", id, &String::from_utf8_lossy(&out.stderr)));
         }
@@ -853,24 +938,62 @@ impl Runtime {
     /// Runs a command in sandbox `id` (see [`exec`]).
     /// Refused (`ResourceBusy`) unless the sandbox is running.
     pub fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResult> {
-        if self.info(id)?.state != State::Running {
+        let info = self.info(id)?;
+        if info.state != State::Running {
             return Err(RuntimeError::Busy(format!("sandbox {id} is not running")));
         }
+        let class = info.resources.class;
+        let ps = || self.ps(id).map_err(io::Error::from);
+        let kill_inside = |pgid| self.kill_inside(id, pgid);
+        let group = match class {
+            RuntimeClass::Runc => exec::Group::Host(&ps),
+            RuntimeClass::Runsc => exec::Group::Inside(&kill_inside),
+        };
         Ok(exec::run(
-            self.runc(),
+            self.runc(class),
             &|c| self.clean.spawn(c),
-            &|| self.ps(id).map_err(io::Error::from),
+            &group,
             id,
             request,
+            bundle::nproc(class, self.limits.pids),
             self.cfg.output_cap,
             &self.sandbox_dir(id),
         )?)
     }
 
+    /// Kills process group `pgid` of sandbox `id` from inside, with the
+    /// sandbox's own busybox (under gVisor the host sees none of the
+    /// sandbox's processes): `kill` run again until it finds no member
+    /// left, for at most two seconds (a member forked meanwhile is caught
+    /// by the next round). Each `kill` is a process of its own, never a
+    /// shell's child: a sandbox at its process limit can fork nothing.
+    fn kill_inside(&self, id: &str, pgid: i32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let group = format!("-{pgid}");
+        loop {
+            let mut runc = self.runc(self.class_of(id));
+            runc.args(["exec", id, bundle::INIT, "kill", "-9", "--", &group]);
+            match self.clean.output(&mut runc) {
+                // Signalled: some were left; look again.
+                Ok(out) if out.status.success() => {}
+                // None left (or the sandbox is gone).
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, pgid, error = %e, "killing what is left of an exec's process group");
+                    return;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(sandbox = %id, pgid, "an exec's process group still has members after two seconds of killing");
+                return;
+            }
+        }
+    }
+
     /// The OCI runtime's failure to `op` sandbox `id`, in its words.
     fn oci(&self, op: &'static str, id: &str, said: &str) -> RuntimeError {
         RuntimeError::Oci {
-            program: self.cfg.oci_runtime.clone(),
+            program: self.program(self.class_of(id)).to_path_buf(),
             op,
             id: id.to_string(),
             said: said.trim().to_string(),

@@ -1,6 +1,7 @@
-//! A runc sandbox in a dataplane slot of the lab (REQUIREMENTS.md section 5): what a
-//! program inside the container reaches is what its policy allows, and
-//! root inside cannot take more. Needs root, runc and busybox-static.
+//! A sandbox in a dataplane slot of the lab (REQUIREMENTS.md section 5),
+//! under each runtime class: what a program inside the container reaches
+//! is what its policy allows, and root inside cannot take more. Needs
+//! root, runc, runsc and busybox-static.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,7 @@ use sandgate_lab::addrs::*;
 use sandgate_lab::{lab_policy, Lab};
 use sandgate_netns::Netns;
 use sandgate_policy::SettingsRequest;
-use sandgate_runtime::{ExecRequest, Runtime, RuntimeConfig};
+use sandgate_runtime::{ExecRequest, Resources, Runtime, RuntimeClass, RuntimeConfig};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -31,6 +32,18 @@ fn echoes(rt: &Runtime, id: &str, dest: IpAddr) -> bool {
 
 #[test]
 fn a_container_reaches_what_its_policy_allows_and_nothing_else() {
+    in_a_slot(RuntimeClass::Runc);
+}
+
+/// Under gVisor, the sandbox's sockets are host sockets in the slot's
+/// namespace (`--network=host`): the slot's interface carries them, and
+/// the same rules hold.
+#[test]
+fn under_gvisor_a_container_reaches_what_its_policy_allows_and_nothing_else() {
+    in_a_slot(RuntimeClass::Runsc);
+}
+
+fn in_a_slot(class: RuntimeClass) {
     let lab = Lab::up().unwrap();
     let policy = lab_policy();
     let dir = std::env::temp_dir().join(format!("sandgate-rt-lab-{}", lab.tag()));
@@ -39,6 +52,9 @@ fn a_container_reaches_what_its_policy_allows_and_nothing_else() {
     cfg.host_netns = Some(lab.host().name().to_string());
     let (mut dp, _) = Dataplane::start(cfg, policy.clone()).unwrap();
     let rt = Runtime::new(RuntimeConfig::new(dir.join("runtime"))).unwrap();
+    if let Err(e) = rt.usable(class) {
+        panic!("{e} (scripts/setup installs runsc)");
+    }
     rt.build_busybox("busybox").unwrap();
 
     let request = SettingsRequest {
@@ -54,7 +70,10 @@ fn a_container_reaches_what_its_policy_allows_and_nothing_else() {
         "busybox",
         &Netns::path_of(&slot.netns),
         IpAddr::V4(slot.gateway4),
-        &Default::default(),
+        &Resources {
+            class,
+            ..Default::default()
+        },
     )
     .unwrap();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

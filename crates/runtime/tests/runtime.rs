@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use sandgate_netns::TempNetns;
-use sandgate_runtime::{ExecRequest, Runtime, RuntimeConfig, RuntimeError};
+use sandgate_runtime::{
+    ExecRequest, Resources, Runtime, RuntimeClass, RuntimeConfig, RuntimeError,
+};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -13,15 +15,27 @@ struct Fixture {
     dir: PathBuf,
     ids: Vec<String>,
     ns: TempNetns,
+    /// The class its sandboxes run under.
+    class: RuntimeClass,
 }
 
 impl Fixture {
     fn new(tag: &str, tweak: impl FnOnce(&mut RuntimeConfig)) -> Fixture {
+        Fixture::under(RuntimeClass::Runc, tag, tweak)
+    }
+
+    /// A fixture whose sandboxes run under `class` (which this host must
+    /// be able to run: `scripts/setup` installs runsc).
+    fn under(class: RuntimeClass, tag: &str, tweak: impl FnOnce(&mut RuntimeConfig)) -> Fixture {
+        let tag = format!("{tag}-{class}");
         let dir = std::env::temp_dir().join(format!("sandgate-rt-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = RuntimeConfig::new(dir.clone());
         tweak(&mut cfg);
         let rt = Runtime::new(cfg).unwrap();
+        if let Err(e) = rt.usable(class) {
+            panic!("{e} (scripts/setup installs runsc)");
+        }
         rt.build_busybox("busybox").unwrap();
         let ns = TempNetns::new(&format!("sgt-rt-{tag}")).unwrap();
         Fixture {
@@ -29,6 +43,7 @@ impl Fixture {
             dir,
             ids: Vec::new(),
             ns,
+            class,
         }
     }
 
@@ -40,7 +55,10 @@ impl Fixture {
                 "busybox",
                 &self.ns.path(),
                 "192.0.2.1".parse().unwrap(),
-                &Default::default(),
+                &Resources {
+                    class: self.class,
+                    ..Default::default()
+                },
             )
             .unwrap();
         self.ids.push(id.clone());
@@ -72,7 +90,16 @@ impl Drop for Fixture {
 
 #[test]
 fn exec_returns_exit_codes_output_env_cwd_and_obeys_timeouts_and_caps() {
-    let mut f = Fixture::new("exec", |c| c.output_cap = 1000);
+    exec_semantics(RuntimeClass::Runc);
+}
+
+#[test]
+fn under_gvisor_exec_returns_exit_codes_output_env_cwd_and_obeys_timeouts_and_caps() {
+    exec_semantics(RuntimeClass::Runsc);
+}
+
+fn exec_semantics(class: RuntimeClass) {
+    let mut f = Fixture::under(class, "exec", |c| c.output_cap = 1000);
     let id = f.sandbox("exec");
     assert!(f.rt.running(&id).unwrap());
     let r = f.sh(&id, "echo out; echo err >&2; exit 3");
@@ -206,23 +233,7 @@ fn a_sandbox_sees_nothing_of_the_host_and_cannot_change_its_kernel_state() {
         f.sh(&id, "test -e /work || test -e /root/.cargo").exit_code,
         0
     );
-    // Each of these must fail for root inside.
-    for attempt in [
-        "mount -t tmpfs none /mnt",
-        // One of the two changes the link's state (busybox skips a no-op).
-        "ip link set lo up && ip link set lo down",
-        "ip addr add 198.18.9.9/32 dev lo",
-        "insmod /nonexistent.ko",
-        "echo 0 > /proc/sys/net/ipv4/ip_forward",
-        "echo 1 > /proc/sysrq-trigger",
-        "hostname other",
-        "unshare -n true",
-        "mknod /dev/sda b 8 0 && cat /dev/sda",
-    ] {
-        let r = f.sh(&id, attempt);
-        assert_ne!(r.exit_code, 0, "{attempt:?} succeeded: {}", r.result);
-    }
-    assert_eq!(f.sh(&id, "hostname").stdout.trim(), id);
+    cannot_change_kernel_state(&f, &id);
     // Forking stops at the pids limit (64): the processes made before it
     // stay until the command's timeout, the rest are refused, and the
     // sandbox survives.
@@ -271,6 +282,78 @@ fn a_sandbox_sees_nothing_of_the_host_and_cannot_change_its_kernel_state() {
     }
 }
 
+/// What root inside a sandbox tries on the kernel's state, each of which
+/// must fail.
+const KERNEL_STATE_ATTEMPTS: &[&str] = &[
+    "mount -t tmpfs none /mnt",
+    // One of the two changes the link's state (busybox skips a no-op).
+    "ip link set lo up && ip link set lo down",
+    "ip addr add 198.18.9.9/32 dev lo",
+    "insmod /nonexistent.ko",
+    "echo 0 > /proc/sys/net/ipv4/ip_forward",
+    "echo 1 > /proc/sysrq-trigger",
+    "hostname other",
+    "unshare -n true",
+    "mknod /dev/sda b 8 0 && cat /dev/sda",
+];
+
+fn cannot_change_kernel_state(f: &Fixture, id: &str) {
+    for attempt in KERNEL_STATE_ATTEMPTS {
+        let r = f.sh(id, attempt);
+        assert_ne!(r.exit_code, 0, "{attempt:?} succeeded: {}", r.result);
+    }
+    assert_eq!(f.sh(id, "hostname").stdout.trim(), id);
+}
+
+#[test]
+fn under_gvisor_a_sandbox_sees_nothing_of_the_host_and_forks_within_its_limit() {
+    let mut f = Fixture::under(RuntimeClass::Runsc, "iso", |c| c.pids_limit = 64);
+    let id = f.sandbox("iso");
+    // gVisor's kernel: its own processes only, the waiting init pid 1.
+    let ps = f.sh(&id, "ps -o pid,args");
+    assert!(
+        ps.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("sh -c")),
+        "{}",
+        ps.stdout
+    );
+    assert_ne!(
+        f.sh(&id, "test -e /work || test -e /root/.cargo").exit_code,
+        0
+    );
+    cannot_change_kernel_state(&f, &id);
+    // Forking stops at the limit (64 processes, kept by gVisor's kernel:
+    // the host's pids cgroup counts gVisor's threads), the sandbox
+    // survives, and the bomb's processes end with its exec.
+    let bomb = std::thread::scope(|s| {
+        let bomb = s.spawn(|| {
+            f.rt.exec(
+                &id,
+                &ExecRequest {
+                    command: "(for i in $(seq 200); do sleep 30 & done); sleep 30".into(),
+                    timeout: Some(Duration::from_secs(4)),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(2000));
+        bomb.join().unwrap()
+    });
+    assert!(
+        bomb.timed_out && bomb.stderr.contains("can't fork"),
+        "{bomb:?}"
+    );
+    assert!(f.rt.running(&id).unwrap());
+    let ps = f.sh(&id, "ps -o pid,args").stdout;
+    assert!(
+        !ps.contains("sleep 30"),
+        "the bomb's processes outlived it:\n{ps}"
+    );
+    assert_eq!(f.sh(&id, "echo alive").stdout, "alive\n");
+}
+
 #[test]
 fn delete_leaves_no_overlay_state_mount_or_process() {
     let mut f = Fixture::new("del", |_| {});
@@ -303,7 +386,24 @@ fn a_snapshot_in_use_cannot_be_deleted() {
 
 #[test]
 fn stop_start_and_adoption_after_a_restart_keep_files_and_clean_the_dead() {
-    let mut f = Fixture::new("life", |_| {});
+    lifecycle(RuntimeClass::Runc);
+}
+
+#[test]
+fn under_gvisor_stop_start_and_adoption_after_a_restart_keep_files_and_clean_the_dead() {
+    lifecycle(RuntimeClass::Runsc);
+}
+
+/// Whether the OCI runtime of `f`'s class keeps state of sandbox `id`
+/// (runc a directory, runsc files, named by it).
+fn oci_state_left(f: &Fixture, id: &str) -> bool {
+    std::fs::read_dir(f.dir.join(f.class.as_str()))
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().contains(id))
+}
+
+fn lifecycle(class: RuntimeClass) {
+    let mut f = Fixture::under(class, "life", |_| {});
     let id = f.sandbox("life");
     assert_eq!(f.sh(&id, "echo kept > /root/file").exit_code, 0);
     let rootfs = f.dir.join("sandboxes").join(&id).join("rootfs");
@@ -360,7 +460,7 @@ fn stop_start_and_adoption_after_a_restart_keep_files_and_clean_the_dead() {
     let info = again.info(&id).unwrap();
     assert!(info.died && info.state == sandgate_runtime::State::Stopped);
     assert!(!mounted(&rootfs));
-    assert!(!f.dir.join("runc").join(&id).exists());
+    assert!(!oci_state_left(&f, &id));
     again.start(&id).unwrap();
     assert!(!again.info(&id).unwrap().died);
     assert_eq!(f.sh(&id, "cat /root/file").stdout, "kept\n");
@@ -381,7 +481,7 @@ fn stop_start_and_adoption_after_a_restart_keep_files_and_clean_the_dead() {
     let adopted = Runtime::new(cfg).unwrap().adopt().unwrap();
     assert!(adopted.contains(&(cut.clone(), sandgate_runtime::Adopted::Removed)));
     assert!(!f.dir.join("sandboxes").join(&cut).exists());
-    assert!(!f.dir.join("runc").join(&cut).exists());
+    assert!(!oci_state_left(&f, &cut));
     assert!(!f.rt.running(&cut).unwrap());
 }
 
@@ -677,6 +777,51 @@ fn only_unix_inet_and_netlink_sockets_and_only_the_native_system_calls() {
     }
 }
 
+/// Under gVisor the sandbox's system calls go to gVisor's kernel, which
+/// implements four socket families (and no 32-bit entry points), not the
+/// host's: the same families as runc's filter allows, with what differs
+/// said here.
+#[test]
+fn under_gvisor_only_unix_inet_and_netlink_sockets_and_no_new_network() {
+    let mut f = Fixture::under(RuntimeClass::Runsc, "sockfam", |_| {});
+    build_static(&f, "sockfam");
+    build_static(&f, "clonetest");
+    let id = f.sandbox("sockfam");
+    let r = f.sh(&id, "/bin/sockfam");
+    let inside = attempts(&r.stdout);
+    assert_eq!(inside.len(), 48 + 2 + 24 + 1 + 2 + 3, "{r:?}");
+    for (what, result) in &inside {
+        let expected = match what.as_str() {
+            "family 0x1" | "family 0x2" | "family 0xa" | "family 0x10" => "ok",
+            // gVisor takes the family as the int it is (the kernel's own
+            // reading): AF_INET.
+            "family 0x100000002" => "ok",
+            // NETLINK_ROUTE, and gVisor's own uevent socket (it has no
+            // devices to announce); no NETLINK_SOCK_DIAG.
+            "netlink 0" | "netlink 0xf" | "netlink 0x10000000f" => "ok",
+            "socketpair 0x1" => "ok",
+            w if w.starts_with("netlink") => "errno 93",
+            // AF_PACKET and AF_VSOCK among them.
+            w if w.starts_with("family") || w.starts_with("socketpair") => "errno 97",
+            // The i386 and x32 entry points are no socket (gVisor runs
+            // `int 0x80` as the 64-bit call of that number).
+            _ => {
+                assert!(
+                    !result.starts_with("ok") || what == "i386 socketcall",
+                    "{what}: {r:?}"
+                );
+                continue;
+            }
+        };
+        assert_eq!(result, expected, "{what}: {r:?}");
+    }
+    // No network namespace can be made (gVisor's kernel uses the slot's
+    // through the host's sockets); a user namespace is gVisor's own.
+    let r = f.sh(&id, "/bin/clonetest");
+    assert!(r.stdout.contains("clone newnet: errno 1\n"), "{r:?}");
+    assert!(r.stdout.contains("clone plain: allowed\n"), "{r:?}");
+}
+
 #[test]
 fn a_debian_userland_runs_under_the_filter() {
     // apt, python3 and node from Debian's own packages (built once, kept
@@ -829,7 +974,7 @@ fn oci_mounts(log: &std::path::Path, op: &str) -> Vec<(usize, usize)> {
 fn the_oci_runtime_never_sees_the_mounts_of_other_sandboxes() {
     // The fixture's data directory, as `Fixture::new` names it.
     let dir = std::env::temp_dir()
-        .join(format!("sandgate-rt-oci-ns-{}", std::process::id()))
+        .join(format!("sandgate-rt-oci-ns-runc-{}", std::process::id()))
         .to_str()
         .unwrap()
         .to_string();

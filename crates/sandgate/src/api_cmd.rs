@@ -202,6 +202,11 @@ pub enum SandboxCommand {
         /// the gateway replaces in requests to the secret's hosts.
         #[arg(long = "secret", value_name = "NAME")]
         secrets: Vec<String>,
+        /// The OCI runtime it runs under, among those its tier allows:
+        /// `runc`, or `runsc` (gVisor: a kernel of its own between the
+        /// sandbox and the host's). Default: the tier's first.
+        #[arg(long, value_name = "runc|runsc", value_parser = str::parse::<sandgate_policy::RuntimeClass>)]
+        runtime_class: Option<sandgate_policy::RuntimeClass>,
         #[command(flatten)]
         settings: SettingsArgs,
     },
@@ -496,6 +501,7 @@ fn print_sandbox(v: &Value) {
     let e = &v["effectiveNetwork"];
     say!("sandbox   {} ({})", s(&v["name"]), s(&v["id"]));
     say!("state     {}", s(&v["state"]));
+    say!("runtime   {}", s(&v["runtimeClass"]));
     say!("mode      {} (tier {})", s(&e["mode"]), e["tier"]);
     say!(
         "settings  networkBlockAll={} networkAllowList={} domainAllowList={}",
@@ -676,11 +682,15 @@ pub fn sandbox(cli: SandboxCli, out: &Output) -> ExitCode {
             env,
             count,
             secrets,
+            runtime_class,
             settings,
         } => {
             let mut body = Map::new();
             if !secrets.is_empty() {
                 body.insert("secrets".into(), json!(secrets));
+            }
+            if let Some(class) = runtime_class {
+                body.insert("runtimeClass".into(), json!(class));
             }
             if let Some(n) = &name {
                 body.insert("name".into(), json!(n));

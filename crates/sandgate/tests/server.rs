@@ -218,6 +218,25 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
         (2, Some("invalid_network_allow_list")),
         "{e}"
     );
+    // gVisor, which this operator's tiers do not allow (runc alone by
+    // default); a class that does not exist never leaves the CLI.
+    let (code, e) = cli(
+        &url,
+        &key,
+        &["sandbox", "create", "--runtime-class", "runsc"],
+    );
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("runtime_class_not_allowed")),
+        "{e}"
+    );
+    let (code, e) = cli(
+        &url,
+        &key,
+        &["sandbox", "create", "--runtime-class", "gvisor"],
+    );
+    assert_eq!(code, 2, "{e}");
+    assert!(e.to_string().contains("no runtime class"), "{e}");
 
     // A budget: asked at create, back to the tier's default by update.
     let (code, v) = cli(

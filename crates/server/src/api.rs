@@ -355,6 +355,10 @@ pub struct RunnerView {
     pub slots: Option<u32>,
     /// The sandboxes it holds; absent when it does not answer.
     pub used: Option<u32>,
+    /// The runtime classes its host can run; absent when it does not
+    /// answer.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub runtime_classes: Option<Vec<sandgate_policy::RuntimeClass>>,
     /// The sandboxes placed on it, by the store.
     pub sandboxes: usize,
     /// Its labels (those a runner that registered said).
@@ -736,6 +740,9 @@ pub struct SandboxView {
     pub updated_at: String,
     /// Its memory, CPU and disk.
     pub resources: ResourcesView,
+    /// The OCI runtime it runs under: `runc` or `runsc` (gVisor).
+    #[schema(value_type = String)]
+    pub runtime_class: sandgate_policy::RuntimeClass,
 }
 
 /// A sandbox's resources.
@@ -775,6 +782,7 @@ fn view(st: &AppState, org: &Organization, row: SandboxRow) -> Result<SandboxVie
         .collect();
     Ok(SandboxView {
         resources,
+        runtime_class: row.runtime_class,
         env: serde_json::from_str(&row.env).unwrap_or_default(),
         id: row.id,
         name: row.name,
@@ -866,6 +874,10 @@ pub struct CreateSandbox {
     /// tier's defaults).
     #[schema(value_type = Option<Object>)]
     pub resources: Option<ResourcesRequest>,
+    /// The OCI runtime it runs under, among those its tier allows:
+    /// `runc` or `runsc` (gVisor); default: the tier's first.
+    #[schema(value_type = Option<String>)]
+    pub runtime_class: Option<sandgate_policy::RuntimeClass>,
 }
 
 /// New network settings: a field sent replaces the stored value, a field
@@ -1027,6 +1039,7 @@ pub async fn create_sandbox(
         env,
         settings,
         resources: body.resources.unwrap_or_default(),
+        runtime_class: body.runtime_class,
         secrets: body.secrets.unwrap_or_default(),
     };
     let (row, org) = service::create_sandbox(&st, &org, new).await?;

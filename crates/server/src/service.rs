@@ -28,7 +28,8 @@ use sandgate_contract::{
 };
 use sandgate_policy::{
     check_ttl, overlaps, CompiledPolicy, Destination, EffectivePolicy, EgressAddress, Grant,
-    GrantTarget, Mode, NetworkSettings, Resources, ResourcesRequest, SettingsRequest, Verdict,
+    GrantTarget, Mode, NetworkSettings, Resources, ResourcesRequest, RuntimeClass, SettingsRequest,
+    Verdict,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -796,6 +797,8 @@ pub struct NewSandbox {
     pub settings: SettingsChange,
     /// The resources it asks for.
     pub resources: ResourcesRequest,
+    /// The runtime class it asks for (`None`: the tier's default).
+    pub runtime_class: Option<RuntimeClass>,
     /// The organization's secrets it holds, by name.
     pub secrets: Vec<String>,
 }
@@ -817,6 +820,16 @@ impl NewSandbox {
             .resources
             .resolve(tier, &self.resources)?)
     }
+
+    /// The runtime class it gets in an organization of `tier`: the
+    /// tier's default where it asks for none.
+    fn runtime_class(&self, st: &AppState, tier: u8) -> Result<RuntimeClass, ApiError> {
+        Ok(st
+            .policy
+            .tier(tier)?
+            .runtime_classes
+            .resolve(tier, self.runtime_class)?)
+    }
 }
 
 /// Makes a sandbox of `org`: resolved against the organization's tier as
@@ -833,6 +846,7 @@ pub async fn create_sandbox(
     // tier as it is then (a tier change may have come in between).
     new.settings(st, org.tier)?;
     new.resources(st, org.tier)?;
+    new.runtime_class(st, org.tier)?;
     // The runners share their snapshots: the first one's are asked.
     let first = st.fleet.first_ready().ok_or_else(no_runner)?;
     let known = on_runner(st, &first.name, |r| r.snapshots()).await?;
@@ -849,6 +863,7 @@ pub async fn create_sandbox(
         let org = organization(&st, &org_id).await?;
         let settings = new.settings(&st, org.tier)?;
         let resources = new.resources(&st, org.tier)?;
+        let runtime_class = new.runtime_class(&st, org.tier)?;
         let policy = st
             .policy
             .resolve(org.tier, &settings)?
@@ -866,7 +881,7 @@ pub async fn create_sandbox(
         }
         let id = random_id("sb-", 8)?;
         let name = new.name.clone().unwrap_or_else(|| id.clone());
-        let runner = place(&st, org.tier).await?;
+        let runner = place(&st, org.tier, runtime_class).await?;
         if st.store.sandbox(&org.id, &name).await?.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -917,6 +932,7 @@ pub async fn create_sandbox(
             },
             declined_names: "[]".into(),
             runner: runner.clone(),
+            runtime_class,
         };
         st.store.add_sandbox(&row).await?;
         st.metrics
@@ -928,6 +944,7 @@ pub async fn create_sandbox(
             snapshot: new.snapshot,
             policy,
             resources,
+            runtime_class,
             secrets,
         };
         let made = on_runner(&st, &runner, move |r| r.create(&spec)).await;
@@ -961,12 +978,14 @@ pub async fn create_sandbox(
     Ok(made)
 }
 
-/// Where a new sandbox of `tier` goes, under the write lock: the runner
-/// with the most free slots among those that answer, that the operator
-/// has not drained and that carry the tier's labels
-/// ([`crate::ServerConfig::placement`]; the first in the operator's order
-/// on a tie). 503 `capacity_exhausted` when none has room.
-async fn place(st: &AppState, tier: u8) -> Result<String, ApiError> {
+/// Where a new sandbox of `tier` and runtime class `class` goes, under
+/// the write lock: the runner with the most free slots among those that
+/// answer, that the operator has not drained, that carry the tier's
+/// labels ([`crate::ServerConfig::placement`]) and whose host can run the
+/// class (the first in the operator's order on a tie). 503
+/// `capacity_exhausted` when none has room; 503
+/// `runtime_class_unavailable` when none can run the class.
+async fn place(st: &AppState, tier: u8, class: RuntimeClass) -> Result<String, ApiError> {
     let wanted = st.placement.get(&tier).cloned().unwrap_or_default();
     let set_aside = st
         .store
@@ -979,24 +998,43 @@ async fn place(st: &AppState, tier: u8) -> Result<String, ApiError> {
         .filter(|m| !set_aside.contains(&m.name) && m.ready() && m.carries(&wanted))
         .collect();
     // One: no need to weigh (a full runner refuses, said as
-    // `capacity_exhausted`).
+    // `capacity_exhausted`; one that cannot run the class, as
+    // `runtime_class_unavailable`).
     if let [one] = candidates.as_slice() {
         return Ok(one.name.clone());
     }
     let mut best: Option<(u32, &str)> = None;
+    // Whether any runner answered, and whether any of those runs the
+    // class at all.
+    let (mut answered, mut runs_class) = (false, false);
     for member in &candidates {
-        let free = match runner_call(st, &member.name, |r| r.capacity()).await {
-            Ok(capacity) => capacity.free(),
+        let capacity = match runner_call(st, &member.name, |r| r.capacity()).await {
+            Ok(capacity) => {
+                answered = true;
+                capacity
+            }
             Err(e) => {
                 tracing::warn!(runner = %member.name, error = %e, "reading a runner's capacity; not placing there");
                 continue;
             }
         };
+        if !capacity.runtime_classes.contains(&class) {
+            continue;
+        }
+        runs_class = true;
+        let free = capacity.free();
         if free > 0 && best.is_none_or(|(most, _)| free > most) {
             best = Some((free, &member.name));
         }
     }
-    best.map(|(_, name)| name.to_string()).ok_or_else(no_runner)
+    match best {
+        Some((_, name)) => Ok(name.to_string()),
+        None if answered && !runs_class => Err(RunnerError::ClassUnavailable(format!(
+            "no runner that can take this sandbox runs runtime class {class}"
+        ))
+        .into()),
+        None => Err(no_runner()),
+    }
 }
 
 /// 503 `capacity_exhausted`: no runner to place a sandbox on.
@@ -1030,8 +1068,9 @@ pub async fn runners(st: &AppState) -> Result<Vec<crate::api::RunnerView>, ApiEr
         views.push(crate::api::RunnerView {
             name: member.name.clone(),
             state: state.into(),
-            slots: capacity.map(|c| c.slots),
-            used: capacity.map(|c| c.used),
+            slots: capacity.as_ref().map(|c| c.slots),
+            used: capacity.as_ref().map(|c| c.used),
+            runtime_classes: capacity.map(|c| c.runtime_classes),
             sandboxes: rows.iter().filter(|r| r.runner == member.name).count(),
             labels: member.labels.clone(),
         });

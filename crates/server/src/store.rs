@@ -196,6 +196,8 @@ pub struct SandboxRow {
     pub declined_names: String,
     /// The runner it was placed on.
     pub runner: String,
+    /// The OCI runtime it runs under.
+    pub runtime_class: sandgate_policy::RuntimeClass,
 }
 
 impl SandboxRow {
@@ -471,6 +473,10 @@ fn sandbox_row(r: &AnyRow) -> Result<SandboxRow, sqlx::Error> {
         http_rules: r.try_get("http_rules")?,
         secrets: r.try_get("secrets")?,
         runner: r.try_get("runner")?,
+        runtime_class: r
+            .try_get::<String, _>("runtime_class")?
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
     })
 }
 
@@ -533,7 +539,8 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, state, netwo
      network_allow_list, domain_allow_list, env, created_at, updated_at, memory_mib, \
      cpu_millicores, disk_mib, network_deny_list, domain_deny_list, essential_services, grants, \
      egress_mbps, max_connections, new_connections_per_second, network_approvals, \
-     approval_hold_seconds, declined_names, transfer_quota_mib, runner, http_rules, secrets";
+     approval_hold_seconds, declined_names, transfer_quota_mib, runner, http_rules, secrets, \
+     runtime_class";
 
 impl Store {
     /// Opens the store: the PostgreSQL database at `url`, or without one
@@ -731,7 +738,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)"
+             $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)"
         ))
         .bind(&s.id)
         .bind(&s.organization_id)
@@ -761,6 +768,7 @@ impl Store {
         .bind(&s.runner)
         .bind(&s.http_rules)
         .bind(&s.secrets)
+        .bind(s.runtime_class.as_str())
         .execute(&mut *self.conn().await?)
         .await?;
         Ok(())

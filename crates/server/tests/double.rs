@@ -1004,6 +1004,7 @@ fn a_restart_marks_what_the_runner_lost_and_keeps_the_rest() {
                 cpu_millicores: 500,
                 disk_mib: 64,
             },
+            runtime_class: Default::default(),
             secrets: Vec::new(),
         };
         again.create(&spec).unwrap();

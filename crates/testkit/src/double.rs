@@ -50,6 +50,8 @@ pub struct Held {
     pub blocked: bool,
     /// Whether its processes were stopped.
     pub stopped: bool,
+    /// The runtime class it runs under.
+    pub runtime_class: sandgate_contract::RuntimeClass,
     /// The commands run in it, in order.
     pub commands: Vec<ExecRequest>,
 }
@@ -69,6 +71,8 @@ struct Inner {
     instance: Option<String>,
     /// It plays a runner that does not answer.
     away: bool,
+    /// The runtime classes its host cannot run (none unless told).
+    without: Vec<sandgate_contract::RuntimeClass>,
 }
 
 /// The double.
@@ -143,6 +147,12 @@ impl RunnerDouble {
     /// or one that answers again.
     pub fn set_away(&self, away: bool) {
         self.inner().away = away;
+    }
+
+    /// It plays a runner whose host cannot run `class` (its creates of
+    /// that class are refused, and its capacity does not list it).
+    pub fn set_without(&self, class: sandgate_contract::RuntimeClass) {
+        self.inner().without.push(class);
     }
 
     /// How many restores it has taken.
@@ -234,6 +244,12 @@ impl Runner for RunnerDouble {
         if inner.sandboxes.len() >= inner.slots as usize {
             return Err(RunnerError::Capacity("no free slot".into()));
         }
+        if inner.without.contains(&spec.runtime_class) {
+            return Err(RunnerError::ClassUnavailable(format!(
+                "this runner's host cannot run runtime class {}",
+                spec.runtime_class
+            )));
+        }
         inner.sandboxes.insert(
             spec.id.clone(),
             Held {
@@ -241,6 +257,7 @@ impl Runner for RunnerDouble {
                 policy: spec.policy.clone(),
                 blocked: false,
                 stopped: false,
+                runtime_class: spec.runtime_class,
                 commands: Vec::new(),
             },
         );
@@ -418,6 +435,10 @@ impl Runner for RunnerDouble {
         Ok(sandgate_contract::Capacity {
             slots: inner.slots,
             used: u32::try_from(inner.sandboxes.len()).unwrap_or(u32::MAX),
+            runtime_classes: sandgate_contract::RuntimeClass::ALL
+                .into_iter()
+                .filter(|c| !inner.without.contains(c))
+                .collect(),
         })
     }
 }
