@@ -6,7 +6,10 @@
 //!    `true` returning; against `runc run --detach` of the same bundle
 //!    followed by `runc exec ... /bin/true`;
 //! 2. exec round trip: `Runtime::exec` of `true` against `runc exec` of
-//!    `/bin/true` on the same container.
+//!    `/bin/true` on the same container;
+//! 3. the `runsc` runtime class (gVisor) against the `runc` class, both
+//!    through sandgate: create to first exec (warm slot) and the exec
+//!    round trip: what choosing gVisor costs.
 //!
 //! `cargo bench -p sandgate-runtime --bench runtime` (as root).
 //! `SANDGATE_BENCH_RUNS` sets the runs per series (40).
@@ -21,7 +24,7 @@ use sandgate_lab::bench::stats;
 use sandgate_lab::{lab_policy, Lab};
 use sandgate_netns::Netns;
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
-use sandgate_runtime::{ExecRequest, Runtime, RuntimeConfig};
+use sandgate_runtime::{ExecRequest, Resources, Runtime, RuntimeClass, RuntimeConfig};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Instant;
@@ -35,11 +38,12 @@ fn dataplane(lab: &Lab, policy: &PolicyConfig, dir: &Path, pool: usize) -> Datap
     Dataplane::start(cfg, policy.clone()).unwrap().0
 }
 
-/// Slot, sandbox and first exec, timed, `runs` times.
+/// Slot, sandbox of `class` and first exec, timed, `runs` times.
 fn create_to_first_exec(
     dp: &mut Dataplane,
     rt: &Runtime,
     effective: &EffectivePolicy,
+    class: RuntimeClass,
     runs: usize,
 ) -> Vec<std::time::Duration> {
     let first = ExecRequest {
@@ -57,7 +61,10 @@ fn create_to_first_exec(
             "busybox",
             &Netns::path_of(&slot.netns),
             IpAddr::V4(slot.gateway4),
-            &Default::default(),
+            &Resources {
+                class,
+                ..Default::default()
+            },
         )
         .unwrap();
         let r = rt.exec(&id, &first).unwrap();
@@ -117,7 +124,7 @@ fn main() {
         runc(&base_root, &["delete", "--force", &id]);
     }
     stats("baseline: runc run --detach + runc exec", &base, None);
-    let cold = create_to_first_exec(&mut dp, &rt, &effective, runs);
+    let cold = create_to_first_exec(&mut dp, &rt, &effective, RuntimeClass::Runc, runs);
     stats(
         "sandgate slot + create + exec, cold slot",
         &cold,
@@ -125,7 +132,7 @@ fn main() {
     );
     drop(dp);
     let mut dp = dataplane(&lab, &policy, &dir, 2);
-    let warm = create_to_first_exec(&mut dp, &rt, &effective, runs);
+    let warm = create_to_first_exec(&mut dp, &rt, &effective, RuntimeClass::Runc, runs);
     stats(
         "sandgate slot + create + exec, warm slot",
         &warm,
@@ -153,6 +160,42 @@ fn main() {
         assert_eq!(r.exit_code, 0);
     }
     stats("sandgate exec true", &ours, Some(&base));
+
+    if let Err(e) = rt.usable(RuntimeClass::Runsc) {
+        println!("\nthe runsc class: not measured ({e})");
+    } else {
+        println!("\nthe runsc class (gVisor) against the runc class, both through sandgate");
+        let gvisor = create_to_first_exec(&mut dp, &rt, &effective, RuntimeClass::Runsc, runs);
+        stats("runc class: slot + create + exec, warm slot", &warm, None);
+        stats(
+            "runsc class: slot + create + exec, warm slot",
+            &gvisor,
+            Some(&warm),
+        );
+        let slot = dp.create("gvisor", &effective).unwrap();
+        rt.create(
+            "gvisor",
+            "busybox",
+            &Netns::path_of(&slot.netns),
+            IpAddr::V4(slot.gateway4),
+            &Resources {
+                class: RuntimeClass::Runsc,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut theirs = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            let r = rt.exec("gvisor", &command).unwrap();
+            theirs.push(t.elapsed());
+            assert_eq!(r.exit_code, 0);
+        }
+        stats("runc class: exec true", &ours, None);
+        stats("runsc class: exec true", &theirs, Some(&ours));
+        rt.delete("gvisor").unwrap();
+        dp.delete(slot.index).unwrap();
+    }
 
     rt.delete("bench").unwrap();
     dp.delete(slot.index).unwrap();
