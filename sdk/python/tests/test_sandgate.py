@@ -614,6 +614,17 @@ class SdkTest(unittest.TestCase):
         self.assertIsNone(other.egress_address)
         self.assertNotEqual(seen_from(other), EGRESS4)
 
+    def test_a_sandbox_runs_under_its_tiers_runtime_class_and_no_other(self) -> None:
+        s = self.create(CreateSandboxFromSnapshotParams())
+        self.assertEqual(s.runtime_class, "runc")
+        # The test server's tiers allow runc alone.
+        with self.assertRaises(PermissionDeniedError) as refused:
+            self.sandgate.create(CreateSandboxFromSnapshotParams(runtime_class="runsc"))
+        self.assertEqual(
+            (refused.exception.status, refused.exception.code),
+            (403, "runtime_class_not_allowed"),
+        )
+
     def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message(self) -> None:
         with self.assertRaises(ValidationError) as bad:
             self.sandgate.create(

@@ -463,6 +463,13 @@ class SandgateTest < Minitest::Test
     refute_equal EGRESS4, seen_from.call(other)
   end
 
+  def test_a_sandbox_runs_under_its_tiers_runtime_class_and_no_other
+    assert_equal "runc", create.runtime_class
+    # The test server's tiers allow runc alone.
+    e = assert_raises(Sandgate::PermissionDeniedError) { create(runtime_class: "runsc") }
+    assert_equal [403, "runtime_class_not_allowed"], [e.status, e.code]
+  end
+
   def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message
     e = assert_raises(Sandgate::ValidationError) { create(network_allow_list: "192.0.2.300/32") }
     assert_equal ["invalid_network_allow_list", 400], [e.code, e.status]

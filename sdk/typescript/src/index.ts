@@ -141,7 +141,14 @@ export interface CreateSandboxParams {
    * requests to the secret's hosts (the value never enters the sandbox).
    * Needs the `secrets:write` scope. */
   secrets?: string[]
+  /** The OCI runtime it runs under, among those its tier allows: `runc`,
+   * or `runsc` (gVisor: a kernel of its own between the sandbox and the
+   * host's). Default: the tier's first. */
+  runtimeClass?: RuntimeClass
 }
+
+/** An OCI runtime a sandbox runs under. */
+export type RuntimeClass = 'runc' | 'runsc'
 
 /** New network settings: what is given replaces, the rest is kept. */
 export interface NetworkSettings {
@@ -389,6 +396,7 @@ interface SandboxData {
   name: string
   state: string
   snapshot: string
+  runtimeClass?: RuntimeClass
   organizationId: string
   env?: Record<string, string>
   networkBlockAll?: boolean
@@ -706,6 +714,8 @@ export class Sandbox {
   name!: string
   state!: string
   snapshot!: string
+  /** The OCI runtime it runs under. */
+  runtimeClass!: RuntimeClass
   organizationId!: string
   env!: Record<string, string>
   networkBlockAll!: boolean
@@ -748,6 +758,7 @@ export class Sandbox {
     this.name = d.name
     this.state = d.state
     this.snapshot = d.snapshot
+    this.runtimeClass = d.runtimeClass ?? 'runc'
     this.organizationId = d.organizationId
     this.env = d.env ?? {}
     this.networkBlockAll = d.networkBlockAll ?? false

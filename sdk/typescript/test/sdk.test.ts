@@ -473,6 +473,17 @@ test('a known egress address is where connections leave from', async () => {
   assert.notEqual(await seenFrom(other), EGRESS4)
 })
 
+test("a sandbox runs under its tier's runtime class and no other", async () => {
+  const s = await create({})
+  assert.equal(s.runtimeClass, 'runc')
+  // The test server's tiers allow runc alone.
+  await assert.rejects(sandgate.create({ runtimeClass: 'runsc' }), (e: unknown) => {
+    assert.ok(e instanceof PermissionDeniedError)
+    assert.deepEqual([e.status, e.code], [403, 'runtime_class_not_allowed'])
+    return true
+  })
+})
+
 test('bad input and tiers reject with typed errors carrying code and message', async () => {
   await assert.rejects(sandgate.create({ networkAllowList: '192.0.2.300/32' }), (e: unknown) => {
     assert.ok(e instanceof ValidationError)

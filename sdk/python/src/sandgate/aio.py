@@ -175,6 +175,11 @@ class AsyncSandbox:
         return self.sync.snapshot
 
     @property
+    def runtime_class(self) -> str:
+        """The OCI runtime it runs under: ``runc`` or ``runsc`` (gVisor)."""
+        return self.sync.runtime_class
+
+    @property
     def organization_id(self) -> str:
         """Its organization."""
         return self.sync.organization_id

@@ -100,6 +100,9 @@ class CreateSandboxBaseParams:
     value is a placeholder of its own; the gateway puts the value in the
     placeholder's place in requests to the secret's hosts (the value never
     enters the sandbox). Needs the ``secrets:write`` scope.
+    ``runtime_class``: the OCI runtime it runs under, among those its tier
+    allows: ``"runc"``, or ``"runsc"`` (gVisor: a kernel of its own
+    between the sandbox and the host's). Default: the tier's first.
     """
 
     name: Optional[str] = None
@@ -118,6 +121,7 @@ class CreateSandboxBaseParams:
     transfer_quota_mib: Optional[int] = None
     http_rules: Optional[List[HttpRule]] = None
     secrets: Optional[List[str]] = None
+    runtime_class: Optional[Literal["runc", "runsc"]] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The API's request body (camelCase; fields left out are absent)."""
@@ -137,6 +141,7 @@ class CreateSandboxBaseParams:
             ("networkApprovals", self.network_approvals),
             ("approvalHoldSeconds", self.approval_hold_seconds),
             ("transferQuotaMiB", self.transfer_quota_mib),
+            ("runtimeClass", self.runtime_class),
         ):
             if value is not None:
                 body[key] = value
@@ -765,6 +770,7 @@ class Sandbox:
     name: str
     state: str
     snapshot: str
+    runtime_class: str
     organization_id: str
     env: Dict[str, str]
     network_block_all: bool
@@ -796,6 +802,7 @@ class Sandbox:
         self.name = data["name"]
         self.state = data["state"]
         self.snapshot = data["snapshot"]
+        self.runtime_class = str(data.get("runtimeClass", "runc"))
         self.organization_id = data["organizationId"]
         self.env = dict(data.get("env", {}))
         self.network_block_all = bool(data.get("networkBlockAll", False))

@@ -58,19 +58,22 @@ module Sandgate
   # environment variable of its commands whose value is a placeholder of
   # its own, which the gateway replaces with the value in requests to the
   # secret's hosts (the value never enters the sandbox; scope
-  # secrets:write).
+  # secrets:write); runtime_class: the OCI runtime it runs under, among
+  # those its tier allows: "runc", or "runsc" (gVisor: a kernel of its own
+  # between the sandbox and the host's); default: the tier's first.
   class CreateSandboxBaseParams
     attr_accessor :name, :env, :network_allow_list, :network_block_all, :domain_allow_list,
                   :network_deny_list, :domain_deny_list, :essential_services, :egress_mbps,
                   :max_connections, :new_connections_per_second, :network_approvals,
-                  :approval_hold_seconds, :transfer_quota_mib, :http_rules, :secrets
+                  :approval_hold_seconds, :transfer_quota_mib, :http_rules, :secrets,
+                  :runtime_class
 
     def initialize(name: nil, env: nil, network_allow_list: nil, network_block_all: nil,
                    domain_allow_list: nil, network_deny_list: nil, domain_deny_list: nil,
                    essential_services: nil, egress_mbps: nil, max_connections: nil,
                    new_connections_per_second: nil, network_approvals: nil,
                    approval_hold_seconds: nil, transfer_quota_mib: nil, http_rules: nil,
-                   secrets: nil)
+                   secrets: nil, runtime_class: nil)
       @name = name
       @env = env
       @network_allow_list = network_allow_list
@@ -87,6 +90,7 @@ module Sandgate
       @transfer_quota_mib = transfer_quota_mib
       @http_rules = http_rules
       @secrets = secrets
+      @runtime_class = runtime_class
     end
 
     # The API's request body (camelCase; fields left out are absent).
@@ -107,7 +111,8 @@ module Sandgate
         "approvalHoldSeconds" => approval_hold_seconds,
         "transferQuotaMiB" => transfer_quota_mib,
         "httpRules" => http_rules && HttpRule.list(http_rules),
-        "secrets" => secrets
+        "secrets" => secrets,
+        "runtimeClass" => runtime_class
       }.compact
     end
   end
@@ -522,7 +527,8 @@ module Sandgate
 
   # A sandbox, as the server last described it.
   class Sandbox
-    attr_reader :id, :name, :state, :snapshot, :organization_id, :env, :network_block_all,
+    attr_reader :id, :name, :state, :snapshot, :runtime_class, :organization_id, :env,
+                :network_block_all,
                 :network_allow_list, :domain_allow_list, :network_deny_list, :domain_deny_list,
                 :essential_services, :egress_mbps, :max_connections, :new_connections_per_second,
                 :network_approvals, :approval_hold_seconds, :transfer_quota_mib, :http_rules,
@@ -630,6 +636,7 @@ module Sandgate
       @name = d["name"]
       @state = d["state"]
       @snapshot = d["snapshot"]
+      @runtime_class = d.fetch("runtimeClass", "runc")
       @organization_id = d["organizationId"]
       @env = d.fetch("env", {})
       @network_block_all = d.fetch("networkBlockAll", false)
