@@ -4,7 +4,8 @@
 //! loopback inside the lab's `host` namespace; runner and DNS service
 //! there too), and through the HTTP API: creates organizations of tiers 1
 //! to 4 and sandboxes in every mode (the reference's three-entry allow
-//! list, block-all, and both together among them), runs the network test
+//! list, block-all, and both together among them; that list once more
+//! under gVisor, the `runsc` runtime class), runs the network test
 //! of each (TCP probes from the sandbox's namespace to the lab's servers),
 //! updates one sandbox live and tests it again; then names bound to
 //! connections (an allowed name and another on one shared address) and a
@@ -79,6 +80,12 @@ fn sandboxes() -> Vec<(u8, &'static str, Value)> {
             json!({"networkBlockAll": true, "networkAllowList": SPEC_ALLOW_LIST}),
         ),
         (4, "tier4-open", json!({})),
+        // The same list under gVisor: the same slot, the same verdicts.
+        (
+            4,
+            "tier4-gvisor-spec-allow-list",
+            json!({"networkAllowList": SPEC_ALLOW_LIST, "runtimeClass": "runsc"}),
+        ),
         (
             4,
             "tier4-lab-list",
@@ -380,6 +387,42 @@ fn scenario(
             rows.push(explain_row(c, name, "192.168.1.77:80", allowed)?);
             rows.push(explain_row(c, name, "192.168.2.1:80", false)?);
         }
+        if body["runtimeClass"] == "runsc" {
+            let exec = |command: &str| {
+                c.call(
+                    "POST",
+                    &format!("/api/sandbox/{name}/process/execute"),
+                    Some(&json!({ "command": command })),
+                )
+                .map(|r| r["stdout"].as_str().unwrap_or_default().trim().to_string())
+                .map_err(api_err("exec"))
+            };
+            let out = exec("dmesg | head -1")?;
+            rows.push(Row {
+                sandbox: name.into(),
+                mode: mode.clone(),
+                target: "whose kernel answers".into(),
+                expected: "gVisor's".into(),
+                ok: out.contains("gVisor"),
+                observed: out,
+            });
+            // From inside, through gVisor's sockets (the network test
+            // probes from the slot's namespace): an essential service by
+            // name, and example.com's address (a name not listed, so
+            // never admitted).
+            for (target, want) in [("registry.npmjs.org", true), ("198.51.100.10", false)] {
+                let out = exec(&format!("echo sandgate | nc -w 2 {target} 7"))?;
+                let reached = out == "sandgate";
+                rows.push(Row {
+                    sandbox: name.into(),
+                    mode: mode.clone(),
+                    target: format!("{target}:7 from a program inside"),
+                    expected: word(want).into(),
+                    observed: word(reached).into(),
+                    ok: reached == want,
+                });
+            }
+        }
         if mode == "blocked" {
             let r = c
                 .call(
@@ -482,6 +525,14 @@ fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, F
     // never sends to the real ones), with the operator's catalog.
     let token = format!("demo-{}-{}", std::process::id(), lab.tag());
     let mut cfg = sandgate_testkit::lab_server_config(&lab, &dir, 2, &token);
+    // Every tier may ask for gVisor (runc stays the default).
+    let mut policy = sandgate_lab::lab_policy_repr(None);
+    policy.runtime_classes = Some(vec![
+        sandgate_policy::RuntimeClass::Runc,
+        sandgate_policy::RuntimeClass::Runsc,
+    ]);
+    cfg.policy = sandgate_policy::PolicyConfig::from_repr(policy)
+        .map_err(|e| format!("the demo's policy: {e}"))?;
     cfg.catalog = config.catalog.clone();
     cfg.probe_targets = sandgate_lab::probe_targets(&config.catalog);
     let runner_cfg = cfg.runner.clone();
