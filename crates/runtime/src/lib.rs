@@ -55,7 +55,8 @@ pub struct RuntimeConfig {
     /// The OCI runtime program of the `runc` class (`runc`).
     pub oci_runtime: PathBuf,
     /// The OCI runtime program of the `runsc` class (gVisor's `runsc`):
-    /// the host can run that class when it answers `--version`.
+    /// the host can run that class when it answers `--version` and runs a
+    /// sandbox (checked when the runtime starts).
     pub runsc: PathBuf,
     /// The static busybox the built-in snapshot is made from, and every
     /// sandbox's init (bound read-only, so that any root filesystem with a
@@ -218,22 +219,48 @@ fn procs_file(pid: i32) -> Option<PathBuf> {
     file.exists().then_some(file)
 }
 
-/// Whether `program` runs and answers `--version`: what the host needs to
-/// run a runtime class; why not, if not.
-fn answers_version(program: &Path) -> std::result::Result<(), String> {
-    match Command::new(program)
+/// Whether gVisor's `program` works on this host: it answers `--version`,
+/// then runs `/bin/true` in a sandbox of its own with no network (`runsc
+/// do`, about 0.25 s: the platform, the sentry and the gofer start, as a
+/// sandbox's would), in the OCI runtime's namespace with its state in
+/// `root`; why not, if not.
+fn runsc_runs(
+    clean: &mountns::CleanNs,
+    program: &Path,
+    root: &Path,
+) -> std::result::Result<(), String> {
+    let said = |what: &str, out: &std::process::Output| {
+        format!(
+            "{} {what} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    let version = Command::new(program)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
-    {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!(
-            "{} --version failed: {}",
-            program.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(format!("{}: {e}", program.display())),
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    if !version.status.success() {
+        return Err(said("--version", &version));
     }
+    let mut probe = Command::new(program);
+    probe
+        .arg("--root")
+        .arg(root)
+        .args(["--network=none", "do", "/bin/true"]);
+    let ran = clean
+        .output(&mut probe)
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    if let Err(e) = fs::remove_dir_all(root) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::debug!(root = %root.display(), error = %e, "removing the runsc probe's state");
+        }
+    }
+    if !ran.status.success() {
+        return Err(said("do /bin/true (a sandbox with no network)", &ran));
+    }
+    Ok(())
 }
 
 /// Whether `dir` is a mount point (its device differs from its parent's).
@@ -288,15 +315,15 @@ impl Runtime {
                 cfg.runsc = path;
             }
         }
-        let runsc = answers_version(&cfg.runsc);
-        if let Err(why) = &runsc {
-            tracing::info!(program = %cfg.runsc.display(), %why, "the runsc runtime class is not available on this host");
-        }
         let clean =
             mountns::CleanNs::make(&cfg.data_dir).map_err(|cause| RuntimeError::Program {
                 what: "making the OCI runtime's mount namespace".into(),
                 said: cause.to_string(),
             })?;
+        let runsc = runsc_runs(&clean, &cfg.runsc, &cfg.data_dir.join("runsc-probe"));
+        if let Err(why) = &runsc {
+            tracing::info!(program = %cfg.runsc.display(), %why, "the runsc runtime class is not available on this host");
+        }
         Ok(Runtime {
             cfg,
             limits,

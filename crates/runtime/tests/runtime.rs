@@ -397,6 +397,60 @@ fn under_gvisor_stop_start_and_adoption_after_a_restart_keep_files_and_clean_the
     lifecycle(RuntimeClass::Runsc);
 }
 
+#[test]
+fn a_host_that_cannot_run_gvisor_says_why_and_refuses_the_class() {
+    let dir = std::env::temp_dir().join(format!("sandgate-rt-nogvisor-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Missing; answering --version but unable to run a sandbox (the
+    // wrapper's `do` fails as a runsc on a host without ptrace would).
+    let broken = dir.join("broken-runsc");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        &broken,
+        "#!/bin/sh
+for a; do [ \"$a\" = do ] && { echo 'no platform' >&2; exit 1; }; done
+exit 0
+",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (program, why) in [
+        (dir.join("no-such-runsc"), "No such file"),
+        (broken.clone(), "no platform"),
+    ] {
+        let mut cfg = RuntimeConfig::new(dir.join("data"));
+        cfg.runsc = program;
+        let rt = Runtime::new(cfg).unwrap();
+        assert_eq!(rt.classes(), vec![RuntimeClass::Runc]);
+        let e = rt.usable(RuntimeClass::Runsc).unwrap_err();
+        assert!(
+            matches!(e, RuntimeError::ClassUnavailable { .. }) && !e.is_callers_fault(),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(why), "{e}");
+        let ns = TempNetns::new("sgt-rt-nogvisor").unwrap();
+        let refused = rt
+            .create(
+                "g",
+                "busybox",
+                &ns.path(),
+                "192.0.2.1".parse().unwrap(),
+                &Resources {
+                    class: RuntimeClass::Runsc,
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(refused, RuntimeError::ClassUnavailable { .. }),
+            "{refused:?}"
+        );
+        assert!(rt.sandboxes().unwrap().is_empty());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Whether the OCI runtime of `f`'s class keeps state of sandbox `id`
 /// (runc a directory, runsc files, named by it).
 fn oci_state_left(f: &Fixture, id: &str) -> bool {
