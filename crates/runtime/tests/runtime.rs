@@ -1155,3 +1155,26 @@ fn a_data_directory_given_relative_to_the_working_directory_works() {
     let _ = std::fs::remove_dir_all(&absolute);
     assert_eq!(said.unwrap().stdout, "here\n");
 }
+
+/// Under gVisor the memory a sandbox's processes use is gVisor's kernel's:
+/// over the limit, the host kills that kernel, and the sandbox ends whole
+/// (reported died by the runner's watch of its init), where under runc
+/// the one process is killed. Either way nothing outside it is touched.
+#[test]
+fn under_gvisor_memory_over_the_limit_ends_the_sandbox_alone() {
+    let mut f = Fixture::under(RuntimeClass::Runsc, "limg", |c| {
+        c.memory_limit = Some(128 << 20);
+    });
+    let id = f.sandbox("limg");
+    let neighbour = f.sandbox("limg-neighbour");
+    let small = f.sh(&id, "dd if=/dev/zero of=/dev/null bs=16M count=1");
+    assert_eq!(small.exit_code, 0, "{small:?}");
+    let big = f.sh(&id, "dd if=/dev/zero of=/dev/null bs=512M count=1");
+    assert_ne!(big.exit_code, 0, "{big:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.rt.running(&id).unwrap() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!f.rt.running(&id).unwrap());
+    assert_eq!(f.sh(&neighbour, "echo alive").stdout, "alive\n");
+}
