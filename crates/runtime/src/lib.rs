@@ -971,7 +971,7 @@ impl Runtime {
         }
         let class = info.resources.class;
         let ps = || self.ps(id).map_err(io::Error::from);
-        let kill_inside = |pgid| self.kill_inside(id, pgid);
+        let kill_inside = |pgid| self.kill_inside(id, class, pgid);
         let group = match class {
             RuntimeClass::Runc => exec::Group::Host(&ps),
             RuntimeClass::Runsc => exec::Group::Inside(&kill_inside),
@@ -988,17 +988,17 @@ impl Runtime {
         )?)
     }
 
-    /// Kills process group `pgid` of sandbox `id` from inside, with the
+    /// Kills process group `pgid` of sandbox `id` (of `class`) from inside, with the
     /// sandbox's own busybox (under gVisor the host sees none of the
     /// sandbox's processes): `kill` run again until it finds no member
     /// left, for at most two seconds (a member forked meanwhile is caught
     /// by the next round). Each `kill` is a process of its own, never a
     /// shell's child: a sandbox at its process limit can fork nothing.
-    fn kill_inside(&self, id: &str, pgid: i32) {
+    fn kill_inside(&self, id: &str, class: RuntimeClass, pgid: i32) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let group = format!("-{pgid}");
         loop {
-            let mut runc = self.runc(self.class_of(id));
+            let mut runc = self.runc(class);
             runc.args(["exec", id, bundle::INIT, "kill", "-9", "--", &group]);
             match self.clean.output(&mut runc) {
                 // Signalled: some were left; look again.

@@ -240,22 +240,9 @@ fn a_sandbox_sees_nothing_of_the_host_and_cannot_change_its_kernel_state() {
     // Forking stops at the pids limit (64): the processes made before it
     // stay until the command's timeout, the rest are refused, and the
     // sandbox survives.
-    let bomb = std::thread::scope(|s| {
-        let bomb = s.spawn(|| {
-            f.rt.exec(
-                &id,
-                &ExecRequest {
-                    command: "(for i in $(seq 200); do sleep 30 & done); sleep 30".into(),
-                    timeout: Some(Duration::from_secs(4)),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-        });
-        std::thread::sleep(Duration::from_millis(2000));
+    let bomb = fork_bomb(&f, &id, || {
         let n = f.rt.processes(&id).unwrap().len();
         assert!(n > 32 && n <= 64, "{n} processes while the bomb runs");
-        bomb.join().unwrap()
     });
     assert!(
         bomb.timed_out && bomb.stderr.contains("can't fork"),
@@ -283,6 +270,27 @@ fn a_sandbox_sees_nothing_of_the_host_and_cannot_change_its_kernel_state() {
         );
         assert_eq!(f.rt.processes(&id).unwrap().len(), 2);
     }
+}
+
+/// Runs a fork bomb of 200 processes in sandbox `id` for 4 seconds, with
+/// `during` called 2 seconds in; what its exec returned.
+fn fork_bomb(f: &Fixture, id: &str, during: impl FnOnce()) -> sandgate_runtime::ExecResult {
+    std::thread::scope(|s| {
+        let bomb = s.spawn(|| {
+            f.rt.exec(
+                id,
+                &ExecRequest {
+                    command: "(for i in $(seq 200); do sleep 30 & done); sleep 30".into(),
+                    timeout: Some(Duration::from_secs(4)),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(2000));
+        during();
+        bomb.join().unwrap()
+    })
 }
 
 /// What root inside a sandbox tries on the kernel's state, each of which
@@ -329,21 +337,7 @@ fn under_gvisor_a_sandbox_sees_nothing_of_the_host_and_forks_within_its_limit() 
     // Forking stops at the limit (64 processes, kept by gVisor's kernel:
     // the host's pids cgroup counts gVisor's threads), the sandbox
     // survives, and the bomb's processes end with its exec.
-    let bomb = std::thread::scope(|s| {
-        let bomb = s.spawn(|| {
-            f.rt.exec(
-                &id,
-                &ExecRequest {
-                    command: "(for i in $(seq 200); do sleep 30 & done); sleep 30".into(),
-                    timeout: Some(Duration::from_secs(4)),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-        });
-        std::thread::sleep(Duration::from_millis(2000));
-        bomb.join().unwrap()
-    });
+    let bomb = fork_bomb(&f, &id, || {});
     assert!(
         bomb.timed_out && bomb.stderr.contains("can't fork"),
         "{bomb:?}"

@@ -294,10 +294,12 @@ fn gateway_rows(
     Ok(rows)
 }
 
-/// The demo's requests, made from inside the lab's host namespace.
+/// The demo's requests, made from inside the lab's host namespace;
+/// `essential` is a name of the catalog (the lab answers it).
 fn scenario(
     admin: &Client,
     (runner, lab_ca): (&sandgate_runner::RunnerConfig, &str),
+    essential: Option<&str>,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<Row>, Failure> {
     let mut rows = Vec::new();
@@ -408,15 +410,21 @@ fn scenario(
             });
             // From inside, through gVisor's sockets (the network test
             // probes from the slot's namespace): an essential service by
-            // name, and example.com's address (a name not listed, so
-            // never admitted).
-            for (target, want) in [("registry.npmjs.org", true), ("198.51.100.10", false)] {
-                let out = exec(&format!("echo sandgate | nc -w 2 {target} 7"))?;
+            // name (the catalog's), and example.com's address (a name not
+            // listed, so never admitted).
+            let unlisted = sandgate_lab::addrs::SERVER4_B.to_string();
+            let targets = essential
+                .map(|n| (n, true))
+                .into_iter()
+                .chain([(unlisted.as_str(), false)]);
+            let port = sandgate_lab::addrs::TCP_ECHO;
+            for (target, want) in targets {
+                let out = exec(&format!("echo sandgate | nc -w 2 {target} {port}"))?;
                 let reached = out == "sandgate";
                 rows.push(Row {
                     sandbox: name.into(),
                     mode: mode.clone(),
-                    target: format!("{target}:7 from a program inside"),
+                    target: format!("{target}:{port} from a program inside"),
                     expected: word(want).into(),
                     observed: word(reached).into(),
                     ok: reached == want,
@@ -536,6 +544,7 @@ fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, F
     cfg.catalog = config.catalog.clone();
     cfg.probe_targets = sandgate_lab::probe_targets(&config.catalog);
     let runner_cfg = cfg.runner.clone();
+    let essential = sandgate_lab::catalog_name(&config.catalog);
     let result = (|| {
         progress("starting the server in the lab's host namespace");
         // The API listens on loopback inside the lab's host namespace.
@@ -544,7 +553,14 @@ fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, F
         let admin = Client::new(&server.base, Some(&token));
         let rows = lab
             .host()
-            .run(|| Ok(scenario(&admin, (&runner_cfg, lab.ca_pem()), progress)))
+            .run(|| {
+                Ok(scenario(
+                    &admin,
+                    (&runner_cfg, lab.ca_pem()),
+                    essential.as_deref(),
+                    progress,
+                ))
+            })
             .map_err(|e| e.to_string())
             .and_then(|r| r);
         server.stop();
