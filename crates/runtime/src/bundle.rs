@@ -82,7 +82,9 @@ const RUNSC_HOST_TASKS_BASE: i64 = 256;
 /// gVisor's own threads, not the sandbox's processes, so the sandbox's
 /// limit is kept by gVisor's kernel through this rlimit (root inside has
 /// neither `CAP_SYS_ADMIN` nor `CAP_SYS_RESOURCE`, so it applies), and
-/// the cgroup's bound is the host's backstop.
+/// the cgroup's bound is the host's backstop. The rlimit counts one
+/// user's processes: those spread over several users (root inside may
+/// take any uid) meet the backstop, which ends that sandbox alone.
 pub fn nproc(class: RuntimeClass, pids_limit: i64) -> Option<i64> {
     (class == RuntimeClass::Runsc).then_some(pids_limit)
 }

@@ -176,18 +176,17 @@ fn host_pid(ps: &dyn Fn() -> io::Result<Vec<i32>>, pid: i32) -> Option<i32> {
 
 /// Runs `request` in sandbox `id` with `runc`, an OCI runtime command
 /// (with its global options) that `spawn` starts; `group` reaches the
-/// command's processes; `nproc` is the processes' `RLIMIT_NPROC`, if
-/// any. When the shell ends, or the timeout, what is left of its process
-/// group is killed: a command's background processes do not outlive it,
-/// and an exec never hangs on them holding its output open.
-#[allow(clippy::too_many_arguments)]
+/// command's processes (under runsc, every exec has the limits of the
+/// sandbox's init: runsc reads none from an exec's process file). When
+/// the shell ends, or the timeout, what is left of its process group is
+/// killed: a command's background processes do not outlive it, and an
+/// exec never hangs on them holding its output open.
 pub(crate) fn run(
     mut runc: Command,
     spawn: &dyn Fn(&mut Command) -> io::Result<std::process::Child>,
     group: &Group<'_>,
     id: &str,
     request: &ExecRequest,
-    nproc: Option<i64>,
     cap: usize,
     dir: &Path,
 ) -> io::Result<ExecResult> {
@@ -210,7 +209,7 @@ pub(crate) fn run(
         .map(|a| a.to_string())
         .collect();
     let cwd = request.cwd.as_deref().unwrap_or("/");
-    let process = crate::bundle::process(&args, &env, cwd, nproc);
+    let process = crate::bundle::process(&args, &env, cwd, None);
     // The environment (where secrets tend to be) goes to the runtime in a
     // file only root can read, never as arguments, which every local user
     // can read in /proc while the exec runs. (The command itself is the

@@ -224,6 +224,9 @@ fn procs_file(pid: i32) -> Option<PathBuf> {
 /// do`, about 0.25 s: the platform, the sentry and the gofer start, as a
 /// sandbox's would), in the OCI runtime's namespace with its state in
 /// `root`; why not, if not.
+/// How long the start's runsc probe may take.
+const RUNSC_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn runsc_runs(
     clean: &mountns::CleanNs,
     program: &Path,
@@ -248,10 +251,30 @@ fn runsc_runs(
     probe
         .arg("--root")
         .arg(root)
-        .args(["--network=none", "do", "/bin/true"]);
-    let ran = clean
-        .output(&mut probe)
-        .map_err(|e| format!("{}: {e}", program.display()))?;
+        .args(["--network=none", "do", "/bin/true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let failed = |e: io::Error| format!("{}: {e}", program.display());
+    let mut child = clean.spawn(&mut probe).map_err(failed)?;
+    // It takes about 0.25 s; one that hangs must not hold the runtime's
+    // start.
+    let deadline = std::time::Instant::now() + RUNSC_PROBE_TIMEOUT;
+    while child.try_wait().map_err(failed)?.is_none() {
+        if std::time::Instant::now() > deadline {
+            if let Err(e) = child.kill() {
+                tracing::warn!(error = %e, "killing the runsc probe");
+            }
+            child.wait().map_err(failed)?;
+            return Err(format!(
+                "{} do /bin/true did not end within {} s",
+                program.display(),
+                RUNSC_PROBE_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ran = child.wait_with_output().map_err(failed)?;
     if let Err(e) = fs::remove_dir_all(root) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::debug!(root = %root.display(), error = %e, "removing the runsc probe's state");
@@ -519,11 +542,24 @@ impl Runtime {
         c
     }
 
-    /// The class of sandbox `id` as recorded (runc for a sandbox without
-    /// a record: one half made before its record was written).
+    /// The class of sandbox `id` as recorded; for a sandbox whose record
+    /// cannot be read, the class whose runtime holds a sandbox of that id
+    /// (runc if none: the record is written before any runtime is asked
+    /// to run it), so that a torn record never leaves one running.
     fn class_of(&self, id: &str) -> RuntimeClass {
-        self.info(id)
-            .map(|info| info.resources.class)
+        if let Ok(info) = self.info(id) {
+            return info.resources.class;
+        }
+        let held = |class: RuntimeClass| {
+            let mut runtime = self.runc(class);
+            runtime.args(["state", id]);
+            self.clean
+                .output(&mut runtime)
+                .is_ok_and(|out| out.status.success())
+        };
+        RuntimeClass::ALL
+            .into_iter()
+            .find(|&class| class != RuntimeClass::Runc && self.usable(class).is_ok() && held(class))
             .unwrap_or_default()
     }
 
@@ -982,7 +1018,6 @@ impl Runtime {
             &group,
             id,
             request,
-            bundle::nproc(class, self.limits.pids),
             self.cfg.output_cap,
             &self.sandbox_dir(id),
         )?)
@@ -993,18 +1028,29 @@ impl Runtime {
     /// sandbox's processes): `kill` run again until it finds no member
     /// left, for at most two seconds (a member forked meanwhile is caught
     /// by the next round). Each `kill` is a process of its own, never a
-    /// shell's child: a sandbox at its process limit can fork nothing.
+    /// shell's child, and holds `CAP_SYS_RESOURCE`, which the process
+    /// limit (`RLIMIT_NPROC`, every exec's) does not bind: a group that
+    /// keeps the sandbox at its limit is killed all the same.
     fn kill_inside(&self, id: &str, class: RuntimeClass, pgid: i32) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let group = format!("-{pgid}");
         loop {
             let mut runc = self.runc(class);
-            runc.args(["exec", id, bundle::INIT, "kill", "-9", "--", &group]);
+            runc.args(["exec", "--cap", "CAP_SYS_RESOURCE", id]);
+            runc.args([bundle::INIT, "kill", "-9", &group]);
             match self.clean.output(&mut runc) {
                 // Signalled: some were left; look again.
                 Ok(out) if out.status.success() => {}
-                // None left (or the sandbox is gone).
-                Ok(_) => return,
+                // None left: busybox's kill found no member.
+                Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No such process") => {
+                    return
+                }
+                // The kill did not run (or the sandbox is gone, which
+                // the next round says again): try once more.
+                Ok(out) => {
+                    tracing::debug!(sandbox = %id, pgid, said = %String::from_utf8_lossy(&out.stderr).trim(), "a kill inside did not run");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 Err(e) => {
                     tracing::warn!(sandbox = %id, pgid, error = %e, "killing what is left of an exec's process group");
                     return;

@@ -191,7 +191,7 @@ fn on_a_thread<T: Send>(work: impl FnOnce() -> io::Result<T> + Send) -> io::Resu
 
 /// The mount points of `mountinfo` strictly below `data_dir` or
 /// [`PINS`], and the sandbox mounts of other runtimes' data directories
-/// ([`a_sandbox_mount`]), shallowest first (detaching one detaches what is
+/// ([`a_sandbox_mount`]; never one that holds `data_dir`), shallowest first (detaching one detaches what is
 /// below it).
 fn crowd(mountinfo: &str, data_dir: &Path) -> Vec<PathBuf> {
     let mut points: Vec<PathBuf> = mountinfo
@@ -202,7 +202,9 @@ fn crowd(mountinfo: &str, data_dir: &Path) -> Vec<PathBuf> {
             let below = [data_dir, Path::new(PINS)]
                 .iter()
                 .any(|root| point != *root && point.starts_with(root));
-            (below || a_sandbox_mount(&point, fstype)).then_some(point)
+            // One that holds the data directory is never another's.
+            let other = !data_dir.starts_with(&point) && a_sandbox_mount(&point, fstype);
+            (below || other).then_some(point)
         })
         .collect();
     points.sort_by_key(|p| p.components().count());
@@ -274,13 +276,22 @@ mod tests {
 73 27 0:55 / /srv/rootfs rw - overlay overlay rw
 74 27 7:3 / /srv/images/mnt rw - ext4 /dev/loop3 rw
 75 27 0:56 / /srv/sandboxes/c/rootfs rw - tmpfs tmpfs rw
+76 27 7:4 / /srv/disks/d/mnt rw - ext4 /dev/loop4 rw
 ";
+        // A runtime whose data directory sits on what looks like another's
+        // disk keeps it.
+        let inside = crowd(table, Path::new("/srv/disks/d/mnt/data"));
+        assert!(!inside.iter().any(|p| p == Path::new("/srv/disks/d/mnt")));
+        assert!(inside
+            .iter()
+            .any(|p| p == Path::new("/tmp/other/disks/ready-1-2/mnt")));
         let crowd = crowd(table, Path::new("/var/lib/sandgate"));
         let names: Vec<&str> = crowd.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(
             names,
             [
                 "/run/netns/sg-slot-1",
+                "/srv/disks/d/mnt",
                 "/tmp/other/sandboxes/b/rootfs",
                 "/tmp/other/disks/ready-1-2/mnt",
                 "/var/lib/sandgate/sandboxes/a/rootfs",

@@ -352,6 +352,47 @@ fn under_gvisor_a_sandbox_sees_nothing_of_the_host_and_forks_within_its_limit() 
 }
 
 #[test]
+fn a_command_that_keeps_the_sandbox_at_its_process_limit_ends_at_its_timeout() {
+    fork_loop_ends(RuntimeClass::Runc);
+}
+
+#[test]
+fn under_gvisor_a_command_that_keeps_the_sandbox_at_its_process_limit_ends_at_its_timeout() {
+    fork_loop_ends(RuntimeClass::Runsc);
+}
+
+/// A command that refills the process table as fast as anything leaves
+/// it (awk goes on when a fork fails; a shell would give up) still ends at
+/// its timeout with every process it made, and the sandbox answers after.
+fn fork_loop_ends(class: RuntimeClass) {
+    let mut f = Fixture::under(class, "floop", |c| c.pids_limit = 64);
+    let id = f.sandbox("floop");
+    let started = Instant::now();
+    let r =
+        f.rt.exec(
+            &id,
+            &ExecRequest {
+                command: r#"awk 'BEGIN { while (1) system("sleep 30 &") }' 2>/dev/null"#.into(),
+                timeout: Some(Duration::from_secs(3)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(r.timed_out, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the exec took {:?}",
+        started.elapsed()
+    );
+    let ps = f.sh(&id, "ps -o args").stdout;
+    assert!(
+        !ps.contains("sleep 30") && !ps.contains("awk"),
+        "the command's processes outlived it:\n{ps}"
+    );
+    assert_eq!(f.sh(&id, "echo alive").stdout, "alive\n");
+}
+
+#[test]
 fn delete_leaves_no_overlay_state_mount_or_process() {
     let mut f = Fixture::new("del", |_| {});
     let id = f.sandbox("del");
@@ -407,11 +448,24 @@ exit 0
 ",
     )
     .unwrap();
+    // One whose sandbox never ends (the start waits 10 s for it, no more).
+    let hanging = dir.join("hanging-runsc");
+    std::fs::write(
+        &hanging,
+        "#!/bin/sh
+for a; do [ \"$a\" = do ] && exec sleep 3600; done
+exit 0
+",
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for script in [&broken, &hanging] {
+        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     for (program, why) in [
         (dir.join("no-such-runsc"), "No such file"),
         (broken.clone(), "no platform"),
+        (hanging.clone(), "did not end within 10 s"),
     ] {
         let mut cfg = RuntimeConfig::new(dir.join("data"));
         cfg.runsc = program;
@@ -529,11 +583,24 @@ fn lifecycle(class: RuntimeClass) {
     let record = f.dir.join("sandboxes").join(&cut).join("sandbox.json");
     let text = std::fs::read_to_string(&record).unwrap();
     std::fs::write(&record, text.replace("\"running\"", "\"creating\"")).unwrap();
+    // So is one whose record cannot be read (which names its class):
+    // its runtime is found all the same, and nothing of it runs on.
+    let torn = f.sandbox("torn");
+    let record = f.dir.join("sandboxes").join(&torn).join("sandbox.json");
+    std::fs::write(&record, "{").unwrap();
     let adopted = Runtime::new(cfg).unwrap().adopt().unwrap();
-    assert!(adopted.contains(&(cut.clone(), sandgate_runtime::Adopted::Removed)));
-    assert!(!f.dir.join("sandboxes").join(&cut).exists());
-    assert!(!oci_state_left(&f, &cut));
-    assert!(!f.rt.running(&cut).unwrap());
+    for gone in [&cut, &torn] {
+        assert!(
+            adopted.contains(&(gone.clone(), sandgate_runtime::Adopted::Removed)),
+            "{adopted:?}"
+        );
+        assert!(!f.dir.join("sandboxes").join(gone).exists());
+        assert!(
+            !oci_state_left(&f, gone),
+            "the runtime's state of {gone} is left"
+        );
+        assert!(!f.rt.running(gone).unwrap());
+    }
 }
 
 #[test]

@@ -984,7 +984,8 @@ pub async fn create_sandbox(
 /// labels ([`crate::ServerConfig::placement`]) and whose host can run the
 /// class (the first in the operator's order on a tie). 503
 /// `capacity_exhausted` when none has room; 503
-/// `runtime_class_unavailable` when none can run the class.
+/// `runtime_class_unavailable` when every one answered and none can run
+/// the class.
 async fn place(st: &AppState, tier: u8, class: RuntimeClass) -> Result<String, ApiError> {
     let wanted = st.placement.get(&tier).cloned().unwrap_or_default();
     let set_aside = st
@@ -997,23 +998,24 @@ async fn place(st: &AppState, tier: u8, class: RuntimeClass) -> Result<String, A
         .into_iter()
         .filter(|m| !set_aside.contains(&m.name) && m.ready() && m.carries(&wanted))
         .collect();
-    // One: no need to weigh (a full runner refuses, said as
-    // `capacity_exhausted`; one that cannot run the class, as
-    // `runtime_class_unavailable`).
+    // One, for runc: no need to weigh (a full runner refuses, said as
+    // `capacity_exhausted`). Any other class is placed only on a runner
+    // whose capacity lists it: a runner older than runtime classes would
+    // run runc whatever the create says, and lists runc alone.
     if let [one] = candidates.as_slice() {
-        return Ok(one.name.clone());
+        if class == RuntimeClass::Runc {
+            return Ok(one.name.clone());
+        }
     }
     let mut best: Option<(u32, &str)> = None;
-    // Whether any runner answered, and whether any of those runs the
+    // Whether every runner answered, and whether any of those runs the
     // class at all.
-    let (mut answered, mut runs_class) = (false, false);
+    let (mut all_answered, mut runs_class) = (true, false);
     for member in &candidates {
         let capacity = match runner_call(st, &member.name, |r| r.capacity()).await {
-            Ok(capacity) => {
-                answered = true;
-                capacity
-            }
+            Ok(capacity) => capacity,
             Err(e) => {
+                all_answered = false;
                 tracing::warn!(runner = %member.name, error = %e, "reading a runner's capacity; not placing there");
                 continue;
             }
@@ -1029,10 +1031,14 @@ async fn place(st: &AppState, tier: u8, class: RuntimeClass) -> Result<String, A
     }
     match best {
         Some((_, name)) => Ok(name.to_string()),
-        None if answered && !runs_class => Err(RunnerError::ClassUnavailable(format!(
-            "no runner that can take this sandbox runs runtime class {class}"
-        ))
-        .into()),
+        // Said only when every runner answered: one that did not may run
+        // it (`capacity_exhausted`, retried, says so then).
+        None if all_answered && !candidates.is_empty() && !runs_class => {
+            Err(RunnerError::ClassUnavailable(format!(
+                "no runner that can take this sandbox runs runtime class {class}"
+            ))
+            .into())
+        }
         None => Err(no_runner()),
     }
 }

@@ -87,6 +87,30 @@ fn a_create_gets_its_tiers_default_class_or_one_the_tier_allows() {
 }
 
 #[test]
+fn a_runner_older_than_runtime_classes_is_never_given_one_other_than_runc() {
+    let api = Api::with_double(classes);
+    let (_, k) = api.organization("acme", 3);
+    // The only runner reads no class in a create: it would run runc
+    // while the sandbox says runsc. Its capacity tells.
+    api.double().set_predates_classes();
+    let (s, e) = api.post(
+        "/api/sandbox",
+        &k,
+        json!({"name": "g", "runtimeClass": "runsc"}),
+    );
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (503, Some("runtime_class_unavailable")),
+        "{e}"
+    );
+    let (_, list) = api.get("/api/sandbox", &k);
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    // runc it runs.
+    let v = api.sandbox(&k, json!({"name": "plain"}));
+    assert_eq!(v["runtimeClass"], "runc", "{v}");
+}
+
+#[test]
 fn a_class_goes_only_to_runners_that_can_run_it() {
     let (api, doubles) = Api::with_fleet_and(
         &["a", "b"],

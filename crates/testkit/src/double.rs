@@ -73,6 +73,9 @@ struct Inner {
     away: bool,
     /// The runtime classes its host cannot run (none unless told).
     without: Vec<sandgate_contract::RuntimeClass>,
+    /// It plays a runner older than runtime classes: it reads no class
+    /// in a create (runs runc whatever is asked) and lists none.
+    predates_classes: bool,
 }
 
 /// The double.
@@ -153,6 +156,15 @@ impl RunnerDouble {
     /// that class are refused, and its capacity does not list it).
     pub fn set_without(&self, class: sandgate_contract::RuntimeClass) {
         self.inner().without.push(class);
+    }
+
+    /// It plays a runner older than runtime classes: a create's class is
+    /// not read (it would run runc), and its capacity names runc alone
+    /// (what an older runner's capacity reads as).
+    pub fn set_predates_classes(&self) {
+        let mut inner = self.inner();
+        inner.predates_classes = true;
+        inner.without = vec![sandgate_contract::RuntimeClass::Runsc];
     }
 
     /// How many restores it has taken.
@@ -244,7 +256,7 @@ impl Runner for RunnerDouble {
         if inner.sandboxes.len() >= inner.slots as usize {
             return Err(RunnerError::Capacity("no free slot".into()));
         }
-        if inner.without.contains(&spec.runtime_class) {
+        if !inner.predates_classes && inner.without.contains(&spec.runtime_class) {
             return Err(RunnerError::ClassUnavailable(format!(
                 "this runner's host cannot run runtime class {}",
                 spec.runtime_class
