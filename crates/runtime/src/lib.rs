@@ -471,6 +471,42 @@ impl Runtime {
         self.replace_snapshot(name, &staging)
     }
 
+    /// Makes snapshot `name` from an OCI image's layers, lowest first
+    /// (each a tar archive, plain or gzip; see [`import::apply_layer`]).
+    /// As with [`Runtime::import_snapshot`], an existing snapshot of that
+    /// name is replaced only once the new one is complete, and on error
+    /// nothing changes.
+    pub fn import_layers<R: io::Read>(
+        &self,
+        name: &str,
+        layers: impl IntoIterator<Item = R>,
+    ) -> Result<()> {
+        check_name("snapshot", name)?;
+        let staging = self.snapshot_dir(name).with_extension("building");
+        remove_staging(&staging);
+        let root = staging.join("rootfs");
+        fs::create_dir_all(&root)?;
+        let applied = layers
+            .into_iter()
+            .enumerate()
+            .try_for_each(|(i, layer)| {
+                import::apply_layer(layer, &root)
+                    .map(|_| ())
+                    .map_err(|e| match RuntimeError::from(e) {
+                        RuntimeError::Archive(what) => {
+                            RuntimeError::Archive(format!("layer {}: {what}", i + 1))
+                        }
+                        other => other,
+                    })
+            })
+            .and_then(|()| Ok(import::has_shell(&root)?));
+        if let Err(e) = applied {
+            remove_staging(&staging);
+            return Err(e);
+        }
+        self.replace_snapshot(name, &staging)
+    }
+
     /// Puts the complete snapshot at `staging` in place of snapshot
     /// `name`, refused while a sandbox uses the old one (its overlay's
     /// lower directory must not change under it).

@@ -656,6 +656,11 @@ fn raw_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
         h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
         h.set_entry_type(*kind);
         h.set_mode(0o755);
+        // Numeric fields left empty would make every entry unreadable,
+        // and a refusal for that would prove nothing.
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         if kind.is_symlink() {
             h.as_old_mut().linkname[..data.len()].copy_from_slice(data.as_bytes());
             h.set_size(0);
@@ -668,6 +673,121 @@ fn raw_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
         }
     }
     b.into_inner().unwrap()
+}
+
+#[test]
+fn snapshots_from_image_layers_apply_whiteouts_and_opaque_directories_inside_the_root() {
+    let mut f = Fixture::new("layers", |_| {});
+    // The lowest layer: the busybox root filesystem.
+    let root = f.dir.join("snapshots/busybox/rootfs");
+    let base = f.dir.join("base.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&base)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A host file that a whiteout reached through a link a lower layer
+    // laid (`up` -> `/`) would remove, were the link followed on the host.
+    let canary_dir = std::env::temp_dir().join(format!("sandgate-canary-{}", std::process::id()));
+    std::fs::create_dir_all(&canary_dir).unwrap();
+    let canary = canary_dir.join("file");
+    std::fs::write(&canary, "host's\n").unwrap();
+    let through_link = format!("up{}/.wh.file", canary_dir.display());
+    use tar::EntryType::{Directory, Regular, Symlink};
+    let second = raw_tar(&[
+        ("etc/keep", Regular, "kept\n"),
+        ("etc/gone", Regular, "hidden above\n"),
+        ("opt/old/a", Regular, "below\n"),
+        ("opt/also", Regular, "below\n"),
+        ("var/lib/x/y", Regular, "a directory below\n"),
+        ("usr/lib/tool", Regular, "through a relative link\n"),
+        ("lib", Symlink, "usr/lib"),
+        ("up", Symlink, "/"),
+    ]);
+    let third = raw_tar(&[
+        ("etc/.wh.gone", Regular, ""),
+        ("opt/new", Regular, "above\n"),
+        ("opt/.wh..wh..opq", Regular, ""),
+        ("var/lib/x", Regular, "a file above\n"),
+        ("lib/.wh.tool", Regular, ""),
+        (&through_link, Regular, ""),
+        ("etc/.wh.never-there", Regular, ""),
+    ]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &third).unwrap();
+    let third = gz.finish().unwrap();
+    let layers: Vec<Box<dyn std::io::Read>> = vec![
+        Box::new(std::fs::File::open(&base).unwrap()),
+        Box::new(std::io::Cursor::new(second)),
+        Box::new(std::io::Cursor::new(third)),
+    ];
+    f.rt.import_layers("image", layers).unwrap();
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "host's\n");
+    let id = format!("image-{}", std::process::id());
+    f.rt.create(
+        &id,
+        "image",
+        &f.ns.path(),
+        "192.0.2.1".parse().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    f.ids.push(id.clone());
+    let r = f.sh(
+        &id,
+        "cat /etc/keep; test -e /etc/gone || echo gone; ls /opt; cat /var/lib/x; \
+         test -e /usr/lib/tool || echo tool gone; readlink /lib",
+    );
+    assert_eq!(
+        r.stdout, "kept\ngone\nnew\na file above\ntool gone\nusr/lib\n",
+        "{r:?}"
+    );
+    // Hostile layers: refused, and no snapshot made.
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("dot-dot", raw_tar(&[("../../escaped", Regular, "x")])),
+        ("an empty whiteout", raw_tar(&[("etc/.wh.", Regular, "")])),
+        (
+            "a whiteout of the parent",
+            raw_tar(&[("etc/.wh...", Regular, "")]),
+        ),
+        (
+            "a file through a link out",
+            raw_tar(&[
+                ("out", Symlink, canary_dir.to_str().unwrap()),
+                ("out/pwned", Regular, "x"),
+            ]),
+        ),
+        (
+            "a directory kind over the root",
+            raw_tar(&[("./", Directory, "")]),
+        ),
+    ];
+    for (what, bytes) in hostile {
+        let layers: Vec<Box<dyn std::io::Read>> = vec![
+            Box::new(std::fs::File::open(&base).unwrap()),
+            Box::new(std::io::Cursor::new(bytes)),
+        ];
+        match f.rt.import_layers("evil", layers) {
+            Err(err) => assert!(
+                matches!(err, RuntimeError::Archive(_)) && err.is_callers_fault(),
+                "{what}: {err:?}"
+            ),
+            // The root's own entry changes nothing.
+            Ok(()) if what.contains("over the root") => {
+                f.rt.delete_snapshot("evil").unwrap();
+                continue;
+            }
+            Ok(()) => panic!("{what}: taken"),
+        }
+        assert!(!f.rt.snapshots().unwrap().contains(&"evil".to_string()));
+        assert!(!canary_dir.join("pwned").exists(), "{what}");
+    }
+    assert_eq!(std::fs::read_to_string(&canary).unwrap(), "host's\n");
+    let _ = std::fs::remove_dir_all(&canary_dir);
 }
 
 #[test]
