@@ -105,6 +105,9 @@ pub const HTTP: u16 = 80;
 pub const HTTPS: u16 = 443;
 /// UDP: QUIC's port; echoes each datagram, as [`UDP_ECHO`] does.
 pub const QUIC: u16 = 443;
+/// HTTPS: an OCI distribution registry (Debian's `docker-registry`), on
+/// [`SERVER4`] only, while a test runs one ([`crate::registry::LabRegistry`]).
+pub const REGISTRY: u16 = 5000;
 
 /// Whether `addr` is one the lab may send to: TEST-NET-1/2/3, the
 /// benchmarking range of the sandbox subnets, 2001:db8::/32, or loopback

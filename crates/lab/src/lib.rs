@@ -21,6 +21,7 @@ pub mod bench;
 pub mod debian;
 pub mod dns;
 mod http;
+pub mod registry;
 mod servers;
 pub mod tls;
 
@@ -107,6 +108,8 @@ pub struct Lab {
     servers: Vec<JoinHandle<()>>,
     dns_queries: Arc<AtomicU64>,
     ca_pem: String,
+    /// The world's certificate chain and key (PEM).
+    server_pem: (String, String),
 }
 
 impl std::fmt::Debug for Lab {
@@ -143,6 +146,7 @@ impl Lab {
             servers: Vec::new(),
             dns_queries: Arc::new(AtomicU64::new(0)),
             ca_pem: tls.ca_pem.clone(),
+            server_pem: (tls.server_chain_pem.clone(), tls.server_key_pem.clone()),
         };
         // From here on, dropping `lab` removes whatever was made.
         lab.world = Some(Netns::create(&format!("{tag}-world"))?);
@@ -171,6 +175,13 @@ impl Lab {
     /// certificate.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The world's certificate chain and private key (PEM), which the
+    /// lab CA signed for every world name and address: for a server the
+    /// lab runs as a program ([`registry::LabRegistry`]).
+    pub fn server_pem(&self) -> (&str, &str) {
+        (&self.server_pem.0, &self.server_pem.1)
     }
 
     /// The namespace of the daemon under test.

@@ -15,6 +15,11 @@ pub struct LabTls {
     pub ca_pem: String,
     /// The server configuration of the world's HTTPS service.
     pub server: Arc<rustls::ServerConfig>,
+    /// The server's certificate chain (PEM), for servers the lab runs as
+    /// programs (the registry).
+    pub server_chain_pem: String,
+    /// The server's private key (PEM, PKCS #8).
+    pub server_key_pem: String,
 }
 
 fn tls_error<E: std::fmt::Display>(e: E) -> io::Error {
@@ -47,6 +52,8 @@ impl LabTls {
         }
         let key = KeyPair::generate().map_err(tls_error)?;
         let cert = params.signed_by(&key, &issuer).map_err(tls_error)?;
+        let server_chain_pem = format!("{}{}", cert.pem(), ca_cert.pem());
+        let server_key_pem = key.serialize_pem();
         let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone(), ca_cert.der().clone()];
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -59,6 +66,8 @@ impl LabTls {
         Ok(LabTls {
             ca_pem: ca_cert.pem(),
             server: Arc::new(server),
+            server_chain_pem,
+            server_key_pem,
         })
     }
 }
