@@ -31,6 +31,11 @@ pub enum RunnerError {
     ClassUnavailable(String),
     /// The host's disk is full: 507 `storage_full`.
     StorageFull(String),
+    /// An image registry the operator configured could not be reached,
+    /// refused the operator's credentials, or sent what its own digests
+    /// disprove: 502 `registry_failed`, said to the caller (it names the
+    /// registry, nothing of the host).
+    Registry(String),
     /// The runner cannot be reached (another host that does not answer):
     /// 503 `runner_unavailable`.
     Unavailable(String),
@@ -63,6 +68,7 @@ impl RunnerError {
             | RunnerError::Restoring(_)
             | RunnerError::Superseded(_) => 503,
             RunnerError::StorageFull(_) => 507,
+            RunnerError::Registry(_) => 502,
             RunnerError::Host(_) => 500,
         }
     }
@@ -77,6 +83,7 @@ impl RunnerError {
             RunnerError::Capacity(_) => "capacity_exhausted",
             RunnerError::ClassUnavailable(_) => "runtime_class_unavailable",
             RunnerError::StorageFull(_) => "storage_full",
+            RunnerError::Registry(_) => "registry_failed",
             RunnerError::Unavailable(_) => "runner_unavailable",
             RunnerError::Restoring(_) => "runner_restoring",
             RunnerError::Superseded(_) => "writer_superseded",
@@ -95,6 +102,7 @@ impl RunnerError {
             | RunnerError::Capacity(m)
             | RunnerError::ClassUnavailable(m)
             | RunnerError::StorageFull(m)
+            | RunnerError::Registry(m)
             | RunnerError::Unavailable(m)
             | RunnerError::Restoring(m)
             | RunnerError::Superseded(m)
@@ -176,13 +184,19 @@ impl<'de> serde::Deserialize<'de> for RunnerError {
             503 if code == "runtime_class_unavailable" => RunnerError::ClassUnavailable(message),
             503 => RunnerError::Capacity(message),
             507 => RunnerError::StorageFull(message),
+            502 if code == "registry_failed" => RunnerError::Registry(message),
             _ => RunnerError::Host(message),
         })
     }
 }
 
 /// The codes of [`RunnerError::Invalid`].
-pub const INVALID_CODES: [&str; 2] = ["invalid_request", "invalid_cwd"];
+pub const INVALID_CODES: [&str; 4] = [
+    "invalid_request",
+    "invalid_cwd",
+    "invalid_image",
+    "registry_not_allowed",
+];
 
 /// An I/O error that nobody refused on purpose is the host's fault,
 /// whatever its kind (a `NotFound` from spawning a missing program is the

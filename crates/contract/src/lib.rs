@@ -32,5 +32,5 @@ pub use sandgate_policy::RuntimeClass;
 pub use state::SandboxState;
 pub use types::{
     Capacity, Counts, DnsCounts, ExecRequest, ExecResult, Expected, GatewayCounts, Observed,
-    ProbeTarget, RestoreReport, SandboxSecret, SandboxSpec, TransferUsage,
+    ProbeTarget, PulledSnapshot, RestoreReport, SandboxSecret, SandboxSpec, TransferUsage,
 };

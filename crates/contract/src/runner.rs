@@ -2,7 +2,7 @@
 
 use crate::{
     Capacity, Counts, ExecRequest, ExecResult, Expected, FlowSubscription, NetworkEvent, Observed,
-    ProbeTarget, RestoreReport, RunnerError, SandboxSpec, TransferUsage,
+    ProbeTarget, PulledSnapshot, RestoreReport, RunnerError, SandboxSpec, TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use std::net::IpAddr;
@@ -52,6 +52,16 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
 
     /// The snapshots sandboxes can start from.
     fn snapshots(&self) -> Result<Vec<String>, RunnerError>;
+
+    /// Makes (or remakes) snapshot `name` from the OCI image `image`,
+    /// pulled by the runner from a registry its operator configured. A
+    /// snapshot of that name is replaced only once the new one is whole,
+    /// and never while a sandbox uses it (`conflict`).
+    fn pull_snapshot(&self, name: &str, image: &str) -> Result<PulledSnapshot, RunnerError>;
+
+    /// Removes snapshot `name`: `conflict` while a sandbox uses it or for
+    /// the built-in `busybox`, `not_found` if there is none.
+    fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError>;
 
     /// Makes the sandbox `spec` describes, its policy in the kernel before
     /// its first process runs. On failure nothing of it is left.

@@ -28,6 +28,22 @@ pub struct SandboxSpec {
     pub secrets: Vec<SandboxSecret>,
 }
 
+/// A snapshot made from an OCI image ([`crate::Runner::pull_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PulledSnapshot {
+    /// The snapshot's name.
+    pub name: String,
+    /// The image, its reference in full (`docker.io/library/python:3.12-slim`).
+    pub image: String,
+    /// The digest of the manifest it was made from (this platform's).
+    pub digest: String,
+    /// Its layers.
+    pub layers: usize,
+    /// How many of them this pull fetched (the rest the runner held).
+    pub fetched: usize,
+}
+
 /// A secret of a sandbox, as its runner gets it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

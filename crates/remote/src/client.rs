@@ -5,8 +5,8 @@ use crate::service::KEEP_ALIVE;
 use crate::{Status, LIVE};
 use sandgate_contract::{
     Counts, ExecRequest, ExecResult, Expected, Flow, FlowLog, FlowSubscription, NetworkEvent,
-    Observed, ProbeTarget, RestoreReport, Runner, RunnerError, SandboxSpec, Subscription,
-    TransferUsage,
+    Observed, ProbeTarget, PulledSnapshot, RestoreReport, Runner, RunnerError, SandboxSpec,
+    Subscription, TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use serde::de::DeserializeOwned;
@@ -22,6 +22,8 @@ use tokio::sync::{broadcast, mpsc};
 const CONNECT: Duration = Duration::from_secs(5);
 /// How long a call may take in all (an exec: its own timeout more).
 const CALL: Duration = Duration::from_secs(120);
+/// How long an image pull may take (a large image, a slow registry).
+const PULL: Duration = Duration::from_secs(30 * 60);
 /// How long a look at the runner's instance may take.
 const LOOK: Duration = Duration::from_secs(5);
 /// How long a stream may stay silent: three keep-alives missed means the
@@ -474,6 +476,18 @@ impl Runner for RemoteRunner {
 
     fn snapshots(&self) -> Result<Vec<String>, RunnerError> {
         self.call("GET", "snapshots", None::<&()>)
+    }
+
+    fn pull_snapshot(&self, name: &str, image: &str) -> Result<PulledSnapshot, RunnerError> {
+        let body = crate::service::PullSnapshot {
+            name: name.to_string(),
+            image: image.to_string(),
+        };
+        self.link.call("POST", "snapshots", Some(&body), PULL)
+    }
+
+    fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError> {
+        self.call("DELETE", &format!("snapshots/{name}"), None::<&()>)
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<(), RunnerError> {

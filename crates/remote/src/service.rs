@@ -4,6 +4,8 @@
 //! | --- | --- | --- |
 //! | `GET /v1/status` | | [`crate::Status`] |
 //! | `GET /v1/snapshots` | | names |
+//! | `POST /v1/snapshots` | `{"name", "image"}` | `PulledSnapshot` |
+//! | `DELETE /v1/snapshots/{name}` | | 204 |
 //! | `POST /v1/sandboxes` | `SandboxSpec` | 204 |
 //! | `PUT /v1/sandboxes/{id}/policy` | `EffectivePolicy` | 204 |
 //! | `POST /v1/sandboxes/{id}/block`, `.../stop` | | 204 |
@@ -151,7 +153,11 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
         .merge(sandboxes)
         .merge(restores)
         .route("/v1/status", get(status))
-        .route("/v1/snapshots", get(snapshots))
+        .route("/v1/snapshots", get(snapshots).post(pull_snapshot))
+        .route(
+            "/v1/snapshots/{name}",
+            axum::routing::delete(delete_snapshot),
+        )
         .route("/v1/deaths", get(deaths))
         .layer(axum::middleware::from_fn_with_state(
             served.clone(),
@@ -380,6 +386,30 @@ async fn status(State(st): St) -> Result<Json<Status>, Fault> {
 
 async fn snapshots(State(st): St) -> Result<Json<Vec<String>>, Fault> {
     blocking(&st, |r| r.snapshots()).await.map(Json)
+}
+
+/// A snapshot to make from an image.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullSnapshot {
+    /// Its name.
+    pub name: String,
+    /// The image.
+    pub image: String,
+}
+
+async fn pull_snapshot(
+    State(st): St,
+    Body(body): Body<PullSnapshot>,
+) -> Result<Json<sandgate_contract::PulledSnapshot>, Fault> {
+    blocking(&st, move |r| r.pull_snapshot(&body.name, &body.image))
+        .await
+        .map(Json)
+}
+
+async fn delete_snapshot(State(st): St, Path(name): Path<String>) -> Result<StatusCode, Fault> {
+    blocking(&st, move |r| r.delete_snapshot(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A policy this runner's own configuration gives its tier: anything

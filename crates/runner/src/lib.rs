@@ -24,7 +24,8 @@ pub use events::{EventKind, NetworkEvent};
 pub use host::LivePolicy;
 pub use probe::{Observed, ProbeTarget};
 pub use sandgate_contract::{
-    DnsCounts, Expected, RestoreReport, RunnerError, SandboxSecret, SandboxSpec, TransferUsage,
+    DnsCounts, Expected, PulledSnapshot, RestoreReport, RunnerError, SandboxSecret, SandboxSpec,
+    TransferUsage,
 };
 pub use sandgate_dataplane::NoFreeSlot;
 
@@ -80,7 +81,16 @@ pub struct RunnerConfig {
     /// chain to when the gateway terminates a sandbox's TLS (names with
     /// HTTP rules): the host's bundle by default.
     pub tls_roots: PathBuf,
+    /// The registries snapshots may be pulled from (none unless the
+    /// operator says).
+    pub registries: Vec<sandgate_images::Registry>,
+    /// The most an image's layers may add up to, bytes.
+    pub max_image_bytes: u64,
 }
+
+/// The most an image's layers may add up to unless the operator says:
+/// 8 GiB.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
 
 impl RunnerConfig {
     /// Defaults under `data_dir`, with the host's resolvers upstream.
@@ -97,6 +107,8 @@ impl RunnerConfig {
             name_checked_ports: sandgate_dataplane::config::NAME_CHECKED_PORTS.to_vec(),
             deny_quic_to_names: true,
             tls_roots: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            registries: Vec::new(),
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
         }
     }
 }
@@ -391,6 +403,14 @@ pub struct Runner {
     /// Kernel flows the flow log lost (`sandgate_dataplane::Flows::lost`).
     flows_lost: Arc<std::sync::atomic::AtomicU64>,
     runtime: Runtime,
+    /// Pulls images for snapshots (from the host's namespace).
+    images: sandgate_images::Puller,
+    /// Where each image snapshot's layers are recorded (`<name>.json`):
+    /// what the blob store keeps.
+    image_refs: PathBuf,
+    /// One snapshot change at a time (a pull and a delete of one name
+    /// must not interleave; two pulls share the blob store).
+    snapshot_changes: Mutex<()>,
     // Behind a lock only because its event receiver is not `Sync`.
     dns: Arc<Mutex<DnsService>>,
     /// The name-checking gateway.
@@ -891,9 +911,16 @@ impl Runner {
         runtime_cfg.trusted_ca = terminator.as_ref().map(|t| t.ca_pem().to_string());
         // The runtime first: its failures leave no thread or socket behind.
         let runtime = Runtime::new(runtime_cfg)?;
-        if !runtime.snapshots()?.iter().any(|s| s == "busybox") {
-            runtime.build_busybox("busybox")?;
+        if !runtime.snapshots()?.iter().any(|s| s == BUILT_IN_SNAPSHOT) {
+            runtime.build_busybox(BUILT_IN_SNAPSHOT)?;
         }
+        let images = sandgate_images::Puller::new(
+            &cfg.data_dir.join("images"),
+            &cfg.registries,
+            cfg.max_image_bytes,
+        )?;
+        let image_refs = cfg.data_dir.join("images").join("snapshots");
+        std::fs::create_dir_all(&image_refs)?;
         let mut dp_cfg =
             DataplaneConfig::new(&policy, &cfg.instance, cfg.data_dir.join("dataplane.json"))?;
         dp_cfg.host_netns = cfg.host_netns.clone();
@@ -1044,6 +1071,9 @@ impl Runner {
             deaths: Mutex::new(Some(deaths)),
             died: died_tx,
             restored: AtomicBool::new(false),
+            images,
+            image_refs,
+            snapshot_changes: Mutex::new(()),
             _lock: lock,
         })
     }
@@ -1578,6 +1608,136 @@ impl Runner {
     pub fn host_netns(&self) -> Option<&Netns> {
         self.host.as_ref()
     }
+
+    /// Makes snapshot `name` from `image` (see
+    /// [`sandgate_contract::Runner::pull_snapshot`]): pulled from the
+    /// host's namespace (the runner's traffic, never a sandbox's), its
+    /// layers applied by the runtime, and recorded so that the blob store
+    /// keeps them; blobs no snapshot uses any more are removed.
+    pub fn pull_snapshot(&self, name: &str, image: &str) -> Result<PulledSnapshot, RunnerError> {
+        if !sandgate_runtime::is_valid_name(name) {
+            return Err(fault(
+                RuntimeError::InvalidName {
+                    kind: "snapshot",
+                    name: name.to_string(),
+                }
+                .into(),
+            ));
+        }
+        let _one = lock(&self.snapshot_changes);
+        let pulled = match &self.host {
+            Some(ns) => ns.run(|| Ok(self.images.pull(image))).map_err(fault)?,
+            None => self.images.pull(image),
+        }
+        .map_err(image_fault)?;
+        let layers = pulled
+            .layers
+            .iter()
+            .map(std::fs::File::open)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(fault)?;
+        self.runtime
+            .import_layers(name, layers)
+            .map_err(|e| fault(e.into()))?;
+        let record = ImageRecord {
+            image: pulled.reference.clone(),
+            digest: pulled.digest.clone(),
+            layers: pulled.layers.clone(),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(RunnerError::host)?;
+        std::fs::write(self.image_refs.join(format!("{name}.json")), bytes).map_err(fault)?;
+        self.prune_images();
+        tracing::info!(snapshot = %name, image = %pulled.reference, digest = %pulled.digest, "made a snapshot from an image");
+        Ok(PulledSnapshot {
+            name: name.to_string(),
+            image: pulled.reference,
+            digest: pulled.digest,
+            layers: pulled.layers.len(),
+            fetched: pulled.fetched,
+        })
+    }
+
+    /// Removes snapshot `name` (not the built-in one, nor one in use) and
+    /// the blobs only it used.
+    pub fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError> {
+        let _one = lock(&self.snapshot_changes);
+        if name == BUILT_IN_SNAPSHOT {
+            return Err(RunnerError::Conflict(format!(
+                "snapshot {name} is built in"
+            )));
+        }
+        if !self
+            .runtime
+            .snapshots()
+            .map_err(|e| fault(e.into()))?
+            .iter()
+            .any(|s| s == name)
+        {
+            return Err(RunnerError::NotFound(format!("no snapshot {name}")));
+        }
+        self.runtime
+            .delete_snapshot(name)
+            .map_err(|e| fault(e.into()))?;
+        match std::fs::remove_file(self.image_refs.join(format!("{name}.json"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fault(e)),
+            _ => {}
+        }
+        self.prune_images();
+        Ok(())
+    }
+
+    /// Removes the blobs no recorded image snapshot uses (a failure is
+    /// logged: the blobs stay until the next change).
+    fn prune_images(&self) {
+        let keep = || -> io::Result<Vec<PathBuf>> {
+            let mut keep = Vec::new();
+            for entry in std::fs::read_dir(&self.image_refs)? {
+                let record: ImageRecord = serde_json::from_slice(&std::fs::read(entry?.path())?)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                keep.extend(record.layers);
+            }
+            Ok(keep)
+        };
+        match keep().and_then(|keep| self.images.prune(&keep)) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed image layers no snapshot uses"),
+            Err(e) => tracing::warn!(error = %e, "pruning the image store; its blobs stay"),
+        }
+    }
+}
+
+/// The snapshot every runner has, built at its start.
+pub const BUILT_IN_SNAPSHOT: &str = "busybox";
+
+/// What a runner keeps of a snapshot made from an image.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ImageRecord {
+    image: String,
+    digest: String,
+    layers: Vec<PathBuf>,
+}
+
+/// An image pull's failure as the contract says it: the caller's asks
+/// (a registry not allowed, an unknown or unusable image) apart from the
+/// registry's faults and the host's.
+fn image_fault(e: sandgate_images::ImageError) -> RunnerError {
+    use sandgate_images::ImageError;
+    let message = e.to_string();
+    match e {
+        ImageError::NotAllowed { .. } => RunnerError::Invalid {
+            code: "registry_not_allowed",
+            message,
+        },
+        ImageError::NotFound(_) => RunnerError::NotFound(message),
+        ImageError::BadReference(_) | ImageError::Unsupported(_) | ImageError::TooLarge { .. } => {
+            RunnerError::Invalid {
+                code: "invalid_image",
+                message,
+            }
+        }
+        ImageError::Denied(_) | ImageError::Registry(_) => RunnerError::Registry(message),
+        ImageError::Io(e) => fault(e),
+    }
 }
 
 /// The in-process runner, as the API drives it: its I/O errors become the
@@ -1588,6 +1748,14 @@ impl Runner {
 impl sandgate_contract::Runner for Runner {
     fn snapshots(&self) -> Result<Vec<String>, RunnerError> {
         self.runtime.snapshots().map_err(|e| fault(e.into()))
+    }
+
+    fn pull_snapshot(&self, name: &str, image: &str) -> Result<PulledSnapshot, RunnerError> {
+        Runner::pull_snapshot(self, name, image)
+    }
+
+    fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError> {
+        Runner::delete_snapshot(self, name)
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<(), RunnerError> {

@@ -1409,6 +1409,100 @@ fn parse_label(v: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), value.to_string()))
 }
 
+/// Snapshots sandboxes start from.
+#[derive(Debug, Args)]
+pub struct SnapshotCli {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: SnapshotCommand,
+}
+
+/// What to do with snapshots.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Make a snapshot from an OCI image on every runner (operator
+    /// token): each runner pulls it from a registry the operator
+    /// configured (`[[images.registries]]`). A snapshot of that name is
+    /// replaced, unless a sandbox uses it.
+    Create {
+        /// Its name (what `sandbox create --snapshot` names).
+        name: String,
+        /// The image: `python:3.12-slim`, `registry.example.com/team/tool:1.2`,
+        /// or pinned, `...@sha256:...`.
+        #[arg(long)]
+        image: String,
+    },
+    /// List the snapshots and the runners that hold each.
+    List,
+    /// Remove a snapshot from every runner (operator token); refused
+    /// while a sandbox uses it.
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Runs `sandgate snapshot ...`.
+pub fn snapshot(cli: SnapshotCli, out: &Output) -> ExitCode {
+    let c = match client(&cli.api) {
+        Ok(c) => c,
+        Err(f) => return failure(out, &f),
+    };
+    let deleted = match &cli.command {
+        SnapshotCommand::Delete { name } => Some(name.clone()),
+        _ => None,
+    };
+    let result = match cli.command {
+        SnapshotCommand::Create { name, image } => c.call(
+            "POST",
+            "/api/snapshots",
+            Some(&json!({"name": name, "image": image})),
+        ),
+        SnapshotCommand::List => c.call("GET", "/api/snapshots", None),
+        SnapshotCommand::Delete { name } => c.call(
+            "DELETE",
+            &format!("/api/snapshots/{}", path_part(&name)),
+            None,
+        ),
+    };
+    let runners = |v: &Value| {
+        v["runners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match result {
+        Ok(v) if out.json => {
+            out.print_json(&v);
+            ExitCode::SUCCESS
+        }
+        Ok(v) if v.is_array() => {
+            let cells = |v: &Value| vec![s(&v["name"]).to_string(), runners(v)];
+            table(&["NAME", "RUNNERS"], rows(&v, cells));
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            match deleted {
+                Some(name) => say!("snapshot {name} deleted"),
+                None => say!(
+                    "snapshot {} made from {} ({}, {} layers) on {}",
+                    s(&v["name"]),
+                    s(&v["image"]),
+                    s(&v["digest"]),
+                    v["layers"],
+                    runners(&v)
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => failure(out, &f),
+    }
+}
+
 /// Secrets of the key's organization.
 #[derive(Debug, Args)]
 pub struct SecretCli {

@@ -11,6 +11,14 @@
 //!
 //! [placement.tiers."4"]         # sandboxes of tier 4 go to runners
 //! labels = { pool = "dedicated" } # registered with these labels only
+//!
+//! [images]                      # snapshots from OCI images (POST /api/snapshots)
+//! max_bytes = 8589934592        # the most an image's layers may add up to
+//! [[images.registries]]         # the only registries a runner pulls from
+//! host = "registry.example.com:5000"
+//! ca_file = "/etc/sandgate/registry-ca.pem"   # trusted beside the built-in roots
+//! username = "puller"
+//! password_file = "/etc/sandgate/registry-password"
 //! ```
 //!
 //! Found through `--config PATH` or `SANDGATE_CONFIG`; without either, the
@@ -31,6 +39,31 @@ struct FileRepr {
     catalog: CatalogRepr,
     #[serde(default)]
     placement: PlacementRepr,
+    #[serde(default)]
+    images: ImagesRepr,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImagesRepr {
+    /// The most an image's layers may add up to, bytes.
+    max_bytes: Option<u64>,
+    /// The registries runners may pull from.
+    #[serde(default)]
+    registries: Vec<RegistryRepr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryRepr {
+    host: String,
+    #[serde(default)]
+    insecure: bool,
+    ca_file: Option<PathBuf>,
+    username: Option<String>,
+    /// A file holding the password (never the password itself in this
+    /// file, which many can read).
+    password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +96,11 @@ pub struct Config {
     pub catalog: Catalog,
     /// By tier, the labels a runner must carry to take its sandboxes.
     pub placement: BTreeMap<u8, BTreeMap<String, String>>,
+    /// The registries runners pull images from (none unless said).
+    pub registries: Vec<sandgate_images::Registry>,
+    /// The most an image's layers may add up to, bytes (the runner's
+    /// default unless said).
+    pub max_image_bytes: Option<u64>,
 }
 
 fn config_error(message: String) -> PolicyError {
@@ -82,6 +120,8 @@ impl Config {
                 policy: PolicyConfig::default(),
                 catalog: Catalog::builtin(),
                 placement: BTreeMap::new(),
+                registries: Vec::new(),
+                max_image_bytes: None,
             });
         };
         let text = read(path)?;
@@ -117,10 +157,54 @@ impl Config {
             }
             placement.insert(t, row.labels);
         }
+        let mut registries = Vec::new();
+        for r in repr.images.registries {
+            if r.host.is_empty() || r.host.contains('/') || r.host.chars().any(char::is_whitespace)
+            {
+                return Err(config_error(format!(
+                    "{}: images.registries: {:?} is no registry host (host, or host:port)",
+                    path.display(),
+                    r.host
+                )));
+            }
+            let relative = |file: PathBuf| match path.parent() {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file,
+            };
+            let password = match r.password_file {
+                Some(file) => Some(read(&relative(file))?.trim().to_string()),
+                None => None,
+            };
+            if r.username.is_some() != password.is_some() {
+                return Err(config_error(format!(
+                    "{}: images.registries {}: username and password_file go together",
+                    path.display(),
+                    r.host
+                )));
+            }
+            registries.push(sandgate_images::Registry {
+                host: r.host,
+                insecure: r.insecure,
+                ca_file: r.ca_file.map(relative),
+                username: r.username,
+                password,
+            });
+        }
         Ok(Config {
             policy,
             catalog,
             placement,
+            registries,
+            max_image_bytes: repr.images.max_bytes,
         })
+    }
+
+    /// Gives `runner` the image settings: the registries it pulls from and
+    /// the size limit.
+    pub fn apply_images(&self, runner: &mut sandgate_runner::RunnerConfig) {
+        runner.registries = self.registries.clone();
+        if let Some(max) = self.max_image_bytes {
+            runner.max_image_bytes = max;
+        }
     }
 }

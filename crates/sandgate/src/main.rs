@@ -60,6 +60,9 @@ enum Command {
     /// Secrets of an organization, through the API: stored sealed, given
     /// to sandboxes as placeholders.
     Secret(api_cmd::SecretCli),
+    /// Snapshots sandboxes start from, made from OCI images, through the
+    /// API (made and removed with the operator token).
+    Snapshot(api_cmd::SnapshotCli),
     /// Organizations, tiers and keys, through the API (operator token).
     Admin(api_cmd::AdminCli),
     /// Run the main job: a lab, a server in it, organizations of every
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
         Command::Runner(args) => runner_cmd::run(args, &config, &out),
         Command::Sandbox(cli) => api_cmd::sandbox(cli, &out),
         Command::Secret(cli) => api_cmd::secret(cli, &out),
+        Command::Snapshot(cli) => api_cmd::snapshot(cli, &out),
         Command::Admin(cli) => api_cmd::admin(cli, &out),
         #[cfg(feature = "lab")]
         Command::Demo => demo::run(&config, &out),

@@ -100,6 +100,7 @@ pub fn run(args: RunnerArgs, config: &Config, out: &Output) -> ExitCode {
         Ok(c) => c,
         Err(e) => return failed("configuration", &e),
     };
+    config.apply_images(&mut runner_cfg);
     let policy = Arc::new(config.policy.clone());
     if runner_cfg.warm_disk.is_none() {
         runner_cfg.warm_disk = sandgate_runner::usual_disk(&policy);

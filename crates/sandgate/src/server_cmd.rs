@@ -195,7 +195,8 @@ fn check_secret(secret: &str, what: &str) -> std::io::Result<()> {
 
 /// The server's configuration from the arguments and the operator's file.
 pub fn server_config(args: &ServerArgs, config: &Config) -> std::io::Result<ServerConfig> {
-    let runner = args.host.runner_config(&args.data_dir)?;
+    let mut runner = args.host.runner_config(&args.data_dir)?;
+    config.apply_images(&mut runner);
     let mut cfg = ServerConfig::new(
         args.data_dir.join("store"),
         runner,

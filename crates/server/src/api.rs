@@ -190,6 +190,25 @@ impl FromRequestParts<Arc<AppState>> for Operator {
     }
 }
 
+/// The operator, or an organization's key with `sandboxes:read`: for
+/// what both may read (the snapshots), checked before the body is read.
+#[derive(Debug)]
+pub struct Reader;
+
+impl FromRequestParts<Arc<AppState>> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?;
+        if st.admin_token.as_deref().is_some_and(|t| same(t, token)) {
+            return Ok(Reader);
+        }
+        let (_, scopes) = organization(st, &parts.headers).await?;
+        Scopes(scopes).need(Scope::SandboxesRead)?;
+        Ok(Reader)
+    }
+}
+
 /// A request's bearer token, whatever it is for (checked by the service):
 /// 401 without one, before the body is read.
 pub struct Bearer(pub String);
@@ -263,7 +282,7 @@ pub struct SetTier {
     pub tier: u8,
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
     let ok = sandgate_runtime::is_valid_name(name);
     if ok {
         Ok(())
@@ -337,6 +356,105 @@ pub async fn set_tier(
         organization: org.into(),
         reapplied,
     }))
+}
+
+/// A snapshot to make from an OCI image (admin).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSnapshot {
+    /// Its name: letters, digits, `-`, `_` and `.`, at most 64.
+    pub name: String,
+    /// The image: `python:3.12-slim` (Docker Hub's library),
+    /// `registry.example.com:5000/team/tool:1.2`, or pinned by digest
+    /// (`...@sha256:...`). Its registry must be one the operator
+    /// configured on the runners.
+    pub image: String,
+}
+
+/// A snapshot made from an image.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotMade {
+    /// Its name.
+    pub name: String,
+    /// The image, its reference in full.
+    pub image: String,
+    /// The digest of the manifest it was made from (this platform's).
+    pub digest: String,
+    /// Its layers.
+    pub layers: usize,
+    /// The runners that hold it.
+    pub runners: Vec<String>,
+}
+
+/// A snapshot, as the runners hold it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotView {
+    /// Its name (what `snapshot` names at a sandbox's create).
+    pub name: String,
+    /// The runners that hold it (of those that answered).
+    pub runners: Vec<String>,
+}
+
+/// Makes a snapshot from an OCI image on every runner (admin): each
+/// runner pulls it from a registry its operator configured, verifies
+/// every layer's digest and keeps layers shared between snapshots once.
+/// A snapshot of that name is replaced, unless a sandbox uses it (409
+/// `snapshot_in_use`).
+#[utoipa::path(post, path = "/api/snapshots", tag = "snapshots", request_body = NewSnapshot,
+    responses((status = 201, body = SnapshotMade), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_snapshot(
+    State(st): St,
+    _: Operator,
+    Body(body): Body<NewSnapshot>,
+) -> Result<(StatusCode, Json<SnapshotMade>), ApiError> {
+    let made = crate::snapshots::pull(&st, body.name, body.image).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SnapshotMade {
+            name: made.pulled.name,
+            image: made.pulled.image,
+            digest: made.pulled.digest,
+            layers: made.pulled.layers,
+            runners: made.runners,
+        }),
+    ))
+}
+
+/// The snapshots sandboxes can start from, and the runners that hold
+/// each (the operator, or a key with `sandboxes:read`).
+#[utoipa::path(get, path = "/api/snapshots", tag = "snapshots",
+    responses((status = 200, body = [SnapshotView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_snapshots(State(st): St, _: Reader) -> Result<Json<Vec<SnapshotView>>, ApiError> {
+    Ok(Json(
+        crate::snapshots::list(&st)
+            .await?
+            .into_iter()
+            .map(|(name, runners)| SnapshotView { name, runners })
+            .collect(),
+    ))
+}
+
+/// Removes a snapshot from every runner (admin): 409 `snapshot_in_use`
+/// while a sandbox uses it (or for the built-in `busybox`), 404 when no
+/// runner has it.
+#[utoipa::path(delete, path = "/api/snapshots/{name}", tag = "snapshots",
+    params(("name" = String, Path, description = "snapshot name")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_snapshot(
+    State(st): St,
+    _: Operator,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    crate::snapshots::delete(&st, name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A runner behind the API, as an operator sees it.

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod registry;
 pub mod secrets;
 pub mod service;
+pub mod snapshots;
 pub mod store;
 pub mod upkeep;
 pub mod writes;
@@ -255,6 +256,7 @@ pub struct Server {
         (name = "sandbox", description = "Sandboxes of the caller's organization"),
         (name = "organization", description = "The caller's organization"),
         (name = "admin", description = "Operator routes (the operator token)"),
+        (name = "snapshots", description = "Snapshots sandboxes start from, made from OCI images (made and removed with the operator token)"),
         (name = "system", description = "Health and metrics"),
     )
 )]
@@ -283,6 +285,8 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::create_organization, api::list_organizations))
         .routes(routes!(api::set_tier))
         .routes(routes!(api::list_runners, api::issue_runner_token))
+        .routes(routes!(api::create_snapshot, api::list_snapshots))
+        .routes(routes!(api::delete_snapshot))
         .routes(routes!(api::runner_heartbeat))
         .routes(routes!(api::set_draining))
         .routes(routes!(api::set_egress_address, api::delete_egress_address))

@@ -9,8 +9,8 @@
 
 use sandgate_contract::{
     Counts, ExecRequest, ExecResult, Expected, Flow, FlowLog, FlowSubscription, NetworkEvent,
-    Observed, ProbeTarget, RestoreReport, Runner, RunnerError, SandboxSpec, Subscription,
-    TransferUsage,
+    Observed, ProbeTarget, PulledSnapshot, RestoreReport, Runner, RunnerError, SandboxSpec,
+    Subscription, TransferUsage,
 };
 use sandgate_policy::{EffectivePolicy, PolicyConfig};
 use std::collections::HashMap;
@@ -37,6 +37,10 @@ pub enum Op {
     Probe,
     /// [`Runner::restore`].
     Restore,
+    /// [`Runner::pull_snapshot`].
+    PullSnapshot,
+    /// [`Runner::delete_snapshot`].
+    DeleteSnapshot,
 }
 
 /// A sandbox as the double keeps it.
@@ -52,6 +56,8 @@ pub struct Held {
     pub stopped: bool,
     /// The runtime class it runs under.
     pub runtime_class: sandgate_contract::RuntimeClass,
+    /// The snapshot it started from.
+    pub snapshot: String,
     /// The commands run in it, in order.
     pub commands: Vec<ExecRequest>,
 }
@@ -81,7 +87,7 @@ struct Inner {
 /// The double.
 #[derive(Debug)]
 pub struct RunnerDouble {
-    snapshots: Vec<String>,
+    snapshots: Mutex<Vec<String>>,
     policy: Arc<PolicyConfig>,
     inner: Mutex<Inner>,
     deaths_tx: mpsc::UnboundedSender<String>,
@@ -94,7 +100,7 @@ impl RunnerDouble {
     pub fn new(snapshots: &[&str], policy: PolicyConfig) -> RunnerDouble {
         let (deaths_tx, deaths) = mpsc::unbounded_channel();
         RunnerDouble {
-            snapshots: snapshots.iter().map(ToString::to_string).collect(),
+            snapshots: Mutex::new(snapshots.iter().map(ToString::to_string).collect()),
             policy: Arc::new(policy),
             inner: Mutex::new(Inner {
                 healthy: true,
@@ -244,7 +250,51 @@ impl Runner for RunnerDouble {
 
     fn snapshots(&self) -> Result<Vec<String>, RunnerError> {
         self.failure(Op::Snapshots)?;
-        Ok(self.snapshots.clone())
+        Ok(self
+            .snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    /// Adds snapshot `name`, as if made from `image` (whose digest is
+    /// that of its reference's text): any image is there.
+    fn pull_snapshot(&self, name: &str, image: &str) -> Result<PulledSnapshot, RunnerError> {
+        self.failure(Op::PullSnapshot)?;
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if self.inner().sandboxes.values().any(|h| h.snapshot == name) {
+            return Err(RunnerError::Conflict(format!("snapshot {name} is in use")));
+        }
+        if !snapshots.iter().any(|s| s == name) {
+            snapshots.push(name.to_string());
+            snapshots.sort();
+        }
+        Ok(PulledSnapshot {
+            name: name.to_string(),
+            image: image.to_string(),
+            digest: format!("sha256:{:064x}", image.len()),
+            layers: 1,
+            fetched: 1,
+        })
+    }
+
+    fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError> {
+        self.failure(Op::DeleteSnapshot)?;
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if name == "busybox" {
+            return Err(RunnerError::Conflict(format!(
+                "snapshot {name} is built in"
+            )));
+        }
+        if self.inner().sandboxes.values().any(|h| h.snapshot == name) {
+            return Err(RunnerError::Conflict(format!("snapshot {name} is in use")));
+        }
+        let before = snapshots.len();
+        snapshots.retain(|s| s != name);
+        if snapshots.len() == before {
+            return Err(RunnerError::NotFound(format!("no snapshot {name}")));
+        }
+        Ok(())
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<(), RunnerError> {
@@ -270,6 +320,7 @@ impl Runner for RunnerDouble {
                 blocked: false,
                 stopped: false,
                 runtime_class: spec.runtime_class,
+                snapshot: spec.snapshot.clone(),
                 commands: Vec::new(),
             },
         );

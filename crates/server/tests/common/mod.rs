@@ -73,11 +73,16 @@ impl Api {
 
     /// A server whose configuration `tweak` changes first.
     pub fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Api {
-        let lab = Lab::up().unwrap();
+        Api::start_in(Lab::up().unwrap(), |_, cfg| tweak(cfg))
+    }
+
+    /// A server in `lab` (up already, with what the test runs in it),
+    /// whose configuration `tweak` changes first.
+    pub fn start_in(lab: Lab, tweak: impl FnOnce(&Lab, &mut ServerConfig)) -> Api {
         let dir = std::env::temp_dir().join(format!("sandgate-api-{}", lab.tag()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut cfg = config(&lab, &dir);
-        tweak(&mut cfg);
+        tweak(&lab, &mut cfg);
         let server = InProcess::start(cfg.clone(), None).unwrap();
         Api::over(server, dir, cfg, Some(lab), None)
     }
