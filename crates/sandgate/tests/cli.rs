@@ -338,7 +338,30 @@ fn the_operator_config_changes_tiers_and_catalog() {
             Some("not one"),
         ),
         ("[placement.tiers.\"4\"]\nlables = {}\n", Some("lables")),
+        // The registries images come from: a host, credentials whole,
+        // the password from a file that exists.
+        (
+            "[images]\nmax_bytes = 1000000\n[[images.registries]]\nhost = \"registry.example:5000\"\nusername = \"u\"\npassword_file = \"password\"\n",
+            None,
+        ),
+        (
+            "[[images.registries]]\nhost = \"registry.example/team\"\n",
+            Some("registry.example/team"),
+        ),
+        (
+            "[[images.registries]]\nhost = \"r.example\"\nusername = \"u\"\n",
+            Some("go together"),
+        ),
+        (
+            "[[images.registries]]\nhost = \"r.example\"\nusername = \"u\"\npassword_file = \"absent\"\n",
+            Some("absent"),
+        ),
+        (
+            "[[images.registries]]\nhost = \"r.example\"\npassword = \"in the open\"\n",
+            Some("password"),
+        ),
     ] {
+        std::fs::write(dir.join("password"), "secret\n").unwrap();
         std::fs::write(dir.join("placement.toml"), placement).unwrap();
         let config = dir.join("placement.toml");
         let (code, v) = json(&[

@@ -238,6 +238,41 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     assert_eq!(code, 2, "{e}");
     assert!(e.to_string().contains("no runtime class"), "{e}");
 
+    // Snapshots: listed for a key; made and removed by the operator only,
+    // from the registries it configured (none here), and one in use
+    // stays. (Pulls: crates/server/tests/snapshots.rs.)
+    let (code, list) = cli(&url, &key, &["snapshot", "list"]);
+    assert_eq!(code, 0, "{list}");
+    assert_eq!(
+        list,
+        serde_json::json!([{"name": "busybox", "runners": ["main"]}])
+    );
+    for (who, args, want) in [
+        (
+            key.as_str(),
+            vec!["snapshot", "create", "py", "--image", "python:3.12-slim"],
+            "forbidden",
+        ),
+        (
+            TOKEN,
+            vec!["snapshot", "create", "py", "--image", "python:3.12-slim"],
+            "registry_not_allowed",
+        ),
+        (
+            TOKEN,
+            vec!["snapshot", "delete", "busybox"],
+            "snapshot_in_use",
+        ),
+        (TOKEN, vec!["snapshot", "delete", "absent"], "not_found"),
+    ] {
+        let (code, e) = cli(&url, who, &args);
+        assert_eq!(
+            (code, e["error"]["code"].as_str()),
+            (2, Some(want)),
+            "{args:?}: {e}"
+        );
+    }
+
     // A budget: asked at create, back to the tier's default by update.
     let (code, v) = cli(
         &url,
