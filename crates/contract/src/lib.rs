@@ -28,6 +28,26 @@ pub use error::RunnerError;
 pub use event::{EventKind, NetworkEvent};
 pub use flow::{Flow, FlowLog, FlowSubscription, FlowVerdict, FlowVia, NameSource};
 pub use runner::{Runner, Subscription};
+
+/// A file with no name (made in the temporary directory and unlinked at
+/// once), for an upload to be spooled into before it is read: it goes
+/// with its last descriptor, whatever happens.
+pub fn spool_file() -> std::io::Result<std::fs::File> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "sandgate-spool-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
 pub use sandgate_policy::RuntimeClass;
 pub use state::SandboxState;
 pub use types::{

@@ -59,6 +59,12 @@ pub trait Runner: Send + Sync + std::fmt::Debug {
     /// and never while a sandbox uses it (`conflict`).
     fn pull_snapshot(&self, name: &str, image: &str) -> Result<PulledSnapshot, RunnerError>;
 
+    /// Makes (or remakes) snapshot `name` from `archive`, a root
+    /// filesystem tar archive (plain or gzip; what `docker export`
+    /// writes): a hostile or broken one is `invalid_request` (422) with
+    /// nothing made. Replaced as [`Runner::pull_snapshot`] replaces.
+    fn import_snapshot(&self, name: &str, archive: std::fs::File) -> Result<(), RunnerError>;
+
     /// Removes snapshot `name`: `conflict` while a sandbox uses it or for
     /// the built-in `busybox`, `not_found` if there is none.
     fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError>;

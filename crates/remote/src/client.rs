@@ -120,6 +120,31 @@ impl Link {
         Err(self.refused(status, &text))
     }
 
+    /// `PUT`s the file `body` to `path` as it is read, taking at most
+    /// `limit`: the runner's error, if any.
+    fn upload(&self, path: &str, body: std::fs::File, limit: Duration) -> Result<(), RunnerError> {
+        let url = self.url(path);
+        let fence = self.fence.load(Ordering::SeqCst).to_string();
+        let mut reader = std::io::BufReader::new(body);
+        let mut response = self
+            .agent
+            .put(&url)
+            .config()
+            .timeout_global(Some(limit))
+            .build()
+            .header("Authorization", self.auth.as_str())
+            .header(crate::FENCE, &fence)
+            .header("Content-Type", "application/x-tar")
+            .send(ureq::SendBody::from_reader(&mut reader))
+            .map_err(|e| self.unavailable(e))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Err(self.refused(status, &text))
+    }
+
     /// A stream of server-sent events at `path`, once its status is known
     /// to be 200; a read that waits longer than [`SILENCE`] ends it.
     fn stream(&self, path: &str) -> Result<impl BufRead + Send + 'static, RunnerError> {
@@ -484,6 +509,11 @@ impl Runner for RemoteRunner {
             image: image.to_string(),
         };
         self.link.call("POST", "snapshots", Some(&body), PULL)
+    }
+
+    fn import_snapshot(&self, name: &str, archive: std::fs::File) -> Result<(), RunnerError> {
+        self.link
+            .upload(&format!("snapshots/{name}/archive"), archive, PULL)
     }
 
     fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError> {

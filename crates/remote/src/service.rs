@@ -5,6 +5,7 @@
 //! | `GET /v1/status` | | [`crate::Status`] |
 //! | `GET /v1/snapshots` | | names |
 //! | `POST /v1/snapshots` | `{"name", "image"}` | `PulledSnapshot` |
+//! | `PUT /v1/snapshots/{name}/archive` | a root filesystem tar archive | 204 |
 //! | `DELETE /v1/snapshots/{name}` | | 204 |
 //! | `POST /v1/sandboxes` | `SandboxSpec` | 204 |
 //! | `PUT /v1/sandboxes/{id}/policy` | `EffectivePolicy` | 204 |
@@ -157,6 +158,10 @@ pub fn router(runner: Arc<dyn Runner>, token: &str) -> Result<Router, RunnerErro
         .route(
             "/v1/snapshots/{name}",
             axum::routing::delete(delete_snapshot),
+        )
+        .route(
+            "/v1/snapshots/{name}/archive",
+            put(import_snapshot).layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route("/v1/deaths", get(deaths))
         .layer(axum::middleware::from_fn_with_state(
@@ -405,6 +410,33 @@ async fn pull_snapshot(
     blocking(&st, move |r| r.pull_snapshot(&body.name, &body.image))
         .await
         .map(Json)
+}
+
+/// An archive the API sends, spooled to an unnamed file (the runner's
+/// temporary directory) before the runner reads it: the API bounds its
+/// size (its upload limit).
+async fn import_snapshot(
+    State(st): St,
+    Path(name): Path<String>,
+    body: axum::body::Body,
+) -> Result<StatusCode, Fault> {
+    let file = spool(body).await.map_err(|e| Fault(RunnerError::from(e)))?;
+    blocking(&st, move |r| r.import_snapshot(&name, file)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `body` written to a file that has no name (unlinked at once), rewound.
+async fn spool(body: axum::body::Body) -> std::io::Result<std::fs::File> {
+    use futures_util::StreamExt;
+    use std::io::{Seek, Write};
+    let mut file = sandgate_contract::spool_file()?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        file.write_all(&chunk)?;
+    }
+    file.rewind()?;
+    Ok(file)
 }
 
 async fn delete_snapshot(State(st): St, Path(name): Path<String>) -> Result<StatusCode, Fault> {

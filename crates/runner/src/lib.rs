@@ -1657,6 +1657,29 @@ impl Runner {
         })
     }
 
+    /// Makes snapshot `name` from the root filesystem archive `archive`
+    /// (see [`sandgate_contract::Runner::import_snapshot`]); a snapshot of
+    /// that name made from an image before is one no more (its layers go
+    /// unless another uses them).
+    pub fn import_snapshot(&self, name: &str, archive: std::fs::File) -> Result<(), RunnerError> {
+        let _one = lock(&self.snapshot_changes);
+        if name == BUILT_IN_SNAPSHOT {
+            return Err(RunnerError::Conflict(format!(
+                "snapshot {name} is built in"
+            )));
+        }
+        self.runtime
+            .import_snapshot(name, std::io::BufReader::new(archive))
+            .map_err(|e| fault(e.into()))?;
+        match std::fs::remove_file(self.image_refs.join(format!("{name}.json"))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fault(e)),
+            _ => {}
+        }
+        self.prune_images();
+        tracing::info!(snapshot = %name, "made a snapshot from an archive");
+        Ok(())
+    }
+
     /// Removes snapshot `name` (not the built-in one, nor one in use) and
     /// the blobs only it used.
     pub fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError> {
@@ -1752,6 +1775,10 @@ impl sandgate_contract::Runner for Runner {
 
     fn pull_snapshot(&self, name: &str, image: &str) -> Result<PulledSnapshot, RunnerError> {
         Runner::pull_snapshot(self, name, image)
+    }
+
+    fn import_snapshot(&self, name: &str, archive: std::fs::File) -> Result<(), RunnerError> {
+        Runner::import_snapshot(self, name, archive)
     }
 
     fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError> {

@@ -1421,17 +1421,21 @@ pub struct SnapshotCli {
 /// What to do with snapshots.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Make a snapshot from an OCI image on every runner (operator
-    /// token): each runner pulls it from a registry the operator
-    /// configured (`[[images.registries]]`). A snapshot of that name is
-    /// replaced, unless a sandbox uses it.
+    /// Make a snapshot on every runner (operator token), from an OCI
+    /// image (`--image`: each runner pulls it from a registry the operator
+    /// configured, `[[images.registries]]`) or a root filesystem tar
+    /// archive (`--file`: what `docker export` writes, plain or gzip). A
+    /// snapshot of that name is replaced, unless a sandbox uses it.
     Create {
         /// Its name (what `sandbox create --snapshot` names).
         name: String,
         /// The image: `python:3.12-slim`, `registry.example.com/team/tool:1.2`,
         /// or pinned, `...@sha256:...`.
-        #[arg(long)]
-        image: String,
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        image: Option<String>,
+        /// A root filesystem tar archive, plain or gzip.
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
     },
     /// List the snapshots and the runners that hold each.
     List,
@@ -1454,11 +1458,34 @@ pub fn snapshot(cli: SnapshotCli, out: &Output) -> ExitCode {
         _ => None,
     };
     let result = match cli.command {
-        SnapshotCommand::Create { name, image } => c.call(
+        SnapshotCommand::Create {
+            name,
+            image: Some(image),
+            ..
+        } => c.call(
             "POST",
             "/api/snapshots",
             Some(&json!({"name": name, "image": image})),
         ),
+        SnapshotCommand::Create {
+            name,
+            file: Some(file),
+            ..
+        } => std::fs::File::open(&file)
+            .map_err(|e| ApiFailure {
+                status: 400,
+                code: "invalid_file".into(),
+                message: format!("the archive {}: {e}", file.display()),
+                body: Value::Null,
+            })
+            .and_then(|f| {
+                c.upload(
+                    &format!("/api/snapshots/{}", path_part(&name)),
+                    f,
+                    "application/x-tar",
+                )
+            }),
+        SnapshotCommand::Create { .. } => unreachable!("clap requires --image or --file"),
         SnapshotCommand::List => c.call("GET", "/api/snapshots", None),
         SnapshotCommand::Delete { name } => c.call(
             "DELETE",
@@ -1488,6 +1515,11 @@ pub fn snapshot(cli: SnapshotCli, out: &Output) -> ExitCode {
         Ok(v) => {
             match deleted {
                 Some(name) => say!("snapshot {name} deleted"),
+                None if v["image"].is_null() => say!(
+                    "snapshot {} made from the archive on {}",
+                    s(&v["name"]),
+                    runners(&v)
+                ),
                 None => say!(
                     "snapshot {} made from {} ({}, {} layers) on {}",
                     s(&v["name"]),

@@ -129,6 +129,32 @@ impl Client {
         Err(failure(status, &text, value))
     }
 
+    /// `PUT path` with the file `file` as the body (`content_type`), sent
+    /// as it is read: the JSON answer, or the failure.
+    pub fn upload(
+        &self,
+        path: &str,
+        file: std::fs::File,
+        content_type: &str,
+    ) -> Result<Value, ApiFailure> {
+        let url = format!("{}{path}", self.base);
+        let mut r = self.agent.put(&url).header("Content-Type", content_type);
+        if let Some(k) = &self.key {
+            r = r.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut reader = std::io::BufReader::new(file);
+        let mut response = r
+            .send(ureq::SendBody::from_reader(&mut reader))
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        Err(failure(status, &text, value))
+    }
+
     /// The failure of a call the server did not answer.
     fn unreachable(&self, e: ureq::Error) -> ApiFailure {
         ApiFailure {

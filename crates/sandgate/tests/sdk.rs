@@ -23,6 +23,7 @@ const EXECS_PER_ORG: &str = "4";
 struct Setup {
     _lab: Lab,
     guard: Cleanup,
+    _registry: sandgate_lab::registry::LabRegistry,
     env: Vec<(String, String)>,
 }
 
@@ -35,6 +36,20 @@ fn setup() -> Setup {
     let secrets_key = dir.join("secrets.key");
     std::fs::write(&secrets_key, "5a".repeat(32)).unwrap();
     let secrets_key = secrets_key.to_string_lossy().into_owned();
+    // A registry in the lab's world, the only one the server's runner
+    // pulls from, with an image the suites make a snapshot of.
+    let registry = sandgate_lab::registry::LabRegistry::start(&lab).unwrap();
+    let config = dir.join("sandgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[images.registries]]\nhost = \"{}\"\nca_file = \"{}\"\n",
+            registry.host(),
+            registry.ca_file().display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
     let guard = Cleanup {
         server: Some(start_server_with(
             &lab,
@@ -44,11 +59,14 @@ fn setup() -> Setup {
                 EXECS_PER_ORG,
                 "--secrets-key-file",
                 &secrets_key,
+                "--config",
+                &config,
             ],
         )),
         dir,
     };
     let url = guard.server.as_ref().unwrap().url.clone();
+    let image = push_image(&lab, &registry, &guard.dir);
     let org_of = |name: &str, tier: &str| organization(&url, TOKEN, name, tier.parse().unwrap());
     let key_of = |name: &str, tier: &str| org_of(name, tier).1;
     // An organization the operator gives the lab's known egress address.
@@ -83,12 +101,38 @@ fn setup() -> Setup {
         ("SANDGATE_TEST_EGRESS4".into(), EGRESS4.to_string()),
         ("SANDGATE_TEST_WHOAMI_PORT".into(), WHOAMI.to_string()),
         ("SANDGATE_TEST_EXECS_PER_ORG".into(), EXECS_PER_ORG.into()),
+        ("SANDGATE_TEST_IMAGE".into(), image),
+        ("SANDGATE_TEST_OPERATOR_TOKEN".into(), TOKEN.into()),
     ];
     Setup {
         _lab: lab,
         guard,
+        _registry: registry,
         env,
     }
+}
+
+/// Pushes an image of the runner's busybox root and a layer with
+/// `/etc/app.conf` ("from the image") to `registry`: its reference.
+fn push_image(lab: &Lab, registry: &sandgate_lab::registry::LabRegistry, dir: &Path) -> String {
+    let tar_of = |root: &Path| {
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(root)
+            .args(["-czf", "-", "."])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    let own = dir.join("own-layer");
+    std::fs::create_dir_all(own.join("etc")).unwrap();
+    std::fs::write(own.join("etc/app.conf"), "from the image\n").unwrap();
+    let base = tar_of(&dir.join("runner/runtime/snapshots/busybox/rootfs"));
+    registry
+        .push(lab, "team/app:1", &[base, tar_of(&own)])
+        .unwrap();
+    format!("{}/team/app:1", registry.host())
 }
 
 /// Runs `program args` in `dir` with the suite's environment; panics with

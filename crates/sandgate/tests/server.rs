@@ -272,6 +272,52 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
             "{args:?}: {e}"
         );
     }
+    // From an archive (`docker export`'s shape): the runner's own busybox
+    // root, uploaded; a file that is not there is said so.
+    let archive = dir.join("exported.tar");
+    let tarred = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("runner/runtime/snapshots/busybox/rootfs"))
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tarred.success());
+    let (code, v) = cli(
+        &url,
+        TOKEN,
+        &[
+            "snapshot",
+            "create",
+            "exported",
+            "--file",
+            archive.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v,
+        serde_json::json!({"name": "exported", "runners": ["main"]})
+    );
+    let (code, e) = cli(
+        &url,
+        TOKEN,
+        &[
+            "snapshot",
+            "create",
+            "other",
+            "--file",
+            "/nonexistent/archive.tar",
+        ],
+    );
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("invalid_file")),
+        "{e}"
+    );
+    let (code, _) = cli(&url, TOKEN, &["snapshot", "delete", "exported"]);
+    assert_eq!(code, 0);
 
     // A budget: asked at create, back to the tier's default by update.
     let (code, v) = cli(

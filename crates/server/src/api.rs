@@ -440,6 +440,45 @@ pub async fn list_snapshots(State(st): St, _: Reader) -> Result<Json<Vec<Snapsho
     ))
 }
 
+/// Makes snapshot `name` on every runner from the root filesystem tar
+/// archive in the body (plain or gzip: what `docker export` writes;
+/// `Content-Type: application/x-tar` or `application/gzip`), at most the
+/// operator's upload limit (413 `payload_too_large`). A hostile or broken
+/// archive (an entry out of the root, a link out, no `/bin/sh`) is 422
+/// `invalid_request` and nothing is made. Replaced as a pull replaces.
+#[utoipa::path(put, path = "/api/snapshots/{name}", tag = "snapshots",
+    params(("name" = String, Path, description = "snapshot name")),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "a root filesystem tar archive, plain or gzip"),
+    responses((status = 201, body = SnapshotView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload_snapshot(
+    State(st): St,
+    _: Operator,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
+    let kind = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let kind = kind.split(';').next().unwrap_or_default().trim();
+    if !crate::snapshots::ARCHIVE_TYPES.contains(&kind) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "a snapshot archive is sent as {} (this was {kind:?})",
+                crate::snapshots::ARCHIVE_TYPES.join(" or ")
+            ),
+        ));
+    }
+    let runners = crate::snapshots::upload(&st, name.clone(), body).await?;
+    Ok((StatusCode::CREATED, Json(SnapshotView { name, runners })))
+}
+
 /// Removes a snapshot from every runner (admin): 409 `snapshot_in_use`
 /// while a sandbox uses it (or for the built-in `busybox`), 404 when no
 /// runner has it.

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub catalog: Catalog,
     /// The largest request body, bytes.
     pub body_limit: usize,
+    /// The largest root filesystem archive uploaded as a snapshot
+    /// (`PUT /api/snapshots/{name}`), bytes.
+    pub snapshot_upload_limit: u64,
     /// An exec's timeout when the request gives none.
     pub exec_timeout_default: Duration,
     /// The longest timeout an exec may ask for.
@@ -129,6 +132,7 @@ impl ServerConfig {
             probe_targets: default_probe_targets(&catalog),
             catalog,
             body_limit: 1 << 20,
+            snapshot_upload_limit: 4 << 30,
             exec_timeout_default: Duration::from_secs(60),
             exec_timeout_max: Duration::from_secs(3600),
             max_sandboxes_per_org: 100,
@@ -153,6 +157,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// The operator token.
     pub admin_token: Option<String>,
+    /// The largest snapshot archive taken, bytes.
+    pub snapshot_upload_limit: u64,
     /// Becomes `true` when the server stops: endless streams end then.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// See [`ServerConfig::max_sandboxes_per_org`].
@@ -286,7 +292,7 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(api::set_tier))
         .routes(routes!(api::list_runners, api::issue_runner_token))
         .routes(routes!(api::create_snapshot, api::list_snapshots))
-        .routes(routes!(api::delete_snapshot))
+        .routes(routes!(api::delete_snapshot, api::upload_snapshot))
         .routes(routes!(api::runner_heartbeat))
         .routes(routes!(api::set_draining))
         .routes(routes!(api::set_egress_address, api::delete_egress_address))
@@ -403,6 +409,7 @@ impl Server {
             policy: Arc::new(cfg.policy),
             catalog: Arc::new(cfg.catalog),
             admin_token: cfg.admin_token,
+            snapshot_upload_limit: cfg.snapshot_upload_limit,
             stopping: tokio::sync::watch::channel(false).0,
             max_sandboxes_per_org: cfg.max_sandboxes_per_org,
             execs: Arc::new(tokio::sync::Semaphore::new(EXECS)),

@@ -53,6 +53,62 @@ pub async fn pull(st: &AppState, name: String, image: String) -> Result<Made, Ap
     Ok(Made { pulled, runners })
 }
 
+/// The media types an uploaded archive may be sent as.
+pub const ARCHIVE_TYPES: &[&str] = &[
+    "application/x-tar",
+    "application/gzip",
+    "application/octet-stream",
+];
+
+/// Makes snapshot `name` on every runner from the archive `body`, spooled
+/// first to a file with no name (at most the operator's upload limit:
+/// 413 `payload_too_large`, said as soon as the body passes it). The
+/// runners that made it, in the fleet's order.
+pub async fn upload(
+    st: &AppState,
+    name: String,
+    body: axum::body::Body,
+) -> Result<Vec<String>, ApiError> {
+    use futures_util::StreamExt;
+    use std::io::{Seek, Write};
+    crate::api::check_name("snapshot", &name)?;
+    in_use(st, &name).await?;
+    let mut file = sandgate_contract::spool_file()?;
+    let mut stream = body.into_data_stream();
+    let mut taken = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("reading the archive: {e}")))?;
+        taken += chunk.len() as u64;
+        if taken > st.snapshot_upload_limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "a snapshot archive may have at most {} bytes",
+                    st.snapshot_upload_limit
+                ),
+            ));
+        }
+        file.write_all(&chunk)?;
+    }
+    if taken == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "the body is empty: send a root filesystem tar archive",
+        ));
+    }
+    let mut runners = Vec::new();
+    for member in st.fleet.members() {
+        file.rewind()?;
+        let (n, archive) = (name.clone(), file.try_clone()?);
+        on_runner(st, &member.name, move |r| r.import_snapshot(&n, archive)).await?;
+        tracing::info!(runner = %member.name, snapshot = %name, bytes = taken, "snapshot made from an archive");
+        runners.push(member.name.clone());
+    }
+    Ok(runners)
+}
+
 /// The snapshots of every runner that answers: name, and the runners
 /// that hold it.
 pub async fn list(st: &AppState) -> Result<BTreeMap<String, Vec<String>>, ApiError> {

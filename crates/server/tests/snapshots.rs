@@ -189,3 +189,99 @@ fn the_operator_makes_snapshots_from_images_that_sandboxes_start_from() {
     drop(api);
     drop(registry);
 }
+
+#[test]
+fn the_operator_uploads_a_root_filesystem_archive_as_a_snapshot() {
+    use common::Send;
+    let api = Api::start_with(|cfg| cfg.snapshot_upload_limit = 8 << 20);
+    // `docker export`'s shape: the busybox root and a file of its own.
+    let root = api.runtime_dir().join("export");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(api.runtime_dir().join("snapshots/busybox/rootfs"))
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(root.join("etc/app.conf"), "from the archive\n").unwrap();
+    let archive = tar_of(&root);
+    let (_, k) = api.organization("acme", 3);
+    let put = |key: &str, kind: &str, body: Vec<u8>| {
+        api.call(
+            "PUT",
+            "/api/snapshots/exported",
+            Some(key),
+            Send::Raw(kind, body),
+        )
+    };
+
+    // An organization's key cannot; the operator can.
+    let (s, e) = put(&k, "application/gzip", archive.clone());
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{e}"
+    );
+    let (s, v) = put(ADMIN, "application/gzip", archive.clone());
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v, json!({"name": "exported", "runners": ["main"]}));
+    api.sandbox(&k, json!({"name": "a", "snapshot": "exported"}));
+    let r = api.exec(&k, "a", "cat /etc/app.conf");
+    assert_eq!(r["stdout"], "from the archive\n", "{r}");
+    // In use: not replaced.
+    let (s, e) = put(ADMIN, "application/gzip", archive.clone());
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("snapshot_in_use")),
+        "{e}"
+    );
+
+    // Refusals, with nothing made: another media type, too large, empty,
+    // not an archive, an archive with an entry out of its root.
+    let mut escaping = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..12].copy_from_slice(b"../../escape");
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(1);
+    h.set_cksum();
+    escaping.append(&h, &b"x"[..]).unwrap();
+    let escaping = escaping.into_inner().unwrap();
+    for (kind, body, status, code) in [
+        (
+            "application/json",
+            archive.clone(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "application/gzip",
+            vec![0x1f; 9 << 20],
+            413,
+            "payload_too_large",
+        ),
+        ("application/x-tar", Vec::new(), 422, "invalid_request"),
+        (
+            "application/x-tar",
+            b"not an archive at all".repeat(100),
+            422,
+            "invalid_request",
+        ),
+        ("application/x-tar", escaping, 422, "invalid_request"),
+    ] {
+        let path = "/api/snapshots/refused";
+        let (s, e) = api.call("PUT", path, Some(ADMIN), Send::Raw(kind, body));
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{kind}: {e}"
+        );
+    }
+    let (_, list) = api.get("/api/snapshots", ADMIN);
+    assert!(!list.to_string().contains("refused"), "{list}");
+    for outside in ["snapshots/escape", "escape"] {
+        assert!(!api.runtime_dir().join(outside).exists(), "{outside}");
+    }
+}

@@ -278,6 +278,24 @@ impl Runner for RunnerDouble {
         })
     }
 
+    /// Adds snapshot `name` if `archive` starts as a tar or gzip archive
+    /// does (else `invalid_request`, as the runtime's refusal).
+    fn import_snapshot(&self, name: &str, archive: std::fs::File) -> Result<(), RunnerError> {
+        use std::io::Read;
+        let mut head = [0u8; 262];
+        let n = (&archive).read(&mut head).map_err(RunnerError::from)?;
+        let tar = n >= 262 && &head[257..262] == b"ustar";
+        if !(tar || head[..n.min(2)] == [0x1f, 0x8b]) {
+            return Err(RunnerError::Unprocessable("not a tar archive".into()));
+        }
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if !snapshots.iter().any(|s| s == name) {
+            snapshots.push(name.to_string());
+            snapshots.sort();
+        }
+        Ok(())
+    }
+
     fn delete_snapshot(&self, name: &str) -> Result<(), RunnerError> {
         self.failure(Op::DeleteSnapshot)?;
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());

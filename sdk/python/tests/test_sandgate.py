@@ -645,6 +645,30 @@ class SdkTest(unittest.TestCase):
             Sandgate(api_key="sg_not-a-key").list()
         self.assertEqual(unauthorized.exception.status, 401)
 
+    def test_the_operator_makes_a_snapshot_from_an_image_that_sandboxes_start_from(
+        self,
+    ) -> None:
+        image = os.environ["SANDGATE_TEST_IMAGE"]
+        self.assertIn("busybox", [x.name for x in self.sandgate.snapshots.list()])
+        # An organization's key lists, never makes.
+        with self.assertRaises(PermissionDeniedError):
+            self.sandgate.snapshots.create("py-app", image)
+        operator = Sandgate(api_key=os.environ["SANDGATE_TEST_OPERATOR_TOKEN"])
+        made = operator.snapshots.create("py-app", image)
+        self.assertEqual((made.name, made.image, made.runners), ("py-app", image, ["main"]))
+        self.assertTrue((made.digest or "").startswith("sha256:"), made)
+        with self.assertRaises(ValidationError) as refused:
+            operator.snapshots.create("py-other", "python:3.12-slim")
+        self.assertEqual(refused.exception.code, "registry_not_allowed")
+        s = self.create(CreateSandboxFromSnapshotParams(snapshot="py-app"))
+        self.assertEqual(s.process.exec("cat /etc/app.conf").stdout, "from the image\n")
+        with self.assertRaises(ConflictError) as busy:
+            operator.snapshots.delete(made)
+        self.assertEqual(busy.exception.code, "snapshot_in_use")
+        s.delete()
+        operator.snapshots.delete("py-app")
+        self.assertNotIn("py-app", [x.name for x in operator.snapshots.list()])
+
     def test_get_list_and_delete(self) -> None:
         s = self.create(CreateSandboxFromSnapshotParams(name="sdk-named"))
         self.assertEqual(self.sandgate.get("sdk-named").id, s.id)

@@ -470,6 +470,27 @@ class SandgateTest < Minitest::Test
     assert_equal [403, "runtime_class_not_allowed"], [e.status, e.code]
   end
 
+  def test_the_operator_makes_a_snapshot_from_an_image_that_sandboxes_start_from
+    image = ENV.fetch("SANDGATE_TEST_IMAGE")
+    assert_includes @sandgate.snapshots.list.map(&:name), "busybox"
+    # An organization's key lists, never makes.
+    assert_raises(Sandgate::PermissionDeniedError) { @sandgate.snapshots.create("rb-app", image: image) }
+    operator = Sandgate::Sandgate.new(api_key: ENV.fetch("SANDGATE_TEST_OPERATOR_TOKEN"))
+    made = operator.snapshots.create("rb-app", image: image)
+    assert_equal ["rb-app", image, ["main"]], [made.name, made.image, made.runners]
+    assert_match(/\Asha256:/, made.digest)
+    e = assert_raises(Sandgate::ValidationError) { operator.snapshots.create("rb-other", image: "python:3.12-slim") }
+    assert_equal "registry_not_allowed", e.code
+    s = create(snapshot: "rb-app")
+    assert_equal "from the image\n", s.process.exec("cat /etc/app.conf").stdout
+    e = assert_raises(Sandgate::ConflictError) { operator.snapshots.delete(made) }
+    assert_equal "snapshot_in_use", e.code
+    s.delete
+    @made.delete(s)
+    operator.snapshots.delete("rb-app")
+    refute_includes operator.snapshots.list.map(&:name), "rb-app"
+  end
+
   def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message
     e = assert_raises(Sandgate::ValidationError) { create(network_allow_list: "192.0.2.300/32") }
     assert_equal ["invalid_network_allow_list", 400], [e.code, e.status]

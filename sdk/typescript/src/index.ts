@@ -305,6 +305,17 @@ export interface Secret {
   createdAt: string
 }
 
+/** A snapshot sandboxes start from: its name and the runners that hold
+ * it; one just made from an image also says the image (its reference in
+ * full), the digest of the manifest it was made from and its layers. */
+export interface Snapshot {
+  name: string
+  runners: string[]
+  image?: string
+  digest?: string
+  layers?: number
+}
+
 /** A target a sandbox with approvals was refused, for its owner to
  * approve or deny. */
 export interface AccessRequest {
@@ -890,11 +901,45 @@ export class Secrets {
   }
 }
 
+/** The snapshots sandboxes start from. Listing needs the operator token
+ * or a key with `sandboxes:read`; making and removing them, the operator
+ * token (an organization's key: `PermissionDeniedError`). */
+export class Snapshots {
+  /** @internal */
+  constructor(private readonly http: Http) {}
+
+  /** Makes snapshot `name` from the OCI image `image` (`python:3.12-slim`,
+   * `registry.example.com/team/tool@sha256:...`) on every runner, each
+   * pulling it from a registry the operator configured (another:
+   * `ValidationError`, `registry_not_allowed`). One of that name is
+   * replaced, unless a sandbox uses it (`ConflictError`,
+   * `snapshot_in_use`). A large image takes a while: `timeoutSeconds` is
+   * how long to wait. */
+  create(name: string, image: string, timeoutSeconds?: number): Promise<Snapshot> {
+    return this.http.request('POST', '/api/snapshots', { name, image }, timeoutSeconds)
+  }
+
+  /** The snapshots, with the runners that hold each. */
+  list(): Promise<Snapshot[]> {
+    return this.http.request('GET', '/api/snapshots')
+  }
+
+  /** Removes a snapshot (itself or its name) from every runner; a
+   * `ConflictError` (`snapshot_in_use`) while a sandbox uses it. */
+  async delete(snapshot: Snapshot | string): Promise<void> {
+    const name = typeof snapshot === 'string' ? snapshot : snapshot.name
+    await this.http.request('DELETE', `/api/snapshots/${encodeURIComponent(name)}`)
+  }
+}
+
 /** A client of a sandgate server. */
 export class Sandgate {
   private readonly http: Http
   /** The organization's secrets: `create`, `list`, `delete`. */
   readonly secrets: Secrets
+  /** The snapshots sandboxes start from: `create` (from an OCI image),
+   * `list`, `delete`. */
+  readonly snapshots: Snapshots
 
   constructor(config: SandgateConfig = {}) {
     // An empty value is no value.
@@ -905,6 +950,7 @@ export class Sandgate {
     }
     this.http = new Http(apiUrl.replace(/\/+$/, ''), apiKey, config.timeout ?? 120, config.maxRetries ?? 2)
     this.secrets = new Secrets(this.http)
+    this.snapshots = new Snapshots(this.http)
   }
 
   /** Creates a sandbox; it is running, its policy enforced, when this

@@ -484,6 +484,35 @@ test("a sandbox runs under its tier's runtime class and no other", async () => {
   })
 })
 
+test('the operator makes a snapshot from an image that sandboxes start from', async () => {
+  const image = process.env.SANDGATE_TEST_IMAGE ?? ''
+  assert.ok((await sandgate.snapshots.list()).some((x) => x.name === 'busybox'))
+  // An organization's key lists, never makes.
+  await assert.rejects(sandgate.snapshots.create('ts-app', image), PermissionDeniedError)
+  const operator = new Sandgate({ apiKey: process.env.SANDGATE_TEST_OPERATOR_TOKEN })
+  const made = await operator.snapshots.create('ts-app', image)
+  assert.deepEqual([made.name, made.image, made.runners], ['ts-app', image, ['main']])
+  assert.match(made.digest ?? '', /^sha256:/)
+  await assert.rejects(operator.snapshots.create('ts-other', 'python:3.12-slim'), (e: unknown) => {
+    assert.ok(e instanceof ValidationError)
+    assert.equal(e.code, 'registry_not_allowed')
+    return true
+  })
+  const s = await sandgate.create({ snapshot: 'ts-app' })
+  try {
+    assert.equal((await s.process.exec('cat /etc/app.conf')).stdout, 'from the image\n')
+    await assert.rejects(operator.snapshots.delete(made), (e: unknown) => {
+      assert.ok(e instanceof ConflictError)
+      assert.equal(e.code, 'snapshot_in_use')
+      return true
+    })
+  } finally {
+    await s.delete()
+  }
+  await operator.snapshots.delete('ts-app')
+  assert.ok(!(await operator.snapshots.list()).some((x) => x.name === 'ts-app'))
+})
+
 test('bad input and tiers reject with typed errors carrying code and message', async () => {
   await assert.rejects(sandgate.create({ networkAllowList: '192.0.2.300/32' }), (e: unknown) => {
     assert.ok(e instanceof ValidationError)

@@ -8,7 +8,7 @@
 'hello\\n'
 """
 
-from .aio import AsyncSandbox, AsyncSandgate, AsyncSecrets
+from .aio import AsyncSandbox, AsyncSandgate, AsyncSecrets, AsyncSnapshots
 from .client import (
     AccessRequest,
     CreateSandboxBaseParams,
@@ -26,6 +26,8 @@ from .client import (
     Sandgate,
     Secret,
     Secrets,
+    Snapshot,
+    Snapshots,
     TransferUsage,
 )
 from .errors import (
@@ -47,6 +49,7 @@ __all__ = [
     "AsyncSandbox",
     "AsyncSandgate",
     "AsyncSecrets",
+    "AsyncSnapshots",
     "AuthenticationError",
     "ConflictError",
     "CreateSandboxBaseParams",
@@ -70,6 +73,8 @@ __all__ = [
     "Secret",
     "Secrets",
     "ServerError",
+    "Snapshot",
+    "Snapshots",
     "TransferUsage",
     "ValidationError",
 ]

@@ -24,6 +24,8 @@ from .client import (
     Sandgate,
     Secret,
     Secrets,
+    Snapshot,
+    Snapshots,
     TransferUsage,
 )
 
@@ -347,6 +349,25 @@ class AsyncSecrets:
         await asyncio.to_thread(self._secrets.delete, secret)
 
 
+class AsyncSnapshots:
+    """The snapshots, awaitable."""
+
+    def __init__(self, snapshots: Snapshots) -> None:
+        self._snapshots = snapshots
+
+    async def create(self, name: str, image: str, timeout: Optional[float] = None) -> Snapshot:
+        """See :meth:`sandgate.client.Snapshots.create`."""
+        return await asyncio.to_thread(self._snapshots.create, name, image, timeout)
+
+    async def list(self) -> List[Snapshot]:
+        """See :meth:`sandgate.client.Snapshots.list`."""
+        return await asyncio.to_thread(self._snapshots.list)
+
+    async def delete(self, snapshot: Union[Snapshot, str]) -> None:
+        """See :meth:`sandgate.client.Snapshots.delete`."""
+        await asyncio.to_thread(self._snapshots.delete, snapshot)
+
+
 class AsyncSandgate:
     """The asynchronous client; configured as :class:`sandgate.Sandgate`."""
 
@@ -363,6 +384,11 @@ class AsyncSandgate:
     def secrets(self) -> AsyncSecrets:
         """The organization's secrets: ``create``, ``list``, ``delete``."""
         return AsyncSecrets(self.sync.secrets)
+
+    @property
+    def snapshots(self) -> AsyncSnapshots:
+        """The snapshots: ``create`` (from an OCI image), ``list``, ``delete``."""
+        return AsyncSnapshots(self.sync.snapshots)
 
     async def create(
         self, params: Optional[CreateSandboxBaseParams] = None, timeout: Optional[float] = None

@@ -355,6 +355,29 @@ class Secret:
 
 
 @dataclass
+class Snapshot:
+    """A snapshot sandboxes start from: its name and the runners that hold
+    it; one just made from an image also says the image (its reference in
+    full), the digest of the manifest it was made from and its layers."""
+
+    name: str
+    runners: List[str]
+    image: Optional[str] = None
+    digest: Optional[str] = None
+    layers: Optional[int] = None
+
+    @staticmethod
+    def _from(r: Dict[str, Any]) -> "Snapshot":
+        return Snapshot(
+            name=r["name"],
+            runners=list(r.get("runners", [])),
+            image=r.get("image"),
+            digest=r.get("digest"),
+            layers=r.get("layers"),
+        )
+
+
+@dataclass
 class AccessRequest:
     """A target a sandbox with approvals was refused: a name (``kind``
     ``"name"``) or an address (``"address"``), with its attempts, for its
@@ -969,6 +992,37 @@ class Secrets:
         self._http.request("DELETE", f"/api/secrets/{urllib.parse.quote(name, safe='')}")
 
 
+class Snapshots:
+    """The snapshots sandboxes start from. Listing needs the operator
+    token or a key with ``sandboxes:read``; making and removing them, the
+    operator token (an organization's key: :class:`PermissionDeniedError`)."""
+
+    def __init__(self, http: _Http) -> None:
+        self._http = http
+
+    def create(self, name: str, image: str, timeout: Optional[float] = None) -> Snapshot:
+        """Makes snapshot ``name`` from the OCI image ``image``
+        (``python:3.12-slim``, ``registry.example.com/team/tool@sha256:...``)
+        on every runner, each pulling it from a registry the operator
+        configured (another: :class:`ValidationError`,
+        ``registry_not_allowed``). One of that name is replaced, unless a
+        sandbox uses it (:class:`ConflictError`, ``snapshot_in_use``). A
+        large image takes a while: ``timeout`` is the seconds to wait."""
+        body: Dict[str, Any] = {"name": name, "image": image}
+        return Snapshot._from(self._http.request("POST", "/api/snapshots", body, timeout))
+
+    def list(self) -> List[Snapshot]:
+        """The snapshots, with the runners that hold each."""
+        return [Snapshot._from(x) for x in self._http.request("GET", "/api/snapshots")]
+
+    def delete(self, snapshot: Union[Snapshot, str]) -> None:
+        """Removes a snapshot (given as itself or its name) from every
+        runner; a :class:`ConflictError` (``snapshot_in_use``) while a
+        sandbox uses it."""
+        name = snapshot.name if isinstance(snapshot, Snapshot) else snapshot
+        self._http.request("DELETE", f"/api/snapshots/{urllib.parse.quote(name, safe='')}")
+
+
 class Sandgate:
     """A client of a sandgate server.
 
@@ -1001,6 +1055,12 @@ class Sandgate:
     def secrets(self) -> Secrets:
         """The organization's secrets: ``create``, ``list``, ``delete``."""
         return Secrets(self._http)
+
+    @property
+    def snapshots(self) -> Snapshots:
+        """The snapshots sandboxes start from: ``create`` (from an OCI
+        image), ``list``, ``delete``."""
+        return Snapshots(self._http)
 
     def create(
         self, params: Optional[CreateSandboxBaseParams] = None, timeout: Optional[float] = None

@@ -201,6 +201,15 @@ module Sandgate
       new(name: r["name"], hosts: r["hosts"], created_at: r["createdAt"])
     end
   end
+  # A snapshot sandboxes start from: its name and the runners that hold
+  # it; one just made from an image also says the image (its reference in
+  # full), the digest of the manifest it was made from and its layers.
+  Snapshot = Struct.new(:name, :runners, :image, :digest, :layers, keyword_init: true) do
+    def self.from(r)
+      new(name: r["name"], runners: r["runners"] || [], image: r["image"], digest: r["digest"],
+          layers: r["layers"])
+    end
+  end
   # A target a sandbox with approvals was refused (kind "name" or
   # "address"), with its attempts, for its owner to approve or deny.
   AccessRequest = Struct.new(:id, :sandbox, :target, :kind, :protocol, :port, :attempts, :state,
@@ -693,6 +702,39 @@ module Sandgate
     end
   end
 
+  # The snapshots sandboxes start from. Listing needs the operator token or
+  # a key with sandboxes:read; making and removing them, the operator token
+  # (an organization's key: PermissionDeniedError).
+  class Snapshots
+    def initialize(http)
+      @http = http
+    end
+
+    # Makes snapshot name (a Snapshot) from the OCI image image
+    # ("python:3.12-slim", "registry.example.com/team/tool@sha256:...") on
+    # every runner, each pulling it from a registry the operator configured
+    # (another: ValidationError, registry_not_allowed). One of that name is
+    # replaced, unless a sandbox uses it (ConflictError, snapshot_in_use). A
+    # large image takes a while: timeout is the seconds to wait.
+    def create(name, image:, timeout: nil)
+      body = { "name" => name, "image" => image }
+      Snapshot.from(@http.request("POST", "/api/snapshots", body, timeout: timeout))
+    end
+
+    # The snapshots, with the runners that hold each.
+    def list
+      @http.request("GET", "/api/snapshots").map { |r| Snapshot.from(r) }
+    end
+
+    # Removes a snapshot (a Snapshot or its name) from every runner; a
+    # ConflictError (snapshot_in_use) while a sandbox uses it.
+    def delete(snapshot)
+      name = snapshot.is_a?(Snapshot) ? snapshot.name : snapshot
+      @http.request("DELETE", "/api/snapshots/#{Http.escape(name)}")
+      nil
+    end
+  end
+
   # A client of a sandgate server. api_url and api_key default to
   # SANDGATE_API_URL (else http://127.0.0.1:8080) and SANDGATE_API_KEY;
   # timeout is the seconds an HTTP call may take; max_retries, how many
@@ -714,6 +756,12 @@ module Sandgate
     # The organization's secrets: create, list, delete.
     def secrets
       Secrets.new(@http)
+    end
+
+    # The snapshots sandboxes start from: create (from an OCI image), list,
+    # delete.
+    def snapshots
+      Snapshots.new(@http)
     end
 
     # Creates a sandbox; it is running, its policy enforced, on return.
