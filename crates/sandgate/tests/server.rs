@@ -1098,6 +1098,55 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     assert!(echoes(&url, &key, "split", SERVER4));
     assert!(!echoes(&url, &key, "split", SERVER4_B));
 
+    // A snapshot uploaded through the API reaches the runner over its
+    // link (streamed, spooled there), and a sandbox starts from it.
+    let archive = dir.join("up.tar");
+    let extra = dir.join("up-extra");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/marker"), "uploaded\n").unwrap();
+    for (root, op) in [
+        (dir.join("runner/runtime/snapshots/busybox/rootfs"), "-cf"),
+        (extra, "-rf"),
+    ] {
+        let tarred = Command::new("tar")
+            .arg("-C")
+            .arg(root)
+            .arg(op)
+            .arg(&archive)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(tarred.success());
+    }
+    let (code, v) = cli(
+        &url,
+        TOKEN,
+        &[
+            "snapshot",
+            "create",
+            "up",
+            "--file",
+            archive.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = cli(
+        &url,
+        &key,
+        &["sandbox", "create", "--name", "from-up", "--snapshot", "up"],
+    );
+    assert_eq!(code, 0, "{v}");
+    let (_, r) = cli(
+        &url,
+        &key,
+        &["sandbox", "exec", "from-up", "cat /etc/marker"],
+    );
+    assert_eq!(r["stdout"], "uploaded\n", "{r}");
+    let (code, _) = cli(&url, &key, &["sandbox", "delete", "from-up"]);
+    assert_eq!(code, 0);
+    let (code, v) = cli(&url, TOKEN, &["snapshot", "delete", "up"]);
+    assert_eq!(code, 0, "{v}");
+
     // The API is killed and comes back: the runner enforced on, and the
     // sandbox is taken back.
     let mut api = guard.server.take().unwrap();
