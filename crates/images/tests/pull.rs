@@ -229,3 +229,52 @@ fn only_configured_registries_this_platform_and_sizes_within_the_limit() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_registry_that_needs_credentials_gets_the_operators_and_no_other() {
+    let lab = Lab::up().unwrap();
+    let registry =
+        LabRegistry::start_with_login(&lab, Some(("puller", "s3cret-for-the-lab"))).unwrap();
+    let dir = std::env::temp_dir().join(format!("sandgate-images-login-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    registry
+        .push(&lab, "private:1", &[layer(&[("etc/private", "yes\n")])])
+        .unwrap();
+    let image = format!("{}/private:1", registry.host());
+    let with = |login: Option<(&str, &str)>, store: &str| {
+        let allowed = Registry {
+            host: registry.host(),
+            insecure: false,
+            ca_file: Some(registry.ca_file()),
+            username: login.map(|l| l.0.to_string()),
+            password: login.map(|l| l.1.to_string()),
+        };
+        let puller = Puller::new(&dir.join(store), &[allowed], 1 << 30).unwrap();
+        lab.host().run(|| Ok(puller.pull(&image))).unwrap()
+    };
+    let pulled = with(Some(("puller", "s3cret-for-the-lab")), "right").unwrap();
+    assert_eq!(pulled.layers.len(), 1);
+    for (login, store) in [(None, "none"), (Some(("puller", "wrong")), "wrong")] {
+        let err = with(login, store).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Denied(_)) && !err.is_callers_fault(),
+            "{store}: {err:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.join(store).join("sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+    // Half a login is refused at the start.
+    let half = Registry {
+        host: registry.host(),
+        insecure: false,
+        ca_file: None,
+        username: Some("puller".into()),
+        password: None,
+    };
+    assert!(Puller::new(&dir.join("half"), &[half], 1).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,6 +26,8 @@ pub struct LabRegistry {
     child: Child,
     dir: PathBuf,
     client: Client,
+    /// How the lab's own pushes log in.
+    auth: RegistryAuth,
 }
 
 impl std::fmt::Debug for LabRegistry {
@@ -43,6 +45,13 @@ fn other<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> io::Error + '_ {
 impl LabRegistry {
     /// Starts a registry in `lab`'s world and waits until it answers.
     pub fn start(lab: &Lab) -> io::Result<LabRegistry> {
+        LabRegistry::start_with_login(lab, None)
+    }
+
+    /// Starts a registry in `lab`'s world that serves only who logs in
+    /// with `login` (user, password: HTTP basic, docker-registry's
+    /// `htpasswd`), if given.
+    pub fn start_with_login(lab: &Lab, login: Option<(&str, &str)>) -> io::Result<LabRegistry> {
         let dir = std::env::temp_dir().join(format!("sandgate-registry-{}", lab.tag()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data"))?;
@@ -50,11 +59,23 @@ impl LabRegistry {
         std::fs::write(dir.join("cert.pem"), chain)?;
         std::fs::write(dir.join("key.pem"), key)?;
         std::fs::write(dir.join("ca.pem"), lab.ca_pem())?;
+        let mut auth_config = String::new();
+        let mut auth = RegistryAuth::Anonymous;
+        if let Some((user, password)) = login {
+            let hash =
+                bcrypt::hash(password, 4).map_err(other("hashing the lab registry's password"))?;
+            std::fs::write(dir.join("htpasswd"), format!("{user}:{hash}\n"))?;
+            auth_config = format!(
+                "auth:\n  htpasswd:\n    realm: sandgate-lab\n    path: {}\n",
+                dir.join("htpasswd").display()
+            );
+            auth = RegistryAuth::Basic(user.to_string(), password.to_string());
+        }
         let config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n\
              storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {addr}\n  tls:\n    certificate: {dir}/cert.pem\n    key: {dir}/key.pem\n",
+             http:\n  addr: {addr}\n  tls:\n    certificate: {dir}/cert.pem\n    key: {dir}/key.pem\n{auth_config}",
             data = dir.join("data").display(),
             addr = std::net::SocketAddr::new(SERVER4, REGISTRY),
             dir = dir.display(),
@@ -85,7 +106,12 @@ impl LabRegistry {
             ..Default::default()
         })
         .map_err(other("a registry client"))?;
-        let mut registry = LabRegistry { child, dir, client };
+        let mut registry = LabRegistry {
+            child,
+            dir,
+            client,
+            auth,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let up = lab.world().run(|| {
@@ -154,11 +180,11 @@ impl LabRegistry {
         );
         self.run(lab, async {
             self.client
-                .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+                .push(&reference, &layers, config, &self.auth, None)
                 .await
                 .map_err(other("pushing an image"))?;
             self.client
-                .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
+                .fetch_manifest_digest(&reference, &self.auth)
                 .await
                 .map_err(other("reading a pushed image's digest"))
         })
@@ -179,7 +205,7 @@ impl LabRegistry {
         self.run(lab, async {
             let (raw, _) = self
                 .client
-                .pull_manifest_raw(&of, &RegistryAuth::Anonymous, &[OCI_IMAGE_MEDIA_TYPE])
+                .pull_manifest_raw(&of, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
                 .await
                 .map_err(other("reading a pushed manifest"))?;
             let manifests = platforms
@@ -207,7 +233,7 @@ impl LabRegistry {
                 annotations: None,
             };
             self.client
-                .push_manifest_list(&reference, &RegistryAuth::Anonymous, index)
+                .push_manifest_list(&reference, &self.auth, index)
                 .await
                 .map(|_| ())
                 .map_err(other("pushing an image index"))
