@@ -67,6 +67,7 @@ fn setup() -> Setup {
     };
     let url = guard.server.as_ref().unwrap().url.clone();
     let image = push_image(&lab, &registry, &guard.dir);
+    let archive = archive(&guard.dir);
     let org_of = |name: &str, tier: &str| organization(&url, TOKEN, name, tier.parse().unwrap());
     let key_of = |name: &str, tier: &str| org_of(name, tier).1;
     // An organization the operator gives the lab's known egress address.
@@ -102,6 +103,7 @@ fn setup() -> Setup {
         ("SANDGATE_TEST_WHOAMI_PORT".into(), WHOAMI.to_string()),
         ("SANDGATE_TEST_EXECS_PER_ORG".into(), EXECS_PER_ORG.into()),
         ("SANDGATE_TEST_IMAGE".into(), image),
+        ("SANDGATE_TEST_ARCHIVE".into(), archive),
         ("SANDGATE_TEST_OPERATOR_TOKEN".into(), TOKEN.into()),
     ];
     Setup {
@@ -110,6 +112,30 @@ fn setup() -> Setup {
         _registry: registry,
         env,
     }
+}
+
+/// A root filesystem archive (`docker export`'s shape): the runner's
+/// busybox root with `/etc/app.conf` ("from the archive"); its path.
+fn archive(dir: &Path) -> String {
+    let archive = dir.join("exported.tar");
+    let extra = dir.join("archive-extra");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/app.conf"), "from the archive\n").unwrap();
+    for (root, op) in [
+        (dir.join("runner/runtime/snapshots/busybox/rootfs"), "-cf"),
+        (extra, "-rf"),
+    ] {
+        let tarred = Command::new("tar")
+            .arg("-C")
+            .arg(root)
+            .arg(op)
+            .arg(&archive)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(tarred.success());
+    }
+    archive.to_string_lossy().into_owned()
 }
 
 /// Pushes an image of the runner's busybox root and a layer with

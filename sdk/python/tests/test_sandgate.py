@@ -668,6 +668,13 @@ class SdkTest(unittest.TestCase):
         s.delete()
         operator.snapshots.delete("py-app")
         self.assertNotIn("py-app", [x.name for x in operator.snapshots.list()])
+        # From an archive instead.
+        up = operator.snapshots.upload("py-up", os.environ["SANDGATE_TEST_ARCHIVE"])
+        self.assertEqual((up.name, up.runners), ("py-up", ["main"]))
+        s = self.create(CreateSandboxFromSnapshotParams(snapshot="py-up"))
+        self.assertEqual(s.process.exec("cat /etc/app.conf").stdout, "from the archive\n")
+        s.delete()
+        operator.snapshots.delete(up)
 
     def test_get_list_and_delete(self) -> None:
         s = self.create(CreateSandboxFromSnapshotParams(name="sdk-named"))

@@ -489,6 +489,14 @@ class SandgateTest < Minitest::Test
     @made.delete(s)
     operator.snapshots.delete("rb-app")
     refute_includes operator.snapshots.list.map(&:name), "rb-app"
+    # From an archive instead.
+    up = operator.snapshots.upload("rb-up", archive: ENV.fetch("SANDGATE_TEST_ARCHIVE"))
+    assert_equal ["rb-up", ["main"]], [up.name, up.runners]
+    s = create(snapshot: "rb-up")
+    assert_equal "from the archive\n", s.process.exec("cat /etc/app.conf").stdout
+    s.delete
+    @made.delete(s)
+    operator.snapshots.delete(up)
   end
 
   def test_bad_input_and_tiers_raise_typed_errors_with_code_and_message

@@ -9,6 +9,8 @@
  * ```
  */
 
+import { openAsBlob } from 'node:fs'
+
 /** The default server. */
 export const DEFAULT_API_URL = 'http://127.0.0.1:8080'
 
@@ -488,16 +490,23 @@ export class Http {
     }
   }
 
+  /** `PUT`s the file at `file` to `path` as a tar archive, read as it is
+   * sent: the JSON answer. */
+  async upload<T>(path: string, file: string, timeoutSeconds?: number): Promise<T> {
+    return this.requestOnce<T>('PUT', path, await openAsBlob(file), timeoutSeconds)
+  }
+
   private async requestOnce<T>(method: string, path: string, body?: unknown, timeoutSeconds?: number): Promise<T> {
     const headers: Record<string, string> = { Authorization: `Bearer ${this.#apiKey}` }
-    if (body !== undefined) headers['Content-Type'] = 'application/json'
+    const raw = body instanceof Blob
+    if (body !== undefined) headers['Content-Type'] = raw ? 'application/x-tar' : 'application/json'
     let response: Response
     let text: string
     try {
       response = await fetch(this.apiUrl + path, {
         method,
         headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: body === undefined ? undefined : raw ? body : JSON.stringify(body),
         signal: AbortSignal.timeout((timeoutSeconds ?? this.timeout) * 1000),
       })
       text = await response.text()
@@ -917,6 +926,15 @@ export class Snapshots {
    * how long to wait. */
   create(name: string, image: string, timeoutSeconds?: number): Promise<Snapshot> {
     return this.http.request('POST', '/api/snapshots', { name, image }, timeoutSeconds)
+  }
+
+  /** Makes snapshot `name` on every runner from the root filesystem tar
+   * archive at the path `archive` (plain or gzip: what `docker export`
+   * writes), read as it is sent. A hostile or broken archive is a
+   * `ValidationError` (`invalid_request`); one over the server's limit, a
+   * `PayloadTooLargeError`. */
+  upload(name: string, archive: string, timeoutSeconds?: number): Promise<Snapshot> {
+    return this.http.upload(`/api/snapshots/${encodeURIComponent(name)}`, archive, timeoutSeconds)
   }
 
   /** The snapshots, with the runners that hold each. */

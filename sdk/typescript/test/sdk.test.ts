@@ -511,6 +511,16 @@ test('the operator makes a snapshot from an image that sandboxes start from', as
   }
   await operator.snapshots.delete('ts-app')
   assert.ok(!(await operator.snapshots.list()).some((x) => x.name === 'ts-app'))
+  // From an archive instead.
+  const up = await operator.snapshots.upload('ts-up', process.env.SANDGATE_TEST_ARCHIVE ?? '')
+  assert.deepEqual([up.name, up.runners], ['ts-up', ['main']])
+  const fromUp = await sandgate.create({ snapshot: 'ts-up' })
+  try {
+    assert.equal((await fromUp.process.exec('cat /etc/app.conf')).stdout, 'from the archive\n')
+  } finally {
+    await fromUp.delete()
+  }
+  await operator.snapshots.delete(up)
 })
 
 test('bad input and tiers reject with typed errors carrying code and message', async () => {

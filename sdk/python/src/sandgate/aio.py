@@ -359,6 +359,10 @@ class AsyncSnapshots:
         """See :meth:`sandgate.client.Snapshots.create`."""
         return await asyncio.to_thread(self._snapshots.create, name, image, timeout)
 
+    async def upload(self, name: str, archive: str, timeout: Optional[float] = None) -> Snapshot:
+        """See :meth:`sandgate.client.Snapshots.upload`."""
+        return await asyncio.to_thread(self._snapshots.upload, name, archive, timeout)
+
     async def list(self) -> List[Snapshot]:
         """See :meth:`sandgate.client.Snapshots.list`."""
         return await asyncio.to_thread(self._snapshots.list)

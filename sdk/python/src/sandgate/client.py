@@ -535,6 +535,27 @@ class _Http:
                 f"not JSON from {self.api_url}{path}", code="invalid_response"
             ) from None
 
+    def upload(self, path: str, file: str, timeout: Optional[float] = None) -> Any:
+        """``PUT``s the file at ``file`` to ``path`` as a tar archive, read
+        as it is sent: the JSON answer."""
+        size = os.path.getsize(file)
+        with open(file, "rb") as body:
+            req = urllib.request.Request(self.api_url + path, data=body, method="PUT")
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+            req.add_header("Content-Type", "application/x-tar")
+            req.add_header("Content-Length", str(size))
+            try:
+                with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                    text = resp.read().decode()
+            except urllib.error.HTTPError as e:
+                raise _http_error(e) from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                reason = getattr(e, "reason", e)
+                raise APIConnectionError(
+                    f"no answer from {self.api_url}: {reason}", code="unreachable"
+                ) from None
+        return json.loads(text) if text else None
+
     def stream(self, path: str, timeout: Optional[float] = None) -> Iterator[Tuple[str, Any]]:
         """Server-sent events from ``path``: ``(event, data)`` pairs, each
         ``data`` decoded from JSON, until the server ends the stream (the
@@ -1010,6 +1031,15 @@ class Snapshots:
         large image takes a while: ``timeout`` is the seconds to wait."""
         body: Dict[str, Any] = {"name": name, "image": image}
         return Snapshot._from(self._http.request("POST", "/api/snapshots", body, timeout))
+
+    def upload(self, name: str, archive: str, timeout: Optional[float] = None) -> Snapshot:
+        """Makes snapshot ``name`` on every runner from the root filesystem
+        tar archive at the path ``archive`` (plain or gzip: what ``docker
+        export`` writes), sent as it is read. A hostile or broken archive
+        is a :class:`ValidationError` (``invalid_request``); one over the
+        server's limit, a :class:`PayloadTooLargeError`."""
+        path = f"/api/snapshots/{urllib.parse.quote(name, safe='')}"
+        return Snapshot._from(self._http.upload(path, archive, timeout))
 
     def list(self) -> List[Snapshot]:
         """The snapshots, with the runners that hold each."""

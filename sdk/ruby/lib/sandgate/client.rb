@@ -298,6 +298,33 @@ module Sandgate
       nil
     end
 
+    # PUTs the file at file to path as a tar archive, read as it is sent:
+    # the JSON answer.
+    def upload(path, file, timeout: nil)
+      uri = URI("#{@uri}#{path}")
+      wait = timeout || @timeout
+      File.open(file, "rb") do |body|
+        req = Net::HTTP::Put.new(uri.request_uri)
+        req["Authorization"] = "Bearer #{@api_key}"
+        req["Content-Type"] = "application/x-tar"
+        req.content_length = body.size
+        req.body_stream = body
+        begin
+          res = Net::HTTP.start(uri.hostname, uri.port, use_ssl: uri.scheme == "https",
+                                                        open_timeout: wait, read_timeout: wait,
+                                                        max_retries: 0) do |h|
+            h.request(req)
+          end
+        rescue StandardError => e
+          raise APIConnectionError.new("no answer from #{@uri}: #{e.message}", code: "unreachable")
+        end
+        text = res.body.to_s
+        raise failure(res, text) unless (200..299).cover?(res.code.to_i)
+
+        text.empty? ? nil : JSON.parse(text)
+      end
+    end
+
     private
 
     def request_once(method, path, body, timeout)
@@ -719,6 +746,15 @@ module Sandgate
     def create(name, image:, timeout: nil)
       body = { "name" => name, "image" => image }
       Snapshot.from(@http.request("POST", "/api/snapshots", body, timeout: timeout))
+    end
+
+    # Makes snapshot name (a Snapshot) on every runner from the root
+    # filesystem tar archive at the path archive (plain or gzip: what
+    # docker export writes), read as it is sent. A hostile or broken
+    # archive is a ValidationError (invalid_request); one over the
+    # server's limit, a PayloadTooLargeError.
+    def upload(name, archive:, timeout: nil)
+      Snapshot.from(@http.upload("/api/snapshots/#{Http.escape(name)}", archive, timeout: timeout))
     end
 
     # The snapshots, with the runners that hold each.
