@@ -239,6 +239,15 @@ impl Puller {
             let client = Client::try_from(config).map_err(|e| {
                 io::Error::other(format!("a client for registry {}: {e}", registry.host))
             })?;
+            if registry.insecure && registry.username.is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "registry {}: credentials are never sent over plain HTTP (insecure); use HTTPS with its CA in ca_file",
+                        registry.host
+                    ),
+                ));
+            }
             let auth = match (&registry.username, &registry.password) {
                 (Some(user), Some(password)) => RegistryAuth::Basic(user.clone(), password.clone()),
                 (None, None) => RegistryAuth::Anonymous,
@@ -332,7 +341,11 @@ impl Puller {
         let mut fetched = 0;
         for layer in &manifest.layers {
             let path = self.blob_path(&layer.digest)?;
-            if !path.exists() {
+            // Held only whole (written, synced, verified, renamed); one of
+            // another size is no blob of this digest: fetched again.
+            let held = std::fs::metadata(&path)
+                .is_ok_and(|m| i64::try_from(m.len()).is_ok_and(|n| n == layer.size));
+            if !held {
                 self.fetch(client, &reference, layer, &path)
                     .await
                     .map_err(|e| match e {
@@ -397,7 +410,10 @@ impl Puller {
         let pulled = client.pull_blob(reference, layer, &mut out).await;
         let result = match pulled {
             _ if out.over => Err(Fetch::Oversize),
-            Ok(()) => tokio::fs::rename(&partial, path).await.map_err(Fetch::Io),
+            Ok(()) => match out.inner.sync_all().await {
+                Ok(()) => tokio::fs::rename(&partial, path).await.map_err(Fetch::Io),
+                Err(e) => Err(Fetch::Io(e)),
+            },
             Err(e) => Err(Fetch::Registry(e)),
         };
         if result.is_err() {

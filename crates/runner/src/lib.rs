@@ -409,8 +409,13 @@ pub struct Runner {
     /// what the blob store keeps.
     image_refs: PathBuf,
     /// One snapshot change at a time (a pull and a delete of one name
-    /// must not interleave; two pulls share the blob store).
+    /// must not interleave; two pulls share the blob store, which a
+    /// change prunes).
     snapshot_changes: Mutex<()>,
+    /// The snapshots' files: read by a create until its record names its
+    /// snapshot (from then on the runtime refuses to replace or remove
+    /// it), written by a change only while it replaces or removes one.
+    snapshot_files: std::sync::RwLock<()>,
     // Behind a lock only because its event receiver is not `Sync`.
     dns: Arc<Mutex<DnsService>>,
     /// The name-checking gateway.
@@ -1074,6 +1079,7 @@ impl Runner {
             images,
             image_refs,
             snapshot_changes: Mutex::new(()),
+            snapshot_files: std::sync::RwLock::new(()),
             _lock: lock,
         })
     }
@@ -1191,10 +1197,15 @@ impl Runner {
         self.sandboxes
             .hand_over(&slot, organization, policy, secrets);
         let netns = Netns::path_of(&slot.netns);
-        if let Err(e) =
+        let made = {
+            let _files = self
+                .snapshot_files
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
             self.runtime
                 .create(id, snapshot, &netns, IpAddr::V4(slot.gateway4), resources)
-        {
+        };
+        if let Err(e) = made {
             self.sandboxes.forget(&slot);
             let mut dp = lock(&self.sandboxes.dp);
             if dp.delete(slot.index).is_err() {
@@ -1624,6 +1635,11 @@ impl Runner {
                 .into(),
             ));
         }
+        if name == BUILT_IN_SNAPSHOT {
+            return Err(RunnerError::Conflict(format!(
+                "snapshot {name} is built in"
+            )));
+        }
         let _one = lock(&self.snapshot_changes);
         let pulled = match &self.host {
             Some(ns) => ns.run(|| Ok(self.images.pull(image))).map_err(fault)?,
@@ -1636,9 +1652,12 @@ impl Runner {
             .map(std::fs::File::open)
             .collect::<io::Result<Vec<_>>>()
             .map_err(fault)?;
-        self.runtime
-            .import_layers(name, layers)
-            .map_err(|e| fault(e.into()))?;
+        {
+            let _files = self.files_changing();
+            self.runtime
+                .import_layers(name, layers)
+                .map_err(|e| fault(e.into()))?;
+        }
         let record = ImageRecord {
             image: pulled.reference.clone(),
             digest: pulled.digest.clone(),
@@ -1668,9 +1687,12 @@ impl Runner {
                 "snapshot {name} is built in"
             )));
         }
-        self.runtime
-            .import_snapshot(name, std::io::BufReader::new(archive))
-            .map_err(|e| fault(e.into()))?;
+        {
+            let _files = self.files_changing();
+            self.runtime
+                .import_snapshot(name, std::io::BufReader::new(archive))
+                .map_err(|e| fault(e.into()))?;
+        }
         match std::fs::remove_file(self.image_refs.join(format!("{name}.json"))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fault(e)),
             _ => {}
@@ -1698,15 +1720,26 @@ impl Runner {
         {
             return Err(RunnerError::NotFound(format!("no snapshot {name}")));
         }
-        self.runtime
-            .delete_snapshot(name)
-            .map_err(|e| fault(e.into()))?;
+        {
+            let _files = self.files_changing();
+            self.runtime
+                .delete_snapshot(name)
+                .map_err(|e| fault(e.into()))?;
+        }
         match std::fs::remove_file(self.image_refs.join(format!("{name}.json"))) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fault(e)),
             _ => {}
         }
         self.prune_images();
         Ok(())
+    }
+
+    /// Holds the snapshots' files for a change: no create is between its
+    /// check of a snapshot and the record that names it.
+    fn files_changing(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.snapshot_files
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Removes the blobs no recorded image snapshot uses (a failure is

@@ -33,12 +33,41 @@ fn archive<'a>(reader: impl Read + 'a) -> io::Result<Archive<Box<dyn Read + 'a>>
     Ok(archive)
 }
 
-/// Unpacks the archive `reader` into `root` (an empty directory).
-pub fn unpack(reader: impl Read, root: &Path) -> io::Result<()> {
+/// What a snapshot's files may still add up to, bytes, as its entries
+/// unpack.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    left: u64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Budget {
+        Budget { limit, left: limit }
+    }
+
+    /// Takes the entry's size from the budget; refused past it.
+    fn take(&mut self, entry: &tar::Entry<'_, impl Read>) -> io::Result<()> {
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        self.left = self.left.checked_sub(size).ok_or_else(|| {
+            bad(format!(
+                "the root filesystem passes the most a snapshot may hold unpacked ({} bytes)",
+                self.limit
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// Unpacks the archive `reader` into `root` (an empty directory), within
+/// `budget`.
+pub fn unpack(reader: impl Read, root: &Path, budget: &mut Budget) -> io::Result<()> {
     let mut archive = archive(reader)?;
     let mut entries = 0usize;
     for entry in archive.entries()? {
         let mut entry = entry.map_err(|e| bad(format!("reading the archive: {e}")))?;
+        budget.take(&entry)?;
         let kind = entry.header().entry_type();
         if matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo) {
             continue;
@@ -86,7 +115,7 @@ const OPAQUE: &str = ".wh..wh..opq";
 /// only what this layer put in it. Every path is resolved inside `root`
 /// (a link laid by a lower layer leads nowhere outside it). Returns the
 /// number of entries.
-pub fn apply_layer(reader: impl Read, root: &Path) -> io::Result<usize> {
+pub fn apply_layer(reader: impl Read, root: &Path, budget: &mut Budget) -> io::Result<usize> {
     let root_dir = std::fs::File::open(root)?;
     let mut archive = archive(reader)?;
     // What this layer put, with every directory above it: what an opaque
@@ -97,6 +126,7 @@ pub fn apply_layer(reader: impl Read, root: &Path) -> io::Result<usize> {
     let mut entries = 0usize;
     for entry in archive.entries()? {
         let mut entry = entry.map_err(|e| bad(format!("reading a layer: {e}")))?;
+        budget.take(&entry)?;
         let path = relative(&entry.path()?)?;
         entries += 1;
         let (parent, name) = match (path.parent(), path.file_name()) {

@@ -77,6 +77,11 @@ pub struct RuntimeConfig {
     pub disk_limit: Option<u64>,
     /// The most bytes of stdout and of stderr an exec returns.
     pub output_cap: usize,
+    /// The most a snapshot's files may add up to as unpacked (every
+    /// entry of an archive, or of all an image's layers): a compressed
+    /// archive that would fill the data directory is refused as it
+    /// unpacks.
+    pub snapshot_max_bytes: u64,
     /// A CA certificate (PEM) every sandbox made from now on trusts, beside
     /// its snapshot's: the name-checking gateway's, for the TLS it
     /// terminates (see [`bundle::TRUST_ENV`]).
@@ -96,6 +101,7 @@ impl RuntimeConfig {
             cpu_limit: None,
             disk_limit: None,
             output_cap: 1 << 20,
+            snapshot_max_bytes: 32 << 30,
             trusted_ca: None,
         }
     }
@@ -187,8 +193,11 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 /// Checks a name (see [`is_valid_name`]).
+/// The suffix of a snapshot being built.
+const STAGING: &str = ".building";
+
 fn check_name(kind: &'static str, name: &str) -> Result<()> {
-    if is_valid_name(name) {
+    if is_valid_name(name) && !(kind == "snapshot" && name.ends_with(STAGING)) {
         Ok(())
     } else {
         Err(RuntimeError::InvalidName {
@@ -385,6 +394,15 @@ impl Runtime {
         self.cfg.data_dir.join("snapshots").join(name)
     }
 
+    /// Where snapshot `name` is built before it takes its place: its name
+    /// and `.building` (no snapshot's name ends so: [`check_name`]).
+    fn snapshot_staging(&self, name: &str) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("snapshots")
+            .join(format!("{name}{STAGING}"))
+    }
+
     fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("sandboxes").join(id)
     }
@@ -414,7 +432,7 @@ impl Runtime {
     /// link per applet, `/etc/hosts`, `/etc/passwd`, `/etc/group`, `/tmp`.
     pub fn build_busybox(&self, name: &str) -> Result<()> {
         check_name("snapshot", name)?;
-        let staging = self.snapshot_dir(name).with_extension("building");
+        let staging = self.snapshot_staging(name);
         remove_staging(&staging);
         let root = staging.join("rootfs");
         for d in [
@@ -460,11 +478,11 @@ impl Runtime {
     /// changes.
     pub fn import_snapshot(&self, name: &str, archive: impl io::Read) -> Result<()> {
         check_name("snapshot", name)?;
-        let dir = self.snapshot_dir(name);
-        let staging = dir.with_extension("building");
+        let staging = self.snapshot_staging(name);
         remove_staging(&staging);
         fs::create_dir_all(staging.join("rootfs"))?;
-        if let Err(e) = import::unpack(archive, &staging.join("rootfs")) {
+        let mut budget = import::Budget::new(self.cfg.snapshot_max_bytes);
+        if let Err(e) = import::unpack(archive, &staging.join("rootfs"), &mut budget) {
             remove_staging(&staging);
             return Err(e.into());
         }
@@ -482,15 +500,16 @@ impl Runtime {
         layers: impl IntoIterator<Item = R>,
     ) -> Result<()> {
         check_name("snapshot", name)?;
-        let staging = self.snapshot_dir(name).with_extension("building");
+        let staging = self.snapshot_staging(name);
         remove_staging(&staging);
         let root = staging.join("rootfs");
         fs::create_dir_all(&root)?;
+        let mut budget = import::Budget::new(self.cfg.snapshot_max_bytes);
         let applied = layers
             .into_iter()
             .enumerate()
             .try_for_each(|(i, layer)| {
-                import::apply_layer(layer, &root)
+                import::apply_layer(layer, &root, &mut budget)
                     .map(|_| ())
                     .map_err(|e| match RuntimeError::from(e) {
                         RuntimeError::Archive(what) => {

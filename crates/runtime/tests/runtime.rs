@@ -677,7 +677,7 @@ fn raw_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
 
 #[test]
 fn snapshots_from_image_layers_apply_whiteouts_and_opaque_directories_inside_the_root() {
-    let mut f = Fixture::new("layers", |_| {});
+    let mut f = Fixture::new("layers", |c| c.snapshot_max_bytes = 16 << 20);
     // The lowest layer: the busybox root filesystem.
     let root = f.dir.join("snapshots/busybox/rootfs");
     let base = f.dir.join("base.tar");
@@ -765,6 +765,14 @@ fn snapshots_from_image_layers_apply_whiteouts_and_opaque_directories_inside_the
             "a directory kind over the root",
             raw_tar(&[("./", Directory, "")]),
         ),
+        // 32 MiB of zeros, a few KiB gzip-compressed: past the snapshot's
+        // unpacked limit (16 MiB), refused as it unpacks.
+        ("a gzip bomb", {
+            let zeros = "\0".repeat(32 << 20);
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::Write::write_all(&mut gz, &raw_tar(&[("zeros", Regular, &zeros)])).unwrap();
+            gz.finish().unwrap()
+        }),
     ];
     for (what, bytes) in hostile {
         let layers: Vec<Box<dyn std::io::Read>> = vec![

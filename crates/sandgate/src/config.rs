@@ -14,6 +14,7 @@
 //!
 //! [images]                      # snapshots from OCI images (POST /api/snapshots)
 //! max_bytes = 8589934592        # the most an image's layers may add up to
+//! max_unpacked_bytes = 34359738368   # and a snapshot's files, unpacked
 //! [[images.registries]]         # the only registries a runner pulls from
 //! host = "registry.example.com:5000"
 //! ca_file = "/etc/sandgate/registry-ca.pem"   # trusted beside the built-in roots
@@ -48,6 +49,8 @@ struct FileRepr {
 struct ImagesRepr {
     /// The most an image's layers may add up to, bytes.
     max_bytes: Option<u64>,
+    /// The most a snapshot's files may add up to unpacked, bytes.
+    max_unpacked_bytes: Option<u64>,
     /// The registries runners may pull from.
     #[serde(default)]
     registries: Vec<RegistryRepr>,
@@ -101,6 +104,9 @@ pub struct Config {
     /// The most an image's layers may add up to, bytes (the runner's
     /// default unless said).
     pub max_image_bytes: Option<u64>,
+    /// The most a snapshot's files may add up to unpacked, bytes (the
+    /// runtime's default unless said).
+    pub max_unpacked_bytes: Option<u64>,
 }
 
 fn config_error(message: String) -> PolicyError {
@@ -122,6 +128,7 @@ impl Config {
                 placement: BTreeMap::new(),
                 registries: Vec::new(),
                 max_image_bytes: None,
+                max_unpacked_bytes: None,
             });
         };
         let text = read(path)?;
@@ -196,6 +203,7 @@ impl Config {
             placement,
             registries,
             max_image_bytes: repr.images.max_bytes,
+            max_unpacked_bytes: repr.images.max_unpacked_bytes,
         })
     }
 
@@ -205,6 +213,9 @@ impl Config {
         runner.registries = self.registries.clone();
         if let Some(max) = self.max_image_bytes {
             runner.max_image_bytes = max;
+        }
+        if let Some(max) = self.max_unpacked_bytes {
+            runner.runtime.snapshot_max_bytes = max;
         }
     }
 }

@@ -159,6 +159,9 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// The largest snapshot archive taken, bytes.
     pub snapshot_upload_limit: u64,
+    /// One snapshot change at a time ([`snapshots`]): two of one name
+    /// never reach the runners in different orders.
+    pub snapshot_changes: tokio::sync::Mutex<()>,
     /// Becomes `true` when the server stops: endless streams end then.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// See [`ServerConfig::max_sandboxes_per_org`].
@@ -410,6 +413,7 @@ impl Server {
             catalog: Arc::new(cfg.catalog),
             admin_token: cfg.admin_token,
             snapshot_upload_limit: cfg.snapshot_upload_limit,
+            snapshot_changes: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::channel(false).0,
             max_sandboxes_per_org: cfg.max_sandboxes_per_org,
             execs: Arc::new(tokio::sync::Semaphore::new(EXECS)),

@@ -6,7 +6,9 @@
 //! runner of the fleet in turn, so that a sandbox can start from the
 //! snapshot wherever it is placed; a runner that failed leaves the others
 //! with it, and the same request again completes it (a runner that holds
-//! the image's layers fetches nothing).
+//! the image's layers fetches nothing). One change at a time
+//! ([`AppState::snapshot_changes`]), each run to its end on a task of its
+//! own: a client that goes away midway leaves no runner behind the others.
 
 use crate::error::ApiError;
 use crate::service::on_runner;
@@ -14,6 +16,27 @@ use crate::AppState;
 use axum::http::StatusCode;
 use sandgate_contract::PulledSnapshot;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A change, to run on a task of its own.
+type Change<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send>>;
+
+/// Runs `work` (given the state) on a task of its own, under the
+/// snapshots' lock: it ends whether or not its caller waits.
+async fn change<T: Send + 'static>(
+    st: &Arc<AppState>,
+    work: impl FnOnce(Arc<AppState>) -> Change<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let st = st.clone();
+    tokio::spawn(async move {
+        let _one = st.snapshot_changes.lock().await;
+        work(st.clone()).await
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
 
 /// The longest image reference taken.
 const IMAGE_MAX: usize = 512;
@@ -30,7 +53,14 @@ pub struct Made {
 /// Makes snapshot `name` from `image` on every runner. 409
 /// `snapshot_in_use` while a sandbox uses a snapshot of that name (its
 /// files must not change under it).
-pub async fn pull(st: &AppState, name: String, image: String) -> Result<Made, ApiError> {
+pub async fn pull(st: &Arc<AppState>, name: String, image: String) -> Result<Made, ApiError> {
+    change(st, move |st| {
+        Box::pin(async move { pull_now(&st, name, image).await })
+    })
+    .await
+}
+
+async fn pull_now(st: &AppState, name: String, image: String) -> Result<Made, ApiError> {
     crate::api::check_name("snapshot", &name)?;
     if image.is_empty() || image.len() > IMAGE_MAX || image.chars().any(char::is_whitespace) {
         return Err(ApiError::new(
@@ -65,7 +95,7 @@ pub const ARCHIVE_TYPES: &[&str] = &[
 /// 413 `payload_too_large`, said as soon as the body passes it). The
 /// runners that made it, in the fleet's order.
 pub async fn upload(
-    st: &AppState,
+    st: &Arc<AppState>,
     name: String,
     body: axum::body::Body,
 ) -> Result<Vec<String>, ApiError> {
@@ -98,15 +128,21 @@ pub async fn upload(
             "the body is empty: send a root filesystem tar archive",
         ));
     }
-    let mut runners = Vec::new();
-    for member in st.fleet.members() {
-        file.rewind()?;
-        let (n, archive) = (name.clone(), file.try_clone()?);
-        on_runner(st, &member.name, move |r| r.import_snapshot(&n, archive)).await?;
-        tracing::info!(runner = %member.name, snapshot = %name, bytes = taken, "snapshot made from an archive");
-        runners.push(member.name.clone());
-    }
-    Ok(runners)
+    change(st, move |st| {
+        Box::pin(async move {
+            in_use(&st, &name).await?;
+            let mut runners = Vec::new();
+            for member in st.fleet.members() {
+                file.rewind()?;
+                let (n, archive) = (name.clone(), file.try_clone()?);
+                on_runner(&st, &member.name, move |r| r.import_snapshot(&n, archive)).await?;
+                tracing::info!(runner = %member.name, snapshot = %name, bytes = taken, "snapshot made from an archive");
+                runners.push(member.name.clone());
+            }
+            Ok(runners)
+        })
+    })
+    .await
 }
 
 /// The snapshots of every runner that answers: name, and the runners
@@ -133,7 +169,14 @@ pub async fn list(st: &AppState) -> Result<BTreeMap<String, Vec<String>>, ApiErr
 
 /// Removes snapshot `name` from every runner: 409 `snapshot_in_use`
 /// while a sandbox uses it, 404 when no runner has it.
-pub async fn delete(st: &AppState, name: String) -> Result<(), ApiError> {
+pub async fn delete(st: &Arc<AppState>, name: String) -> Result<(), ApiError> {
+    change(st, move |st| {
+        Box::pin(async move { delete_now(&st, name).await })
+    })
+    .await
+}
+
+async fn delete_now(st: &AppState, name: String) -> Result<(), ApiError> {
     crate::api::check_name("snapshot", &name)?;
     in_use(st, &name).await?;
     let mut found = false;

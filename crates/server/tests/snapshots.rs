@@ -147,6 +147,14 @@ fn the_operator_makes_snapshots_from_images_that_sandboxes_start_from() {
             "invalid_image",
         ),
         (json!({"name": "../x", "image": image}), 400, "invalid_name"),
+        // The built-in snapshot is never replaced; a name the runtime
+        // keeps for building is none.
+        (json!({"name": "busybox", "image": image}), 409, "conflict"),
+        (
+            json!({"name": "x.building", "image": image}),
+            400,
+            "invalid_request",
+        ),
         (
             json!({"name": "x", "image": image, "tag": "1"}),
             422,
