@@ -69,24 +69,41 @@ pub fn unpack(reader: impl Read, root: &Path, budget: &mut Budget) -> io::Result
         let mut entry = entry.map_err(|e| bad(format!("reading the archive: {e}")))?;
         budget.take(&entry)?;
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo) {
+        if skipped(kind) {
             continue;
         }
         let path = entry.path()?.display().to_string();
-        let unpacked = entry
-            .unpack_in(root)
-            .map_err(|e| bad(format!("entry {path:?}: {e}")))?;
-        if !unpacked {
-            return Err(bad(format!(
-                "entry {path:?} points outside the root filesystem"
-            )));
-        }
+        unpack_inside(&mut entry, root, &path)?;
         entries += 1;
     }
     if entries == 0 {
         return Err(bad("the archive has no entries".into()));
     }
     has_shell(root)
+}
+
+/// Whether entries of `kind` are left out: device nodes and FIFOs (a
+/// sandbox's `/dev` is a fresh tmpfs, and its device access is denied).
+fn skipped(kind: EntryType) -> bool {
+    matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo)
+}
+
+/// Unpacks `entry` (named `path`) inside `root` (the `tar` crate's
+/// checks); refused if it would land outside.
+fn unpack_inside(
+    entry: &mut tar::Entry<'_, impl Read>,
+    root: &Path,
+    path: &impl std::fmt::Debug,
+) -> io::Result<()> {
+    let unpacked = entry
+        .unpack_in(root)
+        .map_err(|e| bad(format!("entry {path:?}: {e}")))?;
+    if !unpacked {
+        return Err(bad(format!(
+            "entry {path:?} points outside the root filesystem"
+        )));
+    }
+    Ok(())
 }
 
 /// Refused unless `root` has a `/bin/sh` (a link to one counts), which
@@ -146,7 +163,7 @@ pub fn apply_layer(reader: impl Read, root: &Path, budget: &mut Budget) -> io::R
             continue;
         }
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::Char | EntryType::Block | EntryType::Fifo) {
+        if skipped(kind) {
             continue;
         }
         // A directory over a directory merges; anything else replaces
@@ -158,14 +175,7 @@ pub fn apply_layer(reader: impl Read, root: &Path, budget: &mut Budget) -> io::R
                 }
             }
         }
-        let unpacked = entry
-            .unpack_in(root)
-            .map_err(|e| bad(format!("entry {path:?}: {e}")))?;
-        if !unpacked {
-            return Err(bad(format!(
-                "entry {path:?} points outside the root filesystem"
-            )));
-        }
+        unpack_inside(&mut entry, root, &path)?;
         written.extend(path.ancestors().map(Path::to_path_buf));
     }
     for hidden in whiteouts {

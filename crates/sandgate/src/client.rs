@@ -119,7 +119,16 @@ impl Client {
                 }
             }
         };
-        let mut response = result.map_err(|e| self.unreachable(e))?;
+        self.answer(result)
+    }
+
+    /// The JSON answer of a request sent (`null` for none), or the
+    /// failure.
+    fn answer(
+        &self,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, ApiFailure> {
+        let mut response = sent.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -143,16 +152,7 @@ impl Client {
             r = r.header("Authorization", format!("Bearer {k}"));
         }
         let mut reader = std::io::BufReader::new(file);
-        let mut response = r
-            .send(ureq::SendBody::from_reader(&mut reader))
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if (200..300).contains(&status) {
-            return Ok(value);
-        }
-        Err(failure(status, &text, value))
+        self.answer(r.send(ureq::SendBody::from_reader(&mut reader)))
     }
 
     /// The failure of a call the server did not answer.

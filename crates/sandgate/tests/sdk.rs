@@ -118,23 +118,7 @@ fn setup() -> Setup {
 /// busybox root with `/etc/app.conf` ("from the archive"); its path.
 fn archive(dir: &Path) -> String {
     let archive = dir.join("exported.tar");
-    let extra = dir.join("archive-extra");
-    std::fs::create_dir_all(extra.join("etc")).unwrap();
-    std::fs::write(extra.join("etc/app.conf"), "from the archive\n").unwrap();
-    for (root, op) in [
-        (dir.join("runner/runtime/snapshots/busybox/rootfs"), "-cf"),
-        (extra, "-rf"),
-    ] {
-        let tarred = Command::new("tar")
-            .arg("-C")
-            .arg(root)
-            .arg(op)
-            .arg(&archive)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(tarred.success());
-    }
+    busybox_archive(dir, &archive, Some(("etc/app.conf", "from the archive\n")));
     archive.to_string_lossy().into_owned()
 }
 

@@ -275,15 +275,7 @@ fn the_cli_drives_the_server_and_a_killed_server_restarts_with_everything_enforc
     // From an archive (`docker export`'s shape): the runner's own busybox
     // root, uploaded; a file that is not there is said so.
     let archive = dir.join("exported.tar");
-    let tarred = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(dir.join("runner/runtime/snapshots/busybox/rootfs"))
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(tarred.success());
+    busybox_archive(&dir, &archive, None);
     let (code, v) = cli(
         &url,
         TOKEN,
@@ -1101,23 +1093,7 @@ fn a_server_drives_the_sandgate_runner_of_its_host_and_either_restarts_alone() {
     // A snapshot uploaded through the API reaches the runner over its
     // link (streamed, spooled there), and a sandbox starts from it.
     let archive = dir.join("up.tar");
-    let extra = dir.join("up-extra");
-    std::fs::create_dir_all(extra.join("etc")).unwrap();
-    std::fs::write(extra.join("etc/marker"), "uploaded\n").unwrap();
-    for (root, op) in [
-        (dir.join("runner/runtime/snapshots/busybox/rootfs"), "-cf"),
-        (extra, "-rf"),
-    ] {
-        let tarred = Command::new("tar")
-            .arg("-C")
-            .arg(root)
-            .arg(op)
-            .arg(&archive)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(tarred.success());
-    }
+    busybox_archive(&dir, &archive, Some(("etc/marker", "uploaded\n")));
     let (code, v) = cli(
         &url,
         TOKEN,

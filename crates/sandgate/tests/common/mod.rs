@@ -82,6 +82,36 @@ pub fn cli(url: &str, key: &str, args: &[&str]) -> (i32, Value) {
     cli_keyed(url, Some(key), args)
 }
 
+/// Writes at `archive` a root filesystem archive (`docker export`'s
+/// shape): the busybox root of the runner whose data is in `dir`, with
+/// the file `extra` (its path under the root, its content) over it if
+/// given.
+pub fn busybox_archive(
+    dir: &std::path::Path,
+    archive: &std::path::Path,
+    extra: Option<(&str, &str)>,
+) {
+    let mut roots = vec![(dir.join("runner/runtime/snapshots/busybox/rootfs"), "-cf")];
+    if let Some((path, content)) = extra {
+        let more = archive.with_extension("extra");
+        let file = more.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, content).unwrap();
+        roots.push((more, "-rf"));
+    }
+    for (root, op) in roots {
+        let tarred = Command::new("tar")
+            .arg("-C")
+            .arg(root)
+            .arg(op)
+            .arg(archive)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(tarred.success());
+    }
+}
+
 /// A new organization named `name` of `tier`, made with the operator
 /// token `token` through the CLI: its id and a key of it.
 pub fn organization(url: &str, token: &str, name: &str, tier: u8) -> (String, String) {

@@ -518,6 +518,11 @@ class _Http:
         req.add_header("Authorization", f"Bearer {self.api_key}")
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        return self._send(req, path, timeout)
+
+    def _send(self, req: urllib.request.Request, path: str, timeout: Optional[float]) -> Any:
+        """Sends ``req`` (to ``path``): its JSON answer (``None`` for none),
+        or the typed error."""
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 text = resp.read().decode()
@@ -544,17 +549,7 @@ class _Http:
             req.add_header("Authorization", f"Bearer {self.api_key}")
             req.add_header("Content-Type", "application/x-tar")
             req.add_header("Content-Length", str(size))
-            try:
-                with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
-                    text = resp.read().decode()
-            except urllib.error.HTTPError as e:
-                raise _http_error(e) from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-                reason = getattr(e, "reason", e)
-                raise APIConnectionError(
-                    f"no answer from {self.api_url}: {reason}", code="unreachable"
-                ) from None
-        return json.loads(text) if text else None
+            return self._send(req, path, timeout)
 
     def stream(self, path: str, timeout: Optional[float] = None) -> Iterator[Tuple[str, Any]]:
         """Server-sent events from ``path``: ``(event, data)`` pairs, each

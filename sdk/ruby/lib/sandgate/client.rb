@@ -309,19 +309,7 @@ module Sandgate
         req["Content-Type"] = "application/x-tar"
         req.content_length = body.size
         req.body_stream = body
-        begin
-          res = Net::HTTP.start(uri.hostname, uri.port, use_ssl: uri.scheme == "https",
-                                                        open_timeout: wait, read_timeout: wait,
-                                                        max_retries: 0) do |h|
-            h.request(req)
-          end
-        rescue StandardError => e
-          raise APIConnectionError.new("no answer from #{@uri}: #{e.message}", code: "unreachable")
-        end
-        text = res.body.to_s
-        raise failure(res, text) unless (200..299).cover?(res.code.to_i)
-
-        text.empty? ? nil : JSON.parse(text)
+        send_request(uri, req, wait)
       end
     end
 
@@ -335,7 +323,12 @@ module Sandgate
         req["Content-Type"] = "application/json"
         req.body = JSON.generate(body)
       end
-      wait = timeout || @timeout
+      send_request(uri, req, timeout || @timeout)
+    end
+
+    # Sends req to uri, waiting at most wait seconds: its JSON answer (nil
+    # for none), or the typed error.
+    def send_request(uri, req, wait)
       begin
         # hostname: an IPv6 address without its brackets; no silent retry
         # of a GET or DELETE that timed out.
