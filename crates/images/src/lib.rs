@@ -18,6 +18,8 @@
 //! The [`oci_client`] crate speaks the distribution protocol (tokens,
 //! manifests, indexes, blobs); TLS is rustls with ring, the workspace's.
 
+pub mod debian;
+
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;

@@ -52,6 +52,9 @@ pub fn serve(conn: &mut impl ReadWrite, peer: Option<IpAddr>) -> io::Result<()> 
                 .unwrap_or_default();
             let from = peer.map_or_else(|| "?".into(), |p| p.to_canonical().to_string());
             let path = request.path.unwrap_or("?");
+            if let Some((status, kind, body)) = crate::mirrors::answer(path) {
+                return answer_as(conn, status, kind, &body);
+            }
             if let Some(n) = path.strip_prefix(BYTES).and_then(|n| n.parse::<u64>().ok()) {
                 return bytes(conn, n.min(BYTES_MAX));
             }
@@ -124,16 +127,25 @@ fn bytes(conn: &mut impl ReadWrite, n: u64) -> io::Result<()> {
 }
 
 fn answer(conn: &mut impl ReadWrite, status: u16, body: &str) -> io::Result<()> {
+    answer_as(conn, status, "text/plain", body.as_bytes())
+}
+
+fn answer_as(conn: &mut impl ReadWrite, status: u16, kind: &str, body: &[u8]) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
-        _ => "Request Header Fields Too Large",
+        404 => "Not Found",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
     };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(response.as_bytes())?;
+    conn.write_all(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    conn.write_all(body)?;
     conn.flush()
 }
 

@@ -11,7 +11,9 @@
 //!   2001:db8::/32 addresses ([`addrs`]): TCP echo, a TCP stream source, UDP
 //!   echo, HTTP, HTTPS with a certificate of the lab's own CA
 //!   ([`Lab::ca_pem`]), and an authoritative DNS server ([`dns::Zone`]) for
-//!   the catalog's names and the test domains, which counts its queries.
+//!   the catalog's names and the test domains, which counts its queries;
+//!   and, under the HTTP servers, stand-ins of the essential services a
+//!   Debian sandbox uses ([`mirrors`]: apt, PyPI, npm).
 //!
 //! [`Lab`] removes itself on drop, also when a test panics; labs left by a
 //! killed process are swept by the next [`Lab::up`].
@@ -21,6 +23,7 @@ pub mod bench;
 pub mod debian;
 pub mod dns;
 mod http;
+pub mod mirrors;
 pub mod registry;
 mod servers;
 pub mod tls;

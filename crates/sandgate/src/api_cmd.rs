@@ -1424,18 +1424,37 @@ pub enum SnapshotCommand {
     /// Make a snapshot on every runner (operator token), from an OCI
     /// image (`--image`: each runner pulls it from a registry the operator
     /// configured, `[[images.registries]]`) or a root filesystem tar
-    /// archive (`--file`: what `docker export` writes, plain or gzip). A
-    /// snapshot of that name is replaced, unless a sandbox uses it.
+    /// archive (`--file`: what `docker export` writes, plain or gzip), or
+    /// Debian's own packages (`--debian`: apt, python3 with pip, curl,
+    /// node with npm; built here with `mmdebstrap` from the Debian mirror
+    /// this machine's apt sources name, once, then taken from the cache,
+    /// `SANDGATE_CACHE` or /var/cache/sandgate). A snapshot of that name is
+    /// replaced, unless a sandbox uses it.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["image", "file", "debian"])))]
     Create {
         /// Its name (what `sandbox create --snapshot` names).
         name: String,
         /// The image: `python:3.12-slim`, `registry.example.com/team/tool:1.2`,
         /// or pinned, `...@sha256:...`.
-        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        #[arg(long)]
         image: Option<String>,
         /// A root filesystem tar archive, plain or gzip.
         #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
+        /// A Debian root filesystem, built from Debian's packages.
+        #[arg(long)]
+        debian: bool,
+        /// With `--debian`: the release.
+        #[arg(long, requires = "debian", default_value = sandgate_images::debian::SUITE)]
+        suite: String,
+        /// With `--debian`: more packages, beyond the default ones.
+        #[arg(
+            long,
+            requires = "debian",
+            value_delimiter = ',',
+            value_name = "PACKAGE,..."
+        )]
+        include: Vec<String>,
     },
     /// List the snapshots and the runners that hold each.
     List,
@@ -1485,7 +1504,49 @@ pub fn snapshot(cli: SnapshotCli, out: &Output) -> ExitCode {
                     "application/x-tar",
                 )
             }),
-        SnapshotCommand::Create { .. } => unreachable!("clap requires --image or --file"),
+        SnapshotCommand::Create {
+            name,
+            suite,
+            include,
+            ..
+        } => {
+            let extra: Vec<&str> = include.iter().map(String::as_str).collect();
+            if !out.json {
+                eprintln!(
+                    "building the Debian root filesystem ({suite}; once, then from the cache)"
+                );
+            }
+            sandgate_images::debian::rootfs_tarball(&suite, &extra)
+                .map_err(|e| ApiFailure {
+                    status: if e.kind() == std::io::ErrorKind::InvalidInput {
+                        400
+                    } else {
+                        0
+                    },
+                    code: if e.kind() == std::io::ErrorKind::InvalidInput {
+                        "invalid_package".into()
+                    } else {
+                        "debian_build_failed".into()
+                    },
+                    message: format!("the Debian root filesystem: {e}"),
+                    body: Value::Null,
+                })
+                .and_then(|tarball| {
+                    std::fs::File::open(&tarball).map_err(|e| ApiFailure {
+                        status: 0,
+                        code: "debian_build_failed".into(),
+                        message: format!("{}: {e}", tarball.display()),
+                        body: Value::Null,
+                    })
+                })
+                .and_then(|f| {
+                    c.upload(
+                        &format!("/api/snapshots/{}", path_part(&name)),
+                        f,
+                        "application/x-tar",
+                    )
+                })
+        }
         SnapshotCommand::List => c.call("GET", "/api/snapshots", None),
         SnapshotCommand::Delete { name } => c.call(
             "DELETE",

@@ -10,7 +10,8 @@
 //! updates one sandbox live and tests it again; then names bound to
 //! connections (an allowed name and another on one shared address) and a
 //! secret (its value reaches its host, the placeholder another host,
-//! nothing of it is in the sandbox). Each row sets what REQUIREMENTS.md
+//! nothing of it is in the sandbox); then the reference's checks in
+//! sandboxes of the Debian snapshot (`debian_rows`). Each row sets what REQUIREMENTS.md
 //! section 1 says against what was observed; a row is ok when they agree
 //! and the server's own `explain` agrees too. The reference's example
 //! addresses are data to create and explain, never probed. Then everything
@@ -294,12 +295,183 @@ fn gateway_rows(
     Ok(rows)
 }
 
+/// What the demo's Debian sandboxes start from: the tarball built from
+/// Debian's packages, the lab CA's certificate and the lab archive's key
+/// (what a user of a mirror of their own would trust), or why there is
+/// none.
+type DebianSetup = Result<(std::path::PathBuf, (String, String)), String>;
+
+/// The reference's checks (`curl -I`, `apt update`, `npm ping`,
+/// `pip install --dry-run requests`) in a sandbox of the Debian snapshot,
+/// in restricted mode and in allowlist mode (a lab address listed):
+/// `curl -I` to the listed address and to one no list names, and the
+/// package services under the catalog's names (the lab's stand-ins,
+/// `sandgate_lab::mirrors`). The snapshot is uploaded through the API and
+/// removed after, with the sandboxes. When it could not be built (no
+/// Debian mirror), one row says so and the rest of the demo runs.
+fn debian_rows(
+    admin: &Client,
+    (tier2, tier3): (&Client, &Client),
+    debian: &DebianSetup,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<Row>, Failure> {
+    let (tarball, trust) = match debian {
+        Ok(setup) => setup,
+        Err(why) => {
+            progress(&format!(
+                "the Debian snapshot could not be built, its checks are skipped: {why}"
+            ));
+            return Ok(vec![Row {
+                sandbox: "tier2/3-debian-*".into(),
+                mode: "-".into(),
+                target: "the reference's checks in a Debian sandbox".into(),
+                expected: "run, or skipped without a Debian mirror".into(),
+                observed: format!("skipped: {why}"),
+                ok: true,
+            }]);
+        }
+    };
+    progress("uploading the Debian snapshot (python3, pip, curl, node, npm)");
+    let file = std::fs::File::open(tarball).map_err(|e| format!("{}: {e}", tarball.display()))?;
+    admin
+        .upload("/api/snapshots/debian", file, "application/x-tar")
+        .map_err(api_err("upload the Debian snapshot"))?;
+    const TRUST: &str = "/root/trusted.pem";
+    let listed = sandgate_lab::addrs::SERVER4_B;
+    let unlisted = sandgate_lab::addrs::SERVER6_B;
+    let sandboxes = [
+        (
+            "tier2-debian-restricted",
+            tier2,
+            json!({"snapshot": "debian"}),
+        ),
+        (
+            "tier3-debian-allowlist",
+            tier3,
+            json!({"snapshot": "debian", "networkAllowList": format!("{listed}/32")}),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, c, mut body) in sandboxes.clone() {
+        progress(&format!("creating {name} from the Debian snapshot"));
+        body["name"] = json!(name);
+        let made = c
+            .call("POST", "/api/sandbox", Some(&body))
+            .map_err(api_err("create sandbox"))?;
+        let mode = made["effectiveNetwork"]["mode"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        // The system bundle of a sandbox is read-only (its processes
+        // cannot trust another CA behind each other's backs): the checks
+        // are pointed at a bundle of their own, as a user of a mirror with
+        // a CA of its own would.
+        let env: serde_json::Map<String, Value> = [
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "REQUESTS_CA_BUNDLE",
+            "PIP_CERT",
+            "NODE_EXTRA_CA_CERTS",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), json!(TRUST)))
+        .collect();
+        let exec = |command: &str| {
+            c.call(
+                "POST",
+                &format!("/api/sandbox/{name}/process/execute"),
+                Some(&json!({"command": command, "timeout": 120, "env": env})),
+            )
+            .map_err(api_err("exec"))
+        };
+        let setup = exec(&format!(
+            "set -e\ncat /etc/ssl/certs/ca-certificates.crt - > {TRUST} <<'EOF'\n{}\nEOF\n\
+             cat > /etc/apt/trusted.gpg.d/sandgate-lab.asc <<'EOF'\n{}\nEOF",
+            trust.0.trim(),
+            trust.1.trim()
+        ))?;
+        if setup["exitCode"] != 0 {
+            return Err(format!(
+                "{name}: trusting the lab's CA and archive key: exit {}: {}",
+                setup["exitCode"], setup["result"]
+            ));
+        }
+        let allowlist = mode == "allowlist";
+        let checks = [
+            (
+                format!("curl -I https://{listed} (listed)"),
+                format!("curl -sS -I --max-time 5 https://{listed}/"),
+                allowlist,
+            ),
+            (
+                format!("curl -I https://[{unlisted}] (no list names it)"),
+                format!("curl -sS -I --max-time 5 'https://[{unlisted}]/'"),
+                false,
+            ),
+            ("apt update".to_string(), "apt update".to_string(), true),
+            ("npm ping".to_string(), "npm ping".to_string(), true),
+            (
+                "pip install --dry-run requests".to_string(),
+                "pip install --dry-run requests".to_string(),
+                true,
+            ),
+        ];
+        for (target, command, want) in checks {
+            progress(&format!("{name}: {target}"));
+            let r = exec(&command)?;
+            let passed = r["exitCode"] == 0;
+            // curl fails as a denial does: no connection (7), or none in
+            // time (28); any other failure (a certificate, say) is not one.
+            let denial = !command.starts_with("curl")
+                || [7, 28].contains(&r["exitCode"].as_i64().unwrap_or(0));
+            if passed != want || !(passed || denial) {
+                progress(&format!(
+                    "{name}: {command}: {}",
+                    r["result"].as_str().unwrap_or_default()
+                ));
+            }
+            let said = if passed { "passes" } else { "fails" };
+            let last = r["result"]
+                .as_str()
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .chars()
+                .take(100)
+                .collect::<String>();
+            let ok = passed == want && (passed || denial);
+            rows.push(Row {
+                sandbox: name.into(),
+                mode: mode.clone(),
+                target,
+                expected: if want { "passes" } else { "fails" }.into(),
+                observed: if ok {
+                    said.to_string()
+                } else {
+                    format!("{said}: {last}")
+                },
+                ok,
+            });
+        }
+    }
+    for (name, c, _) in sandboxes {
+        c.call("DELETE", &format!("/api/sandbox/{name}"), None)
+            .map_err(api_err("delete"))?;
+    }
+    admin
+        .call("DELETE", "/api/snapshots/debian", None)
+        .map_err(api_err("delete the Debian snapshot"))?;
+    Ok(rows)
+}
+
 /// The demo's requests, made from inside the lab's host namespace;
 /// `essential` is a name of the catalog (the lab answers it).
 fn scenario(
     admin: &Client,
     (runner, lab_ca): (&sandgate_runner::RunnerConfig, &str),
-    essential: Option<&str>,
+    (essential, debian): (Option<&str>, &DebianSetup),
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<Row>, Failure> {
     let mut rows = Vec::new();
@@ -452,6 +624,7 @@ fn scenario(
     }
 
     rows.extend(gateway_rows(key(4)?, runner, lab_ca, progress)?);
+    rows.extend(debian_rows(admin, (key(2)?, key(3)?), debian, progress)?);
 
     progress("deleting the sandboxes");
     for (tier, name, _) in sandboxes() {
@@ -545,6 +718,15 @@ fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, F
     cfg.probe_targets = sandgate_lab::probe_targets(&config.catalog);
     let runner_cfg = cfg.runner.clone();
     let essential = sandgate_lab::catalog_name(&config.catalog);
+    // Built here, in this machine's namespaces (the lab's have no way to
+    // Debian's mirror): once, then from the cache.
+    progress("building the Debian snapshot (once, then from the cache)");
+    let debian: DebianSetup = sandgate_lab::debian::rootfs_tarball()
+        .map_err(|e| e.to_string())
+        .and_then(|tarball| {
+            let key = sandgate_lab::mirrors::apt_key().map_err(|e| e.to_string())?;
+            Ok((tarball, (lab.ca_pem().to_string(), key.to_string())))
+        });
     let result = (|| {
         progress("starting the server in the lab's host namespace");
         // The API listens on loopback inside the lab's host namespace.
@@ -557,7 +739,7 @@ fn demo(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Vec<Row>, F
                 Ok(scenario(
                     &admin,
                     (&runner_cfg, lab.ca_pem()),
-                    essential.as_deref(),
+                    (essential.as_deref(), &debian),
                     progress,
                 ))
             })

@@ -1950,3 +1950,124 @@ fn secrets_are_stored_held_and_removed_from_the_command_line() {
         "{said}"
     );
 }
+
+/// A Debian snapshot, made by the operator from the command line (built
+/// from Debian's packages once, then from the cache: the lab's tarball,
+/// whose packages are the snapshot's and `EXTRA`). A sandbox of it
+/// reaches the lab's stand-ins of apt, PyPI and npm under the catalog's
+/// names in restricted mode, and apt trusts the stand-in's archive only
+/// once its key is given: what apt is sent is verified.
+#[test]
+fn the_operator_makes_a_debian_snapshot_whose_sandboxes_reach_the_package_services() {
+    let lab = Lab::up().unwrap();
+    let dir = std::env::temp_dir().join(format!("sandgate-debian-{}", lab.tag()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let guard = Cleanup {
+        dir: dir.clone(),
+        server: Some(start_server(&lab, &dir)),
+    };
+    let url = guard.server.as_ref().unwrap().url.clone();
+    let (_, org) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "create", "dev", "--tier", "2"],
+    );
+    let (_, key) = cli(
+        &url,
+        TOKEN,
+        &["admin", "org", "key", org["id"].as_str().unwrap()],
+    );
+    let key = key["key"].as_str().unwrap().to_string();
+
+    // Refused before anything is built: a name that is not a package's,
+    // and `--include` without `--debian`.
+    let (code, e) = cli(
+        &url,
+        TOKEN,
+        &["snapshot", "create", "d", "--debian", "--include", "a;b"],
+    );
+    assert_eq!(
+        (code, e["error"]["code"].as_str()),
+        (2, Some("invalid_package")),
+        "{e}"
+    );
+    let (code, e) = cli(
+        &url,
+        TOKEN,
+        &["snapshot", "create", "d", "--include", "curl"],
+    );
+    assert_eq!(code, 2, "{e}");
+
+    let extra = sandgate_lab::debian::EXTRA.join(",");
+    let (code, v) = cli(
+        &url,
+        TOKEN,
+        &[
+            "snapshot",
+            "create",
+            "debian",
+            "--debian",
+            "--include",
+            &extra,
+        ],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v,
+        serde_json::json!({"name": "debian", "runners": ["main"]})
+    );
+    let (code, v) = cli(
+        &url,
+        &key,
+        &["sandbox", "create", "--name", "deb", "--snapshot", "debian"],
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["effectiveNetwork"]["mode"], "restricted", "{v}");
+    let run = |command: &str| {
+        let (_, v) = cli(&url, &key, &["sandbox", "exec", "deb", "--", command]);
+        (
+            v["exitCode"].as_i64().unwrap(),
+            v["result"].as_str().unwrap().to_string(),
+        )
+    };
+    let (code, out) =
+        run("python3 --version; pip --version; node --version; npm --version; curl --version");
+    assert_eq!(code, 0, "{out}");
+    // Signed by a key apt was not given: refused.
+    let (code, out) = run("apt-get update");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("NO_PUBKEY") || out.contains("not signed"),
+        "{out}"
+    );
+    // The lab's CA, for the checks' own bundle (the system's is
+    // read-only), and the archive's key.
+    let trust = format!(
+        "set -e\ncat /etc/ssl/certs/ca-certificates.crt - > /root/trusted.pem <<'EOF'\n{}\nEOF\n\
+         cat > /etc/apt/trusted.gpg.d/lab.asc <<'EOF'\n{}\nEOF",
+        lab.ca_pem().trim(),
+        sandgate_lab::mirrors::apt_key().unwrap().trim()
+    );
+    assert_eq!(run(&trust).0, 0);
+    let (code, out) = run("apt-get update");
+    assert_eq!(code, 0, "{out}");
+    let env = "export SSL_CERT_FILE=/root/trusted.pem REQUESTS_CA_BUNDLE=/root/trusted.pem \
+               PIP_CERT=/root/trusted.pem NODE_EXTRA_CA_CERTS=/root/trusted.pem;";
+    let (code, out) = run(&format!("{env} pip install --dry-run requests"));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "Would install requests-{}",
+            sandgate_lab::mirrors::WHEEL_VERSION
+        )),
+        "{out}"
+    );
+    let (code, out) = run(&format!("{env} npm ping"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PONG"), "{out}");
+    let (code, _) = cli(&url, &key, &["sandbox", "delete", "deb"]);
+    assert_eq!(code, 0);
+    let (code, _) = cli(&url, TOKEN, &["snapshot", "delete", "debian"]);
+    assert_eq!(code, 0);
+    drop(guard);
+}
