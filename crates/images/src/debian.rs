@@ -1,5 +1,5 @@
 //! A Debian snapshot: a root file system built from Debian's own packages
-//! with `mmdebstrap`, from the mirror this machine's apt sources name,
+//! with `mmdebstrap`, from Debian's own mirror (mmdebstrap's default),
 //! kept as a tarball in a cache and reused by every later build (a second
 //! build of the same suite and packages is instant).
 //!
@@ -101,9 +101,9 @@ fn build(tarball: &Path, suite: &str, packages: &[String]) -> io::Result<()> {
         packages = packages.join(","),
         "building a Debian root file system"
     );
-    // No mirror argument: mmdebstrap takes the host's apt sources, which
-    // name the mirror this machine reaches; the root's own sources name
-    // Debian's (deb.debian.org and security.debian.org).
+    // No mirror argument: mmdebstrap takes Debian's (`org.debian.deb`,
+    // and for a stable release its updates and `org.debian.security`),
+    // and the root's own sources name the same.
     let out = Command::new("mmdebstrap")
         .args(["--variant=apt", "--quiet", "--format=tar"])
         .arg(format!("--include={}", packages.join(",")))
@@ -123,7 +123,7 @@ fn build(tarball: &Path, suite: &str, packages: &[String]) -> io::Result<()> {
     if !out.status.success() {
         let _ = std::fs::remove_file(&partial);
         return Err(io::Error::other(format!(
-            "mmdebstrap could not build the Debian root file system (is the Debian mirror of the apt sources reachable?): {}",
+            "mmdebstrap could not build the Debian root file system (is Debian's mirror reachable from this machine?): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }

@@ -4,8 +4,7 @@
 //! Debian package, so that its install test installs it offline into a
 //! copy of this root. One tarball for all of them: built once (the only
 //! step of the tests that reaches a network beyond the lab: Debian's
-//! mirror, through the host's own apt configuration, never from a
-//! sandbox), cached outside the repository, reused by every later run.
+//! mirror, from this machine, never from a sandbox), cached outside the repository, reused by every later run.
 
 use std::io;
 use std::path::PathBuf;

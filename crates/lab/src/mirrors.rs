@@ -121,7 +121,7 @@ fn apt_file(suite: &str, file: &str) -> Option<Answer> {
 }
 
 fn release(suite: &str) -> String {
-    let empty = hex(&Sha256::digest(b""));
+    let empty = format!("{:x}", Sha256::digest(b""));
     format!(
         "Origin: sandgate lab\nLabel: sandgate lab\nSuite: {suite}\nCodename: {suite}\nDate: {}\nArchitectures: {arch}\nComponents: main\nDescription: the lab's stand-in of a Debian archive: no packages\nSHA256:\n {empty} 0 main/binary-{arch}/Packages\n",
         httpdate::fmt_http_date(std::time::SystemTime::now()),
@@ -259,14 +259,10 @@ impl Wheel {
     fn index(&self) -> String {
         let file = self.file_name();
         format!(
-            "<!DOCTYPE html>\n<html><body>\n<a href=\"../../packages/{file}#sha256={}\">{file}</a>\n</body></html>\n",
-            hex(&Sha256::digest(&self.bytes))
+            "<!DOCTYPE html>\n<html><body>\n<a href=\"../../packages/{file}#sha256={:x}\">{file}</a>\n</body></html>\n",
+            Sha256::digest(&self.bytes)
         )
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -292,7 +288,7 @@ mod tests {
             .split('"')
             .next()
             .unwrap();
-        assert_eq!(hash, hex(&Sha256::digest(&wheel)));
+        assert_eq!(hash, format!("{:x}", Sha256::digest(&wheel)));
         let mut z = zip::ZipArchive::new(io::Cursor::new(wheel)).unwrap();
         let mut meta = String::new();
         io::Read::read_to_string(

@@ -1426,8 +1426,8 @@ pub enum SnapshotCommand {
     /// configured, `[[images.registries]]`) or a root filesystem tar
     /// archive (`--file`: what `docker export` writes, plain or gzip), or
     /// Debian's own packages (`--debian`: apt, python3 with pip, curl,
-    /// node with npm; built here with `mmdebstrap` from the Debian mirror
-    /// this machine's apt sources name, once, then taken from the cache,
+    /// node with npm; built here with `mmdebstrap` from Debian's mirror,
+    /// once, then taken from the cache,
     /// `SANDGATE_CACHE` or /var/cache/sandgate). A snapshot of that name is
     /// replaced, unless a sandbox uses it.
     #[command(group(clap::ArgGroup::new("source").required(true).args(["image", "file", "debian"])))]
@@ -1466,6 +1466,51 @@ pub enum SnapshotCommand {
     },
 }
 
+/// The archive a snapshot is made of: `file`, or else the Debian root
+/// filesystem of `suite` with the default packages and `include`, built
+/// here (once, then from the cache).
+fn archive(
+    file: Option<std::path::PathBuf>,
+    suite: &str,
+    include: &[String],
+    quiet: bool,
+) -> Result<std::fs::File, ApiFailure> {
+    let failed = |status: u16, code: &str, message: String| ApiFailure {
+        status,
+        code: code.into(),
+        message,
+        body: Value::Null,
+    };
+    if let Some(path) = file {
+        return std::fs::File::open(&path).map_err(|e| {
+            failed(
+                400,
+                "invalid_file",
+                format!("the archive {}: {e}", path.display()),
+            )
+        });
+    }
+    if !quiet {
+        eprintln!("building the Debian root filesystem ({suite}; once, then from the cache)");
+    }
+    let extra: Vec<&str> = include.iter().map(String::as_str).collect();
+    let tarball = sandgate_images::debian::rootfs_tarball(suite, &extra).map_err(|e| {
+        let message = format!("the Debian root filesystem: {e}");
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            failed(400, "invalid_package", message)
+        } else {
+            failed(0, "debian_build_failed", message)
+        }
+    })?;
+    std::fs::File::open(&tarball).map_err(|e| {
+        failed(
+            0,
+            "debian_build_failed",
+            format!("{}: {e}", tarball.display()),
+        )
+    })
+}
+
 /// Runs `sandgate snapshot ...`.
 pub fn snapshot(cli: SnapshotCli, out: &Output) -> ExitCode {
     let c = match client(&cli.api) {
@@ -1488,65 +1533,17 @@ pub fn snapshot(cli: SnapshotCli, out: &Output) -> ExitCode {
         ),
         SnapshotCommand::Create {
             name,
-            file: Some(file),
-            ..
-        } => std::fs::File::open(&file)
-            .map_err(|e| ApiFailure {
-                status: 400,
-                code: "invalid_file".into(),
-                message: format!("the archive {}: {e}", file.display()),
-                body: Value::Null,
-            })
-            .and_then(|f| {
-                c.upload(
-                    &format!("/api/snapshots/{}", path_part(&name)),
-                    f,
-                    "application/x-tar",
-                )
-            }),
-        SnapshotCommand::Create {
-            name,
+            file,
             suite,
             include,
             ..
-        } => {
-            let extra: Vec<&str> = include.iter().map(String::as_str).collect();
-            if !out.json {
-                eprintln!(
-                    "building the Debian root filesystem ({suite}; once, then from the cache)"
-                );
-            }
-            sandgate_images::debian::rootfs_tarball(&suite, &extra)
-                .map_err(|e| ApiFailure {
-                    status: if e.kind() == std::io::ErrorKind::InvalidInput {
-                        400
-                    } else {
-                        0
-                    },
-                    code: if e.kind() == std::io::ErrorKind::InvalidInput {
-                        "invalid_package".into()
-                    } else {
-                        "debian_build_failed".into()
-                    },
-                    message: format!("the Debian root filesystem: {e}"),
-                    body: Value::Null,
-                })
-                .and_then(|tarball| {
-                    std::fs::File::open(&tarball).map_err(|e| ApiFailure {
-                        status: 0,
-                        code: "debian_build_failed".into(),
-                        message: format!("{}: {e}", tarball.display()),
-                        body: Value::Null,
-                    })
-                })
-                .and_then(|f| {
-                    c.upload(
-                        &format!("/api/snapshots/{}", path_part(&name)),
-                        f,
-                        "application/x-tar",
-                    )
-                })
-        }
+        } => archive(file, &suite, &include, out.json).and_then(|f| {
+            c.upload(
+                &format!("/api/snapshots/{}", path_part(&name)),
+                f,
+                "application/x-tar",
+            )
+        }),
         SnapshotCommand::List => c.call("GET", "/api/snapshots", None),
         SnapshotCommand::Delete { name } => c.call(
             "DELETE",

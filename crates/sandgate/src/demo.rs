@@ -162,6 +162,19 @@ fn explain_row(c: &Client, sandbox: &str, dest: &str, want: bool) -> Result<Row,
     })
 }
 
+/// Creates sandbox `name` with `body`: the answer, and its mode.
+fn create(c: &Client, name: &str, mut body: Value) -> Result<(Value, String), Failure> {
+    body["name"] = json!(name);
+    let made = c
+        .call("POST", "/api/sandbox", Some(&body))
+        .map_err(api_err("create sandbox"))?;
+    let mode = made["effectiveNetwork"]["mode"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    Ok((made, mode))
+}
+
 /// A secret's value in the demo: stored through the API, seen by the
 /// lab's server only.
 const DEMO_SECRET: &str = "demo-secret-value-42";
@@ -187,21 +200,15 @@ fn gateway_rows(
         Some(&json!({"name": "API_TOKEN", "value": DEMO_SECRET, "hosts": ["api.example.com"]})),
     )
     .map_err(api_err("store a secret"))?;
-    let made = c
-        .call(
-            "POST",
-            "/api/sandbox",
-            Some(&json!({"name": NAME, "domainAllowList": "api.example.com,www.example.net", "secrets": ["API_TOKEN"]})),
-        )
-        .map_err(api_err("create sandbox"))?;
+    let (made, mode) = create(
+        c,
+        NAME,
+        json!({"domainAllowList": "api.example.com,www.example.net", "secrets": ["API_TOKEN"]}),
+    )?;
     let id = made["id"].as_str().unwrap_or_default().to_string();
     let placeholder = made["env"]["API_TOKEN"]
         .as_str()
         .unwrap_or_default()
-        .to_string();
-    let mode = made["effectiveNetwork"]["mode"]
-        .as_str()
-        .unwrap_or("?")
         .to_string();
     let run = |command: &str| -> Result<String, Failure> {
         let r = c
@@ -352,16 +359,9 @@ fn debian_rows(
         ),
     ];
     let mut rows = Vec::new();
-    for (name, c, mut body) in sandboxes.clone() {
+    for (name, c, body) in sandboxes.clone() {
         progress(&format!("creating {name} from the Debian snapshot"));
-        body["name"] = json!(name);
-        let made = c
-            .call("POST", "/api/sandbox", Some(&body))
-            .map_err(api_err("create sandbox"))?;
-        let mode = made["effectiveNetwork"]["mode"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string();
+        let (_, mode) = create(c, name, body)?;
         // The system bundle of a sandbox is read-only (its processes
         // cannot trust another CA behind each other's backs): the checks
         // are pointed at a bundle of their own, as a user of a mirror with
@@ -517,17 +517,10 @@ fn scenario(
         ok: code == "network_restricted_by_tier",
     });
 
-    for (tier, name, mut body) in sandboxes() {
+    for (tier, name, body) in sandboxes() {
         progress(&format!("creating {name} (tier {tier})"));
-        body["name"] = json!(name);
         let c = key(tier)?;
-        let made = c
-            .call("POST", "/api/sandbox", Some(&body))
-            .map_err(api_err("create sandbox"))?;
-        let mode = made["effectiveNetwork"]["mode"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string();
+        let (_, mode) = create(c, name, body.clone())?;
         if name == "tier4-lab-list" {
             let targets = ["192.0.2.10:7", "198.51.100.10:7", "example.com:7"];
             rows.extend(test_rows(
