@@ -1,10 +1,12 @@
 //! Dataplane benchmarks, each against its baseline in the same run, in
 //! the lab (nothing leaves the machine):
 //!
-//! 1. forwarding: 64-byte UDP from a slot through the host namespace to
-//!    the world, packets/s with 1, 100 and 1,000 live slots, against no
-//!    rules at all and against a linear chain of one rule per sandbox (the
-//!    reference platform's layout); at 1,000 slots also with a deny list
+//! 1. forwarding: 64-byte UDP (packets/s) and bulk TCP (Mbit/s), IPv4
+//!    and IPv6, from a slot through the host namespace to the world, with
+//!    1, 100 and 1,000 live slots, against no rules at all and against
+//!    NAT and connection tracking alone; for IPv4 UDP also against a
+//!    linear chain of one rule per sandbox (the reference platform's
+//!    layout); at 1,000 slots also with a deny list
 //!    of 20 entries on every slot, with the sender's egress paced by a
 //!    budget it never reaches, and with a transfer quota on every slot
 //!    that none spends; and, at each size, sandgate's ruleset taken apart
@@ -15,19 +17,21 @@
 //!    `nft add element` by the `nft` program.
 //!
 //! `cargo bench -p sandgate-dataplane --bench dataplane` (as root).
-//! `SANDGATE_BENCH_SECONDS` sets the length of each forwarding run (2 s);
+//! `SANDGATE_BENCH_SECONDS` sets the length of each forwarding run (2 s),
+//! `SANDGATE_BENCH_ROUNDS` the rounds of the main figures (3; the median
+//! is printed);
 //! `SANDGATE_BENCH_ONLY=forwarding` runs the forwarding rounds alone.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig};
 use sandgate_lab::addrs::*;
-use sandgate_lab::bench::stats;
+use sandgate_lab::bench::{stats, upload_mbit};
 use sandgate_lab::Lab;
 use sandgate_netns::Netns;
 use sandgate_nftables::load_ruleset;
 use sandgate_policy::{EffectivePolicy, PolicyConfig, SettingsRequest};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,18 +80,98 @@ fn sink_count(lab: &Lab) -> u64 {
         .unwrap()
 }
 
-/// Packets/s the world receives while a slot sends as fast as it can.
+/// What a forwarding run sends from the slot to the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// 64-byte UDP datagrams to the world's counting sink, packets/s.
+    Udp(IpAddr),
+    /// One TCP connection writing as fast as it can to the lab's sink,
+    /// Mbit/s of payload received.
+    Tcp(IpAddr),
+}
+
+/// The loads of every round: UDP and TCP, IPv4 and IPv6 (to addresses
+/// the slots' allow list names).
+const LOADS: [Load; 4] = [
+    Load::Udp(SERVER4),
+    Load::Udp(SERVER6_B),
+    Load::Tcp(SERVER4),
+    Load::Tcp(SERVER6_B),
+];
+
+impl Load {
+    fn name(self) -> String {
+        match self {
+            Load::Udp(a) => format!("64-byte UDP, {}", family(a)),
+            Load::Tcp(a) => format!("bulk TCP, {}", family(a)),
+        }
+    }
+    fn unit(self) -> &'static str {
+        match self {
+            Load::Udp(_) => "packets/s",
+            Load::Tcp(_) => "Mbit/s",
+        }
+    }
+}
+
+fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// What the world receives while a slot sends `load` as fast as it can.
+/// Every run starts with no tracked connection: the runs before it leave
+/// theirs (a UDP flow 30 s, a closed TCP connection two minutes), which
+/// would count against the slot's fair share of tracked connections and
+/// be refused past it.
+fn rate(lab: &Lab, ns: &Netns, load: Load, seconds: f64) -> f64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.host().name(), "conntrack", "-F"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "conntrack -F: {out:?}");
+    match load {
+        Load::Udp(to) => udp_rate(lab, ns, to, seconds),
+        // The lab's sink counts what it received, first byte to last. A
+        // connection that could not be made is tried again (said on
+        // stderr): a port the last configuration's flows left behind.
+        Load::Tcp(to) => (0..3)
+            .find_map(
+                |_| match upload_mbit(ns, to, Duration::from_secs_f64(seconds)) {
+                    Ok(rate) => Some(rate),
+                    Err(e) => {
+                        eprintln!("bulk TCP to {to}: {e}; again");
+                        None
+                    }
+                },
+            )
+            .expect("bulk TCP failed three times"),
+    }
+}
+
+/// Packets/s of 64-byte IPv4 UDP the world receives while a slot sends as
+/// fast as it can (the round's main figure).
 fn forwarding_rate(lab: &Lab, ns: &Netns, seconds: f64) -> f64 {
+    udp_rate(lab, ns, SERVER4, seconds)
+}
+
+/// Packets/s the world receives while a slot sends 64-byte datagrams to
+/// `to` as fast as it can.
+fn udp_rate(lab: &Lab, ns: &Netns, to: IpAddr, seconds: f64) -> f64 {
     let sock = ns
         .run(|| {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
-            s.connect(SocketAddr::new(SERVER4, SINK_PORT))?;
+            let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            s.connect(SocketAddr::new(to, SINK_PORT))?;
             Ok(s)
         })
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
-    // 18 bytes of payload: a 64-byte Ethernet frame.
+    // 18 bytes of payload over IPv4, a 64-byte Ethernet frame (IPv6's
+    // header is 20 bytes longer: 84 bytes).
     let sender = std::thread::spawn(move || {
         let payload = [0u8; 18];
         while !s2.load(Ordering::Relaxed) {
@@ -159,11 +243,12 @@ fn restart(lab: &Lab, policy: &PolicyConfig, dir: &Path, pool: usize) -> Datapla
 /// (every slot's policy in it, no dataplane running), taken apart a piece
 /// at a time, each step measured: the rates after each removal, in
 /// [`SHARE_STEPS`]' order. The established path of a forwarded packet
-/// meets the raw hook (the transfer quota's lookup, the source check),
-/// the forward hook (the generation check) and the postrouting hook (the
-/// transfer quota's lookup on the way out); the NAT hooks see a
-/// connection's first packet only.
-fn share(lab: &Lab, cfg: &DataplaneConfig, ns: &Netns, seconds: f64) -> Vec<f64> {
+/// meets the raw hook (the source check) and the forward hook (the
+/// generation check); the NAT hooks evaluate their rules for a
+/// connection's first packet only, but a packet still enters each (the
+/// prerouting one is sandgate's own: the DNS redirect and the steering
+/// to the gateway).
+fn share(lab: &Lab, cfg: &DataplaneConfig, ns: &Netns, seconds: f64) -> [f64; SHARE_STEPS.len()] {
     let table = &cfg.table;
     let nft = |args: &str| {
         let out = Command::new("ip")
@@ -176,63 +261,56 @@ fn share(lab: &Lab, cfg: &DataplaneConfig, ns: &Netns, seconds: f64) -> Vec<f64>
             "nft {args}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap()
     };
-    let mut rates = Vec::new();
-    for step in SHARE_STEPS {
+    SHARE_STEPS.map(|step| {
         match step.0 {
-            "transfer-out" => {
-                nft(&format!("delete chain inet {table} transfer_hook"));
-            }
-            "transfer-in" => {
-                let listing = nft(&format!("-a list chain inet {table} ingress_hook"));
-                let handle = listing
-                    .lines()
-                    .find(|l| l.contains("@transfer"))
-                    .and_then(|l| l.rsplit("# handle ").next())
-                    .unwrap()
-                    .trim()
-                    .to_string();
-                nft(&format!(
-                    "delete rule inet {table} ingress_hook handle {handle}"
-                ));
-            }
-            "raw" => {
-                nft(&format!("flush chain inet {table} ingress_hook"));
-            }
-            "forward" => {
-                nft(&format!("flush chain inet {table} forward_hook"));
-            }
+            "stopped" => {}
+            "raw" => nft(&format!("flush chain inet {table} ingress_hook")),
+            "forward" => nft(&format!("flush chain inet {table} forward_hook")),
             "hooks" => {
                 nft(&format!("delete chain inet {table} ingress_hook"));
                 nft(&format!("delete chain inet {table} forward_hook"));
             }
+            "dnat" => nft(&format!("delete chain inet {table} dns_hook")),
             other => unreachable!("step {other}"),
         }
-        rates.push(forwarding_rate(lab, ns, seconds));
-    }
-    rates
+        forwarding_rate(lab, ns, seconds)
+    })
 }
 
 /// The steps of [`share`], each with what is left after it.
 const SHARE_STEPS: [(&str, &str); 5] = [
-    ("transfer-out", "... less the postrouting transfer hook"),
-    ("transfer-in", "... less the raw hook's transfer lookup"),
+    ("stopped", "sandgate, the dataplane's process stopped"),
     ("raw", "... less the source check (raw hook empty)"),
     ("forward", "... less the generation check (forward empty)"),
     ("hooks", "... less the two empty hooks"),
+    ("dnat", "... less the prerouting NAT hook (DNS redirect)"),
 ];
 
-fn row(name: &str, rate: f64, base: f64, bare: f64) {
+fn row(name: &str, load: Load, rate: f64, base: f64, bare: f64) {
     println!(
-        "  {name:<50} {rate:>9.0} packets/s  {:>5.2}x of NAT only  {:>5.2}x of no rules",
+        "    {name:<48} {rate:>9.0} {:<9}  {:>5.2}x of NAT only  {:>5.2}x of no rules",
+        load.unit(),
         rate / base,
         rate / bare
     );
 }
 
-fn forwarding(seconds: f64) {
-    println!("\nforwarding: 64-byte UDP, slot -> host namespace -> world, {seconds} s per run");
+/// The median of `runs` (each a run of every load, or of every step),
+/// figure by figure.
+fn medians<const N: usize>(runs: &[[f64; N]]) -> [f64; N] {
+    std::array::from_fn(|k| {
+        let mut v: Vec<f64> = runs.iter().map(|r| r[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    })
+}
+
+fn forwarding(seconds: f64, rounds: usize) {
+    println!(
+        "\nforwarding: slot -> host namespace -> world, {seconds} s per run, \
+         the median of {rounds} rounds (sandgate, no rules, NAT only in turn)"
+    );
     let lab = Lab::up().unwrap();
     let pc = PolicyConfig::default();
     sink(&lab);
@@ -246,11 +324,21 @@ fn forwarding(seconds: f64) {
     let sender = dp.create("sender", &listed).unwrap();
     let ns = Netns::open(&sender.netns).unwrap();
     let mut slots = vec![sender.index];
+    // With no rules at all (no NAT), the world answers the sandbox's own
+    // address: the way back to it leads through the host.
+    let world = lab.world().name().to_string();
+    for (net, via) in [
+        (cfg.subnet4.to_string(), HOST_LINK4.addr()),
+        (cfg.subnet6.to_string(), HOST_LINK6.addr()),
+    ] {
+        ip(&["-n", &world, "route", "add", &net, "via", &via.to_string()]);
+    }
     // The baselines swap the host's tables: no dataplane (and so no
     // watchdog, which would cut the slots off) runs meanwhile.
     drop(dp);
     host_tables(&lab, NAT);
     let base = forwarding_rate(&lab, &ns, seconds);
+    let all = |what: &dyn Fn(Load) -> f64| LOADS.map(what);
     for target in [1usize, 100, 1000] {
         // The sandgate ruleset back, with every live slot's policy.
         let mut dp = restart(&lab, &pc, &dir, 0);
@@ -261,7 +349,21 @@ fn forwarding(seconds: f64) {
                     .index,
             );
         }
-        let ours = forwarding_rate(&lab, &ns, seconds);
+        // The main figures: sandgate, no rules and NAT only in turn, round
+        // after round, so that the machine's drift falls on all three.
+        let (mut ours, mut bare, mut nat) = (Vec::new(), Vec::new(), Vec::new());
+        let mut live = Some(dp);
+        for _ in 0..rounds {
+            let dp = live.take().unwrap_or_else(|| restart(&lab, &pc, &dir, 0));
+            ours.push(all(&|load| rate(&lab, &ns, load, seconds)));
+            drop(dp);
+            host_tables(&lab, "");
+            bare.push(all(&|load| rate(&lab, &ns, load, seconds)));
+            host_tables(&lab, NAT);
+            nat.push(all(&|load| rate(&lab, &ns, load, seconds)));
+        }
+        let (ours, bare, nat) = (medians(&ours), medians(&bare), medians(&nat));
+        let dp = restart(&lab, &pc, &dir, 0);
         // The flow log's part: the kernel counting each flow's bytes and
         // telling its new and ended flows to a reader (the runner's).
         let logged = {
@@ -273,9 +375,16 @@ fn forwarding(seconds: f64) {
         };
         // Where the share goes; the dataplane (and its watchdog) is
         // stopped meanwhile and puts its ruleset back whole after.
+        // (Round after round too: each puts the whole ruleset back.)
         drop(dp);
-        let parts = share(&lab, &cfg, &ns, seconds);
+        let mut parts = vec![share(&lab, &cfg, &ns, seconds)];
         let mut dp = restart(&lab, &pc, &dir, 0);
+        for _ in 1..rounds {
+            drop(dp);
+            parts.push(share(&lab, &cfg, &ns, seconds));
+            dp = restart(&lab, &pc, &dir, 0);
+        }
+        let parts = medians(&parts);
         // At 1,000 slots: every slot with a deny list of 20 entries, then
         // the sender paced too, at a budget it never reaches (the pacer
         // goes again before the baselines, which it would slow too).
@@ -311,48 +420,56 @@ fn forwarding(seconds: f64) {
         drop(dp);
         linear_chain(&lab, &cfg, &slots, sender.index);
         let linear = forwarding_rate(&lab, &ns, seconds);
-        // The same host (its slots' links and routes) with no filtering.
+        // Its drop of everything unlisted (IPv6 too) goes with it.
         host_tables(&lab, "");
-        let bare_n = forwarding_rate(&lab, &ns, seconds);
-        host_tables(&lab, NAT);
-        let base_n = forwarding_rate(&lab, &ns, seconds);
         println!("  with {target} slots' links and routes on the host:");
-        row("  no rules at all", bare_n, base_n, bare_n);
-        row(
-            "  NAT and conntrack only (baseline)",
-            base_n,
-            base_n,
-            bare_n,
-        );
-        row("  sandgate", ours, base_n, bare_n);
-        row("  sandgate, flow log on", logged, base_n, bare_n);
-        for ((_, name), rate) in SHARE_STEPS.iter().zip(&parts) {
-            row(&format!("  {name}"), *rate, base_n, bare_n);
+        for (k, load) in LOADS.iter().enumerate() {
+            let (load, base_n, bare_n) = (*load, nat[k], bare[k]);
+            println!("   {}:", load.name());
+            row("no rules at all", load, bare_n, base_n, bare_n);
+            row(
+                "NAT and conntrack only (baseline)",
+                load,
+                base_n,
+                base_n,
+                bare_n,
+            );
+            row("sandgate", load, ours[k], base_n, bare_n);
+            if k > 0 {
+                continue;
+            }
+            row("sandgate, flow log on", load, logged, base_n, bare_n);
+            for ((_, name), rate) in SHARE_STEPS.iter().zip(&parts) {
+                row(name, load, *rate, base_n, bare_n);
+            }
+            if let Some((with_deny, with_pacer, with_quota)) = narrowed {
+                row(
+                    "sandgate, deny lists of 20 everywhere",
+                    load,
+                    with_deny,
+                    base_n,
+                    bare_n,
+                );
+                row(
+                    "... and the sender paced (unreached)",
+                    load,
+                    with_pacer,
+                    base_n,
+                    bare_n,
+                );
+                row(
+                    "deny lists, every slot a transfer quota (unspent)",
+                    load,
+                    with_quota,
+                    base_n,
+                    bare_n,
+                );
+            }
+            row("linear chain + NAT", load, linear, base_n, bare_n);
         }
-        if let Some((with_deny, with_pacer, with_quota)) = narrowed {
-            row(
-                "  sandgate, deny lists of 20 everywhere",
-                with_deny,
-                base_n,
-                bare_n,
-            );
-            row(
-                "  ... and the sender paced (unreached)",
-                with_pacer,
-                base_n,
-                bare_n,
-            );
-            row(
-                "  deny lists, every slot a transfer quota (unspent)",
-                with_quota,
-                base_n,
-                bare_n,
-            );
-        }
-        row("  linear chain + NAT", linear, base_n, bare_n);
     }
     println!(
-        "  drift: NAT only with 1 slot {base:.0} packets/s at the start, {:.0} at the end",
+        "  drift: NAT only, IPv4 UDP, 1 slot {base:.0} packets/s at the start, {:.0} at the end",
         forwarding_rate(&lab, &ns, seconds)
     );
     // Put the ruleset back so that the slots can be removed cleanly.
@@ -506,9 +623,14 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
+    let rounds: usize = std::env::var("SANDGATE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     // `SANDGATE_BENCH_ONLY=forwarding` runs the forwarding rounds alone.
     if std::env::var("SANDGATE_BENCH_ONLY").as_deref() != Ok("forwarding") {
         creation_and_updates();
     }
-    forwarding(seconds);
+    forwarding(seconds, rounds);
 }

@@ -4,7 +4,7 @@
 use crate::config::SlotAddrs;
 use crate::ruleset::{
     allow_set, deny_chain, deny_set, dropped_set, grant_set, meter_set, mode_chain, steer_chain,
-    ShareClass, DNS_MARK_BIT, LOG_CLASSES,
+    ShareClass, DNS_MARK_BIT, LOG_CLASSES, METERED_CHAIN,
 };
 use ipnet::IpNet;
 use sandgate_nftables::{ElementData, Key, Quota, Transaction, Verb};
@@ -249,10 +249,12 @@ pub struct Generations {
 }
 
 impl Generations {
-    fn net_mark(self) -> u32 {
+    /// The connection mark of the `net` generation (0 in quarantine).
+    pub fn net_mark(self) -> u32 {
         self.net & !DNS_MARK_BIT
     }
-    fn dns_mark(self) -> u32 {
+    /// The connection mark of the `dns` generation (0 in quarantine).
+    pub fn dns_mark(self) -> u32 {
         if self.dns == 0 {
             0
         } else {
@@ -288,12 +290,25 @@ fn mark(v: u32) -> ElementData {
 
 /// The generation maps and `valid` entries for `g`. A quarantined
 /// generation (0) has its map entry but no `valid` entry.
-fn generations(tx: &mut Transaction, slot: &SlotAddrs, g: Generations, verb: Verb) {
+///
+/// `valid` is keyed by the mark alone: generations are unique across
+/// slots (one counter for the host), so a mark names its slot, and a
+/// packet carrying it belongs to a connection that slot opened (the raw
+/// hook's source check binds a slot's packets to its own addresses, and
+/// the forward hook looks a mark up only for packets from or to a slot
+/// interface). The entry passes the connection (`accept`), or, for a slot
+/// with a transfer quota (`metered`), sends it through the quota's count.
+fn generations(tx: &mut Transaction, slot: &SlotAddrs, g: Generations, metered: bool, verb: Verb) {
     let k = if_key(slot);
+    let pass = if metered {
+        ElementData::Jump(METERED_CHAIN.to_string())
+    } else {
+        ElementData::Accept
+    };
     for (map, m) in [("netgen", g.net_mark()), ("dnsgen", g.dns_mark())] {
         tx.element(verb, map, k.clone(), None, Some(mark(m)));
         if m != 0 {
-            tx.element(verb, "valid", k.clone().mark(m), None, None);
+            tx.element(verb, "valid", Key::new().mark(m), None, Some(pass.clone()));
         }
     }
 }
@@ -430,7 +445,7 @@ pub fn whole(tx: &mut Transaction, slot: &SlotAddrs, p: &SlotPolicy, g: Generati
     tx.element(verb, "steer", k, None, steer);
     mode(tx, slot, p, verb);
     shares(tx, slot, p, verb);
-    generations(tx, slot, g, verb);
+    generations(tx, slot, g, p.transfer.is_some(), verb);
     lists(tx, slot, &p.allow, false, verb);
     lists(tx, slot, &p.allow_private, true, verb);
     if !p.deny.is_empty() {
@@ -496,9 +511,10 @@ pub fn change(
             tx.destroy(&set, if_key(slot));
         }
     }
-    if og != ng {
-        generations(tx, slot, og, Verb::Delete);
-        generations(tx, slot, ng, Verb::Add);
+    let (om, nm) = (op.transfer.is_some(), np.transfer.is_some());
+    if og != ng || om != nm {
+        generations(tx, slot, og, om, Verb::Delete);
+        generations(tx, slot, ng, nm, Verb::Add);
     }
     let gone = |a: &[IpNet], b: &[IpNet]| -> Vec<IpNet> {
         a.iter().filter(|n| !b.contains(n)).copied().collect()
@@ -560,9 +576,16 @@ pub fn change(
 
 /// The second transaction of a change: the quarantined generations `from`
 /// replaced by their new values `to`.
-pub fn release(tx: &mut Transaction, slot: &SlotAddrs, from: Generations, to: Generations) {
-    generations(tx, slot, from, Verb::Delete);
-    generations(tx, slot, to, Verb::Add);
+pub fn release(
+    tx: &mut Transaction,
+    slot: &SlotAddrs,
+    p: &SlotPolicy,
+    from: Generations,
+    to: Generations,
+) {
+    let metered = p.transfer.is_some();
+    generations(tx, slot, from, metered, Verb::Delete);
+    generations(tx, slot, to, metered, Verb::Add);
 }
 
 #[cfg(test)]

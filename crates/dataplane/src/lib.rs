@@ -751,7 +751,7 @@ impl Dataplane {
         }
         if quarantine != gens {
             let mut second = Transaction::new(&self.cfg.table);
-            release(&mut second, &slot, quarantine, gens);
+            release(&mut second, &slot, &new, quarantine, gens);
             self.nft.commit(&second)?;
         }
         if old.shares != new.shares {

@@ -18,8 +18,11 @@
 //!    vouches for); to the host itself, only that DNS service reached through
 //!    the redirect (which refuses every query of a `blocked` slot),
 //!    neighbour discovery, and replies to connections the host opened pass.
-//! 4. `forward`: a connection whose mark is the slot's current generation
-//!    passes at once; anything else is evaluated: always-denied ranges, then
+//! 4. `forward`: a packet from or to a slot interface whose connection's
+//!    mark is a current generation passes at once (`valid`, keyed by the
+//!    mark alone: generations are unique across slots, and the raw hook
+//!    bound the packet to its slot's addresses); anything else is
+//!    evaluated: always-denied ranges, then
 //!    the slot's mode chain (`open`, `allowlist`, `restricted`, `blocked`).
 //!    What passes is marked with the generation that allowed it: `net`
 //!    (addresses and `open`) or `dns` (admissions by the DNS service).
@@ -330,6 +333,10 @@ pub fn deny_chain(reply: bool, index: u32) -> String {
 /// The mark bit of connections admitted through DNS.
 pub const DNS_MARK_BIT: u32 = 0x8000_0000;
 
+/// The chain a connection of a slot with a transfer quota passes through
+/// when its generation passes it: the quota's count, both ways.
+pub const METERED_CHAIN: &str = "metered";
+
 fn elements(nets: impl Iterator<Item = IpNet>) -> String {
     let mut v: Vec<String> = nets.map(|n| n.to_string()).collect();
     v.sort();
@@ -381,7 +388,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20 map back_mode { type ifname : verdict; }\n\
          \x20 map netgen { type ifname : mark; }\n\
          \x20 map dnsgen { type ifname : mark; }\n\
-         \x20 set valid { type ifname . mark; }\n\
+         \x20 map valid { type mark : verdict; }\n\
          \x20 set admit4 { type ifname . ipv4_addr; flags timeout; }\n\
          \x20 set admit6 { type ifname . ipv6_addr; flags timeout; }\n\
          \x20 map shares { type ifname : verdict; }\n\
@@ -451,7 +458,6 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
     let _ = write!(
         r,
         "  chain ingress_hook {{ type filter hook prerouting priority raw; policy accept;\n\
-         \x20   iifname @transfer jump over_transfer\n\
          \x20   iifname . ip saddr @src4 accept\n\
          \x20   iifname . ip6 saddr @src6 accept\n\
          \x20   iifname {slots} jump slot_ingress\n  }}\n\
@@ -464,14 +470,23 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
         spoof = log_or_count(class("spoof"), "", rate, group, "drop"),
     );
     // Transfer quotas: a slot's element in `transfer` counts every packet
-    // from the slot here and every packet to it (forwarded, or from the
-    // host's own DNS service and gateway) on its way out, and the lookup
-    // matches once the period's bytes are spent. Slots without a quota
-    // pay one missed lookup each way.
+    // from the slot and every packet to it, and the lookup matches once
+    // the period's bytes are spent. Where: a connection that passes by
+    // its generation goes through `metered` when its slot has a quota
+    // (its `valid` entry says so; a slot without one pays nothing there);
+    // every other packet from a slot meets the lookup at the top of
+    // `from_slot` or `slot_input`, every other packet to a slot at the
+    // top of `to_slot` or, from the host itself (its DNS service, its
+    // gateway), in the output hook. A forwarded packet enters no hook for
+    // the quotas alone.
     let _ = write!(
         r,
         "  chain over_transfer {{\n{over}\x20 }}\n\
-         \x20 chain transfer_hook {{ type filter hook postrouting priority filter; policy accept;\n\
+         \x20 chain {METERED_CHAIN} {{\n\
+         \x20   iifname @transfer jump over_transfer\n\
+         \x20   oifname @transfer drop\n\
+         \x20   accept\n  }}\n\
+         \x20 chain output_hook {{ type filter hook output priority filter; policy accept;\n\
          \x20   oifname @transfer drop\n  }}\n",
         over = log_or_count(class("transfer"), "", rate, group, "drop"),
     );
@@ -497,6 +512,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20   iifname {slots} jump slot_input\n  }}\n\
          \x20 chain slot_input {{\n\
          \x20   iifname != @slots drop\n\
+         \x20   iifname @transfer jump over_transfer\n\
          \x20   ct direction reply ct state established,related accept\n\
          \x20   {nd} accept\n\
          \x20   ct status dnat meta l4proto {{ tcp, udp }} th dport {dns} iifname vmap @dns_shares\n\
@@ -509,8 +525,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
     let _ = write!(
         r,
         "  chain forward_hook {{ type filter hook forward priority filter; policy accept;\n\
-         \x20   iifname . ct mark @valid ct status ! expected accept\n\
-         \x20   oifname . ct mark @valid ct status ! expected accept\n\
+         \x20   iifname {slots} ct status ! expected ct mark vmap @valid\n\
+         \x20   oifname {slots} ct status ! expected ct mark vmap @valid\n\
          \x20   iifname {slots} ct status expected drop\n\
          \x20   oifname {slots} ct status expected drop\n\
          \x20   iifname {slots} jump from_slot\n\
@@ -518,6 +534,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20   {other}\n  }}\n\
          \x20 chain from_slot {{\n\
          \x20   iifname != @slots drop\n\
+         \x20   iifname @transfer jump over_transfer\n\
          \x20   ct state invalid,untracked drop\n\
          \x20   ip daddr @denied4 goto deny_denied\n\
          \x20   ip6 daddr @denied6 goto deny_denied\n\
@@ -526,6 +543,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20   drop\n  }}\n\
          \x20 chain to_slot {{\n\
          \x20   oifname != @slots drop\n\
+         \x20   oifname @transfer drop\n\
          \x20   ct state invalid,untracked drop\n\
          \x20   ct direction original drop\n\
          \x20   ct original ip daddr @denied4 drop\n\

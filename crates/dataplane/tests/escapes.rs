@@ -608,3 +608,51 @@ fn the_host_forwards_only_sandbox_traffic_unless_told_otherwise() {
     let rig = Rig::with(|c| c.forward_other = true);
     assert!(forwarded_for_a_neighbour(&rig, "nb"));
 }
+
+#[test]
+fn a_packet_from_elsewhere_that_matches_a_slots_connection_is_not_forwarded() {
+    // A connection from the slot, live: its mark passes its packets
+    // without evaluation.
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (slot, ns) = rig.sandbox("victim", &policy);
+    let server = SocketAddr::new(SERVER4, 9998);
+    let sink = Sink::new(&rig, server);
+    let port = 40_123;
+    let from_slot = ns
+        .run(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(slot.sandbox4), port)))
+        .unwrap();
+    for _ in 0..2 {
+        from_slot.send_to(b"slot", server).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sink.received().len(), 2, "the slot's own datagrams arrive");
+    // A neighbour on a link of its own sends the same connection's next
+    // packet: the slot's address and port to the same server. Connection
+    // tracking takes it for the slot's connection, mark and all; only the
+    // interface it came in on tells it apart, and it must not pass.
+    let neighbour = beside(&rig, "spoof", "nbh", "198.51.100.200");
+    neighbour
+        .run(|| {
+            let mut rt = Rtnl::open()?;
+            let i = rt.link_index("eth0")?.unwrap();
+            rt.add_address(i, format!("{}/32", slot.sandbox4).parse().unwrap())
+        })
+        .unwrap();
+    let spoofer = neighbour
+        .run(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(slot.sandbox4), port)))
+        .unwrap();
+    for _ in 0..3 {
+        spoofer.send_to(b"spoofed", server).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = sink.received();
+    let _ = neighbour.delete();
+    assert!(
+        got.is_empty(),
+        "a packet that is not the slot's passed as its connection's: {got:?}"
+    );
+    // The slot's connection still passes.
+    from_slot.send_to(b"slot", server).unwrap();
+    assert_eq!(sink.received().len(), 1);
+}

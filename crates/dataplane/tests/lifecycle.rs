@@ -32,7 +32,6 @@ fn per_slot_sets() -> Vec<String> {
         "back_mode",
         "netgen",
         "dnsgen",
-        "valid",
         "admit4",
         "admit6",
         "shares",
@@ -133,10 +132,28 @@ fn assert_consistent(host: &Netns, cfg: &DataplaneConfig) {
             "slot {index}"
         );
     }
+    // `valid` holds exactly the active slots' current marks, by mark
+    // alone (generations are unique across slots).
+    let valid: BTreeSet<u64> = host
+        .run(|| list_set(&cfg.table, "valid"))
+        .unwrap()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.value[0].as_u64().unwrap())
+        .collect();
+    let current: BTreeSet<u64> = state
+        .slots
+        .values()
+        .filter(|r| r.phase == Phase::Active)
+        .flat_map(|r| [r.gens.net_mark(), r.gens.dns_mark()])
+        .filter(|m| *m != 0)
+        .map(u64::from)
+        .collect();
+    assert_eq!(valid, current, "valid marks");
     for (set, slots) in kernel_slots(host, &cfg.table) {
         match &*set {
-            "slots" | "src4" | "src6" | "mode" | "back_mode" | "netgen" | "dnsgen" | "valid"
-            | "shares" | "dns_shares" => {
+            "slots" | "src4" | "src6" | "mode" | "back_mode" | "netgen" | "dnsgen" | "shares"
+            | "dns_shares" => {
                 assert_eq!(slots, active, "set {set}")
             }
             _ => assert!(

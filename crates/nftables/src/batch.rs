@@ -28,6 +28,8 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 pub enum ElementData {
     /// `jump CHAIN` (a verdict map).
     Jump(String),
+    /// `accept` (a verdict map).
+    Accept,
     /// A value, laid out like a key (a mark, an address).
     Value(Key),
 }
@@ -258,6 +260,10 @@ impl Transaction {
                     VerdictAttribute::Chain(chain.clone()),
                 ])))
             }
+            Some(ElementData::Accept) => element.push(SetElementAttribute::Data(
+                // NF_ACCEPT: netfilter's own verdict, which the crate has no name for.
+                DataAttribute::Verdict(vec![VerdictAttribute::Code(Verdict::Other(1))]),
+            )),
             Some(ElementData::Value(v)) => element.push(SetElementAttribute::Data(
                 DataAttribute::Value(v.bytes().to_vec()),
             )),

@@ -17,6 +17,7 @@ table inet t {
   set valid { type ifname . mark; }
   map mode { type ifname : verdict; }
   map gen { type ifname : mark; }
+  map pass { type mark : verdict; }
   chain open { accept; }
 }
 "#;
@@ -78,8 +79,21 @@ fn a_transaction_adds_and_deletes_elements_of_every_kind() {
                 "gen",
                 Key::new().ifname("sgh1"),
                 ElementData::Value(Key::new().mark(42)),
+            )
+            .add_mapping("pass", Key::new().mark(42), ElementData::Accept)
+            .add_mapping(
+                "pass",
+                Key::new().mark(43),
+                ElementData::Jump("open".into()),
             );
         sock.commit(&tx)?;
+        assert_eq!(
+            values("pass"),
+            vec![
+                r#"[42,{"accept":null}]"#,
+                r#"[43,{"jump":{"target":"open"}}]"#
+            ]
+        );
         assert_eq!(values("src4"), vec![r#"["sgh1","192.0.2.7"]"#]);
         assert_eq!(
             values("allow4"),
