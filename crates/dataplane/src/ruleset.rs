@@ -18,11 +18,13 @@
 //!    vouches for); to the host itself, only that DNS service reached through
 //!    the redirect (which refuses every query of a `blocked` slot),
 //!    neighbour discovery, and replies to connections the host opened pass.
-//! 4. `forward`: a packet from or to a slot interface whose connection's
-//!    mark is a current generation passes at once (`valid`, keyed by the
-//!    mark alone: generations are unique across slots, and the raw hook
-//!    bound the packet to its slot's addresses); anything else is
-//!    evaluated: always-denied ranges, then
+//! 4. `forward`: an established packet from or to a slot interface whose
+//!    connection's mark is a current generation passes at once (`valid`,
+//!    keyed by the mark alone: generations are unique across slots, and
+//!    the raw hook bound the packet to its slot's addresses); anything
+//!    else (related packets too: an ICMP error is tied to a connection by
+//!    what it quotes) is evaluated: a packet from a slot on a connection
+//!    the slot did not open is refused, then always-denied ranges, then
 //!    the slot's mode chain (`open`, `allowlist`, `restricted`, `blocked`).
 //!    What passes is marked with the generation that allowed it: `net`
 //!    (addresses and `open`) or `dns` (admissions by the DNS service).
@@ -469,6 +471,16 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          {spoof}\x20 }}\n",
         spoof = log_or_count(class("spoof"), "", rate, group, "drop"),
     );
+    // A packet from a slot that connection tracking ties to a connection
+    // the slot did not open: an ICMP error whose quoted packet is another
+    // slot's (connection tracking relates an error by the packet it
+    // quotes, not by who sends it). Its source is the slot's own, so the
+    // raw hook let it by; it is refused as a forged source.
+    let _ = write!(
+        r,
+        "  chain foreign {{\n{spoof}\x20 }}\n",
+        spoof = log_or_count(class("spoof"), "", rate, group, "drop"),
+    );
     // Transfer quotas: a slot's element in `transfer` counts every packet
     // from the slot and every packet to it, and the lookup matches once
     // the period's bytes are spent. Where: a connection that passes by
@@ -525,8 +537,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
     let _ = write!(
         r,
         "  chain forward_hook {{ type filter hook forward priority filter; policy accept;\n\
-         \x20   iifname {slots} ct status ! expected ct mark vmap @valid\n\
-         \x20   oifname {slots} ct status ! expected ct mark vmap @valid\n\
+         \x20   iifname {slots} ct state established ct mark vmap @valid\n\
+         \x20   oifname {slots} ct state established ct mark vmap @valid\n\
          \x20   iifname {slots} ct status expected drop\n\
          \x20   oifname {slots} ct status expected drop\n\
          \x20   iifname {slots} jump from_slot\n\
@@ -534,6 +546,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20   {other}\n  }}\n\
          \x20 chain from_slot {{\n\
          \x20   iifname != @slots drop\n\
+         \x20   meta nfproto ipv4 iifname . ct original ip saddr != @src4 goto foreign\n\
+         \x20   meta nfproto ipv6 iifname . ct original ip6 saddr != @src6 goto foreign\n\
          \x20   iifname @transfer jump over_transfer\n\
          \x20   ct state invalid,untracked drop\n\
          \x20   ip daddr @denied4 goto deny_denied\n\
@@ -543,9 +557,9 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20   drop\n  }}\n\
          \x20 chain to_slot {{\n\
          \x20   oifname != @slots drop\n\
-         \x20   oifname @transfer drop\n\
          \x20   ct state invalid,untracked drop\n\
          \x20   ct direction original drop\n\
+         \x20   oifname @transfer drop\n\
          \x20   ct original ip daddr @denied4 drop\n\
          \x20   ct original ip6 daddr @denied6 drop\n\
          \x20   oifname vmap @back_denylist\n\

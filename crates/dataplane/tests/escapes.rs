@@ -656,3 +656,122 @@ fn a_packet_from_elsewhere_that_matches_a_slots_connection_is_not_forwarded() {
     from_slot.send_to(b"slot", server).unwrap();
     assert_eq!(sink.received().len(), 1);
 }
+
+/// The one's-complement sum of `bytes` (IP and ICMP checksums).
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An ICMP port-unreachable error from `ns` to `to`, quoting a UDP
+/// datagram `quoted_from` -> `quoted_to` (what `to` would have sent):
+/// connection tracking relates it to the connection the quote belongs to.
+fn send_port_unreachable(ns: &Netns, to: IpAddr, quoted_from: SocketAddr, quoted_to: SocketAddr) {
+    let (IpAddr::V4(qs), IpAddr::V4(qd)) = (quoted_from.ip(), quoted_to.ip()) else {
+        unreachable!("IPv4 only")
+    };
+    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&qs.octets());
+    ip.extend_from_slice(&qd.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&quoted_from.port().to_be_bytes());
+    udp.extend_from_slice(&quoted_to.port().to_be_bytes());
+    udp.extend_from_slice(&[0, 8, 0, 0]);
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&ip);
+    icmp.extend_from_slice(&udp);
+    let sum = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    ns.run(|| {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )?;
+        for _ in 0..3 {
+            s.send_to(&icmp, &SocketAddr::new(to, 0).into())?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The ICMP errors the world's `SERVER4` receives in 500 ms that quote a
+/// datagram to `port` (a raw socket, read through `UdpSocket`'s `recv`).
+struct IcmpSink(UdpSocket);
+
+impl IcmpSink {
+    fn new(rig: &Rig) -> IcmpSink {
+        IcmpSink(
+            rig.lab
+                .world()
+                .run(|| {
+                    let s = socket2::Socket::new(
+                        socket2::Domain::IPV4,
+                        socket2::Type::RAW,
+                        Some(socket2::Protocol::ICMPV4),
+                    )?;
+                    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    Ok(UdpSocket::from(s))
+                })
+                .unwrap(),
+        )
+    }
+
+    fn quoting(&self, port: u16) -> usize {
+        let mut n = 0;
+        let mut b = [0u8; 1500];
+        while let Ok(len) = self.0.recv(&mut b) {
+            // IP header (20), ICMP header (8), quoted IP header (20), then
+            // the quoted UDP ports.
+            if len >= 52 && b[20] == 3 && u16::from_be_bytes([b[50], b[51]]) == port {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[test]
+fn a_slot_cannot_send_an_error_on_another_slots_connection() {
+    // Slot A's connection to the world; slot B beside it, root in its
+    // namespace, may send what it likes from its own address.
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (a, a_ns) = rig.sandbox("a", &policy);
+    let (_b, b_ns) = rig.sandbox("b", &policy);
+    let server = SocketAddr::new(SERVER4, 9997);
+    let _sink = Sink::new(&rig, server);
+    let a_end = SocketAddr::new(IpAddr::V4(a.sandbox4), 40_321);
+    let sock = a_ns.run(|| UdpSocket::bind(a_end)).unwrap();
+    for _ in 0..2 {
+        sock.send_to(b"a", server).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let errors = IcmpSink::new(&rig);
+    // A's own error about its connection (as if the server's datagram
+    // found no socket) reaches the server: the probe works.
+    send_port_unreachable(&a_ns, SERVER4, server, a_end);
+    assert!(
+        errors.quoting(a_end.port()) > 0,
+        "A's own error did not arrive"
+    );
+    // B sends the same error: connection tracking relates it to A's
+    // connection (by the datagram it quotes), but it is not B's, and must
+    // not leave (under A's address and on A's allowance).
+    send_port_unreachable(&b_ns, SERVER4, server, a_end);
+    assert_eq!(
+        errors.quoting(a_end.port()),
+        0,
+        "B's error on A's connection left the host"
+    );
+}

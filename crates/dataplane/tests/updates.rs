@@ -514,9 +514,10 @@ fn a_transfer_quota_stops_its_slot_for_the_rest_of_its_period_and_no_other() {
     assert!(free.progress(Duration::from_millis(500)) > 4 * mib);
     // A quota given to a slot holds its connections already running too
     // (they pass by their generation, whose entry now counts them): the
-    // one above stops after about 1 MiB more.
-    let before = free.bytes.load(Ordering::SeqCst);
+    // one above stops after about 1 MiB more (counted from the update's
+    // end: what arrived while it ran was not yet counted).
     rig.dp().update(a.index, &quota(1)).unwrap();
+    let before = free.bytes.load(Ordering::SeqCst);
     let after = until_stalled(&free) - before;
     assert!(
         after < 2 * mib,
