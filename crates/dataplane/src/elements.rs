@@ -295,8 +295,8 @@ fn mark(v: u32) -> ElementData {
 /// slots (one counter for the host), so a mark names its slot, and a
 /// packet carrying it belongs to a connection that slot opened (the raw
 /// hook's source check binds a slot's packets to its own addresses, and
-/// the forward hook looks a mark up only for established packets from or
-/// to a slot interface). The entry passes the connection (`accept`), or, for a slot
+/// the forward hook looks a mark up only for new or established packets
+/// from or to a slot interface, never for related ones). The entry passes the connection (`accept`), or, for a slot
 /// with a transfer quota (`metered`), sends it through the quota's count.
 fn generations(tx: &mut Transaction, slot: &SlotAddrs, g: Generations, metered: bool, verb: Verb) {
     let k = if_key(slot);

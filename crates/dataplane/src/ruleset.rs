@@ -18,8 +18,8 @@
 //!    vouches for); to the host itself, only that DNS service reached through
 //!    the redirect (which refuses every query of a `blocked` slot),
 //!    neighbour discovery, and replies to connections the host opened pass.
-//! 4. `forward`: an established packet from or to a slot interface whose
-//!    connection's mark is a current generation passes at once (`valid`,
+//! 4. `forward`: a new or established packet from or to a slot interface
+//!    whose connection's mark is a current generation passes at once (`valid`,
 //!    keyed by the mark alone: generations are unique across slots, and
 //!    the raw hook bound the packet to its slot's addresses); anything
 //!    else (related packets too: an ICMP error is tied to a connection by
@@ -537,8 +537,8 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
     let _ = write!(
         r,
         "  chain forward_hook {{ type filter hook forward priority filter; policy accept;\n\
-         \x20   iifname {slots} ct state established ct mark vmap @valid\n\
-         \x20   oifname {slots} ct state established ct mark vmap @valid\n\
+         \x20   iifname {slots} ct state new,established ct mark vmap @valid\n\
+         \x20   oifname {slots} ct state new,established ct mark vmap @valid\n\
          \x20   iifname {slots} ct status expected drop\n\
          \x20   oifname {slots} ct status expected drop\n\
          \x20   iifname {slots} jump from_slot\n\

@@ -299,3 +299,42 @@ fn explain_agrees_with_the_kernel_for_generated_destinations_in_every_mode() {
         );
     }
 }
+
+#[test]
+fn a_one_way_udp_stream_passes_at_more_than_the_new_connection_rate() {
+    // A flow that is never answered stays `new` in connection tracking;
+    // once its first datagram was let out, the rest pass on its mark, and
+    // are not counted as new connections (500 a second by default).
+    let mut rig = Rig::new();
+    let policy = rig.resolve(3, open());
+    let (_slot, ns) = rig.sandbox("stream", &policy);
+    let sink = rig
+        .lab
+        .world()
+        .run(|| {
+            let u = std::net::UdpSocket::bind(std::net::SocketAddr::new(SERVER4, 9995))?;
+            u.set_read_timeout(Some(std::time::Duration::from_millis(500)))?;
+            Ok(u)
+        })
+        .unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut n = 0u32;
+        while sink.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    let sent = 3_000u32;
+    ns.run(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..sent {
+            s.send_to(b"one way", std::net::SocketAddr::new(SERVER4, 9995))?;
+            std::thread::sleep(std::time::Duration::from_micros(300));
+        }
+        Ok(())
+    })
+    .unwrap();
+    let got = counter.join().unwrap();
+    assert!(got > sent * 9 / 10, "{got} of {sent} datagrams arrived");
+}
