@@ -85,8 +85,8 @@ fn udp(dest: SocketAddr, timeout: Duration) -> io::Result<bool> {
     }
 }
 
-/// The ICMP checksum (RFC 1071).
-fn checksum(bytes: &[u8]) -> u16 {
+/// The Internet checksum (RFC 1071) of ICMP messages and IPv4 headers.
+pub fn checksum(bytes: &[u8]) -> u16 {
     let mut sum = 0u32;
     for pair in bytes.chunks(2) {
         let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);

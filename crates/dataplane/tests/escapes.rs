@@ -386,11 +386,7 @@ fn untracked_icmpv6_does_not_open_a_way_in() {
         .unwrap();
     let listener = ns
         .run(|| {
-            let s = socket2::Socket::new(
-                socket2::Domain::IPV6,
-                socket2::Type::RAW,
-                Some(socket2::Protocol::ICMPV6),
-            )?;
+            let s = raw_icmp(true)?;
             s.set_read_timeout(Some(Duration::from_millis(500)))?;
             Ok(UdpSocket::from(s))
         })
@@ -400,11 +396,7 @@ fn untracked_icmpv6_does_not_open_a_way_in() {
     rig.lab
         .world()
         .run(|| {
-            let s = socket2::Socket::new(
-                socket2::Domain::IPV6,
-                socket2::Type::RAW,
-                Some(socket2::Protocol::ICMPV6),
-            )?;
+            let s = raw_icmp(true)?;
             let to = SocketAddr::new(IpAddr::V6(slot.sandbox6), 0);
             let mut ns_msg = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
             ns_msg.extend_from_slice(&slot.sandbox6.octets());
@@ -549,11 +541,7 @@ fn a_router_advertisement_changes_no_slot_address_or_route() {
     rig.lab
         .host()
         .run(|| {
-            let s = socket2::Socket::new(
-                socket2::Domain::IPV6,
-                socket2::Type::RAW,
-                Some(socket2::Protocol::ICMPV6),
-            )?;
+            let s = raw_icmp(true)?;
             s.set_multicast_hops_v6(255)?;
             s.set_multicast_if_v6(ifindex)?;
             let all_nodes = std::net::SocketAddrV6::new("ff02::1".parse().unwrap(), 0, 0, ifindex);
@@ -657,16 +645,13 @@ fn a_packet_from_elsewhere_that_matches_a_slots_connection_is_not_forwarded() {
     assert_eq!(sink.received().len(), 1);
 }
 
-/// The one's-complement sum of `bytes` (IP and ICMP checksums).
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+/// A raw ICMP socket (ICMPv6 for `v6`), in the namespace it is made in.
+fn raw_icmp(v6: bool) -> std::io::Result<socket2::Socket> {
+    let (domain, protocol) = match v6 {
+        true => (socket2::Domain::IPV6, socket2::Protocol::ICMPV6),
+        false => (socket2::Domain::IPV4, socket2::Protocol::ICMPV4),
+    };
+    socket2::Socket::new(domain, socket2::Type::RAW, Some(protocol))
 }
 
 /// An ICMP port-unreachable error from `ns` to `to`, quoting a UDP
@@ -679,7 +664,7 @@ fn send_port_unreachable(ns: &Netns, to: IpAddr, quoted_from: SocketAddr, quoted
     let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0];
     ip.extend_from_slice(&qs.octets());
     ip.extend_from_slice(&qd.octets());
-    let sum = checksum(&ip);
+    let sum = sandgate_dataplane::probe::checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let mut udp = Vec::new();
     udp.extend_from_slice(&quoted_from.port().to_be_bytes());
@@ -688,14 +673,10 @@ fn send_port_unreachable(ns: &Netns, to: IpAddr, quoted_from: SocketAddr, quoted
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&ip);
     icmp.extend_from_slice(&udp);
-    let sum = checksum(&icmp);
+    let sum = sandgate_dataplane::probe::checksum(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     ns.run(|| {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::ICMPV4),
-        )?;
+        let s = raw_icmp(false)?;
         for _ in 0..3 {
             s.send_to(&icmp, &SocketAddr::new(to, 0).into())?;
             std::thread::sleep(Duration::from_millis(20));
@@ -715,11 +696,7 @@ impl IcmpSink {
             rig.lab
                 .world()
                 .run(|| {
-                    let s = socket2::Socket::new(
-                        socket2::Domain::IPV4,
-                        socket2::Type::RAW,
-                        Some(socket2::Protocol::ICMPV4),
-                    )?;
+                    let s = raw_icmp(false)?;
                     s.set_read_timeout(Some(Duration::from_millis(500)))?;
                     Ok(UdpSocket::from(s))
                 })
