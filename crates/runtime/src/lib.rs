@@ -794,11 +794,11 @@ impl Runtime {
                 cause,
             })?;
         }
-        // A detached container inherits the runtime's stdio, so its
-        // stderr goes to a file (a pipe would never reach end of file); the
-        // file is read on failure and unlinked either way.
-        let log_path = dir.join("run.log");
-        let log = fs::File::create(&log_path)?;
+        // A detached container inherits the runtime's stdio: its stderr
+        // is a pipe, read until the runtime exits and closed then (a file
+        // would stay the container's after its removal, where whatever the
+        // sandbox writes to its first process's stderr would take the
+        // host's disk, past the sandbox's own).
         // The container's mount namespace is copied from one that holds
         // its own mounts and none of the others' ([`mountns`]).
         let config = fs::read(dir.join("config.json"))?;
@@ -816,19 +816,17 @@ impl Runtime {
             .arg(id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log);
-        let status = self
-            .clean
-            .spawn_with(&mut runc, &points)
-            .map_err(|e| RuntimeError::Program {
-                what: format!("starting the OCI runtime for {id}"),
-                said: e.to_string(),
-            })?
-            .wait()?;
-        let message = fs::read_to_string(&log_path).unwrap_or_default();
-        let _ = fs::remove_file(&log_path);
+            .stderr(Stdio::piped());
+        let mut child =
+            self.clean
+                .spawn_with(&mut runc, &points)
+                .map_err(|e| RuntimeError::Program {
+                    what: format!("starting the OCI runtime for {id}"),
+                    said: e.to_string(),
+                })?;
+        let (status, said) = procfs::stderr_until_exit(&mut child, RUN_SAID_MAX)?;
         if !status.success() {
-            return Err(self.oci("run", id, &message));
+            return Err(self.oci("run", id, &String::from_utf8_lossy(&said)));
         }
         // Where its processes are listed (see `ps`).
         let init = fs::read_to_string(dir.join("init.pid"))?;
@@ -1133,6 +1131,10 @@ impl Runtime {
 /// its snapshot's (bound on [`bundle::CA_FILE`]); its presence says the
 /// sandbox trusts it.
 pub const TRUSTED_CA: &str = "sandgate-ca.pem";
+
+/// The most of what the OCI runtime says when it starts a sandbox that
+/// is kept (for its error).
+const RUN_SAID_MAX: usize = 64 << 10;
 
 /// The file in a sandbox's directory bound on [`bundle::SYSTEM_BUNDLE`].
 const TRUST_BUNDLE: &str = "ca-bundle.crt";

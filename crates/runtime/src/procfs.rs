@@ -55,6 +55,67 @@ impl Held {
     }
 }
 
+/// What `child` writes on its stderr (a pipe) until it exits, at most
+/// `cap` bytes, and its exit status. The pipe may have other writers that
+/// outlive the child (a detached container inherits the OCI runtime's
+/// stderr): nothing is read after the child's exit, and the pipe is closed
+/// when this returns, so that a later write there fails (`EPIPE`) and
+/// takes nothing on the host, where a file would take the host's disk.
+pub(crate) fn stderr_until_exit(
+    child: &mut std::process::Child,
+    cap: usize,
+) -> std::io::Result<(std::process::ExitStatus, Vec<u8>)> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use std::io::{ErrorKind, Read};
+    let Some(mut pipe) = child.stderr.take() else {
+        return Ok((child.wait()?, Vec::new()));
+    };
+    // Our child, not yet reaped: its pid is its own.
+    let Some(runtime) = Held::open(child.id() as i32) else {
+        return Ok((child.wait()?, Vec::new()));
+    };
+    rustix::io::ioctl_fionbio(&pipe, true)?;
+    let mut said = Vec::new();
+    // Reads what is in the pipe now; whether its every writer is gone.
+    fn drain(
+        pipe: &mut std::process::ChildStderr,
+        said: &mut Vec<u8>,
+        cap: usize,
+    ) -> std::io::Result<bool> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => return Ok(true),
+                Ok(n) => said.extend_from_slice(&buf[..n.min(cap.saturating_sub(said.len()))]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let mut closed = false;
+    loop {
+        let exited = {
+            let mut fds = vec![PollFd::new(&runtime, PollFlags::IN)];
+            if !closed {
+                fds.push(PollFd::new(&pipe, PollFlags::IN));
+            }
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            fds[0].revents().contains(PollFlags::IN)
+        };
+        if !closed {
+            closed = drain(&mut pipe, &mut said, cap)?;
+        }
+        if exited {
+            break;
+        }
+    }
+    Ok((child.wait()?, said))
+}
+
 /// Whether host process `pid` is gone or a zombie.
 pub(crate) fn ended(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -78,4 +139,52 @@ pub(crate) fn ns_number(pid: i32, field: &str) -> Option<i32> {
         .last()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn a_programs_stderr_is_read_until_it_exits_though_a_child_keeps_the_pipe() {
+        // The child that keeps the pipe (as a detached container does)
+        // lives 30 s: waiting for the pipe's end would wait for it.
+        let mut program = Command::new("sh")
+            .args(["-c", "echo said >&2; sleep 30 & echo $! >&2; exit 3"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let (status, said) = stderr_until_exit(&mut program, 1024).unwrap();
+        let waited = started.elapsed();
+        let said = String::from_utf8(said).unwrap();
+        let (words, keeper) = said.split_once('\n').unwrap();
+        let keeper: i32 = keeper.trim().parse().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(keeper),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(words, "said");
+        assert!(
+            waited < Duration::from_secs(25),
+            "waited {waited:?} for the pipe's end"
+        );
+    }
+
+    #[test]
+    fn a_program_that_says_more_than_the_pipe_holds_is_not_blocked_and_is_cut_at_the_cap() {
+        let mut program = Command::new("sh")
+            .args(["-c", "head -c 1000000 /dev/zero >&2"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (status, said) = stderr_until_exit(&mut program, 1000).unwrap();
+        assert!(status.success());
+        assert_eq!(said.len(), 1000);
+    }
 }

@@ -1166,6 +1166,24 @@ fn a_sandboxs_own_disk_bounds_its_writes_and_goes_with_it() {
         .parse()
         .unwrap();
     assert!(size <= 32 << 20, "{size}");
+    // Nor can it write past its disk to the host's: what its first
+    // process inherited from the OCI runtime (stdout and stderr) holds no
+    // host file, so writing there fills nothing.
+    let r = f.sh(
+        &id,
+        "dd if=/dev/zero of=/proc/1/fd/2 bs=1M count=16 2>&1; echo $?",
+    );
+    assert!(!r.stdout.contains("16+0 records out"), "{r:?}");
+    let init: i32 = std::fs::read_to_string(dir.join("init.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let held = held_file_bytes(init);
+    assert!(
+        held < 1 << 20,
+        "the sandbox's first process holds {held} bytes of host files"
+    );
     // The files survive a stop and a start (the disk is mounted again).
     // Stopped, the sandbox holds no loop device, even with a second
     // runtime on the host (whose OCI runtime's namespace was copied from
@@ -1192,6 +1210,19 @@ fn a_sandboxs_own_disk_bounds_its_writes_and_goes_with_it() {
     f.rt.clear_disks().unwrap();
     assert_eq!(f.rt.ready_disks(48 << 20), 0);
     assert!(!mounts().contains(f.dir.join("disks").to_str().unwrap()));
+}
+
+/// The bytes of host disk that the regular files process `pid` holds
+/// open take (removed ones included), seen from the host.
+fn held_file_bytes(pid: i32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 /// Whether no loop device is backed by `image`, once the kernel has

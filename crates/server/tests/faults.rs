@@ -98,6 +98,61 @@ impl SmallDisk {
         while f.write_all(&block[..512]).is_ok() {}
         path
     }
+
+    /// What takes the disk's room, for a failure's message: its use as
+    /// the file system counts it, the largest files on it, and the files
+    /// on it that were removed but are still held open, by process (room
+    /// a removal does not give back).
+    fn report(&self) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let used_kib = nix::sys::statvfs::statvfs(&self.0)
+            .map(|s| ((s.blocks() - s.blocks_free()) * s.fragment_size()) >> 10);
+        let dev = std::fs::metadata(&self.0).map_or(0, |m| m.dev());
+        // Every file on this file system (not below the mounts on it).
+        let mut files = Vec::new();
+        let mut dirs = vec![self.0.clone()];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let Ok(m) = e.metadata() else { continue };
+                if m.dev() != dev {
+                    continue;
+                }
+                match m.is_dir() {
+                    true => dirs.push(e.path()),
+                    false => files.push((m.blocks() / 2, e.path())),
+                }
+            }
+        }
+        files.sort();
+        let largest: Vec<String> = files
+            .iter()
+            .rev()
+            .take(8)
+            .map(|(kib, p)| format!("{kib} KiB {}", p.display()))
+            .collect();
+        let mut held = Vec::new();
+        for proc_ in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            for fd in std::fs::read_dir(proc_.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(target) = std::fs::read_link(fd.path()) {
+                    let t = target.to_string_lossy();
+                    if t.starts_with(&*self.0.to_string_lossy()) && t.ends_with("(deleted)") {
+                        let comm =
+                            std::fs::read_to_string(proc_.path().join("comm")).unwrap_or_default();
+                        held.push(format!(
+                            "{t} by {} ({})",
+                            proc_.file_name().to_string_lossy(),
+                            comm.trim()
+                        ));
+                    }
+                }
+            }
+        }
+        format!("disk {}: {used_kib:?} KiB used; largest files: {largest:?}; removed but held open: {held:?}", self.0.display())
+    }
 }
 
 impl Drop for SmallDisk {
@@ -142,13 +197,16 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
         json!({"networkAllowList": format!("{SERVER4_B}/32")}),
     );
     let reach = |dest: std::net::IpAddr| {
-        std::fs::remove_file(&filler).ok();
-        let r = api.echoes(&key, "kept", &dest.to_string());
+        std::fs::remove_file(&filler).unwrap();
+        let r = echoes(&api, disk, &key, "kept", dest);
         disk.fill();
         r
     };
     let (a, b) = (reach(SERVER4), reach(SERVER4_B));
-    println!("an update on a full disk: {status} {v}; reaches {SERVER4}: {a}, {SERVER4_B}: {b}");
+    println!(
+        "an update on a full disk: {status} {v}; reaches {SERVER4}: {a}, {SERVER4_B}: {b}; {}",
+        disk.report()
+    );
     match status {
         200 => assert_eq!((a, b), (false, true)),
         507 => {
@@ -162,15 +220,27 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing() {
     std::fs::remove_file(&filler).unwrap();
     let (_, got) = api.get("/api/sandbox/kept", &key);
     assert_eq!(got["state"], "running", "{got}");
-    api.sandbox(&key, json!({"name": "new", "networkBlockAll": true}));
-    let (s, _) = api.post(
+    let (s, v) = api.post(
+        "/api/sandbox",
+        &key,
+        json!({"name": "new", "networkBlockAll": true}),
+    );
+    assert_eq!(s, 201, "{v}; {}", disk.report());
+    let (s, v) = api.post(
         "/api/sandbox/kept/network-settings",
         &key,
         json!({"networkAllowList": format!("{SERVER4}/32")}),
     );
-    assert_eq!(s, 200);
-    assert!(api.echoes(&key, "kept", &SERVER4.to_string()));
-    assert!(!api.echoes(&key, "new", &SERVER4.to_string()));
+    assert_eq!(s, 200, "{v}; {}", disk.report());
+    assert!(echoes(&api, disk, &key, "kept", SERVER4));
+    assert!(!echoes(&api, disk, &key, "new", SERVER4));
+}
+
+/// [`Api::echoes`], an exec refused with what takes `disk`'s room.
+fn echoes(api: &Api, disk: &SmallDisk, key: &str, name: &str, dest: std::net::IpAddr) -> bool {
+    let (s, v) = api.try_echoes(key, name, &dest.to_string());
+    assert_eq!(s, 200, "{v}; {}", disk.report());
+    v == serde_json::Value::Bool(true)
 }
 
 #[test]

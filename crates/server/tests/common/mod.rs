@@ -376,27 +376,39 @@ impl Api {
 
     /// Runs `command` in sandbox `id`.
     pub fn exec(&self, key: &str, id: &str, command: &str) -> Value {
-        let (s, v) = self.post(
+        let (s, v) = self.try_exec(key, id, command);
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Runs `command` in sandbox `id`: the status and the answer.
+    pub fn try_exec(&self, key: &str, id: &str, command: &str) -> (u16, Value) {
+        self.post(
             &format!("/api/sandbox/{id}/process/execute"),
             key,
             json!({"command": command, "timeout": 10}),
-        );
-        assert_eq!(s, 200, "{v}");
-        v
+        )
     }
 
     /// Whether the lab's TCP echo at `dest` answers sandbox `id`, asked
     /// from inside it.
     pub fn echoes(&self, key: &str, id: &str, dest: &str) -> bool {
+        let (s, v) = self.try_echoes(key, id, dest);
+        assert_eq!(s, 200, "{v}");
+        v == Value::Bool(true)
+    }
+
+    /// [`Api::echoes`], with the exec's status (the answer when it is not
+    /// 200).
+    pub fn try_echoes(&self, key: &str, id: &str, dest: &str) -> (u16, Value) {
         if let Ok(ip) = dest.parse::<IpAddr>() {
             assert!(is_lab_address(ip), "{dest} is not a lab address");
         }
-        let r = self.exec(
-            key,
-            id,
-            &format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}"),
-        );
-        r["stdout"] == "sandgate\n"
+        let command = format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}");
+        match self.try_exec(key, id, &command) {
+            (200, r) => (200, Value::Bool(r["stdout"] == "sandgate\n")),
+            other => other,
+        }
     }
 
     /// `explain`'s verdict and reason for `dest` in sandbox `id`.
