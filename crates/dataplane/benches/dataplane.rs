@@ -153,9 +153,10 @@ fn rate(lab: &Lab, ns: &Netns, load: Load, seconds: f64) -> f64 {
 }
 
 /// Packets/s of 64-byte IPv4 UDP the world receives while a slot sends as
-/// fast as it can (the round's main figure).
+/// fast as it can (the round's main figure), from no tracked connection
+/// as every [`rate`].
 fn forwarding_rate(lab: &Lab, ns: &Netns, seconds: f64) -> f64 {
-    udp_rate(lab, ns, SERVER4, seconds)
+    rate(lab, ns, Load::Udp(SERVER4), seconds)
 }
 
 /// Packets/s the world receives while a slot sends 64-byte datagrams to

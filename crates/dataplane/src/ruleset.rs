@@ -456,6 +456,17 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
             .unwrap_or_else(|| unreachable!("reason class {name}"))
     };
 
+    // A forged source: logged (or counted) and dropped. The raw hook's
+    // `slot_ingress` ends here; so does a packet from a slot that
+    // connection tracking ties to a connection the slot did not open (an
+    // ICMP error whose quoted packet is another slot's: connection
+    // tracking relates an error by the packet it quotes, not by who sends
+    // it), whose source is the slot's own, so the raw hook let it by.
+    let _ = write!(
+        r,
+        "  chain foreign {{\n{spoof}\x20 }}\n",
+        spoof = log_or_count(class("spoof"), "", rate, group, "drop"),
+    );
     // Ingress: unknown interfaces and forged sources never get further.
     let _ = write!(
         r,
@@ -468,18 +479,7 @@ pub fn ruleset(cfg: &DataplaneConfig, ranges: &Ranges, classes: &[ShareClass]) -
          \x20   ip6 saddr fe80::/10 {nd} return\n\
          \x20   ip6 saddr :: icmpv6 type nd-neighbor-solicit return\n\
          \x20   ip6 saddr {{ ::, fe80::/10 }} ip6 daddr ff02::/16 drop\n\
-         {spoof}\x20 }}\n",
-        spoof = log_or_count(class("spoof"), "", rate, group, "drop"),
-    );
-    // A packet from a slot that connection tracking ties to a connection
-    // the slot did not open: an ICMP error whose quoted packet is another
-    // slot's (connection tracking relates an error by the packet it
-    // quotes, not by who sends it). Its source is the slot's own, so the
-    // raw hook let it by; it is refused as a forged source.
-    let _ = write!(
-        r,
-        "  chain foreign {{\n{spoof}\x20 }}\n",
-        spoof = log_or_count(class("spoof"), "", rate, group, "drop"),
+         \x20   goto foreign\n  }}\n",
     );
     // Transfer quotas: a slot's element in `transfer` counts every packet
     // from the slot and every packet to it, and the lookup matches once

@@ -654,31 +654,45 @@ fn raw_icmp(v6: bool) -> std::io::Result<socket2::Socket> {
     socket2::Socket::new(domain, socket2::Type::RAW, Some(protocol))
 }
 
-/// An ICMP port-unreachable error from `ns` to `to`, quoting a UDP
-/// datagram `quoted_from` -> `quoted_to` (what `to` would have sent):
-/// connection tracking relates it to the connection the quote belongs to.
-fn send_port_unreachable(ns: &Netns, to: IpAddr, quoted_from: SocketAddr, quoted_to: SocketAddr) {
-    let (IpAddr::V4(qs), IpAddr::V4(qd)) = (quoted_from.ip(), quoted_to.ip()) else {
-        unreachable!("IPv4 only")
-    };
-    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0];
-    ip.extend_from_slice(&qs.octets());
-    ip.extend_from_slice(&qd.octets());
-    let sum = sandgate_dataplane::probe::checksum(&ip);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+/// An ICMP (or ICMPv6) port-unreachable error from `ns` to `to`'s
+/// address, quoting a UDP datagram `to` -> `quoted_to` (what `to` would
+/// have sent): connection tracking relates it to the connection the quote
+/// belongs to.
+fn send_port_unreachable(ns: &Netns, to: SocketAddr, quoted_to: SocketAddr) {
     let mut udp = Vec::new();
-    udp.extend_from_slice(&quoted_from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
     udp.extend_from_slice(&quoted_to.port().to_be_bytes());
     udp.extend_from_slice(&[0, 8, 0, 0]);
-    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&ip);
-    icmp.extend_from_slice(&udp);
-    let sum = sandgate_dataplane::probe::checksum(&icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let icmp = match (to.ip(), quoted_to.ip()) {
+        (IpAddr::V4(qs), IpAddr::V4(qd)) => {
+            let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0];
+            ip.extend_from_slice(&qs.octets());
+            ip.extend_from_slice(&qd.octets());
+            let sum = sandgate_dataplane::probe::checksum(&ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&ip);
+            icmp.extend_from_slice(&udp);
+            let sum = sandgate_dataplane::probe::checksum(&icmp);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            icmp
+        }
+        (IpAddr::V6(qs), IpAddr::V6(qd)) => {
+            // Destination unreachable, port unreachable; the kernel fills
+            // in an ICMPv6 raw socket's checksum.
+            let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+            icmp.extend_from_slice(&qs.octets());
+            icmp.extend_from_slice(&qd.octets());
+            icmp.extend_from_slice(&udp);
+            icmp
+        }
+        _ => unreachable!("one family"),
+    };
     ns.run(|| {
-        let s = raw_icmp(false)?;
+        let s = raw_icmp(to.is_ipv6())?;
         for _ in 0..3 {
-            s.send_to(&icmp, &SocketAddr::new(to, 0).into())?;
+            s.send_to(&icmp, &SocketAddr::new(to.ip(), 0).into())?;
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
@@ -686,31 +700,38 @@ fn send_port_unreachable(ns: &Netns, to: IpAddr, quoted_from: SocketAddr, quoted
     .unwrap();
 }
 
-/// The ICMP errors the world's `SERVER4` receives in 500 ms that quote a
-/// datagram to `port` (a raw socket, read through `UdpSocket`'s `recv`).
-struct IcmpSink(UdpSocket);
+/// The ICMP (or ICMPv6) errors the world's `at` receives in 500 ms that
+/// quote a datagram to `port` (a raw socket, read through `UdpSocket`'s
+/// `recv`).
+struct IcmpSink(UdpSocket, bool);
 
 impl IcmpSink {
-    fn new(rig: &Rig) -> IcmpSink {
-        IcmpSink(
-            rig.lab
-                .world()
-                .run(|| {
-                    let s = raw_icmp(false)?;
-                    s.set_read_timeout(Some(Duration::from_millis(500)))?;
-                    Ok(UdpSocket::from(s))
-                })
-                .unwrap(),
-        )
+    fn new(rig: &Rig, at: IpAddr) -> IcmpSink {
+        let s = rig
+            .lab
+            .world()
+            .run(|| {
+                let s = raw_icmp(at.is_ipv6())?;
+                s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                Ok(UdpSocket::from(s))
+            })
+            .unwrap();
+        IcmpSink(s, at.is_ipv6())
     }
 
     fn quoting(&self, port: u16) -> usize {
         let mut n = 0;
         let mut b = [0u8; 1500];
         while let Ok(len) = self.0.recv(&mut b) {
-            // IP header (20), ICMP header (8), quoted IP header (20), then
-            // the quoted UDP ports.
-            if len >= 52 && b[20] == 3 && u16::from_be_bytes([b[50], b[51]]) == port {
+            // IPv4: the IP header (20), the ICMP header (8), the quoted IP
+            // header (20), then the quoted UDP ports. IPv6 (a raw socket
+            // gets no IP header): the ICMPv6 header (8), the quoted header
+            // (40), then the ports. Destination unreachable: 3, and 1.
+            let unreachable = match self.1 {
+                false => b[20] == 3,
+                true => b[0] == 1,
+            };
+            if len >= 52 && unreachable && u16::from_be_bytes([b[50], b[51]]) == port {
                 n += 1;
             }
         }
@@ -720,24 +741,38 @@ impl IcmpSink {
 
 #[test]
 fn a_slot_cannot_send_an_error_on_another_slots_connection() {
-    // Slot A's connection to the world; slot B beside it, root in its
-    // namespace, may send what it likes from its own address.
+    an_error_on_another_slots_connection_does_not_leave(SERVER4);
+}
+
+#[test]
+fn a_slot_cannot_send_an_icmpv6_error_on_another_slots_connection() {
+    an_error_on_another_slots_connection_does_not_leave(SERVER6);
+}
+
+/// Slot A's connection to the world's `server` (IPv4 or IPv6); slot B
+/// beside it, root in its namespace, may send what it likes from its own
+/// address: its error about A's connection must not leave.
+fn an_error_on_another_slots_connection_does_not_leave(server: IpAddr) {
     let mut rig = Rig::new();
     let policy = rig.resolve(3, open());
     let (a, a_ns) = rig.sandbox("a", &policy);
     let (_b, b_ns) = rig.sandbox("b", &policy);
-    let server = SocketAddr::new(SERVER4, 9997);
+    let server = SocketAddr::new(server, 9997);
     let _sink = Sink::new(&rig, server);
-    let a_end = SocketAddr::new(IpAddr::V4(a.sandbox4), 40_321);
+    let a_ip = match server.ip() {
+        IpAddr::V4(_) => IpAddr::V4(a.sandbox4),
+        IpAddr::V6(_) => IpAddr::V6(a.sandbox6),
+    };
+    let a_end = SocketAddr::new(a_ip, 40_321);
     let sock = a_ns.run(|| UdpSocket::bind(a_end)).unwrap();
     for _ in 0..2 {
         sock.send_to(b"a", server).unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
-    let errors = IcmpSink::new(&rig);
+    let errors = IcmpSink::new(&rig, server.ip());
     // A's own error about its connection (as if the server's datagram
     // found no socket) reaches the server: the probe works.
-    send_port_unreachable(&a_ns, SERVER4, server, a_end);
+    send_port_unreachable(&a_ns, server, a_end);
     assert!(
         errors.quoting(a_end.port()) > 0,
         "A's own error did not arrive"
@@ -745,7 +780,7 @@ fn a_slot_cannot_send_an_error_on_another_slots_connection() {
     // B sends the same error: connection tracking relates it to A's
     // connection (by the datagram it quotes), but it is not B's, and must
     // not leave (under A's address and on A's allowance).
-    send_port_unreachable(&b_ns, SERVER4, server, a_end);
+    send_port_unreachable(&b_ns, server, a_end);
     assert_eq!(
         errors.quoting(a_end.port()),
         0,

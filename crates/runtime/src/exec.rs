@@ -12,7 +12,9 @@
 use crate::procfs::{ended, ns_number, Held};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
-use std::io::{self, BufRead, BufReader, Read};
+use rustix::event::{eventfd, EventfdFlags};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,51 +44,127 @@ const POLL: Duration = Duration::from_millis(5);
 /// of it is left alive).
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
-/// Reads `r` on a thread of its own until end of file, keeping at most
-/// `cap` bytes in what it returns. With `header`, the first line is not
-/// output but the command's process group, sent there (`None` if the
-/// stream ends or the line is not a number).
-fn capture(
-    r: impl Read + Send + 'static,
-    cap: usize,
-    header: Option<mpsc::Sender<Option<i32>>>,
-) -> (Captured, thread::JoinHandle<()>) {
-    let captured: Captured = Arc::default();
-    let sink = captured.clone();
-    let reader = thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        if let Some(header) = header {
-            let mut line = Vec::new();
-            let pgid = match (&mut r).take(16).read_until(b'\n', &mut line) {
-                Ok(_) => std::str::from_utf8(&line)
-                    .ok()
-                    .and_then(|l| l.trim().parse().ok()),
-                Err(_) => None,
-            };
-            let _ = header.send(pgid);
-        }
-        let mut buf = [0u8; 8192];
-        while let Ok(n @ 1..) = r.read(&mut buf) {
-            let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
-            let (kept, dropped) = &mut *guard;
-            let room = cap.saturating_sub(kept.len());
-            kept.extend_from_slice(&buf[..n.min(room)]);
-            *dropped |= n > room;
-        }
-    });
-    (captured, reader)
+/// A stream read on a thread of its own ([`capture`]).
+struct Capture {
+    captured: Captured,
+    reader: thread::JoinHandle<()>,
+    /// An eventfd: written, it stops the reader, which closes the stream's
+    /// end it holds.
+    stop: Arc<OwnedFd>,
 }
 
-/// What `captured` holds once its reader is done, or [`DRAIN`] from now.
-fn collect(captured: Option<(Captured, thread::JoinHandle<()>)>) -> (Vec<u8>, bool) {
-    let Some((captured, reader)) = captured else {
+/// Reads `r` on a thread of its own until end of file or until stopped
+/// ([`collect`]), keeping at most `cap` bytes in what it returns. With
+/// `header`, the first line (at most 16 bytes) is not output but the
+/// command's process group, sent there (`None` if the stream ends or the
+/// line is not a number).
+fn capture<R: Read + AsFd + Send + 'static>(
+    r: R,
+    cap: usize,
+    header: Option<mpsc::Sender<Option<i32>>>,
+) -> io::Result<Capture> {
+    let stop = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
+    rustix::io::ioctl_fionbio(&r, true)?;
+    let captured: Captured = Arc::default();
+    let (sink, stopped) = (captured.clone(), stop.clone());
+    let reader = thread::spawn(move || read_stream(r, cap, header, &sink, &stopped));
+    Ok(Capture {
+        captured,
+        reader,
+        stop,
+    })
+}
+
+/// [`capture`]'s reader: reads `r` (non-blocking) as it becomes readable,
+/// until its end, an error, or `stop` is written.
+fn read_stream<R: Read + AsFd>(
+    mut r: R,
+    cap: usize,
+    mut header: Option<mpsc::Sender<Option<i32>>>,
+    sink: &Captured,
+    stop: &OwnedFd,
+) {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut line = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let mut fds = [
+            PollFd::new(&r, PollFlags::IN),
+            PollFd::new(stop, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+        if fds[1].revents().contains(PollFlags::IN) {
+            break;
+        }
+        let mut data = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => &buf[..n],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        };
+        if header.is_some() {
+            let room = &data[..data.len().min(HEADER_MAX - line.len())];
+            let take = room
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(room.len(), |i| i + 1);
+            line.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if line.ends_with(b"\n") || line.len() == HEADER_MAX {
+                if let Some(tx) = header.take() {
+                    let _ = tx.send(pgid_of(&line));
+                }
+            }
+        }
+        let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
+        let (kept, dropped) = &mut *guard;
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&data[..data.len().min(room)]);
+        *dropped |= data.len() > room;
+    }
+    // The stream ended (or was stopped) before the line was whole.
+    if let Some(tx) = header {
+        let _ = tx.send(pgid_of(&line));
+    }
+}
+
+/// The longest header line (a pid and its newline).
+const HEADER_MAX: usize = 16;
+
+/// The process group a header line names, if it is a number.
+fn pgid_of(line: &[u8]) -> Option<i32> {
+    std::str::from_utf8(line).ok()?.trim().parse().ok()
+}
+
+/// What `capture` holds once its reader is done, or [`DRAIN`] from now.
+/// The reader is stopped then: what a process that left the command's
+/// group writes later is not read, and its end of the stream is closed
+/// (a write there fails), so no host thread reads for it.
+fn collect(capture: Option<Capture>) -> (Vec<u8>, bool) {
+    let Some(c) = capture else {
         return Default::default();
     };
     let deadline = Instant::now() + DRAIN;
-    while !reader.is_finished() && Instant::now() < deadline {
+    while !c.reader.is_finished() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(2));
     }
-    let guard = captured.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = rustix::io::write(&*c.stop, &1u64.to_ne_bytes()) {
+        tracing::warn!(error = %e, "stopping an exec's output reader");
+    }
+    if c.reader.join().is_err() {
+        tracing::warn!("an exec's output reader panicked");
+    }
+    let guard = c.captured.lock().unwrap_or_else(|e| e.into_inner());
     guard.clone()
 }
 
@@ -276,11 +354,27 @@ fn run_spec(
         .stderr(Stdio::piped());
     let mut child = spawn(cmd)?;
     let (header_tx, header) = mpsc::channel();
-    let out = child
-        .stdout
-        .take()
-        .map(|o| capture(o, cap, Some(header_tx)));
-    let err = child.stderr.take().map(|e| capture(e, cap, None));
+    let captures = (|| {
+        let out = child
+            .stdout
+            .take()
+            .map(|o| capture(o, cap, Some(header_tx)))
+            .transpose()?;
+        let err = child
+            .stderr
+            .take()
+            .map(|e| capture(e, cap, None))
+            .transpose()?;
+        io::Result::Ok((out, err))
+    })();
+    let (out, err) = match captures {
+        Ok(both) => both,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     // The runtime's end is waited for on a thread, so it is seen at once;
     // the loop below wakes for it or every POLL. The thread does not reap
     // (`WNOWAIT`): only `child` does, so its pid stays the runtime's until

@@ -61,38 +61,35 @@ impl Held {
 /// stderr): nothing is read after the child's exit, and the pipe is closed
 /// when this returns, so that a later write there fails (`EPIPE`) and
 /// takes nothing on the host, where a file would take the host's disk.
+/// On an error the child is killed and reaped: none is left running or a
+/// zombie.
 pub(crate) fn stderr_until_exit(
     child: &mut std::process::Child,
     cap: usize,
 ) -> std::io::Result<(std::process::ExitStatus, Vec<u8>)> {
-    use rustix::event::{poll, PollFd, PollFlags};
-    use std::io::{ErrorKind, Read};
-    let Some(mut pipe) = child.stderr.take() else {
-        return Ok((child.wait()?, Vec::new()));
-    };
-    // Our child, not yet reaped: its pid is its own.
-    let Some(runtime) = Held::open(child.id() as i32) else {
-        return Ok((child.wait()?, Vec::new()));
-    };
-    rustix::io::ioctl_fionbio(&pipe, true)?;
-    let mut said = Vec::new();
-    // Reads what is in the pipe now; whether its every writer is gone.
-    fn drain(
-        pipe: &mut std::process::ChildStderr,
-        said: &mut Vec<u8>,
-        cap: usize,
-    ) -> std::io::Result<bool> {
-        let mut buf = [0u8; 4096];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => return Ok(true),
-                Ok(n) => said.extend_from_slice(&buf[..n.min(cap.saturating_sub(said.len()))]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    match read_until_exit(child, cap) {
+        Ok(said) => Ok((child.wait()?, said)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
         }
     }
+}
+
+/// [`stderr_until_exit`]'s reading: returns once `child` has exited and
+/// what it wrote before is read.
+fn read_until_exit(child: &mut std::process::Child, cap: usize) -> std::io::Result<Vec<u8>> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let Some(mut pipe) = child.stderr.take() else {
+        return Ok(Vec::new());
+    };
+    // Our child, not yet reaped: its pid is its own, and it exists.
+    let runtime = Held::try_open(child.id() as i32)?.ok_or_else(|| {
+        std::io::Error::other("the OCI runtime's process is gone before it was reaped")
+    })?;
+    rustix::io::ioctl_fionbio(&pipe, true)?;
+    let mut said = Vec::new();
     let mut closed = false;
     loop {
         let exited = {
@@ -107,13 +104,45 @@ pub(crate) fn stderr_until_exit(
             fds[0].revents().contains(PollFlags::IN)
         };
         if !closed {
-            closed = drain(&mut pipe, &mut said, cap)?;
+            closed = drain(&mut pipe, &mut said, cap, exited)?;
         }
         if exited {
-            break;
+            return Ok(said);
         }
     }
-    Ok((child.wait()?, said))
+}
+
+/// Reads what `pipe` holds into `said` (up to `cap` bytes kept, the rest
+/// read and dropped), returning whether its every writer is gone. A few
+/// reads at a time while the writer runs (a writer that keeps the pipe
+/// full does not keep the caller from seeing its end); all once it has
+/// `exited`.
+fn drain(
+    pipe: &mut std::process::ChildStderr,
+    said: &mut Vec<u8>,
+    cap: usize,
+    exited: bool,
+) -> std::io::Result<bool> {
+    use std::io::{ErrorKind, Read};
+    let mut buf = [0u8; 4096];
+    let mut reads = 0;
+    // What is left in the pipe after the writer's exit is bounded by the
+    // pipe's size (other writers may still add to it: a sandbox's).
+    let most = if exited { 64 } else { 16 };
+    while reads < most {
+        match pipe.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                let keep = n.min(cap.saturating_sub(said.len()));
+                said.extend_from_slice(&buf[..keep]);
+                reads += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 /// Whether host process `pid` is gone or a zombie.
@@ -172,6 +201,38 @@ mod tests {
         assert!(
             waited < Duration::from_secs(25),
             "waited {waited:?} for the pipe's end"
+        );
+    }
+
+    #[test]
+    fn the_pipe_is_closed_once_read_so_a_later_write_fails() {
+        // The child that keeps the pipe writes until a write fails, then
+        // leaves a mark.
+        let mark = std::env::temp_dir().join(format!("sandgate-pipe-{}", std::process::id()));
+        let _ = std::fs::remove_file(&mark);
+        let script = format!(
+            "(trap '' PIPE; while echo more >&2 2>/dev/null; do sleep 0.05; done; echo closed > {}) & exit 0",
+            mark.display()
+        );
+        let mut program = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (status, _) = stderr_until_exit(&mut program, 1024).unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !mark.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let closed = std::fs::read_to_string(&mark);
+        let _ = std::fs::remove_file(&mark);
+        assert_eq!(
+            closed.ok().as_deref(),
+            Some("closed\n"),
+            "the pipe is still open"
         );
     }
 
