@@ -175,17 +175,22 @@ mod tests {
     use super::*;
     use std::process::{Command, Stdio};
 
-    #[test]
-    fn a_programs_stderr_is_read_until_it_exits_though_a_child_keeps_the_pipe() {
-        // The child that keeps the pipe (as a detached container does)
-        // lives 30 s: waiting for the pipe's end would wait for it.
-        let mut program = Command::new("sh")
-            .args(["-c", "echo said >&2; sleep 30 & echo $! >&2; exit 3"])
+    /// `sh -c script`, its stderr a pipe (its stdin and stdout nothing).
+    fn sh(script: &str) -> std::process::Child {
+        Command::new("sh")
+            .args(["-c", script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn a_programs_stderr_is_read_until_it_exits_though_a_child_keeps_the_pipe() {
+        // The child that keeps the pipe (as a detached container does)
+        // lives 30 s: waiting for the pipe's end would wait for it.
+        let mut program = sh("echo said >&2; sleep 30 & echo $! >&2; exit 3");
         let started = std::time::Instant::now();
         let (status, said) = stderr_until_exit(&mut program, 1024).unwrap();
         let waited = started.elapsed();
@@ -214,13 +219,7 @@ mod tests {
             "(trap '' PIPE; while echo more >&2 2>/dev/null; do sleep 0.05; done; echo closed > {}) & exit 0",
             mark.display()
         );
-        let mut program = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut program = sh(&script);
         let (status, _) = stderr_until_exit(&mut program, 1024).unwrap();
         assert!(status.success());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -238,12 +237,7 @@ mod tests {
 
     #[test]
     fn a_program_that_says_more_than_the_pipe_holds_is_not_blocked_and_is_cut_at_the_cap() {
-        let mut program = Command::new("sh")
-            .args(["-c", "head -c 1000000 /dev/zero >&2"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut program = sh("head -c 1000000 /dev/zero >&2");
         let (status, said) = stderr_until_exit(&mut program, 1000).unwrap();
         assert!(status.success());
         assert_eq!(said.len(), 1000);

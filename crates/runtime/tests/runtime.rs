@@ -69,11 +69,26 @@ impl Fixture {
     }
 
     fn sh(&self, id: &str, command: &str) -> sandgate_runtime::ExecResult {
+        self.sh_within(id, command, None)
+    }
+
+    /// [`Fixture::sh`], ended at `timeout`.
+    fn sh_for(&self, id: &str, command: &str, timeout: Duration) -> sandgate_runtime::ExecResult {
+        self.sh_within(id, command, Some(timeout))
+    }
+
+    fn sh_within(
+        &self,
+        id: &str,
+        command: &str,
+        timeout: Option<Duration>,
+    ) -> sandgate_runtime::ExecResult {
         self.rt
             .exec(
                 id,
                 &ExecRequest {
                     command: command.into(),
+                    timeout,
                     ..Default::default()
                 },
             )
@@ -175,16 +190,11 @@ fn exec_semantics(class: RuntimeClass) {
     assert_eq!(r.stdout.len(), 1000);
     // The timeout kills the whole group, children and grandchildren.
     let started = Instant::now();
-    let r =
-        f.rt.exec(
-            &id,
-            &ExecRequest {
-                command: "sleep 300 & (sleep 301 &); sleep 302".into(),
-                timeout: Some(Duration::from_secs(1)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let r = f.sh_for(
+        &id,
+        "sleep 300 & (sleep 301 &); sleep 302",
+        Duration::from_secs(1),
+    );
     assert!(r.timed_out);
     assert_eq!(r.exit_code, 137);
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -198,16 +208,11 @@ fn exec_semantics(class: RuntimeClass) {
     // A process that leaves the group and keeps the output open does not
     // hold the exec past its timeout.
     let started = Instant::now();
-    let r =
-        f.rt.exec(
-            &id,
-            &ExecRequest {
-                command: "setsid sleep 303 & echo kept; sleep 304".into(),
-                timeout: Some(Duration::from_secs(1)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let r = f.sh_for(
+        &id,
+        "setsid sleep 303 & echo kept; sleep 304",
+        Duration::from_secs(1),
+    );
     assert!(r.timed_out);
     assert_eq!(r.stdout, "kept\n");
     assert!(
@@ -221,15 +226,7 @@ fn exec_semantics(class: RuntimeClass) {
     // (runc waits for it, so there the exec ends at its timeout, as
     // above; runsc does not.)
     let r =
-        f.rt.exec(
-            &id,
-            &ExecRequest {
-                command: "setsid sh -c 'trap \"\" PIPE; while echo more; do sleep 0.05; done; echo closed > /tmp/closed' & sleep 0.2".into(),
-                timeout: Some(Duration::from_secs(1)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        f.sh_for(&id, "setsid sh -c 'trap \"\" PIPE; while echo more; do sleep 0.05; done; echo closed > /tmp/closed' & sleep 0.2", Duration::from_secs(1));
     assert!(r.stdout.starts_with("more\n"), "{r:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let closed = loop {
@@ -305,15 +302,11 @@ fn a_sandbox_sees_nothing_of_the_host_and_cannot_change_its_kernel_state() {
 fn fork_bomb(f: &Fixture, id: &str, during: impl FnOnce()) -> sandgate_runtime::ExecResult {
     std::thread::scope(|s| {
         let bomb = s.spawn(|| {
-            f.rt.exec(
+            f.sh_for(
                 id,
-                &ExecRequest {
-                    command: "(for i in $(seq 200); do sleep 30 & done); sleep 30".into(),
-                    timeout: Some(Duration::from_secs(4)),
-                    ..Default::default()
-                },
+                "(for i in $(seq 200); do sleep 30 & done); sleep 30",
+                Duration::from_secs(4),
             )
-            .unwrap()
         });
         std::thread::sleep(Duration::from_millis(2000));
         during();
@@ -396,16 +389,11 @@ fn fork_loop_ends(class: RuntimeClass) {
     let mut f = Fixture::under(class, "floop", |c| c.pids_limit = 64);
     let id = f.sandbox("floop");
     let started = Instant::now();
-    let r =
-        f.rt.exec(
-            &id,
-            &ExecRequest {
-                command: r#"awk 'BEGIN { while (1) system("sleep 30 &") }' 2>/dev/null"#.into(),
-                timeout: Some(Duration::from_secs(3)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let r = f.sh_for(
+        &id,
+        r#"awk 'BEGIN { while (1) system("sleep 30 &") }' 2>/dev/null"#,
+        Duration::from_secs(3),
+    );
     assert!(r.timed_out, "{r:?}");
     assert!(
         started.elapsed() < Duration::from_secs(10),

@@ -393,21 +393,20 @@ impl Api {
     /// Whether the lab's TCP echo at `dest` answers sandbox `id`, asked
     /// from inside it.
     pub fn echoes(&self, key: &str, id: &str, dest: &str) -> bool {
-        let (s, v) = self.try_echoes(key, id, dest);
-        assert_eq!(s, 200, "{v}");
-        v == Value::Bool(true)
+        self.try_echoes(key, id, dest)
+            .unwrap_or_else(|(s, v)| panic!("exec: {s} {v}"))
     }
 
-    /// [`Api::echoes`], with the exec's status (the answer when it is not
-    /// 200).
-    pub fn try_echoes(&self, key: &str, id: &str, dest: &str) -> (u16, Value) {
+    /// [`Api::echoes`], or the exec's status and answer when it is not
+    /// 200.
+    pub fn try_echoes(&self, key: &str, id: &str, dest: &str) -> Result<bool, (u16, Value)> {
         if let Ok(ip) = dest.parse::<IpAddr>() {
             assert!(is_lab_address(ip), "{dest} is not a lab address");
         }
         let command = format!("echo sandgate | nc -w 1 {dest} {TCP_ECHO}");
         match self.try_exec(key, id, &command) {
-            (200, r) => (200, Value::Bool(r["stdout"] == "sandgate\n")),
-            other => other,
+            (200, r) => Ok(r["stdout"] == "sandgate\n"),
+            other => Err(other),
         }
     }
 
