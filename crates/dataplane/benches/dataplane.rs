@@ -4,7 +4,8 @@
 //! 1. forwarding: 64-byte UDP (packets/s) and bulk TCP (Mbit/s), IPv4
 //!    and IPv6, from a slot through the host namespace to the world, with
 //!    1, 100 and 1,000 live slots, against no rules at all and against
-//!    NAT and connection tracking alone; for IPv4 UDP also against a
+//!    NAT and connection tracking alone, sandgate without and with the
+//!    TC-BPF fast path (`fast_path`); for IPv4 UDP also against a
 //!    linear chain of one rule per sandbox (the reference platform's
 //!    layout); at 1,000 slots also with a deny list
 //!    of 20 entries on every slot, with the sender's egress paced by a
@@ -234,9 +235,21 @@ fn fresh(lab: &Lab, policy: &PolicyConfig) -> (Dataplane, PathBuf) {
 /// The dataplane again on the state in `dir`, as after a restart, with a
 /// warm pool of `pool`.
 fn restart(lab: &Lab, policy: &PolicyConfig, dir: &Path, pool: usize) -> Dataplane {
+    restart_with(lab, policy, dir, pool, false)
+}
+
+/// [`restart`], with the fast path on or off.
+fn restart_with(
+    lab: &Lab,
+    policy: &PolicyConfig,
+    dir: &Path,
+    pool: usize,
+    fast: bool,
+) -> Dataplane {
     let mut cfg = DataplaneConfig::new(policy, lab.tag(), dir.join("state.json")).unwrap();
     cfg.host_netns = Some(lab.host().name().to_string());
     cfg.warm_pool = pool;
+    cfg.fast_path = fast;
     Dataplane::start(cfg, policy.clone()).unwrap().0
 }
 
@@ -350,25 +363,36 @@ fn forwarding(seconds: f64, rounds: usize) {
                     .index,
             );
         }
-        // The main figures: sandgate, no rules and NAT only in turn, round
-        // after round, so that the machine's drift falls on all three.
-        let (mut ours, mut bare, mut nat) = (Vec::new(), Vec::new(), Vec::new());
+        // The main figures: sandgate, sandgate with the fast path, no
+        // rules and NAT only in turn, round after round, so that the
+        // machine's drift falls on all four.
+        let (mut ours, mut fast, mut bare, mut nat) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut live = Some(dp);
         for _ in 0..rounds {
             let dp = live.take().unwrap_or_else(|| restart(&lab, &pc, &dir, 0));
             ours.push(all(&|load| rate(&lab, &ns, load, seconds)));
+            drop(dp);
+            let dp = restart_with(&lab, &pc, &dir, 0, true);
+            fast.push(all(&|load| rate(&lab, &ns, load, seconds)));
             drop(dp);
             host_tables(&lab, "");
             bare.push(all(&|load| rate(&lab, &ns, load, seconds)));
             host_tables(&lab, NAT);
             nat.push(all(&|load| rate(&lab, &ns, load, seconds)));
         }
-        let (ours, bare, nat) = (medians(&ours), medians(&bare), medians(&nat));
+        let (ours, fast, bare, nat) = (
+            medians(&ours),
+            medians(&fast),
+            medians(&bare),
+            medians(&nat),
+        );
         let dp = restart(&lab, &pc, &dir, 0);
         // The flow log's part: the kernel counting each flow's bytes and
         // telling its new and ended flows to a reader (the runner's).
         let logged = {
-            let flows = sandgate_dataplane::Flows::start(Some(lab.host()), dp.config()).unwrap();
+            let flows =
+                sandgate_dataplane::Flows::start(Some(lab.host()), dp.config(), None).unwrap();
             let rate = forwarding_rate(&lab, &ns, seconds);
             drop(flows);
             conntrack_acct(&lab, false);
@@ -436,6 +460,7 @@ fn forwarding(seconds: f64, rounds: usize) {
                 bare_n,
             );
             row("sandgate", load, ours[k], base_n, bare_n);
+            row("sandgate, fast path on", load, fast[k], base_n, bare_n);
             if k > 0 {
                 continue;
             }

@@ -59,6 +59,9 @@ pub struct DataplaneConfig {
     /// name of a QUIC connection, so without this the name check on 443
     /// could be walked around over UDP.
     pub deny_quic_to_names: bool,
+    /// Whether established flows take the TC-BPF fast path
+    /// (`crate::fastpath`; default: no, netfilter forwards every packet).
+    pub fast_path: bool,
 }
 
 /// The name-checked ports by default.
@@ -109,6 +112,7 @@ impl DataplaneConfig {
             gateway_port: 10080,
             name_checked_ports: NAME_CHECKED_PORTS.to_vec(),
             deny_quic_to_names: true,
+            fast_path: false,
             instance: instance.to_string(),
             host_netns: None,
             subnet4,

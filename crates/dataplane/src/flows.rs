@@ -14,6 +14,7 @@
 //! record of what it relays, with the name.
 
 use crate::config::DataplaneConfig;
+use crate::fastpath::FastPathEnded;
 use netlink_packet_core::{DefaultNla, Nla, NlasIterator};
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple,
@@ -29,16 +30,18 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
-/// ctnetlink's multicast groups: new flows, and flows forgotten.
-const NFNLGRP_CONNTRACK_NEW: u32 = 1;
-const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+/// ctnetlink's multicast groups: new flows, changed flows, and flows
+/// forgotten.
+pub(crate) const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+pub(crate) const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
+pub(crate) const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 /// Attributes the crate leaves unparsed: the flow's id, its counters.
 const CTA_COUNTERS_ORIG: u16 = 9;
 const CTA_COUNTERS_REPLY: u16 = 10;
-const CTA_ID: u16 = 12;
+pub(crate) const CTA_ID: u16 = 12;
 const CTA_COUNTERS_BYTES: u16 = 2;
 /// The kind of an attribute without its flags (nested, byte order).
-const NLA_TYPE_MASK: u16 = 0x3fff;
+pub(crate) const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// How many records wait for a reader before new ones are counted and
 /// dropped.
@@ -83,34 +86,26 @@ pub struct Flows {
 
 impl Flows {
     /// Starts reading the flows of `cfg`'s slots in `host` (or here, for
-    /// `None`), with the kernel's byte counts turned on there.
-    pub fn start(host: Option<&Netns>, cfg: &DataplaneConfig) -> io::Result<Flows> {
-        let open = || -> io::Result<Socket> {
-            // Counts bytes per flow, for flows made from now on.
-            std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1")?;
-            let mut socket = Socket::new(NETLINK_NETFILTER)?;
-            let groups =
-                (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1));
-            socket.bind(&SocketAddr::new(0, groups))?;
-            Ok(socket)
-        };
-        let socket = match host {
-            Some(ns) => ns.run(open)?,
-            None => open()?,
-        };
-        nix::sys::socket::setsockopt(
-            &socket,
-            nix::sys::socket::sockopt::RcvBufForce,
-            &RECEIVE_BUFFER,
-        )
-        .map_err(io::Error::from)?;
-        crate::events::set_timeout(&socket, std::time::Duration::from_millis(100))?;
+    /// `None`), with the kernel's byte counts turned on there; an ended
+    /// flow's bytes add what it forwarded on the fast path, when there is
+    /// one (`fast`: [`crate::Dataplane::fast_path_ended`]).
+    pub fn start(
+        host: Option<&Netns>,
+        cfg: &DataplaneConfig,
+        fast: Option<FastPathEnded>,
+    ) -> io::Result<Flows> {
+        // Counts bytes per flow, for flows made from now on.
+        crate::in_ns(host, || {
+            std::fs::write("/proc/sys/net/netfilter/nf_conntrack_acct", "1")
+        })?;
+        let socket = conntrack_events(host, &[NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY])?;
         let (tx, receiver) = sync_channel(QUEUE);
         let lost = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let reader = Reader {
             socket,
             cfg: cfg.clone(),
+            fast,
             tx,
             lost: lost.clone(),
             stop: stop.clone(),
@@ -144,6 +139,26 @@ impl Flows {
     }
 }
 
+/// A ctnetlink socket in `host` (or here) bound to connection tracking's
+/// event `groups`, with a receive buffer for bursts and a read timeout
+/// (its reader looks at its stop flag in between).
+pub(crate) fn conntrack_events(host: Option<&Netns>, groups: &[u32]) -> io::Result<Socket> {
+    let mask = groups.iter().fold(0, |m, g| m | (1 << (g - 1)));
+    let socket = crate::in_ns(host, || {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind(&SocketAddr::new(0, mask))?;
+        Ok(socket)
+    })?;
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &RECEIVE_BUFFER,
+    )
+    .map_err(io::Error::from)?;
+    crate::events::set_timeout(&socket, std::time::Duration::from_millis(100))?;
+    Ok(socket)
+}
+
 impl Drop for Flows {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -158,6 +173,7 @@ impl Drop for Flows {
 struct Reader {
     socket: Socket,
     cfg: DataplaneConfig,
+    fast: Option<FastPathEnded>,
     tx: SyncSender<KernelFlow>,
     lost: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -185,7 +201,12 @@ impl Reader {
                     ConntrackMessage::Delete(a) => (a, true),
                     _ => continue,
                 };
-                if let Some(flow) = flow(&self.cfg, &attributes, ended) {
+                if let Some(mut flow) = flow(&self.cfg, &attributes, ended) {
+                    if let (Some((out, back)), Some(fast)) = (&mut flow.ended, &self.fast) {
+                        let (fast_out, fast_back) = fast.take(flow.id);
+                        *out += fast_out;
+                        *back += fast_back;
+                    }
                     if let Err(TrySendError::Full(_)) = self.tx.try_send(flow) {
                         self.lost.fetch_add(1, Ordering::Relaxed);
                     }
@@ -197,15 +218,15 @@ impl Reader {
 
 /// The addresses, protocol and ports of a tuple.
 #[derive(Default)]
-struct Ends {
-    source: Option<IpAddr>,
-    destination: Option<IpAddr>,
-    protocol: Option<Protocol>,
-    source_port: Option<u16>,
-    port: Option<u16>,
+pub(crate) struct Ends {
+    pub(crate) source: Option<IpAddr>,
+    pub(crate) destination: Option<IpAddr>,
+    pub(crate) protocol: Option<Protocol>,
+    pub(crate) source_port: Option<u16>,
+    pub(crate) port: Option<u16>,
 }
 
-fn ends(tuple: &[Tuple]) -> Ends {
+pub(crate) fn ends(tuple: &[Tuple]) -> Ends {
     let mut e = Ends::default();
     for t in tuple {
         match t {
@@ -235,7 +256,7 @@ fn ends(tuple: &[Tuple]) -> Ends {
 }
 
 /// The value of an attribute the crate left unparsed.
-fn value_of(nla: &DefaultNla) -> Vec<u8> {
+pub(crate) fn value_of(nla: &DefaultNla) -> Vec<u8> {
     let mut value = vec![0; nla.value_len()];
     nla.emit_value(&mut value);
     value

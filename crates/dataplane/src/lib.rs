@@ -18,6 +18,7 @@ pub mod config;
 pub mod counters;
 pub mod elements;
 pub mod events;
+pub mod fastpath;
 pub mod flows;
 pub mod probe;
 pub mod ruleset;
@@ -28,6 +29,7 @@ pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
 pub use counters::{KernelCounters, Reading};
 pub use elements::{now_ms, Generations, GrantNet, SlotPolicy, Transfer, TRANSFER_SET};
 pub use events::{DenyEvent, EventCounters, Events};
+pub use fastpath::{FastPathEnded, FastPathStats};
 pub use flows::{Flows, KernelFlow};
 
 use elements::{
@@ -78,6 +80,8 @@ pub struct Dataplane {
     /// connection budgets (made as a policy needs one, removed when no
     /// slot uses it).
     classes: BTreeSet<ShareClass>,
+    /// The fast path, when the configuration turns it on.
+    fast: Option<fastpath::FastPathState>,
 }
 
 /// The error (inside an `io::Error`) of a slot asked for when every index
@@ -119,6 +123,17 @@ type Admissions = BTreeMap<IpAddr, BTreeMap<String, Instant>>;
 /// The rule key of admissions whose rule is not known.
 const UNKNOWN_RULE: &str = "*";
 
+/// Runs `f` in namespace `host`, or here for `None`.
+pub(crate) fn in_ns<T: Send>(
+    host: Option<&Netns>,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    match host {
+        Some(ns) => ns.run(f),
+        None => f(),
+    }
+}
+
 fn other(what: String) -> io::Error {
     io::Error::other(what)
 }
@@ -154,7 +169,11 @@ impl Dataplane {
             cut: Default::default(),
             released: HashMap::new(),
             classes: BTreeSet::new(),
+            fast: None,
         };
+        if dp.cfg.fast_path {
+            dp.fast = Some(fastpath::FastPathState::start(dp.host.as_ref(), &dp.cfg)?);
+        }
         let report = dp.reconcile()?;
         // Forwarding only once the ruleset is in place.
         dp.in_host(|| {
@@ -212,12 +231,53 @@ impl Dataplane {
             .collect()
     }
 
+    /// Applies `tx` to the kernel, and repeats what it did to `valid` on
+    /// the fast path. A transaction the kernel refused still takes the
+    /// marks it would have removed off the fast path (never widening:
+    /// netfilter decides for those flows, as it did before).
+    fn commit(&mut self, tx: &Transaction) -> io::Result<()> {
+        let result = self.nft.commit(tx);
+        if let Some(fast) = &mut self.fast {
+            fast.mirror(tx, result.is_ok());
+        }
+        result
+    }
+
+    /// Attaches the fast path's program to a slot's interface (nothing
+    /// without a fast path).
+    fn fast_attach(&mut self, slot: &SlotAddrs) -> io::Result<()> {
+        match &mut self.fast {
+            Some(fast) => fast.attach_slot(self.host.as_ref(), &slot.host_if),
+            None => Ok(()),
+        }
+    }
+
+    /// Detaches the fast path's program from a slot's interface.
+    fn fast_detach(&mut self, slot: &SlotAddrs) {
+        if let Some(fast) = &mut self.fast {
+            fast.detach(&slot.host_if);
+        }
+    }
+
+    /// What the fast path did, when there is one.
+    pub fn fast_path_stats(&self) -> Option<io::Result<FastPathStats>> {
+        self.fast.as_ref().map(|f| f.stats())
+    }
+
+    /// The flow log's handle on what ended flows forwarded on the fast
+    /// path, when there is one (for [`Flows::start`]).
+    pub fn fast_path_ended(&self) -> Option<fastpath::FastPathEnded> {
+        self.fast.as_ref().map(|f| f.ended())
+    }
+
+    /// The marks the fast path lets through, when there is one.
+    pub fn fast_path_marks(&self) -> Option<io::Result<Vec<u32>>> {
+        self.fast.as_ref().map(|f| f.allowed())
+    }
+
     /// Runs `f` in the host namespace (for child processes such as `nft`).
     fn in_host<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-        match &self.host {
-            Some(ns) => ns.run(f),
-            None => f(),
-        }
+        in_ns(self.host.as_ref(), f)
     }
 
     /// The configuration.
@@ -356,7 +416,7 @@ impl Dataplane {
                     .insert(UNKNOWN_RULE.to_string(), Instant::now() + left);
             }
         }
-        self.nft.commit(&tx)?;
+        self.commit(&tx)?;
         // The pacers as the records say, on every slot (kernel state that a
         // crash may have left half made or half changed).
         let paced: Vec<(u32, Option<u32>)> = self
@@ -546,7 +606,8 @@ impl Dataplane {
         // (asynchronously, once both ends are up), what either end sends
         // is dropped: a sandbox's first DNS answer or SYN-ACK could be
         // lost. A slot is ready only when both ends are operationally up.
-        self.rtnl.wait_oper_up(&slot.host_if, LINK_UP_WAIT)
+        self.rtnl.wait_oper_up(&slot.host_if, LINK_UP_WAIT)?;
+        self.fast_attach(slot)
     }
 
     /// Prepares one slot if the warm pool holds fewer than `warm_pool`;
@@ -622,7 +683,7 @@ impl Dataplane {
         // Paced before its first packet can pass (a pacer a crash left on
         // the slot goes when it has no budget).
         let committed = self.pace(&slot, None, slot_policy.egress_mbps).and_then(|()| {
-            self.nft.commit(&tx).inspect_err(|_| {
+            self.commit(&tx).inspect_err(|_| {
                 if let Err(e) = self.pace(&slot, slot_policy.egress_mbps, None) {
                     tracing::warn!(slot = index, error = %e, "a pacer stays on a slot back in the pool until its next use");
                 }
@@ -713,7 +774,7 @@ impl Dataplane {
         let applied = if was_cut {
             Err(io::Error::other(format!("slot {index} was cut off")))
         } else {
-            self.nft.commit(&first)
+            self.commit(&first)
         };
         if let Err(e) = applied {
             // The kernel is not as recorded: rebuild the slot whole.
@@ -724,13 +785,13 @@ impl Dataplane {
                 rebuild.destroy(set, key);
             }
             whole(&mut rebuild, &slot, &new, quarantine, Verb::Add);
-            if self.nft.commit(&rebuild).is_err() {
+            if self.commit(&rebuild).is_err() {
                 // Cut the slot off rather than leave it as it was: neither
                 // policy's elements stay.
                 let mut cut = Transaction::new(&self.cfg.table);
                 whole(&mut cut, &slot, &old, old_gens, Verb::Destroy);
                 whole(&mut cut, &slot, &new, quarantine, Verb::Destroy);
-                if let Err(e) = self.nft.commit(&cut) {
+                if let Err(e) = self.commit(&cut) {
                     // Its interface stays known to the ruleset only through
                     // the elements left, which the next update or a restart
                     // replaces; say so loudly.
@@ -752,7 +813,7 @@ impl Dataplane {
         if quarantine != gens {
             let mut second = Transaction::new(&self.cfg.table);
             release(&mut second, &slot, &new, quarantine, gens);
-            self.nft.commit(&second)?;
+            self.commit(&second)?;
         }
         if old.shares != new.shares {
             self.prune_classes();
@@ -789,7 +850,7 @@ impl Dataplane {
         };
         let mut tx = Transaction::new(&self.cfg.table);
         transfer_quota(&mut tx, &slot, new.map(|t| (t.bytes, consumed)));
-        self.nft.commit(&tx)?;
+        self.commit(&tx)?;
         if let Some(r) = self.state.slots.get_mut(&index) {
             r.transfer_since = new.map(|t| t.period_start(now_s));
         }
@@ -849,7 +910,7 @@ impl Dataplane {
         for (index, t) in &due {
             transfer_quota(&mut tx, &self.cfg.slot(*index), Some((t.bytes, 0)));
         }
-        self.nft.commit(&tx)?;
+        self.commit(&tx)?;
         for (index, t) in &due {
             if let Some(r) = self.state.slots.get_mut(index) {
                 r.transfer_since = Some(t.period_start(now_s));
@@ -873,14 +934,19 @@ impl Dataplane {
             .rtnl
             .link_index(&slot.host_if)?
             .ok_or_else(|| other(format!("no link {}", slot.host_if)))?;
+        // A redirect by the fast path would walk around the pacer's
+        // filter: a paced slot has none.
         match new {
-            Some(mbit) => self
-                .rtnl
-                .shape_received(link, &pacer, TokenBucket::of_mbit(mbit)),
-            None if old.is_some() || self.rtnl.link_index(&pacer)?.is_some() => {
-                self.rtnl.unshape_received(link, &pacer)
+            Some(mbit) => {
+                self.fast_detach(slot);
+                self.rtnl
+                    .shape_received(link, &pacer, TokenBucket::of_mbit(mbit))
             }
-            None => Ok(()),
+            None if old.is_some() || self.rtnl.link_index(&pacer)?.is_some() => {
+                self.rtnl.unshape_received(link, &pacer)?;
+                self.fast_attach(slot)
+            }
+            None => self.fast_attach(slot),
         }
     }
 
@@ -902,7 +968,7 @@ impl Dataplane {
         let slot = self.cfg.slot(index);
         let mut cut = Transaction::new(&self.cfg.table);
         whole(&mut cut, &slot, &policy, gens, Verb::Destroy);
-        self.nft.commit(&cut)?;
+        self.commit(&cut)?;
         self.cut.insert(index);
         Ok(())
     }
@@ -995,7 +1061,7 @@ impl Dataplane {
             let (set, key) = admission_key(&slot, old);
             tx.destroy(set, key);
         }
-        self.nft.commit(&tx)?;
+        self.commit(&tx)?;
         let slot_admissions = self.admissions.entry(index).or_default();
         if let Some(old) = evicted {
             slot_admissions.remove(&old);
@@ -1056,7 +1122,8 @@ impl Dataplane {
         }
         forget_dynamic(&mut tx, &slot, &classes);
         transfer_quota(&mut tx, &slot, None);
-        self.nft.commit(&tx)?;
+        self.commit(&tx)?;
+        self.fast_detach(&slot);
         self.remove_objects(index)?;
         self.state.slots.remove(&index);
         self.prune_classes();

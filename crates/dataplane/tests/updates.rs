@@ -13,78 +13,9 @@ use sandgate_lab::addrs::*;
 use sandgate_netns::Netns;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::Ordering;
+use std::thread;
 use std::time::{Duration, Instant};
-
-/// A running download from the world's stream service, counting bytes.
-struct Transfer {
-    bytes: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Transfer {
-    fn start(ns: &Netns, server: IpAddr) -> Transfer {
-        // A small receive buffer (64 KiB, which the kernel doubles): what
-        // the host let through is counted within about 128 KiB however
-        // late the reader runs on a busy machine, so a count taken after
-        // an update holds little that passed before it (with the buffer
-        // grown by autotuning it held 4.5 MiB once, under the whole
-        // suite's load).
-        let mut conn = ns
-            .run(|| {
-                let to = SocketAddr::new(server, TCP_STREAM);
-                let s = socket2::Socket::new(
-                    socket2::Domain::for_address(to),
-                    socket2::Type::STREAM,
-                    None,
-                )?;
-                s.set_recv_buffer_size(64 * 1024)?;
-                s.connect_timeout(&to.into(), WAIT)?;
-                Ok(TcpStream::from(s))
-            })
-            .unwrap();
-        conn.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let bytes = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (b, s) = (bytes.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            let mut buf = [0u8; 64 * 1024];
-            while !s.load(Ordering::SeqCst) {
-                if let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    b.fetch_add(n as u64, Ordering::SeqCst);
-                }
-            }
-        });
-        Transfer {
-            bytes,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Bytes received during `window`, starting now.
-    fn progress(&self, window: Duration) -> u64 {
-        let before = self.bytes.load(Ordering::SeqCst);
-        thread::sleep(window);
-        self.bytes.load(Ordering::SeqCst) - before
-    }
-}
-
-impl Drop for Transfer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 #[test]
 fn an_update_to_blocked_cuts_a_running_transfer_within_a_second() {

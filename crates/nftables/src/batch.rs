@@ -138,6 +138,19 @@ impl Transaction {
         self.ops.len()
     }
 
+    /// The changes to set or map `set`, in order: what each does, its key
+    /// and what it maps the key to (for a mirror of the set kept
+    /// elsewhere, such as the fast path's `valid`).
+    pub fn changes_to<'a>(
+        &'a self,
+        set: &'a str,
+    ) -> impl Iterator<Item = (Verb, &'a Key, Option<&'a ElementData>)> + 'a {
+        self.ops
+            .iter()
+            .filter(move |op| op.set == set)
+            .map(|op| (op.verb, &op.key, op.data.as_ref()))
+    }
+
     fn push(
         &mut self,
         verb: Verb,

@@ -53,6 +53,11 @@ impl Key {
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The mark of a key made by [`Key::mark`] alone.
+    pub fn as_mark(&self) -> Option<u32> {
+        Some(u32::from_ne_bytes(self.0.as_slice().try_into().ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -68,5 +73,12 @@ mod tests {
         let k = Key::new().ifname("x").mark(7);
         assert_eq!(k.bytes().len(), 20);
         assert_eq!(Key::new().ipv6(Ipv6Addr::LOCALHOST).bytes().len(), 16);
+    }
+
+    #[test]
+    fn a_mark_key_reads_back_and_no_other_key_is_a_mark() {
+        assert_eq!(Key::new().mark(0x8000_0007).as_mark(), Some(0x8000_0007));
+        assert_eq!(Key::new().ifname("x").mark(7).as_mark(), None);
+        assert_eq!(Key::new().ipv6(Ipv6Addr::LOCALHOST).as_mark(), None);
     }
 }

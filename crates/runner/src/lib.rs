@@ -66,6 +66,9 @@ pub struct RunnerConfig {
     /// Whether the host forwards traffic that is no sandbox's (see
     /// `DataplaneConfig::forward_other`).
     pub forward_other: bool,
+    /// Whether established flows take the TC-BPF fast path (see
+    /// `DataplaneConfig::fast_path`).
+    pub fast_path: bool,
     /// The disk size most sandboxes get (bytes): `warm_pool` disks of it
     /// are prepared ahead, so that a create takes one instead of making it.
     pub warm_disk: Option<u64>,
@@ -103,6 +106,7 @@ impl RunnerConfig {
             upstream,
             warm_pool: 4,
             forward_other: false,
+            fast_path: false,
             warm_disk: None,
             name_checked_ports: sandgate_dataplane::config::NAME_CHECKED_PORTS.to_vec(),
             deny_quic_to_names: true,
@@ -931,6 +935,7 @@ impl Runner {
         dp_cfg.host_netns = cfg.host_netns.clone();
         dp_cfg.warm_pool = cfg.warm_pool;
         dp_cfg.forward_other = cfg.forward_other;
+        dp_cfg.fast_path = cfg.fast_path;
         dp_cfg.name_checked_ports = cfg.name_checked_ports.clone();
         dp_cfg.deny_quic_to_names = cfg.deny_quic_to_names;
         let dns_port = dp_cfg.dns_port;
@@ -944,7 +949,11 @@ impl Runner {
         };
         // Without the kernel's flows the log holds what the gateway and
         // the deny events tell; the log says why.
-        let kernel_flows = match sandgate_dataplane::Flows::start(host.as_ref(), dp.config()) {
+        let kernel_flows = match sandgate_dataplane::Flows::start(
+            host.as_ref(),
+            dp.config(),
+            dp.fast_path_ended(),
+        ) {
             Ok(f) => Some(f),
             Err(e) => {
                 tracing::warn!(error = %e, "the flow log holds no flows of the kernel's: reading its connection tracking failed");

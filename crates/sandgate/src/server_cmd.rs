@@ -106,6 +106,12 @@ pub struct HostArgs {
     /// for anything else).
     #[arg(long, env = "SANDGATE_FORWARD_OTHER")]
     pub forward_other: bool,
+    /// Forward established TCP and UDP flows of sandboxes by the TC-BPF
+    /// fast path, past netfilter (off by default; docs/DATAPLANE.md, "The
+    /// fast path"). Needs BPF (CAP_BPF) and sets connection tracking's TCP
+    /// window check to liberal in the host namespace.
+    #[arg(long, env = "SANDGATE_FAST_PATH")]
+    pub fast_path: bool,
     /// The TCP ports on which a sandbox's connections to an address
     /// admitted by name go through the name-checking gateway (TLS server
     /// name, HTTP Host), comma-separated, or `none`.
@@ -166,6 +172,7 @@ impl HostArgs {
         runner.host_netns = self.host_netns.clone();
         runner.warm_pool = self.warm_pool;
         runner.forward_other = self.forward_other;
+        runner.fast_path = self.fast_path;
         runner.name_checked_ports = self.name_checked_ports.0.clone();
         runner.deny_quic_to_names = !self.allow_quic_to_names;
         runner.tls_roots = self.tls_roots.clone();

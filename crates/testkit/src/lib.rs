@@ -46,6 +46,9 @@ pub fn lab_server_config(
     );
     runner.host_netns = Some(lab.host().name().to_string());
     runner.warm_pool = warm_pool;
+    // The server's suites with the fast path on, when asked (as the
+    // dataplane's run in scripts/test).
+    runner.fast_path = std::env::var_os("SANDGATE_TEST_FAST_PATH").is_some();
     runner.tls_roots = lab_roots(lab, dir);
     let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
     cfg.admin_token = Some(admin_token.into());

@@ -1,0 +1,249 @@
+//! The TC-BPF fast path (`fast_path` on): established TCP and UDP flows
+//! of a slot are forwarded, and translated, by the program without
+//! netfilter, and a policy update, a tier downgrade and a delete each take
+//! them off it and cut them within a second, as without it.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use sandgate_dataplane::FastPathStats;
+use sandgate_lab::addrs::*;
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn stats(rig: &Rig) -> FastPathStats {
+    rig.dp
+        .as_ref()
+        .unwrap()
+        .fast_path_stats()
+        .expect("the fast path is on")
+        .unwrap()
+}
+
+/// Waits until the fast path forwards packets both ways (at most 5 s),
+/// and says what it did.
+fn carried(rig: &Rig) -> FastPathStats {
+    let base = stats(rig).forwarded;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = stats(rig);
+        if s.forwarded.out.0 > base.out.0 + 10 && s.forwarded.back.0 > base.back.0 + 10 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fast path carried nothing: {s:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How a running flow is cut.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Update,
+    Downgrade,
+    Delete,
+}
+
+#[test]
+fn established_flows_take_the_fast_path_and_an_update_a_downgrade_and_a_delete_cut_them() {
+    let mut rig = Rig::with(|c| c.fast_path = true);
+    for (server, cut) in [
+        (SERVER4, Cut::Update),
+        (SERVER6, Cut::Update),
+        (SERVER4, Cut::Downgrade),
+        (SERVER6, Cut::Downgrade),
+        (SERVER4, Cut::Delete),
+        (SERVER6, Cut::Delete),
+    ] {
+        let what = format!("{server}, {cut:?}");
+        let policy = rig.resolve(3, open());
+        let (slot, ns) = rig.sandbox("fast", &policy);
+        let tcp = Transfer::start(&ns, server);
+        let udp = UdpStream::start(&ns, server);
+        let s = carried(&rig);
+        // Both flows run on it, and go on running past the packet a
+        // second that connection tracking sees.
+        for _ in 0..3 {
+            let window = Duration::from_millis(400);
+            assert!(tcp.progress(window) > 0, "{what}: the transfer runs");
+            assert!(udp.progress(window) > 0, "{what}: the echoes come");
+        }
+        let later = stats(&rig);
+        assert!(
+            later.forwarded.back.1 > s.forwarded.back.1
+                && later.forwarded.out.0 > s.forwarded.out.0,
+            "{what}: the fast path forwards both ways: {s:?} then {later:?}"
+        );
+        let (blocked_policy, restricted) = (rig.resolve(3, blocked()), rig.resolve(1, open()));
+        let start = Instant::now();
+        match cut {
+            Cut::Update => rig.dp().update(slot.index, &blocked_policy),
+            Cut::Downgrade => rig.dp().update(slot.index, &restricted),
+            Cut::Delete => rig.dp().delete(slot.index),
+        }
+        .unwrap();
+        let applied = start.elapsed();
+        // Whatever was in flight has arrived after a second; then nothing.
+        thread::sleep(Duration::from_secs(1).saturating_sub(applied));
+        assert_eq!(
+            tcp.progress(Duration::from_secs(1)),
+            0,
+            "{what}: bytes after the cut"
+        );
+        assert_eq!(
+            udp.progress(Duration::from_secs(1)),
+            0,
+            "{what}: echoes after the cut"
+        );
+        drop((tcp, udp));
+        if !matches!(cut, Cut::Delete) {
+            rig.dp().delete(slot.index).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_flow_that_an_update_still_allows_stays_on_the_fast_path_and_a_metered_slot_has_none() {
+    let mut rig = Rig::with(|c| c.fast_path = true);
+    let listed = rig.resolve(3, allow("192.0.2.10/32, 2001:db8:1::10/128"));
+    let (slot, ns) = rig.sandbox("fast", &listed);
+    let tcp = Transfer::start(&ns, SERVER4);
+    carried(&rig);
+    // A new generation that still allows it: netfilter evaluates it
+    // again, marks it anew, and the flow goes back on the fast path.
+    let wider = rig.resolve(3, allow("192.0.2.0/24, 2001:db8:1::10/128"));
+    rig.dp().update(slot.index, &wider).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    let before = stats(&rig).forwarded.back.1;
+    assert!(tcp.progress(Duration::from_millis(500)) > 0);
+    let after = stats(&rig).forwarded.back.1;
+    assert!(
+        after > before,
+        "back on the fast path: {before} then {after}"
+    );
+    drop(tcp);
+    rig.dp().delete(slot.index).unwrap();
+
+    // With a transfer quota, netfilter counts every packet: the slot's
+    // marks are never valid on the fast path, and its flows stay off it.
+    let marks = |rig: &mut Rig| {
+        let mut m = rig.dp().fast_path_marks().unwrap().unwrap();
+        m.sort();
+        m
+    };
+    let before = marks(&mut rig);
+    let mut metered = rig.resolve(3, open());
+    metered.budgets.transfer_quota_mib = Some(1 << 20);
+    metered.budgets.transfer_period_seconds = Some(31_622_400);
+    let (_, ns) = rig.sandbox("metered", &metered);
+    assert_eq!(
+        marks(&mut rig),
+        before,
+        "a metered slot's marks on the fast path"
+    );
+    let before = stats(&rig).forwarded;
+    let tcp = Transfer::start(&ns, SERVER4);
+    assert!(tcp.progress(Duration::from_millis(1500)) > 0);
+    let s = stats(&rig);
+    assert_eq!(
+        s.forwarded, before,
+        "a metered flow on the fast path: {s:?}"
+    );
+}
+
+#[test]
+fn the_flow_log_counts_what_a_flow_forwarded_on_the_fast_path() {
+    use std::sync::atomic::Ordering;
+    let mut rig = Rig::with(|c| c.fast_path = true);
+    let ended = rig.dp.as_ref().unwrap().fast_path_ended();
+    let flows = sandgate_dataplane::Flows::start(Some(rig.lab.host()), &rig.cfg, ended).unwrap();
+    let policy = rig.resolve(3, open());
+    let (slot, ns) = rig.sandbox("logged", &policy);
+    let tcp = Transfer::start(&ns, SERVER4);
+    carried(&rig);
+    thread::sleep(Duration::from_millis(1500));
+    let fast = stats(&rig).forwarded.back.1;
+    let bytes = tcp.bytes.clone();
+    drop(tcp);
+    let received = bytes.load(Ordering::SeqCst);
+    assert!(
+        fast > received / 2,
+        "most of the download went by the fast path: {fast} of {received}"
+    );
+    // Its end, now (as a delete ends a slot's flows).
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            rig.lab.host().name(),
+            "conntrack",
+            "-D",
+            "-s",
+        ])
+        .arg(slot.sandbox4.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "conntrack -D: {out:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let back = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let f = flows
+            .receiver()
+            .recv_timeout(left)
+            .expect("the download's end in the flow log");
+        if let (Some((_, back)), "tcp", Some(19)) = (f.ended, f.protocol.as_str(), f.port) {
+            assert_eq!(f.slot, slot.index);
+            break back;
+        }
+    };
+    // IP packets, headers and all: at least what the reader read.
+    assert!(
+        back >= received,
+        "the flow log's bytes to the slot, {back}, are fewer than the {received} it received"
+    );
+}
+
+/// Turns off what `dev` in namespace `ns` leaves for the device to
+/// complete: checksums, and segmentation (which completes them too).
+fn checksums_in_software(ns: &str, dev: &str) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-K", dev])
+        .args(["tx", "off", "tso", "off", "gso", "off"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ethtool in {ns}: {out:?}");
+}
+
+#[test]
+fn a_translated_packet_carries_right_checksums_where_no_device_completes_them() {
+    // Over veth a checksum the sender left to the device is never
+    // checked: with the sandbox's and the world's devices computing them
+    // in software, a receiver checks every one, and a wrong translation
+    // drops the packet.
+    let mut rig = Rig::with(|c| c.fast_path = true);
+    checksums_in_software(rig.lab.world().name(), sandgate_lab::WAN);
+    let policy = rig.resolve(3, open());
+    let (_, ns) = rig.sandbox("software", &policy);
+    checksums_in_software(ns.name(), sandgate_dataplane::SANDBOX_IF);
+    for server in [SERVER4, SERVER6] {
+        let before = stats(&rig);
+        let tcp = Transfer::start(&ns, server);
+        let udp = UdpStream::start(&ns, server);
+        thread::sleep(Duration::from_millis(1500));
+        for _ in 0..2 {
+            let window = Duration::from_millis(500);
+            assert!(tcp.progress(window) > 0, "{server}: the transfer runs");
+            assert!(udp.progress(window) > 0, "{server}: the echoes come");
+        }
+        let after = stats(&rig);
+        assert!(
+            after.forwarded.back.0 > before.forwarded.back.0 + 100
+                && after.forwarded.out.0 > before.forwarded.out.0 + 100,
+            "{server}: on the fast path: {before:?} then {after:?}"
+        );
+    }
+}
