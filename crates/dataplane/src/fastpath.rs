@@ -50,7 +50,8 @@ pub struct FastPathStats {
     pub now: Counts,
     /// Packets and bytes every flow forwarded there since the start.
     pub forwarded: Counts,
-    /// Flows put on the fast path since the start.
+    /// Times since the start a flow was put on the fast path, or its
+    /// entry re-marked.
     pub taken: u64,
     /// Times the table was emptied because events were lost.
     pub cleared: u64,
