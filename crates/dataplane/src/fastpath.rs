@@ -172,6 +172,17 @@ impl FastPathState {
         in_ns(host, || Ok(path.attach(name, Side::Slot)?))
     }
 
+    /// Attaches the slot program to slot interface `name` unless it is
+    /// attached there already (the interface a slot was made with keeps
+    /// its name and index until the slot goes): no trip into the host
+    /// namespace for a slot that has it.
+    pub fn ensure_slot(&mut self, host: Option<&Netns>, name: &str) -> io::Result<()> {
+        if self.path.is_attached(name) {
+            return Ok(());
+        }
+        self.attach_slot(host, name)
+    }
+
     /// Detaches the program from `name`. A failure is logged: an interface
     /// that is gone took its program with it.
     pub fn detach(&mut self, name: &str) {

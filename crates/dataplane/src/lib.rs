@@ -252,6 +252,15 @@ impl Dataplane {
         }
     }
 
+    /// [`Dataplane::fast_attach`] where the program is not attached
+    /// already (a pacer's removal; every update of an unpaced slot).
+    fn fast_ensure(&mut self, slot: &SlotAddrs) -> io::Result<()> {
+        match &mut self.fast {
+            Some(fast) => fast.ensure_slot(self.host.as_ref(), &slot.host_if),
+            None => Ok(()),
+        }
+    }
+
     /// Detaches the fast path's program from a slot's interface.
     fn fast_detach(&mut self, slot: &SlotAddrs) {
         if let Some(fast) = &mut self.fast {
@@ -944,9 +953,9 @@ impl Dataplane {
             }
             None if old.is_some() || self.rtnl.link_index(&pacer)?.is_some() => {
                 self.rtnl.unshape_received(link, &pacer)?;
-                self.fast_attach(slot)
+                self.fast_ensure(slot)
             }
-            None => self.fast_attach(slot),
+            None => self.fast_ensure(slot),
         }
     }
 

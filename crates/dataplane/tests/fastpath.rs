@@ -62,8 +62,8 @@ fn established_flows_take_the_fast_path_and_an_update_a_downgrade_and_a_delete_c
         let what = format!("{server}, {cut:?}");
         let policy = rig.resolve(3, open());
         let (slot, ns) = rig.sandbox("fast", &policy);
-        let tcp = Transfer::start(&ns, server);
-        let udp = UdpStream::start(&ns, server);
+        let tcp = transfer(&ns, server);
+        let udp = udp_stream(&ns, server);
         let s = carried(&rig);
         // Both flows run on it, and go on running past the packet a
         // second that connection tracking sees.
@@ -111,7 +111,7 @@ fn a_flow_that_an_update_still_allows_stays_on_the_fast_path_and_a_metered_slot_
     let mut rig = Rig::with(|c| c.fast_path = true);
     let listed = rig.resolve(3, allow("192.0.2.10/32, 2001:db8:1::10/128"));
     let (slot, ns) = rig.sandbox("fast", &listed);
-    let tcp = Transfer::start(&ns, SERVER4);
+    let tcp = transfer(&ns, SERVER4);
     carried(&rig);
     // A new generation that still allows it: netfilter evaluates it
     // again, marks it anew, and the flow goes back on the fast path.
@@ -146,7 +146,7 @@ fn a_flow_that_an_update_still_allows_stays_on_the_fast_path_and_a_metered_slot_
         "a metered slot's marks on the fast path"
     );
     let before = stats(&rig).forwarded;
-    let tcp = Transfer::start(&ns, SERVER4);
+    let tcp = transfer(&ns, SERVER4);
     assert!(tcp.progress(Duration::from_millis(1500)) > 0);
     let s = stats(&rig);
     assert_eq!(
@@ -163,11 +163,11 @@ fn the_flow_log_counts_what_a_flow_forwarded_on_the_fast_path() {
     let flows = sandgate_dataplane::Flows::start(Some(rig.lab.host()), &rig.cfg, ended).unwrap();
     let policy = rig.resolve(3, open());
     let (slot, ns) = rig.sandbox("logged", &policy);
-    let tcp = Transfer::start(&ns, SERVER4);
+    let tcp = transfer(&ns, SERVER4);
     carried(&rig);
     thread::sleep(Duration::from_millis(1500));
     let fast = stats(&rig).forwarded.back.1;
-    let bytes = tcp.bytes.clone();
+    let bytes = tcp.count.clone();
     drop(tcp);
     let received = bytes.load(Ordering::SeqCst);
     assert!(
@@ -231,8 +231,8 @@ fn a_translated_packet_carries_right_checksums_where_no_device_completes_them() 
     checksums_in_software(ns.name(), sandgate_dataplane::SANDBOX_IF);
     for server in [SERVER4, SERVER6] {
         let before = stats(&rig);
-        let tcp = Transfer::start(&ns, server);
-        let udp = UdpStream::start(&ns, server);
+        let tcp = transfer(&ns, server);
+        let udp = udp_stream(&ns, server);
         thread::sleep(Duration::from_millis(1500));
         for _ in 0..2 {
             let window = Duration::from_millis(500);

@@ -23,7 +23,7 @@ fn an_update_to_blocked_cuts_a_running_transfer_within_a_second() {
     let listed = rig.resolve(3, allow("192.0.2.10/32, 2001:db8:1::10/128"));
     let (slot, ns) = rig.sandbox("downloader", &listed);
     for server in [SERVER4, SERVER6] {
-        let t = Transfer::start(&ns, server);
+        let t = transfer(&ns, server);
         assert!(
             t.progress(Duration::from_millis(300)) > 0,
             "{server}: the transfer runs"
@@ -49,7 +49,7 @@ fn an_update_that_keeps_the_destination_leaves_the_transfer_running() {
     let mut rig = Rig::new();
     let listed = rig.resolve(3, allow("192.0.2.10/32"));
     let (slot, ns) = rig.sandbox("downloader", &listed);
-    let t = Transfer::start(&ns, SERVER4);
+    let t = transfer(&ns, SERVER4);
     assert!(t.progress(Duration::from_millis(300)) > 0);
     // More entries, and a narrower list that still holds SERVER4.
     for list in [
@@ -81,7 +81,7 @@ fn an_admitted_connection_outlives_its_admission_while_the_policy_stands() {
     rig.dp()
         .admit(slot.index, SERVER4, &essential(), Duration::from_secs(1))
         .unwrap();
-    let t = Transfer::start(&ns, SERVER4);
+    let t = transfer(&ns, SERVER4);
     thread::sleep(Duration::from_millis(2500));
     // The admission is over: no new connection ...
     assert!(!probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
@@ -119,7 +119,7 @@ fn removing_a_domain_withdraws_its_admissions_and_cuts_their_connections() {
         .dp()
         .admit(slot.index, SERVER6, &other, Duration::from_secs(300))
         .is_err());
-    let t = Transfer::start(&ns, SERVER4);
+    let t = transfer(&ns, SERVER4);
     assert!(t.progress(Duration::from_millis(300)) > 0);
     // example.com goes; example.net stays.
     let one = rig.resolve(3, allow_domains("example.net"));
@@ -175,7 +175,7 @@ fn a_cut_slot_passes_nothing_until_its_next_update_rebuilds_it() {
     let listed = rig.resolve(3, allow("192.0.2.10/32"));
     let (slot, ns) = rig.sandbox("cut", &listed);
     assert!(probe(&ns, Proto::Tcp, SERVER4, TCP_ECHO));
-    let running = Transfer::start(&ns, SERVER4);
+    let running = transfer(&ns, SERVER4);
     assert!(running.progress(Duration::from_millis(300)) > 0);
     rig.dp().cut(slot.index).unwrap();
     // Cut: the open connection stops and nothing new passes.
@@ -386,7 +386,7 @@ fn a_connection_budget_gets_a_share_class_that_goes_with_its_last_slot() {
 
 /// Waits until `t` has received nothing for 300 ms (at most 10 s), and
 /// returns what it received in all.
-fn until_stalled(t: &Transfer) -> u64 {
+fn until_stalled(t: &Counting) -> u64 {
     let start = Instant::now();
     while t.progress(Duration::from_millis(300)) > 0 {
         assert!(
@@ -394,7 +394,7 @@ fn until_stalled(t: &Transfer) -> u64 {
             "the transfer never stopped"
         );
     }
-    t.bytes.load(Ordering::SeqCst)
+    t.count.load(Ordering::SeqCst)
 }
 
 #[test]
@@ -415,13 +415,13 @@ fn a_transfer_quota_stops_its_slot_for_the_rest_of_its_period_and_no_other() {
     let (_, b_ns) = rig.sandbox("unmetered", &free_policy);
     // Headers and the other direction count too: a little less than the
     // quota arrives, then nothing.
-    let first = Transfer::start(&a_ns, SERVER4);
+    let first = transfer(&a_ns, SERVER4);
     let got = until_stalled(&first);
     assert!(
         got < 2 * mib && got > 3 * mib / 2,
         "{got} bytes under a quota of 2 MiB"
     );
-    let free = Transfer::start(&b_ns, SERVER4_B);
+    let free = transfer(&b_ns, SERVER4_B);
     assert!(free.progress(Duration::from_millis(300)) > 2 * mib);
     drop(free);
     let connect = |ns: &Netns| {
@@ -437,7 +437,7 @@ fn a_transfer_quota_stops_its_slot_for_the_rest_of_its_period_and_no_other() {
 
     // A larger quota keeps what the period counted: 2 MiB more.
     rig.dp().update(a.index, &quota(4)).unwrap();
-    let more = until_stalled(&Transfer::start(&a_ns, SERVER4));
+    let more = until_stalled(&transfer(&a_ns, SERVER4));
     assert!(
         more < 2 * mib && more > mib,
         "{more} bytes after the quota went from 2 to 4 MiB"
@@ -451,20 +451,20 @@ fn a_transfer_quota_stops_its_slot_for_the_rest_of_its_period_and_no_other() {
     // The next period starts from nothing.
     let renewed = rig.dp().renew_transfer(now_s() + u64::from(year)).unwrap();
     assert_eq!(renewed, vec![a.index]);
-    let again = Transfer::start(&a_ns, SERVER4);
+    let again = transfer(&a_ns, SERVER4);
     assert!(again.progress(Duration::from_millis(300)) > mib);
     drop(again);
     // No quota, no limit; a deleted slot leaves no element behind.
     rig.dp().update(a.index, &free_policy).unwrap();
     assert!(!counters.read().unwrap().transfer.contains_key(&a.index));
-    let free = Transfer::start(&a_ns, SERVER4);
+    let free = transfer(&a_ns, SERVER4);
     assert!(free.progress(Duration::from_millis(500)) > 4 * mib);
     // A quota given to a slot holds its connections already running too
     // (they pass by their generation, whose entry now counts them): the
     // one above stops after about 1 MiB more (counted from the update's
     // end: what arrived while it ran was not yet counted).
     rig.dp().update(a.index, &quota(1)).unwrap();
-    let before = free.bytes.load(Ordering::SeqCst);
+    let before = free.count.load(Ordering::SeqCst);
     let after = until_stalled(&free) - before;
     assert!(
         after < 2 * mib,

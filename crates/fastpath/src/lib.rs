@@ -515,7 +515,7 @@ mod tests {
         let flow = Flow {
             protocol: 17,
             slot_ifindex: 7,
-            source: ("10.200.0.2".parse().unwrap(), 40000),
+            source: ("198.18.0.2".parse().unwrap(), 40000),
             destination: ("192.0.2.10".parse().unwrap(), 53),
             translated: ("198.51.100.1".parse().unwrap(), 40001),
             mark: 42,
@@ -524,7 +524,7 @@ mod tests {
         let (kb, vb) = flow.back();
         // From the slot: its own tuple on its interface, to the
         // translated source.
-        assert_eq!(&ko[12..16], &[10, 200, 0, 2]);
+        assert_eq!(&ko[12..16], &[198, 18, 0, 2]);
         assert_eq!(&ko[28..32], &[192, 0, 2, 10]);
         assert_eq!(&ko[32..36], &[0x9c, 0x40, 0, 53]);
         assert_eq!(u32::from_ne_bytes(ko[36..40].try_into().unwrap()), 7);
@@ -536,7 +536,7 @@ mod tests {
         assert_eq!(&kb[12..16], &[192, 0, 2, 10]);
         assert_eq!(&kb[28..32], &[198, 51, 100, 1]);
         assert_eq!(u32::from_ne_bytes(kb[36..40].try_into().unwrap()), 0);
-        assert_eq!(&vb[12..16], &[10, 200, 0, 2]);
+        assert_eq!(&vb[12..16], &[198, 18, 0, 2]);
         assert_eq!(u32::from_ne_bytes(vb[24..28].try_into().unwrap()), 7);
         assert_eq!(u32::from_ne_bytes(vb[20..24].try_into().unwrap()), 42);
         assert!(flow.is_eligible());

@@ -20,7 +20,7 @@ fn the_program_loads_attaches_and_its_maps_take_flows_and_marks() {
     let flow = Flow {
         protocol: 6,
         slot_ifindex: 3,
-        source: ("10.200.0.2".parse().unwrap(), 40000),
+        source: ("198.18.0.2".parse().unwrap(), 40000),
         destination: ("192.0.2.10".parse().unwrap(), 443),
         translated: ("198.51.100.1".parse().unwrap(), 40000),
         mark: 9,

@@ -134,130 +134,104 @@ pub fn allow_domains(list: &'static str) -> SettingsRequest<'static> {
     }
 }
 
-/// A running download from the world's stream service, counting bytes.
-pub struct Transfer {
-    pub bytes: Arc<AtomicU64>,
+/// A thread that counts what it receives (bytes, echoes) until dropped.
+pub struct Counting {
+    pub count: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Transfer {
-    pub fn start(ns: &Netns, server: IpAddr) -> Transfer {
-        // A small receive buffer (64 KiB, which the kernel doubles): what
-        // the host let through is counted within about 128 KiB however
-        // late the reader runs on a busy machine, so a count taken after
-        // an update holds little that passed before it (with the buffer
-        // grown by autotuning it held 4.5 MiB once, under the whole
-        // suite's load).
-        let mut conn = ns
-            .run(|| {
-                let to = SocketAddr::new(server, TCP_STREAM);
-                let s = socket2::Socket::new(
-                    socket2::Domain::for_address(to),
-                    socket2::Type::STREAM,
-                    None,
-                )?;
-                s.set_recv_buffer_size(64 * 1024)?;
-                s.connect_timeout(&to.into(), WAIT)?;
-                Ok(TcpStream::from(s))
-            })
-            .unwrap();
-        conn.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let bytes = Arc::new(AtomicU64::new(0));
+impl Counting {
+    /// Runs `body` on a thread of its own with the count and the stop flag.
+    fn spawn(body: impl FnOnce(&AtomicU64, &AtomicBool) + Send + 'static) -> Counting {
+        let count = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (b, s) = (bytes.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            let mut buf = [0u8; 64 * 1024];
-            while !s.load(Ordering::SeqCst) {
-                if let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    b.fetch_add(n as u64, Ordering::SeqCst);
-                }
-            }
-        });
-        Transfer {
-            bytes,
+        let (c, s) = (count.clone(), stop.clone());
+        let thread = thread::spawn(move || body(&c, &s));
+        Counting {
+            count,
             stop,
             thread: Some(thread),
         }
     }
 
-    /// Bytes received during `window`, starting now.
+    /// What was counted during `window`, starting now.
     pub fn progress(&self, window: Duration) -> u64 {
-        let before = self.bytes.load(Ordering::SeqCst);
+        let before = self.count.load(Ordering::SeqCst);
         thread::sleep(window);
-        self.bytes.load(Ordering::SeqCst) - before
+        self.count.load(Ordering::SeqCst) - before
     }
 }
 
-impl Drop for Transfer {
+impl Drop for Counting {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// A running download from the world's stream service, counting bytes.
+pub fn transfer(ns: &Netns, server: IpAddr) -> Counting {
+    // A small receive buffer (64 KiB, which the kernel doubles): what
+    // the host let through is counted within about 128 KiB however
+    // late the reader runs on a busy machine, so a count taken after
+    // an update holds little that passed before it (with the buffer
+    // grown by autotuning it held 4.5 MiB once, under the whole
+    // suite's load).
+    let mut conn = ns
+        .run(|| {
+            let to = SocketAddr::new(server, TCP_STREAM);
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(to),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            s.set_recv_buffer_size(64 * 1024)?;
+            s.connect_timeout(&to.into(), WAIT)?;
+            Ok(TcpStream::from(s))
+        })
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    Counting::spawn(move |bytes, stop| {
+        let mut buf = [0u8; 64 * 1024];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                bytes.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        }
+    })
 }
 
 /// A running exchange with the world's UDP echo service: a datagram every
 /// 2 ms, counting the echoes.
-pub struct UdpStream {
-    echoes: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UdpStream {
-    pub fn start(ns: &Netns, server: IpAddr) -> UdpStream {
-        let socket = ns
-            .run(|| {
-                let any: IpAddr = match server {
-                    IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-                    IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-                };
-                let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
-                s.connect(SocketAddr::new(server, UDP_ECHO))?;
-                Ok(s)
-            })
-            .unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(2)))
-            .unwrap();
-        let echoes = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (e, s) = (echoes.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !s.load(Ordering::SeqCst) {
-                let _ = socket.send(b"sandgate fast path");
-                while socket.recv(&mut buf).is_ok() {
-                    e.fetch_add(1, Ordering::SeqCst);
-                }
+pub fn udp_stream(ns: &Netns, server: IpAddr) -> Counting {
+    let socket = ns
+        .run(|| {
+            let any: IpAddr = match server {
+                IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
+            s.connect(SocketAddr::new(server, UDP_ECHO))?;
+            Ok(s)
+        })
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(2)))
+        .unwrap();
+    Counting::spawn(move |echoes, stop| {
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::SeqCst) {
+            let _ = socket.send(b"sandgate fast path");
+            while socket.recv(&mut buf).is_ok() {
+                echoes.fetch_add(1, Ordering::SeqCst);
             }
-        });
-        UdpStream {
-            echoes,
-            stop,
-            thread: Some(thread),
         }
-    }
-
-    /// Echoes received during `window`, starting now.
-    pub fn progress(&self, window: Duration) -> u64 {
-        let before = self.echoes.load(Ordering::SeqCst);
-        thread::sleep(window);
-        self.echoes.load(Ordering::SeqCst) - before
-    }
-}
-
-impl Drop for UdpStream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    })
 }
