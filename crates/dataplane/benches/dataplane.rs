@@ -21,11 +21,13 @@
 //! `SANDGATE_BENCH_SECONDS` sets the length of each forwarding run (2 s),
 //! `SANDGATE_BENCH_ROUNDS` the rounds of the main figures (3; the median
 //! is printed);
-//! `SANDGATE_BENCH_ONLY=forwarding` runs the forwarding rounds alone.
+//! `SANDGATE_BENCH_ONLY=forwarding` runs the forwarding rounds alone,
+//! `=fast-path` the fast path's program alone (one slot, against no
+//! rules, with its time a packet).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use sandgate_dataplane::{Dataplane, DataplaneConfig};
+use sandgate_dataplane::{Dataplane, DataplaneConfig, FastPathMode};
 use sandgate_lab::addrs::*;
 use sandgate_lab::bench::{stats, upload_mbit};
 use sandgate_lab::Lab;
@@ -225,26 +227,26 @@ fn linear_chain(lab: &Lab, cfg: &DataplaneConfig, slots: &[u32], sender: u32) {
     host_tables(lab, &format!("{chain}{NAT}"));
 }
 
-/// A dataplane with a fresh state in the lab.
-fn fresh(lab: &Lab, policy: &PolicyConfig) -> (Dataplane, PathBuf) {
+/// A dataplane with a fresh state in the lab, the fast path as `fast`.
+fn fresh(lab: &Lab, policy: &PolicyConfig, fast: FastPathMode) -> (Dataplane, PathBuf) {
     let dir = std::env::temp_dir().join(format!("sandgate-bench-{}", lab.tag()));
     let _ = std::fs::remove_dir_all(&dir);
-    (restart(lab, policy, &dir, 0), dir)
+    (restart_with(lab, policy, &dir, 0, fast), dir)
 }
 
 /// The dataplane again on the state in `dir`, as after a restart, with a
-/// warm pool of `pool`.
+/// warm pool of `pool`, and netfilter's path alone (no fast path).
 fn restart(lab: &Lab, policy: &PolicyConfig, dir: &Path, pool: usize) -> Dataplane {
-    restart_with(lab, policy, dir, pool, false)
+    restart_with(lab, policy, dir, pool, FastPathMode::Off)
 }
 
-/// [`restart`], with the fast path on or off.
+/// [`restart`], with the fast path as `fast`.
 fn restart_with(
     lab: &Lab,
     policy: &PolicyConfig,
     dir: &Path,
     pool: usize,
-    fast: bool,
+    fast: FastPathMode,
 ) -> Dataplane {
     let mut cfg = DataplaneConfig::new(policy, lab.tag(), dir.join("state.json")).unwrap();
     cfg.host_netns = Some(lab.host().name().to_string());
@@ -328,7 +330,7 @@ fn forwarding(seconds: f64, rounds: usize) {
     let lab = Lab::up().unwrap();
     let pc = PolicyConfig::default();
     sink(&lab);
-    let (mut dp, dir) = fresh(&lab, &pc);
+    let (mut dp, dir) = fresh(&lab, &pc, FastPathMode::Off);
     let cfg = dp.config().clone();
     let listed = policy(
         &pc,
@@ -338,15 +340,7 @@ fn forwarding(seconds: f64, rounds: usize) {
     let sender = dp.create("sender", &listed).unwrap();
     let ns = Netns::open(&sender.netns).unwrap();
     let mut slots = vec![sender.index];
-    // With no rules at all (no NAT), the world answers the sandbox's own
-    // address: the way back to it leads through the host.
-    let world = lab.world().name().to_string();
-    for (net, via) in [
-        (cfg.subnet4.to_string(), HOST_LINK4.addr()),
-        (cfg.subnet6.to_string(), HOST_LINK6.addr()),
-    ] {
-        ip(&["-n", &world, "route", "add", &net, "via", &via.to_string()]);
-    }
+    routes_back(&lab, &cfg);
     // The baselines swap the host's tables: no dataplane (and so no
     // watchdog, which would cut the slots off) runs meanwhile.
     drop(dp);
@@ -373,7 +367,7 @@ fn forwarding(seconds: f64, rounds: usize) {
             let dp = live.take().unwrap_or_else(|| restart(&lab, &pc, &dir, 0));
             ours.push(all(&|load| rate(&lab, &ns, load, seconds)));
             drop(dp);
-            let dp = restart_with(&lab, &pc, &dir, 0, true);
+            let dp = restart_with(&lab, &pc, &dir, 0, FastPathMode::On);
             fast.push(all(&|load| rate(&lab, &ns, load, seconds)));
             drop(dp);
             host_tables(&lab, "");
@@ -387,6 +381,7 @@ fn forwarding(seconds: f64, rounds: usize) {
             medians(&bare),
             medians(&nat),
         );
+        let program = program_time(&lab, &pc, &dir, &ns, seconds);
         let dp = restart(&lab, &pc, &dir, 0);
         // The flow log's part: the kernel counting each flow's bytes and
         // telling its new and ended flows to a reader (the runner's).
@@ -465,6 +460,14 @@ fn forwarding(seconds: f64, rounds: usize) {
                 continue;
             }
             row("sandgate, flow log on", load, logged, base_n, bare_n);
+            let (program_ns, counted) = program;
+            println!(
+                "    {:<48} {program_ns:>9.0} ns a packet of {:.0} ns at no rules' rate \
+                 ({:.0} packets/s while counted)",
+                "the fast path's slot program alone",
+                1e9 / bare_n,
+                counted
+            );
             for ((_, name), rate) in SHARE_STEPS.iter().zip(&parts) {
                 row(name, load, *rate, base_n, bare_n);
             }
@@ -498,12 +501,79 @@ fn forwarding(seconds: f64, rounds: usize) {
         "  drift: NAT only, IPv4 UDP, 1 slot {base:.0} packets/s at the start, {:.0} at the end",
         forwarding_rate(&lab, &ns, seconds)
     );
-    // Put the ruleset back so that the slots can be removed cleanly.
-    let mut dp = restart(&lab, &pc, &dir, 0);
+    clean_up(&lab, &pc, dir);
+}
+
+/// With no rules at all (no NAT), the world answers the sandbox's own
+/// address: the way back to it leads through the host.
+fn routes_back(lab: &Lab, cfg: &DataplaneConfig) {
+    let world = lab.world().name().to_string();
+    for (net, via) in [
+        (cfg.subnet4.to_string(), HOST_LINK4.addr()),
+        (cfg.subnet6.to_string(), HOST_LINK6.addr()),
+    ] {
+        ip(&["-n", &world, "route", "add", &net, "via", &via.to_string()]);
+    }
+}
+
+/// Puts the ruleset back so that the slots can be removed cleanly, and
+/// removes them and the state.
+fn clean_up(lab: &Lab, pc: &PolicyConfig, dir: PathBuf) {
+    let mut dp = restart(lab, pc, &dir, 0);
     for (i, _) in dp.active_slots() {
         dp.delete(i).unwrap();
     }
+    drop(dp);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The fast path's slot program's own time a packet (ns) and the rate
+/// meanwhile, by the kernel's count of its runs: on for this run alone
+/// (it costs each run two clock reads).
+fn program_time(lab: &Lab, pc: &PolicyConfig, dir: &Path, ns: &Netns, seconds: f64) -> (f64, f64) {
+    let mut dp = restart_with(lab, pc, dir, 0, FastPathMode::On);
+    let counting = sandgate_fastpath::count_runs().unwrap();
+    let before = dp.fast_path_runs().unwrap().unwrap();
+    let rate = forwarding_rate(lab, ns, seconds);
+    let after = dp.fast_path_runs().unwrap().unwrap();
+    drop(counting);
+    (after[0].nanos_since(before[0]).unwrap_or(f64::NAN), rate)
+}
+
+/// The fast path's program alone (`SANDGATE_BENCH_ONLY=fast-path`, for
+/// work on the program): one slot, IPv4 64-byte UDP with the fast path
+/// against no rules, round after round, and the program's own time a
+/// packet by the kernel's count of its runs (in a run of its own: the
+/// count costs each run two clock reads).
+fn fast_path_alone(seconds: f64, rounds: usize) {
+    println!(
+        "
+the fast path alone: one slot, 64-byte UDP, IPv4, {seconds} s per run"
+    );
+    let lab = Lab::up().unwrap();
+    let pc = PolicyConfig::default();
+    sink(&lab);
+    let (mut dp, dir) = fresh(&lab, &pc, FastPathMode::Off);
+    let listed = policy(&pc, 3, Some("192.0.2.10/32"));
+    let sender = dp.create("sender", &listed).unwrap();
+    let ns = Netns::open(&sender.netns).unwrap();
+    routes_back(&lab, dp.config());
+    drop(dp);
+    for round in 1..=rounds {
+        let dp = restart_with(&lab, &pc, &dir, 0, FastPathMode::On);
+        let fast = forwarding_rate(&lab, &ns, seconds);
+        drop(dp);
+        let (program, _) = program_time(&lab, &pc, &dir, &ns, seconds);
+        host_tables(&lab, "");
+        let bare = forwarding_rate(&lab, &ns, seconds);
+        println!(
+            "  round {round}: fast path {fast:.0} packets/s, no rules {bare:.0}: {:.2}x; \
+             the program {program:.0} ns a packet of {:.0}",
+            fast / bare,
+            1e9 / bare
+        );
+    }
+    clean_up(&lab, &pc, dir);
 }
 
 /// Turns the kernel's byte counts per flow on or off in the lab's host.
@@ -548,7 +618,9 @@ fn creation_and_updates() {
         base.push(t.elapsed());
     }
     stats("baseline: ip netns add + ip link add veth", &base, None);
-    let (mut dp, dir) = fresh(&lab, &pc);
+    // As a server has it: the fast path where the kernel can run it (each
+    // slot's program attached at its creation).
+    let (mut dp, dir) = fresh(&lab, &pc, FastPathMode::default());
     let mut cold = Vec::new();
     let mut made = Vec::new();
     for i in 0..n {
@@ -561,7 +633,7 @@ fn creation_and_updates() {
         dp.delete(i).unwrap();
     }
     drop(dp);
-    let mut dp = restart(&lab, &pc, &dir, 4);
+    let mut dp = restart_with(&lab, &pc, &dir, 4, FastPathMode::default());
     let mut warm = Vec::new();
     for i in 0..n {
         dp.fill_pool().unwrap();
@@ -654,9 +726,14 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
-    // `SANDGATE_BENCH_ONLY=forwarding` runs the forwarding rounds alone.
-    if std::env::var("SANDGATE_BENCH_ONLY").as_deref() != Ok("forwarding") {
-        creation_and_updates();
+    // `SANDGATE_BENCH_ONLY=forwarding` runs the forwarding rounds alone,
+    // `=fast-path` the fast path's program alone.
+    match std::env::var("SANDGATE_BENCH_ONLY").as_deref() {
+        Ok("fast-path") => fast_path_alone(seconds, rounds),
+        Ok("forwarding") => forwarding(seconds, rounds),
+        _ => {
+            creation_and_updates();
+            forwarding(seconds, rounds);
+        }
     }
-    forwarding(seconds, rounds);
 }

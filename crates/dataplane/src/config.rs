@@ -60,8 +60,48 @@ pub struct DataplaneConfig {
     /// could be walked around over UDP.
     pub deny_quic_to_names: bool,
     /// Whether established flows take the TC-BPF fast path
-    /// (`crate::fastpath`; default: no, netfilter forwards every packet).
-    pub fast_path: bool,
+    /// (`crate::fastpath`; default: where the kernel can run it).
+    pub fast_path: FastPathMode,
+}
+
+/// Whether established flows of sandboxes take the TC-BPF fast path
+/// (`crate::fastpath`). Either way every new connection, every denial and
+/// every cut is netfilter's; the fast path only carries what netfilter
+/// already allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FastPathMode {
+    /// Never: netfilter forwards every packet.
+    Off,
+    /// Where the kernel can load and attach the program (the default);
+    /// where it cannot (no BPF, no `tcx` before Linux 6.6), the start
+    /// says why and netfilter forwards every packet.
+    #[default]
+    Auto,
+    /// Always: the dataplane does not start without it.
+    On,
+}
+
+impl std::str::FromStr for FastPathMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<FastPathMode, String> {
+        match text {
+            "off" | "false" => Ok(FastPathMode::Off),
+            "auto" => Ok(FastPathMode::Auto),
+            "on" | "true" => Ok(FastPathMode::On),
+            other => Err(format!("the fast path is auto, on or off, not {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for FastPathMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FastPathMode::Off => "off",
+            FastPathMode::Auto => "auto",
+            FastPathMode::On => "on",
+        })
+    }
 }
 
 /// The name-checked ports by default.
@@ -112,7 +152,7 @@ impl DataplaneConfig {
             gateway_port: 10080,
             name_checked_ports: NAME_CHECKED_PORTS.to_vec(),
             deny_quic_to_names: true,
-            fast_path: false,
+            fast_path: FastPathMode::default(),
             instance: instance.to_string(),
             host_netns: None,
             subnet4,

@@ -1,5 +1,6 @@
 //! The fast path's place in the dataplane (the operator's switch,
-//! [`DataplaneConfig::fast_path`]; off by default).
+//! [`DataplaneConfig::fast_path`]; by default on where the kernel can run
+//! it).
 //!
 //! The program ([`sandgate_fastpath`]) is attached to every slot's host
 //! interface that has no pacer (a pacer's `ingress` filter would be walked
@@ -25,12 +26,12 @@ use crate::flows::{NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, NFNLGRP_CON
 use crate::in_ns;
 use netlink_packet_core::Nla;
 use netlink_packet_netfilter::conntrack::{
-    ConntrackAttribute, ConntrackMessage, ProtoInfo, ProtoInfoTCP, Protocol,
+    ConntrackAttribute, ConntrackMessage, ProtoInfo, ProtoInfoTCP, Protocol, Tuple,
 };
 use netlink_packet_netfilter::NetfilterMessageInner;
 use netlink_sys::Socket;
-use sandgate_fastpath::{Counts, FastPath, Flow, FlowTable, Side};
-use sandgate_netns::{set_sysctl, Netns};
+use sandgate_fastpath::{Counts, FastPath, Flow, FlowTable, Runs, Side};
+use sandgate_netns::Netns;
 use sandgate_nftables::{ElementData, Transaction, Verb};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,12 +112,6 @@ impl FastPathState {
     /// other than slots and loopback, and starts reading events.
     pub fn start(host: Option<&Netns>, cfg: &DataplaneConfig) -> io::Result<FastPathState> {
         let (mut path, table) = FastPath::load()?;
-        // Connection tracking sees one packet a second of a flow on the
-        // fast path: without this it would call the next one it sees out
-        // of its window, invalid, and netfilter would not translate it.
-        in_ns(host, || {
-            set_sysctl("net/netfilter/nf_conntrack_tcp_be_liberal", "1")
-        })?;
         let uplinks: Vec<String> = in_ns(host, || {
             Ok(sandgate_netns::Rtnl::open()?
                 .links()?
@@ -137,11 +132,13 @@ impl FastPathState {
                 NFNLGRP_CONNTRACK_DESTROY,
             ],
         )?;
+        let requests = crate::flows::conntrack_requests(host)?;
         let table = Arc::new(Mutex::new(table));
         let stop = Arc::new(AtomicBool::new(false));
         let (taken, cleared) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let reader = Reader {
             socket,
+            requests,
             cfg: cfg.clone(),
             table: table.clone(),
             taken: taken.clone(),
@@ -228,6 +225,11 @@ impl FastPathState {
         FastPathEnded(self.table.clone())
     }
 
+    /// How often the slot and the uplink programs ran, and for how long.
+    pub fn runs(&mut self) -> io::Result<[Runs; 2]> {
+        Ok([self.path.runs(Side::Slot)?, self.path.runs(Side::Uplink)?])
+    }
+
     /// The marks the fast path lets through.
     pub fn allowed(&self) -> io::Result<Vec<u32>> {
         Ok(self.path.allowed()?)
@@ -262,6 +264,8 @@ impl Drop for FastPathState {
 
 struct Reader {
     socket: Socket,
+    /// For making a TCP flow's entry liberal before it goes on.
+    requests: Socket,
     cfg: DataplaneConfig,
     table: Arc<Mutex<FlowTable>>,
     taken: Arc<AtomicU64>,
@@ -274,6 +278,11 @@ struct Reader {
 enum Change {
     /// On the fast path, or its mark changed.
     Put(u32, Flow),
+    /// On the fast path once connection tracking no longer checks the TCP
+    /// flow's sequence numbers against its window (it will see one packet
+    /// a second; without this it would call the next one invalid and
+    /// netfilter would not translate it): its original tuple.
+    Liberal(u32, Flow, Vec<Tuple>),
     /// Its mark changed, if it is on the fast path (a TCP flow's event
     /// that does not tell its state).
     Remark(u32, Flow),
@@ -305,9 +314,20 @@ impl Reader {
                     _ => None,
                 };
                 match change {
-                    Some(Change::Put(id, flow)) => {
-                        self.with_table(|t| t.insert(id, flow));
-                        self.taken.fetch_add(1, Ordering::Relaxed);
+                    Some(Change::Put(id, flow)) => self.put(id, flow),
+                    Some(Change::Liberal(id, flow, orig)) => {
+                        match crate::flows::make_liberal(
+                            &self.requests,
+                            &orig,
+                            flow.source.0.is_ipv6(),
+                        ) {
+                            Ok(()) => self.put(id, flow),
+                            // Forgotten since: its end is on its way.
+                            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "a TCP flow stays on netfilter's path: connection tracking was not made liberal for it")
+                            }
+                        }
                     }
                     Some(Change::Remark(id, flow)) => self.with_table(|t| {
                         if t.contains(id) {
@@ -320,6 +340,11 @@ impl Reader {
                 }
             }
         }
+    }
+
+    fn put(&self, id: u32, flow: Flow) {
+        self.with_table(|t| t.insert(id, flow));
+        self.taken.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs `f` on the table; a failure empties it (nothing stays on the
@@ -354,14 +379,19 @@ fn change(
     ended: bool,
     ifindex: impl Fn(&str) -> Option<u32>,
 ) -> Option<Change> {
-    let (mut orig, mut reply) = (None, None);
+    let (mut orig, mut reply, mut orig_tuple) = (None, None, None);
     let (mut id, mut mark, mut tcp_state) = (None, 0u32, None);
+    let mut infos: &[ProtoInfo] = &[];
     for a in attributes {
         match a {
-            ConntrackAttribute::CtaTupleOrig(t) => orig = Some(ends(t)),
+            ConntrackAttribute::CtaTupleOrig(t) => {
+                orig = Some(ends(t));
+                orig_tuple = Some(t);
+            }
             ConntrackAttribute::CtaTupleReply(t) => reply = Some(ends(t)),
             ConntrackAttribute::CtaMark(m) => mark = *m,
-            ConntrackAttribute::CtaProtoInfo(infos) => {
+            ConntrackAttribute::CtaProtoInfo(i) => {
+                infos = i;
                 for info in infos {
                     if let ProtoInfo::TCP(tcp) = info {
                         for t in tcp {
@@ -387,7 +417,8 @@ fn change(
     if ended {
         return Some(Change::Take(id));
     }
-    let (orig, reply) = (orig?, reply?);
+    let liberal = crate::flows::is_liberal(infos);
+    let (orig_tuple, (orig, reply)) = (orig_tuple?, (orig?, reply?));
     let source = orig.source?;
     let slot = cfg.slot_of_sandbox(source)?;
     let protocol = match orig.protocol? {
@@ -419,6 +450,7 @@ fn change(
     }
     Some(match (protocol, tcp_state) {
         (6, None) => Change::Remark(id, flow),
+        (6, Some(_)) if !liberal => Change::Liberal(id, flow, orig_tuple.clone()),
         _ => Change::Put(id, flow),
     })
 }
@@ -427,7 +459,7 @@ fn change(
 mod tests {
     use super::*;
     use netlink_packet_core::DefaultNla;
-    use netlink_packet_netfilter::conntrack::{IPTuple, ProtoTuple, Tuple};
+    use netlink_packet_netfilter::conntrack::{IPTuple, ProtoTuple, TCPFlags};
     use std::net::IpAddr;
 
     fn config() -> DataplaneConfig {
@@ -502,12 +534,42 @@ mod tests {
                 ("203.0.113.1".parse().unwrap(), 40001)
             )
         );
-        put(change(
-            &cfg,
-            &event(Protocol::Tcp, me, 443, Some(TCP_ESTABLISHED)),
-            false,
-            index,
+        // An established TCP flow is made liberal first, then put on.
+        let established = event(Protocol::Tcp, me, 443, Some(TCP_ESTABLISHED));
+        match change(&cfg, &established, false, index) {
+            Some(Change::Liberal(7, f, orig)) => {
+                assert_eq!(f.protocol, 6);
+                assert_eq!(
+                    orig,
+                    tuple(Protocol::Tcp, me, "192.0.2.10".parse().unwrap(), 40000, 443)
+                );
+            }
+            other => panic!("not made liberal: {other:?}"),
+        }
+        let flags = |original: bool, flags: u8| {
+            let f = TCPFlags::parse(&[flags, flags]).unwrap();
+            match original {
+                true => ProtoInfoTCP::OriginalFlags(f),
+                false => ProtoInfoTCP::ReplyFlags(f),
+            }
+        };
+        let with_flags = |original: u8, reply: u8| {
+            let mut a = established.clone();
+            a.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
+                vec![
+                    ProtoInfoTCP::State(TCP_ESTABLISHED),
+                    flags(true, original),
+                    flags(false, reply),
+                ],
+            )]));
+            a
+        };
+        // One side liberal is not enough.
+        assert!(matches!(
+            change(&cfg, &with_flags(0x08, 0x01), false, index),
+            Some(Change::Liberal(7, _, _))
         ));
+        put(change(&cfg, &with_flags(0x09, 0x08), false, index));
         // A TCP event that does not tell the state changes a mark only.
         assert!(matches!(
             change(&cfg, &event(Protocol::Tcp, me, 443, None), false, index),

@@ -15,11 +15,16 @@
 
 use crate::config::DataplaneConfig;
 use crate::fastpath::FastPathEnded;
-use netlink_packet_core::{DefaultNla, Nla, NlasIterator};
-use netlink_packet_netfilter::conntrack::{
-    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple,
+use netlink_packet_core::{
+    DefaultNla, NetlinkMessage, NetlinkPayload, Nla, NlasIterator, NLM_F_ACK, NLM_F_REQUEST,
 };
-use netlink_packet_netfilter::NetfilterMessageInner;
+use netlink_packet_netfilter::conntrack::{
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Protocol,
+    Tuple,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use sandgate_netns::Netns;
 use std::io;
@@ -157,6 +162,95 @@ pub(crate) fn conntrack_events(host: Option<&Netns>, groups: &[u32]) -> io::Resu
     .map_err(io::Error::from)?;
     crate::events::set_timeout(&socket, std::time::Duration::from_millis(100))?;
     Ok(socket)
+}
+
+/// `IP_CT_TCP_FLAG_BE_LIBERAL`: connection tracking does not check this
+/// side's sequence numbers against its window.
+const TCP_FLAG_BE_LIBERAL: u8 = 0x08;
+/// `CTA_PROTOINFO_TCP_FLAGS_ORIGINAL` and `_REPLY`.
+const CTA_PROTOINFO_TCP_FLAGS: [u16; 2] = [4, 5];
+
+/// A ctnetlink socket for requests, in `host` (or here).
+pub(crate) fn conntrack_requests(host: Option<&Netns>) -> io::Result<Socket> {
+    let socket = crate::in_ns(host, || {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(socket)
+    })?;
+    crate::events::set_timeout(&socket, std::time::Duration::from_millis(500))?;
+    Ok(socket)
+}
+
+/// Whether connection tracking checks neither side of a TCP flow against
+/// its window (both sides' flags, as an event tells them).
+pub(crate) fn is_liberal(infos: &[ProtoInfo]) -> bool {
+    let mut sides = 0;
+    for info in infos {
+        if let ProtoInfo::TCP(tcp) = info {
+            for t in tcp {
+                if let ProtoInfoTCP::OriginalFlags(f) | ProtoInfoTCP::ReplyFlags(f) = t {
+                    if f.flags & TCP_FLAG_BE_LIBERAL != 0 {
+                        sides += 1;
+                    }
+                }
+            }
+        }
+    }
+    sides == 2
+}
+
+/// Tells connection tracking not to check either side of the TCP flow
+/// whose original tuple is `orig` against its window, as nftables'
+/// flowtable does for the flows it offloads: a flow on the fast path
+/// shows it one packet a second, whose sequence numbers are past the
+/// window it last saw. Per flow, never the host-wide
+/// `nf_conntrack_tcp_be_liberal`. An error if the flow is gone.
+pub(crate) fn make_liberal(socket: &Socket, orig: &[Tuple], v6: bool) -> io::Result<()> {
+    let family = if v6 {
+        NetfilterProtoFamily::IPv6
+    } else {
+        NetfilterProtoFamily::IPv4
+    };
+    let flags = CTA_PROTOINFO_TCP_FLAGS
+        .map(|kind| {
+            ProtoInfoTCP::Other(DefaultNla::new(
+                kind,
+                vec![TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL],
+            ))
+        })
+        .to_vec();
+    let request = NetfilterMessage::new(
+        NetfilterHeader::new(family, 0, 0),
+        // An update (no NLM_F_CREATE): the flow's entry, or ENOENT.
+        ConntrackMessage::New(vec![
+            ConntrackAttribute::CtaTupleOrig(orig.to_vec()),
+            ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(flags)]),
+        ]),
+    );
+    let mut message = NetlinkMessage::from(request);
+    message.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut ack = vec![0; 4096];
+    let n = socket.recv(&mut &mut ack[..], 0)?;
+    match NetlinkMessage::<NetfilterMessage>::deserialize(&ack[..n]) {
+        Ok(NetlinkMessage {
+            payload: NetlinkPayload::Error(e),
+            ..
+        }) => match e.code {
+            None => Ok(()),
+            Some(_) => Err(e.to_io()),
+        },
+        Ok(other) => Err(io::Error::other(format!(
+            "connection tracking answered a flow's update with {other:?}"
+        ))),
+        Err(e) => Err(io::Error::other(format!(
+            "connection tracking's answer to a flow's update: {e}"
+        ))),
+    }
 }
 
 impl Drop for Flows {

@@ -25,7 +25,7 @@ pub mod ruleset;
 pub mod state;
 pub mod watchdog;
 
-pub use config::{DataplaneConfig, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
+pub use config::{DataplaneConfig, FastPathMode, SlotAddrs, SANDBOX_IF, SLOT_IF_PREFIX};
 pub use counters::{KernelCounters, Reading};
 pub use elements::{now_ms, Generations, GrantNet, SlotPolicy, Transfer, TRANSFER_SET};
 pub use events::{DenyEvent, EventCounters, Events};
@@ -171,9 +171,17 @@ impl Dataplane {
             classes: BTreeSet::new(),
             fast: None,
         };
-        if dp.cfg.fast_path {
-            dp.fast = Some(fastpath::FastPathState::start(dp.host.as_ref(), &dp.cfg)?);
-        }
+        dp.fast = match dp.cfg.fast_path {
+            FastPathMode::Off => None,
+            FastPathMode::On => Some(fastpath::FastPathState::start(dp.host.as_ref(), &dp.cfg)?),
+            FastPathMode::Auto => match fastpath::FastPathState::start(dp.host.as_ref(), &dp.cfg) {
+                Ok(fast) => Some(fast),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the fast path cannot run on this host; netfilter forwards every packet");
+                    None
+                }
+            },
+        };
         let report = dp.reconcile()?;
         // Forwarding only once the ruleset is in place.
         dp.in_host(|| {
@@ -277,6 +285,13 @@ impl Dataplane {
     /// path, when there is one (for [`Flows::start`]).
     pub fn fast_path_ended(&self) -> Option<fastpath::FastPathEnded> {
         self.fast.as_ref().map(|f| f.ended())
+    }
+
+    /// How often the fast path's slot and uplink programs ran, and for
+    /// how long, when there is one (counted only while
+    /// [`sandgate_fastpath::count_runs`] is held: a benchmark's figure).
+    pub fn fast_path_runs(&mut self) -> Option<io::Result<[sandgate_fastpath::Runs; 2]>> {
+        self.fast.as_mut().map(|f| f.runs())
     }
 
     /// The marks the fast path lets through, when there is one.

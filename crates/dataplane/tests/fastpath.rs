@@ -8,8 +8,9 @@
 mod common;
 
 use common::*;
-use sandgate_dataplane::FastPathStats;
+use sandgate_dataplane::{FastPathMode, FastPathStats};
 use sandgate_lab::addrs::*;
+use std::net::UdpSocket;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,7 @@ enum Cut {
 
 #[test]
 fn established_flows_take_the_fast_path_and_an_update_a_downgrade_and_a_delete_cut_them() {
-    let mut rig = Rig::with(|c| c.fast_path = true);
+    let mut rig = Rig::with(|c| c.fast_path = FastPathMode::On);
     for (server, cut) in [
         (SERVER4, Cut::Update),
         (SERVER6, Cut::Update),
@@ -73,6 +74,18 @@ fn established_flows_take_the_fast_path_and_an_update_a_downgrade_and_a_delete_c
             assert!(udp.progress(window) > 0, "{what}: the echoes come");
         }
         let later = stats(&rig);
+        // Connection tracking was made liberal for these flows, not for
+        // the whole host.
+        let liberal = rig
+            .lab
+            .host()
+            .run(|| std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal"))
+            .unwrap();
+        assert_eq!(
+            liberal.trim(),
+            "0",
+            "{what}: the host's setting is untouched"
+        );
         assert!(
             later.forwarded.back.1 > s.forwarded.back.1
                 && later.forwarded.out.0 > s.forwarded.out.0,
@@ -108,7 +121,7 @@ fn established_flows_take_the_fast_path_and_an_update_a_downgrade_and_a_delete_c
 
 #[test]
 fn a_flow_that_an_update_still_allows_stays_on_the_fast_path_and_a_metered_slot_has_none() {
-    let mut rig = Rig::with(|c| c.fast_path = true);
+    let mut rig = Rig::with(|c| c.fast_path = FastPathMode::On);
     let listed = rig.resolve(3, allow("192.0.2.10/32, 2001:db8:1::10/128"));
     let (slot, ns) = rig.sandbox("fast", &listed);
     let tcp = transfer(&ns, SERVER4);
@@ -158,7 +171,7 @@ fn a_flow_that_an_update_still_allows_stays_on_the_fast_path_and_a_metered_slot_
 #[test]
 fn the_flow_log_counts_what_a_flow_forwarded_on_the_fast_path() {
     use std::sync::atomic::Ordering;
-    let mut rig = Rig::with(|c| c.fast_path = true);
+    let mut rig = Rig::with(|c| c.fast_path = FastPathMode::On);
     let ended = rig.dp.as_ref().unwrap().fast_path_ended();
     let flows = sandgate_dataplane::Flows::start(Some(rig.lab.host()), &rig.cfg, ended).unwrap();
     let policy = rig.resolve(3, open());
@@ -224,7 +237,7 @@ fn a_translated_packet_carries_right_checksums_where_no_device_completes_them() 
     // checked: with the sandbox's and the world's devices computing them
     // in software, a receiver checks every one, and a wrong translation
     // drops the packet.
-    let mut rig = Rig::with(|c| c.fast_path = true);
+    let mut rig = Rig::with(|c| c.fast_path = FastPathMode::On);
     checksums_in_software(rig.lab.world().name(), sandgate_lab::WAN);
     let policy = rig.resolve(3, open());
     let (_, ns) = rig.sandbox("software", &policy);
@@ -245,5 +258,80 @@ fn a_translated_packet_carries_right_checksums_where_no_device_completes_them() 
                 && after.forwarded.out.0 > before.forwarded.out.0 + 100,
             "{server}: on the fast path: {before:?} then {after:?}"
         );
+    }
+}
+
+fn mtu(ns: &str, link: &str, mtu: u16) {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "link", "set", link, "mtu", &mtu.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip link set mtu in {ns}: {out:?}");
+}
+
+#[test]
+fn a_datagram_larger_than_the_next_link_takes_gets_its_error_as_without_the_fast_path() {
+    // The program keeps a flow's route (its next link's MTU with it) for
+    // up to a second: once the uplink's MTU is lowered, a datagram too
+    // large for it must still go to netfilter, whose ICMP error teaches
+    // the sender the path's MTU (it then fragments, and the echo comes).
+    // Redirected instead, it would be dropped by the link, untold.
+    let mut rig = Rig::with(|c| c.fast_path = FastPathMode::On);
+    let policy = rig.resolve(3, open());
+    let (_, ns) = rig.sandbox("mtu", &policy);
+    let socket = ns
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect((SERVER4, UDP_ECHO))?;
+            Ok(s)
+        })
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let echoed = |size: usize| {
+        let mut buf = [0u8; 2048];
+        let _ = socket.send(&vec![7u8; size]);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while Instant::now() < deadline {
+            if socket.recv(&mut buf).is_ok_and(|n| n == size) {
+                return true;
+            }
+        }
+        false
+    };
+    // Small datagrams until the fast path carries the flow.
+    let base = stats(&rig).forwarded;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&rig).forwarded.out.0 < base.out.0 + 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the fast path never carried the flow"
+        );
+        echoed(64);
+    }
+    assert!(echoed(1400), "a 1400-byte datagram before the change");
+    mtu(rig.lab.host().name(), sandgate_lab::UPLINK, 1280);
+    mtu(rig.lab.world().name(), sandgate_lab::WAN, 1280);
+    // Small datagrams for over a second: the flow's entry looks its route
+    // up again, and the packets that go to netfilter once a second are
+    // small ones.
+    let small = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < small {
+        echoed(64);
+    }
+    // Then a large one among many small ones: without the program's size
+    // check a large one would reach netfilter only by being a flow's
+    // packet of the second (about one chance in 200 each second).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !echoed(1400) {
+        assert!(
+            Instant::now() < deadline,
+            "no 1400-byte datagram came back in 3 s after the uplink's MTU went to 1280: {:?}",
+            stats(&rig)
+        );
+        for _ in 0..200 {
+            echoed(64);
+        }
     }
 }

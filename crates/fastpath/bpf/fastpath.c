@@ -30,8 +30,9 @@
 //     netfilter (one a second does, so that connection tracking keeps the
 //     flow alive and its state current);
 //   - the route lookup of the translated packet succeeds (a known
-//     neighbour, a forwardable size), and for a reply it leads to the
-//     slot's own interface.
+//     neighbour), and for a reply it leads to the slot's own interface
+//     (looked up at most once a second per flow, and kept in its entry);
+//   - its size is one the next link takes.
 //
 // No helper here reads or writes anything but the packet and the two maps.
 
@@ -49,6 +50,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SLOW_EVERY_NS 1000000000ULL
+#define ROUTE_EVERY_NS 1000000000ULL
 
 // Both families in one key: an IPv4 address is stored IPv4-mapped, and
 // `family` keeps the two apart.
@@ -74,6 +76,16 @@ struct flow_value {
     __u64 packets; // forwarded here
     __u64 bytes;   // forwarded here, IP packets as connection tracking counts
     __u64 last_slow;
+    // Where the translated packet went when the route and neighbour were
+    // last looked up (`routed_at`; 0: never): looked up again a second
+    // later. Written by whichever CPU looks up, all with the same answer
+    // unless a route or neighbour changed in between.
+    __u64 routed_at;
+    __u32 out_ifindex;
+    __u32 mtu;
+    __u8 dmac[ETH_ALEN];
+    __u8 smac[ETH_ALEN];
+    __u8 pad3[4];
 };
 
 struct {
@@ -178,23 +190,39 @@ static __always_inline int forward(struct __sk_buff *skb, int from_slot)
         return TC_ACT_OK;
     }
 
-    // Where the translated packet goes.
-    fib.family = v4 ? AF_INET : AF_INET6;
-    fib.l4_protocol = key.proto;
-    fib.sport = from_slot ? v->port : key.sport;
-    fib.dport = from_slot ? key.dport : v->port;
-    fib.ifindex = skb->ingress_ifindex;
-    if (v4) {
-        __builtin_memcpy(&fib.ipv4_src, from_slot ? &v->addr[12] : &key.src[12], 4);
-        __builtin_memcpy(&fib.ipv4_dst, from_slot ? &key.dst[12] : &v->addr[12], 4);
-    } else {
-        __builtin_memcpy(fib.ipv6_src, from_slot ? v->addr : key.src, 16);
-        __builtin_memcpy(fib.ipv6_dst, from_slot ? key.dst : v->addr, 16);
+    // Where the translated packet goes: the route and neighbour looked up
+    // at most once a second per flow (the lookup is a quarter of the
+    // program's time), kept in its entry.
+    if (now - v->routed_at > ROUTE_EVERY_NS) {
+        fib.family = v4 ? AF_INET : AF_INET6;
+        fib.l4_protocol = key.proto;
+        fib.sport = from_slot ? v->port : key.sport;
+        fib.dport = from_slot ? key.dport : v->port;
+        fib.ifindex = skb->ingress_ifindex;
+        if (v4) {
+            __builtin_memcpy(&fib.ipv4_src, from_slot ? &v->addr[12] : &key.src[12], 4);
+            __builtin_memcpy(&fib.ipv4_dst, from_slot ? &key.dst[12] : &v->addr[12], 4);
+        } else {
+            __builtin_memcpy(fib.ipv6_src, from_slot ? v->addr : key.src, 16);
+            __builtin_memcpy(fib.ipv6_dst, from_slot ? key.dst : v->addr, 16);
+        }
+        // The MTU is checked below, against the one kept.
+        int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+        if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_FRAG_NEEDED)
+            return TC_ACT_OK;
+        if (!from_slot && fib.ifindex != v->ifindex)
+            return TC_ACT_OK;
+        v->out_ifindex = fib.ifindex;
+        v->mtu = fib.mtu_result;
+        __builtin_memcpy(v->dmac, fib.dmac, ETH_ALEN);
+        __builtin_memcpy(v->smac, fib.smac, ETH_ALEN);
+        v->routed_at = now;
     }
-    if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+    // Larger than the next link takes (and not to be segmented later):
+    // netfilter's, which sends the ICMP error.
+    if (skb->len > v->mtu + sizeof(struct ethhdr) && !skb->gso_size)
         return TC_ACT_OK;
-    if (!from_slot && fib.ifindex != v->ifindex)
-        return TC_ACT_OK;
+    __u32 out_ifindex = v->out_ifindex;
 
     // The translation. The transport checksum is mended by the kernel's
     // helper (it knows whether the checksum is still to be completed by
@@ -224,8 +252,8 @@ static __always_inline int forward(struct __sk_buff *skb, int from_slot)
     eth = data;
     if ((void *)(eth + 1) > end)
         return TC_ACT_SHOT;
-    __builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, v->dmac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, v->smac, ETH_ALEN);
     __be16 *ports = data + l4;
     if (v4) {
         struct iphdr *ip = data + l3;
@@ -260,7 +288,7 @@ static __always_inline int forward(struct __sk_buff *skb, int from_slot)
 
     __sync_fetch_and_add(&v->packets, 1);
     __sync_fetch_and_add(&v->bytes, skb->len - sizeof(struct ethhdr));
-    return bpf_redirect(fib.ifindex, 0);
+    return bpf_redirect(out_ifindex, 0);
 }
 
 SEC("classifier")

@@ -30,7 +30,7 @@ static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/f
 
 /// The size of `struct flow_key` and `struct flow_value`.
 const KEY: usize = 44;
-const VALUE: usize = 56;
+const VALUE: usize = 88;
 
 type Key = [u8; KEY];
 type Value = [u8; VALUE];
@@ -46,6 +46,8 @@ pub enum Error {
     Map(&'static str, MapError),
     /// The object lacks a part this crate expects (a build fault).
     Missing(&'static str),
+    /// The kernel's count of programs' runs could not be turned on.
+    Stats(aya::sys::SyscallError),
 }
 
 impl fmt::Display for Error {
@@ -55,6 +57,7 @@ impl fmt::Display for Error {
             Error::Program(what, e) => write!(f, "fast path program ({what}): {e}"),
             Error::Map(name, e) => write!(f, "fast path map {name}: {e}"),
             Error::Missing(what) => write!(f, "the fast path's BPF object has no {what}"),
+            Error::Stats(e) => write!(f, "counting BPF programs' runs: {e}"),
         }
     }
 }
@@ -83,6 +86,32 @@ impl Side {
             Side::Uplink => "uplink",
         }
     }
+}
+
+/// How often a program ran, and the time it took in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Runs {
+    /// Runs (one a packet).
+    pub count: u64,
+    /// Time inside the program.
+    pub time: std::time::Duration,
+}
+
+impl Runs {
+    /// The time of a run, on average, since `earlier` (nanoseconds).
+    pub fn nanos_since(&self, earlier: Runs) -> Option<f64> {
+        let count = self.count.checked_sub(earlier.count)?;
+        let time = self.time.checked_sub(earlier.time)?;
+        (count > 0).then(|| time.as_nanos() as f64 / count as f64)
+    }
+}
+
+/// Turns on the kernel's count of every BPF program's runs and run time,
+/// for as long as the returned descriptor is open. Each run of every
+/// program of the host then costs two clock reads more: a benchmark's
+/// tool, never a server's.
+pub fn count_runs() -> Result<std::os::fd::OwnedFd, Error> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(Error::Stats)
 }
 
 /// The loaded program, its attachments, and the `valid` map.
@@ -262,6 +291,19 @@ impl FastPath {
                 gone: Counts::default(),
             },
         ))
+    }
+
+    /// How often the program of `side` ran and the time it took in all,
+    /// counted while a [`count_runs`] handle is held (the kernel counts
+    /// nothing otherwise).
+    pub fn runs(&mut self, side: Side) -> Result<Runs, Error> {
+        let info = classifier(&mut self.ebpf, side)?
+            .info()
+            .map_err(|e| Error::Program(side.program().to_string(), e))?;
+        Ok(Runs {
+            count: info.run_count(),
+            time: info.run_time(),
+        })
     }
 
     /// Attaches the program of `side` to interface `name`'s TC ingress,

@@ -27,7 +27,7 @@ pub use sandgate_contract::{
     DnsCounts, Expected, PulledSnapshot, RestoreReport, RunnerError, SandboxSecret, SandboxSpec,
     TransferUsage,
 };
-pub use sandgate_dataplane::NoFreeSlot;
+pub use sandgate_dataplane::{FastPathMode, NoFreeSlot};
 
 use sandgate_dataplane::{Dataplane, DataplaneConfig, KernelCounters, Reading, SlotAddrs};
 use sandgate_dns::{Asker, Directory, DnsConfig, DnsService, Upstream};
@@ -68,7 +68,7 @@ pub struct RunnerConfig {
     pub forward_other: bool,
     /// Whether established flows take the TC-BPF fast path (see
     /// `DataplaneConfig::fast_path`).
-    pub fast_path: bool,
+    pub fast_path: FastPathMode,
     /// The disk size most sandboxes get (bytes): `warm_pool` disks of it
     /// are prepared ahead, so that a create takes one instead of making it.
     pub warm_disk: Option<u64>,
@@ -106,7 +106,7 @@ impl RunnerConfig {
             upstream,
             warm_pool: 4,
             forward_other: false,
-            fast_path: false,
+            fast_path: FastPathMode::default(),
             warm_disk: None,
             name_checked_ports: sandgate_dataplane::config::NAME_CHECKED_PORTS.to_vec(),
             deny_quic_to_names: true,

@@ -106,12 +106,20 @@ pub struct HostArgs {
     /// for anything else).
     #[arg(long, env = "SANDGATE_FORWARD_OTHER")]
     pub forward_other: bool,
-    /// Forward established TCP and UDP flows of sandboxes by the TC-BPF
-    /// fast path, past netfilter (off by default; docs/DATAPLANE.md, "The
-    /// fast path"). Needs BPF (CAP_BPF) and sets connection tracking's TCP
-    /// window check to liberal in the host namespace.
-    #[arg(long, env = "SANDGATE_FAST_PATH")]
-    pub fast_path: bool,
+    /// Whether established TCP and UDP flows of sandboxes are forwarded by
+    /// the TC-BPF fast path, past netfilter: `auto` (where the kernel can
+    /// run it; the log says when it cannot), `on` (refuse to start
+    /// without it; `--fast-path` alone) or `off` (docs/DATAPLANE.md, "The
+    /// fast path").
+    #[arg(
+        long,
+        env = "SANDGATE_FAST_PATH",
+        value_name = "auto|on|off",
+        default_value = "auto",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    pub fast_path: sandgate_runner::FastPathMode,
     /// The TCP ports on which a sandbox's connections to an address
     /// admitted by name go through the name-checking gateway (TLS server
     /// name, HTTP Host), comma-separated, or `none`.
@@ -402,4 +410,41 @@ fn parse_runner(v: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{v:?}: give NAME=URL"))?;
     sandgate_server::fleet::check_name(name)?;
     Ok((name.to_string(), url.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostArgs;
+    use clap::Parser;
+    use sandgate_runner::FastPathMode;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        host: HostArgs,
+    }
+
+    fn fast_path(args: &[&str]) -> Result<FastPathMode, String> {
+        let argv = std::iter::once("sandgate").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .map(|c| c.host.fast_path)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_fast_path_switch_is_auto_unless_told_and_refuses_other_words() {
+        // The environment variable, if a run sets it, would be the default.
+        if std::env::var_os("SANDGATE_FAST_PATH").is_none() {
+            assert_eq!(fast_path(&[]), Ok(FastPathMode::Auto));
+        }
+        assert_eq!(fast_path(&["--fast-path"]), Ok(FastPathMode::On));
+        assert_eq!(fast_path(&["--fast-path", "on"]), Ok(FastPathMode::On));
+        assert_eq!(fast_path(&["--fast-path=off"]), Ok(FastPathMode::Off));
+        assert_eq!(fast_path(&["--fast-path", "auto"]), Ok(FastPathMode::Auto));
+        let refused = fast_path(&["--fast-path=maybe"]).unwrap_err();
+        assert!(
+            refused.contains("the fast path is auto, on or off, not \"maybe\""),
+            "{refused}"
+        );
+    }
 }

@@ -46,9 +46,7 @@ pub fn lab_server_config(
     );
     runner.host_netns = Some(lab.host().name().to_string());
     runner.warm_pool = warm_pool;
-    // The server's suites with the fast path on, when asked (as the
-    // dataplane's run in scripts/test).
-    runner.fast_path = std::env::var_os("SANDGATE_TEST_FAST_PATH").is_some();
+    runner.fast_path = test_fast_path();
     runner.tls_roots = lab_roots(lab, dir);
     let mut cfg = ServerConfig::new(dir.join("server"), runner, lab_policy(), Catalog::builtin());
     cfg.admin_token = Some(admin_token.into());
@@ -604,4 +602,17 @@ pub fn https_request(
         }
         Ok(String::from_utf8_lossy(&out).into_owned())
     })
+}
+
+/// The fast path's mode for the servers and dataplanes tests start:
+/// `SANDGATE_TEST_FAST_PATH` (`auto`, `on` or `off`), or the default
+/// (`auto`, as a server's). `scripts/test` runs the dataplane's update,
+/// cut, escape, event and lifecycle tests a second time with it off.
+pub fn test_fast_path() -> sandgate_runner::FastPathMode {
+    match std::env::var("SANDGATE_TEST_FAST_PATH") {
+        Ok(mode) => mode
+            .parse()
+            .unwrap_or_else(|e| panic!("SANDGATE_TEST_FAST_PATH: {e}")),
+        Err(_) => sandgate_runner::FastPathMode::default(),
+    }
 }
