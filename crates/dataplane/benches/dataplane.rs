@@ -618,30 +618,56 @@ fn creation_and_updates() {
         base.push(t.elapsed());
     }
     stats("baseline: ip netns add + ip link add veth", &base, None);
-    // As a server has it: the fast path where the kernel can run it (each
-    // slot's program attached at its creation).
-    let (mut dp, dir) = fresh(&lab, &pc, FastPathMode::default());
-    let mut cold = Vec::new();
+    // Without the fast path, then as a server has it (the fast path where
+    // the kernel can run it: each slot's program attached at its
+    // creation, and at a warm slot's taking).
+    let dir = std::env::temp_dir().join(format!("sandgate-bench-{}", lab.tag()));
     let mut made = Vec::new();
-    for i in 0..n {
-        let t = Instant::now();
-        made.push(dp.create(&format!("c{i}"), &listed).unwrap().index);
-        cold.push(t.elapsed());
+    let mut dp = None;
+    for (mode, label) in [
+        (FastPathMode::Off, "fast path off"),
+        (FastPathMode::default(), "fast path auto"),
+    ] {
+        drop(dp.take());
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut d = restart_with(&lab, &pc, &dir, 0, mode);
+        let mut cold = Vec::new();
+        for i in 0..n {
+            let t = Instant::now();
+            made.push(d.create(&format!("c{i}"), &listed).unwrap().index);
+            cold.push(t.elapsed());
+        }
+        stats(
+            &format!("sandgate create, cold, {label}"),
+            &cold,
+            Some(&base),
+        );
+        for i in made.drain(..) {
+            d.delete(i).unwrap();
+        }
+        drop(d);
+        let mut d = restart_with(&lab, &pc, &dir, 4, mode);
+        let mut warm = Vec::new();
+        for i in 0..n {
+            d.fill_pool().unwrap();
+            let t = Instant::now();
+            made.push(d.create(&format!("p{i}"), &listed).unwrap().index);
+            warm.push(t.elapsed());
+        }
+        stats(
+            &format!("sandgate create, warm pool, {label}"),
+            &warm,
+            Some(&base),
+        );
+        // The last mode's slots stay for the updates below.
+        if mode == FastPathMode::Off {
+            for i in made.drain(..) {
+                d.delete(i).unwrap();
+            }
+        }
+        dp = Some(d);
     }
-    stats("sandgate create, cold", &cold, Some(&base));
-    for i in made.drain(..) {
-        dp.delete(i).unwrap();
-    }
-    drop(dp);
-    let mut dp = restart_with(&lab, &pc, &dir, 4, FastPathMode::default());
-    let mut warm = Vec::new();
-    for i in 0..n {
-        dp.fill_pool().unwrap();
-        let t = Instant::now();
-        made.push(dp.create(&format!("p{i}"), &listed).unwrap().index);
-        warm.push(t.elapsed());
-    }
-    stats("sandgate create, from the warm pool", &warm, Some(&base));
+    let mut dp = dp.unwrap();
 
     println!("\npolicy update and DNS admission (one netlink transaction each)");
     let mut nft_base = Vec::new();
