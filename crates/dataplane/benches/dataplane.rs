@@ -621,16 +621,14 @@ fn creation_and_updates() {
     // Without the fast path, then as a server has it (the fast path where
     // the kernel can run it: each slot's program attached at its
     // creation, and at a warm slot's taking).
-    let dir = std::env::temp_dir().join(format!("sandgate-bench-{}", lab.tag()));
     let mut made = Vec::new();
-    let mut dp = None;
+    let mut last = None;
     for (mode, label) in [
         (FastPathMode::Off, "fast path off"),
         (FastPathMode::default(), "fast path auto"),
     ] {
-        drop(dp.take());
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut d = restart_with(&lab, &pc, &dir, 0, mode);
+        drop(last.take());
+        let (mut d, dir) = fresh(&lab, &pc, mode);
         let mut cold = Vec::new();
         for i in 0..n {
             let t = Instant::now();
@@ -665,9 +663,9 @@ fn creation_and_updates() {
                 d.delete(i).unwrap();
             }
         }
-        dp = Some(d);
+        last = Some((d, dir));
     }
-    let mut dp = dp.unwrap();
+    let (mut dp, dir) = last.unwrap();
 
     println!("\npolicy update and DNS admission (one netlink transaction each)");
     let mut nft_base = Vec::new();

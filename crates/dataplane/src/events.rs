@@ -74,9 +74,7 @@ impl Events {
     /// `ranges` turns an always-denied destination into its range.
     pub fn start(host: Option<&Netns>, group: u16, ranges: Ranges) -> io::Result<Events> {
         let open = || -> io::Result<(Socket, Rtnl)> {
-            let mut socket = Socket::new(NETLINK_NETFILTER)?;
-            socket.bind_auto()?;
-            socket.connect(&SocketAddr::new(0, 0))?;
+            let socket = request_socket()?;
             let mut bind = config_request(
                 NetfilterProtoFamily::Unspec,
                 group,
@@ -176,6 +174,15 @@ pub(crate) fn messages(buf: &[u8], n: usize) -> impl Iterator<Item = NetfilterMe
         }
         None
     })
+}
+
+/// A netfilter netlink socket for requests to the kernel (and their
+/// answers), in the calling thread's namespace.
+pub(crate) fn request_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
 }
 
 pub(crate) fn set_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {

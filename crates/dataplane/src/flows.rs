@@ -172,12 +172,7 @@ const CTA_PROTOINFO_TCP_FLAGS: [u16; 2] = [4, 5];
 
 /// A ctnetlink socket for requests, in `host` (or here).
 pub(crate) fn conntrack_requests(host: Option<&Netns>) -> io::Result<Socket> {
-    let socket = crate::in_ns(host, || {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(socket)
-    })?;
+    let socket = crate::in_ns(host, crate::events::request_socket)?;
     crate::events::set_timeout(&socket, std::time::Duration::from_millis(500))?;
     Ok(socket)
 }

@@ -171,17 +171,16 @@ impl Dataplane {
             classes: BTreeSet::new(),
             fast: None,
         };
-        dp.fast = match dp.cfg.fast_path {
-            FastPathMode::Off => None,
-            FastPathMode::On => Some(fastpath::FastPathState::start(dp.host.as_ref(), &dp.cfg)?),
-            FastPathMode::Auto => match fastpath::FastPathState::start(dp.host.as_ref(), &dp.cfg) {
-                Ok(fast) => Some(fast),
-                Err(e) => {
+        let mode = dp.cfg.fast_path;
+        if mode != FastPathMode::Off {
+            match fastpath::FastPathState::start(dp.host.as_ref(), &dp.cfg) {
+                Ok(fast) => dp.fast = Some(fast),
+                Err(e) if mode == FastPathMode::Auto => {
                     tracing::warn!(error = %e, "the fast path cannot run on this host; netfilter forwards every packet");
-                    None
                 }
-            },
-        };
+                Err(e) => return Err(e),
+            }
+        }
         let report = dp.reconcile()?;
         // Forwarding only once the ruleset is in place.
         dp.in_host(|| {

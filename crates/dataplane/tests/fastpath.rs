@@ -188,19 +188,16 @@ fn the_flow_log_counts_what_a_flow_forwarded_on_the_fast_path() {
         "most of the download went by the fast path: {fast} of {received}"
     );
     // Its end, now (as a delete ends a slot's flows).
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            rig.lab.host().name(),
-            "conntrack",
-            "-D",
-            "-s",
-        ])
-        .arg(slot.sandbox4.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "conntrack -D: {out:?}");
+    let source = slot.sandbox4.to_string();
+    ip(&[
+        "netns",
+        "exec",
+        rig.lab.host().name(),
+        "conntrack",
+        "-D",
+        "-s",
+        &source,
+    ]);
     let deadline = Instant::now() + Duration::from_secs(5);
     let back = loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -220,15 +217,21 @@ fn the_flow_log_counts_what_a_flow_forwarded_on_the_fast_path() {
     );
 }
 
+/// Runs the `ip` program with `args`; it must succeed.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
 /// Turns off what `dev` in namespace `ns` leaves for the device to
 /// complete: checksums, and segmentation (which completes them too).
 fn checksums_in_software(ns: &str, dev: &str) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "ethtool", "-K", dev])
-        .args(["tx", "off", "tso", "off", "gso", "off"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ethtool in {ns}: {out:?}");
+    ip(&[
+        "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
+    ]);
 }
 
 #[test]
@@ -262,11 +265,7 @@ fn a_translated_packet_carries_right_checksums_where_no_device_completes_them() 
 }
 
 fn mtu(ns: &str, link: &str, mtu: u16) {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns, "link", "set", link, "mtu", &mtu.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ip link set mtu in {ns}: {out:?}");
+    ip(&["-n", ns, "link", "set", link, "mtu", &mtu.to_string()]);
 }
 
 #[test]
