@@ -272,65 +272,78 @@ fn mtu(ns: &str, link: &str, mtu: u16) {
 fn a_datagram_larger_than_the_next_link_takes_gets_its_error_as_without_the_fast_path() {
     // The program keeps a flow's route (its next link's MTU with it) for
     // up to a second: once the uplink's MTU is lowered, a datagram too
-    // large for it must still go to netfilter, whose ICMP error teaches
-    // the sender the path's MTU (it then fragments, and the echo comes).
-    // Redirected instead, it would be dropped by the link, untold.
+    // large for it must still go to netfilter, whose ICMP error (IPv4's
+    // "fragmentation needed", IPv6's "packet too big") teaches the sender
+    // the path's MTU (it then fragments, and the echo comes). Redirected
+    // instead, it would be dropped by the link, untold.
     let mut rig = Rig::with(|c| c.fast_path = FastPathMode::On);
     let policy = rig.resolve(3, open());
-    let (_, ns) = rig.sandbox("mtu", &policy);
-    let socket = ns
-        .run(|| {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
-            s.connect((SERVER4, UDP_ECHO))?;
-            Ok(s)
-        })
-        .unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let echoed = |size: usize| {
-        let mut buf = [0u8; 2048];
-        let _ = socket.send(&vec![7u8; size]);
-        let deadline = Instant::now() + Duration::from_millis(100);
-        while Instant::now() < deadline {
-            if socket.recv(&mut buf).is_ok_and(|n| n == size) {
-                return true;
+    for (name, server) in [("mtu4", SERVER4), ("mtu6", SERVER6)] {
+        mtu(rig.lab.host().name(), sandgate_lab::UPLINK, 1500);
+        mtu(rig.lab.world().name(), sandgate_lab::WAN, 1500);
+        let (_, ns) = rig.sandbox(name, &policy);
+        let socket = ns
+            .run(|| {
+                let any: std::net::IpAddr = match server {
+                    std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                };
+                let s = UdpSocket::bind((any, 0))?;
+                s.connect((server, UDP_ECHO))?;
+                Ok(s)
+            })
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let echoed = |size: usize| {
+            let mut buf = [0u8; 2048];
+            let _ = socket.send(&vec![7u8; size]);
+            let deadline = Instant::now() + Duration::from_millis(100);
+            while Instant::now() < deadline {
+                if socket.recv(&mut buf).is_ok_and(|n| n == size) {
+                    return true;
+                }
             }
-        }
-        false
-    };
-    // Small datagrams until the fast path carries the flow.
-    let base = stats(&rig).forwarded;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats(&rig).forwarded.out.0 < base.out.0 + 10 {
-        assert!(
-            Instant::now() < deadline,
-            "the fast path never carried the flow"
-        );
-        echoed(64);
-    }
-    assert!(echoed(1400), "a 1400-byte datagram before the change");
-    mtu(rig.lab.host().name(), sandgate_lab::UPLINK, 1280);
-    mtu(rig.lab.world().name(), sandgate_lab::WAN, 1280);
-    // Small datagrams for over a second: the flow's entry looks its route
-    // up again, and the packets that go to netfilter once a second are
-    // small ones.
-    let small = Instant::now() + Duration::from_millis(1200);
-    while Instant::now() < small {
-        echoed(64);
-    }
-    // Then a large one among many small ones: without the program's size
-    // check a large one would reach netfilter only by being a flow's
-    // packet of the second (about one chance in 200 each second).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !echoed(1400) {
-        assert!(
-            Instant::now() < deadline,
-            "no 1400-byte datagram came back in 3 s after the uplink's MTU went to 1280: {:?}",
-            stats(&rig)
-        );
-        for _ in 0..200 {
+            false
+        };
+        // Small datagrams until the fast path carries the flow.
+        let base = stats(&rig).forwarded;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats(&rig).forwarded.out.0 < base.out.0 + 10 {
+            assert!(
+                Instant::now() < deadline,
+                "{server}: the fast path never carried the flow"
+            );
             echoed(64);
+        }
+        assert!(
+            echoed(1400),
+            "{server}: a 1400-byte datagram before the change"
+        );
+        mtu(rig.lab.host().name(), sandgate_lab::UPLINK, 1280);
+        mtu(rig.lab.world().name(), sandgate_lab::WAN, 1280);
+        // Small datagrams for over a second: the flow's entry looks its
+        // route up again, and the packets that go to netfilter once a
+        // second are small ones.
+        let small = Instant::now() + Duration::from_millis(1200);
+        while Instant::now() < small {
+            echoed(64);
+        }
+        // Then a large one among many small ones: without the program's
+        // size check a large one would reach netfilter only by being a
+        // flow's packet of the second (about one chance in 200 each
+        // second).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !echoed(1400) {
+            assert!(
+                Instant::now() < deadline,
+                "{server}: no 1400-byte datagram came back in 3 s after the uplink's MTU went to 1280: {:?}",
+                stats(&rig)
+            );
+            for _ in 0..200 {
+                echoed(64);
+            }
         }
     }
 }
