@@ -82,6 +82,14 @@ pub struct Dataplane {
     classes: BTreeSet<ShareClass>,
     /// The fast path, when the configuration turns it on.
     fast: Option<fastpath::FastPathState>,
+    /// Slots made by a create (none was in the warm pool) whose fast path
+    /// program is still to be attached, by [`Dataplane::fill_pool_step`]:
+    /// the first attachment on a device waits for an RCU grace period
+    /// (about 10 ms), which a create does not wait for. Until then the
+    /// slot's packets all go through netfilter, as without the fast path
+    /// (and after a failed attachment, which the step returns, until the
+    /// slot's next update).
+    fast_later: BTreeSet<u32>,
 }
 
 /// The error (inside an `io::Error`) of a slot asked for when every index
@@ -170,6 +178,7 @@ impl Dataplane {
             released: HashMap::new(),
             classes: BTreeSet::new(),
             fast: None,
+            fast_later: BTreeSet::new(),
         };
         let mode = dp.cfg.fast_path;
         if mode != FastPathMode::Off {
@@ -260,19 +269,49 @@ impl Dataplane {
     }
 
     /// [`Dataplane::fast_attach`] where the program is not attached
-    /// already (a pacer's removal; every update of an unpaced slot).
+    /// already (a pacer's removal; every update of an unpaced slot), and
+    /// is not left for later ([`Dataplane::fast_later`]).
     fn fast_ensure(&mut self, slot: &SlotAddrs) -> io::Result<()> {
+        if self.fast_later.contains(&slot.index) {
+            return Ok(());
+        }
         match &mut self.fast {
             Some(fast) => fast.ensure_slot(self.host.as_ref(), &slot.host_if),
             None => Ok(()),
         }
     }
 
-    /// Detaches the fast path's program from a slot's interface.
+    /// Detaches the fast path's program from a slot's interface (and
+    /// leaves none to attach later).
     fn fast_detach(&mut self, slot: &SlotAddrs) {
+        self.fast_later.remove(&slot.index);
         if let Some(fast) = &mut self.fast {
             fast.detach(&slot.host_if);
         }
+    }
+
+    /// Attaches the program of one slot whose attachment a create left
+    /// for later, unless the slot is paced or gone since; whether there
+    /// was one.
+    fn fast_attach_later(&mut self) -> io::Result<bool> {
+        let Some(index) = self.fast_later.pop_first() else {
+            return Ok(false);
+        };
+        let unpaced = match self.state.slots.get(&index) {
+            Some(SlotRecord {
+                phase: Phase::Active,
+                policy: Some(p),
+                ..
+            }) => p.egress_mbps.is_none(),
+            Some(SlotRecord {
+                phase: Phase::Pool, ..
+            }) => true,
+            _ => false,
+        };
+        if unpaced {
+            self.fast_ensure(&self.cfg.slot(index))?;
+        }
+        Ok(true)
     }
 
     /// What the fast path did, when there is one.
@@ -520,7 +559,10 @@ impl Dataplane {
 
     /// Makes a slot (namespace, veth, addresses, routes) and records it in
     /// the pool. It has no policy yet: its traffic is dropped.
-    fn make_slot(&mut self) -> io::Result<u32> {
+    ///
+    /// The fast path's program is attached to it when `fast` (a slot for
+    /// the pool); otherwise the caller attaches it, or leaves it for later.
+    fn make_slot(&mut self, fast: bool) -> io::Result<u32> {
         self.released.retain(|_, at| at.elapsed() < REUSE_AFTER);
         let index = self
             .state
@@ -549,7 +591,13 @@ impl Dataplane {
             return Err(e);
         }
         let slot = self.cfg.slot(index);
-        let made = self.wire_slot(&slot);
+        let made = self.wire_slot(&slot).and_then(|()| {
+            if fast {
+                self.fast_attach(&slot)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = made {
             if let Err(undo) = self.remove_objects(index) {
                 tracing::warn!(slot = index, error = %undo, "removing a half-made slot; the next start removes what is left");
@@ -630,25 +678,42 @@ impl Dataplane {
         // is dropped: a sandbox's first DNS answer or SYN-ACK could be
         // lost. A slot is ready only when both ends are operationally up.
         self.rtnl.wait_oper_up(&slot.host_if, LINK_UP_WAIT)?;
-        self.fast_attach(slot)
+        Ok(())
     }
 
-    /// Prepares one slot if the warm pool holds fewer than `warm_pool`;
-    /// whether it made one. A caller that shares the dataplane refills
-    /// with this, one slot per hold of its lock.
+    /// Does one piece of the work a create leaves for later: attaches the
+    /// fast path's program to one slot made by a create (none was in the
+    /// warm pool), or else prepares one slot if the warm pool holds fewer
+    /// than `warm_pool`; whether there was any. A caller that shares the
+    /// dataplane calls it after each create until it says no, one step
+    /// per hold of its lock.
     pub fn fill_pool_step(&mut self) -> io::Result<bool> {
+        if self.fast_attach_later()? {
+            return Ok(true);
+        }
         if self.pool_size() >= self.cfg.warm_pool {
             return Ok(false);
         }
-        self.make_slot()?;
+        self.make_slot(true)?;
         Ok(true)
+    }
+
+    /// Attaches the fast path's program to every slot whose attachment a
+    /// create left for later (what [`Dataplane::fill_pool_step`] does one
+    /// at a time, first); how many there were.
+    pub fn attach_later(&mut self) -> io::Result<usize> {
+        let mut attached = 0;
+        while self.fast_attach_later()? {
+            attached += 1;
+        }
+        Ok(attached)
     }
 
     /// Prepares slots until the warm pool holds `warm_pool` of them.
     pub fn fill_pool(&mut self) -> io::Result<usize> {
         let mut made = 0;
         while self.pool_size() < self.cfg.warm_pool {
-            self.make_slot()?;
+            self.make_slot(true)?;
             made += 1;
         }
         Ok(made)
@@ -674,7 +739,15 @@ impl Dataplane {
             .map(|(i, _)| *i);
         let index = match pooled {
             Some(i) => i,
-            None => self.make_slot()?,
+            // Its fast path program is attached by the next
+            // `fill_pool_step`, off the create's path.
+            None => {
+                let index = self.make_slot(false)?;
+                if self.fast.is_some() {
+                    self.fast_later.insert(index);
+                }
+                index
+            }
         };
         let slot_policy = self.slot_policy(policy)?;
         let gens = Generations {

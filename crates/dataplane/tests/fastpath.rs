@@ -347,3 +347,48 @@ fn a_datagram_larger_than_the_next_link_takes_gets_its_error_as_without_the_fast
         }
     }
 }
+
+#[test]
+fn a_slot_its_create_made_forwards_through_netfilter_until_its_program_is_attached_after() {
+    // A create that found no warm slot returns before the slot's program
+    // is attached (the first attachment on a device waits for an RCU
+    // grace period): meanwhile what the slot sends goes through
+    // netfilter, and the step after the create (the runner's refiller)
+    // attaches it. A paced slot is left none to attach.
+    let mut rig = Rig::with(|c| c.fast_path = FastPathMode::On);
+    let policy = rig.resolve(3, open());
+    let slot = rig.dp().create("cold", &policy).unwrap();
+    let ns = sandgate_netns::Netns::open(&slot.netns).unwrap();
+    let before = stats(&rig).forwarded.out;
+    let udp = udp_stream(&ns, SERVER4);
+    assert!(
+        udp.progress(Duration::from_millis(1500)) > 0,
+        "the echoes come before the slot's program is attached"
+    );
+    let s = stats(&rig);
+    assert_eq!(
+        s.forwarded.out, before,
+        "the slot's packets on the fast path before its program was attached: {s:?}"
+    );
+    assert_eq!(rig.dp().attach_later().unwrap(), 1, "one to attach");
+    carried(&rig);
+    drop(udp);
+
+    let mut paced = rig.resolve(3, open());
+    paced.budgets.egress_mbps = Some(1000);
+    let slot = rig.dp().create("paced", &paced).unwrap();
+    assert_eq!(
+        rig.dp().attach_later().unwrap(),
+        0,
+        "a paced slot's program left to attach"
+    );
+    let ns = sandgate_netns::Netns::open(&slot.netns).unwrap();
+    let before = stats(&rig).forwarded.out;
+    let udp = udp_stream(&ns, SERVER4);
+    assert!(udp.progress(Duration::from_millis(1500)) > 0);
+    let s = stats(&rig);
+    assert_eq!(
+        s.forwarded.out, before,
+        "a paced slot's packets on the fast path: {s:?}"
+    );
+}

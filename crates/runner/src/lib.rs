@@ -520,9 +520,10 @@ fn block_slot(sandboxes: &Sandboxes, gateway: &Gateway, slot: &SlotAddrs) -> io:
     cut
 }
 
-/// Refills the warm pool when woken, one slot per hold of the dataplane's
-/// lock (so DNS admissions and other calls wait for one slot at most),
-/// until `stop`.
+/// Does what creates leave for later when woken (a cold slot's fast path
+/// program attached, then the warm pool refilled), one step per hold of
+/// the dataplane's lock (so DNS admissions and other calls wait for one
+/// step at most), until `stop`.
 fn refiller(
     sandboxes: Arc<Sandboxes>,
     disks: Option<(Runtime, u64, usize)>,
@@ -1231,8 +1232,9 @@ impl Runner {
         // An init already gone is reported as a death (the server records
         // it, from `creating` too).
         self.watch_init(id);
-        // The warm pool is refilled off the request's path (a wake-up
-        // already pending is enough).
+        // The warm pool is refilled, and a slot made here gets its fast
+        // path program, off the request's path (a wake-up already pending
+        // is enough).
         let _ = self.refill.try_send(());
         tracing::info!(slot = slot.index, interface = %slot.host_if, address = %slot.sandbox4, "created");
         Ok(Placement { slot })

@@ -74,9 +74,11 @@ impl Rig {
         self.policy.resolve(tier, &settings).unwrap()
     }
 
-    /// A sandbox's slot, and its namespace.
+    /// A sandbox's slot, and its namespace, its fast path program
+    /// attached after the create, as the runner's refiller does.
     pub fn sandbox(&mut self, name: &str, policy: &EffectivePolicy) -> (SlotAddrs, Netns) {
         let slot = self.dp().create(name, policy).unwrap();
+        self.dp().attach_later().unwrap();
         let ns = Netns::open(&slot.netns).unwrap();
         (slot, ns)
     }
