@@ -84,11 +84,10 @@ pub struct Dataplane {
     fast: Option<fastpath::FastPathState>,
     /// Slots made by a create (none was in the warm pool) whose fast path
     /// program is still to be attached, by [`Dataplane::fill_pool_step`]:
-    /// the first attachment on a device waits for an RCU grace period
-    /// (about 10 ms), which a create does not wait for. Until then the
-    /// slot's packets all go through netfilter, as without the fast path
-    /// (and after a failed attachment, which the step returns, until the
-    /// slot's next update).
+    /// each attachment waits for an RCU grace period (about 10 ms), which
+    /// a create does not wait for. Until then what the slot sends goes
+    /// through netfilter, as without the fast path (and after a failed
+    /// attachment, which is logged, until the slot's next update).
     fast_later: BTreeSet<u32>,
 }
 
@@ -270,7 +269,8 @@ impl Dataplane {
 
     /// [`Dataplane::fast_attach`] where the program is not attached
     /// already (a pacer's removal; every update of an unpaced slot), and
-    /// is not left for later ([`Dataplane::fast_later`]).
+    /// is not left for later ([`Dataplane::fast_later`]): no trip into
+    /// the host namespace where it is there.
     fn fast_ensure(&mut self, slot: &SlotAddrs) -> io::Result<()> {
         if self.fast_later.contains(&slot.index) {
             return Ok(());
@@ -292,10 +292,11 @@ impl Dataplane {
 
     /// Attaches the program of one slot whose attachment a create left
     /// for later, unless the slot is paced or gone since; whether there
-    /// was one.
-    fn fast_attach_later(&mut self) -> io::Result<bool> {
+    /// was one. A failure is logged (the slot's next update tries again),
+    /// so that the slots after it and the pool's refill go on.
+    fn fast_attach_later(&mut self) -> bool {
         let Some(index) = self.fast_later.pop_first() else {
-            return Ok(false);
+            return false;
         };
         let unpaced = match self.state.slots.get(&index) {
             Some(SlotRecord {
@@ -308,10 +309,13 @@ impl Dataplane {
             }) => true,
             _ => false,
         };
+        let slot = self.cfg.slot(index);
         if unpaced {
-            self.fast_ensure(&self.cfg.slot(index))?;
+            if let Err(e) = self.fast_ensure(&slot) {
+                tracing::warn!(slot = index, interface = %slot.host_if, error = %e, "attaching the fast path after a create; the slot's packets stay on netfilter's path until its next update");
+            }
         }
-        Ok(true)
+        true
     }
 
     /// What the fast path did, when there is one.
@@ -688,7 +692,7 @@ impl Dataplane {
     /// dataplane calls it after each create until it says no, one step
     /// per hold of its lock.
     pub fn fill_pool_step(&mut self) -> io::Result<bool> {
-        if self.fast_attach_later()? {
+        if self.fast_attach_later() {
             return Ok(true);
         }
         if self.pool_size() >= self.cfg.warm_pool {
@@ -701,12 +705,12 @@ impl Dataplane {
     /// Attaches the fast path's program to every slot whose attachment a
     /// create left for later (what [`Dataplane::fill_pool_step`] does one
     /// at a time, first); how many there were.
-    pub fn attach_later(&mut self) -> io::Result<usize> {
+    pub fn attach_later(&mut self) -> usize {
         let mut attached = 0;
-        while self.fast_attach_later()? {
+        while self.fast_attach_later() {
             attached += 1;
         }
-        Ok(attached)
+        attached
     }
 
     /// Prepares slots until the warm pool holds `warm_pool` of them.
@@ -920,6 +924,14 @@ impl Dataplane {
         // A new budget: the caller puts the old policy back should the
         // pacer refuse it (which paces it as before).
         if old.egress_mbps == new.egress_mbps {
+            // An unpaced slot whose program is missing (its attachment
+            // failed) gets it now; failing again, the slot stays on
+            // netfilter's path, as it was, and the update stands.
+            if new.egress_mbps.is_none() {
+                if let Err(e) = self.fast_ensure(&slot) {
+                    tracing::warn!(slot = index, interface = %slot.host_if, error = %e, "attaching the fast path; the slot's packets stay on netfilter's path");
+                }
+            }
             return Ok(());
         }
         self.pace(&slot, old.egress_mbps, new.egress_mbps)

@@ -64,6 +64,7 @@ fn in_a_slot(class: RuntimeClass) {
     let settings = policy.settings_for_create(3, &request).unwrap();
     let effective = policy.resolve(3, &settings).unwrap();
     let slot = dp.create("c", &effective).unwrap();
+    dp.attach_later();
     let id = format!("lab-{class}-{}", std::process::id());
     rt.create(
         &id,

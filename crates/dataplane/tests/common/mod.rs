@@ -78,7 +78,7 @@ impl Rig {
     /// attached after the create, as the runner's refiller does.
     pub fn sandbox(&mut self, name: &str, policy: &EffectivePolicy) -> (SlotAddrs, Netns) {
         let slot = self.dp().create(name, policy).unwrap();
-        self.dp().attach_later().unwrap();
+        self.dp().attach_later();
         let ns = Netns::open(&slot.netns).unwrap();
         (slot, ns)
     }

@@ -206,13 +206,13 @@ impl Rig {
         org: &str,
         policy: &EffectivePolicy,
     ) -> (SlotAddrs, Netns) {
-        let slot = self
-            .directory
-            .dp
-            .lock()
-            .unwrap()
-            .create(name, policy)
-            .unwrap();
+        let slot = {
+            let mut dp = self.directory.dp.lock().unwrap();
+            let slot = dp.create(name, policy).unwrap();
+            // Its fast path program, as the runner's refiller attaches it.
+            dp.attach_later();
+            slot
+        };
         self.know(&slot, org, policy);
         let ns = Netns::open(&slot.netns).unwrap();
         (slot, ns)
