@@ -298,17 +298,9 @@ impl Dataplane {
         let Some(index) = self.fast_later.pop_first() else {
             return false;
         };
-        let unpaced = match self.state.slots.get(&index) {
-            Some(SlotRecord {
-                phase: Phase::Active,
-                policy: Some(p),
-                ..
-            }) => p.egress_mbps.is_none(),
-            Some(SlotRecord {
-                phase: Phase::Pool, ..
-            }) => true,
-            _ => false,
-        };
+        let unpaced = self.state.slots.get(&index).is_some_and(|r| {
+            matches!(r.phase, Phase::Active | Phase::Pool) && r.pacing().is_none()
+        });
         let slot = self.cfg.slot(index);
         if unpaced {
             if let Err(e) = self.fast_ensure(&slot) {
@@ -489,10 +481,7 @@ impl Dataplane {
             .state
             .slots
             .iter()
-            .map(|(i, r)| {
-                let budget = r.policy.as_ref().and_then(|p| p.egress_mbps);
-                (*i, budget.filter(|_| r.phase == Phase::Active))
-            })
+            .map(|(i, r)| (*i, r.pacing()))
             .collect();
         for (index, mbps) in paced {
             self.pace(&self.cfg.slot(index), None, mbps)?;

@@ -59,6 +59,17 @@ pub struct SlotRecord {
     pub transfer_since: Option<u64>,
 }
 
+impl SlotRecord {
+    /// The egress budget (Mbit/s) its pacer holds it to: its policy's, in
+    /// phase `Active`.
+    pub fn pacing(&self) -> Option<u32> {
+        self.policy
+            .as_ref()
+            .and_then(|p| p.egress_mbps)
+            .filter(|_| self.phase == Phase::Active)
+    }
+}
+
 /// All records, and the generation counter.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {

@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use sandgate_dataplane::{FastPathMode, FastPathStats};
 use sandgate_lab::addrs::*;
-use std::net::UdpSocket;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -282,17 +281,7 @@ fn a_datagram_larger_than_the_next_link_takes_gets_its_error_as_without_the_fast
         mtu(rig.lab.host().name(), sandgate_lab::UPLINK, 1500);
         mtu(rig.lab.world().name(), sandgate_lab::WAN, 1500);
         let (_, ns) = rig.sandbox(name, &policy);
-        let socket = ns
-            .run(|| {
-                let any: std::net::IpAddr = match server {
-                    std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-                    std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-                };
-                let s = UdpSocket::bind((any, 0))?;
-                s.connect((server, UDP_ECHO))?;
-                Ok(s)
-            })
-            .unwrap();
+        let socket = udp_echo_socket(&ns, server);
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();

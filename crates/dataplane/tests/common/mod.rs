@@ -212,20 +212,25 @@ pub fn transfer(ns: &Netns, server: IpAddr) -> Counting {
     })
 }
 
+/// A UDP socket in `ns` connected to the world's echo service at
+/// `server`.
+pub fn udp_echo_socket(ns: &Netns, server: IpAddr) -> UdpSocket {
+    ns.run(|| {
+        let any: IpAddr = match server {
+            IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
+        s.connect(SocketAddr::new(server, UDP_ECHO))?;
+        Ok(s)
+    })
+    .unwrap()
+}
+
 /// A running exchange with the world's UDP echo service: a datagram every
 /// 2 ms, counting the echoes.
 pub fn udp_stream(ns: &Netns, server: IpAddr) -> Counting {
-    let socket = ns
-        .run(|| {
-            let any: IpAddr = match server {
-                IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-                IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-            };
-            let s = UdpSocket::bind(SocketAddr::new(any, 0))?;
-            s.connect(SocketAddr::new(server, UDP_ECHO))?;
-            Ok(s)
-        })
-        .unwrap();
+    let socket = udp_echo_socket(ns, server);
     socket
         .set_read_timeout(Some(Duration::from_millis(2)))
         .unwrap();
